@@ -1,0 +1,53 @@
+# Linesight — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+CONFIG ?= config/simulated-line.toml
+BIND ?= 127.0.0.1:8080
+
+.PHONY: setup build run test test-rust test-live bench lint train eval clean
+
+## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
+setup:
+	bash scripts/setup.sh
+
+## build: release build of the station
+build: setup
+	cargo build --release --locked
+
+## run: start one station on the built-in simulated line (Ctrl-C stops it cleanly)
+run: build
+	$(CARGO_TARGET_DIR)/release/linesight run --config $(CONFIG) --bind $(BIND)
+
+## test: every test suite — Rust unit and integration tests, then the live station checks
+test: setup test-rust test-live
+
+test-rust:
+	cargo test --locked --no-fail-fast
+
+## test-live: UI in headless Chromium, schemathesis on the API, kill -9 recovery
+test-live:
+	cargo build --locked
+	bash scripts/test-live.sh $(CARGO_TARGET_DIR)/debug/linesight
+
+## bench: criterion benchmarks (release build)
+bench: setup
+	cargo bench --locked
+
+## lint: formatting and clippy, as before every commit
+lint:
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+## train: retrain the default model (reproducible from its seed)
+train:
+	cargo run --release --locked -- train
+
+## eval: evaluate the default model on held-out synthetic parts
+eval:
+	cargo run --release --locked -- eval --json target/eval.json
+
+clean:
+	cargo clean
+	rm -rf var

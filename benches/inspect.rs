@@ -1,0 +1,40 @@
+//! Per-part costs on the station's hot path, release build: `make bench`.
+
+use std::path::Path;
+
+use candle_core::Device;
+use criterion::{Criterion, criterion_group, criterion_main};
+use linesight::calibrate::{Calibration, Undistorter};
+use linesight::inspect::DefectModel;
+use linesight::inspect::train::SIM_FRAME_SIZE;
+use linesight::record::gray_png;
+use linesight::simulate::{DefectKind, PartGenerator};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn hot_path(c: &mut Criterion) {
+    let mut generator = PartGenerator::new(1, SIM_FRAME_SIZE, SIM_FRAME_SIZE, 0.0);
+    let raw = generator.render(Some(DefectKind::Scratch)).image;
+    let calibration = Calibration::load(&repo("calibration/simulated.yaml")).expect("calibration");
+    let undistorter = Undistorter::new(&calibration).expect("maps");
+    let calibrated = undistorter.apply(&raw).expect("calibrated");
+    let model = DefectModel::load(&repo("models/defect-net-sim"), &Device::Cpu).expect("model");
+
+    c.bench_function("calibrate/undistort_crop_256", |b| {
+        b.iter(|| undistorter.apply(&raw).expect("apply"))
+    });
+    c.bench_function("inspect/score_224", |b| {
+        b.iter(|| model.score(&calibrated).expect("score"))
+    });
+    c.bench_function("record/png_encode_224", |b| {
+        b.iter(|| gray_png(&calibrated).expect("png"))
+    });
+    c.bench_function("simulate/render_part_256", |b| {
+        b.iter(|| generator.render(Some(DefectKind::Crack)))
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

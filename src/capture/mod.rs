@@ -1,0 +1,382 @@
+//! Capture: run the camera's GStreamer pipeline and hand each frame on as a part.
+//!
+//! The pipeline is a gst-launch description from a file in `pipelines/` ending in
+//! `appsink name=frames`; the station asks that appsink for 8-bit grey. Each frame that reaches
+//! the appsink is one part: it gets the next [`PartId`] and its capture time, and then
+//!
+//! 1. a [`Trigger`] goes to the tracker over a channel that *waits*, so no part is ever lost
+//!    to tracking, and
+//! 2. the [`Frame`] goes to inspection over a bounded queue that *never waits*: when inspection
+//!    is behind, the frame is dropped and counted, and the tracker rejects the part by policy.
+//!
+//! Errors on GStreamer's streaming threads arrive on the bus; [`run_capture`] turns the first
+//! into a [`CaptureError`] naming the element, and always leaves the pipeline in `Null`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SimulatorSection;
+use crate::metrics::Metrics;
+use crate::part::{Frame, GrayImage, PartId, StationClock, Trigger};
+use crate::simulate::SimulatedCamera;
+
+/// Name of the appsink every pipeline ends in.
+pub const APPSINK_NAME: &str = "frames";
+
+/// Name of the appsrc the simulated camera feeds.
+pub const APPSRC_NAME: &str = "source";
+
+/// Why capture stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot read pipeline {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("GStreamer init: {0}")]
+    Init(#[from] gst::glib::Error),
+    #[error("pipeline description is invalid: {0}")]
+    Parse(String),
+    #[error("pipeline has no {kind} named `{name}`")]
+    MissingElement {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("pipeline will not start: {0}")]
+    StateChange(#[from] gst::StateChangeError),
+    #[error("camera pipeline error from {element}: {message}{}", .debug.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Stream {
+        element: String,
+        message: String,
+        debug: Option<String>,
+    },
+}
+
+/// What a finished capture run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureSummary {
+    pub frames: u64,
+    pub next_part_id: u64,
+}
+
+/// Everything the capture stage needs.
+pub struct CaptureContext {
+    pub pipeline_description: String,
+    /// Feed the pipeline's appsrc with synthetic parts.
+    pub simulator: Option<SimulatorSection>,
+    /// Id of the first part of this run.
+    pub first_part_id: u64,
+    /// Stop after this many frames.
+    pub max_parts: Option<u64>,
+    pub triggers: mpsc::Sender<Trigger>,
+    pub frames: SyncSender<Frame>,
+    pub clock: Arc<StationClock>,
+    pub metrics: Metrics,
+    pub stop: CancellationToken,
+}
+
+/// Reads a pipeline file, dropping `#` comment lines.
+pub fn read_pipeline(path: &Path) -> Result<String, CaptureError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CaptureError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// Runs the pipeline until end of stream, `max_parts`, `stop`, or an error. Blocking.
+pub fn run_capture(ctx: CaptureContext) -> Result<CaptureSummary, CaptureError> {
+    gst::init()?;
+    let pipeline = gst::parse::launch(&ctx.pipeline_description)
+        .map_err(|e| CaptureError::Parse(e.to_string()))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| {
+            CaptureError::Parse("the description is a single element, not a pipeline".into())
+        })?;
+    let result = run_pipeline(&pipeline, ctx);
+    // Every exit leaves the pipeline stopped, so devices and threads are released.
+    let _ = pipeline.set_state(gst::State::Null);
+    result
+}
+
+fn run_pipeline(
+    pipeline: &gst::Pipeline,
+    ctx: CaptureContext,
+) -> Result<CaptureSummary, CaptureError> {
+    let appsink = pipeline
+        .by_name(APPSINK_NAME)
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or(CaptureError::MissingElement {
+            kind: "appsink",
+            name: APPSINK_NAME,
+        })?;
+    appsink.set_caps(Some(
+        &gst_video::VideoCapsBuilder::new()
+            .format(gst_video::VideoFormat::Gray8)
+            .build(),
+    ));
+
+    let next_part_id = Arc::new(AtomicU64::new(ctx.first_part_id));
+    let frames_seen = Arc::new(AtomicU64::new(0));
+    let handoff = FrameHandoff {
+        next_part_id: next_part_id.clone(),
+        frames_seen: frames_seen.clone(),
+        max_parts: ctx.max_parts,
+        triggers: ctx.triggers,
+        frames: ctx.frames,
+        clock: ctx.clock,
+        metrics: ctx.metrics,
+    };
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| handoff.on_sample(sink))
+            .build(),
+    );
+
+    let camera = match ctx.simulator {
+        Some(settings) => {
+            let appsrc = pipeline
+                .by_name(APPSRC_NAME)
+                .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+                .ok_or(CaptureError::MissingElement {
+                    kind: "appsrc",
+                    name: APPSRC_NAME,
+                })?;
+            Some(SimulatedCamera::start(
+                appsrc,
+                settings,
+                ctx.max_parts,
+                ctx.stop.clone(),
+            ))
+        }
+        None => None,
+    };
+
+    let bus = pipeline
+        .bus()
+        .ok_or(CaptureError::Parse("pipeline has no bus".into()))?;
+    if let Err(state_error) = pipeline.set_state(gst::State::Playing) {
+        // The element that refused says why on the bus (posted from its own thread, hence the
+        // short wait); that beats "failed to change state".
+        let reason = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(200),
+            &[gst::MessageType::Error],
+        );
+        if let Some(camera) = camera {
+            camera.stop();
+        }
+        return Err(match reason.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Error(err)) => stream_error(err),
+            _ => state_error.into(),
+        });
+    }
+    let mut eos_sent = false;
+    let outcome = loop {
+        if ctx.stop.is_cancelled() && !eos_sent && camera.is_none() {
+            // A live camera never ends by itself: ask for a clean end of stream.
+            pipeline.send_event(gst::event::Eos::new());
+            eos_sent = true;
+        }
+        let Some(message) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(100),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        ) else {
+            continue;
+        };
+        match message.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(err) => break Err(stream_error(err)),
+            _ => {}
+        }
+    };
+    if let Some(camera) = camera {
+        camera.stop();
+    }
+    outcome.map(|()| CaptureSummary {
+        frames: frames_seen.load(Ordering::Relaxed),
+        next_part_id: next_part_id.load(Ordering::Relaxed),
+    })
+}
+
+fn stream_error(err: &gst::message::Error) -> CaptureError {
+    CaptureError::Stream {
+        element: err
+            .src()
+            .map(|s| s.path_string().to_string())
+            .unwrap_or_else(|| "pipeline".into()),
+        message: err.error().to_string(),
+        debug: err.debug().map(|d| d.to_string()),
+    }
+}
+
+/// The appsink callback's state: turns samples into triggers and frames.
+struct FrameHandoff {
+    next_part_id: Arc<AtomicU64>,
+    frames_seen: Arc<AtomicU64>,
+    max_parts: Option<u64>,
+    triggers: mpsc::Sender<Trigger>,
+    frames: SyncSender<Frame>,
+    clock: Arc<StationClock>,
+    metrics: Metrics,
+}
+
+impl FrameHandoff {
+    fn on_sample(&self, sink: &gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+        let captured_at = self.clock.now();
+        if self
+            .max_parts
+            .is_some_and(|max| self.frames_seen.load(Ordering::Relaxed) >= max)
+        {
+            return Err(gst::FlowError::Eos);
+        }
+        let image = gray_image(&sample).map_err(|message| {
+            gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
+            gst::FlowError::Error
+        })?;
+        let part_id = PartId(self.next_part_id.fetch_add(1, Ordering::Relaxed));
+        self.frames_seen.fetch_add(1, Ordering::Relaxed);
+        self.metrics.frames_captured.inc();
+        // The trigger waits: tracking must know every part. The tracker loop does no I/O, so
+        // this wait is short. A closed channel means the station is stopping.
+        if self
+            .triggers
+            .blocking_send(Trigger {
+                part_id,
+                captured_at,
+            })
+            .is_err()
+        {
+            return Err(gst::FlowError::Flushing);
+        }
+        match self.frames.try_send(Frame {
+            part_id,
+            captured_at,
+            image,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics.frames_dropped.inc();
+                tracing::debug!(%part_id, "inspection queue full: frame dropped, part will be rejected");
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(gst::FlowError::Flushing),
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+/// Copies a GRAY8 sample into a tight image, honouring the buffer's real row stride.
+fn gray_image(sample: &gst::Sample) -> Result<GrayImage, String> {
+    let buffer = sample.buffer().ok_or("sample without buffer")?;
+    let caps = sample.caps().ok_or("sample without caps")?;
+    let info = gst_video::VideoInfo::from_caps(caps)
+        .map_err(|e| format!("caps are not raw video: {e}"))?;
+    if info.format() != gst_video::VideoFormat::Gray8 {
+        return Err(format!("expected GRAY8 frames, got {:?}", info.format()));
+    }
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|_| "cannot map frame")?;
+    let (width, height) = (frame.width(), frame.height());
+    let stride = frame.plane_stride()[0] as usize;
+    let data = frame
+        .plane_data(0)
+        .map_err(|e| format!("cannot read plane: {e}"))?;
+    let mut pixels = Vec::with_capacity(width as usize * height as usize);
+    for row in 0..height as usize {
+        pixels.extend_from_slice(&data[row * stride..row * stride + width as usize]);
+    }
+    GrayImage::new(width, height, pixels).ok_or_else(|| "frame size mismatch".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        description: &str,
+        frame_queue: usize,
+        max_parts: Option<u64>,
+    ) -> (
+        Result<CaptureSummary, CaptureError>,
+        Vec<Trigger>,
+        usize,
+        Metrics,
+    ) {
+        let (trigger_tx, mut trigger_rx) = mpsc::channel(1024);
+        let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(frame_queue);
+        let metrics = Metrics::new();
+        let result = run_capture(CaptureContext {
+            pipeline_description: description.into(),
+            simulator: None,
+            first_part_id: 100,
+            max_parts,
+            triggers: trigger_tx,
+            frames: frame_tx,
+            clock: StationClock::start(),
+            metrics: metrics.clone(),
+            stop: CancellationToken::new(),
+        });
+        let mut triggers = Vec::new();
+        while let Ok(t) = trigger_rx.try_recv() {
+            triggers.push(t);
+        }
+        (result, triggers, frame_rx.try_iter().count(), metrics)
+    }
+
+    #[test]
+    fn every_frame_is_a_part_and_drops_are_counted() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/test-pattern.gst");
+        let description = read_pipeline(&path).expect("pipeline file");
+        // Nobody drains the 5-frame queue: 5 frames are queued, 25 dropped, all 30 triggered.
+        let (result, triggers, queued, metrics) = run(&description, 5, None);
+        let summary = result.expect("capture runs to end of stream");
+        assert_eq!(summary.frames, 30);
+        assert_eq!(summary.next_part_id, 130);
+        let ids: Vec<u64> = triggers.iter().map(|t| t.part_id.0).collect();
+        assert_eq!(ids, (100..130).collect::<Vec<_>>());
+        assert_eq!(queued, 5);
+        assert_eq!(metrics.frames_dropped.get(), 25);
+        assert_eq!(metrics.frames_captured.get(), 30);
+    }
+
+    #[test]
+    fn max_parts_ends_capture() {
+        let description = "videotestsrc ! video/x-raw,width=64,height=48 ! videoconvert ! appsink name=frames sync=false";
+        let (result, triggers, _, _) = run(description, 64, Some(12));
+        assert_eq!(result.expect("ends cleanly").frames, 12);
+        assert_eq!(triggers.len(), 12);
+    }
+
+    #[test]
+    fn pipeline_errors_name_the_problem() {
+        let (result, ..) = run("videotestsrc ! fakesink", 1, None);
+        assert!(matches!(
+            result,
+            Err(CaptureError::MissingElement { name: "frames", .. })
+        ));
+        let (result, ..) = run("nosuchelement ! appsink name=frames", 1, None);
+        assert!(result.unwrap_err().to_string().contains("nosuchelement"));
+        let (result, ..) = run(
+            "filesrc location=/nonexistent/video.mkv ! decodebin ! videoconvert ! appsink name=frames",
+            1,
+            None,
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("filesrc"), "{message}");
+    }
+}

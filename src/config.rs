@@ -1,0 +1,431 @@
+//! Station configuration: one TOML file describing the line this station sits on.
+//!
+//! Loading is two steps, as in ripgrep's low/high args: [`StationFile`] mirrors the TOML
+//! exactly (unknown fields are refused), then [`StationConfig::load`] checks it once, collecting
+//! every problem, and resolves relative paths against the file's folder. Nothing downstream
+//! validates again. Durations carry their unit in the field name (`travel_ms`).
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a station configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read station config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("station config {path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("station config {path} is invalid:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One semantic problem in an otherwise well-formed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field, e.g. `line.travel_ms`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.message)
+    }
+}
+
+/// The TOML file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationFile {
+    pub station: StationSection,
+    pub camera: CameraSection,
+    pub calibration: CalibrationSection,
+    pub model: ModelSection,
+    pub line: LineSection,
+    pub plc: PlcSection,
+}
+
+/// Who this station is and where it keeps its data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationSection {
+    /// Shown in the UI and the MES records.
+    pub name: String,
+    /// Folder for the record database and images; relative to the config file.
+    pub data_dir: PathBuf,
+}
+
+/// Where frames come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSection {
+    /// A gst-launch description ending in `appsink name=frames`; relative to the config file.
+    pub pipeline: PathBuf,
+    /// Frames waiting for inspection. When full, new frames are dropped and counted; their parts
+    /// are still tracked and rejected by policy at the gate.
+    #[serde(default = "default_frame_queue")]
+    pub frame_queue: usize,
+    /// Feeds the pipeline's `appsrc name=source` with synthetic parts. Absent for a real camera.
+    pub simulator: Option<SimulatorSection>,
+}
+
+fn default_frame_queue() -> usize {
+    4
+}
+
+/// The built-in simulated line's part generator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSection {
+    /// Belt rate.
+    pub parts_per_min: f64,
+    /// Share of parts that carry a defect, in `[0, 1]`.
+    #[serde(default = "default_defect_rate")]
+    pub defect_rate: f64,
+    /// Makes the sequence of parts reproducible.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_defect_rate() -> f64 {
+    0.3
+}
+
+/// The camera's calibration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSection {
+    /// An OpenCV FileStorage YAML with camera_matrix, distortion_coefficients and the ROI.
+    pub file: PathBuf,
+}
+
+/// The defect model this station runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Folder holding `model.safetensors` and `card.json`; relative to the config file.
+    pub dir: PathBuf,
+    /// Overrides the threshold stored in the model card.
+    pub threshold: Option<f32>,
+}
+
+/// Geometry and timing of the belt between camera and gate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineSection {
+    /// Time a part takes from the camera trigger to the reject gate.
+    pub travel_ms: u64,
+    /// The gate fires correctly when the pulse lands within ± this of the part's arrival.
+    pub gate_window_ms: u64,
+    /// A verdict must be in this long before the part reaches the gate, or it is rejected by policy.
+    pub verdict_margin_ms: u64,
+    /// The reject command is sent this long before arrival, to cover the PLC link's latency.
+    #[serde(default)]
+    pub actuation_lead_ms: u64,
+}
+
+/// The line PLC that drives the reject gate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlcSection {
+    /// `simulated` starts the built-in PLC simulator on loopback; `tcp` talks to `address`.
+    #[serde(rename = "type")]
+    pub kind: PlcKind,
+    /// `host:port` of the PLC's Modbus TCP server (type `tcp`).
+    pub address: Option<String>,
+    /// Modbus unit id of the PLC.
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    /// The register map shared with the PLC program; relative to the config file.
+    pub register_map: PathBuf,
+    /// Every Modbus request is abandoned after this long and the link rebuilt.
+    pub request_timeout_ms: u64,
+    /// How often the station writes its heartbeat register.
+    pub heartbeat_ms: u64,
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+
+/// How the station reaches its PLC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlcKind {
+    Simulated,
+    Tcp,
+}
+
+/// A checked configuration, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct StationConfig {
+    pub source_path: PathBuf,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub pipeline_file: PathBuf,
+    pub frame_queue: NonZeroUsize,
+    pub simulator: Option<SimulatorSection>,
+    pub calibration_file: PathBuf,
+    pub model_dir: PathBuf,
+    pub threshold_override: Option<f32>,
+    pub line: LineTiming,
+    pub plc: PlcSettings,
+}
+
+/// Belt timing as durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTiming {
+    pub travel: Duration,
+    pub gate_window: Duration,
+    pub verdict_margin: Duration,
+    pub actuation_lead: Duration,
+}
+
+/// PLC link settings as typed values.
+#[derive(Debug, Clone)]
+pub struct PlcSettings {
+    pub kind: PlcKind,
+    pub address: Option<String>,
+    pub unit_id: u8,
+    pub register_map_file: PathBuf,
+    pub request_timeout: Duration,
+    pub heartbeat: Duration,
+}
+
+impl StationConfig {
+    /// Reads, parses and checks a station config file.
+    pub fn load(path: &Path) -> Result<StationConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        StationConfig::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<StationConfig, ConfigError> {
+        let file = parse_file(text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let problems = check(&file, base);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        let resolve = |p: &Path| base.join(p);
+        Ok(StationConfig {
+            source_path: path.to_owned(),
+            name: file.station.name,
+            data_dir: resolve(&file.station.data_dir),
+            pipeline_file: resolve(&file.camera.pipeline),
+            // Checked non-zero above.
+            frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
+            simulator: file.camera.simulator,
+            calibration_file: resolve(&file.calibration.file),
+            model_dir: resolve(&file.model.dir),
+            threshold_override: file.model.threshold,
+            line: LineTiming {
+                travel: Duration::from_millis(file.line.travel_ms),
+                gate_window: Duration::from_millis(file.line.gate_window_ms),
+                verdict_margin: Duration::from_millis(file.line.verdict_margin_ms),
+                actuation_lead: Duration::from_millis(file.line.actuation_lead_ms),
+            },
+            plc: PlcSettings {
+                kind: file.plc.kind,
+                address: file.plc.address,
+                unit_id: file.plc.unit_id,
+                register_map_file: resolve(&file.plc.register_map),
+                request_timeout: Duration::from_millis(file.plc.request_timeout_ms),
+                heartbeat: Duration::from_millis(file.plc.heartbeat_ms),
+            },
+        })
+    }
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<StationFile, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        let inner = err.into_inner();
+        // toml's message carries the line, the column and the offending text.
+        ConfigError::Field {
+            path: path.to_owned(),
+            field: if field == "." {
+                "(top level)".into()
+            } else {
+                field
+            },
+            message: inner.to_string().trim_end().to_owned(),
+        }
+    })
+}
+
+/// Every semantic problem at once, so a user fixes the file in one pass.
+fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        problems.push(Problem {
+            field: field.to_owned(),
+            message,
+        })
+    };
+    if file.station.name.trim().is_empty() {
+        problem("station.name", "expected a non-empty name".into());
+    }
+    if file.camera.frame_queue == 0 {
+        problem("camera.frame_queue", "expected at least 1".into());
+    }
+    for (field, p) in [
+        ("camera.pipeline", &file.camera.pipeline),
+        ("calibration.file", &file.calibration.file),
+        ("plc.register_map", &file.plc.register_map),
+        ("model.dir", &file.model.dir),
+    ] {
+        let resolved = base.join(p);
+        if !resolved.exists() {
+            problem(
+                field,
+                format!(
+                    "expected an existing path, {} does not exist",
+                    resolved.display()
+                ),
+            );
+        }
+    }
+    if let Some(sim) = &file.camera.simulator {
+        if !(sim.parts_per_min > 0.0 && sim.parts_per_min <= 6000.0) {
+            problem(
+                "camera.simulator.parts_per_min",
+                format!("expected a rate in (0, 6000], got {}", sim.parts_per_min),
+            );
+        }
+        if !(0.0..=1.0).contains(&sim.defect_rate) {
+            problem(
+                "camera.simulator.defect_rate",
+                format!("expected a share in [0, 1], got {}", sim.defect_rate),
+            );
+        }
+    }
+    if let Some(t) = file.model.threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        problem(
+            "model.threshold",
+            format!("expected a score in [0, 1], got {t}"),
+        );
+    }
+    let line = &file.line;
+    if line.travel_ms == 0 {
+        problem("line.travel_ms", "expected a positive travel time".into());
+    }
+    if line.verdict_margin_ms >= line.travel_ms {
+        problem(
+            "line.verdict_margin_ms",
+            format!(
+                "expected less than line.travel_ms ({}), got {}",
+                line.travel_ms, line.verdict_margin_ms
+            ),
+        );
+    }
+    if line.actuation_lead_ms > line.verdict_margin_ms {
+        problem(
+            "line.actuation_lead_ms",
+            format!(
+                "expected at most line.verdict_margin_ms ({}), got {}: the gate command cannot leave before the verdict deadline",
+                line.verdict_margin_ms, line.actuation_lead_ms
+            ),
+        );
+    }
+    if line.gate_window_ms == 0 {
+        problem("line.gate_window_ms", "expected a positive window".into());
+    }
+    let plc = &file.plc;
+    match (plc.kind, &plc.address) {
+        (PlcKind::Tcp, None) => {
+            problem("plc.address", "expected host:port for type \"tcp\"".into())
+        }
+        (PlcKind::Tcp, Some(a)) if a.parse::<std::net::SocketAddr>().is_err() => problem(
+            "plc.address",
+            format!("expected host:port such as 192.0.2.10:502, got {a:?}"),
+        ),
+        _ => {}
+    }
+    if plc.request_timeout_ms == 0 {
+        problem(
+            "plc.request_timeout_ms",
+            "expected a positive timeout".into(),
+        );
+    }
+    if plc.heartbeat_ms == 0 {
+        problem("plc.heartbeat_ms", "expected a positive period".into());
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/simulated-line.toml");
+        std::fs::read_to_string(path).expect("the shipped example config exists")
+    }
+
+    fn parse(text: &str) -> Result<StationConfig, ConfigError> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/test.toml");
+        StationConfig::parse(text, &path)
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let config = parse(&example()).expect("example config is valid");
+        assert_eq!(config.line.travel, Duration::from_millis(1200));
+        assert!(config.simulator.is_some());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = example().replace("travel_ms", "travle_ms");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("test.toml"), "{message}");
+        assert!(message.contains("travle_ms"), "{message}");
+        assert!(message.contains("expected one of"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_expectation() {
+        let text = example().replace("gate_window_ms = 60", "gate_window_ms = \"sixty\"");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("line.gate_window_ms"), "{message}");
+        assert!(message.contains("expected u64"), "{message}");
+    }
+
+    #[test]
+    fn all_semantic_problems_are_reported_together() {
+        let text = example()
+            .replace("verdict_margin_ms = 300", "verdict_margin_ms = 5000")
+            .replace("request_timeout_ms = 250", "request_timeout_ms = 0");
+        match parse(&text).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+                assert_eq!(fields, ["line.verdict_margin_ms", "plc.request_timeout_ms"]);
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+}

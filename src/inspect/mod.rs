@@ -1,0 +1,99 @@
+//! Inspection: calibrate each frame, score it with the defect model, give a verdict.
+//!
+//! [`run_inspector`] is a plain thread (inference is CPU-bound): frames come in over a bounded
+//! queue that the capture stage fills without waiting (a full queue drops the frame, counted),
+//! verdicts go out over a channel that waits. A frame that cannot be inspected gets
+//! [`Verdict::Error`], which the tracker treats as a reject; nothing here stops the line.
+//! This stage never talks to the PLC and never writes records.
+
+pub mod eval;
+pub mod model;
+pub mod train;
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use tokio::sync::mpsc;
+
+pub use self::model::{DefectModel, ModelCard, ModelError};
+use crate::calibrate::Undistorter;
+use crate::metrics::Metrics;
+use crate::part::{Frame, Inspection, StationClock, Verdict};
+
+/// A model plus the threshold the station applies.
+pub struct Inspector {
+    pub undistorter: Undistorter,
+    pub model: DefectModel,
+    pub threshold: f32,
+}
+
+impl Inspector {
+    /// Inspects one frame; failures become [`Verdict::Error`].
+    pub fn inspect(&self, frame: Frame, clock: &StationClock) -> Inspection {
+        let base = |verdict, error: Option<String>| Inspection {
+            part_id: frame.part_id,
+            inspected_at: clock.now(),
+            verdict,
+            score: None,
+            threshold: self.threshold,
+            model_version: self.model.version.clone(),
+            image: None,
+            heat_map: None,
+            error,
+        };
+        let image = match self.undistorter.apply(&frame.image) {
+            Ok(image) => image,
+            Err(error) => return base(Verdict::Error, Some(error.to_string())),
+        };
+        match self.model.score(&image) {
+            Ok((score, heat_map)) => {
+                let verdict = if score >= self.threshold {
+                    Verdict::Fail
+                } else {
+                    Verdict::Pass
+                };
+                Inspection {
+                    score: Some(score),
+                    image: Some(image),
+                    heat_map: Some(heat_map),
+                    ..base(verdict, None)
+                }
+            }
+            Err(error) => Inspection {
+                image: Some(image),
+                ..base(Verdict::Error, Some(error.to_string()))
+            },
+        }
+    }
+}
+
+/// Everything the inspect thread needs.
+pub struct InspectContext {
+    pub inspector: Inspector,
+    pub frames: Receiver<Frame>,
+    pub inspections: mpsc::Sender<Inspection>,
+    pub clock: Arc<StationClock>,
+    pub metrics: Metrics,
+}
+
+/// Runs until the frame queue closes (capture stopped) or the tracker goes away.
+pub fn run_inspector(ctx: InspectContext) {
+    while let Ok(frame) = ctx.frames.recv() {
+        let captured_at = frame.captured_at;
+        let inspection = ctx.inspector.inspect(frame, &ctx.clock);
+        ctx.metrics.count_inspection(inspection.verdict);
+        ctx.metrics.inspection_latency_seconds.observe(
+            inspection
+                .inspected_at
+                .0
+                .saturating_sub(captured_at.0)
+                .as_secs_f64(),
+        );
+        if let Some(error) = &inspection.error {
+            tracing::warn!(part_id = %inspection.part_id, %error, "inspection failed; part will be rejected");
+        }
+        if ctx.inspections.blocking_send(inspection).is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Linesight: a vision quality-inspection station.
+//!
+//! One station sits at one inspection point of a production line. It captures each part with a
+//! camera, decides pass or fail with a CNN, fires a reject gate over Modbus when the part gets
+//! there, and keeps a durable quality record of every part. Read `ARCHITECTURE.md` first.
+//!
+//! # Layout
+//! The modules follow a part's way through the station:
+//!
+//! * [`capture`]: GStreamer pipeline → one trigger and one frame per part.
+//! * [`calibrate`]: OpenCV undistortion and region-of-interest crop.
+//! * [`inspect`]: the candle defect model, its training and evaluation → a verdict.
+//! * [`track`]: the part-tracking state machine (no I/O) → what to do at the gate, and when.
+//! * [`actuate`]: the Modbus TCP link to the PLC → reject pulses and a heartbeat.
+//! * [`record`]: sled records and content-addressed images.
+//! * [`serve`]: the HTTP API, the live page and `/metrics`.
+//!
+//! Beside them: [`part`] (the types every stage shares), [`config`] (the station file),
+//! [`metrics`], [`simulate`] (the built-in simulated line) and [`station`] (the wiring).
+
+pub mod actuate;
+pub mod calibrate;
+pub mod capture;
+pub mod config;
+pub mod inspect;
+pub mod metrics;
+pub mod part;
+pub mod record;
+pub mod serve;
+pub mod simulate;
+pub mod station;
+pub mod track;

@@ -1,0 +1,265 @@
+//! The `linesight` command: parses arguments, starts logging, calls the library, and turns
+//! errors into an exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use linesight::config::StationConfig;
+use linesight::inspect::DefectModel;
+use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
+use linesight::station::{RunOptions, Station};
+
+#[derive(Parser)]
+#[command(
+    name = "linesight",
+    version,
+    about = "Vision quality-inspection station"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a station: capture, inspect, actuate the reject gate, record, serve.
+    Run {
+        /// The station's config file.
+        #[arg(long, default_value = "config/simulated-line.toml")]
+        config: PathBuf,
+        /// Address of the web page and API.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "LINESIGHT_BIND")]
+        bind: SocketAddr,
+        /// Stop after this many parts.
+        #[arg(long)]
+        max_parts: Option<u64>,
+        /// Keep records and images here instead of the config's `station.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Train the default defect model on synthetic parts.
+    Train {
+        /// Output folder for model.safetensors and card.json.
+        #[arg(long, default_value = "models/defect-net-sim")]
+        out: PathBuf,
+        #[arg(long, default_value = "defect-net-sim")]
+        name: String,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value_t = 480)]
+        n_train: usize,
+        #[arg(long, default_value_t = 160)]
+        n_val: usize,
+        #[arg(long, default_value_t = 400)]
+        n_test: usize,
+        #[arg(long, default_value_t = 0.5)]
+        defect_rate: f64,
+        #[arg(long, default_value_t = 14)]
+        epochs: usize,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        learning_rate: f64,
+        /// Share of defective validation parts the threshold may let through.
+        #[arg(long, default_value_t = 0.0)]
+        target_escape_rate: f64,
+        #[arg(long, default_value = "calibration/simulated.yaml")]
+        calibration: PathBuf,
+    },
+    /// Evaluate a model on held-out synthetic parts; prints a table and writes JSON.
+    Eval {
+        #[arg(long, default_value = "models/defect-net-sim")]
+        model: PathBuf,
+        /// The training seed: test parts come from seed + 2, which training never saw.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value_t = 400)]
+        n_test: usize,
+        #[arg(long, default_value_t = 0.5)]
+        defect_rate: f64,
+        #[arg(long, default_value = "calibration/simulated.yaml")]
+        calibration: PathBuf,
+        /// Where to write the metrics as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("linesight: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            config,
+            bind,
+            max_parts,
+            data_dir,
+        } => {
+            let mut config = StationConfig::load(&config)?;
+            if let Some(data_dir) = data_dir {
+                config.data_dir = data_dir;
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(run(config, bind, max_parts))
+        }
+        Command::Train {
+            out,
+            name,
+            seed,
+            n_train,
+            n_val,
+            n_test,
+            defect_rate,
+            epochs,
+            batch_size,
+            learning_rate,
+            target_escape_rate,
+            calibration,
+        } => {
+            let card = train(&TrainSettings {
+                name,
+                seed,
+                n_train,
+                n_val,
+                n_test,
+                defect_rate,
+                epochs,
+                batch_size,
+                learning_rate,
+                target_escape_rate,
+                calibration_file: calibration,
+                out_dir: out.clone(),
+                progress: true,
+            })
+            .context("training")?;
+            println!(
+                "trained {} in {:.0} s → {}",
+                card.version,
+                card.training.duration_s,
+                out.display()
+            );
+            print_metrics(&card.metrics);
+            Ok(())
+        }
+        Command::Eval {
+            model,
+            seed,
+            n_test,
+            defect_rate,
+            calibration,
+            json,
+        } => {
+            let loaded = DefectModel::load(&model, &Device::Cpu).context("loading the model")?;
+            let metrics = evaluate_saved(&loaded, &calibration, seed, n_test, defect_rate)
+                .context("evaluating")?;
+            println!("model {}", loaded.version);
+            print_metrics(&metrics);
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&metrics)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Version => {
+            println!("linesight {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn print_metrics(metrics: &linesight::inspect::model::EvalMetrics) {
+    let t = &metrics.at_threshold;
+    println!("{:<22} {:>10}", "metric", "value");
+    println!("{:<22} {:>10}", "test parts", metrics.n_test);
+    println!("{:<22} {:>10}", "defective", metrics.n_test_defective);
+    println!("{:<22} {:>10.4}", "image AUROC", metrics.image_auroc);
+    println!(
+        "{:<22} {:>10.4}",
+        "average precision", metrics.average_precision
+    );
+    println!("{:<22} {:>10.4}", "threshold", t.threshold);
+    println!("{:<22} {:>10.4}", "accuracy", t.accuracy);
+    println!("{:<22} {:>10.4}", "F1", t.f1);
+    println!("{:<22} {:>10.4}", "escape rate", t.escape_rate);
+    println!("{:<22} {:>10.4}", "false-reject rate", t.false_reject_rate);
+    for (class, m) in &metrics.per_class {
+        println!(
+            "{:<22} {:>5}/{:<5}",
+            format!("flagged {class}"),
+            m.detected,
+            m.n
+        );
+    }
+}
+
+async fn run(
+    config: StationConfig,
+    bind: SocketAddr,
+    max_parts: Option<u64>,
+) -> anyhow::Result<()> {
+    let station = Station::prepare(config)
+        .await
+        .context("starting the station")?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the web server to {bind}"))?;
+    let address = listener.local_addr()?;
+    if let Some(plc) = station.plc_simulator() {
+        println!("simulated PLC (Modbus TCP) on {}", plc.address());
+    }
+    println!("Linesight station running: open http://{address}/  (Ctrl-C stops)");
+
+    let shutdown = CancellationToken::new();
+    let server_shutdown = CancellationToken::new();
+    let server = {
+        let router = linesight::serve::router(station.api());
+        let stop = server_shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!(
+                    "stopping: parts in flight will reach the gate first (Ctrl-C again to abort)"
+                );
+                shutdown.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::warn!("aborted; the PLC watchdog takes over the gate");
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    let report = station.run(RunOptions { max_parts }, shutdown).await;
+    server_shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    let report = report.context("station stopped with an error")?;
+    println!("station stopped after {} parts", report.parts);
+    Ok(())
+}

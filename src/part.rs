@@ -1,0 +1,215 @@
+//! The words every stage shares: parts, frames, verdicts, outcomes, and the station clock.
+//!
+//! A *part* is one physical item on the belt. It gets a [`PartId`] at its *trigger*, the moment
+//! the camera captures it; from then on the id follows it through inspection, the reject gate and
+//! the quality record. Stages depend on this module, never on each other.
+//!
+//! Time inside the station is [`StationTime`]: a monotonic offset from station start, so timing
+//! decisions never jump with the wall clock. [`StationClock`] turns it into UTC for records.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The identity of one part, unique for the life of a station's data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PartId(pub u64);
+
+impl std::fmt::Display for PartId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Monotonic time since the station started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StationTime(pub Duration);
+
+impl StationTime {
+    /// `self + d`.
+    pub fn after(self, d: Duration) -> StationTime {
+        StationTime(self.0 + d)
+    }
+    /// `self - d`, saturating at station start.
+    pub fn before(self, d: Duration) -> StationTime {
+        StationTime(self.0.saturating_sub(d))
+    }
+}
+
+/// The station's one clock: monotonic for decisions, anchored to UTC for records.
+#[derive(Debug, Clone)]
+pub struct StationClock {
+    started: Instant,
+    started_utc: DateTime<Utc>,
+}
+
+impl StationClock {
+    /// Starts the clock now.
+    pub fn start() -> Arc<StationClock> {
+        Arc::new(StationClock {
+            started: Instant::now(),
+            started_utc: Utc::now(),
+        })
+    }
+
+    /// The current station time.
+    pub fn now(&self) -> StationTime {
+        StationTime(self.started.elapsed())
+    }
+
+    /// The [`Instant`] of a station time, for timers.
+    pub fn instant(&self, t: StationTime) -> Instant {
+        self.started + t.0
+    }
+
+    /// The UTC time of a station time.
+    pub fn utc(&self, t: StationTime) -> DateTime<Utc> {
+        // A Duration of the station's lifetime always fits chrono's range.
+        self.started_utc + chrono::Duration::from_std(t.0).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+/// An 8-bit grey image, row-major with no padding between rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrayImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl GrayImage {
+    /// Wraps pixels, checking that their count matches the size.
+    pub fn new(width: u32, height: u32, pixels: Vec<u8>) -> Option<GrayImage> {
+        (pixels.len() == width as usize * height as usize).then_some(GrayImage {
+            width,
+            height,
+            pixels,
+        })
+    }
+}
+
+/// The moment a part is captured: the tracker starts its clock for the gate here.
+#[derive(Debug, Clone, Copy)]
+pub struct Trigger {
+    pub part_id: PartId,
+    pub captured_at: StationTime,
+}
+
+/// One captured camera frame showing one part.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub part_id: PartId,
+    pub captured_at: StationTime,
+    pub image: GrayImage,
+}
+
+/// What the model says about one part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The score is below the threshold.
+    Pass,
+    /// The score reached the threshold.
+    Fail,
+    /// The frame could not be inspected (bad image, model failure). Treated as a reject.
+    Error,
+}
+
+impl Verdict {
+    /// The lowercase name used in records, metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+/// A defect heat map: per-cell defect probability over the inspected image, coarser than it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeatMap {
+    pub width: u32,
+    pub height: u32,
+    /// Row-major probabilities in `[0, 1]`.
+    pub values: Vec<f32>,
+}
+
+/// The inspect stage's result for one part.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub part_id: PartId,
+    pub inspected_at: StationTime,
+    pub verdict: Verdict,
+    /// Defect score in `[0, 1]`; `None` when the verdict is [`Verdict::Error`].
+    pub score: Option<f32>,
+    pub threshold: f32,
+    pub model_version: Arc<str>,
+    /// The calibrated image the model saw.
+    pub image: Option<GrayImage>,
+    pub heat_map: Option<HeatMap>,
+    /// Why the verdict is [`Verdict::Error`].
+    pub error: Option<String>,
+}
+
+/// What happens to a part at the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// The part goes on down the line.
+    Pass,
+    /// The model failed the part.
+    RejectFailed,
+    /// The model could not inspect the part.
+    RejectError,
+    /// No verdict by the gate deadline: rejected by policy.
+    RejectNoVerdict,
+}
+
+impl Disposition {
+    /// Whether the gate must fire for this part.
+    pub fn is_reject(self) -> bool {
+        !matches!(self, Disposition::Pass)
+    }
+
+    /// The lowercase name used in records, metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Pass => "pass",
+            Disposition::RejectFailed => "reject_failed",
+            Disposition::RejectError => "reject_error",
+            Disposition::RejectNoVerdict => "reject_no_verdict",
+        }
+    }
+}
+
+/// The result of trying to fire the reject gate for one part.
+#[derive(Debug, Clone)]
+pub enum Actuation {
+    /// The part passed: the gate was not fired.
+    NotRequired,
+    /// The reject command was acknowledged by the PLC at this time.
+    Done { at: StationTime },
+    /// The reject command could not be delivered; the PLC's watchdog is the last line of defence.
+    Failed { at: StationTime, error: String },
+}
+
+/// Everything known about a part once it has passed the gate: what the recorder stores.
+#[derive(Debug, Clone)]
+pub struct PartOutcome {
+    pub part_id: PartId,
+    pub captured_at: StationTime,
+    /// When the part reaches the gate.
+    pub gate_at: StationTime,
+    /// When the disposition was decided.
+    pub decided_at: StationTime,
+    pub disposition: Disposition,
+    /// The inspection, if it arrived (even late).
+    pub inspection: Option<Inspection>,
+    /// Whether the inspection arrived after the verdict deadline.
+    pub inspection_late: bool,
+    pub actuation: Actuation,
+}

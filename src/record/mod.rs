@@ -1,0 +1,423 @@
+//! Records: every inspected part's quality record, durable in sled before anyone sees it.
+//!
+//! [`Store`] keeps one JSON [`InspectionRecord`] per part in the `inspections` tree, keyed by
+//! the big-endian part id so iteration runs in part order. Images (the calibrated frame and the
+//! heat map, as PNG) live on disk content-addressed by SHA-256: `images/ab/abcd….png`, written
+//! to a temporary file, synced and renamed, so a reference in a record always points at a whole
+//! file. A record is inserted and flushed under the store's write lock; readers take the read
+//! lock, so the API never shows a record that a crash could still take back.
+//!
+//! [`run_recorder`] is the stage task: it turns each [`PartOutcome`] into a record and retries a
+//! failed write (full disk, I/O error) until it succeeds, counting every failure.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{RwLock, mpsc};
+
+use crate::metrics::Metrics;
+use crate::part::{Actuation, Disposition, GrayImage, HeatMap, PartOutcome, StationClock, Verdict};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record store {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("record store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("image store {path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("PNG encoding: {0}")]
+    Png(#[from] image::ImageError),
+    #[error("record {part_id} is corrupt: {source}")]
+    Corrupt {
+        part_id: u64,
+        source: serde_json::Error,
+    },
+}
+
+/// Whether the gate fired for a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActuationStatus {
+    NotRequired,
+    Done,
+    Failed,
+}
+
+/// One part's quality record, as stored and as served by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InspectionRecord {
+    pub part_id: u64,
+    pub station: String,
+    pub captured_at: DateTime<Utc>,
+    pub inspected_at: Option<DateTime<Utc>>,
+    /// When the part's disposition was settled (its gate fire time).
+    pub decided_at: DateTime<Utc>,
+    /// When the part reached the gate.
+    pub gate_at: DateTime<Utc>,
+    /// When the PLC acknowledged the reject command.
+    pub actuated_at: Option<DateTime<Utc>>,
+    /// The model's verdict; absent when the frame was dropped or never inspected.
+    pub verdict: Option<Verdict>,
+    pub score: Option<f32>,
+    pub threshold: Option<f32>,
+    pub disposition: Disposition,
+    /// Rejected because no verdict arrived by the deadline.
+    pub rejected_by_policy: bool,
+    pub inspection_late: bool,
+    pub actuation: ActuationStatus,
+    pub actuation_error: Option<String>,
+    pub model_version: Option<String>,
+    /// SHA-256 of the calibrated image's PNG.
+    pub image: Option<String>,
+    /// SHA-256 of the heat map's PNG.
+    pub heat_map: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The station's durable record store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    inspections: sled::Tree,
+    images_dir: PathBuf,
+    /// Held for writing while a record is inserted and flushed; readers hold it for reading.
+    visibility: Arc<RwLock<()>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Store, RecordError> {
+        let db_path = data_dir.join("records");
+        let db = sled::open(&db_path).map_err(|source| RecordError::Open {
+            path: db_path.clone(),
+            source,
+        })?;
+        let inspections = db.open_tree("inspections")?;
+        let images_dir = data_dir.join("images");
+        std::fs::create_dir_all(&images_dir).map_err(|source| RecordError::Image {
+            path: images_dir.clone(),
+            source,
+        })?;
+        Ok(Store {
+            db,
+            inspections,
+            images_dir,
+            visibility: Arc::new(RwLock::new(())),
+        })
+    }
+
+    /// The id to give the next part: one past the highest recorded.
+    pub fn next_part_id(&self) -> Result<u64, RecordError> {
+        Ok(match self.inspections.last()? {
+            Some((key, _)) => key_to_id(&key) + 1,
+            None => 0,
+        })
+    }
+
+    /// Stores a record and makes it durable before it becomes visible.
+    pub async fn append(&self, record: &InspectionRecord) -> Result<(), RecordError> {
+        // Serialising our own struct cannot fail.
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        let _visible = self.visibility.write().await;
+        self.inspections
+            .insert(record.part_id.to_be_bytes(), value)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// One part's record.
+    pub async fn get(&self, part_id: u64) -> Result<Option<InspectionRecord>, RecordError> {
+        let _visible = self.visibility.read().await;
+        self.inspections
+            .get(part_id.to_be_bytes())?
+            .map(|value| decode(part_id, &value))
+            .transpose()
+    }
+
+    /// Up to `limit` records, newest first, with part ids below `before` when given.
+    pub async fn list(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<InspectionRecord>, RecordError> {
+        let _visible = self.visibility.read().await;
+        let range = match before {
+            Some(before) => self.inspections.range(..before.to_be_bytes()),
+            None => self.inspections.iter(),
+        };
+        range
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(key_to_id(&key), &value)
+            })
+            .collect()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.inspections.len()
+    }
+
+    /// Whether there is no record yet.
+    pub fn is_empty(&self) -> bool {
+        self.inspections.is_empty()
+    }
+
+    /// Stores PNG bytes under their SHA-256 and returns the hex digest. Idempotent.
+    pub fn put_image(&self, png: &[u8]) -> Result<String, RecordError> {
+        let digest = hex::encode(Sha256::digest(png));
+        let path = self.image_path_unchecked(&digest);
+        if path.exists() {
+            return Ok(digest);
+        }
+        let io = |source| RecordError::Image {
+            path: path.clone(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(&self.images_dir);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        tmp.write_all(png).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        Ok(digest)
+    }
+
+    /// The file of an image digest, if the digest is well-formed and the file exists.
+    pub fn image_path(&self, digest: &str) -> Option<PathBuf> {
+        let well_formed = digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            return None;
+        }
+        let path = self.image_path_unchecked(digest);
+        path.is_file().then_some(path)
+    }
+
+    /// Only for digests we computed or checked: 64 lowercase hex digits.
+    fn image_path_unchecked(&self, digest: &str) -> PathBuf {
+        self.images_dir
+            .join(&digest[..2])
+            .join(format!("{digest}.png"))
+    }
+}
+
+fn key_to_id(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
+    u64::from_be_bytes(bytes)
+}
+
+fn decode(part_id: u64, value: &[u8]) -> Result<InspectionRecord, RecordError> {
+    serde_json::from_slice(value).map_err(|source| RecordError::Corrupt { part_id, source })
+}
+
+/// Encodes a grey image as PNG.
+pub fn gray_png(image: &GrayImage) -> Result<Vec<u8>, RecordError> {
+    use image::ImageEncoder;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png).write_image(
+        &image.pixels,
+        image.width,
+        image.height,
+        image::ExtendedColorType::L8,
+    )?;
+    Ok(png)
+}
+
+/// Encodes a heat map as a grey PNG, probability 1 as white.
+pub fn heat_map_png(heat_map: &HeatMap) -> Result<Vec<u8>, RecordError> {
+    let pixels = heat_map
+        .values
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    gray_png(&GrayImage {
+        width: heat_map.width,
+        height: heat_map.height,
+        pixels,
+    })
+}
+
+/// Everything the recorder needs.
+pub struct RecordContext {
+    pub store: Store,
+    pub station: String,
+    pub outcomes: mpsc::Receiver<PartOutcome>,
+    pub clock: Arc<StationClock>,
+    pub metrics: Metrics,
+}
+
+/// Records every outcome until the channel closes.
+pub async fn run_recorder(mut ctx: RecordContext) {
+    while let Some(outcome) = ctx.outcomes.recv().await {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match record_outcome(&ctx, &outcome).await {
+                Ok(()) => {
+                    ctx.metrics.records_written.inc();
+                    ctx.metrics.count_disposition(outcome.disposition);
+                    break;
+                }
+                Err(error) => {
+                    ctx.metrics.record_errors.inc();
+                    tracing::error!(part_id = %outcome.part_id, %error, retry_in = ?backoff, "cannot record part; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+async fn record_outcome(ctx: &RecordContext, outcome: &PartOutcome) -> Result<(), RecordError> {
+    let (image, heat_map) = {
+        let store = ctx.store.clone();
+        let inspection = outcome.inspection.clone();
+        // PNG encoding and file syncs are blocking work.
+        tokio::task::spawn_blocking(move || -> Result<_, RecordError> {
+            let image = inspection
+                .as_ref()
+                .and_then(|i| i.image.as_ref())
+                .map(|image| store.put_image(&gray_png(image)?))
+                .transpose()?;
+            let heat_map = inspection
+                .as_ref()
+                .and_then(|i| i.heat_map.as_ref())
+                .map(|map| store.put_image(&heat_map_png(map)?))
+                .transpose()?;
+            Ok((image, heat_map))
+        })
+        .await
+        .map_err(|join| RecordError::Image {
+            path: PathBuf::from("images"),
+            source: std::io::Error::other(join.to_string()),
+        })??
+    };
+    let record = build_record(&ctx.station, &ctx.clock, outcome, image, heat_map);
+    ctx.store.append(&record).await
+}
+
+/// The record of an outcome, given the digests of its stored images.
+pub fn build_record(
+    station: &str,
+    clock: &StationClock,
+    outcome: &PartOutcome,
+    image: Option<String>,
+    heat_map: Option<String>,
+) -> InspectionRecord {
+    let inspection = outcome.inspection.as_ref();
+    let (actuation, actuated_at, actuation_error) = match &outcome.actuation {
+        Actuation::NotRequired => (ActuationStatus::NotRequired, None, None),
+        Actuation::Done { at } => (ActuationStatus::Done, Some(clock.utc(*at)), None),
+        Actuation::Failed { error, .. } => (ActuationStatus::Failed, None, Some(error.clone())),
+    };
+    InspectionRecord {
+        part_id: outcome.part_id.0,
+        station: station.to_owned(),
+        captured_at: clock.utc(outcome.captured_at),
+        inspected_at: inspection.map(|i| clock.utc(i.inspected_at)),
+        decided_at: clock.utc(outcome.decided_at),
+        gate_at: clock.utc(outcome.gate_at),
+        actuated_at,
+        verdict: inspection.map(|i| i.verdict),
+        score: inspection.and_then(|i| i.score),
+        threshold: inspection.map(|i| i.threshold),
+        disposition: outcome.disposition,
+        rejected_by_policy: outcome.disposition == Disposition::RejectNoVerdict,
+        inspection_late: outcome.inspection_late,
+        actuation,
+        actuation_error,
+        model_version: inspection.map(|i| i.model_version.to_string()),
+        image,
+        heat_map,
+        error: inspection.and_then(|i| i.error.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::part::{PartId, StationTime};
+
+    fn record(part_id: u64) -> InspectionRecord {
+        let clock = StationClock::start();
+        let outcome = PartOutcome {
+            part_id: PartId(part_id),
+            captured_at: StationTime::default(),
+            gate_at: StationTime(Duration::from_millis(1000)),
+            decided_at: StationTime(Duration::from_millis(990)),
+            disposition: Disposition::RejectNoVerdict,
+            inspection: None,
+            inspection_late: false,
+            actuation: Actuation::Done {
+                at: StationTime(Duration::from_millis(991)),
+            },
+        };
+        build_record("test", &clock, &outcome, None, None)
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_list_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            assert_eq!(store.next_part_id().expect("id"), 0);
+            for id in [3, 1, 2, 300] {
+                store.append(&record(id)).await.expect("append");
+            }
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.next_part_id().expect("id"), 301);
+        let ids: Vec<u64> = store
+            .list(None, 10)
+            .await
+            .expect("list")
+            .iter()
+            .map(|r| r.part_id)
+            .collect();
+        assert_eq!(ids, [300, 3, 2, 1]);
+        let ids: Vec<u64> = store
+            .list(Some(3), 1)
+            .await
+            .expect("list")
+            .iter()
+            .map(|r| r.part_id)
+            .collect();
+        assert_eq!(ids, [2]);
+        let got = store.get(1).await.expect("get").expect("present");
+        assert!(got.rejected_by_policy);
+        assert_eq!(got.actuation, ActuationStatus::Done);
+    }
+
+    #[test]
+    fn images_are_content_addressed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let png =
+            gray_png(&GrayImage::new(2, 2, vec![0, 64, 128, 255]).expect("size")).expect("png");
+        let digest = store.put_image(&png).expect("put");
+        assert_eq!(store.put_image(&png).expect("again"), digest);
+        let path = store.image_path(&digest).expect("exists");
+        assert_eq!(std::fs::read(path).expect("read"), png);
+        assert_eq!(store.image_path("../../etc/passwd"), None);
+        assert_eq!(store.image_path(&"0".repeat(64)), None);
+        // Found by schemathesis: a multi-byte first character must not panic.
+        assert_eq!(store.image_path("é"), None);
+    }
+}

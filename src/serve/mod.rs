@@ -1,0 +1,269 @@
+//! Serve: the station's HTTP face. JSON for the MES and the UI, the live page for operators,
+//! `/metrics` for Prometheus.
+//!
+//! [`router`] builds the whole app from an [`ApiState`] of cheap handles; tests drive it with
+//! `oneshot` or over a real port. Bad input gets a 4xx with a JSON `{"error": …}` saying why;
+//! internal failures are logged once here and the client sees a generic message. Timeouts,
+//! body size and concurrency are layers. Nothing below this module knows HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::Metrics;
+use crate::part::Disposition;
+use crate::record::{InspectionRecord, Store};
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+const LIVE_PAGE: &str = include_str!("live.html");
+
+/// Largest page of records one request may ask for.
+pub const MAX_PAGE: usize = 500;
+
+/// What the station tells about itself: fixed at start except `state`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StationInfo {
+    pub name: String,
+    pub started_at: String,
+    pub model_version: String,
+    pub threshold: f32,
+    pub travel_ms: u64,
+    pub gate_window_ms: u64,
+    pub verdict_margin_ms: u64,
+    pub plc: String,
+    pub camera_pipeline: String,
+    pub simulated: bool,
+}
+
+/// The station's life cycle as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StationState {
+    Running,
+    Stopping,
+    Stopped,
+    Faulted,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub info: Arc<StationInfo>,
+    pub state: Arc<std::sync::RwLock<StationState>>,
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+impl ApiState {
+    /// Sets the state the API reports.
+    pub fn set_state(&self, state: StationState) {
+        if let Ok(mut current) = self.state.write() {
+            *current = state;
+        }
+    }
+}
+
+/// The HTTP app.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(live_page))
+        .route("/api/v1/station", get(station))
+        .route("/api/v1/inspections", get(list_inspections))
+        .route("/api/v1/inspections/{part_id}", get(get_inspection))
+        .route("/api/v1/images/{digest}", get(get_image))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        // A bug in a handler answers 500 instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(RequestBodyLimitLayer::new(16 * 1024))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(10),
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(64))
+        .with_state(state)
+}
+
+/// Errors a handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Internal(#[from] crate::record::RecordError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            ApiError::Internal(error) => {
+                tracing::error!(%error, "API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the station log".into(),
+                )
+            }
+        };
+        (status, Json(ErrorBody { error: message })).into_response()
+    }
+}
+
+async fn live_page() -> Html<&'static str> {
+    Html(LIVE_PAGE)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+/// Counters of parts past the gate.
+#[derive(Debug, Serialize)]
+struct PartCounts {
+    captured: u64,
+    frames_dropped: u64,
+    recorded: u64,
+    passed: u64,
+    rejected_failed: u64,
+    rejected_error: u64,
+    rejected_no_verdict: u64,
+    gate_commands_failed: u64,
+    in_flight: i64,
+}
+
+#[derive(Serialize)]
+struct StationView {
+    #[serde(flatten)]
+    info: StationInfo,
+    state: StationState,
+    parts: PartCounts,
+}
+
+async fn station(State(api): State<ApiState>) -> Json<StationView> {
+    let m = &api.metrics;
+    let state = api
+        .state
+        .read()
+        .map(|s| *s)
+        .unwrap_or(StationState::Faulted);
+    Json(StationView {
+        info: (*api.info).clone(),
+        state,
+        parts: PartCounts {
+            captured: m.frames_captured.get(),
+            frames_dropped: m.frames_dropped.get(),
+            recorded: m.records_written.get(),
+            passed: m.disposition_count(Disposition::Pass),
+            rejected_failed: m.disposition_count(Disposition::RejectFailed),
+            rejected_error: m.disposition_count(Disposition::RejectError),
+            rejected_no_verdict: m.disposition_count(Disposition::RejectNoVerdict),
+            gate_commands_failed: m.gate_commands_failed.get(),
+            in_flight: m.parts_in_flight.get(),
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<usize>,
+    /// Only parts with a smaller id: pass the previous page's `next_before`.
+    before: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct InspectionPage {
+    items: Vec<InspectionRecord>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    next_before: Option<u64>,
+}
+
+async fn list_inspections(
+    State(api): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<InspectionPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let items = api.store.list(query.before, limit).await?;
+    let next_before = (items.len() == limit)
+        .then(|| items.last().map(|r| r.part_id))
+        .flatten()
+        .filter(|id| *id > 0);
+    Ok(Json(InspectionPage { items, next_before }))
+}
+
+async fn get_inspection(
+    State(api): State<ApiState>,
+    part_id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<InspectionRecord>, ApiError> {
+    let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    api.store
+        .get(part_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no record of part {part_id}")))
+}
+
+async fn get_image(
+    State(api): State<ApiState>,
+    digest: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(digest) = digest.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let digest = digest.strip_suffix(".png").unwrap_or(&digest).to_owned();
+    let Some(path) = api.store.image_path(&digest) else {
+        return Err(ApiError::NotFound(format!("no image {digest}")));
+    };
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|source| ApiError::Internal(crate::record::RecordError::Image { path, source }))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            // Content-addressed: an image never changes.
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn metrics(State(api): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.encode(&api.info.name),
+    )
+        .into_response()
+}

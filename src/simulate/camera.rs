@@ -1,0 +1,77 @@
+//! The simulated camera: renders parts at the belt's rate and pushes them into the pipeline's
+//! appsrc, one frame per part.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SimulatorSection;
+use crate::inspect::train::SIM_FRAME_SIZE;
+use crate::simulate::PartGenerator;
+
+/// A running feeder thread.
+pub struct SimulatedCamera {
+    stop: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SimulatedCamera {
+    /// Starts feeding `appsrc`; ends the stream after `max_parts` or when `stop` fires.
+    pub fn start(
+        appsrc: gst_app::AppSrc,
+        settings: SimulatorSection,
+        max_parts: Option<u64>,
+        stop: CancellationToken,
+    ) -> SimulatedCamera {
+        let feeder_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sim-camera".into())
+            .spawn(move || feed(appsrc, settings, max_parts, feeder_stop))
+            .map_err(|error| tracing::error!(%error, "cannot start the simulated camera"))
+            .ok();
+        SimulatedCamera { stop, thread }
+    }
+
+    /// Stops feeding and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn feed(
+    appsrc: gst_app::AppSrc,
+    settings: SimulatorSection,
+    max_parts: Option<u64>,
+    stop: CancellationToken,
+) {
+    let mut generator = PartGenerator::new(
+        settings.seed,
+        SIM_FRAME_SIZE,
+        SIM_FRAME_SIZE,
+        settings.defect_rate,
+    );
+    let period = Duration::from_secs_f64(60.0 / settings.parts_per_min);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !stop.is_cancelled() && max_parts.is_none_or(|max| sent < max) {
+        // Parts arrive on a fixed schedule, however long rendering took.
+        let due = started + period.mul_f64(sent as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let part = generator.next_part();
+        tracing::debug!(part = sent, defect = ?part.defect, "simulated part");
+        if let Err(error) = appsrc.push_buffer(gst::Buffer::from_mut_slice(part.image.pixels)) {
+            tracing::debug!(?error, "simulated camera: pipeline refused the frame");
+            break;
+        }
+        sent += 1;
+    }
+    let _ = appsrc.end_of_stream();
+}

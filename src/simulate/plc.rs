@@ -1,0 +1,210 @@
+//! A line PLC simulator: a real Modbus TCP server that keeps holding registers, logs every write
+//! with its time, and fires a simulated reject gate the way the register map prescribes.
+//!
+//! The station's `make run` starts one on loopback; tests read its log to check that every
+//! reject pulse landed on the right part inside its gate window. A response delay can be set to
+//! play a PLC that stops answering.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_modbus::server::Service;
+use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
+use tokio_modbus::{ExceptionCode, Request, Response};
+
+use crate::actuate::{REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap};
+
+/// One write request as the PLC received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlcWrite {
+    pub at: DateTime<Utc>,
+    pub address: u16,
+    pub values: Vec<u16>,
+}
+
+/// One firing of the simulated reject gate.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectPulse {
+    pub at: DateTime<Utc>,
+    pub part_id: u64,
+    pub sequence: u16,
+}
+
+#[derive(Debug)]
+struct PlcState {
+    map: RegisterMap,
+    registers: Mutex<Vec<u16>>,
+    writes: Mutex<Vec<PlcWrite>>,
+    pulses: Mutex<Vec<RejectPulse>>,
+    response_delay_us: AtomicU64,
+}
+
+/// Handle to a running PLC simulator.
+#[derive(Debug, Clone)]
+pub struct PlcSimulator {
+    state: Arc<PlcState>,
+    address: SocketAddr,
+}
+
+impl PlcSimulator {
+    /// Starts serving on `listener` until the returned handle's task is dropped or aborted.
+    pub fn serve(
+        listener: TcpListener,
+        map: RegisterMap,
+    ) -> std::io::Result<(PlcSimulator, tokio::task::JoinHandle<()>)> {
+        let address = listener.local_addr()?;
+        let state = Arc::new(PlcState {
+            map,
+            registers: Mutex::new(vec![0; 0x1_0000]),
+            writes: Mutex::new(Vec::new()),
+            pulses: Mutex::new(Vec::new()),
+            response_delay_us: AtomicU64::new(0),
+        });
+        let server = Server::new(listener);
+        let service_state = state.clone();
+        let task = tokio::spawn(async move {
+            let on_connected = |stream, socket_addr| {
+                let state = service_state.clone();
+                async move {
+                    accept_tcp_connection(stream, socket_addr, move |_| {
+                        Ok(Some(PlcService {
+                            state: state.clone(),
+                        }))
+                    })
+                }
+            };
+            let on_process_error =
+                |error| tracing::debug!(%error, "PLC simulator: connection ended");
+            if let Err(error) = server.serve(&on_connected, on_process_error).await {
+                tracing::error!(%error, "PLC simulator stopped");
+            }
+        });
+        Ok((PlcSimulator { state, address }, task))
+    }
+
+    /// Where the simulator listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Delays every reply by `delay`, to play a slow or silent PLC.
+    pub fn set_response_delay(&self, delay: Duration) {
+        self.state
+            .response_delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Every write received so far, in order.
+    pub fn writes(&self) -> Vec<PlcWrite> {
+        lock(&self.state.writes).clone()
+    }
+
+    /// Every reject gate firing so far, in order.
+    pub fn pulses(&self) -> Vec<RejectPulse> {
+        lock(&self.state.pulses).clone()
+    }
+
+    /// The current value of a holding register.
+    pub fn register(&self, address: u16) -> u16 {
+        lock(&self.state.registers)[usize::from(address)]
+    }
+}
+
+/// The simulator's state stays consistent under every lock holder (plain stores), so a panic
+/// elsewhere must not take the PLC down with it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct PlcService {
+    state: Arc<PlcState>,
+}
+
+impl Service for PlcService {
+    type Request = Request<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
+
+    fn call(&self, request: Self::Request) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let delay = Duration::from_micros(state.response_delay_us.load(Ordering::Relaxed));
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            state.handle(request)
+        })
+    }
+}
+
+impl PlcState {
+    fn handle(&self, request: Request<'static>) -> Result<Response, ExceptionCode> {
+        match request {
+            Request::ReadHoldingRegisters(address, count) => {
+                let range = span(address, count)?;
+                Ok(Response::ReadHoldingRegisters(
+                    lock(&self.registers)[range].to_vec(),
+                ))
+            }
+            Request::WriteSingleRegister(address, value) => {
+                self.write(address, &[value])?;
+                Ok(Response::WriteSingleRegister(address, value))
+            }
+            Request::WriteMultipleRegisters(address, values) => {
+                self.write(address, &values)?;
+                Ok(Response::WriteMultipleRegisters(
+                    address,
+                    values.len() as u16,
+                ))
+            }
+            _ => Err(ExceptionCode::IllegalFunction),
+        }
+    }
+
+    fn write(&self, address: u16, values: &[u16]) -> Result<(), ExceptionCode> {
+        let range = span(address, values.len() as u16)?;
+        let at = Utc::now();
+        let previous_sequence = {
+            let mut registers = lock(&self.registers);
+            let previous = registers[usize::from(self.map.reject.address + 3)];
+            registers[range].copy_from_slice(values);
+            previous
+        };
+        lock(&self.writes).push(PlcWrite {
+            at,
+            address,
+            values: values.to_vec(),
+        });
+        if address == self.map.reject.address
+            && values.len() == usize::from(REJECT_BLOCK_LEN)
+            && let Some((part_id, command, sequence)) = RegisterMap::decode_reject(values)
+            && command == REJECT_COMMAND_FIRE
+            && sequence != previous_sequence
+        {
+            tracing::debug!(part_id, sequence, "PLC simulator: reject gate fired");
+            lock(&self.pulses).push(RejectPulse {
+                at,
+                part_id,
+                sequence,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn span(address: u16, count: u16) -> Result<std::ops::Range<usize>, ExceptionCode> {
+    let start = usize::from(address);
+    let end = start + usize::from(count);
+    if count == 0 || end > 0x1_0000 {
+        return Err(ExceptionCode::IllegalDataAddress);
+    }
+    Ok(start..end)
+}

@@ -1,0 +1,390 @@
+//! The station: wires capture → calibrate/inspect → track → actuate → record, and serves it.
+//!
+//! ```text
+//!  GStreamer appsink ──Trigger (waits)──────────────────────┐
+//!        │                                                   ▼
+//!        └──Frame (bounded, drop+count)──▶ inspect thread ──Inspection (waits)──▶ tracker loop
+//!                                                                                   │
+//!                       recorder ◀──PartOutcome (waits)── gate task ◀──GateCommand──┤ (rejects)
+//!                           ▲                                                       │
+//!                           └──────────────────PartOutcome (waits)──────────────────┘ (passes)
+//! ```
+//!
+//! [`Station::prepare`] loads and checks everything that can fail before the line starts (model,
+//! calibration, register map, record store, the PLC link). [`Station::run`] runs until the camera
+//! ends or `shutdown` fires, then lets every part in flight reach the gate, records it, and stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use candle_core::Device;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::actuate::{
+    GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
+};
+use crate::calibrate::{CalibrateError, Calibration, Undistorter};
+use crate::capture::{CaptureContext, CaptureError, read_pipeline, run_capture};
+use crate::config::{PlcKind, StationConfig};
+use crate::inspect::{DefectModel, InspectContext, Inspector, ModelError, run_inspector};
+use crate::metrics::Metrics;
+use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
+use crate::record::{RecordContext, RecordError, Store, run_recorder};
+use crate::serve::{ApiState, StationInfo, StationState};
+use crate::simulate::PlcSimulator;
+use crate::track::{InspectionFate, PartTracker};
+
+/// Why the station could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StationError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Calibrate(#[from] CalibrateError),
+    #[error(transparent)]
+    RegisterMap(#[from] RegisterMapError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("PLC link check failed: {0}")]
+    Gate(#[from] GateError),
+    #[error("cannot start the PLC simulator: {0}")]
+    PlcSimulator(std::io::Error),
+    #[error(
+        "model takes {model_width}x{model_height} images but the calibration ROI is {roi_width}x{roi_height}"
+    )]
+    ModelInput {
+        model_width: u32,
+        model_height: u32,
+        roi_width: u32,
+        roi_height: u32,
+    },
+    #[error("a stage stopped unexpectedly: {0}")]
+    Stage(String),
+}
+
+/// How one run of the line ended.
+#[derive(Debug, Clone, Copy)]
+pub struct RunReport {
+    pub parts: u64,
+}
+
+/// Options of this process, not of the line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this many parts (the simulated line runs forever otherwise).
+    pub max_parts: Option<u64>,
+}
+
+/// A station ready to run.
+pub struct Station {
+    config: StationConfig,
+    clock: Arc<StationClock>,
+    metrics: Metrics,
+    store: Store,
+    model: DefectModel,
+    threshold: f32,
+    calibration: Calibration,
+    link: GateLink,
+    api: ApiState,
+    plc_simulator: Option<(PlcSimulator, tokio::task::JoinHandle<()>)>,
+}
+
+impl Station {
+    /// Loads everything and checks the PLC link; nothing moves yet.
+    pub async fn prepare(config: StationConfig) -> Result<Station, StationError> {
+        let clock = StationClock::start();
+        let metrics = Metrics::new();
+        let model = DefectModel::load(&config.model_dir, &Device::Cpu)?;
+        let calibration = Calibration::load(&config.calibration_file)?;
+        let (roi_width, roi_height) = (calibration.roi.width, calibration.roi.height);
+        if (model.card.input.width, model.card.input.height) != (roi_width, roi_height) {
+            return Err(StationError::ModelInput {
+                model_width: model.card.input.width,
+                model_height: model.card.input.height,
+                roi_width,
+                roi_height,
+            });
+        }
+        let threshold = config.threshold_override.unwrap_or(model.card.threshold);
+        let map = RegisterMap::load(&config.plc.register_map_file)?;
+        let store = Store::open(&config.data_dir)?;
+
+        let (plc_address, plc_simulator) = match config.plc.kind {
+            PlcKind::Simulated => {
+                let listener = tokio::net::TcpListener::bind(
+                    config.plc.address.as_deref().unwrap_or("127.0.0.1:0"),
+                )
+                .await
+                .map_err(StationError::PlcSimulator)?;
+                let (simulator, task) =
+                    PlcSimulator::serve(listener, map).map_err(StationError::PlcSimulator)?;
+                (simulator.address(), Some((simulator, task)))
+            }
+            PlcKind::Tcp => {
+                // Checked by config: a tcp PLC has a valid socket address.
+                let address = config.plc.address.as_deref().unwrap_or_default();
+                let address: SocketAddr = address
+                    .parse()
+                    .map_err(|_| StationError::Stage(format!("invalid PLC address {address:?}")))?;
+                (address, None)
+            }
+        };
+        let mut link = GateLink::new(
+            plc_address,
+            config.plc.unit_id,
+            config.plc.request_timeout,
+            map,
+        );
+        link.start().await?;
+        tracing::info!(plc = %plc_address, "PLC link checked; station marked running");
+
+        let api = ApiState {
+            info: Arc::new(StationInfo {
+                name: config.name.clone(),
+                started_at: clock.utc(clock.now()).to_rfc3339(),
+                model_version: model.version.to_string(),
+                threshold,
+                travel_ms: config.line.travel.as_millis() as u64,
+                gate_window_ms: config.line.gate_window.as_millis() as u64,
+                verdict_margin_ms: config.line.verdict_margin.as_millis() as u64,
+                plc: plc_address.to_string(),
+                camera_pipeline: config.pipeline_file.display().to_string(),
+                simulated: config.simulator.is_some(),
+            }),
+            state: Arc::new(std::sync::RwLock::new(StationState::Running)),
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        Ok(Station {
+            config,
+            clock,
+            metrics,
+            store,
+            model,
+            threshold,
+            calibration,
+            link,
+            api,
+            plc_simulator,
+        })
+    }
+
+    /// The state the HTTP API serves.
+    pub fn api(&self) -> ApiState {
+        self.api.clone()
+    }
+
+    /// The record store.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// The station's metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The built-in PLC simulator, when the config asks for one.
+    pub fn plc_simulator(&self) -> Option<PlcSimulator> {
+        self.plc_simulator
+            .as_ref()
+            .map(|(simulator, _)| simulator.clone())
+    }
+
+    /// Runs the line until the camera ends, `max_parts`, or `shutdown`; then drains and stops.
+    pub async fn run(
+        self,
+        options: RunOptions,
+        shutdown: CancellationToken,
+    ) -> Result<RunReport, StationError> {
+        let Station {
+            config,
+            clock,
+            metrics,
+            store,
+            model,
+            threshold,
+            calibration,
+            link,
+            api,
+            plc_simulator,
+        } = self;
+        let pipeline_description = read_pipeline(&config.pipeline_file)?;
+        let first_part_id = store.next_part_id()?;
+
+        let (trigger_tx, trigger_rx) = mpsc::channel::<Trigger>(256);
+        let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(config.frame_queue.get());
+        let (inspection_tx, inspection_rx) = mpsc::channel::<Inspection>(64);
+        let (gate_tx, gate_rx) = mpsc::channel::<GateCommand>(64);
+        // Deep enough to ride out a slow disk for minutes without holding up the gate.
+        let (outcome_tx, outcome_rx) = mpsc::channel::<PartOutcome>(8192);
+
+        let recorder = tokio::spawn(run_recorder(RecordContext {
+            store: store.clone(),
+            station: config.name.clone(),
+            outcomes: outcome_rx,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        }));
+        let gate = tokio::spawn(run_gate(GateContext {
+            link,
+            commands: gate_rx,
+            outcomes: outcome_tx.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            heartbeat: config.plc.heartbeat,
+            gate_window: config.line.gate_window,
+        }));
+        let inspector = Inspector {
+            undistorter: Undistorter::new(&calibration)?,
+            model,
+            threshold,
+        };
+        let inspect_ctx = InspectContext {
+            inspector,
+            frames: frame_rx,
+            inspections: inspection_tx,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        };
+        let inspect_thread = std::thread::Builder::new()
+            .name("inspect".into())
+            .spawn(move || run_inspector(inspect_ctx))
+            .map_err(|e| StationError::Stage(format!("cannot start the inspect thread: {e}")))?;
+        let capture_ctx = CaptureContext {
+            pipeline_description,
+            simulator: config.simulator.clone(),
+            first_part_id,
+            max_parts: options.max_parts,
+            triggers: trigger_tx,
+            frames: frame_tx,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            stop: shutdown.clone(),
+        };
+        let capture = tokio::task::spawn_blocking(move || run_capture(capture_ctx));
+        tracing::info!(first_part_id, "line running");
+
+        let tracked = run_tracker(TrackContext {
+            tracker: PartTracker::new(config.line),
+            triggers: trigger_rx,
+            inspections: inspection_rx,
+            gate: gate_tx,
+            outcomes: outcome_tx,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        })
+        .await;
+        api.set_state(StationState::Stopping);
+
+        // The tracker returns once capture and inspection have closed their channels and every
+        // part has been dispatched; the rest drain in order.
+        let capture_result = capture
+            .await
+            .map_err(|e| StationError::Stage(format!("capture: {e}")))?;
+        let _ = inspect_thread.join();
+        gate.await
+            .map_err(|e| StationError::Stage(format!("gate: {e}")))?;
+        recorder
+            .await
+            .map_err(|e| StationError::Stage(format!("recorder: {e}")))?;
+        if let Some((_, task)) = plc_simulator {
+            task.abort();
+        }
+        match capture_result {
+            Ok(summary) => {
+                api.set_state(StationState::Stopped);
+                tracing::info!(parts = summary.frames, tracked, "line stopped");
+                Ok(RunReport {
+                    parts: summary.frames,
+                })
+            }
+            Err(error) => {
+                api.set_state(StationState::Faulted);
+                Err(error.into())
+            }
+        }
+    }
+}
+
+struct TrackContext {
+    tracker: PartTracker,
+    triggers: mpsc::Receiver<Trigger>,
+    inspections: mpsc::Receiver<Inspection>,
+    gate: mpsc::Sender<GateCommand>,
+    outcomes: mpsc::Sender<PartOutcome>,
+    clock: Arc<StationClock>,
+    metrics: Metrics,
+}
+
+/// Feeds the tracker with triggers, inspections and the passing of time, and dispatches every
+/// part that falls due: rejects to the gate, passes straight to the recorder. Returns the number
+/// of parts dispatched once both inputs are closed and no part is left in flight.
+async fn run_tracker(mut ctx: TrackContext) -> u64 {
+    let (mut triggers_open, mut inspections_open) = (true, true);
+    let mut dispatched = 0;
+    loop {
+        let next_due = ctx.tracker.next_due_at();
+        if !triggers_open && !inspections_open && next_due.is_none() {
+            return dispatched;
+        }
+        let wake = async {
+            match next_due {
+                Some(at) => tokio::time::sleep_until(ctx.clock.instant(at).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // A part's trigger is always sent before its frame reaches inspection, so taking
+            // triggers first means an inspection never arrives for a part not yet tracked.
+            biased;
+            trigger = ctx.triggers.recv(), if triggers_open => match trigger {
+                Some(trigger) => ctx.tracker.trigger(trigger.part_id, trigger.captured_at),
+                None => triggers_open = false,
+            },
+            inspection = ctx.inspections.recv(), if inspections_open => match inspection {
+                Some(inspection) => {
+                    let part_id = inspection.part_id;
+                    match ctx.tracker.inspected(inspection, ctx.clock.now()) {
+                        InspectionFate::Accepted => {}
+                        InspectionFate::Late => {
+                            ctx.metrics.inspections_late.inc();
+                            tracing::warn!(%part_id, "verdict missed its deadline; part rejected by policy");
+                        }
+                        InspectionFate::UnknownPart => tracing::error!(%part_id, "inspection for an untracked part"),
+                    }
+                }
+                None => inspections_open = false,
+            },
+            () = wake => {}
+        }
+        let now = ctx.clock.now();
+        for due in ctx.tracker.due(now) {
+            dispatched += 1;
+            let outcome = PartOutcome {
+                part_id: due.part_id,
+                captured_at: due.captured_at,
+                gate_at: due.gate_at,
+                decided_at: now,
+                disposition: due.disposition,
+                inspection: due.inspection,
+                inspection_late: due.inspection_late,
+                actuation: Actuation::NotRequired,
+            };
+            let sent = if outcome.disposition.is_reject() {
+                ctx.gate.send(GateCommand { outcome }).await.is_ok()
+            } else {
+                ctx.outcomes.send(outcome).await.is_ok()
+            };
+            if !sent {
+                tracing::error!(part_id = %due.part_id, "downstream stage stopped; part not dispatched");
+            }
+        }
+        ctx.metrics
+            .parts_in_flight
+            .set(ctx.tracker.in_flight() as i64);
+    }
+}

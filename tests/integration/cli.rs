@@ -1,0 +1,77 @@
+//! The `linesight` binary: what a user sees on bad input.
+
+use std::process::Command;
+
+use crate::repo;
+
+fn linesight(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run linesight");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn run_with_config(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("station.toml");
+    std::fs::write(&path, text).expect("write config");
+    linesight(&[
+        "run",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--bind",
+        "127.0.0.1:0",
+    ])
+}
+
+fn shipped_config() -> String {
+    std::fs::read_to_string(repo().join("config/simulated-line.toml")).expect("shipped config")
+}
+
+#[test]
+fn malformed_config_is_refused_naming_file_and_field() {
+    let (ok, stderr) =
+        run_with_config(&shipped_config().replace("travel_ms = 1200", "travel_ms = \"fast\""));
+    assert!(!ok);
+    assert!(stderr.contains("station.toml"), "{stderr}");
+    assert!(stderr.contains("line.travel_ms"), "{stderr}");
+    assert!(stderr.contains("expected u64"), "{stderr}");
+}
+
+#[test]
+fn unknown_field_is_refused() {
+    let (ok, stderr) =
+        run_with_config(&shipped_config().replace("[line]", "[line]\nbelt_speed = 3"));
+    assert!(!ok);
+    assert!(stderr.contains("unknown field `belt_speed`"), "{stderr}");
+}
+
+#[test]
+fn missing_files_are_all_reported() {
+    // Relative paths resolve against the config's folder: a temp dir with none of them.
+    let (ok, stderr) = run_with_config(&shipped_config());
+    assert!(!ok);
+    for field in [
+        "camera.pipeline",
+        "calibration.file",
+        "plc.register_map",
+        "model.dir",
+    ] {
+        assert!(stderr.contains(field), "{field} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn version_prints() {
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .arg("version")
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("linesight "));
+}

@@ -1,0 +1,248 @@
+//! The whole line on the simulator: parts from camera to gate to record and API.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use linesight::part::{Disposition, Verdict};
+use linesight::record::{ActuationStatus, InspectionRecord};
+use linesight::serve::router;
+use linesight::simulate::RejectPulse;
+use linesight::station::{RunOptions, Station};
+use tokio_util::sync::CancellationToken;
+
+use crate::station_config;
+
+/// Fetches every record through the HTTP API, following `next_before` pages.
+async fn all_records_over_http(base: &str) -> Vec<InspectionRecord> {
+    let client = reqwest::Client::new();
+    let mut records = Vec::new();
+    let mut url = format!("{base}/api/v1/inspections?limit=64");
+    loop {
+        let page: serde_json::Value = client
+            .get(&url)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON");
+        let items: Vec<InspectionRecord> =
+            serde_json::from_value(page["items"].clone()).expect("records");
+        records.extend(items);
+        match page["next_before"].as_u64() {
+            Some(before) => url = format!("{base}/api/v1/inspections?limit=64&before={before}"),
+            None => return records,
+        }
+    }
+}
+
+/// Gate pulses by part id.
+fn pulses_by_part(pulses: Vec<RejectPulse>) -> HashMap<u64, Vec<RejectPulse>> {
+    let mut by_part: HashMap<u64, Vec<RejectPulse>> = HashMap::new();
+    for pulse in pulses {
+        by_part.entry(pulse.part_id).or_default().push(pulse);
+    }
+    by_part
+}
+
+/// Issue 2: 200 simulated parts; every part the model failed gets exactly one reject pulse
+/// inside its gate window and no other part gets one; every part is in sled and in the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_parts_reach_gate_and_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = station_config(
+        dir.path(),
+        &[
+            ("parts_per_min = 120", "parts_per_min = 600"),
+            ("travel_ms = 1200", "travel_ms = 1500"),
+            ("verdict_margin_ms = 300", "verdict_margin_ms = 500"),
+        ],
+    );
+    let (travel, window) = (config.line.travel, config.line.gate_window);
+    let station = Station::prepare(config).await.expect("station starts");
+    let plc = station.plc_simulator().expect("simulated PLC");
+    let (store, metrics) = (station.store(), station.metrics());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+
+    let report = station
+        .run(
+            RunOptions {
+                max_parts: Some(200),
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("line runs");
+    assert_eq!(report.parts, 200);
+
+    // Nominal run: inspection kept up, so no part was rejected by policy.
+    assert_eq!(metrics.frames_dropped.get(), 0, "frames dropped");
+    assert_eq!(metrics.inspections_late.get(), 0, "late verdicts");
+    assert_eq!(
+        metrics.gate_commands_failed.get(),
+        0,
+        "failed gate commands"
+    );
+
+    let records = store.list(None, 1000).await.expect("sled");
+    let mut ids: Vec<u64> = records.iter().map(|r| r.part_id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (0..200).collect::<Vec<_>>(),
+        "every part is in sled once"
+    );
+
+    let pulses = pulses_by_part(plc.pulses());
+    let mut n_fail = 0;
+    for record in &records {
+        let verdict = record.verdict.expect("every part was inspected");
+        let expected = match verdict {
+            Verdict::Pass => Disposition::Pass,
+            Verdict::Fail => Disposition::RejectFailed,
+            Verdict::Error => Disposition::RejectError,
+        };
+        assert_eq!(record.disposition, expected, "part {}", record.part_id);
+        let part_pulses = pulses
+            .get(&record.part_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if verdict == Verdict::Pass {
+            assert!(
+                part_pulses.is_empty(),
+                "passed part {} got a reject pulse",
+                record.part_id
+            );
+            assert_eq!(record.actuation, ActuationStatus::NotRequired);
+            continue;
+        }
+        n_fail += 1;
+        assert_eq!(
+            part_pulses.len(),
+            1,
+            "failed part {} got {} pulses",
+            record.part_id,
+            part_pulses.len()
+        );
+        let arrival = record.captured_at + chrono::Duration::from_std(travel).expect("duration");
+        let off = (part_pulses[0].at - arrival)
+            .abs()
+            .to_std()
+            .expect("duration");
+        assert!(
+            off <= window,
+            "part {}: pulse {off:?} from arrival, window ±{window:?}",
+            record.part_id
+        );
+        assert_eq!(record.actuation, ActuationStatus::Done);
+    }
+    assert_eq!(
+        pulses.values().map(Vec::len).sum::<usize>(),
+        n_fail,
+        "no pulse for any other part"
+    );
+    // A 30 % defect rate over 200 parts: both outcomes must be well represented.
+    assert!((30..110).contains(&n_fail), "{n_fail} of 200 parts failed");
+
+    let over_http = all_records_over_http(&base).await;
+    assert_eq!(over_http.len(), 200);
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| std::cmp::Reverse(r.part_id));
+    assert_eq!(over_http, sorted, "the API serves exactly what sled holds");
+
+    let station: serde_json::Value = reqwest::get(format!("{base}/api/v1/station"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(station["parts"]["captured"], 200);
+    assert_eq!(station["parts"]["recorded"], 200);
+    assert_eq!(station["state"], "stopped");
+
+    let image = &records[0].image.clone().expect("image reference");
+    let png = reqwest::get(format!("{base}/api/v1/images/{image}"))
+        .await
+        .expect("GET");
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert!(png.bytes().await.expect("body").starts_with(b"\x89PNG"));
+}
+
+/// A verdict deadline no model can meet: every part is rejected by policy, once, at its gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_verdict_deadline_rejects_by_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = station_config(
+        dir.path(),
+        &[
+            ("parts_per_min = 120", "parts_per_min = 600"),
+            ("travel_ms = 1200", "travel_ms = 400"),
+            // The verdict would have to arrive within 1 ms of capture.
+            ("verdict_margin_ms = 300", "verdict_margin_ms = 399"),
+        ],
+    );
+    let station = Station::prepare(config).await.expect("station starts");
+    let plc = station.plc_simulator().expect("simulated PLC");
+    let (store, metrics) = (station.store(), station.metrics());
+    station
+        .run(
+            RunOptions {
+                max_parts: Some(20),
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("line runs");
+
+    let records = store.list(None, 100).await.expect("sled");
+    assert_eq!(records.len(), 20);
+    for record in &records {
+        assert_eq!(
+            record.disposition,
+            Disposition::RejectNoVerdict,
+            "part {}",
+            record.part_id
+        );
+        assert!(record.rejected_by_policy);
+    }
+    assert_eq!(metrics.disposition_count(Disposition::RejectNoVerdict), 20);
+    let pulses = pulses_by_part(plc.pulses());
+    assert_eq!(pulses.len(), 20);
+    assert!(pulses.values().all(|p| p.len() == 1));
+}
+
+/// Shutdown mid-run lets parts in flight reach the gate and records them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_parts_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = station_config(
+        dir.path(),
+        &[("parts_per_min = 120", "parts_per_min = 600")],
+    );
+    let station = Station::prepare(config).await.expect("station starts");
+    let (store, metrics) = (station.store(), station.metrics());
+    let shutdown = CancellationToken::new();
+    let stopper = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stopper.cancel();
+    });
+    let report = station
+        .run(RunOptions::default(), shutdown)
+        .await
+        .expect("clean stop");
+    assert!(report.parts >= 5, "{} parts", report.parts);
+    assert_eq!(
+        store.len() as u64,
+        report.parts,
+        "every captured part is recorded"
+    );
+    assert_eq!(metrics.records_written.get(), report.parts);
+
+    // A restarted station continues the part numbering.
+    assert_eq!(store.next_part_id().expect("id"), report.parts);
+}

@@ -1,0 +1,34 @@
+//! Linesight's integration tests: one binary, one module per area.
+//!
+//! They run real components end to end: GStreamer, OpenCV, candle, Modbus over loopback TCP,
+//! sled on disk, and axum on a real port. Data comes from the project's own simulator.
+
+mod cli;
+mod gate;
+mod interop;
+mod line;
+
+use std::path::{Path, PathBuf};
+
+use linesight::config::StationConfig;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped simulated-line config with `edits` applied (`(old, new)` text replacements) and
+/// its data in `data_dir`. Each `old` must occur, so a renamed key breaks the test loudly.
+pub fn station_config(data_dir: &Path, edits: &[(&str, &str)]) -> StationConfig {
+    let path = repo().join("config/simulated-line.toml");
+    let mut text = std::fs::read_to_string(&path).expect("shipped config");
+    let data_line = format!("data_dir = {:?}", data_dir.display().to_string());
+    for (old, new) in [("data_dir = \"../var/sim-1\"", data_line.as_str())]
+        .iter()
+        .chain(edits)
+    {
+        assert!(text.contains(old), "config has no {old:?}");
+        text = text.replace(old, new);
+    }
+    StationConfig::parse(&text, &path).expect("test config is valid")
+}

@@ -1,0 +1,120 @@
+// Drives the station's live page in headless Chromium against a running station.
+// Usage: node tests/ui/live.mjs http://127.0.0.1:PORT OUTDIR
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, outDir] = process.argv.slice(2);
+if (!base || !outDir) {
+  console.error('usage: node tests/ui/live.mjs BASE_URL OUTDIR');
+  process.exit(2);
+}
+const baseUrl = base.replace(/\/+$/, '');
+const VERDICTS = new Set(['PASS', 'FAIL', 'ERROR', 'NO VERDICT']);
+
+// A wedged browser must fail the run, not hang CI.
+setTimeout(() => {
+  console.error('ui: FAIL gave up after 120 s');
+  process.exit(1);
+}, 120_000).unref();
+
+let passed = 0;
+let failed = 0;
+
+// Later checks read what the first one waited for, so a failure stops the run.
+async function check(name, body) {
+  try {
+    await body();
+    passed += 1;
+    console.log(`ui: ok   ${name}`);
+  } catch (error) {
+    failed += 1;
+    console.error(`ui: FAIL ${name}: ${String(error?.message ?? error).split('\n')[0]}`);
+    throw Object.assign(new Error(name), { reported: true });
+  }
+}
+
+function expect(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+await mkdir(outDir, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+}).catch((error) => {
+  console.error(`ui: FAIL could not launch Chromium: ${error.message.split('\n')[0]}`);
+  process.exit(1);
+});
+const pageErrors = [];
+let page;
+try {
+  page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  await page.goto(baseUrl + '/', { waitUntil: 'domcontentloaded' });
+
+  await check('at least 5 parts listed within 30 s', async () => {
+    await page.waitForFunction(() => document.querySelectorAll('#parts tr').length >= 5, null, { timeout: 30_000 });
+  });
+
+  await check('station name shown', async () => {
+    const name = (await page.textContent('#station-name'))?.trim();
+    expect(name, '#station-name is empty');
+  });
+
+  await check('station state is running', async () => {
+    const state = (await page.textContent('#station-state')) ?? '';
+    expect(/running/i.test(state), `#station-state reads "${state}"`);
+  });
+
+  await check('every verdict cell reads PASS, FAIL, ERROR or NO VERDICT', async () => {
+    const verdicts = await page.$$eval('#parts tr .verdict', (cells) => cells.map((cell) => cell.textContent.trim()));
+    expect(verdicts.length >= 5, `only ${verdicts.length} verdict cells`);
+    const odd = verdicts.filter((verdict) => !VERDICTS.has(verdict));
+    expect(odd.length === 0, `unexpected verdict text: ${JSON.stringify(odd)}`);
+  });
+
+  // The newest part may be a dropped frame with no image; the next one with an image will do.
+  await check('latest part image loaded', async () => {
+    await page.waitForFunction(() => {
+      const img = document.querySelector('#latest-image');
+      return img && img.complete && img.naturalWidth > 0;
+    }, null, { timeout: 10_000 });
+  });
+
+  await check('captured counter is an integer >= 5', async () => {
+    const text = ((await page.textContent('#count-captured')) ?? '').trim();
+    expect(/^\d+$/.test(text), `#count-captured reads "${text}"`);
+    expect(Number(text) >= 5, `#count-captured is ${text}`);
+  });
+
+  await check('newest part from the API appears on the page within 5 s', async () => {
+    const response = await fetch(`${baseUrl}/api/v1/inspections?limit=5`);
+    expect(response.ok, `GET /api/v1/inspections?limit=5 answered ${response.status}`);
+    const { items } = await response.json();
+    expect(items.length > 0, 'the API lists no parts');
+    const newest = items[0].part_id;
+    await page.waitForSelector(`#parts tr[data-part-id="${newest}"]`, { state: 'attached', timeout: 5_000 })
+      .catch(() => { throw new Error(`part ${newest} never showed up in #parts`); });
+  });
+
+  await check('no uncaught page errors', async () => {
+    expect(pageErrors.length === 0, pageErrors.join('; '));
+  });
+} catch (error) {
+  // check() has reported its own failure; anything else (launch, navigation) is reported here.
+  if (!error.reported) {
+    failed += 1;
+    console.error(`ui: FAIL ${error.message.split('\n')[0]}`);
+  }
+} finally {
+  if (page) {
+    await page.screenshot({ path: path.join(outDir, 'live.png'), fullPage: true })
+      .catch((error) => console.error(`ui: could not take screenshot: ${error.message}`));
+  }
+  await browser.close();
+}
+
+console.log(`ui: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
