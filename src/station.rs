@@ -19,10 +19,12 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::actuate::{
     GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
+    run_heartbeat,
 };
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, read_pipeline, run_capture};
@@ -213,7 +215,7 @@ impl Station {
             plc_simulator,
         } = self;
         let pipeline_description = read_pipeline(&config.pipeline_file)?;
-        let first_part_id = store.next_part_id()?;
+        let first_part_id = store.start_run()?;
 
         let (trigger_tx, trigger_rx) = mpsc::channel::<Trigger>(256);
         let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(config.frame_queue.get());
@@ -229,13 +231,19 @@ impl Station {
             clock: clock.clone(),
             metrics: metrics.clone(),
         }));
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(run_heartbeat(
+            link.sibling(),
+            config.plc.heartbeat,
+            metrics.clone(),
+            heartbeat_stop.clone(),
+        ));
         let gate = tokio::spawn(run_gate(GateContext {
             link,
             commands: gate_rx,
             outcomes: outcome_tx.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
-            heartbeat: config.plc.heartbeat,
             gate_window: config.line.gate_window,
         }));
         let inspector = Inspector {
@@ -281,20 +289,39 @@ impl Station {
         api.set_state(StationState::Stopping);
 
         // The tracker returns once capture and inspection have closed their channels and every
-        // part has been dispatched; the rest drain in order.
-        let capture_result = capture
-            .await
-            .map_err(|e| StationError::Stage(format!("capture: {e}")))?;
-        let _ = inspect_thread.join();
-        gate.await
-            .map_err(|e| StationError::Stage(format!("gate: {e}")))?;
-        recorder
-            .await
-            .map_err(|e| StationError::Stage(format!("recorder: {e}")))?;
+        // part has been dispatched; the rest drain in order. Every stage is awaited before any
+        // error is returned, so queued outcomes are recorded and the stopped state is written.
+        let capture_result = capture.await;
+        let inspect_result = tokio::task::spawn_blocking(move || inspect_thread.join()).await;
+        let gate_result = gate.await;
+        heartbeat_stop.cancel();
+        let heartbeat_result = heartbeat.await;
+        let recorder_result = recorder.await;
         if let Some((_, task)) = plc_simulator {
             task.abort();
         }
-        match capture_result {
+        let mut stage_failures = Vec::new();
+        if inspect_result.map(|joined| joined.is_err()).unwrap_or(true) {
+            stage_failures.push("inspect thread panicked");
+        }
+        for (stage, failed) in [
+            ("gate", gate_result.is_err()),
+            ("heartbeat", heartbeat_result.is_err()),
+            ("recorder", recorder_result.is_err()),
+        ] {
+            if failed {
+                stage_failures.push(stage);
+            }
+        }
+        let outcome = match capture_result {
+            Err(join) => Err(StationError::Stage(format!("capture: {join}"))),
+            Ok(Err(error)) => Err(error.into()),
+            Ok(Ok(_)) if !stage_failures.is_empty() => {
+                Err(StationError::Stage(stage_failures.join(", ")))
+            }
+            Ok(Ok(summary)) => Ok(summary),
+        };
+        match outcome {
             Ok(summary) => {
                 api.set_state(StationState::Stopped);
                 tracing::info!(parts = summary.frames, tracked, "line stopped");
@@ -304,7 +331,7 @@ impl Station {
             }
             Err(error) => {
                 api.set_state(StationState::Faulted);
-                Err(error.into())
+                Err(error)
             }
         }
     }
@@ -375,7 +402,21 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
                 actuation: Actuation::NotRequired,
             };
             let sent = if outcome.disposition.is_reject() {
-                ctx.gate.send(GateCommand { outcome }).await.is_ok()
+                // The tracker never waits on the PLC: when the gate is this far behind, the
+                // command could not make its window anyway, so it is recorded as failed.
+                match ctx.gate.try_send(GateCommand { outcome }) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(GateCommand { mut outcome })) => {
+                        ctx.metrics.gate_commands_failed.inc();
+                        tracing::error!(part_id = %outcome.part_id, "gate queue full; reject command dropped");
+                        outcome.actuation = Actuation::Failed {
+                            at: now,
+                            error: "gate queue full: the PLC link is too slow".into(),
+                        };
+                        ctx.outcomes.send(outcome).await.is_ok()
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                }
             } else {
                 ctx.outcomes.send(outcome).await.is_ok()
             };

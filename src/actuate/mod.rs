@@ -5,11 +5,13 @@
 //! connection is dropped and rebuilt on the next request, so a late reply is never read as the
 //! answer to the next question. PLC exception replies are kept apart from link errors.
 //!
-//! [`run_gate`] is the stage task: it sends each due reject command, keeps the heartbeat
-//! going, and hands every outcome on to the recorder with its actuation time.
+//! [`run_gate`] is the stage task: it sends each due reject command, held to the part's gate
+//! window, and hands every outcome on to the recorder with its actuation time.
+//! [`run_heartbeat`] keeps the heartbeat going on a second connection, so a slow heartbeat
+//! never delays a reject.
 //!
-//! Safe state: on a clean stop the task writes `station_state = 0`; on any stop the heartbeat
-//! ends. The PLC program diverts every part to the reject lane in either case (see
+//! Safe state: on a clean stop the heartbeat task writes `station_state = 0`; on any stop the
+//! heartbeat ends. The PLC program diverts every part to the reject lane in either case (see
 //! `firmware-io/register-map.toml`), so a dead station rejects rather than passes.
 
 mod register_map;
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, timeout};
 use tokio_modbus::client::{Client, Context, tcp};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_util::sync::CancellationToken;
 
 pub use self::register_map::{
     REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap, RegisterMapError,
@@ -120,22 +123,45 @@ impl GateLink {
         self.plc
     }
 
-    /// Checks the link the way it will be used: reads the heartbeat and continues counting from
-    /// the PLC's value, then marks the station running.
+    /// Checks the link the way it will be used: reads the heartbeat and the last reject
+    /// command, continues both counters from the PLC's values (so the first reject after a
+    /// restart carries a new sequence number and fires), then marks the station running.
     pub async fn start(&mut self) -> Result<(), GateError> {
         let address = self.map.heartbeat.address;
+        self.heartbeat = self.read_register("read heartbeat", address).await?;
+        let address = self.map.reject.address + REJECT_BLOCK_LEN - 1;
+        self.reject_sequence = self.read_register("read reject sequence", address).await?;
+        self.set_running(true).await
+    }
+
+    /// A second, unconnected link to the same PLC that continues this link's heartbeat count,
+    /// so heartbeats never queue behind reject commands.
+    pub fn sibling(&self) -> GateLink {
+        GateLink {
+            context: None,
+            ..GateLink::new(self.plc, self.unit, self.request_timeout, self.map)
+        }
+        .with_heartbeat(self.heartbeat)
+    }
+
+    fn with_heartbeat(mut self, heartbeat: u16) -> GateLink {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    async fn read_register(&mut self, what: &'static str, address: u16) -> Result<u16, GateError> {
         match self
             .call(
-                "read heartbeat",
+                what,
                 address,
                 Request::ReadHoldingRegisters(address, 1),
+                self.request_timeout,
             )
             .await?
         {
-            Response::ReadHoldingRegisters(words) if words.len() == 1 => self.heartbeat = words[0],
-            reply => return Err(self.unexpected("read heartbeat", address, reply)),
+            Response::ReadHoldingRegisters(words) if words.len() == 1 => Ok(words[0]),
+            reply => Err(self.unexpected(what, address, reply)),
         }
-        self.set_running(true).await
     }
 
     /// Writes `station_state`: 1 while running, 0 once stopped.
@@ -156,16 +182,30 @@ impl GateLink {
     /// Sends one reject command for `part_id`. A resend after a failure keeps its sequence
     /// number, so the PLC fires at most once for it.
     pub async fn reject(&mut self, part_id: u64, resend: bool) -> Result<(), GateError> {
+        self.reject_within(part_id, resend, self.request_timeout)
+            .await
+    }
+
+    /// [`GateLink::reject`] with the whole exchange (connect included) held to `limit` or the
+    /// request timeout, whichever is shorter: a reject is worth nothing after its window.
+    pub async fn reject_within(
+        &mut self,
+        part_id: u64,
+        resend: bool,
+        limit: Duration,
+    ) -> Result<(), GateError> {
         if !resend {
             self.reject_sequence = self.reject_sequence.wrapping_add(1);
         }
         let words = RegisterMap::encode_reject(part_id, self.reject_sequence);
         let address = self.map.reject.address;
+        let request = Request::WriteMultipleRegisters(address, words.to_vec().into());
         match self
             .call(
                 "write reject",
                 address,
-                Request::WriteMultipleRegisters(address, words.to_vec().into()),
+                request,
+                limit.min(self.request_timeout),
             )
             .await?
         {
@@ -183,7 +223,12 @@ impl GateLink {
         value: u16,
     ) -> Result<(), GateError> {
         match self
-            .call(what, address, Request::WriteSingleRegister(address, value))
+            .call(
+                what,
+                address,
+                Request::WriteSingleRegister(address, value),
+                self.request_timeout,
+            )
             .await?
         {
             Response::WriteSingleRegister(a, v) if a == address && v == value => Ok(()),
@@ -207,8 +252,10 @@ impl GateLink {
         what: &'static str,
         address: u16,
         request: Request<'static>,
+        limit: Duration,
     ) -> Result<Response, GateError> {
-        let (plc, unit, limit) = (self.plc, self.unit, self.request_timeout);
+        let (plc, unit) = (self.plc, self.unit);
+        let started = tokio::time::Instant::now();
         let context = match &mut self.context {
             Some(context) => context,
             None => {
@@ -223,7 +270,8 @@ impl GateLink {
                 self.context.insert(context)
             }
         };
-        match timeout(limit, context.call(request)).await {
+        let remaining = limit.saturating_sub(started.elapsed());
+        match timeout(remaining, context.call(request)).await {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(GateError::Exception {
                 plc,
@@ -271,85 +319,113 @@ pub struct GateContext {
     pub outcomes: mpsc::Sender<PartOutcome>,
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
-    pub heartbeat: Duration,
-    /// How far past the part's arrival a command is still worth sending.
+    /// A reject command counts only when the PLC acknowledges it within ± this of arrival.
     pub gate_window: Duration,
 }
 
-/// The gate task: runs until the command channel closes, then writes the stopped state.
+/// The gate task: sends each due reject command and hands the outcome to the recorder. Runs
+/// until the command channel closes.
 pub async fn run_gate(mut ctx: GateContext) {
-    let mut heartbeat = tokio::time::interval(ctx.heartbeat);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heartbeat_ok = true;
-    loop {
-        tokio::select! {
-            // Reject commands go before heartbeats: a late heartbeat costs nothing.
-            biased;
-            command = ctx.commands.recv() => {
-                let Some(GateCommand { mut outcome }) = command else { break };
-                outcome.actuation = actuate(&mut ctx, &outcome).await;
-                if ctx.outcomes.send(outcome).await.is_err() {
-                    tracing::error!("recorder stopped; gate outcomes can no longer be recorded");
-                    break;
-                }
-            }
-            _ = heartbeat.tick() => {
-                match ctx.link.beat().await {
-                    Ok(()) if !heartbeat_ok => {
-                        tracing::info!(plc = %ctx.link.plc(), "heartbeat restored");
-                        heartbeat_ok = true;
-                    }
-                    Ok(()) => {}
-                    Err(error) => {
-                        ctx.metrics.heartbeat_failures.inc();
-                        if error.is_link_error() {
-                            ctx.metrics.plc_link_errors.inc();
-                        }
-                        if heartbeat_ok {
-                            tracing::error!(%error, "heartbeat failed; the PLC watchdog will divert parts to reject");
-                            heartbeat_ok = false;
-                        }
-                    }
-                }
-            }
+    while let Some(GateCommand { mut outcome }) = ctx.commands.recv().await {
+        outcome.actuation = actuate(&mut ctx, &outcome).await;
+        if ctx.outcomes.send(outcome).await.is_err() {
+            tracing::error!("recorder stopped; gate outcomes can no longer be recorded");
+            break;
         }
-    }
-    if let Err(error) = ctx.link.set_running(false).await {
-        tracing::warn!(%error, "could not write the stopped state; the PLC watchdog will trip instead");
     }
 }
 
-/// Fires the gate for a reject, retrying once over a fresh link while the part is still in reach.
+/// Fires the gate for a reject, resending once over a fresh link while the part is in reach.
+/// A command that cannot be acknowledged inside the part's window is not sent at all, or is
+/// recorded as failed: a late pulse would hit the wrong part.
 async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
     if !outcome.disposition.is_reject() {
         return Actuation::NotRequired;
     }
-    let give_up_at = outcome.gate_at.after(ctx.gate_window);
+    let window_end = outcome.gate_at.after(ctx.gate_window);
     let mut resend = false;
+    let failed = |ctx: &mut GateContext, error: String| {
+        ctx.metrics.gate_commands_failed.inc();
+        tracing::error!(part_id = %outcome.part_id, %error, "reject command not delivered");
+        Actuation::Failed {
+            at: ctx.clock.now(),
+            error,
+        }
+    };
     loop {
-        match ctx.link.reject(outcome.part_id.0, resend).await {
+        let now = ctx.clock.now();
+        if now >= window_end {
+            return failed(
+                ctx,
+                format!(
+                    "gate window closed {:?} before the command could be sent",
+                    now.0 - window_end.0
+                ),
+            );
+        }
+        match ctx
+            .link
+            .reject_within(outcome.part_id.0, resend, window_end.0 - now.0)
+            .await
+        {
             Ok(()) => {
+                let at = ctx.clock.now();
+                if at > window_end {
+                    return failed(ctx, "PLC acknowledged after the gate window".into());
+                }
                 ctx.metrics.gate_commands_ok.inc();
-                return Actuation::Done {
-                    at: ctx.clock.now(),
-                };
+                return Actuation::Done { at };
             }
             Err(error) => {
                 if error.is_link_error() {
                     ctx.metrics.plc_link_errors.inc();
                 }
-                let now = ctx.clock.now();
-                if resend || now >= give_up_at {
-                    ctx.metrics.gate_commands_failed.inc();
-                    tracing::error!(part_id = %outcome.part_id, %error, "reject command not delivered");
-                    return Actuation::Failed {
-                        at: now,
-                        error: error.to_string(),
-                    };
+                if resend {
+                    return failed(ctx, error.to_string());
                 }
                 tracing::warn!(part_id = %outcome.part_id, %error, "reject command failed; resending on a fresh link");
                 resend = true;
             }
         }
+    }
+}
+
+/// The heartbeat task, on its own connection: writes the heartbeat every `period` until `stop`
+/// fires, then writes the stopped state. Any stop ends the heartbeat, which the PLC's watchdog
+/// treats as a dead station.
+pub async fn run_heartbeat(
+    mut link: GateLink,
+    period: Duration,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beating = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        match link.beat().await {
+            Ok(()) if !beating => {
+                tracing::info!(plc = %link.plc(), "heartbeat restored");
+                beating = true;
+            }
+            Ok(()) => {}
+            Err(error) => {
+                metrics.heartbeat_failures.inc();
+                if error.is_link_error() {
+                    metrics.plc_link_errors.inc();
+                }
+                if beating {
+                    tracing::error!(%error, "heartbeat failed; the PLC watchdog will divert parts to reject");
+                    beating = false;
+                }
+            }
+        }
+    }
+    if let Err(error) = link.set_running(false).await {
+        tracing::warn!(%error, "could not write the stopped state; the PLC watchdog will trip instead");
     }
 }

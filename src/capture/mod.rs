@@ -33,6 +33,9 @@ use crate::simulate::SimulatedCamera;
 /// Name of the appsink every pipeline ends in.
 pub const APPSINK_NAME: &str = "frames";
 
+/// How long a stopping pipeline may take to drain before it is stopped hard.
+const EOS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Name of the appsrc the simulated camera feeds.
 pub const APPSRC_NAME: &str = "source";
 
@@ -185,12 +188,16 @@ fn run_pipeline(
             _ => state_error.into(),
         });
     }
-    let mut eos_sent = false;
+    let mut eos_sent_at: Option<std::time::Instant> = None;
     let outcome = loop {
-        if ctx.stop.is_cancelled() && !eos_sent && camera.is_none() {
+        if ctx.stop.is_cancelled() && eos_sent_at.is_none() && camera.is_none() {
             // A live camera never ends by itself: ask for a clean end of stream.
             pipeline.send_event(gst::event::Eos::new());
-            eos_sent = true;
+            eos_sent_at = Some(std::time::Instant::now());
+        }
+        if eos_sent_at.is_some_and(|at| at.elapsed() > EOS_TIMEOUT) {
+            tracing::warn!("camera pipeline ignored end of stream; stopping it");
+            break Ok(());
         }
         let Some(message) = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(100),
@@ -238,7 +245,7 @@ struct FrameHandoff {
 impl FrameHandoff {
     fn on_sample(&self, sink: &gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> {
         let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-        let captured_at = self.clock.now();
+        let captured_at = self.clock.now().before(frame_age(sink, &sample));
         if self
             .max_parts
             .is_some_and(|max| self.frames_seen.load(Ordering::Relaxed) >= max)
@@ -262,7 +269,7 @@ impl FrameHandoff {
             })
             .is_err()
         {
-            return Err(gst::FlowError::Flushing);
+            return Err(stage_gone(sink, "tracker"));
         }
         match self.frames.try_send(Frame {
             part_id,
@@ -274,10 +281,37 @@ impl FrameHandoff {
                 self.metrics.frames_dropped.inc();
                 tracing::debug!(%part_id, "inspection queue full: frame dropped, part will be rejected");
             }
-            Err(TrySendError::Disconnected(_)) => return Err(gst::FlowError::Flushing),
+            Err(TrySendError::Disconnected(_)) => return Err(stage_gone(sink, "inspection")),
         }
         Ok(gst::FlowSuccess::Ok)
     }
+}
+
+/// A stage the frames go to has stopped: the pipeline must stop with an error on the bus
+/// rather than pause silently.
+fn stage_gone(sink: &gst_app::AppSink, stage: &str) -> gst::FlowError {
+    gst::element_error!(
+        sink,
+        gst::CoreError::Failed,
+        ("the {} stage stopped", stage)
+    );
+    gst::FlowError::Error
+}
+
+/// How long ago the frame was captured, from its timestamp on the pipeline clock: the
+/// difference matters with network cameras, whose pipelines buffer for 100 ms and more.
+/// Zero when the frame carries no timestamp.
+fn frame_age(sink: &gst_app::AppSink, sample: &gst::Sample) -> std::time::Duration {
+    let (Some(clock), Some(base), Some(pts)) = (
+        sink.clock(),
+        sink.base_time(),
+        sample.buffer().and_then(|b| b.pts()),
+    ) else {
+        return std::time::Duration::ZERO;
+    };
+    let now = clock.time();
+    let captured = base + pts;
+    std::time::Duration::from_nanos(now.saturating_sub(captured).nseconds())
 }
 
 /// Copies a GRAY8 sample into a tight image, honouring the buffer's real row stride.

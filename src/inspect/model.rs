@@ -68,6 +68,10 @@ pub enum ModelError {
     },
     #[error("inference: {0}")]
     Inference(#[from] candle_core::Error),
+    #[error("the model produced a non-finite score")]
+    NonFinite,
+    #[error("model {dir}: threshold {threshold} is outside (0, 1]")]
+    Threshold { dir: PathBuf, threshold: f32 },
 }
 
 /// The network.
@@ -123,6 +127,15 @@ impl Module for DefectNet {
     }
 }
 
+/// The image score from its cells' probabilities: the highest one. `None` when any value is
+/// not finite, so a broken model can never pass a part.
+pub fn image_score(cell_probabilities: &[f32]) -> Option<f32> {
+    if cell_probabilities.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    Some(cell_probabilities.iter().copied().fold(0.0, f32::max))
+}
+
 /// Turns 8-bit grey images into the network's input tensor `[b, 1, h, w]`.
 pub fn to_input(images: &[&GrayImage], device: &Device) -> candle_core::Result<Tensor> {
     let (w, h) = (images[0].width as usize, images[0].height as usize);
@@ -171,8 +184,9 @@ pub struct EvalMetrics {
     pub data: String,
     pub n_test: usize,
     pub n_test_defective: usize,
-    pub image_auroc: f64,
-    pub average_precision: f64,
+    /// `None` when the test set lacks one of the classes.
+    pub image_auroc: Option<f64>,
+    pub average_precision: Option<f64>,
     pub at_threshold: ThresholdMetrics,
     pub per_class: BTreeMap<String, ClassMetrics>,
 }
@@ -221,6 +235,12 @@ impl DefectModel {
                 dir: dir.to_owned(),
                 source,
             })?;
+        if !(card.threshold > 0.0 && card.threshold <= 1.0) {
+            return Err(ModelError::Threshold {
+                dir: dir.to_owned(),
+                threshold: card.threshold,
+            });
+        }
         if card.architecture != ARCHITECTURE {
             return Err(ModelError::Architecture {
                 dir: dir.to_owned(),
@@ -260,7 +280,7 @@ impl DefectModel {
         let probabilities = candle_nn::ops::sigmoid(&self.net.forward(&input)?)?;
         let (_, _, h, w) = probabilities.dims4()?;
         let values = probabilities.flatten_all()?.to_vec1::<f32>()?;
-        let score = values.iter().copied().fold(0.0f32, f32::max);
+        let score = image_score(&values).ok_or(ModelError::NonFinite)?;
         Ok((
             score,
             HeatMap {

@@ -22,7 +22,7 @@ use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::inspect::eval;
 use crate::inspect::model::{
     ARCHITECTURE, CARD_FILE, ClassMetrics, DefectModel, DefectNet, EvalMetrics, HEAT_MAP_STRIDE,
-    InputSpec, ModelCard, ModelError, TrainingInfo, WEIGHTS_FILE, to_input,
+    InputSpec, ModelCard, ModelError, TrainingInfo, WEIGHTS_FILE, image_score, to_input,
 };
 use crate::part::GrayImage;
 use crate::simulate::{DefectKind, PartGenerator};
@@ -392,8 +392,10 @@ fn scores(
     for chunk in set.chunks(16) {
         let refs: Vec<&GrayImage> = chunk.iter().map(|e| &e.image).collect();
         let probabilities = candle_nn::ops::sigmoid(&net.forward(&to_input(&refs, device)?)?)?;
-        let per_image = probabilities.flatten_from(1)?.max(1)?.to_vec1::<f32>()?;
-        scores.extend(per_image);
+        for cells in probabilities.flatten_from(1)?.to_vec2::<f32>()? {
+            // The station's own rule; a non-finite score counts as the worst possible.
+            scores.push(image_score(&cells).unwrap_or(f32::INFINITY));
+        }
     }
     Ok((scores, set.iter().map(|e| e.defect.is_some()).collect()))
 }
@@ -429,8 +431,8 @@ fn summarise(set: &[Example], scores: &[f32], threshold: f32) -> EvalMetrics {
         data: "synthetic parts, held-out test seed".into(),
         n_test: set.len(),
         n_test_defective: labels.iter().filter(|l| **l).count(),
-        image_auroc: eval::auroc(scores, &labels).unwrap_or(f64::NAN),
-        average_precision: eval::average_precision(scores, &labels).unwrap_or(f64::NAN),
+        image_auroc: eval::auroc(scores, &labels),
+        average_precision: eval::average_precision(scores, &labels),
         at_threshold: eval::at_threshold(scores, &labels, threshold),
         per_class,
     }

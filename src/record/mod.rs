@@ -89,7 +89,11 @@ pub struct InspectionRecord {
 pub struct Store {
     db: sled::Db,
     inspections: sled::Tree,
+    /// Station bookkeeping: the part-id reservation.
+    meta: sled::Tree,
     images_dir: PathBuf,
+    /// Part ids below this are reserved (durably) for parts already given an id.
+    reserved_until: Arc<std::sync::atomic::AtomicU64>,
     /// Held for writing while a record is inserted and flushed; readers hold it for reading.
     visibility: Arc<RwLock<()>>,
 }
@@ -103,17 +107,55 @@ impl Store {
             source,
         })?;
         let inspections = db.open_tree("inspections")?;
+        let meta = db.open_tree("meta")?;
         let images_dir = data_dir.join("images");
         std::fs::create_dir_all(&images_dir).map_err(|source| RecordError::Image {
             path: images_dir.clone(),
             source,
         })?;
+        let reserved_until = match meta.get(RESERVED_KEY)? {
+            Some(bytes) => key_to_id(&bytes),
+            None => 0,
+        };
         Ok(Store {
             db,
             inspections,
+            meta,
             images_dir,
+            reserved_until: Arc::new(std::sync::atomic::AtomicU64::new(reserved_until)),
             visibility: Arc::new(RwLock::new(())),
         })
+    }
+
+    /// The first part id of a new run, past every id an earlier run could have handed out,
+    /// recorded or not (after a kill -9, parts in flight had ids the PLC already saw). Reserves
+    /// a block of ids durably before returning.
+    pub fn start_run(&self) -> Result<u64, RecordError> {
+        let reserved = self
+            .reserved_until
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let first = self.next_part_id()?.max(reserved);
+        self.reserve_until(first + RESERVE_BLOCK)?;
+        Ok(first)
+    }
+
+    /// Extends the reservation when recorded ids come near its end.
+    fn extend_reservation(&self, part_id: u64) -> Result<(), RecordError> {
+        let reserved = self
+            .reserved_until
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if part_id + RESERVE_BLOCK / 2 >= reserved {
+            self.reserve_until(part_id + RESERVE_BLOCK)?;
+        }
+        Ok(())
+    }
+
+    fn reserve_until(&self, until: u64) -> Result<(), RecordError> {
+        self.meta.insert(RESERVED_KEY, &until.to_be_bytes())?;
+        self.db.flush()?;
+        self.reserved_until
+            .store(until, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// The id to give the next part: one past the highest recorded.
@@ -128,11 +170,16 @@ impl Store {
     pub async fn append(&self, record: &InspectionRecord) -> Result<(), RecordError> {
         // Serialising our own struct cannot fail.
         let value = serde_json::to_vec(record).unwrap_or_default();
-        let _visible = self.visibility.write().await;
-        self.inspections
-            .insert(record.part_id.to_be_bytes(), value)?;
-        self.db.flush_async().await?;
-        Ok(())
+        let visible = self.visibility.write().await;
+        let key = record.part_id.to_be_bytes();
+        self.inspections.insert(key, value)?;
+        if let Err(error) = self.db.flush_async().await {
+            // Not durable, so not acknowledged: take it back before readers can see it.
+            let _ = self.inspections.remove(key);
+            return Err(error.into());
+        }
+        drop(visible);
+        self.extend_reservation(record.part_id)
     }
 
     /// One part's record.
@@ -192,6 +239,10 @@ impl Store {
         tmp.write_all(png).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(&path).map_err(|e| io(e.error))?;
+        // The rename is durable only once the folder is synced.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(digest)
     }
 
@@ -215,6 +266,12 @@ impl Store {
             .join(format!("{digest}.png"))
     }
 }
+
+/// Meta key of the part-id reservation.
+const RESERVED_KEY: &[u8] = b"part_ids_reserved_until";
+
+/// Ids reserved at a time: far more than can be in flight between two records.
+const RESERVE_BLOCK: u64 = 100_000;
 
 fn key_to_id(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
@@ -384,6 +441,12 @@ mod tests {
         }
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.next_part_id().expect("id"), 301);
+        // Runs start past every reserved id, recorded or not: recording part 3 reserved ids up
+        // to 3 + RESERVE_BLOCK (300 was not yet near the end), and each run reserves a block.
+        assert_eq!(store.start_run().expect("run"), 3 + RESERVE_BLOCK);
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.start_run().expect("run"), 3 + 2 * RESERVE_BLOCK);
         let ids: Vec<u64> = store
             .list(None, 10)
             .await

@@ -130,15 +130,6 @@ impl PartTracker {
             .collect()
     }
 
-    /// Removes every part still in flight, each with the disposition it would get now: used at
-    /// shutdown, when parts will not reach the gate under this station's control.
-    pub fn drain(&mut self) -> Vec<DuePart> {
-        std::mem::take(&mut self.parts)
-            .into_iter()
-            .map(|(part_id, part)| self.settle(part_id, part))
-            .collect()
-    }
-
     fn fire_at(&self, captured_at: StationTime) -> StationTime {
         captured_at
             .after(self.timing.travel)
@@ -267,15 +258,5 @@ mod tests {
         assert_eq!(rest, [3, 4]);
         assert!(tracker.due(ms(9000)).is_empty());
         assert_eq!(tracker.next_due_at(), None);
-    }
-
-    #[test]
-    fn drain_settles_everything_in_flight() {
-        let mut tracker = tracker();
-        tracker.trigger(PartId(1), ms(0));
-        tracker.trigger(PartId(2), ms(10));
-        tracker.inspected(inspection(1, Verdict::Pass), ms(50));
-        let drained: Vec<_> = tracker.drain().iter().map(|p| p.disposition).collect();
-        assert_eq!(drained, [Disposition::Pass, Disposition::RejectNoVerdict]);
     }
 }

@@ -35,6 +35,25 @@ async fn start_marks_running_and_heartbeat_counts_on() {
 }
 
 #[tokio::test]
+async fn sequence_continues_from_the_plc_after_a_restart() {
+    let plc = simulator().await;
+    let map = register_map();
+    let mut first = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+    first.start().await.expect("link check");
+    first.reject(1, false).await.expect("reject");
+    // A restarted station must not reuse the sequence number the PLC saw last.
+    let mut second = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+    second.start().await.expect("link check");
+    second.reject(2, false).await.expect("reject");
+    let fired: Vec<(u64, u16)> = plc
+        .pulses()
+        .iter()
+        .map(|p| (p.part_id, p.sequence))
+        .collect();
+    assert_eq!(fired, [(1, 1), (2, 2)]);
+}
+
+#[tokio::test]
 async fn reject_fires_the_gate_once_per_command() {
     let plc = simulator().await;
     let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), register_map());
@@ -57,10 +76,10 @@ async fn reject_fires_the_gate_once_per_command() {
 async fn silent_plc_times_out_and_the_link_is_rebuilt() {
     let plc = simulator().await;
     let map = register_map();
-    let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(100), map);
+    let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
     link.start().await.expect("link check");
 
-    plc.set_response_delay(Duration::from_millis(400));
+    plc.set_response_delay(Duration::from_millis(1500));
     let error = link.beat().await.expect_err("no reply in time");
     assert!(
         matches!(error, GateError::Timeout { address: 0, .. }),
@@ -81,7 +100,7 @@ async fn silent_plc_times_out_and_the_link_is_rebuilt() {
     link.start()
         .await
         .expect("heartbeat read over a fresh link");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     link.reject(43, false).await.expect("reject");
     let fired: Vec<u64> = plc.pulses().iter().map(|p| p.part_id).collect();
     assert_eq!(fired, [42, 43]);
