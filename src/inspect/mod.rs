@@ -6,7 +6,10 @@
 //! [`Verdict::Error`], which the tracker treats as a reject; nothing here stops the line.
 //! This stage never talks to the PLC and never writes records.
 
+pub mod anomaly;
+pub mod anomaly_train;
 pub mod backbone;
+pub mod dataset;
 pub mod eval;
 pub mod model;
 pub mod train;

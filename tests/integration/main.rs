@@ -3,6 +3,8 @@
 //! They run real components end to end: GStreamer, OpenCV, candle, Modbus over loopback TCP,
 //! sled on disk, and axum on a real port. Data comes from the project's own simulator.
 
+mod anomaly;
+mod backbone;
 mod cli;
 mod gate;
 mod interop;

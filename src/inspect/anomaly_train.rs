@@ -1,0 +1,354 @@
+//! Training and evaluating the anomaly model on a real dataset, read in place.
+//!
+//! The dataset is split deterministically: every 4th image of each class (by sorted path) is
+//! held out. The model learns from the *good* images of the training part only and is measured
+//! on the held-out part, which it never saw.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::inspect::anomaly::{INPUT_SIZE, PatchCore, PatchFeatures, resize_bilinear};
+use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
+use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
+use crate::inspect::eval::{self, ThresholdMetrics};
+use crate::part::{GrayImage, HeatMap};
+
+/// Bank file inside an anomaly model folder.
+pub const BANK_FILE: &str = "memory-bank.safetensors";
+
+/// Card file inside an anomaly model folder.
+pub const CARD_FILE: &str = "card.json";
+
+/// Every `HOLDOUT_EVERY`-th image of each class is held out for evaluation.
+pub const HOLDOUT_EVERY: usize = 4;
+
+/// Side of the grid pixel metrics are computed on.
+const PIXEL_GRID: usize = 64;
+
+/// Why anomaly training or evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnomalyError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Backbone(#[from] BackboneError),
+    #[error("anomaly model: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("no usable good image to learn from in {0}")]
+    NoGoodImages(PathBuf),
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct AnomalySettings {
+    pub name: String,
+    pub layout: Layout,
+    pub data: PathBuf,
+    pub backbone_weights: PathBuf,
+    pub bank_size: usize,
+    pub seed: u64,
+    pub out_dir: PathBuf,
+    pub progress: bool,
+}
+
+/// Held-out metrics of an anomaly model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnomalyMetrics {
+    pub n_test: usize,
+    pub n_test_defective: usize,
+    pub n_skipped: usize,
+    /// `None` when the held-out part lacks good or defective images.
+    pub image_auroc: Option<f64>,
+    pub average_precision: Option<f64>,
+    /// Pixel AUROC over the held-out images with masks, on a 64×64 grid.
+    pub pixel_auroc: Option<f64>,
+    /// At the threshold that keeps the test false-reject rate at or below 5 %.
+    pub at_threshold: ThresholdMetrics,
+    /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
+    pub per_class: BTreeMap<String, ClassAnomalyMetrics>,
+}
+
+/// One class's share of the evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassAnomalyMetrics {
+    pub n: usize,
+    pub flagged: usize,
+    /// This class against the good images; `None` for the good class itself.
+    pub auroc_vs_good: Option<f64>,
+}
+
+/// The card of an anomaly model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnomalyCard {
+    pub name: String,
+    pub architecture: String,
+    pub backbone: String,
+    pub input_size: usize,
+    pub dataset: String,
+    pub layout: Layout,
+    pub split: String,
+    pub n_train_good: usize,
+    pub bank_size: usize,
+    pub seed: u64,
+    pub training_duration_s: f64,
+    pub metrics: AnomalyMetrics,
+}
+
+/// Loads the backbone for feature extraction.
+pub fn load_features(weights: &Path, device: &Device) -> Result<PatchFeatures, AnomalyError> {
+    Ok(PatchFeatures::new(
+        EfficientNetLite0::load(weights, device)?,
+        device.clone(),
+    ))
+}
+
+/// Trains on the dataset's good training images, evaluates on the held-out part, writes the
+/// bank and the card.
+pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let features = load_features(&settings.backbone_weights, &device)?;
+    let samples = dataset::read(settings.layout, &settings.data)?;
+    let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
+    let good: Vec<&Sample> = train_part.iter().filter(|s| !s.defective()).collect();
+
+    let bar = progress(settings.progress, good.len(), "features of good images");
+    let mut patches = Vec::new();
+    for sample in &good {
+        bar.inc(1);
+        match dataset::load_gray(&sample.image) {
+            Ok(image) => patches.push(features.extract(&image)?),
+            Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
+        }
+    }
+    bar.finish_and_clear();
+    if patches.is_empty() {
+        return Err(AnomalyError::NoGoodImages(settings.data.clone()));
+    }
+    let n_train_good = patches.len();
+    let all = Tensor::cat(&patches, 0)?;
+    tracing::info!(
+        patches = all.dim(0)?,
+        bank = settings.bank_size,
+        "selecting the coreset"
+    );
+    let model = PatchCore::fit(features, &all, settings.bank_size, settings.seed)?;
+    let training_duration_s = started.elapsed().as_secs_f64();
+
+    let metrics = evaluate(&model, &held_out, settings.progress)?;
+    let card = AnomalyCard {
+        name: settings.name.clone(),
+        architecture: "patchcore".into(),
+        backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
+        input_size: INPUT_SIZE,
+        dataset: settings.data.display().to_string(),
+        layout: settings.layout,
+        split: format!(
+            "every {HOLDOUT_EVERY}th image of each class (sorted by path) held out; trained on good images only"
+        ),
+        n_train_good,
+        bank_size: model.bank().dim(0)?,
+        seed: settings.seed,
+        training_duration_s,
+        metrics,
+    };
+    save(&model, &card, &settings.out_dir)?;
+    Ok(card)
+}
+
+/// Loads a saved anomaly model.
+pub fn load(
+    dir: &Path,
+    backbone_weights: &Path,
+    device: &Device,
+) -> Result<(PatchCore, AnomalyCard), AnomalyError> {
+    let card_path = dir.join(CARD_FILE);
+    let text = std::fs::read_to_string(&card_path).map_err(|e| AnomalyError::File {
+        path: card_path.clone(),
+        message: e.to_string(),
+    })?;
+    let card: AnomalyCard = serde_json::from_str(&text).map_err(|e| AnomalyError::File {
+        path: card_path,
+        message: e.to_string(),
+    })?;
+    let bank_path = dir.join(BANK_FILE);
+    let tensors = candle_core::safetensors::load(&bank_path, device)?;
+    let bank = tensors
+        .get("bank")
+        .cloned()
+        .ok_or_else(|| AnomalyError::File {
+            path: bank_path,
+            message: "no `bank` tensor".into(),
+        })?;
+    let model = PatchCore::from_bank(load_features(backbone_weights, device)?, bank)?;
+    Ok((model, card))
+}
+
+fn save(model: &PatchCore, card: &AnomalyCard, dir: &Path) -> Result<(), AnomalyError> {
+    let file_error = |path: &Path, e: &dyn std::fmt::Display| AnomalyError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, &e))?;
+    let bank_path = dir.join(BANK_FILE);
+    model.bank().save_safetensors("bank", &bank_path)?;
+    let card_path = dir.join(CARD_FILE);
+    let json = serde_json::to_string_pretty(card).map_err(|e| file_error(&card_path, &e))?;
+    std::fs::write(&card_path, json + "\n").map_err(|e| file_error(&card_path, &e))
+}
+
+/// Scores every held-out sample; unreadable images are skipped and counted.
+pub fn evaluate(
+    model: &PatchCore,
+    samples: &[Sample],
+    show_progress: bool,
+) -> Result<AnomalyMetrics, AnomalyError> {
+    let (mut scores, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pixel_scores, mut pixel_labels) = (Vec::new(), Vec::new());
+    let mut n_skipped = 0;
+    let bar = progress(show_progress, samples.len(), "held-out images");
+    for sample in samples {
+        bar.inc(1);
+        let image = match dataset::load_gray(&sample.image) {
+            Ok(image) => image,
+            Err(error) => {
+                tracing::warn!(%error, "skipping unreadable test image");
+                n_skipped += 1;
+                continue;
+            }
+        };
+        let (score, heat_map) = model.score(&image)?;
+        scores.push(score);
+        labels.push(sample.defective());
+        classes.push(sample.class.clone());
+        let mask = match &sample.mask {
+            Some(path) => match dataset::load_gray(path) {
+                Ok(mask) if (mask.width, mask.height) == (image.width, image.height) => Some(mask),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(mask = %path.display(), "mask missing or not the image's size; pixel metrics skip it");
+                    None
+                }
+            },
+            None if !sample.defective() => Some(GrayImage {
+                width: image.width,
+                height: image.height,
+                pixels: vec![0; image.pixels.len()],
+            }),
+            None => None,
+        };
+        if let Some(mask) = mask {
+            pixel_scores.extend(upsample_heat_map(&heat_map, PIXEL_GRID));
+            pixel_labels.extend(
+                resize_bilinear(&mask, PIXEL_GRID, PIXEL_GRID)
+                    .iter()
+                    .map(|&v| v >= 128.0),
+            );
+        }
+    }
+    bar.finish_and_clear();
+    let threshold = threshold_for_false_reject_rate(&scores, &labels, 0.05);
+    let good_scores: Vec<f32> = scores
+        .iter()
+        .zip(&labels)
+        .filter(|(_, l)| !**l)
+        .map(|(s, _)| *s)
+        .collect();
+    let mut per_class: BTreeMap<String, ClassAnomalyMetrics> = BTreeMap::new();
+    for class in classes.iter().collect::<std::collections::BTreeSet<_>>() {
+        let class_scores: Vec<f32> = scores
+            .iter()
+            .zip(&classes)
+            .filter(|(_, c)| *c == class)
+            .map(|(s, _)| *s)
+            .collect();
+        let auroc_vs_good = (class != "good")
+            .then(|| {
+                let both: Vec<f32> = class_scores.iter().chain(&good_scores).copied().collect();
+                let both_labels: Vec<bool> = class_scores
+                    .iter()
+                    .map(|_| true)
+                    .chain(good_scores.iter().map(|_| false))
+                    .collect();
+                eval::auroc(&both, &both_labels)
+            })
+            .flatten();
+        per_class.insert(
+            class.clone(),
+            ClassAnomalyMetrics {
+                n: class_scores.len(),
+                flagged: class_scores.iter().filter(|s| **s >= threshold).count(),
+                auroc_vs_good,
+            },
+        );
+    }
+    Ok(AnomalyMetrics {
+        n_test: scores.len(),
+        n_test_defective: labels.iter().filter(|l| **l).count(),
+        n_skipped,
+        image_auroc: eval::auroc(&scores, &labels),
+        average_precision: eval::average_precision(&scores, &labels),
+        pixel_auroc: eval::auroc(&pixel_scores, &pixel_labels),
+        at_threshold: eval::at_threshold(&scores, &labels, threshold),
+        per_class,
+    })
+}
+
+/// The lowest threshold that rejects at most `rate` of the good parts.
+fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -> f32 {
+    let mut good: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| !**l)
+        .map(|(s, _)| *s)
+        .collect();
+    if good.is_empty() {
+        return f32::INFINITY;
+    }
+    good.sort_by(f32::total_cmp);
+    let allowed = (rate * good.len() as f64).floor() as usize;
+    let index = good.len() - 1 - allowed.min(good.len() - 1);
+    // Just above the highest good score that must pass.
+    good[index] + f32::EPSILON * good[index].abs().max(1.0)
+}
+
+/// Bilinear upsampling of a heat map to `side`×`side`.
+fn upsample_heat_map(heat_map: &HeatMap, side: usize) -> Vec<f32> {
+    let (w, h) = (heat_map.width as usize, heat_map.height as usize);
+    let mut out = Vec::with_capacity(side * side);
+    for y in 0..side {
+        let fy = ((y as f32 + 0.5) * h as f32 / side as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+        let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
+        let y1 = (y0 + 1).min(h - 1);
+        for x in 0..side {
+            let fx = ((x as f32 + 0.5) * w as f32 / side as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+            let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
+            let x1 = (x0 + 1).min(w - 1);
+            let v = |x: usize, y: usize| heat_map.values[y * w + x];
+            let top = v(x0, y0) * (1.0 - tx) + v(x1, y0) * tx;
+            let bottom = v(x0, y1) * (1.0 - tx) + v(x1, y1) * tx;
+            out.push(top * (1.0 - ty) + bottom * ty);
+        }
+    }
+    out
+}
+
+fn progress(visible: bool, n: usize, what: &str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} (eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}

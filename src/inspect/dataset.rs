@@ -1,0 +1,239 @@
+//! Reading labelled image datasets in their published layouts, in place.
+//!
+//! Each reader returns [`Sample`]s sorted by path, so a split by index is deterministic. Bad
+//! files are not this module's concern: [`load_gray`] reports them and the caller skips them.
+
+use std::path::{Path, PathBuf};
+
+use crate::part::GrayImage;
+
+/// Why a dataset could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("dataset {root}: {message}")]
+    Layout { root: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Image { path: PathBuf, message: String },
+}
+
+/// One labelled image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub image: PathBuf,
+    /// `good`, or the defect class.
+    pub class: String,
+    /// Pixel mask of the defect (non-zero = defect), when the dataset has one.
+    pub mask: Option<PathBuf>,
+    /// The dataset's own train/test assignment (MVTec's `train/` and `test/`), when it has one.
+    pub held_out: Option<bool>,
+}
+
+impl Sample {
+    /// Whether the sample shows a defect.
+    pub fn defective(&self) -> bool {
+        self.class != "good"
+    }
+}
+
+/// The dataset layouts Linesight reads.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `MT_<Class>/Imgs/*.jpg` with same-stem `.png` masks; `MT_Free` is good.
+    MagneticTile,
+    /// MVTec AD: `train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`.
+    Mvtec,
+}
+
+/// All samples of a dataset, sorted by image path.
+pub fn read(layout: Layout, root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    if !root.is_dir() {
+        return Err(DatasetError::Layout {
+            root: root.to_owned(),
+            message: "no such folder".into(),
+        });
+    }
+    let mut samples = match layout {
+        Layout::MagneticTile => magnetic_tile(root)?,
+        Layout::Mvtec => mvtec(root)?,
+    };
+    samples.sort_by(|a, b| a.image.cmp(&b.image));
+    if samples.is_empty() {
+        return Err(DatasetError::Layout {
+            root: root.to_owned(),
+            message: format!("no images in the {layout:?} layout"),
+        });
+    }
+    Ok(samples)
+}
+
+fn magnetic_tile(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let mut samples = Vec::new();
+    for class_dir in list(root)? {
+        let Some(name) = class_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("MT_"))
+        else {
+            continue;
+        };
+        let class = if name == "Free" {
+            "good".to_owned()
+        } else {
+            name.to_lowercase()
+        };
+        for image in list(&class_dir.join("Imgs"))? {
+            if image.extension().is_some_and(|e| e == "jpg") {
+                let mask = image.with_extension("png");
+                samples.push(Sample {
+                    mask: mask.is_file().then_some(mask),
+                    image,
+                    class: class.clone(),
+                    held_out: None,
+                });
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn mvtec(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let mut samples = Vec::new();
+    for split in ["train", "test"] {
+        let split_dir = root.join(split);
+        if !split_dir.is_dir() {
+            continue;
+        }
+        for class_dir in list(&split_dir)? {
+            let class = class_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            for image in list(&class_dir)? {
+                let stem = image
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
+                let mask = root
+                    .join("ground_truth")
+                    .join(&class)
+                    .join(format!("{stem}_mask.png"));
+                samples.push(Sample {
+                    mask: mask.is_file().then_some(mask),
+                    image,
+                    class: class.clone(),
+                    held_out: Some(split == "test"),
+                });
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DatasetError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// Reads an image file as 8-bit grey.
+pub fn load_gray(path: &Path) -> Result<GrayImage, DatasetError> {
+    let image = image::open(path).map_err(|e| DatasetError::Image {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let luma = image.to_luma8();
+    let (width, height) = luma.dimensions();
+    Ok(GrayImage {
+        width,
+        height,
+        pixels: luma.into_raw(),
+    })
+}
+
+/// Splits samples into (train, held out). The dataset's own split wins where it has one;
+/// otherwise every `k`-th sample of each class is held out. Deterministic: it depends only on
+/// the sorted paths.
+pub fn split_every(samples: &[Sample], k: usize) -> (Vec<Sample>, Vec<Sample>) {
+    let mut train = Vec::new();
+    let mut held_out = Vec::new();
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for sample in samples {
+        let index = seen.entry(sample.class.as_str()).or_default();
+        if sample.held_out.unwrap_or(*index % k == k - 1) {
+            held_out.push(sample.clone());
+        } else {
+            train.push(sample.clone());
+        }
+        *index += 1;
+    }
+    (train, held_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(class: &str, n: usize) -> Sample {
+        Sample {
+            image: PathBuf::from(format!("{class}/{n}.png")),
+            class: class.into(),
+            mask: None,
+            held_out: None,
+        }
+    }
+
+    #[test]
+    fn split_holds_out_every_kth_per_class() {
+        let samples: Vec<Sample> = (0..8)
+            .map(|n| sample("good", n))
+            .chain((0..4).map(|n| sample("crack", n)))
+            .collect();
+        let (train, held_out) = split_every(&samples, 4);
+        let names: Vec<String> = held_out
+            .iter()
+            .map(|s| s.image.display().to_string())
+            .collect();
+        assert_eq!(names, ["good/3.png", "good/7.png", "crack/3.png"]);
+        assert_eq!(train.len(), 9);
+    }
+
+    #[test]
+    fn mvtec_layout_is_read_with_masks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let png = crate::record::gray_png(&GrayImage::new(4, 4, vec![0; 16]).expect("size"))
+            .expect("png");
+        for (path, bytes) in [
+            ("train/good/000.png", &png),
+            ("test/good/000.png", &png),
+            ("test/scratch/000.png", &png),
+            ("ground_truth/scratch/000_mask.png", &png),
+        ] {
+            std::fs::create_dir_all(root.join(path).parent().expect("parent")).expect("mkdir");
+            std::fs::write(root.join(path), bytes).expect("write");
+        }
+        let samples = read(Layout::Mvtec, root).expect("read");
+        assert_eq!(samples.len(), 3);
+        let scratch = samples
+            .iter()
+            .find(|s| s.class == "scratch")
+            .expect("scratch");
+        assert!(scratch.mask.is_some() && scratch.defective());
+        assert_eq!(load_gray(&scratch.image).expect("load").width, 4);
+        let err = read(Layout::Mvtec, &root.join("missing")).unwrap_err();
+        assert!(err.to_string().contains("no such folder"));
+    }
+}

