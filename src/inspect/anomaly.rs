@@ -11,6 +11,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::inspect::backbone::{EfficientNetLite0, FEATURE_CHANNELS};
 use crate::part::{GrayImage, HeatMap};
@@ -138,19 +139,30 @@ pub fn greedy_coreset(
 }
 
 /// Nearest-neighbour distances of each row of `queries` (`[q, d]`) to `bank` (`[m, d]`), given
-/// the bank's squared norms `[1, m]`.
+/// the bank's squared norms `[1, m]`. The cross products are one matrix product; the rest is
+/// one pass per row (`|q|² + min_j(|b_j|² − 2 q·b_j)`), since candle's broadcast ops would
+/// make several passes over the `q × m` matrix.
 pub fn nearest_distances(
     queries: &Tensor,
     bank: &Tensor,
     bank_sq: &Tensor,
 ) -> candle_core::Result<Vec<f32>> {
-    let query_sq = queries.sqr()?.sum_keepdim(1)?;
-    let cross = queries.matmul(&bank.t()?)?;
-    let d2 = ((cross * -2.0)?
-        .broadcast_add(&query_sq)?
-        .broadcast_add(bank_sq)?)
-    .min(1)?;
-    d2.clamp(0f32, f32::MAX)?.sqrt()?.to_vec1()
+    let (_, m) = bank_sq.dims2()?;
+    let query_sq: Vec<f32> = queries.sqr()?.sum(1)?.to_vec1()?;
+    let cross: Vec<f32> = queries.matmul(&bank.t()?)?.flatten_all()?.to_vec1()?;
+    let bank_sq: Vec<f32> = bank_sq.flatten_all()?.to_vec1()?;
+    Ok(cross
+        .par_chunks(m)
+        .zip(query_sq.par_iter())
+        .map(|(row, q_sq)| {
+            let nearest = row
+                .iter()
+                .zip(&bank_sq)
+                .map(|(c, b_sq)| b_sq - 2.0 * c)
+                .fold(f32::INFINITY, f32::min);
+            (q_sq + nearest).max(0.0).sqrt()
+        })
+        .collect())
 }
 
 /// A trained PatchCore model.

@@ -201,6 +201,78 @@ fn convolve_plane(inp: &[f32], out: &mut [f32], taps: &[f32], g: &Geometry) {
     }
 }
 
+/// Per-channel bias followed by an optional ReLU6, in one pass over `[b, c, …]`: candle's
+/// broadcast add and clamp would take three passes and three allocations.
+#[derive(Debug, Clone)]
+pub struct BiasActivation {
+    bias: Vec<f32>,
+    relu6: bool,
+}
+
+impl BiasActivation {
+    /// `bias` is `[channels]`.
+    pub fn new(bias: &Tensor, relu6: bool) -> candle_core::Result<BiasActivation> {
+        Ok(BiasActivation {
+            bias: bias.flatten_all()?.to_vec1::<f32>()?,
+            relu6,
+        })
+    }
+
+    /// Applies it to `xs` (`[b, c, …]`); other devices use candle's ops.
+    pub fn apply(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if xs.device().is_cpu() {
+            return xs.apply_op1_no_bwd(self);
+        }
+        let mut shape = vec![1, self.bias.len()];
+        shape.extend(std::iter::repeat_n(1, xs.rank().saturating_sub(2)));
+        let bias = Tensor::from_vec(self.bias.clone(), shape, xs.device())?;
+        let ys = xs.broadcast_add(&bias)?;
+        if self.relu6 {
+            ys.clamp(0f32, 6f32)
+        } else {
+            Ok(ys)
+        }
+    }
+}
+
+impl CustomOp1 for BiasActivation {
+    fn name(&self) -> &'static str {
+        "bias-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        if dims.len() < 2 || dims[1] != self.bias.len() {
+            candle_core::bail!("bias has {} channels, input is {dims:?}", self.bias.len());
+        }
+        let input = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(data), Some((start, end))) => &data[start..end],
+            _ => candle_core::bail!("bias-activation needs a contiguous f32 input"),
+        };
+        let plane: usize = dims[2..].iter().product();
+        let channels = self.bias.len();
+        let mut output = input.to_vec();
+        output
+            .par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let bias = self.bias[i % channels];
+                if self.relu6 {
+                    chunk
+                        .iter_mut()
+                        .for_each(|v| *v = (*v + bias).clamp(0.0, 6.0));
+                } else {
+                    chunk.iter_mut().for_each(|v| *v += bias);
+                }
+            });
+        Ok((CpuStorage::F32(output), layout.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor};
@@ -249,6 +321,33 @@ mod tests {
                     check(h, w, kernel, stride);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bias_activation_matches_candle_ops() {
+        let device = Device::Cpu;
+        let x =
+            (Tensor::randn(0f32, 4f32, (2, 3, 4, 5), &device).expect("x") + 1.0).expect("shift");
+        let bias = Tensor::new(&[0.5f32, -1.0, 2.0], &device).expect("bias");
+        for relu6 in [false, true] {
+            let fast = BiasActivation::new(&bias, relu6)
+                .and_then(|op| op.apply(&x))
+                .expect("fast");
+            let reference = x
+                .broadcast_add(&bias.reshape((1, 3, 1, 1)).expect("reshape"))
+                .expect("add");
+            let reference = if relu6 {
+                reference.clamp(0f32, 6f32).expect("clamp")
+            } else {
+                reference
+            };
+            let diff = (fast - reference)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max_all())
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("diff");
+            assert!(diff < 1e-6, "relu6 {relu6}: {diff}");
         }
     }
 

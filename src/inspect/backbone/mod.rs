@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Module, Tensor};
 
-use self::depthwise::{DepthwiseConv, SamePadding};
+use self::depthwise::{BiasActivation, DepthwiseConv, SamePadding};
 
 /// Batch-norm epsilon of the TF EfficientNet-Lite weights.
 const BN_EPS: f64 = 1e-3;
@@ -65,24 +65,14 @@ pub enum BackboneError {
 struct Pointwise {
     /// `[out, in]`
     weight: Tensor,
-    /// `[1, out, 1]`
-    bias: Tensor,
-    relu6: bool,
+    bias: BiasActivation,
 }
 
 impl Module for Pointwise {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
-        let ys = self
-            .weight
-            .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
-            .broadcast_add(&self.bias)?;
-        let ys = if self.relu6 {
-            ys.clamp(0f32, 6f32)?
-        } else {
-            ys
-        };
-        ys.reshape((b, (), h, w))
+        let ys = self.weight.broadcast_matmul(&xs.reshape((b, c, h * w))?)?;
+        self.bias.apply(&ys)?.reshape((b, (), h, w))
     }
 }
 
@@ -90,7 +80,7 @@ impl Module for Pointwise {
 #[derive(Debug, Clone)]
 struct Stem {
     weight: Tensor,
-    bias: Tensor,
+    bias: BiasActivation,
 }
 
 impl Module for Stem {
@@ -99,9 +89,8 @@ impl Module for Stem {
         let pad = SamePadding::new(h, w, 3, 2);
         xs.pad_with_zeros(2, pad.top, pad.bottom)?
             .pad_with_zeros(3, pad.left, pad.right)?
-            .conv2d(&self.weight, 0, 2, 1, 1)?
-            .broadcast_add(&self.bias)?
-            .clamp(0f32, 6f32)
+            .conv2d(&self.weight, 0, 2, 1, 1)
+            .and_then(|ys| self.bias.apply(&ys))
     }
 }
 
@@ -189,14 +178,13 @@ impl EfficientNetLite0 {
             let (out, inp, _, _) = weight.dims4()?;
             Ok(Pointwise {
                 weight: weight.reshape((out, inp))?,
-                bias: bias.reshape((1, out, 1))?,
-                relu6,
+                bias: BiasActivation::new(&bias, relu6)?,
             })
         };
 
         let (stem_weight, stem_bias) = fold("_conv_stem", "_bn0")?;
         let stem = Stem {
-            bias: stem_bias.reshape((1, (), 1, 1))?,
+            bias: BiasActivation::new(&stem_bias, true)?,
             weight: stem_weight,
         };
         let mut blocks = Vec::with_capacity(BLOCKS.len());
