@@ -45,18 +45,27 @@ impl PatchFeatures {
     /// `[patches, FEATURE_DIM]` features of one image, patches row-major over a
     /// `(INPUT_SIZE/8)²` grid.
     pub fn extract(&self, image: &GrayImage) -> candle_core::Result<Tensor> {
-        let input = backbone_input(image, &self.device)?;
-        let features = self.backbone.features(&input)?;
-        let (_, _, h, w) = features.stride8.dims4()?;
-        let upsampled = features.stride16.upsample_nearest2d(h, w)?;
-        let stacked = Tensor::cat(&[&features.stride8, &upsampled], 1)?;
+        let maps = self.maps(image)?;
+        let (_, _, h, w) = maps.dims4()?;
         // PatchCore's 3×3 local average is left out: it blurs away the small blowholes and
         // cracks (magnetic-tile image AUROC 0.81 with it, 0.86 without).
-        let patches = stacked.reshape((FEATURE_DIM, h * w))?.t()?.contiguous()?;
+        let patches = maps.reshape((FEATURE_DIM, h * w))?.t()?.contiguous()?;
         // Each patch relative to its own image's mean: lighting differs from part to part, and
         // a defect is a patch unlike the rest of its own surface (magnetic-tile image AUROC
         // 0.876 centred, 0.861 not).
         patches.broadcast_sub(&patches.mean_keepdim(0)?)
+    }
+}
+
+impl PatchFeatures {
+    /// The raw feature maps `[1, FEATURE_DIM, INPUT_SIZE/8, INPUT_SIZE/8]`: stride-8 features
+    /// and the upsampled stride-16 ones.
+    pub fn maps(&self, image: &GrayImage) -> candle_core::Result<Tensor> {
+        let input = backbone_input(image, &self.device)?;
+        let features = self.backbone.features(&input)?;
+        let (_, _, h, w) = features.stride8.dims4()?;
+        let upsampled = features.stride16.upsample_nearest2d(h, w)?;
+        Tensor::cat(&[&features.stride8, &upsampled], 1)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::anomaly::{INPUT_SIZE, PatchCore, PatchFeatures, resize_bilinear};
@@ -339,16 +339,9 @@ fn upsample_heat_map(heat_map: &HeatMap, side: usize) -> Vec<f32> {
     out
 }
 
-fn progress(visible: bool, n: usize, what: &str) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(n as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} (eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
+/// A progress bar over `n` items, labelled `what`; hidden unless `visible`.
+pub(crate) fn progress(visible: bool, n: usize, what: &str) -> ProgressBar {
+    let bar = crate::inspect::train::progress_bar(visible, n as u64);
     bar.set_message(what.to_owned());
     bar
 }

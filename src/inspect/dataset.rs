@@ -31,6 +31,8 @@ pub struct Sample {
     pub mask: Option<PathBuf>,
     /// The dataset's own train/test assignment (MVTec's `train/` and `test/`), when it has one.
     pub held_out: Option<bool>,
+    /// Defect boxes `[x_min, y_min, x_max, y_max]` in pixels, for datasets labelled with boxes.
+    pub boxes: Vec<[u32; 4]>,
 }
 
 impl Sample {
@@ -50,6 +52,10 @@ pub enum Layout {
     MagneticTile,
     /// MVTec AD: `train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`.
     Mvtec,
+    /// NEU-DET: `images/<class>_<n>.jpg` with Pascal VOC boxes in `annotations/<class>_<n>.xml`.
+    NeuDet,
+    /// KolektorSDD: `kosNN/PartK.jpg` with `PartK_label.bmp`; defective when the label is non-empty.
+    Kolektorsdd,
 }
 
 /// All samples of a dataset, sorted by image path.
@@ -63,6 +69,8 @@ pub fn read(layout: Layout, root: &Path) -> Result<Vec<Sample>, DatasetError> {
     let mut samples = match layout {
         Layout::MagneticTile => magnetic_tile(root)?,
         Layout::Mvtec => mvtec(root)?,
+        Layout::NeuDet => neu_det(root)?,
+        Layout::Kolektorsdd => kolektorsdd(root)?,
     };
     samples.sort_by(|a, b| a.image.cmp(&b.image));
     if samples.is_empty() {
@@ -97,6 +105,7 @@ fn magnetic_tile(root: &Path) -> Result<Vec<Sample>, DatasetError> {
                     image,
                     class: class.clone(),
                     held_out: None,
+                    boxes: Vec::new(),
                 });
             }
         }
@@ -131,8 +140,108 @@ fn mvtec(root: &Path) -> Result<Vec<Sample>, DatasetError> {
                     image,
                     class: class.clone(),
                     held_out: Some(split == "test"),
+                    boxes: Vec::new(),
                 });
             }
+        }
+    }
+    Ok(samples)
+}
+
+fn neu_det(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let mut samples = Vec::new();
+    for image in list(&root.join("images"))? {
+        let Some(stem) = image
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let Some((class, _number)) = stem.rsplit_once('_') else {
+            continue;
+        };
+        let class = class.to_owned();
+        let annotation = root.join("annotations").join(format!("{stem}.xml"));
+        let boxes = match std::fs::read_to_string(&annotation) {
+            Ok(text) => voc_boxes(&text).map_err(|message| DatasetError::Image {
+                path: annotation.clone(),
+                message,
+            })?,
+            Err(_) => Vec::new(),
+        };
+        samples.push(Sample {
+            image,
+            class,
+            mask: None,
+            held_out: None,
+            boxes,
+        });
+    }
+    Ok(samples)
+}
+
+/// The boxes of a Pascal VOC annotation.
+fn voc_boxes(xml: &str) -> Result<Vec<[u32; 4]>, String> {
+    #[derive(serde::Deserialize)]
+    struct Annotation {
+        #[serde(default)]
+        object: Vec<Object>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Object {
+        bndbox: BndBox,
+    }
+    #[derive(serde::Deserialize)]
+    struct BndBox {
+        xmin: f64,
+        ymin: f64,
+        xmax: f64,
+        ymax: f64,
+    }
+    let annotation: Annotation =
+        quick_xml::de::from_str(xml).map_err(|e| format!("not a VOC annotation: {e}"))?;
+    Ok(annotation
+        .object
+        .iter()
+        .map(|o| {
+            let b = &o.bndbox;
+            [b.xmin, b.ymin, b.xmax, b.ymax].map(|v| v.max(0.0) as u32)
+        })
+        .collect())
+}
+
+fn kolektorsdd(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let mut samples = Vec::new();
+    for item in list(root)? {
+        if !item.is_dir() {
+            continue;
+        }
+        for image in list(&item)? {
+            if image.extension().is_none_or(|e| e != "jpg") {
+                continue;
+            }
+            let stem = image
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            let mask = item.join(format!("{stem}_label.bmp"));
+            // The image label is whether the mask marks anything; an unreadable mask is a
+            // problem the caller sees when it loads the sample, so it counts as defective here.
+            let defective = load_gray(&mask)
+                .map(|m| m.pixels.iter().any(|&p| p > 0))
+                .unwrap_or(true);
+            samples.push(Sample {
+                image,
+                class: if defective {
+                    "crack".into()
+                } else {
+                    "good".into()
+                },
+                mask: Some(mask),
+                held_out: None,
+                boxes: Vec::new(),
+            });
         }
     }
     Ok(samples)
@@ -150,10 +259,18 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
 
 /// Reads an image file as 8-bit grey.
 pub fn load_gray(path: &Path) -> Result<GrayImage, DatasetError> {
-    let image = image::open(path).map_err(|e| DatasetError::Image {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    // The format is read from the content, not trusted from the file name.
+    let image = image::ImageReader::open(path)
+        .and_then(|reader| reader.with_guessed_format())
+        .map_err(|e| DatasetError::Image {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?
+        .decode()
+        .map_err(|e| DatasetError::Image {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     let luma = image.to_luma8();
     let (width, height) = luma.dimensions();
     Ok(GrayImage {
@@ -192,6 +309,7 @@ mod tests {
             class: class.into(),
             mask: None,
             held_out: None,
+            boxes: Vec::new(),
         }
     }
 
@@ -208,6 +326,63 @@ mod tests {
             .collect();
         assert_eq!(names, ["good/3.png", "good/7.png", "crack/3.png"]);
         assert_eq!(train.len(), 9);
+    }
+
+    #[test]
+    fn neu_det_and_kolektorsdd_layouts_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let blank = GrayImage::new(4, 4, vec![0; 16]).expect("size");
+        let png = crate::record::gray_png(&blank).expect("png");
+        let write = |path: &str, bytes: &[u8]| {
+            std::fs::create_dir_all(root.join(path).parent().expect("parent")).expect("mkdir");
+            std::fs::write(root.join(path), bytes).expect("write");
+        };
+        write("neu/images/rolled-in_scale_7.jpg", &png);
+        write(
+            "neu/annotations/rolled-in_scale_7.xml",
+            b"<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>3</xmax><ymax>2</ymax></bndbox></object></annotation>",
+        );
+        let neu = read(Layout::NeuDet, &root.join("neu")).expect("neu-det");
+        assert_eq!(
+            (neu[0].class.as_str(), neu[0].boxes.as_slice()),
+            ("rolled-in_scale", &[[1, 1, 3, 2]][..])
+        );
+
+        // KolektorSDD: the label BMP decides the class.
+        let mut marked = blank.clone();
+        marked.pixels[5] = 255;
+        for (part, mask) in [("Part0", &blank), ("Part1", &marked)] {
+            let mut bmp = std::io::Cursor::new(Vec::new());
+            image::GrayImage::from_raw(4, 4, mask.pixels.clone())
+                .expect("mask")
+                .write_to(&mut bmp, image::ImageFormat::Bmp)
+                .expect("bmp");
+            write(&format!("ksdd/kos01/{part}.jpg"), &png);
+            write(&format!("ksdd/kos01/{part}_label.bmp"), bmp.get_ref());
+        }
+        let classes: Vec<String> = read(Layout::Kolektorsdd, &root.join("ksdd"))
+            .expect("ksdd")
+            .into_iter()
+            .map(|s| s.class)
+            .collect();
+        assert_eq!(classes, ["good", "crack"]);
+    }
+
+    #[test]
+    fn voc_boxes_are_read() {
+        let xml = "<annotation><size><width>200</width></size>\
+            <object><name>crazing</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>193</xmax><ymax>194</ymax></bndbox></object>\
+            <object><name>crazing</name><bndbox><xmin>10</xmin><ymin>20</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>\
+            </annotation>";
+        assert_eq!(
+            voc_boxes(xml).expect("parses"),
+            [[2, 3, 193, 194], [10, 20, 30, 40]]
+        );
+        assert!(
+            voc_boxes("<annotation><object><bndbox><xmin>x</xmin></bndbox></object></annotation>")
+                .is_err()
+        );
     }
 
     #[test]

@@ -449,7 +449,7 @@ fn data_hash(set: &[Example]) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn progress_bar(visible: bool, steps: u64) -> ProgressBar {
+pub(crate) fn progress_bar(visible: bool, steps: u64) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
