@@ -15,6 +15,7 @@ use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings};
 use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
 use linesight::inspect::dataset::Layout;
+use linesight::inspect::eval::ThresholdMetrics;
 use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
 use linesight::station::{RunOptions, Station};
 
@@ -343,33 +344,37 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
-fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
-    let t = &metrics.at_threshold;
+/// One row of a metrics table; `None` prints as n/a.
+fn row(name: &str, value: Option<f64>) {
+    match value {
+        Some(v) => println!("{name:<22} {v:>10.4}"),
+        None => println!("{name:<22} {:>10}", "n/a"),
+    }
+}
+
+/// The rows every evaluation prints: ranking metrics, then the metrics at the threshold.
+fn print_common(n: (usize, usize), auroc: Option<f64>, ap: Option<f64>, t: &ThresholdMetrics) {
     println!("{:<22} {:>10}", "metric", "value");
-    println!("{:<22} {:>10}", "test images", metrics.n_test);
-    println!("{:<22} {:>10}", "defective", metrics.n_test_defective);
+    println!("{:<22} {:>10}", "test items", n.0);
+    println!("{:<22} {:>10}", "defective", n.1);
+    row("image AUROC", auroc);
+    row("average precision", ap);
+    row("threshold", Some(f64::from(t.threshold)));
+    row("accuracy", Some(t.accuracy));
+    row("F1", Some(t.f1));
+    row("escape rate", Some(t.escape_rate));
+    row("false-reject rate", Some(t.false_reject_rate));
+}
+
+fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
+    print_common(
+        (metrics.n_test, metrics.n_test_defective),
+        metrics.image_auroc,
+        metrics.average_precision,
+        &metrics.at_threshold,
+    );
     println!("{:<22} {:>10}", "skipped (unreadable)", metrics.n_skipped);
-    let optional = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
-    println!(
-        "{:<22} {:>10}",
-        "image AUROC",
-        optional(metrics.image_auroc)
-    );
-    println!(
-        "{:<22} {:>10}",
-        "average precision",
-        optional(metrics.average_precision)
-    );
-    println!(
-        "{:<22} {:>10}",
-        "pixel AUROC",
-        optional(metrics.pixel_auroc)
-    );
-    println!("{:<22} {:>10.4}", "threshold (FRR<=5%)", t.threshold);
-    println!("{:<22} {:>10.4}", "accuracy", t.accuracy);
-    println!("{:<22} {:>10.4}", "F1", t.f1);
-    println!("{:<22} {:>10.4}", "escape rate", t.escape_rate);
-    println!("{:<22} {:>10.4}", "false-reject rate", t.false_reject_rate);
+    row("pixel AUROC", metrics.pixel_auroc);
     for (class, m) in &metrics.per_class {
         let auroc = m
             .auroc_vs_good
@@ -384,26 +389,12 @@ fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
 }
 
 fn print_metrics(metrics: &linesight::inspect::model::EvalMetrics) {
-    let t = &metrics.at_threshold;
-    println!("{:<22} {:>10}", "metric", "value");
-    println!("{:<22} {:>10}", "test parts", metrics.n_test);
-    println!("{:<22} {:>10}", "defective", metrics.n_test_defective);
-    let optional = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
-    println!(
-        "{:<22} {:>10}",
-        "image AUROC",
-        optional(metrics.image_auroc)
+    print_common(
+        (metrics.n_test, metrics.n_test_defective),
+        metrics.image_auroc,
+        metrics.average_precision,
+        &metrics.at_threshold,
     );
-    println!(
-        "{:<22} {:>10}",
-        "average precision",
-        optional(metrics.average_precision)
-    );
-    println!("{:<22} {:>10.4}", "threshold", t.threshold);
-    println!("{:<22} {:>10.4}", "accuracy", t.accuracy);
-    println!("{:<22} {:>10.4}", "F1", t.f1);
-    println!("{:<22} {:>10.4}", "escape rate", t.escape_rate);
-    println!("{:<22} {:>10.4}", "false-reject rate", t.false_reject_rate);
     for (class, m) in &metrics.per_class {
         println!(
             "{:<22} {:>5}/{:<5}",

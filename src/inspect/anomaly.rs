@@ -81,9 +81,26 @@ pub fn backbone_input(image: &GrayImage, device: &Device) -> candle_core::Result
 
 /// Bilinear resize to `w`×`h` (pixel centres aligned), as f32.
 pub fn resize_bilinear(image: &GrayImage, w: usize, h: usize) -> Vec<f32> {
-    let (sw, sh) = (image.width as usize, image.height as usize);
+    let width = image.width as usize;
+    bilinear(
+        |x, y| f32::from(image.pixels[y * width + x]),
+        width,
+        image.height as usize,
+        w,
+        h,
+    )
+}
+
+/// Bilinear resampling of a `sw`×`sh` grid, given by `sample(x, y)`, to `w`×`h` (pixel
+/// centres aligned).
+pub fn bilinear(
+    sample: impl Fn(usize, usize) -> f32,
+    sw: usize,
+    sh: usize,
+    w: usize,
+    h: usize,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(w * h);
-    let sample = |x: usize, y: usize| f32::from(image.pixels[y * sw + x]);
     for y in 0..h {
         let fy = ((y as f32 + 0.5) * sh as f32 / h as f32 - 0.5).clamp(0.0, (sh - 1) as f32);
         let (y0, ty) = (fy.floor() as usize, fy - fy.floor());

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::anomaly::{INPUT_SIZE, PatchCore, PatchFeatures, resize_bilinear};
+use crate::inspect::anomaly::{INPUT_SIZE, PatchCore, PatchFeatures, bilinear, resize_bilinear};
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
 use crate::inspect::eval::{self, ThresholdMetrics};
@@ -320,23 +320,14 @@ fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -
 
 /// Bilinear upsampling of a heat map to `side`×`side`.
 fn upsample_heat_map(heat_map: &HeatMap, side: usize) -> Vec<f32> {
-    let (w, h) = (heat_map.width as usize, heat_map.height as usize);
-    let mut out = Vec::with_capacity(side * side);
-    for y in 0..side {
-        let fy = ((y as f32 + 0.5) * h as f32 / side as f32 - 0.5).clamp(0.0, (h - 1) as f32);
-        let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
-        let y1 = (y0 + 1).min(h - 1);
-        for x in 0..side {
-            let fx = ((x as f32 + 0.5) * w as f32 / side as f32 - 0.5).clamp(0.0, (w - 1) as f32);
-            let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
-            let x1 = (x0 + 1).min(w - 1);
-            let v = |x: usize, y: usize| heat_map.values[y * w + x];
-            let top = v(x0, y0) * (1.0 - tx) + v(x1, y0) * tx;
-            let bottom = v(x0, y1) * (1.0 - tx) + v(x1, y1) * tx;
-            out.push(top * (1.0 - ty) + bottom * ty);
-        }
-    }
-    out
+    let w = heat_map.width as usize;
+    bilinear(
+        |x, y| heat_map.values[y * w + x],
+        w,
+        heat_map.height as usize,
+        side,
+        side,
+    )
 }
 
 /// A progress bar over `n` items, labelled `what`; hidden unless `visible`.
