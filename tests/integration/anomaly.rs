@@ -17,6 +17,7 @@ fn write_png(path: &Path, image: &linesight::part::GrayImage) {
 
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
     let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
     assert!(
         weights.exists(),

@@ -26,6 +26,7 @@ fn pth() -> PathBuf {
 
 #[test]
 fn legacy_reader_and_candle_port_match_a_python_reference() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
     let pth = pth();
     let tensors: HashMap<String, Tensor> = read_state_dict(&pth)
         .expect("legacy .pth reads")

@@ -10,11 +10,7 @@ use linesight::simulate::RejectPulse;
 use linesight::station::{RunOptions, Station};
 use tokio_util::sync::CancellationToken;
 
-use crate::station_config;
-
-/// Station tests run one at a time: each runs CNN inference against real deadlines, and on a
-/// 2-core machine two at once would measure the machine, not the station.
-static ONE_STATION_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::{CPU_HEAVY, station_config};
 
 /// Fetches every record through the HTTP API, following `next_before` pages.
 async fn all_records_over_http(base: &str) -> Vec<InspectionRecord> {
@@ -53,7 +49,7 @@ fn pulses_by_part(pulses: Vec<RejectPulse>) -> HashMap<u64, Vec<RejectPulse>> {
 /// inside its gate window and no other part gets one; every part is in sled and in the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_parts_reach_gate_and_record() {
-    let _one = ONE_STATION_AT_A_TIME.lock().await;
+    let _one = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = station_config(
         dir.path(),
@@ -180,7 +176,7 @@ async fn two_hundred_parts_reach_gate_and_record() {
 /// A verdict deadline no model can meet: every part is rejected by policy, once, at its gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_verdict_deadline_rejects_by_policy() {
-    let _one = ONE_STATION_AT_A_TIME.lock().await;
+    let _one = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = station_config(
         dir.path(),
@@ -224,7 +220,7 @@ async fn missed_verdict_deadline_rejects_by_policy() {
 /// Shutdown mid-run lets parts in flight reach the gate and records them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_parts_in_flight() {
-    let _one = ONE_STATION_AT_A_TIME.lock().await;
+    let _one = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = station_config(
         dir.path(),
@@ -259,7 +255,7 @@ async fn shutdown_drains_parts_in_flight() {
 /// as failed (never as done), the station keeps inspecting and recording every part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_plc_fails_safe_and_loses_no_record() {
-    let _one = ONE_STATION_AT_A_TIME.lock().await;
+    let _one = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = station_config(
         dir.path(),

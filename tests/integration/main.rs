@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 
 use linesight::config::StationConfig;
 
+/// Tests that load the CPU (a running station, model training) take this one at a time: the
+/// station tests hold real deadlines, and on a 2-core machine a training run beside them would
+/// measure the machine, not the station.
+pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
