@@ -137,16 +137,9 @@ impl GateLink {
     /// A second, unconnected link to the same PLC that continues this link's heartbeat count,
     /// so heartbeats never queue behind reject commands.
     pub fn sibling(&self) -> GateLink {
-        GateLink {
-            context: None,
-            ..GateLink::new(self.plc, self.unit, self.request_timeout, self.map)
-        }
-        .with_heartbeat(self.heartbeat)
-    }
-
-    fn with_heartbeat(mut self, heartbeat: u16) -> GateLink {
-        self.heartbeat = heartbeat;
-        self
+        let mut link = GateLink::new(self.plc, self.unit, self.request_timeout, self.map);
+        link.heartbeat = self.heartbeat;
+        link
     }
 
     async fn read_register(&mut self, what: &'static str, address: u16) -> Result<u16, GateError> {

@@ -13,6 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -93,7 +94,7 @@ pub struct Store {
     meta: sled::Tree,
     images_dir: PathBuf,
     /// Part ids below this are reserved (durably) for parts already given an id.
-    reserved_until: Arc<std::sync::atomic::AtomicU64>,
+    reserved_until: Arc<AtomicU64>,
     /// Held for writing while a record is inserted and flushed; readers hold it for reading.
     visibility: Arc<RwLock<()>>,
 }
@@ -114,7 +115,7 @@ impl Store {
             source,
         })?;
         let reserved_until = match meta.get(RESERVED_KEY)? {
-            Some(bytes) => key_to_id(&bytes),
+            Some(bytes) => be_u64(&bytes),
             None => 0,
         };
         Ok(Store {
@@ -122,7 +123,7 @@ impl Store {
             inspections,
             meta,
             images_dir,
-            reserved_until: Arc::new(std::sync::atomic::AtomicU64::new(reserved_until)),
+            reserved_until: Arc::new(AtomicU64::new(reserved_until)),
             visibility: Arc::new(RwLock::new(())),
         })
     }
@@ -131,37 +132,23 @@ impl Store {
     /// recorded or not (after a kill -9, parts in flight had ids the PLC already saw). Reserves
     /// a block of ids durably before returning.
     pub fn start_run(&self) -> Result<u64, RecordError> {
-        let reserved = self
-            .reserved_until
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let reserved = self.reserved_until.load(Ordering::SeqCst);
         let first = self.next_part_id()?.max(reserved);
         self.reserve_until(first + RESERVE_BLOCK)?;
         Ok(first)
     }
 
-    /// Extends the reservation when recorded ids come near its end.
-    fn extend_reservation(&self, part_id: u64) -> Result<(), RecordError> {
-        let reserved = self
-            .reserved_until
-            .load(std::sync::atomic::Ordering::SeqCst);
-        if part_id + RESERVE_BLOCK / 2 >= reserved {
-            self.reserve_until(part_id + RESERVE_BLOCK)?;
-        }
-        Ok(())
-    }
-
     fn reserve_until(&self, until: u64) -> Result<(), RecordError> {
         self.meta.insert(RESERVED_KEY, &until.to_be_bytes())?;
         self.db.flush()?;
-        self.reserved_until
-            .store(until, std::sync::atomic::Ordering::SeqCst);
+        self.reserved_until.store(until, Ordering::SeqCst);
         Ok(())
     }
 
     /// The id to give the next part: one past the highest recorded.
     pub fn next_part_id(&self) -> Result<u64, RecordError> {
         Ok(match self.inspections.last()? {
-            Some((key, _)) => key_to_id(&key) + 1,
+            Some((key, _)) => be_u64(&key) + 1,
             None => 0,
         })
     }
@@ -173,13 +160,23 @@ impl Store {
         let visible = self.visibility.write().await;
         let key = record.part_id.to_be_bytes();
         self.inspections.insert(key, value)?;
+        // When recorded ids come near the end of the reservation, extend it in the same flush.
+        let extended = (record.part_id + RESERVE_BLOCK / 2
+            >= self.reserved_until.load(Ordering::SeqCst))
+        .then_some(record.part_id + RESERVE_BLOCK);
+        if let Some(until) = extended {
+            self.meta.insert(RESERVED_KEY, &until.to_be_bytes())?;
+        }
         if let Err(error) = self.db.flush_async().await {
             // Not durable, so not acknowledged: take it back before readers can see it.
             let _ = self.inspections.remove(key);
             return Err(error.into());
         }
         drop(visible);
-        self.extend_reservation(record.part_id)
+        if let Some(until) = extended {
+            self.reserved_until.store(until, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// One part's record.
@@ -207,7 +204,7 @@ impl Store {
             .take(limit)
             .map(|entry| {
                 let (key, value) = entry?;
-                decode(key_to_id(&key), &value)
+                decode(be_u64(&key), &value)
             })
             .collect()
     }
@@ -273,7 +270,8 @@ const RESERVED_KEY: &[u8] = b"part_ids_reserved_until";
 /// Ids reserved at a time: far more than can be in flight between two records.
 const RESERVE_BLOCK: u64 = 100_000;
 
-fn key_to_id(key: &[u8]) -> u64 {
+/// A big-endian u64 (part ids are stored big-endian so keys sort in part order).
+fn be_u64(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let n = key.len().min(8);
     bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
