@@ -9,6 +9,7 @@ use linesight::calibrate::{Calibration, Undistorter};
 use linesight::inspect::DefectModel;
 use linesight::inspect::anomaly::{FEATURE_DIM, PatchCore};
 use linesight::inspect::anomaly_train::load_features;
+use linesight::inspect::supervised::SupervisedModel;
 use linesight::inspect::train::SIM_FRAME_SIZE;
 use linesight::record::gray_png;
 use linesight::simulate::{DefectKind, PartGenerator};
@@ -41,8 +42,8 @@ fn hot_path(c: &mut Criterion) {
     anomaly(c, &raw);
 }
 
-/// The anomaly model's costs: backbone features and the nearest-neighbour search against a
-/// 4096-entry bank, on a 256×256 image.
+/// The pretrained-backbone models' costs on a 256×256 image: backbone features, the anomaly
+/// model's nearest-neighbour search against a 4096-entry bank, the supervised model's head.
 fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     let weights = repo("models/efficientnet-lite0/efficientnet-lite0.safetensors");
     if !weights.exists() {
@@ -60,6 +61,11 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     });
     c.bench_function("anomaly/score_256_bank4096", |b| {
         b.iter(|| model.score(image).expect("score"))
+    });
+    // Six defect classes plus good, as on NEU-DET.
+    let supervised = SupervisedModel::untrained(features, 7, 1).expect("supervised model");
+    c.bench_function("supervised/predict_256", |b| {
+        b.iter(|| supervised.predict(image).expect("prediction"))
     });
 }
 

@@ -26,6 +26,8 @@ check() { # check NAME COMMAND...
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
+# Model changes over the API need the admin token; schemathesis gets it too.
+export LINESIGHT_ADMIN_TOKEN="live-test-$$"
 
 start_station() {
   "$bin" run --config config/simulated-line.toml --data-dir "$work/data" --bind "127.0.0.1:$port" \

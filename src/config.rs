@@ -119,8 +119,14 @@ pub struct CalibrationSection {
 pub struct ModelSection {
     /// Folder holding `model.safetensors` and `card.json`; relative to the config file.
     pub dir: PathBuf,
-    /// Overrides the threshold stored in the model card.
+    /// Overrides the threshold stored in the model card (of this model only, not of versions
+    /// promoted later).
     pub threshold: Option<f32>,
+    /// The folder of model versions that can be promoted; default: the folder holding `dir`.
+    pub registry: Option<PathBuf>,
+    /// The pretrained backbone weights, for models built on them; default:
+    /// `<registry>/efficientnet-lite0/efficientnet-lite0.safetensors`.
+    pub backbone: Option<PathBuf>,
 }
 
 /// Geometry and timing of the belt between camera and gate.
@@ -182,6 +188,11 @@ pub struct StationConfig {
     pub calibration_file: PathBuf,
     pub model_dir: PathBuf,
     pub threshold_override: Option<f32>,
+    pub model_registry: PathBuf,
+    pub backbone_weights: PathBuf,
+    /// Bearer token the API asks for before changing the model; not in the file (the CLI takes
+    /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
+    pub admin_token: Option<String>,
     pub line: LineTiming,
     pub plc: PlcSettings,
 }
@@ -228,6 +239,15 @@ impl StationConfig {
             });
         }
         let resolve = |p: &Path| base.join(p);
+        let model_dir = resolve(&file.model.dir);
+        let model_registry = match &file.model.registry {
+            Some(registry) => resolve(registry),
+            None => model_dir.parent().unwrap_or(base).to_owned(),
+        };
+        let backbone_weights = match &file.model.backbone {
+            Some(backbone) => resolve(backbone),
+            None => model_registry.join("efficientnet-lite0/efficientnet-lite0.safetensors"),
+        };
         Ok(StationConfig {
             source_path: path.to_owned(),
             name: file.station.name,
@@ -237,8 +257,11 @@ impl StationConfig {
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
             calibration_file: resolve(&file.calibration.file),
-            model_dir: resolve(&file.model.dir),
+            model_dir,
             threshold_override: file.model.threshold,
+            model_registry,
+            backbone_weights,
+            admin_token: None,
             line: LineTiming {
                 travel: Duration::from_millis(file.line.travel_ms),
                 gate_window: Duration::from_millis(file.line.gate_window_ms),

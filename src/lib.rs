@@ -16,6 +16,7 @@
 //! * [`serve`]: the HTTP API, the live page and `/metrics`.
 //!
 //! Beside them: [`part`] (the types every stage shares), [`config`] (the station file),
+//! [`model_control`] (promote, roll back, shadow the model while the line runs),
 //! [`metrics`], [`simulate`] (the built-in simulated line) and [`station`] (the wiring).
 
 pub mod actuate;
@@ -24,6 +25,7 @@ pub mod capture;
 pub mod config;
 pub mod inspect;
 pub mod metrics;
+pub mod model_control;
 pub mod part;
 pub mod record;
 pub mod serve;

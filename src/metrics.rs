@@ -48,6 +48,10 @@ pub struct Metrics {
     pub parts_in_flight: Gauge,
     /// Time from capture to verdict.
     pub inspection_latency_seconds: Histogram,
+    /// Verdicts of the shadow model (recorded, never actuated).
+    pub shadow_verdicts: Counter,
+    /// Frames the shadow model skipped because it was still busy.
+    pub shadow_frames_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,8 @@ impl Metrics {
             record_errors: Counter::default(),
             parts_in_flight: Gauge::default(),
             inspection_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            shadow_verdicts: Counter::default(),
+            shadow_frames_skipped: Counter::default(),
         }
     }
 
@@ -152,6 +158,16 @@ impl Metrics {
             "plc_link_errors",
             "Modbus requests that timed out or lost the link",
             self.plc_link_errors.clone(),
+        );
+        registry.register(
+            "shadow_verdicts",
+            "Verdicts of the shadow model (recorded, not actuated)",
+            self.shadow_verdicts.clone(),
+        );
+        registry.register(
+            "shadow_frames_skipped",
+            "Frames the busy shadow model skipped",
+            self.shadow_frames_skipped.clone(),
         );
         registry.register(
             "heartbeat_failures",

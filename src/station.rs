@@ -11,13 +11,14 @@
 //! ```
 //!
 //! [`Station::prepare`] loads and checks everything that can fail before the line starts (model,
-//! calibration, register map, record store, the PLC link). [`Station::run`] runs until the camera
+//! calibration, register map, record store, the PLC link). The model in use can change while the
+//! line runs (see [`crate::model_control`]); a shadow model, when set, scores the same frames on
+//! its own thread beside the inspect thread. [`Station::run`] runs until the camera
 //! ends or `shutdown` fires, then lets every part in flight reach the gate, records it, and stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use candle_core::Device;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +30,10 @@ use crate::actuate::{
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
-use crate::inspect::{DefectModel, InspectContext, Inspector, ModelError, run_inspector};
+use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel};
+use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
 use crate::metrics::Metrics;
+use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::record::{RecordContext, RecordError, Store, run_recorder};
 use crate::serve::{ApiState, StationInfo, StationState};
@@ -42,6 +45,10 @@ use crate::track::{InspectionFate, PartTracker};
 pub enum StationError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    ModelControl(#[from] ControlError),
     #[error(transparent)]
     Calibrate(#[from] CalibrateError),
     #[error(transparent)]
@@ -86,8 +93,7 @@ pub struct Station {
     clock: Arc<StationClock>,
     metrics: Metrics,
     store: Store,
-    model: DefectModel,
-    threshold: f32,
+    models: Arc<ActiveModels>,
     calibration: Calibration,
     link: GateLink,
     api: ApiState,
@@ -99,20 +105,34 @@ impl Station {
     pub async fn prepare(config: StationConfig) -> Result<Station, StationError> {
         let clock = StationClock::start();
         let metrics = Metrics::new();
-        let model = DefectModel::load(&config.model_dir, &Device::Cpu)?;
+        let registry = Registry::new(
+            config.model_registry.clone(),
+            config.backbone_weights.clone(),
+        );
+        let detector = registry.load_dir(&config.model_dir)?;
         let calibration = Calibration::load(&config.calibration_file)?;
         let (roi_width, roi_height) = (calibration.roi.width, calibration.roi.height);
-        if (model.card.input.width, model.card.input.height) != (roi_width, roi_height) {
+        if let Some((model_width, model_height)) = detector.input_size()
+            && (model_width, model_height) != (roi_width, roi_height)
+        {
             return Err(StationError::ModelInput {
-                model_width: model.card.input.width,
-                model_height: model.card.input.height,
+                model_width,
+                model_height,
                 roi_width,
                 roi_height,
             });
         }
-        let threshold = config.threshold_override.unwrap_or(model.card.threshold);
+        let threshold = config.threshold_override.unwrap_or(detector.threshold());
+        let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
         let map = RegisterMap::load(&config.plc.register_map_file)?;
         let store = Store::open(&config.data_dir)?;
+        let control = ModelControl::new(
+            registry,
+            models.clone(),
+            store.clone(),
+            (roi_width, roi_height),
+        );
+        control.restore().await?;
 
         let (plc_address, plc_simulator) = match config.plc.kind {
             PlcKind::Simulated => {
@@ -147,8 +167,8 @@ impl Station {
             info: Arc::new(StationInfo {
                 name: config.name.clone(),
                 started_at: clock.utc(clock.now()).to_rfc3339(),
-                model_version: model.version.to_string(),
-                threshold,
+                model_version: models.live().version.to_string(),
+                threshold: models.live().threshold,
                 travel_ms: config.line.travel.as_millis() as u64,
                 gate_window_ms: config.line.gate_window.as_millis() as u64,
                 verdict_margin_ms: config.line.verdict_margin.as_millis() as u64,
@@ -159,14 +179,15 @@ impl Station {
             state: Arc::new(std::sync::RwLock::new(StationState::Running)),
             store: store.clone(),
             metrics: metrics.clone(),
+            models: Arc::new(control),
+            admin_token: config.admin_token.as_deref().map(Arc::from),
         };
         Ok(Station {
             config,
             clock,
             metrics,
             store,
-            model,
-            threshold,
+            models,
             calibration,
             link,
             api,
@@ -207,8 +228,7 @@ impl Station {
             clock,
             metrics,
             store,
-            model,
-            threshold,
+            models,
             calibration,
             link,
             api,
@@ -248,15 +268,27 @@ impl Station {
         }));
         let inspector = Inspector {
             undistorter: Undistorter::new(&calibration)?,
-            model,
-            threshold,
+            models: models.clone(),
         };
+        // Short: a shadow model that cannot keep up skips frames rather than lag behind.
+        let (shadow_tx, shadow_rx) = std::sync::mpsc::sync_channel(2);
+        let shadow_ctx = ShadowContext {
+            active: models,
+            jobs: shadow_rx,
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        let shadow_thread = std::thread::Builder::new()
+            .name("shadow".into())
+            .spawn(move || run_shadow(shadow_ctx))
+            .map_err(|e| StationError::Stage(format!("cannot start the shadow thread: {e}")))?;
         let inspect_ctx = InspectContext {
             inspector,
             frames: frame_rx,
             inspections: inspection_tx,
             clock: clock.clone(),
             metrics: metrics.clone(),
+            shadow_jobs: shadow_tx,
         };
         let inspect_thread = std::thread::Builder::new()
             .name("inspect".into())
@@ -293,6 +325,8 @@ impl Station {
         // error is returned, so queued outcomes are recorded and the stopped state is written.
         let capture_result = capture.await;
         let inspect_result = tokio::task::spawn_blocking(move || inspect_thread.join()).await;
+        // The inspect thread dropped the shadow queue; the shadow thread ends after its last job.
+        let shadow_result = tokio::task::spawn_blocking(move || shadow_thread.join()).await;
         let gate_result = gate.await;
         heartbeat_stop.cancel();
         let heartbeat_result = heartbeat.await;
@@ -303,6 +337,9 @@ impl Station {
         let mut stage_failures = Vec::new();
         if inspect_result.map(|joined| joined.is_err()).unwrap_or(true) {
             stage_failures.push("inspect thread panicked");
+        }
+        if shadow_result.map(|joined| joined.is_err()).unwrap_or(true) {
+            stage_failures.push("shadow thread panicked");
         }
         for (stage, failed) in [
             ("gate", gate_result.is_err()),

@@ -27,6 +27,9 @@ pub const CARD_FILE: &str = "card.json";
 /// Every `HOLDOUT_EVERY`-th image of each class is held out for evaluation.
 pub const HOLDOUT_EVERY: usize = 4;
 
+/// Every this-many-th good training image is kept for validation.
+const VALIDATION_EVERY: usize = 5;
+
 /// Side of the grid pixel metrics are computed on.
 const PIXEL_GRID: usize = 64;
 
@@ -53,6 +56,8 @@ pub struct AnomalySettings {
     pub data: PathBuf,
     pub backbone_weights: PathBuf,
     pub bank_size: usize,
+    /// Share of good validation images the threshold may reject.
+    pub target_false_reject_rate: f64,
     pub seed: u64,
     pub out_dir: PathBuf,
     pub progress: bool,
@@ -69,7 +74,9 @@ pub struct AnomalyMetrics {
     pub average_precision: Option<f64>,
     /// Pixel AUROC over the held-out images with masks, on a 64×64 grid.
     pub pixel_auroc: Option<f64>,
-    /// At the threshold that keeps the test false-reject rate at or below 5 %.
+    /// Normalised area under the per-region-overlap curve up to 30 % false-positive pixels.
+    pub pixel_pro: Option<f64>,
+    /// At the card's threshold (chosen on validation images, not these).
     pub at_threshold: ThresholdMetrics,
     /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
     pub per_class: BTreeMap<String, ClassAnomalyMetrics>,
@@ -88,6 +95,9 @@ pub struct ClassAnomalyMetrics {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnomalyCard {
     pub name: String,
+    pub version: String,
+    /// `anomaly`: what the registry dispatches on.
+    pub kind: String,
     pub architecture: String,
     pub backbone: String,
     pub input_size: usize,
@@ -95,7 +105,14 @@ pub struct AnomalyCard {
     pub layout: Layout,
     pub split: String,
     pub n_train_good: usize,
+    /// Good training images kept out of the bank to choose the threshold on.
+    pub n_validation_good: usize,
+    /// SHA-256 over the bank's training images' names and bytes.
+    pub training_data_sha256: String,
     pub bank_size: usize,
+    /// Fail when the anomaly score (a feature distance, not a probability) reaches this.
+    pub threshold: f32,
+    pub threshold_rule: String,
     pub seed: u64,
     pub training_duration_s: f64,
     pub metrics: AnomalyMetrics,
@@ -117,14 +134,28 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let features = load_features(&settings.backbone_weights, &device)?;
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
-    let good: Vec<&Sample> = train_part.iter().filter(|s| !s.defective()).collect();
+    let all_good: Vec<&Sample> = train_part.iter().filter(|s| !s.defective()).collect();
+    // Every 5th good training image is kept out of the bank: the threshold is chosen on it.
+    let mut good = Vec::new();
+    let mut validation = Vec::new();
+    for (i, sample) in all_good.into_iter().enumerate() {
+        if i % VALIDATION_EVERY == VALIDATION_EVERY - 1 {
+            validation.push(sample);
+        } else {
+            good.push(sample);
+        }
+    }
 
     let bar = progress(settings.progress, good.len(), "features of good images");
     let mut patches = Vec::new();
+    let mut used = Vec::new();
     for sample in &good {
         bar.inc(1);
         match dataset::load_gray(&sample.image) {
-            Ok(image) => patches.push(features.extract(&image)?),
+            Ok(image) => {
+                patches.push(features.extract(&image)?);
+                used.push(&sample.image);
+            }
             Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
         }
     }
@@ -140,11 +171,56 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         "selecting the coreset"
     );
     let model = PatchCore::fit(features, &all, settings.bank_size, settings.seed)?;
+    let mut validation_scores = Vec::new();
+    for sample in &validation {
+        if let Ok(image) = dataset::load_gray(&sample.image) {
+            validation_scores.push(model.score(&image)?.0);
+        }
+    }
+    let (threshold, threshold_rule) = if validation_scores.is_empty() {
+        // Without validation images, the highest training score: nothing the bank learnt fails.
+        let mut highest = 0f32;
+        for sample in &good {
+            if let Ok(image) = dataset::load_gray(&sample.image) {
+                highest = highest.max(model.score(&image)?.0);
+            }
+        }
+        (
+            highest * 1.05,
+            "1.05 × the highest training score (no validation images)".to_owned(),
+        )
+    } else {
+        let labels = vec![false; validation_scores.len()];
+        (
+            threshold_for_false_reject_rate(
+                &validation_scores,
+                &labels,
+                settings.target_false_reject_rate,
+            ),
+            format!(
+                "false-reject rate ≤ {} on {} good validation images",
+                settings.target_false_reject_rate,
+                validation_scores.len()
+            ),
+        )
+    };
     let training_duration_s = started.elapsed().as_secs_f64();
 
-    let metrics = evaluate(&model, &held_out, settings.progress)?;
+    let metrics = evaluate(&model, &held_out, threshold, settings.progress)?;
+    let bank_digest = {
+        use sha2::{Digest, Sha256};
+        let bank: Vec<f32> = model.bank().flatten_all()?.to_vec1()?;
+        let mut hasher = Sha256::new();
+        for v in bank {
+            hasher.update(v.to_le_bytes());
+        }
+        hasher.update(threshold.to_le_bytes());
+        hex::encode(&hasher.finalize()[..6])
+    };
     let card = AnomalyCard {
         name: settings.name.clone(),
+        version: format!("{}@{bank_digest}", settings.name),
+        kind: "anomaly".into(),
         architecture: "patchcore".into(),
         backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
         input_size: INPUT_SIZE,
@@ -154,7 +230,11 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             "every {HOLDOUT_EVERY}th image of each class (sorted by path) held out; trained on good images only"
         ),
         n_train_good,
+        n_validation_good: validation_scores.len(),
+        training_data_sha256: dataset::content_digest(used.into_iter())?,
         bank_size: model.bank().dim(0)?,
+        threshold,
+        threshold_rule,
         seed: settings.seed,
         training_duration_s,
         metrics,
@@ -208,10 +288,11 @@ fn save(model: &PatchCore, card: &AnomalyCard, dir: &Path) -> Result<(), Anomaly
 pub fn evaluate(
     model: &PatchCore,
     samples: &[Sample],
+    threshold: f32,
     show_progress: bool,
 ) -> Result<AnomalyMetrics, AnomalyError> {
     let (mut scores, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut pixel_scores, mut pixel_labels) = (Vec::new(), Vec::new());
+    let mut pixels = PixelTruth::default();
     let mut n_skipped = 0;
     let bar = progress(show_progress, samples.len(), "held-out images");
     for sample in samples {
@@ -244,16 +325,10 @@ pub fn evaluate(
             None => None,
         };
         if let Some(mask) = mask {
-            pixel_scores.extend(upsample_heat_map(&heat_map, PIXEL_GRID));
-            pixel_labels.extend(
-                resize_bilinear(&mask, PIXEL_GRID, PIXEL_GRID)
-                    .iter()
-                    .map(|&v| v >= 128.0),
-            );
+            pixels.add(&heat_map, &mask);
         }
     }
     bar.finish_and_clear();
-    let threshold = threshold_for_false_reject_rate(&scores, &labels, 0.05);
     let good_scores: Vec<f32> = scores
         .iter()
         .zip(&labels)
@@ -294,14 +369,15 @@ pub fn evaluate(
         n_skipped,
         image_auroc: eval::auroc(&scores, &labels),
         average_precision: eval::average_precision(&scores, &labels),
-        pixel_auroc: eval::auroc(&pixel_scores, &pixel_labels),
+        pixel_auroc: pixels.auroc(),
+        pixel_pro: pixels.pro(),
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
     })
 }
 
 /// The lowest threshold that rejects at most `rate` of the good parts.
-fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -> f32 {
+pub fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -> f32 {
     let mut good: Vec<f32> = scores
         .iter()
         .zip(labels)
@@ -316,6 +392,41 @@ fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -
     let index = good.len() - 1 - allowed.min(good.len() - 1);
     // Just above the highest good score that must pass.
     good[index] + f32::EPSILON * good[index].abs().max(1.0)
+}
+
+/// Pixel-level scores and truth gathered over images, each on a `PIXEL_GRID`² grid.
+#[derive(Debug, Default)]
+pub(crate) struct PixelTruth {
+    scores: Vec<f32>,
+    labels: Vec<bool>,
+    /// 0 for good pixels, else the defect region (numbered across images).
+    regions: Vec<u32>,
+    regions_used: u32,
+}
+
+impl PixelTruth {
+    /// Adds one image: its heat map and its mask (non-zero = defect; any size).
+    pub(crate) fn add(&mut self, heat_map: &HeatMap, mask: &GrayImage) {
+        self.scores.extend(upsample_heat_map(heat_map, PIXEL_GRID));
+        let labels: Vec<bool> = resize_bilinear(mask, PIXEL_GRID, PIXEL_GRID)
+            .iter()
+            .map(|&v| v >= 128.0)
+            .collect();
+        let (regions, next) =
+            eval::label_regions(&labels, PIXEL_GRID, PIXEL_GRID, self.regions_used + 1);
+        self.regions_used = next - 1;
+        self.regions.extend(regions);
+        self.labels.extend(labels);
+    }
+
+    pub(crate) fn auroc(&self) -> Option<f64> {
+        eval::auroc(&self.scores, &self.labels)
+    }
+
+    /// PRO up to a 30 % false-positive rate, the MVTec AD convention.
+    pub(crate) fn pro(&self) -> Option<f64> {
+        eval::pro_auc(&self.scores, &self.regions, 0.3)
+    }
 }
 
 /// Bilinear upsampling of a heat map to `side`×`side`.

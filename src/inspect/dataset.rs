@@ -239,12 +239,48 @@ fn kolektorsdd(root: &Path) -> Result<Vec<Sample>, DatasetError> {
                     "good".into()
                 },
                 mask: Some(mask),
-                held_out: None,
+                held_out: held_out_item(&item),
                 boxes: Vec::new(),
             });
         }
     }
     Ok(samples)
+}
+
+/// KolektorSDD is split by physical item (`kosNN`), as its authors do: the 8 photographs of
+/// one commutator are alike (two items even share JPEGs), so splitting inside an item would
+/// test on what training saw. Items with `NN % 8 == 5` are held out.
+fn held_out_item(item: &Path) -> Option<bool> {
+    let number: u32 = item
+        .file_name()?
+        .to_str()?
+        .strip_prefix("kos")?
+        .parse()
+        .ok()?;
+    Some(number % 8 == 5)
+}
+
+/// SHA-256 over the images' file names and bytes, in the given order: the training-data hash
+/// of a model card. An unreadable file is an error, not silently left out.
+pub fn content_digest<'a>(
+    images: impl Iterator<Item = &'a PathBuf>,
+) -> Result<String, DatasetError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for path in images {
+        let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        hasher.update(
+            path.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn list(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {

@@ -8,39 +8,44 @@
 
 pub mod anomaly;
 pub mod anomaly_train;
+pub mod augment;
 pub mod backbone;
 pub mod dataset;
 pub mod eval;
 pub mod model;
+pub mod registry;
+pub mod supervised;
 pub mod train;
 
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc;
 
 pub use self::model::{DefectModel, ModelCard, ModelError};
+use self::registry::{ActiveModels, ShadowJob};
 use crate::calibrate::Undistorter;
 use crate::metrics::Metrics;
 use crate::part::{Frame, Inspection, StationClock, Verdict};
 
-/// A model plus the threshold the station applies.
+/// Calibration plus the station's models (live, and shadow if any).
 pub struct Inspector {
     pub undistorter: Undistorter,
-    pub model: DefectModel,
-    pub threshold: f32,
+    pub models: Arc<ActiveModels>,
 }
 
 impl Inspector {
-    /// Inspects one frame; failures become [`Verdict::Error`].
+    /// Inspects one frame with the live model of the moment; failures become
+    /// [`Verdict::Error`].
     pub fn inspect(&self, frame: Frame, clock: &StationClock) -> Inspection {
+        let live = self.models.live();
         let base = |verdict, error: Option<String>| Inspection {
             part_id: frame.part_id,
             inspected_at: clock.now(),
             verdict,
             score: None,
-            threshold: self.threshold,
-            model_version: self.model.version.clone(),
+            threshold: live.threshold,
+            model_version: live.version.clone(),
             image: None,
             heat_map: None,
             error,
@@ -49,9 +54,9 @@ impl Inspector {
             Ok(image) => image,
             Err(error) => return base(Verdict::Error, Some(error.to_string())),
         };
-        match self.model.score(&image) {
+        match live.detector.score(&image) {
             Ok((score, heat_map)) => {
-                let verdict = if score >= self.threshold {
+                let verdict = if score >= live.threshold {
                     Verdict::Fail
                 } else {
                     Verdict::Pass
@@ -78,6 +83,8 @@ pub struct InspectContext {
     pub inspections: mpsc::Sender<Inspection>,
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
+    /// Calibrated frames for the shadow model; never waited on.
+    pub shadow_jobs: SyncSender<ShadowJob>,
 }
 
 /// Runs until the frame queue closes (capture stopped) or the tracker goes away.
@@ -85,6 +92,20 @@ pub fn run_inspector(ctx: InspectContext) {
     while let Ok(frame) = ctx.frames.recv() {
         let captured_at = frame.captured_at;
         let inspection = ctx.inspector.inspect(frame, &ctx.clock);
+        if ctx.inspector.models.shadow().is_some()
+            && let Some(image) = &inspection.image
+        {
+            let job = ShadowJob {
+                part_id: inspection.part_id,
+                image: image.clone(),
+                live_version: inspection.model_version.clone(),
+                live_verdict: inspection.verdict,
+                live_score: inspection.score,
+            };
+            if let Err(TrySendError::Full(_)) = ctx.shadow_jobs.try_send(job) {
+                ctx.metrics.shadow_frames_skipped.inc();
+            }
+        }
         ctx.metrics.count_inspection(inspection.verdict);
         ctx.metrics.inspection_latency_seconds.observe(
             inspection

@@ -357,7 +357,7 @@ fn weighted_bce(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor>
 /// Replaces every variable with values drawn from `seed` (He-uniform weights, zero biases, and a
 /// head bias of −3 so training starts from "almost nothing is a defect"), because candle's own
 /// initialisers draw from an unseeded generator.
-fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
+pub(crate) fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let data = varmap
         .data()

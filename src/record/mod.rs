@@ -85,6 +85,53 @@ pub struct InspectionRecord {
     pub error: Option<String>,
 }
 
+/// A change of the model the station runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelEvent {
+    pub at: DateTime<Utc>,
+    pub action: ModelAction,
+    /// The version made live or put in shadow; `None` when the shadow is stopped.
+    pub version: Option<String>,
+    /// The version it replaced, if any.
+    pub previous: Option<String>,
+}
+
+/// What a [`ModelEvent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelAction {
+    Promote,
+    Rollback,
+    ShadowStart,
+    ShadowStop,
+}
+
+/// A shadow model's verdict on one part, beside the live verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowVerdict {
+    pub part_id: u64,
+    pub version: String,
+    pub verdict: Verdict,
+    pub score: Option<f32>,
+    pub live_version: String,
+    pub live_verdict: Verdict,
+    pub live_score: Option<f32>,
+}
+
+/// Agreement of a shadow model with the live model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ShadowSummary {
+    pub version: String,
+    pub compared: u64,
+    pub agreed: u64,
+    /// The live model failed the part, the shadow would have passed it (a would-be escape).
+    pub live_fail_shadow_pass: u64,
+    /// The shadow would have rejected a part the live model passed.
+    pub live_pass_shadow_fail: u64,
+    pub shadow_errors: u64,
+    pub other_disagreements: u64,
+}
+
 /// The station's durable record store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -92,6 +139,10 @@ pub struct Store {
     inspections: sled::Tree,
     /// Station bookkeeping: the part-id reservation.
     meta: sled::Tree,
+    /// Every change of the live or shadow model, in order.
+    model_events: sled::Tree,
+    /// The shadow model's verdicts, keyed by part id.
+    shadow: sled::Tree,
     images_dir: PathBuf,
     /// Part ids below this are reserved (durably) for parts already given an id.
     reserved_until: Arc<AtomicU64>,
@@ -109,6 +160,8 @@ impl Store {
         })?;
         let inspections = db.open_tree("inspections")?;
         let meta = db.open_tree("meta")?;
+        let model_events = db.open_tree("model_events")?;
+        let shadow = db.open_tree("shadow")?;
         let images_dir = data_dir.join("images");
         std::fs::create_dir_all(&images_dir).map_err(|source| RecordError::Image {
             path: images_dir.clone(),
@@ -122,6 +175,8 @@ impl Store {
             db,
             inspections,
             meta,
+            model_events,
+            shadow,
             images_dir,
             reserved_until: Arc::new(AtomicU64::new(reserved_until)),
             visibility: Arc::new(RwLock::new(())),
@@ -217,6 +272,80 @@ impl Store {
     /// Whether there is no record yet.
     pub fn is_empty(&self) -> bool {
         self.inspections.is_empty()
+    }
+
+    /// Appends a model change and makes it durable before returning: a promotion is
+    /// acknowledged only once it is on disk.
+    pub async fn record_model_event(&self, event: &ModelEvent) -> Result<(), RecordError> {
+        let value = serde_json::to_vec(event).unwrap_or_default();
+        let key = self.db.generate_id()?.to_be_bytes();
+        self.model_events.insert(key, value)?;
+        if let Err(error) = self.db.flush_async().await {
+            let _ = self.model_events.remove(key);
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Every model change, oldest first.
+    pub fn model_events(&self) -> Result<Vec<ModelEvent>, RecordError> {
+        self.model_events
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                serde_json::from_slice(&value).map_err(|source| RecordError::Corrupt {
+                    part_id: be_u64(&key),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps a shadow verdict. Not flushed here: shadow verdicts are acknowledged to no one,
+    /// and sled's own periodic flush keeps them.
+    pub fn put_shadow(&self, verdict: &ShadowVerdict) -> Result<(), RecordError> {
+        let value = serde_json::to_vec(verdict).unwrap_or_default();
+        self.shadow.insert(verdict.part_id.to_be_bytes(), value)?;
+        Ok(())
+    }
+
+    /// The shadow verdict of a part, if the shadow model saw it.
+    pub fn shadow_verdict(&self, part_id: u64) -> Result<Option<ShadowVerdict>, RecordError> {
+        self.shadow
+            .get(part_id.to_be_bytes())?
+            .map(|value| {
+                serde_json::from_slice(&value)
+                    .map_err(|source| RecordError::Corrupt { part_id, source })
+            })
+            .transpose()
+    }
+
+    /// How the shadow model `version` compared with the live model, over every part it saw.
+    pub fn shadow_summary(&self, version: &str) -> Result<ShadowSummary, RecordError> {
+        let mut summary = ShadowSummary {
+            version: version.to_owned(),
+            ..ShadowSummary::default()
+        };
+        for entry in self.shadow.iter() {
+            let (key, value) = entry?;
+            let verdict: ShadowVerdict =
+                serde_json::from_slice(&value).map_err(|source| RecordError::Corrupt {
+                    part_id: be_u64(&key),
+                    source,
+                })?;
+            if verdict.version != version {
+                continue;
+            }
+            summary.compared += 1;
+            match (verdict.live_verdict, verdict.verdict) {
+                (live, shadow) if live == shadow => summary.agreed += 1,
+                (_, Verdict::Error) => summary.shadow_errors += 1,
+                (Verdict::Fail, Verdict::Pass) => summary.live_fail_shadow_pass += 1,
+                (Verdict::Pass, Verdict::Fail) => summary.live_pass_shadow_fail += 1,
+                _ => summary.other_disagreements += 1,
+            }
+        }
+        Ok(summary)
     }
 
     /// Stores PNG bytes under their SHA-256 and returns the hex digest. Idempotent.

@@ -9,19 +9,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
+use crate::model_control::{ControlError, ModelControl, ModelStatus};
 use crate::part::Disposition;
-use crate::record::{InspectionRecord, Store};
+use crate::record::{InspectionRecord, ModelEvent, ShadowSummary, Store};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -63,6 +65,10 @@ pub struct ApiState {
     pub state: Arc<std::sync::RwLock<StationState>>,
     pub store: Store,
     pub metrics: Metrics,
+    /// Promote, roll back, shadow.
+    pub models: Arc<ModelControl>,
+    /// Model changes need `Authorization: Bearer <token>`; with no token they are refused.
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl ApiState {
@@ -82,6 +88,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/inspections", get(list_inspections))
         .route("/api/v1/inspections/{part_id}", get(get_inspection))
         .route("/api/v1/images/{digest}", get(get_image))
+        .route("/api/v1/models", get(list_models))
+        .route("/api/v1/models/promote", post(promote_model))
+        .route("/api/v1/models/rollback", post(rollback_model))
+        .route("/api/v1/models/shadow", get(shadow_summary).put(set_shadow))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -103,8 +113,30 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Internal(#[from] crate::record::RecordError),
+    #[error("{0}")]
+    InternalMessage(String),
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> ApiError {
+        match error {
+            ControlError::Registry(RegistryError::UnknownVersion { .. }) => {
+                ApiError::NotFound(error.to_string())
+            }
+            ControlError::Record(error) => ApiError::Internal(error),
+            ControlError::Join(_) => ApiError::InternalMessage(error.to_string()),
+            // The version exists but cannot run here, or the request does not fit the state.
+            _ => ApiError::Conflict(error.to_string()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -117,6 +149,16 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::InternalMessage(m) => {
+                tracing::error!(error = %m, "API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the station log".into(),
+                )
+            }
             ApiError::Internal(error) => {
                 tracing::error!(%error, "API request failed");
                 (
@@ -170,8 +212,13 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
         .read()
         .map(|s| *s)
         .unwrap_or(StationState::Faulted);
+    let live = api.models.active().live();
     Json(StationView {
-        info: (*api.info).clone(),
+        info: StationInfo {
+            model_version: live.version.to_string(),
+            threshold: live.threshold,
+            ..(*api.info).clone()
+        },
         state,
         parts: PartCounts {
             captured: m.frames_captured.get(),
@@ -266,4 +313,120 @@ async fn metrics(State(api): State<ApiState>) -> Response {
         api.metrics.encode(&api.info.name),
     )
         .into_response()
+}
+
+/// A registry entry as the API shows it.
+#[derive(Serialize)]
+struct AvailableModel {
+    version: String,
+    kind: String,
+    threshold: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct ModelsView {
+    #[serde(flatten)]
+    status: ModelStatus,
+    available: Vec<AvailableModel>,
+    /// Every promotion, rollback and shadow change, oldest first.
+    events: Vec<ModelEvent>,
+}
+
+async fn list_models(State(api): State<ApiState>) -> Result<Json<ModelsView>, ApiError> {
+    let available = api
+        .models
+        .registry()
+        .list()
+        .map_err(|e| ApiError::InternalMessage(e.to_string()))?
+        .into_iter()
+        .map(|e| AvailableModel {
+            version: e.version,
+            kind: e.kind,
+            threshold: e.threshold,
+        })
+        .collect();
+    Ok(Json(ModelsView {
+        status: api.models.status(),
+        available,
+        events: api.models.events()?,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteRequest {
+    version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowRequest {
+    /// The version to run in shadow; `null` stops the shadow.
+    version: Option<String>,
+}
+
+/// Model changes are for whoever holds the station's admin token.
+fn authorise(api: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &api.admin_token else {
+        return Err(ApiError::Forbidden(
+            "model changes are disabled on this station: start it with LINESIGHT_ADMIN_TOKEN set"
+                .into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared in constant time: the answer must not leak how much of a guess was right.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "model changes need `Authorization: Bearer <admin token>`".into(),
+        ))
+    }
+}
+
+async fn promote_model(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<PromoteRequest>, JsonRejection>,
+) -> Result<Json<ModelEvent>, ApiError> {
+    authorise(&api, &headers)?;
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(Json(api.models.promote(&request.version).await?))
+}
+
+async fn rollback_model(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<ModelEvent>, ApiError> {
+    authorise(&api, &headers)?;
+    Ok(Json(api.models.rollback().await?))
+}
+
+async fn set_shadow(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<ShadowRequest>, JsonRejection>,
+) -> Result<Json<ModelEvent>, ApiError> {
+    authorise(&api, &headers)?;
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(Json(
+        api.models.set_shadow(request.version.as_deref()).await?,
+    ))
+}
+
+async fn shadow_summary(State(api): State<ApiState>) -> Result<Json<ShadowSummary>, ApiError> {
+    api.models
+        .shadow_summary()?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("no model is running in shadow".into()))
 }

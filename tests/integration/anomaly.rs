@@ -58,12 +58,16 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         data: root.clone(),
         backbone_weights: weights.clone(),
         bank_size: 1024,
+        target_false_reject_rate: 0.05,
         seed: 3,
         out_dir: dir.path().join("model"),
         progress: false,
     })
     .expect("trains");
-    assert_eq!(card.n_train_good, 24);
+    // Every 5th of the 24 good training images chooses the threshold instead.
+    assert_eq!((card.n_train_good, card.n_validation_good), (20, 4));
+    assert!(card.version.starts_with("synthetic-parts@"));
+    assert!(card.threshold > 0.0);
     let metrics = &card.metrics;
     assert_eq!(
         (metrics.n_test, metrics.n_test_defective, metrics.n_skipped),
@@ -88,6 +92,8 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let samples = linesight::inspect::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
         linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
-    let again = anomaly_train::evaluate(&model, &held_out, false).expect("evaluates");
+    let again = anomaly_train::evaluate(&model, &held_out, loaded_card.threshold, false)
+        .expect("evaluates");
+    assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.image_auroc, metrics.image_auroc);
 }

@@ -9,6 +9,8 @@ mod cli;
 mod gate;
 mod interop;
 mod line;
+mod models;
+mod supervised;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,392 @@
+//! The model registry and the models a station is running.
+//!
+//! A registry is a folder of model folders, one per version, each with its `card.json` (which
+//! names the version) and weights: what `linesight train` writes. [`Detector`] loads any of them
+//! behind one interface. [`ActiveModels`] is the swap point between the control plane and the
+//! inspect thread: the live model, and the candidate in shadow, each an `Arc` the inspect thread
+//! clones per frame. A new model is loaded completely *before* it is swapped in, so a promotion
+//! never makes the inspect thread wait and no frame is dropped for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::inspect::anomaly::PatchCore;
+use crate::inspect::anomaly_train::{self, AnomalyCard};
+use crate::inspect::model::{self, DefectModel, ModelError};
+use crate::inspect::supervised::{self, SupervisedModel};
+use crate::part::{GrayImage, HeatMap, PartId, Verdict};
+
+/// Why a model could not be found or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model registry {dir}: {source}")]
+    Read {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no model version {version:?} in the registry {dir}")]
+    UnknownVersion { version: String, dir: PathBuf },
+    #[error("model {dir}: {message}")]
+    Unsupported { dir: PathBuf, message: String },
+    #[error(transparent)]
+    DefectNet(#[from] ModelError),
+    #[error("model: {0}")]
+    Supervised(#[from] supervised::SupervisedError),
+}
+
+/// The fields every card has, enough to list and dispatch on.
+#[derive(Debug, Clone, Deserialize)]
+struct CardHead {
+    version: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    threshold: Option<f32>,
+}
+
+/// One model version in the registry.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelEntry {
+    pub version: String,
+    /// `defect-net`, `supervised` or `anomaly`.
+    pub kind: String,
+    pub threshold: Option<f32>,
+    pub dir: PathBuf,
+}
+
+/// A folder of model folders.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+    /// The pretrained backbone, for models built on it.
+    backbone: PathBuf,
+}
+
+impl Registry {
+    pub fn new(root: PathBuf, backbone: PathBuf) -> Registry {
+        Registry { root, backbone }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every loadable-looking version, sorted by version. Folders without a readable card are
+    /// not models and are left out.
+    pub fn list(&self) -> Result<Vec<ModelEntry>, RegistryError> {
+        let read_error = |source| RegistryError::Read {
+            dir: self.root.clone(),
+            source,
+        };
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(read_error)? {
+            let dir = entry.map_err(read_error)?.path();
+            let Ok(text) = std::fs::read_to_string(dir.join(model::CARD_FILE)) else {
+                continue;
+            };
+            let Ok(head) = serde_json::from_str::<CardHead>(&text) else {
+                tracing::warn!(dir = %dir.display(), "model card without a version; not listed");
+                continue;
+            };
+            if let Some(kind) = kind_of(&head) {
+                entries.push(ModelEntry {
+                    version: head.version,
+                    kind: kind.into(),
+                    threshold: head.threshold,
+                    dir,
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(entries)
+    }
+
+    /// The entry of `version`.
+    pub fn find(&self, version: &str) -> Result<ModelEntry, RegistryError> {
+        self.list()?
+            .into_iter()
+            .find(|e| e.version == version)
+            .ok_or_else(|| RegistryError::UnknownVersion {
+                version: version.into(),
+                dir: self.root.clone(),
+            })
+    }
+
+    /// Loads the model in `dir` (which need not be inside the registry).
+    pub fn load_dir(&self, dir: &Path) -> Result<Detector, RegistryError> {
+        let text = std::fs::read_to_string(dir.join(model::CARD_FILE)).map_err(|source| {
+            RegistryError::Read {
+                dir: dir.to_owned(),
+                source,
+            }
+        })?;
+        let head: CardHead =
+            serde_json::from_str(&text).map_err(|e| RegistryError::Unsupported {
+                dir: dir.to_owned(),
+                message: format!("card.json: {e}"),
+            })?;
+        match kind_of(&head) {
+            Some("defect-net") => Ok(Detector::DefectNet(Box::new(DefectModel::load(
+                dir,
+                &Device::Cpu,
+            )?))),
+            Some("supervised") => Ok(Detector::Supervised(Box::new(SupervisedModel::load(
+                dir,
+                &self.backbone,
+                &Device::Cpu,
+            )?))),
+            Some("anomaly") => {
+                let (model, card) = anomaly_train::load(dir, &self.backbone, &Device::Cpu)?;
+                Ok(Detector::Anomaly(Box::new((model, card))))
+            }
+            _ => Err(RegistryError::Unsupported {
+                dir: dir.to_owned(),
+                message: "the station runs defect-net, supervised and anomaly models".into(),
+            }),
+        }
+    }
+
+    /// Loads `version`.
+    pub fn load(&self, version: &str) -> Result<Detector, RegistryError> {
+        self.load_dir(&self.find(version)?.dir)
+    }
+}
+
+fn kind_of(head: &CardHead) -> Option<&'static str> {
+    match (head.kind.as_deref(), head.architecture.as_deref()) {
+        (Some("supervised"), _) => Some("supervised"),
+        (Some("anomaly"), _) => Some("anomaly"),
+        (None, Some(model::ARCHITECTURE)) => Some("defect-net"),
+        _ => None,
+    }
+}
+
+/// Any model the station can run.
+#[derive(Debug, Clone)]
+pub enum Detector {
+    /// The small fully convolutional network (fixed input size).
+    DefectNet(Box<DefectModel>),
+    /// Segmentation head on the pretrained backbone (any input size; resized).
+    Supervised(Box<SupervisedModel>),
+    /// PatchCore memory bank on the pretrained backbone, learnt from good parts only.
+    Anomaly(Box<(PatchCore, AnomalyCard)>),
+}
+
+impl Detector {
+    pub fn version(&self) -> &str {
+        match self {
+            Detector::DefectNet(m) => &m.version,
+            Detector::Supervised(m) => &m.card.version,
+            Detector::Anomaly(m) => &m.1.version,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detector::DefectNet(_) => "defect-net",
+            Detector::Supervised(_) => "supervised",
+            Detector::Anomaly(_) => "anomaly",
+        }
+    }
+
+    /// The threshold chosen for it at training.
+    pub fn threshold(&self) -> f32 {
+        match self {
+            Detector::DefectNet(m) => m.card.threshold,
+            Detector::Supervised(m) => m.card.threshold,
+            Detector::Anomaly(m) => m.1.threshold,
+        }
+    }
+
+    /// The image size it needs, when it needs one.
+    pub fn input_size(&self) -> Option<(u32, u32)> {
+        match self {
+            Detector::DefectNet(m) => Some((m.card.input.width, m.card.input.height)),
+            Detector::Supervised(_) | Detector::Anomaly(_) => None,
+        }
+    }
+
+    /// The score (a probability in `[0, 1]`, or for the anomaly model a feature distance) and
+    /// the heat map (values in `[0, 1]`).
+    pub fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
+        match self {
+            Detector::DefectNet(m) => m.score(image),
+            Detector::Supervised(m) => {
+                let prediction = m.predict(image)?;
+                if !prediction.defect_score.is_finite() {
+                    return Err(ModelError::NonFinite);
+                }
+                Ok((prediction.defect_score, prediction.heat_map))
+            }
+            Detector::Anomaly(m) => {
+                let (score, mut heat_map) = m.0.score(image)?;
+                if !score.is_finite() {
+                    return Err(ModelError::NonFinite);
+                }
+                // Distances shown so that the threshold sits mid-scale.
+                let scale = 0.5 / m.1.threshold.max(f32::EPSILON);
+                for value in &mut heat_map.values {
+                    *value = (*value * scale).clamp(0.0, 1.0);
+                }
+                Ok((score, heat_map))
+            }
+        }
+    }
+}
+
+/// A model as the station runs it: the detector and the threshold it applies.
+#[derive(Debug)]
+pub struct RunningModel {
+    pub detector: Detector,
+    pub threshold: f32,
+    /// Shared with every inspection that used it.
+    pub version: Arc<str>,
+}
+
+impl RunningModel {
+    pub fn new(detector: Detector, threshold: f32) -> RunningModel {
+        RunningModel {
+            version: Arc::from(detector.version()),
+            detector,
+            threshold,
+        }
+    }
+}
+
+/// The live model and the shadow candidate, swapped as a whole.
+#[derive(Debug)]
+pub struct ActiveModels {
+    live: RwLock<Arc<RunningModel>>,
+    shadow: RwLock<Option<Arc<RunningModel>>>,
+}
+
+impl ActiveModels {
+    pub fn new(live: RunningModel) -> ActiveModels {
+        ActiveModels {
+            live: RwLock::new(Arc::new(live)),
+            shadow: RwLock::new(None),
+        }
+    }
+
+    /// The live model now. The lock is held only to clone the `Arc`.
+    pub fn live(&self) -> Arc<RunningModel> {
+        match self.live.read() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The shadow model now, if any.
+    pub fn shadow(&self) -> Option<Arc<RunningModel>> {
+        match self.shadow.read() {
+            Ok(shadow) => shadow.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `model` live; returns the one it replaces.
+    pub fn set_live(&self, model: RunningModel) -> Arc<RunningModel> {
+        let mut live = match self.live.write() {
+            Ok(live) => live,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::replace(&mut *live, Arc::new(model))
+    }
+
+    /// Sets or clears the shadow model.
+    pub fn set_shadow(&self, model: Option<RunningModel>) {
+        let mut shadow = match self.shadow.write() {
+            Ok(shadow) => shadow,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *shadow = model.map(Arc::new);
+    }
+}
+
+/// A calibrated frame for the shadow model, with the live verdict to compare against.
+pub struct ShadowJob {
+    pub part_id: PartId,
+    pub image: GrayImage,
+    pub live_version: Arc<str>,
+    pub live_verdict: Verdict,
+    pub live_score: Option<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry holding the shipped model twice: as shipped, and re-versioned with another
+    /// threshold.
+    fn two_versions() -> (tempfile::TempDir, Registry) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/defect-net-sim");
+        for (name, version, threshold) in [("a", None, None), ("b", Some("sim@b"), Some(0.9))] {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::copy(
+                shipped.join("model.safetensors"),
+                dir.join("model.safetensors"),
+            )
+            .expect("weights");
+            let mut card: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(shipped.join("card.json")).expect("card"),
+            )
+            .expect("json");
+            if let Some(version) = version {
+                card["version"] = version.into();
+            }
+            if let Some(threshold) = threshold {
+                card["threshold"] = serde_json::json!(threshold);
+            }
+            std::fs::write(dir.join("card.json"), card.to_string()).expect("write card");
+        }
+        std::fs::create_dir_all(root.path().join("not-a-model")).expect("mkdir");
+        let registry = Registry::new(root.path().to_owned(), root.path().join("none"));
+        (root, registry)
+    }
+
+    #[test]
+    fn lists_and_loads_versions() {
+        let (_root, registry) = two_versions();
+        let entries = registry.list().expect("lists");
+        let versions: Vec<&str> = entries.iter().map(|e| e.version.as_str()).collect();
+        assert_eq!(versions, ["defect-net-sim@5fb28c4f1789", "sim@b"]);
+        assert!(entries.iter().all(|e| e.kind == "defect-net"));
+        let b = registry.load("sim@b").expect("loads");
+        assert_eq!((b.version(), b.threshold()), ("sim@b", 0.9));
+        assert_eq!(b.input_size(), Some((224, 224)));
+    }
+
+    #[test]
+    fn unknown_version_and_broken_model_are_clear_errors() {
+        let (root, registry) = two_versions();
+        let error = registry.load("nope").expect_err("unknown");
+        assert!(
+            error.to_string().contains("no model version \"nope\""),
+            "{error}"
+        );
+        std::fs::write(root.path().join("b/model.safetensors"), b"truncated").expect("write");
+        let error = registry.load("sim@b").expect_err("broken");
+        assert!(error.to_string().contains("weights"), "{error}");
+    }
+
+    #[test]
+    fn swapping_keeps_models_in_use_alive() {
+        let (_root, registry) = two_versions();
+        let a = registry.load("defect-net-sim@5fb28c4f1789").expect("a");
+        let b = registry.load("sim@b").expect("b");
+        let active = ActiveModels::new(RunningModel::new(a, 0.6));
+        let in_use = active.live();
+        let replaced = active.set_live(RunningModel::new(b, 0.9));
+        assert_eq!(&*replaced.version, "defect-net-sim@5fb28c4f1789");
+        assert_eq!(&*in_use.version, "defect-net-sim@5fb28c4f1789");
+        assert_eq!(&*active.live().version, "sim@b");
+        assert!(active.shadow().is_none());
+    }
+}

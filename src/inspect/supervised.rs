@@ -1,0 +1,1060 @@
+//! The supervised model, for once defects are labelled: per-patch defect segmentation with one
+//! class per defect type, on the frozen pretrained backbone.
+//!
+//! Each image's patch features (EfficientNet-Lite0 stride 8 + upsampled stride 16, see
+//! [`PatchFeatures::maps`]) are standardised and go through a small head (1×1 → 3×3 → 1×1
+//! convolutions) that gives every 8×8 patch of the 256×256 input a class: `good` (index 0) or
+//! one of the defect types. The heat map is each patch's defect probability.
+//!
+//! The image verdict and class are derived from the patch logits, the same way in training and
+//! at inference:
+//! - **defect score**: each patch's defect log-odds `d = logsumexp(defect logits) − good logit`,
+//!   pooled over the image with a smooth maximum (`(1/r)·log mean exp(r·d)`, `r` =
+//!   [`POOL_SHARPNESS`]) and squashed to a probability. A single clearly defective patch
+//!   dominates; a scatter of doubtful ones does not add up to a reject, which a plain maximum
+//!   over 1,024 patches would do.
+//! - **defect class**: the defect type with the most probability mass over the patches.
+//!
+//! Training minimises the patch cross-entropy (defect patches weighted up: they are rare) plus
+//! the image-level loss of both derived outputs, so the verdict the station acts on is what is
+//! optimised. Only the head learns; each training image's features are computed once per
+//! augmented copy (see [`augment`](crate::inspect::augment)), which keeps training to minutes
+//! on a CPU. The threshold is chosen on a validation part that training never fits.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Optimizer, VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::inspect::anomaly::{FEATURE_DIM, INPUT_SIZE, PatchFeatures};
+use crate::inspect::anomaly_train::{
+    AnomalyError, HOLDOUT_EVERY, PixelTruth, load_features, progress,
+};
+use crate::inspect::augment::Augmentation;
+use crate::inspect::dataset::{self, Layout, Sample};
+use crate::inspect::eval::{self, ThresholdMetrics};
+use crate::inspect::train::{progress_bar, seeded_init};
+use crate::part::{GrayImage, HeatMap};
+
+/// Head weights inside a supervised model folder.
+pub const HEAD_FILE: &str = "head.safetensors";
+
+/// Card inside a supervised model folder.
+pub const CARD_FILE: &str = "card.json";
+
+/// Side of the patch grid.
+const GRID: usize = INPUT_SIZE / 8;
+
+/// Hidden channels of the head.
+const HIDDEN: usize = 48;
+
+/// A patch is labelled with its image's defect when at least this share of it is masked.
+const MASK_COVERAGE: f32 = 0.25;
+
+/// Defect patches weigh this much more than good ones in the patch loss.
+const DEFECT_WEIGHT: f64 = 3.0;
+
+/// Sharpness `r` of the smooth maximum that pools patch log-odds into the image's.
+pub const POOL_SHARPNESS: f64 = 4.0;
+
+/// Every this-many-th image of each class of the training part is kept for validation.
+const VALIDATION_EVERY: usize = 5;
+
+/// Why supervised training, loading or evaluation failed.
+pub type SupervisedError = AnomalyError;
+
+/// The segmentation head.
+#[derive(Debug, Clone)]
+pub struct SegmentationHead {
+    reduce: Conv2d,
+    context: Conv2d,
+    classify: Conv2d,
+}
+
+impl SegmentationHead {
+    /// A head for `classes` classes (good included).
+    pub fn new(vb: VarBuilder, classes: usize) -> candle_core::Result<SegmentationHead> {
+        let one = Conv2dConfig::default();
+        let three = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(SegmentationHead {
+            reduce: candle_nn::conv2d(FEATURE_DIM, HIDDEN, 1, one, vb.pp("reduce"))?,
+            context: candle_nn::conv2d(HIDDEN, HIDDEN, 3, three, vb.pp("context"))?,
+            classify: candle_nn::conv2d(HIDDEN, classes, 1, one, vb.pp("classify"))?,
+        })
+    }
+}
+
+impl Module for SegmentationHead {
+    /// Standardised `[b, FEATURE_DIM, h, w]` features → `[b, classes, h, w]` logits.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let ys = self.reduce.forward(xs)?.relu()?;
+        let ys = self.context.forward(&ys)?.relu()?;
+        self.classify.forward(&ys)
+    }
+}
+
+/// Per-channel standardisation of backbone feature maps (they run to ±30; the head learns
+/// only on standardised inputs).
+#[derive(Debug, Clone)]
+pub struct Normaliser {
+    /// `[FEATURE_DIM, 1, 1]`
+    mean: Tensor,
+    /// `[FEATURE_DIM, 1, 1]`
+    std: Tensor,
+}
+
+impl Normaliser {
+    /// Fits mean and standard deviation per channel over all patches of `maps`
+    /// (`[FEATURE_DIM, h, w]` each).
+    fn fit<'a>(maps: impl Iterator<Item = &'a Tensor>) -> candle_core::Result<Normaliser> {
+        let (mut sum, mut sum_sq, mut n) = (vec![0f64; FEATURE_DIM], vec![0f64; FEATURE_DIM], 0);
+        for map in maps {
+            let flat = map.to_dtype(DType::F32)?.flatten_from(1)?;
+            let s: Vec<f32> = flat.sum(1)?.to_vec1()?;
+            let s2: Vec<f32> = flat.sqr()?.sum(1)?.to_vec1()?;
+            for c in 0..FEATURE_DIM {
+                sum[c] += f64::from(s[c]);
+                sum_sq[c] += f64::from(s2[c]);
+            }
+            n += flat.dim(1)?;
+        }
+        let n = n.max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std: Vec<f32> = sum_sq
+            .iter()
+            .zip(&sum)
+            .map(|(s2, s)| ((s2 / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3))
+            .collect();
+        Normaliser::new(mean, std, &Device::Cpu)
+    }
+
+    fn new(mean: Vec<f32>, std: Vec<f32>, device: &Device) -> candle_core::Result<Normaliser> {
+        Ok(Normaliser {
+            mean: Tensor::from_vec(mean, (FEATURE_DIM, 1, 1), device)?,
+            std: Tensor::from_vec(std, (FEATURE_DIM, 1, 1), device)?,
+        })
+    }
+
+    /// Standardises `[FEATURE_DIM, h, w]` or `[b, FEATURE_DIM, h, w]` maps.
+    pub fn apply(&self, maps: &Tensor) -> candle_core::Result<Tensor> {
+        maps.to_dtype(DType::F32)?
+            .broadcast_sub(&self.mean)?
+            .broadcast_div(&self.std)
+    }
+}
+
+/// The image-level outputs derived from patch logits `[b, K, h, w]`: the pooled defect
+/// log-odds `[b]` and the log probability mass of each defect class `[b, K−1]`.
+fn image_outputs(logits: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let (b, k, h, w) = logits.dims4()?;
+    let n = h * w;
+    let logits = logits.reshape((b, k, n))?;
+    let good = logits.i((.., 0, ..))?;
+    let defect = logits.i((.., 1.., ..))?;
+    let log_odds = (defect.log_sum_exp(1)? - good)?;
+    let pooled = ((log_odds * POOL_SHARPNESS)?.log_sum_exp(1)? - (n as f64).ln())?;
+    let defect_logit = (pooled / POOL_SHARPNESS)?;
+    let log_p = candle_nn::ops::log_softmax(&logits, 1)?;
+    let class_log_mass = log_p.i((.., 1.., ..))?.log_sum_exp(2)?;
+    Ok((defect_logit, class_log_mass))
+}
+
+/// What the model says about one image.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Probability that the image shows a defect.
+    pub defect_score: f32,
+    /// The most likely defect class (an index ≥ 1 into the card's `classes`), whatever the
+    /// score.
+    pub defect_class: usize,
+    /// Each patch's defect probability, `GRID`×`GRID`.
+    pub heat_map: HeatMap,
+}
+
+/// Settings the model was trained with and what it measured: the model card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisedCard {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub architecture: String,
+    pub backbone: String,
+    pub input_size: usize,
+    /// Index 0 is `good`.
+    pub classes: Vec<String>,
+    /// Fail when the defect score reaches this (chosen on the validation part).
+    pub threshold: f32,
+    /// What the threshold was chosen for.
+    pub threshold_rule: String,
+    /// Per-channel standardisation of the backbone features, fitted on the training images.
+    pub feature_mean: Vec<f32>,
+    pub feature_std: Vec<f32>,
+    pub dataset: String,
+    /// SHA-256 over the training images' paths and bytes.
+    pub training_data_sha256: String,
+    pub layout: Layout,
+    pub split: String,
+    pub n_train: usize,
+    /// Training images that could not be used (unreadable, or a mask that does not fit).
+    pub n_skipped_train: usize,
+    pub n_validation: usize,
+    pub augmented_copies: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub training_duration_s: f64,
+    pub metrics: SupervisedMetrics,
+}
+
+/// Held-out metrics of a supervised model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisedMetrics {
+    pub n_test: usize,
+    pub n_test_defective: usize,
+    pub n_skipped: usize,
+    /// Share of held-out images given their true class, good included (the verdict decides
+    /// good; the class rule decides which defect).
+    pub class_accuracy: f64,
+    /// Share rightly called defective or good at the threshold; `None` without good images.
+    pub defect_vs_good_accuracy: Option<f64>,
+    /// Among defective images, the share whose most likely defect class is the true one.
+    pub defect_class_accuracy: Option<f64>,
+    /// Of the defect score; `None` without both good and defective images.
+    pub image_auroc: Option<f64>,
+    pub average_precision: Option<f64>,
+    /// Over pixels (64×64 per image) of images with masks or boxes; good images count as all
+    /// good.
+    pub pixel_auroc: Option<f64>,
+    /// Normalised area under the per-region-overlap curve up to 30 % false-positive pixels.
+    pub pixel_pro: Option<f64>,
+    /// At the card's threshold; `None` without good images.
+    pub at_threshold: Option<ThresholdMetrics>,
+    /// `confusion[true][predicted]`, indices into the card's `classes`.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// A loaded supervised model: backbone, standardisation, head and card.
+#[derive(Debug, Clone)]
+pub struct SupervisedModel {
+    features: PatchFeatures,
+    normaliser: Normaliser,
+    head: SegmentationHead,
+    pub card: SupervisedCard,
+}
+
+impl SupervisedModel {
+    /// Loads `dir`'s card and head, with the backbone from `backbone_weights`.
+    pub fn load(
+        dir: &Path,
+        backbone_weights: &Path,
+        device: &Device,
+    ) -> Result<SupervisedModel, SupervisedError> {
+        let card_path = dir.join(CARD_FILE);
+        let text = std::fs::read_to_string(&card_path).map_err(|e| file_error(&card_path, &e))?;
+        let card: SupervisedCard =
+            serde_json::from_str(&text).map_err(|e| file_error(&card_path, &e))?;
+        if card.feature_mean.len() != FEATURE_DIM || card.feature_std.len() != FEATURE_DIM {
+            return Err(file_error(
+                &card_path,
+                &format!("feature standardisation must have {FEATURE_DIM} values"),
+            ));
+        }
+        if card.classes.len() < 2 || card.classes[0] != "good" {
+            return Err(file_error(
+                &card_path,
+                &"classes must start with `good` and name at least one defect",
+            ));
+        }
+        let head_path = dir.join(HEAD_FILE);
+        let tensors = candle_core::safetensors::load(&head_path, device)
+            .map_err(|e| file_error(&head_path, &e))?;
+        let head = SegmentationHead::new(
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+            card.classes.len(),
+        )
+        .map_err(|e| file_error(&head_path, &e))?;
+        let normaliser =
+            Normaliser::new(card.feature_mean.clone(), card.feature_std.clone(), device)?;
+        Ok(SupervisedModel {
+            features: load_features(backbone_weights, device)?,
+            normaliser,
+            head,
+            card,
+        })
+    }
+
+    /// An untrained model with `classes` classes (good included): the same computation as a
+    /// trained one, for benchmarks.
+    pub fn untrained(
+        features: PatchFeatures,
+        classes: usize,
+        seed: u64,
+    ) -> candle_core::Result<SupervisedModel> {
+        let varmap = VarMap::new();
+        let head = SegmentationHead::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            classes,
+        )?;
+        seeded_init(&varmap, seed)?;
+        let normaliser =
+            Normaliser::new(vec![0.0; FEATURE_DIM], vec![1.0; FEATURE_DIM], &Device::Cpu)?;
+        let mut card = untrained_card(classes);
+        card.feature_mean = vec![0.0; FEATURE_DIM];
+        card.feature_std = vec![1.0; FEATURE_DIM];
+        Ok(SupervisedModel {
+            features,
+            normaliser,
+            head,
+            card,
+        })
+    }
+
+    /// Scores one image.
+    pub fn predict(&self, image: &GrayImage) -> candle_core::Result<Prediction> {
+        let maps = self.features.maps(image)?;
+        predict_from_maps(&self.head, &self.normaliser, &maps)
+    }
+}
+
+/// The prediction from raw backbone maps `[1, FEATURE_DIM, GRID, GRID]`.
+fn predict_from_maps(
+    head: &SegmentationHead,
+    normaliser: &Normaliser,
+    maps: &Tensor,
+) -> candle_core::Result<Prediction> {
+    let logits = head.forward(&normaliser.apply(maps)?)?;
+    let (_, k, h, w) = logits.dims4()?;
+    let (defect_logit, class_log_mass) = image_outputs(&logits)?;
+    let defect_logit: f32 = defect_logit.squeeze(0)?.to_scalar()?;
+    let mass: Vec<f32> = class_log_mass.squeeze(0)?.to_vec1()?;
+    let best = (0..mass.len())
+        .max_by(|&a, &b| mass[a].total_cmp(&mass[b]))
+        .unwrap_or(0);
+    let good_p = candle_nn::ops::softmax(&logits.reshape((k, h * w))?, 0)?.i(0)?;
+    let values: Vec<f32> = good_p.affine(-1.0, 1.0)?.to_vec1()?;
+    if !defect_logit.is_finite() {
+        candle_core::bail!("the defect score is not a number");
+    }
+    Ok(Prediction {
+        defect_score: 1.0 / (1.0 + (-defect_logit).exp()),
+        defect_class: best + 1,
+        heat_map: HeatMap {
+            width: w as u32,
+            height: h as u32,
+            values,
+        },
+    })
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct SupervisedSettings {
+    pub name: String,
+    pub layout: Layout,
+    pub data: PathBuf,
+    pub backbone_weights: PathBuf,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Randomly augmented copies of each training image, besides the image itself.
+    pub augmented_copies: usize,
+    /// Share of defective validation images the threshold may let through; `None` chooses
+    /// the threshold with the best validation accuracy.
+    pub target_escape_rate: Option<f64>,
+    pub seed: u64,
+    pub out_dir: PathBuf,
+    pub progress: bool,
+}
+
+/// One (possibly augmented) training image: its features and targets.
+struct Example {
+    /// `[FEATURE_DIM, GRID, GRID]`, f16 to halve the memory of a large training set.
+    features: Tensor,
+    /// Class per patch, row-major.
+    patch_targets: Vec<u32>,
+    class: u32,
+}
+
+/// Trains the head on the dataset's training part (less its validation part), chooses the
+/// threshold on the validation part, evaluates on the held-out part, writes head and card.
+pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, SupervisedError> {
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let features = load_features(&settings.backbone_weights, &device)?;
+    let samples = dataset::read(settings.layout, &settings.data)?;
+    let (train_part, held_out) = held_out_split(&samples);
+    let (fit_part, validation) = split_validation(&train_part);
+    let mut classes: Vec<String> = vec!["good".into()];
+    let defects: BTreeSet<&str> = samples
+        .iter()
+        .filter(|s| s.defective())
+        .map(|s| s.class.as_str())
+        .collect();
+    if defects.is_empty() {
+        return Err(file_error(
+            &settings.data,
+            &"no defective images to learn from",
+        ));
+    }
+    classes.extend(defects.into_iter().map(str::to_owned));
+
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
+    let copies = 1 + settings.augmented_copies;
+    let bar = progress(
+        settings.progress,
+        fit_part.len() * copies,
+        "features of training images",
+    );
+    let mut train_set = Vec::new();
+    let mut used = Vec::new();
+    let mut n_skipped_train = 0;
+    for sample in &fit_part {
+        match training_examples(&features, sample, &classes, copies, &mut rng) {
+            Ok(mut examples) => {
+                train_set.append(&mut examples);
+                used.push(sample);
+            }
+            Err(error) => {
+                n_skipped_train += 1;
+                tracing::warn!(image = %sample.image.display(), %error, "skipping training image")
+            }
+        }
+        bar.inc(copies as u64);
+    }
+    bar.finish_and_clear();
+    if train_set.is_empty() {
+        return Err(file_error(&settings.data, &"no usable training image"));
+    }
+    let normaliser = Normaliser::fit(train_set.iter().map(|e| &e.features))?;
+
+    let varmap = VarMap::new();
+    let head = SegmentationHead::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        classes.len(),
+    )?;
+    seeded_init(&varmap, settings.seed)?;
+    let mut optimizer = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: settings.learning_rate,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let has_good = train_set.iter().any(|e| e.class == 0);
+    let mut order: Vec<usize> = (0..train_set.len()).collect();
+    let steps_per_epoch = train_set.len().div_ceil(settings.batch_size.max(1));
+    let total_steps = settings.epochs * steps_per_epoch;
+    let bar = progress_bar(settings.progress, total_steps as u64);
+    let mut step = 0;
+    for epoch in 0..settings.epochs {
+        order.shuffle(&mut rng);
+        let mut epoch_loss = 0.0;
+        for batch in order.chunks(settings.batch_size.max(1)) {
+            // Linear decay to a tenth: big steps first, fine ones at the end.
+            let progress = step as f64 / total_steps.max(1) as f64;
+            optimizer.set_learning_rate(settings.learning_rate * (1.0 - 0.9 * progress));
+            let loss = batch_loss(&head, &normaliser, &train_set, batch, has_good, &device)?;
+            optimizer.backward_step(&loss)?;
+            let loss = loss.to_scalar::<f32>()?;
+            epoch_loss += loss * batch.len() as f32;
+            bar.set_message(format!(
+                "epoch {}/{} loss {loss:.4}",
+                epoch + 1,
+                settings.epochs
+            ));
+            bar.inc(1);
+            step += 1;
+        }
+        tracing::info!(
+            epoch = epoch + 1,
+            mean_loss = epoch_loss / train_set.len() as f32,
+            "epoch done"
+        );
+    }
+    bar.finish_and_clear();
+    let training_duration_s = started.elapsed().as_secs_f64();
+
+    let mut model = SupervisedModel {
+        features,
+        normaliser,
+        head,
+        card: SupervisedCard {
+            name: settings.name.clone(),
+            version: String::new(),
+            kind: "supervised".into(),
+            architecture: format!(
+                "patch segmentation head (1x1 {FEATURE_DIM}->{HIDDEN}, 3x3 {HIDDEN}->{HIDDEN}, 1x1 {HIDDEN}->{}) on frozen features",
+                classes.len()
+            ),
+            backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
+            input_size: INPUT_SIZE,
+            classes,
+            threshold: 0.5,
+            threshold_rule: String::new(),
+            feature_mean: Vec::new(),
+            feature_std: Vec::new(),
+            dataset: settings.data.display().to_string(),
+            training_data_sha256: dataset::content_digest(used.iter().map(|s| &s.image))?,
+            layout: settings.layout,
+            split: format!(
+                "held out: every {HOLDOUT_EVERY}th image of each class (sorted by path) or the \
+                 dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
+            ),
+            n_train: used.len(),
+            n_skipped_train,
+            n_validation: validation.len(),
+            augmented_copies: settings.augmented_copies,
+            epochs: settings.epochs,
+            seed: settings.seed,
+            training_duration_s,
+            metrics: empty_metrics(0),
+        },
+    };
+    model.card.feature_mean = model.normaliser.mean.flatten_all()?.to_vec1()?;
+    model.card.feature_std = model.normaliser.std.flatten_all()?.to_vec1()?;
+    let scored = score_all(&model, &validation, false)?;
+    let n_validation = scored.scores.len();
+    let chosen = match settings.target_escape_rate {
+        Some(rate) => eval::threshold_for_escape_rate(&scored.scores, &scored.labels, rate)
+            .filter(|_| scored.labels.iter().any(|l| !l))
+            .map(|t| {
+                (
+                    t,
+                    format!("escape rate ≤ {rate} on {n_validation} validation images"),
+                )
+            }),
+        None => eval::threshold_for_best_accuracy(&scored.scores, &scored.labels).map(|t| {
+            (
+                t,
+                format!("best accuracy on {n_validation} validation images"),
+            )
+        }),
+    };
+    let (threshold, rule) =
+        chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
+    model.card.threshold = threshold;
+    model.card.threshold_rule = rule;
+    model.card.metrics = evaluate(&model, &held_out, settings.progress)?;
+    model.card.version = format!("{}@{}", settings.name, short_digest(&model, &varmap)?);
+    save(&model, &varmap, &settings.out_dir)?;
+    Ok(model.card)
+}
+
+/// The dataset's own split, unless its training part has no defect to learn from (MVTec AD's
+/// `train/` is good parts only): then every `HOLDOUT_EVERY`th image of each class, ignoring it.
+fn held_out_split(samples: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
+    let (train_part, held_out) = dataset::split_every(samples, HOLDOUT_EVERY);
+    if train_part.iter().any(Sample::defective) {
+        return (train_part, held_out);
+    }
+    let unassigned: Vec<Sample> = samples
+        .iter()
+        .map(|s| Sample {
+            held_out: None,
+            ..s.clone()
+        })
+        .collect();
+    dataset::split_every(&unassigned, HOLDOUT_EVERY)
+}
+
+/// The training part less every `VALIDATION_EVERY`th image of each class.
+fn split_validation(train_part: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
+    let unassigned: Vec<Sample> = train_part
+        .iter()
+        .map(|s| Sample {
+            held_out: None,
+            ..s.clone()
+        })
+        .collect();
+    dataset::split_every(&unassigned, VALIDATION_EVERY)
+}
+
+/// A version suffix from the weights and the threshold: two trainings that differ in anything
+/// the station uses get different versions.
+fn short_digest(model: &SupervisedModel, varmap: &VarMap) -> candle_core::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        hasher.update(name.as_bytes());
+        for v in data[name].as_tensor().flatten_all()?.to_vec1::<f32>()? {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    hasher.update(model.card.threshold.to_le_bytes());
+    Ok(hex::encode(&hasher.finalize()[..6]))
+}
+
+fn save(model: &SupervisedModel, varmap: &VarMap, dir: &Path) -> Result<(), SupervisedError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, &e))?;
+    let head_path = dir.join(HEAD_FILE);
+    varmap
+        .save(&head_path)
+        .map_err(|e| file_error(&head_path, &e))?;
+    let card_path = dir.join(CARD_FILE);
+    let json = serde_json::to_string_pretty(&model.card).map_err(|e| file_error(&card_path, &e))?;
+    std::fs::write(&card_path, json + "\n").map_err(|e| file_error(&card_path, &e))
+}
+
+fn file_error(path: &Path, error: &dyn std::fmt::Display) -> SupervisedError {
+    AnomalyError::File {
+        path: path.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// Weighted patch cross-entropy, plus the image-level losses of the derived verdict (when the
+/// set has good images) and class (for defective images).
+fn batch_loss(
+    head: &SegmentationHead,
+    normaliser: &Normaliser,
+    set: &[Example],
+    batch: &[usize],
+    has_good: bool,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let inputs: Vec<&Tensor> = batch.iter().map(|&i| &set[i].features).collect();
+    let logits = head.forward(&normaliser.apply(&Tensor::stack(&inputs, 0)?)?)?;
+    let (b, k, h, w) = logits.dims4()?;
+    let per_patch = logits.permute((0, 2, 3, 1))?.reshape((b * h * w, k))?;
+    let targets: Vec<u32> = batch
+        .iter()
+        .flat_map(|&i| set[i].patch_targets.iter().copied())
+        .collect();
+    let weights: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t == 0 { 1.0 } else { DEFECT_WEIGHT as f32 })
+        .collect();
+    let targets = Tensor::from_vec(targets, b * h * w, device)?;
+    let weights = Tensor::from_vec(weights, b * h * w, device)?;
+    let log_p = candle_nn::ops::log_softmax(&per_patch, D::Minus1)?;
+    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let mut loss = ((picked * &weights)?.sum_all()? / weights.sum_all()?)?.neg()?;
+
+    let (defect_logit, class_log_mass) = image_outputs(&logits)?;
+    if has_good {
+        let labels: Vec<f32> = batch
+            .iter()
+            .map(|&i| if set[i].class == 0 { 0.0 } else { 1.0 })
+            .collect();
+        let labels = Tensor::from_vec(labels, b, device)?;
+        loss = (loss + binary_cross_entropy_with_logits(&defect_logit, &labels)?)?;
+    }
+    let defective: Vec<u32> = (0..b as u32)
+        .filter(|&j| set[batch[j as usize]].class != 0)
+        .collect();
+    if !defective.is_empty() {
+        let class_targets: Vec<u32> = defective
+            .iter()
+            .map(|&j| set[batch[j as usize]].class - 1)
+            .collect();
+        let rows = Tensor::from_vec(defective.clone(), defective.len(), device)?;
+        let class_logits = class_log_mass.index_select(&rows, 0)?;
+        let class_targets = Tensor::from_vec(class_targets, defective.len(), device)?;
+        loss = (loss + candle_nn::loss::cross_entropy(&class_logits, &class_targets)?)?;
+    }
+    Ok(loss)
+}
+
+/// Mean binary cross-entropy of logits `x` against targets `t` in `[0, 1]`, in the form that
+/// stays finite for any logit: `max(x, 0) − x·t + log(1 + e^(−|x|))`. (candle's
+/// `binary_cross_entropy_with_logit` takes the log of a sigmoid, which underflows to `log 0`
+/// once the model is confident.)
+fn binary_cross_entropy_with_logits(x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+    let soft = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    ((x.relu()? - (x * t)?)? + soft)?.mean_all()
+}
+
+/// The image itself and `copies − 1` augmented versions of it, as training examples.
+fn training_examples(
+    features: &PatchFeatures,
+    sample: &Sample,
+    classes: &[String],
+    copies: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Example>, String> {
+    let image = dataset::load_gray(&sample.image).map_err(|e| e.to_string())?;
+    let class = classes
+        .iter()
+        .position(|c| *c == sample.class)
+        .ok_or("class not among the model's")? as u32;
+    let mask = defect_mask(sample, &image)?;
+    let mut out = Vec::with_capacity(copies);
+    for copy in 0..copies {
+        let augmentation = if copy == 0 {
+            Augmentation::IDENTITY
+        } else {
+            Augmentation::random(rng)
+        };
+        let (image, mask) = augmentation
+            .apply(&image, &mask, rng)
+            .map_err(|e| e.to_string())?;
+        let maps = features
+            .maps(&image)
+            .and_then(|m| m.squeeze(0)?.to_dtype(DType::F16))
+            .map_err(|e| e.to_string())?;
+        out.push(Example {
+            features: maps,
+            patch_targets: patch_targets(&mask, class),
+            class,
+        });
+    }
+    Ok(out)
+}
+
+/// Where the sample's defect is, as a mask the size of its image: its mask file, its boxes, or
+/// (defective, with neither) the whole image. Good images have an empty mask.
+fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<GrayImage, String> {
+    let size = (image.width, image.height);
+    let blank = || GrayImage {
+        width: image.width,
+        height: image.height,
+        pixels: vec![0; image.pixels.len()],
+    };
+    if !sample.defective() {
+        return Ok(blank());
+    }
+    if let Some(path) = &sample.mask {
+        let mask = dataset::load_gray(path).map_err(|e| e.to_string())?;
+        if (mask.width, mask.height) != size {
+            return Err(format!(
+                "mask {} is {}×{}, its image {}×{}",
+                path.display(),
+                mask.width,
+                mask.height,
+                size.0,
+                size.1
+            ));
+        }
+        if mask.pixels.iter().any(|&p| p > 0) {
+            return Ok(mask);
+        }
+    }
+    if !sample.boxes.is_empty() {
+        let mut mask = blank();
+        let width = image.width as usize;
+        for [x0, y0, x1, y1] in &sample.boxes {
+            for y in *y0..(*y1).min(image.height.saturating_sub(1)) + 1 {
+                for x in *x0..(*x1).min(image.width.saturating_sub(1)) + 1 {
+                    mask.pixels[y as usize * width + x as usize] = 255;
+                }
+            }
+        }
+        return Ok(mask);
+    }
+    Ok(GrayImage {
+        pixels: vec![255; image.pixels.len()],
+        ..blank()
+    })
+}
+
+/// Share of each patch that the mask marks.
+fn patch_coverage(mask: &GrayImage) -> Vec<f32> {
+    let (w, h) = (mask.width as usize, mask.height as usize);
+    let mut marked = vec![0f32; GRID * GRID];
+    let mut total = vec![0f32; GRID * GRID];
+    for y in 0..h {
+        let py = y * GRID / h.max(1);
+        for x in 0..w {
+            let patch = py * GRID + x * GRID / w.max(1);
+            total[patch] += 1.0;
+            if mask.pixels[y * w + x] > 0 {
+                marked[patch] += 1.0;
+            }
+        }
+    }
+    marked
+        .iter()
+        .zip(&total)
+        .map(|(m, t)| if *t > 0.0 { m / t } else { 0.0 })
+        .collect()
+}
+
+/// The class of each patch: the image's class where the mask covers enough of the patch. A
+/// defect smaller than that still marks the patch it covers most, so no defective image
+/// teaches "all good".
+fn patch_targets(mask: &GrayImage, class: u32) -> Vec<u32> {
+    if class == 0 {
+        return vec![0; GRID * GRID];
+    }
+    let coverage = patch_coverage(mask);
+    let mut targets: Vec<u32> = coverage
+        .iter()
+        .map(|&c| if c >= MASK_COVERAGE { class } else { 0 })
+        .collect();
+    if targets.iter().all(|&t| t == 0)
+        && let Some((best, &c)) = coverage
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+        && c > 0.0
+    {
+        targets[best] = class;
+    }
+    targets
+}
+
+/// Scores, labels and predictions over readable samples.
+struct Scored {
+    scores: Vec<f32>,
+    labels: Vec<bool>,
+    truths: Vec<usize>,
+    defect_classes: Vec<usize>,
+    pixels: PixelTruth,
+    n_skipped: usize,
+}
+
+fn score_all(
+    model: &SupervisedModel,
+    samples: &[Sample],
+    show: bool,
+) -> Result<Scored, SupervisedError> {
+    let mut scored = Scored {
+        scores: Vec::new(),
+        labels: Vec::new(),
+        truths: Vec::new(),
+        defect_classes: Vec::new(),
+        pixels: PixelTruth::default(),
+        n_skipped: 0,
+    };
+    let bar = progress(show, samples.len(), "held-out images");
+    for sample in samples {
+        bar.inc(1);
+        let Some(truth) = model.card.classes.iter().position(|c| *c == sample.class) else {
+            tracing::warn!(class = %sample.class, "skipping an image of a class the model does not know");
+            scored.n_skipped += 1;
+            continue;
+        };
+        let image = match dataset::load_gray(&sample.image) {
+            Ok(image) => image,
+            Err(error) => {
+                tracing::warn!(%error, "skipping unreadable test image");
+                scored.n_skipped += 1;
+                continue;
+            }
+        };
+        let prediction = model.predict(&image)?;
+        scored.scores.push(prediction.defect_score);
+        scored.labels.push(truth != 0);
+        scored.truths.push(truth);
+        scored.defect_classes.push(prediction.defect_class);
+        let has_pixel_truth =
+            sample.mask.is_some() || !sample.boxes.is_empty() || !sample.defective();
+        if has_pixel_truth && let Ok(mask) = defect_mask(sample, &image) {
+            scored.pixels.add(&prediction.heat_map, &mask);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(scored)
+}
+
+fn untrained_card(classes: usize) -> SupervisedCard {
+    SupervisedCard {
+        name: "untrained".into(),
+        version: "untrained".into(),
+        kind: "supervised".into(),
+        architecture: String::new(),
+        backbone: String::new(),
+        input_size: INPUT_SIZE,
+        classes: std::iter::once("good".to_owned())
+            .chain((1..classes).map(|i| format!("defect-{i}")))
+            .collect(),
+        threshold: 0.5,
+        threshold_rule: String::new(),
+        feature_mean: Vec::new(),
+        feature_std: Vec::new(),
+        dataset: String::new(),
+        training_data_sha256: String::new(),
+        layout: Layout::Mvtec,
+        split: String::new(),
+        n_train: 0,
+        n_skipped_train: 0,
+        n_validation: 0,
+        augmented_copies: 0,
+        epochs: 0,
+        seed: 0,
+        training_duration_s: 0.0,
+        metrics: empty_metrics(classes),
+    }
+}
+
+fn empty_metrics(classes: usize) -> SupervisedMetrics {
+    SupervisedMetrics {
+        n_test: 0,
+        n_test_defective: 0,
+        n_skipped: 0,
+        class_accuracy: 0.0,
+        defect_vs_good_accuracy: None,
+        defect_class_accuracy: None,
+        image_auroc: None,
+        average_precision: None,
+        pixel_auroc: None,
+        pixel_pro: None,
+        at_threshold: None,
+        confusion: vec![vec![0; classes]; classes],
+    }
+}
+
+/// Evaluates `model` on `samples` at the card's threshold.
+pub fn evaluate(
+    model: &SupervisedModel,
+    samples: &[Sample],
+    show: bool,
+) -> Result<SupervisedMetrics, SupervisedError> {
+    let scored = score_all(model, samples, show)?;
+    let k = model.card.classes.len();
+    let has_good = scored.labels.iter().any(|l| !l);
+    let mut metrics = empty_metrics(k);
+    for i in 0..scored.scores.len() {
+        let called_defective = !has_good || scored.scores[i] >= model.card.threshold;
+        let predicted = if called_defective {
+            scored.defect_classes[i]
+        } else {
+            0
+        };
+        metrics.confusion[scored.truths[i]][predicted] += 1;
+    }
+    let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+    let n = scored.scores.len();
+    let n_defective = scored.labels.iter().filter(|l| **l).count();
+    let correct: usize = (0..k).map(|i| metrics.confusion[i][i]).sum();
+    let right_defect_class = (0..n)
+        .filter(|&i| scored.labels[i] && scored.defect_classes[i] == scored.truths[i])
+        .count();
+    metrics.n_test = n;
+    metrics.n_test_defective = n_defective;
+    metrics.n_skipped = scored.n_skipped;
+    metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
+    metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
+    if has_good {
+        let at = eval::at_threshold(&scored.scores, &scored.labels, model.card.threshold);
+        metrics.defect_vs_good_accuracy = Some(at.accuracy);
+        metrics.at_threshold = Some(at);
+        metrics.image_auroc = eval::auroc(&scored.scores, &scored.labels);
+        metrics.average_precision = eval::average_precision(&scored.scores, &scored.labels);
+    }
+    metrics.pixel_auroc = scored.pixels.auroc();
+    metrics.pixel_pro = scored.pixels.pro();
+    Ok(metrics)
+}
+
+/// Evaluates a loaded model on a dataset's held-out part.
+pub fn evaluate_held_out(
+    model: &SupervisedModel,
+    layout: Layout,
+    data: &Path,
+    show: bool,
+) -> Result<SupervisedMetrics, SupervisedError> {
+    let samples = dataset::read(layout, data)?;
+    let (_, held_out) = held_out_split(&samples);
+    evaluate(model, &held_out, show)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask_with_block(x0: usize, y0: usize, side: usize) -> GrayImage {
+        let mut mask = GrayImage::new(256, 256, vec![0; 256 * 256]).expect("size");
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                mask.pixels[y * 256 + x] = 255;
+            }
+        }
+        mask
+    }
+
+    #[test]
+    fn patches_take_the_class_where_the_mask_covers_them() {
+        // 16×16 block at (8, 8): patches (1,1), (2,1), (1,2), (2,2) fully covered.
+        let targets = patch_targets(&mask_with_block(8, 8, 16), 3);
+        let marked: Vec<usize> = (0..targets.len()).filter(|&i| targets[i] == 3).collect();
+        assert_eq!(marked, [GRID + 1, GRID + 2, 2 * GRID + 1, 2 * GRID + 2]);
+        assert!(
+            patch_targets(&mask_with_block(8, 8, 16), 0)
+                .iter()
+                .all(|&t| t == 0)
+        );
+    }
+
+    #[test]
+    fn a_tiny_defect_still_marks_one_patch() {
+        // 2×2 pixels: 1/16 of a patch, under the coverage rule.
+        let targets = patch_targets(&mask_with_block(100, 50, 2), 1);
+        assert_eq!(targets.iter().filter(|&&t| t == 1).count(), 1);
+        assert_eq!(targets[(50 / 8) * GRID + 100 / 8], 1);
+    }
+
+    #[test]
+    fn one_clear_patch_outweighs_many_doubtful_ones() {
+        let device = Device::Cpu;
+        let n = GRID * GRID;
+        // Two classes; patch log-odds = defect logit − good logit.
+        let logits = |odds: &dyn Fn(usize) -> f32| {
+            let mut values = vec![0f32; n];
+            values.extend((0..n).map(odds));
+            Tensor::from_vec(values, (1, 2, GRID, GRID), &device).expect("tensor")
+        };
+        let pooled = |t: &Tensor| -> f32 {
+            image_outputs(t)
+                .expect("pools")
+                .0
+                .squeeze(0)
+                .expect("scalar")
+                .to_scalar()
+                .expect("f32")
+        };
+        let one_clear = pooled(&logits(&|i| if i == 7 { 12.0 } else { -6.0 }));
+        let all_doubtful = pooled(&logits(&|_| -1.0));
+        let all_good = pooled(&logits(&|_| -6.0));
+        assert!(one_clear > 0.0, "{one_clear}");
+        assert!(all_doubtful < 0.0, "{all_doubtful}");
+        assert!((all_good + 6.0).abs() < 1e-4, "{all_good}");
+    }
+
+    #[test]
+    fn binary_cross_entropy_stays_finite_when_confident() {
+        let device = Device::Cpu;
+        let x = Tensor::new(&[200f32, -200.0, 0.0], &device).expect("tensor");
+        let t = Tensor::new(&[0f32, 1.0, 1.0], &device).expect("tensor");
+        let loss: f32 = binary_cross_entropy_with_logits(&x, &t)
+            .expect("loss")
+            .to_scalar()
+            .expect("f32");
+        // (200 + 200 + ln 2) / 3
+        assert!((loss - (400.0 + 2f32.ln()) / 3.0).abs() < 1e-3, "{loss}");
+    }
+
+    #[test]
+    fn class_mass_follows_the_patches() {
+        let device = Device::Cpu;
+        let n = GRID * GRID;
+        // Three classes: good everywhere but 10 patches of class 2 and 3 of class 1.
+        let mut values = vec![5f32; n];
+        values.extend((0..n).map(|i| if i < 3 { 10.0 } else { 0.0 }));
+        values.extend((0..n).map(|i| if (3..13).contains(&i) { 10.0 } else { 0.0 }));
+        let logits = Tensor::from_vec(values, (1, 3, GRID, GRID), &device).expect("tensor");
+        let mass: Vec<f32> = image_outputs(&logits)
+            .expect("pools")
+            .1
+            .squeeze(0)
+            .expect("row")
+            .to_vec1()
+            .expect("vec");
+        assert!(mass[1] > mass[0], "{mass:?}");
+    }
+}

@@ -1,0 +1,325 @@
+//! Changing the model a running station uses: promote a version, roll back, run a candidate in
+//! shadow. One change at a time, each recorded durably before it is acknowledged.
+//!
+//! The new model is loaded on a blocking thread while the old one keeps inspecting; only then
+//! is it swapped into [`ActiveModels`], so no frame waits for a load and none is dropped for
+//! one. A version that cannot run at this station (unknown, broken weights, wrong input size)
+//! is refused and the live model stays. Promotions and rollbacks form a stack: a rollback
+//! returns to the version live before the last promotion still in effect. After a restart the
+//! station runs the version its events say was live last, with the shadow it had.
+//!
+//! The shadow model sees the same calibrated frames on its own thread ([`run_shadow`]), fed by
+//! a short queue the inspect thread never waits on: a busy shadow skips frames (counted); it
+//! never slows the live verdict. Its verdicts are kept beside the records, never actuated.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
+use crate::metrics::Metrics;
+use crate::part::Verdict;
+use crate::record::{ModelAction, ModelEvent, RecordError, ShadowSummary, ShadowVerdict, Store};
+
+/// Why a model change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("model {version} takes {model:?} images but this station's frames are {station:?}")]
+    InputSize {
+        version: String,
+        model: (u32, u32),
+        station: (u32, u32),
+    },
+    #[error("no earlier version to roll back to")]
+    NothingToRollBack,
+    #[error("{0} is already live")]
+    AlreadyLive(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("loading the model was interrupted: {0}")]
+    Join(String),
+}
+
+/// What runs now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub live: RunningView,
+    pub shadow: Option<RunningView>,
+}
+
+/// One running model, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningView {
+    pub version: String,
+    pub kind: String,
+    pub threshold: f32,
+}
+
+impl RunningView {
+    fn of(model: &RunningModel) -> RunningView {
+        RunningView {
+            version: model.version.to_string(),
+            kind: model.detector.kind().into(),
+            threshold: model.threshold,
+        }
+    }
+}
+
+/// The station's model control plane.
+pub struct ModelControl {
+    registry: Registry,
+    active: Arc<ActiveModels>,
+    store: Store,
+    /// Frame size after calibration: models with a fixed input must match it.
+    frame_size: (u32, u32),
+    /// One change at a time, so the recorded order is the order they took effect.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl ModelControl {
+    pub fn new(
+        registry: Registry,
+        active: Arc<ActiveModels>,
+        store: Store,
+        frame_size: (u32, u32),
+    ) -> ModelControl {
+        ModelControl {
+            registry,
+            active,
+            store,
+            frame_size,
+            changing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn active(&self) -> &Arc<ActiveModels> {
+        &self.active
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        ModelStatus {
+            live: RunningView::of(&self.active.live()),
+            shadow: self.active.shadow().map(|m| RunningView::of(&m)),
+        }
+    }
+
+    /// Every recorded change, oldest first.
+    pub fn events(&self) -> Result<Vec<ModelEvent>, RecordError> {
+        self.store.model_events()
+    }
+
+    /// How the shadow model compares with the live one so far; `None` without a shadow.
+    pub fn shadow_summary(&self) -> Result<Option<ShadowSummary>, RecordError> {
+        self.active
+            .shadow()
+            .map(|shadow| self.store.shadow_summary(&shadow.version))
+            .transpose()
+    }
+
+    /// Makes `version` live.
+    pub async fn promote(&self, version: &str) -> Result<ModelEvent, ControlError> {
+        let _one = self.changing.lock().await;
+        if &*self.active.live().version == version {
+            return Err(ControlError::AlreadyLive(version.into()));
+        }
+        self.make_live(version, ModelAction::Promote).await
+    }
+
+    /// Returns to the version that was live before the last promotion still in effect.
+    pub async fn rollback(&self) -> Result<ModelEvent, ControlError> {
+        let _one = self.changing.lock().await;
+        let target = rollback_stack(&self.store.model_events()?)
+            .pop()
+            .ok_or(ControlError::NothingToRollBack)?;
+        self.make_live(&target, ModelAction::Rollback).await
+    }
+
+    /// Runs `version` in shadow, or stops the shadow with `None`.
+    pub async fn set_shadow(&self, version: Option<&str>) -> Result<ModelEvent, ControlError> {
+        let _one = self.changing.lock().await;
+        let previous = self.active.shadow().map(|m| m.version.to_string());
+        let model = match version {
+            Some(version) => Some(self.load(version).await?),
+            None => None,
+        };
+        let event = ModelEvent {
+            at: Utc::now(),
+            action: if model.is_some() {
+                ModelAction::ShadowStart
+            } else {
+                ModelAction::ShadowStop
+            },
+            version: version.map(str::to_owned),
+            previous,
+        };
+        self.store.record_model_event(&event).await?;
+        self.active.set_shadow(model);
+        tracing::info!(?event, "shadow model changed");
+        Ok(event)
+    }
+
+    /// At start: runs what the recorded events say ran last, when it still loads.
+    pub async fn restore(&self) -> Result<(), ControlError> {
+        let events = self.store.model_events()?;
+        let live = events
+            .iter()
+            .rev()
+            .find(|e| matches!(e.action, ModelAction::Promote | ModelAction::Rollback))
+            .and_then(|e| e.version.clone());
+        if let Some(version) = live
+            && version != *self.active.live().version
+        {
+            match self.load(&version).await {
+                Ok(model) => {
+                    self.active.set_live(model);
+                    tracing::info!(%version, "running the last promoted model");
+                }
+                Err(error) => tracing::error!(
+                    %version, %error,
+                    "the last promoted model does not load; running the configured one"
+                ),
+            }
+        }
+        let shadow = events
+            .iter()
+            .rev()
+            .find(|e| matches!(e.action, ModelAction::ShadowStart | ModelAction::ShadowStop))
+            .and_then(|e| e.version.clone());
+        if let Some(version) = shadow {
+            match self.load(&version).await {
+                Ok(model) => self.active.set_shadow(Some(model)),
+                Err(error) => tracing::error!(%version, %error, "the shadow model does not load"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn make_live(
+        &self,
+        version: &str,
+        action: ModelAction,
+    ) -> Result<ModelEvent, ControlError> {
+        let model = self.load(version).await?;
+        let event = ModelEvent {
+            at: Utc::now(),
+            action,
+            version: Some(version.to_owned()),
+            previous: Some(self.active.live().version.to_string()),
+        };
+        // Recorded first: a change that is not on disk has not happened.
+        self.store.record_model_event(&event).await?;
+        self.active.set_live(model);
+        tracing::info!(?event, "live model changed");
+        Ok(event)
+    }
+
+    /// Loads a version off the async threads and checks it fits this station.
+    async fn load(&self, version: &str) -> Result<RunningModel, ControlError> {
+        let registry = self.registry.clone();
+        let owned = version.to_owned();
+        let detector = tokio::task::spawn_blocking(move || registry.load(&owned))
+            .await
+            .map_err(|e| ControlError::Join(e.to_string()))??;
+        if let Some(size) = detector.input_size()
+            && size != self.frame_size
+        {
+            return Err(ControlError::InputSize {
+                version: version.into(),
+                model: size,
+                station: self.frame_size,
+            });
+        }
+        let threshold = detector.threshold();
+        Ok(RunningModel::new(detector, threshold))
+    }
+}
+
+/// The versions a rollback would return to, most recent last.
+fn rollback_stack(events: &[ModelEvent]) -> Vec<String> {
+    let mut stack = Vec::new();
+    for event in events {
+        match event.action {
+            ModelAction::Promote => stack.extend(event.previous.clone()),
+            ModelAction::Rollback => {
+                stack.pop();
+            }
+            ModelAction::ShadowStart | ModelAction::ShadowStop => {}
+        }
+    }
+    stack
+}
+
+/// Everything the shadow thread needs.
+pub struct ShadowContext {
+    pub active: Arc<ActiveModels>,
+    pub jobs: Receiver<ShadowJob>,
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+/// Scores every queued frame with the shadow model of the moment and keeps its verdict. Runs
+/// until the inspect thread drops the queue.
+pub fn run_shadow(ctx: ShadowContext) {
+    while let Ok(job) = ctx.jobs.recv() {
+        let Some(shadow) = ctx.active.shadow() else {
+            continue;
+        };
+        let (verdict, score) = match shadow.detector.score(&job.image) {
+            Ok((score, _)) if score >= shadow.threshold => (Verdict::Fail, Some(score)),
+            Ok((score, _)) => (Verdict::Pass, Some(score)),
+            Err(error) => {
+                tracing::warn!(part_id = %job.part_id, %error, "shadow model failed");
+                (Verdict::Error, None)
+            }
+        };
+        let record = ShadowVerdict {
+            part_id: job.part_id.0,
+            version: shadow.version.to_string(),
+            verdict,
+            score,
+            live_version: job.live_version.to_string(),
+            live_verdict: job.live_verdict,
+            live_score: job.live_score,
+        };
+        if let Err(error) = ctx.store.put_shadow(&record) {
+            tracing::warn!(%error, "could not keep a shadow verdict");
+        }
+        ctx.metrics.shadow_verdicts.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(action: ModelAction, version: &str, previous: &str) -> ModelEvent {
+        ModelEvent {
+            at: Utc::now(),
+            action,
+            version: Some(version.into()),
+            previous: Some(previous.into()),
+        }
+    }
+
+    #[test]
+    fn rollbacks_unwind_promotions_in_order() {
+        let mut events = vec![
+            event(ModelAction::Promote, "b", "a"),
+            event(ModelAction::ShadowStart, "x", "-"),
+            event(ModelAction::Promote, "c", "b"),
+        ];
+        assert_eq!(rollback_stack(&events), ["a", "b"]);
+        events.push(event(ModelAction::Rollback, "b", "c"));
+        assert_eq!(rollback_stack(&events), ["a"]);
+        events.push(event(ModelAction::Rollback, "a", "b"));
+        assert!(rollback_stack(&events).is_empty());
+    }
+}

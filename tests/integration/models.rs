@@ -1,0 +1,260 @@
+//! The model registry on a running line: promote, shadow and roll back over the HTTP API while
+//! parts flow, and find every change in the records, durable across a restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use linesight::record::{ModelAction, Store};
+use linesight::serve::router;
+use linesight::station::{RunOptions, Station};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CPU_HEAVY, repo, station_config};
+
+const TOKEN: &str = "test-admin-token";
+
+/// A registry with the shipped model as `a`, and re-versioned copies with other thresholds:
+/// `b` (0.5) and `c` (0.01, which fails nearly everything: a shadow that disagrees).
+fn registry(root: &Path) -> [String; 3] {
+    let shipped = repo().join("models/defect-net-sim");
+    let card: Value = serde_json::from_str(
+        &std::fs::read_to_string(shipped.join("card.json")).expect("shipped card"),
+    )
+    .expect("card JSON");
+    let a = card["version"].as_str().expect("version").to_owned();
+    for (name, version, threshold) in [
+        (
+            "a",
+            a.as_str(),
+            card["threshold"].as_f64().expect("threshold"),
+        ),
+        ("b", "defect-net-sim@test-b", 0.5),
+        ("c", "defect-net-sim@test-c", 0.01),
+    ] {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::copy(
+            shipped.join("model.safetensors"),
+            dir.join("model.safetensors"),
+        )
+        .expect("weights");
+        let mut card = card.clone();
+        card["version"] = json!(version);
+        card["threshold"] = json!(threshold);
+        std::fs::write(dir.join("card.json"), card.to_string()).expect("card");
+    }
+    [
+        a,
+        "defect-net-sim@test-b".into(),
+        "defect-net-sim@test-c".into(),
+    ]
+}
+
+/// Waits until the store holds `n` records.
+async fn records_reach(store: &Store, n: usize) {
+    while store.len() < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("HTTP");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Issue 3: promotion and rollback are one API call each, recorded, and drop no frame; a
+/// shadow model's verdicts are kept, never actuated; a restart runs what was live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_shadow_rollback_while_the_line_runs() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = dir.path().join("models");
+    let [a, b, c] = registry(&models);
+    let model_dir = format!("dir = {:?}", models.join("a").display().to_string());
+    let make_config = || {
+        let mut config = station_config(
+            &dir.path().join("data"),
+            &[
+                ("parts_per_min = 120", "parts_per_min = 300"),
+                ("dir = \"../models/defect-net-sim\"", &model_dir),
+            ],
+        );
+        config.admin_token = Some(TOKEN.into());
+        config
+    };
+    let config = make_config();
+    assert_eq!(
+        config.model_registry, models,
+        "registry defaults to the model's folder"
+    );
+
+    let station = Station::prepare(config).await.expect("station starts");
+    let (store, metrics) = (station.store(), station.metrics());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let line = tokio::spawn(station.run(
+        RunOptions {
+            max_parts: Some(100),
+        },
+        CancellationToken::new(),
+    ));
+
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{base}/api/v1/models{path}");
+    let authed = |request: reqwest::RequestBuilder| request.bearer_auth(TOKEN);
+
+    records_reach(&store, 15).await;
+    // Refused: no token, a wrong token, an unknown version, a malformed body.
+    let (status, _) = send(http.post(url("/promote")).json(&json!({"version": b}))).await;
+    assert_eq!(status, 401);
+    let (status, _) = send(
+        http.post(url("/promote"))
+            .bearer_auth("nope")
+            .json(&json!({"version": b})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) =
+        send(authed(http.post(url("/promote"))).json(&json!({"version": "x"}))).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("\"x\""));
+    let (status, _) = send(authed(http.post(url("/promote"))).body("{")).await;
+    assert_eq!(status, 400);
+    let (status, _) = send(authed(http.post(url("/rollback")))).await;
+    assert_eq!(status, 409, "nothing to roll back to yet");
+
+    let (status, body) =
+        send(authed(http.post(url("/promote"))).json(&json!({"version": b}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["previous"], json!(a));
+    records_reach(&store, 35).await;
+    let (status, body) = send(authed(http.put(url("/shadow"))).json(&json!({"version": c}))).await;
+    assert_eq!(status, 200, "{body}");
+    records_reach(&store, 55).await;
+    let (status, body) = send(authed(http.post(url("/rollback")))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], json!(a));
+    records_reach(&store, 75).await;
+    let (status, _) = send(authed(http.post(url("/promote"))).json(&json!({"version": b}))).await;
+    assert_eq!(status, 200);
+    let (status, view) = send(http.get(url(""))).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["live"]["version"], json!(b));
+    assert_eq!(view["shadow"]["version"], json!(c));
+    assert_eq!(view["available"].as_array().expect("list").len(), 3);
+    let (status, summary) = send(http.get(url("/shadow"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        summary["compared"].as_u64().expect("compared") > 0,
+        "{summary}"
+    );
+
+    let report = line.await.expect("joins").expect("line runs");
+    assert_eq!(report.parts, 100);
+    assert_eq!(
+        metrics.frames_dropped.get(),
+        0,
+        "a model change dropped frames"
+    );
+    assert_eq!(
+        metrics.inspections_late.get(),
+        0,
+        "a model change delayed verdicts"
+    );
+
+    // The records show the changes in order: a… b… a… b…, each with its own threshold.
+    let mut records = store.list(None, 1000).await.expect("records");
+    records.sort_by_key(|r| r.part_id);
+    assert_eq!(records.len(), 100);
+    let mut runs: Vec<String> = Vec::new();
+    for record in &records {
+        let version = record.model_version.clone().expect("inspected");
+        let expected_threshold = if version == b {
+            0.5
+        } else {
+            records[0].threshold.expect("t")
+        };
+        assert_eq!(
+            record.threshold,
+            Some(expected_threshold),
+            "part {}",
+            record.part_id
+        );
+        if runs.last() != Some(&version) {
+            runs.push(version);
+        }
+    }
+    assert_eq!(runs, [a.clone(), b.clone(), a.clone(), b.clone()]);
+
+    // The shadow saw parts from its start on, and disagreed where its threshold says so; the
+    // gate only ever acted on the live verdicts (checked by the dispositions above and below).
+    let first_shadowed = records
+        .iter()
+        .find(|r| store.shadow_verdict(r.part_id).expect("sled").is_some())
+        .expect("the shadow saw parts")
+        .part_id;
+    let mut disagreements = 0;
+    for record in records.iter().filter(|r| r.part_id >= first_shadowed) {
+        if let Some(shadow) = store.shadow_verdict(record.part_id).expect("sled") {
+            assert_eq!(shadow.version, c);
+            assert_eq!(Some(shadow.live_verdict), record.verdict);
+            disagreements += usize::from(Some(shadow.verdict) != record.verdict);
+        }
+    }
+    assert!(
+        disagreements > 0,
+        "a 0.01 threshold must fail parts the live model passes"
+    );
+    for record in &records {
+        let failed = record.verdict == Some(linesight::part::Verdict::Fail);
+        assert_eq!(
+            record.disposition == linesight::part::Disposition::RejectFailed,
+            failed,
+            "part {}: the gate follows the live verdict",
+            record.part_id
+        );
+    }
+
+    let actions: Vec<ModelAction> = store
+        .model_events()
+        .expect("events")
+        .iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ModelAction::Promote,
+            ModelAction::ShadowStart,
+            ModelAction::Rollback,
+            ModelAction::Promote
+        ]
+    );
+    // Close everything holding the store, as a process exit would.
+    drop((store, http));
+    server.abort();
+    let _ = server.await;
+
+    // A restart runs the last promoted version and the shadow, not the config's model.
+    let mut attempts = 0;
+    let station = loop {
+        match Station::prepare(make_config()).await {
+            Ok(station) => break station,
+            // Connection tasks of the old server may hold the database for a moment.
+            Err(error) if attempts < 50 => {
+                attempts += 1;
+                tracing::debug!(%error, "store still held");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("station restarts: {error}"),
+        }
+    };
+    let status = station.api().models.status();
+    assert_eq!(status.live.version, b);
+    assert_eq!(status.shadow.map(|s| s.version), Some(c));
+}

@@ -1,0 +1,118 @@
+//! The supervised model end to end on a generated, labelled dataset in the magnetic-tile
+//! layout: learns defect segmentation from masks, calls and classifies held-out parts, and
+//! skips what it cannot use.
+
+use std::path::Path;
+
+use linesight::inspect::dataset::Layout;
+use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
+use linesight::part::GrayImage;
+use linesight::record::gray_png;
+use linesight::simulate::{DefectKind, PartGenerator};
+
+use crate::repo;
+
+fn write_png(path: &Path, image: &GrayImage) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, gray_png(image).expect("png")).expect("write");
+}
+
+#[test]
+fn supervised_model_learns_defect_classes_from_masks() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
+    assert!(
+        weights.exists(),
+        "{} is missing: run `make weights` (make test does)",
+        weights.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    let mut generator = PartGenerator::new(5, 256, 256, 0.0);
+    // Magnetic-tile layout: MT_<Class>/Imgs/<n>.jpg (format sniffed), masks as same-stem PNGs.
+    for i in 0..20 {
+        write_png(
+            &root.join(format!("MT_Free/Imgs/{i:03}.jpg")),
+            &generator.render(None).image,
+        );
+        for (class, kind) in [("Spot", DefectKind::Spot), ("Scratch", DefectKind::Scratch)] {
+            let part = generator.render(Some(kind));
+            write_png(
+                &root.join(format!("MT_{class}/Imgs/{i:03}.jpg")),
+                &part.image,
+            );
+            let mask = GrayImage::new(256, 256, part.mask.iter().map(|m| m * 255).collect())
+                .expect("mask");
+            write_png(&root.join(format!("MT_{class}/Imgs/{i:03}.png")), &mask);
+        }
+    }
+    // Bad input: a truncated image and a mask of the wrong size are reported and skipped.
+    std::fs::write(root.join("MT_Free/Imgs/100.jpg"), b"\xff\xd8truncated").expect("write");
+    write_png(
+        &root.join("MT_Spot/Imgs/100.jpg"),
+        &generator.render(Some(DefectKind::Spot)).image,
+    );
+    write_png(
+        &root.join("MT_Spot/Imgs/100.png"),
+        &GrayImage::new(8, 8, vec![255; 64]).expect("mask"),
+    );
+
+    let out = dir.path().join("model");
+    let card = supervised::train(&SupervisedSettings {
+        name: "synthetic-tiles".into(),
+        layout: Layout::MagneticTile,
+        data: root.clone(),
+        backbone_weights: weights.clone(),
+        epochs: 25,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        augmented_copies: 1,
+        target_escape_rate: None,
+        seed: 4,
+        out_dir: out.clone(),
+        progress: false,
+    })
+    .expect("trains");
+    assert_eq!(card.classes, ["good", "scratch", "spot"]);
+    assert!(
+        card.version.starts_with("synthetic-tiles@"),
+        "{}",
+        card.version
+    );
+    assert_eq!(card.training_data_sha256.len(), 64);
+    // Held out: every 4th of 21 per class → 5 each; 16 left per class, 4 of them validation.
+    assert_eq!(
+        card.n_skipped_train, 2,
+        "the truncated image and the bad mask"
+    );
+    let m = &card.metrics;
+    assert_eq!((m.n_test, m.n_test_defective), (15, 10));
+    let accuracy = m.defect_vs_good_accuracy.expect("good images held out");
+    assert!(accuracy >= 0.8, "defect-vs-good accuracy {accuracy}: {m:?}");
+    let class_accuracy = m.defect_class_accuracy.expect("defects held out");
+    assert!(
+        class_accuracy >= 0.8,
+        "defect-class accuracy {class_accuracy}: {m:?}"
+    );
+    // Small data (12 good training images): patches separate almost perfectly, whole images
+    // less so; chance would be 0.5.
+    assert!(m.image_auroc.expect("AUROC") > 0.8, "{m:?}");
+    assert!(m.pixel_auroc.expect("masks") > 0.95, "{m:?}");
+
+    // The saved model predicts exactly as the trained one measured.
+    let model = SupervisedModel::load(&out, &weights, &candle_core::Device::Cpu).expect("loads");
+    assert_eq!(model.card.version, card.version);
+    let again = supervised::evaluate_held_out(&model, Layout::MagneticTile, &root, false)
+        .expect("evaluates");
+    assert_eq!(again.confusion, m.confusion);
+    assert_eq!(again.image_auroc, m.image_auroc);
+
+    // A part image of any size is resized, not refused.
+    let small = GrayImage::new(100, 60, vec![128; 6000]).expect("image");
+    let prediction = model.predict(&small).expect("predicts");
+    assert!((0.0..=1.0).contains(&prediction.defect_score));
+    assert_eq!(
+        (prediction.heat_map.width, prediction.heat_map.height),
+        (32, 32)
+    );
+}
