@@ -69,14 +69,13 @@ impl PatchFeatures {
     }
 }
 
-/// A grey image resized to the backbone's `INPUT_SIZE` square, replicated to 3 channels,
-/// scaled `(x−127)/128`. (Keeping the aspect ratio measured worse on magnetic-tile: image
+/// A grey image resized to the backbone's `INPUT_SIZE` square as one plane (the backbone
+/// treats it as three equal channels), scaled `(x−127)/128`. (Keeping the aspect ratio measured worse on magnetic-tile: image
 /// AUROC 0.76 against 0.81 squared.)
 pub fn backbone_input(image: &GrayImage, device: &Device) -> candle_core::Result<Tensor> {
     let resized = resize_bilinear(image, INPUT_SIZE, INPUT_SIZE);
     let plane: Vec<f32> = resized.iter().map(|&p| (p - 127.0) / 128.0).collect();
-    let plane = Tensor::from_vec(plane, (1, 1, INPUT_SIZE, INPUT_SIZE), device)?;
-    Tensor::cat(&[&plane, &plane, &plane], 1)
+    Tensor::from_vec(plane, (1, 1, INPUT_SIZE, INPUT_SIZE), device)
 }
 
 /// Bilinear resize to `w`×`h` (pixel centres aligned), as f32.

