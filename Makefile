@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live bench lint train eval weights clean
+.PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -57,6 +57,11 @@ train:
 ## eval: evaluate the default model on held-out synthetic parts
 eval:
 	cargo run --release --locked -- eval synthetic --json target/eval.json
+
+## eval-datasets: train and evaluate on the real datasets in ../shared/datasets (about 30 min)
+eval-datasets: setup weights
+	cargo build --release --locked
+	bash scripts/eval-datasets.sh $(CARGO_TARGET_DIR)/release/linesight
 
 clean:
 	cargo clean

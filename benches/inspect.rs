@@ -62,11 +62,15 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     c.bench_function("anomaly/score_256_bank4096", |b| {
         b.iter(|| model.score(image).expect("score"))
     });
-    // Six defect classes plus good, as on NEU-DET.
-    let supervised = SupervisedModel::untrained(features, 7, 1).expect("supervised model");
-    c.bench_function("supervised/predict_256", |b| {
-        b.iter(|| supervised.predict(image).expect("prediction"))
-    });
+    // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
+    // sees it at its own input size.
+    for size in [256, 160, 128] {
+        let supervised = SupervisedModel::untrained(features.clone().with_input_size(size), 7, 1)
+            .expect("supervised model");
+        c.bench_function(&format!("supervised/predict_256_input{size}"), |b| {
+            b.iter(|| supervised.predict(image).expect("prediction"))
+        });
+    }
 }
 
 criterion_group!(benches, hot_path);

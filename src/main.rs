@@ -200,6 +200,10 @@ enum TrainKind {
         batch_size: usize,
         #[arg(long, default_value_t = 2e-3)]
         learning_rate: f64,
+        /// Side of the square images are resized to (a multiple of 16): smaller is faster,
+        /// larger keeps finer defects.
+        #[arg(long, default_value_t = 256)]
+        input_size: usize,
         /// Randomly augmented copies of each training image (flips, small rotations,
         /// brightness/contrast, noise), besides the image itself.
         #[arg(long, default_value_t = 2)]
@@ -437,6 +441,7 @@ fn real_main() -> anyhow::Result<()> {
                     epochs,
                     batch_size,
                     learning_rate,
+                    input_size,
                     augmented_copies,
                     target_escape_rate,
                     seed,
@@ -451,6 +456,7 @@ fn real_main() -> anyhow::Result<()> {
                 epochs,
                 batch_size,
                 learning_rate,
+                input_size,
                 augmented_copies,
                 target_escape_rate,
                 seed,

@@ -48,7 +48,8 @@ pub const HEAD_FILE: &str = "head.safetensors";
 /// Card inside a supervised model folder.
 pub const CARD_FILE: &str = "card.json";
 
-/// Side of the patch grid.
+/// Side of the patch grid at the default input size (unit tests).
+#[cfg(test)]
 const GRID: usize = INPUT_SIZE / 8;
 
 /// Hidden channels of the head.
@@ -176,7 +177,7 @@ pub struct Prediction {
     /// The most likely defect class (an index ≥ 1 into the card's `classes`), whatever the
     /// score.
     pub defect_class: usize,
-    /// Each patch's defect probability, `GRID`×`GRID`.
+    /// Each patch's defect probability, one per 8×8 pixels of the model's input.
     pub heat_map: HeatMap,
 }
 
@@ -273,6 +274,12 @@ impl SupervisedModel {
                 &"classes must start with `good` and name at least one defect",
             ));
         }
+        if card.input_size == 0 || !card.input_size.is_multiple_of(16) {
+            return Err(file_error(
+                &card_path,
+                &format!("input size {} is not a multiple of 16", card.input_size),
+            ));
+        }
         let head_path = dir.join(HEAD_FILE);
         let tensors = candle_core::safetensors::load(&head_path, device)
             .map_err(|e| file_error(&head_path, &e))?;
@@ -284,7 +291,7 @@ impl SupervisedModel {
         let normaliser =
             Normaliser::new(card.feature_mean.clone(), card.feature_std.clone(), device)?;
         Ok(SupervisedModel {
-            features: load_features(backbone_weights, device)?,
+            features: load_features(backbone_weights, device)?.with_input_size(card.input_size),
             normaliser,
             head,
             card,
@@ -324,7 +331,7 @@ impl SupervisedModel {
     }
 }
 
-/// The prediction from raw backbone maps `[1, FEATURE_DIM, GRID, GRID]`.
+/// The prediction from raw backbone maps `[1, FEATURE_DIM, grid, grid]`.
 fn predict_from_maps(
     head: &SegmentationHead,
     normaliser: &Normaliser,
@@ -364,6 +371,8 @@ pub struct SupervisedSettings {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    /// Side of the square the backbone sees (a multiple of 16); smaller is faster.
+    pub input_size: usize,
     /// Randomly augmented copies of each training image, besides the image itself.
     pub augmented_copies: usize,
     /// Share of defective validation images the threshold may let through; `None` chooses
@@ -376,7 +385,7 @@ pub struct SupervisedSettings {
 
 /// One (possibly augmented) training image: its features and targets.
 struct Example {
-    /// `[FEATURE_DIM, GRID, GRID]`, f16 to halve the memory of a large training set.
+    /// `[FEATURE_DIM, grid, grid]`, f16 to halve the memory of a large training set.
     features: Tensor,
     /// Class per patch, row-major.
     patch_targets: Vec<u32>,
@@ -388,7 +397,14 @@ struct Example {
 pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, SupervisedError> {
     let started = Instant::now();
     let device = Device::Cpu;
-    let features = load_features(&settings.backbone_weights, &device)?;
+    if settings.input_size == 0 || !settings.input_size.is_multiple_of(16) {
+        return Err(file_error(
+            &settings.data,
+            &format!("input size {} is not a multiple of 16", settings.input_size),
+        ));
+    }
+    let features =
+        load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = held_out_split(&samples);
     let (fit_part, validation) = split_validation(&train_part);
@@ -496,7 +512,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
                 classes.len()
             ),
             backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
-            input_size: INPUT_SIZE,
+            input_size: settings.input_size,
             classes,
             threshold: 0.5,
             threshold_rule: String::new(),
@@ -709,7 +725,7 @@ fn training_examples(
             .map_err(|e| e.to_string())?;
         out.push(Example {
             features: maps,
-            patch_targets: patch_targets(&mask, class),
+            patch_targets: patch_targets(&mask, class, features.input_size() / 8),
             class,
         });
     }
@@ -762,15 +778,15 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<GrayImage, String> 
     })
 }
 
-/// Share of each patch that the mask marks.
-fn patch_coverage(mask: &GrayImage) -> Vec<f32> {
+/// Share of each patch of a `grid`×`grid` split that the mask marks.
+fn patch_coverage(mask: &GrayImage, grid: usize) -> Vec<f32> {
     let (w, h) = (mask.width as usize, mask.height as usize);
-    let mut marked = vec![0f32; GRID * GRID];
-    let mut total = vec![0f32; GRID * GRID];
+    let mut marked = vec![0f32; grid * grid];
+    let mut total = vec![0f32; grid * grid];
     for y in 0..h {
-        let py = y * GRID / h.max(1);
+        let py = y * grid / h.max(1);
         for x in 0..w {
-            let patch = py * GRID + x * GRID / w.max(1);
+            let patch = py * grid + x * grid / w.max(1);
             total[patch] += 1.0;
             if mask.pixels[y * w + x] > 0 {
                 marked[patch] += 1.0;
@@ -787,11 +803,11 @@ fn patch_coverage(mask: &GrayImage) -> Vec<f32> {
 /// The class of each patch: the image's class where the mask covers enough of the patch. A
 /// defect smaller than that still marks the patch it covers most, so no defective image
 /// teaches "all good".
-fn patch_targets(mask: &GrayImage, class: u32) -> Vec<u32> {
+fn patch_targets(mask: &GrayImage, class: u32, grid: usize) -> Vec<u32> {
     if class == 0 {
-        return vec![0; GRID * GRID];
+        return vec![0; grid * grid];
     }
-    let coverage = patch_coverage(mask);
+    let coverage = patch_coverage(mask, grid);
     let mut targets: Vec<u32> = coverage
         .iter()
         .map(|&c| if c >= MASK_COVERAGE { class } else { 0 })
@@ -981,11 +997,11 @@ mod tests {
     #[test]
     fn patches_take_the_class_where_the_mask_covers_them() {
         // 16×16 block at (8, 8): patches (1,1), (2,1), (1,2), (2,2) fully covered.
-        let targets = patch_targets(&mask_with_block(8, 8, 16), 3);
+        let targets = patch_targets(&mask_with_block(8, 8, 16), 3, GRID);
         let marked: Vec<usize> = (0..targets.len()).filter(|&i| targets[i] == 3).collect();
         assert_eq!(marked, [GRID + 1, GRID + 2, 2 * GRID + 1, 2 * GRID + 2]);
         assert!(
-            patch_targets(&mask_with_block(8, 8, 16), 0)
+            patch_targets(&mask_with_block(8, 8, 16), 0, GRID)
                 .iter()
                 .all(|&t| t == 0)
         );
@@ -994,7 +1010,7 @@ mod tests {
     #[test]
     fn a_tiny_defect_still_marks_one_patch() {
         // 2×2 pixels: 1/16 of a patch, under the coverage rule.
-        let targets = patch_targets(&mask_with_block(100, 50, 2), 1);
+        let targets = patch_targets(&mask_with_block(100, 50, 2), 1, GRID);
         assert_eq!(targets.iter().filter(|&&t| t == 1).count(), 1);
         assert_eq!(targets[(50 / 8) * GRID + 100 / 8], 1);
     }

@@ -66,6 +66,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
         epochs: 25,
         batch_size: 8,
         learning_rate: 3e-3,
+        input_size: 256,
         augmented_copies: 1,
         target_escape_rate: None,
         seed: 4,
