@@ -239,33 +239,25 @@ enum EvalKind {
         json: Option<PathBuf>,
     },
     /// An anomaly model, on the held-out part of a dataset.
-    Anomaly {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, value_enum)]
-        layout: Layout,
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value = BACKBONE_WEIGHTS)]
-        backbone: PathBuf,
-        /// Where to write the metrics as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Anomaly(HeldOutArgs),
     /// A supervised model, on the held-out part of a dataset.
-    Supervised {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, value_enum)]
-        layout: Layout,
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value = BACKBONE_WEIGHTS)]
-        backbone: PathBuf,
-        /// Where to write the metrics as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Supervised(HeldOutArgs),
+}
+
+/// A saved model and the dataset whose held-out part it is measured on.
+#[derive(clap::Args)]
+struct HeldOutArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum)]
+    layout: Layout,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = BACKBONE_WEIGHTS)]
+    backbone: PathBuf,
+    /// Where to write the metrics as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Where `make` puts the converted pretrained backbone.
@@ -362,12 +354,7 @@ fn real_main() -> anyhow::Result<()> {
                 .context("evaluating")?;
             println!("model {}", loaded.version);
             print_metrics(&metrics);
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&metrics)?;
-                std::fs::write(&path, text + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
+            write_json(json.as_deref(), &metrics)
         }
         Command::Train {
             kind:
@@ -407,13 +394,13 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Eval {
             kind:
-                EvalKind::Anomaly {
+                EvalKind::Anomaly(HeldOutArgs {
                     model,
                     layout,
                     data,
                     backbone,
                     json,
-                },
+                }),
         } => {
             let (loaded, card) = anomaly_train::load(&model, &backbone, &Device::Cpu)
                 .context("loading the anomaly model")?;
@@ -424,12 +411,7 @@ fn real_main() -> anyhow::Result<()> {
                 .context("evaluating")?;
             println!("model {} on {}", card.name, data.display());
             print_anomaly_metrics(&metrics);
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&metrics)?;
-                std::fs::write(&path, text + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
+            write_json(json.as_deref(), &metrics)
         }
         Command::Train {
             kind:
@@ -478,13 +460,13 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Eval {
             kind:
-                EvalKind::Supervised {
+                EvalKind::Supervised(HeldOutArgs {
                     model,
                     layout,
                     data,
                     backbone,
                     json,
-                },
+                }),
         } => {
             let loaded = SupervisedModel::load(&model, &backbone, &Device::Cpu)
                 .context("loading the supervised model")?;
@@ -492,12 +474,7 @@ fn real_main() -> anyhow::Result<()> {
                 .context("evaluating")?;
             println!("model {} on {}", loaded.card.version, data.display());
             print_supervised_metrics(&loaded.card.classes, loaded.card.threshold, &metrics);
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&metrics)?;
-                std::fs::write(&path, text + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
+            write_json(json.as_deref(), &metrics)
         }
         Command::Model { action } => model_command(action),
         Command::ConvertWeights { pth, out } => {
@@ -583,6 +560,15 @@ fn model_command(action: ModelAction) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&body)?);
         Ok(())
     })
+}
+
+/// Writes `value` as pretty JSON to `path`, when one is given.
+fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// One row of a metrics table; `None` prints as n/a.

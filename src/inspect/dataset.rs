@@ -406,6 +406,28 @@ mod tests {
     }
 
     #[test]
+    fn kolektor_items_are_held_out_whole() {
+        assert_eq!(held_out_item(Path::new("ksdd/kos05")), Some(true));
+        assert_eq!(held_out_item(Path::new("ksdd/kos13")), Some(true));
+        assert_eq!(held_out_item(Path::new("ksdd/kos01")), Some(false));
+        assert_eq!(held_out_item(Path::new("ksdd/other")), None);
+    }
+
+    #[test]
+    fn content_digest_sees_names_and_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+        std::fs::write(&a, b"one").expect("write");
+        std::fs::write(&b, b"two").expect("write");
+        let both = content_digest([&a, &b].into_iter()).expect("digest");
+        assert_eq!(both.len(), 64);
+        assert_ne!(both, content_digest([&b, &a].into_iter()).expect("digest"));
+        std::fs::write(&b, b"tw0").expect("write");
+        assert_ne!(both, content_digest([&a, &b].into_iter()).expect("digest"));
+        assert!(content_digest([&dir.path().join("gone.png")].into_iter()).is_err());
+    }
+
+    #[test]
     fn voc_boxes_are_read() {
         let xml = "<annotation><size><width>200</width></size>\
             <object><name>crazing</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>193</xmax><ymax>194</ymax></bndbox></object>\

@@ -39,7 +39,7 @@ use crate::inspect::anomaly_train::{
 use crate::inspect::augment::Augmentation;
 use crate::inspect::dataset::{self, Layout, Sample};
 use crate::inspect::eval::{self, ThresholdMetrics};
-use crate::inspect::train::{progress_bar, seeded_init};
+use crate::inspect::train::{for_each_var_sorted, progress_bar, seeded_init};
 use crate::part::{GrayImage, HeatMap};
 
 /// Head weights inside a supervised model folder.
@@ -599,18 +599,13 @@ fn split_validation(train_part: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
 fn short_digest(model: &SupervisedModel, varmap: &VarMap) -> candle_core::Result<String> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
+    for_each_var_sorted(varmap, |name, var| {
         hasher.update(name.as_bytes());
-        for v in data[name].as_tensor().flatten_all()?.to_vec1::<f32>()? {
+        for v in var.as_tensor().flatten_all()?.to_vec1::<f32>()? {
             hasher.update(v.to_le_bytes());
         }
-    }
+        Ok(())
+    })?;
     hasher.update(model.card.threshold.to_le_bytes());
     Ok(hex::encode(&hasher.finalize()[..6]))
 }

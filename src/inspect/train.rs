@@ -359,14 +359,7 @@ fn weighted_bce(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor>
 /// initialisers draw from an unseeded generator.
 pub(crate) fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var: &Var = &data[name];
+    for_each_var_sorted(varmap, |name, var| {
         let shape = var.shape().clone();
         let values: Vec<f32> = if name.ends_with(".bias") {
             let fill = if name.starts_with("head") { -3.0 } else { 0.0 };
@@ -378,7 +371,24 @@ pub(crate) fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()>
                 .map(|_| rng.gen_range(-bound..bound))
                 .collect()
         };
-        var.set(&Tensor::from_vec(values, shape, var.device())?)?;
+        var.set(&Tensor::from_vec(values, shape, var.device())?)
+    })
+}
+
+/// Calls `f` on every variable of `varmap` in name order (a `VarMap` is a hash map; anything
+/// that must be reproducible walks it in a fixed order).
+pub(crate) fn for_each_var_sorted(
+    varmap: &VarMap,
+    mut f: impl FnMut(&str, &Var) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        f(name, &data[name])?;
     }
     Ok(())
 }

@@ -201,6 +201,8 @@ struct PartCounts {
 struct StationView {
     #[serde(flatten)]
     info: StationInfo,
+    /// The candidate running in shadow, if any.
+    shadow_model_version: Option<String>,
     state: StationState,
     parts: PartCounts,
 }
@@ -219,6 +221,7 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
             threshold: live.threshold,
             ..(*api.info).clone()
         },
+        shadow_model_version: api.models.active().shadow().map(|m| m.version.to_string()),
         state,
         parts: PartCounts {
             captured: m.frames_captured.get(),

@@ -1,19 +1,11 @@
 //! The anomaly model end to end on a generated MVTec-layout dataset: learns from good parts
 //! only, then separates held-out defective parts from good ones.
 
-use std::path::Path;
-
 use linesight::inspect::anomaly_train::{self, AnomalySettings};
 use linesight::inspect::dataset::Layout;
-use linesight::record::gray_png;
 use linesight::simulate::{DefectKind, PartGenerator};
 
-use crate::repo;
-
-fn write_png(path: &Path, image: &linesight::part::GrayImage) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, gray_png(image).expect("png")).expect("write");
-}
+use crate::{repo, write_png};
 
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {

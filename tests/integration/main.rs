@@ -21,6 +21,12 @@ use linesight::config::StationConfig;
 /// measure the machine, not the station.
 pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Writes `image` as a PNG at `path`, creating its folder.
+pub fn write_png(path: &Path, image: &linesight::part::GrayImage) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, linesight::record::gray_png(image).expect("png")).expect("write");
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

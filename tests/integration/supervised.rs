@@ -2,20 +2,12 @@
 //! layout: learns defect segmentation from masks, calls and classifies held-out parts, and
 //! skips what it cannot use.
 
-use std::path::Path;
-
 use linesight::inspect::dataset::Layout;
 use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
-use linesight::record::gray_png;
 use linesight::simulate::{DefectKind, PartGenerator};
 
-use crate::repo;
-
-fn write_png(path: &Path, image: &GrayImage) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, gray_png(image).expect("png")).expect("write");
-}
+use crate::{repo, write_png};
 
 #[test]
 fn supervised_model_learns_defect_classes_from_masks() {

@@ -63,6 +63,14 @@ try {
     expect(name, '#station-name is empty');
   });
 
+  await check('live model and shadow shown as the API reports them', async () => {
+    const station = await (await fetch(baseUrl + '/api/v1/station')).json();
+    const model = (await page.textContent('#model-version'))?.trim();
+    expect(model === station.model_version, `#model-version reads "${model}", API says "${station.model_version}"`);
+    const shadow = (await page.textContent('#shadow-version'))?.trim();
+    expect(shadow === (station.shadow_model_version ?? 'none'), `#shadow-version reads "${shadow}"`);
+  });
+
   await check('station state is running', async () => {
     const state = (await page.textContent('#station-state')) ?? '';
     expect(/running/i.test(state), `#station-state reads "${state}"`);
