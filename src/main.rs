@@ -209,7 +209,7 @@ enum TrainKind {
         #[arg(long, default_value_t = 2)]
         augmented_copies: usize,
         /// Choose the threshold for this share of defective validation images let through,
-        /// instead of for the best validation accuracy.
+        /// instead of near 0.5 within one image of the best validation accuracy.
         #[arg(long)]
         target_escape_rate: Option<f64>,
         #[arg(long, default_value_t = 0)]

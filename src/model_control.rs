@@ -9,8 +9,9 @@
 //! station runs the version its events say was live last, with the shadow it had.
 //!
 //! The shadow model sees the same calibrated frames on its own thread ([`run_shadow`]), fed by
-//! a short queue the inspect thread never waits on: a busy shadow skips frames (counted); it
-//! never slows the live verdict. Its verdicts are kept beside the records, never actuated.
+//! a short queue the inspect thread never waits on: a busy shadow skips frames (counted). It
+//! computes on a one-thread pool of its own, so it can take at most one core from the live
+//! model. Its verdicts are kept beside the records, never actuated.
 
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -76,6 +77,9 @@ pub struct ModelControl {
     store: Store,
     /// Frame size after calibration: models with a fixed input must match it.
     frame_size: (u32, u32),
+    /// The station config's threshold override and the version it belongs to: it applies
+    /// whenever that version is live, not only at start.
+    threshold_override: Option<(String, f32)>,
     /// One change at a time, so the recorded order is the order they took effect.
     changing: tokio::sync::Mutex<()>,
 }
@@ -86,12 +90,14 @@ impl ModelControl {
         active: Arc<ActiveModels>,
         store: Store,
         frame_size: (u32, u32),
+        threshold_override: Option<(String, f32)>,
     ) -> ModelControl {
         ModelControl {
             registry,
             active,
             store,
             frame_size,
+            threshold_override,
             changing: tokio::sync::Mutex::new(()),
         }
     }
@@ -139,6 +145,9 @@ impl ModelControl {
         let target = rollback_stack(&self.store.model_events()?)
             .pop()
             .ok_or(ControlError::NothingToRollBack)?;
+        if *self.active.live().version == target {
+            return Err(ControlError::AlreadyLive(target));
+        }
         self.make_live(&target, ModelAction::Rollback).await
     }
 
@@ -237,7 +246,10 @@ impl ModelControl {
                 station: self.frame_size,
             });
         }
-        let threshold = detector.threshold();
+        let threshold = match &self.threshold_override {
+            Some((configured, threshold)) if configured == detector.version() => *threshold,
+            _ => detector.threshold(),
+        };
         Ok(RunningModel::new(detector, threshold))
     }
 }
@@ -268,11 +280,25 @@ pub struct ShadowContext {
 /// Scores every queued frame with the shadow model of the moment and keeps its verdict. Runs
 /// until the inspect thread drops the queue.
 pub fn run_shadow(ctx: ShadowContext) {
+    // One worker thread of its own: the backbone's kernels run on rayon, and in the global
+    // pool the shadow would take every core from the live model.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "shadow-worker".into())
+        .build();
+    if let Err(error) = &pool {
+        tracing::warn!(%error, "no separate pool for the shadow model; it shares the cores");
+    }
     while let Ok(job) = ctx.jobs.recv() {
         let Some(shadow) = ctx.active.shadow() else {
             continue;
         };
-        let (verdict, score) = match shadow.detector.score(&job.image) {
+        let score = || shadow.detector.score(&job.image);
+        let scored = match &pool {
+            Ok(pool) => pool.install(score),
+            Err(_) => score(),
+        };
+        let (verdict, score) = match scored {
             Ok((score, _)) if score >= shadow.threshold => (Verdict::Fail, Some(score)),
             Ok((score, _)) => (Verdict::Pass, Some(score)),
             Err(error) => {

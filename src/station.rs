@@ -123,6 +123,9 @@ impl Station {
             });
         }
         let threshold = config.threshold_override.unwrap_or(detector.threshold());
+        let threshold_override = config
+            .threshold_override
+            .map(|t| (detector.version().to_owned(), t));
         let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
         let map = RegisterMap::load(&config.plc.register_map_file)?;
         let store = Store::open(&config.data_dir)?;
@@ -131,6 +134,7 @@ impl Station {
             models.clone(),
             store.clone(),
             (roi_width, roi_height),
+            threshold_override,
         );
         control.restore().await?;
 

@@ -19,7 +19,8 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
     let mut i = 0;
     while i < all.len() {
         let mut j = i;
-        while j < all.len() && all[j].0 == all[i].0 {
+        // total_cmp: a NaN equals itself here, so the loop always moves on.
+        while j < all.len() && all[j].0.total_cmp(&all[i].0).is_eq() {
             j += 1;
         }
         let average_rank = (i + 1 + j) as f64 / 2.0;
@@ -108,38 +109,39 @@ pub fn threshold_for_escape_rate(
     })
 }
 
-/// The threshold with the highest accuracy on `scores`, placed halfway between two neighbouring
-/// scores; among equally accurate ones the lowest, which misses the fewest defects. `None`
+/// A threshold with (nearly) the best accuracy on `scores`: among the cuts halfway between
+/// neighbouring scores, and `prior` itself, those that get at most `slack` parts fewer right
+/// than the best; of these the one nearest `prior`. A small validation set cannot tell apart
+/// cuts a part or two apart, so the choice leans to the model's natural cut (0.5 for a
+/// probability) instead of jumping to wherever one validation part happened to fall. `None`
 /// unless there are both good and defective parts.
-pub fn threshold_for_best_accuracy(scores: &[f32], labels: &[bool]) -> Option<f32> {
+pub fn threshold_for_accuracy_near(
+    scores: &[f32],
+    labels: &[bool],
+    prior: f32,
+    slack: usize,
+) -> Option<f32> {
     if !labels.iter().any(|l| *l) || labels.iter().all(|l| *l) {
         return None;
     }
-    let mut ranked: Vec<(f32, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
-    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Threshold below everything: every part is called defective.
-    let mut correct = labels.iter().filter(|l| **l).count();
-    let (mut best, mut best_correct) = (ranked[0].0, correct);
-    for i in 0..ranked.len() {
-        // Moving the threshold above ranked[i] passes that part.
-        correct = if ranked[i].1 {
-            correct - 1
-        } else {
-            correct + 1
-        };
-        let next = ranked.get(i + 1).map(|r| r.0);
-        if next == Some(ranked[i].0) {
-            continue; // ties move together
-        }
-        if correct > best_correct {
-            best_correct = correct;
-            best = match next {
-                Some(next) => (ranked[i].0 + next) / 2.0,
-                None => ranked[i].0 + f32::EPSILON * ranked[i].0.abs().max(1.0),
-            };
-        }
-    }
-    Some(best)
+    let mut sorted: Vec<f32> = scores.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted.dedup();
+    let mut candidates: Vec<f32> = sorted.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+    let top = sorted[sorted.len() - 1];
+    candidates.extend([sorted[0], top + f32::EPSILON * top.abs().max(1.0), prior]);
+    let correct = |t: f32| {
+        scores
+            .iter()
+            .zip(labels)
+            .filter(|(s, l)| (**s >= t) == **l)
+            .count()
+    };
+    let best = candidates.iter().map(|&t| correct(t)).max()?;
+    candidates
+        .into_iter()
+        .filter(|&t| correct(t) + slack >= best)
+        .min_by(|a, b| (a - prior).abs().total_cmp(&(b - prior).abs()))
 }
 
 /// Labels the 8-connected defect regions of a `w`×`h` mask: 0 for good pixels, `first`,
@@ -148,7 +150,10 @@ pub fn label_regions(mask: &[bool], w: usize, h: usize, first: u32) -> (Vec<u32>
     let mut labels = vec![0u32; mask.len()];
     let mut next = first;
     let mut stack = Vec::new();
-    for start in 0..mask.len().min(w * h) {
+    if mask.len() != w * h {
+        return (labels, next);
+    }
+    for start in 0..mask.len() {
         if !mask[start] || labels[start] != 0 {
             continue;
         }
@@ -200,7 +205,7 @@ pub fn pro_auc(scores: &[f32], regions: &[u32], max_fpr: f64) -> Option<f64> {
     while i < order.len() {
         // Pixels with equal scores are flagged together.
         let score = scores[order[i]];
-        while i < order.len() && scores[order[i]] == score {
+        while i < order.len() && scores[order[i]].total_cmp(&score).is_eq() {
             match regions[order[i]] as usize {
                 0 => false_positives += 1,
                 r => overlap_sum += 1.0 / sizes[r] as f64,
@@ -262,20 +267,33 @@ mod tests {
     }
 
     #[test]
-    fn best_accuracy_threshold_by_hand() {
-        // Sorted: 0.1 g, 0.3 g, 0.4 d, 0.6 g, 0.8 d, 0.9 d. Cutting at 0.35 gets 5/6 right,
-        // as does 0.7; the lower one misses fewer defects.
+    fn accuracy_threshold_by_hand() {
+        // Sorted: 0.1 g, 0.3 g, 0.4 d, 0.6 g, 0.8 d, 0.9 d. Cuts at 0.35 and at 0.7 both get
+        // 5/6 right; 0.5 gets 4/6.
         let scores = [0.9, 0.4, 0.1, 0.6, 0.3, 0.8];
         let labels = [true, true, false, false, false, true];
         let near = |got: Option<f32>, want: f32| got.is_some_and(|t| (t - want).abs() < 1e-6);
-        assert!(near(threshold_for_best_accuracy(&scores, &labels), 0.35));
-        // Perfectly separated: halfway across the gap.
+        // No slack: the best cut nearest the prior.
         assert!(near(
-            threshold_for_best_accuracy(&[0.2, 0.6], &[false, true]),
+            threshold_for_accuracy_near(&scores, &labels, 0.3, 0),
+            0.35
+        ));
+        assert!(near(
+            threshold_for_accuracy_near(&scores, &labels, 0.85, 0),
+            0.7
+        ));
+        // One part of slack lets the prior itself stand.
+        assert!(near(
+            threshold_for_accuracy_near(&scores, &labels, 0.5, 1),
+            0.5
+        ));
+        // Perfectly separated: halfway across the gap, whatever the prior.
+        assert!(near(
+            threshold_for_accuracy_near(&[0.2, 0.6], &[false, true], 0.9, 0),
             0.4
         ));
         assert_eq!(
-            threshold_for_best_accuracy(&[0.2, 0.6], &[true, true]),
+            threshold_for_accuracy_near(&[0.2, 0.6], &[true, true], 0.5, 0),
             None
         );
     }

@@ -72,10 +72,6 @@ impl Registry {
         Registry { root, backbone }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Every loadable-looking version, sorted by version. Folders without a readable card are
     /// not models and are left out.
     pub fn list(&self) -> Result<Vec<ModelEntry>, RegistryError> {

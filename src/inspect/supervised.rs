@@ -64,6 +64,10 @@ const DEFECT_WEIGHT: f64 = 3.0;
 /// Sharpness `r` of the smooth maximum that pools patch log-odds into the image's.
 pub const POOL_SHARPNESS: f64 = 4.0;
 
+/// The threshold may give up this many validation images against the best cut, to stay near
+/// the model's natural cut of 0.5 (see [`eval::threshold_for_accuracy_near`]).
+const ACCURACY_SLACK: usize = 1;
+
 /// Every this-many-th image of each class of the training part is kept for validation.
 const VALIDATION_EVERY: usize = 5;
 
@@ -376,7 +380,7 @@ pub struct SupervisedSettings {
     /// Randomly augmented copies of each training image, besides the image itself.
     pub augmented_copies: usize,
     /// Share of defective validation images the threshold may let through; `None` chooses
-    /// the threshold with the best validation accuracy.
+    /// the threshold nearest 0.5 within one image of the best validation accuracy.
     pub target_escape_rate: Option<f64>,
     pub seed: u64,
     pub out_dir: PathBuf,
@@ -548,12 +552,18 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
                     format!("escape rate ≤ {rate} on {n_validation} validation images"),
                 )
             }),
-        None => eval::threshold_for_best_accuracy(&scored.scores, &scored.labels).map(|t| {
-            (
-                t,
-                format!("best accuracy on {n_validation} validation images"),
-            )
-        }),
+        None => {
+            eval::threshold_for_accuracy_near(&scored.scores, &scored.labels, 0.5, ACCURACY_SLACK)
+                .map(|t| {
+                    (
+                        t,
+                        format!(
+                            "nearest 0.5 within {ACCURACY_SLACK} image of the best accuracy on \
+                     {n_validation} validation images"
+                        ),
+                    )
+                })
+        }
     };
     let (threshold, rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));

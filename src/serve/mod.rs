@@ -132,6 +132,9 @@ impl From<ControlError> for ApiError {
                 ApiError::NotFound(error.to_string())
             }
             ControlError::Record(error) => ApiError::Internal(error),
+            ControlError::Registry(RegistryError::Read { .. }) => {
+                ApiError::InternalMessage(error.to_string())
+            }
             ControlError::Join(_) => ApiError::InternalMessage(error.to_string()),
             // The version exists but cannot run here, or the request does not fit the state.
             _ => ApiError::Conflict(error.to_string()),
@@ -404,7 +407,21 @@ async fn promote_model(
 ) -> Result<Json<ModelEvent>, ApiError> {
     authorise(&api, &headers)?;
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    Ok(Json(api.models.promote(&request.version).await?))
+    let models = api.models.clone();
+    to_completion(async move { models.promote(&request.version).await }).await
+}
+
+/// Runs a model change in its own task: a request dropped half-way (client gone, timeout)
+/// must not leave a change recorded but not made, or made but not recorded.
+async fn to_completion(
+    change: impl std::future::Future<Output = Result<ModelEvent, ControlError>> + Send + 'static,
+) -> Result<Json<ModelEvent>, ApiError> {
+    match tokio::spawn(change).await {
+        Ok(result) => Ok(Json(result?)),
+        Err(error) => Err(ApiError::InternalMessage(format!(
+            "model change task failed: {error}"
+        ))),
+    }
 }
 
 async fn rollback_model(
@@ -412,7 +429,8 @@ async fn rollback_model(
     headers: HeaderMap,
 ) -> Result<Json<ModelEvent>, ApiError> {
     authorise(&api, &headers)?;
-    Ok(Json(api.models.rollback().await?))
+    let models = api.models.clone();
+    to_completion(async move { models.rollback().await }).await
 }
 
 async fn set_shadow(
@@ -422,9 +440,8 @@ async fn set_shadow(
 ) -> Result<Json<ModelEvent>, ApiError> {
     authorise(&api, &headers)?;
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    Ok(Json(
-        api.models.set_shadow(request.version.as_deref()).await?,
-    ))
+    let models = api.models.clone();
+    to_completion(async move { models.set_shadow(request.version.as_deref()).await }).await
 }
 
 async fn shadow_summary(State(api): State<ApiState>) -> Result<Json<ShadowSummary>, ApiError> {

@@ -93,6 +93,7 @@ fn legacy_reader_and_candle_port_match_a_python_reference() {
         .flatten_all()
         .and_then(|t| t.to_vec1())
         .expect("values");
+    assert_eq!(grey.len(), got.len());
     let worst = got
         .iter()
         .zip(&grey)

@@ -51,11 +51,16 @@ fn registry(root: &Path) -> [String; 3] {
     ]
 }
 
-/// Waits until the store holds `n` records.
+/// Waits until the store holds `n` records; a line that stalls fails the test.
 async fn records_reach(store: &Store, n: usize) {
-    while store.len() < n {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waiting = async {
+        while store.len() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("the line stalled before {n} records"));
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -132,6 +137,8 @@ async fn promote_shadow_rollback_while_the_line_runs() {
         send(authed(http.post(url("/promote"))).json(&json!({"version": b}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["previous"], json!(a));
+    let (status, _) = send(authed(http.post(url("/promote"))).json(&json!({"version": b}))).await;
+    assert_eq!(status, 409, "promoting the live version again is refused");
     records_reach(&store, 35).await;
     let (status, body) = send(authed(http.put(url("/shadow"))).json(&json!({"version": c}))).await;
     assert_eq!(status, 200, "{body}");
