@@ -5,17 +5,12 @@ use linesight::inspect::anomaly_train::{self, AnomalySettings};
 use linesight::inspect::dataset::Layout;
 use linesight::simulate::{DefectKind, PartGenerator};
 
-use crate::{repo, write_png};
+use crate::{backbone_weights, write_png};
 
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
     let _one = crate::CPU_HEAVY.blocking_lock();
-    let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
-    assert!(
-        weights.exists(),
-        "{} is missing: run `make weights` (make test does)",
-        weights.display()
-    );
+    let weights = backbone_weights();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("parts");
     let mut generator = PartGenerator::new(21, 256, 256, 0.0);

@@ -27,6 +27,17 @@ pub fn write_png(path: &Path, image: &linesight::part::GrayImage) {
     std::fs::write(path, linesight::record::gray_png(image).expect("png")).expect("write");
 }
 
+/// The converted pretrained backbone, which `make test` provides (`make weights`).
+pub fn backbone_weights() -> PathBuf {
+    let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
+    assert!(
+        weights.exists(),
+        "{} is missing: run `make weights` (make test does)",
+        weights.display()
+    );
+    weights
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -7,17 +7,12 @@ use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
 use linesight::simulate::{DefectKind, PartGenerator};
 
-use crate::{repo, write_png};
+use crate::{backbone_weights, write_png};
 
 #[test]
 fn supervised_model_learns_defect_classes_from_masks() {
     let _one = crate::CPU_HEAVY.blocking_lock();
-    let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
-    assert!(
-        weights.exists(),
-        "{} is missing: run `make weights` (make test does)",
-        weights.display()
-    );
+    let weights = backbone_weights();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("tiles");
     let mut generator = PartGenerator::new(5, 256, 256, 0.0);
