@@ -15,7 +15,7 @@ use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings};
 use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
 use linesight::inspect::dataset::Layout;
-use linesight::inspect::eval::ThresholdMetrics;
+use linesight::inspect::eval::{DetectionMetrics, ThresholdMetrics};
 use linesight::inspect::registry::Registry;
 use linesight::inspect::supervised::{
     self, SupervisedMetrics, SupervisedModel, SupervisedSettings,
@@ -593,16 +593,30 @@ fn print_common(n: (usize, usize), auroc: Option<f64>, ap: Option<f64>, t: &Thre
     row("false-reject rate", Some(t.false_reject_rate));
 }
 
+/// The rows of a held-out evaluation on a dataset: counts, ranking, the threshold's metrics
+/// (when there are good images to measure it on), pixel metrics.
+fn print_detection(d: &DetectionMetrics, at: Option<&ThresholdMetrics>, threshold: f32) {
+    match at {
+        Some(at) => print_common(
+            (d.n_test, d.n_test_defective),
+            d.image_auroc,
+            d.average_precision,
+            at,
+        ),
+        None => {
+            println!("{:<22} {:>10}", "metric", "value");
+            println!("{:<22} {:>10}", "test items", d.n_test);
+            row("threshold", Some(f64::from(threshold)));
+        }
+    }
+    println!("{:<22} {:>10}", "skipped (unreadable)", d.n_skipped);
+    row("pixel AUROC", d.pixel_auroc);
+    row("PRO (FPR ≤ 0.3)", d.pixel_pro);
+}
+
 fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
-    print_common(
-        (metrics.n_test, metrics.n_test_defective),
-        metrics.image_auroc,
-        metrics.average_precision,
-        &metrics.at_threshold,
-    );
-    println!("{:<22} {:>10}", "skipped (unreadable)", metrics.n_skipped);
-    row("pixel AUROC", metrics.pixel_auroc);
-    row("PRO (FPR ≤ 0.3)", metrics.pixel_pro);
+    let at = &metrics.at_threshold;
+    print_detection(&metrics.detection, Some(at), at.threshold);
     for (class, m) in &metrics.per_class {
         let auroc = m
             .auroc_vs_good
@@ -617,22 +631,7 @@ fn print_anomaly_metrics(metrics: &AnomalyMetrics) {
 }
 
 fn print_supervised_metrics(classes: &[String], threshold: f32, metrics: &SupervisedMetrics) {
-    match &metrics.at_threshold {
-        Some(at) => print_common(
-            (metrics.n_test, metrics.n_test_defective),
-            metrics.image_auroc,
-            metrics.average_precision,
-            at,
-        ),
-        None => {
-            println!("{:<22} {:>10}", "metric", "value");
-            println!("{:<22} {:>10}", "test items", metrics.n_test);
-            row("threshold", Some(f64::from(threshold)));
-        }
-    }
-    println!("{:<22} {:>10}", "skipped (unreadable)", metrics.n_skipped);
-    row("pixel AUROC", metrics.pixel_auroc);
-    row("PRO (FPR ≤ 0.3)", metrics.pixel_pro);
+    print_detection(&metrics.detection, metrics.at_threshold.as_ref(), threshold);
     row("defect-vs-good acc.", metrics.defect_vs_good_accuracy);
     row("defect-class acc.", metrics.defect_class_accuracy);
     row("class accuracy", Some(metrics.class_accuracy));

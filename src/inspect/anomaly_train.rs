@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::inspect::anomaly::{INPUT_SIZE, PatchCore, PatchFeatures, bilinear, resize_bilinear};
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
-use crate::inspect::eval::{self, ThresholdMetrics};
+use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
 use crate::part::{GrayImage, HeatMap};
 
 /// Bank file inside an anomaly model folder.
@@ -66,16 +66,8 @@ pub struct AnomalySettings {
 /// Held-out metrics of an anomaly model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnomalyMetrics {
-    pub n_test: usize,
-    pub n_test_defective: usize,
-    pub n_skipped: usize,
-    /// `None` when the held-out part lacks good or defective images.
-    pub image_auroc: Option<f64>,
-    pub average_precision: Option<f64>,
-    /// Pixel AUROC over the held-out images with masks, on a 64×64 grid.
-    pub pixel_auroc: Option<f64>,
-    /// Normalised area under the per-region-overlap curve up to 30 % false-positive pixels.
-    pub pixel_pro: Option<f64>,
+    #[serde(flatten)]
+    pub detection: DetectionMetrics,
     /// At the card's threshold (chosen on validation images, not these).
     pub at_threshold: ThresholdMetrics,
     /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
@@ -134,17 +126,13 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let features = load_features(&settings.backbone_weights, &device)?;
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
-    let all_good: Vec<&Sample> = train_part.iter().filter(|s| !s.defective()).collect();
+    let good_part: Vec<Sample> = train_part
+        .iter()
+        .filter(|s| !s.defective())
+        .cloned()
+        .collect();
     // Every 5th good training image is kept out of the bank: the threshold is chosen on it.
-    let mut good = Vec::new();
-    let mut validation = Vec::new();
-    for (i, sample) in all_good.into_iter().enumerate() {
-        if i % VALIDATION_EVERY == VALIDATION_EVERY - 1 {
-            validation.push(sample);
-        } else {
-            good.push(sample);
-        }
-    }
+    let (good, validation) = dataset::split_every_ignoring_own(&good_part, VALIDATION_EVERY);
 
     let bar = progress(settings.progress, good.len(), "features of good images");
     let mut patches = Vec::new();
@@ -364,13 +352,13 @@ pub fn evaluate(
         );
     }
     Ok(AnomalyMetrics {
-        n_test: scores.len(),
-        n_test_defective: labels.iter().filter(|l| **l).count(),
-        n_skipped,
-        image_auroc: eval::auroc(&scores, &labels),
-        average_precision: eval::average_precision(&scores, &labels),
-        pixel_auroc: pixels.auroc(),
-        pixel_pro: pixels.pro(),
+        detection: DetectionMetrics::from_scores(
+            &scores,
+            &labels,
+            n_skipped,
+            pixels.auroc(),
+            pixels.pro(),
+        ),
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
     })

@@ -108,10 +108,13 @@ fn to_mat(image: &GrayImage) -> Result<Mat, opencv::Error> {
 }
 
 fn from_mat(mat: &Mat) -> Result<GrayImage, opencv::Error> {
+    // `data_bytes` needs one continuous buffer; only a strided view has to be copied first.
+    let copy;
     let mat = if mat.is_continuous() {
-        mat.clone()
+        mat
     } else {
-        mat.try_clone()?
+        copy = mat.try_clone()?;
+        &copy
     };
     Ok(GrayImage {
         width: mat.cols() as u32,

@@ -335,6 +335,19 @@ pub fn split_every(samples: &[Sample], k: usize) -> (Vec<Sample>, Vec<Sample>) {
     (train, held_out)
 }
 
+/// Like [`split_every`], but ignoring the dataset's own assignment: for validation parts cut
+/// from a training part, and for datasets whose own training part cannot serve.
+pub fn split_every_ignoring_own(samples: &[Sample], k: usize) -> (Vec<Sample>, Vec<Sample>) {
+    let unassigned: Vec<Sample> = samples
+        .iter()
+        .map(|s| Sample {
+            held_out: None,
+            ..s.clone()
+        })
+        .collect();
+    split_every(&unassigned, k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,46 @@ pub fn average_precision(scores: &[f32], labels: &[bool]) -> Option<f64> {
     Some(sum / n_pos as f64)
 }
 
+/// What every held-out evaluation of a defect detector reports, whatever the model; each
+/// model's metrics flatten it into their JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DetectionMetrics {
+    pub n_test: usize,
+    pub n_test_defective: usize,
+    /// Held-out images that could not be read (or are of a class the model does not know).
+    pub n_skipped: usize,
+    /// Of the image score; `None` unless there are both good and defective images.
+    pub image_auroc: Option<f64>,
+    pub average_precision: Option<f64>,
+    /// Over pixels (64×64 per image) of images with masks or boxes; good images count as all
+    /// good.
+    pub pixel_auroc: Option<f64>,
+    /// Normalised area under the per-region-overlap curve up to 30 % false-positive pixels.
+    pub pixel_pro: Option<f64>,
+}
+
+impl DetectionMetrics {
+    /// From image scores and labels (defective = true); the pixel figures come from the caller.
+    pub fn from_scores(
+        scores: &[f32],
+        labels: &[bool],
+        n_skipped: usize,
+        pixel_auroc: Option<f64>,
+        pixel_pro: Option<f64>,
+    ) -> DetectionMetrics {
+        let both = labels.iter().any(|l| *l) && labels.iter().any(|l| !l);
+        DetectionMetrics {
+            n_test: scores.len(),
+            n_test_defective: labels.iter().filter(|l| **l).count(),
+            n_skipped,
+            image_auroc: both.then(|| auroc(scores, labels)).flatten(),
+            average_precision: both.then(|| average_precision(scores, labels)).flatten(),
+            pixel_auroc,
+            pixel_pro,
+        }
+    }
+}
+
 /// How a threshold performs on a set of parts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdMetrics {

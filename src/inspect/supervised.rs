@@ -38,7 +38,7 @@ use crate::inspect::anomaly_train::{
 };
 use crate::inspect::augment::Augmentation;
 use crate::inspect::dataset::{self, Layout, Sample};
-use crate::inspect::eval::{self, ThresholdMetrics};
+use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
 use crate::inspect::train::{for_each_var_sorted, progress_bar, seeded_init};
 use crate::part::{GrayImage, HeatMap};
 
@@ -222,9 +222,8 @@ pub struct SupervisedCard {
 /// Held-out metrics of a supervised model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisedMetrics {
-    pub n_test: usize,
-    pub n_test_defective: usize,
-    pub n_skipped: usize,
+    #[serde(flatten)]
+    pub detection: DetectionMetrics,
     /// Share of held-out images given their true class, good included (the verdict decides
     /// good; the class rule decides which defect).
     pub class_accuracy: f64,
@@ -232,14 +231,6 @@ pub struct SupervisedMetrics {
     pub defect_vs_good_accuracy: Option<f64>,
     /// Among defective images, the share whose most likely defect class is the true one.
     pub defect_class_accuracy: Option<f64>,
-    /// Of the defect score; `None` without both good and defective images.
-    pub image_auroc: Option<f64>,
-    pub average_precision: Option<f64>,
-    /// Over pixels (64×64 per image) of images with masks or boxes; good images count as all
-    /// good.
-    pub pixel_auroc: Option<f64>,
-    /// Normalised area under the per-region-overlap curve up to 30 % false-positive pixels.
-    pub pixel_pro: Option<f64>,
     /// At the card's threshold; `None` without good images.
     pub at_threshold: Option<ThresholdMetrics>,
     /// `confusion[true][predicted]`, indices into the card's `classes`.
@@ -411,7 +402,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
         load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = held_out_split(&samples);
-    let (fit_part, validation) = split_validation(&train_part);
+    // The training part less every `VALIDATION_EVERY`th image of each class.
+    let (fit_part, validation) = dataset::split_every_ignoring_own(&train_part, VALIDATION_EVERY);
     let mut classes: Vec<String> = vec!["good".into()];
     let defects: BTreeSet<&str> = samples
         .iter()
@@ -582,26 +574,7 @@ fn held_out_split(samples: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
     if train_part.iter().any(Sample::defective) {
         return (train_part, held_out);
     }
-    let unassigned: Vec<Sample> = samples
-        .iter()
-        .map(|s| Sample {
-            held_out: None,
-            ..s.clone()
-        })
-        .collect();
-    dataset::split_every(&unassigned, HOLDOUT_EVERY)
-}
-
-/// The training part less every `VALIDATION_EVERY`th image of each class.
-fn split_validation(train_part: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
-    let unassigned: Vec<Sample> = train_part
-        .iter()
-        .map(|s| Sample {
-            held_out: None,
-            ..s.clone()
-        })
-        .collect();
-    dataset::split_every(&unassigned, VALIDATION_EVERY)
+    dataset::split_every_ignoring_own(samples, HOLDOUT_EVERY)
 }
 
 /// A version suffix from the weights and the threshold: two trainings that differ in anything
@@ -915,16 +888,10 @@ fn untrained_card(classes: usize) -> SupervisedCard {
 
 fn empty_metrics(classes: usize) -> SupervisedMetrics {
     SupervisedMetrics {
-        n_test: 0,
-        n_test_defective: 0,
-        n_skipped: 0,
+        detection: DetectionMetrics::default(),
         class_accuracy: 0.0,
         defect_vs_good_accuracy: None,
         defect_class_accuracy: None,
-        image_auroc: None,
-        average_precision: None,
-        pixel_auroc: None,
-        pixel_pro: None,
         at_threshold: None,
         confusion: vec![vec![0; classes]; classes],
     }
@@ -956,20 +923,20 @@ pub fn evaluate(
     let right_defect_class = (0..n)
         .filter(|&i| scored.labels[i] && scored.defect_classes[i] == scored.truths[i])
         .count();
-    metrics.n_test = n;
-    metrics.n_test_defective = n_defective;
-    metrics.n_skipped = scored.n_skipped;
+    metrics.detection = DetectionMetrics::from_scores(
+        &scored.scores,
+        &scored.labels,
+        scored.n_skipped,
+        scored.pixels.auroc(),
+        scored.pixels.pro(),
+    );
     metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
     metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
     if has_good {
         let at = eval::at_threshold(&scored.scores, &scored.labels, model.card.threshold);
         metrics.defect_vs_good_accuracy = Some(at.accuracy);
         metrics.at_threshold = Some(at);
-        metrics.image_auroc = eval::auroc(&scored.scores, &scored.labels);
-        metrics.average_precision = eval::average_precision(&scored.scores, &scored.labels);
     }
-    metrics.pixel_auroc = scored.pixels.auroc();
-    metrics.pixel_pro = scored.pixels.pro();
     Ok(metrics)
 }
 

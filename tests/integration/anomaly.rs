@@ -57,15 +57,22 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(card.threshold > 0.0);
     let metrics = &card.metrics;
     assert_eq!(
-        (metrics.n_test, metrics.n_test_defective, metrics.n_skipped),
+        (
+            metrics.detection.n_test,
+            metrics.detection.n_test_defective,
+            metrics.detection.n_skipped
+        ),
         (24, 12, 1)
     );
-    let image_auroc = metrics.image_auroc.expect("both classes held out");
+    let image_auroc = metrics
+        .detection
+        .image_auroc
+        .expect("both classes held out");
     assert!(image_auroc > 0.9, "image AUROC {image_auroc}");
     assert!(
-        metrics.pixel_auroc.expect("masks") > 0.8,
+        metrics.detection.pixel_auroc.expect("masks") > 0.8,
         "pixel AUROC {:?}",
-        metrics.pixel_auroc
+        metrics.detection.pixel_auroc
     );
 
     // The saved model scores exactly as the trained one did.
@@ -82,5 +89,5 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let again = anomaly_train::evaluate(&model, &held_out, loaded_card.threshold, false)
         .expect("evaluates");
     assert_eq!(again.at_threshold, metrics.at_threshold);
-    assert_eq!(again.image_auroc, metrics.image_auroc);
+    assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
 }

@@ -74,7 +74,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
         "the truncated image and the bad mask"
     );
     let m = &card.metrics;
-    assert_eq!((m.n_test, m.n_test_defective), (15, 10));
+    assert_eq!((m.detection.n_test, m.detection.n_test_defective), (15, 10));
     let accuracy = m.defect_vs_good_accuracy.expect("good images held out");
     assert!(accuracy >= 0.8, "defect-vs-good accuracy {accuracy}: {m:?}");
     let class_accuracy = m.defect_class_accuracy.expect("defects held out");
@@ -84,8 +84,8 @@ fn supervised_model_learns_defect_classes_from_masks() {
     );
     // Small data (12 good training images): patches separate almost perfectly, whole images
     // less so; chance would be 0.5.
-    assert!(m.image_auroc.expect("AUROC") > 0.8, "{m:?}");
-    assert!(m.pixel_auroc.expect("masks") > 0.95, "{m:?}");
+    assert!(m.detection.image_auroc.expect("AUROC") > 0.8, "{m:?}");
+    assert!(m.detection.pixel_auroc.expect("masks") > 0.95, "{m:?}");
 
     // The saved model predicts exactly as the trained one measured.
     let model = SupervisedModel::load(&out, &weights, &candle_core::Device::Cpu).expect("loads");
@@ -93,7 +93,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
     let again = supervised::evaluate_held_out(&model, Layout::MagneticTile, &root, false)
         .expect("evaluates");
     assert_eq!(again.confusion, m.confusion);
-    assert_eq!(again.image_auroc, m.image_auroc);
+    assert_eq!(again.detection.image_auroc, m.detection.image_auroc);
 
     // A part image of any size is resized, not refused.
     let small = GrayImage::new(100, 60, vec![128; 6000]).expect("image");
