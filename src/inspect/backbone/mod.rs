@@ -68,11 +68,19 @@ struct Pointwise {
     bias: BiasActivation,
 }
 
+impl Pointwise {
+    /// The matrix product alone, for a next layer that applies the bias itself.
+    fn product(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        self.weight
+            .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
+            .reshape((b, (), h, w))
+    }
+}
+
 impl Module for Pointwise {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        let ys = self.weight.broadcast_matmul(&xs.reshape((b, c, h * w))?)?;
-        self.bias.apply(&ys)?.reshape((b, (), h, w))
+        self.bias.apply_in_place(self.product(xs)?)
     }
 }
 
@@ -96,13 +104,14 @@ impl Module for Stem {
         xs.pad_with_zeros(2, pad.top, pad.bottom)?
             .pad_with_zeros(3, pad.left, pad.right)?
             .conv2d(&self.weight, 0, 2, 1, 1)
-            .and_then(|ys| self.bias.apply(&ys))
+            .and_then(|ys| self.bias.apply_in_place(ys))
     }
 }
 
 /// An inverted-residual block: expand (1×1), depthwise (k×k), project (1×1), skip.
 #[derive(Debug, Clone)]
 struct MbConv {
+    /// Its bias and ReLU6 are applied by `depthwise` as it reads the expanded planes.
     expand: Option<Pointwise>,
     depthwise: DepthwiseConv,
     project: Pointwise,
@@ -112,7 +121,7 @@ struct MbConv {
 impl Module for MbConv {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut ys = match &self.expand {
-            Some(expand) => expand.forward(xs)?,
+            Some(expand) => expand.product(xs)?,
             None => xs.clone(),
         };
         ys = self.depthwise.forward(&ys)?;
@@ -212,9 +221,13 @@ impl EfficientNetLite0 {
                 &format!("{prefix}._depthwise_conv"),
                 &format!("{prefix}._bn1"),
             )?;
+            let mut depthwise = DepthwiseConv::new(&dw_weight, &dw_bias, stride, true)?;
+            if let Some(expand) = &expand {
+                depthwise = depthwise.with_input_activation(expand.bias.clone());
+            }
             blocks.push(MbConv {
                 expand,
-                depthwise: DepthwiseConv::new(&dw_weight, &dw_bias, stride, true)?,
+                depthwise,
                 project: pointwise(
                     &format!("{prefix}._project_conv"),
                     &format!("{prefix}._bn2"),
