@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
 use linesight::inspect::DefectModel;
-use linesight::inspect::anomaly::{FEATURE_DIM, PatchCore};
+use linesight::inspect::anomaly::{FEATURE_DIM, ImageGaussian, PatchCore};
 use linesight::inspect::anomaly_train::load_features;
 use linesight::inspect::supervised::SupervisedModel;
 use linesight::inspect::train::SIM_FRAME_SIZE;
@@ -55,13 +55,27 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     }
     let features = load_features(&weights, &Device::Cpu).expect("backbone");
     let bank = Tensor::randn(0f32, 1f32, (4096, FEATURE_DIM), &Device::Cpu).expect("bank");
-    let model = PatchCore::from_bank(features.clone(), bank).expect("model");
+    // The image Gaussian's cost does not depend on its values: fit it to random descriptors.
+    let descriptors: Vec<Vec<f32>> = (0..32u32)
+        .map(|i| {
+            (0..2 * FEATURE_DIM as u32)
+                .map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0)
+                .collect()
+        })
+        .collect();
+    let gaussian = ImageGaussian::fit(&descriptors).expect("gaussian");
     c.bench_function("anomaly/backbone_features_256", |b| {
         b.iter(|| features.extract(image).expect("features"))
     });
-    c.bench_function("anomaly/score_256_bank4096", |b| {
-        b.iter(|| model.score(image).expect("score"))
-    });
+    // The anomaly model at 256 and at its default input size, 128.
+    for size in [256, 128] {
+        let model = PatchCore::from_bank(features.clone().with_input_size(size), bank.clone())
+            .expect("model")
+            .with_image_gaussian(gaussian.clone());
+        c.bench_function(&format!("anomaly/score_256_input{size}_bank4096"), |b| {
+            b.iter(|| model.score(image).expect("score"))
+        });
+    }
     // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
     // sees it at its own input size.
     for size in [256, 160, 128] {

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::inspect::backbone::{EfficientNetLite0, FEATURE_CHANNELS, Features};
 use crate::part::{GrayImage, HeatMap};
@@ -28,6 +29,17 @@ const TOP_PATCHES: usize = 5;
 
 /// Dimension of the random projection used only to pick the coreset.
 const PROJECTION_DIM: usize = 64;
+
+/// What the anomaly model sees of one image.
+#[derive(Debug, Clone)]
+pub struct ImageFeatures {
+    /// `[patches, FEATURE_DIM]`, patches row-major over a `(input_size/8)²` grid, each relative
+    /// to the image's mean patch.
+    pub patches: Tensor,
+    /// The image as a whole: per channel, the mean and the standard deviation of its raw
+    /// (uncentred) patch features (`2 × FEATURE_DIM`).
+    pub descriptor: Vec<f32>,
+}
 
 /// Turns images into patch features.
 #[derive(Debug, Clone)]
@@ -61,9 +73,8 @@ impl PatchFeatures {
         self.input_size
     }
 
-    /// `[patches, FEATURE_DIM]` features of one image, patches row-major over a
-    /// `(INPUT_SIZE/8)²` grid.
-    pub fn extract(&self, image: &GrayImage) -> candle_core::Result<Tensor> {
+    /// The patch features of one image and its image descriptor.
+    pub fn extract(&self, image: &GrayImage) -> candle_core::Result<ImageFeatures> {
         // PatchCore's 3×3 local average is left out: it blurs away the small blowholes and
         // cracks (magnetic-tile image AUROC 0.81 with it, 0.86 without).
         // Each patch is taken relative to its own image's mean: lighting differs from part to
@@ -73,7 +84,14 @@ impl PatchFeatures {
             let maps = self.maps(image)?;
             let (_, _, h, w) = maps.dims4()?;
             let patches = maps.reshape((FEATURE_DIM, h * w))?.t()?.contiguous()?;
-            return patches.broadcast_sub(&patches.mean_keepdim(0)?);
+            let mean = patches.mean_keepdim(0)?;
+            let centred = patches.broadcast_sub(&mean)?;
+            let std = centred.sqr()?.mean_keepdim(0)?.sqrt()?;
+            let descriptor = Tensor::cat(&[&mean, &std], 1)?.flatten_all()?.to_vec1()?;
+            return Ok(ImageFeatures {
+                patches: centred,
+                descriptor,
+            });
         }
         let (maps, h, w) = self.stacked_maps(image)?;
         let n = h * w;
@@ -81,6 +99,10 @@ impl PatchFeatures {
             .chunks_exact(n)
             .map(|plane| plane.iter().sum::<f32>() / n as f32)
             .collect();
+        let stds = maps.chunks_exact(n).zip(&means).map(|(plane, mean)| {
+            (plane.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32).sqrt()
+        });
+        let descriptor: Vec<f32> = means.iter().copied().chain(stds).collect();
         // Patch-major writes, channel-strided reads: the 152 source lines a patch reads stay
         // in L1 for the next fifteen patches.
         let mut patches = Vec::with_capacity(n * FEATURE_DIM);
@@ -92,7 +114,10 @@ impl PatchFeatures {
                     .map(|(channel, mean)| maps[channel * n + patch] - mean),
             );
         }
-        Tensor::from_vec(patches, (n, FEATURE_DIM), &self.device)
+        Ok(ImageFeatures {
+            patches: Tensor::from_vec(patches, (n, FEATURE_DIM), &self.device)?,
+            descriptor,
+        })
     }
 
     /// The raw feature maps `[1, FEATURE_DIM, size/8, size/8]`: stride-8 features and the
@@ -276,7 +301,147 @@ pub fn nearest_distances(
         .collect())
 }
 
-/// A trained PatchCore model.
+/// Shrinkage of the image covariance toward a scaled identity, as a share of its mean
+/// variance: a line has fewer good images (often about a hundred) than the descriptor has
+/// dimensions (304), so the sample covariance alone is singular. Magnetic-tile image AUROC of
+/// the image score alone: 0.901 at 0.003, 0.896 at 0.03, 0.890 at 0.1.
+const COVARIANCE_SHRINKAGE: f64 = 0.03;
+
+/// How unlike the good images a whole image is: the Mahalanobis distance of its descriptor
+/// ([`ImageFeatures::descriptor`]) under one Gaussian fitted to the good training images.
+///
+/// It sees what the patch search cannot: a surface that is off as a whole (uneven grinding, a
+/// texture change across the tile) while each of its patches still has a near neighbour in the
+/// bank.
+#[derive(Debug, Clone)]
+pub struct ImageGaussian {
+    mean: Vec<f32>,
+    /// Inverse of the shrunk covariance, row-major `d × d`.
+    precision: Vec<f32>,
+}
+
+impl ImageGaussian {
+    /// Fits the Gaussian to good images' descriptors (at least two, all of one length).
+    pub fn fit(descriptors: &[Vec<f32>]) -> candle_core::Result<ImageGaussian> {
+        let n = descriptors.len();
+        let d = descriptors.first().map_or(0, Vec::len);
+        if n < 2 || d == 0 || descriptors.iter().any(|x| x.len() != d) {
+            candle_core::bail!("an image Gaussian needs two or more descriptors of one length");
+        }
+        let mean: Vec<f64> = (0..d)
+            .map(|j| descriptors.iter().map(|x| f64::from(x[j])).sum::<f64>() / n as f64)
+            .collect();
+        let centred =
+            nalgebra::DMatrix::from_fn(n, d, |i, j| f64::from(descriptors[i][j]) - mean[j]);
+        let mut covariance = centred.transpose() * &centred / (n - 1) as f64;
+        let ridge = COVARIANCE_SHRINKAGE * covariance.trace() / d as f64;
+        for j in 0..d {
+            covariance[(j, j)] += ridge.max(f64::EPSILON);
+        }
+        let precision = nalgebra::Cholesky::new(covariance)
+            .ok_or_else(|| {
+                candle_core::Error::Msg("the image covariance is not positive definite".into())
+            })?
+            .inverse();
+        Ok(ImageGaussian {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            // nalgebra is column-major; the matrix is symmetric, so the order is the same.
+            precision: precision.iter().map(|&p| p as f32).collect(),
+        })
+    }
+
+    /// Mahalanobis distance of one descriptor.
+    pub fn distance(&self, descriptor: &[f32]) -> f32 {
+        let delta: Vec<f32> = descriptor
+            .iter()
+            .zip(&self.mean)
+            .map(|(x, m)| x - m)
+            .collect();
+        let squared: f32 = self
+            .precision
+            .chunks_exact(delta.len().max(1))
+            .zip(&delta)
+            .map(|(row, di)| di * row.iter().zip(&delta).map(|(p, dj)| p * dj).sum::<f32>())
+            .sum();
+        squared.max(0.0).sqrt()
+    }
+
+    /// As tensors, for saving beside the bank: `[d]` and `[d, d]`.
+    pub fn to_tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let d = self.mean.len();
+        Ok((
+            Tensor::from_slice(&self.mean, d, device)?,
+            Tensor::from_slice(&self.precision, (d, d), device)?,
+        ))
+    }
+
+    /// From [`ImageGaussian::to_tensors`]' output.
+    pub fn from_tensors(mean: &Tensor, precision: &Tensor) -> candle_core::Result<ImageGaussian> {
+        let d = mean.dim(0)?;
+        if precision.dims() != [d, d] {
+            candle_core::bail!("image precision is {:?}, want [{d}, {d}]", precision.dims());
+        }
+        Ok(ImageGaussian {
+            mean: mean.to_dtype(DType::F32)?.to_vec1()?,
+            precision: precision.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        })
+    }
+}
+
+/// Puts the patch score and the image score on one scale, each as standard deviations above
+/// its mean on good validation images; the model's score is their sum (magnetic-tile image
+/// AUROC 0.913 at input 128, against 0.891 and 0.896 for either alone).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScoreScale {
+    pub patch_mean: f32,
+    pub patch_std: f32,
+    pub image_mean: f32,
+    pub image_std: f32,
+}
+
+impl ScoreScale {
+    /// From good images' raw `(patch, image)` scores; `None` with fewer than two.
+    pub fn from_good_scores(scores: &[RawScores]) -> Option<ScoreScale> {
+        let images: Vec<f32> = scores.iter().filter_map(|s| s.image).collect();
+        if scores.len() < 2 || images.len() != scores.len() {
+            return None;
+        }
+        let patches: Vec<f32> = scores.iter().map(|s| s.patch).collect();
+        let (patch_mean, patch_std) = mean_std(&patches);
+        let (image_mean, image_std) = mean_std(&images);
+        Some(ScoreScale {
+            patch_mean,
+            patch_std,
+            image_mean,
+            image_std,
+        })
+    }
+
+    /// The combined score.
+    pub fn combine(&self, patch: f32, image: f32) -> f32 {
+        (patch - self.patch_mean) / self.patch_std + (image - self.image_mean) / self.image_std
+    }
+}
+
+/// Mean and standard deviation (floored, so that a constant score still divides).
+fn mean_std(values: &[f32]) -> (f32, f32) {
+    let n = values.len().max(1) as f32;
+    let mean = values.iter().sum::<f32>() / n;
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, var.sqrt().max(1e-6 * mean.abs().max(1.0)))
+}
+
+/// One image's scores before they are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawScores {
+    /// Mean of the highest patch distances to the bank.
+    pub patch: f32,
+    /// Mahalanobis distance of the image descriptor; `None` for a model without an
+    /// [`ImageGaussian`] (trained before it existed).
+    pub image: Option<f32>,
+}
+
+/// A trained PatchCore model, with an image-level Gaussian beside the patch memory bank.
 #[derive(Debug, Clone)]
 pub struct PatchCore {
     features: PatchFeatures,
@@ -284,13 +449,17 @@ pub struct PatchCore {
     bank: Tensor,
     /// `[1, m]`
     bank_sq: Tensor,
+    image_gaussian: Option<ImageGaussian>,
+    scale: Option<ScoreScale>,
 }
 
 impl PatchCore {
-    /// Builds the memory bank from good images' patch features (`[n, FEATURE_DIM]`).
+    /// Builds the memory bank from good images' patch features (`[n, FEATURE_DIM]`) and the
+    /// image Gaussian from their descriptors.
     pub fn fit(
         features: PatchFeatures,
         good_patches: &Tensor,
+        good_descriptors: &[Vec<f32>],
         bank_size: usize,
         seed: u64,
     ) -> candle_core::Result<PatchCore> {
@@ -301,10 +470,14 @@ impl PatchCore {
             good_patches.device(),
         )?;
         let bank = good_patches.index_select(&index, 0)?.contiguous()?;
-        PatchCore::from_bank(features, bank)
+        Ok(PatchCore {
+            image_gaussian: Some(ImageGaussian::fit(good_descriptors)?),
+            ..PatchCore::from_bank(features, bank)?
+        })
     }
 
-    /// A model from a stored memory bank.
+    /// A model from a stored memory bank (patch scores only until
+    /// [`PatchCore::with_image_gaussian`] and [`PatchCore::with_scale`]).
     pub fn from_bank(features: PatchFeatures, bank: Tensor) -> candle_core::Result<PatchCore> {
         let bank = bank.to_dtype(DType::F32)?;
         let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
@@ -312,7 +485,23 @@ impl PatchCore {
             features,
             bank,
             bank_sq,
+            image_gaussian: None,
+            scale: None,
         })
+    }
+
+    /// Adds the image-level Gaussian.
+    pub fn with_image_gaussian(self, gaussian: ImageGaussian) -> PatchCore {
+        PatchCore {
+            image_gaussian: Some(gaussian),
+            ..self
+        }
+    }
+
+    /// Sets how the two scores combine; without it (or without an image Gaussian) the score is
+    /// the patch score alone.
+    pub fn with_scale(self, scale: Option<ScoreScale>) -> PatchCore {
+        PatchCore { scale, ..self }
     }
 
     /// The memory bank, for saving.
@@ -320,20 +509,51 @@ impl PatchCore {
         &self.bank
     }
 
-    /// Image score (highest patch distance) and the patch-distance heat map.
-    pub fn score(&self, image: &GrayImage) -> candle_core::Result<(f32, HeatMap)> {
-        let patches = self.features.extract(image)?;
-        let values = nearest_distances(&patches, &self.bank, &self.bank_sq)?;
+    /// How the two scores combine, for saving.
+    pub fn scale(&self) -> Option<ScoreScale> {
+        self.scale
+    }
+
+    /// The image Gaussian, for saving.
+    pub fn image_gaussian(&self) -> Option<&ImageGaussian> {
+        self.image_gaussian.as_ref()
+    }
+
+    /// Both scores of an image, and the patch-distance heat map.
+    pub fn raw_scores(&self, image: &GrayImage) -> candle_core::Result<(RawScores, HeatMap)> {
+        let features = self.features.extract(image)?;
+        let values = nearest_distances(&features.patches, &self.bank, &self.bank_sq)?;
         let side = (values.len() as f64).sqrt() as u32;
-        let score = top_mean(&values, TOP_PATCHES);
+        let scores = RawScores {
+            patch: top_mean(&values, TOP_PATCHES),
+            image: self
+                .image_gaussian
+                .as_ref()
+                .map(|g| g.distance(&features.descriptor)),
+        };
         Ok((
-            score,
+            scores,
             HeatMap {
                 width: side,
                 height: side,
                 values,
             },
         ))
+    }
+
+    /// Image score (higher is more anomalous: the combined score, or the patch score for a
+    /// model without an image Gaussian) and the patch-distance heat map.
+    pub fn score(&self, image: &GrayImage) -> candle_core::Result<(f32, HeatMap)> {
+        let (raw, heat_map) = self.raw_scores(image)?;
+        Ok((self.combined(raw), heat_map))
+    }
+
+    /// The score of already computed raw scores.
+    pub fn combined(&self, raw: RawScores) -> f32 {
+        match (self.scale, raw.image) {
+            (Some(scale), Some(image)) => scale.combine(raw.patch, image),
+            _ => raw.patch,
+        }
     }
 
     /// Patch features of an image (for training).
@@ -374,6 +594,46 @@ mod tests {
             .and_then(|t| t.flatten_all()?.to_vec1())
             .expect("reference");
         assert_eq!(stacked, reference);
+    }
+
+    #[test]
+    fn image_gaussian_measures_mahalanobis_distance() {
+        // Two independent dimensions, variance 4 and 1/4 (ddof 1): shrinkage 3 % of the
+        // mean variance (2.125) is added to each.
+        let descriptors: Vec<Vec<f32>> = [[-2.0, 0.5], [2.0, -0.5], [-2.0, -0.5], [2.0, 0.5]]
+            .iter()
+            .map(|r| r.to_vec())
+            .collect();
+        let gaussian = ImageGaussian::fit(&descriptors).expect("fit");
+        let ridge = 0.03 * (16.0 / 3.0 + 1.0 / 3.0) / 2.0;
+        let want = (1.0f32 / (16.0 / 3.0 + ridge)).sqrt();
+        let got = gaussian.distance(&[1.0, 0.0]);
+        assert!((got - want).abs() < 1e-4, "{got} != {want}");
+        // A step along the narrow dimension counts for more than the same step along the wide one.
+        assert!(gaussian.distance(&[0.0, 1.0]) > 3.0 * gaussian.distance(&[1.0, 0.0]));
+        let (mean, precision) = gaussian.to_tensors(&Device::Cpu).expect("tensors");
+        let again = ImageGaussian::from_tensors(&mean, &precision).expect("from tensors");
+        assert_eq!(again.distance(&[1.0, 0.0]), got);
+        assert!(ImageGaussian::fit(&descriptors[..1]).is_err());
+    }
+
+    #[test]
+    fn score_scale_puts_both_scores_in_good_standard_deviations() {
+        let good = [
+            RawScores {
+                patch: 1.0,
+                image: Some(10.0),
+            },
+            RawScores {
+                patch: 3.0,
+                image: Some(30.0),
+            },
+        ];
+        let scale = ScoreScale::from_good_scores(&good).expect("scale");
+        assert_eq!(scale.combine(2.0, 20.0), 0.0);
+        assert_eq!(scale.combine(4.0, 20.0), 2.0);
+        assert_eq!(scale.combine(2.0, 40.0), 2.0);
+        assert!(ScoreScale::from_good_scores(&good[..1]).is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! held out. The model learns from the *good* images of the training part only and is measured
 //! on the held-out part, which it never saw.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,7 +12,9 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::anomaly::{INPUT_SIZE, PatchCore, PatchFeatures, bilinear, resize_bilinear};
+use crate::inspect::anomaly::{
+    ImageGaussian, PatchCore, PatchFeatures, RawScores, ScoreScale, bilinear, resize_bilinear,
+};
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
 use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
@@ -20,6 +22,10 @@ use crate::part::{GrayImage, HeatMap};
 
 /// Bank file inside an anomaly model folder.
 pub const BANK_FILE: &str = "memory-bank.safetensors";
+
+/// The image Gaussian's tensors in the bank file.
+const IMAGE_MEAN_TENSOR: &str = "image_mean";
+const IMAGE_PRECISION_TENSOR: &str = "image_precision";
 
 /// Card file inside an anomaly model folder.
 pub const CARD_FILE: &str = "card.json";
@@ -56,6 +62,8 @@ pub struct AnomalySettings {
     pub data: PathBuf,
     pub backbone_weights: PathBuf,
     pub bank_size: usize,
+    /// Side of the square the backbone sees (a multiple of 16).
+    pub input_size: usize,
     /// Share of good validation images the threshold may reject.
     pub target_false_reject_rate: f64,
     pub seed: u64,
@@ -102,7 +110,12 @@ pub struct AnomalyCard {
     /// SHA-256 over the bank's training images' names and bytes.
     pub training_data_sha256: String,
     pub bank_size: usize,
-    /// Fail when the anomaly score (a feature distance, not a probability) reaches this.
+    /// How the patch and image scores combine (absent in models trained before the image
+    /// score: their score is the patch score).
+    #[serde(default)]
+    pub score_scale: Option<ScoreScale>,
+    /// Fail when the anomaly score (standard deviations above good validation images, not a
+    /// probability) reaches this.
     pub threshold: f32,
     pub threshold_rule: String,
     pub seed: u64,
@@ -123,7 +136,14 @@ pub fn load_features(weights: &Path, device: &Device) -> Result<PatchFeatures, A
 pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let started = Instant::now();
     let device = Device::Cpu;
-    let features = load_features(&settings.backbone_weights, &device)?;
+    if settings.input_size == 0 || !settings.input_size.is_multiple_of(16) {
+        return Err(AnomalyError::File {
+            path: settings.data.clone(),
+            message: format!("input size {} is not a multiple of 16", settings.input_size),
+        });
+    }
+    let features =
+        load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
     let good_part: Vec<Sample> = train_part
@@ -131,24 +151,27 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         .filter(|s| !s.defective())
         .cloned()
         .collect();
-    // Every 5th good training image is kept out of the bank: the threshold is chosen on it.
+    // Every 5th good training image is kept out of the bank: the scores are scaled and the
+    // threshold chosen on it.
     let (good, validation) = dataset::split_every_ignoring_own(&good_part, VALIDATION_EVERY);
 
     let bar = progress(settings.progress, good.len(), "features of good images");
-    let mut patches = Vec::new();
+    let (mut patches, mut descriptors) = (Vec::new(), Vec::new());
     let mut used = Vec::new();
     for sample in &good {
         bar.inc(1);
         match dataset::load_gray(&sample.image) {
             Ok(image) => {
-                patches.push(features.extract(&image)?);
+                let image_features = features.extract(&image)?;
+                patches.push(image_features.patches);
+                descriptors.push(image_features.descriptor);
                 used.push(&sample.image);
             }
             Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
         }
     }
     bar.finish_and_clear();
-    if patches.is_empty() {
+    if descriptors.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
     let n_train_good = patches.len();
@@ -158,39 +181,50 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         bank = settings.bank_size,
         "selecting the coreset"
     );
-    let model = PatchCore::fit(features, &all, settings.bank_size, settings.seed)?;
-    let mut validation_scores = Vec::new();
-    for sample in &validation {
-        if let Ok(image) = dataset::load_gray(&sample.image) {
-            validation_scores.push(model.score(&image)?.0);
-        }
-    }
-    let (threshold, threshold_rule) = if validation_scores.is_empty() {
-        // Without validation images, the highest training score: nothing the bank learnt fails.
-        let mut highest = 0f32;
-        for sample in &good {
+    let model = PatchCore::fit(
+        features,
+        &all,
+        &descriptors,
+        settings.bank_size,
+        settings.seed,
+    )?;
+    let raw_scores = |samples: &[Sample]| -> Result<Vec<RawScores>, AnomalyError> {
+        let mut scores = Vec::new();
+        for sample in samples {
             if let Ok(image) = dataset::load_gray(&sample.image) {
-                highest = highest.max(model.score(&image)?.0);
+                scores.push(model.raw_scores(&image)?.0);
             }
         }
-        (
-            highest * 1.05,
-            "1.05 × the highest training score (no validation images)".to_owned(),
-        )
+        Ok(scores)
+    };
+    let validation_scores = raw_scores(&validation)?;
+    let (model, threshold, threshold_rule) = if validation_scores.len() >= 2 {
+        let model = model.with_scale(ScoreScale::from_good_scores(&validation_scores));
+        let combined: Vec<f32> = validation_scores
+            .iter()
+            .map(|&s| model.combined(s))
+            .collect();
+        let labels = vec![false; combined.len()];
+        let threshold =
+            threshold_for_false_reject_rate(&combined, &labels, settings.target_false_reject_rate);
+        let rule = format!(
+            "false-reject rate ≤ {} on {} good validation images",
+            settings.target_false_reject_rate,
+            combined.len()
+        );
+        (model, threshold, rule)
     } else {
-        let labels = vec![false; validation_scores.len()];
-        (
-            threshold_for_false_reject_rate(
-                &validation_scores,
-                &labels,
-                settings.target_false_reject_rate,
-            ),
-            format!(
-                "false-reject rate ≤ {} on {} good validation images",
-                settings.target_false_reject_rate,
-                validation_scores.len()
-            ),
-        )
+        // Too few validation images: scale on the training images themselves (their patch
+        // scores are optimistic, the bank holds their patches) and fail above the highest.
+        let training_scores = raw_scores(&good)?;
+        let model = model.with_scale(ScoreScale::from_good_scores(&training_scores));
+        let highest = training_scores
+            .iter()
+            .map(|&s| model.combined(s))
+            .fold(f32::NEG_INFINITY, f32::max);
+        let threshold = highest + 0.05 * highest.abs().max(1.0);
+        let rule = "5 % above the highest training score (too few validation images)".to_owned();
+        (model, threshold, rule)
     };
     let training_duration_s = started.elapsed().as_secs_f64();
 
@@ -209,9 +243,9 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         name: settings.name.clone(),
         version: format!("{}@{bank_digest}", settings.name),
         kind: "anomaly".into(),
-        architecture: "patchcore".into(),
+        architecture: "patchcore + image gaussian".into(),
         backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
-        input_size: INPUT_SIZE,
+        input_size: settings.input_size,
         dataset: settings.data.display().to_string(),
         layout: settings.layout,
         split: format!(
@@ -221,6 +255,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         n_validation_good: validation_scores.len(),
         training_data_sha256: dataset::content_digest(used.into_iter())?,
         bank_size: model.bank().dim(0)?,
+        score_scale: model.scale(),
         threshold,
         threshold_rule,
         seed: settings.seed,
@@ -255,7 +290,14 @@ pub fn load(
             path: bank_path,
             message: "no `bank` tensor".into(),
         })?;
-    let model = PatchCore::from_bank(load_features(backbone_weights, device)?, bank)?;
+    let features = load_features(backbone_weights, device)?.with_input_size(card.input_size);
+    let mut model = PatchCore::from_bank(features, bank)?.with_scale(card.score_scale);
+    if let (Some(mean), Some(precision)) = (
+        tensors.get(IMAGE_MEAN_TENSOR),
+        tensors.get(IMAGE_PRECISION_TENSOR),
+    ) {
+        model = model.with_image_gaussian(ImageGaussian::from_tensors(mean, precision)?);
+    }
     Ok((model, card))
 }
 
@@ -266,7 +308,13 @@ fn save(model: &PatchCore, card: &AnomalyCard, dir: &Path) -> Result<(), Anomaly
     };
     std::fs::create_dir_all(dir).map_err(|e| file_error(dir, &e))?;
     let bank_path = dir.join(BANK_FILE);
-    model.bank().save_safetensors("bank", &bank_path)?;
+    let mut tensors = HashMap::from([("bank".to_owned(), model.bank().clone())]);
+    if let Some(gaussian) = model.image_gaussian() {
+        let (mean, precision) = gaussian.to_tensors(model.bank().device())?;
+        tensors.insert(IMAGE_MEAN_TENSOR.to_owned(), mean);
+        tensors.insert(IMAGE_PRECISION_TENSOR.to_owned(), precision);
+    }
+    candle_core::safetensors::save(&tensors, &bank_path)?;
     let card_path = dir.join(CARD_FILE);
     let json = serde_json::to_string_pretty(card).map_err(|e| file_error(&card_path, &e))?;
     std::fs::write(&card_path, json + "\n").map_err(|e| file_error(&card_path, &e))

@@ -45,6 +45,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         data: root.clone(),
         backbone_weights: weights.clone(),
         bank_size: 1024,
+        input_size: 128,
         target_false_reject_rate: 0.05,
         seed: 3,
         out_dir: dir.path().join("model"),
@@ -55,6 +56,9 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!((card.n_train_good, card.n_validation_good), (20, 4));
     assert!(card.version.starts_with("synthetic-parts@"));
     assert!(card.threshold > 0.0);
+    // The image score is on, scaled on the validation images.
+    assert!(card.score_scale.is_some(), "{card:?}");
+    assert_eq!(card.input_size, 128);
     let metrics = &card.metrics;
     assert_eq!(
         (
