@@ -127,6 +127,20 @@ pub struct ModelSection {
     /// The pretrained backbone weights, for models built on them; default:
     /// `<registry>/efficientnet-lite0/efficientnet-lite0.safetensors`.
     pub backbone: Option<PathBuf>,
+    /// Where the models run: `cpu` (the default) or `cuda`.
+    #[serde(default)]
+    pub device: ModelDevice,
+}
+
+/// Where a station's models run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDevice {
+    /// Every box has one.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU: needs a build with the `cuda` cargo feature.
+    Cuda,
 }
 
 /// Geometry and timing of the belt between camera and gate.
@@ -190,6 +204,7 @@ pub struct StationConfig {
     pub threshold_override: Option<f32>,
     pub model_registry: PathBuf,
     pub backbone_weights: PathBuf,
+    pub model_device: ModelDevice,
     /// Bearer token the API asks for before changing the model; not in the file (the CLI takes
     /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
     pub admin_token: Option<String>,
@@ -261,6 +276,7 @@ impl StationConfig {
             threshold_override: file.model.threshold,
             model_registry,
             backbone_weights,
+            model_device: file.model.device,
             admin_token: None,
             line: LineTiming {
                 travel: Duration::from_millis(file.line.travel_ms),
@@ -419,6 +435,23 @@ mod tests {
         let config = parse(&example()).expect("example config is valid");
         assert_eq!(config.line.travel, Duration::from_millis(1200));
         assert!(config.simulator.is_some());
+    }
+
+    #[test]
+    fn model_device_is_cpu_unless_set() {
+        assert_eq!(
+            parse(&example()).expect("valid").model_device,
+            ModelDevice::Cpu
+        );
+        let cuda = example().replace("[model]\n", "[model]\ndevice = \"cuda\"\n");
+        assert_eq!(parse(&cuda).expect("valid").model_device, ModelDevice::Cuda);
+        let message = parse(&example().replace("[model]\n", "[model]\ndevice = \"gpu\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("gpu") && message.contains("cuda"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -511,7 +511,11 @@ fn real_main() -> anyhow::Result<()> {
 
 fn model_command(action: ModelAction) -> anyhow::Result<()> {
     if let ModelAction::List { registry } = &action {
-        let registry = Registry::new(registry.clone(), PathBuf::from(BACKBONE_WEIGHTS));
+        let registry = Registry::new(
+            registry.clone(),
+            PathBuf::from(BACKBONE_WEIGHTS),
+            Device::Cpu,
+        );
         println!("{:<40} {:<12} {:>9}", "version", "kind", "threshold");
         for entry in registry.list()? {
             let threshold = entry.threshold.map_or("n/a".into(), |t| format!("{t:.4}"));

@@ -30,7 +30,7 @@ use crate::actuate::{
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
-use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel};
+use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
 use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
@@ -108,6 +108,7 @@ impl Station {
         let registry = Registry::new(
             config.model_registry.clone(),
             config.backbone_weights.clone(),
+            registry::open_device(config.model_device)?,
         );
         let detector = registry.load_dir(&config.model_dir)?;
         let calibration = Calibration::load(&config.calibration_file)?;

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ModelDevice;
 use crate::inspect::anomaly::PatchCore;
 use crate::inspect::anomaly_train::{self, AnomalyCard};
 use crate::inspect::model::{self, DefectModel, ModelError};
@@ -35,6 +36,22 @@ pub enum RegistryError {
     DefectNet(#[from] ModelError),
     #[error("model: {0}")]
     Supervised(#[from] supervised::SupervisedError),
+    #[error("model device: {0}")]
+    Device(String),
+}
+
+/// The candle device for `device`: the CPU, or CUDA GPU 0.
+pub fn open_device(device: ModelDevice) -> Result<Device, RegistryError> {
+    match device {
+        ModelDevice::Cpu => Ok(Device::Cpu),
+        ModelDevice::Cuda if !cfg!(feature = "cuda") => Err(RegistryError::Device(
+            "`device = \"cuda\"` needs a build with the `cuda` feature \
+             (cargo build --release --features cuda, on a box with the CUDA toolkit)"
+                .into(),
+        )),
+        ModelDevice::Cuda => Device::new_cuda(0)
+            .map_err(|e| RegistryError::Device(format!("cannot open CUDA GPU 0: {e}"))),
+    }
 }
 
 /// The fields every card has, enough to list and dispatch on.
@@ -65,11 +82,17 @@ pub struct Registry {
     root: PathBuf,
     /// The pretrained backbone, for models built on it.
     backbone: PathBuf,
+    /// Where loaded models run.
+    device: Device,
 }
 
 impl Registry {
-    pub fn new(root: PathBuf, backbone: PathBuf) -> Registry {
-        Registry { root, backbone }
+    pub fn new(root: PathBuf, backbone: PathBuf, device: Device) -> Registry {
+        Registry {
+            root,
+            backbone,
+            device,
+        }
     }
 
     /// Every loadable-looking version, sorted by version. Folders without a readable card are
@@ -129,15 +152,15 @@ impl Registry {
         match kind_of(&head) {
             Some("defect-net") => Ok(Detector::DefectNet(Box::new(DefectModel::load(
                 dir,
-                &Device::Cpu,
+                &self.device,
             )?))),
             Some("supervised") => Ok(Detector::Supervised(Box::new(SupervisedModel::load(
                 dir,
                 &self.backbone,
-                &Device::Cpu,
+                &self.device,
             )?))),
             Some("anomaly") => {
-                let (model, card) = anomaly_train::load(dir, &self.backbone, &Device::Cpu)?;
+                let (model, card) = anomaly_train::load(dir, &self.backbone, &self.device)?;
                 Ok(Detector::Anomaly(Box::new((model, card))))
             }
             _ => Err(RegistryError::Unsupported {
@@ -317,6 +340,17 @@ pub struct ShadowJob {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_cpu_always_opens_and_cuda_says_what_it_needs() {
+        assert!(open_device(ModelDevice::Cpu).is_ok_and(|d| d.is_cpu()));
+        if !cfg!(feature = "cuda") {
+            let message = open_device(ModelDevice::Cuda)
+                .expect_err("no cuda in this build")
+                .to_string();
+            assert!(message.contains("--features cuda"), "{message}");
+        }
+    }
+
     /// A registry holding the shipped model twice: as shipped, and re-versioned with another
     /// threshold.
     fn two_versions() -> (tempfile::TempDir, Registry) {
@@ -343,7 +377,11 @@ mod tests {
             std::fs::write(dir.join("card.json"), card.to_string()).expect("write card");
         }
         std::fs::create_dir_all(root.path().join("not-a-model")).expect("mkdir");
-        let registry = Registry::new(root.path().to_owned(), root.path().join("none"));
+        let registry = Registry::new(
+            root.path().to_owned(),
+            root.path().join("none"),
+            Device::Cpu,
+        );
         (root, registry)
     }
 
