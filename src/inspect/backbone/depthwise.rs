@@ -158,6 +158,9 @@ impl CustomOp1 for DepthwiseConv {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c_in, h, w) = layout.shape().dims4()?;
+        if h == 0 || w == 0 {
+            candle_core::bail!("depthwise conv of an empty {h}x{w} plane");
+        }
         let c = self.channels;
         let want = if self.shared_input { 1 } else { c };
         if c_in != want {
