@@ -175,7 +175,7 @@ enum TrainKind {
         #[arg(long, default_value_t = 4096)]
         bank_size: usize,
         /// Side of the square the backbone sees (a multiple of 16). 128 measured best on
-        /// magnetic-tile (image AUROC 0.91; 0.89 at 192, 0.87 at 256) and is the cheapest.
+        /// magnetic-tile (image AUROC 0.91; 0.90 at 192, about 0.88 at 256) and is the cheapest.
         #[arg(long, default_value_t = 128)]
         input_size: usize,
         /// Share of good validation images the threshold may reject.
