@@ -94,4 +94,37 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         .expect("evaluates");
     assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
+
+    // A model saved before the image score (a bank alone, no scale in its card) still loads
+    // and scores by its patch distance alone.
+    let old = dir.path().join("old-model");
+    std::fs::create_dir_all(&old).expect("old model dir");
+    model
+        .bank()
+        .save_safetensors("bank", old.join(anomaly_train::BANK_FILE))
+        .expect("old bank");
+    let mut old_card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("model").join(anomaly_train::CARD_FILE))
+            .expect("card"),
+    )
+    .expect("card json");
+    old_card
+        .as_object_mut()
+        .expect("card object")
+        .remove("score_scale");
+    std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("old card");
+    let (old_model, old_loaded_card) =
+        anomaly_train::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
+    assert!(old_loaded_card.score_scale.is_none());
+    let image = held_out
+        .iter()
+        .find_map(|s| linesight::inspect::dataset::load_gray(&s.image).ok())
+        .expect("a readable held-out image");
+    let (raw, _) = old_model.raw_scores(&image).expect("raw scores");
+    assert_eq!(raw.image, None);
+    assert_eq!(old_model.score(&image).expect("score").0, raw.patch);
+    // The current model's score is the combined one, not the patch distance.
+    let (raw, _) = model.raw_scores(&image).expect("raw scores");
+    assert!(raw.image.is_some());
+    assert_ne!(model.score(&image).expect("score").0, raw.patch);
 }
