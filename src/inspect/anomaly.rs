@@ -1,12 +1,14 @@
 //! The cold-start anomaly model, learnt from good parts only (PatchCore).
 //!
-//! Each image is resized to 256×256 and passed through the pretrained EfficientNet-Lite0; the
-//! stride-8 (40 ch) and upsampled stride-16 (112 ch) maps are concatenated, giving one
-//! 152-dimensional feature per 8×8 patch (32×32 patches), centred on the image's mean patch. Training
+//! Each image is resized to the model's input square (128×128 unless trained otherwise) and
+//! passed through the pretrained EfficientNet-Lite0; the stride-8 (40 ch) and upsampled
+//! stride-16 (112 ch) maps are concatenated, giving one 152-dimensional feature per 8×8 patch,
+//! centred on the image's mean patch. Training
 //! keeps a *coreset* of the good patches: greedy farthest-point selection (on a seeded random
 //! projection, for speed), so the memory bank covers every kind of normal surface with few
 //! entries. A patch's anomaly score is its distance to the nearest bank entry; the image score is
-//! the mean of the highest few patch scores, and the patch scores form the heat map.
+//! the mean of the highest few patch scores, and the patch scores form the heat map. Beside it,
+//! an [`ImageGaussian`] scores the image as a whole; [`ScoreScale`] sums the two.
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -19,6 +21,15 @@ use crate::part::{GrayImage, HeatMap};
 
 /// Side of the square the backbone sees (unless a model chooses another, a multiple of 16).
 pub const INPUT_SIZE: usize = 256;
+
+/// Checks a model's input size: the backbone halves it four times, so it must be a positive
+/// multiple of 16.
+pub fn check_input_size(size: usize) -> Result<(), String> {
+    if size == 0 || !size.is_multiple_of(16) {
+        return Err(format!("input size {size} is not a multiple of 16"));
+    }
+    Ok(())
+}
 
 /// Feature dimension per patch.
 pub const FEATURE_DIM: usize = FEATURE_CHANNELS.0 + FEATURE_CHANNELS.1;

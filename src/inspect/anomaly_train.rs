@@ -13,7 +13,8 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::anomaly::{
-    ImageGaussian, PatchCore, PatchFeatures, RawScores, ScoreScale, bilinear, resize_bilinear,
+    ImageGaussian, PatchCore, PatchFeatures, RawScores, ScoreScale, bilinear, check_input_size,
+    resize_bilinear,
 };
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
@@ -136,12 +137,10 @@ pub fn load_features(weights: &Path, device: &Device) -> Result<PatchFeatures, A
 pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let started = Instant::now();
     let device = Device::Cpu;
-    if settings.input_size == 0 || !settings.input_size.is_multiple_of(16) {
-        return Err(AnomalyError::File {
-            path: settings.data.clone(),
-            message: format!("input size {} is not a multiple of 16", settings.input_size),
-        });
-    }
+    check_input_size(settings.input_size).map_err(|message| AnomalyError::File {
+        path: settings.data.clone(),
+        message,
+    })?;
     let features =
         load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
@@ -278,8 +277,12 @@ pub fn load(
         message: e.to_string(),
     })?;
     let card: AnomalyCard = serde_json::from_str(&text).map_err(|e| AnomalyError::File {
-        path: card_path,
+        path: card_path.clone(),
         message: e.to_string(),
+    })?;
+    check_input_size(card.input_size).map_err(|message| AnomalyError::File {
+        path: card_path,
+        message,
     })?;
     let bank_path = dir.join(BANK_FILE);
     let tensors = candle_core::safetensors::load(&bank_path, device)?;

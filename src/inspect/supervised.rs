@@ -32,7 +32,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::anomaly::{FEATURE_DIM, INPUT_SIZE, PatchFeatures};
+use crate::inspect::anomaly::{FEATURE_DIM, INPUT_SIZE, PatchFeatures, check_input_size};
 use crate::inspect::anomaly_train::{
     AnomalyError, HOLDOUT_EVERY, PixelTruth, load_features, progress,
 };
@@ -347,12 +347,7 @@ impl SupervisedModel {
                 &"classes must start with `good` and name at least one defect",
             ));
         }
-        if card.input_size == 0 || !card.input_size.is_multiple_of(16) {
-            return Err(file_error(
-                &card_path,
-                &format!("input size {} is not a multiple of 16", card.input_size),
-            ));
-        }
+        check_input_size(card.input_size).map_err(|m| file_error(&card_path, &m))?;
         let head_path = dir.join(HEAD_FILE);
         let tensors = candle_core::safetensors::load(&head_path, device)
             .map_err(|e| file_error(&head_path, &e))?;
@@ -466,12 +461,7 @@ struct Example {
 pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, SupervisedError> {
     let started = Instant::now();
     let device = Device::Cpu;
-    if settings.input_size == 0 || !settings.input_size.is_multiple_of(16) {
-        return Err(file_error(
-            &settings.data,
-            &format!("input size {} is not a multiple of 16", settings.input_size),
-        ));
-    }
+    check_input_size(settings.input_size).map_err(|m| file_error(&settings.data, &m))?;
     let features =
         load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
