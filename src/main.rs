@@ -212,6 +212,10 @@ enum TrainKind {
         /// brightness/contrast, noise), besides the image itself.
         #[arg(long, default_value_t = 2)]
         augmented_copies: usize,
+        /// Share of feature channels dropped per image while training (regularises the
+        /// head on small datasets; 0 turns it off).
+        #[arg(long, default_value_t = 0.1)]
+        feature_dropout: f64,
         /// Choose the threshold for this share of defective validation images let through,
         /// instead of near 0.5 within one image of the best validation accuracy.
         #[arg(long)]
@@ -431,6 +435,7 @@ fn real_main() -> anyhow::Result<()> {
                     learning_rate,
                     input_size,
                     augmented_copies,
+                    feature_dropout,
                     target_escape_rate,
                     seed,
                     backbone,
@@ -446,6 +451,7 @@ fn real_main() -> anyhow::Result<()> {
                 learning_rate,
                 input_size,
                 augmented_copies,
+                feature_dropout,
                 target_escape_rate,
                 seed,
                 out_dir: out.clone(),
@@ -453,7 +459,7 @@ fn real_main() -> anyhow::Result<()> {
             })
             .context("training the supervised model")?;
             println!(
-                "trained {} ({} images × {} copies, {} for validation) in {:.0} s → {}",
+                "trained {} ({} images × {} copies; threshold chosen on {} of them, held back from a first fit) in {:.0} s → {}",
                 card.version,
                 card.n_train,
                 1 + card.augmented_copies,

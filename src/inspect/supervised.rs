@@ -19,16 +19,19 @@
 //! the image-level loss of both derived outputs, so the verdict the station acts on is what is
 //! optimised. Only the head learns; each training image's features are computed once per
 //! augmented copy (see [`augment`](crate::inspect::augment)), which keeps training to minutes
-//! on a CPU. The threshold is chosen on a validation part that training never fits.
+//! on a CPU. Whole feature channels are dropped at random while training (a regulariser for
+//! datasets of a few hundred images). The threshold is chosen on a validation part that the
+//! first fit never sees; the head is then fitted again with the validation images added, and
+//! that final head, with the threshold, is what the held-out part measures.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, IndexOp, Module, Shape, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Optimizer, VarBuilder, VarMap};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -101,9 +104,150 @@ impl SegmentationHead {
 impl Module for SegmentationHead {
     /// Standardised `[b, FEATURE_DIM, h, w]` features → `[b, classes, h, w]` logits.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let ys = self.reduce.forward(xs)?.relu()?;
-        let ys = self.context.forward(&ys)?.relu()?;
-        self.classify.forward(&ys)
+        let (b, _, h, w) = xs.dims4()?;
+        let logits = self.forward_patches(&xs.permute((0, 2, 3, 1))?.contiguous()?)?;
+        logits.reshape((b, h, w, ()))?.permute((0, 3, 1, 2))
+    }
+}
+
+impl SegmentationHead {
+    /// Standardised patch-major features `[b, h, w, FEATURE_DIM]` → logits `[b·h·w, classes]`.
+    ///
+    /// Each layer is one matrix product over all patches of the batch (the 3×3 layer on the
+    /// nine shifted copies of its input side by side): candle's `conv2d` and its gradients
+    /// run an order of magnitude slower on a CPU than the same products through `matmul`.
+    fn forward_patches(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, w, c) = xs.dims4()?;
+        let ys = pointwise(&self.reduce, &xs.reshape((b * h * w, c))?)?.relu()?;
+        let neighbourhoods = ys
+            .reshape((b, h, w, HIDDEN))?
+            .apply_op1(Neighbourhoods3x3)?;
+        let ys = pointwise(&self.context, &neighbourhoods)?.relu()?;
+        pointwise(&self.classify, &ys)
+    }
+}
+
+/// The 3×3 neighbourhood of every position of patch-major planes `[b, h, w, c]`, side by side:
+/// `[b·h·w, 9·c]`, tap `(ky, kx)` row-major, then channel; zero outside the plane. A 3×3
+/// convolution with padding 1 is then one matrix product. The gradient sums each tap back
+/// onto the position it was copied from ([`NeighbourhoodSum`]); built from candle's pad,
+/// narrow and cat instead, a training step took three times as long.
+struct Neighbourhoods3x3;
+
+impl CustomOp1 for Neighbourhoods3x3 {
+    fn name(&self) -> &'static str {
+        "neighbourhoods-3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = layout.shape().dims4()?;
+        let src = contiguous_f32(storage, layout)?;
+        let mut out = vec![0f32; b * h * w * 9 * c];
+        for_each_tap(b, h, w, |position, tap, source| {
+            out[(position * 9 + tap) * c..][..c].copy_from_slice(&src[source * c..][..c]);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b * h * w, 9 * c))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (b, h, w, c) = arg.dims4()?;
+        let sum = NeighbourhoodSum { b, h, w, c };
+        Ok(Some(grad_res.apply_op1_no_bwd(&sum)?))
+    }
+}
+
+/// The adjoint of [`Neighbourhoods3x3`]: `[b·h·w, 9·c]` → `[b, h, w, c]`, every tap's values
+/// added onto the position they were read from.
+struct NeighbourhoodSum {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl CustomOp1 for NeighbourhoodSum {
+    fn name(&self) -> &'static str {
+        "neighbourhood-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let NeighbourhoodSum { b, h, w, c } = *self;
+        if layout.shape().dims() != [b * h * w, 9 * c] {
+            candle_core::bail!("neighbourhood sum of a {:?} tensor", layout.shape());
+        }
+        let src = contiguous_f32(storage, layout)?;
+        let mut out = vec![0f32; b * h * w * c];
+        for_each_tap(b, h, w, |position, tap, source| {
+            let from = &src[(position * 9 + tap) * c..][..c];
+            for (o, v) in out[source * c..][..c].iter_mut().zip(from) {
+                *o += v;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
+    }
+}
+
+/// Calls `f(position, tap, source)` for every position of `b` planes of `h`×`w` and every
+/// 3×3 tap (row-major) whose source position lies inside the plane.
+fn for_each_tap(b: usize, h: usize, w: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for plane in 0..b {
+        for y in 0..h {
+            for x in 0..w {
+                let position = (plane * h + y) * w + x;
+                for ky in 0..3 {
+                    let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+                        continue;
+                    };
+                    for kx in 0..3 {
+                        let Some(sx) = (x + kx).checked_sub(1).filter(|&sx| sx < w) else {
+                            continue;
+                        };
+                        f(position, ky * 3 + kx, (plane * h + sy) * w + sx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        candle_core::bail!("expected f32 values");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// A convolution applied as a matrix product to rows of (patch-major) inputs: `[n, c·k·k]`
+/// with the row holding the k×k taps in order, each with all `c` channels → `[n, out]`.
+fn pointwise(conv: &Conv2d, rows: &Tensor) -> candle_core::Result<Tensor> {
+    // `[out, c, ky, kx]` → `[ky, kx, c, out]`, matching the row layout.
+    let weight = conv.weight();
+    let out = weight.dim(0)?;
+    let weight = weight.permute((2, 3, 1, 0))?.reshape(((), out))?;
+    let ys = rows.matmul(&weight)?;
+    match conv.bias() {
+        Some(bias) => ys.broadcast_add(bias),
+        None => Ok(ys),
     }
 }
 
@@ -118,19 +262,19 @@ pub struct Normaliser {
 }
 
 impl Normaliser {
-    /// Fits mean and standard deviation per channel over all patches of `maps`
-    /// (`[FEATURE_DIM, h, w]` each).
+    /// Fits mean and standard deviation per channel over all patches of patch-major `maps`
+    /// (`[h, w, FEATURE_DIM]` each).
     fn fit<'a>(maps: impl Iterator<Item = &'a Tensor>) -> candle_core::Result<Normaliser> {
         let (mut sum, mut sum_sq, mut n) = (vec![0f64; FEATURE_DIM], vec![0f64; FEATURE_DIM], 0);
         for map in maps {
-            let flat = map.to_dtype(DType::F32)?.flatten_from(1)?;
-            let s: Vec<f32> = flat.sum(1)?.to_vec1()?;
-            let s2: Vec<f32> = flat.sqr()?.sum(1)?.to_vec1()?;
+            let flat = map.to_dtype(DType::F32)?.reshape(((), FEATURE_DIM))?;
+            let s: Vec<f32> = flat.sum(0)?.to_vec1()?;
+            let s2: Vec<f32> = flat.sqr()?.sum(0)?.to_vec1()?;
             for c in 0..FEATURE_DIM {
                 sum[c] += f64::from(s[c]);
                 sum_sq[c] += f64::from(s2[c]);
             }
-            n += flat.dim(1)?;
+            n += flat.dim(0)?;
         }
         let n = n.max(1) as f64;
         let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
@@ -154,6 +298,13 @@ impl Normaliser {
         maps.to_dtype(DType::F32)?
             .broadcast_sub(&self.mean)?
             .broadcast_div(&self.std)
+    }
+
+    /// Standardises patch-major features (channels last), as f32.
+    fn apply_patch_major(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        xs.to_dtype(DType::F32)?
+            .broadcast_sub(&self.mean.flatten_all()?)?
+            .broadcast_div(&self.std.flatten_all()?)
     }
 }
 
@@ -290,6 +441,9 @@ pub struct SupervisedCard {
     pub n_skipped_train: usize,
     pub n_validation: usize,
     pub augmented_copies: usize,
+    /// Share of feature channels dropped per image and step while training.
+    #[serde(default)]
+    pub feature_dropout: f64,
     pub epochs: usize,
     pub seed: u64,
     pub training_duration_s: f64,
@@ -439,6 +593,8 @@ pub struct SupervisedSettings {
     pub input_size: usize,
     /// Randomly augmented copies of each training image, besides the image itself.
     pub augmented_copies: usize,
+    /// Share of feature channels dropped per image and step while training (0 = none).
+    pub feature_dropout: f64,
     /// Share of defective validation images the threshold may let through; `None` chooses
     /// the threshold nearest 0.5 within one image of the best validation accuracy.
     pub target_escape_rate: Option<f64>,
@@ -449,19 +605,32 @@ pub struct SupervisedSettings {
 
 /// One (possibly augmented) training image: its features and targets.
 struct Example {
-    /// `[FEATURE_DIM, grid, grid]`, f16 to halve the memory of a large training set.
+    /// Patch-major `[grid, grid, FEATURE_DIM]`, as the training head reads them; f16 halves
+    /// the memory of a large training set.
     features: Tensor,
     /// Class per patch, row-major.
     patch_targets: Vec<u32>,
     class: u32,
 }
 
-/// Trains the head on the dataset's training part (less its validation part), chooses the
-/// threshold on the validation part, evaluates on the held-out part, writes head and card.
+/// Trains the head on the dataset's training part less its validation part and chooses the
+/// threshold on the validation part; then trains the head again, with the same settings, on
+/// the whole training part (a fifth more labelled images: on magnetic-tile that was worth
+/// about two points of defect-vs-good accuracy) and keeps that threshold. Evaluates on the
+/// held-out part, writes head and card.
 pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, SupervisedError> {
     let started = Instant::now();
     let device = Device::Cpu;
     check_input_size(settings.input_size).map_err(|m| file_error(&settings.data, &m))?;
+    if !(0.0..1.0).contains(&settings.feature_dropout) {
+        return Err(file_error(
+            &settings.data,
+            &format!(
+                "feature dropout must be at least 0 and below 1, not {}",
+                settings.feature_dropout
+            ),
+        ));
+    }
     let features =
         load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
@@ -486,119 +655,44 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
     let copies = 1 + settings.augmented_copies;
     let bar = progress(
         settings.progress,
-        fit_part.len() * copies,
+        (fit_part.len() + validation.len()) * copies,
         "features of training images",
     );
-    let mut train_set = Vec::new();
-    let mut used = Vec::new();
-    let mut n_skipped_train = 0;
-    for sample in &fit_part {
-        match training_examples(&features, sample, &classes, copies, &mut rng) {
-            Ok(mut examples) => {
-                train_set.append(&mut examples);
-                used.push(sample);
+    let mut extract = |part: &[Sample]| {
+        let mut examples = Vec::new();
+        let mut used = Vec::new();
+        for sample in part {
+            match training_examples(&features, sample, &classes, copies, &mut rng) {
+                Ok(mut more) => {
+                    examples.append(&mut more);
+                    used.push(sample.clone());
+                }
+                Err(error) => {
+                    tracing::warn!(image = %sample.image.display(), %error, "skipping training image")
+                }
             }
-            Err(error) => {
-                n_skipped_train += 1;
-                tracing::warn!(image = %sample.image.display(), %error, "skipping training image")
-            }
+            bar.inc(copies as u64);
         }
-        bar.inc(copies as u64);
-    }
+        (examples, used)
+    };
+    let (mut train_set, mut used) = extract(&fit_part);
+    let (mut validation_set, used_validation) = extract(&validation);
     bar.finish_and_clear();
+    let n_skipped_train = fit_part.len() + validation.len() - used.len() - used_validation.len();
     if train_set.is_empty() {
         return Err(file_error(&settings.data, &"no usable training image"));
     }
-    let normaliser = Normaliser::fit(train_set.iter().map(|e| &e.features))?;
 
-    let varmap = VarMap::new();
-    let head = SegmentationHead::new(
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        classes.len(),
-    )?;
-    seeded_init(&varmap, settings.seed)?;
-    let mut optimizer = candle_nn::AdamW::new(
-        varmap.all_vars(),
-        candle_nn::ParamsAdamW {
-            lr: settings.learning_rate,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
-    let has_good = train_set.iter().any(|e| e.class == 0);
-    let mut order: Vec<usize> = (0..train_set.len()).collect();
-    let steps_per_epoch = train_set.len().div_ceil(settings.batch_size.max(1));
-    let total_steps = settings.epochs * steps_per_epoch;
-    let bar = progress_bar(settings.progress, total_steps as u64);
-    let mut step = 0;
-    for epoch in 0..settings.epochs {
-        order.shuffle(&mut rng);
-        let mut epoch_loss = 0.0;
-        for batch in order.chunks(settings.batch_size.max(1)) {
-            // Linear decay to a tenth: big steps first, fine ones at the end.
-            let progress = step as f64 / total_steps.max(1) as f64;
-            optimizer.set_learning_rate(settings.learning_rate * (1.0 - 0.9 * progress));
-            let loss = batch_loss(&head, &normaliser, &train_set, batch, has_good, &device)?;
-            optimizer.backward_step(&loss)?;
-            let loss = loss.to_scalar::<f32>()?;
-            epoch_loss += loss * batch.len() as f32;
-            bar.set_message(format!(
-                "epoch {}/{} loss {loss:.4}",
-                epoch + 1,
-                settings.epochs
-            ));
-            bar.inc(1);
-            step += 1;
-        }
-        tracing::info!(
-            epoch = epoch + 1,
-            mean_loss = epoch_loss / train_set.len() as f32,
-            "epoch done"
-        );
-    }
-    bar.finish_and_clear();
-    let training_duration_s = started.elapsed().as_secs_f64();
-
+    // First fit: on the fit part only, to choose the threshold on validation images it never saw.
+    let (head, normaliser, _) = fit_head(&train_set, classes.len(), settings, "fit part")?;
     let mut model = SupervisedModel {
         features,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
-        card: SupervisedCard {
-            name: settings.name.clone(),
-            version: String::new(),
-            kind: "supervised".into(),
-            architecture: format!(
-                "patch segmentation head (1x1 {FEATURE_DIM}->{HIDDEN}, 3x3 {HIDDEN}->{HIDDEN}, 1x1 {HIDDEN}->{}) on frozen features",
-                classes.len()
-            ),
-            backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
-            input_size: settings.input_size,
-            classes,
-            threshold: 0.5,
-            threshold_rule: String::new(),
-            feature_mean: Vec::new(),
-            feature_std: Vec::new(),
-            dataset: settings.data.display().to_string(),
-            training_data_sha256: dataset::content_digest(used.iter().map(|s| &s.image))?,
-            layout: settings.layout,
-            split: format!(
-                "held out: every {HOLDOUT_EVERY}th image of each class (sorted by path) or the \
-                 dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
-            ),
-            n_train: used.len(),
-            n_skipped_train,
-            n_validation: validation.len(),
-            augmented_copies: settings.augmented_copies,
-            epochs: settings.epochs,
-            seed: settings.seed,
-            training_duration_s,
-            metrics: empty_metrics(0),
-        },
+        card: untrained_card(classes.len()),
     };
-    model.card.feature_mean = model.normaliser.mean.flatten_all()?.to_vec1()?;
-    model.card.feature_std = model.normaliser.std.flatten_all()?.to_vec1()?;
     let scored = score_all(&model, &validation, false)?;
-    let n_validation = scored.scores.len();
+    let n_validation = used_validation.len();
     let chosen = match settings.target_escape_rate {
         Some(rate) => eval::threshold_for_escape_rate(&scored.scores, &scored.labels, rate)
             .filter(|_| scored.labels.iter().any(|l| !l))
@@ -621,14 +715,132 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
                 })
         }
     };
-    let (threshold, rule) =
+    let (threshold, mut rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
-    model.card.threshold = threshold;
-    model.card.threshold_rule = rule;
+
+    // Final fit: the whole training part, validation images included.
+    let mut varmap = None;
+    if !validation_set.is_empty() {
+        train_set.append(&mut validation_set);
+        used.extend(used_validation);
+        let (head, normaliser, refitted) =
+            fit_head(&train_set, classes.len(), settings, "whole training part")?;
+        model.inference = InferenceHead::new(&head, &normaliser)?;
+        model.normaliser = normaliser;
+        varmap = Some(refitted);
+        rule.push_str(" (by the model fitted without them; the final model adds them)");
+    }
+    let varmap = match varmap {
+        Some(varmap) => varmap,
+        None => fit_head(&train_set, classes.len(), settings, "training part")?.2,
+    };
+    let training_duration_s = started.elapsed().as_secs_f64();
+
+    model.card = SupervisedCard {
+        name: settings.name.clone(),
+        version: String::new(),
+        kind: "supervised".into(),
+        architecture: format!(
+            "patch segmentation head (1x1 {FEATURE_DIM}->{HIDDEN}, 3x3 {HIDDEN}->{HIDDEN}, 1x1 {HIDDEN}->{}) on frozen features",
+            classes.len()
+        ),
+        backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
+        input_size: settings.input_size,
+        classes,
+        threshold,
+        threshold_rule: rule,
+        feature_mean: model.normaliser.mean.flatten_all()?.to_vec1()?,
+        feature_std: model.normaliser.std.flatten_all()?.to_vec1()?,
+        dataset: settings.data.display().to_string(),
+        training_data_sha256: dataset::content_digest(used.iter().map(|s| &s.image))?,
+        layout: settings.layout,
+        split: format!(
+            "held out: every {HOLDOUT_EVERY}th image of each class (sorted by path) or the \
+             dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
+        ),
+        n_train: used.len(),
+        n_skipped_train,
+        n_validation,
+        augmented_copies: settings.augmented_copies,
+        feature_dropout: settings.feature_dropout,
+        epochs: settings.epochs,
+        seed: settings.seed,
+        training_duration_s,
+        metrics: empty_metrics(0),
+    };
     model.card.metrics = evaluate(&model, &held_out, settings.progress)?;
     model.card.version = format!("{}@{}", settings.name, short_digest(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;
     Ok(model.card)
+}
+
+/// Fits a fresh head (seeded from `settings.seed`) and the feature standardisation to
+/// `examples`; `what` names the examples in the log.
+fn fit_head(
+    examples: &[Example],
+    classes: usize,
+    settings: &SupervisedSettings,
+    what: &str,
+) -> Result<(SegmentationHead, Normaliser, VarMap), SupervisedError> {
+    let device = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
+    let normaliser = Normaliser::fit(examples.iter().map(|e| &e.features))?;
+    let varmap = VarMap::new();
+    let head = SegmentationHead::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        classes,
+    )?;
+    seeded_init(&varmap, settings.seed)?;
+    let mut optimizer = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: settings.learning_rate,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let has_good = examples.iter().any(|e| e.class == 0);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let steps_per_epoch = examples.len().div_ceil(settings.batch_size.max(1));
+    let total_steps = settings.epochs * steps_per_epoch;
+    let bar = progress_bar(settings.progress, total_steps as u64);
+    let mut step = 0;
+    for epoch in 0..settings.epochs {
+        order.shuffle(&mut rng);
+        let mut epoch_loss = 0.0;
+        for batch in order.chunks(settings.batch_size.max(1)) {
+            // Linear decay to a tenth: big steps first, fine ones at the end.
+            let progress = step as f64 / total_steps.max(1) as f64;
+            optimizer.set_learning_rate(settings.learning_rate * (1.0 - 0.9 * progress));
+            let inputs = BatchInputs {
+                head: &head,
+                normaliser: &normaliser,
+                examples,
+                batch,
+                has_good,
+                feature_dropout: settings.feature_dropout,
+            };
+            let loss = inputs.loss(&mut rng)?;
+            optimizer.backward_step(&loss)?;
+            let loss = loss.to_scalar::<f32>()?;
+            epoch_loss += loss * batch.len() as f32;
+            bar.set_message(format!(
+                "{what}: epoch {}/{} loss {loss:.4}",
+                epoch + 1,
+                settings.epochs
+            ));
+            bar.inc(1);
+            step += 1;
+        }
+        tracing::info!(
+            what,
+            epoch = epoch + 1,
+            mean_loss = epoch_loss / examples.len() as f32,
+            "epoch done"
+        );
+    }
+    bar.finish_and_clear();
+    Ok((head, normaliser, varmap))
 }
 
 /// The dataset's own split, unless its training part has no defect to learn from (MVTec AD's
@@ -677,55 +889,86 @@ fn file_error(path: &Path, error: &dyn std::fmt::Display) -> SupervisedError {
 
 /// Weighted patch cross-entropy, plus the image-level losses of the derived verdict (when the
 /// set has good images) and class (for defective images).
-fn batch_loss(
-    head: &SegmentationHead,
-    normaliser: &Normaliser,
-    set: &[Example],
-    batch: &[usize],
+/// One training batch, for its loss.
+struct BatchInputs<'a> {
+    head: &'a SegmentationHead,
+    normaliser: &'a Normaliser,
+    examples: &'a [Example],
+    batch: &'a [usize],
+    /// Whether the training set has good images (else the image verdict is not learnt).
     has_good: bool,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    let inputs: Vec<&Tensor> = batch.iter().map(|&i| &set[i].features).collect();
-    let logits = head.forward(&normaliser.apply(&Tensor::stack(&inputs, 0)?)?)?;
-    let (b, k, h, w) = logits.dims4()?;
-    let per_patch = logits.permute((0, 2, 3, 1))?.reshape((b * h * w, k))?;
-    let targets: Vec<u32> = batch
-        .iter()
-        .flat_map(|&i| set[i].patch_targets.iter().copied())
-        .collect();
-    let weights: Vec<f32> = targets
-        .iter()
-        .map(|&t| if t == 0 { 1.0 } else { DEFECT_WEIGHT as f32 })
-        .collect();
-    let targets = Tensor::from_vec(targets, b * h * w, device)?;
-    let weights = Tensor::from_vec(weights, b * h * w, device)?;
-    let log_p = candle_nn::ops::log_softmax(&per_patch, D::Minus1)?;
-    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let mut loss = ((picked * &weights)?.sum_all()? / weights.sum_all()?)?.neg()?;
+    /// Share of feature channels zeroed per image (the rest scaled up to keep the mean).
+    feature_dropout: f64,
+}
 
-    let (defect_logit, class_log_mass) = image_outputs(&logits)?;
-    if has_good {
-        let labels: Vec<f32> = batch
+impl BatchInputs<'_> {
+    /// The patch cross-entropy plus the losses of the image verdict and the defect class.
+    fn loss(&self, rng: &mut ChaCha8Rng) -> candle_core::Result<Tensor> {
+        let BatchInputs {
+            head,
+            examples,
+            batch,
+            ..
+        } = *self;
+        let device = &Device::Cpu;
+        let inputs: Vec<&Tensor> = batch.iter().map(|&i| &examples[i].features).collect();
+        let mut xs = self
+            .normaliser
+            .apply_patch_major(&Tensor::stack(&inputs, 0)?)?;
+        let (b, h, w, c) = xs.dims4()?;
+        if self.feature_dropout > 0.0 {
+            // Whole channels of an image at a time: the head cannot lean on a few channels
+            // that happen to separate the training images (magnetic-tile, p = 0.1:
+            // defect-vs-good accuracy +0.8 and defect-class accuracy +2.3 points, mean of
+            // three seeds).
+            let keep = 1.0 - self.feature_dropout;
+            let scale = (1.0 / keep) as f32;
+            let mask: Vec<f32> = (0..b * c)
+                .map(|_| if rng.gen_bool(keep) { scale } else { 0.0 })
+                .collect();
+            xs = xs.broadcast_mul(&Tensor::from_vec(mask, (b, 1, 1, c), device)?)?;
+        }
+        let per_patch = head.forward_patches(&xs)?;
+        let k = per_patch.dim(1)?;
+        let logits = per_patch.reshape((b, h, w, k))?.permute((0, 3, 1, 2))?;
+        let targets: Vec<u32> = batch
             .iter()
-            .map(|&i| if set[i].class == 0 { 0.0 } else { 1.0 })
+            .flat_map(|&i| examples[i].patch_targets.iter().copied())
             .collect();
-        let labels = Tensor::from_vec(labels, b, device)?;
-        loss = (loss + binary_cross_entropy_with_logits(&defect_logit, &labels)?)?;
-    }
-    let defective: Vec<u32> = (0..b as u32)
-        .filter(|&j| set[batch[j as usize]].class != 0)
-        .collect();
-    if !defective.is_empty() {
-        let class_targets: Vec<u32> = defective
+        let weights: Vec<f32> = targets
             .iter()
-            .map(|&j| set[batch[j as usize]].class - 1)
+            .map(|&t| if t == 0 { 1.0 } else { DEFECT_WEIGHT as f32 })
             .collect();
-        let rows = Tensor::from_vec(defective.clone(), defective.len(), device)?;
-        let class_logits = class_log_mass.index_select(&rows, 0)?;
-        let class_targets = Tensor::from_vec(class_targets, defective.len(), device)?;
-        loss = (loss + candle_nn::loss::cross_entropy(&class_logits, &class_targets)?)?;
+        let targets = Tensor::from_vec(targets, b * h * w, device)?;
+        let weights = Tensor::from_vec(weights, b * h * w, device)?;
+        let log_p = candle_nn::ops::log_softmax(&per_patch, D::Minus1)?;
+        let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        let mut loss = ((picked * &weights)?.sum_all()? / weights.sum_all()?)?.neg()?;
+
+        let (defect_logit, class_log_mass) = image_outputs(&logits)?;
+        if self.has_good {
+            let labels: Vec<f32> = batch
+                .iter()
+                .map(|&i| if examples[i].class == 0 { 0.0 } else { 1.0 })
+                .collect();
+            let labels = Tensor::from_vec(labels, b, device)?;
+            loss = (loss + binary_cross_entropy_with_logits(&defect_logit, &labels)?)?;
+        }
+        let defective: Vec<u32> = (0..b as u32)
+            .filter(|&j| examples[batch[j as usize]].class != 0)
+            .collect();
+        if !defective.is_empty() {
+            let class_targets: Vec<u32> = defective
+                .iter()
+                .map(|&j| examples[batch[j as usize]].class - 1)
+                .collect();
+            let rows = Tensor::from_vec(defective.clone(), defective.len(), device)?;
+            let class_logits = class_log_mass.index_select(&rows, 0)?;
+            let class_targets = Tensor::from_vec(class_targets, defective.len(), device)?;
+            loss = (loss + candle_nn::loss::cross_entropy(&class_logits, &class_targets)?)?;
+        }
+        Ok(loss)
     }
-    Ok(loss)
 }
 
 /// Mean binary cross-entropy of logits `x` against targets `t` in `[0, 1]`, in the form that
@@ -763,7 +1006,12 @@ fn training_examples(
             .map_err(|e| e.to_string())?;
         let maps = features
             .maps(&image)
-            .and_then(|m| m.squeeze(0)?.to_dtype(DType::F16))
+            .and_then(|m| {
+                m.squeeze(0)?
+                    .permute((1, 2, 0))?
+                    .contiguous()?
+                    .to_dtype(DType::F16)
+            })
             .map_err(|e| e.to_string())?;
         out.push(Example {
             features: maps,
@@ -943,6 +1191,7 @@ fn untrained_card(classes: usize) -> SupervisedCard {
         n_skipped_train: 0,
         n_validation: 0,
         augmented_copies: 0,
+        feature_dropout: 0.0,
         epochs: 0,
         seed: 0,
         training_duration_s: 0.0,
@@ -1043,6 +1292,70 @@ mod tests {
         );
     }
 
+    /// Largest absolute difference between `a` and `b`, relative to `b`'s largest value (or 1).
+    fn relative_difference(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let diff = (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("diff");
+        let scale = b
+            .abs()
+            .and_then(|r| r.max_all()?.to_scalar::<f32>())
+            .expect("scale");
+        diff / scale.max(1.0)
+    }
+
+    /// The head through candle's own convolutions, the reference for the matrix-product form.
+    fn convolution_reference(head: &SegmentationHead, xs: &Tensor) -> Tensor {
+        head.reduce
+            .forward(xs)
+            .and_then(|ys| head.context.forward(&ys.relu()?))
+            .and_then(|ys| head.classify.forward(&ys.relu()?))
+            .expect("reference")
+    }
+
+    #[test]
+    fn training_head_and_its_gradients_match_candle_convolutions() {
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        let head = SegmentationHead::new(VarBuilder::from_varmap(&varmap, DType::F32, &device), 5)
+            .expect("head");
+        seeded_init(&varmap, 3).expect("init");
+        let xs =
+            candle_core::Var::randn(0f32, 1f32, (2, FEATURE_DIM, 5, 7), &device).expect("features");
+        let fast = head.forward(&xs).expect("fast");
+        let reference = convolution_reference(&head, &xs);
+        let difference = relative_difference(&fast, &reference);
+        assert!(difference <= 1e-5, "relative difference {difference}");
+
+        // The same weighted sum of both outputs must have the same gradients, with respect to
+        // the weights and to the input (the neighbourhood op's backward pass included).
+        let weights = Tensor::randn(0f32, 1f32, fast.dims(), &device).expect("weights");
+        let gradients = |out: &Tensor| {
+            (out * &weights)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("backward")
+        };
+        let (fast, reference) = (gradients(&fast), gradients(&reference));
+        for (name, var) in [
+            ("input", xs.as_tensor()),
+            ("reduce", head.reduce.weight()),
+            ("context", head.context.weight()),
+            ("classify", head.classify.weight()),
+        ] {
+            let (a, b) = (
+                fast.get(var).expect("fast gradient"),
+                reference.get(var).expect("reference gradient"),
+            );
+            let difference = relative_difference(a, b);
+            assert!(
+                difference <= 1e-4,
+                "{name}: relative difference {difference}"
+            );
+        }
+    }
+
     #[test]
     fn inference_head_matches_the_training_head() {
         let device = Device::Cpu;
@@ -1060,18 +1373,8 @@ mod tests {
         let fast = InferenceHead::new(&head, &normaliser)
             .and_then(|h| h.forward(&maps))
             .expect("fast");
-        assert_eq!(fast.dims(), reference.dims());
-        let diff = (fast - &reference)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .expect("diff");
-        let scale = reference
-            .abs()
-            .and_then(|r| r.max_all()?.to_scalar::<f32>())
-            .expect("scale");
-        assert!(
-            diff <= 1e-4 * scale.max(1.0),
-            "max diff {diff} (scale {scale})"
-        );
+        let difference = relative_difference(&fast, &reference);
+        assert!(difference <= 1e-4, "relative difference {difference}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
         learning_rate: 3e-3,
         input_size: 256,
         augmented_copies: 1,
+        feature_dropout: 0.1,
         target_escape_rate: None,
         seed: 4,
         out_dir: out.clone(),
