@@ -286,8 +286,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Training allocates and frees tensors of tens of megabytes at every step. glibc serves
+/// blocks that large with fresh `mmap`s and unmaps them when freed, so each step faults its
+/// memory in again: training KolektorSDD spent 35 of its 74 s in the kernel, 2 of 44 s with
+/// this. Keeping freed memory for reuse suits a training run that ends; the station, which
+/// runs for months, keeps glibc's defaults.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any training thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn real_main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Train { .. }) {
+        keep_freed_memory_for_reuse();
+    }
+    match cli.command {
         Command::Run {
             config,
             bind,
