@@ -161,7 +161,7 @@ impl CustomOp1 for Neighbourhoods3x3 {
     ) -> candle_core::Result<Option<Tensor>> {
         let (b, h, w, c) = arg.dims4()?;
         let sum = NeighbourhoodSum { b, h, w, c };
-        Ok(Some(grad_res.apply_op1_no_bwd(&sum)?))
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&sum)?))
     }
 }
 
