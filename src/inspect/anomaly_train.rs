@@ -105,8 +105,10 @@ pub struct AnomalyCard {
     pub dataset: String,
     pub layout: Layout,
     pub split: String,
+    /// Good images the final bank and image Gaussian were fitted on (validation included).
     pub n_train_good: usize,
-    /// Good training images kept out of the bank to choose the threshold on.
+    /// Good training images a first fit left out, to scale the scores and choose the
+    /// threshold on; the final model adds them.
     pub n_validation_good: usize,
     /// SHA-256 over the bank's training images' names and bytes.
     pub training_data_sha256: String,
@@ -150,43 +152,53 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         .filter(|s| !s.defective())
         .cloned()
         .collect();
-    // Every 5th good training image is kept out of the bank: the scores are scaled and the
-    // threshold chosen on it.
+    // Every 5th good training image is kept out of a first fit: the scores are scaled and the
+    // threshold chosen on it. The final fit adds it.
     let (good, validation) = dataset::split_every_ignoring_own(&good_part, VALIDATION_EVERY);
 
-    let bar = progress(settings.progress, good.len(), "features of good images");
-    let (mut patches, mut descriptors) = (Vec::new(), Vec::new());
-    let mut used = Vec::new();
-    for sample in &good {
-        bar.inc(1);
-        match dataset::load_gray(&sample.image) {
-            Ok(image) => {
-                let image_features = features.extract(&image)?;
-                patches.push(image_features.patches);
-                descriptors.push(image_features.descriptor);
-                used.push(&sample.image);
+    let bar = progress(
+        settings.progress,
+        good.len() + validation.len(),
+        "features of good images",
+    );
+    let extract_all = |samples: &[Sample]| -> Result<GoodFeatures, AnomalyError> {
+        let mut out = GoodFeatures::default();
+        for sample in samples {
+            bar.inc(1);
+            match dataset::load_gray(&sample.image) {
+                Ok(image) => {
+                    let image_features = features.extract(&image)?;
+                    out.patches.push(image_features.patches);
+                    out.descriptors.push(image_features.descriptor);
+                    out.used.push(sample.image.clone());
+                }
+                Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
             }
-            Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
         }
-    }
+        Ok(out)
+    };
+    let mut fit_part = extract_all(&good)?;
+    let validation_part = extract_all(&validation)?;
     bar.finish_and_clear();
-    if descriptors.len() < 2 {
+    if fit_part.descriptors.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
-    let n_train_good = patches.len();
-    let all = Tensor::cat(&patches, 0)?;
-    tracing::info!(
-        patches = all.dim(0)?,
-        bank = settings.bank_size,
-        "selecting the coreset"
-    );
-    let model = PatchCore::fit(
-        features,
-        &all,
-        &descriptors,
-        settings.bank_size,
-        settings.seed,
-    )?;
+    let fit = |part: &GoodFeatures| -> Result<PatchCore, AnomalyError> {
+        let all = Tensor::cat(&part.patches, 0)?;
+        tracing::info!(
+            patches = all.dim(0)?,
+            bank = settings.bank_size,
+            "selecting the coreset"
+        );
+        Ok(PatchCore::fit(
+            features.clone(),
+            &all,
+            &part.descriptors,
+            settings.bank_size,
+            settings.seed,
+        )?)
+    };
+    let model = fit(&fit_part)?;
     let raw_scores = |samples: &[Sample]| -> Result<Vec<RawScores>, AnomalyError> {
         let mut scores = Vec::new();
         for sample in samples {
@@ -198,7 +210,8 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     };
     let validation_scores = raw_scores(&validation)?;
     let (model, threshold, threshold_rule) = if validation_scores.len() >= 2 {
-        let model = model.with_scale(ScoreScale::from_good_scores(&validation_scores));
+        let scale = ScoreScale::from_good_scores(&validation_scores);
+        let model = model.with_scale(scale);
         let combined: Vec<f32> = validation_scores
             .iter()
             .map(|&s| model.combined(s))
@@ -207,10 +220,17 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         let threshold =
             threshold_for_false_reject_rate(&combined, &labels, settings.target_false_reject_rate);
         let rule = format!(
-            "false-reject rate ≤ {} on {} good validation images",
+            "false-reject rate ≤ {} on {} good validation images (scored by the model fitted \
+             without them; the final bank and image Gaussian add them)",
             settings.target_false_reject_rate,
             combined.len()
         );
+        // The final model learns from every good training image, as the supervised model
+        // does: the image Gaussian has fewer images than dimensions, and the bank covers more
+        // of the good surfaces' variety. Scale and threshold stay those measured on images
+        // the first model never saw.
+        fit_part.append(validation_part);
+        let model = fit(&fit_part)?.with_scale(scale);
         (model, threshold, rule)
     } else {
         // Too few validation images: scale on the training images themselves (their patch
@@ -225,6 +245,8 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         let rule = "5 % above the highest training score (too few validation images)".to_owned();
         (model, threshold, rule)
     };
+    let n_train_good = fit_part.descriptors.len();
+    let used = fit_part.used;
     let training_duration_s = started.elapsed().as_secs_f64();
 
     let metrics = evaluate(&model, &held_out, threshold, settings.progress)?;
@@ -252,7 +274,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         ),
         n_train_good,
         n_validation_good: validation_scores.len(),
-        training_data_sha256: dataset::content_digest(used.into_iter())?,
+        training_data_sha256: dataset::content_digest(used.iter())?,
         bank_size: model.bank().dim(0)?,
         score_scale: model.scale(),
         threshold,
@@ -263,6 +285,25 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     };
     save(&model, &card, &settings.out_dir)?;
     Ok(card)
+}
+
+/// Features of a set of good images, for the memory bank and the image Gaussian.
+#[derive(Default)]
+struct GoodFeatures {
+    /// Centred patch features `[patches, FEATURE_DIM]` of each image.
+    patches: Vec<Tensor>,
+    /// Each image's descriptor (channel means and standard deviations).
+    descriptors: Vec<Vec<f32>>,
+    /// The images the features came from.
+    used: Vec<PathBuf>,
+}
+
+impl GoodFeatures {
+    fn append(&mut self, mut other: GoodFeatures) {
+        self.patches.append(&mut other.patches);
+        self.descriptors.append(&mut other.descriptors);
+        self.used.append(&mut other.used);
+    }
 }
 
 /// Loads a saved anomaly model.
