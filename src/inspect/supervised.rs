@@ -360,7 +360,10 @@ impl InferenceHead {
 
 /// `[c, h·w]` planes → `[c·9, h·w]`: row `c·9 + ky·3 + kx` holds each position's neighbour at
 /// `(y + ky − 1, x + kx − 1)`, zero outside the plane (a 3×3 convolution with padding 1 is then
-/// one matrix product).
+/// one matrix product). Training uses the patch-major [`Neighbourhoods3x3`], which has a
+/// backward pass; inference keeps this channel-major form, which takes the backbone's maps as
+/// they come: running the training head on them instead (a transpose in, one out) measured
+/// 13.5 against 12.0 ms per 256×256 prediction (one criterion run each).
 fn neighbourhoods_3x3(planes: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
     let (c, n) = planes.dims2()?;
     let values: Vec<f32> = planes.flatten_all()?.to_vec1()?;
@@ -684,7 +687,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
     }
 
     // First fit: on the fit part only, to choose the threshold on validation images it never saw.
-    let (head, normaliser, _) = fit_head(&train_set, classes.len(), settings, "fit part")?;
+    let (head, normaliser, mut varmap) = fit_head(&train_set, classes.len(), settings, "fit part")?;
     let mut model = SupervisedModel {
         features,
         inference: InferenceHead::new(&head, &normaliser)?,
@@ -719,7 +722,6 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
 
     // Final fit: the whole training part, validation images included.
-    let mut varmap = None;
     if !validation_set.is_empty() {
         train_set.append(&mut validation_set);
         used.extend(used_validation);
@@ -727,13 +729,9 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
             fit_head(&train_set, classes.len(), settings, "whole training part")?;
         model.inference = InferenceHead::new(&head, &normaliser)?;
         model.normaliser = normaliser;
-        varmap = Some(refitted);
+        varmap = refitted;
         rule.push_str(" (by the model fitted without them; the final model adds them)");
     }
-    let varmap = match varmap {
-        Some(varmap) => varmap,
-        None => fit_head(&train_set, classes.len(), settings, "training part")?.2,
-    };
     let training_duration_s = started.elapsed().as_secs_f64();
 
     model.card = SupervisedCard {
