@@ -532,7 +532,14 @@ impl PatchCore {
 
     /// Both scores of an image, and the patch-distance heat map.
     pub fn raw_scores(&self, image: &GrayImage) -> candle_core::Result<(RawScores, HeatMap)> {
-        let features = self.features.extract(image)?;
+        self.raw_scores_of(&self.features.extract(image)?)
+    }
+
+    /// [`PatchCore::raw_scores`] of features already extracted (by this model's extractor).
+    pub fn raw_scores_of(
+        &self,
+        features: &ImageFeatures,
+    ) -> candle_core::Result<(RawScores, HeatMap)> {
         let values = nearest_distances(&features.patches, &self.bank, &self.bank_sq)?;
         let side = (values.len() as f64).sqrt() as u32;
         let scores = RawScores {

@@ -13,8 +13,8 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::anomaly::{
-    ImageGaussian, PatchCore, PatchFeatures, RawScores, ScoreScale, bilinear, check_input_size,
-    resize_bilinear,
+    ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, RawScores, ScoreScale, bilinear,
+    check_input_size, resize_bilinear,
 };
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
@@ -167,9 +167,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             bar.inc(1);
             match dataset::load_gray(&sample.image) {
                 Ok(image) => {
-                    let image_features = features.extract(&image)?;
-                    out.patches.push(image_features.patches);
-                    out.descriptors.push(image_features.descriptor);
+                    out.images.push(features.extract(&image)?);
                     out.used.push(sample.image.clone());
                 }
                 Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
@@ -180,11 +178,13 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let mut fit_part = extract_all(&good)?;
     let validation_part = extract_all(&validation)?;
     bar.finish_and_clear();
-    if fit_part.descriptors.len() < 2 {
+    if fit_part.images.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
     let fit = |part: &GoodFeatures| -> Result<PatchCore, AnomalyError> {
-        let all = Tensor::cat(&part.patches, 0)?;
+        let patches: Vec<&Tensor> = part.images.iter().map(|f| &f.patches).collect();
+        let descriptors: Vec<Vec<f32>> = part.images.iter().map(|f| f.descriptor.clone()).collect();
+        let all = Tensor::cat(&patches, 0)?;
         tracing::info!(
             patches = all.dim(0)?,
             bank = settings.bank_size,
@@ -193,22 +193,20 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         Ok(PatchCore::fit(
             features.clone(),
             &all,
-            &part.descriptors,
+            &descriptors,
             settings.bank_size,
             settings.seed,
         )?)
     };
     let model = fit(&fit_part)?;
-    let raw_scores = |samples: &[Sample]| -> Result<Vec<RawScores>, AnomalyError> {
-        let mut scores = Vec::new();
-        for sample in samples {
-            if let Ok(image) = dataset::load_gray(&sample.image) {
-                scores.push(model.raw_scores(&image)?.0);
-            }
-        }
-        Ok(scores)
+    // Scored from the features extracted above: each image is read and seen once.
+    let raw_scores = |part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
+        part.images
+            .iter()
+            .map(|f| Ok(model.raw_scores_of(f)?.0))
+            .collect()
     };
-    let validation_scores = raw_scores(&validation)?;
+    let validation_scores = raw_scores(&validation_part)?;
     let (model, threshold, threshold_rule) = if validation_scores.len() >= 2 {
         let scale = ScoreScale::from_good_scores(&validation_scores);
         let model = model.with_scale(scale);
@@ -235,7 +233,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     } else {
         // Too few validation images: scale on the training images themselves (their patch
         // scores are optimistic, the bank holds their patches) and fail above the highest.
-        let training_scores = raw_scores(&good)?;
+        let training_scores = raw_scores(&fit_part)?;
         let model = model.with_scale(ScoreScale::from_good_scores(&training_scores));
         let highest = training_scores
             .iter()
@@ -245,7 +243,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         let rule = "5 % above the highest training score (too few validation images)".to_owned();
         (model, threshold, rule)
     };
-    let n_train_good = fit_part.descriptors.len();
+    let n_train_good = fit_part.images.len();
     let used = fit_part.used;
     let training_duration_s = started.elapsed().as_secs_f64();
 
@@ -290,18 +288,15 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
 /// Features of a set of good images, for the memory bank and the image Gaussian.
 #[derive(Default)]
 struct GoodFeatures {
-    /// Centred patch features `[patches, FEATURE_DIM]` of each image.
-    patches: Vec<Tensor>,
-    /// Each image's descriptor (channel means and standard deviations).
-    descriptors: Vec<Vec<f32>>,
+    /// Each readable image's patch features and descriptor.
+    images: Vec<ImageFeatures>,
     /// The images the features came from.
     used: Vec<PathBuf>,
 }
 
 impl GoodFeatures {
     fn append(&mut self, mut other: GoodFeatures) {
-        self.patches.append(&mut other.patches);
-        self.descriptors.append(&mut other.descriptors);
+        self.images.append(&mut other.images);
         self.used.append(&mut other.used);
     }
 }
