@@ -15,6 +15,7 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::eval::ThresholdMetrics;
+use crate::inspect::on_worker_thread;
 use crate::part::{GrayImage, HeatMap};
 
 /// Architecture name stored in model cards.
@@ -277,7 +278,8 @@ impl DefectModel {
             });
         }
         let input = to_input(&[image], &self.device)?;
-        let probabilities = candle_nn::ops::sigmoid(&self.net.forward(&input)?)?;
+        let probabilities =
+            on_worker_thread(|| candle_nn::ops::sigmoid(&self.net.forward(&input)?))?;
         let (_, _, h, w) = probabilities.dims4()?;
         let values = probabilities.flatten_all()?.to_vec1::<f32>()?;
         let score = image_score(&values).ok_or(ModelError::NonFinite)?;

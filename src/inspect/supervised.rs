@@ -42,6 +42,7 @@ use crate::inspect::anomaly_train::{
 use crate::inspect::augment::Augmentation;
 use crate::inspect::dataset::{self, Layout, Sample};
 use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
+use crate::inspect::on_worker_thread;
 use crate::inspect::train::{for_each_var_sorted, progress_bar, seeded_init};
 use crate::part::{GrayImage, HeatMap};
 
@@ -551,8 +552,7 @@ impl SupervisedModel {
 
     /// Scores one image.
     pub fn predict(&self, image: &GrayImage) -> candle_core::Result<Prediction> {
-        let maps = self.features.maps(image)?;
-        predict_from_maps(&self.inference, &maps)
+        on_worker_thread(|| predict_from_maps(&self.inference, &self.features.maps(image)?))
     }
 }
 

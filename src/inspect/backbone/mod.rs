@@ -242,6 +242,11 @@ impl EfficientNetLite0 {
     /// Runs the network up to stride 16 on `[b, 3, h, w]` colour or `[b, 1, h, w]` grey
     /// pixels (a grey plane is the same as three equal channels, at a third of the stem's cost).
     pub fn features(&self, xs: &Tensor) -> candle_core::Result<Features> {
+        crate::inspect::on_worker_thread(|| self.features_here(xs))
+    }
+
+    /// [`EfficientNetLite0::features`] on the calling thread.
+    fn features_here(&self, xs: &Tensor) -> candle_core::Result<Features> {
         let (_, c, _, _) = xs.dims4()?;
         if c != 3 && c != 1 {
             candle_core::bail!("EfficientNet-Lite0 takes 3 (or 1 grey) channels, got {c}");
