@@ -14,6 +14,7 @@
 
 pub mod depthwise;
 pub mod legacy_pth;
+pub mod pointwise;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Module, Tensor};
 
 use self::depthwise::{BiasActivation, DepthwiseConv, SamePadding};
+use self::pointwise::Pointwise;
 
 /// Batch-norm epsilon of the TF EfficientNet-Lite weights.
 const BN_EPS: f64 = 1e-3;
@@ -60,30 +62,6 @@ pub enum BackboneError {
     Candle(#[from] candle_core::Error),
 }
 
-/// A 1×1 convolution as a matrix product, with folded batch norm.
-#[derive(Debug, Clone)]
-struct Pointwise {
-    /// `[out, in]`
-    weight: Tensor,
-    bias: BiasActivation,
-}
-
-impl Pointwise {
-    /// The matrix product alone, for a next layer that applies the bias itself.
-    fn product(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = xs.dims4()?;
-        self.weight
-            .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
-            .reshape((b, (), h, w))
-    }
-}
-
-impl Module for Pointwise {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.bias.apply_in_place(self.product(xs)?)
-    }
-}
-
 /// The stem: 3×3 stride-2 convolution with TF "same" padding, folded batch norm, ReLU6.
 #[derive(Debug, Clone)]
 struct Stem {
@@ -120,13 +98,16 @@ struct MbConv {
 
 impl Module for MbConv {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut ys = match &self.expand {
+        let expanded = match &self.expand {
             Some(expand) => expand.product(xs)?,
             None => xs.clone(),
         };
-        ys = self.depthwise.forward(&ys)?;
-        ys = self.project.forward(&ys)?;
-        if self.skip { ys + xs } else { Ok(ys) }
+        let filtered = self.depthwise.forward(&expanded)?;
+        if self.skip {
+            self.project.forward_with_skip(&filtered, xs)
+        } else {
+            self.project.forward(&filtered)
+        }
     }
 }
 
@@ -188,13 +169,9 @@ impl EfficientNetLite0 {
             let weight = weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
             Ok((weight, bias))
         };
-        let pointwise = |conv: &str, bn: &str, relu6: bool| -> Result<Pointwise, BackboneError> {
+        let pointwise = |conv: &str, bn: &str| -> Result<Pointwise, BackboneError> {
             let (weight, bias) = fold(conv, bn)?;
-            let (out, inp, _, _) = weight.dims4()?;
-            Ok(Pointwise {
-                weight: weight.reshape((out, inp))?,
-                bias: BiasActivation::new(&bias, relu6)?,
-            })
+            Ok(Pointwise::new(&weight, &bias)?)
         };
 
         let (stem_weight, stem_bias) = fold("_conv_stem", "_bn0")?;
@@ -207,23 +184,19 @@ impl EfficientNetLite0 {
         let mut blocks = Vec::with_capacity(BLOCKS.len());
         for (i, &(expand_ratio, _kernel, stride, c_in, c_out)) in BLOCKS.iter().enumerate() {
             let prefix = format!("_blocks.{i}");
-            // Block 0 has no expansion (and no `_bn0`); every block has `_bn1` and `_bn2`.
-            let expand = (expand_ratio != 1)
-                .then(|| {
-                    pointwise(
-                        &format!("{prefix}._expand_conv"),
-                        &format!("{prefix}._bn0"),
-                        true,
-                    )
-                })
-                .transpose()?;
             let (dw_weight, dw_bias) = fold(
                 &format!("{prefix}._depthwise_conv"),
                 &format!("{prefix}._bn1"),
             )?;
             let mut depthwise = DepthwiseConv::new(&dw_weight, &dw_bias, stride, true)?;
-            if let Some(expand) = &expand {
-                depthwise = depthwise.with_input_activation(expand.bias.clone());
+            // Block 0 has no expansion (and no `_bn0`); every block has `_bn1` and `_bn2`. The
+            // expansion's bias and ReLU6 are left to the depthwise kernel.
+            let mut expand = None;
+            if expand_ratio != 1 {
+                let (weight, bias) =
+                    fold(&format!("{prefix}._expand_conv"), &format!("{prefix}._bn0"))?;
+                expand = Some(Pointwise::new(&weight, &bias)?);
+                depthwise = depthwise.with_input_activation(BiasActivation::new(&bias, true)?);
             }
             blocks.push(MbConv {
                 expand,
@@ -231,7 +204,6 @@ impl EfficientNetLite0 {
                 project: pointwise(
                     &format!("{prefix}._project_conv"),
                     &format!("{prefix}._bn2"),
-                    false,
                 )?,
                 skip: stride == 1 && c_in == c_out,
             });

@@ -1,0 +1,290 @@
+//! The backbone's 1×1 convolutions as one call to gemm each, with their epilogue fused.
+//!
+//! A 1×1 convolution is the matrix product `W · X` of its `[out, in]` weights and the input's
+//! `[in, h·w]` planes. candle's `matmul` runs the same gemm kernels, but first zeroes its output,
+//! and the bias (and a block's skip connection) then take a pass each over the result. Here
+//! the output is written once: a layer whose bias a later kernel applies (an expansion, see
+//! [`super::depthwise::DepthwiseConv::with_input_activation`]) gets the bare product into
+//! uninitialised memory; a projection starts from its bias (plus the skip input) and gemm adds
+//! the product onto it. On magnetic-tile sized inputs (256×256) zeroing and the extra passes
+//! were a tenth of the backbone's time. Other devices use candle's ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+/// A 1×1 convolution with folded batch norm: `[b, in, h, w]` → `[b, out, h, w]`.
+#[derive(Debug, Clone)]
+pub struct Pointwise {
+    /// `[out, in]`, row-major.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    out_channels: usize,
+    in_channels: usize,
+    /// The same weights `[out, in]` and bias `[out, 1]`, for devices without the kernel.
+    weight_tensor: Tensor,
+    bias_tensor: Tensor,
+}
+
+/// What is added to the product.
+#[derive(Debug, Clone, Copy)]
+enum Epilogue {
+    /// Nothing: the next layer adds the bias.
+    None,
+    /// The bias.
+    Bias,
+    /// The bias and the block's input (the skip connection, same shape as the output).
+    BiasAndSkip,
+}
+
+impl Pointwise {
+    /// `weight` is `[out, in]` (or `[out, in, 1, 1]`), `bias` is `[out]`.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Pointwise> {
+        let out_channels = weight.dim(0)?;
+        let weight_tensor = weight.flatten_from(1)?.contiguous()?;
+        let in_channels = weight_tensor.dim(1)?;
+        if bias.dims() != [out_channels] {
+            candle_core::bail!(
+                "1x1 conv bias must be [{out_channels}], got {:?}",
+                bias.dims()
+            );
+        }
+        Ok(Pointwise {
+            weight: weight_tensor.flatten_all()?.to_vec1::<f32>()?,
+            bias: bias.to_vec1::<f32>()?,
+            out_channels,
+            in_channels,
+            bias_tensor: bias.reshape((out_channels, 1))?,
+            weight_tensor,
+        })
+    }
+
+    /// The product alone, for a next layer that applies the bias itself.
+    pub fn product(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if xs.device().is_cpu() {
+            return xs.apply_op1_no_bwd(&PointwiseOp {
+                layer: self,
+                epilogue: Epilogue::None,
+            });
+        }
+        self.product_with_candle_ops(xs)
+    }
+
+    /// Product plus bias.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if xs.device().is_cpu() {
+            return xs.apply_op1_no_bwd(&PointwiseOp {
+                layer: self,
+                epilogue: Epilogue::Bias,
+            });
+        }
+        self.product_with_candle_ops(xs)?
+            .broadcast_add(&self.bias_tensor.unsqueeze(0)?.unsqueeze(3)?)
+    }
+
+    /// Product plus bias plus `skip` (the block's input, shaped as the output).
+    pub fn forward_with_skip(&self, xs: &Tensor, skip: &Tensor) -> candle_core::Result<Tensor> {
+        if xs.device().is_cpu() {
+            return xs.apply_op2_no_bwd(
+                skip,
+                &PointwiseOp {
+                    layer: self,
+                    epilogue: Epilogue::BiasAndSkip,
+                },
+            );
+        }
+        self.forward(xs)? + skip
+    }
+
+    fn product_with_candle_ops(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        self.weight_tensor
+            .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
+            .reshape((b, (), h, w))
+    }
+
+    /// The CPU kernel: `skip`, when given, is the contiguous skip input.
+    fn cpu_forward(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        epilogue: Epilogue,
+        skip: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        if c != self.in_channels {
+            candle_core::bail!(
+                "1x1 conv takes {} channels, input has {c}",
+                self.in_channels
+            );
+        }
+        let input = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(data), Some((start, end))) => &data[start..end],
+            _ => candle_core::bail!("1x1 conv needs a contiguous f32 input"),
+        };
+        let (m, k, n) = (self.out_channels, self.in_channels, h * w);
+        let len = b * m * n;
+        if let Some(skip) = skip
+            && skip.len() != len
+        {
+            candle_core::bail!("skip input has {} values, output {len}", skip.len());
+        }
+        let mut output: Vec<f32> = Vec::with_capacity(len);
+        match (epilogue, skip) {
+            (Epilogue::None, _) => {}
+            (Epilogue::Bias, _) => {
+                for _ in 0..b {
+                    for &bias in &self.bias {
+                        output.extend(std::iter::repeat_n(bias, n));
+                    }
+                }
+            }
+            (Epilogue::BiasAndSkip, Some(skip)) => {
+                for (plane, &bias) in skip.chunks_exact(n).zip(self.bias.iter().cycle()) {
+                    output.extend(plane.iter().map(|v| v + bias));
+                }
+            }
+            (Epilogue::BiasAndSkip, None) => candle_core::bail!("1x1 conv: skip input missing"),
+        }
+        let read_output = !matches!(epilogue, Epilogue::None);
+        let parallelism = match rayon::current_num_threads() {
+            1 => gemm::Parallelism::None,
+            threads => gemm::Parallelism::Rayon(threads),
+        };
+        // The start of the allocation: writable up to its capacity, `len`.
+        let dst = output.as_mut_ptr();
+        for image in 0..b {
+            // SAFETY: `dst` has room for `b·m·n` values (`len`, the capacity above) and
+            // `input` holds `b·k·n`; every pointer below stays inside its image's `m × n`
+            // output and `k × n` input, row-major, and the weights are `m × k`, row-major.
+            // With `read_output` false gemm writes every output value without reading it
+            // (`alpha` is then ignored); with it true the values were initialised above.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.add(image * m * n),
+                    1,
+                    n as isize,
+                    read_output,
+                    self.weight.as_ptr(),
+                    1,
+                    k as isize,
+                    input.as_ptr().add(image * k * n),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        // SAFETY: gemm has now written all `len` values (or added to the ones written above).
+        unsafe { output.set_len(len) };
+        Ok((CpuStorage::F32(output), Shape::from((b, m, h, w))))
+    }
+}
+
+/// One application of a [`Pointwise`] layer, as a candle op.
+struct PointwiseOp<'a> {
+    layer: &'a Pointwise,
+    epilogue: Epilogue,
+}
+
+impl CustomOp1 for PointwiseOp<'_> {
+    fn name(&self) -> &'static str {
+        "pointwise-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.layer.cpu_forward(storage, layout, self.epilogue, None)
+    }
+}
+
+impl CustomOp2 for PointwiseOp<'_> {
+    fn name(&self) -> &'static str {
+        "pointwise-conv-skip"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        skip_storage: &CpuStorage,
+        skip_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, _, h, w) = layout.shape().dims4()?;
+        let want = Shape::from((b, self.layer.out_channels, h, w));
+        if skip_layout.shape() != &want {
+            candle_core::bail!(
+                "skip input {:?} does not match the 1x1 conv's output {want:?}",
+                skip_layout.shape()
+            );
+        }
+        let skip = match (skip_storage, skip_layout.contiguous_offsets()) {
+            (CpuStorage::F32(data), Some((start, end))) => &data[start..end],
+            _ => candle_core::bail!("1x1 conv needs a contiguous f32 skip input"),
+        };
+        self.layer
+            .cpu_forward(storage, layout, self.epilogue, Some(skip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("diff")
+    }
+
+    /// Each epilogue against candle's matmul and broadcast adds, batch of two.
+    #[test]
+    fn matches_candle_matmul_with_bias_and_skip() {
+        let device = Device::Cpu;
+        let (b, c_in, c_out, h, w) = (2, 7, 12, 5, 9);
+        let x = Tensor::randn(0f32, 1f32, (b, c_in, h, w), &device).expect("x");
+        let weight = Tensor::randn(0f32, 1f32, (c_out, c_in, 1, 1), &device).expect("w");
+        let bias = Tensor::randn(0f32, 1f32, c_out, &device).expect("b");
+        let skip = Tensor::randn(0f32, 1f32, (b, c_out, h, w), &device).expect("skip");
+        let layer = Pointwise::new(&weight, &bias).expect("layer");
+
+        let product = weight
+            .reshape((c_out, c_in))
+            .and_then(|m| m.broadcast_matmul(&x.reshape((b, c_in, h * w))?))
+            .and_then(|p| p.reshape((b, c_out, h, w)))
+            .expect("reference");
+        let with_bias = product
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1)).expect("bias"))
+            .expect("bias");
+        let with_skip = (&with_bias + &skip).expect("skip");
+
+        assert!(max_diff(&layer.product(&x).expect("product"), &product) < 1e-5);
+        assert!(max_diff(&layer.forward(&x).expect("forward"), &with_bias) < 1e-5);
+        let fused = layer.forward_with_skip(&x, &skip).expect("fused");
+        assert!(max_diff(&fused, &with_skip) < 1e-5);
+    }
+
+    #[test]
+    fn refuses_mismatched_inputs() {
+        let device = Device::Cpu;
+        let weight = Tensor::zeros((4, 3), candle_core::DType::F32, &device).expect("w");
+        let bias = Tensor::zeros(4, candle_core::DType::F32, &device).expect("b");
+        let layer = Pointwise::new(&weight, &bias).expect("layer");
+        let wrong_channels = Tensor::zeros((1, 5, 2, 2), candle_core::DType::F32, &device);
+        assert!(layer.forward(&wrong_channels.expect("x")).is_err());
+        let x = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &device).expect("x");
+        let wrong_skip = Tensor::zeros((1, 4, 2, 3), candle_core::DType::F32, &device).expect("s");
+        assert!(layer.forward_with_skip(&x, &wrong_skip).is_err());
+    }
+}
