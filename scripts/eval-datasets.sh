@@ -2,7 +2,7 @@
 # Trains and evaluates the models on the real datasets in ../shared/datasets (read in place)
 # and checks each held-out figure against issue 3's target; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
-# 15 minutes on 2 cores (13 min 22 s measured).
+# 12 minutes on 2 cores (11 min 45 s measured).
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
