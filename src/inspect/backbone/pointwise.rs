@@ -59,46 +59,61 @@ impl Pointwise {
 
     /// The product alone, for a next layer that applies the bias itself.
     pub fn product(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if xs.device().is_cpu() {
-            return xs.apply_op1_no_bwd(&PointwiseOp {
-                layer: self,
-                epilogue: Epilogue::None,
-            });
-        }
-        self.product_with_candle_ops(xs)
+        self.apply(xs, Epilogue::None, None)
     }
 
     /// Product plus bias.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if xs.device().is_cpu() {
-            return xs.apply_op1_no_bwd(&PointwiseOp {
-                layer: self,
-                epilogue: Epilogue::Bias,
-            });
-        }
-        self.product_with_candle_ops(xs)?
-            .broadcast_add(&self.bias_tensor.unsqueeze(0)?.unsqueeze(3)?)
+        self.apply(xs, Epilogue::Bias, None)
     }
 
     /// Product plus bias plus `skip` (the block's input, shaped as the output).
     pub fn forward_with_skip(&self, xs: &Tensor, skip: &Tensor) -> candle_core::Result<Tensor> {
-        if xs.device().is_cpu() {
-            return xs.apply_op2_no_bwd(
-                skip,
-                &PointwiseOp {
-                    layer: self,
-                    epilogue: Epilogue::BiasAndSkip,
-                },
-            );
-        }
-        self.forward(xs)? + skip
+        self.apply(xs, Epilogue::BiasAndSkip, Some(skip))
     }
 
-    fn product_with_candle_ops(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// The kernel on the CPU, candle's ops elsewhere.
+    fn apply(
+        &self,
+        xs: &Tensor,
+        epilogue: Epilogue,
+        skip: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if !xs.device().is_cpu() {
+            return self.apply_with_candle_ops(xs, epilogue, skip);
+        }
+        let op = PointwiseOp {
+            layer: self,
+            epilogue,
+        };
+        match skip {
+            Some(skip) => xs.apply_op2_no_bwd(skip, &op),
+            None => xs.apply_op1_no_bwd(&op),
+        }
+    }
+
+    /// The same with candle's ops, on any device: the path off the CPU, which a test holds
+    /// equal to the kernel.
+    fn apply_with_candle_ops(
+        &self,
+        xs: &Tensor,
+        epilogue: Epilogue,
+        skip: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
-        self.weight_tensor
-            .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
-            .reshape((b, (), h, w))
+        let product = self
+            .weight_tensor
+            .broadcast_matmul(&xs.reshape((b, c, h * w))?)?;
+        let ys = match epilogue {
+            Epilogue::None => product,
+            Epilogue::Bias | Epilogue::BiasAndSkip => product.broadcast_add(&self.bias_tensor)?,
+        }
+        .reshape((b, (), h, w))?;
+        match (epilogue, skip) {
+            (Epilogue::BiasAndSkip, Some(skip)) => ys + skip,
+            (Epilogue::BiasAndSkip, None) => candle_core::bail!("1x1 conv: skip input missing"),
+            _ => Ok(ys),
+        }
     }
 
     /// The CPU kernel: `skip`, when given, is the contiguous skip input.
@@ -273,6 +288,29 @@ mod tests {
         assert!(max_diff(&layer.forward(&x).expect("forward"), &with_bias) < 1e-5);
         let fused = layer.forward_with_skip(&x, &skip).expect("fused");
         assert!(max_diff(&fused, &with_skip) < 1e-5);
+    }
+
+    /// The path other devices take, run on the CPU against the kernel.
+    #[test]
+    fn candle_op_fallback_matches_the_kernel() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1f32, (2, 6, 4, 7), &device).expect("x");
+        let weight = Tensor::randn(0f32, 1f32, (5, 6), &device).expect("w");
+        let bias = Tensor::randn(0f32, 1f32, 5, &device).expect("b");
+        let skip = Tensor::randn(0f32, 1f32, (2, 5, 4, 7), &device).expect("skip");
+        let layer = Pointwise::new(&weight, &bias).expect("layer");
+        for (epilogue, skip) in [
+            (Epilogue::None, None),
+            (Epilogue::Bias, None),
+            (Epilogue::BiasAndSkip, Some(&skip)),
+        ] {
+            let kernel = layer.apply(&x, epilogue, skip).expect("kernel");
+            let fallback = layer
+                .apply_with_candle_ops(&x, epilogue, skip)
+                .expect("fallback");
+            assert_eq!(kernel.dims(), fallback.dims(), "{epilogue:?}");
+            assert!(max_diff(&kernel, &fallback) < 1e-5, "{epilogue:?}");
+        }
     }
 
     #[test]
