@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use linesight::config::StationConfig;
 use linesight::inspect::DefectModel;
+use linesight::inspect::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings};
 use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
@@ -181,6 +182,10 @@ enum TrainKind {
         /// Share of good validation images the threshold may reject.
         #[arg(long, default_value_t = 0.05)]
         target_false_reject_rate: f64,
+        /// Defects painted on each good training image to train the patch head, a classifier
+        /// of defect-like patches beside the memory bank; 0 trains none.
+        #[arg(long, default_value_t = SYNTHETIC_DEFECTS_PER_GOOD)]
+        synthetic_defects: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, default_value = BACKBONE_WEIGHTS)]
@@ -393,6 +398,7 @@ fn real_main() -> anyhow::Result<()> {
                     bank_size,
                     input_size,
                     target_false_reject_rate,
+                    synthetic_defects,
                     seed,
                     backbone,
                 },
@@ -405,6 +411,7 @@ fn real_main() -> anyhow::Result<()> {
                 bank_size,
                 input_size,
                 target_false_reject_rate,
+                synthetic_defects_per_good: synthetic_defects,
                 seed,
                 out_dir: out.clone(),
                 progress: true,

@@ -8,7 +8,9 @@
 //! projection, for speed), so the memory bank covers every kind of normal surface with few
 //! entries. A patch's anomaly score is its distance to the nearest bank entry; the image score is
 //! the mean of the highest few patch scores, and the patch scores form the heat map. Beside it,
-//! an [`ImageGaussian`] scores the image as a whole; [`ScoreScale`] sums the two.
+//! an [`ImageGaussian`] scores the image as a whole, and a [`PatchHead`], trained to tell good
+//! patches from defects painted on the good images ([`crate::inspect::synthetic_defect`]),
+//! scores what a plain distance misses; [`ScoreScale`] sums the three.
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -410,38 +412,227 @@ impl ImageGaussian {
     }
 }
 
-/// Puts the patch score and the image score on one scale, each as standard deviations above
-/// its mean on good validation images; the model's score is their sum (magnetic-tile image
-/// AUROC 0.913 at input 128, against 0.891 and 0.896 for either alone).
+/// Synthetic defects painted on each good training image for the [`PatchHead`]
+/// (magnetic-tile development AUROC, mean of three seeds: 0.891 with 2, 0.893 with 4, and
+/// the spread between seeds halves).
+pub const SYNTHETIC_DEFECTS_PER_GOOD: usize = 4;
+
+/// A patch counts as defective for the head when the painted mask covers this share of its
+/// cell: a thin scar crosses little of any cell.
+pub const SYNTHETIC_MIN_SHARE: f64 = 0.03;
+
+/// Optimisation steps of the head's logistic regression (full batch, Adam).
+const HEAD_STEPS: usize = 300;
+const HEAD_LEARNING_RATE: f64 = 0.05;
+/// L2 penalty on the head's weights (on standardised features).
+const HEAD_L2: f64 = 1e-3;
+
+/// A linear classifier of patch features, trained to tell the good images' patches from
+/// patches of defects painted on them ([`crate::inspect::synthetic_defect`]).
+///
+/// The memory bank knows only what good looks like, so it scores every novelty alike, a
+/// harmless texture variant as much as a blowhole. The head learns which directions of the
+/// feature space a *defect* moves a patch along. The image's head score is the mean of its
+/// highest few patch logits, as for the patch distances.
+///
+/// Measured on magnetic-tile (good-only training, input 128, four seeds): on the training
+/// part's cross-validation, image AUROC 0.878 → 0.893; on the held-out part, at the threshold
+/// chosen for a 5 % false-reject rate, the escape rate falls from 0.44 to 0.33 (false rejects
+/// 0.074 → 0.085) and F1 rises from 0.69 to 0.77. It trades cracks for blowholes: held-out
+/// blowhole AUROC 0.91 → 0.94, crack 0.85 → 0.76, so the held-out image AUROC falls from
+/// 0.919 to 0.910. `linesight train anomaly --synthetic-defects 0` trains without it.
+#[derive(Debug, Clone)]
+pub struct PatchHead {
+    /// `[FEATURE_DIM, 1]`, the training features' standardisation folded in.
+    weight: Tensor,
+    bias: f32,
+}
+
+impl PatchHead {
+    /// Fits the head by class-balanced logistic regression on standardised features.
+    /// `examples` pairs each image's patch features (`[patches, FEATURE_DIM]`) with one label
+    /// per patch (`true`: painted). Needs patches of both kinds.
+    pub fn fit(examples: &[(&Tensor, &[bool])]) -> candle_core::Result<PatchHead> {
+        for (patches, labels) in examples {
+            if patches.dim(0)? != labels.len() {
+                candle_core::bail!(
+                    "{} patch labels for {} patches",
+                    labels.len(),
+                    patches.dim(0)?
+                );
+            }
+        }
+        let features = Tensor::cat(&examples.iter().map(|e| e.0).collect::<Vec<_>>(), 0)?;
+        let labels: Vec<bool> = examples.iter().flat_map(|e| e.1.iter().copied()).collect();
+        let device = features.device();
+        let positives = labels.iter().filter(|&&l| l).count();
+        let negatives = labels.len() - positives;
+        if positives == 0 || negatives == 0 {
+            candle_core::bail!(
+                "the patch head needs good and defective patches ({negatives} good, {positives} defective)"
+            );
+        }
+        let mean = features.mean_keepdim(0)?;
+        let std = (features
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .mean_keepdim(0)?
+            .sqrt()?
+            + 1e-6)?;
+        let standardised = features.broadcast_sub(&mean)?.broadcast_div(&std)?;
+        let target = Tensor::from_iter(labels.iter().map(|&l| f32::from(u8::from(l))), device)?
+            .unsqueeze(1)?;
+        // Each class weighs half the loss, however few painted patches there are.
+        let (weight_pos, weight_neg) = (0.5 / positives as f32, 0.5 / negatives as f32);
+        let sample_weight = Tensor::from_iter(
+            labels
+                .iter()
+                .map(|&l| if l { weight_pos } else { weight_neg }),
+            device,
+        )?
+        .unsqueeze(1)?;
+
+        let weight = candle_core::Var::zeros((FEATURE_DIM, 1), DType::F32, device)?;
+        let bias = candle_core::Var::zeros(1, DType::F32, device)?;
+        let mut optimiser = candle_nn::AdamW::new(
+            vec![weight.clone(), bias.clone()],
+            candle_nn::ParamsAdamW {
+                lr: HEAD_LEARNING_RATE,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        use candle_nn::Optimizer;
+        for _ in 0..HEAD_STEPS {
+            let logits = standardised
+                .matmul(weight.as_tensor())?
+                .broadcast_add(&bias)?;
+            // Binary cross-entropy from logits, in the overflow-free form
+            // max(z, 0) + ln(1 + e^−|z|) − y·z.
+            let cross_entropy = ((logits.relu()?
+                + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?
+                - (&target * &logits)?)?;
+            let loss = ((cross_entropy * &sample_weight)?.sum_all()?
+                + (weight.as_tensor().sqr()?.sum_all()? * (0.5 * HEAD_L2))?)?;
+            optimiser.backward_step(&loss)?;
+        }
+        // Fold the standardisation in: w·(x − m)/s + b = (w/s)·x + (b − Σ w·m/s).
+        let folded = weight.as_tensor().broadcast_div(&std.t()?)?;
+        let bias = bias.as_tensor().to_vec1::<f32>()?[0]
+            - mean.matmul(&folded)?.flatten_all()?.to_vec1::<f32>()?[0];
+        Ok(PatchHead {
+            weight: folded,
+            bias,
+        })
+    }
+
+    /// One logit per patch of `patches` (`[patches, FEATURE_DIM]`); above 0 leans defective.
+    pub fn logits(&self, patches: &Tensor) -> candle_core::Result<Vec<f32>> {
+        let logits: Vec<f32> = patches.matmul(&self.weight)?.flatten_all()?.to_vec1()?;
+        Ok(logits.into_iter().map(|z| z + self.bias).collect())
+    }
+
+    /// The image's head score: the mean of its highest patch logits.
+    pub fn score(&self, patches: &Tensor) -> candle_core::Result<f32> {
+        Ok(top_mean(&self.logits(patches)?, TOP_PATCHES))
+    }
+
+    /// As tensors, for saving beside the bank: `[FEATURE_DIM]` and `[1]`.
+    pub fn to_tensors(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.weight.flatten_all()?,
+            Tensor::new(&[self.bias], self.weight.device())?,
+        ))
+    }
+
+    /// From [`PatchHead::to_tensors`]' output.
+    pub fn from_tensors(weight: &Tensor, bias: &Tensor) -> candle_core::Result<PatchHead> {
+        if weight.dims() != [FEATURE_DIM] || bias.dims() != [1] {
+            candle_core::bail!(
+                "patch head is {:?} + {:?}, want [{FEATURE_DIM}] + [1]",
+                weight.dims(),
+                bias.dims()
+            );
+        }
+        Ok(PatchHead {
+            weight: weight.to_dtype(DType::F32)?.unsqueeze(1)?,
+            bias: bias.to_dtype(DType::F32)?.to_vec1::<f32>()?[0],
+        })
+    }
+}
+
+/// Puts the patch score, the image score and the head score on one scale, each as standard
+/// deviations above its mean on good validation images; the model's score is their sum
+/// (magnetic-tile image AUROC 0.913 at input 128 for patch + image, against 0.891 and 0.896
+/// for either alone; see [`PatchHead`] for what adding its score does).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreScale {
     pub patch_mean: f32,
     pub patch_std: f32,
     pub image_mean: f32,
     pub image_std: f32,
+    /// The [`PatchHead`]'s score on good images; absent in models trained before the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<GoodSpread>,
+}
+
+/// Mean and standard deviation of a score on good images.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GoodSpread {
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl GoodSpread {
+    /// Of `values` (the standard deviation floored, so that a constant score still divides).
+    fn of(values: &[f32]) -> GoodSpread {
+        let (mean, std) = mean_std(values);
+        GoodSpread { mean, std }
+    }
+
+    /// Standard deviations above the good mean.
+    fn standardise(&self, value: f32) -> f32 {
+        (value - self.mean) / self.std
+    }
 }
 
 impl ScoreScale {
-    /// From good images' raw `(patch, image)` scores; `None` with fewer than two.
+    /// From good images' raw scores; `None` with fewer than two or without image scores. The
+    /// head's spread is kept when every image has a head score.
     pub fn from_good_scores(scores: &[RawScores]) -> Option<ScoreScale> {
         let images: Vec<f32> = scores.iter().filter_map(|s| s.image).collect();
         if scores.len() < 2 || images.len() != scores.len() {
             return None;
         }
         let patches: Vec<f32> = scores.iter().map(|s| s.patch).collect();
-        let (patch_mean, patch_std) = mean_std(&patches);
-        let (image_mean, image_std) = mean_std(&images);
+        let heads: Vec<f32> = scores.iter().filter_map(|s| s.head).collect();
+        let (patch, image) = (GoodSpread::of(&patches), GoodSpread::of(&images));
         Some(ScoreScale {
-            patch_mean,
-            patch_std,
-            image_mean,
-            image_std,
+            patch_mean: patch.mean,
+            patch_std: patch.std,
+            image_mean: image.mean,
+            image_std: image.std,
+            head: (heads.len() == scores.len()).then(|| GoodSpread::of(&heads)),
         })
     }
 
-    /// The combined score.
-    pub fn combine(&self, patch: f32, image: f32) -> f32 {
-        (patch - self.patch_mean) / self.patch_std + (image - self.image_mean) / self.image_std
+    /// The combined score: the sum of each score present, standardised. A head score counts
+    /// only when this scale knows its spread.
+    pub fn combine(&self, raw: RawScores) -> f32 {
+        let patch = GoodSpread {
+            mean: self.patch_mean,
+            std: self.patch_std,
+        };
+        let image = GoodSpread {
+            mean: self.image_mean,
+            std: self.image_std,
+        };
+        patch.standardise(raw.patch)
+            + raw.image.map_or(0.0, |v| image.standardise(v))
+            + self
+                .head
+                .zip(raw.head)
+                .map_or(0.0, |(spread, v)| spread.standardise(v))
     }
 }
 
@@ -461,6 +652,8 @@ pub struct RawScores {
     /// Mahalanobis distance of the image descriptor; `None` for a model without an
     /// [`ImageGaussian`] (trained before it existed).
     pub image: Option<f32>,
+    /// Mean of the highest [`PatchHead`] logits; `None` for a model without a head.
+    pub head: Option<f32>,
 }
 
 /// A trained PatchCore model, with an image-level Gaussian beside the patch memory bank.
@@ -472,6 +665,7 @@ pub struct PatchCore {
     /// `[1, m]`
     bank_sq: Tensor,
     image_gaussian: Option<ImageGaussian>,
+    head: Option<PatchHead>,
     scale: Option<ScoreScale>,
 }
 
@@ -508,6 +702,7 @@ impl PatchCore {
             bank,
             bank_sq,
             image_gaussian: None,
+            head: None,
             scale: None,
         })
     }
@@ -520,8 +715,12 @@ impl PatchCore {
         }
     }
 
-    /// Sets how the two scores combine; without it (or without an image Gaussian) the score is
-    /// the patch score alone.
+    /// Sets the patch head (`None`: no head score).
+    pub fn with_head(self, head: Option<PatchHead>) -> PatchCore {
+        PatchCore { head, ..self }
+    }
+
+    /// Sets how the scores combine; without it the score is the raw patch score alone.
     pub fn with_scale(self, scale: Option<ScoreScale>) -> PatchCore {
         PatchCore { scale, ..self }
     }
@@ -539,6 +738,11 @@ impl PatchCore {
     /// The image Gaussian, for saving.
     pub fn image_gaussian(&self) -> Option<&ImageGaussian> {
         self.image_gaussian.as_ref()
+    }
+
+    /// The patch head, for saving.
+    pub fn head(&self) -> Option<&PatchHead> {
+        self.head.as_ref()
     }
 
     /// Both scores of an image, and the patch-distance heat map.
@@ -559,6 +763,9 @@ impl PatchCore {
                 .image_gaussian
                 .as_ref()
                 .map(|g| g.distance(&features.descriptor)),
+            head: (self.head.as_ref())
+                .map(|h| h.score(&features.patches))
+                .transpose()?,
         };
         Ok((
             scores,
@@ -571,7 +778,7 @@ impl PatchCore {
     }
 
     /// Image score (higher is more anomalous: the combined score, or the patch score for a
-    /// model without an image Gaussian) and the patch-distance heat map.
+    /// model without a scale) and the patch-distance heat map.
     pub fn score(&self, image: &GrayImage) -> candle_core::Result<(f32, HeatMap)> {
         let (raw, heat_map) = self.raw_scores(image)?;
         Ok((self.combined(raw), heat_map))
@@ -579,9 +786,9 @@ impl PatchCore {
 
     /// The score of already computed raw scores.
     pub fn combined(&self, raw: RawScores) -> f32 {
-        match (self.scale, raw.image) {
-            (Some(scale), Some(image)) => scale.combine(raw.patch, image),
-            _ => raw.patch,
+        match self.scale {
+            Some(scale) => scale.combine(raw),
+            None => raw.patch,
         }
     }
 
@@ -647,22 +854,80 @@ mod tests {
     }
 
     #[test]
-    fn score_scale_puts_both_scores_in_good_standard_deviations() {
-        let good = [
-            RawScores {
-                patch: 1.0,
-                image: Some(10.0),
-            },
-            RawScores {
-                patch: 3.0,
-                image: Some(30.0),
-            },
-        ];
+    fn score_scale_puts_every_score_in_good_standard_deviations() {
+        let raw = |patch, image, head| RawScores {
+            patch,
+            image: Some(image),
+            head,
+        };
+        let good = [raw(1.0, 10.0, Some(-3.0)), raw(3.0, 30.0, Some(-1.0))];
         let scale = ScoreScale::from_good_scores(&good).expect("scale");
-        assert_eq!(scale.combine(2.0, 20.0), 0.0);
-        assert_eq!(scale.combine(4.0, 20.0), 2.0);
-        assert_eq!(scale.combine(2.0, 40.0), 2.0);
+        assert_eq!(scale.combine(raw(2.0, 20.0, Some(-2.0))), 0.0);
+        assert_eq!(scale.combine(raw(4.0, 20.0, Some(-2.0))), 2.0);
+        assert_eq!(scale.combine(raw(2.0, 40.0, Some(-2.0))), 2.0);
+        assert_eq!(scale.combine(raw(2.0, 20.0, Some(0.0))), 2.0);
         assert!(ScoreScale::from_good_scores(&good[..1]).is_none());
+        // Without head scores (a model without a head) the scale has no head spread, and a
+        // head score it is given anyway does not count.
+        let headless = [raw(1.0, 10.0, None), raw(3.0, 30.0, None)];
+        let scale = ScoreScale::from_good_scores(&headless).expect("scale");
+        assert_eq!(scale.head, None);
+        assert_eq!(scale.combine(raw(4.0, 20.0, Some(100.0))), 2.0);
+        // A card written before the head reads back without it.
+        let json = r#"{"patch_mean":1.0,"patch_std":2.0,"image_mean":3.0,"image_std":4.0}"#;
+        let old: ScoreScale = serde_json::from_str(json).expect("old scale");
+        assert_eq!(old.head, None);
+        assert_eq!(serde_json::to_string(&old).expect("json"), json);
+    }
+
+    /// Patch features where "defective" patches are pushed along one direction, on top of a
+    /// large offset and uneven scales the head's standardisation must undo.
+    fn head_examples(device: &Device) -> (Tensor, Vec<bool>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let labels: Vec<bool> = (0..400).map(|i| i % 8 == 0).collect();
+        let rows: Vec<f32> = labels
+            .iter()
+            .flat_map(|&defective| {
+                let noise: Vec<f32> = (0..FEATURE_DIM)
+                    .map(|j| 10.0 + (j % 7) as f32 * rng.gen_range(-1.0f32..1.0))
+                    .collect();
+                noise.into_iter().enumerate().map(
+                    move |(j, v)| {
+                        if defective && j == 3 { v + 8.0 } else { v }
+                    },
+                )
+            })
+            .collect();
+        (
+            Tensor::from_vec(rows, (labels.len(), FEATURE_DIM), device).expect("features"),
+            labels,
+        )
+    }
+
+    #[test]
+    fn patch_head_separates_painted_patches_and_survives_saving() {
+        let device = Device::Cpu;
+        let (features, labels) = head_examples(&device);
+        let head = PatchHead::fit(&[(&features, &labels[..])]).expect("fit");
+        let logits = head.logits(&features).expect("logits");
+        let auroc = crate::inspect::eval::auroc(&logits, &labels).expect("both classes");
+        assert!(auroc > 0.99, "head AUROC {auroc}");
+        // The folded standardisation puts the decision boundary between the classes.
+        let mean_of = |want: bool| {
+            let v: Vec<f32> = (logits.iter().zip(&labels))
+                .filter(|(_, l)| **l == want)
+                .map(|(z, _)| *z)
+                .collect();
+            v.iter().sum::<f32>() / v.len() as f32
+        };
+        assert!(mean_of(true) > 0.0 && mean_of(false) < 0.0);
+        let (weight, bias) = head.to_tensors().expect("tensors");
+        let again = PatchHead::from_tensors(&weight, &bias).expect("from tensors");
+        assert_eq!(again.logits(&features).expect("logits"), logits);
+        assert!(PatchHead::from_tensors(&bias, &weight).is_err());
+        // One class alone, or labels that do not match the patches, are refused.
+        assert!(PatchHead::fit(&[(&features, &vec![false; 400][..])]).is_err());
+        assert!(PatchHead::fit(&[(&features, &labels[..10])]).is_err());
     }
 
     #[test]

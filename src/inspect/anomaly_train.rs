@@ -12,13 +12,17 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
 use crate::inspect::anomaly::{
-    ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, RawScores, ScoreScale, bilinear,
-    check_input_size, resize_bilinear,
+    ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores,
+    SYNTHETIC_MIN_SHARE, ScoreScale, bilinear, check_input_size, resize_bilinear,
 };
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
 use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
+use crate::inspect::synthetic_defect;
 use crate::part::{GrayImage, HeatMap};
 
 /// Bank file inside an anomaly model folder.
@@ -27,6 +31,10 @@ pub const BANK_FILE: &str = "memory-bank.safetensors";
 /// The image Gaussian's tensors in the bank file.
 const IMAGE_MEAN_TENSOR: &str = "image_mean";
 const IMAGE_PRECISION_TENSOR: &str = "image_precision";
+
+/// The patch head's tensors in the bank file.
+const HEAD_WEIGHT_TENSOR: &str = "head_weight";
+const HEAD_BIAS_TENSOR: &str = "head_bias";
 
 /// Card file inside an anomaly model folder.
 pub const CARD_FILE: &str = "card.json";
@@ -67,6 +75,8 @@ pub struct AnomalySettings {
     pub input_size: usize,
     /// Share of good validation images the threshold may reject.
     pub target_false_reject_rate: f64,
+    /// Defects painted on each good training image to train the patch head; 0 trains no head.
+    pub synthetic_defects_per_good: usize,
     pub seed: u64,
     pub out_dir: PathBuf,
     pub progress: bool,
@@ -113,8 +123,12 @@ pub struct AnomalyCard {
     /// SHA-256 over the bank's training images' names and bytes.
     pub training_data_sha256: String,
     pub bank_size: usize,
-    /// How the patch and image scores combine (absent in models trained before the image
-    /// score: their score is the patch score).
+    /// Defects painted on each good training image to train the patch head (0 in models
+    /// trained before the head).
+    #[serde(default)]
+    pub synthetic_defects_per_good: usize,
+    /// How the patch, image and head scores combine (absent in models trained before the
+    /// image score: their score is the patch score).
     #[serde(default)]
     pub score_scale: Option<ScoreScale>,
     /// Fail when the anomaly score (standard deviations above good validation images, not a
@@ -161,7 +175,10 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         good.len() + validation.len(),
         "features of good images",
     );
-    let extract_all = |samples: &[Sample]| -> Result<GoodFeatures, AnomalyError> {
+    // The patch head's defects are painted from the run's seed: a seed reproduces the model.
+    let mut painter = ChaCha8Rng::seed_from_u64(settings.seed);
+    let grid = settings.input_size / 8;
+    let mut extract_all = |samples: &[Sample], paint: bool| -> Result<GoodFeatures, AnomalyError> {
         let mut out = GoodFeatures::default();
         for sample in samples {
             bar.inc(1);
@@ -169,14 +186,27 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
                 Ok(image) => {
                     out.images.push(features.extract(&image)?);
                     out.used.push(sample.image.clone());
+                    let defects = if paint {
+                        settings.synthetic_defects_per_good
+                    } else {
+                        0
+                    };
+                    for _ in 0..defects {
+                        let defect = synthetic_defect::paint(&image, &mut painter);
+                        out.synthetic.push((
+                            features.extract(&defect.image)?,
+                            defect.cell_labels(grid, SYNTHETIC_MIN_SHARE),
+                        ));
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
             }
         }
         Ok(out)
     };
-    let mut fit_part = extract_all(&good)?;
-    let validation_part = extract_all(&validation)?;
+    // Only the first fit's images get painted defects: the head is trained once (see below).
+    let mut fit_part = extract_all(&good, true)?;
+    let validation_part = extract_all(&validation, false)?;
     bar.finish_and_clear();
     if fit_part.images.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
@@ -198,7 +228,30 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             settings.seed,
         )?)
     };
-    let model = fit(&fit_part)?;
+    // The head learns good patches (every patch of a good image) against the painted ones.
+    let fit_head = |part: &GoodFeatures| -> Result<PatchHead, AnomalyError> {
+        let all_good: Vec<Vec<bool>> = part
+            .images
+            .iter()
+            .map(|f| Ok(vec![false; f.patches.dim(0)?]))
+            .collect::<candle_core::Result<_>>()?;
+        let examples: Vec<(&Tensor, &[bool])> = (part.images.iter().zip(&all_good))
+            .map(|(f, labels)| (&f.patches, &labels[..]))
+            .chain(
+                part.synthetic
+                    .iter()
+                    .map(|(f, labels)| (&f.patches, &labels[..])),
+            )
+            .collect();
+        tracing::info!(images = examples.len(), "training the patch head");
+        Ok(PatchHead::fit(&examples)?)
+    };
+    let head = if settings.synthetic_defects_per_good > 0 {
+        Some(fit_head(&fit_part)?)
+    } else {
+        None
+    };
+    let model = fit(&fit_part)?.with_head(head.clone());
     // Scored from the features extracted above: each image is read and seen once.
     let raw_scores = |part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
         part.images
@@ -226,9 +279,11 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         // The final model learns from every good training image, as the supervised model
         // does: the image Gaussian has fewer images than dimensions, and the bank covers more
         // of the good surfaces' variety. Scale and threshold stay those measured on images
-        // the first model never saw.
+        // the first model never saw. The head is kept as it is: a refit logistic regression
+        // lands on weights of another length, whose scores the validation spread would not
+        // describe.
         fit_part.append(validation_part);
-        let model = fit(&fit_part)?.with_scale(scale);
+        let model = fit(&fit_part)?.with_head(head).with_scale(scale);
         (model, threshold, rule)
     } else {
         // Too few validation images: scale on the training images themselves (their patch
@@ -262,7 +317,12 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         name: settings.name.clone(),
         version: format!("{}@{bank_digest}", settings.name),
         kind: "anomaly".into(),
-        architecture: "patchcore + image gaussian".into(),
+        architecture: if model.head().is_some() {
+            "patchcore + image gaussian + patch head (synthetic defects)"
+        } else {
+            "patchcore + image gaussian"
+        }
+        .into(),
         backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
         input_size: settings.input_size,
         dataset: settings.data.display().to_string(),
@@ -274,6 +334,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         n_validation_good: validation_scores.len(),
         training_data_sha256: dataset::content_digest(used.iter())?,
         bank_size: model.bank().dim(0)?,
+        synthetic_defects_per_good: settings.synthetic_defects_per_good,
         score_scale: model.scale(),
         threshold,
         threshold_rule,
@@ -285,19 +346,22 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     Ok(card)
 }
 
-/// Features of a set of good images, for the memory bank and the image Gaussian.
+/// Features of a set of good images, for the memory bank, the image Gaussian and the head.
 #[derive(Default)]
 struct GoodFeatures {
     /// Each readable image's patch features and descriptor.
     images: Vec<ImageFeatures>,
     /// The images the features came from.
     used: Vec<PathBuf>,
+    /// Defects painted on those images: their features and which patches are painted.
+    synthetic: Vec<(ImageFeatures, Vec<bool>)>,
 }
 
 impl GoodFeatures {
     fn append(&mut self, mut other: GoodFeatures) {
         self.images.append(&mut other.images);
         self.used.append(&mut other.used);
+        self.synthetic.append(&mut other.synthetic);
     }
 }
 
@@ -337,6 +401,12 @@ pub fn load(
     ) {
         model = model.with_image_gaussian(ImageGaussian::from_tensors(mean, precision)?);
     }
+    if let (Some(weight), Some(bias)) = (
+        tensors.get(HEAD_WEIGHT_TENSOR),
+        tensors.get(HEAD_BIAS_TENSOR),
+    ) {
+        model = model.with_head(Some(PatchHead::from_tensors(weight, bias)?));
+    }
     Ok((model, card))
 }
 
@@ -352,6 +422,11 @@ fn save(model: &PatchCore, card: &AnomalyCard, dir: &Path) -> Result<(), Anomaly
         let (mean, precision) = gaussian.to_tensors(model.bank().device())?;
         tensors.insert(IMAGE_MEAN_TENSOR.to_owned(), mean);
         tensors.insert(IMAGE_PRECISION_TENSOR.to_owned(), precision);
+    }
+    if let Some(head) = model.head() {
+        let (weight, bias) = head.to_tensors()?;
+        tensors.insert(HEAD_WEIGHT_TENSOR.to_owned(), weight);
+        tensors.insert(HEAD_BIAS_TENSOR.to_owned(), bias);
     }
     candle_core::safetensors::save(&tensors, &bank_path)?;
     let card_path = dir.join(CARD_FILE);

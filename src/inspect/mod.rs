@@ -15,6 +15,7 @@ pub mod eval;
 pub mod model;
 pub mod registry;
 pub mod supervised;
+pub mod synthetic_defect;
 pub mod train;
 
 use std::sync::Arc;

@@ -47,6 +47,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         bank_size: 1024,
         input_size: 128,
         target_false_reject_rate: 0.05,
+        synthetic_defects_per_good: 2,
         seed: 3,
         out_dir: dir.path().join("model"),
         progress: false,
@@ -57,8 +58,10 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
     assert!(card.version.starts_with("synthetic-parts@"));
     assert!(card.threshold > 0.0);
-    // The image score is on, scaled on the validation images.
-    assert!(card.score_scale.is_some(), "{card:?}");
+    // The image score and the patch head are on, scaled on the validation images.
+    let scale = card.score_scale.expect("a score scale");
+    assert!(scale.head.is_some(), "{card:?}");
+    assert_eq!(card.synthetic_defects_per_good, 2);
     assert_eq!(card.input_size, 128);
     let metrics = &card.metrics;
     assert_eq!(
@@ -124,8 +127,10 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let (raw, _) = old_model.raw_scores(&image).expect("raw scores");
     assert_eq!(raw.image, None);
     assert_eq!(old_model.score(&image).expect("score").0, raw.patch);
-    // The current model's score is the combined one, not the patch distance.
+    assert_eq!(raw.head, None);
+    // The current model's score is the combined one, not the patch distance; its head came
+    // back from the bank file.
     let (raw, _) = model.raw_scores(&image).expect("raw scores");
-    assert!(raw.image.is_some());
+    assert!(raw.image.is_some() && raw.head.is_some(), "{raw:?}");
     assert_ne!(model.score(&image).expect("score").0, raw.patch);
 }
