@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
 use linesight::inspect::DefectModel;
-use linesight::inspect::anomaly::{FEATURE_DIM, ImageGaussian, PatchCore};
+use linesight::inspect::anomaly::{FEATURE_DIM, ImageGaussian, PatchCore, PatchHead};
 use linesight::inspect::anomaly_train::load_features;
 use linesight::inspect::supervised::SupervisedModel;
 use linesight::inspect::train::SIM_FRAME_SIZE;
@@ -43,7 +43,8 @@ fn hot_path(c: &mut Criterion) {
 }
 
 /// The pretrained-backbone models' costs on a 256×256 image: backbone features, the anomaly
-/// model's nearest-neighbour search against a 4096-entry bank, the supervised model's head.
+/// model's nearest-neighbour search against a 4096-entry bank with its image Gaussian and patch
+/// head, the supervised model's head.
 fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     let weights = repo("models/efficientnet-lite0/efficientnet-lite0.safetensors");
     if !weights.exists() {
@@ -64,6 +65,12 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
         })
         .collect();
     let gaussian = ImageGaussian::fit(&descriptors).expect("gaussian");
+    // Nor does the patch head's.
+    let head = PatchHead::from_tensors(
+        &Tensor::randn(0f32, 1f32, FEATURE_DIM, &Device::Cpu).expect("head weight"),
+        &Tensor::new(&[0f32], &Device::Cpu).expect("head bias"),
+    )
+    .expect("head");
     c.bench_function("anomaly/backbone_features_256", |b| {
         b.iter(|| features.extract(image).expect("features"))
     });
@@ -71,7 +78,8 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     for size in [256, 128] {
         let model = PatchCore::from_bank(features.clone().with_input_size(size), bank.clone())
             .expect("model")
-            .with_image_gaussian(gaussian.clone());
+            .with_image_gaussian(gaussian.clone())
+            .with_head(Some(head.clone()));
         c.bench_function(&format!("anomaly/score_256_input{size}_bank4096"), |b| {
             b.iter(|| model.score(image).expect("score"))
         });

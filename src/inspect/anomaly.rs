@@ -492,7 +492,7 @@ impl PatchHead {
         )?
         .unsqueeze(1)?;
 
-        let weight = candle_core::Var::zeros((FEATURE_DIM, 1), DType::F32, device)?;
+        let weight = candle_core::Var::zeros((features.dim(1)?, 1), DType::F32, device)?;
         let bias = candle_core::Var::zeros(1, DType::F32, device)?;
         let mut optimiser = candle_nn::AdamW::new(
             vec![weight.clone(), bias.clone()],
