@@ -438,7 +438,7 @@ const HEAD_L2: f64 = 1e-3;
 /// Measured on magnetic-tile (good-only training, input 128, four seeds): on the training
 /// part's cross-validation, image AUROC 0.878 → 0.893; on the held-out part, at the threshold
 /// chosen for a 5 % false-reject rate, the escape rate falls from 0.44 to 0.33 (false rejects
-/// 0.074 → 0.085) and F1 rises from 0.69 to 0.77. It trades cracks for blowholes: held-out
+/// 0.072 → 0.085) and F1 rises from 0.69 to 0.77. It trades cracks for blowholes: held-out
 /// blowhole AUROC 0.91 → 0.94, crack 0.85 → 0.76, so the held-out image AUROC falls from
 /// 0.919 to 0.910. `linesight train anomaly --synthetic-defects 0` trains without it.
 #[derive(Debug, Clone)]

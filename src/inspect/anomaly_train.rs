@@ -230,13 +230,9 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
     let fit_head = |part: &GoodFeatures| -> Result<PatchHead, AnomalyError> {
-        let all_good: Vec<Vec<bool>> = part
-            .images
-            .iter()
-            .map(|f| Ok(vec![false; f.patches.dim(0)?]))
-            .collect::<candle_core::Result<_>>()?;
-        let examples: Vec<(&Tensor, &[bool])> = (part.images.iter().zip(&all_good))
-            .map(|(f, labels)| (&f.patches, &labels[..]))
+        let unpainted = vec![false; grid * grid];
+        let examples: Vec<(&Tensor, &[bool])> = (part.images.iter())
+            .map(|f| (&f.patches, &unpainted[..]))
             .chain(
                 part.synthetic
                     .iter()
