@@ -413,8 +413,7 @@ impl ImageGaussian {
 }
 
 /// Synthetic defects painted on each good training image for the [`PatchHead`]
-/// (magnetic-tile development AUROC, mean of three seeds: 0.891 with 2, 0.893 with 4, and
-/// the spread between seeds halves).
+/// (magnetic-tile development AUROC, mean of three seeds: 0.891 with 2, 0.893 with 4).
 pub const SYNTHETIC_DEFECTS_PER_GOOD: usize = 4;
 
 /// A patch counts as defective for the head when the painted mask covers this share of its
