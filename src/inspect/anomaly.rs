@@ -13,13 +13,16 @@
 //! scores what a plain distance misses; [`ScoreScale`] sums the three.
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::backbone::{EfficientNetLite0, FEATURE_CHANNELS, Features};
+use crate::inspect::normaliser::Normaliser;
 use crate::inspect::on_worker_thread;
+use crate::inspect::train::binary_cross_entropy_each;
 use crate::part::{GrayImage, HeatMap};
 
 /// Side of the square the backbone sees (unless a model chooses another, a multiple of 16).
@@ -461,9 +464,13 @@ impl PatchHead {
                 );
             }
         }
-        let features = Tensor::cat(&examples.iter().map(|e| e.0).collect::<Vec<_>>(), 0)?;
+        let normaliser = Normaliser::fit(examples.iter().map(|e| e.0))?;
+        let standardised = normaliser.apply_patch_major(&Tensor::cat(
+            &examples.iter().map(|e| e.0).collect::<Vec<_>>(),
+            0,
+        )?)?;
         let labels: Vec<bool> = examples.iter().flat_map(|e| e.1.iter().copied()).collect();
-        let device = features.device();
+        let device = standardised.device();
         let positives = labels.iter().filter(|&&l| l).count();
         let negatives = labels.len() - positives;
         if positives == 0 || negatives == 0 {
@@ -471,14 +478,6 @@ impl PatchHead {
                 "the patch head needs good and defective patches ({negatives} good, {positives} defective)"
             );
         }
-        let mean = features.mean_keepdim(0)?;
-        let std = (features
-            .broadcast_sub(&mean)?
-            .sqr()?
-            .mean_keepdim(0)?
-            .sqrt()?
-            + 1e-6)?;
-        let standardised = features.broadcast_sub(&mean)?.broadcast_div(&std)?;
         let target = Tensor::from_iter(labels.iter().map(|&l| f32::from(u8::from(l))), device)?
             .unsqueeze(1)?;
         // Each class weighs half the loss, however few painted patches there are.
@@ -491,7 +490,7 @@ impl PatchHead {
         )?
         .unsqueeze(1)?;
 
-        let weight = candle_core::Var::zeros((features.dim(1)?, 1), DType::F32, device)?;
+        let weight = candle_core::Var::zeros((FEATURE_DIM, 1), DType::F32, device)?;
         let bias = candle_core::Var::zeros(1, DType::F32, device)?;
         let mut optimiser = candle_nn::AdamW::new(
             vec![weight.clone(), bias.clone()],
@@ -501,27 +500,20 @@ impl PatchHead {
                 ..Default::default()
             },
         )?;
-        use candle_nn::Optimizer;
         for _ in 0..HEAD_STEPS {
             let logits = standardised
                 .matmul(weight.as_tensor())?
                 .broadcast_add(&bias)?;
-            // Binary cross-entropy from logits, in the overflow-free form
-            // max(z, 0) + ln(1 + e^−|z|) − y·z.
-            let cross_entropy = ((logits.relu()?
-                + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?
-                - (&target * &logits)?)?;
+            let cross_entropy = binary_cross_entropy_each(&logits, &target)?;
             let loss = ((cross_entropy * &sample_weight)?.sum_all()?
                 + (weight.as_tensor().sqr()?.sum_all()? * (0.5 * HEAD_L2))?)?;
             optimiser.backward_step(&loss)?;
         }
-        // Fold the standardisation in: w·(x − m)/s + b = (w/s)·x + (b − Σ w·m/s).
-        let folded = weight.as_tensor().broadcast_div(&std.t()?)?;
-        let bias = bias.as_tensor().to_vec1::<f32>()?[0]
-            - mean.matmul(&folded)?.flatten_all()?.to_vec1::<f32>()?[0];
+        let (weight, bias) =
+            normaliser.fold_into(&weight.as_tensor().t()?, &bias.as_tensor().unsqueeze(1)?)?;
         Ok(PatchHead {
-            weight: folded,
-            bias,
+            weight: weight.t()?.contiguous()?,
+            bias: bias.flatten_all()?.to_vec1::<f32>()?[0],
         })
     }
 

@@ -229,23 +229,20 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         )?)
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
-    let fit_head = |part: &GoodFeatures| -> Result<PatchHead, AnomalyError> {
+    // It is fitted once; the painted images' features (tens of megabytes) go with this block.
+    let head = {
+        let painted = std::mem::take(&mut fit_part.synthetic);
         let unpainted = vec![false; grid * grid];
-        let examples: Vec<(&Tensor, &[bool])> = (part.images.iter())
+        let examples: Vec<(&Tensor, &[bool])> = (fit_part.images.iter())
             .map(|f| (&f.patches, &unpainted[..]))
-            .chain(
-                part.synthetic
-                    .iter()
-                    .map(|(f, labels)| (&f.patches, &labels[..])),
-            )
+            .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
             .collect();
-        tracing::info!(images = examples.len(), "training the patch head");
-        Ok(PatchHead::fit(&examples)?)
-    };
-    let head = if settings.synthetic_defects_per_good > 0 {
-        Some(fit_head(&fit_part)?)
-    } else {
-        None
+        if painted.is_empty() {
+            None
+        } else {
+            tracing::info!(images = examples.len(), "training the patch head");
+            Some(PatchHead::fit(&examples)?)
+        }
     };
     let model = fit(&fit_part)?.with_head(head.clone());
     // Scored from the features extracted above: each image is read and seen once.
@@ -349,7 +346,8 @@ struct GoodFeatures {
     images: Vec<ImageFeatures>,
     /// The images the features came from.
     used: Vec<PathBuf>,
-    /// Defects painted on those images: their features and which patches are painted.
+    /// Defects painted on those images (only on the first fit's, for the head): their
+    /// features and which patches are painted.
     synthetic: Vec<(ImageFeatures, Vec<bool>)>,
 }
 
@@ -357,7 +355,6 @@ impl GoodFeatures {
     fn append(&mut self, mut other: GoodFeatures) {
         self.images.append(&mut other.images);
         self.used.append(&mut other.used);
-        self.synthetic.append(&mut other.synthetic);
     }
 }
 

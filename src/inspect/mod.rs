@@ -13,6 +13,7 @@ pub mod backbone;
 pub mod dataset;
 pub mod eval;
 pub mod model;
+pub mod normaliser;
 pub mod registry;
 pub mod supervised;
 pub mod synthetic_defect;

@@ -42,8 +42,11 @@ use crate::inspect::anomaly_train::{
 use crate::inspect::augment::Augmentation;
 use crate::inspect::dataset::{self, Layout, Sample};
 use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
+use crate::inspect::normaliser::Normaliser;
 use crate::inspect::on_worker_thread;
-use crate::inspect::train::{for_each_var_sorted, progress_bar, seeded_init};
+use crate::inspect::train::{
+    binary_cross_entropy_each, for_each_var_sorted, progress_bar, seeded_init,
+};
 use crate::part::{GrayImage, HeatMap};
 
 /// Head weights inside a supervised model folder.
@@ -252,63 +255,6 @@ fn pointwise(conv: &Conv2d, rows: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// Per-channel standardisation of backbone feature maps (they run to ±30; the head learns
-/// only on standardised inputs).
-#[derive(Debug, Clone)]
-pub struct Normaliser {
-    /// `[FEATURE_DIM, 1, 1]`
-    mean: Tensor,
-    /// `[FEATURE_DIM, 1, 1]`
-    std: Tensor,
-}
-
-impl Normaliser {
-    /// Fits mean and standard deviation per channel over all patches of patch-major `maps`
-    /// (`[h, w, FEATURE_DIM]` each).
-    fn fit<'a>(maps: impl Iterator<Item = &'a Tensor>) -> candle_core::Result<Normaliser> {
-        let (mut sum, mut sum_sq, mut n) = (vec![0f64; FEATURE_DIM], vec![0f64; FEATURE_DIM], 0);
-        for map in maps {
-            let flat = map.to_dtype(DType::F32)?.reshape(((), FEATURE_DIM))?;
-            let s: Vec<f32> = flat.sum(0)?.to_vec1()?;
-            let s2: Vec<f32> = flat.sqr()?.sum(0)?.to_vec1()?;
-            for c in 0..FEATURE_DIM {
-                sum[c] += f64::from(s[c]);
-                sum_sq[c] += f64::from(s2[c]);
-            }
-            n += flat.dim(0)?;
-        }
-        let n = n.max(1) as f64;
-        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-        let std: Vec<f32> = sum_sq
-            .iter()
-            .zip(&sum)
-            .map(|(s2, s)| ((s2 / n - (s / n).powi(2)).max(0.0).sqrt() as f32).max(1e-3))
-            .collect();
-        Normaliser::new(mean, std, &Device::Cpu)
-    }
-
-    fn new(mean: Vec<f32>, std: Vec<f32>, device: &Device) -> candle_core::Result<Normaliser> {
-        Ok(Normaliser {
-            mean: Tensor::from_vec(mean, (FEATURE_DIM, 1, 1), device)?,
-            std: Tensor::from_vec(std, (FEATURE_DIM, 1, 1), device)?,
-        })
-    }
-
-    /// Standardises `[FEATURE_DIM, h, w]` or `[b, FEATURE_DIM, h, w]` maps.
-    pub fn apply(&self, maps: &Tensor) -> candle_core::Result<Tensor> {
-        maps.to_dtype(DType::F32)?
-            .broadcast_sub(&self.mean)?
-            .broadcast_div(&self.std)
-    }
-
-    /// Standardises patch-major features (channels last), as f32.
-    fn apply_patch_major(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.to_dtype(DType::F32)?
-            .broadcast_sub(&self.mean.flatten_all()?)?
-            .broadcast_div(&self.std.flatten_all()?)
-    }
-}
-
 /// The head and the standardisation as three plain matrix products, for inference: candle's
 /// `conv2d` took about 2 ms for the head's 36 million multiply-adds at 32×32 patches, the
 /// products take a fraction of that. The standardisation is folded into the first layer
@@ -336,12 +282,8 @@ impl InferenceHead {
             Ok((weight.flatten_from(1)?.contiguous()?, bias))
         };
         let (reduce_weight, reduce_bias) = as_matrix(&head.reduce)?;
-        let std = normaliser.std.reshape((1, FEATURE_DIM))?;
-        let mean = normaliser.mean.reshape((FEATURE_DIM, 1))?;
-        let reduce_weight = reduce_weight.broadcast_div(&std)?;
-        let reduce_bias = (reduce_bias - reduce_weight.matmul(&mean)?)?;
         Ok(InferenceHead {
-            reduce: (reduce_weight, reduce_bias),
+            reduce: normaliser.fold_into(&reduce_weight, &reduce_bias)?,
             context: as_matrix(&head.context)?,
             classify: as_matrix(&head.classify)?,
         })
@@ -969,13 +911,9 @@ impl BatchInputs<'_> {
     }
 }
 
-/// Mean binary cross-entropy of logits `x` against targets `t` in `[0, 1]`, in the form that
-/// stays finite for any logit: `max(x, 0) − x·t + log(1 + e^(−|x|))`. (candle's
-/// `binary_cross_entropy_with_logit` takes the log of a sigmoid, which underflows to `log 0`
-/// once the model is confident.)
+/// Mean binary cross-entropy of logits `x` against targets `t` in `[0, 1]`.
 fn binary_cross_entropy_with_logits(x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
-    let soft = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    ((x.relu()? - (x * t)?)? + soft)?.mean_all()
+    binary_cross_entropy_each(x, t)?.mean_all()
 }
 
 /// The image itself and `copies − 1` augmented versions of it, as training examples.

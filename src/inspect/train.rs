@@ -348,10 +348,17 @@ fn flip<T: Copy>(data: &[T], w: usize, h: usize, flip_x: bool, flip_y: bool) -> 
 
 /// Binary cross-entropy with logits, defect cells weighted 8×: `mean(w · (softplus(x) − y·x))`.
 fn weighted_bce(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
-    let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let per_cell = (softplus - (target * logits)?)?;
     let weight = ((target * 7.0)? + 1.0)?;
-    (per_cell * weight)?.mean_all()
+    (binary_cross_entropy_each(logits, target)? * weight)?.mean_all()
+}
+
+/// Binary cross-entropy of each logit `x` against its target `t` in `[0, 1]`, in the form that
+/// stays finite for any logit: `softplus(x) − t·x`, with `softplus(x) = max(x, 0) +
+/// ln(1 + e^−|x|)`. (candle's `binary_cross_entropy_with_logit` takes the log of a sigmoid,
+/// which underflows to `log 0` once the model is confident.)
+pub(crate) fn binary_cross_entropy_each(x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+    let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    softplus - (t * x)?
 }
 
 /// Replaces every variable with values drawn from `seed` (He-uniform weights, zero biases, and a
