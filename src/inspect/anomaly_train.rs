@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::inspect::anomaly::{
-    ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores,
+    ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores, Resampling,
     SYNTHETIC_MIN_SHARE, ScoreScale, bilinear, check_input_size, resize_bilinear,
 };
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
@@ -112,6 +112,10 @@ pub struct AnomalyCard {
     pub architecture: String,
     pub backbone: String,
     pub input_size: usize,
+    /// How images are resampled to the input square ([`Resampling::Bilinear`] in models
+    /// trained before the card recorded it).
+    #[serde(default)]
+    pub resampling: Resampling,
     pub dataset: String,
     pub layout: Layout,
     pub split: String,
@@ -318,6 +322,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         .into(),
         backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
         input_size: settings.input_size,
+        resampling: model.extractor().resampling(),
         dataset: settings.data.display().to_string(),
         layout: settings.layout,
         split: format!(
@@ -386,7 +391,9 @@ pub fn load(
             path: bank_path,
             message: "no `bank` tensor".into(),
         })?;
-    let features = load_features(backbone_weights, device)?.with_input_size(card.input_size);
+    let features = load_features(backbone_weights, device)?
+        .with_input_size(card.input_size)
+        .with_resampling(card.resampling);
     let mut model = PatchCore::from_bank(features, bank)?.with_scale(card.score_scale);
     if let (Some(mean), Some(precision)) = (
         tensors.get(IMAGE_MEAN_TENSOR),

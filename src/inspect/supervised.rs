@@ -35,7 +35,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::anomaly::{FEATURE_DIM, INPUT_SIZE, PatchFeatures, check_input_size};
+use crate::inspect::anomaly::{
+    FEATURE_DIM, INPUT_SIZE, PatchFeatures, Resampling, check_input_size,
+};
 use crate::inspect::anomaly_train::{
     AnomalyError, HOLDOUT_EVERY, PixelTruth, load_features, progress,
 };
@@ -368,6 +370,10 @@ pub struct SupervisedCard {
     pub architecture: String,
     pub backbone: String,
     pub input_size: usize,
+    /// How images are resampled to the input square ([`Resampling::Bilinear`] in models
+    /// trained before the card recorded it).
+    #[serde(default)]
+    pub resampling: Resampling,
     /// Index 0 is `good`.
     pub classes: Vec<String>,
     /// Fail when the defect score reaches this (chosen on the validation part).
@@ -459,7 +465,9 @@ impl SupervisedModel {
         let normaliser =
             Normaliser::new(card.feature_mean.clone(), card.feature_std.clone(), device)?;
         Ok(SupervisedModel {
-            features: load_features(backbone_weights, device)?.with_input_size(card.input_size),
+            features: load_features(backbone_weights, device)?
+                .with_input_size(card.input_size)
+                .with_resampling(card.resampling),
             inference: InferenceHead::new(&head, &normaliser)?,
             normaliser,
             card,
@@ -484,6 +492,7 @@ impl SupervisedModel {
         let mut card = untrained_card(classes);
         card.feature_mean = vec![0.0; FEATURE_DIM];
         card.feature_std = vec![1.0; FEATURE_DIM];
+        card.resampling = features.resampling();
         Ok(SupervisedModel {
             features,
             inference: InferenceHead::new(&head, &normaliser)?,
@@ -686,6 +695,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
         ),
         backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
         input_size: settings.input_size,
+        resampling: model.features.resampling(),
         classes,
         threshold,
         threshold_rule: rule,
@@ -1112,6 +1122,7 @@ fn untrained_card(classes: usize) -> SupervisedCard {
         architecture: String::new(),
         backbone: String::new(),
         input_size: INPUT_SIZE,
+        resampling: Resampling::Antialiased,
         classes: std::iter::once("good".to_owned())
             .chain((1..classes).map(|i| format!("defect-{i}")))
             .collect(),

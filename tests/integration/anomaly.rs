@@ -1,6 +1,7 @@
 //! The anomaly model end to end on a generated MVTec-layout dataset: learns from good parts
 //! only, then separates held-out defective parts from good ones.
 
+use linesight::inspect::anomaly::Resampling;
 use linesight::inspect::anomaly_train::{self, AnomalySettings};
 use linesight::inspect::dataset::Layout;
 use linesight::simulate::{DefectKind, PartGenerator};
@@ -63,6 +64,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(scale.head.is_some(), "{card:?}");
     assert_eq!(card.synthetic_defects_per_good, 2);
     assert_eq!(card.input_size, 128);
+    assert_eq!(card.resampling, Resampling::Antialiased);
     let metrics = &card.metrics;
     assert_eq!(
         (
@@ -99,8 +101,9 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
 
-    // A model saved before the image score (a bank alone, no scale in its card) still loads
-    // and scores by its patch distance alone.
+    // A model saved before the image score (a bank alone, no scale or resampling in its card)
+    // still loads, resamples images as it was trained to and scores by its patch distance
+    // alone.
     let old = dir.path().join("old-model");
     std::fs::create_dir_all(&old).expect("old model dir");
     model
@@ -116,10 +119,17 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         .as_object_mut()
         .expect("card object")
         .remove("score_scale");
+    old_card
+        .as_object_mut()
+        .expect("card object")
+        .remove("resampling");
     std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("old card");
     let (old_model, old_loaded_card) =
         anomaly_train::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
     assert!(old_loaded_card.score_scale.is_none());
+    assert_eq!(old_loaded_card.resampling, Resampling::Bilinear);
+    assert_eq!(old_model.extractor().resampling(), Resampling::Bilinear);
+    assert_eq!(model.extractor().resampling(), Resampling::Antialiased);
     let image = held_out
         .iter()
         .find_map(|s| linesight::inspect::dataset::load_gray(&s.image).ok())
