@@ -548,12 +548,15 @@ const HEAD_L2: f64 = 1e-3;
 /// feature space a *defect* moves a patch along. The image's head score is the mean of its
 /// highest few patch logits, as for the patch distances.
 ///
-/// Measured on magnetic-tile (good-only training, input 128, four seeds): on the training
-/// part's cross-validation, image AUROC 0.878 → 0.893; on the held-out part, at the threshold
-/// chosen for a 5 % false-reject rate, the escape rate falls from 0.44 to 0.33 (false rejects
-/// 0.072 → 0.085) and F1 rises from 0.69 to 0.77. It trades cracks for blowholes: held-out
-/// blowhole AUROC 0.91 → 0.94, crack 0.85 → 0.76, so the held-out image AUROC falls from
-/// 0.919 to 0.910. `linesight train anomaly --synthetic-defects 0` trains without it.
+/// Measured on magnetic-tile when it was added (good-only training, input 128, bilinear
+/// resampling, four seeds): on the training part's cross-validation, image AUROC 0.878 →
+/// 0.893; on the held-out part, at the threshold chosen for a 5 % false-reject rate, the
+/// escape rate falls from 0.44 to 0.33 (false rejects 0.072 → 0.085) and F1 rises from 0.69
+/// to 0.77. It trades cracks for blowholes: held-out blowhole AUROC 0.91 → 0.94, crack 0.85 →
+/// 0.76, so the held-out image AUROC falls from 0.919 to 0.910. With anti-aliased resampling
+/// and the descriptor's extremes the trade is the same (escape rate 0.45 without the head,
+/// 0.27 with it; AUROC 0.917 against 0.913): datasets/README.md has today's figures.
+/// `linesight train anomaly --synthetic-defects 0` trains without it.
 #[derive(Debug, Clone)]
 pub struct PatchHead {
     /// `[FEATURE_DIM, 1]`, the training features' standardisation folded in.

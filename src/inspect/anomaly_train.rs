@@ -182,35 +182,31 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     // The patch head's defects are painted from the run's seed: a seed reproduces the model.
     let mut painter = ChaCha8Rng::seed_from_u64(settings.seed);
     let grid = settings.input_size / 8;
-    let mut extract_all = |samples: &[Sample], paint: bool| -> Result<GoodFeatures, AnomalyError> {
-        let mut out = GoodFeatures::default();
-        for sample in samples {
-            bar.inc(1);
-            match dataset::load_gray(&sample.image) {
-                Ok(image) => {
-                    out.images.push(features.extract(&image)?);
-                    out.used.push(sample.image.clone());
-                    let defects = if paint {
-                        settings.synthetic_defects_per_good
-                    } else {
-                        0
-                    };
-                    for _ in 0..defects {
-                        let defect = synthetic_defect::paint(&image, &mut painter);
-                        out.synthetic.push((
-                            features.extract(&defect.image)?,
-                            defect.cell_labels(grid, SYNTHETIC_MIN_SHARE),
-                        ));
+    let mut extract_all =
+        |samples: &[Sample], defects_per_image: usize| -> Result<GoodFeatures, AnomalyError> {
+            let mut out = GoodFeatures::default();
+            for sample in samples {
+                bar.inc(1);
+                match dataset::load_gray(&sample.image) {
+                    Ok(image) => {
+                        out.images.push(features.extract(&image)?);
+                        out.used.push(sample.image.clone());
+                        for _ in 0..defects_per_image {
+                            let defect = synthetic_defect::paint(&image, &mut painter);
+                            out.synthetic.push((
+                                features.extract(&defect.image)?,
+                                defect.cell_labels(grid, SYNTHETIC_MIN_SHARE),
+                            ));
+                        }
                     }
+                    Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
                 }
-                Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
             }
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     // Only the first fit's images get painted defects: the head is trained once (see below).
-    let mut fit_part = extract_all(&good, true)?;
-    let validation_part = extract_all(&validation, false)?;
+    let mut fit_part = extract_all(&good, settings.synthetic_defects_per_good)?;
+    let validation_part = extract_all(&validation, 0)?;
     bar.finish_and_clear();
     if fit_part.images.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
@@ -236,14 +232,14 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     // It is fitted once; the painted images' features (tens of megabytes) go with this block.
     let head = {
         let painted = std::mem::take(&mut fit_part.synthetic);
-        let unpainted = vec![false; grid * grid];
-        let examples: Vec<(&Tensor, &[bool])> = (fit_part.images.iter())
-            .map(|f| (&f.patches, &unpainted[..]))
-            .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
-            .collect();
         if painted.is_empty() {
             None
         } else {
+            let unpainted = vec![false; grid * grid];
+            let examples: Vec<(&Tensor, &[bool])> = (fit_part.images.iter())
+                .map(|f| (&f.patches, &unpainted[..]))
+                .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
+                .collect();
             tracing::info!(images = examples.len(), "training the patch head");
             Some(PatchHead::fit(&examples)?)
         }
@@ -277,7 +273,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         // does: the image Gaussian has fewer images than dimensions, and the bank covers more
         // of the good surfaces' variety. Scale and threshold stay those measured on images
         // the first model never saw. The head is kept as it is: a refit logistic regression
-        // lands on weights of another length, whose scores the validation spread would not
+        // lands on weights of another scale, whose scores the validation spread would not
         // describe.
         fit_part.append(validation_part);
         let model = fit(&fit_part)?.with_head(head).with_scale(scale);

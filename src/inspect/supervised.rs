@@ -35,9 +35,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::anomaly::{
-    FEATURE_DIM, INPUT_SIZE, PatchFeatures, Resampling, check_input_size,
-};
+use crate::inspect::anomaly::{FEATURE_DIM, PatchFeatures, Resampling, check_input_size};
 use crate::inspect::anomaly_train::{
     AnomalyError, HOLDOUT_EVERY, PixelTruth, load_features, progress,
 };
@@ -59,7 +57,7 @@ pub const CARD_FILE: &str = "card.json";
 
 /// Side of the patch grid at the default input size (unit tests).
 #[cfg(test)]
-const GRID: usize = INPUT_SIZE / 8;
+const GRID: usize = crate::inspect::anomaly::INPUT_SIZE / 8;
 
 /// Hidden channels of the head.
 const HIDDEN: usize = 48;
@@ -489,10 +487,9 @@ impl SupervisedModel {
         seeded_init(&varmap, seed)?;
         let normaliser =
             Normaliser::new(vec![0.0; FEATURE_DIM], vec![1.0; FEATURE_DIM], &Device::Cpu)?;
-        let mut card = untrained_card(classes);
+        let mut card = untrained_card(classes, &features);
         card.feature_mean = vec![0.0; FEATURE_DIM];
         card.feature_std = vec![1.0; FEATURE_DIM];
-        card.resampling = features.resampling();
         Ok(SupervisedModel {
             features,
             inference: InferenceHead::new(&head, &normaliser)?,
@@ -640,10 +637,10 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
     // First fit: on the fit part only, to choose the threshold on validation images it never saw.
     let (head, normaliser, mut varmap) = fit_head(&train_set, classes.len(), settings, "fit part")?;
     let mut model = SupervisedModel {
+        card: untrained_card(classes.len(), &features),
         features,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
-        card: untrained_card(classes.len()),
     };
     let scored = score_all(&model, &validation, false)?;
     let n_validation = used_validation.len();
@@ -1114,15 +1111,16 @@ fn score_all(
     Ok(scored)
 }
 
-fn untrained_card(classes: usize) -> SupervisedCard {
+/// The card of a model not yet trained, its input as `features` prepares it.
+fn untrained_card(classes: usize, features: &PatchFeatures) -> SupervisedCard {
     SupervisedCard {
         name: "untrained".into(),
         version: "untrained".into(),
         kind: "supervised".into(),
         architecture: String::new(),
         backbone: String::new(),
-        input_size: INPUT_SIZE,
-        resampling: Resampling::Antialiased,
+        input_size: features.input_size(),
+        resampling: features.resampling(),
         classes: std::iter::once("good".to_owned())
             .chain((1..classes).map(|i| format!("defect-{i}")))
             .collect(),
