@@ -39,13 +39,36 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| generator.render(Some(DefectKind::Crack)))
     });
 
-    anomaly(c, &raw);
+    anomaly(c, &raw, &Device::Cpu, "");
+    #[cfg(feature = "cuda")]
+    gpu(c, &raw, &calibrated);
+}
+
+/// The same models on the GPU, in a `cuda` build (`make bench-cuda`): names start `cuda/`.
+#[cfg(feature = "cuda")]
+fn gpu(
+    c: &mut Criterion,
+    raw: &linesight::part::GrayImage,
+    calibrated: &linesight::part::GrayImage,
+) {
+    let gpu = match Device::new_cuda(0) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("skipping GPU benches: no CUDA GPU 0 ({e})");
+            return;
+        }
+    };
+    let model = DefectModel::load(&repo("models/defect-net-sim"), &gpu).expect("model on GPU");
+    c.bench_function("cuda/inspect/score_224", |b| {
+        b.iter(|| model.score(calibrated).expect("score"))
+    });
+    anomaly(c, raw, &gpu, "cuda/");
 }
 
 /// The pretrained-backbone models' costs on a 256×256 image: backbone features, the anomaly
 /// model's nearest-neighbour search against a 4096-entry bank with its image Gaussian and patch
-/// head, the supervised model's head.
-fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
+/// head, the supervised model's head. On `device`, with bench names starting `prefix`.
+fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Device, prefix: &str) {
     let weights = repo("models/efficientnet-lite0/efficientnet-lite0.safetensors");
     if !weights.exists() {
         eprintln!(
@@ -54,8 +77,8 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
         );
         return;
     }
-    let features = load_features(&weights, &Device::Cpu).expect("backbone");
-    let bank = Tensor::randn(0f32, 1f32, (4096, FEATURE_DIM), &Device::Cpu).expect("bank");
+    let features = load_features(&weights, device).expect("backbone");
+    let bank = Tensor::randn(0f32, 1f32, (4096, FEATURE_DIM), device).expect("bank");
     // The image Gaussian's cost does not depend on its values: fit it to random descriptors.
     let descriptors: Vec<Vec<f32>> = (0..32u32)
         .map(|i| {
@@ -67,11 +90,11 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
     let gaussian = ImageGaussian::fit(&descriptors).expect("gaussian");
     // Nor does the patch head's.
     let head = PatchHead::from_tensors(
-        &Tensor::randn(0f32, 1f32, FEATURE_DIM, &Device::Cpu).expect("head weight"),
-        &Tensor::new(&[0f32], &Device::Cpu).expect("head bias"),
+        &Tensor::randn(0f32, 1f32, FEATURE_DIM, device).expect("head weight"),
+        &Tensor::new(&[0f32], device).expect("head bias"),
     )
     .expect("head");
-    c.bench_function("anomaly/backbone_features_256", |b| {
+    c.bench_function(&format!("{prefix}anomaly/backbone_features_256"), |b| {
         b.iter(|| features.extract(image).expect("features"))
     });
     // The anomaly model at 256 and at its default input size, 128.
@@ -80,18 +103,20 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage) {
             .expect("model")
             .with_image_gaussian(gaussian.clone())
             .with_head(Some(head.clone()));
-        c.bench_function(&format!("anomaly/score_256_input{size}_bank4096"), |b| {
-            b.iter(|| model.score(image).expect("score"))
-        });
+        c.bench_function(
+            &format!("{prefix}anomaly/score_256_input{size}_bank4096"),
+            |b| b.iter(|| model.score(image).expect("score")),
+        );
     }
     // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
     // sees it at its own input size.
     for size in [256, 160, 128] {
         let supervised = SupervisedModel::untrained(features.clone().with_input_size(size), 7, 1)
             .expect("supervised model");
-        c.bench_function(&format!("supervised/predict_256_input{size}"), |b| {
-            b.iter(|| supervised.predict(image).expect("prediction"))
-        });
+        c.bench_function(
+            &format!("{prefix}supervised/predict_256_input{size}"),
+            |b| b.iter(|| supervised.predict(image).expect("prediction")),
+        );
     }
 }
 

@@ -132,6 +132,11 @@ impl PatchFeatures {
         self.input_size
     }
 
+    /// Where the backbone runs, and where the features it returns live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The patch features of one image and its image descriptor.
     pub fn extract(&self, image: &GrayImage) -> candle_core::Result<ImageFeatures> {
         on_worker_thread(|| self.extract_here(image))
@@ -410,14 +415,25 @@ pub fn greedy_coreset(
 }
 
 /// Nearest-neighbour distances of each row of `queries` (`[q, d]`) to `bank` (`[m, d]`), given
-/// the bank's squared norms `[1, m]`. The cross products are one matrix product; the rest is
-/// one pass per row (`|q|² + min_j(|b_j|² − 2 q·b_j)`), since candle's broadcast ops would
-/// make several passes over the `q × m` matrix.
+/// the bank's squared norms `[1, m]`. The cross products are one matrix product; on the CPU the
+/// rest is one pass per row (`|q|² + min_j(|b_j|² − 2 q·b_j)`), since candle's broadcast ops
+/// would make several passes over the `q × m` matrix.
 pub fn nearest_distances(
     queries: &Tensor,
     bank: &Tensor,
     bank_sq: &Tensor,
 ) -> candle_core::Result<Vec<f32>> {
+    if !queries.device().is_cpu() {
+        // On a GPU the q × m matrix stays there (4 MiB at input 128 against a 4096-entry
+        // bank): only the q distances cross to the host.
+        let nearest = bank_sq
+            .broadcast_sub(&(queries.matmul(&bank.t()?)? * 2.0)?)?
+            .min(1)?;
+        return (nearest + queries.sqr()?.sum(1)?)?
+            .relu()?
+            .sqrt()?
+            .to_vec1();
+    }
     let (_, m) = bank_sq.dims2()?;
     let query_sq: Vec<f32> = queries.sqr()?.sum(1)?.to_vec1()?;
     let cross: Vec<f32> = queries.matmul(&bank.t()?)?.flatten_all()?.to_vec1()?;

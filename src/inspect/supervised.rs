@@ -479,14 +479,15 @@ impl SupervisedModel {
         classes: usize,
         seed: u64,
     ) -> candle_core::Result<SupervisedModel> {
+        // The head lives where the features do: on the GPU in a `cuda` build that runs there.
+        let device = features.device().clone();
         let varmap = VarMap::new();
         let head = SegmentationHead::new(
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
             classes,
         )?;
         seeded_init(&varmap, seed)?;
-        let normaliser =
-            Normaliser::new(vec![0.0; FEATURE_DIM], vec![1.0; FEATURE_DIM], &Device::Cpu)?;
+        let normaliser = Normaliser::new(vec![0.0; FEATURE_DIM], vec![1.0; FEATURE_DIM], &device)?;
         let mut card = untrained_card(classes, &features);
         card.feature_mean = vec![0.0; FEATURE_DIM];
         card.feature_std = vec![1.0; FEATURE_DIM];

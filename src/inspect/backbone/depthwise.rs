@@ -9,7 +9,8 @@
 //! and ReLU6 applied on the way out. [`pulp`] picks the widest instruction set the CPU has at
 //! run time (AVX2 + FMA on any x86-64 from the last decade), so the release build needs no
 //! `target-cpu` flag. Channels run in parallel. The same kernel runs the stem on a grey image:
-//! every output channel reads the one input plane. Other devices fall back to candle's own ops.
+//! every output channel reads the one input plane. On an NVIDIA GPU ([`cuda`], `cuda` feature)
+//! both ops are one kernel launch each; other devices fall back to candle's own ops.
 //! (The 1×1 convolutions are gemm calls, 85–180 GFLOP/s here with its AVX-512 kernels: see
 //! [`super::pointwise`].)
 
@@ -17,6 +18,9 @@ use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, InplaceOp1, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// Padding on each side, TensorFlow "same" style (the extra pixel goes bottom/right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +126,7 @@ impl DepthwiseConv {
 impl Module for DepthwiseConv {
     /// `[b, c, h, w]` → `[b, c, ceil(h/s), ceil(w/s)]`.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if xs.device().is_cpu() {
+        if xs.device().is_cpu() || xs.device().is_cuda() {
             return xs.apply_op1_no_bwd(self);
         }
         let activated;
@@ -160,27 +164,12 @@ impl CustomOp1 for DepthwiseConv {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, c_in, h, w) = layout.shape().dims4()?;
-        if h == 0 || w == 0 {
-            candle_core::bail!("depthwise conv of an empty {h}x{w} plane");
-        }
+        let (b, h, w) = self.check_input(layout)?;
         let c = self.channels;
-        let want = if self.shared_input { 1 } else { c };
-        if c_in != want {
-            candle_core::bail!("depthwise conv takes {want} channels, input has {c_in}");
-        }
         let input = match (storage, layout.contiguous_offsets()) {
             (CpuStorage::F32(data), Some((start, end))) => &data[start..end],
             _ => candle_core::bail!("depthwise conv needs a contiguous f32 input"),
         };
-        if let Some(activation) = &self.input_activation
-            && activation.bias.len() != c_in
-        {
-            candle_core::bail!(
-                "input activation has {} channels, input has {c_in}",
-                activation.bias.len()
-            );
-        }
         let (ho, wo) = self.output_size(h, w);
         let geometry = PaddedPlane::new(h, w, ho, wo, self.kernel, self.stride);
         let len = b * c * ho * wo;
@@ -242,6 +231,39 @@ impl CustomOp1 for DepthwiseConv {
         // and single columns: together every column of every row).
         unsafe { output.set_len(len) };
         Ok((CpuStorage::F32(output), Shape::from((b, c, ho, wo))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let dims = self.check_input(layout)?;
+        cuda::depthwise(self, storage, layout, dims)
+    }
+}
+
+impl DepthwiseConv {
+    /// `(batch, h, w)` of an input this convolution takes, or why it does not take it.
+    fn check_input(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        let (b, c_in, h, w) = layout.shape().dims4()?;
+        if h == 0 || w == 0 {
+            candle_core::bail!("depthwise conv of an empty {h}x{w} plane");
+        }
+        let want = if self.shared_input { 1 } else { self.channels };
+        if c_in != want {
+            candle_core::bail!("depthwise conv takes {want} channels, input has {c_in}");
+        }
+        if let Some(activation) = &self.input_activation
+            && activation.bias.len() != c_in
+        {
+            candle_core::bail!(
+                "input activation has {} channels, input has {c_in}",
+                activation.bias.len()
+            );
+        }
+        Ok((b, h, w))
     }
 }
 
@@ -540,14 +562,18 @@ impl RunContext<'_> {
 pub struct BiasActivation {
     bias: Vec<f32>,
     relu6: bool,
+    /// `bias` as `[channels]` on the model's device, for the kernels off the CPU.
+    bias_tensor: Tensor,
 }
 
 impl BiasActivation {
     /// `bias` is `[channels]`.
     pub fn new(bias: &Tensor, relu6: bool) -> candle_core::Result<BiasActivation> {
+        let bias_tensor = bias.flatten_all()?.contiguous()?;
         Ok(BiasActivation {
-            bias: bias.flatten_all()?.to_vec1::<f32>()?,
+            bias: bias_tensor.to_vec1::<f32>()?,
             relu6,
+            bias_tensor,
         })
     }
 
@@ -555,7 +581,7 @@ impl BiasActivation {
     /// nothing else reads, such as a fresh matrix product (candle's clones share storage).
     /// Other devices use candle's ops.
     pub fn apply_in_place(&self, xs: Tensor) -> candle_core::Result<Tensor> {
-        if xs.device().is_cpu() {
+        if xs.device().is_cpu() || xs.device().is_cuda() {
             xs.inplace_op1(self)?;
             return Ok(xs);
         }
@@ -566,8 +592,7 @@ impl BiasActivation {
     fn apply_with_candle_ops(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut shape = vec![1, self.bias.len()];
         shape.extend(std::iter::repeat_n(1, xs.rank().saturating_sub(2)));
-        let bias = Tensor::from_vec(self.bias.clone(), shape, xs.device())?;
-        let ys = xs.broadcast_add(&bias)?;
+        let ys = xs.broadcast_add(&self.bias_tensor.reshape(shape)?)?;
         if self.relu6 {
             ys.clamp(0f32, 6f32)
         } else {
@@ -582,10 +607,8 @@ impl InplaceOp1 for BiasActivation {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        self.check_input(layout)?;
         let dims = layout.shape().dims();
-        if dims.len() < 2 || dims[1] != self.bias.len() {
-            candle_core::bail!("bias has {} channels, input is {dims:?}", self.bias.len());
-        }
         let values = match (storage, layout.contiguous_offsets()) {
             (CpuStorage::F32(data), Some((start, end))) => &mut data[start..end],
             _ => candle_core::bail!("bias-activation needs a contiguous f32 input"),
@@ -603,6 +626,26 @@ impl InplaceOp1 for BiasActivation {
                     relu6: self.relu6,
                 })
             });
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &mut candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<()> {
+        self.check_input(layout)?;
+        cuda::bias_activation(self, storage, layout)
+    }
+}
+
+impl BiasActivation {
+    fn check_input(&self, layout: &Layout) -> candle_core::Result<()> {
+        let dims = layout.shape().dims();
+        if dims.len() < 2 || dims[1] != self.bias.len() {
+            candle_core::bail!("bias has {} channels, input is {dims:?}", self.bias.len());
+        }
         Ok(())
     }
 }
