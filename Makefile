@@ -6,7 +6,8 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean
+.PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean \
+	cuda-toolkit build-cuda test-cuda bench-cuda
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -44,6 +45,28 @@ test-live:
 ## bench: criterion benchmarks (release build)
 bench: setup weights
 	cargo bench --locked
+
+# The GPU build (`cuda` feature). A box with NVIDIA's toolkit installed sets CUDA_HOME and
+# needs no cuda-toolkit; on the GPU machine the CUDA 13 runtime libraries (cuBLAS, cuRAND,
+# NVRTC) and the 580+ driver must be on the library path.
+CUDA_PREFIX ?= /opt/linesight-cuda
+CUDA_ENV = $(if $(CUDA_HOME),true,source $(CUDA_PREFIX)/env.sh)
+
+## cuda-toolkit: nvcc 13.0 and the CUDA libraries to build against, from PyPI (no GPU needed)
+cuda-toolkit:
+	$(if $(CUDA_HOME),@echo "using the CUDA toolkit in $(CUDA_HOME)",bash scripts/cuda-toolkit.sh $(CUDA_PREFIX))
+
+## build-cuda: release build of the station with the models on the GPU (device = "cuda")
+build-cuda: cuda-toolkit
+	$(CUDA_ENV) && cargo build --release --locked --features cuda
+
+## test-cuda: every model scores alike on the GPU and the CPU (needs an NVIDIA GPU)
+test-cuda: cuda-toolkit weights
+	$(CUDA_ENV) && cargo test --release --locked --features cuda --test cuda
+
+## bench-cuda: the benchmarks, CPU and GPU side by side (needs an NVIDIA GPU)
+bench-cuda: cuda-toolkit weights
+	$(CUDA_ENV) && cargo bench --locked --features cuda --bench inspect
 
 ## lint: formatting and clippy, as before every commit
 lint:
