@@ -5,10 +5,10 @@
 //! without one, opening it fails and so does every test here, loudly. CI builds without the
 //! feature and never compiles this file.
 //!
-//! The GPU takes different code paths from the CPU (candle's grouped convolution and matrix
-//! products instead of the hand-written depthwise and 1×1 kernels, the nearest-neighbour minimum
-//! on the device), and sums in a different order, so values are compared within a tolerance,
-//! relative to the largest value compared.
+//! The GPU takes different code paths from the CPU (its own depthwise and bias kernels, cuBLAS
+//! matrix products instead of the CPU's 1×1 kernel, the nearest-neighbour minimum on the
+//! device) and sums in a different order, so values are compared within a tolerance: relative
+//! to the largest value compared, or, for probabilities, absolute.
 
 use std::path::{Path, PathBuf};
 
@@ -19,11 +19,12 @@ use linesight::inspect::anomaly_train::{self, AnomalySettings, load_features};
 use linesight::inspect::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::inspect::dataset::Layout;
 use linesight::inspect::registry::{Registry, open_device};
-use linesight::inspect::supervised::SupervisedModel;
+use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::{GrayImage, HeatMap};
 use linesight::simulate::{DefectKind, PartGenerator};
 
-/// Largest difference allowed, as a share of the largest value compared.
+/// Largest difference allowed, as a share of the largest value compared (or, for a
+/// probability, absolute).
 const TOLERANCE: f32 = 1e-3;
 
 fn repo() -> PathBuf {
@@ -60,8 +61,14 @@ fn parts() -> Vec<GrayImage> {
 }
 
 fn assert_close(what: &str, cpu: &[f32], gpu: &[f32]) {
+    let largest = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_close_on_scale(what, cpu, gpu, largest);
+}
+
+/// [`assert_close`] with the tolerance taken relative to `scale`.
+fn assert_close_on_scale(what: &str, cpu: &[f32], gpu: &[f32], scale: f32) {
     assert_eq!(cpu.len(), gpu.len(), "{what}: lengths differ");
-    let largest = cpu.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let largest = scale.max(1e-6);
     let (worst, at) = cpu
         .iter()
         .zip(gpu)
@@ -121,11 +128,12 @@ fn depthwise_kernels_match_the_cpu() {
     for (h, w) in [(16, 16), (13, 40), (1, 7), (128, 128)] {
         for kernel in [3, 5] {
             for stride in [1, 2] {
+                // (A shared plane is an image: it never takes an input activation.)
                 for (shared, activation) in [
                     (false, None),
                     (false, Some(true)),
-                    (true, None),
                     (false, Some(false)),
+                    (true, None),
                 ] {
                     let c = 6;
                     let what = format!(
@@ -278,21 +286,20 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         gpu_scores.push(gpu_score);
     }
     // Combined scores are standard deviations above the good images' mean: compare them on
-    // the scale of the threshold, and check that every verdict agrees.
-    let scale: Vec<f32> = std::iter::once(threshold)
-        .chain(cpu_scores.iter().copied())
-        .collect();
-    assert_close(
-        "anomaly scores",
-        &[&scale[..], &cpu_scores].concat(),
-        &[&scale[..], &gpu_scores].concat(),
-    );
+    // the scale of the largest of them and the threshold, and check that every verdict away
+    // from the threshold agrees.
+    let scale = cpu_scores
+        .iter()
+        .fold(threshold.abs(), |m, v| m.max(v.abs()));
+    assert_close_on_scale("anomaly scores", &cpu_scores, &gpu_scores, scale);
     for (i, (c, g)) in cpu_scores.iter().zip(&gpu_scores).enumerate() {
-        assert_eq!(
-            c > &threshold,
-            g > &threshold,
-            "verdict of part {i}: {c} vs {g}"
-        );
+        if (c - threshold).abs() > TOLERANCE * scale {
+            assert_eq!(
+                c > &threshold,
+                g > &threshold,
+                "verdict of part {i}: {c} vs {g}"
+            );
+        }
     }
 }
 
@@ -320,6 +327,70 @@ fn supervised_predictions_match_the_cpu() {
                 &on_gpu.heat_map,
             );
         }
+    }
+}
+
+/// A supervised model trained here and loaded through the registry onto each device.
+#[test]
+fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("tiles");
+    let mut generator = PartGenerator::new(5, 256, 256, 0.0);
+    // Magnetic-tile layout: MT_<Class>/Imgs/<n>.jpg, masks as same-stem PNGs.
+    for i in 0..12 {
+        write_png(
+            &data.join(format!("MT_Free/Imgs/{i:03}.jpg")),
+            &generator.render(None).image,
+        );
+        for (class, kind) in [("Spot", DefectKind::Spot), ("Scratch", DefectKind::Scratch)] {
+            let part = generator.render(Some(kind));
+            write_png(
+                &data.join(format!("MT_{class}/Imgs/{i:03}.jpg")),
+                &part.image,
+            );
+            let mask = GrayImage::new(256, 256, part.mask.iter().map(|m| m * 255).collect())
+                .expect("mask");
+            write_png(&data.join(format!("MT_{class}/Imgs/{i:03}.png")), &mask);
+        }
+    }
+    let model_dir = dir.path().join("model");
+    supervised::train(&SupervisedSettings {
+        name: "gpu-parity".into(),
+        layout: Layout::MagneticTile,
+        data,
+        backbone_weights: backbone_weights(),
+        epochs: 10,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        input_size: 256,
+        augmented_copies: 1,
+        feature_dropout: 0.1,
+        target_escape_rate: None,
+        seed: 4,
+        out_dir: model_dir.clone(),
+        progress: false,
+    })
+    .expect("trains");
+
+    let cpu = Registry::new(dir.path().into(), backbone_weights(), Device::Cpu)
+        .load_dir(&model_dir)
+        .expect("loads on the CPU");
+    let gpu = Registry::new(dir.path().into(), backbone_weights(), gpu())
+        .load_dir(&model_dir)
+        .expect("loads on the GPU");
+    assert_eq!(gpu.kind(), "supervised");
+    for (i, image) in parts().iter().enumerate() {
+        let (cpu_score, cpu_map) = cpu.score(image).expect("cpu score");
+        let (gpu_score, gpu_map) = gpu.score(image).expect("gpu score");
+        assert!(
+            (cpu_score - gpu_score).abs() <= TOLERANCE,
+            "defect probability of part {i}: cpu {cpu_score}, gpu {gpu_score}"
+        );
+        assert_same_heat_map(
+            &format!("supervised heat map of part {i}"),
+            &cpu_map,
+            &gpu_map,
+        );
     }
 }
 

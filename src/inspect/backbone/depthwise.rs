@@ -61,7 +61,8 @@ pub struct DepthwiseConv {
     /// The previous layer's bias and activation, applied as each input plane is padded (one
     /// pass over the input saved).
     input_activation: Option<BiasActivation>,
-    /// For devices without the custom kernel: `[channels, 1, k, k]` and `[channels]`.
+    /// On the model's device, for the GPU kernel and candle's ops: `[channels, 1, k, k]` and
+    /// `[channels]`.
     weight_tensor: Tensor,
     bias_tensor: Tensor,
 }
@@ -90,8 +91,8 @@ impl DepthwiseConv {
             relu6,
             shared_input: false,
             input_activation: None,
-            weight_tensor: weight.clone(),
-            bias_tensor: bias.clone(),
+            weight_tensor: weight.contiguous()?,
+            bias_tensor: bias.contiguous()?,
         })
     }
 
@@ -110,7 +111,8 @@ impl DepthwiseConv {
     }
 
     /// The same convolution on inputs that still lack the previous layer's bias and activation
-    /// (`activation`, one bias per input channel): it applies them as it reads the input.
+    /// (`activation`, one bias per input channel): it applies them as it reads the input. (Not
+    /// for a convolution [`DepthwiseConv::from_one_plane`]: its input is an image.)
     pub fn with_input_activation(self, activation: BiasActivation) -> DepthwiseConv {
         DepthwiseConv {
             input_activation: Some(activation),
@@ -129,6 +131,14 @@ impl Module for DepthwiseConv {
         if xs.device().is_cpu() || xs.device().is_cuda() {
             return xs.apply_op1_no_bwd(self);
         }
+        self.forward_with_candle_ops(xs)
+    }
+}
+
+impl DepthwiseConv {
+    /// [`Module::forward`] with candle's ops, on any device: the path for devices without a
+    /// kernel of ours, which a test holds equal to the CPU kernel.
+    fn forward_with_candle_ops(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let activated;
         let xs = match &self.input_activation {
             Some(activation) => {
@@ -248,8 +258,11 @@ impl DepthwiseConv {
     /// `(batch, h, w)` of an input this convolution takes, or why it does not take it.
     fn check_input(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         let (b, c_in, h, w) = layout.shape().dims4()?;
-        if h == 0 || w == 0 {
-            candle_core::bail!("depthwise conv of an empty {h}x{w} plane");
+        if b == 0 || h == 0 || w == 0 {
+            candle_core::bail!("depthwise conv of an empty input ({b} planes of {h}x{w})");
+        }
+        if self.shared_input && self.input_activation.is_some() {
+            candle_core::bail!("a depthwise conv of one shared plane takes no input activation");
         }
         let want = if self.shared_input { 1 } else { self.channels };
         if c_in != want {
@@ -577,9 +590,9 @@ impl BiasActivation {
         })
     }
 
-    /// Applies it to `xs` (`[b, c, …]`), overwriting `xs`'s storage on the CPU: pass a tensor
-    /// nothing else reads, such as a fresh matrix product (candle's clones share storage).
-    /// Other devices use candle's ops.
+    /// Applies it to `xs` (`[b, c, …]`), overwriting `xs`'s storage on the CPU and on a GPU:
+    /// pass a tensor nothing else reads, such as a fresh matrix product (candle's clones share
+    /// storage). Other devices use candle's ops, into a new tensor.
     pub fn apply_in_place(&self, xs: Tensor) -> candle_core::Result<Tensor> {
         if xs.device().is_cpu() || xs.device().is_cuda() {
             xs.inplace_op1(self)?;
@@ -682,7 +695,7 @@ impl pulp::WithSimd for AddBias<'_> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     use super::*;
 
@@ -804,6 +817,65 @@ mod tests {
                 .expect("diff");
             assert!(diff < 1e-6, "relu6 {relu6}: {diff}");
         }
+    }
+
+    #[test]
+    fn candle_op_fallback_matches_the_kernel() {
+        let device = Device::Cpu;
+        let (c, h, w) = (6, 11, 14);
+        let input_bias = Tensor::randn(0f32, 1f32, c, &device).expect("input bias");
+        for kernel in [3, 5] {
+            for stride in [1, 2] {
+                let weight = Tensor::randn(0f32, 1f32, (c, 1, kernel, kernel), &device).expect("w");
+                let bias = Tensor::randn(0f32, 1f32, c, &device).expect("b");
+                let grey = Tensor::randn(0f32, 2f32, (2, 1, h, w), &device).expect("grey");
+                let planes = Tensor::randn(0f32, 2f32, (2, c, h, w), &device).expect("planes");
+                let activation =
+                    |relu6| BiasActivation::new(&input_bias, relu6).expect("activation");
+                let plain = DepthwiseConv::new(&weight, &bias, stride, true).expect("conv");
+                let cases = [
+                    (
+                        DepthwiseConv::from_one_plane(&weight, &bias, stride, false).expect("c"),
+                        &grey,
+                    ),
+                    (plain.clone(), &planes),
+                    (
+                        plain.clone().with_input_activation(activation(true)),
+                        &planes,
+                    ),
+                    (plain.with_input_activation(activation(false)), &planes),
+                ];
+                for (i, (conv, xs)) in cases.iter().enumerate() {
+                    let kernel_out = conv.forward(xs).expect("kernel");
+                    let candle_out = conv.forward_with_candle_ops(xs).expect("candle");
+                    let diff = (kernel_out - candle_out)
+                        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                        .expect("diff");
+                    assert!(diff < 1e-4, "k{kernel} s{stride} case {i}: max diff {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_inputs_it_cannot_take() {
+        let device = Device::Cpu;
+        let weight = Tensor::ones((4, 1, 3, 3), DType::F32, &device).expect("w");
+        let bias = Tensor::zeros(4, DType::F32, &device).expect("b");
+        let conv = DepthwiseConv::new(&weight, &bias, 1, false).expect("conv");
+        let message = |conv: &DepthwiseConv, dims: (usize, usize, usize, usize)| {
+            let xs = Tensor::zeros(dims, DType::F32, &device).expect("xs");
+            conv.forward(&xs).expect_err("refused").to_string()
+        };
+        assert!(message(&conv, (1, 3, 8, 8)).contains("takes 4 channels"));
+        assert!(message(&conv, (0, 4, 8, 8)).contains("empty"));
+        let grey = DepthwiseConv::from_one_plane(&weight, &bias, 1, false)
+            .expect("conv")
+            .with_input_activation(
+                BiasActivation::new(&Tensor::zeros(1, DType::F32, &device).expect("b"), true)
+                    .expect("activation"),
+            );
+        assert!(message(&grey, (1, 1, 8, 8)).contains("no input activation"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
 
 use super::{BiasActivation, DepthwiseConv, SamePadding};
@@ -24,7 +24,8 @@ const BLOCK: u32 = 256;
 const SOURCE: &str = r#"
 // out[b, c, y, x] = bias[c] + sum over taps of weight[c, ky, kx] * in'[b, c_in, iy, ix], where
 // in' is the input after the previous layer's bias and activation (in_act: 0 none, 1 bias,
-// 2 bias + ReLU6) and is zero outside the plane (TF "same" padding, top/left given).
+// 2 bias + ReLU6; never with a shared input plane) and is zero outside the plane (TF "same"
+// padding, top/left given).
 extern "C" __global__ void depthwise_conv(
     const float* __restrict__ input, const float* __restrict__ weight,
     const float* __restrict__ bias, const float* __restrict__ in_bias,
@@ -42,7 +43,7 @@ extern "C" __global__ void depthwise_conv(
     long long in_plane = shared_input ? b : plane;
     const float* src = input + in_plane * h * w;
     const float* taps = weight + (long long)c * kernel * kernel;
-    float add = in_act ? in_bias[shared_input ? 0 : c] : 0.0f;
+    float add = in_act ? in_bias[c] : 0.0f;
     float acc = bias[c];
     int y0 = y * stride - pad_top, x0 = x * stride - pad_left;
     for (int ky = 0; ky < kernel; ++ky) {
@@ -51,7 +52,7 @@ extern "C" __global__ void depthwise_conv(
         for (int kx = 0; kx < kernel; ++kx) {
             int ix = x0 + kx;
             if (ix < 0 || ix >= w) continue;
-            float v = src[iy * w + ix];
+            float v = src[(long long)iy * w + ix];
             if (in_act) {
                 v += add;
                 if (in_act == 2) v = fminf(fmaxf(v, 0.0f), 6.0f);
@@ -98,17 +99,17 @@ fn launch_config(total: usize) -> candle_core::Result<LaunchConfig> {
     })
 }
 
-/// Runs `f` on the f32 device slice behind `tensor` (which must be contiguous, on the GPU).
+/// Runs `f` on the f32 device slice behind `tensor`, the op's `what` (which must be a
+/// contiguous f32 tensor on the GPU).
 fn with_slice<R>(
+    what: &str,
     tensor: &Tensor,
-    f: impl FnOnce(
-        candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
-    ) -> candle_core::Result<R>,
+    f: impl FnOnce(CudaView<'_, f32>) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     let (storage, layout) = tensor.storage_and_layout();
     let (Storage::Cuda(storage), Some((start, end))) = (&*storage, layout.contiguous_offsets())
     else {
-        candle_core::bail!("depthwise kernel: a weight is not a contiguous GPU tensor");
+        candle_core::bail!("GPU kernel: the {what} is not a contiguous tensor on the GPU");
     };
     f(storage.as_cuda_slice::<f32>()?.slice(start..end))
 }
@@ -130,21 +131,18 @@ pub(super) fn depthwise(
     let input = storage.as_cuda_slice::<f32>()?.slice(start..end);
     let device = storage.device().clone();
     let (ho, wo) = conv.output_size(h, w);
+    // The kernel indexes a plane with 32-bit rows and columns.
+    as_i32(h * w)?;
     let pad = SamePadding::new(h, w, conv.kernel, conv.stride);
     let total = b * conv.channels * ho * wo;
     let func = device.get_or_load_custom_func("depthwise_conv", MODULE, ptx()?)?;
     // SAFETY: the kernel writes every one of the `total` values.
-    let output = unsafe { device.alloc::<f32>(total) }?;
+    let mut output = unsafe { device.alloc::<f32>(total) }?;
     let in_act: i32 = match &conv.input_activation {
         None => 0,
         Some(activation) if activation.relu6 => 2,
         Some(_) => 1,
     };
-    // Without an input activation the kernel never reads `in_bias`: any valid pointer does.
-    let in_bias = conv
-        .input_activation
-        .as_ref()
-        .map_or(&conv.bias_tensor, |a| &a.bias_tensor);
     // The kernel's parameters after `total`, in order.
     let scalars = [
         as_i32(conv.channels)?,
@@ -162,16 +160,16 @@ pub(super) fn depthwise(
     ];
     let total_arg = total as i64;
     let config = launch_config(total)?;
-    with_slice(&conv.weight_tensor, |weight| {
-        with_slice(&conv.bias_tensor, |bias| {
-            with_slice(in_bias, |in_bias| {
+    with_slice("depthwise weight", &conv.weight_tensor, |weight| {
+        with_slice("depthwise bias", &conv.bias_tensor, |bias| {
+            let mut launch = |in_bias: &CudaView<'_, f32>| {
                 let mut launch = func.builder();
                 launch
                     .arg(&input)
                     .arg(&weight)
                     .arg(&bias)
-                    .arg(&in_bias)
-                    .arg(&output)
+                    .arg(in_bias)
+                    .arg(&mut output)
                     .arg(&total_arg);
                 for scalar in &scalars {
                     launch.arg(scalar);
@@ -180,7 +178,17 @@ pub(super) fn depthwise(
                 // every index it reads is checked against the sizes passed.
                 unsafe { launch.launch(config) }.w()?;
                 Ok(())
-            })
+            };
+            match &conv.input_activation {
+                Some(activation) => with_slice(
+                    "input activation's bias",
+                    &activation.bias_tensor,
+                    |in_bias| launch(&in_bias),
+                ),
+                // Without an input activation the kernel never reads `in_bias`: any valid
+                // pointer does (and taking `bias`'s lock a second time could deadlock).
+                None => launch(&bias),
+            }
         })
     })?;
     Ok((
@@ -208,7 +216,7 @@ pub(super) fn bias_activation(
         (total as i64, as_i32(channels)?, i32::from(activation.relu6));
     let config = launch_config(total)?;
     let mut values = storage.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
-    with_slice(&activation.bias_tensor, |bias| {
+    with_slice("bias", &activation.bias_tensor, |bias| {
         let mut launch = func.builder();
         launch
             .arg(&mut values)
