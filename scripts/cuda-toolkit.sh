@@ -7,15 +7,16 @@
 # CUDA 13.0 matches the 580 driver series; PTX built by it runs on that driver and newer ones.
 #
 #   bash scripts/cuda-toolkit.sh [PREFIX]      # default /opt/linesight-cuda
-#   source PREFIX/env.sh                      # PATH, CUDA_HOME, CUDA_COMPUTE_CAP, ...
+#   source PREFIX/env.sh                      # PATH, CUDA_HOME, LD_LIBRARY_PATH, ...
 #   cargo build --release --features cuda
 #
-# On the GPU machine the binary needs the driver and the runtime libraries of CUDA 13
-# (libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13) on its library path.
-# A box with NVIDIA's own toolkit installed needs none of this: set CUDA_HOME to it instead.
+# To run, the binary needs the NVIDIA driver (580 or newer) and the CUDA 13 runtime libraries
+# (libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13); env.sh puts the ones
+# installed here on the library path. A box with NVIDIA's own toolkit installed needs none of
+# this: set CUDA_HOME to it instead.
 set -euo pipefail
 
-prefix=${1:-/opt/linesight-cuda}
+prefix=$(realpath -m "${1:-/opt/linesight-cuda}")
 # The GPU generation to compile kernels for: 90 is Hopper (H100, H200); 80 Ampere A100,
 # 86 other Ampere, 89 Ada. PTX for one generation also runs on later ones.
 compute_cap=${CUDA_COMPUTE_CAP:-90}
@@ -36,6 +37,13 @@ if [[ -x $root/bin/nvcc && -e $root/lib/stubs/libcuda.so && -e $prefix/env.sh ]]
     exit 0
 fi
 
+for tool in gcc python3; do
+    command -v "$tool" >/dev/null || { echo "cuda-toolkit: needs $tool" >&2; exit 1; }
+done
+# Fail before a 700 MB download, not after it.
+mkdir -p "$prefix"
+[[ -w $prefix ]] || { echo "cuda-toolkit: cannot write to $prefix" >&2; exit 1; }
+
 pip=(python3 -m pip)
 [[ -x .venv/bin/python ]] && pip=(.venv/bin/python -m pip)
 download=$(mktemp -d)
@@ -49,7 +57,6 @@ for wheel in "${wheels[@]}"; do
         --platform manylinux2010_x86_64 "$wheel"
 done
 
-mkdir -p "$prefix"
 unpacked=$download/unpacked
 for wheel in "$download"/*.whl; do
     python3 -m zipfile -e "$wheel" "$unpacked"
@@ -81,6 +88,8 @@ cat >"$prefix/env.sh" <<EOF
 # Source before \`cargo build --features cuda\` (written by scripts/cuda-toolkit.sh).
 export CUDA_HOME=$root CUDA_PATH=$root CUDA_ROOT=$root CUDA_TOOLKIT_ROOT_DIR=$root
 export PATH=$root/bin:\$PATH
+# The runtime libraries (never lib/stubs: its libcuda.so.1 would hide the driver's).
+export LD_LIBRARY_PATH=$root/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
 export CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-$compute_cap}
 EOF
 "$root/bin/nvcc" --version | tail -2
