@@ -10,7 +10,10 @@
 //! device) and sums in a different order, so values are compared within a tolerance: relative
 //! to the largest value compared, or, for probabilities, absolute.
 
-use std::path::{Path, PathBuf};
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
 use linesight::config::ModelDevice;
@@ -18,28 +21,16 @@ use linesight::inspect::anomaly::{FEATURE_DIM, PatchFeatures};
 use linesight::inspect::anomaly_train::{self, AnomalySettings, load_features};
 use linesight::inspect::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::inspect::dataset::Layout;
-use linesight::inspect::registry::{Registry, open_device};
+use linesight::inspect::registry::{Detector, Registry, open_device};
 use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::{GrayImage, HeatMap};
 use linesight::simulate::{DefectKind, PartGenerator};
 
+use crate::common::{backbone_weights, repo, write_mvtec_parts, write_tile_dataset};
+
 /// Largest difference allowed, as a share of the largest value compared (or, for a
 /// probability, absolute).
 const TOLERANCE: f32 = 1e-3;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn backbone_weights() -> PathBuf {
-    let weights = repo().join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
-    assert!(
-        weights.exists(),
-        "{} is missing: run `make weights`",
-        weights.display()
-    );
-    weights
-}
 
 fn gpu() -> Device {
     match open_device(ModelDevice::Cuda) {
@@ -103,6 +94,18 @@ fn values(tensor: &Tensor) -> Vec<f32> {
         .flatten_all()
         .and_then(|t| t.to_vec1())
         .expect("tensor values")
+}
+
+/// The model in `dir`, loaded through the registry as a station loads it: on the CPU and on
+/// the GPU.
+fn on_both_devices(dir: &Path) -> (Detector, Detector) {
+    let registry = |device| Registry::new(repo().join("models"), backbone_weights(), device);
+    (
+        registry(Device::Cpu)
+            .load_dir(dir)
+            .expect("loads on the CPU"),
+        registry(gpu()).load_dir(dir).expect("loads on the GPU"),
+    )
 }
 
 fn extractors(size: usize) -> (PatchFeatures, PatchFeatures) {
@@ -237,22 +240,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("parts");
     let mut generator = PartGenerator::new(21, 256, 256, 0.0);
-    for i in 0..16 {
-        write_png(
-            &data.join(format!("train/good/{i:03}.png")),
-            &generator.render(None).image,
-        );
-    }
-    for (i, &kind) in DefectKind::ALL.iter().enumerate() {
-        write_png(
-            &data.join(format!("test/good/{i:03}.png")),
-            &generator.render(None).image,
-        );
-        write_png(
-            &data.join(format!("test/defect/{i:03}.png")),
-            &generator.render(Some(kind)).image,
-        );
-    }
+    write_mvtec_parts(&data, &mut generator, 16, 4);
     let model_dir = dir.path().join("model");
     anomaly_train::train(&AnomalySettings {
         name: "gpu-parity".into(),
@@ -269,12 +257,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
     })
     .expect("trains");
 
-    let cpu = Registry::new(dir.path().into(), backbone_weights(), Device::Cpu)
-        .load_dir(&model_dir)
-        .expect("loads on the CPU");
-    let gpu = Registry::new(dir.path().into(), backbone_weights(), gpu())
-        .load_dir(&model_dir)
-        .expect("loads on the GPU");
+    let (cpu, gpu) = on_both_devices(&model_dir);
     assert_eq!(gpu.kind(), "anomaly");
     let threshold = cpu.threshold();
     let (mut cpu_scores, mut gpu_scores) = (Vec::new(), Vec::new());
@@ -335,24 +318,7 @@ fn supervised_predictions_match_the_cpu() {
 fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("tiles");
-    let mut generator = PartGenerator::new(5, 256, 256, 0.0);
-    // Magnetic-tile layout: MT_<Class>/Imgs/<n>.jpg, masks as same-stem PNGs.
-    for i in 0..12 {
-        write_png(
-            &data.join(format!("MT_Free/Imgs/{i:03}.jpg")),
-            &generator.render(None).image,
-        );
-        for (class, kind) in [("Spot", DefectKind::Spot), ("Scratch", DefectKind::Scratch)] {
-            let part = generator.render(Some(kind));
-            write_png(
-                &data.join(format!("MT_{class}/Imgs/{i:03}.jpg")),
-                &part.image,
-            );
-            let mask = GrayImage::new(256, 256, part.mask.iter().map(|m| m * 255).collect())
-                .expect("mask");
-            write_png(&data.join(format!("MT_{class}/Imgs/{i:03}.png")), &mask);
-        }
-    }
+    write_tile_dataset(&data, &mut PartGenerator::new(5, 256, 256, 0.0), 12);
     let model_dir = dir.path().join("model");
     supervised::train(&SupervisedSettings {
         name: "gpu-parity".into(),
@@ -372,12 +338,7 @@ fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
     })
     .expect("trains");
 
-    let cpu = Registry::new(dir.path().into(), backbone_weights(), Device::Cpu)
-        .load_dir(&model_dir)
-        .expect("loads on the CPU");
-    let gpu = Registry::new(dir.path().into(), backbone_weights(), gpu())
-        .load_dir(&model_dir)
-        .expect("loads on the GPU");
+    let (cpu, gpu) = on_both_devices(&model_dir);
     assert_eq!(gpu.kind(), "supervised");
     for (i, image) in parts().iter().enumerate() {
         let (cpu_score, cpu_map) = cpu.score(image).expect("cpu score");
@@ -397,12 +358,7 @@ fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
 #[test]
 fn the_simulated_line_model_scores_alike_on_the_gpu() {
     let dir = repo().join("models/defect-net-sim");
-    let cpu = Registry::new(repo().join("models"), backbone_weights(), Device::Cpu)
-        .load_dir(&dir)
-        .expect("loads on the CPU");
-    let gpu = Registry::new(repo().join("models"), backbone_weights(), gpu())
-        .load_dir(&dir)
-        .expect("loads on the GPU");
+    let (cpu, gpu) = on_both_devices(&dir);
     for (i, image) in parts().iter().enumerate() {
         let image = crop_to_model(image, cpu.input_size());
         let (cpu_score, cpu_map) = cpu.score(&image).expect("cpu score");
@@ -432,9 +388,4 @@ fn crop_to_model(image: &GrayImage, size: Option<(u32, u32)>) -> GrayImage {
         })
         .collect();
     GrayImage::new(w, h, pixels).expect("crop")
-}
-
-fn write_png(path: &Path, image: &GrayImage) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    std::fs::write(path, linesight::record::gray_png(image).expect("png")).expect("write");
 }

@@ -4,9 +4,9 @@
 use linesight::inspect::anomaly::Resampling;
 use linesight::inspect::anomaly_train::{self, AnomalySettings};
 use linesight::inspect::dataset::Layout;
-use linesight::simulate::{DefectKind, PartGenerator};
+use linesight::simulate::PartGenerator;
 
-use crate::{backbone_weights, write_png};
+use crate::{backbone_weights, write_mvtec_parts};
 
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
@@ -15,28 +15,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("parts");
     let mut generator = PartGenerator::new(21, 256, 256, 0.0);
-    for i in 0..24 {
-        write_png(
-            &root.join(format!("train/good/{i:03}.png")),
-            &generator.render(None).image,
-        );
-    }
-    for i in 0..12 {
-        write_png(
-            &root.join(format!("test/good/{i:03}.png")),
-            &generator.render(None).image,
-        );
-        let kind = DefectKind::ALL[i % DefectKind::ALL.len()];
-        let part = generator.render(Some(kind));
-        write_png(&root.join(format!("test/defect/{i:03}.png")), &part.image);
-        let mask =
-            linesight::part::GrayImage::new(256, 256, part.mask.iter().map(|m| m * 255).collect())
-                .expect("mask");
-        write_png(
-            &root.join(format!("ground_truth/defect/{i:03}_mask.png")),
-            &mask,
-        );
-    }
+    write_mvtec_parts(&root, &mut generator, 24, 12);
     // A corrupt test image is skipped and counted, not fatal.
     std::fs::write(root.join("test/good/999.png"), b"not a png").expect("write");
 

@@ -7,7 +7,7 @@ use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
 use linesight::simulate::{DefectKind, PartGenerator};
 
-use crate::{backbone_weights, write_png};
+use crate::{backbone_weights, write_png, write_tile_dataset};
 
 #[test]
 fn supervised_model_learns_defect_classes_from_masks() {
@@ -16,23 +16,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("tiles");
     let mut generator = PartGenerator::new(5, 256, 256, 0.0);
-    // Magnetic-tile layout: MT_<Class>/Imgs/<n>.jpg (format sniffed), masks as same-stem PNGs.
-    for i in 0..20 {
-        write_png(
-            &root.join(format!("MT_Free/Imgs/{i:03}.jpg")),
-            &generator.render(None).image,
-        );
-        for (class, kind) in [("Spot", DefectKind::Spot), ("Scratch", DefectKind::Scratch)] {
-            let part = generator.render(Some(kind));
-            write_png(
-                &root.join(format!("MT_{class}/Imgs/{i:03}.jpg")),
-                &part.image,
-            );
-            let mask = GrayImage::new(256, 256, part.mask.iter().map(|m| m * 255).collect())
-                .expect("mask");
-            write_png(&root.join(format!("MT_{class}/Imgs/{i:03}.png")), &mask);
-        }
-    }
+    write_tile_dataset(&root, &mut generator, 20);
     // Bad input: a truncated image and a mask of the wrong size are reported and skipped.
     std::fs::write(root.join("MT_Free/Imgs/100.jpg"), b"\xff\xd8truncated").expect("write");
     write_png(
