@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
 use linesight::inspect::DefectModel;
-use linesight::inspect::anomaly::{FEATURE_DIM, ImageGaussian, PatchCore, PatchHead};
-use linesight::inspect::anomaly_train::load_features;
+use linesight::inspect::anomaly::{CoarseImage, FEATURE_DIM, ImageGaussian, PatchCore, PatchHead};
+use linesight::inspect::anomaly_train::{COARSE_INPUT_SIZE, load_features};
 use linesight::inspect::supervised::SupervisedModel;
 use linesight::inspect::train::SIM_FRAME_SIZE;
 use linesight::record::gray_png;
@@ -66,8 +66,9 @@ fn gpu(
 }
 
 /// The pretrained-backbone models' costs on a 256×256 image: backbone features, the anomaly
-/// model's nearest-neighbour search against a 4096-entry bank with its image Gaussian and patch
-/// head, the supervised model's head. On `device`, with bench names starting `prefix`.
+/// model's nearest-neighbour search against a 4096-entry bank with its image Gaussian, patch
+/// head and coarse image score (a second backbone pass at 96), the supervised model's head. On
+/// `device`, with bench names starting `prefix`.
 fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Device, prefix: &str) {
     let weights = repo("models/efficientnet-lite0/efficientnet-lite0.safetensors");
     if !weights.exists() {
@@ -102,7 +103,11 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
         let model = PatchCore::from_bank(features.clone().with_input_size(size), bank.clone())
             .expect("model")
             .with_image_gaussian(gaussian.clone())
-            .with_head(Some(head.clone()));
+            .with_head(Some(head.clone()))
+            .with_coarse_image(Some(CoarseImage::new(
+                features.clone().with_input_size(COARSE_INPUT_SIZE),
+                gaussian.clone(),
+            )));
         c.bench_function(
             &format!("{prefix}anomaly/score_256_input{size}_bank4096"),
             |b| b.iter(|| model.score(image).expect("score")),

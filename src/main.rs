@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use linesight::config::StationConfig;
 use linesight::inspect::DefectModel;
 use linesight::inspect::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
-use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings};
+use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings, COARSE_INPUT_SIZE};
 use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
 use linesight::inspect::dataset::Layout;
@@ -186,6 +186,10 @@ enum TrainKind {
         /// of defect-like patches beside the memory bank; 0 trains none.
         #[arg(long, default_value_t = SYNTHETIC_DEFECTS_PER_GOOD)]
         synthetic_defects: usize,
+        /// Input size of a second, whole-image score at a coarser scale (a multiple of 16);
+        /// 0 for none.
+        #[arg(long, default_value_t = COARSE_INPUT_SIZE)]
+        coarse_input_size: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, default_value = BACKBONE_WEIGHTS)]
@@ -399,6 +403,7 @@ fn real_main() -> anyhow::Result<()> {
                     input_size,
                     target_false_reject_rate,
                     synthetic_defects,
+                    coarse_input_size,
                     seed,
                     backbone,
                 },
@@ -412,6 +417,7 @@ fn real_main() -> anyhow::Result<()> {
                 input_size,
                 target_false_reject_rate,
                 synthetic_defects_per_good: synthetic_defects,
+                coarse_input_size: (coarse_input_size > 0).then_some(coarse_input_size),
                 seed,
                 out_dir: out.clone(),
                 progress: true,

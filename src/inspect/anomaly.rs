@@ -695,6 +695,9 @@ pub struct ScoreScale {
     /// The [`PatchHead`]'s score on good images; absent in models trained before the head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<GoodSpread>,
+    /// The [`CoarseImage`] score on good images; absent in models without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coarse_image: Option<GoodSpread>,
 }
 
 /// Mean and standard deviation of a score on good images.
@@ -719,7 +722,7 @@ impl GoodSpread {
 
 impl ScoreScale {
     /// From good images' raw scores; `None` with fewer than two or without image scores. The
-    /// head's spread is kept when every image has a head score.
+    /// head's and the coarse image score's spreads are kept when every image has that score.
     pub fn from_good_scores(scores: &[RawScores]) -> Option<ScoreScale> {
         let images: Vec<f32> = scores.iter().filter_map(|s| s.image).collect();
         if scores.len() < 2 || images.len() != scores.len() {
@@ -727,6 +730,7 @@ impl ScoreScale {
         }
         let patches: Vec<f32> = scores.iter().map(|s| s.patch).collect();
         let heads: Vec<f32> = scores.iter().filter_map(|s| s.head).collect();
+        let coarse: Vec<f32> = scores.iter().filter_map(|s| s.coarse_image).collect();
         let (patch, image) = (GoodSpread::of(&patches), GoodSpread::of(&images));
         Some(ScoreScale {
             patch_mean: patch.mean,
@@ -734,11 +738,12 @@ impl ScoreScale {
             image_mean: image.mean,
             image_std: image.std,
             head: (heads.len() == scores.len()).then(|| GoodSpread::of(&heads)),
+            coarse_image: (coarse.len() == scores.len()).then(|| GoodSpread::of(&coarse)),
         })
     }
 
-    /// The combined score: the sum of each score present, standardised. A head score counts
-    /// only when this scale knows its spread.
+    /// The combined score: the sum of each score present, standardised. A head or coarse image
+    /// score counts only when this scale knows its spread.
     pub fn combine(&self, raw: RawScores) -> f32 {
         let patch = GoodSpread {
             mean: self.patch_mean,
@@ -753,6 +758,10 @@ impl ScoreScale {
             + self
                 .head
                 .zip(raw.head)
+                .map_or(0.0, |(spread, v)| spread.standardise(v))
+            + self
+                .coarse_image
+                .zip(raw.coarse_image)
                 .map_or(0.0, |(spread, v)| spread.standardise(v))
     }
 }
@@ -775,6 +784,48 @@ pub struct RawScores {
     pub image: Option<f32>,
     /// Mean of the highest [`PatchHead`] logits; `None` for a model without a head.
     pub head: Option<f32>,
+    /// Mahalanobis distance of the image descriptor at the [`CoarseImage`] input size; `None`
+    /// for a model without one.
+    pub coarse_image: Option<f32>,
+}
+
+/// A second look at the whole image, through the backbone at a smaller input: an
+/// [`ImageGaussian`] of the image descriptor there.
+///
+/// At a coarser input every patch spans more of the surface, so the descriptor weighs an
+/// image's large-scale make-up (uneven grinding, a crack's long course) rather than its fine
+/// grain. Its distance adds to the input-size one, not replaces it: magnetic-tile development
+/// AUROC 0.915 → 0.922 with a 96 input beside the 128 one, better on all five folds, cracks
+/// 0.762 → 0.787 and uneven 0.924 → 0.942 (the whole pipeline at 96 alone: 0.915; adding its
+/// patch score or head too: 0.916 / 0.922, for twice the search). Held out, four seeds: AUROC
+/// mean 0.913 → 0.926, escape rate at the threshold 0.27 → 0.24. It costs a second backbone
+/// pass, 2.8 ms on this 2-core CPU. Flipped copies of the good images, in the bank or averaged
+/// at test time, measured no gain (≤ 0.001).
+#[derive(Debug, Clone)]
+pub struct CoarseImage {
+    features: PatchFeatures,
+    gaussian: ImageGaussian,
+}
+
+impl CoarseImage {
+    /// `gaussian` fitted to good images' descriptors from `features`.
+    pub fn new(features: PatchFeatures, gaussian: ImageGaussian) -> CoarseImage {
+        CoarseImage { features, gaussian }
+    }
+
+    /// The extractor at the coarse input size.
+    pub fn extractor(&self) -> &PatchFeatures {
+        &self.features
+    }
+
+    pub fn gaussian(&self) -> &ImageGaussian {
+        &self.gaussian
+    }
+
+    /// The image's descriptor at the coarse input size.
+    pub fn descriptor(&self, image: &GrayImage) -> candle_core::Result<Vec<f32>> {
+        Ok(self.features.extract(image)?.descriptor)
+    }
 }
 
 /// A trained PatchCore model, with an image-level Gaussian beside the patch memory bank.
@@ -787,6 +838,7 @@ pub struct PatchCore {
     bank_sq: Tensor,
     image_gaussian: Option<ImageGaussian>,
     head: Option<PatchHead>,
+    coarse_image: Option<CoarseImage>,
     scale: Option<ScoreScale>,
 }
 
@@ -824,6 +876,7 @@ impl PatchCore {
             bank_sq,
             image_gaussian: None,
             head: None,
+            coarse_image: None,
             scale: None,
         })
     }
@@ -841,6 +894,14 @@ impl PatchCore {
         PatchCore { head, ..self }
     }
 
+    /// Sets the coarse image score (`None`: none).
+    pub fn with_coarse_image(self, coarse_image: Option<CoarseImage>) -> PatchCore {
+        PatchCore {
+            coarse_image,
+            ..self
+        }
+    }
+
     /// Sets how the scores combine; without it the score is the raw patch score alone.
     pub fn with_scale(self, scale: Option<ScoreScale>) -> PatchCore {
         PatchCore { scale, ..self }
@@ -851,7 +912,7 @@ impl PatchCore {
         &self.bank
     }
 
-    /// How the two scores combine, for saving.
+    /// How the scores combine, for saving.
     pub fn scale(&self) -> Option<ScoreScale> {
         self.scale
     }
@@ -866,15 +927,27 @@ impl PatchCore {
         self.head.as_ref()
     }
 
-    /// Both scores of an image, and the patch-distance heat map.
-    pub fn raw_scores(&self, image: &GrayImage) -> candle_core::Result<(RawScores, HeatMap)> {
-        on_worker_thread(|| self.raw_scores_of(&self.features.extract(image)?))
+    /// The coarse image score, for saving.
+    pub fn coarse_image(&self) -> Option<&CoarseImage> {
+        self.coarse_image.as_ref()
     }
 
-    /// [`PatchCore::raw_scores`] of features already extracted (by this model's extractor).
+    /// Every score of an image, and the patch-distance heat map.
+    pub fn raw_scores(&self, image: &GrayImage) -> candle_core::Result<(RawScores, HeatMap)> {
+        on_worker_thread(|| {
+            let coarse = (self.coarse_image.as_ref())
+                .map(|coarse| coarse.descriptor(image))
+                .transpose()?;
+            self.raw_scores_of(&self.features.extract(image)?, coarse.as_deref())
+        })
+    }
+
+    /// [`PatchCore::raw_scores`] of features already extracted (by this model's extractor,
+    /// and the coarse descriptor by its [`CoarseImage`]'s, if it has one).
     pub fn raw_scores_of(
         &self,
         features: &ImageFeatures,
+        coarse_descriptor: Option<&[f32]>,
     ) -> candle_core::Result<(RawScores, HeatMap)> {
         let values = nearest_distances(&features.patches, &self.bank, &self.bank_sq)?;
         let side = (values.len() as f64).sqrt() as u32;
@@ -887,6 +960,9 @@ impl PatchCore {
             head: (self.head.as_ref())
                 .map(|h| h.score(&features.patches))
                 .transpose()?,
+            coarse_image: (self.coarse_image.as_ref())
+                .zip(coarse_descriptor)
+                .map(|(coarse, descriptor)| coarse.gaussian.distance(descriptor)),
         };
         Ok((
             scores,
@@ -980,6 +1056,7 @@ mod tests {
             patch,
             image: Some(image),
             head,
+            coarse_image: None,
         };
         let good = [raw(1.0, 10.0, Some(-3.0)), raw(3.0, 30.0, Some(-1.0))];
         let scale = ScoreScale::from_good_scores(&good).expect("scale");
@@ -991,14 +1068,33 @@ mod tests {
         // Without head scores (a model without a head) the scale has no head spread, and a
         // head score it is given anyway does not count.
         let headless = [raw(1.0, 10.0, None), raw(3.0, 30.0, None)];
-        let scale = ScoreScale::from_good_scores(&headless).expect("scale");
-        assert_eq!(scale.head, None);
-        assert_eq!(scale.combine(raw(4.0, 20.0, Some(100.0))), 2.0);
+        let headless_scale = ScoreScale::from_good_scores(&headless).expect("scale");
+        assert_eq!(headless_scale.head, None);
+        assert_eq!(headless_scale.coarse_image, None);
+        assert_eq!(headless_scale.combine(raw(4.0, 20.0, Some(100.0))), 2.0);
         // A card written before the head reads back without it.
         let json = r#"{"patch_mean":1.0,"patch_std":2.0,"image_mean":3.0,"image_std":4.0}"#;
         let old: ScoreScale = serde_json::from_str(json).expect("old scale");
         assert_eq!(old.head, None);
         assert_eq!(serde_json::to_string(&old).expect("json"), json);
+        // The coarse image score counts in good standard deviations too, once its spread is
+        // known.
+        let coarse = |patch, coarse| RawScores {
+            coarse_image: Some(coarse),
+            ..raw(patch, 20.0, None)
+        };
+        let scale =
+            ScoreScale::from_good_scores(&[coarse(1.0, 5.0), coarse(3.0, 7.0)]).expect("scale");
+        assert_eq!(
+            scale.coarse_image,
+            Some(GoodSpread {
+                mean: 6.0,
+                std: 1.0
+            })
+        );
+        assert_eq!(scale.combine(coarse(2.0, 9.0)), 3.0);
+        // Without it (an older model) a coarse score does not count.
+        assert_eq!(headless_scale.combine(coarse(2.0, 9.0)), 0.0);
     }
 
     /// Patch features where "defective" patches are pushed along one direction, on top of a

@@ -16,8 +16,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::inspect::anomaly::{
-    ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores, Resampling,
-    SYNTHETIC_MIN_SHARE, ScoreScale, bilinear, check_input_size, resize_bilinear,
+    CoarseImage, ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores,
+    Resampling, SYNTHETIC_MIN_SHARE, ScoreScale, bilinear, check_input_size, resize_bilinear,
 };
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
@@ -35,6 +35,13 @@ const IMAGE_PRECISION_TENSOR: &str = "image_precision";
 /// The patch head's tensors in the bank file.
 const HEAD_WEIGHT_TENSOR: &str = "head_weight";
 const HEAD_BIAS_TENSOR: &str = "head_bias";
+
+/// The coarse image Gaussian's tensors in the bank file.
+const COARSE_MEAN_TENSOR: &str = "coarse_image_mean";
+const COARSE_PRECISION_TENSOR: &str = "coarse_image_precision";
+
+/// The input size of the coarse image score new models get (see [`CoarseImage`]).
+pub const COARSE_INPUT_SIZE: usize = 96;
 
 /// Card file inside an anomaly model folder.
 pub const CARD_FILE: &str = "card.json";
@@ -77,6 +84,8 @@ pub struct AnomalySettings {
     pub target_false_reject_rate: f64,
     /// Defects painted on each good training image to train the patch head; 0 trains no head.
     pub synthetic_defects_per_good: usize,
+    /// Input size of the second, coarser image score ([`CoarseImage`]); `None` for none.
+    pub coarse_input_size: Option<usize>,
     pub seed: u64,
     pub out_dir: PathBuf,
     pub progress: bool,
@@ -131,7 +140,10 @@ pub struct AnomalyCard {
     /// trained before the head).
     #[serde(default)]
     pub synthetic_defects_per_good: usize,
-    /// How the patch, image and head scores combine (absent in models trained before the
+    /// Input size of the coarse image score (absent in models without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coarse_input_size: Option<usize>,
+    /// How the patch, image, head and coarse image scores combine (absent in models trained before the
     /// image score: their score is the patch score).
     #[serde(default)]
     pub score_scale: Option<ScoreScale>,
@@ -161,8 +173,17 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         path: settings.data.clone(),
         message,
     })?;
+    if let Some(size) = settings.coarse_input_size {
+        check_input_size(size).map_err(|message| AnomalyError::File {
+            path: settings.data.clone(),
+            message: format!("coarse {message}"),
+        })?;
+    }
     let features =
         load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
+    // The same backbone (its weights shared, not copied) at the coarse input size.
+    let coarse_features =
+        (settings.coarse_input_size).map(|size| features.clone().with_input_size(size));
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
     let good_part: Vec<Sample> = train_part
@@ -190,6 +211,9 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
                 match dataset::load_gray(&sample.image) {
                     Ok(image) => {
                         out.images.push(features.extract(&image)?);
+                        if let Some(coarse) = &coarse_features {
+                            out.coarse.push(coarse.extract(&image)?.descriptor);
+                        }
                         out.used.push(sample.image.clone());
                         for _ in 0..defects_per_image {
                             let defect = synthetic_defect::paint(&image, &mut painter);
@@ -220,13 +244,21 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             bank = settings.bank_size,
             "selecting the coreset"
         );
+        let coarse = match &coarse_features {
+            Some(extractor) => Some(CoarseImage::new(
+                extractor.clone(),
+                ImageGaussian::fit(&part.coarse)?,
+            )),
+            None => None,
+        };
         Ok(PatchCore::fit(
             features.clone(),
             &all,
             &descriptors,
             settings.bank_size,
             settings.seed,
-        )?)
+        )?
+        .with_coarse_image(coarse))
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
     // It is fitted once; the painted images' features (tens of megabytes) go with this block.
@@ -247,9 +279,12 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let model = fit(&fit_part)?.with_head(head.clone());
     // Scored from the features extracted above: each image is read and seen once.
     let raw_scores = |part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
-        part.images
-            .iter()
-            .map(|f| Ok(model.raw_scores_of(f)?.0))
+        (part.images.iter().enumerate())
+            .map(|(i, f)| {
+                Ok(model
+                    .raw_scores_of(f, part.coarse.get(i).map(Vec::as_slice))?
+                    .0)
+            })
             .collect()
     };
     let validation_scores = raw_scores(&validation_part)?;
@@ -310,12 +345,15 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         name: settings.name.clone(),
         version: format!("{}@{bank_digest}", settings.name),
         kind: "anomaly".into(),
-        architecture: if model.head().is_some() {
-            "patchcore + image gaussian + patch head (synthetic defects)"
-        } else {
-            "patchcore + image gaussian"
-        }
-        .into(),
+        architecture: [
+            Some("patchcore + image gaussian"),
+            model.head().map(|_| "patch head (synthetic defects)"),
+            model.coarse_image().map(|_| "coarse image gaussian"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" + "),
         backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
         input_size: settings.input_size,
         resampling: model.extractor().resampling(),
@@ -329,6 +367,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         training_data_sha256: dataset::content_digest(used.iter())?,
         bank_size: model.bank().dim(0)?,
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
+        coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
         score_scale: model.scale(),
         threshold,
         threshold_rule,
@@ -345,6 +384,8 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
 struct GoodFeatures {
     /// Each readable image's patch features and descriptor.
     images: Vec<ImageFeatures>,
+    /// Each one's descriptor at the coarse input size (empty without a coarse score).
+    coarse: Vec<Vec<f32>>,
     /// The images the features came from.
     used: Vec<PathBuf>,
     /// Defects painted on those images (only on the first fit's, for the head): their
@@ -355,6 +396,7 @@ struct GoodFeatures {
 impl GoodFeatures {
     fn append(&mut self, mut other: GoodFeatures) {
         self.images.append(&mut other.images);
+        self.coarse.append(&mut other.coarse);
         self.used.append(&mut other.used);
     }
 }
@@ -374,17 +416,19 @@ pub fn load(
         path: card_path.clone(),
         message: e.to_string(),
     })?;
-    check_input_size(card.input_size).map_err(|message| AnomalyError::File {
-        path: card_path,
-        message,
-    })?;
+    for size in std::iter::once(card.input_size).chain(card.coarse_input_size) {
+        check_input_size(size).map_err(|message| AnomalyError::File {
+            path: card_path.clone(),
+            message,
+        })?;
+    }
     let bank_path = dir.join(BANK_FILE);
     let tensors = candle_core::safetensors::load(&bank_path, device)?;
     let bank = tensors
         .get("bank")
         .cloned()
         .ok_or_else(|| AnomalyError::File {
-            path: bank_path,
+            path: bank_path.clone(),
             message: "no `bank` tensor".into(),
         })?;
     let features = load_features(backbone_weights, device)?
@@ -402,6 +446,24 @@ pub fn load(
         tensors.get(HEAD_BIAS_TENSOR),
     ) {
         model = model.with_head(Some(PatchHead::from_tensors(weight, bias)?));
+    }
+    if let Some(size) = card.coarse_input_size {
+        let (Some(mean), Some(precision)) = (
+            tensors.get(COARSE_MEAN_TENSOR),
+            tensors.get(COARSE_PRECISION_TENSOR),
+        ) else {
+            return Err(AnomalyError::File {
+                path: bank_path,
+                message: format!(
+                    "the card names a coarse image score, but `{COARSE_MEAN_TENSOR}` or `{COARSE_PRECISION_TENSOR}` is missing"
+                ),
+            });
+        };
+        let coarse = CoarseImage::new(
+            model.extractor().clone().with_input_size(size),
+            ImageGaussian::from_tensors(mean, precision)?,
+        );
+        model = model.with_coarse_image(Some(coarse));
     }
     Ok((model, card))
 }
@@ -423,6 +485,11 @@ fn save(model: &PatchCore, card: &AnomalyCard, dir: &Path) -> Result<(), Anomaly
         let (weight, bias) = head.to_tensors()?;
         tensors.insert(HEAD_WEIGHT_TENSOR.to_owned(), weight);
         tensors.insert(HEAD_BIAS_TENSOR.to_owned(), bias);
+    }
+    if let Some(coarse) = model.coarse_image() {
+        let (mean, precision) = coarse.gaussian().to_tensors(model.bank().device())?;
+        tensors.insert(COARSE_MEAN_TENSOR.to_owned(), mean);
+        tensors.insert(COARSE_PRECISION_TENSOR.to_owned(), precision);
     }
     candle_core::safetensors::save(&tensors, &bank_path)?;
     let card_path = dir.join(CARD_FILE);

@@ -251,6 +251,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         input_size: 128,
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
+        coarse_input_size: Some(64),
         seed: 3,
         out_dir: model_dir.clone(),
         progress: false,

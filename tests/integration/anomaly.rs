@@ -28,6 +28,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         input_size: 128,
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
+        coarse_input_size: Some(64),
         seed: 3,
         out_dir: dir.path().join("model"),
         progress: false,
@@ -38,9 +39,12 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
     assert!(card.version.starts_with("synthetic-parts@"));
     assert!(card.threshold > 0.0);
-    // The image score and the patch head are on, scaled on the validation images.
+    // The image score, the patch head and the coarse image score are on, scaled on the
+    // validation images.
     let scale = card.score_scale.expect("a score scale");
     assert!(scale.head.is_some(), "{card:?}");
+    assert!(scale.coarse_image.is_some(), "{card:?}");
+    assert_eq!(card.coarse_input_size, Some(64));
     assert_eq!(card.synthetic_defects_per_good, 2);
     assert_eq!(card.input_size, 128);
     assert_eq!(card.resampling, Resampling::Antialiased);
@@ -102,6 +106,16 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         .as_object_mut()
         .expect("card object")
         .remove("resampling");
+    // A card that names a coarse image score its bank file lacks is refused, saying so.
+    std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("card");
+    let refused = anomaly_train::load(&old, &weights, &candle_core::Device::Cpu)
+        .expect_err("coarse tensors missing")
+        .to_string();
+    assert!(refused.contains("coarse_image_mean"), "{refused}");
+    old_card
+        .as_object_mut()
+        .expect("card object")
+        .remove("coarse_input_size");
     std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("old card");
     let (old_model, old_loaded_card) =
         anomaly_train::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
@@ -117,9 +131,13 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(raw.image, None);
     assert_eq!(old_model.score(&image).expect("score").0, raw.patch);
     assert_eq!(raw.head, None);
-    // The current model's score is the combined one, not the patch distance; its head came
-    // back from the bank file.
+    assert_eq!(raw.coarse_image, None);
+    // The current model's score is the combined one, not the patch distance; its head and
+    // coarse image Gaussian came back from the bank file.
     let (raw, _) = model.raw_scores(&image).expect("raw scores");
-    assert!(raw.image.is_some() && raw.head.is_some(), "{raw:?}");
+    assert!(
+        raw.image.is_some() && raw.head.is_some() && raw.coarse_image.is_some(),
+        "{raw:?}"
+    );
     assert_ne!(model.score(&image).expect("score").0, raw.patch);
 }
