@@ -10,7 +10,8 @@
 //! the mean of the highest few patch scores, and the patch scores form the heat map. Beside it,
 //! an [`ImageGaussian`] scores the image as a whole, and a [`PatchHead`], trained to tell good
 //! patches from defects painted on the good images ([`crate::inspect::synthetic_defect`]),
-//! scores what a plain distance misses; [`ScoreScale`] sums the three.
+//! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
+//! through the backbone at a smaller input; [`ScoreScale`] sums the four.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
@@ -682,10 +683,11 @@ impl PatchHead {
     }
 }
 
-/// Puts the patch score, the image score and the head score on one scale, each as standard
-/// deviations above its mean on good validation images; the model's score is their sum
-/// (magnetic-tile image AUROC 0.913 at input 128 for patch + image, against 0.891 and 0.896
-/// for either alone; see [`PatchHead`] for what adding its score does).
+/// Puts the patch score, the image score, the head score and the coarse image score on one
+/// scale, each as standard deviations above its mean on good validation images; the model's
+/// score is their sum (magnetic-tile image AUROC 0.913 at input 128 for patch + image, against
+/// 0.891 and 0.896 for either alone; see [`PatchHead`] and [`CoarseImage`] for what adding
+/// theirs does).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreScale {
     pub patch_mean: f32,
@@ -794,12 +796,12 @@ pub struct RawScores {
 ///
 /// At a coarser input every patch spans more of the surface, so the descriptor weighs an
 /// image's large-scale make-up (uneven grinding, a crack's long course) rather than its fine
-/// grain. Its distance adds to the input-size one, not replaces it: magnetic-tile development
+/// grain. Its distance adds to the main image score, not replaces it: magnetic-tile development
 /// AUROC 0.915 → 0.922 with a 96 input beside the 128 one, better on all five folds, cracks
 /// 0.762 → 0.787 and uneven 0.924 → 0.942 (the whole pipeline at 96 alone: 0.915; adding its
 /// patch score or head too: 0.916 / 0.922, for twice the search). Held out, four seeds: AUROC
 /// mean 0.913 → 0.926, escape rate at the threshold 0.27 → 0.24. It costs a second backbone
-/// pass, 2.8 ms on this 2-core CPU. Flipped copies of the good images, in the bank or averaged
+/// pass: 2.8 ms on the 2-core development VM the speed targets are set for. Flipped copies of the good images, in the bank or averaged
 /// at test time, measured no gain (≤ 0.001).
 #[derive(Debug, Clone)]
 pub struct CoarseImage {
@@ -818,6 +820,7 @@ impl CoarseImage {
         &self.features
     }
 
+    /// The Gaussian of good images' coarse descriptors.
     pub fn gaussian(&self) -> &ImageGaussian {
         &self.gaussian
     }
@@ -960,9 +963,12 @@ impl PatchCore {
             head: (self.head.as_ref())
                 .map(|h| h.score(&features.patches))
                 .transpose()?,
-            coarse_image: (self.coarse_image.as_ref())
-                .zip(coarse_descriptor)
-                .map(|(coarse, descriptor)| coarse.gaussian.distance(descriptor)),
+            coarse_image: match (&self.coarse_image, coarse_descriptor) {
+                (Some(coarse), Some(descriptor)) => Some(coarse.gaussian.distance(descriptor)),
+                // Leaving the score out would sum fewer terms than the threshold was set on.
+                (Some(_), None) => candle_core::bail!("coarse image descriptor missing"),
+                (None, _) => None,
+            },
         };
         Ok((
             scores,
@@ -1095,6 +1101,13 @@ mod tests {
         assert_eq!(scale.combine(coarse(2.0, 9.0)), 3.0);
         // Without it (an older model) a coarse score does not count.
         assert_eq!(headless_scale.combine(coarse(2.0, 9.0)), 0.0);
+        // It is saved in the card and read back.
+        let json = serde_json::to_string(&scale).expect("json");
+        assert!(json.contains("coarse_image"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ScoreScale>(&json).expect("scale"),
+            scale
+        );
     }
 
     /// Patch features where "defective" patches are pushed along one direction, on top of a

@@ -128,7 +128,7 @@ pub struct AnomalyCard {
     pub dataset: String,
     pub layout: Layout,
     pub split: String,
-    /// Good images the final bank and image Gaussian were fitted on (validation included).
+    /// Good images the final bank and image Gaussians were fitted on (validation included).
     pub n_train_good: usize,
     /// Good training images a first fit left out, to scale the scores and choose the
     /// threshold on; the final model adds them.
@@ -143,8 +143,8 @@ pub struct AnomalyCard {
     /// Input size of the coarse image score (absent in models without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coarse_input_size: Option<usize>,
-    /// How the patch, image, head and coarse image scores combine (absent in models trained before the
-    /// image score: their score is the patch score).
+    /// How the patch, image, head and coarse image scores combine (absent in models trained
+    /// before the image score: their score is the patch score).
     #[serde(default)]
     pub score_scale: Option<ScoreScale>,
     /// Fail when the anomaly score (standard deviations above good validation images, not a
@@ -174,10 +174,22 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         message,
     })?;
     if let Some(size) = settings.coarse_input_size {
-        check_input_size(size).map_err(|message| AnomalyError::File {
-            path: settings.data.clone(),
-            message: format!("coarse {message}"),
-        })?;
+        check_input_size(size)
+            .and_then(|()| {
+                // At the same size it would count the image score twice.
+                if size < settings.input_size {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "input size {size} is not below the model's {}",
+                        settings.input_size
+                    ))
+                }
+            })
+            .map_err(|message| AnomalyError::File {
+                path: settings.data.clone(),
+                message: format!("coarse image score: {message}"),
+            })?;
     }
     let features =
         load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
@@ -212,7 +224,8 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
                     Ok(image) => {
                         out.images.push(features.extract(&image)?);
                         if let Some(coarse) = &coarse_features {
-                            out.coarse.push(coarse.extract(&image)?.descriptor);
+                            out.coarse_descriptors
+                                .push(coarse.extract(&image)?.descriptor);
                         }
                         out.used.push(sample.image.clone());
                         for _ in 0..defects_per_image {
@@ -247,7 +260,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         let coarse = match &coarse_features {
             Some(extractor) => Some(CoarseImage::new(
                 extractor.clone(),
-                ImageGaussian::fit(&part.coarse)?,
+                ImageGaussian::fit(&part.coarse_descriptors)?,
             )),
             None => None,
         };
@@ -282,7 +295,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         (part.images.iter().enumerate())
             .map(|(i, f)| {
                 Ok(model
-                    .raw_scores_of(f, part.coarse.get(i).map(Vec::as_slice))?
+                    .raw_scores_of(f, part.coarse_descriptors.get(i).map(Vec::as_slice))?
                     .0)
             })
             .collect()
@@ -300,7 +313,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             threshold_for_false_reject_rate(&combined, &labels, settings.target_false_reject_rate);
         let rule = format!(
             "false-reject rate ≤ {} on {} good validation images (scored by the model fitted \
-             without them; the final bank and image Gaussian add them)",
+             without them; the final bank and image Gaussians add them)",
             settings.target_false_reject_rate,
             combined.len()
         );
@@ -379,13 +392,14 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     Ok(card)
 }
 
-/// Features of a set of good images, for the memory bank, the image Gaussian and the head.
+/// Features of a set of good images, for the memory bank, the image Gaussians and the head.
 #[derive(Default)]
 struct GoodFeatures {
     /// Each readable image's patch features and descriptor.
     images: Vec<ImageFeatures>,
-    /// Each one's descriptor at the coarse input size (empty without a coarse score).
-    coarse: Vec<Vec<f32>>,
+    /// Each one's descriptor at the coarse input size, in the same order (empty without a
+    /// coarse score).
+    coarse_descriptors: Vec<Vec<f32>>,
     /// The images the features came from.
     used: Vec<PathBuf>,
     /// Defects painted on those images (only on the first fit's, for the head): their
@@ -396,7 +410,8 @@ struct GoodFeatures {
 impl GoodFeatures {
     fn append(&mut self, mut other: GoodFeatures) {
         self.images.append(&mut other.images);
-        self.coarse.append(&mut other.coarse);
+        self.coarse_descriptors
+            .append(&mut other.coarse_descriptors);
         self.used.append(&mut other.used);
     }
 }
@@ -416,11 +431,23 @@ pub fn load(
         path: card_path.clone(),
         message: e.to_string(),
     })?;
-    for size in std::iter::once(card.input_size).chain(card.coarse_input_size) {
-        check_input_size(size).map_err(|message| AnomalyError::File {
-            path: card_path.clone(),
-            message,
-        })?;
+    let card_error = |message: String| AnomalyError::File {
+        path: card_path.clone(),
+        message,
+    };
+    check_input_size(card.input_size).map_err(card_error)?;
+    if let Some(size) = card.coarse_input_size {
+        check_input_size(size).map_err(|m| card_error(format!("coarse image score: {m}")))?;
+    }
+    // The threshold was set on the sum of the scores the scale names: a coarse score with
+    // no spread to scale it, or a spread with no coarse score, would sum other terms.
+    let scaled = card.score_scale.is_some_and(|s| s.coarse_image.is_some());
+    if card.coarse_input_size.is_some() != scaled && card.score_scale.is_some() {
+        return Err(card_error(
+            "the coarse image score's input size and its spread in `score_scale` must come \
+             together"
+                .into(),
+        ));
     }
     let bank_path = dir.join(BANK_FILE);
     let tensors = candle_core::safetensors::load(&bank_path, device)?;

@@ -19,7 +19,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     // A corrupt test image is skipped and counted, not fatal.
     std::fs::write(root.join("test/good/999.png"), b"not a png").expect("write");
 
-    let card = anomaly_train::train(&AnomalySettings {
+    let settings = AnomalySettings {
         name: "synthetic-parts".into(),
         layout: Layout::Mvtec,
         data: root.clone(),
@@ -32,8 +32,16 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         seed: 3,
         out_dir: dir.path().join("model"),
         progress: false,
+    };
+    // A coarse image score at the model's own input size would count the image score twice.
+    let refused = anomaly_train::train(&AnomalySettings {
+        coarse_input_size: Some(128),
+        ..settings.clone()
     })
-    .expect("trains");
+    .expect_err("coarse size not below the input size")
+    .to_string();
+    assert!(refused.contains("coarse image score"), "{refused}");
+    let card = anomaly_train::train(&settings).expect("trains");
     // Every 5th of the 24 good training images chooses the threshold, scored by a first fit
     // without them; the final bank and image Gaussian learn from all 24.
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
@@ -76,6 +84,9 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     )
     .expect("loads");
     assert_eq!(loaded_card.bank_size, card.bank_size);
+    let coarse = model.coarse_image().expect("the coarse image score");
+    assert_eq!(coarse.extractor().input_size(), 64);
+    assert_eq!(coarse.extractor().resampling(), Resampling::Antialiased);
     let samples = linesight::inspect::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
         linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
@@ -98,6 +109,21 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
             .expect("card"),
     )
     .expect("card json");
+    let load_refused = |card: &serde_json::Value| {
+        std::fs::write(old.join(anomaly_train::CARD_FILE), card.to_string()).expect("card");
+        anomaly_train::load(&old, &weights, &candle_core::Device::Cpu)
+            .expect_err("refused")
+            .to_string()
+    };
+    // A card whose scale has a coarse spread but no coarse input size is refused: its
+    // threshold was set on a sum with the coarse score in it.
+    let mut no_coarse_size = old_card.clone();
+    no_coarse_size
+        .as_object_mut()
+        .expect("card object")
+        .remove("coarse_input_size");
+    let refused = load_refused(&no_coarse_size);
+    assert!(refused.contains("must come together"), "{refused}");
     old_card
         .as_object_mut()
         .expect("card object")
@@ -107,10 +133,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         .expect("card object")
         .remove("resampling");
     // A card that names a coarse image score its bank file lacks is refused, saying so.
-    std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("card");
-    let refused = anomaly_train::load(&old, &weights, &candle_core::Device::Cpu)
-        .expect_err("coarse tensors missing")
-        .to_string();
+    let refused = load_refused(&old_card);
     assert!(refused.contains("coarse_image_mean"), "{refused}");
     old_card
         .as_object_mut()
