@@ -801,8 +801,8 @@ pub struct RawScores {
 /// 0.762 → 0.787 and uneven 0.924 → 0.942 (the whole pipeline at 96 alone: 0.915; adding its
 /// patch score or head too: 0.916 / 0.922, for twice the search). Held out, four seeds: AUROC
 /// mean 0.913 → 0.926, escape rate at the threshold 0.27 → 0.24. It costs a second backbone
-/// pass: 2.8 ms on the 2-core development VM the speed targets are set for. Flipped copies of the good images, in the bank or averaged
-/// at test time, measured no gain (≤ 0.001).
+/// pass: 2.8 ms on the 2-core development VM the speed targets are set for. Flipped copies of
+/// the good images, in the bank or averaged at test time, measured no gain (≤ 0.001).
 #[derive(Debug, Clone)]
 pub struct CoarseImage {
     features: PatchFeatures,

@@ -482,7 +482,8 @@ pub fn load(
             return Err(AnomalyError::File {
                 path: bank_path,
                 message: format!(
-                    "the card names a coarse image score, but `{COARSE_MEAN_TENSOR}` or `{COARSE_PRECISION_TENSOR}` is missing"
+                    "the card names a coarse image score, but `{COARSE_MEAN_TENSOR}` or \
+                     `{COARSE_PRECISION_TENSOR}` is missing"
                 ),
             });
         };
