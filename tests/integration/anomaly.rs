@@ -104,11 +104,19 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         .bank()
         .save_safetensors("bank", old.join(anomaly_train::BANK_FILE))
         .expect("old bank");
-    let mut old_card: serde_json::Value = serde_json::from_str(
+    let card_json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("model").join(anomaly_train::CARD_FILE))
             .expect("card"),
     )
     .expect("card json");
+    // The card without the given fields.
+    let without = |keys: &[&str]| {
+        let mut card = card_json.clone();
+        for key in keys {
+            card.as_object_mut().expect("card object").remove(*key);
+        }
+        card
+    };
     let load_refused = |card: &serde_json::Value| {
         std::fs::write(old.join(anomaly_train::CARD_FILE), card.to_string()).expect("card");
         anomaly_train::load(&old, &weights, &candle_core::Device::Cpu)
@@ -117,28 +125,12 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     };
     // A card whose scale has a coarse spread but no coarse input size is refused: its
     // threshold was set on a sum with the coarse score in it.
-    let mut no_coarse_size = old_card.clone();
-    no_coarse_size
-        .as_object_mut()
-        .expect("card object")
-        .remove("coarse_input_size");
-    let refused = load_refused(&no_coarse_size);
+    let refused = load_refused(&without(&["coarse_input_size"]));
     assert!(refused.contains("must come together"), "{refused}");
-    old_card
-        .as_object_mut()
-        .expect("card object")
-        .remove("score_scale");
-    old_card
-        .as_object_mut()
-        .expect("card object")
-        .remove("resampling");
     // A card that names a coarse image score its bank file lacks is refused, saying so.
-    let refused = load_refused(&old_card);
+    let refused = load_refused(&without(&["score_scale", "resampling"]));
     assert!(refused.contains("coarse_image_mean"), "{refused}");
-    old_card
-        .as_object_mut()
-        .expect("card object")
-        .remove("coarse_input_size");
+    let old_card = without(&["score_scale", "resampling", "coarse_input_size"]);
     std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("old card");
     let (old_model, old_loaded_card) =
         anomaly_train::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
