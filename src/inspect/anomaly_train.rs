@@ -224,8 +224,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
                     Ok(image) => {
                         out.images.push(features.extract(&image)?);
                         if let Some(coarse) = &coarse_features {
-                            out.coarse_descriptors
-                                .push(coarse.extract(&image)?.descriptor);
+                            out.coarse_descriptors.push(coarse.descriptor(&image)?);
                         }
                         out.used.push(sample.image.clone());
                         for _ in 0..defects_per_image {
