@@ -64,7 +64,7 @@ fi
 # Playwright (library only; it drives Debian's /usr/bin/chromium, never downloads a browser).
 if [ ! -d "$here/tests/ui/node_modules/playwright-core" ]; then
   log "installing playwright-core for the UI tests"
-  (cd "$here/tests/ui" && npm install --no-audit --no-fund --silent)
+  (cd "$here/tests/ui" && npm ci --no-audit --no-fund --silent)
 else
   log "playwright-core present"
 fi
