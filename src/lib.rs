@@ -24,6 +24,7 @@ pub mod calibrate;
 pub mod capture;
 pub mod config;
 pub mod inspect;
+pub mod learn;
 pub mod metrics;
 pub mod model_control;
 pub mod part;

@@ -15,13 +15,13 @@ use linesight::inspect::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings, COARSE_INPUT_SIZE};
 use linesight::inspect::backbone::EfficientNetLite0;
 use linesight::inspect::backbone::legacy_pth::read_state_dict;
-use linesight::inspect::dataset::Layout;
-use linesight::inspect::eval::{DetectionMetrics, ThresholdMetrics};
 use linesight::inspect::registry::Registry;
 use linesight::inspect::supervised::{
     self, SupervisedMetrics, SupervisedModel, SupervisedSettings,
 };
 use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
+use linesight::learn::dataset::Layout;
+use linesight::learn::eval::{DetectionMetrics, ThresholdMetrics};
 use linesight::station::{RunOptions, Station};
 
 #[derive(Parser)]
@@ -446,9 +446,9 @@ fn real_main() -> anyhow::Result<()> {
         } => {
             let (loaded, card) = anomaly_train::load(&model, &backbone, &Device::Cpu)
                 .context("loading the anomaly model")?;
-            let samples = linesight::inspect::dataset::read(layout, &data)?;
+            let samples = linesight::learn::dataset::read(layout, &data)?;
             let (_, held_out) =
-                linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
+                linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
             let metrics = anomaly_train::evaluate(&loaded, &held_out, card.threshold, true)
                 .context("evaluating")?;
             println!("model {} on {}", card.name, data.display());

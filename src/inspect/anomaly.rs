@@ -9,7 +9,7 @@
 //! entries. A patch's anomaly score is its distance to the nearest bank entry; the image score is
 //! the mean of the highest few patch scores, and the patch scores form the heat map. Beside it,
 //! an [`ImageGaussian`] scores the image as a whole, and a [`PatchHead`], trained to tell good
-//! patches from defects painted on the good images ([`crate::inspect::synthetic_defect`]),
+//! patches from defects painted on the good images ([`crate::learn::synthetic_defect`]),
 //! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
 //! through the backbone at a smaller input; [`ScoreScale`] sums the four.
 
@@ -21,9 +21,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::backbone::{EfficientNetLite0, FEATURE_CHANNELS, Features};
-use crate::inspect::normaliser::Normaliser;
 use crate::inspect::on_worker_thread;
-use crate::inspect::train::binary_cross_entropy_each;
+use crate::learn::fit::binary_cross_entropy_each;
+use crate::learn::normaliser::Normaliser;
 use crate::part::{GrayImage, HeatMap};
 
 /// Side of the square the backbone sees (unless a model chooses another, a multiple of 16).
@@ -577,7 +577,7 @@ const HEAD_LEARNING_RATE: f64 = 0.05;
 const HEAD_L2: f64 = 1e-3;
 
 /// A linear classifier of patch features, trained to tell the good images' patches from
-/// patches of defects painted on them ([`crate::inspect::synthetic_defect`]).
+/// patches of defects painted on them ([`crate::learn::synthetic_defect`]).
 ///
 /// The memory bank knows only what good looks like, so it scores every novelty alike, a
 /// harmless texture variant as much as a blowhole. The head learns which directions of the
@@ -1160,7 +1160,7 @@ mod tests {
         let (features, labels) = head_examples(&device);
         let head = PatchHead::fit(&[(&features, &labels[..])]).expect("fit");
         let logits = head.logits(&features).expect("logits");
-        let auroc = crate::inspect::eval::auroc(&logits, &labels).expect("both classes");
+        let auroc = crate::learn::eval::auroc(&logits, &labels).expect("both classes");
         assert!(auroc > 0.99, "head AUROC {auroc}");
         // The folded standardisation puts the decision boundary between the classes.
         let mean_of = |want: bool| {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use rand::SeedableRng;
@@ -17,13 +16,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::inspect::anomaly::{
     CoarseImage, ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores,
-    Resampling, SYNTHETIC_MIN_SHARE, ScoreScale, bilinear, check_input_size, resize_bilinear,
+    Resampling, SYNTHETIC_MIN_SHARE, ScoreScale, check_input_size,
 };
 use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
-use crate::inspect::dataset::{self, DatasetError, Layout, Sample};
-use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
-use crate::inspect::synthetic_defect;
-use crate::part::{GrayImage, HeatMap};
+use crate::learn::dataset::{self, DatasetError, Layout, Sample};
+use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
+use crate::learn::hash::{self, ContentHash};
+use crate::learn::progress;
+use crate::learn::synthetic_defect;
+use crate::part::GrayImage;
 
 /// Bank file inside an anomaly model folder.
 pub const BANK_FILE: &str = "memory-bank.safetensors";
@@ -51,9 +52,6 @@ pub const HOLDOUT_EVERY: usize = 4;
 
 /// Every this-many-th good training image is kept for validation.
 const VALIDATION_EVERY: usize = 5;
-
-/// Side of the grid pixel metrics are computed on.
-const PIXEL_GRID: usize = 64;
 
 /// Why anomaly training or evaluation failed.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +205,7 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     // threshold chosen on it. The final fit adds it.
     let (good, validation) = dataset::split_every_ignoring_own(&good_part, VALIDATION_EVERY);
 
-    let bar = progress(
+    let bar = progress::labelled(
         settings.progress,
         good.len() + validation.len(),
         "features of good images",
@@ -308,8 +306,11 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             .map(|&s| model.combined(s))
             .collect();
         let labels = vec![false; combined.len()];
-        let threshold =
-            threshold_for_false_reject_rate(&combined, &labels, settings.target_false_reject_rate);
+        let threshold = eval::threshold_for_false_reject_rate(
+            &combined,
+            &labels,
+            settings.target_false_reject_rate,
+        );
         let rule = format!(
             "false-reject rate ≤ {} on {} good validation images (scored by the model fitted \
              without them; the final bank and image Gaussians add them)",
@@ -343,19 +344,16 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
     let training_duration_s = started.elapsed().as_secs_f64();
 
     let metrics = evaluate(&model, &held_out, threshold, settings.progress)?;
-    let bank_digest = {
-        use sha2::{Digest, Sha256};
-        let bank: Vec<f32> = model.bank().flatten_all()?.to_vec1()?;
-        let mut hasher = Sha256::new();
-        for v in bank {
-            hasher.update(v.to_le_bytes());
-        }
-        hasher.update(threshold.to_le_bytes());
-        hex::encode(&hasher.finalize()[..6])
-    };
+    // The version names what the station runs: the bank and the threshold.
+    let version = hash::version(
+        &settings.name,
+        ContentHash::new()
+            .floats(&model.bank().flatten_all()?.to_vec1::<f32>()?)
+            .floats(&[threshold]),
+    );
     let card = AnomalyCard {
         name: settings.name.clone(),
-        version: format!("{}@{bank_digest}", settings.name),
+        version,
         kind: "anomaly".into(),
         architecture: [
             Some("patchcore + image gaussian"),
@@ -534,7 +532,7 @@ pub fn evaluate(
     let (mut scores, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
     let mut pixels = PixelTruth::default();
     let mut n_skipped = 0;
-    let bar = progress(show_progress, samples.len(), "held-out images");
+    let bar = progress::labelled(show_progress, samples.len(), "held-out images");
     for sample in samples {
         bar.inc(1);
         let image = match dataset::load_gray(&sample.image) {
@@ -614,76 +612,4 @@ pub fn evaluate(
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
     })
-}
-
-/// The lowest threshold that rejects at most `rate` of the good parts.
-pub fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -> f32 {
-    let mut good: Vec<f32> = scores
-        .iter()
-        .zip(labels)
-        .filter(|(_, l)| !**l)
-        .map(|(s, _)| *s)
-        .collect();
-    if good.is_empty() {
-        return f32::INFINITY;
-    }
-    good.sort_by(f32::total_cmp);
-    let allowed = (rate * good.len() as f64).floor() as usize;
-    let index = good.len() - 1 - allowed.min(good.len() - 1);
-    // Just above the highest good score that must pass.
-    good[index] + f32::EPSILON * good[index].abs().max(1.0)
-}
-
-/// Pixel-level scores and truth gathered over images, each on a `PIXEL_GRID`² grid.
-#[derive(Debug, Default)]
-pub(crate) struct PixelTruth {
-    scores: Vec<f32>,
-    labels: Vec<bool>,
-    /// 0 for good pixels, else the defect region (numbered across images).
-    regions: Vec<u32>,
-    regions_used: u32,
-}
-
-impl PixelTruth {
-    /// Adds one image: its heat map and its mask (non-zero = defect; any size).
-    pub(crate) fn add(&mut self, heat_map: &HeatMap, mask: &GrayImage) {
-        self.scores.extend(upsample_heat_map(heat_map, PIXEL_GRID));
-        let labels: Vec<bool> = resize_bilinear(mask, PIXEL_GRID, PIXEL_GRID)
-            .iter()
-            .map(|&v| v >= 128.0)
-            .collect();
-        let (regions, next) =
-            eval::label_regions(&labels, PIXEL_GRID, PIXEL_GRID, self.regions_used + 1);
-        self.regions_used = next - 1;
-        self.regions.extend(regions);
-        self.labels.extend(labels);
-    }
-
-    pub(crate) fn auroc(&self) -> Option<f64> {
-        eval::auroc(&self.scores, &self.labels)
-    }
-
-    /// PRO up to a 30 % false-positive rate, the MVTec AD convention.
-    pub(crate) fn pro(&self) -> Option<f64> {
-        eval::pro_auc(&self.scores, &self.regions, 0.3)
-    }
-}
-
-/// Bilinear upsampling of a heat map to `side`×`side`.
-fn upsample_heat_map(heat_map: &HeatMap, side: usize) -> Vec<f32> {
-    let w = heat_map.width as usize;
-    bilinear(
-        |x, y| heat_map.values[y * w + x],
-        w,
-        heat_map.height as usize,
-        side,
-        side,
-    )
-}
-
-/// A progress bar over `n` items, labelled `what`; hidden unless `visible`.
-pub(crate) fn progress(visible: bool, n: usize, what: &str) -> ProgressBar {
-    let bar = crate::inspect::train::progress_bar(visible, n as u64);
-    bar.set_message(what.to_owned());
-    bar
 }

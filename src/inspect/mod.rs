@@ -8,15 +8,10 @@
 
 pub mod anomaly;
 pub mod anomaly_train;
-pub mod augment;
 pub mod backbone;
-pub mod dataset;
-pub mod eval;
 pub mod model;
-pub mod normaliser;
 pub mod registry;
 pub mod supervised;
-pub mod synthetic_defect;
 pub mod train;
 
 use std::sync::Arc;

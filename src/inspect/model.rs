@@ -14,8 +14,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::eval::ThresholdMetrics;
 use crate::inspect::on_worker_thread;
+use crate::learn::eval::ThresholdMetrics;
 use crate::part::{GrayImage, HeatMap};
 
 /// Architecture name stored in model cards.

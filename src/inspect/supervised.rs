@@ -18,7 +18,7 @@
 //! Training minimises the patch cross-entropy (defect patches weighted up: they are rare) plus
 //! the image-level loss of both derived outputs, so the verdict the station acts on is what is
 //! optimised. Only the head learns; each training image's features are computed once per
-//! augmented copy (see [`augment`](crate::inspect::augment)), which keeps training to minutes
+//! augmented copy (see [`augment`](crate::learn::augment)), which keeps training to minutes
 //! on a CPU. Whole feature channels are dropped at random while training (a regulariser for
 //! datasets of a few hundred images). The threshold is chosen on a validation part that the
 //! first fit never sees; the head is then fitted again with the validation images added, and
@@ -36,17 +36,15 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::anomaly::{FEATURE_DIM, PatchFeatures, Resampling, check_input_size};
-use crate::inspect::anomaly_train::{
-    AnomalyError, HOLDOUT_EVERY, PixelTruth, load_features, progress,
-};
-use crate::inspect::augment::Augmentation;
-use crate::inspect::dataset::{self, Layout, Sample};
-use crate::inspect::eval::{self, DetectionMetrics, ThresholdMetrics};
-use crate::inspect::normaliser::Normaliser;
+use crate::inspect::anomaly_train::{AnomalyError, HOLDOUT_EVERY, load_features};
 use crate::inspect::on_worker_thread;
-use crate::inspect::train::{
-    binary_cross_entropy_each, for_each_var_sorted, progress_bar, seeded_init,
-};
+use crate::learn::augment::Augmentation;
+use crate::learn::dataset::{self, Layout, Sample};
+use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
+use crate::learn::fit::{binary_cross_entropy_each, for_each_var_sorted, seeded_init};
+use crate::learn::hash::ContentHash;
+use crate::learn::normaliser::Normaliser;
+use crate::learn::progress;
 use crate::part::{GrayImage, HeatMap};
 
 /// Head weights inside a supervised model folder.
@@ -605,7 +603,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
 
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let copies = 1 + settings.augmented_copies;
-    let bar = progress(
+    let bar = progress::labelled(
         settings.progress,
         (fit_part.len() + validation.len()) * copies,
         "features of training images",
@@ -717,7 +715,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
         metrics: empty_metrics(0),
     };
     model.card.metrics = evaluate(&model, &held_out, settings.progress)?;
-    model.card.version = format!("{}@{}", settings.name, short_digest(&model, &varmap)?);
+    model.card.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;
     Ok(model.card)
 }
@@ -751,7 +749,7 @@ fn fit_head(
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let steps_per_epoch = examples.len().div_ceil(settings.batch_size.max(1));
     let total_steps = settings.epochs * steps_per_epoch;
-    let bar = progress_bar(settings.progress, total_steps as u64);
+    let bar = progress::bar(settings.progress, total_steps as u64);
     let mut step = 0;
     for epoch in 0..settings.epochs {
         order.shuffle(&mut rng);
@@ -803,18 +801,15 @@ fn held_out_split(samples: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
 
 /// A version suffix from the weights and the threshold: two trainings that differ in anything
 /// the station uses get different versions.
-fn short_digest(model: &SupervisedModel, varmap: &VarMap) -> candle_core::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
+fn version_suffix(model: &SupervisedModel, varmap: &VarMap) -> candle_core::Result<String> {
+    let mut hash = ContentHash::new();
     for_each_var_sorted(varmap, |name, var| {
-        hasher.update(name.as_bytes());
-        for v in var.as_tensor().flatten_all()?.to_vec1::<f32>()? {
-            hasher.update(v.to_le_bytes());
-        }
+        hash.bytes(name.as_bytes())
+            .floats(&var.as_tensor().flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     })?;
-    hasher.update(model.card.threshold.to_le_bytes());
-    Ok(hex::encode(&hasher.finalize()[..6]))
+    hash.floats(&[model.card.threshold]);
+    Ok(hash.version_suffix())
 }
 
 fn save(model: &SupervisedModel, varmap: &VarMap, dir: &Path) -> Result<(), SupervisedError> {
@@ -1081,7 +1076,7 @@ fn score_all(
         pixels: PixelTruth::default(),
         n_skipped: 0,
     };
-    let bar = progress(show, samples.len(), "held-out images");
+    let bar = progress::labelled(show, samples.len(), "held-out images");
     for sample in samples {
         bar.inc(1);
         let Some(truth) = model.card.classes.iter().position(|c| *c == sample.class) else {

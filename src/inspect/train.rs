@@ -10,20 +10,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sha2::{Digest, Sha256};
 
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
-use crate::inspect::eval;
 use crate::inspect::model::{
     ARCHITECTURE, CARD_FILE, ClassMetrics, DefectModel, DefectNet, EvalMetrics, HEAT_MAP_STRIDE,
     InputSpec, ModelCard, ModelError, TrainingInfo, WEIGHTS_FILE, image_score, to_input,
 };
+use crate::learn::augment::flip;
+use crate::learn::fit::{binary_cross_entropy_each, seeded_init};
+use crate::learn::hash::{self, ContentHash};
+use crate::learn::{eval, progress};
 use crate::part::GrayImage;
 use crate::simulate::{DefectKind, PartGenerator};
 
@@ -117,7 +118,7 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard, TrainError> {
     )?;
 
     let steps_per_epoch = settings.n_train.div_ceil(settings.batch_size);
-    let bar = progress_bar(
+    let bar = progress::bar(
         settings.progress,
         (steps_per_epoch * settings.epochs) as u64,
     );
@@ -157,11 +158,7 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard, TrainError> {
         path: weights_path.clone(),
         source,
     })?;
-    let version = format!(
-        "{}@{}",
-        settings.name,
-        &hex::encode(Sha256::digest(&weights))[..12]
-    );
+    let version = hash::version(&settings.name, ContentHash::new().bytes(&weights));
 
     let (val_scores, val_labels) = scores(&net, &val_set, &device)?;
     let threshold =
@@ -334,70 +331,10 @@ fn crop<T: Copy>(data: &[T], w: usize, x: usize, y: usize, side: usize) -> Vec<T
         .collect()
 }
 
-fn flip<T: Copy>(data: &[T], w: usize, h: usize, flip_x: bool, flip_y: bool) -> Vec<T> {
-    let mut out = Vec::with_capacity(data.len());
-    for y in 0..h {
-        let sy = if flip_y { h - 1 - y } else { y };
-        for x in 0..w {
-            let sx = if flip_x { w - 1 - x } else { x };
-            out.push(data[sy * w + sx]);
-        }
-    }
-    out
-}
-
 /// Binary cross-entropy with logits, defect cells weighted 8×: `mean(w · (softplus(x) − y·x))`.
 fn weighted_bce(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
     let weight = ((target * 7.0)? + 1.0)?;
     (binary_cross_entropy_each(logits, target)? * weight)?.mean_all()
-}
-
-/// Binary cross-entropy of each logit `x` against its target `t` in `[0, 1]`, in the form that
-/// stays finite for any logit: `softplus(x) − t·x`, with `softplus(x) = max(x, 0) +
-/// ln(1 + e^−|x|)`. (candle's `binary_cross_entropy_with_logit` takes the log of a sigmoid,
-/// which underflows to `log 0` once the model is confident.)
-pub(crate) fn binary_cross_entropy_each(x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
-    let softplus = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    softplus - (t * x)?
-}
-
-/// Replaces every variable with values drawn from `seed` (He-uniform weights, zero biases, and a
-/// head bias of −3 so training starts from "almost nothing is a defect"), because candle's own
-/// initialisers draw from an unseeded generator.
-pub(crate) fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for_each_var_sorted(varmap, |name, var| {
-        let shape = var.shape().clone();
-        let values: Vec<f32> = if name.ends_with(".bias") {
-            let fill = if name.starts_with("head") { -3.0 } else { 0.0 };
-            vec![fill; shape.elem_count()]
-        } else {
-            let fan_in: usize = shape.dims()[1..].iter().product();
-            let bound = (6.0 / fan_in as f32).sqrt();
-            (0..shape.elem_count())
-                .map(|_| rng.gen_range(-bound..bound))
-                .collect()
-        };
-        var.set(&Tensor::from_vec(values, shape, var.device())?)
-    })
-}
-
-/// Calls `f` on every variable of `varmap` in name order (a `VarMap` is a hash map; anything
-/// that must be reproducible walks it in a fixed order).
-pub(crate) fn for_each_var_sorted(
-    varmap: &VarMap,
-    mut f: impl FnMut(&str, &Var) -> candle_core::Result<()>,
-) -> candle_core::Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        f(name, &data[name])?;
-    }
-    Ok(())
 }
 
 fn scores(
@@ -455,28 +392,13 @@ fn summarise(set: &[Example], scores: &[f32], threshold: f32) -> EvalMetrics {
     }
 }
 
+/// SHA-256 over the training images' pixels and cell targets, in order.
 fn data_hash(set: &[Example]) -> String {
-    let mut hasher = Sha256::new();
+    let mut hash = ContentHash::new();
     for example in set {
-        hasher.update(&example.image.pixels);
-        for t in &example.target {
-            hasher.update(t.to_le_bytes());
-        }
+        hash.bytes(&example.image.pixels).floats(&example.target);
     }
-    hex::encode(hasher.finalize())
-}
-
-pub(crate) fn progress_bar(visible: bool, steps: u64) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(steps);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} (eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    bar
+    hash.hex()
 }
 
 #[cfg(test)]
@@ -495,13 +417,6 @@ mod tests {
     fn crop_takes_the_square() {
         let data: Vec<u32> = (0..16).collect();
         assert_eq!(crop(&data, 4, 1, 2, 2), [9, 10, 13, 14]);
-    }
-
-    #[test]
-    fn flip_mirrors_both_axes() {
-        let data = [1, 2, 3, 4, 5, 6];
-        assert_eq!(flip(&data, 3, 2, true, false), [3, 2, 1, 6, 5, 4]);
-        assert_eq!(flip(&data, 3, 2, false, true), [4, 5, 6, 1, 2, 3]);
     }
 
     #[test]

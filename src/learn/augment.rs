@@ -72,14 +72,19 @@ impl Augmentation {
         mask: &GrayImage,
         rng: &mut impl Rng,
     ) -> Result<(GrayImage, GrayImage), AugmentError> {
-        let mut image_mat = to_mat(image)?;
-        let mut mask_mat = to_mat(mask)?;
-        for (flip, code) in [(self.flip_horizontal, 1), (self.flip_vertical, 0)] {
-            if flip {
-                image_mat = flipped(&image_mat, code)?;
-                mask_mat = flipped(&mask_mat, code)?;
-            }
-        }
+        let flipped = |image: &GrayImage| GrayImage {
+            pixels: flip(
+                &image.pixels,
+                image.width as usize,
+                image.height as usize,
+                self.flip_horizontal,
+                self.flip_vertical,
+            ),
+            width: image.width,
+            height: image.height,
+        };
+        let mut image_mat = to_mat(&flipped(image))?;
+        let mut mask_mat = to_mat(&flipped(mask))?;
         if self.rotation_deg != 0.0 {
             // Reflected borders: a black wedge would be a "defect" the mask does not mark.
             image_mat = rotated(&image_mat, self.rotation_deg, imgproc::INTER_LINEAR)?;
@@ -123,10 +128,18 @@ fn from_mat(mat: &Mat) -> Result<GrayImage, opencv::Error> {
     })
 }
 
-fn flipped(mat: &Mat, code: i32) -> Result<Mat, opencv::Error> {
-    let mut out = Mat::default();
-    core::flip(mat, &mut out, code)?;
-    Ok(out)
+/// A row-major `w`×`h` grid (an image, a mask, a grid of cell targets) mirrored left-right
+/// and/or upside down.
+pub fn flip<T: Copy>(data: &[T], w: usize, h: usize, flip_x: bool, flip_y: bool) -> Vec<T> {
+    let mut out = Vec::with_capacity(data.len());
+    for y in 0..h {
+        let sy = if flip_y { h - 1 - y } else { y };
+        for x in 0..w {
+            let sx = if flip_x { w - 1 - x } else { x };
+            out.push(data[sy * w + sx]);
+        }
+    }
+    out
 }
 
 fn rotated(mat: &Mat, degrees: f64, interpolation: i32) -> Result<Mat, opencv::Error> {
@@ -176,6 +189,14 @@ mod tests {
             }
         }
         (sx / n, sy / n)
+    }
+
+    #[test]
+    fn flip_mirrors_both_axes() {
+        let data = [1, 2, 3, 4, 5, 6];
+        assert_eq!(flip(&data, 3, 2, true, false), [3, 2, 1, 6, 5, 4]);
+        assert_eq!(flip(&data, 3, 2, false, true), [4, 5, 6, 1, 2, 3]);
+        assert_eq!(flip(&data, 3, 2, true, true), [6, 5, 4, 3, 2, 1]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::learn::hash::ContentHash;
 use crate::part::GrayImage;
 
 /// Why a dataset could not be read.
@@ -265,22 +266,14 @@ fn held_out_item(item: &Path) -> Option<bool> {
 pub fn content_digest<'a>(
     images: impl Iterator<Item = &'a PathBuf>,
 ) -> Result<String, DatasetError> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
+    let mut hash = ContentHash::new();
     for path in images {
-        let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
+        hash.file(path).map_err(|source| DatasetError::Io {
             path: path.clone(),
             source,
         })?;
-        hasher.update(
-            path.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hash.hex())
 }
 
 fn list(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {

@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::inspect::anomaly::{bilinear, resize_bilinear};
+use crate::part::{GrayImage, HeatMap};
+
 /// Area under the ROC curve: the probability that a random defective part scores above a random
 /// good one (ties count half). `None` when either class is empty.
 pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
@@ -184,6 +187,21 @@ pub fn threshold_for_accuracy_near(
         .min_by(|a, b| (a - prior).abs().total_cmp(&(b - prior).abs()))
 }
 
+/// The lowest threshold that rejects at most `floor(rate × good)` of the good parts, just above
+/// the highest good score that must pass: the rule of models learnt from good parts only.
+/// Infinite when there is no good part (nothing to measure a false-reject rate on).
+pub fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f64) -> f32 {
+    let mut good = pick(scores, labels, false);
+    if good.is_empty() {
+        return f32::INFINITY;
+    }
+    good.sort_by(f32::total_cmp);
+    let allowed = (rate * good.len() as f64).floor() as usize;
+    let index = good.len() - 1 - allowed.min(good.len() - 1);
+    // Just above the highest good score that must pass.
+    good[index] + f32::EPSILON * good[index].abs().max(1.0)
+}
+
 /// Labels the 8-connected defect regions of a `w`×`h` mask: 0 for good pixels, `first`,
 /// `first + 1`, … for each region. Returns the labels and the next unused label.
 pub fn label_regions(mask: &[bool], w: usize, h: usize, first: u32) -> (Vec<u32>, u32) {
@@ -264,6 +282,55 @@ pub fn pro_auc(scores: &[f32], regions: &[u32], max_fpr: f64) -> Option<f64> {
         (last_fpr, last_pro) = (fpr, pro);
     }
     Some(area / max_fpr)
+}
+
+/// Side of the grid pixel metrics are computed on.
+const PIXEL_GRID: usize = 64;
+
+/// Pixel-level scores and truth gathered over images, each on a `PIXEL_GRID`² grid.
+#[derive(Debug, Default)]
+pub struct PixelTruth {
+    scores: Vec<f32>,
+    labels: Vec<bool>,
+    /// 0 for good pixels, else the defect region (numbered across images).
+    regions: Vec<u32>,
+    regions_used: u32,
+}
+
+impl PixelTruth {
+    /// Adds one image: its heat map and its mask (non-zero = defect; any size).
+    pub fn add(&mut self, heat_map: &HeatMap, mask: &GrayImage) {
+        self.scores.extend(upsample_heat_map(heat_map, PIXEL_GRID));
+        let labels: Vec<bool> = resize_bilinear(mask, PIXEL_GRID, PIXEL_GRID)
+            .iter()
+            .map(|&v| v >= 128.0)
+            .collect();
+        let (regions, next) = label_regions(&labels, PIXEL_GRID, PIXEL_GRID, self.regions_used + 1);
+        self.regions_used = next - 1;
+        self.regions.extend(regions);
+        self.labels.extend(labels);
+    }
+
+    pub fn auroc(&self) -> Option<f64> {
+        auroc(&self.scores, &self.labels)
+    }
+
+    /// PRO up to a 30 % false-positive rate, the MVTec AD convention.
+    pub fn pro(&self) -> Option<f64> {
+        pro_auc(&self.scores, &self.regions, 0.3)
+    }
+}
+
+/// Bilinear upsampling of a heat map to `side`×`side`.
+fn upsample_heat_map(heat_map: &HeatMap, side: usize) -> Vec<f32> {
+    let w = heat_map.width as usize;
+    bilinear(
+        |x, y| heat_map.values[y * w + x],
+        w,
+        heat_map.height as usize,
+        side,
+        side,
+    )
 }
 
 fn pick(scores: &[f32], labels: &[bool], which: bool) -> Vec<f32> {
@@ -366,6 +433,33 @@ mod tests {
         let want = (0.25 * 0.5 + 0.05 * 1.0) / 0.3;
         assert!((pro_auc(&mixed, &regions, 0.3).expect("pro") - want).abs() < 1e-9);
         assert_eq!(pro_auc(&[0.5], &[0], 0.3), None);
+    }
+
+    #[test]
+    fn false_reject_threshold_passes_all_but_the_allowed_good_parts() {
+        // Ten good parts scored 1..=10 and a defective one.
+        let mut scores: Vec<f32> = (1..=10).map(|s| s as f32).collect();
+        let mut labels = vec![false; 10];
+        scores.push(0.5);
+        labels.push(true);
+        let rejected = |t: f32| (1..=10).filter(|&s| s as f32 >= t).count();
+        // 0 % may be rejected: just above the highest good score.
+        let t = threshold_for_false_reject_rate(&scores, &labels, 0.0);
+        assert!(t > 10.0 && t < 10.001, "{t}");
+        assert_eq!(rejected(t), 0);
+        // 20 % of ten: the two highest fail, the third passes.
+        let t = threshold_for_false_reject_rate(&scores, &labels, 0.2);
+        assert!(t > 8.0 && t < 8.001, "{t}");
+        assert_eq!(rejected(t), 2);
+        // 25 % rounds down to two as well; 100 % still lets the lowest good part through.
+        assert_eq!(threshold_for_false_reject_rate(&scores, &labels, 0.25), t);
+        let t = threshold_for_false_reject_rate(&scores, &labels, 1.0);
+        assert_eq!(rejected(t), 9);
+        // The defective part's score plays no part; no good part means no threshold.
+        assert_eq!(
+            threshold_for_false_reject_rate(&[3.0], &[true], 0.05),
+            f32::INFINITY
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@ use linesight::config::ModelDevice;
 use linesight::inspect::anomaly::{FEATURE_DIM, PatchFeatures};
 use linesight::inspect::anomaly_train::{self, AnomalySettings, load_features};
 use linesight::inspect::backbone::depthwise::{BiasActivation, DepthwiseConv};
-use linesight::inspect::dataset::Layout;
 use linesight::inspect::registry::{Detector, Registry, open_device};
 use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
+use linesight::learn::dataset::Layout;
 use linesight::part::{GrayImage, HeatMap};
 use linesight::simulate::{DefectKind, PartGenerator};
 

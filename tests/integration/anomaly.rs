@@ -3,7 +3,7 @@
 
 use linesight::inspect::anomaly::Resampling;
 use linesight::inspect::anomaly_train::{self, AnomalySettings};
-use linesight::inspect::dataset::Layout;
+use linesight::learn::dataset::Layout;
 use linesight::simulate::PartGenerator;
 
 use crate::{backbone_weights, write_mvtec_parts};
@@ -87,9 +87,9 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let coarse = model.coarse_image().expect("the coarse image score");
     assert_eq!(coarse.extractor().input_size(), 64);
     assert_eq!(coarse.extractor().resampling(), Resampling::Antialiased);
-    let samples = linesight::inspect::dataset::read(Layout::Mvtec, &root).expect("dataset");
+    let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
-        linesight::inspect::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
+        linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
     let again = anomaly_train::evaluate(&model, &held_out, loaded_card.threshold, false)
         .expect("evaluates");
     assert_eq!(again.at_threshold, metrics.at_threshold);
@@ -140,7 +140,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(model.extractor().resampling(), Resampling::Antialiased);
     let image = held_out
         .iter()
-        .find_map(|s| linesight::inspect::dataset::load_gray(&s.image).ok())
+        .find_map(|s| linesight::learn::dataset::load_gray(&s.image).ok())
         .expect("a readable held-out image");
     let (raw, _) = old_model.raw_scores(&image).expect("raw scores");
     assert_eq!(raw.image, None);
