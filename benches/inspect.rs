@@ -6,11 +6,12 @@ use candle_core::Device;
 use candle_core::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
-use linesight::inspect::DefectModel;
-use linesight::inspect::anomaly::{CoarseImage, FEATURE_DIM, ImageGaussian, PatchCore, PatchHead};
-use linesight::inspect::anomaly_train::{COARSE_INPUT_SIZE, load_features};
-use linesight::inspect::supervised::SupervisedModel;
-use linesight::inspect::train::SIM_FRAME_SIZE;
+use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
+use linesight::models::anomaly::{CoarseImage, ImageGaussian, PatchCore, PatchHead};
+use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
+use linesight::models::defect_net::DefectModel;
+use linesight::models::defect_net::train::SIM_FRAME_SIZE;
+use linesight::models::supervised::SupervisedModel;
 use linesight::record::gray_png;
 use linesight::simulate::{DefectKind, PartGenerator};
 
@@ -78,7 +79,7 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
         );
         return;
     }
-    let features = load_features(&weights, device).expect("backbone");
+    let features = PatchFeatures::load(&weights, device).expect("backbone");
     let bank = Tensor::randn(0f32, 1f32, (4096, FEATURE_DIM), device).expect("bank");
     // The image Gaussian's cost does not depend on its values: fit it to random descriptors.
     let descriptors: Vec<Vec<f32>> = (0..32u32)

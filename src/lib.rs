@@ -9,11 +9,14 @@
 //!
 //! * [`capture`]: GStreamer pipeline → one trigger and one frame per part.
 //! * [`calibrate`]: OpenCV undistortion and region-of-interest crop.
-//! * [`inspect`]: the candle defect model, its training and evaluation → a verdict.
+//! * [`inspect`]: the per-frame runtime: calibrated frame → the live model → a verdict.
 //! * [`track`]: the part-tracking state machine (no I/O) → what to do at the gate, and when.
 //! * [`actuate`]: the Modbus TCP link to the PLC → reject pulses and a heartbeat.
 //! * [`record`]: sled records and content-addressed images.
 //! * [`serve`]: the HTTP API, the live page and `/metrics`.
+//!
+//! The models themselves, one folder per family, are in [`models`]; what they learn with
+//! (datasets, augmentation, metrics, threshold rules) is in [`learn`].
 //!
 //! Beside them: [`part`] (the types every stage shares), [`config`] (the station file),
 //! [`model_control`] (promote, roll back, shadow the model while the line runs),
@@ -27,6 +30,7 @@ pub mod inspect;
 pub mod learn;
 pub mod metrics;
 pub mod model_control;
+pub mod models;
 pub mod part;
 pub mod record;
 pub mod serve;

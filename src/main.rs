@@ -10,18 +10,18 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use linesight::config::StationConfig;
-use linesight::inspect::DefectModel;
-use linesight::inspect::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
-use linesight::inspect::anomaly_train::{self, AnomalyMetrics, AnomalySettings, COARSE_INPUT_SIZE};
-use linesight::inspect::backbone::EfficientNetLite0;
-use linesight::inspect::backbone::legacy_pth::read_state_dict;
 use linesight::inspect::registry::Registry;
-use linesight::inspect::supervised::{
-    self, SupervisedMetrics, SupervisedModel, SupervisedSettings,
-};
-use linesight::inspect::train::{TrainSettings, evaluate_saved, train};
 use linesight::learn::dataset::Layout;
 use linesight::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
+use linesight::models::anomaly::train::{
+    self as anomaly_train, AnomalyMetrics, AnomalySettings, COARSE_INPUT_SIZE,
+};
+use linesight::models::backbone::EfficientNetLite0;
+use linesight::models::backbone::legacy_pth::read_state_dict;
+use linesight::models::defect_net::DefectModel;
+use linesight::models::defect_net::train::{TrainSettings, evaluate_saved, train};
+use linesight::models::supervised::{self, SupervisedMetrics, SupervisedModel, SupervisedSettings};
 use linesight::station::{RunOptions, Station};
 
 #[derive(Parser)]
@@ -699,7 +699,7 @@ fn print_supervised_metrics(classes: &[String], threshold: f32, metrics: &Superv
     }
 }
 
-fn print_metrics(metrics: &linesight::inspect::model::EvalMetrics) {
+fn print_metrics(metrics: &linesight::models::defect_net::EvalMetrics) {
     print_common(
         (metrics.n_test, metrics.n_test_defective),
         metrics.image_auroc,

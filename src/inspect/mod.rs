@@ -6,35 +6,18 @@
 //! [`Verdict::Error`], which the tracker treats as a reject; nothing here stops the line.
 //! This stage never talks to the PLC and never writes records.
 
-pub mod anomaly;
-pub mod anomaly_train;
-pub mod backbone;
-pub mod model;
 pub mod registry;
-pub mod supervised;
-pub mod train;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc;
 
-pub use self::model::{DefectModel, ModelCard, ModelError};
 use self::registry::{ActiveModels, ShadowJob};
 use crate::calibrate::Undistorter;
 use crate::metrics::Metrics;
+pub use crate::models::defect_net::ModelError;
 use crate::part::{Frame, Inspection, StationClock, Verdict};
-
-/// Runs `work` on one of rayon's worker threads, or right here when already on one.
-///
-/// A model's forward pass is a chain of a few dozen short parallel kernels (each 0.1–1 ms).
-/// Started from a thread outside the pool, such as the inspector's, every kernel is a cold
-/// start: its job is queued for the pool, the caller sleeps on a latch, and the workers wake
-/// for it and doze off after. Started on a worker, the kernels fork and join on a pool that
-/// stays warm. The backbone at 256×256 took 6.95 ms this way against 8.1 ms from outside.
-pub fn on_worker_thread<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
-}
 
 /// Calibration plus the station's models (live, and shadow if any).
 pub struct Inspector {

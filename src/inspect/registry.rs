@@ -14,10 +14,10 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelDevice;
-use crate::inspect::anomaly::PatchCore;
-use crate::inspect::anomaly_train::{self, AnomalyCard};
-use crate::inspect::model::{self, DefectModel, ModelError};
-use crate::inspect::supervised::{self, SupervisedModel};
+use crate::models::anomaly::PatchCore;
+use crate::models::anomaly::train::{self as anomaly_train, AnomalyCard};
+use crate::models::defect_net::{self, DefectModel, ModelError};
+use crate::models::supervised::{self, SupervisedModel};
 use crate::part::{GrayImage, HeatMap, PartId, Verdict};
 
 /// Why a model could not be found or loaded.
@@ -105,7 +105,7 @@ impl Registry {
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(read_error)? {
             let dir = entry.map_err(read_error)?.path();
-            let Ok(text) = std::fs::read_to_string(dir.join(model::CARD_FILE)) else {
+            let Ok(text) = std::fs::read_to_string(dir.join(defect_net::CARD_FILE)) else {
                 continue;
             };
             let Ok(head) = serde_json::from_str::<CardHead>(&text) else {
@@ -138,7 +138,7 @@ impl Registry {
 
     /// Loads the model in `dir` (which need not be inside the registry).
     pub fn load_dir(&self, dir: &Path) -> Result<Detector, RegistryError> {
-        let text = std::fs::read_to_string(dir.join(model::CARD_FILE)).map_err(|source| {
+        let text = std::fs::read_to_string(dir.join(defect_net::CARD_FILE)).map_err(|source| {
             RegistryError::Read {
                 dir: dir.to_owned(),
                 source,
@@ -180,7 +180,7 @@ fn kind_of(head: &CardHead) -> Option<&'static str> {
     match (head.kind.as_deref(), head.architecture.as_deref()) {
         (Some("supervised"), _) => Some("supervised"),
         (Some("anomaly"), _) => Some("anomaly"),
-        (None, Some(model::ARCHITECTURE)) => Some("defect-net"),
+        (None, Some(defect_net::ARCHITECTURE)) => Some("defect-net"),
         _ => None,
     }
 }

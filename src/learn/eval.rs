@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::anomaly::{bilinear, resize_bilinear};
+use crate::models::backbone::features::{bilinear, resize_bilinear};
 use crate::part::{GrayImage, HeatMap};
 
 /// Area under the ROC curve: the probability that a random defective part scores above a random

@@ -1,12 +1,12 @@
 //! Per-channel standardisation of the backbone's patch features.
 //!
 //! Both trained heads beside the frozen backbone (the supervised segmentation head and the
-//! anomaly model's [`crate::inspect::anomaly::PatchHead`]) learn on standardised features, and
+//! anomaly model's [`crate::models::anomaly::PatchHead`]) learn on standardised features, and
 //! at inference read the raw ones with the standardisation folded into their first layer.
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::inspect::anomaly::FEATURE_DIM;
+use crate::models::backbone::FEATURE_DIM;
 
 /// Per-channel standardisation of backbone feature maps (they run to ±30; the head learns
 /// only on standardised inputs).

@@ -9,7 +9,7 @@
 //!   darker (four in five), sometimes brighter, by 30–80 grey levels: a crack, a scratch.
 //!
 //! The synthetic defect never needs to look real: the anomaly model's patch head
-//! ([`crate::inspect::anomaly::PatchHead`]) only learns to tell a disturbed patch of this surface
+//! ([`crate::models::anomaly::PatchHead`]) only learns to tell a disturbed patch of this surface
 //! from an undisturbed one. (Lines that wander like real cracks were tried and measured worse:
 //! magnetic-tile development AUROC 0.885 against 0.892 with straight ones.)
 

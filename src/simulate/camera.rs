@@ -9,7 +9,7 @@ use gstreamer_app as gst_app;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimulatorSection;
-use crate::inspect::train::SIM_FRAME_SIZE;
+use crate::models::defect_net::train::SIM_FRAME_SIZE;
 use crate::simulate::PartGenerator;
 
 /// A running feeder thread.

@@ -17,12 +17,12 @@ use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
 use linesight::config::ModelDevice;
-use linesight::inspect::anomaly::{FEATURE_DIM, PatchFeatures};
-use linesight::inspect::anomaly_train::{self, AnomalySettings, load_features};
-use linesight::inspect::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::inspect::registry::{Detector, Registry, open_device};
-use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::learn::dataset::Layout;
+use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
+use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
+use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
+use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::{GrayImage, HeatMap};
 use linesight::simulate::{DefectKind, PartGenerator};
 
@@ -110,8 +110,8 @@ fn on_both_devices(dir: &Path) -> (Detector, Detector) {
 
 fn extractors(size: usize) -> (PatchFeatures, PatchFeatures) {
     let weights = backbone_weights();
-    let cpu = load_features(&weights, &Device::Cpu).expect("backbone on the CPU");
-    let gpu = load_features(&weights, &gpu()).expect("backbone on the GPU");
+    let cpu = PatchFeatures::load(&weights, &Device::Cpu).expect("backbone on the CPU");
+    let gpu = PatchFeatures::load(&weights, &gpu()).expect("backbone on the GPU");
     assert!(gpu.device().is_cuda());
     (cpu.with_input_size(size), gpu.with_input_size(size))
 }

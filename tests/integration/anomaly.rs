@@ -1,9 +1,9 @@
 //! The anomaly model end to end on a generated MVTec-layout dataset: learns from good parts
 //! only, then separates held-out defective parts from good ones.
 
-use linesight::inspect::anomaly::Resampling;
-use linesight::inspect::anomaly_train::{self, AnomalySettings};
 use linesight::learn::dataset::Layout;
+use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
+use linesight::models::backbone::Resampling;
 use linesight::simulate::PartGenerator;
 
 use crate::{backbone_weights, write_mvtec_parts};

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use linesight::inspect::backbone::EfficientNetLite0;
-use linesight::inspect::backbone::legacy_pth::read_state_dict;
+use linesight::models::backbone::EfficientNetLite0;
+use linesight::models::backbone::legacy_pth::read_state_dict;
 
 use crate::repo;
 

@@ -2,8 +2,8 @@
 //! layout: learns defect segmentation from masks, calls and classifies held-out parts, and
 //! skips what it cannot use.
 
-use linesight::inspect::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::learn::dataset::Layout;
+use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
 use linesight::simulate::{DefectKind, PartGenerator};
 

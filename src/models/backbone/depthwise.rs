@@ -9,7 +9,7 @@
 //! and ReLU6 applied on the way out. [`pulp`] picks the widest instruction set the CPU has at
 //! run time (AVX2 + FMA on any x86-64 from the last decade), so the release build needs no
 //! `target-cpu` flag. Channels run in parallel. The same kernel runs the stem on a grey image:
-//! every output channel reads the one input plane. On an NVIDIA GPU ([`cuda`], `cuda` feature)
+//! every output channel reads the one input plane. On an NVIDIA GPU (`depthwise/cuda.rs`, `cuda` feature)
 //! both ops are one kernel launch each; other devices fall back to candle's own ops.
 //! (The 1×1 convolutions are gemm calls, 85–180 GFLOP/s here with its AVX-512 kernels: see
 //! [`super::pointwise`].)

@@ -6,6 +6,8 @@
 //! the highest cell probability. Two dilated layers give each cell about 60 px of context, enough
 //! to see a dent's light-and-shadow pair. The model does no I/O except loading its weights.
 
+pub mod train;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::on_worker_thread;
 use crate::learn::eval::ThresholdMetrics;
+use crate::models::on_worker_thread;
 use crate::part::{GrayImage, HeatMap};
 
 /// Architecture name stored in model cards.

@@ -17,14 +17,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
-use crate::inspect::model::{
-    ARCHITECTURE, CARD_FILE, ClassMetrics, DefectModel, DefectNet, EvalMetrics, HEAT_MAP_STRIDE,
-    InputSpec, ModelCard, ModelError, TrainingInfo, WEIGHTS_FILE, image_score, to_input,
-};
 use crate::learn::augment::flip;
 use crate::learn::fit::{binary_cross_entropy_each, seeded_init};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::{eval, progress};
+use crate::models::defect_net::{
+    ARCHITECTURE, CARD_FILE, ClassMetrics, DefectModel, DefectNet, EvalMetrics, HEAT_MAP_STRIDE,
+    InputSpec, ModelCard, ModelError, TrainingInfo, WEIGHTS_FILE, image_score, to_input,
+};
 use crate::part::GrayImage;
 use crate::simulate::{DefectKind, PartGenerator};
 

@@ -13,6 +13,7 @@
 //! trained with, or `[b, 1, h, w]` for grey images.
 
 pub mod depthwise;
+pub mod features;
 pub mod legacy_pth;
 pub mod pointwise;
 
@@ -23,6 +24,8 @@ use candle_core::{Device, Module, Tensor};
 
 use self::depthwise::{BiasActivation, DepthwiseConv, SamePadding};
 use self::pointwise::Pointwise;
+
+pub use self::features::{FEATURE_DIM, ImageFeatures, PatchFeatures, Resampling, check_input_size};
 
 /// Batch-norm epsilon of the TF EfficientNet-Lite weights.
 const BN_EPS: f64 = 1e-3;
@@ -214,7 +217,7 @@ impl EfficientNetLite0 {
     /// Runs the network up to stride 16 on `[b, 3, h, w]` colour or `[b, 1, h, w]` grey
     /// pixels (a grey plane is the same as three equal channels, at a third of the stem's cost).
     pub fn features(&self, xs: &Tensor) -> candle_core::Result<Features> {
-        crate::inspect::on_worker_thread(|| self.features_here(xs))
+        crate::models::on_worker_thread(|| self.features_here(xs))
     }
 
     /// [`EfficientNetLite0::features`] on the calling thread.

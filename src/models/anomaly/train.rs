@@ -14,16 +14,17 @@ use serde::{Deserialize, Serialize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::inspect::anomaly::{
-    CoarseImage, ImageFeatures, ImageGaussian, PatchCore, PatchFeatures, PatchHead, RawScores,
-    Resampling, SYNTHETIC_MIN_SHARE, ScoreScale, check_input_size,
-};
-use crate::inspect::backbone::{BackboneError, EfficientNetLite0};
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress;
 use crate::learn::synthetic_defect;
+use crate::models::anomaly::{
+    CoarseImage, ImageGaussian, PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreScale,
+};
+use crate::models::backbone::{
+    BackboneError, ImageFeatures, PatchFeatures, Resampling, check_input_size,
+};
 use crate::part::GrayImage;
 
 /// Bank file inside an anomaly model folder.
@@ -154,14 +155,6 @@ pub struct AnomalyCard {
     pub metrics: AnomalyMetrics,
 }
 
-/// Loads the backbone for feature extraction.
-pub fn load_features(weights: &Path, device: &Device) -> Result<PatchFeatures, AnomalyError> {
-    Ok(PatchFeatures::new(
-        EfficientNetLite0::load(weights, device)?,
-        device.clone(),
-    ))
-}
-
 /// Trains on the dataset's good training images, evaluates on the held-out part, writes the
 /// bank and the card.
 pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
@@ -189,8 +182,8 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
                 message: format!("coarse image score: {message}"),
             })?;
     }
-    let features =
-        load_features(&settings.backbone_weights, &device)?.with_input_size(settings.input_size);
+    let features = PatchFeatures::load(&settings.backbone_weights, &device)?
+        .with_input_size(settings.input_size);
     // The same backbone (its weights shared, not copied) at the coarse input size.
     let coarse_features =
         (settings.coarse_input_size).map(|size| features.clone().with_input_size(size));
@@ -455,7 +448,7 @@ pub fn load(
             path: bank_path.clone(),
             message: "no `bank` tensor".into(),
         })?;
-    let features = load_features(backbone_weights, device)?
+    let features = PatchFeatures::load(backbone_weights, device)?
         .with_input_size(card.input_size)
         .with_resampling(card.resampling);
     let mut model = PatchCore::from_bank(features, bank)?.with_scale(card.score_scale);
