@@ -6,6 +6,7 @@ use candle_core::Device;
 use candle_core::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
+use linesight::models::Detector;
 use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
 use linesight::models::anomaly::{CoarseImage, ImageGaussian, PatchCore, PatchHead};
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};

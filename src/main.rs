@@ -15,8 +15,9 @@ use linesight::learn::dataset::Layout;
 use linesight::learn::eval::{DetectionMetrics, ThresholdMetrics};
 use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::models::anomaly::train::{
-    self as anomaly_train, AnomalyMetrics, AnomalySettings, COARSE_INPUT_SIZE,
+    self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE,
 };
+use linesight::models::anomaly::{AnomalyMetrics, AnomalyModel};
 use linesight::models::backbone::EfficientNetLite0;
 use linesight::models::backbone::legacy_pth::read_state_dict;
 use linesight::models::defect_net::DefectModel;
@@ -367,11 +368,11 @@ fn real_main() -> anyhow::Result<()> {
             .context("training")?;
             println!(
                 "trained {} in {:.0} s → {}",
-                card.version,
-                card.training.duration_s,
+                card.head.version,
+                card.family.training.duration_s,
                 out.display()
             );
-            print_metrics(&card.metrics);
+            print_metrics(&card.family.metrics);
             Ok(())
         }
         Command::Eval {
@@ -388,7 +389,7 @@ fn real_main() -> anyhow::Result<()> {
             let loaded = DefectModel::load(&model, &Device::Cpu).context("loading the model")?;
             let metrics = evaluate_saved(&loaded, &calibration, seed, n_test, defect_rate)
                 .context("evaluating")?;
-            println!("model {}", loaded.version);
+            println!("model {}", loaded.card.head.version);
             print_metrics(&metrics);
             write_json(json.as_deref(), &metrics)
         }
@@ -425,13 +426,13 @@ fn real_main() -> anyhow::Result<()> {
             .context("training the anomaly model")?;
             println!(
                 "trained {} ({} good images, bank {}) in {:.0} s → {}",
-                card.version,
-                card.n_train_good,
-                card.bank_size,
-                card.training_duration_s,
+                card.head.version,
+                card.family.n_train_good,
+                card.family.bank_size,
+                card.family.training_duration_s,
                 out.display()
             );
-            print_anomaly_metrics(&card.metrics);
+            print_anomaly_metrics(&card.family.metrics);
             Ok(())
         }
         Command::Eval {
@@ -444,14 +445,15 @@ fn real_main() -> anyhow::Result<()> {
                     json,
                 }),
         } => {
-            let (loaded, card) = anomaly_train::load(&model, &backbone, &Device::Cpu)
+            let loaded = AnomalyModel::load(&model, &backbone, &Device::Cpu)
                 .context("loading the anomaly model")?;
             let samples = linesight::learn::dataset::read(layout, &data)?;
             let (_, held_out) =
                 linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
-            let metrics = anomaly_train::evaluate(&loaded, &held_out, card.threshold, true)
-                .context("evaluating")?;
-            println!("model {} on {}", card.name, data.display());
+            let metrics =
+                anomaly_train::evaluate(&loaded.model, &held_out, loaded.card.head.threshold, true)
+                    .context("evaluating")?;
+            println!("model {} on {}", loaded.card.head.name, data.display());
             print_anomaly_metrics(&metrics);
             write_json(json.as_deref(), &metrics)
         }
@@ -492,14 +494,18 @@ fn real_main() -> anyhow::Result<()> {
             .context("training the supervised model")?;
             println!(
                 "trained {} ({} images × {} copies; threshold chosen on {} of them, held back from a first fit) in {:.0} s → {}",
-                card.version,
-                card.n_train,
-                1 + card.augmented_copies,
-                card.n_validation,
-                card.training_duration_s,
+                card.head.version,
+                card.family.n_train,
+                1 + card.family.augmented_copies,
+                card.family.n_validation,
+                card.family.training_duration_s,
                 out.display()
             );
-            print_supervised_metrics(&card.classes, card.threshold, &card.metrics);
+            print_supervised_metrics(
+                &card.family.classes,
+                card.head.threshold,
+                &card.family.metrics,
+            );
             Ok(())
         }
         Command::Eval {
@@ -516,8 +522,12 @@ fn real_main() -> anyhow::Result<()> {
                 .context("loading the supervised model")?;
             let metrics = supervised::evaluate_held_out(&loaded, layout, &data, true)
                 .context("evaluating")?;
-            println!("model {} on {}", loaded.card.version, data.display());
-            print_supervised_metrics(&loaded.card.classes, loaded.card.threshold, &metrics);
+            println!("model {} on {}", loaded.card.head.version, data.display());
+            print_supervised_metrics(
+                &loaded.card.family.classes,
+                loaded.card.head.threshold,
+                &metrics,
+            );
             write_json(json.as_deref(), &metrics)
         }
         Command::Model { action } => model_command(action),

@@ -64,7 +64,7 @@ impl RunningView {
     fn of(model: &RunningModel) -> RunningView {
         RunningView {
             version: model.version.to_string(),
-            kind: model.detector.kind().into(),
+            kind: model.detector.head().kind.clone(),
             threshold: model.threshold,
         }
     }
@@ -247,8 +247,8 @@ impl ModelControl {
             });
         }
         let threshold = match &self.threshold_override {
-            Some((configured, threshold)) if configured == detector.version() => *threshold,
-            _ => detector.threshold(),
+            Some((configured, threshold)) if *configured == detector.head().version => *threshold,
+            _ => detector.head().threshold,
         };
         Ok(RunningModel::new(detector, threshold))
     }

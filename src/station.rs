@@ -123,10 +123,12 @@ impl Station {
                 roi_height,
             });
         }
-        let threshold = config.threshold_override.unwrap_or(detector.threshold());
+        let threshold = config
+            .threshold_override
+            .unwrap_or(detector.head().threshold);
         let threshold_override = config
             .threshold_override
-            .map(|t| (detector.version().to_owned(), t));
+            .map(|t| (detector.head().version.clone(), t));
         let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
         let map = RegisterMap::load(&config.plc.register_map_file)?;
         let store = Store::open(&config.data_dir)?;

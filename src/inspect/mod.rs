@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use self::registry::{ActiveModels, ShadowJob};
 use crate::calibrate::Undistorter;
 use crate::metrics::Metrics;
-pub use crate::models::defect_net::ModelError;
+pub use crate::models::ModelError;
 use crate::part::{Frame, Inspection, StationClock, Verdict};
 
 /// Calibration plus the station's models (live, and shadow if any).

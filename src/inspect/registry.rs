@@ -1,8 +1,8 @@
 //! The model registry and the models a station is running.
 //!
 //! A registry is a folder of model folders, one per version, each with its `card.json` (which
-//! names the version) and weights: what `linesight train` writes. [`Detector`] loads any of them
-//! behind one interface. [`ActiveModels`] is the swap point between the control plane and the
+//! names the version) and weights: what `linesight train` writes. Each loads as a
+//! [`Detector`], whatever its family ([`crate::models::load`]). [`ActiveModels`] is the swap point between the control plane and the
 //! inspect thread: the live model, and the candidate in shadow, each an `Arc` the inspect thread
 //! clones per frame. A new model is loaded completely *before* it is swapped in, so a promotion
 //! never makes the inspect thread wait and no frame is dropped for it.
@@ -11,14 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use candle_core::Device;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::ModelDevice;
-use crate::models::anomaly::PatchCore;
-use crate::models::anomaly::train::{self as anomaly_train, AnomalyCard};
-use crate::models::defect_net::{self, DefectModel, ModelError};
-use crate::models::supervised::{self, SupervisedModel};
-use crate::part::{GrayImage, HeatMap, PartId, Verdict};
+use crate::models::card::{CARD_FILE, CardHead};
+use crate::models::{self, Detector, KINDS, ModelError};
+use crate::part::{GrayImage, PartId, Verdict};
 
 /// Why a model could not be found or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +28,8 @@ pub enum RegistryError {
     },
     #[error("no model version {version:?} in the registry {dir}")]
     UnknownVersion { version: String, dir: PathBuf },
-    #[error("model {dir}: {message}")]
-    Unsupported { dir: PathBuf, message: String },
     #[error(transparent)]
-    DefectNet(#[from] ModelError),
-    #[error("model: {0}")]
-    Supervised(#[from] supervised::SupervisedError),
+    Model(#[from] ModelError),
     #[error("model device: {0}")]
     Device(String),
 }
@@ -52,18 +46,6 @@ pub fn open_device(device: ModelDevice) -> Result<Device, RegistryError> {
         ModelDevice::Cuda => Device::new_cuda(0)
             .map_err(|e| RegistryError::Device(format!("cannot open CUDA GPU 0: {e}"))),
     }
-}
-
-/// The fields every card has, enough to list and dispatch on.
-#[derive(Debug, Clone, Deserialize)]
-struct CardHead {
-    version: String,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    architecture: Option<String>,
-    #[serde(default)]
-    threshold: Option<f32>,
 }
 
 /// One model version in the registry.
@@ -105,20 +87,20 @@ impl Registry {
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(read_error)? {
             let dir = entry.map_err(read_error)?.path();
-            let Ok(text) = std::fs::read_to_string(dir.join(defect_net::CARD_FILE)) else {
+            if !dir.join(CARD_FILE).is_file() {
                 continue;
-            };
-            let Ok(head) = serde_json::from_str::<CardHead>(&text) else {
-                tracing::warn!(dir = %dir.display(), "model card without a version; not listed");
-                continue;
-            };
-            if let Some(kind) = kind_of(&head) {
-                entries.push(ModelEntry {
+            }
+            match CardHead::read(&dir) {
+                Ok(head) if KINDS.contains(&head.kind.as_str()) => entries.push(ModelEntry {
                     version: head.version,
-                    kind: kind.into(),
-                    threshold: head.threshold,
+                    kind: head.kind,
+                    threshold: Some(head.threshold),
                     dir,
-                });
+                }),
+                Ok(head) => {
+                    tracing::warn!(dir = %dir.display(), kind = head.kind, "model of an unknown kind; not listed");
+                }
+                Err(error) => tracing::warn!(%error, "unreadable model card; not listed"),
             }
         }
         entries.sort_by(|a, b| a.version.cmp(&b.version));
@@ -137,140 +119,29 @@ impl Registry {
     }
 
     /// Loads the model in `dir` (which need not be inside the registry).
-    pub fn load_dir(&self, dir: &Path) -> Result<Detector, RegistryError> {
-        let text = std::fs::read_to_string(dir.join(defect_net::CARD_FILE)).map_err(|source| {
-            RegistryError::Read {
-                dir: dir.to_owned(),
-                source,
-            }
-        })?;
-        let head: CardHead =
-            serde_json::from_str(&text).map_err(|e| RegistryError::Unsupported {
-                dir: dir.to_owned(),
-                message: format!("card.json: {e}"),
-            })?;
-        match kind_of(&head) {
-            Some("defect-net") => Ok(Detector::DefectNet(Box::new(DefectModel::load(
-                dir,
-                &self.device,
-            )?))),
-            Some("supervised") => Ok(Detector::Supervised(Box::new(SupervisedModel::load(
-                dir,
-                &self.backbone,
-                &self.device,
-            )?))),
-            Some("anomaly") => {
-                let (model, card) = anomaly_train::load(dir, &self.backbone, &self.device)?;
-                Ok(Detector::Anomaly(Box::new((model, card))))
-            }
-            _ => Err(RegistryError::Unsupported {
-                dir: dir.to_owned(),
-                message: "the station runs defect-net, supervised and anomaly models".into(),
-            }),
-        }
+    pub fn load_dir(&self, dir: &Path) -> Result<Box<dyn Detector>, RegistryError> {
+        Ok(models::load(dir, &self.backbone, &self.device)?)
     }
 
     /// Loads `version`.
-    pub fn load(&self, version: &str) -> Result<Detector, RegistryError> {
+    pub fn load(&self, version: &str) -> Result<Box<dyn Detector>, RegistryError> {
         self.load_dir(&self.find(version)?.dir)
-    }
-}
-
-fn kind_of(head: &CardHead) -> Option<&'static str> {
-    match (head.kind.as_deref(), head.architecture.as_deref()) {
-        (Some("supervised"), _) => Some("supervised"),
-        (Some("anomaly"), _) => Some("anomaly"),
-        (None, Some(defect_net::ARCHITECTURE)) => Some("defect-net"),
-        _ => None,
-    }
-}
-
-/// Any model the station can run.
-#[derive(Debug, Clone)]
-pub enum Detector {
-    /// The small fully convolutional network (fixed input size).
-    DefectNet(Box<DefectModel>),
-    /// Segmentation head on the pretrained backbone (any input size; resized).
-    Supervised(Box<SupervisedModel>),
-    /// PatchCore memory bank on the pretrained backbone, learnt from good parts only.
-    Anomaly(Box<(PatchCore, AnomalyCard)>),
-}
-
-impl Detector {
-    pub fn version(&self) -> &str {
-        match self {
-            Detector::DefectNet(m) => &m.version,
-            Detector::Supervised(m) => &m.card.version,
-            Detector::Anomaly(m) => &m.1.version,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Detector::DefectNet(_) => "defect-net",
-            Detector::Supervised(_) => "supervised",
-            Detector::Anomaly(_) => "anomaly",
-        }
-    }
-
-    /// The threshold chosen for it at training.
-    pub fn threshold(&self) -> f32 {
-        match self {
-            Detector::DefectNet(m) => m.card.threshold,
-            Detector::Supervised(m) => m.card.threshold,
-            Detector::Anomaly(m) => m.1.threshold,
-        }
-    }
-
-    /// The image size it needs, when it needs one.
-    pub fn input_size(&self) -> Option<(u32, u32)> {
-        match self {
-            Detector::DefectNet(m) => Some((m.card.input.width, m.card.input.height)),
-            Detector::Supervised(_) | Detector::Anomaly(_) => None,
-        }
-    }
-
-    /// The score (a probability in `[0, 1]`, or for the anomaly model a feature distance) and
-    /// the heat map (values in `[0, 1]`).
-    pub fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
-        match self {
-            Detector::DefectNet(m) => m.score(image),
-            Detector::Supervised(m) => {
-                let prediction = m.predict(image)?;
-                if !prediction.defect_score.is_finite() {
-                    return Err(ModelError::NonFinite);
-                }
-                Ok((prediction.defect_score, prediction.heat_map))
-            }
-            Detector::Anomaly(m) => {
-                let (score, mut heat_map) = m.0.score(image)?;
-                if !score.is_finite() {
-                    return Err(ModelError::NonFinite);
-                }
-                // Distances shown so that the threshold sits mid-scale.
-                let scale = 0.5 / m.1.threshold.max(f32::EPSILON);
-                for value in &mut heat_map.values {
-                    *value = (*value * scale).clamp(0.0, 1.0);
-                }
-                Ok((score, heat_map))
-            }
-        }
     }
 }
 
 /// A model as the station runs it: the detector and the threshold it applies.
 #[derive(Debug)]
 pub struct RunningModel {
-    pub detector: Detector,
+    pub detector: Box<dyn Detector>,
     pub threshold: f32,
     /// Shared with every inspection that used it.
     pub version: Arc<str>,
 }
 
 impl RunningModel {
-    pub fn new(detector: Detector, threshold: f32) -> RunningModel {
+    pub fn new(detector: Box<dyn Detector>, threshold: f32) -> RunningModel {
         RunningModel {
-            version: Arc::from(detector.version()),
+            version: Arc::from(detector.head().version.as_str()),
             detector,
             threshold,
         }
@@ -393,7 +264,10 @@ mod tests {
         assert_eq!(versions, ["defect-net-sim@5fb28c4f1789", "sim@b"]);
         assert!(entries.iter().all(|e| e.kind == "defect-net"));
         let b = registry.load("sim@b").expect("loads");
-        assert_eq!((b.version(), b.threshold()), ("sim@b", 0.9));
+        assert_eq!(
+            (b.head().version.as_str(), b.head().threshold),
+            ("sim@b", 0.9)
+        );
         assert_eq!(b.input_size(), Some((224, 224)));
     }
 

@@ -6,13 +6,105 @@
 //! * [`anomaly`]: the cold-start model, learnt from good parts only (PatchCore and friends).
 //! * [`supervised`]: per-patch defect segmentation, once defects are labelled.
 //!
-//! What they learn with (datasets, augmentation, metrics, threshold rules) is in
-//! [`crate::learn`]; the station runs any of them through [`crate::inspect`].
+//! Every model has a [`card::ModelCard`] (the fields every model has, and its family's
+//! section) and runs behind one trait, [`Detector`]; [`load`] opens any saved model by the kind
+//! its card names. That is all the station ([`crate::inspect`]) knows of the families. What
+//! they learn with (datasets, augmentation, metrics, threshold rules) is in [`crate::learn`].
 
 pub mod anomaly;
 pub mod backbone;
+pub mod card;
 pub mod defect_net;
 pub mod supervised;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::models::anomaly::AnomalyModel;
+use crate::models::anomaly::train::AnomalyError;
+use crate::models::card::{CardError, CardHead};
+use crate::models::defect_net::DefectModel;
+use crate::models::supervised::SupervisedModel;
+use crate::part::{GrayImage, HeatMap};
+
+/// The kinds [`load`] opens, as cards name them.
+pub const KINDS: [&str; 3] = [defect_net::KIND, anomaly::KIND, supervised::KIND];
+
+/// What the station needs of a model, whatever its family.
+pub trait Detector: Send + Sync + std::fmt::Debug {
+    /// The card's head: name, version, kind, threshold.
+    fn head(&self) -> &CardHead;
+
+    /// The image size it needs, when it needs one (the others resample any image).
+    fn input_size(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// The score (a probability for the trained families, standard deviations above good
+    /// parts for the anomaly model) and the heat map, values in `[0, 1]`. A score that is not
+    /// a number is an error, never a pass.
+    fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError>;
+}
+
+/// Loads the model saved in `dir`, of whichever family its card names. `backbone` is the
+/// pretrained backbone's weights, for the families built on it.
+pub fn load(dir: &Path, backbone: &Path, device: &Device) -> Result<Box<dyn Detector>, ModelError> {
+    let head = CardHead::read(dir)?;
+    Ok(match head.kind.as_str() {
+        defect_net::KIND => Box::new(DefectModel::load(dir, device)?),
+        anomaly::KIND => Box::new(AnomalyModel::load(dir, backbone, device)?),
+        supervised::KIND => Box::new(SupervisedModel::load(dir, backbone, device)?),
+        _ => {
+            return Err(ModelError::UnknownKind {
+                dir: dir.to_owned(),
+                kind: head.kind,
+            });
+        }
+    })
+}
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Card(#[from] CardError),
+    #[error("model {dir}: the station runs {KINDS:?} models, not {kind:?}")]
+    UnknownKind { dir: PathBuf, kind: String },
+    #[error("model {dir}: cannot read {file}: {source}")]
+    Read {
+        dir: PathBuf,
+        file: &'static str,
+        source: std::io::Error,
+    },
+    #[error("model {dir}: architecture {got:?} is not supported (expected {want:?})")]
+    Architecture {
+        dir: PathBuf,
+        got: String,
+        want: &'static str,
+    },
+    #[error("model {dir}: weights: {source}")]
+    Weights {
+        dir: PathBuf,
+        source: candle_core::Error,
+    },
+    #[error("model {dir}: threshold {threshold} is outside (0, 1]")]
+    Threshold { dir: PathBuf, threshold: f32 },
+    /// A model on the pretrained backbone: its backbone, bank or head could not be loaded.
+    #[error(transparent)]
+    Backbone(#[from] AnomalyError),
+    #[error("image is {got_width}x{got_height}, the model takes {want_width}x{want_height}")]
+    InputSize {
+        got_width: u32,
+        got_height: u32,
+        want_width: u32,
+        want_height: u32,
+    },
+    #[error("inference: {0}")]
+    Inference(#[from] candle_core::Error),
+    #[error("the model produced a non-finite score")]
+    NonFinite,
+}
 
 /// Runs `work` on one of rayon's worker threads, or right here when already on one.
 ///

@@ -17,8 +17,9 @@ use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
 use linesight::config::ModelDevice;
-use linesight::inspect::registry::{Detector, Registry, open_device};
+use linesight::inspect::registry::{Registry, open_device};
 use linesight::learn::dataset::Layout;
+use linesight::models::Detector;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
@@ -98,7 +99,7 @@ fn values(tensor: &Tensor) -> Vec<f32> {
 
 /// The model in `dir`, loaded through the registry as a station loads it: on the CPU and on
 /// the GPU.
-fn on_both_devices(dir: &Path) -> (Detector, Detector) {
+fn on_both_devices(dir: &Path) -> (Box<dyn Detector>, Box<dyn Detector>) {
     let registry = |device| Registry::new(repo().join("models"), backbone_weights(), device);
     (
         registry(Device::Cpu)
@@ -259,8 +260,8 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
     .expect("trains");
 
     let (cpu, gpu) = on_both_devices(&model_dir);
-    assert_eq!(gpu.kind(), "anomaly");
-    let threshold = cpu.threshold();
+    assert_eq!(gpu.head().kind, "anomaly");
+    let threshold = cpu.head().threshold;
     let (mut cpu_scores, mut gpu_scores) = (Vec::new(), Vec::new());
     for (i, image) in parts().iter().enumerate() {
         let (cpu_score, cpu_map) = cpu.score(image).expect("cpu score");
@@ -340,7 +341,7 @@ fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
     .expect("trains");
 
     let (cpu, gpu) = on_both_devices(&model_dir);
-    assert_eq!(gpu.kind(), "supervised");
+    assert_eq!(gpu.head().kind, "supervised");
     for (i, image) in parts().iter().enumerate() {
         let (cpu_score, cpu_map) = cpu.score(image).expect("cpu score");
         let (gpu_score, gpu_map) = gpu.score(image).expect("gpu score");

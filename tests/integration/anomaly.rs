@@ -3,7 +3,9 @@
 
 use linesight::learn::dataset::Layout;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
+use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
 use linesight::models::backbone::Resampling;
+use linesight::models::card::CARD_FILE;
 use linesight::simulate::PartGenerator;
 
 use crate::{backbone_weights, write_mvtec_parts};
@@ -44,9 +46,12 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let card = anomaly_train::train(&settings).expect("trains");
     // Every 5th of the 24 good training images chooses the threshold, scored by a first fit
     // without them; the final bank and image Gaussian learn from all 24.
+    let head = &card.head;
+    assert_eq!(head.kind, "anomaly");
+    assert!(head.version.starts_with("synthetic-parts@"));
+    assert!(head.threshold > 0.0);
+    let card = &card.family;
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
-    assert!(card.version.starts_with("synthetic-parts@"));
-    assert!(card.threshold > 0.0);
     // The image score, the patch head and the coarse image score are on, scaled on the
     // validation images.
     let scale = card.score_scale.expect("a score scale");
@@ -54,8 +59,8 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(scale.coarse_image.is_some(), "{card:?}");
     assert_eq!(card.coarse_input_size, Some(64));
     assert_eq!(card.synthetic_defects_per_good, 2);
-    assert_eq!(card.input_size, 128);
-    assert_eq!(card.resampling, Resampling::Antialiased);
+    assert_eq!(card.input.input_size, 128);
+    assert_eq!(card.input.resampling, Resampling::Antialiased);
     let metrics = &card.metrics;
     assert_eq!(
         (
@@ -77,20 +82,23 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     );
 
     // The saved model scores exactly as the trained one did.
-    let (model, loaded_card) = anomaly_train::load(
+    let AnomalyModel {
+        model,
+        card: loaded_card,
+    } = AnomalyModel::load(
         &dir.path().join("model"),
         &weights,
         &candle_core::Device::Cpu,
     )
     .expect("loads");
-    assert_eq!(loaded_card.bank_size, card.bank_size);
+    assert_eq!(loaded_card.family.bank_size, card.bank_size);
     let coarse = model.coarse_image().expect("the coarse image score");
     assert_eq!(coarse.extractor().input_size(), 64);
     assert_eq!(coarse.extractor().resampling(), Resampling::Antialiased);
     let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
         linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
-    let again = anomaly_train::evaluate(&model, &held_out, loaded_card.threshold, false)
+    let again = anomaly_train::evaluate(&model, &held_out, loaded_card.head.threshold, false)
         .expect("evaluates");
     assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
@@ -102,11 +110,10 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     std::fs::create_dir_all(&old).expect("old model dir");
     model
         .bank()
-        .save_safetensors("bank", old.join(anomaly_train::BANK_FILE))
+        .save_safetensors("bank", old.join(BANK_FILE))
         .expect("old bank");
     let card_json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("model").join(anomaly_train::CARD_FILE))
-            .expect("card"),
+        &std::fs::read_to_string(dir.path().join("model").join(CARD_FILE)).expect("card"),
     )
     .expect("card json");
     // The card without the given fields.
@@ -118,8 +125,8 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         card
     };
     let load_refused = |card: &serde_json::Value| {
-        std::fs::write(old.join(anomaly_train::CARD_FILE), card.to_string()).expect("card");
-        anomaly_train::load(&old, &weights, &candle_core::Device::Cpu)
+        std::fs::write(old.join(CARD_FILE), card.to_string()).expect("card");
+        AnomalyModel::load(&old, &weights, &candle_core::Device::Cpu)
             .expect_err("refused")
             .to_string()
     };
@@ -131,11 +138,16 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let refused = load_refused(&without(&["score_scale", "resampling"]));
     assert!(refused.contains("coarse_image_mean"), "{refused}");
     let old_card = without(&["score_scale", "resampling", "coarse_input_size"]);
-    std::fs::write(old.join(anomaly_train::CARD_FILE), old_card.to_string()).expect("old card");
-    let (old_model, old_loaded_card) =
-        anomaly_train::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
-    assert!(old_loaded_card.score_scale.is_none());
-    assert_eq!(old_loaded_card.resampling, Resampling::Bilinear);
+    std::fs::write(old.join(CARD_FILE), old_card.to_string()).expect("old card");
+    let AnomalyModel {
+        model: old_model,
+        card: old_loaded_card,
+    } = AnomalyModel::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
+    assert!(old_loaded_card.family.score_scale.is_none());
+    assert_eq!(
+        old_loaded_card.family.input.resampling,
+        Resampling::Bilinear
+    );
     assert_eq!(old_model.extractor().resampling(), Resampling::Bilinear);
     assert_eq!(model.extractor().resampling(), Resampling::Antialiased);
     let image = held_out

@@ -46,12 +46,15 @@ fn supervised_model_learns_defect_classes_from_masks() {
         progress: false,
     })
     .expect("trains");
-    assert_eq!(card.classes, ["good", "scratch", "spot"]);
+    assert_eq!(card.head.kind, "supervised");
     assert!(
-        card.version.starts_with("synthetic-tiles@"),
+        card.head.version.starts_with("synthetic-tiles@"),
         "{}",
-        card.version
+        card.head.version
     );
+    let version = card.head.version;
+    let card = card.family;
+    assert_eq!(card.classes, ["good", "scratch", "spot"]);
     assert_eq!(card.training_data_sha256.len(), 64);
     // Held out: every 4th of 21 per class → 5 each; 16 left per class, 4 of them validation.
     assert_eq!(
@@ -74,7 +77,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
 
     // The saved model predicts exactly as the trained one measured.
     let model = SupervisedModel::load(&out, &weights, &candle_core::Device::Cpu).expect("loads");
-    assert_eq!(model.card.version, card.version);
+    assert_eq!(model.card.head.version, version);
     let again = supervised::evaluate_held_out(&model, Layout::MagneticTile, &root, false)
         .expect("evaluates");
     assert_eq!(again.confusion, m.confusion);

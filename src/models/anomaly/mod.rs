@@ -13,7 +13,13 @@
 //! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
 //! through the backbone at a smaller input; [`ScoreScale`] sums the four.
 
+mod saved;
 pub mod train;
+
+pub use self::saved::{AnomalyCard, AnomalyMetrics, AnomalyModel, BANK_FILE, ClassAnomalyMetrics};
+
+/// The card's `kind` of this family.
+pub const KIND: &str = "anomaly";
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;

@@ -4,49 +4,32 @@
 //! held out. The model learns from the *good* images of the training part only and is measured
 //! on the held-out part, which it never saw.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
-use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
+use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress;
 use crate::learn::synthetic_defect;
 use crate::models::anomaly::{
-    CoarseImage, ImageGaussian, PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreScale,
+    AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
+    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreScale,
 };
 use crate::models::backbone::{
-    BackboneError, ImageFeatures, PatchFeatures, Resampling, check_input_size,
+    BackboneError, BackboneInput, ImageFeatures, PatchFeatures, check_input_size,
 };
+use crate::models::card::{CardError, ModelCard};
 use crate::part::GrayImage;
-
-/// Bank file inside an anomaly model folder.
-pub const BANK_FILE: &str = "memory-bank.safetensors";
-
-/// The image Gaussian's tensors in the bank file.
-const IMAGE_MEAN_TENSOR: &str = "image_mean";
-const IMAGE_PRECISION_TENSOR: &str = "image_precision";
-
-/// The patch head's tensors in the bank file.
-const HEAD_WEIGHT_TENSOR: &str = "head_weight";
-const HEAD_BIAS_TENSOR: &str = "head_bias";
-
-/// The coarse image Gaussian's tensors in the bank file.
-const COARSE_MEAN_TENSOR: &str = "coarse_image_mean";
-const COARSE_PRECISION_TENSOR: &str = "coarse_image_precision";
 
 /// The input size of the coarse image score new models get (see [`CoarseImage`]).
 pub const COARSE_INPUT_SIZE: usize = 96;
-
-/// Card file inside an anomaly model folder.
-pub const CARD_FILE: &str = "card.json";
 
 /// Every `HOLDOUT_EVERY`-th image of each class is held out for evaluation.
 pub const HOLDOUT_EVERY: usize = 4;
@@ -65,6 +48,8 @@ pub enum AnomalyError {
     Candle(#[from] candle_core::Error),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error(transparent)]
+    Card(#[from] CardError),
     #[error("no usable good image to learn from in {0}")]
     NoGoodImages(PathBuf),
 }
@@ -90,74 +75,9 @@ pub struct AnomalySettings {
     pub progress: bool,
 }
 
-/// Held-out metrics of an anomaly model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AnomalyMetrics {
-    #[serde(flatten)]
-    pub detection: DetectionMetrics,
-    /// At the card's threshold (chosen on validation images, not these).
-    pub at_threshold: ThresholdMetrics,
-    /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
-    pub per_class: BTreeMap<String, ClassAnomalyMetrics>,
-}
-
-/// One class's share of the evaluation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClassAnomalyMetrics {
-    pub n: usize,
-    pub flagged: usize,
-    /// This class against the good images; `None` for the good class itself.
-    pub auroc_vs_good: Option<f64>,
-}
-
-/// The card of an anomaly model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AnomalyCard {
-    pub name: String,
-    pub version: String,
-    /// `anomaly`: what the registry dispatches on.
-    pub kind: String,
-    pub architecture: String,
-    pub backbone: String,
-    pub input_size: usize,
-    /// How images are resampled to the input square ([`Resampling::Bilinear`] in models
-    /// trained before the card recorded it).
-    #[serde(default)]
-    pub resampling: Resampling,
-    pub dataset: String,
-    pub layout: Layout,
-    pub split: String,
-    /// Good images the final bank and image Gaussians were fitted on (validation included).
-    pub n_train_good: usize,
-    /// Good training images a first fit left out, to scale the scores and choose the
-    /// threshold on; the final model adds them.
-    pub n_validation_good: usize,
-    /// SHA-256 over the bank's training images' names and bytes.
-    pub training_data_sha256: String,
-    pub bank_size: usize,
-    /// Defects painted on each good training image to train the patch head (0 in models
-    /// trained before the head).
-    #[serde(default)]
-    pub synthetic_defects_per_good: usize,
-    /// Input size of the coarse image score (absent in models without one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub coarse_input_size: Option<usize>,
-    /// How the patch, image, head and coarse image scores combine (absent in models trained
-    /// before the image score: their score is the patch score).
-    #[serde(default)]
-    pub score_scale: Option<ScoreScale>,
-    /// Fail when the anomaly score (standard deviations above good validation images, not a
-    /// probability) reaches this.
-    pub threshold: f32,
-    pub threshold_rule: String,
-    pub seed: u64,
-    pub training_duration_s: f64,
-    pub metrics: AnomalyMetrics,
-}
-
 /// Trains on the dataset's good training images, evaluates on the held-out part, writes the
 /// bank and the card.
-pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
+pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, AnomalyError> {
     let started = Instant::now();
     let device = Device::Cpu;
     check_input_size(settings.input_size).map_err(|message| AnomalyError::File {
@@ -344,22 +264,17 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
             .floats(&model.bank().flatten_all()?.to_vec1::<f32>()?)
             .floats(&[threshold]),
     );
-    let card = AnomalyCard {
-        name: settings.name.clone(),
-        version,
-        kind: "anomaly".into(),
-        architecture: [
-            Some("patchcore + image gaussian"),
-            model.head().map(|_| "patch head (synthetic defects)"),
-            model.coarse_image().map(|_| "coarse image gaussian"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" + "),
-        backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
-        input_size: settings.input_size,
-        resampling: model.extractor().resampling(),
+    let architecture = [
+        Some("patchcore + image gaussian"),
+        model.head().map(|_| "patch head (synthetic defects)"),
+        model.coarse_image().map(|_| "coarse image gaussian"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" + ");
+    let family = AnomalyCard {
+        input: BackboneInput::of(model.extractor()),
         dataset: settings.data.display().to_string(),
         layout: settings.layout,
         split: format!(
@@ -372,14 +287,22 @@ pub fn train(settings: &AnomalySettings) -> Result<AnomalyCard, AnomalyError> {
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
         coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
         score_scale: model.scale(),
-        threshold,
-        threshold_rule,
         seed: settings.seed,
         training_duration_s,
         metrics,
     };
-    save(&model, &card, &settings.out_dir)?;
-    Ok(card)
+    let model = AnomalyModel {
+        card: ModelCard::new(
+            &settings.name,
+            version,
+            architecture,
+            (threshold, threshold_rule),
+            family,
+        ),
+        model,
+    };
+    model.save(&settings.out_dir)?;
+    Ok(model.card)
 }
 
 /// Features of a set of good images, for the memory bank, the image Gaussians and the head.
@@ -404,115 +327,6 @@ impl GoodFeatures {
             .append(&mut other.coarse_descriptors);
         self.used.append(&mut other.used);
     }
-}
-
-/// Loads a saved anomaly model.
-pub fn load(
-    dir: &Path,
-    backbone_weights: &Path,
-    device: &Device,
-) -> Result<(PatchCore, AnomalyCard), AnomalyError> {
-    let card_path = dir.join(CARD_FILE);
-    let text = std::fs::read_to_string(&card_path).map_err(|e| AnomalyError::File {
-        path: card_path.clone(),
-        message: e.to_string(),
-    })?;
-    let card: AnomalyCard = serde_json::from_str(&text).map_err(|e| AnomalyError::File {
-        path: card_path.clone(),
-        message: e.to_string(),
-    })?;
-    let card_error = |message: String| AnomalyError::File {
-        path: card_path.clone(),
-        message,
-    };
-    check_input_size(card.input_size).map_err(card_error)?;
-    if let Some(size) = card.coarse_input_size {
-        check_input_size(size).map_err(|m| card_error(format!("coarse image score: {m}")))?;
-    }
-    // The threshold was set on the sum of the scores the scale names: a coarse score with
-    // no spread to scale it, or a spread with no coarse score, would sum other terms.
-    let scaled = card.score_scale.is_some_and(|s| s.coarse_image.is_some());
-    if card.coarse_input_size.is_some() != scaled && card.score_scale.is_some() {
-        return Err(card_error(
-            "the coarse image score's input size and its spread in `score_scale` must come \
-             together"
-                .into(),
-        ));
-    }
-    let bank_path = dir.join(BANK_FILE);
-    let tensors = candle_core::safetensors::load(&bank_path, device)?;
-    let bank = tensors
-        .get("bank")
-        .cloned()
-        .ok_or_else(|| AnomalyError::File {
-            path: bank_path.clone(),
-            message: "no `bank` tensor".into(),
-        })?;
-    let features = PatchFeatures::load(backbone_weights, device)?
-        .with_input_size(card.input_size)
-        .with_resampling(card.resampling);
-    let mut model = PatchCore::from_bank(features, bank)?.with_scale(card.score_scale);
-    if let (Some(mean), Some(precision)) = (
-        tensors.get(IMAGE_MEAN_TENSOR),
-        tensors.get(IMAGE_PRECISION_TENSOR),
-    ) {
-        model = model.with_image_gaussian(ImageGaussian::from_tensors(mean, precision)?);
-    }
-    if let (Some(weight), Some(bias)) = (
-        tensors.get(HEAD_WEIGHT_TENSOR),
-        tensors.get(HEAD_BIAS_TENSOR),
-    ) {
-        model = model.with_head(Some(PatchHead::from_tensors(weight, bias)?));
-    }
-    if let Some(size) = card.coarse_input_size {
-        let (Some(mean), Some(precision)) = (
-            tensors.get(COARSE_MEAN_TENSOR),
-            tensors.get(COARSE_PRECISION_TENSOR),
-        ) else {
-            return Err(AnomalyError::File {
-                path: bank_path,
-                message: format!(
-                    "the card names a coarse image score, but `{COARSE_MEAN_TENSOR}` or \
-                     `{COARSE_PRECISION_TENSOR}` is missing"
-                ),
-            });
-        };
-        let coarse = CoarseImage::new(
-            model.extractor().clone().with_input_size(size),
-            ImageGaussian::from_tensors(mean, precision)?,
-        );
-        model = model.with_coarse_image(Some(coarse));
-    }
-    Ok((model, card))
-}
-
-fn save(model: &PatchCore, card: &AnomalyCard, dir: &Path) -> Result<(), AnomalyError> {
-    let file_error = |path: &Path, e: &dyn std::fmt::Display| AnomalyError::File {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, &e))?;
-    let bank_path = dir.join(BANK_FILE);
-    let mut tensors = HashMap::from([("bank".to_owned(), model.bank().clone())]);
-    if let Some(gaussian) = model.image_gaussian() {
-        let (mean, precision) = gaussian.to_tensors(model.bank().device())?;
-        tensors.insert(IMAGE_MEAN_TENSOR.to_owned(), mean);
-        tensors.insert(IMAGE_PRECISION_TENSOR.to_owned(), precision);
-    }
-    if let Some(head) = model.head() {
-        let (weight, bias) = head.to_tensors()?;
-        tensors.insert(HEAD_WEIGHT_TENSOR.to_owned(), weight);
-        tensors.insert(HEAD_BIAS_TENSOR.to_owned(), bias);
-    }
-    if let Some(coarse) = model.coarse_image() {
-        let (mean, precision) = coarse.gaussian().to_tensors(model.bank().device())?;
-        tensors.insert(COARSE_MEAN_TENSOR.to_owned(), mean);
-        tensors.insert(COARSE_PRECISION_TENSOR.to_owned(), precision);
-    }
-    candle_core::safetensors::save(&tensors, &bank_path)?;
-    let card_path = dir.join(CARD_FILE);
-    let json = serde_json::to_string_pretty(card).map_err(|e| file_error(&card_path, &e))?;
-    std::fs::write(&card_path, json + "\n").map_err(|e| file_error(&card_path, &e))
 }
 
 /// Scores every held-out sample; unreadable images are skipped and counted.

@@ -70,6 +70,42 @@ pub enum Resampling {
     Antialiased,
 }
 
+/// How a model on the backbone sees images: part of its card, so that a loaded model sees
+/// images prepared as its training images were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackboneInput {
+    /// Which backbone, and which of its features.
+    pub backbone: String,
+    /// Side of the square images are resampled to (a multiple of 16).
+    pub input_size: usize,
+    /// How images are resampled to the input square ([`Resampling::Bilinear`] in models
+    /// trained before the card recorded it).
+    #[serde(default)]
+    pub resampling: Resampling,
+}
+
+impl BackboneInput {
+    /// What `features` does to an image.
+    pub fn of(features: &PatchFeatures) -> BackboneInput {
+        BackboneInput {
+            backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
+            input_size: features.input_size(),
+            resampling: features.resampling(),
+        }
+    }
+
+    /// The extractor that prepares images this way, with the backbone from `weights`.
+    pub fn extractor(
+        &self,
+        weights: &Path,
+        device: &Device,
+    ) -> Result<PatchFeatures, BackboneError> {
+        Ok(PatchFeatures::load(weights, device)?
+            .with_input_size(self.input_size)
+            .with_resampling(self.resampling))
+    }
+}
+
 /// Turns images into patch features.
 #[derive(Debug, Clone)]
 pub struct PatchFeatures {

@@ -25,7 +25,9 @@ use candle_core::{Device, Module, Tensor};
 use self::depthwise::{BiasActivation, DepthwiseConv, SamePadding};
 use self::pointwise::Pointwise;
 
-pub use self::features::{FEATURE_DIM, ImageFeatures, PatchFeatures, Resampling, check_input_size};
+pub use self::features::{
+    BackboneInput, FEATURE_DIM, ImageFeatures, PatchFeatures, Resampling, check_input_size,
+};
 
 /// Batch-norm epsilon of the TF EfficientNet-Lite weights.
 const BN_EPS: f64 = 1e-3;

@@ -9,15 +9,15 @@
 pub mod train;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::learn::eval::ThresholdMetrics;
-use crate::models::on_worker_thread;
+use crate::models::card::{CardHead, Family, ModelCard};
+use crate::models::{Detector, ModelError, on_worker_thread};
 use crate::part::{GrayImage, HeatMap};
 
 /// Architecture name stored in model cards.
@@ -29,8 +29,8 @@ pub const HEAT_MAP_STRIDE: u32 = 4;
 /// Weights file inside a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// Model card file inside a model folder.
-pub const CARD_FILE: &str = "card.json";
+/// The card's `kind` of this family.
+pub const KIND: &str = "defect-net";
 
 /// `(in_channels, out_channels, stride, dilation)` of each 3×3 convolution.
 const LAYERS: [(usize, usize, usize, usize); 5] = [
@@ -40,42 +40,6 @@ const LAYERS: [(usize, usize, usize, usize); 5] = [
     (32, 32, 1, 2),
     (32, 32, 1, 4),
 ];
-
-/// Why a model could not be loaded or run.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("model {dir}: cannot read {file}: {source}")]
-    Read {
-        dir: PathBuf,
-        file: &'static str,
-        source: std::io::Error,
-    },
-    #[error("model {dir}: card.json: {source}")]
-    Card {
-        dir: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("model {dir}: architecture {got:?} is not supported (expected {ARCHITECTURE:?})")]
-    Architecture { dir: PathBuf, got: String },
-    #[error("model {dir}: weights: {source}")]
-    Weights {
-        dir: PathBuf,
-        source: candle_core::Error,
-    },
-    #[error("image is {got_width}x{got_height}, the model takes {want_width}x{want_height}")]
-    InputSize {
-        got_width: u32,
-        got_height: u32,
-        want_width: u32,
-        want_height: u32,
-    },
-    #[error("inference: {0}")]
-    Inference(#[from] candle_core::Error),
-    #[error("the model produced a non-finite score")]
-    NonFinite,
-    #[error("model {dir}: threshold {threshold} is outside (0, 1]")]
-    Threshold { dir: PathBuf, threshold: f32 },
-}
 
 /// The network.
 #[derive(Debug, Clone)]
@@ -194,32 +158,27 @@ pub struct EvalMetrics {
     pub per_class: BTreeMap<String, ClassMetrics>,
 }
 
-/// A model's card: everything a station and an engineer need to know about it.
+/// The defect network's section of its card.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelCard {
-    pub name: String,
-    /// `name@` plus the first 12 hex digits of the weights' SHA-256.
-    pub version: String,
-    pub architecture: String,
+pub struct DefectNetCard {
     pub input: InputSpec,
     /// Pixel scaling the weights expect.
     pub normalisation: String,
     pub heat_map_stride: u32,
-    /// FAIL when the score reaches this.
-    pub threshold: f32,
-    /// How the threshold was chosen.
-    pub threshold_rule: String,
     pub training: TrainingInfo,
     pub metrics: EvalMetrics,
     pub created_at: String,
+}
+
+impl Family for DefectNetCard {
+    const KIND: &'static str = KIND;
 }
 
 /// A loaded model ready to score images.
 #[derive(Debug, Clone)]
 pub struct DefectModel {
     net: DefectNet,
-    pub card: ModelCard,
-    pub version: Arc<str>,
+    pub card: ModelCard<DefectNetCard>,
     device: Device,
 }
 
@@ -233,21 +192,19 @@ impl DefectModel {
                 source,
             })
         };
-        let card: ModelCard =
-            serde_json::from_slice(&read(CARD_FILE)?).map_err(|source| ModelError::Card {
-                dir: dir.to_owned(),
-                source,
-            })?;
-        if !(card.threshold > 0.0 && card.threshold <= 1.0) {
+        let card = ModelCard::<DefectNetCard>::read(dir)?;
+        let head = &card.head;
+        if !(head.threshold > 0.0 && head.threshold <= 1.0) {
             return Err(ModelError::Threshold {
                 dir: dir.to_owned(),
-                threshold: card.threshold,
+                threshold: head.threshold,
             });
         }
-        if card.architecture != ARCHITECTURE {
+        if head.architecture != ARCHITECTURE {
             return Err(ModelError::Architecture {
                 dir: dir.to_owned(),
-                got: card.architecture,
+                got: head.architecture.clone(),
+                want: ARCHITECTURE,
             });
         }
         let weights_err = |source| ModelError::Weights {
@@ -260,15 +217,25 @@ impl DefectModel {
         let net = DefectNet::new(vb).map_err(weights_err)?;
         Ok(DefectModel {
             net,
-            version: Arc::from(card.version.as_str()),
             card,
             device: device.clone(),
         })
     }
+}
 
-    /// Scores one image: the defect score in `[0, 1]` and the heat map.
-    pub fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
-        let want = self.card.input;
+impl Detector for DefectModel {
+    fn head(&self) -> &CardHead {
+        &self.card.head
+    }
+
+    /// Fully convolutional, but trained and thresholded at one frame size.
+    fn input_size(&self) -> Option<(u32, u32)> {
+        Some((self.card.family.input.width, self.card.family.input.height))
+    }
+
+    /// The defect score in `[0, 1]` and the heat map.
+    fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
+        let want = self.card.family.input;
         if (image.width, image.height) != (want.width, want.height)
             || image.pixels.len() != (want.width * want.height) as usize
         {

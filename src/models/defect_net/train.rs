@@ -21,10 +21,12 @@ use crate::learn::augment::flip;
 use crate::learn::fit::{binary_cross_entropy_each, seeded_init};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::{eval, progress};
+use crate::models::card::{CardError, ModelCard};
 use crate::models::defect_net::{
-    ARCHITECTURE, CARD_FILE, ClassMetrics, DefectModel, DefectNet, EvalMetrics, HEAT_MAP_STRIDE,
-    InputSpec, ModelCard, ModelError, TrainingInfo, WEIGHTS_FILE, image_score, to_input,
+    ARCHITECTURE, ClassMetrics, DefectModel, DefectNet, DefectNetCard, EvalMetrics,
+    HEAT_MAP_STRIDE, InputSpec, TrainingInfo, WEIGHTS_FILE, image_score, to_input,
 };
+use crate::models::{Detector, ModelError};
 use crate::part::GrayImage;
 use crate::simulate::{DefectKind, PartGenerator};
 
@@ -38,6 +40,8 @@ pub enum TrainError {
     Calibrate(#[from] CalibrateError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Card(#[from] CardError),
     #[error("training: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("cannot write {path}: {source}")]
@@ -78,7 +82,7 @@ struct Example {
 }
 
 /// Trains a model, writes `model.safetensors` and `card.json` to `out_dir`, returns the card.
-pub fn train(settings: &TrainSettings) -> Result<ModelCard, TrainError> {
+pub fn train(settings: &TrainSettings) -> Result<ModelCard<DefectNetCard>, TrainError> {
     let started = Instant::now();
     let device = Device::Cpu;
     let undistorter = Undistorter::new(&Calibration::load(&settings.calibration_file)?)?;
@@ -166,10 +170,11 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard, TrainError> {
             .ok_or(TrainError::NoDefects)?;
     let metrics = evaluate(&net, &test_set, threshold, &device)?;
     let (w, h) = undistorter.output_size();
-    let card = ModelCard {
-        name: settings.name.clone(),
-        version,
-        architecture: ARCHITECTURE.into(),
+    let threshold_rule = format!(
+        "escape rate <= {} on {} validation parts, halfway to the nearest good score",
+        settings.target_escape_rate, settings.n_val
+    );
+    let family = DefectNetCard {
         input: InputSpec {
             width: w,
             height: h,
@@ -177,11 +182,6 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard, TrainError> {
         },
         normalisation: "(x - 127) / 128 on 8-bit grey".into(),
         heat_map_stride: HEAT_MAP_STRIDE,
-        threshold,
-        threshold_rule: format!(
-            "escape rate <= {} on {} validation parts, halfway to the nearest good score",
-            settings.target_escape_rate, settings.n_val
-        ),
         training: TrainingInfo {
             data: format!(
                 "synthetic parts (simulator seed {}, defect rate {})",
@@ -200,14 +200,14 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard, TrainError> {
         metrics,
         created_at: chrono::Utc::now().to_rfc3339(),
     };
-    let card_path = settings.out_dir.join(CARD_FILE);
-    let card_json = serde_json::to_string_pretty(&card).map_err(std::io::Error::other);
-    card_json
-        .and_then(|json| std::fs::write(&card_path, json + "\n"))
-        .map_err(|source| TrainError::Write {
-            path: card_path,
-            source,
-        })?;
+    let card = ModelCard::new(
+        &settings.name,
+        version,
+        ARCHITECTURE.into(),
+        (threshold, threshold_rule),
+        family,
+    );
+    card.write(&settings.out_dir)?;
     Ok(card)
 }
 
@@ -225,7 +225,7 @@ pub fn evaluate_saved(
     for example in &test_set {
         scores.push(model.score(&example.image)?.0);
     }
-    Ok(summarise(&test_set, &scores, model.card.threshold))
+    Ok(summarise(&test_set, &scores, model.card.head.threshold))
 }
 
 fn render(

@@ -47,15 +47,17 @@ use crate::learn::hash::ContentHash;
 use crate::learn::normaliser::Normaliser;
 use crate::learn::progress;
 use crate::models::anomaly::train::{AnomalyError, HOLDOUT_EVERY};
-use crate::models::backbone::{FEATURE_DIM, PatchFeatures, Resampling, check_input_size};
+use crate::models::backbone::{BackboneInput, FEATURE_DIM, PatchFeatures, check_input_size};
+use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
 use crate::models::on_worker_thread;
+use crate::models::{Detector, ModelError};
 use crate::part::{GrayImage, HeatMap};
 
 /// Head weights inside a supervised model folder.
 pub const HEAD_FILE: &str = "head.safetensors";
 
-/// Card inside a supervised model folder.
-pub const CARD_FILE: &str = "card.json";
+/// The card's `kind` of this family.
+pub const KIND: &str = "supervised";
 
 /// Side of the patch grid at the default input size (unit tests).
 #[cfg(test)]
@@ -361,25 +363,14 @@ pub struct Prediction {
     pub heat_map: HeatMap,
 }
 
-/// Settings the model was trained with and what it measured: the model card.
+/// The supervised model's section of its card: settings it was trained with and what it
+/// measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisedCard {
-    pub name: String,
-    pub version: String,
-    pub kind: String,
-    pub architecture: String,
-    pub backbone: String,
-    pub input_size: usize,
-    /// How images are resampled to the input square ([`Resampling::Bilinear`] in models
-    /// trained before the card recorded it).
-    #[serde(default)]
-    pub resampling: Resampling,
+    #[serde(flatten)]
+    pub input: BackboneInput,
     /// Index 0 is `good`.
     pub classes: Vec<String>,
-    /// Fail when the defect score reaches this (chosen on the validation part).
-    pub threshold: f32,
-    /// What the threshold was chosen for.
-    pub threshold_rule: String,
     /// Per-channel standardisation of the backbone features, fitted on the training images.
     pub feature_mean: Vec<f32>,
     pub feature_std: Vec<f32>,
@@ -400,6 +391,10 @@ pub struct SupervisedCard {
     pub seed: u64,
     pub training_duration_s: f64,
     pub metrics: SupervisedMetrics,
+}
+
+impl Family for SupervisedCard {
+    const KIND: &'static str = KIND;
 }
 
 /// Held-out metrics of a supervised model.
@@ -427,7 +422,7 @@ pub struct SupervisedModel {
     normaliser: Normaliser,
     /// The trained head with `normaliser` folded in, for [`SupervisedModel::predict`].
     inference: InferenceHead,
-    pub card: SupervisedCard,
+    pub card: ModelCard<SupervisedCard>,
 }
 
 impl SupervisedModel {
@@ -437,10 +432,9 @@ impl SupervisedModel {
         backbone_weights: &Path,
         device: &Device,
     ) -> Result<SupervisedModel, SupervisedError> {
+        let full_card = ModelCard::<SupervisedCard>::read(dir)?;
+        let card = &full_card.family;
         let card_path = dir.join(CARD_FILE);
-        let text = std::fs::read_to_string(&card_path).map_err(|e| file_error(&card_path, &e))?;
-        let card: SupervisedCard =
-            serde_json::from_str(&text).map_err(|e| file_error(&card_path, &e))?;
         if card.feature_mean.len() != FEATURE_DIM || card.feature_std.len() != FEATURE_DIM {
             return Err(file_error(
                 &card_path,
@@ -453,7 +447,7 @@ impl SupervisedModel {
                 &"classes must start with `good` and name at least one defect",
             ));
         }
-        check_input_size(card.input_size).map_err(|m| file_error(&card_path, &m))?;
+        check_input_size(card.input.input_size).map_err(|m| file_error(&card_path, &m))?;
         let head_path = dir.join(HEAD_FILE);
         let tensors = candle_core::safetensors::load(&head_path, device)
             .map_err(|e| file_error(&head_path, &e))?;
@@ -465,12 +459,10 @@ impl SupervisedModel {
         let normaliser =
             Normaliser::new(card.feature_mean.clone(), card.feature_std.clone(), device)?;
         Ok(SupervisedModel {
-            features: PatchFeatures::load(backbone_weights, device)?
-                .with_input_size(card.input_size)
-                .with_resampling(card.resampling),
+            features: card.input.extractor(backbone_weights, device)?,
             inference: InferenceHead::new(&head, &normaliser)?,
             normaliser,
-            card,
+            card: full_card,
         })
     }
 
@@ -491,8 +483,8 @@ impl SupervisedModel {
         seeded_init(&varmap, seed)?;
         let normaliser = Normaliser::new(vec![0.0; FEATURE_DIM], vec![1.0; FEATURE_DIM], &device)?;
         let mut card = untrained_card(classes, &features);
-        card.feature_mean = vec![0.0; FEATURE_DIM];
-        card.feature_std = vec![1.0; FEATURE_DIM];
+        card.family.feature_mean = vec![0.0; FEATURE_DIM];
+        card.family.feature_std = vec![1.0; FEATURE_DIM];
         Ok(SupervisedModel {
             features,
             inference: InferenceHead::new(&head, &normaliser)?,
@@ -534,20 +526,12 @@ fn predict_from_maps(head: &InferenceHead, maps: &Tensor) -> candle_core::Result
 }
 
 /// The card of a model not yet trained, its input as `features` prepares it.
-fn untrained_card(classes: usize, features: &PatchFeatures) -> SupervisedCard {
-    SupervisedCard {
-        name: "untrained".into(),
-        version: "untrained".into(),
-        kind: "supervised".into(),
-        architecture: String::new(),
-        backbone: String::new(),
-        input_size: features.input_size(),
-        resampling: features.resampling(),
+fn untrained_card(classes: usize, features: &PatchFeatures) -> ModelCard<SupervisedCard> {
+    let family = SupervisedCard {
+        input: BackboneInput::of(features),
         classes: std::iter::once("good".to_owned())
             .chain((1..classes).map(|i| format!("defect-{i}")))
             .collect(),
-        threshold: 0.5,
-        threshold_rule: String::new(),
         feature_mean: Vec::new(),
         feature_std: Vec::new(),
         dataset: String::new(),
@@ -563,6 +547,28 @@ fn untrained_card(classes: usize, features: &PatchFeatures) -> SupervisedCard {
         seed: 0,
         training_duration_s: 0.0,
         metrics: empty_metrics(classes),
+    };
+    ModelCard::new(
+        "untrained",
+        "untrained".into(),
+        String::new(),
+        (0.5, String::new()),
+        family,
+    )
+}
+
+impl Detector for SupervisedModel {
+    fn head(&self) -> &CardHead {
+        &self.card.head
+    }
+
+    /// The defect probability and each patch's.
+    fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
+        let prediction = self.predict(image)?;
+        if !prediction.defect_score.is_finite() {
+            return Err(ModelError::NonFinite);
+        }
+        Ok((prediction.defect_score, prediction.heat_map))
     }
 }
 

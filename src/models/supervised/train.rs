@@ -41,7 +41,7 @@ struct Example {
 /// the whole training part (a fifth more labelled images: on magnetic-tile that was worth
 /// about two points of defect-vs-good accuracy) and keeps that threshold. Evaluates on the
 /// held-out part, writes head and card.
-pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, SupervisedError> {
+pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>, SupervisedError> {
     let started = Instant::now();
     let device = Device::Cpu;
     check_input_size(settings.input_size).map_err(|m| file_error(&settings.data, &m))?;
@@ -154,20 +154,13 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
     }
     let training_duration_s = started.elapsed().as_secs_f64();
 
-    model.card = SupervisedCard {
-        name: settings.name.clone(),
-        version: String::new(),
-        kind: "supervised".into(),
-        architecture: format!(
-            "patch segmentation head (1x1 {FEATURE_DIM}->{HIDDEN}, 3x3 {HIDDEN}->{HIDDEN}, 1x1 {HIDDEN}->{}) on frozen features",
-            classes.len()
-        ),
-        backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
-        input_size: settings.input_size,
-        resampling: model.features.resampling(),
+    let architecture = format!(
+        "patch segmentation head (1x1 {FEATURE_DIM}->{HIDDEN}, 3x3 {HIDDEN}->{HIDDEN}, 1x1 {HIDDEN}->{}) on frozen features",
+        classes.len()
+    );
+    let family = SupervisedCard {
+        input: BackboneInput::of(&model.features),
         classes,
-        threshold,
-        threshold_rule: rule,
         feature_mean: model.normaliser.mean.flatten_all()?.to_vec1()?,
         feature_std: model.normaliser.std.flatten_all()?.to_vec1()?,
         dataset: settings.data.display().to_string(),
@@ -187,8 +180,16 @@ pub fn train(settings: &SupervisedSettings) -> Result<SupervisedCard, Supervised
         training_duration_s,
         metrics: empty_metrics(0),
     };
-    model.card.metrics = evaluate(&model, &held_out, settings.progress)?;
-    model.card.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
+    // Versioned once the threshold is in the card; measured with the final card in place.
+    model.card = ModelCard::new(
+        &settings.name,
+        String::new(),
+        architecture,
+        (threshold, rule),
+        family,
+    );
+    model.card.family.metrics = evaluate(&model, &held_out, settings.progress)?;
+    model.card.head.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;
     Ok(model.card)
 }
@@ -281,7 +282,7 @@ fn version_suffix(model: &SupervisedModel, varmap: &VarMap) -> candle_core::Resu
             .floats(&var.as_tensor().flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     })?;
-    hash.floats(&[model.card.threshold]);
+    hash.floats(&[model.card.head.threshold]);
     Ok(hash.version_suffix())
 }
 
@@ -291,9 +292,7 @@ fn save(model: &SupervisedModel, varmap: &VarMap, dir: &Path) -> Result<(), Supe
     varmap
         .save(&head_path)
         .map_err(|e| file_error(&head_path, &e))?;
-    let card_path = dir.join(CARD_FILE);
-    let json = serde_json::to_string_pretty(&model.card).map_err(|e| file_error(&card_path, &e))?;
-    std::fs::write(&card_path, json + "\n").map_err(|e| file_error(&card_path, &e))
+    Ok(model.card.write(dir)?)
 }
 
 /// Weighted patch cross-entropy, plus the image-level losses of the derived verdict (when the
@@ -545,7 +544,13 @@ fn score_all(
     let bar = progress::labelled(show, samples.len(), "held-out images");
     for sample in samples {
         bar.inc(1);
-        let Some(truth) = model.card.classes.iter().position(|c| *c == sample.class) else {
+        let Some(truth) = model
+            .card
+            .family
+            .classes
+            .iter()
+            .position(|c| *c == sample.class)
+        else {
             tracing::warn!(class = %sample.class, "skipping an image of a class the model does not know");
             scored.n_skipped += 1;
             continue;
@@ -580,11 +585,11 @@ pub fn evaluate(
     show: bool,
 ) -> Result<SupervisedMetrics, SupervisedError> {
     let scored = score_all(model, samples, show)?;
-    let k = model.card.classes.len();
+    let k = model.card.family.classes.len();
     let has_good = scored.labels.iter().any(|l| !l);
     let mut metrics = empty_metrics(k);
     for i in 0..scored.scores.len() {
-        let called_defective = !has_good || scored.scores[i] >= model.card.threshold;
+        let called_defective = !has_good || scored.scores[i] >= model.card.head.threshold;
         let predicted = if called_defective {
             scored.defect_classes[i]
         } else {
@@ -609,7 +614,7 @@ pub fn evaluate(
     metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
     metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
     if has_good {
-        let at = eval::at_threshold(&scored.scores, &scored.labels, model.card.threshold);
+        let at = eval::at_threshold(&scored.scores, &scored.labels, model.card.head.threshold);
         metrics.defect_vs_good_accuracy = Some(at.accuracy);
         metrics.at_threshold = Some(at);
     }

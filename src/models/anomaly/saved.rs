@@ -1,0 +1,222 @@
+//! The anomaly model as saved: its section of the card, the bank file beside it (memory bank,
+//! image Gaussians, patch head), loading and saving, and how the station runs it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::learn::dataset::Layout;
+use crate::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use crate::models::anomaly::train::AnomalyError;
+use crate::models::anomaly::{CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, ScoreScale};
+use crate::models::backbone::{BackboneInput, check_input_size};
+use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
+use crate::models::{Detector, ModelError};
+use crate::part::{GrayImage, HeatMap};
+
+/// Bank file inside an anomaly model folder.
+pub const BANK_FILE: &str = "memory-bank.safetensors";
+
+/// The image Gaussian's tensors in the bank file.
+const IMAGE_MEAN_TENSOR: &str = "image_mean";
+const IMAGE_PRECISION_TENSOR: &str = "image_precision";
+
+/// The patch head's tensors in the bank file.
+const HEAD_WEIGHT_TENSOR: &str = "head_weight";
+const HEAD_BIAS_TENSOR: &str = "head_bias";
+
+/// The coarse image Gaussian's tensors in the bank file.
+const COARSE_MEAN_TENSOR: &str = "coarse_image_mean";
+const COARSE_PRECISION_TENSOR: &str = "coarse_image_precision";
+
+/// Held-out metrics of an anomaly model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnomalyMetrics {
+    #[serde(flatten)]
+    pub detection: DetectionMetrics,
+    /// At the card's threshold (chosen on validation images, not these).
+    pub at_threshold: ThresholdMetrics,
+    /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
+    pub per_class: BTreeMap<String, ClassAnomalyMetrics>,
+}
+
+/// One class's share of the evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassAnomalyMetrics {
+    pub n: usize,
+    pub flagged: usize,
+    /// This class against the good images; `None` for the good class itself.
+    pub auroc_vs_good: Option<f64>,
+}
+
+/// The anomaly model's section of its card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnomalyCard {
+    #[serde(flatten)]
+    pub input: BackboneInput,
+    pub dataset: String,
+    pub layout: Layout,
+    pub split: String,
+    /// Good images the final bank and image Gaussians were fitted on (validation included).
+    pub n_train_good: usize,
+    /// Good training images a first fit left out, to scale the scores and choose the
+    /// threshold on; the final model adds them.
+    pub n_validation_good: usize,
+    /// SHA-256 over the bank's training images' names and bytes.
+    pub training_data_sha256: String,
+    pub bank_size: usize,
+    /// Defects painted on each good training image to train the patch head (0 in models
+    /// trained before the head).
+    #[serde(default)]
+    pub synthetic_defects_per_good: usize,
+    /// Input size of the coarse image score (absent in models without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coarse_input_size: Option<usize>,
+    /// How the patch, image, head and coarse image scores combine (absent in models trained
+    /// before the image score: their score is the patch score).
+    #[serde(default)]
+    pub score_scale: Option<ScoreScale>,
+    pub seed: u64,
+    pub training_duration_s: f64,
+    pub metrics: AnomalyMetrics,
+}
+
+impl Family for AnomalyCard {
+    const KIND: &'static str = KIND;
+}
+
+/// A saved anomaly model, loaded: the scorer and its card. The card's threshold is in
+/// standard deviations above good validation images, not a probability.
+#[derive(Debug, Clone)]
+pub struct AnomalyModel {
+    pub model: PatchCore,
+    pub card: ModelCard<AnomalyCard>,
+}
+
+impl AnomalyModel {
+    /// Loads the model saved in `dir`, with the backbone from `backbone_weights`.
+    pub fn load(
+        dir: &Path,
+        backbone_weights: &Path,
+        device: &Device,
+    ) -> Result<AnomalyModel, AnomalyError> {
+        let full_card = ModelCard::<AnomalyCard>::read(dir)?;
+        let card = &full_card.family;
+        let card_path = dir.join(CARD_FILE);
+        let card_error = |message: String| AnomalyError::File {
+            path: card_path.clone(),
+            message,
+        };
+        check_input_size(card.input.input_size).map_err(card_error)?;
+        if let Some(size) = card.coarse_input_size {
+            check_input_size(size).map_err(|m| card_error(format!("coarse image score: {m}")))?;
+        }
+        // The threshold was set on the sum of the scores the scale names: a coarse score with
+        // no spread to scale it, or a spread with no coarse score, would sum other terms.
+        let scaled = card.score_scale.is_some_and(|s| s.coarse_image.is_some());
+        if card.coarse_input_size.is_some() != scaled && card.score_scale.is_some() {
+            return Err(card_error(
+                "the coarse image score's input size and its spread in `score_scale` must come \
+             together"
+                    .into(),
+            ));
+        }
+        let bank_path = dir.join(BANK_FILE);
+        let tensors = candle_core::safetensors::load(&bank_path, device)?;
+        let bank = tensors
+            .get("bank")
+            .cloned()
+            .ok_or_else(|| AnomalyError::File {
+                path: bank_path.clone(),
+                message: "no `bank` tensor".into(),
+            })?;
+        let features = card.input.extractor(backbone_weights, device)?;
+        let mut model = PatchCore::from_bank(features, bank)?.with_scale(card.score_scale);
+        if let (Some(mean), Some(precision)) = (
+            tensors.get(IMAGE_MEAN_TENSOR),
+            tensors.get(IMAGE_PRECISION_TENSOR),
+        ) {
+            model = model.with_image_gaussian(ImageGaussian::from_tensors(mean, precision)?);
+        }
+        if let (Some(weight), Some(bias)) = (
+            tensors.get(HEAD_WEIGHT_TENSOR),
+            tensors.get(HEAD_BIAS_TENSOR),
+        ) {
+            model = model.with_head(Some(PatchHead::from_tensors(weight, bias)?));
+        }
+        if let Some(size) = card.coarse_input_size {
+            let (Some(mean), Some(precision)) = (
+                tensors.get(COARSE_MEAN_TENSOR),
+                tensors.get(COARSE_PRECISION_TENSOR),
+            ) else {
+                return Err(AnomalyError::File {
+                    path: bank_path,
+                    message: format!(
+                        "the card names a coarse image score, but `{COARSE_MEAN_TENSOR}` or \
+                     `{COARSE_PRECISION_TENSOR}` is missing"
+                    ),
+                });
+            };
+            let coarse = CoarseImage::new(
+                model.extractor().clone().with_input_size(size),
+                ImageGaussian::from_tensors(mean, precision)?,
+            );
+            model = model.with_coarse_image(Some(coarse));
+        }
+        Ok(AnomalyModel {
+            model,
+            card: full_card,
+        })
+    }
+
+    /// Writes the bank file (bank, image Gaussians, head) and the card to `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), AnomalyError> {
+        let model = &self.model;
+        let file_error = |path: &Path, e: &dyn std::fmt::Display| AnomalyError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, &e))?;
+        let bank_path = dir.join(BANK_FILE);
+        let mut tensors = HashMap::from([("bank".to_owned(), model.bank().clone())]);
+        if let Some(gaussian) = model.image_gaussian() {
+            let (mean, precision) = gaussian.to_tensors(model.bank().device())?;
+            tensors.insert(IMAGE_MEAN_TENSOR.to_owned(), mean);
+            tensors.insert(IMAGE_PRECISION_TENSOR.to_owned(), precision);
+        }
+        if let Some(head) = model.head() {
+            let (weight, bias) = head.to_tensors()?;
+            tensors.insert(HEAD_WEIGHT_TENSOR.to_owned(), weight);
+            tensors.insert(HEAD_BIAS_TENSOR.to_owned(), bias);
+        }
+        if let Some(coarse) = model.coarse_image() {
+            let (mean, precision) = coarse.gaussian().to_tensors(model.bank().device())?;
+            tensors.insert(COARSE_MEAN_TENSOR.to_owned(), mean);
+            tensors.insert(COARSE_PRECISION_TENSOR.to_owned(), precision);
+        }
+        candle_core::safetensors::save(&tensors, &bank_path)?;
+        Ok(self.card.write(dir)?)
+    }
+}
+
+impl Detector for AnomalyModel {
+    fn head(&self) -> &CardHead {
+        &self.card.head
+    }
+
+    /// The combined score and the patch distances, shown so that the threshold sits
+    /// mid-scale.
+    fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
+        let (score, mut heat_map) = self.model.score(image)?;
+        if !score.is_finite() {
+            return Err(ModelError::NonFinite);
+        }
+        let scale = 0.5 / self.card.head.threshold.max(f32::EPSILON);
+        for value in &mut heat_map.values {
+            *value = (*value * scale).clamp(0.0, 1.0);
+        }
+        Ok((score, heat_map))
+    }
+}
