@@ -11,17 +11,16 @@ use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
 use linesight::models::anomaly::{CoarseImage, ImageGaussian, PatchCore, PatchHead};
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
 use linesight::models::defect_net::DefectModel;
-use linesight::models::defect_net::train::SIM_FRAME_SIZE;
 use linesight::models::supervised::SupervisedModel;
 use linesight::record::gray_png;
-use linesight::simulate::{DefectKind, PartGenerator};
+use linesight::simulate::{DefectKind, FRAME_SIZE, PartGenerator};
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 fn hot_path(c: &mut Criterion) {
-    let mut generator = PartGenerator::new(1, SIM_FRAME_SIZE, SIM_FRAME_SIZE, 0.0);
+    let mut generator = PartGenerator::new(1, FRAME_SIZE, FRAME_SIZE, 0.0);
     let raw = generator.render(Some(DefectKind::Scratch)).image;
     let calibration = Calibration::load(&repo("calibration/simulated.yaml")).expect("calibration");
     let undistorter = Undistorter::new(&calibration).expect("maps");

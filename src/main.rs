@@ -23,6 +23,7 @@ use linesight::models::backbone::legacy_pth::read_state_dict;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::{TrainSettings, evaluate_saved, train};
 use linesight::models::supervised::{self, SupervisedMetrics, SupervisedModel, SupervisedSettings};
+use linesight::simulate::SimulatedLine;
 use linesight::station::{RunOptions, Station};
 
 #[derive(Parser)]
@@ -731,14 +732,19 @@ async fn run(
     bind: SocketAddr,
     max_parts: Option<u64>,
 ) -> anyhow::Result<()> {
-    let station = Station::prepare(config)
+    // The simulated camera and PLC, when the config asks for them, are started beside the
+    // station and wired to it like real ones.
+    let line = SimulatedLine::start(&config)
+        .await
+        .context("starting the simulated line")?;
+    let station = Station::prepare(config, line.attachments())
         .await
         .context("starting the station")?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding the web server to {bind}"))?;
     let address = listener.local_addr()?;
-    if let Some(plc) = station.plc_simulator() {
+    if let Some(plc) = line.plc() {
         println!("simulated PLC (Modbus TCP) on {}", plc.address());
     }
     println!("Linesight station running: open http://{address}/  (Ctrl-C stops)");

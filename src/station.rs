@@ -28,7 +28,7 @@ use crate::actuate::{
     run_heartbeat,
 };
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
-use crate::capture::{CaptureContext, CaptureError, read_pipeline, run_capture};
+use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
 use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
@@ -37,7 +37,6 @@ use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::record::{RecordContext, RecordError, Store, run_recorder};
 use crate::serve::{ApiState, StationInfo, StationState};
-use crate::simulate::PlcSimulator;
 use crate::track::{InspectionFate, PartTracker};
 
 /// Why the station could not start or stopped with an error.
@@ -59,8 +58,11 @@ pub enum StationError {
     Capture(#[from] CaptureError),
     #[error("PLC link check failed: {0}")]
     Gate(#[from] GateError),
-    #[error("cannot start the PLC simulator: {0}")]
-    PlcSimulator(std::io::Error),
+    #[error(
+        "the config's {0} is simulated, but nothing simulates it: start the station on a \
+         simulate::SimulatedLine (as `linesight run` does)"
+    )]
+    NotAttached(&'static str),
     #[error(
         "model takes {model_width}x{model_height} images but the calibration ROI is {roi_width}x{roi_height}"
     )]
@@ -87,6 +89,16 @@ pub struct RunOptions {
     pub max_parts: Option<u64>,
 }
 
+/// What a station is wired to that its config cannot open by itself. A real line needs
+/// none of it; the simulated line (`simulate::SimulatedLine`) provides both.
+#[derive(Default)]
+pub struct Attachments {
+    /// Feeds the camera pipeline's `appsrc name=source`.
+    pub camera: Option<Box<dyn FrameFeeder>>,
+    /// The PLC, when the config's is not a TCP address of its own (`kind = "simulated"`).
+    pub plc_address: Option<SocketAddr>,
+}
+
 /// A station ready to run.
 pub struct Station {
     config: StationConfig,
@@ -97,12 +109,18 @@ pub struct Station {
     calibration: Calibration,
     link: GateLink,
     api: ApiState,
-    plc_simulator: Option<(PlcSimulator, tokio::task::JoinHandle<()>)>,
+    camera_feeder: Option<Box<dyn FrameFeeder>>,
 }
 
 impl Station {
     /// Loads everything and checks the PLC link; nothing moves yet.
-    pub async fn prepare(config: StationConfig) -> Result<Station, StationError> {
+    pub async fn prepare(
+        config: StationConfig,
+        attachments: Attachments,
+    ) -> Result<Station, StationError> {
+        if config.simulator.is_some() && attachments.camera.is_none() {
+            return Err(StationError::NotAttached("camera"));
+        }
         let clock = StationClock::start();
         let metrics = Metrics::new();
         let registry = Registry::new(
@@ -141,24 +159,15 @@ impl Station {
         );
         control.restore().await?;
 
-        let (plc_address, plc_simulator) = match config.plc.kind {
-            PlcKind::Simulated => {
-                let listener = tokio::net::TcpListener::bind(
-                    config.plc.address.as_deref().unwrap_or("127.0.0.1:0"),
-                )
-                .await
-                .map_err(StationError::PlcSimulator)?;
-                let (simulator, task) =
-                    PlcSimulator::serve(listener, map).map_err(StationError::PlcSimulator)?;
-                (simulator.address(), Some((simulator, task)))
-            }
-            PlcKind::Tcp => {
+        let plc_address = match (config.plc.kind, attachments.plc_address) {
+            (PlcKind::Simulated, Some(address)) => address,
+            (PlcKind::Simulated, None) => return Err(StationError::NotAttached("PLC")),
+            (PlcKind::Tcp, _) => {
                 // Checked by config: a tcp PLC has a valid socket address.
                 let address = config.plc.address.as_deref().unwrap_or_default();
-                let address: SocketAddr = address
+                address
                     .parse()
-                    .map_err(|_| StationError::Stage(format!("invalid PLC address {address:?}")))?;
-                (address, None)
+                    .map_err(|_| StationError::Stage(format!("invalid PLC address {address:?}")))?
             }
         };
         let mut link = GateLink::new(
@@ -198,7 +207,7 @@ impl Station {
             calibration,
             link,
             api,
-            plc_simulator,
+            camera_feeder: attachments.camera,
         })
     }
 
@@ -217,13 +226,6 @@ impl Station {
         self.metrics.clone()
     }
 
-    /// The built-in PLC simulator, when the config asks for one.
-    pub fn plc_simulator(&self) -> Option<PlcSimulator> {
-        self.plc_simulator
-            .as_ref()
-            .map(|(simulator, _)| simulator.clone())
-    }
-
     /// Runs the line until the camera ends, `max_parts`, or `shutdown`; then drains and stops.
     pub async fn run(
         self,
@@ -239,7 +241,7 @@ impl Station {
             calibration,
             link,
             api,
-            plc_simulator,
+            camera_feeder,
         } = self;
         let pipeline_description = read_pipeline(&config.pipeline_file)?;
         let first_part_id = store.start_run()?;
@@ -303,7 +305,7 @@ impl Station {
             .map_err(|e| StationError::Stage(format!("cannot start the inspect thread: {e}")))?;
         let capture_ctx = CaptureContext {
             pipeline_description,
-            simulator: config.simulator.clone(),
+            feeder: camera_feeder,
             first_part_id,
             max_parts: options.max_parts,
             triggers: trigger_tx,
@@ -338,9 +340,6 @@ impl Station {
         heartbeat_stop.cancel();
         let heartbeat_result = heartbeat.await;
         let recorder_result = recorder.await;
-        if let Some((_, task)) = plc_simulator {
-            task.abort();
-        }
         let mut stage_failures = Vec::new();
         if inspect_result.map(|joined| joined.is_err()).unwrap_or(true) {
             stage_failures.push("inspect thread panicked");

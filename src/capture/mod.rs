@@ -11,6 +11,10 @@
 //!
 //! Errors on GStreamer's streaming threads arrive on the bus; [`run_capture`] turns the first
 //! into a [`CaptureError`] naming the element, and always leaves the pipeline in `Null`.
+//!
+//! A pipeline that starts with `appsrc name=source` is fed from outside GStreamer by a
+//! [`FrameFeeder`] handed in with the [`CaptureContext`] (the simulated line's camera is one);
+//! capture runs it on a thread of its own and joins it when the stream ends.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,10 +29,8 @@ use gstreamer_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SimulatorSection;
 use crate::metrics::Metrics;
 use crate::part::{Frame, GrayImage, PartId, StationClock, Trigger};
-use crate::simulate::SimulatedCamera;
 
 /// Name of the appsink every pipeline ends in.
 pub const APPSINK_NAME: &str = "frames";
@@ -36,8 +38,20 @@ pub const APPSINK_NAME: &str = "frames";
 /// How long a stopping pipeline may take to drain before it is stopped hard.
 const EOS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Name of the appsrc the simulated camera feeds.
+/// Name of the appsrc a [`FrameFeeder`] feeds.
 pub const APPSRC_NAME: &str = "source";
+
+/// Feeds a pipeline's `appsrc name=source` with frames made outside GStreamer.
+pub trait FrameFeeder: Send {
+    /// Pushes frames into `appsrc` until `max_parts` frames or `stop`, then ends the stream.
+    /// Runs on a thread of its own, which capture starts and joins.
+    fn feed(
+        self: Box<Self>,
+        appsrc: gst_app::AppSrc,
+        max_parts: Option<u64>,
+        stop: CancellationToken,
+    );
+}
 
 /// Why capture stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +90,8 @@ pub struct CaptureSummary {
 /// Everything the capture stage needs.
 pub struct CaptureContext {
     pub pipeline_description: String,
-    /// Feed the pipeline's appsrc with synthetic parts.
-    pub simulator: Option<SimulatorSection>,
+    /// Feeds the pipeline's `appsrc name=source`, when it has one.
+    pub feeder: Option<Box<dyn FrameFeeder>>,
     /// Id of the first part of this run.
     pub first_part_id: u64,
     /// Stop after this many frames.
@@ -151,8 +165,8 @@ fn run_pipeline(
             .build(),
     );
 
-    let camera = match ctx.simulator {
-        Some(settings) => {
+    let camera = match ctx.feeder {
+        Some(feeder) => {
             let appsrc = pipeline
                 .by_name(APPSRC_NAME)
                 .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
@@ -160,12 +174,12 @@ fn run_pipeline(
                     kind: "appsrc",
                     name: APPSRC_NAME,
                 })?;
-            Some(SimulatedCamera::start(
+            Some(FeederThread::start(
+                feeder,
                 appsrc,
-                settings,
                 ctx.max_parts,
-                ctx.stop.clone(),
-            ))
+                &ctx.stop,
+            )?)
         }
         None => None,
     };
@@ -218,6 +232,38 @@ fn run_pipeline(
         frames: frames_seen.load(Ordering::Relaxed),
         next_part_id: next_part_id.load(Ordering::Relaxed),
     })
+}
+
+/// A [`FrameFeeder`] running on its thread.
+struct FeederThread {
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl FeederThread {
+    fn start(
+        feeder: Box<dyn FrameFeeder>,
+        appsrc: gst_app::AppSrc,
+        max_parts: Option<u64>,
+        stop: &CancellationToken,
+    ) -> Result<FeederThread, CaptureError> {
+        // Its own token, so that capture can stop it on an error without stopping the station.
+        let stop = stop.child_token();
+        let feeder_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("frame-feeder".into())
+            .spawn(move || feeder.feed(appsrc, max_parts, feeder_stop))
+            .map_err(|e| CaptureError::Parse(format!("cannot start the frame feeder: {e}")))?;
+        Ok(FeederThread { stop, thread })
+    }
+
+    /// Stops feeding and waits for the thread.
+    fn stop(self) {
+        self.stop.cancel();
+        if self.thread.join().is_err() {
+            tracing::error!("the frame feeder panicked");
+        }
+    }
 }
 
 fn stream_error(err: &gst::message::Error) -> CaptureError {
@@ -356,7 +402,7 @@ mod tests {
         let metrics = Metrics::new();
         let result = run_capture(CaptureContext {
             pipeline_description: description.into(),
-            simulator: None,
+            feeder: None,
             first_part_id: 100,
             max_parts,
             triggers: trigger_tx,

@@ -1,61 +1,40 @@
 //! The simulated camera: renders parts at the belt's rate and pushes them into the pipeline's
 //! appsrc, one frame per part.
 
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::FrameFeeder;
 use crate::config::SimulatorSection;
-use crate::models::defect_net::train::SIM_FRAME_SIZE;
-use crate::simulate::PartGenerator;
+use crate::simulate::{FRAME_SIZE, PartGenerator};
 
-/// A running feeder thread.
+/// Parts as the station config's `[camera.simulator]` describes them, one frame each.
 pub struct SimulatedCamera {
-    stop: CancellationToken,
-    thread: Option<JoinHandle<()>>,
+    pub settings: SimulatorSection,
 }
 
-impl SimulatedCamera {
-    /// Starts feeding `appsrc`; ends the stream after `max_parts` or when `stop` fires.
-    pub fn start(
+impl FrameFeeder for SimulatedCamera {
+    fn feed(
+        self: Box<Self>,
         appsrc: gst_app::AppSrc,
-        settings: SimulatorSection,
         max_parts: Option<u64>,
         stop: CancellationToken,
-    ) -> SimulatedCamera {
-        let feeder_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("sim-camera".into())
-            .spawn(move || feed(appsrc, settings, max_parts, feeder_stop))
-            .map_err(|error| tracing::error!(%error, "cannot start the simulated camera"))
-            .ok();
-        SimulatedCamera { stop, thread }
-    }
-
-    /// Stops feeding and waits for the thread.
-    pub fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    ) {
+        feed(appsrc, &self.settings, max_parts, &stop);
     }
 }
 
 fn feed(
     appsrc: gst_app::AppSrc,
-    settings: SimulatorSection,
+    settings: &SimulatorSection,
     max_parts: Option<u64>,
-    stop: CancellationToken,
+    stop: &CancellationToken,
 ) {
-    let mut generator = PartGenerator::new(
-        settings.seed,
-        SIM_FRAME_SIZE,
-        SIM_FRAME_SIZE,
-        settings.defect_rate,
-    );
+    let mut generator =
+        PartGenerator::new(settings.seed, FRAME_SIZE, FRAME_SIZE, settings.defect_rate);
     let period = Duration::from_secs_f64(60.0 / settings.parts_per_min);
     let started = Instant::now();
     let mut sent = 0u64;

@@ -6,11 +6,11 @@ use std::time::Duration;
 use linesight::part::{Disposition, Verdict};
 use linesight::record::{ActuationStatus, InspectionRecord};
 use linesight::serve::router;
-use linesight::simulate::RejectPulse;
-use linesight::station::{RunOptions, Station};
+use linesight::simulate::{RejectPulse, SimulatedLine};
+use linesight::station::{Attachments, RunOptions, Station};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, station_config};
+use crate::{CPU_HEAVY, simulated_station, station_config};
 
 /// Fetches every record through the HTTP API, following `next_before` pages.
 async fn all_records_over_http(base: &str) -> Vec<InspectionRecord> {
@@ -60,8 +60,8 @@ async fn two_hundred_parts_reach_gate_and_record() {
         ],
     );
     let (travel, window) = (config.line.travel, config.line.gate_window);
-    let station = Station::prepare(config).await.expect("station starts");
-    let plc = station.plc_simulator().expect("simulated PLC");
+    let (line, station) = simulated_station(config).await.expect("station starts");
+    let plc = line.plc().expect("simulated PLC");
     let (store, metrics) = (station.store(), station.metrics());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -187,8 +187,8 @@ async fn missed_verdict_deadline_rejects_by_policy() {
             ("verdict_margin_ms = 300", "verdict_margin_ms = 399"),
         ],
     );
-    let station = Station::prepare(config).await.expect("station starts");
-    let plc = station.plc_simulator().expect("simulated PLC");
+    let (line, station) = simulated_station(config).await.expect("station starts");
+    let plc = line.plc().expect("simulated PLC");
     let (store, metrics) = (station.store(), station.metrics());
     station
         .run(
@@ -226,7 +226,7 @@ async fn shutdown_drains_parts_in_flight() {
         dir.path(),
         &[("parts_per_min = 120", "parts_per_min = 600")],
     );
-    let station = Station::prepare(config).await.expect("station starts");
+    let (_line, station) = simulated_station(config).await.expect("station starts");
     let (store, metrics) = (station.store(), station.metrics());
     let shutdown = CancellationToken::new();
     let stopper = shutdown.clone();
@@ -264,8 +264,8 @@ async fn slow_plc_fails_safe_and_loses_no_record() {
             ("defect_rate = 0.3", "defect_rate = 1.0"),
         ],
     );
-    let station = Station::prepare(config).await.expect("station starts");
-    let plc = station.plc_simulator().expect("simulated PLC");
+    let (line, station) = simulated_station(config).await.expect("station starts");
+    let plc = line.plc().expect("simulated PLC");
     let (store, metrics) = (station.store(), station.metrics());
     plc.set_response_delay(Duration::from_millis(400));
     station
@@ -296,4 +296,37 @@ async fn slow_plc_fails_safe_and_loses_no_record() {
     }
     assert_eq!(metrics.gate_commands_failed.get(), 10);
     assert_eq!(metrics.gate_commands_ok.get(), 0);
+}
+
+/// The station never starts simulators itself: a simulated config without its simulated line
+/// is refused before anything opens, saying what is missing.
+#[tokio::test]
+async fn a_simulated_config_needs_its_simulated_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refused = |attachments| {
+        let config = station_config(dir.path(), &[]);
+        async move {
+            match Station::prepare(config, attachments).await {
+                Ok(_) => panic!("a simulated config started without its simulated line"),
+                Err(error) => error.to_string(),
+            }
+        }
+    };
+    let error = refused(Attachments::default()).await;
+    assert!(
+        error.contains("camera") && error.contains("SimulatedLine"),
+        "{error}"
+    );
+    let line = SimulatedLine::start(&station_config(dir.path(), &[]))
+        .await
+        .expect("the simulated line starts");
+    let camera_only = Attachments {
+        plc_address: None,
+        ..line.attachments()
+    };
+    let error = refused(camera_only).await;
+    assert!(
+        error.contains("PLC") && error.contains("SimulatedLine"),
+        "{error}"
+    );
 }

@@ -19,11 +19,25 @@ use std::path::Path;
 
 pub use common::{backbone_weights, repo, write_mvtec_parts, write_png, write_tile_dataset};
 use linesight::config::StationConfig;
+use linesight::simulate::SimulatedLine;
+use linesight::station::{Station, StationError};
 
 /// Tests that load the CPU (a running station, model training) take this one at a time: the
 /// station tests hold real deadlines, and on a 2-core machine a training run beside them would
 /// measure the machine, not the station.
 pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A station on the simulated line `config` describes, and that line (its PLC stops when the
+/// line is dropped).
+pub async fn simulated_station(
+    config: StationConfig,
+) -> Result<(SimulatedLine, Station), StationError> {
+    let line = SimulatedLine::start(&config)
+        .await
+        .expect("the simulated line starts");
+    let station = Station::prepare(config, line.attachments()).await?;
+    Ok((line, station))
+}
 
 /// The shipped simulated-line config with `edits` applied (`(old, new)` text replacements) and
 /// its data in `data_dir`. Each `old` must occur, so a renamed key breaks the test loudly.

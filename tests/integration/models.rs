@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use linesight::record::{ModelAction, Store};
 use linesight::serve::router;
-use linesight::station::{RunOptions, Station};
+use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, repo, station_config};
+use crate::{CPU_HEAVY, repo, simulated_station, station_config};
 
 const TOKEN: &str = "test-admin-token";
 
@@ -95,7 +95,7 @@ async fn promote_shadow_rollback_while_the_line_runs() {
         "registry defaults to the model's folder"
     );
 
-    let station = Station::prepare(config).await.expect("station starts");
+    let (_sim, station) = simulated_station(config).await.expect("station starts");
     let (store, metrics) = (station.store(), station.metrics());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -250,8 +250,8 @@ async fn promote_shadow_rollback_while_the_line_runs() {
     // A restart runs the last promoted version and the shadow, not the config's model.
     let mut attempts = 0;
     let station = loop {
-        match Station::prepare(make_config()).await {
-            Ok(station) => break station,
+        match simulated_station(make_config()).await {
+            Ok((_sim, station)) => break station,
             // Connection tasks of the old server may hold the database for a moment.
             Err(error) if attempts < 50 => {
                 attempts += 1;

@@ -28,10 +28,7 @@ use crate::models::defect_net::{
 };
 use crate::models::{Detector, ModelError};
 use crate::part::GrayImage;
-use crate::simulate::{DefectKind, PartGenerator};
-
-/// Size of the simulated camera's frames.
-pub const SIM_FRAME_SIZE: u32 = 256;
+use crate::simulate::{DefectKind, FRAME_SIZE, PartGenerator};
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +231,7 @@ fn render(
     defect_rate: f64,
     undistorter: &Undistorter,
 ) -> Result<Vec<Example>, TrainError> {
-    let mut generator = PartGenerator::new(seed, SIM_FRAME_SIZE, SIM_FRAME_SIZE, defect_rate);
+    let mut generator = PartGenerator::new(seed, FRAME_SIZE, FRAME_SIZE, defect_rate);
     (0..n)
         .map(|_| {
             let part = generator.next_part();
