@@ -1,0 +1,117 @@
+//! `linesight eval synthetic|anomaly|supervised`: measure a saved model on data it never saw,
+//! print the table and, with `--json`, write the metrics.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+
+use linesight::learn::dataset::{self, Layout};
+use linesight::models::anomaly::AnomalyModel;
+use linesight::models::anomaly::train::{self as anomaly_train, HOLDOUT_EVERY};
+use linesight::models::defect_net::DefectModel;
+use linesight::models::defect_net::train::evaluate_saved;
+use linesight::models::supervised::{self, SupervisedModel};
+
+use super::{BACKBONE_WEIGHTS, report, write_json};
+
+#[derive(clap::Subcommand)]
+pub enum Eval {
+    /// The default defect model, on held-out synthetic parts.
+    Synthetic(Synthetic),
+    /// An anomaly model, on the held-out part of a dataset.
+    Anomaly(HeldOut),
+    /// A supervised model, on the held-out part of a dataset.
+    Supervised(HeldOut),
+}
+
+impl Eval {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Eval::Synthetic(args) => args.run(),
+            Eval::Anomaly(args) => args.anomaly(),
+            Eval::Supervised(args) => args.supervised(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Synthetic {
+    #[arg(long, default_value = "models/defect-net-sim")]
+    model: PathBuf,
+    /// The training seed: test parts come from seed + 2, which training never saw.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[arg(long, default_value_t = 400)]
+    n_test: usize,
+    #[arg(long, default_value_t = 0.5)]
+    defect_rate: f64,
+    #[arg(long, default_value = "calibration/simulated.yaml")]
+    calibration: PathBuf,
+    /// Where to write the metrics as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Synthetic {
+    fn run(self) -> anyhow::Result<()> {
+        let loaded = DefectModel::load(&self.model, &Device::Cpu).context("loading the model")?;
+        let metrics = evaluate_saved(
+            &loaded,
+            &self.calibration,
+            self.seed,
+            self.n_test,
+            self.defect_rate,
+        )
+        .context("evaluating")?;
+        println!("model {}", loaded.card.head.version);
+        report::defect_net_metrics(&metrics);
+        write_json(self.json.as_deref(), &metrics)
+    }
+}
+
+/// A saved model and the dataset whose held-out part it is measured on.
+#[derive(clap::Args)]
+pub struct HeldOut {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum)]
+    layout: Layout,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = BACKBONE_WEIGHTS)]
+    backbone: PathBuf,
+    /// Where to write the metrics as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl HeldOut {
+    fn anomaly(self) -> anyhow::Result<()> {
+        let loaded = AnomalyModel::load(&self.model, &self.backbone, &Device::Cpu)
+            .context("loading the anomaly model")?;
+        let samples = dataset::read(self.layout, &self.data)?;
+        let (_, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
+        let threshold = loaded.card.head.threshold;
+        let metrics = anomaly_train::evaluate(&loaded.model, &held_out, threshold, true)
+            .context("evaluating")?;
+        println!("model {} on {}", loaded.card.head.name, self.data.display());
+        report::anomaly_metrics(&metrics);
+        write_json(self.json.as_deref(), &metrics)
+    }
+
+    fn supervised(self) -> anyhow::Result<()> {
+        let loaded = SupervisedModel::load(&self.model, &self.backbone, &Device::Cpu)
+            .context("loading the supervised model")?;
+        let metrics = supervised::evaluate_held_out(&loaded, self.layout, &self.data, true)
+            .context("evaluating")?;
+        println!(
+            "model {} on {}",
+            loaded.card.head.version,
+            self.data.display()
+        );
+        let card = &loaded.card;
+        report::supervised_metrics(&card.family.classes, card.head.threshold, &metrics);
+        write_json(self.json.as_deref(), &metrics)
+    }
+}

@@ -1,0 +1,104 @@
+//! The tables `train` and `eval` print: ranking metrics, the metrics at the threshold, pixel
+//! metrics, and each family's own rows.
+
+use linesight::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use linesight::models::anomaly::AnomalyMetrics;
+use linesight::models::defect_net::EvalMetrics;
+use linesight::models::supervised::SupervisedMetrics;
+
+/// One row of a metrics table; `None` prints as n/a.
+fn row(name: &str, value: Option<f64>) {
+    match value {
+        Some(v) => println!("{name:<22} {v:>10.4}"),
+        None => println!("{name:<22} {:>10}", "n/a"),
+    }
+}
+
+/// The rows every evaluation prints: ranking metrics, then the metrics at the threshold.
+fn common(n: (usize, usize), auroc: Option<f64>, ap: Option<f64>, t: &ThresholdMetrics) {
+    println!("{:<22} {:>10}", "metric", "value");
+    println!("{:<22} {:>10}", "test items", n.0);
+    println!("{:<22} {:>10}", "defective", n.1);
+    row("image AUROC", auroc);
+    row("average precision", ap);
+    row("threshold", Some(f64::from(t.threshold)));
+    row("accuracy", Some(t.accuracy));
+    row("F1", Some(t.f1));
+    row("escape rate", Some(t.escape_rate));
+    row("false-reject rate", Some(t.false_reject_rate));
+}
+
+/// The rows of a held-out evaluation on a dataset: counts, ranking, the threshold's metrics
+/// (when there are good images to measure it on), pixel metrics.
+fn detection(d: &DetectionMetrics, at: Option<&ThresholdMetrics>, threshold: f32) {
+    match at {
+        Some(at) => common(
+            (d.n_test, d.n_test_defective),
+            d.image_auroc,
+            d.average_precision,
+            at,
+        ),
+        None => {
+            println!("{:<22} {:>10}", "metric", "value");
+            println!("{:<22} {:>10}", "test items", d.n_test);
+            row("threshold", Some(f64::from(threshold)));
+        }
+    }
+    println!("{:<22} {:>10}", "skipped (unreadable)", d.n_skipped);
+    row("pixel AUROC", d.pixel_auroc);
+    row("PRO (FPR ≤ 0.3)", d.pixel_pro);
+}
+
+pub fn anomaly_metrics(metrics: &AnomalyMetrics) {
+    let at = &metrics.at_threshold;
+    detection(&metrics.detection, Some(at), at.threshold);
+    for (class, m) in &metrics.per_class {
+        let auroc = m
+            .auroc_vs_good
+            .map_or(String::new(), |a| format!("  AUROC vs good {a:.3}"));
+        println!(
+            "{:<22} {:>5}/{:<5}{auroc}",
+            format!("flagged {class}"),
+            m.flagged,
+            m.n
+        );
+    }
+}
+
+pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &SupervisedMetrics) {
+    detection(&metrics.detection, metrics.at_threshold.as_ref(), threshold);
+    row("defect-vs-good acc.", metrics.defect_vs_good_accuracy);
+    row("defect-class acc.", metrics.defect_class_accuracy);
+    row("class accuracy", Some(metrics.class_accuracy));
+    let width = classes.iter().map(String::len).max().unwrap_or(4).max(10);
+    println!("confusion (rows: true class, columns: predicted)");
+    print!("{:>width$}", "");
+    for class in classes {
+        print!(" {class:>width$}");
+    }
+    println!();
+    for (class, counts) in classes.iter().zip(&metrics.confusion) {
+        print!("{class:>width$}");
+        for count in counts {
+            print!(" {count:>width$}");
+        }
+        println!();
+    }
+}
+
+pub fn defect_net_metrics(metrics: &EvalMetrics) {
+    common(
+        (metrics.n_test, metrics.n_test_defective),
+        metrics.image_auroc,
+        metrics.average_precision,
+        &metrics.at_threshold,
+    );
+    for (class, m) in &metrics.per_class {
+        println!(
+            "{:<22} {:>5}/{:<5}",
+            format!("flagged {class}"),
+            m.detected,
+            m.n
+        );
+    }
+}
