@@ -2,10 +2,11 @@
 //!
 //! A registry is a folder of model folders, one per version, each with its `card.json` (which
 //! names the version) and weights: what `linesight train` writes. Each loads as a
-//! [`Detector`], whatever its family ([`crate::models::load`]). [`ActiveModels`] is the swap point between the control plane and the
-//! inspect thread: the live model, and the candidate in shadow, each an `Arc` the inspect thread
-//! clones per frame. A new model is loaded completely *before* it is swapped in, so a promotion
-//! never makes the inspect thread wait and no frame is dropped for it.
+//! [`Detector`], whatever its family ([`crate::models::load`]). [`ActiveModels`] is the swap
+//! point between the control plane and the inspect thread: the live model, and the candidate
+//! in shadow, each an `Arc` the inspect thread clones per frame. A new model is loaded
+//! completely *before* it is swapped in, so a promotion never makes the inspect thread wait
+//! and no frame is dropped for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
