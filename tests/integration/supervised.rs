@@ -52,6 +52,14 @@ fn supervised_model_learns_defect_classes_from_masks() {
         "{}",
         card.head.version
     );
+    // The threshold was chosen on the validation images, each scored under its own class
+    // (issue 21: the first fit's placeholder class names skipped every defective one, and
+    // every card fell back to 0.5).
+    let rule = &card.head.threshold_rule;
+    assert!(
+        rule.starts_with("nearest 0.5 within 1 image of the best accuracy on "),
+        "{rule}"
+    );
     let version = card.head.version;
     let card = card.family;
     assert_eq!(card.classes, ["good", "scratch", "spot"]);
@@ -91,4 +99,33 @@ fn supervised_model_learns_defect_classes_from_masks() {
         (prediction.heat_map.width, prediction.heat_map.height),
         (32, 32)
     );
+}
+
+/// `--target-escape-rate` chooses the threshold on the validation images' defects (issue 21:
+/// it had no effect, every card said 0.5).
+#[test]
+fn a_target_escape_rate_chooses_the_threshold() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    write_tile_dataset(&root, &mut PartGenerator::new(6, 256, 256, 0.0), 10);
+    let card = supervised::train(&SupervisedSettings {
+        name: "escape".into(),
+        layout: Layout::MagneticTile,
+        data: root,
+        backbone_weights: backbone_weights(),
+        epochs: 3,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        input_size: 128,
+        augmented_copies: 0,
+        feature_dropout: 0.0,
+        target_escape_rate: Some(0.0),
+        seed: 1,
+        out_dir: dir.path().join("model"),
+        progress: false,
+    })
+    .expect("trains");
+    let rule = &card.head.threshold_rule;
+    assert!(rule.starts_with("escape rate ≤ 0 on "), "{rule}");
 }

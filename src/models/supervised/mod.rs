@@ -482,7 +482,10 @@ impl SupervisedModel {
         )?;
         seeded_init(&varmap, seed)?;
         let normaliser = Normaliser::new(vec![0.0; FEATURE_DIM], vec![1.0; FEATURE_DIM], &device)?;
-        let mut card = untrained_card(classes, &features);
+        let names: Vec<String> = std::iter::once("good".to_owned())
+            .chain((1..classes).map(|i| format!("defect-{i}")))
+            .collect();
+        let mut card = untrained_card(names, &features);
         card.family.feature_mean = vec![0.0; FEATURE_DIM];
         card.family.feature_std = vec![1.0; FEATURE_DIM];
         Ok(SupervisedModel {
@@ -525,13 +528,13 @@ fn predict_from_maps(head: &InferenceHead, maps: &Tensor) -> candle_core::Result
     })
 }
 
-/// The card of a model not yet trained, its input as `features` prepares it.
-fn untrained_card(classes: usize, features: &PatchFeatures) -> ModelCard<SupervisedCard> {
+/// The card of a model not yet trained on `classes` (`good` first), its input as `features`
+/// prepares it.
+fn untrained_card(classes: Vec<String>, features: &PatchFeatures) -> ModelCard<SupervisedCard> {
+    let n_classes = classes.len();
     let family = SupervisedCard {
         input: BackboneInput::of(features),
-        classes: std::iter::once("good".to_owned())
-            .chain((1..classes).map(|i| format!("defect-{i}")))
-            .collect(),
+        classes,
         feature_mean: Vec::new(),
         feature_std: Vec::new(),
         dataset: String::new(),
@@ -546,7 +549,7 @@ fn untrained_card(classes: usize, features: &PatchFeatures) -> ModelCard<Supervi
         epochs: 0,
         seed: 0,
         training_duration_s: 0.0,
-        metrics: empty_metrics(classes),
+        metrics: empty_metrics(n_classes),
     };
     ModelCard::new(
         "untrained",

@@ -108,8 +108,11 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
 
     // First fit: on the fit part only, to choose the threshold on validation images it never saw.
     let (head, normaliser, mut varmap) = fit_head(&train_set, classes.len(), settings, "fit part")?;
+    // The first fit's card names the real classes: scoring the validation part finds each
+    // image's class by name (placeholder names skipped every defective image, and the threshold
+    // fell back to 0.5 whatever the target).
     let mut model = SupervisedModel {
-        card: untrained_card(classes.len(), &features),
+        card: untrained_card(classes.clone(), &features),
         features,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
