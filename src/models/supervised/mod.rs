@@ -407,7 +407,8 @@ pub struct SupervisedMetrics {
     pub class_accuracy: f64,
     /// Share rightly called defective or good at the threshold; `None` without good images.
     pub defect_vs_good_accuracy: Option<f64>,
-    /// Among defective images, the share whose most likely defect class is the true one.
+    /// Among defective images, the share rejected at the threshold with their true class
+    /// (cards before issue 21 counted the class whatever the threshold said).
     pub defect_class_accuracy: Option<f64>,
     /// At the card's threshold; `None` without good images.
     pub at_threshold: Option<ThresholdMetrics>,

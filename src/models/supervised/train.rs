@@ -588,11 +588,19 @@ pub fn evaluate(
     show: bool,
 ) -> Result<SupervisedMetrics, SupervisedError> {
     let scored = score_all(model, samples, show)?;
-    let k = model.card.family.classes.len();
+    Ok(summarise(
+        &scored,
+        model.card.head.threshold,
+        model.card.family.classes.len(),
+    ))
+}
+
+/// The metrics of `scored` images at `threshold`, for a model of `k` classes (good included).
+fn summarise(scored: &Scored, threshold: f32, k: usize) -> SupervisedMetrics {
     let has_good = scored.labels.iter().any(|l| !l);
     let mut metrics = empty_metrics(k);
     for i in 0..scored.scores.len() {
-        let called_defective = !has_good || scored.scores[i] >= model.card.head.threshold;
+        let called_defective = !has_good || scored.scores[i] >= threshold;
         let predicted = if called_defective {
             scored.defect_classes[i]
         } else {
@@ -604,9 +612,10 @@ pub fn evaluate(
     let n = scored.scores.len();
     let n_defective = scored.labels.iter().filter(|l| **l).count();
     let correct: usize = (0..k).map(|i| metrics.confusion[i][i]).sum();
-    let right_defect_class = (0..n)
-        .filter(|&i| scored.labels[i] && scored.defect_classes[i] == scored.truths[i])
-        .count();
+    // Rejected and given their own class: a defect the threshold lets through is not rightly
+    // classed, whatever class the model would have named (issue 21: a two-class model said
+    // 1.0 while defects passed).
+    let right_defect_class: usize = (1..k).map(|i| metrics.confusion[i][i]).sum();
     metrics.detection = DetectionMetrics::from_scores(
         &scored.scores,
         &scored.labels,
@@ -617,11 +626,11 @@ pub fn evaluate(
     metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
     metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
     if has_good {
-        let at = eval::at_threshold(&scored.scores, &scored.labels, model.card.head.threshold);
+        let at = eval::at_threshold(&scored.scores, &scored.labels, threshold);
         metrics.defect_vs_good_accuracy = Some(at.accuracy);
         metrics.at_threshold = Some(at);
     }
-    Ok(metrics)
+    metrics
 }
 
 /// Evaluates a loaded model on a dataset's held-out part.
@@ -683,5 +692,46 @@ mod tests {
             .expect("f32");
         // (200 + 200 + ln 2) / 3
         assert!((loss - (400.0 + 2f32.ln()) / 3.0).abs() < 1e-3, "{loss}");
+    }
+
+    fn scored(rows: &[(f32, usize, usize)]) -> Scored {
+        Scored {
+            scores: rows.iter().map(|r| r.0).collect(),
+            labels: rows.iter().map(|r| r.1 != 0).collect(),
+            truths: rows.iter().map(|r| r.1).collect(),
+            defect_classes: rows.iter().map(|r| r.2).collect(),
+            pixels: PixelTruth::default(),
+            n_skipped: 0,
+        }
+    }
+
+    #[test]
+    fn a_passed_defect_is_never_rightly_classed() {
+        // Two classes: two good parts, four defects of which the threshold lets two through.
+        // The model names class 1 for every defect, as a two-class model must.
+        let two = scored(&[
+            (0.1, 0, 1),
+            (0.2, 0, 1),
+            (0.9, 1, 1),
+            (0.8, 1, 1),
+            (0.3, 1, 1),
+            (0.4, 1, 1),
+        ]);
+        let m = summarise(&two, 0.5, 2);
+        assert_eq!(m.defect_class_accuracy, Some(0.5));
+        assert_eq!(m.confusion, [[2, 0], [2, 2]]);
+        assert_eq!(m.defect_vs_good_accuracy, Some(4.0 / 6.0));
+        // Three classes: of three rejected defects, one named wrongly; one defect passes.
+        let three = scored(&[
+            (0.1, 0, 2),
+            (0.9, 1, 1),
+            (0.9, 1, 2),
+            (0.7, 2, 2),
+            (0.2, 2, 2),
+        ]);
+        let m = summarise(&three, 0.5, 3);
+        assert_eq!(m.defect_class_accuracy, Some(0.5));
+        assert_eq!(m.confusion, [[1, 0, 0], [0, 1, 1], [1, 0, 1]]);
+        assert_eq!(m.class_accuracy, 3.0 / 5.0);
     }
 }
