@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 
-use linesight::learn::dataset::{self, Layout};
+use linesight::learn::dataset::{self, EvalPart, Layout};
 use linesight::models::anomaly::AnomalyModel;
-use linesight::models::anomaly::train::{self as anomaly_train, HOLDOUT_EVERY};
+use linesight::models::anomaly::train as anomaly_train;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::evaluate_saved;
 use linesight::models::supervised::{self, SupervisedModel};
@@ -79,6 +79,10 @@ pub struct HeldOut {
     layout: Layout,
     #[arg(long)]
     data: PathBuf,
+    /// Which images to score: the part training held out, or every image of the folder (a
+    /// test set of its own).
+    #[arg(long, value_enum, default_value = "held-out")]
+    split: EvalPart,
     #[arg(long, default_value = BACKBONE_WEIGHTS)]
     backbone: PathBuf,
     /// Where to write the metrics as JSON.
@@ -91,11 +95,13 @@ impl HeldOut {
         let loaded = AnomalyModel::load(&self.model, &self.backbone, &Device::Cpu)
             .context("loading the anomaly model")?;
         let samples = dataset::read(self.layout, &self.data)?;
-        let (_, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
+        let (scored, said) = anomaly_train::scored_part(&samples, self.split);
         let threshold = loaded.card.head.threshold;
-        let metrics = anomaly_train::evaluate(&loaded.model, &held_out, threshold, true)
+        let metrics = anomaly_train::evaluate(&loaded.model, &scored, threshold, true)
             .context("evaluating")?;
+        self.check_scored(metrics.detection.n_test, &said)?;
         println!("model {} on {}", loaded.card.head.name, self.data.display());
+        println!("scored: {said}");
         report::anomaly_metrics(&metrics);
         write_json(self.json.as_deref(), &metrics)
     }
@@ -103,15 +109,33 @@ impl HeldOut {
     fn supervised(self) -> anyhow::Result<()> {
         let loaded = SupervisedModel::load(&self.model, &self.backbone, &Device::Cpu)
             .context("loading the supervised model")?;
-        let metrics = supervised::evaluate_held_out(&loaded, self.layout, &self.data, true)
-            .context("evaluating")?;
+        let (metrics, said) =
+            supervised::evaluate_part(&loaded, self.layout, &self.data, self.split, true)
+                .context("evaluating")?;
+        self.check_scored(metrics.detection.n_test, &said)?;
         println!(
             "model {} on {}",
             loaded.card.head.version,
             self.data.display()
         );
+        println!("scored: {said}");
         let card = &loaded.card;
         report::supervised_metrics(&card.family.classes, card.head.threshold, &metrics);
         write_json(self.json.as_deref(), &metrics)
+    }
+
+    /// No image scored is an error, never a table of zeros with exit code 0.
+    fn check_scored(&self, n_scored: usize, said: &str) -> anyhow::Result<()> {
+        if n_scored == 0 {
+            anyhow::bail!(
+                "no image of {} was scored ({said}){}",
+                self.data.display(),
+                match self.split {
+                    EvalPart::HeldOut => "; --split all scores every image of the folder",
+                    EvalPart::All => "",
+                }
+            );
+        }
+        Ok(())
     }
 }

@@ -309,6 +309,15 @@ pub fn load_gray(path: &Path) -> Result<GrayImage, DatasetError> {
     })
 }
 
+/// Which images of a dataset an evaluation scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalPart {
+    /// The part training held out, as the model's family splits the dataset.
+    HeldOut,
+    /// Every image in the folder: a test set of its own, which training never saw.
+    All,
+}
+
 /// Splits samples into (train, held out). The dataset's own split wins where it has one;
 /// otherwise every `k`-th sample of each class is held out. Deterministic: it depends only on
 /// the sorted paths.

@@ -1,6 +1,9 @@
 //! The anomaly model end to end on a generated MVTec-layout dataset: learns from good parts
 //! only, then separates held-out defective parts from good ones.
 
+use std::path::Path;
+use std::process::Command;
+
 use linesight::learn::dataset::Layout;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
@@ -8,7 +11,7 @@ use linesight::models::backbone::Resampling;
 use linesight::models::card::CARD_FILE;
 use linesight::simulate::PartGenerator;
 
-use crate::{backbone_weights, write_mvtec_parts};
+use crate::{backbone_weights, write_mvtec_parts, write_tile_dataset};
 
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
@@ -167,4 +170,52 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         "{raw:?}"
     );
     assert_ne!(model.score(&image).expect("score").0, raw.patch);
+
+    // `linesight eval` scores a test set of its own and says which part it scored (issue 21:
+    // it always took the held-out quarter, and a folder with none reported zeros, exit 0).
+    let eval = |data: &Path, layout: &str, split: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+            .arg("eval")
+            .arg("anomaly")
+            .arg("--model")
+            .arg(dir.path().join("model"))
+            .args(["--layout", layout, "--split", split, "--data"])
+            .arg(data)
+            .arg("--backbone")
+            .arg(&weights)
+            .output()
+            .expect("runs linesight");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (
+            output.status.success(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
+    };
+    let test_items = |stdout: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("test items"))
+            .map(|n| n.trim().to_owned())
+    };
+    // Three tiles a class: every fourth held out is none of them.
+    let tiles = dir.path().join("tiles");
+    write_tile_dataset(&tiles, &mut PartGenerator::new(8, 256, 256, 0.0), 3);
+    let (ok, _, stderr) = eval(&tiles, "magnetic-tile", "held-out");
+    assert!(!ok, "nothing scored must fail");
+    assert!(
+        stderr.contains("no image of") && stderr.contains("--split all"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = eval(&tiles, "magnetic-tile", "all");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("scored: every image of the folder"),
+        "{stdout}"
+    );
+    assert_eq!(test_items(&stdout).as_deref(), Some("9"), "{stdout}");
+    let (ok, stdout, stderr) = eval(&root, "mvtec", "held-out");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("scored: the held-out part"), "{stdout}");
+    assert_eq!(test_items(&stdout).as_deref(), Some("24"), "{stdout}");
 }

@@ -26,7 +26,7 @@
 
 mod train;
 
-pub use self::train::{SupervisedSettings, evaluate, evaluate_held_out, train};
+pub use self::train::{SupervisedSettings, evaluate, evaluate_part, train};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Training and evaluating the supervised model on a labelled dataset, read in place.
 
 use super::*;
+use crate::learn::dataset::EvalPart;
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -269,11 +270,27 @@ fn fit_head(
 /// The dataset's own split, unless its training part has no defect to learn from (MVTec AD's
 /// `train/` is good parts only): then every `HOLDOUT_EVERY`th image of each class, ignoring it.
 fn held_out_split(samples: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
+    held_out_split_said(samples).0
+}
+
+/// [`held_out_split`], and which rule made it, in words.
+fn held_out_split_said(samples: &[Sample]) -> ((Vec<Sample>, Vec<Sample>), String) {
     let (train_part, held_out) = dataset::split_every(samples, HOLDOUT_EVERY);
     if train_part.iter().any(Sample::defective) {
-        return (train_part, held_out);
+        let rule = if samples.iter().any(|s| s.held_out.is_some()) {
+            "the held-out part (the dataset's own test split)".to_owned()
+        } else {
+            format!("the held-out part (every {HOLDOUT_EVERY}th image of each class)")
+        };
+        return ((train_part, held_out), rule);
     }
-    dataset::split_every_ignoring_own(samples, HOLDOUT_EVERY)
+    (
+        dataset::split_every_ignoring_own(samples, HOLDOUT_EVERY),
+        format!(
+            "the held-out part (every {HOLDOUT_EVERY}th image of each class: the dataset's own \
+             training part has no defect)"
+        ),
+    )
 }
 
 /// A version suffix from the weights and the threshold: two trainings that differ in anything
@@ -633,16 +650,24 @@ fn summarise(scored: &Scored, threshold: f32, k: usize) -> SupervisedMetrics {
     metrics
 }
 
-/// Evaluates a loaded model on a dataset's held-out part.
-pub fn evaluate_held_out(
+/// Evaluates a loaded model on `part` of a dataset; returns the metrics and what was scored,
+/// in words.
+pub fn evaluate_part(
     model: &SupervisedModel,
     layout: Layout,
     data: &Path,
+    part: EvalPart,
     show: bool,
-) -> Result<SupervisedMetrics, SupervisedError> {
+) -> Result<(SupervisedMetrics, String), SupervisedError> {
     let samples = dataset::read(layout, data)?;
-    let (_, held_out) = held_out_split(&samples);
-    evaluate(model, &held_out, show)
+    let (scored, said) = match part {
+        EvalPart::All => (samples, "every image of the folder".to_owned()),
+        EvalPart::HeldOut => {
+            let ((_, held_out), said) = held_out_split_said(&samples);
+            (held_out, said)
+        }
+    };
+    Ok((evaluate(model, &scored, show)?, said))
 }
 
 #[cfg(test)]
