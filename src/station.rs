@@ -118,9 +118,22 @@ impl Station {
         config: StationConfig,
         attachments: Attachments,
     ) -> Result<Station, StationError> {
+        // What the station is wired to is checked first: a missing attachment is refused
+        // before any model, store or PLC link is opened.
         if config.simulator.is_some() && attachments.camera.is_none() {
             return Err(StationError::NotAttached("camera"));
         }
+        let plc_address = match (config.plc.kind, attachments.plc_address) {
+            (PlcKind::Simulated, Some(address)) => address,
+            (PlcKind::Simulated, None) => return Err(StationError::NotAttached("PLC")),
+            (PlcKind::Tcp, _) => {
+                // Checked by config: a tcp PLC has a valid socket address.
+                let address = config.plc.address.as_deref().unwrap_or_default();
+                address
+                    .parse()
+                    .map_err(|_| StationError::Stage(format!("invalid PLC address {address:?}")))?
+            }
+        };
         let clock = StationClock::start();
         let metrics = Metrics::new();
         let registry = Registry::new(
@@ -159,17 +172,6 @@ impl Station {
         );
         control.restore().await?;
 
-        let plc_address = match (config.plc.kind, attachments.plc_address) {
-            (PlcKind::Simulated, Some(address)) => address,
-            (PlcKind::Simulated, None) => return Err(StationError::NotAttached("PLC")),
-            (PlcKind::Tcp, _) => {
-                // Checked by config: a tcp PLC has a valid socket address.
-                let address = config.plc.address.as_deref().unwrap_or_default();
-                address
-                    .parse()
-                    .map_err(|_| StationError::Stage(format!("invalid PLC address {address:?}")))?
-            }
-        };
         let mut link = GateLink::new(
             plc_address,
             config.plc.unit_id,

@@ -70,6 +70,8 @@ pub enum CaptureError {
         kind: &'static str,
         name: &'static str,
     },
+    #[error("cannot start the frame feeder's thread: {0}")]
+    Feeder(std::io::Error),
     #[error("pipeline will not start: {0}")]
     StateChange(#[from] gst::StateChangeError),
     #[error("camera pipeline error from {element}: {message}{}", .debug.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
@@ -253,7 +255,7 @@ impl FeederThread {
         let thread = std::thread::Builder::new()
             .name("frame-feeder".into())
             .spawn(move || feeder.feed(appsrc, max_parts, feeder_stop))
-            .map_err(|e| CaptureError::Parse(format!("cannot start the frame feeder: {e}")))?;
+            .map_err(CaptureError::Feeder)?;
         Ok(FeederThread { stop, thread })
     }
 
