@@ -120,8 +120,10 @@ fn list(root: &Path) -> anyhow::Result<()> {
     );
     println!("{:<40} {:<12} {:>9}", "version", "kind", "threshold");
     for entry in registry.list()? {
-        let threshold = entry.threshold.map_or("n/a".into(), |t| format!("{t:.4}"));
-        println!("{:<40} {:<12} {threshold:>9}", entry.version, entry.kind);
+        println!(
+            "{:<40} {:<12} {:>9.4}",
+            entry.version, entry.kind, entry.threshold
+        );
     }
     Ok(())
 }

@@ -55,7 +55,7 @@ pub struct ModelEntry {
     pub version: String,
     /// `defect-net`, `supervised` or `anomaly`.
     pub kind: String,
-    pub threshold: Option<f32>,
+    pub threshold: f32,
     pub dir: PathBuf,
 }
 
@@ -95,7 +95,7 @@ impl Registry {
                 Ok(head) if KINDS.contains(&head.kind.as_str()) => entries.push(ModelEntry {
                     version: head.version,
                     kind: head.kind,
-                    threshold: Some(head.threshold),
+                    threshold: head.threshold,
                     dir,
                 }),
                 Ok(head) => {

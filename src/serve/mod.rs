@@ -326,7 +326,7 @@ async fn metrics(State(api): State<ApiState>) -> Response {
 struct AvailableModel {
     version: String,
     kind: String,
-    threshold: Option<f32>,
+    threshold: f32,
 }
 
 #[derive(Serialize)]
