@@ -95,7 +95,7 @@ impl HeldOut {
         let loaded = AnomalyModel::load(&self.model, &self.backbone, &Device::Cpu)
             .context("loading the anomaly model")?;
         let samples = dataset::read(self.layout, &self.data)?;
-        let (scored, said) = anomaly_train::scored_part(&samples, self.split);
+        let (scored, said) = self.split.pick(samples, anomaly_train::held_out_part);
         let threshold = loaded.card.head.threshold;
         let metrics = anomaly_train::evaluate(&loaded.model, &scored, threshold, true)
             .context("evaluating")?;
@@ -109,9 +109,9 @@ impl HeldOut {
     fn supervised(self) -> anyhow::Result<()> {
         let loaded = SupervisedModel::load(&self.model, &self.backbone, &Device::Cpu)
             .context("loading the supervised model")?;
-        let (metrics, said) =
-            supervised::evaluate_part(&loaded, self.layout, &self.data, self.split, true)
-                .context("evaluating")?;
+        let samples = dataset::read(self.layout, &self.data)?;
+        let (scored, said) = self.split.pick(samples, supervised::held_out_part);
+        let metrics = supervised::evaluate(&loaded, &scored, true).context("evaluating")?;
         self.check_scored(metrics.detection.n_test, &said)?;
         println!(
             "model {} on {}",

@@ -318,6 +318,21 @@ pub enum EvalPart {
     All,
 }
 
+impl EvalPart {
+    /// The samples this part names, and what they are in words: all of them, or the part
+    /// `held_out` picks (each model family splits datasets its own way).
+    pub fn pick(
+        self,
+        samples: Vec<Sample>,
+        held_out: impl FnOnce(&[Sample]) -> (Vec<Sample>, String),
+    ) -> (Vec<Sample>, String) {
+        match self {
+            EvalPart::All => (samples, "every image of the folder".to_owned()),
+            EvalPart::HeldOut => held_out(&samples),
+        }
+    }
+}
+
 /// Splits samples into (train, held out). The dataset's own split wins where it has one;
 /// otherwise every `k`-th sample of each class is held out. Deterministic: it depends only on
 /// the sorted paths.

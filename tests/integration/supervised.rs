@@ -2,7 +2,7 @@
 //! layout: learns defect segmentation from masks, calls and classifies held-out parts, and
 //! skips what it cannot use.
 
-use linesight::learn::dataset::{EvalPart, Layout};
+use linesight::learn::dataset::{self, Layout};
 use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
 use linesight::simulate::{DefectKind, PartGenerator};
@@ -86,14 +86,9 @@ fn supervised_model_learns_defect_classes_from_masks() {
     // The saved model predicts exactly as the trained one measured.
     let model = SupervisedModel::load(&out, &weights, &candle_core::Device::Cpu).expect("loads");
     assert_eq!(model.card.head.version, version);
-    let (again, _) = supervised::evaluate_part(
-        &model,
-        Layout::MagneticTile,
-        &root,
-        EvalPart::HeldOut,
-        false,
-    )
-    .expect("evaluates");
+    let samples = dataset::read(Layout::MagneticTile, &root).expect("dataset");
+    let (held_out, _) = supervised::held_out_part(&samples);
+    let again = supervised::evaluate(&model, &held_out, false).expect("evaluates");
     assert_eq!(again.confusion, m.confusion);
     assert_eq!(again.detection.image_auroc, m.detection.image_auroc);
 

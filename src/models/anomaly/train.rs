@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::learn::dataset::{self, DatasetError, EvalPart, Layout, Sample};
+use crate::learn::dataset::{self, DatasetError, Layout, Sample};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress;
@@ -329,18 +329,15 @@ impl GoodFeatures {
     }
 }
 
-/// The samples an evaluation of `part` scores, and what they are in words.
-pub fn scored_part(samples: &[Sample], part: EvalPart) -> (Vec<Sample>, String) {
-    match part {
-        EvalPart::All => (samples.to_vec(), "every image of the folder".into()),
-        EvalPart::HeldOut => (
-            dataset::split_every(samples, HOLDOUT_EVERY).1,
-            format!(
-                "the held-out part (the dataset's own test split, else every {HOLDOUT_EVERY}th \
-                 image of each class)"
-            ),
+/// The part of a dataset training held out, and what it is in words.
+pub fn held_out_part(samples: &[Sample]) -> (Vec<Sample>, String) {
+    (
+        dataset::split_every(samples, HOLDOUT_EVERY).1,
+        format!(
+            "the held-out part (the dataset's own test split, else every {HOLDOUT_EVERY}th \
+             image of each class)"
         ),
-    }
+    )
 }
 
 /// Scores every held-out sample; unreadable images are skipped and counted.

@@ -26,7 +26,7 @@
 
 mod train;
 
-pub use self::train::{SupervisedSettings, evaluate, evaluate_part, train};
+pub use self::train::{SupervisedSettings, evaluate, held_out_part, train};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! Training and evaluating the supervised model on a labelled dataset, read in place.
 
 use super::*;
-use crate::learn::dataset::EvalPart;
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -58,7 +57,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     let features = PatchFeatures::load(&settings.backbone_weights, &device)?
         .with_input_size(settings.input_size);
     let samples = dataset::read(settings.layout, &settings.data)?;
-    let (train_part, held_out) = held_out_split(&samples);
+    let ((train_part, held_out), _) = held_out_split(&samples);
     // The training part less every `VALIDATION_EVERY`th image of each class.
     let (fit_part, validation) = dataset::split_every_ignoring_own(&train_part, VALIDATION_EVERY);
     let mut classes: Vec<String> = vec!["good".into()];
@@ -267,14 +266,16 @@ fn fit_head(
     Ok((head, normaliser, varmap))
 }
 
-/// The dataset's own split, unless its training part has no defect to learn from (MVTec AD's
-/// `train/` is good parts only): then every `HOLDOUT_EVERY`th image of each class, ignoring it.
-fn held_out_split(samples: &[Sample]) -> (Vec<Sample>, Vec<Sample>) {
-    held_out_split_said(samples).0
+/// The part of a dataset training held out, and what it is in words.
+pub fn held_out_part(samples: &[Sample]) -> (Vec<Sample>, String) {
+    let ((_, held_out), said) = held_out_split(samples);
+    (held_out, said)
 }
 
-/// [`held_out_split`], and which rule made it, in words.
-fn held_out_split_said(samples: &[Sample]) -> ((Vec<Sample>, Vec<Sample>), String) {
+/// (training part, held-out part), and which rule split them, in words: the dataset's own
+/// split, unless its training part has no defect to learn from (MVTec AD's `train/` is good
+/// parts only); then every `HOLDOUT_EVERY`th image of each class, ignoring it.
+fn held_out_split(samples: &[Sample]) -> ((Vec<Sample>, Vec<Sample>), String) {
     let (train_part, held_out) = dataset::split_every(samples, HOLDOUT_EVERY);
     if train_part.iter().any(Sample::defective) {
         let rule = if samples.iter().any(|s| s.held_out.is_some()) {
@@ -648,26 +649,6 @@ fn summarise(scored: &Scored, threshold: f32, k: usize) -> SupervisedMetrics {
         metrics.at_threshold = Some(at);
     }
     metrics
-}
-
-/// Evaluates a loaded model on `part` of a dataset; returns the metrics and what was scored,
-/// in words.
-pub fn evaluate_part(
-    model: &SupervisedModel,
-    layout: Layout,
-    data: &Path,
-    part: EvalPart,
-    show: bool,
-) -> Result<(SupervisedMetrics, String), SupervisedError> {
-    let samples = dataset::read(layout, data)?;
-    let (scored, said) = match part {
-        EvalPart::All => (samples, "every image of the folder".to_owned()),
-        EvalPart::HeldOut => {
-            let ((_, held_out), said) = held_out_split_said(&samples);
-            (held_out, said)
-        }
-    };
-    Ok((evaluate(model, &scored, show)?, said))
 }
 
 #[cfg(test)]
