@@ -102,8 +102,7 @@ impl<F: Family> ModelCard<F> {
     /// A card from its JSON, written by this version or an earlier one, which must be of
     /// family `F`.
     pub fn from_json(text: &str) -> Result<ModelCard<F>, CardJsonError> {
-        let mut value: serde_json::Value = serde_json::from_str(text)?;
-        upgrade(&mut value);
+        let value = upgraded(text)?;
         // The kind first: another family's card would fail on a field it lacks, which says
         // less than "this is an anomaly model".
         let kind = value
@@ -154,15 +153,12 @@ impl CardHead {
     /// Reads the head of `dir/card.json`, whatever the family.
     pub fn read(dir: &Path) -> Result<CardHead, CardError> {
         let text = read_card_text(dir)?;
-        let parse = || -> Result<CardHead, serde_json::Error> {
-            let mut value: serde_json::Value = serde_json::from_str(&text)?;
-            upgrade(&mut value);
-            serde_json::from_value(value)
-        };
-        parse().map_err(|source| CardError::Parse {
-            dir: dir.to_owned(),
-            source,
-        })
+        upgraded(&text)
+            .and_then(serde_json::from_value)
+            .map_err(|source| CardError::Parse {
+                dir: dir.to_owned(),
+                source,
+            })
     }
 }
 
@@ -171,6 +167,13 @@ fn read_card_text(dir: &Path) -> Result<String, CardError> {
         dir: dir.to_owned(),
         source,
     })
+}
+
+/// A card's JSON, brought to today's shape.
+fn upgraded(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    let mut value = serde_json::from_str(text)?;
+    upgrade(&mut value);
+    Ok(value)
 }
 
 /// Brings a card written by an earlier version to today's shape, in place.
