@@ -52,6 +52,12 @@ pub struct Metrics {
     pub shadow_verdicts: Counter,
     /// Frames the shadow model skipped because it was still busy.
     pub shadow_frames_skipped: Counter,
+    /// Images not saved because the data disk was short of space (their records were kept).
+    pub images_skipped: Counter,
+    /// Images that could not be written (their records were kept, without the image).
+    pub image_errors: Counter,
+    /// 1 while the data disk is short of space for images.
+    pub disk_low: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +85,9 @@ impl Metrics {
             inspection_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             shadow_verdicts: Counter::default(),
             shadow_frames_skipped: Counter::default(),
+            images_skipped: Counter::default(),
+            image_errors: Counter::default(),
+            disk_low: Gauge::default(),
         }
     }
 
@@ -176,13 +185,28 @@ impl Metrics {
         );
         registry.register(
             "records_written",
-            "Inspection records made durable",
+            "Records made durable",
             self.records_written.clone(),
         );
         registry.register(
             "record_errors",
             "Record writes that failed and were retried",
             self.record_errors.clone(),
+        );
+        registry.register(
+            "images_skipped",
+            "Images not saved because the data disk was short of space",
+            self.images_skipped.clone(),
+        );
+        registry.register(
+            "image_errors",
+            "Images that could not be written (records kept without them)",
+            self.image_errors.clone(),
+        );
+        registry.register(
+            "disk_low",
+            "1 while the data disk is short of space for images",
+            self.disk_low.clone(),
         );
         registry.register(
             "parts_in_flight",

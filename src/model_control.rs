@@ -22,7 +22,9 @@ use serde::Serialize;
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
 use crate::metrics::Metrics;
 use crate::part::Verdict;
-use crate::record::{ModelAction, ModelEvent, RecordError, ShadowSummary, ShadowVerdict, Store};
+use crate::record::{
+    ModelAction, ModelEvent, RecordBody, RecordError, ShadowSummary, ShadowVerdict, Store,
+};
 
 /// Why a model change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +171,9 @@ impl ModelControl {
             version: version.map(str::to_owned),
             previous,
         };
-        self.store.record_model_event(&event).await?;
+        self.store
+            .append(RecordBody::ModelChange(event.clone()))
+            .await?;
         self.active.set_shadow(model);
         tracing::info!(?event, "shadow model changed");
         Ok(event)
@@ -224,7 +228,9 @@ impl ModelControl {
             previous: Some(self.active.live().version.to_string()),
         };
         // Recorded first: a change that is not on disk has not happened.
-        self.store.record_model_event(&event).await?;
+        self.store
+            .append(RecordBody::ModelChange(event.clone()))
+            .await?;
         self.active.set_live(model);
         tracing::info!(?event, "live model changed");
         Ok(event)

@@ -162,7 +162,7 @@ impl Station {
             .map(|t| (detector.head().version.clone(), t));
         let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
         let map = RegisterMap::load(&config.plc.register_map_file)?;
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open(&config.data_dir, &config.name)?;
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -257,7 +257,6 @@ impl Station {
 
         let recorder = tokio::spawn(run_recorder(RecordContext {
             store: store.clone(),
-            station: config.name.clone(),
             outcomes: outcome_rx,
             clock: clock.clone(),
             metrics: metrics.clone(),

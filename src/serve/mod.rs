@@ -23,7 +23,7 @@ use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl, ModelStatus};
 use crate::part::Disposition;
-use crate::record::{InspectionRecord, ModelEvent, ShadowSummary, Store};
+use crate::record::{ModelEvent, Record, ShadowSummary, Store};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -251,7 +251,7 @@ struct ListQuery {
 
 #[derive(Serialize)]
 struct InspectionPage {
-    items: Vec<InspectionRecord>,
+    items: Vec<Record>,
     /// Pass as `before` for the next (older) page; absent on the last page.
     next_before: Option<u64>,
 }
@@ -267,22 +267,28 @@ async fn list_inspections(
             "limit must be between 1 and {MAX_PAGE}, got {limit}"
         )));
     }
-    let items = api.store.list(query.before, limit).await?;
+    let items = api.store.inspections(query.before, limit)?;
     let next_before = (items.len() == limit)
-        .then(|| items.last().map(|r| r.part_id))
+        .then(|| items.last().and_then(part_id_of))
         .flatten()
         .filter(|id| *id > 0);
     Ok(Json(InspectionPage { items, next_before }))
 }
 
+fn part_id_of(record: &Record) -> Option<u64> {
+    match &record.body {
+        crate::record::RecordBody::Inspection(i) => Some(i.part_id),
+        _ => None,
+    }
+}
+
 async fn get_inspection(
     State(api): State<ApiState>,
     part_id: Result<Path<u64>, PathRejection>,
-) -> Result<Json<InspectionRecord>, ApiError> {
+) -> Result<Json<Record>, ApiError> {
     let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     api.store
-        .get(part_id)
-        .await?
+        .inspection(part_id)?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no record of part {part_id}")))
 }
@@ -293,7 +299,7 @@ async fn get_image(
 ) -> Result<Response, ApiError> {
     let Path(digest) = digest.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let digest = digest.strip_suffix(".png").unwrap_or(&digest).to_owned();
-    let Some(path) = api.store.image_path(&digest) else {
+    let Some(path) = api.store.images().path(&digest) else {
         return Err(ApiError::NotFound(format!("no image {digest}")));
     };
     let bytes = tokio::fs::read(&path)

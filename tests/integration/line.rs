@@ -89,7 +89,7 @@ async fn two_hundred_parts_reach_gate_and_record() {
         "failed gate commands"
     );
 
-    let records = store.list(None, 1000).await.expect("sled");
+    let records = store.inspection_records(None, 1000).expect("sled");
     let mut ids: Vec<u64> = records.iter().map(|r| r.part_id).collect();
     ids.sort();
     assert_eq!(
@@ -200,7 +200,7 @@ async fn missed_verdict_deadline_rejects_by_policy() {
         .await
         .expect("line runs");
 
-    let records = store.list(None, 100).await.expect("sled");
+    let records = store.inspection_records(None, 100).expect("sled");
     assert_eq!(records.len(), 20);
     for record in &records {
         assert_eq!(
@@ -244,7 +244,7 @@ async fn shutdown_drains_parts_in_flight() {
         .expect("clean stop");
     assert!(report.parts >= 3, "{} parts", report.parts);
     assert_eq!(
-        store.len() as u64,
+        store.inspection_count() as u64,
         report.parts,
         "every captured part is recorded"
     );
@@ -278,7 +278,7 @@ async fn slow_plc_fails_safe_and_loses_no_record() {
         .await
         .expect("line runs");
 
-    let records = store.list(None, 100).await.expect("sled");
+    let records = store.inspection_records(None, 100).expect("sled");
     assert_eq!(records.len(), 10);
     for record in &records {
         assert!(

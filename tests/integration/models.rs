@@ -54,7 +54,7 @@ fn registry(root: &Path) -> [String; 3] {
 /// Waits until the store holds `n` records; a line that stalls fails the test.
 async fn records_reach(store: &Store, n: usize) {
     let waiting = async {
-        while store.len() < n {
+        while store.inspection_count() < n {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -175,7 +175,7 @@ async fn promote_shadow_rollback_while_the_line_runs() {
     );
 
     // The records show the changes in order: a… b… a… b…, each with its own threshold.
-    let mut records = store.list(None, 1000).await.expect("records");
+    let mut records = store.inspection_records(None, 1000).expect("records");
     records.sort_by_key(|r| r.part_id);
     assert_eq!(records.len(), 100);
     let mut runs: Vec<String> = Vec::new();

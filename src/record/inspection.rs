@@ -1,0 +1,455 @@
+//! Inspection records and the recorder stage that writes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::journal::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
+use super::{RecordError, Store};
+use crate::metrics::Metrics;
+use crate::part::{Actuation, Disposition, GrayImage, HeatMap, PartOutcome, StationClock, Verdict};
+
+/// Whether the gate fired for a part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActuationStatus {
+    NotRequired,
+    Done,
+    Failed,
+}
+
+/// One part's quality record (the body of a journal record of kind `inspection`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InspectionRecord {
+    pub part_id: u64,
+    /// The work order running when the part was captured.
+    pub work_order: Option<String>,
+    /// That work order's product.
+    pub product: Option<String>,
+    pub captured_at: DateTime<Utc>,
+    pub inspected_at: Option<DateTime<Utc>>,
+    /// When the part's disposition was settled (its gate fire time).
+    pub decided_at: DateTime<Utc>,
+    /// When the part reached the gate.
+    pub gate_at: DateTime<Utc>,
+    /// When the PLC acknowledged the reject command.
+    pub actuated_at: Option<DateTime<Utc>>,
+    /// The model's verdict; absent when the frame was dropped or never inspected.
+    pub verdict: Option<Verdict>,
+    pub score: Option<f32>,
+    pub threshold: Option<f32>,
+    pub disposition: Disposition,
+    /// Rejected because no verdict arrived by the deadline.
+    pub rejected_by_policy: bool,
+    pub inspection_late: bool,
+    pub actuation: ActuationStatus,
+    pub actuation_error: Option<String>,
+    pub model_version: Option<String>,
+    /// SHA-256 of the calibrated image's PNG; absent when not saved (disk short of space).
+    pub image: Option<String>,
+    /// SHA-256 of the heat map's PNG.
+    pub heat_map: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A shadow model's verdict on one part, beside the live verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowVerdict {
+    pub part_id: u64,
+    pub version: String,
+    pub verdict: Verdict,
+    pub score: Option<f32>,
+    pub live_version: String,
+    pub live_verdict: Verdict,
+    pub live_score: Option<f32>,
+}
+
+/// Agreement of a shadow model with the live model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ShadowSummary {
+    pub version: String,
+    pub compared: u64,
+    pub agreed: u64,
+    /// The live model failed the part, the shadow would have passed it (a would-be escape).
+    pub live_fail_shadow_pass: u64,
+    /// The shadow would have rejected a part the live model passed.
+    pub live_pass_shadow_fail: u64,
+    pub shadow_errors: u64,
+    pub other_disagreements: u64,
+}
+
+/// Encodes a grey image as PNG.
+pub fn gray_png(image: &GrayImage) -> Result<Vec<u8>, RecordError> {
+    use image::ImageEncoder;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png).write_image(
+        &image.pixels,
+        image.width,
+        image.height,
+        image::ExtendedColorType::L8,
+    )?;
+    Ok(png)
+}
+
+/// Encodes a heat map as a grey PNG, probability 1 as white.
+pub fn heat_map_png(heat_map: &HeatMap) -> Result<Vec<u8>, RecordError> {
+    let pixels = heat_map
+        .values
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    gray_png(&GrayImage {
+        width: heat_map.width,
+        height: heat_map.height,
+        pixels,
+    })
+}
+
+/// Everything the recorder needs.
+pub struct RecordContext {
+    pub store: Store,
+    pub outcomes: mpsc::Receiver<PartOutcome>,
+    pub clock: Arc<StationClock>,
+    pub metrics: Metrics,
+}
+
+/// Outcomes written in one group commit at most.
+const MAX_BATCH: usize = 512;
+
+/// The alarm raised while images yield to records.
+pub const DISK_LOW_ALARM: &str = "disk_low";
+
+/// Records every outcome until the channel closes. Whatever has queued up while the last
+/// commit was flushing goes into the next one, so a burst costs one flush, not one per part.
+pub async fn run_recorder(mut ctx: RecordContext) {
+    let mut disk_low = false;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while ctx.outcomes.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut bodies = Vec::with_capacity(batch.len() + 1);
+        let room = ctx.store.images().has_room();
+        if room == disk_low {
+            disk_low = !room;
+            ctx.metrics.disk_low.set(i64::from(disk_low));
+            bodies.push(disk_alarm(&ctx.store, disk_low));
+        }
+        let images = save_images(&ctx, &batch, room).await;
+        for (outcome, (image, heat_map)) in batch.iter().zip(images) {
+            let work_order = ctx.store.work_order_at(ctx.clock.utc(outcome.captured_at));
+            let mut record = build_record(&ctx.clock, outcome, image, heat_map);
+            record.work_order = work_order.as_ref().map(|w| w.id.clone());
+            record.product = work_order.map(|w| w.product);
+            bodies.push(RecordBody::Inspection(record));
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match ctx.store.append_all(bodies.clone()).await {
+                Ok(_) => {
+                    for outcome in &batch {
+                        ctx.metrics.records_written.inc();
+                        ctx.metrics.count_disposition(outcome.disposition);
+                    }
+                    break;
+                }
+                Err(error) => {
+                    ctx.metrics.record_errors.inc();
+                    tracing::error!(parts = batch.len(), %error, retry_in = ?backoff, "cannot record parts; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn disk_alarm(store: &Store, low: bool) -> RecordBody {
+    let free = store.images().free_bytes().unwrap_or(0);
+    let need = store.images().min_free_bytes();
+    let (state, message) = if low {
+        tracing::warn!(free, need, "data disk short of space: images are not saved");
+        (
+            AlarmState::Raised,
+            format!(
+                "data disk short of space ({free} bytes free, images need {need} left free): \
+                 records are kept, images are not saved"
+            ),
+        )
+    } else {
+        tracing::info!(free, "data disk has room again: images are saved");
+        (
+            AlarmState::Cleared,
+            format!("data disk has room again ({free} bytes free): images are saved"),
+        )
+    };
+    RecordBody::Alarm(AlarmRecord {
+        alarm: DISK_LOW_ALARM.into(),
+        state,
+        severity: AlarmSeverity::High,
+        message,
+    })
+}
+
+/// Saves each outcome's image and heat map when there is room; a part whose image cannot be
+/// saved is recorded without it (counted), never held back.
+async fn save_images(
+    ctx: &RecordContext,
+    batch: &[PartOutcome],
+    room: bool,
+) -> Vec<(Option<String>, Option<String>)> {
+    if !room {
+        let skipped = batch
+            .iter()
+            .filter(|o| o.inspection.as_ref().is_some_and(|i| i.image.is_some()))
+            .count();
+        ctx.metrics.images_skipped.inc_by(skipped as u64);
+        return vec![(None, None); batch.len()];
+    }
+    let store = ctx.store.clone();
+    let metrics = ctx.metrics.clone();
+    let inspections: Vec<_> = batch.iter().map(|o| o.inspection.clone()).collect();
+    // PNG encoding and file syncs are blocking work.
+    let saved = tokio::task::spawn_blocking(move || {
+        let save = |png: Result<Vec<u8>, RecordError>| match png
+            .and_then(|png| store.images().put(&png))
+        {
+            Ok(digest) => Some(digest),
+            Err(error) => {
+                metrics.image_errors.inc();
+                tracing::warn!(%error, "image not saved; the record is kept without it");
+                None
+            }
+        };
+        inspections
+            .iter()
+            .map(|inspection| {
+                let image = inspection
+                    .as_ref()
+                    .and_then(|i| i.image.as_ref())
+                    .and_then(|image| save(gray_png(image)));
+                let heat_map = inspection
+                    .as_ref()
+                    .and_then(|i| i.heat_map.as_ref())
+                    .and_then(|map| save(heat_map_png(map)));
+                (image, heat_map)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    saved.unwrap_or_else(|join| {
+        tracing::error!(error = %join, "image writer failed; records kept without images");
+        vec![(None, None); batch.len()]
+    })
+}
+
+/// The record of an outcome, given the digests of its stored images.
+pub fn build_record(
+    clock: &StationClock,
+    outcome: &PartOutcome,
+    image: Option<String>,
+    heat_map: Option<String>,
+) -> InspectionRecord {
+    let inspection = outcome.inspection.as_ref();
+    let (actuation, actuated_at, actuation_error) = match &outcome.actuation {
+        Actuation::NotRequired => (ActuationStatus::NotRequired, None, None),
+        Actuation::Done { at } => (ActuationStatus::Done, Some(clock.utc(*at)), None),
+        Actuation::Failed { error, .. } => (ActuationStatus::Failed, None, Some(error.clone())),
+    };
+    InspectionRecord {
+        part_id: outcome.part_id.0,
+        work_order: None,
+        product: None,
+        captured_at: clock.utc(outcome.captured_at),
+        inspected_at: inspection.map(|i| clock.utc(i.inspected_at)),
+        decided_at: clock.utc(outcome.decided_at),
+        gate_at: clock.utc(outcome.gate_at),
+        actuated_at,
+        verdict: inspection.map(|i| i.verdict),
+        score: inspection.and_then(|i| i.score),
+        threshold: inspection.map(|i| i.threshold),
+        disposition: outcome.disposition,
+        rejected_by_policy: outcome.disposition == Disposition::RejectNoVerdict,
+        inspection_late: outcome.inspection_late,
+        actuation,
+        actuation_error,
+        model_version: inspection.map(|i| i.model_version.to_string()),
+        image,
+        heat_map,
+        error: inspection.and_then(|i| i.error.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::part::{PartId, StationTime};
+    use crate::record::journal::{Filter, RecordKind, WorkOrder, WorkOrderAction, WorkOrderRecord};
+    use crate::record::store::RESERVE_BLOCK;
+
+    fn record(part_id: u64) -> RecordBody {
+        let clock = StationClock::start();
+        let outcome = PartOutcome {
+            part_id: PartId(part_id),
+            captured_at: StationTime::default(),
+            gate_at: StationTime(Duration::from_millis(1000)),
+            decided_at: StationTime(Duration::from_millis(990)),
+            disposition: Disposition::RejectNoVerdict,
+            inspection: None,
+            inspection_late: false,
+            actuation: Actuation::Done {
+                at: StationTime(Duration::from_millis(991)),
+            },
+        };
+        RecordBody::Inspection(build_record(&clock, &outcome, None, None))
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_list_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance;
+        {
+            let store = Store::open(dir.path(), "test").expect("open");
+            instance = store.instance_id().to_owned();
+            assert_eq!(store.next_part_id().expect("id"), 0);
+            for id in [3, 1, 2, 300] {
+                store.append(record(id)).await.expect("append");
+            }
+        }
+        let store = Store::open(dir.path(), "test").expect("reopen");
+        assert_eq!(store.instance_id(), instance);
+        assert_eq!((store.first_seq(), store.last_seq()), (1, 4));
+        assert_eq!(store.next_part_id().expect("id"), 301);
+        // Runs start past every reserved id, recorded or not: recording part 3 reserved ids up
+        // to 3 + RESERVE_BLOCK (300 was not yet near the end), and each run reserves a block.
+        assert_eq!(store.start_run().expect("run"), 3 + RESERVE_BLOCK);
+        drop(store);
+        let store = Store::open(dir.path(), "test").expect("reopen");
+        assert_eq!(store.start_run().expect("run"), 3 + 2 * RESERVE_BLOCK);
+        let ids = |records: Vec<crate::record::Record>| -> Vec<u64> {
+            records
+                .iter()
+                .map(|r| match &r.body {
+                    RecordBody::Inspection(i) => i.part_id,
+                    _ => u64::MAX,
+                })
+                .collect()
+        };
+        assert_eq!(
+            ids(store.inspections(None, 10).expect("list")),
+            [300, 3, 2, 1]
+        );
+        assert_eq!(ids(store.inspections(Some(3), 1).expect("list")), [2]);
+        let got = store.inspection(1).expect("get").expect("present");
+        assert_eq!(got.seq, 2);
+        let RecordBody::Inspection(got) = got.body else {
+            panic!("not an inspection")
+        };
+        assert!(got.rejected_by_policy);
+        assert_eq!(got.actuation, ActuationStatus::Done);
+    }
+
+    #[tokio::test]
+    async fn pulls_page_by_sequence_with_filters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "test").expect("open");
+        let mut bodies: Vec<RecordBody> = (0..10).map(record).collect();
+        bodies.insert(
+            4,
+            RecordBody::Alarm(AlarmRecord {
+                alarm: "x".into(),
+                state: AlarmState::Raised,
+                severity: AlarmSeverity::Low,
+                message: "m".into(),
+            }),
+        );
+        let written = store.append_all(bodies).await.expect("append");
+        assert_eq!(
+            written.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=11).collect::<Vec<_>>()
+        );
+        let all = Filter::default();
+        let page = store.pull(1, 4, &all).expect("pull");
+        assert_eq!(
+            page.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!((page.next_seq, page.more, page.last_seq), (5, true, 11));
+        let page = store.pull(page.next_seq, 100, &all).expect("pull");
+        assert_eq!(page.records.len(), 7);
+        assert_eq!((page.next_seq, page.more), (12, false));
+        // Past the end: an empty page that says where to go on from.
+        let page = store.pull(12, 100, &all).expect("pull");
+        assert!(page.records.is_empty());
+        assert_eq!((page.next_seq, page.more), (12, false));
+        let alarms = Filter {
+            kinds: vec![RecordKind::Alarm],
+            ..Filter::default()
+        };
+        let page = store.pull(1, 100, &alarms).expect("pull");
+        assert_eq!(page.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [5]);
+        assert_eq!(page.next_seq, 12);
+        assert!(matches!(
+            store.pull(0, 1, &all),
+            Err(RecordError::Pruned {
+                from: 0,
+                first_seq: 1
+            })
+        ));
+        // Acknowledgements never go backwards and never past the end.
+        assert_eq!(store.acknowledge("mes", 6).await.expect("ack"), 6);
+        assert_eq!(store.acknowledge("mes", 3).await.expect("ack"), 6);
+        assert!(store.acknowledge("mes", 12).await.is_err());
+        assert_eq!(store.acknowledged("mes").expect("read"), 6);
+        assert_eq!(store.acknowledged("other").expect("read"), 0);
+        assert!(store.verify().expect("verify").problems.is_empty());
+    }
+
+    #[tokio::test]
+    async fn parts_are_attributed_to_the_work_order_running_when_captured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "test").expect("open");
+        let order = WorkOrder {
+            id: "WO-1".into(),
+            product: "bracket".into(),
+            quantity: 10,
+            due: Utc::now() + chrono::Duration::hours(1),
+            ideal_cycle_time_s: 1.0,
+        };
+        let change = |action| {
+            RecordBody::WorkOrder(WorkOrderRecord {
+                action,
+                order: order.clone(),
+                by: "mes".into(),
+            })
+        };
+        let before = Utc::now() - chrono::Duration::seconds(1);
+        store
+            .append(change(WorkOrderAction::Released))
+            .await
+            .expect("release");
+        assert_eq!(
+            store.work_order_at(Utc::now()),
+            None,
+            "released is not running"
+        );
+        store
+            .append(change(WorkOrderAction::Started))
+            .await
+            .expect("start");
+        assert_eq!(store.work_order_at(Utc::now()), Some(order.clone()));
+        assert_eq!(store.work_order_at(before), None);
+        store
+            .append(change(WorkOrderAction::Completed))
+            .await
+            .expect("complete");
+        let after = Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(store.work_order_at(after), None);
+        drop(store);
+        let store = Store::open(dir.path(), "test").expect("reopen");
+        let orders = store.work_orders();
+        assert_eq!(orders.len(), 1);
+        assert!(orders[0].started_at.is_some() && orders[0].completed_at.is_some());
+    }
+}

@@ -1,0 +1,736 @@
+//! [`Store`]: the journal on sled, its indexes, and the station's bookkeeping.
+//!
+//! Trees (schema version 2, see `schema.rs`):
+//! - `journal`: seq (big-endian) → encoded [`Record`];
+//! - `inspection_seq`: part id → seq of its inspection record;
+//! - `kind_seq`: kind byte ++ seq → (), to list model changes, work orders, audit entries;
+//! - `label_seq`: part id ++ seq → (), the labels of a part;
+//! - `meta`: schema version, instance id, part-id reservation, first sequence, acknowledgements;
+//! - `shadow`: part id → the shadow model's verdict.
+//!
+//! Writers take one lock, give the next sequence numbers, write records and indexes in one sled
+//! transaction and flush. Only then does `durable` move past them; readers never look past
+//! `durable`, so nothing is reported before it is on disk. A failed flush takes the records
+//! back before anyone could see them, and their sequence numbers are given again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use sled::Transactional;
+use tokio::sync::{Mutex, watch};
+
+use super::RecordError;
+use super::images::ImageStore;
+use super::inspection::InspectionRecord;
+use super::journal::{
+    Filter, ModelEvent, RawRecord, Record, RecordBody, RecordKind, WorkOrder, WorkOrderAction,
+    encode,
+};
+use super::schema;
+use super::{ShadowSummary, ShadowVerdict};
+use crate::part::Verdict;
+
+/// The station's durable record store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Trees,
+    station: String,
+    instance_id: String,
+    images: ImageStore,
+    /// The last sequence number on disk; readers see nothing past it.
+    durable: AtomicU64,
+    /// Sequence numbers below this were pruned (archived).
+    first_seq: AtomicU64,
+    /// Tells waiting readers (live stream, publishers) that `durable` moved.
+    durable_tx: watch::Sender<u64>,
+    /// Held while records are written and flushed; holds the next sequence number.
+    writer: Mutex<u64>,
+    /// Part ids below this are reserved (durably) for parts already given an id.
+    reserved_until: AtomicU64,
+    /// Every work order and when it ran, for attributing parts.
+    work_orders: std::sync::RwLock<WorkOrderBook>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Trees {
+    pub journal: sled::Tree,
+    pub inspection_seq: sled::Tree,
+    pub kind_seq: sled::Tree,
+    pub label_seq: sled::Tree,
+    pub meta: sled::Tree,
+    pub shadow: sled::Tree,
+}
+
+impl Trees {
+    pub(crate) fn open(db: &sled::Db) -> Result<Trees, sled::Error> {
+        Ok(Trees {
+            journal: db.open_tree("journal")?,
+            inspection_seq: db.open_tree("inspection_seq")?,
+            kind_seq: db.open_tree("kind_seq")?,
+            label_seq: db.open_tree("label_seq")?,
+            meta: db.open_tree("meta")?,
+            shadow: db.open_tree("shadow")?,
+        })
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("station", &self.inner.station)
+            .field("instance_id", &self.inner.instance_id)
+            .field("durable", &self.last_seq())
+            .finish()
+    }
+}
+
+/// A page of a pull.
+#[derive(Debug)]
+pub struct Page {
+    /// The records, oldest first.
+    pub records: Vec<RawRecord>,
+    /// Pass as `from` for the next page.
+    pub next_seq: u64,
+    /// Whether records past this page exist now.
+    pub more: bool,
+    /// The oldest sequence number still kept.
+    pub first_seq: u64,
+    /// The newest durable sequence number.
+    pub last_seq: u64,
+}
+
+/// At most this many records are looked at for one filtered page, so a sparse filter answers
+/// quickly; the page then says `more` and the client goes on from `next_seq`.
+const MAX_SCAN: usize = 50_000;
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir` for `station`, migrating an older schema.
+    pub fn open(data_dir: &Path, station: &str) -> Result<Store, RecordError> {
+        let db_path = data_dir.join("records");
+        let db = sled::open(&db_path).map_err(|source| RecordError::Open {
+            path: db_path.clone(),
+            source,
+        })?;
+        let opened = schema::open(&db, &db_path)?;
+        let trees = opened.trees;
+        let images = ImageStore::open(&data_dir.join("images"))?;
+        let last = match trees.journal.last()? {
+            Some((key, _)) => be_u64(&key),
+            None => 0,
+        };
+        let first_seq = match trees.meta.get(FIRST_SEQ_KEY)? {
+            Some(bytes) => be_u64(&bytes),
+            None => 1,
+        };
+        let reserved_until = match trees.meta.get(RESERVED_KEY)? {
+            Some(bytes) => be_u64(&bytes),
+            None => 0,
+        };
+        let (durable_tx, _) = watch::channel(last);
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                station: station.to_owned(),
+                instance_id: opened.instance_id,
+                images,
+                durable: AtomicU64::new(last),
+                first_seq: AtomicU64::new(first_seq),
+                durable_tx,
+                writer: Mutex::new(last + 1),
+                reserved_until: AtomicU64::new(reserved_until),
+                work_orders: std::sync::RwLock::new(WorkOrderBook::default()),
+                trees,
+            }),
+        };
+        let book = WorkOrderBook::from_records(&store.records_of_kind(RecordKind::WorkOrder)?);
+        if let Ok(mut slot) = store.inner.work_orders.write() {
+            *slot = book;
+        }
+        Ok(store)
+    }
+
+    /// Identifies this store's history: it changes only when the history starts anew (a new
+    /// data folder), so a client that sees another id knows its cursor means nothing here.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// The station whose records these are.
+    pub fn station(&self) -> &str {
+        &self.inner.station
+    }
+
+    /// The newest durable sequence number (0 when the journal is empty).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.durable.load(Ordering::Acquire)
+    }
+
+    /// The oldest sequence number still kept.
+    pub fn first_seq(&self) -> u64 {
+        self.inner.first_seq.load(Ordering::Acquire)
+    }
+
+    /// Wakes whenever new records become durable; the value is [`Store::last_seq`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.durable_tx.subscribe()
+    }
+
+    /// The images kept beside the records.
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+
+    /// Appends one record; returns it once durable.
+    pub async fn append(&self, body: RecordBody) -> Result<Record, RecordError> {
+        let mut records = self.append_all(vec![body]).await?;
+        Ok(records.remove(0))
+    }
+
+    /// Appends records in one transaction and one flush (group commit); returns them, with
+    /// their sequence numbers, once durable. All or none become visible.
+    pub async fn append_all(&self, bodies: Vec<RecordBody>) -> Result<Vec<Record>, RecordError> {
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let mut next = inner.writer.lock().await;
+        let recorded_at = Utc::now();
+        let records: Vec<Record> = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Record {
+                seq: *next + i as u64,
+                recorded_at,
+                station: inner.station.clone(),
+                body,
+            })
+            .collect();
+        let encoded: Vec<(u64, Vec<u8>)> = records.iter().map(|r| (r.seq, encode(r))).collect();
+        // When recorded part ids come near the end of the reservation, extend it in the same
+        // transaction.
+        let max_part = records
+            .iter()
+            .filter_map(|r| match &r.body {
+                RecordBody::Inspection(i) => Some(i.part_id),
+                _ => None,
+            })
+            .max();
+        let extended = max_part
+            .filter(|id| id + RESERVE_BLOCK / 2 >= inner.reserved_until.load(Ordering::SeqCst))
+            .map(|id| id + RESERVE_BLOCK);
+        let t = &inner.trees;
+        (
+            &t.journal,
+            &t.inspection_seq,
+            &t.kind_seq,
+            &t.label_seq,
+            &t.meta,
+        )
+            .transaction(|(journal, inspection_seq, kind_seq, label_seq, meta)| {
+                for (record, (seq, bytes)) in records.iter().zip(&encoded) {
+                    let key = seq.to_be_bytes();
+                    journal.insert(&key, bytes.as_slice())?;
+                    match &record.body {
+                        RecordBody::Inspection(i) => {
+                            inspection_seq.insert(&i.part_id.to_be_bytes(), &key)?;
+                        }
+                        RecordBody::Label(l) => {
+                            label_seq.insert(pair_key(l.part_id, *seq).as_slice(), &[])?;
+                            kind_seq.insert(kind_key(RecordKind::Label, *seq).as_slice(), &[])?;
+                        }
+                        body => {
+                            kind_seq.insert(kind_key(body.kind(), *seq).as_slice(), &[])?;
+                        }
+                    }
+                }
+                if let Some(until) = extended {
+                    meta.insert(RESERVED_KEY, &until.to_be_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => RecordError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    RecordError::Sled(sled::Error::ReportableBug("aborted".into()))
+                }
+            })?;
+        if let Err(error) = inner.db.flush_async().await {
+            // Not durable, so not acknowledged: take the records back before readers can see
+            // them, and give their sequence numbers again.
+            for (record, (seq, _)) in records.iter().zip(&encoded) {
+                let _ = t.journal.remove(seq.to_be_bytes());
+                match &record.body {
+                    RecordBody::Inspection(i) => {
+                        let _ = t.inspection_seq.remove(i.part_id.to_be_bytes());
+                    }
+                    RecordBody::Label(l) => {
+                        let _ = t.label_seq.remove(pair_key(l.part_id, *seq));
+                        let _ = t.kind_seq.remove(kind_key(RecordKind::Label, *seq));
+                    }
+                    body => {
+                        let _ = t.kind_seq.remove(kind_key(body.kind(), *seq));
+                    }
+                }
+            }
+            return Err(error.into());
+        }
+        let last = records.last().map_or(*next - 1, |r| r.seq);
+        *next = last + 1;
+        if let Some(until) = extended {
+            inner.reserved_until.store(until, Ordering::SeqCst);
+        }
+        inner.durable.store(last, Ordering::Release);
+        inner.durable_tx.send_replace(last);
+        drop(next);
+        for record in &records {
+            if let RecordBody::WorkOrder(w) = &record.body
+                && let Ok(mut book) = inner.work_orders.write()
+            {
+                book.apply(record.recorded_at, w.action, &w.order);
+            }
+        }
+        Ok(records)
+    }
+
+    /// One durable record by sequence number, checked.
+    pub fn raw(&self, seq: u64) -> Result<Option<RawRecord>, RecordError> {
+        if seq > self.last_seq() || seq < self.first_seq() {
+            return Ok(None);
+        }
+        self.inner
+            .trees
+            .journal
+            .get(seq.to_be_bytes())?
+            .map(|bytes| RawRecord::check(seq, bytes))
+            .transpose()
+    }
+
+    /// One record by sequence number.
+    pub fn record(&self, seq: u64) -> Result<Option<Record>, RecordError> {
+        self.raw(seq)?.map(|raw| raw.decode()).transpose()
+    }
+
+    /// Up to `limit` records from sequence `from` on that pass `filter`. `from` below the
+    /// oldest kept record is [`RecordError::Pruned`].
+    pub fn pull(&self, from: u64, limit: usize, filter: &Filter) -> Result<Page, RecordError> {
+        let first_seq = self.first_seq();
+        let last_seq = self.last_seq();
+        if from < first_seq {
+            return Err(RecordError::Pruned { from, first_seq });
+        }
+        let mut records = Vec::with_capacity(limit.min(1024));
+        let mut next_seq = from;
+        let mut scanned = 0;
+        if from <= last_seq {
+            for entry in self
+                .inner
+                .trees
+                .journal
+                .range(from.to_be_bytes()..=last_seq.to_be_bytes())
+            {
+                if records.len() == limit || scanned == MAX_SCAN {
+                    break;
+                }
+                let (key, bytes) = entry?;
+                let raw = RawRecord::check(be_u64(&key), bytes)?;
+                next_seq = raw.seq + 1;
+                scanned += 1;
+                if filter.matches(&raw)? {
+                    records.push(raw);
+                }
+            }
+        }
+        Ok(Page {
+            records,
+            next_seq,
+            more: next_seq <= last_seq,
+            first_seq,
+            last_seq,
+        })
+    }
+
+    /// The inspection record of a part, with its sequence number.
+    pub fn inspection(&self, part_id: u64) -> Result<Option<Record>, RecordError> {
+        match self.inner.trees.inspection_seq.get(part_id.to_be_bytes())? {
+            Some(seq) => self.record(be_u64(&seq)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` inspection records, newest part first, with part ids below `before`.
+    pub fn inspections(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, RecordError> {
+        let index = &self.inner.trees.inspection_seq;
+        let range = match before {
+            Some(before) => index.range(..before.to_be_bytes()),
+            None => index.iter(),
+        };
+        let mut records = Vec::with_capacity(limit.min(1024));
+        for entry in range.rev() {
+            if records.len() == limit {
+                break;
+            }
+            let (_, seq) = entry?;
+            // An index entry past `durable` belongs to a record still being flushed.
+            if let Some(record) = self.record(be_u64(&seq))? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The bodies of [`Store::inspections`].
+    pub fn inspection_records(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<InspectionRecord>, RecordError> {
+        Ok(self
+            .inspections(before, limit)?
+            .into_iter()
+            .filter_map(|r| match r.body {
+                RecordBody::Inspection(i) => Some(i),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Number of inspection records.
+    pub fn inspection_count(&self) -> usize {
+        self.inner.trees.inspection_seq.len()
+    }
+
+    /// Every durable record of one kind (not inspections or labels), oldest first.
+    pub fn records_of_kind(&self, kind: RecordKind) -> Result<Vec<Record>, RecordError> {
+        let mut records = Vec::new();
+        for entry in self.inner.trees.kind_seq.scan_prefix([kind as u8]) {
+            let (key, _) = entry?;
+            if let Some(record) = self.record(be_u64(&key[1..]))? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The labels of a part, oldest first.
+    pub fn labels(&self, part_id: u64) -> Result<Vec<Record>, RecordError> {
+        let mut records = Vec::new();
+        for entry in self
+            .inner
+            .trees
+            .label_seq
+            .scan_prefix(part_id.to_be_bytes())
+        {
+            let (key, _) = entry?;
+            if let Some(record) = self.record(be_u64(&key[8..]))? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every model change, oldest first.
+    pub fn model_events(&self) -> Result<Vec<ModelEvent>, RecordError> {
+        Ok(self
+            .records_of_kind(RecordKind::ModelChange)?
+            .into_iter()
+            .filter_map(|r| match r.body {
+                RecordBody::ModelChange(event) => Some(event),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The work order running at `at`, if any.
+    pub fn work_order_at(&self, at: DateTime<Utc>) -> Option<WorkOrder> {
+        self.inner
+            .work_orders
+            .read()
+            .ok()
+            .and_then(|book| book.running_at(at).cloned())
+    }
+
+    /// Every work order known, with its state.
+    pub fn work_orders(&self) -> Vec<WorkOrderState> {
+        self.inner
+            .work_orders
+            .read()
+            .map(|book| book.orders.clone())
+            .unwrap_or_default()
+    }
+
+    /// The sequence number `client` acknowledged last (0 when none).
+    pub fn acknowledged(&self, client: &str) -> Result<u64, RecordError> {
+        Ok(self
+            .inner
+            .trees
+            .meta
+            .get(ack_key(client))?
+            .map_or(0, |b| be_u64(&b)))
+    }
+
+    /// Records that `client` has everything up to `seq`. Never goes backwards; `seq` past
+    /// the newest record is refused.
+    pub async fn acknowledge(&self, client: &str, seq: u64) -> Result<u64, RecordError> {
+        let last = self.last_seq();
+        if seq > last {
+            return Err(RecordError::AckBeyondEnd { seq, last });
+        }
+        let key = ack_key(client);
+        let previous = self.acknowledged(client)?;
+        let acked = previous.max(seq);
+        self.inner.trees.meta.insert(key, &acked.to_be_bytes())?;
+        self.inner.db.flush_async().await?;
+        Ok(acked)
+    }
+
+    /// The first part id of a new run, past every id an earlier run could have handed out,
+    /// recorded or not (after a kill -9, parts in flight had ids the PLC already saw). Reserves
+    /// a block of ids durably before returning.
+    pub fn start_run(&self) -> Result<u64, RecordError> {
+        let reserved = self.inner.reserved_until.load(Ordering::SeqCst);
+        let first = self.next_part_id()?.max(reserved);
+        let until = first + RESERVE_BLOCK;
+        self.inner
+            .trees
+            .meta
+            .insert(RESERVED_KEY, &until.to_be_bytes())?;
+        self.inner.db.flush()?;
+        self.inner.reserved_until.store(until, Ordering::SeqCst);
+        Ok(first)
+    }
+
+    /// One past the highest part id recorded.
+    pub fn next_part_id(&self) -> Result<u64, RecordError> {
+        Ok(match self.inner.trees.inspection_seq.last()? {
+            Some((key, _)) => be_u64(&key) + 1,
+            None => 0,
+        })
+    }
+
+    /// Keeps a shadow verdict. Not flushed here: shadow verdicts are acknowledged to no one,
+    /// and sled's own periodic flush keeps them.
+    pub fn put_shadow(&self, verdict: &ShadowVerdict) -> Result<(), RecordError> {
+        let value = serde_json::to_vec(verdict).unwrap_or_default();
+        self.inner
+            .trees
+            .shadow
+            .insert(verdict.part_id.to_be_bytes(), value)?;
+        Ok(())
+    }
+
+    /// The shadow verdict of a part, if the shadow model saw it.
+    pub fn shadow_verdict(&self, part_id: u64) -> Result<Option<ShadowVerdict>, RecordError> {
+        self.inner
+            .trees
+            .shadow
+            .get(part_id.to_be_bytes())?
+            .map(|value| {
+                serde_json::from_slice(&value).map_err(|e| RecordError::CorruptShadow {
+                    part_id,
+                    why: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// How the shadow model `version` compared with the live model, over every part it saw.
+    pub fn shadow_summary(&self, version: &str) -> Result<ShadowSummary, RecordError> {
+        let mut summary = ShadowSummary {
+            version: version.to_owned(),
+            ..ShadowSummary::default()
+        };
+        for entry in self.inner.trees.shadow.iter() {
+            let (key, value) = entry?;
+            let verdict: ShadowVerdict =
+                serde_json::from_slice(&value).map_err(|e| RecordError::CorruptShadow {
+                    part_id: be_u64(&key),
+                    why: e.to_string(),
+                })?;
+            if verdict.version != version {
+                continue;
+            }
+            summary.compared += 1;
+            match (verdict.live_verdict, verdict.verdict) {
+                (live, shadow) if live == shadow => summary.agreed += 1,
+                (_, Verdict::Error) => summary.shadow_errors += 1,
+                (Verdict::Fail, Verdict::Pass) => summary.live_fail_shadow_pass += 1,
+                (Verdict::Pass, Verdict::Fail) => summary.live_pass_shadow_fail += 1,
+                _ => summary.other_disagreements += 1,
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Checks the whole journal: every record's checksum and JSON, no gap in the sequence,
+    /// every index entry pointing at a record of its kind. For `linesight records verify`
+    /// and the crash tests.
+    pub fn verify(&self) -> Result<VerifyReport, RecordError> {
+        let t = &self.inner.trees;
+        let mut report = VerifyReport {
+            instance_id: self.instance_id().to_owned(),
+            first_seq: self.first_seq(),
+            last_seq: self.last_seq(),
+            records: 0,
+            problems: Vec::new(),
+        };
+        let mut expected = report.first_seq;
+        for entry in t.journal.iter() {
+            let (key, bytes) = entry?;
+            let seq = be_u64(&key);
+            if seq != expected {
+                report
+                    .problems
+                    .push(format!("sequence jumps from {} to {seq}", expected - 1));
+            }
+            expected = seq + 1;
+            report.records += 1;
+            match RawRecord::check(seq, bytes).and_then(|raw| raw.decode()) {
+                Ok(record) if record.seq != seq => report
+                    .problems
+                    .push(format!("record at {seq} says it is {}", record.seq)),
+                Ok(_) => {}
+                Err(error) => report.problems.push(error.to_string()),
+            }
+        }
+        for entry in t.inspection_seq.iter() {
+            let (part, seq) = entry?;
+            let (part, seq) = (be_u64(&part), be_u64(&seq));
+            match self.record(seq) {
+                Ok(Some(Record {
+                    body: RecordBody::Inspection(i),
+                    ..
+                })) if i.part_id == part => {}
+                Ok(_) if seq < report.first_seq => {}
+                other => report.problems.push(format!(
+                    "part {part} indexed at {seq}, which holds {:?}",
+                    other.map(|r| r.map(|r| r.body.kind()))
+                )),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub instance_id: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: u64,
+    /// Empty when the journal is whole.
+    pub problems: Vec<String>,
+}
+
+/// A work order and when it ran.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkOrderState {
+    #[serde(flatten)]
+    pub order: WorkOrder,
+    pub released_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Work orders in the order they were released; at most one runs at a time.
+#[derive(Debug, Default)]
+struct WorkOrderBook {
+    orders: Vec<WorkOrderState>,
+}
+
+impl WorkOrderBook {
+    fn from_records(records: &[Record]) -> WorkOrderBook {
+        let mut book = WorkOrderBook::default();
+        for record in records {
+            if let RecordBody::WorkOrder(w) = &record.body {
+                book.apply(record.recorded_at, w.action, &w.order);
+            }
+        }
+        book
+    }
+
+    fn apply(&mut self, at: DateTime<Utc>, action: WorkOrderAction, order: &WorkOrder) {
+        let existing = self.orders.iter_mut().find(|o| o.order.id == order.id);
+        match (action, existing) {
+            (WorkOrderAction::Released, Some(state)) => state.order = order.clone(),
+            (WorkOrderAction::Released, None) => self.orders.push(WorkOrderState {
+                order: order.clone(),
+                released_at: at,
+                started_at: None,
+                completed_at: None,
+            }),
+            (WorkOrderAction::Started, Some(state)) => {
+                state.started_at = Some(at);
+                state.completed_at = None;
+            }
+            (WorkOrderAction::Completed, Some(state)) => state.completed_at = Some(at),
+            // A start or completion of an order never released: keep what it says.
+            (action, None) => self.orders.push(WorkOrderState {
+                order: order.clone(),
+                released_at: at,
+                started_at: Some(at),
+                completed_at: (action == WorkOrderAction::Completed).then_some(at),
+            }),
+        }
+    }
+
+    /// The order that had started by `at` and not completed by then (the latest start wins).
+    fn running_at(&self, at: DateTime<Utc>) -> Option<&WorkOrder> {
+        self.orders
+            .iter()
+            .filter(|o| o.started_at.is_some_and(|s| s <= at))
+            .filter(|o| o.completed_at.is_none_or(|c| c > at))
+            .max_by_key(|o| o.started_at)
+            .map(|o| &o.order)
+    }
+}
+
+/// Meta key of the part-id reservation.
+const RESERVED_KEY: &[u8] = b"part_ids_reserved_until";
+/// Meta key of the oldest sequence number kept.
+pub(crate) const FIRST_SEQ_KEY: &[u8] = b"first_seq";
+
+/// Ids reserved at a time: far more than can be in flight between two records.
+pub(crate) const RESERVE_BLOCK: u64 = 100_000;
+
+fn ack_key(client: &str) -> Vec<u8> {
+    [b"ack/".as_slice(), client.as_bytes()].concat()
+}
+
+fn kind_key(kind: RecordKind, seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = kind as u8;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn pair_key(part_id: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&part_id.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// A big-endian u64 (keys are big-endian so they sort in number order).
+pub(crate) fn be_u64(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
+    u64::from_be_bytes(bytes)
+}
+
+/// The folder of the sled database inside a data folder.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("records")
+}
