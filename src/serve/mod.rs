@@ -6,6 +6,8 @@
 //! internal failures are logged once here and the client sees a generic message. Timeouts,
 //! body size and concurrency are layers. Nothing below this module knows HTTP.
 
+pub mod b2mml;
+
 use std::sync::Arc;
 use std::time::Duration;
 
