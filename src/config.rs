@@ -57,6 +57,82 @@ pub struct StationFile {
     pub model: ModelSection,
     pub line: LineSection,
     pub plc: PlcSection,
+    /// Where the station sits in the plant (ISA-95 hierarchy): names MQTT topics and B2MML scopes.
+    #[serde(default)]
+    pub plant: PlantSection,
+    #[serde(default)]
+    pub records: RecordsSection,
+    /// Publish every record to an MQTT broker; absent: no publishing.
+    pub mqtt: Option<MqttSection>,
+}
+
+/// The ISA-95 equipment hierarchy above this station.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantSection {
+    #[serde(default = "default_enterprise")]
+    pub enterprise: String,
+    #[serde(default = "default_site")]
+    pub site: String,
+    #[serde(default = "default_area")]
+    pub area: String,
+    #[serde(default = "default_line")]
+    pub line: String,
+}
+
+impl Default for PlantSection {
+    fn default() -> PlantSection {
+        PlantSection {
+            enterprise: default_enterprise(),
+            site: default_site(),
+            area: default_area(),
+            line: default_line(),
+        }
+    }
+}
+
+fn default_enterprise() -> String {
+    "enterprise".into()
+}
+fn default_site() -> String {
+    "site".into()
+}
+fn default_area() -> String {
+    "area".into()
+}
+fn default_line() -> String {
+    "line".into()
+}
+
+/// How records and images use the data disk.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSection {
+    /// Images stop being saved while less than this is free on the data disk (records go on).
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+impl Default for RecordsSection {
+    fn default() -> RecordsSection {
+        RecordsSection {
+            min_free_mb: default_min_free_mb(),
+        }
+    }
+}
+
+fn default_min_free_mb() -> u64 {
+    64
+}
+
+/// The plant's MQTT broker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// `host:port` of the broker.
+    pub broker: String,
+    /// MQTT client id; default `linesight-<station>`.
+    pub client_id: Option<String>,
 }
 
 /// Who this station is and where it keeps its data.
@@ -210,6 +286,23 @@ pub struct StationConfig {
     pub admin_token: Option<String>,
     pub line: LineTiming,
     pub plc: PlcSettings,
+    pub plant: PlantSection,
+    pub records: RecordsSection,
+    pub mqtt: Option<MqttSection>,
+}
+
+impl StationConfig {
+    /// The station's place in the plant, as a topic path and B2MML scope:
+    /// `enterprise/site/area/line/station`.
+    pub fn hierarchy(&self) -> [&str; 5] {
+        [
+            &self.plant.enterprise,
+            &self.plant.site,
+            &self.plant.area,
+            &self.plant.line,
+            &self.name,
+        ]
+    }
 }
 
 /// Belt timing as durations.
@@ -292,6 +385,9 @@ impl StationConfig {
                 request_timeout: Duration::from_millis(file.plc.request_timeout_ms),
                 heartbeat: Duration::from_millis(file.plc.heartbeat_ms),
             },
+            plant: file.plant,
+            records: file.records,
+            mqtt: file.mqtt,
         })
     }
 }
@@ -325,6 +421,35 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     };
     if file.station.name.trim().is_empty() {
         problem("station.name", "expected a non-empty name".into());
+    }
+    // These name MQTT topic levels: no wildcards, separators or control characters.
+    let plant = &file.plant;
+    for (field, value) in [
+        ("station.name", &file.station.name),
+        ("plant.enterprise", &plant.enterprise),
+        ("plant.site", &plant.site),
+        ("plant.area", &plant.area),
+        ("plant.line", &plant.line),
+    ] {
+        if value
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+        {
+            problem(
+                field,
+                format!(
+                    "{value:?} cannot name a topic level: no '/', '+', '#' or control characters"
+                ),
+            );
+        }
+    }
+    if let Some(mqtt) = &file.mqtt
+        && !mqtt.broker.contains(':')
+    {
+        problem(
+            "mqtt.broker",
+            format!("expected host:port, got {:?}", mqtt.broker),
+        );
     }
     if file.camera.frame_queue == 0 {
         problem("camera.frame_queue", "expected at least 1".into());

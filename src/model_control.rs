@@ -23,7 +23,8 @@ use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningMod
 use crate::metrics::Metrics;
 use crate::part::Verdict;
 use crate::record::{
-    ModelAction, ModelEvent, RecordBody, RecordError, ShadowSummary, ShadowVerdict, Store,
+    AuditRecord, ModelAction, ModelEvent, RecordBody, RecordError, ShadowSummary, ShadowVerdict,
+    Store,
 };
 
 /// Why a model change was refused.
@@ -133,16 +134,20 @@ impl ModelControl {
     }
 
     /// Makes `version` live.
-    pub async fn promote(&self, version: &str) -> Result<ModelEvent, ControlError> {
+    pub async fn promote(
+        &self,
+        version: &str,
+        audit: Option<AuditRecord>,
+    ) -> Result<ModelEvent, ControlError> {
         let _one = self.changing.lock().await;
         if &*self.active.live().version == version {
             return Err(ControlError::AlreadyLive(version.into()));
         }
-        self.make_live(version, ModelAction::Promote).await
+        self.make_live(version, ModelAction::Promote, audit).await
     }
 
     /// Returns to the version that was live before the last promotion still in effect.
-    pub async fn rollback(&self) -> Result<ModelEvent, ControlError> {
+    pub async fn rollback(&self, audit: Option<AuditRecord>) -> Result<ModelEvent, ControlError> {
         let _one = self.changing.lock().await;
         let target = rollback_stack(&self.store.model_events()?)
             .pop()
@@ -150,11 +155,15 @@ impl ModelControl {
         if *self.active.live().version == target {
             return Err(ControlError::AlreadyLive(target));
         }
-        self.make_live(&target, ModelAction::Rollback).await
+        self.make_live(&target, ModelAction::Rollback, audit).await
     }
 
     /// Runs `version` in shadow, or stops the shadow with `None`.
-    pub async fn set_shadow(&self, version: Option<&str>) -> Result<ModelEvent, ControlError> {
+    pub async fn set_shadow(
+        &self,
+        version: Option<&str>,
+        audit: Option<AuditRecord>,
+    ) -> Result<ModelEvent, ControlError> {
         let _one = self.changing.lock().await;
         let previous = self.active.shadow().map(|m| m.version.to_string());
         let model = match version {
@@ -171,9 +180,7 @@ impl ModelControl {
             version: version.map(str::to_owned),
             previous,
         };
-        self.store
-            .append(RecordBody::ModelChange(event.clone()))
-            .await?;
+        self.record(&event, audit).await?;
         self.active.set_shadow(model);
         tracing::info!(?event, "shadow model changed");
         Ok(event)
@@ -219,6 +226,7 @@ impl ModelControl {
         &self,
         version: &str,
         action: ModelAction,
+        audit: Option<AuditRecord>,
     ) -> Result<ModelEvent, ControlError> {
         let model = self.load(version).await?;
         let event = ModelEvent {
@@ -228,12 +236,22 @@ impl ModelControl {
             previous: Some(self.active.live().version.to_string()),
         };
         // Recorded first: a change that is not on disk has not happened.
-        self.store
-            .append(RecordBody::ModelChange(event.clone()))
-            .await?;
+        self.record(&event, audit).await?;
         self.active.set_live(model);
         tracing::info!(?event, "live model changed");
         Ok(event)
+    }
+
+    /// Records a change, with who made it when known, in one durable write.
+    async fn record(
+        &self,
+        event: &ModelEvent,
+        audit: Option<AuditRecord>,
+    ) -> Result<(), RecordError> {
+        let mut bodies = vec![RecordBody::ModelChange(event.clone())];
+        bodies.extend(audit.map(RecordBody::Audit));
+        self.store.append_all(bodies).await?;
+        Ok(())
     }
 
     /// Loads a version off the async threads and checks it fits this station.

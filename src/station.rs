@@ -36,7 +36,8 @@ use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::record::{RecordContext, RecordError, Store, run_recorder};
-use crate::serve::{ApiState, StationInfo, StationState};
+use crate::serve::auth::AuthError;
+use crate::serve::{ApiState, StationInfo, StationState, Tokens};
 use crate::track::{InspectionFate, PartTracker};
 
 /// Why the station could not start or stopped with an error.
@@ -56,6 +57,8 @@ pub enum StationError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("PLC link check failed: {0}")]
     Gate(#[from] GateError),
     #[error(
@@ -163,6 +166,10 @@ impl Station {
         let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
         let map = RegisterMap::load(&config.plc.register_map_file)?;
         let store = Store::open(&config.data_dir, &config.name)?;
+        store
+            .images()
+            .set_min_free_bytes(config.records.min_free_mb * 1024 * 1024);
+        let tokens = Tokens::open(&config.data_dir, config.admin_token.clone())?;
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -193,12 +200,14 @@ impl Station {
                 plc: plc_address.to_string(),
                 camera_pipeline: config.pipeline_file.display().to_string(),
                 simulated: config.simulator.is_some(),
+                hierarchy: config.hierarchy().join("/"),
             }),
             state: Arc::new(std::sync::RwLock::new(StationState::Running)),
             store: store.clone(),
             metrics: metrics.clone(),
             models: Arc::new(control),
-            admin_token: config.admin_token.as_deref().map(Arc::from),
+            tokens,
+            hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
         };
         Ok(Station {
             config,

@@ -4,8 +4,10 @@
 mod convert_weights;
 mod eval;
 mod model;
+mod records;
 mod report;
 mod run;
+mod token;
 mod train;
 
 use std::path::Path;
@@ -46,6 +48,16 @@ enum Command {
         #[command(subcommand)]
         action: model::Model,
     },
+    /// API tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: token::Token,
+    },
+    /// The record store of a stopped station.
+    Records {
+        #[command(subcommand)]
+        action: records::Records,
+    },
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -63,6 +75,8 @@ impl Cli {
             }
             Command::Eval { kind } => kind.run(),
             Command::Model { action } => action.run(),
+            Command::Token { action } => action.run(),
+            Command::Records { action } => action.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));

@@ -52,8 +52,9 @@ pub struct StationArgs {
         env = "LINESIGHT_STATION"
     )]
     station: String,
-    /// The station's admin token (needed for changes).
-    #[arg(long, env = "LINESIGHT_ADMIN_TOKEN", hide_env_values = true)]
+    /// An engineer's or admin's token (`linesight token create`); without it,
+    /// `LINESIGHT_ADMIN_TOKEN` is used if set.
+    #[arg(long, env = "LINESIGHT_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -86,7 +87,12 @@ impl Model {
                 station,
             ),
         };
-        let request = match &station.token {
+        let token = station.token.clone().or_else(|| {
+            std::env::var("LINESIGHT_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+        let request = match &token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };

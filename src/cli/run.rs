@@ -47,12 +47,22 @@ async fn run(
 ) -> anyhow::Result<()> {
     // The simulated camera and PLC, when the config asks for them, are started beside the
     // station and wired to it like real ones.
+    let simulated = config.simulator.is_some();
+    let data_dir = config.data_dir.clone();
     let line = SimulatedLine::start(&config)
         .await
         .context("starting the simulated line")?;
     let station = Station::prepare(config, line.attachments())
         .await
         .context("starting the station")?;
+    // The demo line on a new data folder makes its first admin itself, the way Jupyter prints
+    // its token: a random secret, shown once in the sign-in link. A real station's first admin
+    // is made by `linesight token create --role admin`.
+    let demo_admin = if simulated {
+        first_demo_admin(&data_dir)?
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding the web server to {bind}"))?;
@@ -60,7 +70,15 @@ async fn run(
     if let Some(plc) = line.plc() {
         println!("simulated PLC (Modbus TCP) on {}", plc.address());
     }
-    println!("Linesight station running: open http://{address}/  (Ctrl-C stops)");
+    match demo_admin {
+        Some(token) => println!(
+            "Linesight station running: sign in at http://{address}/login?token={token}  (Ctrl-C stops)"
+        ),
+        None => println!(
+            "Linesight station running: open http://{address}/ and sign in with a token \
+             (`linesight token create`)  (Ctrl-C stops)"
+        ),
+    }
 
     let shutdown = CancellationToken::new();
     let server_shutdown = CancellationToken::new();
@@ -94,4 +112,14 @@ async fn run(
     let report = report.context("station stopped with an error")?;
     println!("station stopped after {} parts", report.parts);
     Ok(())
+}
+
+/// An admin token for the demo line when its data folder has none yet.
+fn first_demo_admin(data_dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let tokens = linesight::serve::Tokens::open(data_dir, None)?;
+    if tokens.has_admin()? {
+        return Ok(None);
+    }
+    let made = tokens.create("demo-admin", linesight::serve::Role::Admin, "make run")?;
+    Ok(Some(made.token))
 }

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 pub use images::ImageStore;
 pub use inspection::{
-    ActuationStatus, InspectionRecord, RecordContext, ShadowSummary, ShadowVerdict, build_record,
-    gray_png, heat_map_png, run_recorder,
+    ActuationStatus, DISK_LOW_ALARM, InspectionRecord, RecordContext, ShadowSummary, ShadowVerdict,
+    build_record, gray_png, heat_map_png, run_recorder,
 };
 pub use journal::{
     AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord, ModelAction,

@@ -422,6 +422,29 @@ impl Store {
         Ok(records)
     }
 
+    /// Up to `limit` records of one kind (not inspections), newest first, with sequence
+    /// numbers below `before` when given.
+    pub fn latest_of_kind(
+        &self,
+        kind: RecordKind,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>, RecordError> {
+        let start = kind_key(kind, 0);
+        let end = kind_key(kind, before.unwrap_or(u64::MAX));
+        let mut records = Vec::with_capacity(limit.min(1024));
+        for entry in self.inner.trees.kind_seq.range(start..end).rev() {
+            if records.len() == limit {
+                break;
+            }
+            let (key, _) = entry?;
+            if let Some(record) = self.record(be_u64(&key[1..]))? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
     /// The labels of a part, oldest first.
     pub fn labels(&self, part_id: u64) -> Result<Vec<Record>, RecordError> {
         let mut records = Vec::new();

@@ -2,38 +2,56 @@
 //! `/metrics` for Prometheus.
 //!
 //! [`router`] builds the whole app from an [`ApiState`] of cheap handles; tests drive it with
-//! `oneshot` or over a real port. Bad input gets a 4xx with a JSON `{"error": …}` saying why;
-//! internal failures are logged once here and the client sees a generic message. Timeouts,
-//! body size and concurrency are layers. Nothing below this module knows HTTP.
+//! `oneshot` or over a real port. Every route but `/health` and the sign-in page needs a
+//! credential ([`auth`]): a bearer token, or the cookie the sign-in page sets; each route group
+//! names the [`Permission`] it needs and the roles grant them. Bad input gets a 4xx with a JSON
+//! `{"error": …}` saying why; internal failures are logged once here and the client sees a
+//! generic message. Timeouts, body size and concurrency are layers. Nothing below this module
+//! knows HTTP.
+//!
+//! One file per area: [`records`] (the MES pull, inspections, labels, images, audit),
+//! [`work_orders`], [`live`] (the Server-Sent Events stream), `models` (model changes),
+//! [`auth`] (tokens, roles, sign-in), [`b2mml`] (the ISA-95 export).
 
+pub mod auth;
 pub mod b2mml;
+pub mod live;
+mod models;
+pub mod records;
+pub mod work_orders;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+pub use auth::{Permission, Principal, Role, Tokens};
+
 use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
-use crate::model_control::{ControlError, ModelControl, ModelStatus};
+use crate::model_control::{ControlError, ModelControl};
 use crate::part::Disposition;
-use crate::record::{ModelEvent, Record, ShadowSummary, Store};
+use crate::record::{AuditRecord, RecordBody, RecordError, Store};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 const LIVE_PAGE: &str = include_str!("live.html");
+const LOGIN_PAGE: &str = include_str!("login.html");
 
-/// Largest page of records one request may ask for.
-pub const MAX_PAGE: usize = 500;
+/// The cookie the sign-in page sets: the token itself, HttpOnly and SameSite=Strict.
+pub const TOKEN_COOKIE: &str = "linesight_token";
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What the station tells about itself: fixed at start except `state`.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +66,8 @@ pub struct StationInfo {
     pub plc: String,
     pub camera_pipeline: String,
     pub simulated: bool,
+    /// `enterprise/site/area/line/station`: the ISA-95 place of the station.
+    pub hierarchy: String,
 }
 
 /// The station's life cycle as the API shows it.
@@ -69,8 +89,10 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// Promote, roll back, shadow.
     pub models: Arc<ModelControl>,
-    /// Model changes need `Authorization: Bearer <token>`; with no token they are refused.
-    pub admin_token: Option<Arc<str>>,
+    /// Who may call.
+    pub tokens: Tokens,
+    /// `[enterprise, site, area, line, station]`.
+    pub hierarchy: Arc<[String; 5]>,
 }
 
 impl ApiState {
@@ -80,32 +102,166 @@ impl ApiState {
             *current = state;
         }
     }
+
+    /// An audit entry for what `who` did to `target`.
+    pub(crate) fn audit_entry(who: &Principal, action: &str, target: &str) -> RecordBody {
+        RecordBody::Audit(AuditRecord {
+            actor: who.name.clone(),
+            role: who.role.as_str().into(),
+            action: action.into(),
+            target: target.into(),
+        })
+    }
 }
 
 /// The HTTP app.
 pub fn router(state: ApiState) -> Router {
+    use Permission::*;
+    let api = &state;
+    let need = |permission: Permission, route: MethodRouter<ApiState>| {
+        route.route_layer(axum::middleware::from_fn_with_state(
+            (api.clone(), permission),
+            require,
+        ))
+    };
     Router::new()
+        .route("/health", get(health))
+        .route("/login", get(login))
+        .route("/logout", get(logout))
         .route("/", get(live_page))
-        .route("/api/v1/station", get(station))
-        .route("/api/v1/inspections", get(list_inspections))
-        .route("/api/v1/inspections/{part_id}", get(get_inspection))
-        .route("/api/v1/images/{digest}", get(get_image))
-        .route("/api/v1/models", get(list_models))
-        .route("/api/v1/models/promote", post(promote_model))
-        .route("/api/v1/models/rollback", post(rollback_model))
-        .route("/api/v1/models/shadow", get(shadow_summary).put(set_shadow))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
+        .route("/api/v1/station", need(Read, get(station)))
+        .route("/api/v1/records", need(Pull, get(records::pull)))
+        .route(
+            "/api/v1/records/ack",
+            need(Pull, get(records::acknowledged).post(records::acknowledge)),
+        )
+        .route(
+            "/api/v1/inspections",
+            need(Read, get(records::list_inspections)),
+        )
+        .route(
+            "/api/v1/inspections/{part_id}",
+            need(Read, get(records::get_inspection)),
+        )
+        .route(
+            "/api/v1/inspections/{part_id}/labels",
+            need(Read, get(records::list_labels)).merge(need(Label, post(records::add_label))),
+        )
+        .route(
+            "/api/v1/images/{digest}",
+            need(Read, get(records::get_image)),
+        )
+        .route("/api/v1/events", need(Read, get(live::events)))
+        .route(
+            "/api/v1/work-orders",
+            need(Read, get(work_orders::list)).merge(need(WorkOrders, post(work_orders::release))),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/start",
+            need(WorkOrders, post(work_orders::start)),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/complete",
+            need(WorkOrders, post(work_orders::complete)),
+        )
+        .route("/api/v1/models", need(Read, get(models::list_models)))
+        .route(
+            "/api/v1/models/promote",
+            need(ChangeModels, post(models::promote_model)),
+        )
+        .route(
+            "/api/v1/models/rollback",
+            need(ChangeModels, post(models::rollback_model)),
+        )
+        .route(
+            "/api/v1/models/shadow",
+            need(Read, get(models::shadow_summary))
+                .merge(need(ChangeModels, put(models::set_shadow))),
+        )
+        .route(
+            "/api/v1/tokens",
+            need(Admin, get(auth::list_tokens).post(auth::create_token)),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            need(Admin, delete(auth::revoke_token)),
+        )
+        .route("/api/v1/audit", need(Admin, get(records::audit_log)))
+        .route("/api/v1/openapi.json", need(Read, get(openapi)))
+        .route("/metrics", need(Read, get(metrics)))
         .fallback(not_found)
         // A bug in a handler answers 500 instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(RequestBodyLimitLayer::new(16 * 1024))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(10),
         ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(64))
         .with_state(state)
+}
+
+/// The credential of a request: `Authorization: Bearer …`, else the sign-in cookie.
+fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// Who holds `token`; argon2 runs off the async threads the first time a token is seen.
+async fn identify(tokens: &Tokens, token: String) -> Option<Principal> {
+    if token.is_empty() || token.len() > 256 {
+        return None;
+    }
+    if let Some(principal) = tokens.cached(&token) {
+        return Some(principal);
+    }
+    let tokens = tokens.clone();
+    tokio::task::spawn_blocking(move || tokens.verify(&token))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The guard of a route group: 401 without a valid credential, 403 when the role lacks the
+/// permission; otherwise the handler runs with the [`Principal`] in the request's extensions.
+async fn require(
+    State((api, permission)): State<(ApiState, Permission)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = credential(request.headers()) else {
+        return ApiError::Unauthorized(
+            "this needs a credential: `Authorization: Bearer <token>` (see `linesight token create`)"
+                .into(),
+        )
+        .into_response();
+    };
+    match identify(&api.tokens, token).await {
+        None => ApiError::Unauthorized("the credential is not valid, or was revoked".into())
+            .into_response(),
+        Some(who) if !who.role.may(permission) => ApiError::Forbidden(format!(
+            "the {} role may not do this ({permission:?})",
+            who.role
+        ))
+        .into_response(),
+        Some(who) => {
+            request.extensions_mut().insert(who);
+            next.run(request).await
+        }
+    }
 }
 
 /// Errors a handler can answer with.
@@ -121,10 +277,25 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// The cursor points before the oldest record kept.
+    #[error("records before {first_seq} were archived and pruned; asked from {from}")]
+    Gone { from: u64, first_seq: u64 },
     #[error(transparent)]
-    Internal(#[from] crate::record::RecordError),
+    Internal(RecordError),
     #[error("{0}")]
     InternalMessage(String),
+}
+
+impl From<RecordError> for ApiError {
+    fn from(error: RecordError) -> ApiError {
+        match error {
+            RecordError::Pruned { from, first_seq } => ApiError::Gone { from, first_seq },
+            RecordError::AckBeyondEnd { .. } => ApiError::Conflict(error.to_string()),
+            error => ApiError::Internal(error),
+        }
+    }
 }
 
 impl From<ControlError> for ApiError {
@@ -147,16 +318,27 @@ impl From<ControlError> for ApiError {
 #[derive(Serialize)]
 struct ErrorBody {
     error: String,
+    /// With 410: the oldest sequence number still kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_seq: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut first_seq = None;
         let (status, message) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, m.clone()),
+            ApiError::Gone {
+                first_seq: first, ..
+            } => {
+                first_seq = Some(*first);
+                (StatusCode::GONE, self.to_string())
+            }
             ApiError::InternalMessage(m) => {
                 tracing::error!(error = %m, "API request failed");
                 (
@@ -172,12 +354,78 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(ErrorBody { error: message })).into_response()
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: message,
+                first_seq,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"linesight\""),
+            );
+        }
+        response
     }
 }
 
-async fn live_page() -> Html<&'static str> {
-    Html(LIVE_PAGE)
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// The live page; without a credential, the sign-in page instead.
+async fn live_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
+    let signed_in = match credential(&headers) {
+        Some(token) => identify(&api.tokens, token).await.is_some(),
+        None => false,
+    };
+    if signed_in {
+        Html(LIVE_PAGE).into_response()
+    } else {
+        Redirect::to("/login").into_response()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+}
+
+/// The sign-in page. With `?token=…` (the link `make run` prints), a valid token becomes an
+/// HttpOnly cookie and the browser goes to the live page.
+async fn login(
+    State(api): State<ApiState>,
+    query: Result<axum::extract::Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Html(LOGIN_PAGE).into_response();
+    };
+    if identify(&api.tokens, token.clone()).await.is_none() {
+        let page = LOGIN_PAGE.replace(
+            "<!--message-->",
+            "<p class=\"error\" role=\"alert\">That token is not valid, or was revoked.</p>",
+        );
+        return (StatusCode::UNAUTHORIZED, Html(page)).into_response();
+    }
+    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("linesight_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    response
 }
 
 async fn openapi() -> Response {
@@ -210,6 +458,19 @@ struct StationView {
     shadow_model_version: Option<String>,
     state: StationState,
     parts: PartCounts,
+    /// The record journal: its identity and extent.
+    records: RecordsView,
+    /// The work order new parts are attributed to.
+    work_order: Option<String>,
+    /// Alarms raised and not cleared, by code.
+    active_alarms: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct RecordsView {
+    instance_id: String,
+    first_seq: u64,
+    last_seq: u64,
 }
 
 async fn station(State(api): State<ApiState>) -> Json<StationView> {
@@ -220,6 +481,10 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
         .map(|s| *s)
         .unwrap_or(StationState::Faulted);
     let live = api.models.active().live();
+    let mut active_alarms = Vec::new();
+    if m.disk_low.get() != 0 {
+        active_alarms.push(crate::record::DISK_LOW_ALARM.to_owned());
+    }
     Json(StationView {
         info: StationInfo {
             model_version: live.version.to_string(),
@@ -239,83 +504,14 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
             gate_commands_failed: m.gate_commands_failed.get(),
             in_flight: m.parts_in_flight.get(),
         },
+        records: RecordsView {
+            instance_id: api.store.instance_id().to_owned(),
+            first_seq: api.store.first_seq(),
+            last_seq: api.store.last_seq(),
+        },
+        work_order: api.store.work_order_at(chrono::Utc::now()).map(|w| w.id),
+        active_alarms,
     })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// Page size, 1 to 500 (default 50).
-    limit: Option<usize>,
-    /// Only parts with a smaller id: pass the previous page's `next_before`.
-    before: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct InspectionPage {
-    items: Vec<Record>,
-    /// Pass as `before` for the next (older) page; absent on the last page.
-    next_before: Option<u64>,
-}
-
-async fn list_inspections(
-    State(api): State<ApiState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<InspectionPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}, got {limit}"
-        )));
-    }
-    let items = api.store.inspections(query.before, limit)?;
-    let next_before = (items.len() == limit)
-        .then(|| items.last().and_then(part_id_of))
-        .flatten()
-        .filter(|id| *id > 0);
-    Ok(Json(InspectionPage { items, next_before }))
-}
-
-fn part_id_of(record: &Record) -> Option<u64> {
-    match &record.body {
-        crate::record::RecordBody::Inspection(i) => Some(i.part_id),
-        _ => None,
-    }
-}
-
-async fn get_inspection(
-    State(api): State<ApiState>,
-    part_id: Result<Path<u64>, PathRejection>,
-) -> Result<Json<Record>, ApiError> {
-    let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    api.store
-        .inspection(part_id)?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no record of part {part_id}")))
-}
-
-async fn get_image(
-    State(api): State<ApiState>,
-    digest: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let Path(digest) = digest.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let digest = digest.strip_suffix(".png").unwrap_or(&digest).to_owned();
-    let Some(path) = api.store.images().path(&digest) else {
-        return Err(ApiError::NotFound(format!("no image {digest}")));
-    };
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|source| ApiError::Internal(crate::record::RecordError::Image { path, source }))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/png"),
-            // Content-addressed: an image never changes.
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-        ],
-        bytes,
-    )
-        .into_response())
 }
 
 async fn metrics(State(api): State<ApiState>) -> Response {
@@ -327,134 +523,4 @@ async fn metrics(State(api): State<ApiState>) -> Response {
         api.metrics.encode(&api.info.name),
     )
         .into_response()
-}
-
-/// A registry entry as the API shows it.
-#[derive(Serialize)]
-struct AvailableModel {
-    version: String,
-    kind: String,
-    threshold: f32,
-}
-
-#[derive(Serialize)]
-struct ModelsView {
-    #[serde(flatten)]
-    status: ModelStatus,
-    available: Vec<AvailableModel>,
-    /// Every promotion, rollback and shadow change, oldest first.
-    events: Vec<ModelEvent>,
-}
-
-async fn list_models(State(api): State<ApiState>) -> Result<Json<ModelsView>, ApiError> {
-    let available = api
-        .models
-        .registry()
-        .list()
-        .map_err(|e| ApiError::InternalMessage(e.to_string()))?
-        .into_iter()
-        .map(|e| AvailableModel {
-            version: e.version,
-            kind: e.kind,
-            threshold: e.threshold,
-        })
-        .collect();
-    Ok(Json(ModelsView {
-        status: api.models.status(),
-        available,
-        events: api.models.events()?,
-    }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PromoteRequest {
-    version: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShadowRequest {
-    /// The version to run in shadow; `null` stops the shadow.
-    version: Option<String>,
-}
-
-/// Model changes are for whoever holds the station's admin token.
-fn authorise(api: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &api.admin_token else {
-        return Err(ApiError::Forbidden(
-            "model changes are disabled on this station: start it with LINESIGHT_ADMIN_TOKEN set"
-                .into(),
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    // Compared in constant time: the answer must not leak how much of a guess was right.
-    let same = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized(
-            "model changes need `Authorization: Bearer <admin token>`".into(),
-        ))
-    }
-}
-
-async fn promote_model(
-    State(api): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Json<PromoteRequest>, JsonRejection>,
-) -> Result<Json<ModelEvent>, ApiError> {
-    authorise(&api, &headers)?;
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let models = api.models.clone();
-    to_completion(async move { models.promote(&request.version).await }).await
-}
-
-/// Runs a model change in its own task: a request dropped half-way (client gone, timeout)
-/// must not leave a change recorded but not made, or made but not recorded.
-async fn to_completion(
-    change: impl std::future::Future<Output = Result<ModelEvent, ControlError>> + Send + 'static,
-) -> Result<Json<ModelEvent>, ApiError> {
-    match tokio::spawn(change).await {
-        Ok(result) => Ok(Json(result?)),
-        Err(error) => Err(ApiError::InternalMessage(format!(
-            "model change task failed: {error}"
-        ))),
-    }
-}
-
-async fn rollback_model(
-    State(api): State<ApiState>,
-    headers: HeaderMap,
-) -> Result<Json<ModelEvent>, ApiError> {
-    authorise(&api, &headers)?;
-    let models = api.models.clone();
-    to_completion(async move { models.rollback().await }).await
-}
-
-async fn set_shadow(
-    State(api): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Json<ShadowRequest>, JsonRejection>,
-) -> Result<Json<ModelEvent>, ApiError> {
-    authorise(&api, &headers)?;
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let models = api.models.clone();
-    to_completion(async move { models.set_shadow(request.version.as_deref()).await }).await
-}
-
-async fn shadow_summary(State(api): State<ApiState>) -> Result<Json<ShadowSummary>, ApiError> {
-    api.models
-        .shadow_summary()?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound("no model is running in shadow".into()))
 }

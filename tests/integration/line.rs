@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use linesight::part::{Disposition, Verdict};
 use linesight::record::{ActuationStatus, InspectionRecord};
-use linesight::serve::router;
+use linesight::serve::{Role, Tokens, router};
 use linesight::simulate::{RejectPulse, SimulatedLine};
 use linesight::station::{Attachments, RunOptions, Station};
 use tokio_util::sync::CancellationToken;
@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{CPU_HEAVY, simulated_station, station_config};
 
 /// Fetches every record through the HTTP API, following `next_before` pages.
-async fn all_records_over_http(base: &str) -> Vec<InspectionRecord> {
+async fn all_records_over_http(base: &str, token: &str) -> Vec<InspectionRecord> {
     let client = reqwest::Client::new();
     let mut records = Vec::new();
     let mut url = format!("{base}/api/v1/inspections?limit=64");
     loop {
         let page: serde_json::Value = client
             .get(&url)
+            .bearer_auth(token)
             .send()
             .await
             .expect("GET")
@@ -60,6 +61,12 @@ async fn two_hundred_parts_reach_gate_and_record() {
         ],
     );
     let (travel, window) = (config.line.travel, config.line.gate_window);
+    // An operator reads everything below; the station picks the token up from its data folder.
+    let operator = Tokens::open(dir.path(), None)
+        .expect("tokens")
+        .create("op-1", Role::Operator, "test")
+        .expect("token")
+        .token;
     let (line, station) = simulated_station(config).await.expect("station starts");
     let plc = line.plc().expect("simulated PLC");
     let (store, metrics) = (station.store(), station.metrics());
@@ -149,13 +156,35 @@ async fn two_hundred_parts_reach_gate_and_record() {
     // A 30 % defect rate over 200 parts: both outcomes must be well represented.
     assert!((30..110).contains(&n_fail), "{n_fail} of 200 parts failed");
 
-    let over_http = all_records_over_http(&base).await;
+    let over_http = all_records_over_http(&base, &operator).await;
     assert_eq!(over_http.len(), 200);
     let mut sorted = records.clone();
     sorted.sort_by_key(|r| std::cmp::Reverse(r.part_id));
     assert_eq!(over_http, sorted, "the API serves exactly what sled holds");
 
-    let station: serde_json::Value = reqwest::get(format!("{base}/api/v1/station"))
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}"));
+    // Without a credential nothing answers but /health.
+    for path in [
+        "/api/v1/station",
+        "/api/v1/inspections",
+        "/metrics",
+        "/api/v1/records",
+    ] {
+        let response = get(path).send().await.expect("GET");
+        assert_eq!(
+            response.status(),
+            401,
+            "{path} answered without a credential"
+        );
+    }
+    assert_eq!(get("/health").send().await.expect("GET").status(), 200);
+    // An operator reads, but does not pull the MES records.
+    let pulled = get("/api/v1/records").bearer_auth(&operator).send().await;
+    assert_eq!(pulled.expect("GET").status(), 403);
+    let station: serde_json::Value = get("/api/v1/station")
+        .bearer_auth(&operator)
+        .send()
         .await
         .expect("GET")
         .json()
@@ -166,7 +195,9 @@ async fn two_hundred_parts_reach_gate_and_record() {
     assert_eq!(station["state"], "stopped");
 
     let image = &records[0].image.clone().expect("image reference");
-    let png = reqwest::get(format!("{base}/api/v1/images/{image}"))
+    let png = get(&format!("/api/v1/images/{image}"))
+        .bearer_auth(&operator)
+        .send()
         .await
         .expect("GET");
     assert_eq!(png.headers()["content-type"], "image/png");

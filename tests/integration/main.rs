@@ -7,11 +7,13 @@
 mod common;
 
 mod anomaly;
+mod b2mml;
 mod backbone;
 mod cli;
 mod gate;
 mod interop;
 mod line;
+mod mes;
 mod models;
 mod supervised;
 

@@ -149,12 +149,12 @@ async fn promote_shadow_rollback_while_the_line_runs() {
     records_reach(&store, 75).await;
     let (status, _) = send(authed(http.post(url("/promote"))).json(&json!({"version": b}))).await;
     assert_eq!(status, 200);
-    let (status, view) = send(http.get(url(""))).await;
+    let (status, view) = send(authed(http.get(url("")))).await;
     assert_eq!(status, 200);
     assert_eq!(view["live"]["version"], json!(b));
     assert_eq!(view["shadow"]["version"], json!(c));
     assert_eq!(view["available"].as_array().expect("list").len(), 3);
-    let (status, summary) = send(http.get(url("/shadow"))).await;
+    let (status, summary) = send(authed(http.get(url("/shadow")))).await;
     assert_eq!(status, 200);
     assert!(
         summary["compared"].as_u64().expect("compared") > 0,

@@ -10,6 +10,13 @@ if (!base || !outDir) {
   process.exit(2);
 }
 const baseUrl = base.replace(/\/+$/, '');
+// An operator's token: the page signs in with it, the checks below read the API with it.
+const token = process.env.LINESIGHT_TOKEN;
+if (!token) {
+  console.error('ui: FAIL set LINESIGHT_TOKEN to a token the station accepts');
+  process.exit(2);
+}
+const api = (path) => fetch(baseUrl + path, { headers: { Authorization: `Bearer ${token}` } });
 const VERDICTS = new Set(['PASS', 'FAIL', 'ERROR', 'NO VERDICT']);
 
 // A wedged browser must fail the run, not hang CI.
@@ -52,7 +59,17 @@ let page;
 try {
   page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
   page.on('pageerror', (error) => pageErrors.push(error.message));
-  await page.goto(baseUrl + '/', { waitUntil: 'domcontentloaded' });
+  await check('without a credential the page asks to sign in', async () => {
+    await page.goto(baseUrl + '/', { waitUntil: 'domcontentloaded' });
+    expect(new URL(page.url()).pathname === '/login', `landed on ${page.url()}`);
+    await page.waitForSelector('input#token', { timeout: 5_000 });
+  });
+
+  await check('signing in with the token opens the live page', async () => {
+    await page.fill('input#token', token);
+    await Promise.all([page.waitForURL(baseUrl + '/'), page.click('button[type=submit]')]);
+    await page.waitForSelector('#station-name', { timeout: 5_000 });
+  });
 
   await check('at least 5 parts listed within 30 s', async () => {
     await page.waitForFunction(() => document.querySelectorAll('#parts tr').length >= 5, null, { timeout: 30_000 });
@@ -64,7 +81,7 @@ try {
   });
 
   await check('live model and shadow shown as the API reports them', async () => {
-    const station = await (await fetch(baseUrl + '/api/v1/station')).json();
+    const station = await (await api('/api/v1/station')).json();
     const model = (await page.textContent('#model-version'))?.trim();
     expect(model === station.model_version, `#model-version reads "${model}", API says "${station.model_version}"`);
     const shadow = (await page.textContent('#shadow-version'))?.trim();
@@ -98,7 +115,7 @@ try {
   });
 
   await check('newest part from the API appears on the page within 5 s', async () => {
-    const response = await fetch(`${baseUrl}/api/v1/inspections?limit=5`);
+    const response = await api('/api/v1/inspections?limit=5');
     expect(response.ok, `GET /api/v1/inspections?limit=5 answered ${response.status}`);
     const { items } = await response.json();
     expect(items.length > 0, 'the API lists no parts');

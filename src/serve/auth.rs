@@ -1,0 +1,591 @@
+//! Who may do what: API tokens, roles, and the sign-in for browsers.
+//!
+//! A token is `lst_<id>_<secret>`: the id (8 hex digits) finds its entry, the secret (64 hex
+//! digits, 256 random bits) is checked against an argon2id hash. Only hashes are kept, in
+//! `<data_dir>/tokens.json` (mode 0600, written atomically); the secret is shown once, when
+//! made. The file is re-read when it changes, so `linesight token create` on the same box
+//! works while the station runs, and a revoked token stops working at once. A token checked
+//! once is remembered (by its SHA-256, in memory) so a busy client does not pay argon2 on
+//! every request.
+//!
+//! `LINESIGHT_ADMIN_TOKEN`, from before roles existed, still works: it is an admin credential
+//! from the environment, never written anywhere.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Sees verdicts, records, images, the live page and metrics.
+    Operator,
+    /// An operator who also labels parts and changes models.
+    Engineer,
+    /// The plant MES: reads and pulls records, acknowledges them, pushes work orders.
+    MesClient,
+    /// Everything, including tokens and the audit log.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Operator, Role::Engineer, Role::MesClient, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Engineer => "engineer",
+            Role::MesClient => "mes-client",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether this role may do `action`.
+    pub fn may(self, action: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Operator => matches!(action, Read),
+            Role::Engineer => matches!(action, Read | Pull | Label | ChangeModels),
+            Role::MesClient => matches!(action, Read | Pull | WorkOrders),
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown role `{s}`; one of operator, engineer, mes-client, admin")
+            })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Groups of routes, each allowed to some roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Station state, records, images, the live page, the live stream, metrics.
+    Read,
+    /// The MES pull and its acknowledgements.
+    Pull,
+    /// Labelling parts.
+    Label,
+    /// Promote, roll back, shadow.
+    ChangeModels,
+    /// Releasing, starting and completing work orders.
+    WorkOrders,
+    /// Tokens and the audit log.
+    Admin,
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name (a person or a system), as the audit log shows it.
+    pub name: String,
+    pub role: Role,
+    /// The token's id (`env` for `LINESIGHT_ADMIN_TOKEN`).
+    pub token_id: String,
+}
+
+/// Why a token operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("hashing the token failed: {0}")]
+    Hash(String),
+    #[error(
+        "a token name must be 1 to 64 characters of letters, digits, '-', '_', '.', '@'; got {0:?}"
+    )]
+    BadName(String),
+    #[error("no token with id {0}")]
+    UnknownId(String),
+}
+
+/// One token as kept on disk: never the secret, only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenEntry {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// argon2id PHC string of the secret.
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    /// Who made it: a principal's name, or `cli` for `linesight token create`.
+    pub created_by: String,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TokenEntry {
+    /// The entry without its hash, for listings.
+    pub fn public(&self) -> TokenInfo {
+        TokenInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+/// A token as listings show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TokenFile {
+    tokens: Vec<TokenEntry>,
+}
+
+/// A token just made: the only time its secret is known.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// Give this to the client; it is not kept.
+    pub token: String,
+}
+
+/// The station's tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Tokens {
+    inner: Arc<TokensInner>,
+}
+
+struct TokensInner {
+    path: PathBuf,
+    env_admin: Option<String>,
+    state: RwLock<Loaded>,
+    /// Serialises writers of the file within this process.
+    write: std::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    modified: Option<SystemTime>,
+    entries: Vec<TokenEntry>,
+    /// SHA-256 of tokens already checked → who they are.
+    verified: HashMap<[u8; 32], Principal>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// The token file of a data folder.
+pub fn token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("tokens.json")
+}
+
+impl Tokens {
+    /// The tokens of `data_dir`; `env_admin` is `LINESIGHT_ADMIN_TOKEN` if set.
+    pub fn open(data_dir: &Path, env_admin: Option<String>) -> Result<Tokens, AuthError> {
+        let tokens = Tokens {
+            inner: Arc::new(TokensInner {
+                path: token_file(data_dir),
+                env_admin: env_admin.filter(|t| !t.is_empty()),
+                state: RwLock::new(Loaded::default()),
+                write: std::sync::Mutex::new(()),
+            }),
+        };
+        tokens.reload_if_changed()?;
+        Ok(tokens)
+    }
+
+    /// Every token, without hashes.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
+        self.reload_if_changed()?;
+        Ok(self.read().entries.iter().map(TokenEntry::public).collect())
+    }
+
+    /// Whether an admin token (not revoked) exists in the file.
+    pub fn has_admin(&self) -> Result<bool, AuthError> {
+        self.reload_if_changed()?;
+        Ok(self
+            .read()
+            .entries
+            .iter()
+            .any(|e| e.role == Role::Admin && e.revoked_at.is_none()))
+    }
+
+    /// Makes a token; returns it with its secret (shown once). Blocking (argon2).
+    pub fn create(&self, name: &str, role: Role, created_by: &str) -> Result<NewToken, AuthError> {
+        check_name(name)?;
+        let mut rng = rand::thread_rng();
+        let id = format!("{:08x}", rng.next_u32());
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let secret = hex::encode(secret);
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let hash = Argon2::default()
+            .hash_password(secret.as_bytes(), &salt)
+            .map_err(|e| AuthError::Hash(e.to_string()))?
+            .to_string();
+        let entry = TokenEntry {
+            id: id.clone(),
+            name: name.to_owned(),
+            role,
+            hash,
+            created_at: Utc::now(),
+            created_by: created_by.to_owned(),
+            revoked_at: None,
+        };
+        let info = entry.public();
+        self.modify(|entries| {
+            entries.push(entry);
+            Ok(())
+        })?;
+        Ok(NewToken {
+            info,
+            token: format!("lst_{id}_{secret}"),
+        })
+    }
+
+    /// Revokes a token by id.
+    pub fn revoke(&self, id: &str) -> Result<TokenInfo, AuthError> {
+        let mut revoked = None;
+        self.modify(|entries| {
+            let entry = entries
+                .iter_mut()
+                .find(|e| e.id == id)
+                .ok_or_else(|| AuthError::UnknownId(id.to_owned()))?;
+            entry.revoked_at.get_or_insert_with(Utc::now);
+            revoked = Some(entry.public());
+            Ok(())
+        })?;
+        revoked.ok_or_else(|| AuthError::UnknownId(id.to_owned()))
+    }
+
+    /// Who holds `token`, if it was checked before (or is the environment's admin token).
+    /// Never blocks for long: no hashing.
+    pub fn cached(&self, token: &str) -> Option<Principal> {
+        if let Some(env) = &self.inner.env_admin
+            && constant_time_eq(token.as_bytes(), env.as_bytes())
+        {
+            return Some(Principal {
+                name: "env-admin".into(),
+                role: Role::Admin,
+                token_id: "env".into(),
+            });
+        }
+        if let Err(error) = self.reload_if_changed() {
+            tracing::error!(%error, "cannot read the token file; keeping the tokens known");
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.read().verified.get(&digest).cloned()
+    }
+
+    /// Who holds `token`, if anyone. Blocking the first time a token is seen (argon2).
+    pub fn verify(&self, token: &str) -> Option<Principal> {
+        if let Some(principal) = self.cached(token) {
+            return Some(principal);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let (id, secret) = parse_token(token)?;
+        let entry = self
+            .read()
+            .entries
+            .iter()
+            .find(|e| e.id == id && e.revoked_at.is_none())
+            .cloned()?;
+        let hash = PasswordHash::new(&entry.hash).ok()?;
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &hash)
+            .ok()?;
+        let principal = Principal {
+            name: entry.name,
+            role: entry.role,
+            token_id: entry.id,
+        };
+        if let Ok(mut state) = self.inner.state.write() {
+            state.verified.insert(digest, principal.clone());
+        }
+        Some(principal)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        // A panic while holding the lock leaves consistent data (we replace it whole).
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Re-reads the file when its modification time changed (or it appeared or vanished).
+    fn reload_if_changed(&self) -> Result<(), AuthError> {
+        let path = &self.inner.path;
+        let modified = match std::fs::metadata(path) {
+            Ok(meta) => Some(meta.modified().map_err(|source| AuthError::Io {
+                path: path.clone(),
+                source,
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(AuthError::Io {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        if self.read().modified == modified && modified.is_some() {
+            return Ok(());
+        }
+        let entries = read_file(path)?.tokens;
+        let mut state = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *state = Loaded {
+            modified,
+            entries,
+            // A revoked or changed token must be checked again.
+            verified: HashMap::new(),
+        };
+        Ok(())
+    }
+
+    /// Read, change, write atomically (temp file, fsync, rename, fsync the folder).
+    fn modify(
+        &self,
+        change: impl FnOnce(&mut Vec<TokenEntry>) -> Result<(), AuthError>,
+    ) -> Result<(), AuthError> {
+        let _one = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let path = &self.inner.path;
+        let mut file = read_file(path)?;
+        change(&mut file.tokens)?;
+        let io = |source| AuthError::Io {
+            path: path.clone(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| AuthError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        tmp.write_all(&json).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        drop(_one);
+        self.reload_if_changed_force()
+    }
+
+    fn reload_if_changed_force(&self) -> Result<(), AuthError> {
+        if let Ok(mut state) = self.inner.state.write() {
+            state.modified = None;
+        }
+        self.reload_if_changed()
+    }
+}
+
+fn read_file(path: &Path) -> Result<TokenFile, AuthError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AuthError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
+        Err(source) => Err(AuthError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), AuthError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadName(name.to_owned()))
+    }
+}
+
+/// `lst_<8 hex>_<64 hex>` → (id, secret).
+fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("lst_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, 8) && hex(secret, 64)).then_some((id, secret))
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request to make a token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateTokenRequest {
+    name: String,
+    role: Role,
+}
+
+pub(super) async fn list_tokens(
+    axum::extract::State(api): axum::extract::State<super::ApiState>,
+) -> Result<axum::Json<Vec<TokenInfo>>, super::ApiError> {
+    api.tokens
+        .list()
+        .map(axum::Json)
+        .map_err(|e| super::ApiError::InternalMessage(e.to_string()))
+}
+
+pub(super) async fn create_token(
+    axum::extract::State(api): axum::extract::State<super::ApiState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    body: Result<axum::Json<CreateTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(axum::http::StatusCode, axum::Json<NewToken>), super::ApiError> {
+    let axum::Json(request) = body.map_err(|e| super::ApiError::BadRequest(e.body_text()))?;
+    check_name(&request.name).map_err(|e| super::ApiError::BadRequest(e.to_string()))?;
+    let tokens = api.tokens.clone();
+    let by = who.name.clone();
+    let made = tokio::task::spawn_blocking(move || tokens.create(&request.name, request.role, &by))
+        .await
+        .map_err(|e| super::ApiError::InternalMessage(e.to_string()))?
+        .map_err(|e| super::ApiError::InternalMessage(e.to_string()))?;
+    let target = format!("{} ({}, {})", made.info.id, made.info.name, made.info.role);
+    api.store
+        .append(super::ApiState::audit_entry(&who, "token.create", &target))
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(made)))
+}
+
+pub(super) async fn revoke_token(
+    axum::extract::State(api): axum::extract::State<super::ApiState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<axum::Json<TokenInfo>, super::ApiError> {
+    let axum::extract::Path(id) = id.map_err(|e| super::ApiError::BadRequest(e.body_text()))?;
+    let revoked = match api.tokens.revoke(&id) {
+        Ok(info) => info,
+        Err(AuthError::UnknownId(id)) => {
+            return Err(super::ApiError::NotFound(format!(
+                "no token with id {id:?}"
+            )));
+        }
+        Err(e) => return Err(super::ApiError::InternalMessage(e.to_string())),
+    };
+    let target = format!("{} ({})", revoked.id, revoked.name);
+    api.store
+        .append(super::ApiState::audit_entry(&who, "token.revoke", &target))
+        .await?;
+    Ok(axum::Json(revoked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_grant_what_they_should_and_no_more() {
+        use Permission::*;
+        assert!(Role::Operator.may(Read));
+        assert!(!Role::Operator.may(Pull) && !Role::Operator.may(Label));
+        assert!(Role::Engineer.may(Label) && Role::Engineer.may(ChangeModels));
+        assert!(!Role::Engineer.may(WorkOrders) && !Role::Engineer.may(Admin));
+        assert!(Role::MesClient.may(Pull) && Role::MesClient.may(WorkOrders));
+        assert!(!Role::MesClient.may(ChangeModels) && !Role::MesClient.may(Admin));
+        assert!(Role::Admin.may(Admin));
+        assert_eq!("mes-client".parse::<Role>(), Ok(Role::MesClient));
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn a_token_verifies_until_revoked_and_its_secret_is_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = Tokens::open(dir.path(), None).expect("open");
+        assert!(!tokens.has_admin().expect("read"));
+        let made = tokens
+            .create("mes-1", Role::MesClient, "cli")
+            .expect("create");
+        let file = std::fs::read_to_string(token_file(dir.path())).expect("file");
+        let secret = made.token.rsplit('_').next().expect("secret");
+        assert!(!file.contains(secret), "the secret must not be stored");
+        assert!(file.contains("$argon2id$"));
+        let who = tokens.verify(&made.token).expect("valid");
+        assert_eq!((who.name.as_str(), who.role), ("mes-1", Role::MesClient));
+        // Another process (the CLI) reads the same file.
+        let other = Tokens::open(dir.path(), None).expect("open");
+        assert_eq!(other.verify(&made.token), Some(who));
+        let mut wrong = made.token.clone();
+        wrong.pop();
+        wrong.push(if made.token.ends_with('0') { '1' } else { '0' });
+        assert_eq!(tokens.verify(&wrong), None);
+        assert_eq!(tokens.verify("lst_nope"), None);
+        assert_eq!(tokens.verify(""), None);
+        other.revoke(&made.info.id).expect("revoke");
+        assert_eq!(
+            tokens.verify(&made.token),
+            None,
+            "revocation takes effect at once"
+        );
+        assert!(tokens.create("bad name", Role::Admin, "cli").is_err());
+    }
+
+    #[test]
+    fn the_environment_admin_token_still_works() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = Tokens::open(dir.path(), Some("s3cret".into())).expect("open");
+        let who = tokens.verify("s3cret").expect("admin");
+        assert_eq!(who.role, Role::Admin);
+        assert_eq!(tokens.verify("s3cre"), None);
+    }
+}

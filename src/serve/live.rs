@@ -1,0 +1,90 @@
+//! The live stream: verdicts and alarms as Server-Sent Events, as they become durable.
+//!
+//! Each event's `id` is the record's sequence number, so a browser's `EventSource` (or any
+//! client sending `Last-Event-ID`) resumes after the last one it saw without losing or
+//! repeating any. A new client without one starts at the newest record. The stream follows
+//! the journal, so it shows only what is on disk.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+
+use super::{ApiError, ApiState};
+use crate::record::{Filter, RecordKind};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    /// Start at this sequence number (instead of `Last-Event-ID` + 1 or the newest record).
+    from: Option<u64>,
+}
+
+/// Records sent per wake-up at most, so a client far behind catches up in steps.
+const BATCH: usize = 256;
+
+pub(super) async fn events(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be a sequence number".into())
+                })?,
+        ),
+        None => None,
+    };
+    let store = api.store.clone();
+    let mut from = match (query.from, last_event_id) {
+        (Some(from), _) => from,
+        (None, Some(seen)) => seen.saturating_add(1),
+        (None, None) => store.last_seq() + 1,
+    }
+    .max(store.first_seq());
+    let mut durable = store.subscribe();
+    let filter = Filter {
+        kinds: vec![RecordKind::Inspection, RecordKind::Alarm, RecordKind::Label],
+        ..Filter::default()
+    };
+    let stream = async_stream::stream! {
+        loop {
+            let page = {
+                let store = store.clone();
+                let filter = filter.clone();
+                tokio::task::spawn_blocking(move || store.pull(from, BATCH, &filter)).await
+            };
+            let page = match page {
+                Ok(Ok(page)) => page,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "live stream ends: cannot read the journal");
+                    break;
+                }
+                Err(_) => break,
+            };
+            for record in &page.records {
+                let data = String::from_utf8_lossy(record.json());
+                yield Ok(Event::default()
+                    .id(record.seq.to_string())
+                    .event(record.kind.as_str())
+                    .data(data));
+            }
+            from = page.next_seq;
+            if !page.more && durable.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}

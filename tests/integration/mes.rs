@@ -1,0 +1,399 @@
+//! The MES side of a running station over HTTP: the sequence pull in its three formats,
+//! acknowledgements, filters, labels as superseding results, work orders, the live stream,
+//! roles and the audit log.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use linesight::serve::{Role, Tokens, router};
+use linesight::station::RunOptions;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CPU_HEAVY, simulated_station, station_config};
+
+/// Waits for `condition` with a deadline; a station that stalls fails the test.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let response = request.bearer_auth(&self.token).send().await.expect("HTTP");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.expect("body"))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = station_config(
+        dir.path(),
+        &[("parts_per_min = 120", "parts_per_min = 300")],
+    );
+    let tokens = Tokens::open(dir.path(), None).expect("tokens");
+    let token = |name: &str, role| tokens.create(name, role, "test").expect("token").token;
+    let (mes_token, engineer_token, admin_token, operator_token) = (
+        token("mes-1", Role::MesClient),
+        token("eng-1", Role::Engineer),
+        token("admin-1", Role::Admin),
+        token("op-1", Role::Operator),
+    );
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let store = station.store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let stop = CancellationToken::new();
+    let line = tokio::spawn(station.run(RunOptions { max_parts: None }, stop.clone()));
+    let http = reqwest::Client::new();
+    let client = |token: &str| Client {
+        http: http.clone(),
+        base: base.clone(),
+        token: token.to_owned(),
+    };
+    let (mes, engineer, admin, operator) = (
+        client(&mes_token),
+        client(&engineer_token),
+        client(&admin_token),
+        client(&operator_token),
+    );
+
+    // Work orders: the MES releases and starts one; parts captured from then on carry it.
+    let order = json!({"id": "WO-7", "product": "bracket <A&B>", "quantity": 500,
+        "due": "2026-12-02T06:00:00Z", "ideal_cycle_time_s": 0.2});
+    let (status, _) = operator.post("/api/v1/work-orders", order.clone()).await;
+    assert_eq!(status, 403, "operators do not release work orders");
+    let (status, body) = mes.post("/api/v1/work-orders", order.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = mes
+        .post(
+            "/api/v1/work-orders",
+            json!({"id": "bad id!", "product": "x",
+        "quantity": 0, "due": "2026-12-02T06:00:00Z", "ideal_cycle_time_s": -1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = mes.post("/api/v1/work-orders/WO-7/start", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = mes.post("/api/v1/work-orders/WO-7/start", json!({})).await;
+    assert_eq!(status, 409, "a running order cannot start again");
+
+    eventually("40 inspection records", || async {
+        store.inspection_count() >= 40
+    })
+    .await;
+
+    // An engineer corrects a part: a new label record supersedes its inspection.
+    let part = store.inspection_records(None, 1).expect("read")[0].part_id;
+    let (status, label) = engineer
+        .post(
+            &format!("/api/v1/inspections/{part}/labels"),
+            json!({"verdict": "fail", "defect_class": "scratch", "note": "seen by eye"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{label}");
+    let inspection_seq = store.inspection(part).expect("read").expect("kept").seq;
+    assert_eq!(label["supersedes"], inspection_seq);
+    assert_eq!(label["kind"], "label");
+    let (status, _) = mes
+        .post(
+            &format!("/api/v1/inspections/{part}/labels"),
+            json!({"verdict": "fail"}),
+        )
+        .await;
+    assert_eq!(status, 403, "the MES does not label");
+    let (status, _) = engineer
+        .post(
+            &format!("/api/v1/inspections/{part}/labels"),
+            json!({"verdict": "pass", "defect_class": "x"}),
+        )
+        .await;
+    assert_eq!(status, 400, "a passed part has no defect class");
+
+    // Pull in small pages while the line runs: every sequence number exactly once, in order.
+    let (status, first) = mes.get("/api/v1/records?from=1&limit=7").await;
+    assert_eq!(status, 200, "{first}");
+    let instance = first["instance_id"].as_str().expect("instance").to_owned();
+    let mut seqs = Vec::new();
+    let mut from = 1;
+    loop {
+        let (status, page) = mes
+            .get(&format!("/api/v1/records?from={from}&limit=7"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["instance_id"], instance);
+        for item in page["items"].as_array().expect("items") {
+            seqs.push(item["seq"].as_u64().expect("seq"));
+        }
+        from = page["next_seq"].as_u64().expect("next");
+        if !page["more"].as_bool().expect("more") && seqs.len() >= 60 {
+            break;
+        }
+        if !page["more"].as_bool().expect("more") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap or repeat in the pull"
+    );
+
+    // Filters: failed inspections of the work order only.
+    let (status, page) = mes
+        .get("/api/v1/records?from=1&limit=5000&kind=inspection&verdict=fail&work_order=WO-7")
+        .await;
+    assert_eq!(status, 200);
+    let failed = page["items"].as_array().expect("items");
+    assert!(!failed.is_empty(), "a 30 % defect rate gives failed parts");
+    for item in failed {
+        assert_eq!(
+            (item["kind"].as_str(), item["verdict"].as_str()),
+            (Some("inspection"), Some("fail"))
+        );
+        assert_eq!(item["work_order"], "WO-7");
+        assert_eq!(item["product"], "bracket <A&B>");
+    }
+    let (status, page) = mes
+        .get("/api/v1/records?from=1&kind=label&defect_class=scratch")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"].as_array().expect("items").len(), 1);
+    for bad in [
+        "from=1&kind=nope",
+        "from=1&limit=0",
+        "from=1&after=3",
+        "from=1&verdict=maybe",
+        "from=1&since=yesterday",
+        "from=x",
+    ] {
+        let (status, body) = mes.get(&format!("/api/v1/records?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string());
+    }
+    // A cursor before the oldest record kept is 410 with where the records start.
+    let (status, body) = mes.get("/api/v1/records?from=0").await;
+    assert_eq!(
+        (status, body["first_seq"].as_u64()),
+        (410, Some(1)),
+        "{body}"
+    );
+
+    // Acknowledged: a pull without a cursor goes on after the last acknowledgement.
+    let (status, body) = mes
+        .post(
+            "/api/v1/records/ack",
+            json!({"seq": 10, "instance_id": instance}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["acknowledged"].as_u64()),
+        (200, Some(10)),
+        "{body}"
+    );
+    let (status, _) = mes
+        .post(
+            "/api/v1/records/ack",
+            json!({"seq": 10, "instance_id": "0000"}),
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "an acknowledgement for another history is refused"
+    );
+    let (status, _) = mes
+        .post("/api/v1/records/ack", json!({"seq": u64::MAX}))
+        .await;
+    assert_eq!(status, 409, "past the newest record");
+    let (status, page) = mes.get("/api/v1/records?limit=3").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"][0]["seq"], 11);
+
+    // CSV and B2MML by content negotiation, with the paging headers.
+    let (status, headers, csv) = mes
+        .send(
+            http.get(format!("{base}/api/v1/records?from=1&limit=20"))
+                .header("accept", "text/csv"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/csv")
+    );
+    assert_eq!(headers["x-next-seq"], "21");
+    assert_eq!(headers["x-instance-id"].to_str().expect("ascii"), instance);
+    let mut rows = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(rows.headers().expect("header").get(0), Some("seq"));
+    assert_eq!(rows.records().count(), 20);
+    let (status, _, _) = mes
+        .send(
+            http.get(format!("{base}/api/v1/records"))
+                .header("accept", "image/png"),
+        )
+        .await;
+    assert_eq!(status, 406);
+    let (status, headers, xml) = mes
+        .send(
+            http.get(format!("{base}/api/v1/records?from=1&limit=5000"))
+                .header("accept", "application/xml"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/xml");
+    assert!(
+        xml.contains("<MaterialInformation"),
+        "{}",
+        &xml[..xml.len().min(400)]
+    );
+    assert!(
+        xml.contains(&format!(
+            "seq-{}-supersedes-seq-{inspection_seq}",
+            label["seq"]
+        )),
+        "the label is a superseding test result"
+    );
+    crate::b2mml::assert_valid_b2mml(&xml);
+
+    // The live stream: verdicts as Server-Sent Events with the sequence number as id; a
+    // reconnection with Last-Event-ID goes on without loss or repeat.
+    let first_ids = sse_ids(&http, &base, &operator_token, None, 5).await;
+    let resumed = sse_ids(&http, &base, &operator_token, Some(first_ids[4]), 5).await;
+    let mut all = first_ids.clone();
+    all.extend(&resumed);
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "events out of order or repeated: {all:?}"
+    );
+    assert!(resumed[0] > first_ids[4]);
+
+    // Tokens and the audit log are the admin's; a revoked token stops at once.
+    let (status, _) = engineer
+        .post("/api/v1/tokens", json!({"name": "x", "role": "admin"}))
+        .await;
+    assert_eq!(status, 403);
+    let (status, made) = admin
+        .post(
+            "/api/v1/tokens",
+            json!({"name": "mes-2", "role": "mes-client"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let new = client(made["token"].as_str().expect("token"));
+    assert_eq!(new.get("/api/v1/records?limit=1").await.0, 200);
+    let (status, _, _) = admin
+        .send(http.delete(format!(
+            "{base}/api/v1/tokens/{}",
+            made["id"].as_str().expect("id")
+        )))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(new.get("/api/v1/records?limit=1").await.0, 401);
+    let (status, audit) = admin.get("/api/v1/audit?limit=500").await;
+    assert_eq!(status, 200);
+    let actions: BTreeSet<(String, String)> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("").to_owned(),
+                e["action"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("mes-1", "work_order.release"),
+        ("mes-1", "work_order.start"),
+        ("eng-1", "label.create"),
+        ("mes-1", "records.ack"),
+        ("admin-1", "token.create"),
+        ("admin-1", "token.revoke"),
+    ] {
+        assert!(
+            actions.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} not in {actions:?}"
+        );
+    }
+    let (status, _) = mes.get("/api/v1/audit").await;
+    assert_eq!(status, 403);
+
+    stop.cancel();
+    line.await.expect("joins").expect("line stops cleanly");
+    let report = store.verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The ids of the first `n` events of the live stream.
+async fn sse_ids(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    last: Option<u64>,
+    n: usize,
+) -> Vec<u64> {
+    let mut request = http.get(format!("{base}/api/v1/events")).bearer_auth(token);
+    if let Some(last) = last {
+        request = request.header("last-event-id", last.to_string());
+    }
+    let mut response = request.send().await.expect("GET");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while ids.len() < n {
+            let chunk = response.chunk().await.expect("chunk").expect("stream open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id:")) {
+                    ids.push(id.trim().parse().expect("numeric id"));
+                }
+            }
+        }
+    })
+    .await
+    .expect("events arrive");
+    ids.truncate(n);
+    ids
+}
