@@ -58,6 +58,8 @@ pub struct Metrics {
     pub image_errors: Counter,
     /// 1 while the data disk is short of space for images.
     pub disk_low: Gauge,
+    /// Parts whose records wait in memory because the store cannot write (disk full).
+    pub records_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +90,7 @@ impl Metrics {
             images_skipped: Counter::default(),
             image_errors: Counter::default(),
             disk_low: Gauge::default(),
+            records_waiting: Gauge::default(),
         }
     }
 
@@ -207,6 +210,11 @@ impl Metrics {
             "disk_low",
             "1 while the data disk is short of space for images",
             self.disk_low.clone(),
+        );
+        registry.register(
+            "records_waiting",
+            "Parts whose records wait in memory because the store cannot write",
+            self.records_waiting.clone(),
         );
         registry.register(
             "parts_in_flight",

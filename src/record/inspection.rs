@@ -122,6 +122,9 @@ const MAX_BATCH: usize = 512;
 /// The alarm raised while images yield to records.
 pub const DISK_LOW_ALARM: &str = "disk_low";
 
+/// The alarm of records that could not be written (and wait in memory).
+pub const RECORDS_FAILING_ALARM: &str = "records_failing";
+
 /// Records every outcome until the channel closes. Whatever has queued up while the last
 /// commit was flushing goes into the next one, so a burst costs one flush, not one per part.
 pub async fn run_recorder(mut ctx: RecordContext) {
@@ -143,22 +146,57 @@ pub async fn run_recorder(mut ctx: RecordContext) {
             record.product = work_order.map(|w| w.product);
             bodies.push(RecordBody::Inspection(record));
         }
+        let first_part = batch.first().map(|o| o.part_id.0);
         let mut backoff = Duration::from_millis(50);
+        let mut failing_since = None;
         loop {
-            match ctx.store.append_all(bodies.clone()).await {
-                Ok(_) => {
-                    for outcome in &batch {
-                        ctx.metrics.records_written.inc();
-                        ctx.metrics.count_disposition(outcome.disposition);
-                    }
-                    break;
-                }
+            let written = match ctx.store.append_all(bodies.clone()).await {
+                Ok(_) => true,
                 Err(error) => {
                     ctx.metrics.record_errors.inc();
-                    tracing::error!(parts = batch.len(), %error, retry_in = ?backoff, "cannot record parts; retrying");
+                    ctx.metrics.records_waiting.set(batch.len() as i64);
+                    failing_since.get_or_insert_with(chrono::Utc::now);
+                    tracing::error!(parts = batch.len(), %error, retry_in = ?backoff, "cannot record parts; they wait in memory");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // sled keeps a write error for good: reopen it, then learn whether the
+                    // batch reached the disk before the error (it is written whole or not).
+                    if ctx.store.is_broken()
+                        && let Err(error) = ctx.store.recover().await
+                    {
+                        tracing::warn!(%error, "record store not reopened yet");
+                    }
+                    first_part.is_some_and(|id| ctx.store.inspection(id).is_ok_and(|r| r.is_some()))
                 }
+            };
+            if written {
+                break;
+            }
+        }
+        ctx.metrics.records_waiting.set(0);
+        for outcome in &batch {
+            ctx.metrics.records_written.inc();
+            ctx.metrics.count_disposition(outcome.disposition);
+        }
+        if let Some(since) = failing_since {
+            // Said once the store takes records again: when it stopped, and that it is back.
+            let alarm = |state, message: String| {
+                RecordBody::Alarm(AlarmRecord {
+                    alarm: RECORDS_FAILING_ALARM.into(),
+                    state,
+                    severity: AlarmSeverity::Critical,
+                    message,
+                })
+            };
+            let notes = vec![
+                alarm(
+                    AlarmState::Raised,
+                    format!("records could not be written from {since}; they waited in memory"),
+                ),
+                alarm(AlarmState::Cleared, "records are written again".into()),
+            ];
+            if let Err(error) = ctx.store.append_all(notes).await {
+                tracing::warn!(%error, "cannot record the record-store alarm");
             }
         }
         batch.clear();

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 pub use images::ImageStore;
 pub use inspection::{
-    ActuationStatus, DISK_LOW_ALARM, InspectionRecord, RecordContext, ShadowSummary, ShadowVerdict,
-    build_record, gray_png, heat_map_png, run_recorder,
+    ActuationStatus, DISK_LOW_ALARM, InspectionRecord, RECORDS_FAILING_ALARM, RecordContext,
+    ShadowSummary, ShadowVerdict, build_record, gray_png, heat_map_png, run_recorder,
 };
 pub use journal::{
     AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord, ModelAction,
@@ -54,6 +54,8 @@ pub enum RecordError {
     CorruptShadow { part_id: u64, why: String },
     #[error("records before {first_seq} were archived and pruned; asked from {from}")]
     Pruned { from: u64, first_seq: u64 },
+    #[error("the record store is being reopened after a failed write; try again")]
+    Reopening,
     #[error("cannot acknowledge {seq}: the newest record is {last}")]
     AckBeyondEnd { seq: u64, last: u64 },
 }

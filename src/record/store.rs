@@ -39,8 +39,15 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
-    trees: Trees,
+    /// The open database; `None` while it is being reopened after an I/O error.
+    handles: std::sync::RwLock<Option<Arc<Handles>>>,
+    db_path: PathBuf,
+    /// Set when a write failed: sled keeps the first I/O error and fails every later write,
+    /// so the database must be reopened (see [`Store::recover`]).
+    broken: std::sync::atomic::AtomicBool,
+    /// The first sequence number of the batch whose write failed, to learn after reopening
+    /// whether it reached the disk after all.
+    failed_batch: AtomicU64,
     station: String,
     instance_id: String,
     images: ImageStore,
@@ -56,6 +63,12 @@ struct Inner {
     reserved_until: AtomicU64,
     /// Every work order and when it ran, for attributing parts.
     work_orders: std::sync::RwLock<WorkOrderBook>,
+}
+
+/// An open sled database and its trees.
+struct Handles {
+    db: sled::Db,
+    trees: Trees,
 }
 
 #[derive(Clone)]
@@ -119,7 +132,7 @@ impl Store {
             source,
         })?;
         let opened = schema::open(&db, &db_path)?;
-        let trees = opened.trees;
+        let trees = opened.trees.clone();
         let images = ImageStore::open(&data_dir.join("images"))?;
         let last = match trees.journal.last()? {
             Some((key, _)) => be_u64(&key),
@@ -136,7 +149,13 @@ impl Store {
         let (durable_tx, _) = watch::channel(last);
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                handles: std::sync::RwLock::new(Some(Arc::new(Handles {
+                    db,
+                    trees: opened.trees,
+                }))),
+                db_path,
+                broken: std::sync::atomic::AtomicBool::new(false),
+                failed_batch: AtomicU64::new(0),
                 station: station.to_owned(),
                 instance_id: opened.instance_id,
                 images,
@@ -146,7 +165,6 @@ impl Store {
                 writer: Mutex::new(last + 1),
                 reserved_until: AtomicU64::new(reserved_until),
                 work_orders: std::sync::RwLock::new(WorkOrderBook::default()),
-                trees,
             }),
         };
         let book = WorkOrderBook::from_records(&store.records_of_kind(RecordKind::WorkOrder)?);
@@ -182,6 +200,100 @@ impl Store {
         self.inner.durable_tx.subscribe()
     }
 
+    /// The open database, or [`RecordError::Reopening`] while it is being reopened.
+    fn handles(&self) -> Result<Arc<Handles>, RecordError> {
+        self.inner
+            .handles
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or(RecordError::Reopening)
+    }
+
+    fn mark_broken(&self, failed_batch: u64) {
+        if failed_batch > 0 {
+            self.inner
+                .failed_batch
+                .store(failed_batch, Ordering::Release);
+        }
+        self.inner.broken.store(true, Ordering::Release);
+    }
+
+    /// Whether a write failed and the database waits to be reopened.
+    pub fn is_broken(&self) -> bool {
+        self.inner.broken.load(Ordering::Acquire)
+    }
+
+    /// Reopens the database after a failed write (a full disk, an I/O error): sled keeps the
+    /// first I/O error and fails every later write, so only a fresh open recovers. Returns
+    /// whether the batch that failed reached the disk after all (its flush may have failed
+    /// after its transaction was written whole): the writer must then not write it again.
+    pub async fn recover(&self) -> Result<bool, RecordError> {
+        let mut next = self.inner.writer.lock().await;
+        if !self.inner.broken.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.reopen(&mut next).await
+    }
+
+    /// [`Store::recover`] with the writer lock held.
+    async fn reopen(&self, next: &mut u64) -> Result<bool, RecordError> {
+        let inner = &self.inner;
+        let old = inner
+            .handles
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(old) = old {
+            // Readers hold clones for the length of one read; the file lock is free only once
+            // the last one is gone.
+            let mut old = old;
+            for _ in 0..1000 {
+                match Arc::try_unwrap(old) {
+                    Ok(handles) => {
+                        drop(handles);
+                        break;
+                    }
+                    Err(still_shared) => {
+                        old = still_shared;
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        let path = inner.db_path.clone();
+        let opened = tokio::task::spawn_blocking(move || -> Result<Handles, RecordError> {
+            let db = sled::open(&path).map_err(|source| RecordError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            let trees = schema::open(&db, &path)?.trees;
+            Ok(Handles { db, trees })
+        })
+        .await
+        .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))??;
+        let last = match opened.trees.journal.last()? {
+            Some((key, _)) => be_u64(&key),
+            None => 0,
+        };
+        *inner
+            .handles
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(opened));
+        let failed = inner.failed_batch.load(Ordering::Acquire);
+        let landed = failed > 0 && last >= failed;
+        *next = last + 1;
+        inner.durable.store(last, Ordering::Release);
+        inner.durable_tx.send_replace(last);
+        inner.broken.store(false, Ordering::Release);
+        tracing::warn!(
+            last_seq = last,
+            landed,
+            "record store reopened after a failed write"
+        );
+        Ok(landed)
+    }
+
     /// The images kept beside the records.
     pub fn images(&self) -> &ImageStore {
         &self.inner.images
@@ -201,6 +313,9 @@ impl Store {
         }
         let inner = &self.inner;
         let mut next = inner.writer.lock().await;
+        if inner.broken.load(Ordering::Acquire) {
+            self.reopen(&mut next).await?;
+        }
         let recorded_at = Utc::now();
         let records: Vec<Record> = bodies
             .into_iter()
@@ -225,7 +340,8 @@ impl Store {
         let extended = max_part
             .filter(|id| id + RESERVE_BLOCK / 2 >= inner.reserved_until.load(Ordering::SeqCst))
             .map(|id| id + RESERVE_BLOCK);
-        let t = &inner.trees;
+        let handles = self.handles()?;
+        let t = &handles.trees;
         (
             &t.journal,
             &t.inspection_seq,
@@ -256,29 +372,18 @@ impl Store {
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => RecordError::Sled(e),
+                sled::transaction::TransactionError::Storage(e) => {
+                    self.mark_broken(*next);
+                    RecordError::Sled(e)
+                }
                 sled::transaction::TransactionError::Abort(()) => {
                     RecordError::Sled(sled::Error::ReportableBug("aborted".into()))
                 }
             })?;
-        if let Err(error) = inner.db.flush_async().await {
-            // Not durable, so not acknowledged: take the records back before readers can see
-            // them, and give their sequence numbers again.
-            for (record, (seq, _)) in records.iter().zip(&encoded) {
-                let _ = t.journal.remove(seq.to_be_bytes());
-                match &record.body {
-                    RecordBody::Inspection(i) => {
-                        let _ = t.inspection_seq.remove(i.part_id.to_be_bytes());
-                    }
-                    RecordBody::Label(l) => {
-                        let _ = t.label_seq.remove(pair_key(l.part_id, *seq));
-                        let _ = t.kind_seq.remove(kind_key(RecordKind::Label, *seq));
-                    }
-                    body => {
-                        let _ = t.kind_seq.remove(kind_key(body.kind(), *seq));
-                    }
-                }
-            }
+        if let Err(error) = handles.db.flush_async().await {
+            // Not durable, so not acknowledged: nobody sees these records (`durable` stays),
+            // and the database must be reopened before the next write.
+            self.mark_broken(*next);
             return Err(error.into());
         }
         let last = records.last().map_or(*next - 1, |r| r.seq);
@@ -304,7 +409,7 @@ impl Store {
         if seq > self.last_seq() || seq < self.first_seq() {
             return Ok(None);
         }
-        self.inner
+        self.handles()?
             .trees
             .journal
             .get(seq.to_be_bytes())?
@@ -330,7 +435,7 @@ impl Store {
         let mut scanned = 0;
         if from <= last_seq {
             for entry in self
-                .inner
+                .handles()?
                 .trees
                 .journal
                 .range(from.to_be_bytes()..=last_seq.to_be_bytes())
@@ -358,7 +463,12 @@ impl Store {
 
     /// The inspection record of a part, with its sequence number.
     pub fn inspection(&self, part_id: u64) -> Result<Option<Record>, RecordError> {
-        match self.inner.trees.inspection_seq.get(part_id.to_be_bytes())? {
+        match self
+            .handles()?
+            .trees
+            .inspection_seq
+            .get(part_id.to_be_bytes())?
+        {
             Some(seq) => self.record(be_u64(&seq)),
             None => Ok(None),
         }
@@ -370,7 +480,7 @@ impl Store {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Record>, RecordError> {
-        let index = &self.inner.trees.inspection_seq;
+        let index = &self.handles()?.trees.inspection_seq;
         let range = match before {
             Some(before) => index.range(..before.to_be_bytes()),
             None => index.iter(),
@@ -407,13 +517,13 @@ impl Store {
 
     /// Number of inspection records.
     pub fn inspection_count(&self) -> usize {
-        self.inner.trees.inspection_seq.len()
+        self.handles().map_or(0, |h| h.trees.inspection_seq.len())
     }
 
     /// Every durable record of one kind (not inspections or labels), oldest first.
     pub fn records_of_kind(&self, kind: RecordKind) -> Result<Vec<Record>, RecordError> {
         let mut records = Vec::new();
-        for entry in self.inner.trees.kind_seq.scan_prefix([kind as u8]) {
+        for entry in self.handles()?.trees.kind_seq.scan_prefix([kind as u8]) {
             let (key, _) = entry?;
             if let Some(record) = self.record(be_u64(&key[1..]))? {
                 records.push(record);
@@ -433,7 +543,7 @@ impl Store {
         let start = kind_key(kind, 0);
         let end = kind_key(kind, before.unwrap_or(u64::MAX));
         let mut records = Vec::with_capacity(limit.min(1024));
-        for entry in self.inner.trees.kind_seq.range(start..end).rev() {
+        for entry in self.handles()?.trees.kind_seq.range(start..end).rev() {
             if records.len() == limit {
                 break;
             }
@@ -449,7 +559,7 @@ impl Store {
     pub fn labels(&self, part_id: u64) -> Result<Vec<Record>, RecordError> {
         let mut records = Vec::new();
         for entry in self
-            .inner
+            .handles()?
             .trees
             .label_seq
             .scan_prefix(part_id.to_be_bytes())
@@ -495,7 +605,7 @@ impl Store {
     /// The sequence number `client` acknowledged last (0 when none).
     pub fn acknowledged(&self, client: &str) -> Result<u64, RecordError> {
         Ok(self
-            .inner
+            .handles()?
             .trees
             .meta
             .get(ack_key(client))?
@@ -512,8 +622,12 @@ impl Store {
         let key = ack_key(client);
         let previous = self.acknowledged(client)?;
         let acked = previous.max(seq);
-        self.inner.trees.meta.insert(key, &acked.to_be_bytes())?;
-        self.inner.db.flush_async().await?;
+        let handles = self.handles()?;
+        handles.trees.meta.insert(key, &acked.to_be_bytes())?;
+        if let Err(error) = handles.db.flush_async().await {
+            self.mark_broken(0);
+            return Err(error.into());
+        }
         Ok(acked)
     }
 
@@ -524,18 +638,18 @@ impl Store {
         let reserved = self.inner.reserved_until.load(Ordering::SeqCst);
         let first = self.next_part_id()?.max(reserved);
         let until = first + RESERVE_BLOCK;
-        self.inner
+        self.handles()?
             .trees
             .meta
             .insert(RESERVED_KEY, &until.to_be_bytes())?;
-        self.inner.db.flush()?;
+        self.handles()?.db.flush()?;
         self.inner.reserved_until.store(until, Ordering::SeqCst);
         Ok(first)
     }
 
     /// One past the highest part id recorded.
     pub fn next_part_id(&self) -> Result<u64, RecordError> {
-        Ok(match self.inner.trees.inspection_seq.last()? {
+        Ok(match self.handles()?.trees.inspection_seq.last()? {
             Some((key, _)) => be_u64(&key) + 1,
             None => 0,
         })
@@ -545,7 +659,7 @@ impl Store {
     /// and sled's own periodic flush keeps them.
     pub fn put_shadow(&self, verdict: &ShadowVerdict) -> Result<(), RecordError> {
         let value = serde_json::to_vec(verdict).unwrap_or_default();
-        self.inner
+        self.handles()?
             .trees
             .shadow
             .insert(verdict.part_id.to_be_bytes(), value)?;
@@ -554,7 +668,7 @@ impl Store {
 
     /// The shadow verdict of a part, if the shadow model saw it.
     pub fn shadow_verdict(&self, part_id: u64) -> Result<Option<ShadowVerdict>, RecordError> {
-        self.inner
+        self.handles()?
             .trees
             .shadow
             .get(part_id.to_be_bytes())?
@@ -573,7 +687,7 @@ impl Store {
             version: version.to_owned(),
             ..ShadowSummary::default()
         };
-        for entry in self.inner.trees.shadow.iter() {
+        for entry in self.handles()?.trees.shadow.iter() {
             let (key, value) = entry?;
             let verdict: ShadowVerdict =
                 serde_json::from_slice(&value).map_err(|e| RecordError::CorruptShadow {
@@ -599,7 +713,7 @@ impl Store {
     /// every index entry pointing at a record of its kind. For `linesight records verify`
     /// and the crash tests.
     pub fn verify(&self) -> Result<VerifyReport, RecordError> {
-        let t = &self.inner.trees;
+        let t = &self.handles()?.trees;
         let mut report = VerifyReport {
             instance_id: self.instance_id().to_owned(),
             first_seq: self.first_seq(),

@@ -485,6 +485,9 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
     if m.disk_low.get() != 0 {
         active_alarms.push(crate::record::DISK_LOW_ALARM.to_owned());
     }
+    if m.records_waiting.get() != 0 {
+        active_alarms.push(crate::record::RECORDS_FAILING_ALARM.to_owned());
+    }
     Json(StationView {
         info: StationInfo {
             model_version: live.version.to_string(),

@@ -10,6 +10,7 @@ mod anomaly;
 mod b2mml;
 mod backbone;
 mod cli;
+mod crash;
 mod gate;
 mod interop;
 mod line;
