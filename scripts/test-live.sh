@@ -31,6 +31,8 @@ base="http://127.0.0.1:$port"
 export LINESIGHT_ADMIN_TOKEN="live-test-$$"
 mkdir -p "$work/data"
 operator="$("$bin" token create --role operator --name live-operator --data-dir "$work/data" 2>/dev/null)"
+# The MES's token, for schemathesis.
+mes="$("$bin" token create --role mes-client --name live-mes --data-dir "$work/data" 2>/dev/null)"
 auth=(-H "Authorization: Bearer $operator")
 
 start_station() {
@@ -50,7 +52,8 @@ start_station
 sleep 4 # let some parts through the gate
 
 check "live page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/live.mjs "$base" "$work"
-check "API conforms to its OpenAPI description (schemathesis)" bash tests/api/schemathesis.sh "$base"
+check "API conforms to its OpenAPI description (schemathesis)" \
+  env LINESIGHT_MES_TOKEN="$mes" LINESIGHT_ADMIN_TOKEN="$LINESIGHT_ADMIN_TOKEN" bash tests/api/schemathesis.sh "$base"
 check "metrics in Prometheus text format" bash -c "curl -fsS -H 'Authorization: Bearer $operator' '$base/metrics' | grep -q '^linesight_frames_captured_total{station=\"sim-1\"}'"
 
 records_json >"$work/before.json"

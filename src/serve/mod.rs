@@ -280,7 +280,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotAcceptable(String),
     /// The cursor points before the oldest record kept.
-    #[error("records before {first_seq} were archived and pruned; asked from {from}")]
+    #[error("no record before sequence number {first_seq} is kept (asked from {from})")]
     Gone { from: u64, first_seq: u64 },
     #[error(transparent)]
     Internal(RecordError),

@@ -28,14 +28,17 @@ pub(super) struct WorkOrderRequest {
 
 impl WorkOrderRequest {
     fn check(self) -> Result<WorkOrder, ApiError> {
+        // An id is a path segment of /work-orders/{id}/start: no '/', and not "." or "..".
         let id_ok = (1..=64).contains(&self.id.len())
+            && !self.id.starts_with('.')
             && self
                 .id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !id_ok {
             return Err(ApiError::BadRequest(
-                "id must be 1 to 64 characters of letters, digits, '-', '_', '.', '/'".into(),
+                "id must be 1 to 64 characters of letters, digits, '-', '_', '.', not starting with '.'"
+                    .into(),
             ));
         }
         if !valid_text(&self.product, 128) {
