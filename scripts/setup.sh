@@ -16,6 +16,8 @@ debs=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools
   libopencv-dev
   mbpoll
+  mosquitto mosquitto-clients
+  libxml2-utils
   python3-venv
   chromium
   curl

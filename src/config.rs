@@ -111,12 +111,22 @@ pub struct RecordsSection {
     /// Images stop being saved while less than this is free on the data disk (records go on).
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: u64,
+    /// Images are kept under this many MiB in all, the oldest deleted first (their records
+    /// stay). Absent: no budget.
+    pub image_budget_mb: Option<u64>,
+    /// Records older than this many days are archived to files and pruned. Absent: kept.
+    pub archive_after_days: Option<f64>,
+    /// Where archive files go; relative to the config file. Default: `<data_dir>/archive`.
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl Default for RecordsSection {
     fn default() -> RecordsSection {
         RecordsSection {
             min_free_mb: default_min_free_mb(),
+            image_budget_mb: None,
+            archive_after_days: None,
+            archive_dir: None,
         }
     }
 }
@@ -386,7 +396,10 @@ impl StationConfig {
                 heartbeat: Duration::from_millis(file.plc.heartbeat_ms),
             },
             plant: file.plant,
-            records: file.records,
+            records: RecordsSection {
+                archive_dir: file.records.archive_dir.as_deref().map(resolve),
+                ..file.records
+            },
             mqtt: file.mqtt,
         })
     }
@@ -442,6 +455,17 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
                 ),
             );
         }
+    }
+    if let Some(days) = file.records.archive_after_days
+        && !(days.is_finite() && days > 0.0)
+    {
+        problem(
+            "records.archive_after_days",
+            format!("expected a positive number of days, got {days}"),
+        );
+    }
+    if file.records.image_budget_mb == Some(0) {
+        problem("records.image_budget_mb", "expected at least 1".into());
     }
     if let Some(mqtt) = &file.mqtt
         && !mqtt.broker.contains(':')

@@ -12,8 +12,9 @@
 //! * [`inspect`]: the per-frame runtime: calibrated frame → the live model → a verdict.
 //! * [`track`]: the part-tracking state machine (no I/O) → what to do at the gate, and when.
 //! * [`actuate`]: the Modbus TCP link to the PLC → reject pulses and a heartbeat.
-//! * [`record`]: sled records and content-addressed images.
-//! * [`serve`]: the HTTP API, the live page and `/metrics`.
+//! * [`record`]: the journal of every record (sled) and content-addressed images.
+//! * [`serve`]: the HTTP API (the MES pull, roles), the live page and `/metrics`.
+//! * [`publish`]: every record to the plant's MQTT broker.
 //!
 //! The models themselves, one folder per family, are in [`models`]; what they learn with
 //! (datasets, augmentation, metrics, threshold rules) is in [`learn`].
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod model_control;
 pub mod models;
 pub mod part;
+pub mod publish;
 pub mod record;
 pub mod serve;
 pub mod simulate;

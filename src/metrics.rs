@@ -60,6 +60,10 @@ pub struct Metrics {
     pub disk_low: Gauge,
     /// Parts whose records wait in memory because the store cannot write (disk full).
     pub records_waiting: Gauge,
+    /// Records the MQTT broker acknowledged.
+    pub mqtt_published: Counter,
+    /// MQTT connections lost or refused.
+    pub mqtt_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -91,6 +95,8 @@ impl Metrics {
             image_errors: Counter::default(),
             disk_low: Gauge::default(),
             records_waiting: Gauge::default(),
+            mqtt_published: Counter::default(),
+            mqtt_errors: Counter::default(),
         }
     }
 
@@ -215,6 +221,16 @@ impl Metrics {
             "records_waiting",
             "Parts whose records wait in memory because the store cannot write",
             self.records_waiting.clone(),
+        );
+        registry.register(
+            "mqtt_published",
+            "Records the MQTT broker acknowledged",
+            self.mqtt_published.clone(),
+        );
+        registry.register(
+            "mqtt_errors",
+            "MQTT connections lost or refused",
+            self.mqtt_errors.clone(),
         );
         registry.register(
             "parts_in_flight",

@@ -35,7 +35,8 @@ use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
-use crate::record::{RecordContext, RecordError, Store, run_recorder};
+use crate::publish::mqtt::{MqttSettings, cursor_client, run_mqtt};
+use crate::record::{RecordContext, RecordError, Store, run_archiver, run_recorder};
 use crate::serve::auth::AuthError;
 use crate::serve::{ApiState, StationInfo, StationState, Tokens};
 use crate::track::{InspectionFate, PartTracker};
@@ -169,6 +170,12 @@ impl Station {
         store
             .images()
             .set_min_free_bytes(config.records.min_free_mb * 1024 * 1024);
+        store.set_image_budget(
+            config
+                .records
+                .image_budget_mb
+                .map(|mb| mb.saturating_mul(1024 * 1024)),
+        );
         let tokens = Tokens::open(&config.data_dir, config.admin_token.clone())?;
         let control = ModelControl::new(
             registry,
@@ -270,6 +277,39 @@ impl Station {
             clock: clock.clone(),
             metrics: metrics.clone(),
         }));
+        let publisher_stop = CancellationToken::new();
+        let archiver_stop = CancellationToken::new();
+        let archiver = config.records.archive_after_days.map(|days| {
+            let dir = config
+                .records
+                .archive_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("archive"));
+            tokio::spawn(run_archiver(
+                store.clone(),
+                std::time::Duration::from_secs_f64(days * 86_400.0),
+                dir,
+                archiver_stop.clone(),
+            ))
+        });
+        let publisher = config.mqtt.as_ref().map(|mqtt| {
+            let settings = MqttSettings {
+                broker: mqtt.broker.clone(),
+                client_id: mqtt
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("linesight-{}", config.name)),
+                topic_root: config.hierarchy().join("/"),
+            };
+            let cursor = cursor_client(&settings);
+            let task = tokio::spawn(run_mqtt(
+                settings,
+                store.clone(),
+                metrics.clone(),
+                publisher_stop.clone(),
+            ));
+            (task, cursor)
+        });
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(run_heartbeat(
             link.sibling(),
@@ -350,6 +390,24 @@ impl Station {
         heartbeat_stop.cancel();
         let heartbeat_result = heartbeat.await;
         let recorder_result = recorder.await;
+        if let Some(archiver) = archiver {
+            // Stops between chunks, never half-way through one.
+            archiver_stop.cancel();
+            let _ = archiver.await;
+        }
+        if let Some((publisher, cursor)) = publisher {
+            // A short grace to send the last records; whatever is left goes out at the next
+            // start (the publisher's cursor is durable).
+            let last = store.last_seq();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                while store.acknowledged(&cursor).unwrap_or(last) < last {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            publisher_stop.cancel();
+            let _ = publisher.await;
+        }
         let mut stage_failures = Vec::new();
         if inspect_result.map(|joined| joined.is_err()).unwrap_or(true) {
             stage_failures.push("inspect thread panicked");

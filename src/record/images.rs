@@ -63,10 +63,15 @@ impl ImageStore {
 
     /// Stores PNG bytes under their SHA-256 and returns the hex digest. Idempotent.
     pub fn put(&self, png: &[u8]) -> Result<String, RecordError> {
+        self.put_new(png).map(|(digest, _)| digest)
+    }
+
+    /// [`ImageStore::put`], also saying whether the file is new (not there before).
+    pub(crate) fn put_new(&self, png: &[u8]) -> Result<(String, bool), RecordError> {
         let digest = hex::encode(Sha256::digest(png));
         let path = self.path_unchecked(&digest);
         if path.exists() {
-            return Ok(digest);
+            return Ok((digest, false));
         }
         let io = |source| RecordError::Image {
             path: path.clone(),
@@ -82,7 +87,19 @@ impl ImageStore {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
-        Ok(digest)
+        Ok((digest, true))
+    }
+
+    /// Deletes an image (evicted under the disk budget). A missing file is not an error.
+    pub(crate) fn remove(&self, digest: &str) -> Result<(), RecordError> {
+        let Some(path) = self.path(digest) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RecordError::Image { path, source }),
+        }
     }
 
     /// The file of an image digest, if the digest is well-formed and the file exists.

@@ -250,16 +250,15 @@ async fn save_images(
     let inspections: Vec<_> = batch.iter().map(|o| o.inspection.clone()).collect();
     // PNG encoding and file syncs are blocking work.
     let saved = tokio::task::spawn_blocking(move || {
-        let save = |png: Result<Vec<u8>, RecordError>| match png
-            .and_then(|png| store.images().put(&png))
-        {
-            Ok(digest) => Some(digest),
-            Err(error) => {
-                metrics.image_errors.inc();
-                tracing::warn!(%error, "image not saved; the record is kept without it");
-                None
-            }
-        };
+        let save =
+            |png: Result<Vec<u8>, RecordError>| match png.and_then(|png| store.save_image(&png)) {
+                Ok(digest) => Some(digest),
+                Err(error) => {
+                    metrics.image_errors.inc();
+                    tracing::warn!(%error, "image not saved; the record is kept without it");
+                    None
+                }
+            };
         inspections
             .iter()
             .map(|inspection| {

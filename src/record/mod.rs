@@ -14,6 +14,7 @@
 pub mod images;
 mod inspection;
 pub mod journal;
+mod retention;
 mod schema;
 mod store;
 
@@ -29,8 +30,9 @@ pub use journal::{
     ModelEvent, RawRecord, Record, RecordBody, RecordKind, WorkOrder, WorkOrderAction,
     WorkOrderRecord,
 };
+pub use retention::run_archiver;
 pub use schema::SCHEMA_VERSION;
-pub use store::{Page, Store, VerifyReport, WorkOrderState, db_path};
+pub use store::{ArchiveReport, Page, Store, VerifyReport, WorkOrderState, db_path};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,7 @@ pub enum RecordError {
     Corrupt { seq: u64, why: String },
     #[error("shadow verdict of part {part_id} is corrupt: {why}")]
     CorruptShadow { part_id: u64, why: String },
-    #[error("records before {first_seq} were archived and pruned; asked from {from}")]
+    #[error("no record before sequence number {first_seq} is kept (asked from {from})")]
     Pruned { from: u64, first_seq: u64 },
     #[error("the record store is being reopened after a failed write; try again")]
     Reopening,

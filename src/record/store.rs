@@ -63,6 +63,9 @@ struct Inner {
     reserved_until: AtomicU64,
     /// Every work order and when it ran, for attributing parts.
     work_orders: std::sync::RwLock<WorkOrderBook>,
+    /// Images are kept under this many bytes (`u64::MAX`: no budget).
+    image_budget: AtomicU64,
+    images_evicted: AtomicU64,
 }
 
 /// An open sled database and its trees.
@@ -79,6 +82,8 @@ pub(crate) struct Trees {
     pub label_seq: sled::Tree,
     pub meta: sled::Tree,
     pub shadow: sled::Tree,
+    /// Images in the order they were saved: counter → digest (32 bytes) ++ size (8 bytes).
+    pub image_log: sled::Tree,
 }
 
 impl Trees {
@@ -90,6 +95,7 @@ impl Trees {
             label_seq: db.open_tree("label_seq")?,
             meta: db.open_tree("meta")?,
             shadow: db.open_tree("shadow")?,
+            image_log: db.open_tree("image_log")?,
         })
     }
 }
@@ -165,6 +171,8 @@ impl Store {
                 writer: Mutex::new(last + 1),
                 reserved_until: AtomicU64::new(reserved_until),
                 work_orders: std::sync::RwLock::new(WorkOrderBook::default()),
+                image_budget: AtomicU64::new(u64::MAX),
+                images_evicted: AtomicU64::new(0),
             }),
         };
         let book = WorkOrderBook::from_records(&store.records_of_kind(RecordKind::WorkOrder)?);
@@ -709,6 +717,182 @@ impl Store {
         Ok(summary)
     }
 
+    /// Keeps images under `bytes` in all (oldest evicted first); `None`: no budget.
+    pub fn set_image_budget(&self, bytes: Option<u64>) {
+        self.inner
+            .image_budget
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Saves a PNG beside the records and returns its digest. Under an image budget, the
+    /// oldest images are deleted until the rest fit; their records keep the digest (the image
+    /// then answers 404). Blocking.
+    pub fn save_image(&self, png: &[u8]) -> Result<String, RecordError> {
+        let (digest, new) = self.inner.images.put_new(png)?;
+        if !new {
+            return Ok(digest);
+        }
+        let handles = self.handles()?;
+        let t = &handles.trees;
+        let key = t.image_log.last()?.map_or(0, |(key, _)| be_u64(&key) + 1);
+        let mut value = hex::decode(&digest).unwrap_or_default();
+        value.extend_from_slice(&(png.len() as u64).to_be_bytes());
+        t.image_log.insert(key.to_be_bytes(), value)?;
+        let total = t
+            .meta
+            .update_and_fetch(IMAGE_BYTES_KEY, |old| {
+                Some(
+                    (old.map_or(0, be_u64) + png.len() as u64)
+                        .to_be_bytes()
+                        .to_vec(),
+                )
+            })?
+            .map_or(0, |v| be_u64(&v));
+        if total > self.inner.image_budget.load(Ordering::Relaxed) {
+            self.evict_images(&handles)?;
+        }
+        Ok(digest)
+    }
+
+    /// Bytes of images saved and not evicted.
+    pub fn image_bytes(&self) -> Result<u64, RecordError> {
+        Ok(self
+            .handles()?
+            .trees
+            .meta
+            .get(IMAGE_BYTES_KEY)?
+            .map_or(0, |v| be_u64(&v)))
+    }
+
+    fn evict_images(&self, handles: &Handles) -> Result<(), RecordError> {
+        let t = &handles.trees;
+        let budget = self.inner.image_budget.load(Ordering::Relaxed);
+        loop {
+            let total = t.meta.get(IMAGE_BYTES_KEY)?.map_or(0, |v| be_u64(&v));
+            if total <= budget {
+                return Ok(());
+            }
+            let Some((key, value)) = t.image_log.pop_min()? else {
+                return Ok(());
+            };
+            let _ = key;
+            let (digest, size) = value.split_at(value.len().saturating_sub(8));
+            self.inner.images.remove(&hex::encode(digest))?;
+            t.meta.insert(
+                IMAGE_BYTES_KEY,
+                &total.saturating_sub(be_u64(size)).to_be_bytes(),
+            )?;
+            self.inner.images_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Images deleted under the budget since the store opened.
+    pub fn images_evicted(&self) -> u64 {
+        self.inner.images_evicted.load(Ordering::Relaxed)
+    }
+
+    /// Moves every record made before `cutoff` into a JSON-lines file in `dir` (synced before
+    /// anything is deleted), then prunes them from the journal and its indexes. Pulls from
+    /// before the new `first_seq` answer "gone". Returns `None` when nothing is that old.
+    pub async fn archive_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        dir: &Path,
+    ) -> Result<Option<ArchiveReport>, RecordError> {
+        // One writer at a time: records are not appended while old ones go.
+        let _writer = self.inner.writer.lock().await;
+        let handles = self.handles()?;
+        let t = &handles.trees;
+        let first = self.first_seq();
+        let mut archived = Vec::new();
+        for entry in t.journal.range(first.to_be_bytes()..) {
+            let (key, bytes) = entry?;
+            let raw = RawRecord::check(be_u64(&key), bytes)?;
+            let record = raw.decode()?;
+            if record.recorded_at >= cutoff || archived.len() >= ARCHIVE_CHUNK {
+                break;
+            }
+            archived.push((raw, record));
+        }
+        let (Some((first_raw, _)), Some((last_raw, _))) = (archived.first(), archived.last())
+        else {
+            return Ok(None);
+        };
+        let (from, to) = (first_raw.seq, last_raw.seq);
+        let io = |path: &Path, source| RecordError::Image {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let file = dir.join(format!(
+            "{}-{}-{from:012}-{to:012}.jsonl",
+            self.inner.station, self.inner.instance_id
+        ));
+        {
+            use std::io::Write;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(dir, e))?;
+            for (raw, _) in &archived {
+                tmp.write_all(raw.json()).map_err(|e| io(&file, e))?;
+                tmp.write_all(b"\n").map_err(|e| io(&file, e))?;
+            }
+            tmp.as_file().sync_all().map_err(|e| io(&file, e))?;
+            tmp.persist(&file).map_err(|e| io(&file, e.error))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(dir, e))?;
+        }
+        (
+            &t.journal,
+            &t.inspection_seq,
+            &t.kind_seq,
+            &t.label_seq,
+            &t.meta,
+        )
+            .transaction(|(journal, inspection_seq, kind_seq, label_seq, meta)| {
+                for (raw, record) in &archived {
+                    journal.remove(&raw.seq.to_be_bytes())?;
+                    match &record.body {
+                        RecordBody::Inspection(i) => {
+                            // Only if the index still points here (a part id is recorded once).
+                            let key = i.part_id.to_be_bytes();
+                            if inspection_seq
+                                .get(key)?
+                                .is_some_and(|s| be_u64(&s) == raw.seq)
+                            {
+                                inspection_seq.remove(&key)?;
+                            }
+                        }
+                        RecordBody::Label(l) => {
+                            label_seq.remove(pair_key(l.part_id, raw.seq).as_slice())?;
+                            kind_seq.remove(kind_key(RecordKind::Label, raw.seq).as_slice())?;
+                        }
+                        body => {
+                            kind_seq.remove(kind_key(body.kind(), raw.seq).as_slice())?;
+                        }
+                    }
+                }
+                meta.insert(FIRST_SEQ_KEY, &(to + 1).to_be_bytes())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => RecordError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    RecordError::Sled(sled::Error::ReportableBug("aborted".into()))
+                }
+            })?;
+        if let Err(error) = handles.db.flush_async().await {
+            self.mark_broken(0);
+            return Err(error.into());
+        }
+        self.inner.first_seq.store(to + 1, Ordering::Release);
+        Ok(Some(ArchiveReport {
+            file,
+            first_seq: from,
+            last_seq: to,
+            records: archived.len(),
+        }))
+    }
+
     /// Checks the whole journal: every record's checksum and JSON, no gap in the sequence,
     /// every index entry pointing at a record of its kind. For `linesight records verify`
     /// and the crash tests.
@@ -758,6 +942,21 @@ impl Store {
         Ok(report)
     }
 }
+
+/// What one [`Store::archive_before`] moved out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveReport {
+    pub file: PathBuf,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: usize,
+}
+
+/// Records archived per file and transaction at most.
+const ARCHIVE_CHUNK: usize = 10_000;
+
+/// Meta key of the bytes of images kept.
+const IMAGE_BYTES_KEY: &[u8] = b"image_bytes";
 
 /// What [`Store::verify`] found.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -16,6 +16,7 @@ mod interop;
 mod line;
 mod mes;
 mod models;
+mod mqtt;
 mod supervised;
 
 use std::path::Path;

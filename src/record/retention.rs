@@ -1,0 +1,152 @@
+//! Retention: old records move to archive files, on a schedule.
+//!
+//! Records are never evicted for space (images are, see `Store::save_image`); a record leaves
+//! the journal only by being archived, after the age the station's config allows, into a
+//! JSON-lines file that is synced before anything is deleted. A pull from before the oldest
+//! kept record then answers 410 with where the records start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Store;
+
+/// How often the archiver looks for old records.
+const EVERY: Duration = Duration::from_secs(600);
+
+/// Archives records older than `after` into `dir` now and every ten minutes, until `stop`.
+pub async fn run_archiver(store: Store, after: Duration, dir: PathBuf, stop: CancellationToken) {
+    loop {
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        // Archive in chunks until nothing that old is left.
+        loop {
+            match store.archive_before(cutoff, &dir).await {
+                Ok(Some(report)) => tracing::info!(
+                    file = %report.file.display(),
+                    first_seq = report.first_seq,
+                    last_seq = report.last_seq,
+                    "records archived and pruned"
+                ),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(%error, "archiving failed; records stay in the journal");
+                    break;
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use crate::record::journal::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
+    use crate::record::{Filter, RecordError, Store};
+
+    fn alarm(n: usize) -> RecordBody {
+        RecordBody::Alarm(AlarmRecord {
+            alarm: format!("a{n}"),
+            state: AlarmState::Raised,
+            severity: AlarmSeverity::Low,
+            message: "m".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn old_records_go_to_a_file_and_pulls_before_them_are_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        store
+            .append_all((0..5).map(alarm).collect())
+            .await
+            .expect("old");
+        let cutoff = Utc::now() + chrono::Duration::milliseconds(1);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        store
+            .append_all((5..8).map(alarm).collect())
+            .await
+            .expect("new");
+        let archive = dir.path().join("archive");
+        let report = store
+            .archive_before(cutoff, &archive)
+            .await
+            .expect("archive")
+            .expect("something archived");
+        assert_eq!(
+            (report.first_seq, report.last_seq, report.records),
+            (1, 5, 5)
+        );
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report.file)
+            .expect("file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(
+            lines
+                .iter()
+                .map(|l| l["seq"].as_u64().expect("seq"))
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(store.first_seq(), 6);
+        assert!(matches!(
+            store.pull(3, 10, &Filter::default()),
+            Err(RecordError::Pruned {
+                from: 3,
+                first_seq: 6
+            })
+        ));
+        assert_eq!(
+            store
+                .pull(6, 10, &Filter::default())
+                .expect("pull")
+                .records
+                .len(),
+            3
+        );
+        assert!(
+            store
+                .archive_before(cutoff, &archive)
+                .await
+                .expect("again")
+                .is_none()
+        );
+        assert!(store.verify().expect("verify").problems.is_empty());
+        drop(store);
+        let store = Store::open(dir.path(), "s").expect("reopen");
+        assert_eq!((store.first_seq(), store.last_seq()), (6, 8));
+        assert_eq!(store.append(alarm(9)).await.expect("append").seq, 9);
+    }
+
+    #[test]
+    fn images_past_the_budget_are_evicted_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        let pngs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000]).collect();
+        store.set_image_budget(Some(3500));
+        let digests: Vec<String> = pngs
+            .iter()
+            .map(|p| store.save_image(p).expect("save"))
+            .collect();
+        assert!(store.image_bytes().expect("bytes") <= 3500);
+        assert_eq!(store.images_evicted(), 3);
+        let kept: Vec<bool> = digests
+            .iter()
+            .map(|d| store.images().path(d).is_some())
+            .collect();
+        assert_eq!(kept, [false, false, false, true, true, true]);
+        // Saving an image already kept costs nothing.
+        store.save_image(&pngs[5]).expect("again");
+        assert_eq!(store.images_evicted(), 3);
+    }
+}
