@@ -142,7 +142,7 @@ pub(super) async fn pull(
         .await
         .map_err(|e| ApiError::InternalMessage(format!("pull task failed: {e}")))??;
     let (content_type, body) = match format {
-        Format::Json => ("application/json", pull_json(&api, &page)),
+        Format::Json => ("application/json", pull_json(&api.store, &page)),
         Format::Csv => ("text/csv; charset=utf-8", pull_csv(&page)?),
         Format::B2mml => ("application/xml", pull_b2mml(&api, &page)?.into_bytes()),
     };
@@ -161,15 +161,15 @@ pub(super) async fn pull(
     Ok(response)
 }
 
-/// The page as JSON, records spliced in exactly as stored.
-fn pull_json(api: &ApiState, page: &Page) -> Vec<u8> {
+/// The page as the JSON body of `GET /api/v1/records`, records spliced in exactly as stored.
+pub fn pull_json(store: &crate::record::Store, page: &Page) -> Vec<u8> {
     let size: usize = page.records.iter().map(|r| r.json().len() + 1).sum();
     let mut body = Vec::with_capacity(size + 160);
     // Writing into a Vec cannot fail.
     let _ = write!(
         body,
         r#"{{"instance_id":"{}","first_seq":{},"last_seq":{},"next_seq":{},"more":{},"items":["#,
-        api.store.instance_id(),
+        store.instance_id(),
         page.first_seq,
         page.last_seq,
         page.next_seq,
