@@ -78,6 +78,17 @@ PY
 }
 check "acknowledged records survive kill -9; part ids continue" survived
 
+# On a data folder without an admin, the demo line makes one and prints a sign-in link.
+demo_admin_link() {
+  local link token
+  link="$(grep -o 'http://[^ ]*/login?token=lst_[0-9a-f_]*' "$work/station.log" | head -1)"
+  [ -n "$link" ] || { echo "no sign-in link in the station's output"; return 1; }
+  token="${link##*token=}"
+  curl -fsS -o /dev/null -H "Authorization: Bearer $token" "$base/api/v1/tokens" || { echo "the demo admin token is not an admin's"; return 1; }
+  curl -fsS -o /dev/null "$link" || { echo "the sign-in link does not sign in"; return 1; }
+}
+check "the demo line prints a working sign-in link for its first admin" demo_admin_link
+
 sigint_stops() {
   kill -INT "$station_pid"
   local rc=0

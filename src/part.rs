@@ -151,6 +151,8 @@ pub struct Inspection {
     /// The calibrated image the model saw.
     pub image: Option<GrayImage>,
     pub heat_map: Option<HeatMap>,
+    /// The defect class the model names for a failed part (models that learn classes only).
+    pub defect_class: Option<String>,
     /// Why the verdict is [`Verdict::Error`].
     pub error: Option<String>,
 }

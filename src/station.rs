@@ -37,7 +37,7 @@ use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::publish::mqtt::{MqttSettings, cursor_client, run_mqtt};
 use crate::record::{RecordContext, RecordError, Store, run_archiver, run_recorder};
-use crate::serve::auth::AuthError;
+use crate::serve::auth::{AuthError, run_token_auditor};
 use crate::serve::{ApiState, StationInfo, StationState, Tokens};
 use crate::track::{InspectionFate, PartTracker};
 
@@ -279,6 +279,11 @@ impl Station {
         }));
         let publisher_stop = CancellationToken::new();
         let archiver_stop = CancellationToken::new();
+        let token_auditor = tokio::spawn(run_token_auditor(
+            api.tokens.clone(),
+            store.clone(),
+            archiver_stop.clone(),
+        ));
         let archiver = config.records.archive_after_days.map(|days| {
             let dir = config
                 .records
@@ -390,11 +395,12 @@ impl Station {
         heartbeat_stop.cancel();
         let heartbeat_result = heartbeat.await;
         let recorder_result = recorder.await;
+        // Both stop between steps, never half-way through one.
+        archiver_stop.cancel();
         if let Some(archiver) = archiver {
-            // Stops between chunks, never half-way through one.
-            archiver_stop.cancel();
             let _ = archiver.await;
         }
+        let _ = token_auditor.await;
         if let Some((publisher, cursor)) = publisher {
             // A short grace to send the last records; whatever is left goes out at the next
             // start (the publisher's cursor is durable).

@@ -90,7 +90,7 @@ impl Token {
             }
             Token::Revoke { id, place } => {
                 let tokens = Tokens::open(&place.resolve()?, None)?;
-                let revoked = tokens.revoke(&id)?;
+                let revoked = tokens.revoke(&id, "cli")?;
                 println!("revoked {} ({})", revoked.id, revoked.name);
             }
         }

@@ -39,23 +39,26 @@ impl Inspector {
             model_version: live.version.clone(),
             image: None,
             heat_map: None,
+            defect_class: None,
             error,
         };
         let image = match self.undistorter.apply(&frame.image) {
             Ok(image) => image,
             Err(error) => return base(Verdict::Error, Some(error.to_string())),
         };
-        match live.detector.score(&image) {
-            Ok((score, heat_map)) => {
-                let verdict = if score >= live.threshold {
+        match live.detector.judge(&image) {
+            Ok(judgement) => {
+                let verdict = if judgement.score >= live.threshold {
                     Verdict::Fail
                 } else {
                     Verdict::Pass
                 };
                 Inspection {
-                    score: Some(score),
+                    score: Some(judgement.score),
                     image: Some(image),
-                    heat_map: Some(heat_map),
+                    heat_map: Some(judgement.heat_map),
+                    // A passed part has no defect, whatever class the model leaned to.
+                    defect_class: judgement.defect_class.filter(|_| verdict == Verdict::Fail),
                     ..base(verdict, None)
                 }
             }

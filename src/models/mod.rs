@@ -45,6 +45,27 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
     /// parts for the anomaly model) and the heat map, values in `[0, 1]`. A score that is not
     /// a number is an error, never a pass.
     fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError>;
+
+    /// [`Detector::score`], with the most likely defect class for families that know classes
+    /// (the supervised family). The station asks this once per frame.
+    fn judge(&self, image: &GrayImage) -> Result<Judgement, ModelError> {
+        let (score, heat_map) = self.score(image)?;
+        Ok(Judgement {
+            score,
+            heat_map,
+            defect_class: None,
+        })
+    }
+}
+
+/// What a model says about one image.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub score: f32,
+    pub heat_map: HeatMap,
+    /// The most likely defect class by the model's own names, whatever the score; `None` for
+    /// families that learn no classes.
+    pub defect_class: Option<String>,
 }
 
 /// Loads the model saved in `dir`, of whichever family its card names. `backbone` is the

@@ -48,6 +48,8 @@ pub struct InspectionRecord {
     pub actuation: ActuationStatus,
     pub actuation_error: Option<String>,
     pub model_version: Option<String>,
+    /// The defect class the model named for a failed part (models that learn classes).
+    pub defect_class: Option<String>,
     /// SHA-256 of the calibrated image's PNG; absent when not saved (disk short of space).
     pub image: Option<String>,
     /// SHA-256 of the heat map's PNG.
@@ -312,6 +314,7 @@ pub fn build_record(
         actuation,
         actuation_error,
         model_version: inspection.map(|i| i.model_version.to_string()),
+        defect_class: inspection.and_then(|i| i.defect_class.clone()),
         image,
         heat_map,
         error: inspection.and_then(|i| i.error.clone()),

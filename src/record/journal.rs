@@ -308,7 +308,11 @@ impl Filter {
             && self.until.is_none_or(|t| record.recorded_at < t);
         let station = self.station.as_ref().is_none_or(|s| *s == record.station);
         let (work_order, verdict, defect_class) = match &record.body {
-            RecordBody::Inspection(r) => (r.work_order.as_deref(), r.verdict, None),
+            RecordBody::Inspection(r) => (
+                r.work_order.as_deref(),
+                r.verdict,
+                r.defect_class.as_deref(),
+            ),
             RecordBody::Label(l) => (None, Some(l.verdict), l.defect_class.as_deref()),
             RecordBody::WorkOrder(w) => (Some(w.order.id.as_str()), None, None),
             _ => (None, None, None),

@@ -156,6 +156,7 @@ fn migrate_1_to_2(db: &sled::Db, trees: &Trees) -> Result<(), RecordError> {
             actuation: r.actuation,
             actuation_error: r.actuation_error,
             model_version: r.model_version,
+            defect_class: None,
             image: r.image,
             heat_map: r.heat_map,
             error: r.error,

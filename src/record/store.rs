@@ -316,6 +316,29 @@ impl Store {
     /// Appends records in one transaction and one flush (group commit); returns them, with
     /// their sequence numbers, once durable. All or none become visible.
     pub async fn append_all(&self, bodies: Vec<RecordBody>) -> Result<Vec<Record>, RecordError> {
+        self.append_marked(bodies, None).await
+    }
+
+    /// Appends `body` unless `mark` was set by an earlier call; the record and the mark are
+    /// written in one transaction, so a crash never records it twice or loses it.
+    pub async fn append_once(
+        &self,
+        mark: &str,
+        body: RecordBody,
+    ) -> Result<Option<Record>, RecordError> {
+        let key = mark_key(mark);
+        if self.handles()?.trees.meta.contains_key(&key)? {
+            return Ok(None);
+        }
+        let mut records = self.append_marked(vec![body], Some(key)).await?;
+        Ok(records.pop())
+    }
+
+    async fn append_marked(
+        &self,
+        bodies: Vec<RecordBody>,
+        mark: Option<Vec<u8>>,
+    ) -> Result<Vec<Record>, RecordError> {
         if bodies.is_empty() {
             return Ok(Vec::new());
         }
@@ -377,16 +400,14 @@ impl Store {
                 if let Some(until) = extended {
                     meta.insert(RESERVED_KEY, &until.to_be_bytes())?;
                 }
+                if let Some(mark) = &mark {
+                    meta.insert(mark.as_slice(), &[])?;
+                }
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => {
-                    self.mark_broken(*next);
-                    RecordError::Sled(e)
-                }
-                sled::transaction::TransactionError::Abort(()) => {
-                    RecordError::Sled(sled::Error::ReportableBug("aborted".into()))
-                }
+            .map_err(|e| {
+                self.mark_broken(*next);
+                transaction_error(e)
             })?;
         if let Err(error) = handles.db.flush_async().await {
             // Not durable, so not acknowledged: nobody sees these records (`durable` stays),
@@ -874,12 +895,7 @@ impl Store {
                 meta.insert(FIRST_SEQ_KEY, &(to + 1).to_be_bytes())?;
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => RecordError::Sled(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    RecordError::Sled(sled::Error::ReportableBug("aborted".into()))
-                }
-            })?;
+            .map_err(transaction_error)?;
         if let Err(error) = handles.db.flush_async().await {
             self.mark_broken(0);
             return Err(error.into());
@@ -1039,6 +1055,20 @@ pub(crate) const FIRST_SEQ_KEY: &[u8] = b"first_seq";
 
 /// Ids reserved at a time: far more than can be in flight between two records.
 pub(crate) const RESERVE_BLOCK: u64 = 100_000;
+
+/// Our transactions never abort by themselves; what fails is storage.
+fn transaction_error(error: sled::transaction::TransactionError<()>) -> RecordError {
+    match error {
+        sled::transaction::TransactionError::Storage(e) => RecordError::Sled(e),
+        sled::transaction::TransactionError::Abort(()) => {
+            RecordError::Sled(sled::Error::ReportableBug("transaction aborted".into()))
+        }
+    }
+}
+
+fn mark_key(mark: &str) -> Vec<u8> {
+    [b"mark/".as_slice(), mark.as_bytes()].concat()
+}
 
 fn ack_key(client: &str) -> Vec<u8> {
     [b"ack/".as_slice(), client.as_bytes()].concat()

@@ -98,17 +98,7 @@ pub(super) async fn start(
     Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Record>, ApiError> {
-    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let order = find(&api, &id).ok_or_else(|| unknown(&id))?;
-    if order.completed_at.is_some() {
-        return Err(ApiError::Conflict(format!("work order {id} is completed")));
-    }
-    if order.started_at.is_some() {
-        return Err(ApiError::Conflict(format!("work order {id} is running")));
-    }
-    Ok(Json(
-        change(&api, &who, WorkOrderAction::Started, order.order).await?,
-    ))
+    transition(&api, &who, id, WorkOrderAction::Started).await
 }
 
 pub(super) async fn complete(
@@ -116,14 +106,26 @@ pub(super) async fn complete(
     Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Record>, ApiError> {
+    transition(&api, &who, id, WorkOrderAction::Completed).await
+}
+
+/// Starts or completes a released order: a completed order does neither, a running one does
+/// not start again.
+async fn transition(
+    api: &ApiState,
+    who: &Principal,
+    id: Result<Path<String>, PathRejection>,
+    action: WorkOrderAction,
+) -> Result<Json<Record>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let order = find(&api, &id).ok_or_else(|| unknown(&id))?;
+    let order = find(api, &id).ok_or_else(|| unknown(&id))?;
     if order.completed_at.is_some() {
         return Err(ApiError::Conflict(format!("work order {id} is completed")));
     }
-    Ok(Json(
-        change(&api, &who, WorkOrderAction::Completed, order.order).await?,
-    ))
+    if action == WorkOrderAction::Started && order.started_at.is_some() {
+        return Err(ApiError::Conflict(format!("work order {id} is running")));
+    }
+    Ok(Json(change(api, who, action, order.order).await?))
 }
 
 fn find(api: &ApiState, id: &str) -> Option<WorkOrderState> {

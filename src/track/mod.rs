@@ -180,6 +180,7 @@ mod tests {
 
     fn inspection(part: u64, verdict: Verdict) -> Inspection {
         Inspection {
+            defect_class: None,
             part_id: PartId(part),
             inspected_at: ms(0),
             verdict,

@@ -142,20 +142,26 @@ fn verify_offline(data_dir: &Path) -> Value {
     report
 }
 
+/// A temporary folder with a station config, the data folder in it, and a token of `role`.
+fn station_setup(role: Role) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = config_file(dir.path(), &[]);
+    let token = Tokens::open(&data, None)
+        .expect("tokens")
+        .create("crash-test", role, "test")
+        .expect("token")
+        .token;
+    (dir, data, config, token)
+}
+
 /// Issue 14: SIGKILL at 20 random moments of a steady run. After each, the store verifies
 /// offline, and after each restart every record the API had served is there unchanged, with
 /// no gap or repeat in the sequence and the same instance id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     let _one = CPU_HEAVY.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let config = config_file(dir.path(), &[]);
-    let token = Tokens::open(&data, None)
-        .expect("tokens")
-        .create("mes-crash", Role::MesClient, "test")
-        .expect("token")
-        .token;
+    let (_dir, data, config, token) = station_setup(Role::MesClient);
     let seed: u64 = rand::random();
     println!("kill moments from seed {seed}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -244,14 +250,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_client_killed_mid_stream_gets_every_record_once() {
     let _one = CPU_HEAVY.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let config = config_file(dir.path(), &[]);
-    let token = Tokens::open(&data, None)
-        .expect("tokens")
-        .create("mes-pull", Role::MesClient, "test")
-        .expect("token")
-        .token;
+    let (dir, data, config, token) = station_setup(Role::MesClient);
     let mut station = StationProcess::start(&config, &data).await;
     let out = dir.path().join("received.jsonl");
     let client = |until: Option<u64>| {

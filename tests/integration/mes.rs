@@ -73,6 +73,10 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
         token("admin-1", Role::Admin),
         token("op-1", Role::Operator),
     );
+    // A token made on the box (`linesight token create`) is audited by the station itself.
+    tokens
+        .create("line-tablet", Role::Operator, "cli")
+        .expect("cli token");
     let (_line, station) = simulated_station(config).await.expect("station starts");
     let store = station.store();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -328,6 +332,17 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(new.get("/api/v1/records?limit=1").await.0, 401);
+    let audited = |audit: &Value| {
+        audit["items"].as_array().is_some_and(|items| {
+            items
+                .iter()
+                .any(|e| e["actor"] == "cli" && e["action"] == "token.create")
+        })
+    };
+    eventually("the CLI's token in the audit log", || async {
+        audited(&admin.get("/api/v1/audit?limit=500").await.1)
+    })
+    .await;
     let (status, audit) = admin.get("/api/v1/audit?limit=500").await;
     assert_eq!(status, 200);
     let actions: BTreeSet<(String, String)> = audit["items"]

@@ -100,6 +100,26 @@ fn supervised_model_learns_defect_classes_from_masks() {
         (prediction.heat_map.width, prediction.heat_map.height),
         (32, 32)
     );
+
+    // Through the station's interface the model names its defect class, by the card's names,
+    // and the class it names for held-out defects is mostly the true one.
+    use linesight::models::Detector;
+    let mut named_right = 0;
+    let defects: Vec<_> = held_out.iter().filter(|s| s.class != "good").collect();
+    for sample in &defects {
+        let image = dataset::load_gray(&sample.image).expect("image");
+        let judgement = model.judge(&image).expect("judges");
+        let class = judgement
+            .defect_class
+            .expect("a supervised model names a class");
+        assert!(["scratch", "spot"].contains(&class.as_str()), "{class}");
+        named_right += usize::from(class == sample.class);
+    }
+    assert!(
+        named_right * 10 >= defects.len() * 7,
+        "{named_right} of {} defects named right",
+        defects.len()
+    );
 }
 
 /// `--target-escape-rate` chooses the threshold on the validation images' defects (issue 21:

@@ -568,11 +568,25 @@ impl Detector for SupervisedModel {
 
     /// The defect probability and each patch's.
     fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
+        let judgement = self.judge(image)?;
+        Ok((judgement.score, judgement.heat_map))
+    }
+
+    fn judge(&self, image: &GrayImage) -> Result<crate::models::Judgement, ModelError> {
         let prediction = self.predict(image)?;
         if !prediction.defect_score.is_finite() {
             return Err(ModelError::NonFinite);
         }
-        Ok((prediction.defect_score, prediction.heat_map))
+        Ok(crate::models::Judgement {
+            score: prediction.defect_score,
+            heat_map: prediction.heat_map,
+            defect_class: self
+                .card
+                .family
+                .classes
+                .get(prediction.defect_class)
+                .cloned(),
+        })
     }
 }
 
