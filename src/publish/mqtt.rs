@@ -56,12 +56,18 @@ pub async fn run_mqtt(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
     loop {
+        let mut connected = false;
         let round = tokio::select! {
             _ = stop.cancelled() => return,
-            round = publish_until_error(&settings, &store, &metrics) => round,
+            round = publish_until_error(&settings, &store, &metrics, &mut connected) => round,
         };
+        if connected {
+            // The broker was there: a later blip starts the back-off afresh.
+            backoff = FIRST_BACKOFF;
+        }
         if let Err(error) = round {
             metrics.mqtt_errors.inc();
             tracing::warn!(%error, retry_in = ?backoff, "MQTT publishing interrupted");
@@ -79,6 +85,7 @@ async fn publish_until_error(
     settings: &MqttSettings,
     store: &Store,
     metrics: &Metrics,
+    connected: &mut bool,
 ) -> Result<(), PublishError> {
     let (host, port) = settings
         .broker
@@ -98,6 +105,7 @@ async fn publish_until_error(
     })
     .await?;
     tracing::info!(broker = %settings.broker, "MQTT connected");
+    *connected = true;
     let cursor_name = cursor_client(settings);
     let mut durable = store.subscribe();
     loop {

@@ -161,12 +161,15 @@ pub async fn run_recorder(mut ctx: RecordContext) {
                     tracing::error!(parts = batch.len(), %error, retry_in = ?backoff, "cannot record parts; they wait in memory");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // sled keeps a write error for good: reopen it, then learn whether the
-                    // batch reached the disk before the error (it is written whole or not).
-                    if ctx.store.is_broken()
-                        && let Err(error) = ctx.store.recover().await
-                    {
-                        tracing::warn!(%error, "record store not reopened yet");
+                    // sled keeps a write error for good: reopen it (as often as it takes), then
+                    // learn whether the batch reached the disk before the error (it is one
+                    // transaction: whole or not at all). Only then may it be written again.
+                    while ctx.store.is_broken() {
+                        if let Err(error) = ctx.store.recover().await {
+                            tracing::warn!(%error, retry_in = ?backoff, "record store not reopened yet");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
                     }
                     first_part.is_some_and(|id| ctx.store.inspection(id).is_ok_and(|r| r.is_some()))
                 }

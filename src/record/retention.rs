@@ -126,6 +126,36 @@ mod tests {
         let store = Store::open(dir.path(), "s").expect("reopen");
         assert_eq!((store.first_seq(), store.last_seq()), (6, 8));
         assert_eq!(store.append(alarm(9)).await.expect("append").seq, 9);
+
+        // A model change archived with the rest still tells the station what runs.
+        let change = RecordBody::ModelChange(crate::record::ModelEvent {
+            at: Utc::now(),
+            action: crate::record::ModelAction::Promote,
+            version: Some("m@2".into()),
+            previous: Some("m@1".into()),
+        });
+        store.append(change).await.expect("model change");
+        let everything = Utc::now() + chrono::Duration::seconds(1);
+        while store
+            .archive_before(everything, &archive)
+            .await
+            .expect("archive")
+            .is_some()
+        {}
+        assert_eq!(store.first_seq(), 11, "the journal is empty now");
+        drop(store);
+        // Numbers go on after the archived ones, never from 1 again.
+        let store = Store::open(dir.path(), "s").expect("reopen");
+        assert_eq!((store.first_seq(), store.last_seq()), (11, 10));
+        assert_eq!(store.append(alarm(11)).await.expect("append").seq, 11);
+        let events = store.model_events().expect("events");
+        assert_eq!(
+            events.len(),
+            1,
+            "the archived model change is kept for the station"
+        );
+        assert_eq!(events[0].version.as_deref(), Some("m@2"));
+        assert!(store.verify().expect("verify").problems.is_empty());
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub(crate) struct Trees {
     pub shadow: sled::Tree,
     /// Images in the order they were saved: counter → digest (32 bytes) ++ size (8 bytes).
     pub image_log: sled::Tree,
+    /// Archived records the station's state is rebuilt from (model changes, work orders):
+    /// seq → encoded record, still listed in `kind_seq`.
+    pub retained: sled::Tree,
 }
 
 impl Trees {
@@ -96,6 +99,7 @@ impl Trees {
             meta: db.open_tree("meta")?,
             shadow: db.open_tree("shadow")?,
             image_log: db.open_tree("image_log")?,
+            retained: db.open_tree("retained")?,
         })
     }
 }
@@ -133,21 +137,15 @@ impl Store {
     /// Opens (or creates) the store in `data_dir` for `station`, migrating an older schema.
     pub fn open(data_dir: &Path, station: &str) -> Result<Store, RecordError> {
         let db_path = data_dir.join("records");
-        let db = sled::open(&db_path).map_err(|source| RecordError::Open {
-            path: db_path.clone(),
-            source,
-        })?;
+        let db = open_db(&db_path)?;
         let opened = schema::open(&db, &db_path)?;
         let trees = opened.trees.clone();
         let images = ImageStore::open(&data_dir.join("images"))?;
-        let last = match trees.journal.last()? {
-            Some((key, _)) => be_u64(&key),
-            None => 0,
-        };
         let first_seq = match trees.meta.get(FIRST_SEQ_KEY)? {
             Some(bytes) => be_u64(&bytes),
             None => 1,
         };
+        let last = last_seq_of(&trees, first_seq)?;
         let reserved_until = match trees.meta.get(RESERVED_KEY)? {
             Some(bytes) => be_u64(&bytes),
             None => 0,
@@ -271,19 +269,19 @@ impl Store {
         }
         let path = inner.db_path.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<Handles, RecordError> {
-            let db = sled::open(&path).map_err(|source| RecordError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            let db = open_db(&path)?;
             let trees = schema::open(&db, &path)?.trees;
             Ok(Handles { db, trees })
         })
         .await
         .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))??;
-        let last = match opened.trees.journal.last()? {
-            Some((key, _)) => be_u64(&key),
-            None => 0,
+        // An archive may have moved first_seq on before the failed write.
+        let first_seq = match opened.trees.meta.get(FIRST_SEQ_KEY)? {
+            Some(bytes) => be_u64(&bytes),
+            None => 1,
         };
+        let last = last_seq_of(&opened.trees, first_seq)?;
+        inner.first_seq.store(first_seq, Ordering::Release);
         *inner
             .handles
             .write()
@@ -420,9 +418,7 @@ impl Store {
         if let Some(until) = extended {
             inner.reserved_until.store(until, Ordering::SeqCst);
         }
-        inner.durable.store(last, Ordering::Release);
-        inner.durable_tx.send_replace(last);
-        drop(next);
+        // Under the writer lock, so the book changes in journal order.
         for record in &records {
             if let RecordBody::WorkOrder(w) = &record.body
                 && let Ok(mut book) = inner.work_orders.write()
@@ -430,6 +426,9 @@ impl Store {
                 book.apply(record.recorded_at, w.action, &w.order);
             }
         }
+        inner.durable.store(last, Ordering::Release);
+        inner.durable_tx.send_replace(last);
+        drop(next);
         Ok(records)
     }
 
@@ -552,11 +551,22 @@ impl Store {
     /// Every durable record of one kind (not inspections or labels), oldest first.
     pub fn records_of_kind(&self, kind: RecordKind) -> Result<Vec<Record>, RecordError> {
         let mut records = Vec::new();
-        for entry in self.handles()?.trees.kind_seq.scan_prefix([kind as u8]) {
+        let handles = self.handles()?;
+        for entry in handles.trees.kind_seq.scan_prefix([kind as u8]) {
             let (key, _) = entry?;
-            if let Some(record) = self.record(be_u64(&key[1..]))? {
-                records.push(record);
-            }
+            let seq = be_u64(&key[1..]);
+            let record = if seq < self.first_seq() {
+                // Archived, but kept because the station's state is rebuilt from it.
+                handles
+                    .trees
+                    .retained
+                    .get(seq.to_be_bytes())?
+                    .map(|bytes| RawRecord::check(seq, bytes)?.decode())
+                    .transpose()?
+            } else {
+                self.record(seq)?
+            };
+            records.extend(record);
         }
         Ok(records)
     }
@@ -644,15 +654,22 @@ impl Store {
     /// Records that `client` has everything up to `seq`. Never goes backwards; `seq` past
     /// the newest record is refused.
     pub async fn acknowledge(&self, client: &str, seq: u64) -> Result<u64, RecordError> {
+        if self.is_broken() {
+            self.recover().await?;
+        }
         let last = self.last_seq();
         if seq > last {
             return Err(RecordError::AckBeyondEnd { seq, last });
         }
-        let key = ack_key(client);
-        let previous = self.acknowledged(client)?;
-        let acked = previous.max(seq);
         let handles = self.handles()?;
-        handles.trees.meta.insert(key, &acked.to_be_bytes())?;
+        // One atomic read-modify-write: concurrent acknowledgements never go backwards.
+        let acked = handles
+            .trees
+            .meta
+            .update_and_fetch(ack_key(client), |old| {
+                Some(old.map_or(seq, be_u64).max(seq).to_be_bytes().to_vec())
+            })?
+            .map_or(seq, |v| be_u64(&v));
         if let Err(error) = handles.db.flush_async().await {
             self.mark_broken(0);
             return Err(error.into());
@@ -862,45 +879,60 @@ impl Store {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io(dir, e))?;
         }
-        (
+        // Readers stop seeing the archived records before they go, so a pull from before them
+        // answers "gone" rather than skipping them.
+        let previous_first = self.inner.first_seq.swap(to + 1, Ordering::AcqRel);
+        let pruned = (
             &t.journal,
             &t.inspection_seq,
             &t.kind_seq,
             &t.label_seq,
             &t.meta,
+            &t.retained,
         )
-            .transaction(|(journal, inspection_seq, kind_seq, label_seq, meta)| {
-                for (raw, record) in &archived {
-                    journal.remove(&raw.seq.to_be_bytes())?;
-                    match &record.body {
-                        RecordBody::Inspection(i) => {
-                            // Only if the index still points here (a part id is recorded once).
-                            let key = i.part_id.to_be_bytes();
-                            if inspection_seq
-                                .get(key)?
-                                .is_some_and(|s| be_u64(&s) == raw.seq)
-                            {
-                                inspection_seq.remove(&key)?;
+            .transaction(
+                |(journal, inspection_seq, kind_seq, label_seq, meta, retained)| {
+                    for (raw, record) in &archived {
+                        journal.remove(&raw.seq.to_be_bytes())?;
+                        match &record.body {
+                            RecordBody::Inspection(i) => {
+                                // Only if the index still points here (a part id is recorded once).
+                                let key = i.part_id.to_be_bytes();
+                                if inspection_seq
+                                    .get(key)?
+                                    .is_some_and(|s| be_u64(&s) == raw.seq)
+                                {
+                                    inspection_seq.remove(&key)?;
+                                }
+                            }
+                            RecordBody::Label(l) => {
+                                label_seq.remove(pair_key(l.part_id, raw.seq).as_slice())?;
+                                kind_seq.remove(kind_key(RecordKind::Label, raw.seq).as_slice())?;
+                            }
+                            // The station's model and work orders are rebuilt from these at start.
+                            RecordBody::ModelChange(_) | RecordBody::WorkOrder(_) => {
+                                retained.insert(&raw.seq.to_be_bytes(), encode(record))?;
+                            }
+                            body => {
+                                kind_seq.remove(kind_key(body.kind(), raw.seq).as_slice())?;
                             }
                         }
-                        RecordBody::Label(l) => {
-                            label_seq.remove(pair_key(l.part_id, raw.seq).as_slice())?;
-                            kind_seq.remove(kind_key(RecordKind::Label, raw.seq).as_slice())?;
-                        }
-                        body => {
-                            kind_seq.remove(kind_key(body.kind(), raw.seq).as_slice())?;
-                        }
                     }
-                }
-                meta.insert(FIRST_SEQ_KEY, &(to + 1).to_be_bytes())?;
-                Ok(())
-            })
-            .map_err(transaction_error)?;
+                    meta.insert(FIRST_SEQ_KEY, &(to + 1).to_be_bytes())?;
+                    Ok(())
+                },
+            )
+            .map_err(transaction_error);
+        if let Err(error) = pruned {
+            self.inner
+                .first_seq
+                .store(previous_first, Ordering::Release);
+            return Err(error);
+        }
         if let Err(error) = handles.db.flush_async().await {
             self.mark_broken(0);
             return Err(error.into());
         }
-        self.inner.first_seq.store(to + 1, Ordering::Release);
         Ok(Some(ArchiveReport {
             file,
             first_seq: from,
@@ -1055,6 +1087,40 @@ pub(crate) const FIRST_SEQ_KEY: &[u8] = b"first_seq";
 
 /// Ids reserved at a time: far more than can be in flight between two records.
 pub(crate) const RESERVE_BLOCK: u64 = 100_000;
+
+/// Opens the sled database, waiting up to 2 s for its file lock: a handle just dropped in this
+/// process (sled finishes a background flush after the drop) or a process just killed may
+/// hold it for a moment. A second station on the same folder still fails, after the wait.
+fn open_db(path: &Path) -> Result<sled::Db, RecordError> {
+    let mut attempts = 0;
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && attempts < 40 =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(RecordError::Open {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// The newest sequence number given: the journal's last key, or, when archiving emptied the
+/// journal, the last one archived (numbers never start again under one instance id).
+fn last_seq_of(trees: &Trees, first_seq: u64) -> Result<u64, RecordError> {
+    let last = match trees.journal.last()? {
+        Some((key, _)) => be_u64(&key),
+        None => 0,
+    };
+    Ok(last.max(first_seq.saturating_sub(1)))
+}
 
 /// Our transactions never abort by themselves; what fails is storage.
 fn transaction_error(error: sled::transaction::TransactionError<()>) -> RecordError {

@@ -202,11 +202,38 @@ struct TokensInner {
 
 #[derive(Default)]
 struct Loaded {
-    modified: Option<SystemTime>,
+    /// The file's identity when read: a change to any part means it was rewritten.
+    stamp: Option<FileStamp>,
+    /// Counts reloads, so a check that began before one does not cache its answer after it.
+    generation: u64,
     entries: Vec<TokenEntry>,
     /// SHA-256 of tokens already checked → who they are.
     verified: HashMap<[u8; 32], Principal>,
+    /// SHA-256 of well-formed tokens that failed the check (bounded), so a client repeating a
+    /// wrong secret does not make the station run argon2 again and again.
+    refused: std::collections::HashSet<[u8; 32]>,
 }
+
+/// Modification time, size and inode: the file is replaced by rename on every write, so the
+/// inode changes even when the time does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+/// Failed tokens remembered at most.
+const REFUSED_MEMORY: usize = 4096;
+
+/// argon2 checks at a time: each takes tens of milliseconds of a core, and the cores belong
+/// to inspection.
+static HASHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Checks waiting for [`HASHING`]; past [`MAX_WAITING`] a new credential is refused at once
+/// (401) rather than queued, so a flood of made-up secrets cannot pile up threads.
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_WAITING: usize = 16;
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -330,24 +357,56 @@ impl Tokens {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let (id, secret) = parse_token(token)?;
-        let entry = self
-            .read()
-            .entries
-            .iter()
-            .find(|e| e.id == id && e.revoked_at.is_none())
-            .cloned()?;
+        let (entry, generation) = {
+            let state = self.read();
+            if state.refused.contains(&digest) {
+                return None;
+            }
+            let entry = state
+                .entries
+                .iter()
+                .find(|e| e.id == id && e.revoked_at.is_none())
+                .cloned()?;
+            (entry, state.generation)
+        };
         let hash = PasswordHash::new(&entry.hash).ok()?;
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &hash)
-            .ok()?;
+        use std::sync::atomic::Ordering;
+        if WAITING.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            WAITING.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("too many credential checks waiting; refusing one");
+            return None;
+        }
+        let valid = {
+            let _one = HASHING
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Argon2::default()
+                .verify_password(secret.as_bytes(), &hash)
+                .is_ok()
+        };
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+        let mut state = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The file changed while we hashed (a revocation, say): this answer is stale.
+        if state.generation != generation {
+            return None;
+        }
+        if !valid {
+            if state.refused.len() >= REFUSED_MEMORY {
+                state.refused.clear();
+            }
+            state.refused.insert(digest);
+            return None;
+        }
         let principal = Principal {
             name: entry.name,
             role: entry.role,
             token_id: entry.id,
         };
-        if let Ok(mut state) = self.inner.state.write() {
-            state.verified.insert(digest, principal.clone());
-        }
+        state.verified.insert(digest, principal.clone());
         Some(principal)
     }
 
@@ -362,11 +421,18 @@ impl Tokens {
     /// Re-reads the file when its modification time changed (or it appeared or vanished).
     fn reload_if_changed(&self) -> Result<(), AuthError> {
         let path = &self.inner.path;
-        let modified = match std::fs::metadata(path) {
-            Ok(meta) => Some(meta.modified().map_err(|source| AuthError::Io {
-                path: path.clone(),
-                source,
-            })?),
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => {
+                use std::os::unix::fs::MetadataExt;
+                Some(FileStamp {
+                    modified: meta.modified().map_err(|source| AuthError::Io {
+                        path: path.clone(),
+                        source,
+                    })?,
+                    len: meta.len(),
+                    inode: meta.ino(),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(AuthError::Io {
@@ -375,7 +441,7 @@ impl Tokens {
                 });
             }
         };
-        if self.read().modified == modified && modified.is_some() {
+        if self.read().stamp == stamp && stamp.is_some() {
             return Ok(());
         }
         let entries = read_file(path)?.tokens;
@@ -385,10 +451,12 @@ impl Tokens {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *state = Loaded {
-            modified,
+            stamp,
+            generation: state.generation + 1,
             entries,
             // A revoked or changed token must be checked again.
             verified: HashMap::new(),
+            refused: std::collections::HashSet::new(),
         };
         Ok(())
     }
@@ -404,6 +472,8 @@ impl Tokens {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let path = &self.inner.path;
+        // Other processes (`linesight token`, the station) change the file too: one at a time.
+        let _locked = FileLock::take(&path.with_extension("json.lock"))?;
         let mut file = read_file(path)?;
         change(&mut file.tokens)?;
         let io = |source| AuthError::Io {
@@ -435,9 +505,44 @@ impl Tokens {
 
     fn reload_if_changed_force(&self) -> Result<(), AuthError> {
         if let Ok(mut state) = self.inner.state.write() {
-            state.modified = None;
+            state.stamp = None;
         }
         self.reload_if_changed()
+    }
+}
+
+/// An exclusive `flock` on a lock file beside the token file, released on drop.
+struct FileLock(std::fs::File);
+
+impl FileLock {
+    fn take(path: &Path) -> Result<FileLock, AuthError> {
+        use std::os::fd::AsRawFd;
+        let io = |source| AuthError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        // SAFETY: flock on a file descriptor we own; it blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        Ok(FileLock(file))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unlocking the descriptor we locked; closing it would release it anyway.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
@@ -574,7 +679,12 @@ pub(super) async fn revoke_token(
     id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<axum::Json<TokenInfo>, super::ApiError> {
     let axum::extract::Path(id) = id.map_err(|e| super::ApiError::BadRequest(e.body_text()))?;
-    let revoked = match api.tokens.revoke(&id, &who.name) {
+    let tokens = api.tokens.clone();
+    let (by, wanted) = (who.name.clone(), id.clone());
+    let revoked = tokio::task::spawn_blocking(move || tokens.revoke(&wanted, &by))
+        .await
+        .map_err(|e| super::ApiError::InternalMessage(e.to_string()))?;
+    let revoked = match revoked {
         Ok(info) => info,
         Err(AuthError::UnknownId(id)) => {
             return Err(super::ApiError::NotFound(format!(

@@ -28,12 +28,23 @@ pub(super) struct EventsQuery {
 /// Records sent per wake-up at most, so a client far behind catches up in steps.
 const BATCH: usize = 256;
 
+/// Live streams open at once: each holds a connection and reads the journal on every change.
+const MAX_STREAMS: usize = 32;
+
+static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STREAMS);
+
 pub(super) async fn events(
     State(api): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // Held for the stream's life, released when the client goes.
+    let permit = STREAMS.try_acquire().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{MAX_STREAMS} live streams are open already; try later"
+        ))
+    })?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -59,6 +70,7 @@ pub(super) async fn events(
         ..Filter::default()
     };
     let stream = async_stream::stream! {
+        let _permit = permit;
         loop {
             let page = {
                 let store = store.clone();

@@ -279,6 +279,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotAcceptable(String),
+    #[error("{0}")]
+    Unavailable(String),
     /// The cursor points before the oldest record kept.
     #[error("no record before sequence number {first_seq} is kept (asked from {from})")]
     Gone { from: u64, first_seq: u64 },
@@ -333,6 +335,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, m.clone()),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
             ApiError::Gone {
                 first_seq: first, ..
             } => {

@@ -81,6 +81,7 @@ pub(super) async fn release(
 ) -> Result<(StatusCode, Json<Record>), ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let order = request.check()?;
+    let _one = CHANGING.lock().await;
     if let Some(existing) = find(&api, &order.id)
         && existing.started_at.is_some()
     {
@@ -118,6 +119,7 @@ async fn transition(
     action: WorkOrderAction,
 ) -> Result<Json<Record>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let _one = CHANGING.lock().await;
     let order = find(api, &id).ok_or_else(|| unknown(&id))?;
     if order.completed_at.is_some() {
         return Err(ApiError::Conflict(format!("work order {id} is completed")));
@@ -127,6 +129,9 @@ async fn transition(
     }
     Ok(Json(change(api, who, action, order.order).await?))
 }
+
+/// Work-order changes one at a time: each checks the state, then writes.
+static CHANGING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn find(api: &ApiState, id: &str) -> Option<WorkOrderState> {
     api.store

@@ -39,7 +39,12 @@ async fn broker(dir: &Path, port: u16) -> Reaped {
         ),
     )
     .expect("conf");
-    let child = Command::new("mosquitto")
+    // Debian installs the broker in /usr/sbin, which a non-login PATH may lack.
+    let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let child = Command::new(mosquitto)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
