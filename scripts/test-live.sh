@@ -48,8 +48,16 @@ start_station() {
 }
 
 records_json() { curl -fsS "${auth[@]}" "$base/api/v1/inspections?limit=500"; }
+# Waits (up to 60 s) until the station has recorded parts with ids of at least $1.
+wait_for_part() {
+  for _ in $(seq 1 300); do
+    records_json 2>/dev/null | python3 -c 'import json,sys; items=json.load(sys.stdin)["items"]; sys.exit(0 if items and items[0]["part_id"] >= int(sys.argv[1]) else 1)' "$1" && return 0
+    sleep 0.2
+  done
+  echo "no part with id >= $1 was recorded within 60 s"; return 1
+}
 start_station
-sleep 4 # let some parts through the gate
+wait_for_part 5 # some parts through the gate
 
 check "live page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/live.mjs "$base" "$work"
 check "API conforms to its OpenAPI description (schemathesis)" \
@@ -59,7 +67,7 @@ check "metrics in Prometheus text format" bash -c "curl -fsS -H 'Authorization: 
 records_json >"$work/before.json"
 kill -9 "$station_pid"; wait "$station_pid" 2>/dev/null || true
 start_station
-sleep 3 # new parts reach the gate and are recorded
+wait_for_part 100001 # new parts (numbered past the reserved block) reach the gate and are recorded
 records_json >"$work/after.json"
 # Every record acknowledged before the kill is still there, unchanged (a reused part id would
 # overwrite one), and the restarted station numbers its parts after them.

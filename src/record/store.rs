@@ -839,6 +839,30 @@ impl Store {
     ) -> Result<Option<ArchiveReport>, RecordError> {
         // One writer at a time: records are not appended while old ones go.
         let _writer = self.inner.writer.lock().await;
+        // Reading, writing and syncing thousands of records is blocking work.
+        let store = self.clone();
+        let dir = dir.to_owned();
+        let archived = tokio::task::spawn_blocking(move || store.archive_chunk(cutoff, &dir))
+            .await
+            .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))??;
+        let Some(report) = archived else {
+            return Ok(None);
+        };
+        if let Err(error) = self.handles()?.db.flush_async().await {
+            self.mark_broken(0);
+            return Err(error.into());
+        }
+        Ok(Some(report))
+    }
+
+    /// The blocking part of [`Store::archive_before`], with the writer lock held by the caller:
+    /// up to [`ARCHIVE_CHUNK`] records before `cutoff` into a synced file, then out of the
+    /// journal in one transaction (not yet flushed).
+    fn archive_chunk(
+        &self,
+        cutoff: DateTime<Utc>,
+        dir: &Path,
+    ) -> Result<Option<ArchiveReport>, RecordError> {
         let handles = self.handles()?;
         let t = &handles.trees;
         let first = self.first_seq();
@@ -928,10 +952,6 @@ impl Store {
                 .first_seq
                 .store(previous_first, Ordering::Release);
             return Err(error);
-        }
-        if let Err(error) = handles.db.flush_async().await {
-            self.mark_broken(0);
-            return Err(error.into());
         }
         Ok(Some(ArchiveReport {
             file,
