@@ -3,7 +3,8 @@
 //!
 //! Ingest writes groups of 512 inspection records, one transaction and one flush (fsync) each,
 //! as the recorder does when parts queue up; pull reads, checks and assembles 5,000-record pages
-//! of `GET /api/v1/records` from a store of 100,000 records.
+//! of `GET /api/v1/records` from a store of 100,000 records; archive moves one 10,000-record
+//! chunk to a file and out of the journal (the time appends wait behind it).
 
 use std::time::Duration;
 
@@ -76,6 +77,38 @@ fn records(c: &mut Criterion) {
             from = if page.more { page.next_seq } else { 1 };
             pull_json(&store, &page)
         })
+    });
+    group.finish();
+
+    // Archiving holds the writer lock for one chunk: how long appends wait at most.
+    let mut group = c.benchmark_group("record");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("archive_chunk_10000", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = Store::open(dir.path(), "bench-1").expect("store");
+                runtime.block_on(async {
+                    for start in (0..10_000u64).step_by(5_000) {
+                        let bodies = (start..start + 5_000)
+                            .map(|id| inspection(&clock, id))
+                            .collect();
+                        store.append_all(bodies).await.expect("fill");
+                    }
+                });
+                (dir, store)
+            },
+            |(dir, store)| {
+                let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
+                let report = runtime
+                    .block_on(store.archive_before(cutoff, &dir.path().join("archive")))
+                    .expect("archive");
+                assert_eq!(report.map(|r| r.records), Some(10_000));
+                (dir, store)
+            },
+            criterion::BatchSize::PerIteration,
+        )
     });
     group.finish();
 }
