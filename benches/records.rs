@@ -38,6 +38,25 @@ fn inspection(clock: &StationClock, part_id: u64) -> RecordBody {
     RecordBody::Inspection(record)
 }
 
+/// A store holding `n` inspection records, in its own temporary folder.
+fn filled_store(
+    runtime: &tokio::runtime::Runtime,
+    clock: &StationClock,
+    n: u64,
+) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), "bench-1").expect("store");
+    runtime.block_on(async {
+        for start in (0..n).step_by(5_000) {
+            let bodies = (start..(start + 5_000).min(n))
+                .map(|id| inspection(clock, id))
+                .collect();
+            store.append_all(bodies).await.expect("fill");
+        }
+    });
+    (dir, store)
+}
+
 fn records(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let clock = StationClock::start();
@@ -58,16 +77,7 @@ fn records(c: &mut Criterion) {
         })
     });
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), "bench-1").expect("store");
-    runtime.block_on(async {
-        for start in (0..100_000u64).step_by(5_000) {
-            let bodies = (start..start + 5_000)
-                .map(|id| inspection(&clock, id))
-                .collect();
-            store.append_all(bodies).await.expect("fill");
-        }
-    });
+    let (_dir, store) = filled_store(&runtime, &clock, 100_000);
     const PAGE: usize = 5_000;
     group.throughput(Throughput::Elements(PAGE as u64));
     let mut from = 1u64;
@@ -86,19 +96,7 @@ fn records(c: &mut Criterion) {
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("archive_chunk_10000", |b| {
         b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let store = Store::open(dir.path(), "bench-1").expect("store");
-                runtime.block_on(async {
-                    for start in (0..10_000u64).step_by(5_000) {
-                        let bodies = (start..start + 5_000)
-                            .map(|id| inspection(&clock, id))
-                            .collect();
-                        store.append_all(bodies).await.expect("fill");
-                    }
-                });
-                (dir, store)
-            },
+            || filled_store(&runtime, &clock, 10_000),
             |(dir, store)| {
                 let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
                 let report = runtime

@@ -126,6 +126,20 @@ async fn pull_all(
     }
 }
 
+/// The sequence numbers of `records`, which must be 1, 2, 3, … with no gap or repeat.
+fn gap_free_seqs(records: &[Value], when: &str) -> Vec<u64> {
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap or repeat ({when})"
+    );
+    seqs
+}
+
 /// `linesight records verify` on a stopped station's data: checksums, sequence, indexes.
 fn verify_offline(data_dir: &Path) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
@@ -177,15 +191,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             &id,
             "instance id changed (cycle {cycle})"
         );
-        let seqs: Vec<u64> = records
-            .iter()
-            .map(|r| r["seq"].as_u64().expect("seq"))
-            .collect();
-        assert_eq!(
-            seqs,
-            (1..=seqs.len() as u64).collect::<Vec<_>>(),
-            "gap or repeat (cycle {cycle})"
-        );
+        let seqs = gap_free_seqs(&records, &format!("cycle {cycle}"));
         for (seq, before) in &acknowledged {
             let after = &records[(*seq - 1) as usize];
             assert_eq!(
@@ -417,15 +423,7 @@ async fn a_full_data_disk_stops_images_first_and_recovers_by_itself() {
         "records did not catch up after space returned"
     );
     let (_, records) = pull_all(&http, &station.base, &token, 1).await;
-    let seqs: Vec<u64> = records
-        .iter()
-        .map(|r| r["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "gap or repeat after the full disk"
-    );
+    gap_free_seqs(&records, "after the full disk");
     let parts: Vec<u64> = records
         .iter()
         .filter(|r| r["kind"] == "inspection")
