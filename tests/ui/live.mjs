@@ -88,6 +88,13 @@ try {
     expect(shadow === (station.shadow_model_version ?? 'none'), `#shadow-version reads "${shadow}"`);
   });
 
+  await check('the alarm banner shows exactly the alarms the API reports', async () => {
+    const station = await (await api('/api/v1/station')).json();
+    const hidden = await page.$eval('#alarms', (el) => el.hidden);
+    expect(hidden === (station.active_alarms.length === 0),
+      `#alarms hidden=${hidden} but the API reports ${JSON.stringify(station.active_alarms)}`);
+  });
+
   await check('station state is running', async () => {
     const state = (await page.textContent('#station-state')) ?? '';
     expect(/running/i.test(state), `#station-state reads "${state}"`);
