@@ -64,6 +64,8 @@ pub struct Metrics {
     pub mqtt_published: Counter,
     /// MQTT connections lost or refused.
     pub mqtt_errors: Counter,
+    /// Records archived before the broker took them (they are in the archive files).
+    pub mqtt_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             records_waiting: Gauge::default(),
             mqtt_published: Counter::default(),
             mqtt_errors: Counter::default(),
+            mqtt_skipped: Counter::default(),
         }
     }
 
@@ -231,6 +234,11 @@ impl Metrics {
             "mqtt_errors",
             "MQTT connections lost or refused",
             self.mqtt_errors.clone(),
+        );
+        registry.register(
+            "mqtt_skipped",
+            "Records archived before the MQTT broker took them",
+            self.mqtt_skipped.clone(),
         );
         registry.register(
             "parts_in_flight",
