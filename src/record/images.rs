@@ -61,13 +61,10 @@ impl ImageStore {
             .is_ok_and(|free| free >= self.min_free_bytes())
     }
 
-    /// Stores PNG bytes under their SHA-256 and returns the hex digest. Idempotent.
-    pub fn put(&self, png: &[u8]) -> Result<String, RecordError> {
-        self.put_new(png).map(|(digest, _)| digest)
-    }
-
-    /// [`ImageStore::put`], also saying whether the file is new (not there before).
-    pub(crate) fn put_new(&self, png: &[u8]) -> Result<(String, bool), RecordError> {
+    /// Stores PNG bytes under their SHA-256 and returns the hex digest, and whether the file
+    /// is new (not there before). Idempotent. The station saves through
+    /// [`Store::save_image`](super::Store::save_image), which keeps the image budget.
+    pub fn put(&self, png: &[u8]) -> Result<(String, bool), RecordError> {
         let digest = hex::encode(Sha256::digest(png));
         let path = self.path_unchecked(&digest);
         if path.exists() {
@@ -148,8 +145,9 @@ mod tests {
         let images = ImageStore::open(dir.path()).expect("open");
         let png =
             gray_png(&GrayImage::new(2, 2, vec![0, 64, 128, 255]).expect("size")).expect("png");
-        let digest = images.put(&png).expect("put");
-        assert_eq!(images.put(&png).expect("again"), digest);
+        let (digest, new) = images.put(&png).expect("put");
+        assert!(new);
+        assert_eq!(images.put(&png).expect("again"), (digest.clone(), false));
         let path = images.path(&digest).expect("exists");
         assert_eq!(std::fs::read(path).expect("read"), png);
         assert_eq!(images.path("../../etc/passwd"), None);

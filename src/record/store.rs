@@ -45,9 +45,6 @@ struct Inner {
     /// Set when a write failed: sled keeps the first I/O error and fails every later write,
     /// so the database must be reopened (see [`Store::recover`]).
     broken: std::sync::atomic::AtomicBool,
-    /// The first sequence number of the batch whose write failed, to learn after reopening
-    /// whether it reached the disk after all.
-    failed_batch: AtomicU64,
     station: String,
     instance_id: String,
     images: ImageStore,
@@ -141,11 +138,7 @@ impl Store {
         let opened = schema::open(&db, &db_path)?;
         let trees = opened.trees.clone();
         let images = ImageStore::open(&data_dir.join("images"))?;
-        let first_seq = match trees.meta.get(FIRST_SEQ_KEY)? {
-            Some(bytes) => be_u64(&bytes),
-            None => 1,
-        };
-        let last = last_seq_of(&trees, first_seq)?;
+        let (first_seq, last) = extent(&trees)?;
         let reserved_until = match trees.meta.get(RESERVED_KEY)? {
             Some(bytes) => be_u64(&bytes),
             None => 0,
@@ -159,7 +152,6 @@ impl Store {
                 }))),
                 db_path,
                 broken: std::sync::atomic::AtomicBool::new(false),
-                failed_batch: AtomicU64::new(0),
                 station: station.to_owned(),
                 instance_id: opened.instance_id,
                 images,
@@ -216,12 +208,7 @@ impl Store {
             .ok_or(RecordError::Reopening)
     }
 
-    fn mark_broken(&self, failed_batch: u64) {
-        if failed_batch > 0 {
-            self.inner
-                .failed_batch
-                .store(failed_batch, Ordering::Release);
-        }
+    fn mark_broken(&self) {
         self.inner.broken.store(true, Ordering::Release);
     }
 
@@ -231,19 +218,20 @@ impl Store {
     }
 
     /// Reopens the database after a failed write (a full disk, an I/O error): sled keeps the
-    /// first I/O error and fails every later write, so only a fresh open recovers. Returns
-    /// whether the batch that failed reached the disk after all (its flush may have failed
-    /// after its transaction was written whole): the writer must then not write it again.
-    pub async fn recover(&self) -> Result<bool, RecordError> {
+    /// first I/O error and fails every later write, so only a fresh open recovers. A batch
+    /// whose flush failed may still have reached the disk whole (it is one transaction): a
+    /// writer that retries must first look whether it is there (the recorder looks up its
+    /// first part).
+    pub async fn recover(&self) -> Result<(), RecordError> {
         let mut next = self.inner.writer.lock().await;
         if !self.inner.broken.load(Ordering::Acquire) {
-            return Ok(false);
+            return Ok(());
         }
         self.reopen(&mut next).await
     }
 
     /// [`Store::recover`] with the writer lock held.
-    async fn reopen(&self, next: &mut u64) -> Result<bool, RecordError> {
+    async fn reopen(&self, next: &mut u64) -> Result<(), RecordError> {
         let inner = &self.inner;
         let old = inner
             .handles
@@ -276,28 +264,21 @@ impl Store {
         .await
         .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))??;
         // An archive may have moved first_seq on before the failed write.
-        let first_seq = match opened.trees.meta.get(FIRST_SEQ_KEY)? {
-            Some(bytes) => be_u64(&bytes),
-            None => 1,
-        };
-        let last = last_seq_of(&opened.trees, first_seq)?;
+        let (first_seq, last) = extent(&opened.trees)?;
         inner.first_seq.store(first_seq, Ordering::Release);
         *inner
             .handles
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(opened));
-        let failed = inner.failed_batch.load(Ordering::Acquire);
-        let landed = failed > 0 && last >= failed;
         *next = last + 1;
         inner.durable.store(last, Ordering::Release);
         inner.durable_tx.send_replace(last);
         inner.broken.store(false, Ordering::Release);
         tracing::warn!(
             last_seq = last,
-            landed,
             "record store reopened after a failed write"
         );
-        Ok(landed)
+        Ok(())
     }
 
     /// The images kept beside the records.
@@ -404,13 +385,13 @@ impl Store {
                 Ok(())
             })
             .map_err(|e| {
-                self.mark_broken(*next);
+                self.mark_broken();
                 transaction_error(e)
             })?;
         if let Err(error) = handles.db.flush_async().await {
             // Not durable, so not acknowledged: nobody sees these records (`durable` stays),
             // and the database must be reopened before the next write.
-            self.mark_broken(*next);
+            self.mark_broken();
             return Err(error.into());
         }
         let last = records.last().map_or(*next - 1, |r| r.seq);
@@ -671,7 +652,7 @@ impl Store {
             })?
             .map_or(seq, |v| be_u64(&v));
         if let Err(error) = handles.db.flush_async().await {
-            self.mark_broken(0);
+            self.mark_broken();
             return Err(error.into());
         }
         Ok(acked)
@@ -766,7 +747,7 @@ impl Store {
     /// oldest images are deleted until the rest fit; their records keep the digest (the image
     /// then answers 404). Blocking.
     pub fn save_image(&self, png: &[u8]) -> Result<String, RecordError> {
-        let (digest, new) = self.inner.images.put_new(png)?;
+        let (digest, new) = self.inner.images.put(png)?;
         if !new {
             return Ok(digest);
         }
@@ -849,7 +830,7 @@ impl Store {
             return Ok(None);
         };
         if let Err(error) = self.handles()?.db.flush_async().await {
-            self.mark_broken(0);
+            self.mark_broken();
             return Err(error.into());
         }
         Ok(Some(report))
@@ -1132,14 +1113,19 @@ fn open_db(path: &Path) -> Result<sled::Db, RecordError> {
     }
 }
 
-/// The newest sequence number given: the journal's last key, or, when archiving emptied the
-/// journal, the last one archived (numbers never start again under one instance id).
-fn last_seq_of(trees: &Trees, first_seq: u64) -> Result<u64, RecordError> {
+/// The oldest sequence number kept and the newest given. The newest is the journal's last key,
+/// or, when archiving emptied the journal, the last one archived (numbers never start again
+/// under one instance id).
+fn extent(trees: &Trees) -> Result<(u64, u64), RecordError> {
+    let first_seq = match trees.meta.get(FIRST_SEQ_KEY)? {
+        Some(bytes) => be_u64(&bytes),
+        None => 1,
+    };
     let last = match trees.journal.last()? {
         Some((key, _)) => be_u64(&key),
         None => 0,
     };
-    Ok(last.max(first_seq.saturating_sub(1)))
+    Ok((first_seq, last.max(first_seq.saturating_sub(1))))
 }
 
 /// Our transactions never abort by themselves; what fails is storage.
@@ -1180,9 +1166,4 @@ pub(crate) fn be_u64(key: &[u8]) -> u64 {
     let n = key.len().min(8);
     bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
     u64::from_be_bytes(bytes)
-}
-
-/// The folder of the sled database inside a data folder.
-pub fn db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("records")
 }
