@@ -107,6 +107,18 @@ pub struct Principal {
     pub token_id: String,
 }
 
+impl Principal {
+    /// The audit entry of `action` on `target` by this principal.
+    pub fn audit(&self, action: &str, target: &str) -> crate::record::AuditRecord {
+        crate::record::AuditRecord {
+            actor: self.name.clone(),
+            role: self.role.as_str().into(),
+            action: action.into(),
+            target: target.into(),
+        }
+    }
+}
+
 /// Why a token operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -500,13 +512,7 @@ impl Tokens {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         drop(_one);
-        self.reload_if_changed_force()
-    }
-
-    fn reload_if_changed_force(&self) -> Result<(), AuthError> {
-        if let Ok(mut state) = self.inner.state.write() {
-            state.stamp = None;
-        }
+        // The rename gave the file a new inode, so the stamp differs and this re-reads it.
         self.reload_if_changed()
     }
 }
@@ -668,7 +674,9 @@ pub(super) async fn create_token(
         .map_err(|e| super::ApiError::InternalMessage(e.to_string()))?;
     let target = format!("{} ({}, {})", made.info.id, made.info.name, made.info.role);
     api.store
-        .append(super::ApiState::audit_entry(&who, "token.create", &target))
+        .append(crate::record::RecordBody::Audit(
+            who.audit("token.create", &target),
+        ))
         .await?;
     Ok((axum::http::StatusCode::CREATED, axum::Json(made)))
 }
@@ -695,7 +703,9 @@ pub(super) async fn revoke_token(
     };
     let target = format!("{} ({})", revoked.id, revoked.name);
     api.store
-        .append(super::ApiState::audit_entry(&who, "token.revoke", &target))
+        .append(crate::record::RecordBody::Audit(
+            who.audit("token.revoke", &target),
+        ))
         .await?;
     Ok(axum::Json(revoked))
 }

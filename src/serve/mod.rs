@@ -39,7 +39,7 @@ use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl};
 use crate::part::Disposition;
-use crate::record::{AuditRecord, RecordBody, RecordError, Store};
+use crate::record::{RecordError, Store};
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -101,16 +101,6 @@ impl ApiState {
         if let Ok(mut current) = self.state.write() {
             *current = state;
         }
-    }
-
-    /// An audit entry for what `who` did to `target`.
-    pub(crate) fn audit_entry(who: &Principal, action: &str, target: &str) -> RecordBody {
-        RecordBody::Audit(AuditRecord {
-            actor: who.name.clone(),
-            role: who.role.as_str().into(),
-            action: action.into(),
-            target: target.into(),
-        })
     }
 }
 

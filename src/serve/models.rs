@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Principal;
 use super::{ApiError, ApiState};
 use crate::model_control::{ControlError, ModelStatus};
-use crate::record::{AuditRecord, ModelEvent, ShadowSummary};
+use crate::record::{ModelEvent, ShadowSummary};
 
 /// A registry entry as the API shows it.
 #[derive(Serialize)]
@@ -61,15 +61,6 @@ pub(super) struct ShadowRequest {
     version: Option<String>,
 }
 
-fn audit(who: &Principal, action: &str, target: &str) -> AuditRecord {
-    AuditRecord {
-        actor: who.name.clone(),
-        role: who.role.as_str().into(),
-        action: action.into(),
-        target: target.into(),
-    }
-}
-
 pub(super) async fn promote_model(
     State(api): State<ApiState>,
     Extension(who): Extension<Principal>,
@@ -77,7 +68,7 @@ pub(super) async fn promote_model(
 ) -> Result<Json<ModelEvent>, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let models = api.models.clone();
-    let entry = audit(&who, "model.promote", &request.version);
+    let entry = who.audit("model.promote", &request.version);
     to_completion(async move { models.promote(&request.version, Some(entry)).await }).await
 }
 
@@ -86,7 +77,7 @@ pub(super) async fn rollback_model(
     Extension(who): Extension<Principal>,
 ) -> Result<Json<ModelEvent>, ApiError> {
     let models = api.models.clone();
-    let entry = audit(&who, "model.rollback", "live");
+    let entry = who.audit("model.rollback", "live");
     to_completion(async move { models.rollback(Some(entry)).await }).await
 }
 
@@ -97,11 +88,7 @@ pub(super) async fn set_shadow(
 ) -> Result<Json<ModelEvent>, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let models = api.models.clone();
-    let entry = audit(
-        &who,
-        "model.shadow",
-        request.version.as_deref().unwrap_or("none"),
-    );
+    let entry = who.audit("model.shadow", request.version.as_deref().unwrap_or("none"));
     to_completion(async move {
         models
             .set_shadow(request.version.as_deref(), Some(entry))

@@ -375,10 +375,8 @@ pub(super) async fn acknowledge(
     }
     let acknowledged = api.store.acknowledge(&who.name, request.seq).await?;
     api.store
-        .append(ApiState::audit_entry(
-            &who,
-            "records.ack",
-            &request.seq.to_string(),
+        .append(RecordBody::Audit(
+            who.audit("records.ack", &request.seq.to_string()),
         ))
         .await?;
     Ok(Json(AckView {
@@ -522,7 +520,7 @@ pub(super) async fn add_label(
         note: request.note,
         by: who.name.clone(),
     });
-    let audit = ApiState::audit_entry(&who, "label.create", &format!("part {part_id}"));
+    let audit = RecordBody::Audit(who.audit("label.create", &format!("part {part_id}")));
     let mut written = api.store.append_all(vec![label, audit]).await?;
     Ok((StatusCode::CREATED, Json(written.remove(0))))
 }

@@ -155,7 +155,7 @@ async fn change(
         WorkOrderAction::Started => "work_order.start",
         WorkOrderAction::Completed => "work_order.complete",
     };
-    let audit = ApiState::audit_entry(who, verb, &order.id);
+    let audit = RecordBody::Audit(who.audit(verb, &order.id));
     let body = RecordBody::WorkOrder(WorkOrderRecord {
         action,
         order,
