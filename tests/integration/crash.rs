@@ -11,7 +11,7 @@ use linesight::serve::{Role, Tokens};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::{CPU_HEAVY, repo};
+use crate::{CPU_HEAVY, get_json, poll, repo};
 
 /// A station process on the simulated line, its data in `data_dir`.
 struct StationProcess {
@@ -106,15 +106,12 @@ async fn pull_all(
     let mut from = from;
     let mut records = Vec::new();
     loop {
-        let page: Value = http
-            .get(format!("{base}/api/v1/records?from={from}&limit=5000"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON page");
+        let page = get_json(
+            http,
+            &format!("{base}/api/v1/records?from={from}&limit=5000"),
+            token,
+        )
+        .await;
         records.extend(page["items"].as_array().expect("items").iter().cloned());
         from = page["next_seq"].as_u64().expect("next_seq");
         if !page["more"].as_bool().expect("more") {
@@ -482,20 +479,4 @@ fn fill_until_free(path: &Path, mount: &Path, free: u64) {
         }
     }
     let _ = file.sync_all();
-}
-
-/// Polls `condition` every 100 ms for up to 60 s.
-async fn poll<F, Fut>(mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::time::Instant::now() < deadline {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

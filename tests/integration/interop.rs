@@ -4,13 +4,13 @@
 //! fails with a message saying what to install, never passes silently.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use linesight::actuate::{GateLink, RegisterMap};
 use linesight::simulate::PlcSimulator;
 
-use crate::repo;
+use crate::{KillOnDrop, free_port, repo};
 
 fn python() -> std::path::PathBuf {
     let python = repo().join(".venv/bin/python");
@@ -24,24 +24,6 @@ fn python() -> std::path::PathBuf {
 
 fn register_map() -> RegisterMap {
     RegisterMap::load(&repo().join("firmware-io/register-map.toml")).expect("register map")
-}
-
-/// Kills the child when the test ends, pass or fail.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Starts the pymodbus server and waits until it accepts connections.

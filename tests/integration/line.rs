@@ -10,7 +10,7 @@ use linesight::simulate::{RejectPulse, SimulatedLine};
 use linesight::station::{Attachments, RunOptions, Station};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, simulated_station, station_config};
+use crate::{CPU_HEAVY, get_json, simulated_station, station_config};
 
 /// Fetches every record through the HTTP API, following `next_before` pages.
 async fn all_records_over_http(base: &str, token: &str) -> Vec<InspectionRecord> {
@@ -18,15 +18,7 @@ async fn all_records_over_http(base: &str, token: &str) -> Vec<InspectionRecord>
     let mut records = Vec::new();
     let mut url = format!("{base}/api/v1/inspections?limit=64");
     loop {
-        let page: serde_json::Value = client
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON");
+        let page = get_json(&client, &url, token).await;
         let items: Vec<InspectionRecord> =
             serde_json::from_value(page["items"].clone()).expect("records");
         records.extend(items);

@@ -10,22 +10,7 @@ use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, simulated_station, station_config};
-
-/// Waits for `condition` with a deadline; a station that stalls fails the test.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !condition().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
+use crate::{CPU_HEAVY, eventually, simulated_station, station_config};
 
 struct Client {
     http: reqwest::Client,

@@ -3,33 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use linesight::station::RunOptions;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, simulated_station, station_config};
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use crate::{CPU_HEAVY, KillOnDrop, free_port, simulated_station, station_config};
 
 /// Starts mosquitto with persistence in `dir` and waits until it accepts connections.
-async fn broker(dir: &Path, port: u16) -> Reaped {
+async fn broker(dir: &Path, port: u16) -> KillOnDrop {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -61,7 +45,7 @@ async fn broker(dir: &Path, port: u16) -> Reaped {
     })
     .await;
     assert!(up.is_ok(), "mosquitto did not listen on {port}");
-    Reaped(child)
+    KillOnDrop(child)
 }
 
 /// A persistent-session subscriber printing `topic payload` lines into `out`.
@@ -117,7 +101,7 @@ async fn a_subscriber_gets_every_record_across_a_broker_restart() {
         .status()
         .expect("mosquitto_sub runs");
     assert!(made.success());
-    let sub = Reaped(subscriber(port, &out, &[]).spawn().expect("subscriber"));
+    let sub = KillOnDrop(subscriber(port, &out, &[]).spawn().expect("subscriber"));
 
     let config = station_config(
         &dir.path().join("data"),
@@ -161,7 +145,7 @@ async fn a_subscriber_gets_every_record_across_a_broker_restart() {
     .await
     .expect("the publisher noticed the broker was gone");
     mosquitto = broker(dir.path(), port).await;
-    let _sub = Reaped(
+    let _sub = KillOnDrop(
         subscriber(port, &out, &[])
             .spawn()
             .expect("subscriber again"),
