@@ -13,6 +13,8 @@
 //! * [`track`]: the part-tracking state machine (no I/O) → what to do at the gate, and when.
 //! * [`actuate`]: the Modbus TCP link to the PLC → reject pulses and a heartbeat.
 //! * [`record`]: the journal of every record (sled) and content-addressed images.
+//! * [`sense`]: line sensor data in (tags, sources, quality flags, storage).
+//! * [`analyse`]: the MES view: KPIs, control charts, alarms.
 //! * [`serve`]: the HTTP API (the MES pull, roles), the live page and `/metrics`.
 //! * [`publish`]: every record to the plant's MQTT broker.
 //!
@@ -24,6 +26,7 @@
 //! [`metrics`], [`simulate`] (the built-in simulated line) and [`station`] (the wiring).
 
 pub mod actuate;
+pub mod analyse;
 pub mod calibrate;
 pub mod capture;
 pub mod config;
@@ -35,6 +38,7 @@ pub mod models;
 pub mod part;
 pub mod publish;
 pub mod record;
+pub mod sense;
 pub mod serve;
 pub mod simulate;
 pub mod station;
