@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::sense::tags::{SensorsSection, TagConfig};
+
 /// Why a station configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +66,12 @@ pub struct StationFile {
     pub records: RecordsSection,
     /// Publish every record to an MQTT broker; absent: no publishing.
     pub mqtt: Option<MqttSection>,
+    /// How sensor data is kept and where it comes from.
+    #[serde(default)]
+    pub sensors: SensorsSection,
+    /// The line signals this station watches.
+    #[serde(default)]
+    pub tags: Vec<TagConfig>,
 }
 
 /// The ISA-95 equipment hierarchy above this station.
@@ -299,6 +307,8 @@ pub struct StationConfig {
     pub plant: PlantSection,
     pub records: RecordsSection,
     pub mqtt: Option<MqttSection>,
+    pub sensors: SensorsSection,
+    pub tags: Vec<TagConfig>,
 }
 
 impl StationConfig {
@@ -401,6 +411,8 @@ impl StationConfig {
                 ..file.records
             },
             mqtt: file.mqtt,
+            sensors: file.sensors,
+            tags: file.tags,
         })
     }
 }
@@ -562,6 +574,7 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     if plc.heartbeat_ms == 0 {
         problem("plc.heartbeat_ms", "expected a positive period".into());
     }
+    crate::sense::tags::check(&file.sensors, &file.tags, &mut problems);
     problems
 }
 

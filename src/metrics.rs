@@ -66,6 +66,14 @@ pub struct Metrics {
     pub mqtt_errors: Counter,
     /// Records archived before the broker took them (they are in the archive files).
     pub mqtt_skipped: Counter,
+    /// Sensor samples stored, by quality flag.
+    pub sensor_samples: Family<KindLabel, Counter>,
+    /// Sensor samples refused (unknown tag, out of time order, in the future, malformed).
+    pub sensor_samples_refused: Counter,
+    /// Sensor sources that did not answer (failed polls, lost subscriptions).
+    pub sensor_source_errors: Counter,
+    /// Sensor batches the store could not write.
+    pub sensor_store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -100,6 +108,10 @@ impl Metrics {
             mqtt_published: Counter::default(),
             mqtt_errors: Counter::default(),
             mqtt_skipped: Counter::default(),
+            sensor_samples: Family::default(),
+            sensor_samples_refused: Counter::default(),
+            sensor_source_errors: Counter::default(),
+            sensor_store_errors: Counter::default(),
         }
     }
 
@@ -130,6 +142,25 @@ impl Metrics {
             .get()
     }
 
+    /// Counts what became of one sensor batch.
+    pub fn count_sensor_report(&self, report: &crate::sense::IngestReport) {
+        let flagged: usize = report.flagged.values().sum();
+        self.sensor_samples
+            .get_or_create(&KindLabel {
+                kind: "good".into(),
+            })
+            .inc_by((report.accepted - flagged) as u64);
+        for (flag, count) in &report.flagged {
+            self.sensor_samples
+                .get_or_create(&KindLabel {
+                    kind: flag.as_str().into(),
+                })
+                .inc_by(*count as u64);
+        }
+        self.sensor_samples_refused
+            .inc_by(report.refused.len() as u64);
+    }
+
     /// Renders every metric in Prometheus text exposition format.
     pub fn encode(&self, station: &str) -> String {
         let mut registry = Registry::with_prefix_and_labels(
@@ -139,6 +170,26 @@ impl Metrics {
                 std::borrow::Cow::Owned(station.to_owned()),
             )]
             .into_iter(),
+        );
+        registry.register(
+            "sensor_samples",
+            "Sensor samples stored, by quality flag",
+            self.sensor_samples.clone(),
+        );
+        registry.register(
+            "sensor_samples_refused",
+            "Sensor samples refused (unknown tag, out of order, future, malformed)",
+            self.sensor_samples_refused.clone(),
+        );
+        registry.register(
+            "sensor_source_errors",
+            "Sensor polls or subscriptions that failed",
+            self.sensor_source_errors.clone(),
+        );
+        registry.register(
+            "sensor_store_errors",
+            "Sensor batches the store could not write",
+            self.sensor_store_errors.clone(),
         );
         registry.register(
             "frames_captured",

@@ -32,7 +32,7 @@ pub use journal::{
 };
 pub use retention::run_archiver;
 pub use schema::SCHEMA_VERSION;
-pub use store::{ArchiveReport, Page, Store, VerifyReport, WorkOrderState};
+pub use store::{ArchiveReport, Page, Store, VerifyReport, WorkOrderState, open_sled};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]

@@ -1093,6 +1093,15 @@ pub(crate) const RESERVE_BLOCK: u64 = 100_000;
 /// process (sled finishes a background flush after the drop) or a process just killed may
 /// hold it for a moment. A second station on the same folder still fails, after the wait.
 fn open_db(path: &Path) -> Result<sled::Db, RecordError> {
+    open_sled(path).map_err(|source| RecordError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Opens a sled database, waiting up to 2 s for its file lock (see `open_db`); the sensor
+/// and analysis databases open the same way.
+pub fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     let mut attempts = 0;
     loop {
         match sled::open(path) {
@@ -1103,12 +1112,7 @@ fn open_db(path: &Path) -> Result<sled::Db, RecordError> {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            Err(source) => {
-                return Err(RecordError::Open {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+            Err(source) => return Err(source),
         }
     }
 }

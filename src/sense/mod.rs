@@ -5,3 +5,114 @@
 //! A stage beside [`crate::capture`]: it never touches a part's path to the gate. Sources
 //! (Modbus polling, HTTP push, CSV import, MQTT) hand raw samples to one ingest point, which
 //! flags their quality and stores them; [`crate::analyse`] reads them back.
+
+pub mod csv;
+pub mod modbus;
+pub mod mqtt;
+pub mod quality;
+pub mod store;
+pub mod tags;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use self::quality::{Flag, Level};
+pub use self::store::{Incoming, IngestReport, MinuteAggregate, Refusal, SensorStore, Series};
+pub use self::tags::{SensorsSection, TagConfig};
+
+/// Why sensor data could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SenseError {
+    #[error("sensor store {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("sensor store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("sensor store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unknown tag {0:?}")]
+    UnknownTag(String),
+}
+
+/// The station's sensor data: the store and what the config says about each tag. Cheap to
+/// clone; every source and reader shares one.
+#[derive(Debug, Clone)]
+pub struct Sensors {
+    pub store: SensorStore,
+    pub tags: Arc<Vec<TagConfig>>,
+    pub settings: Arc<SensorsSection>,
+}
+
+impl Sensors {
+    /// Opens the sensor store in `data_dir` for these tags.
+    pub fn open(
+        data_dir: &Path,
+        settings: SensorsSection,
+        tags: Vec<TagConfig>,
+    ) -> Result<Sensors, SenseError> {
+        let store = SensorStore::open(data_dir, &tags, settings.max_future_s)?;
+        Ok(Sensors {
+            store,
+            tags: Arc::new(tags),
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// A configured tag.
+    pub fn tag(&self, name: &str) -> Option<&TagConfig> {
+        self.tags.iter().find(|t| t.name == name)
+    }
+
+    /// Stores a batch off the async threads (the write ends with a disk flush).
+    pub async fn ingest(&self, batch: Vec<Incoming>) -> Result<IngestReport, SenseError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.ingest(&batch))
+            .await
+            .map_err(|e| SenseError::Corrupt(format!("ingest task failed: {e}")))?
+    }
+}
+
+/// One sample of a pushed or imported batch that was not stored: where it was, which field,
+/// and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SampleProblem {
+    /// `line 14` (CSV) or `samples[3]` (JSON).
+    pub at: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// What became of a pushed or imported batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BatchOutcome {
+    /// Samples stored, whatever their flag.
+    pub accepted: usize,
+    /// Stored samples by flag other than good.
+    pub flagged: BTreeMap<Flag, usize>,
+    /// Samples not stored.
+    pub refused: Vec<SampleProblem>,
+}
+
+impl BatchOutcome {
+    /// The store's report, its refusals placed by `locate(index in the batch)`, after the
+    /// problems found while parsing.
+    pub fn new(
+        report: IngestReport,
+        parse_problems: Vec<SampleProblem>,
+        locate: impl Fn(usize) -> String,
+    ) -> BatchOutcome {
+        let mut refused = parse_problems;
+        refused.extend(report.refused.into_iter().map(|r| SampleProblem {
+            at: locate(r.index),
+            field: r.field,
+            message: r.message,
+        }));
+        BatchOutcome {
+            accepted: report.accepted,
+            flagged: report.flagged,
+            refused,
+        }
+    }
+}
