@@ -37,6 +37,9 @@ use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::publish::mqtt::{MqttSettings, cursor_client, run_mqtt};
 use crate::record::{RecordContext, RecordError, Store, run_archiver, run_recorder};
+use crate::sense::modbus::PollTarget;
+use crate::sense::mqtt::SubscribeSettings;
+use crate::sense::{Sensors, Sources, run_sensors};
 use crate::serve::auth::{AuthError, run_token_auditor};
 use crate::serve::{ApiState, StationInfo, StationState, Tokens};
 use crate::track::{InspectionFate, PartTracker};
@@ -60,6 +63,8 @@ pub enum StationError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Sense(#[from] crate::sense::SenseError),
     #[error("PLC link check failed: {0}")]
     Gate(#[from] GateError),
     #[error(
@@ -114,6 +119,9 @@ pub struct Station {
     link: GateLink,
     api: ApiState,
     camera_feeder: Option<Box<dyn FrameFeeder>>,
+    sensors: Sensors,
+    /// Where the sensor tags are polled and subscribed from.
+    sources: Sources,
 }
 
 impl Station {
@@ -177,6 +185,37 @@ impl Station {
                 .map(|mb| mb.saturating_mul(1024 * 1024)),
         );
         let tokens = Tokens::open(&config.data_dir, config.admin_token.clone())?;
+        let sensors = Sensors::open(
+            &config.data_dir,
+            config.sensors.clone(),
+            config.tags.clone(),
+        )?;
+        let sources = Sources {
+            modbus: sensors
+                .tags
+                .iter()
+                .any(|t| t.modbus.is_some())
+                .then(|| PollTarget {
+                    address: config
+                        .sensors
+                        .modbus_address
+                        .as_deref()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(plc_address),
+                    unit: config.sensors.modbus_unit_id.unwrap_or(config.plc.unit_id),
+                    request_timeout: config.plc.request_timeout,
+                }),
+            mqtt: config
+                .sensors
+                .mqtt_broker
+                .clone()
+                .or_else(|| config.mqtt.as_ref().map(|m| m.broker.clone()))
+                .filter(|_| sensors.tags.iter().any(|t| t.mqtt.is_some()))
+                .map(|broker| SubscribeSettings {
+                    broker,
+                    client_id: format!("linesight-{}-sensors", config.name),
+                }),
+        };
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -215,8 +254,11 @@ impl Station {
             models: Arc::new(control),
             tokens,
             hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
+            sensors: Some(sensors.clone()),
         };
         Ok(Station {
+            sensors,
+            sources,
             config,
             clock,
             metrics,
@@ -260,6 +302,8 @@ impl Station {
             link,
             api,
             camera_feeder,
+            sensors,
+            sources,
         } = self;
         let pipeline_description = read_pipeline(&config.pipeline_file)?;
         let first_part_id = store.start_run()?;
@@ -315,6 +359,13 @@ impl Station {
             ));
             (task, cursor)
         });
+        let sensors_stop = CancellationToken::new();
+        let sensor_sources = tokio::spawn(run_sensors(
+            sensors,
+            sources,
+            metrics.clone(),
+            sensors_stop.clone(),
+        ));
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(run_heartbeat(
             link.sibling(),
@@ -401,6 +452,8 @@ impl Station {
             let _ = archiver.await;
         }
         let _ = token_auditor.await;
+        sensors_stop.cancel();
+        let _ = sensor_sources.await;
         if let Some((publisher, cursor)) = publisher {
             // A short grace to send the last records; whatever is left goes out at the next
             // start (the publisher's cursor is durable).

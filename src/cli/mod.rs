@@ -7,6 +7,7 @@ mod model;
 mod records;
 mod report;
 mod run;
+mod sensors;
 mod token;
 mod train;
 
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         action: records::Records,
     },
+    /// Line sensor data: import history from CSV.
+    Sensors {
+        #[command(subcommand)]
+        action: sensors::SensorsCommand,
+    },
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -77,6 +83,7 @@ impl Cli {
             Command::Model { action } => action.run(),
             Command::Token { action } => action.run(),
             Command::Records { action } => action.run(),
+            Command::Sensors { action } => action.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));

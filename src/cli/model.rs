@@ -51,11 +51,11 @@ pub struct StationArgs {
         default_value = "http://127.0.0.1:8080",
         env = "LINESIGHT_STATION"
     )]
-    station: String,
+    pub station: String,
     /// An engineer's or admin's token (`linesight token create`); without it,
     /// `LINESIGHT_ADMIN_TOKEN` is used if set.
     #[arg(long, env = "LINESIGHT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 impl Model {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::quality::{Flag, Level};
 pub use self::store::{Incoming, IngestReport, MinuteAggregate, Refusal, SensorStore, Series};
@@ -76,7 +76,7 @@ impl Sensors {
 
 /// One sample of a pushed or imported batch that was not stored: where it was, which field,
 /// and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleProblem {
     /// `line 14` (CSV) or `samples[3]` (JSON).
     pub at: String,
@@ -85,7 +85,7 @@ pub struct SampleProblem {
 }
 
 /// What became of a pushed or imported batch.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchOutcome {
     /// Samples stored, whatever their flag.
     pub accepted: usize,
@@ -114,5 +114,65 @@ impl BatchOutcome {
             flagged: report.flagged,
             refused,
         }
+    }
+}
+
+/// Where the station's sources are: the Modbus server its `modbus` tags are polled from, the
+/// broker its `mqtt` tags come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub modbus: Option<modbus::PollTarget>,
+    pub mqtt: Option<mqtt::SubscribeSettings>,
+}
+
+/// How often old samples are pruned.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Runs every source and the pruning of old samples until `cancel`.
+pub async fn run_sensors(
+    sensors: Sensors,
+    sources: Sources,
+    metrics: crate::metrics::Metrics,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let poller = sources.modbus.map(|target| {
+        tokio::spawn(modbus::run_poller(
+            sensors.clone(),
+            target,
+            metrics.clone(),
+            cancel.clone(),
+        ))
+    });
+    let subscriber = sources.mqtt.map(|settings| {
+        tokio::spawn(mqtt::run_subscriber(
+            sensors.clone(),
+            settings,
+            metrics.clone(),
+            cancel.clone(),
+        ))
+    });
+    let days = |d: f64| chrono::Duration::milliseconds((d * 86_400_000.0) as i64);
+    loop {
+        let now = chrono::Utc::now();
+        let store = sensors.store.clone();
+        let (raw_before, minutes_before) = (
+            now - days(sensors.settings.raw_retention_days),
+            now - days(sensors.settings.aggregate_retention_days),
+        );
+        match tokio::task::spawn_blocking(move || store.prune(raw_before, minutes_before)).await {
+            Ok(Ok((segments, minutes))) if segments + minutes > 0 => {
+                tracing::info!(segments, minutes, "old sensor samples pruned")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "cannot prune old sensor samples"),
+            Err(error) => tracing::error!(%error, "sensor pruning task failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+    for task in [poller, subscriber].into_iter().flatten() {
+        let _ = task.await;
     }
 }

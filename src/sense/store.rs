@@ -31,6 +31,9 @@ use super::SenseError;
 use super::quality::{Flag, QualityCheck};
 use super::tags::TagConfig;
 
+/// One stored sample: ms since the epoch, value, flag.
+type StoredSample = (i64, f64, Flag);
+
 /// Samples of one segment lie in one bucket of this length.
 pub const BUCKET_MS: i64 = 10 * 60 * 1000;
 /// A merged segment holds at most this many samples (fast tags get several per bucket).
@@ -182,7 +185,7 @@ struct TagState {
     id: u16,
     check: QualityCheck,
     /// The newest stored sample.
-    last: Option<(i64, f64, Flag)>,
+    last: Option<StoredSample>,
     /// The bucket whose tails are not merged yet, and how many tails it has.
     open_bucket: Option<(i64, usize)>,
     minute: Option<MinuteAcc>,
@@ -323,7 +326,7 @@ impl SensorStore {
         // the batch is on disk, so a failed write leaves the writer as it was.
         let mut touched: HashMap<&str, TagState> = HashMap::new();
         // Per tag: the accepted samples, in order.
-        let mut accepted: BTreeMap<u16, Vec<(i64, f64, Flag)>> = BTreeMap::new();
+        let mut accepted: BTreeMap<u16, Vec<StoredSample>> = BTreeMap::new();
         let limit = now.timestamp_millis() + self.inner.max_future_ms;
         for (index, sample) in batch.iter().enumerate() {
             let refuse = |field: &str, message: String| Refusal {
@@ -418,7 +421,7 @@ impl SensorStore {
     fn plan_writes(
         &self,
         touched: &mut HashMap<&str, TagState>,
-        accepted: &BTreeMap<u16, Vec<(i64, f64, Flag)>>,
+        accepted: &BTreeMap<u16, Vec<StoredSample>>,
     ) -> Result<WritePlan, SenseError> {
         let mut plan = WritePlan::default();
         for state in touched.values_mut() {
@@ -508,7 +511,7 @@ impl SensorStore {
         &self,
         id: u16,
         bucket: i64,
-    ) -> Result<(Vec<(i64, f64, Flag)>, Vec<Vec<u8>>), SenseError> {
+    ) -> Result<(Vec<StoredSample>, Vec<Vec<u8>>), SenseError> {
         let mut samples = Vec::new();
         let mut keys = Vec::new();
         for entry in self
@@ -551,7 +554,7 @@ impl SensorStore {
         Ok(series)
     }
 
-    /// The per-minute aggregates of `tag` with `from ≤ start < to`.
+    /// The per-minute aggregates of `tag` for the minutes that overlap `[from, to)`.
     pub fn read_minutes(
         &self,
         tag: &str,
@@ -563,6 +566,7 @@ impl SensorStore {
         if from >= to {
             return Ok(Vec::new());
         }
+        let from = from.div_euclid(MINUTE_MS) * MINUTE_MS;
         let mut out = Vec::new();
         for entry in self.inner.minute.range(key(id, from)..key(id, to)) {
             let (k, v) = entry?;
@@ -575,7 +579,7 @@ impl SensorStore {
     }
 
     /// The newest stored sample of a configured tag: (ms since epoch, value, flag).
-    pub fn latest(&self, tag: &str) -> Option<(i64, f64, Flag)> {
+    pub fn latest(&self, tag: &str) -> Option<StoredSample> {
         let writer = self
             .inner
             .writer
@@ -658,7 +662,7 @@ fn key_time(k: &[u8]) -> Result<i64, SenseError> {
 
 /// `[version][count u32][time deltas u32 × n][values f64 × n][flags u8 × n]`, little-endian,
 /// columns so a read copies runs instead of parsing records.
-fn encode_segment(id: u16, samples: &[(i64, f64, Flag)]) -> (Vec<u8>, Vec<u8>) {
+fn encode_segment(id: u16, samples: &[StoredSample]) -> (Vec<u8>, Vec<u8>) {
     let first = samples.first().map_or(0, |s| s.0);
     let n = samples.len();
     let mut out = Vec::with_capacity(5 + n * 13);
@@ -708,7 +712,7 @@ fn decode_segment(
 }
 
 /// The newest sample stored for a tag.
-fn last_sample(raw: &sled::Tree, id: u16) -> Result<Option<(i64, f64, Flag)>, SenseError> {
+fn last_sample(raw: &sled::Tree, id: u16) -> Result<Option<StoredSample>, SenseError> {
     let Some(entry) = raw.range(key(id, i64::MIN)..=key(id, i64::MAX)).next_back() else {
         return Ok(None);
     };

@@ -309,7 +309,7 @@ pub fn check(sensors: &SensorsSection, tags: &[TagConfig], problems: &mut Vec<Pr
                     at("spec_limits"),
                     "expected at least one limit; leave the field out for none".into(),
                 ),
-                (Some(l), Some(u)) if !(l < u) => problem(
+                (Some(l), Some(u)) if l >= u || l.is_nan() || u.is_nan() => problem(
                     at("spec_limits"),
                     format!("expected lower < upper, got [{l}, {u}]"),
                 ),

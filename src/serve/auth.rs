@@ -56,8 +56,8 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::Operator => matches!(action, Read),
-            Role::Engineer => matches!(action, Read | Pull | Label | ChangeModels),
-            Role::MesClient => matches!(action, Read | Pull | WorkOrders),
+            Role::Engineer => matches!(action, Read | Pull | Label | ChangeModels | PushSensors),
+            Role::MesClient => matches!(action, Read | Pull | WorkOrders | PushSensors),
         }
     }
 }
@@ -93,6 +93,8 @@ pub enum Permission {
     ChangeModels,
     /// Releasing, starting and completing work orders.
     WorkOrders,
+    /// Pushing line sensor samples (gateways, historians).
+    PushSensors,
     /// Tokens and the audit log.
     Admin,
 }
@@ -724,6 +726,7 @@ mod tests {
         assert!(Role::MesClient.may(Pull) && Role::MesClient.may(WorkOrders));
         assert!(!Role::MesClient.may(ChangeModels) && !Role::MesClient.may(Admin));
         assert!(Role::Admin.may(Admin));
+        assert!(Role::MesClient.may(PushSensors) && !Role::Operator.may(PushSensors));
         assert_eq!("mes-client".parse::<Role>(), Ok(Role::MesClient));
         assert!("root".parse::<Role>().is_err());
     }

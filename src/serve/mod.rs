@@ -18,6 +18,7 @@ pub mod b2mml;
 pub mod live;
 mod models;
 pub mod records;
+mod sensors;
 pub mod work_orders;
 
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub const TOKEN_COOKIE: &str = "linesight_token";
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Largest sensor batch accepted (`POST /api/v1/samples`).
+pub const MAX_PUSH_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the station tells about itself: fixed at start except `state`.
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +97,8 @@ pub struct ApiState {
     pub tokens: Tokens,
     /// `[enterprise, site, area, line, station]`.
     pub hierarchy: Arc<[String; 5]>,
+    /// Line sensor data; `None` for a station that keeps none.
+    pub sensors: Option<crate::sense::Sensors>,
 }
 
 impl ApiState {
@@ -178,11 +184,25 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/audit", need(Admin, get(records::audit_log)))
         .route("/api/v1/openapi.json", need(Read, get(openapi)))
+        .route("/api/v1/tags", need(Read, get(sensors::list_tags)))
+        .route("/api/v1/tags/{name}", need(Read, get(sensors::get_tag)))
+        .route(
+            "/api/v1/tags/{name}/samples",
+            need(Read, get(sensors::samples)),
+        )
         .route("/metrics", need(Read, get(metrics)))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        // Sensor batches are larger than any other request: their own limit, added after
+        // the general one so it is the only one they meet.
+        .merge(
+            Router::new()
+                .route("/api/v1/samples", need(PushSensors, post(sensors::push)))
+                .layer(RequestBodyLimitLayer::new(MAX_PUSH_BODY_BYTES))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)),
+        )
         .fallback(not_found)
         // A bug in a handler answers 500 instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(10),
@@ -271,6 +291,8 @@ pub enum ApiError {
     NotAcceptable(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The cursor points before the oldest record kept.
     #[error("no record before sequence number {first_seq} is kept (asked from {from})")]
     Gone { from: u64, first_seq: u64 },
@@ -326,6 +348,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, m.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m.clone()),
             ApiError::Gone {
                 first_seq: first, ..
             } => {

@@ -10,17 +10,7 @@ use std::time::Duration;
 use linesight::actuate::{GateLink, RegisterMap};
 use linesight::simulate::PlcSimulator;
 
-use crate::{KillOnDrop, free_port, repo};
-
-fn python() -> std::path::PathBuf {
-    let python = repo().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh (make test does)",
-        python.display()
-    );
-    python
-}
+use crate::{KillOnDrop, free_port, python, repo};
 
 fn register_map() -> RegisterMap {
     RegisterMap::load(&repo().join("firmware-io/register-map.toml")).expect("register map")

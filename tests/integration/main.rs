@@ -17,6 +17,7 @@ mod line;
 mod mes;
 mod models;
 mod mqtt;
+mod sensors;
 mod supervised;
 
 use std::path::Path;
@@ -57,6 +58,17 @@ pub fn station_config(data_dir: &Path, edits: &[(&str, &str)]) -> StationConfig 
         text = text.replace(old, new);
     }
     StationConfig::parse(&text, &path).expect("test config is valid")
+}
+
+/// The project's Python (the venv `make setup` makes), which runs the foreign peers.
+pub fn python() -> std::path::PathBuf {
+    let python = repo().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh (make test does)",
+        python.display()
+    );
+    python
 }
 
 /// Kills a child process when the test ends, pass or fail.

@@ -1,0 +1,439 @@
+//! Line sensor data end to end: a PLC we did not write (pymodbus) polled over real Modbus TCP,
+//! its outage flagged and never filled in; batches pushed over HTTP and imported with the CLI,
+//! bad samples named and the rest kept.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use linesight::metrics::Metrics;
+use linesight::sense::modbus::{PollTarget, run_poller};
+use linesight::sense::{Flag, Sensors, SensorsSection, TagConfig};
+use linesight::serve::{Role, Tokens, router};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{KillOnDrop, eventually, python, repo, simulated_station, station_config};
+
+fn start_sensor_plc(port: u16) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(python())
+            .arg(repo().join("tests/interop/pymodbus_sensor_plc.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the pymodbus sensor PLC"),
+    )
+}
+
+async fn listening(address: SocketAddr) {
+    eventually("the pymodbus PLC to listen", || async move {
+        tokio::net::TcpStream::connect(address).await.is_ok()
+    })
+    .await;
+}
+
+fn tags() -> Vec<TagConfig> {
+    toml::from_str::<toml::Table>(
+        r#"
+        [[tags]]
+        name = "press_temp"
+        period_ms = 100
+        valid_range = [0.0, 400.0]
+        modbus = { register = 1000, encoding = "f32" }
+        [[tags]]
+        name = "encoder"
+        period_ms = 100
+        stuck_after = 0
+        modbus = { register = 1002, encoding = "u32", word_order = "low_first" }
+        [[tags]]
+        name = "humidity"
+        period_ms = 100
+        stuck_after = 0
+        modbus = { register = 2000, kind = "input", encoding = "i16", scale = 0.1 }
+        [[tags]]
+        name = "ambient"
+        period_ms = 100
+        stuck_after = 0
+        modbus = { register = 2001, kind = "input", encoding = "i16", scale = 0.1 }
+        "#,
+    )
+    .expect("TOML")
+    .remove("tags")
+    .expect("tags")
+    .try_into()
+    .expect("valid tags")
+}
+
+fn whole_day(sensors: &Sensors, tag: &str) -> linesight::sense::Series {
+    let now = Utc::now();
+    sensors
+        .store
+        .read(
+            tag,
+            now - chrono::Duration::days(1),
+            now + chrono::Duration::hours(1),
+        )
+        .expect("read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pymodbus_plc_is_polled_and_its_outage_is_flagged_never_filled_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sensors = Sensors::open(dir.path(), SensorsSection::default(), tags()).expect("open");
+    let port = crate::free_port();
+    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    let plc = start_sensor_plc(port);
+    listening(address).await;
+    let stop = CancellationToken::new();
+    let poller = tokio::spawn(run_poller(
+        sensors.clone(),
+        PollTarget {
+            address,
+            unit: 1,
+            request_timeout: Duration::from_millis(300),
+        },
+        Metrics::new(),
+        stop.clone(),
+    ));
+    let good = |tag: &'static str| {
+        let sensors = sensors.clone();
+        move || {
+            let sensors = sensors.clone();
+            async move {
+                whole_day(&sensors, tag)
+                    .flag
+                    .iter()
+                    .filter(|f| f.is_good())
+                    .count()
+                    >= 10
+            }
+        }
+    };
+    for tag in ["press_temp", "encoder", "humidity", "ambient"] {
+        eventually(&format!("good {tag} samples"), good(tag)).await;
+    }
+    // Every encoding decoded as the PLC wrote it.
+    let press = whole_day(&sensors, "press_temp");
+    assert!(
+        press.v.iter().all(|v| (175.0..=185.0).contains(v)),
+        "{:?}",
+        &press.v[..5]
+    );
+    let encoder = whole_day(&sensors, "encoder");
+    assert!(encoder.v.windows(2).all(|w| w[1] >= w[0]) && encoder.v[0] >= 70_000.0);
+    assert!(
+        whole_day(&sensors, "humidity")
+            .v
+            .iter()
+            .all(|v| (51.9..=58.1).contains(v))
+    );
+    assert!(
+        whole_day(&sensors, "ambient")
+            .v
+            .iter()
+            .all(|v| (*v - -12.5).abs() < 1e-9)
+    );
+
+    // The PLC goes away: polls fail and each leaves a source_lost placeholder, no value.
+    drop(plc);
+    let lost = |sensors: Sensors| async move {
+        whole_day(&sensors, "press_temp")
+            .flag
+            .iter()
+            .filter(|f| **f == Flag::SourceLost)
+            .count()
+            >= 3
+    };
+    eventually("source_lost placeholders", || lost(sensors.clone())).await;
+    // Back on the same port: good samples again.
+    let before_return = whole_day(&sensors, "press_temp").len();
+    let _plc = start_sensor_plc(port);
+    listening(address).await;
+    eventually("good samples after the PLC returned", || {
+        let sensors = sensors.clone();
+        async move {
+            let series = whole_day(&sensors, "press_temp");
+            series.len() > before_return + 5 && series.flag.last().is_some_and(|f| f.is_good())
+        }
+    })
+    .await;
+    stop.cancel();
+    poller.await.expect("poller ends");
+
+    let series = whole_day(&sensors, "press_temp");
+    assert!(
+        series.t.windows(2).all(|w| w[1] > w[0]),
+        "times strictly increase"
+    );
+    // good…, lost…, good…: one outage, every sample in it without a value.
+    let first_lost = series
+        .flag
+        .iter()
+        .position(|f| *f == Flag::SourceLost)
+        .expect("lost");
+    let back = first_lost
+        + series.flag[first_lost..]
+            .iter()
+            .position(|f| f.is_good())
+            .expect("good again");
+    assert!(series.flag[..first_lost].iter().all(|f| f.is_good()));
+    assert!(
+        series.flag[first_lost..back]
+            .iter()
+            .all(|f| *f == Flag::SourceLost)
+    );
+    assert!(series.v[first_lost..back].iter().all(|v| v.is_nan()));
+    assert!(series.flag[back..].iter().all(|f| *f != Flag::SourceLost));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_and_imported_batches_keep_good_samples_and_name_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tags = r#"
+[[tags]]
+name = "press_temp"
+unit = "degC"
+period_ms = 1000
+valid_range = [0.0, 400.0]
+spec_limits = [150.0, 200.0]
+transport_delay_ms = 4000
+
+[[tags]]
+name = "humidity"
+unit = "%RH"
+period_ms = 1000
+
+[plc]"#;
+    let config = station_config(dir.path(), &[("[plc]", tags)]);
+    let tokens = Tokens::open(dir.path(), None).expect("tokens");
+    let engineer = tokens
+        .create("gateway", Role::Engineer, "test")
+        .expect("token")
+        .token;
+    let operator = tokens
+        .create("op", Role::Operator, "test")
+        .expect("token")
+        .token;
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let http = reqwest::Client::new();
+    let push = |body: Value, token: &str| {
+        http.post(format!("{base}/api/v1/samples"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+
+    let t0 = Utc::now() - chrono::Duration::hours(1);
+    let ts = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
+    let response = push(
+        json!({"samples": [
+            {"tag": "press_temp", "timestamp": ts(0), "value": 181.0},
+            {"tag": "press_temp", "timestamp": ts(1), "value": "hot"},
+            {"tag": "press_temp", "timestamp": ts(2), "value": 182.0},
+            {"tag": "press_temp", "timestamp": ts(1), "value": 183.0},
+            {"tag": "press_temp", "timestamp": (Utc::now() + chrono::Duration::days(1)).to_rfc3339(), "value": 1.0},
+            {"tag": "no_such_tag", "timestamp": ts(3), "value": 1.0},
+            {"tag": "press_temp", "timestamp": ts(6), "value": 999.0},
+            {"tag": "humidity", "value": 55.0},
+            {"tag": "humidity", "timestamp": ts(5), "value": 55.0},
+        ]}),
+        &engineer,
+    )
+    .await
+    .expect("push");
+    assert_eq!(response.status(), 200);
+    let outcome: Value = response.json().await.expect("JSON");
+    assert_eq!(outcome["accepted"], 4, "{outcome}");
+    assert_eq!(outcome["flagged"]["out_of_range"], 1, "{outcome}");
+    let refused: Vec<(String, String)> = outcome["refused"]
+        .as_array()
+        .expect("refused")
+        .iter()
+        .map(|r| {
+            (
+                r["at"].as_str().unwrap_or("").into(),
+                r["field"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let refused: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|(a, f)| (a.as_str(), f.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("samples[1]", "value"),
+            ("samples[7]", "(sample)"),
+            ("samples[3]", "timestamp"),
+            ("samples[4]", "timestamp"),
+            ("samples[5]", "tag"),
+        ],
+        "{outcome}"
+    );
+    assert!(
+        outcome["refused"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hot"),
+        "{outcome}"
+    );
+
+    // CSV: a broken line and a NaN among good lines.
+    let csv = format!(
+        "timestamp,tag,value\n{},humidity,56\n{},humidity\n{},humidity,NaN\n{},humidity,57.5\n",
+        ts(6),
+        ts(7),
+        ts(8),
+        ts(9)
+    );
+    let response = http
+        .post(format!("{base}/api/v1/samples"))
+        .bearer_auth(&engineer)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .expect("push CSV");
+    assert_eq!(response.status(), 200);
+    let outcome: Value = response.json().await.expect("JSON");
+    assert_eq!(outcome["accepted"], 3, "{outcome}");
+    assert_eq!(outcome["flagged"]["not_a_number"], 1, "{outcome}");
+    assert_eq!(outcome["refused"][0]["at"], "line 3", "{outcome}");
+
+    // Read back: raw samples with flags and the gap, minute aggregates of good samples.
+    let from = (t0 - chrono::Duration::seconds(1)).to_rfc3339();
+    let to = (t0 + chrono::Duration::seconds(60)).to_rfc3339();
+    let page: Value = http
+        .get(format!("{base}/api/v1/tags/press_temp/samples"))
+        .query(&[("from", from.as_str()), ("to", to.as_str())])
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let flags: Vec<&str> = page["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| s["flag"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(flags, ["good", "good", "out_of_range"], "{page}");
+    assert_eq!(
+        page["gaps"].as_array().map(Vec::len),
+        Some(1),
+        "4 s silence at a 1 s period: {page}"
+    );
+    let humidity: Value = http
+        .get(format!("{base}/api/v1/tags/humidity/samples"))
+        .query(&[
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+            ("resolution", "minute"),
+        ])
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let minutes = humidity["minutes"].as_array().expect("minutes");
+    let (count, bad): (u64, u64) = minutes.iter().fold((0, 0), |(c, b), m| {
+        (
+            c + m["count"].as_u64().unwrap_or(0),
+            b + m["bad"].as_u64().unwrap_or(0),
+        )
+    });
+    assert_eq!((count, bad), (3, 1), "{humidity}");
+    let tag: Value = http
+        .get(format!("{base}/api/v1/tags/press_temp"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(tag["transport_delay_ms"], 4000, "{tag}");
+    assert_eq!(tag["latest"]["flag"], "out_of_range", "{tag}");
+
+    // Roles and media types.
+    let status = push(json!({"samples": []}), &operator)
+        .await
+        .expect("push")
+        .status();
+    assert_eq!(status, 403);
+    let status = http
+        .post(format!("{base}/api/v1/samples"))
+        .json(&json!({"samples": []}))
+        .send()
+        .await
+        .expect("push")
+        .status();
+    assert_eq!(status, 401);
+    let status = http
+        .post(format!("{base}/api/v1/samples"))
+        .bearer_auth(&engineer)
+        .header("content-type", "text/plain")
+        .body("1")
+        .send()
+        .await
+        .expect("push")
+        .status();
+    assert_eq!(status, 415);
+
+    // The CLI imports a file into the running station, numbering problems by file line.
+    let file = dir.path().join("history.csv");
+    let mut csv = String::from("timestamp,press_temp,humidity\n");
+    for s in 20..2020 {
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            ts(s),
+            180.0 + (s % 7) as f64,
+            50 + s % 5
+        ));
+    }
+    csv.push_str("not a time,1,2\n");
+    std::fs::write(&file, csv).expect("write CSV");
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .args(["sensors", "import", "--push", "--station", &base])
+        .arg(&file)
+        .env("LINESIGHT_TOKEN", &engineer)
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a refused line fails the import: {stdout}"
+    );
+    assert!(stdout.contains("4000 samples stored"), "{stdout}");
+    assert!(stdout.contains("refused line 2002 (timestamp)"), "{stdout}");
+    let last: DateTime<Utc> = (t0 + chrono::Duration::seconds(2019)).trunc_subsecs_ms();
+    let latest = station
+        .api()
+        .sensors
+        .as_ref()
+        .and_then(|s| s.store.latest("humidity"))
+        .expect("latest");
+    assert_eq!(latest.0, last.timestamp_millis());
+}
+
+trait TruncMs {
+    fn trunc_subsecs_ms(self) -> Self;
+}
+
+impl TruncMs for DateTime<Utc> {
+    fn trunc_subsecs_ms(self) -> Self {
+        DateTime::from_timestamp_millis(self.timestamp_millis()).unwrap_or(self)
+    }
+}
