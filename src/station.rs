@@ -27,6 +27,7 @@ use crate::actuate::{
     GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
     run_heartbeat,
 };
+use crate::analyse::alarms::{AlarmError, AlarmManager};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
@@ -56,6 +57,8 @@ pub enum StationError {
     RegisterMap(#[from] RegisterMapError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Alarms(#[from] AlarmError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error(transparent)]
@@ -177,6 +180,7 @@ impl Station {
                 .map(|mb| mb.saturating_mul(1024 * 1024)),
         );
         let tokens = Tokens::open(&config.data_dir, config.admin_token.clone())?;
+        let alarms = AlarmManager::open(store.clone(), &config.alarms).await?;
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -215,6 +219,7 @@ impl Station {
             models: Arc::new(control),
             tokens,
             hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
+            alarms,
         };
         Ok(Station {
             config,
