@@ -393,7 +393,7 @@ pub fn performance(
         })
         .collect();
     // Most frequent first; equals by name (the map's order, kept by a stable sort).
-    top.sort_by(|a, b| b.alarms.cmp(&a.alarms));
+    top.sort_by_key(|f| std::cmp::Reverse(f.alarms));
     top.truncate(TOP);
 
     AlarmPerformance {
