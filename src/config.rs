@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::sense::tags::{SensorsSection, TagConfig};
+use crate::analyse::alarms::{AlarmDefinition, check_definitions};
 
 /// Why a station configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,9 @@ pub struct StationFile {
     /// The line signals this station watches.
     #[serde(default)]
     pub tags: Vec<TagConfig>,
+    /// Alarm conditions on tags, KPIs, chart rules and the station (`[[alarms]]`).
+    #[serde(default)]
+    pub alarms: Vec<AlarmDefinition>,
 }
 
 /// The ISA-95 equipment hierarchy above this station.
@@ -309,6 +313,9 @@ pub struct StationConfig {
     pub mqtt: Option<MqttSection>,
     pub sensors: SensorsSection,
     pub tags: Vec<TagConfig>,
+    /// The alarms the file declares (the built-in ones come on top, see
+    /// [`crate::analyse::alarms::builtin_definitions`]).
+    pub alarms: Vec<AlarmDefinition>,
 }
 
 impl StationConfig {
@@ -413,6 +420,7 @@ impl StationConfig {
             mqtt: file.mqtt,
             sensors: file.sensors,
             tags: file.tags,
+            alarms: file.alarms,
         })
     }
 }
@@ -574,6 +582,9 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     if plc.heartbeat_ms == 0 {
         problem("plc.heartbeat_ms", "expected a positive period".into());
     }
+    for (field, message) in check_definitions(&file.alarms) {
+        problem(&field, message);
+    }
     crate::sense::tags::check(&file.sensors, &file.tags, &mut problems);
     problems
 }
@@ -645,5 +656,27 @@ mod tests {
             }
             other => panic!("expected Invalid, got {other}"),
         }
+    }
+
+    #[test]
+    fn alarms_are_read_and_checked_with_the_rest() {
+        let text = format!(
+            "{}\n[[alarms]]\nname = \"oven_hot\"\nmessage = \"Oven hot\"\npriority = \"high\"\nsource = \"tag:oven\"\nhigh = 230.0\ndeadband = 2.0\n",
+            example()
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.alarms.len(), 1);
+        assert_eq!(config.alarms[0].high, Some(230.0));
+        let bad = text.replace("deadband = 2.0", "deadband = -2.0");
+        match parse(&bad).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                assert_eq!(problems.len(), 1);
+                assert_eq!(problems[0].field, "alarms[0].deadband");
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+        let unknown = text.replace("deadband = 2.0", "deadbnad = 2.0");
+        let message = parse(&unknown).unwrap_err().to_string();
+        assert!(message.contains("deadbnad"), "{message}");
     }
 }

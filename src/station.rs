@@ -27,6 +27,7 @@ use crate::actuate::{
     GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
     run_heartbeat,
 };
+use crate::analyse::alarms::{AlarmError, AlarmManager};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
@@ -59,6 +60,8 @@ pub enum StationError {
     RegisterMap(#[from] RegisterMapError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Alarms(#[from] AlarmError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error(transparent)]
@@ -216,6 +219,7 @@ impl Station {
                     client_id: format!("linesight-{}-sensors", config.name),
                 }),
         };
+        let alarms = AlarmManager::open(store.clone(), &config.alarms).await?;
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -255,6 +259,7 @@ impl Station {
             tokens,
             hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
             sensors: Some(sensors.clone()),
+            alarms,
         };
         Ok(Station {
             sensors,

@@ -186,12 +186,12 @@ pub async fn run_recorder(mut ctx: RecordContext) {
         if let Some(since) = failing_since {
             // Said once the store takes records again: when it stopped, and that it is back.
             let alarm = |state, message: String| {
-                RecordBody::Alarm(AlarmRecord {
-                    alarm: RECORDS_FAILING_ALARM.into(),
+                RecordBody::Alarm(AlarmRecord::condition(
+                    RECORDS_FAILING_ALARM,
                     state,
-                    severity: AlarmSeverity::Critical,
+                    AlarmSeverity::Critical,
                     message,
-                })
+                ))
             };
             let notes = vec![
                 alarm(
@@ -227,12 +227,12 @@ fn disk_alarm(store: &Store, low: bool) -> RecordBody {
             format!("data disk has room again ({free} bytes free): images are saved"),
         )
     };
-    RecordBody::Alarm(AlarmRecord {
-        alarm: DISK_LOW_ALARM.into(),
+    RecordBody::Alarm(AlarmRecord::condition(
+        DISK_LOW_ALARM,
         state,
-        severity: AlarmSeverity::High,
+        AlarmSeverity::High,
         message,
-    })
+    ))
 }
 
 /// Saves each outcome's image and heat map when there is room; a part whose image cannot be
@@ -400,12 +400,12 @@ mod tests {
         let mut bodies: Vec<RecordBody> = (0..10).map(record).collect();
         bodies.insert(
             4,
-            RecordBody::Alarm(AlarmRecord {
-                alarm: "x".into(),
-                state: AlarmState::Raised,
-                severity: AlarmSeverity::Low,
-                message: "m".into(),
-            }),
+            RecordBody::Alarm(AlarmRecord::condition(
+                "x",
+                AlarmState::Raised,
+                AlarmSeverity::Low,
+                "m".into(),
+            )),
         );
         let written = store.append_all(bodies).await.expect("append");
         assert_eq!(

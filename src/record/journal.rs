@@ -143,32 +143,178 @@ pub struct LabelRecord {
     pub by: String,
 }
 
-/// An alarm raised or cleared by the station.
+/// An alarm record: either a condition report (`raised`/`cleared`, what the recorder writes
+/// about `disk_low` and `records_failing`) or one ISA-18.2 life-cycle transition written by the
+/// alarm manager (`event` set, `state` one of the ISA-18.2 states).
+///
+/// Every field after `message` is optional so records written before the life cycle existed
+/// (`{"alarm","state","severity","message"}`) still decode, and a condition report's JSON keeps
+/// exactly that shape (absent fields are not written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmRecord {
     /// Stable code, e.g. `disk_low`.
     pub alarm: String,
     pub state: AlarmState,
+    /// The alarm's ISA-18.2 priority (named `severity` since the first records).
     pub severity: AlarmSeverity,
     pub message: String,
+    /// The life-cycle event; absent on a condition report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<AlarmEvent>,
+    /// When the transition took effect (a sample's time, an operator's request); the
+    /// envelope's `recorded_at` is when it became durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    /// What the alarm watches: `tag:<name>`, `kpi:<name>`, `chart:<name>` or `station`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Whether the condition is active after the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// Whether the alarm is acknowledged after the transition (nothing left to acknowledge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<bool>,
+    /// How the alarm is shelved after the transition; absent when not shelved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelving: Option<ShelvingKind>,
+    /// When a timed shelve ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelved_until: Option<DateTime<Utc>>,
+    /// The value that caused the transition (limit alarms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Who made it: a credential's name, or `station` for automatic transitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The operator's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
-/// Whether an alarm came or went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl AlarmRecord {
+    /// A condition report as the recorder writes it: the condition came (`Raised`) or went
+    /// (`Cleared`); the alarm manager turns it into life-cycle transitions.
+    pub fn condition(
+        alarm: &str,
+        state: AlarmState,
+        severity: AlarmSeverity,
+        message: String,
+    ) -> AlarmRecord {
+        AlarmRecord {
+            alarm: alarm.to_owned(),
+            state,
+            severity,
+            message,
+            event: None,
+            at: None,
+            source: None,
+            active: None,
+            acknowledged: None,
+            shelving: None,
+            shelved_until: None,
+            value: None,
+            by: None,
+            comment: None,
+        }
+    }
+
+    /// Whether this is a life-cycle transition (not a condition report).
+    pub fn is_transition(&self) -> bool {
+        self.event.is_some()
+    }
+}
+
+/// An alarm's state in a record: `raised`/`cleared` on condition reports; one of the
+/// ISA-18.2 states (A normal, B active unacknowledged, C active acknowledged, D returned
+/// unacknowledged, F shelved, G suppressed by design, H out of service) on transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmState {
     Raised,
     Cleared,
+    Normal,
+    ActiveUnacknowledged,
+    ActiveAcknowledged,
+    ReturnedUnacknowledged,
+    Shelved,
+    Suppressed,
+    OutOfService,
+}
+
+impl AlarmState {
+    /// The ISA-18.2 states, as the API filters by them.
+    pub const ISA: [AlarmState; 7] = [
+        AlarmState::Normal,
+        AlarmState::ActiveUnacknowledged,
+        AlarmState::ActiveAcknowledged,
+        AlarmState::ReturnedUnacknowledged,
+        AlarmState::Shelved,
+        AlarmState::Suppressed,
+        AlarmState::OutOfService,
+    ];
+
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Raised => "raised",
+            AlarmState::Cleared => "cleared",
+            AlarmState::Normal => "normal",
+            AlarmState::ActiveUnacknowledged => "active_unacknowledged",
+            AlarmState::ActiveAcknowledged => "active_acknowledged",
+            AlarmState::ReturnedUnacknowledged => "returned_unacknowledged",
+            AlarmState::Shelved => "shelved",
+            AlarmState::Suppressed => "suppressed",
+            AlarmState::OutOfService => "out_of_service",
+        }
+    }
+}
+
+/// What happened to an alarm in one life-cycle transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmEvent {
+    /// The condition became active.
+    Activated,
+    /// The condition returned to normal.
+    Returned,
+    Acknowledged,
+    Shelved,
+    Unshelved,
+    /// A timed shelve ran out.
+    ShelveExpired,
+    Suppressed,
+    Unsuppressed,
+    OutOfService,
+    InService,
+}
+
+/// How an alarm is shelved (OPC UA Part 9 `ShelvedStateMachineType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShelvingKind {
+    /// Until the alarm returns to normal.
+    OneShot,
+    /// Until `shelved_until`.
+    Timed,
 }
 
 /// How urgent an alarm is (ISA-18.2 priorities).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmSeverity {
     Low,
     Medium,
     High,
     Critical,
+}
+
+impl AlarmSeverity {
+    pub const ALL: [AlarmSeverity; 4] = [
+        AlarmSeverity::Low,
+        AlarmSeverity::Medium,
+        AlarmSeverity::High,
+        AlarmSeverity::Critical,
+    ];
 }
 
 /// A work order as the MES or ERP sends it.
@@ -340,12 +486,12 @@ mod tests {
             seq,
             recorded_at: Utc::now(),
             station: "s".into(),
-            body: RecordBody::Alarm(AlarmRecord {
-                alarm: "disk_low".into(),
-                state: AlarmState::Raised,
-                severity: AlarmSeverity::High,
-                message: "ünïcode <&>".into(),
-            }),
+            body: RecordBody::Alarm(AlarmRecord::condition(
+                "disk_low",
+                AlarmState::Raised,
+                AlarmSeverity::High,
+                "ünïcode <&>".into(),
+            )),
         }
     }
 
@@ -400,5 +546,31 @@ mod tests {
             Ok(RecordKind::WorkOrder)
         );
         assert!("nope".parse::<RecordKind>().is_err());
+    }
+
+    #[test]
+    fn alarm_records_of_the_first_shape_still_decode_and_keep_their_shape() {
+        let stored = r#"{"seq":3,"recorded_at":"2025-01-02T03:04:05Z","station":"s","kind":"alarm","alarm":"disk_low","state":"raised","severity":"high","message":"m"}"#;
+        let record: Record = serde_json::from_str(stored).expect("decodes");
+        let RecordBody::Alarm(alarm) = &record.body else {
+            panic!("not an alarm")
+        };
+        assert_eq!(alarm.state, AlarmState::Raised);
+        assert!(!alarm.is_transition());
+        // Written again, a condition report has exactly the old fields.
+        let json: serde_json::Value = serde_json::to_value(&record).expect("json");
+        let fields: Vec<_> = json.as_object().expect("object").keys().cloned().collect();
+        assert_eq!(
+            fields.len(),
+            8,
+            "seq, recorded_at, station, kind, alarm, state, severity, message: {fields:?}"
+        );
+        let transition = r#"{"seq":4,"recorded_at":"2025-01-02T03:04:05Z","station":"s","kind":"alarm","alarm":"oven_hot","state":"shelved","severity":"low","message":"m","event":"shelved","source":"tag:oven","active":true,"acknowledged":false,"shelving":"timed","shelved_until":"2025-01-02T04:04:05Z","by":"op-1","comment":"maintenance"}"#;
+        let record: Record = serde_json::from_str(transition).expect("decodes");
+        let RecordBody::Alarm(alarm) = &record.body else {
+            panic!("not an alarm")
+        };
+        assert_eq!(alarm.event, Some(AlarmEvent::Shelved));
+        assert_eq!(alarm.shelving, Some(ShelvingKind::Timed));
     }
 }

@@ -26,9 +26,9 @@ pub use inspection::{
     ShadowSummary, ShadowVerdict, build_record, gray_png, heat_map_png, run_recorder,
 };
 pub use journal::{
-    AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord, ModelAction,
-    ModelEvent, RawRecord, Record, RecordBody, RecordKind, WorkOrder, WorkOrderAction,
-    WorkOrderRecord,
+    AlarmEvent, AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord,
+    ModelAction, ModelEvent, RawRecord, Record, RecordBody, RecordKind, ShelvingKind, WorkOrder,
+    WorkOrderAction, WorkOrderRecord,
 };
 pub use retention::run_archiver;
 pub use schema::SCHEMA_VERSION;

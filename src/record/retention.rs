@@ -54,12 +54,12 @@ mod tests {
     use crate::record::{Filter, RecordError, Store};
 
     fn alarm(n: usize) -> RecordBody {
-        RecordBody::Alarm(AlarmRecord {
-            alarm: format!("a{n}"),
-            state: AlarmState::Raised,
-            severity: AlarmSeverity::Low,
-            message: "m".into(),
-        })
+        RecordBody::Alarm(AlarmRecord::condition(
+            &format!("a{n}"),
+            AlarmState::Raised,
+            AlarmSeverity::Low,
+            "m".into(),
+        ))
     }
 
     #[tokio::test]

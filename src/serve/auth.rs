@@ -28,9 +28,11 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// Sees verdicts, records, images, the live page and metrics.
+    /// Sees verdicts, records, images, the live page and metrics; acknowledges and shelves
+    /// alarms.
     Operator,
-    /// An operator who also labels parts and changes models.
+    /// An operator who also labels parts, changes models, suppresses alarms and takes them
+    /// out of service.
     Engineer,
     /// The plant MES: reads and pulls records, acknowledges them, pushes work orders.
     MesClient,
@@ -55,8 +57,11 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Operator => matches!(action, Read),
-            Role::Engineer => matches!(action, Read | Pull | Label | ChangeModels | PushSensors),
+            Role::Operator => matches!(action, Read | RespondToAlarms),
+            Role::Engineer => matches!(
+                action,
+                Read | Pull | Label | ChangeModels | RespondToAlarms | AlarmService | PushSensors
+            ),
             Role::MesClient => matches!(action, Read | Pull | WorkOrders | PushSensors),
         }
     }
@@ -95,6 +100,10 @@ pub enum Permission {
     WorkOrders,
     /// Pushing line sensor samples (gateways, historians).
     PushSensors,
+    /// Acknowledging, shelving and unshelving alarms (operators and above).
+    RespondToAlarms,
+    /// Suppressing alarms by design and taking them out of service (engineers and above).
+    AlarmService,
     /// Tokens and the audit log.
     Admin,
 }
@@ -727,6 +736,12 @@ mod tests {
         assert!(!Role::MesClient.may(ChangeModels) && !Role::MesClient.may(Admin));
         assert!(Role::Admin.may(Admin));
         assert!(Role::MesClient.may(PushSensors) && !Role::Operator.may(PushSensors));
+        // Alarms: operators respond, engineers also suppress and take out of service; the
+        // MES, a system, does neither.
+        assert!(Role::Operator.may(RespondToAlarms) && !Role::Operator.may(AlarmService));
+        assert!(Role::Engineer.may(RespondToAlarms) && Role::Engineer.may(AlarmService));
+        assert!(Role::Admin.may(RespondToAlarms) && Role::Admin.may(AlarmService));
+        assert!(!Role::MesClient.may(RespondToAlarms) && !Role::MesClient.may(AlarmService));
         assert_eq!("mes-client".parse::<Role>(), Ok(Role::MesClient));
         assert!("root".parse::<Role>().is_err());
     }

@@ -16,7 +16,7 @@ use futures::Stream;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
-use crate::record::{Filter, RecordKind};
+use crate::record::{Filter, RawRecord, RecordKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +39,23 @@ pub(super) async fn events(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let filter = Filter {
+        kinds: vec![RecordKind::Inspection, RecordKind::Alarm, RecordKind::Label],
+        ..Filter::default()
+    };
+    follow(&api, &headers, query.from, filter, |_| true)
+}
+
+/// A stream of the journal's records that pass `filter` and `keep`, from `from`, else
+/// `Last-Event-ID` + 1, else the newest record; each event's `id` is the record's sequence
+/// number and its `event` the record's kind.
+pub(super) fn follow(
+    api: &ApiState,
+    headers: &HeaderMap,
+    from: Option<u64>,
+    filter: Filter,
+    keep: fn(&RawRecord) -> bool,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
     // Held for the stream's life, released when the client goes.
     let permit = STREAMS.try_acquire().map_err(|_| {
         ApiError::Unavailable(format!(
@@ -58,17 +75,13 @@ pub(super) async fn events(
         None => None,
     };
     let store = api.store.clone();
-    let mut from = match (query.from, last_event_id) {
+    let mut from = match (from, last_event_id) {
         (Some(from), _) => from,
         (None, Some(seen)) => seen.saturating_add(1),
         (None, None) => store.last_seq() + 1,
     }
     .max(store.first_seq());
     let mut durable = store.subscribe();
-    let filter = Filter {
-        kinds: vec![RecordKind::Inspection, RecordKind::Alarm, RecordKind::Label],
-        ..Filter::default()
-    };
     let stream = async_stream::stream! {
         let _permit = permit;
         loop {
@@ -85,7 +98,7 @@ pub(super) async fn events(
                 }
                 Err(_) => break,
             };
-            for record in &page.records {
+            for record in page.records.iter().filter(|r| keep(r)) {
                 let data = String::from_utf8_lossy(record.json());
                 yield Ok(Event::default()
                     .id(record.seq.to_string())

@@ -11,8 +11,10 @@
 //!
 //! One file per area: [`records`] (the MES pull, inspections, labels, images, audit),
 //! [`work_orders`], [`live`] (the Server-Sent Events stream), `models` (model changes),
+//! [`alarms`] (ISA-18.2 alarms: states, actions, performance, their event stream),
 //! [`auth`] (tokens, roles, sign-in), [`b2mml`] (the ISA-95 export).
 
+pub mod alarms;
 pub mod auth;
 pub mod b2mml;
 pub mod live;
@@ -36,6 +38,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use auth::{Permission, Principal, Role, Tokens};
 
+use crate::analyse::alarms::AlarmManager;
 use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl};
@@ -99,6 +102,8 @@ pub struct ApiState {
     pub hierarchy: Arc<[String; 5]>,
     /// Line sensor data; `None` for a station that keeps none.
     pub sensors: Option<crate::sense::Sensors>,
+    /// The station's alarms (ISA-18.2 life cycle).
+    pub alarms: AlarmManager,
 }
 
 impl ApiState {
@@ -183,6 +188,45 @@ pub fn router(state: ApiState) -> Router {
             need(Admin, delete(auth::revoke_token)),
         )
         .route("/api/v1/audit", need(Admin, get(records::audit_log)))
+        .route("/api/v1/alarms", need(Read, get(alarms::list)))
+        .route(
+            "/api/v1/alarms/performance",
+            need(Read, get(alarms::performance)),
+        )
+        .route("/api/v1/alarms/events", need(Read, get(alarms::events)))
+        .route("/api/v1/alarms/{name}", need(Read, get(alarms::get)))
+        .route(
+            "/api/v1/alarms/{name}/history",
+            need(Read, get(alarms::history)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/acknowledge",
+            need(RespondToAlarms, post(alarms::acknowledge)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/shelve",
+            need(RespondToAlarms, post(alarms::shelve)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/unshelve",
+            need(RespondToAlarms, post(alarms::unshelve)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/suppress",
+            need(AlarmService, post(alarms::suppress)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/unsuppress",
+            need(AlarmService, post(alarms::unsuppress)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/out-of-service",
+            need(AlarmService, post(alarms::out_of_service)),
+        )
+        .route(
+            "/api/v1/alarms/{name}/in-service",
+            need(AlarmService, post(alarms::in_service)),
+        )
         .route("/api/v1/openapi.json", need(Read, get(openapi)))
         .route("/api/v1/tags", need(Read, get(sensors::list_tags)))
         .route("/api/v1/tags/{name}", need(Read, get(sensors::get_tag)))
