@@ -828,3 +828,511 @@ fn ratio<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
 fn plain_ratio<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(rounded(*value, 4))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyse::shifts::{BreakSection, ShiftSection, Weekday};
+
+    fn time(text: &str) -> DateTime<Utc> {
+        text.parse().expect("time")
+    }
+
+    fn minute(text: &str) -> i64 {
+        time(text).timestamp().div_euclid(60)
+    }
+
+    /// `n` parts spread evenly over the minute (the first at :00, the last at 60 − 60/n s).
+    fn bucket(minute: i64, work_order: Option<&str>, n: u64, rejected: u64) -> MinuteBucket {
+        MinuteBucket {
+            minute,
+            work_order: work_order.map(str::to_owned),
+            counts: Counts {
+                inspected: n,
+                passed: n - rejected,
+                rejected_failed: rejected,
+                first_pass_good: n - rejected,
+                first_ms: 0,
+                last_ms: (60_000 - 60_000 / n) as u16,
+                defects: if rejected > 0 {
+                    vec![("scratch".into(), rejected)]
+                } else {
+                    Vec::new()
+                },
+                ..Counts::default()
+            },
+        }
+    }
+
+    /// Buckets of every minute of `[from, to)`.
+    fn run(
+        from: &str,
+        to: &str,
+        work_order: Option<&str>,
+        n: u64,
+        rejected: u64,
+    ) -> Vec<MinuteBucket> {
+        (minute(from)..minute(to))
+            .map(|m| bucket(m, work_order, n, rejected))
+            .collect()
+    }
+
+    fn plan(shifts: &[ShiftSection], offset: i32, ideal_cycle_s: Option<f64>) -> ProductionPlan {
+        ProductionPlan {
+            calendar: Arc::new(ShiftCalendar::build(shifts, offset).expect("calendar")),
+            ideal_cycle_s,
+            stop_after_s: 5.0,
+        }
+    }
+
+    fn input<'a>(plan: &'a ProductionPlan, buckets: &'a [MinuteBucket]) -> KpiInput<'a> {
+        KpiInput {
+            plan,
+            buckets,
+            work_orders: &[],
+            external_stops: &[],
+        }
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-9)
+    }
+
+    fn codes(kpis: &Kpis) -> Vec<WarningCode> {
+        kpis.warnings.iter().map(|w| w.code).collect()
+    }
+
+    /// The hand-worked example. Monday 2024-05-06, UTC, one shift:
+    ///
+    /// - shift "early" 06:00–14:00 (8 h = 28 800 s) with a planned break 10:00–10:30 (1 800 s):
+    ///   PBT = 28 800 − 1 800 = **27 000 s**.
+    /// - The line makes 100 parts a minute (one every 0.6 s, the first at :00.0, the last at
+    ///   :59.4) in every minute of the shift except two stops, 07:00–07:30 and 12:00–12:15, and
+    ///   the break. Production minutes: 60 + 150 + 90 + 105 = 405, so PQ = **40 500**.
+    /// - A stop lasts from the last part before it to the first part after: 06:59:59.4 to
+    ///   07:30:00.0 = 1 800.6 s, and 11:59:59.4 to 12:15:00.0 = 900.6 s; stop_after_s = 5.
+    ///   (The 0.6 s before the break and before the shift's end are shorter than 5 s: no stop.)
+    ///   ADOT = **2 701.2 s**, APT = 27 000 − 2 701.2 = **24 298.8 s**.
+    /// - One part a minute is rejected (failed): SQ = **405**, GQ = 40 500 − 405 = **40 095**.
+    ///   In 45 minutes one passed part was later labelled defective: GP = 40 095 − 45 =
+    ///   **40 050**.
+    /// - Ideal cycle time PRU = 0.5 s.
+    ///
+    /// - Availability = APT / PBT = 24 298.8 / 27 000 = 0.899 956 → **0.9000**
+    /// - Effectiveness = PRU × PQ / APT = 0.5 × 40 500 / 24 298.8 = 20 250 / 24 298.8
+    ///   = 0.833 374 → **0.8334**
+    /// - Quality ratio = GQ / PQ = 40 095 / 40 500 = **0.9900**
+    /// - OEE = A × E × QR = 0.899 956 × 0.833 374 × 0.99 = 0.742 500 → **0.7425**
+    ///   (check: the product cancels to PRU × GQ / PBT = 0.5 × 40 095 / 27 000 = 0.7425)
+    /// - FPY = GP / IP = 40 050 / 40 500 = 0.988 889 → **0.9889**
+    /// - Scrap ratio = SQ / PQ = 405 / 40 500 = **0.0100**
+    #[test]
+    fn the_hand_worked_oee_example() {
+        let early = ShiftSection {
+            name: "early".into(),
+            start: "06:00".into(),
+            end: "14:00".into(),
+            days: vec![
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ],
+            breaks: vec![BreakSection {
+                start: "10:00".into(),
+                end: "10:30".into(),
+            }],
+        };
+        let plan = plan(&[early], 0, Some(0.5));
+        let mut buckets: Vec<MinuteBucket> = [
+            ("06:00", "07:00"),
+            ("07:30", "10:00"),
+            ("10:30", "12:00"),
+            ("12:15", "14:00"),
+        ]
+        .iter()
+        .flat_map(|(a, z)| {
+            run(
+                &format!("2024-05-06T{a}:00Z"),
+                &format!("2024-05-06T{z}:00Z"),
+                None,
+                100,
+                1,
+            )
+        })
+        .collect();
+        assert_eq!(buckets.len(), 405);
+        for b in buckets.iter_mut().take(45) {
+            b.counts.first_pass_good -= 1;
+            b.counts.defects.insert(0, ("crack".into(), 1));
+        }
+        let range = Range::new(
+            time("2024-05-06T00:00:00Z"),
+            time("2024-05-07T00:00:00Z"),
+            time("2024-05-07T00:00:00Z"),
+        );
+        let report = input(&plan, &buckets).report(range, Period::Shift);
+        assert_eq!(report.periods.len(), 1);
+        let shift = &report.periods[0];
+        assert_eq!(shift.shift.as_deref(), Some("early"));
+        assert_eq!(
+            (shift.from, shift.to),
+            (time("2024-05-06T06:00:00Z"), time("2024-05-06T14:00:00Z"))
+        );
+        for k in [&shift.kpis, &report.total] {
+            assert_eq!(k.planned_busy_time_s, 27_000.0);
+            assert!((k.down_time_s - 2_701.2).abs() < 1e-9, "{}", k.down_time_s);
+            assert!((k.actual_production_time_s - 24_298.8).abs() < 1e-9);
+            assert_eq!(
+                (
+                    k.produced_quantity,
+                    k.good_quantity,
+                    k.scrap_quantity,
+                    k.first_pass_good
+                ),
+                (40_500, 40_095, 405, 40_050)
+            );
+            assert!(close(k.availability, 24_298.8 / 27_000.0));
+            assert!(close(k.effectiveness, 20_250.0 / 24_298.8));
+            assert!(close(k.quality_ratio, 0.99));
+            assert!(close(k.oee, 0.7425));
+            assert!(close(k.first_pass_yield, 40_050.0 / 40_500.0));
+            assert!(close(k.scrap_ratio, 0.01));
+            assert!(k.warnings.is_empty(), "{:?}", k.warnings);
+        }
+        // Presented to the 4th decimal.
+        let json = serde_json::to_value(&report.total).expect("json");
+        for (field, value) in [
+            ("availability", 0.9),
+            ("effectiveness", 0.8334),
+            ("quality_ratio", 0.99),
+            ("oee", 0.7425),
+            ("first_pass_yield", 0.9889),
+            ("scrap_ratio", 0.01),
+            ("down_time_s", 2701.2),
+        ] {
+            assert_eq!(json[field], value, "{field}");
+        }
+        // By the hour, the 07:00 stop is split at the hour: 0.6 s in 06:00–07:00, 1 800 s after.
+        let hours = input(&plan, &buckets).report(range, Period::Hour);
+        assert_eq!(hours.periods.len(), 24);
+        assert!((hours.periods[6].kpis.down_time_s - 0.6).abs() < 1e-9);
+        assert_eq!(hours.periods[7].kpis.down_time_s, 1_800.0);
+        assert_eq!(hours.periods[10].kpis.planned_busy_time_s, 1_800.0);
+        assert_eq!(
+            codes(&hours.periods[3].kpis),
+            [WarningCode::NoPlannedTime, WarningCode::NoParts]
+        );
+        // The Pareto of the same data.
+        let pareto = input(&plan, &buckets).pareto(range, None);
+        assert_eq!(pareto.defects, 450);
+        let classes: Vec<_> = pareto
+            .classes
+            .iter()
+            .map(|c| (c.class.as_str(), c.count, c.share, c.cumulative_share))
+            .collect();
+        assert_eq!(
+            classes,
+            [("scratch", 405, 0.9, 0.9), ("crack", 45, 0.1, 1.0)]
+        );
+    }
+
+    #[test]
+    fn a_night_shift_across_midnight_is_one_run_and_splits_between_local_days() {
+        let night = ShiftSection {
+            name: "night".into(),
+            start: "22:00".into(),
+            end: "06:00".into(),
+            days: vec![Weekday::Mon],
+            breaks: Vec::new(),
+        };
+        // Local time is UTC+1: the shift runs Monday 21:00 to Tuesday 05:00 UTC.
+        let plan = plan(&[night], 60, Some(1.0));
+        let buckets = run("2024-05-06T21:00:00Z", "2024-05-07T05:00:00Z", None, 60, 0);
+        // Monday 00:00 local to Wednesday 00:00 local.
+        let range = Range::new(
+            time("2024-05-05T23:00:00Z"),
+            time("2024-05-07T23:00:00Z"),
+            time("2024-05-08T00:00:00Z"),
+        );
+        let shifts = input(&plan, &buckets).report(range, Period::Shift);
+        assert_eq!(shifts.periods.len(), 1);
+        let run = &shifts.periods[0];
+        assert_eq!(
+            (run.from, run.to),
+            (time("2024-05-06T21:00:00Z"), time("2024-05-07T05:00:00Z"))
+        );
+        assert_eq!(run.kpis.planned_busy_time_s, 8.0 * 3600.0);
+        // One part a second: 1 s between minutes, never a stop.
+        assert_eq!(run.kpis.down_time_s, 0.0);
+        assert!(close(run.kpis.availability, 1.0));
+        assert!(close(run.kpis.effectiveness, 1.0));
+        assert_eq!(run.kpis.produced_quantity, 8 * 3600);
+        let days = input(&plan, &buckets).report(range, Period::Day);
+        let by_day: Vec<_> = days
+            .periods
+            .iter()
+            .map(|p| (p.from, p.kpis.planned_busy_time_s, p.kpis.produced_quantity))
+            .collect();
+        assert_eq!(
+            by_day,
+            [
+                (time("2024-05-05T23:00:00Z"), 2.0 * 3600.0, 2 * 3600),
+                (time("2024-05-06T23:00:00Z"), 6.0 * 3600.0, 6 * 3600),
+            ]
+        );
+        // Asked from 02:00 local, the run is cut at the range: its first half is not counted.
+        let late = Range::new(
+            time("2024-05-07T01:00:00Z"),
+            time("2024-05-07T23:00:00Z"),
+            time("2024-05-08T00:00:00Z"),
+        );
+        let cut = input(&plan, &buckets).report(late, Period::Shift);
+        assert_eq!(cut.periods[0].from, time("2024-05-07T01:00:00Z"));
+        assert_eq!(cut.periods[0].kpis.planned_busy_time_s, 4.0 * 3600.0);
+    }
+
+    #[test]
+    fn ranges_widen_to_minutes_and_time_after_as_of_is_not_counted() {
+        let plan = plan(&[], 0, Some(1.0));
+        // Parts 06:00–07:00 only; asked at 08:00 for 06:00:30–14:00.
+        let buckets = run("2024-05-06T06:00:00Z", "2024-05-06T07:00:00Z", None, 60, 0);
+        let range = Range::new(
+            time("2024-05-06T06:00:30Z"),
+            time("2024-05-06T13:59:01Z"),
+            time("2024-05-06T08:00:00Z"),
+        );
+        let report = input(&plan, &buckets).report(range, Period::Hour);
+        assert_eq!(
+            (report.from, report.to),
+            (time("2024-05-06T06:00:00Z"), time("2024-05-06T14:00:00Z"))
+        );
+        let total = &report.total;
+        assert_eq!(total.planned_busy_time_s, 7_200.0);
+        // From the last part, 06:59:59, until as_of.
+        assert_eq!(total.down_time_s, 3_601.0);
+        assert!(close(total.availability, 3_599.0 / 7_200.0));
+        assert_eq!(report.periods.len(), 8);
+        assert_eq!(report.periods[1].kpis.down_time_s, 3_600.0);
+        assert_eq!(
+            codes(&report.periods[1].kpis),
+            [WarningCode::NoProductionTime, WarningCode::NoParts]
+        );
+        assert_eq!(report.periods[1].kpis.availability, Some(0.0));
+        assert_eq!(report.periods[1].kpis.oee, None);
+        assert_eq!(
+            codes(&report.periods[2].kpis),
+            [WarningCode::NoPlannedTime, WarningCode::NoParts]
+        );
+        // A range with no parts at all: all planned time down.
+        let empty = input(&plan, &[]).report(range, Period::Hour);
+        assert_eq!(empty.total.down_time_s, empty.total.planned_busy_time_s);
+    }
+
+    #[test]
+    fn effectiveness_above_one_is_flagged_not_clamped_and_missing_pru_is_said() {
+        let buckets = run("2024-05-06T06:00:00Z", "2024-05-06T07:00:00Z", None, 60, 6);
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T07:00:00Z"),
+            time("2024-05-06T09:00:00Z"),
+        );
+        // An ideal cycle of 1.5 s, where the line makes a part a second.
+        let slow = plan(&[], 0, Some(1.5));
+        let k = input(&slow, &buckets).report(range, Period::Hour).total;
+        assert!(close(k.effectiveness, 1.5));
+        assert_eq!(codes(&k), [WarningCode::EffectivenessAboveOne]);
+        assert!(k.oee.is_some_and(|oee| oee > 1.0));
+        // No ideal cycle time: effectiveness and OEE null, the rest computed.
+        let unknown = plan(&[], 0, None);
+        let k = input(&unknown, &buckets).report(range, Period::Hour).total;
+        assert_eq!(
+            (k.effectiveness, k.oee, k.ideal_production_time_s),
+            (None, None, None)
+        );
+        assert_eq!(codes(&k), [WarningCode::NoIdealCycleTime]);
+        assert!(close(k.quality_ratio, 0.9));
+        // A work order's ideal cycle time counts for its parts.
+        let of_order: Vec<_> = buckets
+            .iter()
+            .cloned()
+            .map(|b| MinuteBucket {
+                work_order: Some("WO-1".into()),
+                ..b
+            })
+            .collect();
+        let orders = [WorkOrderSpan {
+            id: "WO-1".into(),
+            started_at: None,
+            completed_at: None,
+            ideal_cycle_s: Some(0.5),
+        }];
+        let k = KpiInput {
+            work_orders: &orders,
+            ..input(&unknown, &of_order)
+        }
+        .report(range, Period::Hour)
+        .total;
+        assert!(close(k.effectiveness, 0.5));
+    }
+
+    #[test]
+    fn work_orders_get_their_own_time_and_parts_and_unattributed_parts_the_rest() {
+        let plan = plan(&[], 0, Some(1.0));
+        let mut buckets = run(
+            "2024-05-06T06:00:00Z",
+            "2024-05-06T07:00:00Z",
+            Some("WO-1"),
+            60,
+            0,
+        );
+        buckets.extend(run(
+            "2024-05-06T07:00:00Z",
+            "2024-05-06T07:30:00Z",
+            None,
+            60,
+            6,
+        ));
+        buckets.extend(run(
+            "2024-05-06T07:30:00Z",
+            "2024-05-06T08:00:00Z",
+            Some("WO-2"),
+            30,
+            3,
+        ));
+        let orders = [
+            WorkOrderSpan {
+                id: "WO-1".into(),
+                started_at: Some(time("2024-05-06T05:00:00Z")),
+                completed_at: Some(time("2024-05-06T07:00:00Z")),
+                ideal_cycle_s: None,
+            },
+            WorkOrderSpan {
+                id: "WO-2".into(),
+                started_at: Some(time("2024-05-06T07:30:00Z")),
+                completed_at: None,
+                ideal_cycle_s: Some(2.0),
+            },
+            WorkOrderSpan {
+                id: "WO-never-started".into(),
+                started_at: None,
+                completed_at: None,
+                ideal_cycle_s: None,
+            },
+        ];
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T08:00:00Z"),
+            time("2024-05-06T09:00:00Z"),
+        );
+        let report = KpiInput {
+            work_orders: &orders,
+            ..input(&plan, &buckets)
+        }
+        .report(range, Period::WorkOrder);
+        let rows: Vec<_> = report
+            .periods
+            .iter()
+            .map(|p| {
+                (
+                    p.work_order.as_deref(),
+                    p.from,
+                    p.kpis.planned_busy_time_s,
+                    p.kpis.produced_quantity,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Some("WO-1"), time("2024-05-06T06:00:00Z"), 3_600.0, 3_600),
+                (Some("WO-2"), time("2024-05-06T07:30:00Z"), 1_800.0, 900),
+                (None, time("2024-05-06T06:00:00Z"), 1_800.0, 1_800),
+            ]
+        );
+        // WO-2 at half the ideal rate: effectiveness 2 s × 900 / 1 800 s (less the 2 s gaps
+        // between its minutes, which are under stop_after_s).
+        assert!(close(report.periods[1].kpis.effectiveness, 1.0));
+        let pareto = KpiInput {
+            work_orders: &orders,
+            ..input(&plan, &buckets)
+        }
+        .pareto(range, Some("WO-2"));
+        assert_eq!((pareto.defects, pareto.classes.len()), (90, 1));
+        assert_eq!(pareto.work_order.as_deref(), Some("WO-2"));
+        let none = input(&plan, &buckets).pareto(range, Some("WO-1"));
+        assert_eq!((none.defects, none.classes.len()), (0, 0));
+    }
+
+    #[test]
+    fn external_stops_count_only_in_planned_time_and_only_once() {
+        let early = ShiftSection {
+            name: "early".into(),
+            start: "06:00".into(),
+            end: "07:00".into(),
+            days: vec![Weekday::Mon],
+            breaks: Vec::new(),
+        };
+        let plan = plan(&[early], 0, Some(1.0));
+        // Parts until 06:40; a sensor says the line stood 06:30–06:45 and 06:50–08:00.
+        let buckets = run("2024-05-06T06:00:00Z", "2024-05-06T06:40:00Z", None, 60, 0);
+        let stops = [
+            (time("2024-05-06T06:30:00Z"), time("2024-05-06T06:45:00Z")),
+            (time("2024-05-06T06:50:00Z"), time("2024-05-06T08:00:00Z")),
+        ];
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T09:00:00Z"),
+            time("2024-05-06T09:00:00Z"),
+        );
+        let k = KpiInput {
+            external_stops: &stops,
+            ..input(&plan, &buckets)
+        }
+        .report(range, Period::Shift)
+        .total;
+        // 06:30–06:45 from the sensor and 06:39:59–07:00 from the counts overlap: together
+        // 06:30–07:00, counted once; nothing after the shift's end.
+        assert_eq!(k.down_time_s, 30.0 * 60.0);
+        assert_eq!(k.planned_busy_time_s, 3_600.0);
+    }
+
+    #[test]
+    fn the_production_series_sums_minutes_into_local_hours() {
+        let plan = plan(&[], 30, None);
+        let mut buckets = run("2024-05-06T06:00:00Z", "2024-05-06T07:00:00Z", None, 10, 1);
+        buckets.push(bucket(minute("2024-05-06T06:45:00Z"), Some("WO-1"), 5, 0));
+        buckets.sort_by(|a, b| (a.minute, &a.work_order).cmp(&(b.minute, &b.work_order)));
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T07:00:00Z"),
+            time("2024-05-06T07:00:00Z"),
+        );
+        let minutes = input(&plan, &buckets).production(range, Resolution::Minute);
+        assert_eq!(minutes.rows.len(), 61);
+        let hours = input(&plan, &buckets).production(range, Resolution::Hour);
+        let rows: Vec<_> = hours
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.start,
+                    r.work_order.as_deref(),
+                    r.inspected,
+                    r.rejected_failed,
+                )
+            })
+            .collect();
+        // Local hours start at :30 UTC.
+        assert_eq!(
+            rows,
+            [
+                (time("2024-05-06T05:30:00Z"), None, 300, 30),
+                (time("2024-05-06T06:30:00Z"), None, 300, 30),
+                (time("2024-05-06T06:30:00Z"), Some("WO-1"), 5, 0),
+            ]
+        );
+        assert_eq!(hours.rows[0].defects.get("scratch"), Some(&30));
+    }
+}

@@ -619,3 +619,344 @@ fn open_db(path: &Path) -> Result<sled::Db, AnalyseError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ActuationStatus;
+    use chrono::{DateTime, Utc};
+
+    fn inspection(
+        part_id: u64,
+        at: &str,
+        disposition: Disposition,
+        class: Option<&str>,
+        work_order: Option<&str>,
+    ) -> RecordBody {
+        let at: DateTime<Utc> = at.parse().expect("time");
+        RecordBody::Inspection(InspectionRecord {
+            part_id,
+            work_order: work_order.map(str::to_owned),
+            product: None,
+            captured_at: at,
+            inspected_at: Some(at),
+            decided_at: at,
+            gate_at: at,
+            actuated_at: None,
+            verdict: Some(match disposition {
+                Disposition::Pass => Verdict::Pass,
+                Disposition::RejectFailed => Verdict::Fail,
+                _ => Verdict::Error,
+            }),
+            score: None,
+            threshold: None,
+            disposition,
+            rejected_by_policy: disposition == Disposition::RejectNoVerdict,
+            inspection_late: false,
+            actuation: ActuationStatus::NotRequired,
+            actuation_error: None,
+            model_version: None,
+            defect_class: class.map(str::to_owned),
+            image: None,
+            heat_map: None,
+            error: None,
+        })
+    }
+
+    fn label(part_id: u64, supersedes: u64, verdict: Verdict, class: Option<&str>) -> RecordBody {
+        RecordBody::Label(LabelRecord {
+            part_id,
+            supersedes,
+            verdict,
+            defect_class: class.map(str::to_owned),
+            note: None,
+            by: "eng-1".into(),
+        })
+    }
+
+    fn minute(at: &str) -> i64 {
+        let at: DateTime<Utc> = at.parse().expect("time");
+        at.timestamp().div_euclid(60)
+    }
+
+    fn all(counts: &ProductionCounts) -> Vec<MinuteBucket> {
+        counts.buckets(i64::MIN / 2, i64::MAX / 2).expect("buckets")
+    }
+
+    fn defects(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+        pairs.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect()
+    }
+
+    /// The first journal: five parts over two minutes and two work orders.
+    fn first_parts() -> Vec<RecordBody> {
+        use Disposition::*;
+        vec![
+            inspection(1, "2024-05-06T10:00:01.250Z", Pass, None, Some("WO-1")),
+            inspection(
+                2,
+                "2024-05-06T10:00:30Z",
+                RejectFailed,
+                Some("scratch"),
+                Some("WO-1"),
+            ),
+            inspection(
+                3,
+                "2024-05-06T10:00:59.900Z",
+                RejectError,
+                None,
+                Some("WO-1"),
+            ),
+            inspection(4, "2024-05-06T10:01:10Z", RejectNoVerdict, None, None),
+            inspection(5, "2024-05-06T10:01:20Z", Pass, None, None),
+        ]
+    }
+
+    #[test]
+    fn inspections_fold_into_minute_buckets_by_work_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("store");
+        let counts = ProductionCounts::open(dir.path()).expect("counts");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        runtime
+            .block_on(store.append_all(first_parts()))
+            .expect("append");
+        let folded = counts
+            .catch_up(&store, &CancellationToken::new())
+            .expect("catch up");
+        assert_eq!(folded, 5);
+        assert_eq!(counts.cursor(), 5);
+        let ten = minute("2024-05-06T10:00:00Z");
+        assert_eq!(
+            all(&counts),
+            [
+                MinuteBucket {
+                    minute: ten,
+                    work_order: Some("WO-1".into()),
+                    counts: Counts {
+                        inspected: 3,
+                        passed: 1,
+                        rejected_failed: 1,
+                        rejected_error: 1,
+                        rejected_no_verdict: 0,
+                        first_pass_good: 1,
+                        first_ms: 1_250,
+                        last_ms: 59_900,
+                        defects: defects(&[("scratch", 1), (UNCLASSIFIED, 1)]),
+                    },
+                },
+                MinuteBucket {
+                    minute: ten + 1,
+                    work_order: None,
+                    counts: Counts {
+                        inspected: 2,
+                        passed: 1,
+                        rejected_failed: 0,
+                        rejected_error: 0,
+                        rejected_no_verdict: 1,
+                        first_pass_good: 1,
+                        first_ms: 10_000,
+                        last_ms: 20_000,
+                        defects: defects(&[(UNCLASSIFIED, 1)]),
+                    },
+                },
+            ]
+        );
+        // Nothing new: nothing counted again.
+        assert_eq!(
+            counts
+                .catch_up(&store, &CancellationToken::new())
+                .expect("again"),
+            0
+        );
+        assert_eq!(all(&counts)[0].counts.inspected, 3);
+    }
+
+    #[test]
+    fn a_later_label_moves_its_part_between_classes_and_out_of_first_pass_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("store");
+        let counts = ProductionCounts::open(dir.path()).expect("counts");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let append = |body| runtime.block_on(store.append(body)).expect("append").seq;
+        let catch_up = || {
+            counts
+                .catch_up(&store, &CancellationToken::new())
+                .expect("catch up");
+            all(&counts).remove(0).counts
+        };
+        let at = "2024-05-06T10:00:01Z";
+        let passed = append(inspection(1, at, Disposition::Pass, None, None));
+        let failed = append(inspection(
+            2,
+            at,
+            Disposition::RejectFailed,
+            Some("dent"),
+            None,
+        ));
+        let c = catch_up();
+        assert_eq!(
+            (c.first_pass_good, c.defects.clone()),
+            (1, defects(&[("dent", 1)]))
+        );
+        // The passed part was an escape: a scratch.
+        append(label(1, passed, Verdict::Fail, Some("scratch")));
+        let c = catch_up();
+        assert_eq!(
+            (c.first_pass_good, c.defects.clone()),
+            (0, defects(&[("dent", 1), ("scratch", 1)]))
+        );
+        // Relabelled a dent; the failed part is relabelled without a class (keeps the model's).
+        append(label(1, passed, Verdict::Fail, Some("dent")));
+        append(label(2, failed, Verdict::Fail, None));
+        let c = catch_up();
+        assert_eq!(
+            (c.first_pass_good, c.defects.clone()),
+            (0, defects(&[("dent", 2)]))
+        );
+        // Both good after all: the passed one is first-pass good again, the rejected one is not
+        // (it was rejected at the gate), and neither is a defect.
+        append(label(1, passed, Verdict::Pass, None));
+        append(label(2, failed, Verdict::Pass, None));
+        let c = catch_up();
+        assert_eq!((c.first_pass_good, c.defects.clone()), (1, Vec::new()));
+        // What happened at the gate never changes.
+        assert_eq!((c.inspected, c.passed, c.rejected_failed), (2, 1, 1));
+        // A label of a part whose inspection is not in the journal changes nothing.
+        append(label(99, 1_000, Verdict::Fail, Some("crack")));
+        assert_eq!(catch_up().defects, Vec::new());
+    }
+
+    #[test]
+    fn counts_survive_a_reopen_exactly_once_and_a_rebuild_gives_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("store");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let stop = CancellationToken::new();
+        let seqs: Vec<u64> = runtime
+            .block_on(store.append_all(first_parts()))
+            .expect("append")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        {
+            let counts = ProductionCounts::open(dir.path()).expect("counts");
+            counts.catch_up(&store, &stop).expect("catch up");
+        }
+        // Reopened (as after a restart or a kill -9: the cursor is in the same transaction as
+        // the counts), it goes on from its cursor.
+        let counts = ProductionCounts::open(dir.path()).expect("reopen");
+        assert_eq!(counts.cursor(), 5);
+        runtime
+            .block_on(store.append_all(vec![
+                label(1, seqs[0], Verdict::Fail, Some("scratch")),
+                inspection(6, "2024-05-06T10:01:30Z", Disposition::Pass, None, None),
+                label(6, 7, Verdict::Fail, None),
+            ]))
+            .expect("append");
+        assert_eq!(counts.catch_up(&store, &stop).expect("catch up"), 3);
+        let incremental = all(&counts);
+        assert_eq!(incremental[0].counts.inspected, 3);
+        assert_eq!(incremental[1].counts.inspected, 3);
+        assert_eq!(incremental[0].counts.first_pass_good, 0);
+        assert_eq!(incremental[1].counts.defects, defects(&[(UNCLASSIFIED, 2)]));
+        drop(counts);
+        // The analysis database deleted: rebuilt from the journal, from seq 1, in one go.
+        std::fs::remove_dir_all(dir.path().join("analysis")).expect("delete");
+        let rebuilt = ProductionCounts::open(dir.path()).expect("fresh");
+        assert_eq!(rebuilt.cursor(), 0);
+        rebuilt.catch_up(&store, &stop).expect("rebuild");
+        assert_eq!(all(&rebuilt), incremental);
+        assert_eq!(rebuilt.cursor(), store.last_seq());
+    }
+
+    #[test]
+    fn a_store_with_a_new_history_starts_the_counts_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let stop = CancellationToken::new();
+        let counts = ProductionCounts::open(dir.path()).expect("counts");
+        {
+            let old = Store::open(&dir.path().join("old"), "s").expect("store");
+            runtime
+                .block_on(old.append_all(first_parts()))
+                .expect("append");
+            counts.catch_up(&old, &stop).expect("catch up");
+        }
+        let new = Store::open(&dir.path().join("new"), "s").expect("store");
+        runtime
+            .block_on(new.append(inspection(
+                1,
+                "2024-05-07T00:00:00Z",
+                Disposition::Pass,
+                None,
+                None,
+            )))
+            .expect("append");
+        counts.catch_up(&new, &stop).expect("catch up");
+        let buckets = all(&counts);
+        assert_eq!(buckets.len(), 1);
+        assert_eq!(buckets[0].minute, minute("2024-05-07T00:00:00Z"));
+        assert_eq!(counts.cursor(), 1);
+    }
+
+    #[test]
+    fn the_encoding_round_trips_and_refuses_damage() {
+        let counts = Counts {
+            inspected: 120,
+            passed: 100,
+            rejected_failed: 15,
+            rejected_error: 3,
+            rejected_no_verdict: 2,
+            first_pass_good: 99,
+            first_ms: 12,
+            last_ms: 59_999,
+            defects: defects(&[("dent", 4), ("ünïcode", 16)]),
+        };
+        let bytes = encode(&counts);
+        assert_eq!(decode(7, &bytes).expect("decodes"), counts);
+        assert!(matches!(
+            decode(7, &bytes[..bytes.len() - 1]),
+            Err(AnalyseError::Corrupt { minute: 7, .. })
+        ));
+        let key = bucket_key(-3, Some("WO-1"));
+        assert_eq!(split_key(&key), (-3, Some("WO-1".into())));
+        assert!(minute_key(-1) < minute_key(0) && minute_key(0) < minute_key(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_counter_task_follows_the_journal_as_records_become_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("store");
+        let counts = ProductionCounts::open(dir.path()).expect("counts");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_production_counter(
+            store.clone(),
+            counts.clone(),
+            cancel.clone(),
+        ));
+        let mut cursor = counts.subscribe();
+        for batch in [first_parts(), first_parts()] {
+            store.append_all(batch).await.expect("append");
+            let want = store.last_seq();
+            tokio::time::timeout(Duration::from_secs(20), cursor.wait_for(|c| *c >= want))
+                .await
+                .expect("counted before the deadline")
+                .expect("counter alive");
+        }
+        let buckets = all(&counts);
+        assert_eq!(buckets.iter().map(|b| b.counts.inspected).sum::<u64>(), 10);
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("stops when cancelled")
+            .expect("no panic");
+    }
+}

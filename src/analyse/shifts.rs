@@ -307,7 +307,10 @@ impl ShiftCalendar {
                 }
                 breaks.push((from, to));
             }
-            for day in &shift.days {
+            for (d, day) in shift.days.iter().enumerate() {
+                if shift.days[..d].contains(day) {
+                    continue; // reported above
+                }
                 for since in 0..length {
                     let minute = (day.index() * DAY + start + since).rem_euclid(WEEK) as usize;
                     if let Some(other) = week[minute].shift {
