@@ -27,6 +27,7 @@ use crate::actuate::{
     GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
     run_heartbeat,
 };
+use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
@@ -56,6 +57,8 @@ pub enum StationError {
     RegisterMap(#[from] RegisterMapError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Analyse(#[from] AnalyseError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error(transparent)]
@@ -176,6 +179,10 @@ impl Station {
                 .image_budget_mb
                 .map(|mb| mb.saturating_mul(1024 * 1024)),
         );
+        let production = Production {
+            counts: ProductionCounts::open(&config.data_dir)?,
+            plan: Arc::new(config.production.clone()),
+        };
         let tokens = Tokens::open(&config.data_dir, config.admin_token.clone())?;
         let control = ModelControl::new(
             registry,
@@ -215,6 +222,7 @@ impl Station {
             models: Arc::new(control),
             tokens,
             hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
+            production,
         };
         Ok(Station {
             config,
@@ -277,6 +285,13 @@ impl Station {
             clock: clock.clone(),
             metrics: metrics.clone(),
         }));
+        // Follows the journal into the production counts the KPIs read.
+        let counter_stop = CancellationToken::new();
+        let counter = tokio::spawn(run_production_counter(
+            store.clone(),
+            api.production.counts.clone(),
+            counter_stop.clone(),
+        ));
         let publisher_stop = CancellationToken::new();
         let archiver_stop = CancellationToken::new();
         let token_auditor = tokio::spawn(run_token_auditor(
@@ -401,6 +416,17 @@ impl Station {
             let _ = archiver.await;
         }
         let _ = token_auditor.await;
+        // A short grace to count the last records; the rest is counted at the next start (the
+        // counter's cursor is durable).
+        let last = store.last_seq();
+        let mut counted = api.production.counts.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            counted.wait_for(|cursor| *cursor >= last),
+        )
+        .await;
+        counter_stop.cancel();
+        let _ = counter.await;
         if let Some((publisher, cursor)) = publisher {
             // A short grace to send the last records; whatever is left goes out at the next
             // start (the publisher's cursor is durable).
