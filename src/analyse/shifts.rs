@@ -92,7 +92,7 @@ pub enum Weekday {
 }
 
 impl Weekday {
-    const ALL: [Weekday; 7] = [
+    pub const ALL: [Weekday; 7] = [
         Weekday::Mon,
         Weekday::Tue,
         Weekday::Wed,
