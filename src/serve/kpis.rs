@@ -221,4 +221,78 @@ mod tests {
         // The earliest time chrono knows has no day before it.
         assert!(time_range(None, Some(DateTime::<Utc>::MIN_UTC), now, 400).is_err());
     }
+
+    /// The OpenAPI description names exactly the fields the handlers serialise (schemathesis
+    /// checks the values against a running station; this catches a renamed field here).
+    #[test]
+    fn the_openapi_schemas_match_what_is_served() {
+        use crate::analyse::{Counts, MinuteBucket, ProductionPlan};
+        let spec: serde_json::Value = serde_json::from_str(super::super::OPENAPI).expect("json");
+        let schemas = &spec["components"]["schemas"];
+        let keys = |schema: &str| -> Vec<String> {
+            let mut required: Vec<String> = schemas[schema]["required"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{schema} has required fields"))
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
+            let mut properties: Vec<String> = schemas[schema]["properties"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            required.sort();
+            properties.sort();
+            assert_eq!(required, properties, "{schema}: every property is required");
+            required
+        };
+        let fields = |value: &serde_json::Value| -> Vec<String> {
+            let mut names: Vec<String> = value
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        let plan = ProductionPlan::default();
+        let bucket = MinuteBucket {
+            minute: at("2024-05-06T06:00:00Z").timestamp() / 60,
+            work_order: Some("WO-1".into()),
+            counts: Counts {
+                inspected: 10,
+                passed: 9,
+                rejected_failed: 1,
+                first_pass_good: 9,
+                defects: vec![("dent".into(), 1)],
+                ..Counts::default()
+            },
+        };
+        let input = KpiInput {
+            plan: &plan,
+            buckets: std::slice::from_ref(&bucket),
+            work_orders: &[],
+            external_stops: &[],
+        };
+        let range = Range::new(
+            at("2024-05-06T06:00:00Z"),
+            at("2024-05-06T08:00:00Z"),
+            at("2024-05-06T09:00:00Z"),
+        );
+        let report = serde_json::to_value(input.report(range, Period::WorkOrder)).expect("json");
+        assert_eq!(fields(&report), keys("KpiReport"));
+        assert_eq!(fields(&report["total"]), keys("Kpis"));
+        assert_eq!(fields(&report["periods"][0]), keys("PeriodKpis"));
+        assert_eq!(fields(&report["total"]["warnings"][0]), keys("KpiWarning"));
+        let pareto = serde_json::to_value(input.pareto(range, None)).expect("json");
+        assert_eq!(fields(&pareto), keys("Pareto"));
+        assert_eq!(fields(&pareto["classes"][0]), keys("ParetoClass"));
+        let series = serde_json::to_value(input.production(range, Resolution::Hour)).expect("json");
+        assert_eq!(fields(&series), keys("ProductionSeries"));
+        assert_eq!(fields(&series["rows"][0]), keys("ProductionRow"));
+        for path in ["/api/v1/kpis", "/api/v1/pareto", "/api/v1/production"] {
+            assert!(
+                spec["paths"][path]["get"].is_object(),
+                "{path} is documented"
+            );
+        }
+    }
 }
