@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 use crate::analyse::alarms::{AlarmDefinition, check_definitions};
+use crate::analyse::ProductionPlan;
+use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
 
 /// Why a station configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,12 @@ pub struct StationFile {
     /// Alarm conditions on tags, KPIs, chart rules and the station (`[[alarms]]`).
     #[serde(default)]
     pub alarms: Vec<AlarmDefinition>,
+    /// Master data of the KPIs: ideal cycle time, stop threshold, local time.
+    #[serde(default)]
+    pub production: ProductionSection,
+    /// The shift calendar; none: every minute is planned (24/7).
+    #[serde(default)]
+    pub shifts: Vec<ShiftSection>,
 }
 
 /// The ISA-95 equipment hierarchy above this station.
@@ -316,6 +324,8 @@ pub struct StationConfig {
     /// The alarms the file declares (the built-in ones come on top, see
     /// [`crate::analyse::alarms::builtin_definitions`]).
     pub alarms: Vec<AlarmDefinition>,
+    /// The shift calendar, ideal cycle time and stop threshold the KPIs are measured against.
+    pub production: ProductionPlan,
 }
 
 impl StationConfig {
@@ -374,6 +384,27 @@ impl StationConfig {
             });
         }
         let resolve = |p: &Path| base.join(p);
+        let calendar = ShiftCalendar::build(&file.shifts, file.production.utc_offset_minutes)
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: problems
+                    .into_iter()
+                    .map(|p| Problem {
+                        field: p.field,
+                        message: p.message,
+                    })
+                    .collect(),
+            })?;
+        let ideal_cycle_s = ideal_cycle_s(&file);
+        let production = ProductionPlan {
+            calendar: std::sync::Arc::new(calendar),
+            ideal_cycle_s,
+            // Ten ideal cycles without a part: more than a gap between parts, less than a stop.
+            stop_after_s: file
+                .production
+                .stop_after_s
+                .unwrap_or_else(|| ideal_cycle_s.map_or(60.0, |cycle| 10.0 * cycle)),
+        };
         let model_dir = resolve(&file.model.dir);
         let model_registry = match &file.model.registry {
             Some(registry) => resolve(registry),
@@ -421,8 +452,23 @@ impl StationConfig {
             sensors: file.sensors,
             tags: file.tags,
             alarms: file.alarms,
+            production,
         })
     }
+}
+
+/// The station's ideal cycle time (PRU) in seconds: as configured, else the simulated belt's.
+fn ideal_cycle_s(file: &StationFile) -> Option<f64> {
+    file.production
+        .ideal_cycle_ms
+        .map(|ms| ms / 1000.0)
+        .or_else(|| {
+            file.camera
+                .simulator
+                .as_ref()
+                .filter(|sim| sim.parts_per_min > 0.0)
+                .map(|sim| 60.0 / sim.parts_per_min)
+        })
 }
 
 fn parse_file(text: &str, path: &Path) -> Result<StationFile, ConfigError> {
@@ -494,6 +540,27 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             "mqtt.broker",
             format!("expected host:port, got {:?}", mqtt.broker),
         );
+    }
+    if let Some(ms) = file.production.ideal_cycle_ms
+        && !(ms.is_finite() && ms > 0.0 && ms <= 86_400_000.0)
+    {
+        problem(
+            "production.ideal_cycle_ms",
+            format!("expected milliseconds per part in (0, 86400000], got {ms}"),
+        );
+    }
+    if let Some(s) = file.production.stop_after_s
+        && !(s.is_finite() && s > 0.0 && s <= 86_400.0)
+    {
+        problem(
+            "production.stop_after_s",
+            format!("expected seconds in (0, 86400], got {s}"),
+        );
+    }
+    if let Err(calendar) = ShiftCalendar::build(&file.shifts, file.production.utc_offset_minutes) {
+        for p in calendar {
+            problem(&p.field, p.message);
+        }
     }
     if file.camera.frame_queue == 0 {
         problem("camera.frame_queue", "expected at least 1".into());
@@ -678,5 +745,92 @@ mod tests {
         let unknown = text.replace("deadband = 2.0", "deadbnad = 2.0");
         let message = parse(&unknown).unwrap_err().to_string();
         assert!(message.contains("deadbnad"), "{message}");
+    }
+
+    #[test]
+    fn production_defaults_come_from_the_simulated_belt_and_plan_every_minute() {
+        let config = parse(&example()).expect("valid");
+        let plan = &config.production;
+        // 120 parts/min: 0.5 s per part; stops after ten cycles.
+        assert_eq!(plan.ideal_cycle_s, Some(0.5));
+        assert_eq!(plan.stop_after_s, 5.0);
+        assert_eq!(plan.calendar.names(), [crate::analyse::shifts::ALL_DAY]);
+        assert!(plan.calendar.slot(0).planned());
+    }
+
+    #[test]
+    fn shifts_and_production_master_data_are_read() {
+        let text = example()
+            + r#"
+[production]
+ideal_cycle_ms = 400
+stop_after_s = 30
+utc_offset_minutes = 60
+
+[[shifts]]
+name = "early"
+start = "06:00"
+end = "14:00"
+days = ["mon", "tue", "wed", "thu", "fri"]
+[[shifts.breaks]]
+start = "10:00"
+end = "10:30"
+
+[[shifts]]
+name = "night"
+start = "22:00"
+end = "06:00"
+"#;
+        let config = parse(&text).expect("valid");
+        let plan = &config.production;
+        assert_eq!(plan.ideal_cycle_s, Some(0.4));
+        assert_eq!(plan.stop_after_s, 30.0);
+        assert_eq!(plan.calendar.names(), ["early", "night"]);
+        assert_eq!(plan.calendar.offset_minutes(), 60);
+    }
+
+    #[test]
+    fn bad_production_master_data_and_shifts_are_reported_together() {
+        let text = example()
+            + r#"
+[production]
+ideal_cycle_ms = 0
+stop_after_s = -1
+
+[[shifts]]
+name = "early"
+start = "06:00"
+end = "14:00"
+
+[[shifts]]
+name = "late"
+start = "13:30"
+end = "25:00"
+"#;
+        match parse(&text).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+                assert_eq!(
+                    fields,
+                    [
+                        "production.ideal_cycle_ms",
+                        "production.stop_after_s",
+                        "shifts[1].end"
+                    ],
+                    "{problems:?}"
+                );
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+        let overlapping = example()
+            + "[[shifts]]\nname = \"a\"\nstart = \"06:00\"\nend = \"14:00\"\n\
+               [[shifts]]\nname = \"b\"\nstart = \"13:00\"\nend = \"15:00\"\n";
+        let message = parse(&overlapping).unwrap_err().to_string();
+        assert!(message.contains("shifts[1].start"), "{message}");
+        assert!(message.contains("overlaps shift \"a\""), "{message}");
+        let unknown = example()
+            + "[[shifts]]\nname = \"a\"\nstart = \"06:00\"\nend = \"14:00\"\nbreak = []\n";
+        let message = parse(&unknown).unwrap_err().to_string();
+        assert!(message.contains("break"), "{message}");
     }
 }

@@ -28,6 +28,7 @@ use crate::actuate::{
     run_heartbeat,
 };
 use crate::analyse::alarms::{AlarmError, AlarmManager};
+use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
 use crate::config::{PlcKind, StationConfig};
@@ -62,6 +63,8 @@ pub enum StationError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Alarms(#[from] AlarmError),
+    #[error(transparent)]
+    Analyse(#[from] AnalyseError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error(transparent)]
@@ -187,6 +190,10 @@ impl Station {
                 .image_budget_mb
                 .map(|mb| mb.saturating_mul(1024 * 1024)),
         );
+        let production = Production {
+            counts: ProductionCounts::open(&config.data_dir)?,
+            plan: Arc::new(config.production.clone()),
+        };
         let tokens = Tokens::open(&config.data_dir, config.admin_token.clone())?;
         let sensors = Sensors::open(
             &config.data_dir,
@@ -260,6 +267,7 @@ impl Station {
             hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
             sensors: Some(sensors.clone()),
             alarms,
+            production,
         };
         Ok(Station {
             sensors,
@@ -326,6 +334,13 @@ impl Station {
             clock: clock.clone(),
             metrics: metrics.clone(),
         }));
+        // Follows the journal into the production counts the KPIs read.
+        let counter_stop = CancellationToken::new();
+        let counter = tokio::spawn(run_production_counter(
+            store.clone(),
+            api.production.counts.clone(),
+            counter_stop.clone(),
+        ));
         let publisher_stop = CancellationToken::new();
         let archiver_stop = CancellationToken::new();
         let token_auditor = tokio::spawn(run_token_auditor(
@@ -459,6 +474,17 @@ impl Station {
         let _ = token_auditor.await;
         sensors_stop.cancel();
         let _ = sensor_sources.await;
+        // A short grace to count the last records; the rest is counted at the next start (the
+        // counter's cursor is durable).
+        let last = store.last_seq();
+        let mut counted = api.production.counts.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            counted.wait_for(|cursor| *cursor >= last),
+        )
+        .await;
+        counter_stop.cancel();
+        let _ = counter.await;
         if let Some((publisher, cursor)) = publisher {
             // A short grace to send the last records; whatever is left goes out at the next
             // start (the publisher's cursor is durable).

@@ -12,11 +12,13 @@
 //! One file per area: [`records`] (the MES pull, inspections, labels, images, audit),
 //! [`work_orders`], [`live`] (the Server-Sent Events stream), `models` (model changes),
 //! [`alarms`] (ISA-18.2 alarms: states, actions, performance, their event stream),
+//! [`kpis`] (ISO 22400-2 KPIs, the defect Pareto, production counts),
 //! [`auth`] (tokens, roles, sign-in), [`b2mml`] (the ISA-95 export).
 
 pub mod alarms;
 pub mod auth;
 pub mod b2mml;
+pub mod kpis;
 pub mod live;
 mod models;
 pub mod records;
@@ -39,6 +41,7 @@ use tower_http::timeout::TimeoutLayer;
 pub use auth::{Permission, Principal, Role, Tokens};
 
 use crate::analyse::alarms::AlarmManager;
+use crate::analyse::{AnalyseError, Production};
 use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl};
@@ -104,6 +107,8 @@ pub struct ApiState {
     pub sensors: Option<crate::sense::Sensors>,
     /// The station's alarms (ISA-18.2 life cycle).
     pub alarms: AlarmManager,
+    /// The production counts and the plan the KPIs are measured against.
+    pub production: Production,
 }
 
 impl ApiState {
@@ -153,6 +158,9 @@ pub fn router(state: ApiState) -> Router {
             need(Read, get(records::get_image)),
         )
         .route("/api/v1/events", need(Read, get(live::events)))
+        .route("/api/v1/kpis", need(Read, get(kpis::kpis)))
+        .route("/api/v1/pareto", need(Read, get(kpis::pareto)))
+        .route("/api/v1/production", need(Read, get(kpis::production)))
         .route(
             "/api/v1/work-orders",
             need(Read, get(work_orders::list)).merge(need(WorkOrders, post(work_orders::release))),
@@ -352,6 +360,15 @@ impl From<RecordError> for ApiError {
             RecordError::Pruned { from, first_seq } => ApiError::Gone { from, first_seq },
             RecordError::AckBeyondEnd { .. } => ApiError::Conflict(error.to_string()),
             error => ApiError::Internal(error),
+        }
+    }
+}
+
+impl From<AnalyseError> for ApiError {
+    fn from(error: AnalyseError) -> ApiError {
+        match error {
+            AnalyseError::Record(error) => error.into(),
+            error => ApiError::InternalMessage(error.to_string()),
         }
     }
 }

@@ -119,6 +119,11 @@ async fn app(dir: &std::path::Path) -> App {
         tokens,
         hierarchy: Arc::new(["e", "s", "a", "l", "station"].map(str::to_owned)),
         alarms: alarms.clone(),
+        production: crate::analyse::Production {
+            counts: crate::analyse::ProductionCounts::open(dir).expect("counts"),
+            plan: Arc::new(crate::analyse::ProductionPlan::default()),
+        },
+        sensors: None,
     };
     App {
         router: router(api),
