@@ -2,3 +2,5 @@
 //!
 //! Sits between [`crate::record`] (and [`crate::sense`]) and [`crate::serve`]: it reads records
 //! and samples, never the live path, so nothing here can delay a verdict or a reject.
+
+pub mod spc;
