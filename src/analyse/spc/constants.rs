@@ -70,12 +70,12 @@ pub struct SubgroupConstants {
     pub b4: f64,
 }
 
-/// The constants for subgroups of `n` values, `n` in 2..=25. `index` names the subgroup whose
-/// size is checked, for the error.
+/// The constants for subgroups of `n` values, `n` in 2..=25.
 pub fn subgroup_constants(n: usize) -> Result<SubgroupConstants, SpcError> {
     constants_for(n, 0)
 }
 
+/// [`subgroup_constants`], naming subgroup `index` if `n` is out of range.
 pub(super) fn constants_for(n: usize, index: usize) -> Result<SubgroupConstants, SpcError> {
     if !SUBGROUP_SIZES.contains(&n) {
         return Err(SpcError::SubgroupSize { index, size: n });
@@ -106,8 +106,9 @@ fn c4(n: usize) -> f64 {
 /// Γ(x + 1) = x · Γ(x), which is exact up to rounding (no series approximation), and the
 /// largest value needed, Γ(12.5), is far from overflow.
 fn gamma_of_half(k: usize) -> f64 {
-    let mut x = if k % 2 == 0 { 1.0 } else { 0.5 };
-    let mut gamma = if k % 2 == 0 {
+    let whole = k.is_multiple_of(2);
+    let mut x = if whole { 1.0 } else { 0.5 };
+    let mut gamma = if whole {
         1.0
     } else {
         std::f64::consts::PI.sqrt()

@@ -124,13 +124,13 @@ impl RuleId {
                 "8 points in a row beyond 1σ on both sides, none within 1σ",
                 "Nelson 8",
             ),
-            RuleId::EwmaLimit => ("EWMA statistic beyond its control limits", "EWMA"),
+            RuleId::EwmaLimit => ("smoothed mean beyond its control limits", "EWMA"),
             RuleId::CusumUpper => (
-                "upper CUSUM above the decision interval (upward shift)",
+                "upward shift: upper sum above the decision interval",
                 "CUSUM",
             ),
             RuleId::CusumLower => (
-                "lower CUSUM above the decision interval (downward shift)",
+                "downward shift: lower sum above the decision interval",
                 "CUSUM",
             ),
         }

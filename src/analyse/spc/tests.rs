@@ -73,7 +73,7 @@ fn signals_on(rule: &str, points: Vec<Observation>) -> Vec<usize> {
 
 fn alternating(len: usize, size: f64) -> Vec<f64> {
     (0..len)
-        .map(|i| if i % 2 == 0 { size } else { -size })
+        .map(|i| if i.is_multiple_of(2) { size } else { -size })
         .collect()
 }
 
