@@ -8,12 +8,15 @@
 //!   [`run_production_counter`] into `<data_dir>/analysis`, exactly once;
 //! - [`shifts`]: the shift calendar of the station TOML (planned busy time);
 //! - [`kpi`]: ISO 22400-2 KPIs, the defect Pareto and the production series over those counts
-//!   (pure functions).
+//!   (pure functions);
+//! - [`spc`]: control charts (p, Laney p′, u, I-MR, X̄-R/S, EWMA, CUSUM), Western Electric and
+//!   Nelson rules, Cp/Cpk (pure functions).
 
 pub mod alarms;
 pub mod kpi;
 pub mod production;
 pub mod shifts;
+pub mod spc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
