@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::sense::tags::{SensorsSection, TagConfig};
-use crate::analyse::alarms::{AlarmDefinition, check_definitions};
 use crate::analyse::ProductionPlan;
+use crate::analyse::alarms::{AlarmDefinition, check_definitions};
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
+pub use crate::sense::tags::{SensorsSection, TagConfig};
 
 /// Why a station configuration was refused.
 #[derive(Debug, thiserror::Error)]
