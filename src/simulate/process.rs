@@ -356,8 +356,9 @@ impl LineProcess {
         spec.base + spec.drift_per_hour * x / 3600.0 + cycle
     }
 
-    /// Sensor `sensor`'s reported value at `t`: the true value with its tick's noise, or, during
-    /// a stuck-at fault, the value reported when the fault began.
+    /// Sensor `sensor`'s reported value at `t`: the true value at the start of `t`'s tick (a
+    /// [`SENSOR_TICK`]) with that tick's noise, or, during a stuck-at fault, the value reported
+    /// when the fault began.
     pub fn reported_value(&self, sensor: usize, t: Duration) -> f64 {
         let spec = &self.sensors[sensor];
         let t = match (spec.stuck_from_s, spec.stuck_for_s) {
@@ -366,8 +367,11 @@ impl LineProcess {
             }
             _ => t,
         };
+        // Sampled at the start of its tick and held, as a PLC's scan would.
         let tick = (t.as_millis() / SENSOR_TICK.as_millis()) as u64;
-        self.true_value(sensor, t) + spec.noise * standard_normal(self.seed, sensor as u64, tick)
+        let sampled = Duration::from_millis(tick * SENSOR_TICK.as_millis() as u64);
+        self.true_value(sensor, sampled)
+            + spec.noise * standard_normal(self.seed, sensor as u64, tick)
     }
 
     /// Whether sensor `sensor` is stuck at `t`.

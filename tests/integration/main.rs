@@ -17,6 +17,7 @@ mod line;
 mod mes;
 mod models;
 mod mqtt;
+mod sensors;
 mod supervised;
 
 use std::path::Path;
