@@ -51,7 +51,7 @@ pub enum Encoding {
 
 impl Encoding {
     /// Registers one value takes.
-    pub fn len(self) -> u16 {
+    pub fn registers(self) -> u16 {
         match self {
             Encoding::F32 | Encoding::U32 => 2,
             Encoding::I16 | Encoding::U16 => 1,
@@ -95,7 +95,7 @@ impl RegisterFormat {
 
     /// The engineering value in `words`; `None` when the count does not fit the encoding.
     pub fn decode(&self, words: &[u16]) -> Option<f64> {
-        if words.len() != usize::from(self.encoding.len()) {
+        if words.len() != usize::from(self.encoding.registers()) {
             return None;
         }
         let raw = match self.encoding {
@@ -524,7 +524,7 @@ pub fn check(section: &SimulatorSection) -> Vec<Problem> {
         ranges.push((
             sensor.register,
             start,
-            start + u32::from(sensor.encoding.len()),
+            start + u32::from(sensor.encoding.registers()),
             field("address"),
         ));
     }
