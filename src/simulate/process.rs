@@ -767,8 +767,8 @@ mod tests {
         }
         let rate = |row: [u32; 2]| f64::from(row[1]) / f64::from(row[0].max(1));
         let (hot, cool) = (rate(crack[0]), rate(crack[1]));
-        // 0.05 base + 0.4 while hot (a little less when other kinds crowd it out).
-        assert!(hot > 0.35 && cool < 0.07, "cracks: {hot} hot, {cool} cool");
+        // 0.075 base + 0.4 while hot (a little less when other kinds crowd it out).
+        assert!(hot > 0.4 && cool < 0.09, "cracks: {hot} hot, {cool} cool");
         // Above 60 %RH: + at least 0.15.
         let (humid, dry) = (rate(spot[0]), rate(spot[1]));
         assert!(humid > dry + 0.12, "spots: {humid} humid, {dry} dry");
@@ -781,8 +781,8 @@ mod tests {
         assert!(crack[0][0] > 1000 && spot[0][0] > 1000 && scratch[0][0] > 1000);
     }
 
-    /// The station's line tests expect about the flat 30 % of defective parts of old in the
-    /// shipped line's first minute; over hours the sensors push it higher.
+    /// The station's line tests expect about the flat 30 % of defective parts of old (at most
+    /// 55 %) in the shipped line's first minute; over hours the sensors push it higher.
     #[test]
     fn shipped_defect_share_stays_near_the_flat_rate() {
         let line = line();
@@ -794,8 +794,8 @@ mod tests {
                 / ts.len() as f64
         };
         let (first_minute, eight_hours) = (mean_total(0, 60), mean_total(0, 8 * 3600));
-        assert!((0.2..0.35).contains(&first_minute), "{first_minute}");
-        assert!((0.3..0.5).contains(&eight_hours), "{eight_hours}");
+        assert!((0.3..0.45).contains(&first_minute), "{first_minute}");
+        assert!((0.35..0.6).contains(&eight_hours), "{eight_hours}");
     }
 
     #[test]
