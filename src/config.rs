@@ -16,6 +16,9 @@ use crate::analyse::ProductionPlan;
 use crate::analyse::alarms::{AlarmDefinition, check_definitions};
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
+// The simulator's own sections live with the simulator, which checks them; only their shape is
+// named here, so the file is refused in one place.
+use crate::simulate::process::{DowntimeSpec, EffectSpec, RunningFlagSpec, SensorSpec};
 
 /// Why a station configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -193,18 +196,30 @@ fn default_frame_queue() -> usize {
     4
 }
 
-/// The built-in simulated line's part generator.
+/// The built-in simulated line: its part generator and, optionally, its line sensors, the true
+/// effects of their values on the defects, and its downtimes (`crate::simulate::LineProcess`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorSection {
     /// Belt rate.
     pub parts_per_min: f64,
-    /// Share of parts that carry a defect, in `[0, 1]`.
+    /// Share of parts that carry a defect, in `[0, 1]`, shared evenly among the kinds: the base
+    /// the sensors' effects add to.
     #[serde(default = "default_defect_rate")]
     pub defect_rate: f64,
-    /// Makes the sequence of parts reproducible.
+    /// Makes the sequence of parts (and the sensors' noise) reproducible.
     #[serde(default)]
     pub seed: u64,
+    /// Line sensors the simulated PLC serves in registers.
+    #[serde(default)]
+    pub sensors: Vec<SensorSpec>,
+    /// What the sensors' true values do to the defect probabilities: the ground truth.
+    #[serde(default)]
+    pub effects: Vec<EffectSpec>,
+    /// Short stops of the belt; absent: it never stops.
+    pub downtime: Option<DowntimeSpec>,
+    /// A register the PLC sets to 1 while the line runs, 0 while it is down.
+    pub running_flag: Option<RunningFlagSpec>,
 }
 
 fn default_defect_rate() -> f64 {
@@ -596,6 +611,12 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             );
         }
     }
+    let line_problems = file
+        .camera
+        .simulator
+        .as_ref()
+        .map(crate::simulate::process::check)
+        .unwrap_or_default();
     if let Some(t) = file.model.threshold
         && !(0.0..=1.0).contains(&t)
     {
@@ -653,6 +674,7 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         problem(&field, message);
     }
     crate::sense::tags::check(&file.sensors, &file.tags, &mut problems);
+    problems.extend(line_problems);
     problems
 }
 
@@ -675,6 +697,84 @@ mod tests {
         let config = parse(&example()).expect("example config is valid");
         assert_eq!(config.line.travel, Duration::from_millis(1200));
         assert!(config.simulator.is_some());
+    }
+
+    /// The shipped `[camera.simulator]` block, to swap for another.
+    fn shipped_simulator_block(text: &str) -> &str {
+        let start = text
+            .find("[camera.simulator]")
+            .expect("a simulator section");
+        let end = text.find("[calibration]").expect("a calibration section");
+        &text[start..end]
+    }
+
+    #[test]
+    fn shipped_line_has_sensors_effects_and_downtime() {
+        let simulator = parse(&example())
+            .expect("valid")
+            .simulator
+            .expect("simulated");
+        let names: Vec<_> = simulator.sensors.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "press_temp",
+                "belt_speed",
+                "drive_power",
+                "roller_vibration",
+                "humidity"
+            ]
+        );
+        assert_eq!(simulator.effects.len(), 3);
+        assert!(simulator.downtime.is_some() && simulator.running_flag.is_some());
+    }
+
+    #[test]
+    fn a_simulator_without_sensors_still_loads() {
+        let text = example();
+        let old = text.replace(
+            shipped_simulator_block(&text),
+            "[camera.simulator]\nparts_per_min = 120\ndefect_rate = 0.3\nseed = 1\n\n",
+        );
+        let simulator = parse(&old).expect("valid").simulator.expect("simulated");
+        assert!(simulator.sensors.is_empty() && simulator.effects.is_empty());
+        assert!(simulator.downtime.is_none() && simulator.running_flag.is_none());
+        assert_eq!(simulator.defect_rate, 0.3);
+    }
+
+    #[test]
+    fn an_unknown_defect_kind_is_named() {
+        let text = example().replace("defect = \"crack\"", "defect = \"crak\"");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("camera.simulator.effects"), "{message}");
+        assert!(
+            message.contains("crak") && message.contains("scratch"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn simulated_line_problems_join_the_others() {
+        let text = example()
+            .replace("sensor = \"humidity\"", "sensor = \"humidty\"")
+            .replace("address = 1002", "address = 1001")
+            .replace("add = 0.4", "add = 1.4")
+            .replace("request_timeout_ms = 250", "request_timeout_ms = 0");
+        match parse(&text).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+                assert_eq!(
+                    fields,
+                    [
+                        "plc.request_timeout_ms",
+                        "camera.simulator.sensors[1].address",
+                        "camera.simulator.effects[0].add",
+                        "camera.simulator.effects[1].sensor",
+                    ]
+                );
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The simulated camera: renders parts at the belt's rate and pushes them into the pipeline's
-//! appsrc, one frame per part.
+//! appsrc, one frame per part, their defects drawn from the line's sensors at the time.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -9,11 +10,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::FrameFeeder;
 use crate::config::SimulatorSection;
-use crate::simulate::{FRAME_SIZE, PartGenerator};
+use crate::simulate::{FRAME_SIZE, LineProcess, PartGenerator, SyntheticPart};
 
 /// Parts as the station config's `[camera.simulator]` describes them, one frame each.
 pub struct SimulatedCamera {
-    pub settings: SimulatorSection,
+    settings: SimulatorSection,
+    process: Arc<LineProcess>,
+    /// When the line started: the clock the PLC's sensor registers follow too.
+    line_started: Instant,
+}
+
+impl SimulatedCamera {
+    /// A camera on the line `process` describes, whose time since start runs from `line_started`.
+    pub fn new(
+        settings: SimulatorSection,
+        process: Arc<LineProcess>,
+        line_started: Instant,
+    ) -> SimulatedCamera {
+        SimulatedCamera {
+            settings,
+            process,
+            line_started,
+        }
+    }
 }
 
 impl FrameFeeder for SimulatedCamera {
@@ -23,29 +42,48 @@ impl FrameFeeder for SimulatedCamera {
         max_parts: Option<u64>,
         stop: CancellationToken,
     ) {
-        feed(appsrc, &self.settings, max_parts, &stop);
+        feed(appsrc, &self, max_parts, &stop);
     }
+}
+
+/// The part the camera sees at line time `t`: none while the line is down, otherwise one whose
+/// defect follows the sensors at `t`.
+pub fn part_at(
+    process: &LineProcess,
+    generator: &mut PartGenerator,
+    t: Duration,
+) -> Option<SyntheticPart> {
+    process
+        .is_running(t)
+        .then(|| generator.next_part_with(&process.defect_probabilities(t)))
 }
 
 fn feed(
     appsrc: gst_app::AppSrc,
-    settings: &SimulatorSection,
+    camera: &SimulatedCamera,
     max_parts: Option<u64>,
     stop: &CancellationToken,
 ) {
+    let settings = &camera.settings;
     let mut generator =
         PartGenerator::new(settings.seed, FRAME_SIZE, FRAME_SIZE, settings.defect_rate);
     let period = Duration::from_secs_f64(60.0 / settings.parts_per_min);
     let started = Instant::now();
-    let mut sent = 0u64;
+    let line_time_at_start = started.saturating_duration_since(camera.line_started);
+    // Slots tick on through downtimes (the part clock goes on); only running slots carry a part.
+    let (mut slot, mut sent) = (0u64, 0u64);
     while !stop.is_cancelled() && max_parts.is_none_or(|max| sent < max) {
         // Parts arrive on a fixed schedule, however long rendering took.
-        let due = started + period.mul_f64(sent as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        let offset = period.mul_f64(slot as f64);
+        slot += 1;
+        if let Some(wait) = (started + offset).checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let part = generator.next_part();
-        tracing::debug!(part = sent, defect = ?part.defect, "simulated part");
+        let t = line_time_at_start + offset;
+        let Some(part) = part_at(&camera.process, &mut generator, t) else {
+            continue;
+        };
+        tracing::debug!(part = sent, defect = ?part.defect, ?t, "simulated part");
         if let Err(error) = appsrc.push_buffer(gst::Buffer::from_mut_slice(part.image.pixels)) {
             tracing::debug!(?error, "simulated camera: pipeline refused the frame");
             break;

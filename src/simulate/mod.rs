@@ -1,5 +1,6 @@
-//! The built-in simulated line: a camera that shows synthetic parts and a PLC that drives a
-//! simulated reject gate. Both sit behind the same real interfaces as the real line (a GStreamer
+//! The built-in simulated line: a camera that shows synthetic parts, a PLC that drives a
+//! simulated reject gate and serves the line's sensors, and the line's physics
+//! ([`LineProcess`]: sensors whose values drive the defects, downtimes). Both sit behind the same real interfaces as the real line (a GStreamer
 //! appsrc, a Modbus TCP server), so the station cannot tell them apart.
 //!
 //! The station never builds them itself: whoever starts a station on the simulated line (the
@@ -9,13 +10,19 @@
 mod camera;
 mod parts;
 mod plc;
+pub mod process;
 
-pub use self::camera::SimulatedCamera;
-pub use self::parts::{DefectKind, PartGenerator, SyntheticPart};
+pub use self::camera::{SimulatedCamera, part_at};
+pub use self::parts::{DefectKind, DefectProbabilities, PartGenerator, SyntheticPart};
 pub use self::plc::{PlcSimulator, PlcWrite, RejectPulse};
+pub use self::process::{LineError, LineProcess};
 
-use crate::actuate::{RegisterMap, RegisterMapError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::actuate::{REJECT_BLOCK_LEN, RegisterMap, RegisterMapError};
 use crate::config::{PlcKind, StationConfig};
+use crate::simulate::process::{RegisterKind, SENSOR_TICK};
 use crate::station::Attachments;
 
 /// Side of the simulated camera's square frames.
@@ -31,19 +38,39 @@ pub enum SimulateError {
         address: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Line(#[from] LineError),
+    #[error(
+        "simulated sensor register {name} (holding {address}) overlaps the station's register \
+         {station_register} in the register map"
+    )]
+    SensorOverlap {
+        name: String,
+        address: u16,
+        station_register: u16,
+    },
 }
 
 /// The simulated parts of one station's line, as its config asks for them: the PLC
 /// (`[plc] kind = "simulated"`) and the camera's parts (`[camera.simulator]`).
 pub struct SimulatedLine {
     plc: Option<(PlcSimulator, tokio::task::JoinHandle<()>)>,
-    camera: Option<crate::config::SimulatorSection>,
+    /// Keeps the PLC's sensor registers up to date.
+    sensors: Option<tokio::task::JoinHandle<()>>,
+    camera: Option<(crate::config::SimulatorSection, Arc<LineProcess>)>,
+    /// Time zero of the line: sensors and parts follow one clock.
+    started: Instant,
 }
 
 impl SimulatedLine {
     /// Starts the PLC simulator (listening at the config's PLC address, or any free loopback
-    /// port) when the config asks for one.
+    /// port) when the config asks for one, serving the line's sensors from now on.
     pub async fn start(config: &StationConfig) -> Result<SimulatedLine, SimulateError> {
+        let started = Instant::now();
+        let process = match &config.simulator {
+            Some(section) => Some(Arc::new(LineProcess::new(section)?)),
+            None => None,
+        };
         let plc = match config.plc.kind {
             PlcKind::Simulated => {
                 let address = config.plc.address.as_deref().unwrap_or("127.0.0.1:0");
@@ -52,6 +79,9 @@ impl SimulatedLine {
                     source,
                 };
                 let map = RegisterMap::load(&config.plc.register_map_file)?;
+                if let Some(process) = &process {
+                    check_sensor_registers(&map, process)?;
+                }
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .map_err(plc_error)?;
@@ -59,10 +89,34 @@ impl SimulatedLine {
             }
             PlcKind::Tcp => None,
         };
+        let sensors = match (&plc, &process) {
+            (Some((plc, _)), Some(process)) if process.has_registers() => {
+                // Served before anyone can connect, then every tick.
+                plc.publish(&process.registers(started.elapsed()));
+                Some(tokio::spawn(serve_sensors(
+                    plc.clone(),
+                    process.clone(),
+                    started,
+                )))
+            }
+            _ => None,
+        };
         Ok(SimulatedLine {
             plc,
-            camera: config.simulator.clone(),
+            sensors,
+            camera: config.simulator.clone().zip(process),
+            started,
         })
+    }
+
+    /// The line's physics, when the config has a simulated camera.
+    pub fn process(&self) -> Option<Arc<LineProcess>> {
+        self.camera.as_ref().map(|(_, process)| process.clone())
+    }
+
+    /// When the line started: the time zero of [`LineProcess`]'s functions.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The simulated PLC, when there is one.
@@ -73,10 +127,9 @@ impl SimulatedLine {
     /// What a station on this line is attached to: the simulated camera and PLC.
     pub fn attachments(&self) -> Attachments {
         Attachments {
-            camera: self
-                .camera
-                .clone()
-                .map(|settings| Box::new(SimulatedCamera { settings }) as _),
+            camera: self.camera.clone().map(|(settings, process)| {
+                Box::new(SimulatedCamera::new(settings, process, self.started)) as _
+            }),
             plc_address: self.plc.as_ref().map(|(plc, _)| plc.address()),
         }
     }
@@ -85,8 +138,55 @@ impl SimulatedLine {
 impl Drop for SimulatedLine {
     /// The PLC stops with the line.
     fn drop(&mut self) {
+        if let Some(task) = &self.sensors {
+            task.abort();
+        }
         if let Some((_, task)) = &self.plc {
             task.abort();
         }
+    }
+}
+
+/// Sensor values go in holding registers the station itself writes only if the two maps clash:
+/// refuse that rather than serve values the station overwrites.
+fn check_sensor_registers(map: &RegisterMap, process: &LineProcess) -> Result<(), SimulateError> {
+    let station = [
+        (map.heartbeat.address, 1),
+        (map.station_state.address, 1),
+        (map.reject.address, REJECT_BLOCK_LEN),
+    ];
+    for write in process.registers(std::time::Duration::ZERO) {
+        if write.kind != RegisterKind::Holding {
+            continue;
+        }
+        let (start, end) = (
+            u32::from(write.address),
+            u32::from(write.address) + write.words.len() as u32,
+        );
+        if let Some((station_register, _)) = station.iter().find(|(address, len)| {
+            u32::from(*address) < end && start < u32::from(*address) + u32::from(*len)
+        }) {
+            let name = process
+                .sensors()
+                .iter()
+                .find(|s| s.register == RegisterKind::Holding && s.address == write.address)
+                .map_or_else(|| "running_flag".to_owned(), |s| s.name.clone());
+            return Err(SimulateError::SensorOverlap {
+                name,
+                address: write.address,
+                station_register: *station_register,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the PLC's sensor registers at the line's reported values, once per sensor tick.
+async fn serve_sensors(plc: PlcSimulator, process: Arc<LineProcess>, started: Instant) {
+    let mut ticks = tokio::time::interval(SENSOR_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        plc.publish(&process.registers(started.elapsed()));
     }
 }

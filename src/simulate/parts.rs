@@ -34,6 +34,52 @@ impl DefectKind {
     ];
 }
 
+/// Each defect kind's probability for one part. A part carries at most one defect, so the kinds
+/// exclude each other: the part is defective with probability `total()` (at most 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DefectProbabilities([f64; 4]);
+
+impl DefectProbabilities {
+    /// `rate` shared evenly among the kinds: the flat defect rate.
+    pub fn uniform(rate: f64) -> DefectProbabilities {
+        DefectProbabilities([rate / DefectKind::ALL.len() as f64; 4])
+    }
+
+    /// No defects at all.
+    pub fn none() -> DefectProbabilities {
+        DefectProbabilities([0.0; 4])
+    }
+
+    pub fn get(&self, kind: DefectKind) -> f64 {
+        self.0[kind.index()]
+    }
+
+    /// Raises (or lowers) one kind's probability, held in [0, 1]; a NaN changes nothing.
+    pub fn add(&mut self, kind: DefectKind, delta: f64) {
+        let value = &mut self.0[kind.index()];
+        if !delta.is_nan() {
+            *value = (*value + delta).clamp(0.0, 1.0);
+        }
+    }
+
+    /// The probability that a part has a defect of any kind, before clamping to 1.
+    pub fn total(&self) -> f64 {
+        self.0.iter().sum()
+    }
+}
+
+impl DefectKind {
+    /// Position in [`DefectKind::ALL`].
+    fn index(self) -> usize {
+        match self {
+            DefectKind::Scratch => 0,
+            DefectKind::Spot => 1,
+            DefectKind::Crack => 2,
+            DefectKind::Dent => 3,
+        }
+    }
+}
+
 /// One rendered part with its ground truth.
 #[derive(Debug, Clone)]
 pub struct SyntheticPart {
@@ -63,14 +109,51 @@ impl PartGenerator {
         }
     }
 
-    /// The next part; its defect kind is drawn uniformly when it has one.
+    /// The next part at the generator's flat defect rate; its defect kind is drawn uniformly
+    /// when it has one.
     pub fn next_part(&mut self) -> SyntheticPart {
-        let defect = if self.rng.gen_bool(self.defect_rate.clamp(0.0, 1.0)) {
-            Some(DefectKind::ALL[self.rng.gen_range(0..DefectKind::ALL.len())])
-        } else {
-            None
-        };
+        self.next_part_with(&DefectProbabilities::uniform(self.defect_rate))
+    }
+
+    /// The next part, its defect drawn with these per-kind probabilities (the simulated line's
+    /// sensors set them part by part).
+    pub fn next_part_with(&mut self, probabilities: &DefectProbabilities) -> SyntheticPart {
+        let defect = self.draw_defect(probabilities);
         self.render(defect)
+    }
+
+    /// A defect (or none) drawn with these probabilities, without rendering a part.
+    pub fn draw_defect(&mut self, probabilities: &DefectProbabilities) -> Option<DefectKind> {
+        let weights = probabilities.0;
+        // Equal kinds draw exactly as the flat rate always has (a Bernoulli draw, then a uniform
+        // kind), so a seed names the same parts as before the line had sensors. `× 4` is exact.
+        let uniform = weights.iter().all(|&w| w == weights[0]);
+        let total = if uniform {
+            weights[0] * weights.len() as f64
+        } else {
+            probabilities.total()
+        };
+        if !self.rng.gen_bool(total.clamp(0.0, 1.0)) {
+            return None;
+        }
+        if uniform {
+            return Some(DefectKind::ALL[self.rng.gen_range(0..DefectKind::ALL.len())]);
+        }
+        // gen_bool above was true, so total > 0.
+        let mut left = self.rng.gen_range(0.0..total);
+        let mut last = None;
+        for kind in DefectKind::ALL {
+            let weight = probabilities.get(kind);
+            if weight > 0.0 {
+                if left < weight {
+                    return Some(kind);
+                }
+                left -= weight;
+                last = Some(kind);
+            }
+        }
+        // Rounding left a sliver past the last kind.
+        last
     }
 
     /// A part with exactly this defect (or none).
@@ -297,6 +380,67 @@ mod tests {
             assert!(
                 change > 8.0,
                 "{kind:?} changes pixels by {change} on average"
+            );
+        }
+    }
+
+    #[test]
+    fn drawn_kinds_follow_their_probabilities() {
+        let mut generator = PartGenerator::new(9, 8, 8, 0.0);
+        let mut probabilities = DefectProbabilities::none();
+        probabilities.add(DefectKind::Crack, 0.4);
+        probabilities.add(DefectKind::Spot, 0.1);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            *counts
+                .entry(generator.draw_defect(&probabilities))
+                .or_insert(0usize) += 1;
+        }
+        let share = |kind| counts.get(&kind).copied().unwrap_or(0) as f64 / 20_000.0;
+        assert!(
+            (share(Some(DefectKind::Crack)) - 0.4).abs() < 0.02,
+            "{counts:?}"
+        );
+        assert!(
+            (share(Some(DefectKind::Spot)) - 0.1).abs() < 0.01,
+            "{counts:?}"
+        );
+        assert!((share(None) - 0.5).abs() < 0.02, "{counts:?}");
+        assert_eq!(share(Some(DefectKind::Scratch)), 0.0);
+        assert_eq!(share(Some(DefectKind::Dent)), 0.0);
+    }
+
+    #[test]
+    fn kinds_past_certainty_share_in_proportion() {
+        let mut generator = PartGenerator::new(2, 8, 8, 0.0);
+        let mut probabilities = DefectProbabilities::none();
+        probabilities.add(DefectKind::Crack, 0.9);
+        probabilities.add(DefectKind::Dent, 0.3);
+        let draws: Vec<_> = (0..4000)
+            .map(|_| generator.draw_defect(&probabilities))
+            .collect();
+        assert!(draws.iter().all(Option::is_some));
+        let cracks = draws
+            .iter()
+            .filter(|d| **d == Some(DefectKind::Crack))
+            .count();
+        assert!((2850..3150).contains(&cracks), "{cracks} cracks of 4000");
+    }
+
+    #[test]
+    fn flat_rate_draws_as_before_the_sensors_came() {
+        // The draw before per-kind probabilities existed, kept here to hold it.
+        let mut old = ChaCha8Rng::seed_from_u64(17);
+        let mut generator = PartGenerator::new(17, 8, 8, 0.3);
+        for _ in 0..2000 {
+            let expected = if old.gen_bool(0.3) {
+                Some(DefectKind::ALL[old.gen_range(0..DefectKind::ALL.len())])
+            } else {
+                None
+            };
+            assert_eq!(
+                generator.draw_defect(&DefectProbabilities::uniform(0.3)),
+                expected
             );
         }
     }

@@ -1,5 +1,6 @@
-//! A line PLC simulator: a real Modbus TCP server that keeps holding registers, logs every write
-//! with its time, and fires a simulated reject gate the way the register map prescribes.
+//! A line PLC simulator: a real Modbus TCP server that keeps holding registers (FC3, FC6, FC16)
+//! and input registers (FC4), logs every write with its time, fires a simulated reject gate the
+//! way the register map prescribes, and serves the simulated line's sensors.
 //!
 //! The station's `make run` starts one on loopback; tests read its log to check that every
 //! reject pulse landed on the right part inside its gate window. A response delay can be set to
@@ -20,6 +21,7 @@ use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 use crate::actuate::{REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap};
+use crate::simulate::process::{RegisterKind, RegisterWrite};
 
 /// One write request as the PLC received it.
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +43,8 @@ pub struct RejectPulse {
 struct PlcState {
     map: RegisterMap,
     registers: Mutex<Vec<u16>>,
+    /// Read-only to clients: only the line's own values land here.
+    inputs: Mutex<Vec<u16>>,
     writes: Mutex<Vec<PlcWrite>>,
     pulses: Mutex<Vec<RejectPulse>>,
     response_delay_us: AtomicU64,
@@ -63,6 +67,7 @@ impl PlcSimulator {
         let state = Arc::new(PlcState {
             map,
             registers: Mutex::new(vec![0; 0x1_0000]),
+            inputs: Mutex::new(vec![0; 0x1_0000]),
             writes: Mutex::new(Vec::new()),
             pulses: Mutex::new(Vec::new()),
             response_delay_us: AtomicU64::new(0),
@@ -115,6 +120,26 @@ impl PlcSimulator {
     pub fn register(&self, address: u16) -> u16 {
         lock(&self.state.registers)[usize::from(address)]
     }
+
+    /// The current value of an input register.
+    pub fn input_register(&self, address: u16) -> u16 {
+        lock(&self.state.inputs)[usize::from(address)]
+    }
+
+    /// Sets registers from the PLC's side, as its program would (sensor values, flags); not
+    /// logged as writes. Words that would run past register 65535 are cut off.
+    pub fn publish(&self, writes: &[RegisterWrite]) {
+        let (mut holding, mut inputs) = (lock(&self.state.registers), lock(&self.state.inputs));
+        for write in writes {
+            let registers = match write.kind {
+                RegisterKind::Holding => &mut holding,
+                RegisterKind::Input => &mut inputs,
+            };
+            let start = usize::from(write.address);
+            let end = (start + write.words.len()).min(registers.len());
+            registers[start..end].copy_from_slice(&write.words[..end - start]);
+        }
+    }
 }
 
 /// The simulator's state stays consistent under every lock holder (plain stores), so a panic
@@ -152,6 +177,12 @@ impl PlcState {
                 let range = span(address, count)?;
                 Ok(Response::ReadHoldingRegisters(
                     lock(&self.registers)[range].to_vec(),
+                ))
+            }
+            Request::ReadInputRegisters(address, count) => {
+                let range = span(address, count)?;
+                Ok(Response::ReadInputRegisters(
+                    lock(&self.inputs)[range].to_vec(),
                 ))
             }
             Request::WriteSingleRegister(address, value) => {
