@@ -44,6 +44,7 @@ fn plan() -> ProductionPlan {
         calendar: Arc::new(ShiftCalendar::build(&shifts, 60).expect("calendar")),
         ideal_cycle_s: Some(0.5),
         stop_after_s: 5.0,
+        running_tag: None,
     }
 }
 

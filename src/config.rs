@@ -419,6 +419,7 @@ impl StationConfig {
                 .production
                 .stop_after_s
                 .unwrap_or_else(|| ideal_cycle_s.map_or(60.0, |cycle| 10.0 * cycle)),
+            running_tag: file.production.running_tag.clone(),
         };
         let model_dir = resolve(&file.model.dir);
         let model_registry = match &file.model.registry {
@@ -570,6 +571,14 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         problem(
             "production.stop_after_s",
             format!("expected seconds in (0, 86400], got {s}"),
+        );
+    }
+    if let Some(tag) = &file.production.running_tag
+        && !file.tags.iter().any(|t| &t.name == tag)
+    {
+        problem(
+            "production.running_tag",
+            format!("no [[tags]] entry is named {tag:?}"),
         );
     }
     if let Err(calendar) = ShiftCalendar::build(&file.shifts, file.production.utc_offset_minutes) {
@@ -831,14 +840,15 @@ mod tests {
             "{}\n[[alarms]]\nname = \"oven_hot\"\nmessage = \"Oven hot\"\npriority = \"high\"\nsource = \"tag:oven\"\nhigh = 230.0\ndeadband = 2.0\n",
             example()
         );
+        let shipped = parse(&example()).expect("valid").alarms.len();
         let config = parse(&text).expect("valid");
-        assert_eq!(config.alarms.len(), 1);
-        assert_eq!(config.alarms[0].high, Some(230.0));
+        assert_eq!(config.alarms.len(), shipped + 1);
+        assert_eq!(config.alarms[shipped].high, Some(230.0));
         let bad = text.replace("deadband = 2.0", "deadband = -2.0");
         match parse(&bad).unwrap_err() {
             ConfigError::Invalid { problems, .. } => {
                 assert_eq!(problems.len(), 1);
-                assert_eq!(problems[0].field, "alarms[0].deadband");
+                assert_eq!(problems[0].field, format!("alarms[{shipped}].deadband"));
             }
             other => panic!("expected Invalid, got {other}"),
         }
@@ -860,12 +870,11 @@ mod tests {
 
     #[test]
     fn shifts_and_production_master_data_are_read() {
-        let text = example()
-            + r#"
-[production]
-ideal_cycle_ms = 400
-stop_after_s = 30
-utc_offset_minutes = 60
+        // The shipped file has a [production] table: its keys go in there.
+        let text = example().replace(
+            "[production]\n",
+            "[production]\nideal_cycle_ms = 400\nstop_after_s = 30\nutc_offset_minutes = 60\n",
+        ) + r#"
 
 [[shifts]]
 name = "early"
@@ -891,11 +900,10 @@ end = "06:00"
 
     #[test]
     fn bad_production_master_data_and_shifts_are_reported_together() {
-        let text = example()
-            + r#"
-[production]
-ideal_cycle_ms = 0
-stop_after_s = -1
+        let text = example().replace(
+            "[production]\n",
+            "[production]\nideal_cycle_ms = 0\nstop_after_s = -1\n",
+        ) + r#"
 
 [[shifts]]
 name = "early"
@@ -932,5 +940,50 @@ end = "25:00"
             + "[[shifts]]\nname = \"a\"\nstart = \"06:00\"\nend = \"14:00\"\nbreak = []\n";
         let message = parse(&unknown).unwrap_err().to_string();
         assert!(message.contains("break"), "{message}");
+    }
+
+    #[test]
+    fn tags_are_read_and_checked_with_the_rest() {
+        let config = parse(&example()).expect("valid");
+        assert!(
+            config
+                .tags
+                .iter()
+                .any(|t| t.name == "press_temp" && t.modbus.is_some())
+        );
+        let text = example()
+            .replace(
+                "running_tag = \"line_running\"",
+                "running_tag = \"belt_running\"",
+            )
+            .replace(
+                "name = \"belt_speed\"\nunit = \"m/min\"\nperiod_ms",
+                "name = \"press_temp\"\nunit = \"m/min\"\nperiod_ms",
+            )
+            .replace("valid_range = [0.0, 400.0]", "valid_range = [400.0, 0.0]")
+            + "\n[[tags]]\nname = \"pushed\"\nperiod_ms = 0\nmqtt = { topic = \"plant/#\" }\n";
+        match parse(&text).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+                assert_eq!(
+                    fields,
+                    [
+                        "production.running_tag",
+                        "tags[0].valid_range",
+                        "tags[1].name",
+                        "tags[6].period_ms",
+                        "tags[6].mqtt.topic"
+                    ],
+                    "{problems:?}"
+                );
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+        let typo = example().replace(
+            "period_ms = 1000\nvalid_range = [0.0, 400.0]",
+            "period_ms = 1000\nvalid_rnage = [0.0, 400.0]",
+        );
+        let message = parse(&typo).unwrap_err().to_string();
+        assert!(message.contains("valid_rnage"), "{message}");
     }
 }

@@ -28,6 +28,7 @@ use crate::actuate::{
     run_heartbeat,
 };
 use crate::analyse::alarms::{AlarmError, AlarmManager};
+use crate::analyse::monitor::{Monitor, StationHealth};
 use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
@@ -381,11 +382,25 @@ impl Station {
         });
         let sensors_stop = CancellationToken::new();
         let sensor_sources = tokio::spawn(run_sensors(
-            sensors,
+            sensors.clone(),
             sources,
             metrics.clone(),
             sensors_stop.clone(),
         ));
+        // Alarms: shelve expiry and delays, and the monitor that feeds them tags, KPIs and
+        // the station's health.
+        let alarm_ticker = tokio::spawn(api.alarms.clone().run_ticker(sensors_stop.clone()));
+        let monitor = tokio::spawn(
+            Monitor {
+                alarms: api.alarms.clone(),
+                sensors,
+                production: api.production.clone(),
+                store: store.clone(),
+                health: station_health(&api, &metrics),
+                as_of_delay: config.line.travel + std::time::Duration::from_secs(2),
+            }
+            .run(sensors_stop.clone()),
+        );
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(run_heartbeat(
             link.sibling(),
@@ -474,6 +489,8 @@ impl Station {
         let _ = token_auditor.await;
         sensors_stop.cancel();
         let _ = sensor_sources.await;
+        let _ = alarm_ticker.await;
+        let _ = monitor.await;
         // A short grace to count the last records; the rest is counted at the next start (the
         // counter's cursor is durable).
         let last = store.last_seq();
@@ -532,6 +549,15 @@ impl Station {
             }
             Err(error) => {
                 api.set_state(StationState::Faulted);
+                // The monitor has stopped with the line: the FAULT alarm is raised here, so
+                // the journal says why every part went to reject.
+                if let Err(alarm_error) = api
+                    .alarms
+                    .set_station(true, false, chrono::Utc::now(), &error.to_string())
+                    .await
+                {
+                    tracing::warn!(error = %alarm_error, "cannot record the station fault alarm");
+                }
                 Err(error)
             }
         }
@@ -629,4 +655,55 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
             .parts_in_flight
             .set(ctx.tracker.in_flight() as i64);
     }
+}
+
+/// The station's health as the alarms see it: FAULT when it stopped on an error; DEGRADED
+/// while a failure counter moved since the last look (frames dropped, the PLC link, sensor
+/// sources, record writes).
+fn station_health(
+    api: &ApiState,
+    metrics: &Metrics,
+) -> Arc<dyn Fn() -> StationHealth + Send + Sync> {
+    let state = api.state.clone();
+    let metrics = metrics.clone();
+    let last = std::sync::Mutex::new([0u64; 4]);
+    Arc::new(move || {
+        let now = [
+            metrics.frames_dropped.get(),
+            metrics.plc_link_errors.get(),
+            metrics.sensor_source_errors.get(),
+            metrics.record_errors.get(),
+        ];
+        let names = [
+            "frames dropped",
+            "PLC link errors",
+            "sensor sources failing",
+            "records failing",
+        ];
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let failing: Vec<&str> = names
+            .iter()
+            .zip(now.iter().zip(last.iter()))
+            .filter(|(_, (now, before))| now > before)
+            .map(|(name, _)| *name)
+            .collect();
+        *last = now;
+        let fault = state
+            .read()
+            .map(|s| matches!(*s, StationState::Faulted))
+            .unwrap_or(false);
+        StationHealth {
+            fault,
+            degraded: !failing.is_empty(),
+            message: if fault {
+                "the station stopped on an error: every part goes to reject".into()
+            } else if failing.is_empty() {
+                "running normally".into()
+            } else {
+                format!("degraded: {}", failing.join(", "))
+            },
+        }
+    })
 }

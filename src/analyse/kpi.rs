@@ -44,6 +44,8 @@ pub struct ProductionPlan {
     pub ideal_cycle_s: Option<f64>,
     /// No part for this long in planned time is a stop (down time).
     pub stop_after_s: f64,
+    /// The sensor tag that says whether the line runs: its stopped stretches are down time.
+    pub running_tag: Option<String>,
 }
 
 impl Default for ProductionPlan {
@@ -53,6 +55,7 @@ impl Default for ProductionPlan {
             calendar: Arc::new(ShiftCalendar::always()),
             ideal_cycle_s: None,
             stop_after_s: 60.0,
+            running_tag: None,
         }
     }
 }
@@ -882,6 +885,7 @@ mod tests {
             calendar: Arc::new(ShiftCalendar::build(shifts, offset).expect("calendar")),
             ideal_cycle_s,
             stop_after_s: 5.0,
+            running_tag: None,
         }
     }
 

@@ -14,12 +14,15 @@
 
 pub mod alarms;
 pub mod kpi;
+pub mod monitor;
 pub mod production;
 pub mod shifts;
 pub mod spc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 
 pub use kpi::{
     KpiInput, KpiReport, Pareto, Period, ProductionPlan, Range, Resolution, WorkOrderSpan,
@@ -36,6 +39,8 @@ pub enum AnalyseError {
     Sled(#[from] sled::Error),
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
+    #[error(transparent)]
+    Sensors(#[from] crate::sense::SenseError),
     #[error("production counts of minute {minute} are corrupt: {why}")]
     Corrupt { minute: i64, why: String },
 }
@@ -45,4 +50,72 @@ pub enum AnalyseError {
 pub struct Production {
     pub counts: ProductionCounts,
     pub plan: Arc<ProductionPlan>,
+}
+
+/// When the station's measured time begins: the oldest record it keeps. Time before it is
+/// neither planned nor down (the station was not there to see it), so a new station does not
+/// report the day before it started as a stop.
+pub fn measured_since(store: &crate::record::Store) -> Option<DateTime<Utc>> {
+    store
+        .record(store.first_seq())
+        .ok()
+        .flatten()
+        .map(|r| r.recorded_at)
+}
+
+/// A stretch of time, `[from, to)`.
+pub type Interval = (DateTime<Utc>, DateTime<Utc>);
+
+/// How far before a range the running tag is read, to know whether the range starts stopped.
+const RUNNING_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+impl Production {
+    /// The stretches of `[from, to)` in which the plan's running tag said the line was stopped
+    /// (good samples below 0.5). A stop runs from its first stopped sample to the first running
+    /// one; one still open ends at the newest sample (nothing is assumed past the data). No
+    /// running tag, or no sensor data: none.
+    pub fn sensor_stops(
+        &self,
+        sensors: Option<&crate::sense::Sensors>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Interval>, crate::sense::SenseError> {
+        let (Some(tag), Some(sensors)) = (&self.plan.running_tag, sensors) else {
+            return Ok(Vec::new());
+        };
+        let series = sensors.store.read(tag, from - RUNNING_LOOKBACK, to)?;
+        let mut stops = Vec::new();
+        let mut stopped_since: Option<i64> = None;
+        let mut last = None;
+        for ((&t, &v), flag) in series.t.iter().zip(&series.v).zip(&series.flag) {
+            if !flag.is_good() {
+                continue;
+            }
+            last = Some(t);
+            match (stopped_since, v < 0.5) {
+                (None, true) => stopped_since = Some(t),
+                (Some(start), false) => {
+                    stops.push((start, t));
+                    stopped_since = None;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(start), Some(end)) = (stopped_since, last) {
+            stops.push((start, end));
+        }
+        let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
+        Ok(stops
+            .into_iter()
+            .filter_map(|(a, b)| {
+                let (a, b) = (a.max(from_ms), b.min(to_ms));
+                (a < b).then(|| {
+                    Some((
+                        DateTime::from_timestamp_millis(a)?,
+                        DateTime::from_timestamp_millis(b)?,
+                    ))
+                })?
+            })
+            .collect())
+    }
 }

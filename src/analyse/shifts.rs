@@ -76,6 +76,9 @@ pub struct ProductionSection {
     /// Local time (of the shift calendar, hours and days) = UTC + this.
     #[serde(default)]
     pub utc_offset_minutes: i32,
+    /// A sensor tag that says whether the line runs (≥ 0.5: running, < 0.5: stopped); its
+    /// stopped stretches in planned time are down time, beside the stops seen as missing parts.
+    pub running_tag: Option<String>,
 }
 
 /// A day of the week, as written in `days`.

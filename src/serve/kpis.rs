@@ -109,17 +109,19 @@ async fn with_buckets<T: Send + 'static>(
     answer: impl FnOnce(KpiInput) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     let production = api.production.clone();
+    let sensors = api.sensors.clone();
     let work_orders = work_order_spans(api);
     tokio::task::spawn_blocking(move || -> Result<T, AnalyseError> {
         let buckets = production
             .counts
             .buckets(range.from_minute, range.to_minute)?;
+        // The line-running tag's stops, beside the stops seen as minutes without parts.
+        let stops = production.sensor_stops(sensors.as_ref(), range.from(), range.to())?;
         Ok(answer(KpiInput {
             plan: &production.plan,
             buckets: &buckets,
             work_orders: &work_orders,
-            // The line-running sensor's stops come here once `sense` records them.
-            external_stops: &[],
+            external_stops: &stops,
         }))
     })
     .await
@@ -146,7 +148,9 @@ fn range(
     let (from, to) = time_range(from, to, now, max_days)?;
     let delay = TimeDelta::milliseconds(i64::try_from(api.info.travel_ms).unwrap_or(0) + 2_000);
     let as_of = now.checked_sub_signed(delay).unwrap_or(now);
-    Ok(Range::new(from, to, as_of))
+    // Nothing is measured before the oldest record (a new station has no past to judge).
+    let measured = crate::analyse::measured_since(&api.store).unwrap_or(to);
+    Ok(Range::new(from.max(measured).min(to), to, as_of))
 }
 
 /// `from` and `to` with their defaults (`to` now, `from` a day before `to`), refused when

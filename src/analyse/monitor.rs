@@ -1,0 +1,173 @@
+//! The monitor: what turns data into alarm conditions while the station runs.
+//!
+//! Every second it hands each tag's newest good sample to the alarm manager (`tag:<name>`)
+//! and tells it the station's health (FAULT, DEGRADED); every 30 s it computes the KPIs of the
+//! last hour (`kpi:<name>`); every minute it evaluates the configured control charts
+//! (`chart:<name>`: active while the newest point breaks a rule). It reads the stores, never
+//! the live path, and an evaluation that fails is logged and tried again at the next round.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::alarms::AlarmManager;
+use super::{KpiInput, Period, Production, Range, WorkOrderSpan};
+use crate::record::Store;
+use crate::sense::Sensors;
+
+/// How often tags and the station's health are looked at.
+const TAG_EVERY: Duration = Duration::from_secs(1);
+/// How often the KPIs are computed.
+const KPI_EVERY: Duration = Duration::from_secs(30);
+/// The KPIs' rolling window.
+const KPI_WINDOW: TimeDelta = TimeDelta::hours(1);
+
+/// What the station is, as alarms see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StationHealth {
+    /// The station stopped on an error: parts go to reject.
+    pub fault: bool,
+    /// Running, but something is failing (the PLC link, frames, records, sensor sources).
+    pub degraded: bool,
+    pub message: String,
+}
+
+/// Everything the monitor reads and whom it tells.
+pub struct Monitor {
+    pub alarms: AlarmManager,
+    pub sensors: Sensors,
+    pub production: Production,
+    pub store: Store,
+    /// Asked once a second.
+    pub health: Arc<dyn Fn() -> StationHealth + Send + Sync>,
+    /// The recording delay: KPI time after `now − this` is not counted yet.
+    pub as_of_delay: Duration,
+}
+
+/// The KPIs an alarm can watch, as `kpi:<name>`.
+pub const KPI_NAMES: [&str; 6] = [
+    "oee",
+    "availability",
+    "effectiveness",
+    "quality_ratio",
+    "first_pass_yield",
+    "scrap_ratio",
+];
+
+impl Monitor {
+    /// Runs until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut tags = tokio::time::interval(TAG_EVERY);
+        tags.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut kpis = tokio::time::interval(KPI_EVERY);
+        kpis.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut observed: HashMap<String, i64> = HashMap::new();
+        let mut health = StationHealth::default();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tags.tick() => {
+                    self.observe_tags(&mut observed).await;
+                    let now = (self.health)();
+                    if now != health {
+                        if let Err(error) = self
+                            .alarms
+                            .set_station(now.fault, now.degraded, Utc::now(), &now.message)
+                            .await
+                        {
+                            tracing::warn!(%error, "cannot record the station's state as an alarm");
+                            continue;
+                        }
+                        health = now;
+                    }
+                }
+                _ = kpis.tick() => self.observe_kpis(Utc::now()).await,
+            }
+        }
+    }
+
+    /// The newest good sample of every tag not seen yet.
+    async fn observe_tags(&self, observed: &mut HashMap<String, i64>) {
+        for tag in self.sensors.tags.iter() {
+            let Some((t, value, flag)) = self.sensors.store.latest(&tag.name) else {
+                continue;
+            };
+            // Bad and uncertain samples say nothing about the process: limits judge good ones.
+            if !flag.is_good() || observed.get(&tag.name) == Some(&t) {
+                continue;
+            }
+            observed.insert(tag.name.clone(), t);
+            let Some(at) = DateTime::from_timestamp_millis(t) else {
+                continue;
+            };
+            if let Err(error) = self
+                .alarms
+                .observe(&format!("tag:{}", tag.name), value, at)
+                .await
+            {
+                tracing::warn!(tag = %tag.name, %error, "cannot evaluate the tag's alarms");
+            }
+        }
+    }
+
+    /// The KPIs of the last hour.
+    async fn observe_kpis(&self, now: DateTime<Utc>) {
+        let production = self.production.clone();
+        let sensors = self.sensors.clone();
+        let work_orders: Vec<WorkOrderSpan> = self
+            .store
+            .work_orders()
+            .iter()
+            .map(WorkOrderSpan::from_state)
+            .collect();
+        let as_of = now - TimeDelta::from_std(self.as_of_delay).unwrap_or(TimeDelta::zero());
+        let since = super::measured_since(&self.store).unwrap_or(now);
+        let computed = tokio::task::spawn_blocking(move || {
+            let range = Range::new((now - KPI_WINDOW).max(since).min(now), now, as_of);
+            let buckets = production
+                .counts
+                .buckets(range.from_minute, range.to_minute)?;
+            let stops = production.sensor_stops(Some(&sensors), range.from(), range.to())?;
+            let report = KpiInput {
+                plan: &production.plan,
+                buckets: &buckets,
+                work_orders: &work_orders,
+                external_stops: &stops,
+            }
+            .report(range, Period::Hour);
+            Ok::<_, super::AnalyseError>(report.total)
+        })
+        .await;
+        let kpis = match computed {
+            Ok(Ok(kpis)) => kpis,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot compute the KPIs for alarms");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "KPI task failed");
+                return;
+            }
+        };
+        for (name, value) in KPI_NAMES.iter().zip([
+            kpis.oee,
+            kpis.availability,
+            kpis.effectiveness,
+            kpis.quality_ratio,
+            kpis.first_pass_yield,
+            kpis.scrap_ratio,
+        ]) {
+            let Some(value) = value else { continue };
+            if let Err(error) = self
+                .alarms
+                .observe(&format!("kpi:{name}"), value, now)
+                .await
+            {
+                tracing::warn!(kpi = name, %error, "cannot evaluate the KPI's alarms");
+            }
+        }
+    }
+}
