@@ -268,6 +268,7 @@ impl Station {
             sensors: Some(sensors.clone()),
             alarms,
             production,
+            charts: Arc::new(config.charts.clone()),
         };
         Ok(Station {
             sensors,
