@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::analyse::ProductionPlan;
-use crate::analyse::alarms::{AlarmDefinition, check_definitions};
+use crate::analyse::alarms::{AlarmDefinition, AlarmSource, check_definitions};
+use crate::analyse::charts::ChartDefinition;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
@@ -81,6 +82,9 @@ pub struct StationFile {
     /// Alarm conditions on tags, KPIs, chart rules and the station (`[[alarms]]`).
     #[serde(default)]
     pub alarms: Vec<AlarmDefinition>,
+    /// Named control charts (`[[charts]]`): alarms watch them as `chart:<name>`.
+    #[serde(default)]
+    pub charts: Vec<ChartDefinition>,
     /// Master data of the KPIs: ideal cycle time, stop threshold, local time.
     #[serde(default)]
     pub production: ProductionSection,
@@ -339,6 +343,8 @@ pub struct StationConfig {
     /// The alarms the file declares (the built-in ones come on top, see
     /// [`crate::analyse::alarms::builtin_definitions`]).
     pub alarms: Vec<AlarmDefinition>,
+    /// The named control charts.
+    pub charts: Vec<ChartDefinition>,
     /// The shift calendar, ideal cycle time and stop threshold the KPIs are measured against.
     pub production: ProductionPlan,
 }
@@ -468,6 +474,7 @@ impl StationConfig {
             sensors: file.sensors,
             tags: file.tags,
             alarms: file.alarms,
+            charts: file.charts,
             production,
         })
     }
@@ -682,6 +689,20 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     for (field, message) in check_definitions(&file.alarms) {
         problem(&field, message);
     }
+    for (field, message) in crate::analyse::charts::check_definitions(&file.charts, &file.tags) {
+        problem(&field, message);
+    }
+    // A chart alarm watches a chart this file defines.
+    for (i, alarm) in file.alarms.iter().enumerate() {
+        if let Ok(AlarmSource::Chart(name)) = alarm.source.parse::<AlarmSource>()
+            && !file.charts.iter().any(|c| c.name == name)
+        {
+            problem(
+                &format!("alarms[{i}].source"),
+                format!("no chart named {name:?} is defined in [[charts]]"),
+            );
+        }
+    }
     crate::sense::tags::check(&file.sensors, &file.tags, &mut problems);
     problems.extend(line_problems);
     problems
@@ -855,6 +876,33 @@ mod tests {
         let unknown = text.replace("deadband = 2.0", "deadbnad = 2.0");
         let message = parse(&unknown).unwrap_err().to_string();
         assert!(message.contains("deadbnad"), "{message}");
+    }
+
+    #[test]
+    fn charts_are_read_and_checked_with_the_alarms_that_watch_them() {
+        let text = format!(
+            "{}\n[[charts]]\nname = \"rejects\"\nof = \"reject_rate\"\nrules = [\"nelson_1\", \"we_2\"]\n\
+             [[alarms]]\nname = \"rejects_out\"\nmessage = \"Reject rate out of control\"\npriority = \"medium\"\nsource = \"chart:rejects\"\non = \"violation\"\n",
+            example()
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.charts.len(), 1);
+        assert_eq!(config.charts[0].name, "rejects");
+        let bad = text
+            .replace("of = \"reject_rate\"", "of = \"tag:oven\"")
+            .replace("source = \"chart:rejects\"", "source = \"chart:reject\"");
+        match parse(&bad).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+                assert_eq!(fields, ["charts[0].of", "alarms[0].source"], "{problems:?}");
+                assert!(problems[0].message.contains("oven"), "{problems:?}");
+                assert!(problems[1].message.contains("\"reject\""), "{problems:?}");
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+        let unknown = text.replace("rules = ", "rulez = ");
+        let message = parse(&unknown).unwrap_err().to_string();
+        assert!(message.contains("rulez"), "{message}");
     }
 
     #[test]

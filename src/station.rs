@@ -269,6 +269,7 @@ impl Station {
             sensors: Some(sensors.clone()),
             alarms,
             production,
+            charts: Arc::new(config.charts.clone()),
         };
         Ok(Station {
             sensors,

@@ -4,6 +4,8 @@
 //! and samples, never the live path, so nothing here can delay a verdict or a reject.
 //!
 //! - [`alarms`]: the ISA-18.2 alarm life cycle over tags, KPIs, chart rules and the station;
+//! - [`charts`]: the named control charts of the station TOML (`[[charts]]`) and how a chart
+//!   is computed from the production counts or a tag's good samples;
 //! - [`production`]: per-minute production counts, folded from the journal by
 //!   [`run_production_counter`] into `<data_dir>/analysis`, exactly once;
 //! - [`shifts`]: the shift calendar of the station TOML (planned busy time);
@@ -13,6 +15,7 @@
 //!   Nelson rules, Cp/Cpk (pure functions).
 
 pub mod alarms;
+pub mod charts;
 pub mod kpi;
 pub mod monitor;
 pub mod production;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+pub use charts::{ChartDefinition, ChartError, ChartSources, evaluate, latest_violation};
 pub use kpi::{
     KpiInput, KpiReport, Pareto, Period, ProductionPlan, Range, Resolution, WorkOrderSpan,
 };

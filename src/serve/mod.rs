@@ -12,12 +12,14 @@
 //! One file per area: [`records`] (the MES pull, inspections, labels, images, audit),
 //! [`work_orders`], [`live`] (the Server-Sent Events stream), `models` (model changes),
 //! [`alarms`] (ISA-18.2 alarms: states, actions, performance, their event stream),
-//! [`kpis`] (ISO 22400-2 KPIs, the defect Pareto, production counts),
+//! [`kpis`] (ISO 22400-2 KPIs, the defect Pareto, production counts), `charts` (control
+//! charts: the configured ones, and ad hoc of the reject rate, defects per part or a tag),
 //! [`auth`] (tokens, roles, sign-in), [`b2mml`] (the ISA-95 export).
 
 pub mod alarms;
 pub mod auth;
 pub mod b2mml;
+mod charts;
 pub mod kpis;
 pub mod live;
 mod models;
@@ -109,6 +111,8 @@ pub struct ApiState {
     pub alarms: AlarmManager,
     /// The production counts and the plan the KPIs are measured against.
     pub production: Production,
+    /// The control charts the station TOML names (`[[charts]]`).
+    pub charts: Arc<Vec<crate::analyse::ChartDefinition>>,
 }
 
 impl ApiState {
@@ -161,6 +165,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/kpis", need(Read, get(kpis::kpis)))
         .route("/api/v1/pareto", need(Read, get(kpis::pareto)))
         .route("/api/v1/production", need(Read, get(kpis::production)))
+        .route("/api/v1/charts", need(Read, get(charts::list)))
+        // The fixed paths of the ad-hoc charts win over `{name}` (no chart may take their names).
+        .route(
+            "/api/v1/charts/reject-rate",
+            need(Read, get(charts::reject_rate)),
+        )
+        .route(
+            "/api/v1/charts/defects-per-part",
+            need(Read, get(charts::defects_per_part)),
+        )
+        .route("/api/v1/charts/{name}", need(Read, get(charts::get)))
         .route(
             "/api/v1/work-orders",
             need(Read, get(work_orders::list)).merge(need(WorkOrders, post(work_orders::release))),
@@ -242,6 +257,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/tags/{name}/samples",
             need(Read, get(sensors::samples)),
         )
+        .route("/api/v1/tags/{name}/chart", need(Read, get(charts::tag)))
         .route("/metrics", need(Read, get(metrics)))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Sensor batches are larger than any other request: their own limit, added after
@@ -339,6 +355,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// Well-formed, but the data cannot answer it (a chart with too few points to estimate
+    /// its limits).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     NotAcceptable(String),
     #[error("{0}")]
@@ -407,6 +427,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m.clone()),
             ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, m.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m.clone()),

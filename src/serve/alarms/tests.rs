@@ -124,6 +124,7 @@ async fn app(dir: &std::path::Path) -> App {
             plan: Arc::new(crate::analyse::ProductionPlan::default()),
         },
         sensors: None,
+        charts: Arc::new(Vec::new()),
     };
     App {
         router: router(api),
