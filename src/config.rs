@@ -885,16 +885,28 @@ mod tests {
              [[alarms]]\nname = \"rejects_out\"\nmessage = \"Reject rate out of control\"\npriority = \"medium\"\nsource = \"chart:rejects\"\non = \"violation\"\n",
             example()
         );
+        let shipped = parse(&example()).expect("valid");
+        let (charts, alarms) = (shipped.charts.len(), shipped.alarms.len());
         let config = parse(&text).expect("valid");
-        assert_eq!(config.charts.len(), 1);
-        assert_eq!(config.charts[0].name, "rejects");
+        assert_eq!(config.charts.len(), charts + 1);
+        assert_eq!(config.charts[charts].name, "rejects");
         let bad = text
-            .replace("of = \"reject_rate\"", "of = \"tag:oven\"")
+            .replace(
+                "of = \"reject_rate\"\nrules = [\"nelson_1\", \"we_2\"]",
+                "of = \"tag:oven\"\nrules = [\"nelson_1\", \"we_2\"]",
+            )
             .replace("source = \"chart:rejects\"", "source = \"chart:reject\"");
         match parse(&bad).unwrap_err() {
             ConfigError::Invalid { problems, .. } => {
-                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
-                assert_eq!(fields, ["charts[0].of", "alarms[0].source"], "{problems:?}");
+                let fields: Vec<_> = problems.iter().map(|p| p.field.clone()).collect();
+                assert_eq!(
+                    fields,
+                    [
+                        format!("charts[{charts}].of"),
+                        format!("alarms[{alarms}].source")
+                    ],
+                    "{problems:?}"
+                );
                 assert!(problems[0].message.contains("oven"), "{problems:?}");
                 assert!(problems[1].message.contains("\"reject\""), "{problems:?}");
             }

@@ -399,6 +399,7 @@ impl Station {
                 store: store.clone(),
                 health: station_health(&api, &metrics),
                 as_of_delay: config.line.travel + std::time::Duration::from_secs(2),
+                charts: api.charts.clone(),
             }
             .run(sensors_stop.clone()),
         );

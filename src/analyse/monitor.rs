@@ -24,6 +24,8 @@ const TAG_EVERY: Duration = Duration::from_secs(1);
 const KPI_EVERY: Duration = Duration::from_secs(30);
 /// The KPIs' rolling window.
 const KPI_WINDOW: TimeDelta = TimeDelta::hours(1);
+/// How often the configured control charts are evaluated.
+const CHART_EVERY: Duration = Duration::from_secs(60);
 
 /// What the station is, as alarms see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub struct Monitor {
     pub health: Arc<dyn Fn() -> StationHealth + Send + Sync>,
     /// The recording delay: KPI time after `now − this` is not counted yet.
     pub as_of_delay: Duration,
+    /// The configured control charts (`chart:<name>` alarms watch their newest point).
+    pub charts: Arc<Vec<super::ChartDefinition>>,
 }
 
 /// The KPIs an alarm can watch, as `kpi:<name>`.
@@ -64,6 +68,8 @@ impl Monitor {
         tags.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut kpis = tokio::time::interval(KPI_EVERY);
         kpis.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut charts = tokio::time::interval(CHART_EVERY);
+        charts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut observed: HashMap<String, i64> = HashMap::new();
         let mut health = StationHealth::default();
         loop {
@@ -85,6 +91,7 @@ impl Monitor {
                     }
                 }
                 _ = kpis.tick() => self.observe_kpis(Utc::now()).await,
+                _ = charts.tick() => self.observe_charts(Utc::now()).await,
             }
         }
     }
@@ -109,6 +116,55 @@ impl Monitor {
                 .await
             {
                 tracing::warn!(tag = %tag.name, %error, "cannot evaluate the tag's alarms");
+            }
+        }
+    }
+
+    /// Every configured chart over its window: a `chart:<name>` alarm is active while the
+    /// newest point breaks a rule. A chart without enough data yet says nothing.
+    async fn observe_charts(&self, now: DateTime<Utc>) {
+        if self.charts.is_empty() {
+            return;
+        }
+        let sources = super::ChartSources {
+            production: self.production.clone(),
+            sensors: Some(self.sensors.clone()),
+        };
+        let charts = self.charts.clone();
+        let evaluated = tokio::task::spawn_blocking(move || {
+            charts
+                .iter()
+                .map(|definition| {
+                    let verdict = super::evaluate(definition, &sources, now, None)
+                        .map(|chart| super::latest_violation(&chart));
+                    (definition.name.clone(), verdict)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(evaluated) = evaluated else {
+            tracing::warn!("chart evaluation task failed");
+            return;
+        };
+        for (name, verdict) in evaluated {
+            let (active, message) = match verdict {
+                Ok(Some(message)) => (true, message),
+                Ok(None) => (false, "the newest point breaks no rule".to_owned()),
+                Err(error) => {
+                    tracing::debug!(chart = %name, %error, "chart not evaluated");
+                    continue;
+                }
+            };
+            match self
+                .alarms
+                .set_condition(&format!("chart:{name}"), active, now, &message)
+                .await
+            {
+                // A chart no alarm watches: nothing to tell.
+                Ok(_) | Err(super::alarms::AlarmError::UnknownSource(_)) => {}
+                Err(error) => {
+                    tracing::warn!(chart = %name, %error, "cannot evaluate the chart's alarms")
+                }
             }
         }
     }
