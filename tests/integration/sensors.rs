@@ -437,3 +437,174 @@ impl TruncMs for DateTime<Utc> {
         DateTime::from_timestamp_millis(self.timestamp_millis()).unwrap_or(self)
     }
 }
+
+/// The MES view on the running simulated line: its sensors travel over Modbus into the store,
+/// a tag limit raises an ISA-18.2 alarm an operator acknowledges and shelves (each transition a
+/// journal record with who), the alarm stream shows it, and KPIs and a tag's control chart
+/// answer from what the line made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
+    let _one = crate::CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The press alarm's limit below the press's range: it goes active at once.
+    let config = station_config(
+        dir.path(),
+        &[
+            (
+                "high = 185.0\ndeadband = 1.0\non_delay_s = 5",
+                "high = 100.0\ndeadband = 1.0\non_delay_s = 1",
+            ),
+            ("parts_per_min = 120", "parts_per_min = 240"),
+        ],
+    );
+    let tokens = Tokens::open(dir.path(), None).expect("tokens");
+    let operator = tokens
+        .create("op-1", Role::Operator, "test")
+        .expect("token")
+        .token;
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let stop = CancellationToken::new();
+    let line = tokio::spawn(station.run(
+        linesight::station::RunOptions { max_parts: None },
+        stop.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, operator) = (http.clone(), operator.clone());
+        async move {
+            http.get(path)
+                .bearer_auth(&operator)
+                .send()
+                .await
+                .expect("GET")
+                .json::<Value>()
+                .await
+                .unwrap_or(Value::Null)
+        }
+    };
+
+    // Every shipped tag arrives over Modbus, good.
+    eventually("good samples of every tag", || {
+        let get = get.clone();
+        let base = base.clone();
+        async move {
+            let tags = get(format!("{base}/api/v1/tags")).await;
+            tags.as_array().is_some_and(|tags| {
+                tags.len() == 6 && tags.iter().all(|t| t["latest"]["quality"] == "good")
+            })
+        }
+    })
+    .await;
+    // The alarm stream, opened before the operator acts.
+    let mut stream = http
+        .get(format!("{base}/api/v1/alarms/events"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("alarm stream");
+    eventually("the press alarm to go active", || {
+        let get = get.clone();
+        let base = base.clone();
+        async move {
+            get(format!("{base}/api/v1/alarms/press_hot")).await["state"] == "active_unacknowledged"
+        }
+    })
+    .await;
+    let act = |action: &'static str, body: Value| {
+        let (http, operator, base) = (http.clone(), operator.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/api/v1/alarms/press_hot/{action}"))
+                .bearer_auth(&operator)
+                .json(&body)
+                .send()
+                .await
+                .expect("POST")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        act("acknowledge", json!({"comment": "checking the heater"})).await,
+        200
+    );
+    assert_eq!(
+        get(format!("{base}/api/v1/alarms/press_hot")).await["state"],
+        "active_acknowledged"
+    );
+    // Acknowledging twice is a conflict, not a silent success.
+    assert_eq!(act("acknowledge", json!({})).await, 409);
+    assert_eq!(act("shelve", json!({"duration_s": 600})).await, 200);
+    assert_eq!(
+        get(format!("{base}/api/v1/alarms/press_hot")).await["state"],
+        "shelved"
+    );
+    let history = get(format!("{base}/api/v1/alarms/press_hot/history")).await;
+    let events: Vec<(String, String)> = history["transitions"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap_or("").to_owned(),
+                r["by"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        events.contains(&("acknowledged".into(), "op-1".into())),
+        "{history}"
+    );
+    assert!(
+        events.contains(&("shelved".into(), "op-1".into())),
+        "{history}"
+    );
+    assert!(
+        events.contains(&("activated".into(), "station".into())),
+        "{history}"
+    );
+    // The stream carried the operator's acknowledgement.
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("\"acknowledged\"") && seen.contains("op-1") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(found, Ok(true)), "alarm stream: {seen}");
+
+    // KPIs and a tag's chart from what the line made.
+    eventually("KPIs with parts", || {
+        let get = get.clone();
+        let base = base.clone();
+        async move {
+            let kpis = get(format!("{base}/api/v1/kpis?period=hour")).await;
+            kpis["total"]["produced_quantity"].as_u64().unwrap_or(0) > 0
+                && kpis["total"]["quality_ratio"].is_number()
+        }
+    })
+    .await;
+    eventually("a control chart of the press", || {
+        let get = get.clone();
+        let base = base.clone();
+        async move {
+            let chart = get(format!(
+                "{base}/api/v1/tags/press_temp/chart?kind=xbar_r&subgroup_size=5"
+            ))
+            .await;
+            chart["points"].as_array().is_some_and(|p| p.len() >= 5)
+                && chart["capability"]["cpk"].is_number()
+        }
+    })
+    .await;
+    stop.cancel();
+    line.await.expect("joins").expect("station stops cleanly");
+}
