@@ -273,16 +273,13 @@ pub(super) async fn performance(
     query: Result<Query<PerformanceQuery>, QueryRejection>,
 ) -> Result<Json<AlarmPerformance>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let to = query.to.unwrap_or_else(Utc::now);
-    let from = query.from.unwrap_or(to - Duration::hours(24));
-    if from >= to {
-        return Err(ApiError::BadRequest("from must be before to".into()));
-    }
-    if to - from > Duration::days(MAX_RANGE_DAYS) {
-        return Err(ApiError::BadRequest(format!(
-            "the range may span {MAX_RANGE_DAYS} days at most"
-        )));
-    }
+    let (from, to) = super::time_range(
+        query.from,
+        query.to,
+        Utc::now(),
+        Duration::hours(24),
+        Duration::days(MAX_RANGE_DAYS),
+    )?;
     let alarms = api.alarms.clone();
     let figures = tokio::task::spawn_blocking(move || alarms.performance(from, to))
         .await

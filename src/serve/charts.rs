@@ -112,28 +112,8 @@ fn chart_range(
     to: Option<DateTime<Utc>>,
     window: TimeDelta,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
-    let to = to.unwrap_or_else(Utc::now);
-    let from = match from {
-        Some(from) => from,
-        None => to.checked_sub_signed(window).ok_or_else(|| {
-            ApiError::BadRequest(format!("to = {to} leaves no {window} before it"))
-        })?,
-    };
-    if from >= to {
-        return Err(ApiError::BadRequest(format!(
-            "from ({}) must be before to ({})",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        )));
-    }
-    if (to - from).num_milliseconds() as f64 > MAX_WINDOW_HOURS * 3_600_000.0 {
-        return Err(ApiError::BadRequest(format!(
-            "the range from {} to {} is longer than {MAX_WINDOW_HOURS} hours",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        )));
-    }
-    Ok((from, to))
+    let max = TimeDelta::milliseconds((MAX_WINDOW_HOURS * 3_600_000.0) as i64);
+    super::time_range(from, to, Utc::now(), window, max)
 }
 
 fn sources(api: &ApiState) -> ChartSources {

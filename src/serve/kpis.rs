@@ -161,28 +161,7 @@ pub fn time_range(
     now: DateTime<Utc>,
     max_days: i64,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
-    let to = to.unwrap_or(now);
-    let from = match from {
-        Some(from) => from,
-        None => to
-            .checked_sub_signed(TimeDelta::days(1))
-            .ok_or_else(|| ApiError::BadRequest(format!("to = {to} leaves no day before it")))?,
-    };
-    if from >= to {
-        return Err(ApiError::BadRequest(format!(
-            "from ({}) must be before to ({})",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        )));
-    }
-    if to - from > TimeDelta::days(max_days) {
-        return Err(ApiError::BadRequest(format!(
-            "the range from {} to {} is longer than {max_days} days",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        )));
-    }
-    Ok((from, to))
+    super::time_range(from, to, now, TimeDelta::days(1), TimeDelta::days(max_days))
 }
 
 #[cfg(test)]

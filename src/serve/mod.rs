@@ -124,6 +124,50 @@ impl ApiState {
     }
 }
 
+/// A query's time range: `to` defaults to `now`, `from` to `default_span` before `to`.
+/// Refused (400) when empty, reversed, longer than `max_span`, or outside 1970–9999, so no
+/// answer ever carries a time a client cannot parse. Every ranged route goes through here.
+pub(crate) fn time_range(
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    default_span: chrono::TimeDelta,
+    max_span: chrono::TimeDelta,
+) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), ApiError> {
+    use chrono::Datelike;
+    let to = to.unwrap_or(now);
+    let from = match from {
+        Some(from) => from,
+        None => to.checked_sub_signed(default_span).ok_or_else(|| {
+            ApiError::BadRequest(format!("to = {to} leaves no {default_span} before it"))
+        })?,
+    };
+    for (name, at) in [("from", from), ("to", to)] {
+        if !(1970..=9999).contains(&at.year()) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} ({}) must lie between 1970 and 9999",
+                at.to_rfc3339()
+            )));
+        }
+    }
+    if from >= to {
+        return Err(ApiError::BadRequest(format!(
+            "from ({}) must be before to ({})",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        )));
+    }
+    if to - from > max_span {
+        return Err(ApiError::BadRequest(format!(
+            "the range from {} to {} is longer than {} days",
+            from.to_rfc3339(),
+            to.to_rfc3339(),
+            max_span.num_days()
+        )));
+    }
+    Ok((from, to))
+}
+
 /// The HTTP app.
 pub fn router(state: ApiState) -> Router {
     use Permission::*;

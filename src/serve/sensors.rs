@@ -144,21 +144,13 @@ pub(super) fn range(
     to: Option<DateTime<Utc>>,
     default_span: Duration,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
-    let to = to.unwrap_or_else(Utc::now);
-    let from = from.unwrap_or(to - default_span);
-    if from >= to {
-        return Err(ApiError::BadRequest(format!(
-            "`from` ({}) must be before `to` ({})",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        )));
-    }
-    if to - from > Duration::days(MAX_RANGE_DAYS) {
-        return Err(ApiError::BadRequest(format!(
-            "a range may span at most {MAX_RANGE_DAYS} days"
-        )));
-    }
-    Ok((from, to))
+    super::time_range(
+        from,
+        to,
+        Utc::now(),
+        default_span,
+        Duration::days(MAX_RANGE_DAYS),
+    )
 }
 
 /// A silence longer than the tag's period allows.

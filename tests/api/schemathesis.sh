@@ -34,7 +34,9 @@ st=(.venv/bin/schemathesis run "$spec"
   # GET /api/v1/events is a Server-Sent Events stream that never ends: schemathesis reads the
   # whole body, so it would only ever see its own request timeout. Its 401 and its media type
   # are checked with curl below, its events by the live page (tests/ui/live.mjs).
-  --exclude-path /api/v1/events)
+  --exclude-path /api/v1/events
+  # The alarm stream likewise (checked by tests/integration/sensors.rs and the alarm tests).
+  --exclude-path /api/v1/alarms/events)
 
 failed=0
 run() { # run NAME SCHEMATHESIS-ARGS...
@@ -52,7 +54,9 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 # token file.
 if [ -n "$admin" ]; then
   ops=(promoteModel rollbackModel setShadowModel listTokens createToken revokeToken getAuditLog
-    addLabel releaseWorkOrder startWorkOrder completeWorkOrder)
+    addLabel releaseWorkOrder startWorkOrder completeWorkOrder
+    acknowledgeAlarm shelveAlarm unshelveAlarm suppressAlarm unsuppressAlarm
+    removeAlarmFromService returnAlarmToService)
   run "(c) admin token, write endpoints" -H "Authorization: Bearer $admin" --checks all \
     --hypothesis-max-examples 25 "${ops[@]/#/--include-operation-id=}"
 else
