@@ -490,7 +490,7 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
 
     // Every shipped tag arrives over Modbus, good.
     eventually("good samples of every tag", || {
-        let get = get.clone();
+        let get = &get;
         let base = base.clone();
         async move {
             let tags = get(format!("{base}/api/v1/tags")).await;
@@ -508,7 +508,7 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
         .await
         .expect("alarm stream");
     eventually("the press alarm to go active", || {
-        let get = get.clone();
+        let get = &get;
         let base = base.clone();
         async move {
             get(format!("{base}/api/v1/alarms/press_hot")).await["state"] == "active_unacknowledged"
@@ -583,7 +583,7 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
 
     // KPIs and a tag's chart from what the line made.
     eventually("KPIs with parts", || {
-        let get = get.clone();
+        let get = &get;
         let base = base.clone();
         async move {
             let kpis = get(format!("{base}/api/v1/kpis?period=hour")).await;
@@ -593,7 +593,7 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
     })
     .await;
     eventually("a control chart of the press", || {
-        let get = get.clone();
+        let get = &get;
         let base = base.clone();
         async move {
             let chart = get(format!(
