@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{CPU_HEAVY, KillOnDrop, free_port, simulated_station, station_config};
 
 /// Starts mosquitto with persistence in `dir` and waits until it accepts connections.
-async fn broker(dir: &Path, port: u16) -> KillOnDrop {
+pub async fn broker(dir: &Path, port: u16) -> KillOnDrop {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,

@@ -191,22 +191,9 @@ async fn a_pymodbus_plc_is_polled_and_its_outage_is_flagged_never_filled_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_and_imported_batches_keep_good_samples_and_name_bad_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tags = r#"
-[[tags]]
-name = "press_temp"
-unit = "degC"
-period_ms = 1000
-valid_range = [0.0, 400.0]
-spec_limits = [150.0, 200.0]
-transport_delay_ms = 4000
-
-[[tags]]
-name = "humidity"
-unit = "%RH"
-period_ms = 1000
-
-[plc]"#;
-    let config = station_config(dir.path(), &[("[plc]", tags)]);
+    // The shipped tags (press_temp, humidity, …); the line is not run, so nothing polls them
+    // and every sample here is pushed.
+    let config = station_config(dir.path(), &[]);
     let tokens = Tokens::open(dir.path(), None).expect("tokens");
     let engineer = tokens
         .create("gateway", Role::Engineer, "test")
@@ -364,7 +351,7 @@ period_ms = 1000
         .json()
         .await
         .expect("JSON");
-    assert_eq!(tag["transport_delay_ms"], 4000, "{tag}");
+    assert_eq!(tag["transport_delay_ms"], 20000, "{tag}");
     assert_eq!(tag["latest"]["flag"], "out_of_range", "{tag}");
 
     // Roles and media types.
@@ -607,4 +594,129 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
     .await;
     stop.cancel();
     line.await.expect("joins").expect("station stops cleanly");
+}
+
+fn publish(port: u16, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .expect("mosquitto_pub runs (scripts/setup.sh installs mosquitto-clients)");
+    assert!(status.success(), "mosquitto_pub {topic} {payload}");
+}
+
+/// Tags subscribed from mosquitto: numbers and stamped objects are stored, malformed payloads
+/// are refused and counted, and what is published while the station is away arrives when it
+/// is back (persistent session, QoS 1, acknowledged after the write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_tags_arrive_from_mosquitto_and_nothing_published_while_away_is_lost() {
+    use linesight::sense::mqtt::{SubscribeSettings, run_subscriber};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::free_port();
+    let _broker = crate::mqtt::broker(dir.path(), port).await;
+    let tags: Vec<TagConfig> = toml::from_str::<toml::Table>(
+        r#"
+        [[tags]]
+        name = "press"
+        period_ms = 1000
+        stuck_after = 0
+        mqtt = { topic = "plant/line-1/press/temp" }
+        "#,
+    )
+    .expect("TOML")
+    .remove("tags")
+    .expect("tags")
+    .try_into()
+    .expect("valid tags");
+    let sensors =
+        Sensors::open(&dir.path().join("station"), SensorsSection::default(), tags).expect("open");
+    let metrics = Metrics::new();
+    let settings = SubscribeSettings {
+        broker: format!("127.0.0.1:{port}"),
+        client_id: "linesight-test-sensors".into(),
+    };
+    let topic = "plant/line-1/press/temp";
+    let t0 = Utc::now() - chrono::Duration::minutes(30);
+    let stamped = |s: i64, v: f64| {
+        format!(
+            r#"{{"value": {v}, "timestamp": "{}"}}"#,
+            (t0 + chrono::Duration::seconds(s)).to_rfc3339()
+        )
+    };
+    let stored = |sensors: &Sensors| {
+        sensors
+            .store
+            .read(
+                "press",
+                t0 - chrono::Duration::hours(1),
+                Utc::now() + chrono::Duration::hours(1),
+            )
+            .expect("read")
+    };
+
+    let stop = CancellationToken::new();
+    let subscriber = tokio::spawn(run_subscriber(
+        sensors.clone(),
+        settings.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    // Until the subscription exists, published messages have nobody to go to: probe with
+    // stamped samples until one is stored.
+    let mut probe = 0;
+    eventually("the subscription to take a sample", || {
+        probe += 1;
+        publish(port, topic, &stamped(probe, 100.0 + probe as f64));
+        let sensors = sensors.clone();
+        async move { !stored(&sensors).is_empty() }
+    })
+    .await;
+    let base = probe + 10;
+    publish(port, topic, "hot");
+    publish(port, topic, r#"{"value": "hot"}"#);
+    publish(port, topic, &stamped(base, 181.5));
+    eventually("the stamped sample", || {
+        let sensors = sensors.clone();
+        async move { stored(&sensors).v.last() == Some(&181.5) }
+    })
+    .await;
+    assert_eq!(
+        metrics.sensor_samples_refused.get(),
+        2,
+        "two malformed payloads"
+    );
+
+    // Away: the broker keeps what comes meanwhile.
+    stop.cancel();
+    subscriber.await.expect("subscriber ends");
+    for (i, v) in [(1, 182.0), (2, 183.0), (3, 184.0)] {
+        publish(port, topic, &stamped(base + i, v));
+    }
+    let stop = CancellationToken::new();
+    let subscriber = tokio::spawn(run_subscriber(
+        sensors.clone(),
+        settings,
+        metrics,
+        stop.clone(),
+    ));
+    eventually("the samples published while away", || {
+        let sensors = sensors.clone();
+        async move { stored(&sensors).v.ends_with(&[181.5, 182.0, 183.0, 184.0]) }
+    })
+    .await;
+    stop.cancel();
+    subscriber.await.expect("subscriber ends");
+    let series = stored(&sensors);
+    assert!(series.t.windows(2).all(|w| w[1] > w[0]));
+    assert!(series.flag.iter().all(|f| f.is_good()));
 }
