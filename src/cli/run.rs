@@ -79,6 +79,10 @@ async fn run(
              (`linesight token create`)  (Ctrl-C stops)"
         ),
     }
+    println!(
+        "MES view (signed in, or with the token as `Authorization: Bearer`): \
+         http://{address}/api/v1/tags, /api/v1/kpis, /api/v1/charts, /api/v1/alarms"
+    );
 
     let shutdown = CancellationToken::new();
     let server_shutdown = CancellationToken::new();
