@@ -10,6 +10,15 @@ use linesight::config::StationConfig;
 use linesight::simulate::SimulatedLine;
 use linesight::station::{RunOptions, Station};
 
+/// Prints a line to stdout, ignoring a closed stdout: a station must never stop because
+/// whoever started it stopped reading (`println!` panics on a broken pipe).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(clap::Args)]
 pub struct Run {
     /// The station's config file.
@@ -68,18 +77,18 @@ async fn run(
         .with_context(|| format!("binding the web server to {bind}"))?;
     let address = listener.local_addr()?;
     if let Some(plc) = line.plc() {
-        println!("simulated PLC (Modbus TCP) on {}", plc.address());
+        say!("simulated PLC (Modbus TCP) on {}", plc.address());
     }
     match demo_admin {
-        Some(token) => println!(
+        Some(token) => say!(
             "Linesight station running: sign in at http://{address}/login?token={token}  (Ctrl-C stops)"
         ),
-        None => println!(
+        None => say!(
             "Linesight station running: open http://{address}/ and sign in with a token \
              (`linesight token create`)  (Ctrl-C stops)"
         ),
     }
-    println!(
+    say!(
         "MES view (signed in, or with the token as `Authorization: Bearer`): \
          http://{address}/api/v1/tags, /api/v1/kpis, /api/v1/charts, /api/v1/alarms"
     );
@@ -114,7 +123,7 @@ async fn run(
     server_shutdown.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
     let report = report.context("station stopped with an error")?;
-    println!("station stopped after {} parts", report.parts);
+    say!("station stopped after {} parts", report.parts);
     Ok(())
 }
 

@@ -205,6 +205,9 @@ struct Inner {
     /// Every tag id ever given, configured or not: name → id.
     ids: HashMap<String, u16>,
     writer: Mutex<HashMap<String, TagState>>,
+    /// Each tag's newest stored sample, apart from the writer: readers (the API, the alarm
+    /// monitor) never wait behind a batch's flush.
+    latest: std::sync::RwLock<HashMap<String, StoredSample>>,
     max_future_ms: i64,
 }
 
@@ -297,6 +300,12 @@ impl SensorStore {
                 raw,
                 minute,
                 ids,
+                latest: std::sync::RwLock::new(
+                    writer
+                        .iter()
+                        .filter_map(|(name, state)| Some((name.clone(), state.last?)))
+                        .collect(),
+                ),
                 writer: Mutex::new(writer),
                 max_future_ms: (max_future_s * 1000.0) as i64,
             }),
@@ -411,6 +420,14 @@ impl SensorStore {
                 }
             })?;
         inner.db.flush()?;
+        {
+            let mut latest = inner.latest.write().unwrap_or_else(PoisonError::into_inner);
+            for (name, state) in &touched {
+                if let Some(last) = state.last {
+                    latest.insert((*name).to_owned(), last);
+                }
+            }
+        }
         for (name, state) in touched {
             writer.insert(name.to_owned(), state);
         }
@@ -580,12 +597,12 @@ impl SensorStore {
 
     /// The newest stored sample of a configured tag: (ms since epoch, value, flag).
     pub fn latest(&self, tag: &str) -> Option<StoredSample> {
-        let writer = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        writer.get(tag).and_then(|state| state.last)
+        self.inner
+            .latest
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tag)
+            .copied()
     }
 
     /// Every tag with stored data or configured, by name.
