@@ -56,6 +56,27 @@ pub struct Production {
     pub plan: Arc<ProductionPlan>,
 }
 
+/// The range `[from, to)` as KPIs measure it: nothing before the oldest record (a new station
+/// has no past to judge), nothing after `as_of` (parts still on their way to the record).
+pub fn measured_range(
+    store: &crate::record::Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    as_of: DateTime<Utc>,
+) -> Range {
+    let measured = measured_since(store).unwrap_or(to);
+    Range::new(from.max(measured).min(to), to, as_of)
+}
+
+/// Every work order the store knows, with when it ran.
+pub fn work_order_spans(store: &crate::record::Store) -> Vec<WorkOrderSpan> {
+    store
+        .work_orders()
+        .iter()
+        .map(WorkOrderSpan::from_state)
+        .collect()
+}
+
 /// When the station's measured time begins: the oldest record it keeps. Time before it is
 /// neither planned nor down (the station was not there to see it), so a new station does not
 /// report the day before it started as a stop.
@@ -74,6 +95,25 @@ pub type Interval = (DateTime<Utc>, DateTime<Utc>);
 const RUNNING_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 impl Production {
+    /// Reads what the KPIs of `range` need (the minute buckets and the running tag's stops,
+    /// beside the stops seen as minutes without parts) and answers from it. Blocking.
+    pub fn with_input<T>(
+        &self,
+        sensors: Option<&crate::sense::Sensors>,
+        work_orders: &[WorkOrderSpan],
+        range: Range,
+        answer: impl FnOnce(KpiInput) -> T,
+    ) -> Result<T, AnalyseError> {
+        let buckets = self.counts.buckets(range.from_minute, range.to_minute)?;
+        let stops = self.sensor_stops(sensors, range.from(), range.to())?;
+        Ok(answer(KpiInput {
+            plan: &self.plan,
+            buckets: &buckets,
+            work_orders,
+            external_stops: &stops,
+        }))
+    }
+
     /// The stretches of `[from, to)` in which the plan's running tag said the line was stopped
     /// (good samples below 0.5). A stop runs from its first stopped sample to the first running
     /// one; one still open ends at the newest sample (nothing is assumed past the data). No

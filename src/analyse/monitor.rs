@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::alarms::AlarmManager;
-use super::{KpiInput, Period, Production, Range, WorkOrderSpan};
+use super::{Period, Production};
 use crate::record::Store;
 use crate::sense::Sensors;
 
@@ -173,28 +173,13 @@ impl Monitor {
     async fn observe_kpis(&self, now: DateTime<Utc>) {
         let production = self.production.clone();
         let sensors = self.sensors.clone();
-        let work_orders: Vec<WorkOrderSpan> = self
-            .store
-            .work_orders()
-            .iter()
-            .map(WorkOrderSpan::from_state)
-            .collect();
+        let work_orders = super::work_order_spans(&self.store);
         let as_of = now - TimeDelta::from_std(self.as_of_delay).unwrap_or(TimeDelta::zero());
-        let since = super::measured_since(&self.store).unwrap_or(now);
+        let range = super::measured_range(&self.store, now - KPI_WINDOW, now, as_of);
         let computed = tokio::task::spawn_blocking(move || {
-            let range = Range::new((now - KPI_WINDOW).max(since).min(now), now, as_of);
-            let buckets = production
-                .counts
-                .buckets(range.from_minute, range.to_minute)?;
-            let stops = production.sensor_stops(Some(&sensors), range.from(), range.to())?;
-            let report = KpiInput {
-                plan: &production.plan,
-                buckets: &buckets,
-                work_orders: &work_orders,
-                external_stops: &stops,
-            }
-            .report(range, Period::Hour);
-            Ok::<_, super::AnalyseError>(report.total)
+            production.with_input(Some(&sensors), &work_orders, range, |input| {
+                input.report(range, Period::Hour).total
+            })
         })
         .await;
         let kpis = match computed {

@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiState};
 use crate::analyse::{
-    AnalyseError, KpiInput, KpiReport, Pareto, Period, Range, Resolution, WorkOrderSpan,
-    kpi::ProductionSeries,
+    KpiInput, KpiReport, Pareto, Period, Range, Resolution, kpi::ProductionSeries, measured_range,
+    work_order_spans,
 };
 
 /// Longest range of the KPIs, the Pareto and hourly production.
@@ -102,7 +102,7 @@ pub(super) async fn production(
     .map(Json)
 }
 
-/// Reads the range's buckets off the async threads and answers from them.
+/// Reads the range's KPI input off the async threads and answers from it.
 async fn with_buckets<T: Send + 'static>(
     api: &ApiState,
     range: Range,
@@ -110,31 +110,13 @@ async fn with_buckets<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let production = api.production.clone();
     let sensors = api.sensors.clone();
-    let work_orders = work_order_spans(api);
-    tokio::task::spawn_blocking(move || -> Result<T, AnalyseError> {
-        let buckets = production
-            .counts
-            .buckets(range.from_minute, range.to_minute)?;
-        // The line-running tag's stops, beside the stops seen as minutes without parts.
-        let stops = production.sensor_stops(sensors.as_ref(), range.from(), range.to())?;
-        Ok(answer(KpiInput {
-            plan: &production.plan,
-            buckets: &buckets,
-            work_orders: &work_orders,
-            external_stops: &stops,
-        }))
+    let work_orders = work_order_spans(&api.store);
+    tokio::task::spawn_blocking(move || {
+        production.with_input(sensors.as_ref(), &work_orders, range, answer)
     })
     .await
     .map_err(|e| ApiError::InternalMessage(format!("KPI task failed: {e}")))?
     .map_err(ApiError::from)
-}
-
-fn work_order_spans(api: &ApiState) -> Vec<WorkOrderSpan> {
-    api.store
-        .work_orders()
-        .iter()
-        .map(WorkOrderSpan::from_state)
-        .collect()
 }
 
 /// The checked range of a request, measured up to now less the recording delay.
@@ -148,9 +130,7 @@ fn range(
     let (from, to) = time_range(from, to, now, max_days)?;
     let delay = TimeDelta::milliseconds(i64::try_from(api.info.travel_ms).unwrap_or(0) + 2_000);
     let as_of = now.checked_sub_signed(delay).unwrap_or(now);
-    // Nothing is measured before the oldest record (a new station has no past to judge).
-    let measured = crate::analyse::measured_since(&api.store).unwrap_or(to);
-    Ok(Range::new(from.max(measured).min(to), to, as_of))
+    Ok(measured_range(&api.store, from, to, as_of))
 }
 
 /// `from` and `to` with their defaults (`to` now, `from` a day before `to`), refused when
@@ -211,31 +191,8 @@ mod tests {
     fn the_openapi_schemas_match_what_is_served() {
         use crate::analyse::{Counts, MinuteBucket, ProductionPlan};
         let spec: serde_json::Value = serde_json::from_str(super::super::OPENAPI).expect("json");
-        let schemas = &spec["components"]["schemas"];
-        let keys = |schema: &str| -> Vec<String> {
-            let mut required: Vec<String> = schemas[schema]["required"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{schema} has required fields"))
-                .iter()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect();
-            let mut properties: Vec<String> = schemas[schema]["properties"]
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default();
-            required.sort();
-            properties.sort();
-            assert_eq!(required, properties, "{schema}: every property is required");
-            required
-        };
-        let fields = |value: &serde_json::Value| -> Vec<String> {
-            let mut names: Vec<String> = value
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default();
-            names.sort();
-            names
-        };
+        let keys = crate::serve::openapi_check::schema_fields;
+        let fields = crate::serve::openapi_check::served_fields;
         let plan = ProductionPlan::default();
         let bucket = MinuteBucket {
             minute: at("2024-05-06T06:00:00Z").timestamp() / 60,

@@ -669,3 +669,37 @@ async fn metrics(State(api): State<ApiState>) -> Response {
     )
         .into_response()
 }
+
+/// Test helpers that hold the OpenAPI document to what the handlers serialise.
+#[cfg(test)]
+pub(crate) mod openapi_check {
+    /// The properties of component schema `schema`, sorted; every one must be required.
+    pub fn schema_fields(schema: &str) -> Vec<String> {
+        let spec: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("json");
+        let schema_value = &spec["components"]["schemas"][schema];
+        let mut required: Vec<String> = schema_value["required"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema} has required fields"))
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        let mut properties: Vec<String> = schema_value["properties"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        required.sort();
+        properties.sort();
+        assert_eq!(required, properties, "{schema}: every property is required");
+        required
+    }
+
+    /// The keys of a serialised JSON object, sorted.
+    pub fn served_fields(value: &serde_json::Value) -> Vec<String> {
+        let mut names: Vec<String> = value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}

@@ -370,30 +370,8 @@ async fn charts_are_listed_computed_and_refused_with_the_reason() {
 fn the_openapi_schemas_match_what_is_served() {
     let spec: Value = serde_json::from_str(crate::serve::OPENAPI).expect("json");
     let schemas = &spec["components"]["schemas"];
-    let keys = |schema: &str| -> Vec<String> {
-        let mut required: Vec<String> = schemas[schema]["required"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{schema} has required fields"))
-            .iter()
-            .filter_map(|k| k.as_str().map(str::to_owned))
-            .collect();
-        let mut properties: Vec<String> = schemas[schema]["properties"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
-        required.sort();
-        properties.sort();
-        assert_eq!(required, properties, "{schema}: every property is required");
-        required
-    };
-    let fields = |value: &Value| -> Vec<String> {
-        let mut names: Vec<String> = value
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
-        names.sort();
-        names
-    };
+    let keys = crate::serve::openapi_check::schema_fields;
+    let fields = crate::serve::openapi_check::served_fields;
     let enum_of = |schema: &str| -> Vec<Value> {
         schemas[schema]["enum"]
             .as_array()
