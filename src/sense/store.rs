@@ -605,13 +605,6 @@ impl SensorStore {
             .copied()
     }
 
-    /// Every tag with stored data or configured, by name.
-    pub fn tag_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.ids.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// Deletes raw samples before `raw_before` and minute aggregates before `minutes_before`.
     /// Returns how many segments and aggregates went.
     pub fn prune(

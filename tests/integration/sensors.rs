@@ -14,7 +14,7 @@ use linesight::serve::{Role, Tokens, router};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{KillOnDrop, eventually, python, repo, simulated_station, station_config};
+use crate::{KillOnDrop, eventually, get_json, python, repo, simulated_station, station_config};
 
 fn start_sensor_plc(port: u16) -> KillOnDrop {
     KillOnDrop(
@@ -296,18 +296,16 @@ async fn pushed_and_imported_batches_keep_good_samples_and_name_bad_ones() {
     assert_eq!(outcome["refused"][0]["at"], "line 3", "{outcome}");
 
     // Read back: raw samples with flags and the gap, minute aggregates of good samples.
-    let from = (t0 - chrono::Duration::seconds(1)).to_rfc3339();
-    let to = (t0 + chrono::Duration::seconds(60)).to_rfc3339();
-    let page: Value = http
-        .get(format!("{base}/api/v1/tags/press_temp/samples"))
-        .query(&[("from", from.as_str()), ("to", to.as_str())])
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    // `Z`, not `+00:00`: the times go into query strings unescaped.
+    let zulu = |at: DateTime<Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let from = zulu(t0 - chrono::Duration::seconds(1));
+    let to = zulu(t0 + chrono::Duration::seconds(60));
+    let page = get_json(
+        &http,
+        &format!("{base}/api/v1/tags/press_temp/samples?from={from}&to={to}"),
+        &operator,
+    )
+    .await;
     let flags: Vec<&str> = page["samples"]
         .as_array()
         .expect("samples")
@@ -320,20 +318,12 @@ async fn pushed_and_imported_batches_keep_good_samples_and_name_bad_ones() {
         Some(1),
         "4 s silence at a 1 s period: {page}"
     );
-    let humidity: Value = http
-        .get(format!("{base}/api/v1/tags/humidity/samples"))
-        .query(&[
-            ("from", from.as_str()),
-            ("to", to.as_str()),
-            ("resolution", "minute"),
-        ])
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let humidity = get_json(
+        &http,
+        &format!("{base}/api/v1/tags/humidity/samples?from={from}&to={to}&resolution=minute"),
+        &operator,
+    )
+    .await;
     let minutes = humidity["minutes"].as_array().expect("minutes");
     let (count, bad): (u64, u64) = minutes.iter().fold((0, 0), |(c, b), m| {
         (
@@ -342,15 +332,7 @@ async fn pushed_and_imported_batches_keep_good_samples_and_name_bad_ones() {
         )
     });
     assert_eq!((count, bad), (3, 1), "{humidity}");
-    let tag: Value = http
-        .get(format!("{base}/api/v1/tags/press_temp"))
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let tag = get_json(&http, &format!("{base}/api/v1/tags/press_temp"), &operator).await;
     assert_eq!(tag["transport_delay_ms"], 20000, "{tag}");
     assert_eq!(tag["latest"]["flag"], "out_of_range", "{tag}");
 
@@ -463,16 +445,7 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
     let http = reqwest::Client::new();
     let get = |path: String| {
         let (http, operator) = (http.clone(), operator.clone());
-        async move {
-            http.get(path)
-                .bearer_auth(&operator)
-                .send()
-                .await
-                .expect("GET")
-                .json::<Value>()
-                .await
-                .unwrap_or(Value::Null)
-        }
+        async move { get_json(&http, &path, &operator).await }
     };
 
     // Every shipped tag arrives over Modbus, good.
