@@ -15,6 +15,8 @@ use serde::Deserialize;
 use crate::analyse::ProductionPlan;
 use crate::analyse::alarms::{AlarmDefinition, AlarmSource, check_definitions};
 use crate::analyse::charts::ChartDefinition;
+use crate::analyse::maintenance::watch::MaintenanceWatch;
+use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
@@ -91,6 +93,12 @@ pub struct StationFile {
     /// The shift calendar; none: every minute is planned (24/7).
     #[serde(default)]
     pub shifts: Vec<ShiftSection>,
+    /// How root cause runs on the sliding window.
+    #[serde(default)]
+    pub root_cause: RootCauseSection,
+    /// Equipment watched for failure (`[[maintenance]]`); each watch is an alarm.
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceWatch>,
 }
 
 /// The ISA-95 equipment hierarchy above this station.
@@ -347,6 +355,8 @@ pub struct StationConfig {
     pub charts: Vec<ChartDefinition>,
     /// The shift calendar, ideal cycle time and stop threshold the KPIs are measured against.
     pub production: ProductionPlan,
+    pub root_cause: RootCauseSection,
+    pub maintenance: Vec<MaintenanceWatch>,
 }
 
 impl StationConfig {
@@ -476,6 +486,8 @@ impl StationConfig {
             alarms: file.alarms,
             charts: file.charts,
             production,
+            root_cause: file.root_cause,
+            maintenance: file.maintenance,
         })
     }
 }
@@ -686,7 +698,27 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     if plc.heartbeat_ms == 0 {
         problem("plc.heartbeat_ms", "expected a positive period".into());
     }
-    for (field, message) in check_definitions(&file.alarms) {
+    // A watch's alarm is checked with the declared ones: one name space.
+    let mut alarms = file.alarms.clone();
+    alarms.extend(file.maintenance.iter().map(MaintenanceWatch::alarm));
+    for (field, message) in check_definitions(&alarms) {
+        let field = match field.strip_prefix("alarms[").and_then(|f| f.split_once(']')) {
+            Some((i, rest)) => match i.parse::<usize>() {
+                Ok(i) if i >= file.alarms.len() => {
+                    format!("maintenance[{}]{rest}", i - file.alarms.len())
+                }
+                _ => field,
+            },
+            None => field,
+        };
+        problem(&field, message);
+    }
+    let tag_names: Vec<&str> = file.tags.iter().map(|t| t.name.as_str()).collect();
+    for (field, message) in crate::analyse::maintenance::watch::check(&file.maintenance, &tag_names)
+    {
+        problem(&field, message);
+    }
+    for (field, message) in file.root_cause.check() {
         problem(&field, message);
     }
     for (field, message) in crate::analyse::charts::check_definitions(&file.charts, &file.tags) {

@@ -28,7 +28,10 @@ use crate::actuate::{
     run_heartbeat,
 };
 use crate::analyse::alarms::{AlarmError, AlarmManager};
+use crate::analyse::maintenance::monitor::MaintenanceMonitor;
+use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::monitor::{Monitor, StationHealth};
+use crate::analyse::rootcause::station::run_root_cause;
 use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
@@ -44,7 +47,7 @@ use crate::sense::modbus::PollTarget;
 use crate::sense::mqtt::SubscribeSettings;
 use crate::sense::{Sensors, Sources, run_sensors};
 use crate::serve::auth::{AuthError, run_token_auditor};
-use crate::serve::{ApiState, StationInfo, StationState, Tokens};
+use crate::serve::{ApiState, RootCauseApi, StationInfo, StationState, Tokens};
 use crate::track::{InspectionFate, PartTracker};
 
 /// Why the station could not start or stopped with an error.
@@ -227,7 +230,10 @@ impl Station {
                     client_id: format!("linesight-{}-sensors", config.name),
                 }),
         };
-        let alarms = AlarmManager::open(store.clone(), &config.alarms).await?;
+        // The declared alarms and one per maintenance watch.
+        let mut alarm_definitions = config.alarms.clone();
+        alarm_definitions.extend(config.maintenance.iter().map(MaintenanceWatch::alarm));
+        let alarms = AlarmManager::open(store.clone(), &alarm_definitions).await?;
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -270,6 +276,8 @@ impl Station {
             alarms,
             production,
             charts: Arc::new(config.charts.clone()),
+            root_cause: RootCauseApi::new(config.root_cause.clone()),
+            maintenance: Default::default(),
         };
         Ok(Station {
             sensors,
@@ -391,6 +399,32 @@ impl Station {
         // Alarms: shelve expiry and delays, and the monitor that feeds them tags, KPIs and
         // the station's health.
         let alarm_ticker = tokio::spawn(api.alarms.clone().run_ticker(sensors_stop.clone()));
+        // Root cause of the sliding window, for the API's default answer.
+        let root_cause = tokio::spawn(run_root_cause(
+            store.clone(),
+            sensors.clone(),
+            config.root_cause.clone(),
+            api.root_cause.latest.clone(),
+            {
+                let clock = clock.clone();
+                move || clock.utc(clock.now())
+            },
+            sensors_stop.clone(),
+        ));
+        let maintenance = tokio::spawn(
+            MaintenanceMonitor {
+                alarms: api.alarms.clone(),
+                sensors: sensors.clone(),
+                store: store.clone(),
+                watches: Arc::new(config.maintenance.clone()),
+                latest: api.maintenance.clone(),
+                now: {
+                    let clock = clock.clone();
+                    Arc::new(move || clock.utc(clock.now()))
+                },
+            }
+            .run(sensors_stop.clone()),
+        );
         let monitor = tokio::spawn(
             Monitor {
                 alarms: api.alarms.clone(),
@@ -493,6 +527,8 @@ impl Station {
         let _ = sensor_sources.await;
         let _ = alarm_ticker.await;
         let _ = monitor.await;
+        let _ = root_cause.await;
+        let _ = maintenance.await;
         // A short grace to count the last records; the rest is counted at the next start (the
         // counter's cursor is durable).
         let last = store.last_seq();

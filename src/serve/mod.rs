@@ -22,7 +22,9 @@ pub mod b2mml;
 mod charts;
 pub mod kpis;
 pub mod live;
+mod maintenance;
 mod models;
+mod rootcause;
 pub mod records;
 mod sensors;
 pub mod work_orders;
@@ -113,6 +115,29 @@ pub struct ApiState {
     pub production: Production,
     /// The control charts the station TOML names (`[[charts]]`).
     pub charts: Arc<Vec<crate::analyse::ChartDefinition>>,
+    /// The root cause of the sliding window, and the gate of on-demand analyses.
+    pub root_cause: RootCauseApi,
+    /// What the maintenance watches last saw.
+    pub maintenance: crate::analyse::maintenance::monitor::LatestMaintenance,
+}
+
+/// What the root-cause route reads.
+#[derive(Clone)]
+pub struct RootCauseApi {
+    pub section: crate::analyse::rootcause::station::RootCauseSection,
+    pub latest: crate::analyse::rootcause::station::LatestRootCause,
+    /// One on-demand analysis at a time.
+    pub one_at_a_time: Arc<tokio::sync::Semaphore>,
+}
+
+impl RootCauseApi {
+    pub fn new(section: crate::analyse::rootcause::station::RootCauseSection) -> RootCauseApi {
+        RootCauseApi {
+            section,
+            latest: Default::default(),
+            one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
 }
 
 impl ApiState {
@@ -302,6 +327,8 @@ pub fn router(state: ApiState) -> Router {
             need(Read, get(sensors::samples)),
         )
         .route("/api/v1/tags/{name}/chart", need(Read, get(charts::tag)))
+        .route("/api/v1/rootcause", need(Read, get(rootcause::get)))
+        .route("/api/v1/maintenance", need(Read, get(maintenance::get)))
         .route("/metrics", need(Read, get(metrics)))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Sensor batches are larger than any other request: their own limit, added after

@@ -8,6 +8,7 @@
 //! attaches the station to it, as it would be wired to a real camera and PLC.
 
 mod camera;
+pub mod history;
 mod parts;
 mod plc;
 pub mod process;

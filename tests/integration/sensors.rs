@@ -565,6 +565,41 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
         }
     })
     .await;
+    // The guide roller wears towards failure: its maintenance watch forecasts when, and its
+    // alarm goes active with the forecast in words.
+    eventually("the roller bearing's failure forecast", || {
+        let get = &get;
+        let base = base.clone();
+        async move {
+            let alarm = get(format!("{base}/api/v1/alarms/roller_bearing")).await;
+            alarm["state"] == "active_unacknowledged"
+        }
+    })
+    .await;
+    let maintenance = get(format!("{base}/api/v1/maintenance")).await;
+    let watch = &maintenance["watches"][0];
+    assert_eq!(watch["name"], "roller_bearing", "{maintenance}");
+    assert!(watch["active"] == true, "{maintenance}");
+    let message = watch["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Guide roller bearing: roller_vibration trend consistent with failure (above 8.5 mm/s) in "),
+        "{message}"
+    );
+    let forecast = &watch["forecast"];
+    let (low, central) = (
+        forecast["low"].as_f64().expect("low"),
+        forecast["time_to_limit"].as_f64().expect("central"),
+    );
+    // The simulated roller fails about 9 minutes after the line starts (its wear is half-way
+    // at the start, and grows with the square of time over 20 min).
+    assert!(low <= central && central < 1.0, "{forecast}");
+    // Root cause of the parts so far, on demand.
+    let hour_ago = (chrono::Utc::now() - chrono::TimeDelta::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let analysis = get(format!("{base}/api/v1/rootcause?from={hour_ago}")).await;
+    assert!(analysis["parts"].as_u64().unwrap_or(0) > 0, "{analysis}");
+    assert_eq!(analysis["targets"][0]["target"], "rejects", "{analysis}");
+    assert_eq!(analysis["tags"].as_array().map(Vec::len), Some(6), "{analysis}");
     stop.cancel();
     line.await.expect("joins").expect("station stops cleanly");
 }

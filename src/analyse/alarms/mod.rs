@@ -95,6 +95,9 @@ pub enum DiscreteOn {
     /// A condition report of the same name in the journal (`raised`/`cleared`), as the
     /// recorder writes for `disk_low` and `records_failing`.
     Report,
+    /// A maintenance forecast (source `maintenance:<name>`): failure expected within the
+    /// watch's horizon, or a repeating defect pattern.
+    Forecast,
 }
 
 /// What an alarm watches, parsed from [`AlarmDefinition::source`].
@@ -104,6 +107,8 @@ pub enum AlarmSource {
     Kpi(String),
     Chart(String),
     Station,
+    /// A `[[maintenance]]` watch of the station TOML.
+    Maintenance(String),
 }
 
 impl std::str::FromStr for AlarmSource {
@@ -113,7 +118,9 @@ impl std::str::FromStr for AlarmSource {
             return Ok(AlarmSource::Station);
         }
         let expected = || {
-            format!("expected `tag:<name>`, `kpi:<name>`, `chart:<name>` or `station`, got {s:?}")
+            format!(
+                "expected `tag:<name>`, `kpi:<name>`, `chart:<name>`, `maintenance:<name>` or `station`, got {s:?}"
+            )
         };
         let (kind, name) = s.split_once(':').ok_or_else(expected)?;
         let name_ok = (1..=128).contains(&name.len())
@@ -129,6 +136,7 @@ impl std::str::FromStr for AlarmSource {
             "tag" => Ok(AlarmSource::Tag(name.into())),
             "kpi" => Ok(AlarmSource::Kpi(name.into())),
             "chart" => Ok(AlarmSource::Chart(name.into())),
+            "maintenance" => Ok(AlarmSource::Maintenance(name.into())),
             _ => Err(expected()),
         }
     }
@@ -141,6 +149,7 @@ impl fmt::Display for AlarmSource {
             AlarmSource::Kpi(n) => write!(f, "kpi:{n}"),
             AlarmSource::Chart(n) => write!(f, "chart:{n}"),
             AlarmSource::Station => f.write_str("station"),
+            AlarmSource::Maintenance(n) => write!(f, "maintenance:{n}"),
         }
     }
 }
@@ -280,6 +289,20 @@ pub fn check_definitions(definitions: &[AlarmDefinition]) -> Vec<(String, String
                 "expected limits (high and/or low) or `on` (\"violation\", \"fault\", \"degraded\", \"report\")"
                     .into(),
             ),
+            (false, Some(DiscreteOn::Forecast), Some(s))
+                if !matches!(s, AlarmSource::Maintenance(_)) =>
+            {
+                problem(
+                    "on",
+                    "\"forecast\" is the state of a `maintenance:` source".into(),
+                )
+            }
+            (_, on, Some(AlarmSource::Maintenance(_))) if on != Some(DiscreteOn::Forecast) => {
+                problem(
+                    "on",
+                    "a `maintenance:` source goes active on \"forecast\"".into(),
+                )
+            }
             (true, None, Some(AlarmSource::Station | AlarmSource::Chart(_))) => problem(
                 "source",
                 "limits apply to `tag:` and `kpi:` sources; a chart or the station takes `on`"

@@ -125,6 +125,8 @@ async fn app(dir: &std::path::Path) -> App {
         },
         sensors: None,
         charts: Arc::new(Vec::new()),
+        root_cause: crate::serve::RootCauseApi::new(Default::default()),
+        maintenance: Default::default(),
     };
     App {
         router: router(api),

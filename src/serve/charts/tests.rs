@@ -204,6 +204,8 @@ async fn app(dir: &std::path::Path) -> App {
         },
         sensors: Some(sensors),
         charts: Arc::new(charts),
+        root_cause: crate::serve::RootCauseApi::new(Default::default()),
+        maintenance: Default::default(),
     };
     App {
         router: router(api),

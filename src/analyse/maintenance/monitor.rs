@@ -1,0 +1,361 @@
+//! The maintenance monitor: turns the `[[maintenance]]` watches into alarm conditions while the
+//! station runs, and keeps what it last saw for the API.
+//!
+//! Every round it fits each trend watch's tag (since the tag's healthiest point in the watch's
+//! history: a repair resets the wear) and forecasts when it reaches the failure limit; the
+//! watch's alarm is active while the forecast's early end is within `warn_within_h`. A
+//! repeating-defect watch searches the last parts for a defect recurring at one place every N
+//! parts. It also finds the change points of every tag's recent per-minute means, the "what
+//! changed" an engineer reads beside root cause. It reads the stores, never the live path; a
+//! round that fails is logged and tried again.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::repeat::{self, PartDefect, RepeatPattern};
+use super::trend::{self, Direction, Forecast};
+use super::watch::{MaintenanceWatch, Watched};
+use crate::analyse::alarms::AlarmManager;
+use crate::record::{RecordBody, Store};
+use crate::sense::Sensors;
+
+/// How often the watches are evaluated.
+pub const EVERY: Duration = Duration::from_secs(15);
+/// Histories up to this long are fitted on raw samples; longer ones on per-minute means.
+const RAW_UP_TO: TimeDelta = TimeDelta::hours(2);
+/// Parts searched for repeating defects.
+const REPEAT_PARTS: usize = 2000;
+/// Change points are looked for in this much of every tag's per-minute means.
+const CHANGE_WINDOW: TimeDelta = TimeDelta::hours(8);
+/// Change points kept per tag, newest first.
+const CHANGES_PER_TAG: usize = 3;
+
+/// What one watch last saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchStatus {
+    pub name: String,
+    pub equipment: String,
+    /// The tag of a trend watch.
+    pub tag: Option<String>,
+    /// Whether the watch's condition holds (its alarm follows, with ISA-18.2's delays).
+    pub active: bool,
+    /// What the alarm says, or why the watch is quiet.
+    pub message: String,
+    pub forecast: Option<Forecast>,
+    pub pattern: Option<RepeatPattern>,
+    pub evaluated_at: DateTime<Utc>,
+}
+
+/// A shift in one tag's level.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagChange {
+    pub tag: String,
+    pub at: DateTime<Utc>,
+    pub before: f64,
+    pub after: f64,
+    pub sentence: String,
+}
+
+/// What the monitor last saw; the API reads it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MaintenanceView {
+    pub watches: Vec<WatchStatus>,
+    pub changes: Vec<TagChange>,
+    pub evaluated_at: Option<DateTime<Utc>>,
+}
+
+/// The monitor's latest view, shared with the API. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct LatestMaintenance(Arc<RwLock<MaintenanceView>>);
+
+impl LatestMaintenance {
+    pub fn get(&self) -> MaintenanceView {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, view: MaintenanceView) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = view;
+    }
+}
+
+/// Everything the maintenance monitor reads and whom it tells.
+pub struct MaintenanceMonitor {
+    pub alarms: AlarmManager,
+    pub sensors: Sensors,
+    pub store: Store,
+    pub watches: Arc<Vec<MaintenanceWatch>>,
+    pub latest: LatestMaintenance,
+    pub now: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+}
+
+impl MaintenanceMonitor {
+    /// Evaluates the watches every [`EVERY`] until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut every = tokio::time::interval(EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let now = (self.now)();
+            let (sensors, store, watches) =
+                (self.sensors.clone(), self.store.clone(), self.watches.clone());
+            let round =
+                tokio::task::spawn_blocking(move || evaluate(&sensors, &store, &watches, now))
+                    .await;
+            let view = match round {
+                Ok(view) => view,
+                Err(error) => {
+                    tracing::warn!(%error, "maintenance round failed");
+                    continue;
+                }
+            };
+            for status in &view.watches {
+                if let Err(error) = self
+                    .alarms
+                    .set_condition(&status.name, status.active, now, &status.message)
+                    .await
+                {
+                    tracing::warn!(watch = %status.name, %error, "maintenance alarm not set");
+                }
+            }
+            self.latest.set(view);
+        }
+    }
+}
+
+/// Every watch's status and every tag's recent change points at `now`. Blocking.
+pub fn evaluate(
+    sensors: &Sensors,
+    store: &Store,
+    watches: &[MaintenanceWatch],
+    now: DateTime<Utc>,
+) -> MaintenanceView {
+    let watches = watches
+        .iter()
+        .map(|watch| {
+            let mut status = WatchStatus {
+                name: watch.name.clone(),
+                equipment: watch.equipment.clone(),
+                tag: watch.tag.clone(),
+                active: false,
+                message: String::new(),
+                forecast: None,
+                pattern: None,
+                evaluated_at: now,
+            };
+            match watch.watched() {
+                Some(Watched::Trend { tag, limit, above }) => {
+                    trend_status(sensors, watch, tag, limit, above, now, &mut status)
+                }
+                Some(Watched::RepeatingDefects) => repeat_status(store, watch, &mut status),
+                None => status.message = "not a valid watch".into(),
+            }
+            status
+        })
+        .collect();
+    MaintenanceView {
+        watches,
+        changes: tag_changes(sensors, now),
+        evaluated_at: Some(now),
+    }
+}
+
+fn trend_status(
+    sensors: &Sensors,
+    watch: &MaintenanceWatch,
+    tag: &str,
+    limit: f64,
+    above: bool,
+    now: DateTime<Utc>,
+    status: &mut WatchStatus,
+) {
+    let history = TimeDelta::milliseconds((watch.history_h * 3_600_000.0) as i64);
+    let samples = match history_of(sensors, tag, now - history, now, history <= RAW_UP_TO) {
+        Ok(samples) => samples,
+        Err(error) => {
+            status.message = format!("{tag} could not be read: {error}");
+            return;
+        }
+    };
+    let direction = if above {
+        Direction::Rising
+    } else {
+        Direction::Falling
+    };
+    let since_repair = since_healthiest(&samples, above);
+    let unit = sensors
+        .tag(tag)
+        .map(|t| t.unit.clone())
+        .filter(|u| !u.is_empty())
+        .map(|u| format!(" {u}"))
+        .unwrap_or_default();
+    let side = if above { "above" } else { "below" };
+    let Some(forecast) = trend::forecast(since_repair, limit, direction) else {
+        status.message = format!(
+            "{}: no {tag} trend towards failure ({side} {limit}{unit}) in the last {} h",
+            watch.equipment, watch.history_h
+        );
+        return;
+    };
+    status.active = forecast.low <= watch.warn_within_h;
+    let when = match forecast.high {
+        Some(high) => format!("{}–{}", duration_text(forecast.low), duration_text(high)),
+        None => format!("{} or later", duration_text(forecast.low)),
+    };
+    status.message = format!(
+        "{}: {tag} trend consistent with failure ({side} {limit}{unit}) in {when}; {}",
+        watch.equipment,
+        forecast.describe("h")
+    );
+    status.forecast = Some(forecast);
+}
+
+/// `(hours since from, value)` of the tag's good samples (or per-minute means).
+fn history_of(
+    sensors: &Sensors,
+    tag: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    raw: bool,
+) -> Result<Vec<(f64, f64)>, crate::sense::SenseError> {
+    let origin = from.timestamp_millis();
+    let hours = |ms: i64| (ms - origin) as f64 / 3_600_000.0;
+    if raw {
+        let series = sensors.store.read(tag, from, to)?;
+        Ok(series
+            .t
+            .iter()
+            .zip(&series.v)
+            .zip(&series.flag)
+            .filter(|(_, flag)| flag.is_good())
+            .map(|((&t, &v), _)| (hours(t), v))
+            .collect())
+    } else {
+        Ok(sensors
+            .store
+            .read_minutes(tag, from, to)?
+            .iter()
+            .filter_map(|m| Some((hours(m.start_ms + 30_000), m.mean?)))
+            .collect())
+    }
+}
+
+/// The samples since the healthiest point (the lowest for a failure above, the highest for
+/// one below), judged on a running median of five so one low reading does not cut the history.
+fn since_healthiest(samples: &[(f64, f64)], above: bool) -> &[(f64, f64)] {
+    if samples.len() < 5 {
+        return samples;
+    }
+    let mut best = (0, f64::NAN);
+    for i in 0..samples.len() - 4 {
+        let mut window: Vec<f64> = samples[i..i + 5].iter().map(|s| s.1).collect();
+        window.sort_by(f64::total_cmp);
+        let median = window[2];
+        let healthier = if above {
+            median < best.1
+        } else {
+            median > best.1
+        };
+        if best.1.is_nan() || healthier {
+            best = (i + 2, median);
+        }
+    }
+    &samples[best.0..]
+}
+
+/// Hours as a person says them: "40 min", "3.5 h", "2.1 days".
+fn duration_text(hours: f64) -> String {
+    if hours < 1.0 {
+        format!("{:.0} min", (hours * 60.0).max(0.0))
+    } else if hours < 48.0 {
+        format!("{hours:.1} h")
+    } else {
+        format!("{:.1} days", hours / 24.0)
+    }
+}
+
+fn repeat_status(store: &Store, watch: &MaintenanceWatch, status: &mut WatchStatus) {
+    let inspections = match store.inspection_records(None, REPEAT_PARTS) {
+        Ok(inspections) => inspections,
+        Err(error) => {
+            status.message = format!("inspections could not be read: {error}");
+            return;
+        }
+    };
+    let parts: Vec<PartDefect> = inspections
+        .iter()
+        .rev()
+        .map(|inspection| PartDefect {
+            part_index: inspection.part_id,
+            defective: inspection.verdict == Some(crate::part::Verdict::Fail),
+            at: inspection.defect_at.map(|(x, y)| (f64::from(x), f64::from(y))),
+        })
+        .collect();
+    match repeat::find(&parts, &repeat::Settings::default()) {
+        Ok(Some(pattern)) => {
+            status.active = true;
+            status.message = format!("{}: {}", watch.equipment, pattern.message);
+            status.pattern = Some(pattern);
+        }
+        Ok(None) => {
+            status.message = format!(
+                "{}: no defect repeats at one place in the last {} parts",
+                watch.equipment,
+                parts.len()
+            );
+        }
+        Err(error) => status.message = error.to_string(),
+    }
+}
+
+/// The change points of every tag's per-minute means over the last [`CHANGE_WINDOW`].
+fn tag_changes(sensors: &Sensors, now: DateTime<Utc>) -> Vec<TagChange> {
+    let mut changes = Vec::new();
+    for tag in sensors.tags.iter() {
+        let Ok(minutes) = sensors.store.read_minutes(&tag.name, now - CHANGE_WINDOW, now) else {
+            continue;
+        };
+        let (times, means): (Vec<i64>, Vec<f64>) = minutes
+            .iter()
+            .filter_map(|m| Some((m.start_ms, m.mean?)))
+            .unzip();
+        let Ok(found) = super::changepoint::detect(&means, &super::changepoint::Settings::default())
+        else {
+            continue;
+        };
+        // The newest few: what changed lately is what an engineer asks about.
+        for change in found.iter().rev().take(CHANGES_PER_TAG) {
+            let Some(at) = times
+                .get(change.index)
+                .and_then(|&ms| DateTime::from_timestamp_millis(ms))
+            else {
+                continue;
+            };
+            let unit = if tag.unit.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", tag.unit)
+            };
+            changes.push(TagChange {
+                tag: tag.name.clone(),
+                at,
+                before: change.before.mean,
+                after: change.after.mean,
+                sentence: format!(
+                    "{} shifted from {:.3}{unit} to {:.3}{unit} at {}",
+                    tag.name,
+                    change.before.mean,
+                    change.after.mean,
+                    at.format("%H:%M UTC")
+                ),
+            });
+        }
+    }
+    changes
+}
