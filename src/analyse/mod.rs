@@ -12,13 +12,16 @@
 //! - [`kpi`]: ISO 22400-2 KPIs, the defect Pareto and the production series over those counts
 //!   (pure functions);
 //! - [`spc`]: control charts (p, Laney p′, u, I-MR, X̄-R/S, EWMA, CUSUM), Western Electric and
-//!   Nelson rules, Cp/Cpk (pure functions).
+//!   Nelson rules, Cp/Cpk (pure functions);
+//! - [`rootcause`]: which tags and settings move with a defect class (binned lift with
+//!   Benjamini–Hochberg, derived quantities, a random forest's importance and interactions).
 
 pub mod alarms;
 pub mod charts;
 pub mod kpi;
 pub mod monitor;
 pub mod production;
+pub mod rootcause;
 pub mod shifts;
 pub mod spc;
 

@@ -6,6 +6,7 @@ mod eval;
 mod model;
 mod records;
 mod report;
+mod rootcause;
 mod run;
 mod sensors;
 mod token;
@@ -64,6 +65,8 @@ enum Command {
         #[command(subcommand)]
         action: sensors::SensorsCommand,
     },
+    /// Root cause on a labelled CSV table: which columns move with a defect class.
+    Rootcause(rootcause::RootCause),
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -84,6 +87,7 @@ impl Cli {
             Command::Token { action } => action.run(),
             Command::Records { action } => action.run(),
             Command::Sensors { action } => action.run(),
+            Command::Rootcause(rootcause) => rootcause.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));

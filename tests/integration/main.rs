@@ -18,6 +18,7 @@ mod mes;
 mod models;
 mod mqtt;
 mod rootcause;
+mod rootcause_line;
 mod sensors;
 mod simulated_sensors;
 mod spc;
