@@ -19,6 +19,7 @@
 pub mod alarms;
 pub mod charts;
 pub mod kpi;
+pub mod maintenance;
 pub mod monitor;
 pub mod production;
 pub mod rootcause;

@@ -5,9 +5,8 @@
 //! demand. An on-demand analysis reads every part and sample of its scope, so one runs at a
 //! time: a second request meanwhile is answered 503 rather than queued behind it.
 
-use std::sync::Arc;
-
 use axum::Json;
+use axum::response::{IntoResponse, Response};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -15,7 +14,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiState, time_range};
 use crate::analyse::rootcause::Settings;
-use crate::analyse::rootcause::station::{Scope, StationRootCause, analyse_scope};
+use crate::analyse::rootcause::station::{Scope, analyse_scope};
 
 /// Longest scope of an on-demand analysis.
 pub const MAX_RANGE_DAYS: i64 = 31;
@@ -32,7 +31,7 @@ pub(super) struct RootCauseQuery {
 pub(super) async fn get(
     State(api): State<ApiState>,
     query: Result<Query<RootCauseQuery>, QueryRejection>,
-) -> Result<Json<Arc<StationRootCause>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(work_order) = &query.work_order
         && !(1..=64).contains(&work_order.chars().count())
@@ -43,7 +42,7 @@ pub(super) async fn get(
     }
     let on_demand = query.from.is_some() || query.to.is_some() || query.work_order.is_some();
     if !on_demand && let Some(latest) = api.root_cause.latest.get() {
-        return Ok(Json(latest));
+        return Ok(Json(&*latest).into_response());
     }
     let now = Utc::now();
     let (from, to) = match (&query.work_order, query.from, query.to) {
@@ -79,5 +78,5 @@ pub(super) async fn get(
     })
     .await
     .map_err(|e| ApiError::InternalMessage(format!("root-cause task failed: {e}")))??;
-    Ok(Json(Arc::new(analysis)))
+    Ok(Json(analysis).into_response())
 }

@@ -20,7 +20,7 @@ use super::repeat::{self, PartDefect, RepeatPattern};
 use super::trend::{self, Direction, Forecast};
 use super::watch::{MaintenanceWatch, Watched};
 use crate::analyse::alarms::AlarmManager;
-use crate::record::{RecordBody, Store};
+use crate::record::Store;
 use crate::sense::Sensors;
 
 /// How often the watches are evaluated.
@@ -294,7 +294,9 @@ fn repeat_status(store: &Store, watch: &MaintenanceWatch, status: &mut WatchStat
         .map(|inspection| PartDefect {
             part_index: inspection.part_id,
             defective: inspection.verdict == Some(crate::part::Verdict::Fail),
-            at: inspection.defect_at.map(|(x, y)| (f64::from(x), f64::from(y))),
+            at: inspection
+                .defect_at
+                .map(|p| (f64::from(p.x), f64::from(p.y))),
         })
         .collect();
     match repeat::find(&parts, &repeat::Settings::default()) {
