@@ -6,6 +6,7 @@ mod eval;
 mod model;
 mod records;
 mod report;
+mod rul;
 mod run;
 mod sensors;
 mod token;
@@ -64,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         action: sensors::SensorsCommand,
     },
+    /// Remaining useful life from NASA C-MAPSS run-to-failure files: split, train, eval.
+    Rul {
+        #[command(subcommand)]
+        action: rul::Rul,
+    },
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -84,6 +90,7 @@ impl Cli {
             Command::Token { action } => action.run(),
             Command::Records { action } => action.run(),
             Command::Sensors { action } => action.run(),
+            Command::Rul { action } => action.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));
