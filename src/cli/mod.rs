@@ -7,6 +7,7 @@ mod model;
 mod records;
 mod report;
 mod rootcause;
+mod rul;
 mod run;
 mod sensors;
 mod token;
@@ -67,6 +68,11 @@ enum Command {
     },
     /// Root cause on a labelled CSV table: which columns move with a defect class.
     Rootcause(rootcause::RootCause),
+    /// Remaining useful life from NASA C-MAPSS run-to-failure files: split, train, eval.
+    Rul {
+        #[command(subcommand)]
+        action: rul::Rul,
+    },
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -88,6 +94,7 @@ impl Cli {
             Command::Records { action } => action.run(),
             Command::Sensors { action } => action.run(),
             Command::Rootcause(rootcause) => rootcause.run(),
+            Command::Rul { action } => action.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));
