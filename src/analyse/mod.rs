@@ -17,6 +17,7 @@
 pub mod alarms;
 pub mod charts;
 pub mod kpi;
+pub mod maintenance;
 pub mod monitor;
 pub mod production;
 pub mod shifts;
