@@ -1,6 +1,7 @@
 //! The `linesight` command line, one file per command (in the manner of mini-redis's `cmd/`):
 //! each defines its arguments with clap and runs them. anyhow lives here, at the binary's edge.
 
+mod anomalies;
 mod convert_weights;
 mod eval;
 mod model;
@@ -73,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         action: rul::Rul,
     },
+    /// Multivariate anomaly detection on line sensor data: evaluate on SKAB.
+    Anomalies {
+        #[command(subcommand)]
+        action: anomalies::Anomalies,
+    },
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -95,6 +101,7 @@ impl Cli {
             Command::Sensors { action } => action.run(),
             Command::Rootcause(rootcause) => rootcause.run(),
             Command::Rul { action } => action.run(),
+            Command::Anomalies { action } => action.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));
