@@ -12,13 +12,18 @@
 //! - [`kpi`]: ISO 22400-2 KPIs, the defect Pareto and the production series over those counts
 //!   (pure functions);
 //! - [`spc`]: control charts (p, Laney p′, u, I-MR, X̄-R/S, EWMA, CUSUM), Western Electric and
-//!   Nelson rules, Cp/Cpk (pure functions).
+//!   Nelson rules, Cp/Cpk (pure functions);
+//! - [`schedule`]: each open work order's ETA, slack and critical ratio at the line's recent
+//!   rate and yield, and what a stop, a slowdown or a defect excursion did to its lateness;
+//! - [`maintenance`]: defect and sensor patterns that point at equipment.
 
 pub mod alarms;
 pub mod charts;
 pub mod kpi;
+pub mod maintenance;
 pub mod monitor;
 pub mod production;
+pub mod schedule;
 pub mod shifts;
 pub mod spc;
 
