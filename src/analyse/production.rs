@@ -667,6 +667,7 @@ mod tests {
             image: None,
             heat_map: None,
             error: None,
+            defect_at: None,
         })
     }
 

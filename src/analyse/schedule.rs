@@ -516,13 +516,16 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_milliseconds() as f64 / 1000.0
 }
 
-/// `None` past chrono's range (an order that would take millennia).
+/// `None` past the year 9999 (an order that would take millennia): no answer carries a time a
+/// client cannot parse.
 fn add_seconds(at: DateTime<Utc>, seconds: f64) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
     let ms = (seconds * 1000.0).round();
     if !(ms.is_finite() && ms.abs() < 1e17) {
         return None;
     }
     at.checked_add_signed(TimeDelta::try_milliseconds(ms as i64)?)
+        .filter(|eta| eta.year() <= 9999)
 }
 
 /// "35 min late", "10 min early", "on time" (within half a minute).
