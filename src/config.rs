@@ -232,6 +232,8 @@ pub struct SimulatorSection {
     pub downtime: Option<DowntimeSpec>,
     /// A register the PLC sets to 1 while the line runs, 0 while it is down.
     pub running_flag: Option<RunningFlagSpec>,
+    /// A damaged roller marking every N-th part at one place; absent: none.
+    pub roller: Option<crate::simulate::process::RollerSpec>,
 }
 
 fn default_defect_rate() -> f64 {

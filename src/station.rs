@@ -425,6 +425,18 @@ impl Station {
             }
             .run(sensors_stop.clone()),
         );
+        // Schedule impact: the open work orders' ETAs, and an event whenever a stop, a
+        // slowdown or a defect excursion moves an order's lateness.
+        let schedule_runner = crate::analyse::schedule::start_schedule_runner(
+            crate::analyse::schedule::ScheduleRunner {
+                store: store.clone(),
+                production: api.production.clone(),
+                sensors: Some(sensors.clone()),
+                settings: crate::analyse::schedule::Settings::default(),
+                as_of_delay: config.line.travel + std::time::Duration::from_secs(2),
+            },
+            sensors_stop.clone(),
+        );
         let monitor = tokio::spawn(
             Monitor {
                 alarms: api.alarms.clone(),
@@ -529,6 +541,7 @@ impl Station {
         let _ = monitor.await;
         let _ = root_cause.await;
         let _ = maintenance.await;
+        let _ = schedule_runner.await;
         // A short grace to count the last records; the rest is counted at the next start (the
         // counter's cursor is durable).
         let last = store.last_seq();

@@ -15,6 +15,9 @@
 //!   Nelson rules, Cp/Cpk (pure functions);
 //! - [`rootcause`]: which tags and settings move with a defect class (binned lift with
 //!   Benjamini–Hochberg, derived quantities, a random forest's importance and interactions).
+//! - [`schedule`]: each open work order's ETA, slack and critical ratio at the line's recent
+//!   rate and yield, and what a stop, a slowdown or a defect excursion did to its lateness;
+//! - [`maintenance`]: defect and sensor patterns that point at equipment.
 
 pub mod alarms;
 pub mod charts;
@@ -23,6 +26,7 @@ pub mod maintenance;
 pub mod monitor;
 pub mod production;
 pub mod rootcause;
+pub mod schedule;
 pub mod shifts;
 pub mod spc;
 

@@ -238,6 +238,13 @@ impl ProductionCounts {
         })
     }
 
+    /// A tree of its own in the analysis database, for an analysis that keeps results beside
+    /// the counts (the schedule's impact events). sled opens a database once per process, so
+    /// they share this handle.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, AnalyseError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     /// The last journal sequence number folded into the counts (0: none).
     pub fn cursor(&self) -> u64 {
         *self.inner.cursor_tx.borrow()
@@ -660,6 +667,7 @@ mod tests {
             image: None,
             heat_map: None,
             error: None,
+            defect_at: None,
         })
     }
 

@@ -55,6 +55,43 @@ pub struct InspectionRecord {
     /// SHA-256 of the heat map's PNG.
     pub heat_map: Option<String>,
     pub error: Option<String>,
+    /// Where the heat map peaks: the likeliest defect place, for patterns in where defects
+    /// fall (a damaged roller marks every part it touches at one place). Absent from records
+    /// older than the field, and from parts without a heat map.
+    #[serde(default)]
+    pub defect_at: Option<DefectPlace>,
+}
+
+/// A place in the calibrated image, normalised: `(0, 0)` the top-left corner, `(1, 1)` the
+/// bottom-right one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DefectPlace {
+    pub x: f32,
+    pub y: f32,
+}
+
+impl DefectPlace {
+    /// The centre of the heat map's hottest cell (the first, on a tie); `None` for an empty map
+    /// or one whose values are not numbers.
+    pub fn peak_of(heat_map: &HeatMap) -> Option<DefectPlace> {
+        let (width, height) = (heat_map.width as usize, heat_map.height as usize);
+        if width == 0 || height == 0 || heat_map.values.len() != width * height {
+            return None;
+        }
+        let (index, _) = heat_map
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+                Some((_, b)) if b >= v => best,
+                _ => Some((i, v)),
+            })?;
+        Some(DefectPlace {
+            x: ((index % width) as f32 + 0.5) / width as f32,
+            y: ((index / width) as f32 + 0.5) / height as f32,
+        })
+    }
 }
 
 /// A shadow model's verdict on one part, beside the live verdict.
@@ -321,6 +358,9 @@ pub fn build_record(
         image,
         heat_map,
         error: inspection.and_then(|i| i.error.clone()),
+        defect_at: inspection
+            .and_then(|i| i.heat_map.as_ref())
+            .and_then(DefectPlace::peak_of),
     }
 }
 
@@ -494,5 +534,33 @@ mod tests {
         let orders = store.work_orders();
         assert_eq!(orders.len(), 1);
         assert!(orders[0].started_at.is_some() && orders[0].completed_at.is_some());
+    }
+
+    #[test]
+    fn the_defect_place_is_the_heat_maps_peak_and_old_records_read_without_it() {
+        let heat_map = HeatMap {
+            width: 4,
+            height: 2,
+            values: vec![0.1, 0.2, 0.1, 0.0, 0.3, 0.1, f32::NAN, 0.9],
+        };
+        assert_eq!(
+            DefectPlace::peak_of(&heat_map),
+            Some(DefectPlace { x: 0.875, y: 0.75 })
+        );
+        let short = HeatMap {
+            width: 4,
+            height: 2,
+            values: vec![0.5],
+        };
+        assert_eq!(DefectPlace::peak_of(&short), None);
+        // A record written before the field existed.
+        let RecordBody::Inspection(old) = record(7) else {
+            panic!("an inspection");
+        };
+        let mut json = serde_json::to_value(&old).expect("json");
+        json.as_object_mut().expect("object").remove("defect_at");
+        let read: InspectionRecord = serde_json::from_value(json).expect("old record reads");
+        assert_eq!(read.defect_at, None);
+        assert_eq!(read.part_id, 7);
     }
 }

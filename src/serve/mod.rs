@@ -14,6 +14,7 @@
 //! [`alarms`] (ISA-18.2 alarms: states, actions, performance, their event stream),
 //! [`kpis`] (ISO 22400-2 KPIs, the defect Pareto, production counts), `charts` (control
 //! charts: the configured ones, and ad hoc of the reject rate, defects per part or a tag),
+//! `schedule` (the work orders' ETAs and the impact events of stops and excursions),
 //! [`auth`] (tokens, roles, sign-in), [`b2mml`] (the ISA-95 export).
 
 pub mod alarms;
@@ -26,6 +27,7 @@ mod maintenance;
 mod models;
 mod rootcause;
 pub mod records;
+mod schedule;
 mod sensors;
 pub mod work_orders;
 
@@ -234,6 +236,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/kpis", need(Read, get(kpis::kpis)))
         .route("/api/v1/pareto", need(Read, get(kpis::pareto)))
         .route("/api/v1/production", need(Read, get(kpis::production)))
+        .route("/api/v1/schedule", need(Read, get(schedule::get)))
+        .route(
+            "/api/v1/schedule/impacts",
+            need(Read, get(schedule::impacts)),
+        )
         .route("/api/v1/charts", need(Read, get(charts::list)))
         // The fixed paths of the ad-hoc charts win over `{name}` (no chart may take their names).
         .route(

@@ -58,6 +58,25 @@ pub fn part_at(
         .then(|| generator.next_part_with(&process.defect_probabilities(t)))
 }
 
+/// [`part_at`] for the `part_index`-th part the camera sees (from 0): a part the damaged roller
+/// touches carries its mark instead of the defect the sensors drew (drawn all the same, so the
+/// parts after it are those of a line without the roller).
+pub fn part_on_line(
+    process: &LineProcess,
+    generator: &mut PartGenerator,
+    t: Duration,
+    part_index: u64,
+) -> Option<SyntheticPart> {
+    let Some((defect, place)) = process.roller_mark(part_index) else {
+        return part_at(process, generator, t);
+    };
+    if !process.is_running(t) {
+        return None;
+    }
+    let _drawn = generator.draw_defect(&process.defect_probabilities(t));
+    Some(generator.render_at(defect, place))
+}
+
 fn feed(
     appsrc: gst_app::AppSrc,
     camera: &SimulatedCamera,
@@ -80,7 +99,7 @@ fn feed(
             std::thread::sleep(wait);
         }
         let t = line_time_at_start + offset;
-        let Some(part) = part_at(&camera.process, &mut generator, t) else {
+        let Some(part) = part_on_line(&camera.process, &mut generator, t, sent) else {
             continue;
         };
         tracing::debug!(part = sent, defect = ?part.defect, ?t, "simulated part");

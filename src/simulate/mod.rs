@@ -13,7 +13,7 @@ mod parts;
 mod plc;
 pub mod process;
 
-pub use self::camera::{SimulatedCamera, part_at};
+pub use self::camera::{SimulatedCamera, part_at, part_on_line};
 pub use self::parts::{DefectKind, DefectProbabilities, PartGenerator, SyntheticPart};
 pub use self::plc::{PlcSimulator, PlcWrite, RejectPulse};
 pub use self::process::{LineError, LineProcess};

@@ -158,6 +158,20 @@ impl PartGenerator {
 
     /// A part with exactly this defect (or none).
     pub fn render(&mut self, defect: Option<DefectKind>) -> SyntheticPart {
+        self.render_with(defect, None)
+    }
+
+    /// A part with this defect starting at `place` of the frame, `(x, y)` normalised to
+    /// `[0, 1]` (a damaged roller marks every part it touches at the same place).
+    pub fn render_at(&mut self, defect: DefectKind, place: (f32, f32)) -> SyntheticPart {
+        self.render_with(Some(defect), Some(place))
+    }
+
+    fn render_with(
+        &mut self,
+        defect: Option<DefectKind>,
+        place: Option<(f32, f32)>,
+    ) -> SyntheticPart {
         let rng = &mut self.rng;
         let (w, h) = (self.width as usize, self.height as usize);
         let scale = w.min(h) as f32 / 256.0;
@@ -202,7 +216,10 @@ impl PartGenerator {
                 rng.gen_range(0.0..std::f32::consts::TAU),
                 rng.gen_range(0.0..reach),
             );
-            let origin = (cx + dist * angle.cos(), cy + dist * angle.sin());
+            let origin = match place {
+                Some((x, y)) => (x.clamp(0.0, 1.0) * w as f32, y.clamp(0.0, 1.0) * h as f32),
+                None => (cx + dist * angle.cos(), cy + dist * angle.sin()),
+            };
             draw_defect(rng, kind, origin, scale, w, h, &mut pixels, &mut mask);
         }
 

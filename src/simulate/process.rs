@@ -235,6 +235,20 @@ impl EffectSpec {
     }
 }
 
+/// A damaged roller (`[camera.simulator.roller]`): from part `first_part` on, every
+/// `every_parts`-th part the camera sees carries `defect` at (`x`, `y`) of the frame (normalised
+/// to `[0, 1]`), whatever the sensors say. Absent: no roller damage.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollerSpec {
+    pub every_parts: u64,
+    #[serde(default)]
+    pub first_part: u64,
+    pub defect: DefectKind,
+    pub x: f64,
+    pub y: f64,
+}
+
 /// Short stops of the belt (`[camera.simulator.downtime]`): from `first_at_s` (default
 /// `every_s`), every `every_s` the line stands still for `for_s`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -277,6 +291,7 @@ pub struct LineProcess {
     effects: Vec<(EffectSpec, usize)>,
     downtime: Option<DowntimeSpec>,
     running_flag: Option<RunningFlagSpec>,
+    roller: Option<RollerSpec>,
 }
 
 impl LineProcess {
@@ -306,7 +321,17 @@ impl LineProcess {
             effects,
             downtime: section.downtime.clone(),
             running_flag: section.running_flag,
+            roller: section.roller.clone(),
         })
+    }
+
+    /// The roller's mark on the `part_index`-th part (counted from 0 as the camera sees
+    /// them): its defect and place, normalised; `None` on the parts it does not touch.
+    pub fn roller_mark(&self, part_index: u64) -> Option<(DefectKind, (f32, f32))> {
+        let roller = self.roller.as_ref()?;
+        let since = part_index.checked_sub(roller.first_part)?;
+        (since % roller.every_parts.max(1) == 0)
+            .then_some((roller.defect, (roller.x as f32, roller.y as f32)))
     }
 
     pub fn sensors(&self) -> &[SensorSpec] {
@@ -636,6 +661,23 @@ pub fn check(section: &SimulatorSection) -> Vec<Problem> {
                 field("first_at_s"),
                 format!("expected a time ≥ 0, got {first}"),
             );
+        }
+    }
+    if let Some(roller) = &section.roller {
+        let field = |name: &str| format!("{root}.roller.{name}");
+        if roller.every_parts < 2 {
+            problem(
+                field("every_parts"),
+                format!("expected at least 2 parts, got {}", roller.every_parts),
+            );
+        }
+        for (name, value) in [("x", roller.x), ("y", roller.y)] {
+            if !(0.0..=1.0).contains(&value) {
+                problem(
+                    field(name),
+                    format!("expected a place in [0, 1], got {value}"),
+                );
+            }
         }
     }
     problems
@@ -1023,5 +1065,40 @@ base = 1.0
         let problems = check(&section(text));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("past register 65535"));
+    }
+
+    #[test]
+    fn a_damaged_roller_marks_every_nth_part_at_one_place() {
+        let line = LineProcess::new(&section(
+            "parts_per_min = 60\ndefect_rate = 0.1\n[roller]\nevery_parts = 7\nfirst_part = 3\ndefect = \"dent\"\nx = 0.6\ny = 0.2\n",
+        ))
+        .expect("valid");
+        let mut generator = PartGenerator::new(1, 64, 64, 0.1);
+        for i in 0..40u64 {
+            let part =
+                crate::simulate::camera::part_on_line(&line, &mut generator, secs(i as f64), i)
+                    .expect("running");
+            let marked = i >= 3 && (i - 3) % 7 == 0;
+            assert_eq!(line.roller_mark(i).is_some(), marked, "part {i}");
+            if marked {
+                assert_eq!(part.defect, Some(DefectKind::Dent));
+                // The mask starts at the roller's place: (0.6, 0.2) of 64 pixels.
+                assert_eq!(part.mask[12 * 64 + 38], 1, "part {i}");
+            }
+        }
+        // Off by default.
+        let plain = LineProcess::new(&section("parts_per_min = 60\n")).expect("valid");
+        assert!((0..100).all(|i| plain.roller_mark(i).is_none()));
+        let problems = check(&section(
+            "parts_per_min = 60\n[roller]\nevery_parts = 1\ndefect = \"dent\"\nx = 1.5\ny = 0.2\n",
+        ));
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "camera.simulator.roller.every_parts",
+                "camera.simulator.roller.x"
+            ]
+        );
     }
 }
