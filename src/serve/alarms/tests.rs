@@ -125,6 +125,7 @@ async fn app(dir: &std::path::Path) -> App {
         },
         sensors: None,
         charts: Arc::new(Vec::new()),
+        halt_line: None,
     };
     App {
         router: router(api),

@@ -204,6 +204,7 @@ async fn app(dir: &std::path::Path) -> App {
         },
         sensors: Some(sensors),
         charts: Arc::new(charts),
+        halt_line: None,
     };
     App {
         router: router(api),
