@@ -99,6 +99,12 @@ pub struct StationFile {
     /// Equipment watched for failure (`[[maintenance]]`); each watch is an alarm.
     #[serde(default)]
     pub maintenance: Vec<MaintenanceWatch>,
+    /// Receivers of alarm alerts (`[[webhooks]]`), e.g. a CMMS opening work orders.
+    #[serde(default)]
+    pub webhooks: Vec<crate::analyse::actions::WebhookSection>,
+    /// The latched halt-line coil for a burst of critical defects; absent: none.
+    #[serde(default)]
+    pub halt_line: Option<crate::actuate::HaltLineSection>,
 }
 
 /// The ISA-95 equipment hierarchy above this station.
@@ -359,6 +365,10 @@ pub struct StationConfig {
     pub production: ProductionPlan,
     pub root_cause: RootCauseSection,
     pub maintenance: Vec<MaintenanceWatch>,
+    /// Receivers of alarm alerts.
+    pub webhooks: Vec<crate::analyse::actions::WebhookSection>,
+    /// The halt-line rule; absent: no halt line.
+    pub halt_line: Option<crate::actuate::HaltLineSection>,
 }
 
 impl StationConfig {
@@ -490,6 +500,8 @@ impl StationConfig {
             production,
             root_cause: file.root_cause,
             maintenance: file.maintenance,
+            webhooks: file.webhooks,
+            halt_line: file.halt_line,
         })
     }
 }
@@ -737,9 +749,37 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             );
         }
     }
+    check_actions(file, &mut problems);
     crate::sense::tags::check(&file.sensors, &file.tags, &mut problems);
     problems.extend(line_problems);
     problems
+}
+
+/// The `[[webhooks]]` and `[halt_line]` tables.
+fn check_actions(file: &StationFile, problems: &mut Vec<Problem>) {
+    use crate::analyse::actions::{HALT_LINE_ALARM, check_webhooks};
+    let builtins = crate::analyse::alarms::builtin_definitions();
+    let mut alarm_names: Vec<&str> = file
+        .alarms
+        .iter()
+        .chain(&builtins)
+        .map(|a| a.name.as_str())
+        .collect();
+    if let Some(halt_line) = &file.halt_line {
+        alarm_names.push(HALT_LINE_ALARM);
+        for (field, message) in halt_line.check() {
+            problems.push(Problem { field, message });
+        }
+        if let Some(i) = file.alarms.iter().position(|a| a.name == HALT_LINE_ALARM) {
+            problems.push(Problem {
+                field: format!("alarms[{i}].name"),
+                message: format!("{HALT_LINE_ALARM:?} is the halt line's alarm ([halt_line])"),
+            });
+        }
+    }
+    for (field, message) in check_webhooks(&file.webhooks, &alarm_names) {
+        problems.push(Problem { field, message });
+    }
 }
 
 #[cfg(test)]
@@ -754,6 +794,41 @@ mod tests {
     fn parse(text: &str) -> Result<StationConfig, ConfigError> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/test.toml");
         StationConfig::parse(text, &path)
+    }
+
+    /// The example's commented `[[webhooks]]` and `[halt_line]` tables, uncommented.
+    fn example_with_actions() -> String {
+        let example = example();
+        let (head, actions) = example
+            .split_once("# [[webhooks]]")
+            .expect("the example shows [[webhooks]]");
+        let uncommented: Vec<&str> = std::iter::once("[[webhooks]]")
+            .chain(actions.lines().skip(1).filter_map(|l| l.strip_prefix("# ")))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .collect();
+        format!("{head}\n{}\n", uncommented.join("\n"))
+    }
+
+    #[test]
+    fn the_example_actions_parse_and_problems_are_named() {
+        let config = parse(&example_with_actions()).expect("example actions are valid");
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.webhooks[0].max_retry_ms, 300_000);
+        let halt_line = config.halt_line.expect("halt line");
+        assert_eq!((halt_line.burst_defects, halt_line.within_parts), (3, 10));
+
+        let bad = example_with_actions()
+            .replace("within_parts = 10", "within_parts = 2")
+            .replace("alarms = []", "alarms = [\"no_such_alarm\"]")
+            + "\n[[alarms]]\nname = \"halt_line\"\nmessage = \"m\"\npriority = \"low\"\nsource = \"station\"\non = \"fault\"\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&bad) else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for field in ["halt_line.burst_defects", "webhooks[0].alarms[0]"] {
+            assert!(fields.contains(&field), "{field} in {fields:?}");
+        }
+        assert!(fields.iter().any(|f| f.ends_with(".name")), "{fields:?}");
     }
 
     #[test]

@@ -74,6 +74,18 @@ pub struct Metrics {
     pub sensor_source_errors: Counter,
     /// Sensor batches the store could not write.
     pub sensor_store_errors: Counter,
+    /// Alerts a webhook receiver accepted (2xx).
+    pub webhook_delivered: Counter,
+    /// Alerts a webhook receiver refused for good (4xx other than 408/429).
+    pub webhook_failed: Counter,
+    /// Webhook attempts that will be retried (receiver down, timed out, 5xx, 408, 429).
+    pub webhook_retries: Counter,
+    /// Alerts waiting in the webhook outbox.
+    pub webhook_pending: Gauge,
+    /// Times the halt-line coil was latched by a burst of defects.
+    pub halt_line_trips: Counter,
+    /// 1 while the halt line is latched (until an operator resets it).
+    pub halt_line_latched: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +124,12 @@ impl Metrics {
             sensor_samples_refused: Counter::default(),
             sensor_source_errors: Counter::default(),
             sensor_store_errors: Counter::default(),
+            webhook_delivered: Counter::default(),
+            webhook_failed: Counter::default(),
+            webhook_retries: Counter::default(),
+            webhook_pending: Gauge::default(),
+            halt_line_trips: Counter::default(),
+            halt_line_latched: Gauge::default(),
         }
     }
 
@@ -300,6 +318,36 @@ impl Metrics {
             "inspection_latency_seconds",
             "Time from capture to verdict",
             self.inspection_latency_seconds.clone(),
+        );
+        registry.register(
+            "webhook_delivered",
+            "Alerts a webhook receiver accepted",
+            self.webhook_delivered.clone(),
+        );
+        registry.register(
+            "webhook_failed",
+            "Alerts a webhook receiver refused for good",
+            self.webhook_failed.clone(),
+        );
+        registry.register(
+            "webhook_retries",
+            "Webhook attempts to be retried (receiver down, timeout, 5xx, 408, 429)",
+            self.webhook_retries.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Alerts waiting in the webhook outbox",
+            self.webhook_pending.clone(),
+        );
+        registry.register(
+            "halt_line_trips",
+            "Times a burst of defects latched the halt-line coil",
+            self.halt_line_trips.clone(),
+        );
+        registry.register(
+            "halt_line_latched",
+            "1 while the halt line is latched",
+            self.halt_line_latched.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

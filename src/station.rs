@@ -27,6 +27,11 @@ use crate::actuate::{
     GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
     run_heartbeat,
 };
+use crate::analyse::actions::webhook::Outbox;
+use crate::analyse::actions::{
+    ActionsDb, ActionsError, HaltLine, HaltLineContext, HaltLineError, Webhook, WebhookContext,
+    WebhookError, halt_line, run_halt_line, run_webhooks,
+};
 use crate::analyse::alarms::{AlarmError, AlarmManager};
 use crate::analyse::maintenance::monitor::MaintenanceMonitor;
 use crate::analyse::maintenance::watch::MaintenanceWatch;
@@ -75,6 +80,12 @@ pub enum StationError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Sense(#[from] crate::sense::SenseError),
+    #[error(transparent)]
+    Actions(#[from] ActionsError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+    #[error(transparent)]
+    HaltLine(#[from] HaltLineError),
     #[error("PLC link check failed: {0}")]
     Gate(#[from] GateError),
     #[error(
@@ -132,6 +143,8 @@ pub struct Station {
     sensors: Sensors,
     /// Where the sensor tags are polled and subscribed from.
     sources: Sources,
+    /// The webhooks' outbox and what they send, when any are configured.
+    webhooks: Option<WebhookContext>,
 }
 
 impl Station {
@@ -230,10 +243,54 @@ impl Station {
                     client_id: format!("linesight-{}-sensors", config.name),
                 }),
         };
-        // The declared alarms and one per maintenance watch.
-        let mut alarm_definitions = config.alarms.clone();
-        alarm_definitions.extend(config.maintenance.iter().map(MaintenanceWatch::alarm));
-        let alarms = AlarmManager::open(store.clone(), &alarm_definitions).await?;
+        // Actions on alarms: the webhooks' cursor is set before the alarm manager opens, so
+        // transitions it makes while opening are sent too.
+        let actions = ActionsDb::open(&config.data_dir)?;
+        let outbox = Outbox::open(&actions)?;
+        if config.webhooks.is_empty() {
+            outbox.forget_cursor()?;
+        } else {
+            outbox.start_at(store.last_seq() + 1)?;
+        }
+        let webhooks = config
+            .webhooks
+            .iter()
+            .map(|section| Webhook::build(section, |name| std::env::var(name).ok()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The declared alarms, one per maintenance watch, and the halt line's.
+        let mut definitions = config.alarms.clone();
+        definitions.extend(config.maintenance.iter().map(MaintenanceWatch::alarm));
+        if config.halt_line.is_some() {
+            definitions.push(halt_line::alarm_definition());
+        }
+        let alarms = AlarmManager::open(store.clone(), &definitions).await?;
+        let halt_line = match &config.halt_line {
+            None => None,
+            Some(section) => {
+                let coil = map
+                    .halt_line
+                    .ok_or_else(|| HaltLineError::NoCoil(config.plc.register_map_file.clone()))?;
+                Some(HaltLine::open(HaltLineContext {
+                    db: actions.clone(),
+                    store: store.clone(),
+                    alarms: alarms.clone(),
+                    section: section.clone(),
+                    coil: coil.coil,
+                    metrics: metrics.clone(),
+                })?)
+            }
+        };
+        let webhooks = (!webhooks.is_empty()).then(|| WebhookContext {
+            db: actions.clone(),
+            store: store.clone(),
+            webhooks,
+            definitions: crate::analyse::alarms::builtin_definitions()
+                .into_iter()
+                .chain(definitions.iter().cloned())
+                .collect(),
+            equipment_id: config.hierarchy().join("/"),
+            metrics: metrics.clone(),
+        });
         let control = ModelControl::new(
             registry,
             models.clone(),
@@ -278,8 +335,10 @@ impl Station {
             charts: Arc::new(config.charts.clone()),
             root_cause: RootCauseApi::new(config.root_cause.clone()),
             maintenance: Default::default(),
+            halt_line,
         };
         Ok(Station {
+            webhooks,
             sensors,
             sources,
             config,
@@ -327,6 +386,7 @@ impl Station {
             camera_feeder,
             sensors,
             sources,
+            webhooks,
         } = self;
         let pipeline_description = read_pipeline(&config.pipeline_file)?;
         let first_part_id = store.start_run()?;
@@ -449,6 +509,16 @@ impl Station {
             }
             .run(sensors_stop.clone()),
         );
+        // Actions on alarms: webhooks and the halt-line coil (its own PLC connection).
+        let webhook_task =
+            webhooks.map(|ctx| tokio::spawn(run_webhooks(ctx, sensors_stop.clone())));
+        let halt_line_task = api.halt_line.clone().map(|halt_line| {
+            tokio::spawn(run_halt_line(
+                halt_line,
+                link.sibling(),
+                sensors_stop.clone(),
+            ))
+        });
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(run_heartbeat(
             link.sibling(),
@@ -542,6 +612,12 @@ impl Station {
         let _ = root_cause.await;
         let _ = maintenance.await;
         let _ = schedule_runner.await;
+        if let Some(task) = webhook_task {
+            let _ = task.await;
+        }
+        if let Some(task) = halt_line_task {
+            let _ = task.await;
+        }
         // A short grace to count the last records; the rest is counted at the next start (the
         // counter's cursor is durable).
         let last = store.last_seq();

@@ -14,6 +14,7 @@
 //! heartbeat ends. The PLC program diverts every part to the reject lane in either case (see
 //! `firmware-io/register-map.toml`), so a dead station rejects rather than passes.
 
+pub mod halt_line;
 mod register_map;
 
 use std::net::SocketAddr;
@@ -26,8 +27,9 @@ use tokio_modbus::client::{Client, Context, tcp};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
+pub use self::halt_line::{Burst, BurstDetector, BurstRule, HaltLineSection};
 pub use self::register_map::{
-    REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap, RegisterMapError,
+    HaltLineCoil, REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap, RegisterMapError,
 };
 use crate::metrics::Metrics;
 use crate::part::{Actuation, PartOutcome, StationClock};

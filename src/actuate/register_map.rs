@@ -18,6 +18,17 @@ pub struct RegisterMap {
     pub station_state: Register,
     /// First of [`REJECT_BLOCK_LEN`] registers.
     pub reject: Register,
+    /// The latched halt-line coil; absent in maps of PLC programs that have none.
+    #[serde(default)]
+    pub halt_line: Option<HaltLineCoil>,
+}
+
+/// The halt-line output: one coil (FC5 write, FC1 read), in the PLC's coil space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaltLineCoil {
+    /// 0-based coil address.
+    pub coil: u16,
 }
 
 /// One holding register address.
@@ -119,6 +130,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-io/register-map.toml");
         let map = RegisterMap::load(&path).expect("shipped register map is valid");
         assert_eq!(map.reject.address, 100);
+        assert_eq!(map.halt_line, Some(HaltLineCoil { coil: 0 }));
     }
 
     #[test]
@@ -138,6 +150,7 @@ mod tests {
             heartbeat: Register { address: 102 },
             station_state: Register { address: 1 },
             reject: Register { address: 100 },
+            halt_line: None,
         };
         assert!(map.check().unwrap_err().contains("heartbeat (102)"));
     }

@@ -3,6 +3,8 @@
 //! Sits between [`crate::record`] (and [`crate::sense`]) and [`crate::serve`]: it reads records
 //! and samples, never the live path, so nothing here can delay a verdict or a reject.
 //!
+//! - [`actions`]: what alarms set off: webhooks (alerts to a CMMS) and the latched
+//!   halt-line coil;
 //! - [`alarms`]: the ISA-18.2 alarm life cycle over tags, KPIs, chart rules and the station;
 //! - [`charts`]: the named control charts of the station TOML (`[[charts]]`) and how a chart
 //!   is computed from the production counts or a tag's good samples;
@@ -19,6 +21,7 @@
 //!   rate and yield, and what a stop, a slowdown or a defect excursion did to its lateness;
 //! - [`maintenance`]: defect and sensor patterns that point at equipment.
 
+pub mod actions;
 pub mod alarms;
 pub mod charts;
 pub mod kpi;

@@ -21,6 +21,7 @@ pub mod alarms;
 pub mod auth;
 pub mod b2mml;
 mod charts;
+mod halt_line;
 pub mod kpis;
 pub mod live;
 mod maintenance;
@@ -117,6 +118,8 @@ pub struct ApiState {
     pub production: Production,
     /// The control charts the station TOML names (`[[charts]]`).
     pub charts: Arc<Vec<crate::analyse::ChartDefinition>>,
+    /// The latched halt-line coil; `None` without `[halt_line]`.
+    pub halt_line: Option<crate::analyse::actions::HaltLine>,
     /// The root cause of the sliding window, and the gate of on-demand analyses.
     pub root_cause: RootCauseApi,
     /// What the maintenance watches last saw.
@@ -325,6 +328,11 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/alarms/{name}/in-service",
             need(AlarmService, post(alarms::in_service)),
+        )
+        .route("/api/v1/halt-line", need(Read, get(halt_line::get)))
+        .route(
+            "/api/v1/halt-line/reset",
+            need(RespondToAlarms, post(halt_line::reset)),
         )
         .route("/api/v1/openapi.json", need(Read, get(openapi)))
         .route("/api/v1/tags", need(Read, get(sensors::list_tags)))

@@ -2,6 +2,10 @@
 //! and input registers (FC4), logs every write with its time, fires a simulated reject gate the
 //! way the register map prescribes, and serves the simulated line's sensors.
 //!
+//! Coils (FC1, FC5, FC15) are kept too: the register map's halt-line coil going ON counts as
+//! one halt of the line ([`PlcSimulator::halts`]), and [`PlcSimulator::halted`] says whether the
+//! line is held now, as a plant PLC would stop the conveyor.
+//!
 //! The station's `make run` starts one on loopback; tests read its log to check that every
 //! reject pulse landed on the right part inside its gate window. A response delay can be set to
 //! play a PLC that stops answering.
@@ -47,6 +51,9 @@ struct PlcState {
     inputs: Mutex<Vec<u16>>,
     writes: Mutex<Vec<PlcWrite>>,
     pulses: Mutex<Vec<RejectPulse>>,
+    coils: Mutex<Vec<bool>>,
+    /// When the halt-line coil went ON, in order.
+    halts: Mutex<Vec<DateTime<Utc>>>,
     response_delay_us: AtomicU64,
 }
 
@@ -70,6 +77,8 @@ impl PlcSimulator {
             inputs: Mutex::new(vec![0; 0x1_0000]),
             writes: Mutex::new(Vec::new()),
             pulses: Mutex::new(Vec::new()),
+            coils: Mutex::new(vec![false; 0x1_0000]),
+            halts: Mutex::new(Vec::new()),
             response_delay_us: AtomicU64::new(0),
         });
         let server = Server::new(listener);
@@ -119,6 +128,24 @@ impl PlcSimulator {
     /// The current value of a holding register.
     pub fn register(&self, address: u16) -> u16 {
         lock(&self.state.registers)[usize::from(address)]
+    }
+
+    /// The current value of a coil.
+    pub fn coil(&self, address: u16) -> bool {
+        lock(&self.state.coils)[usize::from(address)]
+    }
+
+    /// Whether the line is held by the halt-line coil now (false without one in the map).
+    pub fn halted(&self) -> bool {
+        self.state
+            .map
+            .halt_line
+            .is_some_and(|halt| self.coil(halt.coil))
+    }
+
+    /// When the halt-line coil went ON, in order: each is one halt of the line.
+    pub fn halts(&self) -> Vec<DateTime<Utc>> {
+        lock(&self.state.halts).clone()
     }
 
     /// The current value of an input register.
@@ -196,8 +223,39 @@ impl PlcState {
                     values.len() as u16,
                 ))
             }
+            Request::ReadCoils(address, count) => {
+                let range = span(address, count)?;
+                Ok(Response::ReadCoils(lock(&self.coils)[range].to_vec()))
+            }
+            Request::WriteSingleCoil(address, value) => {
+                self.write_coils(address, &[value])?;
+                Ok(Response::WriteSingleCoil(address, value))
+            }
+            Request::WriteMultipleCoils(address, values) => {
+                self.write_coils(address, &values)?;
+                Ok(Response::WriteMultipleCoils(address, values.len() as u16))
+            }
             _ => Err(ExceptionCode::IllegalFunction),
         }
+    }
+
+    fn write_coils(&self, address: u16, values: &[bool]) -> Result<(), ExceptionCode> {
+        let range = span(address, values.len() as u16)?;
+        let at = Utc::now();
+        let halt_coil = self.map.halt_line.map(|halt| usize::from(halt.coil));
+        let halted_now = {
+            let mut coils = lock(&self.coils);
+            let was_halted = halt_coil.is_some_and(|c| coils[c]);
+            coils[range].copy_from_slice(values);
+            !was_halted && halt_coil.is_some_and(|c| coils[c])
+        };
+        // Coil writes stay out of `writes`, the holding-register log: the two spaces share
+        // addresses.
+        if halted_now {
+            tracing::info!("PLC simulator: halt-line coil ON, line halted");
+            lock(&self.halts).push(at);
+        }
+        Ok(())
     }
 
     fn write(&self, address: u16, values: &[u16]) -> Result<(), ExceptionCode> {

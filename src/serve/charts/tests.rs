@@ -206,6 +206,7 @@ async fn app(dir: &std::path::Path) -> App {
         charts: Arc::new(charts),
         root_cause: crate::serve::RootCauseApi::new(Default::default()),
         maintenance: Default::default(),
+        halt_line: None,
     };
     App {
         router: router(api),
