@@ -17,7 +17,7 @@ const TAGS: usize = 50;
 
 fn table() -> (Table, Target) {
     let mut rng = ChaCha8Rng::seed_from_u64(16);
-    let mut columns: Vec<Vec<f64>> = vec![Vec::with_capacity(PARTS); TAGS];
+    let mut columns: Vec<Vec<f64>> = (0..TAGS).map(|_| Vec::with_capacity(PARTS)).collect();
     let mut positive = Vec::with_capacity(PARTS);
     for _ in 0..PARTS {
         for column in columns.iter_mut() {

@@ -140,6 +140,16 @@ pub fn parse_definition(definition: &str, table: &Table) -> Result<Derived, Root
 /// agree (or both are unknown), `a × b` and `a / b` always. A product of a torque in Nm and a
 /// speed in rpm is given in watts (× 2π/60), so its thresholds read as power.
 pub fn pair_candidates(table: &Table, a: usize, b: usize) -> Vec<Derived> {
+    // The larger column comes first, so a difference reads the way an engineer writes it
+    // (process − air temperature, not air − process).
+    let mean = |index: usize| match &table.columns[index].values {
+        ColumnValues::Numeric(values) => {
+            let present = values.iter().filter(|v| !v.is_nan());
+            present.clone().sum::<f64>() / present.count().max(1) as f64
+        }
+        ColumnValues::Categorical { .. } => 0.0,
+    };
+    let (a, b) = if mean(b) > mean(a) { (b, a) } else { (a, b) };
     let (column_a, column_b) = (&table.columns[a], &table.columns[b]);
     let (name_a, name_b) = (&column_a.name, &column_b.name);
     let column = |index| Box::new(Expr::Column(index));

@@ -98,15 +98,14 @@ pub fn fit_forest(
     positive: &[bool],
     settings: ForestSettings,
 ) -> Option<ForestOutcome> {
-    let rows = positive.len();
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let mut fit_positives = Vec::new();
     let mut fit_negatives = Vec::new();
     let mut held_positives = Vec::new();
     let mut held_negatives = Vec::new();
-    for row in 0..rows {
+    for (row, &is_positive) in positive.iter().enumerate() {
         let held = rng.r#gen::<f64>() < settings.held_out_share;
-        match (held, positive[row]) {
+        match (held, is_positive) {
             (false, true) => fit_positives.push(row),
             (false, false) => fit_negatives.push(row),
             (true, true) => held_positives.push(row),
@@ -166,7 +165,7 @@ pub fn fit_forest(
         .into_par_iter()
         .filter_map(|tree_index| {
             let mut rng =
-                ChaCha8Rng::seed_from_u64(settings.seed ^ (tree_index as u64 + 1) * 0x9E37_79B9);
+                ChaCha8Rng::seed_from_u64(settings.seed ^ ((tree_index as u64 + 1) * 0x9E37_79B9));
             let sample: Vec<usize> = (0..fit_rows.len())
                 .map(|_| rng.gen_range(0..fit_rows.len()))
                 .collect();

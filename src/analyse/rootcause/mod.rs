@@ -813,10 +813,10 @@ pub fn analyse(
     let refined: Vec<usize> = ranked.iter().filter_map(|(_, c)| c.refines).collect();
     let mut kept: Vec<(f64, Candidate)> = Vec::new();
     for (g, candidate) in ranked {
-        if let Condition::Region(_) = candidate.condition {
-            if refined.contains(&candidate.features[0]) {
-                continue;
-            }
+        if let Condition::Region(_) = candidate.condition
+            && refined.contains(&candidate.features[0])
+        {
+            continue;
         }
         let restates = kept
             .iter()
@@ -1081,8 +1081,15 @@ fn segment_if_better(
     single_inside: &[bool],
 ) -> Option<(Vec<f64>, Vec<bool>)> {
     let values = &scanned.feature.values;
+    // A level may hold few defective parts (AI4I's H products rarely fail): each level's
+    // threshold needs only one, and the gains below decide whether splitting by level holds.
+    let limits = SearchLimits {
+        min_parts: 1,
+        min_positives: 1,
+        ..limits
+    };
     let all = |_: usize| true;
-    let even = |row: usize| row % 2 == 0;
+    let even = |row: usize| row.is_multiple_of(2);
     let odd = |row: usize| row % 2 == 1;
     let thresholds = segment_thresholds(
         scanned, term, below, codes, n_levels, positive, limits, &all,
@@ -1132,7 +1139,7 @@ fn interactions(
     totals: Totals,
     limits: SearchLimits,
     describe: &DescribeContext,
-) -> Vec<(Vec<(usize, Region)>, Vec<bool>)> {
+) -> Vec<(Conjunction, Vec<bool>)> {
     let rows = positive.len();
     let to_terms = |path: &Vec<forest::PathTerm>| -> Vec<(usize, Region)> {
         path.iter()
@@ -1161,7 +1168,9 @@ fn interactions(
             .collect()
     };
     // Distinct shapes (features and sides), each with its best thresholds from the trees.
-    let mut shapes: Vec<(Vec<(usize, bool)>, Vec<(usize, Region)>, f64)> = Vec::new();
+    // Each shape (features and sides) with its best thresholds from the trees and their G.
+    type Shape = (Vec<(usize, bool)>, Conjunction, f64);
+    let mut shapes: Vec<Shape> = Vec::new();
     for path in paths {
         let terms = to_terms(path);
         let mut distinct: Vec<usize> = terms.iter().map(|(f, _)| *f).collect();
@@ -1232,6 +1241,9 @@ fn interactions(
     }
     kept
 }
+
+/// A conjunction: features (indices into the scanned features) and their regions.
+type Conjunction = Vec<(usize, Region)>;
 
 /// What turning a condition into a finding needs.
 struct DescribeContext<'a> {

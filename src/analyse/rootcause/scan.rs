@@ -282,15 +282,21 @@ pub fn best_region(
     let mut band: Option<BestRegion> = None;
     for round in 0..4 {
         let search_high = matches!(single.region, Region::Below { .. }) == (round % 2 == 0);
-        let (fixed_side, rest): (Vec<&(f64, bool)>, Vec<(f64, bool)>) = if search_high {
-            let fixed: Vec<&(f64, bool)> = rows.iter().filter(|(v, _)| *v < low).collect();
-            let rest = rows.iter().filter(|(v, _)| *v >= low).copied().collect();
-            (fixed, rest)
-        } else {
-            let fixed: Vec<&(f64, bool)> = rows.iter().filter(|(v, _)| *v > high).collect();
-            let rest = rows.iter().filter(|(v, _)| *v <= high).copied().collect();
-            (fixed, rest)
+        // The rows the other side already holds, and those this side may still take.
+        let in_other_side = |value: f64| {
+            if search_high {
+                value < low
+            } else {
+                value > high
+            }
         };
+        let fixed_side: Vec<&(f64, bool)> =
+            rows.iter().filter(|(v, _)| in_other_side(*v)).collect();
+        let rest: Vec<(f64, bool)> = rows
+            .iter()
+            .filter(|(v, _)| !in_other_side(*v))
+            .copied()
+            .collect();
         let fixed = (
             fixed_side.len(),
             fixed_side.iter().filter(|(_, p)| *p).count(),
