@@ -8,6 +8,7 @@
 //! - [`alarms`]: the ISA-18.2 alarm life cycle over tags, KPIs, chart rules and the station;
 //! - [`charts`]: the named control charts of the station TOML (`[[charts]]`) and how a chart
 //!   is computed from the production counts or a tag's good samples;
+//! - [`maintenance`]: maintenance alerts (remaining useful life, degradation trends);
 //! - [`production`]: per-minute production counts, folded from the journal by
 //!   [`run_production_counter`] into `<data_dir>/analysis`, exactly once;
 //! - [`shifts`]: the shift calendar of the station TOML (planned busy time);
