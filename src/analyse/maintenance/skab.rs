@@ -48,13 +48,14 @@ pub const CHANGEPOINT_WINDOW_S: i64 = 60;
 
 const DATETIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
-/// Why a SKAB folder or file cannot be read or scored.
+/// Why a SKAB folder or file cannot be read or scored. The causes are part of each message
+/// (and not chained as sources), so `{:#}` names them once.
 #[derive(Debug, thiserror::Error)]
 pub enum SkabError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: no CSV files in it or in its subfolders")]
     NoFiles { path: PathBuf },
@@ -72,8 +73,8 @@ pub enum SkabError {
         rows: usize,
         train_rows: usize,
     },
-    #[error("{path}: {source}")]
-    Detector { path: PathBuf, source: AnomalyError },
+    #[error("{path}: {error}")]
+    Detector { path: PathBuf, error: AnomalyError },
 }
 
 /// One experiment file.
@@ -214,25 +215,25 @@ pub struct ExperimentScore {
 /// sorted by folder and then numerically by file name (`2.csv` before `10.csv`).
 pub fn find_files(dir: &Path) -> Result<Vec<PathBuf>, SkabError> {
     let read = |path: &Path| {
-        std::fs::read_dir(path).map_err(|source| SkabError::Read {
+        std::fs::read_dir(path).map_err(|error| SkabError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     };
     let mut files = Vec::new();
     for entry in read(dir)? {
         let path = entry
-            .map_err(|source| SkabError::Read {
+            .map_err(|error| SkabError::Read {
                 path: dir.to_path_buf(),
-                source,
+                error,
             })?
             .path();
         if path.is_dir() {
             for inner in read(&path)? {
                 let inner = inner
-                    .map_err(|source| SkabError::Read {
+                    .map_err(|error| SkabError::Read {
                         path: path.clone(),
-                        source,
+                        error,
                     })?
                     .path();
                 if is_csv(&inner) {
@@ -268,9 +269,9 @@ fn is_csv(path: &Path) -> bool {
 
 /// Reads one experiment file.
 pub fn read_experiment(path: &Path) -> Result<Experiment, SkabError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SkabError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| SkabError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_experiment(&text, path)
 }
@@ -422,9 +423,9 @@ pub fn score_experiment(
             train_rows: TRAIN_ROWS,
         });
     }
-    let detector_error = |source| SkabError::Detector {
+    let detector_error = |error| SkabError::Detector {
         path: experiment.path.clone(),
-        source,
+        error,
     };
     let detector =
         Detector::fit(&experiment.rows[..TRAIN_ROWS], settings).map_err(detector_error)?;
@@ -610,6 +611,45 @@ mod tests {
             "{got}"
         );
         assert!(parse_error("").contains("the file is empty"));
+    }
+
+    #[test]
+    fn folders_of_groups_and_flat_folders_are_found_in_numeric_order() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let valve = dir.path().join("valve1");
+        std::fs::create_dir(&valve).expect("a folder");
+        for name in ["10.csv", "2.csv", "notes.txt"] {
+            std::fs::write(valve.join(name), "").expect("a file");
+        }
+        std::fs::write(dir.path().join("1.csv"), "").expect("a file");
+        let names: Vec<String> = find_files(dir.path())
+            .expect("CSV files")
+            .iter()
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .expect("inside")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["1.csv", "valve1/2.csv", "valve1/10.csv"]);
+        let flat = find_files(&valve).expect("CSV files");
+        assert_eq!(flat.len(), 2);
+        let empty = tempfile::tempdir().expect("a temporary folder");
+        let got = find_files(empty.path())
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains("no CSV files")),
+            "{got:?}"
+        );
+        let missing = find_files(&dir.path().join("absent")).map_err(|e| e.to_string());
+        assert!(
+            missing
+                .as_ref()
+                .is_err_and(|e| e.starts_with("reading ") && e.contains("absent")),
+            "{missing:?}"
+        );
     }
 
     #[test]
