@@ -17,6 +17,7 @@ mod line;
 mod mes;
 mod models;
 mod mqtt;
+mod schedule;
 mod sensors;
 mod simulated_sensors;
 mod spc;
