@@ -82,3 +82,51 @@ pub(super) async fn impacts(
             })??;
     Ok(Json(ImpactList { from, to, events }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyse::schedule::{LineRate, OrderInput, impacts, schedule};
+    use crate::record::WorkOrder;
+
+    /// The OpenAPI description names exactly the fields served (schemathesis checks the values
+    /// against a running station; this catches a renamed field here).
+    #[test]
+    fn the_openapi_schemas_match_what_is_served() {
+        use crate::serve::openapi_check::{schema_fields, served_fields};
+        let now: DateTime<Utc> = "2024-05-06T08:00:00Z".parse().expect("time");
+        let settings = Settings::default();
+        let orders = [OrderInput {
+            order: WorkOrder {
+                id: "WO-1".into(),
+                product: "disc".into(),
+                quantity: 100,
+                due: now + TimeDelta::hours(1),
+                ideal_cycle_time_s: 6.0,
+            },
+            good_so_far: 10,
+            running: true,
+        }];
+        let line = LineRate::plan(&settings, true, "test");
+        let before = schedule(&orders, &line, now, &settings);
+        let after = schedule(&orders, &line, now + TimeDelta::hours(1), &settings);
+        let json = serde_json::to_value(&after).expect("json");
+        assert_eq!(served_fields(&json), schema_fields("Schedule"));
+        assert_eq!(served_fields(&json["line"]), schema_fields("LineRate"));
+        assert_eq!(
+            served_fields(&json["orders"][0]),
+            schema_fields("OrderSchedule")
+        );
+        let list = ImpactList {
+            from: now,
+            to: now + TimeDelta::hours(2),
+            events: impacts(&before, &after, 60.0),
+        };
+        let json = serde_json::to_value(&list).expect("json");
+        assert_eq!(served_fields(&json), schema_fields("ImpactList"));
+        assert_eq!(
+            served_fields(&json["events"][0]),
+            schema_fields("ImpactEvent")
+        );
+    }
+}

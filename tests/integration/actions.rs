@@ -369,6 +369,7 @@ fn inspection(part_id: u64, failed: bool) -> RecordBody {
         defect_class: failed.then(|| "crack".to_owned()),
         image: None,
         heat_map: None,
+        defect_at: None,
         error: None,
     })
 }

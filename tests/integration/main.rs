@@ -20,6 +20,7 @@ mod models;
 mod mqtt;
 mod rootcause;
 mod rootcause_line;
+mod schedule;
 mod sensors;
 mod simulated_sensors;
 mod spc;

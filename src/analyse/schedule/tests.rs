@@ -416,3 +416,53 @@ fn baselines_move_only_for_orders_with_an_event() {
     ));
     assert!(compare_with_baselines(&mut baselines, &later, 300.0).is_empty());
 }
+
+#[test]
+fn impact_events_survive_a_restart_and_are_read_by_range() {
+    use crate::analyse::{ProductionCounts, ProductionPlan};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orders = two_orders();
+    let settings = Settings::default();
+    let before = schedule(
+        &orders,
+        &line(1.0, 0.9, true),
+        at("2024-05-06T08:00:00Z"),
+        &settings,
+    );
+    let after = schedule(
+        &orders,
+        &line(1.0, 0.9, false),
+        at("2024-05-06T08:30:00Z"),
+        &settings,
+    );
+    let events = impacts(&before, &after, 300.0);
+    assert_eq!(events.len(), 2);
+    let open = || Production {
+        counts: ProductionCounts::open(dir.path()).expect("open"),
+        plan: Arc::new(ProductionPlan::default()),
+    };
+    {
+        let production = open();
+        ImpactLog::open(&production)
+            .expect("log")
+            .append(&events)
+            .expect("append");
+    }
+    let production = open();
+    let log = ImpactLog::open(&production).expect("log");
+    let read = log
+        .range(at("2024-05-06T08:00:00Z"), at("2024-05-06T09:00:00Z"), 100)
+        .expect("range");
+    assert_eq!(read, events);
+    assert_eq!(
+        log.range(at("2024-05-06T08:00:00Z"), at("2024-05-06T09:00:00Z"), 1)
+            .expect("range")
+            .len(),
+        1
+    );
+    assert!(
+        log.range(at("2024-05-06T08:31:00Z"), at("2024-05-06T09:00:00Z"), 100)
+            .expect("range")
+            .is_empty()
+    );
+}

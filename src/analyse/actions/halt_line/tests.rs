@@ -32,6 +32,7 @@ fn inspection(part_id: u64, class: Option<&str>) -> RecordBody {
         defect_class: class.map(str::to_owned),
         image: None,
         heat_map: None,
+        defect_at: None,
         error: None,
     })
 }

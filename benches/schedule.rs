@@ -1,0 +1,64 @@
+//! Schedule impact for 200 open work orders: the projection before and after a defect
+//! excursion and a stop, and the impact of each order with its cause and sentence. The issue's
+//! target: at most 10 ms.
+
+use std::hint::black_box;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use criterion::{Criterion, criterion_group, criterion_main};
+use linesight::analyse::schedule::{LineRate, OrderInput, RateSource, Settings, impacts, schedule};
+use linesight::record::WorkOrder;
+
+const ORDERS: usize = 200;
+
+fn line(effectiveness: f64, yield_ratio: f64, running: bool) -> LineRate {
+    LineRate {
+        source: RateSource::Recent,
+        effectiveness,
+        yield_ratio,
+        running_minutes: 15,
+        running,
+        stopped_since: None,
+        note: String::new(),
+    }
+}
+
+fn orders(now: DateTime<Utc>) -> Vec<OrderInput> {
+    (0..ORDERS)
+        .map(|i| OrderInput {
+            order: WorkOrder {
+                id: format!("WO-{i:04}"),
+                product: format!("product-{}", i % 7),
+                quantity: 200 + (i as u64 * 37) % 900,
+                due: now + TimeDelta::minutes(45 * (i as i64 + 1)),
+                ideal_cycle_time_s: 0.5 + (i % 5) as f64 * 0.25,
+            },
+            good_so_far: if i == 0 { 120 } else { 0 },
+            running: i == 0,
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let now: DateTime<Utc> = "2024-05-06T08:00:00Z".parse().expect("time");
+    let later = now + TimeDelta::minutes(20);
+    let queue = orders(now);
+    let settings = Settings::default();
+    c.bench_function("schedule impact, 200 orders (excursion and stop)", |b| {
+        b.iter(|| {
+            let before = schedule(black_box(&queue), &line(0.95, 0.98, true), now, &settings);
+            let after = schedule(
+                black_box(&queue),
+                &line(0.95, 0.91, false),
+                later,
+                &settings,
+            );
+            let events = impacts(&before, &after, settings.impact_threshold_s);
+            assert_eq!(events.len(), ORDERS);
+            black_box(events)
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
