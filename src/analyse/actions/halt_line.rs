@@ -475,13 +475,16 @@ impl HaltLine {
     }
 }
 
+/// A burst and when the part that completed it was recorded.
+type Tripped = (Burst, DateTime<Utc>);
+
 /// Reads the inspections after `follow.cursor` into the detector (no lock held: the caller
 /// orders steps). Stops after the first burst, so the latch is persisted with the cursor
 /// just past the part that tripped it.
 fn advance(
     store: &Store,
     mut follow: FollowState,
-) -> Result<(FollowState, Option<(Burst, DateTime<Utc>)>), HaltLineError> {
+) -> Result<(FollowState, Option<Tripped>), HaltLineError> {
     let filter = Filter {
         kinds: vec![RecordKind::Inspection],
         ..Filter::default()
