@@ -716,7 +716,10 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     let mut alarms = file.alarms.clone();
     alarms.extend(file.maintenance.iter().map(MaintenanceWatch::alarm));
     for (field, message) in check_definitions(&alarms) {
-        let field = match field.strip_prefix("alarms[").and_then(|f| f.split_once(']')) {
+        let field = match field
+            .strip_prefix("alarms[")
+            .and_then(|f| f.split_once(']'))
+        {
             Some((i, rest)) => match i.parse::<usize>() {
                 Ok(i) if i >= file.alarms.len() => {
                     format!("maintenance[{}]{rest}", i - file.alarms.len())

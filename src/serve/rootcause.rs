@@ -6,9 +6,9 @@
 //! time: a second request meanwhile is answered 503 rather than queued behind it.
 
 use axum::Json;
-use axum::response::{IntoResponse, Response};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 

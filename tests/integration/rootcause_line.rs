@@ -26,7 +26,10 @@ const INDEPENDENT: [&str; 3] = ["belt_speed", "drive_power", "line_running"];
 /// A shift of the shipped simulated line, analysed as the station analyses its window.
 fn analysed_shift(dir: &std::path::Path) -> StationRootCause {
     let config = station_config(dir, &[]);
-    let simulator = config.simulator.clone().expect("the shipped line is simulated");
+    let simulator = config
+        .simulator
+        .clone()
+        .expect("the shipped line is simulated");
     let process = LineProcess::new(&simulator).expect("valid line");
     // Recent enough that no retention rule touches it.
     let start = (Utc::now() - TimeDelta::hours(9)).trunc_subsecs(0);
@@ -41,7 +44,11 @@ fn analysed_shift(dir: &std::path::Path) -> StationRootCause {
     let sensors = Sensors::open(dir, config.sensors.clone(), config.tags.clone()).expect("store");
     for batch in samples.chunks(20_000) {
         let report = sensors.store.ingest(batch).expect("ingest");
-        assert!(report.refused.is_empty(), "refused: {:?}", &report.refused[..1]);
+        assert!(
+            report.refused.is_empty(),
+            "refused: {:?}",
+            &report.refused[..1]
+        );
     }
     let parts: Vec<InspectedPart> = parts
         .iter()
@@ -94,7 +101,11 @@ fn threshold_above(analysis: &StationRootCause, target: &str, tag: &str) -> Opti
 fn a_simulated_shift_names_every_true_cause_and_no_independent_tag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let analysis = analysed_shift(dir.path());
-    assert!(analysis.parts > 50_000, "a shift at 120 parts/min: {}", analysis.parts);
+    assert!(
+        analysis.parts > 50_000,
+        "a shift at 120 parts/min: {}",
+        analysis.parts
+    );
     let sentences: Vec<&str> = analysis
         .targets
         .iter()
@@ -107,13 +118,19 @@ fn a_simulated_shift_names_every_true_cause_and_no_independent_tag() {
     // %RH above 55, scratches per mm/s of roller vibration above 4.
     let crack = threshold_above(&analysis, "crack", "press_temp")
         .unwrap_or_else(|| panic!("cracks not tied to the press temperature: {sentences:#?}"));
-    assert!((crack - 185.0).abs() <= 185.0 * 0.01, "crack threshold {crack}");
+    assert!(
+        (crack - 185.0).abs() <= 185.0 * 0.01,
+        "crack threshold {crack}"
+    );
     let spot = threshold_above(&analysis, "spot", "humidity")
         .unwrap_or_else(|| panic!("spots not tied to humidity: {sentences:#?}"));
     assert!((54.0..=60.0).contains(&spot), "spot threshold {spot}");
     let scratch = threshold_above(&analysis, "scratch", "roller_vibration")
         .unwrap_or_else(|| panic!("scratches not tied to roller vibration: {sentences:#?}"));
-    assert!((3.5..=7.0).contains(&scratch), "scratch threshold {scratch}");
+    assert!(
+        (3.5..=7.0).contains(&scratch),
+        "scratch threshold {scratch}"
+    );
 
     // The press acts 20 s before the camera, and the sentence says so.
     let press = analysis
@@ -121,12 +138,23 @@ fn a_simulated_shift_names_every_true_cause_and_no_independent_tag() {
         .iter()
         .find(|t| t.target == "crack")
         .and_then(|t| t.analysis.as_ref())
-        .and_then(|a| a.findings.iter().find(|f| f.features.iter().any(|n| n == "press_temp")))
+        .and_then(|a| {
+            a.findings
+                .iter()
+                .find(|f| f.features.iter().any(|n| n == "press_temp"))
+        })
         .expect("press finding");
     assert_eq!(press.lag_s, Some(20.0));
-    assert!(press.sentence.contains("20 s before inspection"), "{}", press.sentence);
+    assert!(
+        press.sentence.contains("20 s before inspection"),
+        "{}",
+        press.sentence
+    );
     let chart = press.chart.as_deref().expect("a chart link");
-    assert!(chart.starts_with("/api/v1/tags/press_temp/chart?from="), "{chart}");
+    assert!(
+        chart.starts_with("/api/v1/tags/press_temp/chart?from="),
+        "{chart}"
+    );
 
     // Nothing names a tag the defects do not depend on, and dents depend on nothing.
     for outcome in &analysis.targets {
@@ -142,7 +170,11 @@ fn a_simulated_shift_names_every_true_cause_and_no_independent_tag() {
             }
         }
         if outcome.target == "dent" {
-            assert!(a.findings.is_empty(), "dents have no cause: {:?}", a.findings);
+            assert!(
+                a.findings.is_empty(),
+                "dents have no cause: {:?}",
+                a.findings
+            );
         }
     }
     assert!(analysis.targets.iter().any(|t| t.target == REJECTS));

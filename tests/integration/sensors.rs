@@ -599,7 +599,11 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
     let analysis = get(format!("{base}/api/v1/rootcause?from={hour_ago}")).await;
     assert!(analysis["parts"].as_u64().unwrap_or(0) > 0, "{analysis}");
     assert_eq!(analysis["targets"][0]["target"], "rejects", "{analysis}");
-    assert_eq!(analysis["tags"].as_array().map(Vec::len), Some(6), "{analysis}");
+    assert_eq!(
+        analysis["tags"].as_array().map(Vec::len),
+        Some(6),
+        "{analysis}"
+    );
     stop.cancel();
     line.await.expect("joins").expect("station stops cleanly");
 }

@@ -74,7 +74,10 @@ pub struct LatestMaintenance(Arc<RwLock<MaintenanceView>>);
 
 impl LatestMaintenance {
     pub fn get(&self) -> MaintenanceView {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn set(&self, view: MaintenanceView) {
@@ -103,8 +106,11 @@ impl MaintenanceMonitor {
                 _ = every.tick() => {}
             }
             let now = (self.now)();
-            let (sensors, store, watches) =
-                (self.sensors.clone(), self.store.clone(), self.watches.clone());
+            let (sensors, store, watches) = (
+                self.sensors.clone(),
+                self.store.clone(),
+                self.watches.clone(),
+            );
             let round =
                 tokio::task::spawn_blocking(move || evaluate(&sensors, &store, &watches, now))
                     .await;
@@ -320,14 +326,18 @@ fn repeat_status(store: &Store, watch: &MaintenanceWatch, status: &mut WatchStat
 fn tag_changes(sensors: &Sensors, now: DateTime<Utc>) -> Vec<TagChange> {
     let mut changes = Vec::new();
     for tag in sensors.tags.iter() {
-        let Ok(minutes) = sensors.store.read_minutes(&tag.name, now - CHANGE_WINDOW, now) else {
+        let Ok(minutes) = sensors
+            .store
+            .read_minutes(&tag.name, now - CHANGE_WINDOW, now)
+        else {
             continue;
         };
         let (times, means): (Vec<i64>, Vec<f64>) = minutes
             .iter()
             .filter_map(|m| Some((m.start_ms, m.mean?)))
             .unzip();
-        let Ok(found) = super::changepoint::detect(&means, &super::changepoint::Settings::default())
+        let Ok(found) =
+            super::changepoint::detect(&means, &super::changepoint::Settings::default())
         else {
             continue;
         };

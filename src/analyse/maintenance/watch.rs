@@ -94,7 +94,10 @@ impl MaintenanceWatch {
     pub fn alarm(&self) -> AlarmDefinition {
         let message = match self.watched() {
             Some(Watched::RepeatingDefects) => {
-                format!("{}: defects repeat at one place every N parts", self.equipment)
+                format!(
+                    "{}: defects repeat at one place every N parts",
+                    self.equipment
+                )
             }
             _ => format!("{}: failure forecast", self.equipment),
         };
@@ -146,7 +149,10 @@ pub fn check(watches: &[MaintenanceWatch], tags: &[&str]) -> Vec<(String, String
             ),
             Some(Watched::Trend { tag, limit, .. }) => {
                 if !tags.contains(&tag) {
-                    problem("tag", format!("no tag named {tag:?} is defined in [[tags]]"));
+                    problem(
+                        "tag",
+                        format!("no tag named {tag:?} is defined in [[tags]]"),
+                    );
                 }
                 if !limit.is_finite() {
                     problem("fails_above", "expected a finite number".into());
@@ -154,7 +160,9 @@ pub fn check(watches: &[MaintenanceWatch], tags: &[&str]) -> Vec<(String, String
             }
             Some(Watched::RepeatingDefects) => {}
         }
-        if !(w.warn_within_h.is_finite() && w.warn_within_h > 0.0 && w.warn_within_h <= 24.0 * 365.0)
+        if !(w.warn_within_h.is_finite()
+            && w.warn_within_h > 0.0
+            && w.warn_within_h <= 24.0 * 365.0)
         {
             problem(
                 "warn_within_h",

@@ -821,7 +821,7 @@ pub fn analyse(
         let restates = kept
             .iter()
             .any(|(_, stronger)| jaccard(&stronger.inside, &candidate.inside) >= 0.9);
-        if restates {
+        if restates || !holds_beyond(&candidate, &kept, &scanned, positive) {
             continue;
         }
         kept.push((g, candidate));
@@ -931,6 +931,89 @@ struct Candidate {
     inside: Vec<bool>,
     /// The feature whose single-threshold finding this one refines (a per-level threshold).
     refines: Option<usize>,
+}
+
+/// Stronger findings a weaker one is judged against: the strata multiply with each.
+const MAX_STRATA_FINDINGS: usize = 3;
+/// Quantile bins of a stronger finding's features in the strata (deciles: coarser bins leave
+/// enough of a true cause's spread inside a bin for a companion tag to ride along).
+const STRATA_BINS: usize = 10;
+/// The Cochran–Mantel–Haenszel statistic a finding needs within the strata (χ²₁ at p = 0.001).
+const CONDITIONAL_CHI2: f64 = 10.83;
+
+/// Whether `candidate` still moves with the target among parts alike in what the stronger
+/// `kept` findings name: the same side of each stronger condition and the same decile of
+/// each of its features. A tag that only rides along with a true cause (a drive power creeping up over
+/// the same hours that a press runs hotter) shows a lift on its own, and none once the press
+/// is held fixed; it is then not a finding. The test is Cochran–Mantel–Haenszel over the
+/// strata, and the excess must lie on the finding's side.
+fn holds_beyond(
+    candidate: &Candidate,
+    kept: &[(f64, Candidate)],
+    scanned: &[Scanned],
+    positive: &[bool],
+) -> bool {
+    if kept.is_empty() {
+        return true;
+    }
+    let rows = positive.len();
+    let mut key = vec![0u64; rows];
+    for (_, stronger) in kept.iter().take(MAX_STRATA_FINDINGS) {
+        for (k, &inside) in key.iter_mut().zip(&stronger.inside) {
+            *k = k.wrapping_mul(2).wrapping_add(u64::from(inside));
+        }
+        if matches!(stronger.condition, Condition::Level { .. }) {
+            continue;
+        }
+        for &feature in &stronger.features {
+            // Holding the candidate's own feature fixed would test nothing.
+            if feature >= scanned.len() || candidate.features.contains(&feature) {
+                continue;
+            }
+            let values = &scanned[feature].feature.values;
+            let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            if sorted.is_empty() {
+                continue;
+            }
+            sorted.sort_by(f64::total_cmp);
+            let edges: Vec<f64> = (1..STRATA_BINS)
+                .map(|q| sorted[q * sorted.len() / STRATA_BINS])
+                .collect();
+            for (k, &v) in key.iter_mut().zip(values.iter()) {
+                let bin = if v.is_finite() {
+                    edges.partition_point(|&e| e <= v)
+                } else {
+                    STRATA_BINS
+                };
+                *k = k
+                    .wrapping_mul(STRATA_BINS as u64 + 1)
+                    .wrapping_add(bin as u64);
+            }
+        }
+    }
+    // Per stratum: parts, parts inside, positives, positives inside.
+    let mut strata: std::collections::HashMap<u64, [f64; 4]> = std::collections::HashMap::new();
+    for ((&k, &inside), &pos) in key.iter().zip(&candidate.inside).zip(positive) {
+        let s = strata.entry(k).or_default();
+        s[0] += 1.0;
+        s[1] += f64::from(u8::from(inside));
+        s[2] += f64::from(u8::from(pos));
+        s[3] += f64::from(u8::from(inside && pos));
+    }
+    let (mut observed, mut expected, mut variance) = (0.0, 0.0, 0.0);
+    for [n, inside, pos, both] in strata.into_values() {
+        if n < 2.0 {
+            continue;
+        }
+        observed += both;
+        expected += inside * pos / n;
+        variance += inside * (n - inside) * pos * (n - pos) / (n * n * (n - 1.0));
+    }
+    if variance <= 0.0 || observed <= expected {
+        return false;
+    }
+    let chi2 = ((observed - expected).abs() - 0.5).max(0.0).powi(2) / variance;
+    chi2 >= CONDITIONAL_CHI2
 }
 
 fn jaccard(a: &[bool], b: &[bool]) -> f64 {

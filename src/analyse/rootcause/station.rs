@@ -400,7 +400,9 @@ fn decorate(analysis: &mut Analysis, traces: &[TagTrace], scope: &Scope) {
         finding.chart = Some(format!(
             "/api/v1/tags/{}/chart?from={}&to={}",
             first.name,
-            scope.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            scope
+                .from
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             scope.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ));
         finding.sentence = finding.describe();
@@ -443,10 +445,7 @@ impl RootCauseSection {
         if !(self.window_hours.is_finite() && (0.1..=24.0 * 31.0).contains(&self.window_hours)) {
             problems.push((
                 "root_cause.window_hours".into(),
-                format!(
-                    "expected 0.1 to 744 hours, got {}",
-                    self.window_hours
-                ),
+                format!("expected 0.1 to 744 hours, got {}", self.window_hours),
             ));
         }
         if !(10..=86_400).contains(&self.every_s) {
@@ -466,7 +465,9 @@ impl RootCauseSection {
 
 /// The newest analysis of the sliding window, shared between the runner and the API.
 #[derive(Debug, Clone, Default)]
-pub struct LatestRootCause(std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<StationRootCause>>>>);
+pub struct LatestRootCause(
+    std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<StationRootCause>>>>,
+);
 
 impl LatestRootCause {
     /// The newest analysis, if one has finished.
@@ -481,7 +482,8 @@ impl LatestRootCause {
         *self
             .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::sync::Arc::new(analysis));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::sync::Arc::new(analysis));
     }
 }
 
