@@ -253,7 +253,9 @@ pub fn schedule(
         } else {
             0.0
         };
-        let good_per_s = if good_per_s.is_finite() {
+        // Finite per minute too: a cycle time of 1e-307 s is valid input, and its rate must
+        // not serialise as null where a number is promised.
+        let good_per_s = if (good_per_s * 60.0).is_finite() {
             good_per_s.max(0.0)
         } else {
             0.0
@@ -275,7 +277,7 @@ pub fn schedule(
         let until_due_s = seconds_between(now, order.due);
         let slack_s = eta.map(|eta| seconds_between(eta, order.due));
         let critical_ratio = match work_s {
-            Some(work_s) if work_s > 0.0 => Some(until_due_s / work_s),
+            Some(work_s) if work_s > 0.0 => Some(until_due_s / work_s).filter(|r| r.is_finite()),
             _ => None,
         };
         let status = match slack_s {
