@@ -24,9 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ActionsDb, ActionsError, AlertDetails, Evidence};
 use crate::actuate::{Burst, BurstDetector, GateLink, HaltLineSection};
-use crate::analyse::alarms::{
-    Actor, AlarmDefinition, AlarmError, AlarmManager, DEFAULT_MAX_SHELVE_S, DiscreteOn,
-};
+use crate::analyse::alarms::{Actor, AlarmDefinition, AlarmError, AlarmManager, DiscreteOn};
 use crate::metrics::Metrics;
 use crate::part::Verdict;
 use crate::record::{
@@ -51,20 +49,13 @@ const PAGE: usize = 1024;
 
 /// The `halt_line` alarm's definition: critical, raised and returned by this module only.
 pub fn alarm_definition() -> AlarmDefinition {
-    AlarmDefinition {
-        name: HALT_LINE_ALARM.into(),
-        message: "Line halted by a burst of critical defects: find the cause, then reset the halt"
-            .into(),
-        priority: AlarmSeverity::Critical,
-        source: "station".into(),
-        high: None,
-        low: None,
-        deadband: 0.0,
-        on_delay_s: 0.0,
-        off_delay_s: 0.0,
-        on: Some(DiscreteOn::Report),
-        max_shelve_s: DEFAULT_MAX_SHELVE_S,
-    }
+    AlarmDefinition::discrete(
+        HALT_LINE_ALARM,
+        "Line halted by a burst of critical defects: find the cause, then reset the halt",
+        AlarmSeverity::Critical,
+        "station",
+        DiscreteOn::Report,
+    )
 }
 
 /// Why a halt-line operation failed.

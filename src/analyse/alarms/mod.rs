@@ -82,6 +82,32 @@ fn default_max_shelve_s() -> u64 {
     DEFAULT_MAX_SHELVE_S
 }
 
+impl AlarmDefinition {
+    /// A discrete alarm (no limits, delays or deadband) the station defines itself: the
+    /// built-in ones, the halt line's, one per maintenance watch.
+    pub fn discrete(
+        name: &str,
+        message: &str,
+        priority: AlarmSeverity,
+        source: &str,
+        on: DiscreteOn,
+    ) -> AlarmDefinition {
+        AlarmDefinition {
+            name: name.into(),
+            message: message.into(),
+            priority,
+            source: source.into(),
+            high: None,
+            low: None,
+            deadband: 0.0,
+            on_delay_s: 0.0,
+            off_delay_s: 0.0,
+            on: Some(on),
+            max_shelve_s: DEFAULT_MAX_SHELVE_S,
+        }
+    }
+}
+
 /// What a discrete alarm goes active on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,18 +191,8 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The alarms every station has: the recorder's conditions, raised by condition reports.
 pub fn builtin_definitions() -> Vec<AlarmDefinition> {
-    let report = |name: &str, message: &str, priority| AlarmDefinition {
-        name: name.into(),
-        message: message.into(),
-        priority,
-        source: "station".into(),
-        high: None,
-        low: None,
-        deadband: 0.0,
-        on_delay_s: 0.0,
-        off_delay_s: 0.0,
-        on: Some(DiscreteOn::Report),
-        max_shelve_s: DEFAULT_MAX_SHELVE_S,
+    let report = |name: &str, message: &str, priority| {
+        AlarmDefinition::discrete(name, message, priority, "station", DiscreteOn::Report)
     };
     vec![
         report(

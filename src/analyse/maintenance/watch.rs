@@ -101,19 +101,13 @@ impl MaintenanceWatch {
             }
             _ => format!("{}: failure forecast", self.equipment),
         };
-        AlarmDefinition {
-            name: self.name.clone(),
-            message,
-            priority: self.priority,
-            source: format!("maintenance:{}", self.name),
-            high: None,
-            low: None,
-            deadband: 0.0,
-            on_delay_s: 0.0,
-            off_delay_s: 0.0,
-            on: Some(DiscreteOn::Forecast),
-            max_shelve_s: crate::analyse::alarms::DEFAULT_MAX_SHELVE_S,
-        }
+        AlarmDefinition::discrete(
+            &self.name,
+            &message,
+            self.priority,
+            &format!("maintenance:{}", self.name),
+            DiscreteOn::Forecast,
+        )
     }
 }
 
