@@ -373,8 +373,15 @@ pub struct Term {
 pub struct LevelThreshold {
     /// The level.
     pub level: String,
-    /// The threshold.
+    /// The threshold applied to the level's parts: its own when `estimated`, else the one
+    /// common to all parts.
     pub threshold: f64,
+    /// Whether the level's parts gave a threshold of their own; a level with no defective
+    /// part gives none (AI4I's type H products rarely overstrain), and its threshold is then
+    /// no finding about it.
+    pub estimated: bool,
+    /// Defective parts of the level.
+    pub defective: usize,
 }
 
 /// How many times its strongest column's G a derived feature must reach (plus
@@ -720,7 +727,7 @@ pub fn analyse(
             if levels.len() > settings.max_segment_levels {
                 continue;
             }
-            let Some((thresholds, inside)) = segment_if_better(
+            let Some((fits, inside)) = segment_if_better(
                 s,
                 term,
                 below,
@@ -738,12 +745,16 @@ pub fn analyse(
                     unit: term.unit.clone(),
                     segment: table.columns[index].name.clone(),
                     below,
-                    thresholds: thresholds
+                    thresholds: fits
                         .iter()
                         .enumerate()
-                        .map(|(level, &threshold)| LevelThreshold {
+                        .map(|(level, fit)| LevelThreshold {
                             level: levels[level].clone(),
-                            threshold,
+                            threshold: fit.threshold,
+                            estimated: fit.estimated,
+                            defective: (0..codes.len())
+                                .filter(|&row| positive[row] && codes[row] == Some(level as u32))
+                                .count(),
                         })
                         .collect(),
                 },
@@ -1062,8 +1073,16 @@ fn level_bins(
         .collect()
 }
 
+/// One level's threshold as fitted: its own, or the common one when its parts gave none.
+#[derive(Debug, Clone, Copy)]
+struct LevelFit {
+    threshold: f64,
+    estimated: bool,
+}
+
 /// Per-level thresholds of `term` by coordinate ascent on the whole condition's G, over the
-/// rows `in_sample` admits; `None` for a band.
+/// rows `in_sample` admits; `None` for a band. A level whose rows hold no defective part
+/// keeps the common threshold and is marked not estimated.
 #[allow(clippy::too_many_arguments)]
 fn segment_thresholds(
     scanned: &Scanned,
@@ -1074,7 +1093,7 @@ fn segment_thresholds(
     positive: &[bool],
     limits: SearchLimits,
     in_sample: &dyn Fn(usize) -> bool,
-) -> Option<Vec<f64>> {
+) -> Option<Vec<LevelFit>> {
     let global = match term.region {
         Region::Below { threshold } | Region::Above { threshold } => threshold,
         Region::Outside { .. } => return None,
@@ -1089,6 +1108,7 @@ fn segment_thresholds(
         return None;
     }
     let mut thresholds = vec![global; n_levels];
+    let mut estimated = vec![false; n_levels];
     let per_level: Vec<Vec<(f64, bool)>> = (0..n_levels)
         .map(|level| {
             scanned
@@ -1112,14 +1132,27 @@ fn segment_thresholds(
                     fixed.1 += positive[row] as usize;
                 }
             }
+            if !per_level[level].iter().any(|(_, positive)| *positive) {
+                continue;
+            }
             if let Some(threshold) =
                 scan::best_threshold(&per_level[level], below, fixed, totals, limits)
             {
                 thresholds[level] = threshold;
+                estimated[level] = true;
             }
         }
     }
-    Some(thresholds)
+    Some(
+        thresholds
+            .into_iter()
+            .zip(estimated)
+            .map(|(threshold, estimated)| LevelFit {
+                threshold,
+                estimated,
+            })
+            .collect(),
+    )
 }
 
 fn segment_holds(value: f64, code: Option<u32>, below: bool, thresholds: &[f64]) -> bool {
@@ -1162,7 +1195,7 @@ fn segment_if_better(
     positive: &[bool],
     limits: SearchLimits,
     single_inside: &[bool],
-) -> Option<(Vec<f64>, Vec<bool>)> {
+) -> Option<(Vec<LevelFit>, Vec<bool>)> {
     let values = &scanned.feature.values;
     // A level may hold few defective parts (AI4I's H products rarely fail): each level's
     // threshold needs only one, and the gains below decide whether splitting by level holds.
@@ -1174,9 +1207,10 @@ fn segment_if_better(
     let all = |_: usize| true;
     let even = |row: usize| row.is_multiple_of(2);
     let odd = |row: usize| row % 2 == 1;
-    let thresholds = segment_thresholds(
+    let fits = segment_thresholds(
         scanned, term, below, codes, n_levels, positive, limits, &all,
     )?;
+    let thresholds: Vec<f64> = fits.iter().map(|fit| fit.threshold).collect();
     let inside: Vec<bool> = (0..values.len())
         .map(|row| segment_holds(values[row], codes[row], below, &thresholds))
         .collect();
@@ -1184,9 +1218,12 @@ fn segment_if_better(
     {
         return None;
     }
-    let even_thresholds = segment_thresholds(
+    let even_thresholds: Vec<f64> = segment_thresholds(
         scanned, term, below, codes, n_levels, positive, limits, &even,
-    )?;
+    )?
+    .iter()
+    .map(|fit| fit.threshold)
+    .collect();
     let even_rows: Vec<(f64, bool)> = scanned
         .sorted
         .iter()
@@ -1209,7 +1246,7 @@ fn segment_if_better(
         .collect();
     let validated_gain =
         g_within(&segmented_even, positive, &odd) - g_within(&single_even, positive, &odd);
-    (validated_gain >= limits.min_gain / 2.0).then_some((thresholds, inside))
+    (validated_gain >= limits.min_gain / 2.0).then_some((fits, inside))
 }
 
 /// Conjunctions from the forest's defect leaves, refined on all parts; each kept one beats
@@ -1444,6 +1481,10 @@ impl Finding {
     }
 }
 
+/// Below this many defective parts a level's own threshold is named with its count, so a
+/// reader weighs it accordingly.
+const FEW_DEFECTIVE: usize = 5;
+
 fn condition_text(condition: &Condition) -> String {
     match condition {
         Condition::Region(term) => term_text(term),
@@ -1463,10 +1504,35 @@ fn condition_text(condition: &Condition) -> String {
             let side = if *below { "<" } else { ">" };
             let per_level = thresholds
                 .iter()
-                .map(|t| format!("{} for {segment} {}", with_unit(t.threshold, unit), t.level))
+                .filter(|t| t.estimated)
+                .map(|t| {
+                    let few = if t.defective < FEW_DEFECTIVE {
+                        format!(" (from {} defective)", t.defective)
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{} for {segment} {}{few}",
+                        with_unit(t.threshold, unit),
+                        t.level
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!("{feature} {side} {per_level}")
+            // A level without defective parts says nothing about its own threshold; say so
+            // rather than print the common one as if it were the level's.
+            let unknown: Vec<&str> = thresholds
+                .iter()
+                .filter(|t| !t.estimated)
+                .map(|t| t.level.as_str())
+                .collect();
+            match unknown.as_slice() {
+                [] => format!("{feature} {side} {per_level}"),
+                levels => format!(
+                    "{feature} {side} {per_level} ({segment} {} not estimable: no defective parts)",
+                    levels.join(", ")
+                ),
+            }
         }
     }
 }

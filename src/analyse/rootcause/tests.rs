@@ -182,17 +182,67 @@ fn ai4i_mechanisms_are_recovered_and_decoys_never_named() {
                     "{feature}"
                 );
                 for (level, rule) in [("L", 11_000.0), ("M", 12_000.0), ("H", 13_000.0)] {
-                    let got = thresholds
-                        .iter()
-                        .find(|t| t.level == level)
-                        .expect("level")
-                        .threshold;
-                    close(got, rule, &format!("OSF {level}"));
+                    let got = thresholds.iter().find(|t| t.level == level).expect("level");
+                    assert!(got.estimated && got.defective > 0, "{got:?}");
+                    close(got.threshold, rule, &format!("OSF {level}"));
                 }
             }
             other => unreachable!("{other}"),
         }
     }
+}
+
+#[test]
+fn a_level_without_defective_parts_is_not_given_a_threshold() {
+    // AI4I's odd rows hold no overstrained type H product: the engine must say so rather
+    // than print the common threshold as type H's.
+    let (table, targets) = ai4i_like(10_000, 7);
+    let Column {
+        values: ColumnValues::Categorical { levels, codes },
+        ..
+    } = &table.columns[0]
+    else {
+        panic!("Type is categorical")
+    };
+    let h = levels.iter().position(|l| l == "H").expect("type H") as u32;
+    let osf = targets.iter().find(|t| t.name == "OSF").expect("OSF");
+    let target = Target {
+        name: "OSF".to_string(),
+        positive: osf
+            .positive
+            .iter()
+            .zip(codes)
+            .map(|(&p, &code)| p && code != Some(h))
+            .collect(),
+    };
+    let analysis = analyse(&table, &target, &Settings::default()).expect("analysis runs");
+    print(&analysis);
+    let finding = analysis
+        .findings
+        .iter()
+        .find(|f| matches!(f.condition, Condition::Segmented { .. }))
+        .expect("a finding by type");
+    let Condition::Segmented { thresholds, .. } = &finding.condition else {
+        unreachable!()
+    };
+    for t in thresholds {
+        match t.level.as_str() {
+            "H" => assert!(!t.estimated && t.defective == 0, "{t:?}"),
+            "L" => close(t.threshold, 11_000.0, "OSF L"),
+            "M" => close(t.threshold, 12_000.0, "OSF M"),
+            other => unreachable!("{other}"),
+        }
+    }
+    assert!(
+        finding.sentence.contains("Type H not estimable"),
+        "{}",
+        finding.sentence
+    );
+    assert!(
+        !finding.sentence.contains("for Type H"),
+        "{}",
+        finding.sentence
+    );
 }
 
 #[test]
