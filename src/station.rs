@@ -5,9 +5,9 @@
 //!        │                                                   ▼
 //!        └──Frame (bounded, drop+count)──▶ inspect thread ──Inspection (waits)──▶ tracker loop
 //!                                                                                   │
-//!                       recorder ◀──PartOutcome (waits)── gate task ◀──GateCommand──┤ (rejects)
+//!                       recorder ◀──PartOutcome (waits)── gate task ◀──GateCommand──┤ (every part)
 //!                           ▲                                                       │
-//!                           └──────────────────PartOutcome (waits)──────────────────┘ (passes)
+//!                           └──────────────────PartOutcome (waits)──────────────────┘ (gate queue full)
 //! ```
 //!
 //! [`Station::prepare`] loads and checks everything that can fail before the line starts (model,
@@ -88,6 +88,12 @@ pub enum StationError {
     HaltLine(#[from] HaltLineError),
     #[error("PLC link check failed: {0}")]
     Gate(#[from] GateError),
+    #[error(
+        "line.actuation_lead_ms ({lead_ms}) must be below the PLC program's command window \
+         (match_before_ms + eye_to_gate_ms = {window_ms} ms in the register map): gate commands \
+         sent that early are stale at the PLC and every part would be diverted"
+    )]
+    LeadOutsideCommandWindow { lead_ms: u128, window_ms: u128 },
     #[error(
         "the config's {0} is simulated, but nothing simulates it: start the station on a \
          simulate::SimulatedLine (as `linesight run` does)"
@@ -197,6 +203,15 @@ impl Station {
             .map(|t| (detector.head().version.clone(), t));
         let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
         let map = RegisterMap::load(&config.plc.register_map_file)?;
+        let command_window = std::time::Duration::from_millis(
+            map.plc_program.match_before_ms + map.plc_program.eye_to_gate_ms,
+        );
+        if config.line.actuation_lead >= command_window {
+            return Err(StationError::LeadOutsideCommandWindow {
+                lead_ms: config.line.actuation_lead.as_millis(),
+                window_ms: command_window.as_millis(),
+            });
+        }
         let store = Store::open(&config.data_dir, &config.name)?;
         store
             .images()
@@ -526,13 +541,14 @@ impl Station {
             metrics.clone(),
             heartbeat_stop.clone(),
         ));
+        let command_window = link.command_window();
         let gate = tokio::spawn(run_gate(GateContext {
             link,
             commands: gate_rx,
             outcomes: outcome_tx.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
-            gate_window: config.line.gate_window,
+            command_window,
         }));
         let inspector = Inspector {
             undistorter: Undistorter::new(&calibration)?,
@@ -755,24 +771,21 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
                 inspection_late: due.inspection_late,
                 actuation: Actuation::NotRequired,
             };
-            let sent = if outcome.disposition.is_reject() {
-                // The tracker never waits on the PLC: when the gate is this far behind, the
-                // command could not make its window anyway, so it is recorded as failed.
-                match ctx.gate.try_send(GateCommand { outcome }) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(GateCommand { mut outcome })) => {
-                        ctx.metrics.gate_commands_failed.inc();
-                        tracing::error!(part_id = %outcome.part_id, "gate queue full; reject command dropped");
-                        outcome.actuation = Actuation::Failed {
-                            at: now,
-                            error: "gate queue full: the PLC link is too slow".into(),
-                        };
-                        ctx.outcomes.send(outcome).await.is_ok()
-                    }
-                    Err(TrySendError::Closed(_)) => false,
+            // Every part gets a command, a PASS too: the PLC diverts a part without one.
+            // The tracker never waits on the PLC: when the gate is this far behind, the
+            // command could not make its window anyway, so it is recorded as failed.
+            let sent = match ctx.gate.try_send(GateCommand { outcome }) {
+                Ok(()) => true,
+                Err(TrySendError::Full(GateCommand { mut outcome })) => {
+                    ctx.metrics.gate_commands_failed.inc();
+                    tracing::error!(part_id = %outcome.part_id, "gate queue full; command dropped, the PLC diverts the part");
+                    outcome.actuation = Actuation::Failed {
+                        at: now,
+                        error: "gate queue full: the PLC link is too slow".into(),
+                    };
+                    ctx.outcomes.send(outcome).await.is_ok()
                 }
-            } else {
-                ctx.outcomes.send(outcome).await.is_ok()
+                Err(TrySendError::Closed(_)) => false,
             };
             if !sent {
                 tracing::error!(part_id = %due.part_id, "downstream stage stopped; part not dispatched");

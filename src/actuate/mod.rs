@@ -5,14 +5,16 @@
 //! connection is dropped and rebuilt on the next request, so a late reply is never read as the
 //! answer to the next question. PLC exception replies are kept apart from link errors.
 //!
-//! [`run_gate`] is the stage task: it sends each due reject command, held to the part's gate
-//! window, and hands every outcome on to the recorder with its actuation time.
+//! [`run_gate`] is the stage task: it sends each part's gate command (its verdict: only PASS
+//! lets a part by) inside the part's gate window, never before it opens nor after it closes,
+//! and hands every outcome on to the recorder with its actuation time.
 //! [`run_heartbeat`] keeps the heartbeat going on a second connection, so a slow heartbeat
 //! never delays a reject.
 //!
 //! Safe state: on a clean stop the heartbeat task writes `station_state = 0`; on any stop the
-//! heartbeat ends. The PLC program diverts every part to the reject lane in either case (see
-//! `firmware-io/register-map.toml`), so a dead station rejects rather than passes.
+//! heartbeat ends. The PLC program (`firmware-io/plc/linesight_gate.st`) diverts every part in
+//! either case, and any part whose PASS does not arrive in time, so a dead or late station
+//! rejects rather than passes.
 
 pub mod halt_line;
 mod register_map;
@@ -29,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::halt_line::{Burst, BurstDetector, BurstRule, HaltLineSection};
 pub use self::register_map::{
-    HaltLineCoil, REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap, RegisterMapError,
+    GATE_COMMAND_LEN, GateCommandWords, GateVerdict, HaltLineCoil, PLC_STATUS_LEN,
+    PlcProgramSettings, RegisterMap, RegisterMapError, WordOrder,
 };
 use crate::metrics::Metrics;
-use crate::part::{Actuation, PartOutcome, StationClock};
+use crate::part::{Actuation, Disposition, PartOutcome, StationClock};
 
 /// Why a request to the PLC failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +105,7 @@ pub struct GateLink {
     request_timeout: Duration,
     map: RegisterMap,
     context: Option<Context>,
-    reject_sequence: u16,
+    gate_sequence: u16,
     heartbeat: u16,
 }
 
@@ -115,7 +118,7 @@ impl GateLink {
             request_timeout,
             map,
             context: None,
-            reject_sequence: 0,
+            gate_sequence: 0,
             heartbeat: 0,
         }
     }
@@ -125,14 +128,21 @@ impl GateLink {
         self.plc
     }
 
-    /// Checks the link the way it will be used: reads the heartbeat and the last reject
-    /// command, continues both counters from the PLC's values (so the first reject after a
-    /// restart carries a new sequence number and fires), then marks the station running.
+    /// How long before a part reaches the diverter the PLC program takes its command (see
+    /// [`GateContext::command_window`]).
+    pub fn command_window(&self) -> Duration {
+        let program = &self.map.plc_program;
+        Duration::from_millis(program.match_before_ms + program.eye_to_gate_ms)
+    }
+
+    /// Checks the link the way it will be used: reads the heartbeat and the last gate
+    /// command, continues both counters from the PLC's values (so the first command after a
+    /// restart carries a new sequence number and is taken), then marks the station running.
     pub async fn start(&mut self) -> Result<(), GateError> {
         let address = self.map.heartbeat.address;
         self.heartbeat = self.read_register("read heartbeat", address).await?;
-        let address = self.map.reject.address + REJECT_BLOCK_LEN - 1;
-        self.reject_sequence = self.read_register("read reject sequence", address).await?;
+        let address = self.map.gate_command.address + GATE_COMMAND_LEN - 1;
+        self.gate_sequence = self.read_register("read gate sequence", address).await?;
         self.set_running(true).await
     }
 
@@ -174,40 +184,73 @@ impl GateLink {
             .await
     }
 
-    /// Sends one reject command for `part_id`. A resend after a failure keeps its sequence
-    /// number, so the PLC fires at most once for it.
-    pub async fn reject(&mut self, part_id: u64, resend: bool) -> Result<(), GateError> {
-        self.reject_within(part_id, resend, self.request_timeout)
+    /// Sends one gate command for `part_id`. A resend after a failure keeps its sequence
+    /// number, so the PLC takes it at most once.
+    pub async fn command(
+        &mut self,
+        part_id: u64,
+        verdict: GateVerdict,
+        resend: bool,
+    ) -> Result<(), GateError> {
+        self.command_within(part_id, verdict, resend, self.request_timeout)
             .await
     }
 
-    /// [`GateLink::reject`] with the whole exchange (connect included) held to `limit` or the
-    /// request timeout, whichever is shorter: a reject is worth nothing after its window.
-    pub async fn reject_within(
+    /// [`GateLink::command`] with the whole exchange (connect included) held to `limit` or the
+    /// request timeout, whichever is shorter: a command is worth nothing after its window.
+    pub async fn command_within(
         &mut self,
         part_id: u64,
+        verdict: GateVerdict,
         resend: bool,
         limit: Duration,
     ) -> Result<(), GateError> {
         if !resend {
-            self.reject_sequence = self.reject_sequence.wrapping_add(1);
+            self.gate_sequence = self.gate_sequence.wrapping_add(1);
         }
-        let words = RegisterMap::encode_reject(part_id, self.reject_sequence);
-        let address = self.map.reject.address;
+        let words = self.map.encode_gate_command(GateCommandWords {
+            part_id: part_id as u32,
+            verdict,
+            class: 0,
+            sequence: self.gate_sequence,
+        });
+        let address = self.map.gate_command.address;
         let request = Request::WriteMultipleRegisters(address, words.to_vec().into());
         match self
             .call(
-                "write reject",
+                "write gate command",
                 address,
                 request,
                 limit.min(self.request_timeout),
             )
             .await?
         {
-            Response::WriteMultipleRegisters(a, n) if a == address && n == REJECT_BLOCK_LEN => {
+            Response::WriteMultipleRegisters(a, n) if a == address && n == GATE_COMMAND_LEN => {
                 Ok(())
             }
-            reply => Err(self.unexpected("write reject", address, reply)),
+            reply => Err(self.unexpected("write gate command", address, reply)),
+        }
+    }
+
+    /// Reads the PLC's status block (its heartbeat, status bits and counters).
+    pub async fn plc_status(&mut self) -> Result<[u16; PLC_STATUS_LEN as usize], GateError> {
+        let address = self.map.plc_status.address;
+        let what = "read PLC status";
+        match self
+            .call(
+                what,
+                address,
+                Request::ReadHoldingRegisters(address, PLC_STATUS_LEN),
+                self.request_timeout,
+            )
+            .await?
+        {
+            Response::ReadHoldingRegisters(words) if words.len() == usize::from(PLC_STATUS_LEN) => {
+                let mut status = [0; PLC_STATUS_LEN as usize];
+                status.copy_from_slice(&words);
+                Ok(status)
+            }
+            reply => Err(self.unexpected(what, address, reply)),
         }
     }
 
@@ -314,34 +357,64 @@ pub struct GateContext {
     pub outcomes: mpsc::Sender<PartOutcome>,
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
-    /// A reject command counts only when the PLC acknowledges it within ± this of arrival.
-    pub gate_window: Duration,
+    /// How long before a part reaches the diverter the PLC program takes its command (its
+    /// `match_before_ms + eye_to_gate_ms`): a command must land in `[gate − this, gate]`.
+    /// Earlier it is stale; later its part is already diverted.
+    pub command_window: Duration,
 }
 
-/// The gate task: sends each due reject command and hands the outcome to the recorder. Runs
-/// until the command channel closes.
+/// The verdict a part's disposition puts on the wire.
+pub fn gate_verdict(disposition: Disposition) -> GateVerdict {
+    match disposition {
+        Disposition::Pass => GateVerdict::Pass,
+        Disposition::RejectFailed => GateVerdict::RejectDefect,
+        Disposition::RejectError => GateVerdict::RejectError,
+        Disposition::RejectNoVerdict => GateVerdict::RejectByPolicy,
+    }
+}
+
+/// The gate task: sends each part's command and hands the outcome to the recorder. Runs
+/// until the command channel closes, then until the last part has reached the diverter: the
+/// station must not say it stopped (which diverts everything) while a passed part is still
+/// on its way.
 pub async fn run_gate(mut ctx: GateContext) {
+    let mut last_gate = None;
     while let Some(GateCommand { mut outcome }) = ctx.commands.recv().await {
         outcome.actuation = actuate(&mut ctx, &outcome).await;
+        last_gate = Some(outcome.gate_at);
         if ctx.outcomes.send(outcome).await.is_err() {
             tracing::error!("recorder stopped; gate outcomes can no longer be recorded");
             break;
         }
     }
+    if let Some(gate_at) = last_gate {
+        // The PLC decides at the diverter, a scan or two after the part's time there.
+        let decided = ctx.clock.instant(gate_at) + Duration::from_millis(50);
+        tokio::time::sleep_until(decided.into()).await;
+    }
 }
 
-/// Fires the gate for a reject, resending once over a fresh link while the part is in reach.
-/// A command that cannot be acknowledged inside the part's window is not sent at all, or is
-/// recorded as failed: a late pulse would hit the wrong part.
+/// Sends a part's command inside its window, resending once over a fresh link while the
+/// window is open. A command that cannot be acknowledged inside the window is recorded as
+/// failed: the PLC diverts a part without a command, so a failed PASS costs a good part, never
+/// ships a bad one. A delivered PASS fires nothing ([`Actuation::NotRequired`]).
 async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
-    if !outcome.disposition.is_reject() {
-        return Actuation::NotRequired;
+    let verdict = gate_verdict(outcome.disposition);
+    let opens = outcome.gate_at.before(ctx.command_window);
+    let closes = outcome.gate_at;
+    // The early edge: a command before the window would be stale at the PLC.
+    let now = ctx.clock.now();
+    if now < opens {
+        tokio::time::sleep_until(ctx.clock.instant(opens).into()).await;
     }
-    let window_end = outcome.gate_at.after(ctx.gate_window);
     let mut resend = false;
     let failed = |ctx: &mut GateContext, error: String| {
         ctx.metrics.gate_commands_failed.inc();
-        tracing::error!(part_id = %outcome.part_id, %error, "reject command not delivered");
+        if verdict == GateVerdict::Pass {
+            tracing::warn!(part_id = %outcome.part_id, %error, "PASS not delivered; the PLC diverts the part");
+        } else {
+            tracing::error!(part_id = %outcome.part_id, %error, "reject command not delivered; the PLC diverts a part without one");
+        }
         Actuation::Failed {
             at: ctx.clock.now(),
             error,
@@ -349,27 +422,31 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
     };
     loop {
         let now = ctx.clock.now();
-        if now >= window_end {
+        if now >= closes {
             return failed(
                 ctx,
                 format!(
                     "gate window closed {:?} before the command could be sent",
-                    now.0 - window_end.0
+                    now.0 - closes.0
                 ),
             );
         }
         match ctx
             .link
-            .reject_within(outcome.part_id.0, resend, window_end.0 - now.0)
+            .command_within(outcome.part_id.0, verdict, resend, closes.0 - now.0)
             .await
         {
             Ok(()) => {
                 let at = ctx.clock.now();
-                if at > window_end {
+                if at > closes {
                     return failed(ctx, "PLC acknowledged after the gate window".into());
                 }
                 ctx.metrics.gate_commands_ok.inc();
-                return Actuation::Done { at };
+                return if verdict == GateVerdict::Pass {
+                    Actuation::NotRequired
+                } else {
+                    Actuation::Done { at }
+                };
             }
             Err(error) => {
                 if error.is_link_error() {
@@ -378,7 +455,7 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
                 if resend {
                     return failed(ctx, error.to_string());
                 }
-                tracing::warn!(part_id = %outcome.part_id, %error, "reject command failed; resending on a fresh link");
+                tracing::warn!(part_id = %outcome.part_id, %error, "gate command failed; resending on a fresh link");
                 resend = true;
             }
         }

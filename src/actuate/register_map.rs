@@ -4,23 +4,120 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Number of registers in one reject command.
-pub const REJECT_BLOCK_LEN: u16 = 4;
+/// Number of registers in one gate command.
+pub const GATE_COMMAND_LEN: u16 = 5;
 
-/// The reject command's value in the command register.
-pub const REJECT_COMMAND_FIRE: u16 = 1;
+/// Number of registers in the PLC's status block.
+pub const PLC_STATUS_LEN: u16 = 8;
+
+/// The verdict a gate command carries. Only [`GateVerdict::Pass`] lets a part pass: zero, the
+/// value of a register nobody wrote, is "no decision" and diverts, like every other value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum GateVerdict {
+    /// No decision: diverted.
+    NoDecision = 0,
+    /// The part may pass.
+    Pass = 1,
+    /// The model failed the part.
+    RejectDefect = 2,
+    /// The part could not be inspected.
+    RejectError = 3,
+    /// The verdict came too late: rejected by policy.
+    RejectByPolicy = 4,
+}
+
+impl GateVerdict {
+    /// The verdict for a register value; unknown values are [`GateVerdict::NoDecision`].
+    pub fn from_word(word: u16) -> GateVerdict {
+        match word {
+            1 => GateVerdict::Pass,
+            2 => GateVerdict::RejectDefect,
+            3 => GateVerdict::RejectError,
+            4 => GateVerdict::RejectByPolicy,
+            _ => GateVerdict::NoDecision,
+        }
+    }
+}
+
+/// How a 32-bit value spans two registers (Modbus leaves it to each device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordOrder {
+    /// The high word in the first register (big-endian word order).
+    #[default]
+    HighFirst,
+    /// The low word in the first register.
+    LowFirst,
+}
+
+impl WordOrder {
+    /// `value` as two registers in this order.
+    pub fn split(self, value: u32) -> [u16; 2] {
+        let (high, low) = ((value >> 16) as u16, value as u16);
+        match self {
+            WordOrder::HighFirst => [high, low],
+            WordOrder::LowFirst => [low, high],
+        }
+    }
+
+    /// Two registers in this order as one value.
+    pub fn join(self, words: [u16; 2]) -> u32 {
+        let (high, low) = match self {
+            WordOrder::HighFirst => (words[0], words[1]),
+            WordOrder::LowFirst => (words[1], words[0]),
+        };
+        (u32::from(high) << 16) | u32::from(low)
+    }
+}
+
+/// The `[words]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Words {
+    pub order: WordOrder,
+}
+
+/// One gate command as it travels in [`GATE_COMMAND_LEN`] registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateCommandWords {
+    /// The part id; ids wrap at 2^32 on the wire (the PLC only tells commands apart and logs).
+    pub part_id: u32,
+    pub verdict: GateVerdict,
+    /// Defect class code, 0 for none.
+    pub class: u16,
+    pub sequence: u16,
+}
+
+/// The PLC program's settings (`[plc_program]`): the PLC's, not the station's, kept in the
+/// map so the program, its simulator and its documentation cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlcProgramSettings {
+    pub watchdog_ms: u64,
+    pub pulse_ms: u64,
+    pub match_before_ms: u64,
+    pub eye_to_gate_ms: u64,
+    pub fifo_depth: usize,
+    pub plc_heartbeat_ms: u64,
+}
 
 /// Where the station's registers sit in the PLC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterMap {
+    #[serde(default)]
+    pub words: Words,
     pub heartbeat: Register,
     pub station_state: Register,
-    /// First of [`REJECT_BLOCK_LEN`] registers.
-    pub reject: Register,
+    /// First of [`GATE_COMMAND_LEN`] registers.
+    pub gate_command: Register,
+    /// First of [`PLC_STATUS_LEN`] registers the PLC writes.
+    pub plc_status: Register,
     /// The latched halt-line coil; absent in maps of PLC programs that have none.
     #[serde(default)]
     pub halt_line: Option<HaltLineCoil>,
+    pub plc_program: PlcProgramSettings,
 }
 
 /// The halt-line output: one coil (FC5 write, FC1 read), in the PLC's coil space.
@@ -70,52 +167,73 @@ impl RegisterMap {
         Ok(map)
     }
 
-    /// Decodes a reject block's words into (part id, command, sequence).
-    pub fn decode_reject(words: &[u16]) -> Option<(u64, u16, u16)> {
+    /// The holding registers the station writes or the PLC program owns, as (name, first,
+    /// count): nothing else may use them.
+    pub fn station_registers(&self) -> [(&'static str, u16, u16); 4] {
+        [
+            ("heartbeat", self.heartbeat.address, 1),
+            ("station_state", self.station_state.address, 1),
+            ("gate_command", self.gate_command.address, GATE_COMMAND_LEN),
+            ("plc_status", self.plc_status.address, PLC_STATUS_LEN),
+        ]
+    }
+
+    /// Decodes a gate command's words.
+    pub fn decode_gate_command(&self, words: &[u16]) -> Option<GateCommandWords> {
         match words {
-            [high, low, command, sequence] => Some((
-                (u64::from(*high) << 16) | u64::from(*low),
-                *command,
-                *sequence,
-            )),
+            [a, b, verdict, class, sequence] => Some(GateCommandWords {
+                part_id: self.words.order.join([*a, *b]),
+                verdict: GateVerdict::from_word(*verdict),
+                class: *class,
+                sequence: *sequence,
+            }),
             _ => None,
         }
     }
 
-    /// Encodes a reject command. Part ids wrap at 2^32 on the wire; the PLC only needs them to
-    /// tell commands apart and to log.
-    pub fn encode_reject(part_id: u64, sequence: u16) -> [u16; REJECT_BLOCK_LEN as usize] {
-        let wire_id = part_id as u32;
+    /// Encodes a gate command.
+    pub fn encode_gate_command(
+        &self,
+        command: GateCommandWords,
+    ) -> [u16; GATE_COMMAND_LEN as usize] {
+        let [a, b] = self.words.order.split(command.part_id);
         [
-            (wire_id >> 16) as u16,
-            wire_id as u16,
-            REJECT_COMMAND_FIRE,
-            sequence,
+            a,
+            b,
+            command.verdict as u16,
+            command.class,
+            command.sequence,
         ]
     }
 
     fn check(&self) -> Result<(), String> {
-        let reject = u32::from(self.reject.address)
-            ..u32::from(self.reject.address) + u32::from(REJECT_BLOCK_LEN);
-        if reject.end > 0x1_0000 {
-            return Err(format!(
-                "reject block at {} runs past 65535",
-                self.reject.address
-            ));
-        }
-        for (name, reg) in [
-            ("heartbeat", self.heartbeat),
-            ("station_state", self.station_state),
-        ] {
-            if reject.contains(&u32::from(reg.address)) {
-                return Err(format!(
-                    "{name} ({}) lies inside the reject block",
-                    reg.address
-                ));
+        let blocks = self.station_registers();
+        for (name, first, count) in blocks {
+            if u32::from(first) + u32::from(count) > 0x1_0000 {
+                return Err(format!("{name} at {first} runs past 65535"));
             }
         }
-        if self.heartbeat == self.station_state {
-            return Err("heartbeat and station_state share an address".into());
+        for (i, (name, first, count)) in blocks.iter().enumerate() {
+            let range = u32::from(*first)..u32::from(*first) + u32::from(*count);
+            for (other, other_first, other_count) in &blocks[i + 1..] {
+                let other_range =
+                    u32::from(*other_first)..u32::from(*other_first) + u32::from(*other_count);
+                if range.start < other_range.end && other_range.start < range.end {
+                    return Err(format!(
+                        "{name} ({first}, {count} registers) and {other} ({other_first}, \
+                         {other_count} registers) share registers"
+                    ));
+                }
+            }
+        }
+        let program = &self.plc_program;
+        if program.watchdog_ms == 0 || program.pulse_ms == 0 || program.plc_heartbeat_ms == 0 {
+            return Err(
+                "plc_program: watchdog_ms, pulse_ms and plc_heartbeat_ms must be positive".into(),
+            );
+        }
+        if program.fifo_depth == 0 {
+            return Err("plc_program: fifo_depth must be positive".into());
         }
         Ok(())
     }
@@ -125,33 +243,63 @@ impl RegisterMap {
 mod tests {
     use super::*;
 
-    #[test]
-    fn shipped_map_loads() {
+    fn shipped() -> RegisterMap {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-io/register-map.toml");
-        let map = RegisterMap::load(&path).expect("shipped register map is valid");
-        assert_eq!(map.reject.address, 100);
-        assert_eq!(map.halt_line, Some(HaltLineCoil { coil: 0 }));
+        RegisterMap::load(&path).expect("shipped register map is valid")
     }
 
     #[test]
-    fn reject_words_round_trip() {
-        let words = RegisterMap::encode_reject(0x0001_0002, 7);
-        assert_eq!(words, [1, 2, REJECT_COMMAND_FIRE, 7]);
+    fn shipped_map_loads() {
+        let map = shipped();
+        assert_eq!(map.gate_command.address, 100);
+        assert_eq!(map.words.order, WordOrder::HighFirst);
+        assert_eq!(map.halt_line, Some(HaltLineCoil { coil: 0 }));
+        assert_eq!(map.plc_program.watchdog_ms, 1500);
+    }
+
+    #[test]
+    fn gate_command_words_round_trip_in_both_word_orders() {
+        let mut map = shipped();
+        let command = GateCommandWords {
+            part_id: 0x0001_2345,
+            verdict: GateVerdict::Pass,
+            class: 3,
+            sequence: 7,
+        };
+        assert_eq!(map.encode_gate_command(command), [0x0001, 0x2345, 1, 3, 7]);
         assert_eq!(
-            RegisterMap::decode_reject(&words),
-            Some((0x0001_0002, 1, 7))
+            map.decode_gate_command(&map.encode_gate_command(command)),
+            Some(command)
         );
-        assert_eq!(RegisterMap::decode_reject(&words[..3]), None);
+        map.words.order = WordOrder::LowFirst;
+        assert_eq!(map.encode_gate_command(command), [0x2345, 0x0001, 1, 3, 7]);
+        assert_eq!(
+            map.decode_gate_command(&map.encode_gate_command(command)),
+            Some(command)
+        );
+        assert_eq!(map.decode_gate_command(&[1, 2, 1, 0]), None);
+    }
+
+    #[test]
+    fn zero_and_unknown_verdicts_never_pass() {
+        assert_eq!(GateVerdict::from_word(0), GateVerdict::NoDecision);
+        assert_eq!(GateVerdict::from_word(1), GateVerdict::Pass);
+        for word in [0, 2, 3, 4, 5, 0xFFFF] {
+            assert_ne!(GateVerdict::from_word(word), GateVerdict::Pass, "{word}");
+        }
     }
 
     #[test]
     fn overlapping_registers_are_refused() {
-        let map = RegisterMap {
-            heartbeat: Register { address: 102 },
-            station_state: Register { address: 1 },
-            reject: Register { address: 100 },
-            halt_line: None,
-        };
-        assert!(map.check().unwrap_err().contains("heartbeat (102)"));
+        let mut map = shipped();
+        map.heartbeat = Register { address: 102 };
+        let error = map.check().unwrap_err();
+        assert!(
+            error.contains("heartbeat (102") && error.contains("gate_command"),
+            "{error}"
+        );
+        let mut map = shipped();
+        map.plc_status = Register { address: 104 };
+        assert!(map.check().unwrap_err().contains("plc_status"));
     }
 }

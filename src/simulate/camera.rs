@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::FrameFeeder;
 use crate::config::SimulatorSection;
-use crate::simulate::{FRAME_SIZE, LineProcess, PartGenerator, SyntheticPart};
+use crate::simulate::{FRAME_SIZE, LineProcess, PartGenerator, PlcSimulator, SyntheticPart};
 
 /// Parts as the station config's `[camera.simulator]` describes them, one frame each.
 pub struct SimulatedCamera {
@@ -18,19 +18,25 @@ pub struct SimulatedCamera {
     process: Arc<LineProcess>,
     /// When the line started: the clock the PLC's sensor registers follow too.
     line_started: Instant,
+    /// The simulated PLC and how long a part takes from the camera to its gate eye: every
+    /// part shown reaches the eye, whatever the station makes of it.
+    conveyor: Option<(PlcSimulator, Duration)>,
 }
 
 impl SimulatedCamera {
-    /// A camera on the line `process` describes, whose time since start runs from `line_started`.
+    /// A camera on the line `process` describes, whose time since start runs from
+    /// `line_started`, and whose parts go on to the gate eye of `conveyor`'s PLC.
     pub fn new(
         settings: SimulatorSection,
         process: Arc<LineProcess>,
         line_started: Instant,
+        conveyor: Option<(PlcSimulator, Duration)>,
     ) -> SimulatedCamera {
         SimulatedCamera {
             settings,
             process,
             line_started,
+            conveyor,
         }
     }
 }
@@ -106,6 +112,9 @@ fn feed(
         if let Err(error) = appsrc.push_buffer(gst::Buffer::from_mut_slice(part.image.pixels)) {
             tracing::debug!(?error, "simulated camera: pipeline refused the frame");
             break;
+        }
+        if let Some((plc, to_eye)) = &camera.conveyor {
+            plc.part_reaches_eye_in(*to_eye);
         }
         sent += 1;
     }

@@ -11,17 +11,19 @@ mod camera;
 pub mod history;
 mod parts;
 mod plc;
+pub mod plc_program;
 pub mod process;
 
 pub use self::camera::{SimulatedCamera, part_at, part_on_line};
 pub use self::parts::{DefectKind, DefectProbabilities, PartGenerator, SyntheticPart};
-pub use self::plc::{PlcSimulator, PlcWrite, RejectPulse};
+pub use self::plc::{GateEvent, PlcSimulator, PlcWrite, RejectPulse, TakenCommand};
+pub use self::plc_program::DecisionReason;
 pub use self::process::{LineError, LineProcess};
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::actuate::{REJECT_BLOCK_LEN, RegisterMap, RegisterMapError};
+use crate::actuate::{RegisterMap, RegisterMapError};
 use crate::config::{PlcKind, StationConfig};
 use crate::simulate::process::{RegisterKind, SENSOR_TICK};
 use crate::station::Attachments;
@@ -61,6 +63,8 @@ pub struct SimulatedLine {
     camera: Option<(crate::config::SimulatorSection, Arc<LineProcess>)>,
     /// Time zero of the line: sensors and parts follow one clock.
     started: Instant,
+    /// From the camera to the PLC's gate eye.
+    camera_to_eye: Duration,
 }
 
 impl SimulatedLine {
@@ -86,10 +90,17 @@ impl SimulatedLine {
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .map_err(plc_error)?;
-                Some(PlcSimulator::serve(listener, map).map_err(plc_error)?)
+                let camera_to_eye = config
+                    .line
+                    .travel
+                    .saturating_sub(Duration::from_millis(map.plc_program.eye_to_gate_ms));
+                let plc = PlcSimulator::serve(listener, map).map_err(plc_error)?;
+                Some((plc, camera_to_eye))
             }
             PlcKind::Tcp => None,
         };
+        let camera_to_eye = plc.as_ref().map_or(Duration::ZERO, |(_, d)| *d);
+        let plc = plc.map(|(plc, _)| plc);
         let sensors = match (&plc, &process) {
             (Some((plc, _)), Some(process)) if process.has_registers() => {
                 // Served before anyone can connect, then every tick.
@@ -107,6 +118,7 @@ impl SimulatedLine {
             sensors,
             camera: config.simulator.clone().zip(process),
             started,
+            camera_to_eye,
         })
     }
 
@@ -129,7 +141,16 @@ impl SimulatedLine {
     pub fn attachments(&self) -> Attachments {
         Attachments {
             camera: self.camera.clone().map(|(settings, process)| {
-                Box::new(SimulatedCamera::new(settings, process, self.started)) as _
+                let conveyor = self
+                    .plc
+                    .as_ref()
+                    .map(|(plc, _)| (plc.clone(), self.camera_to_eye));
+                Box::new(SimulatedCamera::new(
+                    settings,
+                    process,
+                    self.started,
+                    conveyor,
+                )) as _
             }),
             plc_address: self.plc.as_ref().map(|(plc, _)| plc.address()),
         }
@@ -151,11 +172,9 @@ impl Drop for SimulatedLine {
 /// Sensor values go in holding registers the station itself writes only if the two maps clash:
 /// refuse that rather than serve values the station overwrites.
 fn check_sensor_registers(map: &RegisterMap, process: &LineProcess) -> Result<(), SimulateError> {
-    let station = [
-        (map.heartbeat.address, 1),
-        (map.station_state.address, 1),
-        (map.reject.address, REJECT_BLOCK_LEN),
-    ];
+    let station = map
+        .station_registers()
+        .map(|(_, address, len)| (address, len));
     for write in process.registers(std::time::Duration::ZERO) {
         if write.kind != RegisterKind::Holding {
             continue;

@@ -1,31 +1,36 @@
-//! A line PLC simulator: a real Modbus TCP server that keeps holding registers (FC3, FC6, FC16)
-//! and input registers (FC4), logs every write with its time, fires a simulated reject gate the
-//! way the register map prescribes, and serves the simulated line's sensors.
+//! A line PLC simulator: a real Modbus TCP server that keeps holding registers (FC3, FC6, FC16),
+//! input registers (FC4) and coils (FC1, FC5, FC15), and runs the PLC program of
+//! `firmware-io/plc/linesight_gate.st` on them ([`PlcProgram`], a rule-by-rule port) every
+//! millisecond, as a plant PLC scans its program.
 //!
-//! Coils (FC1, FC5, FC15) are kept too: the register map's halt-line coil going ON counts as
-//! one halt of the line ([`PlcSimulator::halts`]), and [`PlcSimulator::halted`] says whether the
-//! line is held now, as a plant PLC would stop the conveyor.
-//!
-//! The station's `make run` starts one on loopback; tests read its log to check that every
-//! reject pulse landed on the right part inside its gate window. A response delay can be set to
-//! play a PLC that stops answering.
+//! The simulator plays the line around the program too: a conveyor whose parts reach the gate
+//! photo-eye ([`PlcSimulator::part_reaches_eye_in`], or [`PlcSimulator::run_conveyor`] for a
+//! belt of its own), and the operator's reset button ([`PlcSimulator::press_operator_reset`]).
+//! It logs every write, every command the program took, every part it decided at the gate
+//! and every watchdog trip, with their times; tests read these logs to check the rules. A
+//! response delay can be set to play a PLC that stops answering.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_modbus::server::Service;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
-use crate::actuate::{REJECT_BLOCK_LEN, REJECT_COMMAND_FIRE, RegisterMap};
+use crate::actuate::{GATE_COMMAND_LEN, RegisterMap};
+use crate::simulate::plc_program::{DecisionReason, InputImage, PlcProgram};
 use crate::simulate::process::{RegisterKind, RegisterWrite};
+
+/// How often the program is scanned.
+const SCAN_PERIOD: Duration = Duration::from_millis(1);
 
 /// One write request as the PLC received it.
 #[derive(Debug, Clone, Serialize)]
@@ -35,12 +40,44 @@ pub struct PlcWrite {
     pub values: Vec<u16>,
 }
 
-/// One firing of the simulated reject gate.
+/// One gate command the program took (rule R4).
 #[derive(Debug, Clone, Serialize)]
-pub struct RejectPulse {
+pub struct TakenCommand {
     pub at: DateTime<Utc>,
-    pub part_id: u64,
+    pub part_id: u32,
+    pub verdict: u16,
     pub sequence: u16,
+    /// Whether it went into the tracking FIFO: a command received while the program
+    /// diverts everything (station lost or stopped) is not trusted and is dropped.
+    pub queued: bool,
+}
+
+/// One part at the gate, as the program decided it (rules R5–R7).
+#[derive(Debug, Clone, Serialize)]
+pub struct GateEvent {
+    /// When the part reached the diverter and was decided.
+    pub at: DateTime<Utc>,
+    /// When the gate eye saw it.
+    pub eye_at: DateTime<Utc>,
+    /// The part id of the command that matched it, if one did.
+    pub part_id: Option<u64>,
+    pub verdict: Option<u16>,
+    /// Whether it went to the reject lane.
+    pub diverted: bool,
+    pub reason: DecisionReason,
+}
+
+/// One firing of the simulated reject gate: a diverted [`GateEvent`].
+pub type RejectPulse = GateEvent;
+
+#[derive(Debug, Default)]
+struct Logs {
+    writes: Vec<PlcWrite>,
+    taken: Vec<TakenCommand>,
+    gate: Vec<GateEvent>,
+    watchdog_trips: Vec<DateTime<Utc>>,
+    /// When the program latched a halt, in order.
+    halts: Vec<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -49,12 +86,17 @@ struct PlcState {
     registers: Mutex<Vec<u16>>,
     /// Read-only to clients: only the line's own values land here.
     inputs: Mutex<Vec<u16>>,
-    writes: Mutex<Vec<PlcWrite>>,
-    pulses: Mutex<Vec<RejectPulse>>,
     coils: Mutex<Vec<bool>>,
-    /// When the halt-line coil went ON, in order.
-    halts: Mutex<Vec<DateTime<Utc>>>,
+    /// Gate-command writes in arrival order, handed to the program one per scan, as a PLC
+    /// serves its Modbus requests between scans.
+    gate_writes: Mutex<VecDeque<[u16; GATE_COMMAND_LEN as usize]>>,
+    /// When parts reach the gate eye, in order.
+    eye: Mutex<VecDeque<Instant>>,
+    operator_reset: AtomicBool,
+    program: Mutex<PlcProgram>,
+    logs: Mutex<Logs>,
     response_delay_us: AtomicU64,
+    started: Instant,
 }
 
 /// Handle to a running PLC simulator.
@@ -65,7 +107,8 @@ pub struct PlcSimulator {
 }
 
 impl PlcSimulator {
-    /// Starts serving on `listener` until the returned handle's task is dropped or aborted.
+    /// Starts serving on `listener` and scanning the program, until the returned handle's task
+    /// is dropped or aborted.
     pub fn serve(
         listener: TcpListener,
         map: RegisterMap,
@@ -75,14 +118,20 @@ impl PlcSimulator {
             map,
             registers: Mutex::new(vec![0; 0x1_0000]),
             inputs: Mutex::new(vec![0; 0x1_0000]),
-            writes: Mutex::new(Vec::new()),
-            pulses: Mutex::new(Vec::new()),
             coils: Mutex::new(vec![false; 0x1_0000]),
-            halts: Mutex::new(Vec::new()),
+            gate_writes: Mutex::new(VecDeque::new()),
+            eye: Mutex::new(VecDeque::new()),
+            operator_reset: AtomicBool::new(false),
+            program: Mutex::new(PlcProgram::new(map)),
+            logs: Mutex::new(Logs::default()),
             response_delay_us: AtomicU64::new(0),
+            started: Instant::now(),
         });
+        // The status block is there before anyone can read it.
+        state.scan();
         let server = Server::new(listener);
         let service_state = state.clone();
+        let scan_state = state.clone();
         let task = tokio::spawn(async move {
             let on_connected = |stream, socket_addr| {
                 let state = service_state.clone();
@@ -96,8 +145,13 @@ impl PlcSimulator {
             };
             let on_process_error =
                 |error| tracing::debug!(%error, "PLC simulator: connection ended");
-            if let Err(error) = server.serve(&on_connected, on_process_error).await {
-                tracing::error!(%error, "PLC simulator stopped");
+            tokio::select! {
+                result = server.serve(&on_connected, on_process_error) => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "PLC simulator stopped");
+                    }
+                }
+                () = scan_forever(scan_state) => {}
             }
         });
         Ok((PlcSimulator { state, address }, task))
@@ -115,14 +169,66 @@ impl PlcSimulator {
             .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Every write received so far, in order.
-    pub fn writes(&self) -> Vec<PlcWrite> {
-        lock(&self.state.writes).clone()
+    /// A part seen by the camera reaches the gate eye `delay` from now.
+    pub fn part_reaches_eye_in(&self, delay: Duration) {
+        let at = Instant::now() + delay;
+        let mut eye = lock(&self.state.eye);
+        // Kept in order, so the scan only ever looks at the front.
+        let index = eye.partition_point(|&queued| queued <= at);
+        eye.insert(index, at);
     }
 
-    /// Every reject gate firing so far, in order.
+    /// A belt of the PLC's own: a part reaches the gate eye every `pitch` while the
+    /// program lets the conveyor run, until the returned task is aborted. For a PLC tested
+    /// apart from the station's simulated camera.
+    pub fn run_conveyor(&self, pitch: Duration) -> tokio::task::JoinHandle<()> {
+        let plc = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(pitch);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                ticks.tick().await;
+                if !plc.halted() {
+                    plc.part_reaches_eye_in(Duration::ZERO);
+                }
+            }
+        })
+    }
+
+    /// The operator presses the reset button at the line (rule R8).
+    pub fn press_operator_reset(&self) {
+        self.state.operator_reset.store(true, Ordering::Relaxed);
+    }
+
+    /// Every write received so far, in order.
+    pub fn writes(&self) -> Vec<PlcWrite> {
+        lock(&self.state.logs).writes.clone()
+    }
+
+    /// Every new gate command the program saw (a resend is not new), in order.
+    pub fn commands(&self) -> Vec<TakenCommand> {
+        lock(&self.state.logs).taken.clone()
+    }
+
+    /// Every part decided at the gate, in order.
+    pub fn gate_events(&self) -> Vec<GateEvent> {
+        lock(&self.state.logs).gate.clone()
+    }
+
+    /// Every firing of the reject gate (the diverted parts), in order.
     pub fn pulses(&self) -> Vec<RejectPulse> {
-        lock(&self.state.pulses).clone()
+        let logs = lock(&self.state.logs);
+        logs.gate.iter().filter(|e| e.diverted).cloned().collect()
+    }
+
+    /// When the station watchdog expired, in order.
+    pub fn watchdog_trips(&self) -> Vec<DateTime<Utc>> {
+        lock(&self.state.logs).watchdog_trips.clone()
+    }
+
+    /// Whether the program diverts every part now (the station is lost or stopped).
+    pub fn diverting_all(&self) -> bool {
+        lock(&self.state.program).faulted()
     }
 
     /// The current value of a holding register.
@@ -135,17 +241,14 @@ impl PlcSimulator {
         lock(&self.state.coils)[usize::from(address)]
     }
 
-    /// Whether the line is held by the halt-line coil now (false without one in the map).
+    /// Whether the program holds the line now (its halt latch, rule R8).
     pub fn halted(&self) -> bool {
-        self.state
-            .map
-            .halt_line
-            .is_some_and(|halt| self.coil(halt.coil))
+        !lock(&self.state.program).conveyor_run()
     }
 
-    /// When the halt-line coil went ON, in order: each is one halt of the line.
+    /// When the program latched a halt, in order: each is one halt of the line.
     pub fn halts(&self) -> Vec<DateTime<Utc>> {
-        lock(&self.state.halts).clone()
+        lock(&self.state.logs).halts.clone()
     }
 
     /// The current value of an input register.
@@ -166,6 +269,16 @@ impl PlcSimulator {
             let end = (start + write.words.len()).min(registers.len());
             registers[start..end].copy_from_slice(&write.words[..end - start]);
         }
+    }
+}
+
+/// Scans the program every [`SCAN_PERIOD`].
+async fn scan_forever(state: Arc<PlcState>) {
+    let mut ticks = tokio::time::interval(SCAN_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        state.scan();
     }
 }
 
@@ -198,6 +311,97 @@ impl Service for PlcService {
 }
 
 impl PlcState {
+    /// One scan: the input image from the registers, coils, eye and button; the program; the
+    /// status block back into the registers; the logs.
+    fn scan(&self) {
+        let instant = Instant::now();
+        let now = instant.duration_since(self.started);
+        let map = &self.map;
+        let mut image = {
+            let registers = lock(&self.registers);
+            let mut gate_command = [0; GATE_COMMAND_LEN as usize];
+            let first = usize::from(map.gate_command.address);
+            let len = gate_command.len();
+            gate_command.copy_from_slice(&registers[first..first + len]);
+            InputImage {
+                heartbeat: registers[usize::from(map.heartbeat.address)],
+                station_state: registers[usize::from(map.station_state.address)],
+                gate_command,
+                halt_coil: map
+                    .halt_line
+                    .is_some_and(|halt| lock(&self.coils)[usize::from(halt.coil)]),
+                gate_eye: false,
+                operator_reset: self.operator_reset.swap(false, Ordering::Relaxed),
+            }
+        };
+        if let Some(words) = lock(&self.gate_writes).pop_front() {
+            image.gate_command = words;
+        }
+        {
+            let mut eye = lock(&self.eye);
+            if eye.front().is_some_and(|&at| at <= instant) {
+                eye.pop_front();
+                image.gate_eye = true;
+            }
+        }
+        let (outcome, status) = {
+            let mut program = lock(&self.program);
+            let outcome = program.scan(now, &image);
+            // The eye input falls again in the next scan: one rising edge per part.
+            if image.gate_eye {
+                program.scan(
+                    now,
+                    &InputImage {
+                        gate_eye: false,
+                        operator_reset: false,
+                        ..image
+                    },
+                );
+            }
+            (outcome, program.status_words())
+        };
+        {
+            let mut registers = lock(&self.registers);
+            let first = usize::from(map.plc_status.address);
+            registers[first..first + status.len()].copy_from_slice(&status);
+        }
+        let wall = Utc::now();
+        let at = |t: Duration| {
+            wall - TimeDelta::from_std(now.saturating_sub(t)).unwrap_or(TimeDelta::zero())
+        };
+        let mut logs = lock(&self.logs);
+        for (command, arrived, queued) in outcome.taken {
+            logs.taken.push(TakenCommand {
+                at: at(arrived),
+                part_id: command.part_id,
+                verdict: command.verdict as u16,
+                sequence: command.sequence,
+                queued,
+            });
+        }
+        for decision in outcome.decided {
+            if decision.diverted {
+                tracing::debug!(part_id = ?decision.part_id, reason = ?decision.reason, "PLC simulator: part diverted");
+            }
+            logs.gate.push(GateEvent {
+                at: at(decision.decided_at),
+                eye_at: at(decision.eye_at),
+                part_id: decision.part_id.map(u64::from),
+                verdict: decision.verdict,
+                diverted: decision.diverted,
+                reason: decision.reason,
+            });
+        }
+        if outcome.watchdog_tripped {
+            tracing::warn!("PLC simulator: station watchdog expired; diverting every part");
+            logs.watchdog_trips.push(wall);
+        }
+        if outcome.halt_latched {
+            tracing::info!("PLC simulator: halt-line coil ON, line halted until an operator reset");
+            logs.halts.push(wall);
+        }
+    }
+
     fn handle(&self, request: Request<'static>) -> Result<Response, ExceptionCode> {
         match request {
             Request::ReadHoldingRegisters(address, count) => {
@@ -241,50 +445,34 @@ impl PlcState {
 
     fn write_coils(&self, address: u16, values: &[bool]) -> Result<(), ExceptionCode> {
         let range = span(address, values.len() as u16)?;
-        let at = Utc::now();
-        let halt_coil = self.map.halt_line.map(|halt| usize::from(halt.coil));
-        let halted_now = {
-            let mut coils = lock(&self.coils);
-            let was_halted = halt_coil.is_some_and(|c| coils[c]);
-            coils[range].copy_from_slice(values);
-            !was_halted && halt_coil.is_some_and(|c| coils[c])
-        };
         // Coil writes stay out of `writes`, the holding-register log: the two spaces share
-        // addresses.
-        if halted_now {
-            tracing::info!("PLC simulator: halt-line coil ON, line halted");
-            lock(&self.halts).push(at);
-        }
+        // addresses. The program sees the coil at its next scan.
+        lock(&self.coils)[range].copy_from_slice(values);
         Ok(())
     }
 
     fn write(&self, address: u16, values: &[u16]) -> Result<(), ExceptionCode> {
         let range = span(address, values.len() as u16)?;
+        // The status block is the program's: a client may not write it.
+        let status = usize::from(self.map.plc_status.address)
+            ..usize::from(self.map.plc_status.address)
+                + usize::from(crate::actuate::PLC_STATUS_LEN);
+        if range.start < status.end && status.start < range.end {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
         let at = Utc::now();
-        let previous_sequence = {
-            let mut registers = lock(&self.registers);
-            let previous = registers[usize::from(self.map.reject.address + 3)];
-            registers[range].copy_from_slice(values);
-            previous
-        };
-        lock(&self.writes).push(PlcWrite {
+        lock(&self.registers)[range].copy_from_slice(values);
+        if address == self.map.gate_command.address && values.len() == usize::from(GATE_COMMAND_LEN)
+        {
+            let mut words = [0; GATE_COMMAND_LEN as usize];
+            words.copy_from_slice(values);
+            lock(&self.gate_writes).push_back(words);
+        }
+        lock(&self.logs).writes.push(PlcWrite {
             at,
             address,
             values: values.to_vec(),
         });
-        if address == self.map.reject.address
-            && values.len() == usize::from(REJECT_BLOCK_LEN)
-            && let Some((part_id, command, sequence)) = RegisterMap::decode_reject(values)
-            && command == REJECT_COMMAND_FIRE
-            && sequence != previous_sequence
-        {
-            tracing::debug!(part_id, sequence, "PLC simulator: reject gate fired");
-            lock(&self.pulses).push(RejectPulse {
-                at,
-                part_id,
-                sequence,
-            });
-        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use linesight::actuate::{GateLink, RegisterMap};
+use linesight::actuate::{GATE_COMMAND_LEN, GateCommandWords, GateLink, GateVerdict, RegisterMap};
 use linesight::simulate::PlcSimulator;
 
 use crate::{KillOnDrop, free_port, python, repo};
@@ -105,11 +105,32 @@ async fn gate_link_writes_a_pymodbus_plc() {
     let mut link = GateLink::new(address, 1, Duration::from_secs(1), map);
     link.start().await.expect("link check against pymodbus");
     link.beat().await.expect("heartbeat");
-    link.reject(0x0001_2345, false).await.expect("reject");
+    link.command(0x0001_2345, GateVerdict::Pass, false)
+        .await
+        .expect("gate command");
 
-    let expected = RegisterMap::encode_reject(0x0001_2345, 1).to_vec();
-    assert_eq!(pymodbus_read(address, map.reject.address, 4), expected);
-    assert_eq!(mbpoll_read(address, map.reject.address, 4), expected);
+    let expected = map
+        .encode_gate_command(GateCommandWords {
+            part_id: 0x0001_2345,
+            verdict: GateVerdict::Pass,
+            class: 0,
+            sequence: 1,
+        })
+        .to_vec();
+    assert_eq!(
+        expected,
+        [0x0001, 0x2345, 1, 0, 1],
+        "high word first, verdict 1 = PASS"
+    );
+    let len = GATE_COMMAND_LEN;
+    assert_eq!(
+        pymodbus_read(address, map.gate_command.address, len),
+        expected
+    );
+    assert_eq!(
+        mbpoll_read(address, map.gate_command.address, len),
+        expected
+    );
     assert_eq!(
         pymodbus_read(address, map.heartbeat.address, 2),
         [1, 1],
@@ -128,11 +149,13 @@ async fn foreign_clients_talk_to_the_plc_simulator() {
     let map = register_map();
     let mut link = GateLink::new(address, 1, Duration::from_secs(1), map);
     link.start().await.expect("link check");
-    link.reject(77, false).await.expect("reject");
+    link.command(77, GateVerdict::RejectDefect, false)
+        .await
+        .expect("gate command");
 
-    let expected = RegisterMap::encode_reject(77, 1).to_vec();
+    let expected = [0, 77, 2, 0, 1];
     let read = tokio::task::spawn_blocking(move || {
-        (pymodbus_read(address, 100, 4), mbpoll_read(address, 100, 4))
+        (pymodbus_read(address, 100, 5), mbpoll_read(address, 100, 5))
     });
     let (by_pymodbus, by_mbpoll) = read.await.expect("readers");
     assert_eq!(by_pymodbus, expected);

@@ -29,11 +29,15 @@ async fn all_records_over_http(base: &str, token: &str) -> Vec<InspectionRecord>
     }
 }
 
-/// Gate pulses by part id.
+/// Gate pulses by the part id of the command that matched them; a pulse for a part without a
+/// command (none matched it) panics: on a nominal run every part at the eye has its command.
 fn pulses_by_part(pulses: Vec<RejectPulse>) -> HashMap<u64, Vec<RejectPulse>> {
     let mut by_part: HashMap<u64, Vec<RejectPulse>> = HashMap::new();
     for pulse in pulses {
-        by_part.entry(pulse.part_id).or_default().push(pulse);
+        let id = pulse
+            .part_id
+            .unwrap_or_else(|| panic!("a part diverted without a command: {pulse:?}"));
+        by_part.entry(id).or_default().push(pulse);
     }
     by_part
 }
@@ -144,6 +148,16 @@ async fn two_hundred_parts_reach_gate_and_record() {
         pulses.values().map(Vec::len).sum::<usize>(),
         n_fail,
         "no pulse for any other part"
+    );
+    // The PLC's side: every part reached the diverter once, each with its own command.
+    let events = plc.gate_events();
+    assert_eq!(events.len(), 200, "every part decided at the gate once");
+    let mut commanded: Vec<u64> = events.iter().filter_map(|e| e.part_id).collect();
+    commanded.sort();
+    assert_eq!(
+        commanded,
+        (0..200).collect::<Vec<_>>(),
+        "each part matched its own command"
     );
     // A 30 % defect rate over 200 parts: both outcomes must be well represented.
     assert!((30..110).contains(&n_fail), "{n_fail} of 200 parts failed");

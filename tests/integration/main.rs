@@ -18,6 +18,7 @@ mod line;
 mod mes;
 mod models;
 mod mqtt;
+mod plc_program;
 mod rootcause;
 mod rootcause_line;
 mod schedule;

@@ -53,6 +53,18 @@ fn rule() -> HaltLineSection {
     }
 }
 
+/// Polls `condition` every 5 ms for up to 10 s (the simulated PLC scans every millisecond).
+async fn eventually(condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the PLC"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn open(dir: tempfile::TempDir, store: Option<Store>) -> Fixture {
     let store = store.unwrap_or_else(|| Store::open(dir.path(), "station-1").expect("store"));
     let alarms = AlarmManager::open(store.clone(), &[alarm_definition()])
@@ -245,7 +257,7 @@ async fn the_coil_follows_the_latch_on_the_simulated_plc() {
         .drive_coil(&mut link, false, &mut failing)
         .await;
     assert!(plc.coil(coil));
-    assert!(plc.halted());
+    eventually(|| plc.halted()).await;
     assert_eq!(plc.halts().len(), 1);
     assert_eq!(fixture.halt_line.view().coil_on, Some(true));
     assert!(link.read_coil(coil).await.expect("read coil"));
@@ -259,6 +271,10 @@ async fn the_coil_follows_the_latch_on_the_simulated_plc() {
         .drive_coil(&mut link, false, &mut failing)
         .await;
     assert!(!plc.coil(coil));
-    assert!(!plc.halted());
+    // The PLC keeps the line held until its own operator reset (rule R8).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(plc.halted(), "the latch outlives the coil");
+    plc.press_operator_reset();
+    eventually(|| !plc.halted()).await;
     assert!(!failing);
 }
