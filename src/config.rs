@@ -318,12 +318,37 @@ pub struct PlcSection {
     pub register_map: PathBuf,
     /// Every Modbus request is abandoned after this long and the link rebuilt.
     pub request_timeout_ms: u64,
-    /// How often the station writes its heartbeat register.
+    /// How often the station writes its heartbeat register (and reads the PLC's).
     pub heartbeat_ms: u64,
+    /// The PLC is lost when its own heartbeat (the register map's `plc_status`) has not
+    /// moved for this long: the station goes DEGRADED, raises `plc_heartbeat_lost` and
+    /// applies `on_plc_lost`.
+    #[serde(default = "default_plc_heartbeat_timeout_ms")]
+    pub plc_heartbeat_timeout_ms: u64,
+    /// What the station does while the PLC is lost.
+    #[serde(default)]
+    pub on_plc_lost: PlcLostPolicy,
 }
 
 fn default_unit_id() -> u8 {
     1
+}
+
+fn default_plc_heartbeat_timeout_ms() -> u64 {
+    2000
+}
+
+/// What the station does while the PLC's heartbeat is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlcLostPolicy {
+    /// Send no PASS: every part's command says reject by policy, so a PLC program that
+    /// comes back without noticing it stopped diverts what went by meanwhile.
+    #[default]
+    DivertAll,
+    /// Also write the halt-line coil ON: the PLC program latches the halt (rule R8), and
+    /// only an operator's reset at the line releases it.
+    StopLine,
 }
 
 /// How the station reaches its PLC.
@@ -406,6 +431,8 @@ pub struct PlcSettings {
     pub register_map_file: PathBuf,
     pub request_timeout: Duration,
     pub heartbeat: Duration,
+    pub plc_heartbeat_timeout: Duration,
+    pub on_plc_lost: PlcLostPolicy,
 }
 
 impl StationConfig {
@@ -489,6 +516,8 @@ impl StationConfig {
                 register_map_file: resolve(&file.plc.register_map),
                 request_timeout: Duration::from_millis(file.plc.request_timeout_ms),
                 heartbeat: Duration::from_millis(file.plc.heartbeat_ms),
+                plc_heartbeat_timeout: Duration::from_millis(file.plc.plc_heartbeat_timeout_ms),
+                on_plc_lost: file.plc.on_plc_lost,
             },
             plant: file.plant,
             records: RecordsSection {
@@ -710,6 +739,16 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         problem(
             "plc.request_timeout_ms",
             "expected a positive timeout".into(),
+        );
+    }
+    if plc.plc_heartbeat_timeout_ms <= plc.heartbeat_ms {
+        problem(
+            "plc.plc_heartbeat_timeout_ms",
+            format!(
+                "expected more than plc.heartbeat_ms ({}): the PLC's heartbeat is read once per \
+                 station heartbeat",
+                plc.heartbeat_ms
+            ),
         );
     }
     if plc.heartbeat_ms == 0 {

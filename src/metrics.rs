@@ -32,14 +32,16 @@ pub struct Metrics {
     pub inspections_late: Counter,
     /// Parts past the gate by disposition.
     pub dispositions: Family<KindLabel, Counter>,
-    /// Reject commands acknowledged by the PLC.
+    /// Gate commands (each part's verdict) acknowledged by the PLC in their window.
     pub gate_commands_ok: Counter,
-    /// Reject commands that could not be delivered in time.
+    /// Gate commands that could not be delivered in time (the PLC diverts those parts).
     pub gate_commands_failed: Counter,
     /// Modbus requests that timed out or lost the link (the link is rebuilt after each).
     pub plc_link_errors: Counter,
     /// Heartbeat writes that failed.
     pub heartbeat_failures: Counter,
+    /// 1 while the PLC's own heartbeat has stopped moving (the PLC is lost), else 0.
+    pub plc_heartbeat_lost: Gauge,
     /// Records made durable.
     pub records_written: Counter,
     /// Records that could not be written (retried until they are).
@@ -107,6 +109,7 @@ impl Metrics {
             gate_commands_failed: Counter::default(),
             plc_link_errors: Counter::default(),
             heartbeat_failures: Counter::default(),
+            plc_heartbeat_lost: Gauge::default(),
             records_written: Counter::default(),
             record_errors: Counter::default(),
             parts_in_flight: Gauge::default(),
@@ -236,12 +239,12 @@ impl Metrics {
         );
         registry.register(
             "gate_commands_ok",
-            "Reject commands acknowledged by the PLC",
+            "Gate commands (each part's verdict) acknowledged by the PLC in their window",
             self.gate_commands_ok.clone(),
         );
         registry.register(
             "gate_commands_failed",
-            "Reject commands not delivered in time",
+            "Gate commands not delivered in time (the PLC diverts those parts)",
             self.gate_commands_failed.clone(),
         );
         registry.register(
@@ -263,6 +266,11 @@ impl Metrics {
             "heartbeat_failures",
             "Heartbeat writes that failed",
             self.heartbeat_failures.clone(),
+        );
+        registry.register(
+            "plc_heartbeat_lost",
+            "1 while the PLC's own heartbeat has stopped moving",
+            self.plc_heartbeat_lost.clone(),
         );
         registry.register(
             "records_written",

@@ -24,8 +24,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::actuate::{
-    GateCommand, GateContext, GateError, GateLink, RegisterMap, RegisterMapError, run_gate,
-    run_heartbeat,
+    GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM, PlcWatch, RegisterMap,
+    RegisterMapError, run_gate, run_heartbeat,
 };
 use crate::analyse::actions::webhook::Outbox;
 use crate::analyse::actions::{
@@ -47,7 +47,10 @@ use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::publish::mqtt::{MqttSettings, cursor_client, run_mqtt};
-use crate::record::{RecordContext, RecordError, Store, run_archiver, run_recorder};
+use crate::record::{
+    AlarmRecord, AlarmSeverity, AlarmState, RecordBody, RecordContext, RecordError, Store,
+    run_archiver, run_recorder,
+};
 use crate::sense::modbus::PollTarget;
 use crate::sense::mqtt::SubscribeSettings;
 use crate::sense::{Sensors, Sources, run_sensors};
@@ -535,10 +538,39 @@ impl Station {
             ))
         });
         let heartbeat_stop = CancellationToken::new();
+        let plc_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let plc_watch = PlcWatch {
+            timeout: config.plc.plc_heartbeat_timeout,
+            policy: config.plc.on_plc_lost,
+            lost: plc_lost.clone(),
+            report: {
+                let store = store.clone();
+                Box::new(move |lost, why| {
+                    let store = store.clone();
+                    let state = if lost {
+                        AlarmState::Raised
+                    } else {
+                        AlarmState::Cleared
+                    };
+                    let note = RecordBody::Alarm(AlarmRecord::condition(
+                        PLC_LOST_ALARM,
+                        state,
+                        AlarmSeverity::High,
+                        why,
+                    ));
+                    tokio::spawn(async move {
+                        if let Err(error) = store.append_all(vec![note]).await {
+                            tracing::warn!(%error, "cannot record the PLC heartbeat alarm");
+                        }
+                    });
+                })
+            },
+        };
         let heartbeat = tokio::spawn(run_heartbeat(
             link.sibling(),
             config.plc.heartbeat,
             metrics.clone(),
+            plc_watch,
             heartbeat_stop.clone(),
         ));
         let command_window = link.command_window();
@@ -548,6 +580,7 @@ impl Station {
             outcomes: outcome_tx.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
+            plc_lost,
             command_window,
         }));
         let inspector = Inspector {
@@ -823,12 +856,15 @@ fn station_health(
         let mut last = last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let failing: Vec<&str> = names
+        let mut failing: Vec<&str> = names
             .iter()
             .zip(now.iter().zip(last.iter()))
             .filter(|(_, (now, before))| now > before)
             .map(|(name, _)| *name)
             .collect();
+        if metrics.plc_heartbeat_lost.get() != 0 {
+            failing.push("PLC heartbeat lost");
+        }
         *last = now;
         let fault = state
             .read()

@@ -21,6 +21,7 @@ mod register_map;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -34,8 +35,12 @@ pub use self::register_map::{
     GATE_COMMAND_LEN, GateCommandWords, GateVerdict, HaltLineCoil, PLC_STATUS_LEN,
     PlcProgramSettings, RegisterMap, RegisterMapError, WordOrder,
 };
+use crate::config::PlcLostPolicy;
 use crate::metrics::Metrics;
 use crate::part::{Actuation, Disposition, PartOutcome, StationClock};
+
+/// The alarm raised while the PLC's own heartbeat has stopped.
+pub const PLC_LOST_ALARM: &str = "plc_heartbeat_lost";
 
 /// Why a request to the PLC failed.
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +362,8 @@ pub struct GateContext {
     pub outcomes: mpsc::Sender<PartOutcome>,
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
+    /// Set while the PLC's heartbeat is lost ([`PlcWatch`]): no PASS is sent then.
+    pub plc_lost: Arc<AtomicBool>,
     /// How long before a part reaches the diverter the PLC program takes its command (its
     /// `match_before_ms + eye_to_gate_ms`): a command must land in `[gate − this, gate]`.
     /// Earlier it is stale; later its part is already diverted.
@@ -399,7 +406,13 @@ pub async fn run_gate(mut ctx: GateContext) {
 /// failed: the PLC diverts a part without a command, so a failed PASS costs a good part, never
 /// ships a bad one. A delivered PASS fires nothing ([`Actuation::NotRequired`]).
 async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
-    let verdict = gate_verdict(outcome.disposition);
+    let mut verdict = gate_verdict(outcome.disposition);
+    // A PLC that lost its heartbeat may be running anything but its program; when it comes
+    // back it must not find a PASS for a part that went by meanwhile.
+    let held_by_policy = verdict == GateVerdict::Pass && ctx.plc_lost.load(Ordering::Relaxed);
+    if held_by_policy {
+        verdict = GateVerdict::RejectByPolicy;
+    }
     let opens = outcome.gate_at.before(ctx.command_window);
     let closes = outcome.gate_at;
     // The early edge: a command before the window would be stale at the PLC.
@@ -442,6 +455,12 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
                     return failed(ctx, "PLC acknowledged after the gate window".into());
                 }
                 ctx.metrics.gate_commands_ok.inc();
+                if held_by_policy {
+                    return Actuation::Failed {
+                        at,
+                        error: "the PLC's heartbeat is lost: sent as reject by policy".into(),
+                    };
+                }
                 return if verdict == GateVerdict::Pass {
                     Actuation::NotRequired
                 } else {
@@ -462,18 +481,67 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
     }
 }
 
-/// The heartbeat task, on its own connection: writes the heartbeat every `period` until `stop`
-/// fires, then writes the stopped state. Any stop ends the heartbeat, which the PLC's watchdog
-/// treats as a dead station.
+/// The station's watch on the PLC's own heartbeat (the register map's `plc_status`).
+pub struct PlcWatch {
+    /// The PLC is lost when its heartbeat has not moved for this long.
+    pub timeout: Duration,
+    /// What to do while it is lost.
+    pub policy: PlcLostPolicy,
+    /// Set while it is lost; the gate task reads it.
+    pub lost: Arc<AtomicBool>,
+    /// Told `(lost, why)` at every change, to raise or clear [`PLC_LOST_ALARM`].
+    pub report: Box<dyn Fn(bool, String) + Send + Sync>,
+}
+
+/// Heartbeats both ways: what the station last saw of the PLC's.
+struct PlcHeartbeat {
+    value: Option<u16>,
+    moved_at: tokio::time::Instant,
+    lost: bool,
+}
+
+impl PlcHeartbeat {
+    fn new() -> PlcHeartbeat {
+        PlcHeartbeat {
+            value: None,
+            moved_at: tokio::time::Instant::now(),
+            lost: false,
+        }
+    }
+
+    /// Takes one reading (`None`: the status could not be read); whether the PLC is lost now
+    /// and whether that changed.
+    fn observe(&mut self, reading: Option<u16>, timeout: Duration) -> (bool, bool) {
+        let now = tokio::time::Instant::now();
+        if let Some(value) = reading
+            && self.value != Some(value)
+        {
+            self.value = Some(value);
+            self.moved_at = now;
+        }
+        let lost = now.duration_since(self.moved_at) >= timeout;
+        let changed = lost != self.lost;
+        self.lost = lost;
+        (lost, changed)
+    }
+}
+
+/// The heartbeat task, on its own connection: writes the heartbeat every `period` and reads
+/// the PLC's, until `stop` fires, then writes the stopped state. Any stop ends the heartbeat,
+/// which the PLC's watchdog treats as a dead station. A PLC whose heartbeat stands still for
+/// `watch.timeout` is lost: the station raises the alarm, holds every PASS back and, by
+/// policy, halts the line, until the PLC's heartbeat moves again.
 pub async fn run_heartbeat(
     mut link: GateLink,
     period: Duration,
     metrics: Metrics,
+    watch: PlcWatch,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beating = true;
+    let mut plc = PlcHeartbeat::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -493,6 +561,45 @@ pub async fn run_heartbeat(
                 if beating {
                     tracing::error!(%error, "heartbeat failed; the PLC watchdog will divert parts to reject");
                     beating = false;
+                }
+            }
+        }
+        let reading = if beating {
+            link.plc_status().await.ok().map(|status| status[0])
+        } else {
+            None
+        };
+        let (lost, changed) = plc.observe(reading, watch.timeout);
+        if changed {
+            watch.lost.store(lost, Ordering::Relaxed);
+            metrics.plc_heartbeat_lost.set(i64::from(lost));
+            let why = if lost {
+                format!(
+                    "the PLC's heartbeat has not moved for {:?}: every part is sent as reject \
+                     by policy{}",
+                    watch.timeout,
+                    if watch.policy == PlcLostPolicy::StopLine {
+                        "; the line is halted"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                "the PLC's heartbeat moves again".to_owned()
+            };
+            if lost {
+                tracing::error!(plc = %link.plc(), "{why}");
+            } else {
+                tracing::info!(plc = %link.plc(), "{why}");
+            }
+            (watch.report)(lost, why);
+            if lost && watch.policy == PlcLostPolicy::StopLine {
+                // The PLC program latches the halt on the coil's rising edge (rule R8), so it
+                // holds until an operator resets it at the line, whatever the coil does next.
+                if let Some(halt) = link.map.halt_line
+                    && let Err(error) = link.write_coil(halt.coil, true).await
+                {
+                    tracing::error!(%error, "could not write the halt-line coil");
                 }
             }
         }

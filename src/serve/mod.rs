@@ -672,6 +672,9 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
     if m.records_waiting.get() != 0 {
         active_alarms.push(crate::record::RECORDS_FAILING_ALARM.to_owned());
     }
+    if m.plc_heartbeat_lost.get() != 0 {
+        active_alarms.push(crate::actuate::PLC_LOST_ALARM.to_owned());
+    }
     Json(StationView {
         info: StationInfo {
             model_version: live.version.to_string(),

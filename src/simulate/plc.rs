@@ -93,6 +93,9 @@ struct PlcState {
     /// When parts reach the gate eye, in order.
     eye: Mutex<VecDeque<Instant>>,
     operator_reset: AtomicBool,
+    /// Cleared to play a PLC switched to STOP: Modbus still answers, the program does not
+    /// scan, its heartbeat stands still and its outputs hold.
+    program_running: AtomicBool,
     program: Mutex<PlcProgram>,
     logs: Mutex<Logs>,
     response_delay_us: AtomicU64,
@@ -122,6 +125,7 @@ impl PlcSimulator {
             gate_writes: Mutex::new(VecDeque::new()),
             eye: Mutex::new(VecDeque::new()),
             operator_reset: AtomicBool::new(false),
+            program_running: AtomicBool::new(true),
             program: Mutex::new(PlcProgram::new(map)),
             logs: Mutex::new(Logs::default()),
             response_delay_us: AtomicU64::new(0),
@@ -193,6 +197,12 @@ impl PlcSimulator {
                 }
             }
         })
+    }
+
+    /// Switches the PLC to STOP (`false`) or back to RUN: while stopped, Modbus still answers
+    /// but the program does not scan, so its heartbeat stands still.
+    pub fn set_program_running(&self, running: bool) {
+        self.state.program_running.store(running, Ordering::Relaxed);
     }
 
     /// The operator presses the reset button at the line (rule R8).
@@ -278,7 +288,9 @@ async fn scan_forever(state: Arc<PlcState>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
-        state.scan();
+        if state.program_running.load(Ordering::Relaxed) {
+            state.scan();
+        }
     }
 }
 

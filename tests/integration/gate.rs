@@ -2,8 +2,18 @@
 
 use std::time::Duration;
 
-use linesight::actuate::{GateError, GateLink, GateVerdict, RegisterMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use linesight::actuate::{
+    GateCommand, GateContext, GateError, GateLink, GateVerdict, PlcWatch, RegisterMap, run_gate,
+    run_heartbeat,
+};
+use linesight::config::PlcLostPolicy;
+use linesight::metrics::Metrics;
+use linesight::part::{Actuation, Disposition, PartId, PartOutcome, StationClock};
 use linesight::simulate::{DecisionReason, PlcSimulator};
+use tokio_util::sync::CancellationToken;
 
 use crate::{eventually, repo};
 
@@ -208,4 +218,155 @@ async fn unreachable_plc_is_a_clear_error() {
         "{error}"
     );
     assert!(error.to_string().contains(&address.to_string()));
+}
+
+/// Heartbeats both ways: a PLC switched to STOP still answers Modbus, but its heartbeat stands
+/// still; the station notices within its timeout, reports it, holds every PASS back and, with
+/// the stop-line policy, writes the halt coil, which the PLC latches once it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
+    let plc = simulator().await;
+    let map = register_map();
+    let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+    link.start().await.expect("link check");
+    let lost = Arc::new(AtomicBool::new(false));
+    let reports: Arc<Mutex<Vec<(bool, String)>>> = Arc::default();
+    let metrics = Metrics::new();
+    let stop = CancellationToken::new();
+    let watch = PlcWatch {
+        timeout: Duration::from_millis(600),
+        policy: PlcLostPolicy::StopLine,
+        lost: lost.clone(),
+        report: {
+            let reports = reports.clone();
+            Box::new(move |lost, why| reports.lock().expect("reports").push((lost, why)))
+        },
+    };
+    let beating = tokio::spawn(run_heartbeat(
+        link.sibling(),
+        Duration::from_millis(100),
+        metrics.clone(),
+        watch,
+        stop.clone(),
+    ));
+    eventually("the station trusted", || async { !plc.diverting_all() }).await;
+    assert!(!lost.load(Ordering::Relaxed));
+    plc.set_program_running(false);
+    eventually("the PLC lost", || async { lost.load(Ordering::Relaxed) }).await;
+    assert_eq!(metrics.plc_heartbeat_lost.get(), 1);
+    {
+        let reports = reports.lock().expect("reports");
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(
+            reports[0].0 && reports[0].1.contains("line is halted"),
+            "{reports:?}"
+        );
+    }
+    // Stop-line: the coil is ON; the PLC latches the halt as soon as its program runs.
+    let coil = map.halt_line.expect("halt coil").coil;
+    assert!(plc.coil(coil));
+    plc.set_program_running(true);
+    eventually("the PLC found again", || async {
+        !lost.load(Ordering::Relaxed)
+    })
+    .await;
+    eventually("the halt latched", || async { plc.halted() }).await;
+    assert_eq!(metrics.plc_heartbeat_lost.get(), 0);
+    assert_eq!(
+        reports
+            .lock()
+            .expect("reports")
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [true, false]
+    );
+    stop.cancel();
+    beating.await.expect("heartbeat task");
+    assert_eq!(
+        plc.register(map.station_state.address),
+        0,
+        "stopped state written"
+    );
+}
+
+/// The gate task sends each part's verdict inside its window; while the PLC is lost a PASS
+/// goes out as a reject by policy and is recorded as not actuated as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
+    let plc = simulator().await;
+    let map = register_map();
+    let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+    link.start().await.expect("link check");
+    let clock = StationClock::start();
+    let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
+    let (outcomes, mut outcomes_rx) = tokio::sync::mpsc::channel(8);
+    let plc_lost = Arc::new(AtomicBool::new(false));
+    let command_window = link.command_window();
+    let gate = tokio::spawn(run_gate(GateContext {
+        link,
+        commands,
+        outcomes,
+        clock: clock.clone(),
+        metrics: Metrics::new(),
+        plc_lost: plc_lost.clone(),
+        command_window,
+    }));
+    let part = |id: u64, disposition: Disposition| {
+        let now = clock.now();
+        GateCommand {
+            outcome: PartOutcome {
+                part_id: PartId(id),
+                captured_at: now,
+                // The window opens `command_window` before this: the gate waits for it.
+                gate_at: now.after(Duration::from_millis(200)),
+                decided_at: now,
+                disposition,
+                inspection: None,
+                inspection_late: false,
+                actuation: Actuation::NotRequired,
+            },
+        }
+    };
+    let mut send = async |id, disposition| {
+        let sent_at = clock.now();
+        commands_tx
+            .send(part(id, disposition))
+            .await
+            .expect("gate runs");
+        let outcome = outcomes_rx.recv().await.expect("an outcome");
+        (outcome, sent_at)
+    };
+    let (passed, sent_at) = send(1, Disposition::Pass).await;
+    assert!(
+        matches!(passed.actuation, Actuation::NotRequired),
+        "{passed:?}"
+    );
+    // The early edge: nothing leaves before the window opens.
+    let first_write = plc.writes().last().expect("a write").at;
+    let opened = clock.utc(passed.gate_at.before(command_window));
+    assert!(
+        first_write >= opened,
+        "sent {first_write}, window opened {opened}"
+    );
+    assert!(clock.now() >= sent_at.after(Duration::from_millis(200) - command_window));
+    let (rejected, _) = send(2, Disposition::RejectFailed).await;
+    assert!(
+        matches!(rejected.actuation, Actuation::Done { .. }),
+        "{rejected:?}"
+    );
+    plc_lost.store(true, Ordering::Relaxed);
+    let (held, _) = send(3, Disposition::Pass).await;
+    match &held.actuation {
+        Actuation::Failed { error, .. } => assert!(error.contains("reject by policy"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    drop(commands_tx);
+    gate.await.expect("gate task");
+    let verdicts: Vec<(u32, u16)> = plc
+        .commands()
+        .iter()
+        .map(|c| (c.part_id, c.verdict))
+        .collect();
+    assert_eq!(verdicts, [(1, 1), (2, 2), (3, 4)]);
 }

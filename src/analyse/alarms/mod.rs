@@ -205,6 +205,11 @@ pub fn builtin_definitions() -> Vec<AlarmDefinition> {
             "Records could not be written; they waited in memory",
             AlarmSeverity::Critical,
         ),
+        report(
+            crate::actuate::PLC_LOST_ALARM,
+            "The PLC's heartbeat stopped: no part passes until it is back",
+            AlarmSeverity::High,
+        ),
     ]
 }
 
