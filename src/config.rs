@@ -712,12 +712,15 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             ),
         );
     }
-    if line.actuation_lead_ms > line.verdict_margin_ms {
+    // The tracker hands each part to the gate task this much before its fire time.
+    let ahead = crate::actuate::DISPATCH_AHEAD.as_millis() as u64;
+    if line.actuation_lead_ms + ahead > line.verdict_margin_ms {
         problem(
             "line.actuation_lead_ms",
             format!(
-                "expected at most line.verdict_margin_ms ({}), got {}: the gate command cannot leave before the verdict deadline",
-                line.verdict_margin_ms, line.actuation_lead_ms
+                "expected at most line.verdict_margin_ms − {ahead} ({}), got {}: the gate command cannot leave before the verdict deadline",
+                line.verdict_margin_ms.saturating_sub(ahead),
+                line.actuation_lead_ms
             ),
         );
     }

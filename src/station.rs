@@ -24,8 +24,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::actuate::{
-    GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM, PlcWatch, RegisterMap,
-    RegisterMapError, run_gate, run_heartbeat,
+    DISPATCH_AHEAD, GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM, PlcWatch,
+    RegisterMap, RegisterMapError, run_gate, run_heartbeat,
 };
 use crate::analyse::actions::webhook::Outbox;
 use crate::analyse::actions::{
@@ -40,7 +40,7 @@ use crate::analyse::rootcause::station::run_root_cause;
 use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
-use crate::config::{PlcKind, StationConfig};
+use crate::config::{LineTiming, PlcKind, StationConfig};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
 use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
 use crate::metrics::Metrics;
@@ -582,6 +582,7 @@ impl Station {
             metrics: metrics.clone(),
             plc_lost,
             command_window,
+            lead: config.line.actuation_lead,
         }));
         let inspector = Inspector {
             undistorter: Undistorter::new(&calibration)?,
@@ -626,7 +627,12 @@ impl Station {
         tracing::info!(first_part_id, "line running");
 
         let tracked = run_tracker(TrackContext {
-            tracker: PartTracker::new(config.line),
+            // Parts go to the gate task a little before their fire time; it sends each at
+            // the exact time.
+            tracker: PartTracker::new(LineTiming {
+                actuation_lead: config.line.actuation_lead + DISPATCH_AHEAD,
+                ..config.line
+            }),
             triggers: trigger_rx,
             inspections: inspection_rx,
             gate: gate_tx,

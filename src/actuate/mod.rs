@@ -364,10 +364,33 @@ pub struct GateContext {
     pub metrics: Metrics,
     /// Set while the PLC's heartbeat is lost ([`PlcWatch`]): no PASS is sent then.
     pub plc_lost: Arc<AtomicBool>,
+    /// Each command leaves this long before its part reaches the diverter
+    /// (`line.actuation_lead_ms`), timed here to well under a millisecond: the tracker hands
+    /// parts over [`DISPATCH_AHEAD`] earlier, since the runtime's timers only keep
+    /// milliseconds.
     /// How long before a part reaches the diverter the PLC program takes its command (its
     /// `match_before_ms + eye_to_gate_ms`): a command must land in `[gate − this, gate]`.
     /// Earlier it is stale; later its part is already diverted.
     pub command_window: Duration,
+    pub lead: Duration,
+}
+
+/// How much earlier than its fire time the tracker hands a part to the gate task, which then
+/// waits out the rest precisely.
+pub const DISPATCH_AHEAD: Duration = Duration::from_millis(3);
+
+/// Waits until `deadline` to well under a millisecond: a timer for all but the last
+/// 1.5 ms (tokio's timers round to milliseconds), then yielding until it has passed.
+async fn wait_precisely(deadline: std::time::Instant) {
+    let coarse = deadline.checked_sub(Duration::from_micros(1500));
+    if let Some(coarse) = coarse
+        && coarse > std::time::Instant::now()
+    {
+        tokio::time::sleep_until(coarse.into()).await;
+    }
+    while std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// The verdict a part's disposition puts on the wire.
@@ -415,10 +438,11 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
     }
     let opens = outcome.gate_at.before(ctx.command_window);
     let closes = outcome.gate_at;
-    // The early edge: a command before the window would be stale at the PLC.
-    let now = ctx.clock.now();
-    if now < opens {
-        tokio::time::sleep_until(ctx.clock.instant(opens).into()).await;
+    // The early edge: a command before the window would be stale at the PLC; and it leaves at
+    // its fire time, not when the tracker handed it over.
+    let fire_at = outcome.gate_at.before(ctx.lead).max(opens);
+    if ctx.clock.now() < fire_at {
+        wait_precisely(ctx.clock.instant(fire_at)).await;
     }
     let mut resend = false;
     let failed = |ctx: &mut GateContext, error: String| {

@@ -175,7 +175,11 @@ impl PlcSimulator {
 
     /// A part seen by the camera reaches the gate eye `delay` from now.
     pub fn part_reaches_eye_in(&self, delay: Duration) {
-        let at = Instant::now() + delay;
+        self.part_reaches_eye_at(Instant::now() + delay);
+    }
+
+    /// A part reaches the gate eye at `at`.
+    pub fn part_reaches_eye_at(&self, at: Instant) {
         let mut eye = lock(&self.state.eye);
         // Kept in order, so the scan only ever looks at the front.
         let index = eye.partition_point(|&queued| queued <= at);

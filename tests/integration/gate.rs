@@ -311,6 +311,7 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
         metrics: Metrics::new(),
         plc_lost: plc_lost.clone(),
         command_window,
+        lead: Duration::from_millis(20),
     }));
     let part = |id: u64, disposition: Disposition| {
         let now = clock.now();
