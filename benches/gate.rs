@@ -88,7 +88,7 @@ fn command_round_trip(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     part += 1;
-                    let verdict = if part % 3 == 0 {
+                    let verdict = if part.is_multiple_of(3) {
                         GateVerdict::RejectDefect
                     } else {
                         GateVerdict::Pass
@@ -164,7 +164,7 @@ async fn run_line(
         arrivals.push((i, clock.utc(gate_at)));
         // The tracker hands it over a little before its fire time, as in the station.
         let fire_at = gate_at.before(lead + DISPATCH_AHEAD);
-        let disposition = if i % 3 == 0 {
+        let disposition = if i.is_multiple_of(3) {
             Disposition::RejectFailed
         } else {
             Disposition::Pass
@@ -200,7 +200,7 @@ async fn run_line(
     let mut matched = 0;
     for event in &events {
         let Some(id) = event.part_id else { continue };
-        if event.diverted != (id % 3 == 0) {
+        if event.diverted != id.is_multiple_of(3) {
             continue;
         }
         matched += 1;
