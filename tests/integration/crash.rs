@@ -2,99 +2,16 @@
 //! client killed mid-stream, a data disk that fills up. These run the real binary.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use linesight::serve::{Role, Tokens};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use crate::station_process::{StationProcess, config_file};
 use crate::{CPU_HEAVY, get_json, poll, repo};
-
-/// A station process on the simulated line, its data in `data_dir`.
-struct StationProcess {
-    child: Child,
-    base: String,
-}
-
-impl StationProcess {
-    /// Starts the binary with `config` and waits until its API answers.
-    async fn start(config: &Path, data_dir: &Path) -> StationProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linesight"))
-            .args(["run", "--bind", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(data_dir.with_extension("log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("the station binary starts");
-        // The station prints its address once it listens.
-        let stdout = child.stdout.take().expect("stdout");
-        let base = tokio::task::spawn_blocking(move || {
-            for line in BufReader::new(stdout).lines() {
-                let line = line.ok()?;
-                if let Some(rest) = line.split("http://").nth(1) {
-                    let address = rest.split('/').next()?.to_owned();
-                    return Some(format!("http://{address}"));
-                }
-            }
-            None
-        });
-        let base = tokio::time::timeout(Duration::from_secs(60), base)
-            .await
-            .expect("the station starts within 60 s")
-            .expect("join")
-            .expect("the station printed its address");
-        StationProcess { child, base }
-    }
-
-    fn kill_9(&mut self) {
-        // std's kill is SIGKILL on Unix.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    fn interrupt(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for StationProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The shipped simulated-line config, faster belt, with absolute paths, written into `dir`.
-fn config_file(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
-    let mut text =
-        std::fs::read_to_string(repo().join("config/simulated-line.toml")).expect("config");
-    text = text.replace("\"../", &format!("\"{}/", repo().display()));
-    for (old, new) in [("parts_per_min = 120", "parts_per_min = 600")]
-        .iter()
-        .chain(edits)
-    {
-        assert!(text.contains(old), "config has no {old:?}");
-        text = text.replace(old, new);
-    }
-    let path = dir.join("station.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
 
 /// Every record from `from` on, as the pull API gives it now.
 async fn pull_all(
@@ -330,8 +247,8 @@ async fn a_full_data_disk_stops_images_first_and_recovers_by_itself() {
     let config = config_file(
         dir.path(),
         &[(
-            "heartbeat_ms = 500",
-            "heartbeat_ms = 500\n\n[records]\nmin_free_mb = 16",
+            "on_plc_lost = \"divert_all\"",
+            "on_plc_lost = \"divert_all\"\n\n[records]\nmin_free_mb = 16",
         )],
     );
     let token = Tokens::open(&data, None)

@@ -12,6 +12,7 @@ mod b2mml;
 mod backbone;
 mod cli;
 mod crash;
+mod failsafe;
 mod gate;
 mod interop;
 mod line;
@@ -25,6 +26,7 @@ mod schedule;
 mod sensors;
 mod simulated_sensors;
 mod spc;
+mod station_process;
 mod supervised;
 
 use std::path::Path;

@@ -108,9 +108,9 @@ async fn a_subscriber_gets_every_record_across_a_broker_restart() {
         &[
             ("parts_per_min = 120", "parts_per_min = 300"),
             (
-                "heartbeat_ms = 500",
+                "on_plc_lost = \"divert_all\"",
                 &format!(
-                    "heartbeat_ms = 500\n\n[plant]\nenterprise = \"acme\"\nsite = \"basel\"\narea = \"press-shop\"\nline = \"line-2\"\n\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\n"
+                    "on_plc_lost = \"divert_all\"\n\n[plant]\nenterprise = \"acme\"\nsite = \"basel\"\narea = \"press-shop\"\nline = \"line-2\"\n\n[mqtt]\nbroker = \"127.0.0.1:{port}\"\n"
                 ),
             ),
         ],
