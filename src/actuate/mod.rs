@@ -3,7 +3,8 @@
 //! [`GateLink`] owns the connection to the PLC. Every request has a deadline
 //! (`plc.request_timeout_ms`; tokio-modbus sets none); after a timeout or a transport error the
 //! connection is dropped and rebuilt on the next request, so a late reply is never read as the
-//! answer to the next question. PLC exception replies are kept apart from link errors.
+//! answer to the next question. Failed connection attempts back off (100 ms doubling to 2 s,
+//! ± 25 % jitter). PLC exception replies are kept apart from link errors.
 //!
 //! [`run_gate`] is the stage task: it sends each part's gate command (its verdict: only PASS
 //! lets a part by) inside the part's gate window, never before it opens nor after it closes,
@@ -56,6 +57,12 @@ pub enum GateError {
         plc: SocketAddr,
         unit: u8,
         source: std::io::Error,
+    },
+    #[error("PLC {plc} (unit {unit}): not connected; the next attempt in {retry_in:?}")]
+    Reconnecting {
+        plc: SocketAddr,
+        unit: u8,
+        retry_in: Duration,
     },
     #[error("PLC {plc} (unit {unit}): {what} at register {address}: no reply within {timeout:?}")]
     Timeout {
@@ -110,8 +117,54 @@ pub struct GateLink {
     request_timeout: Duration,
     map: RegisterMap,
     context: Option<Context>,
+    /// After a failed connect, no new attempt before this; doubled (with jitter) by each
+    /// failure in a row, so a PLC that reboots is not hammered by every request.
+    reconnect: Backoff,
     gate_sequence: u16,
     heartbeat: u16,
+}
+
+/// Jittered exponential backoff between connection attempts.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// The next attempt's base delay.
+    base: Duration,
+    /// No attempt before this.
+    not_before: Option<tokio::time::Instant>,
+}
+
+/// The first and the longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            base: BACKOFF_MIN,
+            not_before: None,
+        }
+    }
+
+    /// A connection attempt failed: wait the base delay ± 25 % (so the station's links, and
+    /// stations that lost the same PLC, do not retry in step), then double it.
+    fn failed(&mut self) {
+        use rand::Rng;
+        let jitter = rand::thread_rng().gen_range(0.75..1.25);
+        self.not_before = Some(tokio::time::Instant::now() + self.base.mul_f64(jitter));
+        self.base = (self.base * 2).min(BACKOFF_MAX);
+    }
+
+    fn connected(&mut self) {
+        *self = Backoff::new();
+    }
+
+    /// How long until the next attempt may be made, if it must wait.
+    fn wait(&self) -> Option<Duration> {
+        let wait = self
+            .not_before?
+            .checked_duration_since(tokio::time::Instant::now())?;
+        (!wait.is_zero()).then_some(wait)
+    }
 }
 
 impl GateLink {
@@ -123,6 +176,7 @@ impl GateLink {
             request_timeout,
             map,
             context: None,
+            reconnect: Backoff::new(),
             gate_sequence: 0,
             heartbeat: 0,
         }
@@ -131,6 +185,11 @@ impl GateLink {
     /// The PLC this link talks to.
     pub fn plc(&self) -> SocketAddr {
         self.plc
+    }
+
+    /// How long until the next connection attempt, while the link waits after failed ones.
+    pub fn reconnect_wait(&self) -> Option<Duration> {
+        self.reconnect.wait()
     }
 
     /// How long before a part reaches the diverter the PLC program takes its command (see
@@ -302,15 +361,32 @@ impl GateLink {
         let context = match &mut self.context {
             Some(context) => context,
             None => {
-                let context = timeout(limit, tcp::connect_slave(plc, Slave(unit)))
-                    .await
-                    .map_err(|_| GateError::ConnectTimeout {
+                if let Some(retry_in) = self.reconnect.wait() {
+                    return Err(GateError::Reconnecting {
+                        plc,
+                        unit,
+                        retry_in,
+                    });
+                }
+                let connected = match timeout(limit, tcp::connect_slave(plc, Slave(unit))).await {
+                    Err(_) => Err(GateError::ConnectTimeout {
                         plc,
                         unit,
                         timeout: limit,
-                    })?
-                    .map_err(|source| GateError::Connect { plc, unit, source })?;
-                self.context.insert(context)
+                    }),
+                    Ok(Err(source)) => Err(GateError::Connect { plc, unit, source }),
+                    Ok(Ok(context)) => Ok(context),
+                };
+                match connected {
+                    Ok(context) => {
+                        self.reconnect.connected();
+                        self.context.insert(context)
+                    }
+                    Err(error) => {
+                        self.reconnect.failed();
+                        return Err(error);
+                    }
+                }
             }
         };
         let remaining = limit.saturating_sub(started.elapsed());

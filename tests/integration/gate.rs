@@ -371,3 +371,44 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
         .collect();
     assert_eq!(verdicts, [(1, 1), (2, 2), (3, 4)]);
 }
+
+/// A PLC that is gone is not hammered: after a failed connect the link waits (jittered,
+/// doubling) before the next attempt, and answers at once meanwhile; once the PLC is back the
+/// next attempt after the wait connects and the wait starts over.
+#[tokio::test]
+async fn reconnects_back_off_with_jitter_until_the_plc_is_back() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr");
+    drop(listener);
+    let mut link = GateLink::new(address, 1, Duration::from_millis(200), register_map());
+    let error = link.beat().await.expect_err("nothing listens");
+    assert!(matches!(error, GateError::Connect { .. }), "{error}");
+    let first = link
+        .reconnect_wait()
+        .expect("a wait after a failed connect");
+    assert!(first <= Duration::from_millis(125), "{first:?}");
+    let error = link.beat().await.expect_err("still waiting");
+    assert!(matches!(error, GateError::Reconnecting { .. }), "{error}");
+    assert!(error.is_link_error());
+    // The next failure waits longer (its base doubled; jitter is ± 25 %).
+    eventually("the first wait over", || async {
+        link.reconnect_wait().is_none()
+    })
+    .await;
+    link.beat().await.expect_err("nothing listens");
+    let second = link.reconnect_wait().expect("a wait");
+    assert!(second > Duration::from_millis(125), "{second:?}");
+    // The PLC comes back on the same address.
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .expect("rebind");
+    let (plc, _task) = PlcSimulator::serve(listener, register_map()).expect("serve");
+    eventually("the second wait over", || async {
+        link.reconnect_wait().is_none()
+    })
+    .await;
+    link.beat().await.expect("connected again");
+    let heartbeat = register_map().heartbeat.address;
+    assert!(plc.writes().iter().any(|w| w.address == heartbeat));
+    assert!(link.reconnect_wait().is_none(), "the wait starts over");
+}

@@ -161,6 +161,14 @@ async fn foreign_clients_talk_to_the_plc_simulator() {
     assert_eq!(by_pymodbus, expected);
     assert_eq!(by_mbpoll, expected);
 
+    // The PLC program's status block, as a PLC programmer's tool reads it: the station never
+    // beat, so the program does not trust it (b0 healthy clear, b1 watchdog expired set).
+    let status = map.plc_status.address;
+    let read = tokio::task::spawn_blocking(move || mbpoll_read(address, status, 8));
+    let words = read.await.expect("mbpoll");
+    assert_eq!(words.len(), 8, "{words:?}");
+    assert_eq!(words[1] & 0b111, 0b010, "status bits {words:?}");
+
     tokio::task::spawn_blocking(move || mbpoll_write(address, map.heartbeat.address, 4242))
         .await
         .expect("writer");
