@@ -581,6 +581,8 @@ async fn the_simulated_line_feeds_sensors_alarms_kpis_and_charts() {
     assert_eq!(watch["name"], "roller_bearing", "{maintenance}");
     assert!(watch["active"] == true, "{maintenance}");
     let message = watch["message"].as_str().unwrap_or_default();
+    // The README quotes one of these.
+    eprintln!("maintenance alarm: {message}");
     assert!(
         message.starts_with("Guide roller bearing: roller_vibration trend consistent with failure (above 8.5 mm/s) in "),
         "{message}"

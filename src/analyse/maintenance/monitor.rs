@@ -217,7 +217,7 @@ fn trend_status(
     status.message = format!(
         "{}: {tag} trend consistent with failure ({side} {limit}{unit}) in {when}; {}",
         watch.equipment,
-        forecast.describe("h")
+        forecast.describe(duration_text)
     );
     status.forecast = Some(forecast);
 }

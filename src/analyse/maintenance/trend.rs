@@ -111,26 +111,26 @@ pub struct Forecast {
 }
 
 impl Forecast {
-    /// The why of an alert, in words, with times in `time_unit` (e.g. "h" when the samples'
-    /// times were hours): "exponential trend (R² 0.94, 180 samples over 90 h) reaches 7.1 in
-    /// 60–90 h (central 74 h); 97 % of resampled trends reach it".
-    pub fn describe(&self, time_unit: &str) -> String {
+    /// The why of an alert, in words, with each time written by `duration` (the samples'
+    /// time unit in, words out): "exponential trend (R² 0.94, 180 samples over 90 h) reaches
+    /// 7.1 in 60–90 h (central 74 h); 97 % of resampled trends reach it".
+    pub fn describe(&self, duration: impl Fn(f64) -> String) -> String {
         let shape = match self.model {
             TrendModel::Linear => "linear",
             TrendModel::Exponential => "exponential",
         };
         let when = match self.high {
-            Some(high) => format!("{:.0}–{:.0} {time_unit}", self.low, high),
-            None => format!("{:.0} {time_unit} or later", self.low),
+            Some(high) => format!("{}–{}", duration(self.low), duration(high)),
+            None => format!("{} or later", duration(self.low)),
         };
         format!(
-            "{shape} trend (R² {:.2}, {} samples over {:.0} {time_unit}) reaches {} in {when} \
-             (central {:.0} {time_unit}); {:.0} % of resampled trends reach it",
+            "{shape} trend (R² {:.2}, {} samples over {}) reaches {} in {when} \
+             (central {}); {:.0} % of resampled trends reach it",
             self.r_squared,
             self.n_samples,
-            self.span,
+            duration(self.span),
             self.limit,
-            self.time_to_limit,
+            duration(self.time_to_limit),
             self.confidence * 100.0
         )
     }
@@ -435,7 +435,8 @@ mod tests {
             if forecast.low <= 51.0 && 51.0 <= high {
                 inside += 1;
             }
-            assert!(forecast.describe("h").contains("exponential trend"));
+            let text = forecast.describe(|h| format!("{h:.0} h"));
+            assert!(text.contains("exponential trend"), "{text}");
         }
         assert!(inside >= 12, "51 h inside {inside} of 20 intervals");
     }
