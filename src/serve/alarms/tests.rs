@@ -192,6 +192,7 @@ async fn operators_acknowledge_and_shelve_engineers_suppress() {
         names,
         [
             json!("disk_low"),
+            json!("plc_heartbeat_lost"),
             json!("records_failing"),
             json!("scratch_rule")
         ]
