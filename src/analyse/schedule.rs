@@ -645,23 +645,18 @@ pub fn measure_line(
     let (Some(parts), Some(good)) = (parts, good) else {
         return LineRate::plan(settings, running, "no parts in the lookback");
     };
-    let Some(effectiveness) = effectiveness else {
-        return LineRate {
-            effectiveness: 1.0,
-            yield_ratio: if parts > 0.0 {
-                good / parts
-            } else {
-                settings.plan_yield
-            },
-            running_minutes: recent.len() as u32,
-            running,
-            stopped_since,
-            source: RateSource::Recent,
-            note: format!(
+    let (effectiveness, note) = match effectiveness {
+        Some(effectiveness) => (
+            effectiveness,
+            format!("EWMA over the last {} running minutes", recent.len()),
+        ),
+        None => (
+            1.0,
+            format!(
                 "yield: EWMA over the last {} running minutes; rate: ideal (no whole running minute with a known ideal cycle time)",
                 recent.len()
             ),
-        };
+        ),
     };
     LineRate {
         source: RateSource::Recent,
@@ -674,7 +669,7 @@ pub fn measure_line(
         running_minutes: recent.len() as u32,
         running,
         stopped_since,
-        note: format!("EWMA over the last {} running minutes", recent.len()),
+        note,
     }
 }
 

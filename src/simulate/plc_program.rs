@@ -178,13 +178,8 @@ impl PlcProgram {
     fn watchdog(&mut self, now: Duration, heartbeat: u16) -> bool {
         if self.last_heartbeat != Some(heartbeat) {
             // The first value seen counts as no change: a station must beat to be trusted.
-            if self.last_heartbeat.is_some() {
-                self.heartbeat_changed_at = now;
-                self.watchdog_expired = false;
-            } else {
-                self.heartbeat_changed_at = now;
-                self.watchdog_expired = true;
-            }
+            self.watchdog_expired = self.last_heartbeat.is_none();
+            self.heartbeat_changed_at = now;
             self.last_heartbeat = Some(heartbeat);
             return false;
         }

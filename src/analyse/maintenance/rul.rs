@@ -1048,6 +1048,8 @@ pub fn train(
     let bar = progress::bar(show_progress, (steps_per_epoch * settings.epochs) as u64);
     let mut order: Vec<usize> = (0..fit_windows.len()).collect();
     let mut validation_rmse_by_epoch = Vec::new();
+    // The last epoch's validation predictions are those of the final network.
+    let mut validation_predicted = None;
     let n_steps = (steps_per_epoch * settings.epochs) as f64;
     let mut step = 0usize;
     for epoch in 0..settings.epochs {
@@ -1089,18 +1091,22 @@ pub fn train(
         bar.set_message(format!("epoch {} validation RMSE {rmse:.2}", epoch + 1));
         tracing::info!(epoch = epoch + 1, validation_rmse = rmse, "epoch done");
         validation_rmse_by_epoch.push(rmse);
+        validation_predicted = Some(predicted);
     }
     bar.finish_and_clear();
 
-    let validation_predicted = predict_windows(
-        &net,
-        &validation_normalised,
-        &validation_windows,
-        n_features,
-        settings.window,
-        settings.cap,
-        &device,
-    )?;
+    let validation_predicted = match validation_predicted {
+        Some(predicted) => predicted,
+        None => predict_windows(
+            &net,
+            &validation_normalised,
+            &validation_windows,
+            n_features,
+            settings.window,
+            settings.cap,
+            &device,
+        )?,
+    };
     let interval = calibrate_interval(
         &validation_predicted,
         &validation_targets,
