@@ -99,12 +99,21 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `condition` every 50 ms for up to 60 s; whether it came true.
-pub async fn poll<F, Fut>(mut condition: F) -> bool
+pub async fn poll<F, Fut>(condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    poll_within(std::time::Duration::from_secs(60), condition).await
+}
+
+/// [`poll`] for up to `limit`.
+pub async fn poll_within<F, Fut>(limit: std::time::Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if condition().await {
             return true;
