@@ -306,11 +306,17 @@ pub struct LineSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlcSection {
-    /// `simulated` starts the built-in PLC simulator on loopback; `tcp` talks to `address`.
+    /// `simulated` starts the built-in PLC simulator on loopback; `tcp` talks to `address`
+    /// (client mode: the station writes each verdict into the PLC's registers and times the
+    /// gate); `server` serves the PLC at `listen` (server mode: the PLC triggers, reads
+    /// results and times the gate; the register map's `[server]`).
     #[serde(rename = "type")]
     pub kind: PlcKind,
     /// `host:port` of the PLC's Modbus TCP server (type `tcp`).
     pub address: Option<String>,
+    /// `host:port` the station's Modbus TCP server listens on (type `server`).
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Modbus unit id of the PLC.
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
@@ -357,6 +363,7 @@ pub enum PlcLostPolicy {
 pub enum PlcKind {
     Simulated,
     Tcp,
+    Server,
 }
 
 /// A checked configuration, with paths resolved.
@@ -427,6 +434,8 @@ pub struct LineTiming {
 pub struct PlcSettings {
     pub kind: PlcKind,
     pub address: Option<String>,
+    /// Where the station serves the PLC (type `server`; checked to parse).
+    pub listen: Option<std::net::SocketAddr>,
     pub unit_id: u8,
     pub register_map_file: PathBuf,
     pub request_timeout: Duration,
@@ -512,6 +521,7 @@ impl StationConfig {
             plc: PlcSettings {
                 kind: file.plc.kind,
                 address: file.plc.address,
+                listen: file.plc.listen.as_deref().and_then(|a| a.parse().ok()),
                 unit_id: file.plc.unit_id,
                 register_map_file: resolve(&file.plc.register_map),
                 request_timeout: Duration::from_millis(file.plc.request_timeout_ms),
@@ -738,6 +748,22 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         ),
         _ => {}
     }
+    match (plc.kind, &plc.listen) {
+        (PlcKind::Server, None) => problem(
+            "plc.listen",
+            "expected host:port to serve the PLC on for type \"server\"".into(),
+        ),
+        (PlcKind::Server, Some(a)) if a.parse::<std::net::SocketAddr>().is_err() => problem(
+            "plc.listen",
+            format!("expected host:port such as 0.0.0.0:502, got {a:?}"),
+        ),
+        (PlcKind::Simulated | PlcKind::Tcp, Some(_)) => problem(
+            "plc.listen",
+            "only type \"server\" listens; type \"tcp\" and \"simulated\" connect to `address`"
+                .into(),
+        ),
+        _ => {}
+    }
     if plc.request_timeout_ms == 0 {
         problem(
             "plc.request_timeout_ms",
@@ -877,6 +903,35 @@ mod tests {
             assert!(fields.contains(&field), "{field} in {fields:?}");
         }
         assert!(fields.iter().any(|f| f.ends_with(".name")), "{fields:?}");
+    }
+
+    #[test]
+    fn server_mode_needs_a_listen_address_that_only_it_uses() {
+        let simulated = "type = \"simulated\"\n";
+        let server = example().replacen(
+            simulated,
+            "type = \"server\"\nlisten = \"127.0.0.1:1502\"\n",
+            1,
+        );
+        let config = parse(&server).expect("a server-mode config is valid");
+        assert_eq!(config.plc.kind, PlcKind::Server);
+        assert_eq!(config.plc.listen, "127.0.0.1:1502".parse().ok());
+        let cases = [
+            example().replacen(simulated, "type = \"server\"\n", 1),
+            example().replacen(simulated, "type = \"server\"\nlisten = \"port 502\"\n", 1),
+            example().replacen(
+                simulated,
+                "type = \"simulated\"\nlisten = \"127.0.0.1:1502\"\n",
+                1,
+            ),
+        ];
+        for text in cases {
+            let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else {
+                panic!("expected a problem");
+            };
+            let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, ["plc.listen"]);
+        }
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub heartbeat_failures: Counter,
     /// 1 while the PLC's own heartbeat has stopped moving (the PLC is lost), else 0.
     pub plc_heartbeat_lost: Gauge,
+    /// Server mode: PLC triggers not taken (station not ready) or never answered by a frame.
+    pub triggers_missed: Counter,
+    /// Server mode: frames that arrived with no PLC trigger waiting for one (discarded).
+    pub frames_untriggered: Counter,
+    /// Server mode: results refused by a full results buffer (those parts are rejected).
+    pub results_overruns: Counter,
     /// Records made durable.
     pub records_written: Counter,
     /// Records that could not be written (retried until they are).
@@ -110,6 +116,9 @@ impl Metrics {
             plc_link_errors: Counter::default(),
             heartbeat_failures: Counter::default(),
             plc_heartbeat_lost: Gauge::default(),
+            triggers_missed: Counter::default(),
+            frames_untriggered: Counter::default(),
+            results_overruns: Counter::default(),
             records_written: Counter::default(),
             record_errors: Counter::default(),
             parts_in_flight: Gauge::default(),
@@ -216,6 +225,21 @@ impl Metrics {
             "frames_captured",
             "Frames handed over by the camera pipeline",
             self.frames_captured.clone(),
+        );
+        registry.register(
+            "triggers_missed",
+            "PLC triggers not taken or never answered by a frame (server mode)",
+            self.triggers_missed.clone(),
+        );
+        registry.register(
+            "frames_untriggered",
+            "Frames discarded because no PLC trigger was waiting (server mode)",
+            self.frames_untriggered.clone(),
+        );
+        registry.register(
+            "results_overruns",
+            "Results refused by a full results buffer; their parts are rejected (server mode)",
+            self.results_overruns.clone(),
         );
         registry.register(
             "frames_dropped",

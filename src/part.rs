@@ -98,6 +98,22 @@ pub struct Trigger {
     pub captured_at: StationTime,
 }
 
+/// A capture asked for from outside the camera: in server mode, the PLC's trigger with the
+/// tracking id it latched at its photo-eye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalTrigger {
+    pub tracking_id: u32,
+    /// When the station took it.
+    pub at: Instant,
+}
+
+/// Told what became of each [`ExternalTrigger`]: the part its frame became, or that no frame
+/// answered it in time (the PLC rejects that part).
+pub trait TriggerSink: Send + Sync {
+    fn captured(&self, trigger: ExternalTrigger, part_id: PartId);
+    fn missed(&self, trigger: ExternalTrigger);
+}
+
 /// One captured camera frame showing one part.
 #[derive(Debug, Clone)]
 pub struct Frame {

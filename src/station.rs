@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
+use crate::actuate::server::{PlcServer, ResultsContext, ServerEnds, ServerRun};
 use crate::actuate::{
     DISPATCH_AHEAD, GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM, PlcWatch,
-    RegisterMap, RegisterMapError, run_gate, run_heartbeat,
+    RegisterMap, RegisterMapError, run_gate, run_heartbeat, server,
 };
 use crate::analyse::actions::webhook::Outbox;
 use crate::analyse::actions::{
@@ -39,7 +40,9 @@ use crate::analyse::monitor::{Monitor, StationHealth};
 use crate::analyse::rootcause::station::run_root_cause;
 use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
-use crate::capture::{CaptureContext, CaptureError, FrameFeeder, read_pipeline, run_capture};
+use crate::capture::{
+    CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, read_pipeline, run_capture,
+};
 use crate::config::{LineTiming, PlcKind, StationConfig};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
 use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
@@ -113,6 +116,8 @@ pub enum StationError {
     },
     #[error("a stage stopped unexpectedly: {0}")]
     Stage(String),
+    #[error("server mode ([plc] type = \"server\"): {0}")]
+    ServerMode(String),
 }
 
 /// How one run of the line ended.
@@ -138,6 +143,18 @@ pub struct Attachments {
     pub plc_address: Option<SocketAddr>,
 }
 
+/// How the station and its PLC talk.
+enum PlcSide {
+    /// Client mode: the station writes each verdict into the PLC's registers, timed to the
+    /// part's gate window.
+    Client(GateLink),
+    /// Server mode: the PLC triggers captures and reads results from the station's registers.
+    Server {
+        server: PlcServer,
+        ends: Box<ServerEnds>,
+    },
+}
+
 /// A station ready to run.
 pub struct Station {
     config: StationConfig,
@@ -146,7 +163,7 @@ pub struct Station {
     store: Store,
     models: Arc<ActiveModels>,
     calibration: Calibration,
-    link: GateLink,
+    plc: PlcSide,
     api: ApiState,
     camera_feeder: Option<Box<dyn FrameFeeder>>,
     sensors: Sensors,
@@ -167,17 +184,25 @@ impl Station {
         if config.simulator.is_some() && attachments.camera.is_none() {
             return Err(StationError::NotAttached("camera"));
         }
-        let plc_address = match (config.plc.kind, attachments.plc_address) {
-            (PlcKind::Simulated, Some(address)) => address,
-            (PlcKind::Simulated, None) => return Err(StationError::NotAttached("PLC")),
-            (PlcKind::Tcp, _) => {
-                // Checked by config: a tcp PLC has a valid socket address.
-                let address = config.plc.address.as_deref().unwrap_or_default();
-                address
-                    .parse()
-                    .map_err(|_| StationError::Stage(format!("invalid PLC address {address:?}")))?
-            }
-        };
+        // The PLC's own address in client mode; none in server mode (the PLC connects).
+        let plc_address: Option<SocketAddr> =
+            match (config.plc.kind, attachments.plc_address) {
+                (PlcKind::Simulated, Some(address)) => Some(address),
+                (PlcKind::Simulated, None) => return Err(StationError::NotAttached("PLC")),
+                (PlcKind::Tcp, _) => {
+                    // Checked by config: a tcp PLC has a valid socket address.
+                    let address = config.plc.address.as_deref().unwrap_or_default();
+                    Some(address.parse().map_err(|_| {
+                        StationError::Stage(format!("invalid PLC address {address:?}"))
+                    })?)
+                }
+                (PlcKind::Server, _) => None,
+            };
+        if plc_address.is_none() && config.halt_line.is_some() {
+            return Err(StationError::ServerMode(
+                "[halt_line] writes a coil in the PLC, which only client mode reaches".into(),
+            ));
+        }
         let clock = StationClock::start();
         let metrics = Metrics::new();
         let registry = Registry::new(
@@ -209,7 +234,7 @@ impl Station {
         let command_window = std::time::Duration::from_millis(
             map.plc_program.match_before_ms + map.plc_program.eye_to_gate_ms,
         );
-        if config.line.actuation_lead >= command_window {
+        if plc_address.is_some() && config.line.actuation_lead >= command_window {
             return Err(StationError::LeadOutsideCommandWindow {
                 lead_ms: config.line.actuation_lead.as_millis(),
                 window_ms: command_window.as_millis(),
@@ -236,20 +261,28 @@ impl Station {
             config.tags.clone(),
         )?;
         let sources = Sources {
-            modbus: sensors
-                .tags
-                .iter()
-                .any(|t| t.modbus.is_some())
-                .then(|| PollTarget {
+            modbus: match sensors.tags.iter().any(|t| t.modbus.is_some()) {
+                false => None,
+                true => Some(PollTarget {
                     address: config
                         .sensors
                         .modbus_address
                         .as_deref()
                         .and_then(|a| a.parse().ok())
-                        .unwrap_or(plc_address),
+                        .or(plc_address)
+                        // Server mode on the simulated line: its PLC serves the sensors.
+                        .or(attachments.plc_address)
+                        .ok_or_else(|| {
+                            StationError::ServerMode(
+                                "the PLC has no address of its own to poll sensor tags from: \
+                                 set [sensors] modbus_address"
+                                    .into(),
+                            )
+                        })?,
                     unit: config.sensors.modbus_unit_id.unwrap_or(config.plc.unit_id),
                     request_timeout: config.plc.request_timeout,
                 }),
+            },
             mqtt: config
                 .sensors
                 .mqtt_broker
@@ -318,14 +351,44 @@ impl Station {
         );
         control.restore().await?;
 
-        let mut link = GateLink::new(
-            plc_address,
-            config.plc.unit_id,
-            config.plc.request_timeout,
-            map,
-        );
-        link.start().await?;
-        tracing::info!(plc = %plc_address, "PLC link checked; station marked running");
+        let (plc, plc_description) = match plc_address {
+            Some(address) => {
+                let mut link =
+                    GateLink::new(address, config.plc.unit_id, config.plc.request_timeout, map);
+                link.start().await?;
+                tracing::info!(plc = %address, "PLC link checked; station marked running");
+                (PlcSide::Client(link), address.to_string())
+            }
+            None => {
+                let blocks = map.server.ok_or_else(|| {
+                    StationError::ServerMode(format!(
+                        "the register map {} has no [server] section",
+                        config.plc.register_map_file.display()
+                    ))
+                })?;
+                let listen = config
+                    .plc
+                    .listen
+                    .ok_or_else(|| StationError::ServerMode("[plc] listen is missing".into()))?;
+                let (server, ends) =
+                    PlcServer::bind(listen, blocks, map.words.order, metrics.clone())
+                        .await
+                        .map_err(|error| {
+                            StationError::ServerMode(format!("cannot listen on {listen}: {error}"))
+                        })?;
+                let bound = ends.listener.local_addr().map_err(|error| {
+                    StationError::ServerMode(format!("cannot listen on {listen}: {error}"))
+                })?;
+                tracing::info!(%bound, "serving the PLC (server mode)");
+                (
+                    PlcSide::Server {
+                        server,
+                        ends: Box::new(ends),
+                    },
+                    format!("server mode, listening on {bound}"),
+                )
+            }
+        };
 
         let api = ApiState {
             info: Arc::new(StationInfo {
@@ -336,7 +399,7 @@ impl Station {
                 travel_ms: config.line.travel.as_millis() as u64,
                 gate_window_ms: config.line.gate_window.as_millis() as u64,
                 verdict_margin_ms: config.line.verdict_margin.as_millis() as u64,
-                plc: plc_address.to_string(),
+                plc: plc_description,
                 camera_pipeline: config.pipeline_file.display().to_string(),
                 simulated: config.simulator.is_some(),
                 hierarchy: config.hierarchy().join("/"),
@@ -365,7 +428,7 @@ impl Station {
             store,
             models,
             calibration,
-            link,
+            plc,
             api,
             camera_feeder: attachments.camera,
         })
@@ -399,7 +462,7 @@ impl Station {
             store,
             models,
             calibration,
-            link,
+            plc,
             api,
             camera_feeder,
             sensors,
@@ -530,13 +593,15 @@ impl Station {
         // Actions on alarms: webhooks and the halt-line coil (its own PLC connection).
         let webhook_task =
             webhooks.map(|ctx| tokio::spawn(run_webhooks(ctx, sensors_stop.clone())));
-        let halt_line_task = api.halt_line.clone().map(|halt_line| {
-            tokio::spawn(run_halt_line(
+        // Only client mode has a halt line (prepare refuses one in server mode).
+        let halt_line_task = match (&plc, api.halt_line.clone()) {
+            (PlcSide::Client(link), Some(halt_line)) => Some(tokio::spawn(run_halt_line(
                 halt_line,
                 link.sibling(),
                 sensors_stop.clone(),
-            ))
-        });
+            ))),
+            _ => None,
+        };
         let heartbeat_stop = CancellationToken::new();
         let plc_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let plc_watch = PlcWatch {
@@ -566,24 +631,72 @@ impl Station {
                 })
             },
         };
-        let heartbeat = tokio::spawn(run_heartbeat(
-            link.sibling(),
-            config.plc.heartbeat,
-            metrics.clone(),
-            plc_watch,
-            heartbeat_stop.clone(),
-        ));
-        let command_window = link.command_window();
-        let gate = tokio::spawn(run_gate(GateContext {
-            link,
-            commands: gate_rx,
-            outcomes: outcome_tx.clone(),
-            clock: clock.clone(),
-            metrics: metrics.clone(),
-            plc_lost,
-            command_window,
-            lead: config.line.actuation_lead,
-        }));
+        // Client mode: a heartbeat task on its own connection, and the gate task sending each
+        // verdict at its fire time. Server mode: the Modbus server (its heartbeat included),
+        // the results task publishing each verdict when it is settled, and capture waiting
+        // for the PLC's triggers.
+        let (heartbeat, gate, external_triggers, tracker_timing, publish_on_verdict) = match plc {
+            PlcSide::Client(link) => {
+                let heartbeat = tokio::spawn(run_heartbeat(
+                    link.sibling(),
+                    config.plc.heartbeat,
+                    metrics.clone(),
+                    plc_watch,
+                    heartbeat_stop.clone(),
+                ));
+                let command_window = link.command_window();
+                let gate = tokio::spawn(run_gate(GateContext {
+                    link,
+                    commands: gate_rx,
+                    outcomes: outcome_tx.clone(),
+                    clock: clock.clone(),
+                    metrics: metrics.clone(),
+                    plc_lost,
+                    command_window,
+                    lead: config.line.actuation_lead,
+                }));
+                // Parts go to the gate task a little before their fire time; it sends each
+                // at the exact time.
+                let timing = LineTiming {
+                    actuation_lead: config.line.actuation_lead + DISPATCH_AHEAD,
+                    ..config.line
+                };
+                (heartbeat, gate, None, timing, false)
+            }
+            PlcSide::Server { server, ends } => {
+                let heartbeat = tokio::spawn(server::run_server(ServerRun {
+                    server: server.clone(),
+                    listener: ends.listener,
+                    heartbeat: config.plc.heartbeat,
+                    watch: plc_watch,
+                    metrics: metrics.clone(),
+                    stop: heartbeat_stop.clone(),
+                }));
+                let gate = tokio::spawn(server::run_results(ResultsContext {
+                    server: server.clone(),
+                    commands: gate_rx,
+                    outcomes: outcome_tx.clone(),
+                    clock: clock.clone(),
+                    metrics: metrics.clone(),
+                    plc_lost,
+                }));
+                let external = ExternalTriggers {
+                    triggers: ends.triggers,
+                    sink: Arc::new(server),
+                    // A frame later than the verdict deadline could not make the gate.
+                    stale_after: config
+                        .line
+                        .travel
+                        .saturating_sub(config.line.verdict_margin),
+                };
+                // A part without a verdict by its deadline is published as rejected then.
+                let timing = LineTiming {
+                    actuation_lead: config.line.verdict_margin,
+                    ..config.line
+                };
+                (heartbeat, gate, Some(external), timing, true)
+            }
+        };
         let inspector = Inspector {
             undistorter: Undistorter::new(&calibration)?,
             models: models.clone(),
@@ -622,17 +735,14 @@ impl Station {
             clock: clock.clone(),
             metrics: metrics.clone(),
             stop: shutdown.clone(),
+            external_triggers,
         };
         let capture = tokio::task::spawn_blocking(move || run_capture(capture_ctx));
         tracing::info!(first_part_id, "line running");
 
         let tracked = run_tracker(TrackContext {
-            // Parts go to the gate task a little before their fire time; it sends each at
-            // the exact time.
-            tracker: PartTracker::new(LineTiming {
-                actuation_lead: config.line.actuation_lead + DISPATCH_AHEAD,
-                ..config.line
-            }),
+            tracker: PartTracker::new(tracker_timing),
+            publish_on_verdict,
             triggers: trigger_rx,
             inspections: inspection_rx,
             gate: gate_tx,
@@ -748,6 +858,9 @@ impl Station {
 
 struct TrackContext {
     tracker: PartTracker,
+    /// Server mode: a part is settled as soon as its verdict is in (the PLC times the gate),
+    /// not at its fire time.
+    publish_on_verdict: bool,
     triggers: mpsc::Receiver<Trigger>,
     inspections: mpsc::Receiver<Inspection>,
     gate: mpsc::Sender<GateCommand>,
@@ -767,9 +880,10 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
         if !triggers_open && !inspections_open && next_due.is_none() {
             return dispatched;
         }
-        let wake = async {
-            match next_due {
-                Some(at) => tokio::time::sleep_until(ctx.clock.instant(at).into()).await,
+        let wake_at = next_due.map(|at| ctx.clock.instant(at));
+        let wake = async move {
+            match wake_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -784,13 +898,21 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
             inspection = ctx.inspections.recv(), if inspections_open => match inspection {
                 Some(inspection) => {
                     let part_id = inspection.part_id;
-                    match ctx.tracker.inspected(inspection, ctx.clock.now()) {
+                    let fate = ctx.tracker.inspected(inspection, ctx.clock.now());
+                    match fate {
                         InspectionFate::Accepted => {}
                         InspectionFate::Late => {
                             ctx.metrics.inspections_late.inc();
                             tracing::warn!(%part_id, "verdict missed its deadline; part rejected by policy");
                         }
                         InspectionFate::UnknownPart => tracing::error!(%part_id, "inspection for an untracked part"),
+                    }
+                    if ctx.publish_on_verdict
+                        && fate != InspectionFate::UnknownPart
+                        && let Some(due) = ctx.tracker.take(part_id)
+                    {
+                        dispatched += 1;
+                        dispatch(&mut ctx, due).await;
                     }
                 }
                 None => inspections_open = false,
@@ -800,39 +922,45 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
         let now = ctx.clock.now();
         for due in ctx.tracker.due(now) {
             dispatched += 1;
-            let outcome = PartOutcome {
-                part_id: due.part_id,
-                captured_at: due.captured_at,
-                gate_at: due.gate_at,
-                decided_at: now,
-                disposition: due.disposition,
-                inspection: due.inspection,
-                inspection_late: due.inspection_late,
-                actuation: Actuation::NotRequired,
-            };
-            // Every part gets a command, a PASS too: the PLC diverts a part without one.
-            // The tracker never waits on the PLC: when the gate is this far behind, the
-            // command could not make its window anyway, so it is recorded as failed.
-            let sent = match ctx.gate.try_send(GateCommand { outcome }) {
-                Ok(()) => true,
-                Err(TrySendError::Full(GateCommand { mut outcome })) => {
-                    ctx.metrics.gate_commands_failed.inc();
-                    tracing::error!(part_id = %outcome.part_id, "gate queue full; command dropped, the PLC diverts the part");
-                    outcome.actuation = Actuation::Failed {
-                        at: now,
-                        error: "gate queue full: the PLC link is too slow".into(),
-                    };
-                    ctx.outcomes.send(outcome).await.is_ok()
-                }
-                Err(TrySendError::Closed(_)) => false,
-            };
-            if !sent {
-                tracing::error!(part_id = %due.part_id, "downstream stage stopped; part not dispatched");
-            }
+            dispatch(&mut ctx, due).await;
         }
         ctx.metrics
             .parts_in_flight
             .set(ctx.tracker.in_flight() as i64);
+    }
+}
+
+/// Hands a settled part to the gate task (client mode) or the results task (server mode).
+async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
+    let now = ctx.clock.now();
+    let outcome = PartOutcome {
+        part_id: due.part_id,
+        captured_at: due.captured_at,
+        gate_at: due.gate_at,
+        decided_at: now,
+        disposition: due.disposition,
+        inspection: due.inspection,
+        inspection_late: due.inspection_late,
+        actuation: Actuation::NotRequired,
+    };
+    // Every part gets a command, a PASS too: the PLC diverts a part without one.
+    // The tracker never waits on the PLC: when the gate is this far behind, the
+    // command could not make its window anyway, so it is recorded as failed.
+    let sent = match ctx.gate.try_send(GateCommand { outcome }) {
+        Ok(()) => true,
+        Err(TrySendError::Full(GateCommand { mut outcome })) => {
+            ctx.metrics.gate_commands_failed.inc();
+            tracing::error!(part_id = %outcome.part_id, "gate queue full; command dropped, the PLC diverts the part");
+            outcome.actuation = Actuation::Failed {
+                at: now,
+                error: "gate queue full: the PLC link is too slow".into(),
+            };
+            ctx.outcomes.send(outcome).await.is_ok()
+        }
+        Err(TrySendError::Closed(_)) => false,
+    };
+    if !sent {
+        tracing::error!(part_id = %due.part_id, "downstream stage stopped; part not dispatched");
     }
 }
 

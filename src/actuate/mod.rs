@@ -19,6 +19,7 @@
 
 pub mod halt_line;
 mod register_map;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::halt_line::{Burst, BurstDetector, BurstRule, HaltLineSection};
 pub use self::register_map::{
     GATE_COMMAND_LEN, GateCommandWords, GateVerdict, HaltLineCoil, PLC_STATUS_LEN,
-    PlcProgramSettings, RegisterMap, RegisterMapError, WordOrder,
+    PlcProgramSettings, RegisterMap, RegisterMapError, SERVER_CONTROL_LEN, SERVER_RESULT_LEN,
+    SERVER_STATUS_HEADER_LEN, ServerBlocks, WordOrder,
 };
 use crate::config::PlcLostPolicy;
 use crate::metrics::Metrics;
@@ -626,6 +628,24 @@ impl PlcHeartbeat {
     }
 }
 
+/// What the alarm says when the PLC is lost (`lost`) or back.
+fn plc_lost_message(watch: &PlcWatch, lost: bool) -> String {
+    if lost {
+        format!(
+            "the PLC's heartbeat has not moved for {:?}: every part is sent as reject by \
+             policy{}",
+            watch.timeout,
+            if watch.policy == PlcLostPolicy::StopLine {
+                "; the line is halted"
+            } else {
+                ""
+            }
+        )
+    } else {
+        "the PLC's heartbeat moves again".to_owned()
+    }
+}
+
 /// The heartbeat task, on its own connection: writes the heartbeat every `period` and reads
 /// the PLC's, until `stop` fires, then writes the stopped state. Any stop ends the heartbeat,
 /// which the PLC's watchdog treats as a dead station. A PLC whose heartbeat stands still for
@@ -673,20 +693,7 @@ pub async fn run_heartbeat(
         if changed {
             watch.lost.store(lost, Ordering::Relaxed);
             metrics.plc_heartbeat_lost.set(i64::from(lost));
-            let why = if lost {
-                format!(
-                    "the PLC's heartbeat has not moved for {:?}: every part is sent as reject \
-                     by policy{}",
-                    watch.timeout,
-                    if watch.policy == PlcLostPolicy::StopLine {
-                        "; the line is halted"
-                    } else {
-                        ""
-                    }
-                )
-            } else {
-                "the PLC's heartbeat moves again".to_owned()
-            };
+            let why = plc_lost_message(&watch, lost);
             if lost {
                 tracing::error!(plc = %link.plc(), "{why}");
             } else {

@@ -10,6 +10,15 @@ pub const GATE_COMMAND_LEN: u16 = 5;
 /// Number of registers in the PLC's status block.
 pub const PLC_STATUS_LEN: u16 = 8;
 
+/// Number of registers in server mode's control block (the PLC writes them).
+pub const SERVER_CONTROL_LEN: u16 = 5;
+
+/// Number of registers in server mode's status block before its results buffer.
+pub const SERVER_STATUS_HEADER_LEN: u16 = 20;
+
+/// Number of registers in one entry of server mode's results buffer.
+pub const SERVER_RESULT_LEN: u16 = 7;
+
 /// The verdict a gate command carries. Only [`GateVerdict::Pass`] lets a part pass: zero, the
 /// value of a register nobody wrote, is "no decision" and diverts, like every other value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +127,52 @@ pub struct RegisterMap {
     #[serde(default)]
     pub halt_line: Option<HaltLineCoil>,
     pub plc_program: PlcProgramSettings,
+    /// Server mode's blocks; absent in maps of PLC programs that only use client mode.
+    #[serde(default)]
+    pub server: Option<ServerBlocks>,
+}
+
+/// Server mode's two blocks (`[server]`): the station serves them, the PLC is the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerBlocks {
+    /// First of [`SERVER_CONTROL_LEN`] registers the PLC writes.
+    pub control: u16,
+    /// First register of the status block the PLC reads: [`SERVER_STATUS_HEADER_LEN`]
+    /// registers, then `results_depth` entries of [`SERVER_RESULT_LEN`].
+    pub status: u16,
+    /// Results the buffer holds before a new one is refused (an overrun).
+    pub results_depth: u16,
+}
+
+impl ServerBlocks {
+    /// Registers in the status block, results buffer included.
+    pub fn status_len(&self) -> u32 {
+        u32::from(SERVER_STATUS_HEADER_LEN)
+            + u32::from(self.results_depth) * u32::from(SERVER_RESULT_LEN)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.results_depth == 0 {
+            return Err("server: results_depth must be positive".into());
+        }
+        let control =
+            u32::from(self.control)..u32::from(self.control) + u32::from(SERVER_CONTROL_LEN);
+        let status = u32::from(self.status)..u32::from(self.status) + self.status_len();
+        if control.end > 0x1_0000 || status.end > 0x1_0000 {
+            return Err("server: a block runs past 65535".into());
+        }
+        if control.start < status.end && status.start < control.end {
+            return Err(format!(
+                "server: control ({}, {} registers) and status ({}, {} registers) share registers",
+                self.control,
+                SERVER_CONTROL_LEN,
+                self.status,
+                self.status_len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The halt-line output: one coil (FC5 write, FC1 read), in the PLC's coil space.
@@ -235,7 +290,9 @@ impl RegisterMap {
         if program.fifo_depth == 0 {
             return Err("plc_program: fifo_depth must be positive".into());
         }
-        Ok(())
+        // Server mode has an address space of its own (the station's), so its blocks are
+        // checked against each other only.
+        self.server.as_ref().map_or(Ok(()), ServerBlocks::check)
     }
 }
 
@@ -255,6 +312,38 @@ mod tests {
         assert_eq!(map.words.order, WordOrder::HighFirst);
         assert_eq!(map.halt_line, Some(HaltLineCoil { coil: 0 }));
         assert_eq!(map.plc_program.watchdog_ms, 1500);
+        assert_eq!(
+            map.server,
+            Some(ServerBlocks {
+                control: 200,
+                status: 300,
+                results_depth: 32
+            })
+        );
+    }
+
+    #[test]
+    fn server_blocks_that_overlap_or_run_past_the_end_are_refused() {
+        let mut map = shipped();
+        map.server = Some(ServerBlocks {
+            control: 300 + 20 + 7,
+            status: 300,
+            results_depth: 32,
+        });
+        let message = map.check().unwrap_err();
+        assert!(message.contains("share registers"), "{message}");
+        map.server = Some(ServerBlocks {
+            control: 0,
+            status: 65_500,
+            results_depth: 32,
+        });
+        assert!(map.check().unwrap_err().contains("past 65535"));
+        map.server = Some(ServerBlocks {
+            control: 0,
+            status: 100,
+            results_depth: 0,
+        });
+        assert!(map.check().unwrap_err().contains("results_depth"));
     }
 
     #[test]

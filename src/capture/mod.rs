@@ -16,10 +16,12 @@
 //! [`FrameFeeder`] handed in with the [`CaptureContext`] (the simulated line's camera is one);
 //! capture runs it on a thread of its own and joins it when the stream ends.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -30,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::part::{Frame, GrayImage, PartId, StationClock, Trigger};
+use crate::part::{ExternalTrigger, Frame, GrayImage, PartId, StationClock, Trigger, TriggerSink};
 
 /// Name of the appsink every pipeline ends in.
 pub const APPSINK_NAME: &str = "frames";
@@ -44,13 +46,29 @@ pub const APPSRC_NAME: &str = "source";
 /// Feeds a pipeline's `appsrc name=source` with frames made outside GStreamer.
 pub trait FrameFeeder: Send {
     /// Pushes frames into `appsrc` until `max_parts` frames or `stop`, then ends the stream.
-    /// Runs on a thread of its own, which capture starts and joins.
+    /// With `software_trigger`, one frame per message received (a triggered camera);
+    /// without, on the feeder's own clock (a free-running one). Runs on a thread of its own,
+    /// which capture starts and joins.
     fn feed(
         self: Box<Self>,
         appsrc: gst_app::AppSrc,
         max_parts: Option<u64>,
+        software_trigger: Option<Receiver<()>>,
         stop: CancellationToken,
     );
+}
+
+/// Captures asked for from outside the camera (server mode's PLC trigger): each frame that
+/// reaches the appsink belongs to the oldest trigger waiting, and a frame with none waiting is
+/// discarded (counted in `frames_untriggered`). A fed pipeline's feeder gets a software
+/// trigger per trigger; a free-running camera's next frame answers it.
+pub struct ExternalTriggers {
+    pub triggers: Receiver<ExternalTrigger>,
+    /// Told which part each trigger became, or that none answered it.
+    pub sink: Arc<dyn TriggerSink>,
+    /// A trigger whose frame has not come after this long is missed: its part could not make
+    /// the gate anyway.
+    pub stale_after: Duration,
 }
 
 /// Why capture stopped with an error.
@@ -103,6 +121,8 @@ pub struct CaptureContext {
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
     pub stop: CancellationToken,
+    /// Set in server mode: frames are taken only when the PLC triggers.
+    pub external_triggers: Option<ExternalTriggers>,
 }
 
 /// Reads a pipeline file, dropping `#` comment lines.
@@ -152,7 +172,16 @@ fn run_pipeline(
 
     let next_part_id = Arc::new(AtomicU64::new(ctx.first_part_id));
     let frames_seen = Arc::new(AtomicU64::new(0));
+    let (relay, software_trigger) = match ctx.external_triggers {
+        Some(external) => {
+            let (relay, software_trigger) =
+                TriggerRelay::start(external, ctx.feeder.is_some(), &ctx.stop)?;
+            (Some(relay), software_trigger)
+        }
+        None => (None, None),
+    };
     let handoff = FrameHandoff {
+        waiting: relay.as_ref().map(TriggerRelay::waiting),
         next_part_id: next_part_id.clone(),
         frames_seen: frames_seen.clone(),
         max_parts: ctx.max_parts,
@@ -180,6 +209,7 @@ fn run_pipeline(
                 feeder,
                 appsrc,
                 ctx.max_parts,
+                software_trigger,
                 &ctx.stop,
             )?)
         }
@@ -198,6 +228,9 @@ fn run_pipeline(
         );
         if let Some(camera) = camera {
             camera.stop();
+        }
+        if let Some(relay) = relay {
+            relay.stop();
         }
         return Err(match reason.as_ref().map(|m| m.view()) {
             Some(gst::MessageView::Error(err)) => stream_error(err),
@@ -230,6 +263,9 @@ fn run_pipeline(
     if let Some(camera) = camera {
         camera.stop();
     }
+    if let Some(relay) = relay {
+        relay.stop();
+    }
     outcome.map(|()| CaptureSummary {
         frames: frames_seen.load(Ordering::Relaxed),
         next_part_id: next_part_id.load(Ordering::Relaxed),
@@ -247,6 +283,7 @@ impl FeederThread {
         feeder: Box<dyn FrameFeeder>,
         appsrc: gst_app::AppSrc,
         max_parts: Option<u64>,
+        software_trigger: Option<Receiver<()>>,
         stop: &CancellationToken,
     ) -> Result<FeederThread, CaptureError> {
         // Its own token, so that capture can stop it on an error without stopping the station.
@@ -254,7 +291,7 @@ impl FeederThread {
         let feeder_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("frame-feeder".into())
-            .spawn(move || feeder.feed(appsrc, max_parts, feeder_stop))
+            .spawn(move || feeder.feed(appsrc, max_parts, software_trigger, feeder_stop))
             .map_err(CaptureError::Feeder)?;
         Ok(FeederThread { stop, thread })
     }
@@ -264,6 +301,114 @@ impl FeederThread {
         self.stop.cancel();
         if self.thread.join().is_err() {
             tracing::error!("the frame feeder panicked");
+        }
+    }
+}
+
+/// Triggers waiting for their frames, oldest first, and the sink told what became of them.
+struct WaitingTriggers {
+    queue: Mutex<VecDeque<ExternalTrigger>>,
+    sink: Arc<dyn TriggerSink>,
+    stale_after: Duration,
+}
+
+impl WaitingTriggers {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<ExternalTrigger>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The trigger a frame arriving now answers; stale ones on the way are missed.
+    fn take(&self) -> Option<ExternalTrigger> {
+        let now = Instant::now();
+        loop {
+            let trigger = self.queue().pop_front()?;
+            if now.saturating_duration_since(trigger.at) <= self.stale_after {
+                return Some(trigger);
+            }
+            self.sink.missed(trigger);
+        }
+    }
+}
+
+/// Moves external triggers into the waiting queue and fires the feeder's software trigger,
+/// on a thread of its own.
+struct TriggerRelay {
+    waiting: Arc<WaitingTriggers>,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TriggerRelay {
+    fn start(
+        external: ExternalTriggers,
+        fed: bool,
+        stop: &CancellationToken,
+    ) -> Result<(TriggerRelay, Option<Receiver<()>>), CaptureError> {
+        let waiting = Arc::new(WaitingTriggers {
+            queue: Mutex::new(VecDeque::new()),
+            sink: external.sink,
+            stale_after: external.stale_after,
+        });
+        let (software_trigger, fired) = if fed {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let stop = stop.child_token();
+        let relay_stop = stop.clone();
+        let relay_waiting = waiting.clone();
+        let triggers = external.triggers;
+        let thread = std::thread::Builder::new()
+            .name("trigger-relay".into())
+            .spawn(move || relay(triggers, &relay_waiting, software_trigger, &relay_stop))
+            .map_err(CaptureError::Feeder)?;
+        Ok((
+            TriggerRelay {
+                waiting,
+                stop,
+                thread,
+            },
+            fired,
+        ))
+    }
+
+    fn waiting(&self) -> Arc<WaitingTriggers> {
+        self.waiting.clone()
+    }
+
+    /// Stops relaying; triggers still waiting will have no frame and are missed.
+    fn stop(self) {
+        self.stop.cancel();
+        if self.thread.join().is_err() {
+            tracing::error!("the trigger relay panicked");
+        }
+        let left: Vec<_> = self.waiting.queue().drain(..).collect();
+        for trigger in left {
+            self.waiting.sink.missed(trigger);
+        }
+    }
+}
+
+fn relay(
+    triggers: Receiver<ExternalTrigger>,
+    waiting: &WaitingTriggers,
+    software_trigger: Option<Sender<()>>,
+    stop: &CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        match triggers.recv_timeout(Duration::from_millis(50)) {
+            Ok(trigger) => {
+                // Queued before the camera fires, so the frame finds its trigger waiting.
+                waiting.queue().push_back(trigger);
+                if let Some(fire) = &software_trigger
+                    && fire.send(()).is_err()
+                {
+                    tracing::debug!("the camera stopped taking software triggers");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
 }
@@ -281,6 +426,8 @@ fn stream_error(err: &gst::message::Error) -> CaptureError {
 
 /// The appsink callback's state: turns samples into triggers and frames.
 struct FrameHandoff {
+    /// Server mode: the triggers frames answer.
+    waiting: Option<Arc<WaitingTriggers>>,
     next_part_id: Arc<AtomicU64>,
     frames_seen: Arc<AtomicU64>,
     max_parts: Option<u64>,
@@ -304,8 +451,22 @@ impl FrameHandoff {
             gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
             gst::FlowError::Error
         })?;
+        let external = match &self.waiting {
+            Some(waiting) => match waiting.take() {
+                Some(trigger) => Some((waiting, trigger)),
+                None => {
+                    self.metrics.frames_untriggered.inc();
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+            },
+            None => None,
+        };
         let part_id = PartId(self.next_part_id.fetch_add(1, Ordering::Relaxed));
         self.frames_seen.fetch_add(1, Ordering::Relaxed);
+        if let Some((waiting, trigger)) = external {
+            // Before the tracker hears of the part, so its result finds the tracking id.
+            waiting.sink.captured(trigger, part_id);
+        }
         self.metrics.frames_captured.inc();
         // The trigger waits: tracking must know every part. The tracker loop does no I/O, so
         // this wait is short. A closed channel means the station is stopping.
@@ -412,12 +573,111 @@ mod tests {
             clock: StationClock::start(),
             metrics: metrics.clone(),
             stop: CancellationToken::new(),
+            external_triggers: None,
         });
         let mut triggers = Vec::new();
         while let Ok(t) = trigger_rx.try_recv() {
             triggers.push(t);
         }
         (result, triggers, frame_rx.try_iter().count(), metrics)
+    }
+
+    /// A triggered camera: one 8×8 frame per software trigger.
+    struct TriggeredFeeder;
+
+    impl FrameFeeder for TriggeredFeeder {
+        fn feed(
+            self: Box<Self>,
+            appsrc: gst_app::AppSrc,
+            max_parts: Option<u64>,
+            software_trigger: Option<Receiver<()>>,
+            stop: CancellationToken,
+        ) {
+            let trigger = software_trigger.expect("a triggered feeder gets a software trigger");
+            let mut sent = 0;
+            while !stop.is_cancelled() && max_parts.is_none_or(|max| sent < max) {
+                if trigger.recv_timeout(Duration::from_millis(20)).is_ok() {
+                    let _ = appsrc.push_buffer(gst::Buffer::from_mut_slice(vec![sent as u8; 64]));
+                    sent += 1;
+                }
+            }
+            let _ = appsrc.end_of_stream();
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorded {
+        captured: Mutex<Vec<(u32, PartId)>>,
+        missed: Mutex<Vec<u32>>,
+    }
+
+    impl TriggerSink for Recorded {
+        fn captured(&self, trigger: ExternalTrigger, part_id: PartId) {
+            self.captured
+                .lock()
+                .unwrap()
+                .push((trigger.tracking_id, part_id));
+        }
+        fn missed(&self, trigger: ExternalTrigger) {
+            self.missed.lock().unwrap().push(trigger.tracking_id);
+        }
+    }
+
+    #[test]
+    fn each_external_trigger_becomes_the_part_its_frame_makes_and_stale_ones_are_missed() {
+        let description = "appsrc name=source is-live=true format=time do-timestamp=true \
+            caps=video/x-raw,format=GRAY8,width=8,height=8,framerate=0/1 \
+            ! appsink name=frames sync=false";
+        let (trigger_tx, mut trigger_rx) = mpsc::channel(1024);
+        let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(16);
+        let (plc_tx, plc_rx) = std::sync::mpsc::channel();
+        let sink = Arc::new(Recorded::default());
+        // One trigger already too old for its frame, then three the camera answers.
+        plc_tx
+            .send(ExternalTrigger {
+                tracking_id: 9,
+                at: Instant::now() - Duration::from_secs(60),
+            })
+            .unwrap();
+        for tracking_id in [10, 11, 12] {
+            plc_tx
+                .send(ExternalTrigger {
+                    tracking_id,
+                    at: Instant::now(),
+                })
+                .unwrap();
+        }
+        let result = run_capture(CaptureContext {
+            pipeline_description: description.into(),
+            feeder: Some(Box::new(TriggeredFeeder)),
+            first_part_id: 100,
+            // The stale trigger fired the camera too: four frames, three parts.
+            max_parts: Some(4),
+            triggers: trigger_tx,
+            frames: frame_tx,
+            clock: StationClock::start(),
+            metrics: Metrics::new(),
+            stop: CancellationToken::new(),
+            external_triggers: Some(ExternalTriggers {
+                triggers: plc_rx,
+                sink: sink.clone(),
+                stale_after: Duration::from_secs(5),
+            }),
+        });
+        let summary = result.expect("capture runs to end of stream");
+        assert_eq!(summary.frames, 3);
+        let captured = sink.captured.lock().unwrap().clone();
+        assert_eq!(
+            captured,
+            [(10, PartId(100)), (11, PartId(101)), (12, PartId(102))]
+        );
+        assert_eq!(*sink.missed.lock().unwrap(), [9]);
+        let mut tracked = Vec::new();
+        while let Ok(t) = trigger_rx.try_recv() {
+            tracked.push(t.part_id.0);
+        }
+        assert_eq!(tracked, [100, 101, 102]);
+        assert_eq!(frame_rx.try_iter().count(), 3);
     }
 
     #[test]

@@ -46,9 +46,13 @@ impl FrameFeeder for SimulatedCamera {
         self: Box<Self>,
         appsrc: gst_app::AppSrc,
         max_parts: Option<u64>,
+        software_trigger: Option<std::sync::mpsc::Receiver<()>>,
         stop: CancellationToken,
     ) {
-        feed(appsrc, &self, max_parts, &stop);
+        match software_trigger {
+            Some(trigger) => feed_on_trigger(appsrc, &self, max_parts, &trigger, &stop),
+            None => feed(appsrc, &self, max_parts, &stop),
+        }
     }
 }
 
@@ -115,6 +119,38 @@ fn feed(
         }
         if let Some((plc, to_eye)) = &camera.conveyor {
             plc.part_reaches_eye_in(*to_eye);
+        }
+        sent += 1;
+    }
+    let _ = appsrc.end_of_stream();
+}
+
+/// A triggered camera (server mode): one part per software trigger, whenever the PLC's
+/// photo-eye sees one; the belt's pace is the PLC's.
+fn feed_on_trigger(
+    appsrc: gst_app::AppSrc,
+    camera: &SimulatedCamera,
+    max_parts: Option<u64>,
+    trigger: &std::sync::mpsc::Receiver<()>,
+    stop: &CancellationToken,
+) {
+    let settings = &camera.settings;
+    let mut generator =
+        PartGenerator::new(settings.seed, FRAME_SIZE, FRAME_SIZE, settings.defect_rate);
+    let mut sent = 0u64;
+    while !stop.is_cancelled() && max_parts.is_none_or(|max| sent < max) {
+        match trigger.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let t = camera.line_started.elapsed();
+        // The PLC saw a part at its eye, so there is one, whatever the line's downtimes say.
+        let part = part_on_line(&camera.process, &mut generator, t, sent)
+            .unwrap_or_else(|| generator.next_part_with(&camera.process.defect_probabilities(t)));
+        if let Err(error) = appsrc.push_buffer(gst::Buffer::from_mut_slice(part.image.pixels)) {
+            tracing::debug!(?error, "simulated camera: pipeline refused the frame");
+            break;
         }
         sent += 1;
     }

@@ -65,6 +65,8 @@ pub struct SimulatedLine {
     started: Instant,
     /// From the camera to the PLC's gate eye.
     camera_to_eye: Duration,
+    /// `[plc] type = "server"`: the simulated PLC serves sensors only.
+    server_mode: bool,
 }
 
 impl SimulatedLine {
@@ -77,7 +79,9 @@ impl SimulatedLine {
             None => None,
         };
         let plc = match config.plc.kind {
-            PlcKind::Simulated => {
+            // In server mode the PLC that triggers and reads results is a client from outside
+            // the simulated line; the simulated PLC still serves the line's sensors.
+            PlcKind::Simulated | PlcKind::Server => {
                 let address = config.plc.address.as_deref().unwrap_or("127.0.0.1:0");
                 let plc_error = |source| SimulateError::Plc {
                     address: address.to_owned(),
@@ -119,6 +123,7 @@ impl SimulatedLine {
             camera: config.simulator.clone().zip(process),
             started,
             camera_to_eye,
+            server_mode: config.plc.kind == PlcKind::Server,
         })
     }
 
@@ -141,9 +146,12 @@ impl SimulatedLine {
     pub fn attachments(&self) -> Attachments {
         Attachments {
             camera: self.camera.clone().map(|(settings, process)| {
+                // Client mode: the parts the camera shows go on to the PLC's gate eye. In
+                // server mode the PLC's own belt brings them and its trigger fires the camera.
                 let conveyor = self
                     .plc
                     .as_ref()
+                    .filter(|_| !self.server_mode)
                     .map(|(plc, _)| (plc.clone(), self.camera_to_eye));
                 Box::new(SimulatedCamera::new(
                     settings,

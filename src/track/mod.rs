@@ -130,6 +130,13 @@ impl PartTracker {
             .collect()
     }
 
+    /// Removes and returns one part now, settled with what is known of it: server mode
+    /// settles each part as soon as its verdict is in, since the PLC times the gate.
+    pub fn take(&mut self, part_id: PartId) -> Option<DuePart> {
+        let part = self.parts.remove(&part_id)?;
+        Some(self.settle(part_id, part))
+    }
+
     fn fire_at(&self, captured_at: StationTime) -> StationTime {
         captured_at
             .after(self.timing.travel)

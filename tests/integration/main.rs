@@ -24,6 +24,7 @@ mod rootcause;
 mod rootcause_line;
 mod schedule;
 mod sensors;
+mod server_mode;
 mod simulated_sensors;
 mod spc;
 mod station_process;

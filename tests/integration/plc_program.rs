@@ -1,6 +1,8 @@
-//! The PLC program (`firmware-io/plc/linesight_gate.st`): blark, an IEC 61131-3 parser we did
-//! not write, accepts it and refuses a broken copy; its settings, word order and addresses equal
-//! `firmware-io/register-map.toml`; every rule of `plc-program.md` is marked in it.
+//! The PLC programs (`firmware-io/plc/linesight_gate.st` for client mode,
+//! `firmware-io/plc/linesight_server_client.st` for server mode): blark, an IEC 61131-3 parser we
+//! did not write, accepts them and refuses a broken copy; their settings, word order, addresses
+//! and offsets equal `firmware-io/register-map.toml`; every rule of `plc-program.md` is marked in
+//! them.
 //!
 //! blark is in the venv `make setup` makes (`scripts/setup.sh`); without it these tests fail
 //! with a message saying so, never pass silently.
@@ -12,6 +14,8 @@ use std::process::{Command, Output};
 use crate::repo;
 
 const PROGRAM: &str = "firmware-io/plc/linesight_gate.st";
+/// Server mode's PLC side: `FB_LinesightCameraClient`, against `[server]`.
+const SERVER_PROGRAM: &str = "firmware-io/plc/linesight_server_client.st";
 
 /// The venv's blark.
 fn blark() -> PathBuf {
@@ -33,44 +37,63 @@ fn blark_parse(file: &Path) -> Output {
         .expect("run blark")
 }
 
-fn program_text() -> String {
-    std::fs::read_to_string(repo().join(PROGRAM)).expect("the PLC program")
+fn program_text(program: &str) -> String {
+    std::fs::read_to_string(repo().join(program)).expect("the PLC program")
 }
 
-#[test]
-fn the_plc_program_is_valid_structured_text() {
-    let output = blark_parse(&repo().join(PROGRAM));
+fn assert_parses(program: &str) {
+    let output = blark_parse(&repo().join(program));
     assert!(
         output.status.success(),
-        "blark refused {PROGRAM} ({}):\n{}\n{}",
+        "blark refused {program} ({}):\n{}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
 }
 
-#[test]
-fn a_broken_program_is_refused_by_the_parser() {
-    let text = program_text();
+fn assert_broken_copy_refused(program: &str) {
+    let text = program_text(program);
     assert!(
         text.contains("END_IF;"),
-        "{PROGRAM} has no END_IF; to remove"
+        "{program} has no END_IF; to remove"
     );
     let broken = text.replacen("END_IF;", "", 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("linesight_gate.st");
+    let name = Path::new(program).file_name().expect("a file name");
+    let path = dir.path().join(name);
     std::fs::write(&path, broken).expect("write the broken copy");
     let output = blark_parse(&path);
     assert!(
         !output.status.success(),
-        "blark accepted a program with an END_IF; missing:\n{}",
+        "blark accepted {program} with an END_IF; missing:\n{}",
         String::from_utf8_lossy(&output.stdout)
     );
 }
 
+#[test]
+fn the_plc_program_is_valid_structured_text() {
+    assert_parses(PROGRAM);
+}
+
+#[test]
+fn a_broken_program_is_refused_by_the_parser() {
+    assert_broken_copy_refused(PROGRAM);
+}
+
+#[test]
+fn the_server_client_program_is_valid_structured_text() {
+    assert_parses(SERVER_PROGRAM);
+}
+
+#[test]
+fn a_broken_server_client_program_is_refused_by_the_parser() {
+    assert_broken_copy_refused(SERVER_PROGRAM);
+}
+
 /// The program's `NAME : TYPE := VALUE;` lines with an upper-case name (its constants), as
 /// name -> (type, value). A name declared twice fails the test: which one counts is unclear.
-fn constants(text: &str) -> HashMap<String, (String, String)> {
+fn constants(program: &str, text: &str) -> HashMap<String, (String, String)> {
     let mut found = HashMap::new();
     for line in text.lines() {
         let Some(body) = line.trim().strip_suffix(';') else {
@@ -94,24 +117,25 @@ fn constants(text: &str) -> HashMap<String, (String, String)> {
             name.to_string(),
             (kind.trim().to_string(), value.trim().to_string()),
         );
-        assert!(previous.is_none(), "{PROGRAM} declares {name} twice");
+        assert!(previous.is_none(), "{program} declares {name} twice");
     }
     found
 }
 
 fn constant<'a>(
+    program: &str,
     constants: &'a HashMap<String, (String, String)>,
     name: &str,
 ) -> (&'a str, &'a str) {
     let (kind, value) = constants
         .get(name)
-        .unwrap_or_else(|| panic!("{PROGRAM} has no `{name} : TYPE := VALUE;` line"));
+        .unwrap_or_else(|| panic!("{program} has no `{name} : TYPE := VALUE;` line"));
     (kind.as_str(), value.as_str())
 }
 
 /// A `NAME : TIME := T#<n>MS;` constant, in milliseconds.
-fn time_ms(constants: &HashMap<String, (String, String)>, name: &str) -> i64 {
-    let (kind, value) = constant(constants, name);
+fn time_ms(program: &str, constants: &HashMap<String, (String, String)>, name: &str) -> i64 {
+    let (kind, value) = constant(program, constants, name);
     assert_eq!(kind, "TIME", "{name} is not a TIME");
     value
         .to_ascii_uppercase()
@@ -122,8 +146,8 @@ fn time_ms(constants: &HashMap<String, (String, String)>, name: &str) -> i64 {
 }
 
 /// A `NAME : UINT := <n>;` constant.
-fn uint(constants: &HashMap<String, (String, String)>, name: &str) -> i64 {
-    let (kind, value) = constant(constants, name);
+fn uint(program: &str, constants: &HashMap<String, (String, String)>, name: &str) -> i64 {
+    let (kind, value) = constant(program, constants, name);
     assert_eq!(kind, "UINT", "{name} is not a UINT");
     value
         .parse()
@@ -140,12 +164,9 @@ fn integer(map: &toml::Table, table: &str, key: &str) -> i64 {
 
 #[test]
 fn the_program_constants_match_the_register_map() {
-    let text = program_text();
-    let found = constants(&text);
-    let map: toml::Table = std::fs::read_to_string(repo().join("firmware-io/register-map.toml"))
-        .expect("register map")
-        .parse()
-        .expect("register-map.toml is TOML");
+    let text = program_text(PROGRAM);
+    let found = constants(PROGRAM, &text);
+    let map = register_map();
 
     for (name, key) in [
         ("WATCHDOG_MS", "watchdog_ms"),
@@ -155,13 +176,13 @@ fn the_program_constants_match_the_register_map() {
         ("PLC_HEARTBEAT_MS", "plc_heartbeat_ms"),
     ] {
         assert_eq!(
-            time_ms(&found, name),
+            time_ms(PROGRAM, &found, name),
             integer(&map, "plc_program", key),
             "{PROGRAM} {name} vs register-map.toml [plc_program] {key}"
         );
     }
     assert_eq!(
-        uint(&found, "FIFO_DEPTH"),
+        uint(PROGRAM, &found, "FIFO_DEPTH"),
         integer(&map, "plc_program", "fifo_depth"),
         "{PROGRAM} FIFO_DEPTH vs register-map.toml [plc_program] fifo_depth"
     );
@@ -174,12 +195,26 @@ fn the_program_constants_match_the_register_map() {
         ("COIL_HALT_LINE", "halt_line", "coil"),
     ] {
         assert_eq!(
-            uint(&found, name),
+            uint(PROGRAM, &found, name),
             integer(&map, table, key),
             "{PROGRAM} {name} vs register-map.toml [{table}] {key}"
         );
     }
 
+    assert_word_order(PROGRAM, &found, &map);
+    assert_rules_marked(PROGRAM, &text, 'R', 9);
+}
+
+/// register-map.toml as plain TOML (the crate's `RegisterMap` need not know every table).
+fn register_map() -> toml::Table {
+    std::fs::read_to_string(repo().join("firmware-io/register-map.toml"))
+        .expect("register map")
+        .parse()
+        .expect("register-map.toml is TOML")
+}
+
+/// `WORDS_HIGH_FIRST : BOOL := ...;` agrees with `[words] order`.
+fn assert_word_order(program: &str, found: &HashMap<String, (String, String)>, map: &toml::Table) {
     let order = map
         .get("words")
         .and_then(|t| t.get("order"))
@@ -190,25 +225,226 @@ fn the_program_constants_match_the_register_map() {
         "low_first" => "FALSE",
         other => panic!("register-map.toml [words] order = {other:?}: not a word order"),
     };
-    let (kind, value) = constant(&found, "WORDS_HIGH_FIRST");
+    let (kind, value) = constant(program, found, "WORDS_HIGH_FIRST");
     assert_eq!(kind, "BOOL", "WORDS_HIGH_FIRST is not a BOOL");
     assert_eq!(
         value.to_ascii_uppercase(),
         high_first,
-        "{PROGRAM} WORDS_HIGH_FIRST vs register-map.toml [words] order = {order:?}"
+        "{program} WORDS_HIGH_FIRST vs register-map.toml [words] order = {order:?}"
     );
+}
 
+/// Rules `<letter>1 ..= <letter><count>` are stated (`**R1 `) and mapped (`| R1 |`) in
+/// plc-program.md and marked (`(* R1`) in the program.
+fn assert_rules_marked(program: &str, text: &str, letter: char, count: u32) {
     let rules =
         std::fs::read_to_string(repo().join("firmware-io/plc-program.md")).expect("plc-program.md");
-    for n in 1..=9 {
+    for n in 1..=count {
         assert!(
-            rules.contains(&format!("**R{n} ")) && rules.contains(&format!("| R{n} |")),
-            "plc-program.md does not state rule R{n} and map it in its table"
+            rules.contains(&format!("**{letter}{n} "))
+                && rules.contains(&format!("| {letter}{n} |")),
+            "plc-program.md does not state rule {letter}{n} and map it in its table"
         );
-        let marker = format!("(* R{n}");
+        let marker = format!("(* {letter}{n}");
         let marked = text
             .match_indices(&marker)
             .any(|(at, _)| !text[at + marker.len()..].starts_with(|c: char| c.is_ascii_digit()));
-        assert!(marked, "{PROGRAM} has no `{marker}` marker for rule R{n}");
+        assert!(
+            marked,
+            "{program} has no `{marker}` marker for rule {letter}{n}"
+        );
     }
+}
+
+/// A `NAME : WORD := 16#<hex>;` constant.
+fn word(program: &str, constants: &HashMap<String, (String, String)>, name: &str) -> u32 {
+    let (kind, value) = constant(program, constants, name);
+    assert_eq!(kind, "WORD", "{name} is not a WORD");
+    value
+        .strip_prefix("16#")
+        .and_then(|v| u32::from_str_radix(&v.replace('_', ""), 16).ok())
+        .unwrap_or_else(|| panic!("{name} := {value}: expected 16#<hex>"))
+}
+
+/// The `[server]` table's text in register-map.toml, comments included (they define the
+/// blocks' layout): `#` markers dropped and whitespace collapsed, so a phrase wrapped over two
+/// comment lines still reads as one.
+fn server_section_text() -> String {
+    let raw = std::fs::read_to_string(repo().join("firmware-io/register-map.toml"))
+        .expect("register map");
+    let mut inside = false;
+    let mut words = Vec::new();
+    for line in raw.lines() {
+        let trimmed = line.trim();
+        if trimmed == "[server]" {
+            inside = true;
+            continue;
+        }
+        let body = trimmed.trim_start_matches('#').trim();
+        if inside && (trimmed.starts_with('[') || (body.starts_with('[') && body.ends_with(']'))) {
+            break;
+        }
+        if inside {
+            words.extend(body.split_whitespace().map(str::to_string));
+        }
+    }
+    assert!(!words.is_empty(), "register-map.toml has no [server] table");
+    words.join(" ")
+}
+
+#[test]
+fn the_server_client_constants_match_the_register_map() {
+    let program = SERVER_PROGRAM;
+    let text = program_text(program);
+    let found = constants(program, &text);
+    let map = register_map();
+
+    // The blocks and the buffer: [server]'s keys.
+    for (name, key) in [
+        ("HR_CONTROL", "control"),
+        ("HR_STATUS", "status"),
+        ("RESULTS_DEPTH", "results_depth"),
+    ] {
+        assert_eq!(
+            uint(program, &found, name),
+            integer(&map, "server", key),
+            "{program} {name} vs register-map.toml [server] {key}"
+        );
+    }
+    // The settings it shares with client mode's program.
+    for (name, key) in [
+        ("WATCHDOG_MS", "watchdog_ms"),
+        ("PULSE_MS", "pulse_ms"),
+        ("PLC_HEARTBEAT_MS", "plc_heartbeat_ms"),
+    ] {
+        assert_eq!(
+            time_ms(program, &found, name),
+            integer(&map, "plc_program", key),
+            "{program} {name} vs register-map.toml [plc_program] {key}"
+        );
+    }
+    assert_word_order(program, &found, &map);
+
+    // The layout is in [server]'s comments: each offset and bit the program uses must be the
+    // one the map's text gives it.
+    let server = server_section_text();
+    let (_, status) = server
+        .split_once("Status block")
+        .expect("[server] describes a Status block");
+    let (_, control) = server
+        .split_once("Control block")
+        .expect("[server] describes a Control block");
+    let control = control.split("Status block").next().unwrap_or(control);
+    let header = uint(program, &found, "HEADER_WORDS");
+    let entry = uint(program, &found, "ENTRY_WORDS");
+    for phrase in [
+        format!("entries of {entry} words"),
+        format!("entry k at status + {header} + {entry}k"),
+        format!("status + {header} .. the results buffer"),
+    ] {
+        assert!(
+            server.contains(&phrase),
+            "{program} HEADER_WORDS = {header}, ENTRY_WORDS = {entry}: register-map.toml \
+             [server] does not say {phrase:?}"
+        );
+    }
+    let offsets: [(&str, &str, &str, bool); 15] = [
+        ("CONTROL_BITS", "control", "bits:", false),
+        ("CONTROL_TRACKING_ID", "control", "tracking id", true),
+        ("CONTROL_ACK", "control", "results acknowledge", false),
+        ("CONTROL_HEARTBEAT", "control", "PLC heartbeat", false),
+        ("STATUS_BITS", "status", "bits:", false),
+        ("STATUS_HEARTBEAT", "status", "station heartbeat", false),
+        (
+            "STATUS_LAST_ID",
+            "status",
+            "tracking id of the last trigger taken",
+            true,
+        ),
+        ("STATUS_PENDING", "status", "results pending", false),
+        (
+            "STATUS_NEWEST",
+            "status",
+            "sequence number of the newest result",
+            false,
+        ),
+        ("ENTRY_SEQUENCE", "", "sequence number", false),
+        ("ENTRY_TRACKING_ID", "", "tracking id (u32)", true),
+        ("ENTRY_VERDICT", "", "verdict", false),
+        ("ENTRY_CLASS", "", "defect class code", false),
+        ("ENTRY_CONFIDENCE", "", "confidence", false),
+        ("ENTRY_PROCESSING", "", "processing time", false),
+    ];
+    for (name, block, what, u32_pair) in offsets {
+        let n = uint(program, &found, name);
+        let at = if u32_pair {
+            format!("+ {n}, + {}", n + 1)
+        } else {
+            format!("+ {n}")
+        };
+        let phrase = if block.is_empty() {
+            format!("{at} {what}")
+        } else {
+            format!("{block} {at} {what}")
+        };
+        let within = if block == "control" { control } else { status };
+        assert!(
+            within.contains(&phrase),
+            "{program} {name} = {n}: register-map.toml [server] does not say {phrase:?}"
+        );
+    }
+    assert_eq!(
+        uint(program, &found, "CONTROL_WORDS"),
+        uint(program, &found, "CONTROL_HEARTBEAT") + 1,
+        "{program} CONTROL_WORDS: the control block ends with the PLC heartbeat"
+    );
+    let (kind, value) = constant(program, &found, "STATUS_WORDS");
+    assert_eq!(
+        (kind, value),
+        ("UINT", "HEADER_WORDS + RESULTS_DEPTH * ENTRY_WORDS"),
+        "{program} STATUS_WORDS is the header and the whole results buffer"
+    );
+    assert_eq!(
+        uint(program, &found, "MAX_READ_WORDS"),
+        125,
+        "{program} MAX_READ_WORDS: FC3 reads at most 125 registers"
+    );
+    assert_eq!(
+        uint(program, &found, "VERDICT_PASS"),
+        1,
+        "only verdict 1 is a PASS"
+    );
+
+    let bits: [(&str, &str, &str); 13] = [
+        ("CTRL_TRIGGER_ENABLE", "control", "trigger enable"),
+        ("CTRL_TRIGGER", "control", "trigger (its rising edge"),
+        ("CTRL_CLEAR_ERROR", "control", "clear error"),
+        ("CTRL_SET_OFFLINE", "control", "set offline"),
+        ("STS_TRIGGER_READY", "status", "trigger ready"),
+        ("STS_TRIGGER_ACK", "status", "trigger acknowledge"),
+        ("STS_BUSY", "status", "busy"),
+        ("STS_RESULTS_VALID", "status", "results valid"),
+        ("STS_ONLINE", "status", "online"),
+        ("STS_DEGRADED", "status", "degraded"),
+        ("STS_ERROR", "status", "error"),
+        ("STS_OVERRUN", "status", "results buffer overrun"),
+        ("STS_STOP_LINE", "status", "stop line"),
+    ];
+    for (name, block, what) in bits {
+        let mask = word(program, &found, name);
+        assert_eq!(
+            mask.count_ones(),
+            1,
+            "{program} {name} = 16#{mask:04X} is not one bit"
+        );
+        let phrase = format!("b{} {what}", mask.trailing_zeros());
+        let within = if block == "control" { control } else { status };
+        assert!(
+            within.contains(&phrase),
+            "{program} {name} = 16#{mask:04X}: register-map.toml [server] {block} block does \
+             not say {phrase:?}"
+        );
+    }
+
+    assert_rules_marked(program, &text, 'S', 10);
 }
