@@ -55,6 +55,9 @@ pub mod status_bit {
     pub const STOP_LINE: u16 = 1 << 8;
 }
 
+/// The most registers one FC3 request may read.
+const MAX_READ: u16 = 125;
+
 /// Where each word sits in the control block.
 const CONTROL_TRACKING_ID: usize = 1;
 const CONTROL_RESULTS_ACK: usize = 3;
@@ -226,8 +229,12 @@ impl ServerImage {
         Ok(self.sequence)
     }
 
-    /// A Modbus read (FC3): the whole span must lie in one block.
+    /// A Modbus read (FC3): 1 to 125 registers (the protocol's limit: the reply's byte count
+    /// is one byte), the whole span in one block.
     pub fn read(&self, address: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
+        if !(1..=MAX_READ).contains(&count) {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
         if let Some(range) = within(
             address,
             count,
@@ -855,6 +862,11 @@ mod tests {
         let mut image = online();
         assert_eq!(image.read(199, 2), Err(ExceptionCode::IllegalDataAddress));
         assert_eq!(image.read(300, 42), Err(ExceptionCode::IllegalDataAddress));
+        // More than a reply can carry is an illegal value, whatever the block's size.
+        let mut deep = online();
+        deep.blocks.results_depth = 32;
+        assert_eq!(deep.read(300, 126), Err(ExceptionCode::IllegalDataValue));
+        assert_eq!(deep.read(300, 125).map(|w| w.len()), Ok(125));
         assert_eq!(image.read(300, 41).map(|w| w.len()), Ok(41));
         assert_eq!(image.read(204, 1).map(|w| w.len()), Ok(1));
         assert_eq!(image.read(0, 1), Err(ExceptionCode::IllegalDataAddress));
@@ -867,6 +879,6 @@ mod tests {
             image.write(203, &[1, 2, 3], Instant::now()),
             Err(ExceptionCode::IllegalDataAddress)
         );
-        assert_eq!(image.read(200, 0), Err(ExceptionCode::IllegalDataAddress));
+        assert_eq!(image.read(200, 0), Err(ExceptionCode::IllegalDataValue));
     }
 }
