@@ -14,6 +14,8 @@ use opencv::{calib3d, imgproc};
 
 use crate::part::GrayImage;
 
+pub mod board;
+
 /// Why calibration could not be loaded or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -28,6 +30,37 @@ pub enum CalibrateError {
     },
     #[error("opencv: {0}")]
     OpenCv(#[from] opencv::Error),
+    #[error("checkerboard {0}")]
+    Board(String),
+    #[error("image {path}: {message}")]
+    Image { path: PathBuf, message: String },
+    #[error(
+        "{path} is {width}x{height}, but {first} (the first image) is {first_width}x{first_height}: \
+         every view must come from the one camera at one resolution"
+    )]
+    ImageSize {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        first: PathBuf,
+        first_width: u32,
+        first_height: u32,
+    },
+    #[error(
+        "{usable} usable views, calibration needs at least {needed} (the board at different \
+         angles and places){}",
+        board::skipped_note(.skipped)
+    )]
+    TooFewViews {
+        usable: usize,
+        needed: usize,
+        skipped: Vec<PathBuf>,
+    },
+    #[error("writing calibration {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A region of interest in undistorted pixel coordinates.

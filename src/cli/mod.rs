@@ -2,6 +2,7 @@
 //! each defines its arguments with clap and runs them. anyhow lives here, at the binary's edge.
 
 mod anomalies;
+mod calibrate;
 mod convert_weights;
 mod eval;
 mod model;
@@ -79,6 +80,9 @@ enum Command {
         #[command(subcommand)]
         action: anomalies::Anomalies,
     },
+    /// Camera intrinsics and lens distortion from checkerboard photographs: writes the
+    /// calibration file a station loads.
+    Calibrate(calibrate::Calibrate),
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// Print the version.
@@ -102,6 +106,7 @@ impl Cli {
             Command::Rootcause(rootcause) => rootcause.run(),
             Command::Rul { action } => action.run(),
             Command::Anomalies { action } => action.run(),
+            Command::Calibrate(calibrate) => calibrate.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));

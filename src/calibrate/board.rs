@@ -1,0 +1,594 @@
+//! Making a calibration: the camera's intrinsics and lens distortion from views of a printed
+//! checkerboard, as `linesight calibrate` does.
+//!
+//! Each view is searched for the board's inner corners (`find_chessboard_corners`, refined to a
+//! fraction of a pixel with `corner_sub_pix`); `calibrate_camera` then fits one camera matrix and
+//! five distortion coefficients (k1 k2 p1 p2 k3) to all views at once. [`write_yaml`] writes the
+//! result in the FileStorage YAML that [`Calibration::load`] (and OpenCV's own tools) read.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use opencv::core::{
+    self, FileStorage, FileStorage_Mode, Mat, Point2f, Point3f, Size, TermCriteria, Vector,
+};
+use opencv::prelude::*;
+use opencv::{calib3d, imgproc};
+
+use super::{CalibrateError, Calibration, Roi};
+use crate::part::GrayImage;
+
+/// Fewer views than this leave the fit under-determined in practice: OpenCV solves with 3, but
+/// then every view's noise lands in the intrinsics.
+pub const MIN_VIEWS: usize = 5;
+
+/// The printed checkerboard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoardSpec {
+    /// Inner corners (where four squares meet) along a row and down a column: `(9, 6)` for a
+    /// board of 10 × 7 squares.
+    pub inner_corners: (u32, u32),
+    /// The side of one square, in millimetres. It sets the scale of the board poses only; the
+    /// intrinsics come out the same whatever it is.
+    pub square_mm: f64,
+}
+
+impl BoardSpec {
+    fn check(&self) -> Result<(), CalibrateError> {
+        let (cols, rows) = self.inner_corners;
+        // OpenCV's detector needs more than two corners each way to order them.
+        if cols < 3 || rows < 3 {
+            return Err(CalibrateError::Board(format!(
+                "{cols}x{rows}: needs at least 3 inner corners each way"
+            )));
+        }
+        if !(self.square_mm.is_finite() && self.square_mm > 0.0) {
+            return Err(CalibrateError::Board(format!(
+                "square size {} mm: must be a positive number",
+                self.square_mm
+            )));
+        }
+        Ok(())
+    }
+
+    fn pattern_size(&self) -> Size {
+        Size::new(self.inner_corners.0 as i32, self.inner_corners.1 as i32)
+    }
+
+    /// The inner corners on the board's plane (z = 0), in millimetres, in the order
+    /// `find_chessboard_corners` returns them: row by row.
+    fn object_points(&self) -> Vector<Point3f> {
+        let (cols, rows) = self.inner_corners;
+        let side = self.square_mm as f32;
+        (0..rows)
+            .flat_map(|r| {
+                (0..cols).map(move |c| Point3f::new(c as f32 * side, r as f32 * side, 0.0))
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for BoardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (cols, rows) = self.inner_corners;
+        write!(
+            f,
+            "{cols}x{rows} inner corners, {} mm squares",
+            self.square_mm
+        )
+    }
+}
+
+/// How well the calibration explains one view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewError {
+    pub path: PathBuf,
+    /// RMS distance, in pixels, between the detected corners and the corners the calibration
+    /// projects for this view's pose.
+    pub rms_px: f64,
+}
+
+/// A camera calibration made from checkerboard views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardCalibration {
+    pub board: BoardSpec,
+    pub image_width: u32,
+    pub image_height: u32,
+    /// Row-major 3×3 intrinsics: `[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`.
+    pub camera_matrix: [[f64; 3]; 3],
+    /// k1, k2, p1, p2, k3 (OpenCV's order).
+    pub distortion: [f64; 5],
+    /// RMS reprojection error over every corner of every view used, in pixels.
+    pub rms_px: f64,
+    /// Each view used, in input order.
+    pub views: Vec<ViewError>,
+    /// Images in which the board was not found, in input order.
+    pub skipped: Vec<PathBuf>,
+}
+
+impl BoardCalibration {
+    pub fn fx(&self) -> f64 {
+        self.camera_matrix[0][0]
+    }
+    pub fn fy(&self) -> f64 {
+        self.camera_matrix[1][1]
+    }
+    pub fn cx(&self) -> f64 {
+        self.camera_matrix[0][2]
+    }
+    pub fn cy(&self) -> f64 {
+        self.camera_matrix[1][2]
+    }
+}
+
+/// Reads an image file (PNG, JPEG or BMP) as 8-bit grey.
+pub fn load_gray(path: &Path) -> Result<GrayImage, CalibrateError> {
+    let fail = |message: String| CalibrateError::Image {
+        path: path.to_owned(),
+        message,
+    };
+    let decoded = image::ImageReader::open(path)
+        .map_err(|e| fail(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| fail(e.to_string()))?
+        .decode()
+        .map_err(|e| fail(e.to_string()))?
+        .into_luma8();
+    let (width, height) = decoded.dimensions();
+    GrayImage::new(width, height, decoded.into_raw())
+        .ok_or_else(|| fail("decoded size does not match its pixels".into()))
+}
+
+/// Calibrates the camera from views of `board` (see [`calibrate_views_with_progress`]).
+pub fn calibrate_views(
+    images: &[(PathBuf, GrayImage)],
+    board: &BoardSpec,
+) -> Result<BoardCalibration, CalibrateError> {
+    calibrate_views_with_progress(images, board, |_, _| {})
+}
+
+/// Calibrates the camera from views of `board`, calling `progress(path, found)` after each image
+/// has been searched for the board (the search is the slow part).
+///
+/// Images in which the board is not found are skipped and listed in the result; fewer than
+/// [`MIN_VIEWS`] usable views is an error that names them. All images must have one size.
+pub fn calibrate_views_with_progress(
+    images: &[(PathBuf, GrayImage)],
+    board: &BoardSpec,
+    mut progress: impl FnMut(&Path, bool),
+) -> Result<BoardCalibration, CalibrateError> {
+    board.check()?;
+    // Sizes first: it is cheap, and a mixed set (another camera, a resized copy) is a mistake to
+    // fix, not views to skip. Intrinsics are in pixels of one resolution.
+    let Some((first_path, first)) = images.first() else {
+        return Err(CalibrateError::TooFewViews {
+            usable: 0,
+            needed: MIN_VIEWS,
+            skipped: Vec::new(),
+        });
+    };
+    if let Some((path, image)) = images
+        .iter()
+        .find(|(_, image)| (image.width, image.height) != (first.width, first.height))
+    {
+        return Err(CalibrateError::ImageSize {
+            path: path.clone(),
+            width: image.width,
+            height: image.height,
+            first: first_path.clone(),
+            first_width: first.width,
+            first_height: first.height,
+        });
+    }
+
+    let mut used_paths = Vec::new();
+    let mut image_points: Vector<Vector<Point2f>> = Vector::new();
+    let mut skipped = Vec::new();
+    for (path, image) in images {
+        let corners = find_corners(image, board)?;
+        progress(path, corners.is_some());
+        match corners {
+            Some(corners) => {
+                used_paths.push(path.clone());
+                image_points.push(corners);
+            }
+            None => skipped.push(path.clone()),
+        }
+    }
+    if used_paths.len() < MIN_VIEWS {
+        return Err(CalibrateError::TooFewViews {
+            usable: used_paths.len(),
+            needed: MIN_VIEWS,
+            skipped,
+        });
+    }
+
+    // Every view shows the same board, so every view has the same object points.
+    let board_points = board.object_points();
+    let object_points: Vector<Vector<Point3f>> = (0..used_paths.len())
+        .map(|_| board_points.clone())
+        .collect();
+    let image_size = Size::new(first.width as i32, first.height as i32);
+    // A 1×5 start asks for exactly k1 k2 p1 p2 k3, what the station's remap uses.
+    let mut camera_matrix = Mat::default();
+    let mut distortion = Mat::zeros(1, 5, core::CV_64F)?.to_mat()?;
+    let mut rvecs: Vector<Mat> = Vector::new();
+    let mut tvecs: Vector<Mat> = Vector::new();
+    let rms_px = calib3d::calibrate_camera(
+        &object_points,
+        &image_points,
+        image_size,
+        &mut camera_matrix,
+        &mut distortion,
+        &mut rvecs,
+        &mut tvecs,
+        0,
+        TermCriteria::new(
+            core::TermCriteria_COUNT + core::TermCriteria_EPS,
+            100,
+            f64::EPSILON,
+        )?,
+    )?;
+
+    // Per-view errors: project the board with each view's fitted pose and compare. A view far
+    // above the rest is usually blurred or has a mis-ordered detection; the user drops it.
+    let mut views = Vec::with_capacity(used_paths.len());
+    for (i, path) in used_paths.into_iter().enumerate() {
+        let mut projected: Vector<Point2f> = Vector::new();
+        calib3d::project_points_def(
+            &board_points,
+            &rvecs.get(i)?,
+            &tvecs.get(i)?,
+            &camera_matrix,
+            &distortion,
+            &mut projected,
+        )?;
+        let detected = image_points.get(i)?;
+        let squared: f64 = detected
+            .iter()
+            .zip(projected.iter())
+            .map(|(d, p)| {
+                let (dx, dy) = (f64::from(d.x - p.x), f64::from(d.y - p.y));
+                dx * dx + dy * dy
+            })
+            .sum();
+        views.push(ViewError {
+            path,
+            rms_px: (squared / detected.len() as f64).sqrt(),
+        });
+    }
+
+    let mut k = [[0.0; 3]; 3];
+    for (r, row) in k.iter_mut().enumerate() {
+        for (c, value) in row.iter_mut().enumerate() {
+            *value = *camera_matrix.at_2d::<f64>(r as i32, c as i32)?;
+        }
+    }
+    let mut d = [0.0; 5];
+    for (i, value) in d.iter_mut().enumerate() {
+        *value = *distortion.at::<f64>(i as i32)?;
+    }
+    Ok(BoardCalibration {
+        board: *board,
+        image_width: first.width,
+        image_height: first.height,
+        camera_matrix: k,
+        distortion: d,
+        rms_px,
+        views,
+        skipped,
+    })
+}
+
+/// The board's inner corners in one image, to subpixel accuracy, or `None` when the whole board
+/// is not in view.
+fn find_corners(
+    image: &GrayImage,
+    board: &BoardSpec,
+) -> Result<Option<Vector<Point2f>>, CalibrateError> {
+    if image.width == 0 || image.height == 0 {
+        return Ok(None);
+    }
+    let mat = Mat::new_rows_cols_with_data(image.height as i32, image.width as i32, &image.pixels)?;
+    let mut corners: Vector<Point2f> = Vector::new();
+    // Adaptive thresholding copes with uneven light across the board; normalising copes with a
+    // dim or washed-out exposure. No fast check: it saves time only on images without a board,
+    // and it has been known to reject real ones.
+    let found = calib3d::find_chessboard_corners(
+        &mat,
+        board.pattern_size(),
+        &mut corners,
+        calib3d::CALIB_CB_ADAPTIVE_THRESH + calib3d::CALIB_CB_NORMALIZE_IMAGE,
+    )?;
+    if !found {
+        return Ok(None);
+    }
+    // The refinement window must stay inside the squares around a corner: one that reaches the
+    // next corner is pulled towards it. OpenCV's usual 11 (a 23-pixel window) is the upper bound
+    // for large images; small or distant boards get a smaller one.
+    let half = ((min_spacing(&corners, board) / 2.0).floor() as i32 - 1).clamp(2, 11);
+    imgproc::corner_sub_pix(
+        &mat,
+        &mut corners,
+        Size::new(half, half),
+        Size::new(-1, -1),
+        TermCriteria::new(core::TermCriteria_COUNT + core::TermCriteria_EPS, 40, 0.001)?,
+    )?;
+    Ok(Some(corners))
+}
+
+/// The shortest distance, in pixels, between neighbouring corners along a row or a column.
+fn min_spacing(corners: &Vector<Point2f>, board: &BoardSpec) -> f64 {
+    let (cols, rows) = (
+        board.inner_corners.0 as usize,
+        board.inner_corners.1 as usize,
+    );
+    let points = corners.to_vec();
+    let distance = |a: Point2f, b: Point2f| f64::from((a.x - b.x).hypot(a.y - b.y));
+    let mut shortest = f64::INFINITY;
+    for r in 0..rows {
+        for c in 0..cols {
+            let here = points[r * cols + c];
+            if c + 1 < cols {
+                shortest = shortest.min(distance(here, points[r * cols + c + 1]));
+            }
+            if r + 1 < rows {
+                shortest = shortest.min(distance(here, points[(r + 1) * cols + c]));
+            }
+        }
+    }
+    shortest
+}
+
+/// Writes `calibration` to `path` as OpenCV FileStorage YAML, with the keys
+/// [`Calibration::load`] reads, plus `reprojection_error` (px) and `board`. `roi` (undistorted
+/// pixels) defaults to the whole image.
+///
+/// The file is checked the way the station will check it, and replaces `path` only when
+/// complete, so a failed write never leaves a half calibration where a station would load it.
+pub fn write_yaml(
+    path: &Path,
+    calibration: &BoardCalibration,
+    roi: Option<Roi>,
+) -> Result<(), CalibrateError> {
+    let file_error = |message: String| CalibrateError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let write_error = |source: std::io::Error| CalibrateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let roi = roi.unwrap_or(Roi {
+        x: 0,
+        y: 0,
+        width: calibration.image_width,
+        height: calibration.image_height,
+    });
+    let camera_matrix = Mat::from_slice_2d(&calibration.camera_matrix)?;
+    let distortion = Mat::from_slice(&calibration.distortion)?.try_clone()?;
+    // Refuse what the station would refuse (an ROI outside the image) before writing anything.
+    Calibration {
+        image_width: calibration.image_width,
+        image_height: calibration.image_height,
+        camera_matrix: camera_matrix.try_clone()?,
+        distortion: distortion.try_clone()?,
+        roi,
+    }
+    .check()
+    .map_err(file_error)?;
+    let int = |key: &str, value: u32| {
+        i32::try_from(value).map_err(|_| file_error(format!("`{key}` = {value} is too large")))
+    };
+
+    // OpenCV formats the text, so OpenCV's own tools read it back; the file itself is written
+    // here, where I/O errors can name the path.
+    let mut storage = FileStorage::new(
+        ".yaml",
+        FileStorage_Mode::WRITE as i32
+            | FileStorage_Mode::MEMORY as i32
+            | FileStorage_Mode::FORMAT_YAML as i32,
+        "",
+    )?;
+    storage.write_comment(
+        &format!(
+            "Camera calibration made by `linesight calibrate` from {} views of a checkerboard\n\
+             ({}). The ROI is in undistorted pixels: what the model inspects.",
+            calibration.views.len(),
+            calibration.board
+        ),
+        false,
+    )?;
+    storage.write_i32("image_width", int("image_width", calibration.image_width)?)?;
+    storage.write_i32(
+        "image_height",
+        int("image_height", calibration.image_height)?,
+    )?;
+    storage.write_mat("camera_matrix", &camera_matrix)?;
+    storage.write_mat("distortion_coefficients", &distortion)?;
+    storage.write_i32("roi_x", int("roi_x", roi.x)?)?;
+    storage.write_i32("roi_y", int("roi_y", roi.y)?)?;
+    storage.write_i32("roi_width", int("roi_width", roi.width)?)?;
+    storage.write_i32("roi_height", int("roi_height", roi.height)?)?;
+    storage.write_f64("reprojection_error", calibration.rms_px)?;
+    storage.write_str("board", &calibration.board.to_string())?;
+    let text = storage.release_and_get_string()?;
+
+    // A temporary file beside the target, renamed over it once synced.
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(folder).map_err(write_error)?;
+    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.as_file().sync_all().map_err(write_error)?;
+    file.persist(path).map_err(|e| write_error(e.error))?;
+    Ok(())
+}
+
+/// The tail of a too-few-views message: which images were skipped, and the usual reason.
+pub(super) fn skipped_note(skipped: &[PathBuf]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = skipped.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "; the board was not found in (skipped) {}: is all of it in view, and does the board \
+         size count inner corners (where four squares meet), not squares?",
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOARD: BoardSpec = BoardSpec {
+        inner_corners: (9, 6),
+        square_mm: 25.0,
+    };
+
+    fn blank(name: &str, width: u32, height: u32) -> (PathBuf, GrayImage) {
+        let image = GrayImage::new(width, height, vec![200; (width * height) as usize])
+            .expect("size matches");
+        (PathBuf::from(name), image)
+    }
+
+    fn made() -> BoardCalibration {
+        BoardCalibration {
+            board: BOARD,
+            image_width: 640,
+            image_height: 480,
+            camera_matrix: [[700.5, 0.0, 321.25], [0.0, 699.75, 238.5], [0.0, 0.0, 1.0]],
+            distortion: [-0.18, 0.04, 0.001, -0.002, 0.003],
+            rms_px: 0.125,
+            views: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn written_yaml_loads_as_the_station_reads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("camera.yaml");
+        let roi = Roi {
+            x: 20,
+            y: 10,
+            width: 600,
+            height: 460,
+        };
+        write_yaml(&path, &made(), Some(roi)).expect("writes");
+        let loaded = Calibration::load(&path).expect("loads");
+        assert_eq!((loaded.image_width, loaded.image_height), (640, 480));
+        assert_eq!(loaded.roi, roi);
+        for (r, row) in made().camera_matrix.iter().enumerate() {
+            for (c, want) in row.iter().enumerate() {
+                let got = *loaded
+                    .camera_matrix
+                    .at_2d::<f64>(r as i32, c as i32)
+                    .expect("element");
+                assert_eq!(got, *want, "camera_matrix[{r}][{c}]");
+            }
+        }
+        let distortion: Vec<f64> = (0..5)
+            .map(|i| *loaded.distortion.at::<f64>(i).expect("element"))
+            .collect();
+        assert_eq!(distortion, made().distortion);
+        // The extra keys are there for people and OpenCV tools; the station ignores them.
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("%YAML:1.0"), "{text}");
+        let rms: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("reprojection_error:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no reprojection_error in {text}"));
+        assert_eq!(rms, 0.125);
+        assert!(text.contains("9x6 inner corners, 25 mm squares"), "{text}");
+    }
+
+    #[test]
+    fn roi_defaults_to_the_whole_image_and_must_fit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("camera.yaml");
+        write_yaml(&path, &made(), None).expect("writes");
+        let loaded = Calibration::load(&path).expect("loads");
+        assert_eq!(
+            loaded.roi,
+            Roi {
+                x: 0,
+                y: 0,
+                width: 640,
+                height: 480
+            }
+        );
+        let outside = Roi {
+            x: 100,
+            y: 0,
+            width: 600,
+            height: 480,
+        };
+        let other = dir.path().join("other.yaml");
+        let err = write_yaml(&other, &made(), Some(outside)).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        assert!(!other.exists(), "nothing written");
+    }
+
+    #[test]
+    fn too_few_views_names_the_skipped_images() {
+        let images: Vec<_> = (0..3)
+            .map(|i| blank(&format!("blank{i}.png"), 64, 48))
+            .collect();
+        let err = calibrate_views(&images, &BOARD).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("0 usable views"), "{text}");
+        assert!(text.contains("at least 5"), "{text}");
+        for i in 0..3 {
+            assert!(text.contains(&format!("blank{i}.png")), "{text}");
+        }
+        let err = calibrate_views(&[], &BOARD).unwrap_err();
+        assert!(err.to_string().contains("0 usable views"), "{err}");
+    }
+
+    #[test]
+    fn mixed_sizes_name_the_first_that_differs() {
+        let images = vec![
+            blank("a.png", 64, 48),
+            blank("b.png", 64, 48),
+            blank("c.png", 32, 48),
+            blank("d.png", 16, 16),
+        ];
+        let text = calibrate_views(&images, &BOARD).unwrap_err().to_string();
+        assert!(text.contains("c.png is 32x48"), "{text}");
+        assert!(text.contains("a.png") && text.contains("64x48"), "{text}");
+        assert!(!text.contains("d.png"), "{text}");
+    }
+
+    #[test]
+    fn impossible_boards_are_refused() {
+        let images = vec![blank("a.png", 64, 48)];
+        let flat = BoardSpec {
+            inner_corners: (9, 1),
+            ..BOARD
+        };
+        let err = calibrate_views(&images, &flat).unwrap_err();
+        assert!(err.to_string().contains("9x1"), "{err}");
+        let nothing = BoardSpec {
+            square_mm: 0.0,
+            ..BOARD
+        };
+        let err = calibrate_views(&images, &nothing).unwrap_err();
+        assert!(err.to_string().contains("square size"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_images_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("not-an-image.png");
+        std::fs::write(&path, b"hello").expect("write");
+        let err = load_gray(&path).unwrap_err();
+        assert!(err.to_string().contains("not-an-image.png"), "{err}");
+        let err = load_gray(&dir.path().join("missing.png")).unwrap_err();
+        assert!(err.to_string().contains("missing.png"), "{err}");
+    }
+}
