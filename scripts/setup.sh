@@ -14,6 +14,7 @@ debs=(
   pkg-config clang libclang-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools
+  libgstrtspserver-1.0-dev
   libopencv-dev
   mbpoll
   mosquitto mosquitto-clients

@@ -208,6 +208,9 @@ pub struct CameraSection {
     pub frame_queue: usize,
     /// Feeds the pipeline's `appsrc name=source` with synthetic parts. Absent for a real camera.
     pub simulator: Option<SimulatorSection>,
+    /// A live camera that delivers no frame for this long is treated as lost (FAULT, then
+    /// tried again): for sources that go quiet without an error. Absent: only errors count.
+    pub stall_timeout_ms: Option<u64>,
 }
 
 fn default_frame_queue() -> usize {
@@ -375,6 +378,8 @@ pub struct StationConfig {
     pub pipeline_file: PathBuf,
     pub frame_queue: NonZeroUsize,
     pub simulator: Option<SimulatorSection>,
+    /// See [`CameraSection::stall_timeout_ms`].
+    pub camera_stall_timeout: Option<Duration>,
     pub calibration_file: PathBuf,
     pub model_dir: PathBuf,
     pub threshold_override: Option<f32>,
@@ -505,6 +510,7 @@ impl StationConfig {
             // Checked non-zero above.
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
+            camera_stall_timeout: file.camera.stall_timeout_ms.map(Duration::from_millis),
             calibration_file: resolve(&file.calibration.file),
             model_dir,
             threshold_override: file.model.threshold,
@@ -663,6 +669,12 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     }
     if file.camera.frame_queue == 0 {
         problem("camera.frame_queue", "expected at least 1".into());
+    }
+    if file.camera.stall_timeout_ms == Some(0) {
+        problem(
+            "camera.stall_timeout_ms",
+            "expected a positive time (leave it out to count errors only)".into(),
+        );
     }
     for (field, p) in [
         ("camera.pipeline", &file.camera.pipeline),

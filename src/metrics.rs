@@ -42,6 +42,8 @@ pub struct Metrics {
     pub heartbeat_failures: Counter,
     /// 1 while the PLC's own heartbeat has stopped moving (the PLC is lost), else 0.
     pub plc_heartbeat_lost: Gauge,
+    /// Times capture lost its camera and started trying to get it back.
+    pub camera_restarts: Counter,
     /// Server mode: PLC triggers not taken (station not ready) or never answered by a frame.
     pub triggers_missed: Counter,
     /// Server mode: frames that arrived with no PLC trigger waiting for one (discarded).
@@ -116,6 +118,7 @@ impl Metrics {
             plc_link_errors: Counter::default(),
             heartbeat_failures: Counter::default(),
             plc_heartbeat_lost: Gauge::default(),
+            camera_restarts: Counter::default(),
             triggers_missed: Counter::default(),
             frames_untriggered: Counter::default(),
             results_overruns: Counter::default(),
@@ -225,6 +228,11 @@ impl Metrics {
             "frames_captured",
             "Frames handed over by the camera pipeline",
             self.frames_captured.clone(),
+        );
+        registry.register(
+            "camera_restarts",
+            "Times the camera was lost and capture started trying to get it back",
+            self.camera_restarts.clone(),
         );
         registry.register(
             "triggers_missed",

@@ -41,7 +41,8 @@ use crate::analyse::rootcause::station::run_root_cause;
 use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{
-    CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, read_pipeline, run_capture,
+    CameraStatus, CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, capture_until_done,
+    read_pipeline,
 };
 use crate::config::{LineTiming, PlcKind, StationConfig};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
@@ -578,13 +579,15 @@ impl Station {
             },
             sensors_stop.clone(),
         );
+        // Whether the camera is there: capture sets it, the monitor's health reads it.
+        let camera = Arc::new(CameraStatus::default());
         let monitor = tokio::spawn(
             Monitor {
                 alarms: api.alarms.clone(),
                 sensors,
                 production: api.production.clone(),
                 store: store.clone(),
-                health: station_health(&api, &metrics),
+                health: station_health(&api, &metrics, camera.clone()),
                 as_of_delay: config.line.travel + std::time::Duration::from_secs(2),
                 charts: api.charts.clone(),
             }
@@ -736,8 +739,11 @@ impl Station {
             metrics: metrics.clone(),
             stop: shutdown.clone(),
             external_triggers,
+            stall_timeout: config.camera_stall_timeout,
         };
-        let capture = tokio::task::spawn_blocking(move || run_capture(capture_ctx));
+        let capture_status = camera.clone();
+        let capture =
+            tokio::task::spawn_blocking(move || capture_until_done(capture_ctx, &capture_status));
         tracing::info!(first_part_id, "line running");
 
         let tracked = run_tracker(TrackContext {
@@ -970,6 +976,7 @@ async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
 fn station_health(
     api: &ApiState,
     metrics: &Metrics,
+    camera: Arc<CameraStatus>,
 ) -> Arc<dyn Fn() -> StationHealth + Send + Sync> {
     let state = api.state.clone();
     let metrics = metrics.clone();
@@ -1000,14 +1007,21 @@ fn station_health(
             failing.push("PLC heartbeat lost");
         }
         *last = now;
-        let fault = state
+        let stopped_on_error = state
             .read()
             .map(|s| matches!(*s, StationState::Faulted))
             .unwrap_or(false);
+        let camera_lost = camera.lost(metrics.frames_captured.get());
+        let fault = stopped_on_error || camera_lost.is_some();
         StationHealth {
             fault,
             degraded: !failing.is_empty(),
-            message: if fault {
+            message: if let Some(reason) = camera_lost {
+                format!(
+                    "camera lost ({reason}); retrying: the parts going by meanwhile are not \
+                     inspected and the PLC diverts them"
+                )
+            } else if fault {
                 "the station stopped on an error: every part goes to reject".into()
             } else if failing.is_empty() {
                 "running normally".into()

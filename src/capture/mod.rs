@@ -98,6 +98,24 @@ pub enum CaptureError {
         message: String,
         debug: Option<String>,
     },
+    #[error("the camera delivered no frame for {after:?}")]
+    Stalled { after: Duration },
+    #[error("the live camera ended its stream by itself")]
+    Ended,
+}
+
+impl CaptureError {
+    /// Whether the camera itself went away (unreachable, an error while streaming, silent)
+    /// rather than the pipeline being wrong: worth trying again.
+    pub fn is_camera_lost(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::Stream { .. }
+                | CaptureError::StateChange(_)
+                | CaptureError::Stalled { .. }
+                | CaptureError::Ended
+        )
+    }
 }
 
 /// What a finished capture run did.
@@ -123,6 +141,80 @@ pub struct CaptureContext {
     pub stop: CancellationToken,
     /// Set in server mode: frames are taken only when the PLC triggers.
     pub external_triggers: Option<ExternalTriggers>,
+    /// A live camera that delivers no frame for this long is lost ([`CaptureError::Stalled`]):
+    /// some sources (a network camera whose sender went quiet) never post an error.
+    pub stall_timeout: Option<Duration>,
+}
+
+/// Whether the camera is there, shared with the station's health: set lost by
+/// [`capture_until_done`] when the camera goes away, back once a frame arrives again.
+#[derive(Debug, Default)]
+pub struct CameraStatus {
+    /// Why the camera was lost, while it is.
+    lost: Mutex<Option<String>>,
+    /// Frames captured when it was lost: a frame past this means it is back.
+    frames_at_loss: AtomicU64,
+}
+
+impl CameraStatus {
+    fn lost_now(&self, reason: String, frames: u64) {
+        self.frames_at_loss.store(frames, Ordering::Relaxed);
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+    }
+
+    /// Why the camera is lost, or `None` when it is there; `frames` is the frames captured
+    /// so far (a new one clears the loss).
+    pub fn lost(&self, frames: u64) -> Option<String> {
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        if lost.is_some() && frames > self.frames_at_loss.load(Ordering::Relaxed) {
+            tracing::info!("the camera is back; capture resumed");
+            *lost = None;
+        }
+        lost.clone()
+    }
+}
+
+/// How long capture waits before the first try to get a lost camera back; it doubles up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// Runs [`run_capture`] until the stream ends or `stop`, bringing a lost camera back: a camera
+/// that goes away (unreachable, an error while streaming, silent past `stall_timeout`) is
+/// marked lost in `status` (the station shows FAULT with the reason; the parts that go by
+/// meanwhile are never seen, so the PLC diverts them) and tried again with back-off, forever.
+/// A wrong pipeline, or a fed one (its feeder runs once), ends capture with the error.
+/// Blocking.
+pub fn capture_until_done(
+    mut ctx: CaptureContext,
+    status: &CameraStatus,
+) -> Result<CaptureSummary, CaptureError> {
+    let first_part_id = ctx.first_part_id;
+    let mut wait = RECONNECT_FIRST;
+    loop {
+        let fed = ctx.feeder.is_some();
+        match run_capture(&mut ctx) {
+            Ok(_) => break,
+            Err(error) if error.is_camera_lost() && !fed && !ctx.stop.is_cancelled() => {
+                tracing::error!(%error, retry_in = ?wait, "camera lost; every part is rejected by policy until it is back");
+                ctx.metrics.camera_restarts.inc();
+                status.lost_now(error.to_string(), ctx.metrics.frames_captured.get());
+                let retry_at = Instant::now() + wait;
+                while Instant::now() < retry_at && !ctx.stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if ctx.stop.is_cancelled() {
+                    break;
+                }
+                wait = (wait * 2).min(RECONNECT_MAX);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(CaptureSummary {
+        frames: ctx.first_part_id - first_part_id,
+        next_part_id: ctx.first_part_id,
+    })
 }
 
 /// Reads a pipeline file, dropping `#` comment lines.
@@ -139,7 +231,11 @@ pub fn read_pipeline(path: &Path) -> Result<String, CaptureError> {
 }
 
 /// Runs the pipeline until end of stream, `max_parts`, `stop`, or an error. Blocking.
-pub fn run_capture(ctx: CaptureContext) -> Result<CaptureSummary, CaptureError> {
+///
+/// `ctx` is left ready for another run after an error (a camera that comes back): its
+/// `first_part_id` moves past the parts this run made, `max_parts` down by them, and the
+/// external triggers are handed back. A fed pipeline's feeder runs once.
+pub fn run_capture(ctx: &mut CaptureContext) -> Result<CaptureSummary, CaptureError> {
     gst::init()?;
     let pipeline = gst::parse::launch(&ctx.pipeline_description)
         .map_err(|e| CaptureError::Parse(e.to_string()))?
@@ -155,7 +251,7 @@ pub fn run_capture(ctx: CaptureContext) -> Result<CaptureSummary, CaptureError> 
 
 fn run_pipeline(
     pipeline: &gst::Pipeline,
-    ctx: CaptureContext,
+    ctx: &mut CaptureContext,
 ) -> Result<CaptureSummary, CaptureError> {
     let appsink = pipeline
         .by_name(APPSINK_NAME)
@@ -172,7 +268,7 @@ fn run_pipeline(
 
     let next_part_id = Arc::new(AtomicU64::new(ctx.first_part_id));
     let frames_seen = Arc::new(AtomicU64::new(0));
-    let (relay, software_trigger) = match ctx.external_triggers {
+    let (relay, software_trigger) = match ctx.external_triggers.take() {
         Some(external) => {
             let (relay, software_trigger) =
                 TriggerRelay::start(external, ctx.feeder.is_some(), &ctx.stop)?;
@@ -185,10 +281,10 @@ fn run_pipeline(
         next_part_id: next_part_id.clone(),
         frames_seen: frames_seen.clone(),
         max_parts: ctx.max_parts,
-        triggers: ctx.triggers,
-        frames: ctx.frames,
-        clock: ctx.clock,
-        metrics: ctx.metrics,
+        triggers: ctx.triggers.clone(),
+        frames: ctx.frames.clone(),
+        clock: ctx.clock.clone(),
+        metrics: ctx.metrics.clone(),
     };
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -196,7 +292,7 @@ fn run_pipeline(
             .build(),
     );
 
-    let camera = match ctx.feeder {
+    let camera = match ctx.feeder.take() {
         Some(feeder) => {
             let appsrc = pipeline
                 .by_name(APPSRC_NAME)
@@ -230,7 +326,7 @@ fn run_pipeline(
             camera.stop();
         }
         if let Some(relay) = relay {
-            relay.stop();
+            ctx.external_triggers = Some(relay.stop());
         }
         return Err(match reason.as_ref().map(|m| m.view()) {
             Some(gst::MessageView::Error(err)) => stream_error(err),
@@ -238,7 +334,33 @@ fn run_pipeline(
         });
     }
     let mut eos_sent_at: Option<std::time::Instant> = None;
+    // The stall watchdog: when frames were last seen coming (a fed pipeline has none).
+    let (mut frames_before, mut frame_seen_at) = (0, Instant::now());
+    let stall_timeout = ctx.stall_timeout.filter(|_| camera.is_none());
+    // Whether the source is live (a camera, not a file): asked once frames flow. A live
+    // source that ends by itself has gone away.
+    let mut live = None;
     let outcome = loop {
+        let frames_now = frames_seen.load(Ordering::Relaxed) + ctx.metrics.frames_untriggered.get();
+        if frames_now != frames_before {
+            (frames_before, frame_seen_at) = (frames_now, Instant::now());
+            if live.is_none() {
+                // Asked upstream of the appsink: it does not sync, so it would answer "not
+                // live" for any source.
+                let mut query = gst::query::Latency::new();
+                if appsink
+                    .static_pad("sink")
+                    .is_some_and(|pad| pad.peer_query(&mut query))
+                {
+                    live = Some(query.result().0);
+                }
+            }
+        } else if let Some(after) = stall_timeout
+            && eos_sent_at.is_none()
+            && frame_seen_at.elapsed() > after
+        {
+            break Err(CaptureError::Stalled { after });
+        }
         if ctx.stop.is_cancelled() && eos_sent_at.is_none() && camera.is_none() {
             // A live camera never ends by itself: ask for a clean end of stream.
             pipeline.send_event(gst::event::Eos::new());
@@ -255,6 +377,11 @@ fn run_pipeline(
             continue;
         };
         match message.view() {
+            gst::MessageView::Eos(_)
+                if eos_sent_at.is_none() && camera.is_none() && live == Some(true) =>
+            {
+                break Err(CaptureError::Ended);
+            }
             gst::MessageView::Eos(_) => break Ok(()),
             gst::MessageView::Error(err) => break Err(stream_error(err)),
             _ => {}
@@ -264,11 +391,14 @@ fn run_pipeline(
         camera.stop();
     }
     if let Some(relay) = relay {
-        relay.stop();
+        ctx.external_triggers = Some(relay.stop());
     }
+    let frames = frames_seen.load(Ordering::Relaxed);
+    ctx.first_part_id = next_part_id.load(Ordering::Relaxed);
+    ctx.max_parts = ctx.max_parts.map(|max| max.saturating_sub(frames));
     outcome.map(|()| CaptureSummary {
-        frames: frames_seen.load(Ordering::Relaxed),
-        next_part_id: next_part_id.load(Ordering::Relaxed),
+        frames,
+        next_part_id: ctx.first_part_id,
     })
 }
 
@@ -335,7 +465,7 @@ impl WaitingTriggers {
 struct TriggerRelay {
     waiting: Arc<WaitingTriggers>,
     stop: CancellationToken,
-    thread: std::thread::JoinHandle<()>,
+    thread: std::thread::JoinHandle<Receiver<ExternalTrigger>>,
 }
 
 impl TriggerRelay {
@@ -377,15 +507,22 @@ impl TriggerRelay {
         self.waiting.clone()
     }
 
-    /// Stops relaying; triggers still waiting will have no frame and are missed.
-    fn stop(self) {
+    /// Stops relaying; triggers still waiting will have no frame and are missed. Hands the
+    /// triggers back for the next run.
+    fn stop(self) -> ExternalTriggers {
         self.stop.cancel();
-        if self.thread.join().is_err() {
-            tracing::error!("the trigger relay panicked");
-        }
+        let triggers = self.thread.join().unwrap_or_else(|_| {
+            tracing::error!("the trigger relay panicked; PLC triggers are no longer taken");
+            std::sync::mpsc::channel().1
+        });
         let left: Vec<_> = self.waiting.queue().drain(..).collect();
         for trigger in left {
             self.waiting.sink.missed(trigger);
+        }
+        ExternalTriggers {
+            triggers,
+            sink: self.waiting.sink.clone(),
+            stale_after: self.waiting.stale_after,
         }
     }
 }
@@ -395,7 +532,7 @@ fn relay(
     waiting: &WaitingTriggers,
     software_trigger: Option<Sender<()>>,
     stop: &CancellationToken,
-) {
+) -> Receiver<ExternalTrigger> {
     while !stop.is_cancelled() {
         match triggers.recv_timeout(Duration::from_millis(50)) {
             Ok(trigger) => {
@@ -411,6 +548,7 @@ fn relay(
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
+    triggers
 }
 
 fn stream_error(err: &gst::message::Error) -> CaptureError {
@@ -563,7 +701,7 @@ mod tests {
         let (trigger_tx, mut trigger_rx) = mpsc::channel(1024);
         let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(frame_queue);
         let metrics = Metrics::new();
-        let result = run_capture(CaptureContext {
+        let result = run_capture(&mut CaptureContext {
             pipeline_description: description.into(),
             feeder: None,
             first_part_id: 100,
@@ -574,6 +712,7 @@ mod tests {
             metrics: metrics.clone(),
             stop: CancellationToken::new(),
             external_triggers: None,
+            stall_timeout: None,
         });
         let mut triggers = Vec::new();
         while let Ok(t) = trigger_rx.try_recv() {
@@ -647,7 +786,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let result = run_capture(CaptureContext {
+        let result = run_capture(&mut CaptureContext {
             pipeline_description: description.into(),
             feeder: Some(Box::new(TriggeredFeeder)),
             first_part_id: 100,
@@ -663,6 +802,7 @@ mod tests {
                 sink: sink.clone(),
                 stale_after: Duration::from_secs(5),
             }),
+            stall_timeout: None,
         });
         let summary = result.expect("capture runs to end of stream");
         assert_eq!(summary.frames, 3);

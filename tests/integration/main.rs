@@ -10,6 +10,8 @@ mod actions;
 mod anomaly;
 mod b2mml;
 mod backbone;
+mod calibration;
+mod camera;
 mod cli;
 mod crash;
 mod failsafe;
