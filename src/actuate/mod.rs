@@ -628,21 +628,33 @@ impl PlcHeartbeat {
     }
 }
 
-/// What the alarm says when the PLC is lost (`lost`) or back.
-fn plc_lost_message(watch: &PlcWatch, lost: bool) -> String {
-    if lost {
-        format!(
-            "the PLC's heartbeat has not moved for {:?}: every part is sent as reject by \
-             policy{}",
-            watch.timeout,
-            if watch.policy == PlcLostPolicy::StopLine {
-                "; the line is halted"
-            } else {
-                ""
-            }
-        )
-    } else {
-        "the PLC's heartbeat moves again".to_owned()
+impl PlcWatch {
+    /// The PLC was just lost (`lost`) or is back: the flag the gate reads, the metric, the log
+    /// and the alarm. What the policy does at the PLC is the caller's (client and server mode
+    /// signal it differently).
+    fn changed(&self, lost: bool, metrics: &Metrics, plc: &str) {
+        self.lost.store(lost, Ordering::Relaxed);
+        metrics.plc_heartbeat_lost.set(i64::from(lost));
+        let why = if lost {
+            format!(
+                "the PLC's heartbeat has not moved for {:?}: every part is sent as reject by \
+                 policy{}",
+                self.timeout,
+                if self.policy == PlcLostPolicy::StopLine {
+                    "; the line is halted"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            "the PLC's heartbeat moves again".to_owned()
+        };
+        if lost {
+            tracing::error!(%plc, "{why}");
+        } else {
+            tracing::info!(%plc, "{why}");
+        }
+        (self.report)(lost, why);
     }
 }
 
@@ -691,15 +703,7 @@ pub async fn run_heartbeat(
         };
         let (lost, changed) = plc.observe(reading, watch.timeout);
         if changed {
-            watch.lost.store(lost, Ordering::Relaxed);
-            metrics.plc_heartbeat_lost.set(i64::from(lost));
-            let why = plc_lost_message(&watch, lost);
-            if lost {
-                tracing::error!(plc = %link.plc(), "{why}");
-            } else {
-                tracing::info!(plc = %link.plc(), "{why}");
-            }
-            (watch.report)(lost, why);
+            watch.changed(lost, &metrics, &link.plc().to_string());
             if lost && watch.policy == PlcLostPolicy::StopLine {
                 // The PLC program latches the halt on the coil's rising edge (rule R8), so it
                 // holds until an operator resets it at the line, whatever the coil does next.

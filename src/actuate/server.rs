@@ -618,20 +618,12 @@ pub async fn run_server(run: ServerRun) {
         };
         let (lost, changed) = plc.observe(Some(reading), watch.timeout);
         if changed {
-            watch.lost.store(lost, Ordering::Relaxed);
-            metrics.plc_heartbeat_lost.set(i64::from(lost));
             {
                 let mut image = server.image();
                 image.set_degraded(lost);
                 image.set_stop_line(lost && watch.policy == crate::config::PlcLostPolicy::StopLine);
             }
-            let why = super::plc_lost_message(&watch, lost);
-            if lost {
-                tracing::error!("{why}");
-            } else {
-                tracing::info!("{why}");
-            }
-            (watch.report)(lost, why);
+            watch.changed(lost, &metrics, "the PLC client (server mode)");
         }
     }
     server.image().set_running(false);
@@ -664,11 +656,7 @@ pub async fn run_results(mut ctx: ResultsContext) {
             Actuation::Failed { .. } => ctx.metrics.gate_commands_failed.inc(),
             _ => ctx.metrics.gate_commands_ok.inc(),
         };
-        last_gate = Some(
-            last_gate.map_or(outcome.gate_at, |at: crate::part::StationTime| {
-                at.max(outcome.gate_at)
-            }),
-        );
+        last_gate = last_gate.max(Some(outcome.gate_at));
         if ctx.outcomes.send(outcome).await.is_err() {
             tracing::error!("recorder stopped; results can no longer be recorded");
             break;

@@ -23,8 +23,10 @@ use crate::{CPU_HEAVY, KillOnDrop, free_port, get_json, poll_within, python, rep
 /// Where the shipped register map puts the status block, and its counters.
 const STATUS: u16 = 300;
 
-/// A station config for server mode on `port`, its data folder and a token to read records.
-fn server_station(port: u16) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+/// A station config for server mode on a free port, its data folder, a token to read records
+/// and the address the PLC connects to.
+fn server_station() -> (tempfile::TempDir, PathBuf, PathBuf, String, SocketAddr) {
+    let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     // The [plc] section's own lines, exactly: other sections have `type` keys too.
@@ -36,7 +38,17 @@ fn server_station(port: u16) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
         .create("server-mode-test", Role::MesClient, "test")
         .expect("token")
         .token;
-    (dir, data, config, token)
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    (dir, data, config, token, address)
+}
+
+/// What a failing test shows: the PLC program's stderr and the station's last log lines.
+fn evidence(plc_log: &Path, station_log: &Path) -> String {
+    format!(
+        "PLC:\n{}\nstation:\n{}",
+        stderr_of(plc_log),
+        log_tail(station_log, 30)
+    )
 }
 
 /// One run of the pymodbus PLC program.
@@ -182,10 +194,8 @@ async fn inspection_records(base: &str, token: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pymodbus_plc_runs_parts_through_the_handshake_across_a_belt_stop_and_speed_changes() {
     let _cpu = CPU_HEAVY.lock().await;
-    let port = free_port();
-    let (dir, data, config, token) = server_station(port);
+    let (dir, data, config, token, address) = server_station();
     let station = StationProcess::start(&config, &data).await;
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let parts = 60;
     let mut plc = Plc::start(
         address,
@@ -202,13 +212,7 @@ async fn a_pymodbus_plc_runs_parts_through_the_handshake_across_a_belt_stop_and_
         ],
     );
     let plc_log = plc.log.clone();
-    let why = || {
-        format!(
-            "PLC:\n{}\nstation:\n{}",
-            stderr_of(&plc_log),
-            log_tail(&station.log, 30)
-        )
-    };
+    let why = || evidence(&plc_log, &station.log);
     let (logged, summary) = plc.finished(Duration::from_secs(180), why).await;
     assert_eq!(
         logged.len(),
@@ -268,10 +272,8 @@ async fn a_pymodbus_plc_runs_parts_through_the_handshake_across_a_belt_stop_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plc_and_the_station_restarting_mid_run_divert_only_what_could_not_be_judged() {
     let _cpu = CPU_HEAVY.lock().await;
-    let port = free_port();
-    let (dir, data, config, _token) = server_station(port);
+    let (dir, data, config, _token, address) = server_station();
     let mut station = StationProcess::start(&config, &data).await;
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let args = ["--pitch-ms", "150", "--eye-to-gate-ms", "1500"];
 
     // The first PLC program is killed after a few parts, mid-handshake as likely as not.
@@ -315,13 +317,7 @@ async fn the_plc_and_the_station_restarting_mid_run_divert_only_what_could_not_b
     let killed_parts = second.parts().0.len();
     let station = StationProcess::start(&config, &data).await;
     let plc_log = second.log.clone();
-    let why = || {
-        format!(
-            "PLC:\n{}\nstation:\n{}",
-            stderr_of(&plc_log),
-            log_tail(&station.log, 30)
-        )
-    };
+    let why = || evidence(&plc_log, &station.log);
     let (logged, summary) = second.finished(Duration::from_secs(240), why).await;
     assert_eq!(logged.len(), 120, "{summary}");
     assert_every_part_obeys_the_rule(&logged);
@@ -351,10 +347,8 @@ async fn the_plc_and_the_station_restarting_mid_run_divert_only_what_could_not_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_results_buffer_overrun_rejects_the_parts_concerned_and_is_reported() {
     let _cpu = CPU_HEAVY.lock().await;
-    let port = free_port();
-    let (dir, data, config, token) = server_station(port);
+    let (dir, data, config, token, address) = server_station();
     let station = StationProcess::start(&config, &data).await;
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let parts = 50;
     let mut plc = Plc::start(
         address,
@@ -371,13 +365,7 @@ async fn a_results_buffer_overrun_rejects_the_parts_concerned_and_is_reported() 
         ],
     );
     let plc_log = plc.log.clone();
-    let why = || {
-        format!(
-            "PLC:\n{}\nstation:\n{}",
-            stderr_of(&plc_log),
-            log_tail(&station.log, 30)
-        )
-    };
+    let why = || evidence(&plc_log, &station.log);
     let (logged, summary) = plc.finished(Duration::from_secs(180), why).await;
     assert_eq!(logged.len(), parts, "{summary}");
     assert_every_part_obeys_the_rule(&logged);
