@@ -303,6 +303,49 @@ pub struct LineSection {
     /// `match_before_ms + eye_to_gate_ms`), which the station checks at start.
     #[serde(default)]
     pub actuation_lead_ms: u64,
+    /// How the station follows a part from the camera to the gate: `"time"` (at the belt's
+    /// nominal speed, `travel_ms`) or `"encoder"` (by the PLC's belt encoder, the register
+    /// map's `[encoder]`: `travel_counts` from camera to diverter; the PLC program must track
+    /// by encoder too, its map's `[plc_program] tracking`). Client mode only.
+    #[serde(default)]
+    pub tracking: crate::actuate::PlcTracking,
+    /// Encoder counts from the camera's trigger to the diverter (encoder tracking).
+    pub travel_counts: Option<u64>,
+    /// How often the station reads the encoder (encoder tracking).
+    #[serde(default = "default_encoder_poll_ms")]
+    pub encoder_poll_ms: u64,
+    /// An encoder reading older than this is not trusted: no gate command leaves on it, and a
+    /// part the belt carried past the diverter meanwhile is reported as rejected by policy.
+    #[serde(default = "default_encoder_stale_ms")]
+    pub encoder_stale_ms: u64,
+}
+
+fn default_encoder_poll_ms() -> u64 {
+    2
+}
+
+fn default_encoder_stale_ms() -> u64 {
+    50
+}
+
+/// How parts are followed from the camera to the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracking {
+    /// By time: a part reaches the gate `travel` after its trigger.
+    Time,
+    /// By the PLC's encoder count.
+    Encoder(EncoderTracking),
+}
+
+/// Encoder tracking's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderTracking {
+    /// Counts from the camera's trigger to the diverter.
+    pub travel_counts: u64,
+    /// How often the encoder is read.
+    pub poll: Duration,
+    /// A reading older than this is not trusted.
+    pub stale_after: Duration,
 }
 
 /// The line PLC that drives the reject gate.
@@ -390,6 +433,8 @@ pub struct StationConfig {
     /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
     pub admin_token: Option<String>,
     pub line: LineTiming,
+    /// How parts are followed along the belt; `line.travel` stays the nominal travel time.
+    pub tracking: Tracking,
     pub plc: PlcSettings,
     pub plant: PlantSection,
     pub records: RecordsSection,
@@ -523,6 +568,15 @@ impl StationConfig {
                 gate_window: Duration::from_millis(file.line.gate_window_ms),
                 verdict_margin: Duration::from_millis(file.line.verdict_margin_ms),
                 actuation_lead: Duration::from_millis(file.line.actuation_lead_ms),
+            },
+            tracking: match file.line.tracking {
+                crate::actuate::PlcTracking::Time => Tracking::Time,
+                // Checked present above.
+                crate::actuate::PlcTracking::Encoder => Tracking::Encoder(EncoderTracking {
+                    travel_counts: file.line.travel_counts.unwrap_or(1),
+                    poll: Duration::from_millis(file.line.encoder_poll_ms),
+                    stale_after: Duration::from_millis(file.line.encoder_stale_ms),
+                }),
             },
             plc: PlcSettings {
                 kind: file.plc.kind,
@@ -748,6 +802,34 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     }
     if line.gate_window_ms == 0 {
         problem("line.gate_window_ms", "expected a positive window".into());
+    }
+    if line.tracking == crate::actuate::PlcTracking::Encoder {
+        if line.travel_counts.is_none_or(|c| c == 0) {
+            problem(
+                "line.travel_counts",
+                "expected the encoder counts from camera to diverter for tracking = \"encoder\""
+                    .into(),
+            );
+        }
+        if file.plc.kind == PlcKind::Server {
+            problem(
+                "line.tracking",
+                "expected \"time\" in server mode: there the PLC tracks its parts itself".into(),
+            );
+        }
+        if line.encoder_poll_ms == 0 {
+            problem("line.encoder_poll_ms", "expected a positive period".into());
+        }
+        if line.encoder_stale_ms < 2 * line.encoder_poll_ms {
+            problem(
+                "line.encoder_stale_ms",
+                format!(
+                    "expected at least two polls (2 × line.encoder_poll_ms = {}), got {}",
+                    2 * line.encoder_poll_ms,
+                    line.encoder_stale_ms
+                ),
+            );
+        }
     }
     let plc = &file.plc;
     match (plc.kind, &plc.address) {

@@ -40,6 +40,13 @@ pub struct Metrics {
     pub plc_link_errors: Counter,
     /// Heartbeat writes that failed.
     pub heartbeat_failures: Counter,
+    /// Encoder tracking: encoder reads that failed.
+    pub encoder_read_failures: Counter,
+    /// Encoder tracking: times the encoder's count went back (its counter started again).
+    pub encoder_resets: Counter,
+    /// Encoder tracking: parts whose place on the belt was lost before their command could
+    /// leave (rejected by policy: the PLC diverts a part without a command).
+    pub parts_missed: Counter,
     /// 1 while the PLC's own heartbeat has stopped moving (the PLC is lost), else 0.
     pub plc_heartbeat_lost: Gauge,
     /// Times capture lost its camera and started trying to get it back.
@@ -117,6 +124,9 @@ impl Metrics {
             gate_commands_failed: Counter::default(),
             plc_link_errors: Counter::default(),
             heartbeat_failures: Counter::default(),
+            encoder_read_failures: Counter::default(),
+            encoder_resets: Counter::default(),
+            parts_missed: Counter::default(),
             plc_heartbeat_lost: Gauge::default(),
             camera_restarts: Counter::default(),
             triggers_missed: Counter::default(),
@@ -298,6 +308,21 @@ impl Metrics {
             "heartbeat_failures",
             "Heartbeat writes that failed",
             self.heartbeat_failures.clone(),
+        );
+        registry.register(
+            "encoder_read_failures",
+            "Encoder reads that failed (encoder tracking)",
+            self.encoder_read_failures.clone(),
+        );
+        registry.register(
+            "encoder_resets",
+            "Times the PLC's encoder count went back: its counter started again",
+            self.encoder_resets.clone(),
+        );
+        registry.register(
+            "parts_missed",
+            "Parts whose place on the belt was lost before their gate command could leave",
+            self.parts_missed.clone(),
         );
         registry.register(
             "plc_heartbeat_lost",

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actuate::server::{PlcServer, ResultsContext, ServerEnds, ServerRun};
 use crate::actuate::{
     DISPATCH_AHEAD, GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM, PlcWatch,
-    RegisterMap, RegisterMapError, run_gate, run_heartbeat, server,
+    RegisterMap, RegisterMapError, run_encoder, run_gate, run_heartbeat, server,
 };
 use crate::analyse::actions::webhook::Outbox;
 use crate::analyse::actions::{
@@ -44,7 +44,7 @@ use crate::capture::{
     CameraStatus, CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, capture_until_done,
     read_pipeline,
 };
-use crate::config::{LineTiming, PlcKind, StationConfig};
+use crate::config::{LineTiming, PlcKind, StationConfig, Tracking};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
 use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
 use crate::metrics::Metrics;
@@ -60,7 +60,7 @@ use crate::sense::mqtt::SubscribeSettings;
 use crate::sense::{Sensors, Sources, run_sensors};
 use crate::serve::auth::{AuthError, run_token_auditor};
 use crate::serve::{ApiState, RootCauseApi, StationInfo, StationState, Tokens};
-use crate::track::{InspectionFate, PartTracker};
+use crate::track::{Belt, EncoderTrack, InspectionFate, PartTracker};
 
 /// Why the station could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,15 @@ pub enum StationError {
          sent that early are stale at the PLC and every part would be diverted"
     )]
     LeadOutsideCommandWindow { lead_ms: u128, window_ms: u128 },
+    #[error(
+        "line.tracking is {station:?} but the PLC program tracks by {plc:?} (the register map's \
+         [plc_program] tracking): the station would send gate commands the PLC matches to the \
+         wrong parts"
+    )]
+    TrackingMismatch {
+        station: crate::actuate::PlcTracking,
+        plc: crate::actuate::PlcTracking,
+    },
     #[error(
         "the config's {0} is simulated, but nothing simulates it: start the station on a \
          simulate::SimulatedLine (as `linesight run` does)"
@@ -235,7 +244,20 @@ impl Station {
         let command_window = std::time::Duration::from_millis(
             map.plc_program.match_before_ms + map.plc_program.eye_to_gate_ms,
         );
-        if plc_address.is_some() && config.line.actuation_lead >= command_window {
+        let station_tracking = match config.tracking {
+            crate::config::Tracking::Time => crate::actuate::PlcTracking::Time,
+            crate::config::Tracking::Encoder(_) => crate::actuate::PlcTracking::Encoder,
+        };
+        if config.plc.kind != PlcKind::Server && station_tracking != map.plc_program.tracking {
+            return Err(StationError::TrackingMismatch {
+                station: station_tracking,
+                plc: map.plc_program.tracking,
+            });
+        }
+        if plc_address.is_some()
+            && station_tracking == crate::actuate::PlcTracking::Time
+            && config.line.actuation_lead >= command_window
+        {
             return Err(StationError::LeadOutsideCommandWindow {
                 lead_ms: config.line.actuation_lead.as_millis(),
                 window_ms: command_window.as_millis(),
@@ -638,68 +660,105 @@ impl Station {
         // verdict at its fire time. Server mode: the Modbus server (its heartbeat included),
         // the results task publishing each verdict when it is settled, and capture waiting
         // for the PLC's triggers.
-        let (heartbeat, gate, external_triggers, tracker_timing, publish_on_verdict) = match plc {
-            PlcSide::Client(link) => {
-                let heartbeat = tokio::spawn(run_heartbeat(
-                    link.sibling(),
-                    config.plc.heartbeat,
-                    metrics.clone(),
-                    plc_watch,
-                    heartbeat_stop.clone(),
-                ));
-                let command_window = link.command_window();
-                let gate = tokio::spawn(run_gate(GateContext {
-                    link,
-                    commands: gate_rx,
-                    outcomes: outcome_tx.clone(),
-                    clock: clock.clone(),
-                    metrics: metrics.clone(),
-                    plc_lost,
-                    command_window,
-                    lead: config.line.actuation_lead,
-                }));
-                // Parts go to the gate task a little before their fire time; it sends each
-                // at the exact time.
-                let timing = LineTiming {
-                    actuation_lead: config.line.actuation_lead + DISPATCH_AHEAD,
-                    ..config.line
-                };
-                (heartbeat, gate, None, timing, false)
-            }
-            PlcSide::Server { server, ends } => {
-                let heartbeat = tokio::spawn(server::run_server(ServerRun {
-                    server: server.clone(),
-                    listener: ends.listener,
-                    heartbeat: config.plc.heartbeat,
-                    watch: plc_watch,
-                    metrics: metrics.clone(),
-                    stop: heartbeat_stop.clone(),
-                }));
-                let gate = tokio::spawn(server::run_results(ResultsContext {
-                    server: server.clone(),
-                    commands: gate_rx,
-                    outcomes: outcome_tx.clone(),
-                    clock: clock.clone(),
-                    metrics: metrics.clone(),
-                    plc_lost,
-                }));
-                let external = ExternalTriggers {
-                    triggers: ends.triggers,
-                    sink: Arc::new(server),
-                    // A frame later than the verdict deadline could not make the gate.
-                    stale_after: config
-                        .line
-                        .travel
-                        .saturating_sub(config.line.verdict_margin),
-                };
-                // A part without a verdict by its deadline is published as rejected then.
-                let timing = LineTiming {
-                    actuation_lead: config.line.verdict_margin,
-                    ..config.line
-                };
-                (heartbeat, gate, Some(external), timing, true)
-            }
-        };
+        let mut encoder_task = None;
+        let (heartbeat, gate, external_triggers, tracker_timing, publish_on_verdict, belt) =
+            match plc {
+                PlcSide::Client(link) => {
+                    // Encoder tracking: the encoder is read on a connection of its own, from now
+                    // until the heartbeat stops (after the last part has reached the diverter).
+                    let belt = match config.tracking {
+                        Tracking::Time => Belt::Clock,
+                        Tracking::Encoder(encoder) => {
+                            let track = EncoderTrack::shared(encoder.stale_after);
+                            let mut encoder_link = link.sibling();
+                            encoder_link.cap_reconnect_wait(PART_LINK_RECONNECT_MAX);
+                            encoder_task = Some(tokio::spawn(run_encoder(
+                                encoder_link,
+                                encoder.poll,
+                                track.clone(),
+                                clock.clone(),
+                                metrics.clone(),
+                                heartbeat_stop.clone(),
+                            )));
+                            Belt::Encoder {
+                                track,
+                                travel_counts: i64::try_from(encoder.travel_counts)
+                                    .unwrap_or(i64::MAX),
+                                poll: encoder.poll,
+                            }
+                        }
+                    };
+                    // The PLC trusts no command before the station's next beat: that link waits
+                    // on parts too.
+                    let mut heartbeat_link = link.sibling();
+                    heartbeat_link.cap_reconnect_wait(PART_LINK_RECONNECT_MAX);
+                    let heartbeat = tokio::spawn(run_heartbeat(
+                        heartbeat_link,
+                        config.plc.heartbeat,
+                        metrics.clone(),
+                        plc_watch,
+                        heartbeat_stop.clone(),
+                    ));
+                    // Under encoder tracking the PLC's window is in counts, which the tracker's fire
+                    // point already respects: only the late edge (the predicted arrival) binds.
+                    let command_window = match belt {
+                        Belt::Clock => link.command_window(),
+                        Belt::Encoder { .. } => config.line.travel,
+                    };
+                    let mut link = link;
+                    link.cap_reconnect_wait(PART_LINK_RECONNECT_MAX);
+                    let gate = tokio::spawn(run_gate(GateContext {
+                        link,
+                        commands: gate_rx,
+                        outcomes: outcome_tx.clone(),
+                        clock: clock.clone(),
+                        metrics: metrics.clone(),
+                        plc_lost,
+                        command_window,
+                        lead: config.line.actuation_lead,
+                    }));
+                    // Parts go to the gate task a little before their fire time; it sends each
+                    // at the exact time.
+                    let timing = LineTiming {
+                        actuation_lead: config.line.actuation_lead + DISPATCH_AHEAD,
+                        ..config.line
+                    };
+                    (heartbeat, gate, None, timing, false, belt)
+                }
+                PlcSide::Server { server, ends } => {
+                    let heartbeat = tokio::spawn(server::run_server(ServerRun {
+                        server: server.clone(),
+                        listener: ends.listener,
+                        heartbeat: config.plc.heartbeat,
+                        watch: plc_watch,
+                        metrics: metrics.clone(),
+                        stop: heartbeat_stop.clone(),
+                    }));
+                    let gate = tokio::spawn(server::run_results(ResultsContext {
+                        server: server.clone(),
+                        commands: gate_rx,
+                        outcomes: outcome_tx.clone(),
+                        clock: clock.clone(),
+                        metrics: metrics.clone(),
+                        plc_lost,
+                    }));
+                    let external = ExternalTriggers {
+                        triggers: ends.triggers,
+                        sink: Arc::new(server),
+                        // A frame later than the verdict deadline could not make the gate.
+                        stale_after: config
+                            .line
+                            .travel
+                            .saturating_sub(config.line.verdict_margin),
+                    };
+                    // A part without a verdict by its deadline is published as rejected then.
+                    let timing = LineTiming {
+                        actuation_lead: config.line.verdict_margin,
+                        ..config.line
+                    };
+                    (heartbeat, gate, Some(external), timing, true, Belt::Clock)
+                }
+            };
         let inspector = Inspector {
             undistorter: Undistorter::new(&calibration)?,
             models: models.clone(),
@@ -747,7 +806,8 @@ impl Station {
         tracing::info!(first_part_id, "line running");
 
         let tracked = run_tracker(TrackContext {
-            tracker: PartTracker::new(tracker_timing),
+            tracker: PartTracker::on_belt(tracker_timing, belt),
+            travel: config.line.travel,
             publish_on_verdict,
             triggers: trigger_rx,
             inspections: inspection_rx,
@@ -769,6 +829,9 @@ impl Station {
         let gate_result = gate.await;
         heartbeat_stop.cancel();
         let heartbeat_result = heartbeat.await;
+        if let Some(task) = encoder_task {
+            let _ = task.await;
+        }
         let recorder_result = recorder.await;
         // Both stop between steps, never half-way through one.
         archiver_stop.cancel();
@@ -862,8 +925,16 @@ impl Station {
     }
 }
 
+/// The longest wait between connection attempts on the links parts wait on (gate commands,
+/// the heartbeat the PLC must see before it trusts them, the encoder): a PLC that comes back
+/// is found within this.
+const PART_LINK_RECONNECT_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+
 struct TrackContext {
     tracker: PartTracker,
+    /// The nominal travel: once capture and inspection have closed, parts still in flight
+    /// after twice this (a belt that stands, an encoder that cannot be read) are given up.
+    travel: std::time::Duration,
     /// Server mode: a part is settled as soon as its verdict is in (the PLC times the gate),
     /// not at its fire time.
     publish_on_verdict: bool,
@@ -881,10 +952,24 @@ struct TrackContext {
 async fn run_tracker(mut ctx: TrackContext) -> u64 {
     let (mut triggers_open, mut inspections_open) = (true, true);
     let mut dispatched = 0;
+    let mut closed_at = None;
     loop {
-        let next_due = ctx.tracker.next_due_at();
-        if !triggers_open && !inspections_open && next_due.is_none() {
-            return dispatched;
+        let now = ctx.clock.now();
+        let mut next_due = ctx.tracker.next_due_at(now);
+        if !triggers_open && !inspections_open {
+            if next_due.is_none() {
+                return dispatched;
+            }
+            let give_up_at = *closed_at.get_or_insert(now.after(2 * ctx.travel));
+            if now >= give_up_at {
+                let why = "the line stopped before the part reached the diverter";
+                for due in ctx.tracker.give_up(now, why) {
+                    dispatched += 1;
+                    dispatch(&mut ctx, due).await;
+                }
+                continue;
+            }
+            next_due = next_due.map(|at| at.min(give_up_at));
         }
         let wake_at = next_due.map(|at| ctx.clock.instant(at));
         let wake = async move {
@@ -939,7 +1024,8 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
 /// Hands a settled part to the gate task (client mode) or the results task (server mode).
 async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
     let now = ctx.clock.now();
-    let outcome = PartOutcome {
+    let missed = due.missed.clone();
+    let mut outcome = PartOutcome {
         part_id: due.part_id,
         captured_at: due.captured_at,
         gate_at: due.gate_at,
@@ -949,6 +1035,21 @@ async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
         inspection_late: due.inspection_late,
         actuation: Actuation::NotRequired,
     };
+    // Encoder tracking lost the part's place: no command can be timed for it, and the PLC
+    // diverts a part without one.
+    if let Some(why) = missed {
+        ctx.metrics.parts_missed.inc();
+        ctx.metrics.gate_commands_failed.inc();
+        tracing::warn!(part_id = %outcome.part_id, why, "no gate command for the part; the PLC diverts it");
+        outcome.actuation = Actuation::Failed {
+            at: now,
+            error: why,
+        };
+        if ctx.outcomes.send(outcome).await.is_err() {
+            tracing::error!("recorder stopped; part not recorded");
+        }
+        return;
+    }
     // Every part gets a command, a PASS too: the PLC diverts a part without one.
     // The tracker never waits on the PLC: when the gate is this far behind, the
     // command could not make its window anyway, so it is recorded as failed.

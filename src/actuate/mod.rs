@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::halt_line::{Burst, BurstDetector, BurstRule, HaltLineSection};
 pub use self::register_map::{
     GATE_COMMAND_LEN, GateCommandWords, GateVerdict, HaltLineCoil, PLC_STATUS_LEN,
-    PlcProgramSettings, RegisterMap, RegisterMapError, SERVER_CONTROL_LEN, SERVER_RESULT_LEN,
-    SERVER_STATUS_HEADER_LEN, ServerBlocks, WordOrder,
+    PlcProgramSettings, PlcTracking, RegisterMap, RegisterMapError, SERVER_CONTROL_LEN,
+    SERVER_RESULT_LEN, SERVER_STATUS_HEADER_LEN, ServerBlocks, WordOrder,
 };
 use crate::config::PlcLostPolicy;
 use crate::metrics::Metrics;
@@ -133,6 +133,8 @@ struct Backoff {
     base: Duration,
     /// No attempt before this.
     not_before: Option<tokio::time::Instant>,
+    /// The longest base delay.
+    max: Duration,
 }
 
 /// The first and the longest wait between connection attempts.
@@ -144,6 +146,7 @@ impl Backoff {
         Backoff {
             base: BACKOFF_MIN,
             not_before: None,
+            max: BACKOFF_MAX,
         }
     }
 
@@ -153,11 +156,14 @@ impl Backoff {
         use rand::Rng;
         let jitter = rand::thread_rng().gen_range(0.75..1.25);
         self.not_before = Some(tokio::time::Instant::now() + self.base.mul_f64(jitter));
-        self.base = (self.base * 2).min(BACKOFF_MAX);
+        self.base = (self.base * 2).min(self.max);
     }
 
     fn connected(&mut self) {
-        *self = Backoff::new();
+        *self = Backoff {
+            max: self.max,
+            ..Backoff::new()
+        };
     }
 
     /// How long until the next attempt may be made, if it must wait.
@@ -182,6 +188,13 @@ impl GateLink {
             gate_sequence: 0,
             heartbeat: 0,
         }
+    }
+
+    /// Caps the wait between connection attempts at `max` (at least the first wait, 100 ms):
+    /// for the links parts wait on (gate commands, the encoder), where every second spent
+    /// waiting after the PLC is back costs the parts that go by meanwhile.
+    pub fn cap_reconnect_wait(&mut self, max: Duration) {
+        self.reconnect.max = max.max(BACKOFF_MIN);
     }
 
     /// The PLC this link talks to.
@@ -242,6 +255,27 @@ impl GateLink {
             .await
     }
 
+    /// Writes the next heartbeat value and, with it, `station_state = 1`: a PLC that restarted
+    /// (its registers back to 0) learns again that the station runs, with its next beat. One
+    /// FC16 when the two registers are neighbours, as in the shipped map.
+    pub async fn beat_running(&mut self) -> Result<(), GateError> {
+        let (heartbeat, state) = (self.map.heartbeat.address, self.map.station_state.address);
+        if heartbeat.checked_add(1) != Some(state) {
+            self.beat().await?;
+            return self.set_running(true).await;
+        }
+        self.heartbeat = self.heartbeat.wrapping_add(1);
+        let what = "write heartbeat and station state";
+        let request = Request::WriteMultipleRegisters(heartbeat, vec![self.heartbeat, 1].into());
+        match self
+            .call(what, heartbeat, request, self.request_timeout)
+            .await?
+        {
+            Response::WriteMultipleRegisters(a, 2) if a == heartbeat => Ok(()),
+            reply => Err(self.unexpected(what, heartbeat, reply)),
+        }
+    }
+
     /// Writes the next heartbeat value.
     pub async fn beat(&mut self) -> Result<(), GateError> {
         self.heartbeat = self.heartbeat.wrapping_add(1);
@@ -295,6 +329,30 @@ impl GateLink {
                 Ok(())
             }
             reply => Err(self.unexpected("write gate command", address, reply)),
+        }
+    }
+
+    /// Reads the belt encoder's count (the register map's `[encoder]`).
+    pub async fn read_encoder(&mut self) -> Result<u32, GateError> {
+        let what = "read encoder";
+        let Some(encoder) = self.map.encoder else {
+            // The map is checked at load: encoder tracking has the register.
+            return Err(self.unexpected(what, 0, Response::ReadHoldingRegisters(Vec::new())));
+        };
+        let address = encoder.address;
+        match self
+            .call(
+                what,
+                address,
+                Request::ReadHoldingRegisters(address, 2),
+                self.request_timeout,
+            )
+            .await?
+        {
+            Response::ReadHoldingRegisters(words) if words.len() == 2 => {
+                Ok(self.map.words.order.join([words[0], words[1]]))
+            }
+            reply => Err(self.unexpected(what, address, reply)),
         }
     }
 
@@ -679,7 +737,7 @@ pub async fn run_heartbeat(
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        match link.beat().await {
+        match link.beat_running().await {
             Ok(()) if !beating => {
                 tracing::info!(plc = %link.plc(), "heartbeat restored");
                 beating = true;
@@ -717,5 +775,56 @@ pub async fn run_heartbeat(
     }
     if let Err(error) = link.set_running(false).await {
         tracing::warn!(%error, "could not write the stopped state; the PLC watchdog will trip instead");
+    }
+}
+
+/// Encoder tracking: reads the PLC's encoder count every `period` on its own connection, so
+/// the readings are neither delayed by gate commands nor delay them, and records each with
+/// the middle of its request's round trip as its time. A failed read records nothing: the
+/// readings go stale, and the tracker fires no command on a stale one. Runs until `stop`.
+pub async fn run_encoder(
+    mut link: GateLink,
+    period: Duration,
+    track: crate::track::SharedEncoder,
+    clock: Arc<StationClock>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let sent = clock.now();
+        match link.read_encoder().await {
+            Ok(count) => {
+                let received = clock.now();
+                let at = sent.after((received.0 - sent.0) / 2);
+                if crate::track::belt::lock(&track).record(at, count) {
+                    metrics.encoder_resets.inc();
+                    tracing::warn!(
+                        count,
+                        "the PLC's encoder count went back: it started again (a PLC restart?); the parts in flight lose their places and are rejected by policy"
+                    );
+                }
+                if !reading {
+                    tracing::info!(plc = %link.plc(), "encoder readings restored");
+                    reading = true;
+                }
+            }
+            Err(error) => {
+                metrics.encoder_read_failures.inc();
+                if error.is_link_error() {
+                    metrics.plc_link_errors.inc();
+                }
+                if reading {
+                    tracing::error!(%error, "cannot read the encoder; no gate command leaves until it is read again");
+                    reading = false;
+                }
+            }
+        }
     }
 }

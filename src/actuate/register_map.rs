@@ -107,8 +107,29 @@ pub struct PlcProgramSettings {
     pub pulse_ms: u64,
     pub match_before_ms: u64,
     pub eye_to_gate_ms: u64,
+    /// How the program follows a part from its gate eye to the diverter.
+    #[serde(default)]
+    pub tracking: PlcTracking,
+    /// `match_before_ms` in encoder counts (encoder tracking).
+    #[serde(default)]
+    pub match_before_counts: u64,
+    /// `eye_to_gate_ms` in encoder counts (encoder tracking).
+    #[serde(default)]
+    pub eye_to_gate_counts: u64,
     pub fifo_depth: usize,
     pub plc_heartbeat_ms: u64,
+}
+
+/// How the PLC program (and the station with it) follows a part along the belt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlcTracking {
+    /// By time at the belt's nominal speed.
+    #[default]
+    Time,
+    /// By the counts of the belt's encoder: stops and speed changes move the windows with
+    /// the parts.
+    Encoder,
 }
 
 /// Where the station's registers sit in the PLC.
@@ -123,6 +144,10 @@ pub struct RegisterMap {
     pub gate_command: Register,
     /// First of [`PLC_STATUS_LEN`] registers the PLC writes.
     pub plc_status: Register,
+    /// The belt encoder's count (a u32 the PLC writes); absent in maps of PLC programs that
+    /// have no encoder.
+    #[serde(default)]
+    pub encoder: Option<Register>,
     /// The latched halt-line coil; absent in maps of PLC programs that have none.
     #[serde(default)]
     pub halt_line: Option<HaltLineCoil>,
@@ -224,13 +249,17 @@ impl RegisterMap {
 
     /// The holding registers the station writes or the PLC program owns, as (name, first,
     /// count): nothing else may use them.
-    pub fn station_registers(&self) -> [(&'static str, u16, u16); 4] {
-        [
+    pub fn station_registers(&self) -> Vec<(&'static str, u16, u16)> {
+        let mut registers = vec![
             ("heartbeat", self.heartbeat.address, 1),
             ("station_state", self.station_state.address, 1),
             ("gate_command", self.gate_command.address, GATE_COMMAND_LEN),
             ("plc_status", self.plc_status.address, PLC_STATUS_LEN),
-        ]
+        ];
+        if let Some(encoder) = self.encoder {
+            registers.push(("encoder", encoder.address, 2));
+        }
+        registers
     }
 
     /// Decodes a gate command's words.
@@ -263,7 +292,7 @@ impl RegisterMap {
 
     fn check(&self) -> Result<(), String> {
         let blocks = self.station_registers();
-        for (name, first, count) in blocks {
+        for &(name, first, count) in &blocks {
             if u32::from(first) + u32::from(count) > 0x1_0000 {
                 return Err(format!("{name} at {first} runs past 65535"));
             }
@@ -289,6 +318,18 @@ impl RegisterMap {
         }
         if program.fifo_depth == 0 {
             return Err("plc_program: fifo_depth must be positive".into());
+        }
+        if program.tracking == PlcTracking::Encoder {
+            if self.encoder.is_none() {
+                return Err(
+                    "plc_program: tracking = \"encoder\" needs the [encoder] register".into(),
+                );
+            }
+            if program.eye_to_gate_counts == 0 {
+                return Err("plc_program: tracking = \"encoder\" needs a positive \
+                     eye_to_gate_counts"
+                    .into());
+            }
         }
         // Server mode has an address space of its own (the station's), so its blocks are
         // checked against each other only.

@@ -42,7 +42,8 @@ pub struct InspectionRecord {
     pub score: Option<f32>,
     pub threshold: Option<f32>,
     pub disposition: Disposition,
-    /// Rejected because no verdict arrived by the deadline.
+    /// Rejected by policy, not by its verdict: no verdict arrived by the deadline, or its PASS
+    /// could not reach the PLC in its window (the PLC diverts a part without one).
     pub rejected_by_policy: bool,
     pub inspection_late: bool,
     pub actuation: ActuationStatus,
@@ -349,7 +350,8 @@ pub fn build_record(
         score: inspection.and_then(|i| i.score),
         threshold: inspection.map(|i| i.threshold),
         disposition: outcome.disposition,
-        rejected_by_policy: outcome.disposition == Disposition::RejectNoVerdict,
+        rejected_by_policy: outcome.disposition == Disposition::RejectNoVerdict
+            || (outcome.disposition == Disposition::Pass && actuation == ActuationStatus::Failed),
         inspection_late: outcome.inspection_late,
         actuation,
         actuation_error,

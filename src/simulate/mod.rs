@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::actuate::{RegisterMap, RegisterMapError};
-use crate::config::{PlcKind, StationConfig};
+use crate::config::{PlcKind, StationConfig, Tracking};
 use crate::simulate::process::{RegisterKind, SENSOR_TICK};
 use crate::station::Attachments;
 
@@ -94,11 +94,24 @@ impl SimulatedLine {
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
                     .map_err(plc_error)?;
-                let camera_to_eye = config
-                    .line
-                    .travel
-                    .saturating_sub(Duration::from_millis(map.plc_program.eye_to_gate_ms));
+                let travel = config.line.travel;
+                let (eye_to_gate, encoder_rate) = match config.tracking {
+                    Tracking::Time => (Duration::from_millis(map.plc_program.eye_to_gate_ms), 0),
+                    // The belt runs `travel_counts` in `travel`; the gate eye sits
+                    // eye_to_gate_counts before the diverter.
+                    Tracking::Encoder(encoder) => {
+                        let rate = encoder.travel_counts as f64 / travel.as_secs_f64();
+                        (
+                            Duration::from_secs_f64(
+                                map.plc_program.eye_to_gate_counts as f64 / rate,
+                            ),
+                            rate.round() as u64,
+                        )
+                    }
+                };
+                let camera_to_eye = travel.saturating_sub(eye_to_gate);
                 let plc = PlcSimulator::serve(listener, map).map_err(plc_error)?;
+                plc.0.set_encoder_rate(encoder_rate);
                 Some((plc, camera_to_eye))
             }
             PlcKind::Tcp => None,
@@ -180,9 +193,11 @@ impl Drop for SimulatedLine {
 /// Sensor values go in holding registers the station itself writes only if the two maps clash:
 /// refuse that rather than serve values the station overwrites.
 fn check_sensor_registers(map: &RegisterMap, process: &LineProcess) -> Result<(), SimulateError> {
-    let station = map
+    let station: Vec<(u16, u16)> = map
         .station_registers()
-        .map(|(_, address, len)| (address, len));
+        .into_iter()
+        .map(|(_, address, len)| (address, len))
+        .collect();
     for write in process.registers(std::time::Duration::ZERO) {
         if write.kind != RegisterKind::Holding {
             continue;

@@ -93,6 +93,8 @@ struct PlcState {
     /// When parts reach the gate eye, in order.
     eye: Mutex<VecDeque<Instant>>,
     operator_reset: AtomicBool,
+    /// The belt's encoder: counts per second of a belt that runs from the PLC's start.
+    encoder_rate: AtomicU64,
     /// Cleared to play a PLC switched to STOP: Modbus still answers, the program does not
     /// scan, its heartbeat stands still and its outputs hold.
     program_running: AtomicBool,
@@ -125,6 +127,7 @@ impl PlcSimulator {
             gate_writes: Mutex::new(VecDeque::new()),
             eye: Mutex::new(VecDeque::new()),
             operator_reset: AtomicBool::new(false),
+            encoder_rate: AtomicU64::new(0),
             program_running: AtomicBool::new(true),
             program: Mutex::new(PlcProgram::new(map)),
             logs: Mutex::new(Logs::default()),
@@ -201,6 +204,16 @@ impl PlcSimulator {
                 }
             }
         })
+    }
+
+    /// Gives the belt an encoder of `counts_per_s` (0: none), counting from the PLC's start;
+    /// the program reads it every scan and shows it in `HR[encoder]`. The simulated belt runs
+    /// at one speed: encoder tracking over stops and speed changes is tested against the
+    /// pymodbus PLC (`tests/interop/client_mode_plc.py`).
+    pub fn set_encoder_rate(&self, counts_per_s: u64) {
+        self.state
+            .encoder_rate
+            .store(counts_per_s, Ordering::Relaxed);
     }
 
     /// Switches the PLC to STOP (`false`) or back to RUN: while stopped, Modbus still answers
@@ -348,6 +361,7 @@ impl PlcState {
                     .is_some_and(|halt| lock(&self.coils)[usize::from(halt.coil)]),
                 gate_eye: false,
                 operator_reset: self.operator_reset.swap(false, Ordering::Relaxed),
+                encoder: self.encoder_at(now),
             }
         };
         if let Some(words) = lock(&self.gate_writes).pop_front() {
@@ -374,12 +388,17 @@ impl PlcState {
                     },
                 );
             }
-            (outcome, program.status_words())
+            (outcome, (program.status_words(), program.encoder_words()))
         };
         {
+            let (status, encoder) = status;
             let mut registers = lock(&self.registers);
             let first = usize::from(map.plc_status.address);
             registers[first..first + status.len()].copy_from_slice(&status);
+            if let Some(register) = map.encoder {
+                let first = usize::from(register.address);
+                registers[first..first + 2].copy_from_slice(&encoder);
+            }
         }
         let wall = Utc::now();
         let at = |t: Duration| {
@@ -416,6 +435,12 @@ impl PlcState {
             tracing::info!("PLC simulator: halt-line coil ON, line halted until an operator reset");
             logs.halts.push(wall);
         }
+    }
+
+    /// The encoder's count `now` after the PLC started (wrapping, as a hardware counter does).
+    fn encoder_at(&self, now: Duration) -> u32 {
+        let rate = u128::from(self.encoder_rate.load(Ordering::Relaxed));
+        (now.as_micros() * rate / 1_000_000) as u32
     }
 
     fn handle(&self, request: Request<'static>) -> Result<Response, ExceptionCode> {

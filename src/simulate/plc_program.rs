@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::actuate::{
     GATE_COMMAND_LEN, GateCommandWords, GateVerdict, PLC_STATUS_LEN, PlcProgramSettings,
-    RegisterMap,
+    PlcTracking, RegisterMap,
 };
 
 /// What the program reads at the start of a scan.
@@ -32,6 +32,8 @@ pub struct InputImage {
     pub gate_eye: bool,
     /// The operator's reset push-button.
     pub operator_reset: bool,
+    /// The belt encoder's counter (free running, wraps).
+    pub encoder: u32,
 }
 
 /// Why a part went the way it did at the gate.
@@ -70,6 +72,20 @@ pub struct GateDecision {
 struct TakenCommand {
     command: GateCommandWords,
     arrived_at: Duration,
+    /// The encoder's count when it arrived.
+    arrived_count: u32,
+}
+
+/// A part between the gate eye and the diverter (R5): when and at which count the eye saw it.
+#[derive(Debug, Clone, Copy)]
+struct PendingPart {
+    eye_at: Duration,
+    eye_count: u32,
+}
+
+/// Counts from `from` to `to` on a wrapping counter (`UDINT_TO_DINT(to - from)` in the ST).
+fn counts_since(from: u32, to: u32) -> i64 {
+    i64::from(to.wrapping_sub(from) as i32)
 }
 
 /// What changed in one scan, for the simulator's logs.
@@ -101,9 +117,13 @@ pub struct PlcProgram {
     last_sequence: Option<u16>,
     fifo: VecDeque<TakenCommand>,
     overrun_seen: bool,
-    // R5: eye times of the parts between the eye and the diverter.
-    pending: VecDeque<Duration>,
+    // R5: the parts between the eye and the diverter.
+    pending: VecDeque<PendingPart>,
     eye_before: bool,
+    encoder: u32,
+    // R10: where the program started, and whether it still holds the gate.
+    started: Option<(Duration, u32)>,
+    start_hold: bool,
     // R7
     gate_until: Option<Duration>,
     passed: u32,
@@ -134,6 +154,9 @@ impl PlcProgram {
             overrun_seen: false,
             pending: VecDeque::new(),
             eye_before: false,
+            encoder: 0,
+            started: None,
+            start_hold: true,
             gate_until: None,
             passed: 0,
             diverted: 0,
@@ -148,6 +171,8 @@ impl PlcProgram {
 
     /// One scan at time `now` (monotonic, since the PLC started).
     pub fn scan(&mut self, now: Duration, image: &InputImage) -> ScanOutcome {
+        self.encoder = image.encoder;
+        self.start_hold(now);
         let mut outcome = ScanOutcome {
             watchdog_tripped: self.watchdog(now, image.heartbeat),
             ..ScanOutcome::default()
@@ -161,7 +186,10 @@ impl PlcProgram {
         }
         // R5: a rising edge of the eye is a part.
         if image.gate_eye && !self.eye_before {
-            self.pending.push_back(now);
+            self.pending.push_back(PendingPart {
+                eye_at: now,
+                eye_count: image.encoder,
+            });
         }
         self.eye_before = image.gate_eye;
         self.match_pending(now, &mut outcome.decided);
@@ -171,6 +199,24 @@ impl PlcProgram {
             self.next_beat_at = now + Duration::from_millis(self.settings.plc_heartbeat_ms);
         }
         outcome
+    }
+
+    /// R10: after a start the program cannot know what lies between the eye and the
+    /// diverter, so the gate diverts until the belt has carried a part that far.
+    fn start_hold(&mut self, now: Duration) {
+        let (started_at, started_count) = *self.started.get_or_insert((now, self.encoder));
+        if self.start_hold {
+            self.start_hold = match self.settings.tracking {
+                PlcTracking::Time => {
+                    now.saturating_sub(started_at)
+                        < Duration::from_millis(self.settings.eye_to_gate_ms)
+                }
+                PlcTracking::Encoder => {
+                    counts_since(started_count, self.encoder)
+                        < self.settings.eye_to_gate_counts as i64
+                }
+            };
+        }
     }
 
     /// R1: the station is lost when its heartbeat has not changed for the watchdog time, and
@@ -219,34 +265,58 @@ impl PlcProgram {
         self.fifo.push_back(TakenCommand {
             command,
             arrived_at: now,
+            arrived_count: self.encoder,
         });
         Some((command, now, true))
     }
 
     /// R5 and R6: the oldest pending part takes the oldest command that arrived in its window
-    /// and is decided at the diverter, `eye_to_gate` after the eye.
+    /// and is decided at the diverter, `eye_to_gate` after the eye (in time, or in encoder
+    /// counts with encoder tracking).
     fn match_pending(&mut self, now: Duration, decided: &mut Vec<GateDecision>) {
-        let before = Duration::from_millis(self.settings.match_before_ms);
-        let to_gate = Duration::from_millis(self.settings.eye_to_gate_ms);
-        while let Some(&eye_at) = self.pending.front() {
-            if now < eye_at + to_gate {
+        let settings = self.settings;
+        let before = Duration::from_millis(settings.match_before_ms);
+        let to_gate = Duration::from_millis(settings.eye_to_gate_ms);
+        let (before_counts, to_gate_counts) = (
+            settings.match_before_counts as i64,
+            settings.eye_to_gate_counts as i64,
+        );
+        let encoder = self.encoder;
+        let by_encoder = settings.tracking == PlcTracking::Encoder;
+        while let Some(&part) = self.pending.front() {
+            let at_diverter = if by_encoder {
+                counts_since(part.eye_count, encoder) >= to_gate_counts
+            } else {
+                now >= part.eye_at + to_gate
+            };
+            if !at_diverter {
                 break;
             }
             self.pending.pop_front();
             // Stale: arrived before this part's window opened; its own part is long gone.
-            while self
-                .fifo
-                .front()
-                .is_some_and(|c| c.arrived_at + before < eye_at)
-            {
+            let stale = |c: &TakenCommand| {
+                if by_encoder {
+                    counts_since(c.arrived_count, part.eye_count) > before_counts
+                } else {
+                    c.arrived_at + before < part.eye_at
+                }
+            };
+            while self.fifo.front().is_some_and(stale) {
                 self.fifo.pop_front();
                 self.unmatched = self.unmatched.wrapping_add(1);
             }
+            let in_window = |c: &TakenCommand| {
+                if by_encoder {
+                    counts_since(part.eye_count, c.arrived_count) <= to_gate_counts
+                } else {
+                    c.arrived_at <= part.eye_at + to_gate
+                }
+            };
             let command = match self.fifo.front() {
-                Some(c) if c.arrived_at <= eye_at + to_gate => self.fifo.pop_front(),
+                Some(c) if in_window(c) => self.fifo.pop_front(),
                 _ => None,
             };
-            decided.push(self.decide(now, eye_at, command));
+            decided.push(self.decide(now, part.eye_at, command));
         }
     }
 
@@ -300,9 +370,19 @@ impl PlcProgram {
         set
     }
 
-    /// Whether the gate output is on at `now` (R7).
+    /// Whether the gate output is on at `now` (R7, and R10's hold).
     pub fn gate_output(&self, now: Duration) -> bool {
-        self.gate_until.is_some_and(|until| now < until)
+        self.start_hold || self.gate_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether the gate is held after a start (R10).
+    pub fn holding_at_start(&self) -> bool {
+        self.start_hold
+    }
+
+    /// R9: the encoder's count as the two words of `HR[encoder]`.
+    pub fn encoder_words(&self) -> [u16; 2] {
+        self.map.words.order.split(self.encoder)
     }
 
     /// Whether the conveyor may run (R8).
@@ -321,7 +401,8 @@ impl PlcProgram {
             | u16::from(self.watchdog_expired) << 1
             | u16::from(self.station_stopped) << 2
             | u16::from(self.halt_latched) << 3
-            | u16::from(self.overrun_seen) << 4;
+            | u16::from(self.overrun_seen) << 4
+            | u16::from(self.start_hold) << 5;
         let order = self.map.words.order;
         let [p0, p1] = order.split(self.passed);
         let [d0, d1] = order.split(self.diverted);
@@ -354,18 +435,32 @@ mod tests {
         decided: Vec<GateDecision>,
         beating: bool,
         last_beat: Duration,
+        /// Encoder counts per scan (the belt's speed).
+        counts_per_scan: u32,
     }
 
     impl Bench {
         fn new() -> Bench {
+            Bench::with_map(map())
+        }
+
+        /// A bench whose program tracks by encoder counts, on a belt at 10 counts per ms.
+        fn by_encoder() -> Bench {
+            let mut map = map();
+            map.plc_program.tracking = PlcTracking::Encoder;
+            Bench::with_map(map)
+        }
+
+        fn with_map(map: RegisterMap) -> Bench {
             let mut bench = Bench {
-                program: PlcProgram::new(map()),
+                program: PlcProgram::new(map),
                 image: InputImage::default(),
                 now: Duration::ZERO,
                 sequence: 0,
                 decided: Vec::new(),
                 beating: true,
                 last_beat: Duration::ZERO,
+                counts_per_scan: 10,
             };
             bench.scan_for(ms(5));
             bench.image.station_state = 1;
@@ -386,6 +481,7 @@ mod tests {
                 self.decided.extend(outcome.decided);
                 self.image.gate_eye = false;
                 self.image.operator_reset = false;
+                self.image.encoder = self.image.encoder.wrapping_add(self.counts_per_scan);
                 self.now += ms(1);
             }
         }
@@ -591,5 +687,95 @@ mod tests {
         assert!(bench.program.gate_output(decided));
         assert!(bench.program.gate_output(decided + pulse - ms(1)));
         assert!(!bench.program.gate_output(decided + pulse));
+    }
+
+    #[test]
+    fn the_gate_diverts_until_the_belt_has_carried_a_part_from_eye_to_diverter_after_a_start() {
+        // Time tracking: for eye_to_gate_ms after the first scan.
+        let mut program = PlcProgram::new(map());
+        let to_gate = map().plc_program.eye_to_gate_ms;
+        program.scan(ms(1000), &InputImage::default());
+        assert!(program.gate_output(ms(1000)) && program.holding_at_start());
+        assert_eq!(program.status_words()[1] & 0b10_0000, 0b10_0000, "b5");
+        program.scan(ms(1000 + to_gate - 1), &InputImage::default());
+        assert!(program.holding_at_start());
+        program.scan(ms(1000 + to_gate), &InputImage::default());
+        assert!(!program.gate_output(ms(1000 + to_gate)));
+        // Encoder tracking: a stopped belt holds the gate however long it stands.
+        let mut bench = Bench::by_encoder();
+        let mut program = PlcProgram::new(bench.program.map);
+        let to_gate = bench.program.settings.eye_to_gate_counts as u32;
+        bench.image.encoder = u32::MAX - 5;
+        program.scan(ms(0), &bench.image);
+        program.scan(ms(60_000), &bench.image);
+        assert!(program.holding_at_start(), "the belt has not moved");
+        bench.image.encoder = bench.image.encoder.wrapping_add(to_gate - 1);
+        program.scan(ms(60_001), &bench.image);
+        assert!(program.holding_at_start());
+        bench.image.encoder = bench.image.encoder.wrapping_add(1);
+        program.scan(ms(60_002), &bench.image);
+        assert!(!program.holding_at_start(), "across the counter's wrap");
+    }
+
+    #[test]
+    fn with_encoder_tracking_a_belt_stop_moves_the_window_with_the_part() {
+        let mut bench = Bench::by_encoder();
+        let settings = bench.program.settings;
+        // The command arrives, then the belt stops for longer than the time window, with the
+        // part short of the eye: it is still its part's command.
+        bench.command(1, GateVerdict::Pass);
+        bench.scan_for(ms(2));
+        bench.counts_per_scan = 0;
+        bench.scan_for(ms(settings.match_before_ms * 20));
+        bench.counts_per_scan = 10;
+        bench.eye();
+        bench.scan_for(ms(5));
+        // Stopped again between the eye and the diverter: not decided while it stands.
+        bench.counts_per_scan = 0;
+        bench.scan_for(ms(500));
+        assert!(
+            bench.decided.is_empty(),
+            "decided before reaching the diverter"
+        );
+        bench.counts_per_scan = 10;
+        bench.scan_for(ms(100));
+        assert_eq!(bench.last().reason, DecisionReason::Pass);
+        assert_eq!(bench.last().part_id, Some(1));
+        // Decided at the count, not the time: the part took 505 ms from eye to diverter.
+        assert!(bench.last().decided_at - bench.last().eye_at >= ms(500));
+    }
+
+    #[test]
+    fn with_encoder_tracking_the_window_is_counted_not_timed() {
+        let mut bench = Bench::by_encoder();
+        let settings = bench.program.settings;
+        // Fast belt: a command that arrived only 10 ms before the eye, but more than
+        // match_before_counts, is stale.
+        bench.counts_per_scan = 100;
+        bench.command(1, GateVerdict::Pass);
+        bench.scan_for(ms(10));
+        assert!(10 * 100 > settings.match_before_counts);
+        bench.eye();
+        bench.scan_for(ms(20));
+        assert_eq!(bench.last().reason, DecisionReason::NoCommand);
+        assert_eq!(bench.program.status_words()[7], 1, "counted unmatched");
+        // Slow belt: one that arrived 200 ms before the eye, but within the counts, matches.
+        bench.counts_per_scan = 1;
+        bench.command(2, GateVerdict::Pass);
+        bench.scan_for(ms(200));
+        bench.eye();
+        bench.scan_for(ms(settings.eye_to_gate_counts + 5));
+        assert_eq!(bench.last().reason, DecisionReason::Pass);
+        assert_eq!(bench.last().part_id, Some(2));
+        assert_eq!(
+            bench.program.encoder_words(),
+            bench
+                .program
+                .map
+                .words
+                .order
+                .split(bench.image.encoder.wrapping_sub(1)),
+            "R9 shows the encoder's count of the last scan"
+        );
     }
 }

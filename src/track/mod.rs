@@ -14,11 +14,21 @@
 //!                             │ the part is rejected by policy
 //! ```
 //!
+//! Under encoder tracking ([`Belt::Encoder`]) the same marks are encoder counts: the gate is
+//! `travel_counts` past the count at the trigger, and the fire and deadline times are predicted
+//! from the belt's speed now, so a belt that stops holds its parts' commands back and one that
+//! speeds up brings them forward. A part the belt carried to the diverter while the encoder
+//! could not be read, or whose place was lost with a counter that started again, comes out
+//! *missed*: no command is sent, and the PLC diverts it (no command is no PASS).
+//!
 //! Invariant: every triggered part comes out of `due` exactly once, and a part without an
 //! in-time passing verdict never comes out as [`Disposition::Pass`].
 
+pub mod belt;
+
 use std::collections::BTreeMap;
 
+pub use self::belt::{Belt, BeltView, EncoderTrack, SharedEncoder};
 use crate::config::LineTiming;
 use crate::part::{Disposition, Inspection, PartId, StationTime, Verdict};
 
@@ -27,11 +37,15 @@ use crate::part::{Disposition, Inspection, PartId, StationTime, Verdict};
 pub struct DuePart {
     pub part_id: PartId,
     pub captured_at: StationTime,
+    /// When it reaches the diverter (predicted, under encoder tracking).
     pub gate_at: StationTime,
     pub disposition: Disposition,
     pub inspection: Option<Inspection>,
     /// The inspection arrived after the verdict deadline and was not used.
     pub inspection_late: bool,
+    /// Why no command can be sent for it any more (encoder tracking lost its place): the PLC
+    /// diverts it, and it is reported as rejected by policy.
+    pub missed: Option<String>,
 }
 
 /// What the tracker made of an inspection.
@@ -45,26 +59,57 @@ pub enum InspectionFate {
     UnknownPart,
 }
 
+/// Where a part reaches the diverter, on the belt's axis.
+#[derive(Debug, Clone, Copy)]
+struct GatePlace {
+    position: i64,
+    /// The encoder's epoch the position belongs to.
+    epoch: u64,
+}
+
 #[derive(Debug)]
 struct TrackedPart {
     captured_at: StationTime,
+    /// `None`: the encoder could not be read at its capture.
+    gate: Option<GatePlace>,
     inspection: Option<Inspection>,
     inspection_late: bool,
+}
+
+/// Where one part stands at a given time.
+enum PartState {
+    /// Not due; look again at this time (`None`: when the belt moves).
+    Waiting(Option<StationTime>),
+    /// Its command is due; it reaches the diverter at this time.
+    Fire(StationTime),
+    /// No command can make its window any more.
+    Missed(&'static str),
 }
 
 /// Tracks every part between its trigger and the gate.
 #[derive(Debug)]
 pub struct PartTracker {
     timing: LineTiming,
+    belt: Belt,
     /// Ordered by id; ids grow with capture time, so the first entry is due first.
     parts: BTreeMap<PartId, TrackedPart>,
 }
 
+fn micros(t: StationTime) -> i64 {
+    t.0.as_micros() as i64
+}
+
 impl PartTracker {
-    /// A tracker for a line with this timing.
+    /// A tracker for a line with this timing, tracking by time.
     pub fn new(timing: LineTiming) -> PartTracker {
+        PartTracker::on_belt(timing, Belt::Clock)
+    }
+
+    /// A tracker that knows where the belt is from `belt`.
+    pub fn on_belt(timing: LineTiming, belt: Belt) -> PartTracker {
         PartTracker {
             timing,
+            belt,
             parts: BTreeMap::new(),
         }
     }
@@ -76,10 +121,28 @@ impl PartTracker {
 
     /// A part was captured at `captured_at`.
     pub fn trigger(&mut self, part_id: PartId, captured_at: StationTime) {
+        let gate = match &self.belt {
+            Belt::Clock => Some(GatePlace {
+                position: micros(captured_at.after(self.timing.travel)),
+                epoch: 0,
+            }),
+            Belt::Encoder {
+                track,
+                travel_counts,
+                ..
+            } => {
+                let track = belt::lock(track);
+                track.position_at(captured_at).map(|position| GatePlace {
+                    position: position + travel_counts,
+                    epoch: track.epoch(),
+                })
+            }
+        };
         self.parts.insert(
             part_id,
             TrackedPart {
                 captured_at,
+                gate,
                 inspection: None,
                 inspection_late: false,
             },
@@ -88,14 +151,25 @@ impl PartTracker {
 
     /// The inspect stage finished a part at `now`.
     pub fn inspected(&mut self, inspection: Inspection, now: StationTime) -> InspectionFate {
+        let view = self.view(now);
+        let timing = self.timing;
         let Some(part) = self.parts.get_mut(&inspection.part_id) else {
             return InspectionFate::UnknownPart;
         };
-        let deadline = part
+        let nominal_deadline = part
             .captured_at
-            .after(self.timing.travel)
-            .before(self.timing.verdict_margin);
-        let late = now > deadline;
+            .after(timing.travel)
+            .before(timing.verdict_margin);
+        let late = match (&self.belt, part.gate, view) {
+            (Belt::Clock, _, _) | (_, None, _) => now > nominal_deadline,
+            // The verdict must be in `verdict_margin` before the part reaches the diverter at
+            // the belt's speed now; unknown while the encoder cannot be read.
+            (Belt::Encoder { .. }, Some(gate), Some((view, epoch))) => {
+                gate.epoch == epoch
+                    && view.position_at(now.after(timing.verdict_margin)) >= gate.position
+            }
+            (Belt::Encoder { .. }, Some(_), None) => false,
+        };
         part.inspection = Some(inspection);
         part.inspection_late = late;
         if late {
@@ -105,27 +179,48 @@ impl PartTracker {
         }
     }
 
-    /// When the next part's gate command falls due, if any part is in flight.
-    pub fn next_due_at(&self) -> Option<StationTime> {
-        self.parts
-            .values()
-            .map(|part| self.fire_at(part.captured_at))
-            .min()
+    /// When to look at the parts again, if any part is in flight: the next fire time under
+    /// time tracking; under encoder tracking the predicted one, but at least every poll.
+    pub fn next_due_at(&self, now: StationTime) -> Option<StationTime> {
+        let view = self.view(now);
+        let mut next: Option<StationTime> = None;
+        for part in self.parts.values() {
+            let at = match self.state(part, now, view) {
+                PartState::Fire(_) | PartState::Missed(_) => now,
+                PartState::Waiting(Some(at)) => at,
+                PartState::Waiting(None) => continue,
+            };
+            next = Some(next.map_or(at, |next| next.min(at)));
+        }
+        if let Belt::Encoder { poll, .. } = &self.belt
+            && !self.parts.is_empty()
+        {
+            let poll_again = now.after(*poll);
+            next = Some(next.map_or(poll_again, |next| next.min(poll_again)));
+        }
+        next
     }
 
-    /// Removes and returns every part whose gate command is due at `now`, oldest first.
+    /// Removes and returns every part whose gate command is due at `now`, oldest first, and
+    /// every part missed.
     pub fn due(&mut self, now: StationTime) -> Vec<DuePart> {
-        let due_ids: Vec<PartId> = self
+        let view = self.view(now);
+        let settled: Vec<(PartId, StationTime, Option<String>)> = self
             .parts
             .iter()
-            .filter(|(_, part)| self.fire_at(part.captured_at) <= now)
-            .map(|(id, _)| *id)
+            .filter_map(|(id, part)| match self.state(part, now, view) {
+                PartState::Waiting(_) => None,
+                PartState::Fire(gate_at) => Some((*id, gate_at, None)),
+                PartState::Missed(why) => Some((*id, now, Some(why.to_owned()))),
+            })
             .collect();
-        due_ids
+        settled
             .into_iter()
-            .filter_map(|part_id| {
+            .filter_map(|(part_id, gate_at, missed)| {
                 let part = self.parts.remove(&part_id)?;
-                Some(self.settle(part_id, part))
+                let mut due = self.settle(part_id, part, gate_at);
+                due.missed = missed;
+                Some(due)
             })
             .collect()
     }
@@ -134,16 +229,94 @@ impl PartTracker {
     /// settles each part as soon as its verdict is in, since the PLC times the gate.
     pub fn take(&mut self, part_id: PartId) -> Option<DuePart> {
         let part = self.parts.remove(&part_id)?;
-        Some(self.settle(part_id, part))
+        let gate_at = part.captured_at.after(self.timing.travel);
+        Some(self.settle(part_id, part, gate_at))
     }
 
-    fn fire_at(&self, captured_at: StationTime) -> StationTime {
-        captured_at
-            .after(self.timing.travel)
-            .before(self.timing.actuation_lead)
+    /// Removes and returns every part still in flight as missed for `why`: the line stops
+    /// while the encoder cannot be read, so no command can be timed for them.
+    pub fn give_up(&mut self, now: StationTime, why: &str) -> Vec<DuePart> {
+        std::mem::take(&mut self.parts)
+            .into_iter()
+            .map(|(part_id, part)| {
+                let mut due = self.settle(part_id, part, now);
+                due.missed = Some(why.to_owned());
+                due
+            })
+            .collect()
     }
 
-    fn settle(&self, part_id: PartId, part: TrackedPart) -> DuePart {
+    /// Whether the belt's position is known now (always, under time tracking).
+    pub fn belt_known(&self, now: StationTime) -> bool {
+        match &self.belt {
+            Belt::Clock => true,
+            Belt::Encoder { .. } => self.view(now).is_some(),
+        }
+    }
+
+    /// The encoder's view now and its epoch; `None` under time tracking or while stale.
+    fn view(&self, now: StationTime) -> Option<(BeltView, u64)> {
+        match &self.belt {
+            Belt::Clock => None,
+            Belt::Encoder { track, .. } => {
+                let track = belt::lock(track);
+                track.view(now).map(|view| (view, track.epoch()))
+            }
+        }
+    }
+
+    fn state(
+        &self,
+        part: &TrackedPart,
+        now: StationTime,
+        view: Option<(BeltView, u64)>,
+    ) -> PartState {
+        let lead = self.timing.actuation_lead;
+        let nominal_gate = part.captured_at.after(self.timing.travel);
+        match (&self.belt, part.gate) {
+            (Belt::Clock, _) => {
+                let fire_at = nominal_gate.before(lead);
+                if now >= fire_at {
+                    PartState::Fire(nominal_gate)
+                } else {
+                    PartState::Waiting(Some(fire_at))
+                }
+            }
+            (Belt::Encoder { .. }, None) => {
+                // Never placed: reported when it would have reached the gate at nominal speed.
+                let fire_at = nominal_gate.before(lead);
+                if now >= fire_at {
+                    PartState::Missed("the encoder could not be read when the part was captured")
+                } else {
+                    PartState::Waiting(Some(fire_at))
+                }
+            }
+            (Belt::Encoder { .. }, Some(gate)) => {
+                let Some((view, epoch)) = view else {
+                    return PartState::Waiting(None);
+                };
+                if gate.epoch != epoch {
+                    return PartState::Missed(
+                        "the PLC's encoder count started again (a PLC restart): the part's \
+                         place on the belt is lost",
+                    );
+                }
+                if view.position_at(now) >= gate.position {
+                    return PartState::Missed(
+                        "the belt carried the part to the diverter while the encoder could \
+                         not be read",
+                    );
+                }
+                if view.position_at(now.after(lead)) >= gate.position {
+                    PartState::Fire(view.time_at(gate.position).unwrap_or(now.after(lead)))
+                } else {
+                    PartState::Waiting(view.time_at(gate.position).map(|at| at.before(lead)))
+                }
+            }
+        }
+    }
+
+    fn settle(&self, part_id: PartId, part: TrackedPart, gate_at: StationTime) -> DuePart {
         let disposition = match (&part.inspection, part.inspection_late) {
             (Some(inspection), false) => match inspection.verdict {
                 Verdict::Pass => Disposition::Pass,
@@ -156,10 +329,11 @@ impl PartTracker {
         DuePart {
             part_id,
             captured_at: part.captured_at,
-            gate_at: part.captured_at.after(self.timing.travel),
+            gate_at,
             disposition,
             inspection: part.inspection,
             inspection_late: part.inspection_late,
+            missed: None,
         }
     }
 }
@@ -258,13 +432,140 @@ mod tests {
         for i in 0..5 {
             tracker.trigger(PartId(i), ms(i * 100));
         }
-        assert_eq!(tracker.next_due_at(), Some(ms(990)));
+        assert_eq!(tracker.next_due_at(ms(0)), Some(ms(990)));
         let first: Vec<_> = tracker.due(ms(1200)).iter().map(|p| p.part_id.0).collect();
         assert_eq!(first, [0, 1, 2]);
-        assert_eq!(tracker.next_due_at(), Some(ms(1290)));
+        assert_eq!(tracker.next_due_at(ms(1200)), Some(ms(1290)));
         let rest: Vec<_> = tracker.due(ms(5000)).iter().map(|p| p.part_id.0).collect();
         assert_eq!(rest, [3, 4]);
         assert!(tracker.due(ms(9000)).is_empty());
-        assert_eq!(tracker.next_due_at(), None);
+        assert_eq!(tracker.next_due_at(ms(9000)), None);
+    }
+
+    /// Encoder tracking: 2000 counts from camera to diverter, verdicts due 300 ms before the
+    /// diverter, commands leaving 10 ms before; readings go stale after 50 ms.
+    fn encoder_tracker() -> (PartTracker, SharedEncoder) {
+        let track = EncoderTrack::shared(Duration::from_millis(50));
+        let belt = Belt::Encoder {
+            track: track.clone(),
+            travel_counts: 2000,
+            poll: Duration::from_millis(2),
+        };
+        (PartTracker::on_belt(tracker().timing, belt), track)
+    }
+
+    /// Moves the belt from `from` ms to `to` ms at `counts_per_ms`, a reading every 2 ms,
+    /// starting at `count`; returns the count at `to`.
+    fn run_belt(track: &SharedEncoder, from: u64, to: u64, count: u32, counts_per_ms: u32) -> u32 {
+        let mut count = count;
+        for t in (from..=to).step_by(2) {
+            belt::lock(track).record(ms(t), count);
+            if t < to {
+                count = count.wrapping_add(2 * counts_per_ms);
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn with_an_encoder_a_stopped_belt_holds_the_command_and_a_faster_one_brings_it_forward() {
+        let (mut tracker, track) = encoder_tracker();
+        // 2 counts per ms: the part is captured at count 1000 (t = 100 ms) and reaches the
+        // diverter at count 3000.
+        let count = run_belt(&track, 0, 100, 800, 2);
+        assert_eq!(count, 1000);
+        tracker.trigger(PartId(1), ms(100));
+        tracker.inspected(inspection(1, Verdict::Pass), ms(150));
+        // The belt stops at t = 400 (count 1600) for two seconds: nothing falls due.
+        let count = run_belt(&track, 100, 400, count, 2);
+        let count = run_belt(&track, 400, 2400, count, 0);
+        assert!(tracker.due(ms(2400)).is_empty());
+        assert_eq!(
+            tracker.next_due_at(ms(2400)),
+            Some(ms(2402)),
+            "looks again each poll"
+        );
+        // It restarts at 10 counts per ms: 1400 counts to go, 140 ms at the new speed.
+        let count = run_belt(&track, 2400, 2520, count, 10);
+        assert!(tracker.due(ms(2520)).is_empty());
+        assert_eq!(
+            tracker.next_due_at(ms(2520)),
+            Some(ms(2522)),
+            "still each poll"
+        );
+        let count = run_belt(&track, 2520, 2528, count, 10);
+        assert!(
+            tracker.due(ms(2528)).is_empty(),
+            "the diverter is 12 ms away"
+        );
+        run_belt(&track, 2528, 2530, count, 10);
+        let due = tracker.due(ms(2530));
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].disposition,
+            Disposition::Pass,
+            "the stop made no verdict late"
+        );
+        assert_eq!(due[0].gate_at, ms(2540));
+        assert_eq!(due[0].missed, None);
+    }
+
+    #[test]
+    fn with_an_encoder_a_verdict_is_late_by_the_belt_not_the_clock() {
+        let (mut tracker, track) = encoder_tracker();
+        let count = run_belt(&track, 0, 10, 0, 10);
+        tracker.trigger(PartId(1), ms(10));
+        // At 10 counts per ms the diverter is 200 ms away: the deadline is already past.
+        assert_eq!(
+            tracker.inspected(inspection(1, Verdict::Pass), ms(10)),
+            InspectionFate::Late
+        );
+        tracker.trigger(PartId(2), ms(10));
+        run_belt(&track, 10, 5000, count, 0);
+        assert_eq!(
+            tracker.inspected(inspection(2, Verdict::Pass), ms(5000)),
+            InspectionFate::Accepted,
+            "5 s later, but the belt stood still"
+        );
+    }
+
+    #[test]
+    fn with_an_encoder_a_part_whose_place_is_lost_is_missed_and_never_fired() {
+        let (mut tracker, track) = encoder_tracker();
+        let count = run_belt(&track, 0, 10, 0, 10);
+        tracker.trigger(PartId(1), ms(10));
+        tracker.trigger(PartId(2), ms(10));
+        // No reading for 300 ms: stale, nothing fires, though the belt may be moving.
+        assert!(tracker.due(ms(100)).is_empty());
+        assert!(!tracker.belt_known(ms(100)));
+        // The next reading shows the belt went 3000 counts on: part 1 is past the diverter.
+        belt::lock(&track).record(ms(310), count.wrapping_add(3000));
+        let due = tracker.due(ms(310));
+        assert_eq!(due.len(), 2);
+        assert!(due.iter().all(|d| d.missed.is_some()));
+        // A counter that starts again loses the place of every part in flight.
+        run_belt(&track, 312, 400, count.wrapping_add(3002), 1);
+        tracker.trigger(PartId(3), ms(400));
+        assert!(tracker.due(ms(400)).is_empty());
+        belt::lock(&track).record(ms(402), 5);
+        let due = tracker.due(ms(402));
+        assert_eq!(due.len(), 1);
+        assert!(
+            due[0]
+                .missed
+                .as_deref()
+                .is_some_and(|m| m.contains("started again"))
+        );
+        // Captured while the encoder was stale: reported missed at its nominal fire time.
+        tracker.trigger(PartId(4), ms(1000));
+        assert!(tracker.due(ms(1989)).is_empty());
+        let due = tracker.due(ms(1990));
+        assert_eq!(due.len(), 1);
+        assert!(due[0].missed.is_some());
+        // And the line stopping with the encoder unknown gives up the rest.
+        tracker.trigger(PartId(5), ms(2000));
+        let given_up = tracker.give_up(ms(2001), "stopping");
+        assert_eq!(given_up.len(), 1);
+        assert_eq!(tracker.in_flight(), 0);
     }
 }

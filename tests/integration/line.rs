@@ -367,3 +367,89 @@ async fn a_simulated_config_needs_its_simulated_line() {
         "{error}"
     );
 }
+
+/// Issue 17: the same line tracked by encoder counts. The station reads the simulated PLC's
+/// encoder, places each part by the count at its capture and sends its command when the belt
+/// brings it to the diverter; the PLC program, switched to encoder tracking, matches commands
+/// in counts. Every part must reach the gate with its own command and the model's verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_tracked_by_encoder_counts_reach_the_gate_with_their_own_commands() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(crate::repo().join("firmware-io/register-map.toml"))
+        .expect("shipped map");
+    assert!(shipped.contains("tracking = \"time\""));
+    let map = dir.path().join("register-map.toml");
+    std::fs::write(
+        &map,
+        shipped.replace("tracking = \"time\"", "tracking = \"encoder\""),
+    )
+    .expect("write map");
+    let map_line = format!("register_map = {:?}", map.display().to_string());
+    let config = station_config(
+        dir.path(),
+        &[
+            ("parts_per_min = 120", "parts_per_min = 300"),
+            (
+                "travel_ms = 1200",
+                // 10 counts per ms: the map's eye_to_gate_counts (200) is 20 ms.
+                "travel_ms = 1500\ntracking = \"encoder\"\ntravel_counts = 15000",
+            ),
+            ("verdict_margin_ms = 300", "verdict_margin_ms = 500"),
+            (
+                "register_map = \"../firmware-io/register-map.toml\"",
+                map_line.as_str(),
+            ),
+        ],
+    );
+    let (line, station) = simulated_station(config).await.expect("station starts");
+    let plc = line.plc().expect("simulated PLC");
+    let (store, metrics) = (station.store(), station.metrics());
+    let report = station
+        .run(
+            RunOptions {
+                max_parts: Some(60),
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("line runs");
+    assert_eq!(report.parts, 60);
+    assert_eq!(
+        metrics.gate_commands_failed.get(),
+        0,
+        "failed gate commands"
+    );
+    assert_eq!(metrics.parts_missed.get(), 0, "parts missed");
+    assert_eq!(metrics.encoder_read_failures.get(), 0);
+    let records = store.inspection_records(None, 1000).expect("sled");
+    assert_eq!(records.len(), 60);
+    let events = plc.gate_events();
+    assert_eq!(events.len(), 60, "every part decided at the gate once");
+    let by_part: HashMap<u64, _> = events
+        .iter()
+        .filter_map(|e| e.part_id.map(|id| (id, e)))
+        .collect();
+    let mut rejected = 0;
+    for record in &records {
+        let event = by_part.get(&record.part_id).unwrap_or_else(|| {
+            panic!(
+                "part {} matched no command ({} of {} parts at the gate had one)",
+                record.part_id,
+                by_part.len(),
+                events.len()
+            )
+        });
+        let passed = record.disposition == Disposition::Pass;
+        assert_eq!(
+            event.diverted, !passed,
+            "part {}: {event:?}",
+            record.part_id
+        );
+        rejected += usize::from(!passed);
+    }
+    assert!(
+        (3..45).contains(&rejected),
+        "{rejected} of 60 parts rejected"
+    );
+}

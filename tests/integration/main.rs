@@ -13,6 +13,7 @@ mod backbone;
 mod calibration;
 mod camera;
 mod cli;
+mod client_mode;
 mod crash;
 mod failsafe;
 mod gate;

@@ -154,6 +154,15 @@ fn uint(program: &str, constants: &HashMap<String, (String, String)>, name: &str
         .unwrap_or_else(|_| panic!("{name} := {value}: expected a number"))
 }
 
+/// A `NAME : DINT := <n>;` constant.
+fn dint(program: &str, constants: &HashMap<String, (String, String)>, name: &str) -> i64 {
+    let (kind, value) = constant(program, constants, name);
+    assert_eq!(kind, "DINT", "{name} is not a DINT");
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} := {value}: expected a number"))
+}
+
 /// `map[table][key]` as an integer.
 fn integer(map: &toml::Table, table: &str, key: &str) -> i64 {
     map.get(table)
@@ -186,12 +195,24 @@ fn the_program_constants_match_the_register_map() {
         integer(&map, "plc_program", "fifo_depth"),
         "{PROGRAM} FIFO_DEPTH vs register-map.toml [plc_program] fifo_depth"
     );
+    for (name, key) in [
+        ("MATCH_BEFORE_COUNTS", "match_before_counts"),
+        ("EYE_TO_GATE_COUNTS", "eye_to_gate_counts"),
+    ] {
+        assert_eq!(
+            dint(PROGRAM, &found, name),
+            integer(&map, "plc_program", key),
+            "{PROGRAM} {name} vs register-map.toml [plc_program] {key}"
+        );
+    }
+    assert_tracking(PROGRAM, &found, &map);
 
     for (name, table, key) in [
         ("HR_HEARTBEAT", "heartbeat", "address"),
         ("HR_STATION_STATE", "station_state", "address"),
         ("HR_GATE_COMMAND", "gate_command", "address"),
         ("HR_PLC_STATUS", "plc_status", "address"),
+        ("HR_ENCODER", "encoder", "address"),
         ("COIL_HALT_LINE", "halt_line", "coil"),
     ] {
         assert_eq!(
@@ -202,7 +223,7 @@ fn the_program_constants_match_the_register_map() {
     }
 
     assert_word_order(PROGRAM, &found, &map);
-    assert_rules_marked(PROGRAM, &text, 'R', 9);
+    assert_rules_marked(PROGRAM, &text, 'R', 10);
 }
 
 /// register-map.toml as plain TOML (the crate's `RegisterMap` need not know every table).
@@ -231,6 +252,27 @@ fn assert_word_order(program: &str, found: &HashMap<String, (String, String)>, m
         value.to_ascii_uppercase(),
         high_first,
         "{program} WORDS_HIGH_FIRST vs register-map.toml [words] order = {order:?}"
+    );
+}
+
+/// `TRACK_BY_ENCODER : BOOL := ...;` agrees with `[plc_program] tracking`.
+fn assert_tracking(program: &str, found: &HashMap<String, (String, String)>, map: &toml::Table) {
+    let tracking = map
+        .get("plc_program")
+        .and_then(|t| t.get("tracking"))
+        .and_then(toml::Value::as_str)
+        .expect("register-map.toml [plc_program] tracking");
+    let by_encoder = match tracking {
+        "encoder" => "TRUE",
+        "time" => "FALSE",
+        other => panic!("register-map.toml [plc_program] tracking = {other:?}: not a tracking"),
+    };
+    let (kind, value) = constant(program, found, "TRACK_BY_ENCODER");
+    assert_eq!(kind, "BOOL", "TRACK_BY_ENCODER is not a BOOL");
+    assert_eq!(
+        value.to_ascii_uppercase(),
+        by_encoder,
+        "{program} TRACK_BY_ENCODER vs register-map.toml [plc_program] tracking = {tracking:?}"
     );
 }
 
