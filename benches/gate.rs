@@ -136,6 +136,7 @@ async fn run_line(
         plc_lost: Arc::new(AtomicBool::new(false)),
         command_window,
         lead,
+        encoder: None,
     }));
     // The station's side of the timing: when each reject was acknowledged against its fire
     // time (gate − lead).
@@ -187,6 +188,7 @@ async fn run_line(
                         inspection_late: false,
                         actuation: Actuation::NotRequired,
                     },
+                    place: None,
                 })
                 .await;
         });

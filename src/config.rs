@@ -325,7 +325,7 @@ fn default_encoder_poll_ms() -> u64 {
 }
 
 fn default_encoder_stale_ms() -> u64 {
-    50
+    10
 }
 
 /// How parts are followed from the camera to the gate.
@@ -804,11 +804,17 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         problem("line.gate_window_ms", "expected a positive window".into());
     }
     if line.tracking == crate::actuate::PlcTracking::Encoder {
-        if line.travel_counts.is_none_or(|c| c == 0) {
+        if line
+            .travel_counts
+            .is_none_or(|c| c == 0 || c > i32::MAX as u64)
+        {
             problem(
                 "line.travel_counts",
-                "expected the encoder counts from camera to diverter for tracking = \"encoder\""
-                    .into(),
+                format!(
+                    "expected the encoder counts from camera to diverter for tracking = \
+                     \"encoder\", 1 to {} (half the counter's range)",
+                    i32::MAX
+                ),
             );
         }
         if file.plc.kind == PlcKind::Server {
@@ -820,12 +826,12 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         if line.encoder_poll_ms == 0 {
             problem("line.encoder_poll_ms", "expected a positive period".into());
         }
-        if line.encoder_stale_ms < 2 * line.encoder_poll_ms {
+        if line.encoder_stale_ms < line.encoder_poll_ms.saturating_mul(2) {
             problem(
                 "line.encoder_stale_ms",
                 format!(
                     "expected at least two polls (2 × line.encoder_poll_ms = {}), got {}",
-                    2 * line.encoder_poll_ms,
+                    line.encoder_poll_ms.saturating_mul(2),
                     line.encoder_stale_ms
                 ),
             );

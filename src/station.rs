@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actuate::server::{PlcServer, ResultsContext, ServerEnds, ServerRun};
 use crate::actuate::{
-    DISPATCH_AHEAD, GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM, PlcWatch,
-    RegisterMap, RegisterMapError, run_encoder, run_gate, run_heartbeat, server,
+    DISPATCH_AHEAD, EncoderGate, GateCommand, GateContext, GateError, GateLink, PLC_LOST_ALARM,
+    PlcWatch, RegisterMap, RegisterMapError, run_encoder, run_gate, run_heartbeat, server,
 };
 use crate::analyse::actions::webhook::Outbox;
 use crate::analyse::actions::{
@@ -101,6 +101,17 @@ pub enum StationError {
          sent that early are stale at the PLC and every part would be diverted"
     )]
     LeadOutsideCommandWindow { lead_ms: u128, window_ms: u128 },
+    #[error(
+        "line.actuation_lead_ms ({lead_ms}) is {lead_counts} encoder counts at the belt's nominal \
+         speed (travel_counts / travel_ms), not below the PLC program's command window \
+         (match_before_counts + eye_to_gate_counts = {window_counts}): gate commands would leave \
+         before their window opens"
+    )]
+    LeadOutsideCountWindow {
+        lead_ms: u128,
+        lead_counts: u64,
+        window_counts: u64,
+    },
     #[error(
         "line.tracking is {station:?} but the PLC program tracks by {plc:?} (the register map's \
          [plc_program] tracking): the station would send gate commands the PLC matches to the \
@@ -262,6 +273,23 @@ impl Station {
                 lead_ms: config.line.actuation_lead.as_millis(),
                 window_ms: command_window.as_millis(),
             });
+        }
+        if let crate::config::Tracking::Encoder(encoder) = config.tracking {
+            let program = &map.plc_program;
+            let window_counts = program
+                .match_before_counts
+                .saturating_add(program.eye_to_gate_counts);
+            let lead_counts = (config.line.actuation_lead.as_secs_f64()
+                / config.line.travel.as_secs_f64().max(f64::EPSILON)
+                * encoder.travel_counts as f64)
+                .ceil() as u64;
+            if lead_counts >= window_counts {
+                return Err(StationError::LeadOutsideCountWindow {
+                    lead_ms: config.line.actuation_lead.as_millis(),
+                    lead_counts,
+                    window_counts,
+                });
+            }
         }
         let store = Store::open(&config.data_dir, &config.name)?;
         store
@@ -701,9 +729,16 @@ impl Station {
                     ));
                     // Under encoder tracking the PLC's window is in counts, which the tracker's fire
                     // point already respects: only the late edge (the predicted arrival) binds.
-                    let command_window = match belt {
-                        Belt::Clock => link.command_window(),
-                        Belt::Encoder { .. } => config.line.travel,
+                    let (command_window, encoder_gate) = match &belt {
+                        Belt::Clock => (link.command_window(), None),
+                        Belt::Encoder { track, .. } => (
+                            config.line.travel,
+                            Some(EncoderGate {
+                                track: track.clone(),
+                                window_counts: link.command_window_counts(),
+                                wait_at_most: config.line.travel,
+                            }),
+                        ),
                     };
                     let mut link = link;
                     link.cap_reconnect_wait(PART_LINK_RECONNECT_MAX);
@@ -716,6 +751,7 @@ impl Station {
                         plc_lost,
                         command_window,
                         lead: config.line.actuation_lead,
+                        encoder: encoder_gate,
                     }));
                     // Parts go to the gate task a little before their fire time; it sends each
                     // at the exact time.
@@ -1053,9 +1089,12 @@ async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
     // Every part gets a command, a PASS too: the PLC diverts a part without one.
     // The tracker never waits on the PLC: when the gate is this far behind, the
     // command could not make its window anyway, so it is recorded as failed.
-    let sent = match ctx.gate.try_send(GateCommand { outcome }) {
+    let sent = match ctx.gate.try_send(GateCommand {
+        outcome,
+        place: due.place,
+    }) {
         Ok(()) => true,
-        Err(TrySendError::Full(GateCommand { mut outcome })) => {
+        Err(TrySendError::Full(GateCommand { mut outcome, .. })) => {
             ctx.metrics.gate_commands_failed.inc();
             tracing::error!(part_id = %outcome.part_id, "gate queue full; command dropped, the PLC diverts the part");
             outcome.actuation = Actuation::Failed {

@@ -41,6 +41,7 @@ pub use self::register_map::{
 use crate::config::PlcLostPolicy;
 use crate::metrics::Metrics;
 use crate::part::{Actuation, Disposition, PartOutcome, StationClock};
+use crate::track::{GatePlace, SharedEncoder};
 
 /// The alarm raised while the PLC's own heartbeat has stopped.
 pub const PLC_LOST_ALARM: &str = "plc_heartbeat_lost";
@@ -356,6 +357,18 @@ impl GateLink {
         }
     }
 
+    /// The PLC program's command window in encoder counts, `match_before_counts +
+    /// eye_to_gate_counts` (encoder tracking).
+    pub fn command_window_counts(&self) -> i64 {
+        let program = &self.map.plc_program;
+        i64::try_from(
+            program
+                .match_before_counts
+                .saturating_add(program.eye_to_gate_counts),
+        )
+        .unwrap_or(i64::MAX)
+    }
+
     /// Reads the PLC's status block (its heartbeat, status bits and counters).
     pub async fn plc_status(&mut self) -> Result<[u16; PLC_STATUS_LEN as usize], GateError> {
         let address = self.map.plc_status.address;
@@ -488,6 +501,101 @@ impl GateLink {
 #[derive(Debug)]
 pub struct GateCommand {
     pub outcome: PartOutcome,
+    /// Encoder tracking: where the part reaches the diverter.
+    pub place: Option<GatePlace>,
+}
+
+/// Encoder tracking's last check before a command leaves: the belt must have the part inside
+/// the PLC's window in counts, which a time prediction alone cannot promise when the belt
+/// changes speed or a reading comes late.
+#[derive(Debug, Clone)]
+pub struct EncoderGate {
+    pub track: SharedEncoder,
+    /// The PLC program's window before the diverter, `match_before_counts +
+    /// eye_to_gate_counts`: a command must arrive with its part at most this many counts, and
+    /// at least none, from the diverter.
+    pub window_counts: i64,
+    /// How long a command may wait for its window (a belt that stands) before it is given up.
+    pub wait_at_most: Duration,
+}
+
+/// Where a part stands against its window, by the newest fresh reading.
+enum WindowCheck {
+    Inside,
+    /// Not yet (or the encoder cannot be read now): look again.
+    NotYet,
+    Missed(String),
+}
+
+impl EncoderGate {
+    /// Counts from the belt's place now to `place`, by a fresh reading of the same epoch.
+    fn remaining(&self, place: GatePlace, now: crate::part::StationTime) -> Option<i64> {
+        let track = crate::track::belt::lock(&self.track);
+        let view = track.view(now)?;
+        (track.epoch() == place.epoch).then(|| place.position - view.position_at(now))
+    }
+
+    fn check(&self, place: GatePlace, now: crate::part::StationTime) -> WindowCheck {
+        let track = crate::track::belt::lock(&self.track);
+        let Some(view) = track.view(now) else {
+            return WindowCheck::NotYet;
+        };
+        if track.epoch() != place.epoch {
+            return WindowCheck::Missed(
+                "the PLC's encoder count started again: the part's place on the belt is lost"
+                    .into(),
+            );
+        }
+        let remaining = place.position - view.position_at(now);
+        // A millisecond of belt travel each side, for the request's way to the PLC.
+        let margin = view.counts_per_ms().ceil() as i64 + 1;
+        if remaining < margin {
+            WindowCheck::Missed(format!(
+                "the part was {remaining} counts from the diverter: too late for the PLC's window"
+            ))
+        } else if remaining > self.window_counts - margin {
+            WindowCheck::NotYet
+        } else {
+            WindowCheck::Inside
+        }
+    }
+
+    /// Waits until the part is inside its window; why not, when it never will be.
+    async fn wait_for_window(&self, place: GatePlace, clock: &StationClock) -> Result<(), String> {
+        let give_up = tokio::time::Instant::now() + self.wait_at_most;
+        loop {
+            match self.check(place, clock.now()) {
+                WindowCheck::Inside => return Ok(()),
+                WindowCheck::Missed(why) => return Err(why),
+                WindowCheck::NotYet if tokio::time::Instant::now() >= give_up => {
+                    return Err(format!(
+                        "no window for the part within {:?} (the belt stood, or the encoder \
+                         could not be read)",
+                        self.wait_at_most
+                    ));
+                }
+                WindowCheck::NotYet => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    /// Waits until the belt has carried `place` past the diverter, at most `wait_at_most`.
+    async fn wait_past(&self, place: GatePlace, clock: &StationClock) {
+        let give_up = tokio::time::Instant::now() + self.wait_at_most;
+        while tokio::time::Instant::now() < give_up {
+            let past = {
+                let track = crate::track::belt::lock(&self.track);
+                track.epoch() != place.epoch
+                    || track
+                        .view(clock.now())
+                        .is_some_and(|view| view.position_at(clock.now()) > place.position)
+            };
+            if past {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 /// Everything [`run_gate`] needs.
@@ -509,6 +617,8 @@ pub struct GateContext {
     /// Earlier it is stale; later its part is already diverted.
     pub command_window: Duration,
     pub lead: Duration,
+    /// Encoder tracking: each command's last check against the belt (its window in counts).
+    pub encoder: Option<EncoderGate>,
 }
 
 /// How much earlier than its fire time the tracker hands a part to the gate task, which then
@@ -545,15 +655,22 @@ pub fn gate_verdict(disposition: Disposition) -> GateVerdict {
 /// on its way.
 pub async fn run_gate(mut ctx: GateContext) {
     let mut last_gate = None;
-    while let Some(GateCommand { mut outcome }) = ctx.commands.recv().await {
-        outcome.actuation = actuate(&mut ctx, &outcome).await;
+    let mut last_place = None;
+    while let Some(GateCommand { mut outcome, place }) = ctx.commands.recv().await {
+        outcome.actuation = actuate(&mut ctx, &outcome, place).await;
         last_gate = Some(outcome.gate_at);
+        last_place = place.or(last_place);
         if ctx.outcomes.send(outcome).await.is_err() {
             tracing::error!("recorder stopped; gate outcomes can no longer be recorded");
             break;
         }
     }
-    if let Some(gate_at) = last_gate {
+    if let (Some(encoder), Some(place)) = (&ctx.encoder, last_place) {
+        // Encoder tracking: the last part is at the diverter when the belt says so, and
+        // decided a scan or two later.
+        encoder.wait_past(place, &ctx.clock).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    } else if let Some(gate_at) = last_gate {
         // The PLC decides at the diverter, a scan or two after the part's time there.
         let decided = ctx.clock.instant(gate_at) + Duration::from_millis(50);
         tokio::time::sleep_until(decided.into()).await;
@@ -564,7 +681,11 @@ pub async fn run_gate(mut ctx: GateContext) {
 /// window is open. A command that cannot be acknowledged inside the window is recorded as
 /// failed: the PLC diverts a part without a command, so a failed PASS costs a good part, never
 /// ships a bad one. A delivered PASS fires nothing ([`Actuation::NotRequired`]).
-async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
+async fn actuate(
+    ctx: &mut GateContext,
+    outcome: &PartOutcome,
+    place: Option<GatePlace>,
+) -> Actuation {
     let mut verdict = gate_verdict(outcome.disposition);
     // A PLC that lost its heartbeat may be running anything but its program; when it comes
     // back it must not find a PASS for a part that went by meanwhile.
@@ -573,7 +694,13 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
         verdict = GateVerdict::RejectByPolicy;
     }
     let opens = outcome.gate_at.before(ctx.command_window);
-    let closes = outcome.gate_at;
+    // Under encoder tracking the window is in counts (checked before each send); the
+    // predicted time only bounds how long a command is tried.
+    let encoder = ctx.encoder.clone().zip(place);
+    let closes = match encoder {
+        Some((ref gate, _)) => outcome.gate_at.after(gate.wait_at_most),
+        None => outcome.gate_at,
+    };
     // The early edge: a command before the window would be stale at the PLC; and it leaves at
     // its fire time, not when the tracker handed it over.
     let fire_at = outcome.gate_at.before(ctx.lead).max(opens);
@@ -604,6 +731,11 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
                 ),
             );
         }
+        if let Some((gate, place)) = &encoder
+            && let Err(why) = gate.wait_for_window(*place, &ctx.clock).await
+        {
+            return failed(ctx, why);
+        }
         match ctx
             .link
             .command_within(outcome.part_id.0, verdict, resend, closes.0 - now.0)
@@ -611,7 +743,10 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome) -> Actuation {
         {
             Ok(()) => {
                 let at = ctx.clock.now();
-                if at > closes {
+                let past_diverter = encoder
+                    .as_ref()
+                    .is_some_and(|(gate, place)| gate.remaining(*place, at).is_some_and(|r| r < 0));
+                if at > closes || past_diverter {
                     return failed(ctx, "PLC acknowledged after the gate window".into());
                 }
                 ctx.metrics.gate_commands_ok.inc();
@@ -826,5 +961,56 @@ pub async fn run_encoder(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::part::StationTime;
+    use crate::track::EncoderTrack;
+
+    fn ms(n: u64) -> StationTime {
+        StationTime(Duration::from_millis(n))
+    }
+
+    /// The last check before a command leaves under encoder tracking: inside the window in
+    /// counts, whatever the time prediction said.
+    #[test]
+    fn an_encoder_command_leaves_only_with_its_part_inside_the_window_in_counts() {
+        let track = EncoderTrack::shared(Duration::from_millis(10));
+        let gate = EncoderGate {
+            track: track.clone(),
+            window_counts: 450,
+            wait_at_most: Duration::from_secs(1),
+        };
+        let place = GatePlace {
+            position: 10_000,
+            epoch: 0,
+        };
+        // 10 counts per ms: a margin of 11 counts each side.
+        let at = |t: u64, count: u32| crate::track::belt::lock(&track).record(ms(t), count);
+        for t in 0..=20 {
+            at(t * 2, 9_000 + t as u32 * 20);
+        }
+        // At 9,400 the part is 600 counts out: too early (stale at the PLC).
+        assert!(matches!(gate.check(place, ms(40)), WindowCheck::NotYet));
+        for t in 21..=30 {
+            at(t * 2, 9_000 + t as u32 * 20);
+        }
+        // 9,600: 400 counts out, inside.
+        assert!(matches!(gate.check(place, ms(60)), WindowCheck::Inside));
+        // No fresh reading: not now.
+        assert!(matches!(gate.check(place, ms(71)), WindowCheck::NotYet));
+        for t in 31..=49 {
+            at(t * 2, 9_000 + t as u32 * 20);
+        }
+        // 9,980: 20 counts out, still in; 9,995 predicted half a ms on is inside the margin.
+        assert!(matches!(gate.check(place, ms(98)), WindowCheck::Inside));
+        assert!(matches!(gate.check(place, ms(99)), WindowCheck::Missed(_)));
+        // A counter that started again loses the place.
+        at(100, 3);
+        assert!(matches!(gate.check(place, ms(100)), WindowCheck::Missed(_)));
+        assert_eq!(gate.remaining(place, ms(100)), None);
     }
 }

@@ -325,6 +325,13 @@ impl RegisterMap {
                     "plc_program: tracking = \"encoder\" needs the [encoder] register".into(),
                 );
             }
+            if program.eye_to_gate_counts.max(program.match_before_counts) > i32::MAX as u64 {
+                return Err(format!(
+                    "plc_program: match_before_counts and eye_to_gate_counts must be at most {} \
+                     (half the encoder counter's range)",
+                    i32::MAX
+                ));
+            }
             if program.eye_to_gate_counts == 0 {
                 return Err("plc_program: tracking = \"encoder\" needs a positive \
                      eye_to_gate_counts"

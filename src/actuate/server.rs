@@ -649,7 +649,7 @@ pub struct ResultsContext {
 /// has reached the gate, so the PLC can still read its result.
 pub async fn run_results(mut ctx: ResultsContext) {
     let mut last_gate = None;
-    while let Some(GateCommand { mut outcome }) = ctx.commands.recv().await {
+    while let Some(GateCommand { mut outcome, .. }) = ctx.commands.recv().await {
         let hold_pass = ctx.plc_lost.load(Ordering::Relaxed);
         outcome.actuation = ctx.server.publish(&outcome, hold_pass, Instant::now());
         match outcome.actuation {

@@ -1,4 +1,4 @@
-//! The PLC program of `firmware-io/plc/linesight_gate.st`, ported rule by rule (R1–R9 of
+//! The PLC program of `firmware-io/plc/linesight_gate.st`, ported rule by rule (R1–R10 of
 //! `firmware-io/plc-program.md`, whose table maps each rule to the code here).
 //!
 //! Like the ST program it is a scan: [`PlcProgram::scan`] reads an image of its inputs (the
@@ -186,6 +186,13 @@ impl PlcProgram {
         }
         // R5: a rising edge of the eye is a part.
         if image.gate_eye && !self.eye_before {
+            // A full pending queue (more parts between eye and diverter than a real line can
+            // hold) decides its oldest part now, without a command: divert.
+            if self.pending.len() >= self.settings.fifo_depth
+                && let Some(oldest) = self.pending.pop_front()
+            {
+                outcome.decided.push(self.decide(now, oldest.eye_at, None));
+            }
             self.pending.push_back(PendingPart {
                 eye_at: now,
                 eye_count: image.encoder,

@@ -33,6 +33,11 @@ const SPEED_SPAN: Duration = Duration::from_millis(20);
 /// encoder jitter at a standstill.
 const RESET_BELOW: i64 = 64;
 
+/// No reading for this long and the counter's continuity cannot be vouched for: a PLC that
+/// restarted in the gap may have started its counter again anywhere, even ahead of the last
+/// count. A PLC restart takes far longer; a slow reply or two does not.
+pub const OUTAGE: Duration = Duration::from_millis(500);
+
 /// The encoder's recent readings, unwrapped into one growing count.
 #[derive(Debug)]
 pub struct EncoderTrack {
@@ -58,6 +63,11 @@ impl BeltView {
     pub fn position_at(&self, t: StationTime) -> i64 {
         let ahead = t.0.saturating_sub(self.at.0).as_micros() as f64;
         self.position + (self.speed * ahead).floor() as i64
+    }
+
+    /// The belt's speed now, in counts per millisecond.
+    pub fn counts_per_ms(&self) -> f64 {
+        self.speed * 1000.0
     }
 
     /// When the belt is predicted to reach `position`; `None` while it stands.
@@ -90,10 +100,15 @@ impl EncoderTrack {
     }
 
     /// The counter read `raw` at `at`. Returns whether the counter was found to have started
-    /// again (every place taken before is lost).
+    /// again, or could have (a count that went back, or one after an outage longer than
+    /// [`OUTAGE`]): every place taken before is lost.
     pub fn record(&mut self, at: StationTime, raw: u32) -> bool {
         let mut reset = false;
         let position = match (self.last_raw, self.readings.back()) {
+            (Some(_), Some(last)) if at.0.saturating_sub(last.at.0) > OUTAGE => {
+                reset = true;
+                i64::from(raw)
+            }
             (Some(last_raw), Some(last)) => {
                 let step = i64::from(raw.wrapping_sub(last_raw) as i32);
                 if step < -RESET_BELOW {
@@ -163,7 +178,8 @@ impl EncoderTrack {
 
     /// Where the belt was at `t`: interpolated between the readings around it, or predicted
     /// from the newest when `t` is after it (and the reading is fresh). `None` when no reading
-    /// covers `t`.
+    /// covers `t`, or the two around it are further apart than the stale limit (a guess across
+    /// an outage is no place).
     pub fn position_at(&self, t: StationTime) -> Option<i64> {
         let after = self.readings.partition_point(|r| r.at <= t);
         if after == self.readings.len() {
@@ -171,6 +187,9 @@ impl EncoderTrack {
         }
         let next = self.readings[after];
         let previous = self.readings.get(after.checked_sub(1)?)?;
+        if next.at.0.saturating_sub(previous.at.0) > self.stale_after {
+            return None;
+        }
         let span = next.at.0.saturating_sub(previous.at.0).as_micros() as f64;
         let into = t.0.saturating_sub(previous.at.0).as_micros() as f64;
         let fraction = if span > 0.0 { into / span } else { 1.0 };
@@ -258,5 +277,13 @@ mod tests {
         assert!(track.record(ms(4), 12), "the PLC restarted its counter");
         assert_eq!(track.epoch(), 1);
         assert_eq!(track.view(ms(4)).map(|v| v.position), Some(12));
+        // After an outage nothing says the counter went on: even a count ahead starts anew.
+        assert!(!track.record(ms(6), 20));
+        assert!(track.record(ms(6 + 501), 5_000), "after an outage");
+        assert_eq!(track.epoch(), 2);
+        // A capture during a gap longer than the stale limit has no place.
+        assert!(!track.record(ms(600), 5_100));
+        assert_eq!(track.position_at(ms(550)), None);
+        assert!(track.position_at(ms(601)).is_some());
     }
 }

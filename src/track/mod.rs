@@ -46,6 +46,9 @@ pub struct DuePart {
     /// Why no command can be sent for it any more (encoder tracking lost its place): the PLC
     /// diverts it, and it is reported as rejected by policy.
     pub missed: Option<String>,
+    /// Encoder tracking: where it reaches the diverter, for the gate task's last check that
+    /// its command lands inside the PLC's window in counts.
+    pub place: Option<GatePlace>,
 }
 
 /// What the tracker made of an inspection.
@@ -60,11 +63,12 @@ pub enum InspectionFate {
 }
 
 /// Where a part reaches the diverter, on the belt's axis.
-#[derive(Debug, Clone, Copy)]
-struct GatePlace {
-    position: i64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatePlace {
+    /// The unwrapped encoder count (under time tracking, microseconds of station time).
+    pub position: i64,
     /// The encoder's epoch the position belongs to.
-    epoch: u64,
+    pub epoch: u64,
 }
 
 #[derive(Debug)]
@@ -133,7 +137,7 @@ impl PartTracker {
             } => {
                 let track = belt::lock(track);
                 track.position_at(captured_at).map(|position| GatePlace {
-                    position: position + travel_counts,
+                    position: position.saturating_add(*travel_counts),
                     epoch: track.epoch(),
                 })
             }
@@ -334,6 +338,10 @@ impl PartTracker {
             inspection: part.inspection,
             inspection_late: part.inspection_late,
             missed: None,
+            place: match self.belt {
+                Belt::Clock => None,
+                Belt::Encoder { .. } => part.gate,
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Modbus TCP server running the port of `firmware-io/plc/linesight_gate.st` with encoder
 //! tracking, on a belt that carries one part per frame past the station's camera (a GStreamer
 //! `tcpserversrc` the PLC's line sends each frame to as the part passes) and on to the diverter.
-//! On the way the belt stops, changes speed, and the PLC restarts (down 1.5 s, its registers
+//! On the way the belt stops, speeds up by 30 %, the PLC restarts (down 1.5 s, its registers
 //! cleared, its program started afresh).
 //!
 //! For every part the PLC logs what the diverter did; the rules the test holds it to:
@@ -131,8 +131,10 @@ async fn a_pymodbus_plc_gets_every_verdict_by_encoder_across_a_belt_stop_a_speed
 
     // The PLC first: the station checks the link as it starts.
     let log = dir.path().join("plc.jsonl");
+    // Parts 700 counts apart: the PLC's window is 450, so a command that landed late by more
+    // than a quarter pitch would be the next part's.
     let events =
-        format!("stop@1.5:1.0,speed@3.0:1.5,restart@{RESTART_AT_S}:{RESTART_FOR_S},speed@8.5:0.8");
+        format!("stop@1.5:1.0,speed@3.0:1.3,restart@{RESTART_AT_S}:{RESTART_FOR_S},speed@8.5:0.8");
     let mut plc = KillOnDrop(
         Command::new(python())
             .arg(repo().join("tests/interop/client_mode_plc.py"))
@@ -140,7 +142,8 @@ async fn a_pymodbus_plc_gets_every_verdict_by_encoder_across_a_belt_stop_a_speed
             .args(["--camera", &camera.to_string()])
             .arg("--frames")
             .arg(dir.path().join("frames"))
-            .args(["--camera-to-eye-counts", "6000", "--events", &events])
+            .args(["--camera-to-eye-counts", "6000", "--pitch-counts", "700"])
+            .args(["--events", &events])
             .arg("--log")
             .arg(&log)
             .stdout(Stdio::null())

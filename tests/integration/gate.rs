@@ -312,6 +312,7 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
         plc_lost: plc_lost.clone(),
         command_window,
         lead: Duration::from_millis(20),
+        encoder: None,
     }));
     let part = |id: u64, disposition: Disposition| {
         let now = clock.now();
@@ -327,6 +328,7 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
                 inspection_late: false,
                 actuation: Actuation::NotRequired,
             },
+            place: None,
         }
     };
     let mut send = async |id, disposition| {

@@ -490,3 +490,57 @@ fn the_server_client_constants_match_the_register_map() {
 
     assert_rules_marked(program, &text, 'S', 10);
 }
+
+/// The Python port of the program (`tests/interop/client_mode_plc.py`, the PLC of the client-mode
+/// tests) declares the ST's constants as module constants: they must be the map's too, so the
+/// tests run the program the map describes (with encoder tracking, which it runs).
+#[test]
+fn the_python_port_constants_match_the_register_map() {
+    let path = repo().join("tests/interop/client_mode_plc.py");
+    let text = std::fs::read_to_string(&path).expect("the Python port");
+    let found: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|(name, value)| (name, value.trim()))
+        .collect();
+    let map = register_map();
+    let value = |name: &str| -> i64 {
+        found
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("client_mode_plc.py has no integer {name}"))
+    };
+    for (name, table, key) in [
+        ("WATCHDOG_MS", "plc_program", "watchdog_ms"),
+        ("PULSE_MS", "plc_program", "pulse_ms"),
+        ("MATCH_BEFORE_MS", "plc_program", "match_before_ms"),
+        ("EYE_TO_GATE_MS", "plc_program", "eye_to_gate_ms"),
+        ("FIFO_DEPTH", "plc_program", "fifo_depth"),
+        ("PLC_HEARTBEAT_MS", "plc_program", "plc_heartbeat_ms"),
+        ("MATCH_BEFORE_COUNTS", "plc_program", "match_before_counts"),
+        ("EYE_TO_GATE_COUNTS", "plc_program", "eye_to_gate_counts"),
+        ("HR_HEARTBEAT", "heartbeat", "address"),
+        ("HR_STATION_STATE", "station_state", "address"),
+        ("HR_GATE_COMMAND", "gate_command", "address"),
+        ("HR_PLC_STATUS", "plc_status", "address"),
+        ("HR_ENCODER", "encoder", "address"),
+    ] {
+        assert_eq!(
+            value(name),
+            integer(&map, table, key),
+            "client_mode_plc.py {name} vs register-map.toml [{table}] {key}"
+        );
+    }
+    let high_first = map["words"]["order"].as_str() == Some("high_first");
+    assert_eq!(
+        found.get("WORDS_HIGH_FIRST").copied(),
+        Some(if high_first { "True" } else { "False" }),
+        "client_mode_plc.py WORDS_HIGH_FIRST vs [words] order"
+    );
+    assert_eq!(
+        found.get("TRACK_BY_ENCODER").copied(),
+        Some("True"),
+        "the port runs encoder tracking"
+    );
+}
