@@ -38,7 +38,7 @@ last part (+200 ms), closes the camera socket (the station sees the end of its s
 a {"summary": ...} line (also printed to stdout), keeps the PLC serving until the station has
 written station_state 0 (its clean stop) or --linger-s passed, and exits 0.
 Only pymodbus (the venv's, 3.8) and the standard library; R_TRIG, TON and TOF come from
-server_mode_plc.py beside it.
+server_mode_plc.py beside it, and so does the CLI's positive().
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.datastore.context import ModbusBaseSlaveContext
 from pymodbus.server import ModbusTcpServer
 
-from server_mode_plc import R_TRIG, TOF, TON
+from server_mode_plc import R_TRIG, TOF, TON, positive
 
 # ---------------------------------------------------------------------------------------------
 # The ST file's constants. FB_LinesightGate's VAR CONSTANT ([plc_program] in register-map.toml),
@@ -1007,16 +1007,6 @@ def events(text: str) -> list[Event]:
             raise argparse.ArgumentTypeError(f"{item!r}: {EVENT_HELP}")
         found.append(event)
     return found
-
-
-def positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
-        return value
-
-    return parse
 
 
 def load_frames(folder: str) -> list[bytes]:
