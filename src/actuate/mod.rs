@@ -333,6 +333,44 @@ impl GateLink {
         }
     }
 
+    /// Reads the belt encoder's count and the PLC's heartbeat (`plc_status + 0`), in one
+    /// request when the two are near each other (as in the shipped map), else in two.
+    pub async fn read_encoder_and_heartbeat(&mut self) -> Result<(u32, u16), GateError> {
+        let what = "read encoder and PLC heartbeat";
+        let status = self.map.plc_status.address;
+        let Some(encoder) = self.map.encoder else {
+            return Err(self.unexpected(what, 0, Response::ReadHoldingRegisters(Vec::new())));
+        };
+        let span = u32::from(encoder.address) + 2 - u32::from(status);
+        if encoder.address <= status || span > 125 {
+            let count = self.read_encoder().await?;
+            let status = self.plc_status().await?;
+            return Ok((count, status[0]));
+        }
+        let span = span as u16;
+        match self
+            .call(
+                what,
+                status,
+                Request::ReadHoldingRegisters(status, span),
+                self.request_timeout,
+            )
+            .await?
+        {
+            Response::ReadHoldingRegisters(words) if words.len() == usize::from(span) => {
+                let at = usize::from(encoder.address - status);
+                let count = self.map.words.order.join([words[at], words[at + 1]]);
+                Ok((count, words[0]))
+            }
+            reply => Err(self.unexpected(what, status, reply)),
+        }
+    }
+
+    /// The PLC program's heartbeat period (`[plc_program] plc_heartbeat_ms`).
+    pub fn plc_heartbeat_period(&self) -> Duration {
+        Duration::from_millis(self.map.plc_program.plc_heartbeat_ms)
+    }
+
     /// Reads the belt encoder's count (the register map's `[encoder]`).
     pub async fn read_encoder(&mut self) -> Result<u32, GateError> {
         let what = "read encoder";
@@ -913,9 +951,10 @@ pub async fn run_heartbeat(
     }
 }
 
-/// Encoder tracking: reads the PLC's encoder count every `period` on its own connection, so
-/// the readings are neither delayed by gate commands nor delay them, and records each with
-/// the middle of its request's round trip as its time. A failed read records nothing: the
+/// Encoder tracking: reads the PLC's encoder count (with its heartbeat, which tells a cable
+/// pulled from a PLC that restarted) every `period` on its own connection, so the readings
+/// are neither delayed by gate commands nor delay them, and records each with the middle of
+/// its request's round trip as its time. A failed read records nothing: the
 /// readings go stale, and the tracker fires no command on a stale one. Runs until `stop`.
 pub async fn run_encoder(
     mut link: GateLink,
@@ -934,11 +973,12 @@ pub async fn run_encoder(
             _ = ticks.tick() => {}
         }
         let sent = clock.now();
-        match link.read_encoder().await {
-            Ok(count) => {
+        match link.read_encoder_and_heartbeat().await {
+            Ok((count, heartbeat)) => {
                 let received = clock.now();
                 let at = sent.after((received.0 - sent.0) / 2);
-                if crate::track::belt::lock(&track).record(at, count) {
+                let period = link.plc_heartbeat_period();
+                if crate::track::belt::lock(&track).record_with_plc(at, count, heartbeat, period) {
                     metrics.encoder_resets.inc();
                     tracing::warn!(
                         count,

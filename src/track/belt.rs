@@ -47,6 +47,8 @@ pub struct EncoderTrack {
     /// are on another axis and mean nothing now.
     epoch: u64,
     stale_after: Duration,
+    /// The PLC's heartbeat at the last reading, when it is read with the count.
+    last_heartbeat: Option<(StationTime, u16)>,
 }
 
 /// What the newest fresh reading says about the belt now.
@@ -91,6 +93,7 @@ impl EncoderTrack {
             last_raw: None,
             epoch: 0,
             stale_after,
+            last_heartbeat: None,
         }
     }
 
@@ -103,9 +106,34 @@ impl EncoderTrack {
     /// again, or could have (a count that went back, or one after an outage longer than
     /// [`OUTAGE`]): every place taken before is lost.
     pub fn record(&mut self, at: StationTime, raw: u32) -> bool {
+        self.record_checked(at, raw, false)
+    }
+
+    /// [`EncoderTrack::record`] with the PLC's own heartbeat read with the count (it beats
+    /// every `period`): after an outage the counter is taken to have gone on when the
+    /// heartbeat moved on by about the outage's length, so the PLC did not restart (a cable
+    /// pulled and plugged back); a heartbeat that went back or moved too little is a PLC that
+    /// restarted, and its counter may have started anywhere.
+    pub fn record_with_plc(
+        &mut self,
+        at: StationTime,
+        raw: u32,
+        heartbeat: u16,
+        period: Duration,
+    ) -> bool {
+        let kept_beating = self.last_heartbeat.is_some_and(|(then, before)| {
+            let moved = f64::from(heartbeat.wrapping_sub(before) as i16);
+            let expected = at.0.saturating_sub(then.0).as_secs_f64() / period.as_secs_f64();
+            moved >= 0.0 && (moved - expected).abs() <= expected * 0.25 + 3.0
+        });
+        self.last_heartbeat = Some((at, heartbeat));
+        self.record_checked(at, raw, kept_beating)
+    }
+
+    fn record_checked(&mut self, at: StationTime, raw: u32, kept_beating: bool) -> bool {
         let mut reset = false;
         let position = match (self.last_raw, self.readings.back()) {
-            (Some(_), Some(last)) if at.0.saturating_sub(last.at.0) > OUTAGE => {
+            (Some(_), Some(last)) if at.0.saturating_sub(last.at.0) > OUTAGE && !kept_beating => {
                 reset = true;
                 i64::from(raw)
             }
@@ -285,5 +313,24 @@ mod tests {
         assert!(!track.record(ms(600), 5_100));
         assert_eq!(track.position_at(ms(550)), None);
         assert!(track.position_at(ms(601)).is_some());
+    }
+
+    #[test]
+    fn a_plc_that_kept_beating_through_an_outage_kept_counting() {
+        let period = Duration::from_millis(100);
+        let mut track = EncoderTrack::new(Duration::from_millis(10));
+        assert!(!track.record_with_plc(ms(0), 1_000, 40, period));
+        assert!(!track.record_with_plc(ms(2), 1_020, 40, period));
+        // A cable out for 2 s: the heartbeat went on by 20, the counter by 20,000.
+        assert!(!track.record_with_plc(ms(2002), 21_020, 60, period));
+        assert_eq!(track.epoch(), 0);
+        assert_eq!(track.view(ms(2002)).map(|v| v.position), Some(21_020));
+        // A PLC restarted in a 2 s outage beats from 0 again: a new epoch, whatever the count.
+        assert!(track.record_with_plc(ms(4002), 41_020, 3, period));
+        assert_eq!(track.epoch(), 1);
+        // One that beat too little (it restarted and beat a while) is no better.
+        assert!(!track.record_with_plc(ms(4004), 41_040, 3, period));
+        assert!(track.record_with_plc(ms(9004), 91_040, 30, period));
+        assert_eq!(track.epoch(), 2);
     }
 }
