@@ -72,6 +72,11 @@ fn client_station(dir: &Path, plc: SocketAddr, camera: SocketAddr) -> std::path:
                 "travel_ms = 620\ntracking = \"encoder\"\ntravel_counts = 6200",
             ),
             ("verdict_margin_ms = 300", "verdict_margin_ms = 150"),
+            // 350 counts at nominal speed, near the far end of the PLC's 450-count window: the
+            // most room for the link's and the PLC's own latency (a Python PLC on a busy
+            // machine takes tens of ms); faster, the station's last check holds each command
+            // until its part is inside the window.
+            ("actuation_lead_ms = 20", "actuation_lead_ms = 35"),
             (simulated, &format!("type = \"tcp\"\naddress = \"{plc}\"\n")),
             (
                 &shipped_map,
