@@ -325,7 +325,7 @@ fn default_encoder_poll_ms() -> u64 {
 }
 
 fn default_encoder_stale_ms() -> u64 {
-    10
+    20
 }
 
 /// How parts are followed from the camera to the gate.

@@ -38,6 +38,10 @@ const RESET_BELOW: i64 = 64;
 /// count. A PLC restart takes far longer; a slow reply or two does not.
 pub const OUTAGE: Duration = Duration::from_millis(500);
 
+/// A capture between two readings at most this far apart is placed between them; across a
+/// longer gap its place is a guess and it gets none.
+pub const PLACE_ACROSS: Duration = Duration::from_millis(100);
+
 /// The encoder's recent readings, unwrapped into one growing count.
 #[derive(Debug)]
 pub struct EncoderTrack {
@@ -206,8 +210,8 @@ impl EncoderTrack {
 
     /// Where the belt was at `t`: interpolated between the readings around it, or predicted
     /// from the newest when `t` is after it (and the reading is fresh). `None` when no reading
-    /// covers `t`, or the two around it are further apart than the stale limit (a guess across
-    /// an outage is no place).
+    /// covers `t`, or the two around it are further apart than [`PLACE_ACROSS`] (a guess
+    /// across an outage is no place).
     pub fn position_at(&self, t: StationTime) -> Option<i64> {
         let after = self.readings.partition_point(|r| r.at <= t);
         if after == self.readings.len() {
@@ -215,7 +219,7 @@ impl EncoderTrack {
         }
         let next = self.readings[after];
         let previous = self.readings.get(after.checked_sub(1)?)?;
-        if next.at.0.saturating_sub(previous.at.0) > self.stale_after {
+        if next.at.0.saturating_sub(previous.at.0) > PLACE_ACROSS {
             return None;
         }
         let span = next.at.0.saturating_sub(previous.at.0).as_micros() as f64;
@@ -310,9 +314,12 @@ mod tests {
         assert!(track.record(ms(6 + 501), 5_000), "after an outage");
         assert_eq!(track.epoch(), 2);
         // A capture during a gap longer than the stale limit has no place.
-        assert!(!track.record(ms(600), 5_100));
-        assert_eq!(track.position_at(ms(550)), None);
-        assert!(track.position_at(ms(601)).is_some());
+        assert!(!track.record(ms(700), 5_100));
+        assert_eq!(track.position_at(ms(650)), None);
+        assert!(track.position_at(ms(701)).is_some());
+        // Across a short gap (a slow reply) a capture is placed between the two readings.
+        assert!(!track.record(ms(760), 5_700));
+        assert_eq!(track.position_at(ms(730)), Some(5_400));
     }
 
     #[test]

@@ -123,9 +123,44 @@ impl PartTracker {
         self.parts.len()
     }
 
-    /// A part was captured at `captured_at`.
+    /// A part was captured at `captured_at`. Under encoder tracking it is placed by the count
+    /// then; when no reading covers that time yet (the reading after it has not come in), it
+    /// is placed at a later look, once one does.
     pub fn trigger(&mut self, part_id: PartId, captured_at: StationTime) {
-        let gate = match &self.belt {
+        let gate = self.place(captured_at);
+        self.parts.insert(
+            part_id,
+            TrackedPart {
+                captured_at,
+                gate,
+                inspection: None,
+                inspection_late: false,
+            },
+        );
+    }
+
+    /// Places the parts not yet placed, where the readings now allow.
+    fn place_waiting(&mut self) {
+        if matches!(self.belt, Belt::Clock) || self.parts.values().all(|p| p.gate.is_some()) {
+            return;
+        }
+        let waiting: Vec<(PartId, StationTime)> = self
+            .parts
+            .iter()
+            .filter(|(_, part)| part.gate.is_none())
+            .map(|(id, part)| (*id, part.captured_at))
+            .collect();
+        for (id, captured_at) in waiting {
+            let gate = self.place(captured_at);
+            if let Some(part) = self.parts.get_mut(&id) {
+                part.gate = gate;
+            }
+        }
+    }
+
+    /// Where a part captured at `captured_at` reaches the diverter, if the belt says.
+    fn place(&self, captured_at: StationTime) -> Option<GatePlace> {
+        match &self.belt {
             Belt::Clock => Some(GatePlace {
                 position: micros(captured_at.after(self.timing.travel)),
                 epoch: 0,
@@ -141,20 +176,12 @@ impl PartTracker {
                     epoch: track.epoch(),
                 })
             }
-        };
-        self.parts.insert(
-            part_id,
-            TrackedPart {
-                captured_at,
-                gate,
-                inspection: None,
-                inspection_late: false,
-            },
-        );
+        }
     }
 
     /// The inspect stage finished a part at `now`.
     pub fn inspected(&mut self, inspection: Inspection, now: StationTime) -> InspectionFate {
+        self.place_waiting();
         let view = self.view(now);
         let timing = self.timing;
         let Some(part) = self.parts.get_mut(&inspection.part_id) else {
@@ -208,6 +235,7 @@ impl PartTracker {
     /// Removes and returns every part whose gate command is due at `now`, oldest first, and
     /// every part missed.
     pub fn due(&mut self, now: StationTime) -> Vec<DuePart> {
+        self.place_waiting();
         let view = self.view(now);
         let settled: Vec<(PartId, StationTime, Option<String>)> = self
             .parts
@@ -575,5 +603,23 @@ mod tests {
         let given_up = tracker.give_up(ms(2001), "stopping");
         assert_eq!(given_up.len(), 1);
         assert_eq!(tracker.in_flight(), 0);
+    }
+
+    #[test]
+    fn with_an_encoder_a_capture_is_placed_once_the_reading_after_it_comes_in() {
+        let (mut tracker, track) = encoder_tracker();
+        run_belt(&track, 0, 10, 0, 10);
+        // The poller lags: 60 ms without a reading when the part is captured.
+        tracker.trigger(PartId(1), ms(70));
+        belt::lock(&track).record(ms(80), 800);
+        // Placed between the readings at 10 ms (100) and 80 ms (800): 700, the gate 2700.
+        assert!(tracker.due(ms(80)).is_empty());
+        let count = run_belt(&track, 80, 258, 800, 10);
+        assert!(tracker.due(ms(258)).is_empty());
+        run_belt(&track, 258, 260, count, 10);
+        let due = tracker.due(ms(260));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].missed, None);
+        assert_eq!(due[0].gate_at, ms(270));
     }
 }
