@@ -1,4 +1,4 @@
-//! The PLC program of `firmware-io/plc/linesight_gate.st`, ported rule by rule (R1–R10 of
+//! The PLC program of `firmware-io/plc/linesight_gate.st`, ported rule by rule (R1–R11 of
 //! `firmware-io/plc-program.md`, whose table maps each rule to the code here).
 //!
 //! Like the ST program it is a scan: [`PlcProgram::scan`] reads an image of its inputs (the
@@ -88,6 +88,12 @@ fn counts_since(from: u32, to: u32) -> i64 {
     i64::from(to.wrapping_sub(from) as i32)
 }
 
+/// How far `part_id` is ahead of `expected` on the wrapping u32 id (`F_PartIdsAhead` in the
+/// ST): negative for a part before the expected one.
+fn part_ids_ahead(expected: u32, part_id: u32) -> i64 {
+    counts_since(expected, part_id)
+}
+
 /// What changed in one scan, for the simulator's logs.
 #[derive(Debug, Default)]
 pub struct ScanOutcome {
@@ -108,7 +114,8 @@ pub struct PlcProgram {
     map: RegisterMap,
     // R1
     last_heartbeat: Option<u16>,
-    heartbeat_changed_at: Duration,
+    // The TON's start: the first scan in which the heartbeat had not changed.
+    unchanged_since: Option<Duration>,
     watchdog_expired: bool,
     // R2, R3
     station_stopped: bool,
@@ -124,6 +131,10 @@ pub struct PlcProgram {
     // R10: where the program started, and whether it still holds the gate.
     started: Option<(Duration, u32)>,
     start_hold: bool,
+    // R11: the id the next part decided must carry, once a command has set it; whether a
+    // command for a part already decided was dropped (status b6).
+    expected_part_id: Option<u32>,
+    id_behind_seen: bool,
     // R7
     gate_until: Option<Duration>,
     passed: u32,
@@ -145,7 +156,7 @@ impl PlcProgram {
             settings: map.plc_program,
             map,
             last_heartbeat: None,
-            heartbeat_changed_at: Duration::ZERO,
+            unchanged_since: None,
             watchdog_expired: false,
             station_stopped: true,
             fault: true,
@@ -157,6 +168,8 @@ impl PlcProgram {
             encoder: 0,
             started: None,
             start_hold: true,
+            expected_part_id: None,
+            id_behind_seen: false,
             gate_until: None,
             passed: 0,
             diverted: 0,
@@ -181,6 +194,10 @@ impl PlcProgram {
         self.station_stopped = image.station_state != 1;
         // R3
         self.fault = self.watchdog_expired || self.station_stopped;
+        // R11: a station that was lost or stopped may come back with other part ids.
+        if self.fault {
+            self.expected_part_id = None;
+        }
         if let Some(taken) = self.take_command(now, &image.gate_command) {
             outcome.taken.push(taken);
         }
@@ -201,6 +218,7 @@ impl PlcProgram {
         self.eye_before = image.gate_eye;
         self.match_pending(now, &mut outcome.decided);
         outcome.halt_latched = self.halt_line(image.halt_coil, image.operator_reset);
+        // R11 (the reset's rising edge, read before halt_line stores it) is in halt_line.
         if now >= self.next_beat_at {
             self.plc_heartbeat = self.plc_heartbeat.wrapping_add(1);
             self.next_beat_at = now + Duration::from_millis(self.settings.plc_heartbeat_ms);
@@ -228,16 +246,19 @@ impl PlcProgram {
 
     /// R1: the station is lost when its heartbeat has not changed for the watchdog time, and
     /// found again when it changes. Whether the watchdog expired in this scan.
+    ///
+    /// As the ST's TON: a scan with a change resets it, and its time runs from the first scan
+    /// without one.
     fn watchdog(&mut self, now: Duration, heartbeat: u16) -> bool {
         if self.last_heartbeat != Some(heartbeat) {
             // The first value seen counts as no change: a station must beat to be trusted.
             self.watchdog_expired = self.last_heartbeat.is_none();
-            self.heartbeat_changed_at = now;
+            self.unchanged_since = None;
             self.last_heartbeat = Some(heartbeat);
             return false;
         }
-        let expired = now.saturating_sub(self.heartbeat_changed_at)
-            >= Duration::from_millis(self.settings.watchdog_ms);
+        let since = *self.unchanged_since.get_or_insert(now);
+        let expired = now.saturating_sub(since) >= Duration::from_millis(self.settings.watchdog_ms);
         let tripped = expired && !self.watchdog_expired;
         self.watchdog_expired |= expired;
         tripped
@@ -308,7 +329,18 @@ impl PlcProgram {
                     c.arrived_at + before < part.eye_at
                 }
             };
-            while self.fifo.front().is_some_and(stale) {
+            // R11: a command for an id before the expected one came too late for its part,
+            // which was decided already; whenever it arrived, it is not this part's.
+            let expected = self.expected_part_id;
+            let behind = |c: &TakenCommand| {
+                expected.is_some_and(|id| part_ids_ahead(id, c.command.part_id) < 0)
+            };
+            while let Some(head) = self.fifo.front() {
+                let id_behind = behind(head);
+                if !stale(head) && !id_behind {
+                    break;
+                }
+                self.id_behind_seen |= id_behind;
                 self.fifo.pop_front();
                 self.unmatched = self.unmatched.wrapping_add(1);
             }
@@ -334,6 +366,18 @@ impl PlcProgram {
         eye_at: Duration,
         command: Option<TakenCommand>,
     ) -> GateDecision {
+        // R11: the next part carries the id after this one's: a matched command's (also when
+        // it is ahead of the expected one: the station numbered parts this program never
+        // saw), or one more than expected for a part without a command.
+        match command {
+            Some(c) if !self.fault => {
+                self.expected_part_id = Some(c.command.part_id.wrapping_add(1));
+            }
+            Some(_) => self.expected_part_id = None,
+            None => {
+                self.expected_part_id = self.expected_part_id.map(|id| id.wrapping_add(1));
+            }
+        }
         let reason = if self.watchdog_expired {
             DecisionReason::WatchdogExpired
         } else if self.station_stopped {
@@ -372,6 +416,12 @@ impl PlcProgram {
         if reset && !self.reset_before && !coil {
             self.halt_latched = false;
         }
+        // R11: the reset also forgets the expected id and clears b6, so a PLC whose eye and
+        // the station's camera counted parts differently takes the sequence up again.
+        if reset && !self.reset_before {
+            self.expected_part_id = None;
+            self.id_behind_seen = false;
+        }
         self.halt_coil_before = coil;
         self.reset_before = reset;
         set
@@ -409,7 +459,8 @@ impl PlcProgram {
             | u16::from(self.station_stopped) << 2
             | u16::from(self.halt_latched) << 3
             | u16::from(self.overrun_seen) << 4
-            | u16::from(self.start_hold) << 5;
+            | u16::from(self.start_hold) << 5
+            | u16::from(self.id_behind_seen) << 6;
         let order = self.map.words.order;
         let [p0, p1] = order.split(self.passed);
         let [d0, d1] = order.split(self.diverted);
@@ -615,10 +666,11 @@ mod tests {
             bench.now += ms(1);
         }
         let silent_for = tripped_at.expect("the watchdog trips") - bench.last_beat;
+        // The ST's TON runs from the first scan without a change, a scan (1 ms) after the beat.
         assert_eq!(
             silent_for,
-            ms(watchdog),
-            "trips on the first scan past the watchdog time"
+            ms(watchdog + 1),
+            "trips once the heartbeat stood still for the watchdog time"
         );
         // A PASS from a lost station is not trusted.
         bench.part(1, Some(GateVerdict::Pass), 5);
@@ -663,6 +715,90 @@ mod tests {
         let status = bench.program.status_words();
         assert_eq!(status[1] & 0b1_0000, 0b1_0000, "overrun bit");
         assert_eq!(status[7], 1);
+    }
+
+    /// The hazard R11 closes: a command that reaches the PLC after its part was decided, but
+    /// inside the next part's window, by time or by counts.
+    #[test]
+    fn a_command_too_late_for_its_part_is_never_given_to_the_next_one() {
+        for mut bench in [Bench::new(), Bench::by_encoder()] {
+            let tracking = bench.program.settings.tracking;
+            let to_gate = ms(bench.program.settings.eye_to_gate_ms);
+            // Part 1 with its own command: the sequence is known.
+            bench.part(1, Some(GateVerdict::Pass), 5);
+            assert_eq!(bench.last().part_id, Some(1), "{tracking:?}");
+            // Part 2 is decided without its command, which arrives 30 ms later, 10 ms
+            // before part 3 reaches the eye: inside part 3's window.
+            bench.eye();
+            bench.scan_for(to_gate + ms(30));
+            assert_eq!(bench.last().reason, DecisionReason::NoCommand);
+            bench.command(2, GateVerdict::Pass);
+            bench.scan_for(ms(10));
+            bench.eye();
+            bench.scan_for(ms(100));
+            let part_3 = bench.last();
+            assert_eq!(
+                (part_3.reason, part_3.part_id, part_3.diverted),
+                (DecisionReason::NoCommand, None, true),
+                "{tracking:?}: part 3 took part 2's PASS"
+            );
+            let status = bench.program.status_words();
+            assert_eq!(status[1] & 0x40, 0x40, "b6: a command for a decided part");
+            assert_eq!(status[7], 1, "counted unmatched");
+            // The sequence goes on: part 4 passes with its own command.
+            bench.part(4, Some(GateVerdict::Pass), 5);
+            assert_eq!(bench.last().reason, DecisionReason::Pass);
+            assert_eq!(bench.last().part_id, Some(4));
+            // b6 stays until the operator's reset.
+            assert_eq!(bench.program.status_words()[1] & 0x40, 0x40);
+            bench.image.operator_reset = true;
+            bench.scan_for(ms(1));
+            assert_eq!(bench.program.status_words()[1] & 0x40, 0);
+        }
+    }
+
+    #[test]
+    fn the_sequence_follows_the_station_after_a_fault_and_over_ids_it_skipped() {
+        let mut bench = Bench::new();
+        bench.part(100, Some(GateVerdict::Pass), 5);
+        assert_eq!(bench.last().part_id, Some(100));
+        // Ids ahead of the expected one: parts the station numbered that never reached the
+        // eye. The sequence follows the station.
+        bench.part(105, Some(GateVerdict::Pass), 5);
+        assert_eq!(bench.last().reason, DecisionReason::Pass);
+        bench.part(106, Some(GateVerdict::Pass), 5);
+        assert_eq!(bench.last().part_id, Some(106));
+        // The station stops and comes back numbering from 1 (a fresh data folder): the fault
+        // forgot the expected id, so its commands are matched by their window again.
+        bench.image.station_state = 0;
+        bench.scan_for(ms(50));
+        bench.image.station_state = 1;
+        bench.scan_for(ms(50));
+        bench.part(1, Some(GateVerdict::Pass), 5);
+        assert_eq!(bench.last().reason, DecisionReason::Pass);
+        assert_eq!(bench.last().part_id, Some(1));
+        assert_eq!(bench.program.status_words()[1] & 0x40, 0, "nothing dropped");
+    }
+
+    #[test]
+    fn after_the_eye_counts_a_part_the_station_did_not_every_part_diverts_until_the_reset() {
+        let mut bench = Bench::new();
+        bench.part(1, Some(GateVerdict::Pass), 5);
+        // A part the station never numbered (the eye saw one part twice): it takes id 2.
+        bench.part(0, None, 0);
+        // From now on each command is one behind: never given to a part, all divert.
+        for id in 2..5 {
+            bench.part(id, Some(GateVerdict::Pass), 5);
+            assert_eq!(bench.last().reason, DecisionReason::NoCommand, "part {id}");
+        }
+        assert_eq!(bench.program.status_words()[1] & 0x40, 0x40);
+        // The operator's reset takes the sequence up from the next command.
+        bench.image.operator_reset = true;
+        bench.scan_for(ms(1));
+        bench.part(5, Some(GateVerdict::Pass), 5);
+        assert_eq!(bench.last().reason, DecisionReason::Pass);
+        bench.part(6, Some(GateVerdict::Pass), 5);
+        assert_eq!(bench.last().part_id, Some(6));
     }
 
     #[test]

@@ -123,8 +123,6 @@ fn write_frames(dir: &Path, count: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open hazard (issue 17): on a loaded CI machine the Python PLC took a command after \
-            its part was decided and gave it to the next part; run with --ignored"]
 async fn a_pymodbus_plc_gets_every_verdict_by_encoder_across_a_belt_stop_a_speed_change_and_its_own_restart()
  {
     let _cpu = CPU_HEAVY.lock().await;

@@ -11,6 +11,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use linesight::actuate::{GateCommandWords, GateVerdict, PlcTracking, RegisterMap};
+use linesight::simulate::plc_program::{InputImage, PlcProgram};
+
 use crate::repo;
 
 const PROGRAM: &str = "firmware-io/plc/linesight_gate.st";
@@ -223,7 +226,7 @@ fn the_program_constants_match_the_register_map() {
     }
 
     assert_word_order(PROGRAM, &found, &map);
-    assert_rules_marked(PROGRAM, &text, 'R', 10);
+    assert_rules_marked(PROGRAM, &text, 'R', 11);
 }
 
 /// register-map.toml as plain TOML (the crate's `RegisterMap` need not know every table).
@@ -542,5 +545,203 @@ fn the_python_port_constants_match_the_register_map() {
         found.get("TRACK_BY_ENCODER").copied(),
         Some("True"),
         "the port runs encoder tracking"
+    );
+}
+
+/// One line's inputs to the client-mode program, scan by scan (1 ms apart), drawn from `seed`:
+/// a belt that runs at changing speeds and stops, parts at the gate eye with commands that
+/// arrive early, in their window, late and far too late (inside the next part's window), or
+/// not at all, with every verdict; a part the eye sees that the station never numbered, ids
+/// the station numbered that the eye never sees, station silences long enough for the
+/// watchdog, station stops, a halt and operator resets.
+fn line_scenario(seed: u64, map: &RegisterMap, scans: u64) -> Vec<(u64, InputImage)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let silences: Vec<u64> = (0..3)
+        .map(|_| rng.gen_range(1_000..scans - 2_000))
+        .collect();
+    let stops: Vec<u64> = (0..2).map(|_| rng.gen_range(1_000..scans - 500)).collect();
+    let resets: Vec<u64> = (0..4).map(|_| rng.gen_range(500..scans)).collect();
+    let halt_at = rng.gen_range(1_000..scans - 500);
+    let mut image = InputImage {
+        encoder: u32::MAX - 50_000,
+        ..InputImage::default()
+    };
+    let (mut speed, mut next_speed_change) = (10u32, 0u64);
+    let (mut next_part_at, mut part_id, mut sequence) =
+        (image.encoder.wrapping_add(400), 1u32, 0u16);
+    let mut writes: std::collections::BTreeMap<u64, Vec<(u32, GateVerdict)>> = Default::default();
+    let mut queued: std::collections::VecDeque<(u32, GateVerdict)> = Default::default();
+    let mut line = Vec::new();
+    for t in 0..scans {
+        if t >= next_speed_change {
+            speed = if rng.gen_bool(0.15) {
+                0
+            } else {
+                rng.gen_range(5..=15)
+            };
+            next_speed_change = t + rng.gen_range(300..1_500);
+        }
+        let before = image.encoder;
+        image.encoder = image.encoder.wrapping_add(speed);
+        // A part's leading edge reaches the eye when the belt passes its position.
+        image.gate_eye = speed > 0
+            && (next_part_at.wrapping_sub(before) as i32) >= 0
+            && (image.encoder.wrapping_sub(next_part_at) as i32) >= 0;
+        if image.gate_eye {
+            next_part_at = next_part_at.wrapping_add(rng.gen_range(500..900));
+            // A part the station never numbered (the eye saw one part twice) is a ghost.
+            if !rng.gen_bool(0.02) {
+                // This part carries `part_id`. The station's command for the part after it
+                // goes out 10..120 ms from now: before that part's window, in it, after it
+                // or inside the window of the part after that, as the belt's speed has it.
+                let skipped = u32::from(rng.gen_bool(0.03)); // numbered, never at the eye
+                let next = part_id.wrapping_add(1 + skipped);
+                if !rng.gen_bool(0.08) {
+                    let verdict = if rng.gen_bool(0.6) {
+                        GateVerdict::Pass
+                    } else {
+                        GateVerdict::from_word(rng.gen_range(0..=4))
+                    };
+                    let at = t + rng.gen_range(10..=120);
+                    writes.entry(at).or_default().push((next, verdict));
+                }
+                part_id = next;
+            }
+        }
+        if let Some(due) = writes.remove(&t) {
+            queued.extend(due);
+        }
+        // One command write per scan, as the PLC takes them.
+        if let Some((id, verdict)) = queued.pop_front() {
+            sequence = sequence.wrapping_add(1);
+            image.gate_command = map.encode_gate_command(GateCommandWords {
+                part_id: id,
+                verdict,
+                class: 0,
+                sequence,
+            });
+        }
+        let silent = silences.iter().any(|&s| (s..s + 1_800).contains(&t));
+        if t.is_multiple_of(100) && !silent {
+            image.heartbeat = image.heartbeat.wrapping_add(1);
+        }
+        let stopped = stops.iter().any(|&s| (s..s + 300).contains(&t));
+        image.station_state = u16::from(t >= 5 && !stopped);
+        image.halt_coil = (halt_at..halt_at + 200).contains(&t);
+        image.operator_reset = resets.contains(&t);
+        line.push((t, image));
+    }
+    line
+}
+
+/// What a port did in one scan, in the replay script's shape.
+fn rust_port_scan(program: &mut PlcProgram, t: u64, image: &InputImage) -> serde_json::Value {
+    let now = std::time::Duration::from_millis(t);
+    let outcome = program.scan(now, image);
+    let decided: Vec<serde_json::Value> = outcome
+        .decided
+        .iter()
+        .map(|d| serde_json::json!([d.part_id, d.verdict, !d.diverted, d.reason]))
+        .collect();
+    serde_json::json!({
+        "decided": decided,
+        "status": program.status_words(),
+        "gate": program.gate_output(now),
+        "run": program.conveyor_run(),
+    })
+}
+
+fn image_json(t: u64, image: &InputImage) -> String {
+    serde_json::json!({
+        "t": t, "hb": image.heartbeat, "state": image.station_state, "cmd": image.gate_command,
+        "halt": image.halt_coil, "eye": image.gate_eye, "reset": image.operator_reset,
+        "enc": image.encoder,
+    })
+    .to_string()
+}
+
+/// The two ports of `linesight_gate.st` (the Rust one the simulated PLC runs, the Python one
+/// the pymodbus PLC runs) do the same thing in every scan of a long, eventful line: the same
+/// parts decided the same way for the same reasons, the same status words, gate and conveyor
+/// outputs. Both tracking modes; the scenario must reach every decision reason and R11's drop,
+/// so a rule one port lacks cannot hide.
+#[test]
+fn the_rust_and_python_ports_do_the_same_in_every_scan() {
+    let seed: u64 = std::env::var("PLC_REPLAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("PLC_REPLAY_SEED={seed}");
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let mut dropped_behind = false;
+    for tracking in [PlcTracking::Time, PlcTracking::Encoder] {
+        let mut map =
+            RegisterMap::load(&repo().join("firmware-io/register-map.toml")).expect("the map");
+        map.plc_program.tracking = tracking;
+        let line = line_scenario(seed, &map, 30_000);
+        let input: String = line.iter().map(|(t, i)| image_json(*t, i) + "\n").collect();
+        let mut replay = Command::new(crate::python());
+        replay.arg(repo().join("tests/interop/plc_port_replay.py"));
+        if tracking == PlcTracking::Encoder {
+            replay.arg("--encoder");
+        }
+        let mut child = replay
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run plc_port_replay.py");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(input.as_bytes())
+        });
+        let output = child.wait_with_output().expect("plc_port_replay.py output");
+        writer.join().expect("writer").expect("write the images");
+        assert!(
+            output.status.success(),
+            "plc_port_replay.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let python: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(python.len(), line.len(), "one line per scan");
+        let mut program = PlcProgram::new(map);
+        for ((t, image), theirs) in line.iter().zip(&python) {
+            let ours = rust_port_scan(&mut program, *t, image);
+            assert_eq!(
+                &ours,
+                theirs,
+                "{tracking:?}, scan {t} (PLC_REPLAY_SEED={seed}): Rust (left) and Python \
+                 (right) differ; inputs {}",
+                image_json(*t, image)
+            );
+            for decision in ours["decided"].as_array().into_iter().flatten() {
+                *reasons
+                    .entry(decision[3].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+            }
+            dropped_behind |= ours["status"][1].as_u64().is_some_and(|b| b & 0x40 != 0);
+        }
+    }
+    println!("decisions by reason over both modes: {reasons:?}");
+    for reason in [
+        "pass",
+        "verdict",
+        "no_command",
+        "watchdog_expired",
+        "station_stopped",
+    ] {
+        assert!(
+            reasons.get(reason).is_some_and(|&n| n > 0),
+            "the scenario never reached {reason}: {reasons:?} (PLC_REPLAY_SEED={seed})"
+        );
+    }
+    assert!(
+        dropped_behind,
+        "the scenario never dropped a command for a decided part (R11, PLC_REPLAY_SEED={seed})"
     );
 }

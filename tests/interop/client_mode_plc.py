@@ -4,7 +4,7 @@ firmware-io/plc/linesight_gate.st, run as a real PLC would run it.
 The station is the Modbus TCP client (firmware-io/register-map.toml), this script the PLC's
 Modbus TCP server: holding registers 0..65535 and coils 0..65535 for any unit id, FC3, FC6,
 FC16, FC1 and FC5. FB_LinesightGate (the port of the ST function block of the same name, rule
-by rule R1..R10 of firmware-io/plc-program.md, with the ST's names) scans every millisecond on
+by rule R1..R11 of firmware-io/plc-program.md, with the ST's names) scans every millisecond on
 that register image, as PRG_LinesightGate does: gate-command writes (one FC16 of 5 words at
 HR[gate_command]) reach it one per scan in arrival order, as a PLC serves Modbus requests
 between scans. It runs with TRACK_BY_ENCODER = TRUE: it follows each part from its gate eye to
@@ -88,6 +88,14 @@ ENCODER_WORDS = 2
 
 # The port's own: the scan period, the pause after the last part before the camera closes.
 SCAN_MS = 1
+# The most the belt moves between two scans, in ms of travel. A real PLC scans every few ms
+# whatever else the CPU does; this one is a Python process that a loaded machine can starve
+# for tens of ms. Were the belt to follow the wall clock through such a gap, parts would
+# reach the eye and the diverter with nobody scanning, and commands written in the gap would
+# be taken a whole gap late: failures of the simulator, not of the station. So the line waits
+# for its PLC: after a late scan the belt makes up at most this much. The station sees a short
+# slow-down, which encoder tracking must handle anyway.
+MAX_BELT_STEP_MS = 3
 END_AFTER_LAST_PART_MS = 200
 
 U16 = 0xFFFF
@@ -111,6 +119,11 @@ def F_ElapsedMs(tFrom: int, tTo: int) -> int:
 def F_CountsSince(udiFrom: int, udiTo: int) -> int:
     """Signed encoder counts from udiFrom to udiTo: UDINT_TO_DINT(udiTo - udiFrom)."""
     return _signed32(udiTo - udiFrom)
+
+
+def F_PartIdsAhead(udiExpected: int, udiPartId: int) -> int:
+    """Signed distance from the expected part id to udiPartId, wrapping (negative: before)."""
+    return _signed32((udiPartId - udiExpected) & U32)
 
 
 def F_WordsToU32(uiFirst: int, uiSecond: int, xHighFirst: bool) -> int:
@@ -179,6 +192,7 @@ class FB_LinesightGate:
         self.xHaltLatched = False
         self.xOverrunSeen = False
         self.xStartHold = False
+        self.xIdBehindSeen = False
         self.udiLastPartId = 0
         self.uiLastVerdict = 0
         self.uiLastClass = 0
@@ -211,6 +225,9 @@ class FB_LinesightGate:
         self.wStatusBits = 0
         self.tHoldStart = 0
         self.udiHoldStartCount = 0
+        self.xExpectedKnown = False
+        self.udiExpectedId = 0
+        self.xIdBehind = False
         # The port's log only: the parts decided in this scan, and the station watchdog's trips
         # (TON expiries once the station had beaten; the start-up "not yet beaten" is none).
         self.decided: list[Decision] = []
@@ -244,6 +261,7 @@ class FB_LinesightGate:
         self.r1_station_watchdog()
         self.r2_station_state()
         self.r3_fault()
+        self.r11_forget_on_fault()
         self.r4_gate_commands()
         self.xDivertThisScan = False
         self.r5_tracking()
@@ -287,6 +305,11 @@ class FB_LinesightGate:
         """R3: a lost or stopped station is not trusted."""
         self.xFault = self.xWatchdogExpired or self.xStationStopped
 
+    def r11_forget_on_fault(self) -> None:
+        """R11: a station that was lost or stopped may come back with other part ids."""
+        if self.xFault:
+            self.xExpectedKnown = False
+
     def r4_gate_commands(self) -> None:
         """R4: a new sequence is a new command, into the FIFO with its arrival time and count;
         discarded (unmatched) while faulted; a full FIFO drops its oldest (overrun)."""
@@ -322,6 +345,7 @@ class FB_LinesightGate:
                 self.uiPendingCount -= 1
                 self.udiDiverted = (self.udiDiverted + 1) & U32
                 self.xDivertThisScan = True
+                self.udiExpectedId = (self.udiExpectedId + 1) & U32  # R11: it took its id
                 self.decided.append(Decision(stLost, None, False, "no_command"))  # the port's log
             uiIndex = (self.uiPendingHead + self.uiPendingCount) % FIFO_DEPTH
             self.aPending[uiIndex] = ST_PendingPart(tEye=self.tNow, udiEyeCount=self.udiEncoder)
@@ -342,11 +366,13 @@ class FB_LinesightGate:
             self.uiPendingHead = (self.uiPendingHead + 1) % FIFO_DEPTH
             self.uiPendingCount -= 1
             stCommand = self.r5_match(stPart)
+            self.r11_next_expected()
             self.r6_decide(stPart, stCommand)
 
     def r5_match(self, stPart: ST_PendingPart) -> ST_GateCommand | None:
-        """R5: drop stale FIFO heads (before the part's window: unmatched), then take the head
-        when it arrived by the window's end. Returns the part's command (the ST's xHasCommand
+        """R5: drop stale FIFO heads (before the part's window: unmatched), and (R11) heads
+        for a part id before the expected one, then take the head when it arrived by the
+        window's end. Returns the part's command (the ST's xHasCommand
         and the aFifo head it copies from)."""
         while self.uiFifoCount > 0:
             stHead = self.aFifo[self.uiFifoHead]
@@ -354,7 +380,10 @@ class FB_LinesightGate:
                 xStale = F_CountsSince(stHead.udiArrivedCount, stPart.udiEyeCount) > MATCH_BEFORE_COUNTS
             else:
                 xStale = F_ElapsedMs(stHead.tArrived, stPart.tEye) > MATCH_BEFORE_MS
-            if not xStale:
+            self.xIdBehind = self.xExpectedKnown and F_PartIdsAhead(self.udiExpectedId, stHead.udiPartId) < 0
+            if self.xIdBehind:
+                self.xIdBehindSeen = True
+            if not xStale and not self.xIdBehind:
                 break
             self.uiFifoHead = (self.uiFifoHead + 1) % FIFO_DEPTH
             self.uiFifoCount -= 1
@@ -381,6 +410,15 @@ class FB_LinesightGate:
         self.uiFifoCount -= 1
         self.xHasCommand = True
         return stCommand
+
+    def r11_next_expected(self) -> None:
+        """R11: the next part carries the id after the matched command's (set also when it is
+        ahead), or one more than expected for a part without a command."""
+        if self.xHasCommand:
+            self.udiExpectedId = (self.udiLastPartId + 1) & U32
+            self.xExpectedKnown = not self.xFault
+        else:
+            self.udiExpectedId = (self.udiExpectedId + 1) & U32
 
     def r6_decide(self, stPart: ST_PendingPart, stCommand: ST_GateCommand | None) -> None:
         """R6: a PASS command while not faulted passes; everything else diverts. R7's
@@ -432,10 +470,14 @@ class FB_LinesightGate:
             self.xHaltLatched = True
         if self.rtReset.Q and not self.xHaltLineCoil:
             self.xHaltLatched = False
+        # R11: the reset also forgets the expected id and clears b6.
+        if self.rtReset.Q:
+            self.xExpectedKnown = False
+            self.xIdBehindSeen = False
         self.qConveyorRun = not self.xHaltLatched
 
     def r9_status(self) -> None:
-        """R9: PLC heartbeat, status bits b0..b5, the counters and the encoder count, u32 in the
+        """R9: PLC heartbeat, status bits b0..b6, the counters and the encoder count, u32 in the
         map's word order."""
         if F_ElapsedMs(self.tNextPlcBeat, self.tNow) >= 0:
             self.wPlcHeartbeat = (self.wPlcHeartbeat + 1) & U16
@@ -453,6 +495,8 @@ class FB_LinesightGate:
             self.wStatusBits |= 0x0010
         if self.xStartHold:
             self.wStatusBits |= 0x0020
+        if self.xIdBehindSeen:
+            self.wStatusBits |= 0x0040
         self.aPlcStatus = [
             self.wPlcHeartbeat,
             self.wStatusBits,
@@ -849,7 +893,7 @@ class LinePlc:
     def physics(self, tNow: int) -> None:
         """Between scans: the belt moves if it may (the outputs of the last scan), frames go out
         as parts pass the camera."""
-        dt = tNow - self.tLast
+        dt = min(tNow - self.tLast, MAX_BELT_STEP_MS)
         self.tLast = tNow
         if self.tBeltStart is None or not self.up or not self.fb.xInitialized or not self.fb.qConveyorRun:
             factor = 0.0
