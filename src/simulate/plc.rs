@@ -26,7 +26,7 @@ use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 use crate::actuate::{GATE_COMMAND_LEN, RegisterMap};
-use crate::simulate::plc_program::{DecisionReason, InputImage, PlcProgram};
+use crate::simulate::plc_program::{DecisionReason, InputImage, PlcProgram, ScanOutcome};
 use crate::simulate::process::{RegisterKind, RegisterWrite};
 
 /// How often the program is scanned.
@@ -99,6 +99,9 @@ struct PlcState {
     /// scan, its heartbeat stands still and its outputs hold.
     program_running: AtomicBool,
     program: Mutex<PlcProgram>,
+    /// The last scan's time and input image: a part's eye edge is scanned with them (see
+    /// `scan`).
+    last_scan: Mutex<Option<(Duration, InputImage)>>,
     logs: Mutex<Logs>,
     response_delay_us: AtomicU64,
     started: Instant,
@@ -130,6 +133,7 @@ impl PlcSimulator {
             encoder_rate: AtomicU64::new(0),
             program_running: AtomicBool::new(true),
             program: Mutex::new(PlcProgram::new(map)),
+            last_scan: Mutex::new(None),
             logs: Mutex::new(Logs::default()),
             response_delay_us: AtomicU64::new(0),
             started: Instant::now(),
@@ -311,6 +315,14 @@ async fn scan_forever(state: Arc<PlcState>) {
     }
 }
 
+/// Adds one program scan's outcome to the simulator scan's.
+fn merge(into: &mut ScanOutcome, scan: ScanOutcome) {
+    into.taken.extend(scan.taken);
+    into.decided.extend(scan.decided);
+    into.watchdog_tripped |= scan.watchdog_tripped;
+    into.halt_latched |= scan.halt_latched;
+}
+
 /// The simulator's state stays consistent under every lock holder (plain stores), so a panic
 /// elsewhere must not take the PLC down with it.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -367,27 +379,40 @@ impl PlcState {
         if let Some(words) = lock(&self.gate_writes).pop_front() {
             image.gate_command = words;
         }
-        {
+        let edges: Vec<Instant> = {
             let mut eye = lock(&self.eye);
-            if eye.front().is_some_and(|&at| at <= instant) {
-                eye.pop_front();
-                image.gate_eye = true;
-            }
-        }
+            let due = eye.iter().take_while(|&&at| at <= instant).count();
+            eye.drain(..due).collect()
+        };
         let (outcome, status) = {
             let mut program = lock(&self.program);
-            let outcome = program.scan(now, &image);
-            // The eye input falls again in the next scan: one rising edge per part.
-            if image.gate_eye {
-                program.scan(
-                    now,
-                    &InputImage {
-                        gate_eye: false,
-                        operator_reset: false,
-                        ..image
-                    },
-                );
+            let mut last_scan = lock(&self.last_scan);
+            let mut outcome = ScanOutcome::default();
+            // A PLC latches the encoder count at the eye's edge (a touch probe), and its scan
+            // is a millisecond or two on any load. This scan may come tens of ms late on a busy
+            // machine, so each edge since the last is scanned at its own time and count, with
+            // the inputs of the scan before: the part keeps its place on the belt, and nothing
+            // that arrived since is taken early. The eye falls again in the next scan: one
+            // rising edge per part.
+            let (mut before, image_before) = last_scan.unwrap_or((now, image));
+            for at in edges {
+                let t = at.duration_since(self.started).clamp(before, now);
+                before = t;
+                let edge_image = InputImage {
+                    gate_eye: true,
+                    operator_reset: false,
+                    encoder: self.encoder_at(t),
+                    ..image_before
+                };
+                merge(&mut outcome, program.scan(t, &edge_image));
+                let falling = InputImage {
+                    gate_eye: false,
+                    ..edge_image
+                };
+                merge(&mut outcome, program.scan(t, &falling));
             }
+            merge(&mut outcome, program.scan(now, &image));
+            *last_scan = Some((now, image));
             (outcome, (program.status_words(), program.encoder_words()))
         };
         {
