@@ -14,6 +14,10 @@ debs=(
   pkg-config clang libclang-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-tools
+  # The camera templates in pipelines/: H.264 parsing (bad) and decoding (libav), aravissrc
+  # for GigE Vision / USB3 Vision (libaravis); x264 and aravis's fake GigE camera for their tests.
+  gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-plugins-ugly
+  libaravis-0.8-0 aravis-tools aravis-tools-cli
   libgstrtspserver-1.0-dev
   libopencv-dev
   mbpoll

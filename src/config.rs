@@ -5,6 +5,7 @@
 //! every problem, and resolves relative paths against the file's folder. Nothing downstream
 //! validates again. Durations carry their unit in the field name (`travel_ms`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::analyse::charts::ChartDefinition;
 use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
+use crate::capture::{CameraPipeline, ParamValue};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -196,12 +198,19 @@ pub struct StationSection {
     pub data_dir: PathBuf,
 }
 
-/// Where frames come from.
+/// Where frames come from: exactly one of `pipeline`, `launch` and `template`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraSection {
-    /// A gst-launch description ending in `appsink name=frames`; relative to the config file.
-    pub pipeline: PathBuf,
+    /// A file with a gst-launch description ending in `appsink name=frames`; relative to the
+    /// config file.
+    pub pipeline: Option<PathBuf>,
+    /// The gst-launch description itself.
+    pub launch: Option<String>,
+    /// A template from `pipelines/` (relative to the config file), filled from `params`.
+    pub template: Option<PathBuf>,
+    /// The template's parameters (`# @param` lines in the template say which).
+    pub params: Option<BTreeMap<String, ParamValue>>,
     /// Frames waiting for inspection. When full, new frames are dropped and counted; their parts
     /// are still tracked and rejected by policy at the gate.
     #[serde(default = "default_frame_queue")]
@@ -215,6 +224,20 @@ pub struct CameraSection {
 
 fn default_frame_queue() -> usize {
     4
+}
+
+/// The camera pipeline `[camera]` names, paths resolved by `resolve`. `check` has made sure
+/// exactly one source is given; were none, the empty description fails at start.
+fn camera_pipeline(camera: &CameraSection, resolve: &dyn Fn(&Path) -> PathBuf) -> CameraPipeline {
+    match (&camera.template, &camera.launch, &camera.pipeline) {
+        (Some(template), ..) => CameraPipeline::Template {
+            path: resolve(template),
+            params: camera.params.clone().unwrap_or_default(),
+        },
+        (None, Some(launch), _) => CameraPipeline::Launch(launch.clone()),
+        (None, None, Some(file)) => CameraPipeline::File(resolve(file)),
+        (None, None, None) => CameraPipeline::Launch(String::new()),
+    }
 }
 
 /// The built-in simulated line: its part generator and, optionally, its line sensors, the true
@@ -418,7 +441,8 @@ pub struct StationConfig {
     pub source_path: PathBuf,
     pub name: String,
     pub data_dir: PathBuf,
-    pub pipeline_file: PathBuf,
+    /// Where the camera pipeline comes from.
+    pub camera_pipeline: CameraPipeline,
     pub frame_queue: NonZeroUsize,
     pub simulator: Option<SimulatorSection>,
     /// See [`CameraSection::stall_timeout_ms`].
@@ -551,7 +575,7 @@ impl StationConfig {
             source_path: path.to_owned(),
             name: file.station.name,
             data_dir: resolve(&file.station.data_dir),
-            pipeline_file: resolve(&file.camera.pipeline),
+            camera_pipeline: camera_pipeline(&file.camera, &resolve),
             // Checked non-zero above.
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
@@ -730,8 +754,46 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             "expected a positive time (leave it out to count errors only)".into(),
         );
     }
+    let camera = &file.camera;
+    match (&camera.pipeline, &camera.launch, &camera.template) {
+        (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
+        _ => problem(
+            "camera",
+            "expected exactly one of `pipeline` (a gst-launch file), `launch` (a gst-launch \
+             string) and `template` (a template from pipelines/ with [camera.params])"
+                .into(),
+        ),
+    }
+    if camera.params.is_some() && camera.template.is_none() {
+        problem(
+            "camera.params",
+            "parameters fill a template: give `template = ` too".into(),
+        );
+    }
+    for (field, path) in [
+        ("camera.pipeline", &camera.pipeline),
+        ("camera.template", &camera.template),
+    ] {
+        let Some(path) = path else { continue };
+        let resolved = base.join(path);
+        if !resolved.exists() {
+            problem(
+                field,
+                format!(
+                    "expected an existing file, {} does not exist",
+                    resolved.display()
+                ),
+            );
+            continue;
+        }
+        // A template that cannot be filled, or a file that is one, is a config error now,
+        // not a camera that fails at start.
+        let pipeline = camera_pipeline(camera, &|p: &Path| base.join(p));
+        if let Err(error) = pipeline.description() {
+            problem(field, error.to_string());
+        }
+    }
     for (field, p) in [
-        ("camera.pipeline", &file.camera.pipeline),
         ("calibration.file", &file.calibration.file),
         ("plc.register_map", &file.plc.register_map),
         ("model.dir", &file.model.dir),
@@ -981,6 +1043,55 @@ mod tests {
             .filter(|l| l.starts_with('[') || l.contains(" = "))
             .collect();
         format!("{head}\n{}\n", uncommented.join("\n"))
+    }
+
+    #[test]
+    fn the_camera_is_a_pipeline_file_a_launch_string_or_a_filled_template() {
+        let shipped = "pipeline = \"../pipelines/simulated.gst\"";
+        assert!(example().contains(shipped));
+        let config = parse(&example()).expect("example");
+        assert!(
+            matches!(&config.camera_pipeline, CameraPipeline::File(p) if p.ends_with("simulated.gst"))
+        );
+        let launch = example().replace(
+            shipped,
+            "launch = \"videotestsrc ! videoconvert ! appsink name=frames\"",
+        );
+        let config = parse(&launch).expect("a launch string");
+        assert_eq!(
+            config.camera_pipeline,
+            CameraPipeline::Launch("videotestsrc ! videoconvert ! appsink name=frames".into())
+        );
+        let rtsp = example().replace(
+            shipped,
+            "template = \"../pipelines/rtsp.gst\"\n\
+             params = { location = \"rtsp://10.0.0.5/main\", latency_ms = 50 }",
+        );
+        let config = parse(&rtsp).expect("a filled template");
+        let description = config.camera_pipeline.description().expect("filled");
+        assert!(description.contains("location=\"rtsp://10.0.0.5/main\" latency=50"));
+
+        let problems = |text: &str| match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let both = example().replace(shipped, &format!("{shipped}\nlaunch = \"x\""));
+        assert_eq!(problems(&both)[0].field, "camera");
+        let typo = rtsp.replace("latency_ms", "latncy_ms");
+        let found = problems(&typo);
+        assert_eq!(found[0].field, "camera.template");
+        assert!(
+            found[0].message.contains("unknown parameter `latncy_ms`"),
+            "{found:?}"
+        );
+        let missing = rtsp.replace("location = \"rtsp://10.0.0.5/main\", ", "");
+        assert!(
+            problems(&missing)[0]
+                .message
+                .contains("`location` is required")
+        );
+        let stray = example().replace(shipped, &format!("{shipped}\nparams = {{ a = 1 }}"));
+        assert_eq!(problems(&stray)[0].field, "camera.params");
     }
 
     #[test]

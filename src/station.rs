@@ -42,7 +42,6 @@ use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{
     CameraStatus, CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, capture_until_done,
-    read_pipeline,
 };
 use crate::config::{LineTiming, PlcKind, StationConfig, Tracking};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
@@ -451,7 +450,7 @@ impl Station {
                 gate_window_ms: config.line.gate_window.as_millis() as u64,
                 verdict_margin_ms: config.line.verdict_margin.as_millis() as u64,
                 plc: plc_description,
-                camera_pipeline: config.pipeline_file.display().to_string(),
+                camera_pipeline: config.camera_pipeline.to_string(),
                 simulated: config.simulator.is_some(),
                 hierarchy: config.hierarchy().join("/"),
             }),
@@ -520,7 +519,10 @@ impl Station {
             sources,
             webhooks,
         } = self;
-        let pipeline_description = read_pipeline(&config.pipeline_file)?;
+        let pipeline_description = config
+            .camera_pipeline
+            .description()
+            .map_err(CaptureError::from)?;
         let first_part_id = store.start_run()?;
 
         let (trigger_tx, trigger_rx) = mpsc::channel::<Trigger>(256);

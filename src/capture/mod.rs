@@ -1,7 +1,8 @@
 //! Capture: run the camera's GStreamer pipeline and hand each frame on as a part.
 //!
-//! The pipeline is a gst-launch description from a file in `pipelines/` ending in
-//! `appsink name=frames`; the station asks that appsink for 8-bit grey. Each frame that reaches
+//! The pipeline is a gst-launch description ending in `appsink name=frames`: a file, an inline
+//! string, or a template from `pipelines/` filled from the config ([`CameraPipeline`],
+//! [`template`]); the station asks that appsink for 8-bit grey. Each frame that reaches
 //! the appsink is one part: it gets the next [`PartId`] and its capture time, and then
 //!
 //! 1. a [`Trigger`] goes to the tracker over a channel that *waits*, so no part is ever lost
@@ -17,7 +18,7 @@
 //! capture runs it on a thread of its own and joins it when the stream ends.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,6 +31,10 @@ use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+pub mod template;
+
+pub use self::template::{CameraPipeline, ParamValue, PipelineTemplate, TemplateError};
 
 use crate::metrics::Metrics;
 use crate::part::{ExternalTrigger, Frame, GrayImage, PartId, StationClock, Trigger, TriggerSink};
@@ -74,11 +79,8 @@ pub struct ExternalTriggers {
 /// Why capture stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot read pipeline {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Pipeline(#[from] TemplateError),
     #[error("GStreamer init: {0}")]
     Init(#[from] gst::glib::Error),
     #[error("pipeline description is invalid: {0}")]
@@ -219,15 +221,7 @@ pub fn capture_until_done(
 
 /// Reads a pipeline file, dropping `#` comment lines.
 pub fn read_pipeline(path: &Path) -> Result<String, CaptureError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CaptureError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join(" "))
+    Ok(CameraPipeline::File(path.to_owned()).description()?)
 }
 
 /// Runs the pipeline until end of stream, `max_parts`, `stop`, or an error. Blocking.
@@ -361,7 +355,12 @@ fn run_pipeline(
         {
             break Err(CaptureError::Stalled { after });
         }
-        if ctx.stop.is_cancelled() && eos_sent_at.is_none() && camera.is_none() {
+        // Enough frames: the appsink refuses more, which a live source may answer with an end
+        // of stream of its own; asked for here, that end is ours, not a camera that went away.
+        let enough = ctx
+            .max_parts
+            .is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
+        if (ctx.stop.is_cancelled() || enough) && eos_sent_at.is_none() && camera.is_none() {
             // A live camera never ends by itself: ask for a clean end of stream.
             pipeline.send_event(gst::event::Eos::new());
             eos_sent_at = Some(std::time::Instant::now());
@@ -376,9 +375,13 @@ fn run_pipeline(
         ) else {
             continue;
         };
+        // Read again: the end of stream may have come before the loop saw the last frame.
+        let enough = ctx
+            .max_parts
+            .is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
         match message.view() {
             gst::MessageView::Eos(_)
-                if eos_sent_at.is_none() && camera.is_none() && live == Some(true) =>
+                if eos_sent_at.is_none() && camera.is_none() && live == Some(true) && !enough =>
             {
                 break Err(CaptureError::Ended);
             }

@@ -15,18 +15,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{CPU_HEAVY, free_port, poll_within, simulated_station, station_config};
 
-/// An RTSP camera on 127.0.0.1: 256×256 Motion-JPEG at 5 frames/s from a test source, on a
-/// main loop of its own. Dropping it stops the server and closes every client's connection,
-/// as a camera that loses power would.
-struct RtspCamera {
+/// An RTSP camera on 127.0.0.1 at `/line`, on a main loop of its own. Dropping it stops the
+/// server and closes every client's connection, as a camera that loses power would.
+pub struct RtspCamera {
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RtspCamera {
+    /// 256×256 Motion-JPEG at 5 frames/s from a test source.
     fn start(port: u16) -> RtspCamera {
+        RtspCamera::start_launch(
+            port,
+            "( videotestsrc is-live=true pattern=ball \
+             ! video/x-raw,format=I420,width=256,height=256,framerate=5/1 \
+             ! jpegenc ! rtpjpegpay name=pay0 pt=26 )",
+        )
+    }
+
+    /// The media `launch` describes (gst-rtsp-server's launch syntax, payloader `pay0`).
+    pub fn start_launch(port: u16, launch: &str) -> RtspCamera {
         gst::init().expect("GStreamer");
         let (ready_tx, ready_rx) = mpsc::channel();
+        let launch = launch.to_owned();
         let thread = std::thread::spawn(move || {
             let context = glib::MainContext::new();
             let main_loop = glib::MainLoop::new(Some(&context), false);
@@ -36,11 +47,7 @@ impl RtspCamera {
                     server.set_address("127.0.0.1");
                     server.set_service(&port.to_string());
                     let factory = rtsp::RTSPMediaFactory::new();
-                    factory.set_launch(
-                        "( videotestsrc is-live=true pattern=ball \
-                         ! video/x-raw,format=I420,width=256,height=256,framerate=5/1 \
-                         ! jpegenc ! rtpjpegpay name=pay0 pt=26 )",
-                    );
+                    factory.set_launch(&launch);
                     factory.set_shared(true);
                     server
                         .mount_points()
@@ -99,7 +106,7 @@ async fn an_rtsp_camera_that_vanishes_faults_the_station_and_capture_resumes_whe
     let mut config = station_config(&dir.path().join("data"), &[]);
     // A real camera: no simulated parts, the pipeline above, a watchdog on silence.
     config.simulator = None;
-    config.pipeline_file = pipeline;
+    config.camera_pipeline = linesight::capture::CameraPipeline::File(pipeline);
     config.camera_stall_timeout = Some(Duration::from_secs(3));
     let (_line, station) = simulated_station(config).await.expect("station starts");
     let (api, metrics) = (station.api(), station.metrics());

@@ -32,6 +32,7 @@ mod simulated_sensors;
 mod spc;
 mod station_process;
 mod supervised;
+mod templates;
 
 use std::path::Path;
 
