@@ -375,6 +375,7 @@ pub fn write_yaml(
         camera_matrix: camera_matrix.try_clone()?,
         distortion: distortion.try_clone()?,
         roi,
+        output: None,
     }
     .check()
     .map_err(file_error)?;

@@ -2,13 +2,16 @@
 //! the model inspects.
 //!
 //! The calibration file is OpenCV FileStorage YAML (`camera_matrix`, `distortion_coefficients`,
-//! `image_width`/`image_height`, and the ROI as `roi_x`, `roi_y`, `roi_width`, `roi_height` in
-//! undistorted pixels). [`Undistorter`] computes the remap tables once; per frame it is one
-//! `remap` and one crop. Only this module can make the image the model sees from a raw frame.
+//! `image_width`/`image_height`, the ROI as `roi_x`, `roi_y`, `roi_width`, `roi_height` in
+//! undistorted pixels, and optionally `output_width`/`output_height`, the size the model sees,
+//! when it is not the ROI's). [`Undistorter`] computes the remap tables once, for the ROI's
+//! pixels only; per frame it is one `remap` of the ROI straight out of the raw frame (no
+//! full-frame undistortion, no crop copy), and an area resize to the output size when there is
+//! one. Only this module can make the image the model sees from a raw frame.
 
 use std::path::{Path, PathBuf};
 
-use opencv::core::{self, FileStorage, FileStorage_Mode, Mat, Rect, Scalar, Size};
+use opencv::core::{self, FileStorage, FileStorage_Mode, Mat, Scalar, Size};
 use opencv::prelude::*;
 use opencv::{calib3d, imgproc};
 
@@ -82,6 +85,8 @@ pub struct Calibration {
     /// 1×N distortion coefficients (k1, k2, p1, p2[, k3…]), f64.
     pub distortion: Mat,
     pub roi: Roi,
+    /// The size of the image the model sees; `None`: the ROI's own.
+    pub output: Option<(u32, u32)>,
 }
 
 impl Calibration {
@@ -128,6 +133,19 @@ impl Calibration {
                 width: int("roi_width")?,
                 height: int("roi_height")?,
             },
+            output: {
+                let present =
+                    |key: &str| -> Result<bool, CalibrateError> { Ok(!storage.get(key)?.empty()?) };
+                match (present("output_width")?, present("output_height")?) {
+                    (false, false) => None,
+                    (true, true) => Some((int("output_width")?, int("output_height")?)),
+                    _ => {
+                        return Err(fail(
+                            "`output_width` and `output_height` go together".into(),
+                        ));
+                    }
+                }
+            },
         };
         calibration.check().map_err(fail)?;
         Ok(calibration)
@@ -154,6 +172,13 @@ impl Calibration {
                 roi.width, roi.height, roi.x, roi.y, self.image_width, self.image_height
             ));
         }
+        if let Some((width, height)) = self.output
+            && (!(1..=8192).contains(&width) || !(1..=8192).contains(&height))
+        {
+            return Err(format!(
+                "output {width}x{height}: expected 1 to 8192 pixels each way"
+            ));
+        }
         Ok(())
     }
 }
@@ -162,44 +187,117 @@ impl Calibration {
 pub struct Undistorter {
     width: u32,
     height: u32,
+    /// Before the remap, the raw frame is area-averaged down to this size (a whole factor of
+    /// at least 2 smaller), when the output is that much smaller than the ROI.
+    shrink_to: Option<(u32, u32)>,
+    /// For each output pixel, where it lies in the (shrunk) raw frame.
     map_x: Mat,
     map_y: Mat,
-    roi: Roi,
+    output: (u32, u32),
+}
+
+/// The camera matrix `camera` seen through a change of pixel grid: pixel `u` of the new grid
+/// covers old pixels `[offset + u / scale, offset + (u + 1) / scale)`, on each axis.
+fn regrid(camera: &Mat, offset: (f64, f64), scale: (f64, f64)) -> Result<Mat, CalibrateError> {
+    let mut new = camera.try_clone()?;
+    for (axis, (offset, scale)) in [(0, (offset.0, scale.0)), (1, (offset.1, scale.1))] {
+        let focal = *camera.at_2d::<f64>(axis, axis)?;
+        let centre = *camera.at_2d::<f64>(axis, 2)?;
+        *new.at_2d_mut::<f64>(axis, axis)? = focal * scale;
+        // Pixel centres: old coordinate c lands at (c - offset + 0.5) * scale - 0.5.
+        *new.at_2d_mut::<f64>(axis, 2)? = (centre - offset + 0.5) * scale - 0.5;
+    }
+    Ok(new)
 }
 
 impl Undistorter {
-    /// Precomputes the undistortion maps of a calibration.
+    /// Precomputes the undistortion maps of a calibration, for the output's pixels only: the
+    /// new camera matrix is the old one shifted to the ROI's corner and scaled to the output,
+    /// so output pixel (0, 0) is the ROI's corner in the undistorted image.
+    ///
+    /// With an output at least twice smaller than the ROI, remapping every ROI pixel and then
+    /// averaging them down would cost more than the rest of the frame's way to the model
+    /// together, and sampling the ROI at the output's pitch would skip most of its pixels (a
+    /// small defect between samples would vanish). So the raw frame is first area-averaged
+    /// down by a whole factor no larger than the reduction (every pixel counts, and OpenCV has
+    /// a fast path for whole factors), and the maps read that smaller frame, whose pixels are
+    /// then at most about one output pixel apart.
     pub fn new(calibration: &Calibration) -> Result<Undistorter, CalibrateError> {
-        let size = Size::new(
-            calibration.image_width as i32,
-            calibration.image_height as i32,
+        let roi = calibration.roi;
+        let output = calibration.output.unwrap_or((roi.width, roi.height));
+        let reduction = f64::min(
+            f64::from(roi.width) / f64::from(output.0),
+            f64::from(roi.height) / f64::from(output.1),
         );
+        let (width, height) = (calibration.image_width, calibration.image_height);
+        // The largest whole factor the reduction allows, preferring one that divides the
+        // frame (OpenCV's fast path: 2448×2048 to a 224 output shrinks by 8, not 9).
+        let most = reduction.floor() as u32;
+        let factor = (2..=most)
+            .rev()
+            .find(|f| width % f == 0 && height % f == 0)
+            .unwrap_or(most);
+        let (shrink_to, source_camera) = if factor >= 2 {
+            let shrunk = (width.div_ceil(factor), height.div_ceil(factor));
+            let scale = (
+                f64::from(shrunk.0) / f64::from(width),
+                f64::from(shrunk.1) / f64::from(height),
+            );
+            let camera = regrid(&calibration.camera_matrix, (0.0, 0.0), scale)?;
+            (Some(shrunk), camera)
+        } else {
+            (None, calibration.camera_matrix.try_clone()?)
+        };
+        let output_camera = regrid(
+            &calibration.camera_matrix,
+            (f64::from(roi.x), f64::from(roi.y)),
+            (
+                f64::from(output.0) / f64::from(roi.width),
+                f64::from(output.1) / f64::from(roi.height),
+            ),
+        )?;
         let (mut map_x, mut map_y) = (Mat::default(), Mat::default());
         calib3d::init_undistort_rectify_map(
-            &calibration.camera_matrix,
+            &source_camera,
             &calibration.distortion,
             &Mat::default(),
-            &calibration.camera_matrix,
-            size,
+            &output_camera,
+            Size::new(output.0 as i32, output.1 as i32),
             core::CV_16SC2,
             &mut map_x,
             &mut map_y,
         )?;
         Ok(Undistorter {
-            width: calibration.image_width,
-            height: calibration.image_height,
+            width,
+            height,
+            shrink_to,
             map_x,
             map_y,
-            roi: calibration.roi,
+            output,
         })
     }
 
     /// The size of the images [`Undistorter::apply`] returns.
     pub fn output_size(&self) -> (u32, u32) {
-        (self.roi.width, self.roi.height)
+        self.output
     }
 
-    /// Undistorts a raw frame and crops the ROI.
+    /// The output image out of `source` (the raw frame, or its shrunk copy).
+    fn remap(&self, source: &impl core::ToInputArray) -> Result<Mat, CalibrateError> {
+        let mut out = Mat::default();
+        imgproc::remap(
+            source,
+            &mut out,
+            &self.map_x,
+            &self.map_y,
+            imgproc::INTER_LINEAR,
+            core::BORDER_CONSTANT,
+            Scalar::default(),
+        )?;
+        Ok(out)
+    }
+
+    /// Undistorts a raw frame's ROI at the output size.
     pub fn apply(&self, raw: &GrayImage) -> Result<GrayImage, CalibrateError> {
         if (raw.width, raw.height) != (self.width, self.height) {
             return Err(CalibrateError::FrameSize {
@@ -210,33 +308,25 @@ impl Undistorter {
             });
         }
         let src = Mat::new_rows_cols_with_data(raw.height as i32, raw.width as i32, &raw.pixels)?;
-        let mut undistorted = Mat::default();
-        imgproc::remap(
-            &src,
-            &mut undistorted,
-            &self.map_x,
-            &self.map_y,
-            imgproc::INTER_LINEAR,
-            core::BORDER_CONSTANT,
-            Scalar::default(),
-        )?;
-        let roi = self.roi;
-        let crop = Mat::roi(
-            &undistorted,
-            Rect::new(
-                roi.x as i32,
-                roi.y as i32,
-                roi.width as i32,
-                roi.height as i32,
-            ),
-        )?;
-        // The crop is a view with the parent's stride; clone it into a continuous buffer.
-        let crop = crop.try_clone()?;
-        let pixels = crop.data_bytes()?.to_vec();
+        let out = match self.shrink_to {
+            Some((width, height)) => {
+                let mut shrunk = Mat::default();
+                imgproc::resize(
+                    &src,
+                    &mut shrunk,
+                    Size::new(width as i32, height as i32),
+                    0.0,
+                    0.0,
+                    imgproc::INTER_AREA,
+                )?;
+                self.remap(&shrunk)?
+            }
+            None => self.remap(&src)?,
+        };
         Ok(GrayImage {
-            width: roi.width,
-            height: roi.height,
-            pixels,
+            width: self.output.0,
+            height: self.output.1,
+            pixels: out.data_bytes()?.to_vec(),
         })
     }
 }
@@ -287,6 +377,107 @@ mod tests {
         );
         let corner_same = out.pixels[0] == raw.pixels[16 * 256 + 16];
         assert!(!corner_same, "corner moved under distortion");
+    }
+
+    /// The ROI-only remap is what OpenCV's own `undistort` of the whole frame gives, cropped.
+    #[test]
+    fn the_roi_remap_equals_undistorting_the_whole_frame_then_cropping() {
+        let mut calibration = shipped();
+        calibration.distortion = Mat::from_slice(&[-0.3f64, 0.1, 0.001, -0.002, 0.0])
+            .expect("mat")
+            .try_clone()
+            .expect("clone");
+        let undistorter = Undistorter::new(&calibration).expect("maps");
+        let raw = ramp(256, 256);
+        let ours = undistorter.apply(&raw).expect("applies");
+        let src = Mat::new_rows_cols_with_data(256, 256, &raw.pixels).expect("mat");
+        let mut whole = Mat::default();
+        calib3d::undistort(
+            &src,
+            &mut whole,
+            &calibration.camera_matrix,
+            &calibration.distortion,
+            &calibration.camera_matrix,
+        )
+        .expect("undistort");
+        let whole = whole.data_bytes().expect("bytes");
+        let mut worst = 0;
+        for y in 0..224 {
+            for x in 0..224 {
+                let theirs = whole[(y + 16) * 256 + x + 16];
+                worst = worst.max(ours.pixels[y * 224 + x].abs_diff(theirs));
+            }
+        }
+        assert!(worst <= 1, "differs by up to {worst}");
+    }
+
+    /// A quarter-size output is the mean of each 4×4 block: averaged, not sampled (sampling
+    /// would read 2×2 of the 16 pixels and miss a small defect between them).
+    #[test]
+    fn an_output_size_averages_the_roi_down_to_it() {
+        let mut calibration = shipped();
+        calibration.output = Some((56, 56));
+        let undistorter = Undistorter::new(&calibration).expect("maps");
+        assert_eq!(undistorter.output_size(), (56, 56));
+        let raw = ramp(256, 256);
+        let out = undistorter.apply(&raw).expect("applies");
+        assert_eq!((out.width, out.height, out.pixels.len()), (56, 56, 56 * 56));
+        let at = |x: usize, y: usize| f64::from(raw.pixels[(y + 16) * 256 + x + 16]);
+        for (y, row) in out.pixels.chunks(56).enumerate() {
+            for (x, &value) in row.iter().enumerate() {
+                let block: f64 = (0..4)
+                    .flat_map(|dy| (0..4).map(move |dx| (4 * x + dx, 4 * y + dy)))
+                    .map(|(sx, sy)| at(sx, sy))
+                    .sum();
+                let mean = block / 16.0;
+                assert!(
+                    (f64::from(value) - mean).abs() <= 1.0,
+                    "({x}, {y}): {value} vs {mean}"
+                );
+            }
+        }
+    }
+
+    /// A defect one pixel wide, wherever it lies, still shows in the smaller output.
+    #[test]
+    fn a_one_pixel_defect_survives_the_reduction() {
+        let mut calibration = shipped();
+        calibration.distortion = Mat::from_slice(&[-0.1f64, 0.0, 0.0, 0.0, 0.0])
+            .expect("mat")
+            .try_clone()
+            .expect("clone");
+        calibration.output = Some((56, 56));
+        let undistorter = Undistorter::new(&calibration).expect("maps");
+        for (x, y) in [(120, 120), (121, 122), (123, 121), (122, 123), (60, 200)] {
+            let mut raw = GrayImage::new(256, 256, vec![0; 256 * 256]).expect("size");
+            raw.pixels[y * 256 + x] = 255;
+            let out = undistorter.apply(&raw).expect("applies");
+            let brightest = out.pixels.iter().copied().max().unwrap_or(0);
+            assert!(
+                brightest >= 4,
+                "a dot at ({x}, {y}) left at most {brightest}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_output_size_needs_both_sides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cal.yaml");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration/simulated.yaml"),
+        )
+        .expect("read");
+        std::fs::write(&path, format!("{text}output_width: 112\n")).expect("write");
+        let err = Calibration::load(&path).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        std::fs::write(
+            &path,
+            format!("{text}output_width: 112\noutput_height: 96\n"),
+        )
+        .expect("write");
+        let calibration = Calibration::load(&path).expect("loads");
+        assert_eq!(calibration.output, Some((112, 96)));
     }
 
     #[test]

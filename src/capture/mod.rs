@@ -665,7 +665,7 @@ fn frame_age(sink: &gst_app::AppSink, sample: &gst::Sample) -> std::time::Durati
 }
 
 /// Copies a GRAY8 sample into a tight image, honouring the buffer's real row stride.
-fn gray_image(sample: &gst::Sample) -> Result<GrayImage, String> {
+pub fn gray_image(sample: &gst::Sample) -> Result<GrayImage, String> {
     let buffer = sample.buffer().ok_or("sample without buffer")?;
     let caps = sample.caps().ok_or("sample without caps")?;
     let info = gst_video::VideoInfo::from_caps(caps)
