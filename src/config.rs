@@ -770,36 +770,19 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             "parameters fill a template: give `template = ` too".into(),
         );
     }
+    let mut missing = Vec::new();
     for (field, path) in [
-        ("camera.pipeline", &camera.pipeline),
-        ("camera.template", &camera.template),
+        ("camera.pipeline", camera.pipeline.as_ref()),
+        ("camera.template", camera.template.as_ref()),
+        ("calibration.file", Some(&file.calibration.file)),
+        ("plc.register_map", Some(&file.plc.register_map)),
+        ("model.dir", Some(&file.model.dir)),
     ] {
-        let Some(path) = path else { continue };
-        let resolved = base.join(path);
-        if !resolved.exists() {
-            problem(
-                field,
-                format!(
-                    "expected an existing file, {} does not exist",
-                    resolved.display()
-                ),
-            );
+        let Some(resolved) = path.map(|p| base.join(p)) else {
             continue;
-        }
-        // A template that cannot be filled, or a file that is one, is a config error now,
-        // not a camera that fails at start.
-        let pipeline = camera_pipeline(camera, &|p: &Path| base.join(p));
-        if let Err(error) = pipeline.description() {
-            problem(field, error.to_string());
-        }
-    }
-    for (field, p) in [
-        ("calibration.file", &file.calibration.file),
-        ("plc.register_map", &file.plc.register_map),
-        ("model.dir", &file.model.dir),
-    ] {
-        let resolved = base.join(p);
+        };
         if !resolved.exists() {
+            missing.push(field);
             problem(
                 field,
                 format!(
@@ -808,6 +791,19 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
                 ),
             );
         }
+    }
+    // A template that cannot be filled, or a file that is one, is a config error now, not a
+    // camera that fails at start.
+    if let Some(field) = [
+        ("camera.template", camera.template.is_some()),
+        ("camera.pipeline", camera.pipeline.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(field, given)| given.then_some(field))
+        && !missing.contains(&field)
+        && let Err(error) = camera_pipeline(camera, &|p: &Path| base.join(p)).description()
+    {
+        problem(field, error.to_string());
     }
     if let Some(sim) = &file.camera.simulator {
         if !(sim.parts_per_min > 0.0 && sim.parts_per_min <= 6000.0) {

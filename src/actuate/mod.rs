@@ -336,10 +336,9 @@ impl GateLink {
     /// Reads the belt encoder's count and the PLC's heartbeat (`plc_status + 0`), in one
     /// request when the two are near each other (as in the shipped map), else in two.
     pub async fn read_encoder_and_heartbeat(&mut self) -> Result<(u32, u16), GateError> {
-        let what = "read encoder and PLC heartbeat";
         let status = self.map.plc_status.address;
         let Some(encoder) = self.map.encoder else {
-            return Err(self.unexpected(what, 0, Response::ReadHoldingRegisters(Vec::new())));
+            return self.read_encoder().await.map(|count| (count, 0));
         };
         let span = u32::from(encoder.address) + 2 - u32::from(status);
         if encoder.address <= status || span > 125 {
@@ -347,23 +346,12 @@ impl GateLink {
             let status = self.plc_status().await?;
             return Ok((count, status[0]));
         }
-        let span = span as u16;
-        match self
-            .call(
-                what,
-                status,
-                Request::ReadHoldingRegisters(status, span),
-                self.request_timeout,
-            )
-            .await?
-        {
-            Response::ReadHoldingRegisters(words) if words.len() == usize::from(span) => {
-                let at = usize::from(encoder.address - status);
-                let count = self.map.words.order.join([words[at], words[at + 1]]);
-                Ok((count, words[0]))
-            }
-            reply => Err(self.unexpected(what, status, reply)),
-        }
+        let words = self
+            .read_holding("read encoder and PLC heartbeat", status, span as u16)
+            .await?;
+        let at = usize::from(encoder.address - status);
+        let count = self.map.words.order.join([words[at], words[at + 1]]);
+        Ok((count, words[0]))
     }
 
     /// The PLC program's heartbeat period (`[plc_program] plc_heartbeat_ms`).
@@ -378,19 +366,27 @@ impl GateLink {
             // The map is checked at load: encoder tracking has the register.
             return Err(self.unexpected(what, 0, Response::ReadHoldingRegisters(Vec::new())));
         };
-        let address = encoder.address;
+        let words = self.read_holding(what, encoder.address, 2).await?;
+        Ok(self.map.words.order.join([words[0], words[1]]))
+    }
+
+    /// Reads `count` holding registers from `address`; a reply of another length is an error.
+    async fn read_holding(
+        &mut self,
+        what: &'static str,
+        address: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, GateError> {
         match self
             .call(
                 what,
                 address,
-                Request::ReadHoldingRegisters(address, 2),
+                Request::ReadHoldingRegisters(address, count),
                 self.request_timeout,
             )
             .await?
         {
-            Response::ReadHoldingRegisters(words) if words.len() == 2 => {
-                Ok(self.map.words.order.join([words[0], words[1]]))
-            }
+            Response::ReadHoldingRegisters(words) if words.len() == usize::from(count) => Ok(words),
             reply => Err(self.unexpected(what, address, reply)),
         }
     }
@@ -410,23 +406,12 @@ impl GateLink {
     /// Reads the PLC's status block (its heartbeat, status bits and counters).
     pub async fn plc_status(&mut self) -> Result<[u16; PLC_STATUS_LEN as usize], GateError> {
         let address = self.map.plc_status.address;
-        let what = "read PLC status";
-        match self
-            .call(
-                what,
-                address,
-                Request::ReadHoldingRegisters(address, PLC_STATUS_LEN),
-                self.request_timeout,
-            )
-            .await?
-        {
-            Response::ReadHoldingRegisters(words) if words.len() == usize::from(PLC_STATUS_LEN) => {
-                let mut status = [0; PLC_STATUS_LEN as usize];
-                status.copy_from_slice(&words);
-                Ok(status)
-            }
-            reply => Err(self.unexpected(what, address, reply)),
-        }
+        let words = self
+            .read_holding("read PLC status", address, PLC_STATUS_LEN)
+            .await?;
+        let mut status = [0; PLC_STATUS_LEN as usize];
+        status.copy_from_slice(&words);
+        Ok(status)
     }
 
     async fn write_register(

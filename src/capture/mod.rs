@@ -334,6 +334,11 @@ fn run_pipeline(
     // Whether the source is live (a camera, not a file): asked once frames flow. A live
     // source that ends by itself has gone away.
     let mut live = None;
+    // Enough frames: the appsink refuses more, which a live source may answer with an end of
+    // stream of its own. That end is capture's, not a camera that went away; it is asked for
+    // as soon as the loop sees it, and an end that comes first is read against it too.
+    let max_parts = ctx.max_parts;
+    let enough = || max_parts.is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
     let outcome = loop {
         let frames_now = frames_seen.load(Ordering::Relaxed) + ctx.metrics.frames_untriggered.get();
         if frames_now != frames_before {
@@ -355,12 +360,7 @@ fn run_pipeline(
         {
             break Err(CaptureError::Stalled { after });
         }
-        // Enough frames: the appsink refuses more, which a live source may answer with an end
-        // of stream of its own; asked for here, that end is ours, not a camera that went away.
-        let enough = ctx
-            .max_parts
-            .is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
-        if (ctx.stop.is_cancelled() || enough) && eos_sent_at.is_none() && camera.is_none() {
+        if (ctx.stop.is_cancelled() || enough()) && eos_sent_at.is_none() && camera.is_none() {
             // A live camera never ends by itself: ask for a clean end of stream.
             pipeline.send_event(gst::event::Eos::new());
             eos_sent_at = Some(std::time::Instant::now());
@@ -375,13 +375,9 @@ fn run_pipeline(
         ) else {
             continue;
         };
-        // Read again: the end of stream may have come before the loop saw the last frame.
-        let enough = ctx
-            .max_parts
-            .is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
         match message.view() {
             gst::MessageView::Eos(_)
-                if eos_sent_at.is_none() && camera.is_none() && live == Some(true) && !enough =>
+                if eos_sent_at.is_none() && camera.is_none() && live == Some(true) && !enough() =>
             {
                 break Err(CaptureError::Ended);
             }

@@ -72,8 +72,19 @@ pub struct TemplateParam {
 pub struct PipelineTemplate {
     pub path: PathBuf,
     pub params: Vec<TemplateParam>,
-    /// The pipeline without comment lines, placeholders unfilled.
-    body: String,
+    /// The pipeline without comment lines: its text and its placeholders, in order.
+    body: Vec<Segment>,
+}
+
+/// A piece of a template's pipeline.
+#[derive(Debug, Clone)]
+enum Segment {
+    Text(String),
+    /// `{name}`; `quoted` when it stands alone between double quotes (`"{location}"`).
+    Placeholder {
+        name: String,
+        quoted: bool,
+    },
 }
 
 /// Characters that end an unquoted token in gst-launch syntax.
@@ -104,16 +115,24 @@ impl PipelineTemplate {
             }
             params.push(param);
         }
-        let used = placeholders(&body).map_err(error)?;
-        for name in &used {
-            if !params.iter().any(|p| &p.name == name) {
+        let body = segments(&body).map_err(error)?;
+        let mut used: Vec<&str> = Vec::new();
+        for segment in &body {
+            if let Segment::Placeholder { name, .. } = segment
+                && !used.contains(&name.as_str())
+            {
+                used.push(name);
+            }
+        }
+        for &name in &used {
+            if !params.iter().any(|p| p.name == name) {
                 return Err(error(format!(
                     "placeholder {{{name}}} has no `# @param {name}` line"
                 )));
             }
         }
         for param in &params {
-            if !used.contains(&param.name) {
+            if !used.contains(&param.name.as_str()) {
                 return Err(error(format!(
                     "parameter `{}` is declared but the pipeline never uses it",
                     param.name
@@ -139,45 +158,38 @@ impl PipelineTemplate {
                 });
             }
         }
-        let mut filled = String::with_capacity(self.body.len());
-        let mut rest = self.body.as_str();
-        while let Some(open) = rest.find('{') {
-            let close = open + rest[open..].find('}').unwrap_or(rest.len() - open);
-            let name = &rest[open + 1..close];
-            if !is_placeholder_name(name) {
-                filled.push_str(&rest[..(close + 1).min(rest.len())]);
-                rest = &rest[(close + 1).min(rest.len())..];
-                continue;
-            }
-            let quoted = rest[..open].ends_with('"') && rest[close + 1..].starts_with('"');
-            let param = self.params.iter().find(|p| p.name == name).ok_or_else(|| {
-                TemplateError::Template {
-                    path: self.path.clone(),
-                    message: format!("placeholder {{{name}}} is not declared"),
+        let mut filled = String::new();
+        for segment in &self.body {
+            let (name, quoted) = match segment {
+                Segment::Text(text) => {
+                    filled.push_str(text);
+                    continue;
                 }
-            })?;
+                Segment::Placeholder { name, quoted } => (name, *quoted),
+            };
+            // `parse` has checked that every placeholder is declared.
+            let Some(param) = self.params.iter().find(|p| &p.name == name) else {
+                continue;
+            };
             let value = match (values.get(name), &param.default) {
                 (Some(value), _) => value.to_string(),
                 (None, Some(default)) => default.clone(),
                 (None, None) => {
                     return Err(TemplateError::Missing {
                         path: self.path.clone(),
-                        name: name.to_owned(),
+                        name: name.clone(),
                         doc: param.doc.clone(),
                     });
                 }
             };
             check_value(&value, quoted).map_err(|why| TemplateError::BadValue {
                 path: self.path.clone(),
-                name: name.to_owned(),
+                name: name.clone(),
                 value: value.clone(),
                 why,
             })?;
-            filled.push_str(&rest[..open]);
             filled.push_str(&value);
-            rest = &rest[(close + 1).min(rest.len())..];
         }
-        filled.push_str(rest);
         Ok(filled)
     }
 }
@@ -233,21 +245,32 @@ fn parse_param(declaration: &str) -> Result<TemplateParam, String> {
     })
 }
 
-/// The placeholders a body uses, in order, each once.
-fn placeholders(body: &str) -> Result<Vec<String>, String> {
-    let mut found: Vec<String> = Vec::new();
+/// A body cut into text and placeholders. Anything else in braces is gst-launch's own syntax
+/// (a caps list: `{GRAY8, RGB}`) and stays text.
+fn segments(body: &str) -> Result<Vec<Segment>, String> {
+    let mut found = Vec::new();
+    let mut text = String::new();
     let mut rest = body;
     while let Some(open) = rest.find('{') {
         let Some(len) = rest[open..].find('}') else {
             return Err("a `{` without its `}`".into());
         };
-        let name = &rest[open + 1..open + len];
-        // Anything else in braces is gst-launch's own syntax (a caps list: `{GRAY8, RGB}`).
-        if is_placeholder_name(name) && !found.iter().any(|n| n == name) {
-            found.push(name.to_owned());
+        let (close, name) = (open + len, &rest[open + 1..open + len]);
+        if is_placeholder_name(name) {
+            text.push_str(&rest[..open]);
+            let quoted = rest[..open].ends_with('"') && rest[close + 1..].starts_with('"');
+            found.push(Segment::Text(std::mem::take(&mut text)));
+            found.push(Segment::Placeholder {
+                name: name.to_owned(),
+                quoted,
+            });
+        } else {
+            text.push_str(&rest[..=close]);
         }
-        rest = &rest[open + len + 1..];
+        rest = &rest[close + 1..];
     }
+    text.push_str(rest);
+    found.push(Segment::Text(text));
     Ok(found)
 }
 

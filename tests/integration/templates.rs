@@ -49,6 +49,13 @@ fn fill(file: &str, params: &[(&str, ParamValue)]) -> String {
     .unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
+/// A plain pipeline file's description, as `pipeline = ` reads it.
+fn plain(file: &str) -> String {
+    CameraPipeline::File(pipelines().join(file))
+        .description()
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
 fn text(value: impl Into<String>) -> ParamValue {
     ParamValue::Text(value.into())
 }
@@ -274,11 +281,8 @@ async fn every_pipeline_template_is_filled_and_runs_against_a_real_source() {
     done("image-folder.gst", &mut ran);
 
     // The simulated line's pipeline, fed as the simulator feeds it.
-    let description = CameraPipeline::File(pipelines().join("simulated.gst"))
-        .description()
-        .expect("simulated.gst");
     let (result, frames) = capture(
-        description,
+        plain("simulated.gst"),
         Some(Box::new(RampFeeder { count: 7 })),
         None,
         minute,
@@ -289,10 +293,7 @@ async fn every_pipeline_template_is_filled_and_runs_against_a_real_source() {
     done("simulated.gst", &mut ran);
 
     // GStreamer's test source.
-    let description = CameraPipeline::File(pipelines().join("test-pattern.gst"))
-        .description()
-        .expect("test-pattern.gst");
-    let (result, frames) = capture(description, None, None, minute).await;
+    let (result, frames) = capture(plain("test-pattern.gst"), None, None, minute).await;
     assert_eq!(result.expect("test-pattern.gst runs"), 30);
     assert_frames("test-pattern.gst", &frames, 30, (320, 240));
     done("test-pattern.gst", &mut ran);
