@@ -19,7 +19,7 @@ use crate::analyse::charts::ChartDefinition;
 use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
-use crate::capture::{CameraPipeline, ParamValue};
+use crate::capture::{CameraPipeline, ParamValue, PresenceMeasure, PresenceRoi, PresenceSettings};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -220,10 +220,112 @@ pub struct CameraSection {
     /// A live camera that delivers no frame for this long is treated as lost (FAULT, then
     /// tried again): for sources that go quiet without an error. Absent: only errors count.
     pub stall_timeout_ms: Option<u64>,
+    /// A free-running camera: one part per passage through the view instead of one per frame.
+    pub presence: Option<PresenceSection>,
 }
 
 fn default_frame_queue() -> usize {
     4
+}
+
+/// `[camera.presence]`: how a free-running camera's parts are found (`capture::presence`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSection {
+    /// `[x, y, width, height]` of the camera's raw frame that the parts cross; absent: the
+    /// whole frame. Keep it to the belt: people and machines beside it move too.
+    pub roi: Option<[u32; 4]>,
+    /// `intensity` (mean grey level: parts brighter or darker than the belt) or `edges` (mean
+    /// neighbour difference: parts with edges or texture on a plainer belt).
+    #[serde(default = "default_presence_measure")]
+    pub measure: PresenceMeasure,
+    /// Change from the empty belt's level that means a part, in grey levels. Read the levels
+    /// with and without a part on /metrics (`presence_level`, `presence_empty_level`) and put
+    /// it about halfway.
+    pub threshold: f32,
+    /// Frames in a row above the threshold before a passage counts (debounce).
+    #[serde(default = "default_enter_frames")]
+    pub enter_frames: u32,
+    /// Frames in a row below half the threshold that end a passage.
+    #[serde(default = "default_leave_frames")]
+    pub leave_frames: u32,
+    /// A part in view this long (a stopped belt) is inspected without waiting for it to leave.
+    #[serde(default = "default_max_passage_frames")]
+    pub max_passage_frames: u32,
+}
+
+fn default_presence_measure() -> PresenceMeasure {
+    PresenceMeasure::Intensity
+}
+
+fn default_enter_frames() -> u32 {
+    2
+}
+
+fn default_leave_frames() -> u32 {
+    3
+}
+
+fn default_max_passage_frames() -> u32 {
+    300
+}
+
+impl PresenceSection {
+    fn settings(&self) -> PresenceSettings {
+        PresenceSettings {
+            roi: self.roi.map(|[x, y, width, height]| PresenceRoi {
+                x,
+                y,
+                width,
+                height,
+            }),
+            measure: self.measure,
+            threshold: self.threshold,
+            enter_frames: self.enter_frames,
+            leave_frames: self.leave_frames,
+            max_passage_frames: self.max_passage_frames,
+        }
+    }
+
+    fn check(&self, plc: PlcKind, problem: &mut dyn FnMut(&str, String)) {
+        if !(self.threshold > 0.0 && self.threshold < 255.0) {
+            problem(
+                "camera.presence.threshold",
+                format!(
+                    "expected a change in grey levels in (0, 255), got {}",
+                    self.threshold
+                ),
+            );
+        }
+        if let Some([_, _, width, height]) = self.roi
+            && (width == 0 || height == 0)
+        {
+            problem(
+                "camera.presence.roi",
+                "expected [x, y, width, height] with a positive width and height".into(),
+            );
+        }
+        for (field, frames) in [
+            ("camera.presence.enter_frames", self.enter_frames),
+            ("camera.presence.leave_frames", self.leave_frames),
+            (
+                "camera.presence.max_passage_frames",
+                self.max_passage_frames,
+            ),
+        ] {
+            if frames == 0 {
+                problem(field, "expected at least 1 frame".into());
+            }
+        }
+        if plc == PlcKind::Server {
+            problem(
+                "camera.presence",
+                "in server mode the PLC triggers each capture at its photo-eye; leave out the \
+                 presence detector"
+                    .into(),
+            );
+        }
+    }
 }
 
 /// The camera pipeline `[camera]` names, paths resolved by `resolve`. `check` has made sure
@@ -447,6 +549,8 @@ pub struct StationConfig {
     pub simulator: Option<SimulatorSection>,
     /// See [`CameraSection::stall_timeout_ms`].
     pub camera_stall_timeout: Option<Duration>,
+    /// See [`CameraSection::presence`].
+    pub camera_presence: Option<PresenceSettings>,
     pub calibration_file: PathBuf,
     pub model_dir: PathBuf,
     pub threshold_override: Option<f32>,
@@ -580,6 +684,7 @@ impl StationConfig {
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
             camera_stall_timeout: file.camera.stall_timeout_ms.map(Duration::from_millis),
+            camera_presence: file.camera.presence.as_ref().map(PresenceSection::settings),
             calibration_file: resolve(&file.calibration.file),
             model_dir,
             threshold_override: file.model.threshold,
@@ -755,6 +860,9 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         );
     }
     let camera = &file.camera;
+    if let Some(presence) = &camera.presence {
+        presence.check(file.plc.kind, &mut problem);
+    }
     match (&camera.pipeline, &camera.launch, &camera.template) {
         (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
         _ => problem(
@@ -1088,6 +1196,70 @@ mod tests {
         );
         let stray = example().replace(shipped, &format!("{shipped}\nparams = {{ a = 1 }}"));
         assert_eq!(problems(&stray)[0].field, "camera.params");
+    }
+
+    /// The example's commented `[camera.presence]` table, uncommented.
+    fn example_with_presence() -> String {
+        let example = example();
+        let start = example
+            .find("# [camera.presence]")
+            .expect("the example shows [camera.presence]");
+        let end = start
+            + example[start..]
+                .find("\n\n")
+                .expect("a blank line after it");
+        let table: Vec<&str> = example[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .collect();
+        // Placed as the last table, where it cannot take another table's keys.
+        format!("{}\n{}\n", example, table.join("\n"))
+    }
+
+    #[test]
+    fn the_presence_detector_is_read_and_checked() {
+        let config = parse(&example()).expect("example");
+        assert_eq!(config.camera_presence, None);
+        let config = parse(&example_with_presence()).expect("the example's presence table");
+        assert_eq!(
+            config.camera_presence,
+            Some(PresenceSettings {
+                roi: Some(PresenceRoi {
+                    x: 0,
+                    y: 200,
+                    width: 1280,
+                    height: 400
+                }),
+                measure: PresenceMeasure::Intensity,
+                threshold: 25.0,
+                enter_frames: 2,
+                leave_frames: 3,
+                max_passage_frames: 300,
+            })
+        );
+        let bad = example_with_presence()
+            .replace("threshold = 25.0", "threshold = 0.0")
+            .replace("[0, 200, 1280, 400]", "[0, 200, 0, 400]")
+            .replace("leave_frames = 3", "leave_frames = 0")
+            .replace(
+                "type = \"simulated\"",
+                "type = \"server\"\nlisten = \"127.0.0.1:1502\"",
+            );
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&bad) else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for field in [
+            "camera.presence.threshold",
+            "camera.presence.roi",
+            "camera.presence.leave_frames",
+            "camera.presence",
+        ] {
+            assert!(fields.contains(&field), "{field} not in {fields:?}");
+        }
+        let typo = example_with_presence().replace("measure = \"intensity\"", "measure = \"edge\"");
+        let message = parse(&typo).unwrap_err().to_string();
+        assert!(message.contains("edges"), "{message}");
     }
 
     #[test]

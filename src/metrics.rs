@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use crate::part::{Disposition, Verdict};
 
@@ -55,6 +56,12 @@ pub struct Metrics {
     pub triggers_missed: Counter,
     /// Server mode: frames that arrived with no PLC trigger waiting for one (discarded).
     pub frames_untriggered: Counter,
+    /// Presence detection: frames the detector looked at (one per passage becomes a part).
+    pub frames_watched: Counter,
+    /// Presence detection: the last frame's measure in the detector's region.
+    pub presence_level: Gauge<f64, AtomicU64>,
+    /// Presence detection: the empty belt's measure as learnt; a part is a change from it.
+    pub presence_empty_level: Gauge<f64, AtomicU64>,
     /// Server mode: results refused by a full results buffer (those parts are rejected).
     pub results_overruns: Counter,
     /// Records made durable.
@@ -131,6 +138,9 @@ impl Metrics {
             camera_restarts: Counter::default(),
             triggers_missed: Counter::default(),
             frames_untriggered: Counter::default(),
+            frames_watched: Counter::default(),
+            presence_level: Gauge::default(),
+            presence_empty_level: Gauge::default(),
             results_overruns: Counter::default(),
             records_written: Counter::default(),
             record_errors: Counter::default(),
@@ -253,6 +263,21 @@ impl Metrics {
             "frames_untriggered",
             "Frames discarded because no PLC trigger was waiting (server mode)",
             self.frames_untriggered.clone(),
+        );
+        registry.register(
+            "frames_watched",
+            "Frames the presence detector looked at; one per passage becomes a part",
+            self.frames_watched.clone(),
+        );
+        registry.register(
+            "presence_level",
+            "The presence detector's measure of the last frame in its region",
+            self.presence_level.clone(),
+        );
+        registry.register(
+            "presence_empty_level",
+            "The presence detector's measure of the empty belt, as learnt",
+            self.presence_empty_level.clone(),
         );
         registry.register(
             "results_overruns",

@@ -837,6 +837,7 @@ impl Station {
             stop: shutdown.clone(),
             external_triggers,
             stall_timeout: config.camera_stall_timeout,
+            presence: config.camera_presence.clone(),
         };
         let capture_status = camera.clone();
         let capture =

@@ -3,7 +3,9 @@
 //! The pipeline is a gst-launch description ending in `appsink name=frames`: a file, an inline
 //! string, or a template from `pipelines/` filled from the config ([`CameraPipeline`],
 //! [`template`]); the station asks that appsink for 8-bit grey. Each frame that reaches
-//! the appsink is one part: it gets the next [`PartId`] and its capture time, and then
+//! the appsink is one part — or, for a free-running camera with a [`presence`] detector, the
+//! best frame of each part's passage through the view is. A part gets the next [`PartId`] and
+//! its frame's capture time, and then
 //!
 //! 1. a [`Trigger`] goes to the tracker over a channel that *waits*, so no part is ever lost
 //!    to tracking, and
@@ -32,12 +34,18 @@ use gstreamer_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod presence;
 pub mod template;
 
+pub use self::presence::{PresenceMeasure, PresenceRoi, PresenceSettings, RoiOutsideFrame};
 pub use self::template::{CameraPipeline, ParamValue, PipelineTemplate, TemplateError};
 
+use self::presence::{Observed, PresenceDetector};
+
 use crate::metrics::Metrics;
-use crate::part::{ExternalTrigger, Frame, GrayImage, PartId, StationClock, Trigger, TriggerSink};
+use crate::part::{
+    ExternalTrigger, Frame, GrayImage, PartId, StationClock, StationTime, Trigger, TriggerSink,
+};
 
 /// Name of the appsink every pipeline ends in.
 pub const APPSINK_NAME: &str = "frames";
@@ -81,6 +89,8 @@ pub struct ExternalTriggers {
 pub enum CaptureError {
     #[error(transparent)]
     Pipeline(#[from] TemplateError),
+    #[error(transparent)]
+    Presence(#[from] RoiOutsideFrame),
     #[error("GStreamer init: {0}")]
     Init(#[from] gst::glib::Error),
     #[error("pipeline description is invalid: {0}")]
@@ -146,6 +156,9 @@ pub struct CaptureContext {
     /// A live camera that delivers no frame for this long is lost ([`CaptureError::Stalled`]):
     /// some sources (a network camera whose sender went quiet) never post an error.
     pub stall_timeout: Option<Duration>,
+    /// A free-running camera: one part per passage through its view, found by the presence
+    /// detector ([`presence`]) instead of one per frame.
+    pub presence: Option<PresenceSettings>,
 }
 
 /// Whether the camera is there, shared with the station's health: set lost by
@@ -261,7 +274,9 @@ fn run_pipeline(
     ));
 
     let next_part_id = Arc::new(AtomicU64::new(ctx.first_part_id));
+    // Parts made so far, and frames that arrived (parts or not: the stall watchdog's).
     let frames_seen = Arc::new(AtomicU64::new(0));
+    let frames_arrived = Arc::new(AtomicU64::new(0));
     let (relay, software_trigger) = match ctx.external_triggers.take() {
         Some(external) => {
             let (relay, software_trigger) =
@@ -270,19 +285,28 @@ fn run_pipeline(
         }
         None => (None, None),
     };
-    let handoff = FrameHandoff {
+    let handoff = Arc::new(FrameHandoff {
         waiting: relay.as_ref().map(TriggerRelay::waiting),
+        presence: ctx.presence.clone().map(|settings| Presence {
+            detector: Mutex::new(PresenceDetector::new(settings.clone())),
+            settings,
+            misfit: Mutex::new(None),
+        }),
         next_part_id: next_part_id.clone(),
         frames_seen: frames_seen.clone(),
+        frames_arrived: frames_arrived.clone(),
         max_parts: ctx.max_parts,
         triggers: ctx.triggers.clone(),
         frames: ctx.frames.clone(),
         clock: ctx.clock.clone(),
         metrics: ctx.metrics.clone(),
-    };
+    });
+    let at_eos = handoff.clone();
+    let on_sample = handoff.clone();
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| handoff.on_sample(sink))
+            .new_sample(move |sink| on_sample.on_sample(sink))
+            .eos(move |sink| at_eos.on_eos(sink))
             .build(),
     );
 
@@ -340,7 +364,7 @@ fn run_pipeline(
     let max_parts = ctx.max_parts;
     let enough = || max_parts.is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
     let outcome = loop {
-        let frames_now = frames_seen.load(Ordering::Relaxed) + ctx.metrics.frames_untriggered.get();
+        let frames_now = frames_arrived.load(Ordering::Relaxed);
         if frames_now != frames_before {
             (frames_before, frame_seen_at) = (frames_now, Instant::now());
             if live.is_none() {
@@ -382,7 +406,12 @@ fn run_pipeline(
                 break Err(CaptureError::Ended);
             }
             gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(err) => break Err(stream_error(err)),
+            gst::MessageView::Error(err) => {
+                break Err(match handoff.presence.as_ref().and_then(Presence::misfit) {
+                    Some(misfit) => misfit.into(),
+                    None => stream_error(err),
+                });
+            }
             _ => {}
         }
     };
@@ -561,12 +590,39 @@ fn stream_error(err: &gst::message::Error) -> CaptureError {
     }
 }
 
+/// The presence detector of a free-running camera, as the appsink callbacks share it.
+struct Presence {
+    settings: PresenceSettings,
+    /// What each frame carries through a passage: its image and capture time.
+    detector: Mutex<PresenceDetector<(GrayImage, StationTime)>>,
+    /// Set when the region does not fit the frames: a wrong config, not a lost camera.
+    misfit: Mutex<Option<RoiOutsideFrame>>,
+}
+
+impl Presence {
+    fn detector(&self) -> std::sync::MutexGuard<'_, PresenceDetector<(GrayImage, StationTime)>> {
+        self.detector.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn misfit(&self) -> Option<RoiOutsideFrame> {
+        self.misfit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The appsink callback's state: turns samples into triggers and frames.
 struct FrameHandoff {
     /// Server mode: the triggers frames answer.
     waiting: Option<Arc<WaitingTriggers>>,
+    /// A free-running camera whose parts are passages, not frames.
+    presence: Option<Presence>,
     next_part_id: Arc<AtomicU64>,
+    /// Parts made.
     frames_seen: Arc<AtomicU64>,
+    /// Frames that reached the appsink, parts or not.
+    frames_arrived: Arc<AtomicU64>,
     max_parts: Option<u64>,
     triggers: mpsc::Sender<Trigger>,
     frames: SyncSender<Frame>,
@@ -575,19 +631,79 @@ struct FrameHandoff {
 }
 
 impl FrameHandoff {
+    fn enough(&self) -> bool {
+        self.max_parts
+            .is_some_and(|max| self.frames_seen.load(Ordering::Relaxed) >= max)
+    }
+
     fn on_sample(&self, sink: &gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> {
         let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+        self.frames_arrived.fetch_add(1, Ordering::Relaxed);
         let captured_at = self.clock.now().before(frame_age(sink, &sample));
-        if self
-            .max_parts
-            .is_some_and(|max| self.frames_seen.load(Ordering::Relaxed) >= max)
-        {
+        if self.enough() {
             return Err(gst::FlowError::Eos);
         }
         let image = gray_image(&sample).map_err(|message| {
             gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
             gst::FlowError::Error
         })?;
+        let (image, captured_at) = match &self.presence {
+            Some(presence) => match self.watch(sink, presence, image, captured_at)? {
+                Observed::Part(part) => part,
+                Observed::Nothing => return Ok(gst::FlowSuccess::Ok),
+            },
+            None => (image, captured_at),
+        };
+        self.hand_over(sink, image, captured_at)
+    }
+
+    /// A free-running camera's frame through the presence detector.
+    fn watch(
+        &self,
+        sink: &gst_app::AppSink,
+        presence: &Presence,
+        image: GrayImage,
+        captured_at: StationTime,
+    ) -> Result<Observed<(GrayImage, StationTime)>, gst::FlowError> {
+        let level = presence::measure(&image, presence.settings.roi, presence.settings.measure)
+            .map_err(|misfit| {
+                gst::element_error!(sink, gst::StreamError::Format, ("{}", misfit));
+                *presence
+                    .misfit
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(misfit);
+                gst::FlowError::Error
+            })?;
+        self.metrics.frames_watched.inc();
+        self.metrics.presence_level.set(f64::from(level));
+        let mut detector = presence.detector();
+        let observed = detector.observe(level, (image, captured_at));
+        if let Some(empty) = detector.empty_level() {
+            self.metrics.presence_empty_level.set(f64::from(empty));
+        }
+        Ok(observed)
+    }
+
+    /// The end of the stream: a part still in a free-running camera's view is handed over.
+    fn on_eos(&self, sink: &gst_app::AppSink) {
+        let Some(presence) = &self.presence else {
+            return;
+        };
+        let last = presence.detector().finish();
+        if let Some((image, captured_at)) = last
+            && !self.enough()
+        {
+            let _ = self.hand_over(sink, image, captured_at);
+        }
+    }
+
+    /// Makes `image` a part: its trigger to the tracker, its frame to inspection.
+    fn hand_over(
+        &self,
+        sink: &gst_app::AppSink,
+        image: GrayImage,
+        captured_at: StationTime,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let external = match &self.waiting {
             Some(waiting) => match waiting.take() {
                 Some(trigger) => Some((waiting, trigger)),
@@ -712,6 +828,7 @@ mod tests {
             stop: CancellationToken::new(),
             external_triggers: None,
             stall_timeout: None,
+            presence: None,
         });
         let mut triggers = Vec::new();
         while let Ok(t) = trigger_rx.try_recv() {
@@ -802,6 +919,7 @@ mod tests {
                 stale_after: Duration::from_secs(5),
             }),
             stall_timeout: None,
+            presence: None,
         });
         let summary = result.expect("capture runs to end of stream");
         assert_eq!(summary.frames, 3);

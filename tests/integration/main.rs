@@ -23,6 +23,7 @@ mod mes;
 mod models;
 mod mqtt;
 mod plc_program;
+mod presence;
 mod rootcause;
 mod rootcause_line;
 mod schedule;

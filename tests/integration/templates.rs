@@ -91,6 +91,7 @@ async fn capture(
             stop,
             external_triggers: None,
             stall_timeout: None,
+            presence: None,
         });
         while trigger_rx.try_recv().is_ok() {}
         (result.map(|s| s.frames), frame_rx.try_iter().collect())
