@@ -19,7 +19,9 @@ use crate::analyse::charts::ChartDefinition;
 use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
-use crate::capture::{CameraPipeline, ParamValue, PresenceMeasure, PresenceRoi, PresenceSettings};
+use crate::capture::{
+    CameraPipeline, ParamValue, PresenceMeasure, PresenceRoi, PresenceSettings, TriggerSource,
+};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -222,6 +224,10 @@ pub struct CameraSection {
     pub stall_timeout_ms: Option<u64>,
     /// A free-running camera: one part per passage through the view instead of one per frame.
     pub presence: Option<PresenceSection>,
+    /// A GigE Vision or USB3 Vision camera (aravissrc) put in GenICam trigger mode on this
+    /// source: `"Software"` (server mode: the station fires it for each PLC trigger) or an
+    /// input line (`"Line0"`, `"Line1"`, …) wired to the photo-eye.
+    pub genicam_trigger: Option<String>,
 }
 
 fn default_frame_queue() -> usize {
@@ -551,6 +557,8 @@ pub struct StationConfig {
     pub camera_stall_timeout: Option<Duration>,
     /// See [`CameraSection::presence`].
     pub camera_presence: Option<PresenceSettings>,
+    /// See [`CameraSection::genicam_trigger`].
+    pub camera_trigger: Option<TriggerSource>,
     pub calibration_file: PathBuf,
     pub model_dir: PathBuf,
     pub threshold_override: Option<f32>,
@@ -685,6 +693,7 @@ impl StationConfig {
             simulator: file.camera.simulator,
             camera_stall_timeout: file.camera.stall_timeout_ms.map(Duration::from_millis),
             camera_presence: file.camera.presence.as_ref().map(PresenceSection::settings),
+            camera_trigger: file.camera.genicam_trigger.clone().map(TriggerSource),
             calibration_file: resolve(&file.calibration.file),
             model_dir,
             threshold_override: file.model.threshold,
@@ -862,6 +871,30 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     let camera = &file.camera;
     if let Some(presence) = &camera.presence {
         presence.check(file.plc.kind, &mut problem);
+    }
+    if let Some(trigger) = &camera.genicam_trigger {
+        if trigger.is_empty() || !trigger.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problem(
+                "camera.genicam_trigger",
+                format!(
+                    "expected a GenICam TriggerSource name (Software, Line0, …), got {trigger:?}"
+                ),
+            );
+        } else if trigger == "Software" && file.plc.kind != PlcKind::Server {
+            problem(
+                "camera.genicam_trigger",
+                "the station fires a software trigger for each PLC trigger, which needs server \
+                 mode ([plc] type = \"server\"); wire the photo-eye to a camera input line \
+                 for a hardware trigger instead"
+                    .into(),
+            );
+        }
+        if camera.presence.is_some() {
+            problem(
+                "camera.genicam_trigger",
+                "a triggered camera takes one frame per part: leave out [camera.presence]".into(),
+            );
+        }
     }
     match (&camera.pipeline, &camera.launch, &camera.template) {
         (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
@@ -1260,6 +1293,32 @@ mod tests {
         let typo = example_with_presence().replace("measure = \"intensity\"", "measure = \"edge\"");
         let message = parse(&typo).unwrap_err().to_string();
         assert!(message.contains("edges"), "{message}");
+    }
+
+    #[test]
+    fn a_genicam_trigger_is_a_trigger_source_and_software_needs_server_mode() {
+        let commented = "# genicam_trigger = \"Software\"";
+        assert!(example().contains(commented));
+        let problems = |text: &str| match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        // Software trigger on the example's simulated PLC: nobody would fire it.
+        let software = example().replace(commented, "genicam_trigger = \"Software\"");
+        let found = problems(&software);
+        assert_eq!(found[0].field, "camera.genicam_trigger");
+        assert!(found[0].message.contains("server mode"), "{found:?}");
+        let line = example().replace(commented, "genicam_trigger = \"Line1\"");
+        let config = parse(&line).expect("a hardware trigger line");
+        assert_eq!(config.camera_trigger, Some(TriggerSource("Line1".into())));
+        let spaced = example().replace(commented, "genicam_trigger = \"Line 1\"");
+        assert!(problems(&spaced)[0].message.contains("TriggerSource name"));
+        let both = example_with_presence().replace(commented, "genicam_trigger = \"Line1\"");
+        assert!(
+            problems(&both)
+                .iter()
+                .any(|p| p.message.contains("leave out [camera.presence]"))
+        );
     }
 
     #[test]

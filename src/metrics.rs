@@ -56,6 +56,10 @@ pub struct Metrics {
     pub triggers_missed: Counter,
     /// Server mode: frames that arrived with no PLC trigger waiting for one (discarded).
     pub frames_untriggered: Counter,
+    /// 1 while a GenICam camera is armed in trigger mode (one frame per trigger), else 0.
+    pub camera_armed: Gauge,
+    /// Times a triggered camera's source was started again after a pause with no trigger.
+    pub camera_idle_restarts: Counter,
     /// Presence detection: frames the detector looked at (one per passage becomes a part).
     pub frames_watched: Counter,
     /// Presence detection: the last frame's measure in the detector's region.
@@ -139,6 +143,8 @@ impl Metrics {
             triggers_missed: Counter::default(),
             frames_untriggered: Counter::default(),
             frames_watched: Counter::default(),
+            camera_armed: Gauge::default(),
+            camera_idle_restarts: Counter::default(),
             presence_level: Gauge::default(),
             presence_empty_level: Gauge::default(),
             results_overruns: Counter::default(),
@@ -263,6 +269,16 @@ impl Metrics {
             "frames_untriggered",
             "Frames discarded because no PLC trigger was waiting (server mode)",
             self.frames_untriggered.clone(),
+        );
+        registry.register(
+            "camera_armed",
+            "1 while a GenICam camera is armed in trigger mode, else 0",
+            self.camera_armed.clone(),
+        );
+        registry.register(
+            "camera_idle_restarts",
+            "Times a triggered camera's source was started again after a pause with no trigger",
+            self.camera_idle_restarts.clone(),
         );
         registry.register(
             "frames_watched",

@@ -838,6 +838,7 @@ impl Station {
             external_triggers,
             stall_timeout: config.camera_stall_timeout,
             presence: config.camera_presence.clone(),
+            genicam_trigger: config.camera_trigger.clone(),
         };
         let capture_status = camera.clone();
         let capture =

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -34,9 +34,11 @@ use gstreamer_video::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod genicam;
 pub mod presence;
 pub mod template;
 
+pub use self::genicam::{GenicamTrigger, TriggerError, TriggerSource};
 pub use self::presence::{PresenceMeasure, PresenceRoi, PresenceSettings, RoiOutsideFrame};
 pub use self::template::{CameraPipeline, ParamValue, PipelineTemplate, TemplateError};
 
@@ -91,6 +93,12 @@ pub enum CaptureError {
     Pipeline(#[from] TemplateError),
     #[error(transparent)]
     Presence(#[from] RoiOutsideFrame),
+    #[error("camera trigger: {0}")]
+    Trigger(#[from] TriggerError),
+    /// An armed GenICam camera's source gave up waiting for a trigger (aravissrc's fixed
+    /// 2-second buffer timeout): no part came, nothing is wrong. Capture starts it again.
+    #[error("the triggered camera's source timed out waiting for a trigger")]
+    TriggerIdle,
     #[error("GStreamer init: {0}")]
     Init(#[from] gst::glib::Error),
     #[error("pipeline description is invalid: {0}")]
@@ -159,6 +167,9 @@ pub struct CaptureContext {
     /// A free-running camera: one part per passage through its view, found by the presence
     /// detector ([`presence`]) instead of one per frame.
     pub presence: Option<PresenceSettings>,
+    /// A GenICam camera (aravissrc) put in trigger mode on this source once it streams
+    /// ([`genicam`]); with `Software`, each external trigger fires it.
+    pub genicam_trigger: Option<TriggerSource>,
 }
 
 /// Whether the camera is there, shared with the station's health: set lost by
@@ -210,6 +221,12 @@ pub fn capture_until_done(
         let fed = ctx.feeder.is_some();
         match run_capture(&mut ctx) {
             Ok(_) => break,
+            Err(CaptureError::TriggerIdle) if !ctx.stop.is_cancelled() => {
+                tracing::debug!(
+                    "no trigger for a while: the triggered camera's source starts again"
+                );
+                ctx.metrics.camera_idle_restarts.inc();
+            }
             Err(error) if error.is_camera_lost() && !fed && !ctx.stop.is_cancelled() => {
                 tracing::error!(%error, retry_in = ?wait, "camera lost; every part is rejected by policy until it is back");
                 ctx.metrics.camera_restarts.inc();
@@ -277,16 +294,32 @@ fn run_pipeline(
     // Parts made so far, and frames that arrived (parts or not: the stall watchdog's).
     let frames_seen = Arc::new(AtomicU64::new(0));
     let frames_arrived = Arc::new(AtomicU64::new(0));
+    // A GenICam camera to arm once its source has negotiated, and the armed camera the
+    // trigger relay fires.
+    let mut to_arm = match &ctx.genicam_trigger {
+        Some(trigger) => Some((
+            genicam::aravis_source(pipeline).ok_or(TriggerError::NoAravisSource)?,
+            trigger.clone(),
+        )),
+        None => None,
+    };
+    let armed: Arc<OnceLock<GenicamTrigger>> = Arc::new(OnceLock::new());
+    let fires_genicam = ctx
+        .genicam_trigger
+        .as_ref()
+        .is_some_and(TriggerSource::is_software)
+        .then(|| armed.clone());
     let (relay, software_trigger) = match ctx.external_triggers.take() {
         Some(external) => {
             let (relay, software_trigger) =
-                TriggerRelay::start(external, ctx.feeder.is_some(), &ctx.stop)?;
+                TriggerRelay::start(external, ctx.feeder.is_some(), fires_genicam, &ctx.stop)?;
             (Some(relay), software_trigger)
         }
         None => (None, None),
     };
     let handoff = Arc::new(FrameHandoff {
         waiting: relay.as_ref().map(TriggerRelay::waiting),
+        armed: ctx.genicam_trigger.is_some().then(|| armed.clone()),
         presence: ctx.presence.clone().map(|settings| Presence {
             detector: Mutex::new(PresenceDetector::new(settings.clone())),
             settings,
@@ -364,6 +397,37 @@ fn run_pipeline(
     let max_parts = ctx.max_parts;
     let enough = || max_parts.is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
     let outcome = loop {
+        if let Some((source, trigger)) = &to_arm
+            && genicam::negotiated(source)
+        {
+            match GenicamTrigger::arm(source, trigger) {
+                Ok(camera) => {
+                    // Triggers that came before the camera was armed have no frame of their
+                    // own (the free-running frames were not theirs): missed, so the PLC
+                    // diverts their parts, rather than fired late at a part that has moved
+                    // on. Under the queue's lock, so that the relay fires every later one.
+                    let early: Vec<ExternalTrigger> = match &relay {
+                        Some(relay) => {
+                            let mut queue = relay.waiting.queue();
+                            let _ = armed.set(camera);
+                            queue.drain(..).collect()
+                        }
+                        None => {
+                            let _ = armed.set(camera);
+                            Vec::new()
+                        }
+                    };
+                    if let Some(relay) = &relay {
+                        for trigger in early {
+                            relay.waiting.sink.missed(trigger);
+                        }
+                    }
+                    ctx.metrics.camera_armed.set(1);
+                    to_arm = None;
+                }
+                Err(error) => break Err(error.into()),
+            }
+        }
         let frames_now = frames_arrived.load(Ordering::Relaxed);
         if frames_now != frames_before {
             (frames_before, frame_seen_at) = (frames_now, Instant::now());
@@ -407,10 +471,21 @@ fn run_pipeline(
             }
             gst::MessageView::Eos(_) => break Ok(()),
             gst::MessageView::Error(err) => {
-                break Err(match handoff.presence.as_ref().and_then(Presence::misfit) {
-                    Some(misfit) => misfit.into(),
-                    None => stream_error(err),
-                });
+                if let Some(misfit) = handoff.presence.as_ref().and_then(Presence::misfit) {
+                    break Err(misfit.into());
+                }
+                // aravissrc gives up after 2 s without a frame, which for an armed camera
+                // means only that no part came: while stopping, that is the stop; otherwise
+                // capture starts again at once (see `CaptureError::TriggerIdle`).
+                let idle = armed.get().is_some()
+                    && relay
+                        .as_ref()
+                        .is_none_or(|relay| relay.waiting.queue().is_empty());
+                break match (idle, eos_sent_at) {
+                    (true, Some(_)) => Ok(()),
+                    (true, None) => Err(CaptureError::TriggerIdle),
+                    (false, _) => Err(stream_error(err)),
+                };
             }
             _ => {}
         }
@@ -421,6 +496,7 @@ fn run_pipeline(
     if let Some(relay) = relay {
         ctx.external_triggers = Some(relay.stop());
     }
+    ctx.metrics.camera_armed.set(0);
     let frames = frames_seen.load(Ordering::Relaxed);
     ctx.first_part_id = next_part_id.load(Ordering::Relaxed);
     ctx.max_parts = ctx.max_parts.map(|max| max.saturating_sub(frames));
@@ -497,9 +573,12 @@ struct TriggerRelay {
 }
 
 impl TriggerRelay {
+    /// `fed`: the feeder gets a software trigger per trigger (returned); `genicam`: the
+    /// GenICam camera, once armed, is fired per trigger.
     fn start(
         external: ExternalTriggers,
         fed: bool,
+        genicam: Option<Arc<OnceLock<GenicamTrigger>>>,
         stop: &CancellationToken,
     ) -> Result<(TriggerRelay, Option<Receiver<()>>), CaptureError> {
         let waiting = Arc::new(WaitingTriggers {
@@ -519,7 +598,15 @@ impl TriggerRelay {
         let triggers = external.triggers;
         let thread = std::thread::Builder::new()
             .name("trigger-relay".into())
-            .spawn(move || relay(triggers, &relay_waiting, software_trigger, &relay_stop))
+            .spawn(move || {
+                relay(
+                    triggers,
+                    &relay_waiting,
+                    software_trigger,
+                    genicam,
+                    &relay_stop,
+                )
+            })
             .map_err(CaptureError::Feeder)?;
         Ok((
             TriggerRelay {
@@ -559,17 +646,29 @@ fn relay(
     triggers: Receiver<ExternalTrigger>,
     waiting: &WaitingTriggers,
     software_trigger: Option<Sender<()>>,
+    genicam: Option<Arc<OnceLock<GenicamTrigger>>>,
     stop: &CancellationToken,
 ) -> Receiver<ExternalTrigger> {
     while !stop.is_cancelled() {
         match triggers.recv_timeout(Duration::from_millis(50)) {
             Ok(trigger) => {
-                // Queued before the camera fires, so the frame finds its trigger waiting.
-                waiting.queue().push_back(trigger);
+                // Queued before the camera fires, so the frame finds its trigger waiting; the
+                // armed camera is read under the same lock as arming sets it (see there).
+                let camera = {
+                    let mut queue = waiting.queue();
+                    queue.push_back(trigger);
+                    genicam.as_deref().and_then(OnceLock::get).cloned()
+                };
                 if let Some(fire) = &software_trigger
                     && fire.send(()).is_err()
                 {
                     tracing::debug!("the camera stopped taking software triggers");
+                }
+                // Until the camera is armed it runs free, and its next frame answers.
+                if let Some(camera) = camera
+                    && let Err(error) = camera.fire()
+                {
+                    tracing::warn!(%error, "the camera refused a software trigger; its part will be missed");
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -616,6 +715,8 @@ impl Presence {
 struct FrameHandoff {
     /// Server mode: the triggers frames answer.
     waiting: Option<Arc<WaitingTriggers>>,
+    /// A GenICam camera to be triggered: until it is armed its frames are no part's.
+    armed: Option<Arc<OnceLock<GenicamTrigger>>>,
     /// A free-running camera whose parts are passages, not frames.
     presence: Option<Presence>,
     next_part_id: Arc<AtomicU64>,
@@ -642,6 +743,14 @@ impl FrameHandoff {
         let captured_at = self.clock.now().before(frame_age(sink, &sample));
         if self.enough() {
             return Err(gst::FlowError::Eos);
+        }
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|armed| armed.get().is_none())
+        {
+            self.metrics.frames_untriggered.inc();
+            return Ok(gst::FlowSuccess::Ok);
         }
         let image = gray_image(&sample).map_err(|message| {
             gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
@@ -829,6 +938,7 @@ mod tests {
             external_triggers: None,
             stall_timeout: None,
             presence: None,
+            genicam_trigger: None,
         });
         let mut triggers = Vec::new();
         while let Ok(t) = trigger_rx.try_recv() {
@@ -920,6 +1030,7 @@ mod tests {
             }),
             stall_timeout: None,
             presence: None,
+            genicam_trigger: None,
         });
         let summary = result.expect("capture runs to end of stream");
         assert_eq!(summary.frames, 3);

@@ -17,6 +17,7 @@ mod client_mode;
 mod crash;
 mod failsafe;
 mod gate;
+mod genicam;
 mod interop;
 mod line;
 mod mes;
@@ -46,6 +47,10 @@ use linesight::station::{Station, StationError};
 /// station tests hold real deadlines, and on a 2-core machine a training run beside them would
 /// measure the machine, not the station.
 pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// aravis's fake GigE Vision camera binds the GigE Vision control port on 127.0.0.1 (loopback
+/// has no other address): one test at a time runs one.
+pub static FAKE_GIGE_CAMERA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A station on the simulated line `config` describes, and that line (its PLC stops when the
 /// line is dropped).

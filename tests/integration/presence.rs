@@ -163,6 +163,7 @@ async fn replay(look: Look, settings: PresenceSettings) -> (Vec<Frame>, Metrics,
             external_triggers: None,
             stall_timeout: None,
             presence: Some(settings),
+            genicam_trigger: None,
         });
         stop.cancel();
         watchdog.join().expect("watchdog");

@@ -30,7 +30,7 @@ use linesight::part::{Frame, StationClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::camera::RtspCamera;
-use crate::{CPU_HEAVY, KillOnDrop, free_port, repo};
+use crate::{CPU_HEAVY, FAKE_GIGE_CAMERA, KillOnDrop, free_port, repo};
 
 fn pipelines() -> PathBuf {
     repo().join("pipelines")
@@ -92,6 +92,7 @@ async fn capture(
             external_triggers: None,
             stall_timeout: None,
             presence: None,
+            genicam_trigger: None,
         });
         while trigger_rx.try_recv().is_ok() {}
         (result.map(|s| s.frames), frame_rx.try_iter().collect())
@@ -204,6 +205,7 @@ async fn every_pipeline_template_is_filled_and_runs_against_a_real_source() {
     done("rtsp.gst", &mut ran);
 
     // GigE Vision: aravis's fake camera on loopback, opened by its address.
+    let _camera_lock = FAKE_GIGE_CAMERA.lock().await;
     let fake = Path::new("/usr/bin/arv-fake-gv-camera-0.8");
     assert!(
         fake.exists(),

@@ -1,0 +1,239 @@
+//! A GigE Vision camera triggered per part by GenICam software trigger (issue 18): aravis's own
+//! fake camera (`arv-fake-gv-camera-0.8`) on loopback, read through
+//! `pipelines/gige-aravis.gst`, armed by the station (`genicam_trigger = "Software"`) and
+//! fired once for each trigger the PLC sends, as in server mode.
+//!
+//! The same camera left free-running answers the same triggers too, but streams frames
+//! nobody asked for between them; armed, it sends none, so after 2 s without a trigger
+//! aravissrc gives up waiting and capture starts it again, armed, without a fault.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linesight::capture::{
+    CameraPipeline, CameraStatus, CaptureContext, ExternalTriggers, ParamValue, TriggerSource,
+    capture_until_done,
+};
+use linesight::metrics::Metrics;
+use linesight::part::{ExternalTrigger, PartId, StationClock, TriggerSink};
+use tokio_util::sync::CancellationToken;
+
+use crate::{FAKE_GIGE_CAMERA, KillOnDrop, repo};
+
+/// Which part each PLC trigger became.
+#[derive(Default)]
+struct Answers {
+    captured: Mutex<Vec<(u32, PartId)>>,
+    missed: Mutex<Vec<u32>>,
+}
+
+impl TriggerSink for Answers {
+    fn captured(&self, trigger: ExternalTrigger, part_id: PartId) {
+        self.captured
+            .lock()
+            .unwrap()
+            .push((trigger.tracking_id, part_id));
+    }
+    fn missed(&self, trigger: ExternalTrigger) {
+        self.missed.lock().unwrap().push(trigger.tracking_id);
+    }
+}
+
+/// What one run showed.
+struct Run {
+    answers: Vec<(u32, PartId)>,
+    missed: Vec<u32>,
+    /// Free-running: frames nobody asked for in a quiet second after the parts.
+    unasked_in_a_quiet_second: u64,
+}
+
+const TRIGGERS: u32 = 6;
+/// Armed: triggers sent after the camera's source restarted from an idle pause.
+const TRIGGERS_AFTER_PAUSE: u32 = 3;
+
+/// Waits for `done`, failing after 30 s or when capture has ended.
+fn wait_for(
+    what: &str,
+    capture: &std::thread::JoinHandle<impl Sized>,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
+        assert!(
+            !capture.is_finished(),
+            "capture ended while waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Captures from the fake camera as the station does (`capture_until_done`), sending a PLC
+/// trigger every 150 ms until `count` more parts are in.
+fn trigger_parts(
+    plc: &std::sync::mpsc::Sender<ExternalTrigger>,
+    metrics: &Metrics,
+    capture: &std::thread::JoinHandle<impl Sized>,
+    first_id: u32,
+    count: u32,
+) {
+    let target = metrics.frames_captured.get() + u64::from(count);
+    let mut sent = 0;
+    wait_for("the parts", capture, || {
+        if metrics.frames_captured.get() >= target {
+            return true;
+        }
+        if sent < count {
+            plc.send(ExternalTrigger {
+                tracking_id: first_id + sent,
+                at: Instant::now(),
+            })
+            .expect("capture takes triggers");
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(130));
+        false
+    });
+}
+
+async fn run(description: String, trigger: Option<TriggerSource>) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let (trigger_tx, _trigger_rx) = tokio::sync::mpsc::channel(4096);
+        let (frame_tx, _frame_rx) = std::sync::mpsc::sync_channel(4096);
+        let (plc_tx, plc_rx) = std::sync::mpsc::channel();
+        let answers = Arc::new(Answers::default());
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let armed_run = trigger.is_some();
+        let capture = {
+            let (metrics, stop, answers) = (metrics.clone(), stop.clone(), answers.clone());
+            std::thread::spawn(move || {
+                capture_until_done(
+                    CaptureContext {
+                        pipeline_description: description,
+                        feeder: None,
+                        first_part_id: 0,
+                        max_parts: None,
+                        triggers: trigger_tx,
+                        frames: frame_tx,
+                        clock: StationClock::start(),
+                        metrics,
+                        stop,
+                        external_triggers: Some(ExternalTriggers {
+                            triggers: plc_rx,
+                            sink: answers,
+                            stale_after: Duration::from_secs(2),
+                        }),
+                        stall_timeout: None,
+                        presence: None,
+                        genicam_trigger: trigger,
+                    },
+                    &CameraStatus::default(),
+                )
+            })
+        };
+        let mut unasked_in_a_quiet_second = 0;
+        if armed_run {
+            wait_for("the camera to be armed", &capture, || {
+                metrics.camera_armed.get() == 1
+            });
+            trigger_parts(&plc_tx, &metrics, &capture, 100, TRIGGERS);
+            // No trigger: the armed camera sends nothing, so aravissrc gives up after its 2 s
+            // and capture starts it again, armed anew, without a fault.
+            wait_for("the source to restart after the pause", &capture, || {
+                metrics.camera_idle_restarts.get() >= 1 && metrics.camera_armed.get() == 1
+            });
+            assert_eq!(
+                metrics.camera_restarts.get(),
+                0,
+                "a pause is not a lost camera"
+            );
+            trigger_parts(
+                &plc_tx,
+                &metrics,
+                &capture,
+                100 + TRIGGERS,
+                TRIGGERS_AFTER_PAUSE,
+            );
+        } else {
+            wait_for("a first frame", &capture, || {
+                metrics.frames_untriggered.get() > 0
+            });
+            trigger_parts(&plc_tx, &metrics, &capture, 100, TRIGGERS);
+            let unasked = metrics.frames_untriggered.get();
+            let quiet_until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < quiet_until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            unasked_in_a_quiet_second = metrics.frames_untriggered.get() - unasked;
+        }
+        stop.cancel();
+        capture
+            .join()
+            .expect("capture thread")
+            .expect("capture ends cleanly");
+        let missed = answers.missed.lock().unwrap().clone();
+        let answers = answers.captured.lock().unwrap().clone();
+        Run {
+            answers,
+            missed,
+            unasked_in_a_quiet_second,
+        }
+    })
+    .await
+    .expect("capture runner")
+}
+
+#[tokio::test]
+async fn a_gige_camera_armed_for_software_trigger_takes_one_frame_per_plc_trigger() {
+    let _camera_lock = FAKE_GIGE_CAMERA.lock().await;
+    let fake = Path::new("/usr/bin/arv-fake-gv-camera-0.8");
+    assert!(
+        fake.exists(),
+        "{} is missing: run scripts/setup.sh (make test does), which installs aravis-tools",
+        fake.display()
+    );
+    let _fake_camera = KillOnDrop(
+        std::process::Command::new(fake)
+            .args(["-i", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the fake GigE camera"),
+    );
+    let description = CameraPipeline::Template {
+        path: repo().join("pipelines/gige-aravis.gst"),
+        params: BTreeMap::from([
+            ("camera".to_owned(), ParamValue::Text("127.0.0.1".into())),
+            ("exposure_us".to_owned(), ParamValue::Integer(10_000)),
+        ]),
+    }
+    .description()
+    .expect("gige-aravis.gst fills");
+
+    let free = run(description.clone(), None).await;
+    let armed = run(description, Some(TriggerSource("Software".into()))).await;
+    for (name, run, count) in [
+        ("free-running", &free, TRIGGERS),
+        ("armed", &armed, TRIGGERS + TRIGGERS_AFTER_PAUSE),
+    ] {
+        let ids: Vec<u32> = run.answers.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            ids,
+            (100..100 + count).collect::<Vec<_>>(),
+            "{name}: every trigger answered, in order"
+        );
+        let parts: Vec<u64> = run.answers.iter().map(|(_, p)| p.0).collect();
+        assert_eq!(parts, (0..u64::from(count)).collect::<Vec<_>>(), "{name}");
+        assert!(run.missed.is_empty(), "{name}: missed {:?}", run.missed);
+    }
+    // Free-running, the camera streams between triggers; armed, it sent nothing for 2 s (the
+    // source's idle restart above says so).
+    assert!(
+        free.unasked_in_a_quiet_second >= 5,
+        "the free-running camera streamed only {} frames in a quiet second",
+        free.unasked_in_a_quiet_second
+    );
+}
