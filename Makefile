@@ -7,7 +7,7 @@ CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
 .PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean \
-	cuda-toolkit build-cuda test-cuda bench-cuda
+	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -45,6 +45,11 @@ test-live:
 ## bench: criterion benchmarks (release build)
 bench: setup weights
 	cargo bench --locked
+
+## soak-camera: the whole station at 60 frames/s from a live test source for 10 minutes
+## (SOAK_SECONDS to change): fails on a dropped frame, a late verdict or fewer parts than frames
+soak-camera: build
+	bash scripts/soak-camera.sh
 
 # The GPU build (`cuda` feature). A box with NVIDIA's toolkit installed sets CUDA_HOME and
 # needs no cuda-toolkit; on the GPU machine the CUDA 13 runtime libraries (cuBLAS, cuRAND,

@@ -41,6 +41,8 @@ fn frame_to_tensor(c: &mut Criterion) {
                 height,
             },
             output: Some((MODEL_SIDE, MODEL_SIDE)),
+            homography: None,
+            mm_per_pixel: None,
         };
         let undistorter = Undistorter::new(&calibration).expect("remap tables");
         let pixels: Vec<u8> = (0..height)

@@ -341,6 +341,98 @@ fn min_spacing(corners: &Vector<Point2f>, board: &BoardSpec) -> f64 {
     shortest
 }
 
+/// A top-down view of the plane the parts lie on, made from one image of the board lying flat
+/// where they pass (`linesight calibrate --plane`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaneView {
+    /// From undistorted image pixels to the view's pixels.
+    pub homography: [[f64; 3]; 3],
+    /// The size of one of the view's pixels on the plane.
+    pub mm_per_pixel: f64,
+    /// The board's squares in the view: the ROI when none is given.
+    pub board_roi: Roi,
+}
+
+/// The top-down view of the plane the board lies on in `image`, for a camera calibrated as
+/// `calibration`: the board's inner corners are found and undistorted, and the homography
+/// takes them to a square grid at `mm_per_pixel` (default: the finest the image resolves, the
+/// board's closest corners one square apart), with the board's outer squares starting at the
+/// view's (0, 0).
+pub fn plane_view(
+    path: &Path,
+    image: &GrayImage,
+    calibration: &BoardCalibration,
+    mm_per_pixel: Option<f64>,
+) -> Result<PlaneView, CalibrateError> {
+    let board = &calibration.board;
+    if (image.width, image.height) != (calibration.image_width, calibration.image_height) {
+        return Err(CalibrateError::Image {
+            path: path.to_owned(),
+            message: format!(
+                "is {}x{}, the calibration's views {}x{}: the plane's image must come from \
+                 the same camera at the same resolution",
+                image.width, image.height, calibration.image_width, calibration.image_height
+            ),
+        });
+    }
+    let corners = find_corners(image, board)?.ok_or_else(|| CalibrateError::Image {
+        path: path.to_owned(),
+        message: format!("the board ({board}) is not found: the whole board must be in view"),
+    })?;
+    let camera_matrix = Mat::from_slice_2d(&calibration.camera_matrix)?;
+    let distortion = Mat::from_slice(&calibration.distortion)?.try_clone()?;
+    let mut undistorted: Vector<Point2f> = Vector::new();
+    calib3d::undistort_points(
+        &corners,
+        &mut undistorted,
+        &camera_matrix,
+        &distortion,
+        &core::no_array(),
+        &camera_matrix,
+    )?;
+    let mm_per_pixel = match mm_per_pixel {
+        Some(mm) if mm.is_finite() && mm > 0.0 => mm,
+        Some(mm) => {
+            return Err(CalibrateError::Board(format!(
+                "{mm} mm per pixel: must be a positive number"
+            )));
+        }
+        None => board.square_mm / min_spacing(&undistorted, board),
+    };
+    let square_px = board.square_mm / mm_per_pixel;
+    // Inner corner (c, r) at (c + 1, r + 1) squares: the outer squares start at (0, 0).
+    let (cols, rows) = board.inner_corners;
+    let grid: Vector<Point2f> = (0..rows)
+        .flat_map(|r| {
+            (0..cols).map(move |c| {
+                Point2f::new(
+                    ((f64::from(c) + 1.0) * square_px) as f32,
+                    ((f64::from(r) + 1.0) * square_px) as f32,
+                )
+            })
+        })
+        .collect();
+    let homography = calib3d::find_homography(&undistorted, &grid, &mut Mat::default(), 0, 3.0)?;
+    if homography.empty() {
+        return Err(CalibrateError::Image {
+            path: path.to_owned(),
+            message: "no homography fits the board's corners".into(),
+        });
+    }
+    let homography = super::matrix3(&homography).map_err(CalibrateError::Board)?;
+    let side = |corners: u32| (f64::from(corners + 1) * square_px).floor() as u32;
+    Ok(PlaneView {
+        homography,
+        mm_per_pixel,
+        board_roi: Roi {
+            x: 0,
+            y: 0,
+            width: side(cols),
+            height: side(rows),
+        },
+    })
+}
+
 /// Writes `calibration` to `path` as OpenCV FileStorage YAML, with the keys
 /// [`Calibration::load`] reads, plus `reprojection_error` (px) and `board`. `roi` (undistorted
 /// pixels) defaults to the whole image.
@@ -351,6 +443,7 @@ pub fn write_yaml(
     path: &Path,
     calibration: &BoardCalibration,
     roi: Option<Roi>,
+    plane: Option<&PlaneView>,
 ) -> Result<(), CalibrateError> {
     let file_error = |message: String| CalibrateError::File {
         path: path.to_owned(),
@@ -360,12 +453,19 @@ pub fn write_yaml(
         path: path.to_owned(),
         source,
     };
-    let roi = roi.unwrap_or(Roi {
-        x: 0,
-        y: 0,
-        width: calibration.image_width,
-        height: calibration.image_height,
+    let roi = roi.unwrap_or(match plane {
+        Some(plane) => plane.board_roi,
+        None => Roi {
+            x: 0,
+            y: 0,
+            width: calibration.image_width,
+            height: calibration.image_height,
+        },
     });
+    let homography = match plane {
+        Some(plane) => Some(Mat::from_slice_2d(&plane.homography)?),
+        None => None,
+    };
     let camera_matrix = Mat::from_slice_2d(&calibration.camera_matrix)?;
     let distortion = Mat::from_slice(&calibration.distortion)?.try_clone()?;
     // Refuse what the station would refuse (an ROI outside the image) before writing anything.
@@ -376,6 +476,11 @@ pub fn write_yaml(
         distortion: distortion.try_clone()?,
         roi,
         output: None,
+        homography: match &homography {
+            Some(h) => Some(h.try_clone()?),
+            None => None,
+        },
+        mm_per_pixel: plane.map(|p| p.mm_per_pixel),
     }
     .check()
     .map_err(file_error)?;
@@ -395,9 +500,14 @@ pub fn write_yaml(
     storage.write_comment(
         &format!(
             "Camera calibration made by `linesight calibrate` from {} views of a checkerboard\n\
-             ({}). The ROI is in undistorted pixels: what the model inspects.",
+             ({}). The ROI is what the model inspects, in {}.",
             calibration.views.len(),
-            calibration.board
+            calibration.board,
+            if plane.is_some() {
+                "the top-down view's pixels (see homography)"
+            } else {
+                "undistorted pixels"
+            }
         ),
         false,
     )?;
@@ -412,6 +522,15 @@ pub fn write_yaml(
     storage.write_i32("roi_y", int("roi_y", roi.y)?)?;
     storage.write_i32("roi_width", int("roi_width", roi.width)?)?;
     storage.write_i32("roi_height", int("roi_height", roi.height)?)?;
+    if let (Some(homography), Some(plane)) = (&homography, plane) {
+        storage.write_comment(
+            "The part's plane seen from above: the homography takes undistorted pixels to\n\
+             that view, whose pixels are mm_per_pixel wide on the plane; the ROI is in it.",
+            false,
+        )?;
+        storage.write_mat("homography", homography)?;
+        storage.write_f64("mm_per_pixel", plane.mm_per_pixel)?;
+    }
     storage.write_f64("reprojection_error", calibration.rms_px)?;
     storage.write_str("board", &calibration.board.to_string())?;
     let text = storage.release_and_get_string()?;
@@ -479,7 +598,7 @@ mod tests {
             width: 600,
             height: 460,
         };
-        write_yaml(&path, &made(), Some(roi)).expect("writes");
+        write_yaml(&path, &made(), Some(roi), None).expect("writes");
         let loaded = Calibration::load(&path).expect("loads");
         assert_eq!((loaded.image_width, loaded.image_height), (640, 480));
         assert_eq!(loaded.roi, roi);
@@ -512,7 +631,7 @@ mod tests {
     fn roi_defaults_to_the_whole_image_and_must_fit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("camera.yaml");
-        write_yaml(&path, &made(), None).expect("writes");
+        write_yaml(&path, &made(), None, None).expect("writes");
         let loaded = Calibration::load(&path).expect("loads");
         assert_eq!(
             loaded.roi,
@@ -530,7 +649,7 @@ mod tests {
             height: 480,
         };
         let other = dir.path().join("other.yaml");
-        let err = write_yaml(&other, &made(), Some(outside)).unwrap_err();
+        let err = write_yaml(&other, &made(), Some(outside), None).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
         assert!(!other.exists(), "nothing written");
     }

@@ -87,6 +87,14 @@ pub struct Calibration {
     pub roi: Roi,
     /// The size of the image the model sees; `None`: the ROI's own.
     pub output: Option<(u32, u32)>,
+    /// 3×3, f64: from undistorted image pixels to a top-down view of the part's plane (a
+    /// camera looking at the belt at an angle sees parts foreshortened; the model should not).
+    /// With one, the ROI is given in the top-down view's pixels. `None`: the ROI is in
+    /// undistorted pixels.
+    pub homography: Option<Mat>,
+    /// The size on the part's plane of one pixel of the view the ROI is given in (the top-down
+    /// view, or the undistorted image), in millimetres; `None`: not measured.
+    pub mm_per_pixel: Option<f64>,
 }
 
 impl Calibration {
@@ -122,6 +130,8 @@ impl Calibration {
             mat.convert_to(&mut as_f64, core::CV_64F, 1.0, 0.0)?;
             Ok(as_f64)
         };
+        let present =
+            |key: &str| -> Result<bool, CalibrateError> { Ok(!storage.get(key)?.empty()?) };
         let calibration = Calibration {
             image_width: int("image_width")?,
             image_height: int("image_height")?,
@@ -134,8 +144,6 @@ impl Calibration {
                 height: int("roi_height")?,
             },
             output: {
-                let present =
-                    |key: &str| -> Result<bool, CalibrateError> { Ok(!storage.get(key)?.empty()?) };
                 match (present("output_width")?, present("output_height")?) {
                     (false, false) => None,
                     (true, true) => Some((int("output_width")?, int("output_height")?)),
@@ -145,6 +153,20 @@ impl Calibration {
                         ));
                     }
                 }
+            },
+            homography: match present("homography")? {
+                true => Some(matrix("homography")?),
+                false => None,
+            },
+            mm_per_pixel: match present("mm_per_pixel")? {
+                true => {
+                    let node = storage.get("mm_per_pixel")?;
+                    if !node.is_real()? && !node.is_int()? {
+                        return Err(fail("`mm_per_pixel`: expected a number".into()));
+                    }
+                    Some(node.to_f64()?)
+                }
+                false => None,
             },
         };
         calibration.check().map_err(fail)?;
@@ -162,14 +184,53 @@ impl Calibration {
             ));
         }
         let roi = self.roi;
-        if roi.width == 0
-            || roi.height == 0
-            || roi.x + roi.width > self.image_width
-            || roi.y + roi.height > self.image_height
+        if let Some(mm) = self.mm_per_pixel
+            && !(mm.is_finite() && mm > 0.0)
         {
             return Err(format!(
-                "ROI {}x{} at ({}, {}) does not fit the {}x{} image",
-                roi.width, roi.height, roi.x, roi.y, self.image_width, self.image_height
+                "`mm_per_pixel`: expected a positive size, got {mm}"
+            ));
+        }
+        let homography = match &self.homography {
+            Some(h) => Some(matrix3(h).map_err(|e| format!("`homography`: {e}"))?),
+            None => None,
+        };
+        let fits = match homography {
+            None => {
+                roi.x + roi.width <= self.image_width && roi.y + roi.height <= self.image_height
+            }
+            Some(h) => {
+                let to_image = invert3(&h).ok_or(
+                    "`homography`: not invertible (it must map the image onto the part's plane)",
+                )?;
+                // The ROI's corners, back in the (undistorted) image, must be in it: outside
+                // it the model would see black.
+                let (x0, y0) = (f64::from(roi.x), f64::from(roi.y));
+                let (x1, y1) = (x0 + f64::from(roi.width), y0 + f64::from(roi.height));
+                [(x0, y0), (x1, y0), (x0, y1), (x1, y1)]
+                    .iter()
+                    .all(|&(x, y)| {
+                        apply3(&to_image, (x, y)).is_some_and(|(u, v)| {
+                            (-0.5..=f64::from(self.image_width) + 0.5).contains(&u)
+                                && (-0.5..=f64::from(self.image_height) + 0.5).contains(&v)
+                        })
+                    })
+            }
+        };
+        if roi.width == 0 || roi.height == 0 || !fits {
+            return Err(format!(
+                "ROI {}x{} at ({}, {}) does not fit the {}x{} image{}",
+                roi.width,
+                roi.height,
+                roi.x,
+                roi.y,
+                self.image_width,
+                self.image_height,
+                if homography.is_some() {
+                    " (seen through the homography, the ROI being in the top-down view)"
+                } else {
+                    ""
+                }
             ));
         }
         if let Some((width, height)) = self.output
@@ -183,6 +244,59 @@ impl Calibration {
     }
 }
 
+/// A 3×3 f64 matrix's values.
+fn matrix3(m: &Mat) -> Result<[[f64; 3]; 3], String> {
+    if m.rows() != 3 || m.cols() != 3 {
+        return Err(format!("expected 3x3, got {}x{}", m.rows(), m.cols()));
+    }
+    let mut out = [[0.0; 3]; 3];
+    for (r, row) in out.iter_mut().enumerate() {
+        for (c, value) in row.iter_mut().enumerate() {
+            *value = *m
+                .at_2d::<f64>(r as i32, c as i32)
+                .map_err(|e| e.to_string())?;
+            if !value.is_finite() {
+                return Err("expected finite values".into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The inverse of a 3×3 matrix, `None` when it is singular.
+fn invert3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
+    let cofactor = |r: usize, c: usize| {
+        let (r1, r2) = ((r + 1) % 3, (r + 2) % 3);
+        let (c1, c2) = ((c + 1) % 3, (c + 2) % 3);
+        m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]
+    };
+    let det: f64 = (0..3).map(|c| m[0][c] * cofactor(0, c)).sum();
+    let scale = m.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs()));
+    // NaN (from infinite values) fails the comparison too.
+    if det.abs().partial_cmp(&(1e-12 * scale.powi(3))) != Some(std::cmp::Ordering::Greater) {
+        return None;
+    }
+    let mut inverse = [[0.0; 3]; 3];
+    for (r, row) in inverse.iter_mut().enumerate() {
+        for (c, value) in row.iter_mut().enumerate() {
+            // The adjugate is the transposed cofactor matrix.
+            *value = cofactor(c, r) / det;
+        }
+    }
+    Some(inverse)
+}
+
+/// A homogeneous 3×3 transform applied to a point; `None` at infinity.
+fn apply3(m: &[[f64; 3]; 3], (x, y): (f64, f64)) -> Option<(f64, f64)> {
+    let w = m[2][0] * x + m[2][1] * y + m[2][2];
+    (w.abs() > 1e-12).then(|| {
+        (
+            (m[0][0] * x + m[0][1] * y + m[0][2]) / w,
+            (m[1][0] * x + m[1][1] * y + m[1][2]) / w,
+        )
+    })
+}
+
 /// Undistorts and crops frames with precomputed remap tables.
 pub struct Undistorter {
     width: u32,
@@ -194,6 +308,8 @@ pub struct Undistorter {
     map_x: Mat,
     map_y: Mat,
     output: (u32, u32),
+    /// Millimetres per output pixel on the part's plane, across and down.
+    mm_per_output_pixel: Option<(f64, f64)>,
 }
 
 /// The camera matrix `camera` seen through a change of pixel grid: pixel `u` of the new grid
@@ -208,6 +324,13 @@ fn regrid(camera: &Mat, offset: (f64, f64), scale: (f64, f64)) -> Result<Mat, Ca
         *new.at_2d_mut::<f64>(axis, 2)? = (centre - offset + 0.5) * scale - 0.5;
     }
     Ok(new)
+}
+
+/// `a · b` for 3×3 f64 matrices.
+fn product(a: &Mat, b: &Mat) -> Result<Mat, CalibrateError> {
+    let mut out = Mat::default();
+    core::gemm(a, b, 1.0, &Mat::default(), 0.0, &mut out, 0)?;
+    Ok(out)
 }
 
 impl Undistorter {
@@ -248,14 +371,23 @@ impl Undistorter {
         } else {
             (None, calibration.camera_matrix.try_clone()?)
         };
-        let output_camera = regrid(
-            &calibration.camera_matrix,
+        // From the (undistorted) camera's normalised coordinates to output pixels: the camera
+        // matrix, the homography to the top-down view when there is one, then the ROI's
+        // corner and scale. OpenCV inverts it for each output pixel, so a perspective costs
+        // nothing per frame: it is in the same remap table.
+        let to_output = regrid(
+            &Mat::eye(3, 3, core::CV_64F)?.to_mat()?,
             (f64::from(roi.x), f64::from(roi.y)),
             (
                 f64::from(output.0) / f64::from(roi.width),
                 f64::from(output.1) / f64::from(roi.height),
             ),
         )?;
+        let to_view = match &calibration.homography {
+            Some(homography) => product(homography, &calibration.camera_matrix)?,
+            None => calibration.camera_matrix.try_clone()?,
+        };
+        let output_camera = product(&to_output, &to_view)?;
         let (mut map_x, mut map_y) = (Mat::default(), Mat::default());
         calib3d::init_undistort_rectify_map(
             &source_camera,
@@ -267,6 +399,12 @@ impl Undistorter {
             &mut map_x,
             &mut map_y,
         )?;
+        let mm_per_output_pixel = calibration.mm_per_pixel.map(|mm| {
+            (
+                mm * f64::from(roi.width) / f64::from(output.0),
+                mm * f64::from(roi.height) / f64::from(output.1),
+            )
+        });
         Ok(Undistorter {
             width,
             height,
@@ -274,7 +412,15 @@ impl Undistorter {
             map_x,
             map_y,
             output,
+            mm_per_output_pixel,
         })
+    }
+
+    /// The size of one output pixel on the part's plane, in millimetres across and down, when
+    /// the calibration gives a scale: what turns a size in the model's image into one on the
+    /// part.
+    pub fn mm_per_output_pixel(&self) -> Option<(f64, f64)> {
+        self.mm_per_output_pixel
     }
 
     /// The size of the images [`Undistorter::apply`] returns.
@@ -501,5 +647,140 @@ mod tests {
         std::fs::write(&path, text).expect("write");
         let err = Calibration::load(&path).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    /// A camera looking down at the belt at an angle: the raw image is a perspective view of a
+    /// plane carrying 16 mm squares. `homography` maps image pixels to the top-down view at
+    /// 0.5 mm per pixel; the output must be that top-down view: squares, not trapezoids.
+    #[test]
+    fn a_homography_gives_the_top_down_view_of_the_part_plane() {
+        // Image pixel -> top-down pixel: a foreshortening that grows down the image.
+        let h = [[1.0, 0.25, -20.0], [0.0, 1.4, -10.0], [0.0, 0.0012, 1.0]];
+        let square_px = 32.0; // 16 mm at 0.5 mm/px
+        let pattern = |(x, y): (f64, f64)| {
+            if ((x / square_px).floor() as i64 + (y / square_px).floor() as i64) % 2 == 0 {
+                40u8
+            } else {
+                210u8
+            }
+        };
+        let raw = GrayImage::new(
+            256,
+            256,
+            (0..256 * 256)
+                .map(|i| {
+                    let (u, v) = ((i % 256) as f64, (i / 256) as f64);
+                    pattern(apply3(&h, (u, v)).expect("finite"))
+                })
+                .collect(),
+        )
+        .expect("size");
+        let mut calibration = shipped();
+        calibration.homography = Some(Mat::from_slice_2d(&h).expect("homography"));
+        calibration.mm_per_pixel = Some(0.5);
+        // 4 x 3 squares of the top-down view, seen whole in the image.
+        calibration.roi = Roi {
+            x: 32,
+            y: 32,
+            width: 128,
+            height: 96,
+        };
+        calibration.output = Some((64, 48));
+        calibration.check().expect("the ROI lies inside the image");
+        let undistorter = Undistorter::new(&calibration).expect("maps");
+        assert_eq!(undistorter.mm_per_output_pixel(), Some((1.0, 1.0)));
+        let out = undistorter.apply(&raw).expect("applies");
+        // Each output pixel is 2x2 top-down pixels: compare with the pattern at its centre,
+        // away from the squares' edges (where resampling mixes both sides).
+        let (mut checked, mut wrong) = (0, 0);
+        for v in 0..48u32 {
+            for u in 0..64u32 {
+                let (x, y) = (
+                    32.0 + 2.0 * f64::from(u) + 1.0,
+                    32.0 + 2.0 * f64::from(v) + 1.0,
+                );
+                let near_edge = |c: f64| (c / square_px - (c / square_px).round()).abs() < 0.15;
+                if near_edge(x) || near_edge(y) {
+                    continue;
+                }
+                checked += 1;
+                let got = out.pixels[(v * 64 + u) as usize];
+                if got.abs_diff(pattern((x, y))) > 20 {
+                    wrong += 1;
+                }
+            }
+        }
+        assert!(checked > 1500, "{checked}");
+        assert_eq!(
+            wrong, 0,
+            "{wrong} of {checked} pixels differ from the top-down view"
+        );
+        // Without the homography the same ROI is the slanted image: far from the pattern.
+        let mut slanted = calibration;
+        slanted.homography = None;
+        let out = Undistorter::new(&slanted)
+            .expect("maps")
+            .apply(&raw)
+            .expect("applies");
+        let differ = (0..48u32)
+            .flat_map(|v| (0..64u32).map(move |u| (u, v)))
+            .filter(|&(u, v)| {
+                let (x, y) = (
+                    32.0 + 2.0 * f64::from(u) + 1.0,
+                    32.0 + 2.0 * f64::from(v) + 1.0,
+                );
+                out.pixels[(v * 64 + u) as usize].abs_diff(pattern((x, y))) > 20
+            })
+            .count();
+        assert!(
+            differ > 600,
+            "only {differ} pixels differ without the homography"
+        );
+    }
+
+    #[test]
+    fn a_homography_is_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("top-down.yaml");
+        let shipped_text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration/simulated.yaml"),
+        )
+        .expect("read");
+        let with = |homography: &str, extra: &str| {
+            format!(
+                "{shipped_text}homography: !!opencv-matrix\n   rows: 3\n   cols: 3\n   dt: d\n   \
+                 data: [ {homography} ]\n{extra}"
+            )
+        };
+        std::fs::write(
+            &path,
+            with("1., 0., 0., 0., 1., 0., 0., 0., 1.", "mm_per_pixel: 0.25\n"),
+        )
+        .expect("write");
+        let calibration = Calibration::load(&path).expect("loads");
+        assert!(calibration.homography.is_some());
+        assert_eq!(calibration.mm_per_pixel, Some(0.25));
+        // The shipped ROI (224 px at 16, 16) at 0.25 mm per pixel, seen at 224 px: 0.25 mm.
+        let undistorter = Undistorter::new(&calibration).expect("maps");
+        assert_eq!(undistorter.mm_per_output_pixel(), Some((0.25, 0.25)));
+        for (homography, extra, expected) in [
+            ("1., 2., 0., 2., 4., 0., 0., 0., 0.", "", "not invertible"),
+            // Top-down = image shrunk 4x: the ROI at (16, 16) is at (64, 64) in the image and
+            // 896 px wide, far outside it.
+            (
+                "0.25, 0., 0., 0., 0.25, 0., 0., 0., 1.",
+                "",
+                "seen through the homography",
+            ),
+            (
+                "1., 0., 0., 0., 1., 0., 0., 0., 1.",
+                "mm_per_pixel: -1.\n",
+                "positive size",
+            ),
+        ] {
+            std::fs::write(&path, with(homography, extra)).expect("write");
+            let err = Calibration::load(&path).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

@@ -25,10 +25,19 @@ pub struct Calibrate {
     /// Where to write the calibration (OpenCV FileStorage YAML); replaced if it exists.
     #[arg(long)]
     out: PathBuf,
-    /// The region the model inspects, in undistorted pixels: x,y,width,height. Default: the
-    /// whole image.
+    /// The region the model inspects, in undistorted pixels (with --plane: in the top-down
+    /// view's pixels): x,y,width,height. Default: the whole image (with --plane: the board).
     #[arg(long, value_parser = parse_roi)]
     roi: Option<Roi>,
+    /// A photograph of the board lying flat where the parts pass: the model then sees the
+    /// part's plane from above (a homography to a top-down view), and sizes on it are known in
+    /// millimetres.
+    #[arg(long)]
+    plane: Option<PathBuf>,
+    /// With --plane: the top-down view's pixel size on the plane. Default: the finest the
+    /// photograph resolves.
+    #[arg(long, requires = "plane")]
+    mm_per_pixel: Option<f64>,
     /// The photographs of the board (PNG, JPEG or BMP), all from the camera at one resolution.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -59,7 +68,19 @@ impl Calibrate {
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        board::write_yaml(&self.out, &calibration, self.roi)?;
+        let plane = match &self.plane {
+            Some(path) => {
+                let image = board::load_gray(path)?;
+                Some(board::plane_view(
+                    path,
+                    &image,
+                    &calibration,
+                    self.mm_per_pixel,
+                )?)
+            }
+            None => None,
+        };
+        board::write_yaml(&self.out, &calibration, self.roi, plane.as_ref())?;
 
         println!(
             "calibrated from {} of {} images ({}), {}x{} px",
@@ -97,6 +118,18 @@ impl Calibrate {
             for path in &calibration.skipped {
                 println!("  {}", path.display());
             }
+        }
+        if let Some(plane) = &plane {
+            println!(
+                "top-down view of the plane in {}: {:.4} mm per pixel; the board spans {}x{} px",
+                self.plane
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display(),
+                plane.mm_per_pixel,
+                plane.board_roi.width,
+                plane.board_roi.height
+            );
         }
         println!("wrote {}", self.out.display());
         Ok(())

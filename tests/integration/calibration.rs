@@ -390,7 +390,7 @@ fn recovers_the_camera_it_was_rendered_with() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("camera.yaml");
-    board::write_yaml(&path, &calibration, None).expect("writes");
+    board::write_yaml(&path, &calibration, None, None).expect("writes");
     let loaded = Calibration::load(&path).expect("the station loads it");
     assert_eq!((loaded.image_width, loaded.image_height), (WIDTH, HEIGHT));
     assert_eq!((loaded.roi.width, loaded.roi.height), (WIDTH, HEIGHT));
@@ -479,4 +479,86 @@ fn the_command_writes_a_calibration_the_station_loads() {
 
 fn path_arg(path: &Path) -> String {
     path.to_str().expect("temp paths are UTF-8").to_owned()
+}
+
+/// `--plane`: one of the views, the board tilted 25° away from the camera, taken as the board
+/// lying on the belt. The station's undistorted, perspective-corrected image of that view must
+/// be the board seen from straight above: every square where the top-down grid puts it, dark
+/// and light alternating, each `square_mm / mm_per_pixel` pixels wide.
+#[test]
+fn the_command_makes_a_top_down_view_of_the_plane_the_board_lies_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("top-down.yaml");
+    let mut args: Vec<String> = ["calibrate", "--board", "9x6", "--square-mm", "25"]
+        .map(String::from)
+        .to_vec();
+    for (name, image) in VIEWS.iter() {
+        let path = dir.path().join(name);
+        write_png(&path, image);
+        args.push(path_arg(&path));
+    }
+    let (plane_name, plane_image) = &VIEWS[1];
+    args.extend([
+        "--plane".into(),
+        path_arg(&dir.path().join(plane_name)),
+        "--out".into(),
+        path_arg(&out),
+    ]);
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .args(&args)
+        .output()
+        .expect("run linesight");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("mm per pixel"), "{stdout}");
+
+    let calibration = Calibration::load(&out).expect("the station loads it");
+    let mm_per_pixel = calibration.mm_per_pixel.expect("a scale");
+    let square_px = BOARD.square_mm / mm_per_pixel;
+    // The default scale is the finest the view resolves: a square 25 mm wide at ~520-560 mm
+    // is some 30 px in the image.
+    assert!((20.0..45.0).contains(&square_px), "{square_px} px a square");
+    // The ROI defaults to the board's squares.
+    let squares = (SQUARES.0 as f64 * square_px, SQUARES.1 as f64 * square_px);
+    assert!((f64::from(calibration.roi.width) - squares.0).abs() <= 1.0);
+    assert!((f64::from(calibration.roi.height) - squares.1).abs() <= 1.0);
+
+    let undistorter = linesight::calibrate::Undistorter::new(&calibration).expect("maps");
+    assert_eq!(
+        undistorter.mm_per_output_pixel(),
+        Some((mm_per_pixel, mm_per_pixel))
+    );
+    let top_down = undistorter.apply(plane_image).expect("applies");
+    let at = |x: f64, y: f64| top_down.pixels[y as usize * top_down.width as usize + x as usize];
+    // Whichever corner the detector started from, squares alternate from the first one's shade.
+    let first_dark = at(0.5 * square_px, 0.5 * square_px) < 128;
+    let mut wrong = Vec::new();
+    for row in 0..SQUARES.1 {
+        for col in 0..SQUARES.0 {
+            let (x, y) = (
+                (f64::from(col) + 0.5) * square_px,
+                (f64::from(row) + 0.5) * square_px,
+            );
+            let dark = (col + row) % 2 == 0;
+            // A quarter square each way around the centre, all one shade.
+            for (dx, dy) in [
+                (0.0, 0.0),
+                (-0.25, -0.25),
+                (0.25, -0.25),
+                (-0.25, 0.25),
+                (0.25, 0.25),
+            ] {
+                let value = at(x + dx * square_px, y + dy * square_px);
+                let expected = if dark == first_dark { BLACK } else { WHITE };
+                if value.abs_diff(expected as u8) > 40 {
+                    wrong.push((col, row, value));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "squares off the top-down grid: {wrong:?}");
 }
