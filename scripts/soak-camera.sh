@@ -14,7 +14,9 @@ bind=${SOAK_BIND:-127.0.0.1:18090}
 binary=${CARGO_TARGET_DIR:-target}/release/linesight
 data=$(mktemp -d /tmp/linesight-soak.XXXXXX)
 log=$data/station.log
-trap 'kill "$station" 2>/dev/null || true; wait "$station" 2>/dev/null || true; rm -rf "$data"' EXIT
+station=""
+trap '[ -z "$station" ] || { kill "$station" 2>/dev/null || true; wait "$station" 2>/dev/null || true; }; rm -rf "$data"' EXIT
+[ "$seconds" -ge 30 ] || { echo "SOAK_SECONDS must be at least 30" >&2; exit 2; }
 
 # /metrics is for operators and up.
 token=$("$binary" token create --role operator --name soak --data-dir "$data/records" 2>/dev/null)
@@ -28,7 +30,7 @@ metric() { # name -> value from the last scrape (0 when absent)
 }
 scrape() { curl -sf -H "Authorization: Bearer $token" "http://$bind/metrics" >"$data/metrics"; }
 calc() { awk "BEGIN { print ($*) }"; }
-rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$station/status"; }
+rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$station/status" 2>/dev/null || echo "?"; }
 
 # The run starts with the first part.
 until scrape && [ "$(metric linesight_frames_captured_total)" -gt 0 ]; do

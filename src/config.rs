@@ -238,8 +238,9 @@ fn default_frame_queue() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceSection {
-    /// `[x, y, width, height]` of the camera's raw frame that the parts cross; absent: the
-    /// whole frame. Keep it to the belt: people and machines beside it move too.
+    /// `[x, y, width, height]` of the frame the pipeline delivers (after any scaling) that the
+    /// parts cross; absent: the whole frame. Keep it to the belt: people and machines beside
+    /// it move too.
     pub roi: Option<[u32; 4]>,
     /// `intensity` (mean grey level: parts brighter or darker than the belt) or `edges` (mean
     /// neighbour difference: parts with edges or texture on a plainer belt).
@@ -290,6 +291,7 @@ impl PresenceSection {
             enter_frames: self.enter_frames,
             leave_frames: self.leave_frames,
             max_passage_frames: self.max_passage_frames,
+            empty_level: None,
         }
     }
 
@@ -895,6 +897,14 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
                 "a triggered camera takes one frame per part: leave out [camera.presence]".into(),
             );
         }
+        if camera.stall_timeout_ms.is_some() {
+            problem(
+                "camera.stall_timeout_ms",
+                "a triggered camera is silent whenever no part comes: leave stall_timeout_ms \
+                 out (a camera that goes away still fails its restart)"
+                    .into(),
+            );
+        }
     }
     match (&camera.pipeline, &camera.launch, &camera.template) {
         (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
@@ -1259,20 +1269,21 @@ mod tests {
             Some(PresenceSettings {
                 roi: Some(PresenceRoi {
                     x: 0,
-                    y: 200,
-                    width: 1280,
-                    height: 400
+                    y: 64,
+                    width: 256,
+                    height: 128
                 }),
                 measure: PresenceMeasure::Intensity,
                 threshold: 25.0,
                 enter_frames: 2,
                 leave_frames: 3,
                 max_passage_frames: 300,
+                empty_level: None,
             })
         );
         let bad = example_with_presence()
             .replace("threshold = 25.0", "threshold = 0.0")
-            .replace("[0, 200, 1280, 400]", "[0, 200, 0, 400]")
+            .replace("[0, 64, 256, 128]", "[0, 64, 0, 128]")
             .replace("leave_frames = 3", "leave_frames = 0")
             .replace(
                 "type = \"simulated\"",

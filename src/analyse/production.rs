@@ -604,27 +604,12 @@ fn be_u64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0, |n, b| (n << 8) | u64::from(*b))
 }
 
-/// Opens the sled database, waiting up to 2 s for its file lock (a handle just dropped in this
-/// process, or a process just killed, may hold it for a moment).
+/// Opens the sled database as the record store opens its own (`record::open_sled`).
 fn open_db(path: &Path) -> Result<sled::Db, AnalyseError> {
-    let mut attempts = 0;
-    loop {
-        match sled::open(path) {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock") && attempts < 40 =>
-            {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(source) => {
-                return Err(AnalyseError::Open {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        }
-    }
+    crate::record::open_sled(path).map_err(|source| AnalyseError::Open {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

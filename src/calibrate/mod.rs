@@ -200,21 +200,17 @@ impl Calibration {
                 roi.x + roi.width <= self.image_width && roi.y + roi.height <= self.image_height
             }
             Some(h) => {
-                let to_image = invert3(&h).ok_or(
+                invert3(&h).ok_or(
                     "`homography`: not invertible (it must map the image onto the part's plane)",
                 )?;
                 // The ROI's corners, back in the (undistorted) image, must be in it: outside
                 // it the model would see black.
-                let (x0, y0) = (f64::from(roi.x), f64::from(roi.y));
-                let (x1, y1) = (x0 + f64::from(roi.width), y0 + f64::from(roi.height));
-                [(x0, y0), (x1, y0), (x0, y1), (x1, y1)]
-                    .iter()
-                    .all(|&(x, y)| {
-                        apply3(&to_image, (x, y)).is_some_and(|(u, v)| {
-                            (-0.5..=f64::from(self.image_width) + 0.5).contains(&u)
-                                && (-0.5..=f64::from(self.image_height) + 0.5).contains(&v)
-                        })
+                roi_corners_in_image(roi, &h).is_some_and(|corners| {
+                    corners.iter().all(|&(u, v)| {
+                        (-0.5..=f64::from(self.image_width) + 0.5).contains(&u)
+                            && (-0.5..=f64::from(self.image_height) + 0.5).contains(&v)
                     })
+                })
             }
         };
         if roi.width == 0 || roi.height == 0 || !fits {
@@ -286,6 +282,26 @@ fn invert3(m: &[[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
     Some(inverse)
 }
 
+/// The ROI's corners (top-left, top-right, bottom-left, bottom-right), given in the view
+/// `homography` makes, back in the undistorted image. `None` when the homography is singular
+/// or the ROI reaches the plane's horizon (its corners on both sides of it).
+fn roi_corners_in_image(roi: Roi, homography: &[[f64; 3]; 3]) -> Option<[(f64, f64); 4]> {
+    let to_image = invert3(homography)?;
+    let (x0, y0) = (f64::from(roi.x), f64::from(roi.y));
+    let (x1, y1) = (x0 + f64::from(roi.width), y0 + f64::from(roi.height));
+    let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)];
+    let w = |(x, y): (f64, f64)| to_image[2][0] * x + to_image[2][1] * y + to_image[2][2];
+    let first_side = w(corners[0]).signum();
+    if !corners.iter().all(|&c| w(c).signum() == first_side) {
+        return None;
+    }
+    let mut out = [(0.0, 0.0); 4];
+    for (slot, &corner) in out.iter_mut().zip(&corners) {
+        *slot = apply3(&to_image, corner)?;
+    }
+    Some(out)
+}
+
 /// A homogeneous 3×3 transform applied to a point; `None` at infinity.
 fn apply3(m: &[[f64; 3]; 3], (x, y): (f64, f64)) -> Option<(f64, f64)> {
     let w = m[2][0] * x + m[2][1] * y + m[2][2];
@@ -348,9 +364,30 @@ impl Undistorter {
     pub fn new(calibration: &Calibration) -> Result<Undistorter, CalibrateError> {
         let roi = calibration.roi;
         let output = calibration.output.unwrap_or((roi.width, roi.height));
+        // How many image pixels one output pixel spans, across and down: through a
+        // homography, the ROI's shorter edge in the image on each axis (the side of the part
+        // the camera sees smallest must keep every pixel it has).
+        let (roi_width_px, roi_height_px) = match calibration.homography.as_ref() {
+            Some(h) => {
+                let corners = matrix3(h)
+                    .ok()
+                    .and_then(|h| roi_corners_in_image(roi, &h))
+                    .ok_or_else(|| CalibrateError::File {
+                        path: PathBuf::new(),
+                        message: "`homography`: the ROI is not in the image".into(),
+                    })?;
+                let length = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).hypot(a.1 - b.1);
+                let [top_left, top_right, bottom_left, bottom_right] = corners;
+                (
+                    length(top_left, top_right).min(length(bottom_left, bottom_right)),
+                    length(top_left, bottom_left).min(length(top_right, bottom_right)),
+                )
+            }
+            None => (f64::from(roi.width), f64::from(roi.height)),
+        };
         let reduction = f64::min(
-            f64::from(roi.width) / f64::from(output.0),
-            f64::from(roi.height) / f64::from(output.1),
+            roi_width_px / f64::from(output.0),
+            roi_height_px / f64::from(output.1),
         );
         let (width, height) = (calibration.image_width, calibration.image_height);
         // The largest whole factor the reduction allows, preferring one that divides the

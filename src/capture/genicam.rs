@@ -2,12 +2,17 @@
 //!
 //! A machine-vision camera on a line is normally triggered: it takes one image when told to,
 //! by a wire from the photo-eye into one of its input lines (a hardware trigger) or by a
-//! `TriggerSoftware` command over the network. aravissrc has no property for either, and its
-//! `features` string cannot set one: aravissrc sets the frame rate after applying it, and
-//! setting a frame rate switches GenICam's `TriggerMode` off again. So the station does it
+//! `TriggerSoftware` command over the network. aravissrc has no property for either, and a
+//! trigger mode set through its `features` string does not hold: aravissrc also sets the
+//! camera's frame rate, and aravis's frame-rate setting switches GenICam's `TriggerMode` off
+//! again. So the station does it
 //! itself, through the `ArvCamera` that aravissrc exposes as its `camera` property, once the
 //! source has negotiated its caps ([`GenicamTrigger::arm`]); and in server mode it fires a
 //! software trigger for each trigger the PLC sends ([`GenicamTrigger::fire`]).
+//!
+//! (Seen with Debian 12's aravissrc 0.8.26 and aravis's fake camera: with
+//! `features="TriggerMode=On TriggerSource=Software"` the camera still ran free, and read
+//! `TriggerMode = Off` after the run.)
 //!
 //! The two calls are aravis's own `arv_camera_set_trigger` and `arv_camera_software_trigger`,
 //! looked up in the libaravis that aravissrc has loaded into the process (no build-time link
@@ -111,10 +116,12 @@ pub struct GenicamTrigger {
     aravis: &'static Aravis,
 }
 
-// SAFETY: aravis's objects are not thread-safe in general, but after negotiation aravissrc's
-// streaming thread only pops buffers from its ArvStream (which is) and never touches the
-// ArvCamera again until it stops; from then on the trigger relay's thread is the camera's only
-// user, one call at a time. GObject reference counting is atomic, so holding and dropping the
+// SAFETY: `glib::Object` is not Send/Sync for any GObject, and aravis's objects are not
+// thread-safe in general. But after negotiation aravissrc's streaming thread only pops buffers
+// from its ArvStream (which is thread-safe) and touches the ArvCamera again only to stop or to
+// renegotiate (the station's pipelines have fixed caps) or when its properties are read (the
+// station reads none); from arming on, the trigger relay's thread is the camera's only user,
+// one call at a time. GObject reference counting is atomic, so holding and dropping the
 // reference on another thread is sound.
 unsafe impl Send for GenicamTrigger {}
 // SAFETY: as for Send; `&GenicamTrigger` only reaches the relay thread.

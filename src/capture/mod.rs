@@ -95,8 +95,8 @@ pub enum CaptureError {
     Presence(#[from] RoiOutsideFrame),
     #[error("camera trigger: {0}")]
     Trigger(#[from] TriggerError),
-    /// An armed GenICam camera's source gave up waiting for a trigger (aravissrc's fixed
-    /// 2-second buffer timeout): no part came, nothing is wrong. Capture starts it again.
+    /// An armed GenICam camera's source gave up waiting for a trigger (aravissrc's buffer
+    /// timeout, at least 2 s): no part came, nothing is wrong. Capture starts it again.
     #[error("the triggered camera's source timed out waiting for a trigger")]
     TriggerIdle,
     #[error("GStreamer init: {0}")]
@@ -134,6 +134,8 @@ impl CaptureError {
                 | CaptureError::StateChange(_)
                 | CaptureError::Stalled { .. }
                 | CaptureError::Ended
+                // Arming talks to the camera over the network: it fails as the camera does.
+                | CaptureError::Trigger(TriggerError::Refused { .. } | TriggerError::NoCamera)
         )
     }
 }
@@ -200,6 +202,19 @@ impl CameraStatus {
     }
 }
 
+/// After a GenICam camera is put in trigger mode, frames it took running free may still be on
+/// their way (in aravis's buffers, in the pipeline): for this long every frame is discarded
+/// and no trigger is fired, so no part is judged on an image taken before its trigger.
+const ARM_SETTLE: Duration = Duration::from_millis(250);
+
+/// Where arming a GenICam camera stands in one capture run.
+enum Arming {
+    /// Waiting for the source to negotiate (aravissrc configures the camera then).
+    Waiting(TriggerSource),
+    /// In trigger mode since then; free-running frames still draining.
+    Settling(GenicamTrigger, Instant),
+}
+
 /// How long capture waits before the first try to get a lost camera back; it doubles up to
 /// [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);
@@ -221,7 +236,10 @@ pub fn capture_until_done(
         let fed = ctx.feeder.is_some();
         match run_capture(&mut ctx) {
             Ok(_) => break,
-            Err(CaptureError::TriggerIdle) if !ctx.stop.is_cancelled() => {
+            Err(CaptureError::TriggerIdle) => {
+                if ctx.stop.is_cancelled() {
+                    break;
+                }
                 tracing::debug!(
                     "no trigger for a while: the triggered camera's source starts again"
                 );
@@ -296,13 +314,11 @@ fn run_pipeline(
     let frames_arrived = Arc::new(AtomicU64::new(0));
     // A GenICam camera to arm once its source has negotiated, and the armed camera the
     // trigger relay fires.
-    let mut to_arm = match &ctx.genicam_trigger {
-        Some(trigger) => Some((
-            genicam::aravis_source(pipeline).ok_or(TriggerError::NoAravisSource)?,
-            trigger.clone(),
-        )),
+    let aravis_source = match &ctx.genicam_trigger {
+        Some(_) => Some(genicam::aravis_source(pipeline).ok_or(TriggerError::NoAravisSource)?),
         None => None,
     };
+    let mut arming = ctx.genicam_trigger.clone().map(Arming::Waiting);
     let armed: Arc<OnceLock<GenicamTrigger>> = Arc::new(OnceLock::new());
     let fires_genicam = ctx
         .genicam_trigger
@@ -397,36 +413,33 @@ fn run_pipeline(
     let max_parts = ctx.max_parts;
     let enough = || max_parts.is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
     let outcome = loop {
-        if let Some((source, trigger)) = &to_arm
-            && genicam::negotiated(source)
-        {
-            match GenicamTrigger::arm(source, trigger) {
-                Ok(camera) => {
-                    // Triggers that came before the camera was armed have no frame of their
-                    // own (the free-running frames were not theirs): missed, so the PLC
-                    // diverts their parts, rather than fired late at a part that has moved
-                    // on. Under the queue's lock, so that the relay fires every later one.
-                    let early: Vec<ExternalTrigger> = match &relay {
-                        Some(relay) => {
-                            let mut queue = relay.waiting.queue();
+        if let (Some(step), Some(source)) = (arming.take(), &aravis_source) {
+            arming = match step {
+                Arming::Waiting(trigger) if genicam::negotiated(source) => {
+                    match GenicamTrigger::arm(source, &trigger) {
+                        Ok(camera) => Some(Arming::Settling(camera, Instant::now())),
+                        Err(error) => break Err(error.into()),
+                    }
+                }
+                Arming::Settling(camera, since) if since.elapsed() >= ARM_SETTLE => {
+                    // The camera's free-running frames have all come by now; from here on
+                    // every frame answers a trigger. Triggers that came before have no frame
+                    // of their own: missed, so the PLC diverts their parts, rather than fired
+                    // late at a part that has moved on. Under the queue's lock, so that the
+                    // relay fires every later one.
+                    match &relay {
+                        Some(relay) => relay.waiting.miss_all_while(|| {
                             let _ = armed.set(camera);
-                            queue.drain(..).collect()
-                        }
+                        }),
                         None => {
                             let _ = armed.set(camera);
-                            Vec::new()
-                        }
-                    };
-                    if let Some(relay) = &relay {
-                        for trigger in early {
-                            relay.waiting.sink.missed(trigger);
                         }
                     }
                     ctx.metrics.camera_armed.set(1);
-                    to_arm = None;
+                    None
                 }
-                Err(error) => break Err(error.into()),
-            }
+                step => Some(step),
+            };
         }
         let frames_now = frames_arrived.load(Ordering::Relaxed);
         if frames_now != frames_before {
@@ -474,10 +487,16 @@ fn run_pipeline(
                 if let Some(misfit) = handoff.presence.as_ref().and_then(Presence::misfit) {
                     break Err(misfit.into());
                 }
-                // aravissrc gives up after 2 s without a frame, which for an armed camera
-                // means only that no part came: while stopping, that is the stop; otherwise
+                // aravissrc gives up after 2 s without a frame (3 frame periods when that is
+                // longer), which for an armed camera with no trigger waiting means only that
+                // no part came: while stopping, that is the stop; otherwise
                 // capture starts again at once (see `CaptureError::TriggerIdle`).
-                let idle = armed.get().is_some()
+                let from_camera = aravis_source
+                    .as_ref()
+                    .zip(err.src())
+                    .is_some_and(|(source, from)| from == source.upcast_ref::<gst::Object>());
+                let idle = from_camera
+                    && armed.get().is_some()
                     && relay
                         .as_ref()
                         .is_none_or(|relay| relay.waiting.queue().is_empty());
@@ -497,6 +516,10 @@ fn run_pipeline(
         ctx.external_triggers = Some(relay.stop());
     }
     ctx.metrics.camera_armed.set(0);
+    // The belt's level as learnt, for the next run after a reconnection.
+    if let (Some(presence), Some(settings)) = (&handoff.presence, ctx.presence.as_mut()) {
+        settings.empty_level = presence.detector().empty_level();
+    }
     let frames = frames_seen.load(Ordering::Relaxed);
     ctx.first_part_id = next_part_id.load(Ordering::Relaxed);
     ctx.max_parts = ctx.max_parts.map(|max| max.saturating_sub(frames));
@@ -549,6 +572,36 @@ struct WaitingTriggers {
 impl WaitingTriggers {
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<ExternalTrigger>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `trigger` out of the queue, if it is still there, and reports it missed.
+    fn miss(&self, trigger: &ExternalTrigger) {
+        let removed = {
+            let mut queue = self.queue();
+            let at = queue.iter().position(|t| t == trigger);
+            at.and_then(|at| queue.remove(at))
+        };
+        if let Some(trigger) = removed {
+            self.sink.missed(trigger);
+        }
+    }
+
+    /// Empties the queue, reporting every trigger in it missed.
+    fn miss_all(&self) {
+        self.miss_all_while(|| {});
+    }
+
+    /// Empties the queue and runs `also` under its lock (so no trigger comes in between),
+    /// then reports every trigger it held missed.
+    fn miss_all_while(&self, also: impl FnOnce()) {
+        let left: Vec<_> = {
+            let mut queue = self.queue();
+            also();
+            queue.drain(..).collect()
+        };
+        for trigger in left {
+            self.sink.missed(trigger);
+        }
     }
 
     /// The trigger a frame arriving now answers; stale ones on the way are missed.
@@ -630,10 +683,7 @@ impl TriggerRelay {
             tracing::error!("the trigger relay panicked; PLC triggers are no longer taken");
             std::sync::mpsc::channel().1
         });
-        let left: Vec<_> = self.waiting.queue().drain(..).collect();
-        for trigger in left {
-            self.waiting.sink.missed(trigger);
-        }
+        self.waiting.miss_all();
         ExternalTriggers {
             triggers,
             sink: self.waiting.sink.clone(),
@@ -668,7 +718,10 @@ fn relay(
                 if let Some(camera) = camera
                     && let Err(error) = camera.fire()
                 {
-                    tracing::warn!(%error, "the camera refused a software trigger; its part will be missed");
+                    // No frame will come for it: left waiting, it would take the next part's
+                    // frame, and every part after would take its predecessor's.
+                    tracing::warn!(%error, "the camera refused a software trigger; its part is missed");
+                    waiting.miss(&trigger);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -776,11 +829,13 @@ impl FrameHandoff {
     ) -> Result<Observed<(GrayImage, StationTime)>, gst::FlowError> {
         let level = presence::measure(&image, presence.settings.roi, presence.settings.measure)
             .map_err(|misfit| {
-                gst::element_error!(sink, gst::StreamError::Format, ("{}", misfit));
+                // Stored before the error is posted, so the bus loop reads it as the cause.
+                let message = misfit.to_string();
                 *presence
                     .misfit
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(misfit);
+                gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
                 gst::FlowError::Error
             })?;
         self.metrics.frames_watched.inc();

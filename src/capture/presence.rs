@@ -17,7 +17,8 @@
 //! * a passage longer than `max_passage_frames` (a part stopped under the camera) gives its
 //!   part at that point, and the detector waits for the view to clear before the next one.
 //!   A view that stays changed for as long again is taken as the new empty belt (the light
-//!   changed), with a warning.
+//!   changed), with a warning; should the old level come back (it was a part after all, taken
+//!   away), the old level is the belt again, and no part is made of it.
 //!
 //! The empty belt's level is learnt from the first frame and follows slow changes (light
 //! drift, dust) on the frames between parts. The belt must show a gap between two parts
@@ -40,7 +41,8 @@ pub enum PresenceMeasure {
     Edges,
 }
 
-/// A rectangle of the camera's raw frame, in pixels.
+/// A rectangle of the frame as it reaches the appsink (after any scaling in the pipeline), in
+/// pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceRoi {
     pub x: u32,
@@ -62,8 +64,13 @@ pub struct PresenceSettings {
     pub enter_frames: u32,
     /// Frames in a row below half the threshold that end a passage.
     pub leave_frames: u32,
-    /// A passage this long gives its part without waiting for its end.
+    /// A passage this long (counted from its first frame above the threshold) gives its part
+    /// without waiting for its end.
     pub max_passage_frames: u32,
+    /// The empty belt's level to start from; `None`: learnt from the first frame. Capture
+    /// keeps the learnt one here, so a camera that reconnects with a part in view does not
+    /// take that part for the belt.
+    pub empty_level: Option<f32>,
 }
 
 /// The region does not fit the camera's frame.
@@ -164,6 +171,15 @@ enum State<T> {
     Held { frames: u32, below: u32 },
 }
 
+impl<T> State<T> {
+    fn empty() -> State<T> {
+        State::Empty {
+            above: 0,
+            best: None,
+        }
+    }
+}
+
 /// Follows the measure frame by frame and says when a passage ends with its best frame.
 /// Generic over what a frame carries (`T`), so the state machine is tested without images.
 #[derive(Debug)]
@@ -171,6 +187,8 @@ pub struct PresenceDetector<T> {
     settings: PresenceSettings,
     /// The empty belt's level; `None` until the first frame.
     empty_level: Option<f32>,
+    /// The empty belt's level before the view was last taken as the new belt.
+    former_empty_level: Option<f32>,
     state: State<T>,
 }
 
@@ -186,12 +204,10 @@ pub enum Observed<T> {
 impl<T> PresenceDetector<T> {
     pub fn new(settings: PresenceSettings) -> PresenceDetector<T> {
         PresenceDetector {
+            empty_level: settings.empty_level,
+            former_empty_level: None,
             settings,
-            empty_level: None,
-            state: State::Empty {
-                above: 0,
-                best: None,
-            },
+            state: State::empty(),
         }
     }
 
@@ -206,18 +222,23 @@ impl<T> PresenceDetector<T> {
         let change = (level - empty).abs();
         let threshold = self.settings.threshold;
         let (above, clear) = (change > threshold, change < threshold / 2.0);
-        let state = std::mem::replace(
-            &mut self.state,
-            State::Empty {
-                above: 0,
-                best: None,
-            },
-        );
+        let state = std::mem::replace(&mut self.state, State::empty());
         let (next, part) = match state {
+            // The belt as it was before the view was taken for the new belt: what changed
+            // the view was taken away. The old level is the belt again.
+            State::Empty { .. }
+                if self
+                    .former_empty_level
+                    .is_some_and(|former| (level - former).abs() < threshold / 2.0) =>
+            {
+                self.empty_level = self.former_empty_level.take();
+                (State::empty(), None)
+            }
             State::Empty { above: run, best } if above => {
                 let best = keep_better(best, change, frame);
                 if run + 1 >= self.settings.enter_frames {
-                    self.passage_step(1, 0, best)
+                    // The passage counts from its first frame above the threshold.
+                    self.passage_step(run + 1, 0, best)
                 } else {
                     (
                         State::Empty {
@@ -233,13 +254,7 @@ impl<T> PresenceDetector<T> {
                     // Only frames of the empty belt teach its level.
                     self.empty_level = Some(empty + EMPTY_LEVEL_RATE * (level - empty));
                 }
-                (
-                    State::Empty {
-                        above: 0,
-                        best: None,
-                    },
-                    None,
-                )
+                (State::empty(), None)
             }
             State::Passage {
                 frames,
@@ -257,13 +272,7 @@ impl<T> PresenceDetector<T> {
             State::Held { frames, below } => {
                 let below = if clear { below + 1 } else { 0 };
                 if below >= self.settings.leave_frames {
-                    (
-                        State::Empty {
-                            above: 0,
-                            best: None,
-                        },
-                        None,
-                    )
+                    (State::empty(), None)
                 } else if frames + 1 >= self.settings.max_passage_frames {
                     tracing::warn!(
                         empty_level = empty,
@@ -271,14 +280,8 @@ impl<T> PresenceDetector<T> {
                         "the camera's view stayed changed for twice the longest passage: the \
                          presence detector takes it as the empty belt now (did the light change?)"
                     );
-                    self.empty_level = Some(level);
-                    (
-                        State::Empty {
-                            above: 0,
-                            best: None,
-                        },
-                        None,
-                    )
+                    self.former_empty_level = self.empty_level.replace(level);
+                    (State::empty(), None)
                 } else {
                     (
                         State::Held {
@@ -300,13 +303,7 @@ impl<T> PresenceDetector<T> {
     /// A passage after one more frame: ended, given at its longest, or going on.
     fn passage_step(&self, frames: u32, below: u32, best: (f32, T)) -> (State<T>, Option<T>) {
         if below >= self.settings.leave_frames {
-            (
-                State::Empty {
-                    above: 0,
-                    best: None,
-                },
-                Some(best.1),
-            )
+            (State::empty(), Some(best.1))
         } else if frames >= self.settings.max_passage_frames {
             tracing::warn!(
                 frames,
@@ -329,13 +326,7 @@ impl<T> PresenceDetector<T> {
     /// The end of the stream: a passage under way gives its part (the video ended with a part
     /// in view); one still in its debounce does not.
     pub fn finish(&mut self) -> Option<T> {
-        let state = std::mem::replace(
-            &mut self.state,
-            State::Empty {
-                above: 0,
-                best: None,
-            },
-        );
+        let state = std::mem::replace(&mut self.state, State::empty());
         match state {
             State::Passage { best, .. } => Some(best.1),
             _ => None,
@@ -363,6 +354,7 @@ mod tests {
             enter_frames: 2,
             leave_frames: 2,
             max_passage_frames: 10,
+            empty_level: None,
         }
     }
 
@@ -443,6 +435,25 @@ mod tests {
         levels.extend([100.; 40]);
         levels.extend([150., 150., 100., 100., 100.]);
         assert_eq!(parts(settings(), &levels), [2, 42]);
+        // It was a part standing still after all: when it goes, the old belt comes back, and
+        // the empty belt is not made a part.
+        let mut levels = vec![50., 50.];
+        levels.extend([100.; 40]);
+        levels.extend([50.; 10]);
+        levels.extend([100., 100., 50., 50., 50.]);
+        assert_eq!(parts(settings(), &levels), [2, 52]);
+    }
+
+    #[test]
+    fn a_reconnected_camera_keeps_the_learnt_belt() {
+        // The first frame after a reconnection shows a part: with the belt's level carried
+        // over, it is a part, not the belt.
+        let mut carried = settings();
+        carried.empty_level = Some(50.0);
+        assert_eq!(parts(carried, &[100., 100., 100., 50., 50.]), [0]);
+        // Learnt afresh, the part is taken for the belt, and the belt it leaves behind for a
+        // part (frame 3, the empty belt).
+        assert_eq!(parts(settings(), &[100., 100., 100., 50., 50.]), [3]);
     }
 
     #[test]

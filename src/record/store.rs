@@ -1099,12 +1099,21 @@ fn open_db(path: &Path) -> Result<sled::Db, RecordError> {
     })
 }
 
+/// How much of a database sled keeps in memory. Its default, 1 GiB for each of a station's
+/// databases, would let the cache alone take gigabytes as records pile up over weeks; reads
+/// of recent records (the live view, the MES pull) stay within this much.
+const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 /// Opens a sled database, waiting up to 2 s for its file lock (see `open_db`); the sensor
 /// and analysis databases open the same way.
 pub fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
     let mut attempts = 0;
     loop {
-        match sled::open(path) {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && attempts < 40 =>

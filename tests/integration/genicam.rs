@@ -139,7 +139,15 @@ async fn run(description: String, trigger: Option<TriggerSource>) -> Run {
             wait_for("the camera to be armed", &capture, || {
                 metrics.camera_armed.get() == 1
             });
+            let unasked = metrics.frames_untriggered.get();
             trigger_parts(&plc_tx, &metrics, &capture, 100, TRIGGERS);
+            // Armed, every frame answered a trigger: a frame taken before its trigger (one
+            // left over from running free) would have answered it and left its own unasked.
+            assert_eq!(
+                metrics.frames_untriggered.get(),
+                unasked,
+                "frames nobody asked for came while armed"
+            );
             // No trigger: the armed camera sends nothing, so aravissrc gives up after its 2 s
             // and capture starts it again, armed anew, without a fault.
             wait_for("the source to restart after the pause", &capture, || {

@@ -188,6 +188,7 @@ fn settings(measure: PresenceMeasure, threshold: f32) -> PresenceSettings {
         enter_frames: 2,
         leave_frames: 3,
         max_passage_frames: 300,
+        empty_level: None,
     }
 }
 
