@@ -8,7 +8,6 @@
 //! aravissrc gives up waiting and capture starts it again, armed, without a fault.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use linesight::metrics::Metrics;
 use linesight::part::{ExternalTrigger, PartId, StationClock, TriggerSink};
 use tokio_util::sync::CancellationToken;
 
-use crate::{FAKE_GIGE_CAMERA, KillOnDrop, repo};
+use crate::{fake_gige_camera, repo};
 
 /// Which part each PLC trigger became.
 #[derive(Default)]
@@ -196,21 +195,7 @@ async fn run(description: String, trigger: Option<TriggerSource>) -> Run {
 
 #[tokio::test]
 async fn a_gige_camera_armed_for_software_trigger_takes_one_frame_per_plc_trigger() {
-    let _camera_lock = FAKE_GIGE_CAMERA.lock().await;
-    let fake = Path::new("/usr/bin/arv-fake-gv-camera-0.8");
-    assert!(
-        fake.exists(),
-        "{} is missing: run scripts/setup.sh (make test does), which installs aravis-tools",
-        fake.display()
-    );
-    let _fake_camera = KillOnDrop(
-        std::process::Command::new(fake)
-            .args(["-i", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the fake GigE camera"),
-    );
+    let (_camera_lock, _fake_camera) = fake_gige_camera().await;
     let description = CameraPipeline::Template {
         path: repo().join("pipelines/gige-aravis.gst"),
         params: BTreeMap::from([

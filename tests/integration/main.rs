@@ -50,7 +50,28 @@ pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// aravis's fake GigE Vision camera binds the GigE Vision control port on 127.0.0.1 (loopback
 /// has no other address): one test at a time runs one.
-pub static FAKE_GIGE_CAMERA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static FAKE_GIGE_CAMERA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// aravis's own fake GigE Vision camera (`arv-fake-gv-camera-0.8`, from aravis-tools) on
+/// 127.0.0.1, held by this test until both are dropped.
+pub async fn fake_gige_camera() -> (tokio::sync::MutexGuard<'static, ()>, KillOnDrop) {
+    let lock = FAKE_GIGE_CAMERA.lock().await;
+    let fake = std::path::Path::new("/usr/bin/arv-fake-gv-camera-0.8");
+    assert!(
+        fake.exists(),
+        "{} is missing: run scripts/setup.sh (make test does), which installs aravis-tools",
+        fake.display()
+    );
+    let camera = KillOnDrop(
+        std::process::Command::new(fake)
+            .args(["-i", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the fake GigE camera"),
+    );
+    (lock, camera)
+}
 
 /// A station on the simulated line `config` describes, and that line (its PLC stops when the
 /// line is dropped).

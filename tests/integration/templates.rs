@@ -16,7 +16,7 @@
 //! run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -30,7 +30,7 @@ use linesight::part::{Frame, StationClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::camera::RtspCamera;
-use crate::{CPU_HEAVY, FAKE_GIGE_CAMERA, KillOnDrop, free_port, repo};
+use crate::{CPU_HEAVY, fake_gige_camera, free_port, repo};
 
 fn pipelines() -> PathBuf {
     repo().join("pipelines")
@@ -205,21 +205,7 @@ async fn every_pipeline_template_is_filled_and_runs_against_a_real_source() {
     done("rtsp.gst", &mut ran);
 
     // GigE Vision: aravis's fake camera on loopback, opened by its address.
-    let _camera_lock = FAKE_GIGE_CAMERA.lock().await;
-    let fake = Path::new("/usr/bin/arv-fake-gv-camera-0.8");
-    assert!(
-        fake.exists(),
-        "{} is missing: run scripts/setup.sh (make test does), which installs aravis-tools",
-        fake.display()
-    );
-    let _fake_camera = KillOnDrop(
-        std::process::Command::new(fake)
-            .args(["-i", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the fake GigE camera"),
-    );
+    let (_camera_lock, _fake_camera) = fake_gige_camera().await;
     let description = fill(
         "gige-aravis.gst",
         &[
