@@ -70,6 +70,19 @@ pub struct GateEvent {
 /// One firing of the simulated reject gate: a diverted [`GateEvent`].
 pub type RejectPulse = GateEvent;
 
+/// Each log keeps at most this many entries, the oldest dropped first: tests read a few
+/// hundred, and a simulated line left running for days (`make run`) must not grow with them.
+const LOG_LIMIT: usize = 100_000;
+
+/// Appends `entry`, dropping the oldest half of a log that reached twice [`LOG_LIMIT`] (one
+/// move per `LOG_LIMIT` entries rather than one per entry).
+fn log<T>(entries: &mut Vec<T>, entry: T) {
+    if entries.len() >= 2 * LOG_LIMIT {
+        entries.drain(..LOG_LIMIT);
+    }
+    entries.push(entry);
+}
+
 #[derive(Debug, Default)]
 struct Logs {
     writes: Vec<PlcWrite>,
@@ -431,34 +444,40 @@ impl PlcState {
         };
         let mut logs = lock(&self.logs);
         for (command, arrived, queued) in outcome.taken {
-            logs.taken.push(TakenCommand {
-                at: at(arrived),
-                part_id: command.part_id,
-                verdict: command.verdict as u16,
-                sequence: command.sequence,
-                queued,
-            });
+            log(
+                &mut logs.taken,
+                TakenCommand {
+                    at: at(arrived),
+                    part_id: command.part_id,
+                    verdict: command.verdict as u16,
+                    sequence: command.sequence,
+                    queued,
+                },
+            );
         }
         for decision in outcome.decided {
             if decision.diverted {
                 tracing::debug!(part_id = ?decision.part_id, reason = ?decision.reason, "PLC simulator: part diverted");
             }
-            logs.gate.push(GateEvent {
-                at: at(decision.decided_at),
-                eye_at: at(decision.eye_at),
-                part_id: decision.part_id.map(u64::from),
-                verdict: decision.verdict,
-                diverted: decision.diverted,
-                reason: decision.reason,
-            });
+            log(
+                &mut logs.gate,
+                GateEvent {
+                    at: at(decision.decided_at),
+                    eye_at: at(decision.eye_at),
+                    part_id: decision.part_id.map(u64::from),
+                    verdict: decision.verdict,
+                    diverted: decision.diverted,
+                    reason: decision.reason,
+                },
+            );
         }
         if outcome.watchdog_tripped {
             tracing::warn!("PLC simulator: station watchdog expired; diverting every part");
-            logs.watchdog_trips.push(wall);
+            log(&mut logs.watchdog_trips, wall);
         }
         if outcome.halt_latched {
             tracing::info!("PLC simulator: halt-line coil ON, line halted until an operator reset");
-            logs.halts.push(wall);
+            log(&mut logs.halts, wall);
         }
     }
 
@@ -534,11 +553,14 @@ impl PlcState {
             words.copy_from_slice(values);
             lock(&self.gate_writes).push_back(words);
         }
-        lock(&self.logs).writes.push(PlcWrite {
-            at,
-            address,
-            values: values.to_vec(),
-        });
+        log(
+            &mut lock(&self.logs).writes,
+            PlcWrite {
+                at,
+                address,
+                values: values.to_vec(),
+            },
+        );
         Ok(())
     }
 }
