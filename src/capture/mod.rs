@@ -714,7 +714,8 @@ fn relay(
                 {
                     tracing::debug!("the camera stopped taking software triggers");
                 }
-                // Until the camera is armed it runs free, and its next frame answers.
+                // Until the camera is armed (and settled) it is not fired: the trigger waits,
+                // and is missed when arming completes.
                 if let Some(camera) = camera
                     && let Err(error) = camera.fire()
                 {
