@@ -19,9 +19,7 @@ use crate::analyse::charts::ChartDefinition;
 use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
-use crate::capture::{
-    CameraPipeline, ParamValue, PresenceMeasure, PresenceRoi, PresenceSettings, TriggerSource,
-};
+use crate::capture::{CameraPipeline, ParamValue, PresenceSettings, TriggerSource};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -223,7 +221,7 @@ pub struct CameraSection {
     /// tried again): for sources that go quiet without an error. Absent: only errors count.
     pub stall_timeout_ms: Option<u64>,
     /// A free-running camera: one part per passage through the view instead of one per frame.
-    pub presence: Option<PresenceSection>,
+    pub presence: Option<PresenceSettings>,
     /// A GigE Vision or USB3 Vision camera (aravissrc) put in GenICam trigger mode on this
     /// source: `"Software"` (server mode: the station fires it for each PLC trigger) or an
     /// input line (`"Line0"`, `"Line1"`, …) wired to the photo-eye.
@@ -234,105 +232,48 @@ fn default_frame_queue() -> usize {
     4
 }
 
-/// `[camera.presence]`: how a free-running camera's parts are found (`capture::presence`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PresenceSection {
-    /// `[x, y, width, height]` of the frame the pipeline delivers (after any scaling) that the
-    /// parts cross; absent: the whole frame. Keep it to the belt: people and machines beside
-    /// it move too.
-    pub roi: Option<[u32; 4]>,
-    /// `intensity` (mean grey level: parts brighter or darker than the belt) or `edges` (mean
-    /// neighbour difference: parts with edges or texture on a plainer belt).
-    #[serde(default = "default_presence_measure")]
-    pub measure: PresenceMeasure,
-    /// Change from the empty belt's level that means a part, in grey levels. Read the levels
-    /// with and without a part on /metrics (`presence_level`, `presence_empty_level`) and put
-    /// it about halfway.
-    pub threshold: f32,
-    /// Frames in a row above the threshold before a passage counts (debounce).
-    #[serde(default = "default_enter_frames")]
-    pub enter_frames: u32,
-    /// Frames in a row below half the threshold that end a passage.
-    #[serde(default = "default_leave_frames")]
-    pub leave_frames: u32,
-    /// A part in view this long (a stopped belt) is inspected without waiting for it to leave.
-    #[serde(default = "default_max_passage_frames")]
-    pub max_passage_frames: u32,
-}
-
-fn default_presence_measure() -> PresenceMeasure {
-    PresenceMeasure::Intensity
-}
-
-fn default_enter_frames() -> u32 {
-    2
-}
-
-fn default_leave_frames() -> u32 {
-    3
-}
-
-fn default_max_passage_frames() -> u32 {
-    300
-}
-
-impl PresenceSection {
-    fn settings(&self) -> PresenceSettings {
-        PresenceSettings {
-            roi: self.roi.map(|[x, y, width, height]| PresenceRoi {
-                x,
-                y,
-                width,
-                height,
-            }),
-            measure: self.measure,
-            threshold: self.threshold,
-            enter_frames: self.enter_frames,
-            leave_frames: self.leave_frames,
-            max_passage_frames: self.max_passage_frames,
-            empty_level: None,
+/// `[camera.presence]`'s values: `capture::presence` reads the table itself.
+fn check_presence(
+    presence: &PresenceSettings,
+    plc: PlcKind,
+    problem: &mut dyn FnMut(&str, String),
+) {
+    if !(presence.threshold > 0.0 && presence.threshold < 255.0) {
+        problem(
+            "camera.presence.threshold",
+            format!(
+                "expected a change in grey levels in (0, 255), got {}",
+                presence.threshold
+            ),
+        );
+    }
+    if let Some(roi) = presence.roi
+        && (roi.width == 0 || roi.height == 0)
+    {
+        problem(
+            "camera.presence.roi",
+            "expected [x, y, width, height] with a positive width and height".into(),
+        );
+    }
+    for (field, frames) in [
+        ("camera.presence.enter_frames", presence.enter_frames),
+        ("camera.presence.leave_frames", presence.leave_frames),
+        (
+            "camera.presence.max_passage_frames",
+            presence.max_passage_frames,
+        ),
+    ] {
+        if frames == 0 {
+            problem(field, "expected at least 1 frame".into());
         }
     }
-
-    fn check(&self, plc: PlcKind, problem: &mut dyn FnMut(&str, String)) {
-        if !(self.threshold > 0.0 && self.threshold < 255.0) {
-            problem(
-                "camera.presence.threshold",
-                format!(
-                    "expected a change in grey levels in (0, 255), got {}",
-                    self.threshold
-                ),
-            );
-        }
-        if let Some([_, _, width, height]) = self.roi
-            && (width == 0 || height == 0)
-        {
-            problem(
-                "camera.presence.roi",
-                "expected [x, y, width, height] with a positive width and height".into(),
-            );
-        }
-        for (field, frames) in [
-            ("camera.presence.enter_frames", self.enter_frames),
-            ("camera.presence.leave_frames", self.leave_frames),
-            (
-                "camera.presence.max_passage_frames",
-                self.max_passage_frames,
-            ),
-        ] {
-            if frames == 0 {
-                problem(field, "expected at least 1 frame".into());
-            }
-        }
-        if plc == PlcKind::Server {
-            problem(
-                "camera.presence",
-                "in server mode the PLC triggers each capture at its photo-eye; leave out the \
+    if plc == PlcKind::Server {
+        problem(
+            "camera.presence",
+            "in server mode the PLC triggers each capture at its photo-eye; leave out the \
                  presence detector"
-                    .into(),
-            );
-        }
+                .into(),
+        );
     }
 }
 
@@ -694,7 +635,7 @@ impl StationConfig {
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
             camera_stall_timeout: file.camera.stall_timeout_ms.map(Duration::from_millis),
-            camera_presence: file.camera.presence.as_ref().map(PresenceSection::settings),
+            camera_presence: file.camera.presence.clone(),
             camera_trigger: file.camera.genicam_trigger.clone().map(TriggerSource),
             calibration_file: resolve(&file.calibration.file),
             model_dir,
@@ -872,7 +813,7 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     }
     let camera = &file.camera;
     if let Some(presence) = &camera.presence {
-        presence.check(file.plc.kind, &mut problem);
+        check_presence(presence, file.plc.kind, &mut problem);
     }
     if let Some(trigger) = &camera.genicam_trigger {
         if trigger.is_empty() || !trigger.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -1168,6 +1109,7 @@ fn check_actions(file: &StationFile, problems: &mut Vec<Problem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{PresenceMeasure, PresenceRoi};
 
     fn example() -> String {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/simulated-line.toml");

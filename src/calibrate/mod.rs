@@ -24,6 +24,8 @@ pub mod board;
 pub enum CalibrateError {
     #[error("calibration {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("calibration: {0}")]
+    Invalid(String),
     #[error("frame is {got_width}x{got_height}, calibration expects {want_width}x{want_height}")]
     FrameSize {
         got_width: u32,
@@ -362,6 +364,8 @@ impl Undistorter {
     /// a fast path for whole factors), and the maps read that smaller frame, whose pixels are
     /// then at most about one output pixel apart.
     pub fn new(calibration: &Calibration) -> Result<Undistorter, CalibrateError> {
+        // A calibration built in code rather than loaded is held to the same rules.
+        calibration.check().map_err(CalibrateError::Invalid)?;
         let roi = calibration.roi;
         let output = calibration.output.unwrap_or((roi.width, roi.height));
         // How many image pixels one output pixel spans, across and down: through a
@@ -372,9 +376,8 @@ impl Undistorter {
                 let corners = matrix3(h)
                     .ok()
                     .and_then(|h| roi_corners_in_image(roi, &h))
-                    .ok_or_else(|| CalibrateError::File {
-                        path: PathBuf::new(),
-                        message: "`homography`: the ROI is not in the image".into(),
+                    .ok_or_else(|| {
+                        CalibrateError::Invalid("`homography`: the ROI is not in the image".into())
                     })?;
                 let length = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).hypot(a.1 - b.1);
                 let [top_left, top_right, bottom_left, bottom_right] = corners;

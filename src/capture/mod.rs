@@ -20,7 +20,6 @@
 //! capture runs it on a thread of its own and joins it when the stream ends.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -42,7 +41,7 @@ pub use self::genicam::{GenicamTrigger, TriggerError, TriggerSource};
 pub use self::presence::{PresenceMeasure, PresenceRoi, PresenceSettings, RoiOutsideFrame};
 pub use self::template::{CameraPipeline, ParamValue, PipelineTemplate, TemplateError};
 
-use self::presence::{Observed, PresenceDetector};
+use self::presence::{GrayView, PresenceDetector};
 
 use crate::metrics::Metrics;
 use crate::part::{
@@ -174,6 +173,35 @@ pub struct CaptureContext {
     pub genicam_trigger: Option<TriggerSource>,
 }
 
+impl CaptureContext {
+    /// A context for `pipeline_description` with everything optional left out: part ids from
+    /// 0, no frame limit, a clock started now, no feeder, no external or GenICam triggers, no
+    /// presence detector, no stall watchdog.
+    pub fn new(
+        pipeline_description: String,
+        triggers: mpsc::Sender<Trigger>,
+        frames: SyncSender<Frame>,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) -> CaptureContext {
+        CaptureContext {
+            pipeline_description,
+            feeder: None,
+            first_part_id: 0,
+            max_parts: None,
+            triggers,
+            frames,
+            clock: StationClock::start(),
+            metrics,
+            stop,
+            external_triggers: None,
+            stall_timeout: None,
+            presence: None,
+            genicam_trigger: None,
+        }
+    }
+}
+
 /// Whether the camera is there, shared with the station's health: set lost by
 /// [`capture_until_done`] when the camera goes away, back once a frame arrives again.
 #[derive(Debug, Default)]
@@ -267,11 +295,6 @@ pub fn capture_until_done(
     })
 }
 
-/// Reads a pipeline file, dropping `#` comment lines.
-pub fn read_pipeline(path: &Path) -> Result<String, CaptureError> {
-    Ok(CameraPipeline::File(path.to_owned()).description()?)
-}
-
 /// Runs the pipeline until end of stream, `max_parts`, `stop`, or an error. Blocking.
 ///
 /// `ctx` is left ready for another run after an error (a camera that comes back): its
@@ -337,8 +360,7 @@ fn run_pipeline(
         waiting: relay.as_ref().map(TriggerRelay::waiting),
         armed: ctx.genicam_trigger.is_some().then(|| armed.clone()),
         presence: ctx.presence.clone().map(|settings| Presence {
-            detector: Mutex::new(PresenceDetector::new(settings.clone())),
-            settings,
+            detector: Mutex::new(PresenceDetector::new(settings)),
             misfit: Mutex::new(None),
         }),
         next_part_id: next_part_id.clone(),
@@ -410,8 +432,7 @@ fn run_pipeline(
     // Enough frames: the appsink refuses more, which a live source may answer with an end of
     // stream of its own. That end is capture's, not a camera that went away; it is asked for
     // as soon as the loop sees it, and an end that comes first is read against it too.
-    let max_parts = ctx.max_parts;
-    let enough = || max_parts.is_some_and(|max| frames_seen.load(Ordering::Relaxed) >= max);
+    let enough = || handoff.enough();
     let outcome = loop {
         if let (Some(step), Some(source)) = (arming.take(), &aravis_source) {
             arming = match step {
@@ -745,7 +766,6 @@ fn stream_error(err: &gst::message::Error) -> CaptureError {
 
 /// The presence detector of a free-running camera, as the appsink callbacks share it.
 struct Presence {
-    settings: PresenceSettings,
     /// What each frame carries through a passage: its image and capture time.
     detector: Mutex<PresenceDetector<(GrayImage, StationTime)>>,
     /// Set when the region does not fit the frames: a wrong config, not a lost camera.
@@ -806,16 +826,21 @@ impl FrameHandoff {
             self.metrics.frames_untriggered.inc();
             return Ok(gst::FlowSuccess::Ok);
         }
-        let image = gray_image(&sample).map_err(|message| {
+        let bad_frame = |message: String| {
             gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
             gst::FlowError::Error
-        })?;
+        };
         let (image, captured_at) = match &self.presence {
-            Some(presence) => match self.watch(sink, presence, image, captured_at)? {
-                Observed::Part(part) => part,
-                Observed::Nothing => return Ok(gst::FlowSuccess::Ok),
-            },
-            None => (image, captured_at),
+            // Measured where GStreamer mapped it; copied only when the detector keeps it.
+            Some(presence) => {
+                let frame = mapped_gray(&sample).map_err(bad_frame)?;
+                let view = gray_view(&frame).map_err(bad_frame)?;
+                match self.watch(sink, presence, view, captured_at)? {
+                    Some(part) => part,
+                    None => return Ok(gst::FlowSuccess::Ok),
+                }
+            }
+            None => (gray_image(&sample).map_err(bad_frame)?, captured_at),
         };
         self.hand_over(sink, image, captured_at)
     }
@@ -825,24 +850,24 @@ impl FrameHandoff {
         &self,
         sink: &gst_app::AppSink,
         presence: &Presence,
-        image: GrayImage,
+        view: GrayView<'_>,
         captured_at: StationTime,
-    ) -> Result<Observed<(GrayImage, StationTime)>, gst::FlowError> {
-        let level = presence::measure(&image, presence.settings.roi, presence.settings.measure)
-            .map_err(|misfit| {
-                // Stored before the error is posted, so the bus loop reads it as the cause.
-                let message = misfit.to_string();
-                *presence
-                    .misfit
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(misfit);
-                gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
-                gst::FlowError::Error
-            })?;
+    ) -> Result<Option<(GrayImage, StationTime)>, gst::FlowError> {
+        let mut detector = presence.detector();
+        let settings = detector.settings();
+        let level = presence::measure(view, settings.roi, settings.measure).map_err(|misfit| {
+            // Stored before the error is posted, so the bus loop reads it as the cause.
+            let message = misfit.to_string();
+            *presence
+                .misfit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(misfit);
+            gst::element_error!(sink, gst::StreamError::Format, ("{}", message));
+            gst::FlowError::Error
+        })?;
         self.metrics.frames_watched.inc();
         self.metrics.presence_level.set(f64::from(level));
-        let mut detector = presence.detector();
-        let observed = detector.observe(level, (image, captured_at));
+        let observed = detector.observe(level, || (copy_gray(view), captured_at));
         if let Some(empty) = detector.empty_level() {
             self.metrics.presence_empty_level.set(f64::from(empty));
         }
@@ -941,8 +966,8 @@ fn frame_age(sink: &gst_app::AppSink, sample: &gst::Sample) -> std::time::Durati
     std::time::Duration::from_nanos(now.saturating_sub(captured).nseconds())
 }
 
-/// Copies a GRAY8 sample into a tight image, honouring the buffer's real row stride.
-pub fn gray_image(sample: &gst::Sample) -> Result<GrayImage, String> {
+/// A GRAY8 sample's frame, mapped for reading.
+fn mapped_gray(sample: &gst::Sample) -> Result<gst_video::VideoFrameRef<&gst::BufferRef>, String> {
     let buffer = sample.buffer().ok_or("sample without buffer")?;
     let caps = sample.caps().ok_or("sample without caps")?;
     let info = gst_video::VideoInfo::from_caps(caps)
@@ -950,18 +975,48 @@ pub fn gray_image(sample: &gst::Sample) -> Result<GrayImage, String> {
     if info.format() != gst_video::VideoFormat::Gray8 {
         return Err(format!("expected GRAY8 frames, got {:?}", info.format()));
     }
-    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
-        .map_err(|_| "cannot map frame")?;
-    let (width, height) = (frame.width(), frame.height());
-    let stride = frame.plane_stride()[0] as usize;
-    let data = frame
+    gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+        .map_err(|_| "cannot map frame".into())
+}
+
+/// A mapped GRAY8 frame's pixels, with the buffer's real row stride.
+fn gray_view<'a>(
+    frame: &'a gst_video::VideoFrameRef<&gst::BufferRef>,
+) -> Result<GrayView<'a>, String> {
+    let pixels = frame
         .plane_data(0)
         .map_err(|e| format!("cannot read plane: {e}"))?;
-    let mut pixels = Vec::with_capacity(width as usize * height as usize);
-    for row in 0..height as usize {
-        pixels.extend_from_slice(&data[row * stride..row * stride + width as usize]);
+    let (width, height) = (frame.width(), frame.height());
+    let stride = frame.plane_stride()[0] as usize;
+    if height > 0 && pixels.len() < (height as usize - 1) * stride + width as usize {
+        return Err("frame size mismatch".into());
     }
-    GrayImage::new(width, height, pixels).ok_or_else(|| "frame size mismatch".into())
+    Ok(GrayView {
+        width,
+        height,
+        stride,
+        pixels,
+    })
+}
+
+/// A frame copied into a tight image (rows `width` apart).
+fn copy_gray(view: GrayView<'_>) -> GrayImage {
+    let (width, stride) = (view.width as usize, view.stride);
+    let mut pixels = Vec::with_capacity(width * view.height as usize);
+    for row in 0..view.height as usize {
+        pixels.extend_from_slice(&view.pixels[row * stride..row * stride + width]);
+    }
+    GrayImage {
+        width: view.width,
+        height: view.height,
+        pixels,
+    }
+}
+
+/// Copies a GRAY8 sample into a tight image, honouring the buffer's real row stride.
+pub fn gray_image(sample: &gst::Sample) -> Result<GrayImage, String> {
+    let frame = mapped_gray(sample)?;
+    Ok(copy_gray(gray_view(&frame)?))
 }
 
 #[cfg(test)]
@@ -982,19 +1037,15 @@ mod tests {
         let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(frame_queue);
         let metrics = Metrics::new();
         let result = run_capture(&mut CaptureContext {
-            pipeline_description: description.into(),
-            feeder: None,
             first_part_id: 100,
             max_parts,
-            triggers: trigger_tx,
-            frames: frame_tx,
-            clock: StationClock::start(),
-            metrics: metrics.clone(),
-            stop: CancellationToken::new(),
-            external_triggers: None,
-            stall_timeout: None,
-            presence: None,
-            genicam_trigger: None,
+            ..CaptureContext::new(
+                description.into(),
+                trigger_tx,
+                frame_tx,
+                metrics.clone(),
+                CancellationToken::new(),
+            )
         });
         let mut triggers = Vec::new();
         while let Ok(t) = trigger_rx.try_recv() {
@@ -1069,24 +1120,22 @@ mod tests {
                 .unwrap();
         }
         let result = run_capture(&mut CaptureContext {
-            pipeline_description: description.into(),
             feeder: Some(Box::new(TriggeredFeeder)),
             first_part_id: 100,
             // The stale trigger fired the camera too: four frames, three parts.
             max_parts: Some(4),
-            triggers: trigger_tx,
-            frames: frame_tx,
-            clock: StationClock::start(),
-            metrics: Metrics::new(),
-            stop: CancellationToken::new(),
             external_triggers: Some(ExternalTriggers {
                 triggers: plc_rx,
                 sink: sink.clone(),
                 stale_after: Duration::from_secs(5),
             }),
-            stall_timeout: None,
-            presence: None,
-            genicam_trigger: None,
+            ..CaptureContext::new(
+                description.into(),
+                trigger_tx,
+                frame_tx,
+                Metrics::new(),
+                CancellationToken::new(),
+            )
         });
         let summary = result.expect("capture runs to end of stream");
         assert_eq!(summary.frames, 3);
@@ -1106,8 +1155,11 @@ mod tests {
 
     #[test]
     fn every_frame_is_a_part_and_drops_are_counted() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/test-pattern.gst");
-        let description = read_pipeline(&path).expect("pipeline file");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/test-pattern.gst");
+        let description = CameraPipeline::File(path)
+            .description()
+            .expect("pipeline file");
         // Nobody drains the 5-frame queue: 5 frames are queued, 25 dropped, all 30 triggered.
         let (result, triggers, queued, metrics) = run(&description, 5, None);
         let summary = result.expect("capture runs to end of stream");

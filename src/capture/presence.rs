@@ -42,8 +42,9 @@ pub enum PresenceMeasure {
 }
 
 /// A rectangle of the frame as it reaches the appsink (after any scaling in the pipeline), in
-/// pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// pixels; in the config `[x, y, width, height]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(from = "[u32; 4]")]
 pub struct PresenceRoi {
     pub x: u32,
     pub y: u32,
@@ -51,26 +52,63 @@ pub struct PresenceRoi {
     pub height: u32,
 }
 
-/// How the detector decides that a part is in view (`[camera.presence]`).
-#[derive(Debug, Clone, PartialEq)]
+impl From<[u32; 4]> for PresenceRoi {
+    fn from([x, y, width, height]: [u32; 4]) -> PresenceRoi {
+        PresenceRoi {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+}
+
+/// How the detector decides that a part is in view: `[camera.presence]` in the station's
+/// config, read as it is (the config checks the values).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PresenceSettings {
-    /// Where the parts pass; `None`: the whole frame.
+    /// Where the parts pass; `None`: the whole frame. Keep it to the belt: people and machines
+    /// beside it move too.
     pub roi: Option<PresenceRoi>,
+    /// `intensity` (the default) or `edges`.
+    #[serde(default = "default_measure")]
     pub measure: PresenceMeasure,
     /// Change from the empty belt's level that means a part is in view, in the measure's
-    /// units (grey levels for both).
+    /// units (grey levels for both). Read the levels with and without a part on /metrics
+    /// (`presence_level`, `presence_empty_level`) and put it about halfway.
     pub threshold: f32,
     /// Frames in a row above the threshold before a passage counts (debounce).
+    #[serde(default = "default_enter_frames")]
     pub enter_frames: u32,
     /// Frames in a row below half the threshold that end a passage.
+    #[serde(default = "default_leave_frames")]
     pub leave_frames: u32,
     /// A passage this long (counted from its first frame above the threshold) gives its part
-    /// without waiting for its end.
+    /// without waiting for its end: a part stopped in view.
+    #[serde(default = "default_max_passage_frames")]
     pub max_passage_frames: u32,
     /// The empty belt's level to start from; `None`: learnt from the first frame. Capture
     /// keeps the learnt one here, so a camera that reconnects with a part in view does not
-    /// take that part for the belt.
+    /// take that part for the belt. Not in the config.
+    #[serde(skip)]
     pub empty_level: Option<f32>,
+}
+
+fn default_measure() -> PresenceMeasure {
+    PresenceMeasure::Intensity
+}
+
+fn default_enter_frames() -> u32 {
+    2
+}
+
+fn default_leave_frames() -> u32 {
+    3
+}
+
+fn default_max_passage_frames() -> u32 {
+    300
 }
 
 /// The region does not fit the camera's frame.
@@ -93,9 +131,30 @@ const MAX_SAMPLES: u64 = 1 << 16;
 /// How fast the empty belt's level follows the frames between parts (per frame).
 const EMPTY_LEVEL_RATE: f32 = 0.05;
 
+/// An 8-bit grey frame as it lies in memory, rows `stride` bytes apart: a mapped GStreamer
+/// buffer is measured where it is, and copied only when the detector keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct GrayView<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+    pub pixels: &'a [u8],
+}
+
+impl<'a> From<&'a GrayImage> for GrayView<'a> {
+    fn from(image: &'a GrayImage) -> GrayView<'a> {
+        GrayView {
+            width: image.width,
+            height: image.height,
+            stride: image.width as usize,
+            pixels: &image.pixels,
+        }
+    }
+}
+
 /// The measure of `image` inside `roi`.
 pub fn measure(
-    image: &GrayImage,
+    image: GrayView<'_>,
     roi: Option<PresenceRoi>,
     what: PresenceMeasure,
 ) -> Result<f32, RoiOutsideFrame> {
@@ -119,7 +178,7 @@ pub fn measure(
     let area = u64::from(roi.width) * u64::from(roi.height);
     // The sampling step in each direction, so that at most MAX_SAMPLES pixels are read.
     let step = ((area as f64 / MAX_SAMPLES as f64).sqrt().ceil() as usize).max(1);
-    let stride = image.width as usize;
+    let stride = image.stride;
     let (x0, y0) = (roi.x as usize, roi.y as usize);
     let (x1, y1) = (x0 + roi.width as usize, y0 + roi.height as usize);
     let (mut sum, mut count) = (0u64, 0u64);
@@ -192,15 +251,6 @@ pub struct PresenceDetector<T> {
     state: State<T>,
 }
 
-/// What one frame told the detector.
-#[derive(Debug, PartialEq)]
-pub enum Observed<T> {
-    /// No part ended with this frame; the frame is not needed.
-    Nothing,
-    /// A part: its best frame.
-    Part(T),
-}
-
 impl<T> PresenceDetector<T> {
     pub fn new(settings: PresenceSettings) -> PresenceDetector<T> {
         PresenceDetector {
@@ -216,8 +266,15 @@ impl<T> PresenceDetector<T> {
         self.empty_level
     }
 
-    /// Takes one frame's measure (`level`) and what it carries.
-    pub fn observe(&mut self, level: f32, frame: T) -> Observed<T> {
+    /// The settings it was made with.
+    pub fn settings(&self) -> &PresenceSettings {
+        &self.settings
+    }
+
+    /// Takes one frame's measure (`level`); `frame` makes what the frame carries, and is
+    /// called only for a frame the detector keeps (the best of a passage so far). Returns the
+    /// part whose passage this frame ended: its best frame.
+    pub fn observe(&mut self, level: f32, frame: impl FnOnce() -> T) -> Option<T> {
         let empty = *self.empty_level.get_or_insert(level);
         let change = (level - empty).abs();
         let threshold = self.settings.threshold;
@@ -294,10 +351,7 @@ impl<T> PresenceDetector<T> {
             }
         };
         self.state = next;
-        match part {
-            Some(frame) => Observed::Part(frame),
-            None => Observed::Nothing,
-        }
+        part
     }
 
     /// A passage after one more frame: ended, given at its longest, or going on.
@@ -335,10 +389,11 @@ impl<T> PresenceDetector<T> {
 }
 
 /// The better of the best so far and this frame: the larger change; the earlier on a tie.
-fn keep_better<T>(best: Option<(f32, T)>, change: f32, frame: T) -> (f32, T) {
+/// The frame is made only when it is kept.
+fn keep_better<T>(best: Option<(f32, T)>, change: f32, frame: impl FnOnce() -> T) -> (f32, T) {
     match best {
         Some(best) if best.0 >= change => best,
-        _ => (change, frame),
+        _ => (change, frame()),
     }
 }
 
@@ -363,9 +418,7 @@ mod tests {
         let mut detector = PresenceDetector::new(settings);
         let mut found = Vec::new();
         for (i, &level) in levels.iter().enumerate() {
-            if let Observed::Part(frame) = detector.observe(level, i) {
-                found.push(frame);
-            }
+            found.extend(detector.observe(level, || i));
         }
         found.extend(detector.finish());
         found
@@ -412,9 +465,7 @@ mod tests {
         let mut detector = PresenceDetector::new(settings());
         let mut found = Vec::new();
         for (i, &level) in levels.iter().enumerate() {
-            if let Observed::Part(frame) = detector.observe(level, i) {
-                found.push(frame);
-            }
+            found.extend(detector.observe(level, || i));
         }
         assert_eq!(found, [231]);
         let empty = detector.empty_level().unwrap();
@@ -492,19 +543,22 @@ mod tests {
             height: 32,
         };
         assert_eq!(
-            measure(&frame, Some(left), PresenceMeasure::Intensity),
+            measure((&frame).into(), Some(left), PresenceMeasure::Intensity),
             Ok(200.0)
         );
-        assert_eq!(measure(&frame, Some(left), PresenceMeasure::Edges), Ok(0.0));
         assert_eq!(
-            measure(&frame, Some(corner), PresenceMeasure::Intensity),
+            measure((&frame).into(), Some(left), PresenceMeasure::Edges),
+            Ok(0.0)
+        );
+        assert_eq!(
+            measure((&frame).into(), Some(corner), PresenceMeasure::Intensity),
             Ok(50.0)
         );
         assert_eq!(
-            measure(&frame, Some(corner), PresenceMeasure::Edges),
+            measure((&frame).into(), Some(corner), PresenceMeasure::Edges),
             Ok(100.0)
         );
-        let whole = measure(&frame, None, PresenceMeasure::Intensity).unwrap();
+        let whole = measure((&frame).into(), None, PresenceMeasure::Intensity).unwrap();
         assert!((whole - 112.5).abs() < 1e-3, "{whole}");
         let outside = PresenceRoi {
             x: 40,
@@ -512,7 +566,8 @@ mod tests {
             width: 32,
             height: 8,
         };
-        let error = measure(&frame, Some(outside), PresenceMeasure::Intensity).unwrap_err();
+        let error =
+            measure((&frame).into(), Some(outside), PresenceMeasure::Intensity).unwrap_err();
         assert!(error.to_string().contains("64x64 frame"), "{error}");
     }
 
@@ -529,7 +584,7 @@ mod tests {
         });
         let exact =
             (800.0 * 800.0 * 220.0 + (2448.0 * 2048.0 - 640_000.0) * 30.0) / (2448.0 * 2048.0);
-        let sampled = measure(&frame, None, PresenceMeasure::Intensity).unwrap();
+        let sampled = measure((&frame).into(), None, PresenceMeasure::Intensity).unwrap();
         assert!((sampled - exact as f32).abs() < 1.0, "{sampled} vs {exact}");
     }
 }

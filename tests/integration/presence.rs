@@ -16,7 +16,7 @@ use linesight::capture::{
     run_capture,
 };
 use linesight::metrics::Metrics;
-use linesight::part::{Frame, StationClock};
+use linesight::part::Frame;
 use tokio_util::sync::CancellationToken;
 
 use crate::repo;
@@ -151,19 +151,14 @@ async fn replay(look: Look, settings: PresenceSettings) -> (Vec<Frame>, Metrics,
             })
         };
         let result = run_capture(&mut CaptureContext {
-            pipeline_description: description,
-            feeder: None,
-            first_part_id: 0,
-            max_parts: None,
-            triggers: trigger_tx,
-            frames: frame_tx,
-            clock: StationClock::start(),
-            metrics: metrics.clone(),
-            stop: stop.clone(),
-            external_triggers: None,
-            stall_timeout: None,
             presence: Some(settings),
-            genicam_trigger: None,
+            ..CaptureContext::new(
+                description,
+                trigger_tx,
+                frame_tx,
+                metrics.clone(),
+                stop.clone(),
+            )
         });
         stop.cancel();
         watchdog.join().expect("watchdog");

@@ -26,7 +26,7 @@ use linesight::capture::{
     CameraPipeline, CaptureContext, CaptureError, FrameFeeder, ParamValue, run_capture,
 };
 use linesight::metrics::Metrics;
-use linesight::part::{Frame, StationClock};
+use linesight::part::Frame;
 use tokio_util::sync::CancellationToken;
 
 use crate::camera::RtspCamera;
@@ -80,19 +80,9 @@ async fn capture(
             })
         };
         let result = run_capture(&mut CaptureContext {
-            pipeline_description: description,
             feeder,
-            first_part_id: 0,
             max_parts,
-            triggers: trigger_tx,
-            frames: frame_tx,
-            clock: StationClock::start(),
-            metrics: Metrics::new(),
-            stop,
-            external_triggers: None,
-            stall_timeout: None,
-            presence: None,
-            genicam_trigger: None,
+            ..CaptureContext::new(description, trigger_tx, frame_tx, Metrics::new(), stop)
         });
         while trigger_rx.try_recv().is_ok() {}
         (result.map(|s| s.frames), frame_rx.try_iter().collect())
