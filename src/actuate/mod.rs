@@ -572,11 +572,17 @@ impl EncoderGate {
         let remaining = place.position - view.position_at(now);
         // A millisecond of belt travel each side, for the request's way to the PLC.
         let margin = view.counts_per_ms().ceil() as i64 + 1;
+        // The window's near end is judged by the newest reading itself, not by a prediction
+        // from it: the PLC takes the command at a count no lower than one it has already
+        // reported, so a command sent when that reading is inside arrives inside, however the
+        // belt slowed since (a prediction at the last speed runs ahead of a belt that slows,
+        // and its command would arrive before the window and be dropped as stale).
+        let remaining_at_most = place.position - view.measured_position();
         if remaining < margin {
             WindowCheck::Missed(format!(
                 "the part was {remaining} counts from the diverter: too late for the PLC's window"
             ))
-        } else if remaining > self.window_counts - margin {
+        } else if remaining_at_most > self.window_counts - margin {
             WindowCheck::NotYet
         } else {
             WindowCheck::Inside
@@ -1020,7 +1026,14 @@ mod tests {
         }
         // At 9,400 the part is 600 counts out: too early (stale at the PLC).
         assert!(matches!(gate.check(place, ms(40)), WindowCheck::NotYet));
-        for t in 21..=30 {
+        // 9,540 read at 54 ms: 460 counts out. Predicted at 10 counts per ms, the belt would
+        // be inside by 56 ms, but it may have slowed since: the command waits for a reading
+        // that puts the part inside.
+        for t in 21..=27 {
+            at(t * 2, 9_000 + t as u32 * 20);
+        }
+        assert!(matches!(gate.check(place, ms(57)), WindowCheck::NotYet));
+        for t in 28..=30 {
             at(t * 2, 9_000 + t as u32 * 20);
         }
         // 9,600: 400 counts out, inside.

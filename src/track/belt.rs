@@ -71,6 +71,12 @@ impl BeltView {
         self.position + (self.speed * ahead).floor() as i64
     }
 
+    /// The position the newest reading measured: the belt is at least this far now, since
+    /// it never runs backwards.
+    pub fn measured_position(&self) -> i64 {
+        self.position
+    }
+
     /// The belt's speed now, in counts per millisecond.
     pub fn counts_per_ms(&self) -> f64 {
         self.speed * 1000.0
