@@ -342,8 +342,11 @@ pub struct ModelSection {
     pub threshold: Option<f32>,
     /// The folder of model versions that can be promoted; default: the folder holding `dir`.
     pub registry: Option<PathBuf>,
-    /// The pretrained backbone weights, for models built on them; default:
-    /// `<registry>/efficientnet-lite0/efficientnet-lite0.safetensors`.
+    /// A file of pretrained backbone weights, for models built on them, looked at first. A
+    /// model runs only on the weights its card names (by SHA-256); without this, or when this
+    /// file holds other weights, they are looked for beside the model, in the registry, in
+    /// `$LINESIGHT_WEIGHTS`, in the user's cache and in the build's `models/`
+    /// ([`crate::models::backbone::WeightsSearch`]).
     pub backbone: Option<PathBuf>,
     /// Where the models run: `cpu` (the default) or `cuda`.
     #[serde(default)]
@@ -506,7 +509,8 @@ pub struct StationConfig {
     pub model_dir: PathBuf,
     pub threshold_override: Option<f32>,
     pub model_registry: PathBuf,
-    pub backbone_weights: PathBuf,
+    /// See [`ModelSection::backbone`].
+    pub backbone_weights: Option<PathBuf>,
     pub model_device: ModelDevice,
     /// Bearer token the API asks for before changing the model; not in the file (the CLI takes
     /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
@@ -622,10 +626,7 @@ impl StationConfig {
             Some(registry) => resolve(registry),
             None => model_dir.parent().unwrap_or(base).to_owned(),
         };
-        let backbone_weights = match &file.model.backbone {
-            Some(backbone) => resolve(backbone),
-            None => model_registry.join("efficientnet-lite0/efficientnet-lite0.safetensors"),
-        };
+        let backbone_weights = file.model.backbone.as_deref().map(&resolve);
         Ok(StationConfig {
             source_path: path.to_owned(),
             name: file.station.name,

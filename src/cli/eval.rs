@@ -1,7 +1,7 @@
 //! `linesight eval synthetic|anomaly|supervised`: measure a saved model on data it never saw,
 //! print the table and, with `--json`, write the metrics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::Device;
@@ -9,11 +9,12 @@ use candle_core::Device;
 use linesight::learn::dataset::{self, EvalPart, Layout};
 use linesight::models::anomaly::AnomalyModel;
 use linesight::models::anomaly::train as anomaly_train;
+use linesight::models::backbone::WeightsSearch;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::evaluate_saved;
 use linesight::models::supervised::{self, SupervisedModel};
 
-use super::{BACKBONE_WEIGHTS, report, write_json};
+use super::{report, write_json};
 
 #[derive(clap::Subcommand)]
 pub enum Eval {
@@ -83,8 +84,10 @@ pub struct HeldOut {
     /// test set of its own).
     #[arg(long, value_enum, default_value = "held-out")]
     split: EvalPart,
-    #[arg(long, default_value = BACKBONE_WEIGHTS)]
-    backbone: PathBuf,
+    /// A file of backbone weights to look at first; the model's card names the weights it
+    /// needs, which are otherwise looked for beside the model and in the usual places.
+    #[arg(long)]
+    backbone: Option<PathBuf>,
     /// Where to write the metrics as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -92,7 +95,7 @@ pub struct HeldOut {
 
 impl HeldOut {
     fn anomaly(self) -> anyhow::Result<()> {
-        let loaded = AnomalyModel::load(&self.model, &self.backbone, &Device::Cpu)
+        let loaded = AnomalyModel::load(&self.model, &self.weights(), &Device::Cpu)
             .context("loading the anomaly model")?;
         let samples = dataset::read(self.layout, &self.data)?;
         let (scored, said) = self.split.pick(samples, anomaly_train::held_out_part);
@@ -107,7 +110,7 @@ impl HeldOut {
     }
 
     fn supervised(self) -> anyhow::Result<()> {
-        let loaded = SupervisedModel::load(&self.model, &self.backbone, &Device::Cpu)
+        let loaded = SupervisedModel::load(&self.model, &self.weights(), &Device::Cpu)
             .context("loading the supervised model")?;
         let samples = dataset::read(self.layout, &self.data)?;
         let (scored, said) = self.split.pick(samples, supervised::held_out_part);
@@ -122,6 +125,12 @@ impl HeldOut {
         let card = &loaded.card;
         report::supervised_metrics(&card.family.classes, card.head.threshold, &metrics);
         write_json(self.json.as_deref(), &metrics)
+    }
+
+    /// Where the model's backbone weights are looked for.
+    fn weights(&self) -> WeightsSearch {
+        let beside = self.model.parent().unwrap_or(Path::new("."));
+        WeightsSearch::station(self.backbone.clone(), beside)
     }
 
     /// No image scored is an error, never a table of zeros with exit code 0.

@@ -8,8 +8,6 @@ use candle_core::Device;
 
 use linesight::inspect::registry::Registry;
 
-use super::BACKBONE_WEIGHTS;
-
 #[derive(clap::Subcommand)]
 pub enum Model {
     /// List the versions in a registry folder.
@@ -119,11 +117,7 @@ impl Model {
 
 /// Prints the versions in the registry folder `root`.
 fn list(root: &Path) -> anyhow::Result<()> {
-    let registry = Registry::new(
-        root.to_owned(),
-        PathBuf::from(BACKBONE_WEIGHTS),
-        Device::Cpu,
-    );
+    let registry = Registry::new(root.to_owned(), None, Device::Cpu);
     println!("{:<40} {:<12} {:>9}", "version", "kind", "threshold");
     for entry in registry.list()? {
         println!(

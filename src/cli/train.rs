@@ -1,7 +1,7 @@
 //! `linesight train synthetic|anomaly|supervised`: train a model and write it to a folder
 //! (weights and card), printing its held-out metrics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -10,10 +10,10 @@ use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE,
 };
+use linesight::models::backbone::WeightsSearch;
 use linesight::models::defect_net::train::{self as defect_net_train, TrainSettings};
 use linesight::models::supervised::{self, SupervisedSettings};
 
-use super::BACKBONE_WEIGHTS;
 use super::report;
 
 #[derive(clap::Subcommand)]
@@ -110,8 +110,22 @@ struct OnDataset {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = BACKBONE_WEIGHTS)]
-    backbone: PathBuf,
+    /// The pretrained backbone's weights (safetensors); the card records their SHA-256.
+    /// Default: the Lite0 weights found first in the usual places (`make weights` installs
+    /// them in models/).
+    #[arg(long)]
+    backbone: Option<PathBuf>,
+}
+
+impl OnDataset {
+    /// The backbone weights to train on: the file given, or the first one found.
+    fn backbone(&self) -> anyhow::Result<PathBuf> {
+        if let Some(file) = &self.backbone {
+            return Ok(file.clone());
+        }
+        let beside = self.out.parent().unwrap_or(Path::new("."));
+        Ok(WeightsSearch::station(None, beside).find(None, &self.out)?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -142,11 +156,12 @@ pub struct Anomaly {
 
 impl Anomaly {
     fn run(self) -> anyhow::Result<()> {
+        let backbone_weights = self.dataset.backbone()?;
         let card = anomaly_train::train(&AnomalySettings {
             name: self.name,
             layout: self.dataset.layout,
             data: self.dataset.data,
-            backbone_weights: self.dataset.backbone,
+            backbone_weights,
             bank_size: self.bank_size,
             input_size: self.input_size,
             target_false_reject_rate: self.target_false_reject_rate,
@@ -202,11 +217,12 @@ pub struct Supervised {
 
 impl Supervised {
     fn run(self) -> anyhow::Result<()> {
+        let backbone_weights = self.dataset.backbone()?;
         let card = supervised::train(&SupervisedSettings {
             name: self.name,
             layout: self.dataset.layout,
             data: self.dataset.data,
-            backbone_weights: self.dataset.backbone,
+            backbone_weights,
             epochs: self.epochs,
             batch_size: self.batch_size,
             learning_rate: self.learning_rate,

@@ -15,6 +15,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::config::ModelDevice;
+use crate::models::backbone::WeightsSearch;
 use crate::models::card::{CARD_FILE, CardHead};
 use crate::models::{self, Detector, KINDS, ModelError};
 use crate::part::{GrayImage, PartId, Verdict};
@@ -63,17 +64,19 @@ pub struct ModelEntry {
 #[derive(Debug, Clone)]
 pub struct Registry {
     root: PathBuf,
-    /// The pretrained backbone, for models built on it.
-    backbone: PathBuf,
+    /// Where the pretrained backbone is found, for models built on it.
+    weights: WeightsSearch,
     /// Where loaded models run.
     device: Device,
 }
 
 impl Registry {
-    pub fn new(root: PathBuf, backbone: PathBuf, device: Device) -> Registry {
+    /// The registry in `root`; `backbone` is a weights file named in the station's config,
+    /// looked at before the registry and the usual places ([`WeightsSearch::station`]).
+    pub fn new(root: PathBuf, backbone: Option<PathBuf>, device: Device) -> Registry {
         Registry {
+            weights: WeightsSearch::station(backbone, &root),
             root,
-            backbone,
             device,
         }
     }
@@ -121,7 +124,7 @@ impl Registry {
 
     /// Loads the model in `dir` (which need not be inside the registry).
     pub fn load_dir(&self, dir: &Path) -> Result<Box<dyn Detector>, RegistryError> {
-        Ok(models::load(dir, &self.backbone, &self.device)?)
+        Ok(models::load(dir, &self.weights, &self.device)?)
     }
 
     /// Loads `version`.
@@ -249,11 +252,7 @@ mod tests {
             std::fs::write(dir.join("card.json"), card.to_string()).expect("write card");
         }
         std::fs::create_dir_all(root.path().join("not-a-model")).expect("mkdir");
-        let registry = Registry::new(
-            root.path().to_owned(),
-            root.path().join("none"),
-            Device::Cpu,
-        );
+        let registry = Registry::new(root.path().to_owned(), None, Device::Cpu);
         (root, registry)
     }
 

@@ -23,6 +23,7 @@ use candle_core::Device;
 
 use crate::models::anomaly::AnomalyModel;
 use crate::models::anomaly::train::AnomalyError;
+use crate::models::backbone::WeightsSearch;
 use crate::models::card::{CardError, CardHead};
 use crate::models::defect_net::DefectModel;
 use crate::models::supervised::SupervisedModel;
@@ -68,14 +69,18 @@ pub struct Judgement {
     pub defect_class: Option<String>,
 }
 
-/// Loads the model saved in `dir`, of whichever family its card names. `backbone` is the
+/// Loads the model saved in `dir`, of whichever family its card names. `weights` finds the
 /// pretrained backbone's weights, for the families built on it.
-pub fn load(dir: &Path, backbone: &Path, device: &Device) -> Result<Box<dyn Detector>, ModelError> {
+pub fn load(
+    dir: &Path,
+    weights: &WeightsSearch,
+    device: &Device,
+) -> Result<Box<dyn Detector>, ModelError> {
     let head = CardHead::read(dir)?;
     Ok(match head.kind.as_str() {
         defect_net::KIND => Box::new(DefectModel::load(dir, device)?),
-        anomaly::KIND => Box::new(AnomalyModel::load(dir, backbone, device)?),
-        supervised::KIND => Box::new(SupervisedModel::load(dir, backbone, device)?),
+        anomaly::KIND => Box::new(AnomalyModel::load(dir, weights, device)?),
+        supervised::KIND => Box::new(SupervisedModel::load(dir, weights, device)?),
         _ => {
             return Err(ModelError::UnknownKind {
                 dir: dir.to_owned(),

@@ -100,7 +100,7 @@ fn values(tensor: &Tensor) -> Vec<f32> {
 /// The model in `dir`, loaded through the registry as a station loads it: on the CPU and on
 /// the GPU.
 fn on_both_devices(dir: &Path) -> (Box<dyn Detector>, Box<dyn Detector>) {
-    let registry = |device| Registry::new(repo().join("models"), backbone_weights(), device);
+    let registry = |device| Registry::new(repo().join("models"), Some(backbone_weights()), device);
     (
         registry(Device::Cpu)
             .load_dir(dir)

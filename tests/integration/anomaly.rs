@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use linesight::inspect::registry::Registry;
 use linesight::learn::dataset::Layout;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
-use linesight::models::backbone::Resampling;
+use linesight::models::backbone::{Resampling, WeightsId, WeightsSearch};
 use linesight::models::card::CARD_FILE;
 use linesight::simulate::PartGenerator;
 
@@ -90,10 +91,55 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         card: loaded_card,
     } = AnomalyModel::load(
         &dir.path().join("model"),
-        &weights,
+        &WeightsSearch::file(&weights),
         &candle_core::Device::Cpu,
     )
     .expect("loads");
+    // The card names the weights by content, and the model loads wherever its folder is put,
+    // with no weights beside it: a station finds them in the usual places.
+    let named = loaded_card
+        .family
+        .input
+        .weights
+        .clone()
+        .expect("the card names its weights");
+    assert_eq!(
+        named,
+        WeightsId::of_file("efficientnet-lite0", &weights).expect("digest")
+    );
+    let moved = tempfile::tempdir().expect("tempdir");
+    let moved_model = moved.path().join("registry/synthetic-parts");
+    std::fs::create_dir_all(&moved_model).expect("mkdir");
+    for entry in std::fs::read_dir(dir.path().join("model")).expect("model files") {
+        let file = entry.expect("entry").path();
+        std::fs::copy(&file, moved_model.join(file.file_name().expect("name"))).expect("copy");
+    }
+    let registry = Registry::new(
+        moved.path().join("registry"),
+        None,
+        candle_core::Device::Cpu,
+    );
+    registry
+        .load_dir(&moved_model)
+        .expect("a moved model loads");
+    // Weights of other content are never used, and the error says where it looked.
+    let mut other = loaded_card.clone();
+    other.family.input.weights = Some(WeightsId {
+        sha256: "0".repeat(64),
+        ..named
+    });
+    other.write(&moved_model).expect("card");
+    let refused = registry
+        .load_dir(&moved_model)
+        .expect_err("no such weights")
+        .to_string();
+    assert!(
+        refused.contains("000000000000")
+            && refused.contains(
+                "models/efficientnet-lite0/efficientnet-lite0.safetensors: other weights"
+            ),
+        "{refused}"
+    );
     assert_eq!(loaded_card.family.bank_size, card.bank_size);
     let coarse = model.coarse_image().expect("the coarse image score");
     assert_eq!(coarse.extractor().input_size(), 64);
@@ -129,9 +175,13 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     };
     let load_refused = |card: &serde_json::Value| {
         std::fs::write(old.join(CARD_FILE), card.to_string()).expect("card");
-        AnomalyModel::load(&old, &weights, &candle_core::Device::Cpu)
-            .expect_err("refused")
-            .to_string()
+        AnomalyModel::load(
+            &old,
+            &WeightsSearch::file(&weights),
+            &candle_core::Device::Cpu,
+        )
+        .expect_err("refused")
+        .to_string()
     };
     // A card whose scale has a coarse spread but no coarse input size is refused: its
     // threshold was set on a sum with the coarse score in it.
@@ -145,7 +195,12 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let AnomalyModel {
         model: old_model,
         card: old_loaded_card,
-    } = AnomalyModel::load(&old, &weights, &candle_core::Device::Cpu).expect("old model loads");
+    } = AnomalyModel::load(
+        &old,
+        &WeightsSearch::file(&weights),
+        &candle_core::Device::Cpu,
+    )
+    .expect("old model loads");
     assert!(old_loaded_card.family.score_scale.is_none());
     assert_eq!(
         old_loaded_card.family.input.resampling,

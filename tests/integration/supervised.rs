@@ -3,6 +3,7 @@
 //! skips what it cannot use.
 
 use linesight::learn::dataset::{self, Layout};
+use linesight::models::backbone::WeightsSearch;
 use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
 use linesight::simulate::{DefectKind, PartGenerator};
@@ -84,7 +85,12 @@ fn supervised_model_learns_defect_classes_from_masks() {
     assert!(m.detection.pixel_auroc.expect("masks") > 0.95, "{m:?}");
 
     // The saved model predicts exactly as the trained one measured.
-    let model = SupervisedModel::load(&out, &weights, &candle_core::Device::Cpu).expect("loads");
+    let model = SupervisedModel::load(
+        &out,
+        &WeightsSearch::file(&weights),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
     assert_eq!(model.card.head.version, version);
     let samples = dataset::read(Layout::MagneticTile, &root).expect("dataset");
     let (held_out, _) = supervised::held_out_part(&samples);

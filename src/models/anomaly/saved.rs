@@ -11,7 +11,7 @@ use crate::learn::dataset::Layout;
 use crate::learn::eval::{DetectionMetrics, ThresholdMetrics};
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, ScoreScale};
-use crate::models::backbone::{BackboneInput, check_input_size};
+use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
 use crate::models::{Detector, ModelError};
 use crate::part::{GrayImage, HeatMap};
@@ -96,10 +96,11 @@ pub struct AnomalyModel {
 }
 
 impl AnomalyModel {
-    /// Loads the model saved in `dir`, with the backbone from `backbone_weights`.
+    /// Loads the model saved in `dir`, on the backbone weights its card names, found by
+    /// `weights`.
     pub fn load(
         dir: &Path,
-        backbone_weights: &Path,
+        weights: &WeightsSearch,
         device: &Device,
     ) -> Result<AnomalyModel, AnomalyError> {
         let full_card = ModelCard::<AnomalyCard>::read(dir)?;
@@ -132,7 +133,7 @@ impl AnomalyModel {
                 path: bank_path.clone(),
                 message: "no `bank` tensor".into(),
             })?;
-        let features = card.input.extractor(backbone_weights, device)?;
+        let features = card.input.extractor(weights, dir, device)?;
         let mut model = PatchCore::from_bank(features, bank)?.with_scale(card.score_scale);
         if let (Some(mean), Some(precision)) = (
             tensors.get(IMAGE_MEAN_TENSOR),

@@ -11,6 +11,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::models::backbone::weights::{self, WeightsId, WeightsSearch};
 use crate::models::backbone::{BackboneError, EfficientNetLite0, FEATURE_CHANNELS, Features};
 use crate::models::on_worker_thread;
 use crate::part::GrayImage;
@@ -82,6 +83,10 @@ pub struct BackboneInput {
     /// trained before the card recorded it).
     #[serde(default)]
     pub resampling: Resampling,
+    /// The pretrained weights, by content: a model runs only on the weights it learnt on.
+    /// Models trained before the card recorded them take the Lite0 weights found first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<WeightsId>,
 }
 
 impl BackboneInput {
@@ -91,16 +96,20 @@ impl BackboneInput {
             backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
             input_size: features.input_size(),
             resampling: features.resampling(),
+            weights: features.weights().cloned(),
         }
     }
 
-    /// The extractor that prepares images this way, with the backbone from `weights`.
+    /// The extractor that prepares images this way, on the weights the card names, found by
+    /// `search` for the model in `model_dir`.
     pub fn extractor(
         &self,
-        weights: &Path,
+        search: &WeightsSearch,
+        model_dir: &Path,
         device: &Device,
     ) -> Result<PatchFeatures, BackboneError> {
-        Ok(PatchFeatures::load(weights, device)?
+        let file = search.find(self.weights.as_ref(), model_dir)?;
+        Ok(PatchFeatures::load(&file, device)?
             .with_input_size(self.input_size)
             .with_resampling(self.resampling))
     }
@@ -110,6 +119,8 @@ impl BackboneInput {
 #[derive(Debug, Clone)]
 pub struct PatchFeatures {
     backbone: EfficientNetLite0,
+    /// Which weights `backbone` holds, when loaded from a file.
+    weights: Option<WeightsId>,
     device: Device,
     input_size: usize,
     resampling: Resampling,
@@ -118,16 +129,18 @@ pub struct PatchFeatures {
 impl PatchFeatures {
     /// Loads the backbone's weights (safetensors) onto `device`.
     pub fn load(weights: &Path, device: &Device) -> Result<PatchFeatures, BackboneError> {
-        Ok(PatchFeatures::new(
-            EfficientNetLite0::load(weights, device)?,
-            device.clone(),
-        ))
+        let id = WeightsId::of_file(weights::LITE0, weights)?;
+        Ok(PatchFeatures {
+            weights: Some(id),
+            ..PatchFeatures::new(EfficientNetLite0::load(weights, device)?, device.clone())
+        })
     }
 
     /// Wraps a loaded backbone.
     pub fn new(backbone: EfficientNetLite0, device: Device) -> PatchFeatures {
         PatchFeatures {
             backbone,
+            weights: None,
             device,
             input_size: INPUT_SIZE,
             resampling: Resampling::Antialiased,
@@ -138,6 +151,11 @@ impl PatchFeatures {
     /// [`Resampling::Antialiased`]; a loaded model uses what its card records).
     pub fn with_resampling(self, resampling: Resampling) -> PatchFeatures {
         PatchFeatures { resampling, ..self }
+    }
+
+    /// The weights the backbone holds, when it was loaded from a file.
+    pub fn weights(&self) -> Option<&WeightsId> {
+        self.weights.as_ref()
     }
 
     /// How images are resampled to the input square.

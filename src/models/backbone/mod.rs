@@ -16,6 +16,7 @@ pub mod depthwise;
 pub mod features;
 pub mod legacy_pth;
 pub mod pointwise;
+pub mod weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use self::pointwise::Pointwise;
 pub use self::features::{
     BackboneInput, FEATURE_DIM, ImageFeatures, PatchFeatures, Resampling, check_input_size,
 };
+pub use self::weights::{WeightsId, WeightsSearch};
 
 /// Batch-norm epsilon of the TF EfficientNet-Lite weights.
 const BN_EPS: f64 = 1e-3;
@@ -65,6 +67,18 @@ pub enum BackboneError {
     Missing { path: PathBuf, name: String },
     #[error("backbone: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("backbone weights {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// No file with the weights a model was trained on.
+    #[error(
+        "backbone weights {wanted} not found; looked at:\n  {}\n(`make weights` installs them; \
+         `[model] backbone` in the station's config or --backbone names a file)",
+        looked.join("\n  ")
+    )]
+    NotFound { wanted: String, looked: Vec<String> },
 }
 
 /// The stem: 3×3 stride-2 convolution with TF "same" padding, folded batch norm, ReLU6.

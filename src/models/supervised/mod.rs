@@ -47,7 +47,9 @@ use crate::learn::hash::ContentHash;
 use crate::learn::normaliser::Normaliser;
 use crate::learn::progress;
 use crate::models::anomaly::train::{AnomalyError, HOLDOUT_EVERY};
-use crate::models::backbone::{BackboneInput, FEATURE_DIM, PatchFeatures, check_input_size};
+use crate::models::backbone::{
+    BackboneInput, FEATURE_DIM, PatchFeatures, WeightsSearch, check_input_size,
+};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
 use crate::models::on_worker_thread;
 use crate::models::{Detector, ModelError};
@@ -427,10 +429,11 @@ pub struct SupervisedModel {
 }
 
 impl SupervisedModel {
-    /// Loads `dir`'s card and head, with the backbone from `backbone_weights`.
+    /// Loads `dir`'s card and head, on the backbone weights its card names, found by
+    /// `weights`.
     pub fn load(
         dir: &Path,
-        backbone_weights: &Path,
+        weights: &WeightsSearch,
         device: &Device,
     ) -> Result<SupervisedModel, SupervisedError> {
         let full_card = ModelCard::<SupervisedCard>::read(dir)?;
@@ -460,7 +463,7 @@ impl SupervisedModel {
         let normaliser =
             Normaliser::new(card.feature_mean.clone(), card.feature_std.clone(), device)?;
         Ok(SupervisedModel {
-            features: card.input.extractor(backbone_weights, device)?,
+            features: card.input.extractor(weights, dir, device)?,
             inference: InferenceHead::new(&head, &normaliser)?,
             normaliser,
             card: full_card,

@@ -87,11 +87,7 @@ async fn app(dir: &std::path::Path) -> App {
         Box::new(Idle(head)),
         0.5,
     )));
-    let registry = Registry::new(
-        dir.join("models"),
-        dir.join("backbone"),
-        candle_core::Device::Cpu,
-    );
+    let registry = Registry::new(dir.join("models"), None, candle_core::Device::Cpu);
     let api = ApiState {
         info: Arc::new(StationInfo {
             name: "station".into(),

@@ -107,11 +107,7 @@ async fn app(dir: &std::path::Path) -> App {
         Box::new(Idle(head)),
         0.5,
     )));
-    let registry = Registry::new(
-        dir.join("models"),
-        dir.join("backbone"),
-        candle_core::Device::Cpu,
-    );
+    let registry = Registry::new(dir.join("models"), None, candle_core::Device::Cpu);
     let tag: TagConfig = toml::from_str(
         "name = \"oven\"\nperiod_ms = 10000\nspec_limits = [150.0, 210.0]\nstuck_after = 0\nspike_sigma = 0.0\n",
     )
