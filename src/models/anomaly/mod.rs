@@ -23,6 +23,7 @@ pub const KIND: &str = "anomaly";
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
+use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -50,16 +51,20 @@ fn top_mean(values: &[f32], k: usize) -> f32 {
 }
 
 /// Indices of a greedy farthest-point coreset of `features` (`[n, d]`), `size` entries,
-/// started from a seeded random point and measured on a seeded random projection.
+/// started from a seeded random point and measured on a seeded random projection. `progress`
+/// counts the entries chosen (each is a pass over every patch: minutes on a large dataset).
 pub fn greedy_coreset(
     features: &Tensor,
     size: usize,
     seed: u64,
+    progress: &ProgressBar,
 ) -> candle_core::Result<Vec<usize>> {
     let (n, d) = features.dims2()?;
     if size >= n {
         return Ok((0..n).collect());
     }
+    progress.set_length(size as u64);
+    progress.set_position(0);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let projection: Vec<f32> = (0..d * PROJECTION_DIM)
         .map(|_| if rng.gen_bool(0.5) { 1.0 } else { -1.0 } / (PROJECTION_DIM as f32).sqrt())
@@ -71,6 +76,7 @@ pub fn greedy_coreset(
     let mut chosen = Vec::with_capacity(size);
     let mut next = rng.gen_range(0..n);
     for _ in 0..size {
+        progress.inc(1);
         chosen.push(next);
         let centre = point(next).to_vec();
         let mut farthest = (0, f32::NEG_INFINITY);
@@ -261,8 +267,12 @@ pub struct PatchHead {
 impl PatchHead {
     /// Fits the head by class-balanced logistic regression on standardised features.
     /// `examples` pairs each image's patch features (`[patches, FEATURE_DIM]`) with one label
-    /// per patch (`true`: painted). Needs patches of both kinds.
-    pub fn fit(examples: &[(&Tensor, &[bool])]) -> candle_core::Result<PatchHead> {
+    /// per patch (`true`: painted). Needs patches of both kinds. `progress` counts the
+    /// optimiser's steps.
+    pub fn fit(
+        examples: &[(&Tensor, &[bool])],
+        progress: &ProgressBar,
+    ) -> candle_core::Result<PatchHead> {
         for (patches, labels) in examples {
             if patches.dim(0)? != labels.len() {
                 candle_core::bail!(
@@ -308,7 +318,10 @@ impl PatchHead {
                 ..Default::default()
             },
         )?;
+        progress.set_length(HEAD_STEPS as u64);
+        progress.set_position(0);
         for _ in 0..HEAD_STEPS {
+            progress.inc(1);
             let logits = standardised
                 .matmul(weight.as_tensor())?
                 .broadcast_add(&bias)?;
@@ -532,8 +545,9 @@ impl PatchCore {
         good_descriptors: &[Vec<f32>],
         bank_size: usize,
         seed: u64,
+        progress: &ProgressBar,
     ) -> candle_core::Result<PatchCore> {
-        let chosen = greedy_coreset(good_patches, bank_size, seed)?;
+        let chosen = greedy_coreset(good_patches, bank_size, seed, progress)?;
         let index = Tensor::from_vec(
             chosen.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             chosen.len(),
@@ -802,7 +816,13 @@ mod tests {
     fn patch_head_separates_painted_patches_and_survives_saving() {
         let device = Device::Cpu;
         let (features, labels) = head_examples(&device);
-        let head = PatchHead::fit(&[(&features, &labels[..])]).expect("fit");
+        let steps = ProgressBar::hidden();
+        let head = PatchHead::fit(&[(&features, &labels[..])], &steps).expect("fit");
+        // The bar counts every optimiser step.
+        assert_eq!(
+            (steps.position(), steps.length()),
+            (HEAD_STEPS as u64, Some(HEAD_STEPS as u64))
+        );
         let logits = head.logits(&features).expect("logits");
         let auroc = crate::learn::eval::auroc(&logits, &labels).expect("both classes");
         assert!(auroc > 0.99, "head AUROC {auroc}");
@@ -820,8 +840,9 @@ mod tests {
         assert_eq!(again.logits(&features).expect("logits"), logits);
         assert!(PatchHead::from_tensors(&bias, &weight).is_err());
         // One class alone, or labels that do not match the patches, are refused.
-        assert!(PatchHead::fit(&[(&features, &vec![false; 400][..])]).is_err());
-        assert!(PatchHead::fit(&[(&features, &labels[..10])]).is_err());
+        let hidden = ProgressBar::hidden();
+        assert!(PatchHead::fit(&[(&features, &vec![false; 400][..])], &hidden).is_err());
+        assert!(PatchHead::fit(&[(&features, &labels[..10])], &hidden).is_err());
     }
 
     #[test]
@@ -835,13 +856,16 @@ mod tests {
             }
         }
         let features = Tensor::from_vec(rows, (15, 2), &device).expect("features");
-        let mut clusters: Vec<usize> = greedy_coreset(&features, 3, 1)
+        let picks = ProgressBar::hidden();
+        let mut clusters: Vec<usize> = greedy_coreset(&features, 3, 1, &picks)
             .expect("coreset")
             .iter()
             .map(|i| i / 5)
             .collect();
         clusters.sort();
         assert_eq!(clusters, [0, 1, 2]);
+        // The bar counts the entries chosen.
+        assert_eq!((picks.position(), picks.length()), (3, Some(3)));
     }
 
     #[test]

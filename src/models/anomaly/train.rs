@@ -158,7 +158,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     if fit_part.images.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
-    let fit = |part: &GoodFeatures| -> Result<PatchCore, AnomalyError> {
+    let fit = |part: &GoodFeatures, which: &str| -> Result<PatchCore, AnomalyError> {
         let patches: Vec<&Tensor> = part.images.iter().map(|f| &f.patches).collect();
         let descriptors: Vec<Vec<f32>> = part.images.iter().map(|f| f.descriptor.clone()).collect();
         let all = Tensor::cat(&patches, 0)?;
@@ -174,14 +174,17 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             )),
             None => None,
         };
-        Ok(PatchCore::fit(
+        let bar = progress::labelled(settings.progress, settings.bank_size, which);
+        let model = PatchCore::fit(
             features.clone(),
             &all,
             &descriptors,
             settings.bank_size,
             settings.seed,
-        )?
-        .with_coarse_image(coarse))
+            &bar,
+        )?;
+        bar.finish_and_clear();
+        Ok(model.with_coarse_image(coarse))
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
     // It is fitted once; the painted images' features (tens of megabytes) go with this block.
@@ -196,10 +199,13 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
                 .collect();
             tracing::info!(images = examples.len(), "training the patch head");
-            Some(PatchHead::fit(&examples)?)
+            let bar = progress::labelled(settings.progress, 0, "patch head steps");
+            let head = PatchHead::fit(&examples, &bar)?;
+            bar.finish_and_clear();
+            Some(head)
         }
     };
-    let model = fit(&fit_part)?.with_head(head.clone());
+    let model = fit(&fit_part, "coreset of the first fit")?.with_head(head.clone());
     // Scored from the features extracted above: each image is read and seen once.
     let raw_scores = |part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
         (part.images.iter().enumerate())
@@ -237,7 +243,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         // lands on weights of another scale, whose scores the validation spread would not
         // describe.
         fit_part.append(validation_part);
-        let model = fit(&fit_part)?.with_head(head).with_scale(scale);
+        let model = fit(&fit_part, "coreset of the final fit")?
+            .with_head(head)
+            .with_scale(scale);
         (model, threshold, rule)
     } else {
         // Too few validation images: scale on the training images themselves (their patch

@@ -117,7 +117,11 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
     };
-    let scored = score_all(&model, &validation, false)?;
+    let scored = score_all(
+        &model,
+        &validation,
+        settings.progress.then_some("validation images"),
+    )?;
     let n_validation = used_validation.len();
     let chosen = match settings.target_escape_rate {
         Some(rate) => eval::threshold_for_escape_rate(&scored.scores, &scored.labels, rate)
@@ -549,10 +553,11 @@ struct Scored {
     n_skipped: usize,
 }
 
+/// Scores `samples` with their truths; `bar` labels a progress bar, when one is shown.
 fn score_all(
     model: &SupervisedModel,
     samples: &[Sample],
-    show: bool,
+    bar: Option<&str>,
 ) -> Result<Scored, SupervisedError> {
     let mut scored = Scored {
         scores: Vec::new(),
@@ -562,7 +567,7 @@ fn score_all(
         pixels: PixelTruth::default(),
         n_skipped: 0,
     };
-    let bar = progress::labelled(show, samples.len(), "held-out images");
+    let bar = progress::labelled(bar.is_some(), samples.len(), bar.unwrap_or_default());
     for sample in samples {
         bar.inc(1);
         let Some(truth) = model
@@ -605,7 +610,7 @@ pub fn evaluate(
     samples: &[Sample],
     show: bool,
 ) -> Result<SupervisedMetrics, SupervisedError> {
-    let scored = score_all(model, samples, show)?;
+    let scored = score_all(model, samples, show.then_some("held-out images"))?;
     Ok(summarise(
         &scored,
         model.card.head.threshold,
