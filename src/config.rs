@@ -338,7 +338,8 @@ pub struct ModelSection {
     /// Folder holding `model.safetensors` and `card.json`; relative to the config file.
     pub dir: PathBuf,
     /// Overrides the threshold stored in the model card (of this model only, not of versions
-    /// promoted later).
+    /// promoted later), on the model's own scale: a probability in (0, 1] for the trained
+    /// families, standard deviations above good parts for an anomaly model.
     pub threshold: Option<f32>,
     /// The folder of model versions that can be promoted; default: the folder holding `dir`.
     pub registry: Option<PathBuf>,
@@ -918,13 +919,12 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         .as_ref()
         .map(crate::simulate::process::check)
         .unwrap_or_default();
+    // Its scale is the model's (a probability, or deviations above good parts for an anomaly
+    // model): the station checks it against the model it loads.
     if let Some(t) = file.model.threshold
-        && !(0.0..=1.0).contains(&t)
+        && !t.is_finite()
     {
-        problem(
-            "model.threshold",
-            format!("expected a score in [0, 1], got {t}"),
-        );
+        problem("model.threshold", format!("expected a number, got {t}"));
     }
     let line = &file.line;
     if line.travel_ms == 0 {

@@ -145,13 +145,44 @@ impl Verdict {
     }
 }
 
-/// A defect heat map: per-cell defect probability over the inspected image, coarser than it.
+/// A defect heat map: one value per cell over the inspected image, coarser than it.
+///
+/// A model gives it on its score's scale (a probability, or standard deviations above good
+/// parts): a cell at the threshold would, as the image's score, reject the part. The station
+/// stores and shows it on the threshold's scale ([`HeatMap::on_threshold_scale`]), the same for
+/// every model: 0.5 is the threshold, so a defect stands out and a good part stays calm.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeatMap {
     pub width: u32,
     pub height: u32,
-    /// Row-major probabilities in `[0, 1]`.
+    /// Row-major, on the scale the map is on (see above).
     pub values: Vec<f32>,
+}
+
+impl HeatMap {
+    /// The map on the threshold's scale, values in `[0, 1]`: a score of 0 (a probability of
+    /// nothing, or a cell no further from good parts than they are themselves) is 0, the
+    /// threshold is 0.5, twice the threshold and more is 1. A threshold at or below 0 (an
+    /// anomaly model whose good parts spread widely) keeps 0.5 there and spans one score unit
+    /// each side of it. A value that is not a number shows as the threshold's 0.5 and above,
+    /// never as calm.
+    pub fn on_threshold_scale(mut self, threshold: f32) -> HeatMap {
+        let shown = |value: f32| {
+            if value.is_nan() {
+                return 1.0;
+            }
+            let shown = if threshold > 0.0 {
+                0.5 * value / threshold
+            } else {
+                0.5 + 0.5 * (value - threshold)
+            };
+            shown.clamp(0.0, 1.0)
+        };
+        for value in &mut self.values {
+            *value = shown(*value);
+        }
+        self
+    }
 }
 
 /// The inspect stage's result for one part.
@@ -160,12 +191,14 @@ pub struct Inspection {
     pub part_id: PartId,
     pub inspected_at: StationTime,
     pub verdict: Verdict,
-    /// Defect score in `[0, 1]`; `None` when the verdict is [`Verdict::Error`].
+    /// The model's defect score on its own scale (see [`crate::models::Detector::score`]);
+    /// `None` when the verdict is [`Verdict::Error`].
     pub score: Option<f32>,
     pub threshold: f32,
     pub model_version: Arc<str>,
     /// The calibrated image the model saw.
     pub image: Option<GrayImage>,
+    /// On the threshold's scale ([`HeatMap::on_threshold_scale`]).
     pub heat_map: Option<HeatMap>,
     /// The defect class the model names for a failed part (models that learn classes only).
     pub defect_class: Option<String>,
@@ -230,4 +263,40 @@ pub struct PartOutcome {
     /// Whether the inspection arrived after the verdict deadline.
     pub inspection_late: bool,
     pub actuation: Actuation,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(values: &[f32], threshold: f32) -> Vec<f32> {
+        HeatMap {
+            width: values.len() as u32,
+            height: 1,
+            values: values.to_vec(),
+        }
+        .on_threshold_scale(threshold)
+        .values
+    }
+
+    #[test]
+    fn the_threshold_is_half_way_on_every_models_scale() {
+        // A probability judged at 0.6: nothing is 0, the threshold 0.5, certainty below 1.
+        assert_eq!(
+            shown(&[0.0, 0.3, 0.6, 1.0], 0.6),
+            [0.0, 0.25, 0.5, 1.0 / 1.2]
+        );
+        // Deviations above good parts judged at 4: a good patch is calm, a defect bright.
+        assert_eq!(
+            shown(&[-3.0, 0.0, 2.0, 4.0, 8.0, 40.0], 4.0),
+            [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+        );
+        // A threshold at or below 0 keeps it half way, one unit each side.
+        assert_eq!(
+            shown(&[-2.0, -1.0, -0.5, 0.0, 5.0], -1.0),
+            [0.0, 0.5, 0.75, 1.0, 1.0]
+        );
+        // A value that is not a number never looks calm.
+        assert_eq!(shown(&[f32::NAN], 0.5), [1.0]);
+    }
 }

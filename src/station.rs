@@ -94,6 +94,8 @@ pub enum StationError {
     HaltLine(#[from] HaltLineError),
     #[error("PLC link check failed: {0}")]
     Gate(#[from] GateError),
+    #[error("{0}")]
+    Threshold(String),
     #[error(
         "line.actuation_lead_ms ({lead_ms}) must be below the PLC program's command window \
          (match_before_ms + eye_to_gate_ms = {window_ms} ms in the register map): gate commands \
@@ -242,6 +244,14 @@ impl Station {
                 roi_width,
                 roi_height,
             });
+        }
+        if let Some(threshold) = config.threshold_override
+            && let Some(why) = detector.threshold_problem(threshold)
+        {
+            return Err(StationError::Threshold(format!(
+                "model.threshold in {}: {why}",
+                config.source_path.display()
+            )));
         }
         let threshold = config
             .threshold_override

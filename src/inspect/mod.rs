@@ -56,7 +56,7 @@ impl Inspector {
                 Inspection {
                     score: Some(judgement.score),
                     image: Some(image),
-                    heat_map: Some(judgement.heat_map),
+                    heat_map: Some(judgement.heat_map.on_threshold_scale(live.threshold)),
                     // A passed part has no defect, whatever class the model leaned to.
                     defect_class: judgement.defect_class.filter(|_| verdict == Verdict::Fail),
                     ..base(verdict, None)

@@ -42,9 +42,21 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Why `threshold` cannot be used with this model's scores, if it cannot. The trained
+    /// families score a probability: a threshold outside (0, 1] would pass or reject
+    /// everything.
+    fn threshold_problem(&self, threshold: f32) -> Option<String> {
+        (!(threshold > 0.0 && threshold <= 1.0)).then(|| {
+            format!(
+                "{threshold} is not a probability in (0, 1], the scale of a {} model's score",
+                self.head().kind
+            )
+        })
+    }
+
     /// The score (a probability for the trained families, standard deviations above good
-    /// parts for the anomaly model) and the heat map, values in `[0, 1]`. A score that is not
-    /// a number is an error, never a pass.
+    /// parts for the anomaly model) and the heat map on the same scale ([`HeatMap`]). A score
+    /// that is not a number is an error, never a pass.
     fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError>;
 
     /// [`Detector::score`], with the most likely defect class for families that know classes

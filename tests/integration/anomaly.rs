@@ -226,6 +226,18 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     );
     assert_ne!(model.score(&image).expect("score").0, raw.patch);
 
+    // What the station stores (issue 19): heat maps on the threshold's scale, where a good
+    // part stays calm and a defect stands out. Raw patch distances against a threshold in
+    // deviations saturated them.
+    let stored = crate::stored_heat_maps(
+        Registry::new(dir.path().to_owned(), None, candle_core::Device::Cpu)
+            .load_dir(&dir.path().join("model"))
+            .expect("loads"),
+        &held_out,
+        (256, 256),
+    );
+    crate::assert_heat_maps_show_the_threshold(&stored);
+
     // `linesight eval` scores a test set of its own and says which part it scored (issue 21:
     // it always took the held-out quarter, and a folder with none reported zeros, exit 0).
     let eval = |data: &Path, layout: &str, split: &str| {

@@ -75,3 +75,41 @@ fn version_prints() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("linesight "));
 }
+
+/// `[model] threshold` is on the model's own scale: 3.5 deviations suits an anomaly model, but
+/// the simulated line's defect network scores a probability, so the station refuses it,
+/// naming the field; a probability starts. `--max-parts` ends a station that wrongly starts.
+#[test]
+fn a_threshold_off_the_models_scale_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |threshold: &str| {
+        let path = crate::station_process::config_file(
+            dir.path(),
+            &[("# threshold = 0.5", &format!("threshold = {threshold}"))],
+        );
+        linesight(&[
+            "run",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--bind",
+            "127.0.0.1:0",
+            "--max-parts",
+            "3",
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf-8"),
+        ])
+    };
+    let (ok, stderr) = run("3.5");
+    assert!(
+        !ok,
+        "a threshold of 3.5 for a probability started the station"
+    );
+    assert!(
+        stderr.contains("model.threshold")
+            && stderr.contains("3.5 is not a probability in (0, 1]")
+            && stderr.contains("defect-net"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run("0.7");
+    assert!(ok, "a probability threshold is refused: {stderr}");
+}

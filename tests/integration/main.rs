@@ -175,3 +175,110 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_j
         .await
         .expect("JSON")
 }
+
+/// What the station stores of one part's heat map, and what it judged.
+pub struct StoredHeatMap {
+    pub defective: bool,
+    pub verdict: linesight::part::Verdict,
+    /// The PNG's grey levels: 128 and above is at or past the threshold.
+    pub levels: Vec<u8>,
+}
+
+impl StoredHeatMap {
+    /// The share of the map's cells at or past the threshold.
+    pub fn share_past_threshold(&self) -> f64 {
+        self.levels.iter().filter(|&&l| l >= 128).count() as f64 / self.levels.len() as f64
+    }
+}
+
+/// Runs `detector` as a station does on each readable image of `samples` (`width`×`height`):
+/// a calibration of a perfect lens whose ROI is the whole frame (the images as the model
+/// learnt them), the inspect stage at the card's threshold, and the heat map PNG the recorder
+/// stores.
+pub fn stored_heat_maps(
+    detector: Box<dyn linesight::models::Detector>,
+    samples: &[linesight::learn::dataset::Sample],
+    (width, height): (u32, u32),
+) -> Vec<StoredHeatMap> {
+    use linesight::calibrate::{Calibration, Undistorter};
+    use linesight::inspect::Inspector;
+    use linesight::inspect::registry::{ActiveModels, RunningModel};
+    use linesight::part::{Frame, PartId, StationClock};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("whole-frame.yaml");
+    let (cx, cy) = (f64::from(width) / 2.0, f64::from(height) / 2.0);
+    std::fs::write(
+        &path,
+        format!(
+            "%YAML:1.0\n---\nimage_width: {width}\nimage_height: {height}\n\
+             camera_matrix: !!opencv-matrix\n   rows: 3\n   cols: 3\n   dt: d\n   \
+             data: [ {width}., 0., {cx}, 0., {width}., {cy}, 0., 0., 1. ]\n\
+             distortion_coefficients: !!opencv-matrix\n   rows: 1\n   cols: 5\n   dt: d\n   \
+             data: [ 0., 0., 0., 0., 0. ]\n\
+             roi_x: 0\nroi_y: 0\nroi_width: {width}\nroi_height: {height}\n"
+        ),
+    )
+    .expect("calibration");
+    let calibration = Calibration::load(&path).expect("calibration");
+    let threshold = detector.head().threshold;
+    let inspector = Inspector {
+        undistorter: Undistorter::new(&calibration).expect("remap tables"),
+        models: std::sync::Arc::new(ActiveModels::new(RunningModel::new(detector, threshold))),
+    };
+    let clock = StationClock::start();
+    let mut stored = Vec::new();
+    for (index, sample) in samples.iter().enumerate() {
+        let Ok(image) = linesight::learn::dataset::load_gray(&sample.image) else {
+            continue;
+        };
+        let frame = Frame {
+            part_id: PartId(index as u64),
+            captured_at: clock.now(),
+            image,
+        };
+        let inspection = inspector.inspect(frame, &clock);
+        let heat_map = inspection.heat_map.expect("a heat map");
+        let png = linesight::record::heat_map_png(&heat_map).expect("png");
+        let levels = image::load_from_memory(&png)
+            .expect("a PNG")
+            .to_luma8()
+            .into_raw();
+        stored.push(StoredHeatMap {
+            defective: sample.defective(),
+            verdict: inspection.verdict,
+            levels,
+        });
+    }
+    stored
+}
+
+/// Stored heat maps that show the threshold: every good part the model passed stays below it
+/// everywhere, and every defective part it rejected has cells past it, but not most of them
+/// (a saturated map would show a defect everywhere).
+pub fn assert_heat_maps_show_the_threshold(stored: &[StoredHeatMap]) {
+    use linesight::part::Verdict;
+    let summary = |part: &StoredHeatMap| {
+        format!(
+            "defective {}, {:?}, {:.1} % of cells past the threshold, peak {}",
+            part.defective,
+            part.verdict,
+            100.0 * part.share_past_threshold(),
+            part.levels.iter().max().copied().unwrap_or(0)
+        )
+    };
+    let calm = stored
+        .iter()
+        .filter(|p| !p.defective && p.verdict == Verdict::Pass);
+    let flagged = stored
+        .iter()
+        .filter(|p| p.defective && p.verdict == Verdict::Fail);
+    assert!(calm.clone().count() >= 3 && flagged.clone().count() >= 3);
+    for part in calm {
+        assert!(part.share_past_threshold() == 0.0, "{}", summary(part));
+    }
+    for part in flagged {
+        let share = part.share_past_threshold();
+        assert!(share > 0.0 && share < 0.5, "{}", summary(part));
+    }
+}

@@ -126,6 +126,10 @@ fn supervised_model_learns_defect_classes_from_masks() {
         "{named_right} of {} defects named right",
         defects.len()
     );
+
+    // What the station stores (issue 19): heat maps on the threshold's scale.
+    let stored = crate::stored_heat_maps(Box::new(model), &held_out, (256, 256));
+    crate::assert_heat_maps_show_the_threshold(&stored);
 }
 
 /// `--target-escape-rate` chooses the threshold on the validation images' defects (issue 21:

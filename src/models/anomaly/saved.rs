@@ -207,16 +207,27 @@ impl Detector for AnomalyModel {
         &self.card.head
     }
 
-    /// The combined score and the patch distances, shown so that the threshold sits
-    /// mid-scale.
+    /// The score is a sum of standard deviations above good parts: any finite threshold means
+    /// something (the trained card's is usually a few deviations).
+    fn threshold_problem(&self, threshold: f32) -> Option<String> {
+        (!threshold.is_finite())
+            .then(|| format!("{threshold} is not a number of standard deviations above good parts"))
+    }
+
+    /// The combined score, and each patch's distance on the patch score's scale (standard
+    /// deviations above good images' patch scores, where the card has a scale): a patch the
+    /// threshold's number of deviations out would, with the image's other scores typical of
+    /// good parts, reject it. A raw distance against a threshold in deviations saturated every
+    /// heat map the station stored.
     fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
         let (score, mut heat_map) = self.model.score(image)?;
         if !score.is_finite() {
             return Err(ModelError::NonFinite);
         }
-        let scale = 0.5 / self.card.head.threshold.max(f32::EPSILON);
-        for value in &mut heat_map.values {
-            *value = (*value * scale).clamp(0.0, 1.0);
+        if let Some(scale) = self.card.family.score_scale {
+            for value in &mut heat_map.values {
+                *value = (*value - scale.patch_mean) / scale.patch_std;
+            }
         }
         Ok((score, heat_map))
     }
