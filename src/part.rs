@@ -200,6 +200,9 @@ pub struct Inspection {
     pub image: Option<GrayImage>,
     /// On the threshold's scale ([`HeatMap::on_threshold_scale`]).
     pub heat_map: Option<HeatMap>,
+    /// Millimetres per pixel of `image` on the part's plane, across and down, when the
+    /// calibration measured the scale.
+    pub mm_per_pixel: Option<(f64, f64)>,
     /// The defect class the model names for a failed part (models that learn classes only).
     pub defect_class: Option<String>,
     /// Why the verdict is [`Verdict::Error`].

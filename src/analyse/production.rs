@@ -653,6 +653,7 @@ mod tests {
             heat_map: None,
             error: None,
             defect_at: None,
+            defect_size: None,
         })
     }
 

@@ -39,6 +39,7 @@ impl Inspector {
             model_version: live.version.clone(),
             image: None,
             heat_map: None,
+            mm_per_pixel: self.undistorter.mm_per_output_pixel(),
             defect_class: None,
             error,
         };

@@ -61,6 +61,81 @@ pub struct InspectionRecord {
     /// older than the field, and from parts without a heat map.
     #[serde(default)]
     pub defect_at: Option<DefectPlace>,
+    /// How large the defect region is, in pixels and, where the calibration has a scale, in
+    /// millimetres; absent when no cell of the heat map reached the threshold, and from
+    /// records older than the field.
+    #[serde(default)]
+    pub defect_size: Option<DefectSize>,
+}
+
+/// The size of a part's defect region: the heat map's cells at or past the threshold that are
+/// connected (8 neighbours) to its hottest cell, measured in the calibrated image. Heat maps are
+/// coarser than images, so sizes come in whole cells (8 pixels of the model's input for the
+/// backbone models): a size to sort and trend defects by, not a gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DefectSize {
+    /// The region's bounding box across and down, in the calibrated image's pixels.
+    pub width_px: f32,
+    pub height_px: f32,
+    /// The region's cells' area, in square pixels.
+    pub area_px: f32,
+    /// The same on the part's plane; absent without `mm_per_pixel` in the calibration.
+    pub width_mm: Option<f32>,
+    pub height_mm: Option<f32>,
+    pub area_mm2: Option<f32>,
+}
+
+impl DefectSize {
+    /// The region of `heat_map` (on the threshold's scale, 0.5 the threshold) over an image of
+    /// `image_size` pixels, `mm_per_pixel` across and down when the scale is known. `None`
+    /// when no cell reached the threshold, or the map does not fit its size.
+    pub fn of(
+        heat_map: &HeatMap,
+        (image_width, image_height): (u32, u32),
+        mm_per_pixel: Option<(f64, f64)>,
+    ) -> Option<DefectSize> {
+        let (width, height) = (heat_map.width as usize, heat_map.height as usize);
+        if width == 0 || height == 0 || heat_map.values.len() != width * height {
+            return None;
+        }
+        let past = |i: usize| heat_map.values[i] >= 0.5;
+        let peak = (0..width * height)
+            .filter(|&i| past(i))
+            .max_by(|&a, &b| heat_map.values[a].total_cmp(&heat_map.values[b]))?;
+        // Flood fill from the peak over cells past the threshold.
+        let mut seen = vec![false; width * height];
+        let mut stack = vec![peak];
+        seen[peak] = true;
+        let (mut cells, mut left, mut right, mut top, mut bottom) = (0usize, width, 0, height, 0);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % width, i / width);
+            cells += 1;
+            (left, right, top, bottom) = (left.min(x), right.max(x), top.min(y), bottom.max(y));
+            for ny in y.saturating_sub(1)..=(y + 1).min(height - 1) {
+                for nx in x.saturating_sub(1)..=(x + 1).min(width - 1) {
+                    let n = ny * width + nx;
+                    if !seen[n] && past(n) {
+                        seen[n] = true;
+                        stack.push(n);
+                    }
+                }
+            }
+        }
+        let cell_width = image_width as f32 / width as f32;
+        let cell_height = image_height as f32 / height as f32;
+        let width_px = (right - left + 1) as f32 * cell_width;
+        let height_px = (bottom - top + 1) as f32 * cell_height;
+        let area_px = cells as f32 * cell_width * cell_height;
+        let mm = mm_per_pixel.map(|(across, down)| (across as f32, down as f32));
+        Some(DefectSize {
+            width_px,
+            height_px,
+            area_px,
+            width_mm: mm.map(|(across, _)| width_px * across),
+            height_mm: mm.map(|(_, down)| height_px * down),
+            area_mm2: mm.map(|(across, down)| area_px * across * down),
+        })
+    }
 }
 
 /// A place in the calibrated image, normalised: `(0, 0)` the top-left corner, `(1, 1)` the
@@ -134,7 +209,8 @@ pub fn gray_png(image: &GrayImage) -> Result<Vec<u8>, RecordError> {
     Ok(png)
 }
 
-/// Encodes a heat map as a grey PNG, probability 1 as white.
+/// Encodes a heat map on the threshold's scale as a grey PNG: the threshold mid-grey (128),
+/// twice it and more white.
 pub fn heat_map_png(heat_map: &HeatMap) -> Result<Vec<u8>, RecordError> {
     let pixels = heat_map
         .values
@@ -363,6 +439,14 @@ pub fn build_record(
         defect_at: inspection
             .and_then(|i| i.heat_map.as_ref())
             .and_then(DefectPlace::peak_of),
+        defect_size: inspection.and_then(|i| {
+            let image = i.image.as_ref()?;
+            DefectSize::of(
+                i.heat_map.as_ref()?,
+                (image.width, image.height),
+                i.mm_per_pixel,
+            )
+        }),
     }
 }
 
@@ -561,8 +645,58 @@ mod tests {
         };
         let mut json = serde_json::to_value(&old).expect("json");
         json.as_object_mut().expect("object").remove("defect_at");
+        json.as_object_mut().expect("object").remove("defect_size");
         let read: InspectionRecord = serde_json::from_value(json).expect("old record reads");
-        assert_eq!(read.defect_at, None);
+        assert_eq!((read.defect_at, read.defect_size), (None, None));
         assert_eq!(read.part_id, 7);
+    }
+
+    #[test]
+    fn the_defect_size_is_the_region_past_the_threshold_around_the_peak() {
+        // 4×4 cells over a 64×32 image (16×8 px cells). The peak's region: three cells in an
+        // L, one of them a diagonal neighbour; a hot cell elsewhere is another region.
+        #[rustfmt::skip]
+        let values = vec![
+            0.9, 0.0, 0.0, 0.7,
+            0.6, 0.2, 0.0, 0.0,
+            0.0, 0.5, 0.0, 0.0,
+            0.0, 0.0, 0.49, 0.0,
+        ];
+        let heat_map = HeatMap {
+            width: 4,
+            height: 4,
+            values,
+        };
+        let size = DefectSize::of(&heat_map, (64, 32), Some((0.5, 0.25))).expect("a region");
+        assert_eq!(
+            size,
+            DefectSize {
+                width_px: 32.0,
+                height_px: 24.0,
+                area_px: 3.0 * 128.0,
+                width_mm: Some(16.0),
+                height_mm: Some(6.0),
+                area_mm2: Some(3.0 * 128.0 * 0.125),
+            }
+        );
+        // Without a scale, pixels only.
+        let size = DefectSize::of(&heat_map, (64, 32), None).expect("a region");
+        assert_eq!(
+            (size.width_px, size.width_mm, size.area_mm2),
+            (32.0, None, None)
+        );
+        // Nothing past the threshold: no region.
+        let calm = HeatMap {
+            width: 2,
+            height: 1,
+            values: vec![0.49, 0.1],
+        };
+        assert_eq!(DefectSize::of(&calm, (8, 8), None), None);
+        let short = HeatMap {
+            width: 4,
+            height: 2,
+            values: vec![0.9],
+        };
+        assert_eq!(DefectSize::of(&short, (8, 8), None), None);
     }
 }

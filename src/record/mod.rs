@@ -22,9 +22,9 @@ use std::path::PathBuf;
 
 pub use images::ImageStore;
 pub use inspection::{
-    ActuationStatus, DISK_LOW_ALARM, DefectPlace, InspectionRecord, RECORDS_FAILING_ALARM,
-    RecordContext, ShadowSummary, ShadowVerdict, build_record, gray_png, heat_map_png,
-    run_recorder,
+    ActuationStatus, DISK_LOW_ALARM, DefectPlace, DefectSize, InspectionRecord,
+    RECORDS_FAILING_ALARM, RecordContext, ShadowSummary, ShadowVerdict, build_record, gray_png,
+    heat_map_png, run_recorder,
 };
 pub use journal::{
     AlarmEvent, AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord,

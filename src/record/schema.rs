@@ -161,6 +161,7 @@ fn migrate_1_to_2(db: &sled::Db, trees: &Trees) -> Result<(), RecordError> {
             heat_map: r.heat_map,
             error: r.error,
             defect_at: None,
+            defect_size: None,
         };
         entries.push((r.decided_at, old.station, RecordBody::Inspection(record)));
     }

@@ -204,6 +204,9 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
         "threshold",
         "model_version",
         "defect_class",
+        "defect_width_mm",
+        "defect_height_mm",
+        "defect_area_mm2",
         "supersedes",
         "detail",
     ])
@@ -228,6 +231,18 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
                 opt(i.threshold.map(|t| t.to_string())),
                 opt(i.model_version.clone()),
                 opt(i.defect_class.clone()),
+                opt(i
+                    .defect_size
+                    .and_then(|d| d.width_mm)
+                    .map(|v| v.to_string())),
+                opt(i
+                    .defect_size
+                    .and_then(|d| d.height_mm)
+                    .map(|v| v.to_string())),
+                opt(i
+                    .defect_size
+                    .and_then(|d| d.area_mm2)
+                    .map(|v| v.to_string())),
                 String::new(),
                 String::new(),
             ]),
@@ -241,11 +256,14 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
                 String::new(),
                 String::new(),
                 opt(l.defect_class.clone()),
+                String::new(),
+                String::new(),
+                String::new(),
                 l.supersedes.to_string(),
                 serde_json::json!({ "by": l.by, "note": l.note }).to_string(),
             ]),
             body => {
-                row.extend(std::iter::repeat_n(String::new(), 10));
+                row.extend(std::iter::repeat_n(String::new(), 13));
                 row.push(serde_json::to_string(body).unwrap_or_default());
             }
         }

@@ -406,6 +406,7 @@ mod tests {
             model_version: Arc::from("test"),
             image: None,
             heat_map: None,
+            mm_per_pixel: None,
             error: None,
         }
     }

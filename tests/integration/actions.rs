@@ -370,6 +370,7 @@ fn inspection(part_id: u64, failed: bool) -> RecordBody {
         image: None,
         heat_map: None,
         defect_at: None,
+        defect_size: None,
         error: None,
     })
 }

@@ -115,6 +115,18 @@ async fn two_hundred_parts_reach_gate_and_record() {
             .get(&record.part_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // The defect network's score is its hottest cell, so a failed part has a region past
+        // the threshold and a passed one none; the calibration's 0.25 mm a pixel sizes it.
+        match (verdict, record.defect_size) {
+            (Verdict::Fail, Some(size)) => {
+                assert!(size.width_px > 0.0 && size.height_px > 0.0, "{size:?}");
+                assert!(size.area_px <= size.width_px * size.height_px, "{size:?}");
+                assert_eq!(size.width_mm, Some(size.width_px * 0.25), "{size:?}");
+                assert_eq!(size.area_mm2, Some(size.area_px * 0.0625), "{size:?}");
+            }
+            (Verdict::Pass, None) => {}
+            (verdict, size) => panic!("part {}: {verdict:?} with {size:?}", record.part_id),
+        }
         if verdict == Verdict::Pass {
             assert!(
                 part_pulses.is_empty(),

@@ -257,8 +257,26 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
     assert_eq!(headers["x-next-seq"], "21");
     assert_eq!(headers["x-instance-id"].to_str().expect("ascii"), instance);
     let mut rows = csv::Reader::from_reader(csv.as_bytes());
-    assert_eq!(rows.headers().expect("header").get(0), Some("seq"));
-    assert_eq!(rows.records().count(), 20);
+    let header = rows.headers().expect("header").clone();
+    assert_eq!(header.get(0), Some("seq"));
+    let column = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let rows: Vec<csv::StringRecord> = rows
+        .records()
+        .map(|row| row.expect("every row as wide as the header"))
+        .collect();
+    assert_eq!(rows.len(), 20);
+    // A rejected part's defect size, in millimetres on the part (the simulated camera's
+    // calibration has a scale); a passed part has none.
+    for row in &rows {
+        let width_mm = &row[column("defect_width_mm")];
+        match (&row[column("kind")], &row[column("verdict")]) {
+            ("inspection", "fail") => {
+                assert!(width_mm.parse::<f32>().is_ok_and(|mm| mm > 0.0), "{row:?}")
+            }
+            ("inspection", "pass") => assert!(width_mm.is_empty(), "{row:?}"),
+            _ => {}
+        }
+    }
     let (status, _, _) = mes
         .send(
             http.get(format!("{base}/api/v1/records"))

@@ -107,6 +107,19 @@ try {
     expect(odd.length === 0, `unexpected verdict text: ${JSON.stringify(odd)}`);
   });
 
+  // The simulated camera's calibration has a scale (0.25 mm a pixel): a failed part's defect
+  // region reads in millimetres, a passed part has none.
+  await check('failed parts show their defect size in mm, passed parts none', async () => {
+    const rows = await page.$$eval('#parts tr', (trs) => trs.map((tr) => ({
+      verdict: tr.querySelector('.verdict')?.textContent.trim(),
+      defect: tr.querySelector('.defect')?.textContent.trim(),
+    })));
+    for (const { verdict, defect } of rows) {
+      if (verdict === 'FAIL') expect(/^\d+\.\d × \d+\.\d mm$/.test(defect), `a FAIL row's defect reads "${defect}"`);
+      if (verdict === 'PASS') expect(defect === '—', `a PASS row's defect reads "${defect}"`);
+    }
+  });
+
   // The newest part may be a dropped frame with no image; the next one with an image will do.
   await check('latest part image loaded', async () => {
     await page.waitForFunction(() => {

@@ -33,6 +33,7 @@ fn inspection(part_id: u64, class: Option<&str>) -> RecordBody {
         image: None,
         heat_map: None,
         defect_at: None,
+        defect_size: None,
         error: None,
     })
 }
