@@ -160,23 +160,21 @@ pub struct HeatMap {
 }
 
 impl HeatMap {
-    /// The map on the threshold's scale, values in `[0, 1]`: a score of 0 (a probability of
-    /// nothing, or a cell no further from good parts than they are themselves) is 0, the
-    /// threshold is 0.5, twice the threshold and more is 1. A threshold at or below 0 (an
-    /// anomaly model whose good parts spread widely) keeps 0.5 there and spans one score unit
-    /// each side of it. A value that is not a number shows as the threshold's 0.5 and above,
-    /// never as calm.
+    /// The map on the threshold's scale: a score of 0 (a probability of nothing, or a cell no
+    /// further from good parts than they are themselves) is 0, the threshold is 0.5, twice the
+    /// threshold is 1. Values are not clipped, so the hottest cell stays the hottest; a picture
+    /// of the map clips to `[0, 1]`. A threshold at or below 0 (an anomaly model whose good
+    /// parts spread widely) keeps 0.5 there and spans one score unit each side of it. A value
+    /// that is not a number becomes 1, never calm.
     pub fn on_threshold_scale(mut self, threshold: f32) -> HeatMap {
         let shown = |value: f32| {
             if value.is_nan() {
-                return 1.0;
-            }
-            let shown = if threshold > 0.0 {
+                1.0
+            } else if threshold > 0.0 {
                 0.5 * value / threshold
             } else {
                 0.5 + 0.5 * (value - threshold)
-            };
-            shown.clamp(0.0, 1.0)
+            }
         };
         for value in &mut self.values {
             *value = shown(*value);
@@ -289,16 +287,14 @@ mod tests {
             shown(&[0.0, 0.3, 0.6, 1.0], 0.6),
             [0.0, 0.25, 0.5, 1.0 / 1.2]
         );
-        // Deviations above good parts judged at 4: a good patch is calm, a defect bright.
+        // Deviations above good parts judged at 4: a good patch is calm, a defect bright, and
+        // the hottest cell stays the hottest (a picture of the map clips).
         assert_eq!(
-            shown(&[-3.0, 0.0, 2.0, 4.0, 8.0, 40.0], 4.0),
-            [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+            shown(&[-4.0, 0.0, 2.0, 4.0, 8.0, 40.0], 4.0),
+            [-0.5, 0.0, 0.25, 0.5, 1.0, 5.0]
         );
         // A threshold at or below 0 keeps it half way, one unit each side.
-        assert_eq!(
-            shown(&[-2.0, -1.0, -0.5, 0.0, 5.0], -1.0),
-            [0.0, 0.5, 0.75, 1.0, 1.0]
-        );
+        assert_eq!(shown(&[-2.0, -1.0, -0.5, 0.0], -1.0), [0.0, 0.5, 0.75, 1.0]);
         // A value that is not a number never looks calm.
         assert_eq!(shown(&[f32::NAN], 0.5), [1.0]);
     }

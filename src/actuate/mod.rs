@@ -1027,7 +1027,7 @@ mod tests {
         // At 9,400 the part is 600 counts out: too early (stale at the PLC).
         assert!(matches!(gate.check(place, ms(40)), WindowCheck::NotYet));
         // 9,540 read at 54 ms: 460 counts out. Predicted at 10 counts per ms, the belt would
-        // be inside by 56 ms, but it may have slowed since: the command waits for a reading
+        // be inside by 57 ms, but it may have slowed since: the command waits for a reading
         // that puts the part inside.
         for t in 21..=27 {
             at(t * 2, 9_000 + t as u32 * 20);

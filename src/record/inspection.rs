@@ -61,9 +61,10 @@ pub struct InspectionRecord {
     /// older than the field, and from parts without a heat map.
     #[serde(default)]
     pub defect_at: Option<DefectPlace>,
-    /// How large the defect region is, in pixels and, where the calibration has a scale, in
-    /// millimetres; absent when no cell of the heat map reached the threshold, and from
-    /// records older than the field.
+    /// How large a failed part's defect region is, in pixels and, where the calibration has a
+    /// scale, in millimetres; absent for parts that did not fail, when no cell of the heat map
+    /// reached the threshold (an anomaly model may fail a part on its whole-image scores
+    /// alone), and from records older than the field.
     #[serde(default)]
     pub defect_size: Option<DefectSize>,
 }
@@ -94,14 +95,9 @@ impl DefectSize {
         (image_width, image_height): (u32, u32),
         mm_per_pixel: Option<(f64, f64)>,
     ) -> Option<DefectSize> {
-        let (width, height) = (heat_map.width as usize, heat_map.height as usize);
-        if width == 0 || height == 0 || heat_map.values.len() != width * height {
-            return None;
-        }
         let past = |i: usize| heat_map.values[i] >= 0.5;
-        let peak = (0..width * height)
-            .filter(|&i| past(i))
-            .max_by(|&a, &b| heat_map.values[a].total_cmp(&heat_map.values[b]))?;
+        let peak = peak_cell(heat_map).filter(|&i| past(i))?;
+        let (width, height) = (heat_map.width as usize, heat_map.height as usize);
         // Flood fill from the peak over cells past the threshold.
         let mut seen = vec![false; width * height];
         let mut stack = vec![peak];
@@ -146,23 +142,32 @@ pub struct DefectPlace {
     pub y: f32,
 }
 
+/// The index of the heat map's hottest cell (the first, on a tie), which [`DefectPlace`] and
+/// [`DefectSize`] both start from; `None` for an empty map, one that does not fit its size, or
+/// one whose values are not numbers.
+fn peak_cell(heat_map: &HeatMap) -> Option<usize> {
+    let (width, height) = (heat_map.width as usize, heat_map.height as usize);
+    if width == 0 || height == 0 || heat_map.values.len() != width * height {
+        return None;
+    }
+    let (index, _) = heat_map
+        .values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((i, v)),
+        })?;
+    Some(index)
+}
+
 impl DefectPlace {
     /// The centre of the heat map's hottest cell (the first, on a tie); `None` for an empty map
     /// or one whose values are not numbers.
     pub fn peak_of(heat_map: &HeatMap) -> Option<DefectPlace> {
+        let index = peak_cell(heat_map)?;
         let (width, height) = (heat_map.width as usize, heat_map.height as usize);
-        if width == 0 || height == 0 || heat_map.values.len() != width * height {
-            return None;
-        }
-        let (index, _) = heat_map
-            .values
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_nan())
-            .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
-                Some((_, b)) if b >= v => best,
-                _ => Some((i, v)),
-            })?;
         Some(DefectPlace {
             x: ((index % width) as f32 + 0.5) / width as f32,
             y: ((index / width) as f32 + 0.5) / height as f32,
@@ -439,7 +444,11 @@ pub fn build_record(
         defect_at: inspection
             .and_then(|i| i.heat_map.as_ref())
             .and_then(DefectPlace::peak_of),
+        // A passed part has no defect, whatever cells came near the threshold.
         defect_size: inspection.and_then(|i| {
+            if i.verdict != Verdict::Fail {
+                return None;
+            }
             let image = i.image.as_ref()?;
             DefectSize::of(
                 i.heat_map.as_ref()?,

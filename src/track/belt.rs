@@ -71,8 +71,9 @@ impl BeltView {
         self.position + (self.speed * ahead).floor() as i64
     }
 
-    /// The position the newest reading measured: the belt is at least this far now, since
-    /// it never runs backwards.
+    /// The position the newest reading measured (the furthest count read, when a standing
+    /// belt's count jitters back by a few): a moving belt is at least this far now, since it
+    /// never runs backwards.
     pub fn measured_position(&self) -> i64 {
         self.position
     }

@@ -254,8 +254,9 @@ pub fn stored_heat_maps(
 }
 
 /// Stored heat maps that show the threshold: every good part the model passed stays below it
-/// everywhere, and every defective part it rejected has cells past it, but not most of them
-/// (a saturated map would show a defect everywhere).
+/// almost everywhere (a model judges the whole image, so a lone cell may cross), and every
+/// defective part it rejected has cells past it, but not most of them (a saturated map would
+/// show a defect everywhere).
 pub fn assert_heat_maps_show_the_threshold(stored: &[StoredHeatMap]) {
     use linesight::part::Verdict;
     let summary = |part: &StoredHeatMap| {
@@ -275,7 +276,7 @@ pub fn assert_heat_maps_show_the_threshold(stored: &[StoredHeatMap]) {
         .filter(|p| p.defective && p.verdict == Verdict::Fail);
     assert!(calm.clone().count() >= 3 && flagged.clone().count() >= 3);
     for part in calm {
-        assert!(part.share_past_threshold() == 0.0, "{}", summary(part));
+        assert!(part.share_past_threshold() < 0.02, "{}", summary(part));
     }
     for part in flagged {
         let share = part.share_past_threshold();

@@ -215,10 +215,12 @@ impl Detector for AnomalyModel {
     }
 
     /// The combined score, and each patch's distance on the patch score's scale (standard
-    /// deviations above good images' patch scores, where the card has a scale): a patch the
-    /// threshold's number of deviations out would, with the image's other scores typical of
-    /// good parts, reject it. A raw distance against a threshold in deviations saturated every
-    /// heat map the station stored.
+    /// deviations above good images' patch scores, where the card has a scale). The patch
+    /// score is the mean of an image's few highest patches, so a patch at the threshold's
+    /// number of deviations marks a region that, as large as those few patches and with the
+    /// image's other scores typical of good parts, would reject the part: the scale shows where
+    /// the threshold lies, not a promise for each patch. A raw distance against a threshold in
+    /// deviations saturated every heat map the station stored.
     fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
         let (score, mut heat_map) = self.model.score(image)?;
         if !score.is_finite() {

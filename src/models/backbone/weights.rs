@@ -4,9 +4,9 @@
 //! bank or head on other weights would judge parts by features it never saw. So the card names
 //! the weights by content ([`WeightsId`]: a name and the file's SHA-256), and loading a model
 //! looks for a file with that content ([`WeightsSearch`]) wherever the model folder has been put:
-//! the path the station or the command was given, the registry, the folder beside the model, a
+//! the path the station or the command was given, the folder beside the model, the registry, a
 //! weights folder named by `LINESIGHT_WEIGHTS`, the user's cache, and the `models/` folder of
-//! the build. A file found under the right name with other content is never used; when nothing
+//! the source tree the binary was built from. A file found under the right name with other content is never used; when nothing
 //! fits, the error lists every place looked at and what was there.
 
 use std::collections::HashMap;
@@ -63,7 +63,7 @@ pub struct WeightsSearch {
 }
 
 impl WeightsSearch {
-    /// Looks only at `file` (a training run, a benchmark, a test: weights they chose).
+    /// Looks at `file` (weights a test or a command chose), then beside the model.
     pub fn file(file: impl Into<PathBuf>) -> WeightsSearch {
         WeightsSearch {
             file: Some(file.into()),
@@ -71,8 +71,8 @@ impl WeightsSearch {
         }
     }
 
-    /// Looks at `file` when given, then in `registry` (the folder of model versions), then
-    /// in the usual places ([`WeightsSearch::usual_folders`]).
+    /// Looks at `file` when given, then beside the model, in `registry` (the folder of model
+    /// versions), and in the usual places ([`WeightsSearch::usual_folders`]).
     pub fn station(file: Option<PathBuf>, registry: &Path) -> WeightsSearch {
         let mut folders = vec![registry.to_owned()];
         folders.extend(Self::usual_folders());
@@ -136,7 +136,13 @@ impl WeightsSearch {
         let candidates = self.candidates(name, wanted.map(|w| w.sha256.as_str()), model_dir);
         let mut looked = Vec::new();
         for file in candidates {
+            // A file named in the config or on the command line that cannot serve is worth a
+            // word even when weights are found elsewhere: it may be a typo.
+            let named = self.file.as_ref() == Some(&file);
             if !file.is_file() {
+                if named {
+                    tracing::warn!(file = %file.display(), "the backbone weights file named does not exist; looking elsewhere");
+                }
                 looked.push(format!("{}: no such file", file.display()));
                 continue;
             }
@@ -145,20 +151,22 @@ impl WeightsSearch {
                 return Ok(file);
             };
             match file_sha256(&file) {
-                Ok(sha256) if sha256 == wanted.sha256 => return Ok(file),
-                Ok(sha256) => looked.push(format!(
-                    "{}: other weights (sha256 {})",
-                    file.display(),
-                    short(&sha256)
-                )),
+                Ok(sha256) if sha256.eq_ignore_ascii_case(&wanted.sha256) => return Ok(file),
+                Ok(sha256) => {
+                    if named {
+                        tracing::warn!(file = %file.display(), wanted = %wanted, found = short(&sha256), "the backbone weights file named holds other weights than the model's; looking elsewhere");
+                    }
+                    looked.push(format!(
+                        "{}: other weights (sha256 {})",
+                        file.display(),
+                        short(&sha256)
+                    ))
+                }
                 Err(error) => looked.push(error.to_string()),
             }
         }
         Err(BackboneError::NotFound {
-            wanted: wanted.map_or_else(
-                || format!("{LITE0} (any file: the card names none)"),
-                |w| w.to_string(),
-            ),
+            wanted: wanted.map_or_else(|| format!("{LITE0} (any file of them)"), |w| w.to_string()),
             looked,
         })
     }
