@@ -20,13 +20,15 @@ fn run_with_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("station.toml");
     std::fs::write(&path, text).expect("write config");
-    linesight(&[
-        "run",
-        "--config",
-        path.to_str().expect("utf-8"),
-        "--bind",
-        "127.0.0.1:0",
-    ])
+    run_station(&path, &[])
+}
+
+/// `linesight run` on the config at `path`, on any free port, with `more` arguments.
+fn run_station(path: &std::path::Path, more: &[&str]) -> (bool, String) {
+    let config = path.to_str().expect("utf-8");
+    let mut args = vec!["run", "--config", config, "--bind", "127.0.0.1:0"];
+    args.extend(more);
+    linesight(&args)
 }
 
 fn shipped_config() -> String {
@@ -87,17 +89,9 @@ fn a_threshold_off_the_models_scale_is_refused_naming_it() {
             dir.path(),
             &[("# threshold = 0.5", &format!("threshold = {threshold}"))],
         );
-        linesight(&[
-            "run",
-            "--config",
-            path.to_str().expect("utf-8"),
-            "--bind",
-            "127.0.0.1:0",
-            "--max-parts",
-            "3",
-            "--data-dir",
-            dir.path().join("data").to_str().expect("utf-8"),
-        ])
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf-8");
+        run_station(&path, &["--max-parts", "3", "--data-dir", data])
     };
     let (ok, stderr) = run("3.5");
     assert!(
