@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use linesight::part::{Actuation, Disposition, PartId, PartOutcome, StationClock, StationTime};
-use linesight::record::{Filter, RecordBody, Store, build_record};
+use linesight::record::{Filter, RecordBody, SavedImages, Store, build_record};
 use linesight::serve::records::pull_json;
 
 /// A realistic inspection record: failed, actuated, with image and heat-map digests.
@@ -28,7 +28,12 @@ fn inspection(clock: &StationClock, part_id: u64) -> RecordBody {
         },
     };
     let digest = format!("{:064x}", part_id);
-    let mut record = build_record(clock, &outcome, Some(digest.clone()), Some(digest));
+    let saved = SavedImages {
+        image: Some(digest.clone()),
+        heat_map: Some(digest),
+        views: Vec::new(),
+    };
+    let mut record = build_record(clock, &outcome, saved);
     record.verdict = Some(linesight::part::Verdict::Fail);
     record.score = Some(0.87);
     record.threshold = Some(0.5);

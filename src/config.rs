@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -66,6 +67,10 @@ impl fmt::Display for Problem {
 pub struct StationFile {
     pub station: StationSection,
     pub camera: CameraSection,
+    /// Further cameras looking at the same parts (`[[views]]`: a side view beside the top
+    /// one); each part's verdict is the worst of its views'.
+    #[serde(default)]
+    pub views: Vec<ViewSection>,
     pub calibration: CalibrationSection,
     pub model: ModelSection,
     pub line: LineSection,
@@ -202,6 +207,9 @@ pub struct StationSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraSection {
+    /// The camera's name in records and the UI, beside the `[[views]]`' names.
+    #[serde(default = "default_camera_name")]
+    pub name: String,
     /// A file with a gst-launch description ending in `appsink name=frames`; relative to the
     /// config file.
     pub pipeline: Option<PathBuf>,
@@ -230,6 +238,193 @@ pub struct CameraSection {
 
 fn default_frame_queue() -> usize {
     4
+}
+
+fn default_camera_name() -> String {
+    "main".into()
+}
+
+/// Another camera looking at the station's parts (`[[views]]`): its frames are joined to the
+/// parts `[camera]` makes by capture time, and inspected with the same model, through a
+/// calibration of its own. The camera is triggered with the station's (wired to the same
+/// photo-eye, or free-running: the part takes its nearest frame).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSection {
+    /// Names the view in records, the UI and /metrics.
+    pub name: String,
+    /// Exactly one of `pipeline`, `launch` and `template`, as in `[camera]`.
+    pub pipeline: Option<PathBuf>,
+    pub launch: Option<String>,
+    pub template: Option<PathBuf>,
+    pub params: Option<BTreeMap<String, ParamValue>>,
+    /// This camera's calibration: an OpenCV FileStorage YAML as `[calibration] file`, whose
+    /// output size must be the model's input.
+    pub calibration: PathBuf,
+    /// A frame captured within this many milliseconds of a part's trigger shows that part; a
+    /// part with none gets [`crate::part::Verdict::Error`] for this view and is rejected.
+    #[serde(default = "default_match_ms")]
+    pub match_ms: u64,
+    /// As `[camera] stall_timeout_ms`.
+    pub stall_timeout_ms: Option<u64>,
+    /// Frames waiting to be joined to their parts; when full, new ones are dropped.
+    #[serde(default = "default_frame_queue")]
+    pub frame_queue: usize,
+    /// The built-in simulated line's camera shows this view: the same parts, on the same
+    /// schedule, their face towards this camera drawn with its own seed.
+    pub simulator: Option<ViewSimulator>,
+}
+
+fn default_match_ms() -> u64 {
+    40
+}
+
+/// `[views.simulator]`: which face of the simulated parts this camera sees.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSimulator {
+    /// Draws this face's defects (the part's other faces have seeds of their own).
+    pub seed: u64,
+}
+
+/// A checked `[[views]]` entry, paths resolved.
+#[derive(Debug, Clone)]
+pub struct ViewConfig {
+    pub name: Arc<str>,
+    pub pipeline: CameraPipeline,
+    pub calibration_file: PathBuf,
+    /// See [`ViewSection::match_ms`].
+    pub match_window: Duration,
+    pub stall_timeout: Option<Duration>,
+    pub frame_queue: NonZeroUsize,
+    /// See [`ViewSection::simulator`].
+    pub simulator: Option<ViewSimulator>,
+}
+
+/// Where a camera's pipeline comes from, as `[camera]` and `[[views]]` both give it.
+struct PipelineFields<'a> {
+    pipeline: Option<&'a PathBuf>,
+    launch: Option<&'a String>,
+    template: Option<&'a PathBuf>,
+    params: Option<&'a BTreeMap<String, ParamValue>>,
+}
+
+impl CameraSection {
+    fn pipeline_fields(&self) -> PipelineFields<'_> {
+        PipelineFields {
+            pipeline: self.pipeline.as_ref(),
+            launch: self.launch.as_ref(),
+            template: self.template.as_ref(),
+            params: self.params.as_ref(),
+        }
+    }
+}
+
+impl ViewSection {
+    fn pipeline_fields(&self) -> PipelineFields<'_> {
+        PipelineFields {
+            pipeline: self.pipeline.as_ref(),
+            launch: self.launch.as_ref(),
+            template: self.template.as_ref(),
+            params: self.params.as_ref(),
+        }
+    }
+}
+
+/// The `[[views]]` entries: named apart from each other and `[camera]`, one pipeline each
+/// (filled as `[camera]`'s), existing files, a window that joins frames to parts.
+fn check_views(file: &StationFile, base: &Path, problem: &mut dyn FnMut(&str, String)) {
+    let mut names = vec![file.camera.name.as_str()];
+    if file.camera.name.trim().is_empty() {
+        problem("camera.name", "expected a name".into());
+    }
+    for (i, view) in file.views.iter().enumerate() {
+        let field = |name: &str| format!("views[{i}].{name}");
+        if view.name.trim().is_empty() {
+            problem(&field("name"), "expected a name".into());
+        } else if names.contains(&view.name.as_str()) {
+            problem(
+                &field("name"),
+                format!(
+                    "{:?} names another camera already: each view needs a name of its own",
+                    view.name
+                ),
+            );
+        }
+        names.push(&view.name);
+        let sources = [
+            view.pipeline.is_some(),
+            view.launch.is_some(),
+            view.template.is_some(),
+        ];
+        if sources.iter().filter(|given| **given).count() != 1 {
+            problem(
+                &format!("views[{i}]"),
+                "expected exactly one of `pipeline`, `launch` and `template`, as in [camera]"
+                    .into(),
+            );
+        }
+        if view.params.is_some() && view.template.is_none() {
+            problem(
+                &field("params"),
+                "parameters fill a template: give `template = ` too".into(),
+            );
+        }
+        let mut missing = false;
+        for (name, path) in [
+            ("pipeline", view.pipeline.as_ref()),
+            ("template", view.template.as_ref()),
+            ("calibration", Some(&view.calibration)),
+        ] {
+            if let Some(path) = path.map(|p| base.join(p))
+                && !path.exists()
+            {
+                missing = true;
+                problem(
+                    &field(name),
+                    format!(
+                        "expected an existing path, {} does not exist",
+                        path.display()
+                    ),
+                );
+            }
+        }
+        if !missing
+            && (view.template.is_some() || view.pipeline.is_some())
+            && let Err(error) =
+                camera_pipeline(view.pipeline_fields(), &|p: &Path| base.join(p)).description()
+        {
+            let name = if view.template.is_some() {
+                "template"
+            } else {
+                "pipeline"
+            };
+            problem(&field(name), error.to_string());
+        }
+        if !(1..=1000).contains(&view.match_ms) {
+            problem(
+                &field("match_ms"),
+                format!("expected milliseconds in [1, 1000], got {}", view.match_ms),
+            );
+        }
+        if view.stall_timeout_ms == Some(0) {
+            problem(
+                &field("stall_timeout_ms"),
+                "expected a positive time; leave it out to count errors only".into(),
+            );
+        }
+        if view.frame_queue == 0 {
+            problem(&field("frame_queue"), "expected at least 1".into());
+        }
+        if view.simulator.is_some() && file.camera.simulator.is_none() {
+            problem(
+                &field("simulator"),
+                "a simulated view shows the simulated line's parts: [camera.simulator] is \
+                 missing"
+                    .into(),
+            );
+        }
+    }
 }
 
 /// `[camera.presence]`'s values: `capture::presence` reads the table itself.
@@ -277,13 +472,17 @@ fn check_presence(
     }
 }
 
-/// The camera pipeline `[camera]` names, paths resolved by `resolve`. `check` has made sure
-/// exactly one source is given; were none, the empty description fails at start.
-fn camera_pipeline(camera: &CameraSection, resolve: &dyn Fn(&Path) -> PathBuf) -> CameraPipeline {
-    match (&camera.template, &camera.launch, &camera.pipeline) {
+/// The camera pipeline `[camera]` or a `[[views]]` entry names, paths resolved by `resolve`.
+/// `check` has made sure exactly one source is given; were none, the empty description fails
+/// at start.
+fn camera_pipeline(
+    camera: PipelineFields<'_>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> CameraPipeline {
+    match (camera.template, camera.launch, camera.pipeline) {
         (Some(template), ..) => CameraPipeline::Template {
             path: resolve(template),
-            params: camera.params.clone().unwrap_or_default(),
+            params: camera.params.cloned().unwrap_or_default(),
         },
         (None, Some(launch), _) => CameraPipeline::Launch(launch.clone()),
         (None, None, Some(file)) => CameraPipeline::File(resolve(file)),
@@ -498,6 +697,10 @@ pub struct StationConfig {
     pub data_dir: PathBuf,
     /// Where the camera pipeline comes from.
     pub camera_pipeline: CameraPipeline,
+    /// See [`CameraSection::name`].
+    pub camera_name: Arc<str>,
+    /// Further cameras on the same parts (`[[views]]`).
+    pub views: Vec<ViewConfig>,
     pub frame_queue: NonZeroUsize,
     pub simulator: Option<SimulatorSection>,
     /// See [`CameraSection::stall_timeout_ms`].
@@ -632,7 +835,22 @@ impl StationConfig {
             source_path: path.to_owned(),
             name: file.station.name,
             data_dir: resolve(&file.station.data_dir),
-            camera_pipeline: camera_pipeline(&file.camera, &resolve),
+            camera_pipeline: camera_pipeline(file.camera.pipeline_fields(), &resolve),
+            camera_name: Arc::from(file.camera.name.as_str()),
+            views: file
+                .views
+                .iter()
+                .map(|view| ViewConfig {
+                    name: Arc::from(view.name.as_str()),
+                    pipeline: camera_pipeline(view.pipeline_fields(), &resolve),
+                    calibration_file: resolve(&view.calibration),
+                    match_window: Duration::from_millis(view.match_ms),
+                    stall_timeout: view.stall_timeout_ms.map(Duration::from_millis),
+                    // Checked non-zero.
+                    frame_queue: NonZeroUsize::new(view.frame_queue).unwrap_or(NonZeroUsize::MIN),
+                    simulator: view.simulator,
+                })
+                .collect(),
             // Checked non-zero above.
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
@@ -895,10 +1113,12 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     .into_iter()
     .find_map(|(field, given)| given.then_some(field))
         && !missing.contains(&field)
-        && let Err(error) = camera_pipeline(camera, &|p: &Path| base.join(p)).description()
+        && let Err(error) =
+            camera_pipeline(camera.pipeline_fields(), &|p: &Path| base.join(p)).description()
     {
         problem(field, error.to_string());
     }
+    check_views(file, base, &mut problem);
     if let Some(sim) = &file.camera.simulator {
         if !(sim.parts_per_min > 0.0 && sim.parts_per_min <= 6000.0) {
             problem(

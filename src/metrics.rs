@@ -20,6 +20,12 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Label set with one `camera` label: a station's further views (`[[views]]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    pub camera: String,
+}
+
 /// Every metric of one station.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -27,6 +33,12 @@ pub struct Metrics {
     pub frames_captured: Counter,
     /// Frames dropped because inspection was behind; their parts are rejected by policy.
     pub frames_dropped: Counter,
+    /// Parts a further view had no frame for (the camera lost, or silent in the part's
+    /// window); each is rejected.
+    pub view_frames_missing: Family<CameraLabel, Counter>,
+    /// A further view's frames that showed no part (before a part's window, or farther from
+    /// its trigger than another frame): discarded.
+    pub view_frames_unmatched: Family<CameraLabel, Counter>,
     /// Inspections by verdict.
     pub inspections: Family<KindLabel, Counter>,
     /// Inspections that arrived after their part's verdict deadline.
@@ -128,6 +140,8 @@ impl Metrics {
         Metrics {
             frames_captured: Counter::default(),
             frames_dropped: Counter::default(),
+            view_frames_missing: Family::default(),
+            view_frames_unmatched: Family::default(),
             inspections: Family::default(),
             inspections_late: Counter::default(),
             dispositions: Family::default(),
@@ -304,6 +318,16 @@ impl Metrics {
             "frames_dropped",
             "Frames dropped because inspection was behind",
             self.frames_dropped.clone(),
+        );
+        registry.register(
+            "view_frames_missing",
+            "Parts a further camera view had no frame for (each rejected)",
+            self.view_frames_missing.clone(),
+        );
+        registry.register(
+            "view_frames_unmatched",
+            "Frames of a further camera view that showed no part (discarded)",
+            self.view_frames_unmatched.clone(),
         );
         registry.register(
             "inspections",

@@ -205,6 +205,67 @@ pub struct Inspection {
     pub defect_class: Option<String>,
     /// Why the verdict is [`Verdict::Error`].
     pub error: Option<String>,
+    /// A station with several cameras: what each camera's view of the part showed. The fields
+    /// above are then those of the view that decided ([`Inspection::of_views`]). `None` with
+    /// one camera.
+    pub views: Option<PartViews>,
+}
+
+/// Every camera's look at one part, the station's own camera (`[camera]`) first.
+#[derive(Debug, Clone)]
+pub struct PartViews {
+    pub views: Vec<ViewInspection>,
+    /// Which of them decided the part's verdict.
+    pub deciding: usize,
+}
+
+impl PartViews {
+    /// The view that decided.
+    pub fn deciding(&self) -> &ViewInspection {
+        &self.views[self.deciding]
+    }
+}
+
+/// One camera's look at a part, on a station with several views of each part.
+#[derive(Debug, Clone)]
+pub struct ViewInspection {
+    /// The camera's name (`[camera] name`, `[[views]] name`).
+    pub camera: Arc<str>,
+    /// What the model made of this camera's frame (its own `views` `None`).
+    pub inspection: Inspection,
+}
+
+impl Inspection {
+    /// A part seen by several cameras: its verdict is the worst of its views' (a defect seen
+    /// outranks a view that could not be judged, and either rejects), and the other fields
+    /// come from the view that decided, the first of the worst. Every view is kept in `views`.
+    /// `None` when `views` is empty.
+    pub fn of_views(views: Vec<ViewInspection>) -> Option<Inspection> {
+        let severity = |verdict: Verdict| match verdict {
+            Verdict::Pass => 0,
+            Verdict::Error => 1,
+            Verdict::Fail => 2,
+        };
+        let deciding = views.iter().enumerate().fold(None, |best, (i, view)| {
+            let rank = severity(view.inspection.verdict);
+            match best {
+                Some((_, best_rank)) if best_rank >= rank => best,
+                _ => Some((i, rank)),
+            }
+        })?;
+        let mut inspection = views[deciding.0].inspection.clone();
+        // Inspected once every view was.
+        inspection.inspected_at = views
+            .iter()
+            .map(|view| view.inspection.inspected_at)
+            .max()
+            .unwrap_or(inspection.inspected_at);
+        inspection.views = Some(PartViews {
+            views,
+            deciding: deciding.0,
+        });
+        Some(inspection)
+    }
 }
 
 /// What happens to a part at the gate.

@@ -43,9 +43,9 @@ use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{
     CameraStatus, CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, capture_until_done,
 };
-use crate::config::{LineTiming, PlcKind, StationConfig, Tracking};
+use crate::config::{LineTiming, PlcKind, StationConfig, Tracking, ViewConfig};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
-use crate::inspect::{InspectContext, Inspector, ModelError, run_inspector};
+use crate::inspect::{InspectContext, Inspector, ModelError, ViewFrames, ViewJoin, run_inspector};
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
@@ -161,11 +161,15 @@ pub struct RunOptions {
 pub struct Attachments {
     /// Feeds the camera pipeline's `appsrc name=source`.
     pub camera: Option<Box<dyn FrameFeeder>>,
+    /// Feed the `[[views]]` pipelines that the simulated line shows, by view name.
+    pub views: Vec<(Arc<str>, Box<dyn FrameFeeder>)>,
     /// The PLC, when the config's is not a TCP address of its own (`kind = "simulated"`).
     pub plc_address: Option<SocketAddr>,
 }
 
 /// How the station and its PLC talk.
+// One per station, moved once: the variants' sizes cost nothing.
+#[allow(clippy::large_enum_variant)]
 enum PlcSide {
     /// Client mode: the station writes each verdict into the PLC's registers, timed to the
     /// part's gate window.
@@ -188,6 +192,8 @@ pub struct Station {
     plc: PlcSide,
     api: ApiState,
     camera_feeder: Option<Box<dyn FrameFeeder>>,
+    /// The further cameras (`[[views]]`), in the config's order.
+    views: Vec<ViewCamera>,
     sensors: Sensors,
     /// Where the sensor tags are polled and subscribed from.
     sources: Sources,
@@ -205,6 +211,21 @@ impl Station {
         // before any model, store or PLC link is opened.
         if config.simulator.is_some() && attachments.camera.is_none() {
             return Err(StationError::NotAttached("camera"));
+        }
+        let mut attachments = attachments;
+        let mut view_feeders = std::mem::take(&mut attachments.views);
+        let mut views = Vec::with_capacity(config.views.len());
+        for view in &config.views {
+            let at = view_feeders.iter().position(|(name, _)| *name == view.name);
+            let feeder = at.map(|at| view_feeders.swap_remove(at).1);
+            if view.simulator.is_some() && feeder.is_none() {
+                return Err(StationError::NotAttached("simulated camera view"));
+            }
+            views.push(ViewCamera {
+                config: view.clone(),
+                calibration: Calibration::load(&view.calibration_file)?,
+                feeder,
+            });
         }
         // The PLC's own address in client mode; none in server mode (the PLC connects).
         let plc_address: Option<SocketAddr> =
@@ -244,6 +265,19 @@ impl Station {
                 roi_width,
                 roi_height,
             });
+        }
+        for view in &views {
+            let roi = &view.calibration.roi;
+            if let Some((model_width, model_height)) = detector.input_size()
+                && (model_width, model_height) != (roi.width, roi.height)
+            {
+                return Err(StationError::ModelInput {
+                    model_width,
+                    model_height,
+                    roi_width: roi.width,
+                    roi_height: roi.height,
+                });
+            }
         }
         if let Some(threshold) = config.threshold_override
             && let Some(why) = detector.threshold_problem(threshold)
@@ -491,6 +525,7 @@ impl Station {
             plc,
             api,
             camera_feeder: attachments.camera,
+            views,
         })
     }
 
@@ -525,6 +560,7 @@ impl Station {
             plc,
             api,
             camera_feeder,
+            views,
             sensors,
             sources,
             webhooks,
@@ -643,13 +679,20 @@ impl Station {
         );
         // Whether the camera is there: capture sets it, the monitor's health reads it.
         let camera = Arc::new(CameraStatus::default());
+        // The further cameras stop once the inspect thread needs no more of their frames.
+        let views_stop = shutdown.child_token();
+        let mut view_captures = views
+            .into_iter()
+            .map(|view| ViewCapture::prepare(view, &clock, &views_stop))
+            .collect::<Result<Vec<_>, StationError>>()?;
+        let view_health: Vec<ViewHealth> = view_captures.iter().map(ViewCapture::health).collect();
         let monitor = tokio::spawn(
             Monitor {
                 alarms: api.alarms.clone(),
                 sensors,
                 production: api.production.clone(),
                 store: store.clone(),
-                health: station_health(&api, &metrics, camera.clone()),
+                health: station_health(&api, &metrics, camera.clone(), view_health),
                 as_of_delay: config.line.travel + std::time::Duration::from_secs(2),
                 charts: api.charts.clone(),
             }
@@ -823,8 +866,28 @@ impl Station {
             .name("shadow".into())
             .spawn(move || run_shadow(shadow_ctx))
             .map_err(|e| StationError::Stage(format!("cannot start the shadow thread: {e}")))?;
+        // Server mode: the simulated line's further views are fired with the station's camera,
+        // so that every camera shows the part the PLC's trigger is for.
+        let mut fire_also = Vec::new();
+        if external_triggers.is_some() {
+            for capture in view_captures.iter_mut().filter(|c| c.ctx.feeder.is_some()) {
+                let (fire, fired) = std::sync::mpsc::channel();
+                capture.ctx.fed_trigger = Some(fired);
+                fire_also.push(fire);
+            }
+        }
+        let mut view_joins = Vec::with_capacity(view_captures.len());
+        let mut view_tasks = Vec::with_capacity(view_captures.len());
+        for capture in view_captures.drain(..) {
+            let (join, task) = capture.start(&metrics);
+            view_joins.push(join);
+            view_tasks.push(task);
+        }
         let inspect_ctx = InspectContext {
             inspector,
+            camera: config.camera_name.clone(),
+            views: view_joins,
+            stop_views: views_stop.clone(),
             frames: frame_rx,
             inspections: inspection_tx,
             clock: clock.clone(),
@@ -849,6 +912,8 @@ impl Station {
             stall_timeout: config.camera_stall_timeout,
             presence: config.camera_presence.clone(),
             genicam_trigger: config.camera_trigger.clone(),
+            fire_also,
+            fed_trigger: None,
         };
         let capture_status = camera.clone();
         let capture =
@@ -873,6 +938,16 @@ impl Station {
         // part has been dispatched; the rest drain in order. Every stage is awaited before any
         // error is returned, so queued outcomes are recorded and the stopped state is written.
         let capture_result = capture.await;
+        views_stop.cancel();
+        for (name, task) in view_tasks {
+            match task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::debug!(camera = %name, %error, "camera view stopped"),
+                Err(error) => {
+                    tracing::error!(camera = %name, %error, "camera view's capture failed")
+                }
+            }
+        }
         let inspect_result = tokio::task::spawn_blocking(move || inspect_thread.join()).await;
         // The inspect thread dropped the shadow queue; the shadow thread ends after its last job.
         let shadow_result = tokio::task::spawn_blocking(move || shadow_thread.join()).await;
@@ -1131,6 +1206,7 @@ fn station_health(
     api: &ApiState,
     metrics: &Metrics,
     camera: Arc<CameraStatus>,
+    views: Vec<ViewHealth>,
 ) -> Arc<dyn Fn() -> StationHealth + Send + Sync> {
     let state = api.state.clone();
     let metrics = metrics.clone();
@@ -1166,7 +1242,14 @@ fn station_health(
             .map(|s| matches!(*s, StationState::Faulted))
             .unwrap_or(false);
         let camera_lost = camera.lost(metrics.frames_captured.get());
-        let fault = stopped_on_error || camera_lost.is_some();
+        let views_lost: Vec<String> = views
+            .iter()
+            .filter_map(|view| {
+                let reason = view.status.lost(view.metrics.frames_captured.get())?;
+                Some(format!("camera `{}` lost ({reason})", view.name))
+            })
+            .collect();
+        let fault = stopped_on_error || camera_lost.is_some() || !views_lost.is_empty();
         StationHealth {
             fault,
             degraded: !failing.is_empty(),
@@ -1174,6 +1257,11 @@ fn station_health(
                 format!(
                     "camera lost ({reason}); retrying: the parts going by meanwhile are not \
                      inspected and the PLC diverts them"
+                )
+            } else if !views_lost.is_empty() {
+                format!(
+                    "{}; retrying: meanwhile every part is rejected, its view missing",
+                    views_lost.join("; ")
                 )
             } else if fault {
                 "the station stopped on an error: every part goes to reject".into()
@@ -1185,3 +1273,104 @@ fn station_health(
         }
     })
 }
+
+/// A further camera (`[[views]]`) as the station was prepared with it.
+struct ViewCamera {
+    config: ViewConfig,
+    calibration: Calibration,
+    /// Feeds its `appsrc name=source` (a view of the simulated line).
+    feeder: Option<Box<dyn FrameFeeder>>,
+}
+
+/// What the station's health reads of a further camera.
+struct ViewHealth {
+    name: Arc<str>,
+    status: Arc<CameraStatus>,
+    /// The view's own capture counters.
+    metrics: Metrics,
+}
+
+/// A further camera's capture, ready to start: its frames go to the inspect thread's
+/// [`ViewJoin`], never to the tracker (parts are the station's camera's).
+struct ViewCapture {
+    name: Arc<str>,
+    ctx: CaptureContext,
+    frames: std::sync::mpsc::Receiver<crate::part::Frame>,
+    undistorter: Undistorter,
+    window: std::time::Duration,
+    status: Arc<CameraStatus>,
+}
+
+impl ViewCapture {
+    fn prepare(
+        view: ViewCamera,
+        clock: &Arc<StationClock>,
+        stop: &CancellationToken,
+    ) -> Result<ViewCapture, StationError> {
+        let description = view
+            .config
+            .pipeline
+            .description()
+            .map_err(CaptureError::from)?;
+        // The view's own triggers make no parts: they are read and let go.
+        let (triggers, mut ignored) = mpsc::channel::<Trigger>(16);
+        std::thread::Builder::new()
+            .name("view-triggers".into())
+            .spawn(move || while ignored.blocking_recv().is_some() {})
+            .map_err(|e| StationError::Stage(format!("cannot start a view's thread: {e}")))?;
+        let (frames_tx, frames) = std::sync::mpsc::sync_channel(view.config.frame_queue.get());
+        // Counters of its own: the station's count the station's camera's parts.
+        let mut ctx = CaptureContext::new(
+            description,
+            triggers,
+            frames_tx,
+            Metrics::new(),
+            stop.clone(),
+        );
+        ctx.feeder = view.feeder;
+        ctx.clock = clock.clone();
+        ctx.stall_timeout = view.config.stall_timeout;
+        Ok(ViewCapture {
+            name: view.config.name.clone(),
+            ctx,
+            frames,
+            undistorter: Undistorter::new(&view.calibration)?,
+            window: view.config.match_window,
+            status: Arc::new(CameraStatus::default()),
+        })
+    }
+
+    fn health(&self) -> ViewHealth {
+        ViewHealth {
+            name: self.name.clone(),
+            status: self.status.clone(),
+            metrics: self.ctx.metrics.clone(),
+        }
+    }
+
+    /// Starts the capture; the inspect thread joins its frames through the [`ViewJoin`].
+    fn start(self, metrics: &Metrics) -> (ViewJoin, ViewTask) {
+        let join = ViewJoin {
+            name: self.name.clone(),
+            undistorter: self.undistorter,
+            frames: ViewFrames::new(
+                self.name.clone(),
+                self.frames,
+                self.window,
+                self.status.clone(),
+                self.ctx.metrics.clone(),
+                metrics.clone(),
+            ),
+        };
+        let status = self.status;
+        let ctx = self.ctx;
+        let task = tokio::task::spawn_blocking(move || capture_until_done(ctx, &status));
+        (join, (self.name, task))
+    }
+}
+
+/// A further camera's running capture, by name.
+type ViewTask = (
+    Arc<str>,
+    tokio::task::JoinHandle<Result<crate::capture::CaptureSummary, CaptureError>>,
+);

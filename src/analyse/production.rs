@@ -654,6 +654,7 @@ mod tests {
             error: None,
             defect_at: None,
             defect_size: None,
+            views: Vec::new(),
         })
     }
 

@@ -171,6 +171,12 @@ pub struct CaptureContext {
     /// A GenICam camera (aravissrc) put in trigger mode on this source once it streams
     /// ([`genicam`]); with `Software`, each external trigger fires it.
     pub genicam_trigger: Option<TriggerSource>,
+    /// With external triggers: further fed cameras fired with each one (the simulated line's
+    /// other views of the part).
+    pub fire_also: Vec<Sender<()>>,
+    /// A fed camera fired from outside capture, one frame a message (a simulated view fired
+    /// with the station's camera in server mode).
+    pub fed_trigger: Option<Receiver<()>>,
 }
 
 impl CaptureContext {
@@ -198,6 +204,8 @@ impl CaptureContext {
             stall_timeout: None,
             presence: None,
             genicam_trigger: None,
+            fire_also: Vec::new(),
+            fed_trigger: None,
         }
     }
 }
@@ -350,11 +358,16 @@ fn run_pipeline(
         .then(|| armed.clone());
     let (relay, software_trigger) = match ctx.external_triggers.take() {
         Some(external) => {
-            let (relay, software_trigger) =
-                TriggerRelay::start(external, ctx.feeder.is_some(), fires_genicam, &ctx.stop)?;
+            let (relay, software_trigger) = TriggerRelay::start(
+                external,
+                ctx.feeder.is_some(),
+                fires_genicam,
+                std::mem::take(&mut ctx.fire_also),
+                &ctx.stop,
+            )?;
             (Some(relay), software_trigger)
         }
-        None => (None, None),
+        None => (None, ctx.fed_trigger.take()),
     };
     let handoff = Arc::new(FrameHandoff {
         waiting: relay.as_ref().map(TriggerRelay::waiting),
@@ -648,11 +661,12 @@ struct TriggerRelay {
 
 impl TriggerRelay {
     /// `fed`: the feeder gets a software trigger per trigger (returned); `genicam`: the
-    /// GenICam camera, once armed, is fired per trigger.
+    /// GenICam camera, once armed, is fired per trigger; `fire_also` each get one too.
     fn start(
         external: ExternalTriggers,
         fed: bool,
         genicam: Option<Arc<OnceLock<GenicamTrigger>>>,
+        fire_also: Vec<Sender<()>>,
         stop: &CancellationToken,
     ) -> Result<(TriggerRelay, Option<Receiver<()>>), CaptureError> {
         let waiting = Arc::new(WaitingTriggers {
@@ -678,6 +692,7 @@ impl TriggerRelay {
                     &relay_waiting,
                     software_trigger,
                     genicam,
+                    &fire_also,
                     &relay_stop,
                 )
             })
@@ -718,6 +733,7 @@ fn relay(
     waiting: &WaitingTriggers,
     software_trigger: Option<Sender<()>>,
     genicam: Option<Arc<OnceLock<GenicamTrigger>>>,
+    fire_also: &[Sender<()>],
     stop: &CancellationToken,
 ) -> Receiver<ExternalTrigger> {
     while !stop.is_cancelled() {
@@ -734,6 +750,10 @@ fn relay(
                     && fire.send(()).is_err()
                 {
                     tracing::debug!("the camera stopped taking software triggers");
+                }
+                for fire in fire_also {
+                    // A further view that stopped: its parts miss that view, and say so.
+                    let _ = fire.send(());
                 }
                 // Until the camera is armed (and settled) it is not fired: the trigger waits,
                 // and is missed when arming completes.

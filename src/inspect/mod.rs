@@ -7,6 +7,7 @@
 //! This stage never talks to the PLC and never writes records.
 
 pub mod registry;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -17,7 +18,9 @@ use self::registry::{ActiveModels, ShadowJob};
 use crate::calibrate::Undistorter;
 use crate::metrics::Metrics;
 pub use crate::models::ModelError;
-use crate::part::{Frame, Inspection, StationClock, Verdict};
+use crate::part::{Frame, GrayImage, Inspection, PartId, StationClock, Verdict, ViewInspection};
+
+pub use self::views::{ViewFrames, ViewJoin};
 
 /// Calibration plus the station's models (live, and shadow if any).
 pub struct Inspector {
@@ -29,9 +32,21 @@ impl Inspector {
     /// Inspects one frame with the live model of the moment; failures become
     /// [`Verdict::Error`].
     pub fn inspect(&self, frame: Frame, clock: &StationClock) -> Inspection {
+        self.inspect_image(&self.undistorter, frame.part_id, Ok(&frame.image), clock)
+    }
+
+    /// Inspects a part's raw image from a camera calibrated by `undistorter`, or gives
+    /// [`Verdict::Error`] with the reason there is none.
+    fn inspect_image(
+        &self,
+        undistorter: &Undistorter,
+        part_id: PartId,
+        raw: Result<&GrayImage, String>,
+        clock: &StationClock,
+    ) -> Inspection {
         let live = self.models.live();
         let base = |verdict, error: Option<String>| Inspection {
-            part_id: frame.part_id,
+            part_id,
             inspected_at: clock.now(),
             verdict,
             score: None,
@@ -39,13 +54,14 @@ impl Inspector {
             model_version: live.version.clone(),
             image: None,
             heat_map: None,
-            mm_per_pixel: self.undistorter.mm_per_output_pixel(),
+            mm_per_pixel: undistorter.mm_per_output_pixel(),
             defect_class: None,
             error,
+            views: None,
         };
-        let image = match self.undistorter.apply(&frame.image) {
+        let image = match raw.and_then(|raw| undistorter.apply(raw).map_err(|e| e.to_string())) {
             Ok(image) => image,
-            Err(error) => return base(Verdict::Error, Some(error.to_string())),
+            Err(error) => return base(Verdict::Error, Some(error)),
         };
         match live.detector.judge(&image) {
             Ok(judgement) => {
@@ -69,11 +85,58 @@ impl Inspector {
             },
         }
     }
+
+    /// Inspects a part seen by several cameras: the station's camera's `frame` and, from each
+    /// of `views`, the frame captured nearest its trigger. A view with no frame for it is
+    /// [`Verdict::Error`] for that view, naming the camera (so the part is rejected).
+    pub fn inspect_views(
+        &self,
+        camera: &Arc<str>,
+        frame: Frame,
+        views: &mut [ViewJoin],
+        clock: &StationClock,
+    ) -> Inspection {
+        let (part_id, captured_at) = (frame.part_id, frame.captured_at);
+        let mut looks = Vec::with_capacity(views.len() + 1);
+        looks.push(ViewInspection {
+            camera: camera.clone(),
+            inspection: self.inspect(frame, clock),
+        });
+        for view in views.iter_mut() {
+            let raw = view.frames.frame_for(captured_at, clock);
+            looks.push(ViewInspection {
+                camera: view.name.clone(),
+                inspection: self.inspect_image(
+                    &view.undistorter,
+                    part_id,
+                    raw.as_ref().map_err(Clone::clone),
+                    clock,
+                ),
+            });
+        }
+        match Inspection::of_views(looks) {
+            Some(inspection) => inspection,
+            // Never: the station's own camera is always one of them.
+            None => self.inspect_image(
+                &self.undistorter,
+                part_id,
+                Err("no view of the part".into()),
+                clock,
+            ),
+        }
+    }
 }
 
 /// Everything the inspect thread needs.
 pub struct InspectContext {
     pub inspector: Inspector,
+    /// The station's own camera's name, when `views` has further cameras.
+    pub camera: Arc<str>,
+    /// Further cameras on the same parts, each joined to the parts by capture time.
+    pub views: Vec<ViewJoin>,
+    /// Stops the further cameras' captures once no part needs their frames any more (before
+    /// their queues close, which they would take for a failure).
+    pub stop_views: tokio_util::sync::CancellationToken,
     pub frames: Receiver<Frame>,
     pub inspections: mpsc::Sender<Inspection>,
     pub clock: Arc<StationClock>,
@@ -83,10 +146,15 @@ pub struct InspectContext {
 }
 
 /// Runs until the frame queue closes (capture stopped) or the tracker goes away.
-pub fn run_inspector(ctx: InspectContext) {
+pub fn run_inspector(mut ctx: InspectContext) {
     while let Ok(frame) = ctx.frames.recv() {
         let captured_at = frame.captured_at;
-        let inspection = ctx.inspector.inspect(frame, &ctx.clock);
+        let inspection = if ctx.views.is_empty() {
+            ctx.inspector.inspect(frame, &ctx.clock)
+        } else {
+            ctx.inspector
+                .inspect_views(&ctx.camera, frame, &mut ctx.views, &ctx.clock)
+        };
         if ctx.inspector.models.shadow().is_some()
             && let Some(image) = &inspection.image
         {
@@ -116,4 +184,5 @@ pub fn run_inspector(ctx: InspectContext) {
             break;
         }
     }
+    ctx.stop_views.cancel();
 }

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use super::journal::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
 use super::{RecordError, Store};
 use crate::metrics::Metrics;
-use crate::part::{Actuation, Disposition, GrayImage, HeatMap, PartOutcome, StationClock, Verdict};
+use crate::part::{
+    Actuation, Disposition, GrayImage, HeatMap, Inspection, PartOutcome, StationClock, Verdict,
+};
 
 /// Whether the gate fired for a part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +68,27 @@ pub struct InspectionRecord {
     /// reached the threshold (an anomaly model may fail a part on its whole-image scores
     /// alone), and from records older than the field.
     #[serde(default)]
+    pub defect_size: Option<DefectSize>,
+    /// A station with several cameras: each camera's look at the part, the station's own
+    /// camera first; the fields above are those of the view that decided, the first whose
+    /// verdict is the part's. Absent with one camera.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewRecord>,
+}
+
+/// One camera's look at a part, on a station with several views of each part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    pub camera: String,
+    pub verdict: Verdict,
+    pub score: Option<f32>,
+    pub defect_class: Option<String>,
+    /// SHA-256 of this camera's calibrated image's PNG, when saved.
+    pub image: Option<String>,
+    /// SHA-256 of this view's heat map's PNG, when saved.
+    pub heat_map: Option<String>,
+    pub error: Option<String>,
+    pub defect_at: Option<DefectPlace>,
     pub defect_size: Option<DefectSize>,
 }
 
@@ -260,9 +283,9 @@ pub async fn run_recorder(mut ctx: RecordContext) {
             bodies.push(disk_alarm(&ctx.store, disk_low));
         }
         let images = save_images(&ctx, &batch, room).await;
-        for (outcome, (image, heat_map)) in batch.iter().zip(images) {
+        for (outcome, saved) in batch.iter().zip(images) {
             let work_order = ctx.store.work_order_at(ctx.clock.utc(outcome.captured_at));
-            let mut record = build_record(&ctx.clock, outcome, image, heat_map);
+            let mut record = build_record(&ctx.clock, outcome, saved);
             record.work_order = work_order.as_ref().map(|w| w.id.clone());
             record.product = work_order.map(|w| w.product);
             bodies.push(RecordBody::Inspection(record));
@@ -354,20 +377,33 @@ fn disk_alarm(store: &Store, low: bool) -> RecordBody {
     ))
 }
 
-/// Saves each outcome's image and heat map when there is room; a part whose image cannot be
-/// saved is recorded without it (counted), never held back.
-async fn save_images(
-    ctx: &RecordContext,
-    batch: &[PartOutcome],
-    room: bool,
-) -> Vec<(Option<String>, Option<String>)> {
+/// The digests of one part's stored pictures.
+#[derive(Debug, Clone, Default)]
+pub struct SavedImages {
+    pub image: Option<String>,
+    pub heat_map: Option<String>,
+    /// Each view's image and heat map, in the order of the inspection's views.
+    pub views: Vec<(Option<String>, Option<String>)>,
+}
+
+/// Saves each outcome's images and heat maps (every view's) when there is room; a part whose
+/// image cannot be saved is recorded without it (counted), never held back.
+async fn save_images(ctx: &RecordContext, batch: &[PartOutcome], room: bool) -> Vec<SavedImages> {
     if !room {
-        let skipped = batch
+        let skipped: usize = batch
             .iter()
-            .filter(|o| o.inspection.as_ref().is_some_and(|i| i.image.is_some()))
-            .count();
+            .filter_map(|o| o.inspection.as_ref())
+            .map(|i| match &i.views {
+                Some(views) => views
+                    .views
+                    .iter()
+                    .filter(|v| v.inspection.image.is_some())
+                    .count(),
+                None => usize::from(i.image.is_some()),
+            })
+            .sum();
         ctx.metrics.images_skipped.inc_by(skipped as u64);
-        return vec![(None, None); batch.len()];
+        return vec![SavedImages::default(); batch.len()];
     }
     let store = ctx.store.clone();
     let metrics = ctx.metrics.clone();
@@ -383,34 +419,83 @@ async fn save_images(
                     None
                 }
             };
+        let save_look = |inspection: &Inspection| {
+            (
+                inspection
+                    .image
+                    .as_ref()
+                    .and_then(|image| save(gray_png(image))),
+                inspection
+                    .heat_map
+                    .as_ref()
+                    .and_then(|map| save(heat_map_png(map))),
+            )
+        };
         inspections
             .iter()
-            .map(|inspection| {
-                let image = inspection
-                    .as_ref()
-                    .and_then(|i| i.image.as_ref())
-                    .and_then(|image| save(gray_png(image)));
-                let heat_map = inspection
-                    .as_ref()
-                    .and_then(|i| i.heat_map.as_ref())
-                    .and_then(|map| save(heat_map_png(map)));
-                (image, heat_map)
+            .map(|inspection| match inspection {
+                None => SavedImages::default(),
+                Some(inspection) => match &inspection.views {
+                    None => {
+                        let (image, heat_map) = save_look(inspection);
+                        SavedImages {
+                            image,
+                            heat_map,
+                            views: Vec::new(),
+                        }
+                    }
+                    // The deciding view's pictures are the part's: saved once.
+                    Some(views) => {
+                        let views: Vec<_> = views
+                            .views
+                            .iter()
+                            .map(|v| save_look(&v.inspection))
+                            .collect();
+                        let (image, heat_map) = inspection
+                            .views
+                            .as_ref()
+                            .and_then(|v| views.get(v.deciding))
+                            .cloned()
+                            .unwrap_or_default();
+                        SavedImages {
+                            image,
+                            heat_map,
+                            views,
+                        }
+                    }
+                },
             })
             .collect::<Vec<_>>()
     })
     .await;
     saved.unwrap_or_else(|join| {
         tracing::error!(error = %join, "image writer failed; records kept without images");
-        vec![(None, None); batch.len()]
+        vec![SavedImages::default(); batch.len()]
     })
+}
+
+/// Where a look's heat map peaks, and for a failed look its defect region's size.
+fn defect_of(inspection: &Inspection) -> (Option<DefectPlace>, Option<DefectSize>) {
+    let place = inspection.heat_map.as_ref().and_then(DefectPlace::peak_of);
+    // A passed part has no defect, whatever cells came near the threshold.
+    let size = (inspection.verdict == Verdict::Fail)
+        .then(|| {
+            let image = inspection.image.as_ref()?;
+            DefectSize::of(
+                inspection.heat_map.as_ref()?,
+                (image.width, image.height),
+                inspection.mm_per_pixel,
+            )
+        })
+        .flatten();
+    (place, size)
 }
 
 /// The record of an outcome, given the digests of its stored images.
 pub fn build_record(
     clock: &StationClock,
     outcome: &PartOutcome,
-    image: Option<String>,
-    heat_map: Option<String>,
+    saved: SavedImages,
 ) -> InspectionRecord {
     let inspection = outcome.inspection.as_ref();
     let (actuation, actuated_at, actuation_error) = match &outcome.actuation {
@@ -418,6 +503,38 @@ pub fn build_record(
         Actuation::Done { at } => (ActuationStatus::Done, Some(clock.utc(*at)), None),
         Actuation::Failed { error, .. } => (ActuationStatus::Failed, None, Some(error.clone())),
     };
+    let (defect_at, defect_size) = inspection.map(defect_of).unwrap_or_default();
+    let part_views = inspection.and_then(|i| i.views.as_ref());
+    let views = part_views
+        .map(|views| {
+            views
+                .views
+                .iter()
+                .zip(
+                    saved
+                        .views
+                        .iter()
+                        .cloned()
+                        .chain(std::iter::repeat((None, None))),
+                )
+                .map(|(view, (image, heat_map))| {
+                    let look = &view.inspection;
+                    let (defect_at, defect_size) = defect_of(look);
+                    ViewRecord {
+                        camera: view.camera.to_string(),
+                        verdict: look.verdict,
+                        score: look.score,
+                        defect_class: look.defect_class.clone(),
+                        image,
+                        heat_map,
+                        error: look.error.clone(),
+                        defect_at,
+                        defect_size,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     InspectionRecord {
         part_id: outcome.part_id.0,
         work_order: None,
@@ -438,24 +555,12 @@ pub fn build_record(
         actuation_error,
         model_version: inspection.map(|i| i.model_version.to_string()),
         defect_class: inspection.and_then(|i| i.defect_class.clone()),
-        image,
-        heat_map,
+        image: saved.image,
+        heat_map: saved.heat_map,
         error: inspection.and_then(|i| i.error.clone()),
-        defect_at: inspection
-            .and_then(|i| i.heat_map.as_ref())
-            .and_then(DefectPlace::peak_of),
-        // A passed part has no defect, whatever cells came near the threshold.
-        defect_size: inspection.and_then(|i| {
-            if i.verdict != Verdict::Fail {
-                return None;
-            }
-            let image = i.image.as_ref()?;
-            DefectSize::of(
-                i.heat_map.as_ref()?,
-                (image.width, image.height),
-                i.mm_per_pixel,
-            )
-        }),
+        defect_at,
+        defect_size,
+        views,
     }
 }
 
@@ -480,7 +585,7 @@ mod tests {
                 at: StationTime(Duration::from_millis(991)),
             },
         };
-        RecordBody::Inspection(build_record(&clock, &outcome, None, None))
+        RecordBody::Inspection(build_record(&clock, &outcome, SavedImages::default()))
     }
 
     #[tokio::test]

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 pub use images::ImageStore;
 pub use inspection::{
     ActuationStatus, DISK_LOW_ALARM, DefectPlace, DefectSize, InspectionRecord,
-    RECORDS_FAILING_ALARM, RecordContext, ShadowSummary, ShadowVerdict, build_record, gray_png,
-    heat_map_png, run_recorder,
+    RECORDS_FAILING_ALARM, RecordContext, SavedImages, ShadowSummary, ShadowVerdict, ViewRecord,
+    build_record, gray_png, heat_map_png, run_recorder,
 };
 pub use journal::{
     AlarmEvent, AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord,

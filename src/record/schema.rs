@@ -162,6 +162,7 @@ fn migrate_1_to_2(db: &sled::Db, trees: &Trees) -> Result<(), RecordError> {
             error: r.error,
             defect_at: None,
             defect_size: None,
+            views: Vec::new(),
         };
         entries.push((r.decided_at, old.station, RecordBody::Inspection(record)));
     }

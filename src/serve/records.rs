@@ -207,6 +207,7 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
         "defect_width_mm",
         "defect_height_mm",
         "defect_area_mm2",
+        "views",
         "supersedes",
         "detail",
     ])
@@ -243,6 +244,12 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
                     .defect_size
                     .and_then(|d| d.area_mm2)
                     .map(|v| v.to_string())),
+                // Several cameras: each one's verdict, as `top:pass;side:fail`.
+                i.views
+                    .iter()
+                    .map(|view| format!("{}:{}", view.camera, view.verdict.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(";"),
                 String::new(),
                 String::new(),
             ]),
@@ -259,11 +266,12 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
                 l.supersedes.to_string(),
                 serde_json::json!({ "by": l.by, "note": l.note }).to_string(),
             ]),
             body => {
-                row.extend(std::iter::repeat_n(String::new(), 13));
+                row.extend(std::iter::repeat_n(String::new(), 14));
                 row.push(serde_json::to_string(body).unwrap_or_default());
             }
         }

@@ -97,18 +97,18 @@ fn feed(
     let mut generator =
         PartGenerator::new(settings.seed, FRAME_SIZE, FRAME_SIZE, settings.defect_rate);
     let period = Duration::from_secs_f64(60.0 / settings.parts_per_min);
-    let started = Instant::now();
-    let line_time_at_start = started.saturating_duration_since(camera.line_started);
+    // Slots fall on the line's clock (every `period` from its start), so that every camera on
+    // the line (the station's and its further views) sees a part at the same moment.
+    let first_slot = camera.line_started.elapsed().as_secs_f64() / period.as_secs_f64();
     // Slots tick on through downtimes (the part clock goes on); only running slots carry a part.
-    let (mut slot, mut sent) = (0u64, 0u64);
+    let (mut slot, mut sent) = (first_slot.ceil() as u64, 0u64);
     while !stop.is_cancelled() && max_parts.is_none_or(|max| sent < max) {
         // Parts arrive on a fixed schedule, however long rendering took.
-        let offset = period.mul_f64(slot as f64);
+        let t = period.mul_f64(slot as f64);
         slot += 1;
-        if let Some(wait) = (started + offset).checked_duration_since(Instant::now()) {
+        if let Some(wait) = (camera.line_started + t).checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let t = line_time_at_start + offset;
         let Some(part) = part_on_line(&camera.process, &mut generator, t, sent) else {
             continue;
         };

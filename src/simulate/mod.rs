@@ -61,6 +61,8 @@ pub struct SimulatedLine {
     /// Keeps the PLC's sensor registers up to date.
     sensors: Option<tokio::task::JoinHandle<()>>,
     camera: Option<(crate::config::SimulatorSection, Arc<LineProcess>)>,
+    /// The `[[views]]` the simulated camera shows too, each with the seed of its face.
+    views: Vec<(Arc<str>, u64)>,
     /// Time zero of the line: sensors and parts follow one clock.
     started: Instant,
     /// From the camera to the PLC's gate eye.
@@ -134,6 +136,11 @@ impl SimulatedLine {
             plc,
             sensors,
             camera: config.simulator.clone().zip(process),
+            views: config
+                .views
+                .iter()
+                .filter_map(|view| Some((view.name.clone(), view.simulator?.seed)))
+                .collect(),
             started,
             camera_to_eye,
             server_mode: config.plc.kind == PlcKind::Server,
@@ -173,6 +180,27 @@ impl SimulatedLine {
                     conveyor,
                 )) as _
             }),
+            // The same parts on the same schedule, another face of each: the part reaches the
+            // gate eye once, with the station's camera.
+            views: match &self.camera {
+                Some((settings, process)) => self
+                    .views
+                    .iter()
+                    .map(|(name, seed)| {
+                        let face = crate::config::SimulatorSection {
+                            seed: *seed,
+                            ..settings.clone()
+                        };
+                        let camera =
+                            SimulatedCamera::new(face, process.clone(), self.started, None);
+                        (
+                            name.clone(),
+                            Box::new(camera) as Box<dyn crate::capture::FrameFeeder>,
+                        )
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
             plc_address: self.plc.as_ref().map(|(plc, _)| plc.address()),
         }
     }

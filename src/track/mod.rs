@@ -408,6 +408,7 @@ mod tests {
             heat_map: None,
             mm_per_pixel: None,
             error: None,
+            views: None,
         }
     }
 

@@ -371,6 +371,7 @@ fn inspection(part_id: u64, failed: bool) -> RecordBody {
         heat_map: None,
         defect_at: None,
         defect_size: None,
+        views: Vec::new(),
         error: None,
     })
 }
@@ -428,8 +429,8 @@ impl Running {
             .await
             .expect("the simulated camera starts");
         let attachments = Attachments {
-            camera: line.attachments().camera,
             plc_address: None,
+            ..line.attachments()
         };
         let station = Station::prepare(config, attachments)
             .await

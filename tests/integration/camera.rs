@@ -106,6 +106,7 @@ async fn an_rtsp_camera_that_vanishes_faults_the_station_and_capture_resumes_whe
     let mut config = station_config(&dir.path().join("data"), &[]);
     // A real camera: no simulated parts, the pipeline above, a watchdog on silence.
     config.simulator = None;
+    config.views.clear();
     config.camera_pipeline = linesight::capture::CameraPipeline::File(pipeline);
     config.camera_stall_timeout = Some(Duration::from_secs(3));
     let (_line, station) = simulated_station(config).await.expect("station starts");

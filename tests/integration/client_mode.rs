@@ -94,15 +94,18 @@ fn client_station(dir: &Path, plc: SocketAddr, camera: SocketAddr) -> std::path:
     path
 }
 
-/// The config without `[camera.simulator]` and its sub-tables.
+/// The config without `[camera.simulator]` and its sub-tables, and without the simulated
+/// line's further camera (`[[views]]`), which shows the simulated parts.
 fn without_simulator(text: &str) -> String {
     let mut kept = Vec::new();
     let mut skipping = false;
     for line in text.lines() {
         let header = line.trim_start();
         if header.starts_with('[') {
-            skipping =
-                header.starts_with("[camera.simulator") || header.starts_with("[[camera.simulator");
+            skipping = header.starts_with("[camera.simulator")
+                || header.starts_with("[[camera.simulator")
+                || header.starts_with("[[views]]")
+                || header.starts_with("[views.");
         }
         if !skipping {
             kept.push(line);

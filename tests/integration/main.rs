@@ -35,6 +35,7 @@ mod spc;
 mod station_process;
 mod supervised;
 mod templates;
+mod views;
 
 use std::path::Path;
 

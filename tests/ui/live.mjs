@@ -120,6 +120,25 @@ try {
     }
   });
 
+  // The simulated line has two cameras (top and side): every inspected part names each one's
+  // verdict, and the latest part shows each camera's picture.
+  await check("every part shows each camera's verdict, the latest part each camera's picture", async () => {
+    const rows = await page.$$eval('#parts tr', (trs) => trs.map((tr) => ({
+      verdict: tr.querySelector('.verdict')?.textContent.trim(),
+      views: [...tr.querySelectorAll('.view-verdict')].map((span) => span.textContent.trim()),
+    })));
+    const inspected = rows.filter(({ verdict }) => verdict !== 'NO VERDICT');
+    expect(inspected.length >= 5, `only ${inspected.length} inspected rows`);
+    for (const { views } of inspected) {
+      expect(views.length === 2 && /^top (PASS|FAIL|ERROR)$/.test(views[0]) && /^side (PASS|FAIL|ERROR)$/.test(views[1]),
+        `a row's views read ${JSON.stringify(views)}`);
+    }
+    await page.waitForFunction(() => {
+      const images = [...document.querySelectorAll('#latest-views figure img.image')];
+      return images.length === 2 && images.every((img) => img.complete && img.naturalWidth > 0);
+    }, null, { timeout: 10_000 });
+  });
+
   // The newest part may be a dropped frame with no image; the next one with an image will do.
   await check('latest part image loaded', async () => {
     await page.waitForFunction(() => {

@@ -34,6 +34,7 @@ fn inspection(part_id: u64, class: Option<&str>) -> RecordBody {
         heat_map: None,
         defect_at: None,
         defect_size: None,
+        views: Vec::new(),
         error: None,
     })
 }

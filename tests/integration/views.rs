@@ -1,0 +1,216 @@
+//! Several cameras per part (issue 18): the simulated line's top and side cameras, each part's
+//! verdict the worst of its views; and a view camera that fails, which rejects its parts and
+//! faults the station without stopping it.
+
+use std::time::Duration;
+
+use linesight::part::Verdict;
+use linesight::record::InspectionRecord;
+use linesight::station::RunOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::{CPU_HEAVY, poll_within, simulated_station, station_config};
+
+/// Fail outranks error outranks pass; the first view with the worst verdict decides.
+fn deciding_view(record: &InspectionRecord) -> usize {
+    let rank = |v: Verdict| match v {
+        Verdict::Pass => 0,
+        Verdict::Error => 1,
+        Verdict::Fail => 2,
+    };
+    let worst = record.views.iter().map(|v| rank(v.verdict)).max();
+    record
+        .views
+        .iter()
+        .position(|v| Some(rank(v.verdict)) == worst)
+        .expect("a view")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parts = 60;
+    let config = station_config(
+        dir.path(),
+        &[("parts_per_min = 120", "parts_per_min = 300")],
+    );
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let (store, metrics) = (station.store(), station.metrics());
+    let report = station
+        .run(
+            RunOptions {
+                max_parts: Some(parts),
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("line runs");
+    assert_eq!(report.parts, parts);
+
+    let records = store.inspection_records(None, 1000).expect("records");
+    assert_eq!(records.len() as u64, parts);
+    let mut side_only_rejects = 0;
+    let mut both_seen = 0;
+    for record in &records {
+        let cameras: Vec<&str> = record.views.iter().map(|v| v.camera.as_str()).collect();
+        assert_eq!(cameras, ["top", "side"], "part {}", record.part_id);
+        let deciding = &record.views[deciding_view(record)];
+        assert_eq!(
+            record.verdict,
+            Some(deciding.verdict),
+            "part {}: the part's verdict is the worst of its views' {:?}",
+            record.part_id,
+            record.views
+        );
+        assert_eq!(record.score, deciding.score, "part {}", record.part_id);
+        assert_eq!(record.image, deciding.image, "part {}", record.part_id);
+        assert_eq!(
+            record.disposition.is_reject(),
+            record.views.iter().any(|v| v.verdict != Verdict::Pass),
+            "part {}: rejected when any view is not a pass",
+            record.part_id
+        );
+        let [top, side] = &record.views[..] else {
+            unreachable!()
+        };
+        if top.verdict != Verdict::Error && side.verdict != Verdict::Error {
+            both_seen += 1;
+            let (top_image, side_image) = (
+                top.image.as_deref().expect("top image saved"),
+                side.image.as_deref().expect("side image saved"),
+            );
+            for digest in [top_image, side_image] {
+                assert!(
+                    store.images().path(digest).is_some_and(|p| p.exists()),
+                    "image {digest} of part {} is on disk",
+                    record.part_id
+                );
+            }
+            assert_ne!(
+                top_image, side_image,
+                "part {}: two cameras, two pictures",
+                record.part_id
+            );
+        }
+        if top.verdict == Verdict::Pass && side.verdict == Verdict::Fail {
+            side_only_rejects += 1;
+            assert_eq!(record.verdict, Some(Verdict::Fail));
+            assert!(
+                record.defect_size.is_some(),
+                "the side view's defect is sized"
+            );
+        }
+    }
+    // A busy machine may leave the first part without its side frame (the cameras start one
+    // after the other); every other part is seen by both.
+    assert!(
+        both_seen >= parts - 1,
+        "{both_seen} of {parts} parts seen by both cameras; missing side frames: {:?}",
+        records
+            .iter()
+            .filter_map(|r| r.views.get(1).and_then(|v| v.error.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        side_only_rejects > 0,
+        "some parts are rejected for what only the side camera saw"
+    );
+    let exposition = metrics.encode("test");
+    assert!(
+        exposition.contains("view_frames_missing"),
+        "the views' counters are on /metrics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_camera_that_fails_rejects_its_parts_and_faults_the_station_which_runs_on() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("video-missing");
+    let side = format!(
+        "launch = \"v4l2src device={} ! videoconvert ! appsink name=frames\"\n",
+        missing.display()
+    );
+    let config = station_config(
+        dir.path(),
+        &[
+            ("parts_per_min = 120", "parts_per_min = 300"),
+            (
+                "pipeline = \"../pipelines/simulated.gst\"\ncalibration",
+                &format!("{side}calibration"),
+            ),
+            ("[views.simulator]\nseed = 2\n", ""),
+        ],
+    );
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let (api, store, metrics) = (station.api(), station.store(), station.metrics());
+    let shutdown = CancellationToken::new();
+    let _stop_on_exit = shutdown.clone().drop_guard();
+    let run = tokio::spawn(station.run(RunOptions::default(), shutdown.clone()));
+
+    let fault = || async {
+        api.alarms
+            .alarm("station_fault")
+            .await
+            .filter(|view| view.active)
+            .and_then(|view| view.condition)
+    };
+    let faulted = poll_within(Duration::from_secs(60), || async {
+        metrics.frames_captured.get() >= 10 && fault().await.is_some()
+    })
+    .await;
+    let message = fault().await.unwrap_or_default();
+    assert!(
+        faulted && message.contains("camera `side` lost") && message.contains("video-missing"),
+        "a failing view camera faults the station, naming it and why: {message:?}"
+    );
+    assert!(
+        !run.is_finished(),
+        "the station runs on without its side camera"
+    );
+    let recorded = poll_within(Duration::from_secs(60), || async {
+        store
+            .inspection_records(None, 1000)
+            .is_ok_and(|records| records.len() >= 10)
+    })
+    .await;
+    assert!(recorded, "parts keep being recorded");
+    shutdown.cancel();
+    let report = run.await.expect("joins").expect("a clean stop");
+    assert!(report.parts >= 10);
+
+    let records = store.inspection_records(None, 1000).expect("records");
+    for record in &records {
+        let side = record.views.get(1).expect("a side view in every record");
+        assert_eq!(side.verdict, Verdict::Error, "part {}", record.part_id);
+        let why = side.error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("camera `side`"),
+            "part {}: {why}",
+            record.part_id
+        );
+        assert!(
+            record.disposition.is_reject(),
+            "part {} without its side view is rejected",
+            record.part_id
+        );
+        assert_ne!(
+            record.verdict,
+            Some(Verdict::Pass),
+            "part {}",
+            record.part_id
+        );
+    }
+    let missing_counted = metrics
+        .view_frames_missing
+        .get_or_create(&linesight::metrics::CameraLabel {
+            camera: "side".into(),
+        })
+        .get();
+    assert_eq!(
+        missing_counted,
+        records.len() as u64,
+        "every missing view counted"
+    );
+}
