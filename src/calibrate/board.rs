@@ -1,9 +1,13 @@
 //! Making a calibration: the camera's intrinsics and lens distortion from views of a printed
-//! checkerboard, as `linesight calibrate` does.
+//! checkerboard or ChArUco board, as `linesight calibrate` does.
 //!
-//! Each view is searched for the board's inner corners (`find_chessboard_corners`, refined to a
-//! fraction of a pixel with `corner_sub_pix`); `calibrate_camera` then fits one camera matrix and
-//! five distortion coefficients (k1 k2 p1 p2 k3) to all views at once. [`write_yaml`] writes the
+//! Each view is searched for the board's inner corners: a checkerboard's with
+//! `find_chessboard_corners` (the whole board must be in view), refined to a fraction of a pixel
+//! with `corner_sub_pix`; a ChArUco board's from its ArUco markers (`detect_markers`, then
+//! `interpolate_corners_charuco`, which refines them the same way), each corner named by its id,
+//! so a view that shows part of the board still counts, and the image's edges and corners,
+//! where distortion is largest, are easy to cover. `calibrate_camera` then fits one camera
+//! matrix and five distortion coefficients (k1 k2 p1 p2 k3) to all views at once. [`write_yaml`] writes the
 //! result in the FileStorage YAML that [`Calibration::load`] (and OpenCV's own tools) read.
 
 use std::fmt;
@@ -14,7 +18,7 @@ use opencv::core::{
     self, FileStorage, FileStorage_Mode, Mat, Point2f, Point3f, Size, TermCriteria, Vector,
 };
 use opencv::prelude::*;
-use opencv::{calib3d, imgproc};
+use opencv::{aruco, calib3d, imgproc};
 
 use super::{CalibrateError, Calibration, Roi};
 use crate::part::GrayImage;
@@ -23,7 +27,7 @@ use crate::part::GrayImage;
 /// then every view's noise lands in the intrinsics.
 pub const MIN_VIEWS: usize = 5;
 
-/// The printed checkerboard.
+/// The printed board: a checkerboard, or a ChArUco board.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BoardSpec {
     /// Inner corners (where four squares meet) along a row and down a column: `(9, 6)` for a
@@ -32,6 +36,109 @@ pub struct BoardSpec {
     /// The side of one square, in millimetres. It sets the scale of the board poses only; the
     /// intrinsics come out the same whatever it is.
     pub square_mm: f64,
+    /// A ChArUco board (markers in its white squares); `None`: a plain checkerboard.
+    pub charuco: Option<Charuco>,
+}
+
+/// A ChArUco board's markers, as OpenCV's `CharucoBoard::create` lays them out: one in each
+/// white square, the top-left square black.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Charuco {
+    /// The side of one marker, in millimetres (smaller than a square).
+    pub marker_mm: f64,
+    pub dictionary: ArucoDictionary,
+}
+
+/// The ArUco dictionaries a ChArUco board is printed with: marker size in bits, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArucoDictionary {
+    Dict4x4_50,
+    Dict4x4_100,
+    Dict5x5_100,
+    Dict5x5_250,
+    Dict6x6_250,
+}
+
+impl std::str::FromStr for ArucoDictionary {
+    type Err = String;
+
+    /// `4x4_50`, `4x4_100`, `5x5_100`, `5x5_250` or `6x6_250` (OpenCV's `DICT_` names, case
+    /// aside, also do).
+    fn from_str(text: &str) -> Result<ArucoDictionary, String> {
+        let wanted = text.to_ascii_lowercase();
+        let wanted = wanted.strip_prefix("dict_").unwrap_or(&wanted);
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|d| d.name()).collect();
+                format!(
+                    "unknown ArUco dictionary {text:?}; one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl ArucoDictionary {
+    const ALL: [ArucoDictionary; 5] = [
+        ArucoDictionary::Dict4x4_50,
+        ArucoDictionary::Dict4x4_100,
+        ArucoDictionary::Dict5x5_100,
+        ArucoDictionary::Dict5x5_250,
+        ArucoDictionary::Dict6x6_250,
+    ];
+
+    fn opencv(self) -> aruco::PREDEFINED_DICTIONARY_NAME {
+        use aruco::PREDEFINED_DICTIONARY_NAME as D;
+        match self {
+            ArucoDictionary::Dict4x4_50 => D::DICT_4X4_50,
+            ArucoDictionary::Dict4x4_100 => D::DICT_4X4_100,
+            ArucoDictionary::Dict5x5_100 => D::DICT_5X5_100,
+            ArucoDictionary::Dict5x5_250 => D::DICT_5X5_250,
+            ArucoDictionary::Dict6x6_250 => D::DICT_6X6_250,
+        }
+    }
+
+    /// How many markers it has.
+    fn size(self) -> u32 {
+        match self {
+            ArucoDictionary::Dict4x4_50 => 50,
+            ArucoDictionary::Dict4x4_100 | ArucoDictionary::Dict5x5_100 => 100,
+            ArucoDictionary::Dict5x5_250 | ArucoDictionary::Dict6x6_250 => 250,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ArucoDictionary::Dict4x4_50 => "4x4_50",
+            ArucoDictionary::Dict4x4_100 => "4x4_100",
+            ArucoDictionary::Dict5x5_100 => "5x5_100",
+            ArucoDictionary::Dict5x5_250 => "5x5_250",
+            ArucoDictionary::Dict6x6_250 => "6x6_250",
+        }
+    }
+}
+
+/// Fewer ChArUco corners than this in a view leave its pose ill-determined: the view is
+/// skipped.
+pub const MIN_CHARUCO_CORNERS: usize = 8;
+
+/// OpenCV's ChArUco board for `spec` and `charuco`, with its dictionary.
+pub fn charuco_board(
+    spec: &BoardSpec,
+    charuco: &Charuco,
+) -> Result<(core::Ptr<aruco::CharucoBoard>, core::Ptr<aruco::Dictionary>), CalibrateError> {
+    let dictionary = aruco::get_predefined_dictionary(charuco.dictionary.opencv())?;
+    let (cols, rows) = spec.inner_corners;
+    let board = aruco::CharucoBoard::create(
+        cols as i32 + 1,
+        rows as i32 + 1,
+        spec.square_mm as f32,
+        charuco.marker_mm as f32,
+        &dictionary,
+    )?;
+    Ok((board, dictionary))
 }
 
 impl BoardSpec {
@@ -48,6 +155,27 @@ impl BoardSpec {
                 "square size {} mm: must be a positive number",
                 self.square_mm
             )));
+        }
+        if let Some(charuco) = &self.charuco {
+            if !(charuco.marker_mm.is_finite()
+                && charuco.marker_mm > 0.0
+                && charuco.marker_mm < self.square_mm)
+            {
+                return Err(CalibrateError::Board(format!(
+                    "marker size {} mm: must be a positive number below the square's {} mm",
+                    charuco.marker_mm, self.square_mm
+                )));
+            }
+            // One marker in every other square.
+            let markers = ((cols + 1) * (rows + 1)).div_ceil(2);
+            if markers > charuco.dictionary.size() {
+                return Err(CalibrateError::Board(format!(
+                    "{} squares need {markers} markers; the {} dictionary has {}",
+                    (cols + 1) * (rows + 1),
+                    charuco.dictionary.name(),
+                    charuco.dictionary.size()
+                )));
+            }
         }
         Ok(())
     }
@@ -76,7 +204,16 @@ impl fmt::Display for BoardSpec {
             f,
             "{cols}x{rows} inner corners, {} mm squares",
             self.square_mm
-        )
+        )?;
+        if let Some(charuco) = &self.charuco {
+            write!(
+                f,
+                ", ChArUco {} mm markers from {}",
+                charuco.marker_mm,
+                charuco.dictionary.name()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -184,14 +321,17 @@ pub fn calibrate_views_with_progress(
 
     let mut used_paths = Vec::new();
     let mut image_points: Vector<Vector<Point2f>> = Vector::new();
+    let mut object_points: Vector<Vector<Point3f>> = Vector::new();
     let mut skipped = Vec::new();
+    let finder = CornerFinder::new(board)?;
     for (path, image) in images {
-        let corners = find_corners(image, board)?;
+        let corners = finder.find(image)?;
         progress(path, corners.is_some());
         match corners {
-            Some(corners) => {
+            Some((corners, on_board)) => {
                 used_paths.push(path.clone());
                 image_points.push(corners);
+                object_points.push(on_board);
             }
             None => skipped.push(path.clone()),
         }
@@ -204,11 +344,6 @@ pub fn calibrate_views_with_progress(
         });
     }
 
-    // Every view shows the same board, so every view has the same object points.
-    let board_points = board.object_points();
-    let object_points: Vector<Vector<Point3f>> = (0..used_paths.len())
-        .map(|_| board_points.clone())
-        .collect();
     let image_size = Size::new(first.width as i32, first.height as i32);
     // A 1×5 start asks for exactly k1 k2 p1 p2 k3, what the station's remap uses.
     let mut camera_matrix = Mat::default();
@@ -237,7 +372,7 @@ pub fn calibrate_views_with_progress(
     for (i, path) in used_paths.into_iter().enumerate() {
         let mut projected: Vector<Point2f> = Vector::new();
         calib3d::project_points_def(
-            &board_points,
+            &object_points.get(i)?,
             &rvecs.get(i)?,
             &tvecs.get(i)?,
             &camera_matrix,
@@ -279,6 +414,104 @@ pub fn calibrate_views_with_progress(
         views,
         skipped,
     })
+}
+
+/// The corners found in one view (image pixels) and where each lies on the board (mm, z = 0).
+type FoundCorners = (Vector<Point2f>, Vector<Point3f>);
+
+/// Finds a board's inner corners in images.
+struct CornerFinder {
+    board: BoardSpec,
+    /// OpenCV's ChArUco board and its dictionary, made once.
+    charuco: Option<(core::Ptr<aruco::CharucoBoard>, core::Ptr<aruco::Dictionary>)>,
+}
+
+impl CornerFinder {
+    fn new(board: &BoardSpec) -> Result<CornerFinder, CalibrateError> {
+        let charuco = match &board.charuco {
+            Some(charuco) => Some(charuco_board(board, charuco)?),
+            None => None,
+        };
+        Ok(CornerFinder {
+            board: *board,
+            charuco,
+        })
+    }
+
+    /// The board's inner corners in `image`, to subpixel accuracy, with where each lies on the
+    /// board (mm, z = 0); `None` when too little of the board is in view (a checkerboard: not
+    /// all of it; a ChArUco board: fewer than [`MIN_CHARUCO_CORNERS`] corners).
+    fn find(&self, image: &GrayImage) -> Result<Option<FoundCorners>, CalibrateError> {
+        match &self.charuco {
+            Some((board, dictionary)) => {
+                find_charuco_corners(image, &self.board, board, dictionary)
+            }
+            None => Ok(find_corners(image, &self.board)?
+                .map(|corners| (corners, self.board.object_points()))),
+        }
+    }
+}
+
+/// A ChArUco board's inner corners in one image, found from its markers: each corner's id
+/// says where it is on the board (row by row, as a checkerboard's), so any part of the board
+/// with enough corners will do.
+fn find_charuco_corners(
+    image: &GrayImage,
+    spec: &BoardSpec,
+    board: &core::Ptr<aruco::CharucoBoard>,
+    dictionary: &core::Ptr<aruco::Dictionary>,
+) -> Result<Option<FoundCorners>, CalibrateError> {
+    if image.width == 0 || image.height == 0 {
+        return Ok(None);
+    }
+    let mat = Mat::new_rows_cols_with_data(image.height as i32, image.width as i32, &image.pixels)?;
+    let mut marker_corners: Vector<Vector<Point2f>> = Vector::new();
+    let mut marker_ids: Vector<i32> = Vector::new();
+    let mut rejected: Vector<Vector<Point2f>> = Vector::new();
+    let parameters = aruco::DetectorParameters::create()?;
+    aruco::detect_markers(
+        &mat,
+        dictionary,
+        &mut marker_corners,
+        &mut marker_ids,
+        &parameters,
+        &mut rejected,
+    )?;
+    if marker_ids.is_empty() {
+        return Ok(None);
+    }
+    let mut corners: Vector<Point2f> = Vector::new();
+    let mut ids: Vector<i32> = Vector::new();
+    // Two markers must agree on a corner: one alone can be a false detection.
+    aruco::interpolate_corners_charuco(
+        &marker_corners,
+        &marker_ids,
+        &mat,
+        board,
+        &mut corners,
+        &mut ids,
+        &core::no_array(),
+        &core::no_array(),
+        2,
+    )?;
+    if corners.len() < MIN_CHARUCO_CORNERS {
+        return Ok(None);
+    }
+    let all = spec.object_points();
+    let on_board = ids
+        .iter()
+        .map(|id| {
+            usize::try_from(id)
+                .ok()
+                .filter(|&id| id < all.len())
+                .map(|id| all.get(id))
+                .ok_or_else(|| {
+                    CalibrateError::Board(format!("ChArUco corner id {id} is not on the board"))
+                })?
+                .map_err(CalibrateError::from)
+        })
+        .collect::<Result<Vector<Point3f>, CalibrateError>>()?;
+    Ok(Some((corners, on_board)))
 }
 
 /// The board's inner corners in one image, to subpixel accuracy, or `None` when the whole board
@@ -375,10 +608,18 @@ pub fn plane_view(
             ),
         });
     }
-    let corners = find_corners(image, board)?.ok_or_else(|| CalibrateError::Image {
+    let not_found = || CalibrateError::Image {
         path: path.to_owned(),
         message: format!("the board ({board}) is not found: the whole board must be in view"),
-    })?;
+    };
+    let (corners, _) = CornerFinder::new(board)?
+        .find(image)?
+        .ok_or_else(not_found)?;
+    // The grid below is every inner corner, row by row: a ChArUco board must show them all.
+    let (cols, rows) = board.inner_corners;
+    if corners.len() != (cols * rows) as usize {
+        return Err(not_found());
+    }
     let camera_matrix = Mat::from_slice_2d(&calibration.camera_matrix)?;
     let distortion = Mat::from_slice(&calibration.distortion)?.try_clone()?;
     let mut undistorted: Vector<Point2f> = Vector::new();
@@ -401,7 +642,6 @@ pub fn plane_view(
     };
     let square_px = board.square_mm / mm_per_pixel;
     // Inner corner (c, r) at (c + 1, r + 1) squares: the outer squares start at (0, 0).
-    let (cols, rows) = board.inner_corners;
     let grid: Vector<Point2f> = (0..rows)
         .flat_map(|r| {
             (0..cols).map(move |c| {
@@ -499,9 +739,14 @@ pub fn write_yaml(
     )?;
     storage.write_comment(
         &format!(
-            "Camera calibration made by `linesight calibrate` from {} views of a checkerboard\n\
+            "Camera calibration made by `linesight calibrate` from {} views of a {}\n\
              ({}). The ROI is what the model inspects, in {}.",
             calibration.views.len(),
+            if calibration.board.charuco.is_some() {
+                "ChArUco board"
+            } else {
+                "checkerboard"
+            },
             calibration.board,
             if plane.is_some() {
                 "the top-down view's pixels (see homography)"
@@ -567,6 +812,7 @@ mod tests {
     const BOARD: BoardSpec = BoardSpec {
         inner_corners: (9, 6),
         square_mm: 25.0,
+        charuco: None,
     };
 
     fn blank(name: &str, width: u32, height: u32) -> (PathBuf, GrayImage) {
@@ -699,6 +945,28 @@ mod tests {
         };
         let err = calibrate_views(&images, &nothing).unwrap_err();
         assert!(err.to_string().contains("square size"), "{err}");
+        let charuco = |marker_mm, dictionary| BoardSpec {
+            charuco: Some(Charuco {
+                marker_mm,
+                dictionary,
+            }),
+            ..BOARD
+        };
+        let err =
+            calibrate_views(&images, &charuco(30.0, ArucoDictionary::Dict5x5_100)).unwrap_err();
+        assert!(err.to_string().contains("below the square's"), "{err}");
+        // 10 × 7 squares hold 35 markers: 4x4_50 has room, a 20 × 20 board does not.
+        let large = BoardSpec {
+            inner_corners: (19, 19),
+            ..charuco(18.0, ArucoDictionary::Dict4x4_50)
+        };
+        let err = calibrate_views(&images, &large).unwrap_err();
+        assert!(err.to_string().contains("200 markers"), "{err}");
+        assert_eq!(
+            "DICT_6X6_250".parse::<ArucoDictionary>(),
+            Ok(ArucoDictionary::Dict6x6_250)
+        );
+        assert!("7x7_1000".parse::<ArucoDictionary>().is_err());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `linesight calibrate`: the camera's intrinsics and lens distortion from photographs of a
-//! printed checkerboard, written as the calibration file a station loads.
+//! printed checkerboard or ChArUco board, written as the calibration file a station loads.
 //!
-//! Take 10–20 photographs with the station's camera, at the resolution it runs at, with the
-//! whole board in view: tilted different ways, and near the image's edges and corners as well as
-//! its middle (distortion is largest there).
+//! Take 10–20 photographs with the station's camera, at the resolution it runs at: tilted
+//! different ways, and near the image's edges and corners as well as its middle (distortion is
+//! largest there). A checkerboard must be wholly in view; a ChArUco board (`--charuco`) may be
+//! partly out of it, which makes the corners of the image easy to cover.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use linesight::calibrate::Roi;
-use linesight::calibrate::board::{self, BoardSpec};
+use linesight::calibrate::board::{self, ArucoDictionary, BoardSpec, Charuco};
 
 #[derive(clap::Args)]
 pub struct Calibrate {
@@ -22,6 +23,13 @@ pub struct Calibrate {
     /// The side of one square, in millimetres.
     #[arg(long)]
     square_mm: f64,
+    /// A ChArUco board: the side of one of its ArUco markers, in millimetres (as OpenCV's
+    /// CharucoBoard lays them out, one in each white square).
+    #[arg(long, requires = "dictionary")]
+    charuco_marker_mm: Option<f64>,
+    /// The ChArUco board's ArUco dictionary: 4x4_50, 4x4_100, 5x5_100, 5x5_250 or 6x6_250.
+    #[arg(long, requires = "charuco_marker_mm")]
+    dictionary: Option<ArucoDictionary>,
     /// Where to write the calibration (OpenCV FileStorage YAML); replaced if it exists.
     #[arg(long)]
     out: PathBuf,
@@ -48,6 +56,13 @@ impl Calibrate {
         let spec = BoardSpec {
             inner_corners: self.board,
             square_mm: self.square_mm,
+            charuco: self
+                .charuco_marker_mm
+                .zip(self.dictionary)
+                .map(|(marker_mm, dictionary)| Charuco {
+                    marker_mm,
+                    dictionary,
+                }),
         };
 
         let loading = bar(self.images.len(), "loading");
