@@ -5,6 +5,8 @@
 //!   rtspsrc and decoded by libav;
 //! - `gige-aravis.gst`: aravis's own fake GigE Vision camera (`arv-fake-gv-camera-0.8`) on
 //!   loopback;
+//! - `gige-aravis-bayer.gst`: the same camera asked for Bayer frames (it switches its
+//!   PixelFormat to BayerRG8), demosaiced by bayer2rgb;
 //! - `file-replay.gst`: an H.264 Matroska file recorded by GStreamer for the test;
 //! - `image-folder.gst`: PNG images written by the test;
 //! - `simulated.gst`: fed by a frame feeder, as the built-in simulated line feeds it;
@@ -215,6 +217,33 @@ async fn every_pipeline_template_is_filled_and_runs_against_a_real_source() {
     assert_eq!(result.expect("gige-aravis.gst runs"), 5, "gige-aravis.gst");
     assert_frames("gige-aravis.gst", &frames, 5, (256, 256));
     done("gige-aravis.gst", &mut ran);
+
+    // The same camera sending Bayer frames: the caps set its PixelFormat.
+    let description = fill(
+        "gige-aravis-bayer.gst",
+        &[
+            ("camera", text("127.0.0.1")),
+            ("bayer", text("rggb")),
+            ("exposure_us", ParamValue::Integer(10_000)),
+        ],
+    );
+    let (result, frames) = capture(description, None, Some(5), minute).await;
+    assert_eq!(
+        result.expect("gige-aravis-bayer.gst runs"),
+        5,
+        "gige-aravis-bayer.gst"
+    );
+    assert_frames("gige-aravis-bayer.gst", &frames, 5, (256, 256));
+    let format = std::process::Command::new("arv-tool-0.8")
+        .args(["-a", "127.0.0.1", "control", "PixelFormat"])
+        .output()
+        .expect("arv-tool-0.8 (aravis-tools-cli) runs");
+    let format = String::from_utf8_lossy(&format.stdout);
+    assert!(
+        format.contains("BayerRG8"),
+        "the camera was asked for Bayer frames: {format}"
+    );
+    done("gige-aravis-bayer.gst", &mut ran);
 
     // A video file: 12 frames of H.264 in Matroska, recorded here.
     let video = dir.path().join("line.mkv");
