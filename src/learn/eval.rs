@@ -202,6 +202,178 @@ pub fn threshold_for_false_reject_rate(scores: &[f32], labels: &[bool], rate: f6
     good[index] + f32::EPSILON * good[index].abs().max(1.0)
 }
 
+/// Which rate a threshold promises to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromisedRate {
+    /// Good parts rejected.
+    FalseReject,
+    /// Defective parts passed.
+    Escape,
+}
+
+/// What a threshold chosen by split conformal prediction promises for parts to come, exchangeable
+/// with the `n` calibration parts it was chosen on (the same product, process and camera): the
+/// rate is at most `target` in expectation over calibration sets (`expected_rate`), and for this
+/// calibration set lies in `interval_90` with probability 0.9. Written into the model's card.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdGuarantee {
+    pub rate: PromisedRate,
+    pub target: f64,
+    /// Calibration parts of the class the rate is about (good parts, or defective ones).
+    pub n: usize,
+    /// The rate's expectation: `(n + 1 - k) / (n + 1)` for the k-th order statistic.
+    pub expected_rate: f64,
+    /// The rate's 5th and 95th percentiles given this calibration set: it is Beta-distributed,
+    /// Beta(n + 1 - k, k), for continuous scores.
+    pub interval_90: [f64; 2],
+}
+
+/// Why no threshold with a guarantee can be had: `needed` is `usize::MAX` for a rate of 0, which
+/// no number of calibration parts can promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooFewForGuarantee {
+    pub have: usize,
+    pub needed: usize,
+}
+
+impl std::fmt::Display for TooFewForGuarantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.needed == usize::MAX {
+            write!(
+                f,
+                "a rate of 0 cannot be promised with any number of calibration parts"
+            )
+        } else {
+            write!(
+                f,
+                "{} calibration parts cannot promise this rate: it takes at least {}",
+                self.have, self.needed
+            )
+        }
+    }
+}
+
+impl std::error::Error for TooFewForGuarantee {}
+
+/// The threshold for a target false-reject rate `alpha` on good parts' scores, by split conformal
+/// prediction: just above the k-th smallest of the `n` good scores, `k = ceil((n + 1)(1 - alpha))`,
+/// so a new good part scores past it with probability at most `alpha` (exactly
+/// `(n + 1 - k) / (n + 1)` for continuous scores). Needs `n >= ceil(1 / alpha) - 1`.
+pub fn conformal_false_reject_threshold(
+    good_scores: &[f32],
+    alpha: f64,
+) -> Result<(f32, ThresholdGuarantee), TooFewForGuarantee> {
+    let n = good_scores.len();
+    let alpha = alpha.clamp(0.0, 1.0);
+    let k = ((n + 1) as f64 * (1.0 - alpha)).ceil().max(1.0) as usize;
+    if k > n {
+        return Err(TooFewForGuarantee {
+            have: n,
+            needed: needed_for(alpha),
+        });
+    }
+    let mut sorted = good_scores.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let kth = sorted[k - 1];
+    // A part fails at the threshold: the k-th score itself must pass.
+    let threshold = kth + f32::EPSILON * kth.abs().max(1.0);
+    Ok((
+        threshold,
+        guarantee(PromisedRate::FalseReject, alpha, n, n + 1 - k, k),
+    ))
+}
+
+/// The threshold for a target escape rate `beta` on defective parts' scores (labels `true`), by
+/// split conformal prediction: at the j-th smallest defective score, `j = floor((n + 1) beta)`,
+/// so the `j - 1` below it pass and a new defective part scores below it with probability at
+/// most `beta` (exactly `j / (n + 1)`). It is placed halfway down to the best good score below it,
+/// when one is, so good parts keep a margin too. Needs `n >= ceil(1 / beta) - 1` defective parts.
+pub fn conformal_escape_threshold(
+    scores: &[f32],
+    labels: &[bool],
+    beta: f64,
+) -> Result<(f32, ThresholdGuarantee), TooFewForGuarantee> {
+    let mut defective = pick(scores, labels, true);
+    let n = defective.len();
+    let beta = beta.clamp(0.0, 1.0);
+    let j = ((n + 1) as f64 * beta).floor() as usize;
+    if j == 0 {
+        return Err(TooFewForGuarantee {
+            have: n,
+            needed: needed_for(beta),
+        });
+    }
+    let j = j.min(n);
+    defective.sort_by(f32::total_cmp);
+    let lowest_caught = defective[j - 1];
+    let best_good_below = pick(scores, labels, false)
+        .into_iter()
+        .filter(|s| *s < lowest_caught)
+        .max_by(f32::total_cmp);
+    // Halfway down to the good part below, but never past the defective part under the j-th:
+    // that one escapes by rule, the others below it must not be caught by the margin either
+    // (catching more only lowers the escape rate).
+    let threshold = match best_good_below {
+        Some(good) => (good + lowest_caught) / 2.0,
+        None => lowest_caught,
+    };
+    Ok((
+        threshold,
+        guarantee(PromisedRate::Escape, beta, n, j, n + 1 - j),
+    ))
+}
+
+impl ThresholdGuarantee {
+    /// The promise in words, for a card's threshold rule.
+    pub fn describe(&self) -> String {
+        format!(
+            "split conformal on {} {} images: {} {:.4} on new parts in expectation (target {}), \
+             90 % interval {:.4}–{:.4} for this calibration",
+            self.n,
+            match self.rate {
+                PromisedRate::FalseReject => "good",
+                PromisedRate::Escape => "defective",
+            },
+            match self.rate {
+                PromisedRate::FalseReject => "false-reject rate",
+                PromisedRate::Escape => "escape rate",
+            },
+            self.expected_rate,
+            self.target,
+            self.interval_90[0],
+            self.interval_90[1],
+        )
+    }
+}
+
+/// The fewest calibration parts with which a rate of `target` can be promised.
+fn needed_for(target: f64) -> usize {
+    if target <= 0.0 {
+        usize::MAX
+    } else {
+        ((1.0 / target).ceil() as usize).saturating_sub(1).max(1)
+    }
+}
+
+/// The promise of an order statistic: the rate is Beta(a, b) with `a + b = n + 1`.
+fn guarantee(rate: PromisedRate, target: f64, n: usize, a: usize, b: usize) -> ThresholdGuarantee {
+    use statrs::distribution::{Beta, ContinuousCDF};
+    let expected_rate = a as f64 / (n + 1) as f64;
+    let interval_90 = match Beta::new(a as f64, b as f64) {
+        Ok(beta) => [beta.inverse_cdf(0.05), beta.inverse_cdf(0.95)],
+        // a, b >= 1 always; kept total.
+        Err(_) => [expected_rate, expected_rate],
+    };
+    ThresholdGuarantee {
+        rate,
+        target,
+        n,
+        expected_rate,
+        interval_90,
+    }
+}
+
 /// Labels the 8-connected defect regions of a `w`×`h` mask: 0 for good pixels, `first`,
 /// `first + 1`, … for each region. Returns the labels and the next unused label.
 pub fn label_regions(mask: &[bool], w: usize, h: usize, first: u32) -> (Vec<u32>, u32) {
@@ -345,6 +517,96 @@ fn pick(scores: &[f32], labels: &[bool], which: bool) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The share of new parts from [`draws`] that score at or past `t`: exactly
+    /// `P((-ln U)^1.5 >= t) = exp(-t^(2/3))`, so no sampling noise blurs the rate.
+    fn share_at_or_past(t: f32) -> f64 {
+        (-f64::from(t).max(0.0).powf(2.0 / 3.0)).exp()
+    }
+
+    /// Draws from one continuous distribution (a skewed one, as anomaly scores are).
+    fn draws(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+        use rand::Rng;
+        (0..n)
+            .map(|_| {
+                let u: f64 = rng.gen_range(1e-9..1.0);
+                (-u.ln()).powf(1.5) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_conformal_false_reject_threshold_keeps_its_promise_on_new_parts() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (alpha, n, trials) = (0.05, 150, 400);
+        let (mut mean_rate, mut inside) = (0.0, 0);
+        let mut promised = None;
+        for _ in 0..trials {
+            let calibration = draws(&mut rng, n);
+            let (threshold, guarantee) =
+                conformal_false_reject_threshold(&calibration, alpha).expect("enough parts");
+            let rate = share_at_or_past(threshold);
+            mean_rate += rate / trials as f64;
+            inside +=
+                usize::from((guarantee.interval_90[0]..=guarantee.interval_90[1]).contains(&rate));
+            promised = Some(guarantee);
+        }
+        let promised = promised.expect("trials ran");
+        // k = ceil(151 × 0.95) = 144: 7 of 151 above.
+        assert!((promised.expected_rate - 7.0 / 151.0).abs() < 1e-12);
+        assert!(promised.expected_rate <= alpha);
+        assert!(
+            (mean_rate - promised.expected_rate).abs() < 0.003,
+            "new parts' false-reject rate {mean_rate:.4}, promised {:.4}",
+            promised.expected_rate
+        );
+        // The interval holds the rate in 90 % of calibration sets.
+        let share = inside as f64 / trials as f64;
+        assert!(
+            (0.86..=0.94).contains(&share),
+            "inside the interval {share}"
+        );
+        assert!(promised.interval_90[0] < promised.expected_rate);
+        assert!(promised.interval_90[1] > promised.expected_rate);
+    }
+
+    #[test]
+    fn a_conformal_escape_threshold_keeps_its_promise_and_too_few_parts_are_said() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (beta, n, trials) = (0.1, 60, 400);
+        let mut mean_rate = 0.0;
+        let mut promised = None;
+        for _ in 0..trials {
+            let defective = draws(&mut rng, n);
+            let labels = vec![true; n];
+            let (threshold, guarantee) =
+                conformal_escape_threshold(&defective, &labels, beta).expect("enough parts");
+            mean_rate += (1.0 - share_at_or_past(threshold)) / trials as f64;
+            promised = Some(guarantee);
+        }
+        let promised = promised.expect("trials ran");
+        // j = floor(61 × 0.1) = 6: 6 of 61 below.
+        assert!((promised.expected_rate - 6.0 / 61.0).abs() < 1e-12);
+        assert!(
+            (mean_rate - promised.expected_rate).abs() < 0.004,
+            "escape rate {mean_rate:.4}, promised {:.4}",
+            promised.expected_rate
+        );
+        // 2 % needs 49 defective parts; 5 % false rejects 19 good ones.
+        let few = conformal_escape_threshold(&[1.0; 30], &[true; 30], 0.02).unwrap_err();
+        assert_eq!(
+            few,
+            TooFewForGuarantee {
+                have: 30,
+                needed: 49
+            }
+        );
+        let few = conformal_false_reject_threshold(&[1.0; 18], 0.05).unwrap_err();
+        assert_eq!(few.needed, 19);
+        assert!(conformal_false_reject_threshold(&[1.0; 19], 0.05).is_ok());
+    }
 
     #[test]
     fn auroc_by_hand() {

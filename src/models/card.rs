@@ -60,6 +60,11 @@ pub struct CardHead {
     pub threshold: f32,
     /// How the threshold was chosen, and on which images.
     pub threshold_rule: String,
+    /// What the threshold promises for new parts of the product, when it was chosen by split
+    /// conformal prediction on enough calibration images; absent otherwise, and from cards
+    /// older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_guarantee: Option<crate::learn::eval::ThresholdGuarantee>,
 }
 
 /// A family's section of the card.
@@ -94,9 +99,19 @@ impl<F: Family> ModelCard<F> {
                 architecture,
                 threshold,
                 threshold_rule,
+                threshold_guarantee: None,
             },
             family,
         }
+    }
+
+    /// The card with what its threshold promises (see [`CardHead::threshold_guarantee`]).
+    pub fn with_guarantee(
+        mut self,
+        guarantee: Option<crate::learn::eval::ThresholdGuarantee>,
+    ) -> ModelCard<F> {
+        self.head.threshold_guarantee = guarantee;
+        self
     }
 
     /// A card from its JSON, written by this version or an earlier one, which must be of
@@ -233,6 +248,23 @@ mod tests {
         let mut shipped: Value = serde_json::from_str(&text).expect("JSON");
         shipped["kind"] = "defect-net".into();
         assert_eq!(written(&card), shipped);
+        assert_eq!(
+            card.head.threshold_guarantee, None,
+            "a card from before the field"
+        );
+
+        // A threshold's promise is written and read back whole.
+        let promise = crate::learn::eval::conformal_false_reject_threshold(
+            &(0..40).map(|i| i as f32).collect::<Vec<_>>(),
+            0.05,
+        )
+        .expect("40 good scores promise 5 %")
+        .1;
+        let card = card.with_guarantee(Some(promise));
+        let text = serde_json::to_string(&card).expect("JSON");
+        assert!(text.contains("\"threshold_guarantee\""), "{text}");
+        let read = ModelCard::<DefectNetCard>::from_json(&text).expect("reads back");
+        assert_eq!(read.head.threshold_guarantee, Some(promise));
     }
 
     #[test]

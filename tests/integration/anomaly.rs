@@ -55,6 +55,15 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(head.version.starts_with("synthetic-parts@"));
     assert!(head.threshold > 0.0);
     let card = &card.family;
+    // Four good validation images cannot promise 5 % false rejects (it takes 19): the card
+    // says so rather than claim it.
+    assert!(head.threshold_guarantee.is_none());
+    assert!(
+        head.threshold_rule.contains("without a guarantee")
+            && head.threshold_rule.contains("at least 19"),
+        "{}",
+        head.threshold_rule
+    );
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
     // The image score, the patch head and the coarse image score are on, scaled on the
     // validation images.

@@ -159,4 +159,7 @@ fn a_target_escape_rate_chooses_the_threshold() {
     .expect("trains");
     let rule = &card.head.threshold_rule;
     assert!(rule.starts_with("escape rate ≤ 0 on "), "{rule}");
+    // No number of images promises no escape at all: the card says it has no guarantee.
+    assert!(rule.contains("without a guarantee"), "{rule}");
+    assert!(card.head.threshold_guarantee.is_none());
 }

@@ -217,6 +217,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             .collect()
     };
     let validation_scores = raw_scores(&validation_part)?;
+    let mut guarantee = None;
     let (model, threshold, threshold_rule) = if validation_scores.len() >= 2 {
         let scale = ScoreScale::from_good_scores(&validation_scores);
         let model = model.with_scale(scale);
@@ -225,15 +226,22 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             .map(|&s| model.combined(s))
             .collect();
         let labels = vec![false; combined.len()];
-        let threshold = eval::threshold_for_false_reject_rate(
-            &combined,
-            &labels,
-            settings.target_false_reject_rate,
-        );
+        // With enough good validation images the threshold comes with a finite-sample promise
+        // (split conformal); with fewer, the plain quantile, and the card says why.
+        let alpha = settings.target_false_reject_rate;
+        let (threshold, how) = match eval::conformal_false_reject_threshold(&combined, alpha) {
+            Ok((threshold, promise)) => {
+                guarantee = Some(promise);
+                (threshold, promise.describe())
+            }
+            Err(few) => (
+                eval::threshold_for_false_reject_rate(&combined, &labels, alpha),
+                format!("the validation quantile, without a guarantee: {few}"),
+            ),
+        };
         let rule = format!(
-            "false-reject rate ≤ {} on {} good validation images (scored by the model fitted \
-             without them; the final bank and image Gaussians add them)",
-            settings.target_false_reject_rate,
+            "false-reject rate ≤ {alpha} on {} good validation images, {how} (scored by the \
+             model fitted without them; the final bank and image Gaussians add them)",
             combined.len()
         );
         // The final model learns from every good training image, as the supervised model
@@ -306,7 +314,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             architecture,
             (threshold, threshold_rule),
             family,
-        ),
+        )
+        .with_guarantee(guarantee),
         model,
     };
     model.save(&settings.out_dir)?;

@@ -162,14 +162,24 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard<DefectNetCard>, Train
     let version = hash::version(&settings.name, ContentHash::new().bytes(&weights));
 
     let (val_scores, val_labels) = scores(&net, &val_set, &device)?;
-    let threshold =
-        eval::threshold_for_escape_rate(&val_scores, &val_labels, settings.target_escape_rate)
-            .ok_or(TrainError::NoDefects)?;
+    let target = settings.target_escape_rate;
+    // With enough defective validation parts the threshold comes with a finite-sample promise
+    // (split conformal); with fewer, the plain quantile, and the card says why.
+    let (threshold, guarantee, how) =
+        match eval::conformal_escape_threshold(&val_scores, &val_labels, target) {
+            Ok((threshold, promise)) => (threshold, Some(promise), promise.describe()),
+            Err(few) => (
+                eval::threshold_for_escape_rate(&val_scores, &val_labels, target)
+                    .ok_or(TrainError::NoDefects)?,
+                None,
+                format!("without a guarantee: {few}"),
+            ),
+        };
     let metrics = evaluate(&net, &test_set, threshold, &device)?;
     let (w, h) = undistorter.output_size();
     let threshold_rule = format!(
-        "escape rate <= {} on {} validation parts, halfway to the nearest good score",
-        settings.target_escape_rate, settings.n_val
+        "escape rate <= {target} on {} validation parts, halfway to the nearest good score, {how}",
+        settings.n_val
     );
     let family = DefectNetCard {
         input: InputSpec {
@@ -203,7 +213,8 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard<DefectNetCard>, Train
         ARCHITECTURE.into(),
         (threshold, threshold_rule),
         family,
-    );
+    )
+    .with_guarantee(guarantee);
     card.write(&settings.out_dir)?;
     Ok(card)
 }

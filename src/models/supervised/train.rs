@@ -123,15 +123,36 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         settings.progress.then_some("validation images"),
     )?;
     let n_validation = used_validation.len();
+    let mut guarantee = None;
+    let has_good = scored.labels.iter().any(|l| !l);
     let chosen = match settings.target_escape_rate {
-        Some(rate) => eval::threshold_for_escape_rate(&scored.scores, &scored.labels, rate)
-            .filter(|_| scored.labels.iter().any(|l| !l))
-            .map(|t| {
-                (
-                    t,
-                    format!("escape rate ≤ {rate} on {n_validation} validation images"),
-                )
-            }),
+        // With enough defective validation images the threshold comes with a finite-sample
+        // promise (split conformal); with fewer, the plain quantile, and the card says why.
+        Some(rate) if has_good => {
+            match eval::conformal_escape_threshold(&scored.scores, &scored.labels, rate) {
+                Ok((t, promise)) => {
+                    guarantee = Some(promise);
+                    Some((
+                        t,
+                        format!(
+                            "escape rate ≤ {rate} on {n_validation} validation images, {}",
+                            promise.describe()
+                        ),
+                    ))
+                }
+                Err(few) => eval::threshold_for_escape_rate(&scored.scores, &scored.labels, rate)
+                    .map(|t| {
+                        (
+                            t,
+                            format!(
+                                "escape rate ≤ {rate} on {n_validation} validation images, \
+                                 without a guarantee: {few}"
+                            ),
+                        )
+                    }),
+            }
+        }
+        Some(_) => None,
         None => {
             eval::threshold_for_accuracy_near(&scored.scores, &scored.labels, 0.5, ACCURACY_SLACK)
                 .map(|t| {
@@ -194,7 +215,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         architecture,
         (threshold, rule),
         family,
-    );
+    )
+    .with_guarantee(guarantee);
     model.card.family.metrics = evaluate(&model, &held_out, settings.progress)?;
     model.card.head.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;

@@ -82,6 +82,7 @@ async fn app(dir: &std::path::Path) -> App {
         architecture: "none".into(),
         threshold: 0.5,
         threshold_rule: "none".into(),
+        threshold_guarantee: None,
     };
     let models = Arc::new(ActiveModels::new(RunningModel::new(
         Box::new(Idle(head)),
