@@ -48,8 +48,9 @@ for name, value, target in checks:
     shown = "n/a" if value is None else f"{value:.4f}"
     print(f"{name:<42} {shown:>6}  target {target:.2f}  {'met' if met else 'NOT MET'}")
 # The anomaly threshold's promise (issue 21): chosen by split conformal on the good validation
-# images, its false-reject rate on the held-out good images must come within 2 points of the
-# target. Reported beside the card's expectation and 90 % interval.
+# images, its false-reject rate on the held-out good images must not exceed the target by more
+# than 2 points (the promise is an upper bound). Reported beside the card's expectation and
+# 90 % interval.
 card = json.load(open(f"{out}/magnetic-tile-anomaly/card.json"))
 promise = card.get("threshold_guarantee")
 held_out = card["metrics"]["at_threshold"]["false_reject_rate"]
@@ -57,11 +58,11 @@ if promise is None:
     print(f"{'magnetic-tile anomaly threshold promise':<42}   none  ({card['threshold_rule']})")
     unmet += 1
 else:
-    met = held_out is not None and abs(held_out - promise["target"]) <= 0.02
+    met = held_out is not None and held_out <= promise["target"] + 0.02
     unmet += not met
     low, high = promise["interval_90"]
     print(f"{'magnetic-tile anomaly held-out false rejects':<42} {held_out:.4f}  target "
-          f"{promise['target']:.2f} ± 0.02 (promised {promise['expected_rate']:.4f}, 90 % "
+          f"≤ {promise['target']:.2f} + 0.02 (promised {promise['expected_rate']:.4f}, 90 % "
           f"{low:.4f}-{high:.4f}, {promise['n']} good validation images)  "
           f"{'met' if met else 'NOT MET'}")
 sys.exit(1 if unmet else 0)

@@ -267,8 +267,14 @@ pub struct ViewSection {
     pub match_ms: u64,
     /// As `[camera] stall_timeout_ms`.
     pub stall_timeout_ms: Option<u64>,
-    /// Frames waiting to be joined to their parts; when full, new ones are dropped.
-    #[serde(default = "default_frame_queue")]
+    /// How much later than the station camera's this camera's frames reach the station (a
+    /// network camera's pipeline buffers 100 ms and more): the inspect stage waits that much
+    /// longer for a part's frame.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Frames kept for joining to their parts, the newest; when full, the oldest goes. Make it
+    /// hold a free-running camera's frames between two parts.
+    #[serde(default = "default_view_frames")]
     pub frame_queue: usize,
     /// The built-in simulated line's camera shows this view: the same parts, on the same
     /// schedule, their face towards this camera drawn with its own seed.
@@ -279,12 +285,18 @@ fn default_match_ms() -> u64 {
     40
 }
 
+fn default_view_frames() -> usize {
+    64
+}
+
 /// `[views.simulator]`: which face of the simulated parts this camera sees.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViewSimulator {
     /// Draws this face's defects (the part's other faces have seeds of their own).
     pub seed: u64,
+    /// This face's base defect rate; default: `[camera.simulator] defect_rate`.
+    pub defect_rate: Option<f64>,
 }
 
 /// A checked `[[views]]` entry, paths resolved.
@@ -295,6 +307,8 @@ pub struct ViewConfig {
     pub calibration_file: PathBuf,
     /// See [`ViewSection::match_ms`].
     pub match_window: Duration,
+    /// See [`ViewSection::latency_ms`].
+    pub latency: Duration,
     pub stall_timeout: Option<Duration>,
     pub frame_queue: NonZeroUsize,
     /// See [`ViewSection::simulator`].
@@ -416,13 +430,36 @@ fn check_views(file: &StationFile, base: &Path, problem: &mut dyn FnMut(&str, St
         if view.frame_queue == 0 {
             problem(&field("frame_queue"), "expected at least 1".into());
         }
-        if view.simulator.is_some() && file.camera.simulator.is_none() {
-            problem(
+        match (&view.simulator, &file.camera.simulator) {
+            (Some(_), None) => problem(
                 &field("simulator"),
                 "a simulated view shows the simulated line's parts: [camera.simulator] is \
                  missing"
                     .into(),
-            );
+            ),
+            (Some(face), Some(line)) => {
+                if let Some(rate) = face.defect_rate
+                    && !(0.0..=1.0).contains(&rate)
+                {
+                    problem(
+                        &field("simulator.defect_rate"),
+                        format!("expected a share in [0, 1], got {rate}"),
+                    );
+                }
+                // A window as wide as half the time between parts could take a neighbour's frame.
+                let half_pitch_ms = 30_000.0 / line.parts_per_min;
+                if line.parts_per_min > 0.0 && view.match_ms as f64 >= half_pitch_ms {
+                    problem(
+                        &field("match_ms"),
+                        format!(
+                            "{} ms is not under half the time between the simulated line's parts \
+                             ({half_pitch_ms:.0} ms at {} parts/min)",
+                            view.match_ms, line.parts_per_min
+                        ),
+                    );
+                }
+            }
+            (None, _) => {}
         }
     }
 }
@@ -845,6 +882,7 @@ impl StationConfig {
                     pipeline: camera_pipeline(view.pipeline_fields(), &resolve),
                     calibration_file: resolve(&view.calibration),
                     match_window: Duration::from_millis(view.match_ms),
+                    latency: Duration::from_millis(view.latency_ms),
                     stall_timeout: view.stall_timeout_ms.map(Duration::from_millis),
                     // Checked non-zero.
                     frame_queue: NonZeroUsize::new(view.frame_queue).unwrap_or(NonZeroUsize::MIN),
@@ -1353,6 +1391,44 @@ mod tests {
             .filter(|l| l.starts_with('[') || l.contains(" = "))
             .collect();
         format!("{head}\n{}\n", uncommented.join("\n"))
+    }
+
+    #[test]
+    fn camera_views_are_checked_and_each_problem_named() {
+        let config = parse(&example()).expect("the shipped config is valid");
+        assert_eq!(&*config.camera_name, "top");
+        let side = &config.views[0];
+        assert_eq!(&*side.name, "side");
+        assert_eq!(side.match_window, Duration::from_millis(40));
+        assert_eq!(side.frame_queue.get(), 64);
+        assert_eq!(side.simulator.and_then(|s| s.defect_rate), Some(0.05));
+
+        let bad = example()
+            .replacen("name = \"side\"", "name = \"top\"", 1)
+            .replacen("match_ms = 40", "match_ms = 300", 1)
+            .replacen(
+                "calibration = \"../calibration/simulated.yaml\"\nmatch_ms",
+                "calibration = \"../calibration/nowhere.yaml\"\nlaunch = \"x\"\nmatch_ms",
+                1,
+            )
+            .replacen("defect_rate = 0.05", "defect_rate = 1.5", 1);
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&bad) else {
+            panic!("expected problems");
+        };
+        let said = |field: &str, words: &str| {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(words)),
+                "{field}: {words:?} in {problems:?}"
+            );
+        };
+        said("views[0].name", "names another camera");
+        said("views[0]", "exactly one of");
+        said("views[0].calibration", "does not exist");
+        said("views[0].simulator.defect_rate", "[0, 1]");
+        // 120 parts/min: 500 ms apart, so a 300 ms window could take a neighbour's frame.
+        said("views[0].match_ms", "half the time between");
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct Metrics {
     /// A further view's frames that showed no part (before a part's window, or farther from
     /// its trigger than another frame): discarded.
     pub view_frames_unmatched: Family<CameraLabel, Counter>,
+    /// A further view's frames let go because its ring was full (its oldest first).
+    pub view_frames_dropped: Family<CameraLabel, Counter>,
+    /// Times a further view's capture lost its camera and started trying to get it back.
+    pub view_camera_restarts: Family<CameraLabel, Counter>,
     /// Inspections by verdict.
     pub inspections: Family<KindLabel, Counter>,
     /// Inspections that arrived after their part's verdict deadline.
@@ -142,6 +146,8 @@ impl Metrics {
             frames_dropped: Counter::default(),
             view_frames_missing: Family::default(),
             view_frames_unmatched: Family::default(),
+            view_frames_dropped: Family::default(),
+            view_camera_restarts: Family::default(),
             inspections: Family::default(),
             inspections_late: Counter::default(),
             dispositions: Family::default(),
@@ -328,6 +334,16 @@ impl Metrics {
             "view_frames_unmatched",
             "Frames of a further camera view that showed no part (discarded)",
             self.view_frames_unmatched.clone(),
+        );
+        registry.register(
+            "view_frames_dropped",
+            "Frames of a further camera view let go because its ring was full (oldest first)",
+            self.view_frames_dropped.clone(),
+        );
+        registry.register(
+            "view_camera_restarts",
+            "Times a further camera view was lost and capture started trying to get it back",
+            self.view_camera_restarts.clone(),
         );
         registry.register(
             "inspections",

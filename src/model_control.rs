@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
 use crate::metrics::Metrics;
-use crate::part::Verdict;
+use crate::part::{GrayImage, Verdict};
 use crate::record::{
     AuditRecord, ModelAction, ModelEvent, RecordBody, RecordError, ShadowSummary, ShadowVerdict,
     Store,
@@ -317,18 +317,36 @@ pub fn run_shadow(ctx: ShadowContext) {
         let Some(shadow) = ctx.active.shadow() else {
             continue;
         };
-        let score = || shadow.detector.score(&job.image);
-        let scored = match &pool {
-            Ok(pool) => pool.install(score),
-            Err(_) => score(),
-        };
-        let (verdict, score) = match scored {
-            Ok((score, _)) if score >= shadow.threshold => (Verdict::Fail, Some(score)),
-            Ok((score, _)) => (Verdict::Pass, Some(score)),
-            Err(error) => {
-                tracing::warn!(part_id = %job.part_id, %error, "shadow model failed");
-                (Verdict::Error, None)
+        // Each camera's image; the part's verdict is the worst (fail, then error, then pass),
+        // its score the first worst image's, as the live model's.
+        let judge = |image: &GrayImage| {
+            let score = || shadow.detector.score(image);
+            let scored = match &pool {
+                Ok(pool) => pool.install(score),
+                Err(_) => score(),
+            };
+            match scored {
+                Ok((score, _)) if score >= shadow.threshold => (Verdict::Fail, Some(score)),
+                Ok((score, _)) => (Verdict::Pass, Some(score)),
+                Err(error) => {
+                    tracing::warn!(part_id = %job.part_id, %error, "shadow model failed");
+                    (Verdict::Error, None)
+                }
             }
+        };
+        let rank = |verdict: Verdict| match verdict {
+            Verdict::Pass => 0,
+            Verdict::Error => 1,
+            Verdict::Fail => 2,
+        };
+        let Some((verdict, score)) = job.images.iter().map(judge).reduce(|worst, next| {
+            if rank(next.0) > rank(worst.0) {
+                next
+            } else {
+                worst
+            }
+        }) else {
+            continue;
         };
         let record = ShadowVerdict {
             part_id: job.part_id.0,

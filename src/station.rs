@@ -41,12 +41,13 @@ use crate::analyse::rootcause::station::run_root_cause;
 use crate::analyse::{AnalyseError, Production, ProductionCounts, run_production_counter};
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::capture::{
-    CameraStatus, CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, capture_until_done,
+    CameraStatus, CaptureContext, CaptureError, ExternalTriggers, FrameFeeder, FrameRing,
+    capture_until_done,
 };
 use crate::config::{LineTiming, PlcKind, StationConfig, Tracking, ViewConfig};
 use crate::inspect::registry::{self, ActiveModels, Registry, RegistryError, RunningModel};
 use crate::inspect::{InspectContext, Inspector, ModelError, ViewFrames, ViewJoin, run_inspector};
-use crate::metrics::Metrics;
+use crate::metrics::{CameraLabel, Metrics};
 use crate::model_control::{ControlError, ModelControl, ShadowContext, run_shadow};
 use crate::part::{Actuation, Inspection, PartOutcome, StationClock, Trigger};
 use crate::publish::mqtt::{MqttSettings, cursor_client, run_mqtt};
@@ -135,6 +136,17 @@ pub enum StationError {
         model_height: u32,
         roi_width: u32,
         roi_height: u32,
+    },
+    #[error(
+        "camera view `{view}`'s calibration ROI is {width}x{height}, the station camera's \
+         {station_width}x{station_height}: every camera must give the model images of one size"
+    )]
+    ViewSize {
+        view: String,
+        width: u32,
+        height: u32,
+        station_width: u32,
+        station_height: u32,
     },
     #[error("a stage stopped unexpectedly: {0}")]
     Stage(String),
@@ -266,16 +278,17 @@ impl Station {
                 roi_height,
             });
         }
+        // Every camera gives the model images of one size, so that a model promoted later
+        // fits all of them as it fits the station's camera.
         for view in &views {
             let roi = &view.calibration.roi;
-            if let Some((model_width, model_height)) = detector.input_size()
-                && (model_width, model_height) != (roi.width, roi.height)
-            {
-                return Err(StationError::ModelInput {
-                    model_width,
-                    model_height,
-                    roi_width: roi.width,
-                    roi_height: roi.height,
+            if (roi.width, roi.height) != (roi_width, roi_height) {
+                return Err(StationError::ViewSize {
+                    view: view.config.name.to_string(),
+                    width: roi.width,
+                    height: roi.height,
+                    station_width: roi_width,
+                    station_height: roi_height,
                 });
             }
         }
@@ -679,11 +692,15 @@ impl Station {
         );
         // Whether the camera is there: capture sets it, the monitor's health reads it.
         let camera = Arc::new(CameraStatus::default());
-        // The further cameras stop once the inspect thread needs no more of their frames.
-        let views_stop = shutdown.child_token();
+        // The further cameras stop once the inspect thread needs no more of their frames (it
+        // stops them when it ends; so does the end of the run, whatever ended it).
+        // Not the shutdown's child: on a shutdown the inspect thread still needs their frames
+        // for the parts already captured.
+        let views_stop = CancellationToken::new();
+        let _stop_views_on_exit = views_stop.clone().drop_guard();
         let mut view_captures = views
             .into_iter()
-            .map(|view| ViewCapture::prepare(view, &clock, &views_stop))
+            .map(|view| ViewCapture::prepare(view, &clock, &metrics, &views_stop))
             .collect::<Result<Vec<_>, StationError>>()?;
         let view_health: Vec<ViewHealth> = view_captures.iter().map(ViewCapture::health).collect();
         let monitor = tokio::spawn(
@@ -904,7 +921,7 @@ impl Station {
             first_part_id,
             max_parts: options.max_parts,
             triggers: trigger_tx,
-            frames: frame_tx,
+            frames: frame_tx.into(),
             clock: clock.clone(),
             metrics: metrics.clone(),
             stop: shutdown.clone(),
@@ -1295,9 +1312,10 @@ struct ViewHealth {
 struct ViewCapture {
     name: Arc<str>,
     ctx: CaptureContext,
-    frames: std::sync::mpsc::Receiver<crate::part::Frame>,
+    frames: Arc<FrameRing>,
     undistorter: Undistorter,
-    window: std::time::Duration,
+    /// `match_ms` and `latency_ms`.
+    timing: (std::time::Duration, std::time::Duration),
     status: Arc<CameraStatus>,
 }
 
@@ -1305,6 +1323,7 @@ impl ViewCapture {
     fn prepare(
         view: ViewCamera,
         clock: &Arc<StationClock>,
+        metrics: &Metrics,
         stop: &CancellationToken,
     ) -> Result<ViewCapture, StationError> {
         let description = view
@@ -1318,15 +1337,20 @@ impl ViewCapture {
             .name("view-triggers".into())
             .spawn(move || while ignored.blocking_recv().is_some() {})
             .map_err(|e| StationError::Stage(format!("cannot start a view's thread: {e}")))?;
-        let (frames_tx, frames) = std::sync::mpsc::sync_channel(view.config.frame_queue.get());
-        // Counters of its own: the station's count the station's camera's parts.
-        let mut ctx = CaptureContext::new(
-            description,
-            triggers,
-            frames_tx,
-            Metrics::new(),
-            stop.clone(),
+        let label = CameraLabel {
+            camera: view.config.name.to_string(),
+        };
+        let frames = FrameRing::new(
+            view.config.frame_queue.get(),
+            metrics.view_frames_dropped.get_or_create(&label).clone(),
         );
+        // Counters of its own (the station's count the station camera's parts), but its
+        // restarts are on the station's /metrics by camera.
+        let own = Metrics {
+            camera_restarts: metrics.view_camera_restarts.get_or_create(&label).clone(),
+            ..Metrics::new()
+        };
+        let mut ctx = CaptureContext::new(description, triggers, frames.clone(), own, stop.clone());
         ctx.feeder = view.feeder;
         ctx.clock = clock.clone();
         ctx.stall_timeout = view.config.stall_timeout;
@@ -1335,7 +1359,7 @@ impl ViewCapture {
             ctx,
             frames,
             undistorter: Undistorter::new(&view.calibration)?,
-            window: view.config.match_window,
+            timing: (view.config.match_window, view.config.latency),
             status: Arc::new(CameraStatus::default()),
         })
     }
@@ -1348,23 +1372,38 @@ impl ViewCapture {
         }
     }
 
-    /// Starts the capture; the inspect thread joins its frames through the [`ViewJoin`].
+    /// Starts the capture; the inspect thread joins its frames through the [`ViewJoin`]. A
+    /// capture that ends before the station stops it (a pipeline that is wrong, a fed or file
+    /// source at its end) leaves the camera lost, with the reason, for good: the station shows
+    /// FAULT and every part after is rejected, its view missing.
     fn start(self, metrics: &Metrics) -> (ViewJoin, ViewTask) {
         let join = ViewJoin {
             name: self.name.clone(),
             undistorter: self.undistorter,
             frames: ViewFrames::new(
                 self.name.clone(),
-                self.frames,
-                self.window,
+                self.frames.clone(),
+                self.timing,
                 self.status.clone(),
                 self.ctx.metrics.clone(),
                 metrics.clone(),
             ),
         };
-        let status = self.status;
-        let ctx = self.ctx;
-        let task = tokio::task::spawn_blocking(move || capture_until_done(ctx, &status));
+        let (status, ctx, frames, name) = (self.status, self.ctx, self.frames, self.name.clone());
+        let (stop, captured) = (ctx.stop.clone(), ctx.metrics.frames_captured.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let result = capture_until_done(ctx, &status);
+            if !stop.is_cancelled() {
+                let reason = match &result {
+                    Ok(_) => "its stream ended".to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                tracing::error!(camera = %name, %reason, "a camera view stopped for good; every part is rejected, its view missing");
+                status.mark_lost(format!("stopped: {reason}"), captured.get());
+            }
+            frames.close();
+            result
+        });
         (join, (self.name, task))
     }
 }

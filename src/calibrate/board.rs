@@ -166,8 +166,8 @@ impl BoardSpec {
                     charuco.marker_mm, self.square_mm
                 )));
             }
-            // One marker in every other square.
-            let markers = ((cols + 1) * (rows + 1)).div_ceil(2);
+            // A marker in every white square; the top-left square is black.
+            let markers = (cols + 1) * (rows + 1) / 2;
             if markers > charuco.dictionary.size() {
                 return Err(CalibrateError::Board(format!(
                     "{} squares need {markers} markers; the {} dictionary has {}",
@@ -497,20 +497,35 @@ fn find_charuco_corners(
     if corners.len() < MIN_CHARUCO_CORNERS {
         return Ok(None);
     }
+    // In id order (row by row, as a checkerboard's), each with its place on the board.
     let all = spec.object_points();
-    let on_board = ids
+    let mut found = Vec::with_capacity(corners.len());
+    for (corner, id) in corners.iter().zip(ids.iter()) {
+        let on_board = usize::try_from(id)
+            .ok()
+            .filter(|&id| id < all.len())
+            .ok_or_else(|| {
+                CalibrateError::Board(format!("ChArUco corner id {id} is not on the board"))
+            })?;
+        found.push((on_board, corner));
+    }
+    found.sort_by_key(|(id, _)| *id);
+    // Corners all in one row or one column fix no pose: such a view is no use.
+    let columns = spec.inner_corners.0 as usize;
+    let distinct = |key: &dyn Fn(usize) -> usize| {
+        let mut keys: Vec<usize> = found.iter().map(|(id, _)| key(*id)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len()
+    };
+    if distinct(&|id| id / columns) < 2 || distinct(&|id| id % columns) < 2 {
+        return Ok(None);
+    }
+    let corners: Vector<Point2f> = found.iter().map(|(_, corner)| *corner).collect();
+    let on_board = found
         .iter()
-        .map(|id| {
-            usize::try_from(id)
-                .ok()
-                .filter(|&id| id < all.len())
-                .map(|id| all.get(id))
-                .ok_or_else(|| {
-                    CalibrateError::Board(format!("ChArUco corner id {id} is not on the board"))
-                })?
-                .map_err(CalibrateError::from)
-        })
-        .collect::<Result<Vector<Point3f>, CalibrateError>>()?;
+        .map(|(id, _)| all.get(*id))
+        .collect::<Result<Vector<Point3f>, _>>()?;
     Ok(Some((corners, on_board)))
 }
 

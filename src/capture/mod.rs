@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod genicam;
+pub mod outlet;
 pub mod presence;
 pub mod template;
 
 pub use self::genicam::{GenicamTrigger, TriggerError, TriggerSource};
+pub use self::outlet::{Delivered, FrameOutlet, FrameRing, Popped};
 pub use self::presence::{PresenceMeasure, PresenceRoi, PresenceSettings, RoiOutsideFrame};
 pub use self::template::{CameraPipeline, ParamValue, PipelineTemplate, TemplateError};
 
@@ -121,6 +123,11 @@ pub enum CaptureError {
     Stalled { after: Duration },
     #[error("the live camera ended its stream by itself")]
     Ended,
+    #[error(
+        "the pipeline starts with `appsrc name=source`, which only the simulated line feeds, \
+         and nothing feeds it here"
+    )]
+    Unfed,
 }
 
 impl CaptureError {
@@ -156,7 +163,7 @@ pub struct CaptureContext {
     /// Stop after this many frames.
     pub max_parts: Option<u64>,
     pub triggers: mpsc::Sender<Trigger>,
-    pub frames: SyncSender<Frame>,
+    pub frames: FrameOutlet,
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
     pub stop: CancellationToken,
@@ -186,7 +193,7 @@ impl CaptureContext {
     pub fn new(
         pipeline_description: String,
         triggers: mpsc::Sender<Trigger>,
-        frames: SyncSender<Frame>,
+        frames: impl Into<FrameOutlet>,
         metrics: Metrics,
         stop: CancellationToken,
     ) -> CaptureContext {
@@ -196,7 +203,7 @@ impl CaptureContext {
             first_part_id: 0,
             max_parts: None,
             triggers,
-            frames,
+            frames: frames.into(),
             clock: StationClock::start(),
             metrics,
             stop,
@@ -221,7 +228,9 @@ pub struct CameraStatus {
 }
 
 impl CameraStatus {
-    fn lost_now(&self, reason: String, frames: u64) {
+    /// Marks the camera lost for `reason`, with `frames` captured so far (a later frame means
+    /// it is back).
+    pub fn mark_lost(&self, reason: String, frames: u64) {
         self.frames_at_loss.store(frames, Ordering::Relaxed);
         *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
@@ -284,7 +293,7 @@ pub fn capture_until_done(
             Err(error) if error.is_camera_lost() && !fed && !ctx.stop.is_cancelled() => {
                 tracing::error!(%error, retry_in = ?wait, "camera lost; every part is rejected by policy until it is back");
                 ctx.metrics.camera_restarts.inc();
-                status.lost_now(error.to_string(), ctx.metrics.frames_captured.get());
+                status.mark_lost(error.to_string(), ctx.metrics.frames_captured.get());
                 let retry_at = Instant::now() + wait;
                 while Instant::now() < retry_at && !ctx.stop.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(50));
@@ -394,6 +403,13 @@ fn run_pipeline(
             .build(),
     );
 
+    // An appsrc nobody feeds would wait for frames for ever, without an error.
+    if ctx.feeder.is_none() && pipeline.by_name(APPSRC_NAME).is_some() {
+        if let Some(relay) = relay {
+            ctx.external_triggers = Some(relay.stop());
+        }
+        return Err(CaptureError::Unfed);
+    }
     let camera = match ctx.feeder.take() {
         Some(feeder) => {
             let appsrc = pipeline
@@ -820,7 +836,7 @@ struct FrameHandoff {
     frames_arrived: Arc<AtomicU64>,
     max_parts: Option<u64>,
     triggers: mpsc::Sender<Trigger>,
-    frames: SyncSender<Frame>,
+    frames: FrameOutlet,
     clock: Arc<StationClock>,
     metrics: Metrics,
 }
@@ -943,17 +959,17 @@ impl FrameHandoff {
         {
             return Err(stage_gone(sink, "tracker"));
         }
-        match self.frames.try_send(Frame {
+        match self.frames.deliver(Frame {
             part_id,
             captured_at,
             image,
         }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Delivered::Taken => {}
+            Delivered::Refused => {
                 self.metrics.frames_dropped.inc();
                 tracing::debug!(%part_id, "inspection queue full: frame dropped, part will be rejected");
             }
-            Err(TrySendError::Disconnected(_)) => return Err(stage_gone(sink, "inspection")),
+            Delivered::Closed => return Err(stage_gone(sink, "inspection")),
         }
         Ok(gst::FlowSuccess::Ok)
     }

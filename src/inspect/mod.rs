@@ -155,18 +155,27 @@ pub fn run_inspector(mut ctx: InspectContext) {
             ctx.inspector
                 .inspect_views(&ctx.camera, frame, &mut ctx.views, &ctx.clock)
         };
-        if ctx.inspector.models.shadow().is_some()
-            && let Some(image) = &inspection.image
-        {
-            let job = ShadowJob {
-                part_id: inspection.part_id,
-                image: image.clone(),
-                live_version: inspection.model_version.clone(),
-                live_verdict: inspection.verdict,
-                live_score: inspection.score,
+        if ctx.inspector.models.shadow().is_some() {
+            // Every camera's image: the shadow judges the whole part, as the live model did.
+            let images: Vec<GrayImage> = match &inspection.views {
+                Some(views) => views
+                    .views
+                    .iter()
+                    .filter_map(|v| v.inspection.image.clone())
+                    .collect(),
+                None => inspection.image.iter().cloned().collect(),
             };
-            if let Err(TrySendError::Full(_)) = ctx.shadow_jobs.try_send(job) {
-                ctx.metrics.shadow_frames_skipped.inc();
+            if !images.is_empty() {
+                let job = ShadowJob {
+                    part_id: inspection.part_id,
+                    images,
+                    live_version: inspection.model_version.clone(),
+                    live_verdict: inspection.verdict,
+                    live_score: inspection.score,
+                };
+                if let Err(TrySendError::Full(_)) = ctx.shadow_jobs.try_send(job) {
+                    ctx.metrics.shadow_frames_skipped.inc();
+                }
             }
         }
         ctx.metrics.count_inspection(inspection.verdict);

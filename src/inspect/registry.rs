@@ -205,7 +205,9 @@ impl ActiveModels {
 /// A calibrated frame for the shadow model, with the live verdict to compare against.
 pub struct ShadowJob {
     pub part_id: PartId,
-    pub image: GrayImage,
+    /// The calibrated image of every camera that saw the part (one with one camera): the
+    /// shadow judges the part as the live model did, the worst of its views.
+    pub images: Vec<GrayImage>,
     pub live_version: Arc<str>,
     pub live_verdict: Verdict,
     pub live_score: Option<f32>,

@@ -1,22 +1,21 @@
 //! Joining further cameras' frames to the parts the station's camera makes.
 //!
 //! Each `[[views]]` camera runs a capture of its own (reconnecting like the station's camera)
-//! whose frames wait in a bounded queue. The inspect thread, inspecting a part, takes from
-//! each queue the frame captured nearest the part's trigger, within the view's window: a
+//! whose newest frames wait in a [`FrameRing`]. The inspect thread, inspecting a part, takes from
+//! each ring the frame captured nearest the part's trigger, within the view's window: a
 //! triggered camera wired to the same photo-eye gives one frame a part, a free-running one
 //! many, of which the nearest there at the time wins. Frames before the window show no part
 //! any more and are discarded; a frame past the nearest is kept for the parts to come. The
 //! window must be under half the time between parts, or a part whose own frame is missing
 //! would take its neighbour's. A part with no
 //! frame in its window is judged [`crate::part::Verdict::Error`] for that view, so it is
-//! rejected; while the camera is lost no one waits for it.
+//! rejected; while the camera is lost, or after its capture ended, no one waits for it.
 
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::calibrate::Undistorter;
-use crate::capture::CameraStatus;
+use crate::capture::{CameraStatus, FrameRing, Popped};
 use crate::metrics::Metrics;
 use crate::part::{Frame, GrayImage, StationClock, StationTime};
 
@@ -34,8 +33,11 @@ pub struct ViewJoin {
 /// A further camera's frames on their way to the parts they show.
 pub struct ViewFrames {
     name: Arc<str>,
-    frames: Receiver<Frame>,
+    frames: Arc<FrameRing>,
     window: Duration,
+    /// How much later than the station camera's this camera's frames arrive (a network
+    /// camera's pipeline buffers): the wait for a part's frame is that much longer.
+    latency: Duration,
     /// A frame captured after the last part's window: it belongs to a part to come.
     ahead: Option<Frame>,
     status: Arc<CameraStatus>,
@@ -47,11 +49,12 @@ pub struct ViewFrames {
 
 impl ViewFrames {
     /// The view `name`, whose capture delivers into `frames` and keeps `status` and
-    /// `capture_metrics`; a frame within `window` of a part's trigger shows that part.
+    /// `capture_metrics`; a frame within `window` of a part's trigger shows that part, and may
+    /// arrive up to `latency` after the station camera's.
     pub fn new(
         name: Arc<str>,
-        frames: Receiver<Frame>,
-        window: Duration,
+        frames: Arc<FrameRing>,
+        (window, latency): (Duration, Duration),
         status: Arc<CameraStatus>,
         capture_metrics: Metrics,
         metrics: Metrics,
@@ -60,6 +63,7 @@ impl ViewFrames {
             name,
             frames,
             window,
+            latency,
             ahead: None,
             status,
             capture_metrics,
@@ -77,7 +81,7 @@ impl ViewFrames {
             captured_at.before(self.window),
             captured_at.after(self.window),
         );
-        let deadline = clock.instant(to) + LATE_FRAME_GRACE;
+        let deadline = clock.instant(to) + self.latency + LATE_FRAME_GRACE;
         let lost = self.status.lost(self.capture_metrics.frames_captured.get());
         let distance = |frame: &Frame| frame.captured_at.0.abs_diff(captured_at.0);
         let mut nearest: Option<Frame> = None;
@@ -85,11 +89,14 @@ impl ViewFrames {
             let next = match self.ahead.take() {
                 Some(frame) => Some(frame),
                 // Once one frame fits, or while the camera is lost, only frames already
-                // here are looked at: nobody waits for a camera that is not there.
-                None if nearest.is_some() || lost.is_some() => self.frames.try_recv().ok(),
+                // here are looked at: nobody waits for a camera that is not there. A capture
+                // that ended leaves the ring closed: no wait either.
                 None => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    self.frames.recv_timeout(wait).ok()
+                    let until = (nearest.is_none() && lost.is_none()).then_some(deadline);
+                    match self.frames.pop(until) {
+                        Popped::Frame(frame) => Some(frame),
+                        Popped::Empty | Popped::Closed => None,
+                    }
                 }
             };
             let Some(frame) = next else { break };
@@ -168,24 +175,24 @@ mod tests {
 
     struct Fixture {
         frames: ViewFrames,
-        send: std::sync::mpsc::SyncSender<Frame>,
+        ring: Arc<FrameRing>,
         metrics: Metrics,
         clock: Arc<StationClock>,
     }
 
     fn fixture() -> Fixture {
-        let (send, receive) = std::sync::mpsc::sync_channel(16);
+        let ring = FrameRing::new(16, Default::default());
         let metrics = Metrics::new();
         Fixture {
             frames: ViewFrames::new(
                 Arc::from("side"),
-                receive,
-                Duration::from_millis(40),
+                ring.clone(),
+                (Duration::from_millis(40), Duration::ZERO),
                 Arc::new(CameraStatus::default()),
                 Metrics::new(),
                 metrics.clone(),
             ),
-            send,
+            ring,
             metrics,
             clock: StationClock::start(),
         }
@@ -217,7 +224,7 @@ mod tests {
             (190, 6),
             (220, 7),
         ] {
-            f.send.send(frame(ms, level)).expect("queued");
+            f.ring.push(frame(ms, level));
         }
         let first = f.frames.frame_for(at(100), &f.clock).expect("a frame");
         assert_eq!(first.pixels, [3], "95 ms is the nearest to 100 ms");
@@ -232,7 +239,7 @@ mod tests {
     fn a_part_whose_frame_never_came_is_missing_and_its_neighbours_frame_stays_its_own() {
         let mut f = fixture();
         // A triggered view that missed the part at 100 ms: its next frame is the next part's.
-        f.send.send(frame(201, 9)).expect("queued");
+        f.ring.push(frame(201, 9));
         let missing = f
             .frames
             .frame_for(at(100), &f.clock)
@@ -249,14 +256,13 @@ mod tests {
     fn a_frame_that_arrives_while_the_inspect_thread_waits_is_taken() {
         let mut f = fixture();
         let now = f.clock.now();
-        let send = f.send.clone();
+        let ring = f.ring.clone();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(5));
-            send.send(Frame {
+            ring.push(Frame {
                 captured_at: now,
                 ..frame(0, 7)
-            })
-            .expect("queued");
+            });
         });
         let image = f
             .frames
@@ -264,5 +270,50 @@ mod tests {
             .expect("the frame that came");
         assert_eq!(image.pixels, [7]);
         late.join().expect("sender");
+    }
+
+    #[test]
+    fn a_full_ring_lets_its_oldest_frame_go_so_the_frames_near_a_trigger_stay() {
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        let ring = FrameRing::new(3, dropped.clone());
+        for ms in [10, 20, 30, 40, 50] {
+            ring.push(frame(ms, 0));
+        }
+        assert_eq!(dropped.get(), 2);
+        let left: Vec<u128> = std::iter::from_fn(|| match ring.pop(None) {
+            Popped::Frame(frame) => Some(frame.captured_at.0.as_millis()),
+            Popped::Empty | Popped::Closed => None,
+        })
+        .collect();
+        assert_eq!(left, [30, 40, 50]);
+        ring.close();
+        assert!(matches!(ring.pop(None), Popped::Closed));
+        assert_eq!(ring.push(frame(60, 0)), crate::capture::Delivered::Closed);
+    }
+
+    #[test]
+    fn a_view_whose_capture_ended_is_not_waited_for() {
+        let ring = FrameRing::new(4, Default::default());
+        // A window of 10 s: waiting it out would be unmistakable.
+        let mut frames = ViewFrames::new(
+            Arc::from("side"),
+            ring.clone(),
+            (Duration::from_secs(10), Duration::ZERO),
+            Arc::new(CameraStatus::default()),
+            Metrics::new(),
+            Metrics::new(),
+        );
+        ring.close();
+        let clock = StationClock::start();
+        let started = std::time::Instant::now();
+        let missing = frames
+            .frame_for(clock.now(), &clock)
+            .expect_err("no frame will come");
+        assert!(missing.contains("camera `side`"), "{missing}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a capture that ended",
+            started.elapsed()
+        );
     }
 }

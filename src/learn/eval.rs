@@ -285,10 +285,11 @@ pub fn conformal_false_reject_threshold(
 }
 
 /// The threshold for a target escape rate `beta` on defective parts' scores (labels `true`), by
-/// split conformal prediction: at the j-th smallest defective score, `j = floor((n + 1) beta)`,
-/// so the `j - 1` below it pass and a new defective part scores below it with probability at
-/// most `beta` (exactly `j / (n + 1)`). It is placed halfway down to the best good score below it,
-/// when one is, so good parts keep a margin too. Needs `n >= ceil(1 / beta) - 1` defective parts.
+/// split conformal prediction: at most the j-th smallest defective score, `j = floor((n + 1)
+/// beta)`, so a new defective part scores below it with probability at most `j / (n + 1) <=
+/// beta`. It is placed halfway down to the best good score below that one, when there is one, so
+/// good parts keep a margin too; a lower threshold only catches more, so the promise (its
+/// expectation and interval) is an upper bound. Needs `n >= ceil(1 / beta) - 1` defective parts.
 pub fn conformal_escape_threshold(
     scores: &[f32],
     labels: &[bool],
@@ -298,7 +299,7 @@ pub fn conformal_escape_threshold(
     let n = defective.len();
     let beta = beta.clamp(0.0, 1.0);
     let j = ((n + 1) as f64 * beta).floor() as usize;
-    if j == 0 {
+    if j == 0 || n == 0 {
         return Err(TooFewForGuarantee {
             have: n,
             needed: needed_for(beta),
@@ -311,9 +312,8 @@ pub fn conformal_escape_threshold(
         .into_iter()
         .filter(|s| *s < lowest_caught)
         .max_by(f32::total_cmp);
-    // Halfway down to the good part below, but never past the defective part under the j-th:
-    // that one escapes by rule, the others below it must not be caught by the margin either
-    // (catching more only lowers the escape rate).
+    // Halfway down to the good part below: the margin may catch some of the defective parts
+    // under the j-th, which only lowers the escape rate.
     let threshold = match best_good_below {
         Some(good) => (good + lowest_caught) / 2.0,
         None => lowest_caught,

@@ -207,9 +207,9 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
         "defect_width_mm",
         "defect_height_mm",
         "defect_area_mm2",
-        "views",
         "supersedes",
         "detail",
+        "views",
     ])
     .map_err(csv_error)?;
     let opt = |v: Option<String>| v.unwrap_or_default();
@@ -244,14 +244,14 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
                     .defect_size
                     .and_then(|d| d.area_mm2)
                     .map(|v| v.to_string())),
+                String::new(),
+                String::new(),
                 // Several cameras: each one's verdict, as `top:pass;side:fail`.
                 i.views
                     .iter()
                     .map(|view| format!("{}:{}", view.camera, view.verdict.as_str()))
                     .collect::<Vec<_>>()
                     .join(";"),
-                String::new(),
-                String::new(),
             ]),
             RecordBody::Label(l) => row.extend([
                 l.part_id.to_string(),
@@ -266,13 +266,14 @@ fn pull_csv(page: &Page) -> Result<Vec<u8>, ApiError> {
                 String::new(),
                 String::new(),
                 String::new(),
-                String::new(),
                 l.supersedes.to_string(),
                 serde_json::json!({ "by": l.by, "note": l.note }).to_string(),
+                String::new(),
             ]),
             body => {
-                row.extend(std::iter::repeat_n(String::new(), 14));
+                row.extend(std::iter::repeat_n(String::new(), 13));
                 row.push(serde_json::to_string(body).unwrap_or_default());
+                row.push(String::new());
             }
         }
         csv.write_record(&row).map_err(csv_error)?;

@@ -1,7 +1,7 @@
 //! The simulated camera: renders parts at the belt's rate and pushes them into the pipeline's
 //! appsrc, one frame per part, their defects drawn from the line's sensors at the time.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -18,6 +18,8 @@ pub struct SimulatedCamera {
     process: Arc<LineProcess>,
     /// When the line started: the clock the PLC's sensor registers follow too.
     line_started: Instant,
+    /// The slot of the line's first part, shared by the line's cameras.
+    first_slot: Arc<OnceLock<u64>>,
     /// The simulated PLC and how long a part takes from the camera to its gate eye: every
     /// part shown reaches the eye, whatever the station makes of it.
     conveyor: Option<(PlcSimulator, Duration)>,
@@ -25,17 +27,19 @@ pub struct SimulatedCamera {
 
 impl SimulatedCamera {
     /// A camera on the line `process` describes, whose time since start runs from
-    /// `line_started`, and whose parts go on to the gate eye of `conveyor`'s PLC.
+    /// `line_started`, starting on the line's first slot (set by whichever of the line's cameras
+    /// starts first), and whose parts go on to the gate eye of `conveyor`'s PLC.
     pub fn new(
         settings: SimulatorSection,
         process: Arc<LineProcess>,
-        line_started: Instant,
+        (line_started, first_slot): (Instant, Arc<OnceLock<u64>>),
         conveyor: Option<(PlcSimulator, Duration)>,
     ) -> SimulatedCamera {
         SimulatedCamera {
             settings,
             process,
             line_started,
+            first_slot,
             conveyor,
         }
     }
@@ -99,9 +103,12 @@ fn feed(
     let period = Duration::from_secs_f64(60.0 / settings.parts_per_min);
     // Slots fall on the line's clock (every `period` from its start), so that every camera on
     // the line (the station's and its further views) sees a part at the same moment.
-    let first_slot = camera.line_started.elapsed().as_secs_f64() / period.as_secs_f64();
+    let next_slot =
+        (camera.line_started.elapsed().as_secs_f64() / period.as_secs_f64()).ceil() as u64;
+    let first_slot = *camera.first_slot.get_or_init(|| next_slot);
     // Slots tick on through downtimes (the part clock goes on); only running slots carry a part.
-    let (mut slot, mut sent) = (first_slot.ceil() as u64, 0u64);
+    // A camera that starts after the first slot went by begins on the next one.
+    let (mut slot, mut sent) = (first_slot.max(next_slot), 0u64);
     while !stop.is_cancelled() && max_parts.is_none_or(|max| sent < max) {
         // Parts arrive on a fixed schedule, however long rendering took.
         let t = period.mul_f64(slot as f64);

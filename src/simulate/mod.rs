@@ -61,8 +61,11 @@ pub struct SimulatedLine {
     /// Keeps the PLC's sensor registers up to date.
     sensors: Option<tokio::task::JoinHandle<()>>,
     camera: Option<(crate::config::SimulatorSection, Arc<LineProcess>)>,
-    /// The `[[views]]` the simulated camera shows too, each with the seed of its face.
-    views: Vec<(Arc<str>, u64)>,
+    /// The `[[views]]` the simulated camera shows too, each with its face's seed and rate.
+    views: Vec<(Arc<str>, crate::config::ViewSimulator)>,
+    /// The slot of the line's first part, set by the camera that starts first: every camera
+    /// starts on it, so the n-th part of each is the same part.
+    first_slot: Arc<std::sync::OnceLock<u64>>,
     /// Time zero of the line: sensors and parts follow one clock.
     started: Instant,
     /// From the camera to the PLC's gate eye.
@@ -139,8 +142,9 @@ impl SimulatedLine {
             views: config
                 .views
                 .iter()
-                .filter_map(|view| Some((view.name.clone(), view.simulator?.seed)))
+                .filter_map(|view| Some((view.name.clone(), view.simulator?)))
                 .collect(),
+            first_slot: Arc::default(),
             started,
             camera_to_eye,
             server_mode: config.plc.kind == PlcKind::Server,
@@ -176,7 +180,7 @@ impl SimulatedLine {
                 Box::new(SimulatedCamera::new(
                     settings,
                     process,
-                    self.started,
+                    (self.started, self.first_slot.clone()),
                     conveyor,
                 )) as _
             }),
@@ -186,13 +190,18 @@ impl SimulatedLine {
                 Some((settings, process)) => self
                     .views
                     .iter()
-                    .map(|(name, seed)| {
+                    .map(|(name, face)| {
                         let face = crate::config::SimulatorSection {
-                            seed: *seed,
+                            seed: face.seed,
+                            defect_rate: face.defect_rate.unwrap_or(settings.defect_rate),
                             ..settings.clone()
                         };
-                        let camera =
-                            SimulatedCamera::new(face, process.clone(), self.started, None);
+                        let camera = SimulatedCamera::new(
+                            face,
+                            process.clone(),
+                            (self.started, self.first_slot.clone()),
+                            None,
+                        );
                         (
                             name.clone(),
                             Box::new(camera) as Box<dyn crate::capture::FrameFeeder>,

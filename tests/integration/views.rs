@@ -31,9 +31,13 @@ async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() 
     let _one = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let parts = 60;
+    // Defects as common on the side as on the top, so that some parts fail on the side alone.
     let config = station_config(
         dir.path(),
-        &[("parts_per_min = 120", "parts_per_min = 300")],
+        &[
+            ("parts_per_min = 120", "parts_per_min = 300"),
+            ("defect_rate = 0.05", "defect_rate = 0.3"),
+        ],
     );
     let (_line, station) = simulated_station(config).await.expect("station starts");
     let (store, metrics) = (station.store(), station.metrics());
@@ -116,10 +120,76 @@ async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() 
         side_only_rejects > 0,
         "some parts are rejected for what only the side camera saw"
     );
-    let exposition = metrics.encode("test");
+    let side = linesight::metrics::CameraLabel {
+        camera: "side".into(),
+    };
+    let missing = metrics.view_frames_missing.get_or_create(&side).get();
+    assert_eq!(
+        missing,
+        parts - both_seen,
+        "every part without its side frame is counted"
+    );
     assert!(
-        exposition.contains("view_frames_missing"),
+        metrics
+            .encode("test")
+            .contains("view_frames_missing_total{"),
         "the views' counters are on /metrics"
+    );
+}
+
+/// The side camera shows the same face as the top one (the same seed and rate): each part's two
+/// pictures must be the same picture, which they are only when every frame joined its own part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_views_frame_joins_its_own_part() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parts = 40;
+    let config = station_config(
+        dir.path(),
+        &[
+            ("parts_per_min = 120", "parts_per_min = 300"),
+            ("seed = 2\ndefect_rate = 0.05\n", "seed = 1\n"),
+        ],
+    );
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let store = station.store();
+    let report = station
+        .run(
+            RunOptions {
+                max_parts: Some(parts),
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("line runs");
+    assert_eq!(report.parts, parts);
+    let records = store.inspection_records(None, 1000).expect("records");
+    let mut same = 0;
+    let mut images = std::collections::HashSet::new();
+    for record in &records {
+        let [top, side] = &record.views[..] else {
+            panic!("part {}: {:?}", record.part_id, record.views)
+        };
+        let (Some(top_image), Some(side_image)) = (&top.image, &side.image) else {
+            continue;
+        };
+        assert_eq!(
+            top_image, side_image,
+            "part {}: the side camera's frame is another part's",
+            record.part_id
+        );
+        assert_eq!(top.verdict, side.verdict, "part {}", record.part_id);
+        images.insert(top_image.clone());
+        same += 1;
+    }
+    assert!(
+        same >= parts - 1,
+        "{same} of {parts} parts seen by both cameras"
+    );
+    assert!(
+        images.len() as u64 >= parts - 1,
+        "the parts are all different pictures ({} distinct)",
+        images.len()
     );
 }
 
@@ -140,7 +210,7 @@ async fn a_view_camera_that_fails_rejects_its_parts_and_faults_the_station_which
                 "pipeline = \"../pipelines/simulated.gst\"\ncalibration",
                 &format!("{side}calibration"),
             ),
-            ("[views.simulator]\nseed = 2\n", ""),
+            ("[views.simulator]\nseed = 2\ndefect_rate = 0.05\n", ""),
         ],
     );
     let (_line, station) = simulated_station(config).await.expect("station starts");
