@@ -551,8 +551,8 @@ fn an_image_of_another_size_is_named() {
 #[test]
 fn the_command_writes_a_calibration_the_station_loads() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut args: Vec<String> = [
-        "calibrate",
+    let out = dir.path().join("calibration/camera.yaml");
+    let mut args = strings(&[
         "--board",
         "9x6",
         "--square-mm",
@@ -560,24 +560,12 @@ fn the_command_writes_a_calibration_the_station_loads() {
         "--roi",
         "16,16,608,448",
         "--out",
-    ]
-    .map(String::from)
-    .to_vec();
-    let out = dir.path().join("calibration/camera.yaml");
+    ]);
     args.push(path_arg(&out));
     let blank = blank("blank.png", WIDTH, HEIGHT);
-    for (name, image) in VIEWS.iter().chain(std::iter::once(&blank)) {
-        let path = dir.path().join("views").join(name);
-        write_png(&path, image);
-        args.push(path_arg(&path));
-    }
-    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
-        .args(&args)
-        .output()
-        .expect("run linesight");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let views = dir.path().join("views");
+    let images: Vec<_> = VIEWS.iter().chain(std::iter::once(&blank)).collect();
+    let stdout = calibrate_command(&args, &views, &images);
     assert!(stdout.contains("RMS reprojection error"), "{stdout}");
     assert!(stdout.contains("fx 70"), "{stdout}");
     assert!(stdout.contains("view14.png"), "{stdout}");
@@ -592,8 +580,7 @@ fn the_command_writes_a_calibration_the_station_loads() {
 fn the_command_calibrates_from_a_charuco_board() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("camera.yaml");
-    let mut args: Vec<String> = [
-        "calibrate",
+    let mut args = strings(&[
         "--board",
         "9x6",
         "--square-mm",
@@ -603,22 +590,10 @@ fn the_command_calibrates_from_a_charuco_board() {
         "--dictionary",
         "5x5_100",
         "--out",
-    ]
-    .map(String::from)
-    .to_vec();
+    ]);
     args.push(path_arg(&out));
-    for (name, image) in CHARUCO_VIEWS.iter() {
-        let path = dir.path().join(name);
-        write_png(&path, image);
-        args.push(path_arg(&path));
-    }
-    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
-        .args(&args)
-        .output()
-        .expect("run linesight");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let images: Vec<_> = CHARUCO_VIEWS.iter().collect();
+    let stdout = calibrate_command(&args, dir.path(), &images);
     assert!(
         stdout.contains("fx 70") || stdout.contains("fx 69"),
         "{stdout}"
@@ -651,6 +626,31 @@ fn path_arg(path: &Path) -> String {
     path.to_str().expect("temp paths are UTF-8").to_owned()
 }
 
+/// Runs `linesight calibrate` with `args` and `images` written as PNG files under `dir` (their
+/// paths last), and asks it to succeed; returns what it printed.
+fn calibrate_command(args: &[String], dir: &Path, images: &[&(PathBuf, GrayImage)]) -> String {
+    let mut args: Vec<String> = std::iter::once("calibrate".to_owned())
+        .chain(args.iter().cloned())
+        .collect();
+    for (name, image) in images {
+        let path = dir.join(name);
+        write_png(&path, image);
+        args.push(path_arg(&path));
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .args(&args)
+        .output()
+        .expect("run linesight");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| (*arg).to_owned()).collect()
+}
+
 /// `--plane`: one of the views, the board tilted 25° away from the camera, taken as the board
 /// lying on the belt. The station's undistorted, perspective-corrected image of that view must
 /// be the board seen from straight above: every square where the top-down grid puts it, dark
@@ -659,31 +659,15 @@ fn path_arg(path: &Path) -> String {
 fn the_command_makes_a_top_down_view_of_the_plane_the_board_lies_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("top-down.yaml");
-    let mut args: Vec<String> = ["calibrate", "--board", "9x6", "--square-mm", "25"]
-        .map(String::from)
-        .to_vec();
-    for (name, image) in VIEWS.iter() {
-        let path = dir.path().join(name);
-        write_png(&path, image);
-        args.push(path_arg(&path));
-    }
     let (plane_name, plane_image) = &VIEWS[1];
+    let mut args = strings(&["--board", "9x6", "--square-mm", "25", "--plane"]);
     args.extend([
-        "--plane".into(),
         path_arg(&dir.path().join(plane_name)),
         "--out".into(),
         path_arg(&out),
     ]);
-    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
-        .args(&args)
-        .output()
-        .expect("run linesight");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let images: Vec<_> = VIEWS.iter().collect();
+    let stdout = calibrate_command(&args, dir.path(), &images);
     assert!(stdout.contains("mm per pixel"), "{stdout}");
 
     let calibration = Calibration::load(&out).expect("the station loads it");

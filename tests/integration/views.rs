@@ -26,19 +26,16 @@ fn deciding_view(record: &InspectionRecord) -> usize {
         .expect("a view")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() {
-    let _one = CPU_HEAVY.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let parts = 60;
-    // Defects as common on the side as on the top, so that some parts fail on the side alone.
-    let config = station_config(
-        dir.path(),
-        &[
-            ("parts_per_min = 120", "parts_per_min = 300"),
-            ("defect_rate = 0.05", "defect_rate = 0.3"),
-        ],
-    );
+/// Runs `parts` parts at 300 a minute through the shipped two-camera line with `edits`.
+async fn run_parts(
+    dir: &std::path::Path,
+    edits: &[(&str, &str)],
+    parts: u64,
+) -> (linesight::record::Store, linesight::metrics::Metrics) {
+    let edits: Vec<(&str, &str)> = std::iter::once(("parts_per_min = 120", "parts_per_min = 300"))
+        .chain(edits.iter().copied())
+        .collect();
+    let config = station_config(dir, &edits);
     let (_line, station) = simulated_station(config).await.expect("station starts");
     let (store, metrics) = (station.store(), station.metrics());
     let report = station
@@ -51,7 +48,21 @@ async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() 
         .await
         .expect("line runs");
     assert_eq!(report.parts, parts);
+    (store, metrics)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parts = 60;
+    // Defects as common on the side as on the top, so that some parts fail on the side alone.
+    let (store, metrics) = run_parts(
+        dir.path(),
+        &[("defect_rate = 0.05", "defect_rate = 0.3")],
+        parts,
+    )
+    .await;
     let records = store.inspection_records(None, 1000).expect("records");
     assert_eq!(records.len() as u64, parts);
     let mut side_only_rejects = 0;
@@ -144,25 +155,12 @@ async fn each_views_frame_joins_its_own_part() {
     let _one = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let parts = 40;
-    let config = station_config(
+    let (store, _) = run_parts(
         dir.path(),
-        &[
-            ("parts_per_min = 120", "parts_per_min = 300"),
-            ("seed = 2\ndefect_rate = 0.05\n", "seed = 1\n"),
-        ],
-    );
-    let (_line, station) = simulated_station(config).await.expect("station starts");
-    let store = station.store();
-    let report = station
-        .run(
-            RunOptions {
-                max_parts: Some(parts),
-            },
-            CancellationToken::new(),
-        )
-        .await
-        .expect("line runs");
-    assert_eq!(report.parts, parts);
+        &[("seed = 2\ndefect_rate = 0.05\n", "seed = 1\n")],
+        parts,
+    )
+    .await;
     let records = store.inspection_records(None, 1000).expect("records");
     let mut same = 0;
     let mut images = std::collections::HashSet::new();
