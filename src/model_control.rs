@@ -19,6 +19,7 @@ use std::sync::mpsc::Receiver;
 use chrono::Utc;
 use serde::Serialize;
 
+use crate::inspect::backtest::{BacktestJob, BacktestJobs, Period, StartError};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
 use crate::metrics::Metrics;
 use crate::part::{GrayImage, Verdict};
@@ -44,6 +45,10 @@ pub enum ControlError {
     AlreadyLive(String),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error("threshold: {0}")]
+    Threshold(String),
+    #[error(transparent)]
+    Backtest(#[from] StartError),
     #[error("loading the model was interrupted: {0}")]
     Join(String),
 }
@@ -85,6 +90,8 @@ pub struct ModelControl {
     threshold_override: Option<(String, f32)>,
     /// One change at a time, so the recorded order is the order they took effect.
     changing: tokio::sync::Mutex<()>,
+    /// Candidates replayed over recorded periods.
+    backtests: Arc<BacktestJobs>,
 }
 
 impl ModelControl {
@@ -102,6 +109,7 @@ impl ModelControl {
             frame_size,
             threshold_override,
             changing: tokio::sync::Mutex::new(()),
+            backtests: Arc::default(),
         }
     }
 
@@ -252,6 +260,43 @@ impl ModelControl {
         bodies.extend(audit.map(RecordBody::Audit));
         self.store.append_all(bodies).await?;
         Ok(())
+    }
+
+    /// Starts replaying `period`'s records through `version` (at `threshold`, else the
+    /// threshold it would go live with); see [`crate::inspect::backtest`].
+    pub async fn start_backtest(
+        &self,
+        version: &str,
+        threshold: Option<f32>,
+        period: Period,
+        requested_by: String,
+    ) -> Result<BacktestJob, ControlError> {
+        let candidate = self.candidate(version, threshold).await?;
+        Ok(self
+            .backtests
+            .start(self.store.clone(), candidate, period, requested_by)?)
+    }
+
+    /// The station's backtests, running and finished.
+    pub fn backtests(&self) -> &BacktestJobs {
+        &self.backtests
+    }
+
+    /// `version` as it would run here, at `threshold` or the threshold it would go live with,
+    /// for a backtest: loaded, checked, and not made live or shadow.
+    pub async fn candidate(
+        &self,
+        version: &str,
+        threshold: Option<f32>,
+    ) -> Result<RunningModel, ControlError> {
+        let mut model = self.load(version).await?;
+        if let Some(threshold) = threshold {
+            if let Some(problem) = model.detector.threshold_problem(threshold) {
+                return Err(ControlError::Threshold(problem));
+            }
+            model.threshold = threshold;
+        }
+        Ok(model)
     }
 
     /// Loads a version off the async threads and checks it fits this station.

@@ -143,6 +143,16 @@ impl Verdict {
             Verdict::Error => "error",
         }
     }
+
+    /// How bad it is for a part: a defect seen outranks an image that could not be judged,
+    /// and either outranks a pass. A part seen by several cameras takes its worst view's.
+    pub fn severity(self) -> u8 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::Error => 1,
+            Verdict::Fail => 2,
+        }
+    }
 }
 
 /// A defect heat map: one value per cell over the inspected image, coarser than it.
@@ -241,13 +251,8 @@ impl Inspection {
     /// come from the view that decided, the first of the worst. Every view is kept in `views`.
     /// `None` when `views` is empty.
     pub fn of_views(views: Vec<ViewInspection>) -> Option<Inspection> {
-        let severity = |verdict: Verdict| match verdict {
-            Verdict::Pass => 0,
-            Verdict::Error => 1,
-            Verdict::Fail => 2,
-        };
         let deciding = views.iter().enumerate().fold(None, |best, (i, view)| {
-            let rank = severity(view.inspection.verdict);
+            let rank = view.inspection.verdict.severity();
             match best {
                 Some((_, best_rank)) if best_rank >= rank => best,
                 _ => Some((i, rank)),

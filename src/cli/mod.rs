@@ -2,6 +2,7 @@
 //! each defines its arguments with clap and runs them. anyhow lives here, at the binary's edge.
 
 mod anomalies;
+mod backtest;
 mod calibrate;
 mod convert_weights;
 mod eval;
@@ -53,6 +54,8 @@ enum Command {
         #[command(subcommand)]
         action: model::Model,
     },
+    /// Replay a recorded period through a candidate model: which verdicts would change.
+    Backtest(backtest::Backtest),
     /// API tokens: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -100,6 +103,7 @@ impl Cli {
             }
             Command::Eval { kind } => kind.run(),
             Command::Model { action } => action.run(),
+            Command::Backtest(backtest) => backtest.run(),
             Command::Token { action } => action.run(),
             Command::Records { action } => action.run(),
             Command::Sensors { action } => action.run(),

@@ -6,6 +6,7 @@
 //! [`Verdict::Error`], which the tracker treats as a reject; nothing here stops the line.
 //! This stage never talks to the PLC and never writes records.
 
+pub mod backtest;
 pub mod registry;
 pub mod views;
 

@@ -49,6 +49,7 @@ pub use auth::{Permission, Principal, Role, Tokens};
 
 use crate::analyse::alarms::AlarmManager;
 use crate::analyse::{AnalyseError, Production};
+use crate::inspect::backtest::StartError;
 use crate::inspect::registry::RegistryError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl};
@@ -282,6 +283,15 @@ pub fn router(state: ApiState) -> Router {
                 .merge(need(ChangeModels, put(models::set_shadow))),
         )
         .route(
+            "/api/v1/backtests",
+            need(Read, get(models::list_backtests))
+                .merge(need(ChangeModels, post(models::start_backtest))),
+        )
+        .route(
+            "/api/v1/backtests/{id}",
+            need(Read, get(models::get_backtest)),
+        )
+        .route(
             "/api/v1/tokens",
             need(Admin, get(auth::list_tokens).post(auth::create_token)),
         )
@@ -490,6 +500,12 @@ impl From<ControlError> for ApiError {
                 ApiError::InternalMessage(error.to_string())
             }
             ControlError::Join(_) => ApiError::InternalMessage(error.to_string()),
+            ControlError::Threshold(_) | ControlError::Backtest(StartError::Backtest(_)) => {
+                ApiError::BadRequest(error.to_string())
+            }
+            ControlError::Backtest(StartError::Thread(_)) => {
+                ApiError::InternalMessage(error.to_string())
+            }
             // The version exists but cannot run here, or the request does not fit the state.
             _ => ApiError::Conflict(error.to_string()),
         }

@@ -1,13 +1,17 @@
 //! Model changes over HTTP: list, promote, roll back, shadow. Engineers and admins only; each
-//! change is recorded with its audit entry in one durable write.
+//! change is recorded with its audit entry in one durable write. And backtests: a candidate
+//! replayed over a recorded period, started here and watched until its report is ready.
 
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
 use super::{ApiError, ApiState};
+use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, Period};
 use crate::model_control::{ControlError, ModelStatus};
 use crate::record::{ModelEvent, ShadowSummary};
 
@@ -117,4 +121,74 @@ pub(super) async fn shadow_summary(
         .shadow_summary()?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound("no model is running in shadow".into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BacktestRequest {
+    /// The candidate's registry version.
+    model: String,
+    /// Parts decided at or after `from` and before `to` (RFC 3339).
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// The candidate's threshold; by default the one it would go live with.
+    threshold: Option<f32>,
+    /// At most this many parts (the oldest of the period).
+    max_parts: Option<usize>,
+}
+
+/// The most parts one backtest may ask for.
+const MAX_PARTS_LIMIT: usize = 200_000;
+
+pub(super) async fn start_backtest(
+    State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<BacktestRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<BacktestJob>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let max_parts = request.max_parts.unwrap_or(DEFAULT_MAX_PARTS);
+    if !(1..=MAX_PARTS_LIMIT).contains(&max_parts) {
+        return Err(ApiError::BadRequest(format!(
+            "max_parts must be between 1 and {MAX_PARTS_LIMIT}"
+        )));
+    }
+    if let Some(threshold) = request.threshold
+        && !threshold.is_finite()
+    {
+        return Err(ApiError::BadRequest("threshold must be a number".into()));
+    }
+    let period = Period {
+        from: request.from,
+        to: request.to,
+        max_parts,
+    };
+    let job = api
+        .models
+        .start_backtest(&request.model, request.threshold, period, who.name.clone())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+#[derive(Serialize)]
+pub(super) struct BacktestList {
+    /// Newest first.
+    backtests: Vec<BacktestJob>,
+}
+
+pub(super) async fn list_backtests(State(api): State<ApiState>) -> Json<BacktestList> {
+    Json(BacktestList {
+        backtests: api.models.backtests().list(),
+    })
+}
+
+pub(super) async fn get_backtest(
+    State(api): State<ApiState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<BacktestJob>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    api.models
+        .backtests()
+        .get(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no backtest {id} (the newest 16 are kept)")))
 }

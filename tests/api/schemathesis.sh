@@ -53,7 +53,7 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 # the admin token itself is LINESIGHT_ADMIN_TOKEN, which lives in the environment, not in the
 # token file.
 if [ -n "$admin" ]; then
-  ops=(promoteModel rollbackModel setShadowModel listTokens createToken revokeToken getAuditLog
+  ops=(promoteModel rollbackModel setShadowModel startBacktest listTokens createToken revokeToken getAuditLog
     addLabel releaseWorkOrder startWorkOrder completeWorkOrder
     acknowledgeAlarm shelveAlarm unshelveAlarm suppressAlarm unsuppressAlarm
     removeAlarmFromService returnAlarmToService)

@@ -10,6 +10,7 @@ mod actions;
 mod anomaly;
 mod b2mml;
 mod backbone;
+mod backtest;
 mod calibration;
 mod camera;
 mod cli;

@@ -16,7 +16,7 @@ const TOKEN: &str = "test-admin-token";
 
 /// A registry with the shipped model as `a`, and re-versioned copies with other thresholds:
 /// `b` (0.5) and `c` (0.01, which fails nearly everything: a shadow that disagrees).
-fn registry(root: &Path) -> [String; 3] {
+pub(crate) fn registry(root: &Path) -> [String; 3] {
     let shipped = repo().join("models/defect-net-sim");
     let card: Value = serde_json::from_str(
         &std::fs::read_to_string(shipped.join("card.json")).expect("shipped card"),
@@ -63,7 +63,7 @@ async fn records_reach(store: &Store, n: usize) {
         .unwrap_or_else(|_| panic!("the line stalled before {n} records"));
 }
 
-async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("HTTP");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
