@@ -43,6 +43,7 @@ fn frame_to_tensor(c: &mut Criterion) {
             output: Some((MODEL_SIDE, MODEL_SIDE)),
             homography: None,
             mm_per_pixel: None,
+            id: None,
         };
         let undistorter = Undistorter::new(&calibration).expect("remap tables");
         let pixels: Vec<u8> = (0..height)

@@ -211,6 +211,8 @@ pub struct Inspection {
     /// Millimetres per pixel of `image` on the part's plane, across and down, when the
     /// calibration measured the scale.
     pub mm_per_pixel: Option<(f64, f64)>,
+    /// The calibration that shaped `image` ([`crate::calibrate::Calibration::id`]).
+    pub calibration: Option<Arc<str>>,
     /// The defect class the model names for a failed part (models that learn classes only).
     pub defect_class: Option<String>,
     /// Why the verdict is [`Verdict::Error`].

@@ -655,6 +655,7 @@ mod tests {
             defect_at: None,
             defect_size: None,
             views: Vec::new(),
+            calibration: None,
         })
     }
 

@@ -736,6 +736,7 @@ pub fn write_yaml(
             None => None,
         },
         mm_per_pixel: plane.map(|p| p.mm_per_pixel),
+        id: None,
     }
     .check()
     .map_err(file_error)?;

@@ -11,6 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+
 use opencv::core::{self, FileStorage, FileStorage_Mode, Mat, Scalar, Size};
 use opencv::prelude::*;
 use opencv::{calib3d, imgproc};
@@ -97,6 +99,10 @@ pub struct Calibration {
     /// The size on the part's plane of one pixel of the view the ROI is given in (the top-down
     /// view, or the undistorted image), in millimetres; `None`: not measured.
     pub mm_per_pixel: Option<f64>,
+    /// Which file it was read from, by name and content (`simulated.yaml@` and the first 12
+    /// hex digits of its SHA-256), so that every record can say which calibration shaped its
+    /// image; `None` for one built in code.
+    pub id: Option<String>,
 }
 
 impl Calibration {
@@ -109,6 +115,14 @@ impl Calibration {
         if !path.is_file() {
             return Err(fail("no such file".into()));
         }
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let id = format!(
+            "{}@{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            &hex::encode(sha2::Sha256::digest(&bytes))[..12]
+        );
         let path_str = path
             .to_str()
             .ok_or_else(|| fail("path is not UTF-8".into()))?;
@@ -170,6 +184,7 @@ impl Calibration {
                 }
                 false => None,
             },
+            id: Some(id),
         };
         calibration.check().map_err(fail)?;
         Ok(calibration)
@@ -328,6 +343,8 @@ pub struct Undistorter {
     output: (u32, u32),
     /// Millimetres per output pixel on the part's plane, across and down.
     mm_per_output_pixel: Option<(f64, f64)>,
+    /// [`Calibration::id`], shared with every inspection it shaped.
+    id: Option<std::sync::Arc<str>>,
 }
 
 /// The camera matrix `camera` seen through a change of pixel grid: pixel `u` of the new grid
@@ -453,12 +470,18 @@ impl Undistorter {
             map_y,
             output,
             mm_per_output_pixel,
+            id: calibration.id.as_deref().map(std::sync::Arc::from),
         })
     }
 
     /// The size of one output pixel on the part's plane, in millimetres across and down, when
     /// the calibration gives a scale: what turns a size in the model's image into one on the
     /// part.
+    /// Which calibration file this is ([`Calibration::id`]).
+    pub fn id(&self) -> Option<&std::sync::Arc<str>> {
+        self.id.as_ref()
+    }
+
     pub fn mm_per_output_pixel(&self) -> Option<(f64, f64)> {
         self.mm_per_output_pixel
     }

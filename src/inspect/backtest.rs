@@ -657,6 +657,7 @@ mod tests {
             defect_at: None,
             defect_size: None,
             views: Vec::new(),
+            calibration: None,
         }
     }
 
@@ -696,6 +697,7 @@ mod tests {
             error: None,
             defect_at: None,
             defect_size: None,
+            calibration: None,
         };
         records[2].views = vec![view("top", &dark), view("side", &bright)];
         for record in records {

@@ -56,6 +56,7 @@ impl Inspector {
             image: None,
             heat_map: None,
             mm_per_pixel: undistorter.mm_per_output_pixel(),
+            calibration: undistorter.id().cloned(),
             defect_class: None,
             error,
             views: None,

@@ -74,6 +74,10 @@ pub struct InspectionRecord {
     /// verdict is the part's. Absent with one camera.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub views: Vec<ViewRecord>,
+    /// The calibration file that shaped the image, by name and content hash (that of the
+    /// deciding view); absent from records older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
 }
 
 /// One camera's look at a part, on a station with several views of each part.
@@ -90,6 +94,9 @@ pub struct ViewRecord {
     pub error: Option<String>,
     pub defect_at: Option<DefectPlace>,
     pub defect_size: Option<DefectSize>,
+    /// This camera's calibration file, by name and content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
 }
 
 /// The size of a part's defect region: the heat map's cells at or past the threshold that are
@@ -530,6 +537,7 @@ pub fn build_record(
                         error: look.error.clone(),
                         defect_at,
                         defect_size,
+                        calibration: look.calibration.as_deref().map(str::to_owned),
                     }
                 })
                 .collect()
@@ -561,6 +569,9 @@ pub fn build_record(
         defect_at,
         defect_size,
         views,
+        calibration: inspection
+            .and_then(|i| i.calibration.as_deref())
+            .map(str::to_owned),
     }
 }
 

@@ -11,6 +11,7 @@
 //! into an inspection record, writing whatever has queued up in one group commit, and retries a
 //! failed write until it succeeds, counting every failure.
 
+pub mod explain;
 pub mod images;
 mod inspection;
 pub mod journal;

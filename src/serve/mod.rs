@@ -229,6 +229,10 @@ pub fn router(state: ApiState) -> Router {
             need(Read, get(records::get_inspection)),
         )
         .route(
+            "/api/v1/inspections/{part_id}/explanation",
+            need(Read, get(records::explain_inspection)),
+        )
+        .route(
             "/api/v1/inspections/{part_id}/labels",
             need(Read, get(records::list_labels)).merge(need(Label, post(records::add_label))),
         )

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::Principal;
 use super::b2mml::{PlantScope, QaResult, quality_document};
 use super::{ApiError, ApiState};
+use crate::models::card::CardHead;
 use crate::part::Verdict;
+use crate::record::explain::Explanation;
 use crate::record::{
     Filter, LabelRecord, Page, RawRecord, Record, RecordBody, RecordError, RecordKind,
 };
@@ -471,6 +473,47 @@ pub(super) async fn get_inspection(
         .inspection(part_id)?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no record of part {part_id}")))
+}
+
+/// One part's decision explained ([`Explanation`]): the record, its model's card, its labels
+/// and its shadow verdict, read off the async threads (the registry is a folder).
+pub(super) async fn explain_inspection(
+    State(api): State<ApiState>,
+    part_id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<Explanation>, ApiError> {
+    let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let explained = tokio::task::spawn_blocking(move || {
+        let record = api.store.inspection(part_id)?;
+        let Some((seq, RecordBody::Inspection(inspection))) = record.map(|r| (r.seq, r.body))
+        else {
+            return Err(ApiError::NotFound(format!("no record of part {part_id}")));
+        };
+        let card = inspection
+            .model_version
+            .as_deref()
+            .and_then(|version| api.models.registry().find(version).ok())
+            .and_then(|entry| CardHead::read(&entry.dir).ok());
+        let labels = api
+            .store
+            .labels(part_id)?
+            .into_iter()
+            .filter_map(|r| match r.body {
+                RecordBody::Label(label) => Some(label),
+                _ => None,
+            })
+            .collect();
+        let shadow = api.store.shadow_verdict(part_id)?;
+        Ok(Explanation::of(
+            &inspection,
+            seq,
+            card.as_ref(),
+            labels,
+            shadow,
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::InternalMessage(format!("explaining part {part_id}: {e}")))??;
+    Ok(Json(explained))
 }
 
 pub(super) async fn list_labels(

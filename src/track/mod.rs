@@ -407,6 +407,7 @@ mod tests {
             image: None,
             heat_map: None,
             mm_per_pixel: None,
+            calibration: None,
             error: None,
             views: None,
         }

@@ -372,6 +372,7 @@ fn inspection(part_id: u64, failed: bool) -> RecordBody {
         defect_at: None,
         defect_size: None,
         views: Vec::new(),
+        calibration: None,
         error: None,
     })
 }

@@ -1,7 +1,7 @@
-//! Backtest (issue 20): a recorded period replayed through a candidate model, on the running
-//! station over HTTP and from the command line on the stopped one. Replaying through the
-//! model that decided the period gives its verdicts back; any other threshold changes exactly
-//! the parts whose recorded scores lie between the two.
+//! Replay and provenance (issue 20): a recorded period replayed through a candidate model, on
+//! the running station over HTTP and from the command line on the stopped one, and one record
+//! explained. Replaying through the model that decided the period gives its verdicts back; any
+//! other threshold changes exactly the parts whose recorded scores lie between the two.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -159,6 +159,47 @@ async fn a_candidate_replayed_over_recorded_parts_changes_exactly_the_verdicts_i
         same["threshold"].as_f64().map(|t| t as f32),
         Some(recorded_threshold)
     );
+
+    // Any record explains itself: the model and its card, each camera's score against the
+    // threshold and the margin, the calibration file that shaped each image.
+    let failed = records
+        .iter()
+        .find(|r| r.verdict == Some(linesight::part::Verdict::Fail))
+        .expect("a failed part");
+    let (status, explained) = send(
+        http.get(format!(
+            "{base}/api/v1/inspections/{}/explanation",
+            failed.part_id
+        ))
+        .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{explained}");
+    let summary = explained["summary"].as_str().expect("summary");
+    assert!(summary.starts_with("Rejected: camera `"), "{summary}");
+    assert!(
+        summary.contains(&live) && summary.contains("simulated"),
+        "{summary}"
+    );
+    assert_eq!(explained["model"]["kind"], "defect-net", "{explained}");
+    assert_eq!(explained["model_version"], json!(live));
+    let looks = explained["looks"].as_array().expect("looks");
+    assert_eq!(looks.len(), 2);
+    for (look, view) in looks.iter().zip(&failed.views) {
+        assert_eq!(look["camera"], json!(view.camera));
+        let calibration = look["calibration"].as_str().expect("calibration named");
+        assert_eq!(Some(calibration), view.calibration.as_deref());
+        assert!(calibration.starts_with("simulated"), "{calibration}");
+        let margin = look["margin"].as_f64().expect("margin") as f32;
+        let expected_margin = view.score.expect("score") - recorded_threshold;
+        assert!((margin - expected_margin).abs() < 1e-5, "{look}");
+    }
+    let (status, _) = send(
+        http.get(format!("{base}/api/v1/inspections/999999/explanation"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 404);
 
     // The same weights at a threshold between two recorded scores: exactly the parts whose
     // scores lie between the two thresholds change, each with its image and heat map.

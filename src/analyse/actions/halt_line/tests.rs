@@ -35,6 +35,7 @@ fn inspection(part_id: u64, class: Option<&str>) -> RecordBody {
         defect_at: None,
         defect_size: None,
         views: Vec::new(),
+        calibration: None,
         error: None,
     })
 }
