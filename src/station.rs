@@ -129,7 +129,7 @@ pub enum StationError {
     )]
     NotAttached(&'static str),
     #[error(
-        "model takes {model_width}x{model_height} images but the calibration ROI is {roi_width}x{roi_height}"
+        "model takes {model_width}x{model_height} images but the calibration gives {roi_width}x{roi_height} (its output size, else its ROI's)"
     )]
     ModelInput {
         model_width: u32,
@@ -138,7 +138,7 @@ pub enum StationError {
         roi_height: u32,
     },
     #[error(
-        "camera view `{view}`'s calibration ROI is {width}x{height}, the station camera's \
+        "camera view `{view}`'s calibration gives {width}x{height} images, the station camera's \
          {station_width}x{station_height}: every camera must give the model images of one size"
     )]
     ViewSize {
@@ -267,7 +267,14 @@ impl Station {
         );
         let detector = registry.load_dir(&config.model_dir)?;
         let calibration = Calibration::load(&config.calibration_file)?;
-        let (roi_width, roi_height) = (calibration.roi.width, calibration.roi.height);
+        // The size of the images the model is given: the calibration's output size when it
+        // resamples its ROI (a 1280x1024 camera's ROI to a 224x224 model), else the ROI's.
+        let image_size = |calibration: &Calibration| {
+            calibration
+                .output
+                .unwrap_or((calibration.roi.width, calibration.roi.height))
+        };
+        let (roi_width, roi_height) = image_size(&calibration);
         if let Some((model_width, model_height)) = detector.input_size()
             && (model_width, model_height) != (roi_width, roi_height)
         {
@@ -281,12 +288,12 @@ impl Station {
         // Every camera gives the model images of one size, so that a model promoted later
         // fits all of them as it fits the station's camera.
         for view in &views {
-            let roi = &view.calibration.roi;
-            if (roi.width, roi.height) != (roi_width, roi_height) {
+            let (width, height) = image_size(&view.calibration);
+            if (width, height) != (roi_width, roi_height) {
                 return Err(StationError::ViewSize {
                     view: view.config.name.to_string(),
-                    width: roi.width,
-                    height: roi.height,
+                    width,
+                    height,
                     station_width: roi_width,
                     station_height: roi_height,
                 });

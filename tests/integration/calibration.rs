@@ -680,3 +680,62 @@ fn the_command_makes_a_top_down_view_of_the_plane_the_board_lies_on() {
     }
     assert!(wrong.is_empty(), "squares off the top-down grid: {wrong:?}");
 }
+
+/// The model is given the calibration's output: a camera whose ROI is larger than the model's
+/// input is resampled to it (a 1280×1024 camera to a 224×224 model), and a station whose
+/// calibration gives another size is refused with both sizes named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_takes_the_calibrations_output_size_not_its_roi() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(crate::repo().join("calibration/simulated.yaml"))
+        .expect("shipped calibration");
+    let resampled = |output: u32| {
+        let path = dir.path().join(format!("whole-{output}.yaml"));
+        let text = shipped
+            .replace("roi_x: 16", "roi_x: 0")
+            .replace("roi_y: 16", "roi_y: 0")
+            .replace("roi_width: 224", "roi_width: 256")
+            .replace(
+                "roi_height: 224",
+                &format!("roi_height: 256\noutput_width: {output}\noutput_height: {output}"),
+            );
+        assert!(text.contains("output_width"), "the shipped file changed");
+        std::fs::write(&path, text).expect("calibration");
+        path.display().to_string()
+    };
+    let station = |output: u32| {
+        let file = resampled(output);
+        let data = dir.path().join(format!("data-{output}"));
+        async move {
+            let (station_file, view_file) = (
+                format!("file = {file:?}"),
+                format!("calibration = {file:?}"),
+            );
+            let config = crate::station_config(
+                &data,
+                &[
+                    (
+                        "file = \"../calibration/simulated.yaml\"",
+                        station_file.as_str(),
+                    ),
+                    (
+                        "calibration = \"../calibration/simulated.yaml\"",
+                        view_file.as_str(),
+                    ),
+                ],
+            );
+            crate::simulated_station(config)
+                .await
+                .map(|(_, station)| station)
+        }
+    };
+    assert!(
+        station(224).await.is_ok(),
+        "a 256×256 ROI resampled to the model's 224×224 runs"
+    );
+    let refused = station(200).await.err().expect("refused").to_string();
+    assert!(
+        refused.contains("224x224") && refused.contains("200x200"),
+        "{refused}"
+    );
+}
