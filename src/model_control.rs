@@ -271,6 +271,7 @@ impl ModelControl {
         period: Period,
         requested_by: String,
     ) -> Result<BacktestJob, ControlError> {
+        self.backtests.refusal(&period)?;
         let candidate = self.candidate(version, threshold).await?;
         Ok(self
             .backtests

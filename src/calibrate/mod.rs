@@ -474,14 +474,14 @@ impl Undistorter {
         })
     }
 
-    /// The size of one output pixel on the part's plane, in millimetres across and down, when
-    /// the calibration gives a scale: what turns a size in the model's image into one on the
-    /// part.
     /// Which calibration file this is ([`Calibration::id`]).
     pub fn id(&self) -> Option<&std::sync::Arc<str>> {
         self.id.as_ref()
     }
 
+    /// The size of one output pixel on the part's plane, in millimetres across and down, when
+    /// the calibration gives a scale: what turns a size in the model's image into one on the
+    /// part.
     pub fn mm_per_output_pixel(&self) -> Option<(f64, f64)> {
         self.mm_per_output_pixel
     }

@@ -15,6 +15,7 @@ use linesight::config::StationConfig;
 use linesight::inspect::backtest::{BacktestReport, DEFAULT_MAX_PARTS, Period, backtest};
 use linesight::inspect::registry::{self, Registry, RunningModel};
 use linesight::learn::progress;
+use linesight::models::card::CardHead;
 use linesight::record::Store;
 
 use super::write_json;
@@ -45,7 +46,8 @@ pub struct Backtest {
     /// The model registry folder, instead of the config's.
     #[arg(long)]
     registry: Option<PathBuf>,
-    /// Ask the running station at this address instead (its store is not open to others).
+    /// Ask the running station at this address instead (its store is not open to others);
+    /// with `LINESIGHT_STATION` set, unset it to read a stopped station's store here.
     #[arg(long, env = "LINESIGHT_STATION")]
     station: Option<String>,
     /// An engineer's or admin's token, with `--station`; else `LINESIGHT_ADMIN_TOKEN`.
@@ -88,13 +90,12 @@ impl Backtest {
             .with_context(|| format!("loading candidate {}", self.model))?;
         // The threshold it would go live with: the config's override belongs to the
         // configured model only.
-        let configured = registry
-            .load_dir(&config.model_dir)
-            .map(|d| d.head().version.clone())
-            .ok();
         let threshold = match (self.threshold, config.threshold_override) {
             (Some(threshold), _) => threshold,
-            (None, Some(threshold)) if configured.as_deref() == Some(self.model.as_str()) => {
+            (None, Some(threshold))
+                if CardHead::read(&config.model_dir)
+                    .is_ok_and(|configured| configured.version == self.model) =>
+            {
                 threshold
             }
             _ => detector.head().threshold,

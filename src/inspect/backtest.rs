@@ -10,7 +10,8 @@
 //!
 //! Nothing is actuated and no record is written; the candidate's heat maps of changed parts
 //! are saved to the image store (content-addressed, so a rerun adds nothing) so that the
-//! report can show them. A part that cannot be replayed (never inspected, or its image was
+//! report can show them, but only while they fit the image budget without evicting anything:
+//! a backtest never costs the station its evidence. A part that cannot be replayed (never inspected, or its image was
 //! not saved or has since been evicted by retention) is counted with the reason, never guessed.
 
 use std::collections::BTreeMap;
@@ -40,6 +41,8 @@ pub enum BacktestError {
     },
     #[error("max_parts must be at least 1")]
     NoParts,
+    #[error("the backtest stopped on a bug: {0}")]
+    Panicked(String),
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -53,6 +56,22 @@ pub struct Period {
     pub to: DateTime<Utc>,
     /// Replay at most this many (the oldest first); the report says when there were more.
     pub max_parts: usize,
+}
+
+impl Period {
+    /// Why it cannot be replayed, if it cannot.
+    pub fn check(&self) -> Result<(), BacktestError> {
+        if self.from >= self.to {
+            return Err(BacktestError::EmptyPeriod {
+                from: self.from,
+                to: self.to,
+            });
+        }
+        if self.max_parts == 0 {
+            return Err(BacktestError::NoParts);
+        }
+        Ok(())
+    }
 }
 
 /// What a recorded verdict was, or what the candidate's would be.
@@ -78,8 +97,9 @@ pub struct VerdictChange {
     pub camera: Option<String>,
     /// Digest of that calibrated image (`/api/v1/images/{digest}`).
     pub image: Option<String>,
-    /// Digest of the candidate's heat map of it, on its threshold's scale; `None` when it
-    /// could not be saved (no room) or the candidate gave an error.
+    /// Digest of the candidate's heat map of it, on its threshold's scale; `None` when the
+    /// candidate gave an error, or the map did not fit the image budget without evicting a
+    /// recorded image.
     pub candidate_heat_map: Option<String>,
     /// Why the candidate could not judge it, for an `error` verdict.
     pub candidate_error: Option<String>,
@@ -136,20 +156,10 @@ pub fn backtest(
     period: &Period,
     progress: &dyn Fn(u64, u64),
 ) -> Result<BacktestReport, BacktestError> {
-    if period.from >= period.to {
-        return Err(BacktestError::EmptyPeriod {
-            from: period.from,
-            to: period.to,
-        });
-    }
-    if period.max_parts == 0 {
-        return Err(BacktestError::NoParts);
-    }
+    period.check()?;
     let started = Instant::now();
-    let mut records = records_in(store, period)?;
-    let parts_in_period = records.len() as u64;
-    let truncated = records.len() > period.max_parts;
-    records.truncate(period.max_parts);
+    let (records, parts_in_period) = records_in(store, period)?;
+    let truncated = parts_in_period > records.len() as u64;
 
     let mut report = BacktestReport {
         from: period.from,
@@ -174,6 +184,7 @@ pub fn backtest(
     };
     let (mut first, mut last) = (None, None);
     let total = records.len() as u64;
+    progress(0, total);
     for (done, record) in records.iter().enumerate() {
         match replay(store, candidate, record) {
             Err(reason) => *report.not_replayable.entry(reason).or_default() += 1,
@@ -196,7 +207,7 @@ pub fn backtest(
                     let candidate_heat_map = replayed
                         .heat_map
                         .as_ref()
-                        .and_then(|png| store.save_image(png).ok());
+                        .and_then(|png| store.save_image_within_budget(png).ok().flatten());
                     report.changes.push(VerdictChange {
                         part_id: record.part_id,
                         decided_at: record.decided_at,
@@ -222,26 +233,35 @@ pub fn backtest(
     Ok(report)
 }
 
-/// The inspection records decided in the period, oldest part first. Records are read newest
-/// first and the walk stops at the first page wholly before `from` (part ids follow time).
-fn records_in(store: &Store, period: &Period) -> Result<Vec<InspectionRecord>, RecordError> {
-    let mut found = Vec::new();
+/// The oldest `max_parts` inspection records decided in the period, oldest part first, and
+/// how many the period holds in all. Records are read newest first, only the oldest
+/// `max_parts` kept (a long period costs time, not memory), and the walk stops at the first
+/// page wholly before `from` (part ids follow time).
+fn records_in(store: &Store, period: &Period) -> Result<(Vec<InspectionRecord>, u64), RecordError> {
+    let mut kept = std::collections::VecDeque::new();
+    let mut in_period = 0;
     let mut before = None;
     loop {
         let page = store.inspection_records(before, PAGE)?;
         let Some(oldest) = page.last() else { break };
         before = Some(oldest.part_id);
         let all_older = page.iter().all(|r| r.decided_at < period.from);
-        found.extend(
-            page.into_iter()
-                .filter(|r| r.decided_at >= period.from && r.decided_at < period.to),
-        );
+        for record in page {
+            if record.decided_at >= period.from && record.decided_at < period.to {
+                in_period += 1;
+                kept.push_back(record);
+                if kept.len() > period.max_parts {
+                    kept.pop_front();
+                }
+            }
+        }
         if all_older {
             break;
         }
     }
-    found.reverse();
-    Ok(found)
+    let mut oldest_first: Vec<_> = kept.into();
+    oldest_first.reverse();
+    Ok((oldest_first, in_period))
 }
 
 /// What the candidate made of one part.
@@ -398,7 +418,7 @@ pub struct BacktestJob {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub state: JobState,
-    /// Parts replayed so far, of `total` (0 until the period's records are read).
+    /// Parts replayed so far, of `total` (both 0 until the period's records are read).
     pub done: u64,
     pub total: u64,
     /// With `state` `done`.
@@ -416,7 +436,7 @@ pub enum JobState {
 }
 
 /// How many finished backtests the station keeps to show (the newest).
-const KEEP_JOBS: usize = 16;
+pub const KEEP_JOBS: usize = 16;
 
 /// The station's backtests: one runs at a time, on a thread of its own at low priority with a
 /// one-thread compute pool, so it can take at most one core from the live model (as the
@@ -448,6 +468,16 @@ impl BacktestJobs {
         self.lock().iter().find(|j| j.id == id).cloned()
     }
 
+    /// Why a backtest of `period` would be refused now (one is running, or the period is
+    /// empty): checked before the candidate is loaded, which costs far more.
+    pub fn refusal(&self, period: &Period) -> Result<(), StartError> {
+        period.check()?;
+        match self.lock().iter().find(|j| j.state == JobState::Running) {
+            Some(running) => Err(StartError::Busy(running.id)),
+            None => Ok(()),
+        }
+    }
+
     /// Starts replaying `period` through `candidate`; returns the job as it starts.
     pub fn start(
         self: &std::sync::Arc<Self>,
@@ -456,16 +486,7 @@ impl BacktestJobs {
         period: Period,
         requested_by: String,
     ) -> Result<BacktestJob, StartError> {
-        if period.from >= period.to {
-            return Err(BacktestError::EmptyPeriod {
-                from: period.from,
-                to: period.to,
-            }
-            .into());
-        }
-        if period.max_parts == 0 {
-            return Err(BacktestError::NoParts.into());
-        }
+        period.check()?;
         let job = {
             let mut jobs = self.lock();
             if let Some(running) = jobs.iter().find(|j| j.state == JobState::Running) {
@@ -508,14 +529,26 @@ impl BacktestJobs {
                     })
                 };
                 let run = || backtest(&store, &candidate, &period, &progress);
-                let outcome = match rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .thread_name(|_| "backtest-worker".into())
-                    .build()
-                {
-                    Ok(pool) => pool.install(run),
-                    Err(_) => run(),
-                };
+                // A panic (a model bug, a corrupt image) fails this backtest, not the next:
+                // a job left `running` would refuse every later one.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    match rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(|_| "backtest-worker".into())
+                        .build()
+                    {
+                        Ok(pool) => pool.install(run),
+                        Err(_) => run(),
+                    }
+                }))
+                .unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(BacktestError::Panicked(why))
+                });
                 jobs.update(id, |job| {
                     job.finished_at = Some(Utc::now());
                     match outcome {
@@ -755,8 +788,20 @@ mod tests {
         assert_eq!(report.recorded_span_s, 2.0);
         assert_eq!(
             *seen.lock().expect("lock"),
-            [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+            [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
         );
+
+        // With the image budget full, the candidate's heat maps are not saved rather than
+        // evict a recorded image.
+        let full = store.image_bytes().expect("bytes");
+        store.set_image_budget(Some(full));
+        let stricter = candidate(0.4, Arc::default());
+        let report = backtest(&store, &stricter, &period(), &|_, _| {}).expect("runs");
+        assert_eq!(report.changes.len(), 2);
+        assert!(report.changes.iter().all(|c| c.candidate_heat_map.is_none()));
+        assert_eq!(store.images_evicted(), 0);
+        assert_eq!(store.image_bytes().expect("bytes"), full);
+        store.set_image_budget(None);
 
         // At most two parts: the oldest two, and the report says so.
         let two = backtest(

@@ -190,6 +190,11 @@ fn summary(record: &InspectionRecord, deciding: Option<&Look>, labels: &[LabelRe
         _ => format!("{camera}was judged by {model}"),
     };
     let mut text = match (record.verdict, deciding) {
+        // A verdict after the deadline was kept for the record but not used.
+        (Some(_), Some(look)) if record.inspection_late => format!(
+            "Rejected by policy: the verdict came too late to use (it {})",
+            against(look)
+        ),
         (None, _) | (Some(_), None) => format!(
             "Rejected by policy: no verdict by the gate deadline{}",
             record
@@ -220,7 +225,8 @@ fn summary(record: &InspectionRecord, deciding: Option<&Look>, labels: &[LabelRe
             look.error.as_deref().unwrap_or("no reason recorded")
         ),
     };
-    if record.verdict == Some(Verdict::Pass) && record.rejected_by_policy {
+    if record.verdict == Some(Verdict::Pass) && record.rejected_by_policy && !record.inspection_late
+    {
         text += &format!(
             "; rejected by policy all the same: the pass could not reach the PLC ({})",
             record
@@ -378,6 +384,21 @@ mod tests {
         assert_eq!(
             explained.summary,
             "Rejected by policy: no verdict by the gate deadline."
+        );
+
+        // A passing verdict that came after the deadline: not "could not reach the PLC".
+        let mut too_late = record();
+        too_late.verdict = Some(Verdict::Pass);
+        too_late.score = Some(0.1);
+        too_late.calibration = None;
+        too_late.disposition = Disposition::RejectNoVerdict;
+        too_late.rejected_by_policy = true;
+        too_late.inspection_late = true;
+        let explained = Explanation::of(&too_late, 1, None, Vec::new(), None);
+        assert_eq!(
+            explained.summary,
+            "Rejected by policy: the verdict came too late to use (it scored 0.1000 below the \
+             threshold 0.6400 of net@abc (margin -0.5400))."
         );
     }
 }

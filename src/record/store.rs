@@ -63,6 +63,9 @@ struct Inner {
     /// Images are kept under this many bytes (`u64::MAX`: no budget).
     image_budget: AtomicU64,
     images_evicted: AtomicU64,
+    /// One image saved at a time: each takes the next key of the image log and adds to the
+    /// byte count (the recorder and a backtest may save at once).
+    image_writes: std::sync::Mutex<()>,
 }
 
 /// An open sled database and its trees.
@@ -163,6 +166,7 @@ impl Store {
                 work_orders: std::sync::RwLock::new(WorkOrderBook::default()),
                 image_budget: AtomicU64::new(u64::MAX),
                 images_evicted: AtomicU64::new(0),
+                image_writes: std::sync::Mutex::new(()),
             }),
         };
         let book = WorkOrderBook::from_records(&store.records_of_kind(RecordKind::WorkOrder)?);
@@ -747,9 +751,37 @@ impl Store {
     /// oldest images are deleted until the rest fit; their records keep the digest (the image
     /// then answers 404). Blocking.
     pub fn save_image(&self, png: &[u8]) -> Result<String, RecordError> {
+        // Always `Some`: nothing refuses it.
+        self.save_image_if(png, |_| true)
+            .map(|saved| saved.unwrap_or_default())
+    }
+
+    /// Saves a PNG only if it fits the image budget without evicting anything: for pictures
+    /// that must not cost the station its evidence (a backtest's heat maps). `None` when it
+    /// does not fit. Blocking.
+    pub fn save_image_within_budget(&self, png: &[u8]) -> Result<Option<String>, RecordError> {
+        let budget = self.inner.image_budget.load(Ordering::Relaxed);
+        self.save_image_if(png, |total| {
+            total.saturating_add(png.len() as u64) <= budget
+        })
+    }
+
+    /// Saves `png` when `fits(bytes of images now)` says so.
+    fn save_image_if(
+        &self,
+        png: &[u8],
+        fits: impl FnOnce(u64) -> bool,
+    ) -> Result<Option<String>, RecordError> {
+        let _one = match self.inner.image_writes.lock() {
+            Ok(one) => one,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !fits(self.image_bytes()?) {
+            return Ok(None);
+        }
         let (digest, new) = self.inner.images.put(png)?;
         if !new {
-            return Ok(digest);
+            return Ok(Some(digest));
         }
         let handles = self.handles()?;
         let t = &handles.trees;
@@ -770,7 +802,7 @@ impl Store {
         if total > self.inner.image_budget.load(Ordering::Relaxed) {
             self.evict_images(&handles)?;
         }
-        Ok(digest)
+        Ok(Some(digest))
     }
 
     /// Bytes of images saved and not evicted.

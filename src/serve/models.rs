@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
 use super::{ApiError, ApiState};
-use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, Period};
+use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, KEEP_JOBS, Period};
 use crate::model_control::{ControlError, ModelStatus};
 use crate::record::{ModelEvent, ShadowSummary};
 
@@ -186,9 +186,9 @@ pub(super) async fn get_backtest(
     id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<BacktestJob>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    api.models
-        .backtests()
-        .get(id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no backtest {id} (the newest 16 are kept)")))
+    api.models.backtests().get(id).map(Json).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no backtest {id} (the newest {KEEP_JOBS} are kept until a restart)"
+        ))
+    })
 }
