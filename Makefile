@@ -7,7 +7,7 @@ CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
 .PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean \
-	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera
+	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera bench-line
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -45,6 +45,13 @@ test-live:
 ## bench: criterion benchmarks (release build)
 bench: setup weights
 	cargo bench --locked
+
+## bench-line: the whole station end to end (GStreamer capture, calibration, model, tracking,
+## Modbus to the PLC, records, live stream) at 256x256 and 1280x1024 with the shipped and an
+## anomaly model, the frame rate raised until the station drops: a table, var/bench-line/*.json
+bench-line: setup weights
+	cargo build --release --locked
+	.venv/bin/python scripts/bench-line.py
 
 ## soak-camera: the whole station at 60 frames/s from a live test source for 10 minutes
 ## (SOAK_SECONDS to change): fails on a dropped frame, a late verdict or fewer parts than frames

@@ -13,6 +13,7 @@ mod rootcause;
 mod rul;
 mod run;
 mod sensors;
+mod simulate;
 mod token;
 mod train;
 
@@ -88,6 +89,11 @@ enum Command {
     Calibrate(calibrate::Calibrate),
     /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
+    /// The simulated line's parts as a dataset (MVTec AD layout).
+    Simulate {
+        #[command(subcommand)]
+        action: simulate::Simulate,
+    },
     /// Print the version.
     Version,
 }
@@ -112,6 +118,7 @@ impl Cli {
             Command::Anomalies { action } => action.run(),
             Command::Calibrate(calibrate) => calibrate.run(),
             Command::ConvertWeights(convert) => convert.run(),
+            Command::Simulate { action } => action.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -15,7 +15,9 @@ pub mod plc_program;
 pub mod process;
 
 pub use self::camera::{SimulatedCamera, part_at, part_on_line};
-pub use self::parts::{DefectKind, DefectProbabilities, PartGenerator, SyntheticPart};
+pub use self::parts::{
+    DefectKind, DefectProbabilities, PartGenerator, SyntheticPart, write_mvtec_layout,
+};
 pub use self::plc::{GateEvent, PlcSimulator, PlcWrite, RejectPulse, TakenCommand};
 pub use self::plc_program::DecisionReason;
 pub use self::process::{LineError, LineProcess};

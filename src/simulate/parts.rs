@@ -363,6 +363,54 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
+/// Writes simulated parts as a dataset in the MVTec AD layout under `root`, the layout the
+/// training commands read: `n_train` good parts in `train/good`; `n_test` good parts in
+/// `test/good` and as many defective ones in `test/defect` (each defect kind in turn), their
+/// masks in `ground_truth/defect`. For onboarding a product from the simulated line's own
+/// parts, and for tests and benchmarks that need a model of it.
+pub fn write_mvtec_layout(
+    root: &std::path::Path,
+    generator: &mut PartGenerator,
+    n_train: usize,
+    n_test: usize,
+) -> Result<(), crate::record::RecordError> {
+    let write = |path: std::path::PathBuf, image: &GrayImage| {
+        let io = |source| crate::record::RecordError::Image {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&path, crate::record::gray_png(image)?).map_err(io)
+    };
+    for i in 0..n_train {
+        write(
+            root.join(format!("train/good/{i:03}.png")),
+            &generator.render(None).image,
+        )?;
+    }
+    for i in 0..n_test {
+        write(
+            root.join(format!("test/good/{i:03}.png")),
+            &generator.render(None).image,
+        )?;
+        let part = generator.render(Some(DefectKind::ALL[i % DefectKind::ALL.len()]));
+        write(root.join(format!("test/defect/{i:03}.png")), &part.image)?;
+        let (width, height) = (part.image.width, part.image.height);
+        let mask = GrayImage {
+            width,
+            height,
+            pixels: part.mask.iter().map(|m| m * 255).collect(),
+        };
+        write(
+            root.join(format!("ground_truth/defect/{i:03}_mask.png")),
+            &mask,
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

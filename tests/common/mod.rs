@@ -42,25 +42,8 @@ pub fn write_mvtec_parts(
     n_train: usize,
     n_test: usize,
 ) {
-    for i in 0..n_train {
-        write_png(
-            &root.join(format!("train/good/{i:03}.png")),
-            &generator.render(None).image,
-        );
-    }
-    for i in 0..n_test {
-        write_png(
-            &root.join(format!("test/good/{i:03}.png")),
-            &generator.render(None).image,
-        );
-        let part = generator.render(Some(DefectKind::ALL[i % DefectKind::ALL.len()]));
-        write_png(&root.join(format!("test/defect/{i:03}.png")), &part.image);
-        let mask = mask_image(&part.mask, part.image.width, part.image.height);
-        write_png(
-            &root.join(format!("ground_truth/defect/{i:03}_mask.png")),
-            &mask,
-        );
-    }
+    linesight::simulate::write_mvtec_layout(root, generator, n_train, n_test)
+        .expect("the dataset is written");
 }
 
 /// A magnetic-tile layout under `root`: `per_class` images each of `MT_Free`, `MT_Spot` and
