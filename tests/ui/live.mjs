@@ -163,6 +163,24 @@ try {
       .catch(() => { throw new Error(`part ${newest} never showed up in #parts`); });
   });
 
+  await check("a part's button explains its verdict: the model's score against the threshold, per camera", async () => {
+    const partId = await page.locator('#parts button.why').first().getAttribute('data-part-id');
+    await page.locator(`#parts button.why[data-part-id="${partId}"]`).click();
+    await page.waitForFunction(
+      () => /^(Passed|Rejected)/.test(document.getElementById('explain-summary')?.textContent ?? ''),
+      null,
+      { timeout: 5_000 },
+    );
+    const expected = await (await api(`/api/v1/inspections/${partId}/explanation`)).json();
+    const summary = await page.textContent('#explain-summary');
+    expect(summary === expected.summary, `the page says ${JSON.stringify(summary)}, the API ${JSON.stringify(expected.summary)}`);
+    const cameras = await page.$$eval('#explain-looks tbody tr td:first-child', (cells) => cells.map((c) => c.textContent));
+    expect(cameras.length === expected.looks.length, `${cameras.length} rows for ${expected.looks.length} looks`);
+    await page.screenshot({ path: path.join(outDir, 'live-explanation.png') });
+    await page.click('#explain-close');
+    expect(await page.isHidden('#explanation'), 'the explanation closes');
+  });
+
   await check('no uncaught page errors', async () => {
     expect(pageErrors.length === 0, pageErrors.join('; '));
   });
