@@ -677,6 +677,7 @@ impl Station {
                 sensors: sensors.clone(),
                 store: store.clone(),
                 watches: Arc::new(config.maintenance.clone()),
+                running_tag: config.production.running_tag.clone(),
                 latest: api.maintenance.clone(),
                 now: {
                     let clock = clock.clone();

@@ -2,7 +2,8 @@
 //! station runs, and keeps what it last saw for the API.
 //!
 //! Every round it fits each trend watch's tag (since the tag's healthiest point in the watch's
-//! history: a repair resets the wear) and forecasts when it reaches the failure limit; the
+//! history: a repair resets the wear; samples taken while the line stood still are left out,
+//! as a stopped machine's vibration or power reads like a new one) and forecasts when it reaches the failure limit; the
 //! watch's alarm is active while the forecast's early end is within `warn_within_h`. A
 //! repeating-defect watch searches the last parts for a defect recurring at one place every N
 //! parts. It also finds the change points of every tag's recent per-minute means, the "what
@@ -91,6 +92,8 @@ pub struct MaintenanceMonitor {
     pub sensors: Sensors,
     pub store: Store,
     pub watches: Arc<Vec<MaintenanceWatch>>,
+    /// The tag that reads 1 while the line runs (`[production] running_tag`), if any.
+    pub running_tag: Option<String>,
     pub latest: LatestMaintenance,
     pub now: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
 }
@@ -106,14 +109,16 @@ impl MaintenanceMonitor {
                 _ = every.tick() => {}
             }
             let now = (self.now)();
-            let (sensors, store, watches) = (
+            let (sensors, store, watches, running_tag) = (
                 self.sensors.clone(),
                 self.store.clone(),
                 self.watches.clone(),
+                self.running_tag.clone(),
             );
-            let round =
-                tokio::task::spawn_blocking(move || evaluate(&sensors, &store, &watches, now))
-                    .await;
+            let round = tokio::task::spawn_blocking(move || {
+                evaluate(&sensors, &store, &watches, running_tag.as_deref(), now)
+            })
+            .await;
             let view = match round {
                 Ok(view) => view,
                 Err(error) => {
@@ -135,11 +140,13 @@ impl MaintenanceMonitor {
     }
 }
 
-/// Every watch's status and every tag's recent change points at `now`. Blocking.
+/// Every watch's status and every tag's recent change points at `now`; `running_tag` reads 1
+/// while the line runs. Blocking.
 pub fn evaluate(
     sensors: &Sensors,
     store: &Store,
     watches: &[MaintenanceWatch],
+    running_tag: Option<&str>,
     now: DateTime<Utc>,
 ) -> MaintenanceView {
     let watches = watches
@@ -157,7 +164,13 @@ pub fn evaluate(
             };
             match watch.watched() {
                 Some(Watched::Trend { tag, limit, above }) => {
-                    trend_status(sensors, watch, tag, limit, above, now, &mut status)
+                    let trend = TrendWatch {
+                        tag,
+                        limit,
+                        above,
+                        running_tag,
+                    };
+                    trend_status(sensors, watch, trend, now, &mut status)
                 }
                 Some(Watched::RepeatingDefects) => repeat_status(store, watch, &mut status),
                 None => status.message = "not a valid watch".into(),
@@ -172,22 +185,46 @@ pub fn evaluate(
     }
 }
 
+/// What a trend watch fits.
+#[derive(Clone, Copy)]
+struct TrendWatch<'a> {
+    tag: &'a str,
+    limit: f64,
+    above: bool,
+    running_tag: Option<&'a str>,
+}
+
 fn trend_status(
     sensors: &Sensors,
     watch: &MaintenanceWatch,
-    tag: &str,
-    limit: f64,
-    above: bool,
+    trend_watch: TrendWatch<'_>,
     now: DateTime<Utc>,
     status: &mut WatchStatus,
 ) {
+    let TrendWatch {
+        tag,
+        limit,
+        above,
+        running_tag,
+    } = trend_watch;
     let history = TimeDelta::milliseconds((watch.history_h * 3_600_000.0) as i64);
-    let samples = match history_of(sensors, tag, now - history, now, history <= RAW_UP_TO) {
+    let raw = history <= RAW_UP_TO;
+    let samples = match history_of(sensors, tag, now - history, now, raw) {
         Ok(samples) => samples,
         Err(error) => {
             status.message = format!("{tag} could not be read: {error}");
             return;
         }
+    };
+    let samples = match running_tag.filter(|running| *running != tag) {
+        Some(running) => match history_of(sensors, running, now - history, now, raw) {
+            Ok(flags) => while_running(samples, &flags, raw),
+            Err(error) => {
+                status.message = format!("{running} could not be read: {error}");
+                return;
+            }
+        },
+        None => samples,
     };
     let direction = if above {
         Direction::Rising
@@ -252,27 +289,61 @@ fn history_of(
     }
 }
 
-/// The samples since the healthiest point (the lowest for a failure above, the highest for
-/// one below), judged on a running median of five so one low reading does not cut the history.
+/// The samples taken while the line ran: at a raw sample, the running flag's latest reading
+/// before it is 1; a minute mean, one whose minute ran throughout. A time before the flag's
+/// first reading is kept (nothing says the line stood).
+fn while_running(samples: Vec<(f64, f64)>, flags: &[(f64, f64)], raw: bool) -> Vec<(f64, f64)> {
+    if flags.is_empty() {
+        return samples;
+    }
+    let running = |flag: f64| if raw { flag >= 0.5 } else { flag >= 0.999 };
+    let mut next = 0;
+    let mut state: Option<bool> = None;
+    samples
+        .into_iter()
+        .filter(|(t, _)| {
+            while next < flags.len() && flags[next].0 <= *t {
+                state = Some(running(flags[next].1));
+                next += 1;
+            }
+            state.unwrap_or(true)
+        })
+        .collect()
+}
+
+/// The samples since the equipment was last at its healthiest: the last point whose running
+/// median of five (so one low reading does not cut the history) is within a twentieth of the
+/// history's span of its healthiest median (the lowest for a failure above, the highest for one
+/// below). The last, not the healthiest: right after a repair the new start and the old one
+/// read alike, and a fit reaching back across the repair to the old start would see the
+/// whole worn-out ramp as the trend.
 fn since_healthiest(samples: &[(f64, f64)], above: bool) -> &[(f64, f64)] {
     if samples.len() < 5 {
         return samples;
     }
-    let mut best = (0, f64::NAN);
-    for i in 0..samples.len() - 4 {
-        let mut window: Vec<f64> = samples[i..i + 5].iter().map(|s| s.1).collect();
-        window.sort_by(f64::total_cmp);
-        let median = window[2];
-        let healthier = if above {
-            median < best.1
+    let medians: Vec<f64> = samples
+        .windows(5)
+        .map(|window| {
+            let mut values: Vec<f64> = window.iter().map(|s| s.1).collect();
+            values.sort_by(f64::total_cmp);
+            values[2]
+        })
+        .collect();
+    let (low, high) = medians
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), m| {
+            (lo.min(*m), hi.max(*m))
+        });
+    let tolerance = (high - low) / 20.0;
+    let healthy = |m: f64| {
+        if above {
+            m <= low + tolerance
         } else {
-            median > best.1
-        };
-        if best.1.is_nan() || healthier {
-            best = (i + 2, median);
+            m >= high - tolerance
         }
-    }
-    &samples[best.0..]
+    };
+    let last = medians.iter().rposition(|m| healthy(*m)).unwrap_or(0);
+    &samples[last + 2..]
 }
 
 /// Hours as a person says them: "40 min", "3.5 h", "2.1 days".
