@@ -16,6 +16,7 @@ mod sensors;
 mod simulate;
 mod token;
 mod train;
+mod whatif;
 
 use std::path::Path;
 
@@ -94,6 +95,9 @@ enum Command {
         #[command(subcommand)]
         action: simulate::Simulate,
     },
+    /// Run a line scenario of the digital twin as it is and with changes
+    /// (`--change belt_speed=+20%`): what moves in throughput, OEE, late verdicts, orders.
+    Whatif(whatif::WhatIf),
     /// Print the version.
     Version,
 }
@@ -119,6 +123,7 @@ impl Cli {
             Command::Calibrate(calibrate) => calibrate.run(),
             Command::ConvertWeights(convert) => convert.run(),
             Command::Simulate { action } => action.run(),
+            Command::Whatif(whatif) => whatif.run(),
             Command::Version => {
                 println!("linesight {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -798,7 +798,12 @@ mod tests {
         let stricter = candidate(0.4, Arc::default());
         let report = backtest(&store, &stricter, &period(), &|_, _| {}).expect("runs");
         assert_eq!(report.changes.len(), 2);
-        assert!(report.changes.iter().all(|c| c.candidate_heat_map.is_none()));
+        assert!(
+            report
+                .changes
+                .iter()
+                .all(|c| c.candidate_heat_map.is_none())
+        );
         assert_eq!(store.images_evicted(), 0);
         assert_eq!(store.image_bytes().expect("bytes"), full);
         store.set_image_budget(None);

@@ -36,6 +36,7 @@ mod spc;
 mod station_process;
 mod supervised;
 mod templates;
+mod twin;
 mod views;
 
 use std::path::Path;
