@@ -43,6 +43,10 @@ fn a_faster_belt_makes_more_parts_and_more_verdicts_miss_the_gate() {
     for run in [before, after] {
         let p = &run.parts;
         assert_eq!(
+            p.settled, p.made,
+            "every part settled at the gate exactly once"
+        );
+        assert_eq!(
             p.made,
             p.passed + p.rejected_by_verdict + p.rejected_by_policy
         );
@@ -193,12 +197,31 @@ fn bad_scenarios_and_changes_say_what_is_wrong() {
             .to_string();
         assert!(error.contains(wanted), "{change}: {error}");
     }
-    // A change that leaves an impossible line is refused with the field.
-    let error = scenario
-        .changed(&changes(&["belt_speed=-100%"]))
-        .expect_err("a stopped belt")
-        .to_string();
-    assert!(error.contains("belt.speed_m_per_min"), "{error}");
+    // A change that leaves an impossible line is refused with the field, never a panic.
+    for (change, field) in [
+        ("belt_speed=-100%", "belt.speed_m_per_min"),
+        ("belt_speed=+40%", "rated for"),
+        ("pitch=1e-9", "belt.pitch_mm"),
+        ("pitch=1e300", "fewer than one in 1000 min"),
+        ("belt_speed=1e-300", "belt.camera_to_gate_mm"),
+        ("camera_to_gate=1e300", "belt.camera_to_gate_mm"),
+        ("verdict_margin=1e300", "station.verdict_margin_ms"),
+        ("inspect_time=1e20", "station.inspect_ms_p99"),
+    ] {
+        let error = scenario
+            .changed(&changes(&[change]))
+            .expect_err(change)
+            .to_string();
+        assert!(error.contains(field), "{change}: {error}");
+    }
+    let mut huge = scenario.clone();
+    huge.work_orders[0].due_h = 1e12;
+    huge.work_orders[1].quantity = 0;
+    let error = huge.check().expect_err("bad orders").to_string();
+    assert!(
+        error.contains("work_orders[0].due_h") && error.contains("work_orders[1].quantity"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The maintenance monitor: turns the `[[maintenance]]` watches into alarm conditions while the
 //! station runs, and keeps what it last saw for the API.
 //!
-//! Every round it fits each trend watch's tag (since the tag's healthiest point in the watch's
-//! history: a repair resets the wear; samples taken while the line stood still are left out,
+//! Every round it fits each trend watch's tag (since the last point in the watch's history
+//! where the tag read about as healthy as it ever did: a repair resets the wear; samples taken while the line stood still are left out,
 //! as a stopped machine's vibration or power reads like a new one) and forecasts when it reaches the failure limit; the
 //! watch's alarm is active while the forecast's early end is within `warn_within_h`. A
 //! repeating-defect watch searches the last parts for a defect recurring at one place every N

@@ -38,7 +38,8 @@ pub struct CauseFinding {
 pub struct FailureWarning {
     /// When the tag's true value crossed the watch's limit, hours after the start.
     pub failure_h: f64,
-    /// The first evaluation since the previous failure at which the watch was active.
+    /// The first evaluation at which the watch was active since the equipment was back within
+    /// its limit after the previous failure (its repair).
     pub alert_h: Option<f64>,
     /// Failure − alert, minutes (positive: warned before).
     pub warning_min: Option<f64>,
@@ -128,11 +129,12 @@ pub fn analyse(
     sensors.store.ingest(&batch)?;
 
     // The station records a class for the parts its model fails; a good part failed is one
-    // it cannot name.
+    // it cannot name. A dropped part was never inspected: it has no record to analyse.
     let parts: Vec<InspectedPart> = outcome
         .parts
         .iter()
         .enumerate()
+        .filter(|(_, part)| !part.dropped)
         .map(|(i, part)| InspectedPart {
             part_id: i as u64,
             captured_ms: at(part.captured).timestamp_millis(),

@@ -52,6 +52,8 @@ pub struct TwinPart {
 pub struct PartCounts {
     /// Parts the camera saw.
     pub made: u64,
+    /// Parts the tracker handed back at the gate (each exactly once: equal to `made`).
+    pub settled: u64,
     /// Of them, carrying a defect.
     pub defective: u64,
     /// Dropped for a full frame queue: never inspected, rejected by policy.
@@ -143,8 +145,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Milliseconds as a duration, held within a day (the scenario's check bounds every time it
+/// gives; a log-normal draw can still land far out in its tail).
 fn from_ms(value: f64) -> Duration {
-    Duration::from_secs_f64((value / 1000.0).max(0.0))
+    let seconds = value / 1000.0;
+    if seconds.is_nan() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0))
 }
 
 /// SplitMix64: independent streams from (seed, part index, purpose).
@@ -314,6 +322,7 @@ pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
 
     let mut counts = PartCounts {
         made: run.parts.len() as u64,
+        settled: run.settled.len() as u64,
         dropped,
         ..PartCounts::default()
     };

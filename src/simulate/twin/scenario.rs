@@ -84,8 +84,8 @@ pub struct BeltSpec {
     pub pitch_mm: f64,
     /// Distance from the camera's trigger to the diverter.
     pub camera_to_gate_mm: f64,
-    /// A process sensor that reads the belt's speed: it follows a change of the speed (so an
-    /// effect on it sees the change).
+    /// A process sensor that reads the belt's speed: its base moves by the same factor as a
+    /// change of the speed (so an effect on it sees the change).
     pub speed_sensor: Option<String>,
 }
 
@@ -249,6 +249,68 @@ impl Scenario {
                 format!("at most {MAX_HOURS} h are simulated, got {}", self.hours),
             );
         }
+        // Bounds that keep every time a Duration and every run in memory.
+        let parts = self.hours * 60.0 * self.parts_per_min();
+        if self.parts_per_min() < 0.001 {
+            problem(
+                "belt.pitch_mm",
+                format!(
+                    "the belt brings {} parts/min, fewer than one in 1000 min",
+                    self.parts_per_min()
+                ),
+            );
+        }
+        // An infinite or NaN figure is refused too.
+        if (parts.is_nan() || parts > MAX_PARTS) && self.hours > 0.0 {
+            problem(
+                "belt.pitch_mm",
+                format!(
+                    "the run would make {parts:.0} parts, at most {MAX_PARTS:.0} are simulated: \
+                     a wider pitch, a slower belt or fewer hours"
+                ),
+            );
+        }
+        let speed_mm_s = self.belt.speed_m_per_min * 1000.0 / 60.0;
+        let travel_s = self.belt.camera_to_gate_mm / speed_mm_s;
+        if travel_s.is_nan() || travel_s > MAX_TIME_S {
+            problem(
+                "belt.camera_to_gate_mm",
+                format!("camera to gate takes {travel_s:.0} s, more than {MAX_TIME_S} s"),
+            );
+        }
+        if self.process.sample_period_s.is_finite() && self.process.sample_period_s < 0.01 {
+            problem(
+                "process.sample_period_s",
+                format!(
+                    "expected at least 0.01 s, got {}",
+                    self.process.sample_period_s
+                ),
+            );
+        }
+        for (field, value) in [
+            ("station.verdict_margin_ms", self.station.verdict_margin_ms),
+            ("station.actuation_lead_ms", self.station.actuation_lead_ms),
+            ("station.inspect_ms_p99", self.station.inspect_ms_p99),
+        ] {
+            if value.is_finite() && value > MAX_TIME_S * 1000.0 {
+                problem(
+                    field,
+                    format!("expected at most {} ms, got {value}", MAX_TIME_S * 1000.0),
+                );
+            }
+        }
+        if let Some(rated) = self.belt.rated_speed_m_per_min
+            && self.belt.speed_m_per_min > rated
+        {
+            problem(
+                "belt.speed_m_per_min",
+                format!(
+                    "{} m/min is faster than the line is rated for ({rated} m/min, \
+                     belt.rated_speed_m_per_min): raise the rating to try it",
+                    self.belt.speed_m_per_min
+                ),
+            );
+        }
         if let Some(rated) = self.belt.rated_speed_m_per_min
             && !(rated.is_finite() && rated > 0.0)
         {
@@ -300,10 +362,16 @@ impl Scenario {
             if order.id.trim().is_empty() {
                 problem(&format!("work_orders[{i}].id"), "expected an id".into());
             }
-            if !(order.due_h.is_finite() && order.due_h >= 0.0) {
+            if order.quantity == 0 {
+                problem(
+                    &format!("work_orders[{i}].quantity"),
+                    "expected at least 1 part".into(),
+                );
+            }
+            if !(order.due_h.is_finite() && (0.0..=MAX_DUE_H).contains(&order.due_h)) {
                 problem(
                     &format!("work_orders[{i}].due_h"),
-                    format!("expected hours of 0 or more, got {}", order.due_h),
+                    format!("expected 0 to {MAX_DUE_H} hours, got {}", order.due_h),
                 );
             }
         }
@@ -392,6 +460,12 @@ impl Scenario {
 
 /// The longest run a scenario may ask for.
 pub const MAX_HOURS: f64 = 24.0;
+/// The most parts one run may make.
+pub const MAX_PARTS: f64 = 5_000_000.0;
+/// The longest travel, margin or inspection time, seconds.
+pub const MAX_TIME_S: f64 = 3600.0;
+/// The latest a work order may be due, hours after the start (a year).
+pub const MAX_DUE_H: f64 = 8760.0;
 
 /// The scenario names in `dir` (its `*.toml` files), sorted.
 pub fn list(dir: &Path) -> Vec<String> {
@@ -512,13 +586,16 @@ impl Change {
         };
         match self.setting.as_str() {
             "belt_speed" => {
-                let speed = amount.applied(scenario.belt.speed_m_per_min);
+                let before = scenario.belt.speed_m_per_min;
+                let speed = amount.applied(before);
                 scenario.belt.speed_m_per_min = speed;
+                // In whatever unit the sensor reads: it moves by the same factor.
                 if let Some(name) = scenario.belt.speed_sensor.clone()
                     && let Some(sensor) =
                         scenario.process.sensors.iter_mut().find(|s| s.name == name)
+                    && before > 0.0
                 {
-                    sensor.base = speed;
+                    sensor.base *= speed / before;
                 }
             }
             "pitch" => scenario.belt.pitch_mm = amount.applied(scenario.belt.pitch_mm),
