@@ -201,6 +201,9 @@ pub struct StationSection {
     pub name: String,
     /// Folder for the record database and images; relative to the config file.
     pub data_dir: PathBuf,
+    /// The digital twin's scenarios the API runs what-ifs on (`GET /api/v1/scenarios`);
+    /// relative to the config file. Absent: none.
+    pub scenarios: Option<PathBuf>,
 }
 
 /// Where frames come from: exactly one of `pipeline`, `launch` and `template`.
@@ -732,6 +735,8 @@ pub struct StationConfig {
     pub source_path: PathBuf,
     pub name: String,
     pub data_dir: PathBuf,
+    /// See [`StationSection::scenarios`].
+    pub scenarios_dir: Option<PathBuf>,
     /// Where the camera pipeline comes from.
     pub camera_pipeline: CameraPipeline,
     /// See [`CameraSection::name`].
@@ -872,6 +877,7 @@ impl StationConfig {
             source_path: path.to_owned(),
             name: file.station.name,
             data_dir: resolve(&file.station.data_dir),
+            scenarios_dir: file.station.scenarios.as_deref().map(&resolve),
             camera_pipeline: camera_pipeline(file.camera.pipeline_fields(), &resolve),
             camera_name: Arc::from(file.camera.name.as_str()),
             views: file

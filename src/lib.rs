@@ -23,7 +23,8 @@
 //!
 //! Beside them: [`part`] (the types every stage shares), [`config`] (the station file),
 //! [`model_control`] (promote, roll back, shadow the model while the line runs),
-//! [`metrics`], [`simulate`] (the built-in simulated line) and [`station`] (the wiring).
+//! [`metrics`], [`simulate`] (the built-in simulated line), [`twin`] (the line's digital twin,
+//! for what-if) and [`station`] (the wiring).
 
 pub mod actuate;
 pub mod analyse;
@@ -43,3 +44,4 @@ pub mod serve;
 pub mod simulate;
 pub mod station;
 pub mod track;
+pub mod twin;

@@ -530,6 +530,7 @@ impl Station {
             charts: Arc::new(config.charts.clone()),
             root_cause: RootCauseApi::new(config.root_cause.clone()),
             maintenance: Default::default(),
+            twin: crate::serve::twin::TwinApi::new(config.scenarios_dir.clone()),
             halt_line,
         };
         Ok(Station {
@@ -663,6 +664,7 @@ impl Station {
         let root_cause = tokio::spawn(run_root_cause(
             store.clone(),
             sensors.clone(),
+            config.production.running_tag.clone(),
             config.root_cause.clone(),
             api.root_cause.latest.clone(),
             {

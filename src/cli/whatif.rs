@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use linesight::simulate::twin::{self, Change, Scenario};
+use linesight::twin::{self, Change, Scenario};
 
 #[derive(clap::Args)]
 pub struct WhatIf {

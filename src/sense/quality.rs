@@ -93,6 +93,9 @@ pub struct QualityCheck {
     repeats: u32,
     /// Recent good values, for the spike check.
     recent: VecDeque<f64>,
+    /// The spikes in a row since the last good value: [`SPIKE_MIN_HISTORY`] of them are a new
+    /// level, not a glitch.
+    spikes_in_a_row: Vec<f64>,
 }
 
 impl QualityCheck {
@@ -104,6 +107,7 @@ impl QualityCheck {
             last_value: None,
             repeats: 0,
             recent: VecDeque::with_capacity(SPIKE_WINDOW + 1),
+            spikes_in_a_row: Vec::new(),
         }
     }
 
@@ -128,8 +132,19 @@ impl QualityCheck {
             return Flag::Stuck;
         }
         if self.is_spike(value) {
-            return Flag::Spike;
+            self.spikes_in_a_row.push(value);
+            if self.spikes_in_a_row.len() < SPIKE_MIN_HISTORY {
+                return Flag::Spike;
+            }
+            // So many in a row are a new level (a line that stopped, a process that moved):
+            // judged against the old level, every later value would be a spike, the tag
+            // locked out of every analysis for good. The new level becomes the reference; the
+            // spikes already flagged stay flagged, as flags are never revised.
+            self.recent.clear();
+            self.recent.extend(self.spikes_in_a_row.drain(..));
+            return Flag::Good;
         }
+        self.spikes_in_a_row.clear();
         if self.recent.len() == SPIKE_WINDOW {
             self.recent.pop_front();
         }
@@ -205,6 +220,35 @@ mod tests {
             assert_eq!(check.judge(1.0), Flag::Good);
         }
         assert_eq!(check.judge(0.0), Flag::Good);
+    }
+
+    #[test]
+    fn a_lasting_step_becomes_the_new_level_after_a_few_samples() {
+        let mut tag = tag();
+        tag.stuck_after = 0;
+        let mut check = QualityCheck::new(&tag);
+        let noise = [
+            0.0, 0.05, -0.04, 0.02, -0.03, 0.04, -0.01, 0.03, -0.05, 0.01,
+        ];
+        let level = |check: &mut QualityCheck, base: f64, n: usize| -> Vec<Flag> {
+            (0..n)
+                .map(|i| check.judge(base + noise[i % noise.len()]))
+                .collect()
+        };
+        assert!(level(&mut check, 50.0, 20).iter().all(|f| *f == Flag::Good));
+        // A step down to 20 (the line stopped): the first samples are spikes, then the new
+        // level is the reference.
+        let step = level(&mut check, 20.0, 20);
+        let spikes = SPIKE_MIN_HISTORY - 1;
+        assert!(step[..spikes].iter().all(|f| *f == Flag::Spike), "{step:?}");
+        assert!(step[spikes..].iter().all(|f| *f == Flag::Good), "{step:?}");
+        // And back up: the same, not locked out against the stopped level.
+        let back = level(&mut check, 50.0, 20);
+        assert!(back[..spikes].iter().all(|f| *f == Flag::Spike), "{back:?}");
+        assert!(back[spikes..].iter().all(|f| *f == Flag::Good), "{back:?}");
+        // A lone glitch is still a spike, and the value after it good.
+        assert_eq!(check.judge(90.0), Flag::Spike);
+        assert_eq!(check.judge(50.0), Flag::Good);
     }
 
     #[test]

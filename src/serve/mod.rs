@@ -30,6 +30,7 @@ pub mod records;
 mod rootcause;
 mod schedule;
 mod sensors;
+pub mod twin;
 pub mod work_orders;
 
 use std::sync::Arc;
@@ -125,6 +126,8 @@ pub struct ApiState {
     pub root_cause: RootCauseApi,
     /// What the maintenance watches last saw.
     pub maintenance: crate::analyse::maintenance::monitor::LatestMaintenance,
+    /// The line twin's scenarios and the gate of what-if runs.
+    pub twin: twin::TwinApi,
 }
 
 /// What the root-cause route reads.
@@ -295,6 +298,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/backtests/{id}",
             need(Read, get(models::get_backtest)),
         )
+        .route("/api/v1/scenarios", need(Read, get(twin::list_scenarios)))
+        .route("/api/v1/whatif", need(Read, post(twin::run_whatif)))
         .route(
             "/api/v1/tokens",
             need(Admin, get(auth::list_tokens).post(auth::create_token)),

@@ -67,6 +67,7 @@ pub(super) async fn get(
         ));
     };
     let store = api.store.clone();
+    let running_tag = api.production.plan.running_tag.clone();
     let scope = Scope {
         from,
         to,
@@ -74,7 +75,14 @@ pub(super) async fn get(
     };
     let analysis = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        analyse_scope(&store, &sensors, scope, &Settings::default(), now)
+        analyse_scope(
+            &store,
+            &sensors,
+            running_tag.as_deref(),
+            scope,
+            &Settings::default(),
+            now,
+        )
     })
     .await
     .map_err(|e| ApiError::InternalMessage(format!("root-cause task failed: {e}")))??;

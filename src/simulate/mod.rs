@@ -13,7 +13,6 @@ mod parts;
 mod plc;
 pub mod plc_program;
 pub mod process;
-pub mod twin;
 
 pub use self::camera::{SimulatedCamera, part_at, part_on_line};
 pub use self::parts::{

@@ -66,7 +66,8 @@ fn analysed_shift(dir: &std::path::Path) -> StationRootCause {
             }),
         })
         .collect();
-    let traces = tag_traces(&sensors, &parts).expect("traces");
+    let traces =
+        tag_traces(&sensors, &parts, config.production.running_tag.as_deref()).expect("traces");
     let end: DateTime<Utc> = start + TimeDelta::from_std(SHIFT).expect("shift");
     analyse_parts(
         &parts,

@@ -204,11 +204,13 @@ pub fn inspected_parts(store: &Store, scope: &Scope) -> Result<Vec<InspectedPart
     Ok(parts)
 }
 
-/// The good samples of every configured tag that could have acted on a part of `parts`.
-/// Blocking.
+/// The good samples of every configured tag that could have acted on a part of `parts`,
+/// without those taken while `running_tag` read 0: a stopped line's readings (a roller's
+/// vibration at rest) describe no process state a part went through. Blocking.
 pub fn tag_traces(
     sensors: &Sensors,
     parts: &[InspectedPart],
+    running_tag: Option<&str>,
 ) -> Result<Vec<TagTrace>, AnalyseError> {
     let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
         return Ok(Vec::new());
@@ -228,15 +230,49 @@ pub fn tag_traces(
         };
         let series = sensors.store.read(&tag.name, from, to)?;
         let unit = (!tag.unit.is_empty()).then(|| tag.unit.clone());
-        traces.push(TagTrace::from_series(
-            &tag.name,
-            unit,
-            delay,
-            tag.period(),
-            &series,
-        ));
+        let mut trace = TagTrace::from_series(&tag.name, unit, delay, tag.period(), &series);
+        if let Some(running) = running_tag.filter(|running| *running != tag.name)
+            && sensors.tag(running).is_some()
+        {
+            let flags = sensors.store.read(running, from, to)?;
+            keep_while_running(&mut trace, &flags);
+        }
+        traces.push(trace);
     }
     Ok(traces)
+}
+
+/// Drops the samples of `trace` taken while the running flag's latest good reading before
+/// them was 0 (a time before its first reading is kept: nothing says the line stood).
+fn keep_while_running(trace: &mut TagTrace, flags: &crate::sense::Series) {
+    let readings: Vec<(i64, bool)> = flags
+        .t
+        .iter()
+        .zip(&flags.v)
+        .zip(&flags.flag)
+        .filter(|(_, flag)| flag.is_good())
+        .map(|((&t, &v), _)| (t, v >= 0.5))
+        .collect();
+    if readings.is_empty() {
+        return;
+    }
+    let mut next = 0;
+    let mut running = true;
+    let keep: Vec<bool> = trace
+        .t
+        .iter()
+        .map(|&t| {
+            while next < readings.len() && readings[next].0 <= t {
+                running = readings[next].1;
+                next += 1;
+            }
+            running
+        })
+        .collect();
+    let mut kept = keep.iter();
+    trace.v.retain(|_| *kept.next().unwrap_or(&true));
+    let mut kept = keep.iter();
+    trace.t.retain(|_| *kept.next().unwrap_or(&true));
 }
 
 /// How a tag took part in an analysis.
@@ -368,16 +404,18 @@ pub fn analyse_parts(
     }
 }
 
-/// Reads the scope's parts and samples and analyses them. Blocking.
+/// Reads the scope's parts and samples and analyses them; `running_tag` reads 1 while the
+/// line runs. Blocking.
 pub fn analyse_scope(
     store: &Store,
     sensors: &Sensors,
+    running_tag: Option<&str>,
     scope: Scope,
     settings: &Settings,
     computed_at: DateTime<Utc>,
 ) -> Result<StationRootCause, AnalyseError> {
     let parts = inspected_parts(store, &scope)?;
-    let traces = tag_traces(sensors, &parts)?;
+    let traces = tag_traces(sensors, &parts, running_tag)?;
     Ok(analyse_parts(&parts, &traces, scope, settings, computed_at))
 }
 
@@ -492,6 +530,7 @@ impl LatestRootCause {
 pub async fn run_root_cause(
     store: Store,
     sensors: Sensors,
+    running_tag: Option<String>,
     section: RootCauseSection,
     latest: LatestRootCause,
     now: impl Fn() -> DateTime<Utc> + Send + 'static,
@@ -510,9 +549,16 @@ pub async fn run_root_cause(
             to,
             work_order: None,
         };
-        let (store, sensors) = (store.clone(), sensors.clone());
+        let (store, sensors, running_tag) = (store.clone(), sensors.clone(), running_tag.clone());
         let round = tokio::task::spawn_blocking(move || {
-            analyse_scope(&store, &sensors, scope, &Settings::default(), to)
+            analyse_scope(
+                &store,
+                &sensors,
+                running_tag.as_deref(),
+                scope,
+                &Settings::default(),
+                to,
+            )
         })
         .await;
         match round {
@@ -529,5 +575,40 @@ pub async fn run_root_cause(
             Ok(Err(error)) => tracing::warn!(%error, "root cause of the window failed"),
             Err(error) => tracing::warn!(%error, "root cause task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sense::{Flag, Series};
+
+    #[test]
+    fn samples_taken_while_the_line_stood_are_left_out() {
+        let mut trace = TagTrace {
+            name: "roller".into(),
+            unit: None,
+            delay_ms: 0,
+            max_age_ms: 5000,
+            t: (0..10).map(|i| i * 1000).collect(),
+            v: vec![2.0, 2.1, 0.0, 0.1, 0.0, 2.2, 2.3, 2.2, 0.0, 2.1],
+        };
+        // Running, stopped at 2 s, running again at 5 s, stopped at 8 s, again at 9 s; one
+        // reading flagged bad is not believed.
+        let flags = Series {
+            t: vec![0, 2000, 5000, 6500, 8000, 9000],
+            v: vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0],
+            flag: vec![
+                Flag::Good,
+                Flag::Good,
+                Flag::Good,
+                Flag::OutOfRange,
+                Flag::Good,
+                Flag::Good,
+            ],
+        };
+        keep_while_running(&mut trace, &flags);
+        assert_eq!(trace.t, vec![0, 1000, 5000, 6000, 7000, 9000]);
+        assert_eq!(trace.v, vec![2.0, 2.1, 2.2, 2.3, 2.2, 2.1]);
     }
 }

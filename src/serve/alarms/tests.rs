@@ -124,6 +124,7 @@ async fn app(dir: &std::path::Path) -> App {
         charts: Arc::new(Vec::new()),
         root_cause: crate::serve::RootCauseApi::new(Default::default()),
         maintenance: Default::default(),
+        twin: crate::serve::twin::TwinApi::new(None),
         halt_line: None,
     };
     App {

@@ -200,12 +200,9 @@ impl Scenario {
         Ok(scenario)
     }
 
-    /// Finds `name` in `dir` (`dir/name.toml`), or reads `name` as a path when it is one.
-    pub fn find(dir: &Path, name: &str) -> Result<Scenario, ScenarioError> {
-        let as_path = Path::new(name);
-        if as_path.extension().is_some() && as_path.is_file() {
-            return Scenario::load(as_path);
-        }
+    /// The scenario `name` of `dir`, and only one listed there: a name is never read as a
+    /// path (what the API takes).
+    pub fn named(dir: &Path, name: &str) -> Result<Scenario, ScenarioError> {
         let known = list(dir);
         if !known.iter().any(|k| k == name) {
             return Err(ScenarioError::NotFound {
@@ -219,6 +216,15 @@ impl Scenario {
             });
         }
         Scenario::load(&dir.join(format!("{name}.toml")))
+    }
+
+    /// Finds `name` in `dir` (`dir/name.toml`), or reads `name` as a path when it is one.
+    pub fn find(dir: &Path, name: &str) -> Result<Scenario, ScenarioError> {
+        let as_path = Path::new(name);
+        if as_path.extension().is_some() && as_path.is_file() {
+            return Scenario::load(as_path);
+        }
+        Scenario::named(dir, name)
     }
 
     /// Every problem of the scenario as a whole, as one error.

@@ -148,7 +148,7 @@ pub fn analyse(
             }),
         })
         .collect();
-    let traces = tag_traces(&sensors, &parts)?;
+    let traces = tag_traces(&sensors, &parts, Some(RUNNING_TAG))?;
     let rootcause = analyse_parts(
         &parts,
         &traces,

@@ -51,8 +51,9 @@ pub enum TwinError {
 pub struct Delta {
     pub figure: String,
     pub unit: String,
-    pub before: f64,
-    pub after: f64,
+    /// `None`: a work order that cannot finish at that rate.
+    pub before: Option<f64>,
+    pub after: Option<f64>,
 }
 
 /// A what-if: the scenario as it is, with the changes, and what moved.
@@ -104,8 +105,8 @@ fn deltas(before: &TwinRun, after: &TwinRun) -> Vec<Delta> {
     let figure = |name: &str, unit: &str, f: &dyn Fn(&TwinRun) -> f64| Delta {
         figure: name.to_owned(),
         unit: unit.to_owned(),
-        before: f(before),
-        after: f(after),
+        before: Some(f(before)),
+        after: Some(f(after)),
     };
     let mut deltas = vec![
         figure("parts per minute", "/min", &|r| r.parts_per_min),
@@ -134,10 +135,8 @@ fn deltas(before: &TwinRun, after: &TwinRun) -> Vec<Delta> {
         deltas.push(Delta {
             figure: format!("{} lateness", order.id),
             unit: "min".into(),
-            before: earlier
-                .and_then(|o| o.lateness_min)
-                .unwrap_or(f64::INFINITY),
-            after: order.lateness_min.unwrap_or(f64::INFINITY),
+            before: earlier.and_then(|o| o.lateness_min),
+            after: order.lateness_min,
         });
     }
     deltas
@@ -170,17 +169,15 @@ pub fn render(report: &WhatIf) -> String {
         "figure", "before", "after", "change"
     );
     for delta in &report.deltas {
-        let shown = |v: f64| {
-            if v.is_infinite() {
-                "cannot finish".to_owned()
-            } else if delta.unit == "%" || v.abs() < 100.0 && v.fract() != 0.0 {
+        let shown = |v: Option<f64>| match v {
+            None => "cannot finish".to_owned(),
+            Some(v) if delta.unit == "%" || v.abs() < 100.0 && v.fract() != 0.0 => {
                 format!("{v:.1}")
-            } else {
-                format!("{v:.0}")
             }
+            Some(v) => format!("{v:.0}"),
         };
-        let change = if delta.before.is_finite() && delta.after.is_finite() {
-            let d = delta.after - delta.before;
+        let change = if let (Some(before), Some(after)) = (delta.before, delta.after) {
+            let d = after - before;
             if d.abs() < 0.05 {
                 "=".to_owned()
             } else if delta.unit == "%" || d.abs() < 100.0 && d.fract() != 0.0 {
