@@ -36,6 +36,28 @@ pub enum SenseError {
     UnknownTag(String),
 }
 
+/// For each of `times` (ascending), whether the line ran then: the latest of `readings`
+/// (time, running; ascending) at or before it says; a time before the first reading counts as
+/// running, as nothing says the line stood. Analyses use it to leave out what a stopped line's
+/// sensors read (a roller's vibration at rest describes no process state).
+pub fn running_at<T: PartialOrd + Copy>(
+    times: impl IntoIterator<Item = T>,
+    readings: &[(T, bool)],
+) -> Vec<bool> {
+    let mut next = 0;
+    let mut running = true;
+    times
+        .into_iter()
+        .map(|t| {
+            while next < readings.len() && readings[next].0 <= t {
+                running = readings[next].1;
+                next += 1;
+            }
+            running
+        })
+        .collect()
+}
+
 /// The station's sensor data: the store and what the config says about each tag. Cheap to
 /// clone; every source and reader shares one.
 #[derive(Debug, Clone)]

@@ -25,6 +25,16 @@ pub enum DefectKind {
 }
 
 impl DefectKind {
+    /// The kind's name in configs, records and the API (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefectKind::Scratch => "scratch",
+            DefectKind::Spot => "spot",
+            DefectKind::Crack => "crack",
+            DefectKind::Dent => "dent",
+        }
+    }
+
     /// All kinds, in a fixed order.
     pub const ALL: [DefectKind; 4] = [
         DefectKind::Scratch,
@@ -413,6 +423,13 @@ pub fn write_mvtec_layout(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_kinds_name_is_its_serde_name() {
+        for kind in DefectKind::ALL {
+            assert_eq!(serde_json::to_value(kind).ok(), Some(kind.as_str().into()));
+        }
+    }
     use super::*;
 
     #[test]

@@ -142,9 +142,8 @@ pub fn analyse(
             product: None,
             defect: part.failed_by_model.then(|| {
                 part.defect
-                    .and_then(|kind| serde_json::to_value(kind).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "unclassified".into())
+                    .map_or("unclassified", |kind| kind.as_str())
+                    .to_owned()
             }),
         })
         .collect();

@@ -447,11 +447,6 @@ fn orders(
             running += 1;
         }
     }
-    // Skip orders of quantity 0 at the head, which nothing fills.
-    while running < scenario.work_orders.len() && scenario.work_orders[running].quantity == 0 {
-        finished[running] = Some(Duration::ZERO);
-        running += 1;
-    }
     let start = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
     let at = |hours: f64| start + chrono::TimeDelta::milliseconds((hours * 3_600_000.0) as i64);
     let open: Vec<OrderInput> = scenario

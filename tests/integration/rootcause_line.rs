@@ -58,12 +58,7 @@ fn analysed_shift(dir: &std::path::Path) -> StationRootCause {
             captured_ms: part.captured_at.timestamp_millis(),
             work_order: None,
             product: None,
-            defect: part.defect.map(|kind| {
-                serde_json::to_value(kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .expect("defect kinds serialise as names")
-            }),
+            defect: part.defect.map(|kind| kind.as_str().to_owned()),
         })
         .collect();
     let traces =

@@ -297,17 +297,12 @@ fn while_running(samples: Vec<(f64, f64)>, flags: &[(f64, f64)], raw: bool) -> V
         return samples;
     }
     let running = |flag: f64| if raw { flag >= 0.5 } else { flag >= 0.999 };
-    let mut next = 0;
-    let mut state: Option<bool> = None;
+    let readings: Vec<(f64, bool)> = flags.iter().map(|&(t, v)| (t, running(v))).collect();
+    let keep = crate::sense::running_at(samples.iter().map(|s| s.0), &readings);
     samples
         .into_iter()
-        .filter(|(t, _)| {
-            while next < flags.len() && flags[next].0 <= *t {
-                state = Some(running(flags[next].1));
-                next += 1;
-            }
-            state.unwrap_or(true)
-        })
+        .zip(keep)
+        .filter_map(|(sample, keep)| keep.then_some(sample))
         .collect()
 }
 

@@ -256,19 +256,7 @@ fn keep_while_running(trace: &mut TagTrace, flags: &crate::sense::Series) {
     if readings.is_empty() {
         return;
     }
-    let mut next = 0;
-    let mut running = true;
-    let keep: Vec<bool> = trace
-        .t
-        .iter()
-        .map(|&t| {
-            while next < readings.len() && readings[next].0 <= t {
-                running = readings[next].1;
-                next += 1;
-            }
-            running
-        })
-        .collect();
+    let keep = crate::sense::running_at(trace.t.iter().copied(), &readings);
     let mut kept = keep.iter();
     trace.v.retain(|_| *kept.next().unwrap_or(&true));
     let mut kept = keep.iter();

@@ -377,10 +377,7 @@ fn summarise(set: &[Example], scores: &[f32], threshold: f32) -> EvalMetrics {
     let mut per_class: BTreeMap<String, ClassMetrics> = BTreeMap::new();
     for (example, &score) in set.iter().zip(scores) {
         let name = match example.defect {
-            Some(kind) => serde_json::to_value(kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{kind:?}")),
+            Some(kind) => kind.as_str().to_owned(),
             None => "good".into(),
         };
         let entry = per_class
