@@ -37,6 +37,8 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+from stationprobe import cpu_seconds, metrics, rss_mib, wait_for
+
 REPO = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 BINARY = TARGET / "release" / "linesight"
@@ -118,34 +120,9 @@ def run(*args, **kwargs):
     return subprocess.run([str(a) for a in args], check=True, **kwargs)
 
 
-def metrics(base, token):
-    request = urllib.request.Request(
-        f"{base}/metrics", headers={"Authorization": f"Bearer {token}"}
-    )
-    values = {}
-    with urllib.request.urlopen(request, timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            name, _, value = line.rpartition(" ")
-            key = name.split("{")[0]
-            try:
-                values[key] = values.get(key, 0.0) + float(value)
-            except ValueError:
-                pass
-    return values
-
-
 def proc_stat(pid):
     """CPU seconds (user + system) and resident MiB of the station process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-    return cpu, rss
+    return cpu_seconds(pid) or 0.0, rss_mib(pid) or 0.0
 
 
 def follow_live_stream(base, token, stop, counter):
@@ -195,18 +172,6 @@ def percentile(values, q):
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-def wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def step(work, size, model_name, model_dir, calibration, rate, seconds, port):

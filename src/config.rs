@@ -20,7 +20,7 @@ use crate::analyse::charts::ChartDefinition;
 use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
-use crate::capture::{CameraPipeline, ParamValue, PresenceSettings, TriggerSource};
+use crate::capture::{CameraPipeline, EndOfStream, ParamValue, PresenceSettings, TriggerSource};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -231,6 +231,11 @@ pub struct CameraSection {
     /// A live camera that delivers no frame for this long is treated as lost (FAULT, then
     /// tried again): for sources that go quiet without an error. Absent: only errors count.
     pub stall_timeout_ms: Option<u64>,
+    /// What the end of the camera's stream means: `"auto"` (default: a live source that ends
+    /// is lost, a file is done), `"stop"` (the run ends) or `"reconnect"` (the camera is lost
+    /// and tried again: a `tcpserversrc` whose sender closed the connection).
+    #[serde(default)]
+    pub end_of_stream: EndOfStream,
     /// A free-running camera: one part per passage through the view instead of one per frame.
     pub presence: Option<PresenceSettings>,
     /// A GigE Vision or USB3 Vision camera (aravissrc) put in GenICam trigger mode on this
@@ -747,6 +752,8 @@ pub struct StationConfig {
     pub simulator: Option<SimulatorSection>,
     /// See [`CameraSection::stall_timeout_ms`].
     pub camera_stall_timeout: Option<Duration>,
+    /// See [`CameraSection::end_of_stream`].
+    pub camera_end_of_stream: EndOfStream,
     /// See [`CameraSection::presence`].
     pub camera_presence: Option<PresenceSettings>,
     /// See [`CameraSection::genicam_trigger`].
@@ -899,6 +906,7 @@ impl StationConfig {
             frame_queue: NonZeroUsize::new(file.camera.frame_queue).unwrap_or(NonZeroUsize::MIN),
             simulator: file.camera.simulator,
             camera_stall_timeout: file.camera.stall_timeout_ms.map(Duration::from_millis),
+            camera_end_of_stream: file.camera.end_of_stream,
             camera_presence: file.camera.presence.clone(),
             camera_trigger: file.camera.genicam_trigger.clone().map(TriggerSource),
             calibration_file: resolve(&file.calibration.file),

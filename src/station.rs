@@ -802,11 +802,16 @@ impl Station {
                     // on parts too.
                     let mut heartbeat_link = link.sibling();
                     heartbeat_link.cap_reconnect_wait(PART_LINK_RECONNECT_MAX);
+                    let camera_lost: crate::actuate::CameraLostProbe = {
+                        let (camera, metrics) = (camera.clone(), metrics.clone());
+                        Arc::new(move || camera.lost(metrics.frames_captured.get()).is_some())
+                    };
                     let heartbeat = tokio::spawn(run_heartbeat(
                         heartbeat_link,
                         config.plc.heartbeat,
                         metrics.clone(),
                         plc_watch,
+                        camera_lost,
                         heartbeat_stop.clone(),
                     ));
                     // Under encoder tracking the PLC's window is in counts, which the tracker's fire
@@ -937,6 +942,7 @@ impl Station {
             stop: shutdown.clone(),
             external_triggers,
             stall_timeout: config.camera_stall_timeout,
+            end_of_stream: config.camera_end_of_stream,
             presence: config.camera_presence.clone(),
             genicam_trigger: config.camera_trigger.clone(),
             fire_also,

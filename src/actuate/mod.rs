@@ -251,8 +251,18 @@ impl GateLink {
 
     /// Writes `station_state`: 1 while running, 0 once stopped.
     pub async fn set_running(&mut self, running: bool) -> Result<(), GateError> {
+        let state = if running {
+            StationStateWord::Running
+        } else {
+            StationStateWord::Stopped
+        };
+        self.set_state(state).await
+    }
+
+    /// Writes `station_state`.
+    pub async fn set_state(&mut self, state: StationStateWord) -> Result<(), GateError> {
         let address = self.map.station_state.address;
-        self.write_register("write station state", address, u16::from(running))
+        self.write_register("write station state", address, state as u16)
             .await
     }
 
@@ -260,14 +270,20 @@ impl GateLink {
     /// (its registers back to 0) learns again that the station runs, with its next beat. One
     /// FC16 when the two registers are neighbours, as in the shipped map.
     pub async fn beat_running(&mut self) -> Result<(), GateError> {
-        let (heartbeat, state) = (self.map.heartbeat.address, self.map.station_state.address);
-        if heartbeat.checked_add(1) != Some(state) {
+        self.beat_with(StationStateWord::Running).await
+    }
+
+    /// Writes the next heartbeat value and, with it, `state` (see [`GateLink::beat_running`]).
+    pub async fn beat_with(&mut self, state: StationStateWord) -> Result<(), GateError> {
+        let (heartbeat, address) = (self.map.heartbeat.address, self.map.station_state.address);
+        if heartbeat.checked_add(1) != Some(address) {
             self.beat().await?;
-            return self.set_running(true).await;
+            return self.set_state(state).await;
         }
         self.heartbeat = self.heartbeat.wrapping_add(1);
         let what = "write heartbeat and station state";
-        let request = Request::WriteMultipleRegisters(heartbeat, vec![self.heartbeat, 1].into());
+        let request =
+            Request::WriteMultipleRegisters(heartbeat, vec![self.heartbeat, state as u16].into());
         match self
             .call(what, heartbeat, request, self.request_timeout)
             .await?
@@ -880,16 +896,36 @@ impl PlcWatch {
     }
 }
 
+/// What the station tells the PLC in `station_state` (the register map's `[station_state]`).
+/// The PLC program runs its gate on the station's commands only while it reads `Running`;
+/// anything else diverts every part and forgets the part ids it expected (rules R2, R3, R11
+/// of `firmware-io/plc-program.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum StationStateWord {
+    /// Written at a clean stop.
+    Stopped = 0,
+    Running = 1,
+    /// The station's camera is lost: parts pass it unseen, so its part ids no longer follow
+    /// the parts the PLC's eye counts. Back to `Running` once frames come again.
+    CameraLost = 2,
+}
+
+/// Whether the station's camera is lost right now (asked at every beat).
+pub type CameraLostProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The heartbeat task, on its own connection: writes the heartbeat every `period` and reads
 /// the PLC's, until `stop` fires, then writes the stopped state. Any stop ends the heartbeat,
 /// which the PLC's watchdog treats as a dead station. A PLC whose heartbeat stands still for
 /// `watch.timeout` is lost: the station raises the alarm, holds every PASS back and, by
-/// policy, halts the line, until the PLC's heartbeat moves again.
+/// policy, halts the line, until the PLC's heartbeat moves again. While `camera_lost` says
+/// so, each beat carries [`StationStateWord::CameraLost`] instead of `Running`.
 pub async fn run_heartbeat(
     mut link: GateLink,
     period: Duration,
     metrics: Metrics,
     watch: PlcWatch,
+    camera_lost: CameraLostProbe,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(period);
@@ -901,7 +937,12 @@ pub async fn run_heartbeat(
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        match link.beat_running().await {
+        let state = if camera_lost() {
+            StationStateWord::CameraLost
+        } else {
+            StationStateWord::Running
+        };
+        match link.beat_with(state).await {
             Ok(()) if !beating => {
                 tracing::info!(plc = %link.plc(), "heartbeat restored");
                 beating = true;

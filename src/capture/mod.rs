@@ -121,7 +121,7 @@ pub enum CaptureError {
     },
     #[error("the camera delivered no frame for {after:?}")]
     Stalled { after: Duration },
-    #[error("the live camera ended its stream by itself")]
+    #[error("the camera ended its stream by itself")]
     Ended,
     #[error(
         "the pipeline starts with `appsrc name=source`, which only the simulated line feeds, \
@@ -143,6 +143,33 @@ impl CaptureError {
                 // Arming talks to the camera over the network: it fails as the camera does.
                 | CaptureError::Trigger(TriggerError::Refused { .. } | TriggerError::NoCamera)
         )
+    }
+}
+
+/// What the end of the camera's stream means (`[camera] end_of_stream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndOfStream {
+    /// A live source (a camera) that ends has gone away; any other (a file, a replay) is
+    /// done, and capture ends with it.
+    #[default]
+    Auto,
+    /// Capture ends with the stream, live or not.
+    Stop,
+    /// The camera went away: FAULT, then tried again. For sources GStreamer does not call
+    /// live whose end is a lost connection: a `tcpserversrc` whose sender closed it.
+    Reconnect,
+}
+
+impl EndOfStream {
+    /// Whether an end of stream nobody asked for is a lost camera; `live` is the source's
+    /// answer to the latency query, when frames have flowed.
+    fn means_lost(self, live: Option<bool>) -> bool {
+        match self {
+            EndOfStream::Auto => live == Some(true),
+            EndOfStream::Stop => false,
+            EndOfStream::Reconnect => true,
+        }
     }
 }
 
@@ -172,6 +199,8 @@ pub struct CaptureContext {
     /// A live camera that delivers no frame for this long is lost ([`CaptureError::Stalled`]):
     /// some sources (a network camera whose sender went quiet) never post an error.
     pub stall_timeout: Option<Duration>,
+    /// Whether an end of stream is the end of the run or a lost camera.
+    pub end_of_stream: EndOfStream,
     /// A free-running camera: one part per passage through its view, found by the presence
     /// detector ([`presence`]) instead of one per frame.
     pub presence: Option<PresenceSettings>,
@@ -209,6 +238,7 @@ impl CaptureContext {
             stop,
             external_triggers: None,
             stall_timeout: None,
+            end_of_stream: EndOfStream::Auto,
             presence: None,
             genicam_trigger: None,
             fire_also: Vec::new(),
@@ -279,7 +309,14 @@ pub fn capture_until_done(
     let mut wait = RECONNECT_FIRST;
     loop {
         let fed = ctx.feeder.is_some();
-        match run_capture(&mut ctx) {
+        let run_from = ctx.first_part_id;
+        let outcome = run_capture(&mut ctx);
+        // A camera that streamed before it went away again is a new loss, not the same one
+        // still failing: the back-off starts over.
+        if ctx.first_part_id != run_from {
+            wait = RECONNECT_FIRST;
+        }
+        match outcome {
             Ok(_) => break,
             Err(CaptureError::TriggerIdle) => {
                 if ctx.stop.is_cancelled() {
@@ -456,7 +493,7 @@ fn run_pipeline(
     let (mut frames_before, mut frame_seen_at) = (0, Instant::now());
     let stall_timeout = ctx.stall_timeout.filter(|_| camera.is_none());
     // Whether the source is live (a camera, not a file): asked once frames flow. A live
-    // source that ends by itself has gone away.
+    // source that ends by itself has gone away (unless `end_of_stream` says otherwise).
     let mut live = None;
     // Enough frames: the appsink refuses more, which a live source may answer with an end of
     // stream of its own. That end is capture's, not a camera that went away; it is asked for
@@ -528,7 +565,10 @@ fn run_pipeline(
         };
         match message.view() {
             gst::MessageView::Eos(_)
-                if eos_sent_at.is_none() && camera.is_none() && live == Some(true) && !enough() =>
+                if eos_sent_at.is_none()
+                    && camera.is_none()
+                    && ctx.end_of_stream.means_lost(live)
+                    && !enough() =>
             {
                 break Err(CaptureError::Ended);
             }
@@ -1214,6 +1254,99 @@ mod tests {
         let (result, triggers, _, _) = run(description, 64, Some(12));
         assert_eq!(result.expect("ends cleanly").frames, 12);
         assert_eq!(triggers.len(), 12);
+    }
+
+    /// A camera that sends its frames over TCP (to a `tcpserversrc`): `rounds` connections,
+    /// each sending that many 8×8 frames and closing. After a round it waits for the station
+    /// to stop listening (its capture run ended) before it connects again, so no frame goes
+    /// to a listener that is about to close.
+    fn tcp_camera(port: u16, rounds: Vec<usize>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for (round, frames) in rounds.into_iter().enumerate() {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while round > 0 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    assert!(Instant::now() < deadline, "the station kept listening");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let mut stream = loop {
+                    match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        Ok(stream) => break stream,
+                        Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(error) => panic!("the station never listened: {error}"),
+                    }
+                };
+                for frame in 0..frames {
+                    stream
+                        .write_all(&[frame as u8 * 10; 64])
+                        .expect("send a frame");
+                }
+            }
+        })
+    }
+
+    fn tcp_pipeline() -> (u16, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let description = format!(
+            "tcpserversrc host=127.0.0.1 port={port} ! rawvideoparse format=gray8 width=8 \
+             height=8 framerate=0/1 ! appsink name=frames sync=false"
+        );
+        (port, description)
+    }
+
+    #[test]
+    fn a_tcp_camera_that_closes_ends_the_run_unless_told_to_reconnect() {
+        // tcpserversrc is not live: by default its end is the end of the run.
+        let (port, description) = tcp_pipeline();
+        let camera = tcp_camera(port, vec![3]);
+        let (result, triggers, ..) = run(&description, 16, None);
+        camera.join().expect("camera");
+        assert_eq!(result.expect("ends at its end of stream").frames, 3);
+        assert_eq!(triggers.len(), 3);
+
+        // With `end_of_stream = "reconnect"` the closed connection is a lost camera: FAULT,
+        // listen again, and the parts go on from where they were.
+        let (port, description) = tcp_pipeline();
+        let camera = tcp_camera(port, vec![3, 2, 4]);
+        let (trigger_tx, mut trigger_rx) = mpsc::channel(1024);
+        let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel(16);
+        let metrics = Metrics::new();
+        let status = CameraStatus::default();
+        let summary = capture_until_done(
+            CaptureContext {
+                first_part_id: 100,
+                max_parts: Some(9),
+                end_of_stream: EndOfStream::Reconnect,
+                ..CaptureContext::new(
+                    description,
+                    trigger_tx,
+                    frame_tx,
+                    metrics.clone(),
+                    CancellationToken::new(),
+                )
+            },
+            &status,
+        )
+        .expect("capture ends at max_parts");
+        camera.join().expect("camera");
+        assert_eq!(summary.frames, 9);
+        assert_eq!(summary.next_part_id, 109);
+        let mut ids = Vec::new();
+        while let Ok(trigger) = trigger_rx.try_recv() {
+            ids.push(trigger.part_id.0);
+        }
+        assert_eq!(ids, (100..109).collect::<Vec<_>>());
+        assert_eq!(frame_rx.try_iter().count(), 9);
+        assert_eq!(metrics.camera_restarts.get(), 2, "two losses");
+        assert!(
+            status.lost(metrics.frames_captured.get()).is_none(),
+            "the camera is back once it sent again"
+        );
     }
 
     #[test]

@@ -276,84 +276,164 @@ pub const DISK_LOW_ALARM: &str = "disk_low";
 /// The alarm of records that could not be written (and wait in memory).
 pub const RECORDS_FAILING_ALARM: &str = "records_failing";
 
+/// One record built and not yet durable, with the part it is about (none for an alarm).
+struct Prepared {
+    body: RecordBody,
+    part: Option<(u64, Disposition)>,
+}
+
 /// Records every outcome until the channel closes. Whatever has queued up while the last
 /// commit was flushing goes into the next one, so a burst costs one flush, not one per part.
+///
+/// An outcome becomes its record (its images saved first, when the disk has room) as soon as
+/// it is taken off the channel, and its frames are let go. While the store cannot write (a
+/// full disk), the recorder goes on taking outcomes into records that wait in memory: a
+/// record is a kilobyte or two where an outcome with its frame and heat map is hundreds, so
+/// a long outage costs little memory, and the channel behind never backs up.
 pub async fn run_recorder(mut ctx: RecordContext) {
     let mut disk_low = false;
+    let mut waiting: std::collections::VecDeque<Prepared> = std::collections::VecDeque::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while ctx.outcomes.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut bodies = Vec::with_capacity(batch.len() + 1);
-        let room = ctx.store.images().has_room();
-        if room == disk_low {
-            disk_low = !room;
-            ctx.metrics.disk_low.set(i64::from(disk_low));
-            bodies.push(disk_alarm(&ctx.store, disk_low));
-        }
-        let images = save_images(&ctx, &batch, room).await;
-        for (outcome, saved) in batch.iter().zip(images) {
-            let work_order = ctx.store.work_order_at(ctx.clock.utc(outcome.captured_at));
-            let mut record = build_record(&ctx.clock, outcome, saved);
-            record.work_order = work_order.as_ref().map(|w| w.id.clone());
-            record.product = work_order.map(|w| w.product);
-            bodies.push(RecordBody::Inspection(record));
-        }
-        let first_part = batch.first().map(|o| o.part_id.0);
-        let mut backoff = Duration::from_millis(50);
-        let mut failing_since = None;
-        loop {
-            let written = match ctx.store.append_all(bodies.clone()).await {
-                Ok(_) => true,
-                Err(error) => {
-                    ctx.metrics.record_errors.inc();
-                    ctx.metrics.records_waiting.set(batch.len() as i64);
-                    failing_since.get_or_insert_with(chrono::Utc::now);
-                    tracing::error!(parts = batch.len(), %error, retry_in = ?backoff, "cannot record parts; they wait in memory");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // sled keeps a write error for good: reopen it (as often as it takes), then
-                    // learn whether the batch reached the disk before the error (it is one
-                    // transaction: whole or not at all). Only then may it be written again.
-                    while ctx.store.is_broken() {
-                        if let Err(error) = ctx.store.recover().await {
-                            tracing::warn!(%error, retry_in = ?backoff, "record store not reopened yet");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                    first_part.is_some_and(|id| ctx.store.inspection(id).is_ok_and(|r| r.is_some()))
-                }
-            };
-            if written {
+    loop {
+        if waiting.is_empty() {
+            if ctx.outcomes.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 break;
             }
+            prepare(&ctx, &mut disk_low, &mut batch, &mut waiting).await;
         }
-        ctx.metrics.records_waiting.set(0);
-        for outcome in &batch {
-            ctx.metrics.records_written.inc();
-            ctx.metrics.count_disposition(outcome.disposition);
+        let take = waiting.len().min(MAX_BATCH);
+        let chunk: Vec<Prepared> = waiting.drain(..take).collect();
+        write_chunk(&mut ctx, &mut disk_low, &mut batch, &mut waiting, chunk).await;
+    }
+}
+
+/// Turns `batch` into records at the back of `waiting` (saving their images while the disk
+/// has room) and empties it; a change of the disk's state goes first, as its alarm.
+async fn prepare(
+    ctx: &RecordContext,
+    disk_low: &mut bool,
+    batch: &mut Vec<PartOutcome>,
+    waiting: &mut std::collections::VecDeque<Prepared>,
+) {
+    let room = ctx.store.images().has_room();
+    if room == *disk_low {
+        *disk_low = !room;
+        ctx.metrics.disk_low.set(i64::from(*disk_low));
+        waiting.push_back(Prepared {
+            body: disk_alarm(&ctx.store, *disk_low),
+            part: None,
+        });
+    }
+    let images = save_images(ctx, batch, room).await;
+    for (outcome, saved) in batch.iter().zip(images) {
+        let work_order = ctx.store.work_order_at(ctx.clock.utc(outcome.captured_at));
+        let mut record = build_record(&ctx.clock, outcome, saved);
+        record.work_order = work_order.as_ref().map(|w| w.id.clone());
+        record.product = work_order.map(|w| w.product);
+        waiting.push_back(Prepared {
+            body: RecordBody::Inspection(record),
+            part: Some((outcome.part_id.0, outcome.disposition)),
+        });
+    }
+    batch.clear();
+}
+
+/// Waits `wait`, taking the outcomes that come meanwhile into `waiting`.
+async fn wait_taking(
+    ctx: &mut RecordContext,
+    wait: Duration,
+    disk_low: &mut bool,
+    batch: &mut Vec<PartOutcome>,
+    waiting: &mut std::collections::VecDeque<Prepared>,
+) {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        tokio::select! {
+            // Cancel-safe: an outcome is either in `batch` or still in the channel.
+            taken = ctx.outcomes.recv_many(batch, MAX_BATCH) => {
+                if taken == 0 {
+                    // The line has stopped: nothing more comes; the rest of the wait is a wait.
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+                prepare(ctx, disk_low, batch, waiting).await;
+            }
+            () = tokio::time::sleep_until(until) => return,
         }
-        if let Some(since) = failing_since {
-            // Said once the store takes records again: when it stopped, and that it is back.
-            let alarm = |state, message: String| {
-                RecordBody::Alarm(AlarmRecord::condition(
-                    RECORDS_FAILING_ALARM,
-                    state,
-                    AlarmSeverity::Critical,
-                    message,
-                ))
-            };
-            let notes = vec![
-                alarm(
-                    AlarmState::Raised,
-                    format!("records could not be written from {since}; they waited in memory"),
-                ),
-                alarm(AlarmState::Cleared, "records are written again".into()),
-            ];
-            if let Err(error) = ctx.store.append_all(notes).await {
-                tracing::warn!(%error, "cannot record the record-store alarm");
+    }
+}
+
+/// Writes `chunk` in one transaction, trying again (and reopening the store) until it is
+/// durable; the outcomes that come meanwhile wait in `waiting` as records.
+async fn write_chunk(
+    ctx: &mut RecordContext,
+    disk_low: &mut bool,
+    batch: &mut Vec<PartOutcome>,
+    waiting: &mut std::collections::VecDeque<Prepared>,
+    chunk: Vec<Prepared>,
+) {
+    let parts = |waiting: &std::collections::VecDeque<Prepared>| {
+        chunk
+            .iter()
+            .chain(waiting.iter())
+            .filter(|p| p.part.is_some())
+            .count() as i64
+    };
+    let bodies: Vec<RecordBody> = chunk.iter().map(|p| p.body.clone()).collect();
+    let first_part = chunk.iter().find_map(|p| p.part.map(|(id, _)| id));
+    let mut backoff = Duration::from_millis(50);
+    let mut failing_since = None;
+    loop {
+        let error = match ctx.store.append_all(bodies.clone()).await {
+            Ok(_) => break,
+            Err(error) => error,
+        };
+        ctx.metrics.record_errors.inc();
+        ctx.metrics.records_waiting.set(parts(waiting));
+        failing_since.get_or_insert_with(chrono::Utc::now);
+        tracing::error!(parts = parts(waiting), %error, retry_in = ?backoff, "cannot record parts; they wait in memory");
+        wait_taking(ctx, backoff, disk_low, batch, waiting).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // sled keeps a write error for good: reopen it (as often as it takes), then learn
+        // whether the chunk reached the disk before the error (it is one transaction: whole
+        // or not at all). Only then may it be written again.
+        while ctx.store.is_broken() {
+            if let Err(error) = ctx.store.recover().await {
+                tracing::warn!(%error, retry_in = ?backoff, "record store not reopened yet");
+                ctx.metrics.records_waiting.set(parts(waiting));
+                wait_taking(ctx, backoff, disk_low, batch, waiting).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        batch.clear();
+        if first_part.is_some_and(|id| ctx.store.inspection(id).is_ok_and(|r| r.is_some())) {
+            break;
+        }
+    }
+    ctx.metrics.records_waiting.set(0);
+    for (_, disposition) in chunk.iter().filter_map(|p| p.part) {
+        ctx.metrics.records_written.inc();
+        ctx.metrics.count_disposition(disposition);
+    }
+    if let Some(since) = failing_since {
+        // Said once the store takes records again: when it stopped, and that it is back.
+        let alarm = |state, message: String| {
+            RecordBody::Alarm(AlarmRecord::condition(
+                RECORDS_FAILING_ALARM,
+                state,
+                AlarmSeverity::Critical,
+                message,
+            ))
+        };
+        let notes = vec![
+            alarm(
+                AlarmState::Raised,
+                format!("records could not be written from {since}; they waited in memory"),
+            ),
+            alarm(AlarmState::Cleared, "records are written again".into()),
+        ];
+        if let Err(error) = ctx.store.append_all(notes).await {
+            tracing::warn!(%error, "cannot record the record-store alarm");
+        }
     }
 }
 
@@ -582,9 +662,9 @@ mod tests {
     use crate::record::journal::{Filter, RecordKind, WorkOrder, WorkOrderAction, WorkOrderRecord};
     use crate::record::store::RESERVE_BLOCK;
 
-    fn record(part_id: u64) -> RecordBody {
-        let clock = StationClock::start();
-        let outcome = PartOutcome {
+    /// A part rejected for want of a verdict, its gate fired.
+    fn outcome(part_id: u64) -> PartOutcome {
+        PartOutcome {
             part_id: PartId(part_id),
             captured_at: StationTime::default(),
             gate_at: StationTime(Duration::from_millis(1000)),
@@ -595,8 +675,16 @@ mod tests {
             actuation: Actuation::Done {
                 at: StationTime(Duration::from_millis(991)),
             },
-        };
-        RecordBody::Inspection(build_record(&clock, &outcome, SavedImages::default()))
+        }
+    }
+
+    fn record(part_id: u64) -> RecordBody {
+        let clock = StationClock::start();
+        RecordBody::Inspection(build_record(
+            &clock,
+            &outcome(part_id),
+            SavedImages::default(),
+        ))
     }
 
     #[tokio::test]
@@ -823,5 +911,72 @@ mod tests {
             values: vec![0.9],
         };
         assert_eq!(DefectSize::of(&short, (8, 8), None), None);
+    }
+
+    /// A full disk: the store refuses records (sled never sees the full disk), and the
+    /// recorder goes on taking outcomes off the channel as records that wait in memory, so the
+    /// tracker sending them is never held up (here: a channel of 4 takes 40 outcomes). When
+    /// space returns every record is written in order, with the alarm that says when they
+    /// stopped.
+    #[tokio::test]
+    async fn a_full_disk_holds_records_in_memory_and_never_backs_up_the_channel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "test").expect("open");
+        let free = store.images().free_bytes().expect("free space");
+        // As if the disk were nearly full: more than what is free must stay free.
+        store.images().set_min_free_bytes(free.saturating_mul(4));
+        let (tx, rx) = mpsc::channel(4);
+        let metrics = Metrics::new();
+        let recorder = tokio::spawn(run_recorder(RecordContext {
+            store: store.clone(),
+            outcomes: rx,
+            clock: StationClock::start(),
+            metrics: metrics.clone(),
+        }));
+        for part_id in 0..40 {
+            tokio::time::timeout(Duration::from_secs(30), tx.send(outcome(part_id)))
+                .await
+                .expect("the recorder keeps taking outcomes while the disk is full")
+                .expect("recorder running");
+        }
+        assert_eq!(
+            metrics.records_written.get(),
+            0,
+            "nothing written to a full disk"
+        );
+        assert!(!store.is_broken(), "sled never ran into the full disk");
+        store.images().set_min_free_bytes(0);
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(60), recorder)
+            .await
+            .expect("the records are written once space returns")
+            .expect("recorder");
+        assert_eq!(metrics.records_written.get(), 40);
+        assert_eq!(metrics.records_waiting.get(), 0);
+        let mut parts: Vec<u64> = store
+            .inspection_records(None, 100)
+            .expect("records")
+            .iter()
+            .map(|r| r.part_id)
+            .collect();
+        parts.reverse();
+        assert_eq!(
+            parts,
+            (0..40).collect::<Vec<_>>(),
+            "every part once, in order"
+        );
+        let alarms: Vec<String> = store
+            .records_of_kind(RecordKind::Alarm)
+            .expect("alarms")
+            .into_iter()
+            .filter_map(|r| match r.body {
+                RecordBody::Alarm(a) => Some(format!("{} {:?}", a.alarm, a.state)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            alarms.contains(&format!("{RECORDS_FAILING_ALARM} Raised")),
+            "{alarms:?}"
+        );
     }
 }

@@ -60,6 +60,10 @@ pub enum RecordError {
     Pruned { from: u64, first_seq: u64 },
     #[error("the record store is being reopened after a failed write; try again")]
     Reopening,
+    /// Records are held back (they wait in memory) while the data disk is this short of
+    /// space: sled must never run out of it mid-write or mid-open.
+    #[error("the data disk has {free} bytes free; records wait until {need} are")]
+    DiskFull { free: u64, need: u64 },
     #[error("cannot acknowledge {seq}: the newest record is {last}")]
     AckBeyondEnd { seq: u64, last: u64 },
 }

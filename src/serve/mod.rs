@@ -484,6 +484,10 @@ impl From<RecordError> for ApiError {
         match error {
             RecordError::Pruned { from, first_seq } => ApiError::Gone { from, first_seq },
             RecordError::AckBeyondEnd { .. } => ApiError::Conflict(error.to_string()),
+            // The store waits for disk space or reopens itself: a moment's wait, not a fault.
+            RecordError::Reopening | RecordError::DiskFull { .. } => {
+                ApiError::Unavailable(error.to_string())
+            }
             error => ApiError::Internal(error),
         }
     }

@@ -242,15 +242,32 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
             Box::new(move |lost, why| reports.lock().expect("reports").push((lost, why)))
         },
     };
+    let camera_lost = Arc::new(AtomicBool::new(false));
     let beating = tokio::spawn(run_heartbeat(
         link.sibling(),
         Duration::from_millis(100),
         metrics.clone(),
         watch,
+        {
+            let camera_lost = camera_lost.clone();
+            Arc::new(move || camera_lost.load(Ordering::Relaxed))
+        },
         stop.clone(),
     ));
     eventually("the station trusted", || async { !plc.diverting_all() }).await;
     assert!(!lost.load(Ordering::Relaxed));
+    // A station whose camera is lost says so in station_state (2): the PLC diverts every
+    // part until the camera is back and the beats say running (1) again.
+    camera_lost.store(true, Ordering::Relaxed);
+    eventually("the PLC faulted by a lost camera", || async {
+        plc.diverting_all() && plc.register(1) == 2
+    })
+    .await;
+    camera_lost.store(false, Ordering::Relaxed);
+    eventually("the station trusted again", || async {
+        !plc.diverting_all() && plc.register(1) == 1
+    })
+    .await;
     plc.set_program_running(false);
     eventually("the PLC lost", || async { lost.load(Ordering::Relaxed) }).await;
     assert_eq!(metrics.plc_heartbeat_lost.get(), 1);

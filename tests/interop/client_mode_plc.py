@@ -10,12 +10,14 @@ HR[gate_command]) reach it one per scan in arrival order, as a PLC serves Modbus
 between scans. It runs with TRACK_BY_ENCODER = TRUE: it follows each part from its gate eye to
 the diverter by belt encoder counts, and writes the encoder count to HR[encoder] every scan.
 
-The line it runs: a belt with an encoder (--counts-per-s at speed factor 1) carries one part
-per frame file (--frames DIR: part-0000.raw, part-0001.raw, ..., raw GRAY8 bytes of one size),
---pitch-counts apart and half a pitch long, past the camera (position 0), the gate photo-eye
+The line it runs: a belt with an encoder (--counts-per-s at speed factor 1) carries --parts
+parts (default: one per frame file), each showing the next frame file in turn (--frames DIR:
+part-0000.raw, part-0001.raw, ..., raw GRAY8 bytes of one size; `linesight simulate frames`
+writes them), --pitch-counts apart and half a pitch long, past the camera (position 0), the gate photo-eye
 (--camera-to-eye-counts) and the diverter (EYE_TO_GATE_COUNTS after the eye). As a part's
 leading edge passes the camera its frame is sent to the station's GStreamer tcpserversrc
-(--camera HOST:PORT). The belt runs only while the program's qConveyorRun is on (the R8 halt
+(--camera HOST:PORT); while the camera's connection is down (cut, or closed by the
+station) parts pass unseen, and it connects again (retrying). The belt runs only while the program's qConveyorRun is on (the R8 halt
 latch; this port has no operator reset button) and the PLC is up.
 
 Usage (all options: --help):
@@ -32,8 +34,12 @@ changed at least twice, and the camera connected, all within --start-timeout-s (
                refuses new ones, nothing is scanned, the belt stops. Then every holding
                register and coil is 0 again (not retained), a fresh FB_LinesightGate starts
                (R1 waits for a beat, R2 for station_state, R10 holds the gate), the encoder
-               count goes on where it was (a hardware counter), and the server listens again.
-It writes one JSON line per part to --log as the part reaches the diverter, then, after the
+               count goes on where it was (a hardware counter), and the server listens again;
+  cut@T:D      the camera's cable is pulled for D s: its connection closes (the station's
+               stream ends) and the parts that pass meanwhile are never seen; then it
+               connects again.
+It writes one JSON line per part to --log as the part reaches the diverter (with "seen":
+whether its frame went to the station), then, after the
 last part (+200 ms), closes the camera socket (the station sees the end of its stream), writes
 a {"summary": ...} line (also printed to stdout), keeps the PLC serving until the station has
 written station_state 0 (its clean stop) or --linger-s passed, and exits 0.
@@ -619,9 +625,12 @@ class Camera:
         self.port = port
         self.connected = False
         self.frames_sent = 0
+        # Parts whose frame went onto the connection (a frame still queued when the cable is
+        # pulled never does), until the belt logs them.
+        self.delivered: set[int] = set()
         self.failed: str | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self._sender: asyncio.Task | None = None
 
     async def connect(self, deadline: float) -> bool:
@@ -638,24 +647,50 @@ class Camera:
             return True
         return False
 
-    def send(self, frame: bytes) -> None:
-        self._queue.put_nowait(frame)
+    def send(self, index: int, frame: bytes) -> None:
+        self._queue.put_nowait((index, frame))
 
     async def _send_all(self) -> None:
         assert self._writer is not None
         while True:
-            frame = await self._queue.get()
-            if frame is None:
+            item = await self._queue.get()
+            if item is None:
                 return
             if self.failed is not None:
                 continue
+            index, frame = item
             try:
+                # Written whole into the transport, the frame goes out even if the connection
+                # closes next (close() sends what is buffered first).
                 self._writer.write(frame)  # with drain(): socket.sendall() without blocking the scans
+                self.delivered.add(index)
                 await self._writer.drain()
                 self.frames_sent += 1
             except OSError as error:
                 self.failed = str(error)
+                self.connected = False
                 print(f"client_mode_plc: camera connection lost: {error}", file=sys.stderr)
+
+    async def cut(self) -> None:
+        """The cable is pulled: the connection closes now, whatever was queued is lost."""
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except (asyncio.CancelledError, OSError):
+                pass
+            self._sender = None
+        self._queue = asyncio.Queue()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.connected = False
+        self.failed = None
+
+    async def reconnect(self, deadline: float) -> bool:
+        """After a cut or a lost connection: a fresh connection, retrying until deadline."""
+        await self.cut()
+        return await self.connect(deadline)
 
     async def close(self) -> None:
         """Sends what is queued, then closes: the station's stream ends."""
@@ -679,15 +714,15 @@ class Camera:
 @dataclass
 class Event:
     at_s: float  # seconds after the belt started
-    kind: str  # "stop" (value: seconds stopped), "speed" (factor from then on), "restart" (seconds down)
+    kind: str  # "stop" (value: seconds stopped), "speed" (factor from then on), "restart" (seconds
+    # down), "cut" (seconds the camera is disconnected)
     value: float
 
 
 @dataclass
 class Part:
     index: int
-    frame: bytes
-    sent: bool = False
+    seen: bool = False  # its frame went to the station's camera
     eye_count: int | None = None  # udiEncoder in the scan the eye saw its leading edge
     logged: bool = False
 
@@ -699,12 +734,15 @@ class Belt:
     over an edge of the gate eye within one scan (it stops at the edge and makes the rest up in
     the next scan), so the program sees every part's rising edge with its leading edge exactly
     at the eye: E is the count at which the part is at the eye, and E + EYE_TO_GATE_COUNTS the
-    one at which it reaches the diverter."""
+    one at which it reaches the diverter. Parts exist from the camera to the diverter only
+    (`in_flight`), so a long run costs no more per scan than a short one."""
 
     def __init__(
-        self, frames: list[bytes], pitch_counts: int, counts_per_s: float, camera_to_eye: int, encoder_start: int
+        self, count: int, pitch_counts: int, counts_per_s: float, camera_to_eye: int, encoder_start: int
     ) -> None:
-        self.parts = [Part(k, frame) for k, frame in enumerate(frames)]
+        self.count = count
+        self.in_flight: deque[Part] = deque()  # past the camera, not yet logged at the diverter
+        self.next_index = 0  # the next part to reach the camera
         self.pitch = pitch_counts
         self.part_counts = max(1, pitch_counts // 2)
         self.counts_per_ms = counts_per_s / 1000.0
@@ -727,7 +765,7 @@ class Belt:
         if along < 0:
             return False
         k = along // self.pitch
-        return k < len(self.parts) and along - k * self.pitch < self.part_counts
+        return k < self.count and along - k * self.pitch < self.part_counts
 
     def _next_eye_edge(self) -> int | None:
         """The nearest belt position ahead at which a part's leading or trailing edge is at the
@@ -735,10 +773,24 @@ class Belt:
         best = None
         for offset in (self.eye, self.eye + self.part_counts):
             k = 0 if self.position < offset else (self.position - offset) // self.pitch + 1
-            if k < len(self.parts):
+            if k < self.count:
                 edge = offset + k * self.pitch
                 best = edge if best is None else min(best, edge)
         return best
+
+    def arrivals(self) -> list[Part]:
+        """The parts whose leading edge reached the camera since the last call."""
+        arrived = []
+        while self.next_index < self.count and self.position - self.next_index * self.pitch >= 0:
+            part = Part(self.next_index)
+            self.next_index += 1
+            self.in_flight.append(part)
+            arrived.append(part)
+        return arrived
+
+    def done(self) -> bool:
+        """Every part reached the diverter."""
+        return self.next_index == self.count and not self.in_flight
 
     def advance(self, dt_ms: float, factor: float) -> None:
         """Moves the belt dt_ms at factor times the nominal speed (0: standing)."""
@@ -763,6 +815,7 @@ def part_record(part: Part, gate_count: int, at_ms: int, fb: FB_LinesightGate, d
         "gate_count": gate_count,
         "at_ms": at_ms,
         "diverted": fb.qGate,
+        "seen": part.seen,
         "decision": None
         if decision is None
         else {
@@ -780,11 +833,12 @@ def part_record(part: Part, gate_count: int, at_ms: int, fb: FB_LinesightGate, d
 class LinePlc:
     def __init__(self, args: argparse.Namespace, frames: list[bytes]) -> None:
         self.args = args
+        self.frames = frames
         self.image = RegisterImage()
         self.server = ModbusServer(args.listen[0], args.listen[1], self.image)
         self.camera = Camera(args.camera[0], args.camera[1])
         self.belt = Belt(
-            frames, args.pitch_counts, args.counts_per_s, args.camera_to_eye_counts, args.encoder_start
+            args.parts or len(frames), args.pitch_counts, args.counts_per_s, args.camera_to_eye_counts, args.encoder_start
         )
         self.events = sorted(args.events, key=lambda e: e.at_s)
         self.fb = FB_LinesightGate()
@@ -800,6 +854,10 @@ class LinePlc:
         self.diverted = 0
         self.held = 0
         self.undecided = 0
+        self.unseen = 0
+        self.cuts = 0
+        self.camera_cut = False
+        self._reconnecting: asyncio.Task | None = None
         self.heartbeat_changes = 0
         self._trips_seen = 0
         self._last_heartbeat: int | None = None
@@ -825,6 +883,28 @@ class LinePlc:
     def plc_should_be_up(self, t_s: float) -> bool:
         return not any(e.kind == "restart" and e.at_s <= t_s < e.at_s + e.value for e in self.events)
 
+    def camera_should_be_cut(self, t_s: float) -> bool:
+        return any(e.kind == "cut" and e.at_s <= t_s < e.at_s + e.value for e in self.events)
+
+    async def follow_camera(self, t_s: float) -> None:
+        """The camera's cable: pulled while a cut lasts; otherwise a lost connection (the
+        station closed it) is made again, retrying, as a camera does."""
+        if self.camera_should_be_cut(t_s):
+            if not self.camera_cut:
+                self.camera_cut = True
+                self.cuts += 1
+                if self._reconnecting is not None:
+                    self._reconnecting.cancel()
+                    self._reconnecting = None
+                await self.camera.cut()
+            return
+        if self.camera_cut:
+            self.camera_cut = False
+            print("client_mode_plc: camera cable back: connecting", file=sys.stderr)
+        if self.camera.connected or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        self._reconnecting = asyncio.create_task(self.camera.reconnect(time.monotonic() + 3600.0))
+
     def announce(self, t_s: float) -> None:
         """stderr: each event as it begins."""
         for number, event in enumerate(self.events):
@@ -836,6 +916,8 @@ class LinePlc:
                 what = f"belt stopped for {event.value:g} s"
             elif event.kind == "speed":
                 what = f"belt speed factor {event.value:g}"
+            elif event.kind == "cut":
+                what = f"camera cable pulled for {event.value:g} s"
             else:
                 what = f"PLC restart: down for {event.value:g} s"
             print(f"client_mode_plc: {what} ({where})", file=sys.stderr)
@@ -902,22 +984,25 @@ class LinePlc:
         self.belt.advance(dt, factor)
         if self.tBeltStart is None:
             return
-        for part in self.belt.parts:
-            if not part.sent and self.belt.lead(part) >= 0:
-                part.sent = True
-                self.camera.send(part.frame)
+        for part in self.belt.arrivals():
+            if self.camera.connected and not self.camera_cut:
+                self.camera.send(part.index, self.frames[part.index % len(self.frames)])
 
     def after_scan(self, tNow: int) -> None:
         """The physical outcome: eye counts, and each part reaching the diverter this scan with
         qGate as the program left it, and the program's decision for it."""
         decided = {d.stPart.udiEyeCount: d for d in self.fb.decided}
-        for part in self.belt.parts:
+        for part in self.belt.in_flight:
             lead = self.belt.lead(part)
             if part.eye_count is None and lead >= self.belt.eye:
                 part.eye_count = (self.belt.encoder_start + part.index * self.belt.pitch + self.belt.eye) & U32
             if part.logged or lead < self.belt.gate:
                 continue
             part.logged = True
+            part.seen = part.index in self.camera.delivered
+            self.camera.delivered.discard(part.index)
+            if not part.seen:
+                self.unseen += 1
             decision = decided.pop(part.eye_count, None)
             record = part_record(part, self.belt.udiEncoder, int(self.belt_s(tNow) * 1000), self.fb, decision)
             if record["diverted"]:
@@ -931,6 +1016,8 @@ class LinePlc:
             if self.log is not None:
                 self.log.write(json.dumps(record) + "\n")
                 self.log.flush()
+        while self.belt.in_flight and self.belt.in_flight[0].logged:
+            self.belt.in_flight.popleft()
         # A decision for no part reaching the diverter now: a part the eye saw on a restart's
         # first scan (R5 takes it as a rising edge there, though it was already past the eye).
         self.decisions_without_part += len(decided)
@@ -938,7 +1025,7 @@ class LinePlc:
     def summary(self) -> dict:
         return {
             "summary": {
-                "parts": len(self.belt.parts),
+                "parts": self.belt.count,
                 "passed": self.passed,
                 "diverted": self.diverted,
                 "held": self.held,
@@ -948,6 +1035,8 @@ class LinePlc:
                 "unmatched": self.unmatched_before + self.fb.udiUnmatched,
                 "decisions_without_part": self.decisions_without_part,
                 "frames_sent": self.camera.frames_sent,
+                "unseen": self.unseen,
+                "camera_cuts": self.cuts,
             }
         }
 
@@ -989,18 +1078,21 @@ class LinePlc:
                         await self.go_down()
                     elif not self.up and should_be_up:
                         await self.come_up()
+                    await self.follow_camera(t_s)
                 self.physics(tNow)
                 if self.up:
                     self.prg_scan(tNow)
                     self.after_scan(tNow)
-                if tEnd is None and all(part.logged for part in self.belt.parts):
+                if tEnd is None and self.belt.done():
                     tEnd = tNow + END_AFTER_LAST_PART_MS
                 if tEnd is not None and tLingerUntil is None and tNow >= tEnd:
                     await self.camera.close()
                     self.write_summary()
                     tLingerUntil = tNow + int(args.linger_s * 1000)
+                # 0 is the station's clean stop; 2 (its camera lost) is what a station that
+                # reconnects its camera says once the camera has closed.
                 if tLingerUntil is not None and (
-                    tNow >= tLingerUntil or self.image.aHoldingRegisters[HR_STATION_STATE] != 1
+                    tNow >= tLingerUntil or self.image.aHoldingRegisters[HR_STATION_STATE] == 0
                 ):
                     return 0
                 next_scan += SCAN_MS / 1000.0
@@ -1011,6 +1103,8 @@ class LinePlc:
                 await asyncio.sleep(delay)
         finally:
             connecting.cancel()
+            if self._reconnecting is not None:
+                self._reconnecting.cancel()
             await self.camera.close()
             await self.server.stop()
             if self.log is not None:
@@ -1034,7 +1128,7 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-EVENT_HELP = "expected stop@T:SECONDS, speed@T:FACTOR or restart@T:SECONDS"
+EVENT_HELP = "expected stop@T:SECONDS, speed@T:FACTOR, restart@T:SECONDS or cut@T:SECONDS"
 
 
 def events(text: str) -> list[Event]:
@@ -1047,7 +1141,7 @@ def events(text: str) -> list[Event]:
             event = Event(float(at), kind.strip(), float(value))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r}: {EVENT_HELP}")
-        if event.kind not in ("stop", "speed", "restart") or event.at_s < 0 or event.value < 0:
+        if event.kind not in ("stop", "speed", "restart", "cut") or event.at_s < 0 or event.value < 0:
             raise argparse.ArgumentTypeError(f"{item!r}: {EVENT_HELP}")
         found.append(event)
     return found
@@ -1104,7 +1198,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=events,
         default=[],
         help='seconds after the belt started, comma-separated: "stop@T:D" (belt still for D s), '
-        '"speed@T:F" (F times the nominal speed from T), "restart@T:D" (the PLC down for D s)',
+        '"speed@T:F" (F times the nominal speed from T), "restart@T:D" (the PLC down for D s), '
+        '"cut@T:D" (the camera disconnected for D s)',
+    )
+    parser.add_argument(
+        "--parts",
+        type=positive(int),
+        help="parts on the belt (default: one per frame file); part k shows frame k modulo the files",
     )
     parser.add_argument("--log", help="JSON lines: one per part as it reaches the diverter, then the summary")
     parser.add_argument(
