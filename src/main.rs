@@ -24,8 +24,9 @@ fn main() -> std::process::ExitCode {
 /// A station runs for months: its resident memory must level off. glibc gives every thread
 /// that allocates an arena of its own, up to 8 per core, and the free space scattered over
 /// them is rarely handed back, so the heap creeps up with each new blocking thread. Two arenas
-/// keep it near what is live, at no cost to inference (`inspect/score_224` 11.5 ms against
-/// 12.0 ms with the default, criterion on the 2-core development machine). A fixed mmap
+/// bound that, at no cost to inference (`inspect/score_224` 11.5 ms against 12.0 ms with the
+/// default, criterion on the 2-core development machine); `make soak` shows what growth is
+/// left. A fixed mmap
 /// threshold, the other usual remedy, made the model 40 % slower (16.8 ms): its per-frame
 /// tensors would be mapped and unmapped every frame. `MALLOC_ARENA_MAX` in the environment wins.
 fn bound_the_heap() {
