@@ -1152,9 +1152,9 @@ fn open_db(path: &Path) -> Result<sled::Db, RecordError> {
 /// How much of a database sled keeps in memory. Its default, 1 GiB for each of a station's
 /// databases, would let the cache alone take gigabytes as records pile up over weeks; reads
 /// of recent records (the live view, the MES pull) stay within this much. sled's memory grows
-/// with each record (about a kilobyte) until its cache is full: a store alone levels off
-/// after some 9,000 records at 8 MiB (20 MiB resident), where at 32 MiB it was still
-/// growing at 36,000. The OS's page cache holds the files besides.
+/// with each record until its cache is full, so this size bounds much of a station's memory:
+/// 8 MiB fills within the first ten thousand records or so, where 32 MiB went on filling past
+/// 36,000 (30 minutes at 20 parts/s). The OS's page cache holds the files besides.
 const SLED_CACHE_BYTES: u64 = 8 << 20;
 
 /// Opens a sled database, waiting up to 2 s for its file lock (see `open_db`); the sensor
