@@ -237,8 +237,9 @@ impl Store {
     /// Refuses a write or a reopen while the data disk has less than `need` bytes free.
     ///
     /// sled does not survive a full disk well: a flush that runs out of space breaks the
-    /// database (see [`Store::recover`]), and an open on a full disk can leave an empty
-    /// snapshot behind, after which the database will not open again ("corrupted data"). So
+    /// database (see [`Store::recover`]), and after a few such fills and reopens `make soak`
+    /// saw one that would not open again (an empty snapshot file, then "Read corrupted
+    /// data"); which step left it so was not pinned down. So
     /// the station keeps sled away from the last bytes: records are written only while half
     /// the image floor (`[records] min_free_mb`) is free, and a broken database is reopened
     /// only once the whole floor is free again. Meanwhile records wait in memory and readers
