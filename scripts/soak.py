@@ -277,6 +277,7 @@ def watch(station: Station, plc_pid: int, token: str, t0: float, stop: threading
             last_alarms = alarms
             if tick % 5 == 0:
                 parts = view["parts"]
+                counters = safe_metrics(station.base, token) or {}
                 cpu = (now, cpu_seconds(station.process.pid), cpu_seconds(plc_pid))
                 busy = [None, None]
                 if last_cpu is not None:
@@ -294,8 +295,8 @@ def watch(station: Station, plc_pid: int, token: str, t0: float, stop: threading
                         parts["recorded"],
                         parts["frames_dropped"],
                         parts["rejected_no_verdict"],
-                        commands_ok=int(m.get("linesight_gate_commands_ok_total", 0)) if (m := safe_metrics(station.base, token)) else 0,
-                        commands_failed=int(m.get("linesight_gate_commands_failed_total", 0)) if m else 0,
+                        commands_ok=int(counters.get("linesight_gate_commands_ok_total", 0)),
+                        commands_failed=int(counters.get("linesight_gate_commands_failed_total", 0)),
                         station_cpu=busy[0],
                         plc_cpu=busy[1],
                     )
