@@ -11,13 +11,18 @@
 //!   projected at its own ideal rate, scaled by how the line runs now;
 //! - the *queue*: the running order first, then the open orders in release order (the
 //!   work-order API has no priority). List scheduling: each order starts when the one before
-//!   it ends; ETA = its start + R / r;
-//! - *slack* = due − ETA; *critical ratio* CR = (due − now) / (R / r); *lateness* = ETA − due;
-//!   status late when slack < 0, late risk when slack is under the margin, else on time.
+//!   it ends; ETA = its start + R / r of *planned* time: the station's shift calendar
+//!   ([`ShiftCalendar`]) says when the line is planned to run, and work waits through breaks,
+//!   the hours between shifts and the days off (an order with three hours left at 21:00, when
+//!   the shift ends at 22:00, is done at the next shift's second hour, not at midnight);
+//! - *slack* = due − ETA (wall-clock time: what a planner reads as late); *critical ratio*
+//!   CR = (planned time from now to due) / (R / r); *lateness* = ETA − due; status late when
+//!   slack < 0, late risk when slack is under the margin, else on time.
 //!
-//! A stop needs no rule of its own: while the line stands, time passes and nothing is made, so
-//! every ETA moves by the stop's length. The rate is measured over running minutes only, so a
-//! stop does not also read as a slowdown.
+//! A stop needs no rule of its own: while the line stands in planned time, time passes and
+//! nothing is made, so every ETA moves by the stop's length. Time off shift moves no ETA: the
+//! projection never counted it. The rate is measured over running minutes only, so a stop
+//! does not also read as a slowdown.
 //!
 //! [`impacts`] compares two schedules and explains each order whose lateness moved by more than
 //! a threshold in one sentence ("WO-1234 now 35 min late (was 10 min early) because the reject
@@ -39,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::production::MinuteBucket;
-use super::{AnalyseError, Production};
+use super::{AnalyseError, Production, ShiftCalendar};
 use crate::record::{Store, WorkOrder, WorkOrderState};
 
 /// The sled tree of the stored impact events, in the analysis database.
@@ -236,11 +241,13 @@ pub struct ImpactEvent {
     pub message: String,
 }
 
-/// Projects the queue (in the order given: the running order first) at the line's rate.
+/// Projects the queue (in the order given: the running order first) at the line's rate, in
+/// the planned time of `calendar`.
 pub fn schedule(
     orders: &[OrderInput],
     line: &LineRate,
     now: DateTime<Utc>,
+    calendar: &ShiftCalendar,
     settings: &Settings,
 ) -> Schedule {
     let mut projected = Vec::with_capacity(orders.len());
@@ -270,11 +277,11 @@ pub fn schedule(
         };
         let start = next_start;
         let eta = match (start, work_s) {
-            (Some(start), Some(work_s)) => add_seconds(start, work_s),
+            (Some(start), Some(work_s)) => add_planned_seconds(calendar, start, work_s),
             _ => None,
         };
         next_start = eta;
-        let until_due_s = seconds_between(now, order.due);
+        let until_due_s = planned_seconds_between(calendar, now, order.due);
         let slack_s = eta.map(|eta| seconds_between(eta, order.due));
         let critical_ratio = match work_s {
             Some(work_s) if work_s > 0.0 => Some(until_due_s / work_s).filter(|r| r.is_finite()),
@@ -319,7 +326,12 @@ pub fn schedule(
 /// Every order of `after` whose lateness moved by at least `threshold_s` since `before` (or
 /// that became, or stopped being, unable to finish), with its cause and sentence. Orders only
 /// in one of the two (released or completed in between) have no impact.
-pub fn impacts(before: &Schedule, after: &Schedule, threshold_s: f64) -> Vec<ImpactEvent> {
+pub fn impacts(
+    before: &Schedule,
+    after: &Schedule,
+    calendar: &ShiftCalendar,
+    threshold_s: f64,
+) -> Vec<ImpactEvent> {
     let before_by_id: HashMap<&str, (usize, &OrderSchedule)> = before
         .orders
         .iter()
@@ -345,9 +357,9 @@ pub fn impacts(before: &Schedule, after: &Schedule, threshold_s: f64) -> Vec<Imp
     let unchanged = Settings::default();
     let mut line = after.line.clone();
     line.effectiveness = before.line.effectiveness;
-    let old_rate = schedule(&inputs, &line, after.computed_at, &unchanged);
+    let old_rate = schedule(&inputs, &line, after.computed_at, calendar, &unchanged);
     line.yield_ratio = before.line.yield_ratio;
-    let old_rate_and_yield = schedule(&inputs, &line, after.computed_at, &unchanged);
+    let old_rate_and_yield = schedule(&inputs, &line, after.computed_at, calendar, &unchanged);
     let stopped = !before.line.running || !after.line.running;
     changed
         .into_iter()
@@ -518,16 +530,36 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_milliseconds() as f64 / 1000.0
 }
 
-/// `None` past the year 9999 (an order that would take millennia): no answer carries a time a
+/// When `seconds` of planned time after `at` are over; `None` past the year 9999 (an order
+/// that would take millennia) or when the calendar plans nothing: no answer carries a time a
 /// client cannot parse.
-fn add_seconds(at: DateTime<Utc>, seconds: f64) -> Option<DateTime<Utc>> {
+fn add_planned_seconds(
+    calendar: &ShiftCalendar,
+    at: DateTime<Utc>,
+    seconds: f64,
+) -> Option<DateTime<Utc>> {
     use chrono::Datelike;
     let ms = (seconds * 1000.0).round();
-    if !(ms.is_finite() && ms.abs() < 1e17) {
+    if !(ms.is_finite() && (0.0..1e17).contains(&ms)) {
         return None;
     }
-    at.checked_add_signed(TimeDelta::try_milliseconds(ms as i64)?)
-        .filter(|eta| eta.year() <= 9999)
+    let end = calendar.after_planned_ms(at.timestamp_millis(), ms as i64)?;
+    DateTime::from_timestamp_millis(end).filter(|eta| eta.year() <= 9999)
+}
+
+/// Planned seconds from `from` to `to`; negative when `to` is before `from`.
+fn planned_seconds_between(
+    calendar: &ShiftCalendar,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> f64 {
+    let (from, to) = (from.timestamp_millis(), to.timestamp_millis());
+    let ms = if to >= from {
+        calendar.planned_ms(from, to)
+    } else {
+        -calendar.planned_ms(to, from)
+    };
+    ms as f64 / 1000.0
 }
 
 /// "35 min late", "10 min early", "on time" (within half a minute).
@@ -746,7 +778,13 @@ pub fn current(
         as_of,
         settings,
     );
-    Ok(schedule(&queue(&states, &buckets), &line, now, settings))
+    Ok(schedule(
+        &queue(&states, &buckets),
+        &line,
+        now,
+        &plan.calendar,
+        settings,
+    ))
 }
 
 /// What the line-running tag's newest good sample says (`None`: no such tag or sample).
@@ -901,6 +939,7 @@ pub async fn run_schedule(runner: ScheduleRunner, cancel: CancellationToken) {
         let events = compare_with_baselines(
             &mut baselines,
             &schedule,
+            &runner.production.plan.calendar,
             runner.settings.impact_threshold_s,
         );
         if events.is_empty() {
@@ -924,6 +963,7 @@ pub async fn run_schedule(runner: ScheduleRunner, cancel: CancellationToken) {
 pub fn compare_with_baselines(
     baselines: &mut HashMap<String, Arc<Schedule>>,
     schedule: &Arc<Schedule>,
+    calendar: &ShiftCalendar,
     threshold_s: f64,
 ) -> Vec<ImpactEvent> {
     baselines.retain(|id, _| schedule.orders.iter().any(|o| &o.id == id));
@@ -941,7 +981,7 @@ pub fn compare_with_baselines(
     }
     let mut events = Vec::new();
     for (baseline, ids) in groups {
-        for event in impacts(&baseline, schedule, threshold_s) {
+        for event in impacts(&baseline, schedule, calendar, threshold_s) {
             if ids.contains(&event.work_order) {
                 baselines.insert(event.work_order.clone(), schedule.clone());
                 events.push(event);

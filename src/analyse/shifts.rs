@@ -28,9 +28,10 @@
 
 use serde::Deserialize;
 
-/// Minutes in a day and in a week.
+/// Minutes in a day and in a week; milliseconds in a minute.
 const DAY: i64 = 1440;
 const WEEK: i64 = 7 * DAY;
+const MINUTE_MS: i64 = 60_000;
 
 /// The shift of a station without a shift calendar: every minute of every day.
 pub const ALL_DAY: &str = "24/7";
@@ -161,6 +162,11 @@ pub struct ShiftCalendar {
     lengths: Vec<u16>,
     /// Local week, Monday 00:00 first.
     week: Box<[Slot]>,
+    /// Planned minutes in the week: any seven days in a row hold exactly this many.
+    planned_per_week: i64,
+    /// `cumulative[i]`: planned minutes in the local week's first `i` minutes (`WEEK + 1`
+    /// entries), for range sums and "when is this much planned time over" in O(1) and O(log).
+    cumulative: Box<[u32]>,
 }
 
 impl std::fmt::Debug for ShiftCalendar {
@@ -180,7 +186,15 @@ impl ShiftCalendar {
             offset_minutes: 0,
             names: vec![ALL_DAY.into()],
             lengths: vec![DAY as u16],
-            week: vec![Slot::default(); WEEK as usize].into_boxed_slice(),
+            week: (0..WEEK)
+                .map(|minute| Slot {
+                    shift: Some(0),
+                    on_break: false,
+                    since_start: (minute % DAY) as u16,
+                })
+                .collect(),
+            planned_per_week: WEEK,
+            cumulative: (0..=WEEK as u32).collect(),
         })
     }
 
@@ -346,6 +360,8 @@ impl ShiftCalendar {
             offset_minutes: i64::from(utc_offset_minutes),
             names: shifts.iter().map(|s| s.name.clone()).collect(),
             lengths,
+            planned_per_week: week.iter().filter(|slot| slot.planned()).count() as i64,
+            cumulative: cumulative(&week),
             week: week.into_boxed_slice(),
         })
     }
@@ -362,9 +378,7 @@ impl ShiftCalendar {
 
     /// What the calendar says about the UTC minute `minute` (minutes since the Unix epoch).
     pub fn slot(&self, minute: i64) -> Slot {
-        // 1970-01-01 was a Thursday: three days after a Monday.
-        let local = minute + self.offset_minutes + 3 * DAY;
-        self.week[local.rem_euclid(WEEK) as usize]
+        self.week[self.local(minute).rem_euclid(WEEK) as usize]
     }
 
     /// The planned busy time in `[from, to)` (UTC minutes) as sorted, disjoint minute ranges.
@@ -380,6 +394,78 @@ impl ShiftCalendar {
             }
         }
         runs
+    }
+
+    /// Local week minutes since a Monday 00:00 for the UTC minute `minute`.
+    fn local(&self, minute: i64) -> i64 {
+        // 1970-01-01 was a Thursday: three days after a Monday.
+        minute + self.offset_minutes + 3 * DAY
+    }
+
+    /// Planned minutes in local minutes `[0, local)`, counted from that Monday (negative
+    /// before it): two of these subtract to the planned minutes of any range in O(1).
+    fn planned_before(&self, local: i64) -> i64 {
+        local.div_euclid(WEEK) * self.planned_per_week
+            + i64::from(self.cumulative[local.rem_euclid(WEEK) as usize])
+    }
+
+    /// Planned busy time in `[from_ms, to_ms)` (UTC milliseconds since the epoch), in
+    /// milliseconds; 0 for an empty or reversed range. Constant time, whatever the range.
+    pub fn planned_ms(&self, from_ms: i64, to_ms: i64) -> i64 {
+        if to_ms <= from_ms {
+            return 0;
+        }
+        let first = from_ms.div_euclid(MINUTE_MS);
+        let last = (to_ms - 1).div_euclid(MINUTE_MS);
+        let planned = |minute: i64| self.slot(minute).planned();
+        if first == last {
+            return if planned(first) { to_ms - from_ms } else { 0 };
+        }
+        let mut total = 0;
+        if planned(first) {
+            total += (first + 1) * MINUTE_MS - from_ms;
+        }
+        if planned(last) {
+            total += to_ms - last * MINUTE_MS;
+        }
+        // The whole minutes between the two part minutes.
+        let whole =
+            self.planned_before(self.local(last)) - self.planned_before(self.local(first + 1));
+        total + whole * MINUTE_MS
+    }
+
+    /// When `work_ms` of planned busy time after `from_ms` (UTC milliseconds) is over: the end
+    /// of work that advances only while the calendar plans the line to run, so a shift's end,
+    /// its breaks and the days off push it back. `None` when the calendar plans no minute at
+    /// all (nothing ever finishes) or the answer overflows. Logarithmic in the week's minutes.
+    pub fn after_planned_ms(&self, from_ms: i64, work_ms: i64) -> Option<i64> {
+        if work_ms <= 0 {
+            return Some(from_ms);
+        }
+        if self.planned_per_week == 0 {
+            return None;
+        }
+        let mut left = work_ms;
+        let minute = from_ms.div_euclid(MINUTE_MS);
+        if self.slot(minute).planned() {
+            let rest_of_minute = (minute + 1) * MINUTE_MS - from_ms;
+            if left <= rest_of_minute {
+                return from_ms.checked_add(left);
+            }
+            left -= rest_of_minute;
+        }
+        // The work ends in the k-th planned minute from the next whole minute on: find the
+        // first local minute x with k planned minutes before it, counted from there.
+        let k = (left - 1) / MINUTE_MS + 1;
+        let target = self.planned_before(self.local(minute + 1)).checked_add(k)?;
+        let weeks = (target - 1).div_euclid(self.planned_per_week);
+        let in_week = target - weeks * self.planned_per_week;
+        let r = self.cumulative.partition_point(|&c| i64::from(c) < in_week) as i64;
+        let x = weeks.checked_mul(WEEK)?.checked_add(r)?;
+        let last_minute = x - 1 - self.offset_minutes - 3 * DAY;
+        last_minute
+            .checked_mul(MINUTE_MS)?
+            .checked_add(left - (k - 1) * MINUTE_MS)
     }
 
     /// Every shift run that overlaps `[from, to)` (UTC minutes), whole (not clipped), in order.
@@ -413,6 +499,16 @@ impl ShiftCalendar {
     pub fn day_start(&self, minute: i64) -> i64 {
         (minute + self.offset_minutes).div_euclid(DAY) * DAY - self.offset_minutes
     }
+}
+
+/// Planned minutes before each minute of the week, and in all of it last.
+fn cumulative(week: &[Slot]) -> Box<[u32]> {
+    std::iter::once(0)
+        .chain(week.iter().scan(0u32, |sum, slot| {
+            *sum += u32::from(slot.planned());
+            Some(*sum)
+        }))
+        .collect()
 }
 
 /// `HH:MM` as minutes since midnight; `24:00` only where `allow_24` (an end).
@@ -452,6 +548,131 @@ mod tests {
             days: days.to_vec(),
             breaks: Vec::new(),
         }
+    }
+
+    fn ms(at: &str) -> i64 {
+        let at: DateTime<Utc> = at.parse().expect("time");
+        at.timestamp_millis()
+    }
+
+    /// Weekdays 06:00–14:00 with a break 10:00–10:30: 7.5 planned hours a day, 37.5 a week.
+    fn day_shift() -> ShiftCalendar {
+        use Weekday::*;
+        let mut early = shift("early", "06:00", "14:00", &[Mon, Tue, Wed, Thu, Fri]);
+        early.breaks.push(BreakSection {
+            start: "10:00".into(),
+            end: "10:30".into(),
+        });
+        ShiftCalendar::build(&[early], 0).expect("valid")
+    }
+
+    #[test]
+    fn work_advances_only_in_planned_time() {
+        let hour = 3_600_000;
+        let always = ShiftCalendar::build(&[], 0).expect("valid");
+        let from = ms("2024-05-10T13:00:00.250Z");
+        assert_eq!(
+            always.after_planned_ms(from, 2 * hour),
+            Some(from + 2 * hour)
+        );
+        assert_eq!(always.planned_ms(from, from + 2 * hour), 2 * hour);
+
+        let calendar = day_shift();
+        // Friday 13:00 with two hours to go: one hour today, the other on Monday morning.
+        let friday = ms("2024-05-10T13:00:00Z");
+        assert_eq!(
+            calendar.after_planned_ms(friday, 2 * hour),
+            Some(ms("2024-05-13T07:00:00Z"))
+        );
+        // The break does not count: 09:30 + 2 h of work ends at 12:00.
+        assert_eq!(
+            calendar.after_planned_ms(ms("2024-05-10T09:30:00Z"), 2 * hour),
+            Some(ms("2024-05-10T12:00:00Z"))
+        );
+        // Off shift, work starts when the shift does; a part-minute start is kept.
+        assert_eq!(
+            calendar.after_planned_ms(ms("2024-05-11T20:00:00Z"), 90_000),
+            Some(ms("2024-05-13T06:01:30Z"))
+        );
+        assert_eq!(
+            calendar.after_planned_ms(ms("2024-05-13T06:00:30Z"), 15_000),
+            Some(ms("2024-05-13T06:00:45Z"))
+        );
+        // Three weeks and a day of planned time from Monday 06:00: the end of Monday's shift
+        // three weeks on.
+        let work = (3 * 375 + 75) * hour / 10;
+        assert_eq!(
+            calendar.after_planned_ms(ms("2024-05-13T06:00:00Z"), work),
+            Some(ms("2024-06-03T14:00:00Z"))
+        );
+        assert_eq!(
+            calendar.planned_ms(ms("2024-05-13T06:00:00Z"), ms("2024-06-03T14:00:00Z")),
+            work
+        );
+        assert_eq!(calendar.planned_ms(friday, friday), 0);
+        assert_eq!(calendar.planned_ms(friday, friday - hour), 0);
+    }
+
+    #[test]
+    fn planned_time_and_the_end_of_work_agree() {
+        use Weekday::*;
+        let mut night = shift("night", "22:00", "06:00", &[Sun, Mon, Tue, Wed, Thu]);
+        night.breaks.push(BreakSection {
+            start: "02:00".into(),
+            end: "02:30".into(),
+        });
+        for (calendar, offset) in [
+            (day_shift(), 0),
+            (
+                ShiftCalendar::build(std::slice::from_ref(&night), 60).expect("valid"),
+                60,
+            ),
+            (ShiftCalendar::build(&[night], -300).expect("valid"), -300),
+        ] {
+            assert_eq!(calendar.offset_minutes(), offset);
+            agree(&calendar);
+        }
+    }
+
+    fn agree(calendar: &ShiftCalendar) {
+        let base = ms("2024-05-08T05:59:59.500Z");
+        // Against a walk of the minutes, over three days.
+        let from = base.div_euclid(60_000);
+        let walked: i64 = calendar
+            .planned(from, from + 3 * DAY)
+            .iter()
+            .map(|(a, z)| z - a)
+            .sum();
+        assert_eq!(
+            calendar.planned_ms(from * 60_000, (from + 3 * DAY) * 60_000),
+            walked * 60_000
+        );
+        for step in 0..200i64 {
+            let from = base + step * 7_777_777;
+            let work = (step * step * 9_876_543) % (40 * 86_400_000) + 1;
+            let end = calendar.after_planned_ms(from, work).expect("finite");
+            assert_eq!(
+                calendar.planned_ms(from, end),
+                work,
+                "from {from}, work {work}"
+            );
+            // The end is the first moment with all of it done, never later.
+            assert!(calendar.planned_ms(from, end - 1) < work);
+        }
+    }
+
+    #[test]
+    fn a_calendar_that_plans_nothing_never_finishes_work() {
+        let mut resting = shift("rest", "00:00", "24:00", &Weekday::ALL);
+        resting.breaks.push(BreakSection {
+            start: "00:00".into(),
+            end: "24:00".into(),
+        });
+        let calendar = ShiftCalendar::build(&[resting], 0).expect("valid");
+        let from = ms("2024-05-10T13:00:00Z");
+        assert_eq!(calendar.after_planned_ms(from, 1), None);
+        assert_eq!(calendar.after_planned_ms(from, 0), Some(from));
+        assert_eq!(calendar.planned_ms(from, from + 86_400_000), 0);
     }
 
     #[test]

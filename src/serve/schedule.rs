@@ -86,6 +86,7 @@ pub(super) async fn impacts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analyse::ShiftCalendar;
     use crate::analyse::schedule::{LineRate, OrderInput, impacts, schedule};
     use crate::record::WorkOrder;
 
@@ -108,8 +109,15 @@ mod tests {
             running: true,
         }];
         let line = LineRate::plan(&settings, true, "test");
-        let before = schedule(&orders, &line, now, &settings);
-        let after = schedule(&orders, &line, now + TimeDelta::hours(1), &settings);
+        let always = ShiftCalendar::always();
+        let before = schedule(&orders, &line, now, &always, &settings);
+        let after = schedule(
+            &orders,
+            &line,
+            now + TimeDelta::hours(1),
+            &always,
+            &settings,
+        );
         let json = serde_json::to_value(&after).expect("json");
         assert_eq!(served_fields(&json), schema_fields("Schedule"));
         assert_eq!(served_fields(&json["line"]), schema_fields("LineRate"));
@@ -120,7 +128,7 @@ mod tests {
         let list = ImpactList {
             from: now,
             to: now + TimeDelta::hours(2),
-            events: impacts(&before, &after, 60.0),
+            events: impacts(&before, &after, &always, 60.0),
         };
         let json = serde_json::to_value(&list).expect("json");
         assert_eq!(served_fields(&json), schema_fields("ImpactList"));

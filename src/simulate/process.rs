@@ -14,10 +14,12 @@
 //! * short downtimes stop the belt: no parts, and sensors with a `stopped_value` read it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::analyse::shifts::ShiftCalendar;
 use crate::config::{Problem, SimulatorSection};
 use crate::simulate::parts::{DefectKind, DefectProbabilities};
 
@@ -292,6 +294,9 @@ pub struct LineProcess {
     downtime: Option<DowntimeSpec>,
     running_flag: Option<RunningFlagSpec>,
     roller: Option<RollerSpec>,
+    /// The shift calendar and the UTC millisecond the line started at: outside planned time
+    /// the belt stands (the twin's scenarios; the simulated line runs 24/7).
+    planned: Option<(Arc<ShiftCalendar>, i64)>,
 }
 
 impl LineProcess {
@@ -322,7 +327,15 @@ impl LineProcess {
             downtime: section.downtime.clone(),
             running_flag: section.running_flag,
             roller: section.roller.clone(),
+            planned: None,
         })
+    }
+
+    /// The line, standing outside the planned time of `calendar`, its time 0 being the UTC
+    /// millisecond `start_ms`.
+    pub fn planned_by(mut self, calendar: Arc<ShiftCalendar>, start_ms: i64) -> LineProcess {
+        self.planned = Some((calendar, start_ms));
+        self
     }
 
     /// The roller's mark on the `part_index`-th part (counted from 0 as the camera sees
@@ -348,8 +361,14 @@ impl LineProcess {
         !self.sensors.is_empty() || self.running_flag.is_some()
     }
 
-    /// Whether the belt runs at `t` (no downtime).
+    /// Whether the belt runs at `t`: in planned time, and no downtime.
     pub fn is_running(&self, t: Duration) -> bool {
+        if let Some((calendar, start_ms)) = &self.planned {
+            let at_ms = start_ms.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+            if !calendar.slot(at_ms.div_euclid(60_000)).planned() {
+                return false;
+            }
+        }
         let Some(downtime) = &self.downtime else {
             return true;
         };

@@ -3,8 +3,9 @@
 //! counted into the figures a plant judges a line by.
 //!
 //! The run is a discrete-event simulation in station time, so hours of line take seconds:
-//! - parts arrive every pitch while the belt runs ([`LineProcess::is_running`]), each with the
-//!   defect the process gives it then;
+//! - parts arrive every pitch while the belt runs ([`LineProcess::is_running`]: in the
+//!   scenario's planned shift time and not in a stop), each with the defect the process gives
+//!   it then;
 //! - one inspection thread takes them in order (the station's single inspect stage), each taking
 //!   a log-normal time; a part captured while `frame_queue` frames already wait is dropped, as
 //!   the station drops a frame its queue has no room for;
@@ -25,6 +26,7 @@ use rand_distr::{Distribution, LogNormal};
 use serde::Serialize;
 
 use super::scenario::Scenario;
+use crate::analyse::ShiftCalendar;
 use crate::analyse::schedule::{self, LineRate, OrderInput, OrderStatus, RateSource};
 use crate::config::LineTiming;
 use crate::part::{Disposition, Inspection, PartId, StationTime, Verdict};
@@ -74,11 +76,11 @@ pub struct PartCounts {
     pub good_rejected_by_policy: u64,
 }
 
-/// ISO 22400-2's overall equipment effectiveness and its factors, over the run's planned time
-/// (all of it: the twin has no shift calendar).
+/// ISO 22400-2's overall equipment effectiveness and its factors, over the run's planned busy
+/// time (the scenario's shifts less their breaks; all of the run without shifts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Oee {
-    /// Running time over planned time.
+    /// Running time over planned busy time.
     pub availability: f64,
     /// Ideal cycle time × parts made over running time.
     pub performance: f64,
@@ -97,7 +99,8 @@ pub struct OrderOutcome {
     /// Hours after the start it is due.
     pub due_h: f64,
     /// Hours after the start its last good part passed the gate, or, unfinished in the run,
-    /// the station's schedule projection at the run's rate; `None`: it cannot finish.
+    /// the station's schedule projection at the run's rate in the shifts after it; `None`: it
+    /// cannot finish.
     pub eta_h: Option<f64>,
     /// The ETA comes from the projection, not the run.
     pub projected: bool,
@@ -119,7 +122,9 @@ pub struct TwinRun {
     /// Trigger to verdict (queueing included), over inspected parts.
     pub decision_ms_p50: f64,
     pub decision_ms_p99: f64,
-    /// Hours the belt ran.
+    /// Planned busy time in the run (ISO 22400 PBT): shift time less breaks.
+    pub planned_hours: f64,
+    /// Hours the belt ran (all in planned time).
     pub running_hours: f64,
     /// Parts made per planned hour.
     pub throughput_per_h: f64,
@@ -214,7 +219,13 @@ impl Run {
 
 /// Runs `scenario` once.
 pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
-    let process = LineProcess::new(&scenario.simulator_section())?;
+    let calendar = Arc::new(scenario.calendar().map_err(LineError)?);
+    let start = scenario
+        .start_time()
+        .map_err(|problem| LineError(vec![problem]))?;
+    let start_ms = start.timestamp_millis();
+    let process =
+        LineProcess::new(&scenario.simulator_section())?.planned_by(calendar.clone(), start_ms);
     let length = Duration::from_secs_f64(scenario.hours * 3600.0);
     let speed_mm_s = scenario.belt.speed_m_per_min * 1000.0 / 60.0;
     let travel = Duration::from_secs_f64(scenario.belt.camera_to_gate_mm / speed_mm_s);
@@ -364,7 +375,8 @@ pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
         .rated_speed_m_per_min
         .unwrap_or(scenario.belt.speed_m_per_min);
     let ideal_cycle_s = scenario.belt.pitch_mm / 1000.0 / (rated / 60.0);
-    let planned_s = length.as_secs_f64();
+    let length_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
+    let planned_s = calendar.planned_ms(start_ms, start_ms.saturating_add(length_ms)) as f64 / 1e3;
     let running_s = running.as_secs_f64();
     let availability = ratio(running_s, planned_s);
     let performance = ratio(ideal_cycle_s * counts.made as f64, running_s);
@@ -375,7 +387,17 @@ pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
         quality,
         oee: availability * performance * quality,
     };
-    let work_orders = orders(scenario, &run.parts, &gate_order, oee, ideal_cycle_s);
+    let work_orders = orders(
+        scenario,
+        Plan {
+            start,
+            calendar: &calendar,
+            oee,
+            ideal_cycle_s,
+        },
+        &run.parts,
+        &gate_order,
+    );
 
     decision_ms.sort_by(f64::total_cmp);
     let run_figures = TwinRun {
@@ -385,9 +407,10 @@ pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
         verdict_deadline_ms: ms(travel) - station.verdict_margin_ms,
         decision_ms_p50: quantile(&decision_ms, 0.5),
         decision_ms_p99: quantile(&decision_ms, 0.99),
+        planned_hours: planned_s / 3600.0,
         running_hours: running_s / 3600.0,
-        throughput_per_h: counts.made as f64 / hours,
-        good_per_h: counts.passed as f64 / hours,
+        throughput_per_h: ratio(counts.made as f64, planned_s / 3600.0),
+        good_per_h: ratio(counts.passed as f64, planned_s / 3600.0),
         parts: counts,
         oee,
         work_orders,
@@ -422,15 +445,29 @@ fn running_time(process: &LineProcess, length: Duration) -> Duration {
     tick.mul_f64(running).min(length)
 }
 
-/// Fills the orders in queue order with the passed parts as they reach the gate; an order
-/// unfinished at the end is projected by the station's schedule at the run's rate.
-fn orders(
-    scenario: &Scenario,
-    parts: &[TwinPart],
-    gate_order: &[(Duration, usize)],
+/// What the projection of the orders left at the end needs of the run.
+struct Plan<'a> {
+    start: chrono::DateTime<chrono::Utc>,
+    calendar: &'a ShiftCalendar,
     oee: Oee,
     ideal_cycle_s: f64,
+}
+
+/// Fills the orders in queue order with the passed parts as they reach the gate; an order
+/// unfinished at the end is projected by the station's schedule at the run's rate, in the
+/// planned time after the run.
+fn orders(
+    scenario: &Scenario,
+    plan: Plan<'_>,
+    parts: &[TwinPart],
+    gate_order: &[(Duration, usize)],
 ) -> Vec<OrderOutcome> {
+    let Plan {
+        start,
+        calendar,
+        oee,
+        ideal_cycle_s,
+    } = plan;
     let mut good = vec![0u64; scenario.work_orders.len()];
     let mut finished: Vec<Option<Duration>> = vec![None; scenario.work_orders.len()];
     let mut running = 0usize;
@@ -447,7 +484,6 @@ fn orders(
             running += 1;
         }
     }
-    let start = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
     let at = |hours: f64| start + chrono::TimeDelta::milliseconds((hours * 3_600_000.0) as i64);
     let open: Vec<OrderInput> = scenario
         .work_orders
@@ -477,7 +513,7 @@ fn orders(
         note: "the twin's run: availability × performance, and its quality".into(),
     };
     let settings = schedule::Settings::default();
-    let projection = schedule::schedule(&open, &line, at(scenario.hours), &settings);
+    let projection = schedule::schedule(&open, &line, at(scenario.hours), calendar, &settings);
     let hours_of = |t: chrono::DateTime<chrono::Utc>| (t - start).num_milliseconds() as f64 / 3.6e6;
     scenario
         .work_orders

@@ -120,8 +120,8 @@ fn deltas(before: &TwinRun, after: &TwinRun) -> Vec<Delta> {
         figure("good parts lost to late verdicts", "parts", &|r| {
             r.parts.good_rejected_by_policy as f64
         }),
-        figure("throughput", "parts/h", &|r| r.throughput_per_h),
-        figure("good parts per hour", "parts/h", &|r| r.good_per_h),
+        figure("throughput", "parts/planned h", &|r| r.throughput_per_h),
+        figure("good parts per hour", "parts/planned h", &|r| r.good_per_h),
         figure("defective parts passed", "parts", &|r| {
             r.parts.escaped as f64
         }),
@@ -149,9 +149,10 @@ pub fn render(report: &WhatIf) -> String {
     let changes: Vec<&str> = report.changes.iter().map(|c| c.text.as_str()).collect();
     let _ = writeln!(
         out,
-        "scenario {} ({} h simulated, {:.0}× real time){}",
+        "scenario {} ({} h simulated, {:.1} h of it planned, {:.0}× real time){}",
         report.scenario,
         report.baseline.hours,
+        report.baseline.planned_hours,
         report.speedup,
         if changes.is_empty() {
             String::new()

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::analyse::maintenance::watch::{self, MaintenanceWatch};
+use crate::analyse::shifts::{ShiftCalendar, ShiftSection};
 use crate::config::{Problem, SimulatorSection};
 use crate::simulate::process::{
     CycleShape, DowntimeSpec, EffectSpec, Encoding, RegisterKind, SensorSpec, WordOrder,
@@ -61,6 +63,18 @@ pub struct Scenario {
     /// seed gives the same run, and a what-if's two runs share their draws part by part.
     #[serde(default)]
     pub seed: u64,
+    /// When the run starts, RFC 3339 in quotes (`"2026-01-05T06:00:00Z"`): where the run
+    /// falls in the shift calendar. Default [`DEFAULT_START`], a Monday's midnight.
+    pub start: Option<String>,
+    /// Local time of the shift calendar is UTC + this, as a station's `[production]`
+    /// `utc_offset_minutes`.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
+    /// When the line is planned to run, exactly as a station's `[[shifts]]` (breaks
+    /// included). Outside planned time the belt stands: no parts, and it is no downtime (OEE
+    /// availability is over planned time); work orders wait for the next shift. None: 24/7.
+    #[serde(default)]
+    pub shifts: Vec<ShiftSection>,
     pub belt: BeltSpec,
     pub station: StationSpec,
     pub process: ProcessSpec,
@@ -390,6 +404,28 @@ impl Scenario {
         for (field, message) in watch::check(&self.maintenance, &tags) {
             problem(&field, message);
         }
+        if let Err(bad) = self.start_time() {
+            problems.push(bad);
+        }
+        match self.calendar() {
+            Err(bad) => problems.extend(bad),
+            Ok(calendar) => {
+                if let Ok(start) = self.start_time() {
+                    let from = start.timestamp_millis();
+                    let to = from + (self.hours.clamp(0.0, MAX_HOURS) * 3.6e6) as i64;
+                    if self.hours > 0.0 && calendar.planned_ms(from, to) == 0 {
+                        problems.push(Problem {
+                            field: "shifts".into(),
+                            message: format!(
+                                "no shift is planned in the run's {} h from {}: it would make nothing",
+                                self.hours,
+                                start.to_rfc3339()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         // The physics is checked by the simulated line's own rules.
         for mut line_problem in crate::simulate::process::check(&self.simulator_section()) {
             line_problem.field = line_problem
@@ -405,6 +441,33 @@ impl Scenario {
                 problems,
             })
         }
+    }
+
+    /// When the run starts.
+    pub fn start_time(&self) -> Result<DateTime<Utc>, Problem> {
+        let text = self.start.as_deref().unwrap_or(DEFAULT_START);
+        DateTime::parse_from_rfc3339(text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|error| Problem {
+                field: "start".into(),
+                message: format!(
+                    "expected an RFC 3339 time in quotes, as \"2026-01-05T06:00:00Z\", got {text:?}: {error}"
+                ),
+            })
+    }
+
+    /// The shift calendar, or every problem with `[[shifts]]` (fields named as in the file).
+    pub fn calendar(&self) -> Result<ShiftCalendar, Vec<Problem>> {
+        ShiftCalendar::build(&self.shifts, self.utc_offset_minutes).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| Problem {
+                    // The station keeps the offset in [production]; a scenario at its top.
+                    field: p.field.replace("production.", ""),
+                    message: p.message,
+                })
+                .collect()
+        })
     }
 
     /// Parts per minute: the belt's speed over the pitch.
@@ -464,8 +527,10 @@ impl Scenario {
     }
 }
 
-/// The longest run a scenario may ask for.
-pub const MAX_HOURS: f64 = 24.0;
+/// The longest run a scenario may ask for: a week, so a shift calendar's week-end fits.
+pub const MAX_HOURS: f64 = 168.0;
+/// When a scenario without `start` starts: Monday 2024-01-01, 00:00 UTC.
+pub const DEFAULT_START: &str = "2024-01-01T00:00:00Z";
 /// The most parts one run may make.
 pub const MAX_PARTS: f64 = 5_000_000.0;
 /// The longest travel, margin or inspection time, seconds.

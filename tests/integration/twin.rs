@@ -109,6 +109,72 @@ fn no_verdict_in_time_never_passes_a_part() {
 }
 
 #[test]
+fn the_line_runs_in_its_shifts_only_and_orders_wait_for_the_next_one() {
+    let shift = press_line();
+    assert_eq!(
+        shift.shifts.len(),
+        1,
+        "the shipped scenario is one early shift"
+    );
+    let monday = twin::run(&shift).expect("runs");
+    // 06:00–14:00 less the break at 10:00: 7.5 planned hours, the belt in none of the break.
+    assert!(
+        (monday.run.planned_hours - 7.5).abs() < 1e-9,
+        "{}",
+        monday.run.planned_hours
+    );
+    assert!(monday.run.running_hours <= monday.run.planned_hours);
+    let hours = |p: &twin::engine::TwinPart| p.captured.as_secs_f64() / 3600.0;
+    assert!(monday.parts.iter().all(|p| !(4.0..4.5).contains(&hours(p))));
+    assert!(monday.parts.iter().any(|p| hours(p) > 7.9));
+    // Availability is over planned time: the break is no downtime, the stops are.
+    let stops = 20.0 / 300.0;
+    assert!(
+        (monday.run.oee.availability - (1.0 - stops)).abs() < 0.005,
+        "{:?}",
+        monday.run.oee
+    );
+
+    // A whole day from the same start makes the same parts: nothing runs after 14:00.
+    let mut day = shift.clone();
+    day.hours = 24.0;
+    let whole_day = twin::run(&day).expect("runs");
+    assert_eq!(whole_day.run.parts, monday.run.parts);
+    assert_eq!(whole_day.run.oee, monday.run.oee);
+    assert_eq!(whole_day.run.planned_hours, monday.run.planned_hours);
+    assert_eq!(whole_day.run.throughput_per_h, monday.run.throughput_per_h);
+    // WO-1003 cannot finish on Monday: it is projected into Tuesday's shift, not the night.
+    let last = |run: &twin::TwinRun| {
+        run.work_orders
+            .iter()
+            .find(|o| o.id == "WO-1003")
+            .cloned()
+            .expect("WO-1003")
+    };
+    let waits = last(&whole_day.run);
+    assert!(waits.projected, "{waits:?}");
+    let eta = waits.eta_h.expect("finishes");
+    assert!((24.0..32.0).contains(&eta), "{waits:?}");
+
+    // The same line round the clock makes three times the parts and finishes WO-1003 that night.
+    let mut nonstop = day.clone();
+    nonstop.shifts.clear();
+    let nonstop = twin::run(&nonstop).expect("runs");
+    assert_eq!(nonstop.run.planned_hours, 24.0);
+    assert!(
+        nonstop.run.parts.made > 3 * monday.run.parts.made,
+        "{} against {}",
+        nonstop.run.parts.made,
+        monday.run.parts.made
+    );
+    let done = last(&nonstop.run);
+    assert!(
+        !done.projected && done.eta_h.is_some_and(|h| h < 10.0),
+        "{done:?}"
+    );
+}
+
+#[test]
 fn the_stations_analyses_find_the_injected_cause_and_warn_before_the_bearing_fails() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let report = twin::whatif(&press_line(), &[], Some(scratch.path())).expect("runs");
@@ -178,6 +244,24 @@ fn bad_scenarios_and_changes_say_what_is_wrong() {
     let error = Scenario::load(&path).expect_err("invalid").to_string();
     assert!(error.contains("station.detection_rate"), "{error}");
     assert!(error.contains("process.effects[1]"), "{error}");
+    // The shift calendar's problems name their fields, as in a station config.
+    let path = write(
+        "calendar",
+        &text
+            .replace("start = \"2026-01-05T05:00:00Z\"", "start = \"monday\"")
+            .replace("end = \"14:00\"", "end = \"25:00\"")
+            .replace("utc_offset_minutes = 60", "utc_offset_minutes = 6000"),
+    );
+    let error = Scenario::load(&path).expect_err("invalid").to_string();
+    for field in ["`start`", "`shifts[0].end`", "`utc_offset_minutes`"] {
+        assert!(error.contains(field), "{field}: {error}");
+    }
+    let path = write(
+        "weekend",
+        &text.replace("2026-01-05T05:00:00Z", "2026-01-10T05:00:00Z"),
+    );
+    let error = Scenario::load(&path).expect_err("a Saturday").to_string();
+    assert!(error.contains("no shift is planned"), "{error}");
     let error = Scenario::find(dir.path(), "nope")
         .expect_err("absent")
         .to_string();

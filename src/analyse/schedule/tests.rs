@@ -1,6 +1,28 @@
 use super::*;
 use crate::analyse::production::Counts;
 
+// Most tests project a line planned 24/7, where planned time is wall-clock time.
+fn schedule(
+    orders: &[OrderInput],
+    line: &LineRate,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Schedule {
+    super::schedule(orders, line, now, &ShiftCalendar::always(), settings)
+}
+
+fn impacts(before: &Schedule, after: &Schedule, threshold_s: f64) -> Vec<ImpactEvent> {
+    super::impacts(before, after, &ShiftCalendar::always(), threshold_s)
+}
+
+fn compare_with_baselines(
+    baselines: &mut HashMap<String, Arc<Schedule>>,
+    schedule: &Arc<Schedule>,
+    threshold_s: f64,
+) -> Vec<ImpactEvent> {
+    super::compare_with_baselines(baselines, schedule, &ShiftCalendar::always(), threshold_s)
+}
+
 fn at(text: &str) -> DateTime<Utc> {
     text.parse().expect("time")
 }
@@ -74,6 +96,83 @@ fn eta_slack_and_critical_ratio_by_hand() {
     assert_eq!(b.slack_s, Some(2970.0));
     assert!(close(b.critical_ratio.expect("cr"), 3600.0 / 180.0));
     assert_eq!(b.status, OrderStatus::OnTime);
+}
+
+/// Weekdays 06:00–14:00 with a break 10:00–10:30.
+fn day_shift() -> ShiftCalendar {
+    use crate::analyse::shifts::{BreakSection, ShiftSection, Weekday};
+    let early = ShiftSection {
+        name: "early".into(),
+        start: "06:00".into(),
+        end: "14:00".into(),
+        days: vec![
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+        ],
+        breaks: vec![BreakSection {
+            start: "10:00".into(),
+            end: "10:30".into(),
+        }],
+    };
+    ShiftCalendar::build(&[early], 0).expect("valid")
+}
+
+#[test]
+fn work_waits_for_the_next_shift_and_critical_ratio_counts_planned_time() {
+    let calendar = day_shift();
+    // Friday 13:55, five minutes before the weekend: WO-A needs 7.5 min, WO-B 3 min.
+    let now = at("2024-05-10T13:55:00Z");
+    let orders = vec![
+        input(order("WO-A", 100, "2024-05-10T14:30:00Z", 6.0), 40, true),
+        input(order("WO-B", 48, "2024-05-13T09:00:00Z", 3.0), 0, false),
+    ];
+    let plan = super::schedule(
+        &orders,
+        &line(1.0, 0.8, true),
+        now,
+        &calendar,
+        &Settings::default(),
+    );
+    let a = &plan.orders[0];
+    assert_eq!(a.eta, Some(at("2024-05-13T06:02:30Z")));
+    assert_eq!(a.status, OrderStatus::Late);
+    // Five planned minutes to its due time for 7.5 minutes of work.
+    assert!(close(a.critical_ratio.expect("cr"), 300.0 / 450.0));
+    let b = &plan.orders[1];
+    assert_eq!(b.start, a.eta);
+    assert_eq!(b.eta, Some(at("2024-05-13T06:05:30Z")));
+    assert_eq!(b.status, OrderStatus::OnTime);
+    // The same queue on a 24/7 line would be done before 14:06.
+    let always = schedule(&orders, &line(1.0, 0.8, true), now, &Settings::default());
+    assert_eq!(always.orders[1].eta, Some(at("2024-05-10T14:05:30Z")));
+}
+
+#[test]
+fn hours_off_shift_are_no_downtime() {
+    let calendar = day_shift();
+    let orders = vec![input(
+        order("WO-A", 1000, "2024-05-13T12:00:00Z", 6.0),
+        40,
+        true,
+    )];
+    let rate = line(1.0, 0.8, false);
+    let project = |now: &str, calendar: &ShiftCalendar| {
+        super::schedule(&orders, &rate, at(now), calendar, &Settings::default())
+    };
+    // Friday after the shift, and the same evening later: nothing made, nothing planned.
+    let evening = project("2024-05-10T15:00:00Z", &calendar);
+    let night = project("2024-05-10T23:00:00Z", &calendar);
+    assert_eq!(evening.orders[0].eta, night.orders[0].eta);
+    assert!(super::impacts(&evening, &night, &calendar, 60.0).is_empty());
+    // Without the calendar, the same eight hours read as the line being down.
+    let evening = project("2024-05-10T15:00:00Z", &ShiftCalendar::always());
+    let night = project("2024-05-10T23:00:00Z", &ShiftCalendar::always());
+    let events = super::impacts(&evening, &night, &ShiftCalendar::always(), 60.0);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].cause, Cause::Downtime, "{}", events[0].message);
 }
 
 #[test]
