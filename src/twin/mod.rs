@@ -72,6 +72,9 @@ pub struct WhatIf {
     pub speedup: f64,
 }
 
+/// The longest run the station's analyses are run on (`--analyse`).
+pub const MAX_ANALYSED_HOURS: f64 = 24.0;
+
 /// Runs `scenario` as it is and with `changes`, and, with `analyse_in` (an empty folder),
 /// the station's analyses of the changed run. Blocking.
 pub fn whatif(
@@ -80,6 +83,21 @@ pub fn whatif(
     analyse_in: Option<&Path>,
 ) -> Result<WhatIf, TwinError> {
     let changed_scenario = scenario.changed(changes)?;
+    if analyse_in.is_some() && scenario.hours > MAX_ANALYSED_HOURS {
+        // A week of samples and parts through the analyses is minutes of work and gigabytes of
+        // store; a day shows every cause and wear the scenarios model.
+        return Err(ScenarioError::Invalid {
+            name: scenario.name.clone(),
+            problems: vec![crate::config::Problem {
+                field: "hours".into(),
+                message: format!(
+                    "the analyses run on at most {MAX_ANALYSED_HOURS} h, the run is {} h",
+                    scenario.hours
+                ),
+            }],
+        }
+        .into());
+    }
     let started = Instant::now();
     let baseline = engine::run(scenario)?;
     let changed = engine::run(&changed_scenario)?;

@@ -301,6 +301,17 @@ fn bad_scenarios_and_changes_say_what_is_wrong() {
             .to_string();
         assert!(error.contains(field), "{change}: {error}");
     }
+    // A week runs; the analyses take a day at most.
+    let mut week = scenario.clone();
+    week.hours = 168.0;
+    week.check().expect("a week is a valid run");
+    let error = twin::whatif(&week, &[], Some(dir.path()))
+        .expect_err("too long to analyse")
+        .to_string();
+    assert!(error.contains("at most 24 h"), "{error}");
+    week.hours = 168.5;
+    let error = week.check().expect_err("longer than a week").to_string();
+    assert!(error.contains("at most 168 h"), "{error}");
     let mut huge = scenario.clone();
     huge.work_orders[0].due_h = 1e12;
     huge.work_orders[1].quantity = 0;
