@@ -31,6 +31,7 @@ pub mod analyse;
 pub mod calibrate;
 pub mod capture;
 pub mod config;
+pub mod heap;
 pub mod inspect;
 pub mod learn;
 pub mod metrics;

@@ -25,8 +25,8 @@ fn main() -> std::process::ExitCode {
 /// that allocates an arena of its own, up to 8 per core, and the free space scattered over
 /// them is rarely handed back, so the heap creeps up with each new blocking thread. Two arenas
 /// bound that, at no cost to inference (`inspect/score_224` 11.5 ms against 12.0 ms with the
-/// default, criterion on the 2-core development machine); `make soak` shows what growth is
-/// left. A fixed mmap
+/// default, criterion on the 2-core development machine); `linesight::heap` hands freed
+/// pages back after transient peaks, and `make soak` shows what growth is left. A fixed mmap
 /// threshold, the other usual remedy, made the model 40 % slower (16.8 ms): its per-frame
 /// tensors would be mapped and unmapped every frame. `MALLOC_ARENA_MAX` in the environment wins.
 fn bound_the_heap() {

@@ -673,6 +673,8 @@ impl Station {
             },
             sensors_stop.clone(),
         ));
+        // Resident memory follows the live heap back down after each transient peak.
+        let heap_trim = tokio::spawn(crate::heap::run_heap_trim(sensors_stop.clone()));
         let maintenance = tokio::spawn(
             MaintenanceMonitor {
                 alarms: api.alarms.clone(),
@@ -1002,6 +1004,7 @@ impl Station {
         let _ = alarm_ticker.await;
         let _ = monitor.await;
         let _ = root_cause.await;
+        let _ = heap_trim.await;
         let _ = maintenance.await;
         let _ = schedule_runner.await;
         if let Some(task) = webhook_task {

@@ -549,6 +549,8 @@ pub async fn run_root_cause(
             )
         })
         .await;
+        // The round read its whole window: hand the pages of that peak back at once.
+        let _ = tokio::task::spawn_blocking(crate::heap::release_free_pages).await;
         match round {
             Ok(Ok(analysis)) => {
                 let findings: usize = analysis
