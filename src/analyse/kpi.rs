@@ -835,7 +835,7 @@ fn plain_ratio<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analyse::shifts::{BreakSection, ShiftSection, Weekday};
+    use crate::analyse::shifts::{ShiftSection, Weekday, test_early_shift};
 
     fn time(text: &str) -> DateTime<Utc> {
         text.parse().expect("time")
@@ -932,23 +932,7 @@ mod tests {
     /// - Scrap ratio = SQ / PQ = 405 / 40 500 = **0.0100**
     #[test]
     fn the_hand_worked_oee_example() {
-        let early = ShiftSection {
-            name: "early".into(),
-            start: "06:00".into(),
-            end: "14:00".into(),
-            days: vec![
-                Weekday::Mon,
-                Weekday::Tue,
-                Weekday::Wed,
-                Weekday::Thu,
-                Weekday::Fri,
-            ],
-            breaks: vec![BreakSection {
-                start: "10:00".into(),
-                end: "10:30".into(),
-            }],
-        };
-        let plan = plan(&[early], 0, Some(0.5));
+        let plan = plan(&[test_early_shift()], 0, Some(0.5));
         let mut buckets: Vec<MinuteBucket> = [
             ("06:00", "07:00"),
             ("07:30", "10:00"),

@@ -511,6 +511,22 @@ fn cumulative(week: &[Slot]) -> Box<[u32]> {
         .collect()
 }
 
+/// Weekdays 06:00–14:00 with a break 10:00–10:30 (7.5 planned hours a day): the early shift
+/// the calendar's, the KPIs' and the schedule's tests share.
+#[cfg(test)]
+pub(crate) fn test_early_shift() -> ShiftSection {
+    ShiftSection {
+        name: "early".into(),
+        start: "06:00".into(),
+        end: "14:00".into(),
+        days: Weekday::ALL[..5].to_vec(),
+        breaks: vec![BreakSection {
+            start: "10:00".into(),
+            end: "10:30".into(),
+        }],
+    }
+}
+
 /// `HH:MM` as minutes since midnight; `24:00` only where `allow_24` (an end).
 fn parse_time(text: &str, allow_24: bool) -> Result<i64, String> {
     let bad = || format!("expected a local time of day \"HH:MM\", got {text:?}");
@@ -557,13 +573,7 @@ mod tests {
 
     /// Weekdays 06:00–14:00 with a break 10:00–10:30: 7.5 planned hours a day, 37.5 a week.
     fn day_shift() -> ShiftCalendar {
-        use Weekday::*;
-        let mut early = shift("early", "06:00", "14:00", &[Mon, Tue, Wed, Thu, Fri]);
-        early.breaks.push(BreakSection {
-            start: "10:00".into(),
-            end: "10:30".into(),
-        });
-        ShiftCalendar::build(&[early], 0).expect("valid")
+        ShiftCalendar::build(&[test_early_shift()], 0).expect("valid")
     }
 
     #[test]

@@ -100,24 +100,7 @@ fn eta_slack_and_critical_ratio_by_hand() {
 
 /// Weekdays 06:00–14:00 with a break 10:00–10:30.
 fn day_shift() -> ShiftCalendar {
-    use crate::analyse::shifts::{BreakSection, ShiftSection, Weekday};
-    let early = ShiftSection {
-        name: "early".into(),
-        start: "06:00".into(),
-        end: "14:00".into(),
-        days: vec![
-            Weekday::Mon,
-            Weekday::Tue,
-            Weekday::Wed,
-            Weekday::Thu,
-            Weekday::Fri,
-        ],
-        breaks: vec![BreakSection {
-            start: "10:00".into(),
-            end: "10:30".into(),
-        }],
-    };
-    ShiftCalendar::build(&[early], 0).expect("valid")
+    ShiftCalendar::build(&[crate::analyse::shifts::test_early_shift()], 0).expect("valid")
 }
 
 #[test]
