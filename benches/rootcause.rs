@@ -74,7 +74,7 @@ fn station_input(table: &Table, target: &Target) -> (Vec<InspectedPart>, Vec<Tag
             captured_ms: i as i64 * 500,
             work_order: None,
             product: None,
-            defect: target.positive[i].then(|| "crack".to_string()),
+            defect: target.positive[i].then(|| "crack".into()),
         })
         .collect();
     let traces = table

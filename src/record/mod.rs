@@ -18,6 +18,8 @@ pub mod journal;
 mod retention;
 mod schema;
 mod store;
+#[cfg(test)]
+pub mod testing;
 
 use std::path::PathBuf;
 

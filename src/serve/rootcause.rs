@@ -68,6 +68,7 @@ pub(super) async fn get(
     };
     let store = api.store.clone();
     let running_tag = api.production.plan.running_tag.clone();
+    let max_parts = api.root_cause.section.max_parts;
     let scope = Scope {
         from,
         to,
@@ -80,6 +81,7 @@ pub(super) async fn get(
             &sensors,
             running_tag.as_deref(),
             scope,
+            max_parts,
             &Settings::default(),
             now,
         )

@@ -143,7 +143,7 @@ pub fn analyse(
             defect: part.failed_by_model.then(|| {
                 part.defect
                     .map_or("unclassified", |kind| kind.as_str())
-                    .to_owned()
+                    .into()
             }),
         })
         .collect();

@@ -58,7 +58,7 @@ fn analysed_shift(dir: &std::path::Path) -> StationRootCause {
             captured_ms: part.captured_at.timestamp_millis(),
             work_order: None,
             product: None,
-            defect: part.defect.map(|kind| kind.as_str().to_owned()),
+            defect: part.defect.map(|kind| kind.as_str().into()),
         })
         .collect();
     let traces =

@@ -34,6 +34,7 @@ pub mod scan;
 pub mod station;
 pub mod stats;
 pub mod table;
+pub mod window;
 
 use std::borrow::Cow;
 use std::path::PathBuf;

@@ -10,6 +10,7 @@
 //! without a verdict carry no evidence about defects.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,15 +18,13 @@ use serde::Serialize;
 
 use super::{Analysis, Column, ColumnValues, Settings, Table, Target};
 use crate::analyse::AnalyseError;
-use crate::part::Verdict;
-use crate::record::{RecordBody, Store};
+use crate::record::Store;
 use crate::sense::{Sensors, Series};
+
+pub use super::window::{DEFAULT_MAX_PARTS, Window, inspected_parts};
 
 /// The name of the target that is any defect at all.
 pub const REJECTS: &str = "rejects";
-
-/// Inspection records are read newest first in pages of this many.
-const PAGE: usize = 4096;
 
 /// One judged part, as root cause sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,10 +32,10 @@ pub struct InspectedPart {
     pub part_id: u64,
     /// When the camera saw it, ms since the epoch.
     pub captured_ms: i64,
-    pub work_order: Option<String>,
-    pub product: Option<String>,
+    pub work_order: Option<Arc<str>>,
+    pub product: Option<Arc<str>>,
     /// Its defect class when defective (a label overrides the model), else `None`.
-    pub defect: Option<String>,
+    pub defect: Option<Arc<str>>,
 }
 
 /// One tag's good samples and where its sensor sits.
@@ -156,54 +155,6 @@ pub struct Scope {
     pub work_order: Option<String>,
 }
 
-/// The judged parts of `scope`, oldest first. Blocking.
-pub fn inspected_parts(store: &Store, scope: &Scope) -> Result<Vec<InspectedPart>, AnalyseError> {
-    let (from, to) = (scope.from.timestamp_millis(), scope.to.timestamp_millis());
-    let mut parts = Vec::new();
-    let mut before = None;
-    'pages: loop {
-        let page = store.inspections(before, PAGE)?;
-        let full = page.len() == PAGE;
-        for record in page {
-            let RecordBody::Inspection(inspection) = record.body else {
-                continue;
-            };
-            before = Some(inspection.part_id);
-            let at = inspection.captured_at.timestamp_millis();
-            if at < from {
-                break 'pages;
-            }
-            let judged = matches!(inspection.verdict, Some(Verdict::Pass | Verdict::Fail));
-            if at >= to || !judged {
-                continue;
-            }
-            if let Some(wanted) = &scope.work_order
-                && inspection.work_order.as_ref() != Some(wanted)
-            {
-                continue;
-            }
-            let labels = store.labels(inspection.part_id)?;
-            let label = labels.iter().rev().find_map(|r| match &r.body {
-                RecordBody::Label(label) => Some(label),
-                _ => None,
-            });
-            let judgement = crate::analyse::production::judge(&inspection, label);
-            parts.push(InspectedPart {
-                part_id: inspection.part_id,
-                captured_ms: at,
-                work_order: inspection.work_order,
-                product: inspection.product,
-                defect: judgement.defect,
-            });
-        }
-        if !full {
-            break;
-        }
-    }
-    parts.reverse();
-    Ok(parts)
-}
-
 /// The good samples of every configured tag that could have acted on a part of `parts`,
 /// without those taken while `running_tag` read 0: a stopped line's readings (a roller's
 /// vibration at rest) describe no process state a part went through. Blocking.
@@ -292,8 +243,11 @@ pub struct TargetOutcome {
 pub struct StationRootCause {
     pub scope: Scope,
     pub computed_at: DateTime<Utc>,
-    /// Judged parts in the scope.
+    /// Judged parts analysed.
     pub parts: usize,
+    /// The parts analysed are one in this many of the scope's (1: all of them): a scope with
+    /// more than `root_cause.max_parts` parts is read as a uniform sample.
+    pub sampled_one_in: u64,
     pub tags: Vec<TagUse>,
     pub targets: Vec<TargetOutcome>,
 }
@@ -307,6 +261,18 @@ pub const MIN_POSITIVES: usize = 10;
 /// threads.
 pub fn analyse_parts(
     parts: &[InspectedPart],
+    traces: &[TagTrace],
+    scope: Scope,
+    settings: &Settings,
+    computed_at: DateTime<Utc>,
+) -> StationRootCause {
+    analyse_sample(parts, 1, traces, scope, settings, computed_at)
+}
+
+/// [`analyse_parts`] of a sample that holds one in `sampled_one_in` of the scope's parts.
+pub fn analyse_sample(
+    parts: &[InspectedPart],
+    sampled_one_in: u64,
     traces: &[TagTrace],
     scope: Scope,
     settings: &Settings,
@@ -387,24 +353,33 @@ pub fn analyse_parts(
         scope,
         computed_at,
         parts: parts.len(),
+        sampled_one_in,
         tags,
         targets,
     }
 }
 
-/// Reads the scope's parts and samples and analyses them; `running_tag` reads 1 while the
-/// line runs. Blocking.
+/// Reads the scope's parts (at most `max_parts`, a uniform sample beyond) and samples and
+/// analyses them; `running_tag` reads 1 while the line runs. Blocking.
 pub fn analyse_scope(
     store: &Store,
     sensors: &Sensors,
     running_tag: Option<&str>,
     scope: Scope,
+    max_parts: usize,
     settings: &Settings,
     computed_at: DateTime<Utc>,
 ) -> Result<StationRootCause, AnalyseError> {
-    let parts = inspected_parts(store, &scope)?;
+    let (parts, one_in) = inspected_parts(store, &scope, max_parts)?;
     let traces = tag_traces(sensors, &parts, running_tag)?;
-    Ok(analyse_parts(&parts, &traces, scope, settings, computed_at))
+    Ok(analyse_sample(
+        &parts,
+        one_in,
+        &traces,
+        scope,
+        settings,
+        computed_at,
+    ))
 }
 
 /// Fills what only the station knows into each finding: how long before inspection the named
@@ -445,6 +420,14 @@ pub struct RootCauseSection {
     /// How often the window is analysed again, in seconds.
     #[serde(default = "default_every_s")]
     pub every_s: u64,
+    /// Most parts one analysis reads; a window or scope with more is read as a uniform sample
+    /// (one part in 2, 4, 8 …), which bounds a round's memory and time at any line rate.
+    #[serde(default = "default_max_parts")]
+    pub max_parts: usize,
+}
+
+fn default_max_parts() -> usize {
+    DEFAULT_MAX_PARTS
 }
 
 fn default_window_hours() -> f64 {
@@ -460,6 +443,7 @@ impl Default for RootCauseSection {
         RootCauseSection {
             window_hours: default_window_hours(),
             every_s: default_every_s(),
+            max_parts: default_max_parts(),
         }
     }
 }
@@ -478,6 +462,12 @@ impl RootCauseSection {
             problems.push((
                 "root_cause.every_s".into(),
                 format!("expected 10 to 86400 seconds, got {}", self.every_s),
+            ));
+        }
+        if !(1_000..=5_000_000).contains(&self.max_parts) {
+            problems.push((
+                "root_cause.max_parts".into(),
+                format!("expected 1000 to 5000000 parts, got {}", self.max_parts),
             ));
         }
         problems
@@ -513,6 +503,29 @@ impl LatestRootCause {
     }
 }
 
+/// Brings `window` to `scope` (reading only what was recorded since its last round) and
+/// analyses it. Blocking.
+pub fn analyse_window(
+    window: &mut Window,
+    store: &Store,
+    sensors: &Sensors,
+    running_tag: Option<&str>,
+    scope: Scope,
+    settings: &Settings,
+) -> Result<StationRootCause, AnalyseError> {
+    let (parts, one_in) = window.advance(store, scope.from, scope.to)?;
+    let traces = tag_traces(sensors, parts, running_tag)?;
+    let computed_at = scope.to;
+    Ok(analyse_sample(
+        parts,
+        one_in,
+        &traces,
+        scope,
+        settings,
+        computed_at,
+    ))
+}
+
 /// Analyses the last `window_hours` every `every_s` until `cancel`, publishing each result in
 /// `latest`. A failed round is logged and tried again at the next.
 pub async fn run_root_cause(
@@ -526,6 +539,8 @@ pub async fn run_root_cause(
 ) {
     let mut every = tokio::time::interval(Duration::from_secs(section.every_s));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Kept between rounds, so each reads only what was recorded since the one before.
+    let mut window = Some(Window::new(section.max_parts));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -538,18 +553,30 @@ pub async fn run_root_cause(
             work_order: None,
         };
         let (store, sensors, running_tag) = (store.clone(), sensors.clone(), running_tag.clone());
+        let mut kept = window
+            .take()
+            .unwrap_or_else(|| Window::new(section.max_parts));
         let round = tokio::task::spawn_blocking(move || {
-            analyse_scope(
+            let analysis = analyse_window(
+                &mut kept,
                 &store,
                 &sensors,
                 running_tag.as_deref(),
                 scope,
                 &Settings::default(),
-                to,
-            )
+            );
+            (kept, analysis)
         })
         .await;
-        // The round read its whole window: hand the pages of that peak back at once.
+        let round = match round {
+            Ok((kept, analysis)) => {
+                // A failed read may have left the window half-way: the next round refills it.
+                window = analysis.is_ok().then_some(kept);
+                Ok(analysis)
+            }
+            Err(error) => Err(error),
+        };
+        // The analysis's working set is freed: hand its pages back at once.
         let _ = tokio::task::spawn_blocking(crate::heap::release_free_pages).await;
         match round {
             Ok(Ok(analysis)) => {
@@ -572,6 +599,23 @@ pub async fn run_root_cause(
 mod tests {
     use super::*;
     use crate::sense::{Flag, Series};
+
+    #[test]
+    fn a_root_cause_section_out_of_range_names_each_field() {
+        let section: RootCauseSection =
+            toml::from_str("window_hours = 0.01\nevery_s = 5\nmax_parts = 10").expect("toml");
+        let fields: Vec<String> = section.check().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "root_cause.window_hours",
+                "root_cause.every_s",
+                "root_cause.max_parts"
+            ]
+        );
+        assert!(RootCauseSection::default().check().is_empty());
+        assert_eq!(RootCauseSection::default().max_parts, DEFAULT_MAX_PARTS);
+    }
 
     #[test]
     fn samples_taken_while_the_line_stood_are_left_out() {

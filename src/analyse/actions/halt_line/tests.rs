@@ -1,43 +1,9 @@
 use super::*;
-use crate::record::{ActuationStatus, InspectionRecord, RecordKind};
+use crate::record::RecordKind;
 
 fn inspection(part_id: u64, class: Option<&str>) -> RecordBody {
     let at = DateTime::from_timestamp(1_700_000_000 + part_id as i64, 0).expect("valid time");
-    RecordBody::Inspection(InspectionRecord {
-        part_id,
-        work_order: None,
-        product: None,
-        captured_at: at,
-        inspected_at: Some(at),
-        decided_at: at,
-        gate_at: at,
-        actuated_at: None,
-        verdict: Some(if class.is_some() {
-            Verdict::Fail
-        } else {
-            Verdict::Pass
-        }),
-        score: None,
-        threshold: None,
-        disposition: if class.is_some() {
-            crate::part::Disposition::RejectFailed
-        } else {
-            crate::part::Disposition::Pass
-        },
-        rejected_by_policy: false,
-        inspection_late: false,
-        actuation: ActuationStatus::NotRequired,
-        actuation_error: None,
-        model_version: None,
-        defect_class: class.map(str::to_owned),
-        image: None,
-        heat_map: None,
-        defect_at: None,
-        defect_size: None,
-        views: Vec::new(),
-        calibration: None,
-        error: None,
-    })
+    crate::record::testing::judged_inspection(part_id, at, class)
 }
 
 struct Fixture {
