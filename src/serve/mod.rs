@@ -62,6 +62,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 const LIVE_PAGE: &str = include_str!("live.html");
 const LOGIN_PAGE: &str = include_str!("login.html");
+const WHATIF_PAGE: &str = include_str!("whatif.html");
 
 /// The cookie the sign-in page sets: the token itself, HttpOnly and SameSite=Strict.
 pub const TOKEN_COOKIE: &str = "linesight_token";
@@ -217,6 +218,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/login", get(login))
         .route("/logout", get(logout))
         .route("/", get(live_page))
+        .route("/whatif", get(whatif_page))
         .route("/api/v1/station", need(Read, get(station)))
         .route("/api/v1/records", need(Pull, get(records::pull)))
         .route(
@@ -591,12 +593,22 @@ async fn health() -> Json<serde_json::Value> {
 
 /// The live page; without a credential, the sign-in page instead.
 async fn live_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
-    let signed_in = match credential(&headers) {
+    signed_in_page(&api, &headers, LIVE_PAGE).await
+}
+
+/// The what-if page (any role: it reads, and runs the twin, never the line).
+async fn whatif_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
+    signed_in_page(&api, &headers, WHATIF_PAGE).await
+}
+
+/// `page` to a signed-in browser, the sign-in page to any other.
+async fn signed_in_page(api: &ApiState, headers: &HeaderMap, page: &'static str) -> Response {
+    let signed_in = match credential(headers) {
         Some(token) => identify(&api.tokens, token).await.is_some(),
         None => false,
     };
     if signed_in {
-        Html(LIVE_PAGE).into_response()
+        Html(page).into_response()
     } else {
         Redirect::to("/login").into_response()
     }

@@ -12,7 +12,7 @@ use axum::extract::rejection::JsonRejection;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState};
-use crate::twin::scenario::list;
+use crate::twin::scenario::{SETTINGS, list};
 use crate::twin::{self, Change, Scenario, ScenarioError, TwinError, WhatIf};
 
 /// The scenarios folder and the gate of what-if runs.
@@ -46,6 +46,15 @@ pub(super) struct ScenarioSummary {
     hours: f64,
     parts_per_min: f64,
     work_orders: usize,
+    /// Its process sensors, whose settings a change may name (`press_temp.base`).
+    sensors: Vec<String>,
+}
+
+/// A setting a what-if change may name.
+#[derive(Serialize)]
+pub(super) struct SettingHelp {
+    name: &'static str,
+    what: &'static str,
 }
 
 #[derive(Serialize)]
@@ -53,6 +62,8 @@ pub(super) struct ScenarioList {
     scenarios: Vec<ScenarioSummary>,
     /// Files of the folder that are not valid scenarios, with why.
     invalid: Vec<String>,
+    /// The settings a change may name, with what each moves.
+    settings: Vec<SettingHelp>,
 }
 
 pub(super) async fn list_scenarios(
@@ -67,6 +78,7 @@ pub(super) async fn list_scenarios(
                 Ok(s) => scenarios.push(ScenarioSummary {
                     parts_per_min: s.parts_per_min(),
                     work_orders: s.work_orders.len(),
+                    sensors: s.process.sensors.iter().map(|t| t.name.clone()).collect(),
                     name: s.name,
                     description: s.description.trim().to_owned(),
                     hours: s.hours,
@@ -74,7 +86,15 @@ pub(super) async fn list_scenarios(
                 Err(error) => invalid.push(error.to_string()),
             }
         }
-        ScenarioList { scenarios, invalid }
+        let settings = SETTINGS
+            .iter()
+            .map(|&(name, what)| SettingHelp { name, what })
+            .collect();
+        ScenarioList {
+            scenarios,
+            invalid,
+            settings,
+        }
     })
     .await
     .map_err(|e| ApiError::InternalMessage(format!("scenario listing failed: {e}")))?;

@@ -384,6 +384,24 @@ async fn the_station_runs_what_ifs_over_http_on_its_own_scenarios_only() {
         .filter_map(|s| s["name"].as_str())
         .collect();
     assert!(names.contains(&"press-line"), "{list}");
+    // What a change may name: every setting, and each scenario's own sensors.
+    let settings: Vec<&str> = list["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(settings.contains(&"belt_speed"), "{list}");
+    let press = list["scenarios"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "press-line"))
+        .expect("press-line");
+    assert!(
+        press["sensors"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|t| t == "press_temp")),
+        "{press}"
+    );
 
     let whatif = |body: serde_json::Value| {
         send(

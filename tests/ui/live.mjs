@@ -1,68 +1,21 @@
 // Drives the station's live page in headless Chromium against a running station.
-// Usage: node tests/ui/live.mjs http://127.0.0.1:PORT OUTDIR
-import { mkdir } from 'node:fs/promises';
+// Usage: LINESIGHT_TOKEN=… node tests/ui/live.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { accessible, expect, start } from './harness.mjs';
 
-const [base, outDir] = process.argv.slice(2);
-if (!base || !outDir) {
-  console.error('usage: node tests/ui/live.mjs BASE_URL OUTDIR');
-  process.exit(2);
-}
-const baseUrl = base.replace(/\/+$/, '');
 // An operator's token: the page signs in with it, the checks below read the API with it.
-const token = process.env.LINESIGHT_TOKEN;
-if (!token) {
-  console.error('ui: FAIL set LINESIGHT_TOKEN to a token the station accepts');
-  process.exit(2);
-}
-const api = (path) => fetch(baseUrl + path, { headers: { Authorization: `Bearer ${token}` } });
+const { page, baseUrl, token, outDir, check, finish, api } = await start('ui');
 const VERDICTS = new Set(['PASS', 'FAIL', 'ERROR', 'NO VERDICT']);
 
-// A wedged browser must fail the run, not hang CI.
-setTimeout(() => {
-  console.error('ui: FAIL gave up after 120 s');
-  process.exit(1);
-}, 120_000).unref();
-
-let passed = 0;
-let failed = 0;
-
-// Later checks read what the first one waited for, so a failure stops the run.
-async function check(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ui: ok   ${name}`);
-  } catch (error) {
-    failed += 1;
-    console.error(`ui: FAIL ${name}: ${String(error?.message ?? error).split('\n')[0]}`);
-    throw Object.assign(new Error(name), { reported: true });
-  }
-}
-
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-await mkdir(outDir, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-}).catch((error) => {
-  console.error(`ui: FAIL could not launch Chromium: ${error.message.split('\n')[0]}`);
-  process.exit(1);
-});
-const pageErrors = [];
-let page;
-try {
-  page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
-  page.on('pageerror', (error) => pageErrors.push(error.message));
+await finish(async () => {
   await check('without a credential the page asks to sign in', async () => {
     await page.goto(baseUrl + '/', { waitUntil: 'domcontentloaded' });
     expect(new URL(page.url()).pathname === '/login', `landed on ${page.url()}`);
     await page.waitForSelector('input#token', { timeout: 5_000 });
+  });
+
+  await check('the sign-in page has no serious accessibility violation (axe-core)', async () => {
+    await accessible(page);
   });
 
   await check('signing in with the token opens the live page', async () => {
@@ -73,6 +26,10 @@ try {
 
   await check('at least 5 parts listed within 30 s', async () => {
     await page.waitForFunction(() => document.querySelectorAll('#parts tr').length >= 5, null, { timeout: 30_000 });
+  });
+
+  await check('the live page, filled, has no serious accessibility violation (axe-core)', async () => {
+    await accessible(page);
   });
 
   await check('station name shown', async () => {
@@ -180,23 +137,4 @@ try {
     await page.click('#explain-close');
     expect(await page.isHidden('#explanation'), 'the explanation closes');
   });
-
-  await check('no uncaught page errors', async () => {
-    expect(pageErrors.length === 0, pageErrors.join('; '));
-  });
-} catch (error) {
-  // check() has reported its own failure; anything else (launch, navigation) is reported here.
-  if (!error.reported) {
-    failed += 1;
-    console.error(`ui: FAIL ${error.message.split('\n')[0]}`);
-  }
-} finally {
-  if (page) {
-    await page.screenshot({ path: path.join(outDir, 'live.png'), fullPage: true })
-      .catch((error) => console.error(`ui: could not take screenshot: ${error.message}`));
-  }
-  await browser.close();
-}
-
-console.log(`ui: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+}, 'live.png');
