@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live checks against a running station binary on the simulated line:
-#   1. the live and what-if pages in headless Chromium (Playwright),
+#   1. the live, MES and what-if pages in headless Chromium (Playwright),
 #   2. the HTTP API against its OpenAPI description (schemathesis),
 #   3. kill -9: every record the API acknowledged is still there after a restart,
 #   4. Ctrl-C (SIGINT) stops the station cleanly.
@@ -63,6 +63,8 @@ check "live page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/live
 check "what-if page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/whatif.mjs "$base" "$work"
 check "API conforms to its OpenAPI description (schemathesis)" \
   env LINESIGHT_MES_TOKEN="$mes" LINESIGHT_ADMIN_TOKEN="$LINESIGHT_ADMIN_TOKEN" bash tests/api/schemathesis.sh "$base"
+# After schemathesis the line has run for minutes: the MES page has control charts to draw.
+check "MES page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/mes.mjs "$base" "$work"
 check "metrics in Prometheus text format" bash -c "curl -fsS -H 'Authorization: Bearer $operator' '$base/metrics' | grep -q '^linesight_frames_captured_total{station=\"sim-1\"}'"
 
 records_json >"$work/before.json"
@@ -108,6 +110,6 @@ sigint_stops() {
 }
 check "Ctrl-C stops the station cleanly" sigint_stops
 
-mkdir -p target/test-live && cp -f "$work/live.png" "$work/whatif.png" target/test-live/ 2>/dev/null || true
+mkdir -p target/test-live && cp -f "$work/live.png" "$work/mes.png" "$work/whatif.png" target/test-live/ 2>/dev/null || true
 echo "live: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

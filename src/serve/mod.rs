@@ -63,6 +63,12 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 const LIVE_PAGE: &str = include_str!("live.html");
 const LOGIN_PAGE: &str = include_str!("login.html");
 const WHATIF_PAGE: &str = include_str!("whatif.html");
+const MES_PAGE: &str = include_str!("mes.html");
+/// uPlot, the charting library of the MES page, as its npm release ships it (MIT; see
+/// `vendor/uplot/LICENSE`). `tests/ui/mes.mjs` checks it is byte for byte the version
+/// `tests/ui/package-lock.json` pins.
+const UPLOT_JS: &str = include_str!("vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("vendor/uplot/uPlot.min.css");
 
 /// The cookie the sign-in page sets: the token itself, HttpOnly and SameSite=Strict.
 pub const TOKEN_COOKIE: &str = "linesight_token";
@@ -219,6 +225,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/logout", get(logout))
         .route("/", get(live_page))
         .route("/whatif", get(whatif_page))
+        .route("/mes", get(mes_page))
+        .route(
+            "/assets/uplot.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
+        )
+        .route(
+            "/assets/uplot.css",
+            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
+        )
         .route("/api/v1/station", need(Read, get(station)))
         .route("/api/v1/records", need(Pull, get(records::pull)))
         .route(
@@ -599,6 +614,23 @@ async fn live_page(State(api): State<ApiState>, headers: HeaderMap) -> Response 
 /// The what-if page (any role: it reads, and runs the twin, never the line).
 async fn whatif_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
     signed_in_page(&api, &headers, WHATIF_PAGE).await
+}
+
+/// The MES view: KPIs, Pareto, control charts, work orders, root cause, maintenance (any role).
+async fn mes_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
+    signed_in_page(&api, &headers, MES_PAGE).await
+}
+
+/// A library the pages load, compiled in: a plant network has no CDN.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `page` to a signed-in browser, the sign-in page to any other.

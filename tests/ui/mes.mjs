@@ -1,0 +1,109 @@
+// Drives the MES page in headless Chromium against a running station on the simulated line:
+// every figure as the API reports it, the charts drawn by the bundled uPlot, and that bundle
+// byte for byte the release the lock file pins.
+// Usage: LINESIGHT_TOKEN=… node tests/ui/mes.mjs http://127.0.0.1:PORT OUTDIR
+import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { accessible, expect, signIn, start } from './harness.mjs';
+
+const ui = await start('mes', { giveUpAfterMs: 240_000 });
+const { page, baseUrl, check, finish, api } = ui;
+const json = async (path) => {
+  const response = await api(path);
+  return { status: response.status, body: await response.json() };
+};
+const percent = (ratio) => `${(ratio * 100).toFixed(1)} %`;
+
+await finish(async () => {
+  await check('the bundled uPlot is the npm release the lock file pins, served without a network', async () => {
+    const pinned = await readFile(createRequire(import.meta.url).resolve('uplot/dist/uPlot.iife.min.js'), 'utf8');
+    const served = await (await fetch(`${baseUrl}/assets/uplot.js`)).text();
+    expect(served === pinned, `served ${served.length} bytes, the pinned release has ${pinned.length}`);
+  });
+
+  // The press temperature's individuals chart has limits once two minutes of means are in.
+  await check('the line has run long enough to chart its press temperature', async () => {
+    const deadline = Date.now() + 150_000;
+    for (;;) {
+      const { status, body } = await json('/api/v1/charts/press_temp');
+      if (status === 200) return;
+      expect(status === 422, `GET /api/v1/charts/press_temp answered ${status}: ${JSON.stringify(body)}`);
+      expect(Date.now() < deadline, `still no limits after 150 s: ${body.error}`);
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+    }
+  });
+
+  await check('the live page links to the MES page, which fills every panel', async () => {
+    await signIn(ui);
+    await Promise.all([page.waitForURL(baseUrl + '/mes'), page.click('nav a[href="/mes"]')]);
+    await page.waitForFunction(() => document.body.dataset.refreshed, null, { timeout: 30_000 });
+    const error = await page.isHidden('#error') ? '' : await page.textContent('#error');
+    expect(!error, `the page reports: ${error}`);
+  });
+
+  await check("the tiles are the API's KPIs of the same day", async () => {
+    // The station goes on making parts: freeze the page's figures and read the API right after.
+    const shown = await page.$$eval('.tile .value', (values) => Object.fromEntries(values.map((v) => [v.id, v.textContent])));
+    const { body: kpis } = await json('/api/v1/kpis');
+    const good = Number(shown['kpi-good_quantity'].replaceAll(',', ''));
+    expect(good > 0 && good <= kpis.total.good_quantity, `good parts read ${good}, the API now says ${kpis.total.good_quantity}`);
+    for (const key of ['oee', 'availability', 'effectiveness', 'quality_ratio']) {
+      const value = Number.parseFloat(shown[`kpi-${key}`]);
+      expect(Math.abs(value - kpis.total[key] * 100) < 5, `${key} reads ${shown[`kpi-${key}`]}, the API now says ${percent(kpis.total[key])}`);
+    }
+  });
+
+  await check('the OEE chart and the Pareto are drawn by uPlot, the Pareto table as the API has it', async () => {
+    for (const id of ['oee-chart', 'pareto-chart']) {
+      const drawn = await page.$eval(`#${id}`, (el) => {
+        const canvas = el.querySelector('canvas');
+        return canvas ? canvas.width * canvas.height : 0;
+      });
+      expect(drawn > 0, `#${id} has no canvas`);
+    }
+    const classes = await page.$$eval('#pareto tbody tr td:first-child', (cells) => cells.map((c) => c.textContent));
+    const points = Number(await page.getAttribute('#pareto-chart', 'data-points'));
+    expect(points === classes.length && classes.length > 0, `${points} bars for ${classes.length} classes`);
+    const { body: pareto } = await json('/api/v1/pareto');
+    const now = pareto.classes.map((c) => c.class);
+    expect(classes.every((c) => now.includes(c)), `the page lists ${JSON.stringify(classes)}, the API ${JSON.stringify(now)}`);
+  });
+
+  await check('each configured control chart is drawn with its points, or says why the API cannot chart it', async () => {
+    const { body: views } = await json('/api/v1/charts');
+    expect(views.length > 0, 'the simulated line configures charts');
+    let drawn = 0;
+    for (const view of views) {
+      const { status, body } = await json(`/api/v1/charts/${encodeURIComponent(view.name)}`);
+      const box = `#control-charts [data-chart="${view.name}"]`;
+      if (status === 200) {
+        const points = Number(await page.getAttribute(`${box} .chart`, 'data-points'));
+        // A point may have closed between the page's read and this one.
+        expect(points > 0 && Math.abs(points - body.points.length) <= 1, `${view.name}: ${points} points drawn, the API has ${body.points.length}`);
+        expect(await page.$(`${box} canvas`), `${view.name} has no canvas`);
+        drawn += 1;
+      } else {
+        const note = await page.textContent(`${box} .chart-note`);
+        expect(note === body.error, `${view.name}: the page says ${JSON.stringify(note)}, the API (${status}) ${JSON.stringify(body.error)}`);
+      }
+    }
+    expect(drawn > 0, 'no control chart drawn');
+  });
+
+  await check("work orders, root cause and maintenance are the API's", async () => {
+    const { body: schedule } = await json('/api/v1/schedule');
+    const orders = await page.$$eval('#orders tbody tr[data-order]', (rows) => rows.map((r) => r.dataset.order));
+    expect(JSON.stringify(orders) === JSON.stringify(schedule.orders.map((o) => o.id)), `orders ${JSON.stringify(orders)}`);
+    const { body: maintenance } = await json('/api/v1/maintenance');
+    const watches = await page.$$eval('#watches li[data-watch]', (items) => items.map((i) => i.dataset.watch));
+    expect(JSON.stringify(watches) === JSON.stringify(maintenance.watches.map((w) => w.name)), `watches ${JSON.stringify(watches)}`);
+    const findings = await page.$$eval('#findings li', (items) => items.length);
+    expect(findings > 0, 'the root-cause panel is empty');
+    const scope = await page.textContent('#rootcause-scope');
+    expect(/judged parts from/.test(scope), `the root-cause scope reads ${JSON.stringify(scope)}`);
+  });
+
+  await check('the MES page has no serious accessibility violation (axe-core)', async () => {
+    await accessible(page);
+  });
+}, 'mes.png');
