@@ -615,7 +615,6 @@ fn open_db(path: &Path) -> Result<sled::Db, AnalyseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::ActuationStatus;
     use chrono::{DateTime, Utc};
 
     fn inspection(
@@ -626,37 +625,20 @@ mod tests {
         work_order: Option<&str>,
     ) -> RecordBody {
         let at: DateTime<Utc> = at.parse().expect("time");
-        RecordBody::Inspection(InspectionRecord {
-            part_id,
-            work_order: work_order.map(str::to_owned),
-            product: None,
-            captured_at: at,
-            inspected_at: Some(at),
-            decided_at: at,
-            gate_at: at,
-            actuated_at: None,
-            verdict: Some(match disposition {
-                Disposition::Pass => Verdict::Pass,
-                Disposition::RejectFailed => Verdict::Fail,
-                _ => Verdict::Error,
-            }),
-            score: None,
-            threshold: None,
-            disposition,
-            rejected_by_policy: disposition == Disposition::RejectNoVerdict,
-            inspection_late: false,
-            actuation: ActuationStatus::NotRequired,
-            actuation_error: None,
-            model_version: None,
-            defect_class: class.map(str::to_owned),
-            image: None,
-            heat_map: None,
-            error: None,
-            defect_at: None,
-            defect_size: None,
-            views: Vec::new(),
-            calibration: None,
-        })
+        let RecordBody::Inspection(mut inspection) =
+            crate::record::testing::judged_inspection(part_id, at, class)
+        else {
+            unreachable!("an inspection")
+        };
+        inspection.work_order = work_order.map(str::to_owned);
+        inspection.verdict = Some(match disposition {
+            Disposition::Pass => Verdict::Pass,
+            Disposition::RejectFailed => Verdict::Fail,
+            _ => Verdict::Error,
+        });
+        inspection.disposition = disposition;
+        inspection.rejected_by_policy = disposition == Disposition::RejectNoVerdict;
+        RecordBody::Inspection(inspection)
     }
 
     fn label(part_id: u64, supersedes: u64, verdict: Verdict, class: Option<&str>) -> RecordBody {

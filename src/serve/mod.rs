@@ -64,6 +64,8 @@ const LIVE_PAGE: &str = include_str!("live.html");
 const LOGIN_PAGE: &str = include_str!("login.html");
 const WHATIF_PAGE: &str = include_str!("whatif.html");
 const MES_PAGE: &str = include_str!("mes.html");
+/// The stylesheet the desk pages (MES, what-if) share.
+const PAGES_CSS: &str = include_str!("pages.css");
 /// uPlot, the charting library of the MES page, as its npm release ships it (MIT; see
 /// `vendor/uplot/LICENSE`). `tests/ui/mes.mjs` checks it is byte for byte the version
 /// `tests/ui/package-lock.json` pins.
@@ -229,6 +231,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/assets/uplot.js",
             get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
+        )
+        .route(
+            "/assets/pages.css",
+            get(|| async { asset("text/css; charset=utf-8", PAGES_CSS) }),
         )
         .route(
             "/assets/uplot.css",
