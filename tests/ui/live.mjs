@@ -4,7 +4,7 @@ import path from 'node:path';
 import { accessible, expect, start } from './harness.mjs';
 
 // An operator's token: the page signs in with it, the checks below read the API with it.
-const { page, baseUrl, token, outDir, check, finish, api } = await start('ui');
+const { page, baseUrl, token, outDir, check, finish, api } = await start('ui', { giveUpAfterMs: 200_000 });
 const VERDICTS = new Set(['PASS', 'FAIL', 'ERROR', 'NO VERDICT']);
 
 await finish(async () => {
@@ -136,5 +136,37 @@ await finish(async () => {
     await page.screenshot({ path: path.join(outDir, 'live-explanation.png') });
     await page.click('#explain-close');
     expect(await page.isHidden('#explanation'), 'the explanation closes');
+  });
+
+  // The simulated hall's humidity passes 60 %RH about a minute after the start, the press 185 °C
+  // a little later: an alarm comes up that an operator must acknowledge.
+  await check('an operator acknowledges an alarm on the page (accessible with it listed), and the station takes it', async () => {
+    const deadline = Date.now() + 120_000;
+    let alarm;
+    while (!alarm) {
+      const response = await api('/api/v1/alarms');
+      expect(response.ok, `GET /api/v1/alarms answered ${response.status}`);
+      alarm = (await response.json()).find((a) => a.state.endsWith('unacknowledged'));
+      expect(alarm || Date.now() < deadline, 'no alarm came up to acknowledge within 120 s');
+      if (!alarm) await new Promise((resolve) => setTimeout(resolve, 1_000));
+    }
+    const button = `#alarm-rows tr[data-alarm="${alarm.name}"] button.ack`;
+    await page.waitForSelector(button, { timeout: 5_000 });
+    await accessible(page); // with an alarm listed and its button
+    await page.click(button);
+    const after = Date.now() + 5_000;
+    for (;;) {
+      const now = (await (await api(`/api/v1/alarms/${alarm.name}`)).json());
+      // Active and acknowledged, or (had it cleared) back to normal.
+      if (!now.state.endsWith('unacknowledged')) break;
+      expect(Date.now() < after, `${alarm.name} is still ${now.state} 5 s after the click`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    await page.waitForFunction(
+      (name) => !document.querySelector(`#alarm-rows tr[data-alarm="${name}"] button.ack`),
+      alarm.name,
+      { timeout: 5_000 },
+    ).catch(() => { throw new Error(`the page still offers to acknowledge ${alarm.name}`); });
+    expect(await page.isHidden('#alarm-error'), `the page says: ${await page.textContent('#alarm-error')}`);
   });
 }, 'live.png');
