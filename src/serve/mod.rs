@@ -632,7 +632,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=86400"),
+            // Revalidated on every load: an upgraded station must not pair new pages with
+            // an old cached library or stylesheet (the URLs carry no version).
+            (header::CACHE_CONTROL, "no-cache"),
         ],
         body,
     )

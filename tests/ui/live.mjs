@@ -4,7 +4,7 @@ import path from 'node:path';
 import { accessible, expect, start } from './harness.mjs';
 
 // An operator's token: the page signs in with it, the checks below read the API with it.
-const { page, baseUrl, token, outDir, check, finish, api } = await start('ui', { giveUpAfterMs: 200_000 });
+const { page, baseUrl, token, outDir, check, finish, api } = await start('ui', { giveUpAfterMs: 300_000 });
 const VERDICTS = new Set(['PASS', 'FAIL', 'ERROR', 'NO VERDICT']);
 
 await finish(async () => {

@@ -503,29 +503,6 @@ impl LatestRootCause {
     }
 }
 
-/// Brings `window` to `scope` (reading only what was recorded since its last round) and
-/// analyses it. Blocking.
-pub fn analyse_window(
-    window: &mut Window,
-    store: &Store,
-    sensors: &Sensors,
-    running_tag: Option<&str>,
-    scope: Scope,
-    settings: &Settings,
-) -> Result<StationRootCause, AnalyseError> {
-    let (parts, one_in) = window.advance(store, scope.from, scope.to)?;
-    let traces = tag_traces(sensors, parts, running_tag)?;
-    let computed_at = scope.to;
-    Ok(analyse_sample(
-        parts,
-        one_in,
-        &traces,
-        scope,
-        settings,
-        computed_at,
-    ))
-}
-
 /// Analyses the last `window_hours` every `every_s` until `cancel`, publishing each result in
 /// `latest`. A failed round is logged and tried again at the next.
 pub async fn run_root_cause(
@@ -557,21 +534,29 @@ pub async fn run_root_cause(
             .take()
             .unwrap_or_else(|| Window::new(section.max_parts));
         let round = tokio::task::spawn_blocking(move || {
-            let analysis = analyse_window(
-                &mut kept,
-                &store,
-                &sensors,
-                running_tag.as_deref(),
-                scope,
-                &Settings::default(),
-            );
-            (kept, analysis)
+            let (parts, one_in) = match kept.advance(&store, scope.from, scope.to) {
+                Ok(read) => read,
+                // A failed read may have left the window half-way: the next round refills it.
+                Err(error) => return (None, Err(error)),
+            };
+            let analysis = tag_traces(&sensors, parts, running_tag.as_deref()).map(|traces| {
+                let computed_at = scope.to;
+                analyse_sample(
+                    parts,
+                    one_in,
+                    &traces,
+                    scope,
+                    &Settings::default(),
+                    computed_at,
+                )
+            });
+            // The window itself is sound even when the sensors failed: keep it.
+            (Some(kept), analysis)
         })
         .await;
         let round = match round {
             Ok((kept, analysis)) => {
-                // A failed read may have left the window half-way: the next round refills it.
-                window = analysis.is_ok().then_some(kept);
+                window = kept;
                 Ok(analysis)
             }
             Err(error) => Err(error),

@@ -242,11 +242,17 @@ impl Window {
         to: DateTime<Utc>,
     ) -> Result<(&[InspectedPart], u64), AnalyseError> {
         let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
+        // Old parts go first, so they never push the sample to a coarser level.
+        self.parts.forget_before(from_ms);
         let read_on = match self.next_seq {
             Some(next) => self.read_on(store, next)?,
             None => false,
         };
-        if !read_on {
+        // A sample thinned for a busier time, now holding under a quarter of its bound, is
+        // read again at the finest level the window allows (a slow night after a busy shift).
+        let sampling = self.parts.sampling;
+        let thin = sampling.level > 0 && self.parts.parts.len() < sampling.max_parts / 4;
+        if !read_on || thin {
             self.refill(store, from)?;
         }
         self.parts.forget_before(from_ms);
@@ -444,8 +450,43 @@ mod tests {
             .is_some()
         {}
         assert!(store.first_seq() > 21, "the unread records are gone");
+        append(&store, (31..=40).map(part).collect());
         let (parts, _) = window.advance(&store, at(0), at(100_000)).expect("again");
         assert_eq!(parts, full_read(&store, 0, 100));
+        assert_eq!(
+            parts.iter().map(|p| p.part_id).collect::<Vec<_>>(),
+            (31..=40).collect::<Vec<_>>(),
+            "what is kept, read afresh"
+        );
+    }
+
+    #[test]
+    fn a_sample_thinned_for_a_busy_hour_is_read_finer_when_the_line_slows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("store");
+        // A busy first 4,000 s (a part a second), then a slow line: one part every 20 s.
+        append(&store, (1..=4_000).map(part).collect());
+        let mut window = Window::new(1_000);
+        let (parts, one_in) = window.advance(&store, at(0), at(4_001_000)).expect("busy");
+        assert!(
+            one_in > 1 && parts.len() <= 1_000,
+            "{one_in}, {}",
+            parts.len()
+        );
+        let slow: Vec<RecordBody> = (0..100u64)
+            .map(|k| {
+                let id = 4_001 + k;
+                judged_inspection(id, at(4_000_000 + 20_000 * (k as i64 + 1)), None)
+            })
+            .collect();
+        append(&store, slow);
+        // The window moves past the busy hour: the last busy part and 100 slow ones are left,
+        // fewer than a quarter of the bound, so the window reads them all again.
+        let (parts, one_in) = window
+            .advance(&store, at(4_000_000), at(6_100_000))
+            .expect("slow");
+        assert_eq!((one_in, parts.len()), (1, 101));
+        assert_eq!(parts, full_read(&store, 4_000, 6_100).as_slice());
     }
 
     #[test]
