@@ -162,8 +162,6 @@ pub struct ShiftCalendar {
     lengths: Vec<u16>,
     /// Local week, Monday 00:00 first.
     week: Box<[Slot]>,
-    /// Planned minutes in the week: any seven days in a row hold exactly this many.
-    planned_per_week: i64,
     /// `cumulative[i]`: planned minutes in the local week's first `i` minutes (`WEEK + 1`
     /// entries), for range sums and "when is this much planned time over" in O(1) and O(log).
     cumulative: Box<[u32]>,
@@ -180,6 +178,11 @@ impl std::fmt::Debug for ShiftCalendar {
 }
 
 impl ShiftCalendar {
+    /// Planned minutes in the week: any seven days in a row hold exactly this many.
+    fn planned_per_week(&self) -> i64 {
+        self.cumulative.last().map_or(0, |&total| i64::from(total))
+    }
+
     /// Every minute planned, at UTC.
     pub fn always() -> ShiftCalendar {
         ShiftCalendar::build(&[], 0).unwrap_or_else(|_| ShiftCalendar {
@@ -193,7 +196,6 @@ impl ShiftCalendar {
                     since_start: (minute % DAY) as u16,
                 })
                 .collect(),
-            planned_per_week: WEEK,
             cumulative: (0..=WEEK as u32).collect(),
         })
     }
@@ -360,7 +362,6 @@ impl ShiftCalendar {
             offset_minutes: i64::from(utc_offset_minutes),
             names: shifts.iter().map(|s| s.name.clone()).collect(),
             lengths,
-            planned_per_week: week.iter().filter(|slot| slot.planned()).count() as i64,
             cumulative: cumulative(&week),
             week: week.into_boxed_slice(),
         })
@@ -405,7 +406,7 @@ impl ShiftCalendar {
     /// Planned minutes in local minutes `[0, local)`, counted from that Monday (negative
     /// before it): two of these subtract to the planned minutes of any range in O(1).
     fn planned_before(&self, local: i64) -> i64 {
-        local.div_euclid(WEEK) * self.planned_per_week
+        local.div_euclid(WEEK) * self.planned_per_week()
             + i64::from(self.cumulative[local.rem_euclid(WEEK) as usize])
     }
 
@@ -442,7 +443,7 @@ impl ShiftCalendar {
         if work_ms <= 0 {
             return Some(from_ms);
         }
-        if self.planned_per_week == 0 {
+        if self.planned_per_week() == 0 {
             return None;
         }
         let mut left = work_ms;
@@ -458,8 +459,8 @@ impl ShiftCalendar {
         // first local minute x with k planned minutes before it, counted from there.
         let k = (left - 1) / MINUTE_MS + 1;
         let target = self.planned_before(self.local(minute + 1)).checked_add(k)?;
-        let weeks = (target - 1).div_euclid(self.planned_per_week);
-        let in_week = target - weeks * self.planned_per_week;
+        let weeks = (target - 1).div_euclid(self.planned_per_week());
+        let in_week = target - weeks * self.planned_per_week();
         let r = self.cumulative.partition_point(|&c| i64::from(c) < in_week) as i64;
         let x = weeks.checked_mul(WEEK)?.checked_add(r)?;
         let last_minute = x - 1 - self.offset_minutes - 3 * DAY;
