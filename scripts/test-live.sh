@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live checks against a running station binary on the simulated line:
-#   1. the live, MES and what-if pages in headless Chromium (Playwright),
+#   1. the live, labelling, MES and what-if pages in headless Chromium (Playwright),
 #   2. the HTTP API against its OpenAPI description (schemathesis),
 #   3. kill -9: every record the API acknowledged is still there after a restart,
 #   4. Ctrl-C (SIGINT) stops the station cleanly.
@@ -31,6 +31,8 @@ base="http://127.0.0.1:$port"
 export LINESIGHT_ADMIN_TOKEN="live-test-$$"
 mkdir -p "$work/data"
 operator="$("$bin" token create --role operator --name live-operator --data-dir "$work/data" 2>/dev/null)"
+# A quality engineer's, for the labelling page.
+engineer="$("$bin" token create --role engineer --name live-engineer --data-dir "$work/data" 2>/dev/null)"
 # The MES's token, for schemathesis.
 mes="$("$bin" token create --role mes-client --name live-mes --data-dir "$work/data" 2>/dev/null)"
 auth=(-H "Authorization: Bearer $operator")
@@ -60,6 +62,8 @@ start_station
 wait_for_part 5 # some parts through the gate
 
 check "live page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/live.mjs "$base" "$work"
+check "labelling page in Chromium" \
+  env LINESIGHT_TOKEN="$engineer" LINESIGHT_OPERATOR_TOKEN="$operator" node tests/ui/label.mjs "$base" "$work"
 check "what-if page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/whatif.mjs "$base" "$work"
 check "API conforms to its OpenAPI description (schemathesis)" \
   env LINESIGHT_MES_TOKEN="$mes" LINESIGHT_ADMIN_TOKEN="$LINESIGHT_ADMIN_TOKEN" bash tests/api/schemathesis.sh "$base"

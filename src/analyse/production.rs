@@ -649,6 +649,8 @@ mod tests {
             defect_class: class.map(str::to_owned),
             note: None,
             by: "eng-1".into(),
+            image: None,
+            regions: Vec::new(),
         })
     }
 

@@ -309,6 +309,8 @@ mod tests {
             defect_class: None,
             note: Some("dust".into()),
             by: "eng".into(),
+            image: None,
+            regions: Vec::new(),
         };
         let card = CardHead {
             name: "net".into(),

@@ -1,7 +1,7 @@
 //! The journal: every record the station keeps, one after another, each with its sequence number.
 //!
 //! A record is a [`RecordBody`] (an inspection, a model change, a label, an alarm, a work-order
-//! change, an audit entry) in an envelope that says when it was recorded, by which station, and
+//! change, an audit entry, an operator's flag) in an envelope that says when it was recorded, by which station, and
 //! at which place in the journal (`seq`). Sequence numbers are strictly increasing and have no
 //! gaps: a client that has seen `seq = n` has seen everything before it.
 //!
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RecordError;
 use super::inspection::InspectionRecord;
+use super::regions::Region;
 use crate::part::Verdict;
 
 /// One record of the journal, as stored and as served.
@@ -44,6 +45,7 @@ pub enum RecordBody {
     Alarm(AlarmRecord),
     WorkOrder(WorkOrderRecord),
     Audit(AuditRecord),
+    Flag(FlagRecord),
 }
 
 /// The kinds of record, for filters and the per-kind index.
@@ -56,16 +58,18 @@ pub enum RecordKind {
     Alarm = 4,
     WorkOrder = 5,
     Audit = 6,
+    Flag = 7,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::Inspection,
         RecordKind::ModelChange,
         RecordKind::Label,
         RecordKind::Alarm,
         RecordKind::WorkOrder,
         RecordKind::Audit,
+        RecordKind::Flag,
     ];
 
     /// The name used in JSON, filters and topics.
@@ -77,6 +81,7 @@ impl RecordKind {
             RecordKind::Alarm => "alarm",
             RecordKind::WorkOrder => "work_order",
             RecordKind::Audit => "audit",
+            RecordKind::Flag => "flag",
         }
     }
 
@@ -107,6 +112,7 @@ impl RecordBody {
             RecordBody::Alarm(_) => RecordKind::Alarm,
             RecordBody::WorkOrder(_) => RecordKind::WorkOrder,
             RecordBody::Audit(_) => RecordKind::Audit,
+            RecordBody::Flag(_) => RecordKind::Flag,
         }
     }
 }
@@ -143,6 +149,25 @@ pub struct LabelRecord {
     pub defect_class: Option<String>,
     pub note: Option<String>,
     /// Who labelled it (the name of their credential).
+    pub by: String,
+    /// The image (SHA-256 of its PNG) the regions are drawn on: the part's recorded image, or
+    /// one of its views'. Absent from labels without regions and from older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Where the defects are, on `image`; empty for a whole-image label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<Region>,
+}
+
+/// Someone on the line says a verdict looks wrong: the part goes to the front of the
+/// labelling queue. A flag asks for a judgement; it changes no result (a label does that).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlagRecord {
+    pub part_id: u64,
+    /// What looked wrong, in the flagger's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Who flagged it (the name of their credential).
     pub by: String,
 }
 

@@ -11,10 +11,12 @@
 //! into an inspection record, writing whatever has queued up in one group commit, and retries a
 //! failed write until it succeeds, counting every failure.
 
+pub mod coco;
 pub mod explain;
 pub mod images;
 mod inspection;
 pub mod journal;
+pub mod regions;
 mod retention;
 mod schema;
 mod store;
@@ -30,10 +32,11 @@ pub use inspection::{
     build_record, gray_png, heat_map_png, run_recorder,
 };
 pub use journal::{
-    AlarmEvent, AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, LabelRecord,
-    ModelAction, ModelEvent, RawRecord, Record, RecordBody, RecordKind, ShelvingKind, WorkOrder,
-    WorkOrderAction, WorkOrderRecord,
+    AlarmEvent, AlarmRecord, AlarmSeverity, AlarmState, AuditRecord, Filter, FlagRecord,
+    LabelRecord, ModelAction, ModelEvent, RawRecord, Record, RecordBody, RecordKind, ShelvingKind,
+    WorkOrder, WorkOrderAction, WorkOrderRecord,
 };
+pub use regions::{Region, RegionError, Shape};
 pub use retention::run_archiver;
 pub use schema::SCHEMA_VERSION;
 pub use store::{ArchiveReport, Page, Store, VerifyReport, WorkOrderState, open_sled};

@@ -615,6 +615,18 @@ impl Store {
         Ok(records)
     }
 
+    /// Every labelled part with the sequence number of its latest label, read from the index
+    /// alone (no record is decoded): what the labelling queue needs to tell done from to do.
+    pub fn latest_labels(&self) -> Result<std::collections::HashMap<u64, u64>, RecordError> {
+        let mut latest = std::collections::HashMap::new();
+        for entry in self.handles()?.trees.label_seq.iter() {
+            let (key, _) = entry?;
+            // Keys sort by part, then seq: the last one seen for a part is its latest.
+            latest.insert(be_u64(&key[..8]), be_u64(&key[8..]));
+        }
+        Ok(latest)
+    }
+
     /// Every model change, oldest first.
     pub fn model_events(&self) -> Result<Vec<ModelEvent>, RecordError> {
         Ok(self

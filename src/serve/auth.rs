@@ -57,10 +57,16 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Operator => matches!(action, Read | RespondToAlarms),
+            Role::Operator => matches!(action, Read | RespondToAlarms | Flag),
             Role::Engineer => matches!(
                 action,
-                Read | Pull | Label | ChangeModels | RespondToAlarms | AlarmService | PushSensors
+                Read | Pull
+                    | Label
+                    | Flag
+                    | ChangeModels
+                    | RespondToAlarms
+                    | AlarmService
+                    | PushSensors
             ),
             Role::MesClient => matches!(action, Read | Pull | WorkOrders | PushSensors),
         }
@@ -86,14 +92,17 @@ impl std::fmt::Display for Role {
 }
 
 /// Groups of routes, each allowed to some roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Permission {
     /// Station state, records, images, the live page, the live stream, metrics.
     Read,
     /// The MES pull and its acknowledgements.
     Pull,
-    /// Labelling parts.
+    /// Labelling parts, and the labelling queue and page.
     Label,
+    /// Flagging a verdict as wrong (people on the line, not systems).
+    Flag,
     /// Promote, roll back, shadow.
     ChangeModels,
     /// Releasing, starting and completing work orders.
@@ -106,6 +115,41 @@ pub enum Permission {
     AlarmService,
     /// Tokens and the audit log.
     Admin,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 10] = [
+        Permission::Read,
+        Permission::Pull,
+        Permission::Label,
+        Permission::Flag,
+        Permission::ChangeModels,
+        Permission::WorkOrders,
+        Permission::PushSensors,
+        Permission::RespondToAlarms,
+        Permission::AlarmService,
+        Permission::Admin,
+    ];
+}
+
+/// Who is asking, and what they may do: the pages show only what the role can use.
+#[derive(Debug, Serialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: Role,
+    pub may: Vec<Permission>,
+}
+
+/// `GET /api/v1/whoami`.
+pub(super) async fn whoami(axum::Extension(who): axum::Extension<Principal>) -> axum::Json<WhoAmI> {
+    axum::Json(WhoAmI {
+        may: Permission::ALL
+            .into_iter()
+            .filter(|p| who.role.may(*p))
+            .collect(),
+        name: who.name,
+        role: who.role,
+    })
 }
 
 /// Who made a request.
@@ -730,6 +774,7 @@ mod tests {
         use Permission::*;
         assert!(Role::Operator.may(Read));
         assert!(!Role::Operator.may(Pull) && !Role::Operator.may(Label));
+        assert!(Role::Operator.may(Flag) && !Role::MesClient.may(Flag));
         assert!(Role::Engineer.may(Label) && Role::Engineer.may(ChangeModels));
         assert!(!Role::Engineer.may(WorkOrders) && !Role::Engineer.may(Admin));
         assert!(Role::MesClient.may(Pull) && Role::MesClient.may(WorkOrders));

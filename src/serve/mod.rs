@@ -23,6 +23,7 @@ pub mod b2mml;
 mod charts;
 mod halt_line;
 pub mod kpis;
+pub mod labelling;
 pub mod live;
 mod maintenance;
 mod models;
@@ -64,6 +65,7 @@ const LIVE_PAGE: &str = include_str!("live.html");
 const LOGIN_PAGE: &str = include_str!("login.html");
 const WHATIF_PAGE: &str = include_str!("whatif.html");
 const MES_PAGE: &str = include_str!("mes.html");
+const LABEL_PAGE: &str = include_str!("label.html");
 /// The stylesheet the desk pages (MES, what-if) share.
 const PAGES_CSS: &str = include_str!("pages.css");
 /// uPlot, the charting library of the MES page, as its npm release ships it (MIT; see
@@ -77,6 +79,10 @@ pub const TOKEN_COOKIE: &str = "linesight_token";
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Largest label, or labels import, accepted: a brush mask of a 5-megapixel image in
+/// run-length encoding, or a COCO file of many, outgrows the general limit.
+pub const MAX_LABEL_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest sensor batch accepted (`POST /api/v1/samples`).
 pub const MAX_PUSH_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -228,6 +234,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/", get(live_page))
         .route("/whatif", get(whatif_page))
         .route("/mes", get(mes_page))
+        .route("/label", get(label_page))
         .route(
             "/assets/uplot.js",
             get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
@@ -241,6 +248,7 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
         )
         .route("/api/v1/station", need(Read, get(station)))
+        .route("/api/v1/whoami", need(Read, get(auth::whoami)))
         .route("/api/v1/records", need(Pull, get(records::pull)))
         .route(
             "/api/v1/records/ack",
@@ -259,12 +267,16 @@ pub fn router(state: ApiState) -> Router {
             need(Read, get(records::explain_inspection)),
         )
         .route(
-            "/api/v1/inspections/{part_id}/labels",
-            need(Read, get(records::list_labels)).merge(need(Label, post(records::add_label))),
-        )
-        .route(
             "/api/v1/images/{digest}",
             need(Read, get(records::get_image)),
+        )
+        .route(
+            "/api/v1/inspections/{part_id}/flag",
+            need(Flag, post(labelling::flag)),
+        )
+        .route(
+            "/api/v1/labelling/queue",
+            need(Label, get(labelling::queue)),
         )
         .route("/api/v1/events", need(Read, get(live::events)))
         .route("/api/v1/kpis", need(Read, get(kpis::kpis)))
@@ -390,6 +402,23 @@ pub fn router(state: ApiState) -> Router {
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Sensor batches are larger than any other request: their own limit, added after
         // the general one so it is the only one they meet.
+        .merge(
+            Router::new()
+                .route(
+                    "/api/v1/inspections/{part_id}/labels",
+                    need(Read, get(records::list_labels))
+                        .merge(need(Label, post(records::add_label))),
+                )
+                .route(
+                    "/api/v1/labels/coco",
+                    need(
+                        Label,
+                        get(labelling::export_coco).post(labelling::import_coco),
+                    ),
+                )
+                .layer(RequestBodyLimitLayer::new(MAX_LABEL_BODY_BYTES))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_LABEL_BODY_BYTES)),
+        )
         .merge(
             Router::new()
                 .route("/api/v1/samples", need(PushSensors, post(sensors::push)))
@@ -625,6 +654,29 @@ async fn whatif_page(State(api): State<ApiState>, headers: HeaderMap) -> Respons
 /// The MES view: KPIs, Pareto, control charts, work orders, root cause, maintenance (any role).
 async fn mes_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
     signed_in_page(&api, &headers, MES_PAGE).await
+}
+
+/// The labelling page: engineers and admins (the roles that may label).
+async fn label_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
+    let who = match credential(&headers) {
+        Some(token) => identify(&api.tokens, token).await,
+        None => None,
+    };
+    match who {
+        None => Redirect::to("/login").into_response(),
+        Some(who) if !who.role.may(Permission::Label) => (
+            StatusCode::FORBIDDEN,
+            Html(format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Linesight: labelling</title>\
+                 <link rel=\"stylesheet\" href=\"/assets/pages.css\"></head><body><main>\
+                 <h1>Labelling</h1><p role=\"alert\">The {} role may not label parts. \
+                 <a href=\"/\">Back to the live page</a></p></main></body></html>",
+                who.role
+            )),
+        )
+            .into_response(),
+        Some(_) => Html(LABEL_PAGE).into_response(),
+    }
 }
 
 /// A library the pages load, compiled in: a plant network has no CDN.

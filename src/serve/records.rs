@@ -24,8 +24,9 @@ use super::{ApiError, ApiState};
 use crate::models::card::CardHead;
 use crate::part::Verdict;
 use crate::record::explain::Explanation;
+use crate::record::regions::check_regions;
 use crate::record::{
-    Filter, LabelRecord, Page, RawRecord, Record, RecordBody, RecordError, RecordKind,
+    Filter, LabelRecord, Page, RawRecord, Record, RecordBody, RecordError, RecordKind, Region,
 };
 
 /// Largest page of one pull.
@@ -531,6 +532,12 @@ pub(super) struct LabelRequest {
     verdict: LabelVerdict,
     defect_class: Option<String>,
     note: Option<String>,
+    /// The image the regions are drawn on (the part's, or one of its views'); required with
+    /// regions.
+    image: Option<String>,
+    /// Where the defects are, in `image`'s pixels.
+    #[serde(default)]
+    regions: Vec<Region>,
 }
 
 /// A person says pass or fail; "error" is the station's word for "could not judge".
@@ -576,6 +583,20 @@ pub(super) async fn add_label(
         .store
         .inspection(part_id)?
         .ok_or_else(|| ApiError::NotFound(format!("no record of part {part_id}")))?;
+    if verdict == Verdict::Pass && !request.regions.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a part labelled pass has no defect regions".into(),
+        ));
+    }
+    if let Some(image) = &request.image {
+        let (width, height) = part_image_size(&api, &inspection, image)?;
+        check_regions(&request.regions, width, height, |c| valid_text(c, 64))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    } else if !request.regions.is_empty() {
+        return Err(ApiError::BadRequest(
+            "regions are drawn on an image: name it in `image`".into(),
+        ));
+    }
     // A label supersedes the part's latest result: its last label, else its inspection.
     let supersedes = api
         .store
@@ -589,10 +610,46 @@ pub(super) async fn add_label(
         defect_class: request.defect_class,
         note: request.note,
         by: who.name.clone(),
+        image: request.image,
+        regions: request.regions,
     });
     let audit = RecordBody::Audit(who.audit("label.create", &format!("part {part_id}")));
     let mut written = api.store.append_all(vec![label, audit]).await?;
     Ok((StatusCode::CREATED, Json(written.remove(0))))
+}
+
+/// The size of `digest`, which must be the recorded image of the part, or of one of its views.
+pub(super) fn part_image_size(
+    api: &ApiState,
+    inspection: &Record,
+    digest: &str,
+) -> Result<(u32, u32), ApiError> {
+    let RecordBody::Inspection(part) = &inspection.body else {
+        return Err(ApiError::NotFound("no inspection record".into()));
+    };
+    let of_part = part.image.as_deref() == Some(digest)
+        || part
+            .views
+            .iter()
+            .any(|v| v.image.as_deref() == Some(digest));
+    if !of_part {
+        return Err(ApiError::BadRequest(format!(
+            "image {digest} is not an image of part {}",
+            part.part_id
+        )));
+    }
+    let path = api.store.images().path(digest).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "image {digest} of part {} is no longer kept (evicted for disk space)",
+            part.part_id
+        ))
+    })?;
+    image::image_dimensions(&path).map_err(|e| {
+        ApiError::Internal(RecordError::Image {
+            path,
+            source: std::io::Error::other(e),
+        })
+    })
 }
 
 /// Text a person typed: not empty, not too long, no control characters.

@@ -20,6 +20,7 @@ mod failsafe;
 mod gate;
 mod genicam;
 mod interop;
+mod labelling;
 mod line;
 mod mes;
 mod models;
@@ -40,6 +41,8 @@ mod twin;
 mod views;
 
 use std::path::Path;
+
+use serde_json::Value;
 
 pub use common::{backbone_weights, repo, write_mvtec_parts, write_png, write_tile_dataset};
 use linesight::config::StationConfig;
@@ -113,6 +116,37 @@ pub fn python() -> std::path::PathBuf {
         python.display()
     );
     python
+}
+
+/// A client of a station's HTTP API holding one bearer token.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Client {
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let response = request.bearer_auth(&self.token).send().await.expect("HTTP");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.expect("body"))
+    }
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
 }
 
 /// Kills a child process when the test ends, pass or fail.

@@ -10,37 +10,7 @@ use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, eventually, simulated_station, station_config};
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> (u16, reqwest::header::HeaderMap, String) {
-        let response = request.bearer_auth(&self.token).send().await.expect("HTTP");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        (status, headers, response.text().await.expect("body"))
-    }
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let (status, _, body) = self
-            .send(self.http.get(format!("{}{path}", self.base)))
-            .await;
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let (status, _, body) = self
-            .send(self.http.post(format!("{}{path}", self.base)).json(&body))
-            .await;
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-}
+use crate::{CPU_HEAVY, Client, eventually, simulated_station, station_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {

@@ -134,6 +134,28 @@ await finish(async () => {
     const cameras = await page.$$eval('#explain-looks tbody tr td:first-child', (cells) => cells.map((c) => c.textContent));
     expect(cameras.length === expected.looks.length, `${cameras.length} rows for ${expected.looks.length} looks`);
     await page.screenshot({ path: path.join(outDir, 'live-explanation.png') });
+  });
+
+  // The operator says the verdict looks wrong: the station records a flag (the engineers'
+  // labelling queue puts the part first; tests/ui/label.mjs and tests/integration/labelling.rs
+  // check the queue).
+  await check('an operator flags the explained verdict as wrong, with a note', async () => {
+    const partId = await page.getAttribute('#explanation', 'data-part-id');
+    await page.waitForSelector('#flag-form:not([hidden])', { timeout: 5_000 });
+    expect(await page.isHidden('#nav-label'), 'an operator is not offered the labelling page');
+    await page.fill('#flag-note', 'flagged from the live page');
+    const [response] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith(`/api/v1/inspections/${partId}/flag`), { timeout: 5_000 }),
+      page.click('#flag-button'),
+    ]);
+    expect(response.status() === 201, `the flag was answered ${response.status()}`);
+    const flag = await response.json();
+    expect(flag.kind === 'flag' && flag.note === 'flagged from the live page', `recorded ${JSON.stringify(flag)}`);
+    await page.waitForFunction(
+      (id) => document.getElementById('flag-status')?.textContent === `Part ${id} flagged for review.`,
+      partId,
+      { timeout: 5_000 },
+    ).catch(() => { throw new Error('the page did not confirm the flag'); });
     await page.click('#explain-close');
     expect(await page.isHidden('#explanation'), 'the explanation closes');
   });

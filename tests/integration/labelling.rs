@@ -1,0 +1,293 @@
+//! Labelling over HTTP on a running station: an operator flags a verdict, the flagged part
+//! leads the engineer's queue, a label carries boxes, polygons and a pixel mask on the part's
+//! own image and is refused with a reason when a region does not fit, and the labelled part
+//! leaves the queue. Roles: operators flag but neither label nor see the queue or its page.
+
+use linesight::serve::{Role, Tokens, router};
+use linesight::station::RunOptions;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CPU_HEAVY, Client, eventually, simulated_station, station_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = station_config(dir.path(), &[]);
+    let tokens = Tokens::open(dir.path(), None).expect("tokens");
+    let token = |name: &str, role| tokens.create(name, role, "test").expect("token").token;
+    let (operator_token, engineer_token, mes_token) = (
+        token("op-1", Role::Operator),
+        token("eng-1", Role::Engineer),
+        token("mes-1", Role::MesClient),
+    );
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let store = station.store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let stop = CancellationToken::new();
+    let line = tokio::spawn(station.run(RunOptions { max_parts: None }, stop.clone()));
+    let http = reqwest::Client::new();
+    let client = |token: &str| Client {
+        http: http.clone(),
+        base: base.clone(),
+        token: token.to_owned(),
+    };
+    let (operator, engineer, mes) = (
+        client(&operator_token),
+        client(&engineer_token),
+        client(&mes_token),
+    );
+
+    eventually("10 inspected parts with images", || async {
+        store
+            .inspection_records(None, 50)
+            .expect("read")
+            .iter()
+            .filter(|p| p.image.is_some())
+            .count()
+            >= 10
+    })
+    .await;
+    let parts = store.inspection_records(None, 50).expect("read");
+    let part = parts
+        .iter()
+        .rev()
+        .find(|p| p.image.is_some())
+        .expect("a part with an image");
+    let (part_id, digest) = (part.part_id, part.image.clone().expect("image"));
+    let other_image = parts
+        .iter()
+        .find(|p| p.part_id != part_id && p.image.is_some() && p.image != part.image)
+        .and_then(|p| p.image.clone())
+        .expect("another part's image");
+
+    // The operator flags the (oldest) part; systems may not, and unknown parts are 404.
+    let flag_path = format!("/api/v1/inspections/{part_id}/flag");
+    let (status, flag) = operator
+        .post(&flag_path, json!({"note": "looks clean to me"}))
+        .await;
+    assert_eq!(status, 201, "{flag}");
+    assert_eq!(
+        (flag["kind"].as_str(), flag["by"].as_str()),
+        (Some("flag"), Some("op-1"))
+    );
+    let (status, _) = mes.post(&flag_path, json!({})).await;
+    assert_eq!(status, 403, "the MES does not flag");
+    let (status, body) = operator
+        .post("/api/v1/inspections/999999999/flag", json!({}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = operator.post(&flag_path, json!({"note": ""})).await;
+    assert_eq!(status, 400, "{body}");
+
+    // The queue: engineers only, the flagged part first with its note.
+    let (status, _) = operator.get("/api/v1/labelling/queue").await;
+    assert_eq!(status, 403, "operators do not label");
+    let (status, queue) = engineer.get("/api/v1/labelling/queue?limit=20").await;
+    assert_eq!(status, 200, "{queue}");
+    let first = &queue["items"][0];
+    assert_eq!(first["part_id"], part_id, "{queue}");
+    assert_eq!(first["reasons"][0], "flagged");
+    assert_eq!(first["flag_note"], "looks clean to me");
+    assert_eq!(first["image"], digest.as_str());
+    let (status, body) = engineer.get("/api/v1/labelling/queue?limit=0").await;
+    assert_eq!(status, 400, "{body}");
+
+    // The image's size bounds the regions.
+    let png = http
+        .get(format!("{base}/api/v1/images/{digest}"))
+        .bearer_auth(&engineer_token)
+        .send()
+        .await
+        .expect("image")
+        .bytes()
+        .await
+        .expect("bytes");
+    let image = image::load_from_memory(&png).expect("a PNG");
+    let (w, h) = (image.width(), image.height());
+    let pixels = w * h;
+    // Coordinates are floats (sub-pixel outlines), so they come back as sent.
+    // A mask of a 3-pixel run in column 2: column-major, so it starts at 2*h + 1.
+    let counts = json!([2 * h + 1, 3, pixels - 2 * h - 4]);
+    let label = json!({
+        "verdict": "fail", "defect_class": "scratch", "image": digest,
+        "regions": [
+            {"class": "scratch", "shape": {"kind": "polygon", "points": [[1.0, 1.0], [10.5, 1.0], [10.0, 8.0], [1.0, 8.0]]}},
+            {"class": "scratch", "shape": {"kind": "box", "x": 2.0, "y": 3.0, "width": 4.0, "height": 5.5}},
+            {"class": "dent", "shape": {"kind": "mask", "size": [h, w], "counts": counts}},
+        ],
+    });
+    let labels_path = format!("/api/v1/inspections/{part_id}/labels");
+    let (status, _) = operator.post(&labels_path, label.clone()).await;
+    assert_eq!(status, 403, "operators do not label");
+    let refusals: [(Value, &str); 5] = [
+        (
+            json!({"verdict": "fail", "image": digest, "regions": [{"class": "scratch",
+                "shape": {"kind": "polygon", "points": [[1, 1], [f64::from(w) + 5.0, 1], [2, 2]]}}]}),
+            "region 0:",
+        ),
+        (
+            json!({"verdict": "fail", "image": digest, "regions": [{"class": "dent",
+                "shape": {"kind": "mask", "size": [h, w], "counts": [pixels - 1]}}]}),
+            "counts add up",
+        ),
+        (
+            json!({"verdict": "fail", "regions": label["regions"]}),
+            "name it in `image`",
+        ),
+        (
+            json!({"verdict": "fail", "image": other_image, "regions": label["regions"]}),
+            "is not an image of part",
+        ),
+        (
+            json!({"verdict": "pass", "image": digest, "regions": label["regions"]}),
+            "no defect regions",
+        ),
+    ];
+    for (body, why) in refusals {
+        let (status, _, text) = engineer
+            .send(http.post(format!("{base}{labels_path}")).json(&body))
+            .await;
+        assert_eq!(status, 400, "{body} was accepted: {text}");
+        assert!(text.contains(why), "{text} does not say {why}");
+    }
+    let (status, written) = engineer.post(&labels_path, label.clone()).await;
+    assert_eq!(status, 201, "{written}");
+    let (status, labels) = engineer.get(&labels_path).await;
+    assert_eq!(status, 200);
+    let latest = labels
+        .as_array()
+        .and_then(|items| items.last())
+        .expect("a label");
+    assert_eq!(latest["regions"], label["regions"], "regions kept as sent");
+    assert_eq!(latest["image"], digest.as_str());
+
+    // COCO: the export holds the label; importing it back changes nothing; a changed file
+    // writes a new label; a file that does not fit refuses everything and says why.
+    let (status, dataset) = engineer.get("/api/v1/labels/coco").await;
+    assert_eq!(status, 200, "{dataset}");
+    let image = dataset["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .find(|i| i["id"] == part_id)
+        .expect("the labelled part is exported");
+    assert_eq!(image["file_name"], format!("{digest}.png"));
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(w.into()), Some(h.into()))
+    );
+    let annotations: Vec<&Value> = dataset["annotations"]
+        .as_array()
+        .expect("annotations")
+        .iter()
+        .filter(|a| a["image_id"] == part_id)
+        .collect();
+    assert_eq!(annotations.len(), 3, "polygon, box and mask");
+    assert_eq!(annotations[2]["iscrowd"], 1, "the mask is RLE");
+    let (status, report) = engineer.post("/api/v1/labels/coco", dataset.clone()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report, json!({"written": 0, "unchanged": 1}));
+    let (status, _) = operator.post("/api/v1/labels/coco", dataset.clone()).await;
+    assert_eq!(status, 403, "operators do not import labels");
+    let mut changed = dataset.clone();
+    changed["annotations"]
+        .as_array_mut()
+        .expect("annotations")
+        .retain(|a| !(a["image_id"] == part_id && a["iscrowd"] == 1));
+    let mut broken = changed.clone();
+    broken["images"].as_array_mut().expect("images").push(json!({
+        "id": 999_999_999u64, "file_name": format!("{}.png", "0".repeat(64)), "width": 1, "height": 1
+    }));
+    let labels_before = store.labels(part_id).expect("labels").len();
+    let (status, _, text) = engineer
+        .send(
+            http.post(format!("{base}/api/v1/labels/coco"))
+                .json(&broken),
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("no record of part 999999999"), "{text}");
+    assert_eq!(
+        store.labels(part_id).expect("labels").len(),
+        labels_before,
+        "nothing written"
+    );
+    let (status, report) = engineer.post("/api/v1/labels/coco", changed).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report, json!({"written": 1, "unchanged": 0}));
+    let (_, labels) = engineer.get(&labels_path).await;
+    let latest = labels.as_array().and_then(|l| l.last()).expect("label");
+    assert_eq!(
+        latest["regions"].as_array().map(Vec::len),
+        Some(2),
+        "the mask is gone"
+    );
+    assert_eq!(latest["note"], "imported from COCO");
+
+    // Labelled and no longer flagged: the part leaves the queue; a new flag brings it back.
+    let (_, queue) = engineer.get("/api/v1/labelling/queue?limit=200").await;
+    let listed = |queue: &Value| {
+        queue["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["part_id"] == part_id)
+    };
+    assert!(!listed(&queue), "a labelled part left the queue");
+    assert!(
+        queue["classes"]
+            .as_array()
+            .expect("classes")
+            .iter()
+            .all(|c| c.is_string())
+    );
+    let (_, with_labelled) = engineer
+        .get("/api/v1/labelling/queue?limit=200&labelled=true")
+        .await;
+    assert!(listed(&with_labelled), "labelled parts on request");
+    // A flag without a body at all (one tap on the line).
+    let (status, _, text) = operator.send(http.post(format!("{base}{flag_path}"))).await;
+    assert_eq!(status, 201, "{text}");
+    let (_, queue) = engineer.get("/api/v1/labelling/queue?limit=5").await;
+    assert_eq!(queue["items"][0]["part_id"], part_id, "flagged again");
+
+    // The labelling page: engineers see it, operators are told why not, strangers sign in.
+    let page = |token: Option<&str>| {
+        let mut request = http.get(format!("{base}/label"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("page") }
+    };
+    let response = page(Some(&engineer_token)).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.expect("html").contains("<canvas"));
+    let response = page(Some(&operator_token)).await;
+    assert_eq!(response.status(), 403);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("html")
+            .contains("operator role may not label")
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = no_redirects
+        .get(format!("{base}/label"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(response.status(), 303);
+
+    stop.cancel();
+    line.await.expect("joins").expect("station ran");
+}
