@@ -4,7 +4,8 @@
 //! One COCO image per labelled part: its `file_name` is the recorded image's content address
 //! (`<sha256>.png`, served at `/api/v1/images/<sha256>`), its `id` the part id. Regions become
 //! annotations: a polygon a `segmentation` polygon, a mask an uncompressed-RLE `segmentation`
-//! (`iscrowd: 1`, as COCO writes RLE), a box a `bbox` with an empty `segmentation`. What COCO
+//! (`iscrowd: 0`, so training tools use it), a box a `bbox` with an empty `segmentation` (a
+//! box-only annotation, which pycocotools cannot turn into a mask). What COCO
 //! has no field for (the whole-image verdict and class) rides in a `linesight` object on the
 //! image, which other tools keep or drop; without it an image with annotations is a fail of
 //! its most frequent class and one without is a pass.
@@ -135,12 +136,13 @@ pub fn export(labelled: &[LabelledImage]) -> CocoDataset {
                     Segmentation::Polygons(vec![points.iter().flatten().copied().collect()]),
                     0,
                 ),
+                // RLE with iscrowd 0: training tools (Detectron2, MMDetection) skip crowds.
                 Shape::Mask { size, counts } => (
                     Segmentation::Rle {
                         size: *size,
                         counts: counts.clone(),
                     },
-                    1,
+                    0,
                 ),
             };
             annotations.push(CocoAnnotation {
@@ -207,6 +209,12 @@ pub fn import(dataset: &CocoDataset) -> Result<Vec<ImportedLabel>, CocoError> {
         problems.push(format!(
             "annotations name image {image_id}, which is not listed"
         ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for image in &dataset.images {
+        if !seen.insert(image.id) {
+            problems.push(format!("image {} is listed twice", image.id));
+        }
     }
     let mut labels = Vec::new();
     for image in &dataset.images {
@@ -382,7 +390,7 @@ mod tests {
         );
         assert_eq!(dataset.annotations.len(), 3);
         let mask = &dataset.annotations[2];
-        assert_eq!((mask.iscrowd, mask.area), (1, 2.0));
+        assert_eq!((mask.iscrowd, mask.area), (0, 2.0));
         assert_eq!(mask.bbox, [1.0, 1.0, 1.0, 2.0]);
         // Through JSON, as a file would travel.
         let json = serde_json::to_string(&dataset).expect("encodes");
@@ -424,7 +432,8 @@ mod tests {
         );
 
         let bad = r#"{
-            "images": [{"id": 1, "file_name": "photo.jpg", "width": 8, "height": 6}],
+            "images": [{"id": 1, "file_name": "photo.jpg", "width": 8, "height": 6},
+                       {"id": 1, "file_name": "photo.jpg", "width": 8, "height": 6}],
             "annotations": [
                 {"id": 7, "image_id": 5, "category_id": 1, "bbox": [0,0,1,1]}
             ],

@@ -94,6 +94,9 @@ impl Shape {
                         u64::from(width) * u64::from(height)
                     ));
                 }
+                if self.area() == 0.0 {
+                    return Err("a mask marks at least one pixel".into());
+                }
             }
         }
         Ok(())
@@ -162,6 +165,68 @@ impl Shape {
                 twice.abs() / 2.0
             }
             Shape::Mask { counts, .. } => counts.iter().skip(1).step_by(2).map(|&c| c as f32).sum(),
+        }
+    }
+}
+
+impl Region {
+    /// Sets the pixels the region covers to 255 in a row-major `width` × `height` mask: a
+    /// pixel is covered when its centre lies inside the shape (even-odd rule for polygons).
+    /// What lies outside the mask is ignored, so an unchecked shape cannot write out of bounds.
+    pub fn paint(&self, mask: &mut [u8], width: u32, height: u32) {
+        let (w, h) = (width as usize, height as usize);
+        if mask.len() != w * h {
+            return;
+        }
+        // The columns whose centres lie in [x0, x1).
+        let span = |x0: f32, x1: f32| {
+            let first = (x0 - 0.5).ceil().max(0.0) as usize;
+            let end = ((x1 - 0.5).ceil().max(0.0) as usize).min(w);
+            first..end
+        };
+        match &self.shape {
+            Shape::Box {
+                x,
+                y,
+                width: bw,
+                height: bh,
+            } => {
+                for row in span(*y, y + bh).take_while(|r| *r < h) {
+                    mask[row * w..][span(*x, x + bw)].fill(255);
+                }
+            }
+            Shape::Polygon { points } => {
+                let mut crossings = Vec::new();
+                for (row, line) in mask.chunks_exact_mut(w.max(1)).enumerate().take(h) {
+                    let yc = row as f32 + 0.5;
+                    crossings.clear();
+                    for ([x0, y0], [x1, y1]) in points.iter().zip(points.iter().cycle().skip(1)) {
+                        if (*y0 <= yc) != (*y1 <= yc) {
+                            crossings.push(x0 + (yc - y0) * (x1 - x0) / (y1 - y0));
+                        }
+                    }
+                    crossings.sort_by(f32::total_cmp);
+                    for pair in crossings.chunks_exact(2) {
+                        line[span(pair[0], pair[1])].fill(255);
+                    }
+                }
+            }
+            Shape::Mask { size, counts } => {
+                if *size != [height, width] {
+                    return;
+                }
+                let mut at = 0usize;
+                for (i, &run) in counts.iter().enumerate() {
+                    let end = (at + run as usize).min(w * h);
+                    if i % 2 == 1 {
+                        // Column-major index i is pixel (i / h, i % h).
+                        for index in at..end {
+                            mask[(index % h) * w + index / h] = 255;
+                        }
+                    }
+                    at = end;
+                }
+            }
         }
     }
 }
@@ -270,6 +335,13 @@ mod tests {
                 },
                 "not 44",
             ),
+            (
+                Shape::Mask {
+                    size: [6, 8],
+                    counts: vec![48],
+                },
+                "at least one pixel",
+            ),
         ];
         for (shape, why) in cases {
             let error = check_regions(&[region(shape.clone())], 8, 6, any_class)
@@ -315,6 +387,48 @@ mod tests {
         };
         assert_eq!(empty.bounding_box(), None);
         assert_eq!(empty.area(), 0.0);
+    }
+
+    #[test]
+    fn regions_paint_the_pixels_whose_centres_they_cover() {
+        let (w, h) = (6u32, 4u32);
+        let painted = |shape: Shape| {
+            let mut mask = vec![0u8; (w * h) as usize];
+            region(shape).paint(&mut mask, w, h);
+            mask.chunks(w as usize)
+                .map(|row| {
+                    row.iter()
+                        .map(|&p| if p > 0 { '#' } else { '.' })
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+        };
+        let square = Shape::Box {
+            x: 1.0,
+            y: 1.0,
+            width: 2.0,
+            height: 2.0,
+        };
+        assert_eq!(painted(square), ["......", ".##...", ".##...", "......"]);
+        // A right triangle over the whole image: row centres 0.5..3.5 cut it at x = 6·(1 − y/4).
+        let triangle = Shape::Polygon {
+            points: vec![[0.0, 0.0], [6.0, 0.0], [0.0, 4.0]],
+        };
+        assert_eq!(painted(triangle), ["#####.", "####..", "##....", "#....."]);
+        // Column-major in a 4-high image: pixels 5..=7 are column 1, rows 1..=3; pixel 8 column 2, row 0.
+        let mask = Shape::Mask {
+            size: [h, w],
+            counts: vec![5, 4, 15],
+        };
+        assert_eq!(painted(mask), ["..#...", ".#....", ".#....", ".#...."]);
+        // Past the image: clipped, never out of bounds.
+        let outside = Shape::Box {
+            x: 4.0,
+            y: 3.0,
+            width: 100.0,
+            height: 100.0,
+        };
+        assert_eq!(painted(outside), ["......", "......", "......", "....##"]);
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub(super) async fn queue(
 }
 
 /// The open flag of each part: the latest flag that came after the part's latest label.
+/// Relies on `records_of_kind` reading oldest first (the kind index is in `seq` order), so a
+/// later flag replaces an earlier one.
 fn open_flags(
     store: &Store,
     latest_labels: &HashMap<u64, u64>,
@@ -315,45 +317,51 @@ fn latest_class(store: &Store, part_id: u64) -> Result<Option<String>, ApiError>
         }))
 }
 
+/// Every labelled part's latest label with its image and the image's size, by part id; and
+/// the labelled parts left out because their image is no longer kept (evicted for disk space).
+pub(super) fn labelled_parts(api: &ApiState) -> Result<(Vec<LabelledImage>, Vec<u64>), ApiError> {
+    let mut labelled = Vec::new();
+    let mut without_image = Vec::new();
+    let mut latest: Vec<(u64, u64)> = api.store.latest_labels()?.into_iter().collect();
+    latest.sort_unstable();
+    for (part_id, seq) in latest {
+        let Some(RecordBody::Label(label)) = api.store.record(seq)?.map(|r| r.body) else {
+            continue; // archived with its part
+        };
+        let Some(inspection) = api.store.inspection(part_id)? else {
+            continue;
+        };
+        let sized = effective_image(&label, &inspection).and_then(|image| {
+            let size = part_image_size(api, &inspection, &image).ok()?;
+            Some((image, size))
+        });
+        let Some((image, (width, height))) = sized else {
+            without_image.push(part_id);
+            continue;
+        };
+        labelled.push(LabelledImage {
+            part_id,
+            image,
+            width,
+            height,
+            verdict: label.verdict,
+            defect_class: label.defect_class,
+            regions: label.regions,
+        });
+    }
+    Ok((labelled, without_image))
+}
+
 /// `GET /api/v1/labels/coco`: every labelled part's latest label as a COCO dataset. Parts
-/// whose image is no longer kept (evicted for disk space) are left out and counted in
-/// `info.parts_without_image`.
+/// whose image is no longer kept are left out and counted in `info.parts_without_image`.
 pub(super) async fn export_coco(
     State(api): State<ApiState>,
 ) -> Result<Json<CocoDataset>, ApiError> {
     let dataset = tokio::task::spawn_blocking(move || {
-        let mut labelled = Vec::new();
-        let mut without_image = 0usize;
-        let mut latest: Vec<(u64, u64)> = api.store.latest_labels()?.into_iter().collect();
-        latest.sort_unstable();
-        for (part_id, seq) in latest {
-            let Some(RecordBody::Label(label)) = api.store.record(seq)?.map(|r| r.body) else {
-                continue; // archived with its part
-            };
-            let Some(inspection) = api.store.inspection(part_id)? else {
-                continue;
-            };
-            let Some(image) = effective_image(&label, &inspection) else {
-                without_image += 1;
-                continue;
-            };
-            let Ok((width, height)) = part_image_size(&api, &inspection, &image) else {
-                without_image += 1;
-                continue;
-            };
-            labelled.push(LabelledImage {
-                part_id,
-                image,
-                width,
-                height,
-                verdict: label.verdict,
-                defect_class: label.defect_class,
-                regions: label.regions,
-            });
-        }
+        let (labelled, without_image) = labelled_parts(&api)?;
         let mut dataset = coco::export(&labelled);
         dataset.info["station"] = api.store.station().into();
-        dataset.info["parts_without_image"] = without_image.into();
+        dataset.info["parts_without_image"] = without_image.len().into();
         Ok::<_, ApiError>(dataset)
     })
     .await
@@ -401,7 +409,13 @@ pub(super) async fn import_coco(
                 problems.push(format!("image {part_id}: no record of part {part_id}"));
                 continue;
             };
-            let checked = part_image_size(api, &inspection, &label.image).and_then(|(w, h)| {
+            // Only regions need the image's size (a whole-image label stands without it).
+            let size = if label.regions.is_empty() {
+                Ok((0, 0))
+            } else {
+                part_image_size(api, &inspection, &label.image)
+            };
+            let checked = size.and_then(|(w, h)| {
                 if label.verdict == Verdict::Pass
                     && (label.defect_class.is_some() || !label.regions.is_empty())
                 {
@@ -424,12 +438,13 @@ pub(super) async fn import_coco(
                 continue;
             }
             let previous = store.labels(part_id)?.pop();
+            let image = (!label.regions.is_empty()).then_some(label.image);
             let same = previous.as_ref().is_some_and(|r| match &r.body {
                 RecordBody::Label(old) => {
                     old.verdict == label.verdict
                         && old.defect_class == label.defect_class
                         && old.regions == label.regions
-                        && effective_image(old, &inspection).as_deref() == Some(&label.image)
+                        && (image.is_none() || old.image == image)
                 }
                 _ => false,
             });
@@ -444,7 +459,7 @@ pub(super) async fn import_coco(
                 defect_class: label.defect_class,
                 note: Some("imported from COCO".into()),
                 by: by.clone(),
-                image: Some(label.image),
+                image,
                 regions: label.regions,
             }));
         }

@@ -23,6 +23,7 @@ pub mod b2mml;
 mod charts;
 mod halt_line;
 pub mod kpis;
+mod label_export;
 pub mod labelling;
 pub mod live;
 mod maintenance;
@@ -277,6 +278,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/labelling/queue",
             need(Label, get(labelling::queue)),
+        )
+        .route(
+            "/api/v1/labels/export",
+            need(Label, get(label_export::export)),
         )
         .route("/api/v1/events", need(Read, get(live::events)))
         .route("/api/v1/kpis", need(Read, get(kpis::kpis)))

@@ -588,15 +588,22 @@ pub(super) async fn add_label(
             "a part labelled pass has no defect regions".into(),
         ));
     }
-    if let Some(image) = &request.image {
-        let (width, height) = part_image_size(&api, &inspection, image)?;
-        check_regions(&request.regions, width, height, |c| valid_text(c, 64))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    } else if !request.regions.is_empty() {
-        return Err(ApiError::BadRequest(
-            "regions are drawn on an image: name it in `image`".into(),
-        ));
-    }
+    // Only regions need the image itself (its size); a whole-image label stands even when the
+    // image was evicted for disk space, and then names none.
+    let image = match (&request.image, request.regions.is_empty()) {
+        (Some(image), false) => {
+            let (width, height) = part_image_size(&api, &inspection, image)?;
+            check_regions(&request.regions, width, height, |c| valid_text(c, 64))
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            Some(image.clone())
+        }
+        (None, false) => {
+            return Err(ApiError::BadRequest(
+                "regions are drawn on an image: name it in `image`".into(),
+            ));
+        }
+        (_, true) => None,
+    };
     // A label supersedes the part's latest result: its last label, else its inspection.
     let supersedes = api
         .store
@@ -610,7 +617,7 @@ pub(super) async fn add_label(
         defect_class: request.defect_class,
         note: request.note,
         by: who.name.clone(),
-        image: request.image,
+        image,
         regions: request.regions,
     });
     let audit = RecordBody::Audit(who.audit("label.create", &format!("part {part_id}")));

@@ -54,7 +54,7 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 # token file.
 if [ -n "$admin" ]; then
   ops=(promoteModel rollbackModel setShadowModel startBacktest listTokens createToken revokeToken getAuditLog
-    addLabel flagVerdict labellingQueue exportLabelsCoco importLabelsCoco releaseWorkOrder startWorkOrder completeWorkOrder
+    addLabel flagVerdict labellingQueue exportLabelsCoco importLabelsCoco exportLabels releaseWorkOrder startWorkOrder completeWorkOrder
     acknowledgeAlarm shelveAlarm unshelveAlarm suppressAlarm unsuppressAlarm
     removeAlarmFromService returnAlarmToService)
   run "(c) admin token, write endpoints" -H "Authorization: Bearer $admin" --checks all \

@@ -189,7 +189,11 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
         .filter(|a| a["image_id"] == part_id)
         .collect();
     assert_eq!(annotations.len(), 3, "polygon, box and mask");
-    assert_eq!(annotations[2]["iscrowd"], 1, "the mask is RLE");
+    assert_eq!(
+        annotations[2]["segmentation"]["size"],
+        json!([h, w]),
+        "the mask is RLE"
+    );
     let (status, report) = engineer.post("/api/v1/labels/coco", dataset.clone()).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report, json!({"written": 0, "unchanged": 1}));
@@ -199,7 +203,7 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
     changed["annotations"]
         .as_array_mut()
         .expect("annotations")
-        .retain(|a| !(a["image_id"] == part_id && a["iscrowd"] == 1));
+        .retain(|a| !(a["image_id"] == part_id && a["segmentation"].is_object()));
     let mut broken = changed.clone();
     broken["images"].as_array_mut().expect("images").push(json!({
         "id": 999_999_999u64, "file_name": format!("{}.png", "0".repeat(64)), "width": 1, "height": 1
@@ -229,6 +233,59 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
         "the mask is gone"
     );
     assert_eq!(latest["note"], "imported from COCO");
+
+    // The same labels as training sets: MVTec (which `linesight train` reads) and YOLO.
+    let export = |format: &'static str| {
+        let request = http
+            .get(format!("{base}/api/v1/labels/export?format={format}"))
+            .bearer_auth(&engineer_token);
+        async move {
+            let response = request.send().await.expect("export");
+            assert_eq!(response.status(), 200, "{format}");
+            let bytes = response.bytes().await.expect("zip");
+            zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).expect("a whole zip")
+        }
+    };
+    let mut mvtec = export("mvtec").await;
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    mvtec.extract(unpacked.path()).expect("unzips");
+    let samples =
+        linesight::learn::dataset::read(linesight::learn::dataset::Layout::Mvtec, unpacked.path())
+            .expect("the export reads as an MVTec dataset");
+    let sample = samples
+        .iter()
+        .find(|s| s.image.ends_with(format!("{digest}.png")))
+        .expect("the labelled part is in the export");
+    assert_eq!(sample.class, "scratch");
+    let mask = image::open(sample.mask.as_ref().expect("a ground-truth mask"))
+        .expect("mask PNG")
+        .to_luma8();
+    assert_eq!(mask.dimensions(), (w, h));
+    // Pixels count when their centre is inside: the polygon (x 1..~10.5, y 1..8) covers
+    // columns 1..=9 of rows 1..=7, and the box (x 2..6, y 3..8.5) lies within it.
+    let painted = mask.pixels().filter(|p| p.0[0] == 255).count();
+    assert_eq!(painted, 9 * 7, "the polygon and the box, painted");
+    let mut yolo = export("yolo").await;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut yolo
+            .by_name(&format!("labels/{digest}.txt"))
+            .expect("label file"),
+        &mut text,
+    )
+    .expect("text");
+    assert_eq!(text.lines().count(), 2, "one box per region: {text}");
+    let mut yaml = String::new();
+    std::io::Read::read_to_string(
+        &mut yolo.by_name("data.yaml").expect("data.yaml"),
+        &mut yaml,
+    )
+    .expect("text");
+    assert!(yaml.contains("\"scratch\""), "{yaml}");
+    let (status, _) = engineer.get("/api/v1/labels/export?format=voc").await;
+    assert_eq!(status, 400, "an unknown format is refused");
+    let (status, _) = operator.get("/api/v1/labels/export?format=yolo").await;
+    assert_eq!(status, 403);
 
     // Labelled and no longer flagged: the part leaves the queue; a new flag brings it back.
     let (_, queue) = engineer.get("/api/v1/labelling/queue?limit=200").await;

@@ -1,0 +1,323 @@
+//! Labelled parts as a training set: a zip in the YOLO or the MVTec AD folder layout, with
+//! the images, streamed while it is written (a station's labelled images can run to
+//! gigabytes, and the answer must start before the request's time limit).
+//!
+//! - `yolo`: `images/<sha256>.png`, `labels/<sha256>.txt` (one `class cx cy w h` line per
+//!   region, normalised to the image; empty for a good part) and `data.yaml` naming the
+//!   classes. Every region leaves as its bounding box: the detection format every YOLO reads.
+//! - `mvtec`: `train/good/<sha256>.png` for good parts, `test/<class>/<sha256>.png` for
+//!   defective ones, `ground_truth/<class>/<sha256>_mask.png` (255 = defect) painted from the
+//!   regions: the layout `linesight train` and `linesight eval --layout mvtec` read.
+//!
+//! `linesight-export.json` at the end lists what went in and the labelled parts left out
+//! because their image is no longer kept.
+
+use std::io::Write;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use zip::write::SimpleFileOptions;
+
+use super::labelling::labelled_parts;
+use super::{ApiError, ApiState};
+use crate::part::Verdict;
+use crate::record::coco::LabelledImage;
+
+/// The layouts an export can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Yolo,
+    Mvtec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExportQuery {
+    format: ExportFormat,
+}
+
+/// `GET /api/v1/labels/export?format=yolo|mvtec`.
+pub(super) async fn export(
+    State(api): State<ApiState>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let reader = api.clone();
+    let (parts, without_image) = tokio::task::spawn_blocking(move || labelled_parts(&reader))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the export failed: {e}")))??;
+    let (sender, mut receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let station = api.store.station().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut sink = ChannelWriter::new(sender.clone());
+        let written = write_zip(
+            &api,
+            &mut sink,
+            query.format,
+            &parts,
+            &without_image,
+            &station,
+        )
+        .and_then(|()| sink.flush());
+        if let Err(error) = written {
+            tracing::warn!(%error, "label export stopped");
+            // The client sees a broken download, never a short zip that looks whole.
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    let body = Body::from_stream(async_stream::stream! {
+        while let Some(chunk) = receiver.recv().await {
+            yield chunk;
+        }
+    });
+    let name = match query.format {
+        ExportFormat::Yolo => "linesight-labels-yolo.zip",
+        ExportFormat::Mvtec => "linesight-labels-mvtec.zip",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A folder name for a class: letters, digits, `-` and `_` kept, anything else `_`, so no
+/// class name can climb out of its folder or clash with the file system.
+fn folder_name(class: &str) -> String {
+    let name: String = class
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name == "good" {
+        "good_".into() // "good" is the good parts' folder
+    } else {
+        name
+    }
+}
+
+fn write_zip(
+    api: &ApiState,
+    sink: &mut ChannelWriter,
+    format: ExportFormat,
+    parts: &[LabelledImage],
+    without_image: &[u64],
+    station: &str,
+) -> std::io::Result<()> {
+    let mut zip = zip::ZipWriter::new_stream(sink);
+    // PNGs are compressed already.
+    let stored = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(true);
+    let mut classes: Vec<&str> = parts
+        .iter()
+        .flat_map(|p| {
+            p.regions
+                .iter()
+                .map(|r| r.class.as_str())
+                .chain(p.defect_class.as_deref())
+        })
+        .collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut exported = Vec::new();
+    let mut missing = without_image.to_vec();
+    for part in parts {
+        let Some(path) = api.store.images().path(&part.image) else {
+            missing.push(part.part_id); // evicted since it was listed
+            continue;
+        };
+        let png = std::fs::read(&path)?;
+        let digest = &part.image;
+        let defective = part.verdict == Verdict::Fail;
+        let class = part.defect_class.as_deref().unwrap_or("defect");
+        match format {
+            ExportFormat::Yolo => {
+                zip.start_file(format!("images/{digest}.png"), stored)?;
+                zip.write_all(&png)?;
+                zip.start_file(format!("labels/{digest}.txt"), stored)?;
+                zip.write_all(yolo_lines(part, &classes).as_bytes())?;
+            }
+            ExportFormat::Mvtec => {
+                let folder = if defective {
+                    format!("test/{}", folder_name(class))
+                } else {
+                    "train/good".into()
+                };
+                zip.start_file(format!("{folder}/{digest}.png"), stored)?;
+                zip.write_all(&png)?;
+                if defective && !part.regions.is_empty() {
+                    let (w, h) = (part.width, part.height);
+                    let mut mask = vec![0u8; w as usize * h as usize];
+                    for region in &part.regions {
+                        region.paint(&mut mask, w, h);
+                    }
+                    let png = crate::record::gray_png(&crate::part::GrayImage {
+                        width: w,
+                        height: h,
+                        pixels: mask,
+                    })
+                    .map_err(std::io::Error::other)?;
+                    zip.start_file(
+                        format!("ground_truth/{}/{digest}_mask.png", folder_name(class)),
+                        stored,
+                    )?;
+                    zip.write_all(&png)?;
+                }
+            }
+        }
+        exported.push(part.part_id);
+    }
+    if format == ExportFormat::Yolo {
+        zip.start_file("data.yaml", stored)?;
+        let mut yaml = String::from("# Written by Linesight: every region as its bounding box.\n");
+        yaml.push_str("path: .\ntrain: images\nval: images\nnames:\n");
+        for (index, class) in classes.iter().enumerate() {
+            // JSON strings are valid YAML scalars, whatever the class name holds.
+            yaml.push_str(&format!("  {index}: {}\n", serde_json::Value::from(*class)));
+        }
+        zip.write_all(yaml.as_bytes())?;
+    }
+    zip.start_file("linesight-export.json", stored)?;
+    let manifest = serde_json::json!({
+        "station": station,
+        "format": match format { ExportFormat::Yolo => "yolo", ExportFormat::Mvtec => "mvtec" },
+        "parts": exported,
+        "parts_without_image": missing,
+        "classes": classes,
+    });
+    zip.write_all(manifest.to_string().as_bytes())?;
+    zip.finish()?;
+    Ok(())
+}
+
+/// A part's YOLO label file: `class cx cy w h` per region, normalised to the image.
+fn yolo_lines(part: &LabelledImage, classes: &[&str]) -> String {
+    let (w, h) = (part.width.max(1) as f32, part.height.max(1) as f32);
+    let mut lines = String::new();
+    for region in &part.regions {
+        let (Some([x, y, bw, bh]), Ok(index)) = (
+            region.shape.bounding_box(),
+            classes.binary_search(&region.class.as_str()),
+        ) else {
+            continue; // an empty mask has no box
+        };
+        lines.push_str(&format!(
+            "{index} {:.6} {:.6} {:.6} {:.6}\n",
+            (x + bw / 2.0) / w,
+            (y + bh / 2.0) / h,
+            bw / w,
+            bh / h
+        ));
+    }
+    lines
+}
+
+/// Bytes written on a blocking thread, sent to the response body in 256 KiB chunks; a client
+/// that hangs up ends the write with an error.
+struct ChannelWriter {
+    sender: mpsc::Sender<std::io::Result<Bytes>>,
+    buffer: Vec<u8>,
+}
+
+const CHUNK_BYTES: usize = 256 * 1024;
+
+impl ChannelWriter {
+    fn new(sender: mpsc::Sender<std::io::Result<Bytes>>) -> ChannelWriter {
+        ChannelWriter {
+            sender,
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK_BYTES),
+        ));
+        self.sender.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client stopped reading")
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Region, Shape};
+
+    #[test]
+    fn class_folders_cannot_leave_their_place() {
+        assert_eq!(folder_name("scratch"), "scratch");
+        assert_eq!(folder_name("../../etc"), "______etc");
+        assert_eq!(folder_name("good"), "good_");
+        assert_eq!(folder_name("dent/deep ü"), "dent_deep__");
+    }
+
+    #[test]
+    fn yolo_lines_are_normalised_boxes_of_every_region() {
+        let part = LabelledImage {
+            part_id: 1,
+            image: "a".repeat(64),
+            width: 100,
+            height: 50,
+            verdict: Verdict::Fail,
+            defect_class: Some("dent".into()),
+            regions: vec![
+                Region {
+                    class: "scratch".into(),
+                    shape: Shape::Box {
+                        x: 10.0,
+                        y: 5.0,
+                        width: 20.0,
+                        height: 10.0,
+                    },
+                },
+                Region {
+                    class: "dent".into(),
+                    shape: Shape::Polygon {
+                        points: vec![[0.0, 0.0], [50.0, 0.0], [50.0, 50.0]],
+                    },
+                },
+            ],
+        };
+        assert_eq!(
+            yolo_lines(&part, &["dent", "scratch"]),
+            "1 0.200000 0.200000 0.200000 0.200000\n0 0.250000 0.500000 0.500000 1.000000\n"
+        );
+    }
+}
