@@ -113,8 +113,8 @@ pub struct ImportedLabel {
 #[error("{}", .0.join("; "))]
 pub struct CocoError(pub Vec<String>);
 
-/// The COCO dataset of `labelled` parts; categories numbered from 1 in name order.
-pub fn export(labelled: &[LabelledImage]) -> CocoDataset {
+/// Every class the labels name (whole-image or region), sorted, each once.
+pub fn class_names(labelled: &[LabelledImage]) -> Vec<&str> {
     let mut names: Vec<&str> = labelled
         .iter()
         .flat_map(|l| {
@@ -126,6 +126,12 @@ pub fn export(labelled: &[LabelledImage]) -> CocoDataset {
         .collect();
     names.sort_unstable();
     names.dedup();
+    names
+}
+
+/// The COCO dataset of `labelled` parts; categories numbered from 1 in name order.
+pub fn export(labelled: &[LabelledImage]) -> CocoDataset {
+    let names = class_names(labelled);
     let category: HashMap<&str, u64> = names.iter().zip(1..).map(|(n, id)| (*n, id)).collect();
     let mut annotations = Vec::new();
     for part in labelled {

@@ -26,7 +26,7 @@ use zip::write::SimpleFileOptions;
 use super::labelling::labelled_parts;
 use super::{ApiError, ApiState};
 use crate::part::Verdict;
-use crate::record::coco::LabelledImage;
+use crate::record::coco::{self, LabelledImage};
 
 /// The layouts an export can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -126,17 +126,7 @@ fn write_zip(
     let stored = SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(true);
-    let mut classes: Vec<&str> = parts
-        .iter()
-        .flat_map(|p| {
-            p.regions
-                .iter()
-                .map(|r| r.class.as_str())
-                .chain(p.defect_class.as_deref())
-        })
-        .collect();
-    classes.sort_unstable();
-    classes.dedup();
+    let classes = coco::class_names(parts);
     let mut exported = Vec::new();
     let mut missing = without_image.to_vec();
     for part in parts {

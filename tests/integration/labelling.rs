@@ -3,12 +3,12 @@
 //! own image and is refused with a reason when a region does not fit, and the labelled part
 //! leaves the queue. Roles: operators flag but neither label nor see the queue or its page.
 
-use linesight::serve::{Role, Tokens, router};
+use linesight::serve::{Role, Tokens};
 use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, Client, eventually, simulated_station, station_config};
+use crate::{CPU_HEAVY, Client, eventually, serve_api, simulated_station, station_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
@@ -24,11 +24,7 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
     );
     let (_line, station) = simulated_station(config).await.expect("station starts");
     let store = station.store();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let base = serve_api(&station).await;
     let stop = CancellationToken::new();
     let line = tokio::spawn(station.run(RunOptions { max_parts: None }, stop.clone()));
     let http = reqwest::Client::new();

@@ -118,6 +118,16 @@ pub fn python() -> std::path::PathBuf {
     python
 }
 
+/// Serves `station`'s HTTP API on a free loopback port; its base URL.
+pub async fn serve_api(station: &Station) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(axum::serve(listener, linesight::serve::router(station.api())).into_future());
+    base
+}
+
 /// A client of a station's HTTP API holding one bearer token.
 pub struct Client {
     pub http: reqwest::Client,

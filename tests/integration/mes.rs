@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use linesight::serve::{Role, Tokens, router};
+use linesight::serve::{Role, Tokens};
 use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CPU_HEAVY, Client, eventually, simulated_station, station_config};
+use crate::{CPU_HEAVY, Client, eventually, serve_api, simulated_station, station_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
@@ -34,11 +34,7 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
         .expect("cli token");
     let (_line, station) = simulated_station(config).await.expect("station starts");
     let store = station.store();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let base = serve_api(&station).await;
     let stop = CancellationToken::new();
     let line = tokio::spawn(station.run(RunOptions { max_parts: None }, stop.clone()));
     let http = reqwest::Client::new();
