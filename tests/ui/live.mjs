@@ -1,5 +1,6 @@
 // Drives the station's live page in headless Chromium against a running station.
 // Usage: LINESIGHT_TOKEN=… node tests/ui/live.mjs http://127.0.0.1:PORT OUTDIR
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { accessible, expect, start } from './harness.mjs';
 
@@ -118,6 +119,26 @@ await finish(async () => {
     const newest = items[0].part_id;
     await page.waitForSelector(`#parts tr[data-part-id="${newest}"]`, { state: 'attached', timeout: 5_000 })
       .catch(() => { throw new Error(`part ${newest} never showed up in #parts`); });
+  });
+
+  await check('verdicts arrive over the live stream (Server-Sent Events); the delay to the screen goes to live-latency.json', async () => {
+    await page.waitForFunction(() => window.liveLatencyMs.length >= 5, null, { timeout: 30_000 })
+      .catch(() => { throw new Error('no verdict came over the stream within 30 s'); });
+    const shown = await page.evaluate(() => window.liveLatencyMs);
+    const summary = (key) => {
+      const delays = shown.map((d) => d[key]).sort((a, b) => a - b);
+      return { median_ms: delays[Math.floor(delays.length / 2)], max_ms: delays.at(-1) };
+    };
+    const report = { parts: shown.length, from_decision: summary('decided'), from_durable_record: summary('durable') };
+    await writeFile(path.join(outDir, 'live-latency.json'), `${JSON.stringify(report, null, 2)}\n`);
+    console.log(`ui: ${report.parts} verdicts over the stream; to the screen ${report.from_decision.median_ms} ms median after the decision, ${report.from_durable_record.median_ms} ms after the record was durable (report only)`);
+  });
+
+  await check('the reject rate now is the share of rejects among the parts the page holds', async () => {
+    const shown = await page.textContent('#reject-rate-now');
+    expect(/^\d+\.\d %$/.test(shown ?? ''), `the tile reads ${JSON.stringify(shown)}`);
+    const detail = await page.textContent('#reject-rate-normal');
+    expect(/^last \d+ parts · (\d+\.\d %|—) since start$/.test(detail ?? ''), `its detail reads ${JSON.stringify(detail)}`);
   });
 
   await check("a part's button explains its verdict: the model's score against the threshold, per camera", async () => {
