@@ -526,6 +526,7 @@ impl Station {
             hierarchy: Arc::new(config.hierarchy().map(str::to_owned)),
             sensors: Some(sensors.clone()),
             alarms,
+            health: Default::default(),
             production,
             charts: Arc::new(config.charts.clone()),
             root_cause: RootCauseApi::new(config.root_cause.clone()),
@@ -721,7 +722,18 @@ impl Station {
                 sensors,
                 production: api.production.clone(),
                 store: store.clone(),
-                health: station_health(&api, &metrics, camera.clone(), view_health),
+                health: {
+                    // Judged once a second for the alarms; kept for /api/v1/station too.
+                    let judge = station_health(&api, &metrics, camera.clone(), view_health);
+                    let shown = api.health.clone();
+                    Arc::new(move || {
+                        let now = judge();
+                        if let Ok(mut slot) = shown.write() {
+                            slot.clone_from(&now);
+                        }
+                        now
+                    })
+                },
                 as_of_delay: config.line.travel + std::time::Duration::from_secs(2),
                 charts: api.charts.clone(),
             }

@@ -132,6 +132,8 @@ pub struct ApiState {
     pub sensors: Option<crate::sense::Sensors>,
     /// The station's alarms (ISA-18.2 life cycle).
     pub alarms: AlarmManager,
+    /// The station's health as its monitor last judged it.
+    pub health: Arc<std::sync::RwLock<crate::analyse::monitor::StationHealth>>,
     /// The production counts and the plan the KPIs are measured against.
     pub production: Production,
     /// The control charts the station TOML names (`[[charts]]`).
@@ -786,6 +788,17 @@ struct StationView {
     work_order: Option<String>,
     /// Alarms raised and not cleared, by code.
     active_alarms: Vec<String>,
+    /// Whether the running station works as it should, and if not, why.
+    health: HealthView,
+}
+
+/// The station's health as its monitor last judged it (once a second).
+#[derive(Serialize)]
+struct HealthView {
+    /// `ok`, `degraded` (running, but something is failing) or `fault` (parts go to reject).
+    condition: &'static str,
+    /// In words an operator acts on; absent when all is well.
+    reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -839,6 +852,18 @@ async fn station(State(api): State<ApiState>) -> Json<StationView> {
         },
         work_order: api.store.work_order_at(chrono::Utc::now()).map(|w| w.id),
         active_alarms,
+        health: {
+            let health = api.health.read().map(|h| h.clone()).unwrap_or_default();
+            let condition = match (health.fault, health.degraded) {
+                (true, _) => "fault",
+                (false, true) => "degraded",
+                (false, false) => "ok",
+            };
+            HealthView {
+                condition,
+                reason: (condition != "ok").then_some(health.message),
+            }
+        },
     })
 }
 

@@ -156,6 +156,12 @@ async fn an_rtsp_camera_that_vanishes_faults_the_station_and_capture_resumes_whe
         message.contains("camera lost"),
         "the reason is given: {message}"
     );
+    // The station view (`/api/v1/station`'s `health`) says the same.
+    let health = api.health.read().expect("health").clone();
+    assert!(
+        health.fault && health.message.contains("camera lost"),
+        "the API's health: {health:?}"
+    );
     assert!(
         !run.is_finished(),
         "the station keeps running without its camera"

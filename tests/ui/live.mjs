@@ -58,6 +58,23 @@ await finish(async () => {
     expect(/running/i.test(state), `#station-state reads "${state}"`);
   });
 
+  await check("the station's health shows as the API judges it (hidden when ok, else its reason)", async () => {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const { health } = await (await api('/api/v1/station')).json();
+      const condition = await page.getAttribute('#station-health', 'data-condition');
+      const hidden = await page.isHidden('#station-health');
+      const text = await page.textContent('#station-health');
+      const agrees = condition === health.condition
+        && hidden === (health.condition === 'ok')
+        && (health.condition === 'ok' || text === `${health.condition.toUpperCase()}: ${health.reason}`);
+      if (agrees) break;
+      // Degraded comes and goes with the counters of the last second: look again.
+      expect(Date.now() < deadline, `the page shows ${condition} (${JSON.stringify(text)}), the API ${JSON.stringify(health)}`);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+  });
+
   await check('every verdict cell reads PASS, FAIL, ERROR or NO VERDICT', async () => {
     const verdicts = await page.$$eval('#parts tr .verdict', (cells) => cells.map((cell) => cell.textContent.trim()));
     expect(verdicts.length >= 5, `only ${verdicts.length} verdict cells`);

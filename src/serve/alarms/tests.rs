@@ -116,6 +116,7 @@ async fn app(dir: &std::path::Path) -> App {
         tokens,
         hierarchy: Arc::new(["e", "s", "a", "l", "station"].map(str::to_owned)),
         alarms: alarms.clone(),
+        health: Default::default(),
         production: crate::analyse::Production {
             counts: crate::analyse::ProductionCounts::open(dir).expect("counts"),
             plan: Arc::new(crate::analyse::ProductionPlan::default()),

@@ -195,6 +195,7 @@ async fn app(dir: &std::path::Path) -> App {
         tokens,
         hierarchy: Arc::new(["e", "s", "a", "l", "station"].map(str::to_owned)),
         alarms,
+        health: Default::default(),
         production: Production {
             counts,
             plan: Arc::new(ProductionPlan::default()),
