@@ -23,6 +23,34 @@ use crate::record::{Filter, RawRecord, RecordKind};
 pub(super) struct EventsQuery {
     /// Start at this sequence number (instead of `Last-Event-ID` + 1 or the newest record).
     from: Option<u64>,
+    /// Only these kinds, comma-separated, of `inspection`, `alarm` and `label` (the default,
+    /// all three). The live page leaves labels out: a label can carry a large mask.
+    kinds: Option<String>,
+}
+
+/// The kinds the live stream carries (audit entries and the like are not for every reader).
+const STREAMED: [RecordKind; 3] = [RecordKind::Inspection, RecordKind::Alarm, RecordKind::Label];
+
+fn streamed_kinds(kinds: Option<&str>) -> Result<Vec<RecordKind>, ApiError> {
+    let Some(kinds) = kinds else {
+        return Ok(STREAMED.to_vec());
+    };
+    let mut chosen = Vec::new();
+    for name in kinds.split(',').map(str::trim) {
+        match name.parse::<RecordKind>() {
+            Ok(kind) if STREAMED.contains(&kind) => {
+                if !chosen.contains(&kind) {
+                    chosen.push(kind);
+                }
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "kinds: `{name}` is not one of inspection, alarm, label"
+                )));
+            }
+        }
+    }
+    Ok(chosen)
 }
 
 /// Records sent per wake-up at most, so a client far behind catches up in steps.
@@ -40,7 +68,7 @@ pub(super) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let filter = Filter {
-        kinds: vec![RecordKind::Inspection, RecordKind::Alarm, RecordKind::Label],
+        kinds: streamed_kinds(query.kinds.as_deref())?,
         ..Filter::default()
     };
     follow(&api, &headers, query.from, filter, |_| true)
@@ -112,4 +140,24 @@ pub(super) fn follow(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_takes_the_kinds_asked_for_and_no_others() {
+        assert_eq!(streamed_kinds(None).expect("default"), STREAMED);
+        assert_eq!(
+            streamed_kinds(Some("inspection, alarm,inspection")).expect("two"),
+            [RecordKind::Inspection, RecordKind::Alarm]
+        );
+        for refused in ["audit", "", "inspection,nope"] {
+            assert!(
+                streamed_kinds(Some(refused)).is_err(),
+                "{refused} was taken"
+            );
+        }
+    }
 }

@@ -274,8 +274,21 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
 
     // The live stream: verdicts as Server-Sent Events with the sequence number as id; a
     // reconnection with Last-Event-ID goes on without loss or repeat.
-    let first_ids = sse_ids(&http, &base, &operator_token, None, 5).await;
-    let resumed = sse_ids(&http, &base, &operator_token, Some(first_ids[4]), 5).await;
+    let first_ids = sse_ids(&http, &base, "", &operator_token, None, 5).await;
+    let resumed = sse_ids(&http, &base, "", &operator_token, Some(first_ids[4]), 5).await;
+    // A stream of labels only, from the start: the one label written above comes first.
+    let labels_only = sse_ids(
+        &http,
+        &base,
+        "?from=1&kinds=label",
+        &operator_token,
+        None,
+        1,
+    )
+    .await;
+    assert_eq!(labels_only, [label["seq"].as_u64().expect("label seq")]);
+    let (status, body) = operator.get("/api/v1/events?kinds=audit").await;
+    assert_eq!(status, 400, "audit entries are not streamed: {body}");
     let mut all = first_ids.clone();
     all.extend(&resumed);
     assert!(
@@ -364,15 +377,18 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
-/// The ids of the first `n` events of the live stream.
+/// The ids of the first `n` events of the live stream (`query` e.g. `?kinds=label`).
 async fn sse_ids(
     http: &reqwest::Client,
     base: &str,
+    query: &str,
     token: &str,
     last: Option<u64>,
     n: usize,
 ) -> Vec<u64> {
-    let mut request = http.get(format!("{base}/api/v1/events")).bearer_auth(token);
+    let mut request = http
+        .get(format!("{base}/api/v1/events{query}"))
+        .bearer_auth(token);
     if let Some(last) = last {
         request = request.header("last-event-id", last.to_string());
     }
