@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::records::{part_image_size, valid_text};
+use super::records::{check_judgement, part_image_size, valid_text};
 use super::{ApiError, ApiState};
 use crate::part::Verdict;
 use crate::record::coco::{self, CocoDataset, LabelledImage};
@@ -416,20 +416,11 @@ pub(super) async fn import_coco(
                 part_image_size(api, &inspection, &label.image)
             };
             let checked = size.and_then(|(w, h)| {
-                if label.verdict == Verdict::Pass
-                    && (label.defect_class.is_some() || !label.regions.is_empty())
-                {
-                    return Err(ApiError::BadRequest(
-                        "a part labelled pass has no defect class or regions".into(),
-                    ));
-                }
-                if let Some(class) = &label.defect_class
-                    && !valid_text(class, 64)
-                {
-                    return Err(ApiError::BadRequest(
-                        "a class is 1 to 64 characters, no control characters".into(),
-                    ));
-                }
+                check_judgement(
+                    label.verdict,
+                    label.defect_class.as_deref(),
+                    !label.regions.is_empty(),
+                )?;
                 check_regions(&label.regions, w, h, |c| valid_text(c, 64))
                     .map_err(|e| ApiError::BadRequest(e.to_string()))
             });

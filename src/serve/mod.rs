@@ -650,40 +650,43 @@ async fn health() -> Json<serde_json::Value> {
 
 /// The live page; without a credential, the sign-in page instead.
 async fn live_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
-    signed_in_page(&api, &headers, LIVE_PAGE).await
+    signed_in_page(
+        &api,
+        &headers,
+        LIVE_PAGE,
+        Permission::Read,
+        "read the station",
+    )
+    .await
 }
 
 /// The what-if page (any role: it reads, and runs the twin, never the line).
 async fn whatif_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
-    signed_in_page(&api, &headers, WHATIF_PAGE).await
+    signed_in_page(
+        &api,
+        &headers,
+        WHATIF_PAGE,
+        Permission::Read,
+        "read the station",
+    )
+    .await
 }
 
 /// The MES view: KPIs, Pareto, control charts, work orders, root cause, maintenance (any role).
 async fn mes_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
-    signed_in_page(&api, &headers, MES_PAGE).await
+    signed_in_page(
+        &api,
+        &headers,
+        MES_PAGE,
+        Permission::Read,
+        "read the station",
+    )
+    .await
 }
 
 /// The labelling page: engineers and admins (the roles that may label).
 async fn label_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
-    let who = match credential(&headers) {
-        Some(token) => identify(&api.tokens, token).await,
-        None => None,
-    };
-    match who {
-        None => Redirect::to("/login").into_response(),
-        Some(who) if !who.role.may(Permission::Label) => (
-            StatusCode::FORBIDDEN,
-            Html(format!(
-                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Linesight: labelling</title>\
-                 <link rel=\"stylesheet\" href=\"/assets/pages.css\"></head><body><main>\
-                 <h1>Labelling</h1><p role=\"alert\">The {} role may not label parts. \
-                 <a href=\"/\">Back to the live page</a></p></main></body></html>",
-                who.role
-            )),
-        )
-            .into_response(),
-        Some(_) => Html(LABEL_PAGE).into_response(),
-    }
+    signed_in_page(&api, &headers, LABEL_PAGE, Permission::Label, "label parts").await
 }
 
 /// A library the pages load, compiled in: a plant network has no CDN.
@@ -700,16 +703,33 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `page` to a signed-in browser, the sign-in page to any other.
-async fn signed_in_page(api: &ApiState, headers: &HeaderMap, page: &'static str) -> Response {
-    let signed_in = match credential(headers) {
-        Some(token) => identify(&api.tokens, token).await.is_some(),
-        None => false,
+/// `page` to a signed-in browser whose role may `need`; the sign-in page to any other, and a
+/// 403 page naming the role to one that may not (`what`: what the page is for).
+async fn signed_in_page(
+    api: &ApiState,
+    headers: &HeaderMap,
+    page: &'static str,
+    need: Permission,
+    what: &str,
+) -> Response {
+    let who = match credential(headers) {
+        Some(token) => identify(&api.tokens, token).await,
+        None => None,
     };
-    if signed_in {
-        Html(page).into_response()
-    } else {
-        Redirect::to("/login").into_response()
+    match who {
+        None => Redirect::to("/login").into_response(),
+        Some(who) if !who.role.may(need) => (
+            StatusCode::FORBIDDEN,
+            Html(format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Linesight</title>\
+                 <link rel=\"stylesheet\" href=\"/assets/pages.css\"></head><body><main>\
+                 <h1>Not for this role</h1><p role=\"alert\">The {} role may not {what}. \
+                 <a href=\"/\">Back to the live page</a></p></main></body></html>",
+                who.role
+            )),
+        )
+            .into_response(),
+        Some(_) => Html(page).into_response(),
     }
 }
 

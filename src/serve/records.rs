@@ -556,13 +556,6 @@ pub(super) async fn add_label(
 ) -> Result<(StatusCode, Json<Record>), ApiError> {
     let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if let Some(class) = &request.defect_class
-        && !valid_text(class, 64)
-    {
-        return Err(ApiError::BadRequest(
-            "defect_class must be 1 to 64 characters, no control characters".into(),
-        ));
-    }
     if let Some(note) = &request.note
         && !valid_text(note, 1000)
     {
@@ -574,20 +567,15 @@ pub(super) async fn add_label(
         LabelVerdict::Pass => Verdict::Pass,
         LabelVerdict::Fail => Verdict::Fail,
     };
-    if verdict == Verdict::Pass && request.defect_class.is_some() {
-        return Err(ApiError::BadRequest(
-            "a part labelled pass has no defect class".into(),
-        ));
-    }
+    check_judgement(
+        verdict,
+        request.defect_class.as_deref(),
+        !request.regions.is_empty(),
+    )?;
     let inspection = api
         .store
         .inspection(part_id)?
         .ok_or_else(|| ApiError::NotFound(format!("no record of part {part_id}")))?;
-    if verdict == Verdict::Pass && !request.regions.is_empty() {
-        return Err(ApiError::BadRequest(
-            "a part labelled pass has no defect regions".into(),
-        ));
-    }
     // Only regions need the image itself (its size); a whole-image label stands even when the
     // image was evicted for disk space, and then names none.
     let image = match (&request.image, request.regions.is_empty()) {
@@ -623,6 +611,33 @@ pub(super) async fn add_label(
     let audit = RecordBody::Audit(who.audit("label.create", &format!("part {part_id}")));
     let mut written = api.store.append_all(vec![label, audit]).await?;
     Ok((StatusCode::CREATED, Json(written.remove(0))))
+}
+
+/// Whether a label's judgement holds together: a valid class name, and a part labelled pass
+/// has neither a defect class nor defect regions. Labels made by hand and imported alike.
+pub(super) fn check_judgement(
+    verdict: Verdict,
+    defect_class: Option<&str>,
+    has_regions: bool,
+) -> Result<(), ApiError> {
+    if let Some(class) = defect_class
+        && !valid_text(class, 64)
+    {
+        return Err(ApiError::BadRequest(
+            "defect_class must be 1 to 64 characters, no control characters".into(),
+        ));
+    }
+    if verdict == Verdict::Pass && defect_class.is_some() {
+        return Err(ApiError::BadRequest(
+            "a part labelled pass has no defect class".into(),
+        ));
+    }
+    if verdict == Verdict::Pass && has_regions {
+        return Err(ApiError::BadRequest(
+            "a part labelled pass has no defect regions".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The size of `digest`, which must be the recorded image of the part, or of one of its views.
