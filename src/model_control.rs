@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::inspect::backtest::{BacktestJob, BacktestJobs, Period, StartError};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
+use crate::inspect::training::{TrainingError, TrainingJob, TrainingJobs, TrainingRequest};
 use crate::metrics::Metrics;
 use crate::part::{GrayImage, Verdict};
 use crate::record::{
@@ -49,6 +50,8 @@ pub enum ControlError {
     Threshold(String),
     #[error(transparent)]
     Backtest(#[from] StartError),
+    #[error(transparent)]
+    Training(#[from] TrainingError),
     #[error("loading the model was interrupted: {0}")]
     Join(String),
 }
@@ -92,6 +95,8 @@ pub struct ModelControl {
     changing: tokio::sync::Mutex<()>,
     /// Candidates replayed over recorded periods.
     backtests: Arc<BacktestJobs>,
+    /// Models trained from the station's records.
+    training: Arc<TrainingJobs>,
 }
 
 impl ModelControl {
@@ -110,6 +115,7 @@ impl ModelControl {
             threshold_override,
             changing: tokio::sync::Mutex::new(()),
             backtests: Arc::default(),
+            training: Arc::default(),
         }
     }
 
@@ -281,6 +287,30 @@ impl ModelControl {
     /// The station's backtests, running and finished.
     pub fn backtests(&self) -> &BacktestJobs {
         &self.backtests
+    }
+
+    /// Starts training a model from the station's records; see [`crate::inspect::training`].
+    /// A request that can start is recorded in the audit log (when `audit` names who asked)
+    /// before the job starts.
+    pub async fn start_training(
+        &self,
+        request: TrainingRequest,
+        audit: Option<AuditRecord>,
+    ) -> Result<TrainingJob, ControlError> {
+        self.training.refusal(&request)?;
+        if let Some(audit) = audit {
+            self.store
+                .append_all(vec![RecordBody::Audit(audit)])
+                .await?;
+        }
+        Ok(self
+            .training
+            .start(self.store.clone(), self.registry.clone(), request)?)
+    }
+
+    /// The station's training jobs, running and finished.
+    pub fn training(&self) -> &TrainingJobs {
+        &self.training
     }
 
     /// `version` as it would run here, at `threshold` or the threshold it would go live with,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use candle_core::Device;
 
 use linesight::learn::dataset::{self, EvalPart, Layout};
+use linesight::learn::progress::Progress;
 use linesight::models::anomaly::AnomalyModel;
 use linesight::models::anomaly::train as anomaly_train;
 use linesight::models::backbone::WeightsSearch;
@@ -100,8 +101,9 @@ impl HeldOut {
         let samples = dataset::read(self.layout, &self.data)?;
         let (scored, said) = self.split.pick(samples, anomaly_train::held_out_part);
         let threshold = loaded.card.head.threshold;
-        let metrics = anomaly_train::evaluate(&loaded.model, &scored, threshold, true)
-            .context("evaluating")?;
+        let metrics =
+            anomaly_train::evaluate(&loaded.model, &scored, threshold, &Progress::terminal())
+                .context("evaluating")?;
         self.check_scored(metrics.detection.n_test, &said)?;
         println!("model {} on {}", loaded.card.head.name, self.data.display());
         println!("scored: {said}");
@@ -114,7 +116,8 @@ impl HeldOut {
             .context("loading the supervised model")?;
         let samples = dataset::read(self.layout, &self.data)?;
         let (scored, said) = self.split.pick(samples, supervised::held_out_part);
-        let metrics = supervised::evaluate(&loaded, &scored, true).context("evaluating")?;
+        let metrics =
+            supervised::evaluate(&loaded, &scored, &Progress::terminal()).context("evaluating")?;
         self.check_scored(metrics.detection.n_test, &said)?;
         println!(
             "model {} on {}",

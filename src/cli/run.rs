@@ -33,6 +33,10 @@ pub struct Run {
     /// Keep records and images here instead of the config's `station.data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Look for model versions here instead of the config's `[model] registry`; models
+    /// trained from the browser are written here too.
+    #[arg(long)]
+    model_registry: Option<PathBuf>,
 }
 
 impl Run {
@@ -40,6 +44,9 @@ impl Run {
         let mut config = StationConfig::load(&self.config)?;
         if let Some(data_dir) = self.data_dir {
             config.data_dir = data_dir;
+        }
+        if let Some(registry) = self.model_registry {
+            config.model_registry = registry;
         }
         config.admin_token = std::env::var("LINESIGHT_ADMIN_TOKEN")
             .ok()

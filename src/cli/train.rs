@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use linesight::learn::dataset::Layout;
+use linesight::learn::progress::Progress;
 use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE,
@@ -135,14 +136,14 @@ pub struct Anomaly {
     #[arg(long, default_value = "anomaly")]
     name: String,
     /// Memory-bank entries kept from the good patches.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = anomaly_train::DEFAULT_BANK_SIZE)]
     bank_size: usize,
     /// Side of the square the backbone sees (a multiple of 16). 128 measured best on
     /// magnetic-tile (image AUROC 0.91; 0.90 at 192, about 0.88 at 256) and is the cheapest.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = anomaly_train::DEFAULT_INPUT_SIZE)]
     input_size: usize,
     /// Share of good validation images the threshold may reject.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE)]
     target_false_reject_rate: f64,
     /// Defects painted on each good training image to train the patch head, a classifier
     /// of defect-like patches beside the memory bank; 0 trains none.
@@ -169,7 +170,7 @@ impl Anomaly {
             coarse_input_size: (self.coarse_input_size > 0).then_some(self.coarse_input_size),
             seed: self.dataset.seed,
             out_dir: self.dataset.out.clone(),
-            progress: true,
+            progress: Progress::terminal(),
         })
         .context("training the anomaly model")?;
         println!(
@@ -191,23 +192,23 @@ pub struct Supervised {
     dataset: OnDataset,
     #[arg(long, default_value = "supervised")]
     name: String,
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = supervised::DEFAULT_EPOCHS)]
     epochs: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = supervised::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = supervised::DEFAULT_LEARNING_RATE)]
     learning_rate: f64,
     /// Side of the square images are resized to (a multiple of 16): smaller is faster,
     /// larger keeps finer defects.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = supervised::DEFAULT_INPUT_SIZE)]
     input_size: usize,
     /// Randomly augmented copies of each training image (flips, small rotations,
     /// brightness/contrast, noise), besides the image itself.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = supervised::DEFAULT_AUGMENTED_COPIES)]
     augmented_copies: usize,
     /// Share of feature channels dropped per image while training (regularises the
     /// head on small datasets; 0 turns it off).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = supervised::DEFAULT_FEATURE_DROPOUT)]
     feature_dropout: f64,
     /// Choose the threshold for this share of defective validation images let through,
     /// instead of near 0.5 within one image of the best validation accuracy.
@@ -232,7 +233,7 @@ impl Supervised {
             target_escape_rate: self.target_escape_rate,
             seed: self.dataset.seed,
             out_dir: self.dataset.out.clone(),
-            progress: true,
+            progress: Progress::terminal(),
         })
         .context("training the supervised model")?;
         let family = &card.family;

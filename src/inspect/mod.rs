@@ -8,6 +8,7 @@
 
 pub mod backtest;
 pub mod registry;
+pub mod training;
 pub mod views;
 
 use std::sync::Arc;

@@ -81,6 +81,16 @@ impl Registry {
         }
     }
 
+    /// The folder the versions live in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the pretrained backbone is looked for.
+    pub fn weights(&self) -> &WeightsSearch {
+        &self.weights
+    }
+
     /// Every loadable-looking version, sorted by version. Folders without a readable card are
     /// not models and are left out.
     pub fn list(&self) -> Result<Vec<ModelEntry>, RegistryError> {

@@ -309,6 +309,23 @@ pub fn load_gray(path: &Path) -> Result<GrayImage, DatasetError> {
     })
 }
 
+/// A folder name for a class: letters, digits, `-` and `_` kept, anything else `_`, so no
+/// class name can climb out of its folder or clash with the file system; `good` (the good
+/// images' folder in the MVTec AD layout) becomes `good_`.
+pub fn class_folder(class: &str) -> String {
+    let name: String = class
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name == "good" { "good_".into() } else { name }
+}
+
 /// Which images of a dataset an evaluation scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EvalPart {
@@ -368,6 +385,14 @@ pub fn split_every_ignoring_own(samples: &[Sample], k: usize) -> (Vec<Sample>, V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_folders_cannot_leave_their_place() {
+        assert_eq!(class_folder("scratch"), "scratch");
+        assert_eq!(class_folder("../../etc"), "______etc");
+        assert_eq!(class_folder("good"), "good_");
+        assert_eq!(class_folder("dent/deep ü"), "dent_deep__");
+    }
 
     fn sample(class: &str, n: usize) -> Sample {
         Sample {

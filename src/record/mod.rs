@@ -36,7 +36,7 @@ pub use journal::{
     LabelRecord, ModelAction, ModelEvent, RawRecord, Record, RecordBody, RecordKind, ShelvingKind,
     WorkOrder, WorkOrderAction, WorkOrderRecord,
 };
-pub use regions::{Region, RegionError, Shape};
+pub use regions::{Region, RegionError, Shape, regions_mask};
 pub use retention::run_archiver;
 pub use schema::SCHEMA_VERSION;
 pub use store::{ArchiveReport, Page, Store, VerifyReport, WorkOrderState, open_sled};

@@ -231,6 +231,20 @@ impl Region {
     }
 }
 
+/// The mask of every region on a `width` × `height` image: 255 where a defect is, 0 elsewhere
+/// (the MVTec AD ground-truth convention).
+pub fn regions_mask(regions: &[Region], width: u32, height: u32) -> crate::part::GrayImage {
+    let mut pixels = vec![0u8; width as usize * height as usize];
+    for region in regions {
+        region.paint(&mut pixels, width, height);
+    }
+    crate::part::GrayImage {
+        width,
+        height,
+        pixels,
+    }
+}
+
 /// Checks every region of a label against its image of `width` × `height` pixels.
 pub fn check_regions(
     regions: &[Region],

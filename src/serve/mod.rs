@@ -54,6 +54,7 @@ use crate::analyse::alarms::AlarmManager;
 use crate::analyse::{AnalyseError, Production};
 use crate::inspect::backtest::StartError;
 use crate::inspect::registry::RegistryError;
+use crate::inspect::training::TrainingError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl};
 use crate::part::Disposition;
@@ -67,6 +68,7 @@ const LOGIN_PAGE: &str = include_str!("login.html");
 const WHATIF_PAGE: &str = include_str!("whatif.html");
 const MES_PAGE: &str = include_str!("mes.html");
 const LABEL_PAGE: &str = include_str!("label.html");
+const MODELS_PAGE: &str = include_str!("models.html");
 /// The stylesheet the desk pages (MES, what-if) share.
 const PAGES_CSS: &str = include_str!("pages.css");
 /// uPlot, the charting library of the MES page, as its npm release ships it (MIT; see
@@ -238,6 +240,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/whatif", get(whatif_page))
         .route("/mes", get(mes_page))
         .route("/label", get(label_page))
+        .route("/models", get(models_page))
         .route(
             "/assets/uplot.js",
             get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
@@ -339,6 +342,15 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/backtests/{id}",
             need(Read, get(models::get_backtest)),
+        )
+        .route(
+            "/api/v1/training",
+            need(Read, get(models::list_training))
+                .merge(need(ChangeModels, post(models::start_training))),
+        )
+        .route(
+            "/api/v1/training/{id}",
+            need(Read, get(models::get_training)),
         )
         .route("/api/v1/scenarios", need(Read, get(twin::list_scenarios)))
         .route("/api/v1/whatif", need(Read, post(twin::run_whatif)))
@@ -575,8 +587,12 @@ impl From<ControlError> for ApiError {
             ControlError::Threshold(_) | ControlError::Backtest(StartError::Backtest(_)) => {
                 ApiError::BadRequest(error.to_string())
             }
-            ControlError::Backtest(StartError::Thread(_)) => {
+            ControlError::Backtest(StartError::Thread(_))
+            | ControlError::Training(TrainingError::Thread(_)) => {
                 ApiError::InternalMessage(error.to_string())
+            }
+            ControlError::Training(TrainingError::Name(_) | TrainingError::EmptyPeriod { .. }) => {
+                ApiError::BadRequest(error.to_string())
             }
             // The version exists but cannot run here, or the request does not fit the state.
             _ => ApiError::Conflict(error.to_string()),
@@ -687,6 +703,17 @@ async fn mes_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
 /// The labelling page: engineers and admins (the roles that may label).
 async fn label_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
     signed_in_page(&api, &headers, LABEL_PAGE, Permission::Label, "label parts").await
+}
+
+async fn models_page(State(api): State<ApiState>, headers: HeaderMap) -> Response {
+    signed_in_page(
+        &api,
+        &headers,
+        MODELS_PAGE,
+        Permission::ChangeModels,
+        "train or change models",
+    )
+    .await
 }
 
 /// A library the pages load, compiled in: a plant network has no CDN.

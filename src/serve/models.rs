@@ -1,6 +1,7 @@
 //! Model changes over HTTP: list, promote, roll back, shadow. Engineers and admins only; each
 //! change is recorded with its audit entry in one durable write. And backtests: a candidate
-//! replayed over a recorded period, started here and watched until its report is ready.
+//! replayed over a recorded period, started here and watched until its report is ready. And
+//! training: a model learnt from the station's own records, watched phase by phase.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Principal;
 use super::{ApiError, ApiState};
 use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, KEEP_JOBS, Period};
+use crate::inspect::training::{Family, KEEP_TRAINING_JOBS, TrainingJob, TrainingRequest};
 use crate::model_control::{ControlError, ModelStatus};
 use crate::record::{ModelEvent, ShadowSummary};
 
@@ -191,4 +193,128 @@ pub(super) async fn get_backtest(
             "no backtest {id} (the newest {KEEP_JOBS} are kept until a restart)"
         ))
     })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrainingBody {
+    family: Family,
+    /// The model's name (its version adds a hash of what it learnt).
+    name: String,
+    /// Parts decided at or after `from` and before `to` (RFC 3339).
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Whether unlabelled parts the live model passed count as good; default true for an
+    /// anomaly model (nothing is labelled on a new product's first day), false for a
+    /// supervised one (it learns from labels).
+    passed_as_good: Option<bool>,
+}
+
+pub(super) async fn start_training(
+    State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<TrainingBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<TrainingJob>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let request = TrainingRequest {
+        family: body.family,
+        passed_as_good: body
+            .passed_as_good
+            .unwrap_or(body.family == Family::Anomaly),
+        name: body.name,
+        from: body.from,
+        to: body.to,
+        requested_by: who.name.clone(),
+    };
+    let audit = who.audit("model.train", &request.name);
+    let job = api.models.start_training(request, Some(audit)).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+#[derive(Serialize)]
+pub(super) struct TrainingList {
+    /// Newest first.
+    jobs: Vec<TrainingJob>,
+}
+
+pub(super) async fn list_training(State(api): State<ApiState>) -> Json<TrainingList> {
+    Json(TrainingList {
+        jobs: api.models.training().list(),
+    })
+}
+
+pub(super) async fn get_training(
+    State(api): State<ApiState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<TrainingJob>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    api.models.training().get(id).map(Json).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no training job {id} (the newest {KEEP_TRAINING_JOBS} are kept until a restart)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::backtest::JobState;
+    use crate::inspect::training::{Preview, TrainedModel, TrainingSet};
+    use crate::learn::progress::PhaseProgress;
+    use crate::part::Verdict;
+    use crate::serve::openapi_check::{schema_fields, served_fields};
+
+    /// The OpenAPI description names exactly the fields a training job serialises.
+    #[test]
+    fn the_training_schemas_match_what_is_served() {
+        let at = Utc::now();
+        let job = TrainingJob {
+            id: 1,
+            family: Family::Anomaly,
+            name: "p".into(),
+            from: at,
+            to: at,
+            passed_as_good: true,
+            requested_by: "eng".into(),
+            started_at: at,
+            finished_at: None,
+            state: JobState::Running,
+            progress: Some(PhaseProgress {
+                phase: "features of good images".into(),
+                done: 1,
+                total: Some(2),
+                elapsed_s: 0.1,
+                remaining_s: Some(0.1),
+            }),
+            training_set: Some(TrainingSet::default()),
+            model: Some(TrainedModel {
+                version: "p@1".into(),
+                kind: "anomaly".into(),
+                threshold: 1.0,
+                card: serde_json::json!({}),
+                already_registered: false,
+                previews: vec![Preview {
+                    part_id: 1,
+                    class: "good".into(),
+                    score: 0.5,
+                    verdict: Verdict::Pass,
+                    image: "a".into(),
+                    heat_map: None,
+                }],
+            }),
+            error: None,
+        };
+        let served = serde_json::to_value(&job).expect("json");
+        assert_eq!(served_fields(&served), schema_fields("TrainingJob"));
+        for (value, schema) in [
+            (&served["progress"], "TrainingPhase"),
+            (&served["training_set"], "TrainingSet"),
+            (&served["model"], "TrainedModel"),
+            (&served["model"]["previews"][0], "TrainingPreview"),
+        ] {
+            assert_eq!(served_fields(value), schema_fields(schema), "{schema}");
+        }
+        let list = serde_json::to_value(TrainingList { jobs: vec![job] }).expect("json");
+        assert_eq!(served_fields(&list), schema_fields("TrainingList"));
+    }
 }

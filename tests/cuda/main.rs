@@ -19,6 +19,7 @@ use candle_core::{Device, Module, Tensor};
 use linesight::config::ModelDevice;
 use linesight::inspect::registry::{Registry, open_device};
 use linesight::learn::dataset::Layout;
+use linesight::learn::progress::Progress;
 use linesight::models::Detector;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
@@ -255,7 +256,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         coarse_input_size: Some(64),
         seed: 3,
         out_dir: model_dir.clone(),
-        progress: false,
+        progress: Progress::hidden(),
     })
     .expect("trains");
 
@@ -336,7 +337,7 @@ fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
         target_escape_rate: None,
         seed: 4,
         out_dir: model_dir.clone(),
-        progress: false,
+        progress: Progress::hidden(),
     })
     .expect("trains");
 

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use linesight::inspect::registry::Registry;
 use linesight::learn::dataset::Layout;
+use linesight::learn::progress::Progress;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
 use linesight::models::backbone::{Resampling, WeightsId, WeightsSearch};
@@ -37,7 +38,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         coarse_input_size: Some(64),
         seed: 3,
         out_dir: dir.path().join("model"),
-        progress: false,
+        progress: Progress::hidden(),
     };
     // A coarse image score at the model's own input size would count the image score twice.
     let refused = anomaly_train::train(&AnomalySettings {
@@ -156,8 +157,13 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
         linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
-    let again = anomaly_train::evaluate(&model, &held_out, loaded_card.head.threshold, false)
-        .expect("evaluates");
+    let again = anomaly_train::evaluate(
+        &model,
+        &held_out,
+        loaded_card.head.threshold,
+        &Progress::hidden(),
+    )
+    .expect("evaluates");
     assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
 

@@ -37,6 +37,7 @@ mod spc;
 mod station_process;
 mod supervised;
 mod templates;
+mod training;
 mod twin;
 mod views;
 

@@ -3,6 +3,7 @@
 //! skips what it cannot use.
 
 use linesight::learn::dataset::{self, Layout};
+use linesight::learn::progress::Progress;
 use linesight::models::backbone::WeightsSearch;
 use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::GrayImage;
@@ -44,7 +45,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
         target_escape_rate: None,
         seed: 4,
         out_dir: out.clone(),
-        progress: false,
+        progress: Progress::hidden(),
     })
     .expect("trains");
     assert_eq!(card.head.kind, "supervised");
@@ -94,7 +95,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
     assert_eq!(model.card.head.version, version);
     let samples = dataset::read(Layout::MagneticTile, &root).expect("dataset");
     let (held_out, _) = supervised::held_out_part(&samples);
-    let again = supervised::evaluate(&model, &held_out, false).expect("evaluates");
+    let again = supervised::evaluate(&model, &held_out, &Progress::hidden()).expect("evaluates");
     assert_eq!(again.confusion, m.confusion);
     assert_eq!(again.detection.image_auroc, m.detection.image_auroc);
 
@@ -154,7 +155,7 @@ fn a_target_escape_rate_chooses_the_threshold() {
         target_escape_rate: Some(0.0),
         seed: 1,
         out_dir: dir.path().join("model"),
-        progress: false,
+        progress: Progress::hidden(),
     })
     .expect("trains");
     let rule = &card.head.threshold_rule;

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
-use crate::learn::progress;
+use crate::learn::progress::Progress;
 use crate::learn::synthetic_defect;
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
@@ -30,6 +30,16 @@ use crate::part::GrayImage;
 
 /// The input size of the coarse image score new models get (see [`CoarseImage`]).
 pub const COARSE_INPUT_SIZE: usize = 96;
+
+/// Memory-bank entries kept from the good patches, unless asked otherwise.
+pub const DEFAULT_BANK_SIZE: usize = 4096;
+
+/// The side of the square the backbone sees, unless asked otherwise. 128 measured best on
+/// magnetic-tile (image AUROC 0.91; 0.90 at 192, about 0.88 at 256) and is the cheapest.
+pub const DEFAULT_INPUT_SIZE: usize = 128;
+
+/// The share of good parts the threshold may reject, unless asked otherwise.
+pub const DEFAULT_TARGET_FALSE_REJECT_RATE: f64 = 0.05;
 
 /// Every `HOLDOUT_EVERY`-th image of each class is held out for evaluation.
 pub const HOLDOUT_EVERY: usize = 4;
@@ -72,7 +82,8 @@ pub struct AnomalySettings {
     pub coarse_input_size: Option<usize>,
     pub seed: u64,
     pub out_dir: PathBuf,
-    pub progress: bool,
+    /// Where each phase's progress goes.
+    pub progress: Progress,
 }
 
 /// Trains on the dataset's good training images, evaluates on the held-out part, writes the
@@ -118,11 +129,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     // threshold chosen on it. The final fit adds it.
     let (good, validation) = dataset::split_every_ignoring_own(&good_part, VALIDATION_EVERY);
 
-    let bar = progress::labelled(
-        settings.progress,
-        good.len() + validation.len(),
-        "features of good images",
-    );
+    let bar = settings
+        .progress
+        .phase(good.len() + validation.len(), "features of good images");
     // The patch head's defects are painted from the run's seed: a seed reproduces the model.
     let mut painter = ChaCha8Rng::seed_from_u64(settings.seed);
     let grid = settings.input_size / 8;
@@ -174,7 +183,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             )),
             None => None,
         };
-        let bar = progress::labelled(settings.progress, settings.bank_size, which);
+        let bar = settings.progress.phase(settings.bank_size, which);
         let model = PatchCore::fit(
             features.clone(),
             &all,
@@ -199,7 +208,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
                 .collect();
             tracing::info!(images = examples.len(), "training the patch head");
-            let bar = progress::labelled(settings.progress, 0, "patch head steps");
+            let bar = settings.progress.phase(0, "patch head steps");
             let head = PatchHead::fit(&examples, &bar)?;
             bar.finish_and_clear();
             Some(head)
@@ -272,7 +281,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let used = fit_part.used;
     let training_duration_s = started.elapsed().as_secs_f64();
 
-    let metrics = evaluate(&model, &held_out, threshold, settings.progress)?;
+    let metrics = evaluate(&model, &held_out, threshold, &settings.progress)?;
     // The version names what the station runs: the bank and the threshold.
     let version = hash::version(
         &settings.name,
@@ -362,12 +371,12 @@ pub fn evaluate(
     model: &PatchCore,
     samples: &[Sample],
     threshold: f32,
-    show_progress: bool,
+    progress: &Progress,
 ) -> Result<AnomalyMetrics, AnomalyError> {
     let (mut scores, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
     let mut pixels = PixelTruth::default();
     let mut n_skipped = 0;
-    let bar = progress::labelled(show_progress, samples.len(), "held-out images");
+    let bar = progress.phase(samples.len(), "held-out images");
     for sample in samples {
         bar.inc(1);
         let image = match dataset::load_gray(&sample.image) {

@@ -26,7 +26,10 @@
 
 mod train;
 
-pub use self::train::{SupervisedSettings, evaluate, held_out_part, train};
+pub use self::train::{
+    DEFAULT_AUGMENTED_COPIES, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FEATURE_DROPOUT,
+    DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, SupervisedSettings, evaluate, held_out_part, train,
+};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -45,7 +48,7 @@ use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
 use crate::learn::fit::{binary_cross_entropy_each, for_each_var_sorted, seeded_init};
 use crate::learn::hash::ContentHash;
 use crate::learn::normaliser::Normaliser;
-use crate::learn::progress;
+use crate::learn::progress::Progress;
 use crate::models::anomaly::train::{AnomalyError, HOLDOUT_EVERY};
 use crate::models::backbone::{
     BackboneInput, FEATURE_DIM, PatchFeatures, WeightsSearch, check_input_size,

@@ -23,7 +23,48 @@ pub struct SupervisedSettings {
     pub target_escape_rate: Option<f64>,
     pub seed: u64,
     pub out_dir: PathBuf,
-    pub progress: bool,
+    /// Where each phase's progress goes.
+    pub progress: Progress,
+}
+
+/// Training passes over the images, unless asked otherwise.
+pub const DEFAULT_EPOCHS: usize = 12;
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+pub const DEFAULT_LEARNING_RATE: f64 = 2e-3;
+/// The side of the square images are resized to, unless asked otherwise.
+pub const DEFAULT_INPUT_SIZE: usize = 256;
+/// Augmented copies of each training image, unless asked otherwise.
+pub const DEFAULT_AUGMENTED_COPIES: usize = 2;
+/// Share of feature channels dropped per image while training, unless asked otherwise.
+pub const DEFAULT_FEATURE_DROPOUT: f64 = 0.1;
+
+impl SupervisedSettings {
+    /// The defaults `linesight train supervised` uses, for `data` in `layout`, written to
+    /// `out_dir`; no progress shown.
+    pub fn defaults(
+        name: &str,
+        layout: Layout,
+        data: PathBuf,
+        backbone_weights: PathBuf,
+        out_dir: PathBuf,
+    ) -> SupervisedSettings {
+        SupervisedSettings {
+            name: name.to_owned(),
+            layout,
+            data,
+            backbone_weights,
+            epochs: DEFAULT_EPOCHS,
+            batch_size: DEFAULT_BATCH_SIZE,
+            learning_rate: DEFAULT_LEARNING_RATE,
+            input_size: DEFAULT_INPUT_SIZE,
+            augmented_copies: DEFAULT_AUGMENTED_COPIES,
+            feature_dropout: DEFAULT_FEATURE_DROPOUT,
+            target_escape_rate: None,
+            seed: 0,
+            out_dir,
+            progress: Progress::hidden(),
+        }
+    }
 }
 
 /// One (possibly augmented) training image: its features and targets.
@@ -76,8 +117,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
 
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let copies = 1 + settings.augmented_copies;
-    let bar = progress::labelled(
-        settings.progress,
+    let bar = settings.progress.phase(
         (fit_part.len() + validation.len()) * copies,
         "features of training images",
     );
@@ -117,11 +157,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
     };
-    let scored = score_all(
-        &model,
-        &validation,
-        settings.progress.then_some("validation images"),
-    )?;
+    let scored = score_all(&model, &validation, &settings.progress, "validation images")?;
     let n_validation = used_validation.len();
     let mut guarantee = None;
     let has_good = scored.labels.iter().any(|l| !l);
@@ -217,7 +253,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         family,
     )
     .with_guarantee(guarantee);
-    model.card.family.metrics = evaluate(&model, &held_out, settings.progress)?;
+    model.card.family.metrics = evaluate(&model, &held_out, &settings.progress)?;
     model.card.head.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;
     Ok(model.card)
@@ -252,7 +288,7 @@ fn fit_head(
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let steps_per_epoch = examples.len().div_ceil(settings.batch_size.max(1));
     let total_steps = settings.epochs * steps_per_epoch;
-    let bar = progress::bar(settings.progress, total_steps as u64);
+    let bar = settings.progress.phase(total_steps, "training steps");
     let mut step = 0;
     for epoch in 0..settings.epochs {
         order.shuffle(&mut rng);
@@ -575,11 +611,12 @@ struct Scored {
     n_skipped: usize,
 }
 
-/// Scores `samples` with their truths; `bar` labels a progress bar, when one is shown.
+/// Scores `samples` with their truths, reporting a phase labelled `what`.
 fn score_all(
     model: &SupervisedModel,
     samples: &[Sample],
-    bar: Option<&str>,
+    progress: &Progress,
+    what: &str,
 ) -> Result<Scored, SupervisedError> {
     let mut scored = Scored {
         scores: Vec::new(),
@@ -589,7 +626,7 @@ fn score_all(
         pixels: PixelTruth::default(),
         n_skipped: 0,
     };
-    let bar = progress::labelled(bar.is_some(), samples.len(), bar.unwrap_or_default());
+    let bar = progress.phase(samples.len(), what);
     for sample in samples {
         bar.inc(1);
         let Some(truth) = model
@@ -630,9 +667,9 @@ fn score_all(
 pub fn evaluate(
     model: &SupervisedModel,
     samples: &[Sample],
-    show: bool,
+    progress: &Progress,
 ) -> Result<SupervisedMetrics, SupervisedError> {
-    let scored = score_all(model, samples, show.then_some("held-out images"))?;
+    let scored = score_all(model, samples, progress, "held-out images")?;
     Ok(summarise(
         &scored,
         model.card.head.threshold,

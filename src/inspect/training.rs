@@ -1,0 +1,734 @@
+//! Training a model from the station's own records, started from the browser: the cold start
+//! of a new product (an anomaly model from good parts) and the supervised model once defects
+//! are labelled.
+//!
+//! A job takes the parts decided in a period, newest first up to [`MAX_TRAINING_PARTS`]:
+//! a part's latest label says what it is; an unlabelled part the live model passed counts as
+//! good when the request says so (on the first day of a product nothing is labelled). It lays
+//! their recorded images out in the MVTec AD folder layout in a scratch folder (`train/good`,
+//! every [`HELD_OUT_EVERY`]th good part in `test/good`, defects in `test/<class>` with masks
+//! painted from their labels' regions), trains there with the same code and defaults as
+//! `linesight train`, and moves the finished model folder into the registry under its version.
+//! A half-written model is never in the registry: training writes to a hidden folder that
+//! the registry does not list, and the move is one rename in the same folder.
+//!
+//! One job runs at a time, on a one-thread pool of its own, so the live model keeps the
+//! other core. Its progress is each training phase with its time left ([`ProgressWatch`]).
+//! When it is done, the job shows the card's validation figures and a few held-out parts with
+//! the new model's heat maps, saved to the image store only where they fit its budget
+//! without evicting anything (as a backtest's). The model is then a registry version like any
+//! other: run it in shadow, backtest it, promote it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::backtest::JobState;
+use super::registry::Registry;
+use crate::learn::dataset::{Layout, class_folder};
+use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
+use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
+use crate::models::anomaly::train::{self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE};
+use crate::models::card::CARD_FILE;
+use crate::models::supervised::{self, SupervisedSettings};
+use crate::part::{GrayImage, Verdict};
+use crate::record::{
+    InspectionRecord, RecordBody, RecordError, Region, Store, gray_png, heat_map_png, regions_mask,
+};
+
+/// The most parts one training job reads (the newest of its period).
+pub const MAX_TRAINING_PARTS: usize = 5_000;
+
+/// Every this-many-th good part is held out of training, to measure the model on.
+pub const HELD_OUT_EVERY: usize = 4;
+
+/// Good parts a model needs at least: a quarter is held out to measure it, and its threshold
+/// is chosen on a fifth of the rest, which must be at least 2 images (19 or more give the
+/// threshold a finite-sample promise; the card says which it got).
+pub const MIN_GOOD_PARTS: usize = 20;
+
+/// Labelled defective parts a supervised model needs at least.
+pub const MIN_DEFECTIVE_PARTS: usize = 8;
+
+/// Held-out parts of each kind (good, labelled defective, unlabelled parts the live model
+/// rejected) shown with the new model's heat map.
+const PREVIEWS_PER_KIND: usize = 3;
+
+/// How many finished jobs are kept to show (until a restart).
+pub const KEEP_TRAINING_JOBS: usize = 8;
+
+/// The model families a station can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// From good parts only: the cold start of a new product.
+    Anomaly,
+    /// From labelled good and defective parts.
+    Supervised,
+}
+
+/// What to train, from which records.
+#[derive(Debug, Clone)]
+pub struct TrainingRequest {
+    pub family: Family,
+    /// The model's name; its version is the name and a hash of what it learnt.
+    pub name: String,
+    /// Parts decided at or after `from` and before `to`.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Whether unlabelled parts the live model passed count as good.
+    pub passed_as_good: bool,
+    pub requested_by: String,
+}
+
+/// Why a training job could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error("training job {0} is still running; one runs at a time")]
+    Busy(u64),
+    #[error("a model name is 1 to 40 letters, digits, `-` or `_` (it names a folder), not {0:?}")]
+    Name(String),
+    #[error("the period is empty: `from` ({from}) must be before `to` ({to})")]
+    EmptyPeriod {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    #[error("cannot start the training thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What went into a training set, as the job shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TrainingSet {
+    /// Parts decided in the period (before [`MAX_TRAINING_PARTS`]).
+    pub parts_in_period: u64,
+    /// Good parts: labelled good, or passed and unlabelled when those count.
+    pub good: u64,
+    /// Of them, held out of training to measure the model on.
+    pub good_held_out: u64,
+    /// Defective parts by class (labelled only).
+    pub defective: BTreeMap<String, u64>,
+    /// Parts left out, by reason.
+    pub left_out: BTreeMap<String, u64>,
+}
+
+/// One held-out part, judged by the new model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preview {
+    pub part_id: u64,
+    /// `good`, or the labelled defect class.
+    pub class: String,
+    pub score: f32,
+    pub verdict: Verdict,
+    /// The part's image (`/api/v1/images/{digest}`).
+    pub image: String,
+    /// The new model's heat map on its threshold's scale; `None` when it did not fit the
+    /// image budget.
+    pub heat_map: Option<String>,
+}
+
+/// A trained model, as the job shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainedModel {
+    pub version: String,
+    pub kind: String,
+    pub threshold: f32,
+    /// The model's whole card: its threshold rule and guarantee, and its validation and
+    /// held-out figures.
+    pub card: serde_json::Value,
+    /// Whether an identical model (the same version) was in the registry already.
+    pub already_registered: bool,
+    pub previews: Vec<Preview>,
+}
+
+/// A training job and how far it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingJob {
+    pub id: u64,
+    pub family: Family,
+    pub name: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub passed_as_good: bool,
+    pub requested_by: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub state: JobState,
+    /// The phase it is in, while it runs.
+    pub progress: Option<PhaseProgress>,
+    /// Once the records are read.
+    pub training_set: Option<TrainingSet>,
+    pub model: Option<TrainedModel>,
+    pub error: Option<String>,
+}
+
+/// A job as it is kept: its view, and the watch its training thread reports to.
+#[derive(Debug)]
+struct Slot {
+    job: TrainingJob,
+    watch: ProgressWatch,
+}
+
+/// The station's training jobs, newest last.
+#[derive(Debug, Default)]
+pub struct TrainingJobs {
+    jobs: Mutex<VecDeque<Slot>>,
+    next_id: AtomicU64,
+}
+
+impl TrainingJobs {
+    /// Every kept job, newest first.
+    pub fn list(&self) -> Vec<TrainingJob> {
+        self.lock().iter().rev().map(Slot::view).collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<TrainingJob> {
+        self.lock().iter().find(|s| s.job.id == id).map(Slot::view)
+    }
+
+    /// Why `request` cannot start now, if it cannot.
+    pub fn refusal(&self, request: &TrainingRequest) -> Result<(), TrainingError> {
+        check_name(&request.name)?;
+        if request.from >= request.to {
+            return Err(TrainingError::EmptyPeriod {
+                from: request.from,
+                to: request.to,
+            });
+        }
+        match self
+            .lock()
+            .iter()
+            .find(|s| s.job.state == JobState::Running)
+        {
+            Some(running) => Err(TrainingError::Busy(running.job.id)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks `request` and starts it on a thread of its own.
+    pub fn start(
+        self: &Arc<Self>,
+        store: Store,
+        registry: Registry,
+        request: TrainingRequest,
+    ) -> Result<TrainingJob, TrainingError> {
+        self.refusal(&request)?;
+        let watch = ProgressWatch::default();
+        let job = {
+            let mut jobs = self.lock();
+            if let Some(running) = jobs.iter().find(|s| s.job.state == JobState::Running) {
+                return Err(TrainingError::Busy(running.job.id));
+            }
+            let job = TrainingJob {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+                family: request.family,
+                name: request.name.clone(),
+                from: request.from,
+                to: request.to,
+                passed_as_good: request.passed_as_good,
+                requested_by: request.requested_by.clone(),
+                started_at: Utc::now(),
+                finished_at: None,
+                state: JobState::Running,
+                progress: None,
+                training_set: None,
+                model: None,
+                error: None,
+            };
+            jobs.push_back(Slot {
+                job: job.clone(),
+                watch: watch.clone(),
+            });
+            while jobs.len() > KEEP_TRAINING_JOBS {
+                // Never drop the running job: it is the newest.
+                jobs.pop_front();
+            }
+            job
+        };
+        let jobs = self.clone();
+        let id = job.id;
+        let spawned = std::thread::Builder::new()
+            .name(format!("training-{id}"))
+            .spawn(move || {
+                let read = |set: &TrainingSet| {
+                    jobs.update(id, &|job| job.training_set = Some(set.clone()));
+                };
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&store, &registry, &request, id, &watch, &read)
+                }))
+                .unwrap_or_else(|panic| Err(format!("training stopped on a bug: {panic:?}")));
+                jobs.update(id, &|job| {
+                    job.finished_at = Some(Utc::now());
+                    match &outcome {
+                        Ok(model) => {
+                            job.state = JobState::Done;
+                            job.model = Some(model.clone());
+                        }
+                        Err(error) => {
+                            job.state = JobState::Failed;
+                            job.error = Some(error.clone());
+                        }
+                    }
+                });
+                match &outcome {
+                    Ok(model) => tracing::info!(id, version = %model.version, "model trained"),
+                    Err(error) => tracing::warn!(id, %error, "training failed"),
+                }
+            });
+        if let Err(error) = spawned {
+            self.update(id, &|job| {
+                job.state = JobState::Failed;
+                job.finished_at = Some(Utc::now());
+                job.error = Some(format!("cannot start the training thread: {error}"));
+            });
+            return Err(TrainingError::Thread(error));
+        }
+        Ok(job)
+    }
+
+    fn update(&self, id: u64, change: &dyn Fn(&mut TrainingJob)) {
+        if let Some(slot) = self.lock().iter_mut().find(|s| s.job.id == id) {
+            change(&mut slot.job);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Slot>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Slot {
+    fn view(&self) -> TrainingJob {
+        let mut job = self.job.clone();
+        if job.state == JobState::Running {
+            job.progress = self.watch.now();
+        }
+        job
+    }
+}
+
+fn check_name(name: &str) -> Result<(), TrainingError> {
+    let fits = (1..=40).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if fits {
+        Ok(())
+    } else {
+        Err(TrainingError::Name(name.to_owned()))
+    }
+}
+
+/// One part of a training set.
+#[derive(Debug, Clone, PartialEq)]
+struct TrainingPart {
+    part_id: u64,
+    /// The image's digest in the store.
+    image: String,
+    /// `good`, or the defect class.
+    class: String,
+    /// Where the defects are, for defective parts labelled with regions.
+    regions: Vec<Region>,
+    held_out: bool,
+}
+
+/// What a job reads from the records: the parts that teach, and a few unlabelled parts the
+/// live model rejected (they teach nothing, but show the new model on what the old one failed).
+#[derive(Debug, Default)]
+struct TrainingParts {
+    parts: Vec<TrainingPart>,
+    live_rejected: Vec<TrainingPart>,
+}
+
+/// The label a part the live model rejected gets in a preview.
+const LIVE_REJECTED: &str = "rejected by the live model, unlabelled";
+
+/// The whole job on its thread: the records read, the folder laid out, the model trained and
+/// moved into the registry, the previews scored. Errors come back as the words the job shows.
+fn run(
+    store: &Store,
+    registry: &Registry,
+    request: &TrainingRequest,
+    id: u64,
+    watch: &ProgressWatch,
+    read: &dyn Fn(&TrainingSet),
+) -> Result<TrainedModel, String> {
+    let (
+        TrainingParts {
+            parts,
+            live_rejected,
+        },
+        set,
+    ) = training_parts(store, request).map_err(|e| e.to_string())?;
+    read(&set);
+    enough(request.family, &set, request.passed_as_good)?;
+    let root = registry.root();
+    let scratch = root.join(format!(".training-{id}-{}", std::process::id()));
+    let data = scratch.join("data");
+    let out = scratch.join("model");
+    let outcome = (|| {
+        lay_out(store, &parts, &data)
+            .map_err(|e| format!("laying out the training images in {}: {e}", data.display()))?;
+        let backbone_weights = registry
+            .weights()
+            .find(None, root)
+            .map_err(|e| e.to_string())?;
+        // One worker thread of its own: the backbone's kernels run on rayon, and in the
+        // global pool training would take every core from the live model.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(move |_| format!("training-{id}-worker"))
+            .build()
+            .map_err(|e| format!("cannot start the training thread pool: {e}"))?;
+        let progress = Progress::watched(watch.clone());
+        let (version, kind, threshold) = pool.install(|| match request.family {
+            Family::Anomaly => anomaly_train::train(&AnomalySettings {
+                name: request.name.clone(),
+                layout: Layout::Mvtec,
+                data: data.clone(),
+                backbone_weights,
+                bank_size: anomaly_train::DEFAULT_BANK_SIZE,
+                input_size: anomaly_train::DEFAULT_INPUT_SIZE,
+                target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
+                synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
+                coarse_input_size: Some(COARSE_INPUT_SIZE),
+                seed: 0,
+                out_dir: out.clone(),
+                progress,
+            })
+            .map(|card| (card.head.version, card.head.kind, card.head.threshold))
+            .map_err(|e| e.to_string()),
+            Family::Supervised => supervised::train(&SupervisedSettings {
+                progress,
+                ..SupervisedSettings::defaults(
+                    &request.name,
+                    Layout::Mvtec,
+                    data.clone(),
+                    backbone_weights,
+                    out.clone(),
+                )
+            })
+            .map(|card| (card.head.version, card.head.kind, card.head.threshold))
+            .map_err(|e| e.to_string()),
+        })?;
+        // The card names the records it learnt from, not the scratch folder (gone by now).
+        let source = format!(
+            "station {} records: parts decided from {} to {} (training job {id}, asked by {})",
+            store.station(),
+            request.from.to_rfc3339(),
+            request.to.to_rfc3339(),
+            request.requested_by
+        );
+        let card = describe_source(&out.join(CARD_FILE), &source)
+            .map_err(|e| format!("the new model's card: {e}"))?;
+        let home = root.join(&version);
+        let already_registered = home.join(CARD_FILE).is_file();
+        if !already_registered {
+            std::fs::rename(&out, &home).map_err(|e| {
+                format!(
+                    "moving the model into the registry ({}): {e}",
+                    home.display()
+                )
+            })?;
+        }
+        watch_phase(watch, "heat maps of held-out parts");
+        let previews = previews(store, registry, &home, &parts, &live_rejected, threshold)?;
+        Ok(TrainedModel {
+            version,
+            kind,
+            threshold,
+            card,
+            already_registered,
+            previews,
+        })
+    })();
+    if let Err(error) = std::fs::remove_dir_all(&scratch) {
+        tracing::warn!(dir = %scratch.display(), %error, "could not remove the training folder");
+    }
+    outcome
+}
+
+/// Sets the card's `dataset` to `source`; returns the card.
+fn describe_source(card_file: &Path, source: &str) -> Result<serde_json::Value, String> {
+    let bytes = std::fs::read(card_file).map_err(|e| e.to_string())?;
+    let mut card: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    card["dataset"] = source.into();
+    let text = serde_json::to_vec_pretty(&card).map_err(|e| e.to_string())?;
+    std::fs::write(card_file, text).map_err(|e| e.to_string())?;
+    Ok(card)
+}
+
+/// Marks a phase with no count of its own.
+fn watch_phase(watch: &ProgressWatch, what: &str) {
+    drop(Progress::watched(watch.clone()).phase(0, what));
+}
+
+/// Refuses a set too small to train `family` on, saying what the period lacks.
+fn enough(family: Family, set: &TrainingSet, passed_as_good: bool) -> Result<(), String> {
+    let training_good = set.good - set.good_held_out;
+    let defective: u64 = set.defective.values().sum();
+    let hint = if passed_as_good {
+        "choose a longer period"
+    } else {
+        "label more parts good, count passed parts as good, or choose a longer period"
+    };
+    if (set.good as usize) < MIN_GOOD_PARTS {
+        return Err(format!(
+            "the period has {} good parts with a kept image ({training_good} to train on); a \
+             model needs at least {MIN_GOOD_PARTS}: {hint}",
+            set.good
+        ));
+    }
+    if family == Family::Supervised && (defective as usize) < MIN_DEFECTIVE_PARTS {
+        return Err(format!(
+            "the period has {defective} parts labelled defective with a kept image; a \
+             supervised model needs at least {MIN_DEFECTIVE_PARTS}: label more defects, or \
+             train an anomaly model from the good parts"
+        ));
+    }
+    Ok(())
+}
+
+/// The period's parts with what they are, newest first, and the set's summary.
+fn training_parts(
+    store: &Store,
+    request: &TrainingRequest,
+) -> Result<(TrainingParts, TrainingSet), RecordError> {
+    let latest = store.latest_labels()?;
+    let mut set = TrainingSet::default();
+    let mut parts = Vec::new();
+    let mut live_rejected = Vec::new();
+    let mut before = None;
+    let mut n_good = 0usize;
+    'pages: loop {
+        let page = store.inspection_records(before, 512)?;
+        let Some(oldest) = page.last() else { break };
+        before = Some(oldest.part_id);
+        let all_older = page.iter().all(|r| r.decided_at < request.from);
+        for record in page {
+            if record.decided_at < request.from || record.decided_at >= request.to {
+                continue;
+            }
+            set.parts_in_period += 1;
+            if parts.len() + left_out_count(&set) >= MAX_TRAINING_PARTS {
+                *set.left_out
+                    .entry(format!("past the newest {MAX_TRAINING_PARTS} parts"))
+                    .or_default() += 1;
+                continue;
+            }
+            match classify(store, &latest, &record, request.passed_as_good)? {
+                Ok((class, image, regions)) => {
+                    let held_out = class == "good" && n_good % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
+                    if class == "good" {
+                        n_good += 1;
+                        set.good += 1;
+                        set.good_held_out += u64::from(held_out);
+                    } else {
+                        *set.defective.entry(class.clone()).or_default() += 1;
+                    }
+                    parts.push(TrainingPart {
+                        part_id: record.part_id,
+                        image,
+                        class,
+                        regions,
+                        held_out,
+                    });
+                }
+                Err(reason) => {
+                    *set.left_out.entry(reason.to_owned()).or_default() += 1;
+                    if let (Some(Verdict::Fail), Some(image), true) = (
+                        record.verdict,
+                        &record.image,
+                        live_rejected.len() < PREVIEWS_PER_KIND,
+                    ) && !latest.contains_key(&record.part_id)
+                    {
+                        live_rejected.push(TrainingPart {
+                            part_id: record.part_id,
+                            image: image.clone(),
+                            class: LIVE_REJECTED.into(),
+                            regions: Vec::new(),
+                            held_out: true,
+                        });
+                    }
+                }
+            }
+        }
+        if all_older {
+            break 'pages;
+        }
+    }
+    let parts = TrainingParts {
+        parts,
+        live_rejected,
+    };
+    Ok((parts, set))
+}
+
+fn left_out_count(set: &TrainingSet) -> usize {
+    set.left_out.values().sum::<u64>() as usize
+}
+
+type Classified = Result<(String, String, Vec<Region>), &'static str>;
+
+/// What a part teaches: its class, image and regions; or why it is left out.
+fn classify(
+    store: &Store,
+    latest: &HashMap<u64, u64>,
+    record: &InspectionRecord,
+    passed_as_good: bool,
+) -> Result<Classified, RecordError> {
+    let label = match latest.get(&record.part_id) {
+        Some(&seq) => match store.record(seq)?.map(|r| r.body) {
+            Some(RecordBody::Label(label)) => Some(label),
+            _ => None,
+        },
+        None => None,
+    };
+    let (class, image, regions) = match label {
+        Some(label) => {
+            let class = match label.verdict {
+                Verdict::Pass => "good".to_owned(),
+                Verdict::Fail => label.defect_class.unwrap_or_else(|| "defect".into()),
+                Verdict::Error => return Ok(Err("labelled as an error")),
+            };
+            (
+                class,
+                label.image.or_else(|| record.image.clone()),
+                label.regions,
+            )
+        }
+        None if passed_as_good && record.verdict == Some(Verdict::Pass) => {
+            ("good".to_owned(), record.image.clone(), Vec::new())
+        }
+        None if passed_as_good => return Ok(Err("unlabelled and not passed")),
+        None => return Ok(Err("unlabelled")),
+    };
+    let Some(image) = image else {
+        return Ok(Err("no image kept"));
+    };
+    if store.images().path(&image).is_none() {
+        return Ok(Err("no image kept"));
+    }
+    Ok(Ok((class, image, regions)))
+}
+
+/// Writes the parts' images in the MVTec AD layout under `data`.
+fn lay_out(store: &Store, parts: &[TrainingPart], data: &Path) -> std::io::Result<()> {
+    for part in parts {
+        let source = store
+            .images()
+            .path(&part.image)
+            .ok_or_else(|| std::io::Error::other(format!("image {} was evicted", part.image)))?;
+        let folder = match (part.class.as_str(), part.held_out) {
+            ("good", false) => data.join("train/good"),
+            ("good", true) => data.join("test/good"),
+            (class, _) => data.join("test").join(class_folder(class)),
+        };
+        std::fs::create_dir_all(&folder)?;
+        // Named by the part, so two parts with the same image are two images.
+        let stem = format!("part-{:010}", part.part_id);
+        std::fs::copy(&source, folder.join(format!("{stem}.png")))?;
+        if part.class != "good" && !part.regions.is_empty() {
+            let (width, height) =
+                image::image_dimensions(&source).map_err(std::io::Error::other)?;
+            let mask = gray_png(&regions_mask(&part.regions, width, height))
+                .map_err(std::io::Error::other)?;
+            let truth = data.join("ground_truth").join(class_folder(&part.class));
+            std::fs::create_dir_all(&truth)?;
+            std::fs::write(truth.join(format!("{stem}_mask.png")), mask)?;
+        }
+    }
+    Ok(())
+}
+
+/// A few held-out good parts, defective parts and parts the live model rejected, judged by
+/// the model in `dir`.
+fn previews(
+    store: &Store,
+    registry: &Registry,
+    dir: &Path,
+    parts: &[TrainingPart],
+    live_rejected: &[TrainingPart],
+    threshold: f32,
+) -> Result<Vec<Preview>, String> {
+    let detector = registry
+        .load_dir(dir)
+        .map_err(|e| format!("the new model does not load: {e}"))?;
+    let good = parts.iter().filter(|p| p.held_out).take(PREVIEWS_PER_KIND);
+    let defective = parts
+        .iter()
+        .filter(|p| p.class != "good")
+        .take(PREVIEWS_PER_KIND);
+    let mut previews = Vec::new();
+    for part in good.chain(defective).chain(live_rejected) {
+        let Some(image) = load(store, &part.image) else {
+            continue; // evicted since
+        };
+        let judgement = match detector.judge(&image) {
+            Ok(judgement) => judgement,
+            Err(error) => {
+                tracing::warn!(part_id = part.part_id, %error, "no preview");
+                continue;
+            }
+        };
+        let heat_map = heat_map_png(&judgement.heat_map.on_threshold_scale(threshold))
+            .ok()
+            .and_then(|png| store.save_image_within_budget(&png).ok().flatten());
+        previews.push(Preview {
+            part_id: part.part_id,
+            class: part.class.clone(),
+            score: judgement.score,
+            verdict: if judgement.score >= threshold {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            },
+            image: part.image.clone(),
+            heat_map,
+        });
+    }
+    Ok(previews)
+}
+
+fn load(store: &Store, digest: &str) -> Option<GrayImage> {
+    let path: PathBuf = store.images().path(digest)?;
+    let decoded = image::open(path).ok()?.into_luma8();
+    let (width, height) = decoded.dimensions();
+    GrayImage::new(width, height, decoded.into_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_make_folder_names() {
+        assert!(check_name("product-b_2").is_ok());
+        for bad in ["", "../models", "a b", "ü", &"x".repeat(41)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn too_small_sets_are_refused_with_what_they_lack() {
+        let mut set = TrainingSet {
+            good: 19,
+            good_held_out: 4,
+            ..TrainingSet::default()
+        };
+        let refusal = enough(Family::Anomaly, &set, false).expect_err("19 good parts");
+        assert!(refusal.contains("19 good parts"), "{refusal}");
+        assert!(refusal.contains("count passed parts as good"), "{refusal}");
+        set.good = 20;
+        assert!(enough(Family::Anomaly, &set, true).is_ok());
+        set.defective.insert("scratch".into(), 7);
+        let refusal = enough(Family::Supervised, &set, true).expect_err("7 defects");
+        assert!(refusal.contains("7 parts labelled defective"), "{refusal}");
+        set.defective.insert("dent".into(), 1);
+        assert!(enough(Family::Supervised, &set, true).is_ok());
+    }
+}

@@ -1,0 +1,326 @@
+//! Training from the browser's API on a running station: a new product onboards from the
+//! parts the live model passed (an anomaly model, trained while the line runs, with progress,
+//! validation figures and heat maps), lands in the registry and runs in shadow; a supervised
+//! model learns from labelled parts. Refused with a reason: other roles, bad names, empty
+//! periods, a second job while one runs, and a period without enough labelled defects.
+
+use std::time::Duration;
+
+use linesight::record::{RecordBody, RecordKind};
+use linesight::serve::{Role, Tokens};
+use linesight::station::RunOptions;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    CPU_HEAVY, Client, backbone_weights, eventually, repo, serve_api, simulated_station,
+    station_config,
+};
+
+/// Waits (up to 5 minutes) until training job `id` has finished, collecting the phases seen
+/// while it ran.
+async fn finished(client: &Client, id: u64, phases: &mut Vec<String>) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, job) = client.get(&format!("/api/v1/training/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        if job["state"] != "running" {
+            return job;
+        }
+        if let Some(phase) = job["progress"]["phase"].as_str() {
+            phases.push(phase.to_owned());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "training job {id} still running after 5 minutes: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_from_labels() {
+    let _one = CPU_HEAVY.lock().await;
+    backbone_weights(); // the station finds them where `make weights` put them
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A registry of its own: trained models are written into it.
+    let models = dir.path().join("models");
+    let live_dir = models.join("defect-net-sim");
+    std::fs::create_dir_all(&live_dir).expect("mkdir");
+    for file in ["model.safetensors", "card.json"] {
+        std::fs::copy(
+            repo().join("models/defect-net-sim").join(file),
+            live_dir.join(file),
+        )
+        .expect("copy the shipped model");
+    }
+    let model_dir = format!("dir = {:?}", live_dir.display().to_string());
+    let config = station_config(
+        &dir.path().join("data"),
+        &[
+            ("parts_per_min = 120", "parts_per_min = 300"),
+            ("dir = \"../models/defect-net-sim\"", &model_dir),
+        ],
+    );
+    let tokens = Tokens::open(&dir.path().join("data"), None).expect("tokens");
+    let token = |name: &str, role| tokens.create(name, role, "test").expect("token").token;
+    let (engineer_token, operator_token) = (
+        token("eng-1", Role::Engineer),
+        token("op-1", Role::Operator),
+    );
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let store = station.store();
+    let base = serve_api(&station).await;
+    let stop = CancellationToken::new();
+    let line = tokio::spawn(station.run(RunOptions { max_parts: None }, stop.clone()));
+    let http = reqwest::Client::new();
+    let client = |token: &str| Client {
+        http: http.clone(),
+        base: base.clone(),
+        token: token.to_owned(),
+    };
+    let (engineer, operator) = (client(&engineer_token), client(&operator_token));
+
+    eventually(
+        "12 passed parts and 12 rejected ones with images",
+        || async {
+            let parts = store.inspection_records(None, 500).expect("read");
+            let count = |verdict: &str| {
+                parts
+                    .iter()
+                    .filter(|p| p.image.is_some())
+                    .filter(|p| p.verdict.map(|v| v.as_str()) == Some(verdict))
+                    .count()
+            };
+            count("pass") >= 24 && count("fail") >= 12
+        },
+    )
+    .await;
+    let from = "2000-01-01T00:00:00Z";
+    let to = "2100-01-01T00:00:00Z";
+    let anomaly = json!({"family": "anomaly", "name": "onboarded", "from": from, "to": to});
+
+    // Refused with a reason.
+    let (status, _) = operator.post("/api/v1/training", anomaly.clone()).await;
+    assert_eq!(status, 403, "operators do not train models");
+    for (body, says) in [
+        (
+            json!({"family": "anomaly", "name": "../escape", "from": from, "to": to}),
+            "model name",
+        ),
+        (
+            json!({"family": "anomaly", "name": "p", "from": to, "to": from}),
+            "must be before",
+        ),
+        (
+            json!({"family": "anomaly", "name": "p", "from": from, "to": to, "epochs": 3}),
+            "unknown field",
+        ),
+        (
+            json!({"family": "forest", "name": "p", "from": from, "to": to}),
+            "unknown variant",
+        ),
+    ] {
+        let (status, error) = engineer.post("/api/v1/training", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {error}");
+        let error = error["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+
+    // A supervised model with nothing labelled: the job says what the period lacks.
+    let (status, job) = engineer
+        .post(
+            "/api/v1/training",
+            json!({"family": "supervised", "name": "sup", "from": from, "to": to}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job = finished(&engineer, job["id"].as_u64().expect("id"), &mut Vec::new()).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().expect("error");
+    assert!(
+        error.contains("good parts") && error.contains("label more parts good"),
+        "{error}"
+    );
+
+    // The cold start: an anomaly model from the parts the live model passed.
+    let (status, started) = engineer.post("/api/v1/training", anomaly.clone()).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        (
+            started["state"].as_str(),
+            started["passed_as_good"].as_bool()
+        ),
+        (Some("running"), Some(true))
+    );
+    let id = started["id"].as_u64().expect("id");
+    let (status, busy) = engineer.post("/api/v1/training", anomaly.clone()).await;
+    assert_eq!(status, 409, "one job at a time: {busy}");
+    assert!(
+        busy["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("one runs at a time")
+    );
+    let mut phases = Vec::new();
+    let job = finished(&engineer, id, &mut phases).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(
+        phases
+            .iter()
+            .any(|p| p.contains("good images") || p.contains("coreset")),
+        "the phases were shown while it ran: {phases:?}"
+    );
+    let set = &job["training_set"];
+    let good = set["good"].as_u64().expect("good");
+    assert!(good >= 24, "{set}");
+    assert_eq!(set["good_held_out"].as_u64(), Some(good / 4), "{set}");
+    assert!(
+        set["left_out"]["unlabelled and not passed"].as_u64() >= Some(12),
+        "rejected parts teach an anomaly model nothing: {set}"
+    );
+    let model = &job["model"];
+    let version = model["version"].as_str().expect("version").to_owned();
+    assert!(version.starts_with("onboarded@"), "{version}");
+    assert_eq!(model["kind"], "anomaly");
+    let card = &model["card"];
+    assert!(
+        card["dataset"]
+            .as_str()
+            .expect("dataset")
+            .contains(&format!("training job {id}")),
+        "the card names the records, not a scratch folder: {}",
+        card["dataset"]
+    );
+    // Trained on the good parts not held out (less a validation fifth when they are too few
+    // to hand it back).
+    let trained_on = card["n_train_good"].as_u64().expect("n_train_good");
+    let not_held_out = good - good / 4;
+    assert!(
+        (not_held_out * 3 / 4..=not_held_out).contains(&trained_on),
+        "{trained_on} of {not_held_out}"
+    );
+    assert!(
+        card["threshold_rule"]
+            .as_str()
+            .expect("rule")
+            .contains("false-reject rate")
+    );
+    // Held-out good parts and parts the live model rejected, each with the new heat map.
+    let previews = model["previews"].as_array().expect("previews");
+    assert!(
+        previews.iter().any(|p| p["class"] == "good"),
+        "{previews:?}"
+    );
+    assert!(
+        previews
+            .iter()
+            .any(|p| p["class"].as_str().unwrap_or_default().contains("rejected")),
+        "{previews:?}"
+    );
+    for preview in previews {
+        let heat_map = preview["heat_map"].as_str().expect("a heat map");
+        let (status, _, _) = engineer
+            .send(http.get(format!("{base}/api/v1/images/{heat_map}")))
+            .await;
+        assert_eq!(status, 200);
+    }
+    // In the registry, with no scratch folder left beside it; recorded in the audit log.
+    let (_, listed) = engineer.get("/api/v1/models").await;
+    assert!(
+        listed["available"]
+            .as_array()
+            .expect("available")
+            .iter()
+            .any(|m| m["version"] == version.as_str()),
+        "{listed}"
+    );
+    assert!(models.join(&version).join("card.json").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(&models)
+        .expect("registry")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".training"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let trained_by: Vec<String> = store
+        .records_of_kind(RecordKind::Audit)
+        .expect("audit")
+        .into_iter()
+        .filter_map(|r| match r.body {
+            RecordBody::Audit(a) if a.action == "model.train" => Some(a.actor),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        trained_by, ["eng-1"; 2],
+        "every job started is audited, no refusal"
+    );
+
+    // It runs in shadow on the live line.
+    let (status, _, body) = engineer
+        .send(
+            http.put(format!("{base}/api/v1/models/shadow"))
+                .json(&json!({"version": version})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the shadow model judges 5 parts", || async {
+        let (_, summary) = engineer.get("/api/v1/models/shadow").await;
+        summary["compared"].as_u64() >= Some(5)
+    })
+    .await;
+
+    // Supervised, once defects are labelled: 12 rejected parts labelled scratches, 20 passed
+    // parts labelled good; unlabelled parts do not count.
+    let parts = store.inspection_records(None, 500).expect("read");
+    for (verdict, n, label) in [
+        (
+            "fail",
+            12,
+            json!({"verdict": "fail", "defect_class": "scratch"}),
+        ),
+        ("pass", 20, json!({"verdict": "pass"})),
+    ] {
+        for part in parts
+            .iter()
+            .filter(|p| p.image.is_some() && p.verdict.map(|v| v.as_str()) == Some(verdict))
+            .take(n)
+        {
+            let path = format!("/api/v1/inspections/{}/labels", part.part_id);
+            let (status, body) = engineer.post(&path, label.clone()).await;
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+    let (status, started) = engineer
+        .post(
+            "/api/v1/training",
+            json!({"family": "supervised", "name": "sup", "from": from, "to": to}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        started["passed_as_good"], false,
+        "supervised models learn labels"
+    );
+    let job = finished(
+        &engineer,
+        started["id"].as_u64().expect("id"),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(job["state"], "done", "{job}");
+    let set = &job["training_set"];
+    assert_eq!(set["good"].as_u64(), Some(20), "{set}");
+    assert_eq!(set["defective"], json!({"scratch": 12}), "{set}");
+    assert_eq!(job["model"]["kind"], "supervised");
+    assert!(
+        job["model"]["card"]["classes"]
+            .as_array()
+            .expect("classes")
+            .iter()
+            .any(|c| c == "scratch")
+    );
+
+    stop.cancel();
+    line.await.expect("join").expect("the line stops cleanly");
+}
