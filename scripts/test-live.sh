@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live checks against a running station binary on the simulated line:
-#   1. the live, labelling, MES and what-if pages in headless Chromium (Playwright),
+#   1. the live, labelling, models, MES and what-if pages in headless Chromium (Playwright),
 #   2. the HTTP API against its OpenAPI description (schemathesis),
 #   3. kill -9: every record the API acknowledged is still there after a restart,
 #   4. Ctrl-C (SIGINT) stops the station cleanly.
@@ -37,8 +37,14 @@ engineer="$("$bin" token create --role engineer --name live-engineer --data-dir 
 mes="$("$bin" token create --role mes-client --name live-mes --data-dir "$work/data" 2>/dev/null)"
 auth=(-H "Authorization: Bearer $operator")
 
+# A model registry of its own, holding the shipped model: the models page trains into it, and
+# the source tree's models/ stays as it is.
+mkdir -p "$work/models"
+cp -r models/defect-net-sim "$work/models/"
+
 start_station() {
   "$bin" run --config config/simulated-line.toml --data-dir "$work/data" --bind "127.0.0.1:$port" \
+    --model-registry "$work/models" \
     >>"$work/station.log" 2>&1 &
   station_pid=$!
   for _ in $(seq 1 100); do
@@ -64,6 +70,8 @@ wait_for_part 5 # some parts through the gate
 check "live page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/live.mjs "$base" "$work"
 check "labelling page in Chromium" \
   env LINESIGHT_TOKEN="$engineer" LINESIGHT_OPERATOR_TOKEN="$operator" node tests/ui/label.mjs "$base" "$work"
+check "models page in Chromium" \
+  env LINESIGHT_TOKEN="$engineer" LINESIGHT_OPERATOR_TOKEN="$operator" node tests/ui/models.mjs "$base" "$work"
 check "what-if page in Chromium" env LINESIGHT_TOKEN="$operator" node tests/ui/whatif.mjs "$base" "$work"
 check "API conforms to its OpenAPI description (schemathesis)" \
   env LINESIGHT_MES_TOKEN="$mes" LINESIGHT_ADMIN_TOKEN="$LINESIGHT_ADMIN_TOKEN" bash tests/api/schemathesis.sh "$base"
@@ -114,7 +122,7 @@ sigint_stops() {
 }
 check "Ctrl-C stops the station cleanly" sigint_stops
 
-mkdir -p target/test-live && cp -f "$work/live.png" "$work/label.png" "$work/label-final.png" "$work/mes.png" "$work/whatif.png" \
+mkdir -p target/test-live && cp -f "$work/live.png" "$work/label.png" "$work/label-final.png" "$work/mes.png" "$work/whatif.png" "$work/models.png" \
   "$work/live-latency.json" "$work/label-frames.json" target/test-live/ 2>/dev/null || true
 echo "live: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,128 @@
+// Drives the models page in headless Chromium against a running station on the simulated line:
+// an engineer onboards a new product from the parts the live model passed (an anomaly model
+// trained in the station, its phases and time left shown while it runs), sees its validation
+// figures and heat maps, runs it in shadow against the live model, promotes it behind a
+// confirmation and rolls back; an operator is kept out.
+// Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
+import path from 'node:path';
+import { accessible, expect, signIn, start } from './harness.mjs';
+
+const ui = await start('models', { giveUpAfterMs: 300_000 });
+const { page, baseUrl, outDir, check, finish, api } = ui;
+const operatorToken = process.env.LINESIGHT_OPERATOR_TOKEN;
+
+async function json(apiPath) {
+  const response = await api(apiPath);
+  expect(response.ok, `GET ${apiPath} answered ${response.status}`);
+  return response.json();
+}
+
+/** Polls `probe` until it gives something truthy, or fails naming `what`. */
+async function until(what, probe, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    expect(Date.now() < deadline, `no ${what} within ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+let liveBefore;
+let version;
+
+await finish(async () => {
+  await check("an engineer's models page shows what runs, and has no serious accessibility violation (axe-core)", async () => {
+    // Enough good parts for a model: 20 at least, of the last hour.
+    await until('30 passed parts with images', async () => {
+      const { items } = await json('/api/v1/inspections?limit=500');
+      return items.filter((p) => p.verdict === 'pass' && p.image).length >= 30;
+    }, 120_000);
+    liveBefore = (await json('/api/v1/models')).live.version;
+    await signIn(ui);
+    const response = await page.goto(baseUrl + '/models');
+    expect(response.status() === 200, `GET /models answered ${response.status()}`);
+    await page.waitForSelector('#live dd');
+    const shown = await page.textContent('#live');
+    expect(shown.includes(liveBefore), `the page shows ${JSON.stringify(shown)} as live, the API ${liveBefore}`);
+    await accessible(page);
+  });
+
+  await check('onboarding a product from the last hour of passed parts shows each phase, then the model with its figures and heat maps (axe-core again)', async () => {
+    await page.selectOption('#family', 'anomaly');
+    await page.fill('#name', 'ui-product');
+    expect(await page.isChecked('#passed-as-good'), 'an anomaly model counts passed parts as good by default');
+    await page.click('#start-training');
+    const article = await page.waitForSelector('article.job', { timeout: 10_000 });
+    const id = await article.getAttribute('data-job');
+    const seen = new Set();
+    const state = await until('finished training job', async () => {
+      const phase = await page.$(`article[data-job="${id}"] .phase`);
+      if (phase) seen.add(await phase.textContent());
+      const s = await page.getAttribute(`article[data-job="${id}"]`, 'data-state');
+      return s !== 'running' ? s : null;
+    }, 240_000);
+    const job = await json(`/api/v1/training/${id}`);
+    expect(state === 'done', `the job ${state}: ${job.error}`);
+    expect([...seen].some((t) => / of \d+/.test(t)), `no phase with a count was shown while it ran: ${JSON.stringify([...seen])}`);
+    version = job.model.version;
+    const figures = await page.textContent(`article[data-job="${id}"] dl.figures`);
+    for (const term of [version, 'How it was chosen', 'False rejects at the threshold', 'Training took']) {
+      expect(figures.includes(term), `the figures lack ${JSON.stringify(term)}: ${figures}`);
+    }
+    // Every preview's image and heat map loaded.
+    const images = await page.$$eval(`article[data-job="${id}"] .previews img`, (list) => list.map((i) => ({ src: i.src, width: i.naturalWidth })));
+    expect(images.length >= 4, `${images.length} preview images`);
+    const broken = images.filter((i) => i.width === 0);
+    expect(broken.length === 0, `not loaded: ${broken.map((i) => i.src).join(', ')}`);
+    await accessible(page); // the finished job, its figures and previews too
+    await page.screenshot({ path: path.join(outDir, 'models.png'), fullPage: true });
+  });
+
+  await check('run in shadow: the page compares its verdicts with the live model', async () => {
+    await page.click(`article.job[data-state="done"] button:has-text("Run in shadow")`);
+    await until('shadow on the page', async () => (await page.textContent('#shadow')).includes(version), 20_000);
+    await until('parts compared', async () => {
+      await page.evaluate(() => window.modelsPage.refreshModels());
+      const text = await page.textContent('#shadow-summary');
+      const compared = Number(/Partscompared(\d+)/.exec(text.replace(/\s+/g, ''))?.[1] ?? 0);
+      return compared >= 3;
+    }, 60_000);
+  });
+
+  await check('promote asks first and makes the model live; roll back asks first and returns', async () => {
+    await page.click(`article.job[data-state="done"] button:has-text("Promote")`);
+    await page.waitForSelector('dialog#confirm[open]');
+    expect((await page.textContent('#confirm-text')).includes(version), 'the dialog names the version');
+    await page.click('dialog#confirm button[value="ok"]');
+    await until('the new model live', async () => (await json('/api/v1/models')).live.version === version, 30_000);
+    await until('the page showing it live', async () => (await page.textContent('#live')).includes(version), 10_000);
+    // Cancel changes nothing.
+    await page.click('#rollback');
+    await page.waitForSelector('dialog#confirm[open]');
+    await page.click('dialog#confirm button[value="cancel"]');
+    expect((await json('/api/v1/models')).live.version === version, 'cancel rolled back');
+    await page.click('#rollback');
+    await page.waitForSelector('dialog#confirm[open]');
+    await page.click('dialog#confirm button[value="ok"]');
+    await until('the earlier model live again', async () => (await json('/api/v1/models')).live.version === liveBefore, 30_000);
+    const events = (await json('/api/v1/models')).events.slice(-2).map((e) => e.action);
+    expect(JSON.stringify(events) === '["promote","rollback"]', `the last changes are ${events}`);
+  });
+
+  await check('an operator is refused the models page (403) and told the role may not change models', async () => {
+    expect(operatorToken, 'set LINESIGHT_OPERATOR_TOKEN to an operator token');
+    const context = await page.context().browser().newContext();
+    try {
+      const operator = await context.newPage();
+      await operator.goto(`${baseUrl}/login?token=${encodeURIComponent(operatorToken)}`);
+      expect(new URL(operator.url()).pathname === '/', `signing in landed on ${operator.url()}`);
+      const response = await operator.goto(baseUrl + '/models');
+      expect(response.status() === 403, `GET /models answered ${response.status()}`);
+      const text = (await operator.textContent('body')) ?? '';
+      expect(/may not train or change models/i.test(text), `the page reads ${JSON.stringify(text.trim().slice(0, 200))}`);
+    } finally {
+      await context.close();
+    }
+  });
+}, 'models-final.png');
