@@ -2,7 +2,7 @@
 // an engineer onboards a new product from the parts the live model passed (an anomaly model
 // trained in the station, its phases and time left shown while it runs), sees its validation
 // figures and heat maps, runs it in shadow against the live model, promotes it behind a
-// confirmation and rolls back; an operator is kept out.
+// confirmation and rolls back, backtests it over the last minutes; an operator is kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
 import { accessible, expect, signIn, start } from './harness.mjs';
@@ -108,6 +108,23 @@ await finish(async () => {
     await until('the earlier model live again', async () => (await json('/api/v1/models')).live.version === liveBefore, 30_000);
     const events = (await json('/api/v1/models')).events.slice(-2).map((e) => e.action);
     expect(JSON.stringify(events) === '["promote","rollback"]', `the last changes are ${events}`);
+  });
+
+  await check('a backtest replays the last 15 minutes through the new model and reports what would change', async () => {
+    await page.selectOption('#backtest-model', version);
+    await page.selectOption('#backtest-period', '15');
+    await page.click('#start-backtest');
+    const article = await page.waitForSelector('article[data-backtest]', { timeout: 10_000 });
+    const id = await article.getAttribute('data-backtest');
+    const state = await until('finished backtest', async () => {
+      const s = await page.getAttribute(`article[data-backtest="${id}"]`, 'data-state');
+      return s !== 'running' ? s : null;
+    }, 180_000);
+    const job = await json(`/api/v1/backtests/${id}`);
+    expect(state === 'done', `the backtest ${state}: ${job.error}`);
+    const figures = (await page.textContent(`article[data-backtest="${id}"] dl.figures`)).replace(/\s+/g, ' ');
+    const replayed = `${job.report.replayed} of ${job.report.parts_in_period}`;
+    expect(job.report.replayed > 0 && figures.includes(replayed), `the page reads ${figures}; the API says ${replayed}`);
   });
 
   await check('an operator is refused the models page (403) and told the role may not change models', async () => {
