@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::inspect::backtest::{BacktestJob, BacktestJobs, Period, StartError};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
+use crate::inspect::training::uploads::Uploads;
 use crate::inspect::training::{TrainingError, TrainingJob, TrainingJobs, TrainingRequest};
 use crate::metrics::Metrics;
 use crate::part::{GrayImage, Verdict};
@@ -200,8 +201,10 @@ impl ModelControl {
         Ok(event)
     }
 
-    /// At start: runs what the recorded events say ran last, when it still loads.
+    /// At start: runs what the recorded events say ran last, when it still loads, and clears
+    /// the scratch folders of training jobs a crash interrupted.
     pub async fn restore(&self) -> Result<(), ControlError> {
+        crate::inspect::training::remove_scratch(self.registry.root());
         let events = self.store.model_events()?;
         let live = events
             .iter()
@@ -311,6 +314,33 @@ impl ModelControl {
     /// The station's training jobs, running and finished.
     pub fn training(&self) -> &TrainingJobs {
         &self.training
+    }
+
+    /// Keeps upload sets for training in `dir`.
+    pub fn with_training_uploads(mut self, dir: std::path::PathBuf) -> ModelControl {
+        self.training = Arc::new(TrainingJobs::with_uploads(Uploads::new(dir)));
+        self
+    }
+
+    /// Deletes an upload set, recorded with who asked.
+    pub async fn delete_upload(&self, set: String, audit: AuditRecord) -> Result<(), ControlError> {
+        self.training
+            .uploads()?
+            .images(&set)
+            .map_err(TrainingError::from)?;
+        self.store
+            .append_all(vec![RecordBody::Audit(audit)])
+            .await?;
+        let training = self.training.clone();
+        tokio::task::spawn_blocking(move || {
+            training
+                .uploads()?
+                .remove(&set)
+                .map_err(TrainingError::from)
+        })
+        .await
+        .map_err(|e| ControlError::Join(e.to_string()))??;
+        Ok(())
     }
 
     /// `version` as it would run here, at `threshold` or the threshold it would go live with,

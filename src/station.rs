@@ -462,7 +462,8 @@ impl Station {
             store.clone(),
             (roi_width, roi_height),
             threshold_override,
-        );
+        )
+        .with_training_uploads(config.data_dir.join("training-uploads"));
         control.restore().await?;
 
         let (plc, plc_description) = match plc_address {

@@ -55,6 +55,7 @@ use crate::analyse::{AnalyseError, Production};
 use crate::inspect::backtest::StartError;
 use crate::inspect::registry::RegistryError;
 use crate::inspect::training::TrainingError;
+use crate::inspect::training::uploads::UploadError;
 use crate::metrics::Metrics;
 use crate::model_control::{ControlError, ModelControl};
 use crate::part::Disposition;
@@ -86,6 +87,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Largest label, or labels import, accepted: a brush mask of a 5-megapixel image in
 /// run-length encoding, or a COCO file of many, outgrows the general limit.
 pub const MAX_LABEL_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest image upload for training: a 50-megapixel frame as PNG.
+pub const MAX_UPLOAD_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// Largest sensor batch accepted (`POST /api/v1/samples`).
 pub const MAX_PUSH_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -438,6 +442,23 @@ pub fn router(state: ApiState) -> Router {
                 .layer(RequestBodyLimitLayer::new(MAX_LABEL_BODY_BYTES))
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_LABEL_BODY_BYTES)),
         )
+        // An uploaded image may be a high-resolution camera's frame.
+        .merge(
+            Router::new()
+                .route(
+                    "/api/v1/training/uploads",
+                    need(Read, get(models::list_uploads)),
+                )
+                .route(
+                    "/api/v1/training/uploads/{set}",
+                    need(
+                        ChangeModels,
+                        post(models::upload_image).delete(models::delete_upload),
+                    ),
+                )
+                .layer(RequestBodyLimitLayer::new(MAX_UPLOAD_BODY_BYTES))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BODY_BYTES)),
+        )
         .merge(
             Router::new()
                 .route("/api/v1/samples", need(PushSensors, post(sensors::push)))
@@ -591,8 +612,21 @@ impl From<ControlError> for ApiError {
             | ControlError::Training(TrainingError::Thread(_)) => {
                 ApiError::InternalMessage(error.to_string())
             }
-            ControlError::Training(TrainingError::Name(_) | TrainingError::EmptyPeriod { .. }) => {
-                ApiError::BadRequest(error.to_string())
+            ControlError::Training(
+                TrainingError::Name(_)
+                | TrainingError::EmptyPeriod { .. }
+                | TrainingError::Upload(
+                    UploadError::SetName(_)
+                    | UploadError::Class(_)
+                    | UploadError::NotAnImage(_)
+                    | UploadError::TooLarge { .. },
+                ),
+            ) => ApiError::BadRequest(error.to_string()),
+            ControlError::Training(TrainingError::Upload(UploadError::UnknownSet(_))) => {
+                ApiError::NotFound(error.to_string())
+            }
+            ControlError::Training(TrainingError::Upload(UploadError::Io { .. })) => {
+                ApiError::InternalMessage(error.to_string())
             }
             // The version exists but cannot run here, or the request does not fit the state.
             _ => ApiError::Conflict(error.to_string()),

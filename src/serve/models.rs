@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::auth::Principal;
 use super::{ApiError, ApiState};
 use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, KEEP_JOBS, Period};
-use crate::inspect::training::{Family, KEEP_TRAINING_JOBS, TrainingJob, TrainingRequest};
+use crate::inspect::training::uploads::{UploadSet, UploadedImage};
+use crate::inspect::training::{Family, KEEP_TRAINING_JOBS, Source, TrainingJob, TrainingRequest};
 use crate::model_control::{ControlError, ModelStatus};
 use crate::record::{ModelEvent, ShadowSummary};
 
@@ -201,13 +202,15 @@ pub(super) struct TrainingBody {
     family: Family,
     /// The model's name (its version adds a hash of what it learnt).
     name: String,
-    /// Parts decided at or after `from` and before `to` (RFC 3339).
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    /// Whether unlabelled parts the live model passed count as good; default true for an
+    /// Parts decided at or after `from` and before `to` (RFC 3339)…
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    /// …where unlabelled parts the live model passed count as good; default true for an
     /// anomaly model (nothing is labelled on a new product's first day), false for a
     /// supervised one (it learns from labels).
     passed_as_good: Option<bool>,
+    /// Or the images of an upload set.
+    upload: Option<String>,
 }
 
 pub(super) async fn start_training(
@@ -216,14 +219,25 @@ pub(super) async fn start_training(
     body: Result<Json<TrainingBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TrainingJob>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let source = match (body.from, body.to, body.upload, body.passed_as_good) {
+        (Some(from), Some(to), None, passed_as_good) => Source::Records {
+            from,
+            to,
+            passed_as_good: passed_as_good.unwrap_or(body.family == Family::Anomaly),
+        },
+        (None, None, Some(set), None) => Source::Upload { set },
+        _ => {
+            return Err(ApiError::BadRequest(
+                "name the images: `from` and `to` (with `passed_as_good` if you like), or an \
+                 `upload` set"
+                    .into(),
+            ));
+        }
+    };
     let request = TrainingRequest {
         family: body.family,
-        passed_as_good: body
-            .passed_as_good
-            .unwrap_or(body.family == Family::Anomaly),
         name: body.name,
-        from: body.from,
-        to: body.to,
+        source,
         requested_by: who.name.clone(),
     };
     let audit = who.audit("model.train", &request.name);
@@ -255,6 +269,70 @@ pub(super) async fn get_training(
     })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UploadQuery {
+    /// `good`, or the defect class the image shows.
+    class: String,
+}
+
+/// `POST /api/v1/training/uploads/{set}?class=…`: one image (PNG, JPEG or BMP) as the body.
+pub(super) async fn upload_image(
+    State(api): State<ApiState>,
+    set: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<UploadedImage>), ApiError> {
+    let Path(set) = set.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let models = api.models.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        models
+            .training()
+            .uploads()?
+            .add(&set, &query.class, &body)
+            .map_err(crate::inspect::training::TrainingError::from)
+    })
+    .await
+    .map_err(|e| ApiError::InternalMessage(format!("the upload failed: {e}")))?
+    .map_err(crate::model_control::ControlError::from)?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+#[derive(Serialize)]
+pub(super) struct UploadList {
+    sets: Vec<UploadSet>,
+}
+
+pub(super) async fn list_uploads(
+    State(api): State<ApiState>,
+) -> Result<Json<UploadList>, ApiError> {
+    let models = api.models.clone();
+    let sets = tokio::task::spawn_blocking(move || {
+        models
+            .training()
+            .uploads()?
+            .list()
+            .map_err(crate::inspect::training::TrainingError::from)
+    })
+    .await
+    .map_err(|e| ApiError::InternalMessage(format!("listing uploads failed: {e}")))?
+    .map_err(crate::model_control::ControlError::from)?;
+    Ok(Json(UploadList { sets }))
+}
+
+pub(super) async fn delete_upload(
+    State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    set: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(set) = set.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let models = api.models.clone();
+    let audit = who.audit("training.upload.delete", &set);
+    models.delete_upload(set, audit).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,9 +350,11 @@ mod tests {
             id: 1,
             family: Family::Anomaly,
             name: "p".into(),
-            from: at,
-            to: at,
-            passed_as_good: true,
+            source: Source::Records {
+                from: at,
+                to: at,
+                passed_as_good: true,
+            },
             requested_by: "eng".into(),
             started_at: at,
             finished_at: None,
@@ -294,7 +374,7 @@ mod tests {
                 card: serde_json::json!({}),
                 already_registered: false,
                 previews: vec![Preview {
-                    part_id: 1,
+                    part_id: Some(1),
                     class: "good".into(),
                     score: 0.5,
                     verdict: Verdict::Pass,
@@ -316,5 +396,25 @@ mod tests {
         }
         let list = serde_json::to_value(TrainingList { jobs: vec![job] }).expect("json");
         assert_eq!(served_fields(&list), schema_fields("TrainingList"));
+        let uploaded = serde_json::to_value(UploadedImage {
+            set: "lab".into(),
+            class: "good".into(),
+            image: "a".into(),
+            width: 1,
+            height: 1,
+            duplicate: false,
+        })
+        .expect("json");
+        assert_eq!(served_fields(&uploaded), schema_fields("UploadedImage"));
+        let sets = serde_json::to_value(UploadList {
+            sets: vec![UploadSet {
+                name: "lab".into(),
+                classes: Default::default(),
+                bytes: 0,
+            }],
+        })
+        .expect("json");
+        assert_eq!(served_fields(&sets), schema_fields("UploadList"));
+        assert_eq!(served_fields(&sets["sets"][0]), schema_fields("UploadSet"));
     }
 }

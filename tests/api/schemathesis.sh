@@ -46,14 +46,16 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 }
 
 # (c) With an admin token the write endpoints are exercised past the role check: unknown model
-# versions, rollback with nothing to roll back to, stopping the shadow, labels on real parts,
+# versions, rollback with nothing to roll back to, stopping the shadow, training jobs (one runs,
+# the rest are refused while it does) and uploads that are not images, labels on real parts,
 # work orders released, started and completed, tokens made, unknown tokens revoked.
 # DELETE /api/v1/tokens/{id} stays in: it cannot revoke the tokens this test uses unless a
 # generated id equals one of their random 8-hex-digit ids (about 1 in 2^31 per request), and
 # the admin token itself is LINESIGHT_ADMIN_TOKEN, which lives in the environment, not in the
 # token file.
 if [ -n "$admin" ]; then
-  ops=(promoteModel rollbackModel setShadowModel startBacktest listTokens createToken revokeToken getAuditLog
+  ops=(promoteModel rollbackModel setShadowModel startBacktest startTraining uploadTrainingImage
+    listTrainingUploads deleteTrainingUploads listTokens createToken revokeToken getAuditLog
     addLabel flagVerdict labellingQueue exportLabelsCoco importLabelsCoco exportLabels releaseWorkOrder startWorkOrder completeWorkOrder
     acknowledgeAlarm shelveAlarm unshelveAlarm suppressAlarm unsuppressAlarm
     removeAlarmFromService returnAlarmToService)

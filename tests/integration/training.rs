@@ -1,7 +1,8 @@
 //! Training from the browser's API on a running station: a new product onboards from the
 //! parts the live model passed (an anomaly model, trained while the line runs, with progress,
 //! validation figures and heat maps), lands in the registry and runs in shadow; a supervised
-//! model learns from labelled parts. Refused with a reason: other roles, bad names, empty
+//! model learns from labelled parts; a product the station has not seen onboards from images
+//! uploaded from a computer. Refused with a reason: other roles, bad names, empty
 //! periods, a second job while one runs, and a period without enough labelled defects.
 
 use std::time::Duration;
@@ -149,7 +150,7 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
     assert_eq!(
         (
             started["state"].as_str(),
-            started["passed_as_good"].as_bool()
+            started["source"]["passed_as_good"].as_bool()
         ),
         (Some("running"), Some(true))
     );
@@ -299,7 +300,7 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         .await;
     assert_eq!(status, 202, "{started}");
     assert_eq!(
-        started["passed_as_good"], false,
+        started["source"]["passed_as_good"], false,
         "supervised models learn labels"
     );
     let job = finished(
@@ -320,6 +321,85 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
             .iter()
             .any(|c| c == "scratch")
     );
+
+    // A product the station has not seen yet: good images uploaded from a lab camera.
+    let mut generator = linesight::simulate::PartGenerator::new(5, 256, 256, 0.0);
+    let upload = |class: &str, png: Vec<u8>| {
+        let request = http
+            .post(format!(
+                "{base}/api/v1/training/uploads/lab-1?class={class}"
+            ))
+            .header("content-type", "image/png")
+            .body(png);
+        engineer.send(request)
+    };
+    for _ in 0..24 {
+        let png = linesight::record::gray_png(&generator.render(None).image).expect("png");
+        let (status, _, body) = upload("good", png).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _, body) = upload("good", b"GIF89a not really".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an image"), "{body}");
+    let (status, _, _) = operator
+        .send(
+            http.post(format!("{base}/api/v1/training/uploads/lab-1?class=good"))
+                .body(vec![0u8; 8]),
+        )
+        .await;
+    assert_eq!(status, 403, "operators do not upload");
+    let (status, sets) = engineer.get("/api/v1/training/uploads").await;
+    assert_eq!(status, 200);
+    assert_eq!(sets["sets"][0]["classes"], json!({"good": 24}), "{sets}");
+    let (status, body) = engineer
+        .post(
+            "/api/v1/training",
+            json!({"family": "anomaly", "name": "lab", "upload": "lab-1", "from": from, "to": to}),
+        )
+        .await;
+    assert_eq!(status, 400, "records or an upload, not both: {body}");
+    let (status, body) = engineer
+        .post(
+            "/api/v1/training",
+            json!({"family": "anomaly", "name": "lab", "upload": "no-such-set"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, started) = engineer
+        .post(
+            "/api/v1/training",
+            json!({"family": "anomaly", "name": "lab", "upload": "lab-1"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let job = finished(
+        &engineer,
+        started["id"].as_u64().expect("id"),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["training_set"]["good"].as_u64(), Some(24), "{job}");
+    let card = &job["model"]["card"];
+    assert!(
+        card["dataset"]
+            .as_str()
+            .expect("dataset")
+            .contains("upload set lab-1"),
+        "{}",
+        card["dataset"]
+    );
+    let previews = job["model"]["previews"].as_array().expect("previews");
+    assert!(
+        !previews.is_empty() && previews.iter().all(|p| p["part_id"].is_null()),
+        "{previews:?}"
+    );
+    let (status, _, _) = engineer
+        .send(http.delete(format!("{base}/api/v1/training/uploads/lab-1")))
+        .await;
+    assert_eq!(status, 204);
+    let (_, sets) = engineer.get("/api/v1/training/uploads").await;
+    assert_eq!(sets["sets"], json!([]));
 
     stop.cancel();
     line.await.expect("join").expect("the line stops cleanly");

@@ -2,7 +2,9 @@
 // an engineer onboards a new product from the parts the live model passed (an anomaly model
 // trained in the station, its phases and time left shown while it runs), sees its validation
 // figures and heat maps, runs it in shadow against the live model, promotes it behind a
-// confirmation and rolls back, backtests it over the last minutes; an operator is kept out.
+// confirmation and rolls back, backtests it over the last minutes; onboards another product from
+// images uploaded through the page (a file that is no image is refused by name); an operator is
+// kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
 import { accessible, expect, signIn, start } from './harness.mjs';
@@ -125,6 +127,43 @@ await finish(async () => {
     const figures = (await page.textContent(`article[data-backtest="${id}"] dl.figures`)).replace(/\s+/g, ' ');
     const replayed = `${job.report.replayed} of ${job.report.parts_in_period}`;
     expect(job.report.replayed > 0 && figures.includes(replayed), `the page reads ${figures}; the API says ${replayed}`);
+  });
+
+  await check('a product the station has not recorded onboards from images uploaded from a computer', async () => {
+    // Images as a lab camera would give them: the station's own passed parts, fetched as files.
+    const { items } = await json('/api/v1/inspections?limit=500');
+    const passed = items.filter((p) => p.verdict === 'pass' && p.image).slice(0, 24);
+    const files = [];
+    for (const part of passed) {
+      const response = await api(`/api/v1/images/${part.image}`);
+      expect(response.ok, `GET image ${part.image} answered ${response.status}`);
+      files.push({ name: `lab-${part.part_id}.png`, mimeType: 'image/png', buffer: Buffer.from(await response.arrayBuffer()) });
+    }
+    files.push({ name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not an image') });
+    await page.check('input[name=source][value=upload]');
+    await page.fill('#upload-set', 'lab-photos');
+    await page.fill('#upload-class', 'good');
+    await page.setInputFiles('#upload-files', files);
+    await page.click('#upload');
+    const status = await until('upload finished', async () => {
+      const text = await page.textContent('#upload-status');
+      return /^\d+ of \d+ uploaded(;|$)/.test(text) ? text : null;
+    }, 60_000);
+    expect(status.startsWith(`${passed.length} of ${passed.length + 1} uploaded; refused: notes.png`), `the page says ${status}`);
+    await until('the set summary', async () => (await page.textContent('#upload-summary')).includes(`${passed.length} good`), 10_000);
+    await page.fill('#name', 'lab-product');
+    await page.click('#start-training');
+    const article = await page.waitForSelector('article.job[data-state] >> text=lab-product', { timeout: 10_000 });
+    const id = await (await article.evaluateHandle((e) => e.closest('article'))).getAttribute('data-job');
+    const state = await until('finished training job', async () => {
+      const s = await page.getAttribute(`article[data-job="${id}"]`, 'data-state');
+      return s !== 'running' ? s : null;
+    }, 240_000);
+    const job = await json(`/api/v1/training/${id}`);
+    expect(state === 'done', `the job ${state}: ${job.error}`);
+    expect(job.source.kind === 'upload' && job.training_set.good === passed.length, `trained on ${JSON.stringify(job.training_set)}`);
+    const meta = await page.textContent(`article[data-job="${id}"] p.muted`);
+    expect(meta.includes('Upload set lab-photos'), `the job reads ${meta}`);
   });
 
   await check('an operator is refused the models page (403) and told the role may not change models', async () => {

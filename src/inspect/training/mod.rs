@@ -2,10 +2,11 @@
 //! of a new product (an anomaly model from good parts) and the supervised model once defects
 //! are labelled.
 //!
-//! A job takes the parts decided in a period, newest first up to [`MAX_TRAINING_PARTS`]:
-//! a part's latest label says what it is; an unlabelled part the live model passed counts as
-//! good when the request says so (on the first day of a product nothing is labelled). It lays
-//! their recorded images out in the MVTec AD folder layout in a scratch folder (`train/good`,
+//! A job learns from one of two sources. The station's records: the parts decided in a
+//! period, newest first up to [`MAX_TRAINING_PARTS`], where a part's latest label says what it
+//! is and an unlabelled part the live model passed counts as good when the request says so (on
+//! the first day of a product nothing is labelled). Or an upload set ([`uploads`]): images an
+//! engineer uploaded from a computer, by class. It lays the images out in the MVTec AD folder layout in a scratch folder (`train/good`,
 //! every [`HELD_OUT_EVERY`]th good part in `test/good`, defects in `test/<class>` with masks
 //! painted from their labels' regions), trains there with the same code and defaults as
 //! `linesight train`, and moves the finished model folder into the registry under its version.
@@ -24,9 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod uploads;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use self::uploads::{UploadError, Uploads};
 use super::backtest::JobState;
 use super::registry::Registry;
 use crate::learn::dataset::{Layout, class_folder};
@@ -71,17 +75,29 @@ pub enum Family {
     Supervised,
 }
 
-/// What to train, from which records.
+/// Where a model's images come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// The station's records of a period.
+    Records {
+        /// Parts decided at or after `from` and before `to`.
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        /// Whether unlabelled parts the live model passed count as good.
+        passed_as_good: bool,
+    },
+    /// An upload set.
+    Upload { set: String },
+}
+
+/// What to train, from which images.
 #[derive(Debug, Clone)]
 pub struct TrainingRequest {
     pub family: Family,
     /// The model's name; its version is the name and a hash of what it learnt.
     pub name: String,
-    /// Parts decided at or after `from` and before `to`.
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    /// Whether unlabelled parts the live model passed count as good.
-    pub passed_as_good: bool,
+    pub source: Source,
     pub requested_by: String,
 }
 
@@ -97,6 +113,10 @@ pub enum TrainingError {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     },
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error("this station keeps no uploads")]
+    NoUploads,
     #[error("cannot start the training thread: {0}")]
     Thread(std::io::Error),
 }
@@ -104,7 +124,8 @@ pub enum TrainingError {
 /// What went into a training set, as the job shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TrainingSet {
-    /// Parts decided in the period (before [`MAX_TRAINING_PARTS`]).
+    /// Parts decided in the period (before [`MAX_TRAINING_PARTS`]), or images in the upload
+    /// set.
     pub parts_in_period: u64,
     /// Good parts: labelled good, or passed and unlabelled when those count.
     pub good: u64,
@@ -119,12 +140,14 @@ pub struct TrainingSet {
 /// One held-out part, judged by the new model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Preview {
-    pub part_id: u64,
+    /// The recorded part; `None` for an uploaded image.
+    pub part_id: Option<u64>,
     /// `good`, or the labelled defect class.
     pub class: String,
     pub score: f32,
     pub verdict: Verdict,
-    /// The part's image (`/api/v1/images/{digest}`).
+    /// The part's image (`/api/v1/images/{digest}`); an uploaded image is copied to the
+    /// image store for it.
     pub image: String,
     /// The new model's heat map on its threshold's scale; `None` when it did not fit the
     /// image budget.
@@ -151,9 +174,7 @@ pub struct TrainingJob {
     pub id: u64,
     pub family: Family,
     pub name: String,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub passed_as_good: bool,
+    pub source: Source,
     pub requested_by: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -178,9 +199,24 @@ struct Slot {
 pub struct TrainingJobs {
     jobs: Mutex<VecDeque<Slot>>,
     next_id: AtomicU64,
+    /// Where upload sets are kept; `None` where the station keeps none.
+    uploads: Option<Uploads>,
 }
 
 impl TrainingJobs {
+    /// Jobs that can also learn from upload sets kept in `uploads`.
+    pub fn with_uploads(uploads: Uploads) -> TrainingJobs {
+        TrainingJobs {
+            uploads: Some(uploads),
+            ..TrainingJobs::default()
+        }
+    }
+
+    /// The upload sets, where the station keeps them.
+    pub fn uploads(&self) -> Result<&Uploads, TrainingError> {
+        self.uploads.as_ref().ok_or(TrainingError::NoUploads)
+    }
+
     /// Every kept job, newest first.
     pub fn list(&self) -> Vec<TrainingJob> {
         self.lock().iter().rev().map(Slot::view).collect()
@@ -193,11 +229,17 @@ impl TrainingJobs {
     /// Why `request` cannot start now, if it cannot.
     pub fn refusal(&self, request: &TrainingRequest) -> Result<(), TrainingError> {
         check_name(&request.name)?;
-        if request.from >= request.to {
-            return Err(TrainingError::EmptyPeriod {
-                from: request.from,
-                to: request.to,
-            });
+        match &request.source {
+            Source::Records { from, to, .. } if from >= to => {
+                return Err(TrainingError::EmptyPeriod {
+                    from: *from,
+                    to: *to,
+                });
+            }
+            Source::Records { .. } => {}
+            Source::Upload { set } => {
+                self.uploads()?.images(set)?;
+            }
         }
         match self
             .lock()
@@ -227,9 +269,7 @@ impl TrainingJobs {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
                 family: request.family,
                 name: request.name.clone(),
-                from: request.from,
-                to: request.to,
-                passed_as_good: request.passed_as_good,
+                source: request.source.clone(),
                 requested_by: request.requested_by.clone(),
                 started_at: Utc::now(),
                 finished_at: None,
@@ -251,6 +291,7 @@ impl TrainingJobs {
         };
         let jobs = self.clone();
         let id = job.id;
+        let uploads = self.uploads.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("training-{id}"))
             .spawn(move || {
@@ -258,7 +299,15 @@ impl TrainingJobs {
                     jobs.update(id, &|job| job.training_set = Some(set.clone()));
                 };
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&store, &registry, &request, id, &watch, &read)
+                    run(
+                        &store,
+                        uploads.as_ref(),
+                        &registry,
+                        &request,
+                        id,
+                        &watch,
+                        &read,
+                    )
                 }))
                 .unwrap_or_else(|panic| Err(format!("training stopped on a bug: {panic:?}")));
                 jobs.update(id, &|job| {
@@ -311,7 +360,7 @@ impl Slot {
     }
 }
 
-fn check_name(name: &str) -> Result<(), TrainingError> {
+pub(crate) fn check_name(name: &str) -> Result<(), TrainingError> {
     let fits = (1..=40).contains(&name.len())
         && name
             .chars()
@@ -323,12 +372,30 @@ fn check_name(name: &str) -> Result<(), TrainingError> {
     }
 }
 
+/// Where a training image is.
+#[derive(Debug, Clone, PartialEq)]
+enum ImageFile {
+    /// In the station's image store, by digest.
+    Stored(String),
+    /// In an upload set.
+    Uploaded(PathBuf),
+}
+
+impl ImageFile {
+    fn path(&self, store: &Store) -> Option<PathBuf> {
+        match self {
+            ImageFile::Stored(digest) => store.images().path(digest),
+            ImageFile::Uploaded(path) => path.is_file().then(|| path.clone()),
+        }
+    }
+}
+
 /// One part of a training set.
 #[derive(Debug, Clone, PartialEq)]
 struct TrainingPart {
-    part_id: u64,
-    /// The image's digest in the store.
-    image: String,
+    /// The recorded part; `None` for an uploaded image.
+    part_id: Option<u64>,
+    image: ImageFile,
     /// `good`, or the defect class.
     class: String,
     /// Where the defects are, for defective parts labelled with regions.
@@ -349,8 +416,10 @@ const LIVE_REJECTED: &str = "rejected by the live model, unlabelled";
 
 /// The whole job on its thread: the records read, the folder laid out, the model trained and
 /// moved into the registry, the previews scored. Errors come back as the words the job shows.
+#[allow(clippy::too_many_arguments)]
 fn run(
     store: &Store,
+    uploads: Option<&Uploads>,
     registry: &Registry,
     request: &TrainingRequest,
     id: u64,
@@ -363,11 +432,21 @@ fn run(
             live_rejected,
         },
         set,
-    ) = training_parts(store, request).map_err(|e| e.to_string())?;
+    ) = match &request.source {
+        Source::Records {
+            from,
+            to,
+            passed_as_good,
+        } => training_parts(store, (*from, *to), *passed_as_good).map_err(|e| e.to_string())?,
+        Source::Upload { set } => {
+            let uploads = uploads.ok_or("this station keeps no uploads")?;
+            uploaded_parts(uploads, set).map_err(|e| e.to_string())?
+        }
+    };
     read(&set);
-    enough(request.family, &set, request.passed_as_good)?;
+    enough(request.family, &set, &request.source)?;
     let root = registry.root();
-    let scratch = root.join(format!(".training-{id}-{}", std::process::id()));
+    let scratch = root.join(format!("{SCRATCH_PREFIX}{id}-{}", std::process::id()));
     let data = scratch.join("data");
     let out = scratch.join("model");
     let outcome = (|| {
@@ -415,12 +494,18 @@ fn run(
             .map(|card| (card.head.version, card.head.kind, card.head.threshold))
             .map_err(|e| e.to_string()),
         })?;
-        // The card names the records it learnt from, not the scratch folder (gone by now).
+        // The card names the images it learnt from, not the scratch folder (gone by now).
+        let images = match &request.source {
+            Source::Records { from, to, .. } => format!(
+                "station {} records: parts decided from {} to {}",
+                store.station(),
+                from.to_rfc3339(),
+                to.to_rfc3339()
+            ),
+            Source::Upload { set } => format!("station {} upload set {set}", store.station()),
+        };
         let source = format!(
-            "station {} records: parts decided from {} to {} (training job {id}, asked by {})",
-            store.station(),
-            request.from.to_rfc3339(),
-            request.to.to_rfc3339(),
+            "{images} (training job {id}, asked by {})",
             request.requested_by
         );
         let card = describe_source(&out.join(CARD_FILE), &source)
@@ -452,6 +537,34 @@ fn run(
     outcome
 }
 
+/// The prefix of a training job's scratch folder in the registry (hidden: not a model).
+const SCRATCH_PREFIX: &str = ".training-";
+
+/// Removes the scratch folders a killed station left in the registry at `root`. Run at
+/// start, before any job: none of them belongs to a running job.
+pub fn remove_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SCRATCH_PREFIX)
+        {
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(dir = %path.display(), "removed an interrupted training job's folder")
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %path.display(), %error, "could not remove an interrupted training job's folder")
+                }
+            }
+        }
+    }
+}
+
 /// Sets the card's `dataset` to `source`; returns the card.
 fn describe_source(card_file: &Path, source: &str) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(card_file).map_err(|e| e.to_string())?;
@@ -467,36 +580,86 @@ fn watch_phase(watch: &ProgressWatch, what: &str) {
     drop(Progress::watched(watch.clone()).phase(0, what));
 }
 
-/// Refuses a set too small to train `family` on, saying what the period lacks.
-fn enough(family: Family, set: &TrainingSet, passed_as_good: bool) -> Result<(), String> {
+/// Refuses a set too small to train `family` on, saying what the source lacks.
+fn enough(family: Family, set: &TrainingSet, source: &Source) -> Result<(), String> {
     let training_good = set.good - set.good_held_out;
     let defective: u64 = set.defective.values().sum();
-    let hint = if passed_as_good {
-        "choose a longer period"
-    } else {
-        "label more parts good, count passed parts as good, or choose a longer period"
+    let (has, hint, defects_hint) = match source {
+        Source::Records {
+            passed_as_good: true,
+            ..
+        } => (
+            "the period has",
+            "choose a longer period",
+            "label more defects",
+        ),
+        Source::Records { .. } => (
+            "the period has",
+            "label more parts good, count passed parts as good, or choose a longer period",
+            "label more defects",
+        ),
+        Source::Upload { .. } => (
+            "the upload set has",
+            "upload more images of good parts",
+            "upload more images of defects",
+        ),
     };
     if (set.good as usize) < MIN_GOOD_PARTS {
         return Err(format!(
-            "the period has {} good parts with a kept image ({training_good} to train on); a \
-             model needs at least {MIN_GOOD_PARTS}: {hint}",
+            "{has} {} good parts with a kept image ({training_good} to train on); a model \
+             needs at least {MIN_GOOD_PARTS}: {hint}",
             set.good
         ));
     }
     if family == Family::Supervised && (defective as usize) < MIN_DEFECTIVE_PARTS {
         return Err(format!(
-            "the period has {defective} parts labelled defective with a kept image; a \
-             supervised model needs at least {MIN_DEFECTIVE_PARTS}: label more defects, or \
-             train an anomaly model from the good parts"
+            "{has} {defective} defective parts with a kept image; a supervised model needs at \
+             least {MIN_DEFECTIVE_PARTS}: {defects_hint}, or train an anomaly model from the \
+             good parts"
         ));
     }
     Ok(())
 }
 
+/// An upload set's images with their classes, and the set's summary.
+fn uploaded_parts(
+    uploads: &Uploads,
+    name: &str,
+) -> Result<(TrainingParts, TrainingSet), UploadError> {
+    let mut set = TrainingSet::default();
+    let mut parts = Vec::new();
+    for (folder, images) in uploads.images(name)? {
+        for (n, path) in images.into_iter().enumerate() {
+            set.parts_in_period += 1;
+            let good = folder == "good";
+            let held_out = good && n % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
+            if good {
+                set.good += 1;
+                set.good_held_out += u64::from(held_out);
+            } else {
+                *set.defective.entry(folder.clone()).or_default() += 1;
+            }
+            parts.push(TrainingPart {
+                part_id: None,
+                image: ImageFile::Uploaded(path),
+                class: folder.clone(),
+                regions: Vec::new(),
+                held_out,
+            });
+        }
+    }
+    let parts = TrainingParts {
+        parts,
+        live_rejected: Vec::new(),
+    };
+    Ok((parts, set))
+}
+
 /// The period's parts with what they are, newest first, and the set's summary.
 fn training_parts(
     store: &Store,
-    request: &TrainingRequest,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    passed_as_good: bool,
 ) -> Result<(TrainingParts, TrainingSet), RecordError> {
     let latest = store.latest_labels()?;
     let mut set = TrainingSet::default();
@@ -508,9 +671,9 @@ fn training_parts(
         let page = store.inspection_records(before, 512)?;
         let Some(oldest) = page.last() else { break };
         before = Some(oldest.part_id);
-        let all_older = page.iter().all(|r| r.decided_at < request.from);
+        let all_older = page.iter().all(|r| r.decided_at < from);
         for record in page {
-            if record.decided_at < request.from || record.decided_at >= request.to {
+            if record.decided_at < from || record.decided_at >= to {
                 continue;
             }
             set.parts_in_period += 1;
@@ -520,7 +683,7 @@ fn training_parts(
                     .or_default() += 1;
                 continue;
             }
-            match classify(store, &latest, &record, request.passed_as_good)? {
+            match classify(store, &latest, &record, passed_as_good)? {
                 Ok((class, image, regions)) => {
                     let held_out = class == "good" && n_good % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
                     if class == "good" {
@@ -531,8 +694,8 @@ fn training_parts(
                         *set.defective.entry(class.clone()).or_default() += 1;
                     }
                     parts.push(TrainingPart {
-                        part_id: record.part_id,
-                        image,
+                        part_id: Some(record.part_id),
+                        image: ImageFile::Stored(image),
                         class,
                         regions,
                         held_out,
@@ -547,8 +710,8 @@ fn training_parts(
                     ) && !latest.contains_key(&record.part_id)
                     {
                         live_rejected.push(TrainingPart {
-                            part_id: record.part_id,
-                            image: image.clone(),
+                            part_id: Some(record.part_id),
+                            image: ImageFile::Stored(image.clone()),
                             class: LIVE_REJECTED.into(),
                             regions: Vec::new(),
                             held_out: true,
@@ -619,18 +782,25 @@ fn classify(
 /// Writes the parts' images in the MVTec AD layout under `data`.
 fn lay_out(store: &Store, parts: &[TrainingPart], data: &Path) -> std::io::Result<()> {
     for part in parts {
-        let source = store
-            .images()
-            .path(&part.image)
-            .ok_or_else(|| std::io::Error::other(format!("image {} was evicted", part.image)))?;
+        let source = part
+            .image
+            .path(store)
+            .ok_or_else(|| std::io::Error::other(format!("{:?} is gone", part.image)))?;
         let folder = match (part.class.as_str(), part.held_out) {
             ("good", false) => data.join("train/good"),
             ("good", true) => data.join("test/good"),
             (class, _) => data.join("test").join(class_folder(class)),
         };
         std::fs::create_dir_all(&folder)?;
-        // Named by the part, so two parts with the same image are two images.
-        let stem = format!("part-{:010}", part.part_id);
+        // Named by the part, so two parts with the same image are two images; an upload by
+        // its digest.
+        let stem = match (part.part_id, &part.image) {
+            (Some(id), _) => format!("part-{id:010}"),
+            (None, _) => source
+                .file_stem()
+                .map(|s| format!("upload-{}", s.to_string_lossy()))
+                .unwrap_or_default(),
+        };
         std::fs::copy(&source, folder.join(format!("{stem}.png")))?;
         if part.class != "good" && !part.regions.is_empty() {
             let (width, height) =
@@ -665,13 +835,27 @@ fn previews(
         .take(PREVIEWS_PER_KIND);
     let mut previews = Vec::new();
     for part in good.chain(defective).chain(live_rejected) {
-        let Some(image) = load(store, &part.image) else {
+        let Some(path) = part.image.path(store) else {
             continue; // evicted since
+        };
+        let Some(image) = load(&path) else {
+            continue;
+        };
+        // The page shows images from the image store: an upload is copied there, when it fits.
+        let digest = match &part.image {
+            ImageFile::Stored(digest) => digest.clone(),
+            ImageFile::Uploaded(path) => match std::fs::read(path)
+                .ok()
+                .and_then(|png| store.save_image_within_budget(&png).ok().flatten())
+            {
+                Some(digest) => digest,
+                None => continue,
+            },
         };
         let judgement = match detector.judge(&image) {
             Ok(judgement) => judgement,
             Err(error) => {
-                tracing::warn!(part_id = part.part_id, %error, "no preview");
+                tracing::warn!(image = ?part.image, %error, "no preview");
                 continue;
             }
         };
@@ -687,15 +871,14 @@ fn previews(
             } else {
                 Verdict::Pass
             },
-            image: part.image.clone(),
+            image: digest,
             heat_map,
         });
     }
     Ok(previews)
 }
 
-fn load(store: &Store, digest: &str) -> Option<GrayImage> {
-    let path: PathBuf = store.images().path(digest)?;
+fn load(path: &Path) -> Option<GrayImage> {
     let decoded = image::open(path).ok()?.into_luma8();
     let (width, height) = decoded.dimensions();
     GrayImage::new(width, height, decoded.into_raw())
@@ -704,6 +887,17 @@ fn load(store: &Store, digest: &str) -> Option<GrayImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_folders_of_killed_jobs_are_removed_and_models_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for folder in [".training-3-999/model", "product@abc"] {
+            std::fs::create_dir_all(dir.path().join(folder)).expect("mkdir");
+        }
+        remove_scratch(dir.path());
+        assert!(!dir.path().join(".training-3-999").exists());
+        assert!(dir.path().join("product@abc").is_dir());
+    }
 
     #[test]
     fn names_must_make_folder_names() {
@@ -720,15 +914,26 @@ mod tests {
             good_held_out: 4,
             ..TrainingSet::default()
         };
-        let refusal = enough(Family::Anomaly, &set, false).expect_err("19 good parts");
+        let records = |passed_as_good| Source::Records {
+            from: Utc::now(),
+            to: Utc::now(),
+            passed_as_good,
+        };
+        let refusal = enough(Family::Anomaly, &set, &records(false)).expect_err("19 good parts");
         assert!(refusal.contains("19 good parts"), "{refusal}");
         assert!(refusal.contains("count passed parts as good"), "{refusal}");
+        let upload = Source::Upload { set: "lab".into() };
+        let refusal = enough(Family::Anomaly, &set, &upload).expect_err("19 good parts");
+        assert!(
+            refusal.contains("upload more images of good parts"),
+            "{refusal}"
+        );
         set.good = 20;
-        assert!(enough(Family::Anomaly, &set, true).is_ok());
+        assert!(enough(Family::Anomaly, &set, &records(true)).is_ok());
         set.defective.insert("scratch".into(), 7);
-        let refusal = enough(Family::Supervised, &set, true).expect_err("7 defects");
-        assert!(refusal.contains("7 parts labelled defective"), "{refusal}");
+        let refusal = enough(Family::Supervised, &set, &records(true)).expect_err("7 defects");
+        assert!(refusal.contains("7 defective parts"), "{refusal}");
         set.defective.insert("dent".into(), 1);
-        assert!(enough(Family::Supervised, &set, true).is_ok());
+        assert!(enough(Family::Supervised, &set, &records(true)).is_ok());
     }
 }

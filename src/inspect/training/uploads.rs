@@ -1,0 +1,277 @@
+//! Images an engineer uploads from a computer to train on: a product's good parts before the
+//! station has recorded any (a folder of images from a lab camera, say), and labelled defects.
+//!
+//! An upload set is a folder of its own, `<root>/<set>/<class>/<sha256>.png`, kept until it
+//! is deleted: retention never evicts it, because nothing else holds these images. Every image
+//! is decoded as it arrives and stored as a grey PNG under the digest of that PNG, so a bad
+//! file is refused at once with the reason, and the same image uploaded twice is one image.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::check_name;
+use crate::learn::dataset::class_folder;
+use crate::part::GrayImage;
+use crate::record::gray_png;
+
+/// The widest and tallest image an upload may be (a 50-megapixel camera's frame fits).
+pub const MAX_UPLOAD_SIDE: u32 = 10_000;
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(
+        "an upload set's name is 1 to 40 letters, digits, `-` or `_` (it names a folder), not {0:?}"
+    )]
+    SetName(String),
+    #[error("a class is `good` or a defect class of 1 to 40 characters, not {0:?}")]
+    Class(String),
+    #[error("not an image this station reads (PNG, JPEG or BMP): {0}")]
+    NotAnImage(String),
+    #[error("the image is {width}×{height}; at most {MAX_UPLOAD_SIDE} pixels a side")]
+    TooLarge { width: u32, height: u32 },
+    #[error("no upload set {0:?}")]
+    UnknownSet(String),
+    #[error("upload folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One stored upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UploadedImage {
+    pub set: String,
+    pub class: String,
+    /// SHA-256 of the stored grey PNG.
+    pub image: String,
+    pub width: u32,
+    pub height: u32,
+    /// Whether the set held this image already.
+    pub duplicate: bool,
+}
+
+/// An upload set: its images by class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UploadSet {
+    pub name: String,
+    pub classes: BTreeMap<String, u64>,
+    pub bytes: u64,
+}
+
+/// The folder the upload sets live in.
+#[derive(Debug, Clone)]
+pub struct Uploads {
+    root: PathBuf,
+}
+
+/// The folder a class's images go in: `good` for good parts, a safe name for a defect class.
+pub(super) fn folder_of(class: &str) -> String {
+    if class == "good" {
+        "good".into()
+    } else {
+        class_folder(class)
+    }
+}
+
+impl Uploads {
+    pub fn new(root: PathBuf) -> Uploads {
+        Uploads { root }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UploadError + '_ {
+        move |source| UploadError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Decodes `bytes` and stores the image in `set` as `class`.
+    pub fn add(&self, set: &str, class: &str, bytes: &[u8]) -> Result<UploadedImage, UploadError> {
+        check_name(set).map_err(|_| UploadError::SetName(set.to_owned()))?;
+        let class = class.trim();
+        if class.is_empty() || class.chars().count() > 40 || class.chars().any(char::is_control) {
+            return Err(UploadError::Class(class.to_owned()));
+        }
+        let (width, height) = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| UploadError::NotAnImage(e.to_string()))?
+            .into_dimensions()
+            .map_err(|e| UploadError::NotAnImage(e.to_string()))?;
+        if width > MAX_UPLOAD_SIDE || height > MAX_UPLOAD_SIDE {
+            return Err(UploadError::TooLarge { width, height });
+        }
+        let grey = image::load_from_memory(bytes)
+            .map_err(|e| UploadError::NotAnImage(e.to_string()))?
+            .into_luma8();
+        let png = gray_png(&GrayImage {
+            width,
+            height,
+            pixels: grey.into_raw(),
+        })
+        .map_err(|e| UploadError::NotAnImage(e.to_string()))?;
+        let digest = hex::encode(Sha256::digest(&png));
+        let dir = self.root.join(set).join(folder_of(class));
+        let path = dir.join(format!("{digest}.png"));
+        let duplicate = path.is_file();
+        if !duplicate {
+            std::fs::create_dir_all(&dir).map_err(Self::io(&dir))?;
+            // Written whole or not at all: a half-written image would fail training later.
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(Self::io(&dir))?;
+            tmp.write_all(&png).map_err(Self::io(&path))?;
+            tmp.as_file().sync_all().map_err(Self::io(&path))?;
+            tmp.persist(&path).map_err(|e| UploadError::Io {
+                path: path.clone(),
+                source: e.error,
+            })?;
+        }
+        Ok(UploadedImage {
+            set: set.to_owned(),
+            class: class.to_owned(),
+            image: digest,
+            width,
+            height,
+            duplicate,
+        })
+    }
+
+    /// Every set, by name.
+    pub fn list(&self) -> Result<Vec<UploadSet>, UploadError> {
+        let mut sets = Vec::new();
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(sets),
+            Err(e) => return Err(Self::io(&self.root)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(Self::io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && check_name(&name).is_ok() {
+                sets.push(self.set(&name)?);
+            }
+        }
+        sets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(sets)
+    }
+
+    /// One set's counts.
+    pub fn set(&self, name: &str) -> Result<UploadSet, UploadError> {
+        let mut set = UploadSet {
+            name: name.to_owned(),
+            classes: BTreeMap::new(),
+            bytes: 0,
+        };
+        for (class, images) in self.images(name)? {
+            for path in &images {
+                set.bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            }
+            set.classes.insert(class, images.len() as u64);
+        }
+        Ok(set)
+    }
+
+    /// A set's images by class folder, each sorted by name.
+    pub fn images(&self, name: &str) -> Result<BTreeMap<String, Vec<PathBuf>>, UploadError> {
+        check_name(name).map_err(|_| UploadError::SetName(name.to_owned()))?;
+        let dir = self.root.join(name);
+        if !dir.is_dir() {
+            return Err(UploadError::UnknownSet(name.to_owned()));
+        }
+        let mut classes = BTreeMap::new();
+        for class in std::fs::read_dir(&dir).map_err(Self::io(&dir))? {
+            let class = class.map_err(Self::io(&dir))?.path();
+            if !class.is_dir() {
+                continue;
+            }
+            let mut images: Vec<PathBuf> = std::fs::read_dir(&class)
+                .map_err(Self::io(&class))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "png"))
+                .collect();
+            images.sort();
+            let name = class
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            classes.insert(name, images);
+        }
+        Ok(classes)
+    }
+
+    /// Deletes a set and its images.
+    pub fn remove(&self, name: &str) -> Result<(), UploadError> {
+        check_name(name).map_err(|_| UploadError::SetName(name.to_owned()))?;
+        let dir = self.root.join(name);
+        if !dir.is_dir() {
+            return Err(UploadError::UnknownSet(name.to_owned()));
+        }
+        std::fs::remove_dir_all(&dir).map_err(Self::io(&dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32, level: u8) -> Vec<u8> {
+        gray_png(&GrayImage {
+            width,
+            height,
+            pixels: vec![level; (width * height) as usize],
+        })
+        .expect("png")
+    }
+
+    #[test]
+    fn uploads_are_checked_stored_once_and_counted_by_class() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uploads = Uploads::new(dir.path().join("uploads"));
+        assert!(uploads.list().expect("empty").is_empty());
+        let first = uploads.add("lab", "good", &png(8, 6, 10)).expect("stored");
+        assert_eq!((first.width, first.height, first.duplicate), (8, 6, false));
+        assert!(
+            uploads
+                .add("lab", "good", &png(8, 6, 10))
+                .expect("again")
+                .duplicate
+        );
+        uploads.add("lab", "good", &png(8, 6, 20)).expect("stored");
+        uploads
+            .add("lab", "deep scratch", &png(8, 6, 30))
+            .expect("stored");
+        let sets = uploads.list().expect("sets");
+        assert_eq!(sets.len(), 1);
+        assert_eq!(
+            sets[0].classes,
+            BTreeMap::from([("deep_scratch".into(), 1), ("good".into(), 2)])
+        );
+        assert!(matches!(
+            uploads.add("lab", "good", b"not an image"),
+            Err(UploadError::NotAnImage(_))
+        ));
+        assert!(matches!(
+            uploads.add("../x", "good", &png(2, 2, 0)),
+            Err(UploadError::SetName(_))
+        ));
+        assert!(matches!(
+            uploads.add("lab", " ", &png(2, 2, 0)),
+            Err(UploadError::Class(_))
+        ));
+        assert!(matches!(
+            uploads.add("lab", "good", &png(MAX_UPLOAD_SIDE + 1, 1, 0)),
+            Err(UploadError::TooLarge { .. })
+        ));
+        uploads.remove("lab").expect("removed");
+        assert!(matches!(
+            uploads.remove("lab"),
+            Err(UploadError::UnknownSet(_))
+        ));
+        assert!(uploads.list().expect("sets").is_empty());
+    }
+}
