@@ -264,7 +264,8 @@ impl Station {
             config.model_registry.clone(),
             config.backbone_weights.clone(),
             registry::open_device(config.model_device)?,
-        );
+        )
+        .with_configured(config.model_dir.clone());
         let detector = registry.load_dir(&config.model_dir)?;
         let calibration = Calibration::load(&config.calibration_file)?;
         // The size of the images the model is given: the calibration's output size when it

@@ -64,6 +64,9 @@ pub struct ModelEntry {
 #[derive(Debug, Clone)]
 pub struct Registry {
     root: PathBuf,
+    /// The station's configured model, listed even when its folder lies outside `root`: a
+    /// station whose registry starts empty can still roll back to it.
+    configured: Option<PathBuf>,
     /// Where the pretrained backbone is found, for models built on it.
     weights: WeightsSearch,
     /// Where loaded models run.
@@ -77,8 +80,15 @@ impl Registry {
         Registry {
             weights: WeightsSearch::station(backbone, &root),
             root,
+            configured: None,
             device,
         }
+    }
+
+    /// Also lists the model in `dir` (the station's configured one) wherever it lies.
+    pub fn with_configured(mut self, dir: PathBuf) -> Registry {
+        self.configured = Some(dir);
+        self
     }
 
     /// The folder the versions live in.
@@ -99,8 +109,23 @@ impl Registry {
             source,
         };
         let mut entries = Vec::new();
-        for entry in std::fs::read_dir(&self.root).map_err(read_error)? {
-            let dir = entry.map_err(read_error)?.path();
+        let mut dirs = Vec::new();
+        // A registry folder that does not exist yet is empty (models trained here create it).
+        match std::fs::read_dir(&self.root) {
+            Ok(listing) => {
+                for entry in listing {
+                    dirs.push(entry.map_err(read_error)?.path());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(read_error(e)),
+        }
+        if let Some(configured) = &self.configured
+            && !dirs.iter().any(|d| same_dir(d, configured))
+        {
+            dirs.push(configured.clone());
+        }
+        for dir in dirs {
             if !dir.join(CARD_FILE).is_file() {
                 continue;
             }
@@ -118,6 +143,8 @@ impl Registry {
             }
         }
         entries.sort_by(|a, b| a.version.cmp(&b.version));
+        // The configured model copied into the registry is one version, listed once.
+        entries.dedup_by(|a, b| a.version == b.version);
         Ok(entries)
     }
 
@@ -140,6 +167,14 @@ impl Registry {
     /// Loads `version`.
     pub fn load(&self, version: &str) -> Result<Box<dyn Detector>, RegistryError> {
         self.load_dir(&self.find(version)?.dir)
+    }
+}
+
+/// Whether two paths name the same folder.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -266,6 +301,27 @@ mod tests {
         std::fs::create_dir_all(root.path().join("not-a-model")).expect("mkdir");
         let registry = Registry::new(root.path().to_owned(), None, Device::Cpu);
         (root, registry)
+    }
+
+    #[test]
+    fn the_configured_model_is_listed_once_wherever_it_lies() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/defect-net-sim");
+        let empty = tempfile::tempdir().expect("tempdir");
+        // A registry folder not made yet is empty, and the configured model outside it listed.
+        let registry = Registry::new(empty.path().join("not-yet"), None, Device::Cpu)
+            .with_configured(shipped.clone());
+        let versions: Vec<String> = (registry.list().expect("lists").into_iter())
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, ["defect-net-sim@5fb28c4f1789"]);
+        assert!(registry.load("defect-net-sim@5fb28c4f1789").is_ok());
+        // Inside the registry as well (by another path): listed once.
+        let (root, registry) = two_versions();
+        let registry = registry.with_configured(root.path().join("b/../a"));
+        let versions: Vec<String> = (registry.list().expect("lists").into_iter())
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, ["defect-net-sim@5fb28c4f1789", "sim@b"]);
     }
 
     #[test]

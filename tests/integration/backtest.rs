@@ -113,6 +113,8 @@ async fn a_candidate_replayed_over_recorded_parts_changes_exactly_the_verdicts_i
             // Defects common enough that the period has failed parts on both cameras.
             ("defect_rate = 0.05", "defect_rate = 0.3"),
             ("dir = \"../models/defect-net-sim\"", &model_dir),
+            // The registry is the model's folder, as by default.
+            ("registry = \"../var/sim-1/models\"\n", ""),
         ],
     );
     config.admin_token = Some(TOKEN.into());

@@ -84,6 +84,7 @@ async fn promote_shadow_rollback_while_the_line_runs() {
             &[
                 ("parts_per_min = 120", "parts_per_min = 300"),
                 ("dir = \"../models/defect-net-sim\"", &model_dir),
+                ("registry = \"../var/sim-1/models\"\n", ""),
             ],
         );
         config.admin_token = Some(TOKEN.into());

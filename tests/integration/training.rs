@@ -56,11 +56,13 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         .expect("copy the shipped model");
     }
     let model_dir = format!("dir = {:?}", live_dir.display().to_string());
+    let registry = format!("registry = {:?}", models.display().to_string());
     let config = station_config(
         &dir.path().join("data"),
         &[
             ("parts_per_min = 120", "parts_per_min = 300"),
             ("dir = \"../models/defect-net-sim\"", &model_dir),
+            ("registry = \"../var/sim-1/models\"", &registry),
         ],
     );
     let tokens = Tokens::open(&dir.path().join("data"), None).expect("tokens");
