@@ -80,6 +80,11 @@ export async function start(name, { giveUpAfterMs = 120_000 } = {}) {
     process.exit(run.failed === 0 ? 0 : 1);
   }
 
+  const api = (apiPath, options = {}) => fetch(baseUrl + apiPath, {
+    ...options,
+    headers: { Authorization: `Bearer ${token}`, ...(options.headers ?? {}) },
+  });
+
   return {
     page,
     baseUrl,
@@ -87,15 +92,29 @@ export async function start(name, { giveUpAfterMs = 120_000 } = {}) {
     outDir,
     check,
     finish,
-    api: (apiPath, options = {}) => fetch(baseUrl + apiPath, {
-      ...options,
-      headers: { Authorization: `Bearer ${token}`, ...(options.headers ?? {}) },
-    }),
+    api,
+    /** `GET apiPath` with the run's token, as JSON; a failure status fails the check. */
+    json: async (apiPath) => {
+      const response = await api(apiPath);
+      expect(response.ok, `GET ${apiPath} answered ${response.status}`);
+      return response.json();
+    },
   };
 }
 
 export function expect(condition, message) {
   if (!condition) throw new Error(message);
+}
+
+/** Polls `probe` every `everyMs` until it gives something truthy (returned), or fails naming `what`. */
+export async function until(what, probe, timeoutMs, everyMs = 500) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    expect(Date.now() < deadline, `no ${what} within ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
 }
 
 /** Signs in through the sign-in page with the run's token; lands on `/`. */

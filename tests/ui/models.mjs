@@ -7,28 +7,11 @@
 // kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
-import { accessible, expect, signIn, start } from './harness.mjs';
+import { accessible, expect, signIn, start, until } from './harness.mjs';
 
 const ui = await start('models', { giveUpAfterMs: 300_000 });
-const { page, baseUrl, outDir, check, finish, api } = ui;
+const { page, baseUrl, outDir, check, finish, api, json } = ui;
 const operatorToken = process.env.LINESIGHT_OPERATOR_TOKEN;
-
-async function json(apiPath) {
-  const response = await api(apiPath);
-  expect(response.ok, `GET ${apiPath} answered ${response.status}`);
-  return response.json();
-}
-
-/** Polls `probe` until it gives something truthy, or fails naming `what`. */
-async function until(what, probe, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    expect(Date.now() < deadline, `no ${what} within ${timeoutMs / 1000} s`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
 
 let liveBefore;
 let version;
