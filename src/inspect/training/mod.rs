@@ -6,9 +6,10 @@
 //! period, newest first up to [`MAX_TRAINING_PARTS`], where a part's latest label says what it
 //! is and an unlabelled part the live model passed counts as good when the request says so (on
 //! the first day of a product nothing is labelled). Or an upload set ([`uploads`]): images an
-//! engineer uploaded from a computer, by class. It lays the images out in the MVTec AD folder layout in a scratch folder (`train/good`,
-//! every [`HELD_OUT_EVERY`]th good part in `test/good`, defects in `test/<class>` with masks
-//! painted from their labels' regions), trains there with the same code and defaults as
+//! engineer uploaded from a computer, by class. It lays the images out in the MVTec AD folder
+//! layout in a scratch folder (every [`HELD_OUT_EVERY`]th image of each class held out in
+//! `test/<class>`, the rest in `train/<class>`, except that an anomaly model sees no defect in
+//! training: all its defects are in `test/`; masks painted from the labels' regions), trains there with the same code and defaults as
 //! `linesight train`, and moves the finished model folder into the registry under its version.
 //! A half-written model is never in the registry: training writes to a hidden folder that
 //! the registry does not list, and the move is one rename in the same folder.
@@ -47,7 +48,7 @@ use crate::record::{
 /// The most parts one training job reads (the newest of its period).
 pub const MAX_TRAINING_PARTS: usize = 5_000;
 
-/// Every this-many-th good part is held out of training, to measure the model on.
+/// Every this-many-th image of each class is held out of training, to measure the model on.
 pub const HELD_OUT_EVERY: usize = 4;
 
 /// Good parts a model needs at least: a quarter is held out to measure it, and its threshold
@@ -411,6 +412,18 @@ struct TrainingParts {
     live_rejected: Vec<TrainingPart>,
 }
 
+/// Which images of each class are held out: every [`HELD_OUT_EVERY`]th, in the order given.
+#[derive(Debug, Default)]
+struct HoldOut(HashMap<String, usize>);
+
+impl HoldOut {
+    fn next(&mut self, class: &str) -> bool {
+        let n = self.0.entry(class.to_owned()).or_default();
+        *n += 1;
+        n.is_multiple_of(HELD_OUT_EVERY)
+    }
+}
+
 /// The label a part the live model rejected gets in a preview.
 const LIVE_REJECTED: &str = "rejected by the live model, unlabelled";
 
@@ -450,7 +463,7 @@ fn run(
     let data = scratch.join("data");
     let out = scratch.join("model");
     let outcome = (|| {
-        lay_out(store, &parts, &data)
+        lay_out(store, request.family, &parts, &data)
             .map_err(|e| format!("laying out the training images in {}: {e}", data.display()))?;
         let backbone_weights = registry
             .weights()
@@ -521,7 +534,12 @@ fn run(
             })?;
         }
         watch_phase(watch, "heat maps of held-out parts");
-        let previews = previews(store, registry, &home, &parts, &live_rejected, threshold)?;
+        // An anomaly model never trains on a defect: every one is held out for it.
+        let unseen: Vec<TrainingPart> = (parts.iter())
+            .filter(|p| p.held_out || (p.class != "good" && request.family == Family::Anomaly))
+            .cloned()
+            .collect();
+        let previews = previews(store, registry, &home, &unseen, &live_rejected, threshold)?;
         Ok(TrainedModel {
             version,
             kind,
@@ -628,11 +646,12 @@ fn uploaded_parts(
 ) -> Result<(TrainingParts, TrainingSet), UploadError> {
     let mut set = TrainingSet::default();
     let mut parts = Vec::new();
+    let mut hold_out = HoldOut::default();
     for (folder, images) in uploads.images(name)? {
-        for (n, path) in images.into_iter().enumerate() {
+        for path in images {
             set.parts_in_period += 1;
             let good = folder == "good";
-            let held_out = good && n % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
+            let held_out = hold_out.next(&folder);
             if good {
                 set.good += 1;
                 set.good_held_out += u64::from(held_out);
@@ -666,7 +685,7 @@ fn training_parts(
     let mut parts = Vec::new();
     let mut live_rejected = Vec::new();
     let mut before = None;
-    let mut n_good = 0usize;
+    let mut hold_out = HoldOut::default();
     'pages: loop {
         let page = store.inspection_records(before, 512)?;
         let Some(oldest) = page.last() else { break };
@@ -685,9 +704,8 @@ fn training_parts(
             }
             match classify(store, &latest, &record, passed_as_good)? {
                 Ok((class, image, regions)) => {
-                    let held_out = class == "good" && n_good % HELD_OUT_EVERY == HELD_OUT_EVERY - 1;
+                    let held_out = hold_out.next(&class);
                     if class == "good" {
-                        n_good += 1;
                         set.good += 1;
                         set.good_held_out += u64::from(held_out);
                     } else {
@@ -779,18 +797,22 @@ fn classify(
     Ok(Ok((class, image, regions)))
 }
 
-/// Writes the parts' images in the MVTec AD layout under `data`.
-fn lay_out(store: &Store, parts: &[TrainingPart], data: &Path) -> std::io::Result<()> {
+/// Writes the parts' images in the MVTec AD layout under `data`, held-out ones in `test/`;
+/// `family`'s training part has no defect when it is an anomaly model.
+fn lay_out(
+    store: &Store,
+    family: Family,
+    parts: &[TrainingPart],
+    data: &Path,
+) -> std::io::Result<()> {
     for part in parts {
         let source = part
             .image
             .path(store)
             .ok_or_else(|| std::io::Error::other(format!("{:?} is gone", part.image)))?;
-        let folder = match (part.class.as_str(), part.held_out) {
-            ("good", false) => data.join("train/good"),
-            ("good", true) => data.join("test/good"),
-            (class, _) => data.join("test").join(class_folder(class)),
-        };
+        let trains = !part.held_out && (part.class == "good" || family == Family::Supervised);
+        let split = if trains { "train" } else { "test" };
+        let folder = data.join(split).join(uploads::folder_of(&part.class));
         std::fs::create_dir_all(&folder)?;
         // Named by the part, so two parts with the same image are two images; an upload by
         // its digest.
@@ -815,21 +837,24 @@ fn lay_out(store: &Store, parts: &[TrainingPart], data: &Path) -> std::io::Resul
     Ok(())
 }
 
-/// A few held-out good parts, defective parts and parts the live model rejected, judged by
-/// the model in `dir`.
+/// A few of the `unseen` (held-out) good and defective parts, and parts the live model
+/// rejected, judged by the model in `dir`.
 fn previews(
     store: &Store,
     registry: &Registry,
     dir: &Path,
-    parts: &[TrainingPart],
+    unseen: &[TrainingPart],
     live_rejected: &[TrainingPart],
     threshold: f32,
 ) -> Result<Vec<Preview>, String> {
     let detector = registry
         .load_dir(dir)
         .map_err(|e| format!("the new model does not load: {e}"))?;
-    let good = parts.iter().filter(|p| p.held_out).take(PREVIEWS_PER_KIND);
-    let defective = parts
+    let good = unseen
+        .iter()
+        .filter(|p| p.class == "good")
+        .take(PREVIEWS_PER_KIND);
+    let defective = unseen
         .iter()
         .filter(|p| p.class != "good")
         .take(PREVIEWS_PER_KIND);
@@ -897,6 +922,16 @@ mod tests {
         remove_scratch(dir.path());
         assert!(!dir.path().join(".training-3-999").exists());
         assert!(dir.path().join("product@abc").is_dir());
+    }
+
+    #[test]
+    fn every_fourth_image_of_each_class_is_held_out() {
+        let mut hold_out = HoldOut::default();
+        let classes = ["good", "scratch", "good", "good", "scratch", "good", "good"];
+        let held: Vec<bool> = classes.iter().map(|c| hold_out.next(c)).collect();
+        assert_eq!(held, [false, false, false, false, false, true, false]);
+        let more: Vec<bool> = (0..3).map(|_| hold_out.next("scratch")).collect();
+        assert_eq!(more, [false, true, false]);
     }
 
     #[test]
