@@ -593,12 +593,12 @@ impl BacktestJobs {
 }
 
 /// Asks the scheduler to run this thread after the live work (nice 10); harmless if refused.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     // SAFETY: setpriority with `who` 0 changes only the calling thread on Linux; no memory
     // is passed.
     let refused = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0;
     if refused {
-        tracing::debug!("backtest thread keeps its priority");
+        tracing::debug!("a background thread keeps its priority");
     }
 }
 

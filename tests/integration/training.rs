@@ -319,7 +319,10 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
     // Measured on the quarter of each class it never trained on.
     let metrics = &job["model"]["card"]["metrics"];
     assert_eq!(
-        (metrics["n_test"].as_u64(), metrics["n_test_defective"].as_u64()),
+        (
+            metrics["n_test"].as_u64(),
+            metrics["n_test_defective"].as_u64()
+        ),
         (Some(5 + 3), Some(3)),
         "{metrics}"
     );

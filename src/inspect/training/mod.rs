@@ -14,8 +14,8 @@
 //! A half-written model is never in the registry: training writes to a hidden folder that
 //! the registry does not list, and the move is one rename in the same folder.
 //!
-//! One job runs at a time, on a one-thread pool of its own, so the live model keeps the
-//! other core. Its progress is each training phase with its time left ([`ProgressWatch`]).
+//! One job runs at a time, on a one-thread pool of its own at nice 10, so the live model
+//! keeps the other core and comes first on its own. Its progress is each training phase with its time left ([`ProgressWatch`]).
 //! When it is done, the job shows the card's validation figures and a few held-out parts with
 //! the new model's heat maps, saved to the image store only where they fit its budget
 //! without evicting anything (as a backtest's). The model is then a registry version like any
@@ -469,11 +469,13 @@ fn run(
             .weights()
             .find(None, root)
             .map_err(|e| e.to_string())?;
-        // One worker thread of its own: the backbone's kernels run on rayon, and in the
-        // global pool training would take every core from the live model.
+        // One worker thread of its own, after the live work (nice 10): the backbone's kernels
+        // run on rayon, and in the global pool training would take every core from the live
+        // model.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .thread_name(move |_| format!("training-{id}-worker"))
+            .start_handler(|_| super::backtest::lower_priority())
             .build()
             .map_err(|e| format!("cannot start the training thread pool: {e}"))?;
         let progress = Progress::watched(watch.clone());
