@@ -127,6 +127,26 @@ export async function signIn({ page, baseUrl, token }) {
 }
 
 /**
+ * Signs `token` in, in a browser context of its own, and checks that `pagePath` answers 403 with
+ * a page whose text matches `says` (the role and what it may not do).
+ */
+export async function refused({ page, baseUrl }, token, pagePath, says) {
+  expect(token, 'set LINESIGHT_OPERATOR_TOKEN to an operator token');
+  const context = await page.context().browser().newContext();
+  try {
+    const other = await context.newPage();
+    await other.goto(`${baseUrl}/login?token=${encodeURIComponent(token)}`);
+    expect(new URL(other.url()).pathname === '/', `signing in landed on ${other.url()}`);
+    const response = await other.goto(baseUrl + pagePath);
+    expect(response.status() === 403, `GET ${pagePath} answered ${response.status()}`);
+    const text = (await other.textContent('body')) ?? '';
+    expect(says.test(text), `the page reads ${JSON.stringify(text.trim().slice(0, 200))}`);
+  } finally {
+    await context.close();
+  }
+}
+
+/**
  * Runs axe-core on the page as it stands (WCAG 2.x A and AA rules) and fails on any serious or
  * critical violation, naming each with an element it was found on.
  */

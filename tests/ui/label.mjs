@@ -5,7 +5,7 @@
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/label.mjs http://127.0.0.1:PORT OUTDIR
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { accessible, expect, signIn, start, until } from './harness.mjs';
+import { accessible, expect, refused, signIn, start, until } from './harness.mjs';
 
 const ui = await start('label', { giveUpAfterMs: 240_000 });
 const { page, baseUrl, outDir, check, finish, api, json } = ui;
@@ -170,19 +170,7 @@ await finish(async () => {
   });
 
   await check('an operator is refused the labelling page (403) and told the role may not label', async () => {
-    expect(operatorToken, 'set LINESIGHT_OPERATOR_TOKEN to an operator token');
-    const context = await page.context().browser().newContext();
-    try {
-      const operator = await context.newPage();
-      await operator.goto(`${baseUrl}/login?token=${encodeURIComponent(operatorToken)}`);
-      expect(new URL(operator.url()).pathname === '/', `signing in landed on ${operator.url()}`);
-      const response = await operator.goto(baseUrl + '/label');
-      expect(response.status() === 403, `GET /label answered ${response.status()}`);
-      const text = (await operator.textContent('body')) ?? '';
-      expect(/may not label/i.test(text), `the page reads ${JSON.stringify(text.trim().slice(0, 200))}`);
-    } finally {
-      await context.close();
-    }
+    await refused(ui, operatorToken, '/label', /may not label/i);
   });
 
   await check('panning and zooming the canvas for a second: the frame time goes to label-frames.json', async () => {

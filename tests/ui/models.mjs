@@ -7,7 +7,7 @@
 // kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
-import { accessible, expect, signIn, start, until } from './harness.mjs';
+import { accessible, expect, refused, signIn, start, until } from './harness.mjs';
 
 const ui = await start('models', { giveUpAfterMs: 300_000 });
 const { page, baseUrl, outDir, check, finish, api, json } = ui;
@@ -150,18 +150,6 @@ await finish(async () => {
   });
 
   await check('an operator is refused the models page (403) and told the role may not change models', async () => {
-    expect(operatorToken, 'set LINESIGHT_OPERATOR_TOKEN to an operator token');
-    const context = await page.context().browser().newContext();
-    try {
-      const operator = await context.newPage();
-      await operator.goto(`${baseUrl}/login?token=${encodeURIComponent(operatorToken)}`);
-      expect(new URL(operator.url()).pathname === '/', `signing in landed on ${operator.url()}`);
-      const response = await operator.goto(baseUrl + '/models');
-      expect(response.status() === 403, `GET /models answered ${response.status()}`);
-      const text = (await operator.textContent('body')) ?? '';
-      expect(/may not train or change models/i.test(text), `the page reads ${JSON.stringify(text.trim().slice(0, 200))}`);
-    } finally {
-      await context.close();
-    }
+    await refused(ui, operatorToken, '/models', /may not train or change models/i);
   });
 }, 'models-final.png');
