@@ -123,6 +123,6 @@ sigint_stops() {
 check "Ctrl-C stops the station cleanly" sigint_stops
 
 mkdir -p target/test-live && cp -f "$work/live.png" "$work/label.png" "$work/label-final.png" "$work/mes.png" "$work/whatif.png" "$work/models.png" \
-  "$work/live-latency.json" "$work/label-frames.json" target/test-live/ 2>/dev/null || true
+  "$work/live-latency.json" "$work/label-frames.json" "$work/label-frames-5mpx.json" target/test-live/ 2>/dev/null || true
 echo "live: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

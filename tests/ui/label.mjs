@@ -37,6 +37,36 @@ const sum = (list) => list.reduce((a, b) => a + b, 0);
 const regionsOnPage = () => page.evaluate(() => window.labelPage.regions());
 const describe = (regions) => JSON.stringify(regions.map((r) => ({ class: r.class, kind: r.shape.kind })));
 
+/** Pans and zooms the open part's canvas for a second; frame intervals and draw times. */
+async function measureFrames() {
+  const frames = await page.evaluate(async () => {
+    const lp = window.labelPage;
+    const box = document.getElementById('canvas').getBoundingClientRect();
+    lp.frameTimes.length = 0;
+    const intervals = [];
+    const started = performance.now();
+    let last = started;
+    for (let i = 0; performance.now() - started < 1_000; i += 1) {
+      lp.panBy(i % 20 < 10 ? 6 : -6, i % 10 < 5 ? 3 : -3);
+      lp.zoomAt(box.width / 2, box.height / 2, i % 40 < 20 ? 1.04 : 1 / 1.04);
+      await new Promise(requestAnimationFrame);
+      const now = performance.now();
+      intervals.push(now - last);
+      last = now;
+    }
+    lp.fit();
+    return { draws: [...lp.frameTimes], intervals };
+  });
+  expect(frames.draws.length > 0, 'the page drew nothing while panned and zoomed');
+  const mean = (list) => sum(list) / Math.max(1, list.length);
+  return {
+    frames: frames.intervals.length,
+    mean_frame_ms: mean(frames.intervals),
+    mean_draw_ms: mean(frames.draws),
+    max_draw_ms: Math.max(0, ...frames.draws),
+  };
+}
+
 let partId;
 let imageSize;
 let saved;
@@ -174,35 +204,66 @@ await finish(async () => {
   });
 
   await check('panning and zooming the canvas for a second: the frame time goes to label-frames.json', async () => {
-    const frames = await page.evaluate(async () => {
-      const lp = window.labelPage;
-      const box = document.getElementById('canvas').getBoundingClientRect();
-      lp.frameTimes.length = 0;
-      const intervals = [];
-      const started = performance.now();
-      let last = started;
-      for (let i = 0; performance.now() - started < 1_000; i += 1) {
-        lp.panBy(i % 20 < 10 ? 6 : -6, i % 10 < 5 ? 3 : -3);
-        lp.zoomAt(box.width / 2, box.height / 2, i % 40 < 20 ? 1.04 : 1 / 1.04);
-        await new Promise(requestAnimationFrame);
-        const now = performance.now();
-        intervals.push(now - last);
-        last = now;
-      }
-      lp.fit();
-      return { draws: [...lp.frameTimes], intervals };
-    });
-    const mean = (list) => sum(list) / Math.max(1, list.length);
-    const report = {
-      frames: frames.intervals.length,
-      mean_frame_ms: mean(frames.intervals),
-      mean_draw_ms: mean(frames.draws),
-      max_draw_ms: Math.max(0, ...frames.draws),
-      image: imageSize,
-      regions: saved.length,
-    };
+    const report = { ...(await measureFrames()), image: imageSize, regions: saved.length };
     await writeFile(path.join(outDir, 'label-frames.json'), `${JSON.stringify(report, null, 2)}\n`);
     console.log(`label: ${report.frames} frames, ${report.mean_frame_ms.toFixed(1)} ms a frame, ${report.mean_draw_ms.toFixed(2)} ms drawing (report only)`);
-    expect(frames.draws.length > 0, 'the page drew nothing while panned and zoomed');
+  });
+
+  await check('the same on a 5-megapixel image with 500 shapes: the frame time goes to label-frames-5mpx.json', async () => {
+    // The simulated camera's images are 224 × 224: a 2592 × 1944 image (5.0 Mpx, drawn in the
+    // browser) and a label of 250 boxes and 250 polygons on it stand in for another part's own,
+    // served to the page in place of the station's answers. Nothing is edited, so nothing is saved.
+    const { items } = await json('/api/v1/inspections?limit=100');
+    const other = items.find((p) => p.image && p.part_id !== partId);
+    expect(other, 'no other part with an image');
+    const [width, height] = [2592, 1944];
+    const png = Buffer.from(await page.evaluate(async ([w, h]) => {
+      const canvas = new OffscreenCanvas(w, h);
+      const g = canvas.getContext('2d');
+      const gradient = g.createLinearGradient(0, 0, w, h);
+      gradient.addColorStop(0, '#303030');
+      gradient.addColorStop(1, '#b0b0b0');
+      g.fillStyle = gradient;
+      g.fillRect(0, 0, w, h);
+      for (let i = 0; i < 4000; i += 1) {
+        g.fillStyle = `rgb(${(i * 37) % 256},${(i * 37) % 256},${(i * 37) % 256})`;
+        g.fillRect((i * 7919) % w, (i * 104729) % h, 3 + (i % 40), 3 + (i % 17));
+      }
+      const bytes = new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
+      let text = '';
+      for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      return btoa(text);
+    }, [width, height]), 'base64');
+    const regions = [];
+    for (let i = 0; i < 500; i += 1) {
+      const [x, y] = [(i * 7919) % (width - 120), (i * 104729) % (height - 120)];
+      regions.push(i % 2 === 0
+        ? { class: 'scratch', shape: { kind: 'box', x, y, width: 20 + (i % 90), height: 15 + (i % 60) } }
+        : { class: 'dent', shape: { kind: 'polygon', points: Array.from({ length: 8 }, (_, k) => [x + 50 + 40 * Math.cos(k * Math.PI / 4), y + 50 + 40 * Math.sin(k * Math.PI / 4)]) } });
+    }
+    const label = { seq: 1, recorded_at: new Date().toISOString(), kind: 'label', part_id: other.part_id, supersedes: 0,
+      verdict: 'fail', defect_class: 'scratch', note: null, by: 'frame-test', image: other.image, regions };
+    const imageRoute = `**/api/v1/images/${other.image}`;
+    const labelsRoute = `**/api/v1/inspections/${other.part_id}/labels`;
+    await page.route(imageRoute, (route) => route.fulfill({ status: 200, contentType: 'image/png', body: png }));
+    await page.route(labelsRoute, (route) => (route.request().method() === 'GET'
+      ? route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify([label]) })
+      : route.abort()));
+    try {
+      await page.goto(`${baseUrl}/label?part=${other.part_id}`);
+      await until('the 5-megapixel part open', async () => {
+        const size = await page.evaluate(() => window.labelPage.imageSize());
+        return size && size[0] === width && size[1] === height;
+      }, 30_000, 200);
+      const shown = await page.evaluate(() => window.labelPage.regions().length);
+      expect(shown === 500, `the page holds ${shown} regions`);
+      const report = { ...(await measureFrames()), image: [width, height], regions: shown };
+      await writeFile(path.join(outDir, 'label-frames-5mpx.json'), `${JSON.stringify(report, null, 2)}\n`);
+      console.log(`label: 5 Mpx, 500 shapes: ${report.frames} frames, ${report.mean_frame_ms.toFixed(1)} ms a frame (${(1000 / report.mean_frame_ms).toFixed(0)} fps), ${report.mean_draw_ms.toFixed(2)} ms drawing (report only)`);
+    } finally {
+      await page.unroute(imageRoute);
+      await page.unroute(labelsRoute);
+      await page.goto(`${baseUrl}/label?part=${partId}`);
+    }
   });
 }, 'label-final.png');
