@@ -28,9 +28,6 @@ use crate::record::{InspectionRecord, RecordError, Store, heat_map_png};
 /// line, a few minutes of CPU.
 pub const DEFAULT_MAX_PARTS: usize = 20_000;
 
-/// How many records are read from the store at a time.
-const PAGE: usize = 512;
-
 /// Why a backtest could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
@@ -240,25 +237,14 @@ pub fn backtest(
 fn records_in(store: &Store, period: &Period) -> Result<(Vec<InspectionRecord>, u64), RecordError> {
     let mut kept = std::collections::VecDeque::new();
     let mut in_period = 0;
-    let mut before = None;
-    loop {
-        let page = store.inspection_records(before, PAGE)?;
-        let Some(oldest) = page.last() else { break };
-        before = Some(oldest.part_id);
-        let all_older = page.iter().all(|r| r.decided_at < period.from);
-        for record in page {
-            if record.decided_at >= period.from && record.decided_at < period.to {
-                in_period += 1;
-                kept.push_back(record);
-                if kept.len() > period.max_parts {
-                    kept.pop_front();
-                }
-            }
+    store.for_each_inspection_decided((period.from, period.to), |record| {
+        in_period += 1;
+        kept.push_back(record);
+        if kept.len() > period.max_parts {
+            kept.pop_front();
         }
-        if all_older {
-            break;
-        }
-    }
+        Ok::<_, RecordError>(())
+    })?;
     let mut oldest_first: Vec<_> = kept.into();
     oldest_first.reverse();
     Ok((oldest_first, in_period))

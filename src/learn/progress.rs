@@ -51,14 +51,6 @@ impl Progress {
         }
     }
 
-    /// Bars on the terminal when `visible`, else nowhere.
-    pub fn terminal_if(visible: bool) -> Progress {
-        Progress {
-            terminal: visible,
-            watch: None,
-        }
-    }
-
     /// Each phase reported to `watch`, nothing drawn.
     pub fn watched(watch: ProgressWatch) -> Progress {
         Progress {

@@ -547,6 +547,33 @@ impl Store {
             .collect())
     }
 
+    /// Visits every inspection record decided at or after `from` and before `to`, newest part
+    /// first, reading 512 at a time. Part ids follow capture order, not decision order, so the
+    /// reading stops only after a whole page decided before `from`.
+    pub fn for_each_inspection_decided<E: From<RecordError>>(
+        &self,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+        mut visit: impl FnMut(InspectionRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut before = None;
+        loop {
+            let page = self.inspection_records(before, 512)?;
+            let Some(oldest) = page.last() else {
+                return Ok(());
+            };
+            before = Some(oldest.part_id);
+            let all_older = page.iter().all(|r| r.decided_at < from);
+            for record in page {
+                if record.decided_at >= from && record.decided_at < to {
+                    visit(record)?;
+                }
+            }
+            if all_older {
+                return Ok(());
+            }
+        }
+    }
+
     /// Number of inspection records.
     pub fn inspection_count(&self) -> usize {
         self.handles().map_or(0, |h| h.trees.inspection_seq.len())

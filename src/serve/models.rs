@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::auth::Principal;
 use super::{ApiError, ApiState};
 use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, KEEP_JOBS, Period};
-use crate::inspect::training::uploads::{UploadSet, UploadedImage};
-use crate::inspect::training::{Family, KEEP_TRAINING_JOBS, Source, TrainingJob, TrainingRequest};
+use crate::inspect::training::uploads::{UploadError, UploadSet, UploadedImage, Uploads};
+use crate::inspect::training::{
+    Family, KEEP_TRAINING_JOBS, Source, TrainingError, TrainingJob, TrainingRequest,
+};
 use crate::model_control::{ControlError, ModelStatus};
 use crate::record::{ModelEvent, ShadowSummary};
 
@@ -269,6 +271,20 @@ pub(super) async fn get_training(
     })
 }
 
+/// Runs `work` on the station's upload sets on a blocking thread (it reads and writes files).
+async fn on_uploads<T: Send + 'static>(
+    api: &ApiState,
+    work: impl FnOnce(&Uploads) -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let models = api.models.clone();
+    let done = tokio::task::spawn_blocking(move || -> Result<T, TrainingError> {
+        Ok(work(models.training().uploads()?)?)
+    })
+    .await
+    .map_err(|e| ApiError::InternalMessage(format!("the upload task failed: {e}")))?;
+    Ok(done.map_err(ControlError::from)?)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UploadQuery {
@@ -285,17 +301,7 @@ pub(super) async fn upload_image(
 ) -> Result<(StatusCode, Json<UploadedImage>), ApiError> {
     let Path(set) = set.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let models = api.models.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        models
-            .training()
-            .uploads()?
-            .add(&set, &query.class, &body)
-            .map_err(crate::inspect::training::TrainingError::from)
-    })
-    .await
-    .map_err(|e| ApiError::InternalMessage(format!("the upload failed: {e}")))?
-    .map_err(crate::model_control::ControlError::from)?;
+    let stored = on_uploads(&api, move |uploads| uploads.add(&set, &query.class, &body)).await?;
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
@@ -307,17 +313,7 @@ pub(super) struct UploadList {
 pub(super) async fn list_uploads(
     State(api): State<ApiState>,
 ) -> Result<Json<UploadList>, ApiError> {
-    let models = api.models.clone();
-    let sets = tokio::task::spawn_blocking(move || {
-        models
-            .training()
-            .uploads()?
-            .list()
-            .map_err(crate::inspect::training::TrainingError::from)
-    })
-    .await
-    .map_err(|e| ApiError::InternalMessage(format!("listing uploads failed: {e}")))?
-    .map_err(crate::model_control::ControlError::from)?;
+    let sets = on_uploads(&api, |uploads| uploads.list()).await?;
     Ok(Json(UploadList { sets }))
 }
 

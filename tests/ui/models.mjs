@@ -51,6 +51,8 @@ await finish(async () => {
     expect(state === 'done', `the job ${state}: ${job.error}`);
     expect([...seen].some((t) => / of \d+/.test(t)), `no phase with a count was shown while it ran: ${JSON.stringify([...seen])}`);
     version = job.model.version;
+    const took = (Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000;
+    console.log(`models: onboarded from ${job.training_set.good} good parts of ${job.training_set.parts_in_period}: trained in ${job.model.card.training_duration_s.toFixed(1)} s, the job took ${took.toFixed(1)} s (report only)`);
     const figures = await page.textContent(`article[data-job="${id}"] dl.figures`);
     for (const term of [version, 'How it was chosen', 'False rejects at the threshold', 'Training took']) {
       expect(figures.includes(term), `the figures lack ${JSON.stringify(term)}: ${figures}`);
@@ -109,6 +111,7 @@ await finish(async () => {
     expect(state === 'done', `the backtest ${state}: ${job.error}`);
     const figures = (await page.textContent(`article[data-backtest="${id}"] dl.figures`)).replace(/\s+/g, ' ');
     const replayed = `${job.report.replayed} of ${job.report.parts_in_period}`;
+    console.log(`models: backtest of ${job.report.replayed} parts in ${job.report.took_s.toFixed(1)} s (report only)`);
     expect(job.report.replayed > 0 && figures.includes(replayed), `the page reads ${figures}; the API says ${replayed}`);
   });
 
@@ -145,6 +148,7 @@ await finish(async () => {
     const job = await json(`/api/v1/training/${id}`);
     expect(state === 'done', `the job ${state}: ${job.error}`);
     expect(job.source.kind === 'upload' && job.training_set.good === passed.length, `trained on ${JSON.stringify(job.training_set)}`);
+    console.log(`models: onboarded from ${passed.length} uploaded images: trained in ${job.model.card.training_duration_s.toFixed(1)} s (report only)`);
     const meta = await page.textContent(`article[data-job="${id}"] p.muted`);
     expect(meta.includes('Upload set lab-photos'), `the job reads ${meta}`);
   });

@@ -34,13 +34,13 @@ use serde::{Deserialize, Serialize};
 use self::uploads::{UploadError, Uploads};
 use super::backtest::JobState;
 use super::registry::Registry;
-use crate::learn::dataset::{Layout, class_folder};
+use crate::learn::dataset::{Layout, class_folder, load_gray};
 use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use crate::models::anomaly::train::{self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE};
 use crate::models::card::CARD_FILE;
 use crate::models::supervised::{self, SupervisedSettings};
-use crate::part::{GrayImage, Verdict};
+use crate::part::Verdict;
 use crate::record::{
     InspectionRecord, RecordBody, RecordError, Region, Store, gray_png, heat_map_png, regions_mask,
 };
@@ -686,64 +686,52 @@ fn training_parts(
     let mut set = TrainingSet::default();
     let mut parts = Vec::new();
     let mut live_rejected = Vec::new();
-    let mut before = None;
     let mut hold_out = HoldOut::default();
-    'pages: loop {
-        let page = store.inspection_records(before, 512)?;
-        let Some(oldest) = page.last() else { break };
-        before = Some(oldest.part_id);
-        let all_older = page.iter().all(|r| r.decided_at < from);
-        for record in page {
-            if record.decided_at < from || record.decided_at >= to {
-                continue;
+    store.for_each_inspection_decided((from, to), |record| {
+        set.parts_in_period += 1;
+        if parts.len() + left_out_count(&set) >= MAX_TRAINING_PARTS {
+            *set.left_out
+                .entry(format!("past the newest {MAX_TRAINING_PARTS} parts"))
+                .or_default() += 1;
+            return Ok(());
+        }
+        match classify(store, &latest, &record, passed_as_good)? {
+            Ok((class, image, regions)) => {
+                let held_out = hold_out.next(&class);
+                if class == "good" {
+                    set.good += 1;
+                    set.good_held_out += u64::from(held_out);
+                } else {
+                    *set.defective.entry(class.clone()).or_default() += 1;
+                }
+                parts.push(TrainingPart {
+                    part_id: Some(record.part_id),
+                    image: ImageFile::Stored(image),
+                    class,
+                    regions,
+                    held_out,
+                });
             }
-            set.parts_in_period += 1;
-            if parts.len() + left_out_count(&set) >= MAX_TRAINING_PARTS {
-                *set.left_out
-                    .entry(format!("past the newest {MAX_TRAINING_PARTS} parts"))
-                    .or_default() += 1;
-                continue;
-            }
-            match classify(store, &latest, &record, passed_as_good)? {
-                Ok((class, image, regions)) => {
-                    let held_out = hold_out.next(&class);
-                    if class == "good" {
-                        set.good += 1;
-                        set.good_held_out += u64::from(held_out);
-                    } else {
-                        *set.defective.entry(class.clone()).or_default() += 1;
-                    }
-                    parts.push(TrainingPart {
+            Err(reason) => {
+                *set.left_out.entry(reason.to_owned()).or_default() += 1;
+                if let (Some(Verdict::Fail), Some(image), true) = (
+                    record.verdict,
+                    &record.image,
+                    live_rejected.len() < PREVIEWS_PER_KIND,
+                ) && !latest.contains_key(&record.part_id)
+                {
+                    live_rejected.push(TrainingPart {
                         part_id: Some(record.part_id),
-                        image: ImageFile::Stored(image),
-                        class,
-                        regions,
-                        held_out,
+                        image: ImageFile::Stored(image.clone()),
+                        class: LIVE_REJECTED.into(),
+                        regions: Vec::new(),
+                        held_out: true,
                     });
                 }
-                Err(reason) => {
-                    *set.left_out.entry(reason.to_owned()).or_default() += 1;
-                    if let (Some(Verdict::Fail), Some(image), true) = (
-                        record.verdict,
-                        &record.image,
-                        live_rejected.len() < PREVIEWS_PER_KIND,
-                    ) && !latest.contains_key(&record.part_id)
-                    {
-                        live_rejected.push(TrainingPart {
-                            part_id: Some(record.part_id),
-                            image: ImageFile::Stored(image.clone()),
-                            class: LIVE_REJECTED.into(),
-                            regions: Vec::new(),
-                            held_out: true,
-                        });
-                    }
-                }
             }
         }
-        if all_older {
-            break 'pages;
-        }
-    }
+        Ok::<_, RecordError>(())
+    })?;
     let parts = TrainingParts {
         parts,
         live_rejected,
@@ -865,7 +853,7 @@ fn previews(
         let Some(path) = part.image.path(store) else {
             continue; // evicted since
         };
-        let Some(image) = load(&path) else {
+        let Ok(image) = load_gray(&path) else {
             continue;
         };
         // The page shows images from the image store: an upload is copied there, when it fits.
@@ -903,12 +891,6 @@ fn previews(
         });
     }
     Ok(previews)
-}
-
-fn load(path: &Path) -> Option<GrayImage> {
-    let decoded = image::open(path).ok()?.into_luma8();
-    let (width, height) = decoded.dimensions();
-    GrayImage::new(width, height, decoded.into_raw())
 }
 
 #[cfg(test)]
