@@ -21,6 +21,7 @@ use crate::analyse::maintenance::watch::MaintenanceWatch;
 use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
 use crate::capture::{CameraPipeline, EndOfStream, ParamValue, PresenceSettings, TriggerSource};
+use crate::inspect::taxonomy::{DefectClass, Taxonomy};
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -94,6 +95,10 @@ pub struct StationFile {
     /// Named control charts (`[[charts]]`): alarms watch them as `chart:<name>`.
     #[serde(default)]
     pub charts: Vec<ChartDefinition>,
+    /// The defect classes (`[[defect_classes]]`): colour, severity, whether each rejects.
+    /// Seeds the taxonomy until an engineer saves one (see [`crate::inspect::taxonomy`]).
+    #[serde(default)]
+    pub defect_classes: Vec<DefectClass>,
     /// Master data of the KPIs: ideal cycle time, stop threshold, local time.
     #[serde(default)]
     pub production: ProductionSection,
@@ -782,6 +787,8 @@ pub struct StationConfig {
     pub alarms: Vec<AlarmDefinition>,
     /// The named control charts.
     pub charts: Vec<ChartDefinition>,
+    /// The TOML's defect classes, checked.
+    pub defect_classes: Taxonomy,
     /// The shift calendar, ideal cycle time and stop threshold the KPIs are measured against.
     pub production: ProductionPlan,
     pub root_cause: RootCauseSection,
@@ -952,6 +959,8 @@ impl StationConfig {
             tags: file.tags,
             alarms: file.alarms,
             charts: file.charts,
+            // Checked with the other problems above.
+            defect_classes: Taxonomy::new(file.defect_classes).unwrap_or_default(),
             production,
             root_cause: file.root_cause,
             maintenance: file.maintenance,
@@ -1333,6 +1342,11 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
         problem(&field, message);
     }
     for (field, message) in crate::analyse::charts::check_definitions(&file.charts, &file.tags) {
+        problem(&field, message);
+    }
+    for (field, message) in
+        crate::inspect::taxonomy::problems(&file.defect_classes, "defect_classes")
+    {
         problem(&field, message);
     }
     // A chart alarm watches a chart this file defines.

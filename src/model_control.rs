@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::inspect::backtest::{BacktestJob, BacktestJobs, Period, StartError};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
+use crate::inspect::taxonomy::{Taxonomy, TaxonomyError};
 use crate::inspect::training::uploads::Uploads;
 use crate::inspect::training::{TrainingError, TrainingJob, TrainingJobs, TrainingRequest};
 use crate::metrics::Metrics;
@@ -55,6 +56,8 @@ pub enum ControlError {
     Training(#[from] TrainingError),
     #[error("loading the model was interrupted: {0}")]
     Join(String),
+    #[error(transparent)]
+    Taxonomy(#[from] TaxonomyError),
 }
 
 /// What runs now.
@@ -98,6 +101,8 @@ pub struct ModelControl {
     backtests: Arc<BacktestJobs>,
     /// Models trained from the station's records.
     training: Arc<TrainingJobs>,
+    /// Where an engineer's defect classes are kept; `None`: changes last until the restart.
+    taxonomy_dir: Option<std::path::PathBuf>,
 }
 
 impl ModelControl {
@@ -117,6 +122,7 @@ impl ModelControl {
             changing: tokio::sync::Mutex::new(()),
             backtests: Arc::default(),
             training: Arc::default(),
+            taxonomy_dir: None,
         }
     }
 
@@ -282,9 +288,13 @@ impl ModelControl {
     ) -> Result<BacktestJob, ControlError> {
         self.backtests.refusal(&period)?;
         let candidate = self.candidate(version, threshold).await?;
-        Ok(self
-            .backtests
-            .start(self.store.clone(), candidate, period, requested_by)?)
+        Ok(self.backtests.start(
+            self.store.clone(),
+            candidate,
+            self.active.taxonomy(),
+            period,
+            requested_by,
+        )?)
     }
 
     /// The station's backtests, running and finished.
@@ -320,6 +330,36 @@ impl ModelControl {
     pub fn with_training_uploads(mut self, dir: std::path::PathBuf) -> ModelControl {
         self.training = Arc::new(TrainingJobs::with_uploads(Uploads::new(dir)));
         self
+    }
+
+    /// Keeps the defect classes engineers save in `dir` (the station's data folder).
+    pub fn with_taxonomy_dir(mut self, dir: std::path::PathBuf) -> ModelControl {
+        self.taxonomy_dir = Some(dir);
+        self
+    }
+
+    /// The defect classes the gate judges by now.
+    pub fn taxonomy(&self) -> Arc<Taxonomy> {
+        self.active.taxonomy()
+    }
+
+    /// Replaces the defect classes, recorded with who asked. Kept on disk first, so that what
+    /// the gate does from the next part on is also what it does after a restart.
+    pub async fn set_taxonomy(
+        &self,
+        taxonomy: Taxonomy,
+        audit: AuditRecord,
+    ) -> Result<(), ControlError> {
+        let _one_change = self.changing.lock().await;
+        if let Some(dir) = self.taxonomy_dir.clone() {
+            let saved = taxonomy.clone();
+            tokio::task::spawn_blocking(move || saved.save(&dir))
+                .await
+                .map_err(|e| ControlError::Join(e.to_string()))??;
+        }
+        self.active.set_taxonomy(taxonomy);
+        self.store.append(RecordBody::Audit(audit)).await?;
+        Ok(())
     }
 
     /// Deletes an upload set, recorded with who asked.
@@ -425,15 +465,21 @@ pub fn run_shadow(ctx: ShadowContext) {
         };
         // Each camera's image; the part's verdict is the worst (fail, then error, then pass),
         // its score the first worst image's, as the live model's.
+        // The live taxonomy judges the shadow's classes too: a comparison under other rules
+        // would count as disagreements what is only a tolerated class.
+        let taxonomy = ctx.active.taxonomy();
         let judge = |image: &GrayImage| {
-            let score = || shadow.detector.score(image);
-            let scored = match &pool {
-                Ok(pool) => pool.install(score),
-                Err(_) => score(),
+            let judge = || shadow.detector.judge(image);
+            let judged = match &pool {
+                Ok(pool) => pool.install(judge),
+                Err(_) => judge(),
             };
-            match scored {
-                Ok((score, _)) if score >= shadow.threshold => (Verdict::Fail, Some(score)),
-                Ok((score, _)) => (Verdict::Pass, Some(score)),
+            match judged {
+                Ok(judgement) => {
+                    let (verdict, _) =
+                        taxonomy.verdict(judgement.score, shadow.threshold, judgement.defect_class);
+                    (verdict, Some(judgement.score))
+                }
                 Err(error) => {
                     tracing::warn!(part_id = %job.part_id, %error, "shadow model failed");
                     (Verdict::Error, None)

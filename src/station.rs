@@ -72,6 +72,8 @@ pub enum StationError {
     #[error(transparent)]
     ModelControl(#[from] ControlError),
     #[error(transparent)]
+    Taxonomy(#[from] crate::inspect::taxonomy::TaxonomyError),
+    #[error(transparent)]
     Calibrate(#[from] CalibrateError),
     #[error(transparent)]
     RegisterMap(#[from] RegisterMapError),
@@ -314,7 +316,12 @@ impl Station {
         let threshold_override = config
             .threshold_override
             .map(|t| (detector.head().version.clone(), t));
-        let models = Arc::new(ActiveModels::new(RunningModel::new(detector, threshold)));
+        // The defect classes: an engineer's saved edit, else the TOML's.
+        let taxonomy = crate::inspect::taxonomy::Taxonomy::load_saved(&config.data_dir)?
+            .unwrap_or_else(|| config.defect_classes.clone());
+        let models = Arc::new(
+            ActiveModels::new(RunningModel::new(detector, threshold)).with_taxonomy(taxonomy),
+        );
         let map = RegisterMap::load(&config.plc.register_map_file)?;
         let command_window = std::time::Duration::from_millis(
             map.plc_program.match_before_ms + map.plc_program.eye_to_gate_ms,
@@ -464,7 +471,8 @@ impl Station {
             (roi_width, roi_height),
             threshold_override,
         )
-        .with_training_uploads(config.data_dir.join("training-uploads"));
+        .with_training_uploads(config.data_dir.join("training-uploads"))
+        .with_taxonomy_dir(config.data_dir.clone());
         control.restore().await?;
 
         let (plc, plc_description) = match plc_address {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use linesight::config::StationConfig;
 use linesight::inspect::backtest::{BacktestReport, DEFAULT_MAX_PARTS, Period, backtest};
 use linesight::inspect::registry::{self, Registry, RunningModel};
+use linesight::inspect::taxonomy::Taxonomy;
 use linesight::learn::progress;
 use linesight::models::card::CardHead;
 use linesight::record::Store;
@@ -80,6 +81,8 @@ impl Backtest {
     fn here(&self) -> anyhow::Result<BacktestReport> {
         let config = StationConfig::load(&self.config)?;
         let data_dir = self.data_dir.clone().unwrap_or(config.data_dir);
+        // The classes the station would judge with: an engineer's saved edit, else the TOML's.
+        let taxonomy = Taxonomy::load_saved(&data_dir)?.unwrap_or(config.defect_classes);
         let registry = Registry::new(
             self.registry.clone().unwrap_or(config.model_registry),
             config.backbone_weights.clone(),
@@ -117,7 +120,7 @@ impl Backtest {
             max_parts: self.max_parts,
         };
         let bar = progress::labelled(!self.json, 0, "parts replayed");
-        let report = backtest(&store, &candidate, &period, &|done, total| {
+        let report = backtest(&store, &candidate, &taxonomy, &period, &|done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })?;

@@ -15,12 +15,14 @@
 //! not saved or has since been evicted by retention) is counted with the reason, never guessed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::registry::RunningModel;
+use super::taxonomy::Taxonomy;
 use crate::part::{GrayImage, Verdict};
 use crate::record::{InspectionRecord, RecordError, Store, heat_map_png};
 
@@ -145,11 +147,12 @@ pub struct BacktestReport {
     pub faster_than_real_time: Option<f64>,
 }
 
-/// Replays `period`'s records from `store` through `candidate`. `progress(done, total)` is
-/// called after each part.
+/// Replays `period`'s records from `store` through `candidate`, its defects rejecting or not
+/// as `taxonomy` says. `progress(done, total)` is called after each part.
 pub fn backtest(
     store: &Store,
     candidate: &RunningModel,
+    taxonomy: &Taxonomy,
     period: &Period,
     progress: &dyn Fn(u64, u64),
 ) -> Result<BacktestReport, BacktestError> {
@@ -183,7 +186,7 @@ pub fn backtest(
     let total = records.len() as u64;
     progress(0, total);
     for (done, record) in records.iter().enumerate() {
-        match replay(store, candidate, record) {
+        match replay(store, candidate, taxonomy, record) {
             Err(reason) => *report.not_replayable.entry(reason).or_default() += 1,
             Ok((recorded, replayed)) => {
                 report.replayed += 1;
@@ -269,6 +272,7 @@ struct Look<'a> {
 fn replay(
     store: &Store,
     candidate: &RunningModel,
+    taxonomy: &Taxonomy,
     record: &InspectionRecord,
 ) -> Result<(Judged, Replayed), String> {
     let verdict = record
@@ -314,7 +318,7 @@ fn replay(
     }
     let mut deciding: Option<Replayed> = None;
     for (look, image) in looks.iter().zip(&images) {
-        let judged = judge(candidate, image);
+        let judged = judge(candidate, taxonomy, image);
         let better = deciding
             .as_ref()
             .is_none_or(|d| judged.judged.verdict.severity() > d.judged.verdict.severity());
@@ -346,7 +350,7 @@ fn load_image(store: &Store, digest: &str) -> Result<GrayImage, String> {
 }
 
 /// The candidate's verdict on one image, as the inspect stage gives it.
-fn judge(candidate: &RunningModel, image: &GrayImage) -> Replayed {
+fn judge(candidate: &RunningModel, taxonomy: &Taxonomy, image: &GrayImage) -> Replayed {
     let base = |verdict, score, defect_class, error| Replayed {
         judged: Judged {
             verdict,
@@ -371,21 +375,13 @@ fn judge(candidate: &RunningModel, image: &GrayImage) -> Replayed {
     }
     match candidate.detector.judge(image) {
         Ok(judgement) => {
-            let verdict = if judgement.score >= candidate.threshold {
-                Verdict::Fail
-            } else {
-                Verdict::Pass
-            };
+            let (verdict, defect_class) =
+                taxonomy.verdict(judgement.score, candidate.threshold, judgement.defect_class);
             let heat_map =
                 heat_map_png(&judgement.heat_map.on_threshold_scale(candidate.threshold)).ok();
             Replayed {
                 heat_map,
-                ..base(
-                    verdict,
-                    Some(judgement.score),
-                    judgement.defect_class.filter(|_| verdict == Verdict::Fail),
-                    None,
-                )
+                ..base(verdict, Some(judgement.score), defect_class, None)
             }
         }
         Err(error) => base(Verdict::Error, None, None, Some(error.to_string())),
@@ -469,6 +465,7 @@ impl BacktestJobs {
         self: &std::sync::Arc<Self>,
         store: Store,
         candidate: RunningModel,
+        taxonomy: Arc<Taxonomy>,
         period: Period,
         requested_by: String,
     ) -> Result<BacktestJob, StartError> {
@@ -514,7 +511,7 @@ impl BacktestJobs {
                         job.total = total;
                     })
                 };
-                let run = || backtest(&store, &candidate, &period, &progress);
+                let run = || backtest(&store, &candidate, &taxonomy, &period, &progress);
                 // A panic (a model bug, a corrupt image) fails this backtest, not the next:
                 // a job left `running` would refuse every later one.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -742,9 +739,15 @@ mod tests {
         line(&store).await;
         let model = candidate(0.5, Arc::default());
         let seen = Mutex::new(Vec::new());
-        let report = backtest(&store, &model, &period(), &|done, total| {
-            seen.lock().expect("lock").push((done, total));
-        })
+        let report = backtest(
+            &store,
+            &model,
+            &Taxonomy::default(),
+            &period(),
+            &|done, total| {
+                seen.lock().expect("lock").push((done, total));
+            },
+        )
         .expect("runs");
 
         assert_eq!(report.parts_in_period, 5);
@@ -782,7 +785,14 @@ mod tests {
         let full = store.image_bytes().expect("bytes");
         store.set_image_budget(Some(full));
         let stricter = candidate(0.4, Arc::default());
-        let report = backtest(&store, &stricter, &period(), &|_, _| {}).expect("runs");
+        let report = backtest(
+            &store,
+            &stricter,
+            &Taxonomy::default(),
+            &period(),
+            &|_, _| {},
+        )
+        .expect("runs");
         assert_eq!(report.changes.len(), 2);
         assert!(
             report
@@ -798,6 +808,7 @@ mod tests {
         let two = backtest(
             &store,
             &model,
+            &Taxonomy::default(),
             &Period {
                 max_parts: 2,
                 ..period()
@@ -816,7 +827,7 @@ mod tests {
             max_parts: 1,
         };
         assert!(matches!(
-            backtest(&store, &model, &empty, &|_, _| {}),
+            backtest(&store, &model, &Taxonomy::default(), &empty, &|_, _| {}),
             Err(BacktestError::EmptyPeriod { .. })
         ));
     }
@@ -833,6 +844,7 @@ mod tests {
             .start(
                 store.clone(),
                 candidate(0.5, hold.clone()),
+                Arc::default(),
                 period(),
                 "eng".into(),
             )
@@ -841,6 +853,7 @@ mod tests {
         let refused = jobs.start(
             store.clone(),
             candidate(0.5, hold.clone()),
+            Arc::default(),
             period(),
             "eng".into(),
         );

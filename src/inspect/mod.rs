@@ -8,6 +8,7 @@
 
 pub mod backtest;
 pub mod registry;
+pub mod taxonomy;
 pub mod training;
 pub mod views;
 
@@ -68,17 +69,16 @@ impl Inspector {
         };
         match live.detector.judge(&image) {
             Ok(judgement) => {
-                let verdict = if judgement.score >= live.threshold {
-                    Verdict::Fail
-                } else {
-                    Verdict::Pass
-                };
+                let (verdict, defect_class) = self.models.taxonomy().verdict(
+                    judgement.score,
+                    live.threshold,
+                    judgement.defect_class,
+                );
                 Inspection {
                     score: Some(judgement.score),
                     image: Some(image),
                     heat_map: Some(judgement.heat_map.on_threshold_scale(live.threshold)),
-                    // A passed part has no defect, whatever class the model leaned to.
-                    defect_class: judgement.defect_class.filter(|_| verdict == Verdict::Fail),
+                    defect_class,
                     ..base(verdict, None)
                 }
             }

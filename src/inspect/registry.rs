@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use candle_core::Device;
 use serde::Serialize;
 
+use super::taxonomy::Taxonomy;
 use crate::config::ModelDevice;
 use crate::models::backbone::WeightsSearch;
 use crate::models::card::{CARD_FILE, CardHead};
@@ -197,19 +198,45 @@ impl RunningModel {
     }
 }
 
-/// The live model and the shadow candidate, swapped as a whole.
+/// What decides a verdict now: the live model, the shadow candidate and the defect-class
+/// taxonomy (which classes reject), each swapped as a whole.
 #[derive(Debug)]
 pub struct ActiveModels {
     live: RwLock<Arc<RunningModel>>,
     shadow: RwLock<Option<Arc<RunningModel>>>,
+    taxonomy: RwLock<Arc<Taxonomy>>,
 }
 
 impl ActiveModels {
+    /// `live`, no shadow, and an empty taxonomy (every defect rejects).
     pub fn new(live: RunningModel) -> ActiveModels {
         ActiveModels {
             live: RwLock::new(Arc::new(live)),
             shadow: RwLock::new(None),
+            taxonomy: RwLock::default(),
         }
+    }
+
+    pub fn with_taxonomy(self, taxonomy: Taxonomy) -> ActiveModels {
+        self.set_taxonomy(taxonomy);
+        self
+    }
+
+    /// The defect classes now.
+    pub fn taxonomy(&self) -> Arc<Taxonomy> {
+        match self.taxonomy.read() {
+            Ok(taxonomy) => taxonomy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the defect classes; the next verdict uses them.
+    pub fn set_taxonomy(&self, taxonomy: Taxonomy) {
+        let mut current = match self.taxonomy.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *current = Arc::new(taxonomy);
     }
 
     /// The live model now. The lock is held only to clone the `Arc`.

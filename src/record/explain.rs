@@ -203,7 +203,14 @@ fn summary(record: &InspectionRecord, deciding: Option<&Look>, labels: &[LabelRe
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         ),
-        (Some(Verdict::Pass), Some(look)) => format!("Passed: {}", against(look)),
+        (Some(Verdict::Pass), Some(look)) => match &look.defect_class {
+            // At or above the threshold, passed by the defect-class taxonomy.
+            Some(class) => format!(
+                "Passed: {}; defect class {class}, which the station's defect classes tolerate",
+                against(look)
+            ),
+            None => format!("Passed: {}", against(look)),
+        },
         (Some(Verdict::Fail), Some(look)) => {
             let mut text = format!("Rejected: {}", against(look));
             if let Some(class) = &look.defect_class {
@@ -330,6 +337,18 @@ mod tests {
         );
         let look = &explained.looks[0];
         assert!((look.margin.expect("margin") - 0.26).abs() < 1e-6);
+
+        // Above the threshold but of a class the taxonomy tolerates: passed, and says why.
+        let mut tolerated = record();
+        tolerated.verdict = Some(Verdict::Pass);
+        tolerated.disposition = Disposition::Pass;
+        tolerated.calibration = None;
+        let passed = Explanation::of(&tolerated, 4, None, Vec::new(), None);
+        assert_eq!(
+            passed.summary,
+            "Passed: scored 0.9000 at or above the threshold 0.6400 of net@abc (margin +0.2600); \
+             defect class scratch, which the station's defect classes tolerate."
+        );
         assert_eq!(
             explained.model.as_ref().map(|m| m.card_threshold),
             Some(0.5)

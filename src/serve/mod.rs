@@ -54,6 +54,7 @@ use crate::analyse::alarms::AlarmManager;
 use crate::analyse::{AnalyseError, Production};
 use crate::inspect::backtest::StartError;
 use crate::inspect::registry::RegistryError;
+use crate::inspect::taxonomy::TaxonomyError;
 use crate::inspect::training::TrainingError;
 use crate::inspect::training::uploads::UploadError;
 use crate::metrics::Metrics;
@@ -356,6 +357,11 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/training/{id}",
             need(Read, get(models::get_training)),
         )
+        .route(
+            "/api/v1/defect-classes",
+            need(Read, get(models::defect_classes))
+                .merge(need(ChangeModels, put(models::set_defect_classes))),
+        )
         .route("/api/v1/scenarios", need(Read, get(twin::list_scenarios)))
         .route("/api/v1/whatif", need(Read, post(twin::run_whatif)))
         .route(
@@ -605,6 +611,12 @@ impl From<ControlError> for ApiError {
                 ApiError::InternalMessage(error.to_string())
             }
             ControlError::Join(_) => ApiError::InternalMessage(error.to_string()),
+            ControlError::Taxonomy(TaxonomyError::Invalid(_)) => {
+                ApiError::BadRequest(error.to_string())
+            }
+            ControlError::Taxonomy(TaxonomyError::Io { .. } | TaxonomyError::Parse { .. }) => {
+                ApiError::InternalMessage(error.to_string())
+            }
             ControlError::Threshold(_) | ControlError::Backtest(StartError::Backtest(_)) => {
                 ApiError::BadRequest(error.to_string())
             }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Principal;
 use super::{ApiError, ApiState};
 use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, KEEP_JOBS, Period};
+use crate::inspect::taxonomy::{DefectClass, Taxonomy};
 use crate::inspect::training::uploads::{UploadError, UploadSet, UploadedImage, Uploads};
 use crate::inspect::training::{
     Family, KEEP_TRAINING_JOBS, Source, TrainingError, TrainingJob, TrainingRequest,
@@ -108,15 +109,71 @@ pub(super) async fn set_shadow(
 
 /// Runs a model change in its own task: a request dropped half-way (client gone, timeout)
 /// must not leave a change recorded but not made, or made but not recorded.
-async fn to_completion(
-    change: impl std::future::Future<Output = Result<ModelEvent, ControlError>> + Send + 'static,
-) -> Result<Json<ModelEvent>, ApiError> {
+async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, ControlError>> + Send + 'static,
+) -> Result<Json<T>, ApiError> {
     match tokio::spawn(change).await {
         Ok(result) => Ok(Json(result?)),
         Err(error) => Err(ApiError::InternalMessage(format!(
             "model change task failed: {error}"
         ))),
     }
+}
+
+/// The defect classes, as `GET` shows them and `PUT` takes them.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DefectClassesBody {
+    classes: Vec<DefectClass>,
+}
+
+pub(super) async fn defect_classes(State(api): State<ApiState>) -> Json<DefectClassesBody> {
+    Json(DefectClassesBody {
+        classes: api.models.taxonomy().classes().to_vec(),
+    })
+}
+
+/// Replaces the taxonomy as a whole (the page edits a copy and saves it): a class left out is
+/// no longer listed, so a defect of it rejects again.
+pub(super) async fn set_defect_classes(
+    State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<DefectClassesBody>, JsonRejection>,
+) -> Result<Json<DefectClassesBody>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let taxonomy = Taxonomy::new(request.classes).map_err(ControlError::from)?;
+    let entry = who.audit("defect_classes.set", &taxonomy_summary(&taxonomy));
+    let models = api.models.clone();
+    to_completion(async move {
+        models.set_taxonomy(taxonomy.clone(), entry).await?;
+        Ok(DefectClassesBody {
+            classes: taxonomy.classes().to_vec(),
+        })
+    })
+    .await
+}
+
+/// The audit log's one line for a taxonomy: what rejects and what passes.
+fn taxonomy_summary(taxonomy: &Taxonomy) -> String {
+    let names = |rejects: bool| {
+        let names: Vec<&str> = taxonomy
+            .classes()
+            .iter()
+            .filter(|c| c.rejects == rejects)
+            .map(|c| c.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    format!(
+        "{} classes; rejected: {}; passed: {}",
+        taxonomy.classes().len(),
+        names(true),
+        names(false)
+    )
 }
 
 pub(super) async fn shadow_summary(

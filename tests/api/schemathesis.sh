@@ -46,7 +46,8 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 }
 
 # (c) With an admin token the write endpoints are exercised past the role check: unknown model
-# versions, rollback with nothing to roll back to, stopping the shadow, training jobs (one runs,
+# versions, rollback with nothing to roll back to, stopping the shadow, defect classes replaced
+# (the simulated model names no class, so the gate is unchanged), training jobs (one runs,
 # the rest are refused while it does) and uploads that are not images, labels on real parts,
 # work orders released, started and completed, tokens made, unknown tokens revoked.
 # DELETE /api/v1/tokens/{id} stays in: it cannot revoke the tokens this test uses unless a
@@ -54,7 +55,7 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 # the admin token itself is LINESIGHT_ADMIN_TOKEN, which lives in the environment, not in the
 # token file.
 if [ -n "$admin" ]; then
-  ops=(promoteModel rollbackModel setShadowModel startBacktest startTraining uploadTrainingImage
+  ops=(promoteModel rollbackModel setShadowModel setDefectClasses startBacktest startTraining uploadTrainingImage
     listTrainingUploads deleteTrainingUploads listTokens createToken revokeToken getAuditLog
     addLabel flagVerdict labellingQueue exportLabelsCoco importLabelsCoco exportLabels releaseWorkOrder startWorkOrder completeWorkOrder
     acknowledgeAlarm shelveAlarm unshelveAlarm suppressAlarm unsuppressAlarm

@@ -158,6 +158,12 @@ impl Client {
             .await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(self.http.put(format!("{}{path}", self.base)).json(&body))
+            .await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
 }
 
 /// Kills a child process when the test ends, pass or fail.
@@ -227,7 +233,11 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_j
 /// What the station stores of one part's heat map, and what it judged.
 pub struct StoredHeatMap {
     pub defective: bool,
+    /// The sample's true class (`good` or a defect's).
+    pub class: String,
     pub verdict: linesight::part::Verdict,
+    /// The class the inspection kept.
+    pub defect_class: Option<String>,
     /// The PNG's grey levels: 128 and above is at or past the threshold.
     pub levels: Vec<u8>,
 }
@@ -245,6 +255,16 @@ impl StoredHeatMap {
 /// stores.
 pub fn stored_heat_maps(
     detector: Box<dyn linesight::models::Detector>,
+    samples: &[linesight::learn::dataset::Sample],
+    size: (u32, u32),
+) -> Vec<StoredHeatMap> {
+    stored_inspections(detector, Default::default(), samples, size)
+}
+
+/// [`stored_heat_maps`], judged with `taxonomy`'s defect classes.
+pub fn stored_inspections(
+    detector: Box<dyn linesight::models::Detector>,
+    taxonomy: linesight::inspect::taxonomy::Taxonomy,
     samples: &[linesight::learn::dataset::Sample],
     (width, height): (u32, u32),
 ) -> Vec<StoredHeatMap> {
@@ -272,7 +292,9 @@ pub fn stored_heat_maps(
     let threshold = detector.head().threshold;
     let inspector = Inspector {
         undistorter: Undistorter::new(&calibration).expect("remap tables"),
-        models: std::sync::Arc::new(ActiveModels::new(RunningModel::new(detector, threshold))),
+        models: std::sync::Arc::new(
+            ActiveModels::new(RunningModel::new(detector, threshold)).with_taxonomy(taxonomy),
+        ),
     };
     let clock = StationClock::start();
     let mut stored = Vec::new();
@@ -294,7 +316,9 @@ pub fn stored_heat_maps(
             .into_raw();
         stored.push(StoredHeatMap {
             defective: sample.defective(),
+            class: sample.class.clone(),
             verdict: inspection.verdict,
+            defect_class: inspection.defect_class,
             levels,
         });
     }

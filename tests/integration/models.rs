@@ -266,3 +266,157 @@ async fn promote_shadow_rollback_while_the_line_runs() {
     assert_eq!(status.live.version, b);
     assert_eq!(status.shadow.map(|s| s.version), Some(c));
 }
+
+/// Issue 19: the defect-class taxonomy. The TOML seeds it; an engineer replaces it over the
+/// API (operators may read it, not change it), bad classes are refused with the field that is
+/// wrong, each change is audited, and the saved taxonomy wins over the TOML after a restart.
+/// A saved file that was damaged stops the station with its path, never silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_classes_are_edited_audited_and_kept_across_a_restart() {
+    use linesight::serve::{Role, Tokens};
+
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens::open(dir.path(), None).expect("tokens");
+    let token = |name: &str, role| tokens.create(name, role, "test").expect("token").token;
+    let (operator_token, engineer_token) = (
+        token("op-1", Role::Operator),
+        token("eng-1", Role::Engineer),
+    );
+    drop(tokens);
+
+    let (_line, station) = simulated_station(station_config(dir.path(), &[]))
+        .await
+        .expect("station starts");
+    let store = station.store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let http = reqwest::Client::new();
+    let client = |token: &str| crate::Client {
+        http: http.clone(),
+        base: base.clone(),
+        token: token.to_owned(),
+    };
+    let (operator, engineer) = (client(&operator_token), client(&engineer_token));
+    const PATH: &str = "/api/v1/defect-classes";
+
+    // The TOML's classes, in its order, each rejecting.
+    let (status, seeded) = operator.get(PATH).await;
+    assert_eq!(status, 200, "{seeded}");
+    let names: Vec<&str> = seeded["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["crack", "dent", "scratch", "spot"]);
+    assert_eq!(seeded["classes"][0]["severity"], json!("critical"));
+    assert!(
+        seeded["classes"]
+            .as_array()
+            .expect("classes")
+            .iter()
+            .all(|c| c["rejects"] == json!(true))
+    );
+
+    // Spots tolerated, a new class added.
+    let mut edited = seeded.clone();
+    edited["classes"][3]["rejects"] = json!(false);
+    edited["classes"]
+        .as_array_mut()
+        .expect("classes")
+        .push(json!({"name": "burr", "colour": "#2ca02c", "severity": "minor"}));
+    let (status, _) = operator.put(PATH, edited.clone()).await;
+    assert_eq!(status, 403, "operators do not change what the gate rejects");
+
+    // Refused with the reason: a class named twice, a colour that is not one, an unknown field.
+    let mut twice = edited.clone();
+    twice["classes"][4]["name"] = json!("crack");
+    let mut bad_colour = edited.clone();
+    bad_colour["classes"][1]["colour"] = json!("orange");
+    let mut unknown = edited.clone();
+    unknown["classes"][0]["blocks_line"] = json!(true);
+    for (body, reason) in [
+        (twice, "classes[4].name: \"crack\" is named twice"),
+        (bad_colour, "classes[1].colour"),
+        (unknown, "blocks_line"),
+        (json!({"classes": [{"name": "x"}]}), "colour"),
+    ] {
+        let (status, answer) = engineer.put(PATH, body).await;
+        assert_eq!(status, 400, "{answer}");
+        let error = answer["error"].as_str().expect("error");
+        assert!(error.contains(reason), "{error:?} should say {reason:?}");
+    }
+    let (_, unchanged) = operator.get(PATH).await;
+    assert_eq!(unchanged, seeded, "a refused change changes nothing");
+
+    let (status, saved) = engineer.put(PATH, edited.clone()).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(
+        saved["classes"][4]["rejects"],
+        json!(true),
+        "rejects by default"
+    );
+    let (_, now) = operator.get(PATH).await;
+    assert_eq!(now, saved);
+    assert_eq!(now["classes"][3]["rejects"], json!(false));
+
+    // Audited once, with who and what rejects now.
+    let audits: Vec<_> = store
+        .records_of_kind(linesight::record::RecordKind::Audit)
+        .expect("audit")
+        .into_iter()
+        .filter_map(|r| match r.body {
+            linesight::record::RecordBody::Audit(a) if a.action == "defect_classes.set" => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert_eq!(audits[0].actor, "eng-1");
+    assert_eq!(
+        audits[0].target,
+        "5 classes; rejected: crack, dent, scratch, burr; passed: spot"
+    );
+
+    // A restart with the same TOML keeps the engineer's taxonomy.
+    drop((store, station, http));
+    server.abort();
+    let _ = server.await;
+    let restarted = restart(|| station_config(dir.path(), &[])).await;
+    assert_eq!(
+        restarted.api().models.taxonomy().classes().len(),
+        5,
+        "the saved taxonomy, not the TOML's four"
+    );
+    assert!(!restarted.api().models.taxonomy().rejects(Some("spot")));
+    drop(restarted);
+
+    // A damaged file stops the station and names it.
+    let file = dir.path().join(linesight::inspect::taxonomy::FILE_NAME);
+    std::fs::write(&file, b"{\"classes\": [").expect("damage");
+    let error = match simulated_station(station_config(dir.path(), &[])).await {
+        Ok(_) => panic!("a damaged taxonomy must stop the station"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains(&file.display().to_string()), "{error}");
+}
+
+/// Starts the station again on the same data folder, waiting while the old one's tasks still
+/// hold the record store.
+async fn restart(
+    config: impl Fn() -> linesight::config::StationConfig,
+) -> linesight::station::Station {
+    for _ in 0..50 {
+        match simulated_station(config()).await {
+            Ok((_line, station)) => return station,
+            Err(error) => {
+                tracing::debug!(%error, "store still held");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("the station did not restart within 5 s");
+}

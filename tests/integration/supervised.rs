@@ -2,11 +2,12 @@
 //! layout: learns defect segmentation from masks, calls and classifies held-out parts, and
 //! skips what it cannot use.
 
+use linesight::inspect::taxonomy::{DefectClass, Severity, Taxonomy};
 use linesight::learn::dataset::{self, Layout};
 use linesight::learn::progress::Progress;
 use linesight::models::backbone::WeightsSearch;
 use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
-use linesight::part::GrayImage;
+use linesight::part::{GrayImage, Verdict};
 use linesight::simulate::{DefectKind, PartGenerator};
 
 use crate::{backbone_weights, write_png, write_tile_dataset};
@@ -131,6 +132,45 @@ fn supervised_model_learns_defect_classes_from_masks() {
     // What the station stores (issue 19): heat maps on the threshold's scale.
     let stored = crate::stored_heat_maps(Box::new(model), &held_out, (256, 256));
     crate::assert_heat_maps_show_the_threshold(&stored);
+
+    // The defect-class taxonomy at the gate (issue 19): with spots tolerated, a part the model
+    // calls a spot passes and keeps its class; one it calls a scratch is still rejected.
+    let model = SupervisedModel::load(
+        &out,
+        &WeightsSearch::file(&weights),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    let class = |name: &str, rejects| DefectClass {
+        name: name.into(),
+        colour: "#1f77b4".into(),
+        severity: Severity::Minor,
+        rejects,
+        description: String::new(),
+    };
+    let taxonomy =
+        Taxonomy::new(vec![class("scratch", true), class("spot", false)]).expect("valid");
+    let judged = crate::stored_inspections(Box::new(model), taxonomy, &held_out, (256, 256));
+    let mut seen = [0; 2];
+    for (part, before) in judged.iter().zip(&stored) {
+        match part.defect_class.as_deref() {
+            Some("spot") => {
+                assert_eq!(part.verdict, Verdict::Pass, "a tolerated spot passes");
+                assert_eq!(before.verdict, Verdict::Fail, "it failed with no taxonomy");
+                seen[0] += 1;
+            }
+            Some("scratch") => {
+                assert_eq!(part.verdict, Verdict::Fail, "a scratch still rejects");
+                seen[1] += 1;
+            }
+            other => {
+                assert_eq!(part.verdict, before.verdict, "{other:?} judged as before");
+                assert_eq!(other, None, "a passed part keeps no class");
+            }
+        }
+    }
+    // The held-out defects are 5 spots and 5 scratches, mostly called and named right.
+    assert!(seen[0] >= 3 && seen[1] >= 3, "spots, scratches: {seen:?}");
 }
 
 /// `--target-escape-rate` chooses the threshold on the validation images' defects (issue 21:

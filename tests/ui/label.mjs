@@ -89,6 +89,17 @@ await finish(async () => {
       expect(attempt < 3, `the page lists part ${shown} first, the API part ${first}`);
       await page.evaluate(() => window.labelPage.refreshQueue());
     }
+    // The number keys follow the station's defect classes, in their colours and with their severity.
+    const keys = await page.$$eval('#class-keys button', (list) => list.map((b) => ({
+      name: b.dataset.class, title: b.title, colour: getComputedStyle(b.querySelector('.swatch')).backgroundColor,
+    })));
+    const classes = (await json('/api/v1/defect-classes')).classes;
+    expect(classes.length > 0 && keys.length >= classes.length, `keys ${JSON.stringify(keys)} for classes ${JSON.stringify(classes)}`);
+    classes.forEach((c, i) => {
+      const rgb = `rgb(${[1, 3, 5].map((j) => parseInt(c.colour.slice(j, j + 2), 16)).join(', ')})`;
+      expect(keys[i].name === c.name && keys[i].colour === rgb && keys[i].title.startsWith(c.severity),
+        `key ${i + 1} is ${JSON.stringify(keys[i])}, the class ${JSON.stringify(c)}`);
+    });
     await accessible(page);
     await page.screenshot({ path: path.join(outDir, 'label.png') });
   });

@@ -153,6 +153,39 @@ await finish(async () => {
     expect(meta.includes('Upload set lab-photos'), `the job reads ${meta}`);
   });
 
+  await check('the defect classes: tolerating one asks first, a new class is saved, a class named twice is refused with the reason (axe-core again)', async () => {
+    await page.waitForSelector('#classes tr');
+    const names = await page.$$eval('#classes .class-name', (list) => list.map((i) => i.value));
+    expect(JSON.stringify(names) === '["crack","dent","scratch","spot"]', `the table lists ${names}`);
+    await page.locator('#classes tr').nth(names.indexOf('spot')).locator('.class-rejects').uncheck();
+    await page.click('#add-class');
+    await page.fill('#classes tr:last-child .class-name', 'burr');
+    await page.selectOption('#classes tr:last-child .class-severity', 'minor');
+    // Cancel saves nothing.
+    await page.click('#save-classes');
+    await page.waitForSelector('dialog#confirm[open]');
+    expect((await page.textContent('#confirm-text')).includes('spot'), 'the dialog names the class the gate will pass');
+    await page.click('dialog#confirm button[value="cancel"]');
+    expect((await json('/api/v1/defect-classes')).classes.length === 4, 'cancel saved the classes');
+    await page.click('#save-classes');
+    await page.waitForSelector('dialog#confirm[open]');
+    await page.click('dialog#confirm button[value="ok"]');
+    await until('the classes saved', async () => (await page.textContent('#classes-status')).includes('Saved: 5 classes'), 10_000);
+    const saved = (await json('/api/v1/defect-classes')).classes;
+    const spot = saved.find((c) => c.name === 'spot');
+    const burr = saved.find((c) => c.name === 'burr');
+    expect(spot && !spot.rejects, `spot is saved as ${JSON.stringify(spot)}`);
+    expect(burr && burr.rejects && burr.severity === 'minor' && /^#[0-9a-f]{6}$/.test(burr.colour), `burr is saved as ${JSON.stringify(burr)}`);
+    // A second class named crack: refused, the station says why, nothing changes.
+    await page.click('#add-class');
+    await page.fill('#classes tr:last-child .class-name', 'crack');
+    await page.click('#save-classes');
+    await until('the refusal shown', async () => /named twice/.test(await page.textContent('#error')), 10_000);
+    expect((await json('/api/v1/defect-classes')).classes.length === 5, 'a refused change changed the classes');
+    await accessible(page);
+    await page.evaluate(() => window.modelsPage.refreshClasses());
+  });
+
   await check('an operator is refused the models page (403) and told the role may not change models', async () => {
     await refused(ui, operatorToken, '/models', /may not train or change models/i);
   });

@@ -1,0 +1,348 @@
+//! The defect-class taxonomy: what each defect class is called, the colour the pages draw it
+//! in, how severe it is, and whether a part the model gives that class is rejected.
+//!
+//! Why `rejects`: a plant tolerates some defects (a cosmetic spot on a face nobody sees) and
+//! scraps parts for others. The gate passes a part whose defect is of a tolerated class; its
+//! record keeps the class beside the pass, so the MES and the labelling queue still see it.
+//! Fail-safe rules: a class the taxonomy does not list rejects, and so does a defect from a
+//! model that names no class (the anomaly family) — an unknown never passes.
+//!
+//! Severity follows the usual classification of defects (critical, major, minor; ANSI/ASQ
+//! Z1.4): it orders classes in the pages and the Pareto's legend, and says nothing to the gate.
+//!
+//! Where it lives: the station TOML's `[[defect_classes]]` seeds it; an engineer's edit
+//! (`PUT /api/v1/defect-classes`) is kept in `<data_dir>/defect-classes.json`, written whole
+//! and renamed into place, and audited. Once that file exists it wins over the TOML, so an edit
+//! survives a restart with the same config.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::part::Verdict;
+
+/// The name of the file in the data folder that keeps the engineers' taxonomy.
+pub const FILE_NAME: &str = "defect-classes.json";
+
+/// Classes a taxonomy holds at most: a picker of more is no help to anyone labelling.
+pub const MAX_CLASSES: usize = 64;
+
+/// How bad a defect of a class is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Unsafe, or the part cannot do its job.
+    Critical,
+    /// Likely to make the part fail or lose value.
+    Major,
+    /// A departure from the drawing that hardly matters in use.
+    Minor,
+}
+
+/// One defect class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefectClass {
+    /// The name models, labels and records use: 1 to 64 characters, no control character.
+    pub name: String,
+    /// `#rrggbb`: the colour of its shapes, masks and chips in the pages.
+    pub colour: String,
+    pub severity: Severity,
+    /// Whether the gate rejects a part the model gives this class. Default: it does.
+    #[serde(default = "rejects_by_default")]
+    pub rejects: bool,
+    /// What it looks like, for the people who label it.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn rejects_by_default() -> bool {
+    true
+}
+
+/// The station's defect classes, checked: names unique and usable, colours well formed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Taxonomy {
+    classes: Vec<DefectClass>,
+}
+
+/// Why a taxonomy cannot be used or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum TaxonomyError {
+    #[error("{}", .0.iter().map(|(field, message)| format!("{field}: {message}")).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<(String, String)>),
+    #[error("defect classes {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("defect classes {path} is not a taxonomy: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// The file's shape: an object, so that fields can be added beside the classes later.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaxonomyFile {
+    classes: Vec<DefectClass>,
+}
+
+impl Taxonomy {
+    /// Checks `classes` and keeps them in the order given (the pages' order, and the labelling
+    /// page's number keys).
+    pub fn new(classes: Vec<DefectClass>) -> Result<Taxonomy, TaxonomyError> {
+        let problems = problems(&classes, "classes");
+        if problems.is_empty() {
+            Ok(Taxonomy { classes })
+        } else {
+            Err(TaxonomyError::Invalid(problems))
+        }
+    }
+
+    pub fn classes(&self) -> &[DefectClass] {
+        &self.classes
+    }
+
+    pub fn class(&self, name: &str) -> Option<&DefectClass> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+
+    /// Whether a defect of `class` rejects the part: yes unless the taxonomy lists the class
+    /// and tolerates it.
+    pub fn rejects(&self, class: Option<&str>) -> bool {
+        class.and_then(|c| self.class(c)).is_none_or(|c| c.rejects)
+    }
+
+    /// The verdict a model's score earns, and the defect class the record keeps: a score at or
+    /// above the threshold fails the part unless its class is tolerated, which passes it with
+    /// the class kept; below the threshold the part passes with no class, whatever class the
+    /// model leaned to.
+    pub fn verdict(
+        &self,
+        score: f32,
+        threshold: f32,
+        class: Option<String>,
+    ) -> (Verdict, Option<String>) {
+        if score >= threshold {
+            let verdict = if self.rejects(class.as_deref()) {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            };
+            (verdict, class)
+        } else {
+            (Verdict::Pass, None)
+        }
+    }
+
+    /// The taxonomy an engineer saved in `data_dir`, if one was saved.
+    pub fn load_saved(data_dir: &Path) -> Result<Option<Taxonomy>, TaxonomyError> {
+        let path = data_dir.join(FILE_NAME);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(TaxonomyError::Io { path, source }),
+        };
+        let file: TaxonomyFile = serde_json::from_slice(&text)
+            .map_err(|source| TaxonomyError::Parse { path, source })?;
+        Taxonomy::new(file.classes).map(Some)
+    }
+
+    /// Keeps this taxonomy in `data_dir`: written to a temporary file, synced, renamed over the
+    /// old one and the folder synced, so a crash leaves the old taxonomy or the new, never half.
+    pub fn save(&self, data_dir: &Path) -> Result<(), TaxonomyError> {
+        let path = data_dir.join(FILE_NAME);
+        let io = |source| TaxonomyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(&TaxonomyFile {
+            classes: self.classes.clone(),
+        })
+        .map_err(|source| TaxonomyError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(data_dir).map_err(io)?;
+        tmp.write_all(&json).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+/// What is wrong with `classes`, each problem with its field under `field` (`classes[2].colour`).
+pub fn problems(classes: &[DefectClass], field: &str) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if classes.len() > MAX_CLASSES {
+        problems.push((
+            field.to_owned(),
+            format!(
+                "{} classes; a taxonomy holds at most {MAX_CLASSES}",
+                classes.len()
+            ),
+        ));
+    }
+    for (i, class) in classes.iter().enumerate() {
+        let mut problem = |name: &str, message: String| {
+            problems.push((format!("{field}[{i}].{name}"), message));
+        };
+        let chars = class.name.chars().count();
+        if !(1..=64).contains(&chars) || class.name.chars().any(char::is_control) {
+            problem(
+                "name",
+                format!(
+                    "{:?} must be 1 to 64 characters, no control characters",
+                    class.name
+                ),
+            );
+        } else if class.name.trim() != class.name {
+            problem(
+                "name",
+                format!("{:?} starts or ends with a space", class.name),
+            );
+        } else if class.name.eq_ignore_ascii_case("good") {
+            // `good` is the good parts' folder in the MVTec layout and the upload sets.
+            problem("name", "\"good\" is not a defect class".into());
+        } else if classes[..i].iter().any(|c| c.name == class.name) {
+            problem("name", format!("{:?} is named twice", class.name));
+        }
+        let hex = class.colour.strip_prefix('#').unwrap_or("");
+        if hex.len() != 6 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            problem(
+                "colour",
+                format!("{:?} is not a colour like \"#d62728\"", class.colour),
+            );
+        }
+        if class.description.chars().count() > 500
+            || class
+                .description
+                .chars()
+                .any(|c| c.is_control() && c != '\n')
+        {
+            problem(
+                "description",
+                "at most 500 characters, no control characters but new lines".into(),
+            );
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, rejects: bool) -> DefectClass {
+        DefectClass {
+            name: name.into(),
+            colour: "#d62728".into(),
+            severity: Severity::Major,
+            rejects,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_tolerated_class_passes_the_gate_and_keeps_its_class() {
+        let taxonomy = Taxonomy::new(vec![class("crack", true), class("spot", false)]).unwrap();
+        let cases = [
+            (0.9, Some("crack"), Verdict::Fail, Some("crack")),
+            (0.9, Some("spot"), Verdict::Pass, Some("spot")),
+            // An unknown class and no class at all are rejected: nothing unknown passes.
+            (0.9, Some("dent"), Verdict::Fail, Some("dent")),
+            (0.9, None, Verdict::Fail, None),
+            // Below the threshold the part passes and the model's leaning is not kept.
+            (0.1, Some("crack"), Verdict::Pass, None),
+            (0.5, Some("spot"), Verdict::Pass, Some("spot")),
+        ];
+        for (score, given, verdict, kept) in cases {
+            assert_eq!(
+                taxonomy.verdict(score, 0.5, given.map(str::to_owned)),
+                (verdict, kept.map(str::to_owned)),
+                "score {score}, class {given:?}"
+            );
+        }
+        // With no taxonomy every defect rejects, as before there was one.
+        assert_eq!(
+            Taxonomy::default().verdict(0.9, 0.5, Some("spot".into())).0,
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn bad_classes_are_refused_with_the_field_that_is_wrong() {
+        let mut twice = class("crack", true);
+        twice.colour = "red".into();
+        let bad = vec![
+            class("crack", true),
+            twice,
+            class("", true),
+            class("Good", true),
+            class(" spot", true),
+        ];
+        let problems = problems(&bad, "defect_classes");
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "defect_classes[1].name",
+                "defect_classes[1].colour",
+                "defect_classes[2].name",
+                "defect_classes[3].name",
+                "defect_classes[4].name",
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].1.contains("named twice"), "{problems:?}");
+        assert!(Taxonomy::new(bad).is_err());
+        let many = (0..=MAX_CLASSES)
+            .map(|i| class(&format!("c{i}"), true))
+            .collect();
+        assert!(Taxonomy::new(many).is_err());
+    }
+
+    #[test]
+    fn a_class_is_served_as_the_api_document_says() {
+        use crate::serve::openapi_check::{schema_fields, served_fields};
+        let mut described = class("crack", true);
+        described.description = "a line through the surface".into();
+        let served = serde_json::to_value(&described).expect("json");
+        assert_eq!(served_fields(&served), schema_fields("DefectClass"));
+        let taxonomy = serde_json::to_value(Taxonomy::new(vec![described]).unwrap()).unwrap();
+        assert_eq!(served_fields(&taxonomy), schema_fields("DefectClasses"));
+    }
+
+    #[test]
+    fn a_saved_taxonomy_reads_back_and_a_broken_file_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Taxonomy::load_saved(dir.path()).unwrap().is_none());
+        let taxonomy = Taxonomy::new(vec![class("crack", true), class("spot", false)]).unwrap();
+        taxonomy.save(dir.path()).unwrap();
+        assert_eq!(Taxonomy::load_saved(dir.path()).unwrap(), Some(taxonomy));
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            b"{\"classes\": [{\"name\": 1}]}",
+        )
+        .unwrap();
+        let error = Taxonomy::load_saved(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(FILE_NAME), "{error}");
+        let duplicate = r##"{"classes": [
+            {"name": "a", "colour": "#000000", "severity": "minor"},
+            {"name": "a", "colour": "#000000", "severity": "minor"}]}"##;
+        std::fs::write(dir.path().join(FILE_NAME), duplicate).unwrap();
+        let error = Taxonomy::load_saved(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("named twice"), "{error}");
+    }
+}
