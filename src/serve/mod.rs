@@ -92,6 +92,13 @@ pub const MAX_LABEL_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The largest image upload for training: a 50-megapixel frame as PNG.
 pub const MAX_UPLOAD_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long a request may take before it is answered 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a training upload may take: 64 MiB at 10 Mbit/s is about a minute, and a zip's
+/// images are decoded one by one before the answer.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Largest sensor batch accepted (`POST /api/v1/samples`).
 pub const MAX_PUSH_BODY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -448,7 +455,22 @@ pub fn router(state: ApiState) -> Router {
                 .layer(RequestBodyLimitLayer::new(MAX_LABEL_BODY_BYTES))
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_LABEL_BODY_BYTES)),
         )
-        // An uploaded image may be a high-resolution camera's frame.
+        .merge(
+            Router::new()
+                .route("/api/v1/samples", need(PushSensors, post(sensors::push)))
+                .layer(RequestBodyLimitLayer::new(MAX_PUSH_BODY_BYTES))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)),
+        )
+        .fallback(not_found)
+        // A bug in a handler answers 500 instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        // Training uploads: an image may be a high-resolution camera's frame and a zip a whole
+        // folder of them, sent over a plant network and decoded one by one. Their own body
+        // limit and timeout, merged after the general ones so they are the only ones they meet.
         .merge(
             Router::new()
                 .route(
@@ -462,22 +484,18 @@ pub fn router(state: ApiState) -> Router {
                         post(models::upload_image).delete(models::delete_upload),
                     ),
                 )
+                .route(
+                    "/api/v1/training/uploads/{set}/zip",
+                    need(ChangeModels, post(models::upload_zip)),
+                )
                 .layer(RequestBodyLimitLayer::new(MAX_UPLOAD_BODY_BYTES))
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BODY_BYTES)),
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BODY_BYTES))
+                .layer(tower_http::catch_panic::CatchPanicLayer::new())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    UPLOAD_TIMEOUT,
+                )),
         )
-        .merge(
-            Router::new()
-                .route("/api/v1/samples", need(PushSensors, post(sensors::push)))
-                .layer(RequestBodyLimitLayer::new(MAX_PUSH_BODY_BYTES))
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)),
-        )
-        .fallback(not_found)
-        // A bug in a handler answers 500 instead of dropping the connection.
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(10),
-        ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(64))
         .with_state(state)
 }
@@ -631,7 +649,9 @@ impl From<ControlError> for ApiError {
                     UploadError::SetName(_)
                     | UploadError::Class(_)
                     | UploadError::NotAnImage(_)
-                    | UploadError::TooLarge { .. },
+                    | UploadError::TooLarge { .. }
+                    | UploadError::NotAZip(_)
+                    | UploadError::TooManyEntries,
                 ),
             ) => ApiError::BadRequest(error.to_string()),
             ControlError::Training(TrainingError::Upload(UploadError::UnknownSet(_))) => {

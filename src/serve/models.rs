@@ -14,7 +14,9 @@ use super::auth::Principal;
 use super::{ApiError, ApiState};
 use crate::inspect::backtest::{BacktestJob, DEFAULT_MAX_PARTS, KEEP_JOBS, Period};
 use crate::inspect::taxonomy::{DefectClass, Taxonomy};
-use crate::inspect::training::uploads::{UploadError, UploadSet, UploadedImage, Uploads};
+use crate::inspect::training::uploads::{
+    UploadError, UploadSet, UploadedImage, Uploads, ZipUpload,
+};
 use crate::inspect::training::{
     Family, KEEP_TRAINING_JOBS, Source, TrainingError, TrainingJob, TrainingRequest,
 };
@@ -362,6 +364,29 @@ pub(super) async fn upload_image(
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ZipQuery {
+    /// `good` or a defect class for every image; absent: each image's folder names its class.
+    class: Option<String>,
+}
+
+/// `POST /api/v1/training/uploads/{set}/zip[?class=…]`: a zip of images as the body.
+pub(super) async fn upload_zip(
+    State(api): State<ApiState>,
+    set: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<ZipQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<ZipUpload>), ApiError> {
+    let Path(set) = set.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let report = on_uploads(&api, move |uploads| {
+        uploads.add_zip(&set, query.class.as_deref(), &body)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(report)))
+}
+
 #[derive(Serialize)]
 pub(super) struct UploadList {
     sets: Vec<UploadSet>,
@@ -459,6 +484,22 @@ mod tests {
         })
         .expect("json");
         assert_eq!(served_fields(&uploaded), schema_fields("UploadedImage"));
+        let zipped = serde_json::to_value(ZipUpload {
+            set: "lab".into(),
+            added: [("good".to_owned(), 2)].into(),
+            duplicates: 1,
+            refused: vec![crate::inspect::training::uploads::RefusedFile {
+                name: "notes.txt".into(),
+                reason: "not an image".into(),
+            }],
+        })
+        .expect("json");
+        assert_eq!(served_fields(&zipped), schema_fields("ZipUpload"));
+        assert_eq!(
+            served_fields(&zipped["refused"][0]),
+            ["name", "reason"],
+            "as the document lists them"
+        );
         let sets = serde_json::to_value(UploadList {
             sets: vec![UploadSet {
                 name: "lab".into(),

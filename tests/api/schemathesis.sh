@@ -55,7 +55,7 @@ run() { # run NAME SCHEMATHESIS-ARGS...
 # the admin token itself is LINESIGHT_ADMIN_TOKEN, which lives in the environment, not in the
 # token file.
 if [ -n "$admin" ]; then
-  ops=(promoteModel rollbackModel setShadowModel setDefectClasses startBacktest startTraining uploadTrainingImage
+  ops=(promoteModel rollbackModel setShadowModel setDefectClasses startBacktest startTraining uploadTrainingImage uploadTrainingZip
     listTrainingUploads deleteTrainingUploads listTokens createToken revokeToken getAuditLog
     addLabel flagVerdict labellingQueue exportLabelsCoco importLabelsCoco exportLabels releaseWorkOrder startWorkOrder completeWorkOrder
     acknowledgeAlarm shelveAlarm unshelveAlarm suppressAlarm unsuppressAlarm

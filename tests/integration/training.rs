@@ -345,11 +345,47 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
             .body(png);
         engineer.send(request)
     };
-    for _ in 0..24 {
+    for _ in 0..12 {
         let png = linesight::record::gray_png(&generator.render(None).image).expect("png");
         let (status, _, body) = upload("good", png).await;
         assert_eq!(status, 201, "{body}");
     }
+    // The other 12 as a zipped folder, deflated, with a file that is not an image in it.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated = zip::write::SimpleFileOptions::default();
+    for i in 0..12 {
+        let png = linesight::record::gray_png(&generator.render(None).image).expect("png");
+        zip.start_file(format!("lab-camera/good/{i}.png"), deflated)
+            .expect("entry");
+        std::io::Write::write_all(&mut zip, &png).expect("write");
+    }
+    zip.start_file("lab-camera/good/readme.txt", deflated)
+        .expect("entry");
+    std::io::Write::write_all(&mut zip, b"line 2, shift B").expect("write");
+    let zip = zip.finish().expect("zip").into_inner();
+    let (status, _, body) = engineer
+        .send(
+            http.post(format!("{base}/api/v1/training/uploads/lab-1/zip"))
+                .header("content-type", "application/zip")
+                .body(zip),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let report: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["added"], json!({"good": 12}), "{report}");
+    assert_eq!(
+        report["refused"][0]["name"],
+        json!("lab-camera/good/readme.txt"),
+        "{report}"
+    );
+    let (status, _, body) = engineer
+        .send(
+            http.post(format!("{base}/api/v1/training/uploads/lab-1/zip"))
+                .body(b"PK not a zip".to_vec()),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a zip"), "{body}");
     let (status, _, body) = upload("good", b"GIF89a not really".to_vec()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not an image"), "{body}");

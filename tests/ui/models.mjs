@@ -3,15 +3,59 @@
 // trained in the station, its phases and time left shown while it runs), sees its validation
 // figures and heat maps, runs it in shadow against the live model, promotes it behind a
 // confirmation and rolls back, backtests it over the last minutes; onboards another product from
-// images uploaded through the page (a file that is no image is refused by name); an operator is
-// kept out.
+// images uploaded through the page (a file that is no image is refused by name) and again as a
+// zip; edits the defect classes; an operator is kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { accessible, expect, refused, signIn, start, until } from './harness.mjs';
 
 const ui = await start('models', { giveUpAfterMs: 300_000 });
 const { page, baseUrl, outDir, check, finish, api, json } = ui;
 const operatorToken = process.env.LINESIGHT_OPERATOR_TOKEN;
+
+// A zip of `files` ({ name, buffer }), deflated, as a computer's "compress folder" makes one.
+function zipOf(files) {
+  const locals = [];
+  const centrals = [];
+  let offset = 0;
+  for (const { name, buffer } of files) {
+    const data = zlib.deflateRawSync(buffer);
+    const fileName = Buffer.from(name);
+    const fields = (signature, extra) => {
+      const head = Buffer.alloc(extra);
+      head.writeUInt32LE(signature, 0);
+      return head;
+    };
+    const local = fields(0x04034b50, 30);
+    local.writeUInt16LE(20, 4); // version needed
+    local.writeUInt16LE(8, 8); // deflate
+    local.writeUInt32LE(zlib.crc32(buffer), 14);
+    local.writeUInt32LE(data.length, 18);
+    local.writeUInt32LE(buffer.length, 22);
+    local.writeUInt16LE(fileName.length, 26);
+    const central = fields(0x02014b50, 46);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt16LE(8, 10);
+    central.writeUInt32LE(zlib.crc32(buffer), 16);
+    central.writeUInt32LE(data.length, 20);
+    central.writeUInt32LE(buffer.length, 24);
+    central.writeUInt16LE(fileName.length, 28);
+    central.writeUInt32LE(offset, 42);
+    locals.push(local, fileName, data);
+    centrals.push(central, fileName);
+    offset += local.length + fileName.length + data.length;
+  }
+  const directory = Buffer.concat(centrals);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(files.length, 8);
+  end.writeUInt16LE(files.length, 10);
+  end.writeUInt32LE(directory.length, 12);
+  end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...locals, directory, end]);
+}
 
 let liveBefore;
 let version;
@@ -137,6 +181,22 @@ await finish(async () => {
     }, 60_000);
     expect(status.startsWith(`${passed.length} of ${passed.length + 1} uploaded; refused: notes.png`), `the page says ${status}`);
     await until('the set summary', async () => (await page.textContent('#upload-summary')).includes(`${passed.length} good`), 10_000);
+    // The same images again, zipped in a folder named for their class, with a file that is no image:
+    // the station stores none twice and names the file it refused.
+    const zipped = zipOf([
+      ...files.slice(0, 6).map((f) => ({ name: `lab-camera/good/${f.name}`, buffer: f.buffer })),
+      { name: 'lab-camera/good/readme.txt', buffer: Buffer.from('line 2') },
+    ]);
+    await page.setInputFiles('#upload-files', []);
+    await page.setInputFiles('#upload-zip', { name: 'lab-camera.zip', mimeType: 'application/zip', buffer: zipped });
+    await page.click('#upload');
+    const zipStatus = await until('zip uploaded', async () => {
+      const text = await page.textContent('#upload-status');
+      return text.startsWith('lab-camera.zip:') ? text : null;
+    }, 60_000);
+    expect(zipStatus.startsWith('lab-camera.zip: no new image added, 6 already in the set; refused: lab-camera/good/readme.txt: not an image'),
+      `the page says ${zipStatus}`);
+    await page.setInputFiles('#upload-zip', []);
     await page.fill('#name', 'lab-product');
     await page.click('#start-training');
     const article = await page.waitForSelector('article.job[data-state] >> text=lab-product', { timeout: 10_000 });

@@ -36,11 +36,40 @@ pub enum UploadError {
     TooLarge { width: u32, height: u32 },
     #[error("no upload set {0:?}")]
     UnknownSet(String),
+    #[error("not a zip this station reads: {0}")]
+    NotAZip(String),
+    #[error("the zip holds more than {MAX_ZIP_ENTRIES} files")]
+    TooManyEntries,
     #[error("upload folder {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Files a zip may hold at most (folders and skipped files included).
+pub const MAX_ZIP_ENTRIES: usize = 20_000;
+
+/// The most one file in a zip may unpack to: a 10,000-pixel-square 8-bit BMP, with room.
+pub const MAX_ZIP_ENTRY_BYTES: u64 = 128 * 1024 * 1024;
+
+/// What a zip upload stored and what it refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ZipUpload {
+    pub set: String,
+    /// New images, by class.
+    pub added: BTreeMap<String, u64>,
+    /// Images the set held already.
+    pub duplicates: u64,
+    /// Files that are not images the station reads, or have no class, with the reason.
+    pub refused: Vec<RefusedFile>,
+}
+
+/// A file of a zip that was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFile {
+    pub name: String,
+    pub reason: String,
 }
 
 /// One stored upload.
@@ -140,6 +169,90 @@ impl Uploads {
         })
     }
 
+    /// Stores every image of a zip in `set`: as `class` when given, else as the folder each
+    /// image lies in (`good/…`, `scratch/…`: a dataset's folders, zipped). Folders, the files
+    /// an OS adds (`__MACOSX/`, dot files) and nothing else are skipped silently; a file that is
+    /// not an image, or has no class, is refused by name and the rest are still stored.
+    pub fn add_zip(
+        &self,
+        set: &str,
+        class: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<ZipUpload, UploadError> {
+        check_name(set).map_err(|_| UploadError::SetName(set.to_owned()))?;
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .map_err(|e| UploadError::NotAZip(e.to_string()))?;
+        if archive.len() > MAX_ZIP_ENTRIES {
+            return Err(UploadError::TooManyEntries);
+        }
+        let mut report = ZipUpload {
+            set: set.to_owned(),
+            ..ZipUpload::default()
+        };
+        for index in 0..archive.len() {
+            let mut file = archive
+                .by_index(index)
+                .map_err(|e| UploadError::NotAZip(e.to_string()))?;
+            let name = file.name().to_owned();
+            let mut refuse = |reason: String| {
+                report.refused.push(RefusedFile {
+                    name: name.clone(),
+                    reason,
+                })
+            };
+            // The path as the zip names it, checked (no `..`, no absolute path).
+            let Some(path) = file.enclosed_name() else {
+                refuse("a path outside the zip".into());
+                continue;
+            };
+            let hidden = path
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with(['.', '_']));
+            if file.is_dir() || hidden {
+                continue;
+            }
+            let folder = path
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|f| f.to_string_lossy().into_owned());
+            let Some(class) = class.map(str::to_owned).or(folder) else {
+                refuse(
+                    "no class: put it in a folder named `good` or its defect class, or give                      the class for the whole zip"
+                        .into(),
+                );
+                continue;
+            };
+            if file.size() > MAX_ZIP_ENTRY_BYTES {
+                refuse(format!(
+                    "unpacks to {} bytes; at most {MAX_ZIP_ENTRY_BYTES}",
+                    file.size()
+                ));
+                continue;
+            }
+            // Read at most one byte past the limit: a header that understates the size does
+            // not get to fill the memory.
+            let mut image = Vec::with_capacity(file.size() as usize);
+            if let Err(e) = std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut file, MAX_ZIP_ENTRY_BYTES + 1),
+                &mut image,
+            ) {
+                refuse(format!("cannot unpack: {e}"));
+                continue;
+            }
+            if image.len() as u64 > MAX_ZIP_ENTRY_BYTES {
+                refuse(format!("unpacks to more than {MAX_ZIP_ENTRY_BYTES} bytes"));
+                continue;
+            }
+            match self.add(set, &class, &image) {
+                Ok(stored) if stored.duplicate => report.duplicates += 1,
+                Ok(stored) => *report.added.entry(stored.class).or_default() += 1,
+                Err(error @ UploadError::Io { .. }) => return Err(error),
+                Err(error) => refuse(error.to_string()),
+            }
+        }
+        Ok(report)
+    }
+
     /// Every set, by name.
     pub fn list(&self) -> Result<Vec<UploadSet>, UploadError> {
         let mut sets = Vec::new();
@@ -226,6 +339,70 @@ mod tests {
             pixels: vec![level; (width * height) as usize],
         })
         .expect("png")
+    }
+
+    /// A zip of `files` (name, bytes), deflated as a computer's zip tool does.
+    fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, bytes) in files {
+            if name.ends_with('/') {
+                zip.add_directory(*name, deflated).expect("folder");
+            } else {
+                zip.start_file(*name, deflated).expect("entry");
+                zip.write_all(bytes).expect("write");
+            }
+        }
+        zip.finish().expect("zip").into_inner()
+    }
+
+    #[test]
+    fn a_zip_stores_its_images_by_folder_and_names_what_it_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uploads = Uploads::new(dir.path().join("uploads"));
+        let (a, b, c) = (png(8, 6, 10), png(8, 6, 20), png(8, 6, 30));
+        let zip = zip_of(&[
+            ("lab/good/", b""),
+            ("lab/good/a.png", &a),
+            ("lab/good/b.png", &b),
+            ("lab/good/again.png", &a),
+            ("lab/good/notes.txt", b"taken on line 2"),
+            ("lab/scratch/c.png", &c),
+            ("top.png", &c),
+            ("__MACOSX/lab/good/._a.png", b"resource fork"),
+            ("lab/good/.DS_Store", b"finder"),
+        ]);
+        let report = uploads.add_zip("lab", None, &zip).expect("stored");
+        assert_eq!(
+            report.added,
+            BTreeMap::from([("good".into(), 2), ("scratch".into(), 1)])
+        );
+        assert_eq!(report.duplicates, 1);
+        let refused: Vec<&str> = report.refused.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(refused, ["lab/good/notes.txt", "top.png"], "{report:?}");
+        assert!(
+            report.refused[0].reason.contains("not an image"),
+            "{report:?}"
+        );
+        assert!(report.refused[1].reason.contains("no class"), "{report:?}");
+        let set = uploads.set("lab").expect("set");
+        assert_eq!(set.classes.get("good"), Some(&2));
+
+        // A class for the whole zip puts every image in it, the one at the top too.
+        let report = uploads.add_zip("lab2", Some("good"), &zip).expect("stored");
+        assert_eq!(report.added, BTreeMap::from([("good".into(), 3)]));
+        assert_eq!(report.refused.len(), 1, "{report:?}");
+
+        // Not a zip, or a bad set name: refused before anything is stored.
+        assert!(matches!(
+            uploads.add_zip("lab", None, &a),
+            Err(UploadError::NotAZip(_))
+        ));
+        assert!(matches!(
+            uploads.add_zip("../x", None, &zip),
+            Err(UploadError::SetName(_))
+        ));
     }
 
     #[test]
