@@ -67,6 +67,14 @@ await finish(async () => {
     const { body: pareto } = await json('/api/v1/pareto');
     const now = pareto.classes.map((c) => c.class);
     expect(classes.every((c) => now.includes(c)), `the page lists ${JSON.stringify(classes)}, the API ${JSON.stringify(now)}`);
+    // Each class's severity as the station's defect classes give it, a dash for one they do not list.
+    const { body: taxonomy } = await json('/api/v1/defect-classes');
+    const severities = await page.$$eval('#pareto tbody tr td:nth-child(2)', (cells) => cells.map((c) => c.textContent));
+    classes.forEach((name, i) => {
+      const info = taxonomy.classes.find((c) => c.name === name);
+      const want = info ? `${info.severity}${info.rejects ? '' : ' (passed at the gate)'}` : '—';
+      expect(severities[i] === want, `${name}'s severity reads ${JSON.stringify(severities[i])}, expected ${JSON.stringify(want)}`);
+    });
   });
 
   // A chart may gain a point (or its limits) between the page's read and this one: a mismatch
