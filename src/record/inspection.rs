@@ -51,7 +51,9 @@ pub struct InspectionRecord {
     pub actuation: ActuationStatus,
     pub actuation_error: Option<String>,
     pub model_version: Option<String>,
-    /// The defect class the model named for a failed part (models that learn classes).
+    /// The defect class the model named (models that learn classes) for a failed part, or for
+    /// a passed one whose class the defect classes tolerate (`rejects = false`): a defect the
+    /// gate let through on purpose.
     pub defect_class: Option<String>,
     /// SHA-256 of the calibrated image's PNG; absent when not saved (disk short of space).
     pub image: Option<String>,
