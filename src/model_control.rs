@@ -343,14 +343,16 @@ impl ModelControl {
         self.active.taxonomy()
     }
 
-    /// Replaces the defect classes, recorded with who asked. Kept on disk first, so that what
-    /// the gate does from the next part on is also what it does after a restart.
+    /// Replaces the defect classes, recorded with who asked: the audit entry first (a change
+    /// that is not recorded has not happened), then the file, so that what the gate does from
+    /// the next part on is also what it does after a restart, then the gate.
     pub async fn set_taxonomy(
         &self,
         taxonomy: Taxonomy,
         audit: AuditRecord,
     ) -> Result<(), ControlError> {
         let _one_change = self.changing.lock().await;
+        self.store.append(RecordBody::Audit(audit)).await?;
         if let Some(dir) = self.taxonomy_dir.clone() {
             let saved = taxonomy.clone();
             tokio::task::spawn_blocking(move || saved.save(&dir))
@@ -358,7 +360,6 @@ impl ModelControl {
                 .map_err(|e| ControlError::Join(e.to_string()))??;
         }
         self.active.set_taxonomy(taxonomy);
-        self.store.append(RecordBody::Audit(audit)).await?;
         Ok(())
     }
 
@@ -469,15 +470,18 @@ pub fn run_shadow(ctx: ShadowContext) {
         // would count as disagreements what is only a tolerated class.
         let taxonomy = ctx.active.taxonomy();
         let judge = |image: &GrayImage| {
-            let judge = || shadow.detector.judge(image);
+            let judge = || {
+                shadow
+                    .detector
+                    .judge_tolerating(image, &taxonomy.tolerated())
+            };
             let judged = match &pool {
                 Ok(pool) => pool.install(judge),
                 Err(_) => judge(),
             };
             match judged {
                 Ok(judgement) => {
-                    let (verdict, _) =
-                        taxonomy.verdict(judgement.score, shadow.threshold, judgement.defect_class);
+                    let (verdict, _) = taxonomy.verdict(shadow.threshold, &judgement);
                     (verdict, Some(judgement.score))
                 }
                 Err(error) => {

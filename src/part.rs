@@ -250,11 +250,15 @@ pub struct ViewInspection {
 impl Inspection {
     /// A part seen by several cameras: its verdict is the worst of its views' (a defect seen
     /// outranks a view that could not be judged, and either rejects), and the other fields
-    /// come from the view that decided, the first of the worst. Every view is kept in `views`.
-    /// `None` when `views` is empty.
+    /// come from the view that decided, the first of the worst (among equals, one that names
+    /// a defect class: a pass with a tolerated defect keeps its class). Every view is kept in
+    /// `views`. `None` when `views` is empty.
     pub fn of_views(views: Vec<ViewInspection>) -> Option<Inspection> {
         let deciding = views.iter().enumerate().fold(None, |best, (i, view)| {
-            let rank = view.inspection.verdict.severity();
+            let rank = (
+                view.inspection.verdict.severity(),
+                view.inspection.defect_class.is_some(),
+            );
             match best {
                 Some((_, best_rank)) if best_rank >= rank => best,
                 _ => Some((i, rank)),
@@ -337,6 +341,52 @@ pub struct PartOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_views_keep_the_worst_verdict_and_a_tolerated_class() {
+        let look = |camera: &str, verdict, class: Option<&str>| ViewInspection {
+            camera: Arc::from(camera),
+            inspection: Inspection {
+                part_id: PartId(1),
+                inspected_at: StationTime(Duration::from_millis(5)),
+                verdict,
+                score: Some(0.9),
+                threshold: 0.5,
+                model_version: Arc::from("m@1"),
+                image: None,
+                heat_map: None,
+                mm_per_pixel: None,
+                calibration: None,
+                defect_class: class.map(str::to_owned),
+                error: None,
+                views: None,
+            },
+        };
+        // Every camera passed, the side one with a tolerated spot: the part keeps the spot.
+        let passed = Inspection::of_views(vec![
+            look("top", Verdict::Pass, None),
+            look("side", Verdict::Pass, Some("spot")),
+        ])
+        .expect("views");
+        assert_eq!(passed.verdict, Verdict::Pass);
+        assert_eq!(passed.defect_class.as_deref(), Some("spot"));
+        assert_eq!(
+            passed.views.expect("views").deciding().camera.as_ref(),
+            "side"
+        );
+        // A fail outranks a pass with a class, and the first of equals decides.
+        let failed = Inspection::of_views(vec![
+            look("top", Verdict::Pass, Some("spot")),
+            look("side", Verdict::Fail, Some("crack")),
+            look("end", Verdict::Fail, Some("dent")),
+        ])
+        .expect("views");
+        assert_eq!(
+            (failed.verdict, failed.defect_class.as_deref()),
+            (Verdict::Fail, Some("crack"))
+        );
+        assert!(Inspection::of_views(Vec::new()).is_none());
+    }
 
     fn shown(values: &[f32], threshold: f32) -> Vec<f32> {
         HeatMap {

@@ -316,9 +316,21 @@ impl Station {
         let threshold_override = config
             .threshold_override
             .map(|t| (detector.head().version.clone(), t));
-        // The defect classes: an engineer's saved edit, else the TOML's.
-        let taxonomy = crate::inspect::taxonomy::Taxonomy::load_saved(&config.data_dir)?
-            .unwrap_or_else(|| config.defect_classes.clone());
+        // The defect classes: an engineer's saved edit, else the TOML's. A saved edit that
+        // differs from the TOML is said once, so an edit of the TOML that does nothing is seen.
+        let taxonomy = match crate::inspect::taxonomy::Taxonomy::load_saved(&config.data_dir)? {
+            Some(saved) => {
+                if saved != config.defect_classes {
+                    tracing::warn!(
+                        file = %config.data_dir.join(crate::inspect::taxonomy::FILE_NAME).display(),
+                        "the defect classes saved from the models page differ from the \
+                         station TOML's [[defect_classes]]; the saved ones apply"
+                    );
+                }
+                saved
+            }
+            None => config.defect_classes.clone(),
+        };
         let models = Arc::new(
             ActiveModels::new(RunningModel::new(detector, threshold)).with_taxonomy(taxonomy),
         );

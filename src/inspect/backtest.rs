@@ -373,10 +373,12 @@ fn judge(candidate: &RunningModel, taxonomy: &Taxonomy, image: &GrayImage) -> Re
         );
         return base(Verdict::Error, None, None, Some(why));
     }
-    match candidate.detector.judge(image) {
+    match candidate
+        .detector
+        .judge_tolerating(image, &taxonomy.tolerated())
+    {
         Ok(judgement) => {
-            let (verdict, defect_class) =
-                taxonomy.verdict(judgement.score, candidate.threshold, judgement.defect_class);
+            let (verdict, defect_class) = taxonomy.verdict(candidate.threshold, &judgement);
             let heat_map =
                 heat_map_png(&judgement.heat_map.on_threshold_scale(candidate.threshold)).ok();
             Replayed {

@@ -67,13 +67,13 @@ impl Inspector {
             Ok(image) => image,
             Err(error) => return base(Verdict::Error, Some(error)),
         };
-        match live.detector.judge(&image) {
+        let taxonomy = self.models.taxonomy();
+        match live
+            .detector
+            .judge_tolerating(&image, &taxonomy.tolerated())
+        {
             Ok(judgement) => {
-                let (verdict, defect_class) = self.models.taxonomy().verdict(
-                    judgement.score,
-                    live.threshold,
-                    judgement.defect_class,
-                );
+                let (verdict, defect_class) = taxonomy.verdict(live.threshold, &judgement);
                 Inspection {
                     score: Some(judgement.score),
                     image: Some(image),

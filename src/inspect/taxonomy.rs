@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::learn::dataset::class_folder;
+use crate::models::Judgement;
 use crate::part::Verdict;
 
 /// The name of the file in the data folder that keeps the engineers' taxonomy.
@@ -27,6 +29,9 @@ pub const FILE_NAME: &str = "defect-classes.json";
 
 /// Classes a taxonomy holds at most: a picker of more is no help to anyone labelling.
 pub const MAX_CLASSES: usize = 64;
+
+/// The longest class name: what an upload set's class folder takes.
+pub const MAX_NAME_CHARS: usize = 40;
 
 /// How bad a defect of a class is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,7 +49,7 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefectClass {
-    /// The name models, labels and records use: 1 to 64 characters, no control character.
+    /// The name models, labels and records use: 1 to 40 letters, digits, `-` and `_`.
     pub name: String,
     /// `#rrggbb`: the colour of its shapes, masks and chips in the pages.
     pub colour: String,
@@ -117,25 +122,36 @@ impl Taxonomy {
         class.and_then(|c| self.class(c)).is_none_or(|c| c.rejects)
     }
 
-    /// The verdict a model's score earns, and the defect class the record keeps: a score at or
-    /// above the threshold fails the part unless its class is tolerated, which passes it with
-    /// the class kept; below the threshold the part passes with no class, whatever class the
-    /// model leaned to.
-    pub fn verdict(
-        &self,
-        score: f32,
-        threshold: f32,
-        class: Option<String>,
-    ) -> (Verdict, Option<String>) {
-        if score >= threshold {
-            let verdict = if self.rejects(class.as_deref()) {
-                Verdict::Fail
-            } else {
-                Verdict::Pass
-            };
-            (verdict, class)
-        } else {
-            (Verdict::Pass, None)
+    /// The names of the classes the gate passes, for [`Detector::judge_tolerating`].
+    ///
+    /// [`Detector::judge_tolerating`]: crate::models::Detector::judge_tolerating
+    pub fn tolerated(&self) -> Vec<&str> {
+        self.classes
+            .iter()
+            .filter(|c| !c.rejects)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    /// The verdict a judgement earns, and the defect class the record keeps. Below the
+    /// threshold the part passes with no class, whatever class the model leaned to. At or
+    /// above it the part fails, unless the class the model names is tolerated *and* the
+    /// model's score of the other classes alone stays below the threshold: a tolerated stain
+    /// must not hide a crack beside it. A model that cannot score its classes apart
+    /// (`rejecting` is `None`) fails the part.
+    pub fn verdict(&self, threshold: f32, judgement: &Judgement) -> (Verdict, Option<String>) {
+        let class = judgement.defect_class.clone();
+        if judgement.score < threshold {
+            return (Verdict::Pass, None);
+        }
+        if self.rejects(class.as_deref()) {
+            return (Verdict::Fail, class);
+        }
+        match &judgement.rejecting {
+            Some(rejecting) if rejecting.score < threshold => (Verdict::Pass, class),
+            // The defect that rejects it is named, not the tolerated one.
+            Some(rejecting) => (Verdict::Fail, rejecting.class.clone().or(class)),
+            None => (Verdict::Fail, class),
         }
     }
 
@@ -195,19 +211,19 @@ pub fn problems(classes: &[DefectClass], field: &str) -> Vec<(String, String)> {
         let mut problem = |name: &str, message: String| {
             problems.push((format!("{field}[{i}].{name}"), message));
         };
-        let chars = class.name.chars().count();
-        if !(1..=64).contains(&chars) || class.name.chars().any(char::is_control) {
+        // Models learn a class by its folder's name (`learn::dataset::class_folder`): a name
+        // that is not one would never match what a model says, and tolerate nothing.
+        if !(1..=MAX_NAME_CHARS).contains(&class.name.len())
+            || class_folder(&class.name) != class.name
+        {
             problem(
                 "name",
                 format!(
-                    "{:?} must be 1 to 64 characters, no control characters",
-                    class.name
+                    "{:?} must be 1 to {MAX_NAME_CHARS} of letters, digits, '-' and '_' (the \
+                     name models learn a class by, e.g. {:?})",
+                    class.name,
+                    class_folder(class.name.trim()),
                 ),
-            );
-        } else if class.name.trim() != class.name {
-            problem(
-                "name",
-                format!("{:?} starts or ends with a space", class.name),
             );
         } else if class.name.eq_ignore_ascii_case("good") {
             // `good` is the good parts' folder in the MVTec layout and the upload sets.
@@ -251,29 +267,73 @@ mod tests {
         }
     }
 
+    fn judged(score: f32, class: Option<&str>, rejecting: Option<(f32, &str)>) -> Judgement {
+        Judgement {
+            score,
+            heat_map: crate::part::HeatMap {
+                width: 1,
+                height: 1,
+                values: vec![score],
+            },
+            defect_class: class.map(str::to_owned),
+            rejecting: rejecting.map(|(score, class)| crate::models::RejectingScore {
+                score,
+                class: Some(class.to_owned()),
+            }),
+        }
+    }
+
     #[test]
-    fn a_tolerated_class_passes_the_gate_and_keeps_its_class() {
+    fn a_tolerated_class_passes_the_gate_only_when_nothing_else_would_reject() {
         let taxonomy = Taxonomy::new(vec![class("crack", true), class("spot", false)]).unwrap();
+        assert_eq!(taxonomy.tolerated(), ["spot"]);
         let cases = [
-            (0.9, Some("crack"), Verdict::Fail, Some("crack")),
-            (0.9, Some("spot"), Verdict::Pass, Some("spot")),
+            (
+                judged(0.9, Some("crack"), None),
+                Verdict::Fail,
+                Some("crack"),
+            ),
+            // A spot and nothing else the model knows: passed, the class kept.
+            (
+                judged(0.9, Some("spot"), Some((0.2, "crack"))),
+                Verdict::Pass,
+                Some("spot"),
+            ),
+            // A spot with a crack beside it: the crack rejects it, and is named.
+            (
+                judged(0.9, Some("spot"), Some((0.7, "crack"))),
+                Verdict::Fail,
+                Some("crack"),
+            ),
+            // A model that cannot score its classes apart: rejected.
+            (judged(0.9, Some("spot"), None), Verdict::Fail, Some("spot")),
             // An unknown class and no class at all are rejected: nothing unknown passes.
-            (0.9, Some("dent"), Verdict::Fail, Some("dent")),
-            (0.9, None, Verdict::Fail, None),
+            (
+                judged(0.9, Some("dent"), Some((0.1, "dent"))),
+                Verdict::Fail,
+                Some("dent"),
+            ),
+            (judged(0.9, None, None), Verdict::Fail, None),
             // Below the threshold the part passes and the model's leaning is not kept.
-            (0.1, Some("crack"), Verdict::Pass, None),
-            (0.5, Some("spot"), Verdict::Pass, Some("spot")),
+            (judged(0.1, Some("crack"), None), Verdict::Pass, None),
+            (
+                judged(0.5, Some("spot"), Some((0.0, "crack"))),
+                Verdict::Pass,
+                Some("spot"),
+            ),
         ];
-        for (score, given, verdict, kept) in cases {
+        for (judgement, verdict, kept) in cases {
             assert_eq!(
-                taxonomy.verdict(score, 0.5, given.map(str::to_owned)),
+                taxonomy.verdict(0.5, &judgement),
                 (verdict, kept.map(str::to_owned)),
-                "score {score}, class {given:?}"
+                "{judgement:?}"
             );
         }
         // With no taxonomy every defect rejects, as before there was one.
         assert_eq!(
-            Taxonomy::default().verdict(0.9, 0.5, Some("spot".into())).0,
+            Taxonomy::default()
+                .verdict(0.5, &judged(0.9, Some("spot"), Some((0.1, "crack"))))
+                .0,
             Verdict::Fail
         );
     }
@@ -288,6 +348,7 @@ mod tests {
             class("", true),
             class("Good", true),
             class(" spot", true),
+            class("oil spot", true),
         ];
         let problems = problems(&bad, "defect_classes");
         let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
@@ -299,10 +360,12 @@ mod tests {
                 "defect_classes[2].name",
                 "defect_classes[3].name",
                 "defect_classes[4].name",
+                "defect_classes[5].name",
             ],
             "{problems:?}"
         );
         assert!(problems[0].1.contains("named twice"), "{problems:?}");
+        assert!(problems[5].1.contains("\"oil_spot\""), "{problems:?}");
         assert!(Taxonomy::new(bad).is_err());
         let many = (0..=MAX_CLASSES)
             .map(|i| class(&format!("c{i}"), true))

@@ -67,7 +67,21 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
             score,
             heat_map,
             defect_class: None,
+            rejecting: None,
         })
+    }
+
+    /// [`Detector::judge`], and, when `tolerated` names classes this model knows, the score
+    /// of its other classes alone ([`Judgement::rejecting`]): what a part with a tolerated
+    /// stain and a small crack must still be rejected on. Families that know no classes
+    /// ignore `tolerated`.
+    fn judge_tolerating(
+        &self,
+        image: &GrayImage,
+        tolerated: &[&str],
+    ) -> Result<Judgement, ModelError> {
+        let _ = tolerated;
+        self.judge(image)
     }
 }
 
@@ -79,6 +93,18 @@ pub struct Judgement {
     /// The most likely defect class by the model's own names, whatever the score; `None` for
     /// families that learn no classes.
     pub defect_class: Option<String>,
+    /// From [`Detector::judge_tolerating`]: the score of the classes not tolerated alone (on
+    /// the scale of `score`) and the likeliest of them; `None` when nothing it knows was
+    /// tolerated, or the family cannot tell its classes apart.
+    pub rejecting: Option<RejectingScore>,
+}
+
+/// A score with the tolerated classes left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectingScore {
+    pub score: f32,
+    /// `None` when every class the model knows is tolerated.
+    pub class: Option<String>,
 }
 
 /// Loads the model saved in `dir`, of whichever family its card names. `weights` finds the

@@ -97,7 +97,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a training upload may take: 64 MiB at 10 Mbit/s is about a minute, and a zip's
 /// images are decoded one by one before the answer.
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Largest sensor batch accepted (`POST /api/v1/samples`).
 pub const MAX_PUSH_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -364,11 +364,6 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/training/{id}",
             need(Read, get(models::get_training)),
         )
-        .route(
-            "/api/v1/defect-classes",
-            need(Read, get(models::defect_classes))
-                .merge(need(ChangeModels, put(models::set_defect_classes))),
-        )
         .route("/api/v1/scenarios", need(Read, get(twin::list_scenarios)))
         .route("/api/v1/whatif", need(Read, post(twin::run_whatif)))
         .route(
@@ -444,6 +439,12 @@ pub fn router(state: ApiState) -> Router {
                     "/api/v1/inspections/{part_id}/labels",
                     need(Read, get(records::list_labels))
                         .merge(need(Label, post(records::add_label))),
+                )
+                // 64 classes with their descriptions outgrow the general limit.
+                .route(
+                    "/api/v1/defect-classes",
+                    need(Read, get(models::defect_classes))
+                        .merge(need(ChangeModels, put(models::set_defect_classes))),
                 )
                 .route(
                     "/api/v1/labels/coco",
@@ -651,7 +652,8 @@ impl From<ControlError> for ApiError {
                     | UploadError::NotAnImage(_)
                     | UploadError::TooLarge { .. }
                     | UploadError::NotAZip(_)
-                    | UploadError::TooManyEntries,
+                    | UploadError::TooManyEntries
+                    | UploadError::ZipTooLarge,
                 ),
             ) => ApiError::BadRequest(error.to_string()),
             ControlError::Training(TrainingError::Upload(UploadError::UnknownSet(_))) => {

@@ -380,8 +380,10 @@ pub(super) async fn upload_zip(
 ) -> Result<(StatusCode, Json<ZipUpload>), ApiError> {
     let Path(set) = set.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // Stop unpacking before the route's timeout answers 503, so the client gets the report.
+    let deadline = std::time::Instant::now() + super::UPLOAD_TIMEOUT.mul_f32(0.9);
     let report = on_uploads(&api, move |uploads| {
-        uploads.add_zip(&set, query.class.as_deref(), &body)
+        uploads.add_zip(&set, query.class.as_deref(), &body, deadline)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(report)))

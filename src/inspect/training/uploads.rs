@@ -40,6 +40,8 @@ pub enum UploadError {
     NotAZip(String),
     #[error("the zip holds more than {MAX_ZIP_ENTRIES} files")]
     TooManyEntries,
+    #[error("the zip unpacks to more than {MAX_ZIP_UNPACKED_BYTES} bytes; send it in parts")]
+    ZipTooLarge,
     #[error("upload folder {path}: {source}")]
     Io {
         path: PathBuf,
@@ -52,6 +54,9 @@ pub const MAX_ZIP_ENTRIES: usize = 20_000;
 
 /// The most one file in a zip may unpack to: a 10,000-pixel-square 8-bit BMP, with room.
 pub const MAX_ZIP_ENTRY_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The most a whole zip may unpack to: about 4,000 five-megapixel PNGs.
+pub const MAX_ZIP_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// What a zip upload stored and what it refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -173,26 +178,72 @@ impl Uploads {
     /// image lies in (`good/…`, `scratch/…`: a dataset's folders, zipped). Folders, the files
     /// an OS adds (`__MACOSX/`, dot files) and nothing else are skipped silently; a file that is
     /// not an image, or has no class, is refused by name and the rest are still stored.
+    ///
+    /// Files not reached by `deadline` are refused as such (send them again), so that the
+    /// work stops when the request's time is up instead of running on unseen.
     pub fn add_zip(
         &self,
         set: &str,
         class: Option<&str>,
         bytes: &[u8],
+        deadline: std::time::Instant,
     ) -> Result<ZipUpload, UploadError> {
         check_name(set).map_err(|_| UploadError::SetName(set.to_owned()))?;
+        if let Some(class) = class
+            && class.trim().is_empty()
+        {
+            return Err(UploadError::Class(class.to_owned()));
+        }
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
             .map_err(|e| UploadError::NotAZip(e.to_string()))?;
         if archive.len() > MAX_ZIP_ENTRIES {
             return Err(UploadError::TooManyEntries);
         }
+        // Entries that share their bytes (a zip bomb's trick) and a total beyond the budget
+        // are refused before anything is unpacked.
+        if archive
+            .has_overlapping_files()
+            .map_err(|e| UploadError::NotAZip(e.to_string()))?
+        {
+            return Err(UploadError::NotAZip("its files overlap".into()));
+        }
+        let declared: u64 = (0..archive.len())
+            .filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size()))
+            .sum();
+        if declared > MAX_ZIP_UNPACKED_BYTES {
+            return Err(UploadError::ZipTooLarge);
+        }
         let mut report = ZipUpload {
             set: set.to_owned(),
             ..ZipUpload::default()
         };
+        let mut unpacked = 0u64;
         for index in 0..archive.len() {
-            let mut file = archive
-                .by_index(index)
-                .map_err(|e| UploadError::NotAZip(e.to_string()))?;
+            if std::time::Instant::now() >= deadline {
+                report.refused.push(RefusedFile {
+                    name: archive
+                        .name_for_index(index)
+                        .unwrap_or("(unnamed)")
+                        .to_owned(),
+                    reason: "not unpacked: the upload ran out of time; send it again".into(),
+                });
+                continue;
+            }
+            // Encrypted, or compressed in a way this station does not read: that file only.
+            let entry_name = archive
+                .name_for_index(index)
+                .unwrap_or("(unnamed)")
+                .to_owned();
+            let mut file = match archive.by_index(index) {
+                Ok(file) => file,
+                Err(e) => {
+                    report.refused.push(RefusedFile {
+                        name: entry_name,
+                        reason: format!("cannot unpack: {e}"),
+                    });
+                    continue;
+                }
+            };
             let name = file.name().to_owned();
             let mut refuse = |reason: String| {
                 report.refused.push(RefusedFile {
@@ -205,9 +256,11 @@ impl Uploads {
                 refuse("a path outside the zip".into());
                 continue;
             };
-            let hidden = path
-                .components()
-                .any(|c| c.as_os_str().to_string_lossy().starts_with(['.', '_']));
+            // What an OS adds: macOS's `__MACOSX/` resource forks, `.DS_Store` and dot files.
+            let hidden = path.components().any(|c| {
+                let part = c.as_os_str().to_string_lossy();
+                part.starts_with('.') || part == "__MACOSX"
+            });
             if file.is_dir() || hidden {
                 continue;
             }
@@ -217,7 +270,7 @@ impl Uploads {
                 .map(|f| f.to_string_lossy().into_owned());
             let Some(class) = class.map(str::to_owned).or(folder) else {
                 refuse(
-                    "no class: put it in a folder named `good` or its defect class, or give                      the class for the whole zip"
+                    "no class: put it in a folder named `good` or its defect class, or give the class for the whole zip"
                         .into(),
                 );
                 continue;
@@ -238,6 +291,11 @@ impl Uploads {
             ) {
                 refuse(format!("cannot unpack: {e}"));
                 continue;
+            }
+            // Sizes in a zip's headers may lie: the bytes actually unpacked count too.
+            unpacked += image.len() as u64;
+            if unpacked > MAX_ZIP_UNPACKED_BYTES {
+                return Err(UploadError::ZipTooLarge);
             }
             if image.len() as u64 > MAX_ZIP_ENTRY_BYTES {
                 refuse(format!("unpacks to more than {MAX_ZIP_ENTRY_BYTES} bytes"));
@@ -357,6 +415,10 @@ mod tests {
         zip.finish().expect("zip").into_inner()
     }
 
+    fn later() -> std::time::Instant {
+        std::time::Instant::now() + std::time::Duration::from_secs(600)
+    }
+
     #[test]
     fn a_zip_stores_its_images_by_folder_and_names_what_it_refuses() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -373,7 +435,7 @@ mod tests {
             ("__MACOSX/lab/good/._a.png", b"resource fork"),
             ("lab/good/.DS_Store", b"finder"),
         ]);
-        let report = uploads.add_zip("lab", None, &zip).expect("stored");
+        let report = uploads.add_zip("lab", None, &zip, later()).expect("stored");
         assert_eq!(
             report.added,
             BTreeMap::from([("good".into(), 2), ("scratch".into(), 1)])
@@ -390,17 +452,34 @@ mod tests {
         assert_eq!(set.classes.get("good"), Some(&2));
 
         // A class for the whole zip puts every image in it, the one at the top too.
-        let report = uploads.add_zip("lab2", Some("good"), &zip).expect("stored");
+        let report = uploads
+            .add_zip("lab2", Some("good"), &zip, later())
+            .expect("stored");
         assert_eq!(report.added, BTreeMap::from([("good".into(), 3)]));
         assert_eq!(report.refused.len(), 1, "{report:?}");
 
+        // Out of time: nothing more is unpacked, and every file left is named.
+        let late = uploads
+            .add_zip("lab3", None, &zip, std::time::Instant::now())
+            .expect("answers");
+        assert!(late.added.is_empty() && late.refused.len() == 9, "{late:?}");
+        assert!(
+            late.refused[1].reason.contains("ran out of time"),
+            "{late:?}"
+        );
+        // An empty class for the whole zip is refused at once.
+        assert!(matches!(
+            uploads.add_zip("lab", Some(" "), &zip, later()),
+            Err(UploadError::Class(_))
+        ));
+
         // Not a zip, or a bad set name: refused before anything is stored.
         assert!(matches!(
-            uploads.add_zip("lab", None, &a),
+            uploads.add_zip("lab", None, &a, later()),
             Err(UploadError::NotAZip(_))
         ));
         assert!(matches!(
-            uploads.add_zip("../x", None, &zip),
+            uploads.add_zip("../x", None, &zip, later()),
             Err(UploadError::SetName(_))
         ));
     }

@@ -364,6 +364,9 @@ pub struct Prediction {
     /// The most likely defect class (an index ≥ 1 into the card's `classes`), whatever the
     /// score.
     pub defect_class: usize,
+    /// With classes tolerated: the defect probability of the other classes alone, and the
+    /// likeliest of them (`None` when every class is tolerated).
+    pub rejecting: Option<(f32, Option<usize>)>,
     /// Each patch's defect probability, one per 8×8 pixels of the model's input.
     pub heat_map: HeatMap,
 }
@@ -505,14 +508,54 @@ impl SupervisedModel {
 
     /// Scores one image.
     pub fn predict(&self, image: &GrayImage) -> candle_core::Result<Prediction> {
-        on_worker_thread(|| predict_from_maps(&self.inference, &self.features.maps(image)?))
+        self.predict_tolerating(image, &[])
+    }
+
+    /// [`SupervisedModel::predict`], with the score of the classes not in `tolerated` (indices
+    /// ≥ 1 into the card's `classes`) alone when `tolerated` is not empty.
+    pub fn predict_tolerating(
+        &self,
+        image: &GrayImage,
+        tolerated: &[usize],
+    ) -> candle_core::Result<Prediction> {
+        on_worker_thread(|| {
+            predict_from_maps(&self.inference, &self.features.maps(image)?, tolerated)
+        })
     }
 }
 
 /// The prediction from raw backbone maps `[1, FEATURE_DIM, grid, grid]`.
-fn predict_from_maps(head: &InferenceHead, maps: &Tensor) -> candle_core::Result<Prediction> {
+fn predict_from_maps(
+    head: &InferenceHead,
+    maps: &Tensor,
+    tolerated: &[usize],
+) -> candle_core::Result<Prediction> {
     let logits = head.forward(maps)?;
     let (_, k, h, w) = logits.dims4()?;
+    // The same pooling over good and the rejecting classes only: a tolerated class's patches
+    // no longer count as defect, everything else does as before.
+    let rejecting = if tolerated.is_empty() {
+        None
+    } else {
+        let kept: Vec<u32> = (0..k as u32)
+            .filter(|c| !tolerated.contains(&(*c as usize)))
+            .collect();
+        if kept.len() == 1 {
+            Some((0.0, None))
+        } else {
+            let index = Tensor::new(kept.as_slice(), logits.device())?;
+            let (logit, mass) = image_outputs(&logits.index_select(&index, 1)?)?;
+            let logit: f32 = logit.squeeze(0)?.to_scalar()?;
+            let mass: Vec<f32> = mass.squeeze(0)?.to_vec1()?;
+            let best = (0..mass.len())
+                .max_by(|&a, &b| mass[a].total_cmp(&mass[b]))
+                .unwrap_or(0);
+            if !logit.is_finite() {
+                candle_core::bail!("the defect score is not a number");
+            }
+            Some((1.0 / (1.0 + (-logit).exp()), Some(kept[best + 1] as usize)))
+        }
+    };
     let (defect_logit, class_log_mass) = image_outputs(&logits)?;
     let defect_logit: f32 = defect_logit.squeeze(0)?.to_scalar()?;
     let mass: Vec<f32> = class_log_mass.squeeze(0)?.to_vec1()?;
@@ -527,6 +570,7 @@ fn predict_from_maps(head: &InferenceHead, maps: &Tensor) -> candle_core::Result
     Ok(Prediction {
         defect_score: 1.0 / (1.0 + (-defect_logit).exp()),
         defect_class: best + 1,
+        rejecting,
         heat_map: HeatMap {
             width: w as u32,
             height: h as u32,
@@ -579,19 +623,33 @@ impl Detector for SupervisedModel {
     }
 
     fn judge(&self, image: &GrayImage) -> Result<crate::models::Judgement, ModelError> {
-        let prediction = self.predict(image)?;
+        self.judge_tolerating(image, &[])
+    }
+
+    fn judge_tolerating(
+        &self,
+        image: &GrayImage,
+        tolerated: &[&str],
+    ) -> Result<crate::models::Judgement, ModelError> {
+        let classes = &self.card.family.classes;
+        // Class 0 is `good`: never a defect class to tolerate.
+        let tolerated: Vec<usize> = (1..classes.len())
+            .filter(|&i| tolerated.contains(&classes[i].as_str()))
+            .collect();
+        let prediction = self.predict_tolerating(image, &tolerated)?;
         if !prediction.defect_score.is_finite() {
             return Err(ModelError::NonFinite);
         }
         Ok(crate::models::Judgement {
             score: prediction.defect_score,
             heat_map: prediction.heat_map,
-            defect_class: self
-                .card
-                .family
-                .classes
-                .get(prediction.defect_class)
-                .cloned(),
+            defect_class: classes.get(prediction.defect_class).cloned(),
+            rejecting: prediction
+                .rejecting
+                .map(|(score, class)| crate::models::RejectingScore {
+                    score,
+                    class: class.and_then(|c| classes.get(c).cloned()),
+                }),
         })
     }
 }
