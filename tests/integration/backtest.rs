@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use linesight::record::{InspectionRecord, Store};
-use linesight::serve::router;
 use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -120,11 +119,7 @@ async fn a_candidate_replayed_over_recorded_parts_changes_exactly_the_verdicts_i
     config.admin_token = Some(TOKEN.into());
     let (_sim, station) = simulated_station(config).await.expect("station starts");
     let store: Store = station.store();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let (base, server) = crate::serve_api_task(&station).await;
     let parts = 40;
     let report = station
         .run(

@@ -121,12 +121,20 @@ pub fn python() -> std::path::PathBuf {
 
 /// Serves `station`'s HTTP API on a free loopback port; its base URL.
 pub async fn serve_api(station: &Station) -> String {
+    serve_api_task(station).await.0
+}
+
+/// [`serve_api`], with the server's task: abort it to let the store go before a restart.
+pub async fn serve_api_task(
+    station: &Station,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(axum::serve(listener, linesight::serve::router(station.api())).into_future());
-    base
+    let server =
+        tokio::spawn(axum::serve(listener, linesight::serve::router(station.api())).into_future());
+    (base, server)
 }
 
 /// A client of a station's HTTP API holding one bearer token.

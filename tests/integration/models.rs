@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use linesight::record::{ModelAction, Store};
-use linesight::serve::router;
 use linesight::station::RunOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -98,11 +97,7 @@ async fn promote_shadow_rollback_while_the_line_runs() {
 
     let (_sim, station) = simulated_station(config).await.expect("station starts");
     let (store, metrics) = (station.store(), station.metrics());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let (base, server) = crate::serve_api_task(&station).await;
     let line = tokio::spawn(station.run(
         RunOptions {
             max_parts: Some(100),
@@ -289,11 +284,7 @@ async fn defect_classes_are_edited_audited_and_kept_across_a_restart() {
         .await
         .expect("station starts");
     let store = station.store();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let (base, server) = crate::serve_api_task(&station).await;
     let http = reqwest::Client::new();
     let client = |token: &str| crate::Client {
         http: http.clone(),

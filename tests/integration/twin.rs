@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use linesight::serve::router;
 use linesight::twin::{self, Change, Scenario, ScenarioError};
 use serde_json::json;
 
@@ -364,11 +363,7 @@ async fn the_station_runs_what_ifs_over_http_on_its_own_scenarios_only() {
     let mut config = station_config(dir.path(), &[]);
     config.admin_token = Some(TOKEN.into());
     let (_line, station) = simulated_station(config).await.expect("station prepares");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(axum::serve(listener, router(station.api())).into_future());
+    let (base, server) = crate::serve_api_task(&station).await;
     let http = reqwest::Client::new();
 
     let (status, list) = send(
