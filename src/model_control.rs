@@ -346,12 +346,28 @@ impl ModelControl {
     /// Replaces the defect classes, recorded with who asked: the audit entry first (a change
     /// that is not recorded has not happened), then the file, so that what the gate does from
     /// the next part on is also what it does after a restart, then the gate.
+    ///
+    /// With `expected` (an entity tag from [`Taxonomy::etag`]), the change is made only if
+    /// the classes are still that version: two engineers editing at once cannot undo each
+    /// other's change unseen.
     pub async fn set_taxonomy(
         &self,
         taxonomy: Taxonomy,
+        expected: Option<&str>,
         audit: AuditRecord,
     ) -> Result<(), ControlError> {
         let _one_change = self.changing.lock().await;
+        let current = self.active.taxonomy().etag();
+        if let Some(expected) = expected
+            && expected != "*"
+            && expected != current
+        {
+            return Err(TaxonomyError::Changed {
+                expected: expected.to_owned(),
+                current,
+            }
+            .into());
+        }
         self.store.append(RecordBody::Audit(audit)).await?;
         if let Some(dir) = self.taxonomy_dir.clone() {
             let saved = taxonomy.clone();

@@ -77,6 +77,11 @@ pub struct Taxonomy {
 pub enum TaxonomyError {
     #[error("{}", .0.iter().map(|(field, message)| format!("{field}: {message}")).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<(String, String)>),
+    #[error(
+        "the defect classes changed since version {expected} was read (now {current}): read \
+         them again and redo the change"
+    )]
+    Changed { expected: String, current: String },
     #[error("defect classes {path}: {source}")]
     Io {
         path: PathBuf,
@@ -110,6 +115,14 @@ impl Taxonomy {
 
     pub fn classes(&self) -> &[DefectClass] {
         &self.classes
+    }
+
+    /// The version of these classes, as an HTTP entity tag (`"…"`): a digest of their JSON,
+    /// so equal taxonomies share it and any change gives another.
+    pub fn etag(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(&self.classes).unwrap_or_default();
+        format!("\"{}\"", &hex::encode(sha2::Sha256::digest(&json))[..16])
     }
 
     pub fn class(&self, name: &str) -> Option<&DefectClass> {
@@ -382,6 +395,20 @@ mod tests {
         assert_eq!(served_fields(&served), schema_fields("DefectClass"));
         let taxonomy = serde_json::to_value(Taxonomy::new(vec![described]).unwrap()).unwrap();
         assert_eq!(served_fields(&taxonomy), schema_fields("DefectClasses"));
+    }
+
+    #[test]
+    fn the_version_follows_the_classes() {
+        let one = Taxonomy::new(vec![class("crack", true)]).unwrap();
+        let same = Taxonomy::new(vec![class("crack", true)]).unwrap();
+        let other = Taxonomy::new(vec![class("crack", false)]).unwrap();
+        assert_eq!(one.etag(), same.etag());
+        assert_ne!(one.etag(), other.etag());
+        assert!(
+            one.etag().starts_with('"') && one.etag().len() == 18,
+            "{}",
+            one.etag()
+        );
     }
 
     #[test]

@@ -577,6 +577,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// `If-Match` named a version that is no longer the current one.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// Well-formed, but the data cannot answer it (a chart with too few points to estimate
     /// its limits).
     #[error("{0}")]
@@ -633,6 +636,9 @@ impl From<ControlError> for ApiError {
             ControlError::Taxonomy(TaxonomyError::Invalid(_)) => {
                 ApiError::BadRequest(error.to_string())
             }
+            ControlError::Taxonomy(TaxonomyError::Changed { .. }) => {
+                ApiError::PreconditionFailed(error.to_string())
+            }
             ControlError::Taxonomy(TaxonomyError::Io { .. } | TaxonomyError::Parse { .. }) => {
                 ApiError::InternalMessage(error.to_string())
             }
@@ -685,6 +691,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, m.clone()),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m.clone()),
             ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, m.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),

@@ -129,30 +129,55 @@ pub(super) struct DefectClassesBody {
     classes: Vec<DefectClass>,
 }
 
-pub(super) async fn defect_classes(State(api): State<ApiState>) -> Json<DefectClassesBody> {
-    Json(DefectClassesBody {
-        classes: api.models.taxonomy().classes().to_vec(),
-    })
+/// The classes with their version in `ETag`, for a `PUT` to send back as `If-Match`.
+fn with_etag(taxonomy: &Taxonomy) -> (axum::http::HeaderMap, Json<DefectClassesBody>) {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Ok(tag) = axum::http::HeaderValue::from_str(&taxonomy.etag()) {
+        headers.insert(axum::http::header::ETAG, tag);
+    }
+    let body = DefectClassesBody {
+        classes: taxonomy.classes().to_vec(),
+    };
+    (headers, Json(body))
+}
+
+pub(super) async fn defect_classes(
+    State(api): State<ApiState>,
+) -> (axum::http::HeaderMap, Json<DefectClassesBody>) {
+    with_etag(&api.models.taxonomy())
 }
 
 /// Replaces the taxonomy as a whole (the page edits a copy and saves it): a class left out is
 /// no longer listed, so a defect of it rejects again.
+/// With `If-Match`, only if the classes are still the version it names (412 otherwise).
 pub(super) async fn set_defect_classes(
     State(api): State<ApiState>,
     Extension(who): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<DefectClassesBody>, JsonRejection>,
-) -> Result<Json<DefectClassesBody>, ApiError> {
+) -> Result<(axum::http::HeaderMap, Json<DefectClassesBody>), ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let expected = match headers.get(axum::http::header::IF_MATCH) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("If-Match is not text".into()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let taxonomy = Taxonomy::new(request.classes).map_err(ControlError::from)?;
     let entry = who.audit("defect_classes.set", &taxonomy_summary(&taxonomy));
     let models = api.models.clone();
-    to_completion(async move {
-        models.set_taxonomy(taxonomy.clone(), entry).await?;
-        Ok(DefectClassesBody {
-            classes: taxonomy.classes().to_vec(),
-        })
+    let Json(saved) = to_completion(async move {
+        models
+            .set_taxonomy(taxonomy.clone(), expected.as_deref(), entry)
+            .await?;
+        Ok(taxonomy)
     })
-    .await
+    .await?;
+    Ok(with_etag(&saved))
 }
 
 /// The audit log's one line for a taxonomy: what rejects and what passes.

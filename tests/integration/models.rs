@@ -344,8 +344,47 @@ async fn defect_classes_are_edited_audited_and_kept_across_a_restart() {
     let (_, unchanged) = operator.get(PATH).await;
     assert_eq!(unchanged, seeded, "a refused change changes nothing");
 
-    let (status, saved) = engineer.put(PATH, edited.clone()).await;
-    assert_eq!(status, 200, "{saved}");
+    // A change made from an older version is refused (412); from the current one it is made.
+    let version = |headers: &reqwest::header::HeaderMap| {
+        headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .expect("an ETag")
+            .to_owned()
+    };
+    let (_, headers, _) = engineer.send(http.get(format!("{base}{PATH}"))).await;
+    let seeded_version = version(&headers);
+    let (status, _, body) = engineer
+        .send(
+            http.put(format!("{base}{PATH}"))
+                .header("if-match", "\"0123456789abcdef\"")
+                .json(&edited),
+        )
+        .await;
+    assert_eq!(status, 412, "{body}");
+    assert!(body.contains("changed since"), "{body}");
+    let (status, headers, body) = engineer
+        .send(
+            http.put(format!("{base}{PATH}"))
+                .header("if-match", &seeded_version)
+                .json(&edited),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let saved: Value = serde_json::from_str(&body).expect("json");
+    assert_ne!(
+        version(&headers),
+        seeded_version,
+        "a change has a new version"
+    );
+    let (status, _, _) = engineer
+        .send(
+            http.put(format!("{base}{PATH}"))
+                .header("if-match", &seeded_version)
+                .json(&edited),
+        )
+        .await;
+    assert_eq!(status, 412, "the old version no longer matches");
     assert_eq!(
         saved["classes"][4]["rejects"],
         json!(true),

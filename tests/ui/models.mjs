@@ -244,6 +244,14 @@ await finish(async () => {
     expect((await json('/api/v1/defect-classes')).classes.length === 5, 'a refused change changed the classes');
     await accessible(page);
     await page.evaluate(() => window.modelsPage.refreshClasses());
+    // Someone else changes the classes after the page read them: the page's save is refused
+    // and says why, and their change stands.
+    const theirs = (await json('/api/v1/defect-classes')).classes.slice(0, 4);
+    const put = await api('/api/v1/defect-classes', { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ classes: theirs }) });
+    expect(put.ok, `their PUT answered ${put.status}`);
+    await page.click('#save-classes');
+    await until('the stale save refused', async () => /changed since/.test(await page.textContent('#error')), 10_000);
+    expect((await json('/api/v1/defect-classes')).classes.length === 4, 'the stale page undid their change');
   });
 
   await check('an operator is refused the models page (403) and told the role may not change models', async () => {
