@@ -12,6 +12,7 @@ use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE,
 };
 use linesight::models::backbone::WeightsSearch;
+use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::{self as defect_net_train, TrainSettings};
 use linesight::models::supervised::{self, SupervisedSettings};
 
@@ -65,10 +66,35 @@ pub struct Synthetic {
     target_escape_rate: f64,
     #[arg(long, default_value = "calibration/simulated.yaml")]
     calibration: PathBuf,
+    /// Do not train: add the drift reference to the card of the model already in `--out`,
+    /// learnt from the very parts it was trained on (for a model trained before cards had one).
+    #[arg(long)]
+    drift_reference_only: bool,
 }
 
 impl Synthetic {
     fn run(self) -> anyhow::Result<()> {
+        if self.drift_reference_only {
+            let model = DefectModel::load(&self.out, &candle_core::Device::Cpu)
+                .context("loading the model")?;
+            let reference = defect_net_train::learn_drift_reference(
+                &model,
+                &self.calibration,
+                self.defect_rate,
+            )
+            .context("learning the drift reference")?;
+            println!(
+                "drift reference of {}: novelty limit {:.2} ({}), {} good validation scores, \
+                 validation error rate {:.4}",
+                model.card.head.version,
+                reference.input.limit,
+                reference.input.limit_rule,
+                reference.good_scores.len(),
+                reference.error_rate
+            );
+            model.card.with_drift(Some(reference)).write(&self.out)?;
+            return Ok(());
+        }
         let card = defect_net_train::train(&TrainSettings {
             name: self.name,
             seed: self.seed,

@@ -633,6 +633,7 @@ mod tests {
             threshold,
             threshold_rule: "test".into(),
             threshold_guarantee: None,
+            drift: None,
         };
         RunningModel::new(Box::new(Brightness { head, hold }), threshold)
     }

@@ -7,6 +7,7 @@
 //!   KolektorSDD) and their deterministic splits.
 //! * [`augment`]: flips, rotations, brightness/contrast and noise on an image and its mask.
 //! * [`synthetic_defect`]: defects painted on good images, for heads that learn from them.
+//! * [`drift`]: what a model's inputs and scores looked like in training, for drift watching.
 //! * [`eval`]: ranking and threshold metrics, pixel metrics, and every threshold rule.
 //! * [`normaliser`]: per-channel standardisation of backbone features.
 //! * [`fit`]: seeded initialisation, reproducible variable order, the stable cross-entropy.
@@ -15,6 +16,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod drift;
 pub mod eval;
 pub mod fit;
 pub mod hash;

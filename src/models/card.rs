@@ -65,6 +65,11 @@ pub struct CardHead {
     /// older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_guarantee: Option<crate::learn::eval::ThresholdGuarantee>,
+    /// What the model's inputs and scores looked like in training, which the station's drift
+    /// watch compares live parts with; absent from cards older than the field and from runs
+    /// with too few good images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::learn::drift::DriftReference>,
 }
 
 /// A family's section of the card.
@@ -100,6 +105,7 @@ impl<F: Family> ModelCard<F> {
                 threshold,
                 threshold_rule,
                 threshold_guarantee: None,
+                drift: None,
             },
             family,
         }
@@ -111,6 +117,15 @@ impl<F: Family> ModelCard<F> {
         guarantee: Option<crate::learn::eval::ThresholdGuarantee>,
     ) -> ModelCard<F> {
         self.head.threshold_guarantee = guarantee;
+        self
+    }
+
+    /// The card with its drift reference (see [`CardHead::drift`]).
+    pub fn with_drift(
+        mut self,
+        drift: Option<crate::learn::drift::DriftReference>,
+    ) -> ModelCard<F> {
+        self.head.drift = drift;
         self
     }
 

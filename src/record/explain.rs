@@ -327,6 +327,7 @@ mod tests {
             threshold: 0.5,
             threshold_rule: "youden".into(),
             threshold_guarantee: None,
+            drift: None,
         };
         let explained = Explanation::of(&record(), 4, Some(&card), vec![label], None);
         assert_eq!(

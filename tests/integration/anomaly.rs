@@ -66,6 +66,12 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         head.threshold_rule
     );
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
+    // The drift reference: the inputs of the first fit's 20 images, their limit and the good
+    // scores from the 4 validation images it never saw.
+    let drift = head.drift.as_ref().expect("a drift reference on the card");
+    assert_eq!((drift.input.n_fit, drift.input.n_calibration), (20, 4));
+    assert_eq!(drift.good_scores.len(), 4);
+    assert!(drift.input.limit.is_finite() && drift.input.limit > 0.0);
     // The image score, the patch head and the coarse image score are on, scaled on the
     // validation images.
     let scale = card.score_scale.expect("a score scale");

@@ -63,6 +63,15 @@ fn supervised_model_learns_defect_classes_from_masks() {
         rule.starts_with("nearest 0.5 within 1 image of the best accuracy on "),
         "{rule}"
     );
+    // The drift reference: the inputs of the 12 good fit images, their limit and the good
+    // scores from the good validation images (4, less the truncated one).
+    let drift = card
+        .head
+        .drift
+        .as_ref()
+        .expect("a drift reference on the card");
+    assert_eq!((drift.input.n_fit, drift.input.n_calibration), (12, 3));
+    assert_eq!(drift.good_scores.len(), 3);
     let version = card.head.version;
     let card = card.family;
     assert_eq!(card.classes, ["good", "scratch", "spot"]);

@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
+use crate::learn::drift::{DriftReference, InputStats};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress::Progress;
@@ -142,6 +143,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 bar.inc(1);
                 match dataset::load_gray(&sample.image) {
                     Ok(image) => {
+                        out.inputs.push(InputStats::of(&image));
                         out.images.push(features.extract(&image)?);
                         if let Some(coarse) = &coarse_features {
                             out.coarse_descriptors.push(coarse.descriptor(&image)?);
@@ -226,6 +228,10 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             .collect()
     };
     let validation_scores = raw_scores(&validation_part)?;
+    // The drift reference's inputs: fitted on the first fit's images, its limit chosen on the
+    // validation images, which the first fit never saw.
+    let (fit_inputs, validation_inputs) = (fit_part.inputs.clone(), validation_part.inputs.clone());
+    let mut validation_good_scores = Vec::new();
     let mut guarantee = None;
     let (model, threshold, threshold_rule) = if validation_scores.len() >= 2 {
         let scale = ScoreScale::from_good_scores(&validation_scores);
@@ -235,6 +241,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             .map(|&s| model.combined(s))
             .collect();
         let labels = vec![false; combined.len()];
+        validation_good_scores.clone_from(&combined);
         // With enough good validation images the threshold comes with a finite-sample promise
         // (split conformal); with fewer, the plain quantile, and the card says why.
         let alpha = settings.target_false_reject_rate;
@@ -274,10 +281,23 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             .map(|&s| model.combined(s))
             .fold(f32::NEG_INFINITY, f32::max);
         let threshold = highest + 0.05 * highest.abs().max(1.0);
+        validation_good_scores = training_scores.iter().map(|&s| model.combined(s)).collect();
         let rule = "5 % above the highest training score (too few validation images)".to_owned();
         (model, threshold, rule)
     };
     let n_train_good = fit_part.images.len();
+    let false_rejects = validation_good_scores
+        .iter()
+        .filter(|&&s| s >= threshold)
+        .count();
+    let drift = DriftReference::learn(
+        &fit_inputs,
+        &validation_inputs,
+        &validation_good_scores,
+        (false_rejects, validation_good_scores.len()),
+    )
+    .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
+    .ok();
     let used = fit_part.used;
     let training_duration_s = started.elapsed().as_secs_f64();
 
@@ -324,7 +344,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             (threshold, threshold_rule),
             family,
         )
-        .with_guarantee(guarantee),
+        .with_guarantee(guarantee)
+        .with_drift(drift),
         model,
     };
     model.save(&settings.out_dir)?;
@@ -341,6 +362,8 @@ struct GoodFeatures {
     coarse_descriptors: Vec<Vec<f32>>,
     /// The images the features came from.
     used: Vec<PathBuf>,
+    /// Their input statistics, for the drift reference.
+    inputs: Vec<InputStats>,
     /// Defects painted on those images (only on the first fit's, for the head): their
     /// features and which patches are painted.
     synthetic: Vec<(ImageFeatures, Vec<bool>)>,

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::learn::augment::flip;
+use crate::learn::drift::{DriftReference, InputStats};
 use crate::learn::fit::{binary_cross_entropy_each, seeded_init};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::{eval, progress};
@@ -48,6 +49,13 @@ pub enum TrainError {
     },
     #[error("training data has no defective part: raise the defect rate or the part count")]
     NoDefects,
+    #[error(
+        "the synthetic parts of seed {seed} at defect rate {defect_rate} are not those the model \
+         was trained on (their hash differs from its card's): give the defect rate it was trained with"
+    )]
+    OtherData { seed: u64, defect_rate: f64 },
+    #[error("no drift reference: {0}")]
+    NoReference(#[from] crate::learn::drift::ReferenceError),
 }
 
 /// What to train.
@@ -175,6 +183,7 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard<DefectNetCard>, Train
                 format!("without a guarantee: {few}"),
             ),
         };
+    let drift = drift_reference(&train_set, &val_set, (&val_scores, &val_labels), threshold);
     let metrics = evaluate(&net, &test_set, threshold, &device)?;
     let (w, h) = undistorter.output_size();
     let threshold_rule = format!(
@@ -214,9 +223,79 @@ pub fn train(settings: &TrainSettings) -> Result<ModelCard<DefectNetCard>, Train
         (threshold, threshold_rule),
         family,
     )
-    .with_guarantee(guarantee);
+    .with_guarantee(guarantee)
+    .with_drift(drift);
     card.write(&settings.out_dir)?;
     Ok(card)
+}
+
+/// The card's drift reference (`None`, and a warning, when it cannot be learnt).
+fn drift_reference(
+    train_set: &[Example],
+    val_set: &[Example],
+    scored: (&[f32], &[bool]),
+    threshold: f32,
+) -> Option<DriftReference> {
+    reference_of(train_set, val_set, scored, threshold)
+        .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
+        .ok()
+}
+
+/// The inputs of the good training parts against those of the good validation parts (another
+/// seed), and the validation parts' scores.
+fn reference_of(
+    train_set: &[Example],
+    val_set: &[Example],
+    (scores, defective): (&[f32], &[bool]),
+    threshold: f32,
+) -> Result<DriftReference, crate::learn::drift::ReferenceError> {
+    let good = |set: &[Example]| -> Vec<InputStats> {
+        (set.iter())
+            .filter(|e| e.defect.is_none())
+            .map(|e| InputStats::of(&e.image))
+            .collect()
+    };
+    let good_scores: Vec<f32> = (scores.iter().zip(defective))
+        .filter(|(_, d)| !**d)
+        .map(|(&s, _)| s)
+        .collect();
+    let errors = (scores.iter().zip(defective))
+        .filter(|&(&s, &d)| (s >= threshold) != d)
+        .count();
+    DriftReference::learn(
+        &good(train_set),
+        &good(val_set),
+        &good_scores,
+        (errors, scores.len()),
+    )
+}
+
+/// The drift reference of a model trained on synthetic parts before cards had one, learnt as its
+/// training would have: from the same parts (re-rendered from the card's seed and counts, and
+/// checked against its training-data hash), the validation parts scored by the model itself.
+pub fn learn_drift_reference(
+    model: &DefectModel,
+    calibration_file: &Path,
+    defect_rate: f64,
+) -> Result<DriftReference, TrainError> {
+    let training = &model.card.family.training;
+    let undistorter = Undistorter::new(&Calibration::load(calibration_file)?)?;
+    let train_set = render(training.seed, training.n_train, defect_rate, &undistorter)?;
+    if data_hash(&train_set) != training.data_hash {
+        return Err(TrainError::OtherData {
+            seed: training.seed,
+            defect_rate,
+        });
+    }
+    let val_set = render(training.seed + 1, training.n_val, defect_rate, &undistorter)?;
+    let (scores, defective) = scores(&model.net, &val_set, &model.device)?;
+    let threshold = model.card.head.threshold;
+    Ok(reference_of(
+        &train_set,
+        &val_set,
+        (&scores, &defective),
+        threshold,
+    )?)
 }
 
 /// Evaluates a saved model on fresh synthetic test parts (seed + 2, as in training).

@@ -1,6 +1,7 @@
 //! Training and evaluating the supervised model on a labelled dataset, read in place.
 
 use super::*;
+use crate::learn::drift::{self, DriftReference};
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -204,6 +205,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     };
     let (threshold, mut rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
+    let drift = drift_reference(&used, &used_validation, &scored, threshold);
 
     // Final fit: the whole training part, validation images included.
     if !validation_set.is_empty() {
@@ -252,7 +254,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         (threshold, rule),
         family,
     )
-    .with_guarantee(guarantee);
+    .with_guarantee(guarantee)
+    .with_drift(drift);
     model.card.family.metrics = evaluate(&model, &held_out, &settings.progress)?;
     model.card.head.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;
@@ -326,6 +329,39 @@ fn fit_head(
     }
     bar.finish_and_clear();
     Ok((head, normaliser, varmap))
+}
+
+/// The card's drift reference: the inputs of the good fit images against those of the good
+/// validation images, and the validation scores of the model fitted without them; `None` (and a
+/// warning) with too few good images.
+fn drift_reference(
+    fit: &[Sample],
+    validation: &[Sample],
+    scored: &Scored,
+    threshold: f32,
+) -> Option<DriftReference> {
+    let good = |part: &[Sample]| {
+        let paths: Vec<&std::path::Path> = (part.iter())
+            .filter(|s| !s.defective())
+            .map(|s| s.image.as_path())
+            .collect();
+        drift::input_stats_of_files(paths.into_iter(), drift::MAX_REFERENCE_SCORES * 2)
+    };
+    let good_scores: Vec<f32> = (scored.scores.iter().zip(&scored.labels))
+        .filter(|(_, defective)| !**defective)
+        .map(|(&s, _)| s)
+        .collect();
+    let errors = (scored.scores.iter().zip(&scored.labels))
+        .filter(|&(&s, &defective)| (s >= threshold) != defective)
+        .count();
+    DriftReference::learn(
+        &good(fit),
+        &good(validation),
+        &good_scores,
+        (errors, scored.scores.len()),
+    )
+    .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
+    .ok()
 }
 
 /// The part of a dataset training held out, and what it is in words.

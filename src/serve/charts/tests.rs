@@ -103,6 +103,7 @@ async fn app(dir: &std::path::Path) -> App {
         threshold: 0.5,
         threshold_rule: "none".into(),
         threshold_guarantee: None,
+        drift: None,
     };
     let models = Arc::new(ActiveModels::new(RunningModel::new(
         Box::new(Idle(head)),
