@@ -566,6 +566,8 @@ pub struct SimulatorSection {
     pub running_flag: Option<RunningFlagSpec>,
     /// A damaged roller marking every N-th part at one place; absent: none.
     pub roller: Option<crate::simulate::process::RollerSpec>,
+    /// A change of lighting from some part on; absent: the lighting stays.
+    pub lighting: Option<crate::simulate::process::LightingSpec>,
 }
 
 fn default_defect_rate() -> f64 {

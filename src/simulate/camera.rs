@@ -74,21 +74,25 @@ pub fn part_at(
 
 /// [`part_at`] for the `part_index`-th part the camera sees (from 0): a part the damaged roller
 /// touches carries its mark instead of the defect the sensors drew (drawn all the same, so the
-/// parts after it are those of a line without the roller).
+/// parts after it are those of a line without the roller), lit as the line's lighting is then.
 pub fn part_on_line(
     process: &LineProcess,
     generator: &mut PartGenerator,
     t: Duration,
     part_index: u64,
 ) -> Option<SyntheticPart> {
-    let Some((defect, place)) = process.roller_mark(part_index) else {
-        return part_at(process, generator, t);
+    let mut part = match process.roller_mark(part_index) {
+        None => part_at(process, generator, t)?,
+        Some((defect, place)) => {
+            if !process.is_running(t) {
+                return None;
+            }
+            let _drawn = generator.draw_defect(&process.defect_probabilities(t));
+            generator.render_at(defect, place)
+        }
     };
-    if !process.is_running(t) {
-        return None;
-    }
-    let _drawn = generator.draw_defect(&process.defect_probabilities(t));
-    Some(generator.render_at(defect, place))
+    process.light(part_index, &mut part.image);
+    Some(part)
 }
 
 fn feed(
@@ -153,8 +157,11 @@ fn feed_on_trigger(
         }
         let t = camera.line_started.elapsed();
         // The PLC saw a part at its eye, so there is one, whatever the line's downtimes say.
-        let part = part_on_line(&camera.process, &mut generator, t, sent)
-            .unwrap_or_else(|| generator.next_part_with(&camera.process.defect_probabilities(t)));
+        let part = part_on_line(&camera.process, &mut generator, t, sent).unwrap_or_else(|| {
+            let mut part = generator.next_part_with(&camera.process.defect_probabilities(t));
+            camera.process.light(sent, &mut part.image);
+            part
+        });
         if let Err(error) = appsrc.push_buffer(gst::Buffer::from_mut_slice(part.image.pixels)) {
             tracing::debug!(?error, "simulated camera: pipeline refused the frame");
             break;

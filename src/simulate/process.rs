@@ -251,6 +251,19 @@ pub struct RollerSpec {
     pub y: f64,
 }
 
+/// A change of lighting (`[camera.simulator.lighting]`): from part `from_part` on (counted from 0
+/// as the camera sees them), every pixel `p` becomes `gain · p + offset`, clamped to 0–255: a lamp
+/// that ages or is swapped, a hood left open. The line's parts do not change, only how they
+/// look, which is what a model trained before it has not seen. Absent: the lighting stays.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LightingSpec {
+    pub from_part: u64,
+    pub gain: f64,
+    #[serde(default)]
+    pub offset: f64,
+}
+
 /// Short stops of the belt (`[camera.simulator.downtime]`): from `first_at_s` (default
 /// `every_s`), every `every_s` the line stands still for `for_s`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -294,6 +307,7 @@ pub struct LineProcess {
     downtime: Option<DowntimeSpec>,
     running_flag: Option<RunningFlagSpec>,
     roller: Option<RollerSpec>,
+    lighting: Option<LightingSpec>,
     /// The shift calendar and the UTC millisecond the line started at: outside planned time
     /// the belt stands (the twin's scenarios; the simulated line runs 24/7).
     planned: Option<(Arc<ShiftCalendar>, i64)>,
@@ -327,6 +341,7 @@ impl LineProcess {
             downtime: section.downtime.clone(),
             running_flag: section.running_flag,
             roller: section.roller.clone(),
+            lighting: section.lighting.clone(),
             planned: None,
         })
     }
@@ -345,6 +360,22 @@ impl LineProcess {
         let since = part_index.checked_sub(roller.first_part)?;
         (since % roller.every_parts.max(1) == 0)
             .then_some((roller.defect, (roller.x as f32, roller.y as f32)))
+    }
+
+    /// Lights the `part_index`-th part's image as `[camera.simulator.lighting]` says (nothing
+    /// before its first part, or without one).
+    pub fn light(&self, part_index: u64, image: &mut crate::part::GrayImage) {
+        let Some(lighting) = self.lighting.as_ref() else {
+            return;
+        };
+        if part_index < lighting.from_part {
+            return;
+        }
+        for p in &mut image.pixels {
+            *p = (f64::from(*p) * lighting.gain + lighting.offset)
+                .round()
+                .clamp(0.0, 255.0) as u8;
+        }
     }
 
     pub fn sensors(&self) -> &[SensorSpec] {
@@ -697,6 +728,24 @@ pub fn check(section: &SimulatorSection) -> Vec<Problem> {
                     format!("expected a place in [0, 1], got {value}"),
                 );
             }
+        }
+    }
+    if let Some(lighting) = &section.lighting {
+        let field = |name: &str| format!("{root}.lighting.{name}");
+        if !(lighting.gain.is_finite() && lighting.gain > 0.0 && lighting.gain <= 4.0) {
+            problem(
+                field("gain"),
+                format!("expected a gain in (0, 4], got {}", lighting.gain),
+            );
+        }
+        if !(lighting.offset.is_finite() && (-255.0..=255.0).contains(&lighting.offset)) {
+            problem(
+                field("offset"),
+                format!(
+                    "expected grey levels in [-255, 255], got {}",
+                    lighting.offset
+                ),
+            );
         }
     }
     problems
@@ -1117,6 +1166,36 @@ base = 1.0
             [
                 "camera.simulator.roller.every_parts",
                 "camera.simulator.roller.x"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_lighting_changes_from_its_part_on_and_is_checked() {
+        let line = LineProcess::new(&section(
+            "parts_per_min = 60\n[lighting]\nfrom_part = 5\ngain = 0.5\noffset = 10\n",
+        ))
+        .expect("valid");
+        let image = || crate::part::GrayImage {
+            width: 3,
+            height: 1,
+            pixels: vec![0, 100, 255],
+        };
+        let mut before = image();
+        line.light(4, &mut before);
+        assert_eq!(before.pixels, [0, 100, 255]);
+        let mut after = image();
+        line.light(5, &mut after);
+        assert_eq!(after.pixels, [10, 60, 138]);
+        let problems = check(&section(
+            "parts_per_min = 60\n[lighting]\nfrom_part = 5\ngain = 0\noffset = 300\n",
+        ));
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "camera.simulator.lighting.gain",
+                "camera.simulator.lighting.offset"
             ]
         );
     }

@@ -513,6 +513,7 @@ impl Scenario {
             downtime: self.process.downtime.clone(),
             running_flag: None,
             roller: None,
+            lighting: None,
         }
     }
 
