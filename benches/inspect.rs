@@ -33,6 +33,26 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("inspect/score_224", |b| {
         b.iter(|| model.score(&calibrated).expect("score"))
     });
+    // The drift watch's per-part cost on the inspect thread: the image's six statistics and
+    // their novelty against the shipped model's training.
+    let reference = model
+        .card
+        .head
+        .drift
+        .clone()
+        .expect("the shipped card's drift reference");
+    c.bench_function("inspect/input_novelty_224", |b| {
+        b.iter(|| reference.novelty_of(&calibrated))
+    });
+    let large = linesight::part::GrayImage::new(
+        1280,
+        1024,
+        (0..1280 * 1024).map(|i| (i % 251) as u8).collect(),
+    )
+    .expect("an image");
+    c.bench_function("inspect/input_novelty_1280x1024", |b| {
+        b.iter(|| reference.novelty_of(&large))
+    });
     c.bench_function("record/png_encode_224", |b| {
         b.iter(|| gray_png(&calibrated).expect("png"))
     });

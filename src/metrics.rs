@@ -130,6 +130,8 @@ pub struct Metrics {
     pub halt_line_trips: Counter,
     /// 1 while the halt line is latched (until an operator resets it).
     pub halt_line_latched: Gauge,
+    /// 1 while the drift watch finds that the live model no longer fits the parts.
+    pub model_drift: Gauge,
 }
 
 impl Default for Metrics {
@@ -191,6 +193,7 @@ impl Metrics {
             webhook_pending: Gauge::default(),
             halt_line_trips: Counter::default(),
             halt_line_latched: Gauge::default(),
+            model_drift: Gauge::default(),
         }
     }
 
@@ -494,6 +497,11 @@ impl Metrics {
             "halt_line_latched",
             "1 while the halt line is latched",
             self.halt_line_latched.clone(),
+        );
+        registry.register(
+            "model_drift",
+            "1 while the live model no longer fits the parts (the model_drift alarm's condition)",
+            self.model_drift.clone(),
         );
         let mut text = String::new();
         // Writing into a String cannot fail.

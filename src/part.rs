@@ -217,6 +217,9 @@ pub struct Inspection {
     pub defect_class: Option<String>,
     /// Why the verdict is [`Verdict::Error`].
     pub error: Option<String>,
+    /// How unlike the live model's good training images the calibrated image is, when the
+    /// model's card has a drift reference; with several views, the most novel view's.
+    pub novelty: Option<crate::learn::drift::InputNovelty>,
     /// A station with several cameras: what each camera's view of the part showed. The fields
     /// above are then those of the view that decided ([`Inspection::of_views`]). `None` with
     /// one camera.
@@ -271,6 +274,12 @@ impl Inspection {
             .map(|view| view.inspection.inspected_at)
             .max()
             .unwrap_or(inspection.inspected_at);
+        // Novelty is not about the verdict: a camera whose lighting changed drifts whichever
+        // view decided, so the part keeps the most novel view's (relative to its limit).
+        inspection.novelty = views
+            .iter()
+            .filter_map(|view| view.inspection.novelty)
+            .max_by(|a, b| (a.score / a.limit).total_cmp(&(b.score / b.limit)));
         inspection.views = Some(PartViews {
             views,
             deciding: deciding.0,
@@ -360,6 +369,7 @@ mod tests {
                 defect_class: class.map(str::to_owned),
                 error: None,
                 views: None,
+                novelty: None,
             },
         };
         // Every camera passed, the side one with a tolerated spot: the part keeps the spot.

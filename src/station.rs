@@ -553,6 +553,7 @@ impl Station {
             charts: Arc::new(config.charts.clone()),
             root_cause: RootCauseApi::new(config.root_cause.clone()),
             maintenance: Default::default(),
+            drift: Default::default(),
             twin: crate::serve::twin::TwinApi::new(config.scenarios_dir.clone()),
             halt_line,
         };
@@ -738,6 +739,16 @@ impl Station {
             .map(|view| ViewCapture::prepare(view, &clock, &metrics, &views_stop))
             .collect::<Result<Vec<_>, StationError>>()?;
         let view_health: Vec<ViewHealth> = view_captures.iter().map(ViewCapture::health).collect();
+        // Whether the live model still fits the parts: the model_drift alarm.
+        let drift_watch = tokio::spawn(
+            crate::analyse::drift::DriftWatch {
+                store: store.clone(),
+                models: api.models.active().clone(),
+                latest: api.drift.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(sensors_stop.clone()),
+        );
         let monitor = tokio::spawn(
             Monitor {
                 alarms: api.alarms.clone(),
@@ -1037,6 +1048,7 @@ impl Station {
         let _ = sensor_sources.await;
         let _ = alarm_ticker.await;
         let _ = monitor.await;
+        let _ = drift_watch.await;
         let _ = root_cause.await;
         let _ = heap_trim.await;
         let _ = maintenance.await;

@@ -6,6 +6,8 @@
 //! - [`actions`]: what alarms set off: webhooks (alerts to a CMMS) and the latched
 //!   halt-line coil;
 //! - [`alarms`]: the ISA-18.2 alarm life cycle over tags, KPIs, chart rules and the station;
+//! - [`drift`]: whether the live model still fits the parts (inputs, scores, operator flags
+//!   and shadow disagreements against its training), the `model_drift` alarm;
 //! - [`charts`]: the named control charts of the station TOML (`[[charts]]`) and how a chart
 //!   is computed from the production counts or a tag's good samples;
 //! - [`maintenance`]: maintenance alerts (remaining useful life, degradation trends);
@@ -25,6 +27,7 @@
 pub mod actions;
 pub mod alarms;
 pub mod charts;
+pub mod drift;
 pub mod kpi;
 pub mod maintenance;
 pub mod monitor;

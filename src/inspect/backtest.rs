@@ -677,6 +677,7 @@ mod tests {
             defect_size: None,
             views: Vec::new(),
             calibration: None,
+            novelty: None,
         }
     }
 

@@ -61,12 +61,21 @@ impl Inspector {
             calibration: undistorter.id().cloned(),
             defect_class: None,
             error,
+            novelty: None,
             views: None,
         };
         let image = match raw.and_then(|raw| undistorter.apply(raw).map_err(|e| e.to_string())) {
             Ok(image) => image,
             Err(error) => return base(Verdict::Error, Some(error)),
         };
+        // The image's inputs against the live model's training: what the drift watch and the
+        // labelling queue read (well under a millisecond).
+        let novelty = live
+            .detector
+            .head()
+            .drift
+            .as_ref()
+            .map(|reference| reference.novelty_of(&image));
         let taxonomy = self.models.taxonomy();
         match live
             .detector
@@ -79,11 +88,13 @@ impl Inspector {
                     image: Some(image),
                     heat_map: Some(judgement.heat_map.on_threshold_scale(live.threshold)),
                     defect_class,
+                    novelty,
                     ..base(verdict, None)
                 }
             }
             Err(error) => Inspection {
                 image: Some(image),
+                novelty,
                 ..base(Verdict::Error, Some(error.to_string()))
             },
         }

@@ -304,6 +304,7 @@ mod tests {
             }),
             views: Vec::new(),
             calibration: Some("cam.yaml@0123456789ab".into()),
+            novelty: None,
         }
     }
 

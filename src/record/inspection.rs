@@ -80,6 +80,12 @@ pub struct InspectionRecord {
     /// deciding view); absent from records older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<String>,
+    /// How unlike the model's good training images the image was (its input statistics, their
+    /// novelty and the model's limit), that of the most novel view; absent when the model's card
+    /// has no drift reference, for parts without an image, and from records older than the
+    /// field. What the drift watch and the labelling queue read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<crate::learn::drift::InputNovelty>,
 }
 
 /// One camera's look at a part, on a station with several views of each part.
@@ -654,6 +660,7 @@ pub fn build_record(
         calibration: inspection
             .and_then(|i| i.calibration.as_deref())
             .map(str::to_owned),
+        novelty: inspection.and_then(|i| i.novelty),
     }
 }
 

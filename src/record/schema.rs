@@ -164,6 +164,7 @@ fn migrate_1_to_2(db: &sled::Db, trees: &Trees) -> Result<(), RecordError> {
             defect_size: None,
             views: Vec::new(),
             calibration: None,
+            novelty: None,
         };
         entries.push((r.decided_at, old.station, RecordBody::Inspection(record)));
     }

@@ -39,5 +39,6 @@ pub fn judged_inspection(part_id: u64, at: DateTime<Utc>, class: Option<&str>) -
         views: Vec::new(),
         calibration: None,
         error: None,
+        novelty: None,
     })
 }

@@ -102,6 +102,9 @@ pub enum Reason {
     Flagged,
     /// The shadow model's verdict differs from the live one.
     ShadowDisagrees,
+    /// Its image is unlike the good images its model was trained on (input statistics past
+    /// the limit the model's card learnt): what a retrain needs labelled when the line drifts.
+    UnlikeTraining,
     /// Its score came within 20 % of its threshold.
     NearThreshold,
 }
@@ -222,6 +225,9 @@ fn build_queue(
             }
             _ => None,
         };
+        if part.novelty.is_some_and(|n| n.is_novel()) {
+            reasons.push(Reason::UnlikeTraining);
+        }
         if margin.is_some_and(|m| m <= NEAR_THRESHOLD) {
             reasons.push(Reason::NearThreshold);
         }
@@ -261,7 +267,8 @@ fn build_queue(
         let tier = |item: &QueueItem| match item.reasons.first() {
             Some(Reason::Flagged) => 0,
             Some(Reason::ShadowDisagrees) => 1,
-            _ => 2,
+            Some(Reason::UnlikeTraining) => 2,
+            _ => 3,
         };
         tier(a)
             .cmp(&tier(b))
@@ -530,6 +537,31 @@ mod tests {
 
     fn ids(queue: &Queue) -> Vec<u64> {
         queue.items.iter().map(|i| i.part_id).collect()
+    }
+
+    #[tokio::test]
+    async fn parts_unlike_the_training_images_come_before_doubtful_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), "s").expect("store");
+        let stats = crate::learn::drift::InputStats::from_array([90.0; 6]);
+        // Part 0 is near the threshold; part 1 far from it but past the training limit; part 2
+        // far and within it.
+        for (id, score, novelty) in [(0u64, 0.49, 1.0), (1, 0.05, 9.0), (2, 0.04, 2.9)] {
+            let mut body = scored(id, score);
+            if let RecordBody::Inspection(part) = &mut body {
+                part.novelty = Some(crate::learn::drift::InputNovelty {
+                    score: novelty,
+                    limit: 3.0,
+                    stats,
+                });
+            }
+            store.append(body).await.expect("append");
+        }
+        let queue = build_queue(&store, &query(), 50, MAX_SCAN).expect("queue");
+        assert_eq!(ids(&queue), [1, 0, 2]);
+        assert_eq!(queue.items[0].reasons, [Reason::UnlikeTraining]);
+        assert_eq!(queue.items[1].reasons, [Reason::NearThreshold]);
+        assert!(queue.items[2].reasons.is_empty());
     }
 
     #[tokio::test]

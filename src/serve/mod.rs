@@ -21,6 +21,7 @@ pub mod alarms;
 pub mod auth;
 pub mod b2mml;
 mod charts;
+mod drift;
 mod halt_line;
 pub mod kpis;
 mod label_export;
@@ -158,6 +159,8 @@ pub struct ApiState {
     pub root_cause: RootCauseApi,
     /// What the maintenance watches last saw.
     pub maintenance: crate::analyse::maintenance::monitor::LatestMaintenance,
+    /// What the drift watch last found about the live model.
+    pub drift: crate::analyse::drift::LatestDrift,
     /// The line twin's scenarios and the gate of what-if runs.
     pub twin: twin::TwinApi,
 }
@@ -429,6 +432,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/tags/{name}/chart", need(Read, get(charts::tag)))
         .route("/api/v1/rootcause", need(Read, get(rootcause::get)))
         .route("/api/v1/maintenance", need(Read, get(maintenance::get)))
+        .route("/api/v1/drift", need(Read, get(drift::get)))
         .route("/metrics", need(Read, get(metrics)))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         // Sensor batches are larger than any other request: their own limit, added after

@@ -410,6 +410,7 @@ mod tests {
             calibration: None,
             error: None,
             views: None,
+            novelty: None,
         }
     }
 

@@ -326,6 +326,7 @@ pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
                 defect_class: None,
                 error: None,
                 views: None,
+                novelty: None,
             },
         });
     }

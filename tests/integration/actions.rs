@@ -373,6 +373,7 @@ fn inspection(part_id: u64, failed: bool) -> RecordBody {
         defect_size: None,
         views: Vec::new(),
         calibration: None,
+        novelty: None,
         error: None,
     })
 }

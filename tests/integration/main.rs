@@ -16,6 +16,7 @@ mod camera;
 mod cli;
 mod client_mode;
 mod crash;
+mod drift;
 mod failsafe;
 mod gate;
 mod genicam;

@@ -77,6 +77,24 @@ await finish(async () => {
     await accessible(page);
   });
 
+  await check('the drift panel shows the watch on the live model, each check as the API gives it', async () => {
+    // 50 parts at least before a check compares anything; the watch evaluates every 5 s.
+    let report;
+    await until('a drift report on 50 parts', async () => {
+      ({ report } = await json('/api/v1/drift'));
+      return report && report.checks[0].parts >= 50;
+    }, 120_000);
+    await page.evaluate(() => window.modelsPage.refreshDrift());
+    const rows = await page.$$eval('#drift-checks tbody tr', (trs) => trs.map((tr) => tr.dataset.check));
+    expect(JSON.stringify(rows) === JSON.stringify(['inputs', 'scores', 'flags', 'shadow']), `rows ${rows}`);
+    expect(report.has_reference, 'the shipped model has a drift reference');
+    const inputs = await page.textContent('#drift-checks tr[data-check="inputs"]');
+    expect(/unlike the training images/.test(inputs), `inputs row: ${inputs}`);
+    expect(!report.drifting, `the simulated line has not changed, yet: ${report.message}`);
+    const summary = await page.textContent('#drift-summary');
+    expect(summary.includes('fits the last'), `summary: ${summary}`);
+  });
+
   await check('onboarding a product from the last hour of passed parts shows each phase, then the model with its figures and heat maps (axe-core again)', async () => {
     await page.selectOption('#family', 'anomaly');
     await page.fill('#name', 'ui-product');

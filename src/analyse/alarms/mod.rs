@@ -206,6 +206,11 @@ pub fn builtin_definitions() -> Vec<AlarmDefinition> {
             AlarmSeverity::Critical,
         ),
         report(
+            crate::analyse::drift::MODEL_DRIFT_ALARM,
+            "The live model no longer fits the parts: label the parts it names and retrain",
+            AlarmSeverity::Medium,
+        ),
+        report(
             crate::actuate::PLC_LOST_ALARM,
             "The PLC's heartbeat stopped: no part passes until it is back",
             AlarmSeverity::High,

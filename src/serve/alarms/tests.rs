@@ -126,6 +126,7 @@ async fn app(dir: &std::path::Path) -> App {
         charts: Arc::new(Vec::new()),
         root_cause: crate::serve::RootCauseApi::new(Default::default()),
         maintenance: Default::default(),
+        drift: Default::default(),
         twin: crate::serve::twin::TwinApi::new(None),
         halt_line: None,
     };
@@ -192,6 +193,7 @@ async fn operators_acknowledge_and_shelve_engineers_suppress() {
         names,
         [
             json!("disk_low"),
+            json!("model_drift"),
             json!("plc_heartbeat_lost"),
             json!("records_failing"),
             json!("scratch_rule")

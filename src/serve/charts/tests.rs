@@ -205,6 +205,7 @@ async fn app(dir: &std::path::Path) -> App {
         charts: Arc::new(charts),
         root_cause: crate::serve::RootCauseApi::new(Default::default()),
         maintenance: Default::default(),
+        drift: Default::default(),
         twin: crate::serve::twin::TwinApi::new(None),
         halt_line: None,
     };
