@@ -68,6 +68,8 @@ pub struct PartSeen {
     pub verdict: Verdict,
     pub score: Option<f32>,
     pub novelty: Option<InputNovelty>,
+    /// How many cameras' images its novelty is the most novel of (1 with one camera).
+    pub views: usize,
     /// An operator flagged its verdict as wrong.
     pub flagged: bool,
     /// The shadow model's verdict differed (`Some(true)`), agreed (`Some(false)`), or the
@@ -83,7 +85,7 @@ pub struct PartSeen {
 pub enum CheckState {
     /// Nothing to say against the training reference.
     Fine,
-    /// Beyond the clearing level but not the raising one (or drifting before and not yet clear).
+    /// Beyond the clearing level but not the raising one, and not drifting before.
     Watch,
     Drifting,
     /// Not enough parts, or no reference to compare with; `detail` says which.
@@ -144,6 +146,31 @@ pub struct DriftReport {
 impl DriftReport {
     fn check(&self, name: &str) -> Option<&DriftCheck> {
         self.checks.iter().find(|c| c.check == name)
+    }
+
+    /// What a restart knows when the journal says the alarm was raised: every check of
+    /// `model_version` drifting, so each clears only above the clearing level.
+    fn raised_before(model_version: &str) -> DriftReport {
+        let check = |check| DriftCheck {
+            check,
+            state: CheckState::Drifting,
+            parts: 0,
+            observed: 0.0,
+            expected: 0.0,
+            p_value: None,
+            detail: "raised before the station restarted".into(),
+        };
+        DriftReport {
+            evaluated_at: Utc::now(),
+            model_version: model_version.to_owned(),
+            has_reference: true,
+            window: 0,
+            newest_part_id: None,
+            drifting: true,
+            checks: ["inputs", "scores", "flags", "shadow"].map(check).into(),
+            parts: Vec::new(),
+            message: "raised before the station restarted; not evaluated since".into(),
+        }
     }
 }
 
@@ -225,6 +252,11 @@ pub fn evaluate(
             0,
             "the live model's card has no drift reference".into(),
         ),
+        Some(reference) if reference.input.n_calibration == 0 => not_watched(
+            "inputs",
+            measured.len(),
+            "the card's limit comes from its fit images alone, so its rate is not known".into(),
+        ),
         Some(_) if measured.len() < MIN_PARTS => not_watched(
             "inputs",
             measured.len(),
@@ -242,19 +274,23 @@ pub fn evaluate(
                     || "none past the limit".to_owned(),
                     |m| format!("those past it: {}", reference.input.describe_shift(&m)),
                 );
-            let check = counted(
-                "inputs",
-                novel.len(),
-                measured.len(),
-                reference.input.expected_share,
-                &|expected| {
-                    format!(
-                        "{} of {} parts unlike the training images ({expected:.1} expected); {moved}",
-                        novel.len(),
-                        measured.len(),
-                    )
-                },
-            );
+            // A part seen by several cameras keeps its most novel view's novelty, which passes
+            // the limit with probability 1 − (1 − q)^views; the window's mean rate is the
+            // binomial's (the binomial with the mean rate is the more spread, so the test stays
+            // conservative when the number of views varies).
+            let share = reference.input.expected_share;
+            let rate = measured
+                .iter()
+                .map(|p| 1.0 - (1.0 - share).powi(p.views.max(1) as i32))
+                .sum::<f64>()
+                / measured.len() as f64;
+            let check = counted("inputs", novel.len(), measured.len(), rate, &|expected| {
+                format!(
+                    "{} of {} parts unlike the training images ({expected:.1} expected); {moved}",
+                    novel.len(),
+                    measured.len(),
+                )
+            });
             if check.state != CheckState::Fine {
                 let mut by_novelty = novel.clone();
                 by_novelty.sort_by(|a, b| {
@@ -269,15 +305,24 @@ pub fn evaluate(
     checks.push(inputs);
 
     // Scores: the passed parts' scores against the good validation scores below the threshold.
+    // Passed below the threshold, like the reference (a part passed on a tolerated class scores
+    // above it).
     let passed: Vec<&PartSeen> = parts
         .iter()
-        .filter(|p| p.verdict == Verdict::Pass && p.score.is_some_and(f32::is_finite))
+        .filter(|p| p.verdict == Verdict::Pass && p.score.is_some_and(|s| s < threshold))
         .collect();
     let scores = match reference {
         None => not_watched(
             "scores",
             0,
             "the live model's card has no drift reference".into(),
+        ),
+        Some(reference) if !reference.scores_of_shipped_model => not_watched(
+            "scores",
+            passed.len(),
+            "the card's good scores are those of a first fit, which the model as shipped \
+             refitted: not comparable at this precision"
+                .into(),
         ),
         Some(reference) => {
             let good: Vec<f32> = (reference.good_scores.iter())
@@ -440,8 +485,8 @@ pub fn evaluate(
             .map(|p| p.part_id.to_string())
             .collect();
         format!(
-            "model {model_version} no longer fits the parts: {}; parts {} and others are in the \
-             labelling queue",
+            "model {model_version} no longer fits the parts: {}; it shows in parts {}; parts \
+             unlike the training images wait in the labelling queue",
             what.join("; "),
             ids.join(", ")
         )
@@ -573,9 +618,21 @@ impl DriftWatch {
     pub async fn run(self, cancel: CancellationToken) {
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Whether the alarm's last report was `raised`: the journal holds the truth across a
-        // restart, so the first evaluation always reports.
-        let mut raised: Option<bool> = None;
+        // Whether the alarm's last condition report was `raised`, from the journal: a restart
+        // neither clears an active alarm nor writes a report that changes nothing.
+        let mut raised = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || last_condition(&store))
+                .await
+                .ok()
+                .flatten()
+        };
+        // Raised before a restart: its checks clear only above the clearing level, as if the
+        // station had not stopped.
+        if raised == Some(true) {
+            self.latest
+                .set(DriftReport::raised_before(&self.models.live().version));
+        }
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -618,7 +675,15 @@ impl DriftWatch {
                 }
             };
             self.metrics.model_drift.set(i64::from(report.drifting));
-            if raised != Some(report.drifting) {
+            // A report with nothing watched (too few parts yet) says nothing either way, unless
+            // the model has no reference at all.
+            let decided = report.drifting
+                || !report.has_reference
+                || report
+                    .checks
+                    .iter()
+                    .any(|c| c.state != CheckState::NotWatched);
+            if decided && raised.unwrap_or(false) != report.drifting {
                 let state = if report.drifting {
                     tracing::warn!(message = %report.message, "model drift");
                     AlarmState::Raised
@@ -638,6 +703,24 @@ impl DriftWatch {
             }
             self.latest.set(report);
         }
+    }
+}
+
+/// Whether the latest condition report of [`MODEL_DRIFT_ALARM`] in the journal raised it;
+/// `None` when there is none (or it cannot be read: the first decided report then says).
+fn last_condition(store: &Store) -> Option<bool> {
+    let mut before = None;
+    loop {
+        let page = store.latest_of_kind(RecordKind::Alarm, before, 1024).ok()?;
+        for record in &page {
+            if let RecordBody::Alarm(alarm) = &record.body
+                && alarm.alarm == MODEL_DRIFT_ALARM
+                && alarm.event.is_none()
+            {
+                return Some(alarm.state == AlarmState::Raised);
+            }
+        }
+        before = Some(page.last()?.seq);
     }
 }
 
@@ -678,6 +761,7 @@ pub fn read_window(
             verdict,
             score: record.score,
             novelty: record.novelty,
+            views: record.views.len().max(1),
             flagged: flagged.contains(&record.part_id),
             shadow_disagrees,
             image: record.image,

@@ -128,6 +128,7 @@ async fn a_dimmer_lamp_raises_model_drift_and_queues_the_parts_it_changed() {
         .as_array()
         .expect("parts")
         .iter()
+        .filter(|p| p["check"] == "inputs")
         .filter_map(|p| p["part_id"].as_u64())
         .collect();
     assert!(!named.is_empty(), "{report}");

@@ -27,7 +27,7 @@ fn reference() -> DriftReference {
     let fit: Vec<InputStats> = (0..300).map(|_| good_stats(&mut rng, 0.0)).collect();
     let calibration: Vec<InputStats> = (0..300).map(|_| good_stats(&mut rng, 0.0)).collect();
     let scores: Vec<f32> = (0..300).map(|i| 0.4 * i as f32 / 300.0).collect();
-    DriftReference::learn(&fit, &calibration, &scores, (3, 398)).expect("learns")
+    DriftReference::learn(&fit, &calibration, &scores, (3, 398), true).expect("learns")
 }
 
 /// `n` parts newest first, drawn like the training parts unless changed by `shape`.
@@ -51,6 +51,7 @@ fn parts(
                     limit: reference.input.limit,
                     stats,
                 }),
+                views: 1,
                 flagged: false,
                 shadow_disagrees: None,
                 image: Some(format!("img{i}")),
@@ -351,4 +352,127 @@ fn the_openapi_document_describes_a_report_as_served() {
         served_fields(&novelty["stats"]),
         schema_fields("InputStats")
     );
+}
+
+/// `n_novel` of `WINDOW` parts past the limit, each seen by `views` cameras.
+fn novel_window(reference: &DriftReference, n_novel: usize, views: usize) -> Vec<PartSeen> {
+    let limit = reference.input.limit;
+    parts(13, WINDOW, reference, |i, part, _| {
+        part.views = views;
+        if let Some(novelty) = &mut part.novelty {
+            novelty.score = if i < n_novel {
+                limit * 2.0
+            } else {
+                limit * 0.5
+            };
+        }
+    })
+}
+
+#[test]
+fn a_part_seen_by_several_cameras_is_judged_at_its_views_rate() {
+    let reference = reference();
+    // 12 of 200: far beyond the 2.4 expected of one camera, within the 7 expected of the most
+    // novel of three.
+    let one = run(&reference, &novel_window(&reference, 12, 1), None);
+    assert_eq!(
+        state(&one, "inputs"),
+        CheckState::Drifting,
+        "{}",
+        one.message
+    );
+    let three = run(&reference, &novel_window(&reference, 12, 3), None);
+    assert_eq!(
+        state(&three, "inputs"),
+        CheckState::Fine,
+        "{}",
+        three.message
+    );
+    let expected = three.check("inputs").expect("inputs").expected;
+    assert!(
+        (expected - 200.0 * (1.0 - (1.0 - reference.input.expected_share).powi(3))).abs() < 1e-9
+    );
+}
+
+#[test]
+fn scores_compare_like_with_like_or_not_at_all() {
+    let reference = reference();
+    // Half the parts passed on a tolerated class, above the threshold: not what the reference
+    // holds, so not compared.
+    let tolerated = parts(14, WINDOW, &reference, |i, part, _| {
+        if i % 2 == 0 {
+            part.score = Some(0.9);
+        }
+    });
+    let report = run(&reference, &tolerated, None);
+    assert_eq!(
+        state(&report, "scores"),
+        CheckState::Fine,
+        "{}",
+        report.message
+    );
+    assert_eq!(report.check("scores").expect("scores").parts, WINDOW / 2);
+    // Scores of a first fit the shipped model refitted are not compared.
+    let refitted = DriftReference {
+        scores_of_shipped_model: false,
+        ..reference.clone()
+    };
+    let creeping = parts(2, WINDOW, &reference, |_, part, _| part.score = Some(0.45));
+    let report = run(&refitted, &creeping, None);
+    assert_eq!(state(&report, "scores"), CheckState::NotWatched);
+    assert_eq!(
+        state(&run(&reference, &creeping, None), "scores"),
+        CheckState::Drifting
+    );
+    // A limit from the fit images alone has no known rate: the inputs are not judged by it.
+    let uncalibrated = DriftReference {
+        input: InputProfile {
+            n_calibration: 0,
+            ..reference.input.clone()
+        },
+        ..reference.clone()
+    };
+    let report = run(&uncalibrated, &novel_window(&reference, 60, 1), None);
+    assert_eq!(state(&report, "inputs"), CheckState::NotWatched);
+}
+
+#[test]
+fn a_restart_keeps_a_raised_alarm_until_its_checks_clear() {
+    let reference = reference();
+    // 8 flagged of 200: between the raising and clearing levels.
+    let between = parts(5, WINDOW, &reference, |i, part, _| part.flagged = i < 8);
+    let restarted = DriftReport::raised_before("m@1");
+    let report = run(&reference, &between, Some(&restarted));
+    assert!(report.drifting, "{}", report.message);
+    assert_eq!(state(&report, "flags"), CheckState::Drifting);
+    let clean = parts(6, WINDOW, &reference, |_, _, _| {});
+    assert!(!run(&reference, &clean, Some(&restarted)).drifting);
+}
+
+#[tokio::test]
+async fn the_last_condition_report_is_read_back_from_the_journal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), "s").expect("store");
+    assert_eq!(last_condition(&store), None);
+    let report = |alarm: &str, state| {
+        RecordBody::Alarm(AlarmRecord::condition(
+            alarm,
+            state,
+            AlarmSeverity::Medium,
+            "m".into(),
+        ))
+    };
+    store
+        .append_all(vec![
+            report(MODEL_DRIFT_ALARM, AlarmState::Raised),
+            report("disk_low", AlarmState::Cleared),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(last_condition(&store), Some(true));
+    store
+        .append(report(MODEL_DRIFT_ALARM, AlarmState::Cleared))
+        .await
+        .expect("append");
+    assert_eq!(last_condition(&store), Some(false));
 }

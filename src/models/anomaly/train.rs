@@ -295,6 +295,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         &validation_inputs,
         &validation_good_scores,
         (false_rejects, validation_good_scores.len()),
+        // Scored by the first fit; the final model refits on these images.
+        false,
     )
     .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
     .ok();

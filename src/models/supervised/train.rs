@@ -359,6 +359,8 @@ fn drift_reference(
         &good(validation),
         &good_scores,
         (errors, scored.scores.len()),
+        // Scored by the first fit; the final model refits on these images.
+        false,
     )
     .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
     .ok()
