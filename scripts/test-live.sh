@@ -87,12 +87,19 @@ records_json >"$work/after.json"
 # Every record acknowledged before the kill is still there, unchanged (a reused part id would
 # overwrite one), and the restarted station numbers its parts after them.
 survived() {
-  python3 - "$work/before.json" "$work/after.json" <<'PY'
-import json, sys
+  python3 - "$work/before.json" "$work/after.json" "$base" "$operator" <<'PY'
+import json, sys, urllib.request
 before = {r["part_id"]: r for r in json.load(open(sys.argv[1]))["items"]}
 after = {r["part_id"]: r for r in json.load(open(sys.argv[2]))["items"]}
 assert before, "no records before the kill"
-lost = [i for i in before if after.get(i) != before[i]]
+# The same page as before the kill, read again: the 500 newest up to its newest part (the
+# newest 500 after the restart may have pushed the oldest of them out of the page).
+request = urllib.request.Request(
+    f"{sys.argv[3]}/api/v1/inspections?limit=500&before={max(before) + 1}",
+    headers={"Authorization": f"Bearer {sys.argv[4]}"},
+)
+after_old = {r["part_id"]: r for r in json.load(urllib.request.urlopen(request))["items"]}
+lost = [i for i in before if after_old.get(i) != before[i]]
 assert not lost, f"records lost or changed by kill -9: {lost}"
 new = [i for i in after if i not in before]
 assert new and min(new) > max(before), f"part ids not continued: before up to {max(before)}, new {sorted(new)[:5]}"
