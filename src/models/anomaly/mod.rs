@@ -98,42 +98,136 @@ pub fn greedy_coreset(
     Ok(chosen)
 }
 
-/// Nearest-neighbour distances of each row of `queries` (`[q, d]`) to `bank` (`[m, d]`), given
-/// the bank's squared norms `[1, m]`. The cross products are one matrix product; on the CPU the
-/// rest is one pass per row (`|q|² + min_j(|b_j|² − 2 q·b_j)`), since candle's broadcast ops
-/// would make several passes over the `q × m` matrix.
+/// Queries per block of the CPU search: a block's `QUERY_BLOCK × m` cross products (512 KiB
+/// against a 4,096-entry bank) stay in the core's L2 cache while their minimum is taken, where
+/// the whole `q × m` matrix (4 MiB at input 128) went out to memory and was read back.
+const QUERY_BLOCK: usize = 32;
+
+/// Nearest-neighbour distances of each row of `queries` (`[q, d]`) to a bank given transposed,
+/// `bank_t` (`[d, m]`, contiguous: gemm then reads it as it lies, where the `[m, d]` bank was
+/// repacked on every call), and the bank's squared norms `[1, m]`:
+/// `|q|² + min_j(|b_j|² − 2 q·b_j)`. On the CPU the queries
+/// are cut into blocks of [`QUERY_BLOCK`], one per task: each block's cross products are one
+/// gemm call into the task's own buffer, whose row minima are taken while it is still in cache.
 pub fn nearest_distances(
     queries: &Tensor,
-    bank: &Tensor,
+    bank_t: &Tensor,
     bank_sq: &Tensor,
 ) -> candle_core::Result<Vec<f32>> {
     if !queries.device().is_cpu() {
         // On a GPU the q × m matrix stays there (4 MiB at input 128 against a 4096-entry
         // bank): only the q distances cross to the host.
         let nearest = bank_sq
-            .broadcast_sub(&(queries.matmul(&bank.t()?)? * 2.0)?)?
+            .broadcast_sub(&(queries.matmul(bank_t)? * 2.0)?)?
             .min(1)?;
         return (nearest + queries.sqr()?.sum(1)?)?
             .relu()?
             .sqrt()?
             .to_vec1();
     }
-    let (_, m) = bank_sq.dims2()?;
-    let query_sq: Vec<f32> = queries.sqr()?.sum(1)?.to_vec1()?;
-    let cross: Vec<f32> = queries.matmul(&bank.t()?)?.flatten_all()?.to_vec1()?;
-    let bank_sq: Vec<f32> = bank_sq.flatten_all()?.to_vec1()?;
-    Ok(cross
-        .par_chunks(m)
-        .zip(query_sq.par_iter())
-        .map(|(row, q_sq)| {
-            let nearest = row
-                .iter()
-                .zip(&bank_sq)
-                .map(|(c, b_sq)| b_sq - 2.0 * c)
-                .fold(f32::INFINITY, f32::min);
-            (q_sq + nearest).max(0.0).sqrt()
+    let (_, d) = queries.dims2()?;
+    let (bank_d, m) = bank_t.dims2()?;
+    if bank_d != d || bank_sq.elem_count() != m {
+        candle_core::bail!(
+            "nearest neighbours: queries of {d} values against a transposed bank of {:?} with \
+             {} norms",
+            bank_t.dims(),
+            bank_sq.elem_count()
+        );
+    }
+    with_cpu_values(queries, |queries| {
+        with_cpu_values(bank_t, |bank_t| {
+            with_cpu_values(bank_sq, |bank_sq| {
+                Ok(queries
+                    .par_chunks(QUERY_BLOCK * d)
+                    .flat_map_iter(|block| nearest_of_block(block, d, bank_t, bank_sq))
+                    .collect())
+            })
         })
-        .collect())
+    })
+}
+
+/// The distances of one block of queries (`[rows, d]`, row-major) to the bank, transposed
+/// (`[d, m]`, row-major).
+fn nearest_of_block(block: &[f32], d: usize, bank_t: &[f32], bank_sq: &[f32]) -> Vec<f32> {
+    let rows = block.len() / d;
+    let m = bank_sq.len();
+    CROSS_PRODUCTS.with_borrow_mut(|cross| {
+        cross.clear();
+        cross.resize(rows * m, 0.0);
+        // SAFETY: `cross` holds `rows × m` values, row-major (row stride m); `block` holds
+        // `rows × d` (row stride d); `bank_t` holds `d × m` (row stride m). gemm overwrites
+        // `cross` with −2·block·bankᵀ without reading it.
+        unsafe {
+            gemm::gemm(
+                rows,
+                m,
+                d,
+                cross.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                block.as_ptr(),
+                1,
+                d as isize,
+                bank_t.as_ptr(),
+                1,
+                m as isize,
+                0.0,
+                -2.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        (cross.chunks_exact(m).zip(block.chunks_exact(d)))
+            .map(|(row, query)| {
+                let query_sq: f32 = query.iter().map(|v| v * v).sum();
+                (query_sq + row_minimum(row, bank_sq)).max(0.0).sqrt()
+            })
+            .collect()
+    })
+}
+
+/// `min_j(row_j + bank_sq_j)`, in sixteen lanes so that it compiles to vector minima (a fold
+/// with `f32::min` stays scalar: its NaN rules fix the order).
+fn row_minimum(row: &[f32], bank_sq: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [f32::INFINITY; LANES];
+    let mut rows = row.chunks_exact(LANES);
+    let mut norms = bank_sq.chunks_exact(LANES);
+    for (r, n) in (&mut rows).zip(&mut norms) {
+        for ((lane, &c), &b) in lanes.iter_mut().zip(r).zip(n) {
+            let v = c + b;
+            *lane = if v < *lane { v } else { *lane };
+        }
+    }
+    let tail = (rows.remainder().iter().zip(norms.remainder())).map(|(c, b)| c + b);
+    lanes.into_iter().chain(tail).fold(f32::INFINITY, f32::min)
+}
+
+thread_local! {
+    /// Each thread's buffer of a query block's cross products, kept between frames.
+    static CROSS_PRODUCTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a CPU tensor's f32 values: its own storage when it is contiguous f32 (no copy:
+/// the bank is megabytes), else a contiguous f32 copy.
+fn with_cpu_values<R>(
+    tensor: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = tensor.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return f(&values[a..b]);
+        }
+    }
+    let copy: Vec<f32> = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    f(&copy)
 }
 
 /// Shrinkage of the image covariance toward a scaled identity, as a share of its mean
@@ -528,6 +622,8 @@ pub struct PatchCore {
     features: PatchFeatures,
     /// `[m, FEATURE_DIM]`
     bank: Tensor,
+    /// The same transposed, `[FEATURE_DIM, m]`, contiguous: what the search reads.
+    bank_t: Tensor,
     /// `[1, m]`
     bank_sq: Tensor,
     image_gaussian: Option<ImageGaussian>,
@@ -567,6 +663,7 @@ impl PatchCore {
         let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
         Ok(PatchCore {
             features,
+            bank_t: bank.t()?.contiguous()?,
             bank,
             bank_sq,
             image_gaussian: None,
@@ -644,7 +741,7 @@ impl PatchCore {
         features: &ImageFeatures,
         coarse_descriptor: Option<&[f32]>,
     ) -> candle_core::Result<(RawScores, HeatMap)> {
-        let values = nearest_distances(&features.patches, &self.bank, &self.bank_sq)?;
+        let values = nearest_distances(&features.patches, &self.bank_t, &self.bank_sq)?;
         let side = (values.len() as f64).sqrt() as u32;
         let scores = RawScores {
             patch: top_mean(&values, TOP_PATCHES),
@@ -707,10 +804,55 @@ mod tests {
             .and_then(|b| b.t())
             .expect("sq");
         let queries = Tensor::new(&[[0f32, 1.0], [3.0, 5.0], [6.0, 8.0]], &device).expect("q");
-        let d = nearest_distances(&queries, &bank, &bank_sq).expect("distances");
+        let bank_t = bank.t().and_then(|b| b.contiguous()).expect("bank_t");
+        let d = nearest_distances(&queries, &bank_t, &bank_sq).expect("distances");
         for (got, want) in d.iter().zip([1.0, 1.0, 5.0]) {
             assert!((got - want).abs() < 1e-4, "{d:?}");
         }
+    }
+
+    /// The blocked search against brute force, with sizes that fill no block or lane evenly
+    /// and a non-contiguous query tensor.
+    #[test]
+    fn nearest_distances_match_brute_force() {
+        let device = Device::Cpu;
+        let (q, m, d) = (QUERY_BLOCK * 2 + 7, 37, 19);
+        let queries = Tensor::randn(0f32, 1f32, (d, q), &device)
+            .and_then(|t| t.t())
+            .expect("queries");
+        let bank = Tensor::randn(0f32, 1f32, (m, d), &device).expect("bank");
+        let bank_sq = bank
+            .sqr()
+            .and_then(|b| b.sum_keepdim(1))
+            .and_then(|b| b.t())
+            .expect("sq");
+        let bank_t = bank.t().and_then(|b| b.contiguous()).expect("bank_t");
+        let got = nearest_distances(&queries, &bank_t, &bank_sq).expect("distances");
+        let queries: Vec<Vec<f32>> = queries.to_vec2().expect("q");
+        let bank: Vec<Vec<f32>> = bank.to_vec2().expect("b");
+        assert_eq!(got.len(), q);
+        for (query, got) in queries.iter().zip(&got) {
+            let want = bank
+                .iter()
+                .map(|b| {
+                    b.iter()
+                        .zip(query)
+                        .map(|(x, y)| (x - y) * (x - y))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min)
+                .sqrt();
+            assert!((got - want).abs() < 1e-3 * want.max(1.0), "{got} vs {want}");
+        }
+        let wrong = Tensor::zeros((3, d + 1), DType::F32, &device).expect("wrong");
+        assert!(
+            nearest_distances(
+                &wrong,
+                &Tensor::zeros((m, d), DType::F32, &device).expect("b"),
+                &bank_sq
+            )
+            .is_err()
+        );
     }
 
     #[test]

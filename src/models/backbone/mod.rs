@@ -35,7 +35,7 @@ pub use self::weights::{WeightsId, WeightsSearch};
 const BN_EPS: f64 = 1e-3;
 
 /// `(expand_ratio, kernel, stride, in, out)` of blocks 0..=10 (stages 1–5).
-const BLOCKS: [(usize, usize, usize, usize, usize); 11] = [
+pub const BLOCKS: [(usize, usize, usize, usize, usize); 11] = [
     (1, 3, 1, 32, 16),
     (6, 3, 2, 16, 24),
     (6, 3, 1, 24, 24),
