@@ -190,6 +190,24 @@ fn nearest_of_block(block: &[f32], d: usize, bank_t: &[f32], bank_sq: &[f32]) ->
     })
 }
 
+/// `Σ a_i·b_i` in sixteen independent sums, so that it compiles to vector multiply-adds: a
+/// plain `.sum()` adds one product at a time, in order (the two image Gaussians' 608 × 608
+/// products were 3 % of a station's time at 90 parts/s).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let (mut a_chunks, mut b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
+    }
+    let tail: f32 = (a_chunks.remainder().iter().zip(b_chunks.remainder()))
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `min_j(row_j + bank_sq_j)`, in sixteen lanes so that it compiles to vector minima (a fold
 /// with `f32::min` stays scalar: its NaN rules fix the order).
 fn row_minimum(row: &[f32], bank_sq: &[f32]) -> f32 {
@@ -293,7 +311,7 @@ impl ImageGaussian {
             .precision
             .chunks_exact(self.mean.len().max(1))
             .zip(&delta)
-            .map(|(row, di)| di * row.iter().zip(&delta).map(|(p, dj)| p * dj).sum::<f32>())
+            .map(|(row, di)| di * dot(row, &delta))
             .sum();
         squared.max(0.0).sqrt()
     }

@@ -359,28 +359,74 @@ pub fn backbone_input(
     Tensor::from_vec(plane, (1, 1, size, size), device)
 }
 
-/// Resize to `w`×`h` with the `image` crate's triangle filter, widened by the shrink factor
-/// so that every source pixel counts (anti-aliased, as Pillow's bilinear resize); plain
-/// bilinear where the image grows.
+/// Resize to `w`×`h` with a triangle filter widened by the shrink factor, so that every source
+/// pixel counts (anti-aliased, as Pillow's bilinear resize); plain bilinear where the image
+/// grows. The values are exactly those of the `image` crate's `resize` with
+/// `FilterType::Triangle` (same weights, same order of sums, rounded to whole grey levels; a test
+/// holds them equal), which models were trained with, at a tenth of its cost: it samples every
+/// pixel through a generic four-channel path, and was a tenth of the backbone's time at 128.
 pub fn resize_antialiased(image: &GrayImage, w: usize, h: usize) -> Vec<f32> {
-    let source = image::ImageBuffer::<image::Luma<u8>, &[u8]>::from_raw(
-        image.width,
-        image.height,
-        &image.pixels,
-    );
-    match source {
-        Some(source) if image.width > 0 && image.height > 0 => image::imageops::resize(
-            &source,
-            w as u32,
-            h as u32,
-            image::imageops::FilterType::Triangle,
-        )
-        .into_raw()
-        .into_iter()
-        .map(f32::from)
-        .collect(),
-        _ => vec![0.0; w * h],
+    let (sw, sh) = (image.width as usize, image.height as usize);
+    if sw == 0 || sh == 0 || image.pixels.len() < sw * sh {
+        return vec![0.0; w * h];
     }
+    if (sw, sh) == (w, h) {
+        return image.pixels.iter().map(|&p| f32::from(p)).collect();
+    }
+    // Columns first, as `image` does: `h` rows of `sw` values, unrounded.
+    let mut columns = vec![0f32; h * sw];
+    for (row, (first, weights)) in columns.chunks_exact_mut(sw).zip(triangle_weights(sh, h)) {
+        // Tap by tap over whole rows: each value's sum keeps the taps' order, and vectorises.
+        for (i, &weight) in weights.iter().enumerate() {
+            let source = &image.pixels[(first + i) * sw..(first + i + 1) * sw];
+            for (t, &p) in row.iter_mut().zip(source) {
+                *t += f32::from(p) * weight;
+            }
+        }
+    }
+    let horizontal = triangle_weights(sw, w);
+    let mut out = Vec::with_capacity(w * h);
+    for row in columns.chunks_exact(sw) {
+        out.extend(horizontal.iter().map(|(first, weights)| {
+            let mut t = 0f32;
+            for (&v, &weight) in row[*first..].iter().zip(weights) {
+                t += v * weight;
+            }
+            t.clamp(0.0, 255.0).round()
+        }));
+    }
+    out
+}
+
+/// For each of `dst` output pixels along one axis of `src` pixels: the first source pixel it
+/// reads and the normalised triangle weights of it and the ones after (the `image` crate's
+/// arithmetic, in f32, step by step).
+fn triangle_weights(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
+    let ratio = src as f32 / dst as f32;
+    let scale = ratio.max(1.0);
+    let support = scale;
+    (0..dst)
+        .map(|out| {
+            let centre = (out as f32 + 0.5) * ratio;
+            let left = ((centre - support).floor() as i64).clamp(0, src as i64 - 1);
+            let right = ((centre + support).ceil() as i64).clamp(left + 1, src as i64);
+            let centre = centre - 0.5;
+            let mut weights: Vec<f32> = (left..right)
+                .map(|i| {
+                    let x = ((i as f32 - centre) / scale).abs();
+                    if x < 1.0 { 1.0 - x } else { 0.0 }
+                })
+                .collect();
+            let mut sum = 0f32;
+            for &weight in &weights {
+                sum += weight;
+            }
+            for weight in &mut weights {
+                *weight /= sum;
+            }
+            (left as usize, weights)
+        })
+        .collect()
 }
 
 /// Bilinear resize to `w`×`h` (pixel centres aligned), as f32.
@@ -460,6 +506,41 @@ mod tests {
         }
         let empty = GrayImage::new(0, 0, vec![]).expect("size");
         assert_eq!(resize_antialiased(&empty, 4, 4), vec![0.0; 16]);
+    }
+
+    /// The same values as the `image` crate's triangle resize, shrinking and growing, by whole
+    /// and uneven factors.
+    #[test]
+    fn antialiased_resize_equals_the_image_crate() {
+        let (sw, sh) = (97, 61);
+        let pixels: Vec<u8> = (0..sw * sh)
+            .map(|i| ((i * 7919 + (i / sw) * 131) % 256) as u8)
+            .collect();
+        let image = GrayImage::new(sw as u32, sh as u32, pixels.clone()).expect("size");
+        let source =
+            image::ImageBuffer::<image::Luma<u8>, _>::from_raw(sw as u32, sh as u32, pixels)
+                .expect("buffer");
+        for (w, h) in [
+            (48, 30),
+            (32, 32),
+            (13, 7),
+            (97, 20),
+            (200, 150),
+            (1, 1),
+            (97, 61),
+        ] {
+            let want: Vec<f32> = image::imageops::resize(
+                &source,
+                w as u32,
+                h as u32,
+                image::imageops::FilterType::Triangle,
+            )
+            .into_raw()
+            .into_iter()
+            .map(f32::from)
+            .collect();
+            assert_eq!(resize_antialiased(&image, w, h), want, "{w}x{h}");
+        }
     }
 
     #[test]
