@@ -7,7 +7,7 @@ CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
 .PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean \
-	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera bench-line soak test-soak
+	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera bench-line soak test-soak bench-compare
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -50,6 +50,18 @@ test-soak:
 ## bench: criterion benchmarks (release build)
 bench: setup weights
 	cargo bench --locked
+
+## bench-compare: the inference benches beside ONNX Runtime and OpenVINO on the same
+## EfficientNet-Lite0 weights (../shared/tools/cpu-reference, or LINESIGHT_CPU_REFERENCE), in
+## interleaved rounds (ROUNDS, default 3): a table, var/bench-compare/report.md
+ROUNDS ?= 3
+bench-compare: setup weights var/cpu-reference-venv/.installed
+	python3 scripts/bench-compare.py --rounds $(ROUNDS)
+
+var/cpu-reference-venv/.installed: scripts/cpu-reference-requirements.txt
+	python3 -m venv var/cpu-reference-venv
+	var/cpu-reference-venv/bin/pip install --quiet --no-deps -r scripts/cpu-reference-requirements.txt
+	touch $@
 
 ## bench-line: the whole station end to end (GStreamer capture, calibration, model, tracking,
 ## Modbus to the PLC, records, live stream) at 256x256 and 1280x1024 with the shipped and an

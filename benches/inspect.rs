@@ -8,7 +8,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
 use linesight::models::Detector;
 use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
-use linesight::models::anomaly::{CoarseImage, ImageGaussian, PatchCore, PatchHead};
+use linesight::models::anomaly::{
+    CoarseImage, ImageGaussian, PatchCore, PatchHead, nearest_distances,
+};
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
 use linesight::models::defect_net::DefectModel;
 use linesight::models::supervised::SupervisedModel;
@@ -118,6 +120,23 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     .expect("head");
     c.bench_function(&format!("{prefix}anomaly/backbone_features_256"), |b| {
         b.iter(|| features.extract(image).expect("features"))
+    });
+    let features_128 = features.clone().with_input_size(128);
+    c.bench_function(&format!("{prefix}anomaly/backbone_features_128"), |b| {
+        b.iter(|| features_128.extract(image).expect("features"))
+    });
+    // The search alone, at a 256 input's 1,024 patches: `make bench-compare` sets it beside
+    // numpy's one-GEMM search of the same shape.
+    let queries = Tensor::randn(0f32, 1f32, (1024, FEATURE_DIM), device).expect("queries");
+    let bank_t = bank.t().and_then(|b| b.contiguous()).expect("bank_t");
+    let bank_sq = bank
+        .sqr()
+        .and_then(|b| b.sum_keepdim(1))
+        .and_then(|b| b.t())
+        .and_then(|b| b.contiguous())
+        .expect("bank_sq");
+    c.bench_function(&format!("{prefix}anomaly/nearest_1024x4096"), |b| {
+        b.iter(|| nearest_distances(&queries, &bank_t, &bank_sq).expect("distances"))
     });
     // The anomaly model at 256 and at its default input size, 128.
     for size in [256, 128] {
