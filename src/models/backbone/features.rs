@@ -287,14 +287,12 @@ fn image_descriptor(centred: &[f32], n: usize, means: &[f32]) -> Vec<f32> {
         .chunks_exact(n)
         .map(|plane| (plane.iter().map(|v| v * v).sum::<f32>() / n as f32).sqrt())
         .collect();
-    let mut plane = vec![0.0; n];
     let (mut highs, mut lows) = (
         Vec::with_capacity(stds.len()),
         Vec::with_capacity(stds.len()),
     );
     for (values, std) in centred.chunks_exact(n).zip(&stds) {
-        plane.copy_from_slice(values);
-        let (high, low) = extreme_means(&mut plane, EXTREME_PATCHES);
+        let (high, low) = extreme_means(values, EXTREME_PATCHES);
         // A flat channel has no spread to measure its extremes in: they count as ordinary.
         let std = std.max(1e-6);
         highs.push(high / std);
@@ -308,17 +306,30 @@ fn image_descriptor(centred: &[f32], n: usize, means: &[f32]) -> Vec<f32> {
 }
 
 /// Means of the `k` highest values and of the `k` lowest, the latter negated (both are
-/// distances above and below zero for centred values). Reorders `values`.
-fn extreme_means(values: &mut [f32], k: usize) -> (f32, f32) {
+/// distances above and below zero for centred values). One pass keeping the `k` extremes on
+/// each side (`k` is a few: [`EXTREME_PATCHES`]), where two partial sorts moved the whole plane.
+fn extreme_means(values: &[f32], k: usize) -> (f32, f32) {
     let k = k.clamp(1, values.len().max(1));
     if values.is_empty() {
         return (0.0, 0.0);
     }
-    let n = values.len();
-    values.select_nth_unstable_by(n - k, f32::total_cmp);
-    let high = values[n - k..].iter().sum::<f32>() / k as f32;
-    values.select_nth_unstable_by(k - 1, f32::total_cmp);
-    let low = -values[..k].iter().sum::<f32>() / k as f32;
+    // Highest first, lowest first.
+    let (mut highs, mut lows): (Vec<f32>, Vec<f32>) =
+        (Vec::with_capacity(k + 1), Vec::with_capacity(k + 1));
+    for &v in values {
+        if highs.len() < k || v > highs[k - 1] {
+            let at = highs.partition_point(|h| h.total_cmp(&v).is_ge());
+            highs.insert(at, v);
+            highs.truncate(k);
+        }
+        if lows.len() < k || v < lows[k - 1] {
+            let at = lows.partition_point(|l| l.total_cmp(&v).is_le());
+            lows.insert(at, v);
+            lows.truncate(k);
+        }
+    }
+    let high = highs.iter().sum::<f32>() / k as f32;
+    let low = -lows.iter().sum::<f32>() / k as f32;
     (high, low)
 }
 
@@ -566,9 +577,11 @@ mod tests {
     #[test]
     fn extreme_means_by_hand() {
         let mut values = [1.0, -2.0, 5.0, 0.0, 3.0];
-        assert_eq!(extreme_means(&mut values, 2), (4.0, 1.0));
-        assert_eq!(extreme_means(&mut [2.0], 3), (2.0, -2.0));
-        assert_eq!(extreme_means(&mut [], 3), (0.0, 0.0));
+        assert_eq!(extreme_means(&values, 2), (4.0, 1.0));
+        assert_eq!(extreme_means(&[2.0], 3), (2.0, -2.0));
+        assert_eq!(extreme_means(&[], 3), (0.0, 0.0));
+        // Ties and repeats count once each.
+        assert_eq!(extreme_means(&[1.0, 1.0, 1.0, 0.0, 9.0], 2), (5.0, -0.5));
     }
 
     #[test]
