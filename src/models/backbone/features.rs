@@ -576,7 +576,7 @@ mod tests {
 
     #[test]
     fn extreme_means_by_hand() {
-        let mut values = [1.0, -2.0, 5.0, 0.0, 3.0];
+        let values = [1.0, -2.0, 5.0, 0.0, 3.0];
         assert_eq!(extreme_means(&values, 2), (4.0, 1.0));
         assert_eq!(extreme_means(&[2.0], 3), (2.0, -2.0));
         assert_eq!(extreme_means(&[], 3), (0.0, 0.0));
