@@ -586,7 +586,8 @@ impl RunContext<'_> {
     /// `R` output rows of `width` columns, fewer than a vector's lanes, as in
     /// [`RunContext::block`]. The loads take whole vectors (the padded plane ends in a
     /// vector of slack, and pulp's masked loads are calls, not instructions); the lanes past
-    /// `width` are left unstored.
+    /// `width` are left unstored. Its loop is [`RunContext::block`]'s on purpose: one shared
+    /// accumulator helper returning the sums measured 3–5 % slower for the whole model.
     #[inline(always)]
     fn partial_block<S: pulp::Simd, const R: usize>(
         &self,
