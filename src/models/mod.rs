@@ -170,6 +170,20 @@ pub enum ModelError {
     NonFinite,
 }
 
+/// The f32 values of a contiguous CPU tensor's storage, for the CPU kernels.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(values) = storage else {
+        candle_core::bail!("expected f32 values");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
 /// Runs `work` on one of rayon's worker threads, or right here when already on one.
 ///
 /// A model's forward pass is a chain of a few dozen short parallel kernels (each 0.1–1 ms).

@@ -134,7 +134,8 @@ pub fn nearest_distances(
     }
     let (_, d) = queries.dims2()?;
     let (bank_d, m) = bank_t.dims2()?;
-    if bank_d != d || bank_sq.elem_count() != m {
+    // An empty bank or empty features have no nearest neighbour (and would cut no blocks).
+    if d == 0 || m == 0 || bank_d != d || bank_sq.elem_count() != m {
         candle_core::bail!(
             "nearest neighbours: queries of {d} values against a transposed bank of {:?} with \
              {} norms",
@@ -160,8 +161,12 @@ fn nearest_of_block(block: &[f32], d: usize, bank_t: &[f32], bank_sq: &[f32]) ->
     let rows = block.len() / d;
     let m = bank_sq.len();
     CROSS_PRODUCTS.with_borrow_mut(|cross| {
-        cross.clear();
-        cross.resize(rows * m, 0.0);
+        // Grown once, never cleared: gemm overwrites what it uses (zeroing 512 KiB per block
+        // per frame was a pass over memory for nothing).
+        if cross.len() < rows * m {
+            cross.resize(rows * m, 0.0);
+        }
+        let cross = &mut cross[..rows * m];
         // SAFETY: `cross` holds `rows × m` values, row-major (row stride m); `block` holds
         // `rows × d` (row stride d); `bank_t` holds `d × m` (row stride m). gemm overwrites
         // `cross` with −2·block·bankᵀ without reading it.
@@ -245,10 +250,10 @@ fn with_cpu_values<R>(
 ) -> candle_core::Result<R> {
     {
         let (storage, layout) = tensor.storage_and_layout();
-        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
+        if let candle_core::Storage::Cpu(storage) = &*storage
+            && let Ok(values) = crate::models::contiguous_f32(storage, layout)
         {
-            return f(&values[a..b]);
+            return f(values);
         }
     }
     let copy: Vec<f32> = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -158,7 +158,7 @@ impl CustomOp1 for Neighbourhoods3x3 {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h, w, c) = layout.shape().dims4()?;
-        let src = contiguous_f32(storage, layout)?;
+        let src = crate::models::contiguous_f32(storage, layout)?;
         let mut out = vec![0f32; b * h * w * 9 * c];
         for_each_tap(b, h, w, |position, tap, source| {
             out[(position * 9 + tap) * c..][..c].copy_from_slice(&src[source * c..][..c]);
@@ -201,7 +201,7 @@ impl CustomOp1 for NeighbourhoodSum {
         if layout.shape().dims() != [b * h * w, 9 * c] {
             candle_core::bail!("neighbourhood sum of a {:?} tensor", layout.shape());
         }
-        let src = contiguous_f32(storage, layout)?;
+        let src = crate::models::contiguous_f32(storage, layout)?;
         let mut out = vec![0f32; b * h * w * c];
         for_each_tap(b, h, w, |position, tap, source| {
             let from = &src[(position * 9 + tap) * c..][..c];
@@ -233,20 +233,6 @@ fn for_each_tap(b: usize, h: usize, w: usize, mut f: impl FnMut(usize, usize, us
                 }
             }
         }
-    }
-}
-
-/// The f32 values of a contiguous CPU tensor.
-fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &candle_core::Layout,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("expected f32 values");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => candle_core::bail!("expected a contiguous tensor"),
     }
 }
 
