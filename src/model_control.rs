@@ -19,7 +19,7 @@ use std::sync::mpsc::Receiver;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::inspect::backtest::{BacktestJob, BacktestJobs, Period, StartError};
+use crate::inspect::backtest::{BacktestJob, BacktestJobs, JobState, Period, StartError};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
 use crate::inspect::taxonomy::{Taxonomy, TaxonomyError};
 use crate::inspect::training::uploads::Uploads;
@@ -319,6 +319,32 @@ impl ModelControl {
         Ok(self
             .training
             .start(self.store.clone(), self.registry.clone(), request)?)
+    }
+
+    /// Asks training job `id` to stop, recorded with who asked (the audit entry first).
+    pub async fn cancel_training(
+        &self,
+        id: u64,
+        audit: Option<AuditRecord>,
+    ) -> Result<TrainingJob, ControlError> {
+        // Refused before it is recorded: an unknown or finished job changes nothing.
+        match self.training.get(id) {
+            None => return Err(TrainingError::UnknownJob(id).into()),
+            Some(job) if job.state != JobState::Running => {
+                return Err(TrainingError::NotRunning {
+                    id,
+                    state: job.state,
+                }
+                .into());
+            }
+            Some(_) => {}
+        }
+        if let Some(audit) = audit {
+            self.store
+                .append_all(vec![RecordBody::Audit(audit)])
+                .await?;
+        }
+        Ok(self.training.cancel(id)?)
     }
 
     /// The station's training jobs, running and finished.

@@ -417,6 +417,8 @@ pub enum JobState {
     Running,
     Done,
     Failed,
+    /// Stopped by whoever asked for it (training jobs).
+    Cancelled,
 }
 
 /// How many finished backtests the station keeps to show (the newest).

@@ -1,7 +1,13 @@
 //! Progress of training and evaluation runs that take minutes: bars on a terminal for the
 //! command line, and a [`ProgressWatch`] a running station reads to show a training job's
 //! phase and time left in the browser. Tests run with neither.
+//!
+//! A watched run can also be cancelled: [`ProgressWatch::cancel`] raises a flag that every
+//! step of a long phase looks at ([`Phase::check`]), so a run stops within one step (an image,
+//! an optimiser step, a coreset entry) and returns [`Cancelled`] up its error chain.
 
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -61,19 +67,78 @@ impl Progress {
 
     /// A phase of the run over `n` items (0 when its length is set later), labelled `what`:
     /// the bar it advances. A watcher follows the newest phase.
-    pub fn phase(&self, n: usize, what: &str) -> ProgressBar {
+    pub fn phase(&self, n: usize, what: &str) -> Phase {
         let bar = labelled(self.terminal, n, what);
         if let Some(watch) = &self.watch {
             watch.follow(&bar);
         }
-        bar
+        Phase {
+            bar,
+            cancelled: self.watch.as_ref().map(|w| w.cancelled.clone()),
+        }
+    }
+
+    /// Whether whoever watches the run has cancelled it.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        match &self.watch {
+            Some(watch) if watch.is_cancelled() => Err(Cancelled),
+            _ => Ok(()),
+        }
     }
 }
 
-/// The phase a run is in, shared between the run's thread and whoever shows it. Cheap to
-/// clone; reading it never blocks the run for longer than a copy of four numbers.
+/// The run was cancelled by whoever watched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cancelled")]
+pub struct Cancelled;
+
+/// One phase of a run: the bar its steps advance (it derefs to it), and whether the run has
+/// been cancelled.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    bar: ProgressBar,
+    cancelled: Option<Arc<AtomicBool>>,
+}
+
+impl Phase {
+    /// A phase nobody sees or cancels (tests, library callers).
+    pub fn hidden() -> Phase {
+        Phase {
+            bar: ProgressBar::hidden(),
+            cancelled: None,
+        }
+    }
+
+    /// `Err(Cancelled)` once the run's watcher has cancelled it: a long loop asks before each
+    /// step.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        match &self.cancelled {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Phase::check`] as a candle error, for the kernels that speak candle's.
+    pub fn check_candle(&self) -> candle_core::Result<()> {
+        self.check().map_err(candle_core::Error::wrap)
+    }
+}
+
+impl Deref for Phase {
+    type Target = ProgressBar;
+
+    fn deref(&self) -> &ProgressBar {
+        &self.bar
+    }
+}
+
+/// The phase a run is in, shared between the run's thread and whoever shows it (and may cancel
+/// it). Cheap to clone; reading it never blocks the run for longer than a copy of four numbers.
 #[derive(Debug, Clone, Default)]
-pub struct ProgressWatch(Arc<Mutex<Option<ProgressBar>>>);
+pub struct ProgressWatch {
+    current: Arc<Mutex<Option<ProgressBar>>>,
+    cancelled: Arc<AtomicBool>,
+}
 
 /// How far a run's current phase is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,13 +155,26 @@ pub struct PhaseProgress {
 
 impl ProgressWatch {
     fn follow(&self, bar: &ProgressBar) {
-        let mut current = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         *current = Some(bar.clone());
+    }
+
+    /// Asks the run to stop: it does at its next step, with [`Cancelled`].
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// The current phase, once the run has started one.
     pub fn now(&self) -> Option<PhaseProgress> {
-        let bar = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let bar = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
         let done = bar.position();
         let total = bar.length().filter(|&n| n > 0);
         let remaining_s = match total {
@@ -136,5 +214,23 @@ mod tests {
         second.set_length(3);
         second.inc(3);
         assert_eq!(watch.now().expect("a phase").remaining_s, Some(0.0));
+    }
+
+    #[test]
+    fn a_cancelled_watch_stops_every_phase_and_a_hidden_run_never_stops() {
+        let watch = ProgressWatch::default();
+        let progress = Progress::watched(watch.clone());
+        let phase = progress.phase(10, "training steps");
+        assert_eq!((phase.check(), progress.check()), (Ok(()), Ok(())));
+        watch.cancel();
+        assert!(watch.is_cancelled());
+        assert_eq!(
+            (phase.check(), progress.check()),
+            (Err(Cancelled), Err(Cancelled))
+        );
+        assert_eq!(progress.phase(3, "later").check(), Err(Cancelled));
+        assert!(phase.check_candle().is_err());
+        assert_eq!(Progress::hidden().phase(1, "x").check(), Ok(()));
+        assert_eq!(Phase::hidden().check(), Ok(()));
     }
 }

@@ -367,6 +367,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/training/{id}",
             need(Read, get(models::get_training)),
         )
+        .route(
+            "/api/v1/training/{id}/cancel",
+            need(ChangeModels, post(models::cancel_training)),
+        )
         .route("/api/v1/scenarios", need(Read, get(twin::list_scenarios)))
         .route("/api/v1/whatif", need(Read, post(twin::run_whatif)))
         .route(
@@ -666,9 +670,9 @@ impl From<ControlError> for ApiError {
                     | UploadError::ZipTooLarge,
                 ),
             ) => ApiError::BadRequest(error.to_string()),
-            ControlError::Training(TrainingError::Upload(UploadError::UnknownSet(_))) => {
-                ApiError::NotFound(error.to_string())
-            }
+            ControlError::Training(
+                TrainingError::Upload(UploadError::UnknownSet(_)) | TrainingError::UnknownJob(_),
+            ) => ApiError::NotFound(error.to_string()),
             ControlError::Training(TrainingError::Upload(UploadError::Io { .. })) => {
                 ApiError::InternalMessage(error.to_string())
             }

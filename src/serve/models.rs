@@ -355,6 +355,18 @@ pub(super) async fn get_training(
     })
 }
 
+/// Asks a running training job to stop; it ends `cancelled` within one step of its phase.
+pub(super) async fn cancel_training(
+    State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<(StatusCode, Json<TrainingJob>), ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let audit = who.audit("model.train.cancel", &format!("training job {id}"));
+    let job = api.models.cancel_training(id, Some(audit)).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
 /// Runs `work` on the station's upload sets on a blocking thread (it reads and writes files).
 async fn on_uploads<T: Send + 'static>(
     api: &ApiState,
@@ -471,6 +483,7 @@ mod tests {
                 elapsed_s: 0.1,
                 remaining_s: Some(0.1),
             }),
+            cancel_requested: false,
             training_set: Some(TrainingSet::default()),
             model: Some(TrainedModel {
                 version: "p@1".into(),

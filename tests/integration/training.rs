@@ -2,8 +2,9 @@
 //! parts the live model passed (an anomaly model, trained while the line runs, with progress,
 //! validation figures and heat maps), lands in the registry and runs in shadow; a supervised
 //! model learns from labelled parts; a product the station has not seen onboards from images
-//! uploaded from a computer. Refused with a reason: other roles, bad names, empty
-//! periods, a second job while one runs, and a period without enough labelled defects.
+//! uploaded from a computer; a running job is cancelled. Refused with a reason: other roles,
+//! bad names, empty periods, a second job while one runs, and a period without enough
+//! labelled defects.
 
 use std::time::Duration;
 
@@ -146,6 +147,76 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         "{error}"
     );
 
+    // A job cancelled as soon as it starts stops within a step, adds no model, leaves no
+    // scratch folder, and frees the station for the next job. Refused with a reason: other
+    // roles, unknown jobs, a job that is no longer running.
+    let (status, started) = engineer
+        .post(
+            "/api/v1/training",
+            json!({"family": "anomaly", "name": "cancelled", "from": from, "to": to}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_u64().expect("id");
+    let (status, _) = operator
+        .post(&format!("/api/v1/training/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 403, "operators do not cancel training");
+    let (status, asked) = engineer
+        .post(&format!("/api/v1/training/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["cancel_requested"], true, "{asked}");
+    let job = finished(&engineer, id, &mut Vec::new()).await;
+    assert_eq!(
+        (job["state"].as_str(), job["model"].is_null()),
+        (Some("cancelled"), true),
+        "{job}"
+    );
+    let (status, again) = engineer
+        .post(&format!("/api/v1/training/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not running"),
+        "{again}"
+    );
+    let (status, _) = engineer
+        .post("/api/v1/training/999999/cancel", json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let registry_entries = || -> Vec<String> {
+        std::fs::read_dir(&models)
+            .expect("registry")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        !registry_entries()
+            .iter()
+            .any(|name| name.starts_with("cancelled") || name.starts_with(".training")),
+        "{:?}",
+        registry_entries()
+    );
+    let cancelled_by: Vec<(String, String)> = store
+        .records_of_kind(RecordKind::Audit)
+        .expect("audit")
+        .into_iter()
+        .filter_map(|r| match r.body {
+            RecordBody::Audit(a) if a.action == "model.train.cancel" => Some((a.actor, a.target)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        cancelled_by,
+        [("eng-1".to_owned(), format!("training job {id}"))],
+        "the cancel is audited once, the refusals not at all"
+    );
+
     // The cold start: an anomaly model from the parts the live model passed.
     let (status, started) = engineer.post("/api/v1/training", anomaly.clone()).await;
     assert_eq!(status, 202, "{started}");
@@ -255,7 +326,7 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         })
         .collect();
     assert_eq!(
-        trained_by, ["eng-1"; 2],
+        trained_by, ["eng-1"; 3],
         "every job started is audited, no refusal"
     );
 

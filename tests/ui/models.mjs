@@ -2,7 +2,8 @@
 // an engineer onboards a new product from the parts the live model passed (an anomaly model
 // trained in the station, its phases and time left shown while it runs), sees its validation
 // figures and heat maps, runs it in shadow against the live model, promotes it behind a
-// confirmation and rolls back, backtests it over the last minutes; onboards another product from
+// confirmation and rolls back, backtests it over the last minutes; cancels a training job from
+// its card; onboards another product from
 // images uploaded through the page (a file that is no image is refused by name) and again as a
 // zip; edits the defect classes; an operator is kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
@@ -126,6 +127,27 @@ await finish(async () => {
     expect(broken.length === 0, `not loaded: ${broken.map((i) => i.src).join(', ')}`);
     await accessible(page); // the finished job, its figures and previews too
     await page.screenshot({ path: path.join(outDir, 'models.png'), fullPage: true });
+  });
+
+  await check('a running training job is cancelled from its card behind a confirmation: it ends cancelled and adds no model', async () => {
+    await page.fill('#name', 'ui-cancelled');
+    await page.click('#start-training');
+    const article = await page.waitForSelector('article.job[data-state="running"] >> text=ui-cancelled', { timeout: 10_000 });
+    const id = await (await article.evaluateHandle((e) => e.closest('article'))).getAttribute('data-job');
+    await page.click(`article[data-job="${id}"] button.cancel-training`);
+    await page.waitForSelector('dialog#confirm[open]');
+    expect((await page.textContent('#confirm-text')).includes(`#${id}`), 'the dialog names the job');
+    await page.click('dialog#confirm button[value="ok"]');
+    const state = await until('the job stopped', async () => {
+      const s = await page.getAttribute(`article[data-job="${id}"]`, 'data-state');
+      return s !== 'running' ? s : null;
+    }, 60_000);
+    const job = await json(`/api/v1/training/${id}`);
+    expect(state === 'cancelled' && job.state === 'cancelled' && job.cancel_requested && !job.model,
+      `the job ended ${state}: ${JSON.stringify({ state: job.state, error: job.error })}`);
+    const { available } = await json('/api/v1/models');
+    expect(!available.some((m) => m.version.startsWith('ui-cancelled')), `a cancelled job added a model: ${available.map((m) => m.version)}`);
+    expect((await page.textContent(`article[data-job="${id}"]`)).includes('nothing was added'), 'the card says it was cancelled');
   });
 
   await check('run in shadow: the page compares its verdicts with the live model', async () => {

@@ -120,6 +120,10 @@ pub enum TrainingError {
     NoUploads,
     #[error("cannot start the training thread: {0}")]
     Thread(std::io::Error),
+    #[error("no training job {0} (the newest {KEEP_TRAINING_JOBS} are kept until a restart)")]
+    UnknownJob(u64),
+    #[error("training job {id} is not running: it is {state:?}")]
+    NotRunning { id: u64, state: JobState },
 }
 
 /// What went into a training set, as the job shows it.
@@ -182,6 +186,8 @@ pub struct TrainingJob {
     pub state: JobState,
     /// The phase it is in, while it runs.
     pub progress: Option<PhaseProgress>,
+    /// Whether it has been asked to stop (it still runs until its current step ends).
+    pub cancel_requested: bool,
     /// Once the records are read.
     pub training_set: Option<TrainingSet>,
     pub model: Option<TrainedModel>,
@@ -276,6 +282,7 @@ impl TrainingJobs {
                 finished_at: None,
                 state: JobState::Running,
                 progress: None,
+                cancel_requested: false,
                 training_set: None,
                 model: None,
                 error: None,
@@ -311,6 +318,9 @@ impl TrainingJobs {
                     )
                 }))
                 .unwrap_or_else(|panic| Err(format!("training stopped on a bug: {panic:?}")));
+                // A run that failed after a cancel stopped because of it; one that finished
+                // first is done (its model is in the registry).
+                let cancelled = outcome.is_err() && watch.is_cancelled();
                 jobs.update(id, &|job| {
                     job.finished_at = Some(Utc::now());
                     match &outcome {
@@ -318,6 +328,7 @@ impl TrainingJobs {
                             job.state = JobState::Done;
                             job.model = Some(model.clone());
                         }
+                        Err(_) if cancelled => job.state = JobState::Cancelled,
                         Err(error) => {
                             job.state = JobState::Failed;
                             job.error = Some(error.clone());
@@ -326,6 +337,7 @@ impl TrainingJobs {
                 });
                 match &outcome {
                     Ok(model) => tracing::info!(id, version = %model.version, "model trained"),
+                    Err(_) if cancelled => tracing::info!(id, "training cancelled"),
                     Err(error) => tracing::warn!(id, %error, "training failed"),
                 }
             });
@@ -338,6 +350,24 @@ impl TrainingJobs {
             return Err(TrainingError::Thread(error));
         }
         Ok(job)
+    }
+
+    /// Asks running job `id` to stop. It does within one step of its current phase (an image,
+    /// an optimiser step, a coreset entry), removes its scratch folder and ends
+    /// [`JobState::Cancelled`], with nothing added to the registry; the job as it is now.
+    pub fn cancel(&self, id: u64) -> Result<TrainingJob, TrainingError> {
+        let jobs = self.lock();
+        let slot = (jobs.iter())
+            .find(|s| s.job.id == id)
+            .ok_or(TrainingError::UnknownJob(id))?;
+        if slot.job.state != JobState::Running {
+            return Err(TrainingError::NotRunning {
+                id,
+                state: slot.job.state,
+            });
+        }
+        slot.watch.cancel();
+        Ok(slot.view())
     }
 
     fn update(&self, id: u64, change: &dyn Fn(&mut TrainingJob)) {
@@ -357,6 +387,7 @@ impl Slot {
         if job.state == JobState::Running {
             job.progress = self.watch.now();
         }
+        job.cancel_requested = self.watch.is_cancelled();
         job
     }
 }

@@ -23,7 +23,6 @@ pub const KIND: &str = "anomaly";
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
-use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -31,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::fit::binary_cross_entropy_each;
 use crate::learn::normaliser::Normaliser;
+use crate::learn::progress::Phase;
 use crate::models::backbone::{FEATURE_DIM, ImageFeatures, PatchFeatures};
 use crate::models::on_worker_thread;
 use crate::part::{GrayImage, HeatMap};
@@ -64,7 +64,7 @@ pub fn greedy_coreset(
     features: &Tensor,
     size: usize,
     seed: u64,
-    progress: &ProgressBar,
+    progress: &Phase,
 ) -> candle_core::Result<Vec<usize>> {
     let (n, d) = features.dims2()?;
     if size >= n {
@@ -83,6 +83,7 @@ pub fn greedy_coreset(
     let mut chosen = Vec::with_capacity(size);
     let mut next = rng.gen_range(0..n);
     for _ in 0..size {
+        progress.check_candle()?;
         progress.inc(1);
         chosen.push(next);
         let centre = point(next).to_vec();
@@ -395,7 +396,7 @@ impl PatchHead {
     /// optimiser's steps.
     pub fn fit(
         examples: &[(&Tensor, &[bool])],
-        progress: &ProgressBar,
+        progress: &Phase,
     ) -> candle_core::Result<PatchHead> {
         for (patches, labels) in examples {
             if patches.dim(0)? != labels.len() {
@@ -445,6 +446,7 @@ impl PatchHead {
         progress.set_length(HEAD_STEPS as u64);
         progress.set_position(0);
         for _ in 0..HEAD_STEPS {
+            progress.check_candle()?;
             progress.inc(1);
             let logits = standardised
                 .matmul(weight.as_tensor())?
@@ -671,7 +673,7 @@ impl PatchCore {
         good_descriptors: &[Vec<f32>],
         bank_size: usize,
         seed: u64,
-        progress: &ProgressBar,
+        progress: &Phase,
     ) -> candle_core::Result<PatchCore> {
         let chosen = greedy_coreset(good_patches, bank_size, seed, progress)?;
         let index = Tensor::from_vec(
@@ -995,7 +997,7 @@ mod tests {
     fn patch_head_separates_painted_patches_and_survives_saving() {
         let device = Device::Cpu;
         let (features, labels) = head_examples(&device);
-        let steps = ProgressBar::hidden();
+        let steps = Phase::hidden();
         let head = PatchHead::fit(&[(&features, &labels[..])], &steps).expect("fit");
         // The bar counts every optimiser step.
         assert_eq!(
@@ -1019,7 +1021,7 @@ mod tests {
         assert_eq!(again.logits(&features).expect("logits"), logits);
         assert!(PatchHead::from_tensors(&bias, &weight).is_err());
         // One class alone, or labels that do not match the patches, are refused.
-        let hidden = ProgressBar::hidden();
+        let hidden = Phase::hidden();
         assert!(PatchHead::fit(&[(&features, &vec![false; 400][..])], &hidden).is_err());
         assert!(PatchHead::fit(&[(&features, &labels[..10])], &hidden).is_err());
     }
@@ -1035,7 +1037,7 @@ mod tests {
             }
         }
         let features = Tensor::from_vec(rows, (15, 2), &device).expect("features");
-        let picks = ProgressBar::hidden();
+        let picks = Phase::hidden();
         let mut clusters: Vec<usize> = greedy_coreset(&features, 3, 1, &picks)
             .expect("coreset")
             .iter()

@@ -17,7 +17,7 @@ use crate::learn::dataset::{self, DatasetError, Layout, Sample};
 use crate::learn::drift::{DriftReference, InputStats};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
-use crate::learn::progress::Progress;
+use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
@@ -63,6 +63,9 @@ pub enum AnomalyError {
     Card(#[from] CardError),
     #[error("no usable good image to learn from in {0}")]
     NoGoodImages(PathBuf),
+    /// Whoever watched the run cancelled it.
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
 }
 
 /// What to train.
@@ -140,6 +143,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         |samples: &[Sample], defects_per_image: usize| -> Result<GoodFeatures, AnomalyError> {
             let mut out = GoodFeatures::default();
             for sample in samples {
+                bar.check()?;
                 bar.inc(1);
                 match dataset::load_gray(&sample.image) {
                     Ok(image) => {
@@ -403,6 +407,7 @@ pub fn evaluate(
     let mut n_skipped = 0;
     let bar = progress.phase(samples.len(), "held-out images");
     for sample in samples {
+        bar.check()?;
         bar.inc(1);
         let image = match dataset::load_gray(&sample.image) {
             Ok(image) => image,

@@ -126,6 +126,10 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         let mut examples = Vec::new();
         let mut used = Vec::new();
         for sample in part {
+            if bar.check().is_err() {
+                // The caller sees the cancel at its next check, below.
+                break;
+            }
             match training_examples(&features, sample, &classes, copies, &mut rng) {
                 Ok(mut more) => {
                     examples.append(&mut more);
@@ -141,6 +145,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     };
     let (mut train_set, mut used) = extract(&fit_part);
     let (mut validation_set, used_validation) = extract(&validation);
+    bar.check()?;
     bar.finish_and_clear();
     let n_skipped_train = fit_part.len() + validation.len() - used.len() - used_validation.len();
     if train_set.is_empty() {
@@ -297,6 +302,7 @@ fn fit_head(
         order.shuffle(&mut rng);
         let mut epoch_loss = 0.0;
         for batch in order.chunks(settings.batch_size.max(1)) {
+            bar.check()?;
             // Linear decay to a tenth: big steps first, fine ones at the end.
             let progress = step as f64 / total_steps.max(1) as f64;
             optimizer.set_learning_rate(settings.learning_rate * (1.0 - 0.9 * progress));
@@ -666,6 +672,7 @@ fn score_all(
     };
     let bar = progress.phase(samples.len(), what);
     for sample in samples {
+        bar.check()?;
         bar.inc(1);
         let Some(truth) = model
             .card
