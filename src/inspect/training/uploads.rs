@@ -58,6 +58,60 @@ pub const MAX_ZIP_ENTRY_BYTES: u64 = 128 * 1024 * 1024;
 /// The most a whole zip may unpack to: about 4,000 five-megapixel PNGs.
 pub const MAX_ZIP_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
+/// The most files any end-of-central-directory record in `bytes` declares (a zip64 record's
+/// count where the classic one says to look there), read from the last 64 KiB alone. Every
+/// candidate record counts, not only the one a reader would pick: a forged record in the
+/// comment then cannot hide the real one's count.
+fn declared_entries(bytes: &[u8]) -> Result<u64, UploadError> {
+    const RECORD: &[u8] = b"PK\x05\x06";
+    const RECORD_LEN: usize = 22;
+    const LOCATOR: &[u8] = b"PK\x06\x07";
+    const LOCATOR_LEN: usize = 20;
+    const ZIP64_RECORD: &[u8] = b"PK\x06\x06";
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        let b = bytes.get(at..at + 8)?;
+        Some(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
+    };
+    let last = bytes
+        .len()
+        .checked_sub(RECORD_LEN)
+        .ok_or_else(|| UploadError::NotAZip("too short to be a zip".into()))?;
+    // The record ends the file, followed only by a comment of at most 65,535 bytes.
+    let first = last.saturating_sub(usize::from(u16::MAX));
+    let mut most = None;
+    for at in (first..=last).filter(|&at| bytes[at..].starts_with(RECORD)) {
+        let Some(total) = u16_at(at + 10) else {
+            continue;
+        };
+        let count = if total != u16::MAX {
+            u64::from(total)
+        } else {
+            // Zip64: the locator just before the record says where the zip64 record is;
+            // without one, the classic count stands.
+            at.checked_sub(LOCATOR_LEN)
+                .filter(|&locator| bytes[locator..].starts_with(LOCATOR))
+                .and_then(|locator| u64_at(locator + 8))
+                .and_then(|offset| usize::try_from(offset).ok())
+                .filter(|&offset| {
+                    bytes
+                        .get(offset..)
+                        .is_some_and(|r| r.starts_with(ZIP64_RECORD))
+                })
+                .and_then(|offset| u64_at(offset + 32))
+                .unwrap_or(u64::from(total))
+        };
+        most = most.max(Some(count));
+    }
+    most.ok_or_else(|| UploadError::NotAZip("no end of central directory".into()))
+}
+
 /// What a zip upload stored and what it refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ZipUpload {
@@ -193,6 +247,11 @@ impl Uploads {
             && class.trim().is_empty()
         {
             return Err(UploadError::Class(class.to_owned()));
+        }
+        // Counted before the archive is opened: opening parses and keeps every entry of the
+        // central directory, and 64 MiB of headers would be over a million of them.
+        if declared_entries(bytes)? > MAX_ZIP_ENTRIES as u64 {
+            return Err(UploadError::TooManyEntries);
         }
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
             .map_err(|e| UploadError::NotAZip(e.to_string()))?;
@@ -417,6 +476,49 @@ mod tests {
 
     fn later() -> std::time::Instant {
         std::time::Instant::now() + std::time::Duration::from_secs(600)
+    }
+
+    #[test]
+    fn a_zip_declaring_too_many_files_is_refused_before_it_is_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uploads = Uploads::new(dir.path().join("uploads"));
+        let refusal = |bytes: &[u8]| uploads.add_zip("lab", None, bytes, later());
+        let zip = zip_of(&[("good/a.png", &png(8, 6, 10))]);
+        let record = zip.len() - 22;
+        assert_eq!(declared_entries(&zip).expect("a zip"), 1);
+        // Its end record claims 60,000 files that its central directory does not hold: opening
+        // it would fail, counting refuses it first.
+        let mut forged = zip.clone();
+        forged[record + 8..record + 12].copy_from_slice(&[0x60, 0xea, 0x60, 0xea]);
+        assert!(matches!(refusal(&forged), Err(UploadError::TooManyEntries)));
+        // A second record in the comment that declares one file does not hide the first.
+        let mut commented = forged.clone();
+        let comment = [&b"PK\x05\x06"[..], &[0, 0, 0, 0, 1, 0, 1, 0], &[0; 10]].concat();
+        commented[record + 20..record + 22].copy_from_slice(&(comment.len() as u16).to_le_bytes());
+        commented.extend_from_slice(&comment);
+        assert_eq!(declared_entries(&commented).expect("a zip"), 60_000);
+        assert!(matches!(
+            refusal(&commented),
+            Err(UploadError::TooManyEntries)
+        ));
+        // Zip64: the classic record says "look in the zip64 record", which says a million.
+        let mut zip64 = vec![0u8; 56];
+        zip64[..4].copy_from_slice(b"PK\x06\x06");
+        zip64[32..40].copy_from_slice(&1_000_000u64.to_le_bytes());
+        let mut locator = vec![0u8; 20];
+        locator[..4].copy_from_slice(b"PK\x06\x07");
+        let mut end = vec![0u8; 22];
+        end[..4].copy_from_slice(b"PK\x05\x06");
+        end[8..12].copy_from_slice(&[0xff; 4]);
+        let bytes = [zip64, locator, end].concat();
+        assert_eq!(declared_entries(&bytes).expect("a zip64 end"), 1_000_000);
+        assert!(matches!(refusal(&bytes), Err(UploadError::TooManyEntries)));
+        // No end record at all: not a zip.
+        assert!(matches!(
+            refusal(b"not a zip at all, just some bytes"),
+            Err(UploadError::NotAZip(_))
+        ));
+        assert!(matches!(refusal(b"PK"), Err(UploadError::NotAZip(_))));
     }
 
     #[test]
