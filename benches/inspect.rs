@@ -152,6 +152,9 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             &format!("{prefix}anomaly/score_256_input{size}_bank4096"),
             |b| b.iter(|| model.score(image).expect("score")),
         );
+        if size == 128 && device.is_cpu() {
+            two_parts_at_once(c, &model, image);
+        }
     }
     // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
     // sees it at its own input size.
@@ -163,6 +166,40 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             |b| b.iter(|| supervised.predict(image).expect("prediction")),
         );
     }
+}
+
+/// Two parts scored at once by two inspect workers, as a station with `[model] workers = 2`
+/// does when parts queue up (both on the global pool), and the alternative it was chosen over
+/// (each worker on a one-thread pool of its own). Set beside twice
+/// `anomaly/score_256_input128_bank4096` (one part at a time on every core) for the
+/// throughput a second worker buys.
+fn two_parts_at_once(c: &mut Criterion, model: &PatchCore, image: &linesight::part::GrayImage) {
+    let pools: Vec<rayon::ThreadPool> = (0..2)
+        .map(|_| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("pool")
+        })
+        .collect();
+    c.bench_function("anomaly/two_parts_at_once_input128_own_pools", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for pool in &pools {
+                    s.spawn(|| pool.install(|| model.score(image).expect("score")));
+                }
+            })
+        })
+    });
+    c.bench_function("anomaly/two_parts_at_once_input128_shared_pool", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| model.score(image).expect("score"));
+                }
+            })
+        })
+    });
 }
 
 criterion_group!(benches, hot_path);

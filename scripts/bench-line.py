@@ -20,6 +20,7 @@ time: this is a measurement, reported in the README with the machine it ran on.
 
     make bench-line                                     # every case
     BENCH_SECONDS=10 scripts/bench-line.py --cases 256:anomaly   # one case, shorter steps
+    BENCH_WORKERS=1 make bench-line                     # stations with one inspect worker
 """
 
 import argparse
@@ -95,6 +96,7 @@ dir = "{model}"
 # Every part rejected: a reject command over Modbus for each part, the PLC link's worst case,
 # and a round trip timed for each.
 threshold = {threshold}
+workers = {workers}
 
 [line]
 travel_ms = 1200
@@ -174,7 +176,7 @@ def percentile(values, q):
     return ordered[index]
 
 
-def step(work, size, model_name, model_dir, calibration, rate, seconds, port):
+def step(work, size, model_name, model_dir, calibration, rate, seconds, port, workers):
     """One station at one frame rate; its figures."""
     data = work / f"data-{size[0]}-{model_name}-{rate}"
     config = work / f"bench-{size[0]}-{model_name}-{rate}.toml"
@@ -187,6 +189,7 @@ def step(work, size, model_name, model_dir, calibration, rate, seconds, port):
             calibration=calibration,
             model=model_dir,
             threshold=REJECT_ALL[model_name],
+            workers=workers,
             repo=REPO,
         )
     )
@@ -269,6 +272,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 20)))
     parser.add_argument("--out", type=Path, default=REPO / "var" / "bench-line")
     parser.add_argument("--port", type=int, default=18095)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", 2)),
+                        help="the stations' inspect workers ([model] workers)")
     args = parser.parse_args()
     if not BINARY.exists():
         sys.exit(f"{BINARY} is missing: `make bench-line` builds it (cargo build --release)")
@@ -296,7 +301,7 @@ def main():
         def measure(rate):
             print(f"{size[0]}x{size[1]} {model_name} at {rate} frames/s", file=sys.stderr)
             result = step(work, size, model_name, models[model_name], calibrations[size],
-                          rate, args.seconds, args.port)
+                          rate, args.seconds, args.port, args.workers)
             result["sustained"] = (
                 result["dropped"] == 0 and result["late"] == 0
                 and result["parts_per_s"] >= 0.98 * rate
@@ -332,9 +337,10 @@ def main():
         "kernel": platform.release(),
     }
     (args.out / "bench-line.json").write_text(
-        json.dumps({"machine": machine, "steps": results}, indent=2) + "\n"
+        json.dumps({"machine": machine, "workers": args.workers, "steps": results}, indent=2) + "\n"
     )
-    print(f"\nMachine: {machine['cpu']}, {machine['cores']} cores\n")
+    print(f"\nMachine: {machine['cpu']}, {machine['cores']} cores; {args.workers} inspect "
+          f"worker(s)\n")
     print("| input | model | source fps | parts/s | dropped | late | verdict p50 / p99 ms "
           "| Modbus command p50 / p99 ms | CPU cores | RSS MiB start → end | sustained |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

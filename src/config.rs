@@ -603,7 +603,22 @@ pub struct ModelSection {
     /// Where the models run: `cpu` (the default) or `cuda`.
     #[serde(default)]
     pub device: ModelDevice,
+    /// Inspect workers: parts scored side by side when they queue up (1 to 16, default 2),
+    /// all on the same cores. A part alone gets every core either way, so a slow line sees no
+    /// difference; when parts queue up, two workers keep the cores busy through a forward
+    /// pass's serial stretches and a fast line sustains more parts a second (`make bench`:
+    /// `anomaly/two_parts_at_once_shared_pool` against twice
+    /// `anomaly/score_256_input128_bank4096`; `BENCH_WORKERS=1|2 make bench-line`).
+    #[serde(default = "default_inspect_workers")]
+    pub workers: usize,
 }
+
+fn default_inspect_workers() -> usize {
+    2
+}
+
+/// The most inspect workers a station may run: beyond the cores, they only take turns.
+pub const MAX_INSPECT_WORKERS: usize = 16;
 
 /// Where a station's models run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -772,6 +787,8 @@ pub struct StationConfig {
     /// See [`ModelSection::backbone`].
     pub backbone_weights: Option<PathBuf>,
     pub model_device: ModelDevice,
+    /// See [`ModelSection::workers`].
+    pub inspect_workers: NonZeroUsize,
     /// Bearer token the API asks for before changing the model; not in the file (the CLI takes
     /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
     pub admin_token: Option<String>,
@@ -924,6 +941,8 @@ impl StationConfig {
             model_registry,
             backbone_weights,
             model_device: file.model.device,
+            // Checked in range.
+            inspect_workers: NonZeroUsize::new(file.model.workers).unwrap_or(NonZeroUsize::MIN),
             admin_token: None,
             line: LineTiming {
                 travel: Duration::from_millis(file.line.travel_ms),
@@ -1087,6 +1106,15 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     }
     if file.camera.frame_queue == 0 {
         problem("camera.frame_queue", "expected at least 1".into());
+    }
+    if !(1..=MAX_INSPECT_WORKERS).contains(&file.model.workers) {
+        problem(
+            "model.workers",
+            format!(
+                "expected 1 to {MAX_INSPECT_WORKERS}, got {}",
+                file.model.workers
+            ),
+        );
     }
     if file.camera.stall_timeout_ms == Some(0) {
         problem(
@@ -1734,6 +1762,23 @@ mod tests {
                 );
             }
             other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn inspect_workers_default_to_two_and_are_bounded() {
+        assert_eq!(parse(&example()).expect("valid").inspect_workers.get(), 2);
+        let one = example().replace("[model]\n", "[model]\nworkers = 1\n");
+        assert_eq!(parse(&one).expect("valid").inspect_workers.get(), 1);
+        for bad in ["0", "17"] {
+            let message =
+                parse(&example().replace("[model]\n", &format!("[model]\nworkers = {bad}\n")))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                message.contains("model.workers") && message.contains("expected 1 to 16"),
+                "{message}"
+            );
         }
     }
 

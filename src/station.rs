@@ -972,6 +972,7 @@ impl Station {
             clock: clock.clone(),
             metrics: metrics.clone(),
             shadow_jobs: shadow_tx,
+            workers: config.inspect_workers,
         };
         let inspect_thread = std::thread::Builder::new()
             .name("inspect".into())

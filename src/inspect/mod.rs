@@ -1,8 +1,8 @@
 //! Inspection: calibrate each frame, score it with the defect model, give a verdict.
 //!
-//! [`run_inspector`] is a plain thread (inference is CPU-bound): frames come in over a bounded
-//! queue that the capture stage fills without waiting (a full queue drops the frame, counted),
-//! verdicts go out over a channel that waits. A frame that cannot be inspected gets
+//! [`run_inspector`] is a plain thread (inference is CPU-bound), or several side by side on a
+//! fast line: frames come in over a bounded queue that the capture stage fills without waiting
+//! (a full queue drops the frame, counted), verdicts go out over a channel that waits. A frame that cannot be inspected gets
 //! [`Verdict::Error`], which the tracker treats as a reject; nothing here stops the line.
 //! This stage never talks to the PLC and never writes records.
 
@@ -12,8 +12,9 @@ pub mod taxonomy;
 pub mod training;
 pub mod views;
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
@@ -100,24 +101,25 @@ impl Inspector {
         }
     }
 
-    /// Inspects a part seen by several cameras: the station's camera's `frame` and, from each
-    /// of `views`, the frame captured nearest its trigger. A view with no frame for it is
-    /// [`Verdict::Error`] for that view, naming the camera (so the part is rejected).
+    /// Inspects a part seen by several cameras: the station's camera's `frame` and, for each
+    /// of `views`, the frame its camera captured nearest the part's trigger (`view_images`, in
+    /// the same order). A view with no frame for it is [`Verdict::Error`] for that view, naming
+    /// the camera (so the part is rejected).
     pub fn inspect_views(
         &self,
         camera: &Arc<str>,
         frame: Frame,
-        views: &mut [ViewJoin],
+        views: &[ViewCamera],
+        view_images: Vec<Result<GrayImage, String>>,
         clock: &StationClock,
     ) -> Inspection {
-        let (part_id, captured_at) = (frame.part_id, frame.captured_at);
+        let part_id = frame.part_id;
         let mut looks = Vec::with_capacity(views.len() + 1);
         looks.push(ViewInspection {
             camera: camera.clone(),
             inspection: self.inspect(frame, clock),
         });
-        for view in views.iter_mut() {
-            let raw = view.frames.frame_for(captured_at, clock);
+        for (view, raw) in views.iter().zip(view_images) {
             looks.push(ViewInspection {
                 camera: view.name.clone(),
                 inspection: self.inspect_image(
@@ -157,55 +159,187 @@ pub struct InspectContext {
     pub metrics: Metrics,
     /// Calibrated frames for the shadow model; never waited on.
     pub shadow_jobs: SyncSender<ShadowJob>,
+    /// Parts scored side by side ([`crate::config::ModelSection::workers`]).
+    pub workers: NonZeroUsize,
 }
 
 /// Runs until the frame queue closes (capture stopped) or the tracker goes away.
-pub fn run_inspector(mut ctx: InspectContext) {
-    while let Ok(frame) = ctx.frames.recv() {
-        let captured_at = frame.captured_at;
-        let inspection = if ctx.views.is_empty() {
-            ctx.inspector.inspect(frame, &ctx.clock)
-        } else {
-            ctx.inspector
-                .inspect_views(&ctx.camera, frame, &mut ctx.views, &ctx.clock)
-        };
-        if ctx.inspector.models.shadow().is_some() {
-            // Every camera's image: the shadow judges the whole part, as the live model did.
-            let images: Vec<GrayImage> = match &inspection.views {
-                Some(views) => views
-                    .views
-                    .iter()
-                    .filter_map(|v| v.inspection.image.clone())
-                    .collect(),
-                None => inspection.image.iter().cloned().collect(),
-            };
-            if !images.is_empty() {
-                let job = ShadowJob {
-                    part_id: inspection.part_id,
-                    images,
-                    live_version: inspection.model_version.clone(),
-                    live_verdict: inspection.verdict,
-                    live_score: inspection.score,
-                };
-                if let Err(TrySendError::Full(_)) = ctx.shadow_jobs.try_send(job) {
-                    ctx.metrics.shadow_frames_skipped.inc();
+///
+/// With more than one worker, each takes the next frame (and its views' frames, in order,
+/// under one lock) and scores it; all of them run their kernels on rayon's global pool. One
+/// part alone still gets every core; parts that queue up are scored side by side, so that one
+/// worker's serial stretches (calibration, the heat map, a kernel's ragged end) leave the
+/// cores to the other's kernels instead of idle. Giving each worker a pool of its own, one
+/// core each, was measured slower (`anomaly/two_parts_at_once_*` in `make bench`). Verdicts
+/// may then reach the tracker out of order; it keys them by part id.
+pub fn run_inspector(ctx: InspectContext) {
+    let InspectContext {
+        inspector,
+        camera,
+        views,
+        stop_views,
+        frames,
+        inspections,
+        clock,
+        metrics,
+        shadow_jobs,
+        workers,
+    } = ctx;
+    let (cameras, view_frames): (Vec<ViewCamera>, Vec<ViewFrames>) = views
+        .into_iter()
+        .map(|view| {
+            (
+                ViewCamera {
+                    name: view.name,
+                    undistorter: view.undistorter,
+                },
+                view.frames,
+            )
+        })
+        .unzip();
+    let intake = Mutex::new(Intake {
+        frames,
+        views: view_frames,
+    });
+    let worker = Worker {
+        inspector: &inspector,
+        camera: &camera,
+        cameras: &cameras,
+        intake: &intake,
+        inspections,
+        clock,
+        metrics,
+        shadow_jobs,
+    };
+    if workers.get() == 1 {
+        worker.run();
+    } else {
+        std::thread::scope(|scope| {
+            for index in 0..workers.get() {
+                let worker = worker.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("inspect-{index}"))
+                    .spawn_scoped(scope, move || worker.run());
+                if let Err(error) = spawned {
+                    // The workers already running go on; with none, the frames queue up and
+                    // are dropped, and their parts rejected, as for a stalled model.
+                    tracing::error!(%error, "cannot start inspect worker {index}");
                 }
             }
-        }
-        ctx.metrics.count_inspection(inspection.verdict);
-        ctx.metrics.inspection_latency_seconds.observe(
-            inspection
-                .inspected_at
-                .0
-                .saturating_sub(captured_at.0)
-                .as_secs_f64(),
-        );
-        if let Some(error) = &inspection.error {
-            tracing::warn!(part_id = %inspection.part_id, %error, "inspection failed; part will be rejected");
-        }
-        if ctx.inspections.blocking_send(inspection).is_err() {
-            break;
+        });
+    }
+    stop_views.cancel();
+}
+
+/// A further camera's name and calibration, shared by the inspect workers.
+pub struct ViewCamera {
+    pub name: Arc<str>,
+    pub undistorter: Undistorter,
+}
+
+/// Where the inspect workers take their parts: the station camera's frames and the further
+/// cameras' frames, taken together so that each part gets its own views' frames in order.
+struct Intake {
+    frames: Receiver<Frame>,
+    views: Vec<ViewFrames>,
+}
+
+impl Intake {
+    /// The next part's frame and, from each further camera, the frame nearest it (waiting for
+    /// it up to the view's window); `None` once capture has stopped.
+    fn next(&mut self, clock: &StationClock) -> Option<(Frame, Vec<Result<GrayImage, String>>)> {
+        let frame = self.frames.recv().ok()?;
+        let view_images = self
+            .views
+            .iter_mut()
+            .map(|view| view.frame_for(frame.captured_at, clock))
+            .collect();
+        Some((frame, view_images))
+    }
+}
+
+/// One inspect worker: takes a part, scores it, hands the verdict to the tracker.
+#[derive(Clone)]
+struct Worker<'a> {
+    inspector: &'a Inspector,
+    camera: &'a Arc<str>,
+    cameras: &'a [ViewCamera],
+    intake: &'a Mutex<Intake>,
+    inspections: mpsc::Sender<Inspection>,
+    clock: Arc<StationClock>,
+    metrics: Metrics,
+    shadow_jobs: SyncSender<ShadowJob>,
+}
+
+impl Worker<'_> {
+    fn run(&self) {
+        loop {
+            // A worker that panicked holding the lock left the intake whole (a frame is taken
+            // or not): the others go on with it.
+            let next = self
+                .intake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .next(&self.clock);
+            let Some((frame, view_images)) = next else {
+                return;
+            };
+            let captured_at = frame.captured_at;
+            let inspection = if self.cameras.is_empty() {
+                self.inspector.inspect(frame, &self.clock)
+            } else {
+                self.inspector.inspect_views(
+                    self.camera,
+                    frame,
+                    self.cameras,
+                    view_images,
+                    &self.clock,
+                )
+            };
+            self.offer_to_shadow(&inspection);
+            self.metrics.count_inspection(inspection.verdict);
+            self.metrics.inspection_latency_seconds.observe(
+                inspection
+                    .inspected_at
+                    .0
+                    .saturating_sub(captured_at.0)
+                    .as_secs_f64(),
+            );
+            if let Some(error) = &inspection.error {
+                tracing::warn!(part_id = %inspection.part_id, %error, "inspection failed; part will be rejected");
+            }
+            if self.inspections.blocking_send(inspection).is_err() {
+                return;
+            }
         }
     }
-    ctx.stop_views.cancel();
+
+    /// Queues the part's calibrated images for the shadow model, if one runs; never waits.
+    fn offer_to_shadow(&self, inspection: &Inspection) {
+        if self.inspector.models.shadow().is_none() {
+            return;
+        }
+        // Every camera's image: the shadow judges the whole part, as the live model did.
+        let images: Vec<GrayImage> = match &inspection.views {
+            Some(views) => views
+                .views
+                .iter()
+                .filter_map(|v| v.inspection.image.clone())
+                .collect(),
+            None => inspection.image.iter().cloned().collect(),
+        };
+        if images.is_empty() {
+            return;
+        }
+        let job = ShadowJob {
+            part_id: inspection.part_id,
+            images,
+            live_version: inspection.model_version.clone(),
+            live_verdict: inspection.verdict,
+            live_score: inspection.score,
+        };
+        if let Err(TrySendError::Full(_)) = self.shadow_jobs.try_send(job) {
+            self.metrics.shadow_frames_skipped.inc();
+        }
+    }
 }

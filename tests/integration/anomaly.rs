@@ -173,6 +173,25 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
 
+    // The shadow and the training jobs score on one-thread pools of their own: the same score
+    // as on every core (the kernels split work, never a sum), so a shadow's disagreements
+    // with the live model are the models', not the threads'.
+    let part = generator
+        .render(Some(linesight::simulate::DefectKind::Scratch))
+        .image;
+    let (everywhere, _) = model.score(&part).expect("score");
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool")
+        .install(|| model.score(&part))
+        .expect("score")
+        .0;
+    assert!(
+        (everywhere - one_thread).abs() <= 1e-5 * everywhere.abs().max(1.0),
+        "{everywhere} on every core, {one_thread} on one thread"
+    );
+
     // A model saved before the image score (a bank alone, no scale or resampling in its card)
     // still loads, resamples images as it was trained to and scores by its patch distance
     // alone.

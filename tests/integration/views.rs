@@ -150,17 +150,29 @@ async fn two_cameras_see_every_part_and_its_verdict_is_the_worst_of_its_views() 
 
 /// The side camera shows the same face as the top one (the same seed and rate): each part's two
 /// pictures must be the same picture, which they are only when every frame joined its own part.
+/// The station's two inspect workers (the default) take parts side by side: the views' frames
+/// are taken in order with each part, under one lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_views_frame_joins_its_own_part() {
     let _one = CPU_HEAVY.lock().await;
+    each_views_frame_joins_its_own_part_with(&[]).await;
+}
+
+/// The same with one inspect worker, the thread that takes every part in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_inspect_worker_each_views_frame_joins_its_own_part() {
+    let _one = CPU_HEAVY.lock().await;
+    each_views_frame_joins_its_own_part_with(&[("[model]\n", "[model]\nworkers = 1\n")]).await;
+}
+
+async fn each_views_frame_joins_its_own_part_with(edits: &[(&str, &str)]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let parts = 40;
-    let (store, _) = run_parts(
-        dir.path(),
-        &[("seed = 2\ndefect_rate = 0.05\n", "seed = 1\n")],
-        parts,
-    )
-    .await;
+    let edits: Vec<(&str, &str)> =
+        std::iter::once(("seed = 2\ndefect_rate = 0.05\n", "seed = 1\n"))
+            .chain(edits.iter().copied())
+            .collect();
+    let (store, _) = run_parts(dir.path(), &edits, parts).await;
     let records = store.inspection_records(None, 1000).expect("records");
     let mut same = 0;
     let mut images = std::collections::HashSet::new();
