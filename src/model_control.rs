@@ -13,6 +13,7 @@
 //! computes on a one-thread pool of its own, so it can take at most one core from the live
 //! model. Its verdicts are kept beside the records, never actuated.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
@@ -27,8 +28,8 @@ use crate::inspect::training::{TrainingError, TrainingJob, TrainingJobs, Trainin
 use crate::metrics::Metrics;
 use crate::part::{GrayImage, Verdict};
 use crate::record::{
-    AuditRecord, ModelAction, ModelEvent, RecordBody, RecordError, ShadowSummary, ShadowVerdict,
-    Store,
+    AuditRecord, LabelRecord, ModelAction, ModelEvent, Record, RecordBody, RecordError,
+    ShadowSummary, ShadowVerdict, Store,
 };
 
 /// Why a model change was refused.
@@ -376,25 +377,45 @@ impl ModelControl {
     /// With `expected` (an entity tag from [`Taxonomy::etag`]), the change is made only if
     /// the classes are still that version: two engineers editing at once cannot undo each
     /// other's change unseen.
+    ///
+    /// `renames` (old name → new name, [`Taxonomy::check_renames`]) rewrites the labels of the
+    /// old classes; the number of parts relabelled comes back.
     pub async fn set_taxonomy(
         &self,
         taxonomy: Taxonomy,
+        renames: BTreeMap<String, String>,
         expected: Option<&str>,
         audit: AuditRecord,
-    ) -> Result<(), ControlError> {
+    ) -> Result<usize, ControlError> {
         let _one_change = self.changing.lock().await;
-        let current = self.active.taxonomy().etag();
+        let current = self.active.taxonomy();
+        let current_tag = current.etag();
         if let Some(expected) = expected
             && expected != "*"
-            && expected != current
+            && expected != current_tag
         {
             return Err(TaxonomyError::Changed {
                 expected: expected.to_owned(),
-                current,
+                current: current_tag,
             }
             .into());
         }
-        self.store.append(RecordBody::Audit(audit)).await?;
+        current.check_renames(&taxonomy, &renames)?;
+        // A renamed class keeps what was taught: every part whose latest label names it gets
+        // a new label with the new name, written with the audit entry in one commit.
+        let relabels = if renames.is_empty() {
+            Vec::new()
+        } else {
+            let (store, by) = (self.store.clone(), audit.actor.clone());
+            tokio::task::spawn_blocking(move || relabels_for(&store, &renames, &by))
+                .await
+                .map_err(|e| ControlError::Join(e.to_string()))??
+        };
+        let relabelled = relabels.len();
+        let records = std::iter::once(RecordBody::Audit(audit))
+            .chain(relabels.into_iter().map(RecordBody::Label))
+            .collect();
+        self.store.append_all(records).await?;
         if let Some(dir) = self.taxonomy_dir.clone() {
             let saved = taxonomy.clone();
             tokio::task::spawn_blocking(move || saved.save(&dir))
@@ -402,7 +423,7 @@ impl ModelControl {
                 .map_err(|e| ControlError::Join(e.to_string()))??;
         }
         self.active.set_taxonomy(taxonomy);
-        Ok(())
+        Ok(relabelled)
     }
 
     /// Deletes an upload set, recorded with who asked.
@@ -560,6 +581,28 @@ pub fn run_shadow(ctx: ShadowContext) {
         }
         ctx.metrics.shadow_verdicts.inc();
     }
+}
+
+/// New labels, by `by`, for every part whose latest label names a class `renames` renames.
+fn relabels_for(
+    store: &Store,
+    renames: &BTreeMap<String, String>,
+    by: &str,
+) -> Result<Vec<LabelRecord>, RecordError> {
+    let mut latest: Vec<u64> = store.latest_labels()?.into_values().collect();
+    latest.sort_unstable();
+    let mut relabels = Vec::new();
+    for seq in latest {
+        if let Some(Record {
+            body: RecordBody::Label(label),
+            ..
+        }) = store.record(seq)?
+            && let Some(renamed) = crate::inspect::taxonomy::relabelled(&label, renames, by)
+        {
+            relabels.push(renamed);
+        }
+    }
+    Ok(relabels)
 }
 
 #[cfg(test)]

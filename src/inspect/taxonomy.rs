@@ -15,6 +15,7 @@
 //! and renamed into place, and audited. Once that file exists it wins over the TOML, so an edit
 //! survives a restart with the same config.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::learn::dataset::class_folder;
 use crate::models::Judgement;
 use crate::part::Verdict;
+use crate::record::{LabelRecord, Region};
 
 /// The name of the file in the data folder that keeps the engineers' taxonomy.
 pub const FILE_NAME: &str = "defect-classes.json";
@@ -123,6 +125,43 @@ impl Taxonomy {
         use sha2::Digest;
         let json = serde_json::to_vec(&self.classes).unwrap_or_default();
         format!("\"{}\"", &hex::encode(sha2::Sha256::digest(&json))[..16])
+    }
+
+    /// Checks `renames` (old name → new name) for a change from these classes to `next`: each
+    /// old class is listed now and not in `next`, each new one is in `next` and not listed
+    /// now, and no two old classes become one. The labels of the old classes are then
+    /// rewritten to the new names ([`relabelled`]), so that a rename keeps what was taught.
+    pub fn check_renames(
+        &self,
+        next: &Taxonomy,
+        renames: &BTreeMap<String, String>,
+    ) -> Result<(), TaxonomyError> {
+        let mut problems = Vec::new();
+        let mut targets = BTreeMap::new();
+        for (old, new) in renames {
+            let field = format!("renames.{old}");
+            let mut problem = |message: String| problems.push((field.clone(), message));
+            if self.class(old).is_none() {
+                problem(format!("{old:?} is not a defect class now"));
+            } else if next.class(old).is_some() {
+                problem(format!("{old:?} is still in the new classes"));
+            }
+            if next.class(new).is_none() {
+                problem(format!("{new:?} is not in the new classes"));
+            } else if self.class(new).is_some() {
+                problem(format!(
+                    "{new:?} is a defect class already: merging classes is not a rename"
+                ));
+            }
+            if let Some(other) = targets.insert(new, old) {
+                problem(format!("{other:?} is renamed {new:?} too"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TaxonomyError::Invalid(problems))
+        }
     }
 
     pub fn class(&self, name: &str) -> Option<&DefectClass> {
@@ -266,6 +305,43 @@ pub fn problems(classes: &[DefectClass], field: &str) -> Vec<(String, String)> {
     problems
 }
 
+/// `label` with the classes `renames` names (old → new) renamed, in its defect class and its
+/// regions, as a new label by `by`; `None` when it names none of them.
+pub fn relabelled(
+    label: &LabelRecord,
+    renames: &BTreeMap<String, String>,
+    by: &str,
+) -> Option<LabelRecord> {
+    let renamed = |class: &str| renames.get(class).cloned();
+    let class = label.defect_class.as_deref().and_then(renamed);
+    let regions_touched = label.regions.iter().any(|r| renames.contains_key(&r.class));
+    if class.is_none() && !regions_touched {
+        return None;
+    }
+    let mut names: Vec<String> = (label.defect_class.iter())
+        .chain(label.regions.iter().map(|r| &r.class))
+        .filter_map(|c| {
+            renames
+                .get_key_value(c)
+                .map(|(old, new)| format!("{old} → {new}"))
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Some(LabelRecord {
+        defect_class: class.or_else(|| label.defect_class.clone()),
+        regions: (label.regions.iter())
+            .map(|r| Region {
+                class: renamed(&r.class).unwrap_or_else(|| r.class.clone()),
+                ..r.clone()
+            })
+            .collect(),
+        note: Some(format!("class renamed: {}", names.join(", "))),
+        by: by.to_owned(),
+        ..label.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +471,56 @@ mod tests {
         assert_eq!(served_fields(&served), schema_fields("DefectClass"));
         let taxonomy = serde_json::to_value(Taxonomy::new(vec![described]).unwrap()).unwrap();
         assert_eq!(served_fields(&taxonomy), schema_fields("DefectClasses"));
+    }
+
+    #[test]
+    fn renames_must_move_a_listed_class_to_a_new_name_and_labels_follow_them() {
+        let now = Taxonomy::new(vec![class("crack", true), class("dent", true)]).unwrap();
+        let next = Taxonomy::new(vec![class("hairline", true), class("dent", true)]).unwrap();
+        let renames = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert!(
+            now.check_renames(&next, &renames(&[("crack", "hairline")]))
+                .is_ok()
+        );
+        assert!(now.check_renames(&next, &renames(&[])).is_ok());
+        for (bad, says) in [
+            (renames(&[("chip", "hairline")]), "not a defect class now"),
+            (renames(&[("dent", "hairline")]), "still in the new classes"),
+            (renames(&[("crack", "burr")]), "not in the new classes"),
+            (renames(&[("crack", "dent")]), "merging"),
+        ] {
+            let error = now.check_renames(&next, &bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+        let label = LabelRecord {
+            part_id: 7,
+            supersedes: 3,
+            verdict: Verdict::Fail,
+            defect_class: Some("dent".into()),
+            note: Some("seen twice".into()),
+            by: "eng-2".into(),
+            image: None,
+            regions: vec![],
+        };
+        assert_eq!(
+            relabelled(&label, &renames(&[("crack", "hairline")]), "eng-1"),
+            None
+        );
+        let renamed = relabelled(&label, &renames(&[("dent", "ding")]), "eng-1").expect("renamed");
+        assert_eq!(
+            (
+                renamed.defect_class.as_deref(),
+                renamed.by.as_str(),
+                renamed.supersedes
+            ),
+            (Some("ding"), "eng-1", 3)
+        );
+        assert_eq!(renamed.note.as_deref(), Some("class renamed: dent → ding"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! replayed over a recorded period, started here and watched until its report is ready. And
 //! training: a model learnt from the station's own records, watched phase by phase.
 
+use std::collections::BTreeMap;
+
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -122,11 +124,27 @@ async fn to_completion<T: Send + 'static>(
     }
 }
 
-/// The defect classes, as `GET` shows them and `PUT` takes them.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The defect classes, as `GET` shows them.
+#[derive(Debug, Serialize)]
 pub(super) struct DefectClassesBody {
     classes: Vec<DefectClass>,
+}
+
+/// What a `PUT` takes: the classes, and which of them are renamed ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DefectClassesInput {
+    classes: Vec<DefectClass>,
+    /// Classes renamed, old name → new name; their labels follow.
+    #[serde(default)]
+    renames: BTreeMap<String, String>,
+}
+
+/// What a `PUT` answers: the classes saved, and the parts relabelled for its renames.
+#[derive(Debug, Serialize)]
+pub(super) struct SavedDefectClasses {
+    classes: Vec<DefectClass>,
+    relabelled: usize,
 }
 
 /// The classes with their version in `ETag`, for a `PUT` to send back as `If-Match`.
@@ -154,8 +172,8 @@ pub(super) async fn set_defect_classes(
     State(api): State<ApiState>,
     Extension(who): Extension<Principal>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<DefectClassesBody>, JsonRejection>,
-) -> Result<(axum::http::HeaderMap, Json<DefectClassesBody>), ApiError> {
+    body: Result<Json<DefectClassesInput>, JsonRejection>,
+) -> Result<(axum::http::HeaderMap, Json<SavedDefectClasses>), ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let expected = match headers.get(axum::http::header::IF_MATCH) {
         Some(value) => Some(
@@ -168,16 +186,35 @@ pub(super) async fn set_defect_classes(
         None => None,
     };
     let taxonomy = Taxonomy::new(request.classes).map_err(ControlError::from)?;
-    let entry = who.audit("defect_classes.set", &taxonomy_summary(&taxonomy));
+    let mut summary = taxonomy_summary(&taxonomy);
+    if !request.renames.is_empty() {
+        let renames: Vec<String> = (request.renames.iter())
+            .map(|(old, new)| format!("{old} → {new}"))
+            .collect();
+        summary.push_str(&format!("; renamed {}", renames.join(", ")));
+    }
+    let entry = who.audit("defect_classes.set", &summary);
     let models = api.models.clone();
-    let Json(saved) = to_completion(async move {
-        models
-            .set_taxonomy(taxonomy.clone(), expected.as_deref(), entry)
+    let Json((saved, relabelled)) = to_completion(async move {
+        let relabelled = models
+            .set_taxonomy(
+                taxonomy.clone(),
+                request.renames,
+                expected.as_deref(),
+                entry,
+            )
             .await?;
-        Ok(taxonomy)
+        Ok((taxonomy, relabelled))
     })
     .await?;
-    Ok(with_etag(&saved))
+    let (headers, Json(DefectClassesBody { classes })) = with_etag(&saved);
+    Ok((
+        headers,
+        Json(SavedDefectClasses {
+            classes,
+            relabelled,
+        }),
+    ))
 }
 
 /// The audit log's one line for a taxonomy: what rejects and what passes.

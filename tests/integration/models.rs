@@ -391,7 +391,12 @@ async fn defect_classes_are_edited_audited_and_kept_across_a_restart() {
         "rejects by default"
     );
     let (_, now) = operator.get(PATH).await;
-    assert_eq!(now, saved);
+    assert_eq!(now["classes"], saved["classes"]);
+    assert_eq!(
+        saved["relabelled"],
+        json!(0),
+        "no rename, no label rewritten"
+    );
     assert_eq!(now["classes"][3]["rejects"], json!(false));
 
     // Audited once, with who and what rejects now.
@@ -409,6 +414,114 @@ async fn defect_classes_are_edited_audited_and_kept_across_a_restart() {
     assert_eq!(
         audits[0].target,
         "5 classes; rejected: crack, dent, scratch, burr; passed: spot"
+    );
+
+    // A renamed class keeps its labels: every part whose latest label names it is relabelled
+    // (its class and its regions'), the rest untouched. A merge is no rename.
+    use linesight::record::{LabelRecord, RecordBody, Region, Shape};
+    let label = |part_id: u64, class: &str, region: &str| {
+        RecordBody::Label(LabelRecord {
+            part_id,
+            supersedes: 0,
+            verdict: linesight::part::Verdict::Fail,
+            defect_class: Some(class.into()),
+            note: None,
+            by: "eng-2".into(),
+            image: Some("ab".repeat(32)),
+            regions: vec![Region {
+                class: region.into(),
+                shape: Shape::Box {
+                    x: 1.0,
+                    y: 1.0,
+                    width: 2.0,
+                    height: 2.0,
+                },
+            }],
+        })
+    };
+    store
+        .append_all(vec![
+            label(1, "crack", "crack"),
+            label(2, "dent", "dent"),
+            label(3, "dent", "crack"),
+            label(4, "crack", "crack"),
+            label(4, "dent", "dent"),
+        ])
+        .await
+        .expect("labels");
+    let mut renamed = now.clone();
+    renamed["classes"][0]["name"] = json!("hairline");
+    for (renames, reason) in [
+        (json!({"crack": "dent"}), "merging classes is not a rename"),
+        (
+            json!({"chip": "hairline"}),
+            "\"chip\" is not a defect class now",
+        ),
+        (
+            json!({"crack": "hairline", "dent": "hairline"}),
+            "is renamed \"hairline\" too",
+        ),
+    ] {
+        let mut body = renamed.clone();
+        body["renames"] = renames;
+        let (status, answer) = engineer.put(PATH, body).await;
+        assert_eq!(status, 400, "{answer}");
+        let error = answer["error"].as_str().expect("error");
+        assert!(error.contains(reason), "{error:?} should say {reason:?}");
+    }
+    let mut kept = now.clone();
+    kept["renames"] = json!({"crack": "hairline"});
+    let (status, answer) = engineer.put(PATH, kept).await;
+    assert_eq!(status, 400, "crack is still listed: {answer}");
+    renamed["renames"] = json!({"crack": "hairline"});
+    let (status, answer) = engineer.put(PATH, renamed).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["relabelled"], json!(2), "parts 1 and 3: {answer}");
+    assert_eq!(answer["classes"][0]["name"], json!("hairline"));
+    let latest = |part_id: u64| match store.labels(part_id).expect("labels").pop() {
+        Some(linesight::record::Record {
+            body: RecordBody::Label(label),
+            ..
+        }) => label,
+        other => panic!("part {part_id}: {other:?}"),
+    };
+    let one = latest(1);
+    assert_eq!(
+        (one.defect_class.as_deref(), one.regions[0].class.as_str()),
+        (Some("hairline"), "hairline")
+    );
+    assert_eq!(one.by, "eng-1", "relabelled by who renamed the class");
+    assert_eq!(one.note.as_deref(), Some("class renamed: crack → hairline"));
+    assert_eq!(one.image, Some("ab".repeat(32)), "the rest as it was");
+    let three = latest(3);
+    assert_eq!(
+        (
+            three.defect_class.as_deref(),
+            three.regions[0].class.as_str()
+        ),
+        (Some("dent"), "hairline")
+    );
+    for (part_id, labels) in [(2, 1), (4, 2)] {
+        assert_eq!(
+            store.labels(part_id).expect("labels").len(),
+            labels,
+            "part {part_id}'s latest label names no crack"
+        );
+    }
+    let renamed_audit = store
+        .records_of_kind(linesight::record::RecordKind::Audit)
+        .expect("audit")
+        .into_iter()
+        .filter_map(|r| match r.body {
+            RecordBody::Audit(a) if a.action == "defect_classes.set" => Some(a.target),
+            _ => None,
+        })
+        .next_back();
+    assert_eq!(
+        renamed_audit.as_deref(),
+        Some(
+            "5 classes; rejected: hairline, dent, scratch, burr; passed: spot; renamed crack → hairline"
+        )
     );
 
     // A restart with the same TOML keeps the engineer's taxonomy.

@@ -3,7 +3,7 @@
 // trained in the station, its phases and time left shown while it runs), sees its validation
 // figures and heat maps, runs it in shadow against the live model, promotes it behind a
 // confirmation and rolls back, backtests it over the last minutes; cancels a training job from
-// its card; onboards another product from
+// its card; renames a defect class (its labels follow); onboards another product from
 // images uploaded through the page (a file that is no image is refused by name) and again as a
 // zip; edits the defect classes; an operator is kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
@@ -253,7 +253,7 @@ await finish(async () => {
     expect(meta.includes('Upload set lab-photos'), `the job reads ${meta}`);
   });
 
-  await check('the defect classes: tolerating one asks first, a new class is saved, a class named twice is refused with the reason (axe-core again)', async () => {
+  await check('the defect classes: tolerating one asks first, a new class is saved, a class named twice is refused with the reason, a renamed class keeps its labels (axe-core again)', async () => {
     await page.waitForSelector('#classes tr');
     const names = await page.$$eval('#classes .class-name', (list) => list.map((i) => i.value));
     expect(JSON.stringify(names) === '["crack","dent","scratch","spot"]', `the table lists ${names}`);
@@ -284,6 +284,25 @@ await finish(async () => {
     expect((await json('/api/v1/defect-classes')).classes.length === 5, 'a refused change changed the classes');
     await accessible(page);
     await page.evaluate(() => window.modelsPage.refreshClasses());
+    // A class renamed in its row: the parts labelled with it follow the new name.
+    const { items: recorded } = await json('/api/v1/inspections?limit=50');
+    const part = recorded.find((p) => p.image);
+    const labelled = await api(`/api/v1/inspections/${part.part_id}/labels`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ verdict: 'fail', defect_class: 'dent' }),
+    });
+    expect(labelled.ok, `labelling part ${part.part_id} answered ${labelled.status}`);
+    await page.locator('#classes tr').nth(names.indexOf('dent')).locator('.class-name').fill('dent-deep');
+    await page.click('#save-classes');
+    const renamed = await until('the rename saved', async () => {
+      const text = await page.textContent('#classes-status');
+      return /^Saved: 5 classes; \d+ labelled parts? follows? the new name\.$/.test(text) ? text : null;
+    }, 10_000);
+    const labels = await json(`/api/v1/inspections/${part.part_id}/labels`);
+    const latest = labels[labels.length - 1];
+    expect(latest.defect_class === 'dent-deep' && (latest.note ?? '').includes('dent → dent-deep'),
+      `part ${part.part_id}'s latest label after "${renamed}": ${JSON.stringify(latest)}`);
+    const afterRename = (await json('/api/v1/defect-classes')).classes.map((c) => c.name);
+    expect(afterRename.includes('dent-deep') && !afterRename.includes('dent'), `the classes are ${afterRename}`);
     // Someone else changes the classes after the page read them: the page's save is refused
     // and says why, and their change stands.
     const theirs = (await json('/api/v1/defect-classes')).classes.slice(0, 4);
