@@ -417,21 +417,6 @@ impl DriftReference {
     }
 }
 
-/// The statistics of the images at `paths` that can be read (at most `max`, evenly spaced
-/// among them); an unreadable one is skipped: training has logged it already.
-pub fn input_stats_of_files<'a>(
-    paths: impl ExactSizeIterator<Item = &'a std::path::Path>,
-    max: usize,
-) -> Vec<InputStats> {
-    let n = paths.len();
-    let step = n.div_ceil(max.max(1)).max(1);
-    paths
-        .step_by(step)
-        .filter_map(|path| crate::learn::dataset::load_gray(path).ok())
-        .map(|image| InputStats::of(&image))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

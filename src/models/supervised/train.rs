@@ -1,7 +1,7 @@
 //! Training and evaluating the supervised model on a labelled dataset, read in place.
 
 use super::*;
-use crate::learn::drift::{self, DriftReference};
+use crate::learn::drift::{DriftReference, InputStats};
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -122,18 +122,24 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         (fit_part.len() + validation.len()) * copies,
         "features of training images",
     );
+    // Each image is decoded once: its examples, and for a good one the input statistics the
+    // card's drift reference learns from.
     let mut extract = |part: &[Sample]| {
         let mut examples = Vec::new();
         let mut used = Vec::new();
+        let mut good_inputs = Vec::new();
         for sample in part {
             if bar.check().is_err() {
                 // The caller sees the cancel at its next check, below.
                 break;
             }
             match training_examples(&features, sample, &classes, copies, &mut rng) {
-                Ok(mut more) => {
+                Ok((mut more, inputs)) => {
                     examples.append(&mut more);
                     used.push(sample.clone());
+                    if !sample.defective() {
+                        good_inputs.push(inputs);
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(image = %sample.image.display(), %error, "skipping training image")
@@ -141,10 +147,10 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
             }
             bar.inc(copies as u64);
         }
-        (examples, used)
+        (examples, used, good_inputs)
     };
-    let (mut train_set, mut used) = extract(&fit_part);
-    let (mut validation_set, used_validation) = extract(&validation);
+    let (mut train_set, mut used, fit_good_inputs) = extract(&fit_part);
+    let (mut validation_set, used_validation, validation_good_inputs) = extract(&validation);
     bar.check()?;
     bar.finish_and_clear();
     let n_skipped_train = fit_part.len() + validation.len() - used.len() - used_validation.len();
@@ -210,7 +216,12 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     };
     let (threshold, mut rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
-    let drift = drift_reference(&used, &used_validation, &scored, threshold);
+    let drift = drift_reference(
+        &fit_good_inputs,
+        &validation_good_inputs,
+        &scored,
+        threshold,
+    );
 
     // Final fit: the whole training part, validation images included.
     if !validation_set.is_empty() {
@@ -341,18 +352,11 @@ fn fit_head(
 /// validation images, and the validation scores of the model fitted without them; `None` (and a
 /// warning) with too few good images.
 fn drift_reference(
-    fit: &[Sample],
-    validation: &[Sample],
+    fit_good: &[InputStats],
+    validation_good: &[InputStats],
     scored: &Scored,
     threshold: f32,
 ) -> Option<DriftReference> {
-    let good = |part: &[Sample]| {
-        let paths: Vec<&std::path::Path> = (part.iter())
-            .filter(|s| !s.defective())
-            .map(|s| s.image.as_path())
-            .collect();
-        drift::input_stats_of_files(paths.into_iter(), drift::MAX_REFERENCE_SCORES * 2)
-    };
     let good_scores: Vec<f32> = (scored.scores.iter().zip(&scored.labels))
         .filter(|(_, defective)| !**defective)
         .map(|(&s, _)| s)
@@ -361,8 +365,8 @@ fn drift_reference(
         .filter(|&(&s, &defective)| (s >= threshold) != defective)
         .count();
     DriftReference::learn(
-        &good(fit),
-        &good(validation),
+        fit_good,
+        validation_good,
         &good_scores,
         (errors, scored.scores.len()),
         // Scored by the first fit; the final model refits on these images.
@@ -518,8 +522,9 @@ fn training_examples(
     classes: &[String],
     copies: usize,
     rng: &mut ChaCha8Rng,
-) -> Result<Vec<Example>, String> {
+) -> Result<(Vec<Example>, InputStats), String> {
     let image = dataset::load_gray(&sample.image).map_err(|e| e.to_string())?;
+    let inputs = InputStats::of(&image);
     let class = classes
         .iter()
         .position(|c| *c == sample.class)
@@ -550,7 +555,7 @@ fn training_examples(
             class,
         });
     }
-    Ok(out)
+    Ok((out, inputs))
 }
 
 /// Where the sample's defect is, as a mask the size of its image: its mask file, its boxes, or
