@@ -2,8 +2,9 @@
 //!
 //! [`run_inspector`] is a plain thread (inference is CPU-bound), or several side by side on a
 //! fast line: frames come in over a bounded queue that the capture stage fills without waiting
-//! (a full queue drops the frame, counted), verdicts go out over a channel that waits. A frame that cannot be inspected gets
-//! [`Verdict::Error`], which the tracker treats as a reject; nothing here stops the line.
+//! (a full queue drops the frame, counted), verdicts go out over a channel that waits. A frame
+//! that cannot be inspected gets [`Verdict::Error`], which the tracker treats as a reject;
+//! nothing here stops the line.
 //! This stage never talks to the PLC and never writes records.
 
 pub mod backtest;
