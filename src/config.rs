@@ -607,7 +607,7 @@ pub struct ModelSection {
     /// all on the same cores. A part alone gets every core either way, so a slow line sees no
     /// difference; when parts queue up, two workers keep the cores busy through a forward
     /// pass's serial stretches and a fast line sustains more parts a second (`make bench`:
-    /// `anomaly/two_parts_at_once_shared_pool` against twice
+    /// `anomaly/two_parts_at_once_input128_shared_pool` against twice
     /// `anomaly/score_256_input128_bank4096`; `BENCH_WORKERS=1|2 make bench-line`).
     #[serde(default = "default_inspect_workers")]
     pub workers: usize,
