@@ -20,7 +20,9 @@ use std::sync::mpsc::Receiver;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::inspect::backtest::{BacktestJob, BacktestJobs, JobState, Period, StartError};
+use crate::inspect::backtest::{
+    BacktestJob, BacktestJobs, CancelError, JobState, Period, StartError,
+};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
 use crate::inspect::taxonomy::{Taxonomy, TaxonomyError};
 use crate::inspect::training::uploads::Uploads;
@@ -53,6 +55,8 @@ pub enum ControlError {
     Threshold(String),
     #[error(transparent)]
     Backtest(#[from] StartError),
+    #[error(transparent)]
+    BacktestCancel(#[from] CancelError),
     #[error(transparent)]
     Training(#[from] TrainingError),
     #[error("loading the model was interrupted: {0}")]
@@ -296,6 +300,28 @@ impl ModelControl {
             period,
             requested_by,
         )?)
+    }
+
+    /// Asks backtest `id` to stop, recorded with who asked (the audit entry first).
+    pub async fn cancel_backtest(
+        &self,
+        id: u64,
+        audit: AuditRecord,
+    ) -> Result<BacktestJob, ControlError> {
+        // Refused before it is recorded: an unknown or finished backtest changes nothing.
+        match self.backtests.get(id) {
+            None => return Err(CancelError::Unknown(id).into()),
+            Some(job) if job.state != JobState::Running => {
+                return Err(CancelError::NotRunning {
+                    id,
+                    state: job.state,
+                }
+                .into());
+            }
+            Some(_) => {}
+        }
+        self.store.append(RecordBody::Audit(audit)).await?;
+        Ok(self.backtests.cancel(id)?)
     }
 
     /// The station's backtests, running and finished.

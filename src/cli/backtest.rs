@@ -123,6 +123,7 @@ impl Backtest {
         let report = backtest(&store, &candidate, &taxonomy, &period, &|done, total| {
             bar.set_length(total);
             bar.set_position(done);
+            std::ops::ControlFlow::Continue(())
         })?;
         bar.finish_and_clear();
         Ok(report)
@@ -188,6 +189,9 @@ impl Backtest {
                         bar.finish_and_clear();
                         return serde_json::from_value(job["report"].clone())
                             .context("reading the station's backtest report");
+                    }
+                    Some("cancelled") => {
+                        anyhow::bail!("backtest {id} was cancelled on the station")
                     }
                     _ => anyhow::bail!(
                         "backtest {id} failed on the station: {}",

@@ -15,6 +15,7 @@
 //! not saved or has since been evicted by retention) is counted with the reason, never guessed.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +43,8 @@ pub enum BacktestError {
     NoParts,
     #[error("the backtest stopped on a bug: {0}")]
     Panicked(String),
+    #[error("the backtest was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -148,13 +151,14 @@ pub struct BacktestReport {
 }
 
 /// Replays `period`'s records from `store` through `candidate`, its defects rejecting or not
-/// as `taxonomy` says. `progress(done, total)` is called after each part.
+/// as `taxonomy` says. `progress(done, total)` is called after each part; a `Break` from it
+/// stops the run with [`BacktestError::Cancelled`].
 pub fn backtest(
     store: &Store,
     candidate: &RunningModel,
     taxonomy: &Taxonomy,
     period: &Period,
-    progress: &dyn Fn(u64, u64),
+    progress: &dyn Fn(u64, u64) -> ControlFlow<()>,
 ) -> Result<BacktestReport, BacktestError> {
     period.check()?;
     let started = Instant::now();
@@ -184,7 +188,9 @@ pub fn backtest(
     };
     let (mut first, mut last) = (None, None);
     let total = records.len() as u64;
-    progress(0, total);
+    if progress(0, total).is_break() {
+        return Err(BacktestError::Cancelled);
+    }
     for (done, record) in records.iter().enumerate() {
         match replay(store, candidate, taxonomy, record) {
             Err(reason) => *report.not_replayable.entry(reason).or_default() += 1,
@@ -222,7 +228,9 @@ pub fn backtest(
                 }
             }
         }
-        progress(done as u64 + 1, total);
+        if progress(done as u64 + 1, total).is_break() {
+            return Err(BacktestError::Cancelled);
+        }
     }
     if let (Some(first), Some(last)) = (first, last) {
         report.recorded_span_s = (last - first).as_seconds_f64().max(0.0);
@@ -409,6 +417,8 @@ pub struct BacktestJob {
     pub report: Option<BacktestReport>,
     /// With `state` `failed`: why.
     pub error: Option<String>,
+    /// Whether it has been asked to stop (it does after the part it is replaying).
+    pub cancel_requested: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -417,7 +427,7 @@ pub enum JobState {
     Running,
     Done,
     Failed,
-    /// Stopped by whoever asked for it (training jobs).
+    /// Stopped by whoever asked for it.
     Cancelled,
 }
 
@@ -431,6 +441,15 @@ pub const KEEP_JOBS: usize = 16;
 pub struct BacktestJobs {
     jobs: std::sync::Mutex<std::collections::VecDeque<BacktestJob>>,
     next_id: std::sync::atomic::AtomicU64,
+}
+
+/// Why a backtest could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no backtest {0} (the newest {KEEP_JOBS} are kept until a restart)")]
+    Unknown(u64),
+    #[error("backtest {id} is not running: it is {state:?}")]
+    NotRunning { id: u64, state: JobState },
 }
 
 /// Why a backtest was not started.
@@ -496,6 +515,7 @@ impl BacktestJobs {
                 total: 0,
                 report: None,
                 error: None,
+                cancel_requested: false,
             };
             jobs.push_back(job.clone());
             while jobs.len() > KEEP_JOBS {
@@ -509,11 +529,19 @@ impl BacktestJobs {
             .name("backtest".into())
             .spawn(move || {
                 lower_priority();
+                // Progress goes out and a cancel comes back through the job's own entry.
                 let progress = |done, total| {
+                    let mut cancelled = false;
                     jobs.update(id, |job| {
                         job.done = done;
                         job.total = total;
-                    })
+                        cancelled = job.cancel_requested;
+                    });
+                    if cancelled {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
                 };
                 let run = || backtest(&store, &candidate, &taxonomy, &period, &progress);
                 // A panic (a model bug, a corrupt image) fails this backtest, not the next:
@@ -547,6 +575,10 @@ impl BacktestJobs {
                             job.state = JobState::Done;
                             job.report = Some(report);
                         }
+                        Err(BacktestError::Cancelled) => {
+                            tracing::info!(id, "backtest cancelled");
+                            job.state = JobState::Cancelled;
+                        }
                         Err(error) => {
                             tracing::warn!(id, %error, "backtest failed");
                             job.state = JobState::Failed;
@@ -563,6 +595,23 @@ impl BacktestJobs {
             return Err(StartError::Thread(error));
         }
         Ok(job)
+    }
+
+    /// Asks running backtest `id` to stop after the part it is replaying; it ends
+    /// [`JobState::Cancelled`], with no report. The job as it is now.
+    pub fn cancel(&self, id: u64) -> Result<BacktestJob, CancelError> {
+        let mut jobs = self.lock();
+        let job = (jobs.iter_mut())
+            .find(|j| j.id == id)
+            .ok_or(CancelError::Unknown(id))?;
+        if job.state != JobState::Running {
+            return Err(CancelError::NotRunning {
+                id,
+                state: job.state,
+            });
+        }
+        job.cancel_requested = true;
+        Ok(job.clone())
     }
 
     fn update(&self, id: u64, change: impl FnOnce(&mut BacktestJob)) {
@@ -752,6 +801,7 @@ mod tests {
             &period(),
             &|done, total| {
                 seen.lock().expect("lock").push((done, total));
+                ControlFlow::Continue(())
             },
         )
         .expect("runs");
@@ -796,7 +846,7 @@ mod tests {
             &stricter,
             &Taxonomy::default(),
             &period(),
-            &|_, _| {},
+            &|_, _| ControlFlow::Continue(()),
         )
         .expect("runs");
         assert_eq!(report.changes.len(), 2);
@@ -819,7 +869,7 @@ mod tests {
                 max_parts: 2,
                 ..period()
             },
-            &|_, _| {},
+            &|_, _| ControlFlow::Continue(()),
         )
         .expect("runs");
         assert!(two.truncated);
@@ -833,7 +883,9 @@ mod tests {
             max_parts: 1,
         };
         assert!(matches!(
-            backtest(&store, &model, &Taxonomy::default(), &empty, &|_, _| {}),
+            backtest(&store, &model, &Taxonomy::default(), &empty, &|_, _| {
+                ControlFlow::Continue(())
+            }),
             Err(BacktestError::EmptyPeriod { .. })
         ));
     }
@@ -896,5 +948,41 @@ mod tests {
         let back: BacktestReport =
             serde_json::from_value(served["report"].clone()).expect("reads back");
         assert_eq!(back.changes, report.changes);
+
+        // A backtest cancelled while it replays its first part stops after it, with no
+        // report; a finished or unknown one cannot be cancelled.
+        let held = hold.lock().expect("lock");
+        let second = jobs
+            .start(
+                store.clone(),
+                candidate(0.5, hold.clone()),
+                Arc::default(),
+                period(),
+                "eng".into(),
+            )
+            .expect("starts");
+        let asked = jobs.cancel(second.id).expect("running");
+        assert!(asked.cancel_requested);
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let stopped = loop {
+            let job = jobs.get(second.id).expect("kept");
+            if job.state != JobState::Running {
+                break job;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(stopped.state, JobState::Cancelled);
+        assert!(stopped.report.is_none() && stopped.error.is_none());
+        assert!(stopped.done < 5, "stopped before the end: {stopped:?}");
+        assert!(matches!(
+            jobs.cancel(second.id),
+            Err(CancelError::NotRunning {
+                state: JobState::Cancelled,
+                ..
+            })
+        ));
+        assert!(matches!(jobs.cancel(999), Err(CancelError::Unknown(999))));
     }
 }

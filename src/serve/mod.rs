@@ -53,7 +53,7 @@ pub use auth::{Permission, Principal, Role, Tokens};
 
 use crate::analyse::alarms::AlarmManager;
 use crate::analyse::{AnalyseError, Production};
-use crate::inspect::backtest::StartError;
+use crate::inspect::backtest::{CancelError, StartError};
 use crate::inspect::registry::RegistryError;
 use crate::inspect::taxonomy::TaxonomyError;
 use crate::inspect::training::TrainingError;
@@ -357,6 +357,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/v1/backtests/{id}",
             need(Read, get(models::get_backtest)),
+        )
+        .route(
+            "/api/v1/backtests/{id}/cancel",
+            need(ChangeModels, post(models::cancel_backtest)),
         )
         .route(
             "/api/v1/training",
@@ -672,7 +676,10 @@ impl From<ControlError> for ApiError {
             ) => ApiError::BadRequest(error.to_string()),
             ControlError::Training(
                 TrainingError::Upload(UploadError::UnknownSet(_)) | TrainingError::UnknownJob(_),
-            ) => ApiError::NotFound(error.to_string()),
+            )
+            | ControlError::BacktestCancel(CancelError::Unknown(_)) => {
+                ApiError::NotFound(error.to_string())
+            }
             ControlError::Training(TrainingError::Upload(UploadError::Io { .. })) => {
                 ApiError::InternalMessage(error.to_string())
             }

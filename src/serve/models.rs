@@ -392,6 +392,18 @@ pub(super) async fn get_training(
     })
 }
 
+/// Asks a running backtest to stop; it ends `cancelled` after the part it is replaying.
+pub(super) async fn cancel_backtest(
+    State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<(StatusCode, Json<BacktestJob>), ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let audit = who.audit("backtest.cancel", &format!("backtest {id}"));
+    let job = api.models.cancel_backtest(id, audit).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
 /// Asks a running training job to stop; it ends `cancelled` within one step of its phase.
 pub(super) async fn cancel_training(
     State(api): State<ApiState>,

@@ -316,6 +316,22 @@ async fn a_candidate_replayed_over_recorded_parts_changes_exactly_the_verdicts_i
         Some(4),
         "{list}"
     );
+    // A finished backtest cannot be cancelled, an unknown one is not found, and nobody
+    // without a token cancels anything (the cancel itself: `inspect::backtest`'s tests).
+    let finished = list["backtests"][0]["id"].as_u64().expect("id");
+    for (id, token, status) in [
+        (finished, Some(TOKEN), 409),
+        (999_999, Some(TOKEN), 404),
+        (finished, None, 401),
+    ] {
+        let request = http.post(format!("{base}/api/v1/backtests/{id}/cancel"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let (got, body) = send(request).await;
+        assert_eq!(got, status, "cancel {id}: {body}");
+    }
 
     // The command line on the running station: the same report.
     let (http_base, models_dir) = (base.clone(), models.clone());

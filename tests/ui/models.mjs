@@ -181,7 +181,7 @@ await finish(async () => {
     expect(JSON.stringify(events) === '["promote","rollback"]', `the last changes are ${events}`);
   });
 
-  await check('a backtest replays the last 15 minutes through the new model and reports what would change', async () => {
+  await check('a backtest replays the last 15 minutes through the new model and reports what would change; another is cancelled from its card', async () => {
     await page.selectOption('#backtest-model', version);
     await page.selectOption('#backtest-period', '15');
     await page.click('#start-backtest');
@@ -197,6 +197,19 @@ await finish(async () => {
     const replayed = `${job.report.replayed} of ${job.report.parts_in_period}`;
     console.log(`models: backtest of ${job.report.replayed} parts in ${job.report.took_s.toFixed(1)} s (report only)`);
     expect(job.report.replayed > 0 && figures.includes(replayed), `the page reads ${figures}; the API says ${replayed}`);
+    // The same backtest again, cancelled from its card as soon as it shows: it stops with no
+    // report (it took seconds above; the card shows within one poll).
+    await page.click('#start-backtest');
+    const again = await page.waitForSelector(`article[data-backtest]:not([data-backtest="${id}"]) button.cancel-backtest`, { timeout: 10_000 });
+    const againId = await (await again.evaluateHandle((e) => e.closest('article'))).getAttribute('data-backtest');
+    await again.click();
+    const stopped = await until('cancelled backtest', async () => {
+      const s = await page.getAttribute(`article[data-backtest="${againId}"]`, 'data-state');
+      return s !== 'running' ? s : null;
+    }, 60_000);
+    const cancelled = await json(`/api/v1/backtests/${againId}`);
+    expect(stopped === 'cancelled' && cancelled.state === 'cancelled' && !cancelled.report,
+      `the second backtest ended ${stopped} after ${cancelled.done} of ${cancelled.total} parts`);
   });
 
   await check('a product the station has not recorded onboards from images uploaded from a computer', async () => {
