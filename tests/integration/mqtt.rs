@@ -49,10 +49,16 @@ pub async fn broker(dir: &Path, port: u16) -> KillOnDrop {
 }
 
 /// A persistent-session subscriber printing `topic payload` lines into `out`.
+///
+/// Line-buffered (`stdbuf -oL`): mosquitto_sub acknowledges a message when it receives it,
+/// and its output to a file is otherwise block-buffered, so a subscriber killed mid-run lost
+/// the messages still in its buffer, which the broker rightly never sent again.
 fn subscriber(port: u16, out: &Path, extra: &[&str]) -> std::process::Command {
-    let mut command = Command::new("mosquitto_sub");
+    let mut command = Command::new("stdbuf");
     command
         .args([
+            "-oL",
+            "mosquitto_sub",
             "-h",
             "127.0.0.1",
             "-p",
