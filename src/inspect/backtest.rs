@@ -890,6 +890,19 @@ mod tests {
         ));
     }
 
+    /// Backtest `id` once it is no longer running (within 30 s).
+    async fn finished(jobs: &BacktestJobs, id: u64) -> BacktestJob {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let job = jobs.get(id).expect("kept");
+            if job.state != JobState::Running {
+                return job;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn one_backtest_runs_at_a_time_and_its_report_follows_the_api_document() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -917,15 +930,7 @@ mod tests {
         );
         assert!(matches!(refused, Err(StartError::Busy(id)) if id == first.id));
         drop(held);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let done = loop {
-            let job = jobs.get(first.id).expect("kept");
-            if job.state != JobState::Running {
-                break job;
-            }
-            assert!(std::time::Instant::now() < deadline, "still running");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        let done = finished(&jobs, first.id).await;
         assert_eq!(done.state, JobState::Done);
         assert_eq!((done.done, done.total), (5, 5));
         let report = done.report.as_ref().expect("report");
@@ -964,15 +969,7 @@ mod tests {
         let asked = jobs.cancel(second.id).expect("running");
         assert!(asked.cancel_requested);
         drop(held);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let stopped = loop {
-            let job = jobs.get(second.id).expect("kept");
-            if job.state != JobState::Running {
-                break job;
-            }
-            assert!(std::time::Instant::now() < deadline, "still running");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        let stopped = finished(&jobs, second.id).await;
         assert_eq!(stopped.state, JobState::Cancelled);
         assert!(stopped.report.is_none() && stopped.error.is_none());
         assert!(stopped.done < 5, "stopped before the end: {stopped:?}");
