@@ -20,9 +20,7 @@ use std::sync::mpsc::Receiver;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::inspect::backtest::{
-    BacktestJob, BacktestJobs, CancelError, JobState, Period, StartError,
-};
+use crate::inspect::backtest::{BacktestJob, BacktestJobs, CancelError, Period, StartError};
 use crate::inspect::registry::{ActiveModels, Registry, RegistryError, RunningModel, ShadowJob};
 use crate::inspect::taxonomy::{Taxonomy, TaxonomyError};
 use crate::inspect::training::uploads::Uploads;
@@ -309,17 +307,7 @@ impl ModelControl {
         audit: AuditRecord,
     ) -> Result<BacktestJob, ControlError> {
         // Refused before it is recorded: an unknown or finished backtest changes nothing.
-        match self.backtests.get(id) {
-            None => return Err(CancelError::Unknown(id).into()),
-            Some(job) if job.state != JobState::Running => {
-                return Err(CancelError::NotRunning {
-                    id,
-                    state: job.state,
-                }
-                .into());
-            }
-            Some(_) => {}
-        }
+        self.backtests.cancel_refusal(id)?;
         self.store.append(RecordBody::Audit(audit)).await?;
         Ok(self.backtests.cancel(id)?)
     }
@@ -355,17 +343,7 @@ impl ModelControl {
         audit: Option<AuditRecord>,
     ) -> Result<TrainingJob, ControlError> {
         // Refused before it is recorded: an unknown or finished job changes nothing.
-        match self.training.get(id) {
-            None => return Err(TrainingError::UnknownJob(id).into()),
-            Some(job) if job.state != JobState::Running => {
-                return Err(TrainingError::NotRunning {
-                    id,
-                    state: job.state,
-                }
-                .into());
-            }
-            Some(_) => {}
-        }
+        self.training.cancel_refusal(id)?;
         if let Some(audit) = audit {
             self.store
                 .append_all(vec![RecordBody::Audit(audit)])

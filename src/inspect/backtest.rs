@@ -601,17 +601,15 @@ impl BacktestJobs {
     /// [`JobState::Cancelled`], with no report. The job as it is now.
     pub fn cancel(&self, id: u64) -> Result<BacktestJob, CancelError> {
         let mut jobs = self.lock();
-        let job = (jobs.iter_mut())
-            .find(|j| j.id == id)
-            .ok_or(CancelError::Unknown(id))?;
-        if job.state != JobState::Running {
-            return Err(CancelError::NotRunning {
-                id,
-                state: job.state,
-            });
-        }
+        let job = running(&mut jobs, id)?;
         job.cancel_requested = true;
         Ok(job.clone())
+    }
+
+    /// Why backtest `id` cannot be cancelled now (unknown, or no longer running), if it
+    /// cannot: asked before a cancel is recorded.
+    pub fn cancel_refusal(&self, id: u64) -> Result<(), CancelError> {
+        running(&mut self.lock(), id).map(|_| ())
     }
 
     fn update(&self, id: u64, change: impl FnOnce(&mut BacktestJob)) {
@@ -626,6 +624,23 @@ impl BacktestJobs {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+}
+
+/// Backtest `id` of `jobs`, if it is running.
+fn running(
+    jobs: &mut std::collections::VecDeque<BacktestJob>,
+    id: u64,
+) -> Result<&mut BacktestJob, CancelError> {
+    let job = (jobs.iter_mut())
+        .find(|j| j.id == id)
+        .ok_or(CancelError::Unknown(id))?;
+    if job.state != JobState::Running {
+        return Err(CancelError::NotRunning {
+            id,
+            state: job.state,
+        });
+    }
+    Ok(job)
 }
 
 /// Asks the scheduler to run this thread after the live work (nice 10); harmless if refused.

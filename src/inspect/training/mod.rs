@@ -357,17 +357,15 @@ impl TrainingJobs {
     /// [`JobState::Cancelled`], with nothing added to the registry; the job as it is now.
     pub fn cancel(&self, id: u64) -> Result<TrainingJob, TrainingError> {
         let jobs = self.lock();
-        let slot = (jobs.iter())
-            .find(|s| s.job.id == id)
-            .ok_or(TrainingError::UnknownJob(id))?;
-        if slot.job.state != JobState::Running {
-            return Err(TrainingError::NotRunning {
-                id,
-                state: slot.job.state,
-            });
-        }
+        let slot = running(&jobs, id)?;
         slot.watch.cancel();
         Ok(slot.view())
+    }
+
+    /// Why job `id` cannot be cancelled now (unknown, or no longer running), if it cannot:
+    /// asked before a cancel is recorded.
+    pub fn cancel_refusal(&self, id: u64) -> Result<(), TrainingError> {
+        running(&self.lock(), id).map(|_| ())
     }
 
     fn update(&self, id: u64, change: &dyn Fn(&mut TrainingJob)) {
@@ -379,6 +377,20 @@ impl TrainingJobs {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Slot>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Job `id` of `jobs`, if it is running.
+fn running(jobs: &VecDeque<Slot>, id: u64) -> Result<&Slot, TrainingError> {
+    let slot = (jobs.iter())
+        .find(|s| s.job.id == id)
+        .ok_or(TrainingError::UnknownJob(id))?;
+    if slot.job.state != JobState::Running {
+        return Err(TrainingError::NotRunning {
+            id,
+            state: slot.job.state,
+        });
+    }
+    Ok(slot)
 }
 
 impl Slot {
