@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use candle_core::Tensor;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use linesight::calibrate::{Calibration, Undistorter};
 use linesight::models::Detector;
 use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
@@ -152,8 +152,11 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             &format!("{prefix}anomaly/score_256_input{size}_bank4096"),
             |b| b.iter(|| model.score(image).expect("score")),
         );
-        if size == 128 && device.is_cpu() {
-            two_parts_at_once(c, &model, image);
+        if size == 128 {
+            batches(c, &model, image, device, prefix);
+            if device.is_cpu() {
+                two_parts_at_once(c, &model, image);
+            }
         }
     }
     // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
@@ -165,6 +168,71 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             &format!("{prefix}supervised/predict_256_input{size}"),
             |b| b.iter(|| supervised.predict(image).expect("prediction")),
         );
+    }
+}
+
+/// Parts that queued up, scored in one pass (`[model] batch`): throughput in parts a second
+/// (criterion's elements), against `anomaly/score_256_input128_bank4096`'s one part at a time.
+fn batches(
+    c: &mut Criterion,
+    model: &PatchCore,
+    image: &linesight::part::GrayImage,
+    device: &Device,
+    prefix: &str,
+) {
+    let sizes: &[usize] = if device.is_cpu() {
+        &[2, 4]
+    } else {
+        &[8, 32, 64, 128]
+    };
+    let mut group = c.benchmark_group(format!("{prefix}anomaly/batch_256_input128_bank4096"));
+    for &size in sizes {
+        let images = vec![image; size];
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.iter(|| model.raw_scores_many(&images).expect("scores"))
+        });
+    }
+    group.finish();
+    // Where a GPU batch's time goes: the backbone at the input size, the coarse pass, the
+    // search over every patch of the batch.
+    if !device.is_cpu() {
+        let size = 64;
+        let images = vec![image; size];
+        let mut group = c.benchmark_group(format!("{prefix}anomaly/batch64_stages"));
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function("features_input128", |b| {
+            b.iter(|| model.extractor().extract_many(&images).expect("features"))
+        });
+        if let Some(coarse) = model.coarse_image() {
+            group.bench_function("coarse_descriptors", |b| {
+                b.iter(|| {
+                    coarse
+                        .extractor()
+                        .descriptors(&images)
+                        .expect("descriptors")
+                })
+            });
+        }
+        let patches = model
+            .extractor()
+            .extract_many(&images)
+            .expect("features")
+            .patches;
+        let bank_t = model
+            .bank()
+            .t()
+            .and_then(|b| b.contiguous())
+            .expect("bank_t");
+        let bank_sq = (model.bank().sqr())
+            .and_then(|b| b.sum_keepdim(1))
+            .and_then(|b| b.t())
+            .and_then(|b| b.contiguous())
+            .expect("bank_sq");
+        group.bench_function("nearest", |b| {
+            b.iter(|| nearest_distances(&patches, &bank_t, &bank_sq).expect("distances"))
+        });
+        group.finish();
     }
 }
 

@@ -611,10 +611,29 @@ pub struct ModelSection {
     /// `anomaly/score_256_input128_bank4096`; `BENCH_WORKERS=1|2 make bench-line`).
     #[serde(default = "default_inspect_workers")]
     pub workers: usize,
+    /// The most parts a worker scores in one pass when they queue up (1 to 64; default 1 on
+    /// the CPU, 32 on a GPU): only parts already waiting are taken, never one waited for, so
+    /// a slow line sees no difference. On a GPU a pass is bound by its kernel launches and a
+    /// batch costs little more than one part (`make bench-cuda`: `anomaly/batch_*`); on the
+    /// CPU the cores are busy either way (`make bench`: the same benches).
+    pub batch: Option<usize>,
 }
 
 fn default_inspect_workers() -> usize {
     2
+}
+
+/// The most parts scored in one pass ([`ModelSection::batch`]).
+pub const MAX_INSPECT_BATCH: usize = 64;
+
+impl ModelSection {
+    /// [`ModelSection::batch`], or its default on the section's device.
+    pub fn batch_or_default(&self) -> usize {
+        self.batch.unwrap_or(match self.device {
+            ModelDevice::Cpu => 1,
+            ModelDevice::Cuda => 32,
+        })
+    }
 }
 
 /// The most inspect workers a station may run: beyond the cores, they only take turns.
@@ -789,6 +808,8 @@ pub struct StationConfig {
     pub model_device: ModelDevice,
     /// See [`ModelSection::workers`].
     pub inspect_workers: NonZeroUsize,
+    /// See [`ModelSection::batch`].
+    pub inspect_batch: NonZeroUsize,
     /// Bearer token the API asks for before changing the model; not in the file (the CLI takes
     /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
     pub admin_token: Option<String>,
@@ -943,6 +964,8 @@ impl StationConfig {
             model_device: file.model.device,
             // Checked in range.
             inspect_workers: NonZeroUsize::new(file.model.workers).unwrap_or(NonZeroUsize::MIN),
+            inspect_batch: NonZeroUsize::new(file.model.batch_or_default())
+                .unwrap_or(NonZeroUsize::MIN),
             admin_token: None,
             line: LineTiming {
                 travel: Duration::from_millis(file.line.travel_ms),
@@ -1106,6 +1129,15 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
     }
     if file.camera.frame_queue == 0 {
         problem("camera.frame_queue", "expected at least 1".into());
+    }
+    if !(1..=MAX_INSPECT_BATCH).contains(&file.model.batch_or_default()) {
+        problem(
+            "model.batch",
+            format!(
+                "expected 1 to {MAX_INSPECT_BATCH}, got {}",
+                file.model.batch_or_default()
+            ),
+        );
     }
     if !(1..=MAX_INSPECT_WORKERS).contains(&file.model.workers) {
         problem(
@@ -1777,6 +1809,25 @@ mod tests {
                     .to_string();
             assert!(
                 message.contains("model.workers") && message.contains("expected 1 to 16"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn inspect_batch_defaults_by_device_and_is_bounded() {
+        assert_eq!(parse(&example()).expect("valid").inspect_batch.get(), 1);
+        let cuda = example().replace("[model]\n", "[model]\ndevice = \"cuda\"\n");
+        assert_eq!(parse(&cuda).expect("valid").inspect_batch.get(), 32);
+        let eight = example().replace("[model]\n", "[model]\nbatch = 8\n");
+        assert_eq!(parse(&eight).expect("valid").inspect_batch.get(), 8);
+        for bad in ["0", "65"] {
+            let message =
+                parse(&example().replace("[model]\n", &format!("[model]\nbatch = {bad}\n")))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                message.contains("model.batch") && message.contains("expected 1 to 64"),
                 "{message}"
             );
         }

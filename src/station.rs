@@ -973,6 +973,7 @@ impl Station {
             metrics: metrics.clone(),
             shadow_jobs: shadow_tx,
             workers: config.inspect_workers,
+            batch: config.inspect_batch,
         };
         let inspect_thread = std::thread::Builder::new()
             .name("inspect".into())

@@ -19,9 +19,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
-use self::registry::{ActiveModels, ShadowJob};
+use self::registry::{ActiveModels, RunningModel, ShadowJob};
+use self::taxonomy::Taxonomy;
 use crate::calibrate::Undistorter;
+use crate::learn::drift::InputNovelty;
 use crate::metrics::Metrics;
+use crate::models::Judgement;
 pub use crate::models::ModelError;
 use crate::part::{Frame, GrayImage, Inspection, PartId, StationClock, Verdict, ViewInspection};
 
@@ -37,69 +40,10 @@ impl Inspector {
     /// Inspects one frame with the live model of the moment; failures become
     /// [`Verdict::Error`].
     pub fn inspect(&self, frame: Frame, clock: &StationClock) -> Inspection {
-        self.inspect_image(&self.undistorter, frame.part_id, Ok(&frame.image), clock)
-    }
-
-    /// Inspects a part's raw image from a camera calibrated by `undistorter`, or gives
-    /// [`Verdict::Error`] with the reason there is none.
-    fn inspect_image(
-        &self,
-        undistorter: &Undistorter,
-        part_id: PartId,
-        raw: Result<&GrayImage, String>,
-        clock: &StationClock,
-    ) -> Inspection {
-        let live = self.models.live();
-        let base = |verdict, error: Option<String>| Inspection {
-            part_id,
-            inspected_at: clock.now(),
-            verdict,
-            score: None,
-            threshold: live.threshold,
-            model_version: live.version.clone(),
-            image: None,
-            heat_map: None,
-            mm_per_pixel: undistorter.mm_per_output_pixel(),
-            calibration: undistorter.id().cloned(),
-            defect_class: None,
-            error,
-            novelty: None,
-            views: None,
-        };
-        let image = match raw.and_then(|raw| undistorter.apply(raw).map_err(|e| e.to_string())) {
-            Ok(image) => image,
-            Err(error) => return base(Verdict::Error, Some(error)),
-        };
-        // The image's inputs against the live model's training: what the drift watch and the
-        // labelling queue read (well under a millisecond).
-        let novelty = live
-            .detector
-            .head()
-            .drift
-            .as_ref()
-            .map(|reference| reference.novelty_of(&image));
-        let taxonomy = self.models.taxonomy();
-        match live
-            .detector
-            .judge_tolerating(&image, &taxonomy.tolerated())
-        {
-            Ok(judgement) => {
-                let (verdict, defect_class) = taxonomy.verdict(live.threshold, &judgement);
-                Inspection {
-                    score: Some(judgement.score),
-                    image: Some(image),
-                    heat_map: Some(judgement.heat_map.on_threshold_scale(live.threshold)),
-                    defect_class,
-                    novelty,
-                    ..base(verdict, None)
-                }
-            }
-            Err(error) => Inspection {
-                image: Some(image),
-                novelty,
-                ..base(Verdict::Error, Some(error.to_string()))
-            },
-        }
+        let part_id = frame.part_id;
+        self.inspect_parts(&Arc::from(""), &[], vec![(frame, Vec::new())], clock)
+            .pop()
+            .unwrap_or_else(|| self.unseen(part_id, clock))
     }
 
     /// Inspects a part seen by several cameras: the station's camera's `frame` and, for each
@@ -115,32 +59,174 @@ impl Inspector {
         clock: &StationClock,
     ) -> Inspection {
         let part_id = frame.part_id;
-        let mut looks = Vec::with_capacity(views.len() + 1);
-        looks.push(ViewInspection {
-            camera: camera.clone(),
-            inspection: self.inspect(frame, clock),
-        });
-        for (view, raw) in views.iter().zip(view_images) {
-            looks.push(ViewInspection {
-                camera: view.name.clone(),
-                inspection: self.inspect_image(
-                    &view.undistorter,
-                    part_id,
-                    raw.as_ref().map_err(Clone::clone),
-                    clock,
-                ),
-            });
-        }
-        match Inspection::of_views(looks) {
-            Some(inspection) => inspection,
-            // Never: the station's own camera is always one of them.
-            None => self.inspect_image(
+        self.inspect_parts(camera, views, vec![(frame, view_images)], clock)
+            .pop()
+            .unwrap_or_else(|| self.unseen(part_id, clock))
+    }
+
+    /// Inspects parts that queued up, each with its further cameras' images (empty without
+    /// `views`), in one call of the live model for every image of every part
+    /// ([`crate::models::Detector::judge_many`]): on a GPU one pass costs little more than
+    /// one image. Every image is judged by the same live model, each on its own; the
+    /// inspections come back in the parts' order.
+    pub fn inspect_parts(
+        &self,
+        camera: &Arc<str>,
+        views: &[ViewCamera],
+        parts: Vec<(Frame, Vec<Result<GrayImage, String>>)>,
+        clock: &StationClock,
+    ) -> Vec<Inspection> {
+        let live = self.models.live();
+        // Every look at every part, calibrated: the station camera's first, then each view's.
+        let mut looks = Vec::with_capacity(parts.len() * (views.len() + 1));
+        for (frame, view_images) in &parts {
+            looks.push(Look::prepare(
                 &self.undistorter,
-                part_id,
-                Err("no view of the part".into()),
-                clock,
-            ),
+                camera,
+                frame.part_id,
+                Ok(&frame.image),
+                &live,
+            ));
+            for (view, raw) in views.iter().zip(view_images) {
+                looks.push(Look::prepare(
+                    &view.undistorter,
+                    &view.name,
+                    frame.part_id,
+                    raw.as_ref().map_err(Clone::clone),
+                    &live,
+                ));
+            }
         }
+        let taxonomy = self.models.taxonomy();
+        let images: Vec<&GrayImage> = looks.iter().filter_map(|l| l.image.as_ref().ok()).collect();
+        let mut judgements = live
+            .detector
+            .judge_many(&images, &taxonomy.tolerated())
+            .into_iter();
+        let mut inspections = looks.into_iter().map(|look| {
+            let judgement = look.image.is_ok().then(|| judgements.next());
+            look.conclude(judgement.flatten(), &live, &taxonomy, clock)
+        });
+        let mut inspected = Vec::with_capacity(parts.len());
+        for (frame, _) in &parts {
+            let own = inspections.next();
+            if views.is_empty() {
+                inspected.extend(own.map(|(_, inspection)| inspection));
+                continue;
+            }
+            let part_looks: Vec<ViewInspection> = own
+                .into_iter()
+                .chain(inspections.by_ref().take(views.len()))
+                .map(|(camera, inspection)| ViewInspection { camera, inspection })
+                .collect();
+            // Never `None`: the station's own camera is always one of them.
+            inspected.push(
+                Inspection::of_views(part_looks)
+                    .unwrap_or_else(|| self.unseen(frame.part_id, clock)),
+            );
+        }
+        inspected
+    }
+
+    /// The inspection of a part no camera's image reached the model for.
+    fn unseen(&self, part_id: PartId, clock: &StationClock) -> Inspection {
+        let live = self.models.live();
+        Look {
+            undistorter: &self.undistorter,
+            camera: Arc::from(""),
+            part_id,
+            image: Err("no view of the part".into()),
+            novelty: None,
+        }
+        .conclude(None, &live, &self.models.taxonomy(), clock)
+        .1
+    }
+}
+
+/// One camera's image of a part, calibrated for the model (or why it could not be).
+struct Look<'a> {
+    undistorter: &'a Undistorter,
+    camera: Arc<str>,
+    part_id: PartId,
+    image: Result<GrayImage, String>,
+    novelty: Option<InputNovelty>,
+}
+
+impl<'a> Look<'a> {
+    /// Calibrates a part's raw image from a camera calibrated by `undistorter`.
+    fn prepare(
+        undistorter: &'a Undistorter,
+        camera: &Arc<str>,
+        part_id: PartId,
+        raw: Result<&GrayImage, String>,
+        live: &RunningModel,
+    ) -> Look<'a> {
+        let image = raw.and_then(|raw| undistorter.apply(raw).map_err(|e| e.to_string()));
+        // The image's inputs against the live model's training: what the drift watch and the
+        // labelling queue read (well under a millisecond).
+        let novelty = image.as_ref().ok().and_then(|image| {
+            (live.detector.head().drift.as_ref()).map(|reference| reference.novelty_of(image))
+        });
+        Look {
+            undistorter,
+            camera: camera.clone(),
+            part_id,
+            image,
+            novelty,
+        }
+    }
+
+    /// The look's inspection from the model's judgement of its image (`None` where it had
+    /// none to judge); failures become [`Verdict::Error`]. Returns the camera beside it.
+    fn conclude(
+        self,
+        judgement: Option<Result<Judgement, ModelError>>,
+        live: &RunningModel,
+        taxonomy: &Taxonomy,
+        clock: &StationClock,
+    ) -> (Arc<str>, Inspection) {
+        let base = |verdict, error: Option<String>| Inspection {
+            part_id: self.part_id,
+            inspected_at: clock.now(),
+            verdict,
+            score: None,
+            threshold: live.threshold,
+            model_version: live.version.clone(),
+            image: None,
+            heat_map: None,
+            mm_per_pixel: self.undistorter.mm_per_output_pixel(),
+            calibration: self.undistorter.id().cloned(),
+            defect_class: None,
+            error,
+            novelty: None,
+            views: None,
+        };
+        let inspection = match (self.image, judgement) {
+            (Err(error), _) => base(Verdict::Error, Some(error)),
+            // Never: the model answers for every image it is given.
+            (Ok(image), None) => Inspection {
+                image: Some(image),
+                novelty: self.novelty,
+                ..base(Verdict::Error, Some("the model gave no judgement".into()))
+            },
+            (Ok(image), Some(Ok(judgement))) => {
+                let (verdict, defect_class) = taxonomy.verdict(live.threshold, &judgement);
+                Inspection {
+                    score: Some(judgement.score),
+                    image: Some(image),
+                    heat_map: Some(judgement.heat_map.on_threshold_scale(live.threshold)),
+                    defect_class,
+                    novelty: self.novelty,
+                    ..base(verdict, None)
+                }
+            }
+            (Ok(image), Some(Err(error))) => Inspection {
+                image: Some(image),
+                novelty: self.novelty,
+                ..base(Verdict::Error, Some(error.to_string()))
+            },
+        };
+        (self.camera, inspection)
     }
 }
 
@@ -162,6 +248,8 @@ pub struct InspectContext {
     pub shadow_jobs: SyncSender<ShadowJob>,
     /// Parts scored side by side ([`crate::config::ModelSection::workers`]).
     pub workers: NonZeroUsize,
+    /// The most queued parts a worker takes at once ([`crate::config::ModelSection::batch`]).
+    pub batch: NonZeroUsize,
 }
 
 /// Runs until the frame queue closes (capture stopped) or the tracker goes away.
@@ -185,6 +273,7 @@ pub fn run_inspector(ctx: InspectContext) {
         metrics,
         shadow_jobs,
         workers,
+        batch,
     } = ctx;
     let (cameras, view_frames): (Vec<ViewCamera>, Vec<ViewFrames>) = views
         .into_iter()
@@ -211,6 +300,7 @@ pub fn run_inspector(ctx: InspectContext) {
         clock,
         metrics,
         shadow_jobs,
+        batch,
     };
     if workers.get() == 1 {
         worker.run();
@@ -247,19 +337,38 @@ struct Intake {
 
 impl Intake {
     /// The next part's frame and, from each further camera, the frame nearest it (waiting for
-    /// it up to the view's window); `None` once capture has stopped.
-    fn next(&mut self, clock: &StationClock) -> Option<(Frame, Vec<Result<GrayImage, String>>)> {
-        let frame = self.frames.recv().ok()?;
+    /// it up to the view's window), then those of the parts queued behind it, up to `batch`
+    /// in all: parts that are already waiting, never one waited for. Empty once capture has
+    /// stopped.
+    fn next_parts(&mut self, clock: &StationClock, batch: usize) -> Vec<Part> {
+        let Ok(first) = self.frames.recv() else {
+            return Vec::new();
+        };
+        let mut parts = vec![self.with_views(first, clock)];
+        while parts.len() < batch {
+            match self.frames.try_recv() {
+                Ok(frame) => parts.push(self.with_views(frame, clock)),
+                Err(_) => break,
+            }
+        }
+        parts
+    }
+
+    fn with_views(&mut self, frame: Frame, clock: &StationClock) -> Part {
         let view_images = self
             .views
             .iter_mut()
             .map(|view| view.frame_for(frame.captured_at, clock))
             .collect();
-        Some((frame, view_images))
+        (frame, view_images)
     }
 }
 
-/// One inspect worker: takes a part, scores it, hands the verdict to the tracker.
+/// A part's frame from the station's camera and, in order, its further cameras' images.
+type Part = (Frame, Vec<Result<GrayImage, String>>);
+
+/// One inspect worker: takes the parts waiting, scores them, hands the verdicts to the
+/// tracker.
 #[derive(Clone)]
 struct Worker<'a> {
     inspector: &'a Inspector,
@@ -270,6 +379,7 @@ struct Worker<'a> {
     clock: Arc<StationClock>,
     metrics: Metrics,
     shadow_jobs: SyncSender<ShadowJob>,
+    batch: NonZeroUsize,
 }
 
 impl Worker<'_> {
@@ -277,40 +387,34 @@ impl Worker<'_> {
         loop {
             // A worker that panicked holding the lock left the intake whole (a frame is taken
             // or not): the others go on with it.
-            let next = self
+            let parts = self
                 .intake
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .next(&self.clock);
-            let Some((frame, view_images)) = next else {
+                .next_parts(&self.clock, self.batch.get());
+            if parts.is_empty() {
                 return;
-            };
-            let captured_at = frame.captured_at;
-            let inspection = if self.cameras.is_empty() {
-                self.inspector.inspect(frame, &self.clock)
-            } else {
-                self.inspector.inspect_views(
-                    self.camera,
-                    frame,
-                    self.cameras,
-                    view_images,
-                    &self.clock,
-                )
-            };
-            self.offer_to_shadow(&inspection);
-            self.metrics.count_inspection(inspection.verdict);
-            self.metrics.inspection_latency_seconds.observe(
-                inspection
-                    .inspected_at
-                    .0
-                    .saturating_sub(captured_at.0)
-                    .as_secs_f64(),
-            );
-            if let Some(error) = &inspection.error {
-                tracing::warn!(part_id = %inspection.part_id, %error, "inspection failed; part will be rejected");
             }
-            if self.inspections.blocking_send(inspection).is_err() {
-                return;
+            let captured: Vec<_> = parts.iter().map(|(frame, _)| frame.captured_at).collect();
+            let inspections =
+                self.inspector
+                    .inspect_parts(self.camera, self.cameras, parts, &self.clock);
+            for (inspection, captured_at) in inspections.into_iter().zip(captured) {
+                self.offer_to_shadow(&inspection);
+                self.metrics.count_inspection(inspection.verdict);
+                self.metrics.inspection_latency_seconds.observe(
+                    inspection
+                        .inspected_at
+                        .0
+                        .saturating_sub(captured_at.0)
+                        .as_secs_f64(),
+                );
+                if let Some(error) = &inspection.error {
+                    tracing::warn!(part_id = %inspection.part_id, %error, "inspection failed; part will be rejected");
+                }
+                if self.inspections.blocking_send(inspection).is_err() {
+                    return;
+                }
             }
         }
     }

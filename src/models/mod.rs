@@ -83,6 +83,21 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
         let _ = tolerated;
         self.judge(image)
     }
+
+    /// [`Detector::judge_tolerating`] of several images at once, each with its own result in
+    /// order: parts that queued up, or one part's views from several cameras. A family that
+    /// can score a batch in one pass (the anomaly model) does, and falls back to one image at
+    /// a time when the batch fails, so that one bad image never fails its neighbours.
+    fn judge_many(
+        &self,
+        images: &[&GrayImage],
+        tolerated: &[&str],
+    ) -> Vec<Result<Judgement, ModelError>> {
+        images
+            .iter()
+            .map(|image| self.judge_tolerating(image, tolerated))
+            .collect()
+    }
 }
 
 /// What a model says about one image.

@@ -287,6 +287,58 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
             );
         }
     }
+
+    // Parts that queued up, scored in one GPU pass (`[model] batch`), a part repeated and a
+    // part from a camera of another size among them: each as the CPU scores it alone.
+    let mut images = parts();
+    images.push(images[1].clone());
+    images.push(PartGenerator::new(5, 200, 160, 0.0).render(None).image);
+    let batch: Vec<&GrayImage> = images.iter().collect();
+    let judged = gpu.judge_many(&batch, &[]);
+    assert_eq!(judged.len(), images.len());
+    let (mut alone, mut together) = (Vec::new(), Vec::new());
+    for (i, (image, judgement)) in images.iter().zip(judged).enumerate() {
+        let judgement = judgement.expect("a judgement in the batch");
+        let (cpu_score, cpu_map) = cpu.score(image).expect("cpu score");
+        assert_same_heat_map(
+            &format!("anomaly heat map of part {i} in a GPU batch"),
+            &cpu_map,
+            &judgement.heat_map,
+        );
+        alone.push(cpu_score);
+        together.push(judgement.score);
+    }
+    assert_close_on_scale("anomaly scores in a GPU batch", &alone, &together, scale);
+}
+
+/// A batch through the backbone on the GPU: each image's patches and descriptor as the CPU
+/// gives them alone.
+#[test]
+fn batched_patch_features_match_the_cpu_one_by_one() {
+    let (cpu, gpu) = extractors(128);
+    let images = parts();
+    let batch: Vec<&GrayImage> = images.iter().collect();
+    let on_gpu = gpu.extract_many(&batch).expect("gpu batch features");
+    assert!(on_gpu.patches.device().is_cuda());
+    let gpu_patches = values(&on_gpu.patches);
+    let per_image = gpu_patches.len() / images.len();
+    for (i, image) in images.iter().enumerate() {
+        let on_cpu = cpu.extract(image).expect("cpu features");
+        assert_close(
+            &format!("patches of part {i} in a batch"),
+            &values(&on_cpu.patches),
+            &gpu_patches[i * per_image..][..per_image],
+        );
+        assert_close(
+            &format!("descriptor of part {i} in a batch"),
+            &on_cpu.descriptor,
+            &on_gpu.descriptors[i],
+        );
+    }
+    let descriptors = gpu.descriptors(&batch).expect("gpu batch descriptors");
+    for (i, (descriptor, features)) in descriptors.iter().zip(&on_gpu.descriptors).enumerate() {
+        assert_close(&format!("descriptor of part {i}"), features, descriptor);
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
 use linesight::models::backbone::{Resampling, WeightsId, WeightsSearch};
 use linesight::models::card::CARD_FILE;
-use linesight::simulate::PartGenerator;
+use linesight::simulate::{DefectKind, PartGenerator};
 
 use crate::{backbone_weights, write_mvtec_parts, write_tile_dataset};
 
@@ -190,6 +190,50 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(
         (everywhere - one_thread).abs() <= 1e-5 * everywhere.abs().max(1.0),
         "{everywhere} on every core, {one_thread} on one thread"
+    );
+
+    // Parts scored side by side in one pass (`[model] batch`) get each its own scores, as
+    // alone, whatever their sizes or what shares the batch.
+    let mut other_camera = PartGenerator::new(5, 200, 160, 0.0);
+    let batch = [
+        part.clone(),
+        generator.render(None).image,
+        other_camera.render(Some(DefectKind::ALL[0])).image,
+        other_camera.render(None).image,
+    ];
+    let images: Vec<&linesight::part::GrayImage> = batch.iter().collect();
+    let together = model.raw_scores_many(&images).expect("batch scores");
+    assert_eq!(together.len(), batch.len());
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(1.0);
+    for (i, (image, (raw, heat_map))) in batch.iter().zip(&together).enumerate() {
+        let (alone, alone_map) = model.raw_scores(image).expect("score");
+        let pairs = [
+            (Some(alone.patch), Some(raw.patch)),
+            (alone.image, raw.image),
+            (alone.head, raw.head),
+            (alone.coarse_image, raw.coarse_image),
+        ];
+        for (a, b) in pairs {
+            let (Some(a), Some(b)) = (a, b) else {
+                panic!("image {i}: a score alone or in the batch is missing: {alone:?} / {raw:?}");
+            };
+            assert!(
+                close(a, b),
+                "image {i}: {alone:?} alone, {raw:?} in the batch"
+            );
+        }
+        assert_eq!(heat_map.values.len(), alone_map.values.len());
+        assert!(
+            (heat_map.values.iter().zip(&alone_map.values)).all(|(&b, &a)| close(a, b)),
+            "image {i}: heat maps differ"
+        );
+    }
+    // The scores differ from image to image: the batch did not score one image four times.
+    assert!(
+        together
+            .windows(2)
+            .all(|pair| pair[0].0.patch != pair[1].0.patch),
+        "{together:?}"
     );
 
     // A model saved before the image score (a bank alone, no scale or resampling in its card)

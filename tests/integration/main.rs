@@ -306,17 +306,100 @@ pub fn stored_inspections(
         ),
     };
     let clock = StationClock::start();
-    let mut stored = Vec::new();
-    for (index, sample) in samples.iter().enumerate() {
-        let Ok(image) = linesight::learn::dataset::load_gray(&sample.image) else {
+    let frames: Vec<Frame> = (samples.iter().enumerate())
+        .filter_map(|(index, sample)| {
+            Some(Frame {
+                part_id: PartId(index as u64),
+                captured_at: clock.now(),
+                image: linesight::learn::dataset::load_gray(&sample.image).ok()?,
+            })
+        })
+        .collect();
+    // Parts that queued up are judged in one call of the model (one backbone pass for the
+    // anomaly family): each exactly as it was alone, in order, whatever shares its batch.
+    let batched = inspector.inspect_parts(
+        &std::sync::Arc::from("station"),
+        &[],
+        frames.iter().map(|f| (f.clone(), Vec::new())).collect(),
+        &clock,
+    );
+    assert_eq!(
+        batched.len(),
+        frames.len(),
+        "one inspection per queued part"
+    );
+    // With a second camera, each part's two looks go in the same call, and come back joined
+    // to their own part; a view without an image fails its own part alone.
+    let side = [linesight::inspect::ViewCamera {
+        name: std::sync::Arc::from("side"),
+        undistorter: Undistorter::new(&calibration).expect("remap tables"),
+    }];
+    let lost = frames.len() / 2;
+    let with_views = inspector.inspect_parts(
+        &std::sync::Arc::from("top"),
+        &side,
+        (frames.iter().enumerate())
+            .map(|(i, f)| {
+                let view = if i == lost {
+                    Err("side camera lost".to_string())
+                } else {
+                    Ok(f.image.clone())
+                };
+                (f.clone(), vec![view])
+            })
+            .collect(),
+        &clock,
+    );
+    assert_eq!(with_views.len(), frames.len());
+    for (i, (part, alone)) in with_views.iter().zip(&batched).enumerate() {
+        let views = &part.views.as_ref().expect("views").views;
+        let cameras: Vec<&str> = views.iter().map(|v| &*v.camera).collect();
+        assert_eq!(cameras, ["top", "side"], "part {i}");
+        assert_eq!(part.part_id, alone.part_id);
+        assert!(views.iter().all(|v| v.inspection.part_id == alone.part_id));
+        if i == lost {
+            // Rejected either way: on the view's error, or on a defect its top view found.
+            assert_ne!(part.verdict, linesight::part::Verdict::Pass);
+            assert_eq!(views[1].inspection.verdict, linesight::part::Verdict::Error);
+            assert_eq!(
+                views[1].inspection.error.as_deref(),
+                Some("side camera lost")
+            );
             continue;
-        };
-        let frame = Frame {
-            part_id: PartId(index as u64),
-            captured_at: clock.now(),
-            image,
-        };
+        }
+        let (top, side) = (
+            views[0].inspection.score.expect("top score"),
+            views[1].inspection.score.expect("side score"),
+        );
+        assert!(
+            (top - side).abs() <= 1e-4 * top.abs().max(1.0),
+            "part {i}: the same image scored {top} and {side} in one call"
+        );
+        assert_eq!(part.verdict, alone.verdict, "part {i}");
+    }
+    let mut stored = Vec::new();
+    for (frame, together) in frames.into_iter().zip(batched) {
+        let index = frame.part_id.0 as usize;
+        let sample = &samples[index];
         let inspection = inspector.inspect(frame, &clock);
+        assert_eq!(together.part_id, inspection.part_id);
+        assert_eq!(
+            (together.verdict, &together.defect_class, &together.error),
+            (
+                inspection.verdict,
+                &inspection.defect_class,
+                &inspection.error
+            ),
+            "part {index} judged in a batch and alone"
+        );
+        let (alone, batch) = (
+            inspection.score.expect("a score"),
+            together.score.expect("a score"),
+        );
+        assert!(
+            (alone - batch).abs() <= 1e-4 * alone.abs().max(1.0),
+            "part {index}: score {alone} alone, {batch} in a batch"
+        );
         let heat_map = inspection.heat_map.expect("a heat map");
         let png = linesight::record::heat_map_png(&heat_map).expect("png");
         let levels = image::load_from_memory(&png)

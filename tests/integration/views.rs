@@ -165,6 +165,14 @@ async fn with_one_inspect_worker_each_views_frame_joins_its_own_part() {
     each_views_frame_joins_its_own_part_with(&[("[model]\n", "[model]\nworkers = 1\n")]).await;
 }
 
+/// The same with each worker taking the parts queued up together (`[model] batch`), all
+/// their views' images judged in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_batches_each_views_frame_joins_its_own_part() {
+    let _one = CPU_HEAVY.lock().await;
+    each_views_frame_joins_its_own_part_with(&[("[model]\n", "[model]\nbatch = 8\n")]).await;
+}
+
 async fn each_views_frame_joins_its_own_part_with(edits: &[(&str, &str)]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let parts = 40;

@@ -758,11 +758,30 @@ impl PatchCore {
 
     /// Every score of an image, and the patch-distance heat map.
     pub fn raw_scores(&self, image: &GrayImage) -> candle_core::Result<(RawScores, HeatMap)> {
+        let mut scored = self.raw_scores_many(&[image])?;
+        scored
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("no scores for the image".into()))
+    }
+
+    /// [`PatchCore::raw_scores`] of several images side by side: one pass through the
+    /// backbone for them all (and one through the coarse one), one nearest-neighbour search
+    /// over all their patches. On a GPU a pass is bound by its kernel launches, so a batch
+    /// costs little more than one image; the scores are each image's own, whatever shares its
+    /// batch.
+    pub fn raw_scores_many(
+        &self,
+        images: &[&GrayImage],
+    ) -> candle_core::Result<Vec<(RawScores, HeatMap)>> {
         on_worker_thread(|| {
             let coarse = (self.coarse_image.as_ref())
-                .map(|coarse| coarse.descriptor(image))
+                .map(|coarse| coarse.features.descriptors(images))
                 .transpose()?;
-            self.raw_scores_of(&self.features.extract(image)?, coarse.as_deref())
+            let batch = self.features.extract_many(images)?;
+            let descriptors: Vec<&[f32]> = batch.descriptors.iter().map(Vec::as_slice).collect();
+            let coarse: Option<Vec<&[f32]>> =
+                (coarse.as_ref()).map(|all| all.iter().map(Vec::as_slice).collect());
+            self.scores_of_patches(&batch.patches, &descriptors, coarse.as_deref())
         })
     }
 
@@ -773,32 +792,64 @@ impl PatchCore {
         features: &ImageFeatures,
         coarse_descriptor: Option<&[f32]>,
     ) -> candle_core::Result<(RawScores, HeatMap)> {
-        let values = nearest_distances(&features.patches, &self.bank_t, &self.bank_sq)?;
-        let side = (values.len() as f64).sqrt() as u32;
-        let scores = RawScores {
-            patch: top_mean(&values, TOP_PATCHES),
-            image: self
-                .image_gaussian
-                .as_ref()
-                .map(|g| g.distance(&features.descriptor)),
-            head: (self.head.as_ref())
-                .map(|h| h.score(&features.patches))
-                .transpose()?,
-            coarse_image: match (&self.coarse_image, coarse_descriptor) {
-                (Some(coarse), Some(descriptor)) => Some(coarse.gaussian.distance(descriptor)),
-                // Leaving the score out would sum fewer terms than the threshold was set on.
-                (Some(_), None) => candle_core::bail!("coarse image descriptor missing"),
-                (None, _) => None,
-            },
+        let coarse = coarse_descriptor.map(|descriptor| [descriptor]);
+        let mut scored = self.scores_of_patches(
+            &features.patches,
+            &[features.descriptor.as_slice()],
+            coarse.as_ref().map(|c| c.as_slice()),
+        )?;
+        scored
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("no scores for the image".into()))
+    }
+
+    /// The scores of images whose patches (`[images × patches, FEATURE_DIM]`, image after
+    /// image) and descriptors are given, one image per descriptor.
+    fn scores_of_patches(
+        &self,
+        patches: &Tensor,
+        descriptors: &[&[f32]],
+        coarse_descriptors: Option<&[&[f32]]>,
+    ) -> candle_core::Result<Vec<(RawScores, HeatMap)>> {
+        let images = descriptors.len();
+        let values = nearest_distances(patches, &self.bank_t, &self.bank_sq)?;
+        if images == 0 || !values.len().is_multiple_of(images) {
+            candle_core::bail!("{} patch distances for {images} images", values.len());
+        }
+        let coarse_descriptors = match (&self.coarse_image, coarse_descriptors) {
+            (Some(_), Some(all)) if all.len() == images => Some(all),
+            (Some(_), Some(all)) => {
+                candle_core::bail!("{} coarse image descriptors for {images} images", all.len())
+            }
+            // Leaving the score out would sum fewer terms than the threshold was set on.
+            (Some(_), None) => candle_core::bail!("coarse image descriptor missing"),
+            (None, _) => None,
         };
-        Ok((
-            scores,
-            HeatMap {
-                width: side,
-                height: side,
-                values,
-            },
-        ))
+        let per_image = values.len() / images;
+        let logits = (self.head.as_ref())
+            .map(|head| head.logits(patches))
+            .transpose()?;
+        let side = (per_image as f64).sqrt() as u32;
+        // Each image's Gaussian distances are two 608 × 608 products: side by side for a batch.
+        Ok((values.par_chunks_exact(per_image).enumerate())
+            .map(|(i, values)| {
+                let scores = RawScores {
+                    patch: top_mean(values, TOP_PATCHES),
+                    image: (self.image_gaussian.as_ref()).map(|g| g.distance(descriptors[i])),
+                    head: (logits.as_ref())
+                        .map(|all| top_mean(&all[i * per_image..][..per_image], TOP_PATCHES)),
+                    coarse_image: (self.coarse_image.as_ref())
+                        .zip(coarse_descriptors)
+                        .map(|(coarse, all)| coarse.gaussian.distance(all[i])),
+                };
+                let heat_map = HeatMap {
+                    width: side,
+                    height: side,
+                    values: values.to_vec(),
+                };
+                (scores, heat_map)
+            })
+            .collect())
     }
 
     /// Image score (higher is more anomalous: the combined score, or the patch score for a

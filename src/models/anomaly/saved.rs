@@ -13,7 +13,7 @@ use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, ScoreScale};
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
-use crate::models::{Detector, ModelError};
+use crate::models::{Detector, Judgement, ModelError};
 use crate::part::{GrayImage, HeatMap};
 
 /// Bank file inside an anomaly model folder.
@@ -222,7 +222,45 @@ impl Detector for AnomalyModel {
     /// the threshold lies, not a promise for each patch. A raw distance against a threshold in
     /// deviations saturated every heat map the station stored.
     fn score(&self, image: &GrayImage) -> Result<(f32, HeatMap), ModelError> {
-        let (score, mut heat_map) = self.model.score(image)?;
+        let (score, heat_map) = self.model.score(image)?;
+        self.scored(score, heat_map)
+    }
+
+    /// One pass through the backbone for all the images ([`PatchCore::raw_scores_many`]).
+    fn judge_many(
+        &self,
+        images: &[&GrayImage],
+        _tolerated: &[&str],
+    ) -> Vec<Result<Judgement, ModelError>> {
+        let batch = match images {
+            [_, _, ..] => self.model.raw_scores_many(images),
+            _ => return images.iter().map(|image| self.judge(image)).collect(),
+        };
+        match batch {
+            Ok(scored) => scored
+                .into_iter()
+                .map(|(raw, heat_map)| {
+                    let (score, heat_map) = self.scored(self.model.combined(raw), heat_map)?;
+                    Ok(Judgement {
+                        score,
+                        heat_map,
+                        defect_class: None,
+                        rejecting: None,
+                    })
+                })
+                .collect(),
+            Err(error) => {
+                tracing::debug!(%error, images = images.len(), "batch failed; scoring one by one");
+                images.iter().map(|image| self.judge(image)).collect()
+            }
+        }
+    }
+}
+
+impl AnomalyModel {
+    /// A combined score and raw heat map as the station sees them: a score that is not a
+    /// number is an error, and the heat map is put on the patch score's scale.
+    fn scored(&self, score: f32, mut heat_map: HeatMap) -> Result<(f32, HeatMap), ModelError> {
         if !score.is_finite() {
             return Err(ModelError::NonFinite);
         }
