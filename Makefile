@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets weights clean \
+.PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets eval-precision weights clean \
 	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera bench-line soak test-soak bench-compare
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
@@ -121,6 +121,11 @@ eval:
 eval-datasets: setup weights
 	cargo build --release --locked
 	bash scripts/eval-datasets.sh $(CARGO_TARGET_DIR)/release/linesight
+
+## eval-precision: the held-out figures with the backbone multiplying in bf16 beside f32
+eval-precision: setup weights
+	cargo build --release --locked
+	bash scripts/eval-precision.sh $(CARGO_TARGET_DIR)/release/linesight
 
 clean:
 	cargo clean

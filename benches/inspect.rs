@@ -11,6 +11,7 @@ use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
 use linesight::models::anomaly::{
     CoarseImage, ImageGaussian, PatchCore, PatchHead, nearest_distances,
 };
+use linesight::models::backbone::bf16::Precision;
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
 use linesight::models::defect_net::DefectModel;
 use linesight::models::supervised::SupervisedModel;
@@ -63,6 +64,11 @@ fn hot_path(c: &mut Criterion) {
     });
 
     anomaly(c, &raw, &Device::Cpu, "");
+    // The same with the 1×1 convolutions in bfloat16, where the CPU has AVX-512 BF16.
+    if linesight::models::backbone::bf16::set_precision(Precision::Bf16) == Precision::Bf16 {
+        anomaly(c, &raw, &Device::Cpu, "bf16/");
+    }
+    linesight::models::backbone::bf16::set_precision(Precision::F32);
     #[cfg(feature = "cuda")]
     gpu(c, &raw, &calibrated);
 }

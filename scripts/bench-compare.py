@@ -39,6 +39,9 @@ LINESIGHT_BENCHES = [
     "anomaly/score_256_input256_bank4096",
     "supervised/predict_256_input256",
 ]
+# The same benches with the backbone's 1×1 convolutions in bfloat16, which benches/inspect.rs
+# runs under this prefix on a CPU with AVX-512 BF16 (`[model] precision`).
+BF16 = "bf16/"
 # The memory bank of Linesight's anomaly benches: numpy searches one of the same size.
 BANK = 4096
 
@@ -94,7 +97,8 @@ def reference_part(tool, part, model, args):
 
 def linesight_benches(args):
     """Runs the criterion benches once; their median times in ms, from criterion's estimates."""
-    pattern = "^(" + "|".join(LINESIGHT_BENCHES) + ")$"
+    started = time.time()
+    pattern = "^(" + BF16 + ")?(" + "|".join(LINESIGHT_BENCHES) + ")$"
     run = subprocess.run(
         [
             "cargo", "bench", "--locked", "--bench", "inspect", "--", pattern,
@@ -109,12 +113,17 @@ def linesight_benches(args):
         sys.exit(f"bench-compare: cargo bench failed ({run.returncode}):\n{run.stderr[-4000:]}")
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     times = {}
-    for name in LINESIGHT_BENCHES:
+    for name in LINESIGHT_BENCHES + [BF16 + name for name in LINESIGHT_BENCHES]:
         estimates = target / "criterion" / name.replace("/", "_") / "new" / "estimates.json"
         if not estimates.exists():
             estimates = target / "criterion" / name / "new" / "estimates.json"
         if not estimates.exists():
+            if name.startswith(BF16):
+                continue  # a CPU without AVX-512 BF16 runs no bf16 benches
             sys.exit(f"bench-compare: criterion wrote no {estimates} (is models/efficientnet-lite0 installed? make weights)")
+        # Only this run's figures: criterion keeps an earlier run's in place.
+        if estimates.stat().st_mtime < started:
+            continue
         times[name] = json.loads(estimates.read_text())["median"]["point_estimate"] / 1e6
     return times
 
@@ -196,17 +205,17 @@ def main():
         composite = summary(rounds)
 
     rows = [
-        ("Lite0 features, 256×256 input", get("anomaly/backbone_features_256"),
+        ("Lite0 features, 256×256 input", "anomaly/backbone_features_256",
          get("ort@256"), get("ov@256"), get("ov-f32@256"), best("ort@256", "ov@256", "ov-f32@256")),
-        ("Lite0 features, 128×128 input", get("anomaly/backbone_features_128"),
+        ("Lite0 features, 128×128 input", "anomaly/backbone_features_128",
          get("ort@128"), get("ov@128"), get("ov-f32@128"), best("ort@128", "ov@128", "ov-f32@128")),
-        (f"nearest neighbour, 1,024 patches × {BANK:,} × 152", get("anomaly/nearest_1024x4096"),
+        (f"nearest neighbour, 1,024 patches × {BANK:,} × 152", "anomaly/nearest_1024x4096",
          None, None, None, get("numpy@256")),
         ("anomaly model at its defaults (input 128, coarse 96, bank 4096)",
-         get("anomaly/score_256_input128_bank4096"), None, None, None, composite),
-        ("anomaly model at input 256 (bank 4096)", get("anomaly/score_256_input256_bank4096"),
+         "anomaly/score_256_input128_bank4096", None, None, None, composite),
+        ("anomaly model at input 256 (bank 4096)", "anomaly/score_256_input256_bank4096",
          None, None, None, None),
-        ("supervised model, input 256 (target ≤ 5 ms)", get("supervised/predict_256_input256"),
+        ("supervised model, input 256 (target ≤ 5 ms)", "supervised/predict_256_input256",
          None, None, None, None),
     ]
     cpu = platform.processor() or "?"
@@ -220,13 +229,16 @@ def main():
         f"{args.rounds} interleaved rounds in {time.time() - started:.0f} s; "
         "median over rounds (lowest–highest round).",
         "",
-        "| work | Linesight (candle) | ONNX Runtime f32 | OpenVINO default | OpenVINO f32 | "
-        "best alternative | Linesight ÷ best |",
-        "|---|---|---|---|---|---|---|",
+        "| work | Linesight f32 | Linesight bf16 | ONNX Runtime f32 | OpenVINO default | "
+        "OpenVINO f32 | best alternative | Linesight's best ÷ best alternative |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, ours, ort, ov, ov32, alt in rows:
+    for name, bench, ort, ov, ov32, alt in rows:
+        ours, ours_bf16 = get(bench), get(BF16 + bench)
+        fastest = best(bench, BF16 + bench)
         lines.append(
-            f"| {name} | {fmt(ours)} | {fmt(ort)} | {fmt(ov)} | {fmt(ov32)} | {fmt(alt)} | {ratio(ours, alt)} |"
+            f"| {name} | {fmt(ours)} | {fmt(ours_bf16)} | {fmt(ort)} | {fmt(ov)} | {fmt(ov32)} | "
+            f"{fmt(alt)} | {ratio(fastest, alt)} |"
         )
     lines += [
         "",

@@ -22,6 +22,7 @@ use crate::analyse::rootcause::station::RootCauseSection;
 use crate::analyse::shifts::{ProductionSection, ShiftCalendar, ShiftSection};
 use crate::capture::{CameraPipeline, EndOfStream, ParamValue, PresenceSettings, TriggerSource};
 use crate::inspect::taxonomy::{DefectClass, Taxonomy};
+use crate::models::backbone::bf16::Precision;
 pub use crate::sense::tags::{SensorsSection, TagConfig};
 // The simulator's own sections live with the simulator, which checks them; only their shape is
 // named here, so the file is refused in one place.
@@ -617,6 +618,12 @@ pub struct ModelSection {
     /// batch costs little more than one part (`make bench-cuda`: `anomaly/batch_*`); on the
     /// CPU the cores are busy either way (`make bench`: the same benches).
     pub batch: Option<usize>,
+    /// The arithmetic of the backbone's 1×1 convolutions on the CPU: `auto` (the default:
+    /// bfloat16 products where the CPU has AVX-512 BF16, else f32), `f32` or `bf16`
+    /// ([`crate::models::backbone::bf16`]). Scores move by well under their spread between
+    /// good parts (`make bench`: `bf16/*` beside the f32 benches).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_inspect_workers() -> usize {
@@ -810,6 +817,8 @@ pub struct StationConfig {
     pub inspect_workers: NonZeroUsize,
     /// See [`ModelSection::batch`].
     pub inspect_batch: NonZeroUsize,
+    /// See [`ModelSection::precision`].
+    pub model_precision: Precision,
     /// Bearer token the API asks for before changing the model; not in the file (the CLI takes
     /// it from `LINESIGHT_ADMIN_TOKEN`). Without one, model changes over HTTP are refused.
     pub admin_token: Option<String>,
@@ -966,6 +975,7 @@ impl StationConfig {
             inspect_workers: NonZeroUsize::new(file.model.workers).unwrap_or(NonZeroUsize::MIN),
             inspect_batch: NonZeroUsize::new(file.model.batch_or_default())
                 .unwrap_or(NonZeroUsize::MIN),
+            model_precision: file.model.precision,
             admin_token: None,
             line: LineTiming {
                 travel: Duration::from_millis(file.line.travel_ms),
@@ -1831,6 +1841,25 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn model_precision_is_auto_unless_set() {
+        assert_eq!(
+            parse(&example()).expect("valid").model_precision,
+            Precision::Auto
+        );
+        for (text, precision) in [("f32", Precision::F32), ("bf16", Precision::Bf16)] {
+            let set = example().replace("[model]\n", &format!("[model]\nprecision = \"{text}\"\n"));
+            assert_eq!(parse(&set).expect("valid").model_precision, precision);
+        }
+        let message = parse(&example().replace("[model]\n", "[model]\nprecision = \"f16\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("f16") && message.contains("bf16"),
+            "{message}"
+        );
     }
 
     #[test]

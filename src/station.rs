@@ -262,6 +262,8 @@ impl Station {
         }
         let clock = StationClock::start();
         let metrics = Metrics::new();
+        let precision = crate::models::backbone::bf16::set_precision(config.model_precision);
+        tracing::info!(configured = %config.model_precision, %precision, "1x1 convolutions on the CPU");
         let registry = Registry::new(
             config.model_registry.clone(),
             config.backbone_weights.clone(),

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use linesight::models::backbone::bf16::{self, Precision};
 
 /// Where `make weights` puts the converted pretrained backbone.
 pub const BACKBONE_WEIGHTS: &str = "models/efficientnet-lite0/efficientnet-lite0.safetensors";
@@ -35,6 +36,16 @@ pub const BACKBONE_WEIGHTS: &str = "models/efficientnet-lite0/efficientnet-lite0
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The arithmetic of the backbone's 1×1 convolutions on the CPU: auto (bfloat16 where the
+    /// CPU has AVX-512 BF16, else f32), f32 or bf16. A station takes `[model] precision`
+    /// from its config instead.
+    #[arg(
+        long,
+        global = true,
+        default_value = "auto",
+        env = "LINESIGHT_PRECISION"
+    )]
+    precision: Precision,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +116,8 @@ enum Command {
 impl Cli {
     /// Runs the command the arguments name.
     pub fn run(self) -> anyhow::Result<()> {
+        let precision = bf16::set_precision(self.precision);
+        tracing::debug!(configured = %self.precision, %precision, "1x1 convolutions on the CPU");
         match self.command {
             Command::Run(run) => run.run(),
             Command::Train { kind } => {

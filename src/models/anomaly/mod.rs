@@ -731,6 +731,19 @@ impl PatchCore {
         PatchCore { scale, ..self }
     }
 
+    /// The same model with its backbones' 1×1 convolutions computing in `precision` on the
+    /// CPU ([`crate::models::backbone::bf16::Precision`]).
+    pub fn with_precision(self, precision: crate::models::backbone::bf16::Precision) -> PatchCore {
+        PatchCore {
+            features: self.features.with_precision(precision),
+            coarse_image: (self.coarse_image).map(|coarse| CoarseImage {
+                features: coarse.features.with_precision(precision),
+                gaussian: coarse.gaussian,
+            }),
+            ..self
+        }
+    }
+
     /// The memory bank, for saving.
     pub fn bank(&self) -> &Tensor {
         &self.bank

@@ -154,6 +154,15 @@ impl PatchFeatures {
         PatchFeatures { resampling, ..self }
     }
 
+    /// The same extractor with the backbone's 1×1 convolutions computing in `precision` on
+    /// the CPU ([`super::bf16::Precision`]).
+    pub fn with_precision(self, precision: super::bf16::Precision) -> PatchFeatures {
+        PatchFeatures {
+            backbone: self.backbone.with_precision(precision),
+            ..self
+        }
+    }
+
     /// The weights the backbone holds, when it was loaded from a file.
     pub fn weights(&self) -> Option<&WeightsId> {
         self.weights.as_ref()

@@ -12,6 +12,7 @@
 //! Input: `[b, 3, h, w]` pixels scaled as `(x − 127) / 128`, the normalisation these weights were
 //! trained with, or `[b, 1, h, w]` for grey images.
 
+pub mod bf16;
 pub mod depthwise;
 pub mod features;
 pub mod legacy_pth;
@@ -229,6 +230,19 @@ impl EfficientNetLite0 {
             });
         }
         Ok(EfficientNetLite0 { stem, blocks })
+    }
+
+    /// The same network with its 1×1 convolutions computing in `precision` on the CPU
+    /// ([`bf16::Precision`]).
+    pub fn with_precision(self, precision: bf16::Precision) -> EfficientNetLite0 {
+        let blocks = (self.blocks.into_iter())
+            .map(|block| MbConv {
+                expand: block.expand.map(|e| e.with_precision(precision)),
+                project: block.project.with_precision(precision),
+                ..block
+            })
+            .collect();
+        EfficientNetLite0 { blocks, ..self }
     }
 
     /// Runs the network up to stride 16 on `[b, 3, h, w]` colour or `[b, 1, h, w]` grey

@@ -22,6 +22,10 @@ pub struct Pointwise {
     /// The same weights `[out, in]` and bias `[out, 1]`, for devices without the kernel.
     weight_tensor: Tensor,
     bias_tensor: Tensor,
+    /// The weights in bfloat16 panels, for [`super::bf16::Precision::Bf16`].
+    packed: super::bf16::PackedWeights,
+    /// Whether the CPU kernel multiplies in bfloat16 (only where the CPU can).
+    bf16: bool,
 }
 
 /// What is added to the product.
@@ -47,14 +51,26 @@ impl Pointwise {
                 bias.dims()
             );
         }
+        let weight = weight_tensor.flatten_all()?.to_vec1::<f32>()?;
         Ok(Pointwise {
-            weight: weight_tensor.flatten_all()?.to_vec1::<f32>()?,
+            packed: super::bf16::PackedWeights::new(&weight, out_channels, in_channels),
+            bf16: super::bf16::precision() == super::bf16::Precision::Bf16,
+            weight,
             bias: bias.to_vec1::<f32>()?,
             out_channels,
             in_channels,
             bias_tensor: bias.reshape((out_channels, 1))?,
             weight_tensor,
         })
+    }
+
+    /// The same layer computing in `precision` on the CPU (bfloat16 only where the CPU has
+    /// it; `auto` takes it there).
+    pub fn with_precision(self, precision: super::bf16::Precision) -> Pointwise {
+        Pointwise {
+            bf16: precision != super::bf16::Precision::F32 && super::bf16::cpu_has_bf16(),
+            ..self
+        }
     }
 
     /// The product alone, for a next layer that applies the bias itself.
@@ -166,6 +182,27 @@ impl Pointwise {
         };
         // The start of the allocation: writable up to its capacity, `len`.
         let dst = output.as_mut_ptr();
+        #[cfg(target_arch = "x86_64")]
+        if self.bf16 {
+            for image in 0..b {
+                // SAFETY: `bf16` is set only on a CPU with the instructions; `dst` has
+                // room for `b·m·n` values and `input` holds `b·k·n`, each image's `m × n`
+                // output and `k × n` input row-major; with `read_output` they were
+                // initialised above, else the kernel writes every value.
+                unsafe {
+                    super::bf16::gemm(
+                        &self.packed,
+                        &input[image * k * n..][..k * n],
+                        n,
+                        dst.add(image * m * n),
+                        read_output,
+                    );
+                }
+            }
+            // SAFETY: every value is now written (or added to the ones written above).
+            unsafe { output.set_len(len) };
+            return Ok((CpuStorage::F32(output), Shape::from((b, m, h, w))));
+        }
         for image in 0..b {
             // SAFETY: `dst` has room for `b·m·n` values (`len`, the capacity above) and
             // `input` holds `b·k·n`; every pointer below stays inside its image's `m × n`

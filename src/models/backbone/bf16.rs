@@ -1,0 +1,399 @@
+//! The 1×1 convolutions' matrix products in bfloat16, on CPUs with AVX-512 BF16 (AMD Zen 4
+//! and later, Intel Cooper Lake and Sapphire Rapids and later).
+//!
+//! `vdpbf16ps` multiplies pairs of bfloat16 values and adds both products to an f32 lane: 32
+//! multiply-adds per instruction where an f32 `vfmadd` does 16, and half the bytes read. The
+//! products are summed in f32; only the two factors are rounded (to 8 significant bits), the
+//! weights once when the layer is built and the activations as a block of them is packed.
+//! [`Precision`] chooses it at run time: `auto` takes it where the CPU has the instructions.
+//!
+//! The layout is the classic one of a packed GEMM: the weights `[m, k]` are stored once in
+//! panels of [`MR`] rows, each k-pair of a row as one 32-bit word (`(w[2p+1] << 16) | w[2p]`),
+//! so the kernel broadcasts a word to all lanes; a block of [`NR`] input columns is packed per
+//! call the same way, one word per column and k-pair, so that lane `j` of a vector holds column
+//! `j`'s pair. A task takes one column block (and a share of the rows when there are few
+//! blocks), packs it into a thread's own buffer that stays in L1, and runs every row panel
+//! over it, accumulating `MR × NR` outputs in sixteen registers.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rayon::prelude::*;
+
+/// Rows of the weights per panel: the kernel's accumulators are `MR × 2` vectors.
+const MR: usize = 8;
+/// Columns per block: two 16-lane vectors.
+const NR: usize = 32;
+
+/// The arithmetic of the backbone's 1×1 convolutions on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bfloat16 products where the CPU has AVX-512 BF16, else f32.
+    #[default]
+    Auto,
+    /// f32 throughout.
+    F32,
+    /// bfloat16 products; f32 where the CPU lacks the instructions.
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Precision, String> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("precision {other:?}: expected auto, f32 or bf16")),
+        }
+    }
+}
+
+/// The process's choice: 0 f32, 1 bf16. f32 until [`set_precision`] says otherwise, so that a
+/// library user (and every test) gets f32 unless it asks.
+static USE_BF16: AtomicU8 = AtomicU8::new(0);
+
+/// Whether this CPU has the instructions the bfloat16 kernel needs.
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Sets how the backbone's 1×1 convolutions built from now on compute, for the whole process
+/// (the station sets it from its config before it loads a model, the CLI from `--precision`),
+/// and returns what was chosen (`F32` or `Bf16`): `auto` and `bf16` give bfloat16 where the
+/// CPU has it. A layer keeps the precision it was built with; `with_precision` on the
+/// backbone and the models on it chooses another for one copy.
+pub fn set_precision(precision: Precision) -> Precision {
+    let bf16 = precision != Precision::F32 && cpu_has_bf16();
+    USE_BF16.store(u8::from(bf16), Ordering::Relaxed);
+    if bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
+
+/// What 1×1 convolutions built now compute in: `F32` or `Bf16`.
+pub fn precision() -> Precision {
+    if USE_BF16.load(Ordering::Relaxed) == 1 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
+
+/// Rounds to the nearest bfloat16, ties to even (as `vcvtneps2bf16`), as its 16 bits.
+fn bf16_bits(value: f32) -> u32 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
+}
+
+/// A layer's weights `[m, k]`, in bfloat16 panels for the kernel.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    m: usize,
+    k: usize,
+    /// `[panels][k_pairs][MR]` words; rows past `m` and the pair past an odd `k` are zero.
+    words: Vec<u32>,
+}
+
+impl PackedWeights {
+    /// Packs row-major `[m, k]` weights.
+    pub fn new(weight: &[f32], m: usize, k: usize) -> PackedWeights {
+        let pairs = k.div_ceil(2);
+        let panels = m.div_ceil(MR);
+        let mut words = vec![0u32; panels * pairs * MR];
+        let at = |row: usize, col: usize| {
+            if row < m && col < k {
+                bf16_bits(weight[row * k + col])
+            } else {
+                0
+            }
+        };
+        for panel in 0..panels {
+            for pair in 0..pairs {
+                for r in 0..MR {
+                    let row = panel * MR + r;
+                    words[(panel * pairs + pair) * MR + r] =
+                        (at(row, 2 * pair + 1) << 16) | at(row, 2 * pair);
+                }
+            }
+        }
+        PackedWeights { m, k, words }
+    }
+}
+
+/// A pointer the column-block tasks write through: each writes its own columns only.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: the tasks write disjoint (row range, column block) tiles of the output.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for Output {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Output {}
+
+#[cfg(target_arch = "x86_64")]
+impl Output {
+    /// The pointer (a method, so that a closure captures the whole `Send` wrapper).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Each thread's packed column block, kept between calls.
+    static PACKED_COLUMNS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `c = a · b` (or `c += a · b` with `accumulate`), `a` the packed `[m, k]` weights, `b` a
+/// row-major `[k, n]` input and `c` a row-major `[m, n]` output, products rounded to
+/// bfloat16 and summed in f32.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and BF16 ([`cpu_has_bf16`]); `c` must point to `m × n`
+/// writable values (initialised when `accumulate`), `b` must hold `k × n`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn gemm(a: &PackedWeights, b: &[f32], n: usize, c: *mut f32, accumulate: bool) {
+    let (m, k) = (a.m, a.k);
+    debug_assert!(b.len() >= k * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let blocks = n.div_ceil(NR);
+    let panels = m.div_ceil(MR);
+    // Enough tasks to keep every thread busy: with few column blocks (the late layers' small
+    // planes), the row panels are shared out too.
+    let threads = rayon::current_num_threads().max(1);
+    let row_groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
+    let panels_per_group = panels.div_ceil(row_groups);
+    let out = Output(c);
+    (0..blocks * row_groups).into_par_iter().for_each(|task| {
+        let (block, group) = (task / row_groups, task % row_groups);
+        let first_panel = group * panels_per_group;
+        let last_panel = (first_panel + panels_per_group).min(panels);
+        if first_panel >= last_panel {
+            return;
+        }
+        let j0 = block * NR;
+        let width = NR.min(n - j0);
+        PACKED_COLUMNS.with_borrow_mut(|packed| {
+            // SAFETY: the caller checked the CPU; every index stays in `b` and `c` as the
+            // bounds above keep (rows below `m`, columns below `n`).
+            unsafe {
+                x86::pack_columns(b, k, n, j0, width, packed);
+                for panel in first_panel..last_panel {
+                    let rows = MR.min(m - panel * MR);
+                    x86::kernel(
+                        &a.words[panel * k.div_ceil(2) * MR..][..k.div_ceil(2) * MR],
+                        packed,
+                        out.ptr().add(panel * MR * n + j0),
+                        n,
+                        rows,
+                        width,
+                        accumulate,
+                    );
+                }
+            }
+        });
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// Mask of the first `width` of 16 lanes.
+    fn lanes(width: usize) -> __mmask16 {
+        if width >= 16 {
+            0xffff
+        } else {
+            ((1u32 << width) - 1) as __mmask16
+        }
+    }
+
+    /// Packs columns `j0 .. j0 + width` of the `[k, n]` input: for each k-pair, `NR` words,
+    /// word `j` holding column `j0 + j`'s two values as bfloat16 (the odd row's in the high
+    /// half); columns past `width` and the row past an odd `k` are zero.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn pack_columns(
+        b: &[f32],
+        k: usize,
+        n: usize,
+        j0: usize,
+        width: usize,
+        packed: &mut Vec<u32>,
+    ) {
+        // SAFETY: the caller has checked the CPU's features; loads and stores stay inside
+        // `b` (rows below k, columns below n) and `packed` (resized to `pairs × NR`).
+        unsafe {
+            let pairs = k.div_ceil(2);
+            packed.clear();
+            packed.resize(pairs * NR, 0);
+            let dst = packed.as_mut_ptr();
+            for pair in 0..pairs {
+                for half in 0..NR / 16 {
+                    let start = half * 16;
+                    if start >= width {
+                        break;
+                    }
+                    let mask = lanes(width - start);
+                    let load = |row: usize| {
+                        if row < k {
+                            _mm512_maskz_loadu_ps(mask, b.as_ptr().add(row * n + j0 + start))
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    };
+                    let (even, odd) = (load(2 * pair), load(2 * pair + 1));
+                    let even = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                        _mm512_cvtneps_pbh(even),
+                    ));
+                    let odd = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                        _mm512_cvtneps_pbh(odd),
+                    ));
+                    let words = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                    _mm512_storeu_si512(dst.add(pair * NR + start).cast(), words);
+                }
+            }
+        }
+    }
+
+    /// One `rows × width` tile (at most `MR × NR`) of the output at `c` (row stride `n`):
+    /// `panel` is the weights' panel (`[pairs][MR]` words), `packed` the column block.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn kernel(
+        panel: &[u32],
+        packed: &[u32],
+        c: *mut f32,
+        n: usize,
+        rows: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller has checked the CPU's features and that the tile lies inside
+        // `c`; `panel` and `packed` hold `pairs` k-pairs of MR and NR words.
+        unsafe {
+            let pairs = packed.len() / NR;
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let mut a = panel.as_ptr();
+            let mut b = packed.as_ptr();
+            for _ in 0..pairs {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], w, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], w, b1);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                for (half, &sum) in acc.iter().enumerate() {
+                    let start = half * 16;
+                    if start >= width {
+                        break;
+                    }
+                    let mask = lanes(width - start);
+                    let at = c.add(r * n + start);
+                    let value = if accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum)
+                    } else {
+                        sum
+                    };
+                    _mm512_mask_storeu_ps(at, mask, value);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2⁻⁸ lies halfway between two bfloat16 values: to the even one, 1.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        // Just above halfway rounds up.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0 + 1.0 / 65536.0), 0x3f81);
+        assert_eq!(bf16_bits(-2.0), 0xc000);
+    }
+
+    /// Every shape the kernel cuts differently: rows not a multiple of the panel, columns not
+    /// a multiple of the block (and fewer than one vector), odd depths, accumulation.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn products_match_f32_within_bfloat16_rounding() {
+        if !cpu_has_bf16() {
+            eprintln!("skipping: this CPU has no AVX-512 BF16");
+            return;
+        }
+        let mut seed = 1u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (m, k, n) in [
+            (8, 16, 32),
+            (13, 7, 5),
+            (40, 112, 257),
+            (3, 1, 70),
+            (672, 112, 36),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| random()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| random()).collect();
+            let start: Vec<f32> = (0..m * n).map(|_| random()).collect();
+            let packed = PackedWeights::new(&a, m, k);
+            for accumulate in [false, true] {
+                let mut c = start.clone();
+                // SAFETY: the CPU was checked; c holds m × n, b k × n.
+                unsafe { gemm(&packed, &b, n, c.as_mut_ptr(), accumulate) };
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                        let magnitude: f32 =
+                            (0..k).map(|p| (a[i * k + p] * b[p * n + j]).abs()).sum();
+                        let want = exact + if accumulate { start[i * n + j] } else { 0.0 };
+                        // Each factor is off by at most 2⁻⁹ of itself.
+                        let bound = magnitude * 2.0 * 2f32.powi(-8) + 1e-6;
+                        assert!(
+                            (c[i * n + j] - want).abs() <= bound,
+                            "{m}x{k}x{n} at ({i}, {j}), accumulate {accumulate}: {} vs {want}",
+                            c[i * n + j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
