@@ -21,6 +21,7 @@ time: this is a measurement, reported in the README with the machine it ran on.
     make bench-line                                     # every case
     BENCH_SECONDS=10 scripts/bench-line.py --cases 256:anomaly   # one case, shorter steps
     BENCH_WORKERS=1 make bench-line                     # stations with one inspect worker
+    BENCH_PRECISION=f32 BENCH_BATCH=4 make bench-line    # f32 products, queued parts in fours
 """
 
 import argparse
@@ -97,6 +98,8 @@ dir = "{model}"
 # and a round trip timed for each.
 threshold = {threshold}
 workers = {workers}
+batch = {batch}
+precision = "{precision}"
 
 [line]
 travel_ms = 1200
@@ -176,7 +179,7 @@ def percentile(values, q):
     return ordered[index]
 
 
-def step(work, size, model_name, model_dir, calibration, rate, seconds, port, workers):
+def step(work, size, model_name, model_dir, calibration, rate, seconds, port, workers, batch, precision):
     """One station at one frame rate; its figures."""
     data = work / f"data-{size[0]}-{model_name}-{rate}"
     config = work / f"bench-{size[0]}-{model_name}-{rate}.toml"
@@ -190,6 +193,8 @@ def step(work, size, model_name, model_dir, calibration, rate, seconds, port, wo
             model=model_dir,
             threshold=REJECT_ALL[model_name],
             workers=workers,
+            batch=batch,
+            precision=precision,
             repo=REPO,
         )
     )
@@ -274,6 +279,11 @@ def main():
     parser.add_argument("--port", type=int, default=18095)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", 2)),
                         help="the stations' inspect workers ([model] workers)")
+    parser.add_argument("--batch", type=int, default=int(os.environ.get("BENCH_BATCH", 1)),
+                        help="queued parts a worker scores in one pass ([model] batch)")
+    parser.add_argument("--precision", default=os.environ.get("BENCH_PRECISION", "auto"),
+                        choices=["auto", "f32", "bf16"],
+                        help="the backbone's 1x1 convolutions ([model] precision)")
     args = parser.parse_args()
     if not BINARY.exists():
         sys.exit(f"{BINARY} is missing: `make bench-line` builds it (cargo build --release)")
@@ -301,7 +311,7 @@ def main():
         def measure(rate):
             print(f"{size[0]}x{size[1]} {model_name} at {rate} frames/s", file=sys.stderr)
             result = step(work, size, model_name, models[model_name], calibrations[size],
-                          rate, args.seconds, args.port, args.workers)
+                          rate, args.seconds, args.port, args.workers, args.batch, args.precision)
             result["sustained"] = (
                 result["dropped"] == 0 and result["late"] == 0
                 and result["parts_per_s"] >= 0.98 * rate
@@ -337,10 +347,11 @@ def main():
         "kernel": platform.release(),
     }
     (args.out / "bench-line.json").write_text(
-        json.dumps({"machine": machine, "workers": args.workers, "steps": results}, indent=2) + "\n"
+        json.dumps({"machine": machine, "workers": args.workers, "batch": args.batch,
+                    "precision": args.precision, "steps": results}, indent=2) + "\n"
     )
     print(f"\nMachine: {machine['cpu']}, {machine['cores']} cores; {args.workers} inspect "
-          f"worker(s)\n")
+          f"worker(s), batch {args.batch}, precision {args.precision}\n")
     print("| input | model | source fps | parts/s | dropped | late | verdict p50 / p99 ms "
           "| Modbus command p50 / p99 ms | CPU cores | RSS MiB start → end | sustained |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
