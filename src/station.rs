@@ -262,14 +262,18 @@ impl Station {
         }
         let clock = StationClock::start();
         let metrics = Metrics::new();
-        let precision = crate::models::backbone::bf16::set_precision(config.model_precision);
-        tracing::info!(configured = %config.model_precision, %precision, "1x1 convolutions on the CPU");
+        tracing::info!(
+            configured = %config.model_precision,
+            precision = %crate::models::backbone::bf16::resolve(config.model_precision),
+            "the backbone's 1x1 convolutions on the CPU"
+        );
         let registry = Registry::new(
             config.model_registry.clone(),
             config.backbone_weights.clone(),
             registry::open_device(config.model_device)?,
         )
-        .with_configured(config.model_dir.clone());
+        .with_configured(config.model_dir.clone())
+        .with_precision(config.model_precision);
         let detector = registry.load_dir(&config.model_dir)?;
         let calibration = Calibration::load(&config.calibration_file)?;
         // The size of the images the model is given: the calibration's output size when it

@@ -87,7 +87,8 @@ impl Backtest {
             self.registry.clone().unwrap_or(config.model_registry),
             config.backbone_weights.clone(),
             registry::open_device(config.model_device)?,
-        );
+        )
+        .with_precision(config.model_precision);
         let detector = registry
             .load(&self.model)
             .with_context(|| format!("loading candidate {}", self.model))?;

@@ -37,8 +37,8 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The arithmetic of the backbone's 1×1 convolutions on the CPU: auto (bfloat16 where the
-    /// CPU has AVX-512 BF16, else f32), f32 or bf16. A station takes `[model] precision`
-    /// from its config instead.
+    /// CPU has AVX-512 BF16, else f32), f32 or bf16. A station (and a backtest) loads its
+    /// models under `[model] precision` from its config; this sets the rest (training, eval).
     #[arg(
         long,
         global = true,

@@ -66,9 +66,10 @@ impl Inspector {
 
     /// Inspects parts that queued up, each with its further cameras' images (empty without
     /// `views`), in one call of the live model for every image of every part
-    /// ([`crate::models::Detector::judge_many`]): on a GPU one pass costs little more than
-    /// one image. Every image is judged by the same live model, each on its own; the
-    /// inspections come back in the parts' order.
+    /// ([`crate::models::Detector::judge_many`]; the anomaly family makes it one pass through
+    /// the backbone). Every image is judged by the same live model, each on its own; the
+    /// inspections come back in the parts' order. A part with no image for one of `views`
+    /// gets [`Verdict::Error`] for that view, naming the camera.
     pub fn inspect_parts(
         &self,
         camera: &Arc<str>,
@@ -87,12 +88,17 @@ impl Inspector {
                 Ok(&frame.image),
                 &live,
             ));
-            for (view, raw) in views.iter().zip(view_images) {
+            // Exactly one look per view, so that the looks split back into parts below.
+            for (i, view) in views.iter().enumerate() {
+                let raw = match view_images.get(i) {
+                    Some(raw) => raw.as_ref().map_err(Clone::clone),
+                    None => Err(format!("no frame from camera {}", view.name)),
+                };
                 looks.push(Look::prepare(
                     &view.undistorter,
                     &view.name,
                     frame.part_id,
-                    raw.as_ref().map_err(Clone::clone),
+                    raw,
                     &live,
                 ));
             }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::taxonomy::Taxonomy;
 use crate::config::ModelDevice;
 use crate::models::backbone::WeightsSearch;
+use crate::models::backbone::bf16::{self, Precision};
 use crate::models::card::{CARD_FILE, CardHead};
 use crate::models::{self, Detector, KINDS, ModelError};
 use crate::part::{GrayImage, PartId, Verdict};
@@ -72,6 +73,9 @@ pub struct Registry {
     weights: WeightsSearch,
     /// Where loaded models run.
     device: Device,
+    /// How their backbones' 1×1 convolutions compute on the CPU; `None`: the process's
+    /// default ([`crate::models::backbone::bf16`]).
+    precision: Option<Precision>,
 }
 
 impl Registry {
@@ -83,7 +87,15 @@ impl Registry {
             root,
             configured: None,
             device,
+            precision: None,
         }
+    }
+
+    /// Loads every model with its backbone's 1×1 convolutions in `precision` (`[model]
+    /// precision`), whatever the process's default.
+    pub fn with_precision(mut self, precision: Precision) -> Registry {
+        self.precision = Some(precision);
+        self
     }
 
     /// Also lists the model in `dir` (the station's configured one) wherever it lies.
@@ -162,7 +174,11 @@ impl Registry {
 
     /// Loads the model in `dir` (which need not be inside the registry).
     pub fn load_dir(&self, dir: &Path) -> Result<Box<dyn Detector>, RegistryError> {
-        Ok(models::load(dir, &self.weights, &self.device)?)
+        let load = || models::load(dir, &self.weights, &self.device);
+        Ok(match self.precision {
+            Some(precision) => bf16::building_with(precision, load).0,
+            None => load(),
+        }?)
     }
 
     /// Loads `version`.

@@ -238,6 +238,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     // scores, and change no verdict away from the threshold. (On magnetic-tile the held-out
     // AUROC moved by 0.0007: `make eval-precision`.)
     if bf16::cpu_has_bf16() {
+        let in_f32 = model.clone().with_precision(Precision::F32);
         let in_bf16 = model.clone().with_precision(Precision::Bf16);
         let threshold = loaded_card.head.threshold;
         let (mut pairs, mut good) = (Vec::new(), Vec::new());
@@ -246,7 +247,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
             let Ok(image) = linesight::learn::dataset::load_gray(&sample.image) else {
                 continue;
             };
-            let (f32_score, _) = model.score(&image).expect("f32 score");
+            let (f32_score, _) = in_f32.score(&image).expect("f32 score");
             let (bf16_score, _) = in_bf16.score(&image).expect("bf16 score");
             pairs.push((sample.image.clone(), f32_score, bf16_score));
             if !sample.defective() {

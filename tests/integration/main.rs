@@ -377,6 +377,57 @@ pub fn stored_inspections(
         );
         assert_eq!(part.verdict, alone.verdict, "part {i}");
     }
+    // The inspect worker itself, with every part already queued when it starts: it takes
+    // them four at a time (`[model] batch = 4`), and each verdict still reaches the tracker
+    // under its own part.
+    {
+        let (queue, frames_in) = std::sync::mpsc::sync_channel(frames.len());
+        for frame in &frames {
+            queue.send(frame.clone()).expect("queue");
+        }
+        drop(queue);
+        let (verdicts, mut verdicts_out) = tokio::sync::mpsc::channel(frames.len().max(1));
+        let (shadow_jobs, _shadow_out) = std::sync::mpsc::sync_channel(1);
+        linesight::inspect::run_inspector(linesight::inspect::InspectContext {
+            inspector: Inspector {
+                undistorter: Undistorter::new(&calibration).expect("remap tables"),
+                models: inspector.models.clone(),
+            },
+            camera: std::sync::Arc::from("station"),
+            views: Vec::new(),
+            stop_views: tokio_util::sync::CancellationToken::new(),
+            frames: frames_in,
+            inspections: verdicts,
+            clock: clock.clone(),
+            metrics: linesight::metrics::Metrics::new(),
+            shadow_jobs,
+            workers: std::num::NonZeroUsize::MIN,
+            batch: std::num::NonZeroUsize::new(4).expect("four"),
+        });
+        let mut by_worker = std::collections::HashMap::new();
+        while let Ok(inspection) = verdicts_out.try_recv() {
+            by_worker.insert(inspection.part_id, inspection);
+        }
+        assert_eq!(
+            by_worker.len(),
+            frames.len(),
+            "a verdict for every queued part"
+        );
+        for together in &batched {
+            let worker = &by_worker[&together.part_id];
+            assert_eq!(
+                (worker.verdict, &worker.defect_class),
+                (together.verdict, &together.defect_class),
+                "part {:?} through the worker",
+                together.part_id
+            );
+            let (a, b) = (
+                together.score.expect("a score"),
+                worker.score.expect("a score"),
+            );
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
     let mut stored = Vec::new();
     for (frame, together) in frames.into_iter().zip(batched) {
         let index = frame.part_id.0 as usize;

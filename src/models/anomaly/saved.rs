@@ -250,7 +250,7 @@ impl Detector for AnomalyModel {
                 })
                 .collect(),
             Err(error) => {
-                tracing::debug!(%error, images = images.len(), "batch failed; scoring one by one");
+                tracing::warn!(%error, images = images.len(), "batch failed; scoring one by one");
                 images.iter().map(|image| self.judge(image)).collect()
             }
         }

@@ -15,6 +15,7 @@
 //! blocks), packs it into a thread's own buffer that stays in L1, and runs every row panel
 //! over it, accumulating `MR × NR` outputs in sixteen registers.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
@@ -60,9 +61,16 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// The process's choice: 0 f32, 1 bf16. f32 until [`set_precision`] says otherwise, so that a
-/// library user (and every test) gets f32 unless it asks.
+/// The process's default for layers built from now on: 0 f32, 1 bf16. f32 until
+/// [`set_precision`] says otherwise, so that a library user (and every test) gets f32 unless
+/// it asks.
 static USE_BF16: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    /// A choice for layers built on this thread for a while ([`building_with`]), over the
+    /// process's default.
+    static BUILDING_BF16: Cell<Option<bool>> = const { Cell::new(None) };
+}
 
 /// Whether this CPU has the instructions the bfloat16 kernel needs.
 pub fn cpu_has_bf16() -> bool {
@@ -78,24 +86,50 @@ pub fn cpu_has_bf16() -> bool {
     }
 }
 
-/// Sets how the backbone's 1×1 convolutions built from now on compute, for the whole process
-/// (the station sets it from its config before it loads a model, the CLI from `--precision`),
-/// and returns what was chosen (`F32` or `Bf16`): `auto` and `bf16` give bfloat16 where the
-/// CPU has it. A layer keeps the precision it was built with; `with_precision` on the
-/// backbone and the models on it chooses another for one copy.
-pub fn set_precision(precision: Precision) -> Precision {
-    let bf16 = precision != Precision::F32 && cpu_has_bf16();
-    USE_BF16.store(u8::from(bf16), Ordering::Relaxed);
-    if bf16 {
+/// What `precision` comes to on this CPU: `F32` or `Bf16` (`auto` and `bf16` give bfloat16
+/// where the CPU has it).
+pub fn resolve(precision: Precision) -> Precision {
+    if precision != Precision::F32 && cpu_has_bf16() {
         Precision::Bf16
     } else {
         Precision::F32
     }
 }
 
-/// What 1×1 convolutions built now compute in: `F32` or `Bf16`.
+/// Sets the process's default for the backbone's 1×1 convolutions built from now on (the
+/// CLI's `--precision`) and returns what it comes to on this CPU. A layer keeps the precision
+/// it was built with; a station's registry builds its models under `[model] precision`
+/// ([`building_with`]), and `with_precision` on the backbone and the models on it chooses
+/// another for one copy.
+pub fn set_precision(precision: Precision) -> Precision {
+    let resolved = resolve(precision);
+    USE_BF16.store(u8::from(resolved == Precision::Bf16), Ordering::Relaxed);
+    resolved
+}
+
+/// Runs `build` with the layers it builds on this thread computing in `precision` (over the
+/// process's default), and returns what `precision` came to beside its result. Scoped to the
+/// thread, so that two stations in one process (or tests side by side) never see each
+/// other's choice.
+pub fn building_with<R>(precision: Precision, build: impl FnOnce() -> R) -> (R, Precision) {
+    let resolved = resolve(precision);
+    /// Puts the thread's earlier choice back, also when `build` panics.
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BUILDING_BF16.set(self.0);
+        }
+    }
+    let _restore = Restore(BUILDING_BF16.replace(Some(resolved == Precision::Bf16)));
+    (build(), resolved)
+}
+
+/// What 1×1 convolutions built now, on this thread, compute in: `F32` or `Bf16`.
 pub fn precision() -> Precision {
-    if USE_BF16.load(Ordering::Relaxed) == 1 {
+    let bf16 = BUILDING_BF16
+        .get()
+        .unwrap_or_else(|| USE_BF16.load(Ordering::Relaxed) == 1);
+    if bf16 {
         Precision::Bf16
     } else {
         Precision::F32
@@ -339,6 +373,22 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scoped_choice_holds_on_its_thread_only() {
+        let default = precision();
+        let (inside, resolved) = building_with(Precision::Bf16, precision);
+        assert_eq!(inside, resolve(Precision::Bf16));
+        assert_eq!(resolved, inside);
+        let (f32_inside, _) = building_with(Precision::F32, precision);
+        assert_eq!(f32_inside, Precision::F32);
+        // Another thread, meanwhile, builds with the process's default.
+        let (elsewhere, _) = building_with(Precision::Bf16, || {
+            std::thread::spawn(precision).join().expect("thread")
+        });
+        assert_eq!(elsewhere, default);
+        assert_eq!(precision(), default, "restored after the scope");
+    }
 
     #[test]
     fn rounding_is_to_nearest_even() {

@@ -25,6 +25,7 @@ pub struct Pointwise {
     /// The weights in bfloat16 panels, for [`super::bf16::Precision::Bf16`].
     packed: super::bf16::PackedWeights,
     /// Whether the CPU kernel multiplies in bfloat16 (only where the CPU can).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     bf16: bool,
 }
 
@@ -68,7 +69,7 @@ impl Pointwise {
     /// it; `auto` takes it there).
     pub fn with_precision(self, precision: super::bf16::Precision) -> Pointwise {
         Pointwise {
-            bf16: precision != super::bf16::Precision::F32 && super::bf16::cpu_has_bf16(),
+            bf16: super::bf16::resolve(precision) == super::bf16::Precision::Bf16,
             ..self
         }
     }
