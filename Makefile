@@ -7,7 +7,7 @@ CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
 .PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets eval-precision weights clean \
-	cuda-toolkit build-cuda test-cuda bench-cuda soak-camera bench-line soak test-soak bench-compare
+	cuda-toolkit build-cuda test-cuda bench-cuda bundle-cuda soak-camera bench-line soak test-soak bench-compare
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
 setup:
@@ -103,6 +103,10 @@ test-cuda: cuda-toolkit weights
 ## bench-cuda: the benchmarks, CPU and GPU side by side (needs an NVIDIA GPU)
 bench-cuda: cuda-toolkit weights
 	$(CUDA_ENV) && cargo bench --locked --features cuda --bench inspect
+
+## bundle-cuda: the GPU tests and benches packed for a GPU box without Rust (var/cuda-bundle)
+bundle-cuda: cuda-toolkit weights
+	bash scripts/cuda-bundle.sh
 
 ## lint: formatting and clippy, as before every commit
 lint:
