@@ -925,24 +925,20 @@ mod tests {
         line(&store).await;
         let jobs = Arc::new(BacktestJobs::default());
         let hold = Arc::new(Mutex::new(()));
-        let held = hold.lock().expect("lock");
-        let first = jobs
-            .start(
+        // A backtest of the line's period by a candidate that waits on `hold` for each part.
+        let start = || {
+            jobs.start(
                 store.clone(),
                 candidate(0.5, hold.clone()),
                 Arc::default(),
                 period(),
                 "eng".into(),
             )
-            .expect("starts");
+        };
+        let held = hold.lock().expect("lock");
+        let first = start().expect("starts");
         assert_eq!(first.state, JobState::Running);
-        let refused = jobs.start(
-            store.clone(),
-            candidate(0.5, hold.clone()),
-            Arc::default(),
-            period(),
-            "eng".into(),
-        );
+        let refused = start();
         assert!(matches!(refused, Err(StartError::Busy(id)) if id == first.id));
         drop(held);
         let done = finished(&jobs, first.id).await;
@@ -972,15 +968,7 @@ mod tests {
         // A backtest cancelled while it replays its first part stops after it, with no
         // report; a finished or unknown one cannot be cancelled.
         let held = hold.lock().expect("lock");
-        let second = jobs
-            .start(
-                store.clone(),
-                candidate(0.5, hold.clone()),
-                Arc::default(),
-                period(),
-                "eng".into(),
-            )
-            .expect("starts");
+        let second = start().expect("starts");
         let asked = jobs.cancel(second.id).expect("running");
         assert!(asked.cancel_requested);
         drop(held);
