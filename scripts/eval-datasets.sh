@@ -2,7 +2,7 @@
 # Trains and evaluates the models on the real datasets in ../shared/datasets (read in place)
 # and checks each held-out figure against issue 3's target; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
-# 12 minutes on 2 cores (11 min 45 s measured).
+# 23 minutes on 2 cores.
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,20 @@ done
   --name magnetic-tile --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
 "$bin" train supervised --layout kolektorsdd --data "$data/kolektorsdd" --out "$out/kolektorsdd" \
   --name kolektorsdd --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
+# Labels without masks (issue 21): the same magnetic-tile images tagged with their class only,
+# through a view of links to the images and none to the masks. The model it trains is then
+# scored on the real folder, whose held-out part is the same images with their masks.
+tags="$(mktemp -d)"
+trap 'rm -rf "$tags"' EXIT
+for class in "$data"/magnetic-tile/MT_*/; do
+  name="$(basename "$class")"
+  mkdir -p "$tags/$name/Imgs"
+  ln -s "$(realpath "$class")"/Imgs/*.jpg "$tags/$name/Imgs/"
+done
+"$bin" train supervised --layout magnetic-tile --data "$tags" --out "$out/magnetic-tile-tags" \
+  --name magnetic-tile-tags --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
+"$bin" eval supervised --model "$out/magnetic-tile-tags" --layout magnetic-tile \
+  --data "$data/magnetic-tile" --json "$out/magnetic-tile-tags/held-out-with-masks.json"
 "$bin" train anomaly --layout magnetic-tile --data "$data/magnetic-tile" --out "$out/magnetic-tile-anomaly" \
   --name magnetic-tile-anomaly
 
@@ -39,13 +53,20 @@ checks = [
     ("magnetic-tile defect-vs-good accuracy", metrics("magnetic-tile")["defect_vs_good_accuracy"], 0.97),
     ("magnetic-tile defect-class accuracy", metrics("magnetic-tile")["defect_class_accuracy"], 0.90),
     ("kolektorsdd image AP", metrics("kolektorsdd")["average_precision"], 0.90),
+    # Trained on tags alone (no target in the issue: "image-level labels suffice"); the masks
+    # judge its heat maps afterwards, reported without a target.
+    ("magnetic-tile tags-only defect-vs-good acc.", metrics("magnetic-tile-tags")["defect_vs_good_accuracy"], 0.95),
+    ("magnetic-tile tags-only pixel AUROC", json.load(open(f"{out}/magnetic-tile-tags/held-out-with-masks.json"))["pixel_auroc"], None),
     ("magnetic-tile anomaly image AUROC", metrics("magnetic-tile-anomaly")["image_auroc"], 0.92),
 ]
 unmet = 0
 for name, value, target in checks:
+    shown = "n/a" if value is None else f"{value:.4f}"
+    if target is None:
+        print(f"{name:<42} {shown:>6}  reported")
+        continue
     met = value is not None and value >= target
     unmet += not met
-    shown = "n/a" if value is None else f"{value:.4f}"
     print(f"{name:<42} {shown:>6}  target {target:.2f}  {'met' if met else 'NOT MET'}")
 # The anomaly threshold's promise (issue 21): chosen by split conformal on the good validation
 # images, its false-reject rate on the held-out good images must not exceed the target by more

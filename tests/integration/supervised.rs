@@ -77,6 +77,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
     assert_eq!(card.classes, ["good", "scratch", "spot"]);
     assert_eq!(card.training_data_sha256.len(), 64);
     // Held out: every 4th of 21 per class → 5 each; 16 left per class, 4 of them validation.
+    assert_eq!(card.n_tagged_train, 0, "every defect has its mask");
     assert_eq!(
         card.n_skipped_train, 2,
         "the truncated image and the bad mask"
@@ -230,4 +231,116 @@ fn a_target_escape_rate_chooses_the_threshold() {
     // No number of images promises no escape at all: the card says it has no guarantee.
     assert!(rule.contains("without a guarantee"), "{rule}");
     assert!(card.head.threshold_guarantee.is_none());
+}
+
+/// Labels without masks (issue 21): an image only tagged defective teaches the model that the
+/// image holds a defect somewhere, not that every patch of it is one. Trained on tags alone,
+/// the model still finds the defect: its heat map peaks on it and stays cool elsewhere.
+#[test]
+fn image_level_labels_alone_teach_where_the_defect_is() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let weights = backbone_weights();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    write_tile_dataset(&root, &mut PartGenerator::new(9, 256, 256, 0.0), 20);
+    // Hide every mask from training; they come back to judge the heat maps afterwards.
+    let hidden = dir.path().join("masks");
+    let mut masks = Vec::new();
+    for class in ["MT_Spot", "MT_Scratch"] {
+        let imgs = root.join(class).join("Imgs");
+        let away = hidden.join(class);
+        std::fs::create_dir_all(&away).expect("mkdir");
+        for entry in std::fs::read_dir(&imgs).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "png") {
+                let moved = away.join(path.file_name().expect("name"));
+                std::fs::rename(&path, &moved).expect("move mask");
+                masks.push((moved, path));
+            }
+        }
+    }
+    assert_eq!(masks.len(), 40);
+
+    let out = dir.path().join("model");
+    let card = supervised::train(&SupervisedSettings {
+        name: "tags-only".into(),
+        layout: Layout::MagneticTile,
+        data: root.clone(),
+        backbone_weights: weights.clone(),
+        epochs: 25,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        input_size: 256,
+        augmented_copies: 1,
+        feature_dropout: 0.1,
+        target_escape_rate: None,
+        seed: 4,
+        out_dir: out.clone(),
+        progress: Progress::hidden(),
+    })
+    .expect("trains");
+    // Held out: every 4th of 20 per class; the other 15 of each defect class trained tagged.
+    assert_eq!(card.family.n_tagged_train, 30);
+    let m = &card.family.metrics;
+    assert_eq!(m.detection.pixel_auroc, None, "no masks, no pixel figure");
+    let accuracy = m.defect_vs_good_accuracy.expect("good images held out");
+    assert!(accuracy >= 0.8, "defect-vs-good accuracy {accuracy}: {m:?}");
+
+    for (moved, path) in &masks {
+        std::fs::rename(moved, path).expect("mask back");
+    }
+    let model = SupervisedModel::load(
+        &out,
+        &WeightsSearch::file(&weights),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    let samples = dataset::read(Layout::MagneticTile, &root).expect("dataset");
+    let (held_out, _) = supervised::held_out_part(&samples);
+    let judged = supervised::evaluate(&model, &held_out, &Progress::hidden()).expect("evaluates");
+    let pixel_auroc = judged.detection.pixel_auroc.expect("masks are back");
+    assert!(pixel_auroc > 0.9, "pixel AUROC {pixel_auroc}");
+
+    // Patch by patch on the held-out defects: the hottest patch lies on the defect (or next to
+    // it), and the patches well away from it stay below one half. Taught that whole images
+    // were defective, the model called most of their background defective too.
+    let (mut peaks_on_defect, mut defects) = (0, 0);
+    let (mut hot_background, mut background) = (0usize, 0usize);
+    for sample in held_out.iter().filter(|s| s.class != "good") {
+        let image = dataset::load_gray(&sample.image).expect("image");
+        let mask = dataset::load_gray(sample.mask.as_ref().expect("mask")).expect("mask");
+        let heat = model.predict(&image).expect("predicts").heat_map;
+        let (gw, gh) = (heat.width as usize, heat.height as usize);
+        // Cells within one cell of a masked pixel count as on the defect.
+        let mut near = vec![false; gw * gh];
+        for (i, _) in mask.pixels.iter().enumerate().filter(|(_, p)| **p > 0) {
+            let (x, y) = (i % mask.width as usize, i / mask.width as usize);
+            let (cx, cy) = (x * gw / mask.width as usize, y * gh / mask.height as usize);
+            for ny in cy.saturating_sub(1)..(cy + 2).min(gh) {
+                for nx in cx.saturating_sub(1)..(cx + 2).min(gw) {
+                    near[ny * gw + nx] = true;
+                }
+            }
+        }
+        let peak = (0..gw * gh)
+            .max_by(|&a, &b| heat.values[a].total_cmp(&heat.values[b]))
+            .expect("cells");
+        defects += 1;
+        peaks_on_defect += usize::from(near[peak]);
+        for (value, near) in heat.values.iter().zip(&near) {
+            if !near {
+                background += 1;
+                hot_background += usize::from(*value >= 0.5);
+            }
+        }
+    }
+    assert_eq!(defects, 10);
+    assert!(
+        peaks_on_defect >= 8,
+        "{peaks_on_defect} of {defects} heat maps peak on their defect"
+    );
+    assert!(
+        hot_background * 20 <= background,
+        "{hot_background} of {background} background cells of defective parts at ≥ 0.5"
+    );
 }

@@ -17,9 +17,15 @@
 //!
 //! Training minimises the patch cross-entropy (defect patches weighted up: they are rare) plus
 //! the image-level loss of both derived outputs, so the verdict the station acts on is what is
-//! optimised. Only the head learns; each training image's features are computed once per
-//! augmented copy (see [`augment`](crate::learn::augment)), which keeps training to minutes
-//! on a CPU. Whole feature channels are dropped at random while training (a regulariser for
+//! optimised. An image tagged defective without a mask or boxes does not label every patch a
+//! defect (most of them look like good ones): its defect is located first, as the patches
+//! farther from every good training patch than good patches almost ever are (the anomaly
+//! model's rule), and only those are taught its class; its other patches teach nothing, and the
+//! image-level losses, a smooth maximum over patches, do the rest (multiple-instance
+//! learning). So tags alone suffice.
+//!
+//! Only the head learns; each training image's features are computed once per augmented copy
+//! (see [`augment`](crate::learn::augment)), which keeps training to minutes on a CPU. Whole feature channels are dropped at random while training (a regulariser for
 //! datasets of a few hundred images). The threshold is chosen on a validation part that the
 //! first fit never sees; the head is then fitted again with the validation images added, and
 //! that final head, with the threshold, is what the held-out part measures.
@@ -374,6 +380,10 @@ pub struct SupervisedCard {
     pub layout: Layout,
     pub split: String,
     pub n_train: usize,
+    /// Defective training images tagged without a mask or boxes, whose defects training
+    /// located from the good images (see the module doc).
+    #[serde(default)]
+    pub n_tagged_train: usize,
     /// Training images that could not be used (unreadable, or a mask that does not fit).
     pub n_skipped_train: usize,
     pub n_validation: usize,
@@ -579,6 +589,7 @@ fn untrained_card(classes: Vec<String>, features: &PatchFeatures) -> ModelCard<S
         layout: Layout::Mvtec,
         split: String::new(),
         n_train: 0,
+        n_tagged_train: 0,
         n_skipped_train: 0,
         n_validation: 0,
         augmented_copies: 0,

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::learn::drift::{DriftReference, InputStats};
+use crate::models::anomaly::nearest_distances;
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -73,9 +74,23 @@ struct Example {
     /// Patch-major `[grid, grid, FEATURE_DIM]`, as the training head reads them; f16 halves
     /// the memory of a large training set.
     features: Tensor,
-    /// Class per patch, row-major.
-    patch_targets: Vec<u32>,
+    patch_labels: PatchLabels,
     class: u32,
+    /// Which training image this is a copy of (copies of one image share it).
+    source: usize,
+}
+
+/// What an example teaches its patches (row-major classes).
+#[derive(Debug, Clone)]
+enum PatchLabels {
+    /// A good image, or a defective one with a mask or boxes: every patch's class.
+    Every(Vec<u32>),
+    /// A defective image tagged without saying where: the patches found far from every good
+    /// patch (see [`locate_tagged_defects`]) have the image's class; the others, 0 here, are
+    /// unknown and teach nothing.
+    Found(Vec<u32>),
+    /// A tagged image not located (too few good images to compare with).
+    Unknown,
 }
 
 /// Trains the head on the dataset's training part less its validation part and chooses the
@@ -124,6 +139,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     );
     // Each image is decoded once: its examples, and for a good one the input statistics the
     // card's drift reference learns from.
+    let mut next_source = 0;
     let mut extract = |part: &[Sample]| {
         let mut examples = Vec::new();
         let mut used = Vec::new();
@@ -133,7 +149,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
                 // The caller sees the cancel at its next check, below.
                 break;
             }
-            match training_examples(&features, sample, &classes, copies, &mut rng) {
+            next_source += 1;
+            match training_examples(&features, sample, next_source, &classes, copies, &mut rng) {
                 Ok((mut more, inputs)) => {
                     examples.append(&mut more);
                     used.push(sample.clone());
@@ -159,6 +176,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     }
 
     // First fit: on the fit part only, to choose the threshold on validation images it never saw.
+    locate_tagged_defects(&mut train_set, settings.seed, &settings.progress)?;
     let (head, normaliser, mut varmap) = fit_head(&train_set, classes.len(), settings, "fit part")?;
     // The first fit's card names the real classes: scoring the validation part finds each
     // image's class by name (placeholder names skipped every defective image, and the threshold
@@ -227,6 +245,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     if !validation_set.is_empty() {
         train_set.append(&mut validation_set);
         used.extend(used_validation);
+        locate_tagged_defects(&mut train_set, settings.seed, &settings.progress)?;
         let (head, normaliser, refitted) =
             fit_head(&train_set, classes.len(), settings, "whole training part")?;
         model.inference = InferenceHead::new(&head, &normaliser)?;
@@ -235,6 +254,12 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         rule.push_str(" (by the model fitted without them; the final model adds them)");
     }
     let training_duration_s = started.elapsed().as_secs_f64();
+    let n_tagged_train = train_set
+        .iter()
+        .filter(|e| !matches!(e.patch_labels, PatchLabels::Every(_)))
+        .map(|e| e.source)
+        .collect::<BTreeSet<_>>()
+        .len();
 
     let architecture = format!(
         "patch segmentation head (1x1 {FEATURE_DIM}->{HIDDEN}, 3x3 {HIDDEN}->{HIDDEN}, 1x1 {HIDDEN}->{}) on frozen features",
@@ -253,6 +278,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
              dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
         ),
         n_train: used.len(),
+        n_tagged_train,
         n_skipped_train,
         n_validation,
         augmented_copies: settings.augmented_copies,
@@ -470,19 +496,64 @@ impl BatchInputs<'_> {
         let per_patch = head.forward_patches(&xs)?;
         let k = per_patch.dim(1)?;
         let logits = per_patch.reshape((b, h, w, k))?.permute((0, 3, 1, 2))?;
-        let targets: Vec<u32> = batch
-            .iter()
-            .flat_map(|&i| examples[i].patch_targets.iter().copied())
+        // An image tagged defective without saying where has a defect somewhere among its
+        // patches, and most of them look like good ones. Teaching every one of them "defect"
+        // made the model call the background of such images defective (98 % of it, in the
+        // test). Multiple-instance learning instead: only the patch the model itself finds
+        // most defective is taught the image's class, besides the image-level losses below; a
+        // good image teaches all of its patches to be good.
+        let n = h * w;
+        let tagged: Vec<usize> = (0..b)
+            .filter(|&j| matches!(examples[batch[j]].patch_labels, PatchLabels::Unknown))
             .collect();
-        let weights: Vec<f32> = targets
-            .iter()
-            .map(|&t| if t == 0 { 1.0 } else { DEFECT_WEIGHT as f32 })
-            .collect();
-        let targets = Tensor::from_vec(targets, b * h * w, device)?;
-        let weights = Tensor::from_vec(weights, b * h * w, device)?;
+        let mut most_defective = vec![0usize; b];
+        if !tagged.is_empty() {
+            let scores = patch_log_odds(&per_patch)?.to_vec1::<f32>()?;
+            for &j in &tagged {
+                most_defective[j] = (0..n)
+                    .max_by(|&p, &q| scores[j * n + p].total_cmp(&scores[j * n + q]))
+                    .unwrap_or(0);
+            }
+        }
+        let mut targets = Vec::with_capacity(b * n);
+        let mut weights = Vec::with_capacity(b * n);
+        for (j, &i) in batch.iter().enumerate() {
+            match &examples[i].patch_labels {
+                PatchLabels::Every(patches) => {
+                    targets.extend_from_slice(patches);
+                    weights.extend(
+                        patches
+                            .iter()
+                            .map(|&t| if t == 0 { 1.0 } else { DEFECT_WEIGHT as f32 }),
+                    );
+                }
+                PatchLabels::Found(patches) => {
+                    targets.extend_from_slice(patches);
+                    weights.extend(
+                        patches
+                            .iter()
+                            .map(|&t| if t == 0 { 0.0 } else { DEFECT_WEIGHT as f32 }),
+                    );
+                }
+                PatchLabels::Unknown => {
+                    let at = targets.len() + most_defective[j];
+                    targets.extend(std::iter::repeat_n(0, n));
+                    weights.extend(std::iter::repeat_n(0f32, n));
+                    targets[at] = examples[i].class;
+                    weights[at] = DEFECT_WEIGHT as f32;
+                }
+            }
+        }
+        let weight_sum: f32 = weights.iter().sum();
+        let targets = Tensor::from_vec(targets, b * n, device)?;
+        let weights = Tensor::from_vec(weights, b * n, device)?;
         let log_p = candle_nn::ops::log_softmax(&per_patch, D::Minus1)?;
         let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let mut loss = ((picked * &weights)?.sum_all()? / weights.sum_all()?)?.neg()?;
+        let mut loss = if weight_sum > 0.0 {
+            ((picked * &weights)?.sum_all()? / f64::from(weight_sum))?.neg()?
+        } else {
+            Tensor::zeros((), DType::F32, device)?
+        };
 
         let (defect_logit, class_log_mass) = image_outputs(&logits)?;
         if self.has_good {
@@ -510,6 +581,108 @@ impl BatchInputs<'_> {
     }
 }
 
+/// Most good patches [`locate_tagged_defects`] compares tagged images with: a random sample
+/// of this many keeps the search to seconds per thousand images.
+const LOCATE_BANK_PATCHES: usize = 16_384;
+
+/// Share of the good calibration patches [`locate_tagged_defects`] keeps below its limit: the
+/// farthest good patch of hundreds of images is an outlier (a tile at the edge of the lighting
+/// range), which left most of a tagged image's defect below the limit.
+const LOCATE_LIMIT_QUANTILE: f64 = 0.999;
+
+/// Finds where the defect of each image tagged defective without a mask lies, the way the
+/// good-only anomaly model does: the patches whose nearest good patch is farther than it is for
+/// 99.9 % of good patches ([`LOCATE_LIMIT_QUANTILE`]). The good images are split in two by
+/// image: one half's patches (a random sample of at most [`LOCATE_BANK_PATCHES`]) are the bank;
+/// the other half's distances to it set the limit, so the limit is what good images the bank
+/// never saw reach. A tagged image with no patch past the limit still has a defect: its
+/// farthest patch is taken. The other patches of a tagged image stay unknown
+/// ([`PatchLabels::Found`]).
+///
+/// With fewer than two good images nothing is compared: tagged images stay
+/// [`PatchLabels::Unknown`], and the training loop picks their most defective patch itself.
+fn locate_tagged_defects(
+    examples: &mut [Example],
+    seed: u64,
+    progress: &Progress,
+) -> Result<(), SupervisedError> {
+    let tagged: Vec<usize> = (0..examples.len())
+        .filter(|&i| !matches!(examples[i].patch_labels, PatchLabels::Every(_)))
+        .collect();
+    let good_sources: BTreeSet<usize> = examples
+        .iter()
+        .filter(|e| e.class == 0)
+        .map(|e| e.source)
+        .collect();
+    if tagged.is_empty() || good_sources.len() < 2 {
+        return Ok(());
+    }
+    let in_bank: BTreeSet<usize> = good_sources.iter().copied().step_by(2).collect();
+    let patches = |e: &Example| -> candle_core::Result<Tensor> {
+        let (gh, gw, c) = e.features.dims3()?;
+        e.features.reshape((gh * gw, c))?.to_dtype(DType::F32)
+    };
+    let mut bank = Vec::new();
+    let mut calibration = Vec::new();
+    for example in examples.iter().filter(|e| e.class == 0) {
+        if in_bank.contains(&example.source) {
+            bank.push(patches(example)?);
+        } else {
+            calibration.push(example);
+        }
+    }
+    let mut bank = Tensor::cat(&bank, 0)?;
+    let rows = bank.dim(0)?;
+    if rows > LOCATE_BANK_PATCHES {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut keep: Vec<u32> = rand::seq::index::sample(&mut rng, rows, LOCATE_BANK_PATCHES)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        keep.sort_unstable();
+        bank = bank.index_select(&Tensor::new(keep.as_slice(), &Device::Cpu)?, 0)?;
+    }
+    let bank_t = bank.t()?.contiguous()?;
+    let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+    let bar = progress.phase(calibration.len() + tagged.len(), "locating tagged defects");
+    let mut good_distances = Vec::new();
+    for example in calibration {
+        bar.check()?;
+        bar.inc(1);
+        good_distances.extend(nearest_distances(&patches(example)?, &bank_t, &bank_sq)?);
+    }
+    good_distances.sort_by(f32::total_cmp);
+    let at = ((good_distances.len() as f64 * LOCATE_LIMIT_QUANTILE) as usize)
+        .min(good_distances.len().saturating_sub(1));
+    let limit = good_distances.get(at).copied().unwrap_or(0.0);
+    for i in tagged {
+        bar.check()?;
+        bar.inc(1);
+        let example = &mut examples[i];
+        let distances = nearest_distances(&patches(example)?, &bank_t, &bank_sq)?;
+        let mut targets: Vec<u32> = distances
+            .iter()
+            .map(|&d| if d > limit { example.class } else { 0 })
+            .collect();
+        if targets.iter().all(|&t| t == 0)
+            && let Some(farthest) =
+                (0..distances.len()).max_by(|&a, &b| distances[a].total_cmp(&distances[b]))
+        {
+            targets[farthest] = example.class;
+        }
+        example.patch_labels = PatchLabels::Found(targets);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Each patch's defect log-odds `logsumexp(defect logits) − good logit`, from patch logits
+/// `[patches, K]`.
+fn patch_log_odds(per_patch: &Tensor) -> candle_core::Result<Tensor> {
+    let defect = per_patch.narrow(1, 1, per_patch.dim(1)? - 1)?;
+    defect.log_sum_exp(1)? - per_patch.narrow(1, 0, 1)?.squeeze(1)?
+}
+
 /// Mean binary cross-entropy of logits `x` against targets `t` in `[0, 1]`.
 fn binary_cross_entropy_with_logits(x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
     binary_cross_entropy_each(x, t)?.mean_all()
@@ -519,6 +692,7 @@ fn binary_cross_entropy_with_logits(x: &Tensor, t: &Tensor) -> candle_core::Resu
 fn training_examples(
     features: &PatchFeatures,
     sample: &Sample,
+    source: usize,
     classes: &[String],
     copies: usize,
     rng: &mut ChaCha8Rng,
@@ -529,7 +703,15 @@ fn training_examples(
         .iter()
         .position(|c| *c == sample.class)
         .ok_or("class not among the model's")? as u32;
-    let mask = defect_mask(sample, &image)?;
+    // A tagged image's patches get no targets; its blank stand-in only keeps the augmentation
+    // call the same.
+    let located = defect_mask(sample, &image)?;
+    let has_mask = located.is_some();
+    let mask = located.unwrap_or_else(|| GrayImage {
+        width: image.width,
+        height: image.height,
+        pixels: vec![0; image.pixels.len()],
+    });
     let mut out = Vec::with_capacity(copies);
     for copy in 0..copies {
         let augmentation = if copy == 0 {
@@ -551,16 +733,22 @@ fn training_examples(
             .map_err(|e| e.to_string())?;
         out.push(Example {
             features: maps,
-            patch_targets: patch_targets(&mask, class, features.input_size() / 8),
+            patch_labels: if has_mask {
+                PatchLabels::Every(patch_targets(&mask, class, features.input_size() / 8))
+            } else {
+                PatchLabels::Unknown
+            },
             class,
+            source,
         });
     }
     Ok((out, inputs))
 }
 
-/// Where the sample's defect is, as a mask the size of its image: its mask file, its boxes, or
-/// (defective, with neither) the whole image. Good images have an empty mask.
-fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<GrayImage, String> {
+/// Where the sample's defect is, as a mask the size of its image: its mask file or its boxes.
+/// Good images have an empty mask; a defective image with neither (or an empty mask file) has
+/// `None`: it is labelled defective somewhere, not everywhere.
+fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<Option<GrayImage>, String> {
     let size = (image.width, image.height);
     let blank = || GrayImage {
         width: image.width,
@@ -568,7 +756,7 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<GrayImage, String> 
         pixels: vec![0; image.pixels.len()],
     };
     if !sample.defective() {
-        return Ok(blank());
+        return Ok(Some(blank()));
     }
     if let Some(path) = &sample.mask {
         let mask = dataset::load_gray(path).map_err(|e| e.to_string())?;
@@ -583,7 +771,7 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<GrayImage, String> 
             ));
         }
         if mask.pixels.iter().any(|&p| p > 0) {
-            return Ok(mask);
+            return Ok(Some(mask));
         }
     }
     if !sample.boxes.is_empty() {
@@ -596,12 +784,9 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<GrayImage, String> 
                 }
             }
         }
-        return Ok(mask);
+        return Ok(Some(mask));
     }
-    Ok(GrayImage {
-        pixels: vec![255; image.pixels.len()],
-        ..blank()
-    })
+    Ok(None)
 }
 
 /// Share of each patch of a `grid`×`grid` split that the mask marks.
@@ -703,9 +888,7 @@ fn score_all(
         scored.labels.push(truth != 0);
         scored.truths.push(truth);
         scored.defect_classes.push(prediction.defect_class);
-        let has_pixel_truth =
-            sample.mask.is_some() || !sample.boxes.is_empty() || !sample.defective();
-        if has_pixel_truth && let Ok(mask) = defect_mask(sample, &image) {
+        if let Ok(Some(mask)) = defect_mask(sample, &image) {
             scored.pixels.add(&prediction.heat_map, &mask);
         }
     }
