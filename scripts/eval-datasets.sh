@@ -24,8 +24,10 @@ done
   --name neu-det --epochs 10 --augmented-copies 1 --input-size 128
 "$bin" train supervised --layout magnetic-tile --data "$data/magnetic-tile" --out "$out/magnetic-tile" \
   --name magnetic-tile --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
-"$bin" train supervised --layout kolektorsdd --data "$data/kolektorsdd" --out "$out/kolektorsdd" \
-  --name kolektorsdd --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
+# KolektorSDD by 3-fold cross-validation over its items, as its authors measure it (its own
+# held-out items are 12 images here), with magnetic-tile's settings: a new product, untuned.
+"$bin" train supervised --layout kolektorsdd --data "$data/kolektorsdd" --out "$out/kolektorsdd-cv" \
+  --name kolektorsdd --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256 --folds 3
 # Labels without masks (issue 21): the same magnetic-tile images tagged with their class only,
 # through a view of links to the images and none to the masks. The model it trains is then
 # scored on the real folder, whose held-out part is the same images with their masks.
@@ -52,7 +54,7 @@ checks = [
     ("neu-det 6-class accuracy", metrics("neu-det")["class_accuracy"], 0.97),
     ("magnetic-tile defect-vs-good accuracy", metrics("magnetic-tile")["defect_vs_good_accuracy"], 0.97),
     ("magnetic-tile defect-class accuracy", metrics("magnetic-tile")["defect_class_accuracy"], 0.90),
-    ("kolektorsdd image AP", metrics("kolektorsdd")["average_precision"], 0.90),
+    ("kolektorsdd image AP, 3-fold CV by item", json.load(open(f"{out}/kolektorsdd-cv/cross-validation.json"))["pooled"]["average_precision"], 0.95),
     # Trained on tags alone (no target in the issue: "image-level labels suffice"); the masks
     # judge its heat maps afterwards, reported without a target.
     ("magnetic-tile tags-only defect-vs-good acc.", metrics("magnetic-tile-tags")["defect_vs_good_accuracy"], 0.95),

@@ -4,7 +4,7 @@
 use linesight::learn::eval::{DetectionMetrics, ThresholdMetrics};
 use linesight::models::anomaly::AnomalyMetrics;
 use linesight::models::defect_net::EvalMetrics;
-use linesight::models::supervised::SupervisedMetrics;
+use linesight::models::supervised::{CrossValidation, SupervisedMetrics};
 
 /// One row of a metrics table; `None` prints as n/a.
 fn row(name: &str, value: Option<f64>) {
@@ -83,6 +83,43 @@ pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &Supervis
             print!(" {count:>width$}");
         }
         println!();
+    }
+}
+
+/// Each fold's held-out figures, then all folds pooled.
+pub fn cross_validation(validation: &CrossValidation) {
+    let figure = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
+    println!(
+        "{:<6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "fold", "images", "defective", "AUROC", "AP", "threshold", "accuracy"
+    );
+    for fold in &validation.folds {
+        let d = &fold.held_out;
+        println!(
+            "{:<6} {:>6} {:>9} {:>9} {:>9} {:>9.4} {:>9.4}",
+            fold.fold,
+            d.n_test,
+            d.n_test_defective,
+            figure(d.image_auroc),
+            figure(d.average_precision),
+            fold.threshold,
+            fold.accuracy
+        );
+    }
+    let d = &validation.pooled;
+    println!(
+        "{:<6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9.4}",
+        "pooled",
+        d.n_test,
+        d.n_test_defective,
+        figure(d.image_auroc),
+        figure(d.average_precision),
+        "",
+        validation.pooled_accuracy
+    );
+    row("mean fold AP", validation.mean_fold_average_precision);
+    if d.n_skipped > 0 {
+        println!("skipped (unreadable or unknown class): {}", d.n_skipped);
     }
 }
 

@@ -240,12 +240,17 @@ pub struct Supervised {
     /// instead of near 0.5 within one image of the best validation accuracy.
     #[arg(long)]
     target_escape_rate: Option<f64>,
+    /// Cross-validate instead: train this many models, each holding out one fold (whole items
+    /// where the dataset has them, as KolektorSDD's `kosNN`), into `OUT/fold-N`, and report
+    /// each fold and all of them pooled (also written to `OUT/cross-validation.json`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..=20))]
+    folds: Option<u16>,
 }
 
 impl Supervised {
     fn run(self) -> anyhow::Result<()> {
         let backbone_weights = self.dataset.backbone()?;
-        let card = supervised::train(&SupervisedSettings {
+        let settings = SupervisedSettings {
             name: self.name,
             layout: self.dataset.layout,
             data: self.dataset.data,
@@ -257,11 +262,19 @@ impl Supervised {
             augmented_copies: self.augmented_copies,
             feature_dropout: self.feature_dropout,
             target_escape_rate: self.target_escape_rate,
+            fold: None,
             seed: self.dataset.seed,
             out_dir: self.dataset.out.clone(),
             progress: Progress::terminal(),
-        })
-        .context("training the supervised model")?;
+        };
+        if let Some(folds) = self.folds {
+            let validation = supervised::cross_validate(&settings, usize::from(folds))
+                .context("cross-validating the supervised model")?;
+            report::cross_validation(&validation);
+            let path = self.dataset.out.join("cross-validation.json");
+            return super::write_json(Some(&path), &validation);
+        }
+        let card = supervised::train(&settings).context("training the supervised model")?;
         let family = &card.family;
         println!(
             "trained {} ({} images × {} copies; threshold chosen on {} of them, held back from a first fit) in {:.0} s → {}",

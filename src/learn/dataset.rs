@@ -382,6 +382,48 @@ pub fn split_every_ignoring_own(samples: &[Sample], k: usize) -> (Vec<Sample>, V
     split_every(&unassigned, k)
 }
 
+/// One part of a k-fold cross-validation: fold `index` (from 0) of `of` is held out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fold {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl std::fmt::Display for Fold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fold {} of {}", self.index + 1, self.of)
+    }
+}
+
+/// Holds out `fold` of `samples`, in place of the dataset's own split: whole items where the
+/// layout has them (KolektorSDD's `kosNN` folders, each item's position among the sorted items
+/// deciding its fold; its photographs of one part are alike), otherwise every `of`-th image of
+/// each class, starting at the fold's index. Every sample is held out by exactly one fold.
+pub fn hold_out_fold(samples: &mut [Sample], layout: Layout, fold: Fold) {
+    let of = fold.of.max(1);
+    if layout == Layout::Kolektorsdd {
+        let items: std::collections::BTreeSet<PathBuf> = samples
+            .iter()
+            .filter_map(|s| s.image.parent().map(Path::to_owned))
+            .collect();
+        for sample in samples.iter_mut() {
+            let position = sample
+                .image
+                .parent()
+                .and_then(|item| items.iter().position(|i| i == item))
+                .unwrap_or(0);
+            sample.held_out = Some(position % of == fold.index);
+        }
+        return;
+    }
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for sample in samples.iter_mut() {
+        let index = seen.entry(sample.class.clone()).or_default();
+        sample.held_out = Some(*index % of == fold.index);
+        *index += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +500,60 @@ mod tests {
             .map(|s| s.class)
             .collect();
         assert_eq!(classes, ["good", "crack"]);
+    }
+
+    #[test]
+    fn every_image_is_held_out_by_exactly_one_fold() {
+        let mut samples: Vec<Sample> = (0..7)
+            .map(|n| sample("good", n))
+            .chain((0..5).map(|n| sample("scratch", n)))
+            .collect();
+        let mut held = vec![0; samples.len()];
+        for index in 0..3 {
+            let fold = Fold { index, of: 3 };
+            hold_out_fold(&mut samples, Layout::MagneticTile, fold);
+            for (count, s) in held.iter_mut().zip(&samples) {
+                *count += usize::from(s.held_out == Some(true));
+            }
+            // Stratified: each class spread over the folds.
+            let out = |class: &str| {
+                samples
+                    .iter()
+                    .filter(|s| s.class == class && s.held_out == Some(true))
+                    .count()
+            };
+            assert!((2..=3).contains(&out("good")), "{fold}: {}", out("good"));
+            assert!((1..=2).contains(&out("scratch")), "{fold}");
+        }
+        assert!(held.iter().all(|&n| n == 1), "{held:?}");
+    }
+
+    #[test]
+    fn kolektor_folds_hold_out_whole_items() {
+        let mut samples: Vec<Sample> = ["kos01", "kos02", "kos05", "kos06"]
+            .iter()
+            .flat_map(|item| {
+                (0..3).map(move |k| Sample {
+                    image: PathBuf::from(format!("ksdd/{item}/Part{k}.jpg")),
+                    ..sample("good", k)
+                })
+            })
+            .collect();
+        let mut held = vec![0; samples.len()];
+        for index in 0..2 {
+            hold_out_fold(&mut samples, Layout::Kolektorsdd, Fold { index, of: 2 });
+            for item in samples.chunks(3) {
+                assert!(item.iter().all(|s| s.held_out == item[0].held_out));
+            }
+            for (count, s) in held.iter_mut().zip(&samples) {
+                *count += usize::from(s.held_out == Some(true));
+            }
+            assert_eq!(
+                samples.iter().filter(|s| s.held_out == Some(true)).count(),
+                6
+            );
+        }
+        assert!(held.iter().all(|&n| n == 1), "{held:?}");
     }
 
     #[test]

@@ -387,6 +387,7 @@ fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
         augmented_copies: 1,
         feature_dropout: 0.1,
         target_escape_rate: None,
+        fold: None,
         seed: 4,
         out_dir: model_dir.clone(),
         progress: Progress::hidden(),

@@ -107,3 +107,73 @@ fn a_threshold_off_the_models_scale_is_refused_naming_it() {
     let (ok, stderr) = run("0.7");
     assert!(ok, "a probability threshold is refused: {stderr}");
 }
+
+/// `train supervised --folds K` cross-validates: a model per fold, a table with the pooled
+/// row, and the figures as JSON; one fold is refused.
+#[test]
+fn train_supervised_cross_validates_with_folds() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("tiles");
+    crate::write_tile_dataset(
+        &data,
+        &mut linesight::simulate::PartGenerator::new(3, 256, 256, 0.0),
+        6,
+    );
+    let out = dir.path().join("cv");
+    let weights = crate::backbone_weights();
+    let args = |folds: &str| -> Vec<String> {
+        [
+            "train",
+            "supervised",
+            "--layout",
+            "magnetic-tile",
+            "--epochs",
+            "2",
+            "--augmented-copies",
+            "0",
+            "--input-size",
+            "128",
+            "--folds",
+            folds,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--data".into(),
+            data.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--backbone".into(),
+            weights.display().to_string(),
+        ])
+        .collect()
+    };
+    let (ok, stderr) = linesight(&args("1").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(stderr.contains("--folds"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .args(args("2"))
+        .output()
+        .expect("run linesight");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("pooled") && l.contains(" 18 ")),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("cross-validation.json")).expect("json written"),
+    )
+    .expect("json");
+    assert_eq!(report["folds"].as_array().map(Vec::len), Some(2));
+    assert_eq!(report["pooled"]["n_test"], 18);
+    assert!(out.join("fold-1/card.json").is_file() && out.join("fold-2/card.json").is_file());
+}

@@ -44,6 +44,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
         augmented_copies: 1,
         feature_dropout: 0.1,
         target_escape_rate: None,
+        fold: None,
         seed: 4,
         out_dir: out.clone(),
         progress: Progress::hidden(),
@@ -221,6 +222,7 @@ fn a_target_escape_rate_chooses_the_threshold() {
         augmented_copies: 0,
         feature_dropout: 0.0,
         target_escape_rate: Some(0.0),
+        fold: None,
         seed: 1,
         out_dir: dir.path().join("model"),
         progress: Progress::hidden(),
@@ -274,6 +276,7 @@ fn image_level_labels_alone_teach_where_the_defect_is() {
         augmented_copies: 1,
         feature_dropout: 0.1,
         target_escape_rate: None,
+        fold: None,
         seed: 4,
         out_dir: out.clone(),
         progress: Progress::hidden(),
@@ -343,4 +346,65 @@ fn image_level_labels_alone_teach_where_the_defect_is() {
         hot_background * 20 <= background,
         "{hot_background} of {background} background cells of defective parts at ≥ 0.5"
     );
+}
+
+/// Cross-validation (issue 21: KolektorSDD's 12 held-out images judge nothing): every image is
+/// scored once, by the one fold model that never trained on it, and the folds pool.
+#[test]
+fn cross_validation_scores_every_image_by_a_model_that_never_saw_it() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    write_tile_dataset(&root, &mut PartGenerator::new(8, 256, 256, 0.0), 12);
+    let settings = SupervisedSettings {
+        name: "cv".into(),
+        layout: Layout::MagneticTile,
+        data: root,
+        backbone_weights: backbone_weights(),
+        epochs: 20,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        input_size: 256,
+        augmented_copies: 1,
+        feature_dropout: 0.1,
+        target_escape_rate: None,
+        fold: None,
+        seed: 2,
+        out_dir: dir.path().join("cv"),
+        progress: Progress::hidden(),
+    };
+    let error = supervised::cross_validate(&settings, 1).expect_err("one fold is no validation");
+    assert!(error.to_string().contains("at least 2 folds"), "{error}");
+
+    let validation = supervised::cross_validate(&settings, 3).expect("cross-validates");
+    assert_eq!(validation.folds.len(), 3);
+    // 36 images, 12 per class: each fold holds out 4 of each class.
+    for fold in &validation.folds {
+        assert_eq!(
+            (fold.held_out.n_test, fold.held_out.n_test_defective),
+            (12, 8),
+            "fold {}",
+            fold.fold
+        );
+        let dir = settings.out_dir.join(format!("fold-{}", fold.fold));
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("card.json")).expect("card"))
+                .expect("json");
+        assert_eq!(card["version"], fold.version.as_str());
+        let split = card["split"].as_str().expect("split");
+        assert!(
+            split.starts_with(&format!("held out: fold {} of 3", fold.fold)),
+            "{split}"
+        );
+        // The card's own held-out figures are the fold's.
+        assert_eq!(card["metrics"]["n_test"], 12);
+    }
+    let versions: std::collections::BTreeSet<_> =
+        validation.folds.iter().map(|f| &f.version).collect();
+    assert_eq!(versions.len(), 3, "three models");
+    let pooled = &validation.pooled;
+    assert_eq!((pooled.n_test, pooled.n_test_defective), (36, 24));
+    let auroc = pooled.image_auroc.expect("both kinds");
+    assert!(auroc > 0.8, "pooled AUROC {auroc}: {validation:?}");
+    assert!(validation.pooled_accuracy > 0.6, "{validation:?}");
 }

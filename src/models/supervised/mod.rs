@@ -33,8 +33,9 @@
 mod train;
 
 pub use self::train::{
-    DEFAULT_AUGMENTED_COPIES, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FEATURE_DROPOUT,
-    DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, SupervisedSettings, evaluate, held_out_part, train,
+    CrossValidation, DEFAULT_AUGMENTED_COPIES, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS,
+    DEFAULT_FEATURE_DROPOUT, DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, FoldResult,
+    SupervisedSettings, cross_validate, evaluate, held_out_part, train,
 };
 
 use std::collections::BTreeSet;
@@ -49,7 +50,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::learn::augment::Augmentation;
-use crate::learn::dataset::{self, Layout, Sample};
+use crate::learn::dataset::{self, Fold, Layout, Sample};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
 use crate::learn::fit::{binary_cross_entropy_each, for_each_var_sorted, seeded_init};
 use crate::learn::hash::ContentHash;

@@ -23,6 +23,9 @@ pub struct SupervisedSettings {
     /// Share of defective validation images the threshold may let through; `None` chooses
     /// the threshold nearest 0.5 within one image of the best validation accuracy.
     pub target_escape_rate: Option<f64>,
+    /// Hold out this fold of a cross-validation instead of the dataset's own held-out part
+    /// (see [`dataset::hold_out_fold`]); [`cross_validate`] sets it.
+    pub fold: Option<Fold>,
     pub seed: u64,
     pub out_dir: PathBuf,
     /// Where each phase's progress goes.
@@ -62,6 +65,7 @@ impl SupervisedSettings {
             augmented_copies: DEFAULT_AUGMENTED_COPIES,
             feature_dropout: DEFAULT_FEATURE_DROPOUT,
             target_escape_rate: None,
+            fold: None,
             seed: 0,
             out_dir,
             progress: Progress::hidden(),
@@ -113,7 +117,10 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     }
     let features = PatchFeatures::load(&settings.backbone_weights, &device)?
         .with_input_size(settings.input_size);
-    let samples = dataset::read(settings.layout, &settings.data)?;
+    let mut samples = dataset::read(settings.layout, &settings.data)?;
+    if let Some(fold) = settings.fold {
+        dataset::hold_out_fold(&mut samples, settings.layout, fold);
+    }
     let ((train_part, held_out), _) = held_out_split(&samples);
     // The training part less every `VALIDATION_EVERY`th image of each class.
     let (fit_part, validation) = dataset::split_every_ignoring_own(&train_part, VALIDATION_EVERY);
@@ -273,10 +280,18 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         dataset: settings.data.display().to_string(),
         training_data_sha256: dataset::content_digest(used.iter().map(|s| &s.image))?,
         layout: settings.layout,
-        split: format!(
-            "held out: every {HOLDOUT_EVERY}th image of each class (sorted by path) or the \
-             dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
-        ),
+        split: match settings.fold {
+            Some(fold) => format!(
+                "held out: {fold} of a cross-validation (whole items where the dataset has \
+                 them, else every {}th image of each class); validation: every \
+                 {VALIDATION_EVERY}th of the rest",
+                fold.of
+            ),
+            None => format!(
+                "held out: every {HOLDOUT_EVERY}th image of each class (sorted by path) or the \
+                 dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
+            ),
+        },
         n_train: used.len(),
         n_tagged_train,
         n_skipped_train,
@@ -406,6 +421,107 @@ fn drift_reference(
 pub fn held_out_part(samples: &[Sample]) -> (Vec<Sample>, String) {
     let ((_, held_out), said) = held_out_split(samples);
     (held_out, said)
+}
+
+/// What a k-fold cross-validation measured: each fold's model scored on the images it never
+/// saw, and all of them pooled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrossValidation {
+    pub folds: Vec<FoldResult>,
+    /// Every image's score by the model that did not train on it: image AUROC and average
+    /// precision over the whole dataset.
+    pub pooled: DetectionMetrics,
+    /// Share of images called right, each at its own fold model's threshold.
+    pub pooled_accuracy: f64,
+    /// Mean of the folds' average precision (the pooled figure mixes models' score scales).
+    pub mean_fold_average_precision: Option<f64>,
+}
+
+/// One fold of a [`CrossValidation`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FoldResult {
+    /// From 1.
+    pub fold: usize,
+    pub version: String,
+    pub threshold: f32,
+    pub held_out: DetectionMetrics,
+    pub accuracy: f64,
+}
+
+/// Trains `folds` models, each holding out one fold of the dataset (whole items where the
+/// layout has them: KolektorSDD's authors validate this way, by item, because 12 held-out
+/// images judge nothing), into `settings.out_dir/fold-N`, scores each on its held-out fold and
+/// pools the scores. Every other setting is the caller's.
+pub fn cross_validate(
+    settings: &SupervisedSettings,
+    folds: usize,
+) -> Result<CrossValidation, SupervisedError> {
+    if folds < 2 {
+        return Err(file_error(
+            &settings.data,
+            &format!("a cross-validation needs at least 2 folds, not {folds}"),
+        ));
+    }
+    let mut results = Vec::with_capacity(folds);
+    let (mut scores, mut labels, mut right) = (Vec::new(), Vec::new(), 0usize);
+    for index in 0..folds {
+        let fold = Fold { index, of: folds };
+        let out_dir = settings.out_dir.join(format!("fold-{}", index + 1));
+        let card = train(&SupervisedSettings {
+            fold: Some(fold),
+            out_dir: out_dir.clone(),
+            name: format!("{}-fold{}", settings.name, index + 1),
+            ..settings.clone()
+        })?;
+        let model = SupervisedModel::load(
+            &out_dir,
+            &WeightsSearch::file(&settings.backbone_weights),
+            &Device::Cpu,
+        )?;
+        let mut samples = dataset::read(settings.layout, &settings.data)?;
+        dataset::hold_out_fold(&mut samples, settings.layout, fold);
+        let held_out: Vec<Sample> = samples
+            .into_iter()
+            .filter(|s| s.held_out == Some(true))
+            .collect();
+        let what = format!("held-out images of {fold}");
+        let scored = score_all(&model, &held_out, &settings.progress, &what)?;
+        let threshold = card.head.threshold;
+        let called_right = scored
+            .scores
+            .iter()
+            .zip(&scored.labels)
+            .filter(|(score, defective)| (**score >= threshold) == **defective)
+            .count();
+        results.push(FoldResult {
+            fold: index + 1,
+            version: card.head.version.clone(),
+            threshold,
+            held_out: DetectionMetrics::from_scores(
+                &scored.scores,
+                &scored.labels,
+                scored.n_skipped,
+                scored.pixels.auroc(),
+                scored.pixels.pro(),
+            ),
+            accuracy: called_right as f64 / scored.scores.len().max(1) as f64,
+        });
+        right += called_right;
+        scores.extend(scored.scores);
+        labels.extend(scored.labels);
+    }
+    let fold_aps: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.held_out.average_precision)
+        .collect();
+    let skipped = results.iter().map(|r| r.held_out.n_skipped).sum();
+    Ok(CrossValidation {
+        pooled: DetectionMetrics::from_scores(&scores, &labels, skipped, None, None),
+        pooled_accuracy: right as f64 / scores.len().max(1) as f64,
+        mean_fold_average_precision: (!fold_aps.is_empty())
+            .then(|| fold_aps.iter().sum::<f64>() / fold_aps.len() as f64),
+        folds: results,
+    })
 }
 
 /// (training part, held-out part), and which rule split them, in words: the dataset's own
