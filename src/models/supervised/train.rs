@@ -738,26 +738,32 @@ fn locate_tagged_defects(
         let (gh, gw, c) = e.features.dims3()?;
         e.features.reshape((gh * gw, c))?.to_dtype(DType::F32)
     };
-    let mut bank = Vec::new();
-    let mut calibration = Vec::new();
-    for example in examples.iter().filter(|e| e.class == 0) {
-        if in_bank.contains(&example.source) {
-            bank.push(patches(example)?);
-        } else {
-            calibration.push(example);
-        }
-    }
-    let mut bank = Tensor::cat(&bank, 0)?;
-    let rows = bank.dim(0)?;
-    if rows > LOCATE_BANK_PATCHES {
+    let (bank_examples, calibration): (Vec<&Example>, Vec<&Example>) = examples
+        .iter()
+        .filter(|e| e.class == 0)
+        .partition(|e| in_bank.contains(&e.source));
+    // The bank's rows are drawn before they are gathered: every good patch in f32 would be
+    // hundreds of MB on a training set of a few hundred images.
+    let Some(first) = bank_examples.first() else {
+        return Ok(());
+    };
+    let per_example = patches(first)?.dim(0)?;
+    let rows = bank_examples.len() * per_example;
+    let mut keep: Vec<usize> = if rows > LOCATE_BANK_PATCHES {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut keep: Vec<u32> = rand::seq::index::sample(&mut rng, rows, LOCATE_BANK_PATCHES)
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
-        keep.sort_unstable();
-        bank = bank.index_select(&Tensor::new(keep.as_slice(), &Device::Cpu)?, 0)?;
+        rand::seq::index::sample(&mut rng, rows, LOCATE_BANK_PATCHES).into_vec()
+    } else {
+        (0..rows).collect()
+    };
+    keep.sort_unstable();
+    let mut bank = Vec::new();
+    for rows in keep.chunk_by(|a, b| a / per_example == b / per_example) {
+        let example = bank_examples[rows[0] / per_example];
+        let mine: Vec<u32> = rows.iter().map(|&r| (r % per_example) as u32).collect();
+        let mine = Tensor::new(mine.as_slice(), &Device::Cpu)?;
+        bank.push(patches(example)?.index_select(&mine, 0)?);
     }
+    let bank = Tensor::cat(&bank, 0)?;
     let bank_t = bank.t()?.contiguous()?;
     let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
     let bar = progress.phase(calibration.len() + tagged.len(), "locating tagged defects");
