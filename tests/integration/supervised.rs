@@ -2,6 +2,8 @@
 //! layout: learns defect segmentation from masks, calls and classifies held-out parts, and
 //! skips what it cannot use.
 
+use std::path::Path;
+
 use linesight::inspect::taxonomy::{DefectClass, Severity, Taxonomy};
 use linesight::learn::dataset::{self, Layout};
 use linesight::learn::progress::Progress;
@@ -11,6 +13,28 @@ use linesight::part::{GrayImage, Verdict};
 use linesight::simulate::{DefectKind, PartGenerator};
 
 use crate::{backbone_weights, write_png, write_tile_dataset};
+
+/// Settings that learn the generated tiles in under a minute: `name` on the magnetic-tile
+/// folder `data`, written to `out`.
+fn tile_settings(name: &str, data: &Path, out: &Path) -> SupervisedSettings {
+    SupervisedSettings {
+        name: name.into(),
+        layout: Layout::MagneticTile,
+        data: data.to_owned(),
+        backbone_weights: backbone_weights(),
+        epochs: 25,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        input_size: 256,
+        augmented_copies: 1,
+        feature_dropout: 0.1,
+        target_escape_rate: None,
+        fold: None,
+        seed: 4,
+        out_dir: out.to_owned(),
+        progress: Progress::hidden(),
+    }
+}
 
 #[test]
 fn supervised_model_learns_defect_classes_from_masks() {
@@ -32,24 +56,7 @@ fn supervised_model_learns_defect_classes_from_masks() {
     );
 
     let out = dir.path().join("model");
-    let card = supervised::train(&SupervisedSettings {
-        name: "synthetic-tiles".into(),
-        layout: Layout::MagneticTile,
-        data: root.clone(),
-        backbone_weights: weights.clone(),
-        epochs: 25,
-        batch_size: 8,
-        learning_rate: 3e-3,
-        input_size: 256,
-        augmented_copies: 1,
-        feature_dropout: 0.1,
-        target_escape_rate: None,
-        fold: None,
-        seed: 4,
-        out_dir: out.clone(),
-        progress: Progress::hidden(),
-    })
-    .expect("trains");
+    let card = supervised::train(&tile_settings("synthetic-tiles", &root, &out)).expect("trains");
     assert_eq!(card.head.kind, "supervised");
     assert!(
         card.head.version.starts_with("synthetic-tiles@"),
@@ -264,24 +271,7 @@ fn image_level_labels_alone_teach_where_the_defect_is() {
     assert_eq!(masks.len(), 40);
 
     let out = dir.path().join("model");
-    let card = supervised::train(&SupervisedSettings {
-        name: "tags-only".into(),
-        layout: Layout::MagneticTile,
-        data: root.clone(),
-        backbone_weights: weights.clone(),
-        epochs: 25,
-        batch_size: 8,
-        learning_rate: 3e-3,
-        input_size: 256,
-        augmented_copies: 1,
-        feature_dropout: 0.1,
-        target_escape_rate: None,
-        fold: None,
-        seed: 4,
-        out_dir: out.clone(),
-        progress: Progress::hidden(),
-    })
-    .expect("trains");
+    let card = supervised::train(&tile_settings("tags-only", &root, &out)).expect("trains");
     // Held out: every 4th of 20 per class; the other 15 of each defect class trained tagged.
     assert_eq!(card.family.n_tagged_train, 30);
     let m = &card.family.metrics;
@@ -357,21 +347,9 @@ fn cross_validation_scores_every_image_by_a_model_that_never_saw_it() {
     let root = dir.path().join("tiles");
     write_tile_dataset(&root, &mut PartGenerator::new(8, 256, 256, 0.0), 12);
     let settings = SupervisedSettings {
-        name: "cv".into(),
-        layout: Layout::MagneticTile,
-        data: root,
-        backbone_weights: backbone_weights(),
         epochs: 20,
-        batch_size: 8,
-        learning_rate: 3e-3,
-        input_size: 256,
-        augmented_copies: 1,
-        feature_dropout: 0.1,
-        target_escape_rate: None,
-        fold: None,
         seed: 2,
-        out_dir: dir.path().join("cv"),
-        progress: Progress::hidden(),
+        ..tile_settings("cv", &root, &dir.path().join("cv"))
     };
     let error = supervised::cross_validate(&settings, 1).expect_err("one fold is no validation");
     assert!(error.to_string().contains("at least 2 folds"), "{error}");

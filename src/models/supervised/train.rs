@@ -634,31 +634,28 @@ impl BatchInputs<'_> {
         let mut targets = Vec::with_capacity(b * n);
         let mut weights = Vec::with_capacity(b * n);
         for (j, &i) in batch.iter().enumerate() {
-            match &examples[i].patch_labels {
-                PatchLabels::Every(patches) => {
-                    targets.extend_from_slice(patches);
-                    weights.extend(
-                        patches
-                            .iter()
-                            .map(|&t| if t == 0 { 1.0 } else { DEFECT_WEIGHT as f32 }),
-                    );
-                }
-                PatchLabels::Found(patches) => {
-                    targets.extend_from_slice(patches);
-                    weights.extend(
-                        patches
-                            .iter()
-                            .map(|&t| if t == 0 { 0.0 } else { DEFECT_WEIGHT as f32 }),
-                    );
-                }
+            // A good patch teaches where every patch is labelled; a found defect's other
+            // patches are unknown.
+            let (patches, good_weight) = match &examples[i].patch_labels {
+                PatchLabels::Every(patches) => (patches, 1.0),
+                PatchLabels::Found(patches) => (patches, 0.0),
                 PatchLabels::Unknown => {
                     let at = targets.len() + most_defective[j];
                     targets.extend(std::iter::repeat_n(0, n));
                     weights.extend(std::iter::repeat_n(0f32, n));
                     targets[at] = examples[i].class;
                     weights[at] = DEFECT_WEIGHT as f32;
+                    continue;
                 }
-            }
+            };
+            targets.extend_from_slice(patches);
+            weights.extend(patches.iter().map(|&t| {
+                if t == 0 {
+                    good_weight
+                } else {
+                    DEFECT_WEIGHT as f32
+                }
+            }));
         }
         let weight_sum: f32 = weights.iter().sum();
         let targets = Tensor::from_vec(targets, b * n, device)?;
