@@ -424,6 +424,39 @@ pub fn hold_out_fold(samples: &mut [Sample], layout: Layout, fold: Fold) {
     }
 }
 
+/// The validation part cut from a training part: every `k`-th item where the layout has items
+/// (KolektorSDD's photographs of one part are alike: one in each part would choose the
+/// threshold on what the fit saw), otherwise every `k`-th image of each class, as
+/// [`split_every_ignoring_own`]. Returns (the rest, validation), without the dataset's own
+/// assignment.
+pub fn split_validation(
+    samples: &[Sample],
+    layout: Layout,
+    k: usize,
+) -> (Vec<Sample>, Vec<Sample>) {
+    let k = k.max(1);
+    let mut part = samples.to_vec();
+    hold_out_fold(
+        &mut part,
+        layout,
+        Fold {
+            index: k - 1,
+            of: k,
+        },
+    );
+    let (validation, rest): (Vec<Sample>, Vec<Sample>) =
+        part.into_iter().partition(|s| s.held_out == Some(true));
+    let unassigned = |part: Vec<Sample>| -> Vec<Sample> {
+        part.into_iter()
+            .map(|s| Sample {
+                held_out: None,
+                ..s
+            })
+            .collect()
+    };
+    (unassigned(rest), unassigned(validation))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +587,34 @@ mod tests {
             );
         }
         assert!(held.iter().all(|&n| n == 1), "{held:?}");
+    }
+
+    #[test]
+    fn validation_cuts_whole_items_where_there_are_items() {
+        let samples: Vec<Sample> = (1..=6)
+            .flat_map(|item| {
+                (0..2).map(move |k| Sample {
+                    image: PathBuf::from(format!("ksdd/kos{item:02}/Part{k}.jpg")),
+                    held_out: Some(false),
+                    ..sample("good", k)
+                })
+            })
+            .collect();
+        let (rest, validation) = split_validation(&samples, Layout::Kolektorsdd, 3);
+        let item = |s: &Sample| s.image.parent().map(Path::to_owned);
+        let names: Vec<_> = validation.iter().filter_map(item).collect();
+        assert_eq!(validation.len(), 4, "two items of two photographs");
+        assert!(
+            rest.iter()
+                .all(|s| !names.contains(&item(s).expect("item")))
+        );
+        assert!(rest.iter().chain(&validation).all(|s| s.held_out.is_none()));
+        // Without items: the same cut as every k-th image of each class.
+        let flat: Vec<Sample> = (0..7).map(|n| sample("good", n)).collect();
+        assert_eq!(
+            split_validation(&flat, Layout::MagneticTile, 3),
+            split_every_ignoring_own(&flat, 3)
+        );
     }
 
     #[test]

@@ -129,9 +129,10 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         .filter(|s| !s.defective())
         .cloned()
         .collect();
-    // Every 5th good training image is kept out of a first fit: the scores are scaled and the
-    // threshold chosen on it. The final fit adds it.
-    let (good, validation) = dataset::split_every_ignoring_own(&good_part, VALIDATION_EVERY);
+    // Every 5th good training image (item, where the dataset has items) is kept out of a first
+    // fit: the scores are scaled and the threshold chosen on it. The final fit adds it.
+    let (good, validation) =
+        dataset::split_validation(&good_part, settings.layout, VALIDATION_EVERY);
 
     let bar = settings
         .progress

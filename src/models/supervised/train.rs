@@ -122,8 +122,10 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         dataset::hold_out_fold(&mut samples, settings.layout, fold);
     }
     let ((train_part, held_out), _) = held_out_split(&samples);
-    // The training part less every `VALIDATION_EVERY`th image of each class.
-    let (fit_part, validation) = dataset::split_every_ignoring_own(&train_part, VALIDATION_EVERY);
+    // The training part less every `VALIDATION_EVERY`th image of each class (item, where the
+    // dataset has items).
+    let (fit_part, validation) =
+        dataset::split_validation(&train_part, settings.layout, VALIDATION_EVERY);
     let mut classes: Vec<String> = vec!["good".into()];
     let defects: BTreeSet<&str> = samples
         .iter()
