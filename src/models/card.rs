@@ -355,6 +355,7 @@ mod tests {
         for (name, resampling, dropout) in [
             ("supervised-ff80e07.json", Resampling::Bilinear, 0.0),
             ("supervised-53ae035.json", Resampling::Antialiased, 0.1),
+            ("supervised-d0e8f25.json", Resampling::Antialiased, 0.1),
         ] {
             let text = fixture(name);
             let card = ModelCard::<SupervisedCard>::from_json(&text)
@@ -366,7 +367,11 @@ mod tests {
             assert_eq!(card.family.feature_dropout, dropout, "{name}");
             assert_eq!(card.family.metrics.confusion.len(), 7, "{name}");
         }
-        let latest = fixture("supervised-53ae035.json");
+        // Cards from before images tagged without a mask count none.
+        let before = ModelCard::<SupervisedCard>::from_json(&fixture("supervised-53ae035.json"))
+            .expect("loads");
+        assert_eq!(before.family.n_tagged_train, 0);
+        let latest = fixture("supervised-d0e8f25.json");
         let card = ModelCard::<SupervisedCard>::from_json(&latest).expect("loads");
         assert_eq!(
             written(&card),
