@@ -286,12 +286,13 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
             Some(fold) => format!(
                 "held out: {fold} of a cross-validation (whole items where the dataset has \
                  them, else every {}th image of each class); validation: every \
-                 {VALIDATION_EVERY}th of the rest",
+                 {VALIDATION_EVERY}th image (item) of the rest",
                 fold.of
             ),
             None => format!(
                 "held out: every {HOLDOUT_EVERY}th image of each class (sorted by path) or the \
-                 dataset's own split; validation: every {VALIDATION_EVERY}th of the rest"
+                 dataset's own split; validation: every {VALIDATION_EVERY}th image (item, where \
+                 the dataset has items) of the rest"
             ),
         },
         n_train: used.len(),
@@ -617,9 +618,10 @@ impl BatchInputs<'_> {
         // An image tagged defective without saying where has a defect somewhere among its
         // patches, and most of them look like good ones. Teaching every one of them "defect"
         // made the model call the background of such images defective (98 % of it, in the
-        // test). Multiple-instance learning instead: only the patch the model itself finds
-        // most defective is taught the image's class, besides the image-level losses below; a
-        // good image teaches all of its patches to be good.
+        // test). Multiple-instance learning instead: only the patches found far from the good
+        // ones are taught the image's class (`Found`), or, with too few good images to compare
+        // with, the one patch the model itself finds most defective (`Unknown`); the
+        // image-level losses below do the rest. A good image teaches all of its patches.
         let n = h * w;
         let tagged: Vec<usize> = (0..b)
             .filter(|&j| matches!(examples[batch[j]].patch_labels, PatchLabels::Unknown))
