@@ -57,6 +57,10 @@ pub enum Layout {
     NeuDet,
     /// KolektorSDD: `kosNN/PartK.jpg` with `PartK_label.bmp`; defective when the label is non-empty.
     Kolektorsdd,
+    /// DeepPCB: `PCBData/groupG/G/<id>_temp.jpg` (the defect-free template: good) and
+    /// `<id>_test.jpg` (the tested board: defective, its boxes in `G_not/<id>.txt`, one
+    /// `x1 y1 x2 y2 type` per line).
+    Deeppcb,
 }
 
 /// All samples of a dataset, sorted by image path.
@@ -72,6 +76,7 @@ pub fn read(layout: Layout, root: &Path) -> Result<Vec<Sample>, DatasetError> {
         Layout::Mvtec => mvtec(root)?,
         Layout::NeuDet => neu_det(root)?,
         Layout::Kolektorsdd => kolektorsdd(root)?,
+        Layout::Deeppcb => deeppcb(root)?,
     };
     samples.sort_by(|a, b| a.image.cmp(&b.image));
     if samples.is_empty() {
@@ -210,6 +215,73 @@ fn voc_boxes(xml: &str) -> Result<Vec<[u32; 4]>, String> {
             [b.xmin, b.ymin, b.xmax, b.ymax].map(|v| v.max(0.0) as u32)
         })
         .collect())
+}
+
+fn deeppcb(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let data = root.join("PCBData");
+    let data = if data.is_dir() { data } else { root.to_owned() };
+    let mut samples = Vec::new();
+    for group in list(&data)?.into_iter().filter(|p| p.is_dir()) {
+        for boards in list(&group)?.into_iter().filter(|p| p.is_dir()) {
+            let Some(name) = boards.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with("_not") {
+                continue;
+            }
+            let annotations = group.join(format!("{name}_not"));
+            for image in list(&boards)? {
+                let Some(stem) = image.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                let (id, defective) = match stem.rsplit_once('_') {
+                    Some((id, "temp")) => (id, false),
+                    Some((id, "test")) => (id, true),
+                    _ => continue,
+                };
+                let boxes = if defective {
+                    let path = annotations.join(format!("{id}.txt"));
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|source| DatasetError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    deeppcb_boxes(&text).map_err(|message| DatasetError::Image {
+                        path: path.clone(),
+                        message,
+                    })?
+                } else {
+                    Vec::new()
+                };
+                samples.push(Sample {
+                    image,
+                    class: if defective { "defect" } else { "good" }.into(),
+                    mask: None,
+                    held_out: None,
+                    boxes,
+                });
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// The boxes of a DeepPCB annotation: `x1 y1 x2 y2 type` per line, spaces or commas.
+fn deeppcb_boxes(text: &str) -> Result<Vec<[u32; 4]>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let numbers: Vec<u32> = line
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|f| !f.is_empty())
+                .map(|f| f.parse::<u32>().map_err(|e| format!("{line:?}: {e}")))
+                .collect::<Result<_, _>>()?;
+            match numbers[..] {
+                [x1, y1, x2, y2, _type] if x1 <= x2 && y1 <= y2 => Ok([x1, y1, x2, y2]),
+                _ => Err(format!("{line:?}: want x1 y1 x2 y2 type")),
+            }
+        })
+        .collect()
 }
 
 fn kolektorsdd(root: &Path) -> Result<Vec<Sample>, DatasetError> {
@@ -615,6 +687,36 @@ mod tests {
             split_validation(&flat, Layout::MagneticTile, 3),
             split_every_ignoring_own(&flat, 3)
         );
+    }
+
+    #[test]
+    fn deeppcb_pairs_read_as_good_templates_and_defective_boards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let boards = dir.path().join("PCBData/group00041/00041");
+        let notes = dir.path().join("PCBData/group00041/00041_not");
+        std::fs::create_dir_all(&boards).expect("mkdir");
+        std::fs::create_dir_all(&notes).expect("mkdir");
+        for name in ["00041001_temp.jpg", "00041001_test.jpg", "readme.md"] {
+            std::fs::write(boards.join(name), b"").expect("write");
+        }
+        std::fs::write(
+            notes.join("00041001.txt"),
+            "540 140 571 182 1\n342,492,375,521,3\n",
+        )
+        .expect("write");
+        let samples = read(Layout::Deeppcb, dir.path()).expect("reads");
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].class, "good");
+        assert!(samples[0].boxes.is_empty());
+        assert_eq!(samples[1].class, "defect");
+        assert_eq!(
+            samples[1].boxes,
+            [[540, 140, 571, 182], [342, 492, 375, 521]]
+        );
+        // A broken annotation names its file.
+        std::fs::write(notes.join("00041001.txt"), "540 140 1\n").expect("write");
+        let error = read(Layout::Deeppcb, dir.path()).expect_err("refused");
+        assert!(error.to_string().contains("00041001.txt"), "{error}");
     }
 
     #[test]
