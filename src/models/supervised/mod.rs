@@ -25,8 +25,9 @@
 //! learning). So tags alone suffice.
 //!
 //! Only the head learns; each training image's features are computed once per augmented copy
-//! (see [`augment`](crate::learn::augment)), which keeps training to minutes on a CPU. Whole feature channels are dropped at random while training (a regulariser for
-//! datasets of a few hundred images). The threshold is chosen on a validation part that the
+//! (see [`augment`](crate::learn::augment)), which keeps training to minutes on a CPU. Whole
+//! feature channels are dropped at random while training (a regulariser for datasets of a few
+//! hundred images). The threshold is chosen on a validation part that the
 //! first fit never sees; the head is then fitted again with the validation images added, and
 //! that final head, with the threshold, is what the held-out part measures.
 
