@@ -465,6 +465,9 @@ pub fn cross_validate(
             &format!("a cross-validation needs at least 2 folds, not {folds}"),
         ));
     }
+    // Read once: each fold only reassigns which samples it holds out (KolektorSDD's reader
+    // decodes every label image to know whether its part is defective).
+    let samples = dataset::read(settings.layout, &settings.data)?;
     let mut results = Vec::with_capacity(folds);
     let (mut scores, mut labels, mut right) = (Vec::new(), Vec::new(), 0usize);
     for index in 0..folds {
@@ -481,9 +484,9 @@ pub fn cross_validate(
             &WeightsSearch::file(&settings.backbone_weights),
             &Device::Cpu,
         )?;
-        let mut samples = dataset::read(settings.layout, &settings.data)?;
-        dataset::hold_out_fold(&mut samples, settings.layout, fold);
-        let held_out: Vec<Sample> = samples
+        let mut assigned = samples.clone();
+        dataset::hold_out_fold(&mut assigned, settings.layout, fold);
+        let held_out: Vec<Sample> = assigned
             .into_iter()
             .filter(|s| s.held_out == Some(true))
             .collect();
@@ -748,7 +751,10 @@ fn locate_tagged_defects(
     let Some(first) = bank_examples.first() else {
         return Ok(());
     };
-    let per_example = patches(first)?.dim(0)?;
+    let per_example = {
+        let (gh, gw, _) = first.features.dims3()?;
+        gh * gw
+    };
     let rows = bank_examples.len() * per_example;
     let mut keep: Vec<usize> = if rows > LOCATE_BANK_PATCHES {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
