@@ -2,7 +2,7 @@
 # Trains and evaluates the models on the real datasets in ../shared/datasets (read in place)
 # and checks each held-out figure against issues 3 and 21's targets; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
-# 24 minutes on 2 cores.
+# 25 minutes on 2 cores (24 min 31 s measured before DeepPCB was added, which takes 37 s).
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
