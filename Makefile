@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live bench lint train eval eval-datasets eval-precision weights clean \
+.PHONY: setup build run test test-rust test-live ui-check bench lint train eval eval-datasets eval-precision weights clean \
 	cuda-toolkit build-cuda test-cuda bench-cuda bundle-cuda soak-camera bench-line soak test-soak bench-compare
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
@@ -22,7 +22,7 @@ run: build
 	$(CARGO_TARGET_DIR)/release/linesight run --config $(CONFIG) --bind $(BIND)
 
 ## test: every test suite — Rust unit and integration tests, then the live station checks
-test: setup weights test-rust test-live test-soak
+test: setup weights ui-check test-rust test-live test-soak
 
 test-rust:
 	cargo test --locked --no-fail-fast
@@ -36,6 +36,10 @@ weights: $(WEIGHTS)
 
 $(WEIGHTS):
 	cargo run --locked -- convert-weights --pth "$(PTH)" --out $@
+
+## ui-check: type-check the web pages' TypeScript (ui/src; build.rs bundles it with esbuild)
+ui-check:
+	ui/node_modules/.bin/tsc -p ui
 
 ## test-live: UI in headless Chromium, schemathesis on the API, kill -9 recovery
 test-live:
@@ -109,7 +113,7 @@ bundle-cuda: cuda-toolkit weights
 	bash scripts/cuda-bundle.sh
 
 ## lint: formatting and clippy, as before every commit
-lint:
+lint: ui-check
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 

@@ -69,11 +69,19 @@ else
   log "Python packages present"
 fi
 
-# Playwright (library only; it drives Debian's /usr/bin/chromium, never downloads a browser).
-if [ ! -d "$here/tests/ui/node_modules/playwright-core" ]; then
-  log "installing playwright-core for the UI tests"
-  (cd "$here/tests/ui" && npm ci --no-audit --no-fund --silent)
-else
-  log "playwright-core present"
-fi
+# Node packages, each folder exactly as its committed lock file pins it (`npm ci`), again
+# whenever the lock file changes:
+# - ui/: the web pages' toolchain (TypeScript, esbuild) and the libraries bundled into them;
+# - tests/ui/: Playwright (library only; it drives Debian's /usr/bin/chromium, never
+#   downloads a browser) and axe-core.
+for folder in ui tests/ui; do
+  stamp="$here/$folder/node_modules/.installed-from-lock"
+  if ! cmp -s "$here/$folder/package-lock.json" "$stamp"; then
+    log "installing the Node packages of $folder"
+    (cd "$here/$folder" && npm ci --no-audit --no-fund --silent)
+    cp "$here/$folder/package-lock.json" "$stamp"
+  else
+    log "Node packages of $folder present"
+  fi
+done
 log "done"

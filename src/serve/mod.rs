@@ -74,11 +74,31 @@ const LABEL_PAGE: &str = include_str!("label.html");
 const MODELS_PAGE: &str = include_str!("models.html");
 /// The stylesheet the desk pages (MES, what-if) share.
 const PAGES_CSS: &str = include_str!("pages.css");
-/// uPlot, the charting library of the MES page, as its npm release ships it (MIT; see
-/// `vendor/uplot/LICENSE`). `tests/ui/mes.mjs` checks it is byte for byte the version
-/// `tests/ui/package-lock.json` pins.
-const UPLOT_JS: &str = include_str!("vendor/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("vendor/uplot/uPlot.min.css");
+
+/// The pages' scripts: TypeScript in `ui/src`, bundled by `build.rs` with the npm libraries
+/// they import (uPlot, MIT, for the MES page's charts) at the versions `ui/package-lock.json`
+/// pins.
+const PAGE_SCRIPTS: [(&str, &str); 5] = [
+    (
+        "live",
+        include_str!(concat!(env!("OUT_DIR"), "/ui/live.js")),
+    ),
+    (
+        "label",
+        include_str!(concat!(env!("OUT_DIR"), "/ui/label.js")),
+    ),
+    (
+        "models",
+        include_str!(concat!(env!("OUT_DIR"), "/ui/models.js")),
+    ),
+    ("mes", include_str!(concat!(env!("OUT_DIR"), "/ui/mes.js"))),
+    (
+        "whatif",
+        include_str!(concat!(env!("OUT_DIR"), "/ui/whatif.js")),
+    ),
+];
+/// uPlot's stylesheet, which the MES page's script imports.
+const MES_CSS: &str = include_str!(concat!(env!("OUT_DIR"), "/ui/mes.css"));
 
 /// The cookie the sign-in page sets: the token itself, HttpOnly and SameSite=Strict.
 pub const TOKEN_COOKIE: &str = "linesight_token";
@@ -256,17 +276,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/mes", get(mes_page))
         .route("/label", get(label_page))
         .route("/models", get(models_page))
-        .route(
-            "/assets/uplot.js",
-            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
-        )
+        .route("/assets/{script}", get(page_script))
         .route(
             "/assets/pages.css",
             get(|| async { asset("text/css; charset=utf-8", PAGES_CSS) }),
         )
         .route(
-            "/assets/uplot.css",
-            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
+            "/assets/mes.css",
+            get(|| async { asset("text/css; charset=utf-8", MES_CSS) }),
         )
         .route("/api/v1/station", need(Read, get(station)))
         .route("/api/v1/whoami", need(Read, get(auth::whoami)))
@@ -806,7 +823,16 @@ async fn models_page(State(api): State<ApiState>, headers: HeaderMap) -> Respons
     .await
 }
 
-/// A library the pages load, compiled in: a plant network has no CDN.
+/// `/assets/<page>.js`: a page's script.
+async fn page_script(axum::extract::Path(script): axum::extract::Path<String>) -> Response {
+    let page = script.strip_suffix(".js");
+    match PAGE_SCRIPTS.iter().find(|(name, _)| Some(*name) == page) {
+        Some((_, body)) => asset("text/javascript; charset=utf-8", body),
+        None => not_found().await.into_response(),
+    }
+}
+
+/// A script or stylesheet the pages load, compiled in: a plant network has no CDN.
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
