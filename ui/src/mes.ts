@@ -1,4 +1,5 @@
 // The mes page's script (served as /assets/mes.js, bundled by build.rs).
+/*! This script bundles uPlot (https://github.com/leeoniya/uPlot): Copyright (c) 2025, Leon Sorokin. MIT licence. */
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import { byId, query, errorMessage } from './page';
