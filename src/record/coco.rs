@@ -132,66 +132,161 @@ pub fn class_names(labelled: &[LabelledImage]) -> Vec<&str> {
 /// The COCO dataset of `labelled` parts; categories numbered from 1 in name order.
 pub fn export(labelled: &[LabelledImage]) -> CocoDataset {
     let names = class_names(labelled);
-    let category: HashMap<&str, u64> = names.iter().zip(1..).map(|(n, id)| (*n, id)).collect();
+    let category = category_ids(&names);
     let mut annotations = Vec::new();
     for part in labelled {
-        for region in &part.regions {
-            let (segmentation, iscrowd) = match &region.shape {
-                Shape::Box { .. } => (Segmentation::Polygons(Vec::new()), 0),
-                Shape::Polygon { points } => (
-                    Segmentation::Polygons(vec![points.iter().flatten().copied().collect()]),
-                    0,
-                ),
-                // RLE with iscrowd 0: training tools (Detectron2, MMDetection) skip crowds.
-                Shape::Mask { size, counts } => (
-                    Segmentation::Rle {
-                        size: *size,
-                        counts: counts.clone(),
-                    },
-                    0,
-                ),
-            };
-            annotations.push(CocoAnnotation {
-                id: annotations.len() as u64 + 1,
-                image_id: part.part_id,
-                category_id: category[region.class.as_str()],
-                segmentation,
-                bbox: region.shape.bounding_box().unwrap_or([0.0; 4]),
-                area: region.shape.area(),
-                iscrowd,
-            });
-        }
+        let first_id = annotations.len() as u64 + 1;
+        annotations.extend(annotations_of(part, &category, first_id));
     }
     CocoDataset {
-        info: serde_json::json!({
-            "description": "Linesight labels",
-            "version": "1",
-            "contributor": "linesight",
-        }),
-        images: labelled
-            .iter()
-            .map(|l| CocoImage {
-                id: l.part_id,
-                file_name: format!("{}.png", l.image),
-                width: l.width,
-                height: l.height,
-                linesight: Some(ImageJudgement {
-                    verdict: l.verdict,
-                    defect_class: l.defect_class.clone(),
-                }),
-            })
-            .collect(),
+        info: info(),
+        images: labelled.iter().map(image_of).collect(),
         annotations,
-        categories: names
-            .iter()
-            .zip(1..)
-            .map(|(name, id)| CocoCategory {
-                id,
-                name: (*name).to_owned(),
-                supercategory: "defect".into(),
-            })
-            .collect(),
+        categories: categories(&names),
     }
+}
+
+/// The `info` object every export starts from.
+pub fn info() -> serde_json::Value {
+    serde_json::json!({
+        "description": "Linesight labels",
+        "version": "1",
+        "contributor": "linesight",
+    })
+}
+
+/// Each class's category id: its place in `names` (sorted) from 1.
+pub fn category_ids<'a>(names: &[&'a str]) -> HashMap<&'a str, u64> {
+    names.iter().zip(1..).map(|(n, id)| (*n, id)).collect()
+}
+
+/// The categories of `names`, numbered as [`category_ids`] numbers them.
+pub fn categories(names: &[&str]) -> Vec<CocoCategory> {
+    names
+        .iter()
+        .zip(1..)
+        .map(|(name, id)| CocoCategory {
+            id,
+            name: (*name).to_owned(),
+            supercategory: "defect".into(),
+        })
+        .collect()
+}
+
+/// A labelled part's COCO image.
+pub fn image_of(part: &LabelledImage) -> CocoImage {
+    CocoImage {
+        id: part.part_id,
+        file_name: format!("{}.png", part.image),
+        width: part.width,
+        height: part.height,
+        linesight: Some(ImageJudgement {
+            verdict: part.verdict,
+            defect_class: part.defect_class.clone(),
+        }),
+    }
+}
+
+/// A labelled part's regions as annotations, numbered from `first_id`. A region whose class
+/// has no category is left out (`category` comes from the same labels' names).
+pub fn annotations_of(
+    part: &LabelledImage,
+    category: &HashMap<&str, u64>,
+    first_id: u64,
+) -> Vec<CocoAnnotation> {
+    let mut annotations = Vec::with_capacity(part.regions.len());
+    for region in &part.regions {
+        let Some(&category_id) = category.get(region.class.as_str()) else {
+            continue;
+        };
+        let (segmentation, iscrowd) = match &region.shape {
+            Shape::Box { .. } => (Segmentation::Polygons(Vec::new()), 0),
+            Shape::Polygon { points } => (
+                Segmentation::Polygons(vec![points.iter().flatten().copied().collect()]),
+                0,
+            ),
+            // RLE with iscrowd 0: training tools (Detectron2, MMDetection) skip crowds.
+            Shape::Mask { size, counts } => (
+                Segmentation::Rle {
+                    size: *size,
+                    counts: counts.clone(),
+                },
+                0,
+            ),
+        };
+        annotations.push(CocoAnnotation {
+            id: first_id + annotations.len() as u64,
+            image_id: part.part_id,
+            category_id,
+            segmentation,
+            bbox: region.shape.bounding_box().unwrap_or([0.0; 4]),
+            area: region.shape.area(),
+            iscrowd,
+        });
+    }
+    annotations
+}
+
+/// Where a streamed export finds its parts: the same parts, in the same order, on each of the
+/// two passes [`write_json`] makes, each read when its turn comes.
+pub trait LabelledSource {
+    /// Calls `visit` with each part in turn.
+    fn each(
+        &mut self,
+        visit: &mut dyn FnMut(&LabelledImage) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
+}
+
+impl LabelledSource for &[LabelledImage] {
+    fn each(
+        &mut self,
+        visit: &mut dyn FnMut(&LabelledImage) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.iter().try_for_each(visit)
+    }
+}
+
+/// The COCO dataset of the parts `source` visits (whose labels name `names`, sorted) as JSON
+/// into `out`, holding one part at a time: the images in a first pass, the annotations in a
+/// second. `info`, asked of the source after both passes (so it may count what they found),
+/// comes last. Reads back as [`export`] of the same parts, with that `info`.
+pub fn write_json<S: LabelledSource>(
+    out: &mut impl std::io::Write,
+    names: &[&str],
+    source: &mut S,
+    info: impl FnOnce(&S) -> serde_json::Value,
+) -> std::io::Result<()> {
+    let category = category_ids(names);
+    out.write_all(b"{\"images\":[")?;
+    let mut first = true;
+    source.each(&mut |part| element(&mut *out, &mut first, &image_of(part)))?;
+    out.write_all(b"],\"annotations\":[")?;
+    let (mut first, mut next_id) = (true, 1);
+    source.each(&mut |part| {
+        for annotation in annotations_of(part, &category, next_id) {
+            next_id += 1;
+            element(&mut *out, &mut first, &annotation)?;
+        }
+        Ok(())
+    })?;
+    out.write_all(b"],\"categories\":")?;
+    serde_json::to_writer(&mut *out, &categories(names))?;
+    out.write_all(b",\"info\":")?;
+    serde_json::to_writer(&mut *out, &info(source))?;
+    out.write_all(b"}")?;
+    Ok(())
+}
+
+/// One element of a JSON array, after a comma unless it is the `first`.
+fn element(
+    out: &mut impl std::io::Write,
+    first: &mut bool,
+    value: &impl Serialize,
+) -> std::io::Result<()> {
+    if !std::mem::take(first) {
+        out.write_all(b",")?;
+    }
+    serde_json::to_writer(out, value).map_err(std::io::Error::from)
 }
 
 /// The labels a COCO dataset holds, one per image, in image order. Shapes are taken as they
@@ -380,6 +475,17 @@ mod tests {
             ),
             part(9, 'b', Verdict::Pass, Vec::new()),
         ]
+    }
+
+    #[test]
+    fn the_streamed_json_reads_back_as_the_export_of_the_same_parts() {
+        for parts in [sample(), Vec::new()] {
+            let names = class_names(&parts);
+            let mut out = Vec::new();
+            write_json(&mut out, &names, &mut parts.as_slice(), |_| info()).unwrap();
+            let streamed: CocoDataset = serde_json::from_slice(&out).unwrap();
+            assert_eq!(streamed, export(&parts));
+        }
     }
 
     #[test]

@@ -23,11 +23,11 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use zip::write::SimpleFileOptions;
 
-use super::labelling::labelled_parts;
+use super::labelling::LabelledParts;
 use super::{ApiError, ApiState};
 use crate::learn::dataset::class_folder as folder_name;
 use crate::part::Verdict;
-use crate::record::coco::{self, LabelledImage};
+use crate::record::coco::{LabelledImage, LabelledSource};
 use crate::record::regions_mask;
 
 /// The layouts an export can take.
@@ -51,33 +51,10 @@ pub(super) async fn export(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let reader = api.clone();
-    let (parts, without_image) = tokio::task::spawn_blocking(move || labelled_parts(&reader))
+    let listed = tokio::task::spawn_blocking(move || LabelledParts::list(&reader))
         .await
         .map_err(|e| ApiError::Unavailable(format!("the export failed: {e}")))??;
-    let (sender, mut receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    let station = api.store.station().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut sink = ChannelWriter::new(sender.clone());
-        let written = write_zip(
-            &api,
-            &mut sink,
-            query.format,
-            &parts,
-            &without_image,
-            &station,
-        )
-        .and_then(|()| sink.flush());
-        if let Err(error) = written {
-            tracing::warn!(%error, "label export stopped");
-            // The client sees a broken download, never a short zip that looks whole.
-            let _ = sender.blocking_send(Err(error));
-        }
-    });
-    let body = Body::from_stream(async_stream::stream! {
-        while let Some(chunk) = receiver.recv().await {
-            yield chunk;
-        }
-    });
+    let body = streamed_body(move |sink| write_zip(&api, sink, query.format, &listed));
     let name = match query.format {
         ExportFormat::Yolo => "linesight-labels-yolo.zip",
         ExportFormat::Mvtec => "linesight-labels-mvtec.zip",
@@ -95,26 +72,46 @@ pub(super) async fn export(
         .into_response())
 }
 
+/// A response body that `write` fills on a blocking thread as it goes, sent in 256 KiB chunks.
+/// A write that fails (or a client that hangs up) breaks the download: the client never gets
+/// a short file that looks whole.
+pub(super) fn streamed_body(
+    write: impl FnOnce(&mut ChannelWriter) -> std::io::Result<()> + Send + 'static,
+) -> Body {
+    let (sender, mut receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut sink = ChannelWriter::new(sender.clone());
+        if let Err(error) = write(&mut sink).and_then(|()| sink.flush()) {
+            tracing::warn!(%error, "export stopped");
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    Body::from_stream(async_stream::stream! {
+        while let Some(chunk) = receiver.recv().await {
+            yield chunk;
+        }
+    })
+}
+
 fn write_zip(
     api: &ApiState,
     sink: &mut ChannelWriter,
     format: ExportFormat,
-    parts: &[LabelledImage],
-    without_image: &[u64],
-    station: &str,
+    listed: &LabelledParts,
 ) -> std::io::Result<()> {
     let mut zip = zip::ZipWriter::new_stream(sink);
     // PNGs are compressed already.
     let stored = SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(true);
-    let classes = coco::class_names(parts);
+    let classes = listed.class_names();
     let mut exported = Vec::new();
-    let mut missing = without_image.to_vec();
-    for part in parts {
+    let mut missing = listed.without_image.clone();
+    let mut gone = Vec::new();
+    listed.reader(api, &mut gone).each(&mut |part| {
         let Some(path) = api.store.images().path(&part.image) else {
             missing.push(part.part_id); // evicted since it was listed
-            continue;
+            return Ok(());
         };
         let png = std::fs::read(&path)?;
         let digest = &part.image;
@@ -147,7 +144,9 @@ fn write_zip(
             }
         }
         exported.push(part.part_id);
-    }
+        Ok(())
+    })?;
+    missing.extend(gone);
     if format == ExportFormat::Yolo {
         zip.start_file("data.yaml", stored)?;
         let mut yaml = String::from("# Written by Linesight: every region as its bounding box.\n");
@@ -160,7 +159,7 @@ fn write_zip(
     }
     zip.start_file("linesight-export.json", stored)?;
     let manifest = serde_json::json!({
-        "station": station,
+        "station": api.store.station(),
         "format": match format { ExportFormat::Yolo => "yolo", ExportFormat::Mvtec => "mvtec" },
         "parts": exported,
         "parts_without_image": missing,
@@ -195,7 +194,7 @@ fn yolo_lines(part: &LabelledImage, classes: &[&str]) -> String {
 
 /// Bytes written on a blocking thread, sent to the response body in 256 KiB chunks; a client
 /// that hangs up ends the write with an error.
-struct ChannelWriter {
+pub(super) struct ChannelWriter {
     sender: mpsc::Sender<std::io::Result<Bytes>>,
     buffer: Vec<u8>,
 }

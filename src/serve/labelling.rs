@@ -11,12 +11,14 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
+use super::label_export::streamed_body;
 use super::records::{check_judgement, part_image_size, valid_text};
 use super::{ApiError, ApiState};
 use crate::part::Verdict;
@@ -324,56 +326,173 @@ fn latest_class(store: &Store, part_id: u64) -> Result<Option<String>, ApiError>
         }))
 }
 
-/// Every labelled part's latest label with its image and the image's size, by part id; and
-/// the labelled parts left out because their image is no longer kept (evicted for disk space).
-pub(super) fn labelled_parts(api: &ApiState) -> Result<(Vec<LabelledImage>, Vec<u64>), ApiError> {
-    let mut labelled = Vec::new();
-    let mut without_image = Vec::new();
-    let mut latest: Vec<(u64, u64)> = api.store.latest_labels()?.into_iter().collect();
-    latest.sort_unstable();
-    for (part_id, seq) in latest {
-        let Some(RecordBody::Label(label)) = api.store.record(seq)?.map(|r| r.body) else {
-            continue; // archived with its part
-        };
-        let Some(inspection) = api.store.inspection(part_id)? else {
-            continue;
-        };
-        let sized = effective_image(&label, &inspection).and_then(|image| {
-            let size = part_image_size(api, &inspection, &image).ok()?;
-            Some((image, size))
-        });
-        let Some((image, (width, height))) = sized else {
-            without_image.push(part_id);
-            continue;
-        };
-        labelled.push(LabelledImage {
-            part_id,
-            image,
-            width,
-            height,
-            verdict: label.verdict,
-            defect_class: label.defect_class,
-            regions: label.regions,
-        });
-    }
-    Ok((labelled, without_image))
+/// The labelled parts an export goes through, listed without their labels: each label is read
+/// again when its turn comes, so an export of thousands of brush masks holds one at a time.
+pub(super) struct LabelledParts {
+    /// Each listed part's id and the seq of its latest label, by part id.
+    parts: Vec<(u64, u64)>,
+    /// Labelled parts left out because their image is no longer kept (evicted for disk space).
+    pub without_image: Vec<u64>,
+    /// Every class the listed parts' labels name, sorted, each once.
+    pub classes: Vec<String>,
 }
 
-/// `GET /api/v1/labels/coco`: every labelled part's latest label as a COCO dataset. Parts
-/// whose image is no longer kept are left out and counted in `info.parts_without_image`.
-pub(super) async fn export_coco(
-    State(api): State<ApiState>,
-) -> Result<Json<CocoDataset>, ApiError> {
-    let dataset = tokio::task::spawn_blocking(move || {
-        let (labelled, without_image) = labelled_parts(&api)?;
-        let mut dataset = coco::export(&labelled);
-        dataset.info["station"] = api.store.station().into();
-        dataset.info["parts_without_image"] = without_image.len().into();
-        Ok::<_, ApiError>(dataset)
+impl LabelledParts {
+    /// Every labelled part whose latest label has an image still kept.
+    pub fn list(api: &ApiState) -> Result<LabelledParts, ApiError> {
+        let mut latest: Vec<(u64, u64)> = api.store.latest_labels()?.into_iter().collect();
+        latest.sort_unstable();
+        let mut listed = LabelledParts {
+            parts: Vec::new(),
+            without_image: Vec::new(),
+            classes: Vec::new(),
+        };
+        let mut classes = BTreeSet::new();
+        for (part_id, seq) in latest {
+            match labelled_part(api, part_id, seq)? {
+                Some(Ok(part)) => {
+                    listed.parts.push((part_id, seq));
+                    classes.extend(
+                        coco::class_names(std::slice::from_ref(&part))
+                            .into_iter()
+                            .map(str::to_owned),
+                    );
+                }
+                Some(Err(NoImage)) => listed.without_image.push(part_id),
+                None => {}
+            }
+        }
+        listed.classes = classes.into_iter().collect();
+        Ok(listed)
+    }
+
+    /// The class names, as the COCO and YOLO writers take them.
+    pub fn class_names(&self) -> Vec<&str> {
+        self.classes.iter().map(String::as_str).collect()
+    }
+
+    /// A reader of the listed parts for `api`'s store. Parts gone since the listing (archived,
+    /// or their image evicted) are skipped and added to `gone`.
+    pub fn reader<'a>(&'a self, api: &'a ApiState, gone: &'a mut Vec<u64>) -> PartsReader<'a> {
+        PartsReader {
+            listed: self,
+            api,
+            gone,
+            read: None,
+        }
+    }
+}
+
+/// Reads [`LabelledParts`] one label at a time, for [`coco::write_json`] and the zip export.
+pub(super) struct PartsReader<'a> {
+    listed: &'a LabelledParts,
+    api: &'a ApiState,
+    gone: &'a mut Vec<u64>,
+    /// After a first pass, the parts it visited with their images and sizes: a second pass
+    /// visits exactly these (the COCO annotations must name images the first pass wrote),
+    /// reading only their labels again.
+    read: Option<Vec<(u64, String, u32, u32)>>,
+}
+
+impl coco::LabelledSource for PartsReader<'_> {
+    fn each(
+        &mut self,
+        visit: &mut dyn FnMut(&LabelledImage) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let failed = |e: ApiError| std::io::Error::other(e.to_string());
+        if let Some(read) = &self.read {
+            for (seq, image, width, height) in read {
+                let Some(label) = label_record(self.api, *seq).map_err(failed)? else {
+                    continue; // archived since the first pass: its image stays, unannotated
+                };
+                visit(&LabelledImage {
+                    part_id: label.part_id,
+                    image: image.clone(),
+                    width: *width,
+                    height: *height,
+                    verdict: label.verdict,
+                    defect_class: label.defect_class,
+                    regions: label.regions,
+                })?;
+            }
+            return Ok(());
+        }
+        let mut read = Vec::with_capacity(self.listed.parts.len());
+        for &(part_id, seq) in &self.listed.parts {
+            match labelled_part(self.api, part_id, seq).map_err(failed)? {
+                Some(Ok(part)) => {
+                    visit(&part)?;
+                    read.push((seq, part.image, part.width, part.height));
+                }
+                Some(Err(NoImage)) | None => self.gone.push(part_id),
+            }
+        }
+        self.read = Some(read);
+        Ok(())
+    }
+}
+
+/// A labelled part whose image is no longer kept.
+struct NoImage;
+
+/// The part's latest label (record `seq`) with its image and the image's size; `None` when the
+/// label or the part's record is gone (archived).
+fn labelled_part(
+    api: &ApiState,
+    part_id: u64,
+    seq: u64,
+) -> Result<Option<Result<LabelledImage, NoImage>>, ApiError> {
+    let Some(label) = label_record(api, seq)? else {
+        return Ok(None);
+    };
+    let Some(inspection) = api.store.inspection(part_id)? else {
+        return Ok(None);
+    };
+    let sized = effective_image(&label, &inspection).and_then(|image| {
+        let size = part_image_size(api, &inspection, &image).ok()?;
+        Some((image, size))
+    });
+    let Some((image, (width, height))) = sized else {
+        return Ok(Some(Err(NoImage)));
+    };
+    Ok(Some(Ok(LabelledImage {
+        part_id,
+        image,
+        width,
+        height,
+        verdict: label.verdict,
+        defect_class: label.defect_class,
+        regions: label.regions,
+    })))
+}
+
+/// The label recorded as `seq`, unless it was archived.
+fn label_record(api: &ApiState, seq: u64) -> Result<Option<LabelRecord>, ApiError> {
+    Ok(match api.store.record(seq)?.map(|r| r.body) {
+        Some(RecordBody::Label(label)) => Some(label),
+        _ => None,
     })
-    .await
-    .map_err(|e| ApiError::Unavailable(format!("the export failed: {e}")))??;
-    Ok(Json(dataset))
+}
+
+/// `GET /api/v1/labels/coco`: every labelled part's latest label as a COCO dataset, written
+/// into the response as it goes, one label at a time. Parts whose image is no longer kept are
+/// left out and counted in `info.parts_without_image`.
+pub(super) async fn export_coco(State(api): State<ApiState>) -> Result<Response, ApiError> {
+    let reader = api.clone();
+    let listed = tokio::task::spawn_blocking(move || LabelledParts::list(&reader))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the export failed: {e}")))??;
+    let body = streamed_body(move |out| {
+        let mut gone = listed.without_image.clone();
+        let mut source = listed.reader(&api, &mut gone);
+        coco::write_json(out, &listed.class_names(), &mut source, |source| {
+            let mut info = coco::info();
+            info["station"] = api.store.station().into();
+            info["parts_without_image"] = source.gone.len().into();
+            info
+        })
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The image a label is drawn on: its own, else its part's recorded image.
