@@ -9,7 +9,7 @@ use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::models::anomaly::train::{
-    self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE,
+    self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
 };
 use linesight::models::backbone::WeightsSearch;
 use linesight::models::defect_net::DefectModel;
@@ -164,10 +164,11 @@ pub struct Anomaly {
     /// Memory-bank entries kept from the good patches.
     #[arg(long, default_value_t = anomaly_train::DEFAULT_BANK_SIZE)]
     bank_size: usize,
-    /// Side of the square the backbone sees (a multiple of 16). 128 measured best on
-    /// magnetic-tile (image AUROC 0.91; 0.90 at 192, about 0.88 at 256) and is the cheapest.
-    #[arg(long, default_value_t = anomaly_train::DEFAULT_INPUT_SIZE)]
-    input_size: usize,
+    /// Side of the square the backbone sees: a multiple of 16, or `auto` to let the run
+    /// choose among 128, 256 and 512 (no larger than the images) by how well each finds
+    /// defects painted on good validation images; the card keeps each one's figure.
+    #[arg(long, default_value = "auto")]
+    input_size: InputSize,
     /// Share of good validation images the threshold may reject.
     #[arg(long, default_value_t = anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE)]
     target_false_reject_rate: f64,

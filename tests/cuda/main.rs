@@ -21,7 +21,7 @@ use linesight::inspect::registry::{Registry, open_device};
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::Detector;
-use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
+use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
 use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
@@ -250,7 +250,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         data,
         backbone_weights: backbone_weights(),
         bank_size: 1024,
-        input_size: 128,
+        input_size: InputSize::Fixed(128),
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),

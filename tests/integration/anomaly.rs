@@ -7,7 +7,8 @@ use std::process::Command;
 use linesight::inspect::registry::Registry;
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
-use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings};
+use linesight::models::anomaly::input_size;
+use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
 use linesight::models::backbone::bf16::{self, Precision};
 use linesight::models::backbone::{Resampling, WeightsId, WeightsSearch};
@@ -19,6 +20,61 @@ use crate::{backbone_weights, write_mvtec_parts, write_tile_dataset};
 /// The most a model's score may move when its backbone multiplies in bfloat16, as a share of
 /// the spread (standard deviation) of good parts' scores.
 const BF16_SHARE_OF_GOOD_SPREAD: f32 = 0.5;
+
+/// `--input-size auto` (the default): the run tries each size up to the images' own
+/// resolution on defects painted on its good validation images, keeps every trial on the
+/// card, and trains at the size the rule picks; images too small for a larger size get the
+/// smallest without a trial.
+#[test]
+fn the_input_size_is_chosen_from_the_products_own_good_images() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let train = |side: u32, name: &str| {
+        let root = dir.path().join(name);
+        write_mvtec_parts(&root, &mut PartGenerator::new(5, side, side, 0.0), 20, 4);
+        anomaly_train::train(&AnomalySettings {
+            name: name.into(),
+            layout: Layout::Mvtec,
+            data: root,
+            backbone_weights: backbone_weights(),
+            bank_size: 512,
+            input_size: InputSize::Auto,
+            target_false_reject_rate: 0.05,
+            synthetic_defects_per_good: 0,
+            coarse_input_size: None,
+            seed: 1,
+            out_dir: dir.path().join(format!("{name}-model")),
+            progress: Progress::hidden(),
+        })
+        .expect("trains")
+        .family
+    };
+
+    let card = train(256, "tiles-256");
+    let choice = card.input_size_choice.expect("the choice is on the card");
+    let sizes: Vec<usize> = choice.trials.iter().map(|t| t.input_size).collect();
+    assert_eq!(sizes, [128, 256], "{choice:?}");
+    assert_eq!(choice.median_shorter_side, 256);
+    // 20 good training images: 16 fit, 4 validate (each scored unpainted and painted).
+    assert_eq!((choice.n_fit, choice.n_validation), (16, 4));
+    for trial in &choice.trials {
+        assert!(
+            (0.0..=1.0).contains(&trial.painted_auroc) && trial.seconds > 0.0,
+            "{trial:?}"
+        );
+    }
+    assert_eq!(choice.chosen, input_size::chosen_size(&choice.trials));
+    assert_eq!(
+        card.input.input_size, choice.chosen,
+        "trained at the size chosen"
+    );
+
+    let card = train(96, "tiles-96");
+    let choice = card.input_size_choice.expect("the choice is on the card");
+    assert!(choice.trials.is_empty(), "{choice:?}");
+    assert_eq!((choice.chosen, card.input.input_size), (128, 128));
+    assert!(choice.rule.contains("only candidate"), "{}", choice.rule);
+}
 
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
@@ -37,7 +93,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         data: root.clone(),
         backbone_weights: weights.clone(),
         bank_size: 1024,
-        input_size: 128,
+        input_size: InputSize::Fixed(128),
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),

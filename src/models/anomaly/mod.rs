@@ -13,6 +13,7 @@
 //! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
 //! through the backbone at a smaller input; [`ScoreScale`] sums the four.
 
+pub mod input_size;
 mod saved;
 pub mod train;
 

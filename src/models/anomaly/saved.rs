@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::dataset::Layout;
 use crate::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use crate::models::anomaly::input_size::InputSizeChoice;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, ScoreScale};
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
@@ -74,6 +75,10 @@ pub struct AnomalyCard {
     /// Input size of the coarse image score (absent in models without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coarse_input_size: Option<usize>,
+    /// How the training run chose the input size (absent where it was given, and in models
+    /// trained before the choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size_choice: Option<InputSizeChoice>,
     /// How the patch, image, head and coarse image scores combine (absent in models trained
     /// before the image score: their score is the patch score).
     #[serde(default)]

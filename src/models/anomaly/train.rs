@@ -19,6 +19,7 @@ use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
+use crate::models::anomaly::input_size::{self, ChoiceError};
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
     PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreScale,
@@ -35,9 +36,32 @@ pub const COARSE_INPUT_SIZE: usize = 96;
 /// Memory-bank entries kept from the good patches, unless asked otherwise.
 pub const DEFAULT_BANK_SIZE: usize = 4096;
 
-/// The side of the square the backbone sees, unless asked otherwise. 128 measured best on
-/// magnetic-tile (image AUROC 0.91; 0.90 at 192, about 0.88 at 256) and is the cheapest.
-pub const DEFAULT_INPUT_SIZE: usize = 128;
+/// The smallest side of the square the backbone sees, and the size [`InputSize::Auto`] takes
+/// when nothing can be compared. 128 measured best on magnetic-tile (image AUROC 0.91; 0.90
+/// at 192, about 0.88 at 256) and is the cheapest.
+pub const DEFAULT_INPUT_SIZE: usize = input_size::CANDIDATES[0];
+
+/// The side of the square the backbone sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputSize {
+    /// Chosen by the training run from the product's good images ([`input_size::choose`]).
+    Auto,
+    /// This size (a multiple of 16).
+    Fixed(usize),
+}
+
+impl std::str::FromStr for InputSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<InputSize, String> {
+        if text == "auto" {
+            return Ok(InputSize::Auto);
+        }
+        text.parse()
+            .map(InputSize::Fixed)
+            .map_err(|_| format!("{text:?} is neither `auto` nor a size in pixels"))
+    }
+}
 
 /// The share of good parts the threshold may reject, unless asked otherwise.
 pub const DEFAULT_TARGET_FALSE_REJECT_RATE: f64 = 0.05;
@@ -76,8 +100,8 @@ pub struct AnomalySettings {
     pub data: PathBuf,
     pub backbone_weights: PathBuf,
     pub bank_size: usize,
-    /// Side of the square the backbone sees (a multiple of 16).
-    pub input_size: usize,
+    /// Side of the square the backbone sees.
+    pub input_size: InputSize,
     /// Share of good validation images the threshold may reject.
     pub target_false_reject_rate: f64,
     /// Defects painted on each good training image to train the patch head; 0 trains no head.
@@ -95,33 +119,14 @@ pub struct AnomalySettings {
 pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, AnomalyError> {
     let started = Instant::now();
     let device = Device::Cpu;
-    check_input_size(settings.input_size).map_err(|message| AnomalyError::File {
+    let invalid = |message: String| AnomalyError::File {
         path: settings.data.clone(),
         message,
-    })?;
-    if let Some(size) = settings.coarse_input_size {
-        check_input_size(size)
-            .and_then(|()| {
-                // At the same size it would count the image score twice.
-                if size < settings.input_size {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "input size {size} is not below the model's {}",
-                        settings.input_size
-                    ))
-                }
-            })
-            .map_err(|message| AnomalyError::File {
-                path: settings.data.clone(),
-                message: format!("coarse image score: {message}"),
-            })?;
+    };
+    if let InputSize::Fixed(size) = settings.input_size {
+        check_input_size(size).map_err(invalid)?;
     }
-    let features = PatchFeatures::load(&settings.backbone_weights, &device)?
-        .with_input_size(settings.input_size);
-    // The same backbone (its weights shared, not copied) at the coarse input size.
-    let coarse_features =
-        (settings.coarse_input_size).map(|size| features.clone().with_input_size(size));
+    let backbone = PatchFeatures::load(&settings.backbone_weights, &device)?;
     let samples = dataset::read(settings.layout, &settings.data)?;
     let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
     let good_part: Vec<Sample> = train_part
@@ -134,12 +139,58 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let (good, validation) =
         dataset::split_validation(&good_part, settings.layout, VALIDATION_EVERY);
 
+    let (input_size, input_size_choice) = match settings.input_size {
+        InputSize::Fixed(size) => (size, None),
+        InputSize::Auto => {
+            let load = |samples: &[Sample], n: usize| -> Vec<GrayImage> {
+                (input_size::evenly(samples, n).iter())
+                    .filter_map(|s| dataset::load_gray(&s.image).ok())
+                    .collect()
+            };
+            let choice = input_size::choose(
+                &backbone,
+                &load(&good, input_size::TRIAL_FIT_IMAGES),
+                &load(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                settings.seed,
+                &settings.progress,
+            )
+            .map_err(|error| match error {
+                ChoiceError::Candle(e) => AnomalyError::Candle(e),
+                ChoiceError::Cancelled(c) => AnomalyError::Cancelled(c),
+            })?;
+            tracing::info!(
+                chosen = choice.chosen,
+                trials = ?choice.trials,
+                "input size chosen"
+            );
+            (choice.chosen, Some(choice))
+        }
+    };
+    if let Some(size) = settings.coarse_input_size {
+        check_input_size(size)
+            .and_then(|()| {
+                // At the same size it would count the image score twice.
+                if size < input_size {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "input size {size} is not below the model's {input_size}"
+                    ))
+                }
+            })
+            .map_err(|message| invalid(format!("coarse image score: {message}")))?;
+    }
+    let features = backbone.with_input_size(input_size);
+    // The same backbone (its weights shared, not copied) at the coarse input size.
+    let coarse_features =
+        (settings.coarse_input_size).map(|size| features.clone().with_input_size(size));
+
     let bar = settings
         .progress
         .phase(good.len() + validation.len(), "features of good images");
     // The patch head's defects are painted from the run's seed: a seed reproduces the model.
     let mut painter = ChaCha8Rng::seed_from_u64(settings.seed);
-    let grid = settings.input_size / 8;
+    let grid = input_size / 8;
     let mut extract_all =
         |samples: &[Sample], defects_per_image: usize| -> Result<GoodFeatures, AnomalyError> {
             let mut out = GoodFeatures::default();
@@ -338,6 +389,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         bank_size: model.bank().dim(0)?,
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
         coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
+        input_size_choice,
         score_scale: model.scale(),
         seed: settings.seed,
         training_duration_s,
@@ -487,4 +539,17 @@ pub fn evaluate(
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_size_is_auto_or_pixels() {
+        assert_eq!("auto".parse(), Ok(InputSize::Auto));
+        assert_eq!("256".parse(), Ok(InputSize::Fixed(256)));
+        let refused = "big".parse::<InputSize>().expect_err("not a size");
+        assert!(refused.contains("neither `auto` nor a size"), "{refused}");
+    }
 }

@@ -1,0 +1,271 @@
+//! Choosing the side of the square the backbone sees, per product, from its good images alone.
+//!
+//! A defect a few pixels wide on a 640-pixel board vanishes when the board is resampled to a
+//! 128-pixel square; on a 250-pixel tile the same square keeps it, at a quarter of the cost
+//! of 256 (magnetic-tile measured best at 128). No one size suits every product, and a new
+//! product brings good images only, so the training run asks those images.
+//!
+//! The protocol ([`choose`]):
+//! 1. **Candidates**: [`CANDIDATES`] up to the images' median shorter side (5 % of
+//!    upsampling allowed): a larger square would only interpolate pixels the camera never
+//!    took. The smallest candidate always runs.
+//! 2. **Trial per candidate**: a memory bank of at most [`TRIAL_BANK_PATCHES`] patches drawn
+//!    at random from up to [`TRIAL_FIT_IMAGES`] good fit images; up to
+//!    [`TRIAL_VALIDATION_IMAGES`] good validation images are scored (their farthest patch's
+//!    distance to the bank) as they are and with one defect painted on each
+//!    ([`crate::learn::synthetic_defect`]: moved patches, and scars 1–3 pixels wide at the
+//!    image's own resolution). The same painted images serve every candidate.
+//! 3. **Choice**: the image AUROC of painted against unpainted images. A larger candidate
+//!    replaces a smaller one only when it scores more than [`MIN_AUROC_GAIN`] higher: it
+//!    costs about four times as much per part.
+//!
+//! The trial is a plain nearest-neighbour score with no coreset, image score or head, so it
+//! takes seconds; the card keeps every candidate's AUROC and time ([`InputSizeChoice`]).
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::nearest_distances;
+use crate::learn::eval;
+use crate::learn::progress::{Cancelled, Progress};
+use crate::learn::synthetic_defect;
+use crate::models::backbone::PatchFeatures;
+use crate::part::GrayImage;
+
+/// The sizes a training run may choose from, smallest first.
+pub const CANDIDATES: [usize; 3] = [128, 256, 512];
+
+/// Good fit images whose patches make a trial's bank, at most.
+pub const TRIAL_FIT_IMAGES: usize = 32;
+
+/// Good validation images a trial scores, each unpainted and painted, at most.
+pub const TRIAL_VALIDATION_IMAGES: usize = 32;
+
+/// Patches in a trial's bank, at most (a random sample of the fit images' patches).
+pub const TRIAL_BANK_PATCHES: usize = 16_384;
+
+/// How much higher a larger candidate's AUROC must be to replace a smaller one.
+pub const MIN_AUROC_GAIN: f64 = 0.01;
+
+/// How far above the images' median shorter side a candidate may go.
+const MAX_UPSAMPLING: f64 = 1.05;
+
+/// What the trials measured, and the size chosen: kept on the model's card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSizeChoice {
+    pub chosen: usize,
+    /// How it was chosen, in words.
+    pub rule: String,
+    /// Each candidate's trial (none when there was nothing to compare).
+    pub trials: Vec<InputSizeTrial>,
+    /// The images' median shorter side, which bounds the candidates.
+    pub median_shorter_side: usize,
+    /// Good images each trial's bank came from, and good images it scored (each twice).
+    pub n_fit: usize,
+    pub n_validation: usize,
+}
+
+/// One candidate's trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSizeTrial {
+    pub input_size: usize,
+    /// Image AUROC of the painted validation images against the same images unpainted.
+    pub painted_auroc: f64,
+    pub seconds: f64,
+}
+
+/// Why no size could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChoiceError {
+    #[error("choosing the input size: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
+/// The candidates for images whose median shorter side is `median_side`.
+pub fn candidates(median_side: usize) -> Vec<usize> {
+    let limit = median_side as f64 * MAX_UPSAMPLING;
+    let mut sizes: Vec<usize> = (CANDIDATES.iter().copied())
+        .filter(|&size| size as f64 <= limit)
+        .collect();
+    if sizes.is_empty() {
+        sizes.push(CANDIDATES[0]);
+    }
+    sizes
+}
+
+/// Runs the protocol of this module on good `fit` and `validation` images (thinned by the
+/// caller with [`evenly`] to [`TRIAL_FIT_IMAGES`] and [`TRIAL_VALIDATION_IMAGES`]) with
+/// `features` (its input size is replaced by each candidate's). `seed` draws the banks and
+/// paints the defects. With one candidate, or fewer than two images on either side, nothing
+/// is compared and the smallest candidate is taken.
+pub fn choose(
+    features: &PatchFeatures,
+    fit: &[GrayImage],
+    validation: &[GrayImage],
+    seed: u64,
+    progress: &Progress,
+) -> Result<InputSizeChoice, ChoiceError> {
+    let mut sides: Vec<usize> = (fit.iter().chain(validation))
+        .map(|image| image.width.min(image.height) as usize)
+        .collect();
+    sides.sort_unstable();
+    let median_shorter_side = sides.get(sides.len() / 2).copied().unwrap_or(0);
+    let sizes = candidates(median_shorter_side);
+    let unchosen = |rule: &str| InputSizeChoice {
+        chosen: sizes[0],
+        rule: rule.to_owned(),
+        trials: Vec::new(),
+        median_shorter_side,
+        n_fit: fit.len(),
+        n_validation: validation.len(),
+    };
+    if sizes.len() == 1 {
+        return Ok(unchosen(
+            "the only candidate: the images are too small for a larger one",
+        ));
+    }
+    if fit.len() < 2 || validation.len() < 2 {
+        return Ok(unchosen(
+            "the smallest candidate: too few good images to compare the candidates",
+        ));
+    }
+
+    let mut painter = ChaCha8Rng::seed_from_u64(seed);
+    let painted: Vec<GrayImage> = (validation.iter())
+        .map(|image| synthetic_defect::paint(image, &mut painter).image)
+        .collect();
+    let labels: Vec<bool> = (validation.iter().map(|_| false))
+        .chain(painted.iter().map(|_| true))
+        .collect();
+
+    let bar = progress.phase(
+        sizes.len() * (fit.len() + 2 * validation.len()),
+        "choosing the input size",
+    );
+    let mut trials = Vec::with_capacity(sizes.len());
+    for &size in &sizes {
+        let started = Instant::now();
+        let extractor = features.clone().with_input_size(size);
+        let mut patches = Vec::with_capacity(fit.len());
+        for image in fit {
+            bar.check()?;
+            bar.inc(1);
+            patches.push(extractor.extract(image)?.patches);
+        }
+        let bank = sample_rows(&Tensor::cat(&patches, 0)?, TRIAL_BANK_PATCHES, seed)?;
+        drop(patches);
+        let bank_t = bank.t()?.contiguous()?;
+        let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+        let mut scores = Vec::with_capacity(labels.len());
+        for image in validation.iter().chain(&painted) {
+            bar.check()?;
+            bar.inc(1);
+            let distances =
+                nearest_distances(&extractor.extract(image)?.patches, &bank_t, &bank_sq)?;
+            scores.push(distances.into_iter().fold(0.0, f32::max));
+        }
+        trials.push(InputSizeTrial {
+            input_size: size,
+            // Both classes are present, so the AUROC exists.
+            painted_auroc: eval::auroc(&scores, &labels).unwrap_or(0.5),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    bar.finish_and_clear();
+    Ok(InputSizeChoice {
+        chosen: chosen_size(&trials),
+        rule: format!(
+            "image AUROC of {n} good validation images with a painted defect against the same \
+             images unpainted, on a bank of {n_fit} good images; a larger size only when more \
+             than {MIN_AUROC_GAIN} higher",
+            n = validation.len(),
+            n_fit = fit.len(),
+        ),
+        trials,
+        median_shorter_side,
+        n_fit: fit.len(),
+        n_validation: validation.len(),
+    })
+}
+
+/// The rule of step 3: from the smallest up, a larger size replaces the chosen one only when
+/// its AUROC is more than [`MIN_AUROC_GAIN`] higher.
+pub fn chosen_size(trials: &[InputSizeTrial]) -> usize {
+    let mut best: Option<&InputSizeTrial> = None;
+    for trial in trials {
+        match best {
+            Some(chosen) if trial.painted_auroc <= chosen.painted_auroc + MIN_AUROC_GAIN => {}
+            _ => best = Some(trial),
+        }
+    }
+    best.map_or(CANDIDATES[0], |t| t.input_size)
+}
+
+/// At most `n` of `items`, spread evenly over the list (every one when there are fewer).
+pub fn evenly<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    if items.len() <= n {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * items.len() / n].clone()).collect()
+}
+
+/// At most `n` rows of `rows` (`[r, d]`), drawn at random from `seed` (all when there are fewer).
+fn sample_rows(rows: &Tensor, n: usize, seed: u64) -> candle_core::Result<Tensor> {
+    let count = rows.dim(0)?;
+    if count <= n {
+        return Ok(rows.clone());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut picked = rand::seq::index::sample(&mut rng, count, n).into_vec();
+    picked.sort_unstable();
+    let picked: Vec<u32> = picked.into_iter().map(|i| i as u32).collect();
+    rows.index_select(&Tensor::new(picked.as_slice(), rows.device())?, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(input_size: usize, painted_auroc: f64) -> InputSizeTrial {
+        InputSizeTrial {
+            input_size,
+            painted_auroc,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn candidates_stop_at_the_images_own_resolution() {
+        assert_eq!(candidates(100), vec![128], "the smallest always runs");
+        assert_eq!(
+            candidates(250),
+            vec![128, 256],
+            "magnetic-tile's tiles: 5 % up"
+        );
+        assert_eq!(candidates(500), vec![128, 256, 512], "KolektorSDD's strips");
+        assert_eq!(candidates(640), vec![128, 256, 512]);
+        assert_eq!(candidates(200), vec![128]);
+    }
+
+    #[test]
+    fn a_larger_size_must_earn_its_cost() {
+        assert_eq!(chosen_size(&[trial(128, 0.90), trial(256, 0.905)]), 128);
+        assert_eq!(chosen_size(&[trial(128, 0.90), trial(256, 0.95)]), 256);
+        // 512 is compared with the size chosen so far, not with its neighbour.
+        assert_eq!(
+            chosen_size(&[trial(128, 0.80), trial(256, 0.95), trial(512, 0.955)]),
+            256
+        );
+        assert_eq!(
+            chosen_size(&[trial(128, 0.80), trial(256, 0.805), trial(512, 0.9)]),
+            512
+        );
+        assert_eq!(chosen_size(&[trial(128, 0.7)]), 128);
+    }
+}
