@@ -9,7 +9,7 @@ use linesight::calibrate::{Calibration, Undistorter};
 use linesight::models::Detector;
 use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
 use linesight::models::anomaly::{
-    CoarseImage, ImageGaussian, PatchCore, PatchHead, nearest_distances,
+    CoarseImage, ImageGaussian, PatchCore, PatchHead, nearest_distances, search_layout,
 };
 use linesight::models::backbone::bf16::Precision;
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
@@ -134,13 +134,7 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     // The search alone, at a 256 input's 1,024 patches: `make bench-compare` sets it beside
     // numpy's one-GEMM search of the same shape.
     let queries = Tensor::randn(0f32, 1f32, (1024, FEATURE_DIM), device).expect("queries");
-    let bank_t = bank.t().and_then(|b| b.contiguous()).expect("bank_t");
-    let bank_sq = bank
-        .sqr()
-        .and_then(|b| b.sum_keepdim(1))
-        .and_then(|b| b.t())
-        .and_then(|b| b.contiguous())
-        .expect("bank_sq");
+    let (bank_t, bank_sq) = search_layout(&bank).expect("search layout");
     c.bench_function(&format!("{prefix}anomaly/nearest_1024x4096"), |b| {
         b.iter(|| nearest_distances(&queries, &bank_t, &bank_sq).expect("distances"))
     });
@@ -225,18 +219,9 @@ fn batches(
             .extract_many(&images)
             .expect("features")
             .patches;
-        let bank_t = model
-            .bank()
-            .t()
-            .and_then(|b| b.contiguous())
-            .expect("bank_t");
-        let bank_sq = (model.bank().sqr())
-            .and_then(|b| b.sum_keepdim(1))
-            .and_then(|b| b.t())
-            .and_then(|b| b.contiguous())
-            .expect("bank_sq");
+        let (bank_t, bank_sq) = model.search_bank();
         group.bench_function("nearest", |b| {
-            b.iter(|| nearest_distances(&patches, &bank_t, &bank_sq).expect("distances"))
+            b.iter(|| nearest_distances(&patches, bank_t, bank_sq).expect("distances"))
         });
         group.finish();
     }

@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::nearest_distances;
+use super::{nearest_distances, search_layout};
 use crate::learn::eval;
 use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
@@ -160,8 +160,7 @@ pub fn choose(
         }
         let bank = sample_rows(&Tensor::cat(&patches, 0)?, TRIAL_BANK_PATCHES, seed)?;
         drop(patches);
-        let bank_t = bank.t()?.contiguous()?;
-        let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+        let (bank_t, bank_sq) = search_layout(&bank)?;
         let mut scores = Vec::with_capacity(labels.len());
         for image in validation.iter().chain(&painted) {
             bar.check()?;

@@ -112,6 +112,15 @@ pub fn greedy_coreset(
 /// the whole `q × m` matrix (4 MiB at input 128) went out to memory and was read back.
 const QUERY_BLOCK: usize = 32;
 
+/// A bank (`[m, d]`) laid out for [`nearest_distances`]: transposed (`[d, m]`, contiguous)
+/// and its squared norms (`[1, m]`).
+pub fn search_layout(bank: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    Ok((
+        bank.t()?.contiguous()?,
+        bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?,
+    ))
+}
+
 /// Nearest-neighbour distances of each row of `queries` (`[q, d]`) to a bank given transposed,
 /// `bank_t` (`[d, m]`, contiguous: gemm then reads it as it lies, where the `[m, d]` bank was
 /// repacked on every call), and the bank's squared norms `[1, m]`:
@@ -693,10 +702,10 @@ impl PatchCore {
     /// [`PatchCore::with_image_gaussian`] and [`PatchCore::with_scale`]).
     pub fn from_bank(features: PatchFeatures, bank: Tensor) -> candle_core::Result<PatchCore> {
         let bank = bank.to_dtype(DType::F32)?;
-        let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+        let (bank_t, bank_sq) = search_layout(&bank)?;
         Ok(PatchCore {
             features,
-            bank_t: bank.t()?.contiguous()?,
+            bank_t,
             bank,
             bank_sq,
             image_gaussian: None,
@@ -748,6 +757,11 @@ impl PatchCore {
     /// The memory bank, for saving.
     pub fn bank(&self) -> &Tensor {
         &self.bank
+    }
+
+    /// The bank as [`nearest_distances`] takes it: transposed, and its squared norms.
+    pub fn search_bank(&self) -> (&Tensor, &Tensor) {
+        (&self.bank_t, &self.bank_sq)
     }
 
     /// How the scores combine, for saving.

@@ -9,6 +9,8 @@
 //! the product onto it. On magnetic-tile sized inputs (256×256) zeroing and the extra passes
 //! were a tenth of the backbone's time. Other devices use candle's ops.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 /// A 1×1 convolution with folded batch norm: `[b, in, h, w]` → `[b, out, h, w]`.
@@ -22,11 +24,11 @@ pub struct Pointwise {
     /// The same weights `[out, in]` and bias `[out, 1]`, for devices without the kernel.
     weight_tensor: Tensor,
     bias_tensor: Tensor,
-    /// The weights in bfloat16 panels, for [`super::bf16::Precision::Bf16`].
-    packed: super::bf16::PackedWeights,
-    /// Whether the CPU kernel multiplies in bfloat16 (only where the CPU can).
+    /// The weights in bfloat16 panels, present while the CPU kernel multiplies in bfloat16
+    /// ([`super::bf16::Precision::Bf16`], only where the CPU can). A layer in f32 does without
+    /// them: they are half its weights' size again. The layer's copies share them.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    bf16: bool,
+    bf16: Option<Arc<super::bf16::PackedWeights>>,
 }
 
 /// What is added to the product.
@@ -53,9 +55,15 @@ impl Pointwise {
             );
         }
         let weight = weight_tensor.flatten_all()?.to_vec1::<f32>()?;
+        let bf16 = (super::bf16::precision() == super::bf16::Precision::Bf16).then(|| {
+            Arc::new(super::bf16::PackedWeights::new(
+                &weight,
+                out_channels,
+                in_channels,
+            ))
+        });
         Ok(Pointwise {
-            packed: super::bf16::PackedWeights::new(&weight, out_channels, in_channels),
-            bf16: super::bf16::precision() == super::bf16::Precision::Bf16,
+            bf16,
             weight,
             bias: bias.to_vec1::<f32>()?,
             out_channels,
@@ -68,10 +76,16 @@ impl Pointwise {
     /// The same layer computing in `precision` on the CPU (bfloat16 only where the CPU has
     /// it; `auto` takes it there).
     pub fn with_precision(self, precision: super::bf16::Precision) -> Pointwise {
-        Pointwise {
-            bf16: super::bf16::resolve(precision) == super::bf16::Precision::Bf16,
-            ..self
-        }
+        let bf16 = (super::bf16::resolve(precision) == super::bf16::Precision::Bf16).then(|| {
+            self.bf16.clone().unwrap_or_else(|| {
+                Arc::new(super::bf16::PackedWeights::new(
+                    &self.weight,
+                    self.out_channels,
+                    self.in_channels,
+                ))
+            })
+        });
+        Pointwise { bf16, ..self }
     }
 
     /// The product alone, for a next layer that applies the bias itself.
@@ -184,15 +198,15 @@ impl Pointwise {
         // The start of the allocation: writable up to its capacity, `len`.
         let dst = output.as_mut_ptr();
         #[cfg(target_arch = "x86_64")]
-        if self.bf16 {
+        if let Some(packed) = &self.bf16 {
             for image in 0..b {
-                // SAFETY: `bf16` is set only on a CPU with the instructions; `dst` has
+                // SAFETY: `bf16` is present only on a CPU with the instructions; `dst` has
                 // room for `b·m·n` values and `input` holds `b·k·n`, each image's `m × n`
                 // output and `k × n` input row-major; with `read_output` they were
                 // initialised above, else the kernel writes every value.
                 unsafe {
                     super::bf16::gemm(
-                        &self.packed,
+                        packed,
                         &input[image * k * n..][..k * n],
                         n,
                         dst.add(image * m * n),

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::learn::drift::{DriftReference, InputStats};
-use crate::models::anomaly::nearest_distances;
+use crate::models::anomaly::{nearest_distances, search_layout};
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -774,8 +774,7 @@ fn locate_tagged_defects(
         bank.push(patches(example)?.index_select(&mine, 0)?);
     }
     let bank = Tensor::cat(&bank, 0)?;
-    let bank_t = bank.t()?.contiguous()?;
-    let bank_sq = bank.sqr()?.sum_keepdim(1)?.t()?.contiguous()?;
+    let (bank_t, bank_sq) = search_layout(&bank)?;
     let bar = progress.phase(calibration.len() + tagged.len(), "locating tagged defects");
     let mut good_distances = Vec::new();
     for example in calibration {
