@@ -120,6 +120,10 @@ await finish(async () => {
     for (const term of [version, 'How it was chosen', 'False rejects at the threshold', 'Training took']) {
       expect(figures.includes(term), `the figures lack ${JSON.stringify(term)}: ${figures}`);
     }
+    // The onboarding chose its input size on the product's own images: the card's choice shows.
+    const choice = job.model.card.input_size_choice;
+    expect(choice && choice.chosen === job.model.card.input_size, `the card's choice: ${JSON.stringify(choice)}`);
+    expect(figures.includes(`Input size${choice.chosen} px`), `the figures do not show the input size ${choice.chosen}: ${figures}`);
     // Every preview's image and heat map loaded.
     const images = await page.$$eval(`article[data-job="${id}"] .previews img`, (list) => list.map((i) => ({ src: i.src, width: i.naturalWidth })));
     expect(images.length >= 4, `${images.length} preview images`);

@@ -1,5 +1,6 @@
 // The label page's script (served as /assets/label.js, bundled by build.rs).
 import { byId, errorMessage } from './page';
+import { type DefectClass, type DefectClasses } from './api';
 
 /* ---------- types: the station's answers, the label, the editor ---------- */
 
@@ -82,18 +83,6 @@ interface SavedLabel {
 type LabelRecord = SavedLabel & { recorded_at: string; body?: SavedLabel };
 /** `GET /api/v1/inspections/{part_id}/labels`: its label records, oldest first (or under `items`). */
 type LabelsAnswer = LabelRecord[] | { items?: LabelRecord[] } | null;
-
-/** One of the station's defect classes (`GET /api/v1/defect-classes`). */
-interface DefectClass {
-  name: string;
-  /** `#rrggbb`. */
-  colour: string;
-  severity: 'critical' | 'major' | 'minor';
-  /** Whether the gate rejects a part the model gives this class. */
-  rejects: boolean;
-  description: string;
-}
-interface DefectClassesAnswer { classes: DefectClass[] }
 
 /** `POST /api/v1/labels/coco`. */
 interface ImportReport { written: number; unchanged: number }
@@ -1324,7 +1313,7 @@ const opening = new URLSearchParams(window.location.search).get('part');
 // a station without them (or an old one) falls back to the classes the queue names.
 async function loadTaxonomy() {
   try {
-    const body = (await api('/api/v1/defect-classes')) as DefectClassesAnswer;
+    const body = (await api('/api/v1/defect-classes')) as DefectClasses;
     for (const c of body.classes ?? []) {
       taxonomy.set(c.name, c);
       colours.set(c.name, c.colour);

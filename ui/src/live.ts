@@ -1,5 +1,6 @@
 // The live page's script (served as /assets/live.js, bundled by build.rs).
 import { byId, errorMessage } from './page';
+import { errorOf, type DefectClass, type DefectClasses, type WhoAmI } from './api';
 
 // What the station's API and event stream send, as far as this page reads it (the shapes are
 // the OpenAPI document's, src/serve/openapi.json; page and API ship in one binary).
@@ -95,20 +96,6 @@ interface StationView {
   parts: PartCounts;
 }
 
-/** A defect class as the station serves it (`DefectClass`). */
-interface DefectClass {
-  name: string;
-  colour: string;
-  severity: 'critical' | 'major' | 'minor';
-  rejects: boolean;
-  description: string;
-}
-
-/** `GET /api/v1/defect-classes` (`DefectClasses`). */
-interface DefectClasses {
-  classes: DefectClass[];
-}
-
 /** One camera's score against the threshold (`ExplanationLook`). */
 interface ExplanationLook {
   camera: string | null;
@@ -133,17 +120,6 @@ interface Explanation {
     decided_before_gate: number;
     capture_to_actuated: number | null;
   };
-}
-
-/** What a role may do (`Permission`). */
-type Permission =
-  | 'read' | 'pull' | 'label' | 'flag' | 'change_models' | 'work_orders' | 'push_sensors'
-  | 'respond_to_alarms' | 'alarm_service' | 'admin';
-
-/** `GET /api/v1/whoami` (`WhoAmI`): what this sign-in may do. */
-interface WhoAmI {
-  name: string;
-  may: Permission[];
 }
 
 type AlarmPriority = 'low' | 'medium' | 'high' | 'critical';
@@ -172,12 +148,6 @@ declare global {
     /** Read by the UI test (tests/ui/live.mjs) for its latency report. */
     liveLatencyMs: LiveLatency[];
   }
-}
-
-/** The `error` of an API's error answer (`Error`), if that is what `body` is. */
-function apiError(body: unknown): string | undefined {
-  if (typeof body !== 'object' || body === null || !('error' in body)) return undefined;
-  return typeof body.error === 'string' ? body.error : undefined;
 }
 
 const POLL_MS = 700;
@@ -484,7 +454,7 @@ byId('flag-form').addEventListener('submit', async (event) => {
     });
     if (!response.ok) {
       const body: unknown = await response.json().catch(() => null);
-      throw new Error(apiError(body) ?? `HTTP ${response.status}`);
+      throw new Error(errorOf(body) ?? `HTTP ${response.status}`);
     }
     if (byId('explanation').dataset.partId === partId) setText('flag-status', `Part ${partId} flagged for review.`);
   } catch (error) {
@@ -581,7 +551,7 @@ async function acknowledge(button: HTMLButtonElement) {
     });
     if (!response.ok) {
       const body: unknown = await response.json().catch(() => null);
-      alarmError(`Not acknowledged: ${apiError(body) ?? `HTTP ${response.status}`}`);
+      alarmError(`Not acknowledged: ${errorOf(body) ?? `HTTP ${response.status}`}`);
       // The alarm list has not changed, so no redraw brings the button back: free it here.
       button.disabled = false;
       return;

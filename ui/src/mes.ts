@@ -3,15 +3,9 @@
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import { byId, query, errorMessage } from './page';
+import { errorOf, showLinksForRole, type DefectClass, type DefectClasses } from './api';
 
 // The API's answers as this page reads them (src/serve/openapi.json has the whole schemas).
-
-/** GET /api/v1/whoami (WhoAmI). */
-interface WhoAmI {
-  name: string;
-  role: string;
-  may: string[];
-}
 
 /** ISO 22400-2 figures of one period (Kpis): a null ratio could not be computed. */
 interface Kpis {
@@ -55,20 +49,6 @@ interface ParetoClass {
 /** GET /api/v1/pareto (Pareto). */
 interface Pareto {
   classes: ParetoClass[];
-}
-
-/** One class of the station's taxonomy (DefectClass). */
-interface DefectClass {
-  name: string;
-  colour: string;
-  severity: 'critical' | 'major' | 'minor';
-  rejects: boolean;
-  description: string;
-}
-
-/** GET /api/v1/defect-classes (DefectClasses). */
-interface DefectClasses {
-  classes: DefectClass[];
 }
 
 /** One configured control chart, as GET /api/v1/charts lists them (ChartView). */
@@ -155,20 +135,8 @@ interface MaintenanceView {
   watches: MaintenanceWatch[];
 }
 
-/** The reason an error answer gives (the API's Error schema), if it gives one. */
-function reasonOf(body: unknown): string | undefined {
-  if (typeof body !== 'object' || body === null || !('error' in body)) return undefined;
-  return typeof body.error === 'string' ? body.error : undefined;
-}
-
-// The labelling link shows only to roles that may label (the page itself checks again).
-fetch('/api/v1/whoami', { credentials: 'same-origin', cache: 'no-store' })
-  .then((r) => (r.ok ? r.json() : null))
-  .then((who: WhoAmI | null) => {
-    if (who?.may.includes('label')) byId('nav-label').hidden = false;
-    if (who?.may.includes('change_models')) byId('nav-models').hidden = false;
-  })
-  .catch(() => {});
+// The labelling and models links show only to roles that may use them.
+showLinksForRole();
 const REFRESH_MS = 60_000;
 const FETCH_TIMEOUT_MS = 20_000;
 const COLOURS = { oee: '#93c5fd', availability: '#22c55e', effectiveness: '#f59e0b', quality_ratio: '#c084fc', value: '#93c5fd', limit: '#f87171', center: '#9aa5b4' };
@@ -184,7 +152,7 @@ async function api<T>(path: string): Promise<T> {
   }
   let body: unknown = null;
   try { body = await response.json(); } catch { /* not JSON */ }
-  if (!response.ok) throw Object.assign(new Error(reasonOf(body) ?? `${path}: HTTP ${response.status}`), { status: response.status });
+  if (!response.ok) throw Object.assign(new Error(errorOf(body) ?? `${path}: HTTP ${response.status}`), { status: response.status });
   // The API answers with the schema its OpenAPI document gives for `path`.
   return body as T;
 }

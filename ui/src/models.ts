@@ -1,5 +1,6 @@
 // The models page's script (served as /assets/models.js, bundled by build.rs).
 import { byId, query, errorMessage } from './page';
+import { errorOf, type DefectClass, type DefectClasses, type WhoAmI } from './api';
 
 // Train, compare and change the station's models. Every change goes through the same API an
 // engineer's script would use, and each is recorded with who made it in the audit log.
@@ -139,7 +140,16 @@ interface ModelMetrics {
   defect_vs_good_accuracy?: number | null;
 }
 
+// How an anomaly training run chose its input size (models/anomaly/input_size.rs).
+interface InputSizeChoice {
+  chosen: number;
+  rule: string;
+  trials: { input_size: number; painted_auroc: number; seconds: number }[];
+}
+
 interface ModelCard {
+  input_size?: number;
+  input_size_choice?: InputSizeChoice;
   threshold_rule: string;
   threshold_guarantee?: ThresholdGuarantee;
   training_duration_s?: number;
@@ -261,15 +271,6 @@ interface ZipUpload {
   refused: { name: string; reason: string }[];
 }
 
-// A defect class as the station serves it.
-interface DefectClass {
-  name: string;
-  colour: string;
-  severity: Severity;
-  rejects: boolean;
-  description: string;
-}
-
 // A defect class as the page sends it (and shows a new one): `rejects` defaults to true,
 // `description` to empty.
 interface DefectClassInput {
@@ -280,24 +281,10 @@ interface DefectClassInput {
   description?: string;
 }
 
-interface DefectClasses {
-  classes: DefectClass[];
-}
-
 interface DefectClassesSaved {
   classes: DefectClass[];
   /** The parts whose labels were rewritten for the request's renames. */
   relabelled: number;
-}
-
-type Permission =
-  | 'read' | 'pull' | 'label' | 'flag' | 'change_models' | 'work_orders'
-  | 'push_sensors' | 'respond_to_alarms' | 'alarm_service' | 'admin';
-
-interface WhoAmI {
-  name: string;
-  role: 'operator' | 'engineer' | 'mes-client' | 'admin';
-  may: Permission[];
 }
 
 // What the tests (tests/ui/models.mjs) call to refresh the page without waiting for its polls.
@@ -329,13 +316,6 @@ interface ApiOptions extends RequestInit {
   timeoutMs?: number;
 }
 
-// The `error` an API answer's body gives, if it gives one.
-function errorField(body: unknown): string | undefined {
-  return typeof body === 'object' && body !== null && 'error' in body && typeof body.error === 'string'
-    ? body.error
-    : undefined;
-}
-
 // The answer's JSON as a `T` (the schema the OpenAPI document gives the path), null when empty.
 async function api<T = unknown>(path: string, options: ApiOptions = {}): Promise<T> {
   const response = await fetch(path, {
@@ -349,7 +329,7 @@ async function api<T = unknown>(path: string, options: ApiOptions = {}): Promise
   let body: unknown = null;
   try { body = text ? JSON.parse(text) : null; } catch { body = null; }
   if (!response.ok) {
-    throw new Error(errorField(body) || `${response.status} ${response.statusText}`);
+    throw new Error(errorOf(body) || `${response.status} ${response.statusText}`);
   }
   return body as T;
 }
@@ -615,8 +595,19 @@ function modelFigures(model: TrainedModel): Definition[] {
     ['False rejects at the threshold', percent(at?.false_reject_rate)],
     ['Escapes at the threshold', metrics.n_test_defective ? percent(at?.escape_rate) : null],
     ['Defect-vs-good accuracy', number(metrics.defect_vs_good_accuracy)],
+    ['Input size', inputSize(card)],
     ['Training took', duration(card.training_duration_s)],
   ];
+}
+
+/** The input size the model sees and, where the run chose it, how each candidate fared. */
+function inputSize(card: ModelCard): string | null {
+  if (card.input_size === undefined) return null;
+  const choice = card.input_size_choice;
+  if (!choice) return `${card.input_size} px`;
+  if (choice.trials.length === 0) return `${card.input_size} px (${choice.rule})`;
+  const trials = choice.trials.map((t) => `${t.input_size} px ${number(t.painted_auroc)}`).join(', ');
+  return `${card.input_size} px, chosen on defects painted on good parts (AUROC ${trials})`;
 }
 
 function preview(p: TrainingPreview) {
@@ -941,7 +932,7 @@ async function uploadImages(files: File[]) {
     });
     if (!response.ok) {
       const body: unknown = await response.json().catch(() => ({}));
-      refused.push(`${file.name}: ${errorField(body) ?? response.status}`);
+      refused.push(`${file.name}: ${errorOf(body) ?? response.status}`);
       if (response.status === 401 || response.status === 403) break;
     }
   }

@@ -1,15 +1,9 @@
 // The whatif page's script (served as /assets/whatif.js, bundled by build.rs).
 import { byId, errorMessage } from './page';
+import { errorOf, showLinksForRole } from './api';
 
 // The API's answers as this page reads them, and what it posts (src/serve/openapi.json has
 // the whole schemas; the twin's `analysis`, untyped there, is src/twin/analysis.rs's TwinAnalysis).
-
-/** GET /api/v1/whoami (WhoAmI). */
-interface WhoAmI {
-  name: string;
-  role: string;
-  may: string[];
-}
 
 /** One scenario the twin can run (ScenarioList's scenarios). */
 interface Scenario {
@@ -96,20 +90,8 @@ interface WhatIfReport {
   speedup: number;
 }
 
-/** The reason an error answer gives (the API's Error schema), if it gives one. */
-function reasonOf(body: unknown): string | undefined {
-  if (typeof body !== 'object' || body === null || !('error' in body)) return undefined;
-  return typeof body.error === 'string' ? body.error : undefined;
-}
-
-// The labelling link shows only to roles that may label (the page itself checks again).
-fetch('/api/v1/whoami', { credentials: 'same-origin', cache: 'no-store' })
-  .then((r) => (r.ok ? r.json() : null))
-  .then((who: WhoAmI | null) => {
-    if (who?.may.includes('label')) byId('nav-label').hidden = false;
-    if (who?.may.includes('change_models')) byId('nav-models').hidden = false;
-  })
-  .catch(() => {});
+// The labelling and models links show only to roles that may use them.
+showLinksForRole();
 // A what-if of a shift takes well under a second; with the analysis, a few seconds.
 const RUN_TIMEOUT_MS = 60_000;
 
@@ -134,7 +116,7 @@ async function api<T>(path: string, options: RequestInit = {}): Promise<T> {
   }
   let body: unknown = null;
   try { body = await response.json(); } catch { /* an empty or non-JSON answer */ }
-  if (!response.ok) throw new Error(reasonOf(body) ?? `${path}: HTTP ${response.status}`);
+  if (!response.ok) throw new Error(errorOf(body) ?? `${path}: HTTP ${response.status}`);
   // The API answers with the schema its OpenAPI document gives for `path`.
   return body as T;
 }
