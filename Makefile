@@ -39,6 +39,7 @@ $(WEIGHTS):
 
 ## ui-check: type-check the web pages' TypeScript (ui/src; build.rs bundles it with esbuild)
 ui-check:
+	@test -x ui/node_modules/.bin/tsc || { echo "ui/node_modules is missing: run make setup first"; exit 1; }
 	ui/node_modules/.bin/tsc -p ui
 
 ## test-live: UI in headless Chromium, schemathesis on the API, kill -9 recovery

@@ -15,6 +15,8 @@ const PAGES: [&str; 5] = ["live", "label", "models", "mes", "whatif"];
 
 fn main() {
     println!("cargo:rerun-if-changed=ui/src");
+    println!("cargo:rerun-if-changed=ui/tsconfig.json");
+    println!("cargo:rerun-if-changed=ui/package.json");
     println!("cargo:rerun-if-changed=ui/package-lock.json");
     println!("cargo:rerun-if-changed=ui/node_modules/.package-lock.json");
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);

@@ -81,7 +81,13 @@ pub(super) fn streamed_body(
     let (sender, mut receiver) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let mut sink = ChannelWriter::new(sender.clone());
-        if let Err(error) = write(&mut sink).and_then(|()| sink.flush()) {
+        // A panic ends the body with an error too: dropping the sender alone would end it
+        // cleanly, and the client would keep a short file that looks whole.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write(&mut sink).and_then(|()| sink.flush())
+        }))
+        .unwrap_or_else(|_| Err(std::io::Error::other("the export failed")));
+        if let Err(error) = written {
             tracing::warn!(%error, "export stopped");
             let _ = sender.blocking_send(Err(error));
         }

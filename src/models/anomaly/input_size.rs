@@ -16,12 +16,13 @@
 //!    ([`crate::learn::synthetic_defect`]: moved patches, and scars 1–3 pixels wide at the
 //!    image's own resolution). The same painted images serve every candidate.
 //! 3. **Choice**: the image AUROC of painted against unpainted images. A larger candidate
-//!    replaces a smaller one only when it scores more than [`MIN_AUROC_GAIN`] higher: it
-//!    costs about four times as much per part.
+//!    replaces the one chosen so far only when it scores more than [`MIN_AUROC_GAIN`] higher:
+//!    each step up costs about four times as much per part (512 about sixteen times 128).
 //!
 //! The trial is a plain nearest-neighbour score with no coreset, image score or head, so it
 //! takes seconds; the card keeps every candidate's AUROC and time ([`InputSizeChoice`]).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -30,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{nearest_distances, search_layout};
+use crate::learn::dataset;
 use crate::learn::eval;
 use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
@@ -99,21 +101,23 @@ pub fn candidates(median_side: usize) -> Vec<usize> {
     sizes
 }
 
-/// Runs the protocol of this module on good `fit` and `validation` images (thinned by the
-/// caller with [`evenly`] to [`TRIAL_FIT_IMAGES`] and [`TRIAL_VALIDATION_IMAGES`]) with
-/// `features` (its input size is replaced by each candidate's). `seed` draws the banks and
-/// paints the defects. With one candidate, or fewer than two images on either side, nothing
-/// is compared and the smallest candidate is taken.
+/// Runs the protocol of this module on the good images at `fit` and `validation` (thinned by
+/// the caller with [`evenly`] to [`TRIAL_FIT_IMAGES`] and [`TRIAL_VALIDATION_IMAGES`]) with
+/// `features` (its input size is replaced by each candidate's). Each image is read when its
+/// turn comes and let go after, so a run on 5-megapixel images holds one at a time; one that
+/// cannot be read is left out, with a warning. `seed` draws the banks and paints the defects.
+/// With fewer than two readable images on either side, or one candidate, nothing is compared
+/// and the smallest candidate is taken.
 pub fn choose(
     features: &PatchFeatures,
-    fit: &[GrayImage],
-    validation: &[GrayImage],
+    fit: &[PathBuf],
+    validation: &[PathBuf],
     seed: u64,
     progress: &Progress,
 ) -> Result<InputSizeChoice, ChoiceError> {
-    let mut sides: Vec<usize> = (fit.iter().chain(validation))
-        .map(|image| image.width.min(image.height) as usize)
-        .collect();
+    let (fit, fit_sides) = readable(fit);
+    let (validation, validation_sides) = readable(validation);
+    let mut sides: Vec<usize> = fit_sides.into_iter().chain(validation_sides).collect();
     sides.sort_unstable();
     let median_shorter_side = sides.get(sides.len() / 2).copied().unwrap_or(0);
     let sizes = candidates(median_shorter_side);
@@ -125,27 +129,19 @@ pub fn choose(
         n_fit: fit.len(),
         n_validation: validation.len(),
     };
-    if sizes.len() == 1 {
-        return Ok(unchosen(
-            "the only candidate: the images are too small for a larger one",
-        ));
-    }
     if fit.len() < 2 || validation.len() < 2 {
         return Ok(unchosen(
             "the smallest candidate: too few good images to compare the candidates",
         ));
     }
-
-    let mut painter = ChaCha8Rng::seed_from_u64(seed);
-    let painted: Vec<GrayImage> = (validation.iter())
-        .map(|image| synthetic_defect::paint(image, &mut painter).image)
-        .collect();
-    let labels: Vec<bool> = (validation.iter().map(|_| false))
-        .chain(painted.iter().map(|_| true))
-        .collect();
+    if sizes.len() == 1 {
+        return Ok(unchosen(
+            "the only candidate: the images are too small for a larger one",
+        ));
+    }
 
     let bar = progress.phase(
-        sizes.len() * (fit.len() + 2 * validation.len()),
+        sizes.len() * (fit.len() + validation.len()),
         "choosing the input size",
     );
     let mut trials = Vec::with_capacity(sizes.len());
@@ -153,25 +149,35 @@ pub fn choose(
         let started = Instant::now();
         let extractor = features.clone().with_input_size(size);
         let mut patches = Vec::with_capacity(fit.len());
-        for image in fit {
+        for path in &fit {
             bar.check()?;
             bar.inc(1);
-            patches.push(extractor.extract(image)?.patches);
+            if let Some(image) = load(path) {
+                patches.push(extractor.extract(&image)?.patches);
+            }
         }
         let bank = sample_rows(&Tensor::cat(&patches, 0)?, TRIAL_BANK_PATCHES, seed)?;
         drop(patches);
         let (bank_t, bank_sq) = search_layout(&bank)?;
-        let mut scores = Vec::with_capacity(labels.len());
-        for image in validation.iter().chain(&painted) {
-            bar.check()?;
-            bar.inc(1);
+        let farthest = |image: &GrayImage| -> candle_core::Result<f32> {
             let distances =
                 nearest_distances(&extractor.extract(image)?.patches, &bank_t, &bank_sq)?;
-            scores.push(distances.into_iter().fold(0.0, f32::max));
+            Ok(distances.into_iter().fold(0.0, f32::max))
+        };
+        let (mut scores, mut labels) = (Vec::new(), Vec::new());
+        // Restarted for each candidate: every one sees the same painted defects.
+        let mut painter = ChaCha8Rng::seed_from_u64(seed);
+        for path in &validation {
+            bar.check()?;
+            bar.inc(1);
+            let Some(image) = load(path) else { continue };
+            let painted = synthetic_defect::paint(&image, &mut painter).image;
+            scores.extend([farthest(&image)?, farthest(&painted)?]);
+            labels.extend([false, true]);
         }
         trials.push(InputSizeTrial {
             input_size: size,
-            // Both classes are present, so the AUROC exists.
+            // Without a readable validation image there is nothing to tell apart.
             painted_auroc: eval::auroc(&scores, &labels).unwrap_or(0.5),
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -191,6 +197,33 @@ pub fn choose(
         n_fit: fit.len(),
         n_validation: validation.len(),
     })
+}
+
+/// The images at `paths` whose size can be read, and each one's shorter side.
+fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
+    let mut kept = (Vec::new(), Vec::new());
+    for path in paths {
+        match image::image_dimensions(path) {
+            Ok((width, height)) => {
+                kept.0.push(path.clone());
+                kept.1.push(width.min(height) as usize);
+            }
+            Err(error) => tracing::warn!(
+                image = %path.display(), %error,
+                "choosing the input size without an unreadable image"
+            ),
+        }
+    }
+    kept
+}
+
+/// The image at `path`, or `None` with a warning.
+fn load(path: &Path) -> Option<GrayImage> {
+    dataset::load_gray(path)
+        .map_err(
+            |error| tracing::warn!(%error, "choosing the input size without an unreadable image"),
+        )
+        .ok()
 }
 
 /// The rule of step 3: from the smallest up, a larger size replaces the chosen one only when

@@ -123,8 +123,32 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         path: settings.data.clone(),
         message,
     };
-    if let InputSize::Fixed(size) = settings.input_size {
-        check_input_size(size).map_err(invalid)?;
+    // The sizes are checked before anything is read: a wrong one fails at once.
+    let smallest = match settings.input_size {
+        InputSize::Fixed(size) => {
+            check_input_size(size).map_err(invalid)?;
+            size
+        }
+        InputSize::Auto => input_size::CANDIDATES[0],
+    };
+    if let Some(size) = settings.coarse_input_size {
+        check_input_size(size)
+            .and_then(|()| {
+                // At the same size it would count the image score twice.
+                if size < smallest {
+                    Ok(())
+                } else if settings.input_size == InputSize::Auto {
+                    Err(format!(
+                        "input size {size} is not below {smallest}, the smallest input size \
+                         `auto` may choose"
+                    ))
+                } else {
+                    Err(format!(
+                        "input size {size} is not below the model's {smallest}"
+                    ))
+                }
+            })
+            .map_err(|message| invalid(format!("coarse image score: {message}")))?;
     }
     let backbone = PatchFeatures::load(&settings.backbone_weights, &device)?;
     let samples = dataset::read(settings.layout, &settings.data)?;
@@ -142,15 +166,15 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let (input_size, input_size_choice) = match settings.input_size {
         InputSize::Fixed(size) => (size, None),
         InputSize::Auto => {
-            let load = |samples: &[Sample], n: usize| -> Vec<GrayImage> {
-                (input_size::evenly(samples, n).iter())
-                    .filter_map(|s| dataset::load_gray(&s.image).ok())
+            let paths = |samples: &[Sample], n: usize| -> Vec<PathBuf> {
+                (input_size::evenly(samples, n).into_iter())
+                    .map(|s| s.image)
                     .collect()
             };
             let choice = input_size::choose(
                 &backbone,
-                &load(&good, input_size::TRIAL_FIT_IMAGES),
-                &load(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                &paths(&good, input_size::TRIAL_FIT_IMAGES),
+                &paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
                 settings.seed,
                 &settings.progress,
             )
@@ -166,20 +190,6 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             (choice.chosen, Some(choice))
         }
     };
-    if let Some(size) = settings.coarse_input_size {
-        check_input_size(size)
-            .and_then(|()| {
-                // At the same size it would count the image score twice.
-                if size < input_size {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "input size {size} is not below the model's {input_size}"
-                    ))
-                }
-            })
-            .map_err(|message| invalid(format!("coarse image score: {message}")))?;
-    }
     let features = backbone.with_input_size(input_size);
     // The same backbone (its weights shared, not copied) at the coarse input size.
     let coarse_features =

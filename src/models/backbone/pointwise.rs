@@ -55,13 +55,16 @@ impl Pointwise {
             );
         }
         let weight = weight_tensor.flatten_all()?.to_vec1::<f32>()?;
-        let bf16 = (super::bf16::precision() == super::bf16::Precision::Bf16).then(|| {
-            Arc::new(super::bf16::PackedWeights::new(
-                &weight,
-                out_channels,
-                in_channels,
-            ))
-        });
+        // The packed kernel runs on the CPU only.
+        let on_cpu = weight_tensor.device().is_cpu();
+        let bf16 =
+            (on_cpu && super::bf16::precision() == super::bf16::Precision::Bf16).then(|| {
+                Arc::new(super::bf16::PackedWeights::new(
+                    &weight,
+                    out_channels,
+                    in_channels,
+                ))
+            });
         Ok(Pointwise {
             bf16,
             weight,
