@@ -646,11 +646,16 @@ function jobArticle(key: 'job' | 'backtest', job: TrainingJob | BacktestJob, tit
   state.className = `state-${job.state}`;
   state.textContent = job.state;
   heading.append(`#${job.id} ${title} — `, state);
-  const meta = document.createElement('p');
-  meta.className = 'muted';
-  meta.textContent = about;
-  div.append(heading, meta);
+  div.append(heading, paragraph('muted', about));
   return div;
+}
+
+// A paragraph of `text` in the class `className` (`muted` notes, `fail` errors).
+function paragraph(className: string, text: string): HTMLParagraphElement {
+  const p = document.createElement('p');
+  p.className = className;
+  p.textContent = text;
+  return p;
 }
 
 // A running job's "Cancel <what>" button (class `cancel-<what>`), "Stopping…" once asked.
@@ -685,10 +690,7 @@ function jobView(job: TrainingJob) {
     div.append(line, bar, cancelActions('training', job, () => cancelTraining(job)));
   }
   if (job.state === 'cancelled') {
-    const note = document.createElement('p');
-    note.className = 'muted';
-    note.textContent = `Cancelled at ${when(job.finished_at)}; nothing was added to the models.`;
-    div.append(note);
+    div.append(paragraph('muted', `Cancelled at ${when(job.finished_at)}; nothing was added to the models.`));
   }
   const set = setSummary(job.training_set, job.source);
   if (set) {
@@ -696,12 +698,7 @@ function jobView(job: TrainingJob) {
     definitions(dl, set);
     div.append(dl);
   }
-  if (job.error) {
-    const error = document.createElement('p');
-    error.className = 'fail';
-    error.textContent = job.error;
-    div.append(error);
-  }
+  if (job.error) div.append(paragraph('fail', job.error));
   if (job.model) {
     const dl = document.createElement('dl');
     dl.className = 'figures';
@@ -799,17 +796,9 @@ function backtestView(job: BacktestJob) {
     })));
   }
   if (job.state === 'cancelled') {
-    const note = document.createElement('p');
-    note.className = 'muted';
-    note.textContent = `Cancelled after ${job.done} of ${job.total} parts; no report.`;
-    div.append(note);
+    div.append(paragraph('muted', `Cancelled after ${job.done} of ${job.total} parts; no report.`));
   }
-  if (job.error) {
-    const error = document.createElement('p');
-    error.className = 'fail';
-    error.textContent = job.error;
-    div.append(error);
-  }
+  if (job.error) div.append(paragraph('fail', job.error));
   const r = job.report;
   if (r) {
     const dl = document.createElement('dl');

@@ -25,20 +25,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{nearest_distances, search_layout};
+use super::train::AnomalyError;
+use super::{nearest_distances, sample_rows, search_layout};
 use crate::learn::dataset;
 use crate::learn::eval;
-use crate::learn::progress::{Cancelled, Progress};
+use crate::learn::progress::Progress;
 use crate::learn::synthetic_defect;
 use crate::models::backbone::PatchFeatures;
 use crate::part::GrayImage;
 
-/// The sizes a training run may choose from, smallest first.
+/// The sizes a training run may choose from, smallest first. The smallest is taken when
+/// nothing can be compared: 128 measured best on magnetic-tile (image AUROC 0.91; 0.90 at 192,
+/// about 0.88 at 256) and is the cheapest.
 pub const CANDIDATES: [usize; 3] = [128, 256, 512];
 
 /// Good fit images whose patches make a trial's bank, at most.
@@ -80,15 +82,6 @@ pub struct InputSizeTrial {
     pub seconds: f64,
 }
 
-/// Why no size could be chosen.
-#[derive(Debug, thiserror::Error)]
-pub enum ChoiceError {
-    #[error("choosing the input size: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error(transparent)]
-    Cancelled(#[from] Cancelled),
-}
-
 /// The candidates for images whose median shorter side is `median_side`.
 pub fn candidates(median_side: usize) -> Vec<usize> {
     let limit = median_side as f64 * MAX_UPSAMPLING;
@@ -114,7 +107,7 @@ pub fn choose(
     validation: &[PathBuf],
     seed: u64,
     progress: &Progress,
-) -> Result<InputSizeChoice, ChoiceError> {
+) -> Result<InputSizeChoice, AnomalyError> {
     let (fit, fit_sides) = readable(fit);
     let (validation, validation_sides) = readable(validation);
     let mut sides: Vec<usize> = fit_sides.into_iter().chain(validation_sides).collect();
@@ -156,7 +149,16 @@ pub fn choose(
                 patches.push(extractor.extract(&image)?.patches);
             }
         }
-        let bank = sample_rows(&Tensor::cat(&patches, 0)?, TRIAL_BANK_PATCHES, seed)?;
+        let Some(first) = patches.first() else {
+            continue; // no fit image readable at this size: no trial
+        };
+        let bank = sample_rows(
+            patches.len(),
+            first.dim(0)?,
+            TRIAL_BANK_PATCHES,
+            seed,
+            |i| Ok(patches[i].clone()),
+        )?;
         drop(patches);
         let (bank_t, bank_sq) = search_layout(&bank)?;
         let farthest = |image: &GrayImage| -> candle_core::Result<f32> {
@@ -245,19 +247,6 @@ pub fn evenly<T: Clone>(items: &[T], n: usize) -> Vec<T> {
         return items.to_vec();
     }
     (0..n).map(|i| items[i * items.len() / n].clone()).collect()
-}
-
-/// At most `n` rows of `rows` (`[r, d]`), drawn at random from `seed` (all when there are fewer).
-fn sample_rows(rows: &Tensor, n: usize, seed: u64) -> candle_core::Result<Tensor> {
-    let count = rows.dim(0)?;
-    if count <= n {
-        return Ok(rows.clone());
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut picked = rand::seq::index::sample(&mut rng, count, n).into_vec();
-    picked.sort_unstable();
-    let picked: Vec<u32> = picked.into_iter().map(|i| i as u32).collect();
-    rows.index_select(&Tensor::new(picked.as_slice(), rows.device())?, 0)
 }
 
 #[cfg(test)]

@@ -112,6 +112,35 @@ pub fn greedy_coreset(
 /// the whole `q × m` matrix (4 MiB at input 128) went out to memory and was read back.
 const QUERY_BLOCK: usize = 32;
 
+/// At most `n` rows drawn at random (from `seed`) out of `parts` tensors of `rows_per_part`
+/// rows each (`part(i)`, `[rows_per_part, d]`), as one `[≤ n, d]` tensor in their order. The
+/// rows are drawn before anything is gathered, so the parts are never stacked whole: every
+/// good patch of a training set in f32 runs to hundreds of MB. All rows when there are no
+/// more than `n`.
+pub fn sample_rows(
+    parts: usize,
+    rows_per_part: usize,
+    n: usize,
+    seed: u64,
+    part: impl Fn(usize) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let rows = parts * rows_per_part;
+    let mut keep: Vec<usize> = if rows > n {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rand::seq::index::sample(&mut rng, rows, n).into_vec()
+    } else {
+        (0..rows).collect()
+    };
+    keep.sort_unstable();
+    let mut gathered = Vec::new();
+    for rows in keep.chunk_by(|a, b| a / rows_per_part == b / rows_per_part) {
+        let chosen: Vec<u32> = rows.iter().map(|&r| (r % rows_per_part) as u32).collect();
+        let from = part(rows[0] / rows_per_part)?;
+        gathered.push(from.index_select(&Tensor::new(chosen.as_slice(), from.device())?, 0)?);
+    }
+    Tensor::cat(&gathered, 0)
+}
+
 /// A bank (`[m, d]`) laid out for [`nearest_distances`]: transposed (`[d, m]`, contiguous)
 /// and its squared norms (`[1, m]`).
 pub fn search_layout(bank: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {

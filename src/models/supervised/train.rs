@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::learn::drift::{DriftReference, InputStats};
-use crate::models::anomaly::{nearest_distances, search_layout};
+use crate::models::anomaly::{nearest_distances, sample_rows, search_layout};
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -758,22 +758,13 @@ fn locate_tagged_defects(
         let (gh, gw, _) = first.features.dims3()?;
         gh * gw
     };
-    let rows = bank_examples.len() * per_example;
-    let mut keep: Vec<usize> = if rows > LOCATE_BANK_PATCHES {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rand::seq::index::sample(&mut rng, rows, LOCATE_BANK_PATCHES).into_vec()
-    } else {
-        (0..rows).collect()
-    };
-    keep.sort_unstable();
-    let mut bank = Vec::new();
-    for rows in keep.chunk_by(|a, b| a / per_example == b / per_example) {
-        let example = bank_examples[rows[0] / per_example];
-        let mine: Vec<u32> = rows.iter().map(|&r| (r % per_example) as u32).collect();
-        let mine = Tensor::new(mine.as_slice(), &Device::Cpu)?;
-        bank.push(patches(example)?.index_select(&mine, 0)?);
-    }
-    let bank = Tensor::cat(&bank, 0)?;
+    let bank = sample_rows(
+        bank_examples.len(),
+        per_example,
+        LOCATE_BANK_PATCHES,
+        seed,
+        |i| patches(bank_examples[i]),
+    )?;
     let (bank_t, bank_sq) = search_layout(&bank)?;
     let bar = progress.phase(calibration.len() + tagged.len(), "locating tagged defects");
     let mut good_distances = Vec::new();
