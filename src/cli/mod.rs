@@ -24,9 +24,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use linesight::models::backbone::bf16::{self, Precision};
 
-/// Where `make weights` puts the converted pretrained backbone.
-pub const BACKBONE_WEIGHTS: &str = "models/efficientnet-lite0/efficientnet-lite0.safetensors";
-
 #[derive(Parser)]
 #[command(
     name = "linesight",
@@ -99,7 +96,8 @@ enum Command {
     /// Camera intrinsics and lens distortion from checkerboard photographs: writes the
     /// calibration file a station loads.
     Calibrate(calibrate::Calibrate),
-    /// Convert the pretrained EfficientNet-Lite0 weights (legacy PyTorch .pth) to safetensors.
+    /// Convert pretrained EfficientNet-Lite0 or Lite1 weights (legacy PyTorch .pth) to
+    /// safetensors.
     ConvertWeights(convert_weights::ConvertWeights),
     /// The simulated line's parts as a dataset (MVTec AD layout).
     Simulate {

@@ -137,9 +137,10 @@ struct OnDataset {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The pretrained backbone's weights (safetensors); the card records their SHA-256.
-    /// Default: the Lite0 weights found first in the usual places (`make weights` installs
-    /// them in models/).
+    /// The pretrained backbone's weights (safetensors): EfficientNet-Lite0 or the deeper Lite1
+    /// (`models/efficientnet-lite1/efficientnet-lite1.safetensors` after `make weights`); the
+    /// card records their SHA-256. Default: the Lite0 weights found first in the usual places
+    /// (`make weights` installs them in models/).
     #[arg(long)]
     backbone: Option<PathBuf>,
 }
@@ -165,8 +166,9 @@ pub struct Anomaly {
     #[arg(long, default_value_t = anomaly_train::DEFAULT_BANK_SIZE)]
     bank_size: usize,
     /// Side of the square the backbone sees: a multiple of 16, or `auto` to let the run
-    /// choose among 128, 256 and 512 (no larger than the images) by how well each finds
+    /// choose between 128 and 256 (no larger than the images) by how well each finds
     /// defects painted on good validation images; the card keeps each one's figure.
+    /// `auto:512` lets it choose 512 too, at about four times 256's cost per part.
     #[arg(long, default_value = "auto")]
     input_size: InputSize,
     /// Share of good validation images the threshold may reject.

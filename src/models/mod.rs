@@ -1,6 +1,6 @@
 //! The model families, one folder each: the model, its training, and its part of the card.
 //!
-//! * [`backbone`]: EfficientNet-Lite0 (ImageNet) in candle, and [`backbone::PatchFeatures`],
+//! * [`backbone`]: EfficientNet-Lite0 or Lite1 (ImageNet) in candle, and [`backbone::PatchFeatures`],
 //!   the frozen feature extractor the anomaly and supervised models share.
 //! * [`defect_net`]: the small network the simulated line ships with, trained on synthetic parts.
 //! * [`anomaly`]: the cold-start model, learnt from good parts only (PatchCore and friends).

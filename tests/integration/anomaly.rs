@@ -38,7 +38,7 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
             data: root,
             backbone_weights: backbone_weights(),
             bank_size: 512,
-            input_size: InputSize::Auto,
+            input_size: InputSize::AUTO,
             target_false_reject_rate: 0.05,
             synthetic_defects_per_good: 0,
             coarse_input_size: None,

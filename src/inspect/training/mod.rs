@@ -529,7 +529,7 @@ fn run(
                 data: data.clone(),
                 backbone_weights,
                 bank_size: anomaly_train::DEFAULT_BANK_SIZE,
-                input_size: anomaly_train::InputSize::Auto,
+                input_size: anomaly_train::InputSize::AUTO,
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),

@@ -8,7 +8,9 @@
 //! The protocol ([`choose`]):
 //! 1. **Candidates**: [`CANDIDATES`] up to the images' median shorter side (5 % of
 //!    upsampling allowed): a larger square would only interpolate pixels the camera never
-//!    took. The smallest candidate always runs.
+//!    took. The smallest candidate always runs. None above the run's largest size either:
+//!    [`DEFAULT_LARGEST`] (256) unless asked (`--input-size auto:512`), so a model onboarded
+//!    at the defaults stays within the inspection time a line plans for.
 //! 2. **Trial per candidate**: a memory bank of at most [`TRIAL_BANK_PATCHES`] patches drawn
 //!    at random from up to [`TRIAL_FIT_IMAGES`] good fit images; up to
 //!    [`TRIAL_VALIDATION_IMAGES`] good validation images are scored (their farthest patch's
@@ -52,6 +54,13 @@ pub const TRIAL_VALIDATION_IMAGES: usize = 32;
 /// Patches in a trial's bank, at most (a random sample of the fit images' patches).
 pub const TRIAL_BANK_PATCHES: usize = 16_384;
 
+/// The largest size `auto` may choose unless asked for more. At 256 the anomaly model takes
+/// about 13 ms per 256×256 part on the 2-core development machine (`cargo bench --bench inspect
+/// -- anomaly/score_256_input256_bank4096`), inside the 20 ms a part it is held to; 512 costs
+/// about four times as much (four times the pixels through the backbone, four times the
+/// patches searched), which a product may choose knowingly but no default should.
+pub const DEFAULT_LARGEST: usize = 256;
+
 /// How much higher a larger candidate's AUROC must be to replace a smaller one.
 pub const MIN_AUROC_GAIN: f64 = 0.01;
 
@@ -82,11 +91,11 @@ pub struct InputSizeTrial {
     pub seconds: f64,
 }
 
-/// The candidates for images whose median shorter side is `median_side`.
-pub fn candidates(median_side: usize) -> Vec<usize> {
+/// The candidates for images whose median shorter side is `median_side`, none above `largest`.
+pub fn candidates(median_side: usize, largest: usize) -> Vec<usize> {
     let limit = median_side as f64 * MAX_UPSAMPLING;
     let mut sizes: Vec<usize> = (CANDIDATES.iter().copied())
-        .filter(|&size| size as f64 <= limit)
+        .filter(|&size| size as f64 <= limit && size <= largest)
         .collect();
     if sizes.is_empty() {
         sizes.push(CANDIDATES[0]);
@@ -98,13 +107,15 @@ pub fn candidates(median_side: usize) -> Vec<usize> {
 /// the caller with [`evenly`] to [`TRIAL_FIT_IMAGES`] and [`TRIAL_VALIDATION_IMAGES`]) with
 /// `features` (its input size is replaced by each candidate's). Each image is read when its
 /// turn comes and let go after, so a run on 5-megapixel images holds one at a time; one that
-/// cannot be read is left out, with a warning. `seed` draws the banks and paints the defects.
+/// cannot be read is left out, with a warning. No candidate is above `largest`. `seed` draws
+/// the banks and paints the defects.
 /// With fewer than two readable images on either side, or one candidate, nothing is compared
 /// and the smallest candidate is taken.
 pub fn choose(
     features: &PatchFeatures,
     fit: &[PathBuf],
     validation: &[PathBuf],
+    largest: usize,
     seed: u64,
     progress: &Progress,
 ) -> Result<InputSizeChoice, AnomalyError> {
@@ -113,7 +124,7 @@ pub fn choose(
     let mut sides: Vec<usize> = fit_sides.into_iter().chain(validation_sides).collect();
     sides.sort_unstable();
     let median_shorter_side = sides.get(sides.len() / 2).copied().unwrap_or(0);
-    let sizes = candidates(median_shorter_side);
+    let sizes = candidates(median_shorter_side, largest);
     let unchosen = |rule: &str| InputSizeChoice {
         chosen: sizes[0],
         rule: rule.to_owned(),
@@ -128,9 +139,11 @@ pub fn choose(
         ));
     }
     if sizes.len() == 1 {
-        return Ok(unchosen(
-            "the only candidate: the images are too small for a larger one",
-        ));
+        return Ok(unchosen(if largest < CANDIDATES[1] {
+            "the only candidate: no larger size was allowed"
+        } else {
+            "the only candidate: the images are too small for a larger one"
+        }));
     }
 
     let bar = progress.phase(
@@ -190,7 +203,7 @@ pub fn choose(
         rule: format!(
             "image AUROC of {n} good validation images with a painted defect against the same \
              images unpainted, on a bank of {n_fit} good images; a larger size only when more \
-             than {MIN_AUROC_GAIN} higher",
+             than {MIN_AUROC_GAIN} higher; none above {largest}",
             n = validation.len(),
             n_fit = fit.len(),
         ),
@@ -263,15 +276,30 @@ mod tests {
 
     #[test]
     fn candidates_stop_at_the_images_own_resolution() {
-        assert_eq!(candidates(100), vec![128], "the smallest always runs");
+        assert_eq!(candidates(100, 512), vec![128], "the smallest always runs");
         assert_eq!(
-            candidates(250),
+            candidates(250, 512),
             vec![128, 256],
             "magnetic-tile's tiles: 5 % up"
         );
-        assert_eq!(candidates(500), vec![128, 256, 512], "KolektorSDD's strips");
-        assert_eq!(candidates(640), vec![128, 256, 512]);
-        assert_eq!(candidates(200), vec![128]);
+        assert_eq!(
+            candidates(500, 512),
+            vec![128, 256, 512],
+            "KolektorSDD's strips"
+        );
+        assert_eq!(candidates(640, 512), vec![128, 256, 512]);
+        assert_eq!(candidates(200, 512), vec![128]);
+    }
+
+    #[test]
+    fn candidates_stop_at_the_largest_size_allowed() {
+        assert_eq!(
+            candidates(640, DEFAULT_LARGEST),
+            vec![128, 256],
+            "512 only when asked"
+        );
+        assert_eq!(candidates(640, 128), vec![128]);
+        assert_eq!(candidates(640, 100), vec![128], "the smallest always runs");
     }
 
     #[test]

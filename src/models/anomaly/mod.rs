@@ -1,7 +1,7 @@
 //! The cold-start anomaly model, learnt from good parts only (PatchCore).
 //!
 //! Each image is resampled, anti-aliased, to the model's input square (128×128 unless trained
-//! otherwise) and passed through the pretrained EfficientNet-Lite0; the stride-8 (40 ch) and upsampled
+//! otherwise) and passed through the pretrained EfficientNet-Lite (Lite0 by default); the stride-8 (40 ch) and upsampled
 //! stride-16 (112 ch) maps are concatenated, giving one 152-dimensional feature per 8×8 patch,
 //! centred on the image's mean patch. Training
 //! keeps a *coreset* of the good patches: greedy farthest-point selection (on a seeded random

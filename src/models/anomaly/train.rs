@@ -39,22 +39,42 @@ pub const DEFAULT_BANK_SIZE: usize = 4096;
 /// The side of the square the backbone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputSize {
-    /// Chosen by the training run from the product's good images ([`input_size::choose`]).
-    Auto,
+    /// Chosen by the training run from the product's good images ([`input_size::choose`]),
+    /// none above `largest`.
+    Auto { largest: usize },
     /// This size (a multiple of 16).
     Fixed(usize),
+}
+
+impl InputSize {
+    /// Chosen by the run, up to [`input_size::DEFAULT_LARGEST`]: the default.
+    pub const AUTO: InputSize = InputSize::Auto {
+        largest: input_size::DEFAULT_LARGEST,
+    };
 }
 
 impl std::str::FromStr for InputSize {
     type Err = String;
 
+    /// `auto`, `auto:LARGEST` (e.g. `auto:512`) or a size in pixels.
     fn from_str(text: &str) -> Result<InputSize, String> {
         if text == "auto" {
-            return Ok(InputSize::Auto);
+            return Ok(InputSize::AUTO);
+        }
+        if let Some(largest) = text.strip_prefix("auto:") {
+            return match largest.parse() {
+                Ok(largest) if largest >= input_size::CANDIDATES[0] => {
+                    Ok(InputSize::Auto { largest })
+                }
+                _ => Err(format!(
+                    "{text:?}: `auto:` takes the largest size to choose, at least {}",
+                    input_size::CANDIDATES[0]
+                )),
+            };
         }
         text.parse()
             .map(InputSize::Fixed)
-            .map_err(|_| format!("{text:?} is neither `auto` nor a size in pixels"))
+            .map_err(|_| format!("{text:?} is neither `auto`, `auto:LARGEST` nor a size in pixels"))
     }
 }
 
@@ -124,7 +144,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             check_input_size(size).map_err(invalid)?;
             size
         }
-        InputSize::Auto => input_size::CANDIDATES[0],
+        InputSize::Auto { .. } => input_size::CANDIDATES[0],
     };
     if let Some(size) = settings.coarse_input_size {
         check_input_size(size)
@@ -132,7 +152,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 // At the same size it would count the image score twice.
                 if size < smallest {
                     Ok(())
-                } else if settings.input_size == InputSize::Auto {
+                } else if matches!(settings.input_size, InputSize::Auto { .. }) {
                     Err(format!(
                         "input size {size} is not below {smallest}, the smallest input size \
                          `auto` may choose"
@@ -160,7 +180,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
 
     let (input_size, input_size_choice) = match settings.input_size {
         InputSize::Fixed(size) => (size, None),
-        InputSize::Auto => {
+        InputSize::Auto { largest } => {
             let paths = |samples: &[Sample], n: usize| -> Vec<PathBuf> {
                 (input_size::evenly(samples, n).into_iter())
                     .map(|s| s.image)
@@ -170,6 +190,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 &backbone,
                 &paths(&good, input_size::TRIAL_FIT_IMAGES),
                 &paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                largest,
                 settings.seed,
                 &settings.progress,
             )?;
@@ -476,7 +497,7 @@ pub fn evaluate(
         labels.push(sample.defective());
         classes.push(sample.class.clone());
         let mask = match &sample.mask {
-            Some(path) => match dataset::load_gray(path) {
+            Some(path) => match dataset::load_mask(path) {
                 Ok(mask) if (mask.width, mask.height) == (image.width, image.height) => Some(mask),
                 Ok(_) | Err(_) => {
                     tracing::warn!(mask = %path.display(), "mask missing or not the image's size; pixel metrics skip it");
@@ -548,9 +569,12 @@ mod tests {
 
     #[test]
     fn an_input_size_is_auto_or_pixels() {
-        assert_eq!("auto".parse(), Ok(InputSize::Auto));
+        assert_eq!("auto".parse(), Ok(InputSize::Auto { largest: 256 }));
+        assert_eq!("auto:512".parse(), Ok(InputSize::Auto { largest: 512 }));
+        assert!("auto:64".parse::<InputSize>().is_err());
+        assert!("auto:big".parse::<InputSize>().is_err());
         assert_eq!("256".parse(), Ok(InputSize::Fixed(256)));
         let refused = "big".parse::<InputSize>().expect_err("not a size");
-        assert!(refused.contains("neither `auto` nor a size"), "{refused}");
+        assert!(refused.contains("nor a size in pixels"), "{refused}");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Both model families on the pretrained backbone see images through [`PatchFeatures`]: the
 //! image resampled to the model's input square (as its card records, [`Resampling`]), run
-//! through EfficientNet-Lite0, and the stride-8 (40 ch) and upsampled stride-16 (112 ch) maps
+//! through EfficientNet-Lite (Lite0 or Lite1), and the stride-8 (40 ch) and upsampled stride-16 (112 ch) maps
 //! stacked into [`FEATURE_DIM`] values per patch. The anomaly model also reads each image's
 //! [`ImageFeatures::descriptor`], a summary of those features over the whole image.
 
@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::models::backbone::weights::{self, WeightsId, WeightsSearch};
-use crate::models::backbone::{BackboneError, EfficientNetLite0, FEATURE_CHANNELS, Features};
+use crate::models::backbone::weights::{WeightsId, WeightsSearch};
+use crate::models::backbone::{BackboneError, EfficientNetLite, FEATURE_CHANNELS, Features};
 use crate::models::on_worker_thread;
 use crate::part::GrayImage;
 
@@ -94,7 +94,10 @@ impl BackboneInput {
     /// What `features` does to an image.
     pub fn of(features: &PatchFeatures) -> BackboneInput {
         BackboneInput {
-            backbone: "efficientnet-lite0 (ImageNet), stride 8 + upsampled stride 16".into(),
+            backbone: format!(
+                "{} (ImageNet), stride 8 + upsampled stride 16",
+                features.backbone.name()
+            ),
             input_size: features.input_size(),
             resampling: features.resampling(),
             weights: features.weights().cloned(),
@@ -119,7 +122,7 @@ impl BackboneInput {
 /// Turns images into patch features.
 #[derive(Debug, Clone)]
 pub struct PatchFeatures {
-    backbone: EfficientNetLite0,
+    backbone: EfficientNetLite,
     /// Which weights `backbone` holds, when loaded from a file.
     weights: Option<WeightsId>,
     device: Device,
@@ -130,15 +133,15 @@ pub struct PatchFeatures {
 impl PatchFeatures {
     /// Loads the backbone's weights (safetensors) onto `device`.
     pub fn load(weights: &Path, device: &Device) -> Result<PatchFeatures, BackboneError> {
-        let id = WeightsId::of_file(weights::LITE0, weights)?;
+        let backbone = EfficientNetLite::load(weights, device)?;
         Ok(PatchFeatures {
-            weights: Some(id),
-            ..PatchFeatures::new(EfficientNetLite0::load(weights, device)?, device.clone())
+            weights: Some(WeightsId::of_file(backbone.name(), weights)?),
+            ..PatchFeatures::new(backbone, device.clone())
         })
     }
 
     /// Wraps a loaded backbone.
-    pub fn new(backbone: EfficientNetLite0, device: Device) -> PatchFeatures {
+    pub fn new(backbone: EfficientNetLite, device: Device) -> PatchFeatures {
         PatchFeatures {
             backbone,
             weights: None,

@@ -47,6 +47,30 @@ impl WeightsId {
     }
 }
 
+/// Whether the safetensors file at `path` holds EfficientNet-Lite0 (16 blocks), read from its
+/// header alone.
+fn holds_lite0(path: &Path) -> Result<bool, BackboneError> {
+    let read_error = |source| BackboneError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(read_error)?;
+    // A header of more than 16 MiB is no weights file of ours.
+    let length = u64::from_le_bytes(length);
+    if length > 1 << 24 {
+        return Ok(false);
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header).map_err(read_error)?;
+    let Ok(names) = serde_json::from_slice::<HashMap<String, serde_json::Value>>(&header) else {
+        return Ok(false);
+    };
+    let block = |i: usize| names.contains_key(&format!("_blocks.{i}._project_conv.weight"));
+    Ok(block(15) && !block(16))
+}
+
 impl std::fmt::Display for WeightsId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (sha256 {})", self.name, short(&self.sha256))
@@ -147,8 +171,19 @@ impl WeightsSearch {
                 continue;
             }
             let Some(wanted) = wanted else {
-                tracing::debug!(file = %file.display(), "backbone weights of a card that names none");
-                return Ok(file);
+                // Cards that name no weights were all trained on Lite0: never another variant.
+                match holds_lite0(&file) {
+                    Ok(true) => {
+                        tracing::debug!(file = %file.display(), "backbone weights of a card that names none");
+                        return Ok(file);
+                    }
+                    Ok(false) => looked.push(format!(
+                        "{}: not {LITE0} weights (a card that names none was trained on them)",
+                        file.display()
+                    )),
+                    Err(error) => looked.push(error.to_string()),
+                }
+                continue;
             };
             match file_sha256(&file) {
                 Ok(sha256) if sha256.eq_ignore_ascii_case(&wanted.sha256) => return Ok(file),
@@ -298,11 +333,38 @@ mod tests {
         write(&beside, b"right");
         assert_eq!(search.find(Some(&wanted), &model).expect("found"), beside);
 
-        // A card that names no weights takes the first file there is, as before.
-        assert_eq!(
-            search.find(None, &model).expect("found"),
-            dir.path().join("configured.safetensors")
+        // A card that names no weights was trained on Lite0: it takes the first Lite0 file,
+        // passing over files that are no weights and weights of another variant.
+        let lite1 = registry.join("efficientnet-lite0/efficientnet-lite0.safetensors");
+        write(&lite1, &header_with_blocks(21));
+        let message = search.find(None, &model).expect_err("no Lite0").to_string();
+        assert!(
+            message.contains(&format!(
+                "{}: not efficientnet-lite0 weights",
+                lite1.display()
+            )),
+            "{message}"
         );
+        let lite0 = cache.join("efficientnet-lite0.safetensors");
+        write(&lite0, &header_with_blocks(16));
+        assert_eq!(search.find(None, &model).expect("found"), lite0);
+    }
+
+    /// The start of a safetensors file naming the tensors of an EfficientNet-Lite of `blocks`
+    /// blocks (all [`holds_lite0`] reads).
+    fn header_with_blocks(blocks: usize) -> Vec<u8> {
+        let names: serde_json::Map<String, serde_json::Value> = (0..blocks)
+            .map(|i| {
+                (
+                    format!("_blocks.{i}._project_conv.weight"),
+                    serde_json::json!({}),
+                )
+            })
+            .collect();
+        let json = serde_json::to_vec(&names).expect("json");
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(json);
+        bytes
     }
 
     #[test]
