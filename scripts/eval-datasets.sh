@@ -3,7 +3,7 @@
 # and checks each held-out figure against issues 3 and 21's targets; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
 # 30 minutes on 2 cores (24 min 31 s measured before DeepPCB was added; DeepPCB at the input size it
-# chooses, 256, takes 5 min, KolektorSDD's anomaly model seconds).
+# chooses, 256, takes 5 min, KolektorSDD's anomaly model seconds, CrackForest a few minutes).
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +43,17 @@ done
   --name magnetic-tile-tags --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
 "$bin" eval supervised --model "$out/magnetic-tile-tags" --layout magnetic-tile \
   --data "$data/magnetic-tile" --json "$out/magnetic-tile-tags/held-out-with-masks.json"
+# CrackForest (issue 21), where it is there: road cracks outlined by its `.seg` files,
+# magnetic-tile's settings. Every image shows a crack, so there is no good image to pass: the
+# figure is how well the heat maps outline the cracks, pixel by pixel within 2 px, on the
+# held-out quarter.
+if [ -d "$data/crackforest" ]; then
+  "$bin" train supervised --layout crackforest --data "$data/crackforest" --out "$out/crackforest" \
+    --name crackforest --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size 256
+else
+  echo "eval-datasets: no CrackForest figure: $data/crackforest is absent"
+  rm -rf "$out/crackforest"
+fi
 "$bin" train anomaly --layout magnetic-tile --data "$data/magnetic-tile" --out "$out/magnetic-tile-anomaly" \
   --name magnetic-tile-anomaly
 # DeepPCB and KolektorSDD as new products (issue 21): good-only onboarding at the defaults,
@@ -56,10 +67,14 @@ done
   --out "$out/kolektorsdd-anomaly" --name kolektorsdd-anomaly
 
 python3 - "$out" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
 def metrics(name):
     return json.load(open(f"{out}/{name}/card.json"))["metrics"]
+def crack_f1(which):
+    if not os.path.exists(f"{out}/crackforest/card.json"):
+        return None
+    return metrics("crackforest")["thin_defect"][which]["f1"]
 checks = [
     ("neu-det 6-class accuracy", metrics("neu-det")["class_accuracy"], 0.97),
     ("magnetic-tile defect-vs-good accuracy", metrics("magnetic-tile")["defect_vs_good_accuracy"], 0.97),
@@ -69,9 +84,16 @@ checks = [
     # judge its heat maps afterwards, reported without a target.
     ("magnetic-tile tags-only defect-vs-good acc.", metrics("magnetic-tile-tags")["defect_vs_good_accuracy"], 0.95),
     ("magnetic-tile tags-only pixel AUROC", json.load(open(f"{out}/magnetic-tile-tags/held-out-with-masks.json"))["pixel_auroc"], None),
-    ("magnetic-tile anomaly image AUROC", metrics("magnetic-tile-anomaly")["image_auroc"], 0.92),
+    # Issue 21 asks 0.95 (issue 3 asked 0.92).
+    ("magnetic-tile anomaly image AUROC", metrics("magnetic-tile-anomaly")["image_auroc"], 0.95),
     ("deeppcb anomaly image AUROC (new product)", metrics("deeppcb-anomaly")["image_auroc"], 0.95),
     ("kolektorsdd anomaly image AUROC (7 goods)", metrics("kolektorsdd-anomaly")["image_auroc"], None),
+    # At the model's own threshold (0.5 on the heat map); the best single threshold over the
+    # held-out images (the crack literature's ODS) is reported beside it, not judged.
+    # Judged where the dataset is there (reported n/a otherwise).
+    ("crackforest crack F1 (2 px)", crack_f1("at_model_threshold"),
+     None if crack_f1("at_model_threshold") is None else 0.85),
+    ("crackforest crack F1, best threshold", crack_f1("best_over_images"), None),
 ]
 unmet = 0
 for name, value, target in checks:

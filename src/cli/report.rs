@@ -70,6 +70,22 @@ pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &Supervis
     row("defect-vs-good acc.", metrics.defect_vs_good_accuracy);
     row("defect-class acc.", metrics.defect_class_accuracy);
     row("class accuracy", Some(metrics.class_accuracy));
+    if let Some(thin) = &metrics.thin_defect {
+        for (what, at) in [
+            ("model", &thin.at_model_threshold),
+            ("best", &thin.best_over_images),
+        ] {
+            println!(
+                "{:<22} {:>10.4}  (precision {:.4}, recall {:.4}; heat map ≥ {:.2}, within {} px)",
+                format!("thin-defect F1 ({what})"),
+                at.f1,
+                at.precision,
+                at.recall,
+                at.threshold,
+                thin.tolerance_px
+            );
+        }
+    }
     let width = classes.iter().map(String::len).max().unwrap_or(4).max(10);
     println!("confusion (rows: true class, columns: predicted)");
     print!("{:>width$}", "");

@@ -61,6 +61,18 @@ pub enum Layout {
     /// `<id>_test.jpg` (the tested board: defective, its boxes in `G_not/<id>.txt`, one
     /// `x1 y1 x2 y2 type` per line).
     Deeppcb,
+    /// CrackForest (CFD): `image/NNN.jpg`, each with a crack, outlined in `seg/NNN.seg` (the
+    /// Berkeley segmentation text format; segment 1 is the crack). Images without a `.seg`
+    /// (`image_unlabelled/`) are not read.
+    Crackforest,
+}
+
+impl Layout {
+    /// Whether the dataset's defects are thin lines (cracks), which held-out figures outline
+    /// pixel by pixel at the images' resolution ([`crate::learn::eval::ThinDefectTruth`]).
+    pub fn thin_defects(self) -> bool {
+        self == Layout::Crackforest
+    }
 }
 
 /// All samples of a dataset, sorted by image path.
@@ -77,6 +89,7 @@ pub fn read(layout: Layout, root: &Path) -> Result<Vec<Sample>, DatasetError> {
         Layout::NeuDet => neu_det(root)?,
         Layout::Kolektorsdd => kolektorsdd(root)?,
         Layout::Deeppcb => deeppcb(root)?,
+        Layout::Crackforest => crackforest(root)?,
     };
     samples.sort_by(|a, b| a.image.cmp(&b.image));
     if samples.is_empty() {
@@ -282,6 +295,97 @@ fn deeppcb_boxes(text: &str) -> Result<Vec<[u32; 4]>, String> {
             }
         })
         .collect()
+}
+
+fn crackforest(root: &Path) -> Result<Vec<Sample>, DatasetError> {
+    let mut samples = Vec::new();
+    for image in list(&root.join("image"))? {
+        if image.extension().is_none_or(|e| e != "jpg") {
+            continue;
+        }
+        let Some(stem) = image.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let seg = root.join("seg").join(format!("{stem}.seg"));
+        if !seg.is_file() {
+            continue;
+        }
+        samples.push(Sample {
+            image,
+            class: "crack".into(),
+            mask: Some(seg),
+            held_out: None,
+            boxes: Vec::new(),
+        });
+    }
+    Ok(samples)
+}
+
+/// Reads a defect mask: an image (non-zero = defect), or a Berkeley `.seg` file, whose segment
+/// 1 is the defect (CrackForest's convention: 0 the road, 1 the crack, 2 and up road the
+/// cracks enclose).
+pub fn load_mask(path: &Path) -> Result<GrayImage, DatasetError> {
+    if path.extension().is_some_and(|e| e == "seg") {
+        let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        return berkeley_seg(&text).map_err(|message| DatasetError::Image {
+            path: path.to_owned(),
+            message,
+        });
+    }
+    load_gray(path)
+}
+
+/// A mask from the Berkeley segmentation format: a header (`width W`, `height H`, …, `data`),
+/// then one `segment row first_column last_column` run per line; pixels of segment 1 are 255.
+fn berkeley_seg(text: &str) -> Result<GrayImage, String> {
+    let mut lines = text.lines();
+    let (mut width, mut height, mut data) = (None, None, false);
+    for line in lines.by_ref() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("data"), _) => {
+                data = true;
+                break;
+            }
+            (Some("width"), Some(n)) => width = n.parse::<u32>().ok(),
+            (Some("height"), Some(n)) => height = n.parse::<u32>().ok(),
+            // Mirrored or inverted files would put the crack elsewhere: refused, not misread.
+            (Some(flag @ ("invert" | "flipflop")), Some(n)) if n != "0" => {
+                return Err(format!("`{flag} {n}` is not supported"));
+            }
+            _ => {}
+        }
+    }
+    let (Some(width), Some(height), true) = (width, height, data) else {
+        return Err("no `width`, `height` and `data` lines: not a .seg file, or cut short".into());
+    };
+    // 64 megapixels: larger than any camera here, small enough to allocate without fear.
+    if width == 0 || height == 0 || u64::from(width) * u64::from(height) > 1 << 26 {
+        return Err(format!("{width}×{height} is not an image size"));
+    }
+    let mut pixels = vec![0u8; width as usize * height as usize];
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let numbers: Vec<u32> = line
+            .split_whitespace()
+            .map(|f| f.parse::<u32>().map_err(|e| format!("{line:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let [segment, row, first, last] = numbers[..] else {
+            return Err(format!(
+                "{line:?}: want segment row first_column last_column"
+            ));
+        };
+        if row >= height || first > last || last >= width {
+            return Err(format!("{line:?}: outside the {width}×{height} image"));
+        }
+        if segment == 1 {
+            let start = (row * width) as usize;
+            pixels[start + first as usize..=start + last as usize].fill(255);
+        }
+    }
+    GrayImage::new(width, height, pixels).ok_or_else(|| "the mask is not its size".to_owned())
 }
 
 fn kolektorsdd(root: &Path) -> Result<Vec<Sample>, DatasetError> {
@@ -739,6 +843,52 @@ mod tests {
         std::fs::write(&b, b"tw0").expect("write");
         assert_ne!(both, content_digest([&a, &b].into_iter()).expect("digest"));
         assert!(content_digest([&dir.path().join("gone.png")].into_iter()).is_err());
+    }
+
+    #[test]
+    fn crackforest_is_read_with_its_seg_masks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for sub in ["image", "seg", "image_unlabelled"] {
+            std::fs::create_dir_all(root.join(sub)).expect("dir");
+        }
+        let jpg = |path: &Path| {
+            image::GrayImage::new(6, 4).save(path).expect("jpg");
+        };
+        jpg(&root.join("image/001.jpg"));
+        jpg(&root.join("image/002.jpg")); // no .seg: not read
+        jpg(&root.join("image_unlabelled/201.jpg"));
+        std::fs::write(
+            root.join("seg/001.seg"),
+            "format ascii cr\nwidth 6\nheight 4\nsegments 2\ndata\n\
+             0 0 0 5\n0 1 0 1\n1 1 2 3\n0 1 4 5\n0 2 0 5\n1 3 5 5\n2 3 0 4\n",
+        )
+        .expect("seg");
+        let samples = read(Layout::Crackforest, root).expect("layout reads");
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].class, "crack");
+        let mask = load_mask(samples[0].mask.as_deref().expect("mask")).expect("mask reads");
+        assert_eq!((mask.width, mask.height), (6, 4));
+        let crack: Vec<usize> = (0..mask.pixels.len())
+            .filter(|&i| mask.pixels[i] == 255)
+            .collect();
+        assert_eq!(
+            crack,
+            [8, 9, 23],
+            "row 1 columns 2–3 and row 3 column 5; segment 2 (road the crack encloses) is not crack"
+        );
+
+        for bad in [
+            "width 6\nheight 4\ndata\n1 4 0 0\n",
+            "width 6\nheight 4\ndata\n1 0 3 9\n",
+            "width 6\nheight 4\ndata\n1 0 3\n",
+            "height 4\ndata\n",
+            "width 6\nheight 4\n",
+            "width 6\nheight 4\nflipflop 1\ndata\n",
+            "width 100000\nheight 100000\ndata\n",
+        ] {
+            assert!(berkeley_seg(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 
     #[test]

@@ -493,6 +493,151 @@ impl PixelTruth {
     }
 }
 
+/// How far (in pixels, Euclidean) a predicted pixel of a thin defect may lie from a true one and
+/// still count, and the other way round: a crack's outline is uncertain by a pixel or two, and
+/// crack benchmarks score with such a margin.
+pub const THIN_DEFECT_TOLERANCE_PX: usize = 2;
+
+/// Heat-map values a thin defect's pixels are counted at: 0.05, 0.10, …, 0.95.
+const THIN_DEFECT_THRESHOLDS: usize = 19;
+
+fn thin_defect_threshold(k: usize) -> f32 {
+    (k + 1) as f32 / (THIN_DEFECT_THRESHOLDS + 1) as f32
+}
+
+/// Precision, recall and F1 of a thin defect's pixels at one heat-map threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PixelF1 {
+    pub threshold: f32,
+    /// Predicted pixels within the tolerance of a true one, over all predicted pixels.
+    pub precision: f64,
+    /// True pixels within the tolerance of a predicted one, over all true pixels.
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// How well a model outlines thin defects (cracks), at the images' own resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ThinDefectMetrics {
+    /// [`THIN_DEFECT_TOLERANCE_PX`].
+    pub tolerance_px: usize,
+    /// Where the heat map reaches the model's threshold: the regions a station draws.
+    pub at_model_threshold: PixelF1,
+    /// At the one threshold best over these images (the crack literature's "ODS"): a ceiling
+    /// chosen on the very images it reports, not a held-out figure.
+    pub best_over_images: PixelF1,
+}
+
+/// Pixel counts of thin defects over images, at each of [`THIN_DEFECT_THRESHOLDS`] and at the
+/// model's own threshold.
+#[derive(Debug)]
+pub struct ThinDefectTruth {
+    /// The heat-map values counted at: the grid, then the model's threshold.
+    thresholds: Vec<f32>,
+    /// Per threshold: predicted pixels, those near a true one, true pixels, those near a
+    /// predicted one.
+    counts: Vec<[u64; 4]>,
+}
+
+impl ThinDefectTruth {
+    /// Counts for a model whose heat map rejects at `model_threshold`.
+    pub fn new(model_threshold: f32) -> ThinDefectTruth {
+        let mut thresholds: Vec<f32> = (0..THIN_DEFECT_THRESHOLDS)
+            .map(thin_defect_threshold)
+            .collect();
+        thresholds.push(model_threshold);
+        ThinDefectTruth {
+            counts: vec![[0; 4]; thresholds.len()],
+            thresholds,
+        }
+    }
+
+    /// Adds one image: its heat map (upsampled to the mask's size) and its mask
+    /// (non-zero = defect).
+    pub fn add(&mut self, heat_map: &HeatMap, mask: &GrayImage) {
+        let (w, h) = (mask.width as usize, mask.height as usize);
+        let hw = heat_map.width as usize;
+        if w == 0 || h == 0 || hw == 0 || heat_map.height == 0 {
+            return;
+        }
+        let values = bilinear(
+            |x, y| heat_map.values[y * hw + x],
+            hw,
+            heat_map.height as usize,
+            w,
+            h,
+        );
+        let truth: Vec<bool> = mask.pixels.iter().map(|&p| p >= 128).collect();
+        let near_truth = dilate(&truth, w, h, THIN_DEFECT_TOLERANCE_PX);
+        let n_truth = truth.iter().filter(|&&t| t).count() as u64;
+        for (&threshold, counts) in self.thresholds.iter().zip(&mut self.counts) {
+            let predicted: Vec<bool> = values.iter().map(|&v| v >= threshold).collect();
+            let near_predicted = dilate(&predicted, w, h, THIN_DEFECT_TOLERANCE_PX);
+            let both =
+                |a: &[bool], b: &[bool]| a.iter().zip(b).filter(|&(&a, &b)| a && b).count() as u64;
+            counts[0] += predicted.iter().filter(|&&p| p).count() as u64;
+            counts[1] += both(&predicted, &near_truth);
+            counts[2] += n_truth;
+            counts[3] += both(&truth, &near_predicted);
+        }
+    }
+
+    /// The figures at the model's threshold and at the best one (of the grid and the model's);
+    /// `None` before any image with a defect pixel.
+    pub fn metrics(&self) -> Option<ThinDefectMetrics> {
+        let at = |k: usize| {
+            let [predicted, precise, truth, recalled] = self.counts[k];
+            let precision = if predicted > 0 {
+                precise as f64 / predicted as f64
+            } else {
+                0.0
+            };
+            let recall = recalled as f64 / truth as f64;
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            PixelF1 {
+                threshold: self.thresholds[k],
+                precision,
+                recall,
+                f1,
+            }
+        };
+        if self.counts.first().is_none_or(|c| c[2] == 0) {
+            return None;
+        }
+        let all: Vec<PixelF1> = (0..self.counts.len()).map(at).collect();
+        let best = all.iter().copied().max_by(|a, b| a.f1.total_cmp(&b.f1))?;
+        Some(ThinDefectMetrics {
+            tolerance_px: THIN_DEFECT_TOLERANCE_PX,
+            at_model_threshold: *all.last()?,
+            best_over_images: best,
+        })
+    }
+}
+
+/// The pixels within `radius` (Euclidean) of a set pixel of the `w`×`h` `mask`.
+fn dilate(mask: &[bool], w: usize, h: usize, radius: usize) -> Vec<bool> {
+    let r = radius as isize;
+    let offsets: Vec<(isize, isize)> = (-r..=r)
+        .flat_map(|dy| (-r..=r).map(move |dx| (dx, dy)))
+        .filter(|(dx, dy)| dx * dx + dy * dy <= r * r)
+        .collect();
+    let mut out = vec![false; mask.len()];
+    for (i, _) in mask.iter().enumerate().filter(|(_, set)| **set) {
+        let (x, y) = ((i % w) as isize, (i / w) as isize);
+        for &(dx, dy) in &offsets {
+            let (nx, ny) = (x + dx, y + dy);
+            if (0..w as isize).contains(&nx) && (0..h as isize).contains(&ny) {
+                out[ny as usize * w + nx as usize] = true;
+            }
+        }
+    }
+    out
+}
+
 /// Bilinear upsampling of a heat map to `side`×`side`.
 fn upsample_heat_map(heat_map: &HeatMap, side: usize) -> Vec<f32> {
     let w = heat_map.width as usize;
@@ -533,6 +678,68 @@ mod tests {
                 (-u.ln()).powf(1.5) as f32
             })
             .collect()
+    }
+
+    #[test]
+    fn thin_defect_pixels_count_within_the_tolerance() {
+        // A one-pixel crack along row 10 of a 32×32 image.
+        let mut mask = GrayImage::new(32, 32, vec![0; 32 * 32]).expect("size");
+        mask.pixels[10 * 32..11 * 32].fill(255);
+        let map = |values: Vec<f32>| HeatMap {
+            width: 32,
+            height: 32,
+            values,
+        };
+        let row = |y: usize| -> Vec<f32> {
+            (0..32 * 32)
+                .map(|i| if i / 32 == y { 0.9 } else { 0.0 })
+                .collect()
+        };
+        // Two rows off: inside the tolerance, so perfect.
+        let mut near = ThinDefectTruth::new(0.5);
+        near.add(&map(row(12)), &mask);
+        let near = near.metrics().expect("defect pixels");
+        assert_eq!(near.tolerance_px, THIN_DEFECT_TOLERANCE_PX);
+        assert!((near.at_model_threshold.f1 - 1.0).abs() < 1e-12, "{near:?}");
+        // Three rows off: nothing counts.
+        let mut far = ThinDefectTruth::new(0.5);
+        far.add(&map(row(13)), &mask);
+        let far = far.metrics().expect("defect pixels");
+        assert_eq!(far.at_model_threshold.f1, 0.0, "{far:?}");
+        // A band six rows wide (9–14) over the crack: all of the crack recalled.
+        let band: Vec<f32> = (0..32 * 32)
+            .map(|i| {
+                if (9..=14).contains(&(i / 32)) {
+                    0.9
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut wide = ThinDefectTruth::new(0.5);
+        wide.add(&map(band), &mask);
+        let wide = wide.metrics().expect("defect pixels").at_model_threshold;
+        assert_eq!(wide.recall, 1.0);
+        // Rows 9–12 lie within 2 of row 10; rows 13 and 14 do not.
+        assert!((wide.precision - 4.0 / 6.0).abs() < 1e-12, "{wide:?}");
+        // A model whose threshold is above the map's values draws nothing there; the best of
+        // the grid still finds the crack.
+        let mut strict = ThinDefectTruth::new(0.95);
+        strict.add(&map(row(12)), &mask);
+        let strict = strict.metrics().expect("defect pixels");
+        assert_eq!(strict.at_model_threshold.threshold, 0.95);
+        assert_eq!(strict.at_model_threshold.recall, 0.0);
+        assert!((strict.best_over_images.f1 - 1.0).abs() < 1e-12);
+        // A calm map finds nothing; no image with a defect pixel gives no figure.
+        let mut calm = ThinDefectTruth::new(0.5);
+        calm.add(&map(vec![0.0; 32 * 32]), &mask);
+        assert_eq!(calm.metrics().expect("pixels").best_over_images.recall, 0.0);
+        let mut none = ThinDefectTruth::new(0.5);
+        none.add(
+            &map(row(3)),
+            &GrayImage::new(32, 32, vec![0; 32 * 32]).expect("size"),
+        );
+        assert!(none.metrics().is_none());
     }
 
     #[test]

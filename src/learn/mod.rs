@@ -4,7 +4,7 @@
 //! Nothing here knows a model family; the families in [`crate::models`] use these pieces.
 //!
 //! * [`dataset`]: the dataset layouts read in place (MVTec AD, magnetic-tile, NEU-DET,
-//!   KolektorSDD) and their deterministic splits.
+//!   KolektorSDD, DeepPCB, CrackForest) and their deterministic splits.
 //! * [`augment`]: flips, rotations, brightness/contrast and noise on an image and its mask.
 //! * [`synthetic_defect`]: defects painted on good images, for heads that learn from them.
 //! * [`drift`]: what a model's inputs and scores looked like in training, for drift watching.

@@ -209,6 +209,90 @@ fn supervised_model_learns_defect_classes_from_masks() {
     );
 }
 
+/// A crack's mask as a Berkeley `.seg` file, as CrackForest ships them: a header, then one
+/// `segment row first last` run per line (here the crack's runs only; the rest is segment 0).
+fn seg_file(mask: &[u8], width: u32, height: u32) -> String {
+    let mut text = format!(
+        "format ascii cr\nwidth {width}\nheight {height}\nsegments 2\ngray 1\ninvert 0\n\
+         flipflop 0\ndata\n"
+    );
+    for y in 0..height as usize {
+        let row = &mask[y * width as usize..(y + 1) * width as usize];
+        let mut x = 0;
+        while x < row.len() {
+            if row[x] == 0 {
+                x += 1;
+                continue;
+            }
+            let start = x;
+            while x < row.len() && row[x] != 0 {
+                x += 1;
+            }
+            text.push_str(&format!("1 {y} {start} {}\n", x - 1));
+        }
+    }
+    text
+}
+
+#[test]
+fn thin_defects_are_learnt_from_seg_files_and_outlined_pixel_by_pixel() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("cracks");
+    std::fs::create_dir_all(root.join("seg")).expect("seg dir");
+    // CrackForest's layout: every image shows a crack, outlined in its .seg.
+    let mut generator = PartGenerator::new(21, 256, 256, 0.0);
+    for i in 0..24 {
+        let part = generator.render(Some(DefectKind::Crack));
+        let (w, h) = (part.image.width, part.image.height);
+        write_png(&root.join(format!("image/{i:03}.jpg")), &part.image);
+        std::fs::write(
+            root.join(format!("seg/{i:03}.seg")),
+            seg_file(&part.mask, w, h),
+        )
+        .expect("seg");
+    }
+    // An image without its .seg is not part of the dataset.
+    write_png(
+        &root.join("image/900.jpg"),
+        &generator.render(Some(DefectKind::Crack)).image,
+    );
+    let samples = dataset::read(Layout::Crackforest, &root).expect("layout reads");
+    assert_eq!(samples.len(), 24);
+
+    let out = dir.path().join("model");
+    let card = supervised::train(&SupervisedSettings {
+        layout: Layout::Crackforest,
+        ..tile_settings("cracks", &root, &out)
+    })
+    .expect("trains");
+    assert_eq!(card.family.classes, ["good", "crack"]);
+    let thin = card
+        .family
+        .metrics
+        .thin_defect
+        .expect("a crack layout's held-out figures outline the cracks");
+    let at = thin.at_model_threshold;
+    eprintln!("held-out thin-defect figures: {thin:?}");
+    // A heat map of one value per 8×8 patch cannot be pixel-exact, but it must follow the
+    // cracks: a map that missed them would recall nothing within 2 px, and one that lit the
+    // whole image would have a precision near the cracks' share of it (about 2 %).
+    assert!(at.recall > 0.5, "{at:?}");
+    assert!(at.precision > 0.2, "{at:?}");
+    assert!(thin.best_over_images.f1 >= at.f1);
+
+    // `linesight eval`'s path reads the same figures from the model folder.
+    let model = SupervisedModel::load(
+        &out,
+        &WeightsSearch::file(backbone_weights()),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    let (held_out, _) = supervised::held_out_part(&samples);
+    let again = supervised::evaluate(&model, &held_out, &Progress::hidden()).expect("evaluates");
+    assert_eq!(again.thin_defect, Some(thin));
+}
+
 /// `--target-escape-rate` chooses the threshold on the validation images' defects (issue 21:
 /// it had no effect, every card said 0.5).
 #[test]

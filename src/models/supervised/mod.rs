@@ -1,7 +1,7 @@
 //! The supervised model, for once defects are labelled: per-patch defect segmentation with one
 //! class per defect type, on the frozen pretrained backbone.
 //!
-//! Each image's patch features (EfficientNet-Lite0 stride 8 + upsampled stride 16, see
+//! Each image's patch features (EfficientNet-Lite0 or Lite1 stride 8 + upsampled stride 16, see
 //! [`PatchFeatures::maps`]) are standardised and go through a small head (1×1 → 3×3 → 1×1
 //! convolutions) that gives every 8×8 patch of the 256×256 input a class: `good` (index 0) or
 //! one of the defect types. The heat map is each patch's defect probability.
@@ -52,7 +52,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::augment::Augmentation;
 use crate::learn::dataset::{self, Fold, Layout, Sample};
-use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdMetrics};
+use crate::learn::eval::{
+    self, DetectionMetrics, PixelTruth, ThinDefectMetrics, ThinDefectTruth, ThresholdMetrics,
+};
 use crate::learn::fit::{binary_cross_entropy_each, for_each_var_sorted, seeded_init};
 use crate::learn::hash::ContentHash;
 use crate::learn::normaliser::Normaliser;
@@ -420,6 +422,10 @@ pub struct SupervisedMetrics {
     pub at_threshold: Option<ThresholdMetrics>,
     /// `confusion[true][predicted]`, indices into the card's `classes`.
     pub confusion: Vec<Vec<usize>>,
+    /// How well the heat maps outline thin defects (cracks) pixel by pixel, at the images'
+    /// own resolution: for layouts of thin defects ([`Layout::thin_defects`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_defect: Option<ThinDefectMetrics>,
 }
 
 /// A loaded supervised model: backbone, standardisation, head and card.
@@ -661,6 +667,7 @@ fn empty_metrics(classes: usize) -> SupervisedMetrics {
         defect_class_accuracy: None,
         at_threshold: None,
         confusion: vec![vec![0; classes]; classes],
+        thin_defect: None,
     }
 }
 

@@ -882,7 +882,7 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<Option<GrayImage>, 
         return Ok(Some(blank()));
     }
     if let Some(path) = &sample.mask {
-        let mask = dataset::load_gray(path).map_err(|e| e.to_string())?;
+        let mask = dataset::load_mask(path).map_err(|e| e.to_string())?;
         if (mask.width, mask.height) != size {
             return Err(format!(
                 "mask {} is {}×{}, its image {}×{}",
@@ -965,6 +965,8 @@ struct Scored {
     truths: Vec<usize>,
     defect_classes: Vec<usize>,
     pixels: PixelTruth,
+    /// Kept for layouts of thin defects only: counting at the images' resolution costs.
+    thin: Option<ThinDefectTruth>,
     n_skipped: usize,
 }
 
@@ -981,6 +983,8 @@ fn score_all(
         truths: Vec::new(),
         defect_classes: Vec::new(),
         pixels: PixelTruth::default(),
+        thin: (model.card.family.layout.thin_defects())
+            .then(|| ThinDefectTruth::new(model.card.head.threshold)),
         n_skipped: 0,
     };
     let bar = progress.phase(samples.len(), what);
@@ -1013,6 +1017,9 @@ fn score_all(
         scored.defect_classes.push(prediction.defect_class);
         if let Ok(Some(mask)) = defect_mask(sample, &image) {
             scored.pixels.add(&prediction.heat_map, &mask);
+            if let Some(thin) = &mut scored.thin {
+                thin.add(&prediction.heat_map, &mask);
+            }
         }
     }
     bar.finish_and_clear();
@@ -1061,6 +1068,7 @@ fn summarise(scored: &Scored, threshold: f32, k: usize) -> SupervisedMetrics {
         scored.pixels.auroc(),
         scored.pixels.pro(),
     );
+    metrics.thin_defect = scored.thin.as_ref().and_then(ThinDefectTruth::metrics);
     metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
     metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
     if has_good {
@@ -1127,6 +1135,7 @@ mod tests {
             truths: rows.iter().map(|r| r.1).collect(),
             defect_classes: rows.iter().map(|r| r.2).collect(),
             pixels: PixelTruth::default(),
+            thin: None,
             n_skipped: 0,
         }
     }
