@@ -144,14 +144,7 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             );
         }
         for size in [256, 128] {
-            let model = PatchCore::from_bank(lite1.clone().with_input_size(size), bank.clone())
-                .expect("model")
-                .with_image_gaussian(gaussian.clone())
-                .with_head(Some(head.clone()))
-                .with_coarse_image(Some(CoarseImage::new(
-                    lite1.clone().with_input_size(COARSE_INPUT_SIZE),
-                    gaussian.clone(),
-                )));
+            let model = model_at_defaults(&lite1, size, &bank, &gaussian, &head);
             c.bench_function(
                 &format!("{prefix}anomaly/score_256_input{size}_bank4096_lite1"),
                 |b| b.iter(|| model.score(image).expect("score")),
@@ -172,14 +165,7 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     });
     // The anomaly model at 256 and at its default input size, 128.
     for size in [256, 128] {
-        let model = PatchCore::from_bank(features.clone().with_input_size(size), bank.clone())
-            .expect("model")
-            .with_image_gaussian(gaussian.clone())
-            .with_head(Some(head.clone()))
-            .with_coarse_image(Some(CoarseImage::new(
-                features.clone().with_input_size(COARSE_INPUT_SIZE),
-                gaussian.clone(),
-            )));
+        let model = model_at_defaults(&features, size, &bank, &gaussian, &head);
         c.bench_function(
             &format!("{prefix}anomaly/score_256_input{size}_bank4096"),
             |b| b.iter(|| model.score(image).expect("score")),
@@ -201,6 +187,25 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             |b| b.iter(|| supervised.predict(image).expect("prediction")),
         );
     }
+}
+
+/// The anomaly model as training builds it by default (bank, image Gaussian, patch head,
+/// coarse image score), on `features` at input `size`.
+fn model_at_defaults(
+    features: &PatchFeatures,
+    size: usize,
+    bank: &Tensor,
+    gaussian: &ImageGaussian,
+    head: &PatchHead,
+) -> PatchCore {
+    PatchCore::from_bank(features.clone().with_input_size(size), bank.clone())
+        .expect("model")
+        .with_image_gaussian(gaussian.clone())
+        .with_head(Some(head.clone()))
+        .with_coarse_image(Some(CoarseImage::new(
+            features.clone().with_input_size(COARSE_INPUT_SIZE),
+            gaussian.clone(),
+        )))
 }
 
 /// Parts that queued up, scored in one pass (`[model] batch`): throughput in parts a second

@@ -34,14 +34,19 @@ fn pth(variant: u8) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
+/// The tensors of the legacy .pth at `pth`, by name.
+fn state_dict(pth: &std::path::Path) -> HashMap<String, Tensor> {
+    read_state_dict(pth)
+        .expect("legacy .pth reads")
+        .into_iter()
+        .collect()
+}
+
 #[test]
 fn legacy_reader_and_candle_port_match_a_python_reference() {
     let _one = crate::CPU_HEAVY.blocking_lock();
     let pth = pth(0);
-    let tensors: HashMap<String, Tensor> = read_state_dict(&pth)
-        .expect("legacy .pth reads")
-        .into_iter()
-        .collect();
+    let tensors = state_dict(&pth);
     // 296 entries, of which 49 are integer `num_batches_tracked` buffers.
     assert_eq!(tensors.len(), 247);
     // A strided (channels-last) tensor, checked against values read by Python's pickle.
@@ -65,10 +70,7 @@ fn legacy_reader_and_candle_port_match_a_python_reference() {
 fn lite1_is_laid_out_from_its_weights_and_matches_the_python_reference() {
     let _one = crate::CPU_HEAVY.blocking_lock();
     let pth = pth(1);
-    let tensors: HashMap<String, Tensor> = read_state_dict(&pth)
-        .expect("legacy .pth reads")
-        .into_iter()
-        .collect();
+    let tensors = state_dict(&pth);
     let network = EfficientNetLite::from_tensors(&tensors).expect("network builds");
     assert_eq!(network.name(), "efficientnet-lite1");
     matches_reference(&network, &pth, "lite1");
