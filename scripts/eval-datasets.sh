@@ -3,7 +3,7 @@
 # and checks each held-out figure against issues 3 and 21's targets; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
 # 30 minutes on 2 cores (24 min 31 s measured before DeepPCB was added; DeepPCB at the input size it
-# chooses, 256, takes 5 min, KolektorSDD's anomaly model seconds, CrackForest a few minutes).
+# chooses, 256, takes 3-5 min, KolektorSDD's anomaly model seconds, CrackForest a few minutes).
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
