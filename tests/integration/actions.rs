@@ -196,6 +196,12 @@ async fn alerts_are_retried_after_503s_and_refusals_are_recorded() {
         metrics.webhook_failed.get() == 1
     })
     .await;
+    // The receiver logs its 200 before the station has read it: wait for the station too
+    // (on a loaded machine the count lagged the log).
+    eventually("the delivery recorded", || async {
+        metrics.webhook_delivered.get() == 1
+    })
+    .await;
 
     let requests = received(&log);
     let statuses: Vec<&Value> = requests.iter().map(|r| &r["status"]).collect();
