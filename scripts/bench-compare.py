@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import criterion_times
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "var" / "bench-compare"
 VENV_PYTHON = REPO / "var" / "cpu-reference-venv" / "bin" / "python"
@@ -114,17 +116,13 @@ def linesight_benches(args):
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     times = {}
     for name in LINESIGHT_BENCHES + [BF16 + name for name in LINESIGHT_BENCHES]:
-        estimates = target / "criterion" / name.replace("/", "_") / "new" / "estimates.json"
-        if not estimates.exists():
-            estimates = target / "criterion" / name / "new" / "estimates.json"
-        if not estimates.exists():
+        # Only this run's figures: criterion keeps an earlier run's in place.
+        ms = criterion_times.median_ms(target / "criterion", name, since=started)
+        if ms is None:
             if name.startswith(BF16):
                 continue  # a CPU without AVX-512 BF16 runs no bf16 benches
-            sys.exit(f"bench-compare: criterion wrote no {estimates} (is models/efficientnet-lite0 installed? make weights)")
-        # Only this run's figures: criterion keeps an earlier run's in place.
-        if estimates.stat().st_mtime < started:
-            continue
-        times[name] = json.loads(estimates.read_text())["median"]["point_estimate"] / 1e6
+            sys.exit(f"bench-compare: this run of criterion wrote no estimate for {name} (is models/efficientnet-lite0 installed? make weights)")
+        times[name] = ms
     return times
 
 

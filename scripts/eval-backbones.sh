@@ -29,22 +29,21 @@ for variant in lite0 lite1; do
 done
 
 # Both backbones' benches in one run, so their times compare.
+started="$(date +%s)"
 cargo bench --locked --bench inspect -- \
   '^anomaly/(backbone_features_(256|128)|score_256_input(128|256)_bank4096)(_lite1)?$'
 
-python3 - "$out" "$target/criterion" <<'PY'
+PYTHONPATH=scripts python3 - "$out" "$target/criterion" "$started" <<'PY'
 import json, sys
-out, criterion = sys.argv[1], sys.argv[2]
+import criterion_times
+out, criterion, started = sys.argv[1], sys.argv[2], float(sys.argv[3])
 
 def ms(bench):
-    """Criterion's median time of `bench`, in ms (as scripts/bench-compare.py reads it)."""
-    for name in (bench.replace("/", "_"), bench):
-        try:
-            estimates = json.load(open(f"{criterion}/{name}/new/estimates.json"))
-            return estimates["median"]["point_estimate"] / 1e6
-        except FileNotFoundError:
-            continue
-    raise SystemExit(f"eval-backbones: no criterion estimate for {bench}")
+    """This run's median time of `bench`, in ms."""
+    value = criterion_times.median_ms(criterion, bench, since=started)
+    if value is None:
+        raise SystemExit(f"eval-backbones: this run of criterion wrote no estimate for {bench}")
+    return value
 
 rows = ["| backbone | input | held-out image AUROC | AP | pixel AUROC "
         "| false rejects (target 0.05) | backbone features (ms) | anomaly model, 256 image (ms) |",
