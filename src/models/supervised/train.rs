@@ -196,7 +196,13 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
     };
-    let scored = score_all(&model, &validation, &settings.progress, "validation images")?;
+    let scored = score_all(
+        &model,
+        &validation,
+        &settings.progress,
+        "validation images",
+        Outlines::Skip,
+    )?;
     let n_validation = used_validation.len();
     let mut guarantee = None;
     let has_good = scored.labels.iter().any(|l| !l);
@@ -491,7 +497,7 @@ pub fn cross_validate(
             .filter(|s| s.held_out == Some(true))
             .collect();
         let what = format!("held-out images of {fold}");
-        let scored = score_all(&model, &held_out, &settings.progress, &what)?;
+        let scored = score_all(&model, &held_out, &settings.progress, &what, Outlines::Skip)?;
         let threshold = card.head.threshold;
         let called_right = scored
             .scores
@@ -970,12 +976,22 @@ struct Scored {
     n_skipped: usize,
 }
 
+/// Whether scoring also counts thin defects' outlines pixel by pixel (layouts of thin defects
+/// only): the figures are reported for held-out images, and counting at the images' resolution
+/// costs, so the validation pass that chooses the threshold skips it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outlines {
+    Count,
+    Skip,
+}
+
 /// Scores `samples` with their truths, reporting a phase labelled `what`.
 fn score_all(
     model: &SupervisedModel,
     samples: &[Sample],
     progress: &Progress,
     what: &str,
+    outlines: Outlines,
 ) -> Result<Scored, SupervisedError> {
     let mut scored = Scored {
         scores: Vec::new(),
@@ -983,7 +999,7 @@ fn score_all(
         truths: Vec::new(),
         defect_classes: Vec::new(),
         pixels: PixelTruth::default(),
-        thin: (model.card.family.layout.thin_defects())
+        thin: (outlines == Outlines::Count && model.card.family.layout.thin_defects())
             .then(|| ThinDefectTruth::new(model.card.head.threshold)),
         n_skipped: 0,
     };
@@ -1032,7 +1048,7 @@ pub fn evaluate(
     samples: &[Sample],
     progress: &Progress,
 ) -> Result<SupervisedMetrics, SupervisedError> {
-    let scored = score_all(model, samples, progress, "held-out images")?;
+    let scored = score_all(model, samples, progress, "held-out images", Outlines::Count)?;
     Ok(summarise(
         &scored,
         model.card.head.threshold,
