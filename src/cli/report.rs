@@ -86,6 +86,20 @@ pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &Supervis
             );
         }
     }
+    if let Some(boxes) = &metrics.boxes {
+        for at in &boxes.at_iou {
+            println!(
+                "{:<22} {:>10.4}  (precision {:.4}, recall {:.4}; {} boxes for {} true on {} images)",
+                format!("box AP@{}", at.iou),
+                at.average_precision,
+                at.precision,
+                at.recall,
+                boxes.n_predicted_boxes,
+                boxes.n_true_boxes,
+                boxes.n_images
+            );
+        }
+    }
     let width = classes.iter().map(String::len).max().unwrap_or(4).max(10);
     println!("confusion (rows: true class, columns: predicted)");
     print!("{:>width$}", "");

@@ -73,6 +73,12 @@ impl Layout {
     pub fn thin_defects(self) -> bool {
         self == Layout::Crackforest
     }
+
+    /// Whether the dataset labels its defects with boxes, which held-out figures match the
+    /// model's boxes against ([`crate::learn::eval::BoxTruth`]).
+    pub fn boxed(self) -> bool {
+        matches!(self, Layout::NeuDet | Layout::Deeppcb)
+    }
 }
 
 /// All samples of a dataset, sorted by image path.

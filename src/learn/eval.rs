@@ -493,6 +493,145 @@ impl PixelTruth {
     }
 }
 
+/// Intersection over union of two boxes `[x_min, y_min, x_max, y_max]`, maxima exclusive.
+pub fn box_iou(a: &[u32; 4], b: &[u32; 4]) -> f64 {
+    let [ax0, ay0, ax1, ay1] = a.map(f64::from);
+    let [bx0, by0, bx1, by1] = b.map(f64::from);
+    let w = (ax1.min(bx1) - ax0.max(bx0)).max(0.0);
+    let h = (ay1.min(by1) - ay0.max(by0)).max(0.0);
+    let inter = w * h;
+    let union = (ax1 - ax0).max(0.0) * (ay1 - ay0).max(0.0)
+        + (bx1 - bx0).max(0.0) * (by1 - by0).max(0.0)
+        - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// The overlap a predicted box needs with a true one to count: 0.5, PASCAL VOC's rule.
+pub const BOX_IOU: f64 = 0.5;
+
+/// The looser overlap DeepPCB's authors match at (IoU > 0.33), for comparison with their figure.
+pub const BOX_IOU_DEEPPCB: f64 = 0.33;
+
+/// Box detection at one overlap rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoxAtIou {
+    pub iou: f64,
+    /// PASCAL VOC's all-point average precision over the predicted boxes, ranked by score.
+    pub average_precision: f64,
+    /// Of all predicted boxes, the share that found a true box.
+    pub precision: f64,
+    /// Of all true boxes, the share found.
+    pub recall: f64,
+}
+
+/// How well the model's boxes find the labelled ones. Defect types are not told apart: a box
+/// counts when it overlaps a true box of any type (class-agnostic average precision).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoxMetrics {
+    pub n_images: usize,
+    pub n_true_boxes: usize,
+    pub n_predicted_boxes: usize,
+    /// At [`BOX_IOU`], then at [`BOX_IOU_DEEPPCB`].
+    pub at_iou: Vec<BoxAtIou>,
+}
+
+/// A box `[x_min, y_min, x_max, y_max]` a model predicted, with its score.
+pub type ScoredBox = ([u32; 4], f32);
+
+/// Predicted and true boxes gathered over images, for [`BoxMetrics`].
+#[derive(Debug, Default)]
+pub struct BoxTruth {
+    /// Per image: its predicted boxes, and its true boxes.
+    images: Vec<(Vec<ScoredBox>, Vec<[u32; 4]>)>,
+}
+
+impl BoxTruth {
+    /// Adds one image: the boxes predicted on it (with scores) and its true boxes (none for a
+    /// good image, whose every predicted box is a false one). Maxima exclusive.
+    pub fn add(&mut self, predicted: Vec<ScoredBox>, truth: Vec<[u32; 4]>) {
+        self.images.push((predicted, truth));
+    }
+
+    /// The figures at [`BOX_IOU`] and [`BOX_IOU_DEEPPCB`]; `None` without a true box.
+    pub fn metrics(&self) -> Option<BoxMetrics> {
+        let n_true: usize = self.images.iter().map(|(_, t)| t.len()).sum();
+        if n_true == 0 {
+            return None;
+        }
+        Some(BoxMetrics {
+            n_images: self.images.len(),
+            n_true_boxes: n_true,
+            n_predicted_boxes: self.images.iter().map(|(p, _)| p.len()).sum(),
+            at_iou: [BOX_IOU, BOX_IOU_DEEPPCB]
+                .into_iter()
+                .map(|iou| self.at(iou, n_true))
+                .collect(),
+        })
+    }
+
+    /// PASCAL VOC's matching: over all images, predicted boxes in falling score order each take
+    /// the not yet taken true box of their image they overlap most, when that overlap reaches
+    /// `iou`; the others are false. Average precision is the area under the precision–recall
+    /// curve with precision made monotone (the all-point rule of VOC 2010 on).
+    fn at(&self, iou: f64, n_true: usize) -> BoxAtIou {
+        let mut ranked: Vec<(f32, usize, [u32; 4])> = self
+            .images
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (predicted, _))| predicted.iter().map(move |(b, s)| (*s, i, *b)))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut taken: Vec<Vec<bool>> = self
+            .images
+            .iter()
+            .map(|(_, truth)| vec![false; truth.len()])
+            .collect();
+        let mut hits = Vec::with_capacity(ranked.len());
+        for (_, image, bbox) in &ranked {
+            let truth = &self.images[*image].1;
+            let best = (0..truth.len())
+                .filter(|&t| !taken[*image][t])
+                .map(|t| (t, box_iou(bbox, &truth[t])))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let hit = match best {
+                Some((t, overlap)) if overlap >= iou => {
+                    taken[*image][t] = true;
+                    true
+                }
+                _ => false,
+            };
+            hits.push(hit);
+        }
+        // Precision and recall after each ranked box.
+        let mut curve = Vec::with_capacity(hits.len());
+        let mut tp = 0usize;
+        for (k, hit) in hits.iter().enumerate() {
+            tp += usize::from(*hit);
+            curve.push((tp as f64 / n_true as f64, tp as f64 / (k + 1) as f64));
+        }
+        // Monotone precision from the right, then the area over each step in recall.
+        for k in (0..curve.len().saturating_sub(1)).rev() {
+            curve[k].1 = curve[k].1.max(curve[k + 1].1);
+        }
+        let mut average_precision = 0.0;
+        let mut last_recall = 0.0;
+        for (recall, precision) in &curve {
+            average_precision += (recall - last_recall) * precision;
+            last_recall = *recall;
+        }
+        BoxAtIou {
+            iou,
+            average_precision,
+            precision: if hits.is_empty() {
+                0.0
+            } else {
+                tp as f64 / hits.len() as f64
+            },
+            recall: tp as f64 / n_true as f64,
+        }
+    }
+}
+
 /// How far (in pixels, Euclidean) a predicted pixel of a thin defect may lie from a true one and
 /// still count, and the other way round: a crack's outline is uncertain by a pixel or two, and
 /// crack benchmarks score with such a margin.
@@ -813,6 +952,54 @@ mod tests {
         let few = conformal_false_reject_threshold(&[1.0; 18], 0.05).unwrap_err();
         assert_eq!(few.needed, 19);
         assert!(conformal_false_reject_threshold(&[1.0; 19], 0.05).is_ok());
+    }
+
+    #[test]
+    fn box_iou_by_hand() {
+        assert!((box_iou(&[0, 0, 10, 10], &[0, 0, 10, 10]) - 1.0).abs() < 1e-12);
+        assert!((box_iou(&[0, 0, 10, 10], &[5, 0, 15, 10]) - 50.0 / 150.0).abs() < 1e-12);
+        assert_eq!(box_iou(&[0, 0, 10, 10], &[10, 10, 20, 20]), 0.0);
+        assert_eq!(box_iou(&[3, 3, 3, 3], &[3, 3, 3, 3]), 0.0);
+    }
+
+    #[test]
+    fn box_average_precision_by_hand() {
+        let mut truth = BoxTruth::default();
+        assert!(truth.metrics().is_none(), "no true box, no figure");
+        // Image 0: two true boxes, found by the best box (0.9) and a weak one (0.3); a second
+        // box on the first defect (0.8) is a duplicate, so false. Image 1 is good: its box
+        // (0.6) is false.
+        truth.add(
+            vec![
+                ([0, 0, 10, 10], 0.9),
+                ([1, 0, 11, 10], 0.8),
+                ([50, 50, 60, 60], 0.3),
+            ],
+            vec![[0, 0, 10, 10], [50, 50, 60, 60]],
+        );
+        truth.add(vec![([20, 20, 30, 30], 0.6)], vec![]);
+        let metrics = truth.metrics().expect("true boxes");
+        assert_eq!(
+            (
+                metrics.n_images,
+                metrics.n_true_boxes,
+                metrics.n_predicted_boxes
+            ),
+            (2, 2, 4)
+        );
+        // Ranked 0.9 hit, 0.8 dup, 0.6 false, 0.3 hit: recall 0.5 at precision 1, recall 1 at
+        // precision 2/4. AP = 0.5·1 + 0.5·0.5.
+        let at_50 = metrics.at_iou[0];
+        assert_eq!(at_50.iou, BOX_IOU);
+        assert!((at_50.average_precision - 0.75).abs() < 1e-12, "{at_50:?}");
+        assert!((at_50.precision - 0.5).abs() < 1e-12);
+        assert!((at_50.recall - 1.0).abs() < 1e-12);
+        // A box shifted by half its width overlaps 1/3: found at DeepPCB's 0.33, not at 0.5.
+        let mut shifted = BoxTruth::default();
+        shifted.add(vec![([5, 0, 15, 10], 0.9)], vec![[0, 0, 10, 10]]);
+        let metrics = shifted.metrics().expect("true boxes");
+        assert_eq!(metrics.at_iou[0].average_precision, 0.0);
+        assert!((metrics.at_iou[1].average_precision - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -31,8 +31,10 @@
 //! first fit never sees; the head is then fitted again with the validation images added, and
 //! that final head, with the threshold, is what the held-out part measures.
 
+mod boxes;
 mod train;
 
+pub use self::boxes::{BOX_CUT, BoxShape, DefectBox, boxes_from_heat_map};
 pub use self::train::{
     CrossValidation, DEFAULT_AUGMENTED_COPIES, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS,
     DEFAULT_FEATURE_DROPOUT, DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, FoldResult,
@@ -53,7 +55,8 @@ use serde::{Deserialize, Serialize};
 use crate::learn::augment::Augmentation;
 use crate::learn::dataset::{self, Fold, Layout, Sample};
 use crate::learn::eval::{
-    self, DetectionMetrics, PixelTruth, ThinDefectMetrics, ThinDefectTruth, ThresholdMetrics,
+    self, BoxMetrics, BoxTruth, DetectionMetrics, PixelTruth, ThinDefectMetrics, ThinDefectTruth,
+    ThresholdMetrics,
 };
 use crate::learn::fit::{binary_cross_entropy_each, for_each_var_sorted, seeded_init};
 use crate::learn::hash::ContentHash;
@@ -365,6 +368,9 @@ pub struct Prediction {
     pub rejecting: Option<(f32, Option<usize>)>,
     /// Each patch's defect probability, one per 8×8 pixels of the model's input.
     pub heat_map: HeatMap,
+    /// Each blob of the heat map, boxed on the image as the card's `box_shape` says, hottest
+    /// first.
+    pub boxes: Vec<DefectBox>,
 }
 
 /// The supervised model's section of its card: settings it was trained with and what it
@@ -398,6 +404,11 @@ pub struct SupervisedCard {
     pub epochs: usize,
     pub seed: u64,
     pub training_duration_s: f64,
+    /// How defect boxes are drawn from the heat map ([`boxes_from_heat_map`]): chosen on the
+    /// validation images for layouts labelled with boxes, else the default (not written, so
+    /// cards of models without boxes read as before).
+    #[serde(default, skip_serializing_if = "BoxShape::is_default")]
+    pub box_shape: BoxShape,
     pub metrics: SupervisedMetrics,
 }
 
@@ -426,6 +437,10 @@ pub struct SupervisedMetrics {
     /// own resolution: for layouts of thin defects ([`Layout::thin_defects`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thin_defect: Option<ThinDefectMetrics>,
+    /// How well the model's boxes find the labelled ones: for layouts labelled with boxes
+    /// ([`Layout::boxed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boxes: Option<BoxMetrics>,
 }
 
 /// A loaded supervised model: backbone, standardisation, head and card.
@@ -523,7 +538,15 @@ impl SupervisedModel {
         tolerated: &[usize],
     ) -> candle_core::Result<Prediction> {
         on_worker_thread(|| {
-            predict_from_maps(&self.inference, &self.features.maps(image)?, tolerated)
+            let mut prediction =
+                predict_from_maps(&self.inference, &self.features.maps(image)?, tolerated)?;
+            prediction.boxes = boxes_from_heat_map(
+                &prediction.heat_map,
+                image.width,
+                image.height,
+                self.card.family.box_shape,
+            );
+            Ok(prediction)
         })
     }
 }
@@ -580,6 +603,7 @@ fn predict_from_maps(
             height: h as u32,
             values,
         },
+        boxes: Vec::new(),
     })
 }
 
@@ -605,6 +629,7 @@ fn untrained_card(classes: Vec<String>, features: &PatchFeatures) -> ModelCard<S
         epochs: 0,
         seed: 0,
         training_duration_s: 0.0,
+        box_shape: BoxShape::default(),
         metrics: empty_metrics(n_classes),
     };
     ModelCard::new(
@@ -668,6 +693,7 @@ fn empty_metrics(classes: usize) -> SupervisedMetrics {
         at_threshold: None,
         confusion: vec![vec![0; classes]; classes],
         thin_defect: None,
+        boxes: None,
     }
 }
 

@@ -196,6 +196,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         inference: InferenceHead::new(&head, &normaliser)?,
         normaliser,
     };
+    // And its layout: scoring keeps what a layout labelled with boxes draws them from.
+    model.card.family.layout = settings.layout;
     let scored = score_all(
         &model,
         &validation,
@@ -249,6 +251,19 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     };
     let (threshold, mut rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
+    // How boxes are drawn: chosen on the same validation images as the threshold.
+    let box_shape = match scored.boxed.as_deref().and_then(choose_box_shape) {
+        Some((shape, ap)) => {
+            tracing::info!(
+                cut = shape.cut,
+                scale = shape.scale,
+                ap,
+                "box shape chosen on the validation images"
+            );
+            shape
+        }
+        None => BoxShape::default(),
+    };
     let drift = drift_reference(
         &fit_good_inputs,
         &validation_good_inputs,
@@ -310,6 +325,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         epochs: settings.epochs,
         seed: settings.seed,
         training_duration_s,
+        box_shape,
         metrics: empty_metrics(0),
     };
     // Versioned once the threshold is in the card; measured with the final card in place.
@@ -973,12 +989,104 @@ struct Scored {
     pixels: PixelTruth,
     /// Kept for layouts of thin defects only: counting at the images' resolution costs.
     thin: Option<ThinDefectTruth>,
+    /// For layouts labelled with boxes only: what each image's boxes are drawn from, so that
+    /// they can be drawn at any blob cut.
+    boxed: Option<Vec<BoxedImage>>,
     n_skipped: usize,
 }
 
-/// Whether scoring also counts thin defects' outlines pixel by pixel (layouts of thin defects
-/// only): the figures are reported for held-out images, and counting at the images' resolution
-/// costs, so the validation pass that chooses the threshold skips it.
+/// One scored image of a layout labelled with boxes: what its boxes are drawn from.
+struct BoxedImage {
+    heat_map: HeatMap,
+    width: u32,
+    height: u32,
+    /// Its true boxes, maxima exclusive.
+    truth: Vec<[u32; 4]>,
+}
+
+/// The boxes of `images` drawn as `shape` says, against their true boxes.
+fn box_truth(images: &[BoxedImage], shape: BoxShape) -> BoxTruth {
+    let mut truth = BoxTruth::default();
+    for image in images {
+        let predicted = boxes_from_heat_map(&image.heat_map, image.width, image.height, shape);
+        truth.add(
+            predicted.iter().map(|b| (b.bbox, b.score)).collect(),
+            image.truth.clone(),
+        );
+    }
+    truth
+}
+
+/// The blob cuts [`choose_box_shape`] tries: 0.3, 0.4, …, 0.9.
+const BOX_CUTS: [f32; 7] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// A predicted box overlapping a true one at least this much is taken to be its drawing, when
+/// the scale that makes blobs' boxes the labellers' size is measured.
+const SAME_DEFECT_IOU: f64 = 0.1;
+
+/// How to draw boxes so that they find the validation images' true boxes best (average
+/// precision at [`eval::BOX_IOU`]), with that figure; `None` without a true box. Each cut of
+/// [`BOX_CUTS`] is tried with its boxes as drawn and scaled by the median size ratio of the
+/// true boxes to the boxes that overlap them: a lower cut finds fainter defects, a higher one
+/// draws tighter blobs, and labellers draw boxes tight or loose. Which pays depends on the
+/// product's defects against the patch grid, so the training run measures it; on a tie the
+/// shape nearer the default wins.
+fn choose_box_shape(images: &[BoxedImage]) -> Option<(BoxShape, f64)> {
+    let mut best: Option<(BoxShape, f64)> = None;
+    let distance = |s: BoxShape| (s.cut - BOX_CUT).abs() + (s.scale - 1.0).abs();
+    for cut in BOX_CUTS {
+        let drawn = BoxShape { cut, scale: 1.0 };
+        let mut shapes = vec![drawn];
+        if let Some(scale) = labelled_size_ratio(images, drawn) {
+            shapes.push(BoxShape { cut, scale });
+        }
+        for shape in shapes {
+            let ap = box_truth(images, shape).metrics()?.at_iou[0].average_precision;
+            let better = match best {
+                None => true,
+                Some((held, held_ap)) => {
+                    ap > held_ap || (ap == held_ap && distance(shape) < distance(held))
+                }
+            };
+            if better {
+                best = Some((shape, ap));
+            }
+        }
+    }
+    best
+}
+
+/// The median over boxes drawn as `shape` says of the size ratio (square root of the areas'
+/// ratio) of the true box each overlaps most to the box, rounded to 0.05; `None` when no box
+/// overlaps a true one by [`SAME_DEFECT_IOU`].
+fn labelled_size_ratio(images: &[BoxedImage], shape: BoxShape) -> Option<f32> {
+    let area = |b: &[u32; 4]| f64::from(b[2] - b[0]) * f64::from(b[3] - b[1]);
+    let mut ratios: Vec<f64> = Vec::new();
+    for image in images {
+        for drawn in boxes_from_heat_map(&image.heat_map, image.width, image.height, shape) {
+            let nearest = (image.truth.iter())
+                .map(|t| (t, eval::box_iou(&drawn.bbox, t)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((truth, overlap)) = nearest
+                && overlap >= SAME_DEFECT_IOU
+                && area(&drawn.bbox) > 0.0
+            {
+                ratios.push((area(truth) / area(&drawn.bbox)).sqrt());
+            }
+        }
+    }
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    Some(((median * 20.0).round() / 20.0).max(0.05) as f32)
+}
+
+/// Whether scoring also matches the defects' outlines: thin defects pixel by pixel, boxes box by
+/// box (for the layouts that have them). The figures are reported for held-out images, and
+/// counting at the images' resolution costs, so the validation pass that chooses the threshold
+/// skips it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outlines {
     Count,
@@ -1001,6 +1109,7 @@ fn score_all(
         pixels: PixelTruth::default(),
         thin: (outlines == Outlines::Count && model.card.family.layout.thin_defects())
             .then(|| ThinDefectTruth::new(model.card.head.threshold)),
+        boxed: model.card.family.layout.boxed().then(Vec::new),
         n_skipped: 0,
     };
     let bar = progress.phase(samples.len(), what);
@@ -1037,6 +1146,17 @@ fn score_all(
                 thin.add(&prediction.heat_map, &mask);
             }
         }
+        if let Some(boxed) = &mut scored.boxed {
+            boxed.push(BoxedImage {
+                heat_map: prediction.heat_map,
+                width: image.width,
+                height: image.height,
+                // The dataset's box maxima are the last pixel in; the model's are one past it.
+                truth: (sample.boxes.iter())
+                    .map(|[x0, y0, x1, y1]| [*x0, *y0, x1 + 1, y1 + 1])
+                    .collect(),
+            });
+        }
     }
     bar.finish_and_clear();
     Ok(scored)
@@ -1052,12 +1172,13 @@ pub fn evaluate(
     Ok(summarise(
         &scored,
         model.card.head.threshold,
+        model.card.family.box_shape,
         model.card.family.classes.len(),
     ))
 }
 
 /// The metrics of `scored` images at `threshold`, for a model of `k` classes (good included).
-fn summarise(scored: &Scored, threshold: f32, k: usize) -> SupervisedMetrics {
+fn summarise(scored: &Scored, threshold: f32, box_shape: BoxShape, k: usize) -> SupervisedMetrics {
     let has_good = scored.labels.iter().any(|l| !l);
     let mut metrics = empty_metrics(k);
     for i in 0..scored.scores.len() {
@@ -1085,6 +1206,8 @@ fn summarise(scored: &Scored, threshold: f32, k: usize) -> SupervisedMetrics {
         scored.pixels.pro(),
     );
     metrics.thin_defect = scored.thin.as_ref().and_then(ThinDefectTruth::metrics);
+    metrics.boxes =
+        (scored.boxed.as_ref()).and_then(|images| box_truth(images, box_shape).metrics());
     metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
     metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
     if has_good {
@@ -1107,6 +1230,56 @@ mod tests {
             }
         }
         mask
+    }
+
+    /// A 5×5-cell blob centred on cell (`cx`, `cy`) of a 32×32 map over a 256-pixel image (8
+    /// pixels a cell), 0.95 inside and 0.6 on its rim, labelled with the box `truth`.
+    fn boxed_image(cx: usize, cy: usize, truth: [u32; 4]) -> BoxedImage {
+        let mut values = vec![0.01f32; 32 * 32];
+        for y in cy - 2..=cy + 2 {
+            for x in cx - 2..=cx + 2 {
+                let edge = y.abs_diff(cy) == 2 || x.abs_diff(cx) == 2;
+                values[y * 32 + x] = if edge { 0.6 } else { 0.95 };
+            }
+        }
+        BoxedImage {
+            heat_map: HeatMap {
+                width: 32,
+                height: 32,
+                values,
+            },
+            width: 256,
+            height: 256,
+            truth: vec![truth],
+        }
+    }
+
+    #[test]
+    fn the_box_shape_is_chosen_to_fit_the_labelled_boxes() {
+        // Blobs of 5×5 cells (40 pixels) around defects labelled with 24-pixel boxes: drawn at
+        // the default cut their boxes overlap the true ones by about a third.
+        let images: Vec<BoxedImage> = [(8, 8), (20, 12), (12, 24)]
+            .into_iter()
+            .map(|(cx, cy)| {
+                let (px, py) = (cx as u32 * 8 + 4, cy as u32 * 8 + 4);
+                boxed_image(cx, cy, [px - 12, py - 12, px + 12, py + 12])
+            })
+            .collect();
+        let default = box_truth(&images, BoxShape::default())
+            .metrics()
+            .expect("boxes");
+        assert_eq!(default.at_iou[0].average_precision, 0.0, "{default:?}");
+        let (shape, ap) = choose_box_shape(&images).expect("true boxes");
+        assert!(ap > 0.99, "{shape:?}: {ap}");
+        assert!(shape.cut > BOX_CUT || shape.scale < 1.0, "{shape:?}");
+        // Without a true box there is nothing to choose by.
+        let good: Vec<BoxedImage> = (images.into_iter())
+            .map(|image| BoxedImage {
+                truth: Vec::new(),
+                ..image
+            })
+            .collect();
+        assert!(choose_box_shape(&good).is_none());
     }
 
     #[test]
@@ -1152,6 +1325,7 @@ mod tests {
             defect_classes: rows.iter().map(|r| r.2).collect(),
             pixels: PixelTruth::default(),
             thin: None,
+            boxed: None,
             n_skipped: 0,
         }
     }
@@ -1168,7 +1342,7 @@ mod tests {
             (0.3, 1, 1),
             (0.4, 1, 1),
         ]);
-        let m = summarise(&two, 0.5, 2);
+        let m = summarise(&two, 0.5, BoxShape::default(), 2);
         assert_eq!(m.defect_class_accuracy, Some(0.5));
         assert_eq!(m.confusion, [[2, 0], [2, 2]]);
         assert_eq!(m.defect_vs_good_accuracy, Some(4.0 / 6.0));
@@ -1180,7 +1354,7 @@ mod tests {
             (0.7, 2, 2),
             (0.2, 2, 2),
         ]);
-        let m = summarise(&three, 0.5, 3);
+        let m = summarise(&three, 0.5, BoxShape::default(), 3);
         assert_eq!(m.defect_class_accuracy, Some(0.5));
         assert_eq!(m.confusion, [[1, 0, 0], [0, 1, 1], [1, 0, 1]]);
         assert_eq!(m.class_accuracy, 3.0 / 5.0);

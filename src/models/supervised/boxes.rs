@@ -1,0 +1,252 @@
+//! Defects as boxes: the hot blobs of the supervised model's heat map, outlined on the image.
+//!
+//! Trained on boxes (DeepPCB, NEU-DET) or masks, the model marks each defect as a blob of
+//! patches whose defect probability passes one half ([`BOX_CUT`]: the patch is likelier defect
+//! than good). Each 8-connected blob becomes one box around it, in the image's own pixels,
+//! scored by its hottest patch: the detections that box metrics
+//! ([`crate::learn::eval::BoxTruth`]) and the operator read.
+//!
+//! The patch grid is coarse (one cell per 8 input pixels: 20 pixels of a 640-pixel board at
+//! input 256), so the map is first upsampled bilinearly [`UPSAMPLE`] times. A blob's edge then
+//! falls where the probability crosses the cut between cell centres, not on a cell border,
+//! which matters for a 35-pixel defect judged by its overlap with the true box.
+
+use serde::{Deserialize, Serialize};
+
+use crate::learn::eval::label_regions;
+use crate::models::backbone::features::bilinear;
+use crate::part::HeatMap;
+
+/// A patch is part of a defect's blob from this defect probability on, unless training chose
+/// another cut ([`BoxShape`]).
+pub const BOX_CUT: f32 = 0.5;
+
+/// How the model's boxes are drawn from its heat map. Training chooses it on the validation
+/// images of a layout labelled with boxes; models trained otherwise keep the default (cut
+/// [`BOX_CUT`], scale 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoxShape {
+    /// A patch is part of a defect's blob from this defect probability on.
+    pub cut: f32,
+    /// Each blob's box is scaled about its centre by this factor: the patch grid and the
+    /// labels' coverage rule make blobs larger or smaller than the boxes a product's labellers
+    /// draw around its defects.
+    pub scale: f32,
+}
+
+impl BoxShape {
+    pub fn is_default(&self) -> bool {
+        *self == BoxShape::default()
+    }
+}
+
+impl Default for BoxShape {
+    fn default() -> BoxShape {
+        BoxShape {
+            cut: BOX_CUT,
+            scale: 1.0,
+        }
+    }
+}
+
+/// The heat map is upsampled this many times per side before blobs are outlined.
+pub const UPSAMPLE: usize = 4;
+
+/// One defect the model outlines.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DefectBox {
+    /// `[x_min, y_min, x_max, y_max]` in the image's pixels, the maxima exclusive.
+    pub bbox: [u32; 4],
+    /// The highest defect probability among the patches the blob covers.
+    pub score: f32,
+}
+
+/// The boxes of the blobs of `heat_map` (defect probabilities, one per patch) at or above
+/// `shape.cut`, scaled by `shape.scale`, on a `width`×`height` image, hottest first.
+pub fn boxes_from_heat_map(
+    heat_map: &HeatMap,
+    width: u32,
+    height: u32,
+    shape: BoxShape,
+) -> Vec<DefectBox> {
+    let cut = shape.cut;
+    let (w, h) = (heat_map.width as usize, heat_map.height as usize);
+    if w == 0 || h == 0 || heat_map.values.len() != w * h || width == 0 || height == 0 {
+        return Vec::new();
+    }
+    // A map with nothing near the cut has no blob: skip the upsampling (most good parts).
+    if !heat_map.values.iter().any(|v| *v >= cut) {
+        return Vec::new();
+    }
+    let (fw, fh) = (w * UPSAMPLE, h * UPSAMPLE);
+    let fine = bilinear(|x, y| heat_map.values[y * w + x], w, h, fw, fh);
+    let hot: Vec<bool> = fine.iter().map(|v| *v >= cut).collect();
+    let (labels, next) = label_regions(&hot, fw, fh, 1);
+    let n = (next - 1) as usize;
+    // Per blob: its extent on the fine grid and its highest value.
+    let mut extent = vec![[usize::MAX, usize::MAX, 0, 0]; n];
+    let mut peak = vec![f32::MIN; n];
+    for (i, &label) in labels.iter().enumerate() {
+        if label == 0 {
+            continue;
+        }
+        let b = (label - 1) as usize;
+        let (x, y) = (i % fw, i / fw);
+        let e = &mut extent[b];
+        e[0] = e[0].min(x);
+        e[1] = e[1].min(y);
+        e[2] = e[2].max(x + 1);
+        e[3] = e[3].max(y + 1);
+        // The patch the point lies in: the score is the model's own probability, not a blend.
+        peak[b] = peak[b].max(heat_map.values[(y / UPSAMPLE) * w + x / UPSAMPLE]);
+    }
+    // Fine cell edges to image pixels: floor the minima, ceil the maxima.
+    let to_image = |cell: usize, cells: usize, pixels: u32| -> (u32, u32) {
+        let lo = (cell as u64 * u64::from(pixels)) / cells as u64;
+        let hi = ((cell as u64 + 1) * u64::from(pixels)).div_ceil(cells as u64);
+        (lo as u32, hi as u32)
+    };
+    let mut boxes: Vec<DefectBox> = extent
+        .iter()
+        .zip(&peak)
+        .map(|(&[x0, y0, x1, y1], &score)| DefectBox {
+            bbox: scaled(
+                [
+                    to_image(x0, fw, width).0,
+                    to_image(y0, fh, height).0,
+                    to_image(x1 - 1, fw, width).1,
+                    to_image(y1 - 1, fh, height).1,
+                ],
+                shape.scale,
+                width,
+                height,
+            ),
+            score,
+        })
+        .collect();
+    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
+    boxes
+}
+
+/// `bbox` scaled by `scale` about its centre, kept on the `width`×`height` image and at least
+/// a pixel across.
+fn scaled(bbox: [u32; 4], scale: f32, width: u32, height: u32) -> [u32; 4] {
+    if scale == 1.0 {
+        return bbox;
+    }
+    let axis = |lo: u32, hi: u32, pixels: u32| -> (u32, u32) {
+        let centre = (lo + hi) as f32 / 2.0;
+        let half = ((hi - lo) as f32 * scale / 2.0).max(0.5);
+        let lo = (centre - half).round().clamp(0.0, pixels as f32 - 1.0) as u32;
+        let hi = (centre + half)
+            .round()
+            .clamp(lo as f32 + 1.0, pixels as f32) as u32;
+        (lo, hi)
+    };
+    let (x0, x1) = axis(bbox[0], bbox[2], width);
+    let (y0, y1) = axis(bbox[1], bbox[3], height);
+    [x0, y0, x1, y1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::eval::box_iou;
+
+    fn map(w: usize, h: usize, hot: &[(usize, usize, f32)]) -> HeatMap {
+        let mut values = vec![0.05; w * h];
+        for &(x, y, v) in hot {
+            values[y * w + x] = v;
+        }
+        HeatMap {
+            width: w as u32,
+            height: h as u32,
+            values,
+        }
+    }
+
+    #[test]
+    fn each_blob_becomes_one_box_on_the_image_hottest_first() {
+        // Two blobs on a 32×32 grid of a 640×640 image (20 pixels a cell): a 2×2 block at
+        // cells 4..6 and a single cell at (20, 25).
+        let heat = map(
+            32,
+            32,
+            &[
+                (4, 4, 0.9),
+                (5, 4, 0.9),
+                (4, 5, 0.9),
+                (5, 5, 0.9),
+                (20, 25, 0.99),
+            ],
+        );
+        let boxes = boxes_from_heat_map(&heat, 640, 640, BoxShape::default());
+        assert_eq!(boxes.len(), 2, "{boxes:?}");
+        assert!((boxes[0].score - 0.99).abs() < 1e-6);
+        // The single cell, centred at pixel (410, 510): its box lies within the cell's
+        // neighbourhood and around its centre.
+        let [x0, y0, x1, y1] = boxes[0].bbox;
+        assert!(
+            x0 < 410 && 410 < x1 && y0 < 510 && 510 < y1,
+            "{:?}",
+            boxes[0]
+        );
+        assert!(x1 - x0 <= 40 && y1 - y0 <= 40, "{:?}", boxes[0]);
+        // The block spans cells 4 and 5 (pixels 80..120): its box overlaps that square well.
+        assert!(
+            box_iou(&boxes[1].bbox, &[80, 80, 120, 120]) > 0.5,
+            "{:?}",
+            boxes[1]
+        );
+    }
+
+    #[test]
+    fn a_calm_map_and_a_malformed_one_have_no_boxes() {
+        assert!(boxes_from_heat_map(&map(32, 32, &[]), 640, 640, BoxShape::default()).is_empty());
+        let broken = HeatMap {
+            width: 32,
+            height: 32,
+            values: vec![0.9; 10],
+        };
+        assert!(boxes_from_heat_map(&broken, 640, 640, BoxShape::default()).is_empty());
+        assert!(
+            boxes_from_heat_map(&map(32, 32, &[(1, 1, 0.9)]), 0, 640, BoxShape::default())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_hot_map_is_one_box_over_the_whole_image() {
+        let heat = HeatMap {
+            width: 8,
+            height: 8,
+            values: vec![0.8; 64],
+        };
+        let boxes = boxes_from_heat_map(&heat, 100, 60, BoxShape::default());
+        assert_eq!(boxes.len(), 1);
+        assert_eq!(boxes[0].bbox, [0, 0, 100, 60]);
+        // Scaled about its centre, and never past the image.
+        let half = BoxShape {
+            scale: 0.5,
+            ..BoxShape::default()
+        };
+        assert_eq!(
+            boxes_from_heat_map(&heat, 100, 60, half)[0].bbox,
+            [25, 15, 75, 45]
+        );
+        let double = BoxShape {
+            scale: 2.0,
+            ..BoxShape::default()
+        };
+        assert_eq!(
+            boxes_from_heat_map(&heat, 100, 60, double)[0].bbox,
+            [0, 0, 100, 60]
+        );
+        // A higher cut keeps only the hotter blobs.
+        let strict = BoxShape {
+            cut: 0.9,
+            ..BoxShape::default()
+        };
+        assert!(boxes_from_heat_map(&heat, 100, 60, strict).is_empty());
+    }
+}
