@@ -32,7 +32,8 @@ pub struct Sample {
     pub mask: Option<PathBuf>,
     /// The dataset's own train/test assignment (MVTec's `train/` and `test/`), when it has one.
     pub held_out: Option<bool>,
-    /// Defect boxes `[x_min, y_min, x_max, y_max]` in pixels, for datasets labelled with boxes.
+    /// Defect boxes `[x_min, y_min, x_max, y_max]` in pixels counted from 0, the maxima the last
+    /// pixel in (inclusive), for datasets labelled with boxes.
     pub boxes: Vec<[u32; 4]>,
 }
 
@@ -72,12 +73,6 @@ impl Layout {
     /// pixel by pixel at the images' resolution ([`crate::learn::eval::ThinDefectTruth`]).
     pub fn thin_defects(self) -> bool {
         self == Layout::Crackforest
-    }
-
-    /// Whether the dataset labels its defects with boxes, which held-out figures match the
-    /// model's boxes against ([`crate::learn::eval::BoxTruth`]).
-    pub fn boxed(self) -> bool {
-        matches!(self, Layout::NeuDet | Layout::Deeppcb)
     }
 }
 
@@ -226,14 +221,21 @@ fn voc_boxes(xml: &str) -> Result<Vec<[u32; 4]>, String> {
     }
     let annotation: Annotation =
         quick_xml::de::from_str(xml).map_err(|e| format!("not a VOC annotation: {e}"))?;
-    Ok(annotation
+    // VOC counts pixels from 1; samples from 0.
+    annotation
         .object
         .iter()
         .map(|o| {
             let b = &o.bndbox;
-            [b.xmin, b.ymin, b.xmax, b.ymax].map(|v| v.max(0.0) as u32)
+            if !(b.xmin <= b.xmax && b.ymin <= b.ymax) {
+                return Err(format!(
+                    "box ({}, {})-({}, {}): its minimum is past its maximum",
+                    b.xmin, b.ymin, b.xmax, b.ymax
+                ));
+            }
+            Ok([b.xmin, b.ymin, b.xmax, b.ymax].map(|v| (v - 1.0).max(0.0) as u32))
         })
-        .collect())
+        .collect()
 }
 
 fn deeppcb(root: &Path) -> Result<Vec<Sample>, DatasetError> {
@@ -694,7 +696,8 @@ mod tests {
         let neu = read(Layout::NeuDet, &root.join("neu")).expect("neu-det");
         assert_eq!(
             (neu[0].class.as_str(), neu[0].boxes.as_slice()),
-            ("rolled-in_scale", &[[1, 1, 3, 2]][..])
+            // VOC's pixels counted from 1, the sample's from 0.
+            ("rolled-in_scale", &[[0, 0, 2, 1]][..])
         );
 
         // KolektorSDD: the label BMP decides the class.
@@ -905,7 +908,14 @@ mod tests {
             </annotation>";
         assert_eq!(
             voc_boxes(xml).expect("parses"),
-            [[2, 3, 193, 194], [10, 20, 30, 40]]
+            [[1, 2, 192, 193], [9, 19, 29, 39]]
+        );
+        let flipped = "<annotation><object><bndbox><xmin>30</xmin><ymin>3</ymin>\
+            <xmax>10</xmax><ymax>9</ymax></bndbox></object></annotation>";
+        assert!(
+            voc_boxes(flipped)
+                .expect_err("refused")
+                .contains("past its maximum")
         );
         assert!(
             voc_boxes("<annotation><object><bndbox><xmin>x</xmin></bndbox></object></annotation>")

@@ -506,7 +506,8 @@ pub fn box_iou(a: &[u32; 4], b: &[u32; 4]) -> f64 {
     if union > 0.0 { inter / union } else { 0.0 }
 }
 
-/// The overlap a predicted box needs with a true one to count: 0.5, PASCAL VOC's rule.
+/// The overlap a predicted box needs with a true one to count (more than this): 0.5, PASCAL
+/// VOC's rule.
 pub const BOX_IOU: f64 = 0.5;
 
 /// The looser overlap DeepPCB's authors match at (IoU > 0.33), for comparison with their figure.
@@ -569,10 +570,17 @@ impl BoxTruth {
         })
     }
 
-    /// PASCAL VOC's matching: over all images, predicted boxes in falling score order each take
-    /// the not yet taken true box of their image they overlap most, when that overlap reaches
-    /// `iou`; the others are false. Average precision is the area under the precision–recall
-    /// curve with precision made monotone (the all-point rule of VOC 2010 on).
+    /// Average precision at the overlap rule `iou` alone; `None` without a true box.
+    pub fn average_precision_at(&self, iou: f64) -> Option<f64> {
+        let n_true: usize = self.images.iter().map(|(_, t)| t.len()).sum();
+        (n_true > 0).then(|| self.at(iou, n_true).average_precision)
+    }
+
+    /// PASCAL VOC's matching: over all images, predicted boxes in falling score order each
+    /// take the true box of their image they overlap most, when that overlap is more than
+    /// `iou`; a box whose best true box is already taken is a duplicate, and false, as is one
+    /// that overlaps no true box enough. Average precision is the area under the
+    /// precision–recall curve with precision made monotone (the all-point rule of VOC 2010 on).
     fn at(&self, iou: f64, n_true: usize) -> BoxAtIou {
         let mut ranked: Vec<(f32, usize, [u32; 4])> = self
             .images
@@ -590,11 +598,10 @@ impl BoxTruth {
         for (_, image, bbox) in &ranked {
             let truth = &self.images[*image].1;
             let best = (0..truth.len())
-                .filter(|&t| !taken[*image][t])
                 .map(|t| (t, box_iou(bbox, &truth[t])))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             let hit = match best {
-                Some((t, overlap)) if overlap >= iou => {
+                Some((t, overlap)) if overlap > iou && !taken[*image][t] => {
                     taken[*image][t] = true;
                     true
                 }
@@ -994,12 +1001,29 @@ mod tests {
         assert!((at_50.average_precision - 0.75).abs() < 1e-12, "{at_50:?}");
         assert!((at_50.precision - 0.5).abs() < 1e-12);
         assert!((at_50.recall - 1.0).abs() < 1e-12);
-        // A box shifted by half its width overlaps 1/3: found at DeepPCB's 0.33, not at 0.5.
+        // A box shifted by half its width overlaps 1/3: found at DeepPCB's > 0.33, not at 0.5.
         let mut shifted = BoxTruth::default();
         shifted.add(vec![([5, 0, 15, 10], 0.9)], vec![[0, 0, 10, 10]]);
         let metrics = shifted.metrics().expect("true boxes");
         assert_eq!(metrics.at_iou[0].average_precision, 0.0);
         assert!((metrics.at_iou[1].average_precision - 1.0).abs() < 1e-12);
+        // Exactly 0.5 is not more than 0.5.
+        let mut half = BoxTruth::default();
+        half.add(vec![([0, 0, 10, 10], 0.9)], vec![[0, 0, 20, 10]]);
+        assert_eq!(
+            half.metrics().expect("a true box").at_iou[0].average_precision,
+            0.0
+        );
+        // Two defects side by side: a box that overlaps a taken true box most is a duplicate,
+        // even where it overlaps the other true box enough (VOC's rule).
+        let mut pair = BoxTruth::default();
+        pair.add(
+            vec![([0, 0, 10, 10], 0.9), ([2, 0, 12, 10], 0.8)],
+            vec![[0, 0, 10, 10], [5, 0, 15, 10]],
+        );
+        let at_50 = pair.metrics().expect("true boxes").at_iou[0];
+        assert!((at_50.recall - 0.5).abs() < 1e-12, "{at_50:?}");
+        assert!((at_50.precision - 0.5).abs() < 1e-12, "{at_50:?}");
     }
 
     #[test]

@@ -49,8 +49,9 @@ impl Default for BoxShape {
     }
 }
 
-/// The heat map is upsampled this many times per side before blobs are outlined.
-pub const UPSAMPLE: usize = 4;
+/// The heat map is upsampled this many times per side before blobs are outlined (odd: see the
+/// module doc).
+pub const UPSAMPLE: usize = 3;
 
 /// One defect the model outlines.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -135,7 +136,7 @@ fn scaled(bbox: [u32; 4], scale: f32, width: u32, height: u32) -> [u32; 4] {
         return bbox;
     }
     let axis = |lo: u32, hi: u32, pixels: u32| -> (u32, u32) {
-        let centre = (lo + hi) as f32 / 2.0;
+        let centre = (lo as f32 + hi as f32) / 2.0;
         let half = ((hi - lo) as f32 * scale / 2.0).max(0.5);
         let lo = (centre - half).round().clamp(0.0, pixels as f32 - 1.0) as u32;
         let hi = (centre + half)
@@ -198,6 +199,25 @@ mod tests {
             "{:?}",
             boxes[1]
         );
+    }
+
+    #[test]
+    fn a_lone_patch_past_the_cut_is_a_box_of_about_its_size() {
+        // One patch at 0.6 on a 32×32 map of a 100-pixel image (3.125 pixels a patch), at
+        // cell (10, 20): pixels 31.25..34.375 across, 62.5..65.625 down.
+        let heat = map(32, 32, &[(10, 20, 0.6)]);
+        let boxes = boxes_from_heat_map(&heat, 100, 100, BoxShape::default());
+        assert_eq!(boxes.len(), 1, "{boxes:?}");
+        assert!((boxes[0].score - 0.6).abs() < 1e-6);
+        // Only the centre third of the patch is past 0.5 after upsampling: pixels 32.3..33.3
+        // across and 63.5..64.6 down, widened to whole pixels.
+        assert_eq!(boxes[0].bbox, [32, 63, 34, 65]);
+        // Not past a cut of 0.7.
+        let strict = BoxShape {
+            cut: 0.7,
+            ..BoxShape::default()
+        };
+        assert!(boxes_from_heat_map(&heat, 100, 100, strict).is_empty());
     }
 
     #[test]

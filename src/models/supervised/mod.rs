@@ -405,7 +405,7 @@ pub struct SupervisedCard {
     pub seed: u64,
     pub training_duration_s: f64,
     /// How defect boxes are drawn from the heat map ([`boxes_from_heat_map`]): chosen on the
-    /// validation images for layouts labelled with boxes, else the default (not written, so
+    /// validation images where they are labelled with boxes, else the default (not written, so
     /// cards of models without boxes read as before).
     #[serde(default, skip_serializing_if = "BoxShape::is_default")]
     pub box_shape: BoxShape,
@@ -437,8 +437,8 @@ pub struct SupervisedMetrics {
     /// own resolution: for layouts of thin defects ([`Layout::thin_defects`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thin_defect: Option<ThinDefectMetrics>,
-    /// How well the model's boxes find the labelled ones: for layouts labelled with boxes
-    /// ([`Layout::boxed`]).
+    /// How well the model's boxes find the labelled ones: for images labelled with boxes
+    /// (NEU-DET, DeepPCB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boxes: Option<BoxMetrics>,
 }
