@@ -14,7 +14,7 @@ use linesight::models::anomaly::{
 use linesight::models::backbone::bf16::Precision;
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
 use linesight::models::defect_net::DefectModel;
-use linesight::models::supervised::SupervisedModel;
+use linesight::models::supervised::{BoxShape, SupervisedModel, boxes_from_heat_map};
 use linesight::record::gray_png;
 use linesight::simulate::{DefectKind, FRAME_SIZE, PartGenerator};
 
@@ -61,6 +61,25 @@ fn hot_path(c: &mut Criterion) {
     });
     c.bench_function("simulate/render_part_256", |b| {
         b.iter(|| generator.render(Some(DefectKind::Crack)))
+    });
+    // The supervised model's boxes on a defective board's map at input 512 (64×64 patches of a
+    // 640-pixel image, as DeepPCB's): eight defects of 3×3 patches past the cut.
+    let mut values = vec![0.02f32; 64 * 64];
+    for k in 0..8 {
+        let (cx, cy) = (6 + 7 * k, 10 + 5 * k);
+        for dy in 0..3 {
+            for dx in 0..3 {
+                values[(cy + dy) * 64 + cx + dx] = 0.9;
+            }
+        }
+    }
+    let board = linesight::part::HeatMap {
+        width: 64,
+        height: 64,
+        values,
+    };
+    c.bench_function("supervised/boxes_640_map64", |b| {
+        b.iter(|| boxes_from_heat_map(&board, 640, 640, BoxShape::default()))
     });
 
     anomaly(c, &raw, &Device::Cpu, "");

@@ -1,15 +1,19 @@
 //! Defects as boxes: the hot blobs of the supervised model's heat map, outlined on the image.
 //!
 //! Trained on boxes (DeepPCB, NEU-DET) or masks, the model marks each defect as a blob of
-//! patches whose defect probability passes one half ([`BOX_CUT`]: the patch is likelier defect
-//! than good). Each 8-connected blob becomes one box around it, in the image's own pixels,
-//! scored by its hottest patch: the detections that box metrics
-//! ([`crate::learn::eval::BoxTruth`]) and the operator read.
+//! patches whose defect probability passes a cut (by default one half, [`BOX_CUT`]: the patch
+//! is likelier defect than good). Each 8-connected blob becomes one box around it, in the
+//! image's own pixels, scored by its hottest patch: the detections that box metrics read
+//! ([`crate::learn::eval::BoxTruth`]). Boxes outline every defect class the model knows,
+//! tolerated ones too: tolerating a class changes the verdict, not what the model sees.
 //!
 //! The patch grid is coarse (one cell per 8 input pixels: 20 pixels of a 640-pixel board at
 //! input 256), so the map is first upsampled bilinearly [`UPSAMPLE`] times. A blob's edge then
 //! falls where the probability crosses the cut between cell centres, not on a cell border,
-//! which matters for a 35-pixel defect judged by its overlap with the true box.
+//! which matters for a 35-pixel defect judged by its overlap with the true box. The factor is
+//! odd so that one upsampled point lies on each patch's centre and carries its value: a lone
+//! patch past the cut is a blob (with an even factor no point does, and a lone patch at 0.6
+//! would vanish under a cut of 0.5).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +26,7 @@ use crate::part::HeatMap;
 pub const BOX_CUT: f32 = 0.5;
 
 /// How the model's boxes are drawn from its heat map. Training chooses it on the validation
-/// images of a layout labelled with boxes; models trained otherwise keep the default (cut
+/// images where they are labelled with boxes; models trained otherwise keep the default (cut
 /// [`BOX_CUT`], scale 1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BoxShape {
@@ -75,7 +79,8 @@ pub fn boxes_from_heat_map(
     if w == 0 || h == 0 || heat_map.values.len() != w * h || width == 0 || height == 0 {
         return Vec::new();
     }
-    // A map with nothing near the cut has no blob: skip the upsampling (most good parts).
+    // No patch past the cut, no blob (upsampled values lie between their patches'): skip the
+    // upsampling (most good parts).
     if !heat_map.values.iter().any(|v| *v >= cut) {
         return Vec::new();
     }
