@@ -376,17 +376,18 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
         let part = generator.render(Some(DefectKind::Dent));
         let [x0, y0, x1, y1] = mask_box(&part.mask, part.image.width);
         let prediction = model.predict(&part.image).expect("predicts");
-        if prediction
-            .boxes
+        if model
+            .boxes(&prediction.heat_map, part.image.width, part.image.height)
             .iter()
             .any(|b| linesight::learn::eval::box_iou(&b.bbox, &[x0, y0, x1 + 1, y1 + 1]) >= 0.5)
         {
             found += 1;
         }
-        let good = model
-            .predict(&generator.render(None).image)
-            .expect("predicts");
-        false_boxes += good.boxes.len();
+        let good_part = generator.render(None).image;
+        let good = model.predict(&good_part).expect("predicts");
+        false_boxes += model
+            .boxes(&good.heat_map, good_part.width, good_part.height)
+            .len();
     }
     assert!(found >= 4, "{found} of 6 new defects boxed");
     assert!(false_boxes <= 1, "{false_boxes} boxes on 6 good parts");

@@ -368,9 +368,6 @@ pub struct Prediction {
     pub rejecting: Option<(f32, Option<usize>)>,
     /// Each patch's defect probability, one per 8×8 pixels of the model's input.
     pub heat_map: HeatMap,
-    /// Each blob of the heat map, boxed on the image as the card's `box_shape` says, hottest
-    /// first.
-    pub boxes: Vec<DefectBox>,
 }
 
 /// The supervised model's section of its card: settings it was trained with and what it
@@ -538,16 +535,15 @@ impl SupervisedModel {
         tolerated: &[usize],
     ) -> candle_core::Result<Prediction> {
         on_worker_thread(|| {
-            let mut prediction =
-                predict_from_maps(&self.inference, &self.features.maps(image)?, tolerated)?;
-            prediction.boxes = boxes_from_heat_map(
-                &prediction.heat_map,
-                image.width,
-                image.height,
-                self.card.family.box_shape,
-            );
-            Ok(prediction)
+            predict_from_maps(&self.inference, &self.features.maps(image)?, tolerated)
         })
+    }
+
+    /// The defects of a prediction's `heat_map` as boxes on its `width`×`height` image, drawn
+    /// as the card's `box_shape` says, hottest first. Asked for, not part of every prediction:
+    /// the station's per-part path has no use for them.
+    pub fn boxes(&self, heat_map: &HeatMap, width: u32, height: u32) -> Vec<DefectBox> {
+        boxes_from_heat_map(heat_map, width, height, self.card.family.box_shape)
     }
 }
 
@@ -603,7 +599,6 @@ fn predict_from_maps(
             height: h as u32,
             values,
         },
-        boxes: Vec::new(),
     })
 }
 
