@@ -3,7 +3,7 @@
 # and checks each held-out figure against issues 3 and 21's targets; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
 # 45 minutes on 2 cores (24 min 31 s measured before DeepPCB was added; DeepPCB's anomaly model
-# at the input size it chooses, 256, takes 3-5 min, its boxes at input 512 about 12, KolektorSDD's
+# at the input size it chooses, 256, takes 3-5 min, its boxes at input 512 20 min when measured beside a CI run, KolektorSDD's
 # anomaly model seconds, CrackForest a few minutes).
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
@@ -63,7 +63,7 @@ fi
 # the tested boards' boxes (the templates are its goods) and draws one box per blob of its heat
 # map, the box shape chosen on its validation images. At input 512: its defects are a few pixels
 # of a 640-pixel board, and at 256 a patch (20 board pixels) is wider than most of them. One
-# augmented copy keeps training to about 12 minutes on 2 cores.
+# augmented copy keeps training time down (20 min measured on 2 cores beside a CI run).
 "$bin" train supervised --layout deeppcb --data "$data/deeppcb" --out "$out/deeppcb-boxes" \
   --name deeppcb-boxes --epochs 30 --learning-rate 3e-3 --augmented-copies 1 --input-size 512
 "$bin" train anomaly --layout magnetic-tile --data "$data/magnetic-tile" --out "$out/magnetic-tile-anomaly" \
