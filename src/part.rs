@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::models::boxes::DefectBox;
+
 /// The identity of one part, unique for the life of a station's data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -193,6 +195,10 @@ impl HeatMap {
     }
 }
 
+/// The most defect boxes an inspection keeps, the hottest: a part covered in blobs is one
+/// reject whatever their number, and a record stays small.
+pub const MAX_DEFECT_BOXES: usize = 16;
+
 /// The inspect stage's result for one part.
 #[derive(Debug, Clone)]
 pub struct Inspection {
@@ -215,6 +221,10 @@ pub struct Inspection {
     pub calibration: Option<Arc<str>>,
     /// The defect class the model names for a failed part (models that learn classes only).
     pub defect_class: Option<String>,
+    /// The defects the model outlined in `image` ([`crate::models::Detector::defect_boxes`]),
+    /// hottest first, at most [`MAX_DEFECT_BOXES`]: for a failed part, and for a passed one
+    /// whose defect class is tolerated; empty otherwise.
+    pub defect_boxes: Vec<DefectBox>,
     /// Why the verdict is [`Verdict::Error`].
     pub error: Option<String>,
     /// How unlike the live model's good training images the calibrated image is, when the
@@ -367,6 +377,7 @@ mod tests {
                 mm_per_pixel: None,
                 calibration: None,
                 defect_class: class.map(str::to_owned),
+                defect_boxes: Vec::new(),
                 error: None,
                 views: None,
                 novelty: None,

@@ -741,6 +741,7 @@ mod tests {
             error: None,
             defect_at: None,
             defect_size: None,
+            defect_boxes: Vec::new(),
             views: Vec::new(),
             calibration: None,
             novelty: None,
@@ -783,6 +784,7 @@ mod tests {
             error: None,
             defect_at: None,
             defect_size: None,
+            defect_boxes: Vec::new(),
             calibration: None,
         };
         records[2].views = vec![view("top", &dark), view("side", &bright)];

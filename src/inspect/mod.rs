@@ -26,7 +26,9 @@ use crate::learn::drift::InputNovelty;
 use crate::metrics::Metrics;
 use crate::models::Judgement;
 pub use crate::models::ModelError;
-use crate::part::{Frame, GrayImage, Inspection, PartId, StationClock, Verdict, ViewInspection};
+use crate::part::{
+    Frame, GrayImage, Inspection, MAX_DEFECT_BOXES, PartId, StationClock, Verdict, ViewInspection,
+};
 
 pub use self::views::{ViewFrames, ViewJoin};
 
@@ -203,6 +205,7 @@ impl<'a> Look<'a> {
             mm_per_pixel: self.undistorter.mm_per_output_pixel(),
             calibration: self.undistorter.id().cloned(),
             defect_class: None,
+            defect_boxes: Vec::new(),
             error,
             novelty: None,
             views: None,
@@ -217,11 +220,26 @@ impl<'a> Look<'a> {
             },
             (Ok(image), Some(Ok(judgement))) => {
                 let (verdict, defect_class) = taxonomy.verdict(live.threshold, &judgement);
+                // Outlined only where there is a defect to show (a reject, or a defect let
+                // through on purpose): most parts pass and skip it.
+                let defect_boxes = if verdict == Verdict::Fail || defect_class.is_some() {
+                    let mut boxes = live.detector.defect_boxes(
+                        &judgement.heat_map,
+                        image.width,
+                        image.height,
+                        live.threshold,
+                    );
+                    boxes.truncate(MAX_DEFECT_BOXES);
+                    boxes
+                } else {
+                    Vec::new()
+                };
                 Inspection {
                     score: Some(judgement.score),
                     image: Some(image),
                     heat_map: Some(judgement.heat_map.on_threshold_scale(live.threshold)),
                     defect_class,
+                    defect_boxes,
                     novelty: self.novelty,
                     ..base(verdict, None)
                 }

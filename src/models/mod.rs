@@ -13,6 +13,7 @@
 
 pub mod anomaly;
 pub mod backbone;
+pub mod boxes;
 pub mod card;
 pub mod defect_net;
 pub mod supervised;
@@ -24,6 +25,7 @@ use candle_core::Device;
 use crate::models::anomaly::AnomalyModel;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::backbone::WeightsSearch;
+use crate::models::boxes::{DefectBox, cell_boxes};
 use crate::models::card::{CardError, CardHead};
 use crate::models::defect_net::DefectModel;
 use crate::models::supervised::SupervisedModel;
@@ -82,6 +84,21 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
     ) -> Result<Judgement, ModelError> {
         let _ = tolerated;
         self.judge(image)
+    }
+
+    /// The defects in `heat_map` (this model's own, on its score's scale) outlined as boxes on
+    /// the `width`×`height` image it was judged from, hottest first: what the station records
+    /// for a failed part, and shows over its image. By default one box per blob of whole cells
+    /// at or past `threshold` ([`cell_boxes`]), each a cell that would, as the image's score,
+    /// reject the part.
+    fn defect_boxes(
+        &self,
+        heat_map: &HeatMap,
+        width: u32,
+        height: u32,
+        threshold: f32,
+    ) -> Vec<DefectBox> {
+        cell_boxes(heat_map, width, height, threshold)
     }
 
     /// [`Detector::judge_tolerating`] of several images at once, each with its own result in

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{DefectPlace, DefectSize, InspectionRecord, LabelRecord, ShadowVerdict};
+use crate::models::boxes::DefectBox;
 use crate::models::card::CardHead;
 use crate::part::{Disposition, Verdict};
 
@@ -63,6 +64,8 @@ pub struct Look {
     pub defect_class: Option<String>,
     pub defect_at: Option<DefectPlace>,
     pub defect_size: Option<DefectSize>,
+    /// The defects the model outlined, hottest first ([`InspectionRecord::defect_boxes`]).
+    pub defect_boxes: Vec<DefectBox>,
     /// Digests of the calibrated image and heat map (`/api/v1/images/{digest}`).
     pub image: Option<String>,
     pub heat_map: Option<String>,
@@ -108,6 +111,7 @@ impl Explanation {
                     defect_class: record.defect_class.clone(),
                     defect_at: record.defect_at,
                     defect_size: record.defect_size,
+                    defect_boxes: record.defect_boxes.clone(),
                     image: record.image.clone(),
                     heat_map: record.heat_map.clone(),
                     calibration: record.calibration.clone(),
@@ -128,6 +132,7 @@ impl Explanation {
                     defect_class: view.defect_class.clone(),
                     defect_at: view.defect_at,
                     defect_size: view.defect_size,
+                    defect_boxes: view.defect_boxes.clone(),
                     image: view.image.clone(),
                     heat_map: view.heat_map.clone(),
                     calibration: view.calibration.clone(),
@@ -225,6 +230,9 @@ fn summary(record: &InspectionRecord, deciding: Option<&Look>, labels: &[LabelRe
                     text += &format!(" ({w:.1}×{h:.1} mm)");
                 }
             }
+            if look.defect_boxes.len() > 1 {
+                text += &format!("; {} defects outlined", look.defect_boxes.len());
+            }
             text
         }
         (Some(Verdict::Error), Some(look)) => format!(
@@ -302,6 +310,16 @@ mod tests {
                 height_mm: Some(2.0),
                 area_mm2: Some(8.0),
             }),
+            defect_boxes: vec![
+                DefectBox {
+                    bbox: [8, 12, 24, 20],
+                    score: 0.9,
+                },
+                DefectBox {
+                    bbox: [40, 2, 48, 10],
+                    score: 0.7,
+                },
+            ],
             views: Vec::new(),
             calibration: Some("cam.yaml@0123456789ab".into()),
             novelty: None,
@@ -335,8 +353,10 @@ mod tests {
             explained.summary,
             "Rejected: scored 0.9000 at or above the threshold 0.6400 of net@abc (margin \
              +0.2600); defect class scratch; defect at (0.25, 0.50) of the image, 16×8 px \
-             (4.0×2.0 mm); image calibrated by cam.yaml@0123456789ab. Labelled pass by eng since."
+             (4.0×2.0 mm); 2 defects outlined; image calibrated by cam.yaml@0123456789ab. \
+             Labelled pass by eng since."
         );
+        assert_eq!(explained.looks[0].defect_boxes[0].bbox, [8, 12, 24, 20]);
         let look = &explained.looks[0];
         assert!((look.margin.expect("margin") - 0.26).abs() < 1e-6);
 
@@ -381,6 +401,7 @@ mod tests {
             error: (verdict == Verdict::Error).then(|| "no frame".into()),
             defect_at: None,
             defect_size: None,
+            defect_boxes: Vec::new(),
             calibration: None,
         };
         let mut seen_twice = record();

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::journal::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
 use super::{RecordError, Store};
 use crate::metrics::Metrics;
+use crate::models::boxes::DefectBox;
 use crate::part::{
     Actuation, Disposition, GrayImage, HeatMap, Inspection, PartOutcome, StationClock, Verdict,
 };
@@ -71,6 +72,12 @@ pub struct InspectionRecord {
     /// alone), and from records older than the field.
     #[serde(default)]
     pub defect_size: Option<DefectSize>,
+    /// The defects the model outlined in the calibrated image, hottest first (at most
+    /// [`crate::part::MAX_DEFECT_BOXES`]): for a failed part, and for a passed one whose defect
+    /// class is tolerated. Empty for other parts, when no cell reached the threshold (or the
+    /// supervised model's box cut), and in records older than the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defect_boxes: Vec<DefectBox>,
     /// A station with several cameras: each camera's look at the part, the station's own
     /// camera first; the fields above are those of the view that decided, the first whose
     /// verdict is the part's. Absent with one camera.
@@ -102,6 +109,9 @@ pub struct ViewRecord {
     pub error: Option<String>,
     pub defect_at: Option<DefectPlace>,
     pub defect_size: Option<DefectSize>,
+    /// The defects the model outlined in this camera's image ([`InspectionRecord::defect_boxes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defect_boxes: Vec<DefectBox>,
     /// This camera's calibration file, by name and content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<String>,
@@ -625,6 +635,7 @@ pub fn build_record(
                         error: look.error.clone(),
                         defect_at,
                         defect_size,
+                        defect_boxes: look.defect_boxes.clone(),
                         calibration: look.calibration.as_deref().map(str::to_owned),
                     }
                 })
@@ -656,6 +667,9 @@ pub fn build_record(
         error: inspection.and_then(|i| i.error.clone()),
         defect_at,
         defect_size,
+        defect_boxes: inspection
+            .map(|i| i.defect_boxes.clone())
+            .unwrap_or_default(),
         views,
         calibration: inspection
             .and_then(|i| i.calibration.as_deref())

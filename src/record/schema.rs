@@ -162,6 +162,7 @@ fn migrate_1_to_2(db: &sled::Db, trees: &Trees) -> Result<(), RecordError> {
             error: r.error,
             defect_at: None,
             defect_size: None,
+            defect_boxes: Vec::new(),
             views: Vec::new(),
             calibration: None,
             novelty: None,

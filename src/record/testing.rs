@@ -36,6 +36,7 @@ pub fn judged_inspection(part_id: u64, at: DateTime<Utc>, class: Option<&str>) -
         heat_map: None,
         defect_at: None,
         defect_size: None,
+        defect_boxes: Vec::new(),
         views: Vec::new(),
         calibration: None,
         error: None,

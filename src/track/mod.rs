@@ -398,6 +398,7 @@ mod tests {
     fn inspection(part: u64, verdict: Verdict) -> Inspection {
         Inspection {
             defect_class: None,
+            defect_boxes: Vec::new(),
             part_id: PartId(part),
             inspected_at: ms(0),
             verdict,

@@ -324,6 +324,7 @@ pub fn run(scenario: &Scenario) -> Result<TwinOutcome, LineError> {
                 mm_per_pixel: None,
                 calibration: None,
                 defect_class: None,
+                defect_boxes: Vec::new(),
                 error: None,
                 views: None,
                 novelty: None,

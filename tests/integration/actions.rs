@@ -377,6 +377,7 @@ fn inspection(part_id: u64, failed: bool) -> RecordBody {
         heat_map: None,
         defect_at: None,
         defect_size: None,
+        defect_boxes: Vec::new(),
         views: Vec::new(),
         calibration: None,
         novelty: None,

@@ -127,6 +127,32 @@ async fn two_hundred_parts_reach_gate_and_record() {
             (Verdict::Pass | Verdict::Error, None) => {}
             (verdict, size) => panic!("part {}: {verdict:?} with {size:?}", record.part_id),
         }
+        // A failed part's record outlines its defects, hottest first: the hottest box is the
+        // peak's region, the one `defect_size` measures (to the pixel each side: the box is in
+        // whole pixels), scored at or past the threshold. Passed parts carry none.
+        match (verdict, record.defect_size, record.defect_boxes.first()) {
+            (Verdict::Fail, Some(size), Some(hottest)) => {
+                let [x0, y0, x1, y1] = hottest.bbox;
+                let (w, h) = ((x1 - x0) as f32, (y1 - y0) as f32);
+                assert!(
+                    (w - size.width_px).abs() <= 2.0 && (h - size.height_px).abs() <= 2.0,
+                    "part {}: {hottest:?} against {size:?}",
+                    record.part_id
+                );
+                let threshold = record.threshold.expect("a threshold");
+                assert!(hottest.score >= threshold, "{hottest:?}");
+                assert!(
+                    (record.defect_boxes.windows(2)).all(|b| b[0].score >= b[1].score),
+                    "{:?}",
+                    record.defect_boxes
+                );
+            }
+            (Verdict::Pass | Verdict::Error, _, None) => {}
+            (verdict, _, _) => panic!(
+                "part {}: {verdict:?} with boxes {:?}",
+                record.part_id, record.defect_boxes
+            ),
+        }
         if verdict == Verdict::Pass {
             assert!(
                 part_pulses.is_empty(),

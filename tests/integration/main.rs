@@ -249,6 +249,55 @@ pub struct StoredHeatMap {
     pub defect_class: Option<String>,
     /// The PNG's grey levels: 128 and above is at or past the threshold.
     pub levels: Vec<u8>,
+    /// The defects the inspection outlined (what the record keeps).
+    pub boxes: Vec<linesight::models::boxes::DefectBox>,
+    /// The box around the sample's mask (maxima exclusive), when it has one with a defect.
+    pub truth: Option<[u32; 4]>,
+    /// The image's width and height.
+    pub size: (u32, u32),
+}
+
+impl StoredHeatMap {
+    /// Whether one of the inspection's boxes marks the true defect: it covers at least half
+    /// of the mask's box, and is no larger than a quarter of the image (a box over everything
+    /// marks nothing). Not a matter of overlap alone: a heat map's cells are coarse (32 pixels
+    /// of a 256-pixel image for the anomaly model), so a box around a 10-pixel spot is a cell
+    /// or two.
+    pub fn boxes_mark_the_defect(&self) -> bool {
+        let Some(truth) = self.truth else {
+            return false;
+        };
+        let area = |b: &[u32; 4]| f64::from(b[2] - b[0]) * f64::from(b[3] - b[1]);
+        let image = f64::from(self.size.0) * f64::from(self.size.1);
+        self.boxes.iter().any(|b| {
+            let inside = [
+                b.bbox[0].max(truth[0]),
+                b.bbox[1].max(truth[1]),
+                b.bbox[2].min(truth[2]),
+                b.bbox[3].min(truth[3]),
+            ];
+            let covered = if inside[0] < inside[2] && inside[1] < inside[3] {
+                area(&inside)
+            } else {
+                0.0
+            };
+            covered >= 0.5 * area(&truth) && area(&b.bbox) <= 0.25 * image
+        })
+    }
+}
+
+/// The box around a mask image's nonzero pixels, maxima exclusive; `None` for an empty or
+/// unreadable mask.
+pub fn mask_bbox(path: &Path) -> Option<[u32; 4]> {
+    let mask = image::open(path).ok()?.to_luma8();
+    let mut bbox: Option<[u32; 4]> = None;
+    for (x, y, pixel) in mask.enumerate_pixels() {
+        if pixel.0[0] > 0 {
+            let b = bbox.get_or_insert([x, y, x + 1, y + 1]);
+            *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
+        }
+    }
+    bbox
 }
 
 impl StoredHeatMap {
@@ -463,6 +512,9 @@ pub fn stored_inspections(
             verdict: inspection.verdict,
             defect_class: inspection.defect_class,
             levels,
+            boxes: inspection.defect_boxes,
+            truth: sample.mask.as_deref().and_then(mask_bbox),
+            size: (width, height),
         });
     }
     stored
@@ -490,11 +542,34 @@ pub fn assert_heat_maps_show_the_threshold(stored: &[StoredHeatMap]) {
         .iter()
         .filter(|p| p.defective && p.verdict == Verdict::Fail);
     assert!(calm.clone().count() >= 3 && flagged.clone().count() >= 3);
-    for part in calm {
+    for part in calm.clone() {
         assert!(part.share_past_threshold() < 0.02, "{}", summary(part));
     }
-    for part in flagged {
+    for part in flagged.clone() {
         let share = part.share_past_threshold();
         assert!(share > 0.0 && share < 0.5, "{}", summary(part));
     }
+    // The record outlines a rejected part's defect, where it is: most rejected parts with a
+    // mask have a box over it. A passed part with no defect class has none.
+    for part in calm {
+        if part.defect_class.is_none() {
+            assert!(part.boxes.is_empty(), "{}: {:?}", summary(part), part.boxes);
+        }
+    }
+    let masked: Vec<&StoredHeatMap> = flagged.filter(|p| p.truth.is_some()).collect();
+    assert!(
+        masked.len() >= 3,
+        "{} rejected parts with a mask",
+        masked.len()
+    );
+    let boxed = masked.iter().filter(|p| p.boxes_mark_the_defect()).count();
+    let seen: Vec<String> = masked
+        .iter()
+        .map(|p| format!("truth {:?} boxes {:?}", p.truth, p.boxes))
+        .collect();
+    assert!(
+        4 * boxed >= 3 * masked.len(),
+        "{boxed} of {} rejected parts with a mask have a box over it: {seen:#?}",
+        masked.len()
+    );
 }

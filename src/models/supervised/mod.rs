@@ -31,15 +31,14 @@
 //! first fit never sees; the head is then fitted again with the validation images added, and
 //! that final head, with the threshold, is what the held-out part measures.
 
-mod boxes;
 mod train;
 
-pub use self::boxes::{BOX_CUT, BoxShape, DefectBox, boxes_from_heat_map};
 pub use self::train::{
     CrossValidation, DEFAULT_AUGMENTED_COPIES, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS,
     DEFAULT_FEATURE_DROPOUT, DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, FoldResult,
     SupervisedSettings, cross_validate, evaluate, held_out_part, train,
 };
+pub use crate::models::boxes::{BOX_CUT, BoxShape, DefectBox, boxes_from_heat_map};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -538,13 +537,6 @@ impl SupervisedModel {
             predict_from_maps(&self.inference, &self.features.maps(image)?, tolerated)
         })
     }
-
-    /// The defects of a prediction's `heat_map` as boxes on its `width`×`height` image, drawn
-    /// as the card's `box_shape` says, hottest first. Asked for, not part of every prediction:
-    /// the station's per-part path has no use for them.
-    pub fn boxes(&self, heat_map: &HeatMap, width: u32, height: u32) -> Vec<DefectBox> {
-        boxes_from_heat_map(heat_map, width, height, self.card.family.box_shape)
-    }
 }
 
 /// The prediction from raw backbone maps `[1, FEATURE_DIM, grid, grid]`.
@@ -649,6 +641,19 @@ impl Detector for SupervisedModel {
 
     fn judge(&self, image: &GrayImage) -> Result<crate::models::Judgement, ModelError> {
         self.judge_tolerating(image, &[])
+    }
+
+    /// Drawn as the card's `box_shape` says (chosen in training where images had boxes), at
+    /// whatever threshold the station judges by: the cut is about where a defect's edge lies,
+    /// not about whether the part passes.
+    fn defect_boxes(
+        &self,
+        heat_map: &HeatMap,
+        width: u32,
+        height: u32,
+        _threshold: f32,
+    ) -> Vec<DefectBox> {
+        boxes_from_heat_map(heat_map, width, height, self.card.family.box_shape)
     }
 
     fn judge_tolerating(

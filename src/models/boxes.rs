@@ -1,19 +1,24 @@
-//! Defects as boxes: the hot blobs of the supervised model's heat map, outlined on the image.
+//! Defects as boxes: the hot blobs of a model's heat map, outlined on the image.
 //!
-//! Trained on boxes (DeepPCB, NEU-DET) or masks, the model marks each defect as a blob of
-//! patches whose defect probability passes a cut (by default one half, [`BOX_CUT`]: the patch
-//! is likelier defect than good). Each 8-connected blob becomes one box around it, in the
-//! image's own pixels, scored by its hottest patch: the detections that box metrics read
+//! Every model marks a defect as a blob of heat-map cells past a cut, and each 8-connected blob
+//! becomes one box around it, in the image's own pixels, scored by its hottest cell: what a
+//! failed part's record keeps and the live page draws, and the detections that box metrics read
 //! ([`crate::learn::eval::BoxTruth`]). Boxes outline every defect class the model knows,
 //! tolerated ones too: tolerating a class changes the verdict, not what the model sees.
 //!
-//! The patch grid is coarse (one cell per 8 input pixels: 20 pixels of a 640-pixel board at
-//! input 256), so the map is first upsampled bilinearly [`UPSAMPLE`] times. A blob's edge then
-//! falls where the probability crosses the cut between cell centres, not on a cell border,
-//! which matters for a 35-pixel defect judged by its overlap with the true box. The factor is
-//! odd so that one upsampled point lies on each patch's centre and carries its value: a lone
-//! patch past the cut is a blob (with an even factor no point does, and a lone patch at 0.6
-//! would vanish under a cut of 0.5).
+//! Two ways to draw them:
+//! * [`cell_boxes`], the station's default ([`crate::models::Detector::defect_boxes`]): whole
+//!   cells at or past the threshold, each a cell that would reject the part as the image's
+//!   score. The peak's box is the region a record's `defect_size` measures.
+//! * [`boxes_from_heat_map`], the supervised family's: a defect probability its training chose
+//!   where images were labelled with boxes (by default one half, [`BOX_CUT`]: the patch is
+//!   likelier defect than good), and a scale. Its grid is coarse (one cell per 8 input pixels:
+//!   20 pixels of a 640-pixel board at input 256), so the map is first upsampled bilinearly
+//!   [`UPSAMPLE`] times. A blob's edge then falls where the probability crosses the cut between
+//!   cell centres, not on a cell border, which matters for a 35-pixel defect judged by its
+//!   overlap with the true box. The factor is odd so that one upsampled point lies on each
+//!   cell's centre and carries its value: a lone cell past the cut is a blob (with an even
+//!   factor no point does, and a lone cell at 0.6 would vanish under a cut of 0.5).
 
 use serde::{Deserialize, Serialize};
 
@@ -21,16 +26,16 @@ use crate::learn::eval::label_regions;
 use crate::models::backbone::features::bilinear;
 use crate::part::HeatMap;
 
-/// A patch is part of a defect's blob from this defect probability on, unless training chose
-/// another cut ([`BoxShape`]).
+/// A supervised model's patch is part of a defect's blob from this defect probability on,
+/// unless training chose another cut ([`BoxShape`]).
 pub const BOX_CUT: f32 = 0.5;
 
-/// How the model's boxes are drawn from its heat map. Training chooses it on the validation
-/// images where they are labelled with boxes; models trained otherwise keep the default (cut
-/// [`BOX_CUT`], scale 1).
+/// How a model's boxes are drawn from its heat map. A supervised model's training chooses it
+/// on the validation images where they are labelled with boxes; models trained otherwise keep
+/// the default (cut [`BOX_CUT`], scale 1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BoxShape {
-    /// A patch is part of a defect's blob from this defect probability on.
+    /// A cell is part of a defect's blob from this value on (the model's score scale).
     pub cut: f32,
     /// Each blob's box is scaled about its centre by this factor: the patch grid and the
     /// labels' coverage rule make blobs larger or smaller than the boxes a product's labellers
@@ -62,30 +67,57 @@ pub const UPSAMPLE: usize = 3;
 pub struct DefectBox {
     /// `[x_min, y_min, x_max, y_max]` in the image's pixels, the maxima exclusive.
     pub bbox: [u32; 4],
-    /// The highest defect probability among the patches the blob covers.
+    /// The highest heat-map value among the cells the blob covers, on the model's score scale
+    /// (a defect probability for the trained families).
     pub score: f32,
 }
 
-/// The boxes of the blobs of `heat_map` (defect probabilities, one per patch) at or above
-/// `shape.cut`, scaled by `shape.scale`, on a `width`×`height` image, hottest first.
+/// The boxes of the blobs of `heat_map` (one value per cell, on the model's scale) at or above
+/// `shape.cut`, scaled by `shape.scale`, on a `width`×`height` image, hottest first; the map
+/// upsampled [`UPSAMPLE`] times first, so that edges fall between cell centres.
 pub fn boxes_from_heat_map(
     heat_map: &HeatMap,
     width: u32,
     height: u32,
     shape: BoxShape,
 ) -> Vec<DefectBox> {
+    blob_boxes(heat_map, width, height, shape, UPSAMPLE)
+}
+
+/// The boxes of the 8-connected blobs of whole cells of `heat_map` at or above `cut`, each
+/// the cells' extent on a `width`×`height` image, hottest first: the threshold's own regions,
+/// with no upsampling. A diagonal run of hot cells (a thin scratch at an angle) stays one blob,
+/// where upsampling would blend the cold cells beside it into the gaps and break it up unless
+/// the cut is low against the blob's values; and the peak's blob is exactly the region a
+/// record's `defect_size` measures.
+pub fn cell_boxes(heat_map: &HeatMap, width: u32, height: u32, cut: f32) -> Vec<DefectBox> {
+    let shape = BoxShape { cut, scale: 1.0 };
+    blob_boxes(heat_map, width, height, shape, 1)
+}
+
+fn blob_boxes(
+    heat_map: &HeatMap,
+    width: u32,
+    height: u32,
+    shape: BoxShape,
+    upsample: usize,
+) -> Vec<DefectBox> {
     let cut = shape.cut;
     let (w, h) = (heat_map.width as usize, heat_map.height as usize);
     if w == 0 || h == 0 || heat_map.values.len() != w * h || width == 0 || height == 0 {
         return Vec::new();
     }
-    // No patch past the cut, no blob (upsampled values lie between their patches'): skip the
+    // No cell past the cut, no blob (upsampled values lie between their cells'): skip the
     // upsampling (most good parts).
     if !heat_map.values.iter().any(|v| *v >= cut) {
         return Vec::new();
     }
-    let (fw, fh) = (w * UPSAMPLE, h * UPSAMPLE);
-    let fine = bilinear(|x, y| heat_map.values[y * w + x], w, h, fw, fh);
+    let (fw, fh) = (w * upsample, h * upsample);
+    let fine = if upsample == 1 {
+        heat_map.values.clone()
+    } else {
+        bilinear(|x, y| heat_map.values[y * w + x], w, h, fw, fh)
+    };
     let hot: Vec<bool> = fine.iter().map(|v| *v >= cut).collect();
     let (labels, next) = label_regions(&hot, fw, fh, 1);
     let n = (next - 1) as usize;
@@ -103,8 +135,8 @@ pub fn boxes_from_heat_map(
         e[1] = e[1].min(y);
         e[2] = e[2].max(x + 1);
         e[3] = e[3].max(y + 1);
-        // The patch the point lies in: the score is the model's own probability, not a blend.
-        peak[b] = peak[b].max(heat_map.values[(y / UPSAMPLE) * w + x / UPSAMPLE]);
+        // The cell the point lies in: the score is the model's own value, not a blend.
+        peak[b] = peak[b].max(heat_map.values[(y / upsample) * w + x / upsample]);
     }
     // Fine cell edges to image pixels: floor the minima, ceil the maxima.
     let to_image = |cell: usize, cells: usize, pixels: u32| -> (u32, u32) {
@@ -238,6 +270,45 @@ mod tests {
             boxes_from_heat_map(&map(32, 32, &[(1, 1, 0.9)]), 0, 640, BoxShape::default())
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn whole_cell_boxes_keep_a_diagonal_scratch_whole_and_match_the_records_defect_size() {
+        // A scratch of hot cells on a diagonal of a 16×16 map over a 64×64 image (4 pixels a
+        // cell), against a threshold of 0.9 near its values: one blob of whole cells.
+        let mut heat = map(16, 16, &[]);
+        for i in 3..9 {
+            heat.values[i * 16 + i] = 0.95;
+        }
+        heat.values[12 * 16 + 2] = 0.91; // a lone cell apart, cooler
+        let boxes = cell_boxes(&heat, 64, 64, 0.9);
+        assert_eq!(boxes.len(), 2, "{boxes:?}");
+        assert_eq!(boxes[0].bbox, [12, 12, 36, 36]);
+        assert!((boxes[0].score - 0.95).abs() < 1e-6);
+        assert_eq!(boxes[1].bbox, [8, 48, 12, 52]);
+        // Upsampled, the blends between the diagonal's cells fall below the cut and the
+        // scratch breaks up into its cells.
+        let upsampled = boxes_from_heat_map(
+            &heat,
+            64,
+            64,
+            BoxShape {
+                cut: 0.9,
+                scale: 1.0,
+            },
+        );
+        assert_eq!(upsampled.len(), 7, "{upsampled:?}");
+        // The peak's box is the region the record's size measures (on the threshold's scale,
+        // where 0.9 is 0.5).
+        let size =
+            crate::record::DefectSize::of(&heat.clone().on_threshold_scale(0.9), (64, 64), None)
+                .expect("a region");
+        let [x0, y0, x1, y1] = boxes[0].bbox;
+        assert_eq!(
+            ((x1 - x0) as f32, (y1 - y0) as f32),
+            (size.width_px, size.height_px)
+        );
+        assert!(cell_boxes(&heat, 64, 64, 0.99).is_empty());
     }
 
     #[test]
