@@ -122,6 +122,53 @@ await finish(async () => {
     }, null, { timeout: 10_000 });
   });
 
+  // A failed part's defects are outlined over its image where its record has them, in the
+  // image's own pixels; a passed part shows none.
+  await check("a failed part's defects are outlined over its image as its record has them", async () => {
+    const deadline = Date.now() + 60_000;
+    let passedSeen = false;
+    for (;;) {
+      const shown = await page.evaluate(() => {
+        const svg = document.getElementById('latest-boxes');
+        const img = document.getElementById('latest-image');
+        return {
+          verdict: document.getElementById('latest-verdict')?.dataset.verdict,
+          heading: document.getElementById('latest-part')?.textContent ?? '',
+          part: svg?.dataset.part,
+          hidden: svg?.hasAttribute('hidden'),
+          viewBox: svg?.getAttribute('viewBox'),
+          natural: img ? [img.naturalWidth, img.naturalHeight] : null,
+          rects: [...(svg?.querySelectorAll('rect') ?? [])]
+            .map((r) => ['x', 'y', 'width', 'height'].map((a) => Number(r.getAttribute(a)))),
+          titles: [...(svg?.querySelectorAll('rect title') ?? [])].map((t) => t.textContent),
+          svgBox: svg?.getBoundingClientRect().toJSON(),
+          imgBox: img?.getBoundingClientRect().toJSON(),
+        };
+      });
+      const current = shown.part && shown.heading.startsWith(`Part ${shown.part} `);
+      if (current && shown.verdict === 'pass') {
+        expect(shown.rects.length === 0 && shown.hidden, `passed part ${shown.part} shows boxes ${JSON.stringify(shown.rects)}`);
+        passedSeen = true;
+      }
+      if (current && shown.verdict === 'fail' && shown.rects.length > 0 && passedSeen) {
+        const record = await (await api(`/api/v1/inspections/${shown.part}`)).json();
+        const want = (record.defect_boxes ?? []).map(({ bbox: [x0, y0, x1, y1] }) => [x0, y0, x1 - x0, y1 - y0]);
+        expect(JSON.stringify(shown.rects) === JSON.stringify(want),
+          `part ${shown.part} shows ${JSON.stringify(shown.rects)}, its record has ${JSON.stringify(want)}`);
+        expect(shown.viewBox === `0 0 ${shown.natural[0]} ${shown.natural[1]}`,
+          `the boxes' viewBox ${shown.viewBox} is not the image's ${shown.natural}`);
+        const [a, b] = [shown.svgBox, shown.imgBox];
+        expect(['x', 'y', 'width', 'height'].every((k) => Math.abs(a[k] - b[k]) < 1),
+          `the boxes lie at ${JSON.stringify(a)}, the image at ${JSON.stringify(b)}`);
+        expect(shown.titles.every((t) => /^defect \d+: \d+ × \d+ px, score -?\d+\.\d{3}$/.test(t)),
+          `the boxes' titles read ${JSON.stringify(shown.titles)}`);
+        break;
+      }
+      expect(Date.now() < deadline, `no passed then failed part with outlined defects shown within 60 s (last: ${JSON.stringify(shown)})`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  });
+
   await check('captured counter is an integer >= 5', async () => {
     const text = ((await page.textContent('#count-captured')) ?? '').trim();
     expect(/^\d+$/.test(text), `#count-captured reads "${text}"`);

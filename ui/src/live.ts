@@ -19,6 +19,12 @@ interface DefectSize {
   area_mm2: number | null;
 }
 
+/** A defect the model outlined (`DefectBox`): `[x_min, y_min, x_max, y_max]` in the calibrated image's pixels. */
+interface DefectBox {
+  bbox: [number, number, number, number];
+  score: number;
+}
+
 /** One camera's look at a part (an `InspectionRecord`'s `views`). */
 interface InspectionView {
   camera: string;
@@ -29,6 +35,8 @@ interface InspectionView {
   heat_map: string | null;
   error: string | null;
   defect_size: DefectSize | null;
+  /** Absent when the model outlined nothing. */
+  defect_boxes?: DefectBox[];
 }
 
 /** One part's quality record (`InspectionRecord`): the list's items and the stream's `inspection` events. */
@@ -53,6 +61,8 @@ interface InspectionRecord {
   error: string | null;
   /** Absent from records older than the field. */
   defect_size?: DefectSize | null;
+  /** Absent when the model outlined nothing. */
+  defect_boxes?: DefectBox[];
   /** Absent with one camera. */
   views?: InspectionView[];
 }
@@ -331,6 +341,10 @@ function showViews(views: InspectionView[]) {
       img.addEventListener('error', () => { img.hidden = true; });
       frame.append(img);
     }
+    const boxes = boxLayer();
+    frame.append(boxes);
+    const image = frame.querySelector<HTMLImageElement>('img.image');
+    if (image) showBoxes(boxes, image, null, view.defect_boxes ?? [], classColour(view.defect_class));
     const caption = document.createElement('figcaption');
     caption.dataset.verdict = verdictKey(view.verdict);
     caption.textContent = `${view.camera} ${verdictLabel(view.verdict)}`;
@@ -338,6 +352,56 @@ function showViews(views: InspectionView[]) {
     figure.append(frame, caption);
     return figure;
   }));
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+// Outlines where the class has no colour of its own: amber reads over the red heat map.
+const BOX_COLOUR = '#facc15';
+
+// The defects the model outlined, drawn over its image: an SVG in the image's own pixels
+// (the image's natural size, known once it has loaded), stretched over the frame with it.
+// `part` marks which part's boxes are up, since an image may load after a newer part came.
+function showBoxes(svg: SVGSVGElement, img: HTMLImageElement, part: number | null, boxes: DefectBox[], colour: string) {
+  const digest = img.dataset.digest ?? '';
+  const draw = () => {
+    if ((img.dataset.digest ?? '') !== digest) return; // the image moved on to another part
+    const [width, height] = [img.naturalWidth, img.naturalHeight];
+    const shown = !img.hidden && width > 0 && height > 0 ? boxes : [];
+    svg.setAttribute('viewBox', `0 0 ${Math.max(width, 1)} ${Math.max(height, 1)}`);
+    svg.replaceChildren(...shown.map((box, i) => {
+      const [x0, y0, x1, y1] = box.bbox;
+      const rect = document.createElementNS(SVG, 'rect');
+      rect.setAttribute('x', String(x0));
+      rect.setAttribute('y', String(y0));
+      rect.setAttribute('width', String(x1 - x0));
+      rect.setAttribute('height', String(y1 - y0));
+      rect.setAttribute('stroke', colour);
+      const title = document.createElementNS(SVG, 'title');
+      title.textContent = `defect ${i + 1}: ${x1 - x0} × ${y1 - y0} px, score ${score(box.score)}`;
+      rect.append(title);
+      return rect;
+    }));
+    svg.dataset.part = part === null ? '' : String(part);
+    svg.toggleAttribute('hidden', shown.length === 0);
+  };
+  if (!digest || img.complete) draw();
+  else {
+    img.addEventListener('load', draw, { once: true });
+    img.addEventListener('error', draw, { once: true });
+  }
+}
+
+function boxLayer(): SVGSVGElement {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.classList.add('boxes');
+  svg.setAttribute('preserveAspectRatio', 'none');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.toggleAttribute('hidden', true);
+  return svg;
+}
+
+function classColour(cls: string | null | undefined) {
+  return (cls ? defectClasses.get(cls)?.colour : null) ?? BOX_COLOUR;
 }
 
 function preload(digest: string | null) {
@@ -361,6 +425,10 @@ function setImage(img: HTMLImageElement, digest: string | null | undefined) {
   }
 }
 
+const latestBoxes = boxLayer();
+latestBoxes.id = 'latest-boxes';
+byId('latest-heatmap').after(latestBoxes);
+
 let latestWanted: InspectionRecord | null | undefined;
 async function showLatest(record: InspectionRecord | null) {
   latestWanted = record;
@@ -368,6 +436,8 @@ async function showLatest(record: InspectionRecord | null) {
   if (latestWanted !== record) return; // a newer part overtook this one while its images loaded
   setImage(byId('latest-image', HTMLImageElement), record?.image);
   setImage(byId('latest-heatmap', HTMLImageElement), record?.image && record.heat_map);
+  showBoxes(latestBoxes, byId('latest-image', HTMLImageElement), record?.part_id ?? null,
+    record?.defect_boxes ?? [], classColour(record?.defect_class));
   byId('no-image').hidden = Boolean(record?.image);
   setText('latest-part', record ? `Part ${record.part_id} · ${clock(record.captured_at)}` : 'waiting for parts');
   setText('latest-verdict', record ? verdictLabel(record.verdict) : '—');
