@@ -124,6 +124,8 @@ pub struct QueueItem {
     pub defect_class: Option<String>,
     pub image: Option<String>,
     pub heat_map: Option<String>,
+    /// The defects the model outlined in `image`, hottest first: where a labeller may start.
+    pub defect_boxes: Vec<crate::models::boxes::DefectBox>,
     /// Strongest first.
     pub reasons: Vec<Reason>,
     /// The latest open flag's note.
@@ -244,6 +246,7 @@ fn build_queue(
             defect_class: part.defect_class,
             image: part.image,
             heat_map: part.heat_map,
+            defect_boxes: part.defect_boxes,
             reasons,
             flag_note: flag.flatten(),
             labelled,

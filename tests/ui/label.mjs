@@ -1,7 +1,7 @@
 // Drives the labelling page in headless Chromium against a running station on the simulated
 // line: the queue as the API orders it, a polygon and a brush stroke saved as a part's label,
-// undo and redo, the label back after a reload, COCO out and back in unchanged, an operator kept
-// out, and the canvas's frame time.
+// undo and redo, the label back after a reload, COCO out and back in unchanged, a label started
+// from the model's boxes, an operator kept out, and the canvas's frame time.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/label.mjs http://127.0.0.1:PORT OUTDIR
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -208,6 +208,34 @@ await finish(async () => {
     expect(written === '0' && unchanged === dataset.images.length, `the import says ${JSON.stringify(status)}`);
     const after = (await (await api(`/api/v1/inspections/${partId}/labels`)).json()).length;
     expect(after === before, `the part had ${before} labels and has ${after} after the import`);
+  });
+
+  await check("a rejected part's label starts from the model's boxes: one rectangle of the class each, saved", async () => {
+    // A rejected part the model outlined defects on, with its image and no label yet.
+    const record = await until('a recorded part with defect boxes', async () => {
+      const { items } = await json('/api/v1/inspections?limit=200');
+      for (const r of items.filter((i) => i.image && (i.defect_boxes ?? []).length > 0 && i.part_id !== partId)) {
+        if (!(await latestLabel(r.part_id))) return r;
+      }
+      return null;
+    }, 90_000);
+    await page.goto(`${baseUrl}/label?part=${record.part_id}`);
+    await page.waitForFunction((id) => window.labelPage.partId === id, record.part_id, { timeout: 15_000 });
+    expect(!(await page.isDisabled('#from-boxes')), "the model's boxes cannot be started from");
+    await page.fill('#class', 'dent');
+    await page.press('#class', 'Enter');
+    const savesBefore = await page.evaluate(() => window.labelPage.saveCount);
+    await page.click('#from-boxes');
+    const want = record.defect_boxes.map(({ bbox: [x0, y0, x1, y1] }) => ({ class: 'dent', shape: { kind: 'box', x: x0, y: y0, width: x1 - x0, height: y1 - y0 } }));
+    await page.waitForFunction((before) => window.labelPage.saveState === 'saved' && window.labelPage.saveCount > before,
+      savesBefore, { timeout: 15_000, polling: 200 });
+    const label = await latestLabel(record.part_id);
+    expect(label?.verdict === 'fail' && label.defect_class === 'dent' && sameRegions(label.regions, want),
+      `part ${record.part_id}'s label is ${JSON.stringify(label)?.slice(0, 400)}, its boxes ${JSON.stringify(record.defect_boxes)}`);
+    // Once drawn, the boxes are not added twice.
+    await page.click('#from-boxes');
+    const hint = await page.textContent('#hint');
+    expect(/already drawn/.test(hint ?? '') && sameRegions(await regionsOnPage(), want), `a second click: ${JSON.stringify(hint)}, ${describe(await regionsOnPage())}`);
   });
 
   await check('an operator is refused the labelling page (403) and told the role may not label', async () => {

@@ -25,6 +25,9 @@ interface Region<S extends Shape = Shape> { class: string; shape: S }
 /** A region the editor holds as a shape (masks it holds as pixels, in `masks`). */
 type DrawnRegion = Region<BoxShape | PolygonShape>;
 
+/** A defect the model outlined (`DefectBox`): `[x_min, y_min, x_max, y_max]` in the image's pixels, maxima exclusive. */
+interface DefectBox { bbox: [number, number, number, number]; score: number }
+
 /** One part of `GET /api/v1/labelling/queue`, or one made from an inspection record. */
 interface QueueItem {
   part_id: number;
@@ -37,6 +40,8 @@ interface QueueItem {
   defect_class: string | null;
   image: string | null;
   heat_map: string | null;
+  /** The defects the model outlined in `image`. */
+  defect_boxes: DefectBox[];
   /** Why it is queued, strongest first: `flagged`, `shadow_disagrees`, ... */
   reasons: string[];
   flag_note: string | null;
@@ -64,6 +69,8 @@ interface InspectionFields {
   defect_class?: string | null;
   image?: string | null;
   heat_map?: string | null;
+  /** Absent when the model outlined nothing. */
+  defect_boxes?: DefectBox[];
 }
 /** `GET /api/v1/inspections/{part_id}`: flat, or with the inspection under `body`. */
 type InspectionAnswer = InspectionFields & { body?: InspectionFields };
@@ -384,7 +391,8 @@ function itemFromRecord(record: InspectionAnswer): QueueItem {
   const r = record.body ?? record;
   return { part_id: r.part_id, captured_at: r.captured_at, work_order: r.work_order ?? null, product: r.product ?? null,
     verdict: r.verdict ?? null, score: r.score ?? null, threshold: r.threshold ?? null, defect_class: r.defect_class ?? null,
-    image: r.image ?? null, heat_map: r.heat_map ?? null, reasons: [], flag_note: null, labelled: false };
+    image: r.image ?? null, heat_map: r.heat_map ?? null, defect_boxes: r.defect_boxes ?? [], reasons: [], flag_note: null,
+    labelled: false };
 }
 
 async function openPartById(partId: number) {
@@ -578,6 +586,7 @@ function syncControls() {
   byId('redo', HTMLButtonElement).disabled = !redoStack.length;
   byId('delete', HTMLButtonElement).disabled = !selected;
   byId('heat', HTMLInputElement).disabled = byId('from-heat', HTMLButtonElement).disabled = !part?.heat;
+  byId('from-boxes', HTMLButtonElement).disabled = modelBoxes().length === 0;
   byId('brush-size', HTMLInputElement).value = byId('brush-size-value').textContent = String(brushSize);
 }
 
@@ -974,6 +983,33 @@ function startFromHeat() {
   hint(`The ${cls} mask starts from the heat map: brush (R) and erase (E) to correct it.`);
 }
 
+// The boxes the model outlined, where they belong to the open image (the record's own, not a
+// view's a saved label was drawn on), kept on it.
+function modelBoxes(): BoxShape[] {
+  if (!part?.image || part.digest !== part.item.image) return [];
+  const [width, height] = [part.width, part.height];
+  return (part.item.defect_boxes ?? []).flatMap(({ bbox: [x0, y0, x1, y1] }) => {
+    const [x, y] = [Math.max(0, x0), Math.max(0, y0)];
+    const [w, h] = [Math.min(width, x1) - x, Math.min(height, y1) - y];
+    return w > 0 && h > 0 ? [fitBox(x, y, w, h)] : [];
+  });
+}
+
+// One rectangle of the current class per box the model outlined: a start to correct (move,
+// delete, or draw what it missed).
+function startFromBoxes() {
+  const boxes = modelBoxes();
+  if (!boxes.length) return hint('The model outlined no defect on this image.');
+  const cls = requireClass();
+  if (!cls) return;
+  const drawn = new Set(state.shapes.map((r) => JSON.stringify([r.class, r.shape])));
+  const added = boxes.map((shape) => ({ class: cls, shape })).filter((r) => !drawn.has(JSON.stringify([r.class, r.shape])));
+  if (!added.length) return hint("The model's boxes are already drawn.");
+  addClass(cls);
+  edit(() => Object.assign(state, { shapes: [...state.shapes, ...added], verdict: 'fail' }));
+  hint(`${added.length} ${cls} rectangle${added.length === 1 ? '' : 's'} from the model's boxes: move (V) or delete what is wrong, draw (B) what it missed.`);
+}
+
 /* ---------- pointer tools ---------- */
 
 function pointer(event: MouseEvent): Pointer {
@@ -1274,6 +1310,7 @@ byId('fit', HTMLButtonElement).addEventListener('click', fit);
 byId('brush-size', HTMLInputElement).addEventListener('input', () => setBrush(Number(byId('brush-size', HTMLInputElement).value)));
 byId('heat', HTMLInputElement).addEventListener('change', () => toggleHeat(byId('heat', HTMLInputElement).checked));
 byId('from-heat', HTMLButtonElement).addEventListener('click', startFromHeat);
+byId('from-boxes', HTMLButtonElement).addEventListener('click', startFromBoxes);
 byId('undo', HTMLButtonElement).addEventListener('click', () => travel(true));
 byId('redo', HTMLButtonElement).addEventListener('click', () => travel(false));
 byId('delete', HTMLButtonElement).addEventListener('click', deleteSelected);
