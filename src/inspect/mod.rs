@@ -224,7 +224,7 @@ impl<'a> Look<'a> {
                 // through on purpose): most parts pass and skip it.
                 let defect_boxes = if verdict == Verdict::Fail || defect_class.is_some() {
                     let mut boxes = live.detector.defect_boxes(
-                        &judgement.heat_map,
+                        &judgement,
                         image.width,
                         image.height,
                         live.threshold,

@@ -365,6 +365,7 @@ mod tests {
                 values: vec![score],
             },
             defect_class: class.map(str::to_owned),
+            patch_class: Vec::new(),
             rejecting: rejecting.map(|(score, class)| crate::models::RejectingScore {
                 score,
                 class: Some(class.to_owned()),

@@ -63,13 +63,18 @@ impl Default for BoxShape {
 pub const UPSAMPLE: usize = 3;
 
 /// One defect the model outlines.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DefectBox {
     /// `[x_min, y_min, x_max, y_max]` in the image's pixels, the maxima exclusive.
     pub bbox: [u32; 4],
     /// The highest heat-map value among the cells the blob covers, on the model's score scale
     /// (a defect probability for the trained families).
     pub score: f32,
+    /// The defect class of the blob, for families that know classes ([`classed_boxes`]): the
+    /// one its cells hold most of the defect probability for. A part with a scratch and a spot
+    /// has a box of each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// The boxes of the blobs of `heat_map` (one value per cell, on the model's scale) at or above
@@ -81,7 +86,23 @@ pub fn boxes_from_heat_map(
     height: u32,
     shape: BoxShape,
 ) -> Vec<DefectBox> {
-    blob_boxes(heat_map, width, height, shape, UPSAMPLE)
+    blob_boxes(heat_map, width, height, shape, UPSAMPLE, None)
+}
+
+/// [`boxes_from_heat_map`], each box with its defect class: `patch_class` holds each cell's
+/// likeliest defect class (an index into `class_names`), and a blob takes the class its
+/// points' heat sums highest for.
+pub fn classed_boxes(
+    heat_map: &HeatMap,
+    patch_class: &[u8],
+    class_names: &[String],
+    width: u32,
+    height: u32,
+    shape: BoxShape,
+) -> Vec<DefectBox> {
+    let classes =
+        (patch_class.len() == heat_map.values.len()).then_some((patch_class, class_names));
+    blob_boxes(heat_map, width, height, shape, UPSAMPLE, classes)
 }
 
 /// The boxes of the 8-connected blobs of whole cells of `heat_map` at or above `cut`, each
@@ -92,15 +113,18 @@ pub fn boxes_from_heat_map(
 /// record's `defect_size` measures.
 pub fn cell_boxes(heat_map: &HeatMap, width: u32, height: u32, cut: f32) -> Vec<DefectBox> {
     let shape = BoxShape { cut, scale: 1.0 };
-    blob_boxes(heat_map, width, height, shape, 1)
+    blob_boxes(heat_map, width, height, shape, 1, None)
 }
 
+/// The boxes of the blobs of `heat_map`, upsampled `upsample` times, each named by the class
+/// its points vote for when `classes` (each cell's class index, the names) is given.
 fn blob_boxes(
     heat_map: &HeatMap,
     width: u32,
     height: u32,
     shape: BoxShape,
     upsample: usize,
+    classes: Option<(&[u8], &[String])>,
 ) -> Vec<DefectBox> {
     let cut = shape.cut;
     let (w, h) = (heat_map.width as usize, heat_map.height as usize);
@@ -124,6 +148,9 @@ fn blob_boxes(
     // Per blob: its extent on the fine grid and its highest value.
     let mut extent = vec![[usize::MAX, usize::MAX, 0, 0]; n];
     let mut peak = vec![f32::MIN; n];
+    // Per blob and class: the heat of the blob's points whose cell likes that class best.
+    let n_classes = classes.map_or(0, |(_, names)| names.len());
+    let mut votes = vec![0f32; n * n_classes];
     for (i, &label) in labels.iter().enumerate() {
         if label == 0 {
             continue;
@@ -136,8 +163,21 @@ fn blob_boxes(
         e[2] = e[2].max(x + 1);
         e[3] = e[3].max(y + 1);
         // The cell the point lies in: the score is the model's own value, not a blend.
-        peak[b] = peak[b].max(heat_map.values[(y / upsample) * w + x / upsample]);
+        let cell = (y / upsample) * w + x / upsample;
+        peak[b] = peak[b].max(heat_map.values[cell]);
+        if let Some((patch_class, _)) = classes {
+            let class = usize::from(patch_class[cell]);
+            if class < n_classes {
+                votes[b * n_classes + class] += fine[i];
+            }
+        }
     }
+    let class_of = |b: usize| -> Option<String> {
+        let (_, names) = classes?;
+        let blob = &votes[b * n_classes..(b + 1) * n_classes];
+        let (best, heat) = blob.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+        (*heat > 0.0).then(|| names[best].clone())
+    };
     // Fine cell edges to image pixels: floor the minima, ceil the maxima.
     let to_image = |cell: usize, cells: usize, pixels: u32| -> (u32, u32) {
         let lo = (cell as u64 * u64::from(pixels)) / cells as u64;
@@ -147,7 +187,8 @@ fn blob_boxes(
     let mut boxes: Vec<DefectBox> = extent
         .iter()
         .zip(&peak)
-        .map(|(&[x0, y0, x1, y1], &score)| DefectBox {
+        .enumerate()
+        .map(|(b, (&[x0, y0, x1, y1], &score))| DefectBox {
             bbox: scaled(
                 [
                     to_image(x0, fw, width).0,
@@ -160,6 +201,7 @@ fn blob_boxes(
                 height,
             ),
             score,
+            class: class_of(b),
         })
         .collect();
     boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -309,6 +351,50 @@ mod tests {
             (size.width_px, size.height_px)
         );
         assert!(cell_boxes(&heat, 64, 64, 0.99).is_empty());
+    }
+
+    #[test]
+    fn each_box_is_named_by_the_class_its_cells_hold_most_heat_for() {
+        // Two blobs on a 16×16 map: a 2×2 block whose cells like class 1 (one of them class
+        // 2, cooler), and a lone cell of class 2.
+        let heat = map(
+            16,
+            16,
+            &[
+                (2, 2, 0.9),
+                (3, 2, 0.9),
+                (2, 3, 0.9),
+                (3, 3, 0.6),
+                (12, 12, 0.95),
+            ],
+        );
+        let mut patch_class = vec![1u8; 256];
+        patch_class[3 * 16 + 3] = 2;
+        patch_class[12 * 16 + 12] = 2;
+        let names: Vec<String> = ["good", "scratch", "spot"].map(String::from).into();
+        let boxes = classed_boxes(&heat, &patch_class, &names, 64, 64, BoxShape::default());
+        assert_eq!(boxes.len(), 2, "{boxes:?}");
+        assert_eq!(boxes[0].class.as_deref(), Some("spot"));
+        assert_eq!(boxes[1].class.as_deref(), Some("scratch"));
+        // Without classes, or with a class map of another size, boxes are unnamed.
+        let plain = boxes_from_heat_map(&heat, 64, 64, BoxShape::default());
+        assert!(plain.iter().all(|b| b.class.is_none()));
+        assert_eq!(
+            plain.iter().map(|b| b.bbox).collect::<Vec<_>>(),
+            boxes.iter().map(|b| b.bbox).collect::<Vec<_>>()
+        );
+        let short = classed_boxes(
+            &heat,
+            &patch_class[..10],
+            &names,
+            64,
+            64,
+            BoxShape::default(),
+        );
+        assert!(short.iter().all(|b| b.class.is_none()));
+        // A class index past the names is not voted for.
+        let unknown = classed_boxes(&heat, &vec![7u8; 256], &names, 64, 64, BoxShape::default());
+        assert!(unknown.iter().all(|b| b.class.is_none()));
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
             score,
             heat_map,
             defect_class: None,
+            patch_class: Vec::new(),
             rejecting: None,
         })
     }
@@ -86,19 +87,19 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
         self.judge(image)
     }
 
-    /// The defects in `heat_map` (this model's own, on its score's scale) outlined as boxes on
+    /// The defects in its `judgement`'s heat map (on the model's score scale) outlined as boxes on
     /// the `width`×`height` image it was judged from, hottest first: what the station records
     /// for a failed part, and shows over its image. By default one box per blob of whole cells
     /// at or past `threshold` ([`cell_boxes`]), each a cell that would, as the image's score,
     /// reject the part.
     fn defect_boxes(
         &self,
-        heat_map: &HeatMap,
+        judgement: &Judgement,
         width: u32,
         height: u32,
         threshold: f32,
     ) -> Vec<DefectBox> {
-        cell_boxes(heat_map, width, height, threshold)
+        cell_boxes(&judgement.heat_map, width, height, threshold)
     }
 
     /// [`Detector::judge_tolerating`] of several images at once, each with its own result in
@@ -125,6 +126,9 @@ pub struct Judgement {
     /// The most likely defect class by the model's own names, whatever the score; `None` for
     /// families that learn no classes.
     pub defect_class: Option<String>,
+    /// Each heat-map cell's likeliest defect class, an index into the family's own classes
+    /// (the supervised family's card); empty for families that learn no classes.
+    pub patch_class: Vec<u8>,
     /// From [`Detector::judge_tolerating`]: the score of the classes not tolerated alone (on
     /// the scale of `score`) and the likeliest of them; `None` when nothing it knows was
     /// tolerated, or the family cannot tell its classes apart.

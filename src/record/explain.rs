@@ -314,10 +314,12 @@ mod tests {
                 DefectBox {
                     bbox: [8, 12, 24, 20],
                     score: 0.9,
+                    class: Some("scratch".into()),
                 },
                 DefectBox {
                     bbox: [40, 2, 48, 10],
                     score: 0.7,
+                    class: None,
                 },
             ],
             views: Vec::new(),

@@ -150,6 +150,23 @@ fn supervised_model_learns_defect_classes_from_masks() {
     // What the station stores (issue 19): heat maps on the threshold's scale.
     let stored = crate::stored_heat_maps(Box::new(model), &held_out, (256, 256));
     crate::assert_heat_maps_show_the_threshold(&stored);
+    // Each of a rejected defect's boxes names its class: the box over the defect mostly
+    // names the defect's own.
+    let mut boxes_named_right = 0;
+    let mut marked = 0;
+    for part in stored.iter().filter(|p| p.boxes_mark_the_defect()) {
+        marked += 1;
+        assert!(
+            part.boxes.iter().all(|b| b.class.is_some()),
+            "{:?}",
+            part.boxes
+        );
+        boxes_named_right += usize::from(part.boxes[0].class.as_deref() == Some(&*part.class));
+    }
+    assert!(
+        marked >= 5 && boxes_named_right * 10 >= marked * 7,
+        "{boxes_named_right} of {marked} hottest boxes name their defect's class"
+    );
 
     // The defect-class taxonomy at the gate (issue 19): with spots tolerated, a part the model
     // calls a spot passes and keeps its class, but never a true scratch: the scratch class
@@ -377,23 +394,18 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
     for _ in 0..6 {
         let part = generator.render(Some(DefectKind::Dent));
         let [x0, y0, x1, y1] = mask_box(&part.mask, part.image.width);
-        let prediction = model.predict(&part.image).expect("predicts");
+        let judgement = model.judge(&part.image).expect("judges");
         if model
-            .defect_boxes(
-                &prediction.heat_map,
-                part.image.width,
-                part.image.height,
-                0.5,
-            )
+            .defect_boxes(&judgement, part.image.width, part.image.height, 0.5)
             .iter()
             .any(|b| linesight::learn::eval::box_iou(&b.bbox, &[x0, y0, x1 + 1, y1 + 1]) >= 0.5)
         {
             found += 1;
         }
         let good_part = generator.render(None).image;
-        let good = model.predict(&good_part).expect("predicts");
+        let good = model.judge(&good_part).expect("judges");
         false_boxes += model
-            .defect_boxes(&good.heat_map, good_part.width, good_part.height, 0.5)
+            .defect_boxes(&good, good_part.width, good_part.height, 0.5)
             .len();
     }
     assert!(found >= 4, "{found} of 6 new defects boxed");

@@ -26,7 +26,7 @@ interface Region<S extends Shape = Shape> { class: string; shape: S }
 type DrawnRegion = Region<BoxShape | PolygonShape>;
 
 /** A defect the model outlined (`DefectBox`): `[x_min, y_min, x_max, y_max]` in the image's pixels, maxima exclusive. */
-interface DefectBox { bbox: [number, number, number, number]; score: number }
+interface DefectBox { bbox: [number, number, number, number]; score: number; class?: string }
 
 /** One part of `GET /api/v1/labelling/queue`, or one made from an inspection record. */
 interface QueueItem {
@@ -985,29 +985,35 @@ function startFromHeat() {
 
 // The boxes the model outlined, where they belong to the open image (the record's own, not a
 // view's a saved label was drawn on), kept on it.
-function modelBoxes(): BoxShape[] {
+function modelBoxes(): { shape: BoxShape; cls: string | null }[] {
   if (!part?.image || part.digest !== part.item.image) return [];
   const [width, height] = [part.width, part.height];
-  return (part.item.defect_boxes ?? []).flatMap(({ bbox: [x0, y0, x1, y1] }) => {
+  return (part.item.defect_boxes ?? []).flatMap(({ bbox: [x0, y0, x1, y1], class: cls }) => {
     const [x, y] = [Math.max(0, x0), Math.max(0, y0)];
     const [w, h] = [Math.min(width, x1) - x, Math.min(height, y1) - y];
-    return w > 0 && h > 0 ? [fitBox(x, y, w, h)] : [];
+    return w > 0 && h > 0 ? [{ shape: fitBox(x, y, w, h), cls: cls ?? null }] : [];
   });
 }
 
-// One rectangle of the current class per box the model outlined: a start to correct (move,
-// delete, or draw what it missed).
+// One rectangle per box the model outlined, of the class the model named for it (a model that
+// learns classes) or else the current class: a start to correct (move, delete, or draw what
+// it missed).
 function startFromBoxes() {
   const boxes = modelBoxes();
   if (!boxes.length) return hint('The model outlined no defect on this image.');
-  const cls = requireClass();
-  if (!cls) return;
+  const unnamed = boxes.some((b) => !b.cls);
+  const current = unnamed ? requireClass() : state.defectClass;
+  if (unnamed && !current) return;
   const drawn = new Set(state.shapes.map((r) => JSON.stringify([r.class, r.shape])));
-  const added = boxes.map((shape) => ({ class: cls, shape })).filter((r) => !drawn.has(JSON.stringify([r.class, r.shape])));
+  const added: DrawnRegion[] = boxes.map(({ shape, cls }) => ({ class: cls ?? current ?? '', shape }))
+    .filter((r) => !drawn.has(JSON.stringify([r.class, r.shape])));
   if (!added.length) return hint("The model's boxes are already drawn.");
-  addClass(cls);
-  edit(() => Object.assign(state, { shapes: [...state.shapes, ...added], verdict: 'fail' }));
-  hint(`${added.length} ${cls} rectangle${added.length === 1 ? '' : 's'} from the model's boxes: move (V) or delete what is wrong, draw (B) what it missed.`);
+  for (const r of added) addClass(r.class);
+  // A part labelled without a class takes the class of the model's hottest box.
+  const defectClass = state.defectClass ?? added[0].class;
+  edit(() => Object.assign(state, { shapes: [...state.shapes, ...added], verdict: 'fail', defectClass }));
+  const classes = [...new Set(added.map((r) => r.class))].join(', ');
+  hint(`${added.length} rectangle${added.length === 1 ? '' : 's'} (${classes}) from the model's boxes: move (V) or delete what is wrong, draw (B) what it missed.`);
 }
 
 /* ---------- pointer tools ---------- */

@@ -23,6 +23,8 @@ interface DefectSize {
 interface DefectBox {
   bbox: [number, number, number, number];
   score: number;
+  /** The box's own defect class, from models that learn classes. */
+  class?: string;
 }
 
 /** One camera's look at a part (an `InspectionRecord`'s `views`). */
@@ -375,9 +377,10 @@ function showBoxes(svg: SVGSVGElement, img: HTMLImageElement, part: number | nul
       rect.setAttribute('y', String(y0));
       rect.setAttribute('width', String(x1 - x0));
       rect.setAttribute('height', String(y1 - y0));
-      rect.setAttribute('stroke', colour);
+      rect.setAttribute('stroke', box.class ? classColour(box.class) : colour);
       const title = document.createElementNS(SVG, 'title');
-      title.textContent = `defect ${i + 1}: ${x1 - x0} × ${y1 - y0} px, score ${score(box.score)}`;
+      const named = box.class ? ` ${box.class}` : '';
+      title.textContent = `defect ${i + 1}${named}: ${x1 - x0} × ${y1 - y0} px, score ${score(box.score)}`;
       rect.append(title);
       return rect;
     }));

@@ -250,6 +250,7 @@ impl Detector for AnomalyModel {
                         score,
                         heat_map,
                         defect_class: None,
+                        patch_class: Vec::new(),
                         rejecting: None,
                     })
                 })

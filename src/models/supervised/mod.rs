@@ -38,7 +38,7 @@ pub use self::train::{
     DEFAULT_FEATURE_DROPOUT, DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, FoldResult,
     SupervisedSettings, cross_validate, evaluate, held_out_part, train,
 };
-pub use crate::models::boxes::{BOX_CUT, BoxShape, DefectBox, boxes_from_heat_map};
+pub use crate::models::boxes::{BOX_CUT, BoxShape, DefectBox, boxes_from_heat_map, classed_boxes};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -367,6 +367,9 @@ pub struct Prediction {
     pub rejecting: Option<(f32, Option<usize>)>,
     /// Each patch's defect probability, one per 8×8 pixels of the model's input.
     pub heat_map: HeatMap,
+    /// Each patch's likeliest defect class (an index ≥ 1 into the card's `classes`), whatever
+    /// its defect probability: what names each of the boxes drawn from `heat_map`.
+    pub patch_class: Vec<u8>,
 }
 
 /// The supervised model's section of its card: settings it was trained with and what it
@@ -577,8 +580,16 @@ fn predict_from_maps(
     let best = (0..mass.len())
         .max_by(|&a, &b| mass[a].total_cmp(&mass[b]))
         .unwrap_or(0);
-    let good_p = candle_nn::ops::softmax(&logits.reshape((k, h * w))?, 0)?.i(0)?;
-    let values: Vec<f32> = good_p.affine(-1.0, 1.0)?.to_vec1()?;
+    let p: Vec<Vec<f32>> = candle_nn::ops::softmax(&logits.reshape((k, h * w))?, 0)?.to_vec2()?;
+    let values: Vec<f32> = p[0].iter().map(|good| 1.0 - good).collect();
+    // Class 0 is good; a card holds at most a few dozen classes (u8 is plenty).
+    let patch_class: Vec<u8> = (0..h * w)
+        .map(|i| {
+            (1..k)
+                .max_by(|&a, &b| p[a][i].total_cmp(&p[b][i]))
+                .map_or(0, |c| u8::try_from(c).unwrap_or(u8::MAX))
+        })
+        .collect();
     if !defect_logit.is_finite() {
         candle_core::bail!("the defect score is not a number");
     }
@@ -591,6 +602,7 @@ fn predict_from_maps(
             height: h as u32,
             values,
         },
+        patch_class,
     })
 }
 
@@ -645,15 +657,22 @@ impl Detector for SupervisedModel {
 
     /// Drawn as the card's `box_shape` says (chosen in training where images had boxes), at
     /// whatever threshold the station judges by: the cut is about where a defect's edge lies,
-    /// not about whether the part passes.
+    /// not about whether the part passes. Each box is named by the class its patches like best.
     fn defect_boxes(
         &self,
-        heat_map: &HeatMap,
+        judgement: &crate::models::Judgement,
         width: u32,
         height: u32,
         _threshold: f32,
     ) -> Vec<DefectBox> {
-        boxes_from_heat_map(heat_map, width, height, self.card.family.box_shape)
+        classed_boxes(
+            &judgement.heat_map,
+            &judgement.patch_class,
+            &self.card.family.classes,
+            width,
+            height,
+            self.card.family.box_shape,
+        )
     }
 
     fn judge_tolerating(
@@ -674,6 +693,7 @@ impl Detector for SupervisedModel {
             score: prediction.defect_score,
             heat_map: prediction.heat_map,
             defect_class: classes.get(prediction.defect_class).cloned(),
+            patch_class: prediction.patch_class,
             rejecting: prediction
                 .rejecting
                 .map(|(score, class)| crate::models::RejectingScore {
