@@ -13,6 +13,7 @@ use linesight::models::anomaly::{
 };
 use linesight::models::backbone::bf16::Precision;
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
+use linesight::models::boxes::cell_boxes;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::supervised::{BoxShape, SupervisedModel, boxes_from_heat_map};
 use linesight::record::gray_png;
@@ -80,6 +81,11 @@ fn hot_path(c: &mut Criterion) {
     };
     c.bench_function("supervised/boxes_640_map64", |b| {
         b.iter(|| boxes_from_heat_map(&board, 640, 640, BoxShape::default()))
+    });
+    // The station's default boxes for a failed part (whole cells at the threshold): the same
+    // board's map, what the inspect stage adds to each rejected part.
+    c.bench_function("inspect/cell_boxes_640_map64", |b| {
+        b.iter(|| cell_boxes(&board, 640, 640, 0.5))
     });
 
     anomaly(c, &raw, &Device::Cpu, "");
