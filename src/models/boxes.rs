@@ -30,9 +30,10 @@ use crate::part::HeatMap;
 /// unless training chose another cut ([`BoxShape`]).
 pub const BOX_CUT: f32 = 0.5;
 
-/// How a model's boxes are drawn from its heat map. A supervised model's training chooses it
-/// on the validation images where they are labelled with boxes; models trained otherwise keep
-/// the default (cut [`BOX_CUT`], scale 1).
+/// How a supervised model's boxes are drawn from its heat map ([`boxes_from_heat_map`]). Its
+/// training chooses it on the validation images where they are labelled with boxes; supervised
+/// models trained without boxes keep the default (cut [`BOX_CUT`], scale 1). The other
+/// families draw [`cell_boxes`] at the station's threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BoxShape {
     /// A cell is part of a defect's blob from this value on (the model's score scale).
@@ -70,9 +71,10 @@ pub struct DefectBox {
     /// The highest heat-map value among the cells the blob covers, on the model's score scale
     /// (a defect probability for the trained families).
     pub score: f32,
-    /// The defect class of the blob, for families that know classes ([`classed_boxes`]): the
-    /// one its cells hold most of the defect probability for. A part with a scratch and a spot
-    /// has a box of each.
+    /// The defect class of the blob, for families that know classes ([`classed_boxes`]): each
+    /// of the blob's points votes, with its heat, for its cell's likeliest defect class, and
+    /// the class with the most heat names the box. A part with a scratch and a spot has a box
+    /// of each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
 }
@@ -131,9 +133,11 @@ fn blob_boxes(
     if w == 0 || h == 0 || heat_map.values.len() != w * h || width == 0 || height == 0 {
         return Vec::new();
     }
+    // A value that is not a number is a defect, never calm (as on the threshold's scale).
+    let value = |v: f32| if v.is_nan() { f32::INFINITY } else { v };
     // No cell past the cut, no blob (upsampled values lie between their cells'): skip the
     // upsampling (most good parts).
-    if !heat_map.values.iter().any(|v| *v >= cut) {
+    if !heat_map.values.iter().any(|v| value(*v) >= cut) {
         return Vec::new();
     }
     let (fw, fh) = (w * upsample, h * upsample);
@@ -142,12 +146,15 @@ fn blob_boxes(
     } else {
         bilinear(|x, y| heat_map.values[y * w + x], w, h, fw, fh)
     };
-    let hot: Vec<bool> = fine.iter().map(|v| *v >= cut).collect();
+    let hot: Vec<bool> = fine.iter().map(|v| value(*v) >= cut).collect();
     let (labels, next) = label_regions(&hot, fw, fh, 1);
     let n = (next - 1) as usize;
-    // Per blob: its extent on the fine grid and its highest value.
+    // Per blob: its extent on the fine grid, its highest value and the first cell (in raster
+    // order) that holds it, which breaks ties between blobs as the record's `defect_at` and
+    // `defect_size` do: the hottest box is their region.
     let mut extent = vec![[usize::MAX, usize::MAX, 0, 0]; n];
     let mut peak = vec![f32::MIN; n];
+    let mut peak_cell = vec![usize::MAX; n];
     // Per blob and class: the heat of the blob's points whose cell likes that class best.
     let n_classes = classes.map_or(0, |(_, names)| names.len());
     let mut votes = vec![0f32; n * n_classes];
@@ -164,11 +171,15 @@ fn blob_boxes(
         e[3] = e[3].max(y + 1);
         // The cell the point lies in: the score is the model's own value, not a blend.
         let cell = (y / upsample) * w + x / upsample;
-        peak[b] = peak[b].max(heat_map.values[cell]);
+        let v = value(heat_map.values[cell]);
+        if v > peak[b] || (v == peak[b] && cell < peak_cell[b]) {
+            (peak[b], peak_cell[b]) = (v, cell);
+        }
+        // Class 0 is good: never a defect's name.
         if let Some((patch_class, _)) = classes {
             let class = usize::from(patch_class[cell]);
-            if class < n_classes {
-                votes[b * n_classes + class] += fine[i];
+            if class > 0 && class < n_classes {
+                votes[b * n_classes + class] += value(fine[i]).min(f32::MAX);
             }
         }
     }
@@ -184,28 +195,33 @@ fn blob_boxes(
         let hi = ((cell as u64 + 1) * u64::from(pixels)).div_ceil(cells as u64);
         (lo as u32, hi as u32)
     };
-    let mut boxes: Vec<DefectBox> = extent
+    let mut boxes: Vec<(DefectBox, usize)> = extent
         .iter()
         .zip(&peak)
         .enumerate()
-        .map(|(b, (&[x0, y0, x1, y1], &score))| DefectBox {
-            bbox: scaled(
-                [
-                    to_image(x0, fw, width).0,
-                    to_image(y0, fh, height).0,
-                    to_image(x1 - 1, fw, width).1,
-                    to_image(y1 - 1, fh, height).1,
-                ],
-                shape.scale,
-                width,
-                height,
-            ),
-            score,
-            class: class_of(b),
+        .map(|(b, (&[x0, y0, x1, y1], &score))| {
+            let found = DefectBox {
+                bbox: scaled(
+                    [
+                        to_image(x0, fw, width).0,
+                        to_image(y0, fh, height).0,
+                        to_image(x1 - 1, fw, width).1,
+                        to_image(y1 - 1, fh, height).1,
+                    ],
+                    shape.scale,
+                    width,
+                    height,
+                ),
+                // Finite, so that the record can be read back (JSON has no infinity).
+                score: score.min(f32::MAX),
+                class: class_of(b),
+            };
+            (found, peak_cell[b])
         })
         .collect();
-    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
     boxes
+        .sort_by(|(a, a_cell), (b, b_cell)| (b.score.total_cmp(&a.score)).then(a_cell.cmp(b_cell)));
+    boxes.into_iter().map(|(found, _)| found).collect()
 }
 
 /// `bbox` scaled by `scale` about its centre, kept on the `width`×`height` image and at least
@@ -351,6 +367,31 @@ mod tests {
             (size.width_px, size.height_px)
         );
         assert!(cell_boxes(&heat, 64, 64, 0.99).is_empty());
+    }
+
+    #[test]
+    fn blobs_as_hot_as_each_other_come_in_the_records_order_and_a_broken_cell_is_a_defect() {
+        // Two blobs at the same peak: the one whose hottest cell comes first in raster order
+        // is the hottest box, as `DefectPlace`/`DefectSize` take the first hottest cell, even
+        // where the other blob starts earlier.
+        let heat = map(16, 16, &[(10, 2, 0.8), (10, 3, 1.0), (2, 3, 1.0)]);
+        let boxes = cell_boxes(&heat, 16, 16, 0.5);
+        assert_eq!(boxes[0].bbox, [2, 3, 3, 4], "{boxes:?}");
+        assert_eq!(boxes[1].bbox, [10, 2, 11, 4], "{boxes:?}");
+        let at = crate::record::DefectPlace::peak_of(&heat).expect("a peak");
+        assert_eq!((at.x * 16.0, at.y * 16.0), (2.5, 3.5));
+        let mut later = map(16, 16, &[(2, 9, 1.0), (12, 12, 1.0)]);
+        assert_eq!(cell_boxes(&later, 16, 16, 0.5)[0].bbox, [2, 9, 3, 10]);
+        // A value that is not a number (or infinite) is outlined, with a finite score that
+        // a record can be written and read back with.
+        later.values[5 * 16 + 5] = f32::NAN;
+        later.values[14 * 16 + 1] = f32::INFINITY;
+        let boxes = cell_boxes(&later, 16, 16, 0.5);
+        assert_eq!(boxes.len(), 4, "{boxes:?}");
+        assert!(boxes.iter().all(|b| b.score.is_finite()), "{boxes:?}");
+        let json = serde_json::to_string(&boxes).expect("json");
+        let back: Vec<DefectBox> = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, boxes);
     }
 
     #[test]

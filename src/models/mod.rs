@@ -89,7 +89,8 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
 
     /// The defects in its `judgement`'s heat map (on the model's score scale) outlined as boxes on
     /// the `width`×`height` image it was judged from, hottest first: what the station records
-    /// for a failed part, and shows over its image. By default one box per blob of whole cells
+    /// for a failed part (and a passed one whose defect class is tolerated), and shows over its
+    /// image. By default one box per blob of whole cells
     /// at or past `threshold` ([`cell_boxes`]), each a cell that would, as the image's score,
     /// reject the part.
     fn defect_boxes(

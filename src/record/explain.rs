@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{DefectPlace, DefectSize, InspectionRecord, LabelRecord, ShadowVerdict};
 use crate::models::boxes::DefectBox;
 use crate::models::card::CardHead;
-use crate::part::{Disposition, Verdict};
+use crate::part::{Disposition, MAX_DEFECT_BOXES, Verdict};
 
 /// What the station knew of a part's decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -230,8 +230,13 @@ fn summary(record: &InspectionRecord, deciding: Option<&Look>, labels: &[LabelRe
                     text += &format!(" ({w:.1}×{h:.1} mm)");
                 }
             }
-            if look.defect_boxes.len() > 1 {
-                text += &format!("; {} defects outlined", look.defect_boxes.len());
+            // A record keeps the hottest boxes only: a full list may have been cut short.
+            match look.defect_boxes.len() {
+                0 | 1 => {}
+                MAX_DEFECT_BOXES => {
+                    text += &format!("; {MAX_DEFECT_BOXES} or more defects outlined")
+                }
+                n => text += &format!("; {n} defects outlined"),
             }
             text
         }

@@ -264,12 +264,15 @@ impl StoredHeatMap {
     /// of a 256-pixel image for the anomaly model), so a box around a 10-pixel spot is a cell
     /// or two.
     pub fn boxes_mark_the_defect(&self) -> bool {
-        let Some(truth) = self.truth else {
-            return false;
-        };
+        self.box_over_the_defect().is_some()
+    }
+
+    /// The first (hottest) box that marks the true defect ([`Self::boxes_mark_the_defect`]).
+    pub fn box_over_the_defect(&self) -> Option<&linesight::models::boxes::DefectBox> {
+        let truth = self.truth?;
         let area = |b: &[u32; 4]| f64::from(b[2] - b[0]) * f64::from(b[3] - b[1]);
         let image = f64::from(self.size.0) * f64::from(self.size.1);
-        self.boxes.iter().any(|b| {
+        self.boxes.iter().find(|b| {
             let inside = [
                 b.bbox[0].max(truth[0]),
                 b.bbox[1].max(truth[1]),
@@ -550,7 +553,8 @@ pub fn assert_heat_maps_show_the_threshold(stored: &[StoredHeatMap]) {
         assert!(share > 0.0 && share < 0.5, "{}", summary(part));
     }
     // The record outlines a rejected part's defect, where it is: most rejected parts with a
-    // mask have a box over it. A passed part with no defect class has none.
+    // mask have a box over it. A passed part with no defect class has none (the inspect stage
+    // draws them only where there is a defect to show).
     for part in calm {
         if part.defect_class.is_none() {
             assert!(part.boxes.is_empty(), "{}: {:?}", summary(part), part.boxes);

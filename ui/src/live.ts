@@ -363,9 +363,17 @@ const BOX_COLOUR = '#facc15';
 // The defects the model outlined, drawn over its image: an SVG in the image's own pixels
 // (the image's natural size, known once it has loaded), stretched over the frame with it.
 // `part` marks which part's boxes are up, since an image may load after a newer part came.
+const boxWaits = new WeakMap<SVGSVGElement, AbortController>();
 function showBoxes(svg: SVGSVGElement, img: HTMLImageElement, part: number | null, boxes: DefectBox[], colour: string) {
   const digest = img.dataset.digest ?? '';
+  // The boxes up are another part's: off until this part's image is in (a newer call also
+  // drops the listeners an older one left waiting).
+  boxWaits.get(svg)?.abort();
+  svg.replaceChildren();
+  svg.toggleAttribute('hidden', true);
+  svg.dataset.part = '';
   const draw = () => {
+    boxWaits.delete(svg);
     if ((img.dataset.digest ?? '') !== digest) return; // the image moved on to another part
     const [width, height] = [img.naturalWidth, img.naturalHeight];
     const shown = !img.hidden && width > 0 && height > 0 ? boxes : [];
@@ -389,8 +397,10 @@ function showBoxes(svg: SVGSVGElement, img: HTMLImageElement, part: number | nul
   };
   if (!digest || img.complete) draw();
   else {
-    img.addEventListener('load', draw, { once: true });
-    img.addEventListener('error', draw, { once: true });
+    const wait = new AbortController();
+    boxWaits.set(svg, wait);
+    img.addEventListener('load', () => { wait.abort(); draw(); }, { signal: wait.signal });
+    img.addEventListener('error', () => { wait.abort(); draw(); }, { signal: wait.signal });
   }
 }
 

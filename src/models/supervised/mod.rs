@@ -367,8 +367,9 @@ pub struct Prediction {
     pub rejecting: Option<(f32, Option<usize>)>,
     /// Each patch's defect probability, one per 8×8 pixels of the model's input.
     pub heat_map: HeatMap,
-    /// Each patch's likeliest defect class (an index ≥ 1 into the card's `classes`), whatever
-    /// its defect probability: what names each of the boxes drawn from `heat_map`.
+    /// Each patch's likeliest defect class (an index ≥ 1 into the card's `classes`, 0 for one
+    /// past 255), whatever its defect probability: what names each of the boxes drawn from
+    /// `heat_map`.
     pub patch_class: Vec<u8>,
 }
 
@@ -582,12 +583,13 @@ fn predict_from_maps(
         .unwrap_or(0);
     let p: Vec<Vec<f32>> = candle_nn::ops::softmax(&logits.reshape((k, h * w))?, 0)?.to_vec2()?;
     let values: Vec<f32> = p[0].iter().map(|good| 1.0 - good).collect();
-    // Class 0 is good; a card holds at most a few dozen classes (u8 is plenty).
+    // Class 0 is good; a card holds a few dozen classes at most. A class past 255 would be
+    // left unnamed (0), never mistaken for another.
     let patch_class: Vec<u8> = (0..h * w)
         .map(|i| {
             (1..k)
                 .max_by(|&a, &b| p[a][i].total_cmp(&p[b][i]))
-                .map_or(0, |c| u8::try_from(c).unwrap_or(u8::MAX))
+                .map_or(0, |c| u8::try_from(c).unwrap_or(0))
         })
         .collect();
     if !defect_logit.is_finite() {
