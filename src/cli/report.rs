@@ -99,6 +99,30 @@ pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &Supervis
                 boxes.n_images
             );
         }
+        for mean in &boxes.mean_average_precision {
+            println!(
+                "{:<22} {:>10.4}  (mean over {} defect types)",
+                format!("box mAP@{}", mean.iou),
+                mean.value,
+                boxes.per_class.len()
+            );
+        }
+        for class in &boxes.per_class {
+            let ap = |i: usize| {
+                class
+                    .at_iou
+                    .get(i)
+                    .map_or(f64::NAN, |a| a.average_precision)
+            };
+            println!(
+                "{:<22} {:>10.4}  (AP@0.33 {:.4}; {} boxes named so for {} true)",
+                format!("  {} AP@0.5", class.class),
+                ap(0),
+                ap(1),
+                class.n_predicted_boxes,
+                class.n_true_boxes
+            );
+        }
     }
     let width = classes.iter().map(String::len).max().unwrap_or(4).max(10);
     println!("confusion (rows: true class, columns: predicted)");

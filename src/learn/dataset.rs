@@ -32,15 +32,42 @@ pub struct Sample {
     pub mask: Option<PathBuf>,
     /// The dataset's own train/test assignment (MVTec's `train/` and `test/`), when it has one.
     pub held_out: Option<bool>,
-    /// Defect boxes `[x_min, y_min, x_max, y_max]` in pixels counted from 0, the maxima the last
-    /// pixel in (inclusive), for datasets labelled with boxes.
-    pub boxes: Vec<[u32; 4]>,
+    /// Defect boxes, for datasets labelled with boxes.
+    pub boxes: Vec<LabelledBox>,
+}
+
+/// One defect labelled with a box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledBox {
+    /// `[x_min, y_min, x_max, y_max]` in pixels counted from 0, the maxima the last pixel in
+    /// (inclusive).
+    pub bbox: [u32; 4],
+    /// Its defect type.
+    pub class: String,
 }
 
 impl Sample {
     /// Whether the sample shows a defect.
     pub fn defective(&self) -> bool {
         self.class != "good"
+    }
+
+    /// The class a model is taught the image as: the type most of its boxes name (the first
+    /// such box's on a tie), or else its class. A DeepPCB board shows defects of several types
+    /// under one image label, `defect`, which stays its class for splitting the dataset (so
+    /// held-out parts do not move with how boxes are named); a model that tells types apart
+    /// learns each box's own type, and the image's main one.
+    pub fn taught_class(&self) -> &str {
+        let mut best: Option<(&str, usize)> = None;
+        for labelled in &self.boxes {
+            let count = (self.boxes.iter())
+                .filter(|b| b.class == labelled.class)
+                .count();
+            if best.is_none_or(|(_, n)| count > n) {
+                best = Some((&labelled.class, count));
+            }
+        }
+        best.map_or(&self.class, |(class, _)| class)
     }
 }
 
@@ -190,6 +217,13 @@ fn neu_det(root: &Path) -> Result<Vec<Sample>, DatasetError> {
             })?,
             Err(_) => Vec::new(),
         };
+        // Every box of a NEU-DET image is of the image's class (its file name's).
+        let boxes = (boxes.into_iter())
+            .map(|bbox| LabelledBox {
+                bbox,
+                class: class.clone(),
+            })
+            .collect();
         samples.push(Sample {
             image,
             class,
@@ -287,8 +321,19 @@ fn deeppcb(root: &Path) -> Result<Vec<Sample>, DatasetError> {
     Ok(samples)
 }
 
-/// The boxes of a DeepPCB annotation: `x1 y1 x2 y2 type` per line, spaces or commas.
-fn deeppcb_boxes(text: &str) -> Result<Vec<[u32; 4]>, String> {
+/// DeepPCB's defect types, by their number in its annotations (from 1).
+pub const DEEPPCB_TYPES: [&str; 6] = [
+    "open",
+    "short",
+    "mousebite",
+    "spur",
+    "spurious-copper",
+    "pin-hole",
+];
+
+/// The boxes of a DeepPCB annotation: `x1 y1 x2 y2 type` per line, spaces or commas, `type`
+/// one of [`DEEPPCB_TYPES`] by its number.
+fn deeppcb_boxes(text: &str) -> Result<Vec<LabelledBox>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -298,7 +343,15 @@ fn deeppcb_boxes(text: &str) -> Result<Vec<[u32; 4]>, String> {
                 .map(|f| f.parse::<u32>().map_err(|e| format!("{line:?}: {e}")))
                 .collect::<Result<_, _>>()?;
             match numbers[..] {
-                [x1, y1, x2, y2, _type] if x1 <= x2 && y1 <= y2 => Ok([x1, y1, x2, y2]),
+                [x1, y1, x2, y2, kind] if x1 <= x2 && y1 <= y2 => {
+                    let class = (kind.checked_sub(1))
+                        .and_then(|k| DEEPPCB_TYPES.get(k as usize))
+                        .ok_or_else(|| format!("{line:?}: defect type {kind} is none of 1 to 6"))?;
+                    Ok(LabelledBox {
+                        bbox: [x1, y1, x2, y2],
+                        class: (*class).to_owned(),
+                    })
+                }
                 _ => Err(format!("{line:?}: want x1 y1 x2 y2 type")),
             }
         })
@@ -697,8 +750,15 @@ mod tests {
         assert_eq!(
             (neu[0].class.as_str(), neu[0].boxes.as_slice()),
             // VOC's pixels counted from 1, the sample's from 0.
-            ("rolled-in_scale", &[[0, 0, 2, 1]][..])
+            (
+                "rolled-in_scale",
+                &[LabelledBox {
+                    bbox: [0, 0, 2, 1],
+                    class: "rolled-in_scale".into()
+                }][..]
+            )
         );
+        assert_eq!(neu[0].taught_class(), "rolled-in_scale");
 
         // KolektorSDD: the label BMP decides the class.
         let mut marked = blank.clone();
@@ -821,15 +881,34 @@ mod tests {
         assert_eq!(samples.len(), 2);
         assert_eq!(samples[0].class, "good");
         assert!(samples[0].boxes.is_empty());
+        // The board's class splits the dataset; each box names its own type, and the image is
+        // taught as the type most of its boxes name (the first one's on a tie).
         assert_eq!(samples[1].class, "defect");
+        let boxes: Vec<([u32; 4], &str)> = (samples[1].boxes.iter())
+            .map(|b| (b.bbox, b.class.as_str()))
+            .collect();
         assert_eq!(
-            samples[1].boxes,
-            [[540, 140, 571, 182], [342, 492, 375, 521]]
+            boxes,
+            [
+                ([540, 140, 571, 182], "open"),
+                ([342, 492, 375, 521], "mousebite")
+            ]
         );
-        // A broken annotation names its file.
-        std::fs::write(notes.join("00041001.txt"), "540 140 1\n").expect("write");
-        let error = read(Layout::Deeppcb, dir.path()).expect_err("refused");
-        assert!(error.to_string().contains("00041001.txt"), "{error}");
+        assert_eq!(samples[1].taught_class(), "open");
+        assert_eq!(samples[0].taught_class(), "good");
+        std::fs::write(
+            notes.join("00041001.txt"),
+            "540 140 571 182 1\n342 492 375 521 6\n10 10 20 20 6\n",
+        )
+        .expect("write");
+        let samples = read(Layout::Deeppcb, dir.path()).expect("reads");
+        assert_eq!(samples[1].taught_class(), "pin-hole");
+        // A broken annotation names its file, and so does a type DeepPCB does not have.
+        for broken in ["540 140 1\n", "540 140 571 182 7\n", "540 140 571 182 0\n"] {
+            std::fs::write(notes.join("00041001.txt"), broken).expect("write");
+            let error = read(Layout::Deeppcb, dir.path()).expect_err("refused");
+            assert!(error.to_string().contains("00041001.txt"), "{error}");
+        }
     }
 
     #[test]

@@ -493,16 +493,25 @@ impl PixelTruth {
     }
 }
 
-/// Intersection over union of two boxes `[x_min, y_min, x_max, y_max]`, maxima exclusive.
-pub fn box_iou(a: &[u32; 4], b: &[u32; 4]) -> f64 {
+/// The area two boxes `[x_min, y_min, x_max, y_max]` (maxima exclusive) share.
+pub fn box_intersection(a: &[u32; 4], b: &[u32; 4]) -> f64 {
     let [ax0, ay0, ax1, ay1] = a.map(f64::from);
     let [bx0, by0, bx1, by1] = b.map(f64::from);
     let w = (ax1.min(bx1) - ax0.max(bx0)).max(0.0);
     let h = (ay1.min(by1) - ay0.max(by0)).max(0.0);
-    let inter = w * h;
-    let union = (ax1 - ax0).max(0.0) * (ay1 - ay0).max(0.0)
-        + (bx1 - bx0).max(0.0) * (by1 - by0).max(0.0)
-        - inter;
+    w * h
+}
+
+/// The area of a box `[x_min, y_min, x_max, y_max]`, maxima exclusive.
+pub fn box_area(b: &[u32; 4]) -> f64 {
+    let [x0, y0, x1, y1] = b.map(f64::from);
+    (x1 - x0).max(0.0) * (y1 - y0).max(0.0)
+}
+
+/// Intersection over union of two boxes `[x_min, y_min, x_max, y_max]`, maxima exclusive.
+pub fn box_iou(a: &[u32; 4], b: &[u32; 4]) -> f64 {
+    let inter = box_intersection(a, b);
+    let union = box_area(a) + box_area(b) - inter;
     if union > 0.0 { inter / union } else { 0.0 }
 }
 
@@ -525,8 +534,10 @@ pub struct BoxAtIou {
     pub recall: f64,
 }
 
-/// How well the model's boxes find the labelled ones. Defect types are not told apart: a box
-/// counts when it overlaps a true box of any type (class-agnostic average precision).
+/// How well the model's boxes find the labelled ones: `at_iou` whatever the defect types (a
+/// box counts when it overlaps a true box of any type: class-agnostic average precision), and,
+/// where every true box names its type, each type's own figures and their mean (a box counts
+/// only for a true box of the type it names: PASCAL VOC's mean average precision).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BoxMetrics {
     pub n_images: usize,
@@ -534,69 +545,194 @@ pub struct BoxMetrics {
     pub n_predicted_boxes: usize,
     /// At [`BOX_IOU`], then at [`BOX_IOU_DEEPPCB`].
     pub at_iou: Vec<BoxAtIou>,
+    /// Each defect type's figures, by name, where every true box names its type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassBoxMetrics>,
+    /// The mean over [`Self::per_class`] of their average precision, at [`BOX_IOU`], then at
+    /// [`BOX_IOU_DEEPPCB`]; empty where the types are not told.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mean_average_precision: Vec<MeanAveragePrecision>,
+}
+
+/// Box detection of one defect type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassBoxMetrics {
+    pub class: String,
+    pub n_true_boxes: usize,
+    /// Predicted boxes naming this type.
+    pub n_predicted_boxes: usize,
+    /// At [`BOX_IOU`], then at [`BOX_IOU_DEEPPCB`].
+    pub at_iou: Vec<BoxAtIou>,
+}
+
+/// The mean of the defect types' average precision at one overlap rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanAveragePrecision {
+    pub iou: f64,
+    pub value: f64,
 }
 
 /// A box `[x_min, y_min, x_max, y_max]` a model predicted, with its score.
 pub type ScoredBox = ([u32; 4], f32);
 
+/// One image's boxes for [`BoxTruth`]: predicted (with score and the type each names, if any)
+/// and true (with its type, if told). Maxima exclusive.
+#[derive(Debug, Default)]
+struct ImageBoxes {
+    predicted: Vec<(ScoredBox, Option<String>)>,
+    truth: Vec<([u32; 4], Option<String>)>,
+}
+
 /// Predicted and true boxes gathered over images, for [`BoxMetrics`].
 #[derive(Debug, Default)]
 pub struct BoxTruth {
-    /// Per image: its predicted boxes, and its true boxes.
-    images: Vec<(Vec<ScoredBox>, Vec<[u32; 4]>)>,
+    images: Vec<ImageBoxes>,
 }
 
 impl BoxTruth {
     /// Adds one image: the boxes predicted on it (with scores) and its true boxes (none for a
-    /// good image, whose every predicted box is a false one). Maxima exclusive.
+    /// good image, whose every predicted box is a false one), types not told. Maxima exclusive.
     pub fn add(&mut self, predicted: Vec<ScoredBox>, truth: Vec<[u32; 4]>) {
-        self.images.push((predicted, truth));
+        self.images.push(ImageBoxes {
+            predicted: predicted.into_iter().map(|b| (b, None)).collect(),
+            truth: truth.into_iter().map(|b| (b, None)).collect(),
+        });
     }
 
-    /// The figures at [`BOX_IOU`] and [`BOX_IOU_DEEPPCB`]; `None` without a true box.
+    /// [`Self::add`] with defect types: each predicted box's (`None`: it names none, and counts
+    /// for no type) and each true box's.
+    pub fn add_classed(
+        &mut self,
+        predicted: Vec<(ScoredBox, Option<String>)>,
+        truth: Vec<([u32; 4], String)>,
+    ) {
+        self.images.push(ImageBoxes {
+            predicted,
+            truth: truth.into_iter().map(|(b, c)| (b, Some(c))).collect(),
+        });
+    }
+
+    /// The figures at [`BOX_IOU`] and [`BOX_IOU_DEEPPCB`], class-agnostic and, where every
+    /// true box names its type, per type; `None` without a true box.
     pub fn metrics(&self) -> Option<BoxMetrics> {
-        let n_true: usize = self.images.iter().map(|(_, t)| t.len()).sum();
+        let n_true: usize = self.images.iter().map(|i| i.truth.len()).sum();
         if n_true == 0 {
             return None;
         }
+        let rules = [BOX_IOU, BOX_IOU_DEEPPCB];
+        let typed = (self.images.iter()).all(|i| i.truth.iter().all(|(_, c)| c.is_some()));
+        let classes: std::collections::BTreeSet<&str> = (self.images.iter())
+            .flat_map(|i| i.truth.iter().filter_map(|(_, c)| c.as_deref()))
+            .collect();
+        let per_class: Vec<ClassBoxMetrics> = if typed {
+            (classes.into_iter())
+                .map(|class| ClassBoxMetrics {
+                    class: class.to_owned(),
+                    n_true_boxes: self.count(|i| &i.truth, class),
+                    n_predicted_boxes: self.count(|i| &i.predicted, class),
+                    at_iou: rules.map(|iou| self.at(iou, Some(class))).to_vec(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mean_average_precision = if per_class.is_empty() {
+            Vec::new()
+        } else {
+            (0..rules.len())
+                .map(|r| MeanAveragePrecision {
+                    iou: rules[r],
+                    value: (per_class.iter())
+                        .map(|c| c.at_iou[r].average_precision)
+                        .sum::<f64>()
+                        / per_class.len() as f64,
+                })
+                .collect()
+        };
         Some(BoxMetrics {
             n_images: self.images.len(),
             n_true_boxes: n_true,
-            n_predicted_boxes: self.images.iter().map(|(p, _)| p.len()).sum(),
-            at_iou: [BOX_IOU, BOX_IOU_DEEPPCB]
-                .into_iter()
-                .map(|iou| self.at(iou, n_true))
-                .collect(),
+            n_predicted_boxes: self.images.iter().map(|i| i.predicted.len()).sum(),
+            at_iou: rules.map(|iou| self.at(iou, None)).to_vec(),
+            per_class,
+            mean_average_precision,
         })
     }
 
-    /// Average precision at the overlap rule `iou` alone; `None` without a true box.
-    pub fn average_precision_at(&self, iou: f64) -> Option<f64> {
-        let n_true: usize = self.images.iter().map(|(_, t)| t.len()).sum();
-        (n_true > 0).then(|| self.at(iou, n_true).average_precision)
+    /// How many boxes of `class` the list `boxes` picks holds over all images.
+    fn count<B>(
+        &self,
+        boxes: impl Fn(&ImageBoxes) -> &Vec<(B, Option<String>)>,
+        class: &str,
+    ) -> usize {
+        (self.images.iter())
+            .map(|i| {
+                boxes(i)
+                    .iter()
+                    .filter(|(_, c)| c.as_deref() == Some(class))
+                    .count()
+            })
+            .sum()
     }
 
-    /// PASCAL VOC's matching: over all images, predicted boxes in falling score order each
-    /// take the true box of their image they overlap most, when that overlap is more than
-    /// `iou`; a box whose best true box is already taken is a duplicate, and false, as is one
-    /// that overlaps no true box enough. Average precision is the area under the
-    /// precision–recall curve with precision made monotone (the all-point rule of VOC 2010 on).
-    fn at(&self, iou: f64, n_true: usize) -> BoxAtIou {
+    /// Class-agnostic average precision at the overlap rule `iou` alone; `None` without a true
+    /// box.
+    pub fn average_precision_at(&self, iou: f64) -> Option<f64> {
+        let n_true: usize = self.images.iter().map(|i| i.truth.len()).sum();
+        (n_true > 0).then(|| self.at(iou, None).average_precision)
+    }
+
+    /// The mean over defect types of their average precision at the overlap rule `iou`
+    /// alone; `None` unless every true box names its type (and there is one).
+    pub fn mean_average_precision_at(&self, iou: f64) -> Option<f64> {
+        let mut classes = std::collections::BTreeSet::new();
+        for image in &self.images {
+            for (_, class) in &image.truth {
+                classes.insert(class.as_deref()?);
+            }
+        }
+        let n = classes.len();
+        (n > 0).then(|| {
+            (classes.into_iter())
+                .map(|class| self.at(iou, Some(class)).average_precision)
+                .sum::<f64>()
+                / n as f64
+        })
+    }
+
+    /// PASCAL VOC's matching, of the boxes of `class` (every box where `None`): over all
+    /// images, predicted boxes in falling score order each take the true box of their image
+    /// they overlap most, when that overlap is more than `iou`; a box whose best true box is
+    /// already taken is a duplicate, and false, as is one that overlaps no true box enough.
+    /// Average precision is the area under the precision–recall curve with precision made
+    /// monotone (the all-point rule of VOC 2010 on).
+    fn at(&self, iou: f64, class: Option<&str>) -> BoxAtIou {
+        let of_class = |c: &Option<String>| class.is_none() || c.as_deref() == class;
+        // Per image, its true boxes of the class.
+        let truths: Vec<Vec<[u32; 4]>> = (self.images.iter())
+            .map(|i| {
+                (i.truth.iter())
+                    .filter(|(_, c)| of_class(c))
+                    .map(|(b, _)| *b)
+                    .collect()
+            })
+            .collect();
+        let n_true: usize = truths.iter().map(Vec::len).sum();
         let mut ranked: Vec<(f32, usize, [u32; 4])> = self
             .images
             .iter()
             .enumerate()
-            .flat_map(|(i, (predicted, _))| predicted.iter().map(move |(b, s)| (*s, i, *b)))
+            .flat_map(|(i, image)| {
+                (image.predicted.iter())
+                    .filter(|(_, c)| of_class(c))
+                    .map(move |((b, s), _)| (*s, i, *b))
+            })
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut taken: Vec<Vec<bool>> = self
-            .images
-            .iter()
-            .map(|(_, truth)| vec![false; truth.len()])
-            .collect();
+        let mut taken: Vec<Vec<bool>> = truths.iter().map(|t| vec![false; t.len()]).collect();
         let mut hits = Vec::with_capacity(ranked.len());
         for (_, image, bbox) in &ranked {
-            let truth = &self.images[*image].1;
+            let truth = &truths[*image];
             let best = (0..truth.len())
                 .map(|t| (t, box_iou(bbox, &truth[t])))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
@@ -612,9 +748,16 @@ impl BoxTruth {
         // Precision and recall after each ranked box.
         let mut curve = Vec::with_capacity(hits.len());
         let mut tp = 0usize;
+        let recall_of = |tp: usize| {
+            if n_true > 0 {
+                tp as f64 / n_true as f64
+            } else {
+                0.0
+            }
+        };
         for (k, hit) in hits.iter().enumerate() {
             tp += usize::from(*hit);
-            curve.push((tp as f64 / n_true as f64, tp as f64 / (k + 1) as f64));
+            curve.push((recall_of(tp), tp as f64 / (k + 1) as f64));
         }
         // Monotone precision from the right, then the area over each step in recall.
         for k in (0..curve.len().saturating_sub(1)).rev() {
@@ -634,7 +777,7 @@ impl BoxTruth {
             } else {
                 tp as f64 / hits.len() as f64
             },
-            recall: tp as f64 / n_true as f64,
+            recall: recall_of(tp),
         }
     }
 }
@@ -1024,6 +1167,47 @@ mod tests {
         let at_50 = pair.metrics().expect("true boxes").at_iou[0];
         assert!((at_50.recall - 0.5).abs() < 1e-12, "{at_50:?}");
         assert!((at_50.precision - 0.5).abs() < 1e-12, "{at_50:?}");
+    }
+
+    #[test]
+    fn box_mean_average_precision_tells_defect_types_apart() {
+        let mut truth = BoxTruth::default();
+        // An open found and named open; a short found but named spur, which counts for neither
+        // type; a spur box (0.2) where no spur is, false for spur.
+        truth.add_classed(
+            vec![
+                (([0, 0, 10, 10], 0.9), Some("open".into())),
+                (([50, 50, 60, 60], 0.8), Some("spur".into())),
+                (([80, 80, 90, 90], 0.2), Some("spur".into())),
+                (([20, 20, 30, 30], 0.5), None),
+            ],
+            vec![
+                ([0, 0, 10, 10], "open".into()),
+                ([50, 50, 60, 60], "short".into()),
+            ],
+        );
+        let metrics = truth.metrics().expect("true boxes");
+        // Whatever the types: 0.9 hit, 0.8 hit, 0.5 false, 0.2 false: AP 1.
+        assert!((metrics.at_iou[0].average_precision - 1.0).abs() < 1e-12);
+        let per_class: Vec<(&str, usize, usize, f64)> = (metrics.per_class.iter())
+            .map(|c| {
+                (
+                    c.class.as_str(),
+                    c.n_true_boxes,
+                    c.n_predicted_boxes,
+                    c.at_iou[0].average_precision,
+                )
+            })
+            .collect();
+        // Types with a true box only: spur has none, so it is not averaged.
+        assert_eq!(per_class, [("open", 1, 1, 1.0), ("short", 1, 0, 0.0)]);
+        assert_eq!(metrics.mean_average_precision[0].iou, BOX_IOU);
+        assert!((metrics.mean_average_precision[0].value - 0.5).abs() < 1e-12);
+        // Untyped truth gives no per-type figures.
+        let mut untyped = BoxTruth::default();
+        untyped.add(vec![([0, 0, 10, 10], 0.9)], vec![[0, 0, 10, 10]]);
+        let metrics = untyped.metrics().expect("a true box");
+        assert!(metrics.per_class.is_empty() && metrics.mean_average_precision.is_empty());
     }
 
     #[test]

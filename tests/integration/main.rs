@@ -269,38 +269,32 @@ impl StoredHeatMap {
 
     /// The first (hottest) box that marks the true defect ([`Self::boxes_mark_the_defect`]).
     pub fn box_over_the_defect(&self) -> Option<&linesight::models::boxes::DefectBox> {
+        use linesight::learn::eval::{box_area, box_intersection};
         let truth = self.truth?;
-        let area = |b: &[u32; 4]| f64::from(b[2] - b[0]) * f64::from(b[3] - b[1]);
         let image = f64::from(self.size.0) * f64::from(self.size.1);
         self.boxes.iter().find(|b| {
-            let inside = [
-                b.bbox[0].max(truth[0]),
-                b.bbox[1].max(truth[1]),
-                b.bbox[2].min(truth[2]),
-                b.bbox[3].min(truth[3]),
-            ];
-            let covered = if inside[0] < inside[2] && inside[1] < inside[3] {
-                area(&inside)
-            } else {
-                0.0
-            };
-            covered >= 0.5 * area(&truth) && area(&b.bbox) <= 0.25 * image
+            box_intersection(&b.bbox, &truth) >= 0.5 * box_area(&truth)
+                && box_area(&b.bbox) <= 0.25 * image
         })
     }
 }
 
-/// The box around a mask image's nonzero pixels, maxima exclusive; `None` for an empty or
-/// unreadable mask.
-pub fn mask_bbox(path: &Path) -> Option<[u32; 4]> {
-    let mask = image::open(path).ok()?.to_luma8();
+/// The box around a mask's nonzero pixels (row-major, `width` wide), maxima exclusive; `None`
+/// for an empty mask.
+pub fn mask_bounds(mask: &[u8], width: u32) -> Option<[u32; 4]> {
     let mut bbox: Option<[u32; 4]> = None;
-    for (x, y, pixel) in mask.enumerate_pixels() {
-        if pixel.0[0] > 0 {
-            let b = bbox.get_or_insert([x, y, x + 1, y + 1]);
-            *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
-        }
+    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m != 0) {
+        let (x, y) = (i as u32 % width, i as u32 / width);
+        let b = bbox.get_or_insert([x, y, x + 1, y + 1]);
+        *b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
     }
     bbox
+}
+
+/// [`mask_bounds`] of a mask image; `None` for an empty or unreadable one.
+pub fn mask_bbox(path: &Path) -> Option<[u32; 4]> {
+    let mask = image::open(path).ok()?.to_luma8();
+    mask_bounds(mask.as_raw(), mask.width())
 }
 
 impl StoredHeatMap {

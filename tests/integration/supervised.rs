@@ -317,17 +317,8 @@ fn thin_defects_are_learnt_from_seg_files_and_outlined_pixel_by_pixel() {
 /// The box `[x_min, y_min, x_max, y_max]` (maxima inclusive, as DeepPCB writes them) around a
 /// part's defect mask.
 fn mask_box(mask: &[u8], width: u32) -> [u32; 4] {
-    let mut bbox = [u32::MAX, u32::MAX, 0, 0];
-    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m != 0) {
-        let (x, y) = (i as u32 % width, i as u32 / width);
-        bbox = [
-            bbox[0].min(x),
-            bbox[1].min(y),
-            bbox[2].max(x),
-            bbox[3].max(y),
-        ];
-    }
-    bbox
+    let [x0, y0, x1, y1] = crate::mask_bounds(mask, width).expect("a defective part's mask");
+    [x0, y0, x1 - 1, y1 - 1]
 }
 
 /// Boxes, a capability of the supervised model (issue 21): trained in DeepPCB's layout (good
@@ -342,18 +333,27 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
     let notes = root.join("PCBData/group1/1_not");
     std::fs::create_dir_all(&notes).expect("annotations dir");
     let mut generator = PartGenerator::new(33, 256, 256, 0.0);
+    // Two of DeepPCB's defect types, one a board: dents labelled "open" (type 1), cracks
+    // "short" (type 2), in runs of four so that the held-out boards (every 4th) have both.
+    let kind = |i: usize| {
+        if (i / 4).is_multiple_of(2) {
+            (DefectKind::Dent, 1, "open")
+        } else {
+            (DefectKind::Crack, 2, "short")
+        }
+    };
     for i in 0..32 {
         let id = format!("{i:08}");
         write_png(
             &boards.join(format!("{id}_temp.jpg")),
             &generator.render(None).image,
         );
-        let part = generator.render(Some(DefectKind::Dent));
+        let part = generator.render(Some(kind(i).0));
         let [x0, y0, x1, y1] = mask_box(&part.mask, part.image.width);
         write_png(&boards.join(format!("{id}_test.jpg")), &part.image);
         std::fs::write(
             notes.join(format!("{id}.txt")),
-            format!("{x0} {y0} {x1} {y1} 1\n"),
+            format!("{x0} {y0} {x1} {y1} {}\n", kind(i).1),
         )
         .expect("annotation");
     }
@@ -363,7 +363,8 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
         ..tile_settings("boards", &root, &out)
     })
     .expect("trains");
-    assert_eq!(card.family.classes, ["good", "defect"]);
+    // The boards' class, "defect", splits the dataset; the model learns the boxes' types.
+    assert_eq!(card.family.classes, ["good", "open", "short"]);
     let boxes = card
         .family
         .metrics
@@ -378,11 +379,21 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
     // them count the boxes drawn on them as false.
     assert_eq!((boxes.n_images, boxes.n_true_boxes), (16, 8));
     // Drawn in the default shape, the blobs are about a patch wider on every side than the
-    // dents' boxes and most overlap them by less than half (AP 0.23 when measured): the shape
-    // chosen on the validation images is what makes the boxes fit (0.80 here).
+    // dents' boxes and most overlap them by less than half (AP 0.23 when measured, dents
+    // alone): the shape chosen on the validation images is what makes the boxes fit (AP@0.5
+    // 0.58 and AP@0.33 0.86 here; on eight boxes, each is 0.125 of recall).
     let at_50 = boxes.at_iou[0];
-    assert!(at_50.average_precision >= 0.6, "{at_50:?}");
+    assert!(at_50.average_precision >= 0.5, "{at_50:?}");
     assert!(at_50.precision >= 0.5, "{at_50:?}");
+    assert!(boxes.at_iou[1].average_precision >= 0.75, "{boxes:?}");
+    // Each type's own figures, a box counting only where it names the true box's type, and
+    // their mean: what DeepPCB's authors report.
+    let types: Vec<(&str, usize)> = (boxes.per_class.iter())
+        .map(|c| (c.class.as_str(), c.n_true_boxes))
+        .collect();
+    assert_eq!(types, [("open", 4), ("short", 4)]);
+    let map_50 = boxes.mean_average_precision[0];
+    assert!(map_50.value >= 0.5, "{map_50:?} ({boxes:?})");
 
     // On new parts: a defect gets a box over it, a good part almost never one. The boxes are
     // drawn in the card's shape whatever threshold the station judges by.
@@ -394,17 +405,20 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
     )
     .expect("loads");
     let mut found = 0;
+    let mut named = 0;
     let mut false_boxes = 0;
-    for _ in 0..6 {
-        let part = generator.render(Some(DefectKind::Dent));
+    for i in 0..6 {
+        let (defect, _, type_name) = kind(4 * i);
+        let part = generator.render(Some(defect));
         let [x0, y0, x1, y1] = mask_box(&part.mask, part.image.width);
         let judgement = model.judge(&part.image).expect("judges");
-        if model
+        let over_it = model
             .defect_boxes(&judgement, part.image.width, part.image.height, 0.5)
-            .iter()
-            .any(|b| linesight::learn::eval::box_iou(&b.bbox, &[x0, y0, x1 + 1, y1 + 1]) >= 0.5)
-        {
+            .into_iter()
+            .find(|b| linesight::learn::eval::box_iou(&b.bbox, &[x0, y0, x1 + 1, y1 + 1]) >= 0.5);
+        if let Some(over_it) = over_it {
             found += 1;
+            named += usize::from(over_it.class.as_deref() == Some(type_name));
         }
         let good_part = generator.render(None).image;
         let good = model.judge(&good_part).expect("judges");
@@ -413,6 +427,10 @@ fn defects_labelled_with_boxes_are_found_as_boxes() {
             .len();
     }
     assert!(found >= 4, "{found} of 6 new defects boxed");
+    assert!(
+        named + 1 >= found,
+        "{named} of {found} boxes name the defect's type"
+    );
     assert!(false_boxes <= 1, "{false_boxes} boxes on 6 good parts");
 
     // `linesight eval`'s path reads the same figures from the model folder.

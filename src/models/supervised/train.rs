@@ -80,6 +80,10 @@ struct Example {
     features: Tensor,
     patch_labels: PatchLabels,
     class: u32,
+    /// Whether the image's boxes name more than one defect type (a DeepPCB board): its
+    /// patches teach each type, and the image-level class loss, which would pull every defect
+    /// patch towards one of them, is left out.
+    mixed: bool,
     /// Which training image this is a copy of (copies of one image share it).
     source: usize,
 }
@@ -127,10 +131,14 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     let (fit_part, validation) =
         dataset::split_validation(&train_part, settings.layout, VALIDATION_EVERY);
     let mut classes: Vec<String> = vec!["good".into()];
+    // Each defective image's class, and the type of each of its boxes (a DeepPCB board shows
+    // several).
     let defects: BTreeSet<&str> = samples
         .iter()
         .filter(|s| s.defective())
-        .map(|s| s.class.as_str())
+        .flat_map(|s| {
+            std::iter::once(s.taught_class()).chain(s.boxes.iter().map(|b| b.class.as_str()))
+        })
         .collect();
     if defects.is_empty() {
         return Err(file_error(
@@ -139,6 +147,17 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         ));
     }
     classes.extend(defects.into_iter().map(str::to_owned));
+    // Class maps hold a class index a pixel (see `class_map`).
+    if classes.len() > usize::from(u8::MAX) + 1 {
+        return Err(file_error(
+            &settings.data,
+            &format!(
+                "{} defect classes: a model tells at most {} apart",
+                classes.len() - 1,
+                u8::MAX
+            ),
+        ));
+    }
 
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let copies = 1 + settings.augmented_copies;
@@ -252,7 +271,9 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     let (threshold, mut rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
     // How boxes are drawn: chosen on the same validation images as the threshold.
-    let box_shape = match scored.boxed.as_deref().and_then(choose_box_shape) {
+    let box_shape = match (scored.boxed.as_deref())
+        .and_then(|images| choose_box_shape(images, &model.card.family.classes))
+    {
         Some((shape, fit)) => {
             tracing::info!(
                 cut = shape.cut,
@@ -712,7 +733,10 @@ impl BatchInputs<'_> {
             loss = (loss + binary_cross_entropy_with_logits(&defect_logit, &labels)?)?;
         }
         let defective: Vec<u32> = (0..b as u32)
-            .filter(|&j| examples[batch[j as usize]].class != 0)
+            .filter(|&j| {
+                let example = &examples[batch[j as usize]];
+                example.class != 0 && !example.mixed
+            })
             .collect();
         if !defective.is_empty() {
             let class_targets: Vec<u32> = defective
@@ -851,11 +875,13 @@ fn training_examples(
     let inputs = InputStats::of(&image);
     let class = classes
         .iter()
-        .position(|c| *c == sample.class)
-        .ok_or("class not among the model's")? as u32;
+        .position(|c| c == sample.taught_class())
+        .and_then(|i| u8::try_from(i).ok())
+        .ok_or("class not among the model's")?;
     // A tagged image's patches get no targets; its blank stand-in only keeps the augmentation
     // call the same.
-    let located = defect_mask(sample, &image)?;
+    let located = class_map(sample, &image, classes, class)?;
+    let mixed = (sample.boxes.iter()).any(|b| b.class != sample.taught_class());
     let has_mask = located.is_some();
     let mask = located.unwrap_or_else(|| GrayImage {
         width: image.width,
@@ -884,21 +910,30 @@ fn training_examples(
         out.push(Example {
             features: maps,
             patch_labels: if has_mask {
-                PatchLabels::Every(patch_targets(&mask, class, features.input_size() / 8))
+                PatchLabels::Every(patch_targets(&mask, features.input_size() / 8))
             } else {
                 PatchLabels::Unknown
             },
-            class,
+            class: u32::from(class),
+            mixed,
             source,
         });
     }
     Ok((out, inputs))
 }
 
-/// Where the sample's defect is, as a mask the size of its image: its mask file or its boxes.
-/// Good images have an empty mask; a defective image with neither (or an empty mask file) has
+/// Where the sample's defects are and of which class, as a class map the size of its image:
+/// each pixel the index of its class among `classes` (0: good). From its mask file, every
+/// marked pixel of class `image_class`, or from its boxes, each of its own type (a type the
+/// model does not know counts as `image_class`; where boxes overlap, the later one's). Good
+/// images map to 0 everywhere; a defective image with neither (or an empty mask file) has
 /// `None`: it is labelled defective somewhere, not everywhere.
-fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<Option<GrayImage>, String> {
+fn class_map(
+    sample: &Sample,
+    image: &GrayImage,
+    classes: &[String],
+    image_class: u8,
+) -> Result<Option<GrayImage>, String> {
     let size = (image.width, image.height);
     let blank = || GrayImage {
         width: image.width,
@@ -909,7 +944,7 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<Option<GrayImage>, 
         return Ok(Some(blank()));
     }
     if let Some(path) = &sample.mask {
-        let mask = dataset::load_mask(path).map_err(|e| e.to_string())?;
+        let mut mask = dataset::load_mask(path).map_err(|e| e.to_string())?;
         if (mask.width, mask.height) != size {
             return Err(format!(
                 "mask {} is {}×{}, its image {}×{}",
@@ -921,66 +956,84 @@ fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<Option<GrayImage>, 
             ));
         }
         if mask.pixels.iter().any(|&p| p > 0) {
+            for p in &mut mask.pixels {
+                *p = if *p > 0 { image_class } else { 0 };
+            }
             return Ok(Some(mask));
         }
     }
     if !sample.boxes.is_empty() {
-        let mut mask = blank();
+        let mut map = blank();
         let width = image.width as usize;
-        for [x0, y0, x1, y1] in &sample.boxes {
-            for y in *y0..(*y1).min(image.height.saturating_sub(1)) + 1 {
-                for x in *x0..(*x1).min(image.width.saturating_sub(1)) + 1 {
-                    mask.pixels[y as usize * width + x as usize] = 255;
+        for labelled in &sample.boxes {
+            let class = (classes.iter().position(|c| *c == labelled.class))
+                .and_then(|i| u8::try_from(i).ok())
+                .unwrap_or(image_class);
+            let [x0, y0, x1, y1] = labelled.bbox;
+            for y in y0..x_or_y_end(y1, image.height) {
+                for x in x0..x_or_y_end(x1, image.width) {
+                    map.pixels[y as usize * width + x as usize] = class;
                 }
             }
         }
-        return Ok(Some(mask));
+        return Ok(Some(map));
     }
     Ok(None)
 }
 
-/// Share of each patch of a `grid`×`grid` split that the mask marks.
-fn patch_coverage(mask: &GrayImage, grid: usize) -> Vec<f32> {
-    let (w, h) = (mask.width as usize, mask.height as usize);
-    let mut marked = vec![0f32; grid * grid];
-    let mut total = vec![0f32; grid * grid];
+/// One past a box's last pixel `last` (inclusive), on an image `side` pixels long: a label past
+/// the edge is cut to it.
+fn x_or_y_end(last: u32, side: u32) -> u32 {
+    last.min(side.saturating_sub(1)) + 1
+}
+
+/// The class of each patch of a `grid`×`grid` split of a class map: the defect class that
+/// covers most of the patch, where it covers enough of it. A defect smaller than that still
+/// marks the patch it covers most (with the class covering most of that patch), so no
+/// defective image teaches "all good".
+fn patch_targets(map: &GrayImage, grid: usize) -> Vec<u32> {
+    let (w, h) = (map.width as usize, map.height as usize);
+    let k = map.pixels.iter().copied().max().unwrap_or(0) as usize + 1;
+    // Per patch: its pixels, and how many of them each class covers.
+    let mut total = vec![0u32; grid * grid];
+    let mut covered = vec![0u32; grid * grid * k];
     for y in 0..h {
         let py = y * grid / h.max(1);
         for x in 0..w {
             let patch = py * grid + x * grid / w.max(1);
-            total[patch] += 1.0;
-            if mask.pixels[y * w + x] > 0 {
-                marked[patch] += 1.0;
-            }
+            total[patch] += 1;
+            covered[patch * k + map.pixels[y * w + x] as usize] += 1;
         }
     }
-    marked
-        .iter()
-        .zip(&total)
-        .map(|(m, t)| if *t > 0.0 { m / t } else { 0.0 })
-        .collect()
-}
-
-/// The class of each patch: the image's class where the mask covers enough of the patch. A
-/// defect smaller than that still marks the patch it covers most, so no defective image
-/// teaches "all good".
-fn patch_targets(mask: &GrayImage, class: u32, grid: usize) -> Vec<u32> {
-    if class == 0 {
-        return vec![0; grid * grid];
-    }
-    let coverage = patch_coverage(mask, grid);
-    let mut targets: Vec<u32> = coverage
-        .iter()
-        .map(|&c| if c >= MASK_COVERAGE { class } else { 0 })
+    // Per patch: its most covering defect class, and the share of the patch it covers.
+    let main: Vec<(u32, f32)> = (0..grid * grid)
+        .map(|patch| {
+            let counts = &covered[patch * k..(patch + 1) * k];
+            let (class, count) = (1..k)
+                .map(|c| (c, counts[c]))
+                .fold((0, 0), |best, c| if c.1 > best.1 { c } else { best });
+            let share = if total[patch] > 0 {
+                count as f32 / total[patch] as f32
+            } else {
+                0.0
+            };
+            (class as u32, share)
+        })
         .collect();
-    if targets.iter().all(|&t| t == 0)
-        && let Some((best, &c)) = coverage
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-        && c > 0.0
-    {
-        targets[best] = class;
+    let mut targets: Vec<u32> = (main.iter())
+        .map(|&(class, share)| if share >= MASK_COVERAGE { class } else { 0 })
+        .collect();
+    if targets.iter().all(|&t| t == 0) {
+        let defect_share = |patch: usize| {
+            let defect: u32 = covered[patch * k + 1..(patch + 1) * k].iter().sum();
+            defect as f32 / total[patch].max(1) as f32
+        };
+        if let Some(best) =
+            (0..grid * grid).max_by(|a, b| defect_share(*a).total_cmp(&defect_share(*b)))
+            && defect_share(best) > 0.0
+        {
+            targets[best] = main[best].0;
+        }
     }
     targets
 }
@@ -1003,19 +1056,31 @@ struct Scored {
 /// One scored image of a layout labelled with boxes: what its boxes are drawn from.
 struct BoxedImage {
     heat_map: HeatMap,
+    /// Each cell's likeliest defect class, which names the boxes.
+    patch_class: Vec<u8>,
     width: u32,
     height: u32,
-    /// Its true boxes, maxima exclusive.
-    truth: Vec<[u32; 4]>,
+    /// Its true boxes, maxima exclusive, with their defect types.
+    truth: Vec<([u32; 4], String)>,
 }
 
-/// The boxes of `images` drawn as `shape` says, against their true boxes.
-fn box_truth(images: &[BoxedImage], shape: BoxShape) -> BoxTruth {
+/// The boxes of `images` drawn as `shape` says, each naming its class among `classes` (none
+/// where `classes` is empty), against their true boxes.
+fn box_truth(images: &[BoxedImage], shape: BoxShape, classes: &[String]) -> BoxTruth {
     let mut truth = BoxTruth::default();
     for image in images {
-        let predicted = boxes_from_heat_map(&image.heat_map, image.width, image.height, shape);
-        truth.add(
-            predicted.iter().map(|b| (b.bbox, b.score)).collect(),
+        let predicted = classed_boxes(
+            &image.heat_map,
+            &image.patch_class,
+            classes,
+            image.width,
+            image.height,
+            shape,
+        );
+        truth.add_classed(
+            (predicted.into_iter())
+                .map(|b| ((b.bbox, b.score), b.class))
+                .collect(),
             image.truth.clone(),
         );
     }
@@ -1034,16 +1099,20 @@ const SHAPE_IOUS: [f64; 6] = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75];
 const SAME_DEFECT_IOU: f64 = 0.1;
 
 /// How to draw boxes so that they fit the validation images' true boxes best, with how well
-/// (the mean average precision over [`SHAPE_IOUS`]); `None` without a true box. Each cut of
-/// [`BOX_CUTS`] is tried with its boxes as drawn and scaled by the median size ratio of the
-/// true boxes to the boxes that overlap them: a lower cut finds fainter defects, a higher one
-/// draws tighter blobs, and labellers draw boxes tight or loose. Which pays depends on the
-/// product's defects against the patch grid, so the training run measures it. The mean over
-/// stricter overlaps, not VOC's 0.5 alone, tells apart shapes that all pass 0.5 on a few
-/// validation images; on a tie the shape nearer the default wins.
-fn choose_box_shape(images: &[BoxedImage]) -> Option<(BoxShape, f64)> {
+/// (the mean over [`SHAPE_IOUS`] of the average precision; where the model tells several
+/// defect types apart and every true box names its type, of the types' mean average
+/// precision, boxes named by `classes`); `None` without a true box. Each cut of [`BOX_CUTS`]
+/// is tried with its boxes as drawn and scaled by the median size ratio of the true boxes to
+/// the boxes that overlap them: a lower cut finds fainter defects, a higher one draws tighter
+/// blobs, and labellers draw boxes tight or loose. Which pays depends on the product's defects
+/// against the patch grid, so the training run measures it. The mean over stricter overlaps,
+/// not VOC's 0.5 alone, tells apart shapes that all pass 0.5 on a few validation images; on a
+/// tie the shape nearer the default wins.
+fn choose_box_shape(images: &[BoxedImage], classes: &[String]) -> Option<(BoxShape, f64)> {
     let mut best: Option<(BoxShape, f64)> = None;
     let distance = |s: BoxShape| (s.cut - BOX_CUT).abs() + (s.scale - 1.0).abs();
+    // Good and one defect type: nothing to tell apart.
+    let typed = classes.len() > 2;
     for cut in BOX_CUTS {
         let drawn = BoxShape { cut, scale: 1.0 };
         let mut shapes = vec![drawn];
@@ -1051,10 +1120,15 @@ fn choose_box_shape(images: &[BoxedImage]) -> Option<(BoxShape, f64)> {
             shapes.push(BoxShape { cut, scale });
         }
         for shape in shapes {
-            let truth = box_truth(images, shape);
+            let truth = box_truth(images, shape, classes);
             let mut fit = 0.0;
             for iou in SHAPE_IOUS {
-                fit += truth.average_precision_at(iou)? / SHAPE_IOUS.len() as f64;
+                let ap = if typed {
+                    truth.mean_average_precision_at(iou)
+                } else {
+                    None
+                };
+                fit += ap.or_else(|| truth.average_precision_at(iou))? / SHAPE_IOUS.len() as f64;
             }
             let better = match best {
                 None => true,
@@ -1074,12 +1148,12 @@ fn choose_box_shape(images: &[BoxedImage]) -> Option<(BoxShape, f64)> {
 /// ratio) of the true box each overlaps most to the box, rounded to 0.05; `None` when no box
 /// overlaps a true one by [`SAME_DEFECT_IOU`].
 fn labelled_size_ratio(images: &[BoxedImage], shape: BoxShape) -> Option<f32> {
-    let area = |b: &[u32; 4]| f64::from(b[2] - b[0]) * f64::from(b[3] - b[1]);
+    let area = eval::box_area;
     let mut ratios: Vec<f64> = Vec::new();
     for image in images {
         for drawn in boxes_from_heat_map(&image.heat_map, image.width, image.height, shape) {
             let nearest = (image.truth.iter())
-                .map(|t| (t, eval::box_iou(&drawn.bbox, t)))
+                .map(|(t, _)| (t, eval::box_iou(&drawn.bbox, t)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             if let Some((truth, overlap)) = nearest
                 && overlap >= SAME_DEFECT_IOU
@@ -1138,9 +1212,9 @@ fn score_all(
             .family
             .classes
             .iter()
-            .position(|c| *c == sample.class)
+            .position(|c| c == sample.taught_class())
         else {
-            tracing::warn!(class = %sample.class, "skipping an image of a class the model does not know");
+            tracing::warn!(class = %sample.taught_class(), "skipping an image of a class the model does not know");
             scored.n_skipped += 1;
             continue;
         };
@@ -1157,7 +1231,13 @@ fn score_all(
         scored.labels.push(truth != 0);
         scored.truths.push(truth);
         scored.defect_classes.push(prediction.defect_class);
-        if let Ok(Some(mask)) = defect_mask(sample, &image) {
+        let classes = &model.card.family.classes;
+        if let Ok(Some(mask)) = class_map(
+            sample,
+            &image,
+            classes,
+            u8::try_from(truth).unwrap_or(u8::MAX),
+        ) {
             scored.pixels.add(&prediction.heat_map, &mask);
             if let Some(thin) = &mut scored.thin {
                 thin.add(&prediction.heat_map, &mask);
@@ -1166,19 +1246,22 @@ fn score_all(
         if let Some(boxed) = &mut scored.boxed {
             boxed.push(BoxedImage {
                 heat_map: prediction.heat_map,
+                patch_class: prediction.patch_class,
                 width: image.width,
                 height: image.height,
                 // The dataset's box maxima are the last pixel in; the model's are one past it.
                 // Both on the image: a label past its edge is cut to it.
                 truth: (sample.boxes.iter())
-                    .map(|[x0, y0, x1, y1]| {
+                    .map(|labelled| {
+                        let [x0, y0, x1, y1] = labelled.bbox;
                         let (w, h) = (image.width, image.height);
-                        [
-                            (*x0).min(w),
-                            (*y0).min(h),
+                        let bbox = [
+                            x0.min(w),
+                            y0.min(h),
                             x1.saturating_add(1).min(w),
                             y1.saturating_add(1).min(h),
-                        ]
+                        ];
+                        (bbox, labelled.class.clone())
                     })
                     .collect(),
             });
@@ -1199,12 +1282,18 @@ pub fn evaluate(
         &scored,
         model.card.head.threshold,
         model.card.family.box_shape,
-        model.card.family.classes.len(),
+        &model.card.family.classes,
     ))
 }
 
-/// The metrics of `scored` images at `threshold`, for a model of `k` classes (good included).
-fn summarise(scored: &Scored, threshold: f32, box_shape: BoxShape, k: usize) -> SupervisedMetrics {
+/// The metrics of `scored` images at `threshold`, for a model of `classes` (good included).
+fn summarise(
+    scored: &Scored,
+    threshold: f32,
+    box_shape: BoxShape,
+    classes: &[String],
+) -> SupervisedMetrics {
+    let k = classes.len();
     let has_good = scored.labels.iter().any(|l| !l);
     let mut metrics = empty_metrics(k);
     for i in 0..scored.scores.len() {
@@ -1233,7 +1322,7 @@ fn summarise(scored: &Scored, threshold: f32, box_shape: BoxShape, k: usize) -> 
     );
     metrics.thin_defect = scored.thin.as_ref().and_then(ThinDefectTruth::metrics);
     metrics.boxes =
-        (scored.boxed.as_ref()).and_then(|images| box_truth(images, box_shape).metrics());
+        (scored.boxed.as_ref()).and_then(|images| box_truth(images, box_shape, classes).metrics());
     metrics.class_accuracy = ratio(correct, n).unwrap_or(0.0);
     metrics.defect_class_accuracy = ratio(right_defect_class, n_defective);
     if has_good {
@@ -1248,14 +1337,19 @@ fn summarise(scored: &Scored, threshold: f32, box_shape: BoxShape, k: usize) -> 
 mod tests {
     use super::*;
 
-    fn mask_with_block(x0: usize, y0: usize, side: usize) -> GrayImage {
-        let mut mask = GrayImage::new(256, 256, vec![0; 256 * 256]).expect("size");
+    /// A 256-pixel class map with a `side`-pixel block of `class` at (`x0`, `y0`).
+    fn map_with_block(x0: usize, y0: usize, side: usize, class: u8) -> GrayImage {
+        let mut map = GrayImage::new(256, 256, vec![0; 256 * 256]).expect("size");
+        paint(&mut map, x0, y0, side, class);
+        map
+    }
+
+    fn paint(map: &mut GrayImage, x0: usize, y0: usize, side: usize, class: u8) {
         for y in y0..y0 + side {
             for x in x0..x0 + side {
-                mask.pixels[y * 256 + x] = 255;
+                map.pixels[y * 256 + x] = class;
             }
         }
-        mask
     }
 
     /// A 5×5-cell blob centred on cell (`cx`, `cy`) of a 32×32 map over a 256-pixel image (8
@@ -1274,9 +1368,10 @@ mod tests {
                 height: 32,
                 values,
             },
+            patch_class: Vec::new(),
             width: 256,
             height: 256,
-            truth: vec![truth],
+            truth: vec![(truth, "defect".into())],
         }
     }
 
@@ -1291,11 +1386,11 @@ mod tests {
                 boxed_image(cx, cy, [px - 11, py - 11, px + 11, py + 11])
             })
             .collect();
-        let default = box_truth(&images, BoxShape::default())
+        let default = box_truth(&images, BoxShape::default(), &[])
             .metrics()
             .expect("boxes");
         assert_eq!(default.at_iou[0].average_precision, 0.0, "{default:?}");
-        let (shape, fit) = choose_box_shape(&images).expect("true boxes");
+        let (shape, fit) = choose_box_shape(&images, &[]).expect("true boxes");
         assert!(fit > 0.99, "{shape:?}: {fit}");
         assert!(shape.cut > BOX_CUT || shape.scale < 1.0, "{shape:?}");
         // Without a true box there is nothing to choose by.
@@ -1305,29 +1400,85 @@ mod tests {
                 ..image
             })
             .collect();
-        assert!(choose_box_shape(&good).is_none());
+        assert!(choose_box_shape(&good, &[]).is_none());
     }
 
     #[test]
     fn patches_take_the_class_where_the_mask_covers_them() {
         // 16×16 block at (8, 8): patches (1,1), (2,1), (1,2), (2,2) fully covered.
-        let targets = patch_targets(&mask_with_block(8, 8, 16), 3, GRID);
+        let targets = patch_targets(&map_with_block(8, 8, 16, 3), GRID);
         let marked: Vec<usize> = (0..targets.len()).filter(|&i| targets[i] == 3).collect();
         assert_eq!(marked, [GRID + 1, GRID + 2, 2 * GRID + 1, 2 * GRID + 2]);
         assert!(
-            patch_targets(&mask_with_block(8, 8, 16), 0, GRID)
+            patch_targets(&map_with_block(8, 8, 16, 0), GRID)
                 .iter()
                 .all(|&t| t == 0)
         );
+        // Two types in one patch: the one covering more of it names it.
+        let mut map = map_with_block(0, 0, 8, 2);
+        paint(&mut map, 0, 0, 3, 5);
+        let targets = patch_targets(&map, GRID);
+        assert_eq!((targets[0], targets[1]), (2, 0));
     }
 
-    /// Largest absolute difference between `a` and `b`, relative to `b`'s largest value (or 1).
     #[test]
     fn a_tiny_defect_still_marks_one_patch() {
         // 2×2 pixels: 1/16 of a patch, under the coverage rule.
-        let targets = patch_targets(&mask_with_block(100, 50, 2), 1, GRID);
+        let targets = patch_targets(&map_with_block(100, 50, 2, 1), GRID);
         assert_eq!(targets.iter().filter(|&&t| t == 1).count(), 1);
         assert_eq!(targets[(50 / 8) * GRID + 100 / 8], 1);
+        // It keeps its own type.
+        let targets = patch_targets(&map_with_block(100, 50, 2, 4), GRID);
+        assert_eq!(targets[(50 / 8) * GRID + 100 / 8], 4);
+    }
+
+    #[test]
+    fn each_box_teaches_its_own_type() {
+        use crate::learn::dataset::LabelledBox;
+        let image = GrayImage::new(64, 32, vec![0; 64 * 32]).expect("size");
+        let classes = names(1)
+            .into_iter()
+            .chain(["open", "short"].map(String::from))
+            .collect::<Vec<_>>();
+        let sample = Sample {
+            image: "board.jpg".into(),
+            class: "defect".into(),
+            mask: None,
+            held_out: None,
+            boxes: vec![
+                LabelledBox {
+                    bbox: [0, 0, 1, 1],
+                    class: "short".into(),
+                },
+                // Past the image's edge: cut to it. A type the model does not know counts as
+                // the image's class.
+                LabelledBox {
+                    bbox: [62, 30, 70, 40],
+                    class: "spur".into(),
+                },
+                LabelledBox {
+                    bbox: [10, 10, 10, 10],
+                    class: "open".into(),
+                },
+            ],
+        };
+        let map = class_map(&sample, &image, &classes, 2)
+            .expect("boxes")
+            .expect("located");
+        let at = |x: usize, y: usize| map.pixels[y * 64 + x];
+        assert_eq!((at(0, 0), at(1, 1), at(2, 2)), (2, 2, 0));
+        assert_eq!((at(63, 31), at(61, 31)), (2, 0));
+        assert_eq!((at(10, 10), at(11, 10)), (1, 0));
+        assert_eq!(map.pixels.iter().filter(|&&p| p > 0).count(), 4 + 4 + 1);
+        // A good image maps to good everywhere, whatever it says.
+        let good = Sample {
+            class: "good".into(),
+            ..sample
+        };
+        let map = class_map(&good, &image, &classes, 0)
+            .expect("good")
+            .expect("good");
+        assert!(map.pixels.iter().all(|&p| p == 0));
     }
 
     #[test]
@@ -1341,6 +1492,13 @@ mod tests {
             .expect("f32");
         // (200 + 200 + ln 2) / 3
         assert!((loss - (400.0 + 2f32.ln()) / 3.0).abs() < 1e-3, "{loss}");
+    }
+
+    /// `k` class names, good first.
+    fn names(k: usize) -> Vec<String> {
+        std::iter::once("good".to_owned())
+            .chain((1..k).map(|i| format!("defect-{i}")))
+            .collect()
     }
 
     fn scored(rows: &[(f32, usize, usize)]) -> Scored {
@@ -1368,7 +1526,7 @@ mod tests {
             (0.3, 1, 1),
             (0.4, 1, 1),
         ]);
-        let m = summarise(&two, 0.5, BoxShape::default(), 2);
+        let m = summarise(&two, 0.5, BoxShape::default(), &names(2));
         assert_eq!(m.defect_class_accuracy, Some(0.5));
         assert_eq!(m.confusion, [[2, 0], [2, 2]]);
         assert_eq!(m.defect_vs_good_accuracy, Some(4.0 / 6.0));
@@ -1380,7 +1538,7 @@ mod tests {
             (0.7, 2, 2),
             (0.2, 2, 2),
         ]);
-        let m = summarise(&three, 0.5, BoxShape::default(), 3);
+        let m = summarise(&three, 0.5, BoxShape::default(), &names(3));
         assert_eq!(m.defect_class_accuracy, Some(0.5));
         assert_eq!(m.confusion, [[1, 0, 0], [0, 1, 1], [1, 0, 1]]);
         assert_eq!(m.class_accuracy, 3.0 / 5.0);
