@@ -621,11 +621,13 @@ pub struct ModelSection {
     /// (`cuda/anomaly/batch_*`) has run on one.
     pub batch: Option<usize>,
     /// The arithmetic of the backbone's 1×1 convolutions on the CPU: `auto` (the default:
-    /// bfloat16 products where the CPU has AVX-512 BF16, else f32), `f32` or `bf16`
+    /// bfloat16 products where the CPU has AVX-512 BF16 and they are faster there, timed once
+    /// when the station starts; else f32), `f32` or `bf16`
     /// ([`crate::models::backbone::bf16`]), for every model the station loads. About a fifth
-    /// faster (`make bench`: `bf16/*` beside the f32 benches); held-out figures within 0.004
-    /// of f32 (`make eval-precision`), and a test holds scores within half the good parts'
-    /// spread.
+    /// faster on AMD Zen 4, no faster (its 1×1 layers slower) on the Intel Xeon the project
+    /// measures on now (`make bench`: `bf16/*` beside the f32 benches); held-out figures
+    /// within 0.004 of f32 (`make eval-precision`), and a test holds scores within half the
+    /// good parts' spread.
     #[serde(default)]
     pub precision: Precision,
 }

@@ -5,7 +5,12 @@
 //! multiply-adds per instruction where an f32 `vfmadd` does 16, and half the bytes read. The
 //! products are summed in f32; only the two factors are rounded (to 8 significant bits), the
 //! weights once when the layer is built and the activations as a block of them is packed.
-//! [`Precision`] chooses it at run time: `auto` takes it where the CPU has the instructions.
+//! [`Precision`] chooses it at run time: `auto` takes it where the CPU has the instructions
+//! and they pay there. Not every CPU that has `vdpbf16ps` issues it as often as an f32 FMA:
+//! the backbone ran about a fifth faster in bfloat16 on the AMD Zen 4 development machine,
+//! and its 1×1 layers about a quarter slower on the Intel Xeon that replaced it (`make
+//! bench`, `bf16/*` beside the f32 benches; README.md has the figures). So `auto` times both on 1×1 layers of the backbone's shapes, once
+//! per process ([`bf16_pays`]), and takes bfloat16 only where it wins.
 //!
 //! The layout is the classic one of a packed GEMM: the weights `[m, k]` are stored once in
 //! panels of [`MR`] rows, each k-pair of a row as one 32-bit word (`(w[2p+1] << 16) | w[2p]`),
@@ -16,6 +21,7 @@
 //! over it, accumulating `MR × NR` outputs in sixteen registers.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rayon::prelude::*;
@@ -29,7 +35,8 @@ const NR: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bfloat16 products where the CPU has AVX-512 BF16, else f32.
+    /// bfloat16 products where the CPU has AVX-512 BF16 and they are faster there than f32
+    /// ([`bf16_pays`]), else f32.
     #[default]
     Auto,
     /// f32 throughout.
@@ -86,14 +93,48 @@ pub fn cpu_has_bf16() -> bool {
     }
 }
 
-/// What `precision` comes to on this CPU: `F32` or `Bf16` (`auto` and `bf16` give bfloat16
-/// where the CPU has it).
+/// What `precision` comes to on this CPU: `F32` or `Bf16` (`bf16` gives bfloat16 where the
+/// CPU has it; `auto` where it also pays, [`bf16_pays`]).
 pub fn resolve(precision: Precision) -> Precision {
-    if precision != Precision::F32 && cpu_has_bf16() {
+    let bf16 = match precision {
+        Precision::F32 => false,
+        Precision::Bf16 => cpu_has_bf16(),
+        Precision::Auto => cpu_has_bf16() && bf16_pays(),
+    };
+    if bf16 {
         Precision::Bf16
     } else {
         Precision::F32
     }
+}
+
+/// Whether bfloat16 products are faster than f32 on this CPU: timed once per process, on
+/// 1×1 layers of the backbone's shapes ([`super::pointwise::time_precisions`], a few
+/// milliseconds), the first time `auto` is resolved on a CPU that has the instructions; the
+/// figures are logged. A CPU without them never pays the timing.
+pub fn bf16_pays() -> bool {
+    static PAYS: OnceLock<bool> = OnceLock::new();
+    *PAYS.get_or_init(|| {
+        if !cpu_has_bf16() {
+            return false;
+        }
+        match super::pointwise::time_precisions() {
+            Ok((f32_seconds, bf16_seconds)) => {
+                let pays = bf16_seconds < f32_seconds;
+                tracing::info!(
+                    f32_ms = f32_seconds * 1e3,
+                    bf16_ms = bf16_seconds * 1e3,
+                    bf16 = pays,
+                    "precision auto: 1x1 layers of the backbone timed in f32 and bfloat16"
+                );
+                pays
+            }
+            Err(error) => {
+                tracing::warn!(%error, "precision auto: timing failed, computing in f32");
+                false
+            }
+        }
+    })
 }
 
 /// Sets the process's default for the backbone's 1×1 convolutions built from now on (the
@@ -388,6 +429,38 @@ mod tests {
         });
         assert_eq!(elsewhere, default);
         assert_eq!(precision(), default, "restored after the scope");
+    }
+
+    #[test]
+    fn auto_takes_bfloat16_only_where_it_pays() {
+        assert_eq!(resolve(Precision::F32), Precision::F32);
+        // An explicit choice holds wherever the CPU can.
+        let can = if cpu_has_bf16() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        assert_eq!(resolve(Precision::Bf16), can);
+        let pays = bf16_pays();
+        assert!(!pays || cpu_has_bf16(), "never without the instructions");
+        let auto = if pays {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        assert_eq!(resolve(Precision::Auto), auto);
+        // Timed once: the same answer again.
+        assert_eq!(bf16_pays(), pays);
+        let (f32_seconds, bf16_seconds) =
+            super::super::pointwise::time_precisions().expect("times both");
+        assert!(
+            f32_seconds > 0.0 && f32_seconds.is_finite(),
+            "{f32_seconds}"
+        );
+        assert!(
+            bf16_seconds > 0.0 && bf16_seconds.is_finite(),
+            "{bf16_seconds}"
+        );
     }
 
     #[test]

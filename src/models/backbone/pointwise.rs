@@ -306,6 +306,55 @@ impl CustomOp2 for PointwiseOp<'_> {
     }
 }
 
+/// 1×1 layers `(out, in, positions)` of the backbone at a 256-pixel input that
+/// [`time_precisions`] times: an expansion at stride 4, a projection at stride 8 and an
+/// expansion at stride 16, which between them span the shapes the network's time goes to.
+const TIMED_LAYERS: [(usize, usize, usize); 3] =
+    [(144, 24, 64 * 64), (40, 240, 32 * 32), (480, 80, 16 * 16)];
+
+/// Rounds of [`time_precisions`]: each times every layer once in each precision, the two
+/// interleaved so that a busy moment of the machine weighs on both alike.
+const TIMING_ROUNDS: usize = 9;
+
+/// The time in seconds one pass over [`TIMED_LAYERS`] takes on this CPU in f32 and in
+/// bfloat16 (f32 where the CPU lacks it): each the fastest of [`TIMING_ROUNDS`] rounds, after
+/// one to warm the caches and the thread pool. For `auto` precision
+/// ([`super::bf16::bf16_pays`]).
+pub fn time_precisions() -> candle_core::Result<(f64, f64)> {
+    use super::bf16::Precision;
+    let device = candle_core::Device::Cpu;
+    let mut layers = Vec::new();
+    for (m, k, n) in TIMED_LAYERS {
+        // Any values do: the time does not depend on them.
+        let weight: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let input: Vec<f32> = (0..k * n).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
+        let layer = Pointwise::new(
+            &Tensor::from_vec(weight, (m, k), &device)?,
+            &Tensor::zeros(m, candle_core::DType::F32, &device)?,
+        )?;
+        let xs = Tensor::from_vec(input, (1, k, n, 1), &device)?;
+        layers.push((
+            layer.clone().with_precision(Precision::F32),
+            layer.with_precision(Precision::Bf16),
+            xs,
+        ));
+    }
+    let mut best = [f64::INFINITY; 2];
+    for round in 0..=TIMING_ROUNDS {
+        for (which, best) in best.iter_mut().enumerate() {
+            let started = std::time::Instant::now();
+            for (f32_layer, bf16_layer, xs) in &layers {
+                let layer = if which == 0 { f32_layer } else { bf16_layer };
+                layer.forward(xs)?;
+            }
+            if round > 0 {
+                *best = best.min(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    Ok((best[0], best[1]))
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor};
