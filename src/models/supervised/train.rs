@@ -970,8 +970,8 @@ fn class_map(
                 .and_then(|i| u8::try_from(i).ok())
                 .unwrap_or(image_class);
             let [x0, y0, x1, y1] = labelled.bbox;
-            for y in y0..x_or_y_end(y1, image.height) {
-                for x in x0..x_or_y_end(x1, image.width) {
+            for y in y0..end_on_image(y1, image.height) {
+                for x in x0..end_on_image(x1, image.width) {
                     map.pixels[y as usize * width + x as usize] = class;
                 }
             }
@@ -981,9 +981,15 @@ fn class_map(
     Ok(None)
 }
 
+/// Where the sample's defects are, whatever their class, as a mask the pixel metrics read
+/// (255 a defect, 0 good): [`class_map`] with every defect of one class, 255.
+fn defect_mask(sample: &Sample, image: &GrayImage) -> Result<Option<GrayImage>, String> {
+    class_map(sample, image, &[], u8::MAX)
+}
+
 /// One past a box's last pixel `last` (inclusive), on an image `side` pixels long: a label past
 /// the edge is cut to it.
-fn x_or_y_end(last: u32, side: u32) -> u32 {
+fn end_on_image(last: u32, side: u32) -> u32 {
     last.min(side.saturating_sub(1)) + 1
 }
 
@@ -1231,13 +1237,7 @@ fn score_all(
         scored.labels.push(truth != 0);
         scored.truths.push(truth);
         scored.defect_classes.push(prediction.defect_class);
-        let classes = &model.card.family.classes;
-        if let Ok(Some(mask)) = class_map(
-            sample,
-            &image,
-            classes,
-            u8::try_from(truth).unwrap_or(u8::MAX),
-        ) {
+        if let Ok(Some(mask)) = defect_mask(sample, &image) {
             scored.pixels.add(&prediction.heat_map, &mask);
             if let Some(thin) = &mut scored.thin {
                 thin.add(&prediction.heat_map, &mask);
@@ -1470,6 +1470,18 @@ mod tests {
         assert_eq!((at(63, 31), at(61, 31)), (2, 0));
         assert_eq!((at(10, 10), at(11, 10)), (1, 0));
         assert_eq!(map.pixels.iter().filter(|&&p| p > 0).count(), 4 + 4 + 1);
+        // The pixel metrics read every defect as 255, whatever its type.
+        let mask = defect_mask(&sample, &image)
+            .expect("boxes")
+            .expect("located");
+        assert_eq!(
+            (
+                mask.pixels[0],
+                mask.pixels[10 * 64 + 10],
+                mask.pixels[2 * 64 + 2]
+            ),
+            (255, 255, 0)
+        );
         // A good image maps to good everywhere, whatever it says.
         let good = Sample {
             class: "good".into(),
