@@ -111,7 +111,7 @@ pub fn resolve(precision: Precision) -> Precision {
 /// Whether bfloat16 products are faster than f32 on this CPU: timed once per process, on
 /// 1×1 layers of the backbone's shapes ([`super::pointwise::time_precisions`], a few
 /// milliseconds), the first time `auto` is resolved on a CPU that has the instructions; the
-/// figures are logged. A CPU without them never pays the timing.
+/// figures are logged at debug level. A CPU without them never pays the timing.
 pub fn bf16_pays() -> bool {
     static PAYS: OnceLock<bool> = OnceLock::new();
     *PAYS.get_or_init(|| {
@@ -121,7 +121,9 @@ pub fn bf16_pays() -> bool {
         match super::pointwise::time_precisions() {
             Ok((f32_seconds, bf16_seconds)) => {
                 let pays = bf16_seconds < f32_seconds;
-                tracing::info!(
+                // Debug, not info: every CLI command resolves the precision first, and some
+                // write JSON to standard output, where the log goes too.
+                tracing::debug!(
                     f32_ms = f32_seconds * 1e3,
                     bf16_ms = bf16_seconds * 1e3,
                     bf16 = pays,
