@@ -114,8 +114,8 @@ enum Command {
 impl Cli {
     /// Runs the command the arguments name.
     pub fn run(self) -> anyhow::Result<()> {
-        let precision = bf16::set_precision(self.precision);
-        tracing::debug!(configured = %self.precision, %precision, "1x1 convolutions on the CPU");
+        // Resolved (`auto` timed) only when a command builds a model.
+        bf16::set_precision(self.precision);
         match self.command {
             Command::Run(run) => run.run(),
             Command::Train { kind } => {

@@ -9,8 +9,9 @@
 //! and they pay there. Not every CPU that has `vdpbf16ps` issues it as often as an f32 FMA:
 //! the backbone ran about a fifth faster in bfloat16 on the AMD Zen 4 development machine,
 //! and its 1×1 layers about a quarter slower on the Intel Xeon that replaced it (`make
-//! bench`, `bf16/*` beside the f32 benches; README.md has the figures). So `auto` times both on 1×1 layers of the backbone's shapes, once
-//! per process ([`bf16_pays`]), and takes bfloat16 only where it wins.
+//! bench`, `bf16/*` beside the f32 benches; README.md has the figures). So `auto` times both
+//! on 1×1 layers of the backbone's shapes, once per process ([`bf16_pays`]), and takes
+//! bfloat16 only where it wins.
 //!
 //! The layout is the classic one of a packed GEMM: the weights `[m, k]` are stored once in
 //! panels of [`MR`] rows, each k-pair of a row as one 32-bit word (`(w[2p+1] << 16) | w[2p]`),
@@ -68,10 +69,14 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// The process's default for layers built from now on: 0 f32, 1 bf16. f32 until
-/// [`set_precision`] says otherwise, so that a library user (and every test) gets f32 unless
-/// it asks.
-static USE_BF16: AtomicU8 = AtomicU8::new(0);
+/// The process's default for layers built from now on: [`DEFAULT_F32`], [`DEFAULT_BF16`] or
+/// [`DEFAULT_AUTO`] (resolved when the first layer is built, so that a command that builds
+/// none never times the kernels). f32 until [`set_precision`] says otherwise, so that a
+/// library user (and every test) gets f32 unless it asks.
+static USE_BF16: AtomicU8 = AtomicU8::new(DEFAULT_F32);
+const DEFAULT_F32: u8 = 0;
+const DEFAULT_BF16: u8 = 1;
+const DEFAULT_AUTO: u8 = 2;
 
 thread_local! {
     /// A choice for layers built on this thread for a while ([`building_with`]), over the
@@ -121,8 +126,8 @@ pub fn bf16_pays() -> bool {
         match super::pointwise::time_precisions() {
             Ok((f32_seconds, bf16_seconds)) => {
                 let pays = bf16_seconds < f32_seconds;
-                // Debug, not info: every CLI command resolves the precision first, and some
-                // write JSON to standard output, where the log goes too.
+                // Debug, not info: a CLI command that builds a model resolves the precision
+                // first, and some write JSON to standard output, where the log goes too.
                 tracing::debug!(
                     f32_ms = f32_seconds * 1e3,
                     bf16_ms = bf16_seconds * 1e3,
@@ -140,14 +145,18 @@ pub fn bf16_pays() -> bool {
 }
 
 /// Sets the process's default for the backbone's 1×1 convolutions built from now on (the
-/// CLI's `--precision`) and returns what it comes to on this CPU. A layer keeps the precision
-/// it was built with; a station's registry builds its models under `[model] precision`
+/// CLI's `--precision`). `auto` stays unresolved until a layer is built ([`precision`]): a
+/// command that builds no model never spends the timing. A layer keeps the precision it was
+/// built with; a station's registry builds its models under `[model] precision`
 /// ([`building_with`]), and `with_precision` on the backbone and the models on it chooses
 /// another for one copy.
-pub fn set_precision(precision: Precision) -> Precision {
-    let resolved = resolve(precision);
-    USE_BF16.store(u8::from(resolved == Precision::Bf16), Ordering::Relaxed);
-    resolved
+pub fn set_precision(precision: Precision) {
+    let default = match precision {
+        Precision::F32 => DEFAULT_F32,
+        Precision::Bf16 => DEFAULT_BF16,
+        Precision::Auto => DEFAULT_AUTO,
+    };
+    USE_BF16.store(default, Ordering::Relaxed);
 }
 
 /// Runs `build` with the layers it builds on this thread computing in `precision` (over the
@@ -169,13 +178,17 @@ pub fn building_with<R>(precision: Precision, build: impl FnOnce() -> R) -> (R, 
 
 /// What 1×1 convolutions built now, on this thread, compute in: `F32` or `Bf16`.
 pub fn precision() -> Precision {
-    let bf16 = BUILDING_BF16
-        .get()
-        .unwrap_or_else(|| USE_BF16.load(Ordering::Relaxed) == 1);
-    if bf16 {
-        Precision::Bf16
-    } else {
-        Precision::F32
+    if let Some(bf16) = BUILDING_BF16.get() {
+        return if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+    }
+    match USE_BF16.load(Ordering::Relaxed) {
+        DEFAULT_BF16 => resolve(Precision::Bf16),
+        DEFAULT_AUTO => resolve(Precision::Auto),
+        _ => Precision::F32,
     }
 }
 

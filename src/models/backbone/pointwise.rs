@@ -328,10 +328,15 @@ pub fn time_precisions() -> candle_core::Result<(f64, f64)> {
         // Any values do: the time does not depend on them.
         let weight: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
         let input: Vec<f32> = (0..k * n).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
-        let layer = Pointwise::new(
-            &Tensor::from_vec(weight, (m, k), &device)?,
-            &Tensor::zeros(m, candle_core::DType::F32, &device)?,
-        )?;
+        // Built with the precision fixed: left to the process's default, a layer built while
+        // `auto` is being resolved would ask for it again, inside its own `OnceLock`.
+        let (layer, _) = super::bf16::building_with(Precision::F32, || {
+            Pointwise::new(
+                &Tensor::from_vec(weight, (m, k), &device)?,
+                &Tensor::zeros(m, candle_core::DType::F32, &device)?,
+            )
+        });
+        let layer = layer?;
         let xs = Tensor::from_vec(input, (1, k, n, 1), &device)?;
         layers.push((
             layer.clone().with_precision(Precision::F32),
