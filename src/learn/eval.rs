@@ -620,22 +620,15 @@ impl BoxTruth {
             return None;
         }
         let rules = [BOX_IOU, BOX_IOU_DEEPPCB];
-        let typed = (self.images.iter()).all(|i| i.truth.iter().all(|(_, c)| c.is_some()));
-        let classes: std::collections::BTreeSet<&str> = (self.images.iter())
-            .flat_map(|i| i.truth.iter().filter_map(|(_, c)| c.as_deref()))
+        let per_class: Vec<ClassBoxMetrics> = (self.truth_types().unwrap_or_default())
+            .into_iter()
+            .map(|class| ClassBoxMetrics {
+                class: class.to_owned(),
+                n_true_boxes: self.count(|i| &i.truth, class),
+                n_predicted_boxes: self.count(|i| &i.predicted, class),
+                at_iou: rules.map(|iou| self.at(iou, Some(class))).to_vec(),
+            })
             .collect();
-        let per_class: Vec<ClassBoxMetrics> = if typed {
-            (classes.into_iter())
-                .map(|class| ClassBoxMetrics {
-                    class: class.to_owned(),
-                    n_true_boxes: self.count(|i| &i.truth, class),
-                    n_predicted_boxes: self.count(|i| &i.predicted, class),
-                    at_iou: rules.map(|iou| self.at(iou, Some(class))).to_vec(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         let mean_average_precision = if per_class.is_empty() {
             Vec::new()
         } else {
@@ -685,12 +678,7 @@ impl BoxTruth {
     /// The mean over defect types of their average precision at the overlap rule `iou`
     /// alone; `None` unless every true box names its type (and there is one).
     pub fn mean_average_precision_at(&self, iou: f64) -> Option<f64> {
-        let mut classes = std::collections::BTreeSet::new();
-        for image in &self.images {
-            for (_, class) in &image.truth {
-                classes.insert(class.as_deref()?);
-            }
-        }
+        let classes = self.truth_types()?;
         let n = classes.len();
         (n > 0).then(|| {
             (classes.into_iter())
@@ -698,6 +686,18 @@ impl BoxTruth {
                 .sum::<f64>()
                 / n as f64
         })
+    }
+
+    /// The defect types the true boxes name, in order; `None` unless every true box names
+    /// one (a mean over types would leave the untyped boxes out).
+    fn truth_types(&self) -> Option<std::collections::BTreeSet<&str>> {
+        let mut classes = std::collections::BTreeSet::new();
+        for image in &self.images {
+            for (_, class) in &image.truth {
+                classes.insert(class.as_deref()?);
+            }
+        }
+        Some(classes)
     }
 
     /// PASCAL VOC's matching, of the boxes of `class` (every box where `None`): over all
@@ -1330,7 +1330,8 @@ mod tests {
     fn threshold_catches_all_defects_with_margin() {
         let scores = [0.9, 0.7, 0.2, 0.3, 0.8];
         let labels = [true, true, false, false, false];
-        // Lowest defect 0.7; best good below it 0.3 → 0.5. The good part at 0.8 is a false reject.
+        // Lowest defect 0.7; best good below it 0.3 → 0.5. The good part at 0.8 is a false
+        // reject.
         assert_eq!(threshold_for_escape_rate(&scores, &labels, 0.0), Some(0.5));
         // Allowing one miss of two: lowest caught is 0.9; best good below is 0.8.
         assert_eq!(threshold_for_escape_rate(&scores, &labels, 0.5), Some(0.85));
