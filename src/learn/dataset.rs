@@ -79,11 +79,14 @@ impl Sample {
 pub enum Layout {
     /// `MT_<Class>/Imgs/*.jpg` with same-stem `.png` masks; `MT_Free` is good.
     MagneticTile,
-    /// MVTec AD: `train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`.
+    /// MVTec AD: `train/good`, `test/<defect>`, `ground_truth/<defect>/<stem>_mask.png`; where
+    /// a defect's regions are of several types (a station's labels), also
+    /// `ground_truth/<defect>/<stem>_boxes.txt`, each region's box and type ([`write_boxes`]).
     Mvtec,
     /// NEU-DET: `images/<class>_<n>.jpg` with Pascal VOC boxes in `annotations/<class>_<n>.xml`.
     NeuDet,
-    /// KolektorSDD: `kosNN/PartK.jpg` with `PartK_label.bmp`; defective when the label is non-empty.
+    /// KolektorSDD: `kosNN/PartK.jpg` with `PartK_label.bmp`; defective when the label is
+    /// non-empty.
     Kolektorsdd,
     /// DeepPCB: `PCBData/groupG/G/<id>_temp.jpg` (the defect-free template: good) and
     /// `<id>_test.jpg` (the tested board: defective, its boxes in `G_not/<id>.txt`, one
@@ -178,21 +181,92 @@ fn mvtec(root: &Path) -> Result<Vec<Sample>, DatasetError> {
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .unwrap_or_default();
-                let mask = root
-                    .join("ground_truth")
-                    .join(&class)
-                    .join(format!("{stem}_mask.png"));
+                let truth = root.join("ground_truth").join(&class);
+                let mask = truth.join(format!("{stem}_mask.png"));
+                let boxes_file = truth.join(format!("{stem}_boxes.txt"));
+                let boxes = match std::fs::read_to_string(&boxes_file) {
+                    Ok(text) => read_boxes(&text).map_err(|message| DatasetError::Image {
+                        path: boxes_file.clone(),
+                        message,
+                    })?,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(source) => {
+                        return Err(DatasetError::Io {
+                            path: boxes_file,
+                            source,
+                        });
+                    }
+                };
                 samples.push(Sample {
                     mask: mask.is_file().then_some(mask),
                     image,
                     class: class.clone(),
                     held_out: Some(split == "test"),
-                    boxes: Vec::new(),
+                    boxes,
                 });
             }
         }
     }
     Ok(samples)
+}
+
+/// Typed boxes as the MVTec layout's `<stem>_boxes.txt` holds them: one box a line,
+/// `x_min y_min x_max y_max type`, the maxima the last pixel in, the type the rest of the line
+/// (a station's defect class may hold spaces).
+pub fn write_boxes(boxes: &[LabelledBox]) -> String {
+    (boxes.iter())
+        .map(|b| {
+            let [x0, y0, x1, y1] = b.bbox;
+            format!("{x0} {y0} {x1} {y1} {}\n", b.class)
+        })
+        .collect()
+}
+
+/// The `<stem>_boxes.txt` ([`write_boxes`]) of a part labelled `class` with `regions` on a
+/// `width` × `height` image: each region's box (the pixels it paints) and type. `None` where
+/// every region is of the part's class, which its mask already says.
+pub fn region_boxes(
+    regions: &[crate::record::Region],
+    class: &str,
+    width: u32,
+    height: u32,
+) -> Option<String> {
+    if regions.iter().all(|r| r.class == class) {
+        return None;
+    }
+    let boxes: Vec<LabelledBox> = (regions.iter())
+        .filter_map(|region| {
+            Some(LabelledBox {
+                bbox: region.shape.pixel_box(width, height)?,
+                class: region.class.clone(),
+            })
+        })
+        .collect();
+    Some(write_boxes(&boxes))
+}
+
+/// Reads what [`write_boxes`] writes; blank lines are skipped.
+fn read_boxes(text: &str) -> Result<Vec<LabelledBox>, String> {
+    (text.lines().filter(|l| !l.trim().is_empty()))
+        .map(|line| {
+            let mut fields = line.trim().splitn(5, ' ');
+            let mut corner = || -> Result<u32, String> {
+                let field = fields.next().unwrap_or_default();
+                field
+                    .parse()
+                    .map_err(|e| format!("{line:?}: {field:?}: {e}"))
+            };
+            let bbox = [corner()?, corner()?, corner()?, corner()?];
+            let class = fields.next().map(str::trim).unwrap_or_default();
+            if class.is_empty() || bbox[0] > bbox[2] || bbox[1] > bbox[3] {
+                return Err(format!("{line:?}: want x_min y_min x_max y_max type"));
+            }
+            Ok(LabelledBox {
+                bbox,
+                class: class.to_owned(),
+            })
+        })
+        .collect()
 }
 
 fn neu_det(root: &Path) -> Result<Vec<Sample>, DatasetError> {
@@ -1025,7 +1099,59 @@ mod tests {
             .expect("scratch");
         assert!(scratch.mask.is_some() && scratch.defective());
         assert_eq!(load_gray(&scratch.image).expect("load").width, 4);
+        assert!(
+            scratch.boxes.is_empty(),
+            "MVTec's own folders have no boxes"
+        );
         let err = read(Layout::Mvtec, &root.join("missing")).unwrap_err();
         assert!(err.to_string().contains("no such folder"));
+
+        // A station's label with regions of two types: each region's box, of its type.
+        let boxes = vec![
+            LabelledBox {
+                bbox: [0, 1, 2, 3],
+                class: "scratch".into(),
+            },
+            LabelledBox {
+                bbox: [3, 3, 3, 3],
+                class: "oil stain".into(),
+            },
+        ];
+        let boxes_file = root.join("ground_truth/scratch/000_boxes.txt");
+        std::fs::write(&boxes_file, write_boxes(&boxes)).expect("write");
+        let samples = read(Layout::Mvtec, root).expect("read");
+        let scratch = samples.iter().find(|s| s.class == "scratch");
+        assert_eq!(scratch.map(|s| &s.boxes), Some(&boxes));
+        assert_eq!(scratch.map(Sample::taught_class), Some("scratch"));
+        // What a station writes for a part labelled scratch with a scratch and a dent drawn;
+        // nothing where every region is a scratch.
+        let region = |class: &str, x: f32| crate::record::Region {
+            class: class.into(),
+            shape: crate::record::Shape::Box {
+                x,
+                y: 1.0,
+                width: 2.0,
+                height: 3.0,
+            },
+        };
+        let regions = [region("scratch", 0.0), region("dent", 2.5)];
+        assert_eq!(
+            region_boxes(&regions, "scratch", 4, 4).as_deref(),
+            Some("0 1 1 3 scratch\n2 1 3 3 dent\n"),
+            "the pixels whose centres each region covers"
+        );
+        assert_eq!(region_boxes(&regions[..1], "scratch", 4, 4), None);
+        for (bad, says) in [
+            ("0 1 2 3\n", "want x_min"),
+            ("0 1 x 3 dent\n", "\"x\""),
+            ("4 1 2 3 dent\n", "want x_min"),
+        ] {
+            std::fs::write(&boxes_file, bad).expect("write");
+            let err = read(Layout::Mvtec, root).unwrap_err().to_string();
+            assert!(
+                err.contains("000_boxes.txt") && err.contains(says),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -152,6 +152,22 @@ impl Shape {
         }
     }
 
+    /// The pixels [`Region::paint`] may mark, as `[x_min, y_min, x_max, y_max]` with the maxima
+    /// the last pixel in (inclusive) on a `width` × `height` image: the columns and rows whose
+    /// centres lie within [`Self::bounding_box`]. `None` where that holds no pixel centre.
+    pub fn pixel_box(&self, width: u32, height: u32) -> Option<[u32; 4]> {
+        let [x, y, w, h] = self.bounding_box()?;
+        // Centres at i + 0.5 inside [start, end): from ceil(start - 0.5) to ceil(end - 0.5) - 1.
+        let span = |start: f32, end: f32, side: u32| {
+            let first = (start - 0.5).ceil().max(0.0) as u32;
+            let past = ((end - 0.5).ceil().max(0.0) as u32).min(side);
+            (first < past).then(|| (first, past - 1))
+        };
+        let (x0, x1) = span(x, x + w, width)?;
+        let (y0, y1) = span(y, y + h, height)?;
+        Some([x0, y0, x1, y1])
+    }
+
     /// The shape's area in pixels (a polygon's by the shoelace formula).
     pub fn area(&self) -> f32 {
         match self {
@@ -401,6 +417,42 @@ mod tests {
         };
         assert_eq!(empty.bounding_box(), None);
         assert_eq!(empty.area(), 0.0);
+        // The pixels each may mark, as paint marks them.
+        assert_eq!(mask.pixel_box(5, 6), Some([1, 2, 1, 5]));
+        assert_eq!(triangle.pixel_box(5, 6), Some([0, 0, 3, 2]));
+        let sliver = Shape::Box {
+            x: 2.6,
+            y: 1.0,
+            width: 0.8,
+            height: 2.0,
+        };
+        assert_eq!(sliver.pixel_box(5, 6), None, "covers no pixel centre");
+        let past = Shape::Box {
+            x: 3.0,
+            y: 4.0,
+            width: 9.0,
+            height: 9.0,
+        };
+        assert_eq!(past.pixel_box(5, 6), Some([3, 4, 4, 5]), "cut to the image");
+        assert_eq!(empty.pixel_box(5, 6), None);
+        for shape in [mask, triangle] {
+            let mut painted = vec![0u8; 5 * 6];
+            let region = Region {
+                class: "dent".into(),
+                shape: shape.clone(),
+            };
+            region.paint(&mut painted, 5, 6);
+            let [x0, y0, x1, y1] = shape.pixel_box(5, 6).expect("pixels");
+            for (i, &p) in painted.iter().enumerate() {
+                let (x, y) = ((i % 5) as u32, (i / 5) as u32);
+                if p > 0 {
+                    assert!(
+                        (x0..=x1).contains(&x) && (y0..=y1).contains(&y),
+                        "{shape:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

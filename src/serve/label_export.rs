@@ -7,7 +7,9 @@
 //!   classes. Every region leaves as its bounding box: the detection format every YOLO reads.
 //! - `mvtec`: `train/good/<sha256>.png` for good parts, `test/<class>/<sha256>.png` for
 //!   defective ones, `ground_truth/<class>/<sha256>_mask.png` (255 = defect) painted from the
-//!   regions: the layout `linesight train` and `linesight eval --layout mvtec` read.
+//!   regions, and where they name other types than the part's class, `<sha256>_boxes.txt`
+//!   beside it (each region's box and type): the layout `linesight train` and `linesight eval
+//!   --layout mvtec` read.
 //!
 //! `linesight-export.json` at the end lists what went in and the labelled parts left out
 //! because their image is no longer kept.
@@ -25,7 +27,7 @@ use zip::write::SimpleFileOptions;
 
 use super::labelling::LabelledParts;
 use super::{ApiError, ApiState};
-use crate::learn::dataset::class_folder as folder_name;
+use crate::learn::dataset::{class_folder as folder_name, region_boxes};
 use crate::part::Verdict;
 use crate::record::coco::{LabelledImage, LabelledSource};
 use crate::record::regions_mask;
@@ -146,6 +148,15 @@ fn write_zip(
                         stored,
                     )?;
                     zip.write_all(&png)?;
+                    // Regions of other types than the part's, each with its box and type.
+                    let boxes = region_boxes(&part.regions, class, part.width, part.height);
+                    if let Some(boxes) = boxes {
+                        zip.start_file(
+                            format!("ground_truth/{}/{digest}_boxes.txt", folder_name(class)),
+                            stored,
+                        )?;
+                        zip.write_all(boxes.as_bytes())?;
+                    }
                 }
             }
         }

@@ -261,6 +261,10 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
     // columns 1..=9 of rows 1..=7, and the box (x 2..6, y 3..8.5) lies within it.
     let painted = mask.pixels().filter(|p| p.0[0] == 255).count();
     assert_eq!(painted, 9 * 7, "the polygon and the box, painted");
+    assert!(
+        sample.boxes.is_empty(),
+        "both regions are of the part's class, which the mask says: no typed boxes"
+    );
     let mut yolo = export("yolo").await;
     let mut text = String::new();
     std::io::Read::read_to_string(

@@ -345,7 +345,8 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
     .await;
 
     // Supervised, once defects are labelled: 12 rejected parts labelled scratches, 20 passed
-    // parts labelled good; unlabelled parts do not count.
+    // parts labelled good; unlabelled parts do not count. Each scratched part has a dent
+    // drawn beside its scratch: the model learns both types from the regions.
     let parts = store.inspection_records(None, 500).expect("read");
     for (verdict, n, label) in [
         (
@@ -360,8 +361,20 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
             .filter(|p| p.image.is_some() && p.verdict.map(|v| v.as_str()) == Some(verdict))
             .take(n)
         {
+            let mut label = label.clone();
+            if verdict == "fail" {
+                // The scratch where the live model outlined it (the image's corner if not).
+                let [x0, y0, x1, y1] = part.defect_boxes.first().map_or([2, 2, 18, 18], |b| b.bbox);
+                label["image"] = json!(part.image);
+                label["regions"] = json!([
+                    {"class": "scratch", "shape": {"kind": "box", "x": x0, "y": y0,
+                        "width": x1 - x0, "height": y1 - y0}},
+                    {"class": "dent", "shape": {"kind": "box", "x": 40.0, "y": 40.0,
+                        "width": 12.0, "height": 12.0}},
+                ]);
+            }
             let path = format!("/api/v1/inspections/{}/labels", part.part_id);
-            let (status, body) = engineer.post(&path, label.clone()).await;
+            let (status, body) = engineer.post(&path, label).await;
             assert_eq!(status, 201, "{body}");
         }
     }
@@ -397,13 +410,16 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         (Some(5 + 3), Some(3)),
         "{metrics}"
     );
-    assert!(
-        job["model"]["card"]["classes"]
-            .as_array()
-            .expect("classes")
-            .iter()
-            .any(|c| c == "scratch")
-    );
+    // The classes the parts name, and the type only regions name: each region taught its own.
+    let classes = &job["model"]["card"]["classes"];
+    assert_eq!(classes, &json!(["good", "dent", "scratch"]), "{classes}");
+    // The 3 held-out scratched parts' regions judge its boxes, type by type.
+    let boxes = &metrics["boxes"];
+    assert_eq!(boxes["n_true_boxes"].as_u64(), Some(3 * 2), "{boxes}");
+    let judged: Vec<&str> = (boxes["per_class"].as_array().expect("per type").iter())
+        .filter_map(|c| c["class"].as_str())
+        .collect();
+    assert_eq!(judged, ["dent", "scratch"], "{boxes}");
 
     // A product the station has not seen yet: good images uploaded from a lab camera.
     let mut generator = linesight::simulate::PartGenerator::new(5, 256, 256, 0.0);

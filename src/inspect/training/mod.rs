@@ -9,13 +9,17 @@
 //! engineer uploaded from a computer, by class. It lays the images out in the MVTec AD folder
 //! layout in a scratch folder (every [`HELD_OUT_EVERY`]th image of each class held out in
 //! `test/<class>`, the rest in `train/<class>`, except that an anomaly model sees no defect in
-//! training: all its defects are in `test/`; masks painted from the labels' regions), trains there with the same code and defaults as
-//! `linesight train`, and moves the finished model folder into the registry under its version.
+//! training: all its defects are in `test/`; masks painted from the labels' regions, and
+//! where a part's regions name other types than its class, each region's box and type beside
+//! the mask, so that a supervised model learns every type the engineers drew), trains there
+//! with the same code and defaults as `linesight train`, and moves the finished model folder
+//! into the registry under its version.
 //! A half-written model is never in the registry: training writes to a hidden folder that
 //! the registry does not list, and the move is one rename in the same folder.
 //!
 //! One job runs at a time, on a one-thread pool of its own at nice 10, so the live model
-//! keeps the other core and comes first on its own. Its progress is each training phase with its time left ([`ProgressWatch`]).
+//! keeps the other core and comes first on its own. Its progress is each training phase with
+//! its time left ([`ProgressWatch`]).
 //! When it is done, the job shows the card's validation figures and a few held-out parts with
 //! the new model's heat maps, saved to the image store only where they fit its budget
 //! without evicting anything (as a backtest's). The model is then a registry version like any
@@ -34,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use self::uploads::{UploadError, Uploads};
 use super::backtest::JobState;
 use super::registry::Registry;
-use crate::learn::dataset::{Layout, class_folder, load_gray};
+use crate::learn::dataset::{self, Layout, class_folder, load_gray};
 use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use crate::models::anomaly::train::{self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE};
@@ -865,6 +869,11 @@ fn lay_out(
             let truth = data.join("ground_truth").join(class_folder(&part.class));
             std::fs::create_dir_all(&truth)?;
             std::fs::write(truth.join(format!("{stem}_mask.png")), mask)?;
+            // Regions of another type than the part's: each teaches its own type, through its
+            // box over the mask (a part labelled scratch may show a dent too).
+            if let Some(boxes) = dataset::region_boxes(&part.regions, &part.class, width, height) {
+                std::fs::write(truth.join(format!("{stem}_boxes.txt")), boxes)?;
+            }
         }
     }
     Ok(())

@@ -924,10 +924,12 @@ fn training_examples(
 
 /// Where the sample's defects are and of which class, as a class map the size of its image:
 /// each pixel the index of its class among `classes` (0: good). From its mask file, every
-/// marked pixel of class `image_class`, or from its boxes, each of its own type (a type the
-/// model does not know counts as `image_class`; where boxes overlap, the later one's). Good
-/// images map to 0 everywhere; a defective image with neither (or an empty mask file) has
-/// `None`: it is labelled defective somewhere, not everywhere.
+/// marked pixel of class `image_class`, or of the type of the box over it where it has
+/// typed boxes too (a station's label: regions of several types, each also a box); from
+/// boxes alone, each box's pixels of its own type. A type the model does not know counts as
+/// `image_class`; where boxes overlap, the later one's. Good images map to 0 everywhere; a
+/// defective image with neither (or an empty mask file) has `None`: it is labelled defective
+/// somewhere, not everywhere.
 fn class_map(
     sample: &Sample,
     image: &GrayImage,
@@ -943,6 +945,24 @@ fn class_map(
     if !sample.defective() {
         return Ok(Some(blank()));
     }
+    // Each box's pixels of its type (0 where no box is, or its type is `good`).
+    let boxes = (!sample.boxes.is_empty()).then(|| {
+        let mut map = blank();
+        let width = image.width as usize;
+        for labelled in &sample.boxes {
+            let class = (classes.iter().position(|c| *c == labelled.class))
+                .and_then(|i| u8::try_from(i).ok())
+                .filter(|&i| i > 0)
+                .unwrap_or(image_class);
+            let [x0, y0, x1, y1] = labelled.bbox;
+            for y in y0..end_on_image(y1, image.height) {
+                for x in x0..end_on_image(x1, image.width) {
+                    map.pixels[y as usize * width + x as usize] = class;
+                }
+            }
+        }
+        map
+    });
     if let Some(path) = &sample.mask {
         let mut mask = dataset::load_mask(path).map_err(|e| e.to_string())?;
         if (mask.width, mask.height) != size {
@@ -956,29 +976,17 @@ fn class_map(
             ));
         }
         if mask.pixels.iter().any(|&p| p > 0) {
-            for p in &mut mask.pixels {
-                *p = if *p > 0 { image_class } else { 0 };
+            for (i, p) in mask.pixels.iter_mut().enumerate() {
+                *p = match (*p, &boxes) {
+                    (0, _) => 0,
+                    (_, Some(boxes)) if boxes.pixels[i] > 0 => boxes.pixels[i],
+                    _ => image_class,
+                };
             }
             return Ok(Some(mask));
         }
     }
-    if !sample.boxes.is_empty() {
-        let mut map = blank();
-        let width = image.width as usize;
-        for labelled in &sample.boxes {
-            let class = (classes.iter().position(|c| *c == labelled.class))
-                .and_then(|i| u8::try_from(i).ok())
-                .unwrap_or(image_class);
-            let [x0, y0, x1, y1] = labelled.bbox;
-            for y in y0..end_on_image(y1, image.height) {
-                for x in x0..end_on_image(x1, image.width) {
-                    map.pixels[y as usize * width + x as usize] = class;
-                }
-            }
-        }
-        return Ok(Some(map));
-    }
-    Ok(None)
+    Ok(boxes)
 }
 
 /// Where the sample's defects are, whatever their class, as a mask the pixel metrics read
@@ -1213,16 +1221,11 @@ fn score_all(
     for sample in samples {
         bar.check()?;
         bar.inc(1);
-        let Some(truth) = model
-            .card
-            .family
-            .classes
-            .iter()
-            .position(|c| c == sample.taught_class())
-            // A model that does not tell the boxes' types apart knows the image's class.
-            .or_else(|| (model.card.family.classes.iter()).position(|c| *c == sample.class))
-        else {
-            tracing::warn!(class = %sample.taught_class(), "skipping an image of a class the model does not know");
+        let Some(truth) = truth_class(&model.card.family.classes, sample) else {
+            tracing::warn!(
+                class = %sample.taught_class(),
+                "skipping an image of a class the model does not know"
+            );
             scored.n_skipped += 1;
             continue;
         };
@@ -1271,6 +1274,16 @@ fn score_all(
     }
     bar.finish_and_clear();
     Ok(scored)
+}
+
+/// The index among a model's `classes` of the class `sample` is scored as: the one it is
+/// taught as ([`Sample::taught_class`]), or else its image class, which a model that does not
+/// tell its boxes' types apart (trained before they were read, or on the image labels) knows.
+/// `None` where the model knows neither.
+fn truth_class(classes: &[String], sample: &Sample) -> Option<usize> {
+    (classes.iter())
+        .position(|c| c == sample.taught_class())
+        .or_else(|| classes.iter().position(|c| *c == sample.class))
 }
 
 /// Evaluates `model` on `samples` at the card's threshold.
@@ -1493,6 +1506,92 @@ mod tests {
             .expect("good")
             .expect("good");
         assert!(map.pixels.iter().all(|&p| p == 0));
+    }
+
+    #[test]
+    fn a_mask_takes_the_types_of_the_boxes_over_it() {
+        use crate::learn::dataset::LabelledBox;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = GrayImage::new(16, 8, vec![0; 16 * 8]).expect("size");
+        // Marked: a 2×2 block at (1, 1) and another at (10, 4).
+        let mut marked = vec![0u8; 16 * 8];
+        for (x, y) in [
+            (1, 1),
+            (2, 1),
+            (1, 2),
+            (2, 2),
+            (10, 4),
+            (11, 4),
+            (10, 5),
+            (11, 5),
+        ] {
+            marked[y * 16 + x] = 255;
+        }
+        let mask = dir.path().join("000_mask.png");
+        let png = crate::record::gray_png(&GrayImage::new(16, 8, marked).expect("size"));
+        std::fs::write(&mask, png.expect("png")).expect("write");
+        let classes = ["good", "scratch", "dent"].map(String::from);
+        let sample = Sample {
+            image: "part.png".into(),
+            class: "scratch".into(),
+            mask: Some(mask),
+            held_out: None,
+            boxes: vec![
+                // The first block's box names a dent; the second's is of the part's class.
+                LabelledBox {
+                    bbox: [0, 0, 3, 3],
+                    class: "dent".into(),
+                },
+                LabelledBox {
+                    bbox: [10, 4, 11, 4],
+                    class: "scratch".into(),
+                },
+            ],
+        };
+        let map = class_map(&sample, &image, &classes, 1)
+            .expect("mask")
+            .expect("located");
+        let at = |x: usize, y: usize| map.pixels[y * 16 + x];
+        // The mask's pixels, of the box over each; marked pixels outside every box, and the
+        // box's unmarked pixels, as before: the part's class, and good.
+        assert_eq!((at(1, 1), at(2, 2), at(0, 0), at(3, 3)), (2, 2, 0, 0));
+        assert_eq!((at(10, 4), at(11, 4), at(10, 5), at(11, 5)), (1, 1, 1, 1));
+        assert_eq!(map.pixels.iter().filter(|&&p| p > 0).count(), 8);
+        // Every marked pixel is a defect to the pixel metrics, whatever its type.
+        let mask = defect_mask(&sample, &image)
+            .expect("mask")
+            .expect("located");
+        assert_eq!(mask.pixels.iter().filter(|&&p| p == 255).count(), 8);
+        // Without boxes, all of the image's class.
+        let untyped = Sample {
+            boxes: Vec::new(),
+            ..sample
+        };
+        let map = class_map(&untyped, &image, &classes, 1)
+            .expect("mask")
+            .expect("located");
+        assert_eq!(map.pixels.iter().filter(|&&p| p == 1).count(), 8);
+    }
+
+    #[test]
+    fn a_typed_dataset_is_scored_by_the_image_class_where_types_are_unknown() {
+        use crate::learn::dataset::LabelledBox;
+        let board = Sample {
+            image: "board.jpg".into(),
+            class: "defect".into(),
+            mask: None,
+            held_out: None,
+            boxes: vec![LabelledBox {
+                bbox: [0, 0, 1, 1],
+                class: "short".into(),
+            }],
+        };
+        let typed = ["good", "open", "short"].map(String::from);
+        let untyped = ["good", "defect"].map(String::from);
+        let neither = ["good", "scratch"].map(String::from);
+        assert_eq!(truth_class(&typed, &board), Some(2), "by its boxes' type");
+        assert_eq!(truth_class(&untyped, &board), Some(1), "by its image class");
+        assert_eq!(truth_class(&neither, &board), None);
     }
 
     #[test]
