@@ -52,12 +52,18 @@ impl Sample {
         self.class != "good"
     }
 
-    /// The class a model is taught the image as: the type most of its boxes name (the first
-    /// such box's on a tie), or else its class. A DeepPCB board shows defects of several types
-    /// under one image label, `defect`, which stays its class for splitting the dataset (so
-    /// held-out parts do not move with how boxes are named); a model that tells types apart
-    /// learns each box's own type, and the image's main one.
+    /// The class a model is taught the image as: its class where one of its boxes names it,
+    /// else the type most of its boxes name (the first such box's on a tie), or else its
+    /// class. A DeepPCB board shows defects of several types under one image label, `defect`,
+    /// which stays its class for splitting the dataset (so held-out parts do not move with how
+    /// boxes are named); a model that tells types apart learns each box's own type, and the
+    /// image's main one.
     pub fn taught_class(&self) -> &str {
+        // An image class its boxes name stands (a station's part labelled scratch with a dent
+        // drawn beside its scratches is a scratched part).
+        if self.boxes.iter().any(|b| b.class == self.class) {
+            return &self.class;
+        }
         let mut best: Option<(&str, usize)> = None;
         for labelled in &self.boxes {
             let count = (self.boxes.iter())
@@ -212,7 +218,7 @@ fn mvtec(root: &Path) -> Result<Vec<Sample>, DatasetError> {
 
 /// Typed boxes as the MVTec layout's `<stem>_boxes.txt` holds them: one box a line,
 /// `x_min y_min x_max y_max type`, the maxima the last pixel in, the type the rest of the line
-/// (a station's defect class may hold spaces).
+/// (read back with single spaces between its words).
 pub fn write_boxes(boxes: &[LabelledBox]) -> String {
     (boxes.iter())
         .map(|b| {
@@ -223,22 +229,25 @@ pub fn write_boxes(boxes: &[LabelledBox]) -> String {
 }
 
 /// The `<stem>_boxes.txt` ([`write_boxes`]) of a part labelled `class` with `regions` on a
-/// `width` × `height` image: each region's box (the pixels it paints) and type. `None` where
-/// every region is of the part's class, which its mask already says.
+/// `width` × `height` image: each region's box (the pixels it paints) and type, named as its
+/// class folder would be ([`class_folder`], as the part's own class becomes its folder's
+/// name, so that one class is one name whichever way it came). `None` where every region is
+/// of the part's class, which its mask already says.
 pub fn region_boxes(
     regions: &[crate::record::Region],
     class: &str,
     width: u32,
     height: u32,
 ) -> Option<String> {
-    if regions.iter().all(|r| r.class == class) {
+    let class = class_folder(class);
+    if regions.iter().all(|r| class_folder(&r.class) == class) {
         return None;
     }
     let boxes: Vec<LabelledBox> = (regions.iter())
         .filter_map(|region| {
             Some(LabelledBox {
                 bbox: region.shape.pixel_box(width, height)?,
-                class: region.class.clone(),
+                class: class_folder(&region.class),
             })
         })
         .collect();
@@ -249,7 +258,7 @@ pub fn region_boxes(
 fn read_boxes(text: &str) -> Result<Vec<LabelledBox>, String> {
     (text.lines().filter(|l| !l.trim().is_empty()))
         .map(|line| {
-            let mut fields = line.trim().splitn(5, ' ');
+            let mut fields = line.split_whitespace();
             let mut corner = || -> Result<u32, String> {
                 let field = fields.next().unwrap_or_default();
                 field
@@ -257,14 +266,11 @@ fn read_boxes(text: &str) -> Result<Vec<LabelledBox>, String> {
                     .map_err(|e| format!("{line:?}: {field:?}: {e}"))
             };
             let bbox = [corner()?, corner()?, corner()?, corner()?];
-            let class = fields.next().map(str::trim).unwrap_or_default();
+            let class = fields.collect::<Vec<_>>().join(" ");
             if class.is_empty() || bbox[0] > bbox[2] || bbox[1] > bbox[3] {
                 return Err(format!("{line:?}: want x_min y_min x_max y_max type"));
             }
-            Ok(LabelledBox {
-                bbox,
-                class: class.to_owned(),
-            })
+            Ok(LabelledBox { bbox, class })
         })
         .collect()
 }
@@ -1106,14 +1112,19 @@ mod tests {
         let err = read(Layout::Mvtec, &root.join("missing")).unwrap_err();
         assert!(err.to_string().contains("no such folder"));
 
-        // A station's label with regions of two types: each region's box, of its type.
+        // A station's label with regions of two types: each region's box, of its type. The
+        // part's class stands where a box names it, however many boxes name another.
         let boxes = vec![
+            LabelledBox {
+                bbox: [3, 3, 3, 3],
+                class: "oil stain".into(),
+            },
             LabelledBox {
                 bbox: [0, 1, 2, 3],
                 class: "scratch".into(),
             },
             LabelledBox {
-                bbox: [3, 3, 3, 3],
+                bbox: [0, 0, 0, 0],
                 class: "oil stain".into(),
             },
         ];
@@ -1141,6 +1152,13 @@ mod tests {
             "the pixels whose centres each region covers"
         );
         assert_eq!(region_boxes(&regions[..1], "scratch", 4, 4), None);
+        // Types named as their class folders are, as the part's class is.
+        let named = [region("oil stain", 0.0), region("good", 2.5)];
+        assert_eq!(
+            region_boxes(&named, "oil stain", 4, 4).as_deref(),
+            Some("0 1 1 3 oil_stain\n2 1 3 3 good_\n")
+        );
+        assert_eq!(region_boxes(&named[..1], "oil stain", 4, 4), None);
         for (bad, says) in [
             ("0 1 2 3\n", "want x_min"),
             ("0 1 x 3 dent\n", "\"x\""),

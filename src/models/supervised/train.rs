@@ -945,7 +945,8 @@ fn class_map(
     if !sample.defective() {
         return Ok(Some(blank()));
     }
-    // Each box's pixels of its type (0 where no box is, or its type is `good`).
+    // Each box's pixels of its type (0 where no box is; a type the model does not know, or
+    // `good`, counts as the image's class).
     let boxes = (!sample.boxes.is_empty()).then(|| {
         let mut map = blank();
         let width = image.width as usize;
@@ -1248,7 +1249,11 @@ fn score_all(
                 thin.add(&prediction.heat_map, &mask);
             }
         }
-        if let Some(boxed) = &mut scored.boxed {
+        // A defective image without boxes (a station's part whose regions are all of its
+        // class, or labelled without regions) says nothing of where its boxes should be: left
+        // out of the boxes' figures, where its every box would count as a false one.
+        let boxes_known = !sample.defective() || !sample.boxes.is_empty();
+        if let Some(boxed) = (scored.boxed.as_mut()).filter(|_| boxes_known) {
             boxed.push(BoxedImage {
                 heat_map: prediction.heat_map,
                 patch_class: prediction.patch_class,
