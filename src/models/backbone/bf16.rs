@@ -46,6 +46,17 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// `Bf16` where `bf16`, else `F32`: what a resolved choice comes to.
+    fn resolved(bf16: bool) -> Precision {
+        if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+}
+
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -106,11 +117,7 @@ pub fn resolve(precision: Precision) -> Precision {
         Precision::Bf16 => cpu_has_bf16(),
         Precision::Auto => cpu_has_bf16() && bf16_pays(),
     };
-    if bf16 {
-        Precision::Bf16
-    } else {
-        Precision::F32
-    }
+    Precision::resolved(bf16)
 }
 
 /// Whether bfloat16 products are faster than f32 on this CPU: timed once per process, on
@@ -179,11 +186,7 @@ pub fn building_with<R>(precision: Precision, build: impl FnOnce() -> R) -> (R, 
 /// What 1×1 convolutions built now, on this thread, compute in: `F32` or `Bf16`.
 pub fn precision() -> Precision {
     if let Some(bf16) = BUILDING_BF16.get() {
-        return if bf16 {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        };
+        return Precision::resolved(bf16);
     }
     match USE_BF16.load(Ordering::Relaxed) {
         DEFAULT_BF16 => resolve(Precision::Bf16),
@@ -450,19 +453,11 @@ mod tests {
     fn auto_takes_bfloat16_only_where_it_pays() {
         assert_eq!(resolve(Precision::F32), Precision::F32);
         // An explicit choice holds wherever the CPU can.
-        let can = if cpu_has_bf16() {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        };
+        let can = Precision::resolved(cpu_has_bf16());
         assert_eq!(resolve(Precision::Bf16), can);
         let pays = bf16_pays();
         assert!(!pays || cpu_has_bf16(), "never without the instructions");
-        let auto = if pays {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        };
+        let auto = Precision::resolved(pays);
         assert_eq!(resolve(Precision::Auto), auto);
         // Timed once: the same answer again.
         assert_eq!(bf16_pays(), pays);
