@@ -615,7 +615,7 @@ impl BoxTruth {
     /// The figures at [`BOX_IOU`] and [`BOX_IOU_DEEPPCB`], class-agnostic and, where every
     /// true box names its type, per type; `None` without a true box.
     pub fn metrics(&self) -> Option<BoxMetrics> {
-        let n_true: usize = self.images.iter().map(|i| i.truth.len()).sum();
+        let n_true = self.n_true();
         if n_true == 0 {
             return None;
         }
@@ -671,7 +671,7 @@ impl BoxTruth {
     /// Class-agnostic average precision at the overlap rule `iou` alone; `None` without a true
     /// box.
     pub fn average_precision_at(&self, iou: f64) -> Option<f64> {
-        let n_true: usize = self.images.iter().map(|i| i.truth.len()).sum();
+        let n_true = self.n_true();
         (n_true > 0).then(|| self.at(iou, None).average_precision)
     }
 
@@ -686,6 +686,11 @@ impl BoxTruth {
                 .sum::<f64>()
                 / n as f64
         })
+    }
+
+    /// The true boxes over all images.
+    fn n_true(&self) -> usize {
+        self.images.iter().map(|i| i.truth.len()).sum()
     }
 
     /// The defect types the true boxes name, in order; `None` unless every true box names
