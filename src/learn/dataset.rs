@@ -46,6 +46,16 @@ pub struct LabelledBox {
     pub class: String,
 }
 
+impl LabelledBox {
+    /// A box `[x_min, y_min, x_max, y_max]` (maxima inclusive) of the defect type `class`.
+    pub fn new(bbox: [u32; 4], class: impl Into<String>) -> LabelledBox {
+        LabelledBox {
+            bbox,
+            class: class.into(),
+        }
+    }
+}
+
 impl Sample {
     /// Whether the sample shows a defect.
     pub fn defective(&self) -> bool {
@@ -832,10 +842,7 @@ mod tests {
             // VOC's pixels counted from 1, the sample's from 0.
             (
                 "rolled-in_scale",
-                &[LabelledBox {
-                    bbox: [0, 0, 2, 1],
-                    class: "rolled-in_scale".into()
-                }][..]
+                &[LabelledBox::new([0, 0, 2, 1], "rolled-in_scale")][..]
             )
         );
         assert_eq!(neu[0].taught_class(), "rolled-in_scale");
@@ -1115,18 +1122,9 @@ mod tests {
         // A station's label with regions of two types: each region's box, of its type. The
         // part's class stands where a box names it, however many boxes name another.
         let boxes = vec![
-            LabelledBox {
-                bbox: [3, 3, 3, 3],
-                class: "oil stain".into(),
-            },
-            LabelledBox {
-                bbox: [0, 1, 2, 3],
-                class: "scratch".into(),
-            },
-            LabelledBox {
-                bbox: [0, 0, 0, 0],
-                class: "oil stain".into(),
-            },
+            LabelledBox::new([3, 3, 3, 3], "oil stain"),
+            LabelledBox::new([0, 1, 2, 3], "scratch"),
+            LabelledBox::new([0, 0, 0, 0], "oil stain"),
         ];
         let boxes_file = root.join("ground_truth/scratch/000_boxes.txt");
         std::fs::write(&boxes_file, write_boxes(&boxes)).expect("write");

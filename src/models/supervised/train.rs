@@ -1466,20 +1466,11 @@ mod tests {
             mask: None,
             held_out: None,
             boxes: vec![
-                LabelledBox {
-                    bbox: [0, 0, 1, 1],
-                    class: "short".into(),
-                },
+                LabelledBox::new([0, 0, 1, 1], "short"),
                 // Past the image's edge: cut to it. A type the model does not know counts as
                 // the image's class.
-                LabelledBox {
-                    bbox: [62, 30, 70, 40],
-                    class: "spur".into(),
-                },
-                LabelledBox {
-                    bbox: [10, 10, 10, 10],
-                    class: "open".into(),
-                },
+                LabelledBox::new([62, 30, 70, 40], "spur"),
+                LabelledBox::new([10, 10, 10, 10], "open"),
             ],
         };
         let map = class_map(&sample, &image, &classes, 2)
@@ -1543,14 +1534,8 @@ mod tests {
             held_out: None,
             boxes: vec![
                 // The first block's box names a dent; the second's is of the part's class.
-                LabelledBox {
-                    bbox: [0, 0, 3, 3],
-                    class: "dent".into(),
-                },
-                LabelledBox {
-                    bbox: [10, 4, 11, 4],
-                    class: "scratch".into(),
-                },
+                LabelledBox::new([0, 0, 3, 3], "dent"),
+                LabelledBox::new([10, 4, 11, 4], "scratch"),
             ],
         };
         let map = class_map(&sample, &image, &classes, 1)
@@ -1586,10 +1571,7 @@ mod tests {
             class: "defect".into(),
             mask: None,
             held_out: None,
-            boxes: vec![LabelledBox {
-                bbox: [0, 0, 1, 1],
-                class: "short".into(),
-            }],
+            boxes: vec![LabelledBox::new([0, 0, 1, 1], "short")],
         };
         let typed = ["good", "open", "short"].map(String::from);
         let untyped = ["good", "defect"].map(String::from);
