@@ -383,7 +383,7 @@ fn a_trained_supervised_model_predicts_alike_on_the_gpu() {
         epochs: 10,
         batch_size: 8,
         learning_rate: 3e-3,
-        input_size: 256,
+        input_size: linesight::models::supervised::InputSize::Fixed(256),
         augmented_copies: 1,
         feature_dropout: 0.1,
         target_escape_rate: None,

@@ -8,7 +8,7 @@ use linesight::inspect::taxonomy::{DefectClass, Severity, Taxonomy};
 use linesight::learn::dataset::{self, Layout};
 use linesight::learn::progress::Progress;
 use linesight::models::backbone::WeightsSearch;
-use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
+use linesight::models::supervised::{self, InputSize, SupervisedModel, SupervisedSettings};
 use linesight::part::{GrayImage, Verdict};
 use linesight::simulate::{DefectKind, PartGenerator};
 
@@ -25,7 +25,7 @@ fn tile_settings(name: &str, data: &Path, out: &Path) -> SupervisedSettings {
         epochs: 25,
         batch_size: 8,
         learning_rate: 3e-3,
-        input_size: 256,
+        input_size: InputSize::Fixed(256),
         augmented_copies: 1,
         feature_dropout: 0.1,
         target_escape_rate: None,
@@ -456,7 +456,7 @@ fn a_target_escape_rate_chooses_the_threshold() {
         epochs: 3,
         batch_size: 8,
         learning_rate: 3e-3,
-        input_size: 128,
+        input_size: InputSize::Fixed(128),
         augmented_copies: 0,
         feature_dropout: 0.0,
         target_escape_rate: Some(0.0),
@@ -471,6 +471,110 @@ fn a_target_escape_rate_chooses_the_threshold() {
     // No number of images promises no escape at all: the card says it has no guarantee.
     assert!(rule.contains("without a guarantee"), "{rule}");
     assert!(card.head.threshold_guarantee.is_none());
+    // A size given is not chosen: no choice on the card.
+    assert!(card.family.input_size_choice.is_none());
+}
+
+/// `--input-size auto` (issue 21): the run fits a head at each candidate size its images
+/// allow, judges each on the validation images, and trains on at the size chosen; the card
+/// keeps every trial.
+#[test]
+fn auto_input_size_is_chosen_on_the_validation_images() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    write_tile_dataset(&root, &mut PartGenerator::new(6, 256, 256, 0.0), 10);
+    let settings = SupervisedSettings {
+        name: "auto-size".into(),
+        layout: Layout::MagneticTile,
+        data: root,
+        backbone_weights: backbone_weights(),
+        epochs: 3,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        // Up to 512, which 256-pixel tiles do not allow: 128 and 256 are tried.
+        input_size: "auto:512".parse().expect("input size"),
+        // One augmented copy: the same augmentations must reach every size.
+        augmented_copies: 1,
+        feature_dropout: 0.0,
+        target_escape_rate: None,
+        fold: None,
+        seed: 1,
+        out_dir: dir.path().join("model"),
+        progress: Progress::hidden(),
+    };
+    let card = supervised::train(&settings).expect("trains");
+    let choice = card
+        .family
+        .input_size_choice
+        .as_ref()
+        .expect("the choice on the card");
+    let sizes: Vec<usize> = choice.trials.iter().map(|t| t.input_size).collect();
+    assert_eq!(sizes, vec![128, 256]);
+    assert_eq!(choice.median_longer_side, 256);
+    // Good and defective validation tiles, no outline or boxes: judged by image AUROC.
+    assert_eq!(choice.figure, "image AUROC of the validation images");
+    for trial in &choice.trials {
+        let auroc = trial.value.expect("each size judged");
+        assert!((0.0..=1.0).contains(&auroc), "{trial:?}");
+    }
+    assert_eq!(
+        Some(choice.chosen),
+        supervised::input_size::chosen_size(&choice.trials)
+    );
+    // The model is the chosen size's, and loads as one.
+    assert_eq!(card.family.input.input_size, choice.chosen);
+    let model = SupervisedModel::load(
+        &dir.path().join("model"),
+        &WeightsSearch::file(backbone_weights()),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    // As written (serde_json reads a float back to within its last digit, not always exactly).
+    let read = (model.card.family.input_size_choice.as_ref()).expect("the choice read back");
+    assert_eq!(
+        (read.chosen, &read.figure, &read.rule),
+        (choice.chosen, &choice.figure, &choice.rule)
+    );
+    assert!(
+        (read.trials.iter().zip(&choice.trials)).all(|(r, c)| r.input_size == c.input_size
+            && (r.value.unwrap_or(-1.0) - c.value.unwrap_or(-1.0)).abs() < 1e-12),
+        "{read:?} against {choice:?}"
+    );
+    // The run went on from the chosen size's first fit as a run given that size does.
+    let given = supervised::train(&SupervisedSettings {
+        input_size: InputSize::Fixed(choice.chosen),
+        out_dir: dir.path().join("given"),
+        ..settings
+    })
+    .expect("trains");
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
+    assert!(
+        close(card.head.threshold.into(), given.head.threshold.into()),
+        "threshold {} against {}",
+        card.head.threshold,
+        given.head.threshold
+    );
+    assert_eq!(card.family.n_train, given.family.n_train);
+    assert!(
+        (card
+            .family
+            .feature_mean
+            .iter()
+            .zip(&given.family.feature_mean))
+        .all(|(a, b)| close((*a).into(), (*b).into())),
+        "feature standardisation differs"
+    );
+    let (ours, theirs) = (&card.family.metrics, &given.family.metrics);
+    assert_eq!(ours.confusion, theirs.confusion);
+    assert!(
+        close(
+            ours.detection.image_auroc.unwrap_or(-1.0),
+            theirs.detection.image_auroc.unwrap_or(-1.0)
+        ),
+        "{ours:?} against {theirs:?}"
+    );
+    assert!(given.family.input_size_choice.is_none());
 }
 
 /// Labels without masks (issue 21): an image only tagged defective teaches the model that the

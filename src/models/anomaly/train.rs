@@ -39,8 +39,9 @@ pub const DEFAULT_BANK_SIZE: usize = 4096;
 /// The side of the square the backbone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputSize {
-    /// Chosen by the training run from the product's good images ([`input_size::choose`]),
-    /// none above `largest`.
+    /// Chosen by the training run, none above `largest`: the anomaly family's from the
+    /// product's good images ([`input_size::choose`]), the supervised family's from its
+    /// labelled validation images ([`crate::models::supervised::input_size`]).
     Auto { largest: usize },
     /// This size (a multiple of 16).
     Fixed(usize),
@@ -51,6 +52,17 @@ impl InputSize {
     pub const AUTO: InputSize = InputSize::Auto {
         largest: input_size::DEFAULT_LARGEST,
     };
+}
+
+impl std::fmt::Display for InputSize {
+    /// As [`str::parse`] reads it back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            InputSize::AUTO => f.write_str("auto"),
+            InputSize::Auto { largest } => write!(f, "auto:{largest}"),
+            InputSize::Fixed(size) => write!(f, "{size}"),
+        }
+    }
 }
 
 impl std::str::FromStr for InputSize {
@@ -576,5 +588,10 @@ mod tests {
         assert_eq!("256".parse(), Ok(InputSize::Fixed(256)));
         let refused = "big".parse::<InputSize>().expect_err("not a size");
         assert!(refused.contains("nor a size in pixels"), "{refused}");
+        // Written as it is read (the CLI shows its defaults so).
+        for text in ["auto", "auto:512", "256"] {
+            let size: InputSize = text.parse().expect("a size");
+            assert_eq!(size.to_string(), text);
+        }
     }
 }

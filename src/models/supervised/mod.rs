@@ -31,11 +31,13 @@
 //! first fit never sees; the head is then fitted again with the validation images added, and
 //! that final head, with the threshold, is what the held-out part measures.
 
+pub mod input_size;
 mod train;
 
+pub use self::input_size::{SizeChoice, SizeTrial};
 pub use self::train::{
     CrossValidation, DEFAULT_AUGMENTED_COPIES, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS,
-    DEFAULT_FEATURE_DROPOUT, DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, FoldResult,
+    DEFAULT_FEATURE_DROPOUT, DEFAULT_INPUT_SIZE, DEFAULT_LEARNING_RATE, FoldResult, InputSize,
     SupervisedSettings, cross_validate, evaluate, held_out_part, train,
 };
 pub use crate::models::boxes::{BOX_CUT, BoxShape, DefectBox, boxes_from_heat_map, classed_boxes};
@@ -409,6 +411,10 @@ pub struct SupervisedCard {
     /// cards of models without boxes read as before).
     #[serde(default, skip_serializing_if = "BoxShape::is_default")]
     pub box_shape: BoxShape,
+    /// How the input size was chosen, where the run chose it (`--input-size auto`): each
+    /// candidate's validation figure (see [`input_size`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size_choice: Option<SizeChoice>,
     pub metrics: SupervisedMetrics,
 }
 
@@ -631,6 +637,7 @@ fn untrained_card(classes: Vec<String>, features: &PatchFeatures) -> ModelCard<S
         seed: 0,
         training_duration_s: 0.0,
         box_shape: BoxShape::default(),
+        input_size_choice: None,
         metrics: empty_metrics(n_classes),
     };
     ModelCard::new(

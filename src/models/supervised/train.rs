@@ -1,7 +1,9 @@
 //! Training and evaluating the supervised model on a labelled dataset, read in place.
 
+use super::input_size::{self, SizeChoice};
 use super::*;
 use crate::learn::drift::{DriftReference, InputStats};
+pub use crate::models::anomaly::train::InputSize;
 use crate::models::anomaly::{nearest_distances, sample_rows, search_layout};
 
 /// What to train.
@@ -14,8 +16,9 @@ pub struct SupervisedSettings {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
-    /// Side of the square the backbone sees (a multiple of 16); smaller is faster.
-    pub input_size: usize,
+    /// Side of the square the backbone sees (a multiple of 16; smaller is faster), or
+    /// chosen by the run on its validation images ([`input_size`]).
+    pub input_size: InputSize,
     /// Randomly augmented copies of each training image, besides the image itself.
     pub augmented_copies: usize,
     /// Share of feature channels dropped per image and step while training (0 = none).
@@ -61,7 +64,7 @@ impl SupervisedSettings {
             epochs: DEFAULT_EPOCHS,
             batch_size: DEFAULT_BATCH_SIZE,
             learning_rate: DEFAULT_LEARNING_RATE,
-            input_size: DEFAULT_INPUT_SIZE,
+            input_size: InputSize::Fixed(DEFAULT_INPUT_SIZE),
             augmented_copies: DEFAULT_AUGMENTED_COPIES,
             feature_dropout: DEFAULT_FEATURE_DROPOUT,
             target_escape_rate: None,
@@ -105,11 +108,15 @@ enum PatchLabels {
 /// threshold on the validation part; then trains the head again, with the same settings, on
 /// the whole training part (a fifth more labelled images: on magnetic-tile that was worth
 /// about two points of defect-vs-good accuracy) and keeps that threshold. Evaluates on the
-/// held-out part, writes head and card.
+/// held-out part, writes head and card. With [`InputSize::Auto`] the first fit runs at each
+/// candidate size and the run goes on from the chosen size's ([`input_size`]); in a
+/// cross-validation each fold chooses for itself.
 pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>, SupervisedError> {
     let started = Instant::now();
     let device = Device::Cpu;
-    check_input_size(settings.input_size).map_err(|m| file_error(&settings.data, &m))?;
+    if let InputSize::Fixed(size) = settings.input_size {
+        check_input_size(size).map_err(|m| file_error(&settings.data, &m))?;
+    }
     if !(0.0..1.0).contains(&settings.feature_dropout) {
         return Err(file_error(
             &settings.data,
@@ -119,8 +126,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
             ),
         ));
     }
-    let features = PatchFeatures::load(&settings.backbone_weights, &device)?
-        .with_input_size(settings.input_size);
+    let backbone = PatchFeatures::load(&settings.backbone_weights, &device)?;
     let mut samples = dataset::read(settings.layout, &settings.data)?;
     if let Some(fold) = settings.fold {
         dataset::hold_out_fold(&mut samples, settings.layout, fold);
@@ -159,71 +165,52 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         ));
     }
 
-    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
-    let copies = 1 + settings.augmented_copies;
-    let bar = settings.progress.phase(
-        (fit_part.len() + validation.len()) * copies,
-        "features of training images",
-    );
-    // Each image is decoded once: its examples, and for a good one the input statistics the
-    // card's drift reference learns from.
-    let mut next_source = 0;
-    let mut extract = |part: &[Sample]| {
-        let mut examples = Vec::new();
-        let mut used = Vec::new();
-        let mut good_inputs = Vec::new();
-        for sample in part {
-            if bar.check().is_err() {
-                // The caller sees the cancel at its next check, below.
-                break;
-            }
-            next_source += 1;
-            match training_examples(&features, sample, next_source, &classes, copies, &mut rng) {
-                Ok((mut more, inputs)) => {
-                    examples.append(&mut more);
-                    used.push(sample.clone());
-                    if !sample.defective() {
-                        good_inputs.push(inputs);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(image = %sample.image.display(), %error, "skipping training image")
-                }
-            }
-            bar.inc(copies as u64);
+    // The first fit at each candidate size (one, unless asked to choose; see `input_size`).
+    let parts = Parts {
+        fit: &fit_part,
+        validation: &validation,
+        classes: &classes,
+        judge_outlines: false,
+    };
+    let (first, size_choice) = match settings.input_size {
+        InputSize::Fixed(size) => (
+            first_fit(settings, backbone.with_input_size(size), &parts)?,
+            None,
+        ),
+        InputSize::Auto { largest } => {
+            let median = input_size::median_longer_side(fit_part.iter().map(|s| s.image.as_path()));
+            let sizes = input_size::candidates(median, largest);
+            let parts = Parts {
+                judge_outlines: true,
+                ..parts
+            };
+            let (best, trials, figure) = input_size::choose(&sizes, |size| {
+                let fit = first_fit(settings, backbone.clone().with_input_size(size), &parts)?;
+                let judged = fit.size_figure();
+                tracing::info!(size, figure = ?judged, "input size tried on the validation images");
+                Ok::<_, SupervisedError>((fit, judged))
+            })?;
+            let Some(best) = best else {
+                return Err(file_error(&settings.data, &"no input size to try"));
+            };
+            let chosen = best.model.features.input_size();
+            let choice = SizeChoice::new(chosen, trials, figure, median);
+            (best, Some(choice))
         }
-        (examples, used, good_inputs)
     };
-    let (mut train_set, mut used, fit_good_inputs) = extract(&fit_part);
-    let (mut validation_set, used_validation, validation_good_inputs) = extract(&validation);
-    bar.check()?;
-    bar.finish_and_clear();
-    let n_skipped_train = fit_part.len() + validation.len() - used.len() - used_validation.len();
-    if train_set.is_empty() {
-        return Err(file_error(&settings.data, &"no usable training image"));
-    }
-
-    // First fit: on the fit part only, to choose the threshold on validation images it never saw.
-    locate_tagged_defects(&mut train_set, settings.seed, &settings.progress)?;
-    let (head, normaliser, mut varmap) = fit_head(&train_set, classes.len(), settings, "fit part")?;
-    // The first fit's card names the real classes: scoring the validation part finds each
-    // image's class by name (placeholder names skipped every defective image, and the threshold
-    // fell back to 0.5 whatever the target).
-    let mut model = SupervisedModel {
-        card: untrained_card(classes.clone(), &features),
-        features,
-        inference: InferenceHead::new(&head, &normaliser)?,
-        normaliser,
-    };
-    // And its layout, which tells scoring whether the images have thin defects.
-    model.card.family.layout = settings.layout;
-    let scored = score_all(
-        &model,
-        &validation,
-        &settings.progress,
-        "validation images",
-        Pass::Validation,
-    )?;
+    let FirstFit {
+        mut model,
+        mut varmap,
+        mut train_set,
+        mut validation_set,
+        mut used,
+        used_validation,
+        n_skipped_train,
+        fit_good_inputs,
+        validation_good_inputs,
+        scored,
+        box_shape,
+    } = first;
     let n_validation = used_validation.len();
     let mut guarantee = None;
     let has_good = scored.labels.iter().any(|l| !l);
@@ -270,21 +257,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     };
     let (threshold, mut rule) =
         chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
-    // How boxes are drawn: chosen on the same validation images as the threshold.
-    let box_shape = match (scored.boxed.as_deref())
-        .and_then(|images| choose_box_shape(images, &model.card.family.classes))
-    {
-        Some((shape, fit)) => {
-            tracing::info!(
-                cut = shape.cut,
-                scale = shape.scale,
-                mean_ap = fit,
-                "box shape chosen on the validation images"
-            );
-            shape
-        }
-        None => BoxShape::default(),
-    };
+    let box_shape = box_shape.map_or_else(BoxShape::default, |(shape, _)| shape);
     let drift = drift_reference(
         &fit_good_inputs,
         &validation_good_inputs,
@@ -347,6 +320,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         seed: settings.seed,
         training_duration_s,
         box_shape,
+        input_size_choice: size_choice,
         metrics: empty_metrics(0),
     };
     // Versioned once the threshold is in the card; measured with the final card in place.
@@ -363,6 +337,166 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     model.card.head.version = format!("{}@{}", settings.name, version_suffix(&model, &varmap)?);
     save(&model, &varmap, &settings.out_dir)?;
     Ok(model.card)
+}
+
+/// What a first fit learns from: the training part less its validation part, the validation
+/// part, and the classes.
+#[derive(Clone, Copy)]
+struct Parts<'a> {
+    fit: &'a [Sample],
+    validation: &'a [Sample],
+    classes: &'a [String],
+    /// Whether the validation images' thin-defect outlines are counted (pixel by pixel, which
+    /// costs): only when they judge input sizes.
+    judge_outlines: bool,
+}
+
+/// A head fitted on the fit part at one input size and scored on the validation images, with
+/// what the final fit and the card go on from.
+struct FirstFit {
+    model: SupervisedModel,
+    varmap: VarMap,
+    train_set: Vec<Example>,
+    validation_set: Vec<Example>,
+    used: Vec<Sample>,
+    used_validation: Vec<Sample>,
+    n_skipped_train: usize,
+    fit_good_inputs: Vec<InputStats>,
+    validation_good_inputs: Vec<InputStats>,
+    scored: Scored,
+    /// How boxes are drawn, chosen on the validation images where they have boxes, with the
+    /// mean AP it reached there.
+    box_shape: Option<(BoxShape, f64)>,
+}
+
+impl FirstFit {
+    /// The validation figure input sizes are compared by (see [`input_size`]), and what it is.
+    fn size_figure(&self) -> Option<(f64, &'static str)> {
+        if let Some(thin) = self.scored.thin.as_ref().and_then(ThinDefectTruth::metrics) {
+            return Some((
+                thin.best_over_images.f1,
+                "thin-defect F1 of the validation images at the best heat-map cut",
+            ));
+        }
+        if let Some((_, mean_ap)) = self.box_shape {
+            return Some((
+                mean_ap,
+                "box mean AP of the validation images (IoU 0.5-0.75)",
+            ));
+        }
+        eval::auroc(&self.scored.scores, &self.scored.labels)
+            .map(|auroc| (auroc, "image AUROC of the validation images"))
+    }
+}
+
+/// Extracts the features of the fit and validation images at `features`' input size (the
+/// same augmentations at every size: the rng starts from the seed), fits a head on the fit
+/// part and scores the validation images with it.
+fn first_fit(
+    settings: &SupervisedSettings,
+    features: PatchFeatures,
+    parts: &Parts,
+) -> Result<FirstFit, SupervisedError> {
+    let Parts {
+        fit: fit_part,
+        validation,
+        classes,
+        judge_outlines,
+    } = *parts;
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
+    let copies = 1 + settings.augmented_copies;
+    let bar = settings.progress.phase(
+        (fit_part.len() + validation.len()) * copies,
+        &format!("features of training images at {}", features.input_size()),
+    );
+    // Each image is decoded once: its examples, and for a good one the input statistics the
+    // card's drift reference learns from.
+    let mut next_source = 0;
+    let mut extract = |part: &[Sample]| {
+        let mut examples = Vec::new();
+        let mut used = Vec::new();
+        let mut good_inputs = Vec::new();
+        for sample in part {
+            if bar.check().is_err() {
+                // The caller sees the cancel at its next check, below.
+                break;
+            }
+            next_source += 1;
+            match training_examples(&features, sample, next_source, classes, copies, &mut rng) {
+                Ok((mut more, inputs)) => {
+                    examples.append(&mut more);
+                    used.push(sample.clone());
+                    if !sample.defective() {
+                        good_inputs.push(inputs);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(image = %sample.image.display(), %error, "skipping training image")
+                }
+            }
+            bar.inc(copies as u64);
+        }
+        (examples, used, good_inputs)
+    };
+    let (mut train_set, used, fit_good_inputs) = extract(fit_part);
+    let (validation_set, used_validation, validation_good_inputs) = extract(validation);
+    bar.check()?;
+    bar.finish_and_clear();
+    let n_skipped_train = fit_part.len() + validation.len() - used.len() - used_validation.len();
+    if train_set.is_empty() {
+        return Err(file_error(&settings.data, &"no usable training image"));
+    }
+
+    // On the fit part only, to choose the threshold on validation images it never saw.
+    locate_tagged_defects(&mut train_set, settings.seed, &settings.progress)?;
+    let (head, normaliser, varmap) = fit_head(&train_set, classes.len(), settings, "fit part")?;
+    // The first fit's card names the real classes: scoring the validation part finds each
+    // image's class by name (placeholder names skipped every defective image, and the threshold
+    // fell back to 0.5 whatever the target).
+    let mut model = SupervisedModel {
+        card: untrained_card(classes.to_vec(), &features),
+        features,
+        inference: InferenceHead::new(&head, &normaliser)?,
+        normaliser,
+    };
+    // And its layout, which tells scoring whether the images have thin defects.
+    model.card.family.layout = settings.layout;
+    let pass = if judge_outlines {
+        Pass::SizeTrial
+    } else {
+        Pass::Validation
+    };
+    let scored = score_all(
+        &model,
+        validation,
+        &settings.progress,
+        "validation images",
+        pass,
+    )?;
+    // How boxes are drawn: chosen on the same validation images as the threshold.
+    let box_shape = (scored.boxed.as_deref())
+        .and_then(|images| choose_box_shape(images, &model.card.family.classes));
+    if let Some((shape, fit)) = box_shape {
+        tracing::info!(
+            cut = shape.cut,
+            scale = shape.scale,
+            mean_ap = fit,
+            "box shape chosen on the validation images"
+        );
+    }
+    Ok(FirstFit {
+        model,
+        varmap,
+        train_set,
+        validation_set,
+        used,
+        used_validation,
+        n_skipped_train,
+        fit_good_inputs,
+        validation_good_inputs,
+        scored,
+        box_shape,
+    })
 }
 
 /// Fits a fresh head (seeded from `settings.seed`) and the feature standardisation to
@@ -1189,11 +1323,14 @@ fn labelled_size_ratio(images: &[BoxedImage], shape: BoxShape) -> Option<f32> {
 /// Which pass scores the images, for what it keeps beside the scores: held-out images keep
 /// what thin defects' outlines (counted pixel by pixel at the images' resolution, which costs)
 /// and boxes are measured from; validation images keep the boxes only, to choose how they are
-/// drawn; a cross-validation fold, pooled by its image scores, keeps neither.
+/// drawn, and the outlines too where they judge input sizes; a cross-validation fold, pooled
+/// by its image scores, keeps neither.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pass {
     HeldOut,
     Validation,
+    /// Validation images judging a candidate input size ([`input_size`]).
+    SizeTrial,
     Fold,
 }
 
@@ -1213,8 +1350,9 @@ fn score_all(
         truths: Vec::new(),
         defect_classes: Vec::new(),
         pixels: PixelTruth::default(),
-        thin: (pass == Pass::HeldOut && model.card.family.layout.thin_defects())
-            .then(|| ThinDefectTruth::new(model.card.head.threshold)),
+        thin: (matches!(pass, Pass::HeldOut | Pass::SizeTrial)
+            && model.card.family.layout.thin_defects())
+        .then(|| ThinDefectTruth::new(model.card.head.threshold)),
         boxed: boxed.then(Vec::new),
         n_skipped: 0,
     };
