@@ -613,6 +613,22 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(paths)
 }
 
+/// The width and height of the image at `path`, from its header, its format told by the
+/// content as [`load_gray`] tells it (a file's name may lie about it).
+pub fn image_dimensions(path: &Path) -> Result<(u32, u32), DatasetError> {
+    image::ImageReader::open(path)
+        .and_then(|reader| reader.with_guessed_format())
+        .map_err(|e| DatasetError::Image {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?
+        .into_dimensions()
+        .map_err(|e| DatasetError::Image {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// Reads an image file as 8-bit grey.
 pub fn load_gray(path: &Path) -> Result<GrayImage, DatasetError> {
     // The format is read from the content, not trusted from the file name.
@@ -1004,6 +1020,26 @@ mod tests {
         assert_eq!(held_out_item(Path::new("ksdd/kos13")), Some(true));
         assert_eq!(held_out_item(Path::new("ksdd/kos01")), Some(false));
         assert_eq!(held_out_item(Path::new("ksdd/other")), None);
+    }
+
+    #[test]
+    fn image_dimensions_are_read_from_the_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A PNG under a JPEG's name, as the tile datasets the tests write (and a camera's
+        // export may) have them: read as what it is, like load_gray reads it.
+        let misnamed = dir.path().join("tile.jpg");
+        let png = crate::record::gray_png(&GrayImage::new(6, 4, vec![0; 24]).expect("size"))
+            .expect("png");
+        std::fs::write(&misnamed, png).expect("write");
+        assert!(image::image_dimensions(&misnamed).is_err());
+        assert_eq!(image_dimensions(&misnamed).expect("dimensions"), (6, 4));
+        let broken = dir.path().join("broken.png");
+        std::fs::write(&broken, b"not an image").expect("write");
+        let error = image_dimensions(&broken)
+            .expect_err("not an image")
+            .to_string();
+        assert!(error.contains("broken.png"), "{error}");
+        assert!(image_dimensions(&dir.path().join("gone.png")).is_err());
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub fn choose(
 fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
     let mut kept = (Vec::new(), Vec::new());
     for path in paths {
-        match image::image_dimensions(path) {
+        match dataset::image_dimensions(path) {
             Ok((width, height)) => {
                 kept.0.push(path.clone());
                 kept.1.push(width.min(height) as usize);

@@ -27,6 +27,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::learn::dataset;
+
 /// The sizes a run may choose from, smallest first: the anomaly family's, so that `auto:N`
 /// means the same to both.
 pub use crate::models::anomaly::input_size::CANDIDATES;
@@ -147,19 +149,11 @@ pub fn choose<T, E>(
     Ok((kept, trials, figure))
 }
 
-/// The median of the longer sides of the images at `paths` that can be read (header only, the
-/// format told by the content, not the name); 0 when none can.
+/// The median of the longer sides of the images at `paths` that can be read (header only, see
+/// [`dataset::image_dimensions`]); 0 when none can.
 pub fn median_longer_side<'a>(paths: impl Iterator<Item = &'a std::path::Path>) -> usize {
-    let dimensions = |path: &std::path::Path| {
-        image::ImageReader::open(path)
-            .ok()?
-            .with_guessed_format()
-            .ok()?
-            .into_dimensions()
-            .ok()
-    };
     let mut sides: Vec<usize> = paths
-        .filter_map(dimensions)
+        .filter_map(|path| dataset::image_dimensions(path).ok())
         .map(|(width, height)| width.max(height) as usize)
         .collect();
     sides.sort_unstable();
