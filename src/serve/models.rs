@@ -334,7 +334,15 @@ pub(super) struct TrainingBody {
     passed_as_good: Option<bool>,
     /// Or the images of an upload set.
     upload: Option<String>,
+    /// The side of the square the model sees: one of [`INPUT_SIZES`]; the family's default
+    /// when absent.
+    input_size: Option<String>,
 }
+
+/// The input sizes a station's training may be asked for: the run's choice (up to 256, or up
+/// to 512) or a size the models are measured at. Any other size is refused, so that no request
+/// makes the station's one training thread resample images to a square of its choosing.
+pub(super) const INPUT_SIZES: [&str; 5] = ["auto", "auto:512", "128", "256", "512"];
 
 pub(super) async fn start_training(
     State(api): State<ApiState>,
@@ -357,10 +365,24 @@ pub(super) async fn start_training(
             ));
         }
     };
+    let input_size = match body.input_size.as_deref() {
+        None => None,
+        Some(size) if INPUT_SIZES.contains(&size) => Some(
+            size.parse()
+                .map_err(|e: String| ApiError::BadRequest(format!("`input_size` {size:?}: {e}")))?,
+        ),
+        Some(size) => {
+            return Err(ApiError::BadRequest(format!(
+                "`input_size` is one of {}, not {size:?}",
+                INPUT_SIZES.join(", ")
+            )));
+        }
+    };
     let request = TrainingRequest {
         family: body.family,
         name: body.name,
         source,
+        input_size,
         requested_by: who.name.clone(),
     };
     let audit = who.audit("model.train", &request.name);

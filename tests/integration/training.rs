@@ -124,6 +124,17 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
             json!({"family": "forest", "name": "p", "from": from, "to": to}),
             "unknown variant",
         ),
+        // No square the station has not been measured at.
+        (
+            json!({"family": "anomaly", "name": "p", "from": from, "to": to,
+                "input_size": "4096"}),
+            "`input_size` is one of auto, auto:512, 128, 256, 512",
+        ),
+        (
+            json!({"family": "anomaly", "name": "p", "from": from, "to": to,
+                "input_size": 256}),
+            "invalid type",
+        ),
     ] {
         let (status, error) = engineer.post("/api/v1/training", body.clone()).await;
         assert_eq!(status, 400, "{body} → {error}");
@@ -381,7 +392,9 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
     let (status, started) = engineer
         .post(
             "/api/v1/training",
-            json!({"family": "supervised", "name": "sup", "from": from, "to": to}),
+            // The input size chosen on the product's own validation parts.
+            json!({"family": "supervised", "name": "sup", "from": from, "to": to,
+                "input_size": "auto"}),
         )
         .await;
     assert_eq!(status, 202, "{started}");
@@ -409,6 +422,22 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         ),
         (Some(5 + 3), Some(3)),
         "{metrics}"
+    );
+    // Each size up to the images' own tried, the one chosen the model's.
+    let card = &job["model"]["card"];
+    let choice = &card["input_size_choice"];
+    let tried: Vec<u64> = (choice["trials"].as_array().expect("trials").iter())
+        .filter_map(|t| t["input_size"].as_u64())
+        .collect();
+    assert_eq!(tried.first(), Some(&128), "{choice}");
+    assert!(
+        tried.windows(2).all(|w| w[0] < w[1] && w[1] <= 256),
+        "{choice}"
+    );
+    assert_eq!(choice["chosen"], card["input_size"], "{choice}");
+    assert!(
+        choice["figure"].as_str().is_some_and(|f| !f.is_empty()),
+        "{choice}"
     );
     // The classes the parts name, and the type only regions name: each region taught its own.
     let classes = &job["model"]["card"]["classes"];

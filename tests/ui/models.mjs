@@ -5,7 +5,7 @@
 // confirmation and rolls back, backtests it over the last minutes; cancels a training job from
 // its card; renames a defect class (its labels follow); onboards another product from
 // images uploaded through the page (a file that is no image is refused by name) and again as a
-// zip; edits the defect classes; an operator is kept out.
+// zip, at the input size asked for; edits the defect classes; an operator is kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -255,6 +255,8 @@ await finish(async () => {
       `the page says ${zipStatus}`);
     await page.setInputFiles('#upload-zip', []);
     await page.fill('#name', 'lab-product');
+    // A size asked for is the size the model sees (the anomaly family would choose otherwise).
+    await page.selectOption('#input-size', '256');
     await page.click('#start-training');
     const article = await page.waitForSelector('article.job[data-state] >> text=lab-product', { timeout: 10_000 });
     const id = await (await article.evaluateHandle((e) => e.closest('article'))).getAttribute('data-job');
@@ -268,6 +270,11 @@ await finish(async () => {
     console.log(`models: onboarded from ${passed.length} uploaded images: trained in ${job.model.card.training_duration_s.toFixed(1)} s (report only)`);
     const meta = await page.textContent(`article[data-job="${id}"] p.muted`);
     expect(meta.includes('Upload set lab-photos'), `the job reads ${meta}`);
+    const card = job.model.card;
+    expect(card.input_size === 256 && card.input_size_choice === undefined, `asked 256, the card says ${card.input_size} (${JSON.stringify(card.input_size_choice)})`);
+    const figures = await page.textContent(`article[data-job="${id}"] dl.figures`);
+    expect(figures.includes('Input size256 px') && !figures.includes('px, chosen'), `the figures read ${figures}`);
+    await page.selectOption('#input-size', '');
   });
 
   await check('the defect classes: tolerating one asks first, a new class is saved, a class named twice is refused with the reason, a renamed class keeps its labels (axe-core again)', async () => {

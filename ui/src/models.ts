@@ -140,11 +140,14 @@ interface ModelMetrics {
   defect_vs_good_accuracy?: number | null;
 }
 
-// How an anomaly training run chose its input size (models/anomaly/input_size.rs).
+// How a training run chose its input size: an anomaly model's on defects painted on good
+// images (models/anomaly/input_size.rs, `painted_auroc`), a supervised model's on its labelled
+// validation images (models/supervised/input_size.rs, `value` of the `figure` it names).
 interface InputSizeChoice {
   chosen: number;
   rule: string;
-  trials: { input_size: number; painted_auroc: number; seconds: number }[];
+  figure?: string;
+  trials: { input_size: number; painted_auroc?: number; value?: number | null; seconds: number }[];
 }
 
 interface ModelCard {
@@ -606,8 +609,18 @@ function inputSize(card: ModelCard): string | null {
   const choice = card.input_size_choice;
   if (!choice) return `${card.input_size} px`;
   if (choice.trials.length === 0) return `${card.input_size} px (${choice.rule})`;
+  if (choice.figure !== undefined) {
+    const judged = choice.trials.map((t) => `${t.input_size} px ${t.value == null ? 'n/a' : number(t.value)}`).join(', ');
+    return `${card.input_size} px, chosen by the ${choice.figure} (${judged})`;
+  }
   const trials = choice.trials.map((t) => `${t.input_size} px ${number(t.painted_auroc)}`).join(', ');
   return `${card.input_size} px, chosen on defects painted on good parts (AUROC ${trials})`;
+}
+
+/** The input size the form asks for: absent for the model's default. */
+function askedInputSize(): { input_size?: string } {
+  const size = byId('input-size', HTMLSelectElement).value;
+  return size === '' ? {} : { input_size: size };
 }
 
 function preview(p: TrainingPreview) {
@@ -970,7 +983,7 @@ byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => 
     try {
       const job = await api<TrainingJob>('/api/v1/training', {
         method: 'POST',
-        body: JSON.stringify({ family: byId('family', HTMLSelectElement).value, name: byId('name', HTMLInputElement).value, upload: byId('upload-set', HTMLInputElement).value }),
+        body: JSON.stringify({ family: byId('family', HTMLSelectElement).value, name: byId('name', HTMLInputElement).value, upload: byId('upload-set', HTMLInputElement).value, ...askedInputSize() }),
       });
       byId('notice').textContent = `Training job ${job.id} started.`;
       await refreshJobs();
@@ -999,6 +1012,7 @@ byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => 
         from: from.toISOString(),
         to: to.toISOString(),
         passed_as_good: byId('passed-as-good', HTMLInputElement).checked,
+        ...askedInputSize(),
       }),
     });
     byId('notice').textContent = `Training job ${job.id} started.`;

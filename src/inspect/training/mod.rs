@@ -41,7 +41,9 @@ use super::registry::Registry;
 use crate::learn::dataset::{self, Layout, class_folder, load_gray};
 use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
-use crate::models::anomaly::train::{self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE};
+use crate::models::anomaly::train::{
+    self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
+};
 use crate::models::card::CARD_FILE;
 use crate::models::supervised::{self, SupervisedSettings};
 use crate::part::Verdict;
@@ -103,6 +105,9 @@ pub struct TrainingRequest {
     /// The model's name; its version is the name and a hash of what it learnt.
     pub name: String,
     pub source: Source,
+    /// The side of the square the model sees, or `auto`; `None` takes the family's default
+    /// (the anomaly family chooses between 128 and 256, the supervised family takes 256).
+    pub input_size: Option<InputSize>,
     pub requested_by: String,
 }
 
@@ -533,7 +538,7 @@ fn run(
                 data: data.clone(),
                 backbone_weights,
                 bank_size: anomaly_train::DEFAULT_BANK_SIZE,
-                input_size: anomaly_train::InputSize::AUTO,
+                input_size: request.input_size.unwrap_or(anomaly_train::InputSize::AUTO),
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
@@ -545,6 +550,9 @@ fn run(
             .map_err(|e| e.to_string()),
             Family::Supervised => supervised::train(&SupervisedSettings {
                 progress,
+                input_size: request
+                    .input_size
+                    .unwrap_or(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)),
                 ..SupervisedSettings::defaults(
                     &request.name,
                     Layout::Mvtec,
