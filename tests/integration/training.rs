@@ -435,8 +435,13 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         "{choice}"
     );
     assert_eq!(choice["chosen"], card["input_size"], "{choice}");
+    // Judged: the validation parts' boxes (their typed regions) or their image AUROC.
     assert!(
-        choice["figure"].as_str().is_some_and(|f| !f.is_empty()),
+        choice["figure"].as_str().is_some_and(|f| f != "none"),
+        "{choice}"
+    );
+    assert!(
+        (choice["trials"].as_array().expect("trials").iter()).any(|t| t["value"].is_f64()),
         "{choice}"
     );
     // The classes the parts name, and the type only regions name: each region taught its own.

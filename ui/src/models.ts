@@ -609,6 +609,7 @@ function inputSize(card: ModelCard): string | null {
   const choice = card.input_size_choice;
   if (!choice) return `${card.input_size} px`;
   if (choice.trials.length === 0) return `${card.input_size} px (${choice.rule})`;
+  if (choice.figure === 'none') return `${card.input_size} px (${choice.rule})`;
   if (choice.figure !== undefined) {
     const judged = choice.trials.map((t) => `${t.input_size} px ${t.value == null ? 'n/a' : number(t.value)}`).join(', ');
     return `${card.input_size} px, chosen by the ${choice.figure} (${judged})`;

@@ -111,6 +111,15 @@ pub struct TrainingRequest {
     pub requested_by: String,
 }
 
+/// The input size a job of `family` trains at: the one `asked`, else the family's default (the
+/// CLI's: an anomaly model chooses up to 256, a supervised one takes 256).
+fn input_size(family: Family, asked: Option<InputSize>) -> InputSize {
+    asked.unwrap_or(match family {
+        Family::Anomaly => InputSize::AUTO,
+        Family::Supervised => InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE),
+    })
+}
+
 /// Why a training job could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingError {
@@ -538,7 +547,7 @@ fn run(
                 data: data.clone(),
                 backbone_weights,
                 bank_size: anomaly_train::DEFAULT_BANK_SIZE,
-                input_size: request.input_size.unwrap_or(anomaly_train::InputSize::AUTO),
+                input_size: input_size(Family::Anomaly, request.input_size),
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
@@ -550,9 +559,7 @@ fn run(
             .map_err(|e| e.to_string()),
             Family::Supervised => supervised::train(&SupervisedSettings {
                 progress,
-                input_size: request
-                    .input_size
-                    .unwrap_or(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)),
+                input_size: input_size(Family::Supervised, request.input_size),
                 ..SupervisedSettings::defaults(
                     &request.name,
                     Layout::Mvtec,
@@ -956,6 +963,22 @@ fn previews(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_trains_at_the_size_asked_else_its_familys_default() {
+        assert_eq!(input_size(Family::Anomaly, None), InputSize::AUTO);
+        assert_eq!(
+            input_size(Family::Supervised, None),
+            InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)
+        );
+        assert_eq!(supervised::DEFAULT_INPUT_SIZE, 256);
+        for family in [Family::Anomaly, Family::Supervised] {
+            for asked in ["auto", "auto:512", "128", "512"] {
+                let asked: InputSize = asked.parse().expect("a size");
+                assert_eq!(input_size(family, Some(asked)), asked);
+            }
+        }
+    }
 
     #[test]
     fn scratch_folders_of_killed_jobs_are_removed_and_models_kept() {
