@@ -484,24 +484,14 @@ fn auto_input_size_is_chosen_on_the_validation_images() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("tiles");
     write_tile_dataset(&root, &mut PartGenerator::new(6, 256, 256, 0.0), 10);
+    // One augmented copy (the same augmentations must reach every size), a few epochs.
     let settings = SupervisedSettings {
-        name: "auto-size".into(),
-        layout: Layout::MagneticTile,
-        data: root,
-        backbone_weights: backbone_weights(),
         epochs: 3,
-        batch_size: 8,
-        learning_rate: 3e-3,
         // Up to 512, which 256-pixel tiles do not allow: 128 and 256 are tried.
         input_size: "auto:512".parse().expect("input size"),
-        // One augmented copy: the same augmentations must reach every size.
-        augmented_copies: 1,
         feature_dropout: 0.0,
-        target_escape_rate: None,
-        fold: None,
         seed: 1,
-        out_dir: dir.path().join("model"),
-        progress: Progress::hidden(),
+        ..tile_settings("auto-size", &root, &dir.path().join("model"))
     };
     let card = supervised::train(&settings).expect("trains");
     let choice = card

@@ -93,7 +93,11 @@ pub struct InputSizeTrial {
 
 /// The candidates for images whose median shorter side is `median_side`, none above `largest`.
 pub fn candidates(median_side: usize, largest: usize) -> Vec<usize> {
-    let limit = median_side as f64 * MAX_UPSAMPLING;
+    candidates_within(median_side as f64 * MAX_UPSAMPLING, largest)
+}
+
+/// [`CANDIDATES`] up to `limit` pixels and `largest`; the smallest at least.
+pub fn candidates_within(limit: f64, largest: usize) -> Vec<usize> {
     let mut sizes: Vec<usize> = (CANDIDATES.iter().copied())
         .filter(|&size| size as f64 <= limit && size <= largest)
         .collect();

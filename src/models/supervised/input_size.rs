@@ -91,14 +91,10 @@ pub struct SizeTrial {
 
 /// The candidates for images whose median longer side is `median_side`, none above `largest`.
 pub fn candidates(median_side: usize, largest: usize) -> Vec<usize> {
-    let limit = median_side as f64 * MAX_UPSAMPLING;
-    let mut sizes: Vec<usize> = (CANDIDATES.iter().copied())
-        .filter(|&size| size as f64 <= limit && size <= largest)
-        .collect();
-    if sizes.is_empty() {
-        sizes.push(CANDIDATES[0]);
-    }
-    sizes
+    crate::models::anomaly::input_size::candidates_within(
+        median_side as f64 * MAX_UPSAMPLING,
+        largest,
+    )
 }
 
 /// Step 3: from the first (smallest) trial up, a larger size replaces the chosen one only when
