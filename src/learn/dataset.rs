@@ -613,36 +613,36 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(paths)
 }
 
-/// The width and height of the image at `path`, from its header, its format told by the
-/// content as [`load_gray`] tells it (a file's name may lie about it).
-pub fn image_dimensions(path: &Path) -> Result<(u32, u32), DatasetError> {
+/// The image at `path` opened with its format told by the content (a file's name may lie
+/// about it), for [`image_dimensions`] and [`load_gray`] alike.
+fn open_image(
+    path: &Path,
+) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, DatasetError> {
     image::ImageReader::open(path)
         .and_then(|reader| reader.with_guessed_format())
-        .map_err(|e| DatasetError::Image {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?
+        .map_err(|e| image_error(path, e))
+}
+
+fn image_error(path: &Path, error: impl std::fmt::Display) -> DatasetError {
+    DatasetError::Image {
+        path: path.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// The width and height of the image at `path`, from its header, read as [`load_gray`]
+/// reads the image.
+pub fn image_dimensions(path: &Path) -> Result<(u32, u32), DatasetError> {
+    open_image(path)?
         .into_dimensions()
-        .map_err(|e| DatasetError::Image {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        .map_err(|e| image_error(path, e))
 }
 
 /// Reads an image file as 8-bit grey.
 pub fn load_gray(path: &Path) -> Result<GrayImage, DatasetError> {
-    // The format is read from the content, not trusted from the file name.
-    let image = image::ImageReader::open(path)
-        .and_then(|reader| reader.with_guessed_format())
-        .map_err(|e| DatasetError::Image {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?
+    let image = open_image(path)?
         .decode()
-        .map_err(|e| DatasetError::Image {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| image_error(path, e))?;
     let luma = image.to_luma8();
     let (width, height) = luma.dimensions();
     Ok(GrayImage {
