@@ -2,9 +2,9 @@
 # Trains and evaluates the models on the real datasets in ../shared/datasets (read in place)
 # and checks each held-out figure against issues 3 and 21's targets; exits 1 when one is not met.
 # Writes each model and its card (held-out metrics inside) to var/eval/. Takes about
-# 50 minutes on 2 cores (24 min 31 s measured before DeepPCB was added; DeepPCB's anomaly model
+# 75 minutes on 2 cores (24 min 31 s measured before DeepPCB was added; DeepPCB's anomaly model
 # at the input size it chooses, 256, takes 3-5 min, its boxes 15 min (choosing 512),
-# KolektorSDD's anomaly model seconds, CrackForest 6.5 min (choosing 512)).
+# KolektorSDD's anomaly model seconds, CrackForest 32 min (choosing 1024)).
 # Usage: scripts/eval-datasets.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,12 +46,14 @@ done
   --data "$data/magnetic-tile" --json "$out/magnetic-tile-tags/held-out-with-masks.json"
 # CrackForest (issue 21), where it is there: road cracks outlined by its `.seg` files,
 # magnetic-tile's settings but the input size, which the run chooses on its validation images
-# (`auto:512`: 128, 256 or 512, by the F1 of their cracks' outlines). Every image shows a crack,
-# so there is no good image to pass: the figure is how well the heat maps outline the cracks,
-# pixel by pixel within 2 px, on the held-out quarter.
+# (`auto:1024`: 128, 256, 512 or 1024, up to twice the photos' 480 px, by the F1 of their
+# cracks' outlines). Every image shows a crack, so there is no good image to pass and the
+# threshold is the heat-map cut that outlined the validation images' cracks best: the figure
+# is how well the heat maps outline the cracks, pixel by pixel within 2 px, on the held-out
+# quarter.
 if [ -d "$data/crackforest" ]; then
   "$bin" train supervised --layout crackforest --data "$data/crackforest" --out "$out/crackforest" \
-    --name crackforest --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size auto:512
+    --name crackforest --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size auto:1024
   rm -rf "$out/crackforest-512"
 else
   echo "eval-datasets: no CrackForest figure: $data/crackforest is absent"
@@ -100,7 +102,7 @@ checks = [
     ("magnetic-tile anomaly image AUROC", metrics("magnetic-tile-anomaly")["image_auroc"], 0.95),
     ("deeppcb anomaly image AUROC (new product)", metrics("deeppcb-anomaly")["image_auroc"], 0.95),
     ("kolektorsdd anomaly image AUROC (7 goods)", metrics("kolektorsdd-anomaly")["image_auroc"], None),
-    # At the model's own threshold (0.5 on the heat map); the best single threshold over the
+    # At the model's own threshold (the cut chosen on validation); the best single threshold over the
     # held-out images (the crack literature's ODS) is reported beside it, not judged.
     # Judged where the dataset is there (reported n/a otherwise).
     ("crackforest crack F1 (2 px)", crack_f1("at_model_threshold"),

@@ -42,8 +42,10 @@ use crate::part::GrayImage;
 
 /// The sizes a training run may choose from, smallest first. The smallest is taken when
 /// nothing can be compared: 128 measured best on magnetic-tile (image AUROC 0.91; 0.90 at 192,
-/// about 0.88 at 256) and is the cheapest.
-pub const CANDIDATES: [usize; 3] = [128, 256, 512];
+/// about 0.88 at 256) and is the cheapest. 1024 only where asked (`auto:1024`), for images
+/// that large, or for the supervised model's thin defects (see
+/// [`crate::models::supervised::input_size`]).
+pub const CANDIDATES: [usize; 4] = [128, 256, 512, 1024];
 
 /// Good fit images whose patches make a trial's bank, at most.
 pub const TRIAL_FIT_IMAGES: usize = 32;

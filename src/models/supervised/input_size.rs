@@ -1,5 +1,5 @@
 //! Choosing the supervised model's input size per product, from its labelled validation images
-//! (`--input-size auto`, `auto:512`).
+//! (`--input-size auto`, `auto:512`, `auto:1024`).
 //!
 //! A crack two pixels wide on a 480×320 road photo is found at 256 but outlined by patches of
 //! 15×10 photo pixels; at 512 the patches are a quarter of that, and the outline follows the
@@ -9,11 +9,15 @@
 //!
 //! The protocol ([`choose`], run by [`super::train()`]):
 //! 1. **Candidates**: [`CANDIDATES`] up to the run's largest size (256 unless asked, as the
-//!    anomaly family's: 512 costs about four times as much per part) and up to the images'
-//!    median *longer* side (10 % of upsampling allowed). The longer side, not the shorter one
-//!    the anomaly family stops at: the model resamples every image to a square, and the
-//!    finer patch grid of a square as large as the longer side outlines defects better even
-//!    where it interpolates the shorter side. The smallest candidate always runs.
+//!    anomaly family's: 512 costs about four times as much per part, 1024 sixteen times) and
+//!    up to twice the images' median *longer* side (10 % more allowed). The longer side, not
+//!    the shorter one the anomaly family stops at, and up to twice it: a heat-map cell is 8×8
+//!    model pixels whatever the input, so a square larger than the image draws finer cells
+//!    even where it interpolates the image's pixels, and a thin defect's outline follows them
+//!    (CrackForest's 480×320 photos: validation F1 0.877 at 512, 0.895 at 1024). Past twice
+//!    the side a cell would be smaller than 4 image pixels, finer than a label is drawn. The
+//!    figure still has to pay for each larger size, and the run's largest bounds the cost.
+//!    The smallest candidate always runs.
 //! 2. **Trial per candidate**: the first fit (on the training part less its validation part)
 //!    at that size, with the same seed and augmentations, scored on the validation images.
 //!    The figure is what the product's labels can judge: for thin defects (cracks) the F1 of
@@ -37,7 +41,7 @@ pub use crate::models::anomaly::input_size::CANDIDATES;
 pub const MIN_GAIN: f64 = 0.01;
 
 /// How far above the images' median longer side a candidate may go.
-const MAX_UPSAMPLING: f64 = 1.1;
+const MAX_UPSAMPLING: f64 = 2.2;
 
 /// What each candidate measured on the validation images, and the size chosen: on the card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,14 +227,19 @@ mod tests {
 
     #[test]
     fn candidates_stop_at_the_longer_side_and_the_largest_size() {
-        // A 480×320 crack photo may be looked at as 512 when asked, a 640 board too.
+        // A 480×320 crack photo may be looked at as 512 when asked, a 640 board too, and
+        // both as 1024.
         assert_eq!(candidates(480, 512), vec![128, 256, 512]);
         assert_eq!(candidates(640, 512), vec![128, 256, 512]);
+        assert_eq!(candidates(480, 1024), vec![128, 256, 512, 1024]);
+        assert_eq!(candidates(640, 1024), vec![128, 256, 512, 1024]);
         // Not unless asked.
         assert_eq!(candidates(480, 256), vec![128, 256]);
-        // Not far past the images' own pixels.
-        assert_eq!(candidates(200, 512), vec![128]);
-        assert_eq!(candidates(240, 512), vec![128, 256]);
+        // Not past twice the images' own side (and a tenth).
+        assert_eq!(candidates(100, 1024), vec![128]);
+        assert_eq!(candidates(200, 1024), vec![128, 256]);
+        assert_eq!(candidates(240, 1024), vec![128, 256, 512]);
+        assert_eq!(candidates(400, 1024), vec![128, 256, 512]);
         // Tiny images still get the smallest.
         assert_eq!(candidates(40, 512), vec![128]);
     }

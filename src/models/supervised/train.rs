@@ -255,8 +255,25 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
                 })
         }
     };
-    let (threshold, mut rule) =
-        chosen.unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
+    // Without both kinds of validation image there is no verdict to choose a threshold for;
+    // where the images outline thin defects (every CrackForest photo shows a crack), the
+    // threshold is what draws their outlines, so it is the heat-map cut that outlined the
+    // validation images' defects best.
+    let outline_cut = || {
+        let thin = scored.thin.as_ref().and_then(ThinDefectTruth::metrics)?;
+        let best = thin.best_over_images;
+        Some((
+            best.threshold,
+            format!(
+                "best thin-defect outline F1 ({:.3}) over {n_validation} validation images; \
+                 no good or no defective validation image to choose a verdict by",
+                best.f1
+            ),
+        ))
+    };
+    let (threshold, mut rule) = chosen
+        .or_else(outline_cut)
+        .unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
     let box_shape = box_shape.map_or_else(BoxShape::default, |(shape, _)| shape);
     let drift = drift_reference(
         &fit_good_inputs,
@@ -1350,7 +1367,7 @@ fn score_all(
         truths: Vec::new(),
         defect_classes: Vec::new(),
         pixels: PixelTruth::default(),
-        thin: (matches!(pass, Pass::HeldOut | Pass::SizeTrial)
+        thin: (matches!(pass, Pass::HeldOut | Pass::Validation | Pass::SizeTrial)
             && model.card.family.layout.thin_defects())
         .then(|| ThinDefectTruth::new(model.card.head.threshold)),
         boxed: boxed.then(Vec::new),
