@@ -54,10 +54,9 @@ done
 if [ -d "$data/crackforest" ]; then
   "$bin" train supervised --layout crackforest --data "$data/crackforest" --out "$out/crackforest" \
     --name crackforest --epochs 30 --learning-rate 3e-3 --augmented-copies 3 --input-size auto:1024
-  rm -rf "$out/crackforest-512"
 else
   echo "eval-datasets: no CrackForest figure: $data/crackforest is absent"
-  rm -rf "$out/crackforest" "$out/crackforest-512"
+  rm -rf "$out/crackforest"
 fi
 # DeepPCB with its boxes (issue 21), a product untouched by tuning: the supervised model learns
 # the tested boards' boxes, each of its defect type (the templates are its goods), and draws one

@@ -231,8 +231,9 @@ pub struct Supervised {
     /// larger keeps finer defects. `auto` lets the run choose between 128 and 256 by a first
     /// fit at each, judged on the validation images (thin defects' outline F1, boxes' mean
     /// AP, else image AUROC); `auto:512` lets it choose 512 too, at about four times 256's
-    /// cost per part, `auto:1024` 1024 as well (sixteen times; up to twice the images'
-    /// longer side, for finer outlines of thin defects). The card keeps each one's figure.
+    /// cost per part, `auto:1024` 1024 as well (sixteen times). No candidate is above the
+    /// images' longer side (+10 %), or twice it for thin defects, whose outlines a finer grid
+    /// draws better. The card keeps each one's figure.
     #[arg(long, default_value_t = InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE))]
     input_size: InputSize,
     /// Randomly augmented copies of each training image (flips, small rotations,
@@ -244,7 +245,9 @@ pub struct Supervised {
     #[arg(long, default_value_t = supervised::DEFAULT_FEATURE_DROPOUT)]
     feature_dropout: f64,
     /// Choose the threshold for this share of defective validation images let through,
-    /// instead of near 0.5 within one image of the best validation accuracy.
+    /// instead of near 0.5 within one image of the best validation accuracy. Either needs
+    /// good and defective validation images; without good ones the threshold is the heat-map
+    /// cut that outlines thin defects best where the images have them, else 0.5.
     #[arg(long)]
     target_escape_rate: Option<f64>,
     /// Cross-validate instead: train this many models, each holding out one fold (whole items

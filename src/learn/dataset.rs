@@ -115,8 +115,10 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Whether the dataset's defects are thin lines (cracks), which held-out figures outline
-    /// pixel by pixel at the images' resolution ([`crate::learn::eval::ThinDefectTruth`]).
+    /// Whether the dataset's defects are thin lines (cracks), which validation and held-out
+    /// figures outline pixel by pixel at the images' resolution
+    /// ([`crate::learn::eval::ThinDefectTruth`]), and which a supervised model may look at
+    /// larger than the images to outline them.
     pub fn thin_defects(self) -> bool {
         self == Layout::Crackforest
     }

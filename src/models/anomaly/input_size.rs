@@ -42,10 +42,8 @@ use crate::part::GrayImage;
 
 /// The sizes a training run may choose from, smallest first. The smallest is taken when
 /// nothing can be compared: 128 measured best on magnetic-tile (image AUROC 0.91; 0.90 at 192,
-/// about 0.88 at 256) and is the cheapest. 1024 only where asked (`auto:1024`), for images
-/// that large, or for the supervised model's thin defects (see
-/// [`crate::models::supervised::input_size`]).
-pub const CANDIDATES: [usize; 4] = [128, 256, 512, 1024];
+/// about 0.88 at 256) and is the cheapest.
+pub const CANDIDATES: [usize; 3] = [128, 256, 512];
 
 /// Good fit images whose patches make a trial's bank, at most.
 pub const TRIAL_FIT_IMAGES: usize = 32;
@@ -95,16 +93,17 @@ pub struct InputSizeTrial {
 
 /// The candidates for images whose median shorter side is `median_side`, none above `largest`.
 pub fn candidates(median_side: usize, largest: usize) -> Vec<usize> {
-    candidates_within(median_side as f64 * MAX_UPSAMPLING, largest)
+    candidates_within(&CANDIDATES, median_side as f64 * MAX_UPSAMPLING, largest)
 }
 
-/// [`CANDIDATES`] up to `limit` pixels and `largest`; the smallest at least.
-pub fn candidates_within(limit: f64, largest: usize) -> Vec<usize> {
-    let mut sizes: Vec<usize> = (CANDIDATES.iter().copied())
+/// The sizes of `list` (smallest first) up to `limit` pixels and `largest`; the smallest at
+/// least.
+pub fn candidates_within(list: &[usize], limit: f64, largest: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = (list.iter().copied())
         .filter(|&size| size as f64 <= limit && size <= largest)
         .collect();
     if sizes.is_empty() {
-        sizes.push(CANDIDATES[0]);
+        sizes.extend(list.first());
     }
     sizes
 }

@@ -10,14 +10,16 @@
 //! The protocol ([`choose`], run by [`super::train()`]):
 //! 1. **Candidates**: [`CANDIDATES`] up to the run's largest size (256 unless asked, as the
 //!    anomaly family's: 512 costs about four times as much per part, 1024 sixteen times) and
-//!    up to twice the images' median *longer* side (10 % more allowed). The longer side, not
-//!    the shorter one the anomaly family stops at, and up to twice it: a heat-map cell is 8×8
-//!    model pixels whatever the input, so a square larger than the image draws finer cells
-//!    even where it interpolates the image's pixels, and a thin defect's outline follows them
-//!    (CrackForest's 480×320 photos: validation F1 0.877 at 512, 0.895 at 1024). Past twice
-//!    the side a cell would be smaller than 4 image pixels, finer than a label is drawn. The
-//!    figure still has to pay for each larger size, and the run's largest bounds the cost.
-//!    The smallest candidate always runs.
+//!    up to the images' median *longer* side (10 % of upsampling allowed). The longer side,
+//!    not the shorter one the anomaly family stops at: the model resamples every image to a
+//!    square, and the finer patch grid of a square as large as the longer side outlines
+//!    defects better even where it interpolates the shorter side. For thin defects, up to
+//!    twice that side (and 10 %): a heat-map cell is 8×8 model pixels whatever the input, so
+//!    a square larger than the image draws finer cells, and a crack's outline follows them
+//!    (CrackForest's 480×320 photos: validation F1 0.877 at 512, 0.895 at 1024, whose cells
+//!    are 3.75×2.5 photo pixels). Images judged by verdicts or boxes gain nothing measured
+//!    from pixels the camera never took, so they stop at their side. The smallest candidate
+//!    always runs.
 //! 2. **Trial per candidate**: the first fit (on the training part less its validation part)
 //!    at that size, with the same seed and augmentations, scored on the validation images.
 //!    The figure is what the product's labels can judge: for thin defects (cracks) the F1 of
@@ -33,15 +35,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::dataset;
 
-/// The sizes a run may choose from, smallest first: the anomaly family's, so that `auto:N`
-/// means the same to both.
-pub use crate::models::anomaly::input_size::CANDIDATES;
+/// The sizes a run may choose from, smallest first: the anomaly family's and 1024, which only
+/// thin defects on images of 466 px and more reach.
+pub const CANDIDATES: [usize; 4] = [128, 256, 512, 1024];
 
 /// How much higher a larger candidate's figure must be to replace a smaller one.
 pub const MIN_GAIN: f64 = 0.01;
 
 /// How far above the images' median longer side a candidate may go.
-const MAX_UPSAMPLING: f64 = 2.2;
+const MAX_UPSAMPLING: f64 = 1.1;
+
+/// How far above it a candidate may go where the validation images judge thin defects'
+/// outlines: twice, and 10 %.
+const THIN_DEFECT_MAX_UPSAMPLING: f64 = 2.2;
 
 /// What each candidate measured on the validation images, and the size chosen: on the card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,10 +99,17 @@ pub struct SizeTrial {
     pub seconds: f64,
 }
 
-/// The candidates for images whose median longer side is `median_side`, none above `largest`.
-pub fn candidates(median_side: usize, largest: usize) -> Vec<usize> {
+/// The candidates for images whose median longer side is `median_side`, none above `largest`;
+/// `thin_defects` where the images' labels outline thin defects.
+pub fn candidates(median_side: usize, largest: usize, thin_defects: bool) -> Vec<usize> {
+    let upsampling = if thin_defects {
+        THIN_DEFECT_MAX_UPSAMPLING
+    } else {
+        MAX_UPSAMPLING
+    };
     crate::models::anomaly::input_size::candidates_within(
-        median_side as f64 * MAX_UPSAMPLING,
+        &CANDIDATES,
+        median_side as f64 * upsampling,
         largest,
     )
 }
@@ -227,21 +240,27 @@ mod tests {
 
     #[test]
     fn candidates_stop_at_the_longer_side_and_the_largest_size() {
-        // A 480×320 crack photo may be looked at as 512 when asked, a 640 board too, and
-        // both as 1024.
-        assert_eq!(candidates(480, 512), vec![128, 256, 512]);
-        assert_eq!(candidates(640, 512), vec![128, 256, 512]);
-        assert_eq!(candidates(480, 1024), vec![128, 256, 512, 1024]);
-        assert_eq!(candidates(640, 1024), vec![128, 256, 512, 1024]);
+        // A 480×320 crack photo may be looked at as 512 when asked, a 640 board too.
+        assert_eq!(candidates(480, 512, false), vec![128, 256, 512]);
+        assert_eq!(candidates(640, 512, false), vec![128, 256, 512]);
         // Not unless asked.
-        assert_eq!(candidates(480, 256), vec![128, 256]);
-        // Not past twice the images' own side (and a tenth).
-        assert_eq!(candidates(100, 1024), vec![128]);
-        assert_eq!(candidates(200, 1024), vec![128, 256]);
-        assert_eq!(candidates(240, 1024), vec![128, 256, 512]);
-        assert_eq!(candidates(400, 1024), vec![128, 256, 512]);
+        assert_eq!(candidates(480, 256, false), vec![128, 256]);
+        // Not far past the images' own pixels.
+        assert_eq!(candidates(200, 512, false), vec![128]);
+        assert_eq!(candidates(240, 512, false), vec![128, 256]);
+        assert_eq!(candidates(640, 1024, false), vec![128, 256, 512]);
         // Tiny images still get the smallest.
-        assert_eq!(candidates(40, 512), vec![128]);
+        assert_eq!(candidates(40, 512, false), vec![128]);
+    }
+
+    #[test]
+    fn thin_defects_may_take_up_to_twice_the_images_side() {
+        // The crack photo as 1024 when asked, a 256-pixel tile as 512 at most.
+        assert_eq!(candidates(480, 1024, true), vec![128, 256, 512, 1024]);
+        assert_eq!(candidates(480, 512, true), vec![128, 256, 512]);
+        assert_eq!(candidates(256, 1024, true), vec![128, 256, 512]);
+        assert_eq!(candidates(100, 1024, true), vec![128]);
+        assert_eq!(candidates(40, 1024, true), vec![128]);
     }
 
     #[test]

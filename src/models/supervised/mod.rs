@@ -28,8 +28,9 @@
 //! (see [`augment`](crate::learn::augment)), which keeps training to minutes on a CPU. Whole
 //! feature channels are dropped at random while training (a regulariser for datasets of a few
 //! hundred images). The threshold is chosen on a validation part that the
-//! first fit never sees (by the verdicts of its good and defective images; where it has only
-//! one kind and its defects are thin, by the heat-map cut that outlines them best); the head
+//! first fit never sees (by the verdicts of its good and defective images; where every one
+//! of them shows a thin defect, as in CrackForest, by the heat-map cut that outlines those
+//! best); the head
 //! is then fitted again with the validation images added, and that final head, with the
 //! threshold, is what the held-out part measures.
 

@@ -170,7 +170,6 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         fit: &fit_part,
         validation: &validation,
         classes: &classes,
-        judge_outlines: false,
     };
     let (first, size_choice) = match settings.input_size {
         InputSize::Fixed(size) => (
@@ -179,11 +178,7 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
         ),
         InputSize::Auto { largest } => {
             let median = input_size::median_longer_side(fit_part.iter().map(|s| s.image.as_path()));
-            let sizes = input_size::candidates(median, largest);
-            let parts = Parts {
-                judge_outlines: true,
-                ..parts
-            };
+            let sizes = input_size::candidates(median, largest, settings.layout.thin_defects());
             let (best, trials, figure) = input_size::choose(&sizes, |size| {
                 let fit = first_fit(settings, backbone.clone().with_input_size(size), &parts)?;
                 let judged = fit.size_figure();
@@ -255,24 +250,23 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
                 })
         }
     };
-    // Without both kinds of validation image there is no verdict to choose a threshold for;
-    // where the images outline thin defects (every CrackForest photo shows a crack), the
-    // threshold is what draws their outlines, so it is the heat-map cut that outlined the
-    // validation images' defects best.
-    let outline_cut = || {
-        let thin = scored.thin.as_ref().and_then(ThinDefectTruth::metrics)?;
-        let best = thin.best_over_images;
-        Some((
-            best.threshold,
-            format!(
-                "best thin-defect outline F1 ({:.3}) over {n_validation} validation images; \
-                 no good or no defective validation image to choose a verdict by",
-                best.f1
-            ),
-        ))
+    // Without both kinds of validation image there is no verdict to choose a threshold by;
+    // where every one shows a thin defect (every CrackForest photo shows a crack), the
+    // threshold is what draws the defects' outlines, so it is chosen by them.
+    let outline = || {
+        let mut cut = outline_cut(
+            scored.thin.as_ref().and_then(ThinDefectTruth::metrics)?,
+            n_validation,
+        );
+        if let Some(rate) = settings.target_escape_rate {
+            cut.1.push_str(&format!(
+                " (the target escape rate {rate} needs good validation images too)"
+            ));
+        }
+        Some(cut)
     };
     let (threshold, mut rule) = chosen
-        .or_else(outline_cut)
+        .or_else(outline)
         .unwrap_or((0.5, "0.5: no good or no defective validation images".into()));
     let box_shape = box_shape.map_or_else(BoxShape::default, |(shape, _)| shape);
     let drift = drift_reference(
@@ -363,9 +357,6 @@ struct Parts<'a> {
     fit: &'a [Sample],
     validation: &'a [Sample],
     classes: &'a [String],
-    /// Whether the validation images' thin-defect outlines are counted (pixel by pixel, which
-    /// costs): only when they judge input sizes.
-    judge_outlines: bool,
 }
 
 /// A head fitted on the fit part at one input size and scored on the validation images, with
@@ -406,6 +397,21 @@ impl FirstFit {
     }
 }
 
+/// The threshold of a model whose `n_validation` validation images all show thin defects (no
+/// good one to choose a verdict by), and its rule: the heat-map cut that outlined their
+/// defects best, since the threshold is also the cut a station draws defects at.
+fn outline_cut(thin: ThinDefectMetrics, n_validation: usize) -> (f32, String) {
+    let best = thin.best_over_images;
+    (
+        best.threshold,
+        format!(
+            "cut {:.2}: the best thin-defect outline F1 ({:.3}) of {n_validation} validation \
+             images, none of them good",
+            best.threshold, best.f1
+        ),
+    )
+}
+
 /// Extracts the features of the fit and validation images at `features`' input size (the
 /// same augmentations at every size: the rng starts from the seed), fits a head on the fit
 /// part and scores the validation images with it.
@@ -418,7 +424,6 @@ fn first_fit(
         fit: fit_part,
         validation,
         classes,
-        judge_outlines,
     } = *parts;
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let copies = 1 + settings.augmented_copies;
@@ -478,17 +483,12 @@ fn first_fit(
     };
     // And its layout, which tells scoring whether the images have thin defects.
     model.card.family.layout = settings.layout;
-    let pass = if judge_outlines {
-        Pass::SizeTrial
-    } else {
-        Pass::Validation
-    };
     let scored = score_all(
         &model,
         validation,
         &settings.progress,
         "validation images",
-        pass,
+        Pass::Validation,
     )?;
     // How boxes are drawn: chosen on the same validation images as the threshold.
     let box_shape = (scored.boxed.as_deref())
@@ -1337,17 +1337,15 @@ fn labelled_size_ratio(images: &[BoxedImage], shape: BoxShape) -> Option<f32> {
     Some(((median * 20.0).round() / 20.0).max(0.05) as f32)
 }
 
-/// Which pass scores the images, for what it keeps beside the scores: held-out images keep
-/// what thin defects' outlines (counted pixel by pixel at the images' resolution, which costs)
-/// and boxes are measured from; validation images keep the boxes only, to choose how they are
-/// drawn, and the outlines too where they judge input sizes; a cross-validation fold, pooled
-/// by its image scores, keeps neither.
+/// Which pass scores the images, for what it keeps beside the scores: held-out and validation
+/// images keep what boxes and, in layouts of thin defects, their outlines (counted pixel by
+/// pixel at the images' resolution, which costs) are measured from: on validation images they
+/// choose how boxes are drawn, the input size and, without good images, the threshold; a
+/// cross-validation fold, pooled by its image scores, keeps neither.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pass {
     HeldOut,
     Validation,
-    /// Validation images judging a candidate input size ([`input_size`]).
-    SizeTrial,
     Fold,
 }
 
@@ -1367,7 +1365,7 @@ fn score_all(
         truths: Vec::new(),
         defect_classes: Vec::new(),
         pixels: PixelTruth::default(),
-        thin: (matches!(pass, Pass::HeldOut | Pass::Validation | Pass::SizeTrial)
+        thin: (matches!(pass, Pass::HeldOut | Pass::Validation)
             && model.card.family.layout.thin_defects())
         .then(|| ThinDefectTruth::new(model.card.head.threshold)),
         boxed: boxed.then(Vec::new),
@@ -1511,6 +1509,34 @@ fn summarise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_good_images_the_threshold_is_the_cut_that_outlines_thin_defects_best() {
+        // A crack along row 8 of a 16×16 image; the heat map is 0.92 on it and 0.6 on a band
+        // five rows either side of it: cuts at or below 0.6 draw the band (precision 5/11
+        // within 2 px), cuts from 0.65 to 0.9 the crack alone, 0.95 nothing.
+        let mut pixels = vec![0u8; 16 * 16];
+        pixels[8 * 16..9 * 16].fill(255);
+        let mask = GrayImage::new(16, 16, pixels).expect("size");
+        let values = (0..16 * 16)
+            .map(|i| match i / 16 {
+                8 => 0.92,
+                3..=13 => 0.6,
+                _ => 0.1,
+            })
+            .collect();
+        let heat_map = HeatMap {
+            width: 16,
+            height: 16,
+            values,
+        };
+        let mut truth = ThinDefectTruth::new(0.5);
+        truth.add(&heat_map, &mask);
+        let (cut, rule) = outline_cut(truth.metrics().expect("a crack"), 1);
+        assert!((0.65..=0.9).contains(&cut), "{cut}");
+        assert!(rule.starts_with(&format!("cut {cut:.2}: ")), "{rule}");
+        assert!(rule.contains("F1 (1.000)"), "{rule}");
+    }
 
     /// A 256-pixel class map with a `side`-pixel block of `class` at (`x0`, `y0`).
     fn map_with_block(x0: usize, y0: usize, side: usize, class: u8) -> GrayImage {
