@@ -206,9 +206,11 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
     // sees it at its own input size. 512 and 1024 are what `auto:512` and `auto:1024` may
     // choose (DeepPCB's boxes take 512, CrackForest's cracks 1024), ten samples each: they
-    // take 25 to 100 ms an image on a CPU.
+    // take 25 to 175 ms an image on a CPU.
     let mut large = c.benchmark_group(format!("{prefix}supervised"));
-    large.sample_size(10);
+    large
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(10));
     for size in [1024, 512] {
         let supervised = SupervisedModel::untrained(features.clone().with_input_size(size), 7, 1)
             .expect("supervised model");

@@ -231,9 +231,9 @@ pub struct Supervised {
     /// larger keeps finer defects. `auto` lets the run choose between 128 and 256 by a first
     /// fit at each, judged on the validation images (thin defects' outline F1, boxes' mean
     /// AP, else image AUROC); `auto:512` lets it choose 512 too, at about four times 256's
-    /// cost per part, `auto:1024` 1024 as well (sixteen times). No candidate is above the
-    /// images' longer side (+10 %), or twice it for thin defects, whose outlines a finer grid
-    /// draws better. The card keeps each one's figure.
+    /// cost per part, `auto:1024` 1024 as well (about 26 times). No candidate is above the
+    /// images' longer side (+10 %), or twice it (+10 %) for thin defects, whose outlines a
+    /// finer grid draws better. The card keeps each one's figure.
     #[arg(long, default_value_t = InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE))]
     input_size: InputSize,
     /// Randomly augmented copies of each training image (flips, small rotations,

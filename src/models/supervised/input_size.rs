@@ -9,7 +9,7 @@
 //!
 //! The protocol ([`choose`], run by [`super::train()`]):
 //! 1. **Candidates**: [`CANDIDATES`] up to the run's largest size (256 unless asked, as the
-//!    anomaly family's: 512 costs about four times as much per part, 1024 sixteen times) and
+//!    anomaly family's: 512 costs about four times as much per part, 1024 about 26 times) and
 //!    up to the images' median *longer* side (10 % of upsampling allowed). The longer side,
 //!    not the shorter one the anomaly family stops at: the model resamples every image to a
 //!    square, and the finer patch grid of a square as large as the longer side outlines
@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::dataset;
 
-/// The sizes a run may choose from, smallest first: the anomaly family's and 1024, which only
-/// thin defects on images of 466 px and more reach.
+/// The sizes a run may choose from, smallest first: the anomaly family's and 1024, which thin
+/// defects reach on images of 466 px and more, others on images of 931 px and more.
 pub const CANDIDATES: [usize; 4] = [128, 256, 512, 1024];
 
 /// How much higher a larger candidate's figure must be to replace a smaller one.

@@ -24,7 +24,9 @@ pub struct SupervisedSettings {
     /// Share of feature channels dropped per image and step while training (0 = none).
     pub feature_dropout: f64,
     /// Share of defective validation images the threshold may let through; `None` chooses
-    /// the threshold nearest 0.5 within one image of the best validation accuracy.
+    /// the threshold nearest 0.5 within one image of the best validation accuracy. Both need
+    /// good validation images; without them, in a layout of thin defects, the cut that
+    /// outlines them best is the threshold (`outline_cut`), else 0.5.
     pub target_escape_rate: Option<f64>,
     /// Hold out this fold of a cross-validation instead of the dataset's own held-out part
     /// (see [`dataset::hold_out_fold`]); [`cross_validate`] sets it.
@@ -252,7 +254,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     };
     // Without both kinds of validation image there is no verdict to choose a threshold by;
     // where every one shows a thin defect (every CrackForest photo shows a crack), the
-    // threshold is what draws the defects' outlines, so it is chosen by them.
+    // threshold is the cut the heat-map overlay and a defect's region are marked at and its
+    // outline is measured at, so the outlines choose it.
     let outline = || {
         let mut cut = outline_cut(
             scored.thin.as_ref().and_then(ThinDefectTruth::metrics)?,
@@ -399,7 +402,8 @@ impl FirstFit {
 
 /// The threshold of a model whose `n_validation` validation images all show thin defects (no
 /// good one to choose a verdict by), and its rule: the heat-map cut that outlined their
-/// defects best, since the threshold is also the cut a station draws defects at.
+/// defects best, since the threshold is also the cut a station marks a defect's region at
+/// (boxes keep their own cut, [`BoxShape`]).
 fn outline_cut(thin: ThinDefectMetrics, n_validation: usize) -> (f32, String) {
     let best = thin.best_over_images;
     (
@@ -1512,9 +1516,9 @@ mod tests {
 
     #[test]
     fn without_good_images_the_threshold_is_the_cut_that_outlines_thin_defects_best() {
-        // A crack along row 8 of a 16×16 image; the heat map is 0.92 on it and 0.6 on a band
-        // five rows either side of it: cuts at or below 0.6 draw the band (precision 5/11
-        // within 2 px), cuts from 0.65 to 0.9 the crack alone, 0.95 nothing.
+        // A crack along row 8 of a 16×16 image; the heat map is 0.92 on it, 0.6 on a band
+        // five rows either side of it and 0.1 elsewhere: cuts of 0.15 to 0.6 draw the band
+        // (precision 5/11 within 2 px), cuts from 0.65 to 0.9 the crack alone, 0.95 nothing.
         let mut pixels = vec![0u8; 16 * 16];
         pixels[8 * 16..9 * 16].fill(255);
         let mask = GrayImage::new(16, 16, pixels).expect("size");
