@@ -530,6 +530,21 @@ mod tests {
     use crate::part::Verdict;
     use crate::serve::openapi_check::{schema_fields, served_fields};
 
+    /// The input sizes the OpenAPI description offers a training request are the ones the
+    /// handler takes.
+    #[test]
+    fn the_openapi_input_sizes_are_the_ones_taken() {
+        let spec: serde_json::Value = serde_json::from_str(crate::serve::OPENAPI).expect("json");
+        let offered: Vec<&str> =
+            spec["components"]["schemas"]["TrainingRequest"]["properties"]["input_size"]["enum"]
+                .as_array()
+                .expect("an enum of input sizes")
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+        assert_eq!(offered, INPUT_SIZES);
+    }
+
     /// The OpenAPI description names exactly the fields a training job serialises.
     #[test]
     fn the_training_schemas_match_what_is_served() {

@@ -30,9 +30,8 @@
 //! hundred images). The threshold is chosen on a validation part that the
 //! first fit never sees (by the verdicts of its good and defective images; where every one
 //! of them shows a thin defect, as in CrackForest, by the heat-map cut that outlines those
-//! best); the head
-//! is then fitted again with the validation images added, and that final head, with the
-//! threshold, is what the held-out part measures.
+//! best); the head is then fitted again with the validation images added, and that final
+//! head, with the threshold, is what the held-out part measures.
 
 pub mod input_size;
 mod train;

@@ -257,16 +257,8 @@ pub fn train(settings: &SupervisedSettings) -> Result<ModelCard<SupervisedCard>,
     // threshold is the cut the heat-map overlay and a defect's region are marked at and its
     // outline is measured at, so the outlines choose it.
     let outline = || {
-        let mut cut = outline_cut(
-            scored.thin.as_ref().and_then(ThinDefectTruth::metrics)?,
-            n_validation,
-        );
-        if let Some(rate) = settings.target_escape_rate {
-            cut.1.push_str(&format!(
-                " (the target escape rate {rate} needs good validation images too)"
-            ));
-        }
-        Some(cut)
+        let thin = scored.thin.as_ref().and_then(ThinDefectTruth::metrics)?;
+        Some(outline_cut(thin, n_validation, settings.target_escape_rate))
     };
     let (threshold, mut rule) = chosen
         .or_else(outline)
@@ -403,17 +395,25 @@ impl FirstFit {
 /// The threshold of a model whose `n_validation` validation images all show thin defects (no
 /// good one to choose a verdict by), and its rule: the heat-map cut that outlined their
 /// defects best, since the threshold is also the cut a station marks a defect's region at
-/// (boxes keep their own cut, [`BoxShape`]).
-fn outline_cut(thin: ThinDefectMetrics, n_validation: usize) -> (f32, String) {
+/// (boxes keep their own cut, [`BoxShape`]). A `target_escape_rate` asked for is named as not
+/// applied: it needs good validation images too.
+fn outline_cut(
+    thin: ThinDefectMetrics,
+    n_validation: usize,
+    target_escape_rate: Option<f64>,
+) -> (f32, String) {
     let best = thin.best_over_images;
-    (
-        best.threshold,
-        format!(
-            "cut {:.2}: the best thin-defect outline F1 ({:.3}) of {n_validation} validation \
-             images, none of them good",
-            best.threshold, best.f1
-        ),
-    )
+    let mut rule = format!(
+        "cut {:.2}: the best thin-defect outline F1 ({:.3}) of {n_validation} validation \
+         images, none of them good",
+        best.threshold, best.f1
+    );
+    if let Some(rate) = target_escape_rate {
+        rule.push_str(&format!(
+            " (the target escape rate {rate} needs good validation images too)"
+        ));
+    }
+    (best.threshold, rule)
 }
 
 /// Extracts the features of the fit and validation images at `features`' input size (the
@@ -1536,7 +1536,7 @@ mod tests {
         };
         let mut truth = ThinDefectTruth::new(0.5);
         truth.add(&heat_map, &mask);
-        let (cut, rule) = outline_cut(truth.metrics().expect("a crack"), 1);
+        let (cut, rule) = outline_cut(truth.metrics().expect("a crack"), 1, None);
         assert!((0.65..=0.9).contains(&cut), "{cut}");
         assert!(rule.starts_with(&format!("cut {cut:.2}: ")), "{rule}");
         assert!(rule.contains("F1 (1.000)"), "{rule}");
