@@ -88,6 +88,8 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| cell_boxes(&board, 640, 640, 0.5))
     });
 
+    template_comparison(c);
+
     anomaly(c, &raw, &Device::Cpu, "");
     // The same with the 1×1 convolutions in bfloat16, where the CPU has AVX-512 BF16.
     if linesight::models::backbone::bf16::cpu_has_bf16() {
@@ -97,6 +99,44 @@ fn hot_path(c: &mut Criterion) {
     linesight::models::backbone::bf16::set_precision(Precision::F32);
     #[cfg(feature = "cuda")]
     gpu(c, &raw, &calibrated);
+}
+
+/// The golden-template comparison of a 640×640 board (DeepPCB's size): dark traces on a
+/// bright ground, the tested board with six defects and a scan's wandering edges. The
+/// classifier's part (a dot product per candidate) is left out: microseconds.
+fn template_comparison(c: &mut Criterion) {
+    use linesight::models::template::{CompareSettings, compare};
+    const SIDE: usize = 640;
+    let mut reference = vec![225u8; SIDE * SIDE];
+    for top in (20..SIDE - 40).step_by(36) {
+        for y in top..top + 14 {
+            reference[y * SIDE + 16..y * SIDE + SIDE - 16].fill(30);
+        }
+    }
+    let mut part = reference.clone();
+    for k in 0..6 {
+        let (x, y) = (60 + 90 * k, 22 + 36 * 2 * k);
+        for row in y..y + 10 {
+            // Alternately a cut through a trace and copper past its edge.
+            let value = if k % 2 == 0 { 225 } else { 30 };
+            let x = if k % 2 == 0 { x } else { x + 8 };
+            part[row * SIDE + x..row * SIDE + x + 8].fill(value);
+        }
+    }
+    for i in (SIDE..SIDE * (SIDE - 1)).step_by(7) {
+        if part[i] != part[i - SIDE] {
+            part[i] = part[i - SIDE];
+        }
+    }
+    let image = |pixels| linesight::part::GrayImage::new(SIDE as u32, SIDE as u32, pixels);
+    let (reference, part) = (
+        image(reference).expect("640x640"),
+        image(part).expect("640x640"),
+    );
+    let settings = CompareSettings::default();
+    c.bench_function("template/compare_640", |b| {
+        b.iter(|| compare(&part, &reference, &settings).expect("compares"))
+    });
 }
 
 /// The same models on the GPU, in a `cuda` build (`make bench-cuda`): names start `cuda/`.

@@ -1,4 +1,4 @@
-//! `linesight eval synthetic|anomaly|supervised`: measure a saved model on data it never saw,
+//! `linesight eval synthetic|anomaly|supervised|template`: measure a saved model on data it never saw,
 //! print the table and, with `--json`, write the metrics.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use linesight::models::backbone::WeightsSearch;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::evaluate_saved;
 use linesight::models::supervised::{self, SupervisedModel};
+use linesight::models::template::{self, TemplateModel};
 
 use super::{report, write_json};
 
@@ -25,6 +26,9 @@ pub enum Eval {
     Anomaly(HeldOut),
     /// A supervised model, on the held-out part of a dataset.
     Supervised(HeldOut),
+    /// A golden-template model, on the held-out part of a dataset: each part compared with
+    /// its own reference where the layout pairs them, else with the model's golden image.
+    Template(HeldOut),
 }
 
 impl Eval {
@@ -33,6 +37,7 @@ impl Eval {
             Eval::Synthetic(args) => args.run(),
             Eval::Anomaly(args) => args.anomaly(),
             Eval::Supervised(args) => args.supervised(),
+            Eval::Template(args) => args.template(),
         }
     }
 }
@@ -127,6 +132,34 @@ impl HeldOut {
         println!("scored: {said}");
         let card = &loaded.card;
         report::supervised_metrics(&card.family.classes, card.head.threshold, &metrics);
+        write_json(self.json.as_deref(), &metrics)
+    }
+
+    fn template(self) -> anyhow::Result<()> {
+        let loaded = TemplateModel::load(&self.model).context("loading the template model")?;
+        let samples = dataset::read(self.layout, &self.data)?;
+        let (scored, said) = self.split.pick(samples, template::held_out_part);
+        let n_images = scored.len();
+        let metrics =
+            template::evaluate(&loaded, &scored, self.layout, None, &Progress::terminal())
+                .context("evaluating")?;
+        if n_images > 0 && metrics.n_test == 0 {
+            anyhow::bail!(
+                "none of the {n_images} images of {} ({said}) has a reference to compare it \
+                 with: the {:?} layout pairs none, and the model has no golden image ({})",
+                self.data.display(),
+                self.layout,
+                template::REFERENCE_FILE
+            );
+        }
+        self.check_scored(metrics.n_test, &said)?;
+        println!(
+            "model {} on {}",
+            loaded.card.head.version,
+            self.data.display()
+        );
+        println!("scored: {said} (the parts with a reference to compare with)");
+        report::template_metrics(loaded.card.head.threshold, &metrics);
         write_json(self.json.as_deref(), &metrics)
     }
 

@@ -1,10 +1,11 @@
 //! The tables `train` and `eval` print: ranking metrics, the metrics at the threshold, pixel
 //! metrics, and each family's own rows.
 
-use linesight::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use linesight::learn::eval::{BoxMetrics, DetectionMetrics, ThresholdMetrics};
 use linesight::models::anomaly::AnomalyMetrics;
 use linesight::models::defect_net::EvalMetrics;
 use linesight::models::supervised::{CrossValidation, SupervisedMetrics};
+use linesight::models::template::TemplateMetrics;
 
 /// One row of a metrics table; `None` prints as n/a.
 fn row(name: &str, value: Option<f64>) {
@@ -87,42 +88,7 @@ pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &Supervis
         }
     }
     if let Some(boxes) = &metrics.boxes {
-        for at in &boxes.at_iou {
-            println!(
-                "{:<22} {:>10.4}  (precision {:.4}, recall {:.4}; {} boxes for {} true on {} images)",
-                format!("box AP@{}", at.iou),
-                at.average_precision,
-                at.precision,
-                at.recall,
-                boxes.n_predicted_boxes,
-                boxes.n_true_boxes,
-                boxes.n_images
-            );
-        }
-        for mean in &boxes.mean_average_precision {
-            println!(
-                "{:<22} {:>10.4}  (mean over {} defect types)",
-                format!("box mAP@{}", mean.iou),
-                mean.value,
-                boxes.per_class.len()
-            );
-        }
-        for class in &boxes.per_class {
-            let ap = |i: usize| {
-                class
-                    .at_iou
-                    .get(i)
-                    .map_or(f64::NAN, |a| a.average_precision)
-            };
-            println!(
-                "{:<22} {:>10.4}  (AP@0.33 {:.4}; {} boxes named so for {} true)",
-                format!("  {} AP@0.5", class.class),
-                ap(0),
-                ap(1),
-                class.n_predicted_boxes,
-                class.n_true_boxes
-            );
-        }
+        box_metrics(boxes);
     }
     let width = classes.iter().map(String::len).max().unwrap_or(4).max(10);
     println!("confusion (rows: true class, columns: predicted)");
@@ -191,5 +157,58 @@ pub fn defect_net_metrics(metrics: &EvalMetrics) {
             m.detected,
             m.n
         );
+    }
+}
+
+/// Box detection: AP at each overlap rule, the types' mean, each type's.
+pub fn box_metrics(boxes: &BoxMetrics) {
+    for at in &boxes.at_iou {
+        println!(
+            "{:<22} {:>10.4}  (precision {:.4}, recall {:.4}; {} boxes for {} true on {} images)",
+            format!("box AP@{}", at.iou),
+            at.average_precision,
+            at.precision,
+            at.recall,
+            boxes.n_predicted_boxes,
+            boxes.n_true_boxes,
+            boxes.n_images
+        );
+    }
+    for mean in &boxes.mean_average_precision {
+        println!(
+            "{:<22} {:>10.4}  (mean over {} defect types)",
+            format!("box mAP@{}", mean.iou),
+            mean.value,
+            boxes.per_class.len()
+        );
+    }
+    for class in &boxes.per_class {
+        let ap = |i: usize| {
+            class
+                .at_iou
+                .get(i)
+                .map_or(f64::NAN, |a| a.average_precision)
+        };
+        println!(
+            "{:<22} {:>10.4}  (AP@0.33 {:.4}; {} boxes named so for {} true)",
+            format!("  {} AP@0.5", class.class),
+            ap(0),
+            ap(1),
+            class.n_predicted_boxes,
+            class.n_true_boxes
+        );
+    }
+}
+
+/// A template model's figures: parts flagged, then its boxes.
+pub fn template_metrics(threshold: f32, metrics: &TemplateMetrics) {
+    println!(
+        "{:<22} {:>5}/{:<5}(a defect of probability ≥ {threshold:.2})",
+        "flagged parts", metrics.n_flagged, metrics.n_test
+    );
+    row("defective recall", metrics.defective_recall);
+    match &metrics.boxes {
+        Some(boxes) => box_metrics(boxes),
+        None => println!("no labelled boxes among the parts scored"),
     }
 }

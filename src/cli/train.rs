@@ -1,4 +1,4 @@
-//! `linesight train synthetic|anomaly|supervised`: train a model and write it to a folder
+//! `linesight train synthetic|anomaly|supervised|template`: train a model and write it to a folder
 //! (weights and card), printing its held-out metrics.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use linesight::models::backbone::WeightsSearch;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::{self as defect_net_train, TrainSettings};
 use linesight::models::supervised::{self, SupervisedSettings};
+use linesight::models::template::{self, CompareSettings, TemplateSettings};
 
 use super::report;
 
@@ -26,6 +27,9 @@ pub enum Train {
     Anomaly(Anomaly),
     /// A supervised segmentation model from a dataset's labelled images.
     Supervised(Supervised),
+    /// A golden-template model: parts compared with a defect-free image of their product,
+    /// which differences are defects (and of which type) learnt from labelled boxes.
+    Template(Template),
 }
 
 impl Train {
@@ -34,6 +38,7 @@ impl Train {
             Train::Synthetic(args) => args.run(),
             Train::Anomaly(args) => args.run(),
             Train::Supervised(args) => args.run(),
+            Train::Template(args) => args.run(),
         }
     }
 }
@@ -310,6 +315,74 @@ impl Supervised {
             );
         }
         report::supervised_metrics(&family.classes, card.head.threshold, &family.metrics);
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Template {
+    /// The dataset's folder layout.
+    #[arg(long, value_enum)]
+    layout: Layout,
+    /// The dataset's folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder for card.json (and reference.png with --reference).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "template")]
+    name: String,
+    /// The product's golden image: a defect-free part, compared with every part the layout
+    /// does not pair with a reference of its own, and copied into the model for the station.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// How deep (pixels from the reference's edges) a difference must reach to be judged.
+    #[arg(long, default_value_t = CompareSettings::default().min_depth_px)]
+    min_depth_px: f32,
+    /// Differences closer than this (pixels) are one candidate.
+    #[arg(long, default_value_t = CompareSettings::default().join_px)]
+    join_px: u32,
+    /// The largest shift (pixels, each way) tried to align a part with its reference.
+    #[arg(long, default_value_t = CompareSettings::default().align_px)]
+    align_px: u32,
+}
+
+impl Template {
+    fn run(self) -> anyhow::Result<()> {
+        let settings = TemplateSettings {
+            name: self.name,
+            layout: self.layout,
+            data: self.data,
+            reference: self.reference,
+            compare: CompareSettings {
+                min_depth_px: self.min_depth_px,
+                join_px: self.join_px,
+                align_px: self.align_px,
+                ..CompareSettings::default()
+            },
+            out_dir: self.out.clone(),
+            progress: Progress::terminal(),
+        };
+        let card = template::train(&settings).context("training the template model")?;
+        let family = &card.family;
+        println!(
+            "trained {} ({} parts, {} labelled boxes, {} candidates; threshold chosen on {} of them, held back from a first fit; box margin {} px) in {:.0} s → {}",
+            card.head.version,
+            family.n_train,
+            family.n_train_boxes,
+            family.n_train_candidates,
+            family.n_validation,
+            family.box_margin_px,
+            family.training_duration_s,
+            self.out.display()
+        );
+        println!("threshold: {}", card.head.threshold_rule);
+        if let Some(boxes) = &family.validation_boxes {
+            println!("on the validation parts (the first fit):");
+            report::box_metrics(boxes);
+            println!("on the held-out parts:");
+        }
+        report::template_metrics(card.head.threshold, &family.metrics);
         Ok(())
     }
 }

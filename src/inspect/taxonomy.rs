@@ -370,6 +370,7 @@ mod tests {
                 score,
                 class: Some(class.to_owned()),
             }),
+            boxes: None,
         }
     }
 

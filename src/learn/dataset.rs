@@ -122,6 +122,24 @@ impl Layout {
     pub fn thin_defects(self) -> bool {
         self == Layout::Crackforest
     }
+
+    /// Whether the dataset pairs each part with a defect-free reference of its own (DeepPCB's
+    /// tested boards and their templates), which the template family compares it with.
+    pub fn pairs_parts(self) -> bool {
+        self == Layout::Deeppcb
+    }
+
+    /// The reference `sample` is paired with, where the layout pairs parts ([`Self::pairs_parts`]):
+    /// a DeepPCB board's `<id>_temp.jpg` beside its `<id>_test.jpg`. The references themselves
+    /// have none.
+    pub fn reference_of(self, sample: &Sample) -> Option<PathBuf> {
+        if self != Layout::Deeppcb {
+            return None;
+        }
+        let name = sample.image.file_name()?.to_str()?;
+        let (id, rest) = name.rsplit_once("_test")?;
+        Some(sample.image.with_file_name(format!("{id}_temp{rest}")))
+    }
 }
 
 /// All samples of a dataset, sorted by image path.
@@ -999,6 +1017,13 @@ mod tests {
                 ([342, 492, 375, 521], "mousebite")
             ]
         );
+        // Each tested board is paired with its template; the template with nothing.
+        assert_eq!(
+            Layout::Deeppcb.reference_of(&samples[1]),
+            Some(boards.join("00041001_temp.jpg"))
+        );
+        assert_eq!(Layout::Deeppcb.reference_of(&samples[0]), None);
+        assert_eq!(Layout::Mvtec.reference_of(&samples[1]), None);
         assert_eq!(samples[1].taught_class(), "open");
         assert_eq!(samples[0].taught_class(), "good");
         std::fs::write(

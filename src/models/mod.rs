@@ -17,6 +17,7 @@ pub mod boxes;
 pub mod card;
 pub mod defect_net;
 pub mod supervised;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +30,16 @@ use crate::models::boxes::{DefectBox, cell_boxes};
 use crate::models::card::{CardError, CardHead};
 use crate::models::defect_net::DefectModel;
 use crate::models::supervised::SupervisedModel;
+use crate::models::template::TemplateModel;
 use crate::part::{GrayImage, HeatMap};
 
 /// The kinds [`load`] opens, as cards name them.
-pub const KINDS: [&str; 3] = [defect_net::KIND, anomaly::KIND, supervised::KIND];
+pub const KINDS: [&str; 4] = [
+    defect_net::KIND,
+    anomaly::KIND,
+    supervised::KIND,
+    template::KIND,
+];
 
 /// What the station needs of a model, whatever its family.
 pub trait Detector: Send + Sync + std::fmt::Debug {
@@ -71,6 +78,7 @@ pub trait Detector: Send + Sync + std::fmt::Debug {
             defect_class: None,
             patch_class: Vec::new(),
             rejecting: None,
+            boxes: None,
         })
     }
 
@@ -134,6 +142,9 @@ pub struct Judgement {
     /// the scale of `score`) and the likeliest of them; `None` when nothing it knows was
     /// tolerated, or the family cannot tell its classes apart.
     pub rejecting: Option<RejectingScore>,
+    /// Boxes the family drew itself, every defect it found with its own score (the template
+    /// family); `None` for families whose boxes are drawn from the heat map.
+    pub boxes: Option<Vec<DefectBox>>,
 }
 
 /// A score with the tolerated classes left out.
@@ -156,6 +167,7 @@ pub fn load(
         defect_net::KIND => Box::new(DefectModel::load(dir, device)?),
         anomaly::KIND => Box::new(AnomalyModel::load(dir, weights, device)?),
         supervised::KIND => Box::new(SupervisedModel::load(dir, weights, device)?),
+        template::KIND => Box::new(TemplateModel::load_for_station(dir)?),
         _ => {
             return Err(ModelError::UnknownKind {
                 dir: dir.to_owned(),
@@ -189,6 +201,9 @@ pub enum ModelError {
         dir: PathBuf,
         source: candle_core::Error,
     },
+    /// A template model could not compare a part with its reference.
+    #[error("template comparison: {0}")]
+    Template(String),
     #[error("model {dir}: threshold {threshold} is outside (0, 1]")]
     Threshold { dir: PathBuf, threshold: f32 },
     /// A model on the pretrained backbone: its backbone, bank or head could not be loaded.

@@ -545,6 +545,46 @@ mod tests {
         assert_eq!(offered, INPUT_SIZES);
     }
 
+    /// Every kind of model a registry lists is one the OpenAPI description names.
+    #[test]
+    fn the_openapi_model_kinds_are_the_ones_loaded() {
+        let spec: serde_json::Value = serde_json::from_str(crate::serve::OPENAPI).expect("json");
+        let text = spec.to_string();
+        let mut enums = Vec::new();
+        // Each `kind` enum that names a model kind names all of them.
+        fn walk<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(kind) = map.get("kind")
+                        && kind["enum"]
+                            .as_array()
+                            .is_some_and(|e| e.iter().any(|v| v == crate::models::supervised::KIND))
+                    {
+                        out.push(&kind["enum"]);
+                    }
+                    map.values().for_each(|v| walk(v, out));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&spec, &mut enums);
+        assert!(
+            !enums.is_empty(),
+            "no model kind enum in {} bytes",
+            text.len()
+        );
+        for listed in enums {
+            let mut listed: Vec<&str> = (listed.as_array().expect("an enum").iter())
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            listed.sort_unstable();
+            let mut kinds = crate::models::KINDS.to_vec();
+            kinds.sort_unstable();
+            assert_eq!(listed, kinds);
+        }
+    }
+
     /// The OpenAPI description names exactly the fields a training job serialises.
     #[test]
     fn the_training_schemas_match_what_is_served() {

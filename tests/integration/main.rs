@@ -20,6 +20,7 @@ mod drift;
 mod failsafe;
 mod gate;
 mod genicam;
+mod golden;
 mod interop;
 mod labelling;
 mod line;

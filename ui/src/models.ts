@@ -11,7 +11,7 @@ const POLL_MS = 1000;
 
 // --- What the API answers (the schemas of the same names in src/serve/openapi.json) ----------
 
-type ModelKind = 'defect-net' | 'supervised' | 'anomaly';
+type ModelKind = 'defect-net' | 'supervised' | 'anomaly' | 'template';
 type Verdict = 'pass' | 'fail' | 'error';
 type JobState = 'running' | 'done' | 'failed' | 'cancelled';
 

@@ -252,6 +252,7 @@ impl Detector for AnomalyModel {
                         defect_class: None,
                         patch_class: Vec::new(),
                         rejecting: None,
+                        boxes: None,
                     })
                 })
                 .collect(),

@@ -711,6 +711,7 @@ impl Detector for SupervisedModel {
                     score,
                     class: class.and_then(|c| classes.get(c).cloned()),
                 }),
+            boxes: None,
         })
     }
 }

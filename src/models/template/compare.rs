@@ -1,0 +1,554 @@
+//! The comparison itself: a part against its golden image, as candidate defects with the
+//! measurements the classifier ([`super::classifier`]) judges them by.
+//!
+//! Both images are cut in two at Otsu's threshold. The pattern (a board's copper, a label's
+//! print) is the dark or the bright side, whichever covers less of the product's references
+//! over its training ([`PatternSide`]): one product's pattern is the same side on every part,
+//! even on a board whose copper covers most of it. A pixel that differs is *extra*
+//! pattern or *missing* pattern, and its depth is how far it lies from where the reference
+//! changes side: a scan's edges wander by a pixel or two, a defect reaches further in. Pixels
+//! at least [`CompareSettings::min_depth_px`] deep are the cores of candidates, and cores
+//! closer than [`CompareSettings::join_px`] are joined, so that one defect broken by the
+//! pattern stays one candidate.
+
+use opencv::core::{self, Mat, Point, Scalar, Size};
+use opencv::imgproc;
+use opencv::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::learn::eval::label_regions;
+use crate::part::GrayImage;
+
+/// Which side of Otsu's cut is the product's pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatternSide {
+    Dark,
+    Bright,
+}
+
+impl PatternSide {
+    /// The side that covers less of `references` pooled: the pattern on a ground.
+    pub fn of<'a>(
+        references: impl IntoIterator<Item = &'a GrayImage>,
+    ) -> Result<PatternSide, CompareError> {
+        let (mut bright, mut all) = (0usize, 0usize);
+        for reference in references {
+            let (mask, _) = binarise(reference)?;
+            bright += mask.iter().filter(|&&b| b).count();
+            all += mask.len();
+        }
+        Ok(if 2 * bright >= all {
+            PatternSide::Dark
+        } else {
+            PatternSide::Bright
+        })
+    }
+}
+
+/// How images are compared: sizes in the images' pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CompareSettings {
+    /// Which side of the cut is the pattern (chosen by training from the references).
+    pub pattern: PatternSide,
+    /// How far from the reference's edges a difference must reach to be a candidate's core.
+    pub min_depth_px: f32,
+    /// Cores closer than this are one candidate.
+    pub join_px: u32,
+    /// The largest shift, each way, tried to align the part with the reference.
+    pub align_px: u32,
+    /// Islands of pattern smaller than this are crumbs of the binarisation, not pattern, when
+    /// a candidate's neighbourhood is counted.
+    pub min_island_px: usize,
+}
+
+impl Default for CompareSettings {
+    /// Chosen on DeepPCB's training boards (its held-out quarter never looked at), about
+    /// 48 pixels a millimetre: a scan's edges wander by up to 2 pixels, its smallest defects
+    /// (pin-holes) are 3 to 4 pixels deep.
+    fn default() -> CompareSettings {
+        CompareSettings {
+            pattern: PatternSide::Dark,
+            min_depth_px: 3.0,
+            join_px: 7,
+            align_px: 2,
+            min_island_px: 10,
+        }
+    }
+}
+
+/// The measurements of a candidate the classifier reads, in this order.
+pub const FEATURES: [&str; N_FEATURES] = [
+    "ln(1 + deepest difference)",
+    "ln(1 + thickest difference)",
+    "ln(1 + joined area)",
+    "ln(1 + differing pixels)",
+    "ln(1 + width)",
+    "ln(1 + height)",
+    "extra share",
+    "at the image's edge",
+    "pattern islands gained",
+    "background islands gained",
+    "reaches the reference's edge",
+    "extra share × pattern islands gained",
+    "extra share × background islands gained",
+    "extra share × reaches the edge",
+];
+
+/// How many measurements a candidate has.
+pub const N_FEATURES: usize = 14;
+
+/// A place where the part differs from its reference deeply enough to judge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The extent of its joined core, `[x_min, y_min, x_max, y_max]`, maxima exclusive.
+    pub core: [u32; 4],
+    /// [`FEATURES`].
+    pub features: [f32; N_FEATURES],
+}
+
+/// Why two images could not be compared.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("the part is {got_width}x{got_height}, its reference {want_width}x{want_height}")]
+    Size {
+        got_width: u32,
+        got_height: u32,
+        want_width: u32,
+        want_height: u32,
+    },
+    #[error("the image is empty")]
+    Empty,
+    #[error("image processing: {0}")]
+    OpenCv(#[from] opencv::Error),
+}
+
+/// An image cut at Otsu's threshold: `true` where bright, and whether most of it is.
+fn binarise(image: &GrayImage) -> Result<(Vec<bool>, bool), CompareError> {
+    let mat = Mat::new_rows_cols_with_data(image.height as i32, image.width as i32, &image.pixels)?;
+    let mut cut = Mat::default();
+    let otsu = imgproc::threshold(
+        &mat,
+        &mut cut,
+        0.0,
+        255.0,
+        imgproc::THRESH_BINARY | imgproc::THRESH_OTSU,
+    )?;
+    let bright: Vec<bool> = image.pixels.iter().map(|&p| f64::from(p) > otsu).collect();
+    let n_bright = bright.iter().filter(|&&b| b).count();
+    Ok((bright, 2 * n_bright >= image.pixels.len()))
+}
+
+/// Each pixel's distance to the nearest pixel where `mask` is false (0 there), with the image
+/// continued past its edges by its edge pixels, so that the edge of the picture is no edge of
+/// the pattern.
+fn distance_to_false(mask: &[bool], w: usize, h: usize) -> Result<Vec<f32>, CompareError> {
+    const PAD: i32 = 24;
+    let bytes: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
+    let mat = Mat::new_rows_cols_with_data(h as i32, w as i32, &bytes)?;
+    let mut padded = Mat::default();
+    core::copy_make_border(
+        &mat,
+        &mut padded,
+        PAD,
+        PAD,
+        PAD,
+        PAD,
+        core::BORDER_REPLICATE,
+        Scalar::default(),
+    )?;
+    let mut distance = Mat::default();
+    imgproc::distance_transform(
+        &padded,
+        &mut distance,
+        imgproc::DIST_L2,
+        imgproc::DIST_MASK_PRECISE,
+        core::CV_32F,
+    )?;
+    let row_len = w + 2 * PAD as usize;
+    let all = distance.data_typed::<f32>()?;
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let start = (y + PAD as usize) * row_len + PAD as usize;
+        out.extend_from_slice(&all[start..start + w]);
+    }
+    Ok(out)
+}
+
+/// `mask` closed by a `size`×`size` square (dilated, then eroded), or'ed with itself.
+fn joined(mask: &[bool], w: usize, h: usize, size: u32) -> Result<Vec<bool>, CompareError> {
+    if size <= 1 {
+        return Ok(mask.to_vec());
+    }
+    let bytes: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
+    let mat = Mat::new_rows_cols_with_data(h as i32, w as i32, &bytes)?;
+    let kernel = imgproc::get_structuring_element(
+        imgproc::MORPH_RECT,
+        Size::new(size as i32, size as i32),
+        Point::new(-1, -1),
+    )?;
+    let mut closed = Mat::default();
+    imgproc::morphology_ex(
+        &mat,
+        &mut closed,
+        imgproc::MORPH_CLOSE,
+        &kernel,
+        Point::new(-1, -1),
+        1,
+        core::BORDER_CONSTANT,
+        Scalar::all(0.0),
+    )?;
+    let closed = closed.data_bytes()?;
+    Ok(mask
+        .iter()
+        .zip(closed)
+        .map(|(&m, &c)| m || c != 0)
+        .collect())
+}
+
+/// The shift `(dx, dy)` of `part` within `align` pixels each way that differs from `reference`
+/// in the fewest pixels (counted inside a margin of `align`), the smallest shift on a tie.
+fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) -> (i64, i64) {
+    let mut shifts: Vec<(i64, i64)> = (-align..=align)
+        .flat_map(|dy| (-align..=align).map(move |dx| (dx, dy)))
+        .collect();
+    shifts.sort_by_key(|&(dx, dy)| dx.abs() + dy.abs());
+    let a = align as usize;
+    if w <= 2 * a || h <= 2 * a {
+        return (0, 0);
+    }
+    let mut best = ((0, 0), usize::MAX);
+    for (dx, dy) in shifts {
+        let mut differing = 0;
+        for y in a..h - a {
+            let py = (y as i64 + dy) as usize;
+            let px = (a as i64 + dx) as usize;
+            let part_row = &part[py * w + px..py * w + px + w - 2 * a];
+            let reference_row = &reference[y * w + a..y * w + w - a];
+            differing += (part_row.iter().zip(reference_row))
+                .filter(|(p, r)| p != r)
+                .count();
+        }
+        if differing < best.1 {
+            best = ((dx, dy), differing);
+        }
+    }
+    best.0
+}
+
+/// The 8-connected islands of at least `min_size` pixels of `mask` within a window.
+fn islands(mask: &[bool], w: usize, window: [usize; 4], min_size: usize) -> i32 {
+    let [x0, y0, x1, y1] = window;
+    let (ww, wh) = (x1 - x0, y1 - y0);
+    let cut: Vec<bool> = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| mask[y * w + x]))
+        .collect();
+    let (labels, next) = label_regions(&cut, ww, wh, 1);
+    let mut sizes = vec![0usize; next as usize];
+    for &l in &labels {
+        sizes[l as usize] += 1;
+    }
+    sizes.iter().skip(1).filter(|&&s| s >= min_size).count() as i32
+}
+
+/// The candidate defects of `part` against its golden `reference`, in no particular order.
+pub fn compare(
+    part: &GrayImage,
+    reference: &GrayImage,
+    settings: &CompareSettings,
+) -> Result<Vec<Candidate>, CompareError> {
+    if (part.width, part.height) != (reference.width, reference.height) {
+        return Err(CompareError::Size {
+            got_width: part.width,
+            got_height: part.height,
+            want_width: reference.width,
+            want_height: reference.height,
+        });
+    }
+    let (w, h) = (reference.width as usize, reference.height as usize);
+    if w == 0 || h == 0 || part.pixels.len() != w * h || reference.pixels.len() != w * h {
+        return Err(CompareError::Empty);
+    }
+    let dark_pattern = settings.pattern == PatternSide::Dark;
+    let (ref_bright, _) = binarise(reference)?;
+    let (part_bright, _) = binarise(part)?;
+    let reference: Vec<bool> = ref_bright.iter().map(|&b| b != dark_pattern).collect();
+    let shifted: Vec<bool> = part_bright.iter().map(|&b| b != dark_pattern).collect();
+    let (dx, dy) = alignment(&shifted, &reference, w, h, i64::from(settings.align_px));
+    // The part moved onto the reference; where the shift leaves no part, the reference shows
+    // through (no difference there).
+    let part: Vec<bool> = (0..w * h)
+        .map(|i| {
+            let (x, y) = ((i % w) as i64 + dx, (i / w) as i64 + dy);
+            if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+                reference[i]
+            } else {
+                shifted[y as usize * w + x as usize]
+            }
+        })
+        .collect();
+
+    // How deep each differing pixel lies on the other side of the reference's edge.
+    let to_pattern = distance_to_false(&reference.iter().map(|&r| !r).collect::<Vec<_>>(), w, h)?;
+    let to_background = distance_to_false(&reference, w, h)?;
+    let extra: Vec<bool> = (0..w * h).map(|i| part[i] && !reference[i]).collect();
+    let missing: Vec<bool> = (0..w * h).map(|i| !part[i] && reference[i]).collect();
+    let differs: Vec<bool> = (0..w * h).map(|i| extra[i] || missing[i]).collect();
+    let depth: Vec<f32> = (0..w * h)
+        .map(|i| {
+            if extra[i] {
+                to_pattern[i]
+            } else if missing[i] {
+                to_background[i]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // How far inside the difference itself: a sliver along an edge is 1 thick.
+    let thickness = thickness(&differs, w, h)?;
+    let core: Vec<bool> = depth.iter().map(|&d| d >= settings.min_depth_px).collect();
+    let grown = joined(&core, w, h, settings.join_px)?;
+    let (labels, next) = label_regions(&grown, w, h, 1);
+
+    #[derive(Clone)]
+    struct Tally {
+        bbox: [usize; 4],
+        area: usize,
+        differing: usize,
+        extra: usize,
+        deepest: f32,
+        thickest: f32,
+    }
+    let mut tallies = vec![
+        Tally {
+            bbox: [usize::MAX, usize::MAX, 0, 0],
+            area: 0,
+            differing: 0,
+            extra: 0,
+            deepest: 0.0,
+            thickest: 0.0,
+        };
+        next as usize
+    ];
+    for (i, &label) in labels.iter().enumerate() {
+        if label == 0 {
+            continue;
+        }
+        let t = &mut tallies[label as usize];
+        let (x, y) = (i % w, i / w);
+        t.bbox = [
+            t.bbox[0].min(x),
+            t.bbox[1].min(y),
+            t.bbox[2].max(x + 1),
+            t.bbox[3].max(y + 1),
+        ];
+        t.area += 1;
+        t.differing += usize::from(differs[i]);
+        t.extra += usize::from(extra[i]);
+        t.deepest = t.deepest.max(depth[i]);
+        t.thickest = t.thickest.max(thickness[i]);
+    }
+
+    let mut candidates = Vec::new();
+    for (label, t) in tallies.iter().enumerate().skip(1) {
+        if t.area == 0 {
+            continue;
+        }
+        let [x0, y0, x1, y1] = t.bbox;
+        // The neighbourhood: does the defect join or split the pattern, and does it reach the
+        // reference's edge (a spur, a bite) or float free of it (a speck, a hole)?
+        let window = [
+            x0.saturating_sub(4),
+            y0.saturating_sub(4),
+            (x1 + 4).min(w),
+            (y1 + 4).min(h),
+        ];
+        let min = settings.min_island_px;
+        let not = |m: &[bool]| m.iter().map(|&b| !b).collect::<Vec<bool>>();
+        let pattern_gained = islands(&part, w, window, min) - islands(&reference, w, window, min);
+        let background_gained =
+            islands(&not(&part), w, window, min) - islands(&not(&reference), w, window, min);
+        let reaches_edge = reaches_edge(&labels, label as u32, &differs, &depth, w, window);
+        let extra_share = t.extra as f32 / t.differing.max(1) as f32;
+        let pattern_gained = pattern_gained.clamp(-2, 2) as f32;
+        let background_gained = background_gained.clamp(-2, 2) as f32;
+        let at_edge = x0.min(y0).min(w - x1).min(h - y1) < 2;
+        let ln = |v: f32| v.ln_1p();
+        candidates.push(Candidate {
+            core: [x0 as u32, y0 as u32, x1 as u32, y1 as u32],
+            features: [
+                ln(t.deepest),
+                ln(t.thickest),
+                ln(t.area as f32),
+                ln(t.differing as f32),
+                ln((x1 - x0) as f32),
+                ln((y1 - y0) as f32),
+                extra_share,
+                f32::from(u8::from(at_edge)),
+                pattern_gained,
+                background_gained,
+                f32::from(u8::from(reaches_edge)),
+                extra_share * pattern_gained,
+                extra_share * background_gained,
+                extra_share * f32::from(u8::from(reaches_edge)),
+            ],
+        });
+    }
+    Ok(candidates)
+}
+
+/// Each differing pixel's distance to the nearest pixel that does not differ.
+fn thickness(differs: &[bool], w: usize, h: usize) -> Result<Vec<f32>, CompareError> {
+    // Padded with pixels that do not differ: the picture's edge ends a difference.
+    let bytes: Vec<u8> = differs.iter().map(|&m| if m { 255 } else { 0 }).collect();
+    let mat = Mat::new_rows_cols_with_data(h as i32, w as i32, &bytes)?;
+    let mut padded = Mat::default();
+    core::copy_make_border(
+        &mat,
+        &mut padded,
+        1,
+        1,
+        1,
+        1,
+        core::BORDER_CONSTANT,
+        Scalar::all(0.0),
+    )?;
+    let mut distance = Mat::default();
+    imgproc::distance_transform(
+        &padded,
+        &mut distance,
+        imgproc::DIST_L2,
+        imgproc::DIST_MASK_PRECISE,
+        core::CV_32F,
+    )?;
+    let all = distance.data_typed::<f32>()?;
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let start = (y + 1) * (w + 2) + 1;
+        out.extend_from_slice(&all[start..start + w]);
+    }
+    Ok(out)
+}
+
+/// Whether the differences that candidate `label` covers, followed to their whole extent
+/// within `window`, come within 1.5 pixels of the reference's edge.
+fn reaches_edge(
+    labels: &[u32],
+    label: u32,
+    differs: &[bool],
+    depth: &[f32],
+    w: usize,
+    window: [usize; 4],
+) -> bool {
+    let [x0, y0, x1, y1] = window;
+    let (ww, wh) = (x1 - x0, y1 - y0);
+    let at = |x: usize, y: usize| (y0 + y) * w + x0 + x;
+    let cut: Vec<bool> = (0..wh)
+        .flat_map(|y| (0..ww).map(move |x| (x, y)))
+        .map(|(x, y)| differs[at(x, y)])
+        .collect();
+    let (regions, next) = label_regions(&cut, ww, wh, 1);
+    let mut touched = vec![false; next as usize];
+    for y in 0..wh {
+        for x in 0..ww {
+            let r = regions[y * ww + x];
+            if r != 0 && labels[at(x, y)] == label {
+                touched[r as usize] = true;
+            }
+        }
+    }
+    (0..wh).any(|y| {
+        (0..ww).any(|x| {
+            let r = regions[y * ww + x];
+            r != 0 && touched[r as usize] && depth[at(x, y)] <= 1.5
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board: dark traces (the pattern, a minority) on a bright ground.
+    fn board() -> Vec<u8> {
+        let (w, h) = (96, 96);
+        let mut pixels = vec![230u8; w * h];
+        for trace in [10..16, 40..48, 70..74] {
+            for y in trace.clone() {
+                for x in 4..92 {
+                    pixels[y * w + x] = 20;
+                }
+            }
+        }
+        pixels
+    }
+
+    fn image(pixels: Vec<u8>) -> GrayImage {
+        GrayImage::new(96, 96, pixels).expect("96x96")
+    }
+
+    #[test]
+    fn an_identical_part_has_no_candidate_and_a_scan_shifted_by_a_pixel_neither() {
+        let reference = image(board());
+        let settings = CompareSettings::default();
+        assert!(
+            compare(&reference, &reference, &settings)
+                .expect("compares")
+                .is_empty()
+        );
+        // The whole part one pixel lower: aligned back, nothing differs deeply.
+        let mut shifted = vec![230u8; 96 * 96];
+        shifted[96..].copy_from_slice(&board()[..96 * 95]);
+        assert!(
+            compare(&image(shifted), &reference, &settings)
+                .expect("compares")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_speck_and_a_break_are_candidates_of_their_kind() {
+        let reference = image(board());
+        let mut part = board();
+        // A speck of pattern on the ground, far from any trace.
+        for y in 26..32 {
+            for x in 60..66 {
+                part[y * 96 + x] = 20;
+            }
+        }
+        // The middle trace cut through.
+        for y in 40..48 {
+            for x in 30..36 {
+                part[y * 96 + x] = 230;
+            }
+        }
+        let mut found =
+            compare(&image(part), &reference, &CompareSettings::default()).expect("compares");
+        found.sort_by_key(|c| c.core[0]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        let (cut, speck) = (&found[0], &found[1]);
+        assert!(cut.core[0] >= 28 && cut.core[2] <= 38, "{:?}", cut.core);
+        assert!(
+            speck.core[0] >= 58 && speck.core[2] <= 68,
+            "{:?}",
+            speck.core
+        );
+        // The speck is extra pattern, reaching no edge, adding an island of pattern.
+        assert_eq!(speck.features[6], 1.0);
+        assert_eq!(speck.features[10], 0.0);
+        assert_eq!(speck.features[8], 1.0);
+        // The cut is missing pattern, and splits its trace in two.
+        assert_eq!(cut.features[6], 0.0);
+        assert_eq!(cut.features[8], 1.0);
+        assert_eq!(cut.features[10], 1.0);
+    }
+
+    #[test]
+    fn images_of_different_sizes_are_refused() {
+        let reference = image(board());
+        let part = GrayImage::new(48, 96, vec![0; 48 * 96]).expect("48x96");
+        let error = compare(&part, &reference, &CompareSettings::default()).unwrap_err();
+        assert!(error.to_string().contains("48x96"), "{error}");
+    }
+}

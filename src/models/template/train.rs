@@ -1,0 +1,518 @@
+//! Training a template model: its classifier and box margin learnt from parts labelled with
+//! boxes, each compared with its reference, and its threshold chosen on parts held back.
+//!
+//! The protocol, fixed here so that no run is tuned by hand:
+//! 1. the dataset's held-out quarter is set aside ([`held_out_part`], the supervised family's
+//!    split, so the two families are scored on the same parts);
+//! 2. of the rest, a fifth is held back as validation; the classifier and margin are fitted on
+//!    the other four fifths, and the threshold is the defect probability whose boxes reach the
+//!    best F1 (IoU > 0.5, whatever their type) on the validation parts;
+//! 3. the classifier and margin are fitted again on the whole training part, and the model is
+//!    scored once on the held-out quarter.
+//!
+//! A part is compared with its own reference where the dataset pairs them (DeepPCB's tested
+//! board and its template), else with the product's golden image (`--reference`). Parts with
+//! neither are left out, and so are the references themselves: a template compared with
+//! itself differs nowhere and teaches nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::learn::dataset::{self, DatasetError, Layout, Sample};
+use crate::learn::eval::{BoxTruth, box_iou};
+use crate::learn::hash::ContentHash;
+use crate::learn::progress::{Cancelled, Progress};
+use crate::models::card::{CardError, ModelCard};
+use crate::part::GrayImage;
+
+use super::classifier::{Classifier, ClassifierError, NO_DEFECT};
+use super::compare::{Candidate, CompareError, CompareSettings, N_FEATURES, PatternSide, compare};
+use super::{REFERENCE_FILE, TemplateCard, TemplateMetrics, TemplateModel, grown};
+
+/// Every `HOLDOUT_EVERY`-th part of each class is held out (the supervised family's split).
+pub const HOLDOUT_EVERY: usize = 4;
+/// Every `VALIDATION_EVERY`-th training part is held back to choose the threshold.
+pub const VALIDATION_EVERY: usize = 5;
+
+/// What a training run needs.
+#[derive(Debug, Clone)]
+pub struct TemplateSettings {
+    pub name: String,
+    pub layout: Layout,
+    pub data: PathBuf,
+    /// The product's golden image: every part without a reference of its own is compared with
+    /// it, and it is copied into the model so that a station can run it.
+    pub reference: Option<PathBuf>,
+    pub compare: CompareSettings,
+    pub out_dir: PathBuf,
+    pub progress: Progress,
+}
+
+/// Why a template model could not be trained or scored.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("{path}: {source}")]
+    Compare { path: PathBuf, source: CompareError },
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
+    #[error(
+        "no part of {data} has a reference to compare it with: the layout pairs none, and no \
+         --reference was given"
+    )]
+    NoPairs { data: PathBuf },
+    #[error(
+        "no part of {data} with a reference is labelled with boxes: the template family learns \
+         what a defect is, and its type, from labelled boxes"
+    )]
+    NoBoxes { data: PathBuf },
+    #[error(transparent)]
+    Card(#[from] CardError),
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
+/// The held-out part of a dataset, and what it is in words.
+pub fn held_out_part(samples: &[Sample]) -> (Vec<Sample>, String) {
+    let (_, held_out) = dataset::split_every(samples, HOLDOUT_EVERY);
+    (
+        held_out,
+        format!("the held-out part (every {HOLDOUT_EVERY}th image of each class)"),
+    )
+}
+
+/// A part, the reference it is compared with, and its labelled boxes (maxima exclusive).
+struct Pair {
+    part: PathBuf,
+    reference: PathBuf,
+    defective: bool,
+    boxes: Vec<([u32; 4], String)>,
+}
+
+/// The parts of `samples` that have a reference: their own where `layout` pairs them, else
+/// `golden`.
+fn pairs(samples: &[Sample], layout: Layout, golden: Option<&Path>) -> Vec<Pair> {
+    samples
+        .iter()
+        .filter_map(|s| {
+            let reference = layout
+                .reference_of(s)
+                .or_else(|| (!layout.pairs_parts()).then(|| golden.map(Path::to_owned))?)?;
+            Some(Pair {
+                part: s.image.clone(),
+                reference,
+                defective: s.defective(),
+                boxes: (s.boxes.iter())
+                    .map(|b| {
+                        let [x0, y0, x1, y1] = b.bbox;
+                        ([x0, y0, x1 + 1, y1 + 1], b.class.clone())
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// A compared part: its candidates, and what it is labelled.
+struct Compared {
+    candidates: Vec<Candidate>,
+    boxes: Vec<([u32; 4], String)>,
+    size: (u32, u32),
+}
+
+fn load(path: &Path, cache: &mut Option<(PathBuf, GrayImage)>) -> Result<GrayImage, DatasetError> {
+    if let Some((cached, image)) = cache
+        && cached == path
+    {
+        return Ok(image.clone());
+    }
+    let image = dataset::load_gray(path)?;
+    *cache = Some((path.to_owned(), image.clone()));
+    Ok(image)
+}
+
+fn compared_all(
+    pairs: &[Pair],
+    settings: &CompareSettings,
+    progress: &Progress,
+    what: &str,
+) -> Result<Vec<Compared>, TemplateError> {
+    let phase = progress.phase(pairs.len(), what);
+    let mut reference_cache = None;
+    let mut out = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        phase.check()?;
+        let part = dataset::load_gray(&pair.part)?;
+        let reference = load(&pair.reference, &mut reference_cache)?;
+        let candidates =
+            compare(&part, &reference, settings).map_err(|source| TemplateError::Compare {
+                path: pair.part.clone(),
+                source,
+            })?;
+        out.push(Compared {
+            candidates,
+            boxes: pair.boxes.clone(),
+            size: (part.width, part.height),
+        });
+        phase.inc(1);
+    }
+    phase.finish_and_clear();
+    Ok(out)
+}
+
+/// The median margin the labelled boxes leave round the largest core whose centre each
+/// contains: how far past a defect's difference its labellers draw.
+fn box_margin(parts: &[Compared]) -> u32 {
+    let mut margins: Vec<i64> = Vec::new();
+    for part in parts {
+        for (truth, _) in &part.boxes {
+            let [tx0, ty0, tx1, ty1] = truth.map(i64::from);
+            let inside = part.candidates.iter().filter(|c| {
+                let (cx, cy) = (
+                    i64::from(c.core[0] + c.core[2]) / 2,
+                    i64::from(c.core[1] + c.core[3]) / 2,
+                );
+                cx >= tx0 && cx < tx1 && cy >= ty0 && cy < ty1
+            });
+            let largest = inside.max_by_key(|c| (c.core[2] - c.core[0]) * (c.core[3] - c.core[1]));
+            if let Some(c) = largest {
+                let [cx0, cy0, cx1, cy1] = c.core.map(i64::from);
+                margins.extend([cx0 - tx0, cy0 - ty0, tx1 - cx1, ty1 - cy1]);
+            }
+        }
+    }
+    if margins.is_empty() {
+        return 0;
+    }
+    margins.sort_unstable();
+    margins[margins.len() / 2].max(0) as u32
+}
+
+/// Each candidate's class index into `classes`: the type of the labelled box its grown box
+/// overlaps best, when more than [`crate::learn::eval::BOX_IOU`]; else 0 (no defect).
+fn labelled(
+    parts: &[Compared],
+    margin: u32,
+    classes: &[String],
+) -> (Vec<[f32; N_FEATURES]>, Vec<usize>) {
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for part in parts {
+        for c in &part.candidates {
+            let bbox = grown(c.core, margin, part.size.0, part.size.1);
+            let best = (part.boxes.iter())
+                .map(|(truth, class)| (box_iou(&bbox, truth), class))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let label = match best {
+                Some((iou, class)) if iou > crate::learn::eval::BOX_IOU => {
+                    classes.iter().position(|c| c == class).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            features.push(c.features);
+            labels.push(label);
+        }
+    }
+    (features, labels)
+}
+
+/// [`NO_DEFECT`], then the labelled boxes' types, sorted.
+fn classes_of(parts: &[Compared]) -> Vec<String> {
+    let mut types: Vec<String> = (parts.iter())
+        .flat_map(|p| p.boxes.iter().map(|(_, class)| class.clone()))
+        .collect();
+    types.sort();
+    types.dedup();
+    std::iter::once(NO_DEFECT.to_owned()).chain(types).collect()
+}
+
+/// The pattern side of the references of `pairs`, each read once.
+fn pattern_side(pairs: &[Pair]) -> Result<PatternSide, TemplateError> {
+    let mut paths: Vec<&PathBuf> = pairs.iter().map(|p| &p.reference).collect();
+    paths.sort();
+    paths.dedup();
+    let references = (paths.into_iter())
+        .map(|p| dataset::load_gray(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    PatternSide::of(&references).map_err(|source| TemplateError::Compare {
+        path: pairs[0].reference.clone(),
+        source,
+    })
+}
+
+/// A classifier and margin fitted on `parts`.
+fn fitted(parts: &[Compared]) -> Result<(Classifier, u32), TemplateError> {
+    let margin = box_margin(parts);
+    let classes = classes_of(parts);
+    let (features, labels) = labelled(parts, margin, &classes);
+    Ok((Classifier::fit(&features, &labels, classes)?, margin))
+}
+
+/// The boxes of every candidate of `parts` against their labelled ones.
+fn box_truth(parts: &[Compared], classifier: &Classifier, margin: u32) -> BoxTruth {
+    let mut truth = BoxTruth::default();
+    let judged = judged(parts, classifier, margin);
+    for (i, part) in parts.iter().enumerate() {
+        let mine = (judged.iter())
+            .filter(|d| d.0 == i)
+            .map(|d| ((d.1, d.2), Some(d.3.clone())))
+            .collect();
+        truth.add_classed(mine, part.boxes.clone());
+    }
+    truth
+}
+
+/// Every candidate of `parts` judged: (part index, box, probability, type).
+fn judged(
+    parts: &[Compared],
+    classifier: &Classifier,
+    margin: u32,
+) -> Vec<(usize, [u32; 4], f32, String)> {
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        for c in &part.candidates {
+            let (p, kind) = classifier.judge(&c.features);
+            let bbox = grown(c.core, margin, part.size.0, part.size.1);
+            out.push((i, bbox, p, classifier.classes[kind].clone()));
+        }
+    }
+    out
+}
+
+/// The defect probability whose boxes find the labelled boxes of `parts` with the best F1
+/// (IoU > 0.5, whatever the type), and that F1. Ties keep the higher cut.
+fn best_box_cut(parts: &[Compared], classifier: &Classifier, margin: u32) -> (f32, f64) {
+    let judged = judged(parts, classifier, margin);
+    let n_true: usize = parts.iter().map(|p| p.boxes.len()).sum();
+    let mut best = (0.5, 0.0);
+    for step in (5..=95).rev() {
+        let cut = step as f32 / 100.0;
+        let (mut found, mut predicted) = (0usize, 0usize);
+        for (i, part) in parts.iter().enumerate() {
+            let mut used = vec![false; part.boxes.len()];
+            let mut mine: Vec<&(usize, [u32; 4], f32, String)> =
+                (judged.iter()).filter(|d| d.0 == i && d.2 >= cut).collect();
+            mine.sort_by(|a, b| b.2.total_cmp(&a.2));
+            for d in mine {
+                predicted += 1;
+                let hit = (part.boxes.iter().enumerate())
+                    .filter(|(k, _)| !used[*k])
+                    .map(|(k, (truth, _))| (k, box_iou(&d.1, truth)))
+                    .filter(|(_, iou)| *iou > crate::learn::eval::BOX_IOU)
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                if let Some((k, _)) = hit {
+                    used[k] = true;
+                    found += 1;
+                }
+            }
+        }
+        let f1 = if predicted + n_true == 0 {
+            0.0
+        } else {
+            2.0 * found as f64 / (predicted + n_true) as f64
+        };
+        if f1 > best.1 {
+            best = (cut, f1);
+        }
+    }
+    best
+}
+
+/// Trains a template model on `settings.data` and writes it to `settings.out_dir`.
+pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, TemplateError> {
+    let started = Instant::now();
+    let samples = dataset::read(settings.layout, &settings.data)?;
+    let (train_part, held_out) = dataset::split_every(&samples, HOLDOUT_EVERY);
+    let (fit_part, validation) = dataset::split_every_ignoring_own(&train_part, VALIDATION_EVERY);
+    let golden = settings.reference.as_deref();
+    let train_pairs = pairs(&train_part, settings.layout, golden);
+    if train_pairs.is_empty() {
+        return Err(TemplateError::NoPairs {
+            data: settings.data.clone(),
+        });
+    }
+    if train_pairs.iter().all(|p| p.boxes.is_empty()) {
+        return Err(TemplateError::NoBoxes {
+            data: settings.data.clone(),
+        });
+    }
+    let progress = &settings.progress;
+    // The product's pattern is the side that covers less of its references.
+    let mut compare_settings = settings.compare;
+    compare_settings.pattern = pattern_side(&train_pairs)?;
+    let settings = &TemplateSettings {
+        compare: compare_settings,
+        ..settings.clone()
+    };
+    let fit_parts = compared_all(
+        &pairs(&fit_part, settings.layout, golden),
+        &settings.compare,
+        progress,
+        "comparing training parts with their references",
+    )?;
+    let validation_parts = compared_all(
+        &pairs(&validation, settings.layout, golden),
+        &settings.compare,
+        progress,
+        "comparing validation parts with their references",
+    )?;
+    let (first, first_margin) = fitted(&fit_parts)?;
+    let (threshold, validation_f1) = best_box_cut(&validation_parts, &first, first_margin);
+    let validation_boxes = box_truth(&validation_parts, &first, first_margin).metrics();
+    let threshold_rule = format!(
+        "defect probability {threshold:.2}: the best box F1 (IoU > 0.5, any type), {validation_f1:.3}, \
+         on {} validation parts, scored by a classifier fitted without them",
+        validation_parts.len()
+    );
+
+    // The final fit, on every training part.
+    let n_validation = validation_parts.len();
+    let mut all_parts = fit_parts;
+    all_parts.extend(validation_parts);
+    let (classifier, box_margin_px) = fitted(&all_parts)?;
+    let n_train_candidates = all_parts.iter().map(|p| p.candidates.len()).sum();
+    let n_train_boxes = all_parts.iter().map(|p| p.boxes.len()).sum();
+
+    let mut digest = ContentHash::new();
+    for pair in &train_pairs {
+        for path in [&pair.part, &pair.reference] {
+            digest.file(path).map_err(|source| DatasetError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    let mut version = ContentHash::new();
+    version.floats(&classifier.floats()).floats(&[
+        threshold,
+        f32::from(u8::from(settings.compare.pattern == PatternSide::Dark)),
+        box_margin_px as f32,
+        settings.compare.min_depth_px,
+        settings.compare.join_px as f32,
+        settings.compare.align_px as f32,
+        settings.compare.min_island_px as f32,
+    ]);
+    let family = TemplateCard {
+        compare: settings.compare,
+        classifier,
+        box_margin_px,
+        dataset: settings.data.display().to_string(),
+        training_data_sha256: digest.hex(),
+        layout: settings.layout,
+        split: format!(
+            "every {HOLDOUT_EVERY}th image of each class held out; of the rest, every \
+             {VALIDATION_EVERY}th held back to choose the threshold; parts compared with their \
+             own reference where the dataset pairs them, else with the golden image"
+        ),
+        n_train: all_parts.len(),
+        n_train_boxes,
+        n_train_candidates,
+        n_validation,
+        validation_boxes,
+        training_duration_s: 0.0,
+        metrics: TemplateMetrics {
+            n_test: 0,
+            n_flagged: 0,
+            defective_recall: None,
+            boxes: None,
+        },
+    };
+    let mut card = ModelCard::new(
+        &settings.name,
+        format!("{}@{}", settings.name, version.version_suffix()),
+        format!(
+            "golden-template comparison (Otsu cut, alignment within {} px, differences {} px \
+             deep) + multinomial logistic regression over {N_FEATURES} measurements",
+            settings.compare.align_px, settings.compare.min_depth_px
+        ),
+        (threshold, threshold_rule),
+        family,
+    );
+    std::fs::create_dir_all(&settings.out_dir).map_err(|e| TemplateError::Write {
+        path: settings.out_dir.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some(golden) = golden {
+        let image = dataset::load_gray(golden)?;
+        let path = settings.out_dir.join(REFERENCE_FILE);
+        image::GrayImage::from_raw(image.width, image.height, image.pixels)
+            .ok_or_else(|| TemplateError::Write {
+                path: path.clone(),
+                message: "the golden image's pixels do not fill it".into(),
+            })?
+            .save(&path)
+            .map_err(|e| TemplateError::Write {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    card.write(&settings.out_dir)?;
+    let model = TemplateModel::load(&settings.out_dir).map_err(|e| TemplateError::Write {
+        path: settings.out_dir.clone(),
+        message: e.to_string(),
+    })?;
+    card.family.metrics = evaluate(&model, &held_out, settings.layout, golden, progress)?;
+    card.family.training_duration_s = started.elapsed().as_secs_f64();
+    card.write(&settings.out_dir)?;
+    Ok(card)
+}
+
+/// Scores `model` on `samples`: each part with a reference compared with it, its boxes against
+/// the labelled ones (each type's AP and their mean where every box names its type).
+pub fn evaluate(
+    model: &TemplateModel,
+    samples: &[Sample],
+    layout: Layout,
+    golden: Option<&Path>,
+    progress: &Progress,
+) -> Result<TemplateMetrics, TemplateError> {
+    // A model run on a folder without pairs compares with the product's golden image: the
+    // one given, else the model's own.
+    let own = model
+        .reference
+        .is_some()
+        .then(|| model.dir.join(REFERENCE_FILE));
+    let golden = golden.map(Path::to_owned).or(own);
+    let pairs = pairs(samples, layout, golden.as_deref());
+    let phase = progress.phase(pairs.len(), "scoring held-out parts");
+    let threshold = model.card.head.threshold;
+    let mut truth = BoxTruth::default();
+    let (mut n_flagged, mut n_defective, mut n_defective_flagged) = (0, 0, 0);
+    let mut reference_cache = None;
+    for pair in &pairs {
+        phase.check()?;
+        let part = dataset::load_gray(&pair.part)?;
+        let reference = load(&pair.reference, &mut reference_cache)?;
+        let found = model
+            .defects(&part, &reference)
+            .map_err(|source| TemplateError::Compare {
+                path: pair.part.clone(),
+                source,
+            })?;
+        let flagged = found.first().is_some_and(|d| d.probability >= threshold);
+        n_flagged += usize::from(flagged);
+        if pair.defective {
+            n_defective += 1;
+            n_defective_flagged += usize::from(flagged);
+        }
+        truth.add_classed(
+            found
+                .into_iter()
+                .map(|d| ((d.bbox, d.probability), Some(d.class)))
+                .collect(),
+            pair.boxes.clone(),
+        );
+        phase.inc(1);
+    }
+    phase.finish_and_clear();
+    Ok(TemplateMetrics {
+        n_test: pairs.len(),
+        n_flagged,
+        defective_recall: (n_defective > 0)
+            .then(|| n_defective_flagged as f64 / n_defective as f64),
+        boxes: truth.metrics(),
+    })
+}

@@ -1,0 +1,317 @@
+//! The golden-template family end to end on generated boards in DeepPCB's layout: traces on a
+//! ground, each tested board beside its defect-free template, its defects labelled with typed
+//! boxes. The model learns which differences are defects and of which type, is scored on the
+//! held-out boards, and runs in a station's registry with its product's golden image.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use linesight::learn::dataset::Layout;
+use linesight::learn::progress::Progress;
+use linesight::models::backbone::WeightsSearch;
+use linesight::models::template::{self, CompareSettings, REFERENCE_FILE, TemplateSettings};
+use linesight::part::GrayImage;
+
+use crate::write_png;
+
+const SIDE: usize = 160;
+const GROUND: u8 = 225;
+const COPPER: u8 = 30;
+
+/// A board: horizontal traces 8 pixels wide, 24 apart, on a bright ground.
+fn template() -> Vec<u8> {
+    let mut pixels = vec![GROUND; SIDE * SIDE];
+    for top in (12..SIDE - 12).step_by(24) {
+        for y in top..top + 8 {
+            for x in 8..SIDE - 8 {
+                pixels[y * SIDE + x] = COPPER;
+            }
+        }
+    }
+    pixels
+}
+
+fn fill(pixels: &mut [u8], [x0, y0, x1, y1]: [usize; 4], value: u8) {
+    for y in y0..y1 {
+        for x in x0..x1 {
+            pixels[y * SIDE + x] = value;
+        }
+    }
+}
+
+/// A tested board: the template with a defect of each of `kinds` (DeepPCB's type numbers:
+/// 1 open, 2 short, 5 spurious copper, 6 pin-hole) at random places, a scan's wandering edges
+/// and a few specks of dust; and each defect's box as its labeller draws it (6 pixels round).
+fn tested(rng: &mut ChaCha8Rng, kinds: &[u8]) -> (Vec<u8>, Vec<([usize; 4], u8)>) {
+    let mut pixels = template();
+    let mut boxes = Vec::new();
+    for (slot, &kind) in kinds.iter().enumerate() {
+        // One defect per pair of traces, so that no two overlap.
+        let trace = 12 + 48 * slot;
+        let x = rng.gen_range(20..SIDE - 30);
+        let defect = match kind {
+            // A trace cut through.
+            1 => [x, trace, x + 6, trace + 8],
+            // Two traces bridged.
+            2 => [x, trace + 8, x + 6, trace + 24],
+            // A speck of copper on the ground between two traces.
+            5 => [x, trace + 13, x + 7, trace + 19],
+            // A hole in a trace.
+            _ => [x, trace + 2, x + 4, trace + 6],
+        };
+        let value = if matches!(kind, 1 | 6) {
+            GROUND
+        } else {
+            COPPER
+        };
+        fill(&mut pixels, defect, value);
+        let [x0, y0, x1, y1] = defect;
+        boxes.push(([x0 - 6, y0 - 6, x1 + 5, y1 + 5], kind));
+    }
+    // Edges wander by a pixel, as a scan's do.
+    let edges: Vec<usize> = (SIDE..SIDE * (SIDE - 1))
+        .filter(|&i| pixels[i] != pixels[i - SIDE] || pixels[i] != pixels[i + SIDE])
+        .collect();
+    for i in edges {
+        if rng.gen_bool(0.2) {
+            pixels[i] = if pixels[i] == COPPER { GROUND } else { COPPER };
+        }
+    }
+    // Dust: single dark pixels on the ground.
+    for _ in 0..3 {
+        let i = rng.gen_range(0..SIDE * SIDE);
+        if pixels[i] == GROUND {
+            pixels[i] = COPPER;
+        }
+    }
+    (pixels, boxes)
+}
+
+fn image(pixels: Vec<u8>) -> GrayImage {
+    GrayImage::new(SIDE as u32, SIDE as u32, pixels).expect("a square board")
+}
+
+/// 48 boards in DeepPCB's layout under `root`, each with two defects of rotating types.
+fn write_boards(root: &Path) {
+    let boards = root.join("PCBData/group1/1");
+    let notes = root.join("PCBData/group1/1_not");
+    std::fs::create_dir_all(&notes).expect("annotations dir");
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let types = [1u8, 2, 5, 6];
+    for i in 0..48 {
+        let id = format!("{i:08}");
+        write_png(&boards.join(format!("{id}_temp.jpg")), &image(template()));
+        let kinds = [types[i % 4], types[(i + 1) % 4]];
+        let (pixels, boxes) = tested(&mut rng, &kinds);
+        write_png(&boards.join(format!("{id}_test.jpg")), &image(pixels));
+        let text: String = (boxes.iter())
+            .map(|([x0, y0, x1, y1], kind)| format!("{x0} {y0} {x1} {y1} {kind}\n"))
+            .collect();
+        std::fs::write(notes.join(format!("{id}.txt")), text).expect("annotation");
+    }
+}
+
+#[test]
+fn defects_are_found_by_comparing_each_board_with_its_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pcb");
+    write_boards(&root);
+    let golden = dir.path().join("golden.png");
+    write_png(&golden, &image(template()));
+    let out = dir.path().join("model");
+    let card = template::train(&TemplateSettings {
+        name: "boards".into(),
+        layout: Layout::Deeppcb,
+        data: root.clone(),
+        reference: Some(golden),
+        compare: CompareSettings::default(),
+        out_dir: out.clone(),
+        progress: Progress::hidden(),
+    })
+    .expect("trains");
+    let family = &card.family;
+    // The boards' copper is dark and covers less of them: the pattern.
+    assert_eq!(family.compare.pattern, template::PatternSide::Dark);
+    assert_eq!(
+        family.classifier.classes,
+        ["no defect", "open", "pin-hole", "short", "spurious-copper"]
+    );
+    // The margin learnt from the labelled boxes: 6 pixels drawn round each defect.
+    assert!(
+        (5..=8).contains(&family.box_margin_px),
+        "{}",
+        family.box_margin_px
+    );
+    // Held out: every 4th tested board, 12 of them, 24 defects; the dust and the wandering
+    // edges are no defect, and each defect's box names its type.
+    let metrics = &family.metrics;
+    assert_eq!(metrics.n_test, 12);
+    assert_eq!(metrics.n_flagged, 12);
+    let boxes = metrics.boxes.as_ref().expect("box metrics");
+    assert_eq!(boxes.n_true_boxes, 24);
+    let map = boxes.mean_average_precision[0].value;
+    assert!(map >= 0.9, "held-out box mAP@0.5 {map}: {boxes:?}");
+    assert!(
+        card.head.threshold_rule.contains("best box F1"),
+        "{}",
+        card.head.threshold_rule
+    );
+
+    // The model, with its golden image, runs in a station: a clean board passes, a board with
+    // a short fails with the short's box.
+    assert!(out.join(REFERENCE_FILE).exists());
+    let detector = linesight::models::load(
+        &out,
+        &WeightsSearch::station(None, dir.path()),
+        &candle_core::Device::Cpu,
+    )
+    .expect("a station loads it");
+    assert_eq!(detector.input_size(), Some((SIDE as u32, SIDE as u32)));
+    let threshold = detector.head().threshold;
+    let clean = detector.judge(&image(template())).expect("judges");
+    assert!(
+        clean.score < threshold,
+        "a clean board scored {}",
+        clean.score
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let (pixels, truth) = tested(&mut rng, &[2]);
+    let judgement = detector.judge(&image(pixels)).expect("judges");
+    assert!(
+        judgement.score >= threshold,
+        "a short scored {}",
+        judgement.score
+    );
+    assert_eq!(judgement.defect_class.as_deref(), Some("short"));
+    let found = detector.defect_boxes(&judgement, SIDE as u32, SIDE as u32, threshold);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let [x0, y0, x1, y1] = truth[0].0.map(|v| v as u32);
+    let iou = linesight::learn::eval::box_iou(&found[0].bbox, &[x0, y0, x1 + 1, y1 + 1]);
+    assert!(
+        iou > 0.5,
+        "{:?} against {:?}: IoU {iou}",
+        found[0].bbox,
+        truth[0].0
+    );
+    // A part of another size is an error, never a pass.
+    let small = GrayImage::new(80, 80, vec![GROUND; 80 * 80]).expect("80x80");
+    assert!(detector.judge(&small).is_err());
+
+    // Without its golden image a station refuses it, and says what is missing.
+    std::fs::remove_file(out.join(REFERENCE_FILE)).expect("remove the reference");
+    let error = linesight::models::load(
+        &out,
+        &WeightsSearch::station(None, dir.path()),
+        &candle_core::Device::Cpu,
+    )
+    .expect_err("refused");
+    assert!(error.to_string().contains(REFERENCE_FILE), "{error}");
+}
+
+#[test]
+fn a_dataset_without_references_or_boxes_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pcb");
+    write_boards(&root);
+    let settings = |layout| TemplateSettings {
+        name: "boards".into(),
+        layout,
+        data: root.clone(),
+        reference: None,
+        compare: CompareSettings::default(),
+        out_dir: dir.path().join("model"),
+        progress: Progress::hidden(),
+    };
+    // In MVTec AD's layout nothing pairs the parts, and no golden image was given.
+    let parts = dir.path().join("parts");
+    let mut generator = linesight::simulate::PartGenerator::new(5, 64, 64, 0.0);
+    crate::write_mvtec_parts(&parts, &mut generator, 4, 2);
+    let error = template::train(&TemplateSettings {
+        data: parts,
+        ..settings(Layout::Mvtec)
+    })
+    .expect_err("refused");
+    assert!(error.to_string().contains("--reference"), "{error}");
+    // Boards without their annotations teach nothing of what a defect is.
+    std::fs::remove_dir_all(root.join("PCBData/group1/1_not")).expect("remove the boxes");
+    std::fs::create_dir_all(root.join("PCBData/group1/1_not")).expect("mkdir");
+    for i in 0..48 {
+        std::fs::write(root.join(format!("PCBData/group1/1_not/{i:08}.txt")), "").expect("write");
+    }
+    let error = template::train(&settings(Layout::Deeppcb)).expect_err("refused");
+    assert!(error.to_string().contains("labelled with boxes"), "{error}");
+}
+
+#[test]
+fn the_cli_trains_and_scores_a_template_model() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pcb");
+    write_boards(&root);
+    let out = dir.path().join("model");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_linesight"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let (data, model) = (root.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let trained = run(&[
+        "train", "template", "--layout", "deeppcb", "--data", data, "--out", model,
+    ]);
+    let said = String::from_utf8_lossy(&trained.stdout);
+    assert!(
+        trained.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    assert!(said.contains("threshold: defect probability"), "{said}");
+    let json = dir.path().join("held-out.json");
+    let scored = run(&[
+        "eval",
+        "template",
+        "--model",
+        model,
+        "--layout",
+        "deeppcb",
+        "--data",
+        data,
+        "--json",
+        json.to_str().expect("utf-8"),
+    ]);
+    let said = String::from_utf8_lossy(&scored.stdout);
+    assert!(
+        scored.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&scored.stderr)
+    );
+    assert!(said.contains("box mAP@0.5"), "{said}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses");
+    assert_eq!(metrics["n_test"], 12);
+    // A folder whose parts have no reference, scored by a model without a golden image: an
+    // error that says so, never a table of zeros.
+    let parts = dir.path().join("parts");
+    let mut generator = linesight::simulate::PartGenerator::new(5, 64, 64, 0.0);
+    crate::write_mvtec_parts(&parts, &mut generator, 4, 4);
+    let refused = run(&[
+        "eval",
+        "template",
+        "--model",
+        model,
+        "--layout",
+        "mvtec",
+        "--data",
+        parts.to_str().expect("utf-8"),
+        "--split",
+        "all",
+    ]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        said.contains("has a reference to compare it with"),
+        "{said}"
+    );
+}
