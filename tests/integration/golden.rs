@@ -195,6 +195,30 @@ fn defects_are_found_by_comparing_each_board_with_its_template() {
         found[0].bbox,
         truth[0].0
     );
+    // The heat map marks the short's cells and nothing far from it.
+    let map = &judgement.heat_map;
+    let cell = |x: u32, y: u32| map.values[((y / 8) * map.width + x / 8) as usize];
+    let (cx, cy) = ((x0 + x1) / 2, (y0 + y1) / 2);
+    assert!(cell(cx, cy) >= threshold, "{}", cell(cx, cy));
+    assert_eq!(cell(2, SIDE as u32 - 2), 0.0);
+    // Shorts tolerated, the part is judged on its other defects: none past the threshold.
+    let tolerating = detector
+        .judge_tolerating(
+            &image(tested(&mut ChaCha8Rng::seed_from_u64(99), &[2]).0),
+            &["short"],
+        )
+        .expect("judges");
+    let rejecting = tolerating
+        .rejecting
+        .expect("a score without the tolerated type");
+    assert!(rejecting.score < threshold, "{rejecting:?}");
+    assert!(
+        detector
+            .judge_tolerating(&image(template()), &["open"])
+            .expect("judges")
+            .rejecting
+            .is_some_and(|r| r.score == 0.0 && r.class.is_none())
+    );
     // A part of another size is an error, never a pass.
     let small = GrayImage::new(80, 80, vec![GROUND; 80 * 80]).expect("80x80");
     assert!(detector.judge(&small).is_err());
@@ -314,4 +338,130 @@ fn the_cli_trains_and_scores_a_template_model() {
         said.contains("has a reference to compare it with"),
         "{said}"
     );
+}
+
+/// A product without pairs, as a station's own records are: every part compared with the
+/// product's golden image (`--reference`), in MVTec AD's layout with typed boxes beside the
+/// defective parts.
+#[test]
+fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let types = [1u8, 2, 5, 6];
+    let names = ["open", "short", "spurious copper", "pin-hole"];
+    let mut write = |split: &str, class: &str, n: usize, offset: usize| {
+        for i in 0..n {
+            let stem = format!("{:03}", offset + i);
+            let (pixels, boxes) = if class == "good" {
+                tested(&mut rng, &[])
+            } else {
+                tested(&mut rng, &[types[i % 4], types[(i + 1) % 4]])
+            };
+            write_png(
+                &root.join(format!("{split}/{class}/{stem}.png")),
+                &image(pixels),
+            );
+            if class != "good" {
+                let text: String = (boxes.iter())
+                    .map(|([x0, y0, x1, y1], kind)| {
+                        let name = names[types.iter().position(|t| t == kind).expect("a type")];
+                        format!("{x0} {y0} {x1} {y1} {name}\n")
+                    })
+                    .collect();
+                let notes = root.join(format!("ground_truth/{class}/{stem}_boxes.txt"));
+                std::fs::create_dir_all(notes.parent().expect("parent")).expect("mkdir");
+                std::fs::write(notes, text).expect("boxes");
+            }
+        }
+    };
+    write("train", "good", 8, 0);
+    write("train", "defect", 32, 0);
+    write("test", "good", 4, 100);
+    write("test", "defect", 8, 100);
+    // The golden image sits among the good parts: it is not compared with itself.
+    let golden = root.join("train/good/golden.png");
+    write_png(&golden, &image(template()));
+    let out = dir.path().join("model");
+    let card = template::train(&TemplateSettings {
+        name: "parts".into(),
+        layout: Layout::Mvtec,
+        data: root.clone(),
+        reference: Some(golden.clone()),
+        compare: CompareSettings::default(),
+        out_dir: out.clone(),
+        progress: Progress::hidden(),
+    })
+    .expect("trains");
+    let family = &card.family;
+    // 8 good and 32 defective training parts; the golden image left out.
+    assert_eq!(family.n_train, 40);
+    assert_eq!(family.metrics.n_test, 12);
+    assert_eq!(family.metrics.defective_recall, Some(1.0));
+    assert!(family.metrics.n_flagged <= 9, "{:?}", family.metrics);
+    let map = family
+        .metrics
+        .boxes
+        .as_ref()
+        .expect("boxes")
+        .mean_average_precision[0]
+        .value;
+    assert!(map >= 0.9, "held-out box mAP@0.5 {map}");
+    // The drift watch has a reference: the parts' light, and the good parts' scores.
+    let drift = card.head.drift.as_ref().expect("a drift reference");
+    assert!(!drift.good_scores.is_empty());
+    // The model scores the folder again from its own golden image.
+    let model = template::TemplateModel::load(&out).expect("loads");
+    assert!(model.reference.is_some());
+    let (held_out, _) = template::held_out_part(
+        &linesight::learn::dataset::read(Layout::Mvtec, &root).expect("reads"),
+    );
+    let again = template::evaluate(&model, &held_out, Layout::Mvtec, None, &Progress::hidden())
+        .expect("scores");
+    assert_eq!(again, family.metrics);
+}
+
+#[test]
+fn a_card_edited_out_of_shape_is_refused_when_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pcb");
+    write_boards(&root);
+    let out = dir.path().join("model");
+    template::train(&TemplateSettings {
+        name: "boards".into(),
+        layout: Layout::Deeppcb,
+        data: root,
+        reference: None,
+        compare: CompareSettings::default(),
+        out_dir: out.clone(),
+        progress: Progress::hidden(),
+    })
+    .expect("trains");
+    let card_path = out.join("card.json");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).expect("card")).expect("json");
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut card = original.clone();
+        edit(&mut card);
+        std::fs::write(&card_path, card.to_string()).expect("write");
+        template::TemplateModel::load(&out)
+            .expect_err("refused")
+            .to_string()
+    };
+    let said = refused(&|c| {
+        let row = c["classifier"]["weights"][1].clone();
+        c["classifier"]["weights"]
+            .as_array_mut()
+            .expect("rows")
+            .push(row);
+    });
+    assert!(said.contains("weights"), "{said}");
+    let said = refused(&|c| c["classifier"]["classes"][0] = "good".into());
+    assert!(said.contains("no defect"), "{said}");
+    let said = refused(&|c| c["threshold"] = 0.0.into());
+    assert!(said.contains("threshold"), "{said}");
+    let said = refused(&|c| c["compare"]["align_px"] = 100_000.into());
+    assert!(said.contains("align_px"), "{said}");
+    let said = refused(&|c| c["box_margin_px"] = u32::MAX.into());
+    assert!(said.contains("box_margin_px"), "{said}");
 }

@@ -37,8 +37,16 @@ pub enum ClassifierError {
     NoCandidates,
     #[error("no candidate overlaps a labelled defect, so there is nothing to learn a defect from")]
     NoDefects,
-    #[error("the classifier has {got} weights per class, not {want}")]
+    #[error("the classifier has {got} weights where it needs {want}")]
     Shape { got: usize, want: usize },
+    #[error(
+        "the classifier's classes must be {NO_DEFECT:?} and at least one defect type, not {0:?}"
+    )]
+    Classes(Vec<String>),
+    #[error(
+        "the classifier has a weight, mean or spread that is not a finite number (or a spread of 0)"
+    )]
+    NotFinite,
 }
 
 /// The inputs of the linear model: standardised measurements, their squares, 1.
@@ -131,9 +139,20 @@ impl Classifier {
         })
     }
 
-    /// Whether its weights fit its measurements (a card edited by hand may not).
+    /// Whether it is whole (a card edited by hand may not be): a row of weights per class,
+    /// [`NO_DEFECT`] first and a defect type after it, every number finite, every spread
+    /// positive.
     pub fn check(&self) -> Result<(), ClassifierError> {
         let want = 2 * N_FEATURES + 1;
+        if self.classes.len() < 2 || self.classes[0] != NO_DEFECT {
+            return Err(ClassifierError::Classes(self.classes.clone()));
+        }
+        if self.weights.len() != self.classes.len() {
+            return Err(ClassifierError::Shape {
+                got: self.weights.len(),
+                want: self.classes.len(),
+            });
+        }
         for row in &self.weights {
             if row.len() != want {
                 return Err(ClassifierError::Shape {
@@ -147,6 +166,10 @@ impl Classifier {
                 got: self.mean.len().min(self.std.len()),
                 want: N_FEATURES,
             });
+        }
+        let finite = (self.weights.iter().flatten().chain(&self.mean)).all(|v| v.is_finite());
+        if !finite || !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(ClassifierError::NotFinite);
         }
         Ok(())
     }
@@ -162,10 +185,10 @@ impl Classifier {
     }
 
     /// The probability that a candidate is a defect, and its likeliest defect type (an index
-    /// into [`Self::classes`], never 0).
+    /// into [`Self::classes`], never 0). Of a classifier that passed [`Self::check`].
     pub fn judge(&self, features: &[f32; N_FEATURES]) -> (f32, usize) {
         let p = self.probabilities(features);
-        let defect = 1.0 - p[0];
+        let defect = 1.0 - p.first().copied().unwrap_or(1.0);
         let kind = (1..p.len())
             .max_by(|&a, &b| p[a].total_cmp(&p[b]))
             .unwrap_or(1);
@@ -217,6 +240,32 @@ mod tests {
         assert!(noise < 0.2, "{noise}");
         assert!(extra > 0.8 && missing > 0.8, "{extra} {missing}");
         assert_eq!((extra_type, missing_type), (1, 2));
+    }
+
+    #[test]
+    fn a_classifier_edited_out_of_shape_is_refused() {
+        let features = vec![candidate(0.5, 0.0), candidate(2.0, 1.0)];
+        let classes = vec![NO_DEFECT.into(), "extra".into()];
+        let good = Classifier::fit(&features, &[0, 1], classes).expect("fits");
+        good.check().expect("whole");
+        let mut extra_row = good.clone();
+        extra_row.weights.push(extra_row.weights[1].clone());
+        assert!(matches!(
+            extra_row.check(),
+            Err(ClassifierError::Shape { .. })
+        ));
+        let mut no_rows = good.clone();
+        no_rows.weights.clear();
+        assert!(no_rows.check().is_err());
+        let mut renamed = good.clone();
+        renamed.classes[0] = "good".into();
+        assert!(matches!(renamed.check(), Err(ClassifierError::Classes(_))));
+        let mut flat = good.clone();
+        flat.std[3] = 0.0;
+        assert_eq!(flat.check(), Err(ClassifierError::NotFinite));
+        let mut nan = good;
+        nan.weights[1][0] = f32::NAN;
+        assert_eq!(nan.check(), Err(ClassifierError::NotFinite));
     }
 
     #[test]

@@ -28,21 +28,20 @@ pub enum PatternSide {
 }
 
 impl PatternSide {
-    /// The side that covers less of `references` pooled: the pattern on a ground.
-    pub fn of<'a>(
-        references: impl IntoIterator<Item = &'a GrayImage>,
-    ) -> Result<PatternSide, CompareError> {
-        let (mut bright, mut all) = (0usize, 0usize);
-        for reference in references {
-            let (mask, _) = binarise(reference)?;
-            bright += mask.iter().filter(|&&b| b).count();
-            all += mask.len();
-        }
-        Ok(if 2 * bright >= all {
+    /// The pixels of `image` on the bright side of its Otsu cut, and all its pixels.
+    pub fn bright_pixels(image: &GrayImage) -> Result<(usize, usize), CompareError> {
+        let (mask, _) = binarise(image)?;
+        Ok((mask.iter().filter(|&&b| b).count(), mask.len()))
+    }
+
+    /// The side that covers less of references with `bright` of `all` pixels bright, pooled:
+    /// the pattern on a ground.
+    pub fn of_counts(bright: usize, all: usize) -> PatternSide {
+        if 2 * bright >= all {
             PatternSide::Dark
         } else {
             PatternSide::Bright
-        })
+        }
     }
 }
 
@@ -76,6 +75,31 @@ impl Default for CompareSettings {
         }
     }
 }
+
+impl CompareSettings {
+    /// Why these settings cannot be compared with (a hand-edited card's), if they cannot:
+    /// alignment and joining are searched over squares of their size, so they are bounded.
+    pub fn problem(&self) -> Option<String> {
+        if !(self.min_depth_px.is_finite() && self.min_depth_px > 0.0) {
+            return Some(format!(
+                "min_depth_px {} is not a positive number",
+                self.min_depth_px
+            ));
+        }
+        if self.align_px > MAX_ALIGN_PX {
+            return Some(format!("align_px {} is past {MAX_ALIGN_PX}", self.align_px));
+        }
+        if self.join_px > MAX_JOIN_PX {
+            return Some(format!("join_px {} is past {MAX_JOIN_PX}", self.join_px));
+        }
+        None
+    }
+}
+
+/// The largest alignment search, each way.
+pub const MAX_ALIGN_PX: u32 = 16;
+/// The largest joining square.
+pub const MAX_JOIN_PX: u32 = 64;
 
 /// The measurements of a candidate the classifier reads, in this order.
 pub const FEATURES: [&str; N_FEATURES] = [
@@ -209,14 +233,14 @@ fn joined(mask: &[bool], w: usize, h: usize, size: u32) -> Result<Vec<bool>, Com
 /// The shift `(dx, dy)` of `part` within `align` pixels each way that differs from `reference`
 /// in the fewest pixels (counted inside a margin of `align`), the smallest shift on a tie.
 fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) -> (i64, i64) {
+    let a = align as usize;
+    if align <= 0 || w <= 2 * a || h <= 2 * a {
+        return (0, 0);
+    }
     let mut shifts: Vec<(i64, i64)> = (-align..=align)
         .flat_map(|dy| (-align..=align).map(move |dx| (dx, dy)))
         .collect();
     shifts.sort_by_key(|&(dx, dy)| dx.abs() + dy.abs());
-    let a = align as usize;
-    if w <= 2 * a || h <= 2 * a {
-        return (0, 0);
-    }
     let mut best = ((0, 0), usize::MAX);
     for (dx, dy) in shifts {
         let mut differing = 0;
@@ -350,6 +374,8 @@ pub fn compare(
         t.thickest = t.thickest.max(thickness[i]);
     }
 
+    let part_ground: Vec<bool> = part.iter().map(|&p| !p).collect();
+    let reference_ground: Vec<bool> = reference.iter().map(|&r| !r).collect();
     let mut candidates = Vec::new();
     for (label, t) in tallies.iter().enumerate().skip(1) {
         if t.area == 0 {
@@ -365,10 +391,9 @@ pub fn compare(
             (y1 + 4).min(h),
         ];
         let min = settings.min_island_px;
-        let not = |m: &[bool]| m.iter().map(|&b| !b).collect::<Vec<bool>>();
         let pattern_gained = islands(&part, w, window, min) - islands(&reference, w, window, min);
         let background_gained =
-            islands(&not(&part), w, window, min) - islands(&not(&reference), w, window, min);
+            islands(&part_ground, w, window, min) - islands(&reference_ground, w, window, min);
         let reaches_edge = reaches_edge(&labels, label as u32, &differs, &depth, w, window);
         let extra_share = t.extra as f32 / t.differing.max(1) as f32;
         let pattern_gained = pattern_gained.clamp(-2, 2) as f32;
@@ -542,6 +567,21 @@ mod tests {
         assert_eq!(cut.features[6], 0.0);
         assert_eq!(cut.features[8], 1.0);
         assert_eq!(cut.features[10], 1.0);
+    }
+
+    #[test]
+    fn uniform_and_tiny_images_have_no_candidate() {
+        let settings = CompareSettings::default();
+        for (w, h) in [(1, 1), (3, 3), (5, 2), (40, 40)] {
+            let n = (w * h) as usize;
+            for value in [0u8, 128, 255] {
+                let flat = GrayImage::new(w, h, vec![value; n]).expect("image");
+                let found = compare(&flat, &flat, &settings).expect("compares");
+                assert!(found.is_empty(), "{w}x{h} of {value}: {found:?}");
+            }
+        }
+        let empty = GrayImage::new(0, 0, Vec::new()).expect("0x0");
+        assert!(compare(&empty, &empty, &settings).is_err());
     }
 
     #[test]

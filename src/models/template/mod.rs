@@ -31,7 +31,7 @@ use crate::learn::dataset::{self, Layout};
 use crate::learn::eval::BoxMetrics;
 use crate::models::boxes::DefectBox;
 use crate::models::card::{CardHead, Family, ModelCard};
-use crate::models::{Detector, Judgement, ModelError};
+use crate::models::{Detector, Judgement, ModelError, RejectingScore};
 use crate::part::{GrayImage, HeatMap};
 
 pub use self::classifier::{Classifier, ClassifierError, NO_DEFECT};
@@ -46,6 +46,9 @@ pub const REFERENCE_FILE: &str = "reference.png";
 
 /// The side of a heat-map cell, in image pixels: the map the station shows over the part.
 pub const HEAT_MAP_CELL: u32 = 8;
+
+/// The largest box margin a card may give (a hand-edited card could give any).
+pub const MAX_BOX_MARGIN_PX: u32 = 256;
 
 /// The family's section of the card.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,14 +117,28 @@ impl TemplateModel {
     /// Loads the model in `dir`, with its reference if the folder has one.
     pub fn load(dir: &Path) -> Result<TemplateModel, ModelError> {
         let card: ModelCard<TemplateCard> = ModelCard::read(dir)?;
-        card.family
+        let family = &card.family;
+        family
             .classifier
             .check()
             .map_err(|e| ModelError::Card(invalid(dir, e.to_string())))?;
-        if card.family.classifier.classes.len() < 2 {
+        let threshold = card.head.threshold;
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(ModelError::Threshold {
+                dir: dir.to_owned(),
+                threshold,
+            });
+        }
+        if let Some(problem) = family.compare.problem() {
+            return Err(ModelError::Card(invalid(dir, problem)));
+        }
+        if family.box_margin_px > MAX_BOX_MARGIN_PX {
             return Err(ModelError::Card(invalid(
                 dir,
-                "the classifier knows no defect type".into(),
+                format!(
+                    "box_margin_px {} is past {MAX_BOX_MARGIN_PX}",
+                    family.box_margin_px
+                ),
             )));
         }
         let path = dir.join(REFERENCE_FILE);
@@ -173,7 +190,8 @@ impl TemplateModel {
                 FoundDefect {
                     bbox: grown(c.core, family.box_margin_px, part.width, part.height),
                     probability,
-                    class: family.classifier.classes[kind].clone(),
+                    class: (family.classifier.classes.get(kind))
+                        .map_or_else(|| "defect".to_owned(), String::clone),
                 }
             })
             .collect();
@@ -189,6 +207,17 @@ impl TemplateModel {
         &self,
         part: &GrayImage,
         reference: &GrayImage,
+    ) -> Result<Judgement, ModelError> {
+        self.judge_against_tolerating(part, reference, &[])
+    }
+
+    /// [`Self::judge_against`], and, when `tolerated` names types this model knows, the
+    /// likeliest defect of the other types alone ([`Judgement::rejecting`]).
+    pub fn judge_against_tolerating(
+        &self,
+        part: &GrayImage,
+        reference: &GrayImage,
+        tolerated: &[&str],
     ) -> Result<Judgement, ModelError> {
         let found = self
             .defects(part, reference)
@@ -219,6 +248,20 @@ impl TemplateModel {
                 class: Some(d.class.clone()),
             })
             .collect();
+        let knows = |class: &&str| {
+            self.card.family.classifier.classes[1..]
+                .iter()
+                .any(|c| c == class)
+        };
+        let rejecting = tolerated.iter().any(knows).then(|| {
+            let other = found
+                .iter()
+                .find(|d| !tolerated.contains(&d.class.as_str()));
+            RejectingScore {
+                score: other.map_or(0.0, |d| d.probability),
+                class: other.map(|d| d.class.clone()),
+            }
+        });
         Ok(Judgement {
             score,
             heat_map: HeatMap {
@@ -228,7 +271,7 @@ impl TemplateModel {
             },
             defect_class: found.first().map(|d| d.class.clone()),
             patch_class: Vec::new(),
-            rejecting: None,
+            rejecting,
             boxes: Some(boxes),
         })
     }
@@ -255,8 +298,8 @@ fn grown(core: [u32; 4], margin: u32, width: u32, height: u32) -> [u32; 4] {
     [
         core[0].saturating_sub(margin),
         core[1].saturating_sub(margin),
-        (core[2] + margin).min(width),
-        (core[3] + margin).min(height),
+        core[2].saturating_add(margin).min(width),
+        core[3].saturating_add(margin).min(height),
     ]
 }
 
@@ -278,6 +321,15 @@ impl Detector for TemplateModel {
 
     fn judge(&self, image: &GrayImage) -> Result<Judgement, ModelError> {
         self.judge_against(image, self.reference()?)
+    }
+
+    /// The likeliest defect of a type not tolerated is what the part is rejected on.
+    fn judge_tolerating(
+        &self,
+        image: &GrayImage,
+        tolerated: &[&str],
+    ) -> Result<Judgement, ModelError> {
+        self.judge_against_tolerating(image, self.reference()?, tolerated)
     }
 
     /// The defects' own boxes, at the station's threshold, each named by its type.

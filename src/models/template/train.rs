@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
+use crate::learn::drift::{DriftReference, InputStats};
 use crate::learn::eval::{BoxTruth, box_iou};
 use crate::learn::hash::ContentHash;
 use crate::learn::progress::{Cancelled, Progress};
@@ -95,8 +96,17 @@ struct Pair {
 /// The parts of `samples` that have a reference: their own where `layout` pairs them, else
 /// `golden`.
 fn pairs(samples: &[Sample], layout: Layout, golden: Option<&Path>) -> Vec<Pair> {
+    let is_golden = |s: &Sample| {
+        golden.is_some_and(|g| {
+            s.image == g
+                || (s.image.canonicalize().ok())
+                    .zip(g.canonicalize().ok())
+                    .is_some_and(|(a, b)| a == b)
+        })
+    };
     samples
         .iter()
+        .filter(|s| !is_golden(s))
         .filter_map(|s| {
             let reference = layout
                 .reference_of(s)
@@ -119,6 +129,7 @@ fn pairs(samples: &[Sample], layout: Layout, golden: Option<&Path>) -> Vec<Pair>
 /// A compared part: its candidates, and what it is labelled.
 struct Compared {
     candidates: Vec<Candidate>,
+    defective: bool,
     boxes: Vec<([u32; 4], String)>,
     size: (u32, u32),
 }
@@ -134,12 +145,14 @@ fn load(path: &Path, cache: &mut Option<(PathBuf, GrayImage)>) -> Result<GrayIma
     Ok(image)
 }
 
+/// Each pair compared, and each part's input statistics (for the drift reference).
 fn compared_all(
     pairs: &[Pair],
     settings: &CompareSettings,
     progress: &Progress,
     what: &str,
-) -> Result<Vec<Compared>, TemplateError> {
+) -> Result<(Vec<Compared>, Vec<InputStats>), TemplateError> {
+    let mut inputs = Vec::with_capacity(pairs.len());
     let phase = progress.phase(pairs.len(), what);
     let mut reference_cache = None;
     let mut out = Vec::with_capacity(pairs.len());
@@ -152,15 +165,27 @@ fn compared_all(
                 path: pair.part.clone(),
                 source,
             })?;
+        // Labelled boxes end on the image: one drawn past its edge would widen the margin.
+        let boxes = (pair.boxes.iter())
+            .map(|([x0, y0, x1, y1], class)| {
+                let (w, h) = (part.width, part.height);
+                (
+                    [(*x0).min(w), (*y0).min(h), (*x1).min(w), (*y1).min(h)],
+                    class.clone(),
+                )
+            })
+            .collect();
+        inputs.push(InputStats::of(&part));
         out.push(Compared {
             candidates,
-            boxes: pair.boxes.clone(),
+            boxes,
             size: (part.width, part.height),
+            defective: pair.defective,
         });
         phase.inc(1);
     }
     phase.finish_and_clear();
-    Ok(out)
+    Ok((out, inputs))
 }
 
 /// The median margin the labelled boxes leave round the largest core whose centre each
@@ -229,18 +254,23 @@ fn classes_of(parts: &[Compared]) -> Vec<String> {
     std::iter::once(NO_DEFECT.to_owned()).chain(types).collect()
 }
 
-/// The pattern side of the references of `pairs`, each read once.
+/// The pattern side of the references of `pairs`, each read once, one at a time.
 fn pattern_side(pairs: &[Pair]) -> Result<PatternSide, TemplateError> {
     let mut paths: Vec<&PathBuf> = pairs.iter().map(|p| &p.reference).collect();
     paths.sort();
     paths.dedup();
-    let references = (paths.into_iter())
-        .map(|p| dataset::load_gray(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    PatternSide::of(&references).map_err(|source| TemplateError::Compare {
-        path: pairs[0].reference.clone(),
-        source,
-    })
+    let (mut bright, mut all) = (0usize, 0usize);
+    for path in paths {
+        let reference = dataset::load_gray(path)?;
+        let (b, a) =
+            PatternSide::bright_pixels(&reference).map_err(|source| TemplateError::Compare {
+                path: path.clone(),
+                source,
+            })?;
+        bright += b;
+        all += a;
+    }
+    Ok(PatternSide::of_counts(bright, all))
 }
 
 /// A classifier and margin fitted on `parts`.
@@ -321,6 +351,44 @@ fn best_box_cut(parts: &[Compared], classifier: &Classifier, margin: u32) -> (f3
     best
 }
 
+/// The card's drift reference: the inputs of the parts the first fit saw against those of the
+/// validation parts, the validation good parts' scores (where there are any) and how many
+/// validation parts the first fit judged wrongly at the threshold. The parts' inputs count
+/// whatever their labels: a defect changes a few pixels of a part, not its light. `None`
+/// (with a warning) where there are too few parts.
+fn drift_reference(
+    fit: &[InputStats],
+    calibration: &[InputStats],
+    validation: &[Compared],
+    classifier: &Classifier,
+    threshold: f32,
+) -> Option<DriftReference> {
+    let scored: Vec<(f32, bool)> = (validation.iter())
+        .map(|part| {
+            let score = (part.candidates.iter())
+                .map(|c| classifier.judge(&c.features).0)
+                .fold(0.0f32, f32::max);
+            (score, part.defective)
+        })
+        .collect();
+    let good_scores: Vec<f32> = (scored.iter())
+        .filter(|(_, defective)| !defective)
+        .map(|(s, _)| *s)
+        .collect();
+    let errors = (scored.iter())
+        .filter(|(score, defective)| (*score >= threshold) != *defective)
+        .count();
+    DriftReference::learn(
+        fit,
+        calibration,
+        &good_scores,
+        (errors, scored.len()),
+        false,
+    )
+    .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
+    .ok()
+}
+
 /// Trains a template model on `settings.data` and writes it to `settings.out_dir`.
 pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, TemplateError> {
     let started = Instant::now();
@@ -347,25 +415,42 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
         compare: compare_settings,
         ..settings.clone()
     };
-    let fit_parts = compared_all(
+    let (fit_parts, fit_inputs) = compared_all(
         &pairs(&fit_part, settings.layout, golden),
         &settings.compare,
         progress,
         "comparing training parts with their references",
     )?;
-    let validation_parts = compared_all(
+    let (validation_parts, validation_inputs) = compared_all(
         &pairs(&validation, settings.layout, golden),
         &settings.compare,
         progress,
         "comparing validation parts with their references",
     )?;
     let (first, first_margin) = fitted(&fit_parts)?;
-    let (threshold, validation_f1) = best_box_cut(&validation_parts, &first, first_margin);
     let validation_boxes = box_truth(&validation_parts, &first, first_margin).metrics();
-    let threshold_rule = format!(
-        "defect probability {threshold:.2}: the best box F1 (IoU > 0.5, any type), {validation_f1:.3}, \
-         on {} validation parts, scored by a classifier fitted without them",
-        validation_parts.len()
+    let (threshold, threshold_rule) = if validation_boxes.is_some() {
+        let (threshold, f1) = best_box_cut(&validation_parts, &first, first_margin);
+        let rule = format!(
+            "defect probability {threshold:.2}: the best box F1 (IoU > 0.5, any type), {f1:.3}, \
+             on {} validation parts, scored by a classifier fitted without them",
+            validation_parts.len()
+        );
+        (threshold, rule)
+    } else {
+        let rule = format!(
+            "defect probability 0.50: no labelled box among the {} validation parts to choose \
+             a cut by",
+            validation_parts.len()
+        );
+        (0.5, rule)
+    };
+    let drift = drift_reference(
+        &fit_inputs,
+        &validation_inputs,
+        &validation_parts,
+        &first,
+        threshold,
     );
 
     // The final fit, on every training part.
@@ -430,7 +515,8 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
         ),
         (threshold, threshold_rule),
         family,
-    );
+    )
+    .with_drift(drift);
     std::fs::create_dir_all(&settings.out_dir).map_err(|e| TemplateError::Write {
         path: settings.out_dir.clone(),
         message: e.to_string(),
