@@ -127,19 +127,27 @@ impl Synthetic {
     }
 }
 
-/// What every model trained on a dataset is told: where the data is and how it is laid out,
-/// where the model goes, the seed, and the pretrained backbone it builds on.
+/// Where the data is, how it is laid out, and where the model goes: what every model trained
+/// on a dataset is told.
 #[derive(clap::Args)]
-struct OnDataset {
+struct Folders {
     /// The dataset's folder layout.
     #[arg(long, value_enum)]
     layout: Layout,
     /// The dataset's root folder, read in place.
     #[arg(long)]
     data: PathBuf,
-    /// The model's folder (card and weights).
+    /// The model's folder: its card and the files loaded with it (weights, a golden image).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// What a model learnt on a pretrained backbone is told besides its [`Folders`]: the seed and
+/// the backbone.
+#[derive(clap::Args)]
+struct OnDataset {
+    #[command(flatten)]
+    folders: Folders,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The pretrained backbone's weights (safetensors): EfficientNet-Lite0 or the deeper Lite1
@@ -156,8 +164,9 @@ impl OnDataset {
         if let Some(file) = &self.backbone {
             return Ok(file.clone());
         }
-        let beside = self.out.parent().unwrap_or(Path::new("."));
-        Ok(WeightsSearch::station(None, beside).find(None, &self.out)?)
+        let out = &self.folders.out;
+        let beside = out.parent().unwrap_or(Path::new("."));
+        Ok(WeightsSearch::station(None, beside).find(None, out)?)
     }
 }
 
@@ -194,8 +203,8 @@ impl Anomaly {
         let backbone_weights = self.dataset.backbone()?;
         let card = anomaly_train::train(&AnomalySettings {
             name: self.name,
-            layout: self.dataset.layout,
-            data: self.dataset.data,
+            layout: self.dataset.folders.layout,
+            data: self.dataset.folders.data,
             backbone_weights,
             bank_size: self.bank_size,
             input_size: self.input_size,
@@ -203,7 +212,7 @@ impl Anomaly {
             synthetic_defects_per_good: self.synthetic_defects,
             coarse_input_size: (self.coarse_input_size > 0).then_some(self.coarse_input_size),
             seed: self.dataset.seed,
-            out_dir: self.dataset.out.clone(),
+            out_dir: self.dataset.folders.out.clone(),
             progress: Progress::terminal(),
         })
         .context("training the anomaly model")?;
@@ -213,7 +222,7 @@ impl Anomaly {
             card.family.n_train_good,
             card.family.bank_size,
             card.family.training_duration_s,
-            self.dataset.out.display()
+            self.dataset.folders.out.display()
         );
         report::anomaly_metrics(&card.family.metrics);
         Ok(())
@@ -267,8 +276,8 @@ impl Supervised {
         let backbone_weights = self.dataset.backbone()?;
         let settings = SupervisedSettings {
             name: self.name,
-            layout: self.dataset.layout,
-            data: self.dataset.data,
+            layout: self.dataset.folders.layout,
+            data: self.dataset.folders.data,
             backbone_weights,
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -279,14 +288,14 @@ impl Supervised {
             target_escape_rate: self.target_escape_rate,
             fold: None,
             seed: self.dataset.seed,
-            out_dir: self.dataset.out.clone(),
+            out_dir: self.dataset.folders.out.clone(),
             progress: Progress::terminal(),
         };
         if let Some(folds) = self.folds {
             let validation = supervised::cross_validate(&settings, usize::from(folds))
                 .context("cross-validating the supervised model")?;
             report::cross_validation(&validation);
-            let path = self.dataset.out.join("cross-validation.json");
+            let path = self.dataset.folders.out.join("cross-validation.json");
             return super::write_json(Some(&path), &validation);
         }
         let card = supervised::train(&settings).context("training the supervised model")?;
@@ -298,7 +307,7 @@ impl Supervised {
             1 + family.augmented_copies,
             family.n_validation,
             family.training_duration_s,
-            self.dataset.out.display()
+            self.dataset.folders.out.display()
         );
         if let Some(choice) = &family.input_size_choice {
             let trials: Vec<String> = (choice.trials.iter())
@@ -321,15 +330,8 @@ impl Supervised {
 
 #[derive(clap::Args)]
 pub struct Template {
-    /// The dataset's folder layout.
-    #[arg(long, value_enum)]
-    layout: Layout,
-    /// The dataset's folder.
-    #[arg(long)]
-    data: PathBuf,
-    /// Output folder for card.json (and reference.png with --reference).
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    folders: Folders,
     #[arg(long, default_value = "template")]
     name: String,
     /// The product's golden image: a defect-free part, compared with every part the layout
@@ -351,8 +353,8 @@ impl Template {
     fn run(self) -> anyhow::Result<()> {
         let settings = TemplateSettings {
             name: self.name,
-            layout: self.layout,
-            data: self.data,
+            layout: self.folders.layout,
+            data: self.folders.data,
             reference: self.reference,
             compare: CompareSettings {
                 min_depth_px: self.min_depth_px,
@@ -360,7 +362,7 @@ impl Template {
                 align_px: self.align_px,
                 ..CompareSettings::default()
             },
-            out_dir: self.out.clone(),
+            out_dir: self.folders.out.clone(),
             progress: Progress::terminal(),
         };
         let card = template::train(&settings).context("training the template model")?;
@@ -374,7 +376,7 @@ impl Template {
             family.n_validation,
             family.box_margin_px,
             family.training_duration_s,
-            self.out.display()
+            self.folders.out.display()
         );
         println!("threshold: {}", card.head.threshold_rule);
         if let Some(boxes) = &family.validation_boxes {

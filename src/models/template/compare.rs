@@ -163,23 +163,40 @@ fn binarise(image: &GrayImage) -> Result<(Vec<bool>, bool), CompareError> {
     Ok((bright, 2 * n_bright >= image.pixels.len()))
 }
 
-/// Each pixel's distance to the nearest pixel where `mask` is false (0 there), with the image
-/// continued past its edges by its edge pixels, so that the edge of the picture is no edge of
-/// the pattern.
-fn distance_to_false(mask: &[bool], w: usize, h: usize) -> Result<Vec<f32>, CompareError> {
-    const PAD: i32 = 24;
+/// How the picture is continued past its edges before a distance transform.
+#[derive(Clone, Copy)]
+enum PastTheEdge {
+    /// By its edge pixels, so that the edge of the picture is no edge of the pattern.
+    Replicated,
+    /// By pixels where the mask is false, so that the edge of the picture ends a region.
+    False,
+}
+
+/// Each pixel's distance to the nearest pixel where `mask` is false (0 there).
+fn distance_to_false(
+    mask: &[bool],
+    w: usize,
+    h: usize,
+    past_the_edge: PastTheEdge,
+) -> Result<Vec<f32>, CompareError> {
+    // A replicated edge goes on 24 pixels, so that depths near the picture's edge read as if
+    // the pattern went on that far; a false edge needs one pixel.
+    let (pad, border) = match past_the_edge {
+        PastTheEdge::Replicated => (24, core::BORDER_REPLICATE),
+        PastTheEdge::False => (1, core::BORDER_CONSTANT),
+    };
     let bytes: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
     let mat = Mat::new_rows_cols_with_data(h as i32, w as i32, &bytes)?;
     let mut padded = Mat::default();
     core::copy_make_border(
         &mat,
         &mut padded,
-        PAD,
-        PAD,
-        PAD,
-        PAD,
-        core::BORDER_REPLICATE,
-        Scalar::default(),
+        pad,
+        pad,
+        pad,
+        pad,
+        border,
+        Scalar::all(0.0),
     )?;
     let mut distance = Mat::default();
     imgproc::distance_transform(
@@ -189,11 +206,12 @@ fn distance_to_false(mask: &[bool], w: usize, h: usize) -> Result<Vec<f32>, Comp
         imgproc::DIST_MASK_PRECISE,
         core::CV_32F,
     )?;
-    let row_len = w + 2 * PAD as usize;
+    let pad = pad as usize;
+    let row_len = w + 2 * pad;
     let all = distance.data_typed::<f32>()?;
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
-        let start = (y + PAD as usize) * row_len + PAD as usize;
+        let start = (y + pad) * row_len + pad;
         out.extend_from_slice(&all[start..start + w]);
     }
     Ok(out)
@@ -313,8 +331,13 @@ pub fn compare(
         .collect();
 
     // How deep each differing pixel lies on the other side of the reference's edge.
-    let to_pattern = distance_to_false(&reference.iter().map(|&r| !r).collect::<Vec<_>>(), w, h)?;
-    let to_background = distance_to_false(&reference, w, h)?;
+    let to_pattern = distance_to_false(
+        &reference.iter().map(|&r| !r).collect::<Vec<_>>(),
+        w,
+        h,
+        PastTheEdge::Replicated,
+    )?;
+    let to_background = distance_to_false(&reference, w, h, PastTheEdge::Replicated)?;
     let extra: Vec<bool> = (0..w * h).map(|i| part[i] && !reference[i]).collect();
     let missing: Vec<bool> = (0..w * h).map(|i| !part[i] && reference[i]).collect();
     let differs: Vec<bool> = (0..w * h).map(|i| extra[i] || missing[i]).collect();
@@ -330,7 +353,8 @@ pub fn compare(
         })
         .collect();
     // How far inside the difference itself: a sliver along an edge is 1 thick.
-    let thickness = thickness(&differs, w, h)?;
+    // Each differing pixel's distance to the nearest pixel that does not differ.
+    let thickness = distance_to_false(&differs, w, h, PastTheEdge::False)?;
     let core: Vec<bool> = depth.iter().map(|&d| d >= settings.min_depth_px).collect();
     let grown = joined(&core, w, h, settings.join_px)?;
     let (labels, next) = label_regions(&grown, w, h, 1);
@@ -421,39 +445,6 @@ pub fn compare(
         });
     }
     Ok(candidates)
-}
-
-/// Each differing pixel's distance to the nearest pixel that does not differ.
-fn thickness(differs: &[bool], w: usize, h: usize) -> Result<Vec<f32>, CompareError> {
-    // Padded with pixels that do not differ: the picture's edge ends a difference.
-    let bytes: Vec<u8> = differs.iter().map(|&m| if m { 255 } else { 0 }).collect();
-    let mat = Mat::new_rows_cols_with_data(h as i32, w as i32, &bytes)?;
-    let mut padded = Mat::default();
-    core::copy_make_border(
-        &mat,
-        &mut padded,
-        1,
-        1,
-        1,
-        1,
-        core::BORDER_CONSTANT,
-        Scalar::all(0.0),
-    )?;
-    let mut distance = Mat::default();
-    imgproc::distance_transform(
-        &padded,
-        &mut distance,
-        imgproc::DIST_L2,
-        imgproc::DIST_MASK_PRECISE,
-        core::CV_32F,
-    )?;
-    let all = distance.data_typed::<f32>()?;
-    let mut out = Vec::with_capacity(w * h);
-    for y in 0..h {
-        let start = (y + 1) * (w + 2) + 1;
-        out.extend_from_slice(&all[start..start + w]);
-    }
-    Ok(out)
 }
 
 /// Whether the differences that candidate `label` covers, followed to their whole extent
