@@ -9,7 +9,8 @@
 //!   brightness, contrast, shadows, highlights, edges and fine texture), their means, spreads and
 //!   correlations over good training images, and the limit of their Mahalanobis distance
 //!   ([`InputProfile::novelty`]) that only about 1 % of good parts pass, chosen by split
-//!   conformal prediction on good images the fit never saw. The statistics do not depend on
+//!   conformal prediction on good images the fit never saw (on images whatever their labels,
+//!   [`ProfileImages::AnyLabel`], for a product whose parts nearly all carry a defect). The statistics do not depend on
 //!   the model family, cost well under a millisecond at 256², and say in words what changed
 //!   ("brightness 92 against 128 ± 6").
 //! * **the scores** of good validation images (sorted, at most [`MAX_REFERENCE_SCORES`]), the
@@ -174,7 +175,8 @@ pub enum ReferenceError {
     NotFinite,
 }
 
-/// The inputs' statistics over good training images, and how far from them a good part goes.
+/// The inputs' statistics over good training images (or images whatever their labels, as the
+/// rule says: [`ProfileImages`]), and how far from them a good part goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputProfile {
     /// Each statistic's mean over the fit images, in [`INPUT_STAT_NAMES`]' order.
@@ -189,22 +191,51 @@ pub struct InputProfile {
     pub limit_rule: String,
     /// The share of good parts expected past the limit.
     pub expected_share: f64,
-    /// Good images the mean, spreads and correlations come from.
+    /// Images the mean, spreads and correlations come from.
     pub n_fit: usize,
-    /// Good images, none of them in the fit, the limit was chosen on.
+    /// Images, none of them in the fit, the limit was chosen on.
     pub n_calibration: usize,
 }
 
+/// Which images an input profile is learnt from, as its rule says in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileImages {
+    /// Good images only: the usual case.
+    Good,
+    /// Images whatever their labels, for a product whose parts nearly all carry a defect
+    /// (DeepPCB's boards): a defect changes a few pixels of a part, not its light.
+    AnyLabel,
+}
+
+impl ProfileImages {
+    /// The validation images, as the rule names them.
+    fn validation_images(self) -> &'static str {
+        match self {
+            ProfileImages::Good => "good validation images",
+            ProfileImages::AnyLabel => "validation images (defective or not)",
+        }
+    }
+
+    /// One new part, as the rule names it.
+    fn a_part(self) -> &'static str {
+        match self {
+            ProfileImages::Good => "a good part",
+            ProfileImages::AnyLabel => "a part (defective or not)",
+        }
+    }
+}
+
 impl InputProfile {
-    /// Fitted on `fit` (good training images) with the limit chosen on `calibration` (good
-    /// images the fit did not see) by split conformal prediction: the k-th smallest novelty,
-    /// k = ⌈(n + 1)(1 − 1 %)⌉, which a new good part passes with probability at most
-    /// (n + 1 − k)/(n + 1). With fewer than 99 calibration images that is their largest
-    /// (a share of 1/(n + 1)); with none, the fit images' own quantile, which is optimistic,
-    /// and the rule says so.
+    /// Fitted on `fit` (training images, of the kind `images` says) with the limit chosen on
+    /// `calibration` (validation images of that kind the fit did not see) by split conformal
+    /// prediction: the k-th smallest novelty, k = ⌈(n + 1)(1 − 1 %)⌉, which a new part of that
+    /// kind passes with probability at most (n + 1 − k)/(n + 1). With fewer than 99
+    /// calibration images that is their largest (a share of 1/(n + 1)); with none, the fit
+    /// images' own quantile, which is optimistic, and the rule says so.
     pub fn fit(
         fit: &[InputStats],
         calibration: &[InputStats],
+        images: ProfileImages,
     ) -> Result<InputProfile, ReferenceError> {
         if fit.len() < MIN_FIT_IMAGES {
             return Err(ReferenceError::TooFewImages(fit.len()));
@@ -261,13 +292,14 @@ impl InputProfile {
             n_fit: fit.len(),
             n_calibration: calibration.len(),
         };
+        let validation = images.validation_images();
         let (scored, on) = if calibration.is_empty() {
             (
                 fit,
-                "the fit images themselves (no good validation images), so optimistic",
+                format!("the fit images themselves (no {validation}), so optimistic"),
             )
         } else {
-            (calibration, "good validation images the fit never saw")
+            (calibration, format!("{validation} the fit never saw"))
         };
         let mut novelties: Vec<f32> = scored.iter().map(|s| profile.novelty(s)).collect();
         novelties.sort_by(f32::total_cmp);
@@ -277,8 +309,9 @@ impl InputProfile {
         profile.limit = novelties[k - 1];
         profile.expected_share = (n + 1 - k) as f64 / (n + 1) as f64;
         profile.limit_rule = format!(
-            "the {k}-th smallest of {n} novelties on {on}: a good part passes it with \
-             probability at most {:.3} (split conformal, target {NOVEL_SHARE})",
+            "the {k}-th smallest of {n} novelties on {on}: {} passes it with probability \
+             at most {:.3} (split conformal, target {NOVEL_SHARE})",
+            images.a_part(),
             profile.expected_share
         );
         Ok(profile)
@@ -370,17 +403,19 @@ pub struct DriftReference {
 }
 
 impl DriftReference {
-    /// The reference of a training run: `fit` and `calibration` are the inputs of good
-    /// training and validation images; `good_scores` the validation good images' scores;
-    /// `errors` of `n_validation` validation images were judged wrongly at the threshold.
+    /// The reference of a training run: `fit` and `calibration` are the inputs of training
+    /// and validation images (good ones, unless `images` says otherwise); `good_scores` the
+    /// validation good images' scores; `errors` of `n_validation` validation images were
+    /// judged wrongly at the threshold.
     pub fn learn(
         fit: &[InputStats],
         calibration: &[InputStats],
+        images: ProfileImages,
         good_scores: &[f32],
         (errors, n_validation): (usize, usize),
         scores_of_shipped_model: bool,
     ) -> Result<DriftReference, ReferenceError> {
-        let input = InputProfile::fit(fit, calibration)?;
+        let input = InputProfile::fit(fit, calibration, images)?;
         let mut sorted: Vec<f32> = good_scores
             .iter()
             .copied()
@@ -495,7 +530,7 @@ mod tests {
     fn good_parts_pass_the_limit_about_as_often_as_promised_and_relit_ones_do_not() {
         let fit = stats_of(1, 300, 1.0, 8.0);
         let calibration = stats_of(2, 300, 1.0, 8.0);
-        let profile = InputProfile::fit(&fit, &calibration).expect("fits");
+        let profile = InputProfile::fit(&fit, &calibration, ProfileImages::Good).expect("fits");
         assert!(profile.limit.is_finite() && profile.limit > 0.0);
         assert!(
             (profile.expected_share - 0.01).abs() < 0.005,
@@ -539,15 +574,26 @@ mod tests {
     fn a_reference_needs_enough_images_and_keeps_a_bounded_score_sample() {
         let few = stats_of(7, 5, 1.0, 8.0);
         assert_eq!(
-            InputProfile::fit(&few, &[]),
+            InputProfile::fit(&few, &[], ProfileImages::Good),
             Err(ReferenceError::TooFewImages(5))
         );
         let fit = stats_of(8, 40, 1.0, 8.0);
         // Without calibration images the fit's own quantile, and the rule says so.
-        let own = InputProfile::fit(&fit, &[]).expect("fits");
+        let own = InputProfile::fit(&fit, &[], ProfileImages::Good).expect("fits");
         assert!(own.limit_rule.contains("optimistic"), "{}", own.limit_rule);
+        // A profile of parts whatever their labels says so, not that its parts were good.
+        let any = InputProfile::fit(&fit, &fit[..20], ProfileImages::AnyLabel).expect("fits");
+        assert!(
+            any.limit_rule
+                .contains("validation images (defective or not)")
+                && !any.limit_rule.contains("good"),
+            "{}",
+            any.limit_rule
+        );
         let scores: Vec<f32> = (0..1000).rev().map(|i| i as f32 / 1000.0).collect();
-        let reference = DriftReference::learn(&fit, &[], &scores, (3, 98), true).expect("learns");
+        let reference =
+            DriftReference::learn(&fit, &[], ProfileImages::Good, &scores, (3, 98), true)
+                .expect("learns");
         assert_eq!(reference.good_scores.len(), MAX_REFERENCE_SCORES);
         assert!(reference.good_scores.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(reference.good_scores[0], 0.0);
@@ -561,7 +607,8 @@ mod tests {
                 ..*s
             })
             .collect();
-        let profile = InputProfile::fit(&constant, &constant[..20]).expect("fits");
+        let profile =
+            InputProfile::fit(&constant, &constant[..20], ProfileImages::Good).expect("fits");
         // A grey level's move of the constant statistic is two floored spreads: no more than
         // that in the novelty, not the dominant term.
         let base = profile.novelty(&constant[0]);

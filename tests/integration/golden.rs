@@ -410,6 +410,12 @@ fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
     // The drift watch has a reference: the parts' light, and the good parts' scores.
     let drift = card.head.drift.as_ref().expect("a drift reference");
     assert!(!drift.good_scores.is_empty());
+    // Its light is learnt from parts whatever their labels, and its rule says so.
+    assert!(
+        drift.input.limit_rule.contains("(defective or not)"),
+        "{}",
+        drift.input.limit_rule
+    );
     // The model scores the folder again from its own golden image.
     let model = template::TemplateModel::load(&out).expect("loads");
     assert!(model.reference.is_some());

@@ -3,7 +3,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::*;
-use crate::learn::drift::InputProfile;
+use crate::learn::drift::{InputProfile, ProfileImages};
 
 /// Input statistics of a good part: brightness 128 ± 4, the rest around their own means.
 fn good_stats(rng: &mut ChaCha8Rng, brightness_shift: f32) -> InputStats {
@@ -27,7 +27,15 @@ fn reference() -> DriftReference {
     let fit: Vec<InputStats> = (0..300).map(|_| good_stats(&mut rng, 0.0)).collect();
     let calibration: Vec<InputStats> = (0..300).map(|_| good_stats(&mut rng, 0.0)).collect();
     let scores: Vec<f32> = (0..300).map(|i| 0.4 * i as f32 / 300.0).collect();
-    DriftReference::learn(&fit, &calibration, &scores, (3, 398), true).expect("learns")
+    DriftReference::learn(
+        &fit,
+        &calibration,
+        ProfileImages::Good,
+        &scores,
+        (3, 398),
+        true,
+    )
+    .expect("learns")
 }
 
 /// `n` parts newest first, drawn like the training parts unless changed by `shape`.

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
-use crate::learn::drift::{DriftReference, InputStats};
+use crate::learn::drift::{DriftReference, InputStats, ProfileImages};
 use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress::{Cancelled, Progress};
@@ -383,6 +383,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let drift = DriftReference::learn(
         &fit_inputs,
         &validation_inputs,
+        ProfileImages::Good,
         &validation_good_scores,
         (false_rejects, validation_good_scores.len()),
         // Scored by the first fit; the final model refits on these images.

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::calibrate::{CalibrateError, Calibration, Undistorter};
 use crate::learn::augment::flip;
-use crate::learn::drift::{DriftReference, InputStats};
+use crate::learn::drift::{DriftReference, InputStats, ProfileImages};
 use crate::learn::fit::{binary_cross_entropy_each, seeded_init};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::{eval, progress};
@@ -265,6 +265,7 @@ fn reference_of(
     DriftReference::learn(
         &good(train_set),
         &good(val_set),
+        ProfileImages::Good,
         &good_scores,
         (errors, scores.len()),
         // Scored by the model as shipped: it never trained on the validation parts.

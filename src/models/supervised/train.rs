@@ -2,7 +2,7 @@
 
 use super::input_size::{self, SizeChoice};
 use super::*;
-use crate::learn::drift::{DriftReference, InputStats};
+use crate::learn::drift::{DriftReference, InputStats, ProfileImages};
 pub use crate::models::anomaly::train::InputSize;
 use crate::models::anomaly::{nearest_distances, sample_rows, search_layout};
 
@@ -609,6 +609,7 @@ fn drift_reference(
     DriftReference::learn(
         fit_good,
         validation_good,
+        ProfileImages::Good,
         &good_scores,
         (errors, scored.scores.len()),
         // Scored by the first fit; the final model refits on these images.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
-use crate::learn::drift::{DriftReference, InputStats};
+use crate::learn::drift::{DriftReference, InputStats, ProfileImages};
 use crate::learn::eval::{BoxTruth, box_iou};
 use crate::learn::hash::ContentHash;
 use crate::learn::progress::{Cancelled, Progress};
@@ -381,6 +381,7 @@ fn drift_reference(
     DriftReference::learn(
         fit,
         calibration,
+        ProfileImages::AnyLabel,
         &good_scores,
         (errors, scored.len()),
         false,
