@@ -10,9 +10,9 @@
 //!   correlations over good training images, and the limit of their Mahalanobis distance
 //!   ([`InputProfile::novelty`]) that only about 1 % of good parts pass, chosen by split
 //!   conformal prediction on good images the fit never saw (on images whatever their labels,
-//!   [`ProfileImages::AnyLabel`], for a product whose parts nearly all carry a defect). The statistics do not depend on
-//!   the model family, cost well under a millisecond at 256², and say in words what changed
-//!   ("brightness 92 against 128 ± 6").
+//!   [`ProfileImages::AnyLabel`], for a product whose parts nearly all carry a defect). The
+//!   statistics do not depend on the model family, cost well under a millisecond at 256², and
+//!   say in words what changed ("brightness 92 against 128 ± 6").
 //! * **the scores** of good validation images (sorted, at most [`MAX_REFERENCE_SCORES`]), the
 //!   distribution live scores of passed parts are compared with;
 //! * **the error rate** on validation images, which bounds how often an operator should find a
