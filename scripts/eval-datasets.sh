@@ -70,7 +70,8 @@ fi
   --name deeppcb-boxes --epochs 30 --learning-rate 3e-3 --augmented-copies 1 --input-size auto:512
 # DeepPCB by golden-template comparison (issue 21's box figure): each tested board compared with
 # its own template, the differences judged by a classifier learnt from the training boards'
-# typed boxes, the threshold chosen on a fifth of them held back; seconds to train.
+# typed boxes; how deep a difference must reach and how near ones join, then the threshold, are
+# chosen on a fifth of them held back; under a minute to train.
 "$bin" train template --layout deeppcb --data "$data/deeppcb" --out "$out/deeppcb-template" \
   --name deeppcb-template
 "$bin" train anomaly --layout magnetic-tile --data "$data/magnetic-tile" --out "$out/magnetic-tile-anomaly" \

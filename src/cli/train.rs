@@ -338,12 +338,18 @@ pub struct Template {
     /// does not pair with a reference of its own, and copied into the model for the station.
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// How deep (pixels from the reference's edges) a difference must reach to be judged.
+    /// How deep (pixels from the reference's edges) a difference must reach to be judged:
+    /// the run's first candidate, or with --fixed-compare the setting.
     #[arg(long, default_value_t = CompareSettings::default().min_depth_px)]
     min_depth_px: f32,
-    /// Differences closer than this (pixels) are one candidate.
+    /// Differences closer than this (pixels) are one candidate: the run's first candidate, or
+    /// with --fixed-compare the setting.
     #[arg(long, default_value_t = CompareSettings::default().join_px)]
     join_px: u32,
+    /// Keep --min-depth-px and --join-px as given instead of letting the validation parts
+    /// choose them.
+    #[arg(long)]
+    fixed_compare: bool,
     /// The largest shift (pixels, each way) tried to align a part with its reference.
     #[arg(long, default_value_t = CompareSettings::default().align_px)]
     align_px: u32,
@@ -362,6 +368,7 @@ impl Template {
                 align_px: self.align_px,
                 ..CompareSettings::default()
             },
+            choose_compare: !self.fixed_compare,
             out_dir: self.folders.out.clone(),
             progress: Progress::terminal(),
         };
@@ -378,6 +385,21 @@ impl Template {
             family.training_duration_s,
             self.folders.out.display()
         );
+        if let Some(choice) = &family.compare_choice {
+            let trials: Vec<String> = (choice.trials.iter())
+                .map(|t| {
+                    let figure = t.validation_map.map_or("-".into(), |m| format!("{m:.4}"));
+                    format!("{}/{} {figure}", t.min_depth_px, t.join_px)
+                })
+                .collect();
+            println!(
+                "depth {} px, join {} px, chosen: {} (validation box mAP@0.5 by depth/join: {})",
+                choice.min_depth_px,
+                choice.join_px,
+                choice.rule,
+                trials.join(", ")
+            );
+        }
         println!("threshold: {}", card.head.threshold_rule);
         if let Some(boxes) = &family.validation_boxes {
             println!("on the validation parts (the first fit):");

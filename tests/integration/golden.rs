@@ -127,6 +127,7 @@ fn defects_are_found_by_comparing_each_board_with_its_template() {
         data: root.clone(),
         reference: Some(golden),
         compare: CompareSettings::default(),
+        choose_compare: false,
         out_dir: out.clone(),
         progress: Progress::hidden(),
     })
@@ -235,6 +236,73 @@ fn defects_are_found_by_comparing_each_board_with_its_template() {
 }
 
 #[test]
+fn the_run_chooses_how_deep_differences_must_reach_on_its_validation_parts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pcb");
+    write_boards(&root);
+    // A depth past the boards' holes and cuts, which reach at most 4 pixels past the traces'
+    // edges: a product given another product's setting.
+    let given = CompareSettings {
+        min_depth_px: 6.0,
+        ..CompareSettings::default()
+    };
+    let settings = |choose_compare, out: &str| TemplateSettings {
+        name: "boards".into(),
+        layout: Layout::Deeppcb,
+        data: root.clone(),
+        reference: None,
+        compare: given,
+        choose_compare,
+        out_dir: dir.path().join(out),
+        progress: Progress::hidden(),
+    };
+    let map = |card: &linesight::models::card::ModelCard<template::TemplateCard>| {
+        let boxes = card.family.metrics.boxes.as_ref().expect("box metrics");
+        boxes.mean_average_precision[0].value
+    };
+    // Kept as given, the holes and cuts are never candidates: half the types go unfound.
+    let fixed = template::train(&settings(false, "fixed")).expect("trains");
+    assert!(fixed.family.compare_choice.is_none());
+    assert_eq!(fixed.family.compare.min_depth_px, 6.0);
+    assert!(map(&fixed) < 0.6, "held-out box mAP@0.5 {}", map(&fixed));
+    // Chosen on the validation parts: a depth that finds them.
+    let chosen = template::train(&settings(true, "chosen")).expect("trains");
+    let choice = chosen
+        .family
+        .compare_choice
+        .as_ref()
+        .expect("a recorded choice");
+    let n_choices =
+        template::train::DEPTH_CHOICES_PX.len() * template::train::JOIN_CHOICES_PX.len();
+    assert_eq!(choice.trials.len(), n_choices);
+    let first = &choice.trials[0];
+    assert_eq!((first.min_depth_px, first.join_px), (6.0, 7));
+    assert!(choice.min_depth_px <= 4.0, "{choice:?}");
+    assert_eq!(
+        (
+            chosen.family.compare.min_depth_px,
+            chosen.family.compare.join_px
+        ),
+        (choice.min_depth_px, choice.join_px)
+    );
+    let figure_of = |depth: f32, join: u32| {
+        (choice.trials.iter())
+            .find(|t| (t.min_depth_px, t.join_px) == (depth, join))
+            .and_then(|t| t.validation_map)
+            .expect("a figure")
+    };
+    assert!(
+        figure_of(choice.min_depth_px, choice.join_px)
+            > figure_of(6.0, 7) + template::train::CHOICE_MARGIN,
+        "{choice:?}"
+    );
+    assert!(choice.rule.contains("given depth 6 px"), "{}", choice.rule);
+    assert!(map(&chosen) >= 0.9, "held-out box mAP@0.5 {}", map(&chosen));
+    // The card, with its choice, loads.
+    template::TemplateModel::load(&dir.path().join("chosen")).expect("loads");
+}
+
+#[test]
 fn a_dataset_without_references_or_boxes_is_refused_with_its_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("pcb");
@@ -245,6 +313,7 @@ fn a_dataset_without_references_or_boxes_is_refused_with_its_reason() {
         data: root.clone(),
         reference: None,
         compare: CompareSettings::default(),
+        choose_compare: false,
         out_dir: dir.path().join("model"),
         progress: Progress::hidden(),
     };
@@ -389,6 +458,7 @@ fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
         data: root.clone(),
         reference: Some(golden.clone()),
         compare: CompareSettings::default(),
+        choose_compare: false,
         out_dir: out.clone(),
         progress: Progress::hidden(),
     })
@@ -439,6 +509,7 @@ fn a_card_edited_out_of_shape_is_refused_when_loaded() {
         data: root,
         reference: None,
         compare: CompareSettings::default(),
+        choose_compare: false,
         out_dir: out.clone(),
         progress: Progress::hidden(),
     })

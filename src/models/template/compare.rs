@@ -62,9 +62,11 @@ pub struct CompareSettings {
 }
 
 impl Default for CompareSettings {
-    /// Chosen on DeepPCB's training boards (its held-out quarter never looked at), about
-    /// 48 pixels a millimetre: a scan's edges wander by up to 2 pixels, its smallest defects
-    /// (pin-holes) are 3 to 4 pixels deep.
+    /// A training run's first candidate (see [`crate::models::template::train`]), which it
+    /// keeps unless its validation parts find better: worked out on DeepPCB's training boards
+    /// (its held-out quarter never looked at), about 48 pixels a millimetre, where a scan's
+    /// edges wander by up to 2 pixels and the smallest defects (pin-holes) are 3 to 4 pixels
+    /// deep.
     fn default() -> CompareSettings {
         CompareSettings {
             pattern: PatternSide::Dark,

@@ -74,6 +74,9 @@ pub struct TemplateCard {
     /// The first fit's boxes on them: what the threshold was chosen by, and a figure of the
     /// training part that never touches the held-out one.
     pub validation_boxes: Option<BoxMetrics>,
+    /// How the run chose `compare`'s depth and join; `None` where it kept them as given.
+    #[serde(default)]
+    pub compare_choice: Option<CompareChoice>,
     pub training_duration_s: f64,
     /// On the held-out parts.
     pub metrics: TemplateMetrics,
@@ -81,6 +84,28 @@ pub struct TemplateCard {
 
 impl Family for TemplateCard {
     const KIND: &'static str = KIND;
+}
+
+/// How a training run chose its comparison settings on its validation parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareChoice {
+    /// The settings given first, then every other pair tried.
+    pub trials: Vec<CompareTrial>,
+    /// How the choice is made, in words.
+    pub rule: String,
+    /// The settings chosen.
+    pub min_depth_px: f32,
+    pub join_px: u32,
+}
+
+/// One pair of settings tried, and what the validation parts measured at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareTrial {
+    pub min_depth_px: f32,
+    pub join_px: u32,
+    /// The validation parts' box mAP@0.5 of a first fit at these settings; `None` where the
+    /// fit parts gave nothing to learn at them.
+    pub validation_map: Option<f64>,
 }
 
 /// What a template model measured on parts it never saw.

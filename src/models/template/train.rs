@@ -5,8 +5,14 @@
 //! 1. the dataset's held-out quarter is set aside ([`held_out_part`], the supervised family's
 //!    split, so the two families are scored on the same parts);
 //! 2. of the rest, a fifth is held back as validation; the classifier and margin are fitted on
-//!    the other four fifths, and the threshold is the defect probability whose boxes reach the
-//!    best F1 (IoU > 0.5, whatever their type) on the validation parts;
+//!    the other four fifths. Unless told to keep the settings given, the run chooses how deep
+//!    a difference must reach and how near differences join ([`DEPTH_CHOICES_PX`] ×
+//!    [`JOIN_CHOICES_PX`]) by the validation parts' box mAP@0.5 of a first fit at each: the
+//!    given settings stand unless another pair beats them by more than [`CHOICE_MARGIN`]
+//!    (a product's scale, its pixels a millimetre and its scan's noise, is its own, and a
+//!    default worked out on one product's boards must not decide another's). The threshold is
+//!    then the defect probability whose boxes reach the best F1 (IoU > 0.5, whatever their
+//!    type) on the validation parts, at the settings chosen;
 //! 3. the classifier and margin are fitted again on the whole training part, and the model is
 //!    scored once on the held-out quarter.
 //!
@@ -28,12 +34,23 @@ use crate::part::GrayImage;
 
 use super::classifier::{Classifier, ClassifierError, NO_DEFECT};
 use super::compare::{Candidate, CompareError, CompareSettings, N_FEATURES, PatternSide, compare};
-use super::{REFERENCE_FILE, TemplateCard, TemplateMetrics, TemplateModel, grown};
+use super::{
+    CompareChoice, CompareTrial, REFERENCE_FILE, TemplateCard, TemplateMetrics, TemplateModel,
+    grown,
+};
 
 /// Every `HOLDOUT_EVERY`-th part of each class is held out (the supervised family's split).
 pub const HOLDOUT_EVERY: usize = 4;
 /// Every `VALIDATION_EVERY`-th training part is held back to choose the threshold.
 pub const VALIDATION_EVERY: usize = 5;
+
+/// The depths (pixels past the reference's edges) a run tries for a difference's core.
+pub const DEPTH_CHOICES_PX: [f32; 4] = [2.0, 3.0, 4.0, 6.0];
+/// The distances (pixels) within which a run tries joining cores into one candidate.
+pub const JOIN_CHOICES_PX: [u32; 3] = [3, 7, 11];
+/// How much more validation box mAP@0.5 another pair of settings must reach to replace the
+/// given ones: less is within what 30 validation parts measure by chance.
+pub const CHOICE_MARGIN: f64 = 0.01;
 
 /// What a training run needs.
 #[derive(Debug, Clone)]
@@ -45,6 +62,9 @@ pub struct TemplateSettings {
     /// it, and it is copied into the model so that a station can run it.
     pub reference: Option<PathBuf>,
     pub compare: CompareSettings,
+    /// Whether the run chooses `compare`'s depth and join on its validation parts (the
+    /// settings given are its first candidate), or keeps them as given.
+    pub choose_compare: bool,
     pub out_dir: PathBuf,
     pub progress: Progress,
 }
@@ -312,6 +332,108 @@ fn judged(
     out
 }
 
+/// The training parts compared with their references at one setting.
+struct Comparison {
+    settings: CompareSettings,
+    fit: (Vec<Compared>, Vec<InputStats>),
+    validation: (Vec<Compared>, Vec<InputStats>),
+}
+
+impl Comparison {
+    fn of(
+        fit: &[Pair],
+        validation: &[Pair],
+        settings: CompareSettings,
+        progress: &Progress,
+    ) -> Result<Comparison, TemplateError> {
+        let what = |parts: &str| {
+            format!(
+                "comparing {parts} parts with their references (depth {} px, join {} px)",
+                settings.min_depth_px, settings.join_px
+            )
+        };
+        Ok(Comparison {
+            settings,
+            fit: compared_all(fit, &settings, progress, &what("training"))?,
+            validation: compared_all(validation, &settings, progress, &what("validation"))?,
+        })
+    }
+
+    /// The validation parts' box mAP@0.5 (the class-agnostic AP where the boxes name no
+    /// type) of a first fit on the fit parts; `None` where the validation parts have no
+    /// labelled box, or the fit parts nothing to learn at this setting.
+    fn validation_figure(&self) -> Option<f64> {
+        let (classifier, margin) = fitted(&self.fit.0).ok()?;
+        let metrics = box_truth(&self.validation.0, &classifier, margin).metrics()?;
+        (metrics.mean_average_precision.first().map(|m| m.value))
+            .or_else(|| metrics.at_iou.first().map(|a| a.average_precision))
+    }
+}
+
+/// The comparison at the settings the validation parts choose (see the module's protocol),
+/// and the card's record of the choice; the given settings, and no record, where the
+/// validation parts have no labelled box to choose by.
+fn chosen_comparison(
+    fit: &[Pair],
+    validation: &[Pair],
+    given: CompareSettings,
+    progress: &Progress,
+) -> Result<(Comparison, Option<CompareChoice>), TemplateError> {
+    let given_comparison = Comparison::of(fit, validation, given, progress)?;
+    if validation.iter().all(|p| p.boxes.is_empty()) {
+        return Ok((given_comparison, None));
+    }
+    let given_figure = given_comparison.validation_figure();
+    let trial = |settings: &CompareSettings, figure| CompareTrial {
+        min_depth_px: settings.min_depth_px,
+        join_px: settings.join_px,
+        validation_map: figure,
+    };
+    let mut trials = vec![trial(&given, given_figure)];
+    let mut best: Option<(Comparison, f64)> = None;
+    for depth in DEPTH_CHOICES_PX {
+        for join in JOIN_CHOICES_PX {
+            if (depth, join) == (given.min_depth_px, given.join_px) {
+                continue;
+            }
+            let settings = CompareSettings {
+                min_depth_px: depth,
+                join_px: join,
+                ..given
+            };
+            let comparison = Comparison::of(fit, validation, settings, progress)?;
+            let figure = comparison.validation_figure();
+            trials.push(trial(&settings, figure));
+            if let Some(figure) = figure
+                && best.as_ref().is_none_or(|(_, b)| figure > *b)
+            {
+                best = Some((comparison, figure));
+            }
+        }
+    }
+    let given_said = given_figure.map_or("nothing learnt".into(), |g| format!("{g:.4}"));
+    let rule = format!(
+        "the given depth {} px and join {} px (validation box mAP@0.5 {given_said}) unless \
+         another of depths {DEPTH_CHOICES_PX:?} px × joins {JOIN_CHOICES_PX:?} px beats it by \
+         more than {CHOICE_MARGIN}, each scored by a first fit without the validation parts",
+        given.min_depth_px, given.join_px
+    );
+    // The given settings stand unless beaten by more than chance; settings at which nothing
+    // could be learnt stand against none.
+    let chosen = match (best, given_figure) {
+        (Some((comparison, figure)), Some(given)) if figure > given + CHOICE_MARGIN => comparison,
+        (Some((comparison, _)), None) => comparison,
+        _ => given_comparison,
+    };
+    let choice = CompareChoice {
+        trials,
+        rule,
+        min_depth_px: chosen.settings.min_depth_px,
+        join_px: chosen.settings.join_px,
+    };
+    Ok((chosen, Some(choice)))
+}
+
 /// The defect probability whose boxes find the labelled boxes of `parts` with the best F1
 /// (IoU > 0.5, whatever the type), and that F1. Ties keep the higher cut.
 fn best_box_cut(parts: &[Compared], classifier: &Classifier, margin: u32) -> (f32, f64) {
@@ -416,18 +538,23 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
         compare: compare_settings,
         ..settings.clone()
     };
-    let (fit_parts, fit_inputs) = compared_all(
-        &pairs(&fit_part, settings.layout, golden),
-        &settings.compare,
-        progress,
-        "comparing training parts with their references",
-    )?;
-    let (validation_parts, validation_inputs) = compared_all(
-        &pairs(&validation, settings.layout, golden),
-        &settings.compare,
-        progress,
-        "comparing validation parts with their references",
-    )?;
+    let fit_pairs = pairs(&fit_part, settings.layout, golden);
+    let validation_pairs = pairs(&validation, settings.layout, golden);
+    let (comparison, compare_choice) = if settings.choose_compare {
+        chosen_comparison(&fit_pairs, &validation_pairs, settings.compare, progress)?
+    } else {
+        let given = Comparison::of(&fit_pairs, &validation_pairs, settings.compare, progress)?;
+        (given, None)
+    };
+    let settings = &TemplateSettings {
+        compare: comparison.settings,
+        ..settings.clone()
+    };
+    let Comparison {
+        fit: (fit_parts, fit_inputs),
+        validation: (validation_parts, validation_inputs),
+        ..
+    } = comparison;
     let (first, first_margin) = fitted(&fit_parts)?;
     let validation_boxes = box_truth(&validation_parts, &first, first_margin).metrics();
     let (threshold, threshold_rule) = if validation_boxes.is_some() {
@@ -498,6 +625,7 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
         n_train_candidates,
         n_validation,
         validation_boxes,
+        compare_choice,
         training_duration_s: 0.0,
         metrics: TemplateMetrics {
             n_test: 0,
