@@ -113,6 +113,21 @@ fn write_boards(root: &Path) {
     }
 }
 
+/// A training run on the boards in DeepPCB's layout under `data`, into `out`, with the
+/// default comparison kept as given; a test changes what it is about.
+fn boards(data: &Path, out: &Path) -> TemplateSettings {
+    TemplateSettings {
+        name: "boards".into(),
+        layout: Layout::Deeppcb,
+        data: data.to_owned(),
+        reference: None,
+        compare: CompareSettings::default(),
+        choose_compare: false,
+        out_dir: out.to_owned(),
+        progress: Progress::hidden(),
+    }
+}
+
 #[test]
 fn defects_are_found_by_comparing_each_board_with_its_template() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -122,14 +137,8 @@ fn defects_are_found_by_comparing_each_board_with_its_template() {
     write_png(&golden, &image(template()));
     let out = dir.path().join("model");
     let card = template::train(&TemplateSettings {
-        name: "boards".into(),
-        layout: Layout::Deeppcb,
-        data: root.clone(),
         reference: Some(golden),
-        compare: CompareSettings::default(),
-        choose_compare: false,
-        out_dir: out.clone(),
-        progress: Progress::hidden(),
+        ..boards(&root, &out)
     })
     .expect("trains");
     let family = &card.family;
@@ -247,14 +256,9 @@ fn the_run_chooses_how_deep_differences_must_reach_on_its_validation_parts() {
         ..CompareSettings::default()
     };
     let settings = |choose_compare, out: &str| TemplateSettings {
-        name: "boards".into(),
-        layout: Layout::Deeppcb,
-        data: root.clone(),
-        reference: None,
         compare: given,
         choose_compare,
-        out_dir: dir.path().join(out),
-        progress: Progress::hidden(),
+        ..boards(&root, &dir.path().join(out))
     };
     let map = |card: &linesight::models::card::ModelCard<template::TemplateCard>| {
         let boxes = card.family.metrics.boxes.as_ref().expect("box metrics");
@@ -308,14 +312,8 @@ fn a_dataset_without_references_or_boxes_is_refused_with_its_reason() {
     let root = dir.path().join("pcb");
     write_boards(&root);
     let settings = |layout| TemplateSettings {
-        name: "boards".into(),
         layout,
-        data: root.clone(),
-        reference: None,
-        compare: CompareSettings::default(),
-        choose_compare: false,
-        out_dir: dir.path().join("model"),
-        progress: Progress::hidden(),
+        ..boards(&root, &dir.path().join("model"))
     };
     // In MVTec AD's layout nothing pairs the parts, and no golden image was given.
     let parts = dir.path().join("parts");
@@ -455,12 +453,8 @@ fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
     let card = template::train(&TemplateSettings {
         name: "parts".into(),
         layout: Layout::Mvtec,
-        data: root.clone(),
         reference: Some(golden.clone()),
-        compare: CompareSettings::default(),
-        choose_compare: false,
-        out_dir: out.clone(),
-        progress: Progress::hidden(),
+        ..boards(&root, &out)
     })
     .expect("trains");
     let family = &card.family;
@@ -503,17 +497,7 @@ fn a_card_edited_out_of_shape_is_refused_when_loaded() {
     let root = dir.path().join("pcb");
     write_boards(&root);
     let out = dir.path().join("model");
-    template::train(&TemplateSettings {
-        name: "boards".into(),
-        layout: Layout::Deeppcb,
-        data: root,
-        reference: None,
-        compare: CompareSettings::default(),
-        choose_compare: false,
-        out_dir: out.clone(),
-        progress: Progress::hidden(),
-    })
-    .expect("trains");
+    template::train(&boards(&root, &out)).expect("trains");
     let card_path = out.join("card.json");
     let original: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&card_path).expect("card")).expect("json");

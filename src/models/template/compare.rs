@@ -295,7 +295,56 @@ fn islands(mask: &[bool], w: usize, window: [usize; 4], min_size: usize) -> i32 
     sizes.iter().skip(1).filter(|&&s| s >= min_size).count() as i32
 }
 
-/// The candidate defects of `part` against its golden `reference`, in no particular order.
+/// A reference made ready to compare parts with: its pattern and each pixel's depth past its
+/// edges, which depend on the reference alone, so that a station computes them once and not
+/// for every part.
+#[derive(Debug, Clone)]
+pub struct PreparedReference {
+    width: u32,
+    height: u32,
+    /// The side its pattern was cut on, which the parts are cut on too.
+    side: PatternSide,
+    /// `true` where the reference shows pattern.
+    pattern: Vec<bool>,
+    /// Each pixel's distance to the nearest pattern (how deep extra pattern reaches).
+    to_pattern: Vec<f32>,
+    /// Each pixel's distance to the nearest ground (how deep missing pattern reaches).
+    to_background: Vec<f32>,
+}
+
+impl PreparedReference {
+    /// `reference` cut at Otsu's threshold, its pattern on `side`, and its depth maps.
+    pub fn new(
+        reference: &GrayImage,
+        side: PatternSide,
+    ) -> Result<PreparedReference, CompareError> {
+        let (w, h) = (reference.width as usize, reference.height as usize);
+        if w == 0 || h == 0 || reference.pixels.len() != w * h {
+            return Err(CompareError::Empty);
+        }
+        let dark_pattern = side == PatternSide::Dark;
+        let (bright, _) = binarise(reference)?;
+        let pattern: Vec<bool> = bright.iter().map(|&b| b != dark_pattern).collect();
+        let to_pattern = distance_to_false(
+            &pattern.iter().map(|&r| !r).collect::<Vec<_>>(),
+            w,
+            h,
+            PastTheEdge::Replicated,
+        )?;
+        let to_background = distance_to_false(&pattern, w, h, PastTheEdge::Replicated)?;
+        Ok(PreparedReference {
+            width: reference.width,
+            height: reference.height,
+            side,
+            pattern,
+            to_pattern,
+            to_background,
+        })
+    }
+}
+
+/// The candidate defects of `part` against its golden `reference`, in no particular order
+/// (the reference prepared on the way: see [`compare_prepared`] to prepare it once).
 pub fn compare(
     part: &GrayImage,
     reference: &GrayImage,
@@ -309,16 +358,39 @@ pub fn compare(
             want_height: reference.height,
         });
     }
+    let prepared = PreparedReference::new(reference, settings.pattern)?;
+    compare_prepared(part, &prepared, settings)
+}
+
+/// The candidate defects of `part` against a prepared golden `reference`, in no particular
+/// order; the part is cut on the side the reference was prepared with.
+pub fn compare_prepared(
+    part: &GrayImage,
+    reference: &PreparedReference,
+    settings: &CompareSettings,
+) -> Result<Vec<Candidate>, CompareError> {
+    if (part.width, part.height) != (reference.width, reference.height) {
+        return Err(CompareError::Size {
+            got_width: part.width,
+            got_height: part.height,
+            want_width: reference.width,
+            want_height: reference.height,
+        });
+    }
     let (w, h) = (reference.width as usize, reference.height as usize);
-    if w == 0 || h == 0 || part.pixels.len() != w * h || reference.pixels.len() != w * h {
+    if part.pixels.len() != w * h {
         return Err(CompareError::Empty);
     }
-    let dark_pattern = settings.pattern == PatternSide::Dark;
-    let (ref_bright, _) = binarise(reference)?;
+    let dark_pattern = reference.side == PatternSide::Dark;
+    let PreparedReference {
+        pattern: reference,
+        to_pattern,
+        to_background,
+        ..
+    } = reference;
     let (part_bright, _) = binarise(part)?;
-    let reference: Vec<bool> = ref_bright.iter().map(|&b| b != dark_pattern).collect();
     let shifted: Vec<bool> = part_bright.iter().map(|&b| b != dark_pattern).collect();
-    let (dx, dy) = alignment(&shifted, &reference, w, h, i64::from(settings.align_px));
+    let (dx, dy) = alignment(&shifted, reference, w, h, i64::from(settings.align_px));
     // The part moved onto the reference; where the shift leaves no part, the reference shows
     // through (no difference there).
     let part: Vec<bool> = (0..w * h)
@@ -333,13 +405,6 @@ pub fn compare(
         .collect();
 
     // How deep each differing pixel lies on the other side of the reference's edge.
-    let to_pattern = distance_to_false(
-        &reference.iter().map(|&r| !r).collect::<Vec<_>>(),
-        w,
-        h,
-        PastTheEdge::Replicated,
-    )?;
-    let to_background = distance_to_false(&reference, w, h, PastTheEdge::Replicated)?;
     let extra: Vec<bool> = (0..w * h).map(|i| part[i] && !reference[i]).collect();
     let missing: Vec<bool> = (0..w * h).map(|i| !part[i] && reference[i]).collect();
     let differs: Vec<bool> = (0..w * h).map(|i| extra[i] || missing[i]).collect();
@@ -417,7 +482,7 @@ pub fn compare(
             (y1 + 4).min(h),
         ];
         let min = settings.min_island_px;
-        let pattern_gained = islands(&part, w, window, min) - islands(&reference, w, window, min);
+        let pattern_gained = islands(&part, w, window, min) - islands(reference, w, window, min);
         let background_gained =
             islands(&part_ground, w, window, min) - islands(&reference_ground, w, window, min);
         let reaches_edge = reaches_edge(&labels, label as u32, &differs, &depth, w, window);

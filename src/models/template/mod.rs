@@ -35,7 +35,10 @@ use crate::models::{Detector, Judgement, ModelError, RejectingScore};
 use crate::part::{GrayImage, HeatMap};
 
 pub use self::classifier::{Classifier, ClassifierError, NO_DEFECT};
-pub use self::compare::{Candidate, CompareError, CompareSettings, PatternSide, compare};
+pub use self::compare::{
+    Candidate, CompareError, CompareSettings, PatternSide, PreparedReference, compare,
+    compare_prepared,
+};
 pub use self::train::{TemplateError, TemplateSettings, evaluate, held_out_part, train};
 
 /// The card's `kind`.
@@ -125,6 +128,8 @@ pub struct TemplateMetrics {
 pub struct TemplateModel {
     pub card: ModelCard<TemplateCard>,
     pub reference: Option<GrayImage>,
+    /// `reference` prepared once for the parts a station compares with it.
+    prepared: Option<PreparedReference>,
     dir: PathBuf,
 }
 
@@ -175,9 +180,14 @@ impl TemplateModel {
         } else {
             None
         };
+        let prepared = (reference.as_ref())
+            .map(|r| PreparedReference::new(r, family.compare.pattern))
+            .transpose()
+            .map_err(|e| ModelError::Card(invalid(dir, format!("{REFERENCE_FILE}: {e}"))))?;
         Ok(TemplateModel {
             card,
             reference,
+            prepared,
             dir: dir.to_owned(),
         })
     }
@@ -204,10 +214,10 @@ impl TemplateModel {
     pub fn defects(
         &self,
         part: &GrayImage,
-        reference: &GrayImage,
+        reference: &PreparedReference,
     ) -> Result<Vec<FoundDefect>, CompareError> {
         let family = &self.card.family;
-        let candidates = compare(part, reference, &family.compare)?;
+        let candidates = compare_prepared(part, reference, &family.compare)?;
         let mut found: Vec<FoundDefect> = candidates
             .iter()
             .map(|c| {
@@ -231,7 +241,7 @@ impl TemplateModel {
     pub fn judge_against(
         &self,
         part: &GrayImage,
-        reference: &GrayImage,
+        reference: &PreparedReference,
     ) -> Result<Judgement, ModelError> {
         self.judge_against_tolerating(part, reference, &[])
     }
@@ -241,7 +251,7 @@ impl TemplateModel {
     pub fn judge_against_tolerating(
         &self,
         part: &GrayImage,
-        reference: &GrayImage,
+        reference: &PreparedReference,
         tolerated: &[&str],
     ) -> Result<Judgement, ModelError> {
         let found = self
@@ -301,8 +311,8 @@ impl TemplateModel {
         })
     }
 
-    fn reference(&self) -> Result<&GrayImage, ModelError> {
-        self.reference.as_ref().ok_or_else(|| {
+    fn reference(&self) -> Result<&PreparedReference, ModelError> {
+        self.prepared.as_ref().ok_or_else(|| {
             ModelError::Template(format!(
                 "no reference image: {} is missing",
                 self.dir.join(REFERENCE_FILE).display()

@@ -30,10 +30,12 @@ use crate::learn::eval::{BoxTruth, box_iou};
 use crate::learn::hash::ContentHash;
 use crate::learn::progress::{Cancelled, Progress};
 use crate::models::card::{CardError, ModelCard};
-use crate::part::GrayImage;
 
 use super::classifier::{Classifier, ClassifierError, NO_DEFECT};
-use super::compare::{Candidate, CompareError, CompareSettings, N_FEATURES, PatternSide, compare};
+use super::compare::{
+    Candidate, CompareError, CompareSettings, N_FEATURES, PatternSide, PreparedReference,
+    compare_prepared,
+};
 use super::{
     CompareChoice, CompareTrial, REFERENCE_FILE, TemplateCard, TemplateMetrics, TemplateModel,
     grown,
@@ -154,15 +156,24 @@ struct Compared {
     size: (u32, u32),
 }
 
-fn load(path: &Path, cache: &mut Option<(PathBuf, GrayImage)>) -> Result<GrayImage, DatasetError> {
-    if let Some((cached, image)) = cache
-        && cached == path
-    {
-        return Ok(image.clone());
+/// The reference at `path` prepared on `side`, read and prepared again only when the path
+/// changes: the golden image, shared by every part, once.
+fn prepared<'a>(
+    path: &Path,
+    side: PatternSide,
+    cache: &'a mut Option<(PathBuf, PreparedReference)>,
+) -> Result<&'a PreparedReference, TemplateError> {
+    if cache.as_ref().is_none_or(|(cached, _)| cached != path) {
+        let image = dataset::load_gray(path)?;
+        let reference =
+            PreparedReference::new(&image, side).map_err(|source| TemplateError::Compare {
+                path: path.to_owned(),
+                source,
+            })?;
+        *cache = Some((path.to_owned(), reference));
     }
-    let image = dataset::load_gray(path)?;
-    *cache = Some((path.to_owned(), image.clone()));
-    Ok(image)
+    let (_, reference) = cache.as_ref().expect("filled above");
+    Ok(reference)
 }
 
 /// Each pair compared, and each part's input statistics (for the drift reference).
@@ -179,12 +190,13 @@ fn compared_all(
     for pair in pairs {
         phase.check()?;
         let part = dataset::load_gray(&pair.part)?;
-        let reference = load(&pair.reference, &mut reference_cache)?;
-        let candidates =
-            compare(&part, &reference, settings).map_err(|source| TemplateError::Compare {
+        let reference = prepared(&pair.reference, settings.pattern, &mut reference_cache)?;
+        let candidates = compare_prepared(&part, reference, settings).map_err(|source| {
+            TemplateError::Compare {
                 path: pair.part.clone(),
                 source,
-            })?;
+            }
+        })?;
         // Labelled boxes end on the image: one drawn past its edge would widen the margin.
         let boxes = (pair.boxes.iter())
             .map(|([x0, y0, x1, y1], class)| {
@@ -294,7 +306,7 @@ fn pattern_side(pairs: &[Pair]) -> Result<PatternSide, TemplateError> {
 }
 
 /// A classifier and margin fitted on `parts`.
-fn fitted(parts: &[Compared]) -> Result<(Classifier, u32), TemplateError> {
+fn fitted(parts: &[Compared]) -> Result<(Classifier, u32), ClassifierError> {
     let margin = box_margin(parts);
     let classes = classes_of(parts);
     let (features, labels) = labelled(parts, margin, &classes);
@@ -332,11 +344,13 @@ fn judged(
     out
 }
 
-/// The training parts compared with their references at one setting.
+/// The training parts compared with their references at one setting, and the first fit on
+/// the fit parts (the threshold's and the settings' choice both score it).
 struct Comparison {
     settings: CompareSettings,
     fit: (Vec<Compared>, Vec<InputStats>),
     validation: (Vec<Compared>, Vec<InputStats>),
+    first: Result<(Classifier, u32), ClassifierError>,
 }
 
 impl Comparison {
@@ -352,10 +366,13 @@ impl Comparison {
                 settings.min_depth_px, settings.join_px
             )
         };
+        let fit = compared_all(fit, &settings, progress, &what("training"))?;
+        let first = fitted(&fit.0);
         Ok(Comparison {
             settings,
-            fit: compared_all(fit, &settings, progress, &what("training"))?,
+            fit,
             validation: compared_all(validation, &settings, progress, &what("validation"))?,
+            first,
         })
     }
 
@@ -363,8 +380,8 @@ impl Comparison {
     /// type) of a first fit on the fit parts; `None` where the validation parts have no
     /// labelled box, or the fit parts nothing to learn at this setting.
     fn validation_figure(&self) -> Option<f64> {
-        let (classifier, margin) = fitted(&self.fit.0).ok()?;
-        let metrics = box_truth(&self.validation.0, &classifier, margin).metrics()?;
+        let (classifier, margin) = self.first.as_ref().ok()?;
+        let metrics = box_truth(&self.validation.0, classifier, *margin).metrics()?;
         (metrics.mean_average_precision.first().map(|m| m.value))
             .or_else(|| metrics.at_iou.first().map(|a| a.average_precision))
     }
@@ -553,9 +570,10 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
     let Comparison {
         fit: (fit_parts, fit_inputs),
         validation: (validation_parts, validation_inputs),
+        first,
         ..
     } = comparison;
-    let (first, first_margin) = fitted(&fit_parts)?;
+    let (first, first_margin) = first?;
     let validation_boxes = box_truth(&validation_parts, &first, first_margin).metrics();
     let (threshold, threshold_rule) = if validation_boxes.is_some() {
         let (threshold, f1) = best_box_cut(&validation_parts, &first, first_margin);
@@ -700,9 +718,10 @@ pub fn evaluate(
     for pair in &pairs {
         phase.check()?;
         let part = dataset::load_gray(&pair.part)?;
-        let reference = load(&pair.reference, &mut reference_cache)?;
+        let side = model.card.family.compare.pattern;
+        let reference = prepared(&pair.reference, side, &mut reference_cache)?;
         let found = model
-            .defects(&part, &reference)
+            .defects(&part, reference)
             .map_err(|source| TemplateError::Compare {
                 path: pair.part.clone(),
                 source,
