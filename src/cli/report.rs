@@ -160,11 +160,17 @@ pub fn defect_net_metrics(metrics: &EvalMetrics) {
     }
 }
 
-/// Box detection: AP at each overlap rule, the types' mean, each type's.
+/// Box detection: AP at each overlap rule, the types' mean, each type's. The label column
+/// widens to the longest type's label ("  spurious-copper AP@0.5") so the figures stay in one
+/// column.
 pub fn box_metrics(boxes: &BoxMetrics) {
+    let type_label = |class: &str| format!("  {class} AP@0.5");
+    let width = (boxes.per_class.iter())
+        .map(|class| type_label(&class.class).chars().count())
+        .fold(22, usize::max);
     for at in &boxes.at_iou {
         println!(
-            "{:<22} {:>10.4}  (precision {:.4}, recall {:.4}; {} boxes for {} true on {} images)",
+            "{:<width$} {:>10.4}  (precision {:.4}, recall {:.4}; {} boxes for {} true on {} images)",
             format!("box AP@{}", at.iou),
             at.average_precision,
             at.precision,
@@ -176,7 +182,7 @@ pub fn box_metrics(boxes: &BoxMetrics) {
     }
     for mean in &boxes.mean_average_precision {
         println!(
-            "{:<22} {:>10.4}  (mean over {} defect types)",
+            "{:<width$} {:>10.4}  (mean over {} defect types)",
             format!("box mAP@{}", mean.iou),
             mean.value,
             boxes.per_class.len()
@@ -190,8 +196,8 @@ pub fn box_metrics(boxes: &BoxMetrics) {
                 .map_or(f64::NAN, |a| a.average_precision)
         };
         println!(
-            "{:<22} {:>10.4}  (AP@0.33 {:.4}; {} boxes named so for {} true)",
-            format!("  {} AP@0.5", class.class),
+            "{:<width$} {:>10.4}  (AP@0.33 {:.4}; {} boxes named so for {} true)",
+            type_label(&class.class),
             ap(0),
             ap(1),
             class.n_predicted_boxes,
