@@ -8,6 +8,7 @@ use anyhow::Context;
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
+use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
 };
@@ -196,6 +197,13 @@ pub struct Anomaly {
     /// 0 for none.
     #[arg(long, default_value_t = COARSE_INPUT_SIZE)]
     coarse_input_size: usize,
+    /// Turned copies of the good images the memory bank learns from: `none`; `auto`, the
+    /// turns (flips, half and quarter turns) after which the product's good images still
+    /// look like its good images; `all`; or turns by name, comma-separated, for parts that
+    /// arrive so turned (flip-horizontal, flip-vertical, rotate180, rotate90, rotate270,
+    /// transpose, anti-transpose). The card keeps the turns and, for `auto`, each trial.
+    #[arg(long, default_value = "none")]
+    orientations: Orientations,
 }
 
 impl Anomaly {
@@ -211,6 +219,7 @@ impl Anomaly {
             target_false_reject_rate: self.target_false_reject_rate,
             synthetic_defects_per_good: self.synthetic_defects,
             coarse_input_size: (self.coarse_input_size > 0).then_some(self.coarse_input_size),
+            orientations: self.orientations,
             seed: self.dataset.seed,
             out_dir: self.dataset.folders.out.clone(),
             progress: Progress::terminal(),
@@ -224,6 +233,26 @@ impl Anomaly {
             card.family.training_duration_s,
             self.dataset.folders.out.display()
         );
+        if let Some(choice) = &card.family.orientation_choice {
+            let turns: Vec<&str> = choice.chosen.iter().map(|t| t.name()).collect();
+            let trials: Vec<String> = (choice.trials.iter())
+                .map(|t| format!("{}: {:.3}", t.orientation.name(), t.turned_auroc))
+                .collect();
+            println!(
+                "turned copies learnt: {} ({}{})",
+                if turns.is_empty() {
+                    "none".to_owned()
+                } else {
+                    turns.join(", ")
+                },
+                choice.rule,
+                if trials.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", trials.join(", "))
+                }
+            );
+        }
         report::anomaly_metrics(&card.family.metrics);
         Ok(())
     }

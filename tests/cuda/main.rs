@@ -21,6 +21,7 @@ use linesight::inspect::registry::{Registry, open_device};
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::Detector;
+use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
@@ -254,6 +255,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),
+        orientations: Orientations::None,
         seed: 3,
         out_dir: model_dir.clone(),
         progress: Progress::hidden(),

@@ -8,6 +8,7 @@ use linesight::inspect::registry::Registry;
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::anomaly::input_size;
+use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
 use linesight::models::backbone::bf16::{self, Precision};
@@ -42,6 +43,7 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
             target_false_reject_rate: 0.05,
             synthetic_defects_per_good: 0,
             coarse_input_size: None,
+            orientations: Orientations::None,
             seed: 1,
             out_dir: dir.path().join(format!("{name}-model")),
             progress: Progress::hidden(),
@@ -97,6 +99,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),
+        orientations: Orientations::None,
         seed: 3,
         out_dir: dir.path().join("model"),
         progress: Progress::hidden(),
@@ -477,4 +480,138 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("scored: the held-out part"), "{stdout}");
     assert_eq!(test_items(&stdout).as_deref(), Some("24"), "{stdout}");
+}
+
+/// A product's good image, 128×128: a grain of dark and bright specks on grey that runs no
+/// way in particular, and, with `marked`, a thick letter F printed near the top-left corner,
+/// as a label or a moulded mark is: no flip or turn leaves an F an F.
+fn speckled(rng: &mut impl rand::Rng, marked: bool) -> linesight::part::GrayImage {
+    const SIDE: usize = 128;
+    let mut pixels: Vec<u8> = (0..SIDE * SIDE).map(|_| rng.gen_range(110..146)).collect();
+    for _ in 0..40 {
+        let (cx, cy) = (rng.gen_range(0..SIDE), rng.gen_range(0..SIDE));
+        let value = if rng.gen_bool(0.5) { 40 } else { 220 };
+        for y in cy.saturating_sub(2)..(cy + 3).min(SIDE) {
+            for x in cx.saturating_sub(2)..(cx + 3).min(SIDE) {
+                pixels[y * SIDE + x] = value;
+            }
+        }
+    }
+    if marked {
+        // The F's stem, its top bar and its shorter middle bar, 10 pixels thick.
+        for (x0, x1, y0, y1) in [(16, 26, 12, 76), (16, 66, 12, 22), (16, 50, 38, 48)] {
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    pixels[y * SIDE + x] = 250;
+                }
+            }
+        }
+    }
+    linesight::part::GrayImage::new(SIDE as u32, SIDE as u32, pixels).expect("size")
+}
+
+/// `--orientations auto`: the bank learns turned copies of the good images only where a
+/// turned good part still looks like the product's good parts. A grain that runs every way
+/// takes its turns; a part marked with an F takes none (a bank that learnt a mirrored F would
+/// pass a part mounted the wrong way round). The card keeps each trial; turns given by name
+/// are taken as given.
+#[test]
+fn turned_copies_are_learnt_only_where_a_turned_good_part_is_still_good() {
+    use linesight::models::anomaly::orientation::{self, MAX_TURNED_AUROC, Orientation};
+    use rand::SeedableRng;
+
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write_product = |name: &str, marked: bool| {
+        let root = dir.path().join(name);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for i in 0..60 {
+            let image = speckled(&mut rng, marked);
+            crate::write_png(&root.join(format!("train/good/{i:03}.png")), &image);
+        }
+        for i in 0..4 {
+            let image = speckled(&mut rng, marked);
+            crate::write_png(&root.join(format!("test/good/{i:03}.png")), &image);
+        }
+        root
+    };
+    let train = |root: &Path, orientations: Orientations| {
+        anomaly_train::train(&AnomalySettings {
+            name: "turns".into(),
+            layout: Layout::Mvtec,
+            data: root.to_owned(),
+            backbone_weights: backbone_weights(),
+            bank_size: 512,
+            input_size: InputSize::Fixed(128),
+            target_false_reject_rate: 0.05,
+            synthetic_defects_per_good: 0,
+            coarse_input_size: None,
+            orientations,
+            seed: 1,
+            out_dir: root.with_extension("model"),
+            progress: Progress::hidden(),
+        })
+        .expect("trains")
+        .family
+    };
+
+    let grain = write_product("grain", false);
+    let card = train(&grain, Orientations::Auto);
+    let choice = card.orientation_choice.expect("the choice is on the card");
+    // 60 good training images: 48 fit, 12 validate; the trial takes up to 32 of each.
+    assert_eq!((choice.n_fit, choice.n_validation), (32, 12), "{choice:?}");
+    let tried: Vec<Orientation> = choice.trials.iter().map(|t| t.orientation).collect();
+    assert_eq!(tried, Orientation::ALL, "every turn is tried");
+    assert_eq!(
+        choice.chosen,
+        orientation::chosen_orientations(&choice.trials)
+    );
+    // Turned specks are specks: every trial here scored 0.33-0.45, far under the limit.
+    assert_eq!(
+        choice.chosen,
+        Orientation::ALL,
+        "a grain that runs every way keeps every turn: {choice:?}"
+    );
+    // The model folder reads back with its choice.
+    let saved = AnomalyModel::load(
+        &grain.with_extension("model"),
+        &WeightsSearch::file(backbone_weights()),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    assert_eq!(saved.card.family.orientation_choice, Some(choice));
+
+    let marked = write_product("marked", true);
+    let card = train(&marked, Orientations::Auto);
+    let choice = card.orientation_choice.expect("the choice is on the card");
+    assert!(
+        choice.chosen.is_empty(),
+        "no turn leaves an F an F: {choice:?}"
+    );
+    // A mirrored or turned F scored 0.98-1.0 here, far over the limit.
+    for trial in &choice.trials {
+        assert!(trial.turned_auroc > MAX_TURNED_AUROC, "{trial:?}");
+    }
+
+    // Parts that arrive turned: the turns are taken as given, without a trial.
+    let given: Orientations = "rotate180, flip-horizontal".parse().expect("turns");
+    let card = train(&marked, given);
+    let choice = card.orientation_choice.expect("the choice is on the card");
+    assert_eq!(
+        choice.chosen,
+        [Orientation::Rotate180, Orientation::FlipHorizontal]
+    );
+    assert!(
+        choice.trials.is_empty() && choice.rule.contains("given"),
+        "{choice:?}"
+    );
+    assert!(
+        train(&marked, Orientations::None)
+            .orientation_choice
+            .is_none()
+    );
+    let refused = "flip-diagonal"
+        .parse::<Orientations>()
+        .expect_err("unknown turn");
+    assert!(refused.contains("flip-horizontal"), "{refused}");
 }

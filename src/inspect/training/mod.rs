@@ -41,6 +41,7 @@ use super::registry::Registry;
 use crate::learn::dataset::{self, Layout, class_folder, load_gray};
 use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
+use crate::models::anomaly::orientation::Orientations;
 use crate::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
 };
@@ -551,6 +552,7 @@ fn run(
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
+                orientations: Orientations::None,
                 seed: 0,
                 out_dir: out.clone(),
                 progress,

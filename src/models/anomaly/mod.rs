@@ -14,6 +14,7 @@
 //! through the backbone at a smaller input; [`ScoreScale`] sums the four.
 
 pub mod input_size;
+pub mod orientation;
 mod saved;
 pub mod train;
 

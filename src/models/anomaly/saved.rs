@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::learn::dataset::Layout;
 use crate::learn::eval::{DetectionMetrics, ThresholdMetrics};
 use crate::models::anomaly::input_size::InputSizeChoice;
+use crate::models::anomaly::orientation::OrientationChoice;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, ScoreScale};
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
@@ -79,6 +80,10 @@ pub struct AnomalyCard {
     /// trained before the choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_size_choice: Option<InputSizeChoice>,
+    /// The turned copies of the good images the bank learnt from, how they were chosen and
+    /// every candidate's trial ([`super::orientation`]); absent in models trained before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation_choice: Option<OrientationChoice>,
     /// How the patch, image, head and coarse image scores combine (absent in models trained
     /// before the image score: their score is the patch score).
     #[serde(default)]

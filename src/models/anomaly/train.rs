@@ -20,6 +20,7 @@ use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
 use crate::models::anomaly::input_size;
+use crate::models::anomaly::orientation::{self, OrientationChoice, Orientations};
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
     PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreScale,
@@ -99,6 +100,12 @@ pub const HOLDOUT_EVERY: usize = 4;
 /// Every this-many-th good training image is kept for validation.
 const VALIDATION_EVERY: usize = 5;
 
+/// The most patches turned copies of the good images ([`orientation`]) add to the bank's
+/// candidates: 2^19 patches of 152 values, 320 MB. Magnetic-tile at its 128-pixel input
+/// turns every image within it; DeepPCB's 900 boards at 256 pixels, turned every way, would
+/// need twelve times it.
+const TURNED_PATCH_BUDGET: usize = 1 << 19;
+
 /// Why anomaly training or evaluation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AnomalyError {
@@ -135,6 +142,8 @@ pub struct AnomalySettings {
     pub synthetic_defects_per_good: usize,
     /// Input size of the second, coarser image score ([`CoarseImage`]); `None` for none.
     pub coarse_input_size: Option<usize>,
+    /// Turned copies of the good images the bank learns from ([`orientation`]).
+    pub orientations: Orientations,
     pub seed: u64,
     pub out_dir: PathBuf,
     /// Where each phase's progress goes.
@@ -218,13 +227,66 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     // The same backbone (its weights shared, not copied) at the coarse input size.
     let coarse_features =
         (settings.coarse_input_size).map(|size| features.clone().with_input_size(size));
+    let mut orientation_choice = match &settings.orientations {
+        Orientations::None => None,
+        Orientations::Given(turns) => Some(OrientationChoice {
+            chosen: turns.clone(),
+            rule: "given (--orientations)".to_owned(),
+            trials: Vec::new(),
+            n_fit: 0,
+            n_validation: 0,
+        }),
+        Orientations::Auto => {
+            let paths = |samples: &[Sample], n: usize| -> Vec<PathBuf> {
+                (input_size::evenly(samples, n).into_iter())
+                    .map(|s| s.image)
+                    .collect()
+            };
+            let choice = orientation::choose(
+                &features,
+                &paths(&good, orientation::TRIAL_FIT_IMAGES),
+                &paths(&validation, orientation::TRIAL_VALIDATION_IMAGES),
+                settings.seed,
+                &settings.progress,
+            )?;
+            tracing::info!(
+                chosen = ?choice.chosen,
+                trials = ?choice.trials,
+                "orientations chosen"
+            );
+            Some(choice)
+        }
+    };
+    // Turned copies of every `turn_every`-th image only, so that the bank's candidates stay
+    // within TURNED_PATCH_BUDGET patches more than the images' own; the card says so.
+    let grid = input_size / 8;
+    let turn_every = match &mut orientation_choice {
+        Some(choice) => {
+            let every = (good.len() + validation.len())
+                .saturating_mul(choice.chosen.len())
+                .saturating_mul(grid * grid)
+                .div_ceil(TURNED_PATCH_BUDGET)
+                .max(1);
+            if every > 1 {
+                choice.rule.push_str(&format!(
+                    "; turned copies of every {every}th image only (at most \
+                     {TURNED_PATCH_BUDGET} turned patches)"
+                ));
+            }
+            every
+        }
+        None => 1,
+    };
+    let turns = orientation_choice
+        .as_ref()
+        .map_or(&[][..], |c| &c.chosen[..]);
 
     let bar = settings
         .progress
         .phase(good.len() + validation.len(), "features of good images");
     // The patch head's defects are painted from the run's seed: a seed reproduces the model.
     let mut painter = ChaCha8Rng::seed_from_u64(settings.seed);
-    let grid = input_size / 8;
+    let mut read = 0usize;
     let mut extract_all =
         |samples: &[Sample], defects_per_image: usize| -> Result<GoodFeatures, AnomalyError> {
             let mut out = GoodFeatures::default();
@@ -239,6 +301,17 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                             out.coarse_descriptors.push(coarse.descriptor(&image)?);
                         }
                         out.used.push(sample.image.clone());
+                        if read.is_multiple_of(turn_every) {
+                            for &turn in turns {
+                                let turned = turn.apply(&image);
+                                out.turned.push(features.extract(&turned)?);
+                                if let Some(coarse) = &coarse_features {
+                                    out.turned_coarse_descriptors
+                                        .push(coarse.descriptor(&turned)?);
+                                }
+                            }
+                        }
+                        read += 1;
                         for _ in 0..defects_per_image {
                             let defect = synthetic_defect::paint(&image, &mut painter);
                             out.synthetic.push((
@@ -260,8 +333,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
     let fit = |part: &GoodFeatures, which: &str| -> Result<PatchCore, AnomalyError> {
-        let patches: Vec<&Tensor> = part.images.iter().map(|f| &f.patches).collect();
-        let descriptors: Vec<Vec<f32>> = part.images.iter().map(|f| f.descriptor.clone()).collect();
+        let learnt = || part.images.iter().chain(&part.turned);
+        let patches: Vec<&Tensor> = learnt().map(|f| &f.patches).collect();
+        let descriptors: Vec<Vec<f32>> = learnt().map(|f| f.descriptor.clone()).collect();
         let all = Tensor::cat(&patches, 0)?;
         tracing::info!(
             patches = all.dim(0)?,
@@ -269,10 +343,16 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             "selecting the coreset"
         );
         let coarse = match &coarse_features {
-            Some(extractor) => Some(CoarseImage::new(
-                extractor.clone(),
-                ImageGaussian::fit(&part.coarse_descriptors)?,
-            )),
+            Some(extractor) => {
+                let descriptors: Vec<Vec<f32>> = (part.coarse_descriptors.iter())
+                    .chain(&part.turned_coarse_descriptors)
+                    .cloned()
+                    .collect();
+                Some(CoarseImage::new(
+                    extractor.clone(),
+                    ImageGaussian::fit(&descriptors)?,
+                ))
+            }
             None => None,
         };
         let bar = settings.progress.phase(settings.bank_size, which);
@@ -296,6 +376,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         } else {
             let unpainted = vec![false; grid * grid];
             let examples: Vec<(&Tensor, &[bool])> = (fit_part.images.iter())
+                .chain(&fit_part.turned)
                 .map(|f| (&f.patches, &unpainted[..]))
                 .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
                 .collect();
@@ -425,6 +506,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
         coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
         input_size_choice,
+        orientation_choice,
         score_scale: model.scale(),
         seed: settings.seed,
         training_duration_s,
@@ -458,6 +540,11 @@ struct GoodFeatures {
     used: Vec<PathBuf>,
     /// Their input statistics, for the drift reference.
     inputs: Vec<InputStats>,
+    /// Features of turned copies of the images ([`orientation`]): the bank, the image
+    /// Gaussians and the head learn from them too; nothing is scored on them.
+    turned: Vec<ImageFeatures>,
+    /// Their descriptors at the coarse input size (empty without a coarse score).
+    turned_coarse_descriptors: Vec<Vec<f32>>,
     /// Defects painted on those images (only on the first fit's, for the head): their
     /// features and which patches are painted.
     synthetic: Vec<(ImageFeatures, Vec<bool>)>,
@@ -469,6 +556,9 @@ impl GoodFeatures {
         self.coarse_descriptors
             .append(&mut other.coarse_descriptors);
         self.used.append(&mut other.used);
+        self.turned.append(&mut other.turned);
+        self.turned_coarse_descriptors
+            .append(&mut other.turned_coarse_descriptors);
     }
 }
 
