@@ -202,15 +202,10 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let (input_size, input_size_choice) = match settings.input_size {
         InputSize::Fixed(size) => (size, None),
         InputSize::Auto { largest } => {
-            let paths = |samples: &[Sample], n: usize| -> Vec<PathBuf> {
-                (input_size::evenly(samples, n).into_iter())
-                    .map(|s| s.image)
-                    .collect()
-            };
             let choice = input_size::choose(
                 &backbone,
-                &paths(&good, input_size::TRIAL_FIT_IMAGES),
-                &paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                &trial_paths(&good, input_size::TRIAL_FIT_IMAGES),
+                &trial_paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
                 largest,
                 settings.seed,
                 &settings.progress,
@@ -237,15 +232,10 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             n_validation: 0,
         }),
         Orientations::Auto => {
-            let paths = |samples: &[Sample], n: usize| -> Vec<PathBuf> {
-                (input_size::evenly(samples, n).into_iter())
-                    .map(|s| s.image)
-                    .collect()
-            };
             let choice = orientation::choose(
                 &features,
-                &paths(&good, orientation::TRIAL_FIT_IMAGES),
-                &paths(&validation, orientation::TRIAL_VALIDATION_IMAGES),
+                &trial_paths(&good, orientation::TRIAL_FIT_IMAGES),
+                &trial_paths(&validation, orientation::TRIAL_VALIDATION_IMAGES),
                 settings.seed,
                 &settings.progress,
             )?;
@@ -526,6 +516,14 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     };
     model.save(&settings.out_dir)?;
     Ok(model.card)
+}
+
+/// The paths of up to `n` of `samples`, spread evenly over them: the images a trial of the
+/// input size or of the orientations reads.
+fn trial_paths(samples: &[Sample], n: usize) -> Vec<PathBuf> {
+    (input_size::evenly(samples, n).into_iter())
+        .map(|s| s.image)
+        .collect()
 }
 
 /// Features of a set of good images, for the memory bank, the image Gaussians and the head.
