@@ -144,7 +144,7 @@ eval-backbones: setup weights
 	bash scripts/eval-backbones.sh $(CARGO_TARGET_DIR)/release/linesight
 
 ## eval-orientations: turned good images in the anomaly bank, chosen on magnetic-tile's
-## development part, reported once held out (about 12 min)
+## development part, reported once held out (about 8 min)
 eval-orientations: setup weights
 	cargo build --release --locked
 	bash scripts/eval-orientations.sh $(CARGO_TARGET_DIR)/release/linesight

@@ -7,7 +7,7 @@
 # trains on it with three seeds: no turns, the flip left to right alone, `auto` (both flips and
 # the half turn there: what the protocol's limit of 0.75 takes) and every turn; then `none` and
 # `auto` train on the whole dataset once. Writes the table to var/eval-orientations/table.md.
-# Takes about 12 minutes on 2 cores.
+# Takes about 8 minutes on 2 cores.
 # Usage: scripts/eval-orientations.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +64,7 @@ def auroc(name):
 def turns(name):
     choice = card(name).get("orientation_choice")
     return ", ".join(choice["chosen"]) if choice and choice["chosen"] else "none"
-rows = ["| --orientations | turns learnt | development AUROC, seeds 0/1/2 (mean) | held-out AUROC (seed 0) | training (s) |",
+rows = ["| --orientations | turns learnt | development AUROC, seeds 0/1/2 (mean) | held-out AUROC (seed 0) | training, seed 0 (s) |",
         "|---|---|---|---|---|"]
 for s in settings:
     dev = [auroc(f"dev-{s}-{seed}") for seed in range(3)]

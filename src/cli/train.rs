@@ -239,12 +239,13 @@ impl Anomaly {
                 .map(|t| format!("{}: {:.3}", t.orientation.name(), t.turned_auroc))
                 .collect();
             println!(
-                "turned copies learnt: {} ({}{})",
+                "turned copies learnt: {} ({} images; {}{})",
                 if turns.is_empty() {
                     "none".to_owned()
                 } else {
                     turns.join(", ")
                 },
+                choice.n_turned_images,
                 choice.rule,
                 if trials.is_empty() {
                     String::new()

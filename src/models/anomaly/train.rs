@@ -101,9 +101,9 @@ pub const HOLDOUT_EVERY: usize = 4;
 const VALIDATION_EVERY: usize = 5;
 
 /// The most patches turned copies of the good images ([`orientation`]) add to the bank's
-/// candidates: 2^19 patches of 152 values, 320 MB. Magnetic-tile at its 128-pixel input
-/// turns every image within it; DeepPCB's 900 boards at 256 pixels, turned every way, would
-/// need twelve times it.
+/// candidates: 2^19 patches of 152 values, 320 MB. Magnetic-tile's 179 good training images
+/// at its 128-pixel input, turned three ways, take a quarter of it; at a 256-pixel input
+/// (1,024 patches an image) seven turns reach it at 73 images.
 const TURNED_PATCH_BUDGET: usize = 1 << 19;
 
 /// Why anomaly training or evaluation failed.
@@ -226,10 +226,11 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         Orientations::None => None,
         Orientations::Given(turns) => Some(OrientationChoice {
             chosen: turns.clone(),
-            rule: "given (--orientations)".to_owned(),
+            rule: "given by --orientations".to_owned(),
             trials: Vec::new(),
             n_fit: 0,
             n_validation: 0,
+            n_turned_images: 0,
         }),
         Orientations::Auto => {
             let choice = orientation::choose(
@@ -252,14 +253,15 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let grid = input_size / 8;
     let turn_every = match &mut orientation_choice {
         Some(choice) => {
-            let every = (good.len() + validation.len())
-                .saturating_mul(choice.chosen.len())
-                .saturating_mul(grid * grid)
-                .div_ceil(TURNED_PATCH_BUDGET)
-                .max(1);
+            let every = orientation::turned_one_in(
+                good.len() + validation.len(),
+                choice.chosen.len(),
+                grid * grid,
+                TURNED_PATCH_BUDGET,
+            );
             if every > 1 {
                 choice.rule.push_str(&format!(
-                    "; turned copies of every {every}th image only (at most \
+                    "; turned copies of one image in {every} only (at most about \
                      {TURNED_PATCH_BUDGET} turned patches)"
                 ));
             }
@@ -447,6 +449,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         (model, threshold, rule)
     };
     let n_train_good = fit_part.images.len();
+    if let Some(choice) = &mut orientation_choice {
+        choice.n_turned_images = fit_part.turned.len();
+    }
     let false_rejects = validation_good_scores
         .iter()
         .filter(|&&s| s >= threshold)
@@ -538,8 +543,9 @@ struct GoodFeatures {
     used: Vec<PathBuf>,
     /// Their input statistics, for the drift reference.
     inputs: Vec<InputStats>,
-    /// Features of turned copies of the images ([`orientation`]): the bank, the image
-    /// Gaussians and the head learn from them too; nothing is scored on them.
+    /// Features of turned copies of the images ([`orientation`]; of one image in k past the
+    /// turned patches' budget): the bank, the image Gaussians and the head learn from them
+    /// too; nothing is scored on them.
     turned: Vec<ImageFeatures>,
     /// Their descriptors at the coarse input size (empty without a coarse score).
     turned_coarse_descriptors: Vec<Vec<f32>>,
