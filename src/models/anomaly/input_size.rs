@@ -35,10 +35,11 @@ use super::train::AnomalyError;
 use super::{nearest_distances, sample_rows, search_layout};
 use crate::learn::dataset;
 use crate::learn::eval;
-use crate::learn::progress::Progress;
+use crate::learn::progress::{Phase, Progress};
 use crate::learn::synthetic_defect;
 use crate::models::backbone::PatchFeatures;
 use crate::part::GrayImage;
+use candle_core::Tensor;
 
 /// The sizes a training run may choose from, smallest first. The smallest is taken when
 /// nothing can be compared: 128 measured best on magnetic-tile (image AUROC 0.91; 0.90 at 192,
@@ -159,38 +160,19 @@ pub fn choose(
     for &size in &sizes {
         let started = Instant::now();
         let extractor = features.clone().with_input_size(size);
-        let mut patches = Vec::with_capacity(fit.len());
-        for path in &fit {
-            bar.check()?;
-            bar.inc(1);
-            if let Some(image) = load(path) {
-                patches.push(extractor.extract(&image)?.patches);
-            }
-        }
-        let Some(first) = patches.first() else {
+        let Some(bank) = TrialBank::of(&extractor, &fit, seed, &bar, WHY)? else {
             continue; // no fit image readable at this size: no trial
         };
-        let bank = sample_rows(
-            patches.len(),
-            first.dim(0)?,
-            TRIAL_BANK_PATCHES,
-            seed,
-            |i| Ok(patches[i].clone()),
-        )?;
-        drop(patches);
-        let (bank_t, bank_sq) = search_layout(&bank)?;
-        let farthest = |image: &GrayImage| -> candle_core::Result<f32> {
-            let distances =
-                nearest_distances(&extractor.extract(image)?.patches, &bank_t, &bank_sq)?;
-            Ok(distances.into_iter().fold(0.0, f32::max))
-        };
+        let farthest = |image: &GrayImage| bank.farthest(image);
         let (mut scores, mut labels) = (Vec::new(), Vec::new());
         // Restarted for each candidate: every one sees the same painted defects.
         let mut painter = ChaCha8Rng::seed_from_u64(seed);
         for path in &validation {
             bar.check()?;
             bar.inc(1);
-            let Some(image) = load(path) else { continue };
+            let Some(image) = load(path, WHY) else {
+                continue;
+            };
             let painted = synthetic_defect::paint(&image, &mut painter).image;
             scores.extend([farthest(&image)?, farthest(&painted)?]);
             labels.extend([false, true]);
@@ -237,13 +219,69 @@ fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
     kept
 }
 
-/// The image at `path`, or `None` with a warning.
-fn load(path: &Path) -> Option<GrayImage> {
+/// What a warning about an image this trial cannot read says it goes on doing.
+const WHY: &str = "choosing the input size";
+
+/// The image at `path`, or `None` with a warning that `why` goes on without it.
+pub(super) fn load(path: &Path, why: &str) -> Option<GrayImage> {
     dataset::load_gray(path)
-        .map_err(
-            |error| tracing::warn!(%error, "choosing the input size without an unreadable image"),
-        )
+        .map_err(|error| tracing::warn!(%error, "{why} without an unreadable image"))
         .ok()
+}
+
+/// A trial's plain memory bank, shared by the input-size and the orientation trials: at most
+/// [`TRIAL_BANK_PATCHES`] patches drawn at random from good fit images, with no coreset,
+/// image score or head, so that a trial takes seconds.
+pub(super) struct TrialBank<'a> {
+    extractor: &'a PatchFeatures,
+    bank_t: Tensor,
+    bank_sq: Tensor,
+}
+
+impl<'a> TrialBank<'a> {
+    /// The bank of the images at `fit` through `extractor`, each read when its turn comes
+    /// and let go after (one that cannot be read is left out, with a warning that `why` goes
+    /// on without it); `None` where none could be read. `seed` draws the patches; `bar`
+    /// counts the images.
+    pub(super) fn of(
+        extractor: &'a PatchFeatures,
+        fit: &[PathBuf],
+        seed: u64,
+        bar: &Phase,
+        why: &str,
+    ) -> Result<Option<TrialBank<'a>>, AnomalyError> {
+        let mut patches = Vec::with_capacity(fit.len());
+        for path in fit {
+            bar.check()?;
+            bar.inc(1);
+            if let Some(image) = load(path, why) {
+                patches.push(extractor.extract(&image)?.patches);
+            }
+        }
+        let Some(first) = patches.first() else {
+            return Ok(None);
+        };
+        let bank = sample_rows(
+            patches.len(),
+            first.dim(0)?,
+            TRIAL_BANK_PATCHES,
+            seed,
+            |i| Ok(patches[i].clone()),
+        )?;
+        let (bank_t, bank_sq) = search_layout(&bank)?;
+        Ok(Some(TrialBank {
+            extractor,
+            bank_t,
+            bank_sq,
+        }))
+    }
+
+    /// The distance of `image`'s farthest patch to the bank: the trial's image score.
+    pub(super) fn farthest(&self, image: &GrayImage) -> candle_core::Result<f32> {
+        let patches = self.extractor.extract(image)?.patches;
+        let distances = nearest_distances(&patches, &self.bank_t, &self.bank_sq)?;
+        Ok(distances.into_iter().fold(0.0, f32::max))
+    }
 }
 
 /// The rule of step 3: from the smallest up, a larger size replaces the chosen one only when

@@ -17,8 +17,8 @@
 //! The protocol ([`choose`]):
 //! 1. **Candidates**: the seven turns of [`Orientation::ALL`] (the square's symmetries other
 //!    than the identity: two flips, three rotations, two transposes).
-//! 2. **Trial**: a plain memory bank of at most [`TRIAL_BANK_PATCHES`] patches drawn at
-//!    random from up to [`TRIAL_FIT_IMAGES`] good fit images as they are; up to
+//! 2. **Trial**: the input size's plain memory bank ([`super::input_size::TrialBank`]: at most
+//!    16,384 patches drawn at random) of up to [`TRIAL_FIT_IMAGES`] good fit images as they are; up to
 //!    [`TRIAL_VALIDATION_IMAGES`] good validation images are scored (their farthest patch's
 //!    distance to the bank) as they are and turned by each candidate.
 //! 3. **Choice**: a turn is taken when its turned images cannot be told from the same images
@@ -30,12 +30,12 @@
 //! The trial is a plain nearest-neighbour score with no coreset, image score or head, so it
 //! takes seconds; the card keeps every candidate's AUROC ([`OrientationChoice`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::input_size::{TrialBank, load};
 use super::train::AnomalyError;
-use super::{nearest_distances, sample_rows, search_layout};
 use crate::learn::dataset;
 use crate::learn::eval;
 use crate::learn::progress::Progress;
@@ -47,9 +47,6 @@ pub const TRIAL_FIT_IMAGES: usize = 32;
 
 /// Good validation images the trial scores, each as it is and turned by every candidate.
 pub const TRIAL_VALIDATION_IMAGES: usize = 32;
-
-/// Patches in the trial's bank, at most (a random sample of the fit images' patches).
-pub const TRIAL_BANK_PATCHES: usize = 16_384;
 
 /// The highest AUROC of turned good images against the same images as they are at which a
 /// turn is taken. 0.5 is a turn the bank cannot see at all; a part whose turned image is not
@@ -208,9 +205,10 @@ pub struct OrientationTrial {
 }
 
 /// Runs the protocol of this module on the good images at `fit` and `validation` with
-/// `features` at the model's input size. An image that cannot be read is left out with a
-/// warning. `seed` draws the bank. With fewer than two readable images on either side nothing
-/// is compared and no turn is taken.
+/// `features` at the model's input size. Each image is read when its turn comes and let go
+/// after (as the input size's trial does: a run on 5-megapixel images holds one at a time);
+/// one that cannot be read is left out with a warning. `seed` draws the bank. With fewer than
+/// two readable images on either side nothing is compared and no turn is taken.
 pub fn choose(
     features: &PatchFeatures,
     fit: &[PathBuf],
@@ -218,8 +216,19 @@ pub fn choose(
     seed: u64,
     progress: &Progress,
 ) -> Result<OrientationChoice, AnomalyError> {
-    let fit: Vec<GrayImage> = fit.iter().filter_map(|path| load(path)).collect();
-    let validation: Vec<GrayImage> = validation.iter().filter_map(|path| load(path)).collect();
+    let readable = |paths: &[PathBuf]| -> Vec<PathBuf> {
+        (paths.iter())
+            .filter(|path| match dataset::image_dimensions(path) {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::warn!(image = %path.display(), %error, "{WHY} without an unreadable image");
+                    false
+                }
+            })
+            .cloned()
+            .collect()
+    };
+    let (fit, validation) = (readable(fit), readable(validation));
     let (n_fit, n_validation) = (fit.len(), validation.len());
     if n_fit < 2 || n_validation < 2 {
         return Ok(OrientationChoice {
@@ -235,43 +244,40 @@ pub fn choose(
         n_fit + n_validation * (1 + Orientation::ALL.len()),
         "choosing the orientations",
     );
-    let mut patches = Vec::with_capacity(n_fit);
-    for image in &fit {
-        bar.check()?;
-        bar.inc(1);
-        patches.push(features.extract(image)?.patches);
-    }
-    let patches_per_image = patches[0].dim(0)?;
-    let bank = sample_rows(n_fit, patches_per_image, TRIAL_BANK_PATCHES, seed, |i| {
-        Ok(patches[i].clone())
-    })?;
-    drop(patches);
-    let (bank_t, bank_sq) = search_layout(&bank)?;
-    let farthest = |image: &GrayImage| -> candle_core::Result<f32> {
-        let distances = nearest_distances(&features.extract(image)?.patches, &bank_t, &bank_sq)?;
-        Ok(distances.into_iter().fold(0.0, f32::max))
-    };
-    let mut plain = Vec::with_capacity(n_validation);
-    for image in &validation {
-        bar.check()?;
-        bar.inc(1);
-        plain.push(farthest(image)?);
-    }
-    let mut trials = Vec::with_capacity(Orientation::ALL.len());
-    for orientation in Orientation::ALL {
-        let mut scores = plain.clone();
-        for image in &validation {
-            bar.check()?;
-            bar.inc(1);
-            scores.push(farthest(&orientation.apply(image))?);
-        }
-        let labels: Vec<bool> = (0..scores.len()).map(|i| i >= n_validation).collect();
-        trials.push(OrientationTrial {
-            orientation,
-            // Both sides always hold images; were there nothing to compare, the turn is refused.
-            turned_auroc: eval::auroc(&scores, &labels).unwrap_or(1.0),
+    let Some(bank) = TrialBank::of(features, &fit, seed, &bar, WHY)? else {
+        return Err(AnomalyError::File {
+            path: fit[0].clone(),
+            message: "no good image to choose the orientations by could be read".to_owned(),
         });
+    };
+    let farthest = |image: &GrayImage| bank.farthest(image);
+    // Each validation image read once and scored as it is and turned every way.
+    let mut plain = Vec::with_capacity(n_validation);
+    let mut turned = vec![Vec::with_capacity(n_validation); Orientation::ALL.len()];
+    for path in &validation {
+        bar.check()?;
+        bar.inc(1 + Orientation::ALL.len() as u64);
+        let Some(image) = load(path, WHY) else {
+            continue;
+        };
+        plain.push(farthest(&image)?);
+        for (scores, orientation) in turned.iter_mut().zip(Orientation::ALL) {
+            scores.push(farthest(&orientation.apply(&image))?);
+        }
     }
+    let trials: Vec<OrientationTrial> = (turned.into_iter().zip(Orientation::ALL))
+        .map(|(turned, orientation)| {
+            let labels: Vec<bool> = (plain.iter().map(|_| false))
+                .chain(turned.iter().map(|_| true))
+                .collect();
+            let scores: Vec<f32> = plain.iter().chain(&turned).copied().collect();
+            OrientationTrial {
+                orientation,
+                // With nothing to compare (no validation image read after all), refused.
+                turned_auroc: eval::auroc(&scores, &labels).unwrap_or(1.0),
+            }
+        })
+        .collect();
     bar.finish_and_clear();
     Ok(OrientationChoice {
         chosen: chosen_orientations(&trials),
@@ -310,14 +316,8 @@ pub fn chosen_orientations(trials: &[OrientationTrial]) -> Vec<Orientation> {
         .collect()
 }
 
-/// The image at `path`, or `None` with a warning.
-fn load(path: &Path) -> Option<GrayImage> {
-    dataset::load_gray(path)
-        .map_err(
-            |error| tracing::warn!(%error, "choosing the orientations without an unreadable image"),
-        )
-        .ok()
-}
+/// What a warning about an image this trial cannot read says it goes on doing.
+const WHY: &str = "choosing the orientations";
 
 #[cfg(test)]
 mod tests {

@@ -344,20 +344,13 @@ impl PreparedReference {
 }
 
 /// The candidate defects of `part` against its golden `reference`, in no particular order
-/// (the reference prepared on the way: see [`compare_prepared`] to prepare it once).
+/// (the reference prepared on the way: see [`compare_prepared`] to prepare it once; it also
+/// checks the sizes).
 pub fn compare(
     part: &GrayImage,
     reference: &GrayImage,
     settings: &CompareSettings,
 ) -> Result<Vec<Candidate>, CompareError> {
-    if (part.width, part.height) != (reference.width, reference.height) {
-        return Err(CompareError::Size {
-            got_width: part.width,
-            got_height: part.height,
-            want_width: reference.width,
-            want_height: reference.height,
-        });
-    }
     let prepared = PreparedReference::new(reference, settings.pattern)?;
     compare_prepared(part, &prepared, settings)
 }
