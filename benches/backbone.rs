@@ -1,12 +1,16 @@
 //! Where the backbone's time goes: each layer of EfficientNet-Lite0 up to stride 16 on its own,
-//! at the shapes a 256×256 input gives it (random weights: the cost does not depend on them).
-//! `make bench` runs it; `anomaly/backbone_features_256` in the `inspect` bench is the whole.
+//! at the shapes a 256×256 input gives it (random weights: the cost does not depend on them),
+//! and the whole network on a grey image with its large blocks computed in bands of rows
+//! (the default) beside layer by layer, in f32 and in bfloat16 where the CPU has it. `make
+//! bench` runs it; `anomaly/backbone_features_256` in the `inspect` bench is the whole
+//! extractor (resampling and stacking the features too).
 
 use candle_core::{Device, Module, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
-use linesight::models::backbone::LITE0_BLOCKS;
+use linesight::models::backbone::bf16::{self, Precision};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
 use linesight::models::backbone::pointwise::Pointwise;
+use linesight::models::backbone::{EfficientNetLite, LITE0_BLOCKS};
 
 fn random(shape: &[usize]) -> Tensor {
     Tensor::randn(0f32, 0.1f32, shape, &Device::Cpu).expect("random tensor")
@@ -52,11 +56,43 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+/// The whole network, banded and layer by layer, at both input sizes and both precisions,
+/// interleaved so that a busy moment of the machine weighs on each alike.
+fn network(c: &mut Criterion) {
+    let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/efficientnet-lite0/efficientnet-lite0.safetensors");
+    if !weights.exists() {
+        eprintln!(
+            "skipping the whole-network benches: {} is missing (make weights)",
+            weights.display()
+        );
+        return;
+    }
+    let network = EfficientNetLite::load(&weights, &Device::Cpu).expect("backbone");
+    let mut precisions = vec![Precision::F32];
+    if bf16::cpu_has_bf16() {
+        precisions.push(Precision::Bf16);
+    }
+    for precision in precisions {
+        let network = network.clone().with_precision(precision);
+        for size in [256, 128] {
+            let image = random(&[1, 1, size, size]);
+            for banded in [true, false] {
+                let network = network.clone().with_banding(banded);
+                let how = if banded { "banded" } else { "layers" };
+                c.bench_function(&format!("backbone/lite0_{size}_{precision}_{how}"), |b| {
+                    b.iter(|| network.features(&image).expect("features"))
+                });
+            }
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = layers
+    targets = network, layers
 }
 criterion_main!(benches);

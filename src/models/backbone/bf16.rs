@@ -239,21 +239,26 @@ impl PackedWeights {
     }
 }
 
-/// A pointer the column-block tasks write through: each writes its own columns only.
+/// A matrix as its first value and its row stride. The tasks read the input through one and
+/// write the output through another, each its own (row range, column block) tile.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Output(*mut f32);
-// SAFETY: the tasks write disjoint (row range, column block) tiles of the output.
+struct Strided(*mut f32, usize);
+// SAFETY: the tasks write disjoint tiles of the output and only read the input.
 #[cfg(target_arch = "x86_64")]
-unsafe impl Send for Output {}
+unsafe impl Send for Strided {}
 #[cfg(target_arch = "x86_64")]
-unsafe impl Sync for Output {}
+unsafe impl Sync for Strided {}
 
 #[cfg(target_arch = "x86_64")]
-impl Output {
+impl Strided {
     /// The pointer (a method, so that a closure captures the whole `Send` wrapper).
     fn ptr(self) -> *mut f32 {
         self.0
+    }
+
+    fn stride(self) -> usize {
+        self.1
     }
 }
 
@@ -265,15 +270,57 @@ thread_local! {
 
 /// `c = a · b` (or `c += a · b` with `accumulate`), `a` the packed `[m, k]` weights, `b` a
 /// row-major `[k, n]` input and `c` a row-major `[m, n]` output, products rounded to
-/// bfloat16 and summed in f32.
+/// bfloat16 and summed in f32, shared out over the thread pool.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and BF16 ([`cpu_has_bf16`]); `c` must point to `m × n`
 /// writable values (initialised when `accumulate`), `b` must hold `k × n`.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn gemm(a: &PackedWeights, b: &[f32], n: usize, c: *mut f32, accumulate: bool) {
+    debug_assert!(b.len() >= a.k * n);
+    let (b, c) = (Strided(b.as_ptr().cast_mut(), n), Strided(c, n));
+    // SAFETY: as the caller promises, with row strides `n`.
+    unsafe { gemm_strided(a, b, n, c, accumulate, true) }
+}
+
+/// [`gemm`] on the calling thread only, with row strides of its own: row `p` of the input
+/// starts at `b + p · b_stride`, row `i` of the output at `c + i · c_stride`. For callers that
+/// share out the work themselves (a block computed in bands of rows, one band per thread).
+///
+/// # Safety
+/// As [`gemm`]: the CPU must have the instructions; the `k` input rows of `n` values and the
+/// `m` output rows of `n` values must lie in their allocations (the output's initialised when
+/// `accumulate`), and nothing else may write them meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_on_this_thread(
+    a: &PackedWeights,
+    b: *const f32,
+    b_stride: usize,
+    n: usize,
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+) {
+    let (b, c) = (Strided(b.cast_mut(), b_stride), Strided(c, c_stride));
+    // SAFETY: as the caller promises.
+    unsafe { gemm_strided(a, b, n, c, accumulate, false) }
+}
+
+/// The kernel's loop over tiles, on the pool (`parallel`) or on this thread.
+///
+/// # Safety
+/// As [`gemm_on_this_thread`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_strided(
+    a: &PackedWeights,
+    b: Strided,
+    n: usize,
+    c: Strided,
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, k) = (a.m, a.k);
-    debug_assert!(b.len() >= k * n);
     if m == 0 || n == 0 {
         return;
     }
@@ -281,11 +328,14 @@ pub unsafe fn gemm(a: &PackedWeights, b: &[f32], n: usize, c: *mut f32, accumula
     let panels = m.div_ceil(MR);
     // Enough tasks to keep every thread busy: with few column blocks (the late layers' small
     // planes), the row panels are shared out too.
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
     let row_groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
     let panels_per_group = panels.div_ceil(row_groups);
-    let out = Output(c);
-    (0..blocks * row_groups).into_par_iter().for_each(|task| {
+    let task = |task: usize| {
         let (block, group) = (task / row_groups, task % row_groups);
         let first_panel = group * panels_per_group;
         let last_panel = (first_panel + panels_per_group).min(panels);
@@ -296,16 +346,16 @@ pub unsafe fn gemm(a: &PackedWeights, b: &[f32], n: usize, c: *mut f32, accumula
         let width = NR.min(n - j0);
         PACKED_COLUMNS.with_borrow_mut(|packed| {
             // SAFETY: the caller checked the CPU; every index stays in `b` and `c` as the
-            // bounds above keep (rows below `m`, columns below `n`).
+            // bounds above keep (rows below `k` and `m`, columns below `n`).
             unsafe {
-                x86::pack_columns(b, k, n, j0, width, packed);
+                x86::pack_columns(b.ptr(), b.stride(), k, j0, width, packed);
                 for panel in first_panel..last_panel {
                     let rows = MR.min(m - panel * MR);
                     x86::kernel(
                         &a.words[panel * k.div_ceil(2) * MR..][..k.div_ceil(2) * MR],
                         packed,
-                        out.ptr().add(panel * MR * n + j0),
-                        n,
+                        c.ptr().add(panel * MR * c.stride() + j0),
+                        c.stride(),
                         rows,
                         width,
                         accumulate,
@@ -313,7 +363,12 @@ pub unsafe fn gemm(a: &PackedWeights, b: &[f32], n: usize, c: *mut f32, accumula
                 }
             }
         });
-    });
+    };
+    if parallel {
+        (0..blocks * row_groups).into_par_iter().for_each(task);
+    } else {
+        (0..blocks * row_groups).for_each(task);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -331,20 +386,21 @@ mod x86 {
         }
     }
 
-    /// Packs columns `j0 .. j0 + width` of the `[k, n]` input: for each k-pair, `NR` words,
+    /// Packs columns `j0 .. j0 + width` of the `[k, _]` input at `b` (row stride `stride`): for
+    /// each k-pair, `NR` words,
     /// word `j` holding column `j0 + j`'s two values as bfloat16 (the odd row's in the high
     /// half); columns past `width` and the row past an odd `k` are zero.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn pack_columns(
-        b: &[f32],
+        b: *const f32,
+        stride: usize,
         k: usize,
-        n: usize,
         j0: usize,
         width: usize,
         packed: &mut Vec<u32>,
     ) {
         // SAFETY: the caller has checked the CPU's features; loads and stores stay inside
-        // `b` (rows below k, columns below n) and `packed` (resized to `pairs × NR`).
+        // `b`'s rows below k, columns below j0 + width, and `packed` (resized to `pairs × NR`).
         unsafe {
             let pairs = k.div_ceil(2);
             packed.clear();
@@ -359,7 +415,7 @@ mod x86 {
                     let mask = lanes(width - start);
                     let load = |row: usize| {
                         if row < k {
-                            _mm512_maskz_loadu_ps(mask, b.as_ptr().add(row * n + j0 + start))
+                            _mm512_maskz_loadu_ps(mask, b.add(row * stride + j0 + start))
                         } else {
                             _mm512_setzero_ps()
                         }

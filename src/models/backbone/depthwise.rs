@@ -15,6 +15,7 @@
 //! [`super::pointwise`].)
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp1, InplaceOp1, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
@@ -164,6 +165,90 @@ impl DepthwiseConv {
     }
 }
 
+/// Computing a convolution a band of output rows at a time, for a block run in bands
+/// ([`super::banded`]).
+impl DepthwiseConv {
+    /// Channels (in and out), kernel side and stride.
+    pub(super) fn shape(&self) -> (usize, usize, usize) {
+        (self.channels, self.kernel, self.stride)
+    }
+
+    /// `[ho, wo]` of an `h × w` input.
+    pub(super) fn output_size_of(&self, h: usize, w: usize) -> (usize, usize) {
+        self.output_size(h, w)
+    }
+
+    /// The input rows that output rows `rows` of an `h × w` input read (padding aside).
+    pub(super) fn input_rows(&self, h: usize, w: usize, rows: Range<usize>) -> Range<usize> {
+        let top = SamePadding::new(h, w, self.kernel, self.stride).top;
+        let first = (rows.start * self.stride).saturating_sub(top);
+        let last = ((rows.end - 1) * self.stride + self.kernel).saturating_sub(top);
+        first..last.min(h)
+    }
+
+    /// Output rows `rows` of every plane of one image of `h × w` input planes, on the calling
+    /// thread. `band` holds the input rows [`DepthwiseConv::input_rows`] names (still without
+    /// the input activation, if the convolution has one), channel `c`'s at
+    /// `band[c · band_stride..]`; `out` receives channel `c`'s rows at
+    /// `out[c · rows.len() · wo..]`. The convolution must take its own channels, not one shared
+    /// plane.
+    pub(super) fn convolve_rows(
+        &self,
+        band: &[f32],
+        band_stride: usize,
+        (h, w): (usize, usize),
+        rows: Range<usize>,
+        out: &mut [f32],
+    ) {
+        debug_assert!(!self.shared_input);
+        let (_, wo) = self.output_size(h, w);
+        let pad = SamePadding::new(h, w, self.kernel, self.stride);
+        let input_rows = self.input_rows(h, w, rows.clone());
+        // Zero rows above the band: the plane's padding for its first band, none inside.
+        let top = input_rows.start + pad.top - rows.start * self.stride;
+        let geometry = PaddedPlane::band(
+            input_rows.len(),
+            w,
+            rows.len(),
+            wo,
+            self.kernel,
+            self.stride,
+            top,
+            pad.left,
+        );
+        let (plane_in, plane_out) = (input_rows.len() * w, rows.len() * wo);
+        let k2 = self.kernel * self.kernel;
+        let offsets = geometry.tap_offsets();
+        let arch = pulp::Arch::new();
+        // SAFETY: a `MaybeUninit<f32>` view of initialised `f32`s; the kernel writes only
+        // initialised values through it.
+        let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        PADDING.with_borrow_mut(|scratch| {
+            for (channel, out) in out
+                .chunks_exact_mut(plane_out)
+                .take(self.channels)
+                .enumerate()
+            {
+                let plane = &band[channel * band_stride..][..plane_in];
+                arch.dispatch(ConvolvePlane {
+                    input: PlaneInput::Raw {
+                        plane,
+                        activation: (self.input_activation.as_ref())
+                            .map(|a| (a.bias[channel], a.relu6)),
+                        scratch,
+                    },
+                    out,
+                    taps: &self.weight[channel * k2..(channel + 1) * k2],
+                    offsets: &offsets,
+                    bias: self.bias[channel],
+                    relu6: self.relu6,
+                    geometry: &geometry,
+                });
+            }
+        });
+    }
+}
+
 impl CustomOp1 for DepthwiseConv {
     fn name(&self) -> &'static str {
         "depthwise-conv"
@@ -302,8 +387,25 @@ struct PaddedPlane {
 impl PaddedPlane {
     fn new(h: usize, w: usize, ho: usize, wo: usize, kernel: usize, stride: usize) -> PaddedPlane {
         let pad = SamePadding::new(h, w, kernel, stride);
-        let rows = ((ho - 1) * stride + kernel).max(pad.top + h);
-        let width = ((wo - 1) * stride + kernel).max(pad.left + w);
+        PaddedPlane::band(h, w, ho, wo, kernel, stride, pad.top, pad.left)
+    }
+
+    /// The geometry of a band of a plane: `h` input rows of `w` columns that need `top` zero
+    /// rows above them (the plane's own padding, or none inside it), giving `ho` output rows;
+    /// whatever the last output row reads below the band is zero too.
+    #[allow(clippy::too_many_arguments)]
+    fn band(
+        h: usize,
+        w: usize,
+        ho: usize,
+        wo: usize,
+        kernel: usize,
+        stride: usize,
+        top: usize,
+        left: usize,
+    ) -> PaddedPlane {
+        let rows = ((ho - 1) * stride + kernel).max(top + h);
+        let width = ((wo - 1) * stride + kernel).max(left + w);
         PaddedPlane {
             h,
             w,
@@ -311,8 +413,8 @@ impl PaddedPlane {
             wo,
             kernel,
             stride,
-            top: pad.top,
-            left: pad.left,
+            top,
+            left,
             rows,
             phase_width: width.div_ceil(stride),
         }
@@ -459,9 +561,19 @@ impl pulp::WithSimd for ConvolvePlane<'_> {
         };
         let row_step = g.stride * g.phase_width;
         let out = &mut self.out[..g.ho * g.wo];
-        // Wide rows: runs of four vectors, four independent accumulator chains.
+        // Wide rows: runs of four vectors, two rows at a time: eight independent accumulator
+        // chains, enough to keep both FMA pipes busy through their latency (four chains, one
+        // row at a time, measured 104 against 89 µs for Lite0's block 0 at a 256 input).
         let wide = g.wo / (4 * lanes) * (4 * lanes);
-        for oy in 0..g.ho {
+        let mut oy = 0;
+        while oy + 2 <= g.ho {
+            for x in (0..wide).step_by(4 * lanes) {
+                let at = oy * g.wo + x;
+                run.block::<S, 2, 4>(simd, oy * row_step + x, row_step, &mut out[at..], g.wo);
+            }
+            oy += 2;
+        }
+        for oy in oy..g.ho {
             for x in (0..wide).step_by(4 * lanes) {
                 let at = oy * g.wo + x;
                 run.block::<S, 1, 4>(simd, oy * row_step + x, row_step, &mut out[at..], g.wo);

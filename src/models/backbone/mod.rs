@@ -18,6 +18,7 @@
 //! Input: `[b, 3, h, w]` pixels scaled as `(x − 127) / 128`, the normalisation these weights were
 //! trained with, or `[b, 1, h, w]` for grey images.
 
+mod banded;
 pub mod bf16;
 pub mod depthwise;
 pub mod features;
@@ -252,10 +253,17 @@ struct MbConv {
     depthwise: DepthwiseConv,
     project: Pointwise,
     skip: bool,
+    /// Computed a band of rows at a time on the CPU where its expanded activation would not
+    /// stay in cache ([`banded`]).
+    banded: bool,
 }
 
 impl Module for MbConv {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        if self.banded && xs.device().is_cpu() && banded::pays(self, h, w) {
+            return xs.apply_op1_no_bwd(&banded::Banded::new(self, w));
+        }
         let expanded = match &self.expand {
             Some(expand) => expand.product(xs)?,
             None => xs.clone(),
@@ -379,6 +387,7 @@ impl EfficientNetLite {
                     &format!("{prefix}._bn2"),
                 )?,
                 skip: stride == 1 && c_in == c_out,
+                banded: true,
             });
         }
         Ok(EfficientNetLite {
@@ -403,6 +412,16 @@ impl EfficientNetLite {
                 project: block.project.with_precision(precision),
                 ..block
             })
+            .collect();
+        EfficientNetLite { blocks, ..self }
+    }
+
+    /// The same network with its large blocks computed a band of rows at a time on the CPU
+    /// (`true`, the default) or layer by layer (for comparing the two: they give the same
+    /// values, and `cargo bench --bench backbone` times both).
+    pub fn with_banding(self, banded: bool) -> EfficientNetLite {
+        let blocks = (self.blocks.into_iter())
+            .map(|block| MbConv { banded, ..block })
             .collect();
         EfficientNetLite { blocks, ..self }
     }

@@ -257,6 +257,81 @@ impl Pointwise {
     }
 }
 
+impl Pointwise {
+    /// Channels in and out.
+    pub(super) fn channels(&self) -> (usize, usize) {
+        (self.in_channels, self.out_channels)
+    }
+
+    /// The bias, one per output channel.
+    pub(super) fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// The product alone on `n` columns, on the calling thread: input channel `i` is the
+    /// `n` values at `input + i · input_stride`, output channel `o` the `n` values at
+    /// `output + o · output_stride`, written (or added to, with `accumulate`). For a block
+    /// computed in bands of rows ([`super::banded`]), where each thread runs its own bands.
+    ///
+    /// # Safety
+    /// The `in_channels` input rows and `out_channels` output rows of `n` values must lie in
+    /// their allocations, the output's initialised when `accumulate`, and nothing else may
+    /// write them meanwhile.
+    pub(super) unsafe fn product_on_this_thread(
+        &self,
+        input: *const f32,
+        input_stride: usize,
+        n: usize,
+        output: *mut f32,
+        output_stride: usize,
+        accumulate: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.bf16 {
+            // SAFETY: `bf16` is present only on a CPU with the instructions; the caller
+            // promises the rest.
+            unsafe {
+                super::bf16::gemm_on_this_thread(
+                    packed,
+                    input,
+                    input_stride,
+                    n,
+                    output,
+                    output_stride,
+                    accumulate,
+                )
+            };
+            return;
+        }
+        let (m, k) = (self.out_channels, self.in_channels);
+        // SAFETY: the weights are `m × k` row-major; the caller promises the rest. With
+        // `accumulate` false gemm writes every output value without reading it.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                output,
+                1,
+                output_stride as isize,
+                accumulate,
+                self.weight.as_ptr(),
+                1,
+                k as isize,
+                input,
+                1,
+                input_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
 /// One application of a [`Pointwise`] layer, as a candle op.
 struct PointwiseOp<'a> {
     layer: &'a Pointwise,
