@@ -13,8 +13,9 @@
 //! two threads' runs.
 //!
 //! The arithmetic is the layers' own ([`super::pointwise::Pointwise::product_on_this_thread`],
-//! [`DepthwiseConv::convolve_rows`]) in the same order, so a banded block gives the same
-//! values as the layers one after another (a test holds them equal). Blocks whose expanded
+//! [`DepthwiseConv::convolve_rows`]), so a banded block gives the layers' values within
+//! rounding (f32 gemm may block its sums differently on fewer columns; a test holds the two
+//! within 1e-4). Blocks whose expanded
 //! activation fits in L2 anyway ([`BANDED_MIN_BYTES`]) run layer by layer: there the threads
 //! share each layer's channels and no rows are expanded twice.
 
@@ -28,8 +29,9 @@ use rayon::prelude::*;
 use super::MbConv;
 use super::depthwise::DepthwiseConv;
 
-/// The most bytes of expanded rows one band holds. With the band's filtered rows and the
-/// padded plane beside them it stays inside a core's L2 (1 MB on the AMD Zen 5 measured).
+/// The most bytes of expanded rows one band holds, about three quarters of a core's L2 (1 MB
+/// on the AMD Zen 5 measured; the band's filtered rows, up to as many bytes again for
+/// stride-1 blocks, spill to L3 but are read once).
 /// Lite0 at a 256 input on that machine, median ms f32 / bf16: 192 kB 2.42 / 1.84, 384 kB
 /// 2.32 / 1.77, 768 kB 2.23 / 1.67, 1.5 MB 2.30 / 1.76 (layer by layer 2.40 / 2.05).
 const BAND_BYTES: usize = 768 * 1024;
@@ -61,23 +63,28 @@ pub(super) struct Banded<'a> {
     block: &'a MbConv,
     /// Output rows per band.
     band_rows: usize,
+    /// Runs of bands per image: one per thread of the pool unless a test says otherwise.
+    runs: Option<usize>,
 }
 
 impl<'a> Banded<'a> {
-    /// `block` on `w`-wide inputs, in bands that fit L2.
+    /// `block` on `w`-wide inputs, in bands whose expanded rows fit [`BAND_BYTES`].
     pub(super) fn new(block: &'a MbConv, w: usize) -> Banded<'a> {
         Banded {
             block,
             band_rows: band_rows(&block.depthwise, w),
+            runs: None,
         }
     }
 
-    /// The same with `band_rows` output rows per band (tests cut the rows every way).
+    /// The same with `band_rows` output rows per band and `runs` runs of bands per image
+    /// (tests cut the rows every way, whatever the pool's size).
     #[cfg(test)]
-    fn with_band_rows(block: &'a MbConv, band_rows: usize) -> Banded<'a> {
+    fn cut(block: &'a MbConv, band_rows: usize, runs: usize) -> Banded<'a> {
         Banded {
             block,
             band_rows: band_rows.max(1),
+            runs: Some(runs.max(1)),
         }
     }
 }
@@ -124,13 +131,17 @@ impl CustomOp1 for Banded<'_> {
         let (b, c_in, h, w) = layout.shape().dims4()?;
         let (c_mid, _, _) = block.depthwise.shape();
         let (project_in, c_out) = block.project.channels();
-        let expand_in = block.expand.as_ref().map_or(c_mid, |e| e.channels().0);
-        if c_in != expand_in || project_in != c_mid {
+        let (expand_in, expand_out) = block
+            .expand
+            .as_ref()
+            .map_or((c_mid, c_mid), |e| e.channels());
+        if c_in != expand_in || expand_out != c_mid || project_in != c_mid {
             candle_core::bail!(
-                "block takes {expand_in} channels through {c_mid} to {project_in}, input has \
-                 {c_in}"
+                "block takes {expand_in} channels to {expand_out}, {c_mid} depthwise, then \
+                 {project_in} to {c_out}; input has {c_in}"
             );
         }
+        block.depthwise.check_band_input(c_mid)?;
         if b == 0 || h == 0 || w == 0 {
             candle_core::bail!("block on an empty input ({b} images of {h}x{w})");
         }
@@ -145,7 +156,9 @@ impl CustomOp1 for Banded<'_> {
         let band_rows = self.band_rows.min(ho);
         // One run of consecutive bands per thread and image: only the edge between two runs
         // expands its rows twice.
-        let runs = rayon::current_num_threads().clamp(1, ho.div_ceil(band_rows));
+        let runs = (self.runs)
+            .unwrap_or_else(rayon::current_num_threads)
+            .clamp(1, ho.div_ceil(band_rows));
         let rows_per_run = ho.div_ceil(runs);
         let len = b * c_out * ho * wo;
         let mut output: Vec<f32> = Vec::with_capacity(len);
@@ -358,28 +371,63 @@ mod tests {
     fn check_bands(in_precision: impl Fn(MbConv) -> MbConv) {
         for shape in [
             (1, 3, 1, 8, 4),
+            (1, 3, 1, 6, 6),
+            (1, 3, 2, 6, 6),
             (6, 3, 2, 4, 6),
             (6, 3, 1, 6, 6),
             (6, 5, 2, 6, 10),
             (6, 5, 1, 10, 10),
         ] {
             let block = in_precision(block(shape));
-            for (b, h, w) in [(1, 9, 7), (2, 16, 16), (1, 5, 12), (1, 1, 3)] {
+            // Odd and even, one row, and 70 wide: the kernel's runs of four vectors.
+            for (b, h, w) in [(1, 9, 7), (2, 16, 16), (1, 5, 12), (1, 1, 3), (1, 11, 70)] {
                 let xs = random(&[b, shape.3, h, w]);
                 let layers = block.forward(&xs).expect("layers");
                 for band_rows in [1, 2, 3, 5, 64] {
-                    let banded = xs
-                        .apply_op1_no_bwd(&Banded::with_band_rows(&block, band_rows))
-                        .expect("banded");
-                    assert_eq!(banded.dims(), layers.dims(), "{shape:?} {h}x{w}");
-                    let diff = max_diff(&banded, &layers);
-                    assert!(
-                        diff < 1e-4,
-                        "{shape:?} on {b}×{h}x{w} in bands of {band_rows}: {diff}"
-                    );
+                    // One run per image, two, three, and more runs than bands.
+                    for runs in [1, 2, 3, 16] {
+                        let banded = xs
+                            .apply_op1_no_bwd(&Banded::cut(&block, band_rows, runs))
+                            .expect("banded");
+                        assert_eq!(banded.dims(), layers.dims(), "{shape:?} {h}x{w}");
+                        let diff = max_diff(&banded, &layers);
+                        assert!(
+                            diff < 1e-4,
+                            "{shape:?} on {b}×{h}x{w} in bands of {band_rows}, {runs} runs: \
+                             {diff}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    /// A block run through the network's own path takes the banded op where it pays and gives
+    /// the layers' values.
+    #[test]
+    fn a_block_takes_the_banded_op_where_it_pays() {
+        let layers = block((6, 3, 1, 8, 8));
+        let banded = MbConv {
+            banded: true,
+            ..layers.clone()
+        };
+        // 48 channels of 80×80: 1.2 MB expanded.
+        let xs = random(&[1, 8, 80, 80]);
+        assert!(pays(&banded, 80, 80));
+        let diff = max_diff(
+            &banded.forward(&xs).expect("banded"),
+            &layers.forward(&xs).expect("layers"),
+        );
+        assert!(diff < 1e-4, "{diff}");
+        // A block the banded op would refuse says why instead of reading past its buffers.
+        let mut wrong = banded.clone();
+        wrong.expand =
+            Some(Pointwise::new(&random(&[40, 8]), &random(&[40])).expect("narrower expansion"));
+        let error = xs
+            .apply_op1_no_bwd(&Banded::new(&wrong, 80))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("8 channels to 40, 48 depthwise"), "{error}");
     }
 
     #[test]

@@ -239,8 +239,9 @@ impl PackedWeights {
     }
 }
 
-/// A matrix as its first value and its row stride. The tasks read the input through one and
-/// write the output through another, each its own (row range, column block) tile.
+/// A matrix as its first value and its row stride. The tasks read the input through one (a
+/// `*mut` only to share the type: nothing writes through it) and write the output through
+/// another, each its own (row range, column block) tile.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Strided(*mut f32, usize);
@@ -327,13 +328,14 @@ unsafe fn gemm_strided(
     let blocks = n.div_ceil(NR);
     let panels = m.div_ceil(MR);
     // Enough tasks to keep every thread busy: with few column blocks (the late layers' small
-    // planes), the row panels are shared out too.
-    let threads = if parallel {
-        rayon::current_num_threads().max(1)
+    // planes), the row panels are shared out too. On this thread alone, each column block is
+    // packed once for all the panels.
+    let threads = rayon::current_num_threads().max(1);
+    let row_groups = if parallel {
+        (2 * threads).div_ceil(blocks).clamp(1, panels)
     } else {
         1
     };
-    let row_groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
     let panels_per_group = panels.div_ceil(row_groups);
     let task = |task: usize| {
         let (block, group) = (task / row_groups, task % row_groups);
@@ -386,10 +388,10 @@ mod x86 {
         }
     }
 
-    /// Packs columns `j0 .. j0 + width` of the `[k, _]` input at `b` (row stride `stride`): for
-    /// each k-pair, `NR` words,
-    /// word `j` holding column `j0 + j`'s two values as bfloat16 (the odd row's in the high
-    /// half); columns past `width` and the row past an odd `k` are zero.
+    /// Packs columns `j0 .. j0 + width` of the `[k, _]` input at `b` (row stride `stride`):
+    /// for each k-pair, `NR` words, word `j` holding column `j0 + j`'s two values as bfloat16
+    /// (the odd row's in the high half); columns past `width` and the row past an odd `k` are
+    /// zero.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn pack_columns(
         b: *const f32,

@@ -290,7 +290,7 @@ impl PatchFeatures {
         let planes = stacked
             .into_iter()
             .map(|mut maps| {
-                // Channel by channel across the threads: one image alone keeps both cores busy.
+                // Channel by channel across the threads: one image alone keeps the pool busy.
                 let means: Vec<f32> = maps
                     .par_chunks_exact_mut(n)
                     .map(|plane| {
@@ -366,6 +366,7 @@ pub struct BatchFeatures {
 fn patches_of(planes: &[f32], n: usize, patches: &mut [f32]) {
     const BLOCK: usize = 64;
     let channels = planes.len() / n.max(1);
+    debug_assert_eq!(patches.len(), planes.len());
     patches
         .par_chunks_mut(BLOCK * channels.max(1))
         .enumerate()
@@ -714,6 +715,34 @@ mod tests {
         assert!((darkness - 50.0).abs() < 1.0, "{darkness}");
         assert!(antialiased[0] < 151.0, "{:?}", &antialiased[..4]);
         assert!(antialiased[1..128].iter().all(|&v| v == 200.0));
+    }
+
+    #[test]
+    fn patches_come_patch_major_in_blocks_of_any_length() {
+        // 144 patches (a 96 input): two whole blocks of 64 and a short one.
+        let (channels, n) = (5, 144);
+        let planes: Vec<f32> = (0..channels * n).map(|i| i as f32).collect();
+        let mut patches = vec![f32::NAN; channels * n];
+        patches_of(&planes, n, &mut patches);
+        for patch in 0..n {
+            for channel in 0..channels {
+                assert_eq!(
+                    patches[patch * channels + channel],
+                    planes[channel * n + patch]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sums_in_running_lanes_equal_the_plain_sum() {
+        // 100 values: six rounds of sixteen lanes and a remainder of four.
+        let values: Vec<f32> = (0..100).map(|i| (i as f32 - 40.0) * 0.25).collect();
+        let plain: f64 = values.iter().map(|&v| f64::from(v)).sum();
+        let squares: f64 = values.iter().map(|&v| f64::from(v * v)).sum();
+        assert!((f64::from(sum_of(&values, |v| v)) - plain).abs() < 1e-3);
+        assert!((f64::from(sum_of(&values, |v| v * v)) - squares).abs() < 1e-2);
+        assert_eq!(sum_of(&[], |v| v), 0.0);
     }
 
     #[test]

