@@ -16,6 +16,7 @@ pub mod backbone;
 pub mod boxes;
 pub mod card;
 pub mod defect_net;
+pub mod lanes;
 pub mod supervised;
 pub mod template;
 

@@ -34,6 +34,7 @@ use crate::learn::fit::binary_cross_entropy_each;
 use crate::learn::normaliser::Normaliser;
 use crate::learn::progress::Phase;
 use crate::models::backbone::{FEATURE_DIM, ImageFeatures, PatchFeatures};
+use crate::models::lanes::{dot, sum_of};
 use crate::models::on_worker_thread;
 use crate::part::{GrayImage, HeatMap};
 
@@ -236,29 +237,11 @@ fn nearest_of_block(block: &[f32], d: usize, bank_t: &[f32], bank_sq: &[f32]) ->
         }
         (cross.chunks_exact(m).zip(block.chunks_exact(d)))
             .map(|(row, query)| {
-                let query_sq: f32 = query.iter().map(|v| v * v).sum();
+                let query_sq = sum_of(query, |v| v * v);
                 (query_sq + row_minimum(row, bank_sq)).max(0.0).sqrt()
             })
             .collect()
     })
-}
-
-/// `Σ a_i·b_i` in sixteen independent sums, so that it compiles to vector multiply-adds: a
-/// plain `.sum()` adds one product at a time, in order (the two image Gaussians' 608 × 608
-/// products were 3 % of a station's time at 90 parts/s).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0f32; LANES];
-    let (mut a_chunks, mut b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    let tail: f32 = (a_chunks.remainder().iter().zip(b_chunks.remainder()))
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// `min_j(row_j + bank_sq_j)`, in sixteen lanes so that it compiles to vector minima (a fold

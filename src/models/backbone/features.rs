@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::backbone::weights::{WeightsId, WeightsSearch};
 use crate::models::backbone::{BackboneError, EfficientNetLite, FEATURE_CHANNELS, Features};
+use crate::models::lanes::sum_of;
 use crate::models::on_worker_thread;
 use crate::part::GrayImage;
 
@@ -404,22 +405,6 @@ fn image_descriptor(centred: &[f32], n: usize, means: &[f32]) -> Vec<f32> {
     descriptor
 }
 
-/// The sum of `f` of each value, in sixteen running sums: an `iter().sum()` of floats adds one
-/// value at a time (the compiler may not reorder float additions), a chain of dependent adds
-/// that cost the extractor more than a tenth of a millisecond per image at a 256 input.
-fn sum_of(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    const LANES: usize = 16;
-    let mut sums = [0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for chunk in chunks {
-        for (sum, &v) in sums.iter_mut().zip(chunk) {
-            *sum += f(v);
-        }
-    }
-    sums.iter().sum::<f32>() + rest
-}
-
 /// Means of the `k` highest values and of the `k` lowest, the latter negated (both are
 /// distances above and below zero for centred values). One pass keeping the `k` extremes on
 /// each side (`k` is a few: [`EXTREME_PATCHES`]), where two partial sorts moved the whole plane.
@@ -732,17 +717,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn sums_in_running_lanes_equal_the_plain_sum() {
-        // 100 values: six rounds of sixteen lanes and a remainder of four.
-        let values: Vec<f32> = (0..100).map(|i| (i as f32 - 40.0) * 0.25).collect();
-        let plain: f64 = values.iter().map(|&v| f64::from(v)).sum();
-        let squares: f64 = values.iter().map(|&v| f64::from(v * v)).sum();
-        assert!((f64::from(sum_of(&values, |v| v)) - plain).abs() < 1e-3);
-        assert!((f64::from(sum_of(&values, |v| v * v)) - squares).abs() < 1e-2);
-        assert_eq!(sum_of(&[], |v| v), 0.0);
     }
 
     #[test]
