@@ -241,7 +241,6 @@ impl DepthwiseConv {
             out.len(),
             self.channels
         );
-        let k2 = self.kernel * self.kernel;
         let offsets = geometry.tap_offsets();
         let arch = pulp::Arch::new();
         // SAFETY: a `MaybeUninit<f32>` view of initialised `f32`s; the kernel writes only
@@ -254,21 +253,49 @@ impl DepthwiseConv {
                 .enumerate()
             {
                 let plane = &band[channel * band_stride..][..plane_in];
-                arch.dispatch(ConvolvePlane {
-                    input: PlaneInput::Raw {
-                        plane,
-                        activation: (self.input_activation.as_ref())
-                            .map(|a| (a.bias[channel], a.relu6)),
-                        scratch,
-                    },
-                    out,
-                    taps: &self.weight[channel * k2..(channel + 1) * k2],
-                    offsets: &offsets,
-                    bias: self.bias[channel],
-                    relu6: self.relu6,
-                    geometry: &geometry,
-                });
+                let input = self.raw_input(channel, plane, scratch);
+                self.convolve_plane(arch, channel, input, out, &offsets, &geometry);
             }
+        });
+    }
+}
+
+impl DepthwiseConv {
+    /// Channel `channel`'s input `plane`, to be padded into `scratch` with the input
+    /// activation (if the convolution has one).
+    fn raw_input<'a>(
+        &self,
+        channel: usize,
+        plane: &'a [f32],
+        scratch: &'a mut PaddingBuffer,
+    ) -> PlaneInput<'a> {
+        PlaneInput::Raw {
+            plane,
+            activation: (self.input_activation.as_ref()).map(|a| (a.bias[channel], a.relu6)),
+            scratch,
+        }
+    }
+
+    /// Output plane (or band of it) `out` of channel `channel` from `input`, on the widest
+    /// instruction set `arch` has.
+    fn convolve_plane(
+        &self,
+        arch: pulp::Arch,
+        channel: usize,
+        input: PlaneInput<'_>,
+        out: &mut [MaybeUninit<f32>],
+        offsets: &[usize],
+        geometry: &PaddedPlane,
+    ) {
+        let k2 = self.kernel * self.kernel;
+        arch.dispatch(ConvolvePlane {
+            input,
+            out,
+            taps: &self.weight[channel * k2..(channel + 1) * k2],
+            offsets,
+            bias: self.bias[channel],
+            relu6: self.relu6,
+            geometry,
         });
     }
 }
@@ -324,24 +351,13 @@ impl CustomOp1 for DepthwiseConv {
                         let channel = plane % c;
                         let input = match shared.get(plane / c) {
                             Some(padded) => PlaneInput::Padded(padded),
-                            None => PlaneInput::Raw {
-                                plane: &input[plane * h * w..(plane + 1) * h * w],
-                                activation: self
-                                    .input_activation
-                                    .as_ref()
-                                    .map(|a| (a.bias[channel], a.relu6)),
+                            None => self.raw_input(
+                                channel,
+                                &input[plane * h * w..(plane + 1) * h * w],
                                 scratch,
-                            },
+                            ),
                         };
-                        arch.dispatch(ConvolvePlane {
-                            input,
-                            out,
-                            taps: &self.weight[channel * k2..(channel + 1) * k2],
-                            offsets: &offsets,
-                            bias: self.bias[channel],
-                            relu6: self.relu6,
-                            geometry: &geometry,
-                        });
+                        self.convolve_plane(arch, channel, input, out, &offsets, &geometry);
                     }
                 })
             });
