@@ -362,149 +362,205 @@ pub fn compare_prepared(
     reference: &PreparedReference,
     settings: &CompareSettings,
 ) -> Result<Vec<Candidate>, CompareError> {
-    if (part.width, part.height) != (reference.width, reference.height) {
-        return Err(CompareError::Size {
-            got_width: part.width,
-            got_height: part.height,
-            want_width: reference.width,
-            want_height: reference.height,
-        });
-    }
-    let (w, h) = (reference.width as usize, reference.height as usize);
-    if part.pixels.len() != w * h {
-        return Err(CompareError::Empty);
-    }
-    let dark_pattern = reference.side == PatternSide::Dark;
-    let PreparedReference {
-        pattern: reference,
-        to_pattern,
-        to_background,
-        ..
-    } = reference;
-    let (part_bright, _) = binarise(part)?;
-    let shifted: Vec<bool> = part_bright.iter().map(|&b| b != dark_pattern).collect();
-    let (dx, dy) = alignment(&shifted, reference, w, h, i64::from(settings.align_px));
-    // The part moved onto the reference; where the shift leaves no part, the reference shows
-    // through (no difference there).
-    let part: Vec<bool> = (0..w * h)
-        .map(|i| {
-            let (x, y) = ((i % w) as i64 + dx, (i / w) as i64 + dy);
-            if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-                reference[i]
-            } else {
-                shifted[y as usize * w + x as usize]
-            }
-        })
-        .collect();
+    Difference::of(part, reference, settings.align_px)?.candidates(settings)
+}
 
-    // How deep each differing pixel lies on the other side of the reference's edge.
-    let extra: Vec<bool> = (0..w * h).map(|i| part[i] && !reference[i]).collect();
-    let missing: Vec<bool> = (0..w * h).map(|i| !part[i] && reference[i]).collect();
-    let differs: Vec<bool> = (0..w * h).map(|i| extra[i] || missing[i]).collect();
-    let depth: Vec<f32> = (0..w * h)
-        .map(|i| {
-            if extra[i] {
-                to_pattern[i]
-            } else if missing[i] {
-                to_background[i]
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    // How far inside the difference itself: a sliver along an edge is 1 thick.
-    // Each differing pixel's distance to the nearest pixel that does not differ.
-    let thickness = distance_to_false(&differs, w, h, PastTheEdge::False)?;
-    let core: Vec<bool> = depth.iter().map(|&d| d >= settings.min_depth_px).collect();
-    let grown = joined(&core, w, h, settings.join_px)?;
-    let (labels, next) = label_regions(&grown, w, h, 1);
+/// A part aligned with its prepared reference and its differences measured: all the
+/// comparison does before the settings that choose which differences count (depth, join,
+/// islands). A training run's choice of those settings compares each part once and asks it
+/// for candidates at each ([`Difference::candidates`]).
+pub struct Difference<'a> {
+    w: usize,
+    h: usize,
+    /// The reference's pattern.
+    reference: &'a [bool],
+    /// The part's pattern, moved onto the reference.
+    part: Vec<bool>,
+    /// Pattern in the part where the reference has none.
+    extra: Vec<bool>,
+    /// Pattern in the reference or in the part, not both.
+    differs: Vec<bool>,
+    /// How deep each differing pixel lies on the other side of the reference's edge.
+    depth: Vec<f32>,
+    /// Each differing pixel's distance to the nearest pixel that does not differ.
+    thickness: Vec<f32>,
+}
 
-    #[derive(Clone)]
-    struct Tally {
-        bbox: [usize; 4],
-        area: usize,
-        differing: usize,
-        extra: usize,
-        deepest: f32,
-        thickest: f32,
-    }
-    let mut tallies = vec![
-        Tally {
-            bbox: [usize::MAX, usize::MAX, 0, 0],
-            area: 0,
-            differing: 0,
-            extra: 0,
-            deepest: 0.0,
-            thickest: 0.0,
-        };
-        next as usize
-    ];
-    for (i, &label) in labels.iter().enumerate() {
-        if label == 0 {
-            continue;
+impl<'a> Difference<'a> {
+    /// `part` aligned with `reference` within `align_px` each way, and its differences.
+    pub fn of(
+        part: &GrayImage,
+        reference: &'a PreparedReference,
+        align_px: u32,
+    ) -> Result<Difference<'a>, CompareError> {
+        if (part.width, part.height) != (reference.width, reference.height) {
+            return Err(CompareError::Size {
+                got_width: part.width,
+                got_height: part.height,
+                want_width: reference.width,
+                want_height: reference.height,
+            });
         }
-        let t = &mut tallies[label as usize];
-        let (x, y) = (i % w, i / w);
-        t.bbox = [
-            t.bbox[0].min(x),
-            t.bbox[1].min(y),
-            t.bbox[2].max(x + 1),
-            t.bbox[3].max(y + 1),
-        ];
-        t.area += 1;
-        t.differing += usize::from(differs[i]);
-        t.extra += usize::from(extra[i]);
-        t.deepest = t.deepest.max(depth[i]);
-        t.thickest = t.thickest.max(thickness[i]);
+        let (w, h) = (reference.width as usize, reference.height as usize);
+        if part.pixels.len() != w * h {
+            return Err(CompareError::Empty);
+        }
+        let dark_pattern = reference.side == PatternSide::Dark;
+        let PreparedReference {
+            pattern: reference,
+            to_pattern,
+            to_background,
+            ..
+        } = reference;
+        let (part_bright, _) = binarise(part)?;
+        let shifted: Vec<bool> = part_bright.iter().map(|&b| b != dark_pattern).collect();
+        let (dx, dy) = alignment(&shifted, reference, w, h, i64::from(align_px));
+        // The part moved onto the reference; where the shift leaves no part, the reference
+        // shows through (no difference there).
+        let part: Vec<bool> = (0..w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as i64 + dx, (i / w) as i64 + dy);
+                if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+                    reference[i]
+                } else {
+                    shifted[y as usize * w + x as usize]
+                }
+            })
+            .collect();
+
+        // How deep each differing pixel lies on the other side of the reference's edge.
+        let extra: Vec<bool> = (0..w * h).map(|i| part[i] && !reference[i]).collect();
+        let missing: Vec<bool> = (0..w * h).map(|i| !part[i] && reference[i]).collect();
+        let differs: Vec<bool> = (0..w * h).map(|i| extra[i] || missing[i]).collect();
+        let depth: Vec<f32> = (0..w * h)
+            .map(|i| {
+                if extra[i] {
+                    to_pattern[i]
+                } else if missing[i] {
+                    to_background[i]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        // How far inside the difference itself: a sliver along an edge is 1 thick.
+        let thickness = distance_to_false(&differs, w, h, PastTheEdge::False)?;
+        Ok(Difference {
+            w,
+            h,
+            reference,
+            part,
+            extra,
+            differs,
+            depth,
+            thickness,
+        })
     }
 
-    let part_ground: Vec<bool> = part.iter().map(|&p| !p).collect();
-    let reference_ground: Vec<bool> = reference.iter().map(|&r| !r).collect();
-    let mut candidates = Vec::new();
-    for (label, t) in tallies.iter().enumerate().skip(1) {
-        if t.area == 0 {
-            continue;
+    /// The candidate defects at `settings`' depth, join and island size (its alignment was
+    /// [`Difference::of`]'s), in no particular order.
+    pub fn candidates(&self, settings: &CompareSettings) -> Result<Vec<Candidate>, CompareError> {
+        let Difference {
+            w,
+            h,
+            reference,
+            ref part,
+            ref extra,
+            ref differs,
+            ref depth,
+            ref thickness,
+        } = *self;
+        let core: Vec<bool> = depth.iter().map(|&d| d >= settings.min_depth_px).collect();
+        let grown = joined(&core, w, h, settings.join_px)?;
+        let (labels, next) = label_regions(&grown, w, h, 1);
+
+        #[derive(Clone)]
+        struct Tally {
+            bbox: [usize; 4],
+            area: usize,
+            differing: usize,
+            extra: usize,
+            deepest: f32,
+            thickest: f32,
         }
-        let [x0, y0, x1, y1] = t.bbox;
-        // The neighbourhood: does the defect join or split the pattern, and does it reach the
-        // reference's edge (a spur, a bite) or float free of it (a speck, a hole)?
-        let window = [
-            x0.saturating_sub(4),
-            y0.saturating_sub(4),
-            (x1 + 4).min(w),
-            (y1 + 4).min(h),
+        let mut tallies = vec![
+            Tally {
+                bbox: [usize::MAX, usize::MAX, 0, 0],
+                area: 0,
+                differing: 0,
+                extra: 0,
+                deepest: 0.0,
+                thickest: 0.0,
+            };
+            next as usize
         ];
-        let min = settings.min_island_px;
-        let pattern_gained = islands(&part, w, window, min) - islands(reference, w, window, min);
-        let background_gained =
-            islands(&part_ground, w, window, min) - islands(&reference_ground, w, window, min);
-        let reaches_edge = reaches_edge(&labels, label as u32, &differs, &depth, w, window);
-        let extra_share = t.extra as f32 / t.differing.max(1) as f32;
-        let pattern_gained = pattern_gained.clamp(-2, 2) as f32;
-        let background_gained = background_gained.clamp(-2, 2) as f32;
-        let at_edge = x0.min(y0).min(w - x1).min(h - y1) < 2;
-        let ln = |v: f32| v.ln_1p();
-        candidates.push(Candidate {
-            core: [x0 as u32, y0 as u32, x1 as u32, y1 as u32],
-            features: [
-                ln(t.deepest),
-                ln(t.thickest),
-                ln(t.area as f32),
-                ln(t.differing as f32),
-                ln((x1 - x0) as f32),
-                ln((y1 - y0) as f32),
-                extra_share,
-                f32::from(u8::from(at_edge)),
-                pattern_gained,
-                background_gained,
-                f32::from(u8::from(reaches_edge)),
-                extra_share * pattern_gained,
-                extra_share * background_gained,
-                extra_share * f32::from(u8::from(reaches_edge)),
-            ],
-        });
+        for (i, &label) in labels.iter().enumerate() {
+            if label == 0 {
+                continue;
+            }
+            let t = &mut tallies[label as usize];
+            let (x, y) = (i % w, i / w);
+            t.bbox = [
+                t.bbox[0].min(x),
+                t.bbox[1].min(y),
+                t.bbox[2].max(x + 1),
+                t.bbox[3].max(y + 1),
+            ];
+            t.area += 1;
+            t.differing += usize::from(differs[i]);
+            t.extra += usize::from(extra[i]);
+            t.deepest = t.deepest.max(depth[i]);
+            t.thickest = t.thickest.max(thickness[i]);
+        }
+
+        let part_ground: Vec<bool> = part.iter().map(|&p| !p).collect();
+        let reference_ground: Vec<bool> = reference.iter().map(|&r| !r).collect();
+        let mut candidates = Vec::new();
+        for (label, t) in tallies.iter().enumerate().skip(1) {
+            if t.area == 0 {
+                continue;
+            }
+            let [x0, y0, x1, y1] = t.bbox;
+            // The neighbourhood: does the defect join or split the pattern, and does it reach the
+            // reference's edge (a spur, a bite) or float free of it (a speck, a hole)?
+            let window = [
+                x0.saturating_sub(4),
+                y0.saturating_sub(4),
+                (x1 + 4).min(w),
+                (y1 + 4).min(h),
+            ];
+            let min = settings.min_island_px;
+            let pattern_gained = islands(part, w, window, min) - islands(reference, w, window, min);
+            let background_gained =
+                islands(&part_ground, w, window, min) - islands(&reference_ground, w, window, min);
+            let reaches_edge = reaches_edge(&labels, label as u32, differs, depth, w, window);
+            let extra_share = t.extra as f32 / t.differing.max(1) as f32;
+            let pattern_gained = pattern_gained.clamp(-2, 2) as f32;
+            let background_gained = background_gained.clamp(-2, 2) as f32;
+            let at_edge = x0.min(y0).min(w - x1).min(h - y1) < 2;
+            let ln = |v: f32| v.ln_1p();
+            candidates.push(Candidate {
+                core: [x0 as u32, y0 as u32, x1 as u32, y1 as u32],
+                features: [
+                    ln(t.deepest),
+                    ln(t.thickest),
+                    ln(t.area as f32),
+                    ln(t.differing as f32),
+                    ln((x1 - x0) as f32),
+                    ln((y1 - y0) as f32),
+                    extra_share,
+                    f32::from(u8::from(at_edge)),
+                    pattern_gained,
+                    background_gained,
+                    f32::from(u8::from(reaches_edge)),
+                    extra_share * pattern_gained,
+                    extra_share * background_gained,
+                    extra_share * f32::from(u8::from(reaches_edge)),
+                ],
+            });
+        }
+        Ok(candidates)
     }
-    Ok(candidates)
 }
 
 /// Whether the differences that candidate `label` covers, followed to their whole extent
@@ -618,6 +674,41 @@ mod tests {
         assert_eq!(cut.features[6], 0.0);
         assert_eq!(cut.features[8], 1.0);
         assert_eq!(cut.features[10], 1.0);
+    }
+
+    /// One part aligned and measured once gives, at each depth and join, what comparing it
+    /// afresh at that setting gives: the settings' choice in training relies on it.
+    #[test]
+    fn one_difference_serves_every_setting() {
+        let reference = image(board());
+        let mut part = board();
+        for y in 26..32 {
+            for x in 60..66 {
+                part[y * 96 + x] = 20;
+            }
+        }
+        for y in 40..48 {
+            for x in 30..36 {
+                part[y * 96 + x] = 230;
+            }
+        }
+        let part = image(part);
+        let prepared = PreparedReference::new(&reference, PatternSide::Dark).expect("prepares");
+        let difference = Difference::of(&part, &prepared, 2).expect("aligns");
+        let mut counts = Vec::new();
+        for (min_depth_px, join_px) in [(2.0, 3), (3.0, 7), (6.0, 7), (3.0, 11)] {
+            let settings = CompareSettings {
+                min_depth_px,
+                join_px,
+                ..CompareSettings::default()
+            };
+            let once = difference.candidates(&settings).expect("candidates");
+            let afresh = compare_prepared(&part, &prepared, &settings).expect("compares");
+            assert_eq!(once, afresh, "depth {min_depth_px}, join {join_px}");
+            counts.push(once.len());
+        }
+        // The settings matter: the cut (4 px deep at most) goes at depth 6.
+        assert_eq!(counts, [2, 2, 1, 2], "{counts:?}");
     }
 
     #[test]
