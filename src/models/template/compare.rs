@@ -9,7 +9,8 @@
 //! changes side: a scan's edges wander by a pixel or two, a defect reaches further in. Pixels
 //! at least [`CompareSettings::min_depth_px`] deep are the cores of candidates, and cores
 //! closer than [`CompareSettings::join_px`] are joined, so that one defect broken by the
-//! pattern stays one candidate.
+//! pattern stays one candidate. [`Difference`] holds a part aligned and measured, before those
+//! two settings: training asks one for its candidates at each setting it tries.
 
 use opencv::core::{self, Mat, Point, Scalar, Size};
 use opencv::imgproc;
@@ -384,6 +385,10 @@ pub struct Difference<'a> {
     depth: Vec<f32>,
     /// Each differing pixel's distance to the nearest pixel that does not differ.
     thickness: Vec<f32>,
+    /// Where the part and the reference show ground (no pattern): a candidate's neighbourhood
+    /// counts their islands too.
+    part_ground: Vec<bool>,
+    reference_ground: Vec<bool>,
 }
 
 impl<'a> Difference<'a> {
@@ -449,6 +454,8 @@ impl<'a> Difference<'a> {
             w,
             h,
             reference,
+            part_ground: part.iter().map(|&p| !p).collect(),
+            reference_ground: reference.iter().map(|&r| !r).collect(),
             part,
             extra,
             differs,
@@ -469,6 +476,8 @@ impl<'a> Difference<'a> {
             ref differs,
             ref depth,
             ref thickness,
+            ref part_ground,
+            ref reference_ground,
         } = *self;
         let core: Vec<bool> = depth.iter().map(|&d| d >= settings.min_depth_px).collect();
         let grown = joined(&core, w, h, settings.join_px)?;
@@ -513,8 +522,6 @@ impl<'a> Difference<'a> {
             t.thickest = t.thickest.max(thickness[i]);
         }
 
-        let part_ground: Vec<bool> = part.iter().map(|&p| !p).collect();
-        let reference_ground: Vec<bool> = reference.iter().map(|&r| !r).collect();
         let mut candidates = Vec::new();
         for (label, t) in tallies.iter().enumerate().skip(1) {
             if t.area == 0 {
@@ -532,7 +539,7 @@ impl<'a> Difference<'a> {
             let min = settings.min_island_px;
             let pattern_gained = islands(part, w, window, min) - islands(reference, w, window, min);
             let background_gained =
-                islands(&part_ground, w, window, min) - islands(&reference_ground, w, window, min);
+                islands(part_ground, w, window, min) - islands(reference_ground, w, window, min);
             let reaches_edge = reaches_edge(&labels, label as u32, differs, depth, w, window);
             let extra_share = t.extra as f32 / t.differing.max(1) as f32;
             let pattern_gained = pattern_gained.clamp(-2, 2) as f32;
@@ -676,10 +683,11 @@ mod tests {
         assert_eq!(cut.features[10], 1.0);
     }
 
-    /// One part aligned and measured once gives, at each depth and join, what comparing it
-    /// afresh at that setting gives: the settings' choice in training relies on it.
+    /// One part aligned and measured once, asked at several depths and joins: the depth
+    /// decides which differences are cores (the cut, at most 4 px deep, goes at 6), and the
+    /// join where the speck and the cut stay two candidates.
     #[test]
-    fn one_difference_serves_every_setting() {
+    fn the_depth_and_join_asked_for_decide_the_candidates() {
         let reference = image(board());
         let mut part = board();
         for y in 26..32 {
@@ -695,20 +703,24 @@ mod tests {
         let part = image(part);
         let prepared = PreparedReference::new(&reference, PatternSide::Dark).expect("prepares");
         let difference = Difference::of(&part, &prepared, 2).expect("aligns");
-        let mut counts = Vec::new();
-        for (min_depth_px, join_px) in [(2.0, 3), (3.0, 7), (6.0, 7), (3.0, 11)] {
+        let cores = |min_depth_px, join_px| {
             let settings = CompareSettings {
                 min_depth_px,
                 join_px,
                 ..CompareSettings::default()
             };
-            let once = difference.candidates(&settings).expect("candidates");
-            let afresh = compare_prepared(&part, &prepared, &settings).expect("compares");
-            assert_eq!(once, afresh, "depth {min_depth_px}, join {join_px}");
-            counts.push(once.len());
-        }
-        // The settings matter: the cut (4 px deep at most) goes at depth 6.
-        assert_eq!(counts, [2, 2, 1, 2], "{counts:?}");
+            let mut found = difference.candidates(&settings).expect("candidates");
+            found.sort_by_key(|c| c.core[0]);
+            found.iter().map(|c| c.core).collect::<Vec<_>>()
+        };
+        let both = cores(3.0, 7);
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both[0][0] >= 28 && both[0][2] <= 38, "the cut: {both:?}");
+        assert!(both[1][0] >= 58 && both[1][2] <= 68, "the speck: {both:?}");
+        let speck_only = cores(6.0, 7);
+        assert_eq!(speck_only, [both[1]], "depth 6 keeps the speck alone");
+        assert_eq!(cores(2.0, 3).len(), 2);
+        assert_eq!(cores(3.0, 11).len(), 2);
     }
 
     #[test]
