@@ -623,6 +623,23 @@ mod tests {
         pixels
     }
 
+    /// The board with a 6×6 speck of pattern on the ground, far from any trace (at x 60–66,
+    /// y 26–32), and its middle trace cut through (x 30–36).
+    fn board_with_a_speck_and_a_cut() -> Vec<u8> {
+        let mut part = board();
+        for y in 26..32 {
+            for x in 60..66 {
+                part[y * 96 + x] = 20;
+            }
+        }
+        for y in 40..48 {
+            for x in 30..36 {
+                part[y * 96 + x] = 230;
+            }
+        }
+        part
+    }
+
     fn image(pixels: Vec<u8>) -> GrayImage {
         GrayImage::new(96, 96, pixels).expect("96x96")
     }
@@ -649,19 +666,7 @@ mod tests {
     #[test]
     fn a_speck_and_a_break_are_candidates_of_their_kind() {
         let reference = image(board());
-        let mut part = board();
-        // A speck of pattern on the ground, far from any trace.
-        for y in 26..32 {
-            for x in 60..66 {
-                part[y * 96 + x] = 20;
-            }
-        }
-        // The middle trace cut through.
-        for y in 40..48 {
-            for x in 30..36 {
-                part[y * 96 + x] = 230;
-            }
-        }
+        let part = board_with_a_speck_and_a_cut();
         let mut found =
             compare(&image(part), &reference, &CompareSettings::default()).expect("compares");
         found.sort_by_key(|c| c.core[0]);
@@ -689,18 +694,7 @@ mod tests {
     #[test]
     fn the_depth_and_join_asked_for_decide_the_candidates() {
         let reference = image(board());
-        let mut part = board();
-        for y in 26..32 {
-            for x in 60..66 {
-                part[y * 96 + x] = 20;
-            }
-        }
-        for y in 40..48 {
-            for x in 30..36 {
-                part[y * 96 + x] = 230;
-            }
-        }
-        let part = image(part);
+        let part = image(board_with_a_speck_and_a_cut());
         let prepared = PreparedReference::new(&reference, PatternSide::Dark).expect("prepares");
         let difference = Difference::of(&part, &prepared, 2).expect("aligns");
         let cores = |min_depth_px, join_px| {
