@@ -31,16 +31,18 @@ use super::depthwise::DepthwiseConv;
 
 /// The most bytes of expanded rows one band holds, about three quarters of a core's L2 (1 MB
 /// on the AMD Zen 5 measured; the band's filtered rows, up to as many bytes again for
-/// stride-1 blocks, spill to L3 but are read once).
-/// Lite0 at a 256 input on that machine, median ms f32 / bf16: 192 kB 2.42 / 1.84, 384 kB
-/// 2.32 / 1.77, 768 kB 2.23 / 1.67, 1.5 MB 2.30 / 1.76 (layer by layer 2.40 / 2.05).
+/// stride-1 blocks, spill to L3 but are read once). Chosen there by rebuilding with each
+/// budget and timing Lite0 at a 256 input (`EfficientNetLite::features`, the variants' runs
+/// interleaved), median ms f32 / bf16: 192 kB 2.42 / 1.84, 384 kB 2.32 / 1.77, 768 kB
+/// 2.23 / 1.67, 1.5 MB 2.30 / 1.76 (layer by layer 2.40 / 2.05).
 const BAND_BYTES: usize = 768 * 1024;
 
 /// A block whose expanded activation of one image (f32 bytes) is smaller than this runs layer
 /// by layer: it fits in L2 already, and banded the threads would split its few rows and
-/// expand the rows around the split twice. Banding every block measured slower (Lite0 at 256,
-/// median ms f32 / bf16: all blocks 2.63 / 1.93, from 512 kB 2.28 / 1.70, from 1 MB 2.26 /
-/// 1.68; at 128: 1.27 / 1.04 against 0.73 / 0.63 from 1 MB).
+/// expand the rows around the split twice. Banding every block measured slower (timed as
+/// [`BAND_BYTES`] was; Lite0 at 256, median ms f32 / bf16: all blocks 2.63 / 1.93, from
+/// 512 kB 2.28 / 1.70, from 1 MB 2.26 / 1.68; at 128: 1.27 / 1.04 against 0.73 / 0.63 from
+/// 1 MB).
 pub(super) const BANDED_MIN_BYTES: usize = 1 << 20;
 
 /// Whether `block` pays off banded on `[_, c_in, h, w]` inputs: its expanded activation of one
