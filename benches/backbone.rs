@@ -8,7 +8,7 @@
 use candle_core::{Device, Module, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use linesight::models::backbone::bf16::{self, Precision};
-use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
+use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv, Interleave};
 use linesight::models::backbone::pointwise::Pointwise;
 use linesight::models::backbone::{EfficientNetLite, LITE0_BLOCKS};
 
@@ -56,6 +56,42 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+/// The depthwise layers of small planes at each input size the models use, plane by plane
+/// against channels interleaved (`INTERLEAVE_MAX_WIDTH` in `depthwise.rs` is chosen by these).
+fn small_planes(c: &mut Criterion) {
+    for input in [256, 128, 96] {
+        let mut side: usize = input / 2;
+        for (i, &(expand_ratio, kernel, stride, c_in, _)) in LITE0_BLOCKS.iter().enumerate() {
+            let c_mid = c_in * expand_ratio;
+            let out_side = side.div_ceil(stride);
+            if out_side <= 32 {
+                let planes = random(&[1, c_mid, side, side]);
+                let depthwise = DepthwiseConv::new(
+                    &random(&[c_mid, 1, kernel, kernel]),
+                    &random(&[c_mid]),
+                    stride,
+                    true,
+                )
+                .expect("depthwise")
+                .with_input_activation(BiasActivation::new(&random(&[c_mid]), true).expect("bias"));
+                for (how, interleave) in [
+                    ("planes", Interleave::Never),
+                    ("interleaved", Interleave::Always),
+                ] {
+                    let depthwise = depthwise.clone().with_interleaving(interleave);
+                    c.bench_function(
+                        &format!(
+                            "backbone/input{input}_block{i:02}_depthwise{kernel}x{kernel}s{stride}_{c_mid}_to{out_side}px_{how}"
+                        ),
+                        |b| b.iter(|| depthwise.forward(&planes).expect("depthwise")),
+                    );
+                }
+            }
+            side = out_side;
+        }
+    }
+}
+
 /// The whole network, banded and layer by layer, at both input sizes and both precisions,
 /// interleaved so that a busy moment of the machine weighs on each alike.
 fn network(c: &mut Criterion) {
@@ -93,6 +129,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = network, layers
+    targets = network, layers, small_planes
 }
 criterion_main!(benches);

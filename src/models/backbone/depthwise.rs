@@ -23,6 +23,9 @@ use rayon::prelude::*;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod interleaved;
+
+use self::interleaved::{ConvolveGroup, InterleavedBuffers, Interleaving};
 
 /// Padding on each side, TensorFlow "same" style (the extra pixel goes bottom/right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,9 @@ pub struct DepthwiseConv {
     /// The previous layer's bias and activation, applied as each input plane is padded (one
     /// pass over the input saved).
     input_activation: Option<BiasActivation>,
+    /// Whether the CPU kernel interleaves the channels of small planes
+    /// ([`DepthwiseConv::interleaves`]).
+    interleave: Interleave,
     /// On the model's device, for the GPU kernel and candle's ops: `[channels, 1, k, k]` and
     /// `[channels]`.
     weight_tensor: Tensor,
@@ -93,6 +99,7 @@ impl DepthwiseConv {
             relu6,
             shared_input: false,
             input_activation: None,
+            interleave: Interleave::Auto,
             weight_tensor: weight.contiguous()?,
             bias_tensor: bias.contiguous()?,
         })
@@ -122,9 +129,48 @@ impl DepthwiseConv {
         }
     }
 
+    /// The same convolution, its CPU kernel told when to interleave the channels of a layer's
+    /// planes (for tests and benches; [`Interleave::Auto`] otherwise).
+    pub fn with_interleaving(self, interleave: Interleave) -> DepthwiseConv {
+        DepthwiseConv { interleave, ..self }
+    }
+
     fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         (h.div_ceil(self.stride), w.div_ceil(self.stride))
     }
+
+    /// Whether the CPU kernel filters `h × w` planes a vector's worth of channels at a time
+    /// ([`interleaved`]) rather than plane by plane.
+    fn interleaves(&self, h: usize, w: usize) -> bool {
+        if self.shared_input || self.kernel * self.kernel > interleaved::MAX_TAPS {
+            return false;
+        }
+        match self.interleave {
+            Interleave::Always | Interleave::Scalar => true,
+            Interleave::Never => false,
+            Interleave::Auto => {
+                let (_, wo) = self.output_size(h, w);
+                wo <= INTERLEAVE_MAX_WIDTH
+            }
+        }
+    }
+}
+
+/// Output planes at most this wide are filtered with their channels interleaved.
+const INTERLEAVE_MAX_WIDTH: usize = 12;
+
+/// When the CPU kernel interleaves the channels of a layer's planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interleave {
+    /// For planes narrow enough that it pays.
+    Auto,
+    /// Whatever the planes' size.
+    Always,
+    /// Whatever the planes' size, moving the values one by one even where AVX-512 transposes
+    /// them (for the tests: the path CPUs without AVX-512 take).
+    Scalar,
+    /// Never: plane by plane.
+    Never,
 }
 
 impl Module for DepthwiseConv {
@@ -316,6 +362,9 @@ impl CustomOp1 for DepthwiseConv {
             (CpuStorage::F32(data), Some((start, end))) => &data[start..end],
             _ => candle_core::bail!("depthwise conv needs a contiguous f32 input"),
         };
+        if self.interleaves(h, w) {
+            return Ok(self.convolve_interleaved(input, b, h, w));
+        }
         let (ho, wo) = self.output_size(h, w);
         let geometry = PaddedPlane::new(h, w, ho, wo, self.kernel, self.stride);
         let len = b * c * ho * wo;
@@ -380,6 +429,54 @@ impl CustomOp1 for DepthwiseConv {
 }
 
 impl DepthwiseConv {
+    /// [`CustomOp1::cpu_fwd`] of `b` images of `h × w` planes (checked), a vector's worth of
+    /// channels at a time ([`interleaved`]).
+    fn convolve_interleaved(
+        &self,
+        input: &[f32],
+        b: usize,
+        h: usize,
+        w: usize,
+    ) -> (CpuStorage, Shape) {
+        let c = self.channels;
+        let (ho, wo) = self.output_size(h, w);
+        let arch = pulp::Arch::new();
+        let lanes = arch.dispatch(VectorLanes);
+        let geometry = Interleaving::new(self, h, w, lanes);
+        let offsets = geometry.tap_offsets();
+        let transposes =
+            interleaved::transposes_available(lanes) && self.interleave != Interleave::Scalar;
+        let len = b * c * ho * wo;
+        let mut output: Vec<f32> = Vec::with_capacity(len);
+        output.spare_capacity_mut()[..len]
+            .par_chunks_mut(c * ho * wo)
+            .zip(input.par_chunks(c * h * w))
+            .for_each(|(outs, image)| {
+                outs.par_chunks_mut(lanes * ho * wo)
+                    .zip(image.par_chunks(lanes * h * w))
+                    .enumerate()
+                    .for_each(|(group, (out, input))| {
+                        INTERLEAVED.with_borrow_mut(|buffers| {
+                            arch.dispatch(ConvolveGroup {
+                                conv: self,
+                                geometry: &geometry,
+                                offsets: &offsets,
+                                first: group * lanes,
+                                count: out.len() / (ho * wo),
+                                input,
+                                out,
+                                buffers,
+                                transposes,
+                            })
+                        })
+                    })
+            });
+        // SAFETY: the groups cover every plane of every image, and `ConvolveGroup` writes
+        // every value of each of its planes.
+        unsafe { output.set_len(len) };
+        (CpuStorage::F32(output), Shape::from((b, c, ho, wo)))
+    }
+
     /// `(batch, h, w)` of an input this convolution takes, or why it does not take it.
     fn check_input(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         let (b, c_in, h, w) = layout.shape().dims4()?;
@@ -670,6 +767,21 @@ thread_local! {
     /// Each thread's padding buffer, kept between planes, layers and images.
     static PADDING: std::cell::RefCell<PaddingBuffer> =
         std::cell::RefCell::new(PaddingBuffer::default());
+    /// Each thread's buffers for interleaved groups of channels.
+    static INTERLEAVED: std::cell::RefCell<InterleavedBuffers> =
+        std::cell::RefCell::new(InterleavedBuffers::default());
+}
+
+/// The f32 lanes of the vectors pulp dispatches to.
+struct VectorLanes;
+
+impl pulp::WithSimd for VectorLanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
+        size_of::<S::f32s>() / size_of::<f32>()
+    }
 }
 
 /// The input plane of one output plane.
@@ -908,14 +1020,16 @@ mod tests {
 
     use super::*;
 
-    /// The custom kernel against candle's own grouped convolution on explicit padding.
-    fn check(h: usize, w: usize, kernel: usize, stride: usize) {
+    /// The custom kernel (plane by plane and interleaved, on `c` channels) against candle's
+    /// own grouped convolution on explicit padding.
+    fn check(c: usize, h: usize, w: usize, kernel: usize, stride: usize, interleave: Interleave) {
         let device = Device::Cpu;
-        let c = 5;
         let x = Tensor::randn(0f32, 1f32, (2, c, h, w), &device).expect("x");
         let weight = Tensor::randn(0f32, 1f32, (c, 1, kernel, kernel), &device).expect("w");
         let bias = Tensor::randn(0f32, 1f32, c, &device).expect("b");
-        let conv = DepthwiseConv::new(&weight, &bias, stride, false).expect("conv");
+        let conv = DepthwiseConv::new(&weight, &bias, stride, false)
+            .expect("conv")
+            .with_interleaving(interleave);
         let fast = conv.forward(&x).expect("fast");
         let pad = SamePadding::new(h, w, kernel, stride);
         let padded = x
@@ -938,7 +1052,7 @@ mod tests {
             .expect("diff");
         assert!(
             diff < 1e-4,
-            "h{h} w{w} k{kernel} s{stride}: max diff {diff}"
+            "c{c} h{h} w{w} k{kernel} s{stride} {interleave:?}: max diff {diff}"
         );
     }
 
@@ -957,7 +1071,14 @@ mod tests {
             for kernel in [3, 5] {
                 // Lite0 has strides 1 and 2; 3 runs the general phase split.
                 for stride in [1, 2, 3] {
-                    check(h, w, kernel, stride);
+                    // 17 channels: one group short of its vector's lanes, on AVX2 and AVX-512.
+                    for c in [5, 17] {
+                        for interleave in
+                            [Interleave::Never, Interleave::Always, Interleave::Scalar]
+                        {
+                            check(c, h, w, kernel, stride, interleave);
+                        }
+                    }
                 }
             }
         }
@@ -971,12 +1092,20 @@ mod tests {
         let input_bias = Tensor::new(&[0.5f32, -1.0, 2.0, 7.0], &device).expect("input bias");
         let weight = Tensor::randn(0f32, 1f32, (c, 1, 5, 5), &device).expect("w");
         let bias = Tensor::randn(0f32, 1f32, c, &device).expect("b");
-        for stride in [1, 2] {
-            let activation = BiasActivation::new(&input_bias, true).expect("activation");
+        let cases = [1, 2].into_iter().flat_map(|stride| {
+            [true, false].into_iter().flat_map(move |relu6| {
+                [Interleave::Never, Interleave::Always]
+                    .map(|interleave| (stride, relu6, interleave))
+            })
+        });
+        for (stride, relu6, interleave) in cases {
+            let activation = BiasActivation::new(&input_bias, relu6).expect("activation");
             let activated = activation
                 .apply_in_place(x.copy().expect("copy"))
                 .expect("act");
-            let conv = DepthwiseConv::new(&weight, &bias, stride, true).expect("conv");
+            let conv = DepthwiseConv::new(&weight, &bias, stride, true)
+                .expect("conv")
+                .with_interleaving(interleave);
             let reference = conv.forward(&activated).expect("reference");
             let fused = conv
                 .with_input_activation(activation)
@@ -985,7 +1114,10 @@ mod tests {
             let diff = (fused - reference)
                 .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
                 .expect("diff");
-            assert!(diff < 1e-4, "stride {stride}: max diff {diff}");
+            assert!(
+                diff < 1e-4,
+                "stride {stride} relu6 {relu6} {interleave:?}: max diff {diff}"
+            );
         }
     }
 

@@ -427,6 +427,18 @@ impl EfficientNetLite {
         EfficientNetLite { blocks, ..self }
     }
 
+    /// The same network, its depthwise layers told when to interleave the channels of small
+    /// planes ([`depthwise::Interleave`]; `Auto` is the default, the others are for comparing).
+    pub fn with_interleaving(self, interleave: depthwise::Interleave) -> EfficientNetLite {
+        let blocks = (self.blocks.into_iter())
+            .map(|block| MbConv {
+                depthwise: block.depthwise.with_interleaving(interleave),
+                ..block
+            })
+            .collect();
+        EfficientNetLite { blocks, ..self }
+    }
+
     /// Runs the network up to stride 16 on `[b, 3, h, w]` colour or `[b, 1, h, w]` grey
     /// pixels (a grey plane is the same as three equal channels, at a third of the stem's cost).
     pub fn features(&self, xs: &Tensor) -> candle_core::Result<Features> {
