@@ -1,6 +1,6 @@
 //! The depthwise convolution of small planes, a vector's worth of channels at a time.
 //!
-//! The plane-by-plane kernel (the module above) runs a plane's output rows in vectors. A plane
+//! The plane-by-plane kernel (in `depthwise.rs`) runs a plane's output rows in vectors. A plane
 //! narrower than a vector (8 columns at input 128 past stride 16, 6 at 96) leaves the rest of
 //! each vector idle, and in a plane one vector wide (16 columns past stride 16 at 256) every
 //! tap but the first loads across two cache lines. Here the channels are interleaved instead:
@@ -8,8 +8,9 @@
 //! so that a vector is one pixel of `lanes` channels. Every lane then does work whatever the
 //! plane's width, every load is one aligned vector, each tap's weights are one vector, and
 //! several pixels accumulate side by side (independent chains through the FMA latency). The
-//! price is the interleaving itself, each value written once on the way in and once on the way
-//! out, which pays only for small planes ([`DepthwiseConv::interleaves`]).
+//! price is the interleaving itself, each value moved once on the way in and once on the way
+//! out: 16×16 transposes in AVX-512 registers where the CPU has them, value by value elsewhere.
+//! It pays only for small planes ([`DepthwiseConv::interleaves`]).
 
 use std::mem::MaybeUninit;
 
