@@ -153,19 +153,24 @@ impl DepthwiseConv {
             Interleave::Auto => {
                 let (_, wo) = self.output_size(h, w);
                 wo <= INTERLEAVE_MAX_WIDTH
+                    || (wo <= INTERLEAVE_MAX_WIDTH_5X5 && self.kernel >= 5 && self.stride == 1)
             }
         }
     }
 }
 
-/// Output planes at most this wide are filtered with their channels interleaved. Chosen
-/// layer by layer (`cargo bench --bench backbone -- input`, each of Lite0's small depthwise
-/// layers both ways at inputs 256, 128 and 96, on the 2-core Zen 5): planes 6 to 12 wide
-/// took from about a tenth to a half less time interleaved (Lite0's block 9 at 96, 6 wide:
-/// 48 against 23 µs; at 128, 8 wide: 63 against 36 µs), 16 wide about as long or up to a fifth
-/// longer, 24 and 32 wide up to 1.8 times as long. The whole network then took 0.63 against
-/// 0.72 ms at 128 and 0.49 against 0.59 ms at 96 in f32 (medians of interleaved runs).
+/// Output planes at most this wide are filtered with their channels interleaved, and those at
+/// most [`INTERLEAVE_MAX_WIDTH_5X5`] wide when each output reads 25 inputs or more (5×5, stride
+/// 1): the interleaving moves each input and output value once whatever the kernel, so it pays
+/// where each value feeds many taps. Chosen layer by layer (`cargo bench --bench backbone --
+/// input`: each of Lite0's depthwise layers with outputs up to 32 wide, at inputs 256, 128 and
+/// 96, both ways; the 2-core Zen 5), plane by plane against interleaved: 6 to 12 wide,
+/// interleaved took 15 to 55 % less time (block 9 at 96, 6 wide: 46 against 22 µs); 16 wide,
+/// 8 to 31 % less for 5×5 at stride 1 (block 4 at 128: 40 against 28 µs; block 9 at 256: 75
+/// against 70 µs), 12 to 35 % more for 3×3 or stride 2; 24 and 32 wide, 8 to 102 % more.
 const INTERLEAVE_MAX_WIDTH: usize = 12;
+/// See [`INTERLEAVE_MAX_WIDTH`].
+const INTERLEAVE_MAX_WIDTH_5X5: usize = 16;
 
 /// When the CPU kernel interleaves the channels of a layer's planes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -701,6 +706,7 @@ impl pulp::WithSimd for ConvolvePlane<'_> {
             padded,
             taps: self.taps,
             offsets: self.offsets,
+            max_offset: self.offsets.iter().copied().max().unwrap_or(0),
             bias: self.bias,
             relu6: self.relu6,
         };
@@ -810,6 +816,8 @@ struct RunContext<'a> {
     taps: &'a [f32],
     /// [`PaddedPlane::tap_offsets`]
     offsets: &'a [usize],
+    /// The largest of `offsets`.
+    max_offset: usize,
     bias: f32,
     relu6: bool,
 }
@@ -828,11 +836,16 @@ impl RunContext<'_> {
     ) {
         let lanes = size_of::<S::f32s>() / size_of::<f32>();
         let mut acc = [[simd.splat_f32s(self.bias); V]; R];
+        // One check for every load below: a checked slice per load cost about three
+        // instructions beside each multiply-add.
+        assert!(start + (R - 1) * row_step + self.max_offset + V * lanes <= self.padded.len());
         for (&tap, &offset) in self.taps.iter().zip(self.offsets) {
             let tap = simd.splat_f32s(tap);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let from = start + r * row_step + offset;
-                let (src, _) = S::as_simd_f32s(&self.padded[from..from + V * lanes]);
+                // SAFETY: `offset ≤ max_offset` and `r < R`: within the check above.
+                let values = unsafe { self.padded.get_unchecked(from..from + V * lanes) };
+                let (src, _) = S::as_simd_f32s(values);
                 for (a, &s) in acc.iter_mut().zip(src) {
                     *a = simd.mul_add_e_f32s(tap, s, *a);
                 }
@@ -872,12 +885,15 @@ impl RunContext<'_> {
     ) {
         let lanes = size_of::<S::f32s>() / size_of::<f32>();
         let mut acc = [simd.splat_f32s(self.bias); R];
+        // One check for every load, as in `block`.
+        assert!(start + (R - 1) * row_step + self.max_offset + lanes <= self.padded.len());
         for (&tap, &offset) in self.taps.iter().zip(self.offsets) {
             let tap = simd.splat_f32s(tap);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let from = start + r * row_step + offset;
-                let (src, _) = S::as_simd_f32s(&self.padded[from..from + lanes]);
-                *acc = simd.mul_add_e_f32s(tap, src[0], *acc);
+                // SAFETY: `offset ≤ max_offset` and `r < R`: within the check above.
+                let values = unsafe { self.padded.get_unchecked(from..from + lanes) };
+                *acc = simd.mul_add_e_f32s(tap, S::as_simd_f32s(values).0[0], *acc);
             }
         }
         let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
