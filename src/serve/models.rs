@@ -23,6 +23,7 @@ use crate::inspect::training::{
     Family, KEEP_TRAINING_JOBS, Source, TrainingError, TrainingJob, TrainingRequest,
 };
 use crate::model_control::{ControlError, ModelStatus};
+use crate::models::anomaly::orientation::Orientations;
 use crate::record::{ModelEvent, ShadowSummary};
 
 /// A registry entry as the API shows it.
@@ -337,6 +338,10 @@ pub(super) struct TrainingBody {
     /// The side of the square the model sees: one of [`INPUT_SIZES`]; the family's default
     /// when absent.
     input_size: Option<String>,
+    /// For an anomaly model: which turned copies of the good images its bank learns from
+    /// (`none`, the default; `auto`; `all`; or turns by name, comma-separated), as the CLI's
+    /// `--orientations`.
+    orientations: Option<String>,
 }
 
 /// The input sizes a station's training may be asked for: the run's choice (up to 256, or up
@@ -378,11 +383,31 @@ pub(super) async fn start_training(
             )));
         }
     };
+    let orientations = match (body.orientations.as_deref(), body.family) {
+        (None, _) => Orientations::None,
+        // The names as the OpenAPI pattern spells them: no spaces (the CLI's parser trims).
+        (Some(turns), Family::Anomaly) if turns.contains(char::is_whitespace) => {
+            return Err(ApiError::BadRequest(format!(
+                "`orientations` {turns:?}: names comma-separated, without spaces"
+            )));
+        }
+        (Some(turns), Family::Anomaly) => turns
+            .parse()
+            .map_err(|e: String| ApiError::BadRequest(format!("`orientations`: {e}")))?,
+        (Some(_), Family::Supervised) => {
+            return Err(ApiError::BadRequest(
+                "`orientations` is for anomaly models: a supervised model learns turned \
+                 parts from its own augmentation"
+                    .into(),
+            ));
+        }
+    };
     let request = TrainingRequest {
         family: body.family,
         name: body.name,
         source,
         input_size,
+        orientations,
         requested_by: who.name.clone(),
     };
     let audit = who.audit("model.train", &request.name);
@@ -543,6 +568,24 @@ mod tests {
                 .filter_map(serde_json::Value::as_str)
                 .collect();
         assert_eq!(offered, INPUT_SIZES);
+    }
+
+    /// The turns the OpenAPI description lets a training request name are the ones the
+    /// handler takes, and nothing else passes its pattern.
+    #[test]
+    fn the_openapi_orientations_are_the_ones_taken() {
+        use crate::models::anomaly::orientation::Orientation;
+        let spec: serde_json::Value = serde_json::from_str(crate::serve::OPENAPI).expect("json");
+        let pattern = spec["components"]["schemas"]["TrainingRequest"]["properties"]
+            ["orientations"]["pattern"]
+            .as_str()
+            .expect("a pattern of orientations");
+        let names: Vec<&str> = Orientation::ALL.iter().map(|turn| turn.name()).collect();
+        let turn = format!("({})", names.join("|"));
+        assert_eq!(pattern, format!("^(none|auto|all|{turn}(,{turn})*)$"));
+        for text in ["none", "auto", "all", "rotate90,flip-horizontal"] {
+            assert!(text.parse::<Orientations>().is_ok(), "{text}");
+        }
     }
 
     /// Every kind of model a registry lists is one the OpenAPI description names.

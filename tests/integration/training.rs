@@ -135,6 +135,17 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
                 "input_size": 256}),
             "invalid type",
         ),
+        // Turns by their names only, and only for the family that takes them.
+        (
+            json!({"family": "anomaly", "name": "p", "from": from, "to": to,
+                "orientations": "upside-down"}),
+            "\"upside-down\" is not a turn: `none`, `auto`, `all` or some of flip-horizontal",
+        ),
+        (
+            json!({"family": "supervised", "name": "p", "from": from, "to": to,
+                "orientations": "auto"}),
+            "`orientations` is for anomaly models",
+        ),
     ] {
         let (status, error) = engineer.post("/api/v1/training", body.clone()).await;
         assert_eq!(status, 400, "{body} → {error}");

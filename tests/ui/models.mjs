@@ -255,8 +255,15 @@ await finish(async () => {
       `the page says ${zipStatus}`);
     await page.setInputFiles('#upload-zip', []);
     await page.fill('#name', 'lab-product');
-    // A size asked for is the size the model sees (the anomaly family would choose otherwise).
+    // A size asked for is the size the model sees (the anomaly family would choose otherwise),
+    // and turns asked to be chosen are tried one by one, each trial on the card. The turns are
+    // the anomaly family's only: the form stops offering them for a supervised model.
+    await page.selectOption('#family', 'supervised');
+    expect(await page.isDisabled('#orientations'), 'turns offered for a supervised model');
+    await page.selectOption('#family', 'anomaly');
+    expect(!(await page.isDisabled('#orientations')), 'turns not offered for an anomaly model');
     await page.selectOption('#input-size', '256');
+    await page.selectOption('#orientations', 'auto');
     await page.click('#start-training');
     const article = await page.waitForSelector('article.job[data-state] >> text=lab-product', { timeout: 10_000 });
     const id = await (await article.evaluateHandle((e) => e.closest('article'))).getAttribute('data-job');
@@ -274,7 +281,13 @@ await finish(async () => {
     expect(card.input_size === 256 && card.input_size_choice === undefined, `asked 256, the card says ${card.input_size} (${JSON.stringify(card.input_size_choice)})`);
     const figures = await page.textContent(`article[data-job="${id}"] dl.figures`);
     expect(figures.includes('Input size256 px') && !figures.includes('px, chosen'), `the figures read ${figures}`);
+    const turns = card.orientation_choice;
+    expect(turns && turns.trials.length === 7 && turns.trials.every((t) => t.turned_auroc >= 0 && t.turned_auroc <= 1),
+      `asked for turns to be chosen, the card says ${JSON.stringify(turns)}`);
+    expect(figures.includes('Turns learnt') && figures.includes('chosen by how well turned good parts stand out (AUROC flip-horizontal'),
+      `the figures read ${figures}`);
     await page.selectOption('#input-size', '');
+    await page.selectOption('#orientations', '');
   });
 
   await check('the defect classes: tolerating one asks first, a new class is saved, a class named twice is refused with the reason, a renamed class keeps its labels (axe-core again)', async () => {

@@ -150,9 +150,18 @@ interface InputSizeChoice {
   trials: { input_size: number; painted_auroc?: number; value?: number | null; seconds: number }[];
 }
 
+// Which turned copies of the good images an anomaly model's bank learnt from
+// (models/anomaly/orientation.rs): given, or chosen by the trial of each turn.
+interface OrientationChoice {
+  chosen: string[];
+  rule: string;
+  trials: { orientation: string; turned_auroc: number }[];
+}
+
 interface ModelCard {
   input_size?: number;
   input_size_choice?: InputSizeChoice;
+  orientation_choice?: OrientationChoice;
   threshold_rule: string;
   threshold_guarantee?: ThresholdGuarantee;
   training_duration_s?: number;
@@ -599,6 +608,7 @@ function modelFigures(model: TrainedModel): Definition[] {
     ['Escapes at the threshold', metrics.n_test_defective ? percent(at?.escape_rate) : null],
     ['Defect-vs-good accuracy', number(metrics.defect_vs_good_accuracy)],
     ['Input size', inputSize(card)],
+    ['Turns learnt', turnsLearnt(card.orientation_choice)],
     ['Training took', duration(card.training_duration_s)],
   ];
 }
@@ -618,10 +628,24 @@ function inputSize(card: ModelCard): string | null {
   return `${card.input_size} px, chosen on defects painted on good parts (AUROC ${trials})`;
 }
 
-/** The input size the form asks for: absent for the model's default. */
-function askedInputSize(): { input_size?: string } {
+/** The turned copies an anomaly model learnt from and, where the run chose them, each trial. */
+function turnsLearnt(choice: OrientationChoice | undefined): string | null {
+  if (!choice) return null;
+  const turns = choice.chosen.length ? choice.chosen.join(', ') : 'none';
+  if (!choice.trials.length) return `${turns} (${choice.rule})`;
+  const trials = choice.trials.map((t) => `${t.orientation} ${number(t.turned_auroc)}`).join(', ');
+  return `${turns}, chosen by how well turned good parts stand out (AUROC ${trials})`;
+}
+
+/** The input size (and, for an anomaly model, the turns) the form asks for: absent for the
+ * model's defaults. */
+function askedInputSize(): { input_size?: string; orientations?: string } {
   const size = byId('input-size', HTMLSelectElement).value;
-  return size === '' ? {} : { input_size: size };
+  const turns = byId('orientations', HTMLSelectElement);
+  return {
+    ...(size === '' ? {} : { input_size: size }),
+    ...(turns.disabled || turns.value === '' ? {} : { orientations: turns.value }),
+  };
 }
 
 function preview(p: TrainingPreview) {
@@ -971,8 +995,11 @@ byId('upload', HTMLButtonElement).addEventListener('click', async () => {
 });
 
 byId('family', HTMLSelectElement).addEventListener('change', () => {
-  // An anomaly model starts a new product from what passed; a supervised one learns labels.
-  byId('passed-as-good', HTMLInputElement).checked = byId('family', HTMLSelectElement).value === 'anomaly';
+  // An anomaly model starts a new product from what passed; a supervised one learns labels
+  // (and learns turned parts from its own augmentation: the turns are the anomaly family's).
+  const anomaly = byId('family', HTMLSelectElement).value === 'anomaly';
+  byId('passed-as-good', HTMLInputElement).checked = anomaly;
+  byId('orientations', HTMLSelectElement).disabled = !anomaly;
 });
 
 byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => {

@@ -109,6 +109,9 @@ pub struct TrainingRequest {
     /// The side of the square the model sees, or `auto`; `None` takes the family's default
     /// (the anomaly family chooses between 128 and 256, the supervised family takes 256).
     pub input_size: Option<InputSize>,
+    /// Which turned copies of the good images an anomaly model's bank learns from (the CLI's
+    /// `--orientations`; [`Orientations::None`], the default, for a supervised model).
+    pub orientations: Orientations,
     pub requested_by: String,
 }
 
@@ -552,7 +555,7 @@ fn run(
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
-                orientations: Orientations::None,
+                orientations: request.orientations.clone(),
                 seed: 0,
                 out_dir: out.clone(),
                 progress,

@@ -226,7 +226,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         Orientations::None => None,
         Orientations::Given(turns) => Some(OrientationChoice {
             chosen: turns.clone(),
-            rule: "given by --orientations".to_owned(),
+            rule: "given by the person training (--orientations, or a station's training \
+                   form)"
+                .to_owned(),
             trials: Vec::new(),
             n_fit: 0,
             n_validation: 0,
