@@ -137,8 +137,14 @@ impl Deref for Phase {
 #[derive(Debug, Clone, Default)]
 pub struct ProgressWatch {
     current: Arc<Mutex<Option<ProgressBar>>>,
+    /// The phases the run has left, oldest first, each as it stood when the next began (a
+    /// page polling once a second misses phases shorter than that; their record stays).
+    earlier: Arc<Mutex<Vec<PhaseProgress>>>,
     cancelled: Arc<AtomicBool>,
 }
+
+/// The most phases a watch keeps the record of; past it, the oldest go.
+const KEPT_PHASES: usize = 64;
 
 /// How far a run's current phase is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -156,7 +162,26 @@ pub struct PhaseProgress {
 impl ProgressWatch {
     fn follow(&self, bar: &ProgressBar) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        *current = Some(bar.clone());
+        if let Some(previous) = current.replace(bar.clone()) {
+            let mut earlier = self.earlier.lock().unwrap_or_else(|p| p.into_inner());
+            if earlier.len() == KEPT_PHASES {
+                earlier.remove(0);
+            }
+            earlier.push(progress_of(&previous));
+        }
+    }
+
+    /// Every phase the run has been in, oldest first: those it has left as they stood when
+    /// the next began, and the current one (or the last, once the run has ended) as it
+    /// stands now.
+    pub fn phases(&self) -> Vec<PhaseProgress> {
+        let mut phases = self
+            .earlier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        phases.extend(self.now());
+        phases
     }
 
     /// Asks the run to stop: it does at its next step, with [`Cancelled`].
@@ -175,20 +200,25 @@ impl ProgressWatch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        let done = bar.position();
-        let total = bar.length().filter(|&n| n > 0);
-        let remaining_s = match total {
-            Some(total) if done > 0 && done < total => Some(bar.eta().as_secs_f64()),
-            Some(total) if done >= total => Some(0.0),
-            _ => None,
-        };
-        Some(PhaseProgress {
-            phase: bar.message(),
-            done,
-            total,
-            elapsed_s: bar.elapsed().as_secs_f64(),
-            remaining_s,
-        })
+        Some(progress_of(&bar))
+    }
+}
+
+/// How far `bar`'s phase is.
+fn progress_of(bar: &ProgressBar) -> PhaseProgress {
+    let done = bar.position();
+    let total = bar.length().filter(|&n| n > 0);
+    let remaining_s = match total {
+        Some(total) if done > 0 && done < total => Some(bar.eta().as_secs_f64()),
+        Some(total) if done >= total => Some(0.0),
+        _ => None,
+    };
+    PhaseProgress {
+        phase: bar.message(),
+        done,
+        total,
+        elapsed_s: bar.elapsed().as_secs_f64(),
+        remaining_s,
     }
 }
 
@@ -214,6 +244,35 @@ mod tests {
         second.set_length(3);
         second.inc(3);
         assert_eq!(watch.now().expect("a phase").remaining_s, Some(0.0));
+        // The record keeps the phase left as it stood, and the last as it stands.
+        let phases = watch.phases();
+        let seen: Vec<_> = (phases.iter())
+            .map(|p| (p.phase.as_str(), p.done, p.total))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("features of good images", 4, Some(10)),
+                ("patch head steps", 3, Some(3))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_watch_keeps_the_newest_phases_only() {
+        let watch = ProgressWatch::default();
+        let progress = Progress::watched(watch.clone());
+        for step in 0..KEPT_PHASES + 5 {
+            drop(progress.phase(1, &format!("step {step}")));
+        }
+        let phases = watch.phases();
+        // The kept ones, and the current (last) one.
+        assert_eq!(phases.len(), KEPT_PHASES + 1);
+        assert_eq!(phases[0].phase, "step 4");
+        assert_eq!(
+            phases[KEPT_PHASES].phase,
+            format!("step {}", KEPT_PHASES + 4)
+        );
     }
 
     #[test]

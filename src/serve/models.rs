@@ -652,6 +652,13 @@ mod tests {
                 elapsed_s: 0.1,
                 remaining_s: Some(0.1),
             }),
+            phases: vec![PhaseProgress {
+                phase: "features of good images".into(),
+                done: 1,
+                total: Some(2),
+                elapsed_s: 0.1,
+                remaining_s: Some(0.1),
+            }],
             cancel_requested: false,
             training_set: Some(TrainingSet::default()),
             model: Some(TrainedModel {

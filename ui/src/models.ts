@@ -191,6 +191,7 @@ interface TrainingJob {
   finished_at: string | null;
   state: JobState;
   progress: TrainingPhase | null;
+  phases: TrainingPhase[];
   cancel_requested: boolean;
   training_set: TrainingSet | null;
   model: TrainedModel | null;
@@ -628,6 +629,12 @@ function inputSize(card: ModelCard): string | null {
   return `${card.input_size} px, chosen on defects painted on good parts (AUROC ${trials})`;
 }
 
+/** Where a finished training's time went, phase by phase. */
+function phasesTaken(phases: TrainingPhase[]): string | null {
+  if (!phases.length) return null;
+  return phases.map((p) => `${p.phase}${p.total ? ` (${p.done} of ${p.total})` : ''} ${duration(p.elapsed_s)}`).join('; ');
+}
+
 /** The turned copies an anomaly model learnt from and, where the run chose them, each trial. */
 function turnsLearnt(choice: OrientationChoice | undefined): string | null {
   if (!choice) return null;
@@ -740,7 +747,7 @@ function jobView(job: TrainingJob) {
   if (job.model) {
     const dl = document.createElement('dl');
     dl.className = 'figures';
-    definitions(dl, modelFigures(job.model));
+    definitions(dl, [...modelFigures(job.model), ['Phases', phasesTaken(job.phases)]]);
     div.append(dl);
     if (job.model.previews.length) {
       const h = document.createElement('h3');

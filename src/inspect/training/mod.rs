@@ -208,6 +208,9 @@ pub struct TrainingJob {
     pub state: JobState,
     /// The phase it is in, while it runs.
     pub progress: Option<PhaseProgress>,
+    /// Every phase it has been in, oldest first, the last as it stands now (kept when the job
+    /// ends: where a training's time went).
+    pub phases: Vec<PhaseProgress>,
     /// Whether it has been asked to stop (it still runs until its current step ends).
     pub cancel_requested: bool,
     /// Once the records are read.
@@ -304,6 +307,7 @@ impl TrainingJobs {
                 finished_at: None,
                 state: JobState::Running,
                 progress: None,
+                phases: Vec::new(),
                 cancel_requested: false,
                 training_set: None,
                 model: None,
@@ -421,6 +425,7 @@ impl Slot {
         if job.state == JobState::Running {
             job.progress = self.watch.now();
         }
+        job.phases = self.watch.phases();
         job.cancel_requested = self.watch.is_cancelled();
         job
     }
