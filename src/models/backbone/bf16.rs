@@ -374,13 +374,14 @@ unsafe fn gemm_strided(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{MR, NR};
 
-    /// Mask of the first `width` of 16 lanes.
-    fn lanes(width: usize) -> __mmask16 {
+    /// Mask of the first `width` of 16 lanes (the interleaved depthwise kernel's transposes
+    /// use it too).
+    pub(in crate::models::backbone) fn lanes(width: usize) -> __mmask16 {
         if width >= 16 {
             0xffff
         } else {

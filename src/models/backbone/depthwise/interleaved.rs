@@ -341,19 +341,11 @@ mod avx512 {
     use std::mem::MaybeUninit;
 
     use super::Interleaving;
+    use crate::models::backbone::bf16::x86::lanes;
 
     /// Whether this CPU runs the transposes.
     pub(in super::super) fn available() -> bool {
         is_x86_feature_detected!("avx512f")
-    }
-
-    /// Mask of the first `width` (at most 16) lanes.
-    fn lanes(width: usize) -> __mmask16 {
-        if width >= 16 {
-            0xffff
-        } else {
-            ((1u32 << width) - 1) as __mmask16
-        }
     }
 
     /// Transposes the 16×16 block `rows` in place (row `i`, lane `j` → row `j`, lane `i`).
