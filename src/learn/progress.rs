@@ -175,12 +175,12 @@ impl ProgressWatch {
     /// the next began, and the current one (or the last, once the run has ended) as it
     /// stands now.
     pub fn phases(&self) -> Vec<PhaseProgress> {
-        let mut phases = self
-            .earlier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        phases.extend(self.now());
+        // `current`, then `earlier`, held together as `follow` takes them: a phase that ends
+        // meanwhile is either still current or already on the record, never neither.
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier = self.earlier.lock().unwrap_or_else(|p| p.into_inner());
+        let mut phases = earlier.clone();
+        phases.extend(current.as_ref().map(progress_of));
         phases
     }
 

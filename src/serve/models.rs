@@ -384,7 +384,8 @@ pub(super) async fn start_training(
         }
     };
     let orientations = match (body.orientations.as_deref(), body.family) {
-        (None, _) => Orientations::None,
+        // `none` is every family's default, so any may say it.
+        (None | Some("none"), _) => Orientations::None,
         // The names as the OpenAPI pattern spells them: no spaces (the CLI's parser trims).
         (Some(turns), Family::Anomaly) if turns.contains(char::is_whitespace) => {
             return Err(ApiError::BadRequest(format!(
@@ -570,8 +571,8 @@ mod tests {
         assert_eq!(offered, INPUT_SIZES);
     }
 
-    /// The turns the OpenAPI description lets a training request name are the ones the
-    /// handler takes, and nothing else passes its pattern.
+    /// The turns the OpenAPI description's pattern lets a training request name are exactly
+    /// [`Orientation::ALL`]'s, and what it allows parses.
     #[test]
     fn the_openapi_orientations_are_the_ones_taken() {
         use crate::models::anomaly::orientation::Orientation;

@@ -142,6 +142,11 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
             "\"upside-down\" is not a turn: `none`, `auto`, `all` or some of flip-horizontal",
         ),
         (
+            json!({"family": "anomaly", "name": "p", "from": from, "to": to,
+                "orientations": "rotate90, rotate180"}),
+            "names comma-separated, without spaces",
+        ),
+        (
             json!({"family": "supervised", "name": "p", "from": from, "to": to,
                 "orientations": "auto"}),
             "`orientations` is for anomaly models",

@@ -1001,13 +1001,17 @@ byId('upload', HTMLButtonElement).addEventListener('click', async () => {
   } catch (error) { showError(errorMessage(error)); } finally { byId('upload', HTMLButtonElement).disabled = false; }
 });
 
-byId('family', HTMLSelectElement).addEventListener('change', () => {
-  // An anomaly model starts a new product from what passed; a supervised one learns labels
-  // (and learns turned parts from its own augmentation: the turns are the anomaly family's).
+/** The form's choices that depend on the family: an anomaly model starts a new product from
+ * what passed, a supervised one learns labels (and learns turned parts from its own
+ * augmentation: the turns are the anomaly family's). */
+function followFamily() {
   const anomaly = byId('family', HTMLSelectElement).value === 'anomaly';
   byId('passed-as-good', HTMLInputElement).checked = anomaly;
   byId('orientations', HTMLSelectElement).disabled = !anomaly;
-});
+}
+byId('family', HTMLSelectElement).addEventListener('change', followFamily);
+// A browser may restore the family chosen before a reload without a change event.
+followFamily();
 
 byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => {
   event.preventDefault();

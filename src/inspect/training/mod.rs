@@ -208,8 +208,8 @@ pub struct TrainingJob {
     pub state: JobState,
     /// The phase it is in, while it runs.
     pub progress: Option<PhaseProgress>,
-    /// Every phase it has been in, oldest first, the last as it stands now (kept when the job
-    /// ends: where a training's time went).
+    /// Every phase it has been in, oldest first, the last as it stands now; once the job has
+    /// ended, as they stood when it ended (where a training's time went).
     pub phases: Vec<PhaseProgress>,
     /// Whether it has been asked to stop (it still runs until its current step ends).
     pub cancel_requested: bool,
@@ -347,8 +347,12 @@ impl TrainingJobs {
                 // A run that failed after a cancel stopped because of it; one that finished
                 // first is done (its model is in the registry).
                 let cancelled = outcome.is_err() && watch.is_cancelled();
+                // The record as the run left it: a bar's elapsed time goes on counting after
+                // its run has ended.
+                let phases = watch.phases();
                 jobs.update(id, &|job| {
                     job.finished_at = Some(Utc::now());
+                    job.phases = phases.clone();
                     match &outcome {
                         Ok(model) => {
                             job.state = JobState::Done;
@@ -424,8 +428,8 @@ impl Slot {
         let mut job = self.job.clone();
         if job.state == JobState::Running {
             job.progress = self.watch.now();
+            job.phases = self.watch.phases();
         }
-        job.phases = self.watch.phases();
         job.cancel_requested = self.watch.is_cancelled();
         job
     }

@@ -226,8 +226,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         Orientations::None => None,
         Orientations::Given(turns) => Some(OrientationChoice {
             chosen: turns.clone(),
-            rule: "given by the person training (--orientations, or a station's training \
-                   form)"
+            rule: "given by the person training (--orientations, or `orientations` in a \
+                   station's training request)"
                 .to_owned(),
             trials: Vec::new(),
             n_fit: 0,

@@ -12,8 +12,9 @@
 //! ([`super::banded`]) each thread filters its own rows of every channel instead. The same
 //! kernel runs the stem on a grey image: every output channel reads the one input plane.
 //! Planes a few pixels wide (past stride 16 at inputs of 128 and 96) would leave most of each
-//! vector idle: those layers filter a vector's worth of channels at a time, interleaved
-//! ([`interleaved`]). On an NVIDIA GPU (`depthwise/cuda.rs`, `cuda` feature) both ops are one kernel launch each; other
+//! vector idle: those layers (and 16-wide ones of 5×5 kernels at stride 1) filter a vector's
+//! worth of channels at a time, interleaved by AVX-512 transposes or value by value on CPUs
+//! without them ([`interleaved`]). On an NVIDIA GPU (`depthwise/cuda.rs`, `cuda` feature) both ops are one kernel launch each; other
 //! devices fall back to candle's own ops. (The 1×1 convolutions are gemm calls, see
 //! [`super::pointwise`]: 85–180 GFLOP/s on the Intel Xeon measured, about 335 on the AMD Zen 5.)
 
@@ -1118,7 +1119,7 @@ mod tests {
         let bias = Tensor::randn(0f32, 1f32, c, &device).expect("b");
         let cases = [1, 2].into_iter().flat_map(|stride| {
             [true, false].into_iter().flat_map(move |relu6| {
-                [Interleave::Never, Interleave::Always]
+                [Interleave::Never, Interleave::Always, Interleave::Scalar]
                     .map(|interleave| (stride, relu6, interleave))
             })
         });

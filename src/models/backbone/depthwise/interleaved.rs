@@ -306,16 +306,16 @@ impl<S: pulp::Simd> PixelRun<'_, S> {
         let mut acc = [self.bias; N];
         // One check for every load below: a checked slice per load cost three instructions
         // beside each multiply-add.
-        let last_offset = self.offsets.last().copied().unwrap_or(0);
+        let max_offset = self.offsets.iter().copied().max().unwrap_or(0);
         assert!(
             corners
                 .iter()
-                .all(|&c| c + last_offset + lanes <= self.padded.len())
+                .all(|&c| c + max_offset + lanes <= self.padded.len())
         );
         for (&tap, &offset) in self.taps.iter().zip(self.offsets) {
             for (a, &corner) in acc.iter_mut().zip(&corners) {
                 let from = corner + offset;
-                // SAFETY: `offsets` rise, so `from + lanes` is within the check above.
+                // SAFETY: `offset ≤ max_offset`: `from + lanes` is within the check above.
                 let values = unsafe { self.padded.get_unchecked(from..from + lanes) };
                 *a = simd.mul_add_e_f32s(tap, S::as_simd_f32s(values).0[0], *a);
             }
