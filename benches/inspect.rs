@@ -140,6 +140,17 @@ fn template_comparison(c: &mut Criterion) {
     c.bench_function("template/compare_640", |b| {
         b.iter(|| compare_prepared(&part, &reference, &settings).expect("compares"))
     });
+    // What a wider alignment costs, for a product whose training measured its parts sitting
+    // further off their golden image (the default reach is 2 pixels each way).
+    for align_px in [4, 8] {
+        let settings = CompareSettings {
+            align_px,
+            ..settings
+        };
+        c.bench_function(&format!("template/compare_640_reach{align_px}"), |b| {
+            b.iter(|| compare_prepared(&part, &reference, &settings).expect("compares"))
+        });
+    }
 }
 
 /// The same models on the GPU, in a `cuda` build (`make bench-cuda`): names start `cuda/`.

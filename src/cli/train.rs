@@ -376,11 +376,13 @@ pub struct Template {
     /// with --fixed-compare the setting.
     #[arg(long, default_value_t = CompareSettings::default().join_px)]
     join_px: u32,
-    /// Keep --min-depth-px and --join-px as given instead of letting the validation parts
+    /// Keep --min-depth-px, --join-px and --align-px as given instead of letting the run
     /// choose them.
     #[arg(long)]
     fixed_compare: bool,
-    /// The largest shift (pixels, each way) tried to align a part with its reference.
+    /// The largest shift (pixels, each way) tried to align a part with its reference: the
+    /// least the run chooses from how far its parts sit off their references, or with
+    /// --fixed-compare the setting.
     #[arg(long, default_value_t = CompareSettings::default().align_px)]
     align_px: u32,
 }
@@ -415,6 +417,18 @@ impl Template {
             family.training_duration_s,
             self.folders.out.display()
         );
+        if let Some(choice) = &family.alignment_choice {
+            let seen: Vec<String> = (choice.parts_by_offset_px.iter().enumerate())
+                .filter(|(_, parts)| **parts > 0)
+                .map(|(offset, parts)| format!("{offset} px: {parts}"))
+                .collect();
+            println!(
+                "alignment within {} px, chosen: {} (parts by offset: {})",
+                choice.align_px,
+                choice.rule,
+                seen.join(", ")
+            );
+        }
         if let Some(choice) = &family.compare_choice {
             let trials: Vec<String> = (choice.trials.iter())
                 .map(|t| {

@@ -410,21 +410,34 @@ fn the_cli_trains_and_scores_a_template_model() {
 /// A product without pairs, as a station's own records are: every part compared with the
 /// product's golden image (`--reference`), in MVTec AD's layout with typed boxes beside the
 /// defective parts.
-#[test]
-fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("parts");
+/// Parts of one product in MVTec's layout under `root`, compared with its golden image
+/// (`train/good/golden.png`, returned): 8 good and 32 defective to train on, 4 and 8 to test,
+/// the defective ones' boxes beside them. Each part sits up to `wander` pixels off the
+/// golden image's place each way, as a loose fixture leaves it, its boxes moved with it.
+fn write_parts(root: &Path, wander: i64) -> std::path::PathBuf {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let types = [1u8, 2, 5, 6];
     let names = ["open", "short", "spurious copper", "pin-hole"];
     let mut write = |split: &str, class: &str, n: usize, offset: usize| {
         for i in 0..n {
             let stem = format!("{:03}", offset + i);
-            let (pixels, boxes) = if class == "good" {
+            let (mut pixels, mut boxes) = if class == "good" {
                 tested(&mut rng, &[])
             } else {
                 tested(&mut rng, &[types[i % 4], types[(i + 1) % 4]])
             };
+            if wander > 0 {
+                let (dx, dy) = (
+                    rng.gen_range(-wander..=wander),
+                    rng.gen_range(-wander..=wander),
+                );
+                pixels = moved(&pixels, dx, dy);
+                for (bbox, _) in &mut boxes {
+                    let [x0, y0, x1, y1] = *bbox;
+                    let by = |v: usize, d: i64| usize::try_from(v as i64 + d).expect("on the part");
+                    *bbox = [by(x0, dx), by(y0, dy), by(x1, dx), by(y1, dy)];
+                }
+            }
             write_png(
                 &root.join(format!("{split}/{class}/{stem}.png")),
                 &image(pixels),
@@ -449,6 +462,29 @@ fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
     // The golden image sits among the good parts: it is not compared with itself.
     let golden = root.join("train/good/golden.png");
     write_png(&golden, &image(template()));
+    golden
+}
+
+/// `pixels` moved `dx` right and `dy` down, the ground showing where the board left.
+fn moved(pixels: &[u8], dx: i64, dy: i64) -> Vec<u8> {
+    let mut out = vec![GROUND; SIDE * SIDE];
+    for y in 0..SIDE as i64 {
+        for x in 0..SIDE as i64 {
+            let (from_x, from_y) = (x - dx, y - dy);
+            if (0..SIDE as i64).contains(&from_x) && (0..SIDE as i64).contains(&from_y) {
+                out[(y * SIDE as i64 + x) as usize] =
+                    pixels[(from_y * SIDE as i64 + from_x) as usize];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    let golden = write_parts(&root, 0);
     let out = dir.path().join("model");
     let card = template::train(&TemplateSettings {
         name: "parts".into(),
@@ -489,6 +525,77 @@ fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
     let again = template::evaluate(&model, &held_out, Layout::Mvtec, None, &Progress::hidden())
         .expect("scores");
     assert_eq!(again, family.metrics);
+}
+
+#[test]
+fn the_run_searches_as_far_as_its_parts_sit_off_the_golden_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    // A loose fixture: parts up to 5 pixels off the golden image's place each way.
+    let golden = write_parts(&root, 5);
+    let settings = |choose_compare, out: &str| TemplateSettings {
+        name: "loose".into(),
+        layout: Layout::Mvtec,
+        reference: Some(golden.clone()),
+        choose_compare,
+        ..boards(&root, &dir.path().join(out))
+    };
+    let map = |card: &linesight::models::card::ModelCard<template::TemplateCard>| {
+        (card.family.metrics.boxes.as_ref()).map_or(0.0, |b| b.mean_average_precision[0].value)
+    };
+    // Searched within the 2 pixels given, most parts are compared misaligned: every edge of
+    // their traces differs, and the defects drown among those differences.
+    let fixed = template::train(&settings(false, "fixed")).expect("trains");
+    assert!(fixed.family.alignment_choice.is_none());
+    assert_eq!(fixed.family.compare.align_px, 2);
+    assert!(map(&fixed) < 0.7, "held-out box mAP@0.5 {}", map(&fixed));
+    // Measured, the parts sit up to 5 pixels off; the run searches past that.
+    let chosen = template::train(&settings(true, "chosen")).expect("trains");
+    let choice = (chosen.family.alignment_choice.as_ref()).expect("a recorded choice");
+    assert_eq!(choice.largest_offset_px, 5, "{choice:?}");
+    // An evenly spread sample of the 40 training parts: every second one.
+    let n_train = chosen.family.n_train;
+    let step = n_train.div_ceil(template::train::OFFSET_SAMPLE);
+    assert_eq!(
+        choice.parts_by_offset_px.iter().sum::<usize>(),
+        n_train.div_ceil(step)
+    );
+    assert_eq!(choice.align_px, template::train::reach_for(5, 2));
+    assert!(choice.align_px >= 6, "{choice:?}");
+    assert_eq!(chosen.family.compare.align_px, choice.align_px);
+    assert!(choice.rule.contains("sat 5 px off"), "{}", choice.rule);
+    assert!(map(&chosen) >= 0.9, "held-out box mAP@0.5 {}", map(&chosen));
+    // Misaligned, every trace's end and edge was a candidate: several times as many boxes.
+    let boxes = |card: &linesight::models::card::ModelCard<template::TemplateCard>| {
+        (card.family.metrics.boxes.as_ref()).map_or(0, |b| b.n_predicted_boxes)
+    };
+    assert!(
+        boxes(&fixed) > 3 * boxes(&chosen),
+        "{} boxes misaligned, {} aligned",
+        boxes(&fixed),
+        boxes(&chosen)
+    );
+    // The station's model searches as far: it loads and scores the parts again alike.
+    let model = template::TemplateModel::load(&dir.path().join("chosen")).expect("loads");
+    assert_eq!(model.card.family.compare.align_px, choice.align_px);
+}
+
+#[test]
+fn the_reach_searched_covers_the_parts_measured_within_its_bounds() {
+    use template::compare::MAX_ALIGN_PX;
+    use template::train::reach_for;
+    for largest in 0..=MAX_ALIGN_PX {
+        for given in 0..=4 {
+            let reach = reach_for(largest, given);
+            assert!(reach >= given && reach <= MAX_ALIGN_PX);
+            assert!(
+                reach > largest || reach == MAX_ALIGN_PX,
+                "{largest} {given} {reach}"
+            );
+        }
+    }
+    assert_eq!(reach_for(0, 2), 2);
+    assert_eq!(reach_for(8, 2), 11);
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! a stamped sheet, registered by the fixture or the camera's crop), the difference from a good
 //! part's image is the defect, and finds defects a few pixels wide that a patch grid of 8 input
 //! pixels draws coarsely. Three steps ([`compare`], [`classifier`]):
-//! 1. both images cut at Otsu's threshold, the part aligned on its reference within a few
-//!    pixels, and the places where it differs deeply enough from the reference's edges found
+//! 1. both images cut at Otsu's threshold, the part aligned on its reference within the reach
+//!    its training measured its parts to need, and the places where it differs deeply enough from the reference's edges found
 //!    as candidates, each with measurements (depth, thickness, size, whether it adds or takes
 //!    pattern, whether it joins or splits the pattern, whether it reaches the reference's edge);
 //! 2. a classifier learnt from labelled boxes says which candidates are defects and of which
@@ -80,6 +80,10 @@ pub struct TemplateCard {
     /// How the run chose `compare`'s depth and join; `None` where it kept them as given.
     #[serde(default)]
     pub compare_choice: Option<CompareChoice>,
+    /// How the run chose how far `compare` searches to align a part; `None` where it kept
+    /// the reach given.
+    #[serde(default)]
+    pub alignment_choice: Option<AlignmentChoice>,
     pub training_duration_s: f64,
     /// On the held-out parts.
     pub metrics: TemplateMetrics,
@@ -99,6 +103,22 @@ pub struct CompareChoice {
     /// The settings chosen.
     pub min_depth_px: f32,
     pub join_px: u32,
+}
+
+/// How a training run chose how far its comparison searches to align a part with its
+/// reference: how far its parts sit off their references, measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignmentChoice {
+    /// How many of the training parts measured sat each distance off their references: the
+    /// count at index `i` sat `i` pixels off (the larger axis), measured with the widest
+    /// search the comparison has ([`compare::MAX_ALIGN_PX`]).
+    pub parts_by_offset_px: Vec<usize>,
+    /// The farthest any of them sat.
+    pub largest_offset_px: u32,
+    /// How the choice is made, in words.
+    pub rule: String,
+    /// The reach chosen ([`CompareSettings::align_px`]).
+    pub align_px: u32,
 }
 
 /// One pair of settings tried, and what the validation parts measured at it.

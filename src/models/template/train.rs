@@ -4,7 +4,11 @@
 //! The protocol, fixed here so that no run is tuned by hand:
 //! 1. the dataset's held-out quarter is set aside ([`held_out_part`], the supervised family's
 //!    split, so the two families are scored on the same parts);
-//! 2. of the rest, a fifth is held back as validation; the classifier and margin are fitted on
+//! 2. unless told to keep the settings given, the run measures how far its training parts sit
+//!    off their references (an evenly spread sample of [`OFFSET_SAMPLE`], aligned with the
+//!    widest search) and searches that far and a little more ([`reach_for`]): one product's
+//!    parts are registered to the pixel, another's fixture lets them wander by several;
+//! 3. of the rest, a fifth is held back as validation; the classifier and margin are fitted on
 //!    the other four fifths. Unless told to keep the settings given, the run chooses how deep
 //!    a difference must reach and how near differences join ([`DEPTH_CHOICES_PX`] ×
 //!    [`JOIN_CHOICES_PX`]) by the validation parts' box mAP@0.5 of a first fit at each: the
@@ -13,7 +17,7 @@
 //!    default worked out on one product's boards must not decide another's). The threshold is
 //!    then the defect probability whose boxes reach the best F1 (IoU > 0.5, whatever their
 //!    type) on the validation parts, at the settings chosen;
-//! 3. the classifier and margin are fitted again on the whole training part, and the model is
+//! 4. the classifier and margin are fitted again on the whole training part, and the model is
 //!    scored once on the held-out quarter.
 //!
 //! A part is compared with its own reference where the dataset pairs them (DeepPCB's tested
@@ -33,12 +37,12 @@ use crate::models::card::{CardError, ModelCard};
 
 use super::classifier::{Classifier, ClassifierError, NO_DEFECT};
 use super::compare::{
-    Candidate, CompareError, CompareSettings, Difference, N_FEATURES, PatternSide,
+    Candidate, CompareError, CompareSettings, Difference, MAX_ALIGN_PX, N_FEATURES, PatternSide,
     PreparedReference,
 };
 use super::{
-    CompareChoice, CompareTrial, REFERENCE_FILE, TemplateCard, TemplateMetrics, TemplateModel,
-    grown,
+    AlignmentChoice, CompareChoice, CompareTrial, REFERENCE_FILE, TemplateCard, TemplateMetrics,
+    TemplateModel, grown,
 };
 
 /// Every `HOLDOUT_EVERY`-th part of each class is held out (the supervised family's split).
@@ -50,6 +54,20 @@ pub const VALIDATION_EVERY: usize = 5;
 pub const DEPTH_CHOICES_PX: [f32; 4] = [2.0, 3.0, 4.0, 6.0];
 /// The distances (pixels) within which a run tries joining cores into one candidate.
 pub const JOIN_CHOICES_PX: [u32; 3] = [3, 7, 11];
+/// Training parts a run measures how far parts sit off their references on, spread evenly
+/// over its training part: enough to see a fixture's spread, at a fraction of a second each
+/// on a 640-pixel board.
+pub const OFFSET_SAMPLE: usize = 32;
+
+/// How far (pixels, each way) the comparison searches to align the parts of a product whose
+/// measured parts sat up to `largest` pixels off their references: that far, a quarter
+/// again and a pixel more for parts the sample missed; never less than `given` (a narrower
+/// search saves little time, and a part past the search is compared misaligned, its every
+/// edge a difference), and at most [`MAX_ALIGN_PX`].
+pub fn reach_for(largest: u32, given: u32) -> u32 {
+    (largest + 1 + largest / 4).max(given).min(MAX_ALIGN_PX)
+}
+
 /// How much more validation box mAP@0.5 another pair of settings must reach to replace the
 /// given ones: less is within what 30 validation parts measure by chance.
 pub const CHOICE_MARGIN: f64 = 0.01;
@@ -64,8 +82,9 @@ pub struct TemplateSettings {
     /// it, and it is copied into the model so that a station can run it.
     pub reference: Option<PathBuf>,
     pub compare: CompareSettings,
-    /// Whether the run chooses `compare`'s depth and join on its validation parts (the
-    /// settings given are its first candidate), or keeps them as given.
+    /// Whether the run chooses `compare`'s reach from how far its parts sit off their
+    /// references (the reach given its least) and its depth and join on its validation parts
+    /// (the settings given are its first candidate), or keeps them as given.
     pub choose_compare: bool,
     pub out_dir: PathBuf,
     pub progress: Progress,
@@ -423,6 +442,66 @@ impl Comparison {
     }
 }
 
+/// How far the comparison of `pairs`' product searches to align a part (see the module's
+/// protocol): an evenly spread sample of them measured with the widest search, the reach
+/// chosen by [`reach_for`] from the farthest.
+fn chosen_alignment(
+    pairs: &[Pair],
+    given: CompareSettings,
+    progress: &Progress,
+) -> Result<AlignmentChoice, TemplateError> {
+    let step = pairs.len().div_ceil(OFFSET_SAMPLE).max(1);
+    let sample: Vec<&Pair> = pairs.iter().step_by(step).collect();
+    let phase = progress.phase(
+        sample.len(),
+        "measuring how far parts sit off their references",
+    );
+    let mut reference_cache = None;
+    let mut parts_by_offset_px = Vec::new();
+    for pair in &sample {
+        phase.check()?;
+        let part = dataset::load_gray(&pair.part)?;
+        let reference = prepared(&pair.reference, given.pattern, &mut reference_cache)?;
+        let (dx, dy) =
+            reference
+                .offset_of(&part, MAX_ALIGN_PX)
+                .map_err(|source| TemplateError::Compare {
+                    path: pair.part.clone(),
+                    source,
+                })?;
+        // Within the search's reach, so small.
+        let offset = dx.unsigned_abs().max(dy.unsigned_abs()) as usize;
+        if parts_by_offset_px.len() <= offset {
+            parts_by_offset_px.resize(offset + 1, 0);
+        }
+        parts_by_offset_px[offset] += 1;
+        phase.inc(1);
+    }
+    phase.finish_and_clear();
+    let largest_offset_px = parts_by_offset_px.len().saturating_sub(1) as u32;
+    let align_px = reach_for(largest_offset_px, given.align_px);
+    let mut rule = format!(
+        "the farthest of {} training parts sat {largest_offset_px} px off its reference; the \
+         comparison searches that far, a quarter again and 1 px more, never less than the {} px \
+         given, at most {MAX_ALIGN_PX} px",
+        sample.len(),
+        given.align_px
+    );
+    if largest_offset_px >= MAX_ALIGN_PX {
+        rule.push_str(
+            "; some sat at the widest search's edge and may sit further, where the comparison \
+             cannot align them: register the parts closer (the fixture, the camera's crop)",
+        );
+        tracing::warn!(%rule, "parts sit as far off their references as the comparison reaches");
+    }
+    Ok(AlignmentChoice {
+        parts_by_offset_px,
+        largest_offset_px,
+        rule,
+        align_px,
+    })
+}
+
 /// The comparison at the settings the validation parts choose (see the module's protocol),
 /// and the card's record of the choice; the given settings, and no record, where the
 /// validation parts have no labelled box to choose by.
@@ -590,6 +669,13 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
     // The product's pattern is the side that covers less of its references.
     let mut compare_settings = settings.compare;
     compare_settings.pattern = pattern_side(&train_pairs)?;
+    let alignment_choice = if settings.choose_compare {
+        let choice = chosen_alignment(&train_pairs, compare_settings, progress)?;
+        compare_settings.align_px = choice.align_px;
+        Some(choice)
+    } else {
+        None
+    };
     let settings = &TemplateSettings {
         compare: compare_settings,
         ..settings.clone()
@@ -683,6 +769,7 @@ pub fn train(settings: &TemplateSettings) -> Result<ModelCard<TemplateCard>, Tem
         n_validation,
         validation_boxes,
         compare_choice,
+        alignment_choice,
         training_duration_s: 0.0,
         metrics: TemplateMetrics {
             n_test: 0,
