@@ -443,6 +443,18 @@ impl Template {
                 choice.rule,
                 trials.join(", ")
             );
+            if let Some(min_island_px) = choice.min_island_px {
+                let trials: Vec<String> = (choice.island_trials.iter())
+                    .map(|t| {
+                        let figure = t.validation_map.map_or("-".into(), |m| format!("{m:.4}"));
+                        format!("{} {figure}", t.min_island_px)
+                    })
+                    .collect();
+                println!(
+                    "crumbs below {min_island_px} px, chosen the same way (validation box mAP@0.5 by crumb size: {})",
+                    trials.join(", ")
+                );
+            }
         }
         println!("threshold: {}", card.head.threshold_rule);
         if let Some(boxes) = &family.validation_boxes {

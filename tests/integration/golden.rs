@@ -301,6 +301,36 @@ fn the_run_chooses_how_deep_differences_must_reach_on_its_validation_parts() {
         "{choice:?}"
     );
     assert!(choice.rule.contains("given depth 6 px"), "{}", choice.rule);
+    // Then the crumb size, at the depth and join chosen: the given one first, half and twice
+    // it beside, and the given one stands unless beaten by more than chance.
+    let given_islands = CompareSettings::default().min_island_px;
+    let islands: Vec<usize> = (choice.island_trials.iter())
+        .map(|t| t.min_island_px)
+        .collect();
+    assert_eq!(
+        islands,
+        [given_islands, given_islands / 2, given_islands * 2]
+    );
+    let chosen_islands = choice.min_island_px.expect("a crumb size chosen");
+    assert_eq!(chosen.family.compare.min_island_px, chosen_islands);
+    let island_figure = |size: usize| {
+        (choice.island_trials.iter())
+            .find(|t| t.min_island_px == size)
+            .and_then(|t| t.validation_map)
+            .expect("a figure")
+    };
+    assert_eq!(
+        island_figure(given_islands),
+        figure_of(choice.min_depth_px, choice.join_px)
+    );
+    if chosen_islands != given_islands {
+        assert!(
+            island_figure(chosen_islands)
+                > island_figure(given_islands) + template::train::CHOICE_MARGIN,
+            "{choice:?}"
+        );
+    }
+    assert_eq!(template::train::island_choices(1), [2]);
     assert!(map(&chosen) >= 0.9, "held-out box mAP@0.5 {}", map(&chosen));
     // The card, with its choice, loads.
     template::TemplateModel::load(&dir.path().join("chosen")).expect("loads");

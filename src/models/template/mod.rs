@@ -103,6 +103,21 @@ pub struct CompareChoice {
     /// The settings chosen.
     pub min_depth_px: f32,
     pub join_px: u32,
+    /// Then, at the depth and join chosen, the crumb sizes tried beside the given one
+    /// ([`CompareSettings::min_island_px`]); empty on a card from before this choice.
+    #[serde(default)]
+    pub island_trials: Vec<IslandTrial>,
+    /// The crumb size chosen; `None` on a card from before this choice.
+    #[serde(default)]
+    pub min_island_px: Option<usize>,
+}
+
+/// One crumb size tried, and what the validation parts measured at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IslandTrial {
+    pub min_island_px: usize,
+    /// As [`CompareTrial::validation_map`].
+    pub validation_map: Option<f64>,
 }
 
 /// How a training run chose how far its comparison searches to align a part with its

@@ -14,7 +14,9 @@
 //!    [`JOIN_CHOICES_PX`]) by the validation parts' box mAP@0.5 of a first fit at each: the
 //!    given settings stand unless another pair beats them by more than [`CHOICE_MARGIN`]
 //!    (a product's scale, its pixels a millimetre and its scan's noise, is its own, and a
-//!    default worked out on one product's boards must not decide another's). The threshold is
+//!    default worked out on one product's boards must not decide another's), then at those
+//!    the size below which islands of pattern are crumbs ([`island_choices`]), the same way,
+//!    in a second pass. The threshold is
 //!    then the defect probability whose boxes reach the best F1 (IoU > 0.5, whatever their
 //!    type) on the validation parts, at the settings chosen;
 //! 4. the classifier and margin are fitted again on the whole training part, and the model is
@@ -41,8 +43,8 @@ use super::compare::{
     PreparedReference,
 };
 use super::{
-    AlignmentChoice, CompareChoice, CompareTrial, REFERENCE_FILE, TemplateCard, TemplateMetrics,
-    TemplateModel, grown,
+    AlignmentChoice, CompareChoice, CompareTrial, IslandTrial, REFERENCE_FILE, TemplateCard,
+    TemplateMetrics, TemplateModel, grown,
 };
 
 /// Every `HOLDOUT_EVERY`-th part of each class is held out (the supervised family's split).
@@ -553,20 +555,75 @@ fn chosen_comparison(
          more than {CHOICE_MARGIN}, each scored by a first fit without the validation parts",
         given.min_depth_px, given.join_px
     );
-    // The given settings stand unless beaten by more than chance; settings at which nothing
-    // could be learnt stand against none.
-    let chosen = match (best, given_figure) {
-        (Some((comparison, figure)), Some(given)) if figure > given + CHOICE_MARGIN => comparison,
-        (Some((comparison, _)), None) => comparison,
-        _ => given_comparison,
-    };
+    let chosen = better_than_chance(given_comparison, given_figure, best);
+
+    // Then the crumb size, at the depth and join chosen: islands of pattern the binarisation
+    // leaves are a product's scale and scan, as its depths are. Its own pass, since islands
+    // change the measurements and so every candidate's score.
+    let given_islands = chosen.settings.min_island_px;
+    let chosen_figure = chosen.validation_figure();
+    let mut island_trials = vec![IslandTrial {
+        min_island_px: given_islands,
+        validation_map: chosen_figure,
+    }];
+    let island_settings: Vec<CompareSettings> = island_choices(given_islands)
+        .into_iter()
+        .map(|min_island_px| CompareSettings {
+            min_island_px,
+            ..chosen.settings
+        })
+        .collect();
+    let mut best_islands: Option<(Comparison, f64)> = None;
+    for comparison in Comparison::all(fit, validation, &island_settings, progress)? {
+        let figure = comparison.validation_figure();
+        island_trials.push(IslandTrial {
+            min_island_px: comparison.settings.min_island_px,
+            validation_map: figure,
+        });
+        if let Some(figure) = figure
+            && best_islands.as_ref().is_none_or(|(_, b)| figure > *b)
+        {
+            best_islands = Some((comparison, figure));
+        }
+    }
+    let chosen = better_than_chance(chosen, chosen_figure, best_islands);
+    let rule = format!(
+        "{rule}; then, at the depth and join chosen, crumbs of {:?} px against the given \
+         {given_islands} px, the same way",
+        island_choices(given_islands)
+    );
     let choice = CompareChoice {
         trials,
         rule,
         min_depth_px: chosen.settings.min_depth_px,
         join_px: chosen.settings.join_px,
+        island_trials,
+        min_island_px: Some(chosen.settings.min_island_px),
     };
     Ok((chosen, Some(choice)))
+}
+
+/// The crumb sizes ([`CompareSettings::min_island_px`]) a run tries beside `given`: half
+/// and twice it.
+pub fn island_choices(given: usize) -> Vec<usize> {
+    let mut choices = vec![(given / 2).max(1), given.saturating_mul(2).max(1)];
+    choices.retain(|&c| c != given);
+    choices.dedup();
+    choices
+}
+
+/// `given` unless `best` beats its figure by more than [`CHOICE_MARGIN`]; settings at which
+/// nothing could be learnt stand against none.
+fn better_than_chance(
+    given: Comparison,
+    given_figure: Option<f64>,
+    best: Option<(Comparison, f64)>,
+) -> Comparison {
+    match (best, given_figure) {
+        (Some((comparison, figure)), Some(given)) if figure > given + CHOICE_MARGIN => comparison,
+        (Some((comparison, _)), None) => comparison,
+        _ => given,
+    }
 }
 
 /// The defect probability whose boxes find the labelled boxes of `parts` with the best F1
