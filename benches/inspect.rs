@@ -142,7 +142,7 @@ fn template_comparison(c: &mut Criterion) {
     });
     // What a wider alignment costs, for a product whose training measured its parts sitting
     // further off their golden image (the default reach is 2 pixels each way).
-    for align_px in [4, 8] {
+    for align_px in [4, 9, 16] {
         let settings = CompareSettings {
             align_px,
             ..settings

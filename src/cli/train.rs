@@ -376,8 +376,8 @@ pub struct Template {
     /// with --fixed-compare the setting.
     #[arg(long, default_value_t = CompareSettings::default().join_px)]
     join_px: u32,
-    /// Keep --min-depth-px, --join-px and --align-px as given instead of letting the run
-    /// choose them.
+    /// Keep --min-depth-px, --join-px and --align-px as given, and the crumb size at its
+    /// default (10 px), instead of letting the run choose them.
     #[arg(long)]
     fixed_compare: bool,
     /// The largest shift (pixels, each way) tried to align a part with its reference: the

@@ -253,8 +253,9 @@ fn joined(mask: &[bool], w: usize, h: usize, size: u32) -> Result<Vec<bool>, Com
         .collect())
 }
 
-/// The shift `(dx, dy)` of `part` within `align` pixels each way that differs from `reference`
-/// in the fewest pixels (counted inside a margin of `align`), the smallest shift on a tie.
+/// The shift `(dx, dy)` of `part` within `align` pixels each way (at most [`reach_limit`])
+/// that differs from `reference` in the fewest pixels (counted inside a margin of `align`),
+/// the smallest shift on a tie.
 fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) -> (i64, i64) {
     let mut best = ((0, 0), usize::MAX);
     for (shift, differing) in differing_by_shift(part, reference, w, h, align) {
@@ -265,10 +266,10 @@ fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) 
     best.0
 }
 
-/// Each shift `(dx, dy)` of `part` within `align` pixels each way, the smallest first, and
-/// the pixels in which it differs from `reference` (counted inside a margin of `align`, so
-/// that every shift is counted over the same pixels); only `(0, 0)` where the images are too
-/// small to shift.
+/// Each shift `(dx, dy)` of `part` within `align` pixels each way (at most
+/// [`reach_limit`]), the smallest first, and the pixels in which it differs from `reference`
+/// (counted inside a margin of `align`, so that every shift is counted over the same pixels);
+/// only `(0, 0)` where the images are too small to shift.
 fn differing_by_shift(
     part: &[bool],
     reference: &[bool],
@@ -276,10 +277,13 @@ fn differing_by_shift(
     h: usize,
     align: i64,
 ) -> Vec<((i64, i64), usize)> {
-    let a = align.max(0) as usize;
-    if align <= 0 || w <= 2 * a || h <= 2 * a {
+    // A reach wider than the images allow searches as far as they do (a hand-edited card's,
+    // or a small product's), rather than not at all.
+    let align = align.min(reach_limit(w, h) as i64);
+    if align <= 0 {
         return vec![((0, 0), 0)];
     }
+    let a = align as usize;
     let mut shifts: Vec<(i64, i64)> = (-align..=align)
         .flat_map(|dy| (-align..=align).map(move |dx| (dx, dy)))
         .collect();
@@ -411,26 +415,99 @@ impl PreparedReference {
         Ok(part_bright.iter().map(|&b| b != dark_pattern).collect())
     }
 
-    /// How far `part` sits from where this reference has its pattern: the smallest shift
-    /// `(dx, dy)` within `max_px` each way that aligns them as well as the best one, within
-    /// chance. A training run measures its parts with it to choose how far the comparison
-    /// searches ([`CompareSettings::align_px`]).
+    /// The widest reach (pixels each way) an alignment can search on images of this
+    /// reference's size, at most `max_px`: a search of `a` pixels leaves a margin of `a`
+    /// uncounted on each side, and a pixel at least must be counted.
+    pub fn reach_limit(&self, max_px: u32) -> u32 {
+        max_px.min(reach_limit(self.width as usize, self.height as usize) as u32)
+    }
+
+    /// How far `part` sits from where this reference has its pattern: the shift `(dx, dy)`
+    /// within `max_px` each way (and [`Self::reach_limit`]) that aligns them. A training run
+    /// measures its parts with it to choose how far the comparison searches
+    /// ([`CompareSettings::align_px`]).
     ///
-    /// Along a direction in which the pattern does not change (long straight traces whose
-    /// ends lie in the uncounted margin), every shift differs in the scan's noise alone, and
-    /// the fewest differences would fall at a shift chosen by that noise. So counts within
-    /// three standard deviations of the best (√count, as for pixels that differ at random)
-    /// count as ties here; a misalignment of one pixel changes every edge, far more.
+    /// Unlike the comparison's own alignment, which counts every shift inside one margin as
+    /// wide as its reach, each shift is counted wherever the part and the reference overlap,
+    /// as a share of that overlap: a margin of the widest reach would leave out what lies
+    /// near the part's edge (the ends of traces that run across it), which the station's
+    /// narrower search does count. And the smallest shift whose count is within chance of
+    /// the best share is taken: along a direction in which the pattern does not change, every
+    /// shift differs in the scan's noise alone, and the fewest differences would fall at a
+    /// shift chosen by that noise. Counts within three standard deviations (√count, as for
+    /// pixels that differ at random) of what the best share gives on a shift's overlap count
+    /// as ties; a misalignment of one pixel changes every edge of the pattern across it, far
+    /// more.
     pub fn offset_of(&self, part: &GrayImage, max_px: u32) -> Result<(i64, i64), CompareError> {
         let pattern = self.pattern_of(part)?;
         let (w, h) = (self.width as usize, self.height as usize);
-        let counts = differing_by_shift(&pattern, &self.pattern, w, h, i64::from(max_px));
-        let best = counts.iter().map(|&(_, n)| n).min().unwrap_or(0);
-        let within_chance = best as f64 + 3.0 * (best as f64).sqrt().max(1.0);
-        Ok((counts.into_iter())
-            .find(|&(_, n)| n as f64 <= within_chance)
-            .map_or((0, 0), |(shift, _)| shift))
+        let reach = i64::from(self.reach_limit(max_px));
+        let counts = differing_in_overlap(&pattern, &self.pattern, w, h, reach);
+        let share = |&(_, differing, overlap): &((i64, i64), usize, usize)| {
+            differing as f64 / overlap.max(1) as f64
+        };
+        let best = counts.iter().map(share).fold(f64::INFINITY, f64::min);
+        Ok((counts.iter())
+            .find(|&&(_, differing, overlap)| {
+                let expected = best * overlap as f64;
+                differing as f64 <= expected + 3.0 * expected.sqrt().max(1.0)
+            })
+            .map_or((0, 0), |&(shift, _, _)| shift))
     }
+}
+
+/// Each shift `(dx, dy)` of `part` within `reach` pixels each way (at most
+/// [`reach_limit`]), the smallest first, the pixels in which it differs from `reference`
+/// where the two overlap, and how many pixels they overlap in.
+fn differing_in_overlap(
+    part: &[bool],
+    reference: &[bool],
+    w: usize,
+    h: usize,
+    reach: i64,
+) -> Vec<((i64, i64), usize, usize)> {
+    let reach = reach.clamp(0, reach_limit(w, h) as i64);
+    // Per sideways shift, the overlapping columns of the reference's rows and of the part's,
+    // 64 pixels a word, as the comparison's alignment packs them.
+    let columns: Vec<(usize, Vec<u64>, Vec<u64>)> = (-reach..=reach)
+        .map(|dx| {
+            let from = (-dx).max(0) as usize;
+            let width = w - dx.unsigned_abs() as usize;
+            let reference_rows = packed_rows(reference, w, h, from, width);
+            let part_rows = packed_rows(part, w, h, (from as i64 + dx) as usize, width);
+            (width, reference_rows, part_rows)
+        })
+        .collect();
+    let mut shifts: Vec<(i64, i64)> = (-reach..=reach)
+        .flat_map(|dy| (-reach..=reach).map(move |dx| (dx, dy)))
+        .collect();
+    shifts.sort_by_key(|&(dx, dy)| dx.abs() + dy.abs());
+    shifts
+        .into_iter()
+        .map(|(dx, dy)| {
+            let (width, reference_rows, part_rows) = &columns[(dx + reach) as usize];
+            let words = width.div_ceil(64);
+            let rows = (-dy).max(0) as usize..h - dy.max(0) as usize;
+            let n_rows = rows.len();
+            let differing: usize = rows
+                .map(|y| {
+                    let py = (y as i64 + dy) as usize;
+                    let part_row = &part_rows[py * words..(py + 1) * words];
+                    let reference_row = &reference_rows[y * words..(y + 1) * words];
+                    (part_row.iter().zip(reference_row))
+                        .map(|(p, r)| (p ^ r).count_ones() as usize)
+                        .sum::<usize>()
+                })
+                .sum();
+            ((dx, dy), differing, width * n_rows)
+        })
+        .collect()
+}
+
+/// The widest alignment search (pixels each way) on `w`×`h` images: one that leaves at least
+/// a pixel counted inside its margins.
+fn reach_limit(w: usize, h: usize) -> usize {
+    w.min(h).saturating_sub(1) / 2
 }
 
 /// The candidate defects of `part` against its golden `reference`, in no particular order
@@ -625,9 +702,12 @@ impl<'a> Difference<'a> {
             let extra_share = t.extra as f32 / t.differing.max(1) as f32;
             let pattern_gained = pattern_gained.clamp(-2, 2) as f32;
             let background_gained = background_gained.clamp(-2, 2) as f32;
+            // On the reference's grid, as every measurement here: whether the defect meets
+            // the edge of the product's image, wherever this part happens to sit.
             let at_edge = x0.min(y0).min(w - x1).min(h - y1) < 2;
             let ln = |v: f32| v.ln_1p();
-            // Measured on the reference's grid, placed where the part shows it.
+            // Measured on the reference's grid, boxed where the part shows it (a part that
+            // sits off its reference shows its defects off by as much).
             let on_part =
                 |v: usize, by: i64, size: usize| (v as i64 + by).clamp(0, size as i64) as u32;
             candidates.push(Candidate {
@@ -756,10 +836,14 @@ mod tests {
     fn shifts_are_counted_as_pixel_by_pixel_whatever_the_width() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+        // Counted widths of 5, 58, 62, 64, 65, 98 and 198 pixels: within a word, on its
+        // boundary and past it.
         for (w, h, align) in [
             (9, 7, 2),
             (64, 20, 3),
             (70, 33, 4),
+            (70, 20, 3),
+            (71, 20, 3),
             (130, 40, 16),
             (200, 45, 1),
         ] {
@@ -779,9 +863,37 @@ mod tests {
                 assert_eq!(differing, expected, "{w}x{h} shifted {dx},{dy}");
             }
         }
+        // Counted over each shift's overlap instead, as a part is measured.
+        let (w, h) = (70, 21);
+        let mut mask = || -> Vec<bool> { (0..w * h).map(|_| rng.gen_bool(0.3)).collect() };
+        let (part, reference) = (mask(), mask());
+        for ((dx, dy), differing, overlap) in differing_in_overlap(&part, &reference, w, h, 7) {
+            let (mut expected, mut pixels) = (0, 0);
+            for y in 0..h as i64 {
+                for x in 0..w as i64 {
+                    let (px, py) = (x + dx, y + dy);
+                    if (0..w as i64).contains(&px) && (0..h as i64).contains(&py) {
+                        pixels += 1;
+                        expected += usize::from(
+                            part[py as usize * w + px as usize]
+                                != reference[y as usize * w + x as usize],
+                        );
+                    }
+                }
+            }
+            assert_eq!(
+                (differing, overlap),
+                (expected, pixels),
+                "shifted {dx},{dy}"
+            );
+        }
+        // Asked further than the images allow, as far as they do: a 3×3 pair one pixel.
+        let counts = differing_by_shift(&[true; 9], &[false; 9], 3, 3, 2);
+        assert_eq!(counts.len(), 9);
+        assert!(counts.iter().all(|&(_, n)| n == 1), "{counts:?}");
         // Too small to shift: only the place it is.
         assert_eq!(
-            differing_by_shift(&[true; 9], &[false; 9], 3, 3, 2),
+            differing_by_shift(&[true; 4], &[false; 4], 2, 2, 2),
             vec![((0, 0), 0)]
         );
     }
@@ -807,7 +919,30 @@ mod tests {
         let moved = image(moved);
         let prepared = PreparedReference::new(&reference, PatternSide::Dark).expect("prepares");
         assert_eq!(prepared.offset_of(&moved, 8).expect("measures"), (5, 3));
-        assert_ne!(prepared.offset_of(&moved, 2).expect("measures"), (5, 3));
+        assert_eq!(prepared.offset_of(&moved, 16).expect("measures"), (5, 3));
+        // A search that cannot reach it says so: the part sits on its edge.
+        let (dx, dy) = prepared.offset_of(&moved, 2).expect("measures");
+        assert_eq!(dx.abs().max(dy.abs()), 2, "{dx},{dy}");
+        // Only sideways, with the traces' ends the one thing that shows it: counted inside a
+        // margin of 16 pixels, as the comparison counts, they would be left out.
+        let mut sideways = vec![230u8; 96 * 96];
+        for y in 0..96 {
+            for x in 6..96 {
+                sideways[y * 96 + x] = board()[y * 96 + x - 6];
+            }
+        }
+        let bare = PreparedReference::new(&image(board()), PatternSide::Dark).expect("prepares");
+        assert_eq!(
+            bare.offset_of(&image(sideways), 16).expect("measures"),
+            (6, 0)
+        );
+        assert_eq!(bare.reach_limit(16), 16);
+        let tiny = PreparedReference::new(
+            &GrayImage::new(9, 9, vec![230; 81]).expect("9x9"),
+            PatternSide::Dark,
+        )
+        .expect("prepares");
+        assert_eq!(tiny.reach_limit(16), 4);
         // Searched far enough, nothing differs; searched 2 pixels, the traces' ends do.
         let reach = |align_px| CompareSettings {
             align_px,

@@ -6,8 +6,8 @@
 //! part's image is the defect, and finds defects a few pixels wide that a patch grid of 8 input
 //! pixels draws coarsely. Three steps ([`compare`], [`classifier`]):
 //! 1. both images cut at Otsu's threshold, the part aligned on its reference within the reach
-//!    its training measured its parts to need, and the places where it differs deeply enough from the reference's edges found
-//!    as candidates, each with measurements (depth, thickness, size, whether it adds or takes
+//!    its training measured its parts to need, and the places where it differs deeply enough
+//!    from the reference's edges found as candidates, each with measurements (depth, thickness, size, whether it adds or takes
 //!    pattern, whether it joins or splits the pattern, whether it reaches the reference's edge);
 //! 2. a classifier learnt from labelled boxes says which candidates are defects and of which
 //!    type: a scan's noise and a wandering edge are its "no defect";
@@ -77,7 +77,8 @@ pub struct TemplateCard {
     /// The first fit's boxes on them: what the threshold was chosen by, and a figure of the
     /// training part that never touches the held-out one.
     pub validation_boxes: Option<BoxMetrics>,
-    /// How the run chose `compare`'s depth and join; `None` where it kept them as given.
+    /// How the run chose `compare`'s depth, join and crumb size; `None` where it kept them as
+    /// given.
     #[serde(default)]
     pub compare_choice: Option<CompareChoice>,
     /// How the run chose how far `compare` searches to align a part; `None` where it kept

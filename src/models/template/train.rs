@@ -4,21 +4,22 @@
 //! The protocol, fixed here so that no run is tuned by hand:
 //! 1. the dataset's held-out quarter is set aside ([`held_out_part`], the supervised family's
 //!    split, so the two families are scored on the same parts);
-//! 2. unless told to keep the settings given, the run measures how far its training parts sit
-//!    off their references (an evenly spread sample of [`OFFSET_SAMPLE`], aligned with the
-//!    widest search) and searches that far and a little more ([`reach_for`]): one product's
-//!    parts are registered to the pixel, another's fixture lets them wander by several;
-//! 3. of the rest, a fifth is held back as validation; the classifier and margin are fitted on
-//!    the other four fifths. Unless told to keep the settings given, the run chooses how deep
-//!    a difference must reach and how near differences join ([`DEPTH_CHOICES_PX`] ×
-//!    [`JOIN_CHOICES_PX`]) by the validation parts' box mAP@0.5 of a first fit at each: the
-//!    given settings stand unless another pair beats them by more than [`CHOICE_MARGIN`]
-//!    (a product's scale, its pixels a millimetre and its scan's noise, is its own, and a
-//!    default worked out on one product's boards must not decide another's), then at those
-//!    the size below which islands of pattern are crumbs ([`island_choices`]), the same way,
-//!    in a second pass. The threshold is
-//!    then the defect probability whose boxes reach the best F1 (IoU > 0.5, whatever their
-//!    type) on the validation parts, at the settings chosen;
+//! 2. unless told to keep the settings given, the run measures how far the rest, its training
+//!    parts, sit off their references (an evenly spread sample of up to [`OFFSET_SAMPLE`],
+//!    with the widest search) and searches that far and a little more ([`reach_for`]): one
+//!    product's parts are registered to the pixel, another's fixture lets them wander by
+//!    several;
+//! 3. a fifth of the training parts is held back as validation; the classifier and margin
+//!    are fitted on the other four fifths. Unless told to keep the settings given, the run
+//!    chooses how deep a difference must reach and how near differences join
+//!    ([`DEPTH_CHOICES_PX`] × [`JOIN_CHOICES_PX`]) by the validation parts' box mAP@0.5 of a
+//!    first fit at each: the given settings stand unless another pair beats them by more
+//!    than [`CHOICE_MARGIN`] (a product's scale, its pixels a millimetre and its scan's
+//!    noise, is its own, and a default worked out on one product's boards must not decide
+//!    another's); then, at the pair chosen, the size below which islands of pattern are
+//!    crumbs ([`island_choices`]), the same way, in a second pass. The threshold is then the
+//!    defect probability whose boxes reach the best F1 (IoU > 0.5, whatever their type) on
+//!    the validation parts, at the settings chosen;
 //! 4. the classifier and margin are fitted again on the whole training part, and the model is
 //!    scored once on the held-out quarter.
 //!
@@ -211,7 +212,8 @@ fn compared_all(
     let Some(first) = settings.first() else {
         return Ok((Vec::new(), Vec::new()));
     };
-    // One alignment and one cut per part: the settings' choice varies depth and join only.
+    // One alignment and one cut per part: the settings' choice varies depth, join and crumb
+    // size only.
     assert!(
         (settings.iter()).all(|s| (s.align_px, s.pattern) == (first.align_px, first.pattern)),
         "settings differ in alignment or cut"
@@ -445,21 +447,23 @@ impl Comparison {
 }
 
 /// How far the comparison of `pairs`' product searches to align a part (see the module's
-/// protocol): an evenly spread sample of them measured with the widest search, the reach
-/// chosen by [`reach_for`] from the farthest.
+/// protocol): an evenly spread sample of them measured with the widest search
+/// ([`PreparedReference::offset_of`]), the reach chosen by [`reach_for`] from the farthest.
 fn chosen_alignment(
     pairs: &[Pair],
     given: CompareSettings,
     progress: &Progress,
 ) -> Result<AlignmentChoice, TemplateError> {
-    let step = pairs.len().div_ceil(OFFSET_SAMPLE).max(1);
-    let sample: Vec<&Pair> = pairs.iter().step_by(step).collect();
+    let n = pairs.len().min(OFFSET_SAMPLE);
+    let sample: Vec<&Pair> = (0..n).map(|i| &pairs[i * pairs.len() / n]).collect();
     let phase = progress.phase(
         sample.len(),
         "measuring how far parts sit off their references",
     );
     let mut reference_cache = None;
     let mut parts_by_offset_px = Vec::new();
+    // Parts found as far off as their search could look: they may sit further.
+    let mut at_the_limit = 0;
     for pair in &sample {
         phase.check()?;
         let part = dataset::load_gray(&pair.part)?;
@@ -473,6 +477,7 @@ fn chosen_alignment(
                 })?;
         // Within the search's reach, so small.
         let offset = dx.unsigned_abs().max(dy.unsigned_abs()) as usize;
+        at_the_limit += usize::from(offset >= reference.reach_limit(MAX_ALIGN_PX) as usize);
         if parts_by_offset_px.len() <= offset {
             parts_by_offset_px.resize(offset + 1, 0);
         }
@@ -489,11 +494,12 @@ fn chosen_alignment(
         sample.len(),
         given.align_px
     );
-    if largest_offset_px >= MAX_ALIGN_PX {
-        rule.push_str(
-            "; some sat at the widest search's edge and may sit further, where the comparison \
-             cannot align them: register the parts closer (the fixture, the camera's crop)",
-        );
+    if at_the_limit > 0 {
+        rule.push_str(&format!(
+            "; {at_the_limit} sat at the widest search's edge and may sit further, where the \
+             comparison cannot align them: register the parts closer (the fixture, the \
+             camera's crop)"
+        ));
         tracing::warn!(%rule, "parts sit as far off their references as the comparison reaches");
     }
     Ok(AlignmentChoice {
