@@ -449,10 +449,9 @@ fn the_cli_trains_and_scores_a_template_model() {
 /// defective parts.
 /// Parts of one product in MVTec's layout under `root`, compared with its golden image
 /// (`train/good/golden.png`, returned): 8 good and 32 defective to train on, 4 and 8 to test,
-/// the defective ones' boxes beside them. Each part sits up to `wander` pixels (sideways,
-/// up and down) off the golden image's place each way, as a loose fixture leaves it, its
-/// boxes moved with it.
-fn write_parts(root: &Path, wander: (i64, i64)) -> std::path::PathBuf {
+/// the defective ones' boxes beside them. Each part sits up to `wander` pixels off the
+/// golden image's place each way, as a loose fixture leaves it, its boxes moved with it.
+fn write_parts(root: &Path, wander: i64) -> std::path::PathBuf {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let types = [1u8, 2, 5, 6];
     let names = ["open", "short", "spurious copper", "pin-hole"];
@@ -464,10 +463,10 @@ fn write_parts(root: &Path, wander: (i64, i64)) -> std::path::PathBuf {
             } else {
                 tested(&mut rng, &[types[i % 4], types[(i + 1) % 4]])
             };
-            if wander != (0, 0) {
+            if wander > 0 {
                 let (dx, dy) = (
-                    rng.gen_range(-wander.0..=wander.0),
-                    rng.gen_range(-wander.1..=wander.1),
+                    rng.gen_range(-wander..=wander),
+                    rng.gen_range(-wander..=wander),
                 );
                 pixels = moved(&pixels, dx, dy);
                 for (bbox, _) in &mut boxes {
@@ -522,7 +521,7 @@ fn moved(pixels: &[u8], dx: i64, dy: i64) -> Vec<u8> {
 fn parts_without_references_of_their_own_are_compared_with_the_golden_image() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("parts");
-    let golden = write_parts(&root, (0, 0));
+    let golden = write_parts(&root, 0);
     let out = dir.path().join("model");
     let card = template::train(&TemplateSettings {
         name: "parts".into(),
@@ -572,7 +571,7 @@ fn the_run_searches_as_far_as_its_parts_sit_off_the_golden_image() {
     // A loose fixture: parts up to 5 pixels off the golden image's place each way. (A part
     // off only sideways is measured by its traces' ends alone: the unit tests of
     // `offset_of` hold that.)
-    let golden = write_parts(&root, (5, 5));
+    let golden = write_parts(&root, 5);
     let settings = |choose_compare, out: &str| TemplateSettings {
         name: "loose".into(),
         layout: Layout::Mvtec,

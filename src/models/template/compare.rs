@@ -254,8 +254,8 @@ fn joined(mask: &[bool], w: usize, h: usize, size: u32) -> Result<Vec<bool>, Com
 }
 
 /// The shift `(dx, dy)` of `part` within `align` pixels each way (at most [`reach_limit`])
-/// that differs from `reference` in the fewest pixels (counted inside a margin of `align`),
-/// the smallest shift on a tie.
+/// that differs from `reference` in the fewest pixels (counted inside a margin as wide as the
+/// reach searched), the smallest shift on a tie.
 fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) -> (i64, i64) {
     let mut best = ((0, 0), usize::MAX);
     for (shift, differing) in differing_by_shift(part, reference, w, h, align) {
@@ -268,8 +268,8 @@ fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) 
 
 /// Each shift `(dx, dy)` of `part` within `align` pixels each way (at most
 /// [`reach_limit`]), the smallest first, and the pixels in which it differs from `reference`
-/// (counted inside a margin of `align`, so that every shift is counted over the same pixels);
-/// only `(0, 0)` where the images are too small to shift.
+/// (counted inside a margin as wide as the reach searched, so that every shift is counted
+/// over the same pixels); only `(0, 0)` where the images are too small to shift.
 fn differing_by_shift(
     part: &[bool],
     reference: &[bool],
@@ -925,10 +925,11 @@ mod tests {
         assert_eq!(dx.abs().max(dy.abs()), 2, "{dx},{dy}");
         // Only sideways, with the traces' ends the one thing that shows it: counted inside a
         // margin of 16 pixels, as the comparison counts, they would be left out.
+        let bare_board = board();
         let mut sideways = vec![230u8; 96 * 96];
         for y in 0..96 {
             for x in 6..96 {
-                sideways[y * 96 + x] = board()[y * 96 + x - 6];
+                sideways[y * 96 + x] = bare_board[y * 96 + x - 6];
             }
         }
         let bare = PreparedReference::new(&image(board()), PatternSide::Dark).expect("prepares");

@@ -7,8 +7,9 @@
 //! pixels draws coarsely. Three steps ([`compare`], [`classifier`]):
 //! 1. both images cut at Otsu's threshold, the part aligned on its reference within the reach
 //!    its training measured its parts to need, and the places where it differs deeply enough
-//!    from the reference's edges found as candidates, each with measurements (depth, thickness, size, whether it adds or takes
-//!    pattern, whether it joins or splits the pattern, whether it reaches the reference's edge);
+//!    from the reference's edges found as candidates, each with measurements (depth,
+//!    thickness, size, whether it adds or takes pattern, whether it joins or splits the
+//!    pattern, whether it reaches the reference's edge);
 //! 2. a classifier learnt from labelled boxes says which candidates are defects and of which
 //!    type: a scan's noise and a wandering edge are its "no defect";
 //! 3. each defect's box is its core grown by the margin the labellers draw around defects
@@ -126,8 +127,9 @@ pub struct IslandTrial {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlignmentChoice {
     /// How many of the training parts measured sat each distance off their references: the
-    /// count at index `i` sat `i` pixels off (the larger axis), measured with the widest
-    /// search the comparison has ([`compare::MAX_ALIGN_PX`]).
+    /// count at index `i` sat `i` pixels off (the larger axis), measured by
+    /// [`PreparedReference::offset_of`] with the widest search the comparison has
+    /// ([`compare::MAX_ALIGN_PX`], or less on parts too small for it).
     pub parts_by_offset_px: Vec<usize>,
     /// The farthest any of them sat.
     pub largest_offset_px: u32,

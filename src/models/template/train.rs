@@ -464,6 +464,8 @@ fn chosen_alignment(
     let mut parts_by_offset_px = Vec::new();
     // Parts found as far off as their search could look: they may sit further.
     let mut at_the_limit = 0;
+    // The widest search the parts' size allows (the comparison searches no further).
+    let mut limit_px = MAX_ALIGN_PX;
     for pair in &sample {
         phase.check()?;
         let part = dataset::load_gray(&pair.part)?;
@@ -477,7 +479,9 @@ fn chosen_alignment(
                 })?;
         // Within the search's reach, so small.
         let offset = dx.unsigned_abs().max(dy.unsigned_abs()) as usize;
-        at_the_limit += usize::from(offset >= reference.reach_limit(MAX_ALIGN_PX) as usize);
+        let limit = reference.reach_limit(MAX_ALIGN_PX);
+        limit_px = limit_px.min(limit);
+        at_the_limit += usize::from(limit > 0 && offset >= limit as usize);
         if parts_by_offset_px.len() <= offset {
             parts_by_offset_px.resize(offset + 1, 0);
         }
@@ -486,14 +490,20 @@ fn chosen_alignment(
     }
     phase.finish_and_clear();
     let largest_offset_px = parts_by_offset_px.len().saturating_sub(1) as u32;
-    let align_px = reach_for(largest_offset_px, given.align_px);
+    let align_px = reach_for(largest_offset_px, given.align_px).min(limit_px);
     let mut rule = format!(
         "the farthest of {} training parts sat {largest_offset_px} px off its reference; the \
          comparison searches that far, a quarter again and 1 px more, never less than the {} px \
-         given, at most {MAX_ALIGN_PX} px",
+         given, at most {limit_px} px",
         sample.len(),
         given.align_px
     );
+    if limit_px < MAX_ALIGN_PX {
+        rule.push_str(&format!(
+            " (the parts' size allows no wider search than {limit_px} px; {MAX_ALIGN_PX} px on \
+             larger parts)"
+        ));
+    }
     if at_the_limit > 0 {
         rule.push_str(&format!(
             "; {at_the_limit} sat at the widest search's edge and may sit further, where the \
