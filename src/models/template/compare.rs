@@ -258,7 +258,9 @@ fn joined(mask: &[bool], w: usize, h: usize, size: u32) -> Result<Vec<bool>, Com
 /// reach searched), the smallest shift on a tie.
 fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) -> (i64, i64) {
     let mut best = ((0, 0), usize::MAX);
-    for (shift, differing) in differing_by_shift(part, reference, w, h, align) {
+    for (shift, differing, _) in
+        differing_by_shift(part, reference, w, h, align, Counted::InsideMargin)
+    {
         if differing < best.1 {
             best = (shift, differing);
         }
@@ -266,52 +268,88 @@ fn alignment(part: &[bool], reference: &[bool], w: usize, h: usize, align: i64) 
     best.0
 }
 
-/// Each shift `(dx, dy)` of `part` within `align` pixels each way (at most
-/// [`reach_limit`]), the smallest first, and the pixels in which it differs from `reference`
-/// (counted inside a margin as wide as the reach searched, so that every shift is counted
-/// over the same pixels); only `(0, 0)` where the images are too small to shift.
+/// Which pixels a shift's differences are counted over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Inside a margin as wide as the reach searched: the same pixels for every shift, so
+    /// that counts compare as they are (the comparison's own alignment).
+    InsideMargin,
+    /// Wherever the shifted part and the reference overlap, which changes with the shift (a
+    /// part's offset measured: [`PreparedReference::offset_of`]).
+    Overlap,
+}
+
+/// Each shift `(dx, dy)` of `part` within `reach` pixels each way (at most
+/// [`reach_limit`]), the smallest first, the pixels in which it differs from `reference`
+/// and the pixels counted; only `(0, 0)`, uncounted, where the images are too small to shift.
 fn differing_by_shift(
     part: &[bool],
     reference: &[bool],
     w: usize,
     h: usize,
-    align: i64,
-) -> Vec<((i64, i64), usize)> {
+    reach: i64,
+    counted: Counted,
+) -> Vec<((i64, i64), usize, usize)> {
     // A reach wider than the images allow searches as far as they do (a hand-edited card's,
     // or a small product's), rather than not at all.
-    let align = align.min(reach_limit(w, h) as i64);
-    if align <= 0 {
-        return vec![((0, 0), 0)];
+    let reach = reach.min(reach_limit(w, h) as i64);
+    if reach <= 0 {
+        return vec![((0, 0), 0, 0)];
     }
-    let a = align as usize;
-    let mut shifts: Vec<(i64, i64)> = (-align..=align)
-        .flat_map(|dy| (-align..=align).map(move |dx| (dx, dy)))
+    let margin = reach as usize;
+    let mut shifts: Vec<(i64, i64)> = (-reach..=reach)
+        .flat_map(|dy| (-reach..=reach).map(move |dx| (dx, dy)))
         .collect();
     shifts.sort_by_key(|&(dx, dy)| dx.abs() + dy.abs());
-    // The counted columns `a..w - a` of each reference row, and of each part row at each
-    // sideways shift, 64 pixels a word: a shift's count is then an XOR and a popcount per
-    // word. Compared pixel by pixel, a 640-pixel board's 81 shifts within 4 pixels took 7 of
-    // its comparison's 16 ms.
-    let width = w - 2 * a;
-    let reference_rows = packed_rows(reference, w, h, a, width);
-    let part_rows: Vec<Vec<u64>> = (-align..=align)
-        .map(|dx| packed_rows(part, w, h, (a as i64 + dx) as usize, width))
+    // The counted columns of the reference's rows and of the part's at each sideways shift,
+    // 64 pixels a word: a shift's count is then an XOR and a popcount per word. Compared
+    // pixel by pixel, a 640-pixel board's 81 shifts within 4 pixels took 7 of its
+    // comparison's 16 ms. Inside a margin the reference's columns are one set for all.
+    let columns = |dx: i64| match counted {
+        Counted::InsideMargin => (margin, w - 2 * margin),
+        Counted::Overlap => ((-dx).max(0) as usize, w - dx.unsigned_abs() as usize),
+    };
+    let reference_rows: Vec<Vec<u64>> = match counted {
+        Counted::InsideMargin => vec![packed_rows(reference, w, h, margin, w - 2 * margin)],
+        Counted::Overlap => (-reach..=reach)
+            .map(|dx| {
+                let (from, width) = columns(dx);
+                packed_rows(reference, w, h, from, width)
+            })
+            .collect(),
+    };
+    let part_rows: Vec<Vec<u64>> = (-reach..=reach)
+        .map(|dx| {
+            let (from, width) = columns(dx);
+            packed_rows(part, w, h, (from as i64 + dx) as usize, width)
+        })
         .collect();
-    let words = width.div_ceil(64);
     shifts
         .into_iter()
         .map(|(dx, dy)| {
-            let part_rows = &part_rows[(dx + align) as usize];
-            let mut differing = 0;
-            for y in a..h - a {
-                let py = (y as i64 + dy) as usize;
-                let part_row = &part_rows[py * words..(py + 1) * words];
-                let reference_row = &reference_rows[y * words..(y + 1) * words];
-                differing += (part_row.iter().zip(reference_row))
-                    .map(|(p, r)| (p ^ r).count_ones() as usize)
-                    .sum::<usize>();
-            }
-            ((dx, dy), differing)
+            let (_, width) = columns(dx);
+            let words = width.div_ceil(64);
+            let part_rows = &part_rows[(dx + reach) as usize];
+            let reference_rows = match counted {
+                Counted::InsideMargin => &reference_rows[0],
+                Counted::Overlap => &reference_rows[(dx + reach) as usize],
+            };
+            let rows = match counted {
+                Counted::InsideMargin => margin..h - margin,
+                Counted::Overlap => (-dy).max(0) as usize..h - dy.max(0) as usize,
+            };
+            let n_rows = rows.len();
+            let differing: usize = rows
+                .map(|y| {
+                    let py = (y as i64 + dy) as usize;
+                    let part_row = &part_rows[py * words..(py + 1) * words];
+                    let reference_row = &reference_rows[y * words..(y + 1) * words];
+                    (part_row.iter().zip(reference_row))
+                        .map(|(p, r)| (p ^ r).count_ones() as usize)
+                        .sum::<usize>()
+                })
+                .sum();
+            ((dx, dy), differing, width * n_rows)
         })
         .collect()
 }
@@ -442,7 +480,7 @@ impl PreparedReference {
         let pattern = self.pattern_of(part)?;
         let (w, h) = (self.width as usize, self.height as usize);
         let reach = i64::from(self.reach_limit(max_px));
-        let counts = differing_in_overlap(&pattern, &self.pattern, w, h, reach);
+        let counts = differing_by_shift(&pattern, &self.pattern, w, h, reach, Counted::Overlap);
         let share = |&(_, differing, overlap): &((i64, i64), usize, usize)| {
             differing as f64 / overlap.max(1) as f64
         };
@@ -454,54 +492,6 @@ impl PreparedReference {
             })
             .map_or((0, 0), |&(shift, _, _)| shift))
     }
-}
-
-/// Each shift `(dx, dy)` of `part` within `reach` pixels each way (at most
-/// [`reach_limit`]), the smallest first, the pixels in which it differs from `reference`
-/// where the two overlap, and how many pixels they overlap in.
-fn differing_in_overlap(
-    part: &[bool],
-    reference: &[bool],
-    w: usize,
-    h: usize,
-    reach: i64,
-) -> Vec<((i64, i64), usize, usize)> {
-    let reach = reach.clamp(0, reach_limit(w, h) as i64);
-    // Per sideways shift, the overlapping columns of the reference's rows and of the part's,
-    // 64 pixels a word, as the comparison's alignment packs them.
-    let columns: Vec<(usize, Vec<u64>, Vec<u64>)> = (-reach..=reach)
-        .map(|dx| {
-            let from = (-dx).max(0) as usize;
-            let width = w - dx.unsigned_abs() as usize;
-            let reference_rows = packed_rows(reference, w, h, from, width);
-            let part_rows = packed_rows(part, w, h, (from as i64 + dx) as usize, width);
-            (width, reference_rows, part_rows)
-        })
-        .collect();
-    let mut shifts: Vec<(i64, i64)> = (-reach..=reach)
-        .flat_map(|dy| (-reach..=reach).map(move |dx| (dx, dy)))
-        .collect();
-    shifts.sort_by_key(|&(dx, dy)| dx.abs() + dy.abs());
-    shifts
-        .into_iter()
-        .map(|(dx, dy)| {
-            let (width, reference_rows, part_rows) = &columns[(dx + reach) as usize];
-            let words = width.div_ceil(64);
-            let rows = (-dy).max(0) as usize..h - dy.max(0) as usize;
-            let n_rows = rows.len();
-            let differing: usize = rows
-                .map(|y| {
-                    let py = (y as i64 + dy) as usize;
-                    let part_row = &part_rows[py * words..(py + 1) * words];
-                    let reference_row = &reference_rows[y * words..(y + 1) * words];
-                    (part_row.iter().zip(reference_row))
-                        .map(|(p, r)| (p ^ r).count_ones() as usize)
-                        .sum::<usize>()
-                })
-                .sum();
-            ((dx, dy), differing, width * n_rows)
-        })
-        .collect()
 }
 
 /// The widest alignment search (pixels each way) on `w`×`h` images: one that leaves at least
@@ -849,10 +839,10 @@ mod tests {
         ] {
             let mut mask = || -> Vec<bool> { (0..w * h).map(|_| rng.gen_bool(0.3)).collect() };
             let (part, reference) = (mask(), mask());
-            let counts = differing_by_shift(&part, &reference, w, h, align);
+            let counts = differing_by_shift(&part, &reference, w, h, align, Counted::InsideMargin);
             assert_eq!(counts.len(), ((2 * align + 1) * (2 * align + 1)) as usize);
             let a = align as usize;
-            for ((dx, dy), differing) in counts {
+            for ((dx, dy), differing, _) in counts {
                 let mut expected = 0;
                 for y in a..h - a {
                     for x in a..w - a {
@@ -867,7 +857,9 @@ mod tests {
         let (w, h) = (70, 21);
         let mut mask = || -> Vec<bool> { (0..w * h).map(|_| rng.gen_bool(0.3)).collect() };
         let (part, reference) = (mask(), mask());
-        for ((dx, dy), differing, overlap) in differing_in_overlap(&part, &reference, w, h, 7) {
+        for ((dx, dy), differing, overlap) in
+            differing_by_shift(&part, &reference, w, h, 7, Counted::Overlap)
+        {
             let (mut expected, mut pixels) = (0, 0);
             for y in 0..h as i64 {
                 for x in 0..w as i64 {
@@ -888,13 +880,13 @@ mod tests {
             );
         }
         // Asked further than the images allow, as far as they do: a 3×3 pair one pixel.
-        let counts = differing_by_shift(&[true; 9], &[false; 9], 3, 3, 2);
+        let counts = differing_by_shift(&[true; 9], &[false; 9], 3, 3, 2, Counted::InsideMargin);
         assert_eq!(counts.len(), 9);
-        assert!(counts.iter().all(|&(_, n)| n == 1), "{counts:?}");
+        assert!(counts.iter().all(|&(_, n, _)| n == 1), "{counts:?}");
         // Too small to shift: only the place it is.
         assert_eq!(
-            differing_by_shift(&[true; 4], &[false; 4], 2, 2, 2),
-            vec![((0, 0), 0)]
+            differing_by_shift(&[true; 4], &[false; 4], 2, 2, 2, Counted::InsideMargin),
+            vec![((0, 0), 0, 0)]
         );
     }
 
