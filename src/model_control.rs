@@ -325,7 +325,7 @@ impl ModelControl {
         request: TrainingRequest,
         audit: Option<AuditRecord>,
     ) -> Result<TrainingJob, ControlError> {
-        self.training.refusal(&request)?;
+        self.training.refusal(&self.store, &request)?;
         if let Some(audit) = audit {
             self.store
                 .append_all(vec![RecordBody::Audit(audit)])

@@ -273,6 +273,13 @@ pub fn region_boxes(
     if regions.iter().all(|r| class_folder(&r.class) == class) {
         return None;
     }
+    Some(every_region_box(regions, width, height))
+}
+
+/// The `<stem>_boxes.txt` ([`write_boxes`]) of every region of a part on a `width` × `height`
+/// image, whatever their types: for a model that learns from boxes alone (the template
+/// family), where a mask says nothing.
+pub fn every_region_box(regions: &[crate::record::Region], width: u32, height: u32) -> String {
     let boxes: Vec<LabelledBox> = (regions.iter())
         .filter_map(|region| {
             Some(LabelledBox {
@@ -281,7 +288,7 @@ pub fn region_boxes(
             })
         })
         .collect();
-    Some(write_boxes(&boxes))
+    write_boxes(&boxes)
 }
 
 /// Reads what [`write_boxes`] writes; blank lines are skipped.

@@ -678,8 +678,10 @@ impl From<ControlError> for ApiError {
             | ControlError::Training(TrainingError::Thread(_)) => {
                 ApiError::InternalMessage(error.to_string())
             }
+            ControlError::Training(TrainingError::Record(error)) => ApiError::Internal(error),
             ControlError::Training(
                 TrainingError::Name(_)
+                | TrainingError::Golden(_)
                 | TrainingError::EmptyPeriod { .. }
                 | TrainingError::Upload(
                     UploadError::SetName(_)

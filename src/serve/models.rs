@@ -342,6 +342,8 @@ pub(super) struct TrainingBody {
     /// (`none`, the default; `auto`; `all`; or turns by name, comma-separated), as the CLI's
     /// `--orientations`.
     orientations: Option<String>,
+    /// For a template model: the recorded part whose image is the product's golden image.
+    golden_part: Option<u64>,
 }
 
 /// The input sizes a station's training may be asked for: the run's choice (up to 256, or up
@@ -402,13 +404,28 @@ pub(super) async fn start_training(
                     .into(),
             ));
         }
+        (Some(_), Family::Template) => {
+            return Err(ApiError::BadRequest(
+                "`orientations` is for anomaly models: a template model compares each part \
+                 with its golden image as it lies, aligned"
+                    .into(),
+            ));
+        }
     };
+    if body.family == Family::Template && input_size.is_some() {
+        return Err(ApiError::BadRequest(
+            "`input_size` is not for template models: they compare parts pixel for pixel at \
+             their own size"
+                .into(),
+        ));
+    }
     let request = TrainingRequest {
         family: body.family,
         name: body.name,
         source,
         input_size,
         orientations,
+        golden_part: body.golden_part,
         requested_by: who.name.clone(),
     };
     let audit = who.audit("model.train", &request.name);
@@ -642,6 +659,7 @@ mod tests {
                 to: at,
                 passed_as_good: true,
             },
+            golden_part: None,
             requested_by: "eng".into(),
             started_at: at,
             finished_at: None,

@@ -348,7 +348,8 @@ async fn an_alert_for_a_receiver_down_is_delivered_after_a_restart() {
 
 // ---- halt line ----------------------------------------------------------------------------
 
-fn inspection(part_id: u64, failed: bool) -> RecordBody {
+/// A part decided now, passed or failed, without an image.
+pub(crate) fn inspection(part_id: u64, failed: bool) -> RecordBody {
     let now = Utc::now();
     RecordBody::Inspection(InspectionRecord {
         part_id,

@@ -21,7 +21,7 @@ const GROUND: u8 = 225;
 const COPPER: u8 = 30;
 
 /// A board: horizontal traces 8 pixels wide, 24 apart, on a bright ground.
-fn template() -> Vec<u8> {
+pub(crate) fn template() -> Vec<u8> {
     let mut pixels = vec![GROUND; SIDE * SIDE];
     for top in (12..SIDE - 12).step_by(24) {
         for y in top..top + 8 {
@@ -44,7 +44,7 @@ fn fill(pixels: &mut [u8], [x0, y0, x1, y1]: [usize; 4], value: u8) {
 /// A tested board: the template with a defect of each of `kinds` (DeepPCB's type numbers:
 /// 1 open, 2 short, 5 spurious copper, 6 pin-hole) at random places, a scan's wandering edges
 /// and a few specks of dust; and each defect's box as its labeller draws it (6 pixels round).
-fn tested(rng: &mut ChaCha8Rng, kinds: &[u8]) -> (Vec<u8>, Vec<([usize; 4], u8)>) {
+pub(crate) fn tested(rng: &mut ChaCha8Rng, kinds: &[u8]) -> (Vec<u8>, Vec<([usize; 4], u8)>) {
     let mut pixels = template();
     let mut boxes = Vec::new();
     for (slot, &kind) in kinds.iter().enumerate() {
@@ -89,7 +89,7 @@ fn tested(rng: &mut ChaCha8Rng, kinds: &[u8]) -> (Vec<u8>, Vec<([usize; 4], u8)>
     (pixels, boxes)
 }
 
-fn image(pixels: Vec<u8>) -> GrayImage {
+pub(crate) fn image(pixels: Vec<u8>) -> GrayImage {
     GrayImage::new(SIDE as u32, SIDE as u32, pixels).expect("a square board")
 }
 

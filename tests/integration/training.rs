@@ -6,17 +6,21 @@
 //! bad names, empty periods, a second job while one runs, and a period without enough
 //! labelled defects.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use linesight::record::{RecordBody, RecordKind};
+use linesight::part::{GrayImage, Verdict};
+use linesight::record::{RecordBody, RecordKind, Store, gray_png};
 use linesight::serve::{Role, Tokens};
 use linesight::station::RunOptions;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    CPU_HEAVY, Client, backbone_weights, eventually, repo, serve_api, simulated_station,
-    station_config,
+    CPU_HEAVY, Client, actions, backbone_weights, eventually, golden, repo, serve_api,
+    simulated_station, station_config,
 };
 
 /// Waits (up to 5 minutes) until training job `id` has finished, collecting the phases seen
@@ -40,13 +44,11 @@ async fn finished(client: &Client, id: u64, phases: &mut Vec<String>) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_from_labels() {
-    let _one = CPU_HEAVY.lock().await;
-    backbone_weights(); // the station finds them where `make weights` put them
-    let dir = tempfile::tempdir().expect("tempdir");
-    // A registry of its own: trained models are written into it.
-    let models = dir.path().join("models");
+/// A registry of its own under `dir`, with the shipped live model in it: trained models are
+/// written into it. The registry's folder, and the station config's lines naming the live
+/// model's folder and the registry.
+fn own_registry(dir: &Path) -> (PathBuf, String, String) {
+    let models = dir.join("models");
     let live_dir = models.join("defect-net-sim");
     std::fs::create_dir_all(&live_dir).expect("mkdir");
     for file in ["model.safetensors", "card.json"] {
@@ -58,6 +60,15 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
     }
     let model_dir = format!("dir = {:?}", live_dir.display().to_string());
     let registry = format!("registry = {:?}", models.display().to_string());
+    (models, model_dir, registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_from_labels() {
+    let _one = CPU_HEAVY.lock().await;
+    backbone_weights(); // the station finds them where `make weights` put them
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (models, model_dir, registry) = own_registry(dir.path());
     let config = station_config(
         &dir.path().join("data"),
         &[
@@ -589,4 +600,265 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
 
     stop.cancel();
     line.await.expect("join").expect("the line stops cleanly");
+}
+
+/// One inspected part in `store`: `pixels` (a board of [`golden`]'s) kept as its image,
+/// decided now with `verdict`. Its part id and image digest.
+async fn recorded_board(store: &Store, pixels: Vec<u8>, verdict: Verdict) -> (u64, String) {
+    recorded_part(store, &golden::image(pixels), verdict).await
+}
+
+/// One inspected part in `store`, `image` kept as its image, decided now with `verdict`. Its
+/// part id and image digest.
+async fn recorded_part(store: &Store, image: &GrayImage, verdict: Verdict) -> (u64, String) {
+    let png = gray_png(image).expect("png");
+    let digest = store.save_image(&png).expect("image kept");
+    let part_id = store.next_part_id().expect("part id");
+    let mut part = actions::inspection(part_id, verdict == Verdict::Fail);
+    if let RecordBody::Inspection(record) = &mut part {
+        record.image = Some(digest.clone());
+    }
+    store.append(part).await.expect("recorded");
+    (part_id, digest)
+}
+
+/// A product inspected against its golden part (boards of `golden`'s generator, each defect
+/// boxed as DeepPCB's labellers box them): the engineer boxes the defects of the rejected
+/// parts in the labelling API, names a good part as golden, and a template model trains from
+/// the station's records through the training API, choosing its own alignment and
+/// comparison, finds the held-out parts' defects where they are, and runs in the station
+/// (its previews are the station's own judgement). Refused with a reason: no golden part, a
+/// golden part that is not good or not there, uploads, and settings of other families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_part() {
+    let _one = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (models, model_dir, registry) = own_registry(dir.path());
+    let config = station_config(
+        &dir.path().join("data"),
+        &[
+            ("dir = \"../models/defect-net-sim\"", &model_dir),
+            ("registry = \"../var/sim-1/models\"", &registry),
+        ],
+    );
+    let tokens = Tokens::open(&dir.path().join("data"), None).expect("tokens");
+    let engineer_token = tokens
+        .create("eng-1", Role::Engineer, "test")
+        .expect("token")
+        .token;
+    // The line does not run: the records are the boards below and nothing else.
+    let (_line, station) = simulated_station(config).await.expect("station starts");
+    let store = station.store();
+    let base = serve_api(&station).await;
+    let engineer = Client {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+        token: engineer_token,
+    };
+
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (golden_part, _) = recorded_board(&store, golden::template(), Verdict::Pass).await;
+    for _ in 0..8 {
+        recorded_board(&store, golden::tested(&mut rng, &[]).0, Verdict::Pass).await;
+    }
+    // DeepPCB's type numbers, named as an engineer would name them.
+    let types = [
+        (1u8, "open"),
+        (2, "short"),
+        (5, "spurious-copper"),
+        (6, "pin-hole"),
+    ];
+    let name = |kind: u8| types.iter().find(|(k, _)| *k == kind).expect("a type").1;
+    let mut boxed = Vec::new();
+    let mut drawn = 0;
+    for i in 0..34 {
+        // Most boards show two types; every eighth one only its class's, which a mask alone
+        // would say for a supervised model but a template model learns from boxes alone.
+        let kinds = if i % 8 == 0 {
+            vec![types[i % 4].0]
+        } else {
+            vec![types[i % 4].0, types[(i + 1) % 4].0]
+        };
+        let (pixels, boxes) = golden::tested(&mut rng, &kinds);
+        let (part_id, digest) = recorded_board(&store, pixels, Verdict::Fail).await;
+        // Two rejected parts are labelled defective without saying where: nothing to learn.
+        if i < 32 {
+            drawn += boxes.len();
+        }
+        let regions: Vec<Value> = if i >= 32 {
+            Vec::new()
+        } else {
+            (boxes.iter())
+                .map(|([x0, y0, x1, y1], kind)| {
+                    json!({"class": name(*kind), "shape": {"kind": "box", "x": x0, "y": y0,
+                        "width": x1 - x0 + 1, "height": y1 - y0 + 1}})
+                })
+                .collect()
+        };
+        let label = json!({"verdict": "fail", "defect_class": name(kinds[0]),
+            "image": digest, "regions": regions});
+        let (status, written) = engineer
+            .post(&format!("/api/v1/inspections/{part_id}/labels"), label)
+            .await;
+        assert_eq!(status, 201, "{written}");
+        boxed.push(part_id);
+    }
+    let (from, to) = ("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z");
+    let template = |golden: Value| {
+        json!({"family": "template", "name": "board", "from": from, "to": to,
+            "golden_part": golden})
+    };
+
+    // Refused with a reason.
+    let mut no_golden = template(Value::Null);
+    no_golden
+        .as_object_mut()
+        .expect("object")
+        .remove("golden_part");
+    for (body, says) in [
+        (no_golden, "name it (`golden_part`"),
+        (template(json!(boxed[0])), "is labelled defective"),
+        (template(json!(999_999)), "no such part"),
+        (
+            json!({"family": "template", "name": "board", "upload": "lab", "golden_part": golden_part}),
+            "train it from this station's parts",
+        ),
+        (
+            json!({"family": "anomaly", "name": "board", "from": from, "to": to,
+                "golden_part": golden_part}),
+            "`golden_part` is for template models",
+        ),
+        (
+            json!({"family": "template", "name": "board", "from": from, "to": to,
+                "golden_part": golden_part, "input_size": "256"}),
+            "`input_size` is not for template models",
+        ),
+        (
+            json!({"family": "template", "name": "board", "from": from, "to": to,
+                "golden_part": golden_part, "orientations": "auto"}),
+            "`orientations` is for anomaly models",
+        ),
+    ] {
+        let (status, error) = engineer.post("/api/v1/training", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {error}");
+        let error = error["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+
+    // The passed boards teach what a difference that is no defect looks like.
+    let mut asked = template(json!(golden_part));
+    asked["passed_as_good"] = json!(true);
+    let (status, started) = engineer.post("/api/v1/training", asked).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["golden_part"], golden_part, "{started}");
+    let job = finished(
+        &engineer,
+        started["id"].as_u64().expect("id"),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(job["state"], "done", "{job}");
+    let set = &job["training_set"];
+    assert_eq!(set["left_out"]["the golden part"], 1, "{set}");
+    assert_eq!(
+        set["left_out"]["labelled defective without regions (a template model learns from boxes)"],
+        2,
+        "{set}"
+    );
+    let defective: u64 = (set["defective"].as_object().expect("defective"))
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!((set["good"].as_u64(), defective), (Some(8), 32), "{set}");
+
+    let model = &job["model"];
+    assert_eq!(model["kind"], "template", "{model}");
+    let version = model["version"].as_str().expect("version");
+    assert!(version.starts_with("board@"), "{version}");
+    let card = &model["card"];
+    assert!(
+        card["alignment_choice"]["align_px"].as_u64() >= Some(2)
+            && card["compare_choice"]["rule"].is_string(),
+        "the run chose its own comparison: {card}"
+    );
+    assert!(
+        card["dataset"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("training job"),
+        "{}",
+        card["dataset"]
+    );
+    // Every box drawn is learnt from or scored: every fourth part of each class is held out.
+    let boxes = &card["metrics"]["boxes"];
+    assert_eq!(
+        (card["n_train_boxes"]
+            .as_u64()
+            .zip(boxes["n_true_boxes"].as_u64()))
+        .map(|(learnt, scored)| learnt + scored),
+        Some(drawn as u64),
+        "{card}"
+    );
+    let map = boxes["mean_average_precision"][0]["value"]
+        .as_f64()
+        .expect("mAP");
+    assert!(map >= 0.8, "held-out box mAP@0.5 {map}: {boxes}");
+    // The golden image travels with the model, and the station runs it: the previews are the
+    // registry's loaded model judging held-out parts.
+    let home = models.join(version);
+    assert!(
+        home.join(linesight::models::template::REFERENCE_FILE)
+            .is_file(),
+        "{}",
+        home.display()
+    );
+    let previews = model["previews"].as_array().expect("previews");
+    assert!(
+        previews
+            .iter()
+            .any(|p| p["class"] != "good" && p["verdict"] == "fail"),
+        "a held-out defective part is rejected: {previews:?}"
+    );
+    assert!(
+        previews
+            .iter()
+            .any(|p| p["class"] == "good" && p["verdict"] == "pass"),
+        "a held-out good part passes: {previews:?}"
+    );
+    let (status, listed) = engineer.get("/api/v1/models").await;
+    assert_eq!(status, 200);
+    assert!(
+        listed.to_string().contains(version),
+        "in the registry: {listed}"
+    );
+
+    // A part of another size than the golden one cannot be compared with it: the job says
+    // which part, and adds nothing.
+    let small = GrayImage::new(100, 100, vec![200; 100 * 100]).expect("image");
+    let (part_id, _) = recorded_part(&store, &small, Verdict::Pass).await;
+    let mut asked = template(json!(golden_part));
+    asked["passed_as_good"] = json!(true);
+    asked["name"] = json!("board-sizes");
+    let (status, started) = engineer.post("/api/v1/training", asked).await;
+    assert_eq!(status, 202, "{started}");
+    let job = finished(
+        &engineer,
+        started["id"].as_u64().expect("id"),
+        &mut Vec::new(),
+    )
+    .await;
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        job["state"] == "failed"
+            && error.contains(&format!("part-{part_id:010}.png"))
+            && error.contains("the part is 100x100, its reference 160x160"),
+        "{job}"
+    );
+    assert!(
+        !std::fs::read_dir(&models)
+            .expect("registry")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("board-sizes")),
+        "a failed job adds no model"
+    );
 }

@@ -5,7 +5,8 @@
 // confirmation and rolls back, backtests it over the last minutes; cancels a training job from
 // its card; renames a defect class (its labels follow); onboards another product from
 // images uploaded through the page (a file that is no image is refused by name) and again as a
-// zip, at the input size asked for; edits the defect classes; an operator is kept out.
+// zip, at the input size asked for; asks for a template model with its golden part (refusals
+// shown with their reasons); edits the defect classes; an operator is kept out.
 // Usage: LINESIGHT_TOKEN=<engineer> LINESIGHT_OPERATOR_TOKEN=<operator> node tests/ui/models.mjs http://127.0.0.1:PORT OUTDIR
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -292,6 +293,42 @@ await finish(async () => {
       `the figures read ${figures}`);
     await page.selectOption('#input-size', '');
     await page.selectOption('#orientations', '');
+  });
+
+  await check('a template model is asked for with its golden part: the form offers it no size, turns or uploads, and says why the station refuses a part or a set', async () => {
+    // The upload source is still chosen from the check before: a template model takes the
+    // station's parts only, so choosing it switches back to them.
+    expect(await page.isChecked('input[name=source][value=upload]'), 'the check before left uploads chosen');
+    await page.selectOption('#family', 'template');
+    expect(await page.isVisible('#golden-part'), 'no golden part asked for');
+    expect(await page.isChecked('input[name=source][value=records]') && await page.isDisabled('input[name=source][value=upload]'),
+      'uploads still offered for a template model');
+    expect(await page.isDisabled('#input-size') && await page.isDisabled('#orientations'), 'a size or turns offered for a template model');
+    await page.fill('#name', 'board');
+    await page.fill('#golden-part', '999999999');
+    await page.click('#start-training');
+    await until('the refusal shown', async () => /golden part 999999999: no such part/.test(await page.textContent('#error')), 10_000);
+    // A part the live model passed is a golden part; the period's parts have no regions drawn
+    // round their defects, so the job says what to label.
+    const { items } = await json('/api/v1/inspections?limit=50');
+    const golden = items.find((p) => p.verdict === 'pass' && p.image);
+    expect(golden, 'no passed part with an image');
+    await page.fill('#golden-part', String(golden.part_id));
+    await page.click('#start-training');
+    const article = await page.waitForSelector('article.job[data-state] >> text=board (template)', { timeout: 10_000 });
+    const id = await (await article.evaluateHandle((e) => e.closest('article'))).getAttribute('data-job');
+    const state = await until('finished template job', async () => {
+      const s = await page.getAttribute(`article[data-job="${id}"]`, 'data-state');
+      return s !== 'running' ? s : null;
+    }, 60_000);
+    const job = await json(`/api/v1/training/${id}`);
+    expect(state === 'failed' && job.golden_part === golden.part_id && job.family === 'template', `the job ${state}: ${JSON.stringify(job)}`);
+    const meta = await page.textContent(`article[data-job="${id}"] p.muted`);
+    expect(meta.includes(`golden part ${golden.part_id}`), `the job reads ${meta}`);
+    const error = await page.textContent(`article[data-job="${id}"] p.fail`);
+    expect(/defective parts labelled with regions; a template model needs at least 8: draw boxes/.test(error), `the job says ${error}`);
+    await page.selectOption('#family', 'anomaly');
+    expect(await page.isHidden('#golden-part') && !(await page.isDisabled('#input-size')), 'the template fields stay after going back');
   });
 
   await check('the defect classes: tolerating one asks first, a new class is saved, a class named twice is refused with the reason, a renamed class keeps its labels (axe-core again)', async () => {

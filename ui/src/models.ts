@@ -131,9 +131,18 @@ interface ThresholdGuarantee {
   interval_90: [number, number];
 }
 
+// A template model's boxes on its held-out parts (learn/eval.rs, `BoxMetrics`).
+interface BoxMetrics {
+  n_true_boxes: number;
+  mean_average_precision: { iou: number; value: number }[];
+}
+
 interface ModelMetrics {
   n_test?: number;
   n_test_defective?: number;
+  // A template model's (models/template/mod.rs, `TemplateMetrics`).
+  defective_recall?: number | null;
+  boxes?: BoxMetrics | null;
   image_auroc?: number | null;
   average_precision?: number | null;
   at_threshold?: ThresholdMetrics | null;
@@ -158,8 +167,16 @@ interface OrientationChoice {
   trials: { orientation: string; turned_auroc: number }[];
 }
 
+// How far a template model's comparison searches to align a part with its golden image.
+interface AlignmentChoice {
+  align_px: number;
+  largest_offset_px: number;
+  rule: string;
+}
+
 interface ModelCard {
   input_size?: number;
+  alignment_choice?: AlignmentChoice | null;
   input_size_choice?: InputSizeChoice;
   orientation_choice?: OrientationChoice;
   threshold_rule: string;
@@ -183,9 +200,10 @@ type TrainingSource =
 
 interface TrainingJob {
   id: number;
-  family: 'anomaly' | 'supervised';
+  family: 'anomaly' | 'supervised' | 'template';
   name: string;
   source: TrainingSource;
+  golden_part: number | null;
   requested_by: string;
   started_at: string;
   finished_at: string | null;
@@ -602,16 +620,33 @@ function modelFigures(model: TrainedModel): Definition[] {
     ['Threshold', number(model.threshold)],
     ['How it was chosen', card.threshold_rule],
     ['Promise', guarantee ? `${guarantee.rate.replaceAll('_', ' ')} ≤ ${guarantee.target}; 90 % interval ${percent(guarantee.interval_90[0])}–${percent(guarantee.interval_90[1])}` : null],
-    ['Held-out parts', metrics.n_test !== undefined ? `${metrics.n_test} (${metrics.n_test_defective} defective)` : null],
+    ['Held-out parts', heldOut(metrics)],
     ['Image AUROC', number(metrics.image_auroc)],
     ['Average precision', number(metrics.average_precision)],
     ['False rejects at the threshold', percent(at?.false_reject_rate)],
     ['Escapes at the threshold', metrics.n_test_defective ? percent(at?.escape_rate) : null],
     ['Defect-vs-good accuracy', number(metrics.defect_vs_good_accuracy)],
+    ['Defective parts found', percent(metrics.defective_recall)],
+    ['Box mAP at IoU 0.5', boxMap(metrics.boxes)],
+    ['Alignment searched', card.alignment_choice ? `±${card.alignment_choice.align_px} px (${card.alignment_choice.rule})` : null],
     ['Input size', inputSize(card)],
     ['Turns learnt', turnsLearnt(card.orientation_choice)],
     ['Training took', duration(card.training_duration_s)],
   ];
+}
+
+/** How many parts the model was measured on, and how many of them defective where it says. */
+function heldOut(metrics: ModelMetrics): string | null {
+  if (metrics.n_test === undefined) return null;
+  if (metrics.n_test_defective === undefined) return String(metrics.n_test);
+  return `${metrics.n_test} (${metrics.n_test_defective} defective)`;
+}
+
+/** A template model's boxes against the held-out parts' labelled ones. */
+function boxMap(boxes: BoxMetrics | null | undefined): string | null {
+  const at = boxes?.mean_average_precision.find((m) => Math.abs(m.iou - 0.5) < 1e-6);
+  if (!boxes || !at) return null;
+  return `${number(at.value)} (${boxes.n_true_boxes} labelled boxes)`;
 }
 
 /** The input size the model sees and, where the run chose it, how each candidate fared. */
@@ -647,10 +682,11 @@ function turnsLearnt(choice: OrientationChoice | undefined): string | null {
 /** The input size (and, for an anomaly model, the turns) the form asks for: absent for the
  * model's defaults. */
 function askedInputSize(): { input_size?: string; orientations?: string } {
-  const size = byId('input-size', HTMLSelectElement).value;
+  const sizes = byId('input-size', HTMLSelectElement);
+  const size = sizes.value;
   const turns = byId('orientations', HTMLSelectElement);
   return {
-    ...(size === '' ? {} : { input_size: size }),
+    ...(sizes.disabled || size === '' ? {} : { input_size: size }),
     ...(turns.disabled || turns.value === '' ? {} : { orientations: turns.value }),
   };
 }
@@ -721,8 +757,9 @@ function jobView(job: TrainingJob) {
   const from = job.source.kind === 'records'
     ? `Parts decided ${when(job.source.from)} – ${when(job.source.to)}`
     : `Upload set ${job.source.set}`;
+  const golden = job.golden_part != null ? `; golden part ${job.golden_part}` : '';
   const div = jobArticle('job', job, `${job.name} (${job.family})`,
-    `${from}; asked by ${job.requested_by} at ${when(job.started_at)}`);
+    `${from}${golden}; asked by ${job.requested_by} at ${when(job.started_at)}`);
   if (job.state === 'running') {
     const p = job.progress;
     const line = document.createElement('p');
@@ -1003,15 +1040,34 @@ byId('upload', HTMLButtonElement).addEventListener('click', async () => {
 
 /** The form's choices that depend on the family: an anomaly model starts a new product from
  * what passed, a supervised one learns labels (and learns turned parts from its own
- * augmentation: the turns are the anomaly family's). */
+ * augmentation: the turns are the anomaly family's); a template model compares parts with a
+ * golden part at their own size and learns from the regions drawn in the labelling page,
+ * which uploads have none of. */
 function followFamily() {
-  const anomaly = byId('family', HTMLSelectElement).value === 'anomaly';
-  byId('passed-as-good', HTMLInputElement).checked = anomaly;
-  byId('orientations', HTMLSelectElement).disabled = !anomaly;
+  const family = byId('family', HTMLSelectElement).value;
+  const template = family === 'template';
+  byId('passed-as-good', HTMLInputElement).checked = family === 'anomaly';
+  byId('orientations', HTMLSelectElement).disabled = family !== 'anomaly';
+  byId('input-size', HTMLSelectElement).disabled = template;
+  byId('golden-part', HTMLInputElement).required = template;
+  for (const el of document.querySelectorAll<HTMLElement>('#train-form .template')) el.hidden = !template;
+  const upload = query(document, 'input[name=source][value=upload]', HTMLInputElement);
+  upload.disabled = template;
+  if (template && upload.checked) {
+    const records = query(document, 'input[name=source][value=records]', HTMLInputElement);
+    records.checked = true;
+    records.dispatchEvent(new Event('change'));
+  }
 }
 byId('family', HTMLSelectElement).addEventListener('change', followFamily);
 // A browser may restore the family chosen before a reload without a change event.
 followFamily();
+
+/** The golden part a template model is asked for: absent for the other families. */
+function goldenPart(): { golden_part?: number } {
+  if (byId('family', HTMLSelectElement).value !== 'template') return {};
+  return { golden_part: Number(byId('golden-part', HTMLInputElement).value) };
+}
 
 byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => {
   event.preventDefault();
@@ -1052,6 +1108,7 @@ byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => 
         to: to.toISOString(),
         passed_as_good: byId('passed-as-good', HTMLInputElement).checked,
         ...askedInputSize(),
+        ...goldenPart(),
       }),
     });
     byId('notice').textContent = `Training job ${job.id} started.`;

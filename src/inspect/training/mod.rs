@@ -1,6 +1,7 @@
 //! Training a model from the station's own records, started from the browser: the cold start
-//! of a new product (an anomaly model from good parts) and the supervised model once defects
-//! are labelled.
+//! of a new product (an anomaly model from good parts), the supervised model once defects
+//! are labelled, and the template model of a product inspected against its golden part (a
+//! printed board, a stamped blank), which learns from the boxes drawn round defects.
 //!
 //! A job learns from one of two sources. The station's records: the parts decided in a
 //! period, newest first up to [`MAX_TRAINING_PARTS`], where a part's latest label says what it
@@ -13,7 +14,11 @@
 //! where a part's regions name other types than its class, each region's box and type beside
 //! the mask, so that a supervised model learns every type the engineers drew), trains there
 //! with the same code and defaults as `linesight train`, and moves the finished model folder
-//! into the registry under its version.
+//! into the registry under its version. A template model's golden image is a recorded part
+//! the engineer names, labelled good or passed; it is copied beside the layout (`--reference`
+//! to `linesight train template`) and left out of the parts compared with it, and the model
+//! learns only from defective parts whose regions say where their defects are (each
+//! region's box and type beside the image).
 //! A half-written model is never in the registry: training writes to a hidden folder that
 //! the registry does not list, and the move is one rename in the same folder.
 //!
@@ -47,6 +52,8 @@ use crate::models::anomaly::train::{
 };
 use crate::models::card::CARD_FILE;
 use crate::models::supervised::{self, SupervisedSettings};
+use crate::models::template::compare::CompareSettings;
+use crate::models::template::train::{self as template_train, TemplateSettings};
 use crate::part::Verdict;
 use crate::record::{
     InspectionRecord, RecordBody, RecordError, Region, Store, gray_png, heat_map_png, regions_mask,
@@ -81,6 +88,9 @@ pub enum Family {
     Anomaly,
     /// From labelled good and defective parts.
     Supervised,
+    /// From parts compared with a golden part's image, defects labelled with regions (their
+    /// boxes teach what a difference is, and its type).
+    Template,
 }
 
 /// Where a model's images come from.
@@ -112,16 +122,23 @@ pub struct TrainingRequest {
     /// Which turned copies of the good images an anomaly model's bank learns from (the CLI's
     /// `--orientations`; [`Orientations::None`], the default, for a supervised model).
     pub orientations: Orientations,
+    /// For a template model: the recorded part whose image is the product's golden image
+    /// (labelled good, or passed and unlabelled). Only a template model takes one.
+    pub golden_part: Option<u64>,
     pub requested_by: String,
 }
 
 /// The input size a job of `family` trains at: the one `asked`, else the family's default (the
-/// CLI's: an anomaly model chooses up to 256, a supervised one takes 256).
-fn input_size(family: Family, asked: Option<InputSize>) -> InputSize {
-    asked.unwrap_or(match family {
-        Family::Anomaly => InputSize::AUTO,
-        Family::Supervised => InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE),
-    })
+/// CLI's: an anomaly model chooses up to 256, a supervised one takes 256). `None` for a
+/// template model, which compares parts pixel for pixel at their own size.
+fn input_size(family: Family, asked: Option<InputSize>) -> Option<InputSize> {
+    match family {
+        Family::Anomaly => Some(asked.unwrap_or(InputSize::AUTO)),
+        Family::Supervised => {
+            Some(asked.unwrap_or(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)))
+        }
+        Family::Template => None,
+    }
 }
 
 /// Why a training job could not start.
@@ -146,6 +163,11 @@ pub enum TrainingError {
     UnknownJob(u64),
     #[error("training job {id} is not running: it is {state:?}")]
     NotRunning { id: u64, state: JobState },
+    /// A template model's golden part missing, unusable, or named for another family.
+    #[error("{0}")]
+    Golden(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 /// What went into a training set, as the job shows it.
@@ -202,6 +224,8 @@ pub struct TrainingJob {
     pub family: Family,
     pub name: String,
     pub source: Source,
+    /// A template model's golden part.
+    pub golden_part: Option<u64>,
     pub requested_by: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -258,9 +282,37 @@ impl TrainingJobs {
         self.lock().iter().find(|s| s.job.id == id).map(Slot::view)
     }
 
-    /// Why `request` cannot start now, if it cannot.
-    pub fn refusal(&self, request: &TrainingRequest) -> Result<(), TrainingError> {
+    /// Why `request` cannot start now on `store`'s records, if it cannot.
+    pub fn refusal(&self, store: &Store, request: &TrainingRequest) -> Result<(), TrainingError> {
         check_name(&request.name)?;
+        match (request.family, request.golden_part, &request.source) {
+            (Family::Template, None, _) => {
+                return Err(TrainingError::Golden(
+                    "a template model compares each part with the product's golden part: name \
+                     it (`golden_part`, a part labelled good or passed)"
+                        .into(),
+                ));
+            }
+            (Family::Template, Some(_), Source::Upload { .. }) => {
+                return Err(TrainingError::Golden(
+                    "a template model learns from the boxes drawn round defects in the \
+                     labelling page, which uploaded images have none of: train it from this \
+                     station's parts"
+                        .into(),
+                ));
+            }
+            (Family::Template, Some(part), Source::Records { .. }) => {
+                golden_image(store, part)?;
+            }
+            (_, Some(_), _) => {
+                return Err(TrainingError::Golden(
+                    "`golden_part` is for template models: the other families learn what good \
+                     parts look like from many of them"
+                        .into(),
+                ));
+            }
+            (_, None, _) => {}
+        }
         match &request.source {
             Source::Records { from, to, .. } if from >= to => {
                 return Err(TrainingError::EmptyPeriod {
@@ -290,7 +342,7 @@ impl TrainingJobs {
         registry: Registry,
         request: TrainingRequest,
     ) -> Result<TrainingJob, TrainingError> {
-        self.refusal(&request)?;
+        self.refusal(&store, &request)?;
         let watch = ProgressWatch::default();
         let job = {
             let mut jobs = self.lock();
@@ -302,6 +354,7 @@ impl TrainingJobs {
                 family: request.family,
                 name: request.name.clone(),
                 source: request.source.clone(),
+                golden_part: request.golden_part,
                 requested_by: request.requested_by.clone(),
                 started_at: Utc::now(),
                 finished_at: None,
@@ -530,6 +583,15 @@ fn run(
             uploaded_parts(uploads, set).map_err(|e| e.to_string())?
         }
     };
+    // A template model's golden image, and only the parts it can learn from compared with it.
+    let (parts, set, golden) = match (request.family, request.golden_part) {
+        (Family::Template, Some(golden_part)) => {
+            let golden = golden_image(store, golden_part).map_err(|e| e.to_string())?;
+            let (parts, set) = for_template(parts, set, golden_part);
+            (parts, set, Some(golden))
+        }
+        _ => (parts, set, None),
+    };
     read(&set);
     enough(request.family, &set, &request.source)?;
     let root = registry.root();
@@ -539,10 +601,24 @@ fn run(
     let outcome = (|| {
         lay_out(store, request.family, &parts, &data)
             .map_err(|e| format!("laying out the training images in {}: {e}", data.display()))?;
-        let backbone_weights = registry
-            .weights()
-            .find(None, root)
-            .map_err(|e| e.to_string())?;
+        let golden_png = match &golden {
+            Some(digest) => {
+                let path = scratch.join(GOLDEN_FILE);
+                let kept = (store.images().path(digest))
+                    .ok_or_else(|| "the golden part's image is no longer kept".to_owned())?;
+                std::fs::copy(&kept, &path)
+                    .map_err(|e| format!("copying the golden image to {}: {e}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        // The backbone's weights, for the families that have one.
+        let backbone_weights = || {
+            registry
+                .weights()
+                .find(None, root)
+                .map_err(|e| e.to_string())
+        };
         // One worker thread of its own, after the live work (nice 10): the backbone's kernels
         // run on rayon, and in the global pool training would take every core from the live
         // model.
@@ -558,9 +634,10 @@ fn run(
                 name: request.name.clone(),
                 layout: Layout::Mvtec,
                 data: data.clone(),
-                backbone_weights,
+                backbone_weights: backbone_weights()?,
                 bank_size: anomaly_train::DEFAULT_BANK_SIZE,
-                input_size: input_size(Family::Anomaly, request.input_size),
+                input_size: input_size(Family::Anomaly, request.input_size)
+                    .unwrap_or(InputSize::AUTO),
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
@@ -573,14 +650,29 @@ fn run(
             .map_err(|e| e.to_string()),
             Family::Supervised => supervised::train(&SupervisedSettings {
                 progress,
-                input_size: input_size(Family::Supervised, request.input_size),
+                input_size: input_size(Family::Supervised, request.input_size)
+                    .unwrap_or(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)),
                 ..SupervisedSettings::defaults(
                     &request.name,
                     Layout::Mvtec,
                     data.clone(),
-                    backbone_weights,
+                    backbone_weights()?,
                     out.clone(),
                 )
+            })
+            .map(|card| (card.head.version, card.head.kind, card.head.threshold))
+            .map_err(|e| e.to_string()),
+            // The CLI's defaults: the run measures how far parts sit off the golden image and
+            // chooses its depth, join and crumb size on its validation parts.
+            Family::Template => template_train::train(&TemplateSettings {
+                name: request.name.clone(),
+                layout: Layout::Mvtec,
+                data: data.clone(),
+                reference: golden_png.clone(),
+                compare: CompareSettings::default(),
+                choose_compare: true,
+                out_dir: out.clone(),
+                progress,
             })
             .map(|card| (card.head.version, card.head.kind, card.head.threshold))
             .map_err(|e| e.to_string()),
@@ -700,7 +792,9 @@ fn enough(family: Family, set: &TrainingSet, source: &Source) -> Result<(), Stri
             "upload more images of defects",
         ),
     };
-    if (set.good as usize) < MIN_GOOD_PARTS {
+    // A template model's good part is its golden one; good parts compared with it teach what
+    // a difference that is no defect looks like, as the defective parts' other differences do.
+    if family != Family::Template && (set.good as usize) < MIN_GOOD_PARTS {
         return Err(format!(
             "{has} {} good parts with a kept image ({training_good} to train on); a model \
              needs at least {MIN_GOOD_PARTS}: {hint}",
@@ -714,7 +808,86 @@ fn enough(family: Family, set: &TrainingSet, source: &Source) -> Result<(), Stri
              good parts"
         ));
     }
+    // A template set holds only defective parts labelled with regions ([`for_template`]).
+    if family == Family::Template && (defective as usize) < MIN_DEFECTIVE_PARTS {
+        return Err(format!(
+            "{has} {defective} defective parts labelled with regions; a template model needs \
+             at least {MIN_DEFECTIVE_PARTS}: draw boxes round the defects of more parts in the \
+             labelling page"
+        ));
+    }
     Ok(())
+}
+
+/// Where a job keeps a template model's golden image beside its layout.
+const GOLDEN_FILE: &str = "golden.png";
+
+/// The digest of recorded part `part_id`'s kept image, where it can be a template model's
+/// golden image: labelled good, or passed and unlabelled.
+fn golden_image(store: &Store, part_id: u64) -> Result<String, TrainingError> {
+    let refuse = |why: String| {
+        Err(TrainingError::Golden(format!(
+            "golden part {part_id}: {why}"
+        )))
+    };
+    let Some(record) = store.inspection(part_id)? else {
+        return refuse("no such part in this station's records".into());
+    };
+    let RecordBody::Inspection(part) = record.body else {
+        return refuse("no such part in this station's records".into());
+    };
+    let label = match store.labels(part_id)?.pop().map(|r| r.body) {
+        Some(RecordBody::Label(label)) => Some(label),
+        _ => None,
+    };
+    let image = match label {
+        Some(label) if label.verdict == Verdict::Pass => label.image.or(part.image),
+        Some(_) => return refuse("it is labelled defective; a golden part is a good one".into()),
+        None if part.verdict == Some(Verdict::Pass) => part.image,
+        None => {
+            return refuse(
+                "the live model did not pass it and it is not labelled good; a golden part is \
+                 a good one"
+                    .into(),
+            );
+        }
+    };
+    match image {
+        Some(digest) if store.images().path(&digest).is_some() => Ok(digest),
+        _ => refuse("its image is no longer kept; choose a newer good part".into()),
+    }
+}
+
+/// The parts a template model learns from: the golden part left out (compared with itself it
+/// differs nowhere) and defective parts without regions (where their defects are is what
+/// the model learns; without it, every difference on them would teach "no defect"), each
+/// counted in the set's reasons.
+fn for_template(
+    parts: Vec<TrainingPart>,
+    mut set: TrainingSet,
+    golden_part: u64,
+) -> (Vec<TrainingPart>, TrainingSet) {
+    let mut kept = Vec::with_capacity(parts.len());
+    for part in parts {
+        let reason = if part.part_id == Some(golden_part) {
+            set.good = set.good.saturating_sub(1);
+            set.good_held_out = set.good_held_out.saturating_sub(u64::from(part.held_out));
+            "the golden part"
+        } else if part.class != "good" && part.regions.is_empty() {
+            if let Some(count) = set.defective.get_mut(&part.class) {
+                *count -= 1;
+                if *count == 0 {
+                    set.defective.remove(&part.class);
+                }
+            }
+            "labelled defective without regions (a template model learns from boxes)"
+        } else {
+            kept.push(part);
+            continue;
+        };
+        *set.left_out.entry(reason.to_owned()).or_default() += 1;
+    }
+    (kept, set)
 }
 
 /// An upload set's images with their classes, and the set's summary.
@@ -876,7 +1049,7 @@ fn lay_out(
             .image
             .path(store)
             .ok_or_else(|| std::io::Error::other(format!("{:?} is gone", part.image)))?;
-        let trains = !part.held_out && (part.class == "good" || family == Family::Supervised);
+        let trains = !part.held_out && (part.class == "good" || family != Family::Anomaly);
         let split = if trains { "train" } else { "test" };
         let folder = data.join(split).join(uploads::folder_of(&part.class));
         std::fs::create_dir_all(&folder)?;
@@ -899,8 +1072,13 @@ fn lay_out(
             std::fs::create_dir_all(&truth)?;
             std::fs::write(truth.join(format!("{stem}_mask.png")), mask)?;
             // Regions of another type than the part's: each teaches its own type, through its
-            // box over the mask (a part labelled scratch may show a dent too).
-            if let Some(boxes) = dataset::region_boxes(&part.regions, &part.class, width, height) {
+            // box over the mask (a part labelled scratch may show a dent too). A template model
+            // learns from boxes alone: every region's.
+            let boxes = match family {
+                Family::Template => Some(dataset::every_region_box(&part.regions, width, height)),
+                _ => dataset::region_boxes(&part.regions, &part.class, width, height),
+            };
+            if let Some(boxes) = boxes {
                 std::fs::write(truth.join(format!("{stem}_boxes.txt")), boxes)?;
             }
         }
@@ -980,18 +1158,95 @@ mod tests {
 
     #[test]
     fn a_job_trains_at_the_size_asked_else_its_familys_default() {
-        assert_eq!(input_size(Family::Anomaly, None), InputSize::AUTO);
+        assert_eq!(input_size(Family::Anomaly, None), Some(InputSize::AUTO));
         assert_eq!(
             input_size(Family::Supervised, None),
-            InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)
+            Some(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE))
         );
         assert_eq!(supervised::DEFAULT_INPUT_SIZE, 256);
         for family in [Family::Anomaly, Family::Supervised] {
             for asked in ["auto", "auto:512", "128", "512"] {
                 let asked: InputSize = asked.parse().expect("a size");
-                assert_eq!(input_size(family, Some(asked)), asked);
+                assert_eq!(input_size(family, Some(asked)), Some(asked));
             }
         }
+        assert_eq!(
+            input_size(Family::Template, None),
+            None,
+            "parts at their own size"
+        );
+    }
+
+    #[test]
+    fn a_template_set_leaves_out_its_golden_part_and_defects_without_regions() {
+        let region = || Region {
+            class: "short".into(),
+            shape: crate::record::Shape::Box {
+                x: 4.0,
+                y: 4.0,
+                width: 8.0,
+                height: 6.0,
+            },
+        };
+        let part = |id: u64, class: &str, regions: usize, held_out: bool| TrainingPart {
+            part_id: Some(id),
+            image: ImageFile::Stored(format!("digest-{id}")),
+            class: class.into(),
+            regions: (0..regions).map(|_| region()).collect(),
+            held_out,
+        };
+        let parts = vec![
+            part(1, "good", 0, false),
+            part(2, "good", 0, true),
+            part(3, "short", 1, false),
+            part(4, "short", 0, false),
+            part(5, "open", 0, true),
+            part(6, "open", 2, false),
+        ];
+        let set = TrainingSet {
+            parts_in_period: 6,
+            good: 2,
+            good_held_out: 1,
+            defective: BTreeMap::from([("short".into(), 2), ("open".into(), 2)]),
+            left_out: BTreeMap::from([("unlabelled".into(), 3)]),
+        };
+        let (kept, set) = for_template(parts, set, 2);
+        let ids: Vec<Option<u64>> = kept.iter().map(|p| p.part_id).collect();
+        assert_eq!(ids, [Some(1), Some(3), Some(6)]);
+        assert_eq!((set.good, set.good_held_out), (1, 0));
+        assert_eq!(
+            set.defective,
+            BTreeMap::from([("short".into(), 1), ("open".into(), 1)])
+        );
+        assert_eq!(set.left_out["the golden part"], 1);
+        assert_eq!(
+            set.left_out["labelled defective without regions (a template model learns from boxes)"],
+            2
+        );
+        assert_eq!(set.left_out["unlabelled"], 3);
+    }
+
+    #[test]
+    fn a_template_set_needs_boxed_defects_but_no_count_of_good_parts() {
+        let records = Source::Records {
+            from: Utc::now(),
+            to: Utc::now(),
+            passed_as_good: false,
+        };
+        let mut set = TrainingSet {
+            defective: BTreeMap::from([("short".into(), 7)]),
+            ..TrainingSet::default()
+        };
+        let refusal = enough(Family::Template, &set, &records).expect_err("7 boxed defects");
+        assert!(
+            refusal.contains("7 defective parts labelled with regions")
+                && refusal.contains("labelling page"),
+            "{refusal}"
+        );
+        set.defective.insert("open".into(), 1);
+        assert!(enough(Family::Template, &set, &records).is_ok());
+        let refusal = enough(Family::Supervised, &set, &records).expect_err("no good parts");
+        assert!(refusal.contains("0 good parts"), "{refusal}");
     }
 
     #[test]
