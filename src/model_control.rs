@@ -325,15 +325,27 @@ impl ModelControl {
         request: TrainingRequest,
         audit: Option<AuditRecord>,
     ) -> Result<TrainingJob, ControlError> {
-        self.training.refusal(&self.store, &request)?;
+        // Both read the records (a template model's golden part, its image's header): off the
+        // async workers.
+        let (training, store, asked) = (self.training.clone(), self.store.clone(), request.clone());
+        tokio::task::spawn_blocking(move || training.refusal(&store, &asked))
+            .await
+            .map_err(|e| ControlError::Join(e.to_string()))??;
         if let Some(audit) = audit {
             self.store
                 .append_all(vec![RecordBody::Audit(audit)])
                 .await?;
         }
-        Ok(self
-            .training
-            .start(self.store.clone(), self.registry.clone(), request)?)
+        let (training, store, registry) = (
+            self.training.clone(),
+            self.store.clone(),
+            self.registry.clone(),
+        );
+        Ok(
+            tokio::task::spawn_blocking(move || training.start(store, registry, request))
+                .await
+                .map_err(|e| ControlError::Join(e.to_string()))??,
+        )
     }
 
     /// Asks training job `id` to stop, recorded with who asked (the audit entry first).

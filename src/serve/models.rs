@@ -330,8 +330,9 @@ pub(super) struct TrainingBody {
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     /// …where unlabelled parts the live model passed count as good; default true for an
-    /// anomaly model (nothing is labelled on a new product's first day), false for a
-    /// supervised one (it learns from labels).
+    /// anomaly model (nothing is labelled on a new product's first day) and a template one
+    /// (its good parts show differences that are no defect), false for a supervised one (it
+    /// learns from labels).
     passed_as_good: Option<bool>,
     /// Or the images of an upload set.
     upload: Option<String>,
@@ -361,7 +362,9 @@ pub(super) async fn start_training(
         (Some(from), Some(to), None, passed_as_good) => Source::Records {
             from,
             to,
-            passed_as_good: passed_as_good.unwrap_or(body.family == Family::Anomaly),
+            // A supervised model learns from labels; an anomaly model's good parts, and a
+            // template model's differences that are no defect, come from what passed.
+            passed_as_good: passed_as_good.unwrap_or(body.family != Family::Supervised),
         },
         (None, None, Some(set), None) => Source::Upload { set },
         _ => {

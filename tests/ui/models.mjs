@@ -296,14 +296,15 @@ await finish(async () => {
   });
 
   await check('a template model is asked for with its golden part: the form offers it no size, turns or uploads, and says why the station refuses a part or a set', async () => {
-    // The upload source is still chosen from the check before: a template model takes the
-    // station's parts only, so choosing it switches back to them.
-    expect(await page.isChecked('input[name=source][value=upload]'), 'the check before left uploads chosen');
+    // A template model takes the station's parts only: choosing it switches back to them.
+    await page.selectOption('#family', 'anomaly');
+    await page.check('input[name=source][value=upload]');
     await page.selectOption('#family', 'template');
     expect(await page.isVisible('#golden-part'), 'no golden part asked for');
     expect(await page.isChecked('input[name=source][value=records]') && await page.isDisabled('input[name=source][value=upload]'),
       'uploads still offered for a template model');
     expect(await page.isDisabled('#input-size') && await page.isDisabled('#orientations'), 'a size or turns offered for a template model');
+    expect(await page.isChecked('#passed-as-good'), 'passed parts not counted as good for a template model');
     await page.fill('#name', 'board');
     await page.fill('#golden-part', '999999999');
     await page.click('#start-training');

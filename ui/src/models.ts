@@ -134,7 +134,8 @@ interface ThresholdGuarantee {
 // A template model's boxes on its held-out parts (learn/eval.rs, `BoxMetrics`).
 interface BoxMetrics {
   n_true_boxes: number;
-  mean_average_precision: { iou: number; value: number }[];
+  // Absent where no labelled box names a type.
+  mean_average_precision?: { iou: number; value: number }[];
 }
 
 interface ModelMetrics {
@@ -644,7 +645,7 @@ function heldOut(metrics: ModelMetrics): string | null {
 
 /** A template model's boxes against the held-out parts' labelled ones. */
 function boxMap(boxes: BoxMetrics | null | undefined): string | null {
-  const at = boxes?.mean_average_precision.find((m) => Math.abs(m.iou - 0.5) < 1e-6);
+  const at = boxes?.mean_average_precision?.find((m) => Math.abs(m.iou - 0.5) < 1e-6);
   if (!boxes || !at) return null;
   return `${number(at.value)} (${boxes.n_true_boxes} labelled boxes)`;
 }
@@ -1041,12 +1042,12 @@ byId('upload', HTMLButtonElement).addEventListener('click', async () => {
 /** The form's choices that depend on the family: an anomaly model starts a new product from
  * what passed, a supervised one learns labels (and learns turned parts from its own
  * augmentation: the turns are the anomaly family's); a template model compares parts with a
- * golden part at their own size and learns from the regions drawn in the labelling page,
- * which uploads have none of. */
+ * golden part at their own size, learns defects from the regions drawn in the labelling page
+ * (which uploads have none of) and what is no defect from what passed as well. */
 function followFamily() {
   const family = byId('family', HTMLSelectElement).value;
   const template = family === 'template';
-  byId('passed-as-good', HTMLInputElement).checked = family === 'anomaly';
+  byId('passed-as-good', HTMLInputElement).checked = family !== 'supervised';
   byId('orientations', HTMLSelectElement).disabled = family !== 'anomaly';
   byId('input-size', HTMLSelectElement).disabled = template;
   byId('golden-part', HTMLInputElement).required = template;
@@ -1065,8 +1066,9 @@ followFamily();
 
 /** The golden part a template model is asked for: absent for the other families. */
 function goldenPart(): { golden_part?: number } {
-  if (byId('family', HTMLSelectElement).value !== 'template') return {};
-  return { golden_part: Number(byId('golden-part', HTMLInputElement).value) };
+  const golden = byId('golden-part', HTMLInputElement).value;
+  if (byId('family', HTMLSelectElement).value !== 'template' || golden === '') return {};
+  return { golden_part: Number(golden) };
 }
 
 byId('train-form', HTMLFormElement).addEventListener('submit', async (event) => {

@@ -16,9 +16,10 @@
 //! with the same code and defaults as `linesight train`, and moves the finished model folder
 //! into the registry under its version. A template model's golden image is a recorded part
 //! the engineer names, labelled good or passed; it is copied beside the layout (`--reference`
-//! to `linesight train template`) and left out of the parts compared with it, and the model
-//! learns only from defective parts whose regions say where their defects are (each
-//! region's box and type beside the image).
+//! to `linesight train template`) and left out of the parts compared with it. The model
+//! learns its defects only from defective parts whose regions say where they are (each
+//! region's box and type beside the image), and what is no defect from the good parts too;
+//! parts it cannot compare with the golden image are left out ([`for_template`]).
 //! A half-written model is never in the registry: training writes to a hidden folder that
 //! the registry does not list, and the move is one rename in the same folder.
 //!
@@ -286,18 +287,18 @@ impl TrainingJobs {
     pub fn refusal(&self, store: &Store, request: &TrainingRequest) -> Result<(), TrainingError> {
         check_name(&request.name)?;
         match (request.family, request.golden_part, &request.source) {
+            (Family::Template, _, Source::Upload { .. }) => {
+                return Err(TrainingError::Golden(
+                    "a template model learns from the regions drawn round defects in the \
+                     labelling page, which uploaded images have none of: train it from this \
+                     station's parts"
+                        .into(),
+                ));
+            }
             (Family::Template, None, _) => {
                 return Err(TrainingError::Golden(
                     "a template model compares each part with the product's golden part: name \
                      it (`golden_part`, a part labelled good or passed)"
-                        .into(),
-                ));
-            }
-            (Family::Template, Some(_), Source::Upload { .. }) => {
-                return Err(TrainingError::Golden(
-                    "a template model learns from the boxes drawn round defects in the \
-                     labelling page, which uploaded images have none of: train it from this \
-                     station's parts"
                         .into(),
                 ));
             }
@@ -529,6 +530,8 @@ struct TrainingPart {
     /// Where the defects are, for defective parts labelled with regions.
     regions: Vec<Region>,
     held_out: bool,
+    /// The product its record names; `None` for an uploaded image or a record without one.
+    product: Option<String>,
 }
 
 /// What a job reads from the records: the parts that teach, and a few unlabelled parts the
@@ -587,7 +590,11 @@ fn run(
     let (parts, set, golden) = match (request.family, request.golden_part) {
         (Family::Template, Some(golden_part)) => {
             let golden = golden_image(store, golden_part).map_err(|e| e.to_string())?;
-            let (parts, set) = for_template(parts, set, golden_part);
+            let size_of = |part: &TrainingPart| {
+                let path = part.image.path(store)?;
+                image::image_dimensions(path).ok()
+            };
+            let (parts, set) = for_template(parts, set, &golden, size_of);
             (parts, set, Some(golden))
         }
         _ => (parts, set, None),
@@ -602,9 +609,9 @@ fn run(
         lay_out(store, request.family, &parts, &data)
             .map_err(|e| format!("laying out the training images in {}: {e}", data.display()))?;
         let golden_png = match &golden {
-            Some(digest) => {
+            Some(golden) => {
                 let path = scratch.join(GOLDEN_FILE);
-                let kept = (store.images().path(digest))
+                let kept = (store.images().path(&golden.digest))
                     .ok_or_else(|| "the golden part's image is no longer kept".to_owned())?;
                 std::fs::copy(&kept, &path)
                     .map_err(|e| format!("copying the golden image to {}: {e}", path.display()))?;
@@ -822,70 +829,117 @@ fn enough(family: Family, set: &TrainingSet, source: &Source) -> Result<(), Stri
 /// Where a job keeps a template model's golden image beside its layout.
 const GOLDEN_FILE: &str = "golden.png";
 
-/// The digest of recorded part `part_id`'s kept image, where it can be a template model's
-/// golden image: labelled good, or passed and unlabelled.
-fn golden_image(store: &Store, part_id: u64) -> Result<String, TrainingError> {
-    let refuse = |why: String| {
+/// A template model's golden part, as a job compares parts with it.
+#[derive(Debug, Clone, PartialEq)]
+struct GoldenPart {
+    part_id: u64,
+    /// Its kept image.
+    digest: String,
+    /// The image's width and height.
+    size: (u32, u32),
+    /// The product its record names.
+    product: Option<String>,
+}
+
+/// Recorded part `part_id` as a template model's golden part, where it can be one: labelled
+/// good (its latest label), or passed without a defect and unlabelled, its image still kept.
+fn golden_image(store: &Store, part_id: u64) -> Result<GoldenPart, TrainingError> {
+    let refuse = |why: &str| {
         Err(TrainingError::Golden(format!(
             "golden part {part_id}: {why}"
         )))
     };
-    let Some(record) = store.inspection(part_id)? else {
-        return refuse("no such part in this station's records".into());
+    let Some(RecordBody::Inspection(part)) = store.inspection(part_id)?.map(|r| r.body) else {
+        return refuse("no such part in this station's records");
     };
-    let RecordBody::Inspection(part) = record.body else {
-        return refuse("no such part in this station's records".into());
-    };
+    // Labels come oldest first: the last is what the part is now.
     let label = match store.labels(part_id)?.pop().map(|r| r.body) {
         Some(RecordBody::Label(label)) => Some(label),
         _ => None,
     };
     let image = match label {
-        Some(label) if label.verdict == Verdict::Pass => label.image.or(part.image),
-        Some(_) => return refuse("it is labelled defective; a golden part is a good one".into()),
-        None if part.verdict == Some(Verdict::Pass) => part.image,
+        Some(label) => match label.verdict {
+            Verdict::Pass => label.image.or(part.image),
+            Verdict::Fail => {
+                return refuse("it is labelled defective; a golden part is a good one");
+            }
+            Verdict::Error => {
+                return refuse("it is labelled as an error; a golden part is a good one");
+            }
+        },
+        // A tolerated defect passes too, with its class kept.
+        None if part.verdict == Some(Verdict::Pass) && part.defect_class.is_none() => part.image,
+        None if part.verdict == Some(Verdict::Pass) => {
+            return refuse(
+                "the live model passed it with a tolerated defect and it is not labelled good; \
+                 a golden part is a good one",
+            );
+        }
         None => {
             return refuse(
-                "the live model did not pass it and it is not labelled good; a golden part is \
-                 a good one"
-                    .into(),
+                "the live model did not pass it and it is not labelled good; a golden part is a \
+                 good one",
             );
         }
     };
-    match image {
-        Some(digest) if store.images().path(&digest).is_some() => Ok(digest),
-        _ => refuse("its image is no longer kept; choose a newer good part".into()),
-    }
+    let Some((digest, path)) = image.and_then(|d| store.images().path(&d).map(|p| (d, p))) else {
+        return refuse("its image is no longer kept; choose a newer good part");
+    };
+    let size = image::image_dimensions(&path)
+        .map_err(|e| TrainingError::Golden(format!("golden part {part_id}: its image: {e}")))?;
+    Ok(GoldenPart {
+        part_id,
+        digest,
+        size,
+        product: part.product,
+    })
 }
 
-/// The parts a template model learns from: the golden part left out (compared with itself it
-/// differs nowhere) and defective parts without regions (where their defects are is what
-/// the model learns; without it, every difference on them would teach "no defect"), each
-/// counted in the set's reasons.
+/// The parts a template model learns from, each left out part counted in the set's reasons:
+/// the golden part (compared with itself it differs nowhere); defective parts without
+/// regions (where their defects are is what the model learns; without it, every difference
+/// on them would teach "no defect"); parts of another product than the golden part's, and
+/// parts whose image (`size_of`) is not the golden image's size (another product or camera:
+/// one such part in a period must not fail the job). The parts kept are then held out anew,
+/// every [`HELD_OUT_EVERY`]th of each class, so that a quarter of what is learnt from is
+/// measured on.
 fn for_template(
     parts: Vec<TrainingPart>,
     mut set: TrainingSet,
-    golden_part: u64,
+    golden: &GoldenPart,
+    size_of: impl Fn(&TrainingPart) -> Option<(u32, u32)>,
 ) -> (Vec<TrainingPart>, TrainingSet) {
     let mut kept = Vec::with_capacity(parts.len());
     for part in parts {
-        let reason = if part.part_id == Some(golden_part) {
-            set.good = set.good.saturating_sub(1);
-            set.good_held_out = set.good_held_out.saturating_sub(u64::from(part.held_out));
+        let reason = if part.part_id == Some(golden.part_id) {
             "the golden part"
         } else if part.class != "good" && part.regions.is_empty() {
-            if let Some(count) = set.defective.get_mut(&part.class) {
-                *count -= 1;
-                if *count == 0 {
-                    set.defective.remove(&part.class);
-                }
-            }
             "labelled defective without regions (a template model learns from boxes)"
+        } else if golden.product.is_some() && part.product != golden.product {
+            "of another product than the golden part"
+        } else if size_of(&part) != Some(golden.size) {
+            "of another size than the golden part's image"
         } else {
             kept.push(part);
             continue;
         };
+        if part.class == "good" {
+            set.good = set.good.saturating_sub(1);
+        } else if let Some(count) = set.defective.get_mut(&part.class) {
+            *count -= 1;
+            if *count == 0 {
+                set.defective.remove(&part.class);
+            }
+        }
         *set.left_out.entry(reason.to_owned()).or_default() += 1;
+    }
+    let mut hold_out = HoldOut::default();
+    set.good_held_out = 0;
+    for part in &mut kept {
+        part.held_out = hold_out.next(&part.class);
+        if part.class == "good" {
+            set.good_held_out += u64::from(part.held_out);
+        }
     }
     (kept, set)
 }
@@ -915,6 +969,7 @@ fn uploaded_parts(
                 class: folder.clone(),
                 regions: Vec::new(),
                 held_out,
+                product: None,
             });
         }
     }
@@ -959,6 +1014,7 @@ fn training_parts(
                     class,
                     regions,
                     held_out,
+                    product: record.product.clone(),
                 });
             }
             Err(reason) => {
@@ -975,6 +1031,7 @@ fn training_parts(
                         class: LIVE_REJECTED.into(),
                         regions: Vec::new(),
                         held_out: true,
+                        product: record.product.clone(),
                     });
                 }
             }
@@ -1178,7 +1235,7 @@ mod tests {
     }
 
     #[test]
-    fn a_template_set_leaves_out_its_golden_part_and_defects_without_regions() {
+    fn a_template_set_keeps_the_parts_it_can_compare_with_its_golden_part_and_holds_out_anew() {
         let region = || Region {
             class: "short".into(),
             shape: crate::record::Shape::Box {
@@ -1188,42 +1245,84 @@ mod tests {
                 height: 6.0,
             },
         };
-        let part = |id: u64, class: &str, regions: usize, held_out: bool| TrainingPart {
+        // Part 9 was recorded as another product, part 10's image is another size.
+        let part = |id: u64, class: &str, regions: usize| TrainingPart {
             part_id: Some(id),
             image: ImageFile::Stored(format!("digest-{id}")),
             class: class.into(),
             regions: (0..regions).map(|_| region()).collect(),
-            held_out,
+            held_out: false,
+            product: Some(if id == 9 { "lid" } else { "board" }.into()),
         };
-        let parts = vec![
-            part(1, "good", 0, false),
-            part(2, "good", 0, true),
-            part(3, "short", 1, false),
-            part(4, "short", 0, false),
-            part(5, "open", 0, true),
-            part(6, "open", 2, false),
+        let size_of = |p: &TrainingPart| {
+            Some(if p.part_id == Some(10) {
+                (80, 60)
+            } else {
+                (160, 160)
+            })
+        };
+        let mut parts = vec![
+            part(1, "good", 0),
+            part(2, "good", 0),
+            part(3, "short", 1),
+            part(4, "short", 0),
+            part(5, "open", 0),
+            part(6, "open", 2),
+            part(7, "short", 1),
+            part(8, "short", 1),
+            part(9, "good", 0),
+            part(10, "short", 1),
+            part(11, "short", 1),
         ];
+        // As the records held them out: every fourth of each class, the golden part among them.
+        let mut hold_out = HoldOut::default();
+        for p in &mut parts {
+            p.held_out = hold_out.next(&p.class);
+        }
         let set = TrainingSet {
-            parts_in_period: 6,
-            good: 2,
-            good_held_out: 1,
-            defective: BTreeMap::from([("short".into(), 2), ("open".into(), 2)]),
+            parts_in_period: 11,
+            good: 3,
+            good_held_out: 0,
+            defective: BTreeMap::from([("short".into(), 6), ("open".into(), 2)]),
             left_out: BTreeMap::from([("unlabelled".into(), 3)]),
         };
-        let (kept, set) = for_template(parts, set, 2);
+        let golden = GoldenPart {
+            part_id: 2,
+            digest: "digest-2".into(),
+            size: (160, 160),
+            product: Some("board".into()),
+        };
+        let (kept, set) = for_template(parts, set, &golden, size_of);
         let ids: Vec<Option<u64>> = kept.iter().map(|p| p.part_id).collect();
-        assert_eq!(ids, [Some(1), Some(3), Some(6)]);
+        assert_eq!(ids, [Some(1), Some(3), Some(6), Some(7), Some(8), Some(11)]);
         assert_eq!((set.good, set.good_held_out), (1, 0));
         assert_eq!(
             set.defective,
-            BTreeMap::from([("short".into(), 1), ("open".into(), 1)])
+            BTreeMap::from([("short".into(), 4), ("open".into(), 1)])
         );
-        assert_eq!(set.left_out["the golden part"], 1);
+        let reasons: Vec<(&str, u64)> = (set.left_out.iter())
+            .map(|(why, n)| (why.as_str(), *n))
+            .collect();
         assert_eq!(
-            set.left_out["labelled defective without regions (a template model learns from boxes)"],
-            2
+            reasons,
+            [
+                (
+                    "labelled defective without regions (a template model learns from boxes)",
+                    2
+                ),
+                ("of another product than the golden part", 1),
+                ("of another size than the golden part's image", 1),
+                ("the golden part", 1),
+                ("unlabelled", 3),
+            ]
         );
-        assert_eq!(set.left_out["unlabelled"], 3);
+        // Held out anew among the parts kept: the fourth short part kept (11), not the fourth
+        // short part of the records (8, which trains now).
+        let held: Vec<Option<u64>> = (kept.iter())
+            .filter(|p| p.held_out)
+            .map(|p| p.part_id)
+            .collect();
+        assert_eq!(held, [Some(11)]);
     }
 
     #[test]
