@@ -681,7 +681,7 @@ impl From<ControlError> for ApiError {
             ControlError::Training(TrainingError::Record(error)) => ApiError::Internal(error),
             ControlError::Training(
                 TrainingError::Name(_)
-                | TrainingError::Golden(_)
+                | TrainingError::Template(_)
                 | TrainingError::EmptyPeriod { .. }
                 | TrainingError::Upload(
                     UploadError::SetName(_)

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use linesight::part::{GrayImage, Verdict};
+use linesight::part::GrayImage;
 use linesight::record::{RecordBody, RecordKind, Store, gray_png};
 use linesight::serve::{Role, Tokens};
 use linesight::station::RunOptions;
@@ -61,6 +61,14 @@ fn own_registry(dir: &Path) -> (PathBuf, String, String) {
     let model_dir = format!("dir = {:?}", live_dir.display().to_string());
     let registry = format!("registry = {:?}", models.display().to_string());
     (models, model_dir, registry)
+}
+
+/// Waits until the job `started` has finished, as [`finished`], and checks it is done.
+async fn trained(client: &Client, started: &Value) -> Value {
+    let id = started["id"].as_u64().expect("a job's id");
+    let job = finished(client, id, &mut Vec::new()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    job
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,13 +437,7 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         started["source"]["passed_as_good"], false,
         "supervised models learn labels"
     );
-    let job = finished(
-        &engineer,
-        started["id"].as_u64().expect("id"),
-        &mut Vec::new(),
-    )
-    .await;
-    assert_eq!(job["state"], "done", "{job}");
+    let job = trained(&engineer, &started).await;
     let set = &job["training_set"];
     assert_eq!(set["good"].as_u64(), Some(20), "{set}");
     assert_eq!(set["defective"], json!({"scratch": 12}), "{set}");
@@ -569,13 +571,7 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
         )
         .await;
     assert_eq!(status, 202, "{started}");
-    let job = finished(
-        &engineer,
-        started["id"].as_u64().expect("id"),
-        &mut Vec::new(),
-    )
-    .await;
-    assert_eq!(job["state"], "done", "{job}");
+    let job = trained(&engineer, &started).await;
     assert_eq!(job["training_set"]["good"].as_u64(), Some(24), "{job}");
     let card = &job["model"]["card"];
     assert!(
@@ -603,20 +599,28 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
 }
 
 /// One inspected part in `store`: `pixels` (a board of [`golden`]'s) kept as its image,
-/// decided now with `verdict`. Its part id and image digest.
-async fn recorded_board(store: &Store, pixels: Vec<u8>, verdict: Verdict) -> (u64, String) {
-    recorded_part(store, &golden::image(pixels), verdict).await
+/// decided now, failed or passed. Its part id and image digest.
+async fn recorded_board(store: &Store, pixels: Vec<u8>, failed: bool) -> (u64, String) {
+    recorded_part(store, &golden::image(pixels), failed, None).await
 }
 
-/// One inspected part in `store`, `image` kept as its image, decided now with `verdict`. Its
-/// part id and image digest.
-async fn recorded_part(store: &Store, image: &GrayImage, verdict: Verdict) -> (u64, String) {
+/// One inspected part in `store`, `image` kept as its image, decided now, failed or passed
+/// (with a tolerated defect of `tolerated`, where it names one). Its part id and image digest.
+async fn recorded_part(
+    store: &Store,
+    image: &GrayImage,
+    failed: bool,
+    tolerated: Option<&str>,
+) -> (u64, String) {
     let png = gray_png(image).expect("png");
     let digest = store.save_image(&png).expect("image kept");
     let part_id = store.next_part_id().expect("part id");
-    let mut part = actions::inspection(part_id, verdict == Verdict::Fail);
+    let mut part = actions::inspection(part_id, failed);
     if let RecordBody::Inspection(record) = &mut part {
         record.image = Some(digest.clone());
+        if let Some(class) = tolerated {
+            record.defect_class = Some(class.to_owned());
+        }
     }
     store.append(part).await.expect("recorded");
     (part_id, digest)
@@ -657,9 +661,9 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
     };
 
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let (golden_part, _) = recorded_board(&store, golden::template(), Verdict::Pass).await;
+    let (golden_part, _) = recorded_board(&store, golden::template(), false).await;
     for _ in 0..8 {
-        recorded_board(&store, golden::tested(&mut rng, &[]).0, Verdict::Pass).await;
+        recorded_board(&store, golden::tested(&mut rng, &[]).0, false).await;
     }
     // DeepPCB's type numbers, named as an engineer would name them.
     let types = [
@@ -669,7 +673,7 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
         (6, "pin-hole"),
     ];
     let name = |kind: u8| types.iter().find(|(k, _)| *k == kind).expect("a type").1;
-    let mut boxed = Vec::new();
+    let mut rejected = Vec::new();
     let mut drawn = 0;
     for i in 0..34 {
         // Most boards show two types; every eighth one only its class's, which a mask alone
@@ -680,7 +684,7 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
             vec![types[i % 4].0, types[(i + 1) % 4].0]
         };
         let (pixels, boxes) = golden::tested(&mut rng, &kinds);
-        let (part_id, digest) = recorded_board(&store, pixels, Verdict::Fail).await;
+        let (part_id, digest) = recorded_board(&store, pixels, true).await;
         // Two rejected parts are labelled defective without saying where: nothing to learn.
         if i < 32 {
             drawn += boxes.len();
@@ -701,12 +705,21 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
             .post(&format!("/api/v1/inspections/{part_id}/labels"), label)
             .await;
         assert_eq!(status, 201, "{written}");
-        boxed.push(part_id);
+        rejected.push(part_id);
     }
     // A part of another size than the golden one (another camera's, a changeover's) cannot
     // be compared with it: it is left out, and the job goes on without it.
     let small = GrayImage::new(100, 100, vec![200; 100 * 100]).expect("image");
-    recorded_part(&store, &small, Verdict::Pass).await;
+    recorded_part(&store, &small, false, None).await;
+    // A part the live model passed with a tolerated defect is no good part to compare with,
+    // nor to learn from.
+    let (tolerated, _) = recorded_part(
+        &store,
+        &golden::image(golden::template()),
+        false,
+        Some("spur"),
+    )
+    .await;
     // The golden part was first labelled defective by mistake, then good: its latest label
     // stands.
     let golden_labels = format!("/api/v1/inspections/{golden_part}/labels");
@@ -732,7 +745,11 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
         .remove("golden_part");
     for (body, says) in [
         (no_golden, "name it (`golden_part`"),
-        (template(json!(boxed[0])), "is labelled defective"),
+        (template(json!(rejected[0])), "is labelled defective"),
+        (
+            template(json!(tolerated)),
+            "passed it with a tolerated defect",
+        ),
         (template(json!(999_999)), "no such part"),
         (
             json!({"family": "template", "name": "board", "upload": "lab", "golden_part": golden_part}),
@@ -772,15 +789,13 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
         .await;
     assert_eq!(status, 202, "{started}");
     assert_eq!(started["golden_part"], golden_part, "{started}");
-    let job = finished(
-        &engineer,
-        started["id"].as_u64().expect("id"),
-        &mut Vec::new(),
-    )
-    .await;
-    assert_eq!(job["state"], "done", "{job}");
+    let job = trained(&engineer, &started).await;
     let set = &job["training_set"];
     assert_eq!(set["left_out"]["the golden part"], 1, "{set}");
+    assert_eq!(
+        set["left_out"]["passed with a tolerated defect and not labelled good"], 1,
+        "{set}"
+    );
     assert_eq!(
         set["left_out"]["of another size than the golden part's image"], 1,
         "{set}"
@@ -828,8 +843,8 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
         .as_f64()
         .expect("mAP");
     assert!(map >= 0.8, "held-out box mAP@0.5 {map}: {boxes}");
-    // The golden image travels with the model, and the station runs it: the previews are the
-    // registry's loaded model judging held-out parts.
+    // The golden image travels with the model, and the station's registry loads it: the
+    // previews are the loaded model judging held-out parts.
     let home = models.join(version);
     assert!(
         home.join(linesight::models::template::REFERENCE_FILE)

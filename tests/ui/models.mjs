@@ -309,11 +309,15 @@ await finish(async () => {
     await page.fill('#golden-part', '999999999');
     await page.click('#start-training');
     await until('the refusal shown', async () => /golden part 999999999: no such part/.test(await page.textContent('#error')), 10_000);
-    // A part the live model passed is a golden part; the period's parts have no regions drawn
-    // round their defects, so the job says what to label.
+    // A part the live model passed without a defect, and nobody labelled, is a golden part;
+    // the period's parts have too few regions drawn round their defects, so the job says what
+    // to label.
     const { items } = await json('/api/v1/inspections?limit=50');
-    const golden = items.find((p) => p.verdict === 'pass' && p.image);
-    expect(golden, 'no passed part with an image');
+    let golden;
+    for (const p of items.filter((p) => p.verdict === 'pass' && p.image && !p.defect_class)) {
+      if ((await json(`/api/v1/inspections/${p.part_id}/labels`)).length === 0) { golden = p; break; }
+    }
+    expect(golden, 'no unlabelled part passed without a defect, with an image');
     await page.fill('#golden-part', String(golden.part_id));
     await page.click('#start-training');
     const article = await page.waitForSelector('article.job[data-state] >> text=board (template)', { timeout: 10_000 });
@@ -327,7 +331,7 @@ await finish(async () => {
     const meta = await page.textContent(`article[data-job="${id}"] p.muted`);
     expect(meta.includes(`golden part ${golden.part_id}`), `the job reads ${meta}`);
     const error = await page.textContent(`article[data-job="${id}"] p.fail`);
-    expect(/defective parts labelled with regions; a template model needs at least 8: draw boxes/.test(error), `the job says ${error}`);
+    expect(/defective parts labelled with regions of the golden part's product and size; a template model needs at least 8: draw regions/.test(error), `the job says ${error}`);
     await page.selectOption('#family', 'anomaly');
     expect(await page.isHidden('#golden-part') && !(await page.isDisabled('#input-size')), 'the template fields stay after going back');
   });

@@ -15,7 +15,7 @@
 //! the mask, so that a supervised model learns every type the engineers drew), trains there
 //! with the same code and defaults as `linesight train`, and moves the finished model folder
 //! into the registry under its version. A template model's golden image is a recorded part
-//! the engineer names, labelled good or passed; it is copied beside the layout (`--reference`
+//! the engineer names, labelled good or passed without a defect; it is copied beside the layout (`--reference`
 //! to `linesight train template`) and left out of the parts compared with it. The model
 //! learns its defects only from defective parts whose regions say where they are (each
 //! region's box and type beside the image), and what is no defect from the good parts too;
@@ -71,7 +71,8 @@ pub const HELD_OUT_EVERY: usize = 4;
 /// threshold a finite-sample promise; the card says which it got).
 pub const MIN_GOOD_PARTS: usize = 20;
 
-/// Labelled defective parts a supervised model needs at least.
+/// Labelled defective parts a supervised model needs at least, and defective parts labelled
+/// with regions a template model needs.
 pub const MIN_DEFECTIVE_PARTS: usize = 8;
 
 /// Held-out parts of each kind (good, labelled defective, unlabelled parts the live model
@@ -124,7 +125,8 @@ pub struct TrainingRequest {
     /// `--orientations`; [`Orientations::None`], the default, for a supervised model).
     pub orientations: Orientations,
     /// For a template model: the recorded part whose image is the product's golden image
-    /// (labelled good, or passed and unlabelled). Only a template model takes one.
+    /// (labelled good, or passed without a defect and unlabelled). Only a template model takes
+    /// one.
     pub golden_part: Option<u64>,
     pub requested_by: String,
 }
@@ -164,9 +166,10 @@ pub enum TrainingError {
     UnknownJob(u64),
     #[error("training job {id} is not running: it is {state:?}")]
     NotRunning { id: u64, state: JobState },
-    /// A template model's golden part missing, unusable, or named for another family.
+    /// A template model asked for without its golden part, with an unusable one or from an
+    /// upload set; or a golden part named for another family.
     #[error("{0}")]
-    Golden(String),
+    Template(String),
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -288,7 +291,7 @@ impl TrainingJobs {
         check_name(&request.name)?;
         match (request.family, request.golden_part, &request.source) {
             (Family::Template, _, Source::Upload { .. }) => {
-                return Err(TrainingError::Golden(
+                return Err(TrainingError::Template(
                     "a template model learns from the regions drawn round defects in the \
                      labelling page, which uploaded images have none of: train it from this \
                      station's parts"
@@ -296,17 +299,17 @@ impl TrainingJobs {
                 ));
             }
             (Family::Template, None, _) => {
-                return Err(TrainingError::Golden(
+                return Err(TrainingError::Template(
                     "a template model compares each part with the product's golden part: name \
                      it (`golden_part`, a part labelled good or passed)"
                         .into(),
                 ));
             }
             (Family::Template, Some(part), Source::Records { .. }) => {
-                golden_image(store, part)?;
+                GoldenPart::find(store, part)?;
             }
             (_, Some(_), _) => {
-                return Err(TrainingError::Golden(
+                return Err(TrainingError::Template(
                     "`golden_part` is for template models: the other families learn what good \
                      parts look like from many of them"
                         .into(),
@@ -532,6 +535,9 @@ struct TrainingPart {
     held_out: bool,
     /// The product its record names; `None` for an uploaded image or a record without one.
     product: Option<String>,
+    /// Whether it counts as good only because the live model passed it, with a defect of a
+    /// tolerated class.
+    tolerated_defect: bool,
 }
 
 /// What a job reads from the records: the parts that teach, and a few unlabelled parts the
@@ -587,17 +593,21 @@ fn run(
         }
     };
     // A template model's golden image, and only the parts it can learn from compared with it.
-    let (parts, set, golden) = match (request.family, request.golden_part) {
-        (Family::Template, Some(golden_part)) => {
-            let golden = golden_image(store, golden_part).map_err(|e| e.to_string())?;
+    let (parts, live_rejected, set, golden) = match (request.family, request.golden_part) {
+        (Family::Template, Some(part_id)) => {
+            let golden = GoldenPart::find(store, part_id).map_err(|e| e.to_string())?;
             let size_of = |part: &TrainingPart| {
                 let path = part.image.path(store)?;
                 image::image_dimensions(path).ok()
             };
-            let (parts, set) = for_template(parts, set, &golden, size_of);
-            (parts, set, Some(golden))
+            let (parts, set) = for_template(parts, set, &golden, &size_of);
+            // Previews only of parts the golden image can be compared with.
+            let live_rejected = (live_rejected.into_iter())
+                .filter(|p| golden.why_not_compared(p, &size_of).is_none())
+                .collect();
+            (parts, live_rejected, set, Some(golden))
         }
-        _ => (parts, set, None),
+        _ => (parts, live_rejected, set, None),
     };
     read(&set);
     enough(request.family, &set, &request.source)?;
@@ -815,12 +825,14 @@ fn enough(family: Family, set: &TrainingSet, source: &Source) -> Result<(), Stri
              good parts"
         ));
     }
-    // A template set holds only defective parts labelled with regions ([`for_template`]).
+    // A template set holds only defective parts labelled with regions, of the golden part's
+    // product and size ([`for_template`]).
     if family == Family::Template && (defective as usize) < MIN_DEFECTIVE_PARTS {
         return Err(format!(
-            "{has} {defective} defective parts labelled with regions; a template model needs \
-             at least {MIN_DEFECTIVE_PARTS}: draw boxes round the defects of more parts in the \
-             labelling page"
+            "{has} {defective} defective parts labelled with regions of the golden part's \
+             product and size; a template model needs at least {MIN_DEFECTIVE_PARTS}: draw \
+             regions round the defects of more parts in the labelling page (the parts left out \
+             say why)"
         ));
     }
     Ok(())
@@ -841,58 +853,82 @@ struct GoldenPart {
     product: Option<String>,
 }
 
-/// Recorded part `part_id` as a template model's golden part, where it can be one: labelled
-/// good (its latest label), or passed without a defect and unlabelled, its image still kept.
-fn golden_image(store: &Store, part_id: u64) -> Result<GoldenPart, TrainingError> {
-    let refuse = |why: &str| {
-        Err(TrainingError::Golden(format!(
-            "golden part {part_id}: {why}"
-        )))
-    };
-    let Some(RecordBody::Inspection(part)) = store.inspection(part_id)?.map(|r| r.body) else {
-        return refuse("no such part in this station's records");
-    };
-    // Labels come oldest first: the last is what the part is now.
-    let label = match store.labels(part_id)?.pop().map(|r| r.body) {
-        Some(RecordBody::Label(label)) => Some(label),
-        _ => None,
-    };
-    let image = match label {
-        Some(label) => match label.verdict {
-            Verdict::Pass => label.image.or(part.image),
-            Verdict::Fail => {
-                return refuse("it is labelled defective; a golden part is a good one");
+impl GoldenPart {
+    /// Why `part` cannot be compared with this golden part, if it cannot: another product's
+    /// (or none, where the golden part names one), or an image of another size or no longer
+    /// kept (`size_of` reads its size).
+    fn why_not_compared(
+        &self,
+        part: &TrainingPart,
+        size_of: &dyn Fn(&TrainingPart) -> Option<(u32, u32)>,
+    ) -> Option<&'static str> {
+        if self.product.is_some() && part.product != self.product {
+            return Some("of another product than the golden part");
+        }
+        match size_of(part) {
+            None => Some("its image no longer kept"),
+            Some(size) if size != self.size => Some("of another size than the golden part's image"),
+            Some(_) => None,
+        }
+    }
+
+    /// Recorded part `part_id` as a template model's golden part, where it can be one: labelled
+    /// good (its latest label), or passed without a defect and unlabelled, its image still kept.
+    fn find(store: &Store, part_id: u64) -> Result<GoldenPart, TrainingError> {
+        let refuse = |why: &str| {
+            Err(TrainingError::Template(format!(
+                "golden part {part_id}: {why}"
+            )))
+        };
+        let Some(RecordBody::Inspection(part)) = store.inspection(part_id)?.map(|r| r.body) else {
+            return refuse("no such part in this station's records");
+        };
+        // Labels come oldest first: the last is what the part is now.
+        let label = match store.labels(part_id)?.pop().map(|r| r.body) {
+            Some(RecordBody::Label(label)) => Some(label),
+            _ => None,
+        };
+        let image = match label {
+            Some(label) => match label.verdict {
+                Verdict::Pass => label.image.or(part.image),
+                Verdict::Fail => {
+                    return refuse("it is labelled defective; a golden part is a good one");
+                }
+                Verdict::Error => {
+                    return refuse("it is labelled as an error; a golden part is a good one");
+                }
+            },
+            // A tolerated defect passes too, with its class kept.
+            None if part.verdict == Some(Verdict::Pass) && part.defect_class.is_none() => {
+                part.image
             }
-            Verdict::Error => {
-                return refuse("it is labelled as an error; a golden part is a good one");
-            }
-        },
-        // A tolerated defect passes too, with its class kept.
-        None if part.verdict == Some(Verdict::Pass) && part.defect_class.is_none() => part.image,
-        None if part.verdict == Some(Verdict::Pass) => {
-            return refuse(
-                "the live model passed it with a tolerated defect and it is not labelled good; \
+            None if part.verdict == Some(Verdict::Pass) => {
+                return refuse(
+                    "the live model passed it with a tolerated defect and it is not labelled good; \
                  a golden part is a good one",
-            );
-        }
-        None => {
-            return refuse(
-                "the live model did not pass it and it is not labelled good; a golden part is a \
+                );
+            }
+            None => {
+                return refuse(
+                    "the live model did not pass it and it is not labelled good; a golden part is a \
                  good one",
-            );
-        }
-    };
-    let Some((digest, path)) = image.and_then(|d| store.images().path(&d).map(|p| (d, p))) else {
-        return refuse("its image is no longer kept; choose a newer good part");
-    };
-    let size = image::image_dimensions(&path)
-        .map_err(|e| TrainingError::Golden(format!("golden part {part_id}: its image: {e}")))?;
-    Ok(GoldenPart {
-        part_id,
-        digest,
-        size,
-        product: part.product,
-    })
+                );
+            }
+        };
+        let Some((digest, path)) = image.and_then(|d| store.images().path(&d).map(|p| (d, p)))
+        else {
+            return refuse("its image is no longer kept; choose a newer good part");
+        };
+        let size = image::image_dimensions(&path).map_err(|e| {
+            TrainingError::Template(format!("golden part {part_id}: its image: {e}"))
+        })?;
+        Ok(GoldenPart {
+            part_id,
+            digest,
+            size,
+            product: part.product,
+        })
+    }
 }
 
 /// The parts a template model learns from, each left out part counted in the set's reasons:
@@ -900,14 +936,15 @@ fn golden_image(store: &Store, part_id: u64) -> Result<GoldenPart, TrainingError
 /// regions (where their defects are is what the model learns; without it, every difference
 /// on them would teach "no defect"); parts of another product than the golden part's, and
 /// parts whose image (`size_of`) is not the golden image's size (another product or camera:
-/// one such part in a period must not fail the job). The parts kept are then held out anew,
-/// every [`HELD_OUT_EVERY`]th of each class, so that a quarter of what is learnt from is
-/// measured on.
+/// one such part in a period must not fail the job); unlabelled parts passed with a tolerated
+/// defect (their defect would teach "no defect"). The parts kept are then held out anew,
+/// every [`HELD_OUT_EVERY`]th of each class, so that a quarter of the parts kept is held out
+/// to measure the model on.
 fn for_template(
     parts: Vec<TrainingPart>,
     mut set: TrainingSet,
     golden: &GoldenPart,
-    size_of: impl Fn(&TrainingPart) -> Option<(u32, u32)>,
+    size_of: &dyn Fn(&TrainingPart) -> Option<(u32, u32)>,
 ) -> (Vec<TrainingPart>, TrainingSet) {
     let mut kept = Vec::with_capacity(parts.len());
     for part in parts {
@@ -915,10 +952,10 @@ fn for_template(
             "the golden part"
         } else if part.class != "good" && part.regions.is_empty() {
             "labelled defective without regions (a template model learns from boxes)"
-        } else if golden.product.is_some() && part.product != golden.product {
-            "of another product than the golden part"
-        } else if size_of(&part) != Some(golden.size) {
-            "of another size than the golden part's image"
+        } else if part.tolerated_defect {
+            "passed with a tolerated defect and not labelled good"
+        } else if let Some(why) = golden.why_not_compared(&part, size_of) {
+            why
         } else {
             kept.push(part);
             continue;
@@ -970,6 +1007,7 @@ fn uploaded_parts(
                 regions: Vec::new(),
                 held_out,
                 product: None,
+                tolerated_defect: false,
             });
         }
     }
@@ -1015,6 +1053,7 @@ fn training_parts(
                     regions,
                     held_out,
                     product: record.product.clone(),
+                    tolerated_defect: passed_with_tolerated_defect(&latest, &record),
                 });
             }
             Err(reason) => {
@@ -1032,6 +1071,7 @@ fn training_parts(
                         regions: Vec::new(),
                         held_out: true,
                         product: record.product.clone(),
+                        tolerated_defect: false,
                     });
                 }
             }
@@ -1043,6 +1083,14 @@ fn training_parts(
         live_rejected,
     };
     Ok((parts, set))
+}
+
+/// Whether `record`'s part is unlabelled and passed with a tolerated defect (what it teaches
+/// as good, where passed parts count, holds a defect).
+fn passed_with_tolerated_defect(latest: &HashMap<u64, u64>, record: &InspectionRecord) -> bool {
+    !latest.contains_key(&record.part_id)
+        && record.verdict == Some(Verdict::Pass)
+        && record.defect_class.is_some()
 }
 
 fn left_out_count(set: &TrainingSet) -> usize {
@@ -1245,7 +1293,8 @@ mod tests {
                 height: 6.0,
             },
         };
-        // Part 9 was recorded as another product, part 10's image is another size.
+        // Part 9 was recorded as another product, part 10's image is another size, part 12's
+        // image is gone, part 13 passed with a tolerated defect.
         let part = |id: u64, class: &str, regions: usize| TrainingPart {
             part_id: Some(id),
             image: ImageFile::Stored(format!("digest-{id}")),
@@ -1253,13 +1302,12 @@ mod tests {
             regions: (0..regions).map(|_| region()).collect(),
             held_out: false,
             product: Some(if id == 9 { "lid" } else { "board" }.into()),
+            tolerated_defect: id == 13,
         };
-        let size_of = |p: &TrainingPart| {
-            Some(if p.part_id == Some(10) {
-                (80, 60)
-            } else {
-                (160, 160)
-            })
+        let size_of = |p: &TrainingPart| match p.part_id {
+            Some(10) => Some((80, 60)),
+            Some(12) => None,
+            _ => Some((160, 160)),
         };
         let mut parts = vec![
             part(1, "good", 0),
@@ -1273,15 +1321,17 @@ mod tests {
             part(9, "good", 0),
             part(10, "short", 1),
             part(11, "short", 1),
+            part(12, "good", 0),
+            part(13, "good", 0),
         ];
-        // As the records held them out: every fourth of each class, the golden part among them.
+        // As the records held them out: every fourth of each class.
         let mut hold_out = HoldOut::default();
         for p in &mut parts {
             p.held_out = hold_out.next(&p.class);
         }
         let set = TrainingSet {
-            parts_in_period: 11,
-            good: 3,
+            parts_in_period: 13,
+            good: 5,
             good_held_out: 0,
             defective: BTreeMap::from([("short".into(), 6), ("open".into(), 2)]),
             left_out: BTreeMap::from([("unlabelled".into(), 3)]),
@@ -1292,7 +1342,7 @@ mod tests {
             size: (160, 160),
             product: Some("board".into()),
         };
-        let (kept, set) = for_template(parts, set, &golden, size_of);
+        let (kept, set) = for_template(parts, set, &golden, &size_of);
         let ids: Vec<Option<u64>> = kept.iter().map(|p| p.part_id).collect();
         assert_eq!(ids, [Some(1), Some(3), Some(6), Some(7), Some(8), Some(11)]);
         assert_eq!((set.good, set.good_held_out), (1, 0));
@@ -1306,12 +1356,14 @@ mod tests {
         assert_eq!(
             reasons,
             [
+                ("its image no longer kept", 1),
                 (
                     "labelled defective without regions (a template model learns from boxes)",
                     2
                 ),
                 ("of another product than the golden part", 1),
                 ("of another size than the golden part's image", 1),
+                ("passed with a tolerated defect and not labelled good", 1),
                 ("the golden part", 1),
                 ("unlabelled", 3),
             ]
