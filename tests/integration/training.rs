@@ -752,7 +752,8 @@ async fn a_template_model_learns_the_boxes_drawn_round_defects_against_a_golden_
         ),
         (template(json!(999_999)), "no such part"),
         (
-            json!({"family": "template", "name": "board", "upload": "lab", "golden_part": golden_part}),
+            json!({"family": "template", "name": "board", "upload": "lab",
+                "golden_part": golden_part}),
             "train it from this station's parts",
         ),
         (

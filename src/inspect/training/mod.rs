@@ -15,8 +15,9 @@
 //! the mask, so that a supervised model learns every type the engineers drew), trains there
 //! with the same code and defaults as `linesight train`, and moves the finished model folder
 //! into the registry under its version. A template model's golden image is a recorded part
-//! the engineer names, labelled good or passed without a defect; it is copied beside the layout (`--reference`
-//! to `linesight train template`) and left out of the parts compared with it. The model
+//! the engineer names, labelled good or passed without a defect; it is copied beside the
+//! layout (`--reference` to `linesight train template`) and left out of the parts compared
+//! with it. The model
 //! learns its defects only from defective parts whose regions say where they are (each
 //! region's box and type beside the image), and what is no defect from the good parts too;
 //! parts it cannot compare with the golden image are left out ([`for_template`]).
@@ -301,7 +302,7 @@ impl TrainingJobs {
             (Family::Template, None, _) => {
                 return Err(TrainingError::Template(
                     "a template model compares each part with the product's golden part: name \
-                     it (`golden_part`, a part labelled good or passed)"
+                     it (`golden_part`, a part labelled good, or passed without a defect)"
                         .into(),
                 ));
             }
@@ -904,14 +905,14 @@ impl GoldenPart {
             }
             None if part.verdict == Some(Verdict::Pass) => {
                 return refuse(
-                    "the live model passed it with a tolerated defect and it is not labelled good; \
-                 a golden part is a good one",
+                    "the live model passed it with a tolerated defect and it is not labelled \
+                     good; a golden part is a good one",
                 );
             }
             None => {
                 return refuse(
-                    "the live model did not pass it and it is not labelled good; a golden part is a \
-                 good one",
+                    "the live model did not pass it and it is not labelled good; a golden part \
+                     is a good one",
                 );
             }
         };
