@@ -120,7 +120,8 @@ pub struct TrainingRequest {
     pub name: String,
     pub source: Source,
     /// The side of the square the model sees, or `auto`; `None` takes the family's default
-    /// (the anomaly family chooses between 128 and 256, the supervised family takes 256).
+    /// (the anomaly family chooses between 128 and 256, the supervised family takes 256; a
+    /// template model takes none: it compares parts at their own size).
     pub input_size: Option<InputSize>,
     /// Which turned copies of the good images an anomaly model's bank learns from (the CLI's
     /// `--orientations`; [`Orientations::None`], the default, for a supervised model).
@@ -130,19 +131,6 @@ pub struct TrainingRequest {
     /// one.
     pub golden_part: Option<u64>,
     pub requested_by: String,
-}
-
-/// The input size a job of `family` trains at: the one `asked`, else the family's default (the
-/// CLI's: an anomaly model chooses up to 256, a supervised one takes 256). `None` for a
-/// template model, which compares parts pixel for pixel at their own size.
-fn input_size(family: Family, asked: Option<InputSize>) -> Option<InputSize> {
-    match family {
-        Family::Anomaly => Some(asked.unwrap_or(InputSize::AUTO)),
-        Family::Supervised => {
-            Some(asked.unwrap_or(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)))
-        }
-        Family::Template => None,
-    }
 }
 
 /// Why a training job could not start.
@@ -289,8 +277,18 @@ impl TrainingJobs {
 
     /// Why `request` cannot start now on `store`'s records, if it cannot.
     pub fn refusal(&self, store: &Store, request: &TrainingRequest) -> Result<(), TrainingError> {
+        self.checked(store, request).map(|_| ())
+    }
+
+    /// [`Self::refusal`], with a template model's golden part as it was found: the job runs
+    /// against the part it was checked with, read once.
+    fn checked(
+        &self,
+        store: &Store,
+        request: &TrainingRequest,
+    ) -> Result<Option<GoldenPart>, TrainingError> {
         check_name(&request.name)?;
-        match (request.family, request.golden_part, &request.source) {
+        let golden = match (request.family, request.golden_part, &request.source) {
             (Family::Template, _, Source::Upload { .. }) => {
                 return Err(TrainingError::Template(
                     "a template model learns from the regions drawn round defects in the \
@@ -307,7 +305,7 @@ impl TrainingJobs {
                 ));
             }
             (Family::Template, Some(part), Source::Records { .. }) => {
-                GoldenPart::find(store, part)?;
+                Some(GoldenPart::find(store, part)?)
             }
             (_, Some(_), _) => {
                 return Err(TrainingError::Template(
@@ -316,8 +314,8 @@ impl TrainingJobs {
                         .into(),
                 ));
             }
-            (_, None, _) => {}
-        }
+            (_, None, _) => None,
+        };
         match &request.source {
             Source::Records { from, to, .. } if from >= to => {
                 return Err(TrainingError::EmptyPeriod {
@@ -336,7 +334,7 @@ impl TrainingJobs {
             .find(|s| s.job.state == JobState::Running)
         {
             Some(running) => Err(TrainingError::Busy(running.job.id)),
-            None => Ok(()),
+            None => Ok(golden),
         }
     }
 
@@ -347,7 +345,7 @@ impl TrainingJobs {
         registry: Registry,
         request: TrainingRequest,
     ) -> Result<TrainingJob, TrainingError> {
-        self.refusal(&store, &request)?;
+        let golden = self.checked(&store, &request)?;
         let watch = ProgressWatch::default();
         let job = {
             let mut jobs = self.lock();
@@ -396,6 +394,7 @@ impl TrainingJobs {
                         uploads.as_ref(),
                         &registry,
                         &request,
+                        golden,
                         id,
                         &watch,
                         &read,
@@ -572,6 +571,7 @@ fn run(
     uploads: Option<&Uploads>,
     registry: &Registry,
     request: &TrainingRequest,
+    golden: Option<GoldenPart>,
     id: u64,
     watch: &ProgressWatch,
     read: &dyn Fn(&TrainingSet),
@@ -594,21 +594,20 @@ fn run(
         }
     };
     // A template model's golden image, and only the parts it can learn from compared with it.
-    let (parts, live_rejected, set, golden) = match (request.family, request.golden_part) {
-        (Family::Template, Some(part_id)) => {
-            let golden = GoldenPart::find(store, part_id).map_err(|e| e.to_string())?;
+    let (parts, live_rejected, set) = match &golden {
+        Some(golden) => {
             let size_of = |part: &TrainingPart| {
                 let path = part.image.path(store)?;
                 image::image_dimensions(path).ok()
             };
-            let (parts, set) = for_template(parts, set, &golden, &size_of);
+            let (parts, set) = for_template(parts, set, golden, &size_of);
             // Previews only of parts the golden image can be compared with.
             let live_rejected = (live_rejected.into_iter())
                 .filter(|p| golden.why_not_compared(p, &size_of).is_none())
                 .collect();
-            (parts, live_rejected, set, Some(golden))
+            (parts, live_rejected, set)
         }
-        _ => (parts, live_rejected, set, None),
+        None => (parts, live_rejected, set),
     };
     read(&set);
     enough(request.family, &set, &request.source)?;
@@ -654,8 +653,8 @@ fn run(
                 data: data.clone(),
                 backbone_weights: backbone_weights()?,
                 bank_size: anomaly_train::DEFAULT_BANK_SIZE,
-                input_size: input_size(Family::Anomaly, request.input_size)
-                    .unwrap_or(InputSize::AUTO),
+                // The CLI's default: the run chooses up to 256.
+                input_size: request.input_size.unwrap_or(InputSize::AUTO),
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
@@ -666,20 +665,22 @@ fn run(
             })
             .map(|card| (card.head.version, card.head.kind, card.head.threshold))
             .map_err(|e| e.to_string()),
-            Family::Supervised => supervised::train(&SupervisedSettings {
-                progress,
-                input_size: input_size(Family::Supervised, request.input_size)
-                    .unwrap_or(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE)),
-                ..SupervisedSettings::defaults(
+            Family::Supervised => {
+                let defaults = SupervisedSettings::defaults(
                     &request.name,
                     Layout::Mvtec,
                     data.clone(),
                     backbone_weights()?,
                     out.clone(),
-                )
-            })
-            .map(|card| (card.head.version, card.head.kind, card.head.threshold))
-            .map_err(|e| e.to_string()),
+                );
+                supervised::train(&SupervisedSettings {
+                    progress,
+                    input_size: request.input_size.unwrap_or(defaults.input_size),
+                    ..defaults
+                })
+                .map(|card| (card.head.version, card.head.kind, card.head.threshold))
+                .map_err(|e| e.to_string())
+            }
             // The CLI's defaults: the run measures how far parts sit off the golden image and
             // chooses its depth, join and crumb size on its validation parts.
             Family::Template => template_train::train(&TemplateSettings {
@@ -1261,27 +1262,6 @@ fn previews(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_job_trains_at_the_size_asked_else_its_familys_default() {
-        assert_eq!(input_size(Family::Anomaly, None), Some(InputSize::AUTO));
-        assert_eq!(
-            input_size(Family::Supervised, None),
-            Some(InputSize::Fixed(supervised::DEFAULT_INPUT_SIZE))
-        );
-        assert_eq!(supervised::DEFAULT_INPUT_SIZE, 256);
-        for family in [Family::Anomaly, Family::Supervised] {
-            for asked in ["auto", "auto:512", "128", "512"] {
-                let asked: InputSize = asked.parse().expect("a size");
-                assert_eq!(input_size(family, Some(asked)), Some(asked));
-            }
-        }
-        assert_eq!(
-            input_size(Family::Template, None),
-            None,
-            "parts at their own size"
-        );
-    }
 
     #[test]
     fn a_template_set_keeps_the_parts_it_can_compare_with_its_golden_part_and_holds_out_anew() {
