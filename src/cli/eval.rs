@@ -23,7 +23,7 @@ pub enum Eval {
     /// The default defect model, on held-out synthetic parts.
     Synthetic(Synthetic),
     /// An anomaly model, on the held-out part of a dataset.
-    Anomaly(HeldOut),
+    Anomaly(AnomalyEval),
     /// A supervised model, on the held-out part of a dataset.
     Supervised(HeldOut),
     /// A golden-template model, on the held-out part of a dataset: each part compared with
@@ -35,7 +35,7 @@ impl Eval {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Eval::Synthetic(args) => args.run(),
-            Eval::Anomaly(args) => args.anomaly(),
+            Eval::Anomaly(args) => args.held_out.anomaly(args.scores.as_deref()),
             Eval::Supervised(args) => args.supervised(),
             Eval::Template(args) => args.template(),
         }
@@ -77,6 +77,18 @@ impl Synthetic {
     }
 }
 
+/// An anomaly model's evaluation, which can also list each image's scores.
+#[derive(clap::Args)]
+pub struct AnomalyEval {
+    #[command(flatten)]
+    held_out: HeldOut,
+    /// Where to write each scored image's scores as CSV: its path, class, the model's score,
+    /// whether the threshold rejects it, and the scores the model sums (patch distance, image
+    /// Gaussian, patch head, coarse image Gaussian; empty where the model has none).
+    #[arg(long)]
+    scores: Option<PathBuf>,
+}
+
 /// A saved model and the dataset whose held-out part it is measured on.
 #[derive(clap::Args)]
 pub struct HeldOut {
@@ -100,16 +112,20 @@ pub struct HeldOut {
 }
 
 impl HeldOut {
-    fn anomaly(self) -> anyhow::Result<()> {
+    fn anomaly(self, scores: Option<&Path>) -> anyhow::Result<()> {
         let loaded = AnomalyModel::load(&self.model, &self.weights(), &Device::Cpu)
             .context("loading the anomaly model")?;
         let samples = dataset::read(self.layout, &self.data)?;
         let (scored, said) = self.split.pick(samples, anomaly_train::held_out_part);
         let threshold = loaded.card.head.threshold;
-        let metrics =
-            anomaly_train::evaluate(&loaded.model, &scored, threshold, &Progress::terminal())
+        let (metrics, each) =
+            anomaly_train::evaluate_each(&loaded.model, &scored, threshold, &Progress::terminal())
                 .context("evaluating")?;
         self.check_scored(metrics.detection.n_test, &said)?;
+        if let Some(path) = scores {
+            write_scores(path, &each, threshold)
+                .with_context(|| format!("writing the scores to {}", path.display()))?;
+        }
         println!("model {} on {}", loaded.card.head.name, self.data.display());
         println!("scored: {said}");
         report::anomaly_metrics(&metrics);
@@ -183,4 +199,38 @@ impl HeldOut {
         }
         Ok(())
     }
+}
+
+/// Each image's scores as CSV, one row per image ([`AnomalyEval::scores`]).
+fn write_scores(
+    path: &Path,
+    each: &[anomaly_train::ImageScore],
+    threshold: f32,
+) -> anyhow::Result<()> {
+    let mut csv = csv::Writer::from_path(path)?;
+    csv.write_record([
+        "image",
+        "class",
+        "score",
+        "rejected",
+        "patch",
+        "image_gaussian",
+        "head",
+        "coarse_image",
+    ])?;
+    let optional = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
+    for scored in each {
+        csv.write_record([
+            scored.image.display().to_string(),
+            scored.class.clone(),
+            scored.score.to_string(),
+            (scored.score >= threshold).to_string(),
+            scored.raw.patch.to_string(),
+            optional(scored.raw.image),
+            optional(scored.raw.head),
+            optional(scored.raw.coarse_image),
+        ])?;
+    }
+    csv.flush()?;
+    Ok(())
 }

@@ -64,6 +64,18 @@ pub fn anomaly_metrics(metrics: &AnomalyMetrics) {
             m.n
         );
     }
+    // Which of the summed scores finds this product's defects.
+    let alone = &metrics.score_auroc;
+    for (score, auroc) in [
+        ("patch", alone.patch),
+        ("image", alone.image),
+        ("head", alone.head),
+        ("coarse", alone.coarse_image),
+    ] {
+        if auroc.is_some() {
+            row(&format!("AUROC of {score} alone"), auroc);
+        }
+    }
 }
 
 pub fn supervised_metrics(classes: &[String], threshold: f32, metrics: &SupervisedMetrics) {

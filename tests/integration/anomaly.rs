@@ -227,7 +227,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
         linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
-    let again = anomaly_train::evaluate(
+    let (again, each) = anomaly_train::evaluate_each(
         &model,
         &held_out,
         loaded_card.head.threshold,
@@ -236,6 +236,34 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     .expect("evaluates");
     assert_eq!(again.at_threshold, metrics.at_threshold);
     assert_eq!(again.detection.image_auroc, metrics.detection.image_auroc);
+    // Each image's scores, in the samples' order: the model's score is its raw scores
+    // combined, and the rejected defective ones are the escape rate's complement.
+    assert_eq!(each.len(), again.detection.n_test);
+    for (scored, sample) in each.iter().zip(&held_out) {
+        assert_eq!(
+            (&scored.image, &scored.class),
+            (&sample.image, &sample.class)
+        );
+        assert_eq!(scored.score, model.combined(scored.raw));
+    }
+    let defective: Vec<_> = each.iter().filter(|s| s.class != "good").collect();
+    let caught = (defective.iter())
+        .filter(|s| s.score >= loaded_card.head.threshold)
+        .count();
+    let escape_rate = 1.0 - caught as f64 / defective.len() as f64;
+    assert!((escape_rate - again.at_threshold.escape_rate).abs() < 1e-9);
+    // Every score the model sums, judged alone: each separates the painted defects from good
+    // parts by itself to some degree, and one alone is what the combined score is not.
+    let alone = &again.score_auroc;
+    for (score, auroc) in [
+        ("patch", alone.patch),
+        ("image", alone.image),
+        ("head", alone.head),
+        ("coarse image", alone.coarse_image),
+    ] {
+        let auroc = auroc.unwrap_or_else(|| panic!("no AUROC of the {score} score alone"));
+        assert!((0.5..=1.0).contains(&auroc), "{score} alone: {auroc}");
+    }
 
     // The shadow and the training jobs score on one-thread pools of their own: the same score
     // as on every core (the kernels split work, never a sum), so a shadow's disagreements
@@ -435,10 +463,13 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
 
     // `linesight eval` scores a test set of its own and says which part it scored (issue 21:
     // it always took the held-out quarter, and a folder with none reported zeros, exit 0).
-    let eval = |data: &Path, layout: &str, split: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
-            .arg("eval")
-            .arg("anomaly")
+    let eval = |data: &Path, layout: &str, split: &str, scores: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_linesight"));
+        command.arg("eval").arg("anomaly");
+        if let Some(scores) = scores {
+            command.arg("--scores").arg(scores);
+        }
+        let output = command
             .arg("--model")
             .arg(dir.path().join("model"))
             .args(["--layout", layout, "--split", split, "--data"])
@@ -463,23 +494,83 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     // Three tiles a class: every fourth held out is none of them.
     let tiles = dir.path().join("tiles");
     write_tile_dataset(&tiles, &mut PartGenerator::new(8, 256, 256, 0.0), 3);
-    let (ok, _, stderr) = eval(&tiles, "magnetic-tile", "held-out");
+    let (ok, _, stderr) = eval(&tiles, "magnetic-tile", "held-out", None);
     assert!(!ok, "nothing scored must fail");
     assert!(
         stderr.contains("no image of") && stderr.contains("--split all"),
         "{stderr}"
     );
-    let (ok, stdout, stderr) = eval(&tiles, "magnetic-tile", "all");
+    let (ok, stdout, stderr) = eval(&tiles, "magnetic-tile", "all", None);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("scored: every image of the folder"),
         "{stdout}"
     );
     assert_eq!(test_items(&stdout).as_deref(), Some("9"), "{stdout}");
-    let (ok, stdout, stderr) = eval(&root, "mvtec", "held-out");
+    let (ok, stdout, stderr) = eval(&root, "mvtec", "held-out", None);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("scored: the held-out part"), "{stdout}");
     assert_eq!(test_items(&stdout).as_deref(), Some("24"), "{stdout}");
+    assert!(stdout.contains("AUROC of patch alone"), "{stdout}");
+
+    // `--scores` lists every scored image with its scores, as the table counts them.
+    let listed = dir.path().join("scores.csv");
+    let (ok, stdout, stderr) = eval(&tiles, "magnetic-tile", "all", Some(&listed));
+    assert!(ok, "{stderr}");
+    let mut rows = csv::Reader::from_path(&listed).expect("the scores are CSV");
+    assert_eq!(
+        rows.headers().expect("a header").iter().collect::<Vec<_>>(),
+        [
+            "image",
+            "class",
+            "score",
+            "rejected",
+            "patch",
+            "image_gaussian",
+            "head",
+            "coarse_image"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.expect("a row")).collect();
+    assert_eq!(rows.len(), 9);
+    let rejected = rows.iter().filter(|r| &r[3] == "true").count();
+    let good_rejected = rows
+        .iter()
+        .filter(|r| &r[3] == "true" && &r[1] == "good")
+        .count();
+    for row in &rows {
+        assert!(Path::new(&row[0]).starts_with(&tiles), "{row:?}");
+        for column in 2..8 {
+            if column != 3 {
+                row[column].parse::<f32>().expect("a score in every column");
+            }
+        }
+    }
+    let share = |figure: &str| -> f64 {
+        let line = (stdout.lines())
+            .find_map(|l| l.strip_prefix(figure))
+            .unwrap_or_else(|| panic!("no {figure} in {stdout}"));
+        line.trim().parse().expect("a figure")
+    };
+    let goods = rows.iter().filter(|r| &r[1] == "good").count();
+    let good_rate = good_rejected as f64 / goods as f64;
+    assert!(
+        (share("false-reject rate") - good_rate).abs() < 1e-4,
+        "{stdout}"
+    );
+    let defect_rate = (rejected - good_rejected) as f64 / (rows.len() - goods) as f64;
+    assert!(
+        (share("escape rate") - (1.0 - defect_rate)).abs() < 1e-4,
+        "{stdout}"
+    );
+    // A file it cannot write fails the run, saying where.
+    let (ok, _, stderr) = eval(
+        &root,
+        "mvtec",
+        "held-out",
+        Some(&dir.path().join("no/such/dir/s.csv")),
+    );
+    assert!(!ok && stderr.contains("writing the scores to"), "{stderr}");
 }
 
 /// A product's good image, 128×128: a grain of dark and bright specks on grey that runs no

@@ -18,7 +18,9 @@ pub mod orientation;
 mod saved;
 pub mod train;
 
-pub use self::saved::{AnomalyCard, AnomalyMetrics, AnomalyModel, BANK_FILE, ClassAnomalyMetrics};
+pub use self::saved::{
+    AnomalyCard, AnomalyMetrics, AnomalyModel, BANK_FILE, ClassAnomalyMetrics, ScoreAuroc,
+};
 
 /// The card's `kind` of this family.
 pub const KIND: &str = "anomaly";

@@ -42,6 +42,24 @@ pub struct AnomalyMetrics {
     pub at_threshold: ThresholdMetrics,
     /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
     pub per_class: BTreeMap<String, ClassAnomalyMetrics>,
+    /// The image AUROC of each of the model's scores alone: which of them finds this
+    /// product's defects (absent in cards written before it).
+    #[serde(default)]
+    pub score_auroc: ScoreAuroc,
+}
+
+/// The image AUROC of each score the model sums ([`super::RawScores`]), each on its own;
+/// `None` for a score the model has not, or where the images are of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreAuroc {
+    /// The patch distances to the memory bank.
+    pub patch: Option<f64>,
+    /// The image descriptor's Gaussian.
+    pub image: Option<f64>,
+    /// The patch head, taught by painted defects.
+    pub head: Option<f64>,
+    /// The image descriptor's Gaussian at the coarse input.
+    pub coarse_image: Option<f64>,
 }
 
 /// One class's share of the evaluation.

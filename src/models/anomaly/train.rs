@@ -23,7 +23,7 @@ use crate::models::anomaly::input_size;
 use crate::models::anomaly::orientation::{self, OrientationChoice, Orientations};
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
-    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreScale,
+    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale,
 };
 use crate::models::backbone::{
     BackboneError, BackboneInput, ImageFeatures, PatchFeatures, check_input_size,
@@ -586,7 +586,32 @@ pub fn evaluate(
     threshold: f32,
     progress: &Progress,
 ) -> Result<AnomalyMetrics, AnomalyError> {
+    evaluate_each(model, samples, threshold, progress).map(|(metrics, _)| metrics)
+}
+
+/// One image's scores in an evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageScore {
+    pub image: std::path::PathBuf,
+    /// `good`, or the defect class.
+    pub class: String,
+    /// The model's score (what the threshold is held against).
+    pub score: f32,
+    /// The scores it sums, before they are combined.
+    pub raw: RawScores,
+}
+
+/// [`evaluate`], with every scored image's scores (in the samples' order, unreadable ones
+/// left out): which parts a model misjudges, and by which of its scores.
+pub fn evaluate_each(
+    model: &PatchCore,
+    samples: &[Sample],
+    threshold: f32,
+    progress: &Progress,
+) -> Result<(AnomalyMetrics, Vec<ImageScore>), AnomalyError> {
     let (mut scores, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut each = Vec::new();
+    let mut raw_scores = Vec::new();
     let mut pixels = PixelTruth::default();
     let mut n_skipped = 0;
     let bar = progress.phase(samples.len(), "held-out images");
@@ -601,8 +626,16 @@ pub fn evaluate(
                 continue;
             }
         };
-        let (score, heat_map) = model.score(&image)?;
+        let (raw, heat_map) = model.raw_scores(&image)?;
+        let score = model.combined(raw);
         scores.push(score);
+        raw_scores.push(raw);
+        each.push(ImageScore {
+            image: sample.image.clone(),
+            class: sample.class.clone(),
+            score,
+            raw,
+        });
         labels.push(sample.defective());
         classes.push(sample.class.clone());
         let mask = match &sample.mask {
@@ -659,7 +692,7 @@ pub fn evaluate(
             },
         );
     }
-    Ok(AnomalyMetrics {
+    let metrics = AnomalyMetrics {
         detection: DetectionMetrics::from_scores(
             &scores,
             &labels,
@@ -669,7 +702,23 @@ pub fn evaluate(
         ),
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
-    })
+        score_auroc: score_auroc(&raw_scores, &labels),
+    };
+    Ok((metrics, each))
+}
+
+/// The image AUROC of each raw score alone, where every image has it.
+fn score_auroc(raw_scores: &[RawScores], labels: &[bool]) -> ScoreAuroc {
+    let alone = |score: &dyn Fn(&RawScores) -> Option<f32>| {
+        let values: Option<Vec<f32>> = raw_scores.iter().map(score).collect();
+        values.and_then(|values| eval::auroc(&values, labels))
+    };
+    ScoreAuroc {
+        patch: alone(&|r| Some(r.patch)),
+        image: alone(&|r| r.image),
+        head: alone(&|r| r.head),
+        coarse_image: alone(&|r| r.coarse_image),
+    }
 }
 
 #[cfg(test)]
