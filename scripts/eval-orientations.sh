@@ -21,24 +21,8 @@ if [ ! -d "$data/magnetic-tile" ]; then
   exit 0
 fi
 
-# The development part: every image training would train on (each class sorted by name,
-# every 4th held out), linked with its mask.
-python3 - "$(realpath "$data/magnetic-tile")" "$out/magnetic-tile-dev" <<'PY'
-import os, shutil, sys
-source, dev = sys.argv[1], sys.argv[2]
-shutil.rmtree(dev, ignore_errors=True)
-for folder in sorted(os.listdir(source)):
-    if not folder.startswith("MT_"):
-        continue
-    images = sorted(f for f in os.listdir(f"{source}/{folder}/Imgs") if f.endswith(".jpg"))
-    os.makedirs(f"{dev}/{folder}/Imgs")
-    for i, name in enumerate(images):
-        if i % 4 == 3:
-            continue  # the real held-out quarter: never looked at here
-        for file in (name, name[:-4] + ".png"):
-            if os.path.exists(f"{source}/{folder}/Imgs/{file}"):
-                os.symlink(f"{source}/{folder}/Imgs/{file}", f"{dev}/{folder}/Imgs/{file}")
-PY
+# The development part: every image training would train on, linked with its mask.
+python3 scripts/magnetic-tile-dev.py "$data/magnetic-tile" "$out/magnetic-tile-dev"
 
 settings=(none flip-horizontal auto all)
 for turns in "${settings[@]}"; do

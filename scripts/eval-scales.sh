@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Two scales at once for the anomaly model (issue 21: "multi-scale inputs"), tried on
+# magnetic-tile's development part (scripts/magnetic-tile-dev.py; the real held-out quarter is
+# never looked at). Trains the model at input 128 (what `--input-size auto` chooses there) and
+# at 256, seeds 0, 1 and 2, scores the development part's own held-out quarter with each
+# (`linesight eval anomaly --scores`), and sums the two models' scores image by image (each is
+# already in standard deviations of good validation parts): the two-scale model. Writes the
+# table, with each summed score's AUROC alone, to var/eval-scales/table.md.
+# Takes about 8 minutes on 2 cores.
+# Usage: scripts/eval-scales.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="$(realpath "$1")"
+data="${2:-../shared/datasets}"
+out=var/eval-scales
+mkdir -p "$out"
+
+if [ ! -d "$data/magnetic-tile" ]; then
+  echo "eval-scales: skipping: $data/magnetic-tile is absent"
+  exit 0
+fi
+python3 scripts/magnetic-tile-dev.py "$data/magnetic-tile" "$out/magnetic-tile-dev"
+
+for size in 128 256; do
+  for seed in 0 1 2; do
+    model="$out/dev-$size-$seed"
+    "$bin" train anomaly --layout magnetic-tile --data "$out/magnetic-tile-dev" \
+      --out "$model" --name "dev-$size" --input-size "$size" --seed "$seed" > "$model.log"
+    "$bin" eval anomaly --model "$model" --layout magnetic-tile \
+      --data "$out/magnetic-tile-dev" --scores "$model.csv" --json "$model.json" > "$model.eval.log"
+  done
+done
+
+python3 - "$out" <<'PY'
+import csv, json, statistics, sys
+out = sys.argv[1]
+SEEDS = range(3)
+
+def auroc(scores, labels):
+    """Probability that a defective image outscores a good one (ties count half)."""
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+def scored(size, seed):
+    with open(f"{out}/dev-{size}-{seed}.csv") as f:
+        return {row["image"]: row for row in csv.DictReader(f)}
+
+def figures(size, seed):
+    return json.load(open(f"{out}/dev-{size}-{seed}.json"))
+
+rows = ["| input | development AUROC, seeds 0/1/2 (mean) | patch / image / head / coarse alone, seed 0 | training, seed 0 (s) |",
+        "|---|---|---|---|"]
+def seconds(size):
+    return json.load(open(f"{out}/dev-{size}-0/card.json"))["training_duration_s"]
+for size in (128, 256):
+    aurocs = [figures(size, seed)["image_auroc"] for seed in SEEDS]
+    alone = figures(size, 0)["score_auroc"]
+    rows.append(f"| {size} | {' / '.join(f'{a:.4f}' for a in aurocs)} ({statistics.mean(aurocs):.4f}) | "
+                + " / ".join(f"{alone[k]:.3f}" for k in ("patch", "image", "head", "coarse_image"))
+                + f" | {seconds(size):.0f} |")
+both = []
+for seed in SEEDS:
+    small, large = scored(128, seed), scored(256, seed)
+    if small.keys() != large.keys():
+        sys.exit(f"eval-scales: the two sizes scored different images (seed {seed})")
+    images = sorted(small)
+    labels = [small[i]["class"] != "good" for i in images]
+    both.append(auroc([float(small[i]["score"]) + float(large[i]["score"]) for i in images], labels))
+rows.append(f"| 128 + 256, scores summed | {' / '.join(f'{a:.4f}' for a in both)} "
+            f"({statistics.mean(both):.4f}) | | {seconds(128) + seconds(256):.0f} |")
+table = "\n".join(rows)
+print(table)
+open(f"{out}/table.md", "w").write(table + "\n")
+PY
