@@ -9,9 +9,14 @@
 # Takes about 8 minutes on 2 cores.
 # Usage: scripts/eval-scales.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+if [ $# -lt 1 ]; then
+  echo "usage: scripts/eval-scales.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]" >&2
+  exit 2
+fi
+# Both resolved where they were given, before the script moves to the checkout.
 bin="$(realpath "$1")"
-data="${2:-../shared/datasets}"
+data="$(realpath -m "${2:-$(dirname "$0")/../../shared/datasets}")"
+cd "$(dirname "$0")/.."
 out=var/eval-scales
 mkdir -p "$out"
 
@@ -25,9 +30,12 @@ for size in 128 256; do
   for seed in 0 1 2; do
     model="$out/dev-$size-$seed"
     "$bin" train anomaly --layout magnetic-tile --data "$out/magnetic-tile-dev" \
-      --out "$model" --name "dev-$size" --input-size "$size" --seed "$seed" > "$model.log"
+      --out "$model" --name "dev-$size" --input-size "$size" --seed "$seed" > "$model.log" 2>&1 \
+      || { echo "eval-scales: training at $size (seed $seed) failed: see $model.log" >&2; exit 1; }
     "$bin" eval anomaly --model "$model" --layout magnetic-tile \
-      --data "$out/magnetic-tile-dev" --scores "$model.csv" --json "$model.json" > "$model.eval.log"
+      --data "$out/magnetic-tile-dev" --scores "$model.csv" --json "$model.json" \
+      > "$model.eval.log" 2>&1 \
+      || { echo "eval-scales: scoring at $size (seed $seed) failed: see $model.eval.log" >&2; exit 1; }
   done
 done
 
@@ -58,7 +66,8 @@ for size in (128, 256):
     aurocs = [figures(size, seed)["image_auroc"] for seed in SEEDS]
     alone = figures(size, 0)["score_auroc"]
     rows.append(f"| {size} | {' / '.join(f'{a:.4f}' for a in aurocs)} ({statistics.mean(aurocs):.4f}) | "
-                + " / ".join(f"{alone[k]:.3f}" for k in ("patch", "image", "head", "coarse_image"))
+                + " / ".join("n/a" if alone.get(k) is None else f"{alone[k]:.3f}"
+                             for k in ("patch", "image", "head", "coarse_image"))
                 + f" | {seconds(size):.0f} |")
 both = []
 for seed in SEEDS:

@@ -11,7 +11,11 @@ import os
 import shutil
 import sys
 
+if len(sys.argv) != 3:
+    sys.exit("usage: python3 scripts/magnetic-tile-dev.py DATASET_DIR DEV_DIR")
 source, dev = os.path.realpath(sys.argv[1]), sys.argv[2]
+if not os.path.isdir(source):
+    sys.exit(f"magnetic-tile-dev: {source} is not a folder")
 shutil.rmtree(dev, ignore_errors=True)
 for folder in sorted(os.listdir(source)):
     if not folder.startswith("MT_"):

@@ -1,5 +1,6 @@
 //! `linesight eval synthetic|anomaly|supervised|template`: measure a saved model on data it never saw,
-//! print the table and, with `--json`, write the metrics.
+//! print the table and, with `--json`, write the metrics (and, for an anomaly model with
+//! `--scores`, each image's scores).
 
 use std::path::{Path, PathBuf};
 
@@ -118,12 +119,20 @@ impl HeldOut {
         let samples = dataset::read(self.layout, &self.data)?;
         let (scored, said) = self.split.pick(samples, anomaly_train::held_out_part);
         let threshold = loaded.card.head.threshold;
+        // Opened first: a path it cannot write fails before a long evaluation, not after.
+        let listing = scores
+            .map(|path| {
+                csv::Writer::from_path(path)
+                    .with_context(|| format!("writing the scores to {}", path.display()))
+                    .map(|csv| (path, csv))
+            })
+            .transpose()?;
         let (metrics, each) =
             anomaly_train::evaluate_each(&loaded.model, &scored, threshold, &Progress::terminal())
                 .context("evaluating")?;
         self.check_scored(metrics.detection.n_test, &said)?;
-        if let Some(path) = scores {
-            write_scores(path, &each, threshold)
+        if let Some((path, csv)) = listing {
+            write_scores(csv, &each, threshold)
                 .with_context(|| format!("writing the scores to {}", path.display()))?;
         }
         println!("model {} on {}", loaded.card.head.name, self.data.display());
@@ -203,11 +212,10 @@ impl HeldOut {
 
 /// Each image's scores as CSV, one row per image ([`AnomalyEval::scores`]).
 fn write_scores(
-    path: &Path,
+    mut csv: csv::Writer<std::fs::File>,
     each: &[anomaly_train::ImageScore],
     threshold: f32,
 ) -> anyhow::Result<()> {
-    let mut csv = csv::Writer::from_path(path)?;
     csv.write_record([
         "image",
         "class",

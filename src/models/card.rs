@@ -336,6 +336,7 @@ mod tests {
             assert_eq!(family.coarse_input_size, coarse, "{name}");
             assert_eq!(family.synthetic_defects_per_good, painted, "{name}");
             assert_eq!(family.metrics.per_class["MT_Crack"].flagged, 15, "{name}");
+            assert!(family.metrics.score_auroc.is_empty(), "{name}");
             // What it writes reads back the same.
             let again = ModelCard::<AnomalyCard>::from_json(&written(&card).to_string())
                 .expect("reads back");

@@ -1264,6 +1264,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_supervised_job_trains_at_256_unless_asked() {
+        let defaults = SupervisedSettings::defaults(
+            "m",
+            Layout::Mvtec,
+            "data".into(),
+            "weights".into(),
+            "out".into(),
+        );
+        assert_eq!(defaults.input_size, InputSize::Fixed(256));
+    }
+
+    #[test]
     fn a_template_set_keeps_the_parts_it_can_compare_with_its_golden_part_and_holds_out_anew() {
         let region = || Region {
             class: "short".into(),

@@ -43,8 +43,8 @@ pub struct AnomalyMetrics {
     /// Per class: how many, how many flagged at that threshold, and AUROC against the good images.
     pub per_class: BTreeMap<String, ClassAnomalyMetrics>,
     /// The image AUROC of each of the model's scores alone: which of them finds this
-    /// product's defects (absent in cards written before it).
-    #[serde(default)]
+    /// product's defects (absent in cards written before it, and then not written).
+    #[serde(default, skip_serializing_if = "ScoreAuroc::is_empty")]
     pub score_auroc: ScoreAuroc,
 }
 
@@ -60,6 +60,13 @@ pub struct ScoreAuroc {
     pub head: Option<f64>,
     /// The image descriptor's Gaussian at the coarse input.
     pub coarse_image: Option<f64>,
+}
+
+impl ScoreAuroc {
+    /// No score's AUROC (a card written before them).
+    pub fn is_empty(&self) -> bool {
+        *self == ScoreAuroc::default()
+    }
 }
 
 /// One class's share of the evaluation.

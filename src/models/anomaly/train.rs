@@ -726,6 +726,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_score_is_judged_alone_where_every_image_has_it() {
+        let raw = |patch: f32, image: f32, head: Option<f32>| RawScores {
+            patch,
+            image: Some(image),
+            head,
+            coarse_image: None,
+        };
+        // The patch score ranks every defect above every good part; the image score the
+        // other way round; one image has no head score.
+        let scores = [
+            raw(1.0, 4.0, Some(0.5)),
+            raw(2.0, 3.0, Some(0.1)),
+            raw(3.0, 2.0, None),
+            raw(4.0, 1.0, Some(0.2)),
+        ];
+        let labels = [false, false, true, true];
+        let alone = score_auroc(&scores, &labels);
+        assert_eq!(alone.patch, Some(1.0));
+        assert_eq!(alone.image, Some(0.0));
+        assert_eq!((alone.head, alone.coarse_image), (None, None));
+        assert!(!alone.is_empty());
+        // Images of one kind rank nothing.
+        assert!(score_auroc(&scores, &[true; 4]).is_empty());
+    }
+
+    #[test]
     fn an_input_size_is_auto_or_pixels() {
         assert_eq!("auto".parse(), Ok(InputSize::Auto { largest: 256 }));
         assert_eq!("auto:512".parse(), Ok(InputSize::Auto { largest: 512 }));
