@@ -962,22 +962,19 @@ fn for_template(
             kept.push(part);
             continue;
         };
-        if part.class == "good" {
-            set.good = set.good.saturating_sub(1);
-        } else if let Some(count) = set.defective.get_mut(&part.class) {
-            *count -= 1;
-            if *count == 0 {
-                set.defective.remove(&part.class);
-            }
-        }
         *set.left_out.entry(reason.to_owned()).or_default() += 1;
     }
+    // The set's counts are the kept parts', counted anew as they are held out anew.
     let mut hold_out = HoldOut::default();
-    set.good_held_out = 0;
+    (set.good, set.good_held_out) = (0, 0);
+    set.defective.clear();
     for part in &mut kept {
         part.held_out = hold_out.next(&part.class);
         if part.class == "good" {
+            set.good += 1;
             set.good_held_out += u64::from(part.held_out);
+        } else {
+            *set.defective.entry(part.class.clone()).or_default() += 1;
         }
     }
     (kept, set)
