@@ -756,6 +756,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_whose_caller_is_dropped_keeps_its_numbers() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "test").expect("open");
+        let alarm = RecordBody::Alarm(AlarmRecord::condition(
+            "x",
+            AlarmState::Raised,
+            AlarmSeverity::Low,
+            "m".into(),
+        ));
+        // Polled once and dropped, as a request past its timeout is: mid-write, at its flush.
+        assert!(
+            store.append(alarm).now_or_never().is_none(),
+            "still writing"
+        );
+        let inspection = store.append(record(5)).await.expect("append");
+        // The dropped write ran to its end first, under its own number, not overwritten.
+        assert_eq!(inspection.seq, 2);
+        assert_eq!(store.last_seq(), 2);
+        let first = store.record(1).expect("read").expect("kept");
+        assert!(matches!(first.body, RecordBody::Alarm(_)), "{first:?}");
+        // The kind index names the alarm, and the alarm only.
+        let alarms = store.records_of_kind(RecordKind::Alarm).expect("alarms");
+        assert_eq!(alarms.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+        assert!(matches!(alarms[0].body, RecordBody::Alarm(_)));
+    }
+
+    #[tokio::test]
     async fn pulls_page_by_sequence_with_filters() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), "test").expect("open");

@@ -335,6 +335,13 @@ impl Store {
         Ok(records.pop())
     }
 
+    /// Writes the records in a task of their own, which the caller awaits. Between the
+    /// transaction and the end of its flush the sequence has not moved on yet: a caller dropped
+    /// there (a request past its timeout, a client that hung up) would leave the records and
+    /// their index entries in the database under numbers the next write takes again, so its
+    /// records would overwrite them and the label and kind indexes would name the wrong
+    /// records. In its own task the write always runs to its end: the records of a dropped
+    /// caller are kept, unacknowledged, as after a crash that follows the flush.
     async fn append_marked(
         &self,
         bodies: Vec<RecordBody>,
@@ -343,6 +350,18 @@ impl Store {
         if bodies.is_empty() {
             return Ok(Vec::new());
         }
+        let store = self.clone();
+        tokio::spawn(async move { store.write(bodies, mark).await })
+            .await
+            .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))?
+    }
+
+    /// [`Store::append_marked`]'s write, run to its end in its own task.
+    async fn write(
+        &self,
+        bodies: Vec<RecordBody>,
+        mark: Option<Vec<u8>>,
+    ) -> Result<Vec<Record>, RecordError> {
         let inner = &self.inner;
         let mut next = inner.writer.lock().await;
         if inner.broken.load(Ordering::Acquire) {
