@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::halt_line::{Burst, BurstDetector, BurstRule, HaltLineSection};
 pub use self::register_map::{
     GATE_COMMAND_LEN, GateCommandWords, GateVerdict, HaltLineCoil, PLC_STATUS_LEN,
-    PlcProgramSettings, PlcTracking, RegisterMap, RegisterMapError, SERVER_CONTROL_LEN,
+    PlcProgramSettings, PlcTracking, Register, RegisterMap, RegisterMapError, SERVER_CONTROL_LEN,
     SERVER_RESULT_LEN, SERVER_STATUS_HEADER_LEN, ServerBlocks, WordOrder,
 };
 use crate::config::PlcLostPolicy;
@@ -356,12 +356,17 @@ impl GateLink {
         let Some(encoder) = self.map.encoder else {
             return self.read_encoder().await.map(|count| (count, 0));
         };
-        let span = u32::from(encoder.address) + 2 - u32::from(status);
-        if encoder.address <= status || span > 125 {
+        // One request when the encoder's two words follow the heartbeat within 125 registers
+        // (Modbus's most in one read); the span is worked out only then, since an encoder
+        // below the heartbeat would take it under zero.
+        let span = (encoder.address > status)
+            .then(|| u32::from(encoder.address) + 2 - u32::from(status))
+            .filter(|&span| span <= 125);
+        let Some(span) = span else {
             let count = self.read_encoder().await?;
             let status = self.plc_status().await?;
             return Ok((count, status[0]));
-        }
+        };
         let words = self
             .read_holding("read encoder and PLC heartbeat", status, span as u16)
             .await?;
@@ -732,12 +737,7 @@ async fn actuate(
     place: Option<GatePlace>,
 ) -> Actuation {
     let mut verdict = gate_verdict(outcome.disposition);
-    // A PLC that lost its heartbeat may be running anything but its program; when it comes
-    // back it must not find a PASS for a part that went by meanwhile.
-    let held_by_policy = verdict == GateVerdict::Pass && ctx.plc_lost.load(Ordering::Relaxed);
-    if held_by_policy {
-        verdict = GateVerdict::RejectByPolicy;
-    }
+    let mut held_by_policy = false;
     let opens = outcome.gate_at.before(ctx.command_window);
     // Under encoder tracking the window is in counts (checked before each send); the
     // predicted time only bounds how long a command is tried.
@@ -753,7 +753,7 @@ async fn actuate(
         wait_precisely(ctx.clock.instant(fire_at)).await;
     }
     let mut resend = false;
-    let failed = |ctx: &mut GateContext, error: String| {
+    let failed = |ctx: &mut GateContext, verdict: GateVerdict, error: String| {
         ctx.metrics.gate_commands_failed.inc();
         if verdict == GateVerdict::Pass {
             tracing::warn!(part_id = %outcome.part_id, %error, "PASS not delivered; the PLC diverts the part");
@@ -770,6 +770,7 @@ async fn actuate(
         if now >= closes {
             return failed(
                 ctx,
+                verdict,
                 format!(
                     "gate window closed {:?} before the command could be sent",
                     now.0 - closes.0
@@ -779,7 +780,14 @@ async fn actuate(
         if let Some((gate, place)) = &encoder
             && let Err(why) = gate.wait_for_window(*place, &ctx.clock).await
         {
-            return failed(ctx, why);
+            return failed(ctx, verdict, why);
+        }
+        // A PLC that lost its heartbeat may be running anything but its program; when it comes
+        // back it must not find a PASS for a part that went by meanwhile. Looked at just before
+        // each send: the command may have waited for its window while the heartbeat was lost.
+        if verdict == GateVerdict::Pass && ctx.plc_lost.load(Ordering::Relaxed) {
+            verdict = GateVerdict::RejectByPolicy;
+            held_by_policy = true;
         }
         match ctx
             .link
@@ -792,7 +800,11 @@ async fn actuate(
                     .as_ref()
                     .is_some_and(|(gate, place)| gate.remaining(*place, at).is_some_and(|r| r < 0));
                 if at > closes || past_diverter {
-                    return failed(ctx, "PLC acknowledged after the gate window".into());
+                    return failed(
+                        ctx,
+                        verdict,
+                        "PLC acknowledged after the gate window".into(),
+                    );
                 }
                 ctx.metrics.gate_commands_ok.inc();
                 if held_by_policy {
@@ -812,7 +824,7 @@ async fn actuate(
                     ctx.metrics.plc_link_errors.inc();
                 }
                 if resend {
-                    return failed(ctx, error.to_string());
+                    return failed(ctx, verdict, error.to_string());
                 }
                 tracing::warn!(part_id = %outcome.part_id, %error, "gate command failed; resending on a fresh link");
                 resend = true;
@@ -931,6 +943,9 @@ pub async fn run_heartbeat(
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut beating = true;
+    // Whether the PLC is lost under `StopLine` and the halt coil has not yet been written.
+    let mut halt_owed = false;
+    let mut halt_failures = 0u64;
     let mut plc = PlcHeartbeat::new();
     loop {
         tokio::select! {
@@ -967,13 +982,26 @@ pub async fn run_heartbeat(
         let (lost, changed) = plc.observe(reading, watch.timeout);
         if changed {
             watch.changed(lost, &metrics, &link.plc().to_string());
-            if lost && watch.policy == PlcLostPolicy::StopLine {
-                // The PLC program latches the halt on the coil's rising edge (rule R8), so it
-                // holds until an operator resets it at the line, whatever the coil does next.
-                if let Some(halt) = link.map.halt_line
-                    && let Err(error) = link.write_coil(halt.coil, true).await
-                {
-                    tracing::error!(%error, "could not write the halt-line coil");
+            halt_owed = lost && watch.policy == PlcLostPolicy::StopLine;
+            halt_failures = 0;
+        }
+        // The PLC program latches the halt on the coil's rising edge (rule R8), so it holds
+        // until an operator resets it at the line, whatever the coil does next. The PLC is
+        // mostly lost with its link, so the first write often fails: it is tried again every
+        // beat until one lands or the PLC is back.
+        if halt_owed && let Some(halt) = link.map.halt_line {
+            match link.write_coil(halt.coil, true).await {
+                Ok(()) => {
+                    halt_owed = false;
+                    halt_failures = 0;
+                }
+                Err(error) => {
+                    halt_failures += 1;
+                    if halt_failures == 1 {
+                        tracing::error!(%error, "could not write the halt-line coil; trying again every beat");
+                    } else {
+                        tracing::debug!(%error, halt_failures, "could not write the halt-line coil");
+                    }
                 }
             }
         }

@@ -599,6 +599,8 @@ pub async fn run_server(run: ServerRun) {
     let mut ticks = tokio::time::interval(heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut plc = PlcHeartbeat::new();
+    // Whether `serving` has ended: a finished future is never polled again.
+    let mut served = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -606,6 +608,7 @@ pub async fn run_server(run: ServerRun) {
                 if let Err(error) = result {
                     tracing::error!(%error, "the PLC server stopped accepting connections");
                 }
+                served = true;
                 break;
             }
             _ = ticks.tick() => {}
@@ -628,8 +631,10 @@ pub async fn run_server(run: ServerRun) {
     }
     server.image().set_running(false);
     // Offline for two more heartbeats, then silence.
-    let offline_until = tokio::time::Instant::now() + heartbeat * 2;
-    let _ = tokio::time::timeout_at(offline_until, &mut serving).await;
+    if !served {
+        let offline_until = tokio::time::Instant::now() + heartbeat * 2;
+        let _ = tokio::time::timeout_at(offline_until, &mut serving).await;
+    }
 }
 
 /// Everything [`run_results`] needs.

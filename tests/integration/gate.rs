@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use linesight::actuate::{
-    GateCommand, GateContext, GateError, GateLink, GateVerdict, PlcWatch, RegisterMap, run_gate,
-    run_heartbeat,
+    GateCommand, GateContext, GateError, GateLink, GateVerdict, PlcWatch, Register, RegisterMap,
+    run_gate, run_heartbeat,
 };
 use linesight::config::PlcLostPolicy;
 use linesight::metrics::Metrics;
@@ -40,6 +40,37 @@ async fn simulator() -> PlcSimulator {
     PlcSimulator::serve(listener, register_map())
         .expect("serve")
         .0
+}
+
+/// A map may put the encoder anywhere free, below the PLC's heartbeat too: it is then read
+/// on its own, beside the heartbeat, and counts on like the shipped map's.
+#[tokio::test]
+async fn an_encoder_below_the_heartbeat_is_read_beside_it() {
+    let mut map = register_map();
+    let shipped = map.encoder.expect("the shipped map has an encoder");
+    assert!(shipped.address > map.plc_status.address, "{map:?}");
+    // Between the station's state and the gate command, more than two below the heartbeat.
+    map.encoder = Some(Register { address: 50 });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let plc = PlcSimulator::serve(listener, map).expect("serve").0;
+    plc.set_encoder_rate(1000);
+    let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+    link.start().await.expect("link check");
+    let (first, _) = link.read_encoder_and_heartbeat().await.expect("read");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (count, _) = link.read_encoder_and_heartbeat().await.expect("read");
+        if count > first {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the encoder never counted on from {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -381,6 +412,23 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
         Actuation::Failed { error, .. } => assert!(error.contains("reject by policy"), "{error}"),
         other => panic!("{other:?}"),
     }
+    // So does a PASS handed over while the PLC beat, whose heartbeat is lost while the command
+    // waits for its window (a second ahead).
+    plc_lost.store(false, Ordering::Relaxed);
+    let mut waiting = part(4, Disposition::Pass);
+    waiting.outcome.gate_at = clock.now().after(Duration::from_secs(1));
+    commands_tx.send(waiting).await.expect("gate runs");
+    // Taken by the gate once its place in the channel is free again.
+    eventually("the gate to take the command", || async {
+        commands_tx.capacity() == commands_tx.max_capacity()
+    })
+    .await;
+    plc_lost.store(true, Ordering::Relaxed);
+    let held = outcomes_rx.recv().await.expect("an outcome");
+    match &held.actuation {
+        Actuation::Failed { error, .. } => assert!(error.contains("reject by policy"), "{error}"),
+        other => panic!("{other:?}"),
+    }
     drop(commands_tx);
     gate.await.expect("gate task");
     let verdicts: Vec<(u32, u16)> = plc
@@ -388,7 +436,7 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
         .iter()
         .map(|c| (c.part_id, c.verdict))
         .collect();
-    assert_eq!(verdicts, [(1, 1), (2, 2), (3, 4)]);
+    assert_eq!(verdicts, [(1, 1), (2, 2), (3, 4), (4, 4)]);
 }
 
 /// A PLC that is gone is not hammered: after a failed connect the link waits (jittered,
