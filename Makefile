@@ -150,7 +150,7 @@ eval-orientations: setup weights
 	bash scripts/eval-orientations.sh $(CARGO_TARGET_DIR)/release/linesight
 
 ## eval-scales: the anomaly model at two input sizes at once, tried on magnetic-tile's
-## development part (about 8 min)
+## development part, and which of its four scores to sum (about 8 min)
 eval-scales: setup weights
 	cargo build --release --locked
 	bash scripts/eval-scales.sh $(CARGO_TARGET_DIR)/release/linesight

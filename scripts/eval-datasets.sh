@@ -151,6 +151,13 @@ for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "kolektorsdd-anomaly"]:
     choice = json.load(open(f"{out}/{name}/card.json")).get("input_size_choice") or {}
     trials = ", ".join(f"{t['input_size']}: {t['painted_auroc']:.3f}" for t in choice.get("trials", []))
     print(f"{name + ' input size':<42} {choice.get('chosen', 'given'):>6}  ({trials or choice.get('rule', '')})")
+# Which of each anomaly model's summed scores finds the product's held-out defects, each alone.
+for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "kolektorsdd-anomaly"]:
+    alone = metrics(name).get("score_auroc") or {}
+    print(f"{name + ' AUROC alone':<42} " + ", ".join(
+        f"{label} " + ("n/a" if alone.get(key) is None else f"{alone[key]:.4f}")
+        for key, label in [("patch", "patch"), ("image", "image"), ("head", "head"),
+                           ("coarse_image", "coarse")]))
 # The anomaly threshold's promise (issue 21): chosen by split conformal on the good validation
 # images, its false-reject rate on the held-out good images must not exceed the target by more
 # than 2 points (the promise is an upper bound). Reported beside the card's expectation and

@@ -5,7 +5,8 @@
 # at 256, seeds 0, 1 and 2, scores the development part's own held-out quarter with each
 # (`linesight eval anomaly --scores`), and sums the two models' scores image by image (each is
 # already in standard deviations of good validation parts): the two-scale model. Writes the
-# table, with each summed score's AUROC alone, to var/eval-scales/table.md.
+# table, with each summed score's AUROC alone, and a second table of every subset of the four
+# scores at 128 (which of them the model should sum), to var/eval-scales/table.md.
 # Takes about 8 minutes on 2 cores.
 # Usage: scripts/eval-scales.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
@@ -40,7 +41,7 @@ for size in 128 256; do
 done
 
 python3 - "$out" <<'PY'
-import csv, json, statistics, sys
+import csv, itertools, json, statistics, sys
 out = sys.argv[1]
 SEEDS = range(3)
 
@@ -79,6 +80,36 @@ for seed in SEEDS:
     both.append(auroc([float(small[i]["score"]) + float(large[i]["score"]) for i in images], labels))
 rows.append(f"| 128 + 256, scores summed | {' / '.join(f'{a:.4f}' for a in both)} "
             f"({statistics.mean(both):.4f}) | | {seconds(128) + seconds(256):.0f} |")
+
+# Which of the four scores to sum (issue 21: "patch vs image scores"), at the chosen input
+# size: every subset, each score standardised as the model standardises it (the card's
+# score_scale), judged on the same images. Read, not chosen by the run: painted defects, all a
+# good-only run has to judge by, are what the patch head learns, so they would crown the head,
+# the weakest score on real defects here, and they say nothing of the image-level scores, which
+# find defects that cover the surface.
+KEYS = {"patch": ("patch_mean", "patch_std"), "image_gaussian": ("image_mean", "image_std"),
+        "head": "head", "coarse_image": "coarse_image"}
+def standardised(seed):
+    scale = json.load(open(f"{out}/dev-128-{seed}/card.json"))["score_scale"]
+    spread = {k: (scale[v[0]], scale[v[1]]) if isinstance(v, tuple) else
+              (scale[v]["mean"], scale[v]["std"]) for k, v in KEYS.items()}
+    rows = list(scored(128, seed).values())
+    z = [{k: (float(r[k]) - m) / s for k, (m, s) in spread.items()} for r in rows]
+    for r, each in zip(rows, z):  # the four, summed, are the model's own score
+        if abs(sum(each.values()) - float(r["score"])) > 1e-3 * max(1.0, abs(float(r["score"]))):
+            sys.exit(f"eval-scales: {r['image']}: the standardised scores do not sum to its score")
+    return z, [r["class"] != "good" for r in rows]
+subsets = [s for k in range(1, 5) for s in itertools.combinations(KEYS, k)]
+judged = {s: [] for s in subsets}
+for seed in SEEDS:
+    z, labels = standardised(seed)
+    for s in subsets:
+        judged[s].append(auroc([sum(each[k] for k in s) for each in z], labels))
+rows += ["", "| scores summed (input 128) | development AUROC, seeds 0/1/2 (mean) |", "|---|---|"]
+for s in sorted(subsets, key=lambda s: -statistics.mean(judged[s])):
+    names = " + ".join({"image_gaussian": "image", "coarse_image": "coarse"}.get(k, k) for k in s)
+    rows.append(f"| {names} | {' / '.join(f'{a:.4f}' for a in judged[s])} "
+                f"({statistics.mean(judged[s]):.4f}) |")
 table = "\n".join(rows)
 print(table)
 open(f"{out}/table.md", "w").write(table + "\n")
