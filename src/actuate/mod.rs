@@ -500,7 +500,14 @@ impl GateLink {
                         self.context.insert(context)
                     }
                     Err(error) => {
-                        self.reconnect.failed();
+                        // A connect cut short by the caller's own deadline (what is left of a
+                        // part's window, a few milliseconds) says nothing of the PLC: backing
+                        // off for it would turn the next parts' commands away unsent.
+                        let cut_short = matches!(error, GateError::ConnectTimeout { .. })
+                            && limit < self.request_timeout;
+                        if !cut_short {
+                            self.reconnect.failed();
+                        }
                         return Err(error);
                     }
                 }

@@ -503,6 +503,16 @@ impl Store {
                 }
             }
         }
+        // The archiver moves `first_seq` on before it removes what it archived: moved past
+        // `from` during the scan, the page may lack records that were there when it began, so
+        // it is refused as pruned rather than answered with a gap.
+        let first_now = self.first_seq();
+        if from < first_now {
+            return Err(RecordError::Pruned {
+                from,
+                first_seq: first_now,
+            });
+        }
         Ok(Page {
             records,
             next_seq,

@@ -457,10 +457,23 @@ impl Tokens {
             .state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // The file changed while we hashed (a revocation, say): this answer is stale.
-        if state.generation != generation {
-            return None;
-        }
+        // The file changed while we hashed (a revocation, say): the answer stands only if the
+        // token is still there as it was, unrevoked; another token created or revoked meanwhile
+        // changes nothing for this one, and must not turn a good credential away.
+        let entry = if state.generation == generation {
+            entry
+        } else {
+            let current = state
+                .entries
+                .iter()
+                .find(|e| e.id == entry.id && e.revoked_at.is_none() && e.hash == entry.hash)
+                .cloned();
+            match current {
+                // As the file now says it (its name or role may have changed).
+                Some(current) if valid => current,
+                _ => return None,
+            }
+        };
         if !valid {
             if state.refused.len() >= REFUSED_MEMORY {
                 state.refused.clear();
