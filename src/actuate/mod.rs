@@ -791,8 +791,20 @@ async fn actuate(
         }
         // A PLC that lost its heartbeat may be running anything but its program; when it comes
         // back it must not find a PASS for a part that went by meanwhile. Looked at just before
-        // each send: the command may have waited for its window while the heartbeat was lost.
+        // the send: the command may have waited for its window while the heartbeat was lost.
+        // A resend carries the first send's words under its sequence number (the PLC takes a
+        // sequence once), so a PASS whose first send may have landed is not resent once the
+        // PLC is lost, nor turned into a reject the PLC would ignore.
         if verdict == GateVerdict::Pass && ctx.plc_lost.load(Ordering::Relaxed) {
+            if resend {
+                return failed(
+                    ctx,
+                    verdict,
+                    "the PLC's heartbeat was lost before the PASS could be resent; the first \
+                     send may have landed"
+                        .into(),
+                );
+            }
             verdict = GateVerdict::RejectByPolicy;
             held_by_policy = true;
         }

@@ -766,7 +766,8 @@ mod tests {
             AlarmSeverity::Low,
             "m".into(),
         ));
-        // Polled once and dropped, as a request past its timeout is: mid-write, at its flush.
+        // Polled once and dropped, as a request past its timeout is (before this change the
+        // write stopped at its flush, its transaction applied, its numbers not taken).
         assert!(
             store.append(alarm).now_or_never().is_none(),
             "still writing"

@@ -341,7 +341,9 @@ impl Store {
     /// their index entries in the database under numbers the next write takes again, so its
     /// records would overwrite them and the label and kind indexes would name the wrong
     /// records. In its own task the write always runs to its end: the records of a dropped
-    /// caller are kept, unacknowledged, as after a crash that follows the flush.
+    /// caller are kept, unacknowledged. A caller whose next step must follow its record (a
+    /// model change, then the swap) runs both in a task of its own
+    /// (`serve::models::to_completion`).
     async fn append_marked(
         &self,
         bodies: Vec<RecordBody>,

@@ -413,10 +413,11 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
         other => panic!("{other:?}"),
     }
     // So does a PASS handed over while the PLC beat, whose heartbeat is lost while the command
-    // waits for its window (a second ahead).
+    // waits for its window (three seconds ahead).
     plc_lost.store(false, Ordering::Relaxed);
     let mut waiting = part(4, Disposition::Pass);
-    waiting.outcome.gate_at = clock.now().after(Duration::from_secs(1));
+    waiting.outcome.gate_at = clock.now().after(Duration::from_secs(3));
+    let fires_at = waiting.outcome.gate_at.before(Duration::from_millis(20));
     commands_tx.send(waiting).await.expect("gate runs");
     // Taken by the gate once its place in the channel is free again.
     eventually("the gate to take the command", || async {
@@ -424,6 +425,10 @@ async fn the_gate_sends_every_verdict_and_no_pass_while_the_plc_is_lost() {
     })
     .await;
     plc_lost.store(true, Ordering::Relaxed);
+    assert!(
+        clock.now() < fires_at,
+        "the test stalled past the command's fire time; nothing was checked"
+    );
     let held = outcomes_rx.recv().await.expect("an outcome");
     match &held.actuation {
         Actuation::Failed { error, .. } => assert!(error.contains("reject by policy"), "{error}"),
