@@ -10,9 +10,15 @@
 # Takes about 8 minutes on 2 cores.
 # Usage: scripts/eval-orientations.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+if [ $# -lt 1 ]; then
+  echo "usage: scripts/eval-orientations.sh PATH_TO_LINESIGHT_BINARY [DATASETS_DIR]" >&2
+  exit 2
+fi
+# Both resolved where they were given, before the script moves to the checkout (as
+# eval-scales.sh does).
 bin="$(realpath "$1")"
-data="${2:-../shared/datasets}"
+data="$(realpath -m "${2:-$(dirname "$0")/../../shared/datasets}")"
+cd "$(dirname "$0")/.."
 out=var/eval-orientations
 mkdir -p "$out"
 

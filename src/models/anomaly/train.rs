@@ -609,9 +609,7 @@ pub fn evaluate_each(
     threshold: f32,
     progress: &Progress,
 ) -> Result<(AnomalyMetrics, Vec<ImageScore>), AnomalyError> {
-    let (mut scores, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
-    let mut each = Vec::new();
-    let mut raw_scores = Vec::new();
+    let (mut each, mut labels) = (Vec::new(), Vec::new());
     let mut pixels = PixelTruth::default();
     let mut n_skipped = 0;
     let bar = progress.phase(samples.len(), "held-out images");
@@ -627,17 +625,13 @@ pub fn evaluate_each(
             }
         };
         let (raw, heat_map) = model.raw_scores(&image)?;
-        let score = model.combined(raw);
-        scores.push(score);
-        raw_scores.push(raw);
         each.push(ImageScore {
             image: sample.image.clone(),
             class: sample.class.clone(),
-            score,
+            score: model.combined(raw),
             raw,
         });
         labels.push(sample.defective());
-        classes.push(sample.class.clone());
         let mask = match &sample.mask {
             Some(path) => match dataset::load_mask(path) {
                 Ok(mask) if (mask.width, mask.height) == (image.width, image.height) => Some(mask),
@@ -658,6 +652,7 @@ pub fn evaluate_each(
         }
     }
     bar.finish_and_clear();
+    let scores: Vec<f32> = each.iter().map(|s| s.score).collect();
     let good_scores: Vec<f32> = scores
         .iter()
         .zip(&labels)
@@ -665,12 +660,10 @@ pub fn evaluate_each(
         .map(|(s, _)| *s)
         .collect();
     let mut per_class: BTreeMap<String, ClassAnomalyMetrics> = BTreeMap::new();
-    for class in classes.iter().collect::<std::collections::BTreeSet<_>>() {
-        let class_scores: Vec<f32> = scores
-            .iter()
-            .zip(&classes)
-            .filter(|(_, c)| *c == class)
-            .map(|(s, _)| *s)
+    for class in (each.iter().map(|s| &s.class)).collect::<std::collections::BTreeSet<_>>() {
+        let class_scores: Vec<f32> = (each.iter())
+            .filter(|s| &s.class == class)
+            .map(|s| s.score)
             .collect();
         let auroc_vs_good = (class != "good")
             .then(|| {
@@ -702,7 +695,7 @@ pub fn evaluate_each(
         ),
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
-        score_auroc: score_auroc(&raw_scores, &labels),
+        score_auroc: score_auroc(&each.iter().map(|s| s.raw).collect::<Vec<_>>(), &labels),
     };
     Ok((metrics, each))
 }
