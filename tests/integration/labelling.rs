@@ -314,6 +314,44 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
     let (_, queue) = engineer.get("/api/v1/labelling/queue?limit=5").await;
     assert_eq!(queue["items"][0]["part_id"], part_id, "flagged again");
 
+    // Engineers labelling one part at once: each label supersedes the one before it, one
+    // chain, never two labels superseding the same result.
+    let busy = parts
+        .iter()
+        .find(|p| p.part_id != part_id)
+        .expect("another part")
+        .part_id;
+    let busy_path = format!("/api/v1/inspections/{busy}/labels");
+    let at_once = (0..8).map(|i| {
+        let body = if i % 2 == 0 {
+            json!({"verdict": "pass", "note": format!("label {i}")})
+        } else {
+            json!({"verdict": "fail", "defect_class": "scratch", "note": format!("label {i}")})
+        };
+        engineer.post(&busy_path, body)
+    });
+    for (status, written) in futures::future::join_all(at_once).await {
+        assert_eq!(status, 201, "{written}");
+    }
+    let chain = store.labels(busy).expect("labels");
+    assert_eq!(chain.len(), 8);
+    let mut before = store
+        .inspection(busy)
+        .expect("read")
+        .expect("inspected")
+        .seq;
+    for record in &chain {
+        let linesight::record::RecordBody::Label(label) = &record.body else {
+            panic!("not a label: {record:?}");
+        };
+        assert_eq!(
+            label.supersedes, before,
+            "label {} supersedes {}, not the result before it ({before}): the chain forked",
+            record.seq, label.supersedes
+        );
+        before = record.seq;
+    }
+
     // The labelling page: engineers see it, operators are told why not, strangers sign in.
     let page = |token: Option<&str>| {
         let mut request = http.get(format!("{base}/label"));
