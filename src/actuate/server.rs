@@ -520,12 +520,26 @@ impl PlcServer {
     }
 }
 
+/// A captured part whose result has not been published this long after its trigger never
+/// will be: the PLC stopped waiting long before (its part is in the reject lane), and a part
+/// the station let go unpublished (turned away by a full gate queue, or lost to a fault) would
+/// otherwise stay in the map for good.
+const FORGET_TRIGGER_AFTER: Duration = Duration::from_secs(60);
+
 impl TriggerSink for PlcServer {
     fn captured(&self, trigger: ExternalTrigger, part_id: PartId) {
-        self.parts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(part_id, trigger);
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = parts.len();
+        parts.retain(|_, old| trigger.at.saturating_duration_since(old.at) < FORGET_TRIGGER_AFTER);
+        let forgotten = before - parts.len();
+        if forgotten > 0 {
+            tracing::warn!(
+                forgotten,
+                "captured parts never got a result for the PLC within {FORGET_TRIGGER_AFTER:?}: \
+                 forgotten (the PLC rejected them when its wait ran out)"
+            );
+        }
+        parts.insert(part_id, trigger);
     }
 
     fn missed(&self, trigger: ExternalTrigger) {
@@ -716,6 +730,37 @@ mod tests {
         image
             .write(200, &[control_bit::TRIGGER_ENABLE], Instant::now())
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_part_never_published_is_forgotten_a_minute_after_its_trigger() {
+        let (server, _ends) = PlcServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            BLOCKS,
+            WordOrder::HighFirst,
+            Metrics::new(),
+        )
+        .await
+        .unwrap();
+        let start = Instant::now();
+        let at = |s: u64| ExternalTrigger {
+            tracking_id: s as u32,
+            at: start + Duration::from_secs(s),
+        };
+        server.captured(at(0), PartId(1));
+        server.captured(at(30), PartId(2));
+        let waiting = |server: &PlcServer| {
+            let mut ids: Vec<u64> = server.parts.lock().unwrap().keys().map(|p| p.0).collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(waiting(&server), [1, 2], "both still within the minute");
+        server.captured(at(61), PartId(3));
+        assert_eq!(
+            waiting(&server),
+            [2, 3],
+            "part 1 forgotten, 61 s after its trigger"
+        );
     }
 
     #[test]
