@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 CONFIG ?= config/simulated-line.toml
 BIND ?= 127.0.0.1:8080
 
-.PHONY: setup build run test test-rust test-live ui-check bench lint train eval eval-datasets eval-backbones eval-orientations eval-scales eval-precision weights clean \
+.PHONY: setup build run test test-rust test-live ui-check bench lint train eval eval-datasets eval-backbones eval-orientations eval-scales eval-bank-size eval-precision weights clean \
 	cuda-toolkit build-cuda test-cuda bench-cuda bundle-cuda soak-camera bench-line soak test-soak bench-compare
 
 ## setup: install everything missing (Debian packages, Python and Node test peers); idempotent
@@ -154,6 +154,12 @@ eval-orientations: setup weights
 eval-scales: setup weights
 	cargo build --release --locked
 	bash scripts/eval-scales.sh $(CARGO_TARGET_DIR)/release/linesight
+
+## eval-bank-size: the anomaly model's memory bank at five sizes and as the run chooses it,
+## on magnetic-tile's development part (about 6 min)
+eval-bank-size: setup weights
+	cargo build --release --locked
+	bash scripts/eval-bank-size.sh $(CARGO_TARGET_DIR)/release/linesight
 
 ## eval-precision: the held-out figures with the backbone multiplying in bf16 beside f32
 eval-precision: setup weights

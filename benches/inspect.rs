@@ -257,6 +257,16 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             }
         }
     }
+    // The larger banks `--bank-size auto` may choose at a 128 input, up to the one whose
+    // search costs what 256's against 4,096 entries does (`models::anomaly::bank_size`).
+    for entries in [8192, 16_384] {
+        let bank = Tensor::randn(0f32, 1f32, (entries, FEATURE_DIM), device).expect("bank");
+        let model = model_at_defaults(&features, 128, &bank, &gaussian, &head);
+        c.bench_function(
+            &format!("{prefix}anomaly/score_256_input128_bank{entries}"),
+            |b| b.iter(|| model.score(image).expect("score")),
+        );
+    }
     // Six defect classes plus good, as on NEU-DET; the image is 256×256 either way, the model
     // sees it at its own input size. 512 and 1024 are what `auto:512` and `auto:1024` may
     // choose (DeepPCB's boxes take 512, CrackForest's cracks 1024), ten samples each: they

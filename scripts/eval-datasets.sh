@@ -151,6 +151,12 @@ for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "kolektorsdd-anomaly"]:
     choice = json.load(open(f"{out}/{name}/card.json")).get("input_size_choice") or {}
     trials = ", ".join(f"{t['input_size']}: {t['painted_auroc']:.3f}" for t in choice.get("trials", []))
     print(f"{name + ' input size':<42} {choice.get('chosen', 'given'):>6}  ({trials or choice.get('rule', '')})")
+# The memory bank each anomaly run chose, with how much each size tried raised good validation
+# images' scores over a bank of every good patch.
+for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "kolektorsdd-anomaly"]:
+    choice = json.load(open(f"{out}/{name}/card.json")).get("bank_size_choice") or {}
+    trials = ", ".join(f"{t['bank_size']}: {100 * t['score_rise']:+.1f} %" for t in choice.get("trials", []))
+    print(f"{name + ' bank size':<42} {choice.get('chosen', 'given'):>6}  ({trials or choice.get('rule', '')})")
 # Which of each anomaly model's summed scores finds the product's held-out defects, each alone.
 for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "kolektorsdd-anomaly"]:
     alone = metrics(name).get("score_auroc") or {}

@@ -8,6 +8,7 @@ use anyhow::Context;
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
+use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
@@ -177,9 +178,12 @@ pub struct Anomaly {
     dataset: OnDataset,
     #[arg(long, default_value = "anomaly")]
     name: String,
-    /// Memory-bank entries kept from the good patches.
-    #[arg(long, default_value_t = anomaly_train::DEFAULT_BANK_SIZE)]
-    bank_size: usize,
+    /// Memory-bank entries kept from the good patches: a number, or `auto` to let the run
+    /// choose the smallest of 1024, 2048, 4096, … that covers good validation images nearly
+    /// as well as every good patch, within the search time of a 256-pixel input's 4096
+    /// entries; `auto:N` lets it choose up to N. The card keeps each one's figure.
+    #[arg(long, default_value = "auto")]
+    bank_size: BankSize,
     /// Side of the square the backbone sees: a multiple of 16, or `auto` to let the run
     /// choose between 128 and 256 (no larger than the images) by how well each finds
     /// defects painted on good validation images; the card keeps each one's figure.
@@ -233,6 +237,16 @@ impl Anomaly {
             card.family.training_duration_s,
             self.dataset.folders.out.display()
         );
+        if let Some(choice) = &card.family.bank_size_choice {
+            let trials: Vec<String> = (choice.trials.iter())
+                .map(|t| format!("{}: {:+.1} %", t.bank_size, t.score_rise * 100.0))
+                .collect();
+            println!(
+                "bank size {} chosen (good validation scores' rise over every patch: {})",
+                choice.chosen,
+                trials.join(", ")
+            );
+        }
         if let Some(choice) = &card.family.orientation_choice {
             let turns: Vec<&str> = choice.chosen.iter().map(|t| t.name()).collect();
             let trials: Vec<String> = (choice.trials.iter())

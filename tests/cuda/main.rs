@@ -21,6 +21,7 @@ use linesight::inspect::registry::{Registry, open_device};
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::Detector;
+use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
@@ -250,7 +251,7 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         layout: Layout::Mvtec,
         data,
         backbone_weights: backbone_weights(),
-        bank_size: 1024,
+        bank_size: BankSize::Fixed(1024),
         input_size: InputSize::Fixed(128),
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,

@@ -7,6 +7,7 @@ use std::process::Command;
 use linesight::inspect::registry::Registry;
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
+use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::input_size;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
@@ -38,7 +39,7 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
             layout: Layout::Mvtec,
             data: root,
             backbone_weights: backbone_weights(),
-            bank_size: 512,
+            bank_size: BankSize::Fixed(512),
             input_size: InputSize::AUTO,
             target_false_reject_rate: 0.05,
             synthetic_defects_per_good: 0,
@@ -94,7 +95,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         layout: Layout::Mvtec,
         data: root.clone(),
         backbone_weights: weights.clone(),
-        bank_size: 1024,
+        bank_size: BankSize::Fixed(1024),
         input_size: InputSize::Fixed(128),
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
@@ -632,7 +633,7 @@ fn turned_copies_are_learnt_only_where_a_turned_good_part_is_still_good() {
             layout: Layout::Mvtec,
             data: root.to_owned(),
             backbone_weights: backbone_weights(),
-            bank_size: 512,
+            bank_size: BankSize::Fixed(512),
             input_size: InputSize::Fixed(128),
             target_false_reject_rate: 0.05,
             synthetic_defects_per_good: 0,

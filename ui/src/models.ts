@@ -160,6 +160,14 @@ interface InputSizeChoice {
   trials: { input_size: number; painted_auroc?: number; value?: number | null; seconds: number }[];
 }
 
+// How an anomaly model's training chose its memory bank's size (models/anomaly/bank_size.rs):
+// each candidate's rise of good validation parts' scores over a bank of every good patch.
+interface BankSizeChoice {
+  chosen: number;
+  rule: string;
+  trials: { bank_size: number; score_rise: number; seconds: number }[];
+}
+
 // Which turned copies of the good images an anomaly model's bank learnt from
 // (models/anomaly/orientation.rs): given, or chosen by the trial of each turn.
 interface OrientationChoice {
@@ -180,6 +188,8 @@ interface ModelCard {
   alignment_choice?: AlignmentChoice | null;
   input_size_choice?: InputSizeChoice;
   orientation_choice?: OrientationChoice;
+  bank_size?: number;
+  bank_size_choice?: BankSizeChoice;
   threshold_rule: string;
   threshold_guarantee?: ThresholdGuarantee;
   training_duration_s?: number;
@@ -632,6 +642,7 @@ function modelFigures(model: TrainedModel): Definition[] {
     ['Alignment searched', card.alignment_choice ? `±${card.alignment_choice.align_px} px (${card.alignment_choice.rule})` : null],
     ['Input size', inputSize(card)],
     ['Turns learnt', turnsLearnt(card.orientation_choice)],
+    ['Memory bank', bankSize(card)],
     ['Training took', duration(card.training_duration_s)],
   ];
 }
@@ -663,6 +674,16 @@ function inputSize(card: ModelCard): string | null {
   }
   const trials = choice.trials.map((t) => `${t.input_size} px ${number(t.painted_auroc)}`).join(', ');
   return `${card.input_size} px, chosen on defects painted on good parts (AUROC ${trials})`;
+}
+
+/** An anomaly model's memory bank and, where the run chose its size, how each candidate
+ * covered good parts. */
+function bankSize(card: ModelCard): string | null {
+  if (card.bank_size === undefined) return null;
+  const choice = card.bank_size_choice;
+  if (!choice || !choice.trials.length) return `${card.bank_size} entries${choice ? ` (${choice.rule})` : ''}`;
+  const trials = choice.trials.map((t) => `${t.bank_size} ${t.score_rise >= 0 ? '+' : ''}${(t.score_rise * 100).toFixed(1)} %`).join(', ');
+  return `${card.bank_size} entries, chosen by how much a smaller bank raises good parts' scores (${trials})`;
 }
 
 /** Where a finished training's time went, phase by phase. */

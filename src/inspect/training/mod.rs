@@ -48,6 +48,7 @@ use super::registry::Registry;
 use crate::learn::dataset::{self, Layout, class_folder, load_gray};
 use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
+use crate::models::anomaly::bank_size::BankSize;
 use crate::models::anomaly::orientation::Orientations;
 use crate::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
@@ -652,7 +653,8 @@ fn run(
                 layout: Layout::Mvtec,
                 data: data.clone(),
                 backbone_weights: backbone_weights()?,
-                bank_size: anomaly_train::DEFAULT_BANK_SIZE,
+                // The CLI's default: the run chooses within the search budget.
+                bank_size: BankSize::AUTO,
                 // The CLI's default: the run chooses up to 256.
                 input_size: request.input_size.unwrap_or(InputSize::AUTO),
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,

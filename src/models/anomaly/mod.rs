@@ -13,6 +13,7 @@
 //! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
 //! through the backbone at a smaller input; [`ScoreScale`] sums the four.
 
+pub mod bank_size;
 pub mod input_size;
 pub mod orientation;
 mod saved;
@@ -71,44 +72,96 @@ pub fn greedy_coreset(
     seed: u64,
     progress: &Phase,
 ) -> candle_core::Result<Vec<usize>> {
-    let (n, d) = features.dims2()?;
-    if size >= n {
-        return Ok((0..n).collect());
-    }
-    progress.set_length(size as u64);
-    progress.set_position(0);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let projection: Vec<f32> = (0..d * PROJECTION_DIM)
-        .map(|_| if rng.gen_bool(0.5) { 1.0 } else { -1.0 } / (PROJECTION_DIM as f32).sqrt())
-        .collect();
-    let projection = Tensor::from_vec(projection, (d, PROJECTION_DIM), features.device())?;
-    let projected: Vec<f32> = features.matmul(&projection)?.flatten_all()?.to_vec1()?;
-    let point = |i: usize| &projected[i * PROJECTION_DIM..(i + 1) * PROJECTION_DIM];
-    let mut min_distance = vec![f32::INFINITY; n];
-    let mut chosen = Vec::with_capacity(size);
-    let mut next = rng.gen_range(0..n);
-    for _ in 0..size {
-        progress.check_candle()?;
-        progress.inc(1);
-        chosen.push(next);
-        let centre = point(next).to_vec();
-        let mut farthest = (0, f32::NEG_INFINITY);
-        for (i, best) in min_distance.iter_mut().enumerate() {
-            let distance: f32 = point(i)
-                .iter()
-                .zip(&centre)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            if distance < *best {
-                *best = distance;
-            }
-            if *best > farthest.1 {
-                farthest = (i, *best);
-            }
+    let mut coreset = GreedyCoreset::new(features, seed)?;
+    coreset.grow_to(size, progress)?;
+    Ok(coreset.chosen().to_vec())
+}
+
+/// A greedy farthest-point coreset that grows on demand: the first `k` entries of a coreset
+/// grown to any size are the coreset of size `k`, so a run can try a larger bank by going on
+/// from a smaller one ([`bank_size::choose`]).
+pub struct GreedyCoreset {
+    /// The features on the random projection, `[n, PROJECTION_DIM]` row-major.
+    projected: Vec<f32>,
+    /// Each feature's distance to the nearest entry chosen so far.
+    min_distance: Vec<f32>,
+    chosen: Vec<usize>,
+    /// The entry the next step takes: the farthest from those chosen.
+    next: usize,
+}
+
+impl GreedyCoreset {
+    /// Starts a coreset of `features` (`[n, d]`, n ≥ 1) at a random point drawn from `seed`;
+    /// the projection is drawn from the same seed.
+    pub fn new(features: &Tensor, seed: u64) -> candle_core::Result<GreedyCoreset> {
+        let (n, d) = features.dims2()?;
+        if n == 0 {
+            candle_core::bail!("a coreset of no features");
         }
-        next = farthest.0;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let projection: Vec<f32> = (0..d * PROJECTION_DIM)
+            .map(|_| if rng.gen_bool(0.5) { 1.0 } else { -1.0 } / (PROJECTION_DIM as f32).sqrt())
+            .collect();
+        let projection = Tensor::from_vec(projection, (d, PROJECTION_DIM), features.device())?;
+        let projected: Vec<f32> = features.matmul(&projection)?.flatten_all()?.to_vec1()?;
+        Ok(GreedyCoreset {
+            projected,
+            min_distance: vec![f32::INFINITY; n],
+            chosen: Vec::new(),
+            next: rng.gen_range(0..n),
+        })
     }
-    Ok(chosen)
+
+    /// The features' count: no coreset grows past it.
+    pub fn len_of_features(&self) -> usize {
+        self.min_distance.len()
+    }
+
+    /// The entries chosen so far, in the order chosen.
+    pub fn chosen(&self) -> &[usize] {
+        &self.chosen
+    }
+
+    /// Chooses entries until there are `size` (every feature at most). `progress` counts them.
+    pub fn grow_to(&mut self, size: usize, progress: &Phase) -> candle_core::Result<()> {
+        let n = self.len_of_features();
+        let size = size.min(n);
+        if self.chosen.len() >= size {
+            return Ok(());
+        }
+        if size == n {
+            // Every feature is kept: no distance needs computing.
+            let taken: std::collections::HashSet<usize> = self.chosen.iter().copied().collect();
+            self.chosen.extend((0..n).filter(|i| !taken.contains(i)));
+            return Ok(());
+        }
+        progress.set_length(size as u64);
+        progress.set_position(self.chosen.len() as u64);
+        let projected = &self.projected;
+        let point = |i: usize| &projected[i * PROJECTION_DIM..(i + 1) * PROJECTION_DIM];
+        while self.chosen.len() < size {
+            progress.check_candle()?;
+            progress.inc(1);
+            self.chosen.push(self.next);
+            let centre = point(self.next).to_vec();
+            let mut farthest = (0, f32::NEG_INFINITY);
+            for (i, best) in self.min_distance.iter_mut().enumerate() {
+                let distance: f32 = point(i)
+                    .iter()
+                    .zip(&centre)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
+                if distance < *best {
+                    *best = distance;
+                }
+                if *best > farthest.1 {
+                    farthest = (i, *best);
+                }
+            }
+            self.next = farthest.0;
+        }
+        Ok(())
+    }
 }
 
 /// Queries per block of the CPU search: a block's `QUERY_BLOCK × m` cross products (512 KiB
@@ -701,6 +754,18 @@ impl PatchCore {
         progress: &Phase,
     ) -> candle_core::Result<PatchCore> {
         let chosen = greedy_coreset(good_patches, bank_size, seed, progress)?;
+        PatchCore::fit_on(features, good_patches, &chosen, good_descriptors)
+    }
+
+    /// Builds the memory bank from the rows `chosen` of good images' patch features
+    /// (`[n, FEATURE_DIM]`; a coreset already chosen) and the image Gaussian from their
+    /// descriptors.
+    pub fn fit_on(
+        features: PatchFeatures,
+        good_patches: &Tensor,
+        chosen: &[usize],
+        good_descriptors: &[Vec<f32>],
+    ) -> candle_core::Result<PatchCore> {
         let index = Tensor::from_vec(
             chosen.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             chosen.len(),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::dataset::Layout;
 use crate::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use crate::models::anomaly::bank_size::BankSizeChoice;
 use crate::models::anomaly::input_size::InputSizeChoice;
 use crate::models::anomaly::orientation::OrientationChoice;
 use crate::models::anomaly::train::AnomalyError;
@@ -94,6 +95,10 @@ pub struct AnomalyCard {
     /// SHA-256 over the bank's training images' names and bytes.
     pub training_data_sha256: String,
     pub bank_size: usize,
+    /// How the training run chose the bank's size ([`super::bank_size`]); absent where it was
+    /// given, and in models trained before the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_size_choice: Option<BankSizeChoice>,
     /// Defects painted on each good training image to train the patch head (0 in models
     /// trained before the head).
     #[serde(default)]

@@ -19,11 +19,12 @@ use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
+use crate::models::anomaly::bank_size::{self, BankSize, BankSizeChoice};
 use crate::models::anomaly::input_size;
 use crate::models::anomaly::orientation::{self, OrientationChoice, Orientations};
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
-    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale,
+    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, greedy_coreset,
 };
 use crate::models::backbone::{
     BackboneError, BackboneInput, ImageFeatures, PatchFeatures, check_input_size,
@@ -33,9 +34,6 @@ use crate::part::GrayImage;
 
 /// The input size of the coarse image score new models get (see [`CoarseImage`]).
 pub const COARSE_INPUT_SIZE: usize = 96;
-
-/// Memory-bank entries kept from the good patches, unless asked otherwise.
-pub const DEFAULT_BANK_SIZE: usize = 4096;
 
 /// The side of the square the backbone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +131,8 @@ pub struct AnomalySettings {
     pub layout: Layout,
     pub data: PathBuf,
     pub backbone_weights: PathBuf,
-    pub bank_size: usize,
+    /// The memory bank's size: given, or chosen by the run ([`bank_size`]).
+    pub bank_size: BankSize,
     /// Side of the square the backbone sees.
     pub input_size: InputSize,
     /// Share of good validation images the threshold may reject.
@@ -326,14 +325,20 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     if fit_part.images.len() < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
-    let fit = |part: &GoodFeatures, which: &str| -> Result<PatchCore, AnomalyError> {
+    // The first fit chooses the bank's size (when asked to) on the validation images; the
+    // final fit keeps it.
+    let fit = |part: &GoodFeatures,
+               which: &str,
+               bank: BankSize,
+               validation: &[&Tensor]|
+     -> Result<(PatchCore, Option<BankSizeChoice>), AnomalyError> {
         let learnt = || part.images.iter().chain(&part.turned);
         let patches: Vec<&Tensor> = learnt().map(|f| &f.patches).collect();
         let descriptors: Vec<Vec<f32>> = learnt().map(|f| f.descriptor.clone()).collect();
         let all = Tensor::cat(&patches, 0)?;
         tracing::info!(
             patches = all.dim(0)?,
-            bank = settings.bank_size,
+            bank = %bank,
             "selecting the coreset"
         );
         let coarse = match &coarse_features {
@@ -349,17 +354,24 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             }
             None => None,
         };
-        let bar = settings.progress.phase(settings.bank_size, which);
-        let model = PatchCore::fit(
-            features.clone(),
-            &all,
-            &descriptors,
-            settings.bank_size,
-            settings.seed,
-            &bar,
-        )?;
+        let bar = settings.progress.phase(0, which);
+        let (chosen, choice) = match bank {
+            BankSize::Fixed(size) => (greedy_coreset(&all, size, settings.seed, &bar)?, None),
+            BankSize::Auto { largest } => {
+                let largest = largest.unwrap_or(bank_size::default_largest(grid * grid));
+                let (choice, coreset) =
+                    bank_size::choose(&all, validation, largest, settings.seed, &bar)?;
+                tracing::info!(
+                    chosen = choice.chosen,
+                    trials = ?choice.trials,
+                    "bank size chosen"
+                );
+                (coreset.chosen().to_vec(), Some(choice))
+            }
+        };
         bar.finish_and_clear();
-        Ok(model.with_coarse_image(coarse))
+        let model = PatchCore::fit_on(features.clone(), &all, &chosen, &descriptors)?;
+        Ok((model.with_coarse_image(coarse), choice))
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
     // It is fitted once; the painted images' features (tens of megabytes) go with this block.
@@ -381,7 +393,20 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             Some(head)
         }
     };
-    let model = fit(&fit_part, "coreset of the first fit")?.with_head(head.clone());
+    let validation_patches: Vec<&Tensor> =
+        validation_part.images.iter().map(|f| &f.patches).collect();
+    let (model, bank_size_choice) = fit(
+        &fit_part,
+        "coreset of the first fit",
+        settings.bank_size,
+        &validation_patches,
+    )?;
+    let model = model.with_head(head.clone());
+    // The final fit's bank: the size given, or the one the first fit chose.
+    let final_bank = match &bank_size_choice {
+        Some(choice) => BankSize::Fixed(choice.chosen),
+        None => settings.bank_size,
+    };
     // Scored from the features extracted above: each image is read and seen once.
     let raw_scores = |part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
         (part.images.iter().enumerate())
@@ -432,7 +457,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         // lands on weights of another scale, whose scores the validation spread would not
         // describe.
         fit_part.append(validation_part);
-        let model = fit(&fit_part, "coreset of the final fit")?
+        let model = fit(&fit_part, "coreset of the final fit", final_bank, &[])?
+            .0
             .with_head(head)
             .with_scale(scale);
         (model, threshold, rule)
@@ -500,6 +526,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         n_validation_good: validation_scores.len(),
         training_data_sha256: dataset::content_digest(used.iter())?,
         bank_size: model.bank().dim(0)?,
+        bank_size_choice,
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
         coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
         input_size_choice,
