@@ -418,7 +418,10 @@ impl ModelControl {
         }
         current.check_renames(&taxonomy, &renames)?;
         // A renamed class keeps what was taught: every part whose latest label names it gets
-        // a new label with the new name, written with the audit entry in one commit.
+        // a new label with the new name, superseding that label, written with the audit entry
+        // in one commit under the store's label lock (no label written meanwhile may be the
+        // latest one passed over).
+        let _labels = self.store.label_lock().lock_owned().await;
         let relabels = if renames.is_empty() {
             Vec::new()
         } else {
@@ -615,7 +618,11 @@ fn relabels_for(
         }) = store.record(seq)?
             && let Some(renamed) = crate::inspect::taxonomy::relabelled(&label, renames, by)
         {
-            relabels.push(renamed);
+            // The new label supersedes the one it renames, not what that one superseded.
+            relabels.push(LabelRecord {
+                supersedes: seq,
+                ..renamed
+            });
         }
     }
     Ok(relabels)

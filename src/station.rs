@@ -561,7 +561,6 @@ impl Station {
             maintenance: Default::default(),
             drift: Default::default(),
             twin: crate::serve::twin::TwinApi::new(config.scenarios_dir.clone()),
-            label_writes: Default::default(),
             halt_line,
         };
         Ok(Station {

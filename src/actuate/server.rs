@@ -469,7 +469,9 @@ impl PlcServer {
         else {
             return Actuation::Failed {
                 at: outcome.decided_at,
-                error: "no PLC trigger for this part: nothing to publish a result under".into(),
+                error: "no PLC trigger for this part (none taken, or forgotten a minute after \
+                        it): nothing to publish a result under"
+                    .into(),
             };
         };
         let mut verdict = gate_verdict(outcome.disposition);

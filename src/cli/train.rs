@@ -241,11 +241,15 @@ impl Anomaly {
             let trials: Vec<String> = (choice.trials.iter())
                 .map(|t| format!("{}: {:+.1} %", t.bank_size, t.score_rise * 100.0))
                 .collect();
-            println!(
-                "bank size {} chosen (good validation scores' rise over every patch: {})",
-                choice.chosen,
-                trials.join(", ")
-            );
+            if trials.is_empty() {
+                println!("bank size {}: {}", choice.chosen, choice.rule);
+            } else {
+                println!(
+                    "bank size {} chosen (good validation scores' rise over every patch: {})",
+                    choice.chosen,
+                    trials.join(", ")
+                );
+            }
         }
         if let Some(choice) = &card.family.orientation_choice {
             let turns: Vec<&str> = choice.chosen.iter().map(|t| t.name()).collect();

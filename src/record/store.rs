@@ -66,6 +66,9 @@ struct Inner {
     /// One image saved at a time: each takes the next key of the image log and adds to the
     /// byte count (the recorder and a backtest may save at once).
     image_writes: std::sync::Mutex<()>,
+    /// Held by whoever writes labels, from reading a part's latest result to writing the
+    /// label that supersedes it ([`Store::label_lock`]).
+    label_writes: Arc<Mutex<()>>,
 }
 
 /// An open sled database and its trees.
@@ -167,6 +170,7 @@ impl Store {
                 image_budget: AtomicU64::new(u64::MAX),
                 images_evicted: AtomicU64::new(0),
                 image_writes: std::sync::Mutex::new(()),
+                label_writes: Arc::new(Mutex::new(())),
             }),
         };
         let book = WorkOrderBook::from_records(&store.records_of_kind(RecordKind::WorkOrder)?);
@@ -654,6 +658,14 @@ impl Store {
             }
         }
         Ok(records)
+    }
+
+    /// The lock every writer of labels holds from reading a part's latest result to writing
+    /// the label that supersedes it: a part's labels form one chain, and two labels written at
+    /// once would both supersede the same result. Owned, so that a task the writer spawns can
+    /// hold it until the write lands even when the writer's caller is dropped.
+    pub fn label_lock(&self) -> Arc<Mutex<()>> {
+        self.inner.label_writes.clone()
     }
 
     /// The labels of a part, oldest first.

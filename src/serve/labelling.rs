@@ -526,88 +526,95 @@ pub(super) async fn import_coco(
 ) -> Result<(StatusCode, Json<ImportReport>), ApiError> {
     let Json(dataset) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let imported = coco::import(&dataset).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let (reader, by) = (api.clone(), who.name.clone());
-    // Each part's latest label is read and the next written under the label lock (see
-    // `records::add_label`), in a task of its own that a dropped caller does not cut short.
-    let writes = api.label_writes.clone();
-    let report = tokio::spawn(async move {
-        let _one_at_a_time = writes.lock_owned().await;
-        let (labels, unchanged) = tokio::task::spawn_blocking(move || {
-            let (api, store) = (&reader, &reader.store);
-            let mut problems = Vec::new();
-            let mut labels = Vec::new();
-            let mut unchanged = 0;
-            for label in imported {
-                let part_id = label.image_id;
-                let Some(inspection) = store.inspection(part_id)? else {
-                    problems.push(format!("image {part_id}: no record of part {part_id}"));
-                    continue;
-                };
-                // Only regions need the image's size (a whole-image label stands without it).
-                let size = if label.regions.is_empty() {
-                    Ok((0, 0))
-                } else {
-                    part_image_size(api, &inspection, &label.image)
-                };
-                let checked = size.and_then(|(w, h)| {
-                    check_judgement(
-                        label.verdict,
-                        label.defect_class.as_deref(),
-                        !label.regions.is_empty(),
-                    )?;
-                    check_regions(&label.regions, w, h, |c| valid_text(c, 64))
-                        .map_err(|e| ApiError::BadRequest(e.to_string()))
-                });
-                if let Err(e) = checked {
-                    problems.push(format!("image {part_id}: {e}"));
-                    continue;
-                }
-                let previous = store.labels(part_id)?.pop();
-                let image = (!label.regions.is_empty()).then_some(label.image);
-                let same = previous.as_ref().is_some_and(|r| match &r.body {
-                    RecordBody::Label(old) => {
-                        old.verdict == label.verdict
-                            && old.defect_class == label.defect_class
-                            && old.regions == label.regions
-                            && (image.is_none() || old.image == image)
-                    }
-                    _ => false,
-                });
-                if same {
-                    unchanged += 1;
-                    continue;
-                }
-                labels.push(RecordBody::Label(LabelRecord {
-                    part_id,
-                    supersedes: previous.map_or(inspection.seq, |r| r.seq),
-                    verdict: label.verdict,
-                    defect_class: label.defect_class,
-                    note: Some("imported from COCO".into()),
-                    by: by.clone(),
-                    image,
-                    regions: label.regions,
-                }));
-            }
-            if problems.is_empty() {
-                Ok((labels, unchanged))
+    // First every label is checked against its part (reading images for their sizes: the
+    // slow part), with no lock held.
+    let reader = api.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let (api, store) = (&reader, &reader.store);
+        let mut problems = Vec::new();
+        let mut checked = Vec::new();
+        for label in imported {
+            let part_id = label.image_id;
+            let Some(inspection) = store.inspection(part_id)? else {
+                problems.push(format!("image {part_id}: no record of part {part_id}"));
+                continue;
+            };
+            // Only regions need the image's size (a whole-image label stands without it).
+            let size = if label.regions.is_empty() {
+                Ok((0, 0))
             } else {
-                Err(ApiError::BadRequest(problems.join("; ")))
+                part_image_size(api, &inspection, &label.image)
+            };
+            let fits = size.and_then(|(w, h)| {
+                check_judgement(
+                    label.verdict,
+                    label.defect_class.as_deref(),
+                    !label.regions.is_empty(),
+                )?;
+                check_regions(&label.regions, w, h, |c| valid_text(c, 64))
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))
+            });
+            match fits {
+                Ok(()) => checked.push((inspection.seq, label)),
+                Err(e) => problems.push(format!("image {part_id}: {e}")),
             }
-        })
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the import failed: {e}")))??;
+        }
+        if problems.is_empty() {
+            Ok(checked)
+        } else {
+            Err(ApiError::BadRequest(problems.join("; ")))
+        }
+    })
+    .await
+    .map_err(|e| ApiError::InternalMessage(format!("the import failed: {e}")))??;
+    // Then, under the store's label lock (see `records::add_label`), each part's latest label
+    // is read and the next written, in a task of its own that a dropped caller does not cut
+    // short.
+    let store = api.store.clone();
+    let report = tokio::spawn(async move {
+        let _one_at_a_time = store.label_lock().lock_owned().await;
+        let mut labels = Vec::new();
+        let mut unchanged = 0;
+        for (inspection_seq, label) in checked {
+            let part_id = label.image_id;
+            let previous = store.labels(part_id)?.pop();
+            let image = (!label.regions.is_empty()).then_some(label.image);
+            let same = previous.as_ref().is_some_and(|r| match &r.body {
+                RecordBody::Label(old) => {
+                    old.verdict == label.verdict
+                        && old.defect_class == label.defect_class
+                        && old.regions == label.regions
+                        && (image.is_none() || old.image == image)
+                }
+                _ => false,
+            });
+            if same {
+                unchanged += 1;
+                continue;
+            }
+            labels.push(RecordBody::Label(LabelRecord {
+                part_id,
+                supersedes: previous.map_or(inspection_seq, |r| r.seq),
+                verdict: label.verdict,
+                defect_class: label.defect_class,
+                note: Some("imported from COCO".into()),
+                by: who.name.clone(),
+                image,
+                regions: label.regions,
+            }));
+        }
         let written = labels.len();
         if written > 0 {
             let mut bodies = labels;
             bodies.push(RecordBody::Audit(
                 who.audit("label.import", &format!("{written} parts from COCO")),
             ));
-            api.store.append_all(bodies).await?;
+            store.append_all(bodies).await?;
         }
         Ok::<_, ApiError>(ImportReport { written, unchanged })
     })
     .await
-    .map_err(|e| ApiError::Unavailable(format!("the import was not written: {e}")))??;
+    .map_err(|e| ApiError::InternalMessage(format!("the import was not written: {e}")))??;
     Ok((StatusCode::OK, Json(report)))
 }
 

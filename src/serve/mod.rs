@@ -183,9 +183,6 @@ pub struct ApiState {
     pub drift: crate::analyse::drift::LatestDrift,
     /// The line twin's scenarios and the gate of what-if runs.
     pub twin: twin::TwinApi,
-    /// Held while a label is written: a part's labels form a chain, each superseding the one
-    /// before, so reading the latest and writing the next are one step, one writer at a time.
-    pub label_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What the root-cause route reads.

@@ -493,6 +493,12 @@ async fn defect_classes_are_edited_audited_and_kept_across_a_restart() {
     assert_eq!(one.by, "eng-1", "relabelled by who renamed the class");
     assert_eq!(one.note.as_deref(), Some("class renamed: crack → hairline"));
     assert_eq!(one.image, Some("ab".repeat(32)), "the rest as it was");
+    let renamed = &store.labels(1).expect("labels")[..];
+    assert_eq!(
+        one.supersedes,
+        renamed[renamed.len() - 2].seq,
+        "the new label supersedes the one it renames"
+    );
     let three = latest(3);
     assert_eq!(
         (

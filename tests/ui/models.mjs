@@ -131,8 +131,10 @@ await finish(async () => {
     expect(figures.includes(`Input size${choice.chosen} px`), `the figures do not show the input size ${choice.chosen}: ${figures}`);
     // And its memory bank's size, with how the run chose it.
     const bank = job.model.card.bank_size_choice;
-    expect(bank && bank.chosen >= job.model.card.bank_size, `the card's bank choice: ${JSON.stringify(bank)}`);
+    expect(bank && typeof bank.rule === 'string' && bank.rule.length > 0, `the card's bank choice: ${JSON.stringify(bank)}`);
     expect(figures.includes(`Memory bank${job.model.card.bank_size} entries`), `the figures do not show the bank of ${job.model.card.bank_size}: ${figures}`);
+    const rises = bank.trials.map((t) => `${t.bank_size} ${t.score_rise >= 0 ? '+' : ''}${(t.score_rise * 100).toFixed(1)} %`);
+    expect(rises.every((r) => figures.includes(r)), `the figures do not show each bank tried (${rises.join(', ')}): ${figures}`);
     // Every preview's image and heat map loaded.
     const images = await page.$$eval(`article[data-job="${id}"] .previews img`, (list) => list.map((i) => ({ src: i.src, width: i.naturalWidth })));
     expect(images.length >= 4, `${images.length} preview images`);

@@ -211,6 +211,9 @@ pub fn choose(
             .map(|image| top_mean(image, TOP_PATCHES))
             .collect())
     };
+    // The reference search is one long step (every validation patch against every good
+    // patch): a cancelled run stops before it.
+    progress.check_candle()?;
     let started = Instant::now();
     let reference = image_scores(patches)?;
     choice.reference_seconds = started.elapsed().as_secs_f64();

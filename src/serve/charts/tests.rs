@@ -207,7 +207,6 @@ async fn app(dir: &std::path::Path) -> App {
         maintenance: Default::default(),
         drift: Default::default(),
         twin: crate::serve::twin::TwinApi::new(None),
-        label_writes: Default::default(),
         halt_line: None,
     };
     App {
