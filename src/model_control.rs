@@ -419,22 +419,25 @@ impl ModelControl {
         current.check_renames(&taxonomy, &renames)?;
         // A renamed class keeps what was taught: every part whose latest label names it gets
         // a new label with the new name, superseding that label, written with the audit entry
-        // in one commit under the store's label lock (no label written meanwhile may be the
-        // latest one passed over).
-        let _labels = self.store.label_lock().lock_owned().await;
-        let relabels = if renames.is_empty() {
-            Vec::new()
-        } else {
-            let (store, by) = (self.store.clone(), audit.actor.clone());
-            tokio::task::spawn_blocking(move || relabels_for(&store, &renames, &by))
-                .await
-                .map_err(|e| ControlError::Join(e.to_string()))??
-        };
-        let relabelled = relabels.len();
-        let records = std::iter::once(RecordBody::Audit(audit))
-            .chain(relabels.into_iter().map(RecordBody::Label))
-            .collect();
-        self.store.append_all(records).await?;
+        // in one commit (`Store::append_labels`: no label written meanwhile is passed over).
+        let by = audit.actor.clone();
+        let written = self
+            .store
+            .append_labels(move |store| {
+                let relabels = if renames.is_empty() {
+                    Vec::new()
+                } else {
+                    relabels_for(store, &renames, &by)?
+                };
+                Ok::<_, RecordError>(
+                    std::iter::once(RecordBody::Audit(audit))
+                        .chain(relabels.into_iter().map(RecordBody::Label))
+                        .collect(),
+                )
+            })
+            .await?;
+        // The audit entry, then the relabels.
+        let relabelled = written.len() - 1;
         if let Some(dir) = self.taxonomy_dir.clone() {
             let saved = taxonomy.clone();
             tokio::task::spawn_blocking(move || saved.save(&dir))

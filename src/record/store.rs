@@ -66,9 +66,9 @@ struct Inner {
     /// One image saved at a time: each takes the next key of the image log and adds to the
     /// byte count (the recorder and a backtest may save at once).
     image_writes: std::sync::Mutex<()>,
-    /// Held by whoever writes labels, from reading a part's latest result to writing the
-    /// label that supersedes it ([`Store::label_lock`]).
-    label_writes: Arc<Mutex<()>>,
+    /// Held by [`Store::append_labels`] from reading parts' latest results to writing the
+    /// labels that supersede them.
+    label_writes: Mutex<()>,
 }
 
 /// An open sled database and its trees.
@@ -170,7 +170,7 @@ impl Store {
                 image_budget: AtomicU64::new(u64::MAX),
                 images_evicted: AtomicU64::new(0),
                 image_writes: std::sync::Mutex::new(()),
-                label_writes: Arc::new(Mutex::new(())),
+                label_writes: Mutex::new(()),
             }),
         };
         let book = WorkOrderBook::from_records(&store.records_of_kind(RecordKind::WorkOrder)?);
@@ -322,6 +322,36 @@ impl Store {
     /// their sequence numbers, once durable. All or none become visible.
     pub async fn append_all(&self, bodies: Vec<RecordBody>) -> Result<Vec<Record>, RecordError> {
         self.append_marked(bodies, None).await
+    }
+
+    /// Appends the records `build` makes from the store as it is, labels among them: a part's
+    /// labels form one chain, each superseding the part's latest result (its last label, else
+    /// its inspection), so `build` reads those results and the records are written under one
+    /// lock, one writer of labels at a time (two labels written at once would both supersede
+    /// the same result). `build` runs on a blocking thread; the whole runs to its end in a task
+    /// of its own, so a dropped caller neither frees the lock early nor cuts the write short.
+    /// Nothing is written when `build` makes no records.
+    pub async fn append_labels<E>(
+        &self,
+        build: impl FnOnce(&Store) -> Result<Vec<RecordBody>, E> + Send + 'static,
+    ) -> Result<Vec<Record>, E>
+    where
+        E: From<RecordError> + Send + 'static,
+    {
+        let store = self.clone();
+        let lost = |e: tokio::task::JoinError| {
+            E::from(RecordError::Sled(sled::Error::ReportableBug(e.to_string())))
+        };
+        tokio::spawn(async move {
+            let _one_writer = store.inner.label_writes.lock().await;
+            let reader = store.clone();
+            let bodies = tokio::task::spawn_blocking(move || build(&reader))
+                .await
+                .map_err(lost)??;
+            Ok(store.append_all(bodies).await?)
+        })
+        .await
+        .map_err(lost)?
     }
 
     /// Appends `body` unless `mark` was set by an earlier call; the record and the mark are
@@ -658,14 +688,6 @@ impl Store {
             }
         }
         Ok(records)
-    }
-
-    /// The lock every writer of labels holds from reading a part's latest result to writing
-    /// the label that supersedes it: a part's labels form one chain, and two labels written at
-    /// once would both supersede the same result. Owned, so that a task the writer spawns can
-    /// hold it until the write lands even when the writer's caller is dropped.
-    pub fn label_lock(&self) -> Arc<Mutex<()>> {
-        self.inner.label_writes.clone()
     }
 
     /// The labels of a part, oldest first.

@@ -567,54 +567,53 @@ pub(super) async fn import_coco(
     })
     .await
     .map_err(|e| ApiError::InternalMessage(format!("the import failed: {e}")))??;
-    // Then, under the store's label lock (see `records::add_label`), each part's latest label
-    // is read and the next written, in a task of its own that a dropped caller does not cut
-    // short.
-    let store = api.store.clone();
-    let report = tokio::spawn(async move {
-        let _one_at_a_time = store.label_lock().lock_owned().await;
-        let mut labels = Vec::new();
-        let mut unchanged = 0;
-        for (inspection_seq, label) in checked {
-            let part_id = label.image_id;
-            let previous = store.labels(part_id)?.pop();
-            let image = (!label.regions.is_empty()).then_some(label.image);
-            let same = previous.as_ref().is_some_and(|r| match &r.body {
-                RecordBody::Label(old) => {
-                    old.verdict == label.verdict
-                        && old.defect_class == label.defect_class
-                        && old.regions == label.regions
-                        && (image.is_none() || old.image == image)
+    // Then each part's latest label is read and the next written, as one step
+    // (`Store::append_labels`); a label the part already has is not written again.
+    let checked_count = checked.len();
+    let records = api
+        .store
+        .append_labels(move |store| {
+            let mut labels = Vec::new();
+            for (inspection_seq, label) in checked {
+                let part_id = label.image_id;
+                let previous = store.labels(part_id)?.pop();
+                let image = (!label.regions.is_empty()).then_some(label.image);
+                let same = previous.as_ref().is_some_and(|r| match &r.body {
+                    RecordBody::Label(old) => {
+                        old.verdict == label.verdict
+                            && old.defect_class == label.defect_class
+                            && old.regions == label.regions
+                            && (image.is_none() || old.image == image)
+                    }
+                    _ => false,
+                });
+                if same {
+                    continue;
                 }
-                _ => false,
-            });
-            if same {
-                unchanged += 1;
-                continue;
+                labels.push(RecordBody::Label(LabelRecord {
+                    part_id,
+                    supersedes: previous.map_or(inspection_seq, |r| r.seq),
+                    verdict: label.verdict,
+                    defect_class: label.defect_class,
+                    note: Some("imported from COCO".into()),
+                    by: who.name.clone(),
+                    image,
+                    regions: label.regions,
+                }));
             }
-            labels.push(RecordBody::Label(LabelRecord {
-                part_id,
-                supersedes: previous.map_or(inspection_seq, |r| r.seq),
-                verdict: label.verdict,
-                defect_class: label.defect_class,
-                note: Some("imported from COCO".into()),
-                by: who.name.clone(),
-                image,
-                regions: label.regions,
-            }));
-        }
-        let written = labels.len();
-        if written > 0 {
-            let mut bodies = labels;
-            bodies.push(RecordBody::Audit(
-                who.audit("label.import", &format!("{written} parts from COCO")),
-            ));
-            store.append_all(bodies).await?;
-        }
-        Ok::<_, ApiError>(ImportReport { written, unchanged })
-    })
-    .await
-    .map_err(|e| ApiError::InternalMessage(format!("the import was not written: {e}")))??;
+            if !labels.is_empty() {
+                let audit = who.audit("label.import", &format!("{} parts from COCO", labels.len()));
+                labels.push(RecordBody::Audit(audit));
+            }
+            Ok::<_, ApiError>(labels)
+        })
+        .await?;
+    // Every label written comes with the one audit entry; the rest were the parts' own.
+    let written = records.len().saturating_sub(1);
+    let report = ImportReport {
+        written,
+        unchanged: checked_count - written,
+    };
     Ok((StatusCode::OK, Json(report)))
 }
 

@@ -593,32 +593,28 @@ pub(super) async fn add_label(
         (_, true) => None,
     };
     let audit = RecordBody::Audit(who.audit("label.create", &format!("part {part_id}")));
-    let (store, inspection_seq) = (api.store.clone(), inspection.seq);
-    // A label supersedes the part's latest result: its last label, else its inspection. Two
-    // labels of one part at once would both supersede the same one and fork the chain, so the
-    // latest is read and the label written under the store's label lock, in a task of its own: a
-    // caller dropped at the write (a client gone, the request's time out) must not free the
-    // lock before the write lands.
-    let mut written = tokio::spawn(async move {
-        let _one_at_a_time = store.label_lock().lock_owned().await;
-        let supersedes = store
-            .labels(part_id)?
-            .last()
-            .map_or(inspection_seq, |l| l.seq);
-        let label = RecordBody::Label(LabelRecord {
-            part_id,
-            supersedes,
-            verdict,
-            defect_class: request.defect_class,
-            note: request.note,
-            by: who.name.clone(),
-            image,
-            regions: request.regions,
-        });
-        Ok::<_, ApiError>(store.append_all(vec![label, audit]).await?)
-    })
-    .await
-    .map_err(|e| ApiError::InternalMessage(format!("the label was not written: {e}")))??;
+    let inspection_seq = inspection.seq;
+    // A label supersedes the part's latest result: its last label, else its inspection.
+    let mut written = api
+        .store
+        .append_labels(move |store| {
+            let supersedes = store
+                .labels(part_id)?
+                .last()
+                .map_or(inspection_seq, |l| l.seq);
+            let label = RecordBody::Label(LabelRecord {
+                part_id,
+                supersedes,
+                verdict,
+                defect_class: request.defect_class,
+                note: request.note,
+                by: who.name.clone(),
+                image,
+                regions: request.regions,
+            });
+            Ok::<_, ApiError>(vec![label, audit])
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(written.remove(0))))
 }
 

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::input_size::evenly;
 use super::train::AnomalyError;
-use super::{GreedyCoreset, TOP_PATCHES, nearest_distances, search_layout, top_mean};
+use super::{GreedyCoreset, TOP_PATCHES, nearest_distances, rows, search_layout, top_mean};
 use crate::learn::progress::Phase;
 
 /// The bank sizes a training run may choose from, smallest first.
@@ -221,13 +221,7 @@ pub fn choose(
     for &size in &candidates {
         let started = Instant::now();
         coreset.grow_to(size, progress)?;
-        let chosen = coreset.chosen();
-        let index = Tensor::from_vec(
-            chosen.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            chosen.len(),
-            patches.device(),
-        )?;
-        let scores = image_scores(&patches.index_select(&index, 0)?.contiguous()?)?;
+        let scores = image_scores(&rows(patches, coreset.chosen())?)?;
         // A bank of every patch raises nothing; a reference of all zeros (identical images)
         // is covered by any bank.
         let score_rise = if reference_mean > 0.0 {

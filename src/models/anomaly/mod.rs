@@ -164,6 +164,16 @@ impl GreedyCoreset {
     }
 }
 
+/// The rows `chosen` of `features` (`[n, d]`), in that order, contiguous: a coreset's bank.
+fn rows(features: &Tensor, chosen: &[usize]) -> candle_core::Result<Tensor> {
+    let index = Tensor::from_vec(
+        chosen.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        chosen.len(),
+        features.device(),
+    )?;
+    features.index_select(&index, 0)?.contiguous()
+}
+
 /// Queries per block of the CPU search: a block's `QUERY_BLOCK × m` cross products (512 KiB
 /// against a 4,096-entry bank) stay in the core's L2 cache while their minimum is taken, where
 /// the whole `q × m` matrix (4 MiB at input 128) went out to memory and was read back.
@@ -743,38 +753,18 @@ pub struct PatchCore {
 }
 
 impl PatchCore {
-    /// Builds the memory bank from good images' patch features (`[n, FEATURE_DIM]`) and the
-    /// image Gaussian from their descriptors.
-    pub fn fit(
-        features: PatchFeatures,
-        good_patches: &Tensor,
-        good_descriptors: &[Vec<f32>],
-        bank_size: usize,
-        seed: u64,
-        progress: &Phase,
-    ) -> candle_core::Result<PatchCore> {
-        let chosen = greedy_coreset(good_patches, bank_size, seed, progress)?;
-        PatchCore::fit_on(features, good_patches, &chosen, good_descriptors)
-    }
-
     /// Builds the memory bank from the rows `chosen` of good images' patch features
-    /// (`[n, FEATURE_DIM]`; a coreset already chosen) and the image Gaussian from their
-    /// descriptors.
-    pub fn fit_on(
+    /// (`[n, FEATURE_DIM]`; a coreset chosen by [`greedy_coreset`] or [`bank_size::choose`])
+    /// and the image Gaussian from their descriptors.
+    pub fn fit(
         features: PatchFeatures,
         good_patches: &Tensor,
         chosen: &[usize],
         good_descriptors: &[Vec<f32>],
     ) -> candle_core::Result<PatchCore> {
-        let index = Tensor::from_vec(
-            chosen.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            chosen.len(),
-            good_patches.device(),
-        )?;
-        let bank = good_patches.index_select(&index, 0)?.contiguous()?;
         Ok(PatchCore {
             image_gaussian: Some(ImageGaussian::fit(good_descriptors)?),
-            ..PatchCore::from_bank(features, bank)?
+            ..PatchCore::from_bank(features, rows(good_patches, chosen)?)?
         })
     }
 

@@ -370,7 +370,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             }
         };
         bar.finish_and_clear();
-        let model = PatchCore::fit_on(features.clone(), &all, &chosen, &descriptors)?;
+        let model = PatchCore::fit(features.clone(), &all, &chosen, &descriptors)?;
         Ok((model.with_coarse_image(coarse), choice))
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
