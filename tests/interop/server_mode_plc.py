@@ -896,42 +896,59 @@ async def run(args: argparse.Namespace) -> int:
         return int((time.monotonic() - t0) * 1000)
 
     logged = 0
+
+    def scan_at(tNow: int) -> bool:
+        """One PLC scan at tNow: the belt moves, the FB scans, the link takes its control block and
+        the decided parts are logged. Returns True once the last part is through the gate."""
+        nonlocal logged
+        # The line starts when the station is healthy, as an operator would start it, or
+        # after --start-timeout-s regardless (its parts are then diverted as faulted).
+        if not conveyor.running and (
+            (fb.xInitialized and not fb.xFault) or tNow >= args.start_timeout_s * 1000
+        ):
+            conveyor.start(tNow)
+        conveyor.advance(tNow)
+        fb.scan(
+            tNow=tNow,
+            udiEncoder=conveyor.udiEncoder,
+            xPhotoEye=conveyor.xPhotoEye,
+            xCommOk=link.xCommOk,
+            aStatus=link.aStatusImage,
+            wControlReadBack=link.wControlReadBack,
+        )
+        link.scanned(fb.aControl)
+        for stPart, reason, tGate in fb.decided:
+            logged += 1
+            if log is not None:
+                log.write(json.dumps(part_record(stPart, reason, tGate, conveyor.tStart or 0)) + "\n")
+                log.flush()
+        return (
+            conveyor.running
+            and conveyor.position >= conveyor.last_gate_position(eye_to_gate_counts)
+            and fb.uiFifoCount == 0
+            and not fb.untracked
+            and not fb.qGate
+        )
+
     next_scan = time.monotonic()
+    tScanned = now_ms()
     try:
         while True:
             tNow = now_ms()
-            # The line starts when the station is healthy, as an operator would start it, or
-            # after --start-timeout-s regardless (its parts are then diverted as faulted).
-            if not conveyor.running and (
-                (fb.xInitialized and not fb.xFault) or tNow >= args.start_timeout_s * 1000
-            ):
-                conveyor.start(tNow)
-            conveyor.advance(tNow)
-            fb.scan(
-                tNow=tNow,
-                udiEncoder=conveyor.udiEncoder,
-                xPhotoEye=conveyor.xPhotoEye,
-                xCommOk=link.xCommOk,
-                aStatus=link.aStatusImage,
-                wControlReadBack=link.wControlReadBack,
-            )
-            link.scanned(fb.aControl)
-            for stPart, reason, tGate in fb.decided:
-                logged += 1
-                if log is not None:
-                    log.write(json.dumps(part_record(stPart, reason, tGate, conveyor.tStart or 0)) + "\n")
-                    log.flush()
-            if (
-                conveyor.running
-                and conveyor.position >= conveyor.last_gate_position(eye_to_gate_counts)
-                and fb.uiFifoCount == 0
-                and not fb.untracked
-                and not fb.qGate
-            ):
+            # A real PLC's scan is not late. When this process is (a busy machine stalls it),
+            # the scans it missed run now, each at its own time, so the belt moves a scan's
+            # travel at a time and no part slips past the photo-eye between two scans; the
+            # link still exchanges its blocks at its own pace, as a PLC's Modbus cycle does.
+            through = False
+            while tNow - tScanned > SCAN_MS and not through:
+                tScanned += SCAN_MS
+                through = scan_at(tScanned)
+            if through or scan_at(tNow):
                 break
+            tScanned = tNow
             next_scan += SCAN_MS / 1000.0
             delay = next_scan - time.monotonic()
-            if delay < 0:  # late: do not try to catch up scans
+            if delay < 0:  # late: the next pass runs the missed scans
                 next_scan = time.monotonic()
                 delay = 0
             await asyncio.sleep(delay)
