@@ -281,16 +281,19 @@ impl ModelControl {
     }
 
     /// Starts replaying `period`'s records through `version` (at `threshold`, else the
-    /// threshold it would go live with); see [`crate::inspect::backtest`].
+    /// threshold it would go live with); see [`crate::inspect::backtest`]. A backtest that can
+    /// start is recorded in the audit log (`audit`, who asked) before it starts.
     pub async fn start_backtest(
         &self,
         version: &str,
         threshold: Option<f32>,
         period: Period,
-        requested_by: String,
+        audit: AuditRecord,
     ) -> Result<BacktestJob, ControlError> {
         self.backtests.refusal(&period)?;
         let candidate = self.candidate(version, threshold).await?;
+        let requested_by = audit.actor.clone();
+        self.store.append(RecordBody::Audit(audit)).await?;
         Ok(self.backtests.start(
             self.store.clone(),
             candidate,

@@ -385,7 +385,7 @@ pub struct AuditRecord {
     pub actor: String,
     /// Its role.
     pub role: String,
-    /// What was done, e.g. `model.promote`, `label.create`, `records.ack`, `token.create`.
+    /// What was done, e.g. `model.promote`, `label.create`, `work_order.release`, `token.create`.
     pub action: String,
     /// What it was done to.
     pub target: String,

@@ -20,7 +20,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Principal;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, optional_body};
 use crate::analyse::alarms::state::TransitionError;
 use crate::analyse::alarms::{
     Action, Actor, AlarmError, AlarmPerformance, AlarmView, MAX_SHELVE_LIMIT_S, ShelveRequest,
@@ -153,15 +153,6 @@ pub(super) struct ShelveBody {
     duration_s: Option<u64>,
     one_shot: Option<bool>,
     comment: Option<String>,
-}
-
-/// A JSON body that may be left out (an empty body is `T::default()`).
-fn optional_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid: {e}")))
 }
 
 async fn act(

@@ -732,7 +732,7 @@ pub(super) async fn create_token(
     axum::Extension(who): axum::Extension<Principal>,
     body: Result<axum::Json<CreateTokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(axum::http::StatusCode, axum::Json<NewToken>), super::ApiError> {
-    let axum::Json(request) = body.map_err(|e| super::ApiError::BadRequest(e.body_text()))?;
+    let axum::Json(request) = body?;
     check_name(&request.name).map_err(|e| super::ApiError::BadRequest(e.to_string()))?;
     let tokens = api.tokens.clone();
     let by = who.name.clone();

@@ -49,15 +49,11 @@ pub(super) async fn flag(
     State(api): State<ApiState>,
     Extension(who): Extension<Principal>,
     part_id: Result<Path<u64>, PathRejection>,
-    body: Result<Json<FlagRequest>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Record>), ApiError> {
     let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // A flag without a note is the common case (one tap on the line): an empty body is fine.
-    let request = match body {
-        Ok(Json(request)) => request,
-        Err(JsonRejection::MissingJsonContentType(_)) => FlagRequest::default(),
-        Err(e) => return Err(ApiError::BadRequest(e.body_text())),
-    };
+    let request: FlagRequest = super::optional_body(&body)?;
     if let Some(note) = &request.note
         && !valid_text(note, 1000)
     {
@@ -524,7 +520,7 @@ pub(super) async fn import_coco(
     Extension(who): Extension<Principal>,
     body: Result<Json<CocoDataset>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ImportReport>), ApiError> {
-    let Json(dataset) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(dataset) = body?;
     let imported = coco::import(&dataset).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // First every label is checked against its part (reading images for their sizes: the
     // slow part), with no lock held.

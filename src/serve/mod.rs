@@ -213,6 +213,37 @@ impl ApiState {
     }
 }
 
+/// A JSON body that may be left out: an empty (or blank) body is `T::default()`, anything else
+/// must be valid JSON of `T`, whatever the Content-Type says (a `curl -d` sends a form's type,
+/// and a note silently dropped for it would be lost).
+pub(crate) fn optional_body<T: for<'de> serde::Deserialize<'de> + Default>(
+    body: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid: {e}")))
+}
+
+/// A time a request gives, refused (400) outside the years 1970–9999: chrono reads signed
+/// years (`+10000-01-01T00:00:00Z`), which RFC 3339 cannot write, and a record or answer that
+/// carried one would break every client's parse of it.
+pub(crate) fn checked_instant(
+    name: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    use chrono::Datelike;
+    if (1970..=9999).contains(&at.year()) {
+        Ok(at)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{name} ({}) must lie between 1970 and 9999",
+            at.to_rfc3339()
+        )))
+    }
+}
+
 /// A query's time range: `to` defaults to `now`, `from` to `default_span` before `to`.
 /// Refused (400) when empty, reversed, longer than `max_span`, or outside 1970–9999, so no
 /// answer ever carries a time a client cannot parse. Every ranged route goes through here.
@@ -223,7 +254,6 @@ pub(crate) fn time_range(
     default_span: chrono::TimeDelta,
     max_span: chrono::TimeDelta,
 ) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), ApiError> {
-    use chrono::Datelike;
     let to = to.unwrap_or(now);
     let from = match from {
         Some(from) => from,
@@ -232,12 +262,18 @@ pub(crate) fn time_range(
         })?,
     };
     for (name, at) in [("from", from), ("to", to)] {
-        if !(1970..=9999).contains(&at.year()) {
-            return Err(ApiError::BadRequest(format!(
-                "{name} ({}) must lie between 1970 and 9999",
-                at.to_rfc3339()
-            )));
-        }
+        checked_instant(name, at)?;
+    }
+    // Ranges widen to whole minutes (the buckets' grain): the last minute of 9999 would
+    // widen into the year 10000.
+    let last = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_opt(23, 59, 0))
+        .map(|at| at.and_utc());
+    if last.is_some_and(|last| to > last) {
+        return Err(ApiError::BadRequest(format!(
+            "to ({}) must be at most 9999-12-31T23:59:00Z",
+            to.to_rfc3339()
+        )));
     }
     if from >= to {
         return Err(ApiError::BadRequest(format!(
@@ -619,6 +655,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The body is over the route's limit (found while reading it: a chunked body has no
+    /// length to refuse it by up front).
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The cursor points before the oldest record kept.
     #[error("no record before sequence number {first_seq} is kept (asked from {from})")]
     Gone { from: u64, first_seq: u64 },
@@ -638,6 +678,18 @@ impl From<RecordError> for ApiError {
                 ApiError::Unavailable(error.to_string())
             }
             error => ApiError::Internal(error),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    /// A body over the route's limit is 413, as the limit layer answers one whose length says
+    /// so; any other unreadable body is 400.
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(rejection.body_text())
+        } else {
+            ApiError::BadRequest(rejection.body_text())
         }
     }
 }
@@ -730,6 +782,7 @@ impl IntoResponse for ApiError {
             ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, m.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.clone()),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, m.clone()),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),
             ApiError::Gone {
                 first_seq: first, ..
             } => {

@@ -24,7 +24,7 @@ use crate::inspect::training::{
 };
 use crate::model_control::{ControlError, ModelStatus};
 use crate::models::anomaly::orientation::Orientations;
-use crate::record::{ModelEvent, ShadowSummary};
+use crate::record::{ModelEvent, RecordBody, ShadowSummary};
 
 /// A registry entry as the API shows it.
 #[derive(Serialize)]
@@ -81,7 +81,7 @@ pub(super) async fn promote_model(
     Extension(who): Extension<Principal>,
     body: Result<Json<PromoteRequest>, JsonRejection>,
 ) -> Result<Json<ModelEvent>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     let models = api.models.clone();
     let entry = who.audit("model.promote", &request.version);
     to_completion(async move { models.promote(&request.version, Some(entry)).await }).await
@@ -101,7 +101,7 @@ pub(super) async fn set_shadow(
     Extension(who): Extension<Principal>,
     body: Result<Json<ShadowRequest>, JsonRejection>,
 ) -> Result<Json<ModelEvent>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     let models = api.models.clone();
     let entry = who.audit("model.shadow", request.version.as_deref().unwrap_or("none"));
     to_completion(async move {
@@ -175,7 +175,7 @@ pub(super) async fn set_defect_classes(
     headers: axum::http::HeaderMap,
     body: Result<Json<DefectClassesInput>, JsonRejection>,
 ) -> Result<(axum::http::HeaderMap, Json<SavedDefectClasses>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     let expected = match headers.get(axum::http::header::IF_MATCH) {
         Some(value) => Some(
             value
@@ -272,7 +272,7 @@ pub(super) async fn start_backtest(
     Extension(who): Extension<Principal>,
     body: Result<Json<BacktestRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<BacktestJob>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     let max_parts = request.max_parts.unwrap_or(DEFAULT_MAX_PARTS);
     if !(1..=MAX_PARTS_LIMIT).contains(&max_parts) {
         return Err(ApiError::BadRequest(format!(
@@ -285,13 +285,22 @@ pub(super) async fn start_backtest(
         return Err(ApiError::BadRequest("threshold must be a number".into()));
     }
     let period = Period {
-        from: request.from,
-        to: request.to,
+        from: super::checked_instant("from", request.from)?,
+        to: super::checked_instant("to", request.to)?,
         max_parts,
     };
+    let audit = who.audit(
+        "backtest.start",
+        &format!(
+            "{} on parts from {} to {}",
+            request.model,
+            period.from.to_rfc3339(),
+            period.to.to_rfc3339()
+        ),
+    );
     let job = api
         .models
-        .start_backtest(&request.model, request.threshold, period, who.name.clone())
+        .start_backtest(&request.model, request.threshold, period, audit)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
@@ -357,7 +366,7 @@ pub(super) async fn start_training(
     Extension(who): Extension<Principal>,
     body: Result<Json<TrainingBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TrainingJob>), ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body?;
     let source = match (body.from, body.to, body.upload, body.passed_as_good) {
         (Some(from), Some(to), None, passed_as_good) => Source::Records {
             from,
@@ -506,8 +515,11 @@ pub(super) struct UploadQuery {
 }
 
 /// `POST /api/v1/training/uploads/{set}?class=…`: one image (PNG, JPEG or BMP) as the body.
+/// Uploaded images become training data, so each new one is audited (after it is stored: an
+/// image refused or already in the set changes nothing).
 pub(super) async fn upload_image(
     State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
     set: Result<Path<String>, PathRejection>,
     query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
@@ -515,6 +527,12 @@ pub(super) async fn upload_image(
     let Path(set) = set.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let stored = on_uploads(&api, move |uploads| uploads.add(&set, &query.class, &body)).await?;
+    if !stored.duplicate {
+        let target = format!("{}/{}/{}", stored.set, stored.class, stored.image);
+        api.store
+            .append(RecordBody::Audit(who.audit("training.upload", &target)))
+            .await?;
+    }
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
@@ -528,6 +546,7 @@ pub(super) struct ZipQuery {
 /// `POST /api/v1/training/uploads/{set}/zip[?class=…]`: a zip of images as the body.
 pub(super) async fn upload_zip(
     State(api): State<ApiState>,
+    Extension(who): Extension<Principal>,
     set: Result<Path<String>, PathRejection>,
     query: Result<axum::extract::Query<ZipQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
@@ -540,6 +559,15 @@ pub(super) async fn upload_zip(
         uploads.add_zip(&set, query.class.as_deref(), &body, deadline)
     })
     .await?;
+    if !report.added.is_empty() {
+        let added: Vec<String> = (report.added.iter())
+            .map(|(class, n)| format!("{n} {class}"))
+            .collect();
+        let target = format!("{}: {}", report.set, added.join(", "));
+        api.store
+            .append(RecordBody::Audit(who.audit("training.upload", &target)))
+            .await?;
+    }
     Ok((StatusCode::CREATED, Json(report)))
 }
 

@@ -4,7 +4,7 @@
 //! The pull follows MTConnect's `sample`: `from` a sequence number, at most `limit` records,
 //! and the answer says where to go on (`next_seq`), whether more are there (`more`), and the
 //! store's `instance_id` (a different one means the history was reset: start again). A cursor
-//! before the oldest kept record is 410 with `first_seq`. A client that omits `from` (and
+//! before the oldest kept record is 410 with `first_seq`; one past the next record is 409. A client that omits `from` (and
 //! `after`) goes on after the last sequence number it acknowledged. JSON records are served
 //! exactly as stored.
 
@@ -122,6 +122,18 @@ pub(super) async fn pull(
         })?,
         (None, None) => (api.store.acknowledged(&who.name)? + 1).max(api.store.first_seq()),
     };
+    // No page of this history ever pointed past its next record: such a cursor belongs to
+    // another history (a store that was reset, another station), and an empty page would let
+    // its client wait for numbers this store will hand out to other records.
+    let next = api.store.last_seq().saturating_add(1);
+    if from > next {
+        return Err(ApiError::Conflict(format!(
+            "from = {from} is past the next record ({next}): this store is instance {}; a cursor \
+             of another history starts again from {}",
+            api.store.instance_id(),
+            api.store.first_seq()
+        )));
+    }
     let kinds = match &query.kind {
         Some(kinds) => kinds
             .split(',')
@@ -393,7 +405,7 @@ pub(super) async fn acknowledge(
     Extension(who): Extension<Principal>,
     body: Result<Json<AckRequest>, JsonRejection>,
 ) -> Result<Json<AckView>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     if let Some(instance) = &request.instance_id
         && instance != api.store.instance_id()
     {
@@ -403,12 +415,11 @@ pub(super) async fn acknowledge(
             api.store.instance_id()
         )));
     }
+    // Not audited: an audit entry is itself a record, so a client that acknowledges every
+    // page it pulls would pull its own acknowledgement, acknowledge that, and never catch up.
+    // The acknowledgement is the client's cursor, kept per client and shown by the GET.
     let acknowledged = api.store.acknowledge(&who.name, request.seq).await?;
-    api.store
-        .append(RecordBody::Audit(
-            who.audit("records.ack", &request.seq.to_string()),
-        ))
-        .await?;
+    tracing::debug!(client = %who.name, seq = request.seq, acknowledged, "records acknowledged");
     Ok(Json(AckView {
         client: who.name,
         instance_id: api.store.instance_id().to_owned(),
@@ -555,7 +566,7 @@ pub(super) async fn add_label(
     body: Result<Json<LabelRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Record>), ApiError> {
     let Path(part_id) = part_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     if let Some(note) = &request.note
         && !valid_text(note, 1000)
     {

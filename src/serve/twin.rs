@@ -123,7 +123,7 @@ pub(super) async fn run_whatif(
     State(api): State<ApiState>,
     body: Result<Json<WhatIfRequest>, JsonRejection>,
 ) -> Result<Json<WhatIf>, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     let dir = api.twin.folder()?;
     if request.changes.len() > MAX_CHANGES {
         return Err(ApiError::BadRequest(format!(

@@ -63,7 +63,7 @@ impl WorkOrderRequest {
             id: self.id,
             product: self.product,
             quantity: self.quantity,
-            due: self.due,
+            due: super::checked_instant("due", self.due)?,
             ideal_cycle_time_s: self.ideal_cycle_time_s,
         })
     }
@@ -79,7 +79,7 @@ pub(super) async fn release(
     Extension(who): Extension<Principal>,
     body: Result<Json<WorkOrderRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Record>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(request) = body?;
     let order = request.check()?;
     let _one = CHANGING.lock().await;
     if let Some(existing) = find(&api, &order.id)

@@ -281,6 +281,10 @@ async fn a_candidate_replayed_over_recorded_parts_changes_exactly_the_verdicts_i
         (json!({"model": "nope", "from": from, "to": to}), 404),
         (json!({"model": live, "from": to, "to": from}), 400),
         (
+            json!({"model": live, "from": from, "to": "+10000-01-01T00:00:00Z"}),
+            400,
+        ),
+        (
             json!({"model": live, "from": from, "to": to, "threshold": 7.0}),
             400,
         ),
@@ -316,6 +320,19 @@ async fn a_candidate_replayed_over_recorded_parts_changes_exactly_the_verdicts_i
         Some(4),
         "{list}"
     );
+    // Each backtest that started is on the record with who asked; the refused ones are not.
+    let (status, audit) = send(
+        http.get(format!(
+            "{base}/api/v1/records?from=1&limit=5000&kind=audit"
+        ))
+        .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{audit}");
+    let started = (audit["items"].as_array().expect("items").iter())
+        .filter(|e| e["action"] == "backtest.start")
+        .count();
+    assert_eq!(started, 4, "{audit}");
     // A finished backtest cannot be cancelled, an unknown one is not found, and nobody
     // without a token cancels anything (the cancel itself: `inspect::backtest`'s tests).
     let finished = list["backtests"][0]["id"].as_u64().expect("id");

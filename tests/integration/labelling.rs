@@ -93,6 +93,39 @@ async fn a_flagged_part_leads_the_queue_and_its_label_keeps_its_regions() {
     assert_eq!(first["image"], digest.as_str());
     let (status, body) = engineer.get("/api/v1/labelling/queue?limit=0").await;
     assert_eq!(status, 400, "{body}");
+    // A flag's note is kept whatever Content-Type came with it (`curl -d` sends a form's), a
+    // flag without a body is one tap, and a body that is not the flag's JSON is refused.
+    let flag_raw = |content_type: Option<&'static str>, body: &'static str| {
+        let mut request = http.post(format!("{base}{flag_path}")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let operator = &operator;
+        async move {
+            let (status, _, text) = operator.send(request).await;
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+    };
+    let (status, flag) = flag_raw(
+        Some("application/x-www-form-urlencoded"),
+        r#"{"note": "seen from the line"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, flag["note"].as_str()),
+        (201, Some("seen from the line")),
+        "{flag}"
+    );
+    for content_type in [None, Some("application/json")] {
+        let (status, flag) = flag_raw(content_type, "").await;
+        assert_eq!(
+            (status, &flag["note"]),
+            (201, &Value::Null),
+            "{content_type:?}: {flag}"
+        );
+    }
+    let (status, body) = flag_raw(Some("application/json"), "note=hi").await;
+    assert_eq!(status, 400, "{body}");
 
     // The image's size bounds the regions.
     let png = http

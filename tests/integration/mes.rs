@@ -65,6 +65,41 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    // Times RFC 3339 cannot write are refused, not journaled for every pull to carry.
+    for due in ["+10000-01-01T00:00:00Z", "1969-12-31T23:59:59Z"] {
+        let (status, body) = mes
+            .post(
+                "/api/v1/work-orders",
+                json!({"id": "WO-far", "product": "x", "quantity": 1, "due": due,
+                    "ideal_cycle_time_s": 1.0}),
+            )
+            .await;
+        assert_eq!(status, 400, "{due}: {body}");
+    }
+    let (status, body) = mes
+        .get("/api/v1/kpis?from=9999-12-31T00:00:00Z&to=9999-12-31T23:59:30Z")
+        .await;
+    assert_eq!(status, 400, "a range that widens past 9999: {body}");
+    // A body over the limit is 413 whether its length says so up front or it comes chunked
+    // (read until it passes the limit), and nothing of it is kept.
+    let huge_order = json!({"id": "WO-huge", "product": "x".repeat(20_000), "quantity": 1,
+        "due": "2026-12-02T06:00:00Z", "ideal_cycle_time_s": 1.0});
+    let huge = huge_order.to_string();
+    let (status, _) = mes.post("/api/v1/work-orders", huge_order).await;
+    assert_eq!(status, 413, "with a Content-Length");
+    let chunked = raw_http(
+        &base,
+        &format!(
+            "POST /api/v1/work-orders HTTP/1.1\r\nHost: station\r\nAuthorization: Bearer \
+             {mes_token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n{:x}\r\n{huge}\r\n0\r\n\r\n",
+            huge.len()
+        ),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "chunked: {chunked}");
+    let (_, orders) = mes.get("/api/v1/work-orders").await;
+    assert!(!orders.to_string().contains("WO-huge"), "{orders}");
     let (status, body) = mes.post("/api/v1/work-orders/WO-7/start", json!({})).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = mes.post("/api/v1/work-orders/WO-7/start", json!({})).await;
@@ -176,6 +211,15 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
         "{body}"
     );
 
+    // A cursor past the next record is another history's: 409, not an empty page to wait on.
+    let (status, page) = mes.get("/api/v1/records?from=1&limit=1").await;
+    assert_eq!(status, 200, "{page}");
+    let beyond = page["last_seq"].as_u64().expect("last_seq") + 1_000_000;
+    let (status, body) = mes.get(&format!("/api/v1/records?from={beyond}")).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = mes.get(&format!("/api/v1/records?after={beyond}")).await;
+    assert_eq!(status, 409, "{body}");
+
     // Acknowledged: a pull without a cursor goes on after the last acknowledgement.
     let (status, body) = mes
         .post(
@@ -205,6 +249,16 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
     let (status, page) = mes.get("/api/v1/records?limit=3").await;
     assert_eq!(status, 200);
     assert_eq!(page["items"][0]["seq"], 11);
+    // An acknowledgement is the client's cursor, not a record: were it audited in the journal,
+    // a client acknowledging each page would pull its own acknowledgement next, and so on.
+    let (status, audit) = mes
+        .get("/api/v1/records?from=1&limit=5000&kind=audit")
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let acks: Vec<&Value> = (audit["items"].as_array().expect("items").iter())
+        .filter(|e| e["action"] == "records.ack")
+        .collect();
+    assert!(acks.is_empty(), "acknowledgements journaled: {acks:?}");
 
     // CSV and B2MML by content negotiation, with the paging headers.
     let (status, headers, csv) = mes
@@ -359,7 +413,6 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
         ("mes-1", "work_order.release"),
         ("mes-1", "work_order.start"),
         ("eng-1", "label.create"),
-        ("mes-1", "records.ack"),
         ("admin-1", "token.create"),
         ("admin-1", "token.revoke"),
     ] {
@@ -375,6 +428,22 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
     line.await.expect("joins").expect("line stops cleanly");
     let report = store.verify().expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// Sends `request` as written to the server of `base` (`http://host:port`) and reads the answer
+/// until the server closes: what reqwest will not send, a chunked body.
+async fn raw_http(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    // The server may answer and close before it has read the whole request: what it said
+    // is read either way.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// The ids of the first `n` events of the live stream (`query` e.g. `?kinds=label`).

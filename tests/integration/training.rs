@@ -593,6 +593,28 @@ async fn a_new_product_onboards_from_its_passed_parts_and_a_supervised_model_fro
     assert_eq!(status, 204);
     let (_, sets) = engineer.get("/api/v1/training/uploads").await;
     assert_eq!(sets["sets"], json!([]));
+    // Training data comes and goes on the record: who uploaded each image, the zip, the delete.
+    let (status, audit) = engineer
+        .get("/api/v1/records?from=1&limit=5000&kind=audit")
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let targets = |action: &str| -> Vec<String> {
+        (audit["items"].as_array().expect("items").iter())
+            .filter(|e| e["action"] == action && e["actor"] == "eng-1")
+            .filter_map(|e| e["target"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let uploads = targets("training.upload");
+    let singles = uploads
+        .iter()
+        .filter(|t| t.starts_with("lab-1/good/"))
+        .count();
+    assert_eq!(singles, 12, "one entry an image: {uploads:?}");
+    assert!(
+        uploads.contains(&"lab-1: 12 good".to_owned()),
+        "{uploads:?}"
+    );
+    assert_eq!(targets("training.upload.delete"), ["lab-1"]);
 
     stop.cancel();
     line.await.expect("join").expect("the line stops cleanly");
