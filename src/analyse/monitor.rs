@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::alarms::AlarmManager;
+use super::alarms::{AlarmError, AlarmManager};
 use super::{Period, Production};
 use crate::record::Store;
 use crate::sense::Sensors;
@@ -76,7 +76,7 @@ impl Monitor {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tags.tick() => {
-                    self.observe_tags(&mut observed).await;
+                    observe_tags(&self.sensors, &self.alarms, &mut observed, Utc::now()).await;
                     let now = (self.health)();
                     if now != health {
                         if let Err(error) = self
@@ -92,30 +92,6 @@ impl Monitor {
                 }
                 _ = kpis.tick() => self.observe_kpis(Utc::now()).await,
                 _ = charts.tick() => self.observe_charts(Utc::now()).await,
-            }
-        }
-    }
-
-    /// The newest good sample of every tag not seen yet.
-    async fn observe_tags(&self, observed: &mut HashMap<String, i64>) {
-        for tag in self.sensors.tags.iter() {
-            let Some((t, value, flag)) = self.sensors.store.latest(&tag.name) else {
-                continue;
-            };
-            // Bad and uncertain samples say nothing about the process: limits judge good ones.
-            if !flag.is_good() || observed.get(&tag.name) == Some(&t) {
-                continue;
-            }
-            observed.insert(tag.name.clone(), t);
-            let Some(at) = DateTime::from_timestamp_millis(t) else {
-                continue;
-            };
-            if let Err(error) = self
-                .alarms
-                .observe(&format!("tag:{}", tag.name), value, at)
-                .await
-            {
-                tracing::warn!(tag = %tag.name, %error, "cannot evaluate the tag's alarms");
             }
         }
     }
@@ -210,5 +186,104 @@ impl Monitor {
                 tracing::warn!(kpi = name, %error, "cannot evaluate the KPI's alarms");
             }
         }
+    }
+}
+
+/// The newest good sample of every tag not seen yet, judged by the tag's alarms at `now`.
+///
+/// `now` is the time the station sees the sample, not the sample's own: the manager's tick
+/// measures on- and off-delays on the station's clock, and a batch backfilled an hour late
+/// would otherwise have waited out its delay before it arrived.
+async fn observe_tags(
+    sensors: &Sensors,
+    alarms: &AlarmManager,
+    observed: &mut HashMap<String, i64>,
+    now: DateTime<Utc>,
+) {
+    for tag in sensors.tags.iter() {
+        let Some((t, value, flag)) = sensors.store.latest(&tag.name) else {
+            continue;
+        };
+        // Bad and uncertain samples say nothing about the process: limits judge good ones.
+        if !flag.is_good() || observed.get(&tag.name) == Some(&t) {
+            continue;
+        }
+        match alarms
+            .observe(&format!("tag:{}", tag.name), value, now)
+            .await
+        {
+            // A transition the journal could not take is not marked seen: the next pass
+            // judges the sample again, so it is not lost when the tag then falls silent.
+            Err(AlarmError::Record(error)) => {
+                tracing::warn!(tag = %tag.name, %error, "cannot record the tag's alarms");
+            }
+            Err(error) => {
+                tracing::warn!(tag = %tag.name, %error, "cannot evaluate the tag's alarms");
+                observed.insert(tag.name.clone(), t);
+            }
+            Ok(_) => {
+                observed.insert(tag.name.clone(), t);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyse::alarms::AlarmDefinition;
+    use crate::record::AlarmSeverity;
+    use crate::sense::{Incoming, SensorsSection};
+
+    /// A sample that arrives an hour after it was taken, above a limit with a 5 s on-delay:
+    /// the delay runs on the station's clock from when the sample is seen.
+    #[tokio::test]
+    async fn a_backfilled_sample_waits_out_the_on_delay_from_when_it_is_seen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tag = toml::from_str("name = \"oven\"\nperiod_ms = 1000\n").expect("tag");
+        let sensors =
+            Sensors::open(dir.path(), SensorsSection::default(), vec![tag]).expect("sensors");
+        let store = Store::open(dir.path(), "station").expect("store");
+        let oven = AlarmDefinition {
+            name: "oven_hot".into(),
+            message: "Oven temperature high".into(),
+            priority: AlarmSeverity::High,
+            source: "tag:oven".into(),
+            high: Some(230.0),
+            low: None,
+            deadband: 2.0,
+            on_delay_s: 5.0,
+            off_delay_s: 0.0,
+            on: None,
+            max_shelve_s: 3600,
+        };
+        let alarms = AlarmManager::open(store, &[oven]).await.expect("alarms");
+        let now = Utc::now();
+        let taken = now - TimeDelta::hours(1);
+        let sample = Incoming {
+            tag: "oven".into(),
+            at: taken,
+            value: Some(240.0),
+        };
+        let report = sensors.store.ingest_at(&[sample], now).expect("ingest");
+        assert_eq!(report.accepted, 1, "{report:?}");
+
+        let mut observed = HashMap::new();
+        observe_tags(&sensors, &alarms, &mut observed, now).await;
+        assert_eq!(observed.get("oven"), Some(&taken.timestamp_millis()));
+        let active = |alarms: &AlarmManager| {
+            let alarms = alarms.clone();
+            async move { alarms.alarm("oven_hot").await.expect("alarm").active }
+        };
+        alarms
+            .tick(now + TimeDelta::seconds(1))
+            .await
+            .expect("tick");
+        assert!(!active(&alarms).await, "active a second after it was seen");
+        alarms
+            .tick(now + TimeDelta::seconds(6))
+            .await
+            .expect("tick");
+        assert!(active(&alarms).await, "still waiting past its on-delay");
     }
 }

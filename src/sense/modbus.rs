@@ -48,20 +48,27 @@ fn blocks(mut tags: Vec<(String, ModbusSource)>) -> Vec<Block> {
     tags.sort_by_key(|(_, s)| (s.kind, s.register));
     let mut blocks: Vec<Block> = Vec::new();
     for (name, source) in tags {
-        let end = source.register + source.encoding.registers();
+        // In u32: a value in the last register ends at 65536, past u16 (the config check lets
+        // a value end there, no further).
+        let end = u32::from(source.register) + u32::from(source.encoding.registers());
         match blocks.last_mut() {
             Some(block)
                 if block.kind == source.kind
-                    && source.register <= block.start + block.count + MAX_HOLE
-                    && end - block.start <= MAX_BLOCK =>
+                    && u32::from(source.register)
+                        <= u32::from(block.start)
+                            + u32::from(block.count)
+                            + u32::from(MAX_HOLE)
+                    && end - u32::from(block.start) <= u32::from(MAX_BLOCK) =>
             {
-                block.count = block.count.max(end - block.start);
+                // At most MAX_BLOCK: fits.
+                let count = (end - u32::from(block.start)) as u16;
+                block.count = block.count.max(count);
                 block.tags.push((name, source));
             }
             _ => blocks.push(Block {
                 kind: source.kind,
                 start: source.register,
-                count: end - source.register,
+                count: source.encoding.registers(),
                 tags: vec![(name, source)],
             }),
         }
@@ -250,6 +257,37 @@ mod tests {
                 (RegisterKind::Holding, 1000, 5, 2),
                 (RegisterKind::Holding, 1100, 2, 1),
                 (RegisterKind::Input, 1002, 1, 1),
+            ]
+        );
+    }
+
+    /// A value in the very last register (the config check allows it) is read, not an
+    /// overflow of the register arithmetic.
+    #[test]
+    fn the_last_registers_make_blocks() {
+        let tags = vec![
+            (
+                "a".into(),
+                source(RegisterKind::Holding, 65_530, Encoding::F32),
+            ),
+            (
+                "b".into(),
+                source(RegisterKind::Holding, 65_535, Encoding::U16),
+            ),
+            (
+                "c".into(),
+                source(RegisterKind::Input, 65_534, Encoding::U32),
+            ),
+        ];
+        let shape: Vec<_> = blocks(tags)
+            .iter()
+            .map(|b| (b.kind, b.start, b.count, b.tags.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (RegisterKind::Holding, 65_530, 6, 2),
+                (RegisterKind::Input, 65_534, 2, 1),
             ]
         );
     }

@@ -25,16 +25,26 @@ pub struct SubscribeSettings {
     pub client_id: String,
 }
 
-/// Turns one payload into a sample of `tag`, or says why it cannot.
+/// Turns one payload into a sample of `tag`, or says why it cannot. A payload without its own
+/// timestamp is stamped `arrived`; `None` for a retained message, which the broker replays at
+/// every (re)subscription from whenever it was published: its arrival says nothing of when it
+/// was measured (a dead publisher's last value would come back as fresh at each reconnect).
 pub fn parse_payload(
     tag: &str,
     payload: &[u8],
-    arrived: DateTime<Utc>,
+    arrived: Option<DateTime<Utc>>,
 ) -> Result<Incoming, String> {
     let json: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let arrived = || {
+        arrived.ok_or_else(|| {
+            "a retained message without a `timestamp` of its own: when it was measured is \
+             unknown"
+                .to_owned()
+        })
+    };
     let (value, at) = match &json {
-        serde_json::Value::Number(n) => (n.as_f64(), arrived),
+        serde_json::Value::Number(n) => (n.as_f64(), arrived()?),
         serde_json::Value::Object(fields) => {
             let value = match fields.get("value") {
                 Some(serde_json::Value::Number(n)) => n.as_f64(),
@@ -44,7 +54,7 @@ pub fn parse_payload(
                 None => return Err("field `value` is missing".into()),
             };
             let at = match fields.get("timestamp") {
-                None => arrived,
+                None => arrived()?,
                 Some(serde_json::Value::String(text)) => {
                     super::csv::parse_time(text).map_err(|e| format!("field `timestamp`: {e}"))?
                 }
@@ -146,7 +156,8 @@ async fn subscribe_until_error(
             let _ = client.ack(&publish).await;
             continue;
         };
-        match parse_payload(tag, &publish.payload, Utc::now()) {
+        let arrived = (!publish.retain).then(Utc::now);
+        match parse_payload(tag, &publish.payload, arrived) {
             Ok(sample) => match sensors.ingest(vec![sample]).await {
                 Ok(report) => {
                     metrics.count_sensor_report(&report);
@@ -178,17 +189,21 @@ mod tests {
     #[test]
     fn payloads_are_numbers_or_value_objects() {
         let now = Utc::now();
-        let bare = parse_payload("t", b"181.5", now).expect("a number");
+        let bare = parse_payload("t", b"181.5", Some(now)).expect("a number");
         assert_eq!((bare.value, bare.at), (Some(181.5), now));
         let stamped = parse_payload(
             "t",
             br#"{"value": 2, "timestamp": "2026-12-01T08:00:00Z"}"#,
-            now,
+            Some(now),
         )
         .expect("an object");
         assert_eq!(stamped.at.to_rfc3339(), "2026-12-01T08:00:00+00:00");
-        let ms = parse_payload("t", br#"{"value": 2, "timestamp": 1796112000000}"#, now)
-            .expect("epoch ms");
+        let ms = parse_payload(
+            "t",
+            br#"{"value": 2, "timestamp": 1796112000000}"#,
+            Some(now),
+        )
+        .expect("epoch ms");
         assert_eq!(ms.at, stamped.at);
         for (payload, needle) in [
             (&b"hot"[..], "not JSON"),
@@ -197,8 +212,16 @@ mod tests {
             (br#"{"value": 1, "timestamp": true}"#, "`timestamp`"),
             (br#"[1]"#, "expected a number"),
         ] {
-            let message = parse_payload("t", payload, now).unwrap_err();
+            let message = parse_payload("t", payload, Some(now)).unwrap_err();
             assert!(message.contains(needle), "{message}");
         }
+        // Retained: only a payload that says when it was measured is a sample.
+        for payload in [&b"181.5"[..], br#"{"value": 2}"#] {
+            let message = parse_payload("t", payload, None).unwrap_err();
+            assert!(message.contains("retained"), "{message}");
+        }
+        let retained = parse_payload("t", br#"{"value": 2, "timestamp": 1796112000000}"#, None)
+            .expect("stamped");
+        assert_eq!(retained.at, stamped.at);
     }
 }

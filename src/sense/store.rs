@@ -332,7 +332,7 @@ impl SensorStore {
             .unwrap_or_else(PoisonError::into_inner);
         let mut report = IngestReport::default();
         // Work on copies of the touched tags' states: they replace the originals only once
-        // the batch is on disk, so a failed write leaves the writer as it was.
+        // the batch is committed, so a write that fails leaves the writer as it was.
         let mut touched: HashMap<&str, TagState> = HashMap::new();
         // Per tag: the accepted samples, in order.
         let mut accepted: BTreeMap<u16, Vec<StoredSample>> = BTreeMap::new();
@@ -419,7 +419,10 @@ impl SensorStore {
                     SenseError::Corrupt("transaction aborted".into())
                 }
             })?;
-        inner.db.flush()?;
+        // Committed: the trees hold the batch now, so the writer's states follow them before
+        // the flush. Were a failed flush (a full disk) to leave them behind, the batch's retry
+        // would pass the time-order check and merge its samples into their segments twice,
+        // and the next batch would overwrite the minute aggregates this one wrote.
         {
             let mut latest = inner.latest.write().unwrap_or_else(PoisonError::into_inner);
             for (name, state) in &touched {
@@ -431,6 +434,7 @@ impl SensorStore {
         for (name, state) in touched {
             writer.insert(name.to_owned(), state);
         }
+        inner.db.flush()?;
         Ok(report)
     }
 
@@ -551,6 +555,18 @@ impl SensorStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Series, SenseError> {
+        self.read_first(tag, from, to, usize::MAX)
+    }
+
+    /// The first `at_most` samples of `tag` with `from ≤ t < to`: a page of a long range reads
+    /// its page, not the range (a week of a 10 Hz tag is six million samples).
+    pub fn read_first(
+        &self,
+        tag: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        at_most: usize,
+    ) -> Result<Series, SenseError> {
         let id = self.id(tag)?;
         let (from, to) = (from.timestamp_millis(), to.timestamp_millis());
         let mut series = Series::default();
@@ -558,6 +574,9 @@ impl SensorStore {
             return Ok(series);
         }
         for entry in self.inner.raw.range(key(id, bucket_of(from))..key(id, to)) {
+            if series.t.len() >= at_most {
+                break;
+            }
             let (k, v) = entry?;
             let first = key_time(&k)?;
             decode_segment(first, &v, |t, value, flag| {
@@ -568,6 +587,10 @@ impl SensorStore {
                 }
             })?;
         }
+        // A segment holds many samples: the last one read may pass the count.
+        series.t.truncate(at_most);
+        series.v.truncate(at_most);
+        series.flag.truncate(at_most);
         Ok(series)
     }
 
@@ -578,6 +601,17 @@ impl SensorStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<MinuteAggregate>, SenseError> {
+        self.read_first_minutes(tag, from, to, usize::MAX)
+    }
+
+    /// The first `at_most` of [`SensorStore::read_minutes`].
+    pub fn read_first_minutes(
+        &self,
+        tag: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        at_most: usize,
+    ) -> Result<Vec<MinuteAggregate>, SenseError> {
         let id = self.id(tag)?;
         let (from, to) = (from.timestamp_millis(), to.timestamp_millis());
         if from >= to {
@@ -585,7 +619,7 @@ impl SensorStore {
         }
         let from = from.div_euclid(MINUTE_MS) * MINUTE_MS;
         let mut out = Vec::new();
-        for entry in self.inner.minute.range(key(id, from)..key(id, to)) {
+        for entry in (self.inner.minute.range(key(id, from)..key(id, to))).take(at_most) {
             let (k, v) = entry?;
             let start = key_time(&k)?;
             let acc = MinuteAcc::decode(start, &v)
@@ -819,6 +853,24 @@ mod tests {
             .collect();
         assert_eq!(got.len(), want.len());
         assert_eq!(got, want);
+        // A page reads the range's first samples, across segments and buckets.
+        for at_most in [0, 1, 5, 700, 2_500, usize::MAX] {
+            let page = store
+                .read_first("temp", at(T0), at(T0 + 86_400_000), at_most)
+                .expect("read");
+            let n = at_most.min(want.len());
+            assert_eq!((page.t.len(), page.v.len(), page.flag.len()), (n, n, n));
+            assert_eq!(page.t[..], series.t[..n], "{at_most}");
+            assert_eq!(page.flag[..], series.flag[..n], "{at_most}");
+        }
+        let minutes = (store.read_minutes("temp", at(T0), at(T0 + 86_400_000))).expect("read");
+        assert!(minutes.len() > 30, "{}", minutes.len());
+        for at_most in [0, 1, 30] {
+            let page = store
+                .read_first_minutes("temp", at(T0), at(T0 + 86_400_000), at_most)
+                .expect("read");
+            assert_eq!(page, minutes[..at_most], "{at_most}");
+        }
         // A window inside: exactly the samples in [from, to).
         let window = store
             .read("temp", at(T0 + 599_500), at(T0 + 1_200_000))

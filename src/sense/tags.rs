@@ -225,6 +225,13 @@ pub struct MqttSource {
     pub topic: String,
 }
 
+/// The longest retention a `[sensors]` section may ask for: a century.
+pub const MAX_RETENTION_DAYS: f64 = 36_500.0;
+
+/// The furthest ahead of the station's clock `max_future_s` may let a sample be: a day. A
+/// source further ahead has a clock to set, not samples to keep.
+pub const MAX_FUTURE_S_LIMIT: f64 = 86_400.0;
+
 /// Every problem with the `[sensors]` section and the tags.
 pub fn check(sensors: &SensorsSection, tags: &[TagConfig], problems: &mut Vec<Problem>) {
     let mut problem = |field: String, message: String| problems.push(Problem { field, message });
@@ -235,17 +242,25 @@ pub fn check(sensors: &SensorsSection, tags: &[TagConfig], problems: &mut Vec<Pr
             sensors.aggregate_retention_days,
         ),
     ] {
-        if !(days.is_finite() && days > 0.0) {
+        // Bounded above too: "now minus the retention" must stay a time chrono can write.
+        if !(days.is_finite() && days > 0.0 && days <= MAX_RETENTION_DAYS) {
             problem(
                 field.into(),
-                format!("expected a positive number of days, got {days}"),
+                format!(
+                    "expected a positive number of days up to {MAX_RETENTION_DAYS}, got {days}"
+                ),
             );
         }
     }
-    if !(sensors.max_future_s.is_finite() && sensors.max_future_s >= 0.0) {
+    if !(sensors.max_future_s.is_finite()
+        && (0.0..=MAX_FUTURE_S_LIMIT).contains(&sensors.max_future_s))
+    {
         problem(
             "sensors.max_future_s".into(),
-            format!("expected seconds ≥ 0, got {}", sensors.max_future_s),
+            format!(
+                "expected seconds from 0 to {MAX_FUTURE_S_LIMIT}, got {}",
+                sensors.max_future_s
+            ),
         );
     }
     if let Some(address) = &sensors.modbus_address
@@ -385,6 +400,40 @@ mod tests {
             word_order,
             scale: 1.0,
             offset: 0.0,
+        }
+    }
+
+    /// Retention and the future allowance are bounded on both sides: a century of days or a
+    /// day of seconds past them would overflow the time arithmetic of the prune and the check.
+    #[test]
+    fn retention_and_future_allowance_are_bounded() {
+        let problems_of = |sensors: SensorsSection| {
+            let mut problems = Vec::new();
+            check(&sensors, &[], &mut problems);
+            problems.into_iter().map(|p| p.field).collect::<Vec<_>>()
+        };
+        assert_eq!(problems_of(SensorsSection::default()), Vec::<String>::new());
+        for days in [0.0, -1.0, f64::NAN, 1e8] {
+            let sensors = SensorsSection {
+                raw_retention_days: days,
+                aggregate_retention_days: days,
+                ..SensorsSection::default()
+            };
+            assert_eq!(
+                problems_of(sensors),
+                [
+                    "sensors.raw_retention_days",
+                    "sensors.aggregate_retention_days"
+                ],
+                "{days}"
+            );
+        }
+        for seconds in [-1.0, f64::INFINITY, 1e18] {
+            let sensors = SensorsSection {
+                max_future_s: seconds,
+                ..SensorsSection::default()
+            };
+            assert_eq!(problems_of(sensors), ["sensors.max_future_s"], "{seconds}");
         }
     }
 

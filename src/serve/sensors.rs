@@ -241,7 +241,8 @@ pub(super) async fn samples(
         };
         match resolution {
             Resolution::Raw => {
-                let series = store.read(&tag_name, from, to)?;
+                // One past the page: whether more are there, and where they start.
+                let series = store.read_first(&tag_name, from, to, limit + 1)?;
                 let n = series.len().min(limit);
                 if series.len() > limit {
                     page.next_from = DateTime::from_timestamp_millis(series.t[limit]);
@@ -268,7 +269,7 @@ pub(super) async fn samples(
             }
             Resolution::Minute => {
                 page.resolution = "minute";
-                let minutes = store.read_minutes(&tag_name, from, to)?;
+                let minutes = store.read_first_minutes(&tag_name, from, to, limit + 1)?;
                 let n = minutes.len().min(limit);
                 if minutes.len() > limit {
                     page.next_from = DateTime::from_timestamp_millis(minutes[limit].start_ms);
@@ -322,7 +323,7 @@ pub(super) async fn push(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let (samples, places, problems): (Vec<Incoming>, Vec<String>, Vec<SampleProblem>) =
+    let (samples, places, mut problems): (Vec<Incoming>, Vec<String>, Vec<SampleProblem>) =
         match content_type.as_str() {
             "application/json" => {
                 let body: PushBody = serde_json::from_slice(&body).map_err(|e| {
@@ -366,6 +367,33 @@ pub(super) async fn push(
                 )));
             }
         };
+    // A sample older than the raw retention would be stored, acknowledged and pruned within
+    // the hour (epoch seconds read as milliseconds land in 1970): refused with the reason.
+    let retention_days = sensors.settings.raw_retention_days;
+    let oldest = chrono::TimeDelta::try_milliseconds((retention_days * 86_400_000.0) as i64)
+        .and_then(|keep| Utc::now().checked_sub_signed(keep));
+    let (samples, places) = match oldest {
+        Some(oldest) => {
+            let (mut kept, mut kept_places) = (Vec::new(), Vec::new());
+            for (sample, place) in samples.into_iter().zip(places) {
+                if sample.at < oldest {
+                    problems.push(SampleProblem {
+                        at: place,
+                        field: "timestamp".into(),
+                        message: format!(
+                            "{} is older than the {retention_days} days raw samples are kept",
+                            sample.at.to_rfc3339()
+                        ),
+                    });
+                } else {
+                    kept.push(sample);
+                    kept_places.push(place);
+                }
+            }
+            (kept, kept_places)
+        }
+        None => (samples, places),
+    };
     if samples.len() + problems.len() > MAX_PUSH_SAMPLES {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_PUSH_SAMPLES} samples per batch"

@@ -277,13 +277,15 @@ pub fn check_definitions(definitions: &[AlarmDefinition]) -> Vec<(String, String
         } else if d.deadband > 0.0 && !limits {
             problem("deadband", "only limit alarms (high/low) have one".into());
         } else if let (Some(high), Some(low)) = (d.high, d.low)
-            && d.deadband >= high - low
+            && d.deadband * 2.0 >= high - low
         {
+            // Wider, a value could sit within both limits' deadbands: which side an active
+            // alarm holds would then depend on history a restart does not keep.
             problem(
                 "deadband",
                 format!(
-                    "expected less than the gap between low and high ({}), got {}",
-                    high - low,
+                    "expected less than half the gap between low and high ({}), got {}",
+                    (high - low) / 2.0,
                     d.deadband
                 ),
             );
@@ -448,7 +450,7 @@ mod tests {
             source = "tag:t"
             high = 10.0
             low = 0.0
-            deadband = 10.0
+            deadband = 5.0
             "#,
         );
         let fields: Vec<String> = check_definitions(&alarms)
