@@ -6,7 +6,7 @@
 //! (`chart:<name>`: active while the newest point breaks a rule). It reads the stores, never
 //! the live path, and an evaluation that fails is logged and tried again at the next round.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,13 +70,13 @@ impl Monitor {
         kpis.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut charts = tokio::time::interval(CHART_EVERY);
         charts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut observed: HashMap<String, i64> = HashMap::new();
+        let mut watch = TagWatch::default();
         let mut health = StationHealth::default();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tags.tick() => {
-                    observe_tags(&self.sensors, &self.alarms, &mut observed, Utc::now()).await;
+                    observe_tags(&self.sensors, &self.alarms, &mut watch, Utc::now()).await;
                     let now = (self.health)();
                     if now != health {
                         if let Err(error) = self
@@ -197,7 +197,7 @@ impl Monitor {
 async fn observe_tags(
     sensors: &Sensors,
     alarms: &AlarmManager,
-    observed: &mut HashMap<String, i64>,
+    watch: &mut TagWatch,
     now: DateTime<Utc>,
 ) {
     for tag in sensors.tags.iter() {
@@ -205,7 +205,7 @@ async fn observe_tags(
             continue;
         };
         // Bad and uncertain samples say nothing about the process: limits judge good ones.
-        if !flag.is_good() || observed.get(&tag.name) == Some(&t) {
+        if !flag.is_good() || watch.seen.get(&tag.name) == Some(&t) {
             continue;
         }
         match alarms
@@ -214,18 +214,33 @@ async fn observe_tags(
         {
             // A transition the journal could not take is not marked seen: the next pass
             // judges the sample again, so it is not lost when the tag then falls silent.
+            // Said once while it lasts, not every second.
             Err(AlarmError::Record(error)) => {
-                tracing::warn!(tag = %tag.name, %error, "cannot record the tag's alarms");
+                if watch.failing.insert(tag.name.clone()) {
+                    tracing::warn!(tag = %tag.name, %error, "cannot record the tag's alarms");
+                }
             }
             Err(error) => {
                 tracing::warn!(tag = %tag.name, %error, "cannot evaluate the tag's alarms");
-                observed.insert(tag.name.clone(), t);
+                watch.seen.insert(tag.name.clone(), t);
             }
             Ok(_) => {
-                observed.insert(tag.name.clone(), t);
+                if watch.failing.remove(&tag.name) {
+                    tracing::info!(tag = %tag.name, "the tag's alarms are recorded again");
+                }
+                watch.seen.insert(tag.name.clone(), t);
             }
         }
     }
+}
+
+/// What [`observe_tags`] remembers between passes.
+#[derive(Debug, Default)]
+struct TagWatch {
+    /// Per tag, the time of the newest sample its alarms judged.
+    seen: HashMap<String, i64>,
+    /// Tags whose alarms the journal refuses now (warned once while it lasts).
+    failing: HashSet<String>,
 }
 
 #[cfg(test)]
@@ -268,9 +283,9 @@ mod tests {
         let report = sensors.store.ingest_at(&[sample], now).expect("ingest");
         assert_eq!(report.accepted, 1, "{report:?}");
 
-        let mut observed = HashMap::new();
-        observe_tags(&sensors, &alarms, &mut observed, now).await;
-        assert_eq!(observed.get("oven"), Some(&taken.timestamp_millis()));
+        let mut watch = TagWatch::default();
+        observe_tags(&sensors, &alarms, &mut watch, now).await;
+        assert_eq!(watch.seen.get("oven"), Some(&taken.timestamp_millis()));
         let active = |alarms: &AlarmManager| {
             let alarms = alarms.clone();
             async move { alarms.alarm("oven_hot").await.expect("alarm").active }

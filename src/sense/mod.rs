@@ -34,6 +34,11 @@ pub enum SenseError {
     Corrupt(String),
     #[error("unknown tag {0:?}")]
     UnknownTag(String),
+    /// The batch is in the store but its flush to disk failed (a full disk): it counts as
+    /// stored, a resend is refused as out of time order, and a crash before a later flush
+    /// may lose it.
+    #[error("the batch was stored but not flushed to disk: {0}")]
+    NotFlushed(sled::Error),
 }
 
 /// For each of `times` (ascending), whether the line ran then: the latest of `readings`

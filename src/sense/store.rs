@@ -434,7 +434,7 @@ impl SensorStore {
         for (name, state) in touched {
             writer.insert(name.to_owned(), state);
         }
-        inner.db.flush()?;
+        inner.db.flush().map_err(SenseError::NotFlushed)?;
         Ok(report)
     }
 

@@ -369,8 +369,8 @@ pub(super) async fn start_training(
     let Json(body) = body?;
     let source = match (body.from, body.to, body.upload, body.passed_as_good) {
         (Some(from), Some(to), None, passed_as_good) => Source::Records {
-            from,
-            to,
+            from: super::checked_instant("from", from)?,
+            to: super::checked_instant("to", to)?,
             // A supervised model learns from labels; an anomaly model's good parts, and a
             // template model's differences that are no defect, come from what passed.
             passed_as_good: passed_as_good.unwrap_or(body.family != Family::Supervised),

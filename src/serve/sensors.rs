@@ -367,9 +367,11 @@ pub(super) async fn push(
                 )));
             }
         };
-    // A sample older than the raw retention would be stored, acknowledged and pruned within
-    // the hour (epoch seconds read as milliseconds land in 1970): refused with the reason.
-    let retention_days = sensors.settings.raw_retention_days;
+    // A sample older than anything the store keeps (its per-minute aggregates outlive its raw
+    // samples) would be stored, acknowledged and pruned within the hour (epoch seconds read
+    // as milliseconds land in 1970): refused with the reason.
+    let retention_days =
+        (sensors.settings.raw_retention_days).max(sensors.settings.aggregate_retention_days);
     let oldest = chrono::TimeDelta::try_milliseconds((retention_days * 86_400_000.0) as i64)
         .and_then(|keep| Utc::now().checked_sub_signed(keep));
     let (samples, places) = match oldest {
@@ -381,7 +383,8 @@ pub(super) async fn push(
                         at: place,
                         field: "timestamp".into(),
                         message: format!(
-                            "{} is older than the {retention_days} days raw samples are kept",
+                            "{} is older than the {retention_days} days samples are kept \
+                             (as per-minute aggregates)",
                             sample.at.to_rfc3339()
                         ),
                     });
@@ -401,7 +404,13 @@ pub(super) async fn push(
     }
     let report = sensors.ingest(samples).await.map_err(|e| {
         api.metrics.sensor_store_errors.inc();
-        ApiError::Unavailable(format!("the samples were not stored: {e}"))
+        match e {
+            // Stored, not yet durable: a resend would only be refused as out of time order.
+            SenseError::NotFlushed(_) => ApiError::Unavailable(format!(
+                "{e}; do not resend: the station keeps them and flushes with its next write"
+            )),
+            e => ApiError::Unavailable(format!("the samples were not stored: {e}")),
+        }
     })?;
     api.metrics.count_sensor_report(&report);
     api.metrics

@@ -343,6 +343,10 @@ async fn the_mes_pulls_every_record_once_in_order_in_json_csv_and_b2mml() {
     assert_eq!(labels_only, [label["seq"].as_u64().expect("label seq")]);
     let (status, body) = operator.get("/api/v1/events?kinds=audit").await;
     assert_eq!(status, 400, "audit entries are not streamed: {body}");
+    // A stream from past the next record would wait for numbers this store gives to others.
+    let beyond = store.last_seq() + 1_000_000;
+    let (status, body) = operator.get(&format!("/api/v1/events?from={beyond}")).await;
+    assert_eq!(status, 409, "{body}");
     let mut all = first_ids.clone();
     all.extend(&resumed);
     assert!(

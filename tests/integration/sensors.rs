@@ -232,7 +232,7 @@ async fn pushed_and_imported_batches_keep_good_samples_and_name_bad_ones() {
             {"tag": "press_temp", "timestamp": ts(6), "value": 999.0},
             {"tag": "humidity", "value": 55.0},
             {"tag": "humidity", "timestamp": ts(5), "value": 55.0},
-            {"tag": "humidity", "timestamp": (Utc::now() - chrono::Duration::days(30)).to_rfc3339(), "value": 1.0},
+            {"tag": "humidity", "timestamp": (Utc::now() - chrono::Duration::days(400)).to_rfc3339(), "value": 1.0},
         ]}),
         &engineer,
     )

@@ -111,6 +111,8 @@ TRACKING_DEPTH = 64
 # The port's own: the PLC scan period, and the Modbus link's request timeout and back-off
 # (100 ms doubling to 2 s, +-25 % jitter, as the station's own PLC link).
 SCAN_MS = 2
+# The longest stall of this process whose missed scans are run when it wakes.
+CATCH_UP_MS = 1000
 IO_TIMEOUT_S = 0.5
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -932,17 +934,22 @@ async def run(args: argparse.Namespace) -> int:
 
     next_scan = time.monotonic()
     tScanned = now_ms()
+    max_catch_up_ms = 0
     try:
         while True:
             tNow = now_ms()
             # A real PLC's scan is not late. When this process is (a busy machine stalls it),
-            # the scans it missed run now, each at its own time, so the belt moves a scan's
-            # travel at a time and no part slips past the photo-eye between two scans; the
-            # link still exchanges its blocks at its own pace, as a PLC's Modbus cycle does.
+            # the whole scans it missed run now, each at its own time, so the belt moves a
+            # scan's travel at a time and no part slips past the photo-eye between two scans;
+            # the link still exchanges its blocks at its own pace, as a PLC's Modbus cycle
+            # does. At most CATCH_UP_MS of them: a longer stall is no scan a PLC would run.
             through = False
-            while tNow - tScanned > SCAN_MS and not through:
-                tScanned += SCAN_MS
-                through = scan_at(tScanned)
+            if tNow - tScanned >= 2 * SCAN_MS:
+                max_catch_up_ms = max(max_catch_up_ms, tNow - tScanned)
+                tScanned = max(tScanned, tNow - CATCH_UP_MS)
+                while tNow - tScanned >= 2 * SCAN_MS and not through:
+                    tScanned += SCAN_MS
+                    through = scan_at(tScanned)
             if through or scan_at(tNow):
                 break
             tScanned = tNow
@@ -971,6 +978,7 @@ async def run(args: argparse.Namespace) -> int:
             "untracked": fb.udiUntracked,
             "reconnects": link.reconnects,
             "faults": fb.udiFaults,
+            "max_catch_up_ms": max_catch_up_ms,
         }
     }
     line = json.dumps(summary)
