@@ -246,8 +246,7 @@ struct TagWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analyse::alarms::AlarmDefinition;
-    use crate::record::AlarmSeverity;
+    use crate::analyse::alarms::manager::tests::oven;
     use crate::sense::{Incoming, SensorsSection};
 
     /// A sample that arrives an hour after it was taken, above a limit with a 5 s on-delay:
@@ -259,20 +258,7 @@ mod tests {
         let sensors =
             Sensors::open(dir.path(), SensorsSection::default(), vec![tag]).expect("sensors");
         let store = Store::open(dir.path(), "station").expect("store");
-        let oven = AlarmDefinition {
-            name: "oven_hot".into(),
-            message: "Oven temperature high".into(),
-            priority: AlarmSeverity::High,
-            source: "tag:oven".into(),
-            high: Some(230.0),
-            low: None,
-            deadband: 2.0,
-            on_delay_s: 5.0,
-            off_delay_s: 0.0,
-            on: None,
-            max_shelve_s: 3600,
-        };
-        let alarms = AlarmManager::open(store, &[oven]).await.expect("alarms");
+        let alarms = AlarmManager::open(store, &[oven()]).await.expect("alarms");
         let now = Utc::now();
         let taken = now - TimeDelta::hours(1);
         let sample = Incoming {

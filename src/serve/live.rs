@@ -105,15 +105,7 @@ pub(super) fn follow(
     let store = api.store.clone();
     let next = store.last_seq().saturating_add(1);
     let mut from = match (from, last_event_id) {
-        // As the pull: a cursor past the next record is another history's (409), not a
-        // stream to wait on until this store hands its numbers to other records.
-        (Some(from), _) if from > next => {
-            return Err(ApiError::Conflict(format!(
-                "from = {from} is past the next record ({next}): this store is instance {}",
-                store.instance_id()
-            )));
-        }
-        (Some(from), _) => from,
+        (Some(from), _) => super::cursor_in_history(&store, from)?,
         // A browser resends the last id it saw, also after the station's history was started
         // anew: it goes on with what comes next.
         (None, Some(seen)) => seen.saturating_add(1).min(next),

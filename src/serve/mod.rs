@@ -213,6 +213,23 @@ impl ApiState {
     }
 }
 
+/// A journal cursor a client gives (`from`), refused (409) past the next record: no page of
+/// this history pointed there, so it belongs to another one (a store started anew, another
+/// station), and an empty page or a silent stream would have its client wait for sequence
+/// numbers this store hands to other records.
+pub(crate) fn cursor_in_history(store: &crate::record::Store, from: u64) -> Result<u64, ApiError> {
+    let next = store.last_seq().saturating_add(1);
+    if from > next {
+        return Err(ApiError::Conflict(format!(
+            "from = {from} is past the next record ({next}): this store is instance {}; a cursor \
+             of another history starts again from {}",
+            store.instance_id(),
+            store.first_seq()
+        )));
+    }
+    Ok(from)
+}
+
 /// A JSON body that may be left out: an empty (or blank) body is `T::default()`, anything else
 /// must be valid JSON of `T`, whatever the Content-Type says (a `curl -d` sends a form's type,
 /// and a note silently dropped for it would be lost).

@@ -4,8 +4,9 @@
 //! The pull follows MTConnect's `sample`: `from` a sequence number, at most `limit` records,
 //! and the answer says where to go on (`next_seq`), whether more are there (`more`), and the
 //! store's `instance_id` (a different one means the history was reset: start again). A cursor
-//! before the oldest kept record is 410 with `first_seq`; one past the next record is 409. A client that omits `from` (and
-//! `after`) goes on after the last sequence number it acknowledged. JSON records are served
+//! before the oldest kept record is 410 with `first_seq`; one past the next record is 409. A
+//! client that omits `from` (and `after`) goes on after the last sequence number it
+//! acknowledged. JSON records are served
 //! exactly as stored.
 
 use std::io::Write;
@@ -122,18 +123,7 @@ pub(super) async fn pull(
         })?,
         (None, None) => (api.store.acknowledged(&who.name)? + 1).max(api.store.first_seq()),
     };
-    // No page of this history ever pointed past its next record: such a cursor belongs to
-    // another history (a store that was reset, another station), and an empty page would let
-    // its client wait for numbers this store will hand out to other records.
-    let next = api.store.last_seq().saturating_add(1);
-    if from > next {
-        return Err(ApiError::Conflict(format!(
-            "from = {from} is past the next record ({next}): this store is instance {}; a cursor \
-             of another history starts again from {}",
-            api.store.instance_id(),
-            api.store.first_seq()
-        )));
-    }
+    let from = super::cursor_in_history(&api.store, from)?;
     let kinds = match &query.kind {
         Some(kinds) => kinds
             .split(',')

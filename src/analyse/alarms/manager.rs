@@ -874,4 +874,4 @@ fn condition_transition(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -31,7 +31,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::input_size::evenly;
-use super::train::AnomalyError;
+use super::train::{AnomalyError, SizeSetting, parse_size_setting};
 use super::{GreedyCoreset, TOP_PATCHES, nearest_distances, rows, search_layout, top_mean};
 use crate::learn::progress::Phase;
 
@@ -91,26 +91,10 @@ impl std::str::FromStr for BankSize {
 
     /// `auto`, `auto:LARGEST` (e.g. `auto:65536`) or a number of entries (at least 1).
     fn from_str(text: &str) -> Result<BankSize, String> {
-        if text == "auto" {
-            return Ok(BankSize::AUTO);
-        }
-        if let Some(largest) = text.strip_prefix("auto:") {
-            return match largest.parse() {
-                Ok(largest) if largest >= CANDIDATES[0] => Ok(BankSize::Auto {
-                    largest: Some(largest),
-                }),
-                _ => Err(format!(
-                    "{text:?}: `auto:` takes the largest bank to choose, at least {}",
-                    CANDIDATES[0]
-                )),
-            };
-        }
-        match text.parse() {
-            Ok(0) => Err("a bank of 0 entries would find nothing".to_owned()),
-            Ok(size) => Ok(BankSize::Fixed(size)),
-            Err(_) => Err(format!(
-                "{text:?} is neither `auto`, `auto:LARGEST` nor a number of entries"
-            )),
+        match parse_size_setting(text, CANDIDATES[0], "largest bank", "a number of entries")? {
+            SizeSetting::Auto(largest) => Ok(BankSize::Auto { largest }),
+            SizeSetting::Fixed(0) => Err("a bank of 0 entries would find nothing".to_owned()),
+            SizeSetting::Fixed(size) => Ok(BankSize::Fixed(size)),
         }
     }
 }

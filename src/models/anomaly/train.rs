@@ -69,24 +69,47 @@ impl std::str::FromStr for InputSize {
 
     /// `auto`, `auto:LARGEST` (e.g. `auto:512`) or a size in pixels.
     fn from_str(text: &str) -> Result<InputSize, String> {
-        if text == "auto" {
-            return Ok(InputSize::AUTO);
-        }
-        if let Some(largest) = text.strip_prefix("auto:") {
-            return match largest.parse() {
-                Ok(largest) if largest >= input_size::CANDIDATES[0] => {
-                    Ok(InputSize::Auto { largest })
-                }
-                _ => Err(format!(
-                    "{text:?}: `auto:` takes the largest size to choose, at least {}",
-                    input_size::CANDIDATES[0]
-                )),
-            };
-        }
-        text.parse()
-            .map(InputSize::Fixed)
-            .map_err(|_| format!("{text:?} is neither `auto`, `auto:LARGEST` nor a size in pixels"))
+        let smallest = input_size::CANDIDATES[0];
+        Ok(
+            match parse_size_setting(text, smallest, "largest size", "a size in pixels")? {
+                SizeSetting::Auto(None) => InputSize::AUTO,
+                SizeSetting::Auto(Some(largest)) => InputSize::Auto { largest },
+                SizeSetting::Fixed(size) => InputSize::Fixed(size),
+            },
+        )
     }
+}
+
+/// A size setting as written: chosen by the training run (`auto`, or `auto:LARGEST` with the
+/// largest it may choose) or given.
+pub(crate) enum SizeSetting {
+    Auto(Option<usize>),
+    Fixed(usize),
+}
+
+/// Reads `auto`, `auto:LARGEST` (at least `smallest`) or a number, the way the input size and
+/// the bank size are set; `largest` and `fixed` name the numbers in the errors ("largest
+/// size", "a size in pixels").
+pub(crate) fn parse_size_setting(
+    text: &str,
+    smallest: usize,
+    largest: &str,
+    fixed: &str,
+) -> Result<SizeSetting, String> {
+    if text == "auto" {
+        return Ok(SizeSetting::Auto(None));
+    }
+    if let Some(most) = text.strip_prefix("auto:") {
+        return match most.parse() {
+            Ok(most) if most >= smallest => Ok(SizeSetting::Auto(Some(most))),
+            _ => Err(format!(
+                "{text:?}: `auto:` takes the {largest} to choose, at least {smallest}"
+            )),
+        };
+    }
+    text.parse()
+        .map(SizeSetting::Fixed)
+        .map_err(|_| format!("{text:?} is neither `auto`, `auto:LARGEST` nor {fixed}"))
 }
 
 /// The share of good parts the threshold may reject, unless asked otherwise.

@@ -5,7 +5,8 @@ fn t(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("valid time")
 }
 
-fn oven() -> AlarmDefinition {
+/// A high limit of 230 with a 2 deadband and a 5 s on-delay (the monitor's tests use it too).
+pub(crate) fn oven() -> AlarmDefinition {
     AlarmDefinition {
         name: "oven_hot".into(),
         message: "Oven temperature high".into(),
