@@ -1310,6 +1310,20 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             ),
         );
     }
+    // Under time tracking a part's command window closes at its arrival: a command due then
+    // is never sent, and every part would go to reject as "gate window closed".
+    if file.plc.kind != PlcKind::Server
+        && line.tracking == crate::actuate::PlcTracking::Time
+        && line.actuation_lead_ms == 0
+    {
+        problem(
+            "line.actuation_lead_ms",
+            "expected at least 1 ms under tracking = \"time\": each gate command must leave \
+             before its part reaches the gate, by the PLC link's round trip and a margin \
+             (the simulated line takes 20)"
+                .into(),
+        );
+    }
     if line.gate_window_ms == 0 {
         problem("line.gate_window_ms", "expected a positive window".into());
     }
@@ -1900,6 +1914,27 @@ mod tests {
         let message = parse(&text).unwrap_err().to_string();
         assert!(message.contains("line.gate_window_ms"), "{message}");
         assert!(message.contains("expected u64"), "{message}");
+    }
+
+    /// A lead left out (0) would have every command wait for a window that closes at its
+    /// fire time, and every part go to reject: refused at load, naming the field.
+    #[test]
+    fn a_gate_command_without_a_lead_is_refused_under_time_tracking() {
+        let text = example().replace("actuation_lead_ms = 20\n", "");
+        match parse(&text).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+                assert_eq!(fields, ["line.actuation_lead_ms"]);
+                assert!(
+                    problems[0].message.contains("at least 1 ms"),
+                    "{}",
+                    problems[0].message
+                );
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+        let one = example().replace("actuation_lead_ms = 20", "actuation_lead_ms = 1");
+        parse(&one).expect("a 1 ms lead is the PLC link's to judge");
     }
 
     #[test]
