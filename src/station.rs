@@ -1289,9 +1289,44 @@ async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
     }
 }
 
+/// Reads one counter of the station's metrics.
+type CounterOf = fn(&Metrics) -> u64;
+
+/// The failure counters the station's health watches, each with what it says when it moved.
+/// Gate commands and encoder misses are among them: a PLC that answers every gate write with
+/// an exception, or a lead the link cannot make, rejects every part while the link itself
+/// looks healthy.
+const WATCHED_FAILURES: [(&str, CounterOf); 6] = [
+    ("frames dropped", |m| m.frames_dropped.get()),
+    ("PLC link errors", |m| m.plc_link_errors.get()),
+    ("gate commands not delivered", |m| {
+        m.gate_commands_failed.get()
+    }),
+    ("parts missed by encoder tracking", |m| m.parts_missed.get()),
+    ("sensor sources failing", |m| m.sensor_source_errors.get()),
+    ("records failing", |m| m.record_errors.get()),
+];
+
+/// The watched failures that moved since `last` (the counters at the last look), which it
+/// then takes the counters' values.
+fn failures_since(
+    metrics: &Metrics,
+    last: &mut [u64; WATCHED_FAILURES.len()],
+) -> Vec<&'static str> {
+    let mut moved = Vec::new();
+    for ((name, read), before) in WATCHED_FAILURES.iter().zip(last.iter_mut()) {
+        let now = read(metrics);
+        if now > *before {
+            moved.push(*name);
+        }
+        *before = now;
+    }
+    moved
+}
+
 /// The station's health as the alarms see it: FAULT when it stopped on an error; DEGRADED
-/// while a failure counter moved since the last look (frames dropped, the PLC link, sensor
-/// sources, record writes).
+/// while a failure counter moved since the last look ([`WATCHED_FAILURES`]) or the PLC's
+/// heartbeat is lost.
 fn station_health(
     api: &ApiState,
     metrics: &Metrics,
@@ -1300,33 +1335,17 @@ fn station_health(
 ) -> Arc<dyn Fn() -> StationHealth + Send + Sync> {
     let state = api.state.clone();
     let metrics = metrics.clone();
-    let last = std::sync::Mutex::new([0u64; 4]);
+    let last = std::sync::Mutex::new([0u64; WATCHED_FAILURES.len()]);
     Arc::new(move || {
-        let now = [
-            metrics.frames_dropped.get(),
-            metrics.plc_link_errors.get(),
-            metrics.sensor_source_errors.get(),
-            metrics.record_errors.get(),
-        ];
-        let names = [
-            "frames dropped",
-            "PLC link errors",
-            "sensor sources failing",
-            "records failing",
-        ];
-        let mut last = last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut failing: Vec<&str> = names
-            .iter()
-            .zip(now.iter().zip(last.iter()))
-            .filter(|(_, (now, before))| now > before)
-            .map(|(name, _)| *name)
-            .collect();
+        let mut failing = failures_since(
+            &metrics,
+            &mut last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if metrics.plc_heartbeat_lost.get() != 0 {
             failing.push("PLC heartbeat lost");
         }
-        *last = now;
         let stopped_on_error = state
             .read()
             .map(|s| matches!(*s, StationState::Faulted))
@@ -1486,3 +1505,29 @@ type ViewTask = (
     Arc<str>,
     tokio::task::JoinHandle<Result<crate::capture::CaptureSummary, CaptureError>>,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed gate command or an encoder miss degrades the station for the look that sees
+    /// it, as a dropped frame does; a look with nothing new is healthy again.
+    #[test]
+    fn gate_failures_and_encoder_misses_degrade_the_health() {
+        let metrics = Metrics::new();
+        let mut last = [0; WATCHED_FAILURES.len()];
+        assert!(failures_since(&metrics, &mut last).is_empty());
+        metrics.gate_commands_failed.inc();
+        assert_eq!(
+            failures_since(&metrics, &mut last),
+            ["gate commands not delivered"]
+        );
+        assert!(failures_since(&metrics, &mut last).is_empty());
+        metrics.parts_missed.inc();
+        metrics.frames_dropped.inc();
+        assert_eq!(
+            failures_since(&metrics, &mut last),
+            ["frames dropped", "parts missed by encoder tracking"]
+        );
+    }
+}
