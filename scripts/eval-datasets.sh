@@ -164,10 +164,10 @@ for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "kolektorsdd-anomaly"]:
         f"{label} " + ("n/a" if alone.get(key) is None else f"{alone[key]:.4f}")
         for key, label in [("patch", "patch"), ("image", "image"), ("head", "head"),
                            ("coarse_image", "coarse")]))
-# The anomaly threshold's promise (issue 21): chosen by split conformal on the good validation
-# images, its false-reject rate on the held-out good images must not exceed the target by more
-# than 2 points (the promise is an upper bound). Reported beside the card's expectation and
-# 90 % interval.
+# The anomaly threshold's promise (issue 21): chosen by cross-conformal on the good training
+# images (each scored by a model fitted without its fold), its false-reject rate on the held-out
+# good images must not exceed the target by more than 2 points (the promise is an upper bound).
+# Reported beside the card's expectation and 90 % interval.
 card = json.load(open(f"{out}/magnetic-tile-anomaly/card.json"))
 promise = card.get("threshold_guarantee")
 held_out = card["metrics"]["at_threshold"]["false_reject_rate"]
@@ -180,7 +180,7 @@ else:
     low, high = promise["interval_90"]
     print(f"{'magnetic-tile anomaly held-out false rejects':<42} {held_out:.4f}  target "
           f"≤ {promise['target']:.2f} + 0.02 (promised {promise['expected_rate']:.4f}, 90 % "
-          f"{low:.4f}-{high:.4f}, {promise['n']} good validation images)  "
+          f"{low:.4f}-{high:.4f}, {promise['n']} good calibration images)  "
           f"{'met' if met else 'NOT MET'}")
 sys.exit(1 if unmet else 0)
 PY

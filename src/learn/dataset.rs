@@ -794,6 +794,26 @@ pub fn hold_out_fold(samples: &mut [Sample], layout: Layout, fold: Fold) {
     }
 }
 
+/// A training part in `k` folds, the way [`split_validation`] cuts it: the last fold is its
+/// validation part, and every sample is in exactly one fold (a fold may be empty), in the
+/// part's order, without the dataset's own assignment.
+pub fn split_folds(samples: &[Sample], layout: Layout, k: usize) -> Vec<Vec<Sample>> {
+    let k = k.max(1);
+    (0..k)
+        .map(|index| {
+            let mut part = samples.to_vec();
+            hold_out_fold(&mut part, layout, Fold { index, of: k });
+            part.into_iter()
+                .filter(|s| s.held_out == Some(true))
+                .map(|s| Sample {
+                    held_out: None,
+                    ..s
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The validation part cut from a training part: every `k`-th item where the layout has items
 /// (KolektorSDD's photographs of one part are alike: one in each part would choose the
 /// threshold on what the fit saw), otherwise every `k`-th image of each class, as
@@ -990,6 +1010,39 @@ mod tests {
             split_validation(&flat, Layout::MagneticTile, 3),
             split_every_ignoring_own(&flat, 3)
         );
+    }
+
+    /// The folds cover the part once, whole items together, and the last is the validation
+    /// part `split_validation` cuts.
+    #[test]
+    fn folds_cover_the_part_once_and_end_with_its_validation_part() {
+        let samples: Vec<Sample> = (1..=7)
+            .flat_map(|item| {
+                (0..2).map(move |k| Sample {
+                    image: PathBuf::from(format!("ksdd/kos{item:02}/Part{k}.jpg")),
+                    held_out: Some(false),
+                    ..sample("good", k)
+                })
+            })
+            .collect();
+        let folds = split_folds(&samples, Layout::Kolektorsdd, 3);
+        assert_eq!(folds.len(), 3);
+        let mut seen: Vec<PathBuf> = folds.iter().flatten().map(|s| s.image.clone()).collect();
+        seen.sort();
+        let mut all: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
+        all.sort();
+        assert_eq!(seen, all, "every sample in exactly one fold");
+        for fold in &folds {
+            assert!(fold.iter().all(|s| s.held_out.is_none()));
+            // Both photographs of an item in the same fold.
+            assert_eq!(fold.len() % 2, 0, "{fold:?}");
+        }
+        let (_, validation) = split_validation(&samples, Layout::Kolektorsdd, 3);
+        assert_eq!(folds[2], validation);
+        let flat: Vec<Sample> = (0..11).map(|n| sample("good", n)).collect();
+        let folds = split_folds(&flat, Layout::MagneticTile, 5);
+        assert_eq!(folds.iter().map(Vec::len).sum::<usize>(), 11);
+        assert_eq!(folds[4], split_validation(&flat, Layout::MagneticTile, 5).1);
     }
 
     #[test]

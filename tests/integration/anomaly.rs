@@ -114,28 +114,33 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     .to_string();
     assert!(refused.contains("coarse image score"), "{refused}");
     let card = anomaly_train::train(&settings).expect("trains");
-    // Every 5th of the 24 good training images chooses the threshold, scored by a first fit
-    // without them; the final bank and image Gaussian learn from all 24.
+    // The 24 good training images in five folds, every 5th the validation fold: each fold is
+    // scored by a model fitted without it, and all 24 scores choose the threshold
+    // (cross-conformal); the bank and image Gaussian shipped learn from all 24.
     let head = &card.head;
     assert_eq!(head.kind, "anomaly");
     assert!(head.version.starts_with("synthetic-parts@"));
     assert!(head.threshold > 0.0);
     let card = &card.family;
-    // Four good validation images cannot promise 5 % false rejects (it takes 19): the card
-    // says so rather than claim it.
-    assert!(head.threshold_guarantee.is_none());
+    assert_eq!((card.n_train_good, card.n_validation_good), (24, 24));
+    // 24 good images can promise 5 % false rejects (it takes 19), where the validation fold's
+    // 4 alone could not.
+    let promise = head
+        .threshold_guarantee
+        .expect("a promise from 24 good images");
+    assert_eq!(promise.n, 24);
+    assert!(promise.expected_rate <= 0.05, "{promise:?}");
     assert!(
-        head.threshold_rule.contains("without a guarantee")
-            && head.threshold_rule.contains("at least 19"),
+        head.threshold_rule.contains("5-fold cross-conformal"),
         "{}",
         head.threshold_rule
     );
-    assert_eq!((card.n_train_good, card.n_validation_good), (24, 4));
-    // The drift reference: the inputs of the first fit's 20 images, their limit and the good
-    // scores from the 4 validation images it never saw.
+    // The drift reference: the inputs of the first fit's 20 images, their limit chosen on the
+    // 4 validation images it never saw; the good scores of all 24, each from its fold's model.
     let drift = head.drift.as_ref().expect("a drift reference on the card");
     assert_eq!((drift.input.n_fit, drift.input.n_calibration), (20, 4));
-    assert_eq!(drift.good_scores.len(), 4);
+    assert_eq!(drift.good_scores.len(), 24);
+    assert!(!drift.scores_of_shipped_model);
     assert!(drift.input.limit.is_finite() && drift.input.limit > 0.0);
     // The image score, the patch head and the coarse image score are on, scaled on the
     // validation images.

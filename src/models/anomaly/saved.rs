@@ -87,10 +87,11 @@ pub struct AnomalyCard {
     pub dataset: String,
     pub layout: Layout,
     pub split: String,
-    /// Good images the final bank and image Gaussians were fitted on (validation included).
+    /// Good images the bank and image Gaussians were fitted on (validation included).
     pub n_train_good: usize,
-    /// Good training images a first fit left out, to scale the scores and choose the
-    /// threshold on; the final model adds them.
+    /// Good training images the scores are scaled and the threshold chosen on, each scored
+    /// by a model fitted without it: every one of them, each by its fold's model, since
+    /// 2026-12-07 (cross-conformal); before, the validation fifth alone, by a first fit.
     pub n_validation_good: usize,
     /// SHA-256 over the bank's training images' names and bytes.
     pub training_data_sha256: String,

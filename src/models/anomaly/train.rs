@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::learn::dataset::{self, DatasetError, Layout, Sample};
 use crate::learn::drift::{DriftReference, InputStats, ProfileImages};
-use crate::learn::eval::{self, DetectionMetrics, PixelTruth};
+use crate::learn::eval::{self, DetectionMetrics, PixelTruth, ThresholdGuarantee};
 use crate::learn::hash::{self, ContentHash};
 use crate::learn::progress::{Cancelled, Progress};
 use crate::learn::synthetic_defect;
@@ -216,8 +216,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         .filter(|s| !s.defective())
         .cloned()
         .collect();
-    // Every 5th good training image (item, where the dataset has items) is kept out of a first
-    // fit: the scores are scaled and the threshold chosen on it. The final fit adds it.
+    // Every 5th good training image (item, where the dataset has items) is the validation
+    // part: the input size, the turns and the bank's size are chosen on it against a fit on
+    // the others, and it is the last of the five folds the threshold is calibrated on (below).
     let (good, validation) =
         dataset::split_validation(&good_part, settings.layout, VALIDATION_EVERY);
 
@@ -341,33 +342,55 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             }
             Ok(out)
         };
-    // Only the first fit's images get painted defects: the head is trained once (see below).
-    let mut fit_part = extract_all(&good, settings.synthetic_defects_per_good)?;
-    let validation_part = extract_all(&validation, 0)?;
+    // The good training images in folds, the last being the validation part above: every
+    // fold is scored by a model fitted without it (cross-conformal, below). The folds the head
+    // learns from get painted defects: the head is fitted once (see below).
+    let folds = dataset::split_folds(&good_part, settings.layout, VALIDATION_EVERY);
+    let last = folds.len() - 1;
+    let mut parts = Vec::with_capacity(folds.len());
+    for (i, fold) in folds.iter().enumerate() {
+        let painted = if i == last {
+            0
+        } else {
+            settings.synthetic_defects_per_good
+        };
+        parts.push(extract_all(fold, painted)?);
+    }
     bar.finish_and_clear();
-    if fit_part.images.len() < 2 {
+    let images_in = |parts: &[&GoodFeatures]| parts.iter().map(|p| p.images.len()).sum::<usize>();
+    if images_in(&parts[..last].iter().collect::<Vec<_>>()) < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
-    // The first fit chooses the bank's size (when asked to) on the validation images; the
-    // final fit keeps it.
-    let fit = |part: &GoodFeatures,
+    // The fit chooses the bank's size (when asked to) on the validation images; every later
+    // fit keeps it.
+    let fit = |learnt: &[&GoodFeatures],
                which: &str,
                bank: BankSize,
                validation: &[&Tensor]|
      -> Result<(PatchCore, Option<BankSizeChoice>), AnomalyError> {
-        let learnt = || part.images.iter().chain(&part.turned);
-        let patches: Vec<&Tensor> = learnt().map(|f| &f.patches).collect();
-        let descriptors: Vec<Vec<f32>> = learnt().map(|f| f.descriptor.clone()).collect();
+        let patches: Vec<&Tensor> = (learnt.iter())
+            .flat_map(|p| p.images.iter().chain(&p.turned))
+            .map(|f| &f.patches)
+            .collect();
+        let descriptors: Vec<Vec<f32>> = (learnt.iter())
+            .flat_map(|p| p.images.iter().chain(&p.turned))
+            .map(|f| f.descriptor.clone())
+            .collect();
         let all = Tensor::cat(&patches, 0)?;
         tracing::info!(
             patches = all.dim(0)?,
             bank = %bank,
+            which,
             "selecting the coreset"
         );
         let coarse = match &coarse_features {
             Some(extractor) => {
-                let descriptors: Vec<Vec<f32>> = (part.coarse_descriptors.iter())
-                    .chain(&part.turned_coarse_descriptors)
+                let descriptors: Vec<Vec<f32>> = (learnt.iter())
+                    .flat_map(|p| {
+                        p.coarse_descriptors
+                            .iter()
+                            .chain(&p.turned_coarse_descriptors)
+                    })
                     .cloned()
                     .collect();
                 Some(CoarseImage::new(
@@ -397,15 +420,22 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         Ok((model.with_coarse_image(coarse), choice))
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
-    // It is fitted once; the painted images' features (tens of megabytes) go with this block.
+    // It is fitted once, on the folds before the validation part; the painted images'
+    // features (tens of megabytes) go with this block. The other folds' models keep it (a
+    // head per fold would paint and learn five times over): a linear model over every patch of
+    // many images favours the images it saw far less than a bank holding their own patches,
+    // which scores them near zero.
     let head = {
-        let painted = std::mem::take(&mut fit_part.synthetic);
+        let painted: Vec<(ImageFeatures, Vec<bool>)> = parts[..last]
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.synthetic))
+            .collect();
         if painted.is_empty() {
             None
         } else {
             let unpainted = vec![false; grid * grid];
-            let examples: Vec<(&Tensor, &[bool])> = (fit_part.images.iter())
-                .chain(&fit_part.turned)
+            let examples: Vec<(&Tensor, &[bool])> = (parts[..last].iter())
+                .flat_map(|p| p.images.iter().chain(&p.turned))
                 .map(|f| (&f.patches, &unpainted[..]))
                 .chain(painted.iter().map(|(f, labels)| (&f.patches, &labels[..])))
                 .collect();
@@ -416,94 +446,104 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             Some(head)
         }
     };
-    let validation_patches: Vec<&Tensor> =
-        validation_part.images.iter().map(|f| &f.patches).collect();
-    let (model, bank_size_choice) = fit(
-        &fit_part,
-        "coreset of the first fit",
+    let fit_parts: Vec<&GoodFeatures> = parts[..last].iter().collect();
+    let validation_patches: Vec<&Tensor> = parts[last].images.iter().map(|f| &f.patches).collect();
+    let (first, bank_size_choice) = fit(
+        &fit_parts,
+        "coreset",
         settings.bank_size,
         &validation_patches,
     )?;
-    let model = model.with_head(head.clone());
-    // The final fit's bank: the size given, or the one the first fit chose.
-    let final_bank = match &bank_size_choice {
+    let first = first.with_head(head.clone());
+    // Every later fit's bank: the size given, or the one the first fit chose.
+    let bank = match &bank_size_choice {
         Some(choice) => BankSize::Fixed(choice.chosen),
         None => settings.bank_size,
     };
     // Scored from the features extracted above: each image is read and seen once.
-    let raw_scores = |part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
-        (part.images.iter().enumerate())
-            .map(|(i, f)| {
-                Ok(model
-                    .raw_scores_of(f, part.coarse_descriptors.get(i).map(Vec::as_slice))?
-                    .0)
-            })
-            .collect()
-    };
-    let validation_scores = raw_scores(&validation_part)?;
-    // The drift reference's inputs: fitted on the first fit's images, its limit chosen on the
-    // validation images, which the first fit never saw.
-    let (fit_inputs, validation_inputs) = (fit_part.inputs.clone(), validation_part.inputs.clone());
-    let mut validation_good_scores = Vec::new();
-    let mut guarantee = None;
-    let (model, threshold, threshold_rule) = if validation_scores.len() >= 2 {
-        let scale = ScoreScale::from_good_scores(&validation_scores);
-        let model = model.with_scale(scale);
-        let combined: Vec<f32> = validation_scores
-            .iter()
-            .map(|&s| model.combined(s))
-            .collect();
-        let labels = vec![false; combined.len()];
-        validation_good_scores.clone_from(&combined);
-        // With enough good validation images the threshold comes with a finite-sample promise
-        // (split conformal); with fewer, the plain quantile, and the card says why.
-        let alpha = settings.target_false_reject_rate;
-        let (threshold, how) = match eval::conformal_false_reject_threshold(&combined, alpha) {
-            Ok((threshold, promise)) => {
-                guarantee = Some(promise);
-                (threshold, promise.describe())
-            }
-            Err(few) => (
-                eval::threshold_for_false_reject_rate(&combined, &labels, alpha),
-                format!("the validation quantile, without a guarantee: {few}"),
-            ),
+    let raw_scores =
+        |model: &PatchCore, part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
+            (part.images.iter().enumerate())
+                .map(|(i, f)| {
+                    Ok(model
+                        .raw_scores_of(f, part.coarse_descriptors.get(i).map(Vec::as_slice))?
+                        .0)
+                })
+                .collect()
         };
-        let rule = format!(
-            "false-reject rate ≤ {alpha} on {} good validation images, {how} (scored by the \
-             model fitted without them; the final bank and image Gaussians add them)",
-            combined.len()
-        );
-        // The final model learns from every good training image, as the supervised model
-        // does: the image Gaussian has fewer images than dimensions, and the bank covers more
-        // of the good surfaces' variety. Scale and threshold stay those measured on images
-        // the first model never saw. The head is kept as it is: a refit logistic regression
-        // lands on weights of another scale, whose scores the validation spread would not
-        // describe.
-        fit_part.append(validation_part);
-        let model = fit(&fit_part, "coreset of the final fit", final_bank, &[])?
+    let validation_scores = raw_scores(&first, &parts[last])?;
+    // The drift reference's inputs: fitted on the first fit's images, its limit chosen on the
+    // validation images, which that fit never saw.
+    let fit_inputs: Vec<InputStats> = (fit_parts.iter())
+        .flat_map(|p| p.inputs.iter().cloned())
+        .collect();
+    let validation_inputs = parts[last].inputs.clone();
+    let mut guarantee = None;
+    let (model, threshold, threshold_rule, calibration_scores) = if validation_scores.len() >= 2 {
+        // Cross-conformal: every other fold scored by a model fitted without it, so that every
+        // good training image calibrates the threshold (magnetic-tile: 179 rather than the
+        // validation fifth's 35, whose highest score a 5 % target must take), and the model
+        // shipped still learns from them all. It learns from a quarter more images than each
+        // fold's model, so a new good part scores a little lower than they did: the promise
+        // errs on the safe side.
+        let mut out_of_fold = Vec::new();
+        for i in 0..last {
+            let learnt: Vec<&GoodFeatures> = (parts.iter().enumerate())
+                .filter(|&(j, _)| j != i)
+                .map(|(_, p)| p)
+                .collect();
+            if parts[i].images.is_empty() || images_in(&learnt) < 2 {
+                continue;
+            }
+            let which = format!("coreset without fold {} of {}", i + 1, parts.len());
+            let model = fit(&learnt, &which, bank, &[])?.0.with_head(head.clone());
+            out_of_fold.extend(raw_scores(&model, &parts[i])?);
+        }
+        out_of_fold.extend(validation_scores.iter().copied());
+        let scale = ScoreScale::from_good_scores(&out_of_fold);
+        let all_parts: Vec<&GoodFeatures> = parts.iter().collect();
+        let model = fit(&all_parts, "coreset of the model", bank, &[])?
             .0
             .with_head(head)
             .with_scale(scale);
-        (model, threshold, rule)
+        let combined: Vec<f32> = out_of_fold.iter().map(|&s| model.combined(s)).collect();
+        let alpha = settings.target_false_reject_rate;
+        let (threshold, promise, how) = threshold_for_goods(&combined, alpha);
+        guarantee = promise;
+        let rule = format!(
+            "false-reject rate ≤ {alpha} on {} good training images, each scored by a model \
+             fitted without its fold ({}-fold cross-conformal; the model shipped learns from \
+             all of them): {how}",
+            combined.len(),
+            parts.len()
+        );
+        (model, threshold, rule, combined)
     } else {
         // Too few validation images: scale on the training images themselves (their patch
         // scores are optimistic, the bank holds their patches) and fail above the highest.
-        let training_scores = raw_scores(&fit_part)?;
-        let model = model.with_scale(ScoreScale::from_good_scores(&training_scores));
-        let highest = training_scores
-            .iter()
-            .map(|&s| model.combined(s))
-            .fold(f32::NEG_INFINITY, f32::max);
+        let mut training_scores = Vec::new();
+        for part in &fit_parts {
+            training_scores.extend(raw_scores(&first, part)?);
+        }
+        let model = first.with_scale(ScoreScale::from_good_scores(&training_scores));
+        let combined: Vec<f32> = training_scores.iter().map(|&s| model.combined(s)).collect();
+        let highest = combined.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let threshold = highest + 0.05 * highest.abs().max(1.0);
-        validation_good_scores = training_scores.iter().map(|&s| model.combined(s)).collect();
         let rule = "5 % above the highest training score (too few validation images)".to_owned();
-        (model, threshold, rule)
+        (model, threshold, rule, combined)
     };
-    let n_train_good = fit_part.images.len();
+    // With validation images the model shipped learns from every fold, else from the first
+    // fit's.
+    let cross_conformal = validation_scores.len() >= 2;
+    let n_train_good = if cross_conformal {
+        images_in(&parts.iter().collect::<Vec<_>>())
+    } else {
+        images_in(&fit_parts)
+    };
     if let Some(choice) = &mut orientation_choice {
-        choice.n_turned_images = fit_part.turned.len();
+        choice.n_turned_images = parts.iter().map(|p| p.turned.len()).sum();
     }
-    let false_rejects = validation_good_scores
+    let false_rejects = calibration_scores
         .iter()
         .filter(|&&s| s >= threshold)
         .count();
@@ -511,14 +551,20 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         &fit_inputs,
         &validation_inputs,
         ProfileImages::Good,
-        &validation_good_scores,
-        (false_rejects, validation_good_scores.len()),
-        // Scored by the first fit; the final model refits on these images.
+        &calibration_scores,
+        (false_rejects, calibration_scores.len()),
+        // Scored by each fold's model, or optimistic training scores: the model shipped learnt
+        // from all of these images.
         false,
     )
     .map_err(|why| tracing::warn!(%why, "no drift reference on the card"))
     .ok();
-    let used = fit_part.used;
+    // Every good training image, in fold order: the validation fold sets the scale and the
+    // threshold with the others.
+    let used: Vec<PathBuf> = parts
+        .iter_mut()
+        .flat_map(|p| std::mem::take(&mut p.used))
+        .collect();
     let training_duration_s = started.elapsed().as_secs_f64();
 
     let metrics = evaluate(&model, &held_out, threshold, &settings.progress)?;
@@ -546,7 +592,11 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             "every {HOLDOUT_EVERY}th image of each class (sorted by path) held out; trained on good images only"
         ),
         n_train_good,
-        n_validation_good: validation_scores.len(),
+        n_validation_good: if cross_conformal {
+            calibration_scores.len()
+        } else {
+            validation_scores.len()
+        },
         training_data_sha256: dataset::content_digest(used.iter())?,
         bank_size: model.bank().dim(0)?,
         bank_size_choice,
@@ -573,6 +623,20 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     };
     model.save(&settings.out_dir)?;
     Ok(model.card)
+}
+
+/// The threshold for a false-reject rate `alpha` on good images' scores, its promise and the
+/// promise in words: split conformal where the images are enough, else the plain quantile,
+/// which promises nothing.
+fn threshold_for_goods(scores: &[f32], alpha: f64) -> (f32, Option<ThresholdGuarantee>, String) {
+    match eval::conformal_false_reject_threshold(scores, alpha) {
+        Ok((threshold, promise)) => (threshold, Some(promise), promise.describe()),
+        Err(few) => (
+            eval::threshold_for_false_reject_rate(scores, &vec![false; scores.len()], alpha),
+            None,
+            format!("the quantile, without a guarantee: {few}"),
+        ),
+    }
 }
 
 /// The paths of up to `n` of `samples`, spread evenly over them: the images a trial of the
@@ -604,18 +668,6 @@ struct GoodFeatures {
     /// Defects painted on those images (only on the first fit's, for the head): their
     /// features and which patches are painted.
     synthetic: Vec<(ImageFeatures, Vec<bool>)>,
-}
-
-impl GoodFeatures {
-    fn append(&mut self, mut other: GoodFeatures) {
-        self.images.append(&mut other.images);
-        self.coarse_descriptors
-            .append(&mut other.coarse_descriptors);
-        self.used.append(&mut other.used);
-        self.turned.append(&mut other.turned);
-        self.turned_coarse_descriptors
-            .append(&mut other.turned_coarse_descriptors);
-    }
 }
 
 /// The part of a dataset training held out, and what it is in words.
