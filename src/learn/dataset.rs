@@ -1032,10 +1032,19 @@ mod tests {
         let mut all: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
         all.sort();
         assert_eq!(seen, all, "every sample in exactly one fold");
-        for fold in &folds {
+        // Both photographs of an item in the same fold.
+        let item = |s: &Sample| s.image.parent().map(Path::to_owned).expect("item");
+        for (i, fold) in folds.iter().enumerate() {
             assert!(fold.iter().all(|s| s.held_out.is_none()));
-            // Both photographs of an item in the same fold.
-            assert_eq!(fold.len() % 2, 0, "{fold:?}");
+            for sample in fold {
+                for (j, other) in folds.iter().enumerate() {
+                    assert!(
+                        i == j || other.iter().all(|o| item(o) != item(sample)),
+                        "{} split over folds {i} and {j}",
+                        sample.image.display()
+                    );
+                }
+            }
         }
         let (_, validation) = split_validation(&samples, Layout::Kolektorsdd, 3);
         assert_eq!(folds[2], validation);

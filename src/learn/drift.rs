@@ -385,7 +385,8 @@ impl InputNovelty {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftReference {
     pub input: InputProfile,
-    /// Scores of good validation images (on the model's own scale), ascending; at most
+    /// Scores of good validation images (on the model's own scale; the anomaly model's are
+    /// every good training image's, each from its fold's model), ascending; at most
     /// [`MAX_REFERENCE_SCORES`], evenly spaced order statistics of them when there were more.
     pub good_scores: Vec<f32>,
     /// Wrong verdicts on validation images at the card's threshold, as a rate with one error

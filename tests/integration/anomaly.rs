@@ -115,8 +115,8 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(refused.contains("coarse image score"), "{refused}");
     let card = anomaly_train::train(&settings).expect("trains");
     // The 24 good training images in five folds, every 5th the validation fold: each fold is
-    // scored by a model fitted without it, and all 24 scores choose the threshold
-    // (cross-conformal); the bank and image Gaussian shipped learn from all 24.
+    // scored by a bank and image Gaussians fitted without it, and all 24 scores choose the
+    // threshold (cross-conformal); the bank and image Gaussians shipped learn from all 24.
     let head = &card.head;
     assert_eq!(head.kind, "anomaly");
     assert!(head.version.starts_with("synthetic-parts@"));
@@ -124,14 +124,14 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let card = &card.family;
     assert_eq!((card.n_train_good, card.n_validation_good), (24, 24));
     // 24 good images can promise 5 % false rejects (it takes 19), where the validation fold's
-    // 4 alone could not.
+    // 4 alone could not; the rule says the promise is approximate.
     let promise = head
         .threshold_guarantee
         .expect("a promise from 24 good images");
     assert_eq!(promise.n, 24);
-    assert!(promise.expected_rate <= 0.05, "{promise:?}");
     assert!(
-        head.threshold_rule.contains("5-fold cross-conformal"),
+        head.threshold_rule.contains("5-fold cross-conformal")
+            && head.threshold_rule.contains("approximate"),
         "{}",
         head.threshold_rule
     );
@@ -143,7 +143,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(!drift.scores_of_shipped_model);
     assert!(drift.input.limit.is_finite() && drift.input.limit > 0.0);
     // The image score, the patch head and the coarse image score are on, scaled on the
-    // validation images.
+    // out-of-fold scores.
     let scale = card.score_scale.expect("a score scale");
     assert!(scale.head.is_some(), "{card:?}");
     assert!(scale.coarse_image.is_some(), "{card:?}");
@@ -231,8 +231,35 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(coarse.extractor().input_size(), 64);
     assert_eq!(coarse.extractor().resampling(), Resampling::Antialiased);
     let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
-    let (_, held_out) =
+    let (training, held_out) =
         linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
+    // The threshold is calibrated on scores of models that never learnt the image they scored:
+    // the same good training images score far higher there than under the model shipped,
+    // whose bank holds their own patches. Were a fold's images in the model scoring them, the
+    // two would be alike.
+    let good_training: Vec<_> = training.into_iter().filter(|s| !s.defective()).collect();
+    let (_, in_sample) = anomaly_train::evaluate_each(
+        &model,
+        &good_training,
+        loaded_card.head.threshold,
+        &Progress::hidden(),
+    )
+    .expect("scores the training images");
+    let median = |scores: &mut Vec<f32>| {
+        scores.sort_by(f32::total_cmp);
+        scores[scores.len() / 2]
+    };
+    let in_sample_median = median(&mut in_sample.iter().map(|s| s.score).collect());
+    let out_of_fold_median = median(
+        &mut (loaded_card.head.drift.as_ref())
+            .expect("drift")
+            .good_scores
+            .clone(),
+    );
+    assert!(
+        out_of_fold_median > in_sample_median + 1.0,
+        "out of fold {out_of_fold_median}, in sample {in_sample_median}"
+    );
     let (again, each) = anomaly_train::evaluate_each(
         &model,
         &held_out,

@@ -90,8 +90,9 @@ pub struct AnomalyCard {
     /// Good images the bank and image Gaussians were fitted on (validation included).
     pub n_train_good: usize,
     /// Good training images the scores are scaled and the threshold chosen on, each scored
-    /// by a model fitted without it: every one of them, each by its fold's model, since
-    /// 2026-12-07 (cross-conformal); before, the validation fifth alone, by a first fit.
+    /// by a bank and image Gaussians fitted without it: every one of them, each by its fold's
+    /// model, since 2026-12-07 (cross-conformal); before, the validation fifth alone, by a
+    /// first fit.
     pub n_validation_good: usize,
     /// SHA-256 over the bank's training images' names and bytes.
     pub training_data_sha256: String,
@@ -129,7 +130,7 @@ impl Family for AnomalyCard {
 }
 
 /// A saved anomaly model, loaded: the scorer and its card. The card's threshold is in
-/// standard deviations above good validation images, not a probability.
+/// standard deviations above good images the model did not learn from, not a probability.
 #[derive(Debug, Clone)]
 pub struct AnomalyModel {
     pub model: PatchCore,
