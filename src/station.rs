@@ -17,6 +17,7 @@
 //! ends or `shutdown` fires, then lets every part in flight reach the gate, records it, and stops.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -105,6 +106,12 @@ pub enum StationError {
          sent that early are stale at the PLC and every part would be diverted"
     )]
     LeadOutsideCommandWindow { lead_ms: u128, window_ms: u128 },
+    #[error(
+        "plc.on_plc_lost = \"stop_line\" halts the line through the register map's [halt_line] \
+         coil, which {0} does not have: add the coil, or divert every part instead \
+         (\"divert_all\")"
+    )]
+    StopLineWithoutCoil(PathBuf),
     #[error(
         "line.actuation_lead_ms ({lead_ms}) is {lead_counts} encoder counts at the belt's nominal \
          speed (travel_counts / travel_ms), not below the PLC program's command window \
@@ -341,6 +348,16 @@ impl Station {
             ActiveModels::new(RunningModel::new(detector, threshold)).with_taxonomy(taxonomy),
         );
         let map = RegisterMap::load(&config.plc.register_map_file)?;
+        // In client mode the station halts the line itself, by the coil; in server mode the
+        // PLC reads the request from the station's status block.
+        if plc_address.is_some()
+            && config.plc.on_plc_lost == crate::config::PlcLostPolicy::StopLine
+            && map.halt_line.is_none()
+        {
+            return Err(StationError::StopLineWithoutCoil(
+                config.plc.register_map_file.clone(),
+            ));
+        }
         let command_window = std::time::Duration::from_millis(
             map.plc_program.match_before_ms + map.plc_program.eye_to_gate_ms,
         );
@@ -792,10 +809,15 @@ impl Station {
         };
         let heartbeat_stop = CancellationToken::new();
         let plc_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt_held_elsewhere: crate::actuate::HaltHeldProbe = match api.halt_line.clone() {
+            Some(halt_line) => Arc::new(move || halt_line.latched()),
+            None => Arc::new(|| false),
+        };
         let plc_watch = PlcWatch {
             timeout: config.plc.plc_heartbeat_timeout,
             policy: config.plc.on_plc_lost,
             lost: plc_lost.clone(),
+            halt_held_elsewhere,
             report: {
                 let store = store.clone();
                 Box::new(move |lost, why| {

@@ -862,7 +862,13 @@ pub struct PlcWatch {
     pub lost: Arc<AtomicBool>,
     /// Told `(lost, why)` at every change, to raise or clear [`PLC_LOST_ALARM`].
     pub report: Box<dyn Fn(bool, String) + Send + Sync>,
+    /// Whether something else holds the halt coil ON right now (the halt-line action's
+    /// latch): the coil the stop-line policy wrote is then left ON when the PLC is back.
+    pub halt_held_elsewhere: HaltHeldProbe,
 }
+
+/// Asked whether another owner of the halt coil holds it ON.
+pub type HaltHeldProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Heartbeats both ways: what the station last saw of the PLC's.
 struct PlcHeartbeat {
@@ -964,6 +970,10 @@ pub async fn run_heartbeat(
     let mut beating = true;
     // Whether the PLC is lost under `StopLine` and the halt coil has not yet been written.
     let mut halt_owed = false;
+    // Whether this task's ON is on the coil and the PLC is back: the coil is owed an OFF.
+    let mut release_owed = false;
+    // Whether this task wrote the coil ON and has not written it OFF since.
+    let mut halt_written = false;
     let mut halt_failures = 0u64;
     let mut plc = PlcHeartbeat::new();
     loop {
@@ -1002,6 +1012,7 @@ pub async fn run_heartbeat(
         if changed {
             watch.changed(lost, &metrics, &link.plc().to_string());
             halt_owed = lost && watch.policy == PlcLostPolicy::StopLine;
+            release_owed = !lost && halt_written;
             halt_failures = 0;
         }
         // The PLC program latches the halt on the coil's rising edge (rule R8), so it holds
@@ -1012,6 +1023,7 @@ pub async fn run_heartbeat(
             match link.write_coil(halt.coil, true).await {
                 Ok(()) => {
                     halt_owed = false;
+                    halt_written = true;
                     halt_failures = 0;
                 }
                 Err(error) => {
@@ -1020,6 +1032,35 @@ pub async fn run_heartbeat(
                         tracing::error!(%error, "could not write the halt-line coil; trying again every beat");
                     } else {
                         tracing::debug!(%error, halt_failures, "could not write the halt-line coil");
+                    }
+                }
+            }
+        }
+        // The PLC is back. Its halt stays latched, but R8 releases it only on the operator's
+        // reset while the coil is OFF: left ON, nothing would ever let the line restart. The
+        // halt-line action, when latched, holds the coil for its own reason and writes it OFF
+        // after its own reset; it reasserts ON every `reassert_ms`, which closes the moment
+        // should it latch between the look and the write.
+        if release_owed && let Some(halt) = link.map.halt_line {
+            if (watch.halt_held_elsewhere)() {
+                release_owed = false;
+                halt_written = false;
+            } else {
+                match link.write_coil(halt.coil, false).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            coil = halt.coil,
+                            "PLC back: halt-line coil OFF, the operator's reset releases the line"
+                        );
+                        release_owed = false;
+                        halt_written = false;
+                        halt_failures = 0;
+                    }
+                    Err(error) => {
+                        halt_failures += 1;
+                        if halt_failures == 1 {
+                            tracing::error!(%error, "could not release the halt-line coil; trying again every beat");
+                        }
                     }
                 }
             }

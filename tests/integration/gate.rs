@@ -253,7 +253,9 @@ async fn unreachable_plc_is_a_clear_error() {
 
 /// Heartbeats both ways: a PLC switched to STOP still answers Modbus, but its heartbeat stands
 /// still; the station notices within its timeout, reports it, holds every PASS back and, with
-/// the stop-line policy, writes the halt coil, which the PLC latches once it runs again.
+/// the stop-line policy, writes the halt coil, which the PLC latches once it runs again. Once
+/// the PLC is back the station writes the coil OFF, so the operator's reset at the line
+/// releases the halt, unless the halt-line action holds the coil for its own reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
     let plc = simulator().await;
@@ -264,10 +266,15 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
     let reports: Arc<Mutex<Vec<(bool, String)>>> = Arc::default();
     let metrics = Metrics::new();
     let stop = CancellationToken::new();
+    let held_elsewhere = Arc::new(AtomicBool::new(false));
     let watch = PlcWatch {
         timeout: Duration::from_millis(600),
         policy: PlcLostPolicy::StopLine,
         lost: lost.clone(),
+        halt_held_elsewhere: {
+            let held = held_elsewhere.clone();
+            Arc::new(move || held.load(Ordering::Relaxed))
+        },
         report: {
             let reports = reports.clone();
             Box::new(move |lost, why| reports.lock().expect("reports").push((lost, why)))
@@ -329,6 +336,42 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
             .collect::<Vec<_>>(),
         [true, false]
     );
+    // The PLC back, the coil goes OFF; the halt holds until the operator resets it at the line.
+    eventually("the coil released", || async { !plc.coil(coil) }).await;
+    assert!(plc.halted(), "the latch outlives the coil");
+    plc.press_operator_reset();
+    eventually("the line released by the operator", || async {
+        !plc.halted()
+    })
+    .await;
+    // Lost again while the halt-line action holds the coil: back, the coil stays ON (three
+    // beats after the PLC is found, it still is), and the operator's reset does nothing.
+    held_elsewhere.store(true, Ordering::Relaxed);
+    plc.set_program_running(false);
+    eventually("the PLC lost again", || async {
+        lost.load(Ordering::Relaxed)
+    })
+    .await;
+    eventually("the coil ON again", || async { plc.coil(coil) }).await;
+    plc.set_program_running(true);
+    eventually("the PLC found again", || async {
+        !lost.load(Ordering::Relaxed)
+    })
+    .await;
+    eventually("the halt latched again", || async { plc.halted() }).await;
+    let beat = plc.register(map.heartbeat.address);
+    eventually("three more beats", || async {
+        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 3
+    })
+    .await;
+    assert!(plc.coil(coil), "held by the halt-line action");
+    plc.press_operator_reset();
+    let beat = plc.register(map.heartbeat.address);
+    eventually("two more beats", || async {
+        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 2
+    })
+    .await;
+    assert!(plc.halted(), "no reset while the coil is ON");
     stop.cancel();
     beating.await.expect("heartbeat task");
     assert_eq!(

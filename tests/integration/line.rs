@@ -407,6 +407,49 @@ async fn a_simulated_config_needs_its_simulated_line() {
     );
 }
 
+/// The stop-line policy halts the line through the register map's coil: a map without one is
+/// refused at start, naming the policy and the file, rather than reporting "the line is halted"
+/// over a line that runs on.
+#[tokio::test]
+async fn stop_line_without_a_halt_coil_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(crate::repo().join("firmware-io/register-map.toml"))
+        .expect("shipped map");
+    let start = shipped
+        .find("[halt_line]")
+        .expect("the shipped map has the coil");
+    let end = start + shipped[start..].find("\n[").expect("a section after it") + 1;
+    let map = dir.path().join("register-map.toml");
+    std::fs::write(&map, format!("{}{}", &shipped[..start], &shipped[end..])).expect("write map");
+    let map_line = format!("register_map = {:?}", map.display().to_string());
+    let config = station_config(
+        dir.path(),
+        &[
+            (
+                "on_plc_lost = \"divert_all\"",
+                "on_plc_lost = \"stop_line\"",
+            ),
+            (
+                "register_map = \"../firmware-io/register-map.toml\"",
+                map_line.as_str(),
+            ),
+        ],
+    );
+    let line = SimulatedLine::start(&config)
+        .await
+        .expect("the simulated line starts");
+    let error = match Station::prepare(config, line.attachments()).await {
+        Ok(_) => panic!("stop_line started without a halt coil"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("stop_line")
+            && error.contains("[halt_line]")
+            && error.contains(&map.display().to_string()),
+        "{error}"
+    );
+}
+
 /// Issue 17: the same line tracked by encoder counts. The station reads the simulated PLC's
 /// encoder, places each part by the count at its capture and sends its command when the belt
 /// brings it to the diverter; the PLC program, switched to encoder tracking, matches commands

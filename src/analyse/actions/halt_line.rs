@@ -216,6 +216,11 @@ impl HaltLine {
         })
     }
 
+    /// Whether the halt is latched (the coil held ON).
+    pub fn latched(&self) -> bool {
+        self.live().latch.latched
+    }
+
     /// The state now.
     pub fn view(&self) -> HaltLineView {
         let live = self.live();
