@@ -970,10 +970,12 @@ pub async fn run_heartbeat(
     let mut beating = true;
     // Whether the PLC is lost under `StopLine` and the halt coil has not yet been written.
     let mut halt_owed = false;
-    // Whether this task's ON is on the coil and the PLC is back: the coil is owed an OFF.
-    let mut release_owed = false;
+    // Whether this task's ON is on the coil and the PLC is back: the coil is owed an OFF. A
+    // station stopped while its halt was on left the coil ON, so under `StopLine` one is owed
+    // at start too (as the halt-line action writes its state at its start).
+    let mut release_owed = watch.policy == PlcLostPolicy::StopLine;
     // Whether this task wrote the coil ON and has not written it OFF since.
-    let mut halt_written = false;
+    let mut halt_written = release_owed;
     let mut halt_failures = 0u64;
     let mut plc = PlcHeartbeat::new();
     loop {
@@ -1016,51 +1018,45 @@ pub async fn run_heartbeat(
             halt_failures = 0;
         }
         // The PLC program latches the halt on the coil's rising edge (rule R8), so it holds
-        // until an operator resets it at the line, whatever the coil does next. The PLC is
-        // mostly lost with its link, so the first write often fails: it is tried again every
-        // beat until one lands or the PLC is back.
-        if halt_owed && let Some(halt) = link.map.halt_line {
-            match link.write_coil(halt.coil, true).await {
+        // until an operator resets it at the line, whatever the coil does next, but releases it
+        // only while the coil is OFF: once the PLC is back the coil is written OFF again, or
+        // nothing would ever let the line restart. The halt-line action, when latched, holds
+        // the coil for its own reason and writes it OFF after its own reset; it reasserts ON
+        // every `reassert_ms`, which closes the moment should it latch between the look and
+        // the write. The PLC is mostly lost with its link, so a write often fails: it is tried
+        // again every beat until one lands or the state owed changes.
+        if release_owed && (watch.halt_held_elsewhere)() {
+            release_owed = false;
+            halt_written = false;
+        }
+        let owed = if halt_owed {
+            Some(true)
+        } else if release_owed {
+            Some(false)
+        } else {
+            None
+        };
+        if let (Some(on), Some(halt)) = (owed, link.map.halt_line) {
+            match link.write_coil(halt.coil, on).await {
                 Ok(()) => {
-                    halt_owed = false;
-                    halt_written = true;
+                    if on {
+                        halt_owed = false;
+                    } else {
+                        release_owed = false;
+                        tracing::info!(
+                            coil = halt.coil,
+                            "PLC back: halt-line coil OFF, the operator's reset releases the line"
+                        );
+                    }
+                    halt_written = on;
                     halt_failures = 0;
                 }
                 Err(error) => {
                     halt_failures += 1;
                     if halt_failures == 1 {
-                        tracing::error!(%error, "could not write the halt-line coil; trying again every beat");
+                        tracing::error!(%error, on, "could not write the halt-line coil; trying again every beat");
                     } else {
-                        tracing::debug!(%error, halt_failures, "could not write the halt-line coil");
-                    }
-                }
-            }
-        }
-        // The PLC is back. Its halt stays latched, but R8 releases it only on the operator's
-        // reset while the coil is OFF: left ON, nothing would ever let the line restart. The
-        // halt-line action, when latched, holds the coil for its own reason and writes it OFF
-        // after its own reset; it reasserts ON every `reassert_ms`, which closes the moment
-        // should it latch between the look and the write.
-        if release_owed && let Some(halt) = link.map.halt_line {
-            if (watch.halt_held_elsewhere)() {
-                release_owed = false;
-                halt_written = false;
-            } else {
-                match link.write_coil(halt.coil, false).await {
-                    Ok(()) => {
-                        tracing::info!(
-                            coil = halt.coil,
-                            "PLC back: halt-line coil OFF, the operator's reset releases the line"
-                        );
-                        release_owed = false;
-                        halt_written = false;
-                        halt_failures = 0;
-                    }
-                    Err(error) => {
-                        halt_failures += 1;
-                        if halt_failures == 1 {
-                            tracing::error!(%error, "could not release the halt-line coil; trying again every beat");
-                        }
+                        tracing::debug!(%error, on, halt_failures, "could not write the halt-line coil");
                     }
                 }
             }

@@ -984,9 +984,9 @@ mod tests {
         assert!(held.iter().all(|&n| n == 1), "{held:?}");
     }
 
-    #[test]
-    fn validation_cuts_whole_items_where_there_are_items() {
-        let samples: Vec<Sample> = (1..=6)
+    /// `items` KolektorSDD items (`kosNN`) of two good photographs each.
+    fn kolektor_items(items: usize) -> Vec<Sample> {
+        (1..=items)
             .flat_map(|item| {
                 (0..2).map(move |k| Sample {
                     image: PathBuf::from(format!("ksdd/kos{item:02}/Part{k}.jpg")),
@@ -994,7 +994,12 @@ mod tests {
                     ..sample("good", k)
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn validation_cuts_whole_items_where_there_are_items() {
+        let samples = kolektor_items(6);
         let (rest, validation) = split_validation(&samples, Layout::Kolektorsdd, 3);
         let item = |s: &Sample| s.image.parent().map(Path::to_owned);
         let names: Vec<_> = validation.iter().filter_map(item).collect();
@@ -1016,15 +1021,7 @@ mod tests {
     /// part `split_validation` cuts.
     #[test]
     fn folds_cover_the_part_once_and_end_with_its_validation_part() {
-        let samples: Vec<Sample> = (1..=7)
-            .flat_map(|item| {
-                (0..2).map(move |k| Sample {
-                    image: PathBuf::from(format!("ksdd/kos{item:02}/Part{k}.jpg")),
-                    held_out: Some(false),
-                    ..sample("good", k)
-                })
-            })
-            .collect();
+        let samples = kolektor_items(7);
         let folds = split_folds(&samples, Layout::Kolektorsdd, 3);
         assert_eq!(folds.len(), 3);
         let mut seen: Vec<PathBuf> = folds.iter().flatten().map(|s| s.image.clone()).collect();

@@ -280,6 +280,9 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
             Box::new(move |lost, why| reports.lock().expect("reports").push((lost, why)))
         },
     };
+    // A station stopped while its halt was on left the coil ON: at start it writes it OFF.
+    let coil = map.halt_line.expect("halt coil").coil;
+    link.write_coil(coil, true).await.expect("coil ON");
     let camera_lost = Arc::new(AtomicBool::new(false));
     let beating = tokio::spawn(run_heartbeat(
         link.sibling(),
@@ -293,6 +296,12 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
         stop.clone(),
     ));
     eventually("the station trusted", || async { !plc.diverting_all() }).await;
+    eventually("the coil left ON released", || async { !plc.coil(coil) }).await;
+    plc.press_operator_reset();
+    eventually("the line released by the operator", || async {
+        !plc.halted()
+    })
+    .await;
     assert!(!lost.load(Ordering::Relaxed));
     // A station whose camera is lost says so in station_state (2): the PLC diverts every
     // part until the camera is back and the beats say running (1) again.
@@ -318,7 +327,6 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
         );
     }
     // Stop-line: the coil is ON; the PLC latches the halt as soon as its program runs.
-    let coil = map.halt_line.expect("halt coil").coil;
     assert!(plc.coil(coil));
     plc.set_program_running(true);
     eventually("the PLC found again", || async {
