@@ -775,7 +775,9 @@ pub enum PlcLostPolicy {
     #[default]
     DivertAll,
     /// Also write the halt-line coil ON: the PLC program latches the halt (rule R8), and
-    /// only an operator's reset at the line releases it.
+    /// only an operator's reset at the line releases it, once the station has written the
+    /// coil OFF again (when the PLC beats again, unless the halt-line action holds it). Needs
+    /// the register map's `[halt_line]` coil.
     StopLine,
 }
 

@@ -875,6 +875,8 @@ struct PlcHeartbeat {
     value: Option<u16>,
     moved_at: tokio::time::Instant,
     lost: bool,
+    /// Whether the heartbeat has been seen to move (two readings that differ).
+    seen_moving: bool,
 }
 
 impl PlcHeartbeat {
@@ -883,7 +885,13 @@ impl PlcHeartbeat {
             value: None,
             moved_at: tokio::time::Instant::now(),
             lost: false,
+            seen_moving: false,
         }
+    }
+
+    /// Whether two readings so far differed: the PLC's program was seen to run.
+    fn seen_moving(&self) -> bool {
+        self.seen_moving
     }
 
     /// Takes one reading (`None`: the status could not be read); whether the PLC is lost now
@@ -893,6 +901,7 @@ impl PlcHeartbeat {
         if let Some(value) = reading
             && self.value != Some(value)
         {
+            self.seen_moving |= self.value.is_some();
             self.value = Some(value);
             self.moved_at = now;
         }
@@ -1029,14 +1038,18 @@ pub async fn run_heartbeat(
             release_owed = false;
             halt_written = false;
         }
+        // Never OFF before the PLC's heartbeat was seen to move: a station that starts while
+        // the PLC is lost must not let the line's reset release the halt meanwhile.
         let owed = if halt_owed {
             Some(true)
-        } else if release_owed {
+        } else if release_owed && plc.seen_moving() {
             Some(false)
         } else {
             None
         };
         if let (Some(on), Some(halt)) = (owed, link.map.halt_line) {
+            // A write that times out may still land: an ON attempted is owed an OFF later.
+            halt_written |= on;
             match link.write_coil(halt.coil, on).await {
                 Ok(()) => {
                     if on {

@@ -123,8 +123,9 @@ pub struct HaltLineView {
     pub trips: u64,
     /// The coil's address (register map `[halt_line]`).
     pub coil: u16,
-    /// The coil's value as the PLC last acknowledged it; absent when unknown (not written
-    /// since start, or the last write failed).
+    /// The coil's value as the PLC last acknowledged this action's write; absent when unknown
+    /// (not written since start, or the last write failed). The stop-line policy writes the
+    /// same coil while the PLC is lost, which this does not show.
     pub coil_on: Option<bool>,
     /// Counted defects among the latest parts now.
     pub defects_in_window: u32,
