@@ -889,11 +889,6 @@ impl PlcHeartbeat {
         }
     }
 
-    /// Whether two readings so far differed: the PLC's program was seen to run.
-    fn seen_moving(&self) -> bool {
-        self.seen_moving
-    }
-
     /// Takes one reading (`None`: the status could not be read); whether the PLC is lost now
     /// and whether that changed.
     fn observe(&mut self, reading: Option<u16>, timeout: Duration) -> (bool, bool) {
@@ -979,12 +974,11 @@ pub async fn run_heartbeat(
     let mut beating = true;
     // Whether the PLC is lost under `StopLine` and the halt coil has not yet been written.
     let mut halt_owed = false;
-    // Whether this task's ON is on the coil and the PLC is back: the coil is owed an OFF. A
-    // station stopped while its halt was on left the coil ON, so under `StopLine` one is owed
-    // at start too (as the halt-line action writes its state at its start).
-    let mut release_owed = watch.policy == PlcLostPolicy::StopLine;
-    // Whether this task wrote the coil ON and has not written it OFF since.
-    let mut halt_written = release_owed;
+    // Whether this task wrote the coil ON and has not written it OFF since: while the PLC is
+    // not lost, the coil is owed an OFF. A station stopped while its halt was on left the
+    // coil ON, so under `StopLine` one is owed at start too (as the halt-line action writes
+    // its state at its start).
+    let mut halt_written = watch.policy == PlcLostPolicy::StopLine;
     let mut halt_failures = 0u64;
     let mut plc = PlcHeartbeat::new();
     loop {
@@ -1023,7 +1017,6 @@ pub async fn run_heartbeat(
         if changed {
             watch.changed(lost, &metrics, &link.plc().to_string());
             halt_owed = lost && watch.policy == PlcLostPolicy::StopLine;
-            release_owed = !lost && halt_written;
             halt_failures = 0;
         }
         // The PLC program latches the halt on the coil's rising edge (rule R8), so it holds
@@ -1034,15 +1027,14 @@ pub async fn run_heartbeat(
         // every `reassert_ms`, which closes the moment should it latch between the look and
         // the write. The PLC is mostly lost with its link, so a write often fails: it is tried
         // again every beat until one lands or the state owed changes.
-        if release_owed && (watch.halt_held_elsewhere)() {
-            release_owed = false;
+        if !lost && halt_written && (watch.halt_held_elsewhere)() {
             halt_written = false;
         }
         // Never OFF before the PLC's heartbeat was seen to move: a station that starts while
         // the PLC is lost must not let the line's reset release the halt meanwhile.
         let owed = if halt_owed {
             Some(true)
-        } else if release_owed && plc.seen_moving() {
+        } else if !lost && halt_written && plc.seen_moving {
             Some(false)
         } else {
             None
@@ -1055,7 +1047,6 @@ pub async fn run_heartbeat(
                     if on {
                         halt_owed = false;
                     } else {
-                        release_owed = false;
                         tracing::info!(
                             coil = halt.coil,
                             "PLC back: halt-line coil OFF, the operator's reset releases the line"

@@ -357,8 +357,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         parts.push(extract_all(fold, painted)?);
     }
     bar.finish_and_clear();
-    let images_in = |parts: &[&GoodFeatures]| parts.iter().map(|p| p.images.len()).sum::<usize>();
-    if images_in(&parts[..last].iter().collect::<Vec<_>>()) < 2 {
+    let images_in = |parts: &[GoodFeatures]| parts.iter().map(|p| p.images.len()).sum::<usize>();
+    if images_in(&parts[..last]) < 2 {
         return Err(AnomalyError::NoGoodImages(settings.data.clone()));
     }
     // The fit chooses the bank's size (when asked to) on the validation images; every later
@@ -479,7 +479,10 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         .collect();
     let validation_inputs = parts[last].inputs.clone();
     let mut guarantee = None;
-    let (model, threshold, threshold_rule, calibration_scores) = if validation_scores.len() >= 2 {
+    // With validation images the model shipped learns from every fold, else from the first
+    // fit's.
+    let cross_conformal = validation_scores.len() >= 2;
+    let (model, threshold, threshold_rule, calibration_scores) = if cross_conformal {
         // Cross-conformal: every other fold scored by a bank and image Gaussians fitted without
         // it, so that every good training image calibrates the threshold (magnetic-tile: 179
         // rather than the validation fifth's 35, whose highest score a 5 % target must take),
@@ -537,11 +540,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         let rule = "5 % above the highest training score (too few validation images)".to_owned();
         (model, threshold, rule, combined)
     };
-    // With validation images the model shipped learns from every fold, else from the first
-    // fit's.
-    let cross_conformal = validation_scores.len() >= 2;
     let learnt = if cross_conformal { parts.len() } else { last };
-    let n_train_good = images_in(&parts[..learnt].iter().collect::<Vec<_>>());
+    let n_train_good = images_in(&parts[..learnt]);
     if let Some(choice) = &mut orientation_choice {
         choice.n_turned_images = parts[..learnt].iter().map(|p| p.turned.len()).sum();
     }
