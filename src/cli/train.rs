@@ -7,12 +7,12 @@ use anyhow::Context;
 
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
-use linesight::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
 };
+use linesight::models::anomaly::{SYNTHETIC_DEFECTS_PER_GOOD, ScoreKind};
 use linesight::models::backbone::WeightsSearch;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::defect_net::train::{self as defect_net_train, TrainSettings};
@@ -270,6 +270,21 @@ impl Anomaly {
                 } else {
                     format!("; {}", trials.join(", "))
                 }
+            );
+        }
+        if let Some(choice) = &card.family.score_choice {
+            let trials: Vec<String> = (ScoreKind::ALL.iter())
+                .filter_map(|&kind| {
+                    let auroc = choice.painted_auroc.of_kind(kind)?;
+                    Some(format!("{}: {auroc:.3}", kind.name()))
+                })
+                .collect();
+            let counted: Vec<&str> = choice.counted.iter().map(|k| k.name()).collect();
+            println!(
+                "scores summed: {} (painted-defect AUROC {}; {})",
+                counted.join(" + "),
+                trials.join(", "),
+                choice.rule
             );
         }
         report::anomaly_metrics(&card.family.metrics);

@@ -11,7 +11,7 @@ use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::input_size;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
-use linesight::models::anomaly::{AnomalyModel, BANK_FILE};
+use linesight::models::anomaly::{AnomalyModel, BANK_FILE, ScoreKind};
 use linesight::models::backbone::bf16::{self, Precision};
 use linesight::models::backbone::{Resampling, WeightsId, WeightsSearch};
 use linesight::models::card::CARD_FILE;
@@ -147,6 +147,29 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let scale = card.score_scale.expect("a score scale");
     assert!(scale.head.is_some(), "{card:?}");
     assert!(scale.coarse_image.is_some(), "{card:?}");
+    // Which of them the model sums was tried on the 4 validation images, each also with 2
+    // painted defects, scored by the first fit; the scale leaves out exactly the others.
+    let choice = card.score_choice.as_ref().expect("the score choice");
+    assert_eq!((choice.n_good, choice.n_painted), (4, 8));
+    assert!(!choice.counted.is_empty(), "{choice:?}");
+    for kind in ScoreKind::ALL {
+        let auroc = choice
+            .painted_auroc
+            .of_kind(kind)
+            .expect("every score tried");
+        assert_eq!(
+            scale.left_out.contains(kind),
+            !choice.counted.contains(&kind),
+            "{kind:?} in {choice:?}"
+        );
+        if !choice.rule.starts_with("every score") {
+            assert_eq!(
+                choice.counted.contains(&kind),
+                auroc >= choice.bar,
+                "{choice:?}"
+            );
+        }
+    }
     assert_eq!(card.coarse_input_size, Some(64));
     assert_eq!(card.synthetic_defects_per_good, 2);
     assert_eq!(card.input.input_size, 128);

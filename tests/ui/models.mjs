@@ -135,6 +135,11 @@ await finish(async () => {
     expect(figures.includes(`Memory bank${job.model.card.bank_size} entries`), `the figures do not show the bank of ${job.model.card.bank_size}: ${figures}`);
     const rises = bank.trials.map((t) => `${t.bank_size} ${t.score_rise >= 0 ? '+' : ''}${(t.score_rise * 100).toFixed(1)} %`);
     expect(rises.every((r) => figures.includes(r)), `the figures do not show each bank tried (${rises.join(', ')}): ${figures}`);
+    // And which of its scores it sums, chosen on defects painted on its good validation parts.
+    const scores = job.model.card.score_choice;
+    expect(scores && scores.counted.length > 0, `the card's score choice: ${JSON.stringify(scores)}`);
+    const summed = scores.counted.map((s) => s.replaceAll('_', ' ')).join(' + ');
+    expect(figures.includes(`Scores summed${summed}, chosen on defects painted`), `the figures do not show the scores summed (${summed}): ${figures}`);
     // Every preview's image and heat map loaded.
     const images = await page.$$eval(`article[data-job="${id}"] .previews img`, (list) => list.map((i) => ({ src: i.src, width: i.naturalWidth })));
     expect(images.length >= 4, `${images.length} preview images`);

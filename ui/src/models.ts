@@ -176,6 +176,15 @@ interface OrientationChoice {
   trials: { orientation: string; turned_auroc: number }[];
 }
 
+// Which of an anomaly model's scores its training chose to sum (models/anomaly/score_choice.rs):
+// each score's AUROC on defects painted on good validation parts, and the bar it had to reach.
+interface ScoreChoice {
+  counted: string[];
+  rule: string;
+  painted_auroc: Record<string, number | null>;
+  bar: number;
+}
+
 // How far a template model's comparison searches to align a part with its golden image.
 interface AlignmentChoice {
   align_px: number;
@@ -190,6 +199,7 @@ interface ModelCard {
   orientation_choice?: OrientationChoice;
   bank_size?: number;
   bank_size_choice?: BankSizeChoice;
+  score_choice?: ScoreChoice;
   threshold_rule: string;
   threshold_guarantee?: ThresholdGuarantee;
   training_duration_s?: number;
@@ -643,6 +653,7 @@ function modelFigures(model: TrainedModel): Definition[] {
     ['Input size', inputSize(card)],
     ['Turns learnt', turnsLearnt(card.orientation_choice)],
     ['Memory bank', bankSize(card)],
+    ['Scores summed', scoresSummed(card.score_choice)],
     ['Training took', duration(card.training_duration_s)],
   ];
 }
@@ -684,6 +695,18 @@ function bankSize(card: ModelCard): string | null {
   if (!choice || !choice.trials.length) return `${card.bank_size} entries${choice ? ` (${choice.rule})` : ''}`;
   const trials = choice.trials.map((t) => `${t.bank_size} ${t.score_rise >= 0 ? '+' : ''}${(t.score_rise * 100).toFixed(1)} %`).join(', ');
   return `${card.bank_size} entries, chosen by how much a smaller bank raises good parts' scores (${trials})`;
+}
+
+/** The scores an anomaly model sums and, for each it computes, how well it told defects painted
+ * on good parts from the parts as they were. */
+function scoresSummed(choice: ScoreChoice | undefined): string | null {
+  if (!choice) return null;
+  const tried = Object.entries(choice.painted_auroc)
+    .filter((entry): entry is [string, number] => typeof entry[1] === 'number')
+    .map(([score, auroc]) => `${score.replaceAll('_', ' ')} ${number(auroc)}`)
+    .join(', ');
+  const counted = choice.counted.map((s) => s.replaceAll('_', ' ')).join(' + ');
+  return `${counted}, chosen on defects painted on good parts (AUROC ${tried}; bar ${number(choice.bar)})`;
 }
 
 /** Where a finished training's time went, phase by phase. */

@@ -11,12 +11,14 @@
 //! an [`ImageGaussian`] scores the image as a whole, and a [`PatchHead`], trained to tell good
 //! patches from defects painted on the good images ([`crate::learn::synthetic_defect`]),
 //! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
-//! through the backbone at a smaller input; [`ScoreScale`] sums the four.
+//! through the backbone at a smaller input; [`ScoreScale`] sums the four, or those the
+//! training run chose for the product ([`score_choice`]).
 
 pub mod bank_size;
 pub mod input_size;
 pub mod orientation;
 mod saved;
+pub mod score_choice;
 pub mod train;
 
 pub use self::saved::{
@@ -605,6 +607,11 @@ pub struct ScoreScale {
     /// The [`CoarseImage`] score on good images; absent in models without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coarse_image: Option<GoodSpread>,
+    /// Scores the model computes but does not sum: those the training run found blind to
+    /// this product's painted defects ([`score_choice`]); empty in models trained before the
+    /// choice, which sum every score.
+    #[serde(default, skip_serializing_if = "ScoreSet::is_empty")]
+    pub left_out: ScoreSet,
 }
 
 /// Mean and standard deviation of a score on good images.
@@ -646,11 +653,23 @@ impl ScoreScale {
             image_std: image.std,
             head: (heads.len() == scores.len()).then(|| GoodSpread::of(&heads)),
             coarse_image: (coarse.len() == scores.len()).then(|| GoodSpread::of(&coarse)),
+            left_out: ScoreSet::default(),
         })
     }
 
-    /// The combined score: the sum of each score present, standardised. A head or coarse image
-    /// score counts only when this scale knows its spread.
+    /// The same scale summing only the scores in `counted`.
+    pub fn counting_only(self, counted: &[ScoreKind]) -> ScoreScale {
+        let left_out = (ScoreKind::ALL.into_iter())
+            .filter(|kind| !counted.contains(kind))
+            .collect::<Vec<_>>();
+        ScoreScale {
+            left_out: ScoreSet::from(left_out),
+            ..self
+        }
+    }
+
+    /// The combined score: the sum of each score present and not left out, standardised. A
+    /// head or coarse image score counts only when this scale knows its spread.
     pub fn combine(&self, raw: RawScores) -> f32 {
         let patch = GoodSpread {
             mean: self.patch_mean,
@@ -660,16 +679,20 @@ impl ScoreScale {
             mean: self.image_mean,
             std: self.image_std,
         };
-        patch.standardise(raw.patch)
-            + raw.image.map_or(0.0, |v| image.standardise(v))
-            + self
-                .head
-                .zip(raw.head)
-                .map_or(0.0, |(spread, v)| spread.standardise(v))
-            + self
-                .coarse_image
-                .zip(raw.coarse_image)
-                .map_or(0.0, |(spread, v)| spread.standardise(v))
+        let standardised = |kind: ScoreKind| -> Option<f32> {
+            if self.left_out.contains(kind) {
+                return None;
+            }
+            match kind {
+                ScoreKind::Patch => Some(patch.standardise(raw.patch)),
+                ScoreKind::Image => raw.image.map(|v| image.standardise(v)),
+                ScoreKind::Head => self.head.zip(raw.head).map(|(s, v)| s.standardise(v)),
+                ScoreKind::CoarseImage => {
+                    (self.coarse_image.zip(raw.coarse_image)).map(|(s, v)| s.standardise(v))
+                }
+            }
+        };
+        ScoreKind::ALL.iter().filter_map(|&k| standardised(k)).sum()
     }
 }
 
@@ -679,6 +702,81 @@ fn mean_std(values: &[f32]) -> (f32, f32) {
     let mean = values.iter().sum::<f32>() / n;
     let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, var.sqrt().max(1e-6 * mean.abs().max(1.0)))
+}
+
+/// One of the scores a model sums ([`RawScores`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreKind {
+    Patch,
+    Image,
+    Head,
+    CoarseImage,
+}
+
+impl ScoreKind {
+    /// Every score, in the order the card lists them.
+    pub const ALL: [ScoreKind; 4] = [
+        ScoreKind::Patch,
+        ScoreKind::Image,
+        ScoreKind::Head,
+        ScoreKind::CoarseImage,
+    ];
+
+    /// As the card writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreKind::Patch => "patch",
+            ScoreKind::Image => "image",
+            ScoreKind::Head => "head",
+            ScoreKind::CoarseImage => "coarse_image",
+        }
+    }
+
+    /// This score of `raw`, where the image has it.
+    pub fn of(self, raw: &RawScores) -> Option<f32> {
+        match self {
+            ScoreKind::Patch => Some(raw.patch),
+            ScoreKind::Image => raw.image,
+            ScoreKind::Head => raw.head,
+            ScoreKind::CoarseImage => raw.coarse_image,
+        }
+    }
+}
+
+/// A set of [`ScoreKind`]s, written as the list of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<ScoreKind>", into = "Vec<ScoreKind>")]
+pub struct ScoreSet(u8);
+
+impl ScoreSet {
+    /// Whether `kind` is in the set.
+    pub fn contains(self, kind: ScoreKind) -> bool {
+        self.0 & ScoreSet::bit(kind) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    fn bit(kind: ScoreKind) -> u8 {
+        1 << (ScoreKind::ALL.iter().position(|&k| k == kind).unwrap_or(0))
+    }
+}
+
+impl From<Vec<ScoreKind>> for ScoreSet {
+    fn from(kinds: Vec<ScoreKind>) -> ScoreSet {
+        ScoreSet(kinds.into_iter().fold(0, |set, k| set | ScoreSet::bit(k)))
+    }
+}
+
+impl From<ScoreSet> for Vec<ScoreKind> {
+    fn from(set: ScoreSet) -> Vec<ScoreKind> {
+        (ScoreKind::ALL.into_iter())
+            .filter(|&k| set.contains(k))
+            .collect()
+    }
 }
 
 /// One image's scores before they are combined.
@@ -1117,6 +1215,41 @@ mod tests {
             serde_json::from_str::<ScoreScale>(&json).expect("scale"),
             scale
         );
+        assert!(
+            !json.contains("left_out"),
+            "nothing left out, nothing written: {json}"
+        );
+    }
+
+    #[test]
+    fn a_score_left_out_is_computed_but_not_summed() {
+        let raw = |patch, image, coarse| RawScores {
+            patch,
+            image: Some(image),
+            head: None,
+            coarse_image: Some(coarse),
+        };
+        let good = [raw(1.0, 10.0, 5.0), raw(3.0, 30.0, 7.0)];
+        let scale = ScoreScale::from_good_scores(&good).expect("scale");
+        assert_eq!(scale.combine(raw(4.0, 40.0, 9.0)), 2.0 + 2.0 + 3.0);
+        let patch_only = scale.counting_only(&[ScoreKind::Patch, ScoreKind::Head]);
+        assert_eq!(patch_only.combine(raw(4.0, 40.0, 9.0)), 2.0);
+        assert!(patch_only.left_out.contains(ScoreKind::Image));
+        assert!(patch_only.left_out.contains(ScoreKind::CoarseImage));
+        assert!(!patch_only.left_out.contains(ScoreKind::Patch));
+        // The card lists what is left out, and reads it back.
+        let json = serde_json::to_string(&patch_only).expect("json");
+        assert!(
+            json.contains(r#""left_out":["image","coarse_image"]"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ScoreScale>(&json).expect("scale"),
+            patch_only
+        );
+        // A score the card names that this build does not know is an error, not ignored.
+        let unknown = json.replace("coarse_image\"]", "texture\"]");
+        assert!(serde_json::from_str::<ScoreScale>(&unknown).is_err());
     }
 
     /// Patch features where "defective" patches are pushed along one direction, on top of a

@@ -8,12 +8,15 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::learn::dataset::Layout;
-use crate::learn::eval::{DetectionMetrics, ThresholdMetrics};
+use crate::learn::eval::{self, DetectionMetrics, ThresholdMetrics};
 use crate::models::anomaly::bank_size::BankSizeChoice;
 use crate::models::anomaly::input_size::InputSizeChoice;
 use crate::models::anomaly::orientation::OrientationChoice;
+use crate::models::anomaly::score_choice::ScoreChoice;
 use crate::models::anomaly::train::AnomalyError;
-use crate::models::anomaly::{CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, ScoreScale};
+use crate::models::anomaly::{
+    CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, RawScores, ScoreKind, ScoreScale,
+};
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
 use crate::models::{Detector, Judgement, ModelError};
@@ -64,6 +67,31 @@ pub struct ScoreAuroc {
 }
 
 impl ScoreAuroc {
+    /// The image AUROC of each of `raw_scores` alone against `labels` (true: defective),
+    /// where every image has that score.
+    pub fn of(raw_scores: &[RawScores], labels: &[bool]) -> ScoreAuroc {
+        let alone = |kind: ScoreKind| {
+            let values: Option<Vec<f32>> = raw_scores.iter().map(|r| kind.of(r)).collect();
+            values.and_then(|values| eval::auroc(&values, labels))
+        };
+        ScoreAuroc {
+            patch: alone(ScoreKind::Patch),
+            image: alone(ScoreKind::Image),
+            head: alone(ScoreKind::Head),
+            coarse_image: alone(ScoreKind::CoarseImage),
+        }
+    }
+
+    /// `kind`'s AUROC.
+    pub fn of_kind(&self, kind: ScoreKind) -> Option<f64> {
+        match kind {
+            ScoreKind::Patch => self.patch,
+            ScoreKind::Image => self.image,
+            ScoreKind::Head => self.head,
+            ScoreKind::CoarseImage => self.coarse_image,
+        }
+    }
+
     /// No score's AUROC (a card written before them).
     pub fn is_empty(&self) -> bool {
         *self == ScoreAuroc::default()
@@ -120,6 +148,11 @@ pub struct AnomalyCard {
     /// before the image score: their score is the patch score).
     #[serde(default)]
     pub score_scale: Option<ScoreScale>,
+    /// Which scores the training run chose to sum, and each one's trial
+    /// ([`super::score_choice`]); absent where there was nothing to choose on (no painted
+    /// defects, too few validation images) and in models trained before the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_choice: Option<ScoreChoice>,
     pub seed: u64,
     pub training_duration_s: f64,
     pub metrics: AnomalyMetrics,

@@ -22,6 +22,7 @@ use crate::learn::synthetic_defect;
 use crate::models::anomaly::bank_size::{self, BankSize, BankSizeChoice};
 use crate::models::anomaly::input_size;
 use crate::models::anomaly::orientation::{self, OrientationChoice, Orientations};
+use crate::models::anomaly::score_choice;
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
     PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, greedy_coreset,
@@ -304,57 +305,66 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     // The patch head's defects are painted from the run's seed: a seed reproduces the model.
     let mut painter = ChaCha8Rng::seed_from_u64(settings.seed);
     let mut read = 0usize;
-    let mut extract_all =
-        |samples: &[Sample], defects_per_image: usize| -> Result<GoodFeatures, AnomalyError> {
-            let mut out = GoodFeatures::default();
-            for sample in samples {
-                bar.check()?;
-                bar.inc(1);
-                match dataset::load_gray(&sample.image) {
-                    Ok(image) => {
-                        out.inputs.push(InputStats::of(&image));
-                        out.images.push(features.extract(&image)?);
-                        if let Some(coarse) = &coarse_features {
-                            out.coarse_descriptors.push(coarse.descriptor(&image)?);
-                        }
-                        out.used.push(sample.image.clone());
-                        if read.is_multiple_of(turn_every) {
-                            for &turn in turns {
-                                let turned = turn.apply(&image);
-                                out.turned.push(features.extract(&turned)?);
-                                if let Some(coarse) = &coarse_features {
-                                    out.turned_coarse_descriptors
-                                        .push(coarse.descriptor(&turned)?);
-                                }
+    // `scored_painted`: the painted images are scored (the score choice's), not learnt from,
+    // and need their coarse descriptors too.
+    let mut extract_all = |samples: &[Sample],
+                           defects_per_image: usize,
+                           scored_painted: bool|
+     -> Result<GoodFeatures, AnomalyError> {
+        let mut out = GoodFeatures::default();
+        for sample in samples {
+            bar.check()?;
+            bar.inc(1);
+            match dataset::load_gray(&sample.image) {
+                Ok(image) => {
+                    out.inputs.push(InputStats::of(&image));
+                    out.images.push(features.extract(&image)?);
+                    if let Some(coarse) = &coarse_features {
+                        out.coarse_descriptors.push(coarse.descriptor(&image)?);
+                    }
+                    out.used.push(sample.image.clone());
+                    if read.is_multiple_of(turn_every) {
+                        for &turn in turns {
+                            let turned = turn.apply(&image);
+                            out.turned.push(features.extract(&turned)?);
+                            if let Some(coarse) = &coarse_features {
+                                out.turned_coarse_descriptors
+                                    .push(coarse.descriptor(&turned)?);
                             }
                         }
-                        read += 1;
-                        for _ in 0..defects_per_image {
-                            let defect = synthetic_defect::paint(&image, &mut painter);
-                            out.synthetic.push((
-                                features.extract(&defect.image)?,
-                                defect.cell_labels(grid, SYNTHETIC_MIN_SHARE),
-                            ));
+                    }
+                    read += 1;
+                    for _ in 0..defects_per_image {
+                        let defect = synthetic_defect::paint(&image, &mut painter);
+                        out.synthetic.push((
+                            features.extract(&defect.image)?,
+                            defect.cell_labels(grid, SYNTHETIC_MIN_SHARE),
+                        ));
+                        if let Some(coarse) = coarse_features.as_ref().filter(|_| scored_painted) {
+                            out.synthetic_coarse_descriptors
+                                .push(coarse.descriptor(&defect.image)?);
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
                 }
+                Err(error) => tracing::warn!(%error, "skipping unreadable training image"),
             }
-            Ok(out)
-        };
+        }
+        Ok(out)
+    };
     // The good training images in folds, the last being the validation part above: every
-    // fold is scored by a model fitted without it (cross-conformal, below). The folds the head
-    // learns from get painted defects: the head is fitted once (see below).
+    // fold is scored by a model fitted without it (cross-conformal, below). Every fold gets
+    // painted defects: the head learns from those of the folds before the validation part
+    // (it is fitted once, see below), the score choice is tried on the validation part's.
+    // The validation part is painted last, so its defects leave the head's as they were.
     let folds = dataset::split_folds(&good_part, settings.layout, VALIDATION_EVERY);
     let last = folds.len() - 1;
     let mut parts = Vec::with_capacity(folds.len());
     for (i, fold) in folds.iter().enumerate() {
-        let painted = if i == last {
-            0
-        } else {
-            settings.synthetic_defects_per_good
-        };
-        parts.push(extract_all(fold, painted)?);
+        parts.push(extract_all(
+            fold,
+            settings.synthetic_defects_per_good,
+            i == last,
+        )?);
     }
     bar.finish_and_clear();
     let images_in = |parts: &[GoodFeatures]| parts.iter().map(|p| p.images.len()).sum::<usize>();
@@ -446,6 +456,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             Some(head)
         }
     };
+    // The validation part's painted images, for the score choice below.
+    let painted_validation = std::mem::take(&mut parts[last].synthetic);
+    let painted_validation_coarse = std::mem::take(&mut parts[last].synthetic_coarse_descriptors);
     let fit_parts: Vec<&GoodFeatures> = parts[..last].iter().collect();
     let validation_patches: Vec<&Tensor> = parts[last].images.iter().map(|f| &f.patches).collect();
     let (first, bank_size_choice) = fit(
@@ -472,6 +485,24 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 .collect()
         };
     let validation_scores = raw_scores(&first, &parts[last])?;
+    // Which scores count: each alone, on the validation images painted against unpainted, by
+    // the first fit, which saw neither ([`score_choice`]).
+    let score_choice = {
+        let coarse = painted_validation_coarse;
+        let painted_scores = (painted_validation.iter().enumerate())
+            .map(|(i, (f, _))| Ok(first.raw_scores_of(f, coarse.get(i).map(Vec::as_slice))?.0))
+            .collect::<Result<Vec<RawScores>, AnomalyError>>()?;
+        drop(painted_validation);
+        (validation_scores.len() >= 2 && !painted_scores.is_empty()).then(|| {
+            let choice = score_choice::choose(&validation_scores, &painted_scores);
+            tracing::info!(
+                counted = ?choice.counted,
+                painted_auroc = ?choice.painted_auroc,
+                "scores chosen"
+            );
+            choice
+        })
+    };
     // The drift reference's inputs: fitted on the first fit's images, its limit chosen on the
     // validation images, which that fit never saw.
     let fit_inputs: Vec<InputStats> = (fit_parts.iter())
@@ -507,7 +538,10 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             out_of_fold.extend(raw_scores(&model, &parts[i])?);
         }
         out_of_fold.extend(validation_scores.iter().copied());
-        let scale = ScoreScale::from_good_scores(&out_of_fold);
+        let scale = ScoreScale::from_good_scores(&out_of_fold).map(|scale| match &score_choice {
+            Some(choice) => scale.counting_only(&choice.counted),
+            None => scale,
+        });
         let all_parts: Vec<&GoodFeatures> = parts.iter().collect();
         let model = fit(&all_parts, "coreset of the model", bank, &[])?
             .0
@@ -606,6 +640,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         input_size_choice,
         orientation_choice,
         score_scale: model.scale(),
+        // Only the cross-conformal branch sums the choice.
+        score_choice: score_choice.filter(|_| cross_conformal),
         seed: settings.seed,
         training_duration_s,
         metrics,
@@ -666,9 +702,13 @@ struct GoodFeatures {
     turned: Vec<ImageFeatures>,
     /// Their descriptors at the coarse input size (empty without a coarse score).
     turned_coarse_descriptors: Vec<Vec<f32>>,
-    /// Defects painted on those images (only on the first fit's, for the head): their
-    /// features and which patches are painted.
+    /// Defects painted on those images: their features and which patches are painted (the
+    /// head learns from those on the first fit's folds, the score choice is tried on the
+    /// validation part's).
     synthetic: Vec<(ImageFeatures, Vec<bool>)>,
+    /// The validation part's painted images' descriptors at the coarse input size, in the
+    /// same order (empty elsewhere, and without a coarse score).
+    synthetic_coarse_descriptors: Vec<Vec<f32>>,
 }
 
 /// The part of a dataset training held out, and what it is in words.
@@ -798,23 +838,9 @@ pub fn evaluate_each(
         ),
         at_threshold: eval::at_threshold(&scores, &labels, threshold),
         per_class,
-        score_auroc: score_auroc(&each.iter().map(|s| s.raw).collect::<Vec<_>>(), &labels),
+        score_auroc: ScoreAuroc::of(&each.iter().map(|s| s.raw).collect::<Vec<_>>(), &labels),
     };
     Ok((metrics, each))
-}
-
-/// The image AUROC of each raw score alone, where every image has it.
-fn score_auroc(raw_scores: &[RawScores], labels: &[bool]) -> ScoreAuroc {
-    let alone = |score: &dyn Fn(&RawScores) -> Option<f32>| {
-        let values: Option<Vec<f32>> = raw_scores.iter().map(score).collect();
-        values.and_then(|values| eval::auroc(&values, labels))
-    };
-    ScoreAuroc {
-        patch: alone(&|r| Some(r.patch)),
-        image: alone(&|r| r.image),
-        head: alone(&|r| r.head),
-        coarse_image: alone(&|r| r.coarse_image),
-    }
 }
 
 #[cfg(test)]
@@ -838,13 +864,13 @@ mod tests {
             raw(4.0, 1.0, Some(0.2)),
         ];
         let labels = [false, false, true, true];
-        let alone = score_auroc(&scores, &labels);
+        let alone = ScoreAuroc::of(&scores, &labels);
         assert_eq!(alone.patch, Some(1.0));
         assert_eq!(alone.image, Some(0.0));
         assert_eq!((alone.head, alone.coarse_image), (None, None));
         assert!(!alone.is_empty());
         // Images of one kind rank nothing.
-        assert!(score_auroc(&scores, &[true; 4]).is_empty());
+        assert!(ScoreAuroc::of(&scores, &[true; 4]).is_empty());
     }
 
     #[test]
