@@ -79,6 +79,115 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
     assert!(choice.rule.contains("only candidate"), "{}", choice.rule);
 }
 
+/// With enough good validation images (100 good parts, 20 of them validating) the run chooses
+/// which scores it sums on defects painted on them: the patch score always, the others where
+/// they clear the bar; the scale leaves out exactly the rest, the model shipped sums what the
+/// card says, and a card whose scale and choice disagree is refused.
+#[test]
+fn the_scores_summed_are_chosen_on_defects_painted_on_the_validation_images() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let weights = backbone_weights();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    let mut generator = PartGenerator::new(8, 128, 128, 0.0);
+    write_mvtec_parts(&root, &mut generator, 100, 4);
+    let out = dir.path().join("model");
+    let card = anomaly_train::train(&AnomalySettings {
+        name: "chosen-scores".into(),
+        layout: Layout::Mvtec,
+        data: root,
+        backbone_weights: weights.clone(),
+        bank_size: BankSize::Fixed(512),
+        input_size: InputSize::Fixed(128),
+        target_false_reject_rate: 0.05,
+        synthetic_defects_per_good: 2,
+        coarse_input_size: Some(64),
+        orientations: Orientations::None,
+        seed: 2,
+        out_dir: out.clone(),
+        progress: Progress::hidden(),
+    })
+    .expect("trains")
+    .family;
+    let choice = card.score_choice.clone().expect("the score choice");
+    assert_eq!((choice.n_good, choice.n_painted), (20, 40));
+    assert!(!choice.rule.contains("too few"), "{}", choice.rule);
+    assert!(choice.counted.contains(&ScoreKind::Patch), "{choice:?}");
+    let scale = card.score_scale.expect("a score scale");
+    for kind in ScoreKind::ALL {
+        let auroc = choice
+            .painted_auroc
+            .of_kind(kind)
+            .expect("every score tried");
+        let counted = choice.counted.contains(&kind);
+        assert_eq!(
+            scale.left_out.contains(kind),
+            !counted,
+            "{kind:?}: {choice:?}"
+        );
+        if kind != ScoreKind::Patch && !choice.rule.starts_with("every score") {
+            assert_eq!(counted, auroc >= choice.bar, "{kind:?}: {choice:?}");
+        }
+    }
+
+    // The model shipped sums the counted scores, each in good standard deviations, by hand.
+    let AnomalyModel { model, .. } = AnomalyModel::load(
+        &out,
+        &WeightsSearch::file(&weights),
+        &candle_core::Device::Cpu,
+    )
+    .expect("loads");
+    let part = generator.render(Some(DefectKind::Scratch)).image;
+    let (raw, _) = model.raw_scores(&part).expect("scores");
+    let spread = |kind: ScoreKind| match kind {
+        ScoreKind::Patch => (scale.patch_mean, scale.patch_std),
+        ScoreKind::Image => (scale.image_mean, scale.image_std),
+        ScoreKind::Head => scale.head.map(|s| (s.mean, s.std)).expect("head spread"),
+        ScoreKind::CoarseImage => (scale.coarse_image)
+            .map(|s| (s.mean, s.std))
+            .expect("coarse spread"),
+    };
+    let by_hand: f32 = (choice.counted.iter())
+        .map(|&kind| {
+            let (mean, std) = spread(kind);
+            (kind.of(&raw).expect("scored") - mean) / std
+        })
+        .sum();
+    let combined = model.combined(raw);
+    assert!(
+        (combined - by_hand).abs() <= 1e-4 * by_hand.abs().max(1.0),
+        "{combined} against {by_hand} by hand"
+    );
+
+    // A card whose scale leaves out the patch score, or other scores than its choice, is
+    // refused, saying so.
+    let card_path = out.join(CARD_FILE);
+    let card_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).expect("card")).expect("json");
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut edited = card_json.clone();
+        edit(&mut edited);
+        std::fs::write(&card_path, edited.to_string()).expect("card");
+        AnomalyModel::load(
+            &out,
+            &WeightsSearch::file(&weights),
+            &candle_core::Device::Cpu,
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    let why = refused(&|card| card["score_scale"]["left_out"] = serde_json::json!(["patch"]));
+    assert!(why.contains("names the patch score"), "{why}");
+    let why = refused(&|card| {
+        card["score_choice"]["counted"] = serde_json::json!(["patch"]);
+        card["score_scale"]["left_out"] = serde_json::json!([]);
+    });
+    assert!(
+        why.contains("is not what `score_choice.counted` leaves out"),
+        "{why}"
+    );
+}
+
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
     let _one = crate::CPU_HEAVY.blocking_lock();
@@ -148,27 +257,19 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(scale.head.is_some(), "{card:?}");
     assert!(scale.coarse_image.is_some(), "{card:?}");
     // Which of them the model sums was tried on the 4 validation images, each also with 2
-    // painted defects, scored by the first fit; the scale leaves out exactly the others.
+    // painted defects, scored by the first fit: too few to leave a score out, so all four
+    // count, and the trial is on the card.
     let choice = card.score_choice.as_ref().expect("the score choice");
     assert_eq!((choice.n_good, choice.n_painted), (4, 8));
-    assert!(!choice.counted.is_empty(), "{choice:?}");
+    assert_eq!(choice.counted, ScoreKind::ALL.to_vec(), "{choice:?}");
+    assert!(choice.rule.contains("too few"), "{}", choice.rule);
+    assert!(scale.left_out.is_empty(), "{scale:?}");
     for kind in ScoreKind::ALL {
         let auroc = choice
             .painted_auroc
             .of_kind(kind)
             .expect("every score tried");
-        assert_eq!(
-            scale.left_out.contains(kind),
-            !choice.counted.contains(&kind),
-            "{kind:?} in {choice:?}"
-        );
-        if !choice.rule.starts_with("every score") {
-            assert_eq!(
-                choice.counted.contains(&kind),
-                auroc >= choice.bar,
-                "{choice:?}"
-            );
-        }
+        assert!((0.0..=1.0).contains(&auroc), "{kind:?}: {auroc}");
     }
     assert_eq!(card.coarse_input_size, Some(64));
     assert_eq!(card.synthetic_defects_per_good, 2);
@@ -467,9 +568,17 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     let refused = load_refused(&without(&["coarse_input_size"]));
     assert!(refused.contains("must come together"), "{refused}");
     // A card that names a coarse image score its bank file lacks is refused, saying so.
+    // (An old card has no score choice either: a choice without a scale is refused.)
     let refused = load_refused(&without(&["score_scale", "resampling"]));
+    assert!(refused.contains("without the `score_scale`"), "{refused}");
+    let refused = load_refused(&without(&["score_scale", "resampling", "score_choice"]));
     assert!(refused.contains("coarse_image_mean"), "{refused}");
-    let old_card = without(&["score_scale", "resampling", "coarse_input_size"]);
+    let old_card = without(&[
+        "score_scale",
+        "resampling",
+        "coarse_input_size",
+        "score_choice",
+    ]);
     std::fs::write(old.join(CARD_FILE), old_card.to_string()).expect("old card");
     let AnomalyModel {
         model: old_model,

@@ -139,7 +139,7 @@ await finish(async () => {
     const scores = job.model.card.score_choice;
     expect(scores && scores.counted.length > 0, `the card's score choice: ${JSON.stringify(scores)}`);
     const summed = scores.counted.map((s) => s.replaceAll('_', ' ')).join(' + ');
-    expect(figures.includes(`Scores summed${summed}, chosen on defects painted`), `the figures do not show the scores summed (${summed}): ${figures}`);
+    expect(figures.includes(`Scores summed${summed}: ${scores.rule}`), `the figures do not show the scores summed (${summed}) and their rule: ${figures}`);
     // Every preview's image and heat map loaded.
     const images = await page.$$eval(`article[data-job="${id}"] .previews img`, (list) => list.map((i) => ({ src: i.src, width: i.naturalWidth })));
     expect(images.length >= 4, `${images.length} preview images`);

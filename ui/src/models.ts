@@ -697,8 +697,8 @@ function bankSize(card: ModelCard): string | null {
   return `${card.bank_size} entries, chosen by how much a smaller bank raises good parts' scores (${trials})`;
 }
 
-/** The scores an anomaly model sums and, for each it computes, how well it told defects painted
- * on good parts from the parts as they were. */
+/** The scores an anomaly model sums, the rule that chose them and, for each score it computes, how
+ * well it told defects painted on good parts from the parts as they were. */
 function scoresSummed(choice: ScoreChoice | undefined): string | null {
   if (!choice) return null;
   const tried = Object.entries(choice.painted_auroc)
@@ -706,7 +706,7 @@ function scoresSummed(choice: ScoreChoice | undefined): string | null {
     .map(([score, auroc]) => `${score.replaceAll('_', ' ')} ${number(auroc)}`)
     .join(', ');
   const counted = choice.counted.map((s) => s.replaceAll('_', ' ')).join(' + ');
-  return `${counted}, chosen on defects painted on good parts (AUROC ${tried}; bar ${number(choice.bar)})`;
+  return `${counted}: ${choice.rule} (AUROC on painted defects ${tried}; bar ${number(choice.bar)})`;
 }
 
 /** Where a finished training's time went, phase by phase. */

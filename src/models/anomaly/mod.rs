@@ -657,10 +657,19 @@ impl ScoreScale {
         })
     }
 
-    /// The same scale summing only the scores in `counted`.
+    /// Whether this scale knows `kind`'s spread (the patch and image scores' always).
+    pub fn knows(&self, kind: ScoreKind) -> bool {
+        match kind {
+            ScoreKind::Patch | ScoreKind::Image => true,
+            ScoreKind::Head => self.head.is_some(),
+            ScoreKind::CoarseImage => self.coarse_image.is_some(),
+        }
+    }
+
+    /// The same scale summing only the scores in `counted` (of those it knows).
     pub fn counting_only(self, counted: &[ScoreKind]) -> ScoreScale {
         let left_out = (ScoreKind::ALL.into_iter())
-            .filter(|kind| !counted.contains(kind))
+            .filter(|&kind| self.knows(kind) && !counted.contains(&kind))
             .collect::<Vec<_>>();
         ScoreScale {
             left_out: ScoreSet::from(left_out),
@@ -1232,11 +1241,13 @@ mod tests {
         let good = [raw(1.0, 10.0, 5.0), raw(3.0, 30.0, 7.0)];
         let scale = ScoreScale::from_good_scores(&good).expect("scale");
         assert_eq!(scale.combine(raw(4.0, 40.0, 9.0)), 2.0 + 2.0 + 3.0);
-        let patch_only = scale.counting_only(&[ScoreKind::Patch, ScoreKind::Head]);
+        let patch_only = scale.counting_only(&[ScoreKind::Patch]);
         assert_eq!(patch_only.combine(raw(4.0, 40.0, 9.0)), 2.0);
         assert!(patch_only.left_out.contains(ScoreKind::Image));
         assert!(patch_only.left_out.contains(ScoreKind::CoarseImage));
         assert!(!patch_only.left_out.contains(ScoreKind::Patch));
+        // A score the scale has no spread for (no head here) is not listed as left out.
+        assert!(!patch_only.left_out.contains(ScoreKind::Head));
         // The card lists what is left out, and reads it back.
         let json = serde_json::to_string(&patch_only).expect("json");
         assert!(

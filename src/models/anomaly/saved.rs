@@ -16,6 +16,7 @@ use crate::models::anomaly::score_choice::ScoreChoice;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{
     CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, RawScores, ScoreKind, ScoreScale,
+    ScoreSet,
 };
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
@@ -188,6 +189,30 @@ impl AnomalyModel {
         check_input_size(card.input.input_size).map_err(card_error)?;
         if let Some(size) = card.coarse_input_size {
             check_input_size(size).map_err(|m| card_error(format!("coarse image score: {m}")))?;
+        }
+        // What the scale leaves out is what the choice did not count, and never the patch
+        // score: the heat map a rejected part's regions come from is its.
+        if let Some(scale) = card.score_scale {
+            if scale.left_out.contains(ScoreKind::Patch) {
+                return Err(card_error(
+                    "`score_scale.left_out` names the patch score, which every model sums".into(),
+                ));
+            }
+            if let Some(choice) = &card.score_choice {
+                let expected: Vec<ScoreKind> = (ScoreKind::ALL.into_iter())
+                    .filter(|&kind| scale.knows(kind) && !choice.counted.contains(&kind))
+                    .collect();
+                if ScoreSet::from(expected) != scale.left_out {
+                    return Err(card_error(
+                        "`score_scale.left_out` is not what `score_choice.counted` leaves out"
+                            .into(),
+                    ));
+                }
+            }
+        } else if card.score_choice.is_some() {
+            return Err(card_error(
+                "a `score_choice` without the `score_scale` it chose for".into(),
+            ));
         }
         // The threshold was set on the sum of the scores the scale names: a coarse score with
         // no spread to scale it, or a spread with no coarse score, would sum other terms.

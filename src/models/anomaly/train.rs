@@ -640,8 +640,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         input_size_choice,
         orientation_choice,
         score_scale: model.scale(),
-        // Only the cross-conformal branch sums the choice.
-        score_choice: score_choice.filter(|_| cross_conformal),
+        // The choice is the scale's: without one (too few images to scale on) the model scores
+        // the patch distances alone, whatever the trial found.
+        score_choice: score_choice.filter(|_| model.scale().is_some()),
         seed: settings.seed,
         training_duration_s,
         metrics,
