@@ -75,9 +75,11 @@ pub trait FrameFeeder: Send {
 }
 
 /// Captures asked for from outside the camera (server mode's PLC trigger): each frame that
-/// reaches the appsink belongs to the oldest trigger waiting, and a frame with none waiting is
-/// discarded (counted in `frames_untriggered`). A fed pipeline's feeder gets a software
-/// trigger per trigger; a free-running camera's next frame answers it.
+/// reaches the appsink belongs to the oldest trigger waiting, if it was captured at or after
+/// that trigger; a frame with none waiting, or captured before the oldest (a free-running
+/// camera's frame of the belt, still on its way when the trigger came), is discarded (counted
+/// in `frames_untriggered`). A fed pipeline's feeder gets a software trigger per trigger; a
+/// free-running camera's next frame captured after it answers it.
 pub struct ExternalTriggers {
     pub triggers: Receiver<ExternalTrigger>,
     /// Told which part each trigger became, or that none answered it.
@@ -657,6 +659,10 @@ struct WaitingTriggers {
     queue: Mutex<VecDeque<ExternalTrigger>>,
     sink: Arc<dyn TriggerSink>,
     stale_after: Duration,
+    /// The camera runs free (no feeder to trigger): its frames are exposed whenever, so one
+    /// exposed before a trigger is not that trigger's. A fed pipeline's frame is made for the
+    /// trigger that fired it, whatever latency its pipeline reports puts its capture time at.
+    free_running: bool,
 }
 
 impl WaitingTriggers {
@@ -694,15 +700,30 @@ impl WaitingTriggers {
         }
     }
 
-    /// The trigger a frame arriving now answers; stale ones on the way are missed.
-    fn take(&self) -> Option<ExternalTrigger> {
+    /// The trigger a frame arriving now, exposed at `captured`, answers; stale ones on the way
+    /// are missed. `None` when no trigger waits, or when the oldest came after the frame was
+    /// exposed: a free-running camera's frames reach the appsink late, and one exposed before
+    /// the PLC's trigger shows the belt or the part before, not the part that tripped the
+    /// eye. Such a frame is no part's; the trigger waits for a frame exposed after it.
+    fn take(&self, captured: Instant) -> Option<ExternalTrigger> {
         let now = Instant::now();
         loop {
-            let trigger = self.queue().pop_front()?;
-            if now.saturating_duration_since(trigger.at) <= self.stale_after {
-                return Some(trigger);
+            let stale = {
+                let mut queue = self.queue();
+                let oldest = *queue.front()?;
+                if now.saturating_duration_since(oldest.at) <= self.stale_after {
+                    // Later triggers came later still: none of them is this frame's either.
+                    if self.free_running && oldest.at > captured {
+                        return None;
+                    }
+                    return queue.pop_front();
+                }
+                queue.pop_front()
+            };
+            // Reported outside the queue's lock, as everywhere else.
+            if let Some(trigger) = stale {
+                self.sink.missed(trigger);
             }
-            self.sink.missed(trigger);
         }
     }
 }
@@ -729,6 +750,7 @@ impl TriggerRelay {
             queue: Mutex::new(VecDeque::new()),
             sink: external.sink,
             stale_after: external.stale_after,
+            free_running: !fed,
         });
         let (software_trigger, fired) = if fed {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -971,9 +993,11 @@ impl FrameHandoff {
         captured_at: StationTime,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let external = match &self.waiting {
-            Some(waiting) => match waiting.take() {
+            // The frame's exposure on the triggers' clock (both are the monotonic clock).
+            Some(waiting) => match waiting.take(self.clock.instant(captured_at)) {
                 Some(trigger) => Some((waiting, trigger)),
                 None => {
+                    // No trigger waiting, or only ones after this frame's exposure.
                     self.metrics.frames_untriggered.inc();
                     return Ok(gst::FlowSuccess::Ok);
                 }
@@ -1227,6 +1251,52 @@ mod tests {
         }
         assert_eq!(tracked, [100, 101, 102]);
         assert_eq!(frame_rx.try_iter().count(), 3);
+    }
+
+    /// A free-running camera's frame reaches the appsink late: one exposed before the PLC's
+    /// trigger shows the belt or the part before, and must not be judged as the triggered part.
+    /// A fed pipeline's frame was made for the trigger that fired it, whatever its capture time.
+    #[test]
+    fn a_frame_exposed_before_the_oldest_trigger_is_not_its_part() {
+        for free_running in [true, false] {
+            let sink = Arc::new(Recorded::default());
+            let waiting = WaitingTriggers {
+                queue: Mutex::new(VecDeque::new()),
+                sink: sink.clone(),
+                stale_after: Duration::from_secs(5),
+                free_running,
+            };
+            let tripped = Instant::now();
+            let trigger = ExternalTrigger {
+                tracking_id: 7,
+                at: tripped,
+            };
+            {
+                let mut queue = waiting.queue();
+                // Too old for any frame: missed on the way, as before.
+                queue.push_back(ExternalTrigger {
+                    tracking_id: 6,
+                    at: tripped - Duration::from_secs(60),
+                });
+                queue.push_back(trigger);
+            }
+            let early = waiting.take(tripped - Duration::from_millis(20));
+            assert_eq!(*sink.missed.lock().unwrap(), [6]);
+            if free_running {
+                // Exposed 20 ms before the eye tripped: no part's, and the trigger waits on.
+                assert_eq!(early, None);
+                assert_eq!(waiting.queue().len(), 1);
+                // The next frame, exposed after the trigger, is its part.
+                assert_eq!(
+                    waiting.take(tripped + Duration::from_millis(5)),
+                    Some(trigger)
+                );
+            } else {
+                assert_eq!(early, Some(trigger));
+            }
+            assert!(waiting.queue().is_empty());
+            assert_eq!(*sink.missed.lock().unwrap(), [6]);
+        }
     }
 
     #[test]
