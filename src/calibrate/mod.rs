@@ -128,26 +128,32 @@ impl Calibration {
             .ok_or_else(|| fail("path is not UTF-8".into()))?;
         let storage = FileStorage::new(path_str, FileStorage_Mode::READ as i32, "")
             .map_err(|e| fail(format!("not an OpenCV FileStorage file: {e}")))?;
+        // OpenCV's own errors reading a key (a matrix whose data does not match its rows and
+        // cols, say) name neither the file nor the key: both are added here.
+        let cv = |key: &str, e: opencv::Error| fail(format!("`{key}`: {e}"));
         let int = |key: &str| -> Result<u32, CalibrateError> {
-            let node = storage.get(key)?;
-            if node.empty()? || !node.is_int()? {
+            let node = storage.get(key).map_err(|e| cv(key, e))?;
+            if node.empty().map_err(|e| cv(key, e))? || !node.is_int().map_err(|e| cv(key, e))? {
                 return Err(fail(format!("`{key}`: expected a non-negative integer")));
             }
-            u32::try_from(node.to_i32()?)
+            u32::try_from(node.to_i32().map_err(|e| cv(key, e))?)
                 .map_err(|_| fail(format!("`{key}`: expected a non-negative integer")))
         };
         let matrix = |key: &str| -> Result<Mat, CalibrateError> {
-            let node = storage.get(key)?;
-            if node.empty()? {
+            let node = storage.get(key).map_err(|e| cv(key, e))?;
+            if node.empty().map_err(|e| cv(key, e))? {
                 return Err(fail(format!("`{key}`: missing")));
             }
-            let mat = node.mat()?;
+            let mat = node.mat().map_err(|e| cv(key, e))?;
             let mut as_f64 = Mat::default();
-            mat.convert_to(&mut as_f64, core::CV_64F, 1.0, 0.0)?;
+            mat.convert_to(&mut as_f64, core::CV_64F, 1.0, 0.0)
+                .map_err(|e| cv(key, e))?;
             Ok(as_f64)
         };
-        let present =
-            |key: &str| -> Result<bool, CalibrateError> { Ok(!storage.get(key)?.empty()?) };
+        let present = |key: &str| -> Result<bool, CalibrateError> {
+            let node = storage.get(key).map_err(|e| cv(key, e))?;
+            Ok(!node.empty().map_err(|e| cv(key, e))?)
+        };
         let calibration = Calibration {
             image_width: int("image_width")?,
             image_height: int("image_height")?,
@@ -176,11 +182,14 @@ impl Calibration {
             },
             mm_per_pixel: match present("mm_per_pixel")? {
                 true => {
-                    let node = storage.get("mm_per_pixel")?;
-                    if !node.is_real()? && !node.is_int()? {
+                    let key = "mm_per_pixel";
+                    let node = storage.get(key).map_err(|e| cv(key, e))?;
+                    if !node.is_real().map_err(|e| cv(key, e))?
+                        && !node.is_int().map_err(|e| cv(key, e))?
+                    {
                         return Err(fail("`mm_per_pixel`: expected a number".into()));
                     }
-                    Some(node.to_f64()?)
+                    Some(node.to_f64().map_err(|e| cv(key, e))?)
                 }
                 false => None,
             },
@@ -191,14 +200,41 @@ impl Calibration {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.camera_matrix.rows() != 3 || self.camera_matrix.cols() != 3 {
-            return Err("`camera_matrix`: expected 3x3".into());
+        // A camera matrix of the right shape can still make remap tables of NaN or a mirrored
+        // image: every frame would come out black or wrong without any error, so what the
+        // undistortion relies on is checked here, where the file is named.
+        let k = matrix3(&self.camera_matrix).map_err(|e| format!("`camera_matrix`: {e}"))?;
+        let (fx, fy) = (k[0][0], k[1][1]);
+        if !(fx > 0.0 && fy > 0.0) {
+            return Err(format!(
+                "`camera_matrix`: the focal lengths fx and fy must be positive, got fx = {fx}, \
+                 fy = {fy}"
+            ));
+        }
+        if k[2] != [0.0, 0.0, 1.0] {
+            return Err(format!(
+                "`camera_matrix`: the bottom row must be 0 0 1, got {} {} {}",
+                k[2][0], k[2][1], k[2][2]
+            ));
         }
         let n = self.distortion.total();
         if ![4, 5, 8, 12, 14].contains(&n) {
             return Err(format!(
                 "`distortion_coefficients`: expected 4, 5, 8, 12 or 14 values, got {n}"
             ));
+        }
+        // At most 14 values (checked above), so each index fits an i32.
+        for i in 0..n {
+            let value = *self
+                .distortion
+                .at::<f64>(i as i32)
+                .map_err(|e| format!("`distortion_coefficients`: {e}"))?;
+            if !value.is_finite() {
+                return Err(format!(
+                    "`distortion_coefficients`: value {} is {value}, expected a finite number",
+                    i + 1
+                ));
+            }
         }
         let roi = self.roi;
         if let Some(mm) = self.mm_per_pixel
@@ -214,7 +250,11 @@ impl Calibration {
         };
         let fits = match homography {
             None => {
-                roi.x + roi.width <= self.image_width && roi.y + roi.height <= self.image_height
+                // In u64: the ROI comes from a file or the command line, and `x + width` near
+                // u32::MAX would overflow (a panic in debug builds, a wrap-around that "fits"
+                // in release ones).
+                u64::from(roi.x) + u64::from(roi.width) <= u64::from(self.image_width)
+                    && u64::from(roi.y) + u64::from(roi.height) <= u64::from(self.image_height)
             }
             Some(h) => {
                 invert3(&h).ok_or(
@@ -710,6 +750,116 @@ mod tests {
         std::fs::write(&path, text).expect("write");
         let err = Calibration::load(&path).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    /// A camera matrix or distortion of the right shape but unusable values (NaN, a zero or
+    /// negative focal length, a bottom row that is not 0 0 1, an infinite coefficient) would
+    /// make remap tables that turn every frame black or mirrored: refused, naming the field.
+    #[test]
+    fn camera_matrix_and_distortion_values_are_checked() {
+        let camera = |k: [[f64; 3]; 3]| Mat::from_slice_2d(&k).expect("camera matrix");
+        for (k, expected) in [
+            (
+                [[0.0, 0.0, 128.0], [0.0, 256.0, 128.0], [0.0, 0.0, 1.0]],
+                "focal lengths",
+            ),
+            (
+                [[256.0, 0.0, 128.0], [0.0, -256.0, 128.0], [0.0, 0.0, 1.0]],
+                "focal lengths",
+            ),
+            (
+                [[256.0, 0.0, f64::NAN], [0.0, 256.0, 128.0], [0.0, 0.0, 1.0]],
+                "finite",
+            ),
+            (
+                [[256.0, 0.0, 128.0], [0.0, 256.0, 128.0], [0.0, 0.0, 2.0]],
+                "bottom row",
+            ),
+        ] {
+            let mut calibration = shipped();
+            calibration.camera_matrix = camera(k);
+            let err = calibration.check().unwrap_err();
+            assert!(err.contains("`camera_matrix`"), "{err}");
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        for value in [f64::INFINITY, f64::NAN] {
+            let mut calibration = shipped();
+            calibration.distortion = Mat::from_slice(&[0.0f64, value, 0.0, 0.0, 0.0])
+                .expect("mat")
+                .try_clone()
+                .expect("clone");
+            let err = calibration.check().unwrap_err();
+            assert!(err.contains("`distortion_coefficients`"), "{err}");
+            assert!(err.contains("finite"), "{err}");
+        }
+
+        // Read from a file, the error names the file too.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("negative-fx.yaml");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration/simulated.yaml"),
+        )
+        .expect("read")
+        .replace(
+            "data: [ 256., 0., 128., 0., 256., 128., 0., 0., 1. ]",
+            "data: [ -256., 0., 128., 0., 256., 128., 0., 0., 1. ]",
+        );
+        assert!(
+            text.contains("-256."),
+            "the fixture's camera matrix changed"
+        );
+        std::fs::write(&path, text).expect("write");
+        let err = Calibration::load(&path).unwrap_err().to_string();
+        assert!(err.contains("negative-fx.yaml"), "{err}");
+        assert!(err.contains("focal lengths"), "{err}");
+    }
+
+    /// `x + width` past u32::MAX (`linesight calibrate --roi 4294967295,0,2,10`) is an ROI
+    /// outside the image, not an overflow.
+    #[test]
+    fn an_roi_past_the_largest_u32_does_not_fit_rather_than_overflowing() {
+        for roi in [
+            Roi {
+                x: u32::MAX,
+                y: 0,
+                width: 2,
+                height: 10,
+            },
+            Roi {
+                x: 0,
+                y: u32::MAX - 1,
+                width: 10,
+                height: u32::MAX,
+            },
+        ] {
+            let mut calibration = shipped();
+            calibration.roi = roi;
+            let err = calibration.check().unwrap_err();
+            assert!(err.contains("does not fit"), "{err}");
+        }
+    }
+
+    /// OpenCV's own error reading a key (here a 3x3 matrix with 4 values) names the file and
+    /// the key, like every other problem with the file.
+    #[test]
+    fn opencv_errors_reading_the_file_name_the_file_and_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("short-matrix.yaml");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration/simulated.yaml"),
+        )
+        .expect("read")
+        .replace(
+            "data: [ 256., 0., 128., 0., 256., 128., 0., 0., 1. ]",
+            "data: [ 256., 0., 128., 0. ]",
+        );
+        assert!(text.contains("data: [ 256., 0., 128., 0. ]"));
+        std::fs::write(&path, text).expect("write");
+        let err = Calibration::load(&path).unwrap_err();
+        assert!(matches!(err, CalibrateError::File { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("short-matrix.yaml"), "{message}");
+        assert!(message.contains("`camera_matrix`"), "{message}");
     }
 
     /// A camera looking down at the belt at an angle: the raw image is a perspective view of a
