@@ -110,6 +110,8 @@ pub struct Metrics {
     pub mqtt_errors: Counter,
     /// Records archived before the broker took them (they are in the archive files).
     pub mqtt_skipped: Counter,
+    /// Records too large for an MQTT message, published as a stub (counted each time sent).
+    pub mqtt_too_large: Counter,
     /// Sensor samples stored, by quality flag.
     pub sensor_samples: Family<KindLabel, Counter>,
     /// Sensor samples refused (unknown tag, out of time order, in the future, malformed).
@@ -183,6 +185,7 @@ impl Metrics {
             mqtt_published: Counter::default(),
             mqtt_errors: Counter::default(),
             mqtt_skipped: Counter::default(),
+            mqtt_too_large: Counter::default(),
             sensor_samples: Family::default(),
             sensor_samples_refused: Counter::default(),
             sensor_source_errors: Counter::default(),
@@ -457,6 +460,11 @@ impl Metrics {
             "mqtt_skipped",
             "Records archived before the MQTT broker took them",
             self.mqtt_skipped.clone(),
+        );
+        registry.register(
+            "mqtt_too_large",
+            "Records too large for an MQTT message, published as a stub to fetch over the API",
+            self.mqtt_too_large.clone(),
         );
         registry.register(
             "parts_in_flight",

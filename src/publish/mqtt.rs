@@ -5,6 +5,10 @@
 //! acknowledgement of client `mqtt:<client id>`, so it survives restarts), publishes a page,
 //! waits for the broker's PUBACK of every message in it, then moves the cursor. A lost
 //! connection republishes the page from the cursor: records may repeat, none is skipped.
+//!
+//! A record whose JSON would not fit an MQTT packet ([`MAX_PACKET`]; a label's regions may
+//! make it up to 16 MiB) goes out as a stub instead (see [`payload`]): its `seq` and `kind`,
+//! `"too_large": true` and its size, for the subscriber to fetch it over the HTTP API.
 
 use std::time::Duration;
 
@@ -16,6 +20,47 @@ use crate::record::{Filter, RecordKind, Store};
 
 /// Messages published before waiting for their acknowledgements.
 const PAGE: usize = 100;
+
+/// The largest MQTT packet this publisher sends (and takes). rumqttc checks an outgoing packet
+/// against it only when the event loop writes it (`OutgoingPacketTooLarge`), which fails the
+/// whole round; the next round would start from the same cursor and fail on the same record
+/// for ever, so a record is checked against it before it is handed to the client.
+pub const MAX_PACKET: usize = 1 << 20;
+
+/// What a QoS 1 PUBLISH adds to its topic and payload: the fixed header's first byte, up to
+/// four bytes of remaining length, the topic's two-byte length and the two-byte packet id.
+const PUBLISH_OVERHEAD: usize = 1 + 4 + 2 + 2;
+
+/// What is published for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// The record's JSON as stored.
+    Record(Vec<u8>),
+    /// A stub standing in for a record whose JSON (`bytes` long) would not fit a packet.
+    TooLarge { stub: Vec<u8>, bytes: usize },
+}
+
+/// The payload of record `seq` of `kind`, whose stored JSON is `json`, under `topic`: the
+/// JSON itself when the packet stays within [`MAX_PACKET`], else a stub of the same `seq` and
+/// `kind` fields, `{"seq":…,"kind":"…","too_large":true,"bytes":…}`, so that subscribers
+/// learn the record exists (and fetch it over the HTTP API) and the cursor moves past it.
+pub fn payload(topic: &str, seq: u64, kind: RecordKind, json: &[u8]) -> Payload {
+    let room = MAX_PACKET.saturating_sub(PUBLISH_OVERHEAD + topic.len());
+    if json.len() <= room {
+        return Payload::Record(json.to_vec());
+    }
+    // Written by hand: every value is a number or a fixed snake_case name, nothing to escape,
+    // and nothing here can fail. A topic is at most 64 KiB, so the stub always fits.
+    let stub = format!(
+        r#"{{"seq":{seq},"kind":"{}","too_large":true,"bytes":{}}}"#,
+        kind.as_str(),
+        json.len()
+    );
+    Payload::TooLarge {
+        stub: stub.into_bytes(),
+        bytes: json.len(),
+    }
+}
 
 /// Where and as whom to publish.
 #[derive(Debug, Clone)]
@@ -94,7 +139,7 @@ async fn publish_until_error(
         .ok_or_else(|| PublishError::Address(settings.broker.clone()))?;
     let mut options = MqttOptions::new(&settings.client_id, host, port);
     options.set_keep_alive(Duration::from_secs(15));
-    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     let (client, mut events) = AsyncClient::new(options, PAGE * 2);
     let broker_error = |message: String| PublishError::Broker {
         broker: settings.broker.clone(),
@@ -144,13 +189,24 @@ async fn publish_until_error(
             continue;
         }
         for record in &page.records {
+            let record_topic = topic(&settings.topic_root, record.kind);
+            let message = match payload(&record_topic, record.seq, record.kind, record.json()) {
+                Payload::Record(json) => json,
+                Payload::TooLarge { stub, bytes } => {
+                    metrics.mqtt_too_large.inc();
+                    // Said again if the page is republished after a lost connection.
+                    tracing::warn!(
+                        seq = record.seq,
+                        kind = record.kind.as_str(),
+                        bytes,
+                        max_packet = MAX_PACKET,
+                        "record too large for an MQTT message: published a stub; subscribers fetch it over the HTTP API"
+                    );
+                    stub
+                }
+            };
             client
-                .publish(
-                    topic(&settings.topic_root, record.kind),
-                    QoS::AtLeastOnce,
-                    false,
-                    record.json().to_vec(),
-                )
+                .publish(record_topic, QoS::AtLeastOnce, false, message)
                 .await
                 .map_err(|e| broker_error(e.to_string()))?;
         }
@@ -180,5 +236,102 @@ async fn wait_for(
             Ok(_) => {}
             Err(error) => return Err(broker_error(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
+
+    const TOPIC: &str = "acme/basel/press-shop/line-2/sim-1/label";
+
+    fn stub_of(payload: Payload) -> (serde_json::Value, usize) {
+        match payload {
+            Payload::TooLarge { stub, bytes } => {
+                let stub = serde_json::from_slice(&stub).expect("the stub is JSON");
+                (stub, bytes)
+            }
+            Payload::Record(json) => panic!("expected a stub, got {} bytes", json.len()),
+        }
+    }
+
+    #[test]
+    fn a_record_past_the_packet_limit_becomes_a_stub_that_fits() {
+        // The largest JSON that still fits goes out whole.
+        let room = MAX_PACKET - PUBLISH_OVERHEAD - TOPIC.len();
+        let fits = vec![b'x'; room];
+        assert_eq!(
+            payload(TOPIC, 7, RecordKind::Label, &fits),
+            Payload::Record(fits.clone())
+        );
+        // One byte more, or a 16 MiB label, is a stub naming it.
+        for size in [room + 1, 16 << 20] {
+            let json = vec![b'x'; size];
+            let (stub, bytes) = stub_of(payload(TOPIC, 7, RecordKind::Label, &json));
+            assert_eq!(bytes, size);
+            assert_eq!(
+                stub,
+                serde_json::json!({"seq": 7, "kind": "label", "too_large": true, "bytes": size})
+            );
+        }
+        // However long the topic may be (MQTT allows 64 KiB), the stub fits a packet.
+        let long_topic = "t".repeat(u16::MAX as usize);
+        let json = vec![b'x'; MAX_PACKET];
+        let Payload::TooLarge { stub, .. } = payload(&long_topic, 1, RecordKind::Label, &json)
+        else {
+            panic!("expected a stub");
+        };
+        assert!(stub.len() + long_topic.len() + PUBLISH_OVERHEAD <= MAX_PACKET);
+    }
+
+    #[tokio::test]
+    async fn records_after_a_too_large_one_are_published_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "sim-1").expect("open");
+        let alarm = |message: String| {
+            RecordBody::Alarm(AlarmRecord::condition(
+                "big",
+                AlarmState::Raised,
+                AlarmSeverity::Low,
+                message,
+            ))
+        };
+        store
+            .append_all(vec![
+                alarm("before".into()),
+                alarm("m".repeat(2 << 20)),
+                alarm("after".into()),
+            ])
+            .await
+            .expect("append");
+        let page = store.pull(1, PAGE, &Filter::default()).expect("pull");
+        assert_eq!(page.records.len(), 3);
+        let root = "acme/basel/press-shop/line-2/sim-1";
+        let payloads: Vec<Payload> = page
+            .records
+            .iter()
+            .map(|r| payload(&topic(root, r.kind), r.seq, r.kind, r.json()))
+            .collect();
+        assert_eq!(
+            payloads[0],
+            Payload::Record(page.records[0].json().to_vec())
+        );
+        assert_eq!(
+            payloads[2],
+            Payload::Record(page.records[2].json().to_vec())
+        );
+        let (stub, bytes) = stub_of(payloads[1].clone());
+        assert_eq!(bytes, page.records[1].json().len());
+        assert_eq!(stub["seq"], 2);
+        assert_eq!(stub["kind"], "alarm");
+        assert_eq!(stub["too_large"], true);
+        // The stub's fields are named as in the record itself.
+        let stored: serde_json::Value =
+            serde_json::from_slice(page.records[1].json()).expect("json");
+        assert_eq!(
+            (&stored["seq"], &stored["kind"]),
+            (&stub["seq"], &stub["kind"])
+        );
     }
 }

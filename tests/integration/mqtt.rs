@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use linesight::metrics::Metrics;
+use linesight::publish::mqtt::{MqttSettings, cursor_client, run_mqtt};
+use linesight::record::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody, Store};
 use linesight::station::RunOptions;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -190,4 +193,96 @@ async fn a_subscriber_gets_every_record_across_a_broker_restart() {
         assert_eq!(record, &stored, "record {seq} differs from the store");
     }
     drop(mosquitto);
+}
+
+/// A record too large for an MQTT packet (a label's regions may make one up to 16 MiB) goes
+/// out as a stub naming it, and the records after it are published as ever: the oversized
+/// packet used to fail every round at the same cursor, and nothing after it went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_a_message_is_a_stub_and_the_rest_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _mosquitto = broker(dir.path(), port).await;
+    let out = dir.path().join("received.txt");
+    let made = subscriber(port, &out, &["-E"])
+        .status()
+        .expect("mosquitto_sub runs");
+    assert!(made.success());
+    let _sub = KillOnDrop(subscriber(port, &out, &[]).spawn().expect("subscriber"));
+
+    let store = Store::open(&dir.path().join("data"), "sim-1").expect("store");
+    let alarm = |message: String| {
+        RecordBody::Alarm(AlarmRecord::condition(
+            "big",
+            AlarmState::Raised,
+            AlarmSeverity::Low,
+            message,
+        ))
+    };
+    store
+        .append_all(vec![
+            alarm("before".into()),
+            alarm("m".repeat(2 << 20)),
+            alarm("after".into()),
+        ])
+        .await
+        .expect("append");
+    let metrics = Metrics::new();
+    let settings = MqttSettings {
+        broker: format!("127.0.0.1:{port}"),
+        client_id: "linesight-test-pub".into(),
+        topic_root: "acme/basel/press-shop/line-2/sim-1".into(),
+    };
+    let cursor = cursor_client(&settings);
+    let stop = CancellationToken::new();
+    let publisher = tokio::spawn(run_mqtt(
+        settings,
+        store.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    // One more once the publisher runs: it follows the journal on past the stub.
+    store.append(alarm("later".into())).await.expect("append");
+
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let got = received(&out);
+            if (1..=4).all(|seq| got.contains_key(&seq)) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let seqs: Vec<u64> = received(&out).into_keys().collect();
+        panic!(
+            "received {seqs:?} of 1..=4; publishing rounds failed {} times",
+            metrics.mqtt_errors.get()
+        )
+    });
+    for seq in [1, 3, 4] {
+        let stored: Value =
+            serde_json::from_slice(store.raw(seq).expect("read").expect("kept").json())
+                .expect("json");
+        assert_eq!(got[&seq].1, stored, "record {seq} is published whole");
+    }
+    let (topic, stub) = &got[&2];
+    assert_eq!(topic, "acme/basel/press-shop/line-2/sim-1/alarm");
+    let size = store.raw(2).expect("read").expect("kept").json().len();
+    assert_eq!(
+        stub,
+        &serde_json::json!({"seq": 2, "kind": "alarm", "too_large": true, "bytes": size})
+    );
+    assert!(metrics.mqtt_too_large.get() >= 1, "the stub is counted");
+    // The cursor moves past it too (after the broker's acknowledgements).
+    let acknowledged = tokio::time::timeout(Duration::from_secs(30), async {
+        while store.acknowledged(&cursor).expect("cursor") < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(acknowledged.is_ok(), "the cursor stayed before seq 4");
+    stop.cancel();
+    publisher.await.expect("the publisher stops");
 }
