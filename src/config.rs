@@ -158,6 +158,10 @@ fn default_line() -> String {
     "line".into()
 }
 
+/// The longest `[records] archive_after_days` may be: a century, as for the sensor store's
+/// retention (`sense::tags::MAX_RETENTION_DAYS`). Longer is "never archive": leave it out.
+pub const MAX_ARCHIVE_AFTER_DAYS: f64 = 36_500.0;
+
 /// How records and images use the data disk.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,7 +172,8 @@ pub struct RecordsSection {
     /// Images are kept under this many MiB in all, the oldest deleted first (their records
     /// stay). Absent: no budget.
     pub image_budget_mb: Option<u64>,
-    /// Records older than this many days are archived to files and pruned. Absent: kept.
+    /// Records older than this many days (at most [`MAX_ARCHIVE_AFTER_DAYS`]) are archived to
+    /// files and pruned. Absent: kept.
     pub archive_after_days: Option<f64>,
     /// Where archive files go; relative to the config file. Default: `<data_dir>/archive`.
     pub archive_dir: Option<PathBuf>,
@@ -1097,12 +1102,17 @@ fn check(file: &StationFile, base: &Path) -> Vec<Problem> {
             );
         }
     }
+    // Bounded above too: the archiver's cutoff, now minus this, must stay a time chrono can
+    // write, and start-up turns it into a `Duration` that panics past about 2e14 days. A
+    // century is "keep for ever" for any station.
     if let Some(days) = file.records.archive_after_days
-        && !(days.is_finite() && days > 0.0)
+        && !(days.is_finite() && days > 0.0 && days <= MAX_ARCHIVE_AFTER_DAYS)
     {
         problem(
             "records.archive_after_days",
-            format!("expected a positive number of days, got {days}"),
+            format!(
+                "expected a positive number of days up to {MAX_ARCHIVE_AFTER_DAYS} (a century), got {days}"
+            ),
         );
     }
     if file.records.image_budget_mb == Some(0) {
@@ -1842,6 +1852,26 @@ mod tests {
             assert!(
                 message.contains("model.workers") && message.contains("expected 1 to 16"),
                 "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn archive_after_days_is_positive_and_at_most_a_century() {
+        let with = |days: &str| format!("{}\n[records]\narchive_after_days = {days}\n", example());
+        for good in ["0.5", "365", "36500"] {
+            let config = parse(&with(good)).expect("valid");
+            assert_eq!(
+                config.records.archive_after_days,
+                Some(good.parse::<f64>().expect("a number"))
+            );
+        }
+        // 1e8 days ("keep for ever") once panicked the archiver; 1e15 panicked start-up.
+        for bad in ["1e8", "1e15", "36500.5", "0", "-1", "nan", "inf"] {
+            let message = parse(&with(bad)).unwrap_err().to_string();
+            assert!(
+                message.contains("records.archive_after_days") && message.contains("up to 36500"),
+                "{bad}: {message}"
             );
         }
     }

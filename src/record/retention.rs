@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
@@ -18,25 +19,27 @@ const EVERY: Duration = Duration::from_secs(600);
 /// Archives records older than `after` into `dir` now and every ten minutes, until `stop`.
 pub async fn run_archiver(store: Store, after: Duration, dir: PathBuf, stop: CancellationToken) {
     loop {
-        let cutoff =
-            chrono::Utc::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-        // Archive in chunks until nothing that old is left.
-        loop {
-            match store.archive_before(cutoff, &dir).await {
-                Ok(Some(report)) => tracing::info!(
-                    file = %report.file.display(),
-                    first_seq = report.first_seq,
-                    last_seq = report.last_seq,
-                    "records archived and pruned"
-                ),
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::error!(%error, "archiving failed; records stay in the journal");
-                    break;
+        // Checked: with no time that far back (the config allows a century, but the archiver
+        // must not panic on any `after`), nothing is that old yet.
+        if let Some(cutoff) = cutoff_for(Utc::now(), after) {
+            // Archive in chunks until nothing that old is left.
+            loop {
+                match store.archive_before(cutoff, &dir).await {
+                    Ok(Some(report)) => tracing::info!(
+                        file = %report.file.display(),
+                        first_seq = report.first_seq,
+                        last_seq = report.last_seq,
+                        "records archived and pruned"
+                    ),
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::error!(%error, "archiving failed; records stay in the journal");
+                        break;
+                    }
                 }
-            }
-            if stop.is_cancelled() {
-                return;
+                if stop.is_cancelled() {
+                    return;
+                }
             }
         }
         tokio::select! {
@@ -46,8 +49,18 @@ pub async fn run_archiver(store: Store, after: Duration, dir: PathBuf, stop: Can
     }
 }
 
+/// `now` less `after`, or `None` when that is before the earliest time chrono can write (or
+/// `after` is past what a `chrono::TimeDelta` holds): checked, since chrono's `-` panics on
+/// overflow and a panic here would end archiving for the station's life.
+fn cutoff_for(now: DateTime<Utc>, after: Duration) -> Option<DateTime<Utc>> {
+    let after = chrono::TimeDelta::from_std(after).ok()?;
+    now.checked_sub_signed(after)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use chrono::Utc;
 
     use crate::record::journal::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
@@ -156,6 +169,22 @@ mod tests {
         );
         assert_eq!(events[0].version.as_deref(), Some("m@2"));
         assert!(store.verify().expect("verify").problems.is_empty());
+    }
+
+    #[test]
+    fn a_cutoff_too_far_back_is_none_not_a_panic() {
+        let now = Utc::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            super::cutoff_for(now, day),
+            Some(now - chrono::TimeDelta::days(1))
+        );
+        // A century, the most the config allows, is well within chrono's range.
+        assert!(super::cutoff_for(now, day * 36_500).is_some());
+        // 1e8 days fits a TimeDelta but not now less it; 1e9 days fits neither.
+        assert_eq!(super::cutoff_for(now, day * 100_000_000), None);
+        assert_eq!(super::cutoff_for(now, day * 1_000_000_000), None);
+        assert_eq!(super::cutoff_for(now, Duration::MAX), None);
     }
 
     #[test]
