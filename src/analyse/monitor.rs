@@ -3,7 +3,8 @@
 //! Every second it hands each tag's newest good sample to the alarm manager (`tag:<name>`)
 //! and tells it the station's health (FAULT, DEGRADED); every 30 s it computes the KPIs of the
 //! last hour (`kpi:<name>`); every minute it evaluates the configured control charts
-//! (`chart:<name>`: active while the newest point breaks a rule). It reads the stores, never
+//! (`chart:<name>`: active while the newest point breaks a rule; for a count chart the newest
+//! *completed* hour, shift or day, never the one still filling). It reads the stores, never
 //! the live path, and an evaluation that fails is logged and tried again at the next round.
 
 use std::collections::{HashMap, HashSet};
@@ -97,7 +98,11 @@ impl Monitor {
     }
 
     /// Every configured chart over its window: a `chart:<name>` alarm is active while the
-    /// newest point breaks a rule. A chart without enough data yet says nothing.
+    /// newest point breaks a rule. A count chart ends at the start of its current period
+    /// ([`super::charts::evaluate_completed`]): a partial period's few parts would trip its
+    /// rules by chance, and would clear an excursion of the period just finished at every
+    /// turn; so the last completed period decides until the next one completes. A chart
+    /// without enough data yet says nothing.
     async fn observe_charts(&self, now: DateTime<Utc>) {
         if self.charts.is_empty() {
             return;
@@ -107,12 +112,15 @@ impl Monitor {
             sensors: Some(self.sensors.clone()),
         };
         let charts = self.charts.clone();
+        // Parts still on their way to the record: the period they close is not complete yet.
+        let as_of = now - TimeDelta::from_std(self.as_of_delay).unwrap_or(TimeDelta::zero());
         let evaluated = tokio::task::spawn_blocking(move || {
             charts
                 .iter()
                 .map(|definition| {
-                    let verdict = super::evaluate(definition, &sources, now, None)
-                        .map(|chart| super::latest_violation(&chart));
+                    let verdict =
+                        super::charts::evaluate_completed(definition, &sources, now, as_of)
+                            .map(|chart| super::latest_violation(&chart));
                     (definition.name.clone(), verdict)
                 })
                 .collect::<Vec<_>>()
@@ -246,8 +254,90 @@ struct TagWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analyse::alarms::AlarmDefinition;
     use crate::analyse::alarms::manager::tests::oven;
+    use crate::analyse::charts::tests::{
+        T0, minute_of, rejects_chart, steady_hours_then_a_few_parts,
+    };
+    use crate::analyse::{ProductionCounts, ProductionPlan};
     use crate::sense::{Incoming, SensorsSection};
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).expect("in range")
+    }
+
+    async fn is_active(alarms: &AlarmManager, name: &str) -> bool {
+        alarms.alarm(name).await.expect("alarm").active
+    }
+
+    /// A p chart of the reject rate per hour watched by an alarm: 2 rejects of 20 parts in
+    /// the hour still filling raise nothing; the same counts once their hour is over raise
+    /// it, and clean parts of the next hour, still filling, do not clear it before that hour
+    /// is over and judged.
+    #[tokio::test]
+    async fn a_chart_alarm_judges_completed_hours_and_keeps_the_last_ones_verdict() {
+        const HOUR: i64 = 3_600_000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sensors =
+            Sensors::open(dir.path(), SensorsSection::default(), Vec::new()).expect("sensors");
+        let store = Store::open(dir.path(), "station").expect("store");
+        let rule: AlarmDefinition = toml::from_str(
+            "name = \"rejects_rule\"\nmessage = \"Reject rate out of control\"\n\
+             priority = \"medium\"\nsource = \"chart:rejects\"\non = \"violation\"\n",
+        )
+        .expect("alarm");
+        let alarms = AlarmManager::open(store.clone(), &[rule])
+            .await
+            .expect("alarms");
+        let production = Production {
+            counts: ProductionCounts::open(dir.path()).expect("counts"),
+            plan: Arc::new(ProductionPlan::default()),
+        };
+        production
+            .counts
+            .write_buckets(&steady_hours_then_a_few_parts())
+            .expect("buckets");
+        let monitor = Monitor {
+            alarms: alarms.clone(),
+            sensors,
+            production: production.clone(),
+            store,
+            health: Arc::new(StationHealth::default),
+            as_of_delay: Duration::from_secs(2),
+            charts: Arc::new(vec![rejects_chart()]),
+        };
+
+        // 20 s into hour 24, whose 2 rejects of 20 parts would break Nelson 1.
+        monitor.observe_charts(at(T0 + 24 * HOUR + 20_000)).await;
+        assert!(
+            !is_active(&alarms, "rejects_rule").await,
+            "raised on the hour still filling"
+        );
+        // Hour 24 is over: the same counts, judged now.
+        monitor.observe_charts(at(T0 + 25 * HOUR + 20_000)).await;
+        assert!(
+            is_active(&alarms, "rejects_rule").await,
+            "not raised on the completed hour"
+        );
+        // Clean parts in hour 25, still filling: hour 24 still decides.
+        production
+            .counts
+            .write_buckets(&[minute_of(T0 / 60_000 + 25 * 60 + 5, 20, 0)])
+            .expect("bucket");
+        monitor
+            .observe_charts(at(T0 + 25 * HOUR + 30 * 60_000))
+            .await;
+        assert!(
+            is_active(&alarms, "rejects_rule").await,
+            "cleared by the hour still filling"
+        );
+        // Hour 25 is over and breaks nothing: the alarm returns.
+        monitor.observe_charts(at(T0 + 26 * HOUR + 20_000)).await;
+        assert!(
+            !is_active(&alarms, "rejects_rule").await,
+            "still active after a completed hour in control"
+        );
+    }
 
     /// A sample that arrives an hour after it was taken, above a limit with a 5 s on-delay:
     /// the delay runs on the station's clock from when the sample is seen.

@@ -10,8 +10,10 @@ use crate::analyse::spc::{ChartDetails, RuleId};
 use crate::analyse::{Counts, MinuteBucket, ProductionCounts, ProductionPlan};
 use crate::sense::{Incoming, SensorsSection};
 
-/// 2025-12-01T08:00:00Z: a whole hour (and a whole UTC day minus eight hours).
-const T0: i64 = 1_764_576_000_000;
+/// 2025-12-01T08:00:00Z, a Monday: a whole hour (and a whole UTC day minus eight hours).
+pub(crate) const T0: i64 = 1_764_576_000_000;
+
+const HOUR: i64 = 3_600_000;
 
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).expect("in range")
@@ -488,5 +490,142 @@ fn latest_violation_reads_only_the_newest_included_point() {
     assert_eq!(
         latest_violation(&spc::individuals_chart(&last, &options).expect("chart")),
         None
+    );
+}
+
+/// A p chart of the reject rate per hour (the default window of 24 hours), limits from its
+/// first 20 hours.
+pub(crate) const REJECTS_CHART: &str =
+    "[[charts]]\nname = \"rejects\"\nof = \"reject_rate\"\nkind = \"p\"\nbaseline = 20\n";
+
+/// The parsed [`REJECTS_CHART`].
+pub(crate) fn rejects_chart() -> ChartDefinition {
+    definitions(REJECTS_CHART).remove(0)
+}
+
+/// `inspected` parts of one minute, `rejected` of them failed.
+pub(crate) fn minute_of(minute: i64, inspected: u64, rejected: u64) -> MinuteBucket {
+    MinuteBucket {
+        minute,
+        work_order: None,
+        counts: Counts {
+            inspected,
+            passed: inspected - rejected,
+            rejected_failed: rejected,
+            first_pass_good: inspected - rejected,
+            ..Counts::default()
+        },
+    }
+}
+
+/// Hours 0 to 23 from T0 with 1000 parts each, 8 to 12 rejected (p̄ = 1 % over any 20 hours
+/// in a row, none near a limit: UCL 1.94 % at n = 1000), then 20 parts with 2 rejected in the
+/// first minute of hour 24: 10 % against a UCL of 7.7 % at n = 20, a break of Nelson 1.
+pub(crate) fn steady_hours_then_a_few_parts() -> Vec<MinuteBucket> {
+    let mut buckets: Vec<MinuteBucket> = (0..24i64)
+        .map(|hour| minute_of(T0 / 60_000 + hour * 60, 1000, 8 + (hour % 5) as u64))
+        .collect();
+    buckets.push(minute_of(T0 / 60_000 + 24 * 60, 20, 2));
+    buckets
+}
+
+/// The newest point's period start.
+fn newest(chart: &Chart) -> Option<DateTime<Utc>> {
+    chart.points.last().and_then(|p| p.at)
+}
+
+#[test]
+fn alarms_judge_completed_periods_only_and_the_last_one_until_the_next_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sources = sources(dir.path());
+    sources
+        .production
+        .counts
+        .write_buckets(&steady_hours_then_a_few_parts())
+        .expect("buckets");
+    let definition = &rejects_chart();
+    // 20 s into hour 24. Shown up to now, its 2 rejects of 20 break Nelson 1 …
+    let now = at(T0 + 24 * HOUR + 20_000);
+    let shown = evaluate(definition, &sources, now, None).expect("chart");
+    assert_eq!(newest(&shown), Some(at(T0 + 24 * HOUR)));
+    let message = latest_violation(&shown).expect("the partial hour breaks Nelson 1");
+    assert!(message.contains("Nelson 1"), "{message}");
+    // … but the hour is still filling: the alarm's chart ends at its start, hour 23 is the
+    // newest point, and it breaks nothing.
+    let judged = evaluate_completed(definition, &sources, now, now).expect("chart");
+    assert_eq!(judged.points.len(), 24);
+    assert_eq!(newest(&judged), Some(at(T0 + 23 * HOUR)));
+    assert_eq!(latest_violation(&judged), None);
+
+    // The same counts once their hour is over: judged, and out of control.
+    let next = at(T0 + 25 * HOUR + 20_000);
+    let judged = evaluate_completed(definition, &sources, next, next).expect("chart");
+    assert_eq!(newest(&judged), Some(at(T0 + 24 * HOUR)));
+    let message = latest_violation(&judged).expect("the completed hour breaks Nelson 1");
+    assert!(message.contains("Nelson 1"), "{message}");
+    // Parts still on their way to the record at the turn of the hour: hour 24 is not
+    // complete until the recording delay has passed, and hour 23 still decides.
+    let delayed = at(T0 + 25 * HOUR - 3_000);
+    let judged = evaluate_completed(definition, &sources, next, delayed).expect("chart");
+    assert_eq!(newest(&judged), Some(at(T0 + 23 * HOUR)));
+    assert_eq!(latest_violation(&judged), None);
+
+    // Hour 25 fills with clean parts. Up to now, its partial point would be the newest and
+    // clear the excursion; the alarm's chart keeps hour 24 newest until hour 25 is over.
+    sources
+        .production
+        .counts
+        .write_buckets(&[minute_of(T0 / 60_000 + 25 * 60 + 5, 20, 0)])
+        .expect("bucket");
+    let later = at(T0 + 25 * HOUR + 30 * 60_000);
+    let shown = evaluate(definition, &sources, later, None).expect("chart");
+    assert_eq!(newest(&shown), Some(at(T0 + 25 * HOUR)));
+    assert_eq!(latest_violation(&shown), None);
+    let judged = evaluate_completed(definition, &sources, later, later).expect("chart");
+    assert_eq!(newest(&judged), Some(at(T0 + 24 * HOUR)));
+    assert!(latest_violation(&judged).is_some());
+    // Once hour 25 is over, it is judged: 0 of 20 rejected breaks nothing.
+    let after = at(T0 + 26 * HOUR + 20_000);
+    let judged = evaluate_completed(definition, &sources, after, after).expect("chart");
+    assert_eq!(newest(&judged), Some(at(T0 + 25 * HOUR)));
+    assert_eq!(latest_violation(&judged), None);
+}
+
+#[test]
+fn the_current_period_starts_at_the_calendars_hour_day_or_shift_run() {
+    let utc = ShiftCalendar::always();
+    // Monday 08:00:20 UTC.
+    let now = at(T0 + 20_000);
+    assert_eq!(current_period_start(ChartPeriod::Hour, &utc, now), at(T0));
+    assert_eq!(
+        current_period_start(ChartPeriod::Day, &utc, now),
+        at(T0 - 8 * HOUR)
+    );
+    // The default calendar is one all-day shift from midnight.
+    assert_eq!(
+        current_period_start(ChartPeriod::Shift, &utc, now),
+        at(T0 - 8 * HOUR)
+    );
+    // Half an hour ahead of UTC: local hours start at half past UTC hours.
+    let ahead = ShiftCalendar::build(&[], 30).expect("calendar");
+    assert_eq!(
+        current_period_start(ChartPeriod::Hour, &ahead, now),
+        at(T0 - 30 * 60_000)
+    );
+    // Weekdays 06:00–14:00 with a break 10:00–10:30: the run under way since 06:00, its break
+    // included; after 14:00 no run is under way and every one before is complete.
+    let early =
+        ShiftCalendar::build(&[crate::analyse::shifts::test_early_shift()], 0).expect("calendar");
+    assert_eq!(
+        current_period_start(ChartPeriod::Shift, &early, now),
+        at(T0 - 2 * HOUR)
+    );
+    assert_eq!(
+        current_period_start(ChartPeriod::Shift, &early, at(T0 + 2 * HOUR + 15 * 60_000)),
+        at(T0 - 2 * HOUR)
+    );
+    assert_eq!(
+        current_period_start(ChartPeriod::Shift, &early, at(T0 + 7 * HOUR + 20_000)),
+        at(T0 + 7 * HOUR)
     );
 }
