@@ -641,22 +641,20 @@ pub fn evaluate_completed(
     as_of: DateTime<Utc>,
 ) -> Result<Chart, ChartError> {
     let request = resolved(definition)?;
-    let to = if request.of.is_attribute() {
-        // A recording delay never moves the end past `now`.
-        current_period_start(
-            request.period,
-            &sources.production.plan.calendar,
-            as_of.min(now),
-        )
-    } else {
-        now
-    };
-    compute(
-        &request,
-        sources,
-        window_start(to, definition.window()?)?,
-        to,
-    )
+    let window = definition.window()?;
+    if !request.of.is_attribute() {
+        return compute(&request, sources, window_start(now, window)?, now);
+    }
+    let calendar = &sources.production.plan.calendar;
+    // A recording delay never moves the end past `now`.
+    let to = current_period_start(request.period, calendar, as_of.min(now));
+    // From the start of the period the window's first minute falls in: as many points as the
+    // chart up to now has (its window then began in a period and ended in the current one),
+    // all of them complete. Ended early without it, a day chart of 24 hours would hold one
+    // point, too few for the Laney charts it defaults to.
+    let first_minute = window_start(to, window + TimeDelta::minutes(1))?;
+    let from = current_period_start(request.period, calendar, first_minute);
+    compute(&request, sources, from, to)
 }
 
 /// The start of the period of a count chart that holds `at`: the local hour or day, or the

@@ -211,7 +211,9 @@ impl Calibration {
                  fy = {fy}"
             ));
         }
-        if k[2] != [0.0, 0.0, 1.0] {
+        // Within rounding: a matrix written through float32, or normalised, is still one.
+        let bottom_row = [0.0, 0.0, 1.0];
+        if (k[2].iter().zip(bottom_row)).any(|(value, expected)| (value - expected).abs() > 1e-6) {
             return Err(format!(
                 "`camera_matrix`: the bottom row must be 0 0 1, got {} {} {}",
                 k[2][0], k[2][1], k[2][2]

@@ -406,9 +406,15 @@ fn run_pipeline(
         .then(|| armed.clone());
     let (relay, software_trigger) = match ctx.external_triggers.take() {
         Some(external) => {
+            // Only a camera running free on the pipeline's clock is held to its triggers' times
+            // (see `WaitingTriggers::free_running`).
+            let free_running = ctx.feeder.is_none()
+                && ctx.genicam_trigger.is_none()
+                && genicam::aravis_source(pipeline).is_none();
             let (relay, software_trigger) = TriggerRelay::start(
                 external,
                 ctx.feeder.is_some(),
+                free_running,
                 fires_genicam,
                 std::mem::take(&mut ctx.fire_also),
                 &ctx.stop,
@@ -659,9 +665,13 @@ struct WaitingTriggers {
     queue: Mutex<VecDeque<ExternalTrigger>>,
     sink: Arc<dyn TriggerSink>,
     stale_after: Duration,
-    /// The camera runs free (no feeder to trigger): its frames are exposed whenever, so one
-    /// exposed before a trigger is not that trigger's. A fed pipeline's frame is made for the
-    /// trigger that fired it, whatever latency its pipeline reports puts its capture time at.
+    /// The camera runs free and stamps its frames on the pipeline's clock (no feeder, no
+    /// GenICam trigger, no aravis source): its frames are exposed whenever, so one exposed
+    /// before a trigger is not that trigger's. A fed or GenICam-triggered camera's frame is
+    /// made for the trigger that fired it (or, on a trigger line, exposed at the photo-eye,
+    /// before the PLC's write reaches the station), whatever its stamp says; and aravissrc
+    /// stamps frames on the camera's own clock from its first frame, which would put a
+    /// frame's capture before its trigger by however long that first frame took.
     free_running: bool,
 }
 
@@ -738,10 +748,12 @@ struct TriggerRelay {
 
 impl TriggerRelay {
     /// `fed`: the feeder gets a software trigger per trigger (returned); `genicam`: the
-    /// GenICam camera, once armed, is fired per trigger; `fire_also` each get one too.
+    /// GenICam camera, once armed, is fired per trigger; `fire_also` each get one too;
+    /// `free_running`: see [`WaitingTriggers::free_running`].
     fn start(
         external: ExternalTriggers,
         fed: bool,
+        free_running: bool,
         genicam: Option<Arc<OnceLock<GenicamTrigger>>>,
         fire_also: Vec<Sender<()>>,
         stop: &CancellationToken,
@@ -750,7 +762,7 @@ impl TriggerRelay {
             queue: Mutex::new(VecDeque::new()),
             sink: external.sink,
             stale_after: external.stale_after,
-            free_running: !fed,
+            free_running,
         });
         let (software_trigger, fired) = if fed {
             let (tx, rx) = std::sync::mpsc::channel();

@@ -242,7 +242,6 @@ async fn wait_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{AlarmRecord, AlarmSeverity, AlarmState, RecordBody};
 
     const TOPIC: &str = "acme/basel/press-shop/line-2/sim-1/label";
 
@@ -283,55 +282,5 @@ mod tests {
             panic!("expected a stub");
         };
         assert!(stub.len() + long_topic.len() + PUBLISH_OVERHEAD <= MAX_PACKET);
-    }
-
-    #[tokio::test]
-    async fn records_after_a_too_large_one_are_published_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), "sim-1").expect("open");
-        let alarm = |message: String| {
-            RecordBody::Alarm(AlarmRecord::condition(
-                "big",
-                AlarmState::Raised,
-                AlarmSeverity::Low,
-                message,
-            ))
-        };
-        store
-            .append_all(vec![
-                alarm("before".into()),
-                alarm("m".repeat(2 << 20)),
-                alarm("after".into()),
-            ])
-            .await
-            .expect("append");
-        let page = store.pull(1, PAGE, &Filter::default()).expect("pull");
-        assert_eq!(page.records.len(), 3);
-        let root = "acme/basel/press-shop/line-2/sim-1";
-        let payloads: Vec<Payload> = page
-            .records
-            .iter()
-            .map(|r| payload(&topic(root, r.kind), r.seq, r.kind, r.json()))
-            .collect();
-        assert_eq!(
-            payloads[0],
-            Payload::Record(page.records[0].json().to_vec())
-        );
-        assert_eq!(
-            payloads[2],
-            Payload::Record(page.records[2].json().to_vec())
-        );
-        let (stub, bytes) = stub_of(payloads[1].clone());
-        assert_eq!(bytes, page.records[1].json().len());
-        assert_eq!(stub["seq"], 2);
-        assert_eq!(stub["kind"], "alarm");
-        assert_eq!(stub["too_large"], true);
-        // The stub's fields are named as in the record itself.
-        let stored: serde_json::Value =
-            serde_json::from_slice(page.records[1].json()).expect("json");
-        assert_eq!(
-            (&stored["seq"], &stored["kind"]),
-            (&stub["seq"], &stub["kind"])
-        );
     }
 }

@@ -591,6 +591,38 @@ fn alarms_judge_completed_periods_only_and_the_last_one_until_the_next_completes
     assert_eq!(latest_violation(&judged), None);
 }
 
+/// Ended at the start of the current period, an alarm's chart still holds as many points as the
+/// chart up to now: a day chart over 24 hours has yesterday and the day before (up to now it
+/// had the day before's last hours and today's first), not yesterday alone, which a Laney p′
+/// chart (the default) refuses as too few points.
+#[test]
+fn an_alarms_chart_holds_the_periods_its_window_began_in_and_ended_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sources = sources(dir.path());
+    const DAY: i64 = 24 * HOUR;
+    // Sunday and Monday at 20:00 UTC, Tuesday at 08:00 (T0 is a Monday, 08:00).
+    let buckets: Vec<MinuteBucket> = [(T0 - 12 * HOUR, 10), (T0 + 12 * HOUR, 14), (T0 + DAY, 7)]
+        .iter()
+        .map(|&(ms, rejected)| minute_of(ms / 60_000, 1000, rejected))
+        .collect();
+    sources
+        .production
+        .counts
+        .write_buckets(&buckets)
+        .expect("buckets");
+    let daily = definitions(
+        "[[charts]]\nname = \"daily\"\nof = \"reject_rate\"\nperiod = \"day\"\nwindow_hours = 24\n",
+    )
+    .remove(0);
+    // Tuesday 09:00: up to now the window holds Monday's evening and Tuesday's morning.
+    let now = at(T0 + DAY + HOUR);
+    let shown = evaluate(&daily, &sources, now, None).expect("chart");
+    assert_eq!(shown.points.len(), 2);
+    let judged = evaluate_completed(&daily, &sources, now, now).expect("two completed days");
+    assert_eq!(judged.points.len(), 2);
+    assert_eq!(newest(&judged), Some(at(T0 - 8 * HOUR)), "Monday, complete");
+}
+
 #[test]
 fn the_current_period_starts_at_the_calendars_hour_day_or_shift_run() {
     let utc = ShiftCalendar::always();
