@@ -160,7 +160,7 @@ fn default_line() -> String {
 
 /// The longest `[records] archive_after_days` may be: a century, as for the sensor store's
 /// retention (`sense::tags::MAX_RETENTION_DAYS`). Longer is "never archive": leave it out.
-pub const MAX_ARCHIVE_AFTER_DAYS: f64 = 36_500.0;
+pub const MAX_ARCHIVE_AFTER_DAYS: f64 = crate::sense::tags::MAX_RETENTION_DAYS;
 
 /// How records and images use the data disk.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -641,10 +641,10 @@ pub fn evaluate_completed(
     as_of: DateTime<Utc>,
 ) -> Result<Chart, ChartError> {
     let request = resolved(definition)?;
-    let window = definition.window()?;
     if !request.of.is_attribute() {
-        return compute(&request, sources, window_start(now, window)?, now);
+        return evaluate(definition, sources, now, None);
     }
+    let window = definition.window()?;
     let calendar = &sources.production.plan.calendar;
     // A recording delay never moves the end past `now`.
     let to = current_period_start(request.period, calendar, as_of.min(now));

@@ -716,6 +716,7 @@ fn mean_std(values: &[f32]) -> (f32, f32) {
 /// One of the scores a model sums ([`RawScores`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum ScoreKind {
     Patch,
     Image,
@@ -770,7 +771,7 @@ impl ScoreSet {
     }
 
     fn bit(kind: ScoreKind) -> u8 {
-        1 << (ScoreKind::ALL.iter().position(|&k| k == kind).unwrap_or(0))
+        1 << kind as u8
     }
 }
 

@@ -16,7 +16,6 @@ use crate::models::anomaly::score_choice::ScoreChoice;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{
     CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, RawScores, ScoreKind, ScoreScale,
-    ScoreSet,
 };
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
@@ -198,16 +197,12 @@ impl AnomalyModel {
                     "`score_scale.left_out` names the patch score, which every model sums".into(),
                 ));
             }
-            if let Some(choice) = &card.score_choice {
-                let expected: Vec<ScoreKind> = (ScoreKind::ALL.into_iter())
-                    .filter(|&kind| scale.knows(kind) && !choice.counted.contains(&kind))
-                    .collect();
-                if ScoreSet::from(expected) != scale.left_out {
-                    return Err(card_error(
-                        "`score_scale.left_out` is not what `score_choice.counted` leaves out"
-                            .into(),
-                    ));
-                }
+            if let Some(choice) = &card.score_choice
+                && scale.counting_only(&choice.counted).left_out != scale.left_out
+            {
+                return Err(card_error(
+                    "`score_scale.left_out` is not what `score_choice.counted` leaves out".into(),
+                ));
             }
         } else if card.score_choice.is_some() {
             return Err(card_error(

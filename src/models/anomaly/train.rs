@@ -474,24 +474,18 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         None => settings.bank_size,
     };
     // Scored from the features extracted above: each image is read and seen once.
-    let raw_scores =
-        |model: &PatchCore, part: &GoodFeatures| -> Result<Vec<RawScores>, AnomalyError> {
-            (part.images.iter().enumerate())
-                .map(|(i, f)| {
-                    Ok(model
-                        .raw_scores_of(f, part.coarse_descriptors.get(i).map(Vec::as_slice))?
-                        .0)
-                })
-                .collect()
-        };
+    let raw_scores = |model: &PatchCore, part: &GoodFeatures| {
+        scores_of_features(model, &part.images, &part.coarse_descriptors)
+    };
     let validation_scores = raw_scores(&first, &parts[last])?;
     // Which scores count: each alone, on the validation images painted against unpainted, by
     // the first fit, which saw neither ([`score_choice`]).
     let score_choice = {
-        let coarse = painted_validation_coarse;
-        let painted_scores = (painted_validation.iter().enumerate())
-            .map(|(i, (f, _))| Ok(first.raw_scores_of(f, coarse.get(i).map(Vec::as_slice))?.0))
-            .collect::<Result<Vec<RawScores>, AnomalyError>>()?;
+        let painted_scores = scores_of_features(
+            &first,
+            painted_validation.iter().map(|(f, _)| f),
+            &painted_validation_coarse,
+        )?;
         drop(painted_validation);
         (validation_scores.len() >= 2 && !painted_scores.is_empty()).then(|| {
             let choice = score_choice::choose(&validation_scores, &painted_scores);
@@ -675,6 +669,18 @@ fn threshold_for_goods(scores: &[f32], alpha: f64) -> (f32, Option<ThresholdGuar
             format!("the quantile, without a guarantee: {few}"),
         ),
     }
+}
+
+/// `model`'s raw scores of images whose features are already extracted, each with its coarse
+/// descriptor at the same index in `coarse` (empty for a model without a coarse score).
+fn scores_of_features<'a>(
+    model: &PatchCore,
+    images: impl IntoIterator<Item = &'a ImageFeatures>,
+    coarse: &[Vec<f32>],
+) -> Result<Vec<RawScores>, AnomalyError> {
+    (images.into_iter().enumerate())
+        .map(|(i, f)| Ok(model.raw_scores_of(f, coarse.get(i).map(Vec::as_slice))?.0))
+        .collect()
 }
 
 /// The paths of up to `n` of `samples`, spread evenly over them: the images a trial of the
