@@ -1384,7 +1384,14 @@ fn station_health(
         StationHealth {
             fault,
             degraded: !failing.is_empty(),
-            message: if let Some(reason) = camera_lost {
+            // A capture stopped for good reads as lost too (no part is seen), but is not
+            // retried: say so, and why.
+            message: if let Some(reason) = camera.stopped() {
+                format!(
+                    "capture stopped ({reason}): the parts going by are not inspected and the \
+                     PLC diverts them"
+                )
+            } else if let Some(reason) = camera_lost {
                 format!(
                     "camera lost ({reason}); retrying: the parts going by meanwhile are not \
                      inspected and the PLC diverts them"

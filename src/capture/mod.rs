@@ -130,6 +130,11 @@ pub enum CaptureError {
          and nothing feeds it here"
     )]
     Unfed,
+    /// A stage capture hands its parts to (inspection, tracking) closed its end: the station
+    /// is stopping, or that stage ended. The camera is fine, and starting it again would only
+    /// fail the same way, so capture stops; it is no lost camera.
+    #[error("the {stage} stage stopped taking parts, so capture stopped (the camera is fine)")]
+    StageStopped { stage: &'static str },
 }
 
 impl CaptureError {
@@ -250,13 +255,18 @@ impl CaptureContext {
 }
 
 /// Whether the camera is there, shared with the station's health: set lost by
-/// [`capture_until_done`] when the camera goes away, back once a frame arrives again.
+/// [`capture_until_done`] when the camera goes away, back once a frame arrives again; set
+/// stopped, for good, when capture ended because nothing takes its parts any more.
 #[derive(Debug, Default)]
 pub struct CameraStatus {
     /// Why the camera was lost, while it is.
     lost: Mutex<Option<String>>,
     /// Frames captured when it was lost: a frame past this means it is back.
     frames_at_loss: AtomicU64,
+    /// Why capture stopped for good with the camera still there (a stage downstream stopped
+    /// taking parts, [`CaptureError::StageStopped`]). No frame comes after it, so unlike a
+    /// loss it never clears.
+    stopped: Mutex<Option<String>>,
 }
 
 impl CameraStatus {
@@ -267,9 +277,30 @@ impl CameraStatus {
         *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 
+    /// Marks capture stopped for good for `reason`: the camera is fine, but no frame of it
+    /// will be seen again in this run.
+    pub fn mark_stopped(&self, reason: String) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+    }
+
+    /// Why capture stopped for good while the camera was fine, if it did; the health reads
+    /// this to say so rather than "camera lost, retrying".
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Why the camera is lost, or `None` when it is there; `frames` is the frames captured
-    /// so far (a new one clears the loss).
+    /// so far (a new one clears the loss). A capture stopped for good ([`Self::stopped`])
+    /// counts as lost, with that reason: the parts going by are not seen either way, and the
+    /// readers of this (the PLC's heartbeat word, a view's wait for frames) must act as for a
+    /// lost camera.
     pub fn lost(&self, frames: u64) -> Option<String> {
+        if let Some(stopped) = self.stopped() {
+            return Some(stopped);
+        }
         let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
         if lost.is_some() && frames > self.frames_at_loss.load(Ordering::Relaxed) {
             tracing::info!("the camera is back; capture resumed");
@@ -301,8 +332,9 @@ const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// that goes away (unreachable, an error while streaming, silent past `stall_timeout`) is
 /// marked lost in `status` (the station shows FAULT with the reason; the parts that go by
 /// meanwhile are never seen, so the PLC diverts them) and tried again with back-off, forever.
-/// A wrong pipeline, or a fed one (its feeder runs once), ends capture with the error.
-/// Blocking.
+/// A wrong pipeline, or a fed one (its feeder runs once), ends capture with the error; so does
+/// a stage downstream that stopped taking parts ([`CaptureError::StageStopped`], marked
+/// stopped in `status`), unless `stop` was asked for. Blocking.
 pub fn capture_until_done(
     mut ctx: CaptureContext,
     status: &CameraStatus,
@@ -328,6 +360,18 @@ pub fn capture_until_done(
                     "no trigger for a while: the triggered camera's source starts again"
                 );
                 ctx.metrics.camera_idle_restarts.inc();
+            }
+            // Nothing takes the parts any more: the camera is fine, and a new pipeline would
+            // fail on its first frame the same way, so capture ends instead of restarting it.
+            // While the station stops, that stage may simply have finished first.
+            Err(CaptureError::StageStopped { stage }) if ctx.stop.is_cancelled() => {
+                tracing::debug!(stage, "a stage after capture stopped first while stopping");
+                break;
+            }
+            Err(error @ CaptureError::StageStopped { .. }) => {
+                tracing::error!(%error, "capture stopped; every part is rejected by policy");
+                status.mark_stopped(error.to_string());
+                return Err(error);
             }
             Err(error) if error.is_camera_lost() && !fed && !ctx.stop.is_cancelled() => {
                 tracing::error!(%error, retry_in = ?wait, "camera lost; every part is rejected by policy until it is back");
@@ -423,8 +467,16 @@ fn run_pipeline(
         }
         None => (None, ctx.fed_trigger.take()),
     };
+    // From here on every way out of this function, an early `?` included, stops the relay
+    // and hands the PLC's triggers back to `ctx` for the next run: a relay left running would
+    // keep taking (and firing) triggers for a capture that is not there until the station
+    // stops, one more for each failed start.
+    let relay = RelayGuard {
+        relay,
+        hand_back: &mut ctx.external_triggers,
+    };
     let handoff = Arc::new(FrameHandoff {
-        waiting: relay.as_ref().map(TriggerRelay::waiting),
+        waiting: relay.get().map(TriggerRelay::waiting),
         armed: ctx.genicam_trigger.is_some().then(|| armed.clone()),
         presence: ctx.presence.clone().map(|settings| Presence {
             detector: Mutex::new(PresenceDetector::new(settings)),
@@ -438,6 +490,7 @@ fn run_pipeline(
         frames: ctx.frames.clone(),
         clock: ctx.clock.clone(),
         metrics: ctx.metrics.clone(),
+        stopped_stage: OnceLock::new(),
     });
     let at_eos = handoff.clone();
     let on_sample = handoff.clone();
@@ -450,9 +503,6 @@ fn run_pipeline(
 
     // An appsrc nobody feeds would wait for frames for ever, without an error.
     if ctx.feeder.is_none() && pipeline.by_name(APPSRC_NAME).is_some() {
-        if let Some(relay) = relay {
-            ctx.external_triggers = Some(relay.stop());
-        }
         return Err(CaptureError::Unfed);
     }
     let camera = match ctx.feeder.take() {
@@ -488,9 +538,7 @@ fn run_pipeline(
         if let Some(camera) = camera {
             camera.stop();
         }
-        if let Some(relay) = relay {
-            ctx.external_triggers = Some(relay.stop());
-        }
+        // The relay stops as this returns (its guard), after the feeder as always.
         return Err(match reason.as_ref().map(|m| m.view()) {
             Some(gst::MessageView::Error(err)) => stream_error(err),
             _ => state_error.into(),
@@ -522,7 +570,7 @@ fn run_pipeline(
                     // of their own: missed, so the PLC diverts their parts, rather than fired
                     // late at a part that has moved on. Under the queue's lock, so that the
                     // relay fires every later one.
-                    match &relay {
+                    match relay.get() {
                         Some(relay) => relay.waiting.miss_all_while(|| {
                             let _ = armed.set(camera);
                         }),
@@ -582,6 +630,12 @@ fn run_pipeline(
             }
             gst::MessageView::Eos(_) => break Ok(()),
             gst::MessageView::Error(err) => {
+                // The error is the appsink's refusal because a stage after capture stopped
+                // (or the source's echo of it): no fault of the camera's, and no reason to
+                // start it again.
+                if let Some(&stage) = handoff.stopped_stage.get() {
+                    break Err(CaptureError::StageStopped { stage });
+                }
                 if let Some(misfit) = handoff.presence.as_ref().and_then(Presence::misfit) {
                     break Err(misfit.into());
                 }
@@ -596,7 +650,7 @@ fn run_pipeline(
                 let idle = from_camera
                     && armed.get().is_some()
                     && relay
-                        .as_ref()
+                        .get()
                         .is_none_or(|relay| relay.waiting.queue().is_empty());
                 break match (idle, eos_sent_at) {
                     (true, Some(_)) => Ok(()),
@@ -610,9 +664,9 @@ fn run_pipeline(
     if let Some(camera) = camera {
         camera.stop();
     }
-    if let Some(relay) = relay {
-        ctx.external_triggers = Some(relay.stop());
-    }
+    // Stopped now, after the feeder, so that triggers still waiting are reported missed
+    // before this run's summary.
+    drop(relay);
     ctx.metrics.camera_armed.set(0);
     // The belt's level as learnt, for the next run after a reconnection.
     if let (Some(presence), Some(settings)) = (&handoff.presence, ctx.presence.as_mut()) {
@@ -734,6 +788,28 @@ impl WaitingTriggers {
             if let Some(trigger) = stale {
                 self.sink.missed(trigger);
             }
+        }
+    }
+}
+
+/// A running [`TriggerRelay`] (or none) that is stopped when dropped, handing the triggers
+/// back to the capture context: however a capture run ends, its relay ends with it.
+struct RelayGuard<'a> {
+    relay: Option<TriggerRelay>,
+    /// Where the triggers go back to (the context's `external_triggers`).
+    hand_back: &'a mut Option<ExternalTriggers>,
+}
+
+impl RelayGuard<'_> {
+    fn get(&self) -> Option<&TriggerRelay> {
+        self.relay.as_ref()
+    }
+}
+
+impl Drop for RelayGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            *self.hand_back = Some(relay.stop());
         }
     }
 }
@@ -913,6 +989,9 @@ struct FrameHandoff {
     frames: FrameOutlet,
     clock: Arc<StationClock>,
     metrics: Metrics,
+    /// The stage that stopped taking parts, once one has: the error the appsink posts for it
+    /// must read as that on the bus, not as a camera that failed.
+    stopped_stage: OnceLock<&'static str>,
 }
 
 impl FrameHandoff {
@@ -1033,7 +1112,7 @@ impl FrameHandoff {
             })
             .is_err()
         {
-            return Err(stage_gone(sink, "tracker"));
+            return Err(self.stage_gone(sink, "tracker"));
         }
         match self.frames.deliver(Frame {
             part_id,
@@ -1045,21 +1124,26 @@ impl FrameHandoff {
                 self.metrics.frames_dropped.inc();
                 tracing::debug!(%part_id, "inspection queue full: frame dropped, part will be rejected");
             }
-            Delivered::Closed => return Err(stage_gone(sink, "inspection")),
+            Delivered::Closed => return Err(self.stage_gone(sink, "inspection")),
         }
         Ok(gst::FlowSuccess::Ok)
     }
-}
 
-/// A stage the frames go to has stopped: the pipeline must stop with an error on the bus
-/// rather than pause silently.
-fn stage_gone(sink: &gst_app::AppSink, stage: &str) -> gst::FlowError {
-    gst::element_error!(
-        sink,
-        gst::CoreError::Failed,
-        ("the {} stage stopped", stage)
-    );
-    gst::FlowError::Error
+    /// A stage the frames go to has stopped: the pipeline must stop with an error on the bus
+    /// rather than pause silently. The stage is recorded before the error is posted, so the
+    /// bus loop reads it as [`CaptureError::StageStopped`] whichever element's error it
+    /// pops first (the source posts one of its own when the appsink refuses its frame).
+    fn stage_gone(&self, sink: &gst_app::AppSink, stage: &'static str) -> gst::FlowError {
+        // Posted once: any frame still on its way finds the stage gone too.
+        if self.stopped_stage.set(stage).is_ok() {
+            gst::element_error!(
+                sink,
+                gst::CoreError::Failed,
+                ("the {} stage stopped", stage)
+            );
+        }
+        gst::FlowError::Error
+    }
 }
 
 /// How long ago the frame was captured, from its timestamp on the pipeline clock: the
@@ -1428,6 +1512,141 @@ mod tests {
         assert!(
             status.lost(metrics.frames_captured.get()).is_none(),
             "the camera is back once it sent again"
+        );
+    }
+
+    /// Runs a live test camera under [`capture_until_done`] with the inspect stage (the frame
+    /// queue's receiver) or the tracker (the trigger channel's receiver) already gone; the
+    /// result, or `None` when capture was still running after the deadline (then stopped).
+    fn capture_with_a_stage_gone(
+        inspection_gone: bool,
+    ) -> (
+        Option<Result<CaptureSummary, CaptureError>>,
+        Metrics,
+        Arc<CameraStatus>,
+    ) {
+        let description = "videotestsrc is-live=true ! video/x-raw,width=64,height=48 \
+            ! videoconvert ! appsink name=frames sync=false";
+        let (trigger_tx, trigger_rx) = mpsc::channel(1024);
+        let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<Frame>(16);
+        // The stage that ended drops its receiver; the other is held for the whole run.
+        let (_trigger_rx, _frame_rx) = if inspection_gone {
+            drop(frame_rx);
+            (Some(trigger_rx), None)
+        } else {
+            drop(trigger_rx);
+            (None, Some(frame_rx))
+        };
+        let metrics = Metrics::new();
+        let status = Arc::new(CameraStatus::default());
+        let stop = CancellationToken::new();
+        let ctx = CaptureContext::new(
+            description.into(),
+            trigger_tx,
+            frame_tx,
+            metrics.clone(),
+            stop.clone(),
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let capture = {
+            let status = status.clone();
+            std::thread::spawn(move || {
+                let _ = done_tx.send(capture_until_done(ctx, &status));
+            })
+        };
+        // Capture should end by itself at the first frame nobody takes; a capture that
+        // restarts the camera instead runs until stopped.
+        let ended = done_rx.recv_timeout(Duration::from_secs(10)).ok();
+        stop.cancel();
+        capture.join().expect("the capture thread");
+        (ended, metrics, status)
+    }
+
+    /// A stage after capture that stopped (the station stopping, the inspect task ended) is no
+    /// lost camera: capture ends once, says why, and does not start the camera again and again.
+    #[test]
+    fn a_stopped_consumer_stops_capture_instead_of_restarting_the_camera() {
+        for (inspection_gone, stage) in [(true, "inspection"), (false, "tracker")] {
+            let (ended, metrics, status) = capture_with_a_stage_gone(inspection_gone);
+            let result = ended.unwrap_or_else(|| {
+                panic!(
+                    "{stage} gone: capture still ran after 10 s, the camera restarted {} times",
+                    metrics.camera_restarts.get()
+                )
+            });
+            assert!(
+                matches!(&result, Err(CaptureError::StageStopped { stage: s }) if *s == stage),
+                "{stage} gone: {result:?}"
+            );
+            assert_eq!(metrics.camera_restarts.get(), 0, "{stage} gone: no restart");
+            let stopped = status
+                .stopped()
+                .unwrap_or_else(|| panic!("{stage} gone: the status says capture stopped"));
+            assert!(
+                stopped.contains(&format!("the {stage} stage stopped")),
+                "{stopped}"
+            );
+            // No part is seen any more: whoever asks whether the camera is there (the PLC's
+            // heartbeat word, a view's wait) hears that it is not, and why.
+            assert_eq!(
+                status.lost(metrics.frames_captured.get() + 1),
+                Some(stopped)
+            );
+        }
+    }
+
+    /// A start that fails after the trigger relay has started (a feeder, but no `appsrc
+    /// name=source` for it to feed) stops the relay before it returns, and hands the PLC's
+    /// triggers back for the next run.
+    #[test]
+    fn a_start_that_fails_after_the_relay_started_leaves_no_relay_running() {
+        let (trigger_tx, _trigger_rx) = mpsc::channel(16);
+        let (frame_tx, _frame_rx) = std::sync::mpsc::sync_channel::<Frame>(16);
+        // Held to the end: a relay whose PLC channel closed would end by itself.
+        let (_plc_tx, plc_rx) = std::sync::mpsc::channel();
+        // The relay owns the sender that fires a further view: it is dropped when the relay's
+        // thread ends, and not before.
+        let (fire_tx, fire_rx) = std::sync::mpsc::channel::<()>();
+        let stop = CancellationToken::new();
+        // A relay left running ends with the station's stop: here, at the end of the test.
+        let _stop_on_exit = stop.clone().drop_guard();
+        let mut ctx = CaptureContext {
+            feeder: Some(Box::new(TriggeredFeeder)),
+            external_triggers: Some(ExternalTriggers {
+                triggers: plc_rx,
+                sink: Arc::new(Recorded::default()),
+                stale_after: Duration::from_secs(5),
+            }),
+            fire_also: vec![fire_tx],
+            ..CaptureContext::new(
+                "videotestsrc ! appsink name=frames".into(),
+                trigger_tx,
+                frame_tx,
+                Metrics::new(),
+                stop.clone(),
+            )
+        };
+        let result = run_capture(&mut ctx);
+        assert!(
+            matches!(
+                result,
+                Err(CaptureError::MissingElement { kind: "appsrc", .. })
+            ),
+            "{result:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fire_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Disconnected) => break,
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the trigger relay still runs after its capture failed to start")
+                }
+            }
+        }
+        assert!(
+            ctx.external_triggers.is_some(),
+            "the PLC's triggers are handed back for the next run"
         );
     }
 
