@@ -1,7 +1,8 @@
 //! ISO 22400-2 KPIs over the minute buckets: pure functions, no I/O, no clock.
 //!
 //! Time elements, for a period (an hour, a shift run, a day, a work order, the whole range):
-//! - PBT, planned busy time: the shift calendar's planned minutes (breaks excluded);
+//! - PBT, planned busy time: the shift calendar's planned minutes (breaks excluded), and the
+//!   time outside them in which the line produced (unplanned production, below);
 //! - ADOT, actual unit down time: planned time with no part for at least `stop_after_s`
 //!   (measured between the last part of one minute and the first of the next: a stop that
 //!   starts and ends inside one calendar minute is not seen), together with the stops known
@@ -11,6 +12,27 @@
 //! Quantities: PQ, produced = every part recorded; SQ, scrap = parts rejected at the gate
 //! (failed, error, no verdict); GQ, good = PQ − SQ; GP, good first time (see
 //! [`super::production`]); IP, inspected = PQ.
+//!
+//! Unplanned production. Parts made outside the calendar's planned time (after a shift's end,
+//! in a break, on a day with no shift) are parts like any other: they count in PQ, GQ, SQ and
+//! GP, so the quantities agree with the production counts and the quality ratio covers every
+//! part that left the station. The time they were made in counts as planned busy time and as
+//! production time both: the line was in fact run then, as if it had been planned (overtime).
+//! Effectiveness compares PRU × PQ with the time the parts took; counting the parts without
+//! their time would put it above 1 with a correct ideal cycle time, and the warning would then
+//! blame the master data wrongly. Leaving the parts out instead would hide real output and
+//! real scrap. Availability is neither helped nor hurt (the added time is all production, no
+//! down time), and OEE stays PRU × GQ / PBT. Unplanned production time is measured as
+//! planned time's stops are: runs of parts less than `stop_after_s` apart, each from its first
+//! part to its last and one cycle more (the run's mean spacing: n parts take n cycles), less
+//! the stretches the running sensor says the line stood. Time outside the plan with no parts is
+//! neither planned nor down; a lone part outside the plan has no time of its own (as a part
+//! between two stops in planned time has none).
+//!
+//! Work orders: at any moment the time belongs to the running order that started last, the
+//! rule the record store uses to give each part its order, so orders' times never overlap; an
+//! order interrupted by another has several stretches of time. The row of no work order has
+//! the time no order ran.
 //!
 //! KPIs: availability = APT / PBT; effectiveness ("performance") = PRU × PQ / APT; quality
 //! ratio = GQ / PQ; OEE = availability × effectiveness × quality ratio; first-pass yield =
@@ -94,7 +116,8 @@ pub enum Period {
     Shift,
     /// Local days.
     Day,
-    /// Work orders, by when they ran; parts of no work order in a row of their own.
+    /// Work orders, by when they ran (at any moment the order started last, as parts are
+    /// attributed); parts of no work order in a row of their own.
     WorkOrder,
 }
 
@@ -204,6 +227,8 @@ pub struct Kpis {
 /// One period's KPIs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeriodKpis {
+    /// For a work order, the start of its first stretch of time and the end of its last:
+    /// another order may have run in between (its time is not this order's).
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     /// The shift, for `period = shift`.
@@ -457,6 +482,12 @@ impl<'a> KpiInput<'a> {
 
     /// One row per work order that ran in the range or made parts in it, in the order they
     /// started; then the parts of no work order, over the time no work order ran.
+    ///
+    /// An order's time is the time it was the running order as the store attributes parts
+    /// (`WorkOrderBook::running_at`): at any moment, of the orders started and not yet
+    /// completed, the one started last. Orders' times never overlap, so an order started while
+    /// another still ran does not charge that other with its time, and an order interrupted by
+    /// one started and completed while it ran has two stretches, before and after.
     fn work_order_periods(&self, timeline: &Timeline, buckets: &[MinuteBucket]) -> Vec<PeriodKpis> {
         let mut tallies: BTreeMap<Option<&str>, Vec<&MinuteBucket>> = BTreeMap::new();
         for bucket in buckets {
@@ -468,17 +499,19 @@ impl<'a> KpiInput<'a> {
         let (lo, hi) = (timeline.lo, timeline.hi);
         // When each order ran, within the range.
         let mut rows: Vec<(String, Vec<Span>)> = Vec::new();
-        for order in self.work_orders {
+        let running = running_spans(self.work_orders, (lo, hi));
+        for (order, spans) in self.work_orders.iter().zip(running) {
             let Some(started) = order.started_at else {
                 continue;
             };
-            let start = started.timestamp_millis().max(lo);
-            let end = order
-                .completed_at
-                .map_or(hi, |c| c.timestamp_millis())
-                .min(hi);
-            if start < end || tallies.contains_key(&Some(order.id.as_str())) {
-                rows.push((order.id.clone(), vec![(start, end.max(start))]));
+            if !spans.is_empty() {
+                rows.push((order.id.clone(), spans));
+            } else if tallies.contains_key(&Some(order.id.as_str())) {
+                // Parts, but none of the range's time was this order's (records from before
+                // a restart, or another order's start hid it): its parts, with no time, at
+                // its start.
+                let start = started.timestamp_millis().max(lo).min(hi);
+                rows.push((order.id.clone(), vec![(start, start)]));
             }
         }
         // Orders with parts here but no known start: the minutes of their parts.
@@ -556,14 +589,68 @@ impl<'a> KpiInput<'a> {
     }
 }
 
-/// The range's planned time and down time, computed once for every period.
+/// When each of `orders` was the running one within `[lo, hi)`, by index: sorted, disjoint
+/// stretches, disjoint from every other order's. As `WorkOrderBook::running_at` in the record
+/// store decides which order a part belongs to: at any moment the order running is the one that
+/// had started by then and not completed by then, the latest start winning (of two started at
+/// the same moment, the later in the list, as the store's `max_by_key` picks). An order never
+/// started has no time here.
+fn running_spans(orders: &[WorkOrderSpan], (lo, hi): Span) -> Vec<Vec<Span>> {
+    // Each started order's whole run `[start, completion)`, not cut to the range: which order
+    // wins is decided by the true start, also for orders started before the range.
+    let runs: Vec<(usize, i64, i64)> = orders
+        .iter()
+        .enumerate()
+        .filter_map(|(i, order)| {
+            let start = order.started_at?.timestamp_millis();
+            let end = order
+                .completed_at
+                .map_or(i64::MAX, |c| c.timestamp_millis());
+            Some((i, start, end))
+        })
+        // Only orders that ran at some moment of the range can own any of it.
+        .filter(|(_, start, end)| start < end && *start < hi && *end > lo)
+        .collect();
+    // Between two consecutive starts or completions, the running order does not change.
+    let mut cuts: Vec<i64> = vec![lo, hi];
+    for (_, start, end) in &runs {
+        cuts.extend([*start, *end].into_iter().filter(|t| lo < *t && *t < hi));
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut spans: Vec<Vec<Span>> = vec![Vec::new(); orders.len()];
+    for piece in cuts.windows(2) {
+        let (a, z) = (piece[0], piece[1]);
+        let owner = runs
+            .iter()
+            .filter(|(_, start, end)| *start <= a && a < *end)
+            .max_by_key(|(i, start, _)| (*start, *i))
+            .map(|(i, _, _)| *i);
+        let Some(owner) = owner.and_then(|i| spans.get_mut(i)) else {
+            continue;
+        };
+        match owner.last_mut() {
+            // The same order on both sides of a cut (another order's start or completion
+            // that did not change the running one): one stretch.
+            Some((_, end)) if *end == a => *end = z,
+            _ => owner.push((a, z)),
+        }
+    }
+    spans
+}
+
+/// The range's planned time, down time and production outside planned time, computed once
+/// for every period.
 struct Timeline {
     lo: i64,
     hi: i64,
-    /// Planned busy time, sorted and disjoint.
+    /// Planned busy time of the shift calendar, sorted and disjoint.
     planned: Vec<Span>,
     /// Down time inside planned time, sorted and disjoint.
     down: Vec<Span>,
+    /// Time outside planned time in which the line produced, sorted and disjoint. It counts in
+    /// PBT and APT as if it had been planned (see the module's doc).
+    unplanned: Vec<Span>,
 }
 
 impl Timeline {
@@ -577,6 +664,8 @@ impl Timeline {
             .map(|(a, z)| ((a * MINUTE_MS).max(lo), (z * MINUTE_MS).min(hi)))
             .filter(|(a, z)| a < z)
             .collect();
+        let minute_parts =
+            parts_by_minute(minutes(input.buckets, range.from_minute, range.to_minute));
         // Gaps between parts, the station's parts of all work orders together. The range
         // starts and ends as if a part had just passed: a stop running across its start
         // counts from the start.
@@ -589,60 +678,127 @@ impl Timeline {
             }
         };
         let mut previous = lo;
-        let mut minute_parts: Option<(i64, i64, i64)> = None; // minute, first, last
-        let buckets = minutes(input.buckets, range.from_minute, range.to_minute);
-        for bucket in buckets.iter().filter(|b| b.counts.inspected > 0) {
-            let base = bucket.minute * MINUTE_MS;
-            let (first, last) = (
-                base + i64::from(bucket.counts.first_ms),
-                base + i64::from(bucket.counts.last_ms),
-            );
-            match &mut minute_parts {
-                Some((minute, f, l)) if *minute == bucket.minute => {
-                    *f = (*f).min(first);
-                    *l = (*l).max(last);
-                }
-                _ => {
-                    if let Some((_, f, l)) = minute_parts {
-                        gap(previous, f, &mut stops);
-                        previous = previous.max(l);
-                    }
-                    minute_parts = Some((bucket.minute, first, last));
-                }
-            }
-        }
-        if let Some((_, f, l)) = minute_parts {
-            gap(previous, f, &mut stops);
-            previous = previous.max(l);
+        for minute in &minute_parts {
+            gap(previous, minute.first, &mut stops);
+            previous = previous.max(minute.last);
         }
         gap(previous, hi, &mut stops);
-        stops.extend(
+        let external = normalise(
             input
                 .external_stops
                 .iter()
-                .map(|(a, z)| (a.timestamp_millis().max(lo), z.timestamp_millis().min(hi))),
+                .map(|(a, z)| (a.timestamp_millis().max(lo), z.timestamp_millis().min(hi)))
+                .collect(),
         );
+        stops.extend(external.iter().copied());
         let down = intersect(&normalise(stops), &planned);
+        // Production outside planned time: the line's runs of parts, less the planned time
+        // (measured above) and the time the running sensor says the line stood.
+        let planned_or_stopped = normalise(planned.iter().chain(&external).copied().collect());
+        let unplanned = intersect(
+            &production_runs(&minute_parts, stop_after_ms, (lo, hi)),
+            &complement((lo, hi), &planned_or_stopped),
+        );
         Timeline {
             lo,
             hi,
             planned,
             down,
+            unplanned,
         }
     }
 
     /// The KPIs of the time `spans` (sorted, disjoint) and the parts in `tally`.
     fn kpis(&self, spans: &[Span], tally: Tally) -> Kpis {
-        let pbt_ms: i64 = spans
-            .iter()
-            .map(|(a, z)| measure_within(&self.planned, *a, *z))
-            .sum();
-        let down_ms: i64 = spans
-            .iter()
-            .map(|(a, z)| measure_within(&self.down, *a, *z))
-            .sum();
-        compute(pbt_ms, down_ms, &tally)
+        let within = |list: &[Span]| -> i64 {
+            spans
+                .iter()
+                .map(|(a, z)| measure_within(list, *a, *z))
+                .sum()
+        };
+        // Production outside planned time is busy time, as if it had been planned: PBT and
+        // APT both hold it (see the module's doc).
+        let pbt_ms = within(&self.planned) + within(&self.unplanned);
+        compute(pbt_ms, within(&self.down), &tally)
     }
+}
+
+/// The parts of one minute, of all work orders together.
+#[derive(Debug, Clone, Copy)]
+struct MinuteParts {
+    /// Capture time of the first and the last part, UTC milliseconds.
+    first: i64,
+    last: i64,
+    count: u64,
+}
+
+/// The minutes with parts of a minute-sorted slice, in order.
+fn parts_by_minute(buckets: &[MinuteBucket]) -> Vec<MinuteParts> {
+    let mut out: Vec<MinuteParts> = Vec::new();
+    let mut current_minute = None;
+    for bucket in buckets.iter().filter(|b| b.counts.inspected > 0) {
+        let base = bucket.minute * MINUTE_MS;
+        let (first, last) = (
+            base + i64::from(bucket.counts.first_ms),
+            base + i64::from(bucket.counts.last_ms),
+        );
+        match out.last_mut() {
+            // Another work order's parts of the same minute.
+            Some(parts) if current_minute == Some(bucket.minute) => {
+                parts.first = parts.first.min(first);
+                parts.last = parts.last.max(last);
+                parts.count += bucket.counts.inspected;
+            }
+            _ => {
+                out.push(MinuteParts {
+                    first,
+                    last,
+                    count: bucket.counts.inspected,
+                });
+                current_minute = Some(bucket.minute);
+            }
+        }
+    }
+    out
+}
+
+/// When the line produced, within `[lo, hi)`: runs of parts less than `stop_after_ms` apart
+/// (as the stops are measured, a minute's parts are one run), each from its first part to its
+/// last and one cycle more. The cycle is the run's mean spacing, at most `stop_after_ms`: n
+/// parts take n cycles, and the time from the first to the last holds n − 1 of them, so
+/// without it a run at exactly the ideal rate would measure effectiveness above 1. A lone part
+/// has no spacing and so no time, as a part between two stops in planned time has none.
+fn production_runs(minute_parts: &[MinuteParts], stop_after_ms: i64, (lo, hi): Span) -> Vec<Span> {
+    let busy = |run: MinuteParts| -> Span {
+        let spacings = i64::try_from(run.count.saturating_sub(1)).unwrap_or(i64::MAX);
+        let cycle = if spacings > 0 {
+            ((run.last - run.first) / spacings).clamp(0, stop_after_ms.max(0))
+        } else {
+            0
+        };
+        (run.first, run.last + cycle)
+    };
+    let mut runs: Vec<Span> = Vec::new();
+    let mut run: Option<MinuteParts> = None;
+    for minute in minute_parts {
+        match &mut run {
+            Some(current) if minute.first - current.last < stop_after_ms => {
+                current.last = current.last.max(minute.last);
+                current.count += minute.count;
+            }
+            _ => {
+                if let Some(done) = run.replace(*minute) {
+                    runs.push(busy(done));
+                }
+            }
+        }
+    }
+    runs.extend(run.map(busy));
+    normalise(
+        runs.into_iter()
+            .map(|(a, z)| (a.max(lo), z.min(hi)))
+            .collect(),
+    )
 }
 
 /// The ISO 22400-2 formulas, from raw milliseconds and counts.
@@ -1251,6 +1407,243 @@ mod tests {
         assert_eq!(pareto.work_order.as_deref(), Some("WO-2"));
         let none = input(&plan, &buckets).pareto(range, Some("WO-1"));
         assert_eq!((none.defects, none.classes.len()), (0, 0));
+    }
+
+    /// The MES started WO-B while WO-A still ran, completed WO-B, and WO-A went on: the store
+    /// gave each part to the order started last, and the KPIs give each order the same time.
+    #[test]
+    fn an_order_started_over_another_takes_the_time_it_ran_and_the_other_keeps_the_rest() {
+        let plan = plan(&[], 0, Some(1.0));
+        let mut buckets = run(
+            "2024-05-06T06:00:00Z",
+            "2024-05-06T07:00:00Z",
+            Some("WO-A"),
+            60,
+            0,
+        );
+        buckets.extend(run(
+            "2024-05-06T07:00:00Z",
+            "2024-05-06T07:30:00Z",
+            Some("WO-B"),
+            60,
+            0,
+        ));
+        buckets.extend(run(
+            "2024-05-06T07:30:00Z",
+            "2024-05-06T08:00:00Z",
+            Some("WO-A"),
+            60,
+            0,
+        ));
+        let orders = [
+            // Started before the range: it still loses to WO-B, started later.
+            WorkOrderSpan {
+                id: "WO-A".into(),
+                started_at: Some(time("2024-05-06T05:30:00Z")),
+                completed_at: Some(time("2024-05-06T08:00:00Z")),
+                ideal_cycle_s: None,
+            },
+            WorkOrderSpan {
+                id: "WO-B".into(),
+                started_at: Some(time("2024-05-06T07:00:00Z")),
+                completed_at: Some(time("2024-05-06T07:30:00Z")),
+                ideal_cycle_s: None,
+            },
+        ];
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T08:00:00Z"),
+            time("2024-05-06T09:00:00Z"),
+        );
+        let report = KpiInput {
+            work_orders: &orders,
+            ..input(&plan, &buckets)
+        }
+        .report(range, Period::WorkOrder);
+        let rows: Vec<_> = report
+            .periods
+            .iter()
+            .map(|p| {
+                (
+                    p.work_order.as_deref(),
+                    p.from,
+                    p.to,
+                    p.kpis.planned_busy_time_s,
+                    p.kpis.produced_quantity,
+                )
+            })
+            .collect();
+        // WO-A: 06:00–07:00 and 07:30–08:00, not the half hour WO-B ran; no idle row (every
+        // minute was some order's, and every part too).
+        assert_eq!(
+            rows,
+            [
+                (
+                    Some("WO-A"),
+                    time("2024-05-06T06:00:00Z"),
+                    time("2024-05-06T08:00:00Z"),
+                    5_400.0,
+                    5_400
+                ),
+                (
+                    Some("WO-B"),
+                    time("2024-05-06T07:00:00Z"),
+                    time("2024-05-06T07:30:00Z"),
+                    1_800.0,
+                    1_800
+                ),
+            ]
+        );
+        // A part a second at an ideal second a part: both orders ran at the ideal rate.
+        for row in &report.periods {
+            assert!(close(row.kpis.availability, 1.0), "{:?}", row.work_order);
+            assert!(close(row.kpis.effectiveness, 1.0), "{:?}", row.work_order);
+        }
+        // The orders' times add up to the range's, counted once.
+        let by_orders: f64 = report
+            .periods
+            .iter()
+            .map(|p| p.kpis.planned_busy_time_s)
+            .sum();
+        assert_eq!(by_orders, report.total.planned_busy_time_s);
+        assert_eq!(report.total.planned_busy_time_s, 7_200.0);
+    }
+
+    #[test]
+    fn two_orders_started_at_once_give_the_time_to_the_later_in_the_list() {
+        let plan = plan(&[], 0, Some(1.0));
+        let buckets = run(
+            "2024-05-06T06:00:00Z",
+            "2024-05-06T07:00:00Z",
+            Some("WO-2"),
+            60,
+            0,
+        );
+        let started = Some(time("2024-05-06T06:00:00Z"));
+        let orders = [
+            WorkOrderSpan {
+                id: "WO-1".into(),
+                started_at: started,
+                completed_at: None,
+                ideal_cycle_s: None,
+            },
+            WorkOrderSpan {
+                id: "WO-2".into(),
+                started_at: started,
+                completed_at: None,
+                ideal_cycle_s: None,
+            },
+        ];
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T07:00:00Z"),
+            time("2024-05-06T07:00:00Z"),
+        );
+        let report = KpiInput {
+            work_orders: &orders,
+            ..input(&plan, &buckets)
+        }
+        .report(range, Period::WorkOrder);
+        let rows: Vec<_> = report
+            .periods
+            .iter()
+            .map(|p| {
+                (
+                    p.work_order.as_deref(),
+                    p.kpis.planned_busy_time_s,
+                    p.kpis.produced_quantity,
+                )
+            })
+            .collect();
+        // As the store's `running_at` (`max_by_key` keeps the last of equal starts): WO-1 never
+        // ran, has no parts, and so no row.
+        assert_eq!(rows, [(Some("WO-2"), 3_600.0, 3_600)]);
+    }
+
+    /// A shift plan that ends at 16:00; the line also runs 17:00–18:00 at its ideal rate. The
+    /// hour after the shift is unplanned production: its parts count (with their scrap), and
+    /// so does its time, in PBT and APT alike.
+    #[test]
+    fn parts_made_after_the_shift_bring_their_time_and_effectiveness_stays_within_one() {
+        let day = ShiftSection {
+            name: "day".into(),
+            start: "06:00".into(),
+            end: "16:00".into(),
+            days: vec![Weekday::Mon],
+            breaks: Vec::new(),
+        };
+        let plan = plan(&[day], 0, Some(1.0));
+        let mut buckets = run("2024-05-06T06:00:00Z", "2024-05-06T16:00:00Z", None, 60, 0);
+        // One part a minute rejected in the hour after the shift.
+        buckets.extend(run(
+            "2024-05-06T17:00:00Z",
+            "2024-05-06T18:00:00Z",
+            None,
+            60,
+            1,
+        ));
+        let range = Range::new(
+            time("2024-05-06T00:00:00Z"),
+            time("2024-05-07T00:00:00Z"),
+            time("2024-05-07T00:00:00Z"),
+        );
+        let report = input(&plan, &buckets).report(range, Period::Hour);
+        let total = &report.total;
+        // 10 planned hours and the hour after; no stop in planned time.
+        assert_eq!(total.planned_busy_time_s, 11.0 * 3_600.0);
+        assert_eq!(total.down_time_s, 0.0);
+        assert_eq!(total.actual_production_time_s, 11.0 * 3_600.0);
+        // Every part counts, the hour after the shift's too.
+        assert_eq!(
+            (
+                total.produced_quantity,
+                total.good_quantity,
+                total.scrap_quantity
+            ),
+            (39_600, 39_540, 60)
+        );
+        assert!(close(total.quality_ratio, 39_540.0 / 39_600.0));
+        // A part a second at an ideal second a part: exactly 1, not 39 600 / 36 000 = 1.1.
+        assert!(total.effectiveness.is_some_and(|e| e <= 1.0), "{total:?}");
+        assert!(close(total.effectiveness, 1.0));
+        assert!(close(total.availability, 1.0));
+        assert!(codes(total).is_empty(), "{:?}", total.warnings);
+        // By the hour: 16:00–17:00 is neither planned nor produced in; 17:00–18:00 is an hour
+        // of production.
+        let (idle, overtime) = (&report.periods[16].kpis, &report.periods[17].kpis);
+        assert_eq!(
+            codes(idle),
+            [WarningCode::NoPlannedTime, WarningCode::NoParts]
+        );
+        assert_eq!(overtime.planned_busy_time_s, 3_600.0);
+        assert_eq!(overtime.produced_quantity, 3_600);
+        assert!(close(overtime.effectiveness, 1.0));
+        assert!(codes(overtime).is_empty(), "{:?}", overtime.warnings);
+        // The shift's own row is the plan's: nothing after 16:00 in it.
+        let shifts = input(&plan, &buckets).report(range, Period::Shift);
+        assert_eq!(shifts.periods.len(), 1);
+        let shift = &shifts.periods[0].kpis;
+        assert_eq!(shift.planned_busy_time_s, 36_000.0);
+        assert_eq!(shift.produced_quantity, 36_000);
+        assert!(close(shift.effectiveness, 1.0));
+    }
+
+    /// Parts made in a planned break: the break's time they were made in counts, as overtime.
+    #[test]
+    fn parts_made_in_a_break_bring_their_time() {
+        let plan = plan(&[test_early_shift()], 0, Some(1.0));
+        // One part a second through the whole shift, the break 10:00–10:30 included.
+        let buckets = run("2024-05-06T06:00:00Z", "2024-05-06T14:00:00Z", None, 60, 0);
+        let range = Range::new(
+            time("2024-05-06T06:00:00Z"),
+            time("2024-05-06T14:00:00Z"),
+            time("2024-05-06T14:00:00Z"),
+        );
+        let k = input(&plan, &buckets).report(range, Period::Shift).total;
+        assert_eq!(k.planned_busy_time_s, 28_800.0);
+        assert_eq!(k.produced_quantity, 28_800);
+        assert!(close(k.effectiveness, 1.0));
+        assert!(close(k.availability, 1.0));
     }
 
     #[test]
