@@ -47,6 +47,10 @@ pub struct Metrics {
     pub inspections: Family<KindLabel, Counter>,
     /// Inspections that arrived after their part's verdict deadline.
     pub inspections_late: Counter,
+    /// Inspections that arrived after their part had been dispatched to the gate (with its
+    /// fail-safe disposition, which stays its record): not used, and not among
+    /// `inspections_late`.
+    pub inspections_after_dispatch: Counter,
     /// Parts past the gate by disposition.
     pub dispositions: Family<KindLabel, Counter>,
     /// Gate commands (each part's verdict) acknowledged by the PLC in their window.
@@ -154,6 +158,7 @@ impl Metrics {
             view_camera_restarts: Family::default(),
             inspections: Family::default(),
             inspections_late: Counter::default(),
+            inspections_after_dispatch: Counter::default(),
             dispositions: Family::default(),
             gate_commands_ok: Counter::default(),
             gate_commands_failed: Counter::default(),
@@ -360,6 +365,11 @@ impl Metrics {
             "inspections_late",
             "Inspections that missed their verdict deadline",
             self.inspections_late.clone(),
+        );
+        registry.register(
+            "inspections_after_dispatch",
+            "Inspections that came after their part was dispatched to the gate (not used)",
+            self.inspections_after_dispatch.clone(),
         );
         registry.register(
             "parts",

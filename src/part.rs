@@ -308,7 +308,8 @@ pub enum Disposition {
     RejectFailed,
     /// The model could not inspect the part.
     RejectError,
-    /// No verdict by the gate deadline: rejected by policy.
+    /// Rejected by policy: no verdict by the gate deadline, or a PASS held back because the
+    /// PLC's heartbeat was lost (the model's PASS stays in the record's verdict).
     RejectNoVerdict,
 }
 

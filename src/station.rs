@@ -1233,10 +1233,17 @@ async fn run_tracker(mut ctx: TrackContext) -> u64 {
                             ctx.metrics.inspections_late.inc();
                             tracing::warn!(%part_id, "verdict missed its deadline; part rejected by policy");
                         }
+                        // Counted, so a model or machine too slow for the line shows on /metrics
+                        // and not only in the log. The part went to the gate without it (with
+                        // the fail-safe reject), and that stays its record.
+                        InspectionFate::AfterDispatch => {
+                            ctx.metrics.inspections_after_dispatch.inc();
+                            tracing::warn!(%part_id, "verdict came after its part was dispatched; not used, the part's record keeps the disposition it went with");
+                        }
                         InspectionFate::UnknownPart => tracing::error!(%part_id, "inspection for an untracked part"),
                     }
                     if ctx.publish_on_verdict
-                        && fate != InspectionFate::UnknownPart
+                        && matches!(fate, InspectionFate::Accepted | InspectionFate::Late)
                         && let Some(due) = ctx.tracker.take(part_id)
                     {
                         dispatched += 1;
@@ -1557,6 +1564,95 @@ mod tests {
         assert_eq!(
             failures_since(&metrics, &mut last),
             ["frames dropped", "parts missed by encoder tracking"]
+        );
+    }
+
+    /// A verdict that comes after its part was dispatched (its fail-safe reject already gone
+    /// to the gate) is counted on /metrics, and changes nothing: no second command, no second
+    /// outcome, so the part's record stays the reject it went as.
+    #[tokio::test]
+    async fn a_verdict_after_its_part_was_dispatched_is_counted_and_changes_nothing() {
+        use crate::part::{Disposition, PartId, Verdict};
+        use std::time::Duration;
+
+        let clock = StationClock::start();
+        let metrics = Metrics::new();
+        let (triggers_tx, triggers) = mpsc::channel(4);
+        let (inspections_tx, inspections) = mpsc::channel(4);
+        let (gate, mut gate_rx) = mpsc::channel(4);
+        let (outcomes, mut outcomes_rx) = mpsc::channel(4);
+        let travel = Duration::from_millis(100);
+        let tracker = tokio::spawn(run_tracker(TrackContext {
+            tracker: PartTracker::new(LineTiming {
+                travel,
+                gate_window: Duration::from_millis(20),
+                verdict_margin: Duration::from_millis(50),
+                actuation_lead: Duration::from_millis(10),
+            }),
+            travel,
+            publish_on_verdict: false,
+            triggers,
+            inspections,
+            gate,
+            outcomes,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        }));
+        let captured_at = clock.now();
+        triggers_tx
+            .send(Trigger {
+                part_id: PartId(1),
+                captured_at,
+            })
+            .await
+            .expect("the tracker runs");
+        // No verdict by its fire time: the part goes to the gate as a reject by policy.
+        let command = tokio::time::timeout(Duration::from_secs(10), gate_rx.recv())
+            .await
+            .expect("dispatched within 10 s")
+            .expect("a gate command");
+        assert_eq!(command.outcome.disposition, Disposition::RejectNoVerdict);
+        // Its PASS comes only now.
+        inspections_tx
+            .send(Inspection {
+                part_id: PartId(1),
+                inspected_at: clock.now(),
+                verdict: Verdict::Pass,
+                score: Some(0.1),
+                threshold: 0.5,
+                model_version: Arc::from("test@1"),
+                image: None,
+                heat_map: None,
+                mm_per_pixel: None,
+                calibration: None,
+                defect_class: None,
+                defect_boxes: Vec::new(),
+                error: None,
+                novelty: None,
+                views: None,
+            })
+            .await
+            .expect("the tracker runs");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.inspections_after_dispatch.get() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the verdict after dispatch was not counted within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(metrics.inspections_late.get(), 0, "counted once, apart");
+        // Closing its inputs ends the tracker: nothing more went out for the part.
+        drop((triggers_tx, inspections_tx));
+        let dispatched = tokio::time::timeout(Duration::from_secs(10), tracker)
+            .await
+            .expect("the tracker ends within 10 s")
+            .expect("tracker task");
+        assert_eq!(dispatched, 1);
+        assert!(gate_rx.try_recv().is_err(), "no second gate command");
+        assert!(
+            outcomes_rx.try_recv().is_err(),
+            "no outcome from the verdict"
         );
     }
 }

@@ -663,7 +663,8 @@ pub struct GateContext {
     pub outcomes: mpsc::Sender<PartOutcome>,
     pub clock: Arc<StationClock>,
     pub metrics: Metrics,
-    /// Set while the PLC's heartbeat is lost ([`PlcWatch`]): no PASS is sent then.
+    /// Set while the PLC's heartbeat is lost ([`PlcWatch`]): no PASS is sent then, and a part
+    /// whose PASS is held back is recorded as rejected by policy.
     pub plc_lost: Arc<AtomicBool>,
     /// Each command leaves this long before its part reaches the diverter
     /// (`line.actuation_lead_ms`), timed here to well under a millisecond: the tracker hands
@@ -714,7 +715,16 @@ pub async fn run_gate(mut ctx: GateContext) {
     let mut last_gate = None;
     let mut last_place = None;
     while let Some(GateCommand { mut outcome, place }) = ctx.commands.recv().await {
-        outcome.actuation = actuate(&mut ctx, &outcome, place).await;
+        let sent = actuate(&mut ctx, &outcome, place).await;
+        outcome.actuation = sent.actuation;
+        if sent.held_by_policy {
+            // No PASS went out for the part: the PLC diverts it. The disposition is what the
+            // record, the `parts` metric and the production counts (OEE, first-pass yield)
+            // read, so it must say what happened to the part, a reject by policy, not what
+            // the model said: the model's PASS stays in the record's verdict, and the
+            // actuation error says why it was held.
+            outcome.disposition = Disposition::RejectNoVerdict;
+        }
         last_gate = Some(outcome.gate_at);
         last_place = place.or(last_place);
         if ctx.outcomes.send(outcome).await.is_err() {
@@ -734,15 +744,26 @@ pub async fn run_gate(mut ctx: GateContext) {
     }
 }
 
+/// The actuation error of a part whose PASS was held back while the PLC was lost: what its
+/// record says of why a part the model passed was rejected.
+const PASS_HELD: &str =
+    "PASS held back: the PLC's heartbeat is lost, so the part went as reject by policy";
+
+/// What the gate did with one part's command.
+struct Sent {
+    actuation: Actuation,
+    /// The part's PASS was held back because the PLC's heartbeat was lost (it went out as a
+    /// reject by policy, or not at all): no PASS left for it, so the PLC diverts it.
+    held_by_policy: bool,
+}
+
 /// Sends a part's command inside its window, resending once over a fresh link while the
 /// window is open. A command that cannot be acknowledged inside the window is recorded as
 /// failed: the PLC diverts a part without a command, so a failed PASS costs a good part, never
-/// ships a bad one. A delivered PASS fires nothing ([`Actuation::NotRequired`]).
-async fn actuate(
-    ctx: &mut GateContext,
-    outcome: &PartOutcome,
-    place: Option<GatePlace>,
-) -> Actuation {
+/// ships a bad one. A delivered PASS fires nothing ([`Actuation::NotRequired`]). A PASS held
+/// back while the PLC is lost is recorded as failed, with the reason, and said so in
+/// [`Sent::held_by_policy`], for the caller to record the part as rejected.
+async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome, place: Option<GatePlace>) -> Sent {
     let mut verdict = gate_verdict(outcome.disposition);
     let mut held_by_policy = false;
     let opens = outcome.gate_at.before(ctx.command_window);
@@ -772,10 +793,13 @@ async fn actuate(
             error,
         }
     };
-    loop {
+    // Every way out of the loop is a `break` with the actuation, so that whether the PASS was
+    // held goes with it whichever way the command ended (a held PASS whose reject by policy
+    // then failed to send is still a part without a PASS).
+    let actuation = loop {
         let now = ctx.clock.now();
         if now >= closes {
-            return failed(
+            break failed(
                 ctx,
                 verdict,
                 format!(
@@ -787,7 +811,7 @@ async fn actuate(
         if let Some((gate, place)) = &encoder
             && let Err(why) = gate.wait_for_window(*place, &ctx.clock).await
         {
-            return failed(ctx, verdict, why);
+            break failed(ctx, verdict, why);
         }
         // A PLC that lost its heartbeat may be running anything but its program; when it comes
         // back it must not find a PASS for a part that went by meanwhile. Looked at just before
@@ -797,7 +821,7 @@ async fn actuate(
         // PLC is lost, nor turned into a reject the PLC would ignore.
         if verdict == GateVerdict::Pass && ctx.plc_lost.load(Ordering::Relaxed) {
             if resend {
-                return failed(
+                break failed(
                     ctx,
                     verdict,
                     "the PLC's heartbeat was lost before the PASS could be resent; the first \
@@ -819,7 +843,7 @@ async fn actuate(
                     .as_ref()
                     .is_some_and(|(gate, place)| gate.remaining(*place, at).is_some_and(|r| r < 0));
                 if at > closes || past_diverter {
-                    return failed(
+                    break failed(
                         ctx,
                         verdict,
                         "PLC acknowledged after the gate window".into(),
@@ -827,12 +851,12 @@ async fn actuate(
                 }
                 ctx.metrics.gate_commands_ok.inc();
                 if held_by_policy {
-                    return Actuation::Failed {
+                    break Actuation::Failed {
                         at,
-                        error: "the PLC's heartbeat is lost: sent as reject by policy".into(),
+                        error: PASS_HELD.into(),
                     };
                 }
-                return if verdict == GateVerdict::Pass {
+                break if verdict == GateVerdict::Pass {
                     Actuation::NotRequired
                 } else {
                     Actuation::Done { at }
@@ -843,12 +867,27 @@ async fn actuate(
                     ctx.metrics.plc_link_errors.inc();
                 }
                 if resend {
-                    return failed(ctx, verdict, error.to_string());
+                    break failed(ctx, verdict, error.to_string());
                 }
                 tracing::warn!(part_id = %outcome.part_id, %error, "gate command failed; resending on a fresh link");
                 resend = true;
             }
         }
+    };
+    // A held PASS whose reject by policy then could not be delivered either keeps both
+    // reasons: why no PASS went out, and why the reject did not.
+    let actuation = match actuation {
+        Actuation::Failed { at, error } if held_by_policy && error != PASS_HELD => {
+            Actuation::Failed {
+                at,
+                error: format!("{PASS_HELD}; the reject was not delivered either: {error}"),
+            }
+        }
+        actuation => actuation,
+    };
+    Sent {
+        actuation,
+        held_by_policy,
     }
 }
 
@@ -1179,5 +1218,149 @@ mod tests {
         at(100, 3);
         assert!(matches!(gate.check(place, ms(100)), WindowCheck::Missed(_)));
         assert_eq!(gate.remaining(place, ms(100)), None);
+    }
+
+    /// What the model said of a part: PASS.
+    fn passed(part_id: u64, at: StationTime) -> crate::part::Inspection {
+        crate::part::Inspection {
+            part_id: crate::part::PartId(part_id),
+            inspected_at: at,
+            verdict: crate::part::Verdict::Pass,
+            score: Some(0.1),
+            threshold: 0.5,
+            model_version: Arc::from("test@1"),
+            image: None,
+            heat_map: None,
+            mm_per_pixel: None,
+            calibration: None,
+            defect_class: None,
+            defect_boxes: Vec::new(),
+            error: None,
+            novelty: None,
+            views: None,
+        }
+    }
+
+    /// A PASS held back while the PLC is lost goes out as a reject by policy, and the part is
+    /// recorded as what became of it: rejected by policy, with the model's PASS kept as its
+    /// verdict and the reason in its actuation error. The record, the `parts` metric and the
+    /// production counts all read the disposition, so a held part must not say `pass` there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_held_while_the_plc_is_lost_is_recorded_as_rejected_by_policy() {
+        use crate::part::{PartId, Verdict};
+        use crate::record::{ActuationStatus, SavedImages, build_record};
+        use crate::simulate::PlcSimulator;
+
+        let map = RegisterMap::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-io/register-map.toml"),
+        )
+        .expect("register map");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (plc, _server) = PlcSimulator::serve(listener, map).expect("PLC simulator");
+        let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+        link.start().await.expect("link check");
+        let clock = StationClock::start();
+        let (commands_tx, commands) = mpsc::channel(4);
+        let (outcomes, mut outcomes_rx) = mpsc::channel(4);
+        let plc_lost = Arc::new(AtomicBool::new(false));
+        let command_window = link.command_window();
+        let gate = tokio::spawn(run_gate(GateContext {
+            link,
+            commands,
+            outcomes,
+            clock: clock.clone(),
+            metrics: Metrics::new(),
+            plc_lost: plc_lost.clone(),
+            command_window,
+            lead: Duration::from_millis(20),
+            encoder: None,
+        }));
+        // A part the model passed, at the diverter 200 ms from now.
+        let part = |id: u64| {
+            let now = clock.now();
+            GateCommand {
+                outcome: PartOutcome {
+                    part_id: PartId(id),
+                    captured_at: now,
+                    gate_at: now.after(Duration::from_millis(200)),
+                    decided_at: now,
+                    disposition: Disposition::Pass,
+                    inspection: Some(passed(id, now)),
+                    inspection_late: false,
+                    actuation: Actuation::NotRequired,
+                },
+                place: None,
+            }
+        };
+        let mut send = async |id| {
+            commands_tx.send(part(id)).await.expect("the gate runs");
+            tokio::time::timeout(Duration::from_secs(10), outcomes_rx.recv())
+                .await
+                .expect("the gate answers within 10 s")
+                .expect("an outcome")
+        };
+
+        // While the PLC beats, a PASS is a pass.
+        let shipped = send(1).await;
+        assert_eq!(shipped.disposition, Disposition::Pass, "{shipped:?}");
+        assert!(
+            matches!(shipped.actuation, Actuation::NotRequired),
+            "{shipped:?}"
+        );
+
+        // Lost: the PASS is held back, and the part is recorded as rejected by policy.
+        plc_lost.store(true, Ordering::Relaxed);
+        let held = send(2).await;
+        assert_eq!(held.disposition, Disposition::RejectNoVerdict, "{held:?}");
+        match &held.actuation {
+            Actuation::Failed { error, .. } => assert!(
+                error.contains("heartbeat is lost") && error.contains("reject by policy"),
+                "{error}"
+            ),
+            other => panic!("a held PASS is not actuated as one: {other:?}"),
+        }
+        let record = build_record(&clock, &held, SavedImages::default());
+        assert_eq!(
+            record.verdict,
+            Some(Verdict::Pass),
+            "the model's verdict is kept"
+        );
+        assert_eq!(record.disposition, Disposition::RejectNoVerdict);
+        assert!(record.rejected_by_policy, "{record:?}");
+        assert_eq!(record.actuation, ActuationStatus::Failed);
+        assert!(
+            record
+                .actuation_error
+                .as_deref()
+                .is_some_and(|e| e.contains("heartbeat is lost")),
+            "{record:?}"
+        );
+        // The production counts (first-pass yield, OEE quality) do not count it as good.
+        assert!(!crate::analyse::production::judge(&record, None).first_pass_good);
+
+        drop(commands_tx);
+        tokio::time::timeout(Duration::from_secs(10), gate)
+            .await
+            .expect("the gate stops within 10 s")
+            .expect("gate task");
+        // What the PLC was told: PASS (1) for the first part, reject by policy (4) for the
+        // second. The program logs a command at its next scan, a millisecond or so on.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while plc.commands().len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the PLC took {:?}",
+                plc.commands()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let verdicts: Vec<(u32, u16)> = plc
+            .commands()
+            .iter()
+            .map(|c| (c.part_id, c.verdict))
+            .collect();
+        assert_eq!(verdicts, [(1, 1), (2, 4)]);
     }
 }

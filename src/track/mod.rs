@@ -22,11 +22,14 @@
 //! *missed*: no command is sent, and the PLC diverts it (no command is no PASS).
 //!
 //! Invariant: every triggered part comes out of `due` exactly once, and a part without an
-//! in-time passing verdict never comes out as [`Disposition::Pass`].
+//! in-time passing verdict never comes out as [`Disposition::Pass`]. A verdict that comes
+//! after its part came out ([`InspectionFate::AfterDispatch`]) changes nothing: the part has
+//! gone to the gate with the disposition it had then (without a verdict, the fail-safe
+//! reject), and that is what is recorded.
 
 pub mod belt;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 pub use self::belt::{Belt, BeltView, EncoderTrack, SharedEncoder};
 use crate::config::LineTiming;
@@ -58,9 +61,19 @@ pub enum InspectionFate {
     Accepted,
     /// After the verdict deadline: kept for the record, the part is rejected by policy.
     Late,
-    /// For a part the tracker does not know (never triggered, or already past the gate).
+    /// For a part already dispatched: its gate command (the fail-safe reject, if no verdict
+    /// was in time) has gone out and its outcome is settled. Not used: the part's record keeps
+    /// the disposition it went with, and a PASS this late must not make it a pass.
+    AfterDispatch,
+    /// For a part the tracker does not know: never triggered, or dispatched longer ago than
+    /// the last [`REMEMBER_DISPATCHED`] parts.
     UnknownPart,
 }
+
+/// How many of the latest dispatched parts the tracker remembers, to tell a verdict that
+/// comes after its part was dispatched from one for a part it never knew. A verdict that late
+/// is normally a few parts behind; the bound keeps the memory fixed however long the line runs.
+pub const REMEMBER_DISPATCHED: usize = 1024;
 
 /// Where a part reaches the diverter, on the belt's axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +110,8 @@ pub struct PartTracker {
     belt: Belt,
     /// Ordered by id; ids grow with capture time, so the first entry is due first.
     parts: BTreeMap<PartId, TrackedPart>,
+    /// The latest parts dispatched, oldest first, at most [`REMEMBER_DISPATCHED`].
+    dispatched: VecDeque<PartId>,
 }
 
 fn micros(t: StationTime) -> i64 {
@@ -115,6 +130,7 @@ impl PartTracker {
             timing,
             belt,
             parts: BTreeMap::new(),
+            dispatched: VecDeque::new(),
         }
     }
 
@@ -185,7 +201,12 @@ impl PartTracker {
         let view = self.view(now);
         let timing = self.timing;
         let Some(part) = self.parts.get_mut(&inspection.part_id) else {
-            return InspectionFate::UnknownPart;
+            // Only on this path, and at most REMEMBER_DISPATCHED ids: a linear look is cheap.
+            return if self.dispatched.contains(&inspection.part_id) {
+                InspectionFate::AfterDispatch
+            } else {
+                InspectionFate::UnknownPart
+            };
         };
         let nominal_deadline = part
             .captured_at
@@ -249,7 +270,7 @@ impl PartTracker {
         settled
             .into_iter()
             .filter_map(|(part_id, gate_at, missed)| {
-                let part = self.parts.remove(&part_id)?;
+                let part = self.dispatch(part_id)?;
                 let mut due = self.settle(part_id, part, gate_at);
                 due.missed = missed;
                 Some(due)
@@ -260,7 +281,7 @@ impl PartTracker {
     /// Removes and returns one part now, settled with what is known of it: server mode
     /// settles each part as soon as its verdict is in, since the PLC times the gate.
     pub fn take(&mut self, part_id: PartId) -> Option<DuePart> {
-        let part = self.parts.remove(&part_id)?;
+        let part = self.dispatch(part_id)?;
         let gate_at = part.captured_at.after(self.timing.travel);
         Some(self.settle(part_id, part, gate_at))
     }
@@ -268,7 +289,11 @@ impl PartTracker {
     /// Removes and returns every part still in flight as missed for `why`: the line stops
     /// while the encoder cannot be read, so no command can be timed for them.
     pub fn give_up(&mut self, now: StationTime, why: &str) -> Vec<DuePart> {
-        std::mem::take(&mut self.parts)
+        let parts = std::mem::take(&mut self.parts);
+        for part_id in parts.keys() {
+            self.remember_dispatched(*part_id);
+        }
+        parts
             .into_iter()
             .map(|(part_id, part)| {
                 let mut due = self.settle(part_id, part, now);
@@ -276,6 +301,20 @@ impl PartTracker {
                 due
             })
             .collect()
+    }
+
+    /// Takes a part out to dispatch it, remembering that it went.
+    fn dispatch(&mut self, part_id: PartId) -> Option<TrackedPart> {
+        let part = self.parts.remove(&part_id)?;
+        self.remember_dispatched(part_id);
+        Some(part)
+    }
+
+    fn remember_dispatched(&mut self, part_id: PartId) {
+        if self.dispatched.len() >= REMEMBER_DISPATCHED {
+            self.dispatched.pop_front();
+        }
+        self.dispatched.push_back(part_id);
     }
 
     /// Whether the belt's position is known now (always, under time tracking).
@@ -456,6 +495,61 @@ mod tests {
         let due = tracker.due(ms(990));
         assert!(due[0].inspection_late);
         assert!(due[0].inspection.is_some());
+    }
+
+    /// A verdict that comes after its part was dispatched (the fail-safe reject went out) is
+    /// told apart from one for a part never seen, so that the station can count it, and it
+    /// changes nothing: the part does not come out again, so a late PASS cannot make it a pass.
+    #[test]
+    fn a_verdict_after_its_part_was_dispatched_is_told_apart_and_changes_nothing() {
+        let mut tracker = tracker();
+        tracker.trigger(PartId(1), ms(0));
+        let due = tracker.due(ms(990));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].disposition, Disposition::RejectNoVerdict);
+        assert_eq!(
+            tracker.inspected(inspection(1, Verdict::Pass), ms(995)),
+            InspectionFate::AfterDispatch
+        );
+        assert!(
+            tracker.due(ms(5000)).is_empty(),
+            "dispatched once, with its fail-safe disposition"
+        );
+        assert_eq!(tracker.next_due_at(ms(5000)), None);
+        assert_eq!(tracker.in_flight(), 0);
+        // A part never triggered is another matter.
+        assert_eq!(
+            tracker.inspected(inspection(9, Verdict::Pass), ms(995)),
+            InspectionFate::UnknownPart
+        );
+        // Settled on its verdict (server mode) or given up at a stop: dispatched too.
+        tracker.trigger(PartId(2), ms(1000));
+        tracker.trigger(PartId(3), ms(1000));
+        assert!(tracker.take(PartId(2)).is_some());
+        assert_eq!(tracker.give_up(ms(1001), "stopping").len(), 1);
+        for id in [2, 3] {
+            assert_eq!(
+                tracker.inspected(inspection(id, Verdict::Pass), ms(1002)),
+                InspectionFate::AfterDispatch,
+                "part {id}"
+            );
+        }
+        assert_eq!(tracker.in_flight(), 0);
+        // Only the latest are remembered: the memory stays bounded on a line that runs for
+        // years, and a verdict that late for part 1 reads as for a part not known.
+        let more = REMEMBER_DISPATCHED as u64;
+        for id in 10..10 + more {
+            tracker.trigger(PartId(id), ms(2000));
+        }
+        assert_eq!(tracker.due(ms(3000)).len(), REMEMBER_DISPATCHED);
+        assert_eq!(
+            tracker.inspected(inspection(1, Verdict::Pass), ms(3000)),
+            InspectionFate::UnknownPart
+        );
+        assert_eq!(
+            tracker.inspected(inspection(9 + more, Verdict::Pass), ms(3000)),
+            InspectionFate::AfterDispatch
+        );
     }
 
     #[test]
