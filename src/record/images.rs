@@ -5,7 +5,9 @@
 //! digest in a record always names a whole file. Images are what fills a disk; records are
 //! small. So images yield first: below [`ImageStore::min_free_bytes`] of free space on the
 //! data disk, no image is saved (the record says so) and the recorder raises an alarm, and the
-//! records keep being written in the space left.
+//! records keep being written in the space left. [`Store::save_image`](super::Store::save_image)
+//! refuses an image below that floor whoever saves it; [`ImageStore::put`] itself does not
+//! look.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,11 @@ impl ImageStore {
         self.min_free_bytes.load(Ordering::Relaxed)
     }
 
+    /// The image folder, on the data disk.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Bytes free for an unprivileged writer on the disk holding the images.
     pub fn free_bytes(&self) -> Result<u64, RecordError> {
         free_bytes(&self.dir).map_err(|source| RecordError::Image {
@@ -62,8 +69,9 @@ impl ImageStore {
     }
 
     /// Stores PNG bytes under their SHA-256 and returns the hex digest, and whether the file
-    /// is new (not there before). Idempotent. The station saves through
-    /// [`Store::save_image`](super::Store::save_image), which keeps the image budget.
+    /// is new (not there before). Idempotent. Does not look at the free-space floor: the
+    /// station saves through [`Store::save_image`](super::Store::save_image), which keeps the
+    /// floor and the image budget.
     pub fn put(&self, png: &[u8]) -> Result<(String, bool), RecordError> {
         let digest = hex::encode(Sha256::digest(png));
         let path = self.path_unchecked(&digest);

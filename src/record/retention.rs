@@ -3,7 +3,9 @@
 //! Records are never evicted for space (images are, see `Store::save_image`); a record leaves
 //! the journal only by being archived, after the age the station's config allows, into a
 //! JSON-lines file that is synced before anything is deleted. A pull from before the oldest
-//! kept record then answers 410 with where the records start.
+//! kept record then answers 410 with where the records start. A part's shadow verdict goes
+//! with its inspection record. Archiving, like images, yields to the records when the disk
+//! is short of space (`[records] min_free_mb`): it waits for a later run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -187,10 +189,88 @@ mod tests {
         assert_eq!(super::cutoff_for(now, Duration::MAX), None);
     }
 
+    /// A part's shadow verdict is archived with its inspection, so the shadow tree (and the
+    /// shadow summary's scan) stays as long as the journal. Verdicts no kept inspection can
+    /// own (parts never recorded, or archived by a build before this) go too; a verdict of a
+    /// part newer than every record (in flight) stays.
+    #[tokio::test]
+    async fn archived_parts_take_their_shadow_verdicts_along() {
+        use crate::part::Verdict;
+        use crate::record::ShadowVerdict;
+        use crate::record::testing::judged_inspection;
+
+        let shadow = |part_id| ShadowVerdict {
+            part_id,
+            version: "b".into(),
+            verdict: Verdict::Pass,
+            score: Some(0.1),
+            live_version: "a".into(),
+            live_verdict: Verdict::Pass,
+            live_score: Some(0.2),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        store.images().set_min_free_bytes(0);
+        let now = Utc::now();
+        // Part 26 was recorded out of id order (a late lane): only the archive's own
+        // transaction, not the sweep below the oldest kept part, can take its verdict.
+        let old = store
+            .append_all(
+                [10, 11, 12, 13, 26]
+                    .into_iter()
+                    .map(|p| judged_inspection(p, now, None))
+                    .collect(),
+            )
+            .await
+            .expect("old");
+        // The records of one write share their time, so this cutoff falls between the writes.
+        let cutoff = old[0].recorded_at + chrono::TimeDelta::nanoseconds(1);
+        let new = store
+            .append_all((20..25).map(|p| judged_inspection(p, now, None)).collect())
+            .await
+            .expect("new");
+        assert!(
+            new[0].recorded_at >= cutoff,
+            "the clock went on between writes"
+        );
+        // Parts 3 and 15 never recorded; part 30 still in flight.
+        for part in [3, 10, 11, 12, 13, 15, 20, 21, 22, 23, 24, 26, 30] {
+            store.put_shadow(&shadow(part)).expect("shadow");
+        }
+        let archive = dir.path().join("archive");
+        let report = store
+            .archive_before(cutoff, &archive)
+            .await
+            .expect("archive")
+            .expect("something archived");
+        assert_eq!(report.records, 5);
+        let kept = |store: &Store| -> Vec<u64> {
+            (0..40)
+                .filter(|&p| store.shadow_verdict(p).expect("read").is_some())
+                .collect()
+        };
+        assert_eq!(kept(&store), [20, 21, 22, 23, 24, 30]);
+        assert_eq!(store.shadow_summary("b").expect("summary").compared, 6);
+        // Nothing older to archive: the next call changes nothing.
+        assert!(
+            store
+                .archive_before(cutoff, &archive)
+                .await
+                .expect("again")
+                .is_none()
+        );
+        assert_eq!(kept(&store), [20, 21, 22, 23, 24, 30]);
+        drop(store);
+        let store = Store::open(dir.path(), "s").expect("reopen");
+        assert_eq!(kept(&store), [20, 21, 22, 23, 24, 30], "durably so");
+    }
+
     #[test]
     fn images_past_the_budget_are_evicted_oldest_first() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), "s").expect("open");
+        // Images keep the free-space floor; this test is about the budget alone.
+        store.images().set_min_free_bytes(0);
         let pngs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1000]).collect();
         store.set_image_budget(Some(3500));
         let digests: Vec<String> = pngs

@@ -6,7 +6,9 @@
 //! - `kind_seq`: kind byte ++ seq → (), to list model changes, work orders, audit entries;
 //! - `label_seq`: part id ++ seq → (), the labels of a part;
 //! - `meta`: schema version, instance id, part-id reservation, first sequence, acknowledgements;
-//! - `shadow`: part id → the shadow model's verdict.
+//! - `shadow`: part id → the shadow model's verdict (archived with the part's inspection);
+//! - `image_log`: counter → digest ++ size, the images in the order they were last saved;
+//! - `image_index`: digest → its key in `image_log`, so a re-save finds its old place.
 //!
 //! Writers take one lock, give the next sequence numbers, write records and indexes in one sled
 //! transaction and flush. Only then does `durable` move past them; readers never look past
@@ -85,8 +87,14 @@ pub(crate) struct Trees {
     pub label_seq: sled::Tree,
     pub meta: sled::Tree,
     pub shadow: sled::Tree,
-    /// Images in the order they were saved: counter → digest (32 bytes) ++ size (8 bytes).
+    /// Images in the order they were last saved, oldest (first evicted) first: counter →
+    /// digest (32 bytes) ++ size (8 bytes). One entry per image kept.
     pub image_log: sled::Tree,
+    /// Digest (32 bytes) → its key in `image_log`: a re-saved image moves to the end of the
+    /// log, and this finds its old entry without a scan. Written in the same transaction as
+    /// the log (see [`Store::save_image`]); entries the log gained before the index existed
+    /// are indexed at open (`index_image_log`).
+    pub image_index: sled::Tree,
     /// Archived records the station's state is rebuilt from (model changes, work orders):
     /// seq → encoded record, still listed in `kind_seq`.
     pub retained: sled::Tree,
@@ -102,6 +110,7 @@ impl Trees {
             meta: db.open_tree("meta")?,
             shadow: db.open_tree("shadow")?,
             image_log: db.open_tree("image_log")?,
+            image_index: db.open_tree("image_index")?,
             retained: db.open_tree("retained")?,
         })
     }
@@ -143,6 +152,7 @@ impl Store {
         let db = open_db(&db_path)?;
         let opened = schema::open(&db, &db_path)?;
         let trees = opened.trees.clone();
+        index_image_log(&trees)?;
         let images = ImageStore::open(&data_dir.join("images"))?;
         let (first_seq, last) = extent(&trees)?;
         let reserved_until = match trees.meta.get(RESERVED_KEY)? {
@@ -248,11 +258,42 @@ impl Store {
     /// the image floor (`[records] min_free_mb`) is free, and a broken database is reopened
     /// only once the whole floor is free again. Meanwhile records wait in memory and readers
     /// go on reading the database as it was.
+    ///
+    /// What else grows with production yields before the records, at the whole floor: images
+    /// ([`Store::save_image`]), shadow verdicts ([`Store::put_shadow`]) and archive files
+    /// ([`Store::archive_before`]). So the band between the whole floor and half of it is
+    /// left to the acknowledged records alone. Tiny fixed-size metadata writes (an MES
+    /// acknowledgement, a run's part-id reservation) are not refused at all: see
+    /// [`Store::acknowledge`].
     fn ensure_space(&self, need: u64) -> Result<(), RecordError> {
         match self.images().free_bytes() {
             Ok(free) if free < need => Err(RecordError::DiskFull { free, need }),
             _ => Ok(()),
         }
+    }
+
+    /// [`Store::ensure_space`] for an archive file of `bytes` in `dir` (which exists): the
+    /// data disk keeps the whole floor for the prune that follows the file (a sled write), and
+    /// the file must fit besides. On the data disk (the default, `<data>/archive`) both come
+    /// out of the same free space; on a disk of its own the file needs only its bytes there.
+    fn ensure_archive_space(&self, dir: &Path, bytes: u64) -> Result<(), RecordError> {
+        let floor = self.images().min_free_bytes();
+        let same_disk = same_filesystem(dir, self.images().dir());
+        self.ensure_space(if same_disk {
+            floor.saturating_add(bytes)
+        } else {
+            floor
+        })?;
+        if !same_disk {
+            match super::images::free_bytes(dir) {
+                Ok(free) if free < bytes => {
+                    return Err(RecordError::DiskFull { free, need: bytes });
+                }
+                // As in `ensure_space`: a disk whose space cannot be read is not refused.
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// [`Store::recover`] with the writer lock held.
@@ -769,6 +810,9 @@ impl Store {
         if seq > last {
             return Err(RecordError::AckBeyondEnd { seq, last });
         }
+        // No free-space floor here, on purpose: an acknowledgement rewrites one 8-byte value,
+        // and it is what lets records go (the MES has them). Refused on a full disk, it would
+        // keep the station from ever freeing space.
         let handles = self.handles()?;
         // One atomic read-modify-write: concurrent acknowledgements never go backwards.
         let acked = handles
@@ -792,6 +836,8 @@ impl Store {
         let reserved = self.inner.reserved_until.load(Ordering::SeqCst);
         let first = self.next_part_id()?.max(reserved);
         let until = first + RESERVE_BLOCK;
+        // No free-space floor here: one 8-byte value once a run, and a station that could not
+        // start a run on a full disk could not record (nor free space) at all.
         self.handles()?
             .trees
             .meta
@@ -810,8 +856,14 @@ impl Store {
     }
 
     /// Keeps a shadow verdict. Not flushed here: shadow verdicts are acknowledged to no one,
-    /// and sled's own periodic flush keeps them.
+    /// and sled's own periodic flush keeps them. One is kept per part, until the part's
+    /// inspection is archived ([`Store::archive_before`]).
+    ///
+    /// [`RecordError::DiskFull`] below the whole free-space floor, as for images: a shadow
+    /// verdict is worth less than the records, so it yields first. The caller (the shadow
+    /// task) only logs that; inspection goes on.
     pub fn put_shadow(&self, verdict: &ShadowVerdict) -> Result<(), RecordError> {
+        self.ensure_space(self.images().min_free_bytes())?;
         let value = serde_json::to_vec(verdict).unwrap_or_default();
         self.handles()?
             .trees
@@ -835,7 +887,9 @@ impl Store {
             .transpose()
     }
 
-    /// How the shadow model `version` compared with the live model, over every part it saw.
+    /// How the shadow model `version` compared with the live model, over every part it saw
+    /// whose record is still kept. Blocking: it reads the whole shadow tree (bounded by
+    /// retention, see [`Store::archive_before`]); async callers run it with `spawn_blocking`.
     pub fn shadow_summary(&self, version: &str) -> Result<ShadowSummary, RecordError> {
         let mut summary = ShadowSummary {
             version: version.to_owned(),
@@ -872,7 +926,12 @@ impl Store {
 
     /// Saves a PNG beside the records and returns its digest. Under an image budget, the
     /// oldest images are deleted until the rest fit; their records keep the digest (the image
-    /// then answers 404). Blocking.
+    /// then answers 404). "Oldest" is by the last save: an image saved again (the same bytes,
+    /// for a newer record) is as new as that record. Blocking.
+    ///
+    /// [`RecordError::DiskFull`] while less than the whole free-space floor
+    /// (`[records] min_free_mb`) is free: images yield to the records, whoever saves them
+    /// (the recorder, which also looks once a batch, training previews, backtests).
     pub fn save_image(&self, png: &[u8]) -> Result<String, RecordError> {
         // Always `Some`: nothing refuses it.
         self.save_image_if(png, |_| true)
@@ -881,7 +940,7 @@ impl Store {
 
     /// Saves a PNG only if it fits the image budget without evicting anything: for pictures
     /// that must not cost the station its evidence (a backtest's heat maps). `None` when it
-    /// does not fit. Blocking.
+    /// does not fit; [`RecordError::DiskFull`] as for [`Store::save_image`]. Blocking.
     pub fn save_image_within_budget(&self, png: &[u8]) -> Result<Option<String>, RecordError> {
         let budget = self.inner.image_budget.load(Ordering::Relaxed);
         self.save_image_if(png, |total| {
@@ -889,7 +948,15 @@ impl Store {
         })
     }
 
-    /// Saves `png` when `fits(bytes of images now)` says so.
+    /// Saves `png` when `fits(bytes of images now)` says so, and makes it the newest entry of
+    /// the image log.
+    ///
+    /// Images are content-addressed, so two records may name one file. Eviction takes the
+    /// log's oldest entry, so the file must sit at the place of its newest save: were a
+    /// re-save to leave it where it was first saved, it would be deleted while a newer
+    /// record still names it. So a re-save moves its entry to the end (found through
+    /// `image_index`: two lookups and a removal, O(log n), no scan of the log). Its bytes
+    /// stay counted once: they are added only when the image gains its entry.
     fn save_image_if(
         &self,
         png: &[u8],
@@ -899,29 +966,57 @@ impl Store {
             Ok(one) => one,
             Err(poisoned) => poisoned.into_inner(),
         };
+        self.ensure_space(self.images().min_free_bytes())?;
         if !fits(self.image_bytes()?) {
             return Ok(None);
         }
-        let (digest, new) = self.inner.images.put(png)?;
-        if !new {
-            return Ok(Some(digest));
-        }
+        // Whether the file was there before does not tell whether the log has it: a save cut
+        // short between the file and the transaction below leaves a file no entry counts.
+        // The index tells.
+        let (digest, _new_file) = self.inner.images.put(png)?;
         let handles = self.handles()?;
         let t = &handles.trees;
-        let key = t.image_log.last()?.map_or(0, |(key, _)| be_u64(&key) + 1);
-        let mut value = hex::decode(&digest).unwrap_or_default();
-        value.extend_from_slice(&(png.len() as u64).to_be_bytes());
-        t.image_log.insert(key.to_be_bytes(), value)?;
-        let total = t
-            .meta
-            .update_and_fetch(IMAGE_BYTES_KEY, |old| {
-                Some(
-                    (old.map_or(0, be_u64) + png.len() as u64)
-                        .to_be_bytes()
-                        .to_vec(),
-                )
-            })?
-            .map_or(0, |v| be_u64(&v));
+        // Our own SHA-256 in hex: it always decodes.
+        let raw = hex::decode(&digest).unwrap_or_default();
+        let size = png.len() as u64;
+        let mut entry = raw.clone();
+        entry.extend_from_slice(&size.to_be_bytes());
+        // Keys only grow (even once eviction has emptied the log), so every key below
+        // IMAGE_INDEXED_KEY is one this build indexed. Under `image_writes` nobody else
+        // writes the log.
+        let indexed_until = t.meta.get(IMAGE_INDEXED_KEY)?.map_or(0, |v| be_u64(&v));
+        let key = t
+            .image_log
+            .last()?
+            .map_or(0, |(key, _)| be_u64(&key) + 1)
+            .max(indexed_until);
+        let total = (&t.image_log, &t.image_index, &t.meta)
+            .transaction(|(log, index, meta)| {
+                let mut total = meta.get(IMAGE_BYTES_KEY)?.map_or(0, |v| be_u64(&v));
+                // The image's current entry, if the index names one that holds it.
+                let logged = match index.get(raw.as_slice())? {
+                    Some(old) => log
+                        .get(&old)?
+                        .is_some_and(|value| log_digest(&value) == raw.as_slice())
+                        .then_some(old),
+                    None => None,
+                };
+                match logged {
+                    // Counted when it gained that entry: only its place moves.
+                    Some(old) => {
+                        log.remove(old)?;
+                    }
+                    None => {
+                        total = total.saturating_add(size);
+                        meta.insert(IMAGE_BYTES_KEY, &total.to_be_bytes())?;
+                    }
+                }
+                log.insert(&key.to_be_bytes(), entry.as_slice())?;
+                index.insert(raw.as_slice(), &key.to_be_bytes())?;
+                meta.insert(IMAGE_INDEXED_KEY, &(key + 1).to_be_bytes())?;
+                Ok(total)
+            })
+            .map_err(transaction_error)?;
         if total > self.inner.image_budget.load(Ordering::Relaxed) {
             self.evict_images(&handles)?;
         }
@@ -938,6 +1033,9 @@ impl Store {
             .map_or(0, |v| be_u64(&v)))
     }
 
+    /// Deletes the images of the oldest log entries until the rest fit the budget. Each
+    /// image has one entry (at its newest save), so the file deleted is named by no record
+    /// newer than its entry.
     fn evict_images(&self, handles: &Handles) -> Result<(), RecordError> {
         let t = &handles.trees;
         let budget = self.inner.image_budget.load(Ordering::Relaxed);
@@ -946,16 +1044,26 @@ impl Store {
             if total <= budget {
                 return Ok(());
             }
-            let Some((key, value)) = t.image_log.pop_min()? else {
+            let Some((key, value)) = t.image_log.first()? else {
                 return Ok(());
             };
-            let _ = key;
-            let (digest, size) = value.split_at(value.len().saturating_sub(8));
+            let digest = log_digest(&value);
+            let size = be_u64(&value[digest.len()..]);
+            // The file goes first: a crash before the transaction leaves an entry for a missing
+            // file, which the next eviction drops; the other order could leave a file that no
+            // entry counts or evicts.
             self.inner.images.remove(&hex::encode(digest))?;
-            t.meta.insert(
-                IMAGE_BYTES_KEY,
-                &total.saturating_sub(be_u64(size)).to_be_bytes(),
-            )?;
+            (&t.image_log, &t.image_index, &t.meta)
+                .transaction(|(log, index, meta)| {
+                    log.remove(&key)?;
+                    if index.get(digest)?.is_some_and(|at| at == key) {
+                        index.remove(digest)?;
+                    }
+                    let total = meta.get(IMAGE_BYTES_KEY)?.map_or(0, |v| be_u64(&v));
+                    meta.insert(IMAGE_BYTES_KEY, &total.saturating_sub(size).to_be_bytes())?;
+                    Ok(())
+                })
+                .map_err(transaction_error)?;
             self.inner.images_evicted.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -966,29 +1074,82 @@ impl Store {
     }
 
     /// Moves every record made before `cutoff` into a JSON-lines file in `dir` (synced before
-    /// anything is deleted), then prunes them from the journal and its indexes. Pulls from
-    /// before the new `first_seq` answer "gone". Returns `None` when nothing is that old.
+    /// anything is deleted), then prunes them from the journal and its indexes, and the
+    /// shadow verdicts of their parts with them. Pulls from before the new `first_seq` answer
+    /// "gone". Returns `None` when nothing is that old. One chunk a call (the archiver calls
+    /// again while something went).
+    ///
+    /// [`RecordError::DiskFull`] (nothing written, nothing pruned) while the file would take
+    /// the data disk below the whole free-space floor: archiving yields to the records, as
+    /// images do, and the archiver tries again on its next run.
     pub async fn archive_before(
         &self,
         cutoff: DateTime<Utc>,
         dir: &Path,
     ) -> Result<Option<ArchiveReport>, RecordError> {
-        // One writer at a time: records are not appended while old ones go.
-        let _writer = self.inner.writer.lock().await;
-        // Reading, writing and syncing thousands of records is blocking work.
-        let store = self.clone();
-        let dir = dir.to_owned();
-        let archived = tokio::task::spawn_blocking(move || store.archive_chunk(cutoff, &dir))
-            .await
-            .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))??;
-        let Some(report) = archived else {
-            return Ok(None);
+        let report = {
+            // One writer at a time: records are not appended while old ones go.
+            let _writer = self.inner.writer.lock().await;
+            // Reading, writing and syncing thousands of records is blocking work.
+            let store = self.clone();
+            let dir = dir.to_owned();
+            let archived = tokio::task::spawn_blocking(move || store.archive_chunk(cutoff, &dir))
+                .await
+                .map_err(|e| RecordError::Sled(sled::Error::ReportableBug(e.to_string())))??;
+            if archived.is_some()
+                && let Err(error) = self.handles()?.db.flush_async().await
+            {
+                self.mark_broken();
+                return Err(error.into());
+            }
+            archived
         };
-        if let Err(error) = self.handles()?.db.flush_async().await {
-            self.mark_broken();
-            return Err(error.into());
+        // Then, without the writer lock (records go on being written), the shadow verdicts
+        // no kept inspection can own. Each call looks, even with nothing to archive, so the
+        // verdicts a build before this one left behind go too. Only logged when it fails:
+        // the records were archived either way, and the next call tries again.
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.prune_stray_shadows()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => tracing::info!(pruned, "stray shadow verdicts pruned"),
+            Ok(Err(error)) => tracing::warn!(%error, "stray shadow verdicts not pruned"),
+            Err(error) => tracing::warn!(%error, "shadow pruning task failed"),
         }
-        Ok(Some(report))
+        Ok(report)
+    }
+
+    /// Deletes the shadow verdicts of parts below the oldest part whose inspection is kept:
+    /// verdicts whose inspection was archived before [`Store::archive_chunk`] took them along
+    /// (by a build before it did), or whose part was never recorded (a crash between the
+    /// shadow and the recorder). Part ids follow capture order, so a part still in flight has
+    /// a higher id than the oldest inspection kept (one overtaken by it in the pipeline, when
+    /// the journal keeps only moments, would lose its verdict: a comparison, not a record).
+    /// With no inspection kept there is no bound, and nothing goes. Keeps the whole free-space
+    /// floor (deleting is a sled write too). Removes in batches, each under a fresh handle, so a reopen never waits on a long
+    /// sweep. Returns how many went.
+    fn prune_stray_shadows(&self) -> Result<usize, RecordError> {
+        const BATCH: usize = 10_000;
+        let mut pruned = 0;
+        loop {
+            self.ensure_space(self.images().min_free_bytes())?;
+            let handles = self.handles()?;
+            let t = &handles.trees;
+            let Some((oldest_kept, _)) = t.inspection_seq.first()? else {
+                return Ok(pruned);
+            };
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for entry in t.shadow.range(..oldest_kept).take(BATCH) {
+                let (key, _) = entry?;
+                batch.remove(key);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(pruned);
+            }
+            t.shadow.apply_batch(batch)?;
+            pruned += n;
+        }
     }
 
     /// The blocking part of [`Store::archive_before`], with the writer lock held by the caller:
@@ -1022,6 +1183,12 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // The file grows with production; it must not take the space the records need.
+        let bytes: u64 = archived
+            .iter()
+            .map(|(raw, _)| raw.json().len() as u64 + 1)
+            .sum();
+        self.ensure_archive_space(dir, bytes)?;
         let file = dir.join(format!(
             "{}-{}-{from:012}-{to:012}.jsonl",
             self.inner.station, self.inner.instance_id
@@ -1049,9 +1216,10 @@ impl Store {
             &t.label_seq,
             &t.meta,
             &t.retained,
+            &t.shadow,
         )
             .transaction(
-                |(journal, inspection_seq, kind_seq, label_seq, meta, retained)| {
+                |(journal, inspection_seq, kind_seq, label_seq, meta, retained, shadow)| {
                     for (raw, record) in &archived {
                         journal.remove(&raw.seq.to_be_bytes())?;
                         match &record.body {
@@ -1063,6 +1231,11 @@ impl Store {
                                     .is_some_and(|s| be_u64(&s) == raw.seq)
                                 {
                                     inspection_seq.remove(&key)?;
+                                    // The shadow model's verdict on the part goes with its
+                                    // record (same key): the shadow tree would otherwise grow
+                                    // a verdict a part for ever, and `shadow_summary` read
+                                    // them all.
+                                    shadow.remove(&key)?;
                                 }
                             }
                             RecordBody::Label(l) => {
@@ -1159,8 +1332,84 @@ pub struct ArchiveReport {
 /// Records archived per file and transaction at most.
 const ARCHIVE_CHUNK: usize = 10_000;
 
-/// Meta key of the bytes of images kept.
+/// Meta key of the bytes of images kept: each image's size once, from when it gains its log
+/// entry until it is evicted.
 const IMAGE_BYTES_KEY: &[u8] = b"image_bytes";
+/// Meta key below which every `image_log` key is in `image_index` (and the next key a save
+/// may take, at least). A store from before the index has none: its whole log is indexed at
+/// the first open.
+const IMAGE_INDEXED_KEY: &[u8] = b"image_indexed_until";
+
+/// The digest part of an `image_log` value (digest ++ 8-byte size).
+fn log_digest(entry: &[u8]) -> &[u8] {
+    &entry[..entry.len().saturating_sub(8)]
+}
+
+/// Brings `image_index` up to the image log: indexes every entry from `IMAGE_INDEXED_KEY` on,
+/// that is entries written before the index existed (a store from an earlier build). A
+/// no-op otherwise (one range probe). Runs at open only: from then on every write to the
+/// log updates the index in the same transaction, so a reopen after a failed write finds the
+/// two agreeing.
+///
+/// An earlier build could log one image twice (its file deleted behind the store's back and
+/// saved again): the older entry goes and its bytes are uncounted, so eviction never deletes
+/// a file a newer entry still holds. Each step can be repeated, so a crash half-way is redone
+/// at the next open.
+fn index_image_log(trees: &Trees) -> Result<(), RecordError> {
+    let from = trees.meta.get(IMAGE_INDEXED_KEY)?.map_or(0, |v| be_u64(&v));
+    let mut until = from;
+    for entry in trees.image_log.range(from.to_be_bytes()..) {
+        let (key, value) = entry?;
+        until = be_u64(&key) + 1;
+        let digest = log_digest(&value);
+        // Another entry the index names for this image, if that entry still holds it.
+        let mut other = None;
+        if let Some(at) = trees.image_index.get(digest)?
+            && at != key
+            && let Some(held) = trees.image_log.get(&at)?
+            && log_digest(&held) == digest
+        {
+            other = Some((at, held));
+        }
+        let Some((other_key, other_value)) = other else {
+            trees.image_index.insert(digest, &key)?;
+            continue;
+        };
+        // Logged twice: keep the newer entry.
+        let ((older, older_value), newer) = if be_u64(&other_key) < be_u64(&key) {
+            ((other_key, other_value), key)
+        } else {
+            ((key, value.clone()), other_key)
+        };
+        let older_size = be_u64(&older_value[log_digest(&older_value).len()..]);
+        (&trees.image_log, &trees.image_index, &trees.meta)
+            .transaction(|(log, index, meta)| {
+                log.remove(&older)?;
+                index.insert(digest, &newer)?;
+                let total = meta.get(IMAGE_BYTES_KEY)?.map_or(0, |v| be_u64(&v));
+                meta.insert(
+                    IMAGE_BYTES_KEY,
+                    &total.saturating_sub(older_size).to_be_bytes(),
+                )?;
+                Ok(())
+            })
+            .map_err(transaction_error)?;
+    }
+    if until > from {
+        trees.meta.insert(IMAGE_INDEXED_KEY, &until.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Whether two existing paths are on one filesystem; when that cannot be read, assumed so
+/// (the stricter answer for [`Store::ensure_archive_space`]).
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => true,
+    }
+}
 
 /// What [`Store::verify`] found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1337,4 +1586,210 @@ pub(crate) fn be_u64(key: &[u8]) -> u64 {
     let n = key.len().min(8);
     bytes[8 - n..].copy_from_slice(&key[key.len() - n..]);
     u64::from_be_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::testing::judged_inspection;
+
+    fn shadow(part_id: u64) -> ShadowVerdict {
+        ShadowVerdict {
+            part_id,
+            version: "b".into(),
+            verdict: Verdict::Pass,
+            score: Some(0.1),
+            live_version: "a".into(),
+            live_verdict: Verdict::Pass,
+            live_score: Some(0.2),
+        }
+    }
+
+    /// A floor well past what the disk has free, as if it were nearly full.
+    fn short_of_space(store: &Store) {
+        let free = store.images().free_bytes().expect("statvfs");
+        store
+            .images()
+            .set_min_free_bytes(free.saturating_mul(4).max(1));
+    }
+
+    /// An image a newer record names again is as new as that record: eviction takes the
+    /// images saved longest ago, never one just saved again. Its bytes count once.
+    #[test]
+    fn a_resaved_image_is_evicted_as_new_and_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        store.images().set_min_free_bytes(0);
+        store.set_image_budget(Some(3500));
+        let pngs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000]).collect();
+        let a = store.save_image(&pngs[0]).expect("a");
+        let b = store.save_image(&pngs[1]).expect("b");
+        let c = store.save_image(&pngs[2]).expect("c");
+        assert_eq!(store.save_image(&pngs[0]).expect("a again"), a);
+        assert_eq!(
+            store.image_bytes().expect("bytes"),
+            3000,
+            "counted once per image, not per save"
+        );
+        let d = store.save_image(&pngs[3]).expect("d");
+        assert_eq!(store.images_evicted(), 1);
+        assert!(
+            store.images().path(&a).is_some(),
+            "the image saved again is kept"
+        );
+        assert!(store.images().path(&b).is_none(), "the oldest save went");
+        assert!(store.images().path(&c).is_some());
+        assert!(store.images().path(&d).is_some());
+        assert_eq!(store.image_bytes().expect("bytes"), 3000);
+        let handles = store.handles().expect("handles");
+        assert_eq!(
+            handles.trees.image_log.len(),
+            3,
+            "one log entry per image kept"
+        );
+        assert_eq!(handles.trees.image_index.len(), 3);
+    }
+
+    /// A save cut short between the file and its log entry leaves a file no entry counts; the
+    /// next save of those bytes logs and counts it (before, it returned early: the file was
+    /// never counted nor evicted).
+    #[test]
+    fn a_file_the_log_never_had_is_logged_and_counted_when_saved_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        store.images().set_min_free_bytes(0);
+        let png = vec![9u8; 1000];
+        let (digest, new) = store.images().put(&png).expect("file only");
+        assert!(new);
+        assert_eq!(store.image_bytes().expect("bytes"), 0);
+        assert_eq!(store.save_image(&png).expect("save"), digest);
+        assert_eq!(store.image_bytes().expect("bytes"), 1000);
+        assert_eq!(store.handles().expect("handles").trees.image_log.len(), 1);
+        store.set_image_budget(Some(500));
+        store.save_image(&[8u8; 10]).expect("a small one");
+        assert!(
+            store.images().path(&digest).is_none(),
+            "now it is evicted like any image"
+        );
+    }
+
+    /// A store whose image log was written before the index (an earlier build) is indexed at
+    /// open, so a re-save finds its old entry. An image that build logged twice keeps only its
+    /// newer entry, counted once.
+    #[test]
+    fn an_image_log_from_before_the_index_is_indexed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pngs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000]).collect();
+        let (a, b) = {
+            let store = Store::open(dir.path(), "s").expect("open");
+            store.images().set_min_free_bytes(0);
+            let a = store.save_image(&pngs[0]).expect("a");
+            let b = store.save_image(&pngs[1]).expect("b");
+            store.save_image(&pngs[2]).expect("c");
+            // As the earlier build left it: no index, and `a` logged a second time (its file
+            // deleted behind the store's back, then saved again and counted again).
+            let handles = store.handles().expect("handles");
+            let t = &handles.trees;
+            t.image_index.clear().expect("clear");
+            t.meta.remove(IMAGE_INDEXED_KEY).expect("remove");
+            let (_, first) = t.image_log.first().expect("read").expect("a's entry");
+            t.image_log
+                .insert(3u64.to_be_bytes(), first)
+                .expect("insert");
+            t.meta
+                .insert(IMAGE_BYTES_KEY, &4000u64.to_be_bytes())
+                .expect("insert");
+            handles.db.flush().expect("flush");
+            (a, b)
+        };
+        let store = Store::open(dir.path(), "s").expect("reopen");
+        store.images().set_min_free_bytes(0);
+        {
+            let handles = store.handles().expect("handles");
+            assert_eq!(handles.trees.image_log.len(), 3, "a's older entry went");
+            assert_eq!(handles.trees.image_index.len(), 3);
+        }
+        assert_eq!(store.image_bytes().expect("bytes"), 3000);
+        store.set_image_budget(Some(3500));
+        store.save_image(&pngs[3]).expect("d");
+        assert!(
+            store.images().path(&a).is_some(),
+            "a's newer entry is not the oldest"
+        );
+        assert!(store.images().path(&b).is_none());
+        assert_eq!(store.image_bytes().expect("bytes"), 3000);
+    }
+
+    /// Images (whoever saves them) and shadow verdicts yield to the records below the whole
+    /// free-space floor, with the error appends give.
+    #[test]
+    fn images_and_shadow_verdicts_yield_to_the_free_space_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        short_of_space(&store);
+        let png = vec![7u8; 1000];
+        assert!(matches!(
+            store.save_image(&png),
+            Err(RecordError::DiskFull { .. })
+        ));
+        assert!(matches!(
+            store.save_image_within_budget(&png),
+            Err(RecordError::DiskFull { .. })
+        ));
+        assert!(matches!(
+            store.put_shadow(&shadow(1)),
+            Err(RecordError::DiskFull { .. })
+        ));
+        assert_eq!(store.image_bytes().expect("bytes"), 0);
+        let files = std::fs::read_dir(dir.path().join("images"))
+            .expect("image folder")
+            .count();
+        assert_eq!(files, 0, "no image file written");
+        assert_eq!(store.shadow_verdict(1).expect("read"), None);
+
+        store.images().set_min_free_bytes(0);
+        let digest = store.save_image(&png).expect("room again");
+        assert!(store.images().path(&digest).is_some());
+        store.put_shadow(&shadow(1)).expect("room again");
+        assert_eq!(store.shadow_verdict(1).expect("read"), Some(shadow(1)));
+    }
+
+    /// An archive file yields to the records too (nothing written, nothing pruned); the MES's
+    /// acknowledgement and a run's id reservation do not, since refusing them would keep the
+    /// station from freeing space.
+    #[tokio::test]
+    async fn archiving_yields_to_the_floor_and_acknowledgements_do_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "s").expect("open");
+        store.images().set_min_free_bytes(0);
+        let now = Utc::now();
+        store
+            .append_all((0..3).map(|p| judged_inspection(p, now, None)).collect())
+            .await
+            .expect("append");
+        let everything = Utc::now() + chrono::TimeDelta::seconds(1);
+        let archive = dir.path().join("archive");
+        short_of_space(&store);
+        assert!(matches!(
+            store.archive_before(everything, &archive).await,
+            Err(RecordError::DiskFull { .. })
+        ));
+        assert_eq!(store.first_seq(), 1, "nothing pruned");
+        assert_eq!(
+            std::fs::read_dir(&archive).map_or(0, |d| d.count()),
+            0,
+            "no archive file written"
+        );
+        assert_eq!(store.acknowledge("mes", 3).await.expect("ack"), 3);
+        store.start_run().expect("a run starts");
+
+        store.images().set_min_free_bytes(0);
+        let report = store
+            .archive_before(everything, &archive)
+            .await
+            .expect("archive")
+            .expect("something archived");
+        assert_eq!(report.records, 3);
+        assert_eq!(store.first_seq(), 4);
+    }
 }

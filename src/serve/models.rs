@@ -244,8 +244,11 @@ fn taxonomy_summary(taxonomy: &Taxonomy) -> String {
 pub(super) async fn shadow_summary(
     State(api): State<ApiState>,
 ) -> Result<Json<ShadowSummary>, ApiError> {
-    api.models
-        .shadow_summary()?
+    let models = api.models.clone();
+    // A scan of every shadow verdict kept: blocking work, off the async workers.
+    tokio::task::spawn_blocking(move || models.shadow_summary())
+        .await
+        .map_err(|e| ApiError::InternalMessage(format!("shadow summary task failed: {e}")))??
         .map(Json)
         .ok_or_else(|| ApiError::NotFound("no model is running in shadow".into()))
 }
