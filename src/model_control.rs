@@ -548,6 +548,9 @@ pub fn run_shadow(ctx: ShadowContext) {
     if let Err(error) = &pool {
         tracing::warn!(%error, "no separate pool for the shadow model; it shares the cores");
     }
+    // Whether the last verdict failed to be kept: a store refusing them (the disk below its
+    // floor) refuses every part's, so only the first failure and the recovery are logged.
+    let mut failing = false;
     while let Ok(job) = ctx.jobs.recv() {
         let Some(shadow) = ctx.active.shadow() else {
             continue;
@@ -601,10 +604,19 @@ pub fn run_shadow(ctx: ShadowContext) {
             live_verdict: job.live_verdict,
             live_score: job.live_score,
         };
-        if let Err(error) = ctx.store.put_shadow(&record) {
-            tracing::warn!(%error, "could not keep a shadow verdict");
+        match ctx.store.put_shadow(&record) {
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("shadow verdicts are kept again");
+                }
+                ctx.metrics.shadow_verdicts.inc();
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "could not keep a shadow verdict; the next failures are not logged until one is kept");
+                }
+            }
         }
-        ctx.metrics.shadow_verdicts.inc();
     }
 }
 

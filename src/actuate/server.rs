@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use super::register_map::{SERVER_CONTROL_LEN, SERVER_STATUS_HEADER_LEN, ServerBlocks};
 use super::{GateCommand, GateVerdict, PlcHeartbeat, PlcWatch, WordOrder, gate_verdict};
 use crate::metrics::Metrics;
-use crate::part::{Actuation, ExternalTrigger, PartId, PartOutcome, StationClock, TriggerSink};
+use crate::part::{
+    Actuation, Disposition, ExternalTrigger, PartId, PartOutcome, StationClock, TriggerSink,
+};
 
 /// Control block bits (`control + 0`).
 mod control_bit {
@@ -673,6 +675,12 @@ pub async fn run_results(mut ctx: ResultsContext) {
     while let Some(GateCommand { mut outcome, .. }) = ctx.commands.recv().await {
         let hold_pass = ctx.plc_lost.load(Ordering::Relaxed);
         outcome.actuation = ctx.server.publish(&outcome, hold_pass, Instant::now());
+        if hold_pass && outcome.disposition == Disposition::Pass {
+            // No PASS was published for the part (a reject by policy was, or nothing), so the
+            // PLC diverts it: recorded as what became of it, as the client-mode gate does
+            // (`run_gate`), with the model's PASS kept as its verdict.
+            outcome.disposition = Disposition::RejectNoVerdict;
+        }
         match outcome.actuation {
             Actuation::Failed { .. } => ctx.metrics.gate_commands_failed.inc(),
             _ => ctx.metrics.gate_commands_ok.inc(),
@@ -763,6 +771,76 @@ mod tests {
             [2, 3],
             "part 1 forgotten, 61 s after its trigger"
         );
+    }
+
+    /// Server mode records a PASS held back while the PLC is lost as the client-mode gate
+    /// does: rejected by policy, so the production counts never count the part good.
+    #[tokio::test]
+    async fn a_pass_held_while_the_plc_is_lost_is_recorded_as_rejected_by_policy() {
+        let (server, _ends) = PlcServer::bind(
+            "127.0.0.1:0".parse().expect("address"),
+            BLOCKS,
+            WordOrder::HighFirst,
+            Metrics::new(),
+        )
+        .await
+        .expect("server");
+        server.image().set_running(true);
+        let clock = StationClock::start();
+        let (commands_tx, commands) = mpsc::channel(4);
+        let (outcomes, mut outcomes_rx) = mpsc::channel(4);
+        let plc_lost = Arc::new(AtomicBool::new(false));
+        let results = tokio::spawn(run_results(ResultsContext {
+            server: server.clone(),
+            commands,
+            outcomes,
+            clock: clock.clone(),
+            metrics: Metrics::new(),
+            plc_lost: plc_lost.clone(),
+        }));
+        let mut settle = async |id: u64| {
+            server.captured(
+                ExternalTrigger {
+                    tracking_id: id as u32,
+                    at: Instant::now(),
+                },
+                PartId(id),
+            );
+            let now = clock.now();
+            let outcome = PartOutcome {
+                part_id: PartId(id),
+                captured_at: now,
+                gate_at: now,
+                decided_at: now,
+                disposition: Disposition::Pass,
+                inspection: None,
+                inspection_late: false,
+                actuation: Actuation::NotRequired,
+            };
+            commands_tx
+                .send(GateCommand {
+                    outcome,
+                    place: None,
+                })
+                .await
+                .expect("the results task runs");
+            tokio::time::timeout(Duration::from_secs(10), outcomes_rx.recv())
+                .await
+                .expect("an outcome within 10 s")
+                .expect("an outcome")
+        };
+        let shipped = settle(1).await;
+        assert_eq!(shipped.disposition, Disposition::Pass, "{shipped:?}");
+        assert!(matches!(shipped.actuation, Actuation::NotRequired));
+        plc_lost.store(true, Ordering::Relaxed);
+        let held = settle(2).await;
+        assert_eq!(held.disposition, Disposition::RejectNoVerdict, "{held:?}");
+        assert!(
+            matches!(&held.actuation, Actuation::Failed { error, .. } if error.contains("reject by policy")),
+            "{held:?}"
+        );
+        drop(commands_tx);
+        results.await.expect("the results task ends");
     }
 
     #[test]

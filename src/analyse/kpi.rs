@@ -21,13 +21,15 @@
 //! Effectiveness compares PRU × PQ with the time the parts took; counting the parts without
 //! their time would put it above 1 with a correct ideal cycle time, and the warning would then
 //! blame the master data wrongly. Leaving the parts out instead would hide real output and
-//! real scrap. Availability is neither helped nor hurt (the added time is all production, no
-//! down time), and OEE stays PRU × GQ / PBT. Unplanned production time is measured as
-//! planned time's stops are: runs of parts less than `stop_after_s` apart, each from its first
-//! part to its last and one cycle more (the run's mean spacing: n parts take n cycles), less
-//! the stretches the running sensor says the line stood. Time outside the plan with no parts is
-//! neither planned nor down; a lone part outside the plan has no time of its own (as a part
-//! between two stops in planned time has none).
+//! real scrap. The added time is all production and no down time, so availability rises
+//! toward 1 with overtime (an 8-hour shift at 50 % and 4 hours of overtime read 67 %), and a
+//! stop inside overtime is not down time: it splits the run, and time outside the plan with no
+//! parts is neither planned nor down. OEE stays PRU × GQ / PBT. Unplanned production time is
+//! measured as planned time's stops are: runs of parts less than `stop_after_s` apart, each
+//! from its first part to its last and one cycle more (the run's mean spacing: n parts take n
+//! cycles), less the stretches the running sensor says the line stood. A lone part outside the
+//! plan has no time of its own (as a part between two stops in planned time has none), so a
+//! period of lone parts outside the plan can still read effectiveness above 1.
 //!
 //! Work orders: at any moment the time belongs to the running order that started last, the
 //! rule the record store uses to give each part its order, so orders' times never overlap; an

@@ -192,7 +192,8 @@ mod tests {
     /// A part's shadow verdict is archived with its inspection, so the shadow tree (and the
     /// shadow summary's scan) stays as long as the journal. Verdicts no kept inspection can
     /// own (parts never recorded, or archived by a build before this) go too; a verdict of a
-    /// part newer than every record (in flight) stays.
+    /// part newer than every archived one stays, even one in flight whose record will come
+    /// after newer parts' (below the oldest part kept).
     #[tokio::test]
     async fn archived_parts_take_their_shadow_verdicts_along() {
         use crate::part::Verdict;
@@ -212,8 +213,8 @@ mod tests {
         let store = Store::open(dir.path(), "s").expect("open");
         store.images().set_min_free_bytes(0);
         let now = Utc::now();
-        // Part 26 was recorded out of id order (a late lane): only the archive's own
-        // transaction, not the sweep below the oldest kept part, can take its verdict.
+        // Part 26 was recorded out of id order (a late lane): the archive's own transaction
+        // takes its verdict, and it sets the sweep's bound (26).
         let old = store
             .append_all(
                 [10, 11, 12, 13, 26]
@@ -226,15 +227,16 @@ mod tests {
         // The records of one write share their time, so this cutoff falls between the writes.
         let cutoff = old[0].recorded_at + chrono::TimeDelta::nanoseconds(1);
         let new = store
-            .append_all((20..25).map(|p| judged_inspection(p, now, None)).collect())
+            .append_all((32..37).map(|p| judged_inspection(p, now, None)).collect())
             .await
             .expect("new");
         assert!(
             new[0].recorded_at >= cutoff,
             "the clock went on between writes"
         );
-        // Parts 3 and 15 never recorded; part 30 still in flight.
-        for part in [3, 10, 11, 12, 13, 15, 20, 21, 22, 23, 24, 26, 30] {
+        // Parts 3 and 15 never recorded; part 30 still in flight, below the oldest part kept
+        // (32) but above every archived one.
+        for part in [3, 10, 11, 12, 13, 15, 26, 30, 32, 33, 34, 35, 36] {
             store.put_shadow(&shadow(part)).expect("shadow");
         }
         let archive = dir.path().join("archive");
@@ -249,7 +251,7 @@ mod tests {
                 .filter(|&p| store.shadow_verdict(p).expect("read").is_some())
                 .collect()
         };
-        assert_eq!(kept(&store), [20, 21, 22, 23, 24, 30]);
+        assert_eq!(kept(&store), [30, 32, 33, 34, 35, 36]);
         assert_eq!(store.shadow_summary("b").expect("summary").compared, 6);
         // Nothing older to archive: the next call changes nothing.
         assert!(
@@ -259,10 +261,10 @@ mod tests {
                 .expect("again")
                 .is_none()
         );
-        assert_eq!(kept(&store), [20, 21, 22, 23, 24, 30]);
+        assert_eq!(kept(&store), [30, 32, 33, 34, 35, 36]);
         drop(store);
         let store = Store::open(dir.path(), "s").expect("reopen");
-        assert_eq!(kept(&store), [20, 21, 22, 23, 24, 30], "durably so");
+        assert_eq!(kept(&store), [30, 32, 33, 34, 35, 36], "durably so");
     }
 
     #[test]

@@ -272,17 +272,20 @@ impl Store {
         }
     }
 
-    /// [`Store::ensure_space`] for an archive file of `bytes` in `dir` (which exists): the
-    /// data disk keeps the whole floor for the prune that follows the file (a sled write), and
-    /// the file must fit besides. On the data disk (the default, `<data>/archive`) both come
-    /// out of the same free space; on a disk of its own the file needs only its bytes there.
+    /// [`Store::ensure_space`] for an archive file of `bytes` in `dir` (which exists). On the
+    /// data disk (the default, `<data>/archive`) the file must fit above the whole floor, as
+    /// images must: sled does not give back the space its pruned records held, so archiving
+    /// there only adds to what the disk holds. On a disk of its own the file needs only its
+    /// bytes there, and the data disk only the records' own floor (half the whole) for the
+    /// prune, a sled write like an append: archiving elsewhere is what keeps the journal from
+    /// growing, so it must go on for as long as records are written.
     fn ensure_archive_space(&self, dir: &Path, bytes: u64) -> Result<(), RecordError> {
         let floor = self.images().min_free_bytes();
         let same_disk = same_filesystem(dir, self.images().dir());
         self.ensure_space(if same_disk {
             floor.saturating_add(bytes)
         } else {
-            floor
+            floor / 2
         })?;
         if !same_disk {
             match super::images::free_bytes(dir) {
@@ -887,9 +890,10 @@ impl Store {
             .transpose()
     }
 
-    /// How the shadow model `version` compared with the live model, over every part it saw
-    /// whose record is still kept. Blocking: it reads the whole shadow tree (bounded by
-    /// retention, see [`Store::archive_before`]); async callers run it with `spawn_blocking`.
+    /// How the shadow model `version` compared with the live model, over every verdict kept.
+    /// Blocking: it reads the whole shadow tree, which retention bounds where it runs
+    /// (`archive_after_days`: verdicts go with their parts, [`Store::archive_before`]) and
+    /// which otherwise grows as the journal does; async callers run it with `spawn_blocking`.
     pub fn shadow_summary(&self, version: &str) -> Result<ShadowSummary, RecordError> {
         let mut summary = ShadowSummary {
             version: version.to_owned(),
@@ -1118,37 +1122,55 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes the shadow verdicts of parts below the oldest part whose inspection is kept:
-    /// verdicts whose inspection was archived before [`Store::archive_chunk`] took them along
-    /// (by a build before it did), or whose part was never recorded (a crash between the
-    /// shadow and the recorder). Part ids follow capture order, so a part still in flight has
-    /// a higher id than the oldest inspection kept (one overtaken by it in the pipeline, when
-    /// the journal keeps only moments, would lose its verdict: a comparison, not a record).
-    /// With no inspection kept there is no bound, and nothing goes. Keeps the whole free-space
-    /// floor (deleting is a sled write too). Removes in batches, each under a fresh handle, so a reopen never waits on a long
-    /// sweep. Returns how many went.
+    /// Deletes the shadow verdicts of parts at or below the highest part id ever archived
+    /// ([`SHADOW_SWEEP_THROUGH_KEY`]) whose inspection is not kept: verdicts whose inspection
+    /// was archived before [`Store::archive_chunk`] took them along (by a build before it
+    /// did), or whose part was never recorded (a crash between the shadow and the recorder).
+    /// A part still in flight is newer than every archived one, so it is never touched, even
+    /// when its record comes after a newer part's (a missed part's outcome overtakes the gate
+    /// queue); nor is a kept inspection's verdict, whatever its id. With nothing archived yet
+    /// there is no bound, and nothing goes. Keeps the whole free-space floor (deleting is a
+    /// sled write too). Removes in batches, each under a fresh handle, so a reopen never waits
+    /// on a long sweep. Returns how many went.
     fn prune_stray_shadows(&self) -> Result<usize, RecordError> {
         const BATCH: usize = 10_000;
         let mut pruned = 0;
+        // Where the previous batch stopped: kept inspections' verdicts stay, and are not
+        // looked at again.
+        let mut from = 0u64;
         loop {
             self.ensure_space(self.images().min_free_bytes())?;
             let handles = self.handles()?;
             let t = &handles.trees;
-            let Some((oldest_kept, _)) = t.inspection_seq.first()? else {
+            let Some(through) = t.meta.get(SHADOW_SWEEP_THROUGH_KEY)?.map(|v| be_u64(&v)) else {
                 return Ok(pruned);
             };
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for entry in t.shadow.range(..oldest_kept).take(BATCH) {
-                let (key, _) = entry?;
-                batch.remove(key);
-                n += 1;
+            if from > through {
+                return Ok(pruned);
             }
-            if n == 0 {
+            let mut batch = sled::Batch::default();
+            let (mut looked, mut n) = (0, 0);
+            for entry in t
+                .shadow
+                .range(from.to_be_bytes()..=through.to_be_bytes())
+                .take(BATCH)
+            {
+                let (key, _) = entry?;
+                looked += 1;
+                from = be_u64(&key).saturating_add(1);
+                if !t.inspection_seq.contains_key(&key)? {
+                    batch.remove(key);
+                    n += 1;
+                }
+            }
+            if looked == 0 {
                 return Ok(pruned);
             }
             t.shadow.apply_batch(batch)?;
             pruned += n;
+            if looked < BATCH {
+                return Ok(pruned);
+            }
         }
     }
 
@@ -1252,6 +1274,19 @@ impl Store {
                         }
                     }
                     meta.insert(FIRST_SEQ_KEY, &(to + 1).to_be_bytes())?;
+                    // The stray-verdict sweep's bound: the highest part id archived so far.
+                    let newest = archived
+                        .iter()
+                        .filter_map(|(_, record)| match &record.body {
+                            RecordBody::Inspection(i) => Some(i.part_id),
+                            _ => None,
+                        });
+                    if let Some(newest) = newest.max() {
+                        let through = meta
+                            .get(SHADOW_SWEEP_THROUGH_KEY)?
+                            .map_or(newest, |v| be_u64(&v).max(newest));
+                        meta.insert(SHADOW_SWEEP_THROUGH_KEY, &through.to_be_bytes())?;
+                    }
                     Ok(())
                 },
             )
@@ -1487,6 +1522,9 @@ impl WorkOrderBook {
 
 /// Meta key of the part-id reservation.
 const RESERVED_KEY: &[u8] = b"part_ids_reserved_until";
+/// Meta key of the highest part id whose inspection was archived: shadow verdicts at or below
+/// it with no inspection kept are strays ([`Store::prune_stray_shadows`]).
+const SHADOW_SWEEP_THROUGH_KEY: &[u8] = b"shadow_sweep_through";
 /// Meta key of the oldest sequence number kept.
 pub(crate) const FIRST_SEQ_KEY: &[u8] = b"first_seq";
 
