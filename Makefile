@@ -133,7 +133,7 @@ train:
 eval:
 	cargo run --release --locked -- eval synthetic --json target/eval.json
 
-## eval-datasets: train and evaluate on the real datasets in ../shared/datasets (about 75 min)
+## eval-datasets: train and evaluate on the real datasets in ../shared/datasets (about 92 min)
 eval-datasets: setup weights
 	cargo build --release --locked
 	bash scripts/eval-datasets.sh $(CARGO_TARGET_DIR)/release/linesight

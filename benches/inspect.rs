@@ -243,8 +243,9 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     c.bench_function(&format!("{prefix}anomaly/nearest_1024x4096"), |b| {
         b.iter(|| nearest_distances(&queries, &bank_t, &bank_sq).expect("distances"))
     });
-    // The anomaly model at 256 and at its default input size, 128.
-    for size in [256, 128] {
+    // The anomaly model at 512 (`--input-size auto:512` may choose it), at 256 and at its
+    // default input size, 128.
+    for size in [512, 256, 128] {
         let model = model_at_defaults(&features, size, &bank, &gaussian, &head);
         c.bench_function(
             &format!("{prefix}anomaly/score_256_input{size}_bank4096"),
