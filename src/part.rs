@@ -261,6 +261,34 @@ pub struct ViewInspection {
 }
 
 impl Inspection {
+    /// A one-camera inspection of `part_id` with `verdict` and `score` against a threshold of
+    /// 0.5, by model `test@1`, nothing else seen: for tests of what follows inspection.
+    #[cfg(test)]
+    pub(crate) fn judged(
+        part_id: u64,
+        inspected_at: StationTime,
+        verdict: Verdict,
+        score: f32,
+    ) -> Inspection {
+        Inspection {
+            part_id: PartId(part_id),
+            inspected_at,
+            verdict,
+            score: Some(score),
+            threshold: 0.5,
+            model_version: Arc::from("test@1"),
+            image: None,
+            heat_map: None,
+            mm_per_pixel: None,
+            calibration: None,
+            defect_class: None,
+            defect_boxes: Vec::new(),
+            error: None,
+            novelty: None,
+            views: None,
+        }
+    }
+
     /// A part seen by several cameras: its verdict is the worst of its views' (a defect seen
     /// outranks a view that could not be judged, and either rejects), and the other fields
     /// come from the view that decided, the first of the worst (among equals, one that names

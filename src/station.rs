@@ -1614,23 +1614,7 @@ mod tests {
         assert_eq!(command.outcome.disposition, Disposition::RejectNoVerdict);
         // Its PASS comes only now.
         inspections_tx
-            .send(Inspection {
-                part_id: PartId(1),
-                inspected_at: clock.now(),
-                verdict: Verdict::Pass,
-                score: Some(0.1),
-                threshold: 0.5,
-                model_version: Arc::from("test@1"),
-                image: None,
-                heat_map: None,
-                mm_per_pixel: None,
-                calibration: None,
-                defect_class: None,
-                defect_boxes: Vec::new(),
-                error: None,
-                novelty: None,
-                views: None,
-            })
+            .send(Inspection::judged(1, clock.now(), Verdict::Pass, 0.1))
             .await
             .expect("the tracker runs");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -1222,23 +1222,7 @@ mod tests {
 
     /// What the model said of a part: PASS.
     fn passed(part_id: u64, at: StationTime) -> crate::part::Inspection {
-        crate::part::Inspection {
-            part_id: crate::part::PartId(part_id),
-            inspected_at: at,
-            verdict: crate::part::Verdict::Pass,
-            score: Some(0.1),
-            threshold: 0.5,
-            model_version: Arc::from("test@1"),
-            image: None,
-            heat_map: None,
-            mm_per_pixel: None,
-            calibration: None,
-            defect_class: None,
-            defect_boxes: Vec::new(),
-            error: None,
-            novelty: None,
-            views: None,
-        }
+        crate::part::Inspection::judged(part_id, at, crate::part::Verdict::Pass, 0.1)
     }
 
     /// A PASS held back while the PLC is lost goes out as a reject by policy, and the part is

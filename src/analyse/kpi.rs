@@ -1323,6 +1323,25 @@ mod tests {
         assert!(close(k.effectiveness, 0.5));
     }
 
+    /// A work order as the KPIs see it, started and completed at the times given.
+    fn order(id: &str, started: Option<&str>, completed: Option<&str>) -> WorkOrderSpan {
+        WorkOrderSpan {
+            id: id.into(),
+            started_at: started.map(time),
+            completed_at: completed.map(time),
+            ideal_cycle_s: None,
+        }
+    }
+
+    /// The report by work order of `orders` over `range`, the other inputs from `input`.
+    fn by_work_order(input: KpiInput<'_>, orders: &[WorkOrderSpan], range: Range) -> KpiReport {
+        KpiInput {
+            work_orders: orders,
+            ..input
+        }
+        .report(range, Period::WorkOrder)
+    }
+
     #[test]
     fn work_orders_get_their_own_time_and_parts_and_unattributed_parts_the_rest() {
         let plan = plan(&[], 0, Some(1.0));
@@ -1439,29 +1458,23 @@ mod tests {
         ));
         let orders = [
             // Started before the range: it still loses to WO-B, started later.
-            WorkOrderSpan {
-                id: "WO-A".into(),
-                started_at: Some(time("2024-05-06T05:30:00Z")),
-                completed_at: Some(time("2024-05-06T08:00:00Z")),
-                ideal_cycle_s: None,
-            },
-            WorkOrderSpan {
-                id: "WO-B".into(),
-                started_at: Some(time("2024-05-06T07:00:00Z")),
-                completed_at: Some(time("2024-05-06T07:30:00Z")),
-                ideal_cycle_s: None,
-            },
+            order(
+                "WO-A",
+                Some("2024-05-06T05:30:00Z"),
+                Some("2024-05-06T08:00:00Z"),
+            ),
+            order(
+                "WO-B",
+                Some("2024-05-06T07:00:00Z"),
+                Some("2024-05-06T07:30:00Z"),
+            ),
         ];
         let range = Range::new(
             time("2024-05-06T06:00:00Z"),
             time("2024-05-06T08:00:00Z"),
             time("2024-05-06T09:00:00Z"),
         );
-        let report = KpiInput {
-            work_orders: &orders,
-            ..input(&plan, &buckets)
-        }
-        .report(range, Period::WorkOrder);
+        let report = by_work_order(input(&plan, &buckets), &orders, range);
         let rows: Vec<_> = report
             .periods
             .iter()
@@ -1521,31 +1534,14 @@ mod tests {
             60,
             0,
         );
-        let started = Some(time("2024-05-06T06:00:00Z"));
-        let orders = [
-            WorkOrderSpan {
-                id: "WO-1".into(),
-                started_at: started,
-                completed_at: None,
-                ideal_cycle_s: None,
-            },
-            WorkOrderSpan {
-                id: "WO-2".into(),
-                started_at: started,
-                completed_at: None,
-                ideal_cycle_s: None,
-            },
-        ];
+        let started = Some("2024-05-06T06:00:00Z");
+        let orders = [order("WO-1", started, None), order("WO-2", started, None)];
         let range = Range::new(
             time("2024-05-06T06:00:00Z"),
             time("2024-05-06T07:00:00Z"),
             time("2024-05-06T07:00:00Z"),
         );
-        let report = KpiInput {
-            work_orders: &orders,
-            ..input(&plan, &buckets)
-        }
-        .report(range, Period::WorkOrder);
+        let report = by_work_order(input(&plan, &buckets), &orders, range);
         let rows: Vec<_> = report
             .periods
             .iter()

@@ -196,19 +196,8 @@ mod tests {
     /// after newer parts' (below the oldest part kept).
     #[tokio::test]
     async fn archived_parts_take_their_shadow_verdicts_along() {
-        use crate::part::Verdict;
-        use crate::record::ShadowVerdict;
-        use crate::record::testing::judged_inspection;
+        use crate::record::testing::{judged_inspection, shadow_pass as shadow};
 
-        let shadow = |part_id| ShadowVerdict {
-            part_id,
-            version: "b".into(),
-            verdict: Verdict::Pass,
-            score: Some(0.1),
-            live_version: "a".into(),
-            live_verdict: Verdict::Pass,
-            live_score: Some(0.2),
-        };
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), "s").expect("open");
         store.images().set_min_free_bytes(0);

@@ -1629,19 +1629,7 @@ pub(crate) fn be_u64(key: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::testing::judged_inspection;
-
-    fn shadow(part_id: u64) -> ShadowVerdict {
-        ShadowVerdict {
-            part_id,
-            version: "b".into(),
-            verdict: Verdict::Pass,
-            score: Some(0.1),
-            live_version: "a".into(),
-            live_verdict: Verdict::Pass,
-            live_score: Some(0.2),
-        }
-    }
+    use crate::record::testing::{judged_inspection, shadow_pass as shadow};
 
     /// A floor well past what the disk has free, as if it were nearly full.
     fn short_of_space(store: &Store) {

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ActuationStatus, InspectionRecord, RecordBody};
+use super::{ActuationStatus, InspectionRecord, RecordBody, ShadowVerdict};
 use crate::part::{Disposition, Verdict};
 
 /// The inspection record of a part the model judged at `at`: failed with `class` when one is
@@ -42,4 +42,17 @@ pub fn judged_inspection(part_id: u64, at: DateTime<Utc>, class: Option<&str>) -
         error: None,
         novelty: None,
     })
+}
+
+/// Shadow model `b`'s PASS on `part_id`, where live model `a` passed it too.
+pub fn shadow_pass(part_id: u64) -> ShadowVerdict {
+    ShadowVerdict {
+        part_id,
+        version: "b".into(),
+        verdict: Verdict::Pass,
+        score: Some(0.1),
+        live_version: "a".into(),
+        live_verdict: Verdict::Pass,
+        live_score: Some(0.2),
+    }
 }
