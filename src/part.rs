@@ -336,8 +336,9 @@ pub enum Disposition {
     RejectFailed,
     /// The model could not inspect the part.
     RejectError,
-    /// Rejected by policy: no verdict by the gate deadline, or a PASS held back because the
-    /// PLC's heartbeat was lost (the model's PASS stays in the record's verdict).
+    /// Rejected by policy: no verdict by the gate deadline, or a PASS that never reached the
+    /// PLC ([`PartOutcome::settle_undelivered_pass`]; the model's PASS stays in the record's
+    /// verdict).
     RejectNoVerdict,
 }
 
@@ -386,9 +387,65 @@ pub struct PartOutcome {
     pub actuation: Actuation,
 }
 
+impl PartOutcome {
+    /// Records a PASS that never reached the PLC as one it acted on (held back while the PLC
+    /// was lost, unsent in its window, acknowledged too late, dropped by a full gate queue, no
+    /// result slot) as what became of the part: the PLC diverts a part without a PASS, so it
+    /// is a reject by policy, the model's PASS kept as its verdict. The record, the `parts`
+    /// metric and the production counts read the disposition, so none of them may count such
+    /// a part good. (A PASS whose resend the lost heartbeat cut may have landed the first time;
+    /// it is counted diverted too, the side that never counts a part good that may not be.)
+    pub fn settle_undelivered_pass(&mut self) {
+        if self.disposition == Disposition::Pass
+            && matches!(self.actuation, Actuation::Failed { .. })
+        {
+            self.disposition = Disposition::RejectNoVerdict;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a PASS whose actuation failed becomes a reject by policy; a delivered PASS and a
+    /// reject (delivered or not: the PLC diverts it either way) keep their disposition.
+    #[test]
+    fn an_undelivered_pass_is_settled_as_a_reject_by_policy() {
+        let at = StationTime(Duration::from_millis(5));
+        let outcome = |disposition, actuation| PartOutcome {
+            part_id: PartId(1),
+            captured_at: at,
+            gate_at: at,
+            decided_at: at,
+            disposition,
+            inspection: None,
+            inspection_late: false,
+            actuation,
+        };
+        let failed = || Actuation::Failed {
+            at,
+            error: "unsent".into(),
+        };
+        for (disposition, actuation, settled) in [
+            (Disposition::Pass, failed(), Disposition::RejectNoVerdict),
+            (Disposition::Pass, Actuation::NotRequired, Disposition::Pass),
+            (
+                Disposition::RejectFailed,
+                failed(),
+                Disposition::RejectFailed,
+            ),
+            (
+                Disposition::RejectFailed,
+                Actuation::Done { at },
+                Disposition::RejectFailed,
+            ),
+        ] {
+            let mut part = outcome(disposition, actuation);
+            part.settle_undelivered_pass();
+            assert_eq!(part.disposition, settled, "{part:?}");
+        }
+    }
 
     #[test]
     fn several_views_keep_the_worst_verdict_and_a_tolerated_class() {

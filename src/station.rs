@@ -1289,6 +1289,7 @@ async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
             at: now,
             error: why,
         };
+        outcome.settle_undelivered_pass();
         if ctx.outcomes.send(outcome).await.is_err() {
             tracing::error!("recorder stopped; part not recorded");
         }
@@ -1309,6 +1310,7 @@ async fn dispatch(ctx: &mut TrackContext, due: crate::track::DuePart) {
                 at: now,
                 error: "gate queue full: the PLC link is too slow".into(),
             };
+            outcome.settle_undelivered_pass();
             ctx.outcomes.send(outcome).await.is_ok()
         }
         Err(TrySendError::Closed(_)) => false,

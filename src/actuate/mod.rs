@@ -715,16 +715,9 @@ pub async fn run_gate(mut ctx: GateContext) {
     let mut last_gate = None;
     let mut last_place = None;
     while let Some(GateCommand { mut outcome, place }) = ctx.commands.recv().await {
-        let sent = actuate(&mut ctx, &outcome, place).await;
-        outcome.actuation = sent.actuation;
-        if sent.held_by_policy {
-            // No PASS went out for the part: the PLC diverts it. The disposition is what the
-            // record, the `parts` metric and the production counts (OEE, first-pass yield)
-            // read, so it must say what happened to the part, a reject by policy, not what
-            // the model said: the model's PASS stays in the record's verdict, and the
-            // actuation error says why it was held.
-            outcome.disposition = Disposition::RejectNoVerdict;
-        }
+        outcome.actuation = actuate(&mut ctx, &outcome, place).await;
+        // A PASS held back or not delivered leaves the part diverted: recorded as such.
+        outcome.settle_undelivered_pass();
         last_gate = Some(outcome.gate_at);
         last_place = place.or(last_place);
         if ctx.outcomes.send(outcome).await.is_err() {
@@ -749,21 +742,17 @@ pub async fn run_gate(mut ctx: GateContext) {
 const PASS_HELD: &str =
     "PASS held back: the PLC's heartbeat is lost, so the part went as reject by policy";
 
-/// What the gate did with one part's command.
-struct Sent {
-    actuation: Actuation,
-    /// The part's PASS was held back because the PLC's heartbeat was lost (it went out as a
-    /// reject by policy, or not at all): no PASS left for it, so the PLC diverts it.
-    held_by_policy: bool,
-}
-
 /// Sends a part's command inside its window, resending once over a fresh link while the
 /// window is open. A command that cannot be acknowledged inside the window is recorded as
 /// failed: the PLC diverts a part without a command, so a failed PASS costs a good part, never
 /// ships a bad one. A delivered PASS fires nothing ([`Actuation::NotRequired`]). A PASS held
-/// back while the PLC is lost is recorded as failed, with the reason, and said so in
-/// [`Sent::held_by_policy`], for the caller to record the part as rejected.
-async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome, place: Option<GatePlace>) -> Sent {
+/// back while the PLC is lost is recorded as failed, with the reason (the caller settles the
+/// part as rejected, [`PartOutcome::settle_undelivered_pass`]).
+async fn actuate(
+    ctx: &mut GateContext,
+    outcome: &PartOutcome,
+    place: Option<GatePlace>,
+) -> Actuation {
     let mut verdict = gate_verdict(outcome.disposition);
     let mut held_by_policy = false;
     let opens = outcome.gate_at.before(ctx.command_window);
@@ -876,7 +865,7 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome, place: Option<Gat
     };
     // A held PASS whose reject by policy then could not be delivered either keeps both
     // reasons: why no PASS went out, and why the reject did not.
-    let actuation = match actuation {
+    match actuation {
         Actuation::Failed { at, error } if held_by_policy && error != PASS_HELD => {
             Actuation::Failed {
                 at,
@@ -884,10 +873,6 @@ async fn actuate(ctx: &mut GateContext, outcome: &PartOutcome, place: Option<Gat
             }
         }
         actuation => actuation,
-    };
-    Sent {
-        actuation,
-        held_by_policy,
     }
 }
 

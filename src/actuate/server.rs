@@ -32,9 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::register_map::{SERVER_CONTROL_LEN, SERVER_STATUS_HEADER_LEN, ServerBlocks};
 use super::{GateCommand, GateVerdict, PlcHeartbeat, PlcWatch, WordOrder, gate_verdict};
 use crate::metrics::Metrics;
-use crate::part::{
-    Actuation, Disposition, ExternalTrigger, PartId, PartOutcome, StationClock, TriggerSink,
-};
+use crate::part::{Actuation, ExternalTrigger, PartId, PartOutcome, StationClock, TriggerSink};
 
 /// Control block bits (`control + 0`).
 mod control_bit {
@@ -675,12 +673,9 @@ pub async fn run_results(mut ctx: ResultsContext) {
     while let Some(GateCommand { mut outcome, .. }) = ctx.commands.recv().await {
         let hold_pass = ctx.plc_lost.load(Ordering::Relaxed);
         outcome.actuation = ctx.server.publish(&outcome, hold_pass, Instant::now());
-        if hold_pass && outcome.disposition == Disposition::Pass {
-            // No PASS was published for the part (a reject by policy was, or nothing), so the
-            // PLC diverts it: recorded as what became of it, as the client-mode gate does
-            // (`run_gate`), with the model's PASS kept as its verdict.
-            outcome.disposition = Disposition::RejectNoVerdict;
-        }
+        // A PASS held back, or with no trigger or slot to publish it under, leaves the part
+        // diverted by the PLC: recorded as such, as the client-mode gate does.
+        outcome.settle_undelivered_pass();
         match outcome.actuation {
             Actuation::Failed { .. } => ctx.metrics.gate_commands_failed.inc(),
             _ => ctx.metrics.gate_commands_ok.inc(),
@@ -699,6 +694,7 @@ pub async fn run_results(mut ctx: ResultsContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::part::Disposition;
 
     const BLOCKS: ServerBlocks = ServerBlocks {
         control: 200,

@@ -129,12 +129,8 @@ pub struct Judgement {
 }
 
 /// How a part counts, given its inspection and its latest label (if any).
-///
-/// A part rejected by policy is never good first time, even where its disposition still says
-/// pass: a PASS the PLC never received (unsent in its window, acknowledged too late, a resend
-/// that failed) leaves the part diverted, and its record says so (`rejected_by_policy`).
 pub fn judge(inspection: &InspectionRecord, label: Option<&LabelRecord>) -> Judgement {
-    let passed = inspection.disposition == Disposition::Pass && !inspection.rejected_by_policy;
+    let passed = inspection.disposition == Disposition::Pass;
     let defective = match label {
         Some(label) => label.verdict != Verdict::Pass,
         None => !passed,
@@ -889,30 +885,6 @@ mod tests {
         assert_eq!(buckets.len(), 1);
         assert_eq!(buckets[0].minute, minute("2024-05-07T00:00:00Z"));
         assert_eq!(counts.cursor(), 1);
-    }
-
-    /// A PASS the PLC never received (its record says rejected by policy, the disposition
-    /// still pass) left the part diverted: not good first time, and a defect of no class
-    /// until someone labels it; a label saying good makes it no defect, still not first-pass.
-    #[test]
-    fn a_pass_never_delivered_is_not_good_first_time() {
-        let RecordBody::Inspection(mut undelivered) =
-            inspection(1, "2026-03-02T06:00:00Z", Disposition::Pass, None, None)
-        else {
-            unreachable!("an inspection")
-        };
-        let delivered = undelivered.clone();
-        assert!(judge(&delivered, None).first_pass_good);
-        undelivered.rejected_by_policy = true;
-        let judged = judge(&undelivered, None);
-        assert!(!judged.first_pass_good, "{judged:?}");
-        assert_eq!(judged.defect.as_deref(), Some(UNCLASSIFIED));
-        let RecordBody::Label(good) = label(1, 0, Verdict::Pass, None) else {
-            unreachable!("a label")
-        };
-        let relabelled = judge(&undelivered, Some(&good));
-        assert_eq!(relabelled.defect, None);
-        assert!(!relabelled.first_pass_good);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! the journal only by being archived, after the age the station's config allows, into a
 //! JSON-lines file that is synced before anything is deleted. A pull from before the oldest
 //! kept record then answers 410 with where the records start. A part's shadow verdict goes
-//! with its inspection record. Archiving, like images, yields to the records when the disk
-//! is short of space (`[records] min_free_mb`): it waits for a later run.
+//! with its inspection record. Archiving to the data disk, like images, yields to the records
+//! when the disk is short of space (`[records] min_free_mb`): it waits for a later run. An
+//! archive on a disk of its own goes on down to the records' own floor (half the whole), as
+//! moving records off the data disk is then what keeps room for new ones.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -216,16 +218,22 @@ mod tests {
         // The records of one write share their time, so this cutoff falls between the writes.
         let cutoff = old[0].recorded_at + chrono::TimeDelta::nanoseconds(1);
         let new = store
-            .append_all((32..37).map(|p| judged_inspection(p, now, None)).collect())
+            .append_all(
+                [5, 32, 33, 34, 35, 36]
+                    .into_iter()
+                    .map(|p| judged_inspection(p, now, None))
+                    .collect(),
+            )
             .await
             .expect("new");
         assert!(
             new[0].recorded_at >= cutoff,
             "the clock went on between writes"
         );
-        // Parts 3 and 15 never recorded; part 30 still in flight, below the oldest part kept
-        // (32) but above every archived one.
-        for part in [3, 10, 11, 12, 13, 15, 26, 30, 32, 33, 34, 35, 36] {
+        // Parts 3 and 15 never recorded; part 5 recorded late, kept, below the sweep's bound;
+        // part 30 still in flight, below the oldest part kept after 5 but above every archived
+        // one.
+        for part in [3, 5, 10, 11, 12, 13, 15, 26, 30, 32, 33, 34, 35, 36] {
             store.put_shadow(&shadow(part)).expect("shadow");
         }
         let archive = dir.path().join("archive");
@@ -240,8 +248,8 @@ mod tests {
                 .filter(|&p| store.shadow_verdict(p).expect("read").is_some())
                 .collect()
         };
-        assert_eq!(kept(&store), [30, 32, 33, 34, 35, 36]);
-        assert_eq!(store.shadow_summary("b").expect("summary").compared, 6);
+        assert_eq!(kept(&store), [5, 30, 32, 33, 34, 35, 36]);
+        assert_eq!(store.shadow_summary("b").expect("summary").compared, 7);
         // Nothing older to archive: the next call changes nothing.
         assert!(
             store
@@ -250,10 +258,10 @@ mod tests {
                 .expect("again")
                 .is_none()
         );
-        assert_eq!(kept(&store), [30, 32, 33, 34, 35, 36]);
+        assert_eq!(kept(&store), [5, 30, 32, 33, 34, 35, 36]);
         drop(store);
         let store = Store::open(dir.path(), "s").expect("reopen");
-        assert_eq!(kept(&store), [30, 32, 33, 34, 35, 36], "durably so");
+        assert_eq!(kept(&store), [5, 30, 32, 33, 34, 35, 36], "durably so");
     }
 
     #[test]

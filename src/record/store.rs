@@ -261,8 +261,10 @@ impl Store {
     ///
     /// What else grows with production yields before the records, at the whole floor: images
     /// ([`Store::save_image`]), shadow verdicts ([`Store::put_shadow`]) and archive files
-    /// ([`Store::archive_before`]). So the band between the whole floor and half of it is
-    /// left to the acknowledged records alone. Tiny fixed-size metadata writes (an MES
+    /// ([`Store::archive_before`], when its files go to the data disk; an archive on a disk of
+    /// its own needs only the records' half of the floor here, since archiving is what stops
+    /// the journal growing). So the band between the whole floor and half of it is left to the
+    /// records and their archiving. Tiny fixed-size metadata writes (an MES
     /// acknowledgement, a run's part-id reservation) are not refused at all: see
     /// [`Store::acknowledge`].
     fn ensure_space(&self, need: u64) -> Result<(), RecordError> {
@@ -1083,9 +1085,10 @@ impl Store {
     /// "gone". Returns `None` when nothing is that old. One chunk a call (the archiver calls
     /// again while something went).
     ///
-    /// [`RecordError::DiskFull`] (nothing written, nothing pruned) while the file would take
-    /// the data disk below the whole free-space floor: archiving yields to the records, as
-    /// images do, and the archiver tries again on its next run.
+    /// [`RecordError::DiskFull`] (nothing pruned) while the file would take the data disk
+    /// below the whole free-space floor, or, with the archive on a disk of its own, while the
+    /// data disk is below the records' half of it or the file does not fit there: archiving
+    /// yields to the records, as images do, and the archiver tries again on its next run.
     pub async fn archive_before(
         &self,
         cutoff: DateTime<Utc>,
@@ -1129,8 +1132,8 @@ impl Store {
     /// A part still in flight is newer than every archived one, so it is never touched, even
     /// when its record comes after a newer part's (a missed part's outcome overtakes the gate
     /// queue); nor is a kept inspection's verdict, whatever its id. With nothing archived yet
-    /// there is no bound, and nothing goes. Keeps the whole free-space floor (deleting is a
-    /// sled write too). Removes in batches, each under a fresh handle, so a reopen never waits
+    /// there is no bound, and nothing goes. Keeps the records' half of the free-space floor
+    /// (deleting is a sled write too, as the archive's prune). Removes in batches, each under a fresh handle, so a reopen never waits
     /// on a long sweep. Returns how many went.
     fn prune_stray_shadows(&self) -> Result<usize, RecordError> {
         const BATCH: usize = 10_000;
@@ -1139,7 +1142,8 @@ impl Store {
         // looked at again.
         let mut from = 0u64;
         loop {
-            self.ensure_space(self.images().min_free_bytes())?;
+            // The records' own floor, as the archive's prune: deleting is what frees room.
+            self.ensure_space(self.images().min_free_bytes() / 2)?;
             let handles = self.handles()?;
             let t = &handles.trees;
             let Some(through) = t.meta.get(SHADOW_SWEEP_THROUGH_KEY)?.map(|v| be_u64(&v)) else {
@@ -1227,6 +1231,16 @@ impl Store {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io(dir, e))?;
+        }
+        // Two folders on different devices may still share their space (btrfs subvolumes, an
+        // overlay beside a volume of one disk): the prune below must find the records' floor
+        // free after the file, whatever `ensure_archive_space` assumed. If not, the file goes
+        // again and nothing is pruned: the records stay, the next run tries again.
+        if let Err(short) = self.ensure_space(self.images().min_free_bytes() / 2) {
+            if let Err(error) = std::fs::remove_file(&file) {
+                tracing::warn!(file = %file.display(), %error, "an archive file not pruned from could not be removed");
+            }
+            return Err(short);
         }
         // Readers stop seeing the archived records before they go, so a pull from before them
         // answers "gone" rather than skipping them.

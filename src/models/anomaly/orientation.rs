@@ -17,8 +17,8 @@
 //! The protocol ([`choose`]):
 //! 1. **Candidates**: the seven turns of [`Orientation::ALL`] (the square's symmetries other
 //!    than the identity: two flips, three rotations, two transposes).
-//! 2. **Trial**: the input size's plain memory bank ([`super::input_size::TrialBank`]: at most
-//!    16,384 patches drawn at random) of up to [`TRIAL_FIT_IMAGES`] good fit images as they are; up to
+//! 2. **Trial**: the input size's plain memory bank ([`super::input_size::TrialBank`]: every
+//!    patch, up to 131,072) of up to [`TRIAL_FIT_IMAGES`] good fit images as they are; up to
 //!    [`TRIAL_VALIDATION_IMAGES`] good validation images are scored (their farthest patch's
 //!    distance to the bank) as they are and turned by each candidate.
 //! 3. **Choice**: a turn is taken when its turned images cannot be told from the same images
@@ -28,7 +28,8 @@
 //!    ([`turned_one_in`]; the card's rule says so).
 //!
 //! The trial is a plain nearest-neighbour score with no coreset, image score or head, so it
-//! takes seconds; the card keeps every candidate's AUROC ([`OrientationChoice`]).
+//! takes seconds at 128 and 256 (about a minute a turn at 512); the card keeps every
+//! candidate's AUROC ([`OrientationChoice`]).
 
 use std::path::PathBuf;
 
