@@ -728,6 +728,8 @@ impl Timeline {
 /// The parts of one minute, of all work orders together.
 #[derive(Debug, Clone, Copy)]
 struct MinuteParts {
+    /// The minute, since the epoch.
+    minute: i64,
     /// Capture time of the first and the last part, UTC milliseconds.
     first: i64,
     last: i64,
@@ -737,7 +739,6 @@ struct MinuteParts {
 /// The minutes with parts of a minute-sorted slice, in order.
 fn parts_by_minute(buckets: &[MinuteBucket]) -> Vec<MinuteParts> {
     let mut out: Vec<MinuteParts> = Vec::new();
-    let mut current_minute = None;
     for bucket in buckets.iter().filter(|b| b.counts.inspected > 0) {
         let base = bucket.minute * MINUTE_MS;
         let (first, last) = (
@@ -746,18 +747,18 @@ fn parts_by_minute(buckets: &[MinuteBucket]) -> Vec<MinuteParts> {
         );
         match out.last_mut() {
             // Another work order's parts of the same minute.
-            Some(parts) if current_minute == Some(bucket.minute) => {
+            Some(parts) if parts.minute == bucket.minute => {
                 parts.first = parts.first.min(first);
                 parts.last = parts.last.max(last);
                 parts.count += bucket.counts.inspected;
             }
             _ => {
                 out.push(MinuteParts {
+                    minute: bucket.minute,
                     first,
                     last,
                     count: bucket.counts.inspected,
                 });
-                current_minute = Some(bucket.minute);
             }
         }
     }

@@ -415,7 +415,6 @@ impl PartTracker {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -435,23 +434,7 @@ mod tests {
     }
 
     fn inspection(part: u64, verdict: Verdict) -> Inspection {
-        Inspection {
-            defect_class: None,
-            defect_boxes: Vec::new(),
-            part_id: PartId(part),
-            inspected_at: ms(0),
-            verdict,
-            score: Some(0.5),
-            threshold: 0.5,
-            model_version: Arc::from("test"),
-            image: None,
-            heat_map: None,
-            mm_per_pixel: None,
-            calibration: None,
-            error: None,
-            views: None,
-            novelty: None,
-        }
+        Inspection::judged(part, ms(0), verdict, 0.5)
     }
 
     /// Triggers part 1 at 0 ms, delivers `verdict` at `verdict_at`, returns what is due at 990 ms.
