@@ -188,6 +188,66 @@ fn the_scores_summed_are_chosen_on_defects_painted_on_the_validation_images() {
     );
 }
 
+/// A new product with a handful of good images (KolektorSDD's subset has 7): one lands in the
+/// validation fold, the rest are fitted. Every one of them is still scored by a bank that never
+/// held its patches, so the threshold sits above good parts the model has not seen, rather
+/// than above the training images' own scores, which a bank holding their patches puts near
+/// zero (KolektorSDD: all 6 held-out good parts rejected that way).
+#[test]
+fn a_handful_of_good_images_still_sets_the_threshold_on_parts_each_bank_never_saw() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let weights = backbone_weights();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    let mut generator = PartGenerator::new(23, 256, 256, 0.0);
+    write_mvtec_parts(&root, &mut generator, 7, 12);
+    let card = anomaly_train::train(&AnomalySettings {
+        name: "few-goods".into(),
+        layout: Layout::Mvtec,
+        data: root,
+        backbone_weights: weights,
+        bank_size: BankSize::Fixed(1024),
+        input_size: InputSize::Fixed(128),
+        target_false_reject_rate: 0.05,
+        synthetic_defects_per_good: 2,
+        coarse_input_size: Some(64),
+        orientations: Orientations::None,
+        seed: 5,
+        out_dir: dir.path().join("model"),
+        progress: Progress::hidden(),
+    })
+    .expect("trains");
+    // All 7 scored out of fold, and the model shipped learns from all 7.
+    assert_eq!(
+        (card.family.n_train_good, card.family.n_validation_good),
+        (7, 7),
+        "{}",
+        card.head.threshold_rule
+    );
+    assert!(
+        card.head.threshold_rule.contains("cross-conformal"),
+        "{}",
+        card.head.threshold_rule
+    );
+    // 7 scores are too few for a 5 % promise (it takes 19): the rule says so.
+    assert!(card.head.threshold_guarantee.is_none());
+    assert!(
+        card.head.threshold_rule.contains("without a guarantee"),
+        "{}",
+        card.head.threshold_rule
+    );
+    // Too few validation images to choose which scores count: all of them do.
+    assert!(card.family.score_choice.is_none());
+    // The 12 held-out good parts: a threshold above 7 good parts each scored by a bank
+    // without it rejects about one new good part in 8, far from all of them.
+    let at_threshold = &card.family.metrics.at_threshold;
+    assert!(
+        at_threshold.false_reject_rate <= 0.5,
+        "{at_threshold:?}: {}",
+        card.head.threshold_rule
+    );
+}
+
 #[test]
 fn anomaly_model_learns_good_parts_and_flags_defects() {
     let _one = crate::CPU_HEAVY.blocking_lock();
