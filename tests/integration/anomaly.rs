@@ -1,7 +1,7 @@
 //! The anomaly model end to end on a generated MVTec-layout dataset: learns from good parts
 //! only, then separates held-out defective parts from good ones.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use linesight::inspect::registry::Registry;
@@ -23,6 +23,33 @@ use crate::{backbone_weights, write_mvtec_parts, write_tile_dataset};
 /// the spread (standard deviation) of good parts' scores.
 const BF16_SHARE_OF_GOOD_SPREAD: f32 = 0.5;
 
+/// What most tests here train with: the MVTec-layout folder `data`, a 128 input, a bank of
+/// `bank` entries, two painted defects per good image for the head, a coarse image score at 64
+/// and no turned copies; each test changes what it is about.
+fn small_model(
+    name: &str,
+    data: &Path,
+    out_dir: PathBuf,
+    bank: usize,
+    seed: u64,
+) -> AnomalySettings {
+    AnomalySettings {
+        name: name.into(),
+        layout: Layout::Mvtec,
+        data: data.to_owned(),
+        backbone_weights: backbone_weights(),
+        bank_size: BankSize::Fixed(bank),
+        input_size: InputSize::Fixed(128),
+        target_false_reject_rate: 0.05,
+        synthetic_defects_per_good: 2,
+        coarse_input_size: Some(64),
+        orientations: Orientations::None,
+        seed,
+        out_dir,
+        progress: Progress::hidden(),
+    }
+}
+
 /// `--input-size auto` (the default): the run tries each size up to the images' own
 /// resolution on defects painted on its good validation images, keeps every trial on the
 /// card, and trains at the size the rule picks; images too small for a larger size get the
@@ -35,19 +62,16 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
         let root = dir.path().join(name);
         write_mvtec_parts(&root, &mut PartGenerator::new(5, side, side, 0.0), 20, 4);
         anomaly_train::train(&AnomalySettings {
-            name: name.into(),
-            layout: Layout::Mvtec,
-            data: root,
-            backbone_weights: backbone_weights(),
-            bank_size: BankSize::Fixed(512),
             input_size: InputSize::AUTO,
-            target_false_reject_rate: 0.05,
             synthetic_defects_per_good: 0,
             coarse_input_size: None,
-            orientations: Orientations::None,
-            seed: 1,
-            out_dir: dir.path().join(format!("{name}-model")),
-            progress: Progress::hidden(),
+            ..small_model(
+                name,
+                &root,
+                dir.path().join(format!("{name}-model")),
+                512,
+                1,
+            )
         })
         .expect("trains")
         .family
@@ -92,23 +116,9 @@ fn the_scores_summed_are_chosen_on_defects_painted_on_the_validation_images() {
     let mut generator = PartGenerator::new(8, 128, 128, 0.0);
     write_mvtec_parts(&root, &mut generator, 100, 4);
     let out = dir.path().join("model");
-    let card = anomaly_train::train(&AnomalySettings {
-        name: "chosen-scores".into(),
-        layout: Layout::Mvtec,
-        data: root,
-        backbone_weights: weights.clone(),
-        bank_size: BankSize::Fixed(512),
-        input_size: InputSize::Fixed(128),
-        target_false_reject_rate: 0.05,
-        synthetic_defects_per_good: 2,
-        coarse_input_size: Some(64),
-        orientations: Orientations::None,
-        seed: 2,
-        out_dir: out.clone(),
-        progress: Progress::hidden(),
-    })
-    .expect("trains")
-    .family;
+    let card = anomaly_train::train(&small_model("chosen-scores", &root, out.clone(), 512, 2))
+        .expect("trains")
+        .family;
     let choice = card.score_choice.clone().expect("the score choice");
     assert_eq!((choice.n_good, choice.n_painted), (20, 40));
     assert!(!choice.rule.contains("too few"), "{}", choice.rule);
@@ -196,26 +206,17 @@ fn the_scores_summed_are_chosen_on_defects_painted_on_the_validation_images() {
 #[test]
 fn a_handful_of_good_images_still_sets_the_threshold_on_parts_each_bank_never_saw() {
     let _one = crate::CPU_HEAVY.blocking_lock();
-    let weights = backbone_weights();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("parts");
     let mut generator = PartGenerator::new(23, 256, 256, 0.0);
     write_mvtec_parts(&root, &mut generator, 7, 12);
-    let card = anomaly_train::train(&AnomalySettings {
-        name: "few-goods".into(),
-        layout: Layout::Mvtec,
-        data: root,
-        backbone_weights: weights,
-        bank_size: BankSize::Fixed(1024),
-        input_size: InputSize::Fixed(128),
-        target_false_reject_rate: 0.05,
-        synthetic_defects_per_good: 2,
-        coarse_input_size: Some(64),
-        orientations: Orientations::None,
-        seed: 5,
-        out_dir: dir.path().join("model"),
-        progress: Progress::hidden(),
-    })
+    let card = anomaly_train::train(&small_model(
+        "few-goods",
+        &root,
+        dir.path().join("model"),
+        1024,
+        5,
+    ))
     .expect("trains");
     // All 7 scored out of fold, and the model shipped learns from all 7.
     assert_eq!(
@@ -259,21 +260,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     // A corrupt test image is skipped and counted, not fatal.
     std::fs::write(root.join("test/good/999.png"), b"not a png").expect("write");
 
-    let settings = AnomalySettings {
-        name: "synthetic-parts".into(),
-        layout: Layout::Mvtec,
-        data: root.clone(),
-        backbone_weights: weights.clone(),
-        bank_size: BankSize::Fixed(1024),
-        input_size: InputSize::Fixed(128),
-        target_false_reject_rate: 0.05,
-        synthetic_defects_per_good: 2,
-        coarse_input_size: Some(64),
-        orientations: Orientations::None,
-        seed: 3,
-        out_dir: dir.path().join("model"),
-        progress: Progress::hidden(),
-    };
+    let settings = small_model("synthetic-parts", &root, dir.path().join("model"), 1024, 3);
     // A coarse image score at the model's own input size would count the image score twice.
     let refused = anomaly_train::train(&AnomalySettings {
         coarse_input_size: Some(128),
@@ -853,19 +840,10 @@ fn turned_copies_are_learnt_only_where_a_turned_good_part_is_still_good() {
     };
     let train = |root: &Path, orientations: Orientations| {
         anomaly_train::train(&AnomalySettings {
-            name: "turns".into(),
-            layout: Layout::Mvtec,
-            data: root.to_owned(),
-            backbone_weights: backbone_weights(),
-            bank_size: BankSize::Fixed(512),
-            input_size: InputSize::Fixed(128),
-            target_false_reject_rate: 0.05,
             synthetic_defects_per_good: 0,
             coarse_input_size: None,
             orientations,
-            seed: 1,
-            out_dir: root.with_extension("model"),
-            progress: Progress::hidden(),
+            ..small_model("turns", root, root.with_extension("model"), 512, 1)
         })
         .expect("trains")
     };

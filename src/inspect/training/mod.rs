@@ -68,8 +68,8 @@ pub const MAX_TRAINING_PARTS: usize = 5_000;
 /// Every this-many-th image of each class is held out of training, to measure the model on.
 pub const HELD_OUT_EVERY: usize = 4;
 
-/// Good parts a model needs at least: a quarter is held out to measure it, and its threshold
-/// is chosen on a fifth of the rest, which must be at least 2 images (19 or more give the
+/// Good parts a model needs at least: a quarter is held out to measure it, and the rest, each
+/// scored by a model fitted without its fold, choose its threshold (19 or more give the
 /// threshold a finite-sample promise; the card says which it got).
 pub const MIN_GOOD_PARTS: usize = 20;
 

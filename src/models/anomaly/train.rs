@@ -527,8 +527,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                 .filter(|&(j, _)| j != i)
                 .map(|(_, p)| p)
                 .collect();
-            // Never fewer than 2 images learnt (with a single validation image, a large fold
-            // of a tiny set could leave one): such a fold is not scored.
+            // Never fewer than 2 images learnt: where unreadable images leave fewer outside a
+            // fold (a single validation image no longer guarantees 2), it is not scored.
             let learnt_images = images_in(&parts) - parts[i].images.len();
             if parts[i].images.is_empty() || learnt_images < 2 {
                 continue;
