@@ -274,6 +274,12 @@ impl Store {
         }
     }
 
+    /// The records' own floor, half the whole (`[records] min_free_mb`): what an append, and
+    /// the prunes that free room (the archive's, the stray shadow sweep's), keep free.
+    fn records_floor(&self) -> u64 {
+        self.images().min_free_bytes() / 2
+    }
+
     /// [`Store::ensure_space`] for an archive file of `bytes` in `dir` (which exists). On the
     /// data disk (the default, `<data>/archive`) the file must fit above the whole floor, as
     /// images must: sled does not give back the space its pruned records held, so archiving
@@ -282,12 +288,11 @@ impl Store {
     /// prune, a sled write like an append: archiving elsewhere is what keeps the journal from
     /// growing, so it must go on for as long as records are written.
     fn ensure_archive_space(&self, dir: &Path, bytes: u64) -> Result<(), RecordError> {
-        let floor = self.images().min_free_bytes();
         let same_disk = same_filesystem(dir, self.images().dir());
         self.ensure_space(if same_disk {
-            floor.saturating_add(bytes)
+            self.images().min_free_bytes().saturating_add(bytes)
         } else {
-            floor / 2
+            self.records_floor()
         })?;
         if !same_disk {
             match super::images::free_bytes(dir) {
@@ -449,7 +454,7 @@ impl Store {
         if inner.broken.load(Ordering::Acquire) {
             self.reopen(&mut next).await?;
         }
-        self.ensure_space(self.images().min_free_bytes() / 2)?;
+        self.ensure_space(self.records_floor())?;
         let recorded_at = Utc::now();
         let records: Vec<Record> = bodies
             .into_iter()
@@ -1133,8 +1138,8 @@ impl Store {
     /// when its record comes after a newer part's (a missed part's outcome overtakes the gate
     /// queue); nor is a kept inspection's verdict, whatever its id. With nothing archived yet
     /// there is no bound, and nothing goes. Keeps the records' half of the free-space floor
-    /// (deleting is a sled write too, as the archive's prune). Removes in batches, each under a fresh handle, so a reopen never waits
-    /// on a long sweep. Returns how many went.
+    /// (deleting is a sled write too, as the archive's prune). Removes in batches, each under
+    /// a fresh handle, so a reopen never waits on a long sweep. Returns how many went.
     fn prune_stray_shadows(&self) -> Result<usize, RecordError> {
         const BATCH: usize = 10_000;
         let mut pruned = 0;
@@ -1142,8 +1147,8 @@ impl Store {
         // looked at again.
         let mut from = 0u64;
         loop {
-            // The records' own floor, as the archive's prune: deleting is what frees room.
-            self.ensure_space(self.images().min_free_bytes() / 2)?;
+            // As the archive's prune: deleting is what frees room.
+            self.ensure_space(self.records_floor())?;
             let handles = self.handles()?;
             let t = &handles.trees;
             let Some(through) = t.meta.get(SHADOW_SWEEP_THROUGH_KEY)?.map(|v| be_u64(&v)) else {
@@ -1236,7 +1241,7 @@ impl Store {
         // overlay beside a volume of one disk): the prune below must find the records' floor
         // free after the file, whatever `ensure_archive_space` assumed. If not, the file goes
         // again and nothing is pruned: the records stay, the next run tries again.
-        if let Err(short) = self.ensure_space(self.images().min_free_bytes() / 2) {
+        if let Err(short) = self.ensure_space(self.records_floor()) {
             if let Err(error) = std::fs::remove_file(&file) {
                 tracing::warn!(file = %file.display(), %error, "an archive file not pruned from could not be removed");
             }
