@@ -157,6 +157,12 @@ for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "deeppcb-anomaly-512", 
     choice = json.load(open(f"{out}/{name}/card.json")).get("input_size_choice") or {}
     trials = ", ".join(f"{t['input_size']}: {t['painted_auroc']:.3f}" for t in choice.get("trials", []))
     print(f"{name + ' input size':<42} {choice.get('chosen', 'given'):>6}  ({trials or choice.get('rule', '')})")
+# The feature maps each anomaly run's patch features keep, with their trials on painted defects.
+for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "deeppcb-anomaly-512", "kolektorsdd-anomaly"]:
+    card = json.load(open(f"{out}/{name}/card.json"))
+    choice = card.get("patch_stages_choice") or {}
+    trials = ", ".join(f"{t['stages']}: {t['painted_auroc']:.3f}" for t in choice.get("trials", []))
+    print(f"{name + ' feature maps':<42} {card.get('patch_stages', 'both'):>8}  ({trials or choice.get('rule', 'given')})")
 # The memory bank each anomaly run chose, with how much each size tried raised good validation
 # images' scores over a bank of every good patch.
 for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "deeppcb-anomaly-512", "kolektorsdd-anomaly"]:

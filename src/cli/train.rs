@@ -9,6 +9,7 @@ use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::orientation::Orientations;
+use linesight::models::anomaly::patch_stages::StagesSetting;
 use linesight::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
 };
@@ -190,6 +191,12 @@ pub struct Anomaly {
     /// `auto:512` lets it choose 512 too, at about four times 256's cost per part.
     #[arg(long, default_value = "auto")]
     input_size: InputSize,
+    /// Which of the backbone's feature maps the patch features keep: `both` (stride 8 and
+    /// upsampled stride 16), `stride8`, `stride16`, or `auto` to let the run choose by how
+    /// well each finds defects painted on good validation images (one map alone only when
+    /// clearly better than both); the card keeps each one's figure.
+    #[arg(long, default_value = "auto")]
+    patch_stages: StagesSetting,
     /// Share of good validation images the threshold may reject.
     #[arg(long, default_value_t = anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE)]
     target_false_reject_rate: f64,
@@ -220,6 +227,7 @@ impl Anomaly {
             backbone_weights,
             bank_size: self.bank_size,
             input_size: self.input_size,
+            patch_stages: self.patch_stages,
             target_false_reject_rate: self.target_false_reject_rate,
             synthetic_defects_per_good: self.synthetic_defects,
             coarse_input_size: (self.coarse_input_size > 0).then_some(self.coarse_input_size),
@@ -247,6 +255,20 @@ impl Anomaly {
                 println!(
                     "bank size {} chosen (good validation scores' rise over every patch: {})",
                     choice.chosen,
+                    trials.join(", ")
+                );
+            }
+        }
+        if let Some(choice) = &card.family.patch_stages_choice {
+            let trials: Vec<String> = (choice.trials.iter())
+                .map(|t| format!("{}: {:.3}", t.stages.name(), t.painted_auroc))
+                .collect();
+            if trials.is_empty() {
+                println!("feature maps {}: {}", choice.chosen.name(), choice.rule);
+            } else {
+                println!(
+                    "feature maps {} chosen (painted-defect AUROC {})",
+                    choice.chosen.name(),
                     trials.join(", ")
                 );
             }

@@ -23,9 +23,10 @@ use linesight::learn::progress::Progress;
 use linesight::models::Detector;
 use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::orientation::Orientations;
+use linesight::models::anomaly::patch_stages::StagesSetting;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::backbone::depthwise::{BiasActivation, DepthwiseConv};
-use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
+use linesight::models::backbone::{FEATURE_DIM, PatchFeatures, PatchStages};
 use linesight::models::supervised::{self, SupervisedModel, SupervisedSettings};
 use linesight::part::{GrayImage, HeatMap};
 use linesight::simulate::{DefectKind, PartGenerator};
@@ -253,6 +254,8 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         backbone_weights: backbone_weights(),
         bank_size: BankSize::Fixed(1024),
         input_size: InputSize::Fixed(128),
+        // One map zeroed: the GPU path masks the patch features as the CPU path does.
+        patch_stages: StagesSetting::Given(PatchStages::Stride8),
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),

@@ -10,10 +10,11 @@ use linesight::learn::progress::Progress;
 use linesight::models::anomaly::bank_size::BankSize;
 use linesight::models::anomaly::input_size;
 use linesight::models::anomaly::orientation::Orientations;
+use linesight::models::anomaly::patch_stages::{self, StagesSetting};
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
 use linesight::models::anomaly::{AnomalyModel, BANK_FILE, ScoreKind};
 use linesight::models::backbone::bf16::{self, Precision};
-use linesight::models::backbone::{Resampling, WeightsId, WeightsSearch};
+use linesight::models::backbone::{PatchStages, Resampling, WeightsId, WeightsSearch};
 use linesight::models::card::CARD_FILE;
 use linesight::simulate::{DefectKind, PartGenerator};
 
@@ -23,9 +24,9 @@ use crate::{backbone_weights, write_mvtec_parts, write_tile_dataset};
 /// the spread (standard deviation) of good parts' scores.
 const BF16_SHARE_OF_GOOD_SPREAD: f32 = 0.5;
 
-/// What most tests here train with: the MVTec-layout folder `data`, a 128 input, a bank of
-/// `bank` entries, two painted defects per good image for the head, a coarse image score at 64
-/// and no turned copies; each test changes what it is about.
+/// What most tests here train with: the MVTec-layout folder `data`, a 128 input, both feature
+/// maps, a bank of `bank` entries, two painted defects per good image for the head, a coarse
+/// image score at 64 and no turned copies; each test changes what it is about.
 fn small_model(
     name: &str,
     data: &Path,
@@ -40,6 +41,7 @@ fn small_model(
         backbone_weights: backbone_weights(),
         bank_size: BankSize::Fixed(bank),
         input_size: InputSize::Fixed(128),
+        patch_stages: StagesSetting::Given(PatchStages::Both),
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),
@@ -53,7 +55,8 @@ fn small_model(
 /// `--input-size auto` (the default): the run tries each size up to the images' own
 /// resolution on defects painted on its good validation images, keeps every trial on the
 /// card, and trains at the size the rule picks; images too small for a larger size get the
-/// smallest without a trial.
+/// smallest without a trial. `--patch-stages auto` (the default) then tries the feature maps
+/// at that size the same way.
 #[test]
 fn the_input_size_is_chosen_from_the_products_own_good_images() {
     let _one = crate::CPU_HEAVY.blocking_lock();
@@ -63,6 +66,7 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
         write_mvtec_parts(&root, &mut PartGenerator::new(5, side, side, 0.0), 20, 4);
         anomaly_train::train(&AnomalySettings {
             input_size: InputSize::AUTO,
+            patch_stages: StagesSetting::Auto,
             synthetic_defects_per_good: 0,
             coarse_input_size: None,
             ..small_model(
@@ -95,12 +99,113 @@ fn the_input_size_is_chosen_from_the_products_own_good_images() {
         card.input.input_size, choice.chosen,
         "trained at the size chosen"
     );
+    let stages = card.patch_stages_choice.as_ref().expect("the maps' choice");
+    let tried: Vec<PatchStages> = stages.trials.iter().map(|t| t.stages).collect();
+    assert_eq!(tried, PatchStages::ALL, "{stages:?}");
+    assert!(
+        (stages.trials.iter()).all(|t| (0.0..=1.0).contains(&t.painted_auroc) && t.seconds > 0.0),
+        "{stages:?}"
+    );
+    assert_eq!((stages.n_fit, stages.n_validation), (16, 4));
+    assert_eq!(stages.chosen, patch_stages::chosen_stages(&stages.trials));
+    assert_eq!(card.input.patch_stages, stages.chosen, "trained on them");
 
     let card = train(96, "tiles-96");
     let choice = card.input_size_choice.expect("the choice is on the card");
     assert!(choice.trials.is_empty(), "{choice:?}");
     assert_eq!((choice.chosen, card.input.input_size), (128, 128));
     assert!(choice.rule.contains("only candidate"), "{}", choice.rule);
+    // The input size had nothing to compare; the maps still do.
+    let stages = card.patch_stages_choice.expect("the maps' choice");
+    assert_eq!(stages.trials.len(), PatchStages::ALL.len(), "{stages:?}");
+}
+
+/// A model whose patch features keep one feature map keeps it wherever it is loaded: the
+/// card records the map, the loaded model zeroes the other in every patch and scores the
+/// held-out parts exactly as training did; a card without the field (a model from before the
+/// choice) reads both maps and scores differently.
+#[test]
+fn a_model_keeps_the_feature_maps_it_learnt_on_when_loaded() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    write_mvtec_parts(&root, &mut PartGenerator::new(9, 128, 128, 0.0), 20, 4);
+    let model_dir = dir.path().join("model");
+    let card = anomaly_train::train(&AnomalySettings {
+        patch_stages: StagesSetting::Given(PatchStages::Stride8),
+        ..small_model("stride8", &root, model_dir.clone(), 512, 2)
+    })
+    .expect("trains")
+    .family;
+    assert_eq!(card.input.patch_stages, PatchStages::Stride8);
+    assert!(card.patch_stages_choice.is_none(), "given, not chosen");
+
+    let weights = backbone_weights();
+    let load = || {
+        AnomalyModel::load(
+            &model_dir,
+            &WeightsSearch::file(&weights),
+            &candle_core::Device::Cpu,
+        )
+        .expect("loads")
+    };
+    let loaded = load();
+    assert_eq!(
+        loaded.model.extractor().patch_stages(),
+        PatchStages::Stride8
+    );
+    let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
+    let (_, held_out) =
+        linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
+    let (again, _) = anomaly_train::evaluate_each(
+        &loaded.model,
+        &held_out,
+        loaded.card.head.threshold,
+        &Progress::hidden(),
+    )
+    .expect("evaluates");
+    assert_eq!(
+        again.detection.image_auroc,
+        card.metrics.detection.image_auroc
+    );
+    assert_eq!(again.at_threshold, card.metrics.at_threshold);
+    let image = (held_out.iter())
+        .find_map(|s| linesight::learn::dataset::load_gray(&s.image).ok())
+        .expect("a readable held-out image");
+    let patches = (loaded
+        .model
+        .extractor()
+        .extract(&image)
+        .expect("features")
+        .patches)
+        .to_vec2::<f32>()
+        .expect("patches");
+    let stride8 = linesight::models::backbone::FEATURE_CHANNELS.0;
+    assert!(
+        patches
+            .iter()
+            .all(|p| p[stride8..].iter().all(|&v| v == 0.0))
+    );
+    assert!(
+        patches
+            .iter()
+            .any(|p| p[..stride8].iter().any(|&v| v != 0.0))
+    );
+    let (raw, _) = loaded.model.raw_scores(&image).expect("raw scores");
+
+    let mut card_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join(CARD_FILE)).expect("card"))
+            .expect("card json");
+    assert_eq!(card_json["patch_stages"], "stride8");
+    card_json
+        .as_object_mut()
+        .expect("card object")
+        .remove("patch_stages");
+    std::fs::write(model_dir.join(CARD_FILE), card_json.to_string()).expect("card");
+    let old = load();
+    assert_eq!(old.model.extractor().patch_stages(), PatchStages::Both);
+    let (old_raw, _) = old.model.raw_scores(&image).expect("raw scores");
+    assert_ne!(old_raw.patch, raw.patch, "both maps read");
 }
 
 /// With enough good validation images (100 good parts, 20 of them validating) the run chooses

@@ -129,6 +129,11 @@ await finish(async () => {
     const choice = job.model.card.input_size_choice;
     expect(choice && choice.chosen === job.model.card.input_size, `the card's choice: ${JSON.stringify(choice)}`);
     expect(figures.includes(`Input size${choice.chosen} px`), `the figures do not show the input size ${choice.chosen}: ${figures}`);
+    // And the feature maps its patches keep, each tried on the same painted defects.
+    const maps = job.model.card.patch_stages_choice;
+    expect(maps && maps.chosen === job.model.card.patch_stages && maps.trials.length === 3, `the card's feature maps: ${JSON.stringify(maps)}`);
+    const tried = maps.trials.map((t) => t.painted_auroc.toFixed(3));
+    expect(figures.includes('Feature maps') && tried.every((a) => figures.includes(a)), `the figures do not show each feature map tried (${tried.join(', ')}): ${figures}`);
     // And its memory bank's size, with how the run chose it.
     const bank = job.model.card.bank_size_choice;
     expect(bank && typeof bank.rule === 'string' && bank.rule.length > 0, `the card's bank choice: ${JSON.stringify(bank)}`);

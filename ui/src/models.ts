@@ -176,6 +176,14 @@ interface OrientationChoice {
   trials: { orientation: string; turned_auroc: number }[];
 }
 
+// Which of the backbone's feature maps an anomaly model's patches keep
+// (models/anomaly/patch_stages.rs): each candidate's AUROC on defects painted on good parts.
+interface PatchStagesChoice {
+  chosen: string;
+  rule: string;
+  trials: { stages: string; painted_auroc: number; seconds: number }[];
+}
+
 // Which of an anomaly model's scores its training chose to sum (models/anomaly/score_choice.rs):
 // each score's AUROC on defects painted on good validation parts, and the bar it had to reach.
 interface ScoreChoice {
@@ -196,6 +204,8 @@ interface ModelCard {
   input_size?: number;
   alignment_choice?: AlignmentChoice | null;
   input_size_choice?: InputSizeChoice;
+  patch_stages?: string;
+  patch_stages_choice?: PatchStagesChoice;
   orientation_choice?: OrientationChoice;
   bank_size?: number;
   bank_size_choice?: BankSizeChoice;
@@ -651,6 +661,7 @@ function modelFigures(model: TrainedModel): Definition[] {
     ['Box mAP at IoU 0.5', boxMap(metrics.boxes)],
     ['Alignment searched', card.alignment_choice ? `±${card.alignment_choice.align_px} px (${card.alignment_choice.rule})` : null],
     ['Input size', inputSize(card)],
+    ['Feature maps', featureMaps(card)],
     ['Turns learnt', turnsLearnt(card.orientation_choice)],
     ['Memory bank', bankSize(card)],
     ['Scores summed', scoresSummed(card.score_choice)],
@@ -685,6 +696,25 @@ function inputSize(card: ModelCard): string | null {
   }
   const trials = choice.trials.map((t) => `${t.input_size} px ${number(t.painted_auroc)}`).join(', ');
   return `${card.input_size} px, chosen on defects painted on good parts (AUROC ${trials})`;
+}
+
+// The card's names of the feature maps (`PatchStages`), as the CLI prints them.
+const FEATURE_MAPS: Record<string, string> = {
+  both: 'stride 8 + upsampled stride 16',
+  stride8: 'stride 8',
+  stride16: 'upsampled stride 16',
+};
+
+/** The backbone feature maps a model's patches keep and, where the run chose them, how each
+ * candidate told painted defects from good parts. */
+function featureMaps(card: ModelCard): string | null {
+  if (card.patch_stages === undefined) return null;
+  const name = (stages: string) => FEATURE_MAPS[stages] ?? stages;
+  const choice = card.patch_stages_choice;
+  if (!choice) return name(card.patch_stages);
+  if (!choice.trials.length) return `${name(card.patch_stages)} (${choice.rule})`;
+  const trials = choice.trials.map((t) => `${name(t.stages)} ${number(t.painted_auroc)}`).join(', ');
+  return `${name(card.patch_stages)}, chosen on defects painted on good parts (AUROC ${trials})`;
 }
 
 /** An anomaly model's memory bank and, where the run chose its size, how each candidate

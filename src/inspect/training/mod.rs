@@ -50,6 +50,7 @@ use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use crate::models::anomaly::bank_size::BankSize;
 use crate::models::anomaly::orientation::Orientations;
+use crate::models::anomaly::patch_stages::StagesSetting;
 use crate::models::anomaly::train::{
     self as anomaly_train, AnomalySettings, COARSE_INPUT_SIZE, InputSize,
 };
@@ -657,6 +658,8 @@ fn run(
                 bank_size: BankSize::AUTO,
                 // The CLI's default: the run chooses up to 256.
                 input_size: request.input_size.unwrap_or(InputSize::AUTO),
+                // The CLI's default: the run chooses the feature maps.
+                patch_stages: StagesSetting::Auto,
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),

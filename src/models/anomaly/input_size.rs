@@ -169,27 +169,13 @@ pub fn choose(
     for &size in &sizes {
         let started = Instant::now();
         let extractor = features.clone().with_input_size(size);
-        let Some(bank) = TrialBank::of(&extractor, &fit, seed, &bar, WHY)? else {
+        let Some(painted_auroc) = painted_trial(&extractor, &fit, &validation, 1, seed, &bar, WHY)?
+        else {
             continue; // no fit image readable at this size: no trial
         };
-        let farthest = |image: &GrayImage| bank.farthest(image);
-        let (mut scores, mut labels) = (Vec::new(), Vec::new());
-        // Restarted for each candidate: every one sees the same painted defects.
-        let mut painter = ChaCha8Rng::seed_from_u64(seed);
-        for path in &validation {
-            bar.check()?;
-            bar.inc(1);
-            let Some(image) = load(path, WHY) else {
-                continue;
-            };
-            let painted = synthetic_defect::paint(&image, &mut painter).image;
-            scores.extend([farthest(&image)?, farthest(&painted)?]);
-            labels.extend([false, true]);
-        }
         trials.push(InputSizeTrial {
             input_size: size,
-            // Without a readable validation image there is nothing to tell apart.
-            painted_auroc: eval::auroc(&scores, &labels).unwrap_or(0.5),
+            painted_auroc,
             seconds: started.elapsed().as_secs_f64(),
         });
     }
@@ -208,6 +194,44 @@ pub fn choose(
         n_fit: fit.len(),
         n_validation: validation.len(),
     })
+}
+
+/// One candidate's trial (step 2), shared with the choice of feature maps
+/// ([`super::patch_stages`]): a [`TrialBank`] of the images at `fit` through `extractor`, and
+/// the image AUROC of the images at `validation`, each with a defect painted on it `copies`
+/// times, against the same images unpainted. The painter restarts from `seed` at every call, so every candidate sees
+/// the same painted defects. `None` where no fit image could be read; 0.5 where no
+/// validation image could (nothing to tell apart). `bar` counts the images; `why` is what a
+/// warning about an unreadable one says goes on without it.
+pub(super) fn painted_trial(
+    extractor: &PatchFeatures,
+    fit: &[PathBuf],
+    validation: &[PathBuf],
+    copies: usize,
+    seed: u64,
+    bar: &Phase,
+    why: &str,
+) -> Result<Option<f64>, AnomalyError> {
+    let Some(bank) = TrialBank::of(extractor, fit, seed, bar, why)? else {
+        return Ok(None);
+    };
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    let mut painter = ChaCha8Rng::seed_from_u64(seed);
+    for path in validation {
+        bar.check()?;
+        bar.inc(1);
+        let Some(image) = load(path, why) else {
+            continue;
+        };
+        scores.push(bank.farthest(&image)?);
+        labels.push(false);
+        for _ in 0..copies {
+            let painted = synthetic_defect::paint(&image, &mut painter).image;
+            scores.push(bank.farthest(&painted)?);
+            labels.push(true);
+        }
+    }
+    Ok(Some(eval::auroc(&scores, &labels).unwrap_or(0.5)))
 }
 
 /// The images at `paths` whose size can be read, and each one's shorter side.

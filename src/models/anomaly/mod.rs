@@ -17,6 +17,7 @@
 pub mod bank_size;
 pub mod input_size;
 pub mod orientation;
+pub mod patch_stages;
 mod saved;
 pub mod score_choice;
 pub mod train;

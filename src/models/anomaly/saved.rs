@@ -12,6 +12,7 @@ use crate::learn::eval::{self, DetectionMetrics, ThresholdMetrics};
 use crate::models::anomaly::bank_size::BankSizeChoice;
 use crate::models::anomaly::input_size::InputSizeChoice;
 use crate::models::anomaly::orientation::OrientationChoice;
+use crate::models::anomaly::patch_stages::PatchStagesChoice;
 use crate::models::anomaly::score_choice::ScoreChoice;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{
@@ -140,6 +141,11 @@ pub struct AnomalyCard {
     /// trained before the choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_size_choice: Option<InputSizeChoice>,
+    /// How the training run chose the feature maps the patch features keep (absent where
+    /// they were given, and in models trained before the choice); the maps themselves are the
+    /// backbone input's `patch_stages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_stages_choice: Option<PatchStagesChoice>,
     /// The turned copies of the good images the bank learnt from, how they were chosen and
     /// every candidate's trial ([`super::orientation`]); absent in models trained before.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,13 +22,14 @@ use crate::learn::synthetic_defect;
 use crate::models::anomaly::bank_size::{self, BankSize, BankSizeChoice};
 use crate::models::anomaly::input_size;
 use crate::models::anomaly::orientation::{self, OrientationChoice, Orientations};
+use crate::models::anomaly::patch_stages::{self, StagesSetting};
 use crate::models::anomaly::score_choice;
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
     PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, greedy_coreset,
 };
 use crate::models::backbone::{
-    BackboneError, BackboneInput, ImageFeatures, PatchFeatures, check_input_size,
+    BackboneError, BackboneInput, ImageFeatures, PatchFeatures, PatchStages, check_input_size,
 };
 use crate::models::card::{CardError, ModelCard};
 use crate::part::GrayImage;
@@ -159,6 +160,8 @@ pub struct AnomalySettings {
     pub bank_size: BankSize,
     /// Side of the square the backbone sees.
     pub input_size: InputSize,
+    /// Which feature maps the patch features keep ([`patch_stages`]).
+    pub patch_stages: StagesSetting,
     /// Share of good validation images the threshold may reject.
     pub target_false_reject_rate: f64,
     /// Defects painted on each good training image to train the patch head; 0 trains no head.
@@ -243,6 +246,30 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         }
     };
     let features = backbone.with_input_size(input_size);
+    let patch_stages_choice = match settings.patch_stages {
+        StagesSetting::Given(_) => None,
+        StagesSetting::Auto => {
+            let choice = patch_stages::choose(
+                &features,
+                &trial_paths(&good, input_size::TRIAL_FIT_IMAGES),
+                &trial_paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                settings.seed,
+                &settings.progress,
+            )?;
+            tracing::info!(
+                chosen = choice.chosen.name(),
+                trials = ?choice.trials,
+                "feature maps chosen"
+            );
+            Some(choice)
+        }
+    };
+    let features = features.with_patch_stages(match settings.patch_stages {
+        StagesSetting::Given(stages) => stages,
+        StagesSetting::Auto => patch_stages_choice
+            .as_ref()
+            .map_or(PatchStages::Both, |choice| choice.chosen),
+    });
     // The same backbone (its weights shared, not copied) at the coarse input size.
     let coarse_features =
         (settings.coarse_input_size).map(|size| features.clone().with_input_size(size));
@@ -639,6 +666,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
         coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
         input_size_choice,
+        patch_stages_choice,
         orientation_choice,
         score_scale: model.scale(),
         // The choice is the scale's: without one (too few images to scale on) the model scores

@@ -36,8 +36,8 @@ use self::depthwise::{BiasActivation, DepthwiseConv, SamePadding};
 use self::pointwise::Pointwise;
 
 pub use self::features::{
-    BackboneInput, BatchFeatures, FEATURE_DIM, ImageFeatures, PatchFeatures, Resampling,
-    check_input_size,
+    BackboneInput, BatchFeatures, FEATURE_DIM, ImageFeatures, PatchFeatures, PatchStages,
+    Resampling, check_input_size,
 };
 pub use self::weights::{WeightsId, WeightsSearch};
 
