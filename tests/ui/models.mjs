@@ -131,7 +131,7 @@ await finish(async () => {
     expect(figures.includes(`Input size${choice.chosen} px`), `the figures do not show the input size ${choice.chosen}: ${figures}`);
     // And the feature maps its patches keep, each tried on the same painted defects.
     const maps = job.model.card.patch_stages_choice;
-    expect(maps && maps.chosen === job.model.card.patch_stages && maps.trials.length === 3, `the card's feature maps: ${JSON.stringify(maps)}`);
+    expect(maps && maps.chosen === (job.model.card.patch_stages ?? 'both') && maps.trials.length === 3, `the card's feature maps: ${JSON.stringify(maps)}`);
     const tried = maps.trials.map((t) => t.painted_auroc.toFixed(3));
     expect(figures.includes('Feature maps') && tried.every((a) => figures.includes(a)), `the figures do not show each feature map tried (${tried.join(', ')}): ${figures}`);
     // And its memory bank's size, with how the run chose it.

@@ -705,16 +705,18 @@ const FEATURE_MAPS: Record<string, string> = {
   stride16: 'upsampled stride 16',
 };
 
-/** The backbone feature maps a model's patches keep and, where the run chose them, how each
- * candidate told painted defects from good parts. */
+/** The backbone feature maps an anomaly model's patches keep and, where the run chose them,
+ * how each candidate told painted defects from good parts. */
 function featureMaps(card: ModelCard): string | null {
-  if (card.patch_stages === undefined) return null;
+  // An anomaly card (the family with a memory bank) names its maps only when one alone.
+  if (card.bank_size === undefined) return null;
   const name = (stages: string) => FEATURE_MAPS[stages] ?? stages;
+  const kept = name(card.patch_stages ?? 'both');
   const choice = card.patch_stages_choice;
-  if (!choice) return name(card.patch_stages);
-  if (!choice.trials.length) return `${name(card.patch_stages)} (${choice.rule})`;
+  if (!choice) return kept;
+  if (!choice.trials.length) return `${kept} (${choice.rule})`;
   const trials = choice.trials.map((t) => `${name(t.stages)} ${number(t.painted_auroc)}`).join(', ');
-  return `${name(card.patch_stages)}, chosen on defects painted on good parts (AUROC ${trials})`;
+  return `${kept}, chosen on defects painted on good parts (AUROC ${trials})`;
 }
 
 /** An anomaly model's memory bank and, where the run chose its size, how each candidate

@@ -235,7 +235,7 @@ pub(super) fn painted_trial(
 }
 
 /// The images at `paths` whose size can be read, and each one's shorter side.
-fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
+pub(super) fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
     let mut kept = (Vec::new(), Vec::new());
     for path in paths {
         match dataset::image_dimensions(path) {

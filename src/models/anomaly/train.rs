@@ -226,13 +226,16 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
     let (good, validation) =
         dataset::split_validation(&good_part, settings.layout, VALIDATION_EVERY);
 
+    // The input size's and the feature maps' trials run on the same images.
+    let size_trial_fit = trial_paths(&good, input_size::TRIAL_FIT_IMAGES);
+    let size_trial_validation = trial_paths(&validation, input_size::TRIAL_VALIDATION_IMAGES);
     let (input_size, input_size_choice) = match settings.input_size {
         InputSize::Fixed(size) => (size, None),
         InputSize::Auto { largest } => {
             let choice = input_size::choose(
                 &backbone,
-                &trial_paths(&good, input_size::TRIAL_FIT_IMAGES),
-                &trial_paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                &size_trial_fit,
+                &size_trial_validation,
                 largest,
                 settings.seed,
                 &settings.progress,
@@ -251,8 +254,8 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         StagesSetting::Auto => {
             let choice = patch_stages::choose(
                 &features,
-                &trial_paths(&good, input_size::TRIAL_FIT_IMAGES),
-                &trial_paths(&validation, input_size::TRIAL_VALIDATION_IMAGES),
+                &size_trial_fit,
+                &size_trial_validation,
                 settings.seed,
                 &settings.progress,
             )?;

@@ -116,6 +116,11 @@ impl PatchStages {
         }
     }
 
+    /// Both maps: what a card without the field means.
+    pub fn is_both(&self) -> bool {
+        *self == PatchStages::Both
+    }
+
     /// Whether patch features keep channel `channel` (of [`FEATURE_DIM`]).
     pub fn keeps(self, channel: usize) -> bool {
         match self {
@@ -142,9 +147,10 @@ pub struct BackboneInput {
     /// Models trained before the card recorded them take the Lite0 weights found first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<WeightsId>,
-    /// Which feature maps the patch features keep ([`PatchStages::Both`] in models trained
-    /// before the card recorded it).
-    #[serde(default)]
+    /// Which feature maps the patch features keep: written only when one map alone, so that
+    /// a card without it (every supervised card, and models trained before the choice) keeps
+    /// its shape and reads [`PatchStages::Both`].
+    #[serde(default, skip_serializing_if = "PatchStages::is_both")]
     pub patch_stages: PatchStages,
 }
 
