@@ -473,7 +473,11 @@ impl Station {
         }
         let alarms = AlarmManager::open(store.clone(), &definitions).await?;
         let halt_line = match &config.halt_line {
-            None => None,
+            None => match halt_line::latched_in(&actions)? {
+                // A latch stored while the section was configured: refused, not dropped.
+                Some(reason) => return Err(HaltLineError::LatchedWithoutSection(reason).into()),
+                None => None,
+            },
             Some(section) => {
                 let coil = map
                     .halt_line

@@ -21,9 +21,10 @@ impl From<HaltLineError> for ApiError {
             HaltLineError::NotLatched => ApiError::Conflict(error.to_string()),
             HaltLineError::BadComment => ApiError::BadRequest(error.to_string()),
             HaltLineError::Record(error) => error.into(),
-            HaltLineError::NoCoil(_) | HaltLineError::Actions(_) | HaltLineError::Alarm(_) => {
-                ApiError::InternalMessage(error.to_string())
-            }
+            HaltLineError::NoCoil(_)
+            | HaltLineError::LatchedWithoutSection(_)
+            | HaltLineError::Actions(_)
+            | HaltLineError::Alarm(_) => ApiError::InternalMessage(error.to_string()),
         }
     }
 }

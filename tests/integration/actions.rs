@@ -563,6 +563,16 @@ async fn a_burst_latches_the_coil_across_a_restart_until_an_operator_resets_it()
     drop(store);
     running.stop().await;
 
+    // Started without `[halt_line]` while latched, a station would leave the PLC's halt ON
+    // with nothing to release it or show why: it refuses to start, saying what to do.
+    let refused = prepare_without_halt_line(dir.path(), plc)
+        .await
+        .expect_err("a latched halt line cannot be dropped");
+    assert!(
+        refused.contains("3 crack defects") && refused.contains("Put the [halt_line] section back"),
+        "{refused}"
+    );
+
     // While the station is down the PLC restarts and loses the coil.
     let cleared = tokio::task::spawn_blocking(move || pymodbus_coil(plc, coil, Some(false)))
         .await
@@ -623,6 +633,28 @@ async fn a_burst_latches_the_coil_across_a_restart_until_an_operator_resets_it()
         "{audit:#?}"
     );
     running.stop().await;
+    // Once reset, the section may go.
+    prepare_without_halt_line(dir.path(), plc)
+        .await
+        .expect("a station without [halt_line] starts once the halt is reset");
+}
+
+/// Prepares a station on `data_dir` whose PLC is at `plc`, with no `[halt_line]`, and stops it;
+/// the error's text if it cannot be prepared.
+async fn prepare_without_halt_line(data_dir: &Path, plc: SocketAddr) -> Result<(), String> {
+    let plc_line = format!("type = \"tcp\"\naddress = \"{plc}\"");
+    let config = station_config(data_dir, &[("type = \"simulated\"", plc_line.as_str())]);
+    let line = SimulatedLine::start(&config)
+        .await
+        .expect("the simulated camera starts");
+    let attachments = Attachments {
+        plc_address: None,
+        ..line.attachments()
+    };
+    Station::prepare(config, attachments)
+        .await
+        .map(drop)
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn store_of(running: &Running) -> Store {

@@ -69,6 +69,12 @@ pub enum HaltLineError {
         "[halt_line] is configured, but the register map {0} has no [halt_line] coil: add it (see firmware-io/register-map.toml)"
     )]
     NoCoil(std::path::PathBuf),
+    #[error(
+        "the halt line is latched ({0}) but [halt_line] is no longer configured: nothing would \
+         release the halt the PLC holds or show why the line stopped. Put the [halt_line] \
+         section back, reset the halt (POST /api/v1/halt-line/reset), then remove it"
+    )]
+    LatchedWithoutSection(String),
     #[error(transparent)]
     Actions(#[from] ActionsError),
     #[error(transparent)]
@@ -97,6 +103,20 @@ struct Latch {
     reset_by: Option<String>,
     /// Trips since the database was made.
     trips: u64,
+}
+
+/// Why the halt line stored in `db` is latched, if it is. A station started without
+/// `[halt_line]` checks it: a latch left from when the section was configured keeps the PLC's
+/// halt ON (the coil is left ON at a stop, on purpose), and without the section no task would
+/// release it, no alarm would show it and the reset would not exist.
+pub fn latched_in(db: &ActionsDb) -> Result<Option<String>, HaltLineError> {
+    let tree = db.tree(TREE)?;
+    let latch: Latch = read(&tree, LATCH_KEY)?.unwrap_or_default();
+    Ok(latch.latched.then(|| {
+        latch
+            .reason
+            .unwrap_or_else(|| "no reason recorded".to_owned())
+    }))
 }
 
 /// Where the follower is and the detector's window, persisted together.
