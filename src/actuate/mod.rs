@@ -586,6 +586,26 @@ impl EncoderGate {
         (track.epoch() == place.epoch).then(|| place.position - view.position_at(now))
     }
 
+    /// [`EncoderGate::remaining`] by the first fresh reading from now, waiting for one until
+    /// `give_up`; `None` if none came by then or the count started again.
+    async fn remaining_when_read(
+        &self,
+        place: GatePlace,
+        clock: &StationClock,
+        give_up: crate::part::StationTime,
+    ) -> Option<i64> {
+        loop {
+            let now = clock.now();
+            if let Some(remaining) = self.remaining(place, now) {
+                return Some(remaining);
+            }
+            if now >= give_up || crate::track::belt::lock(&self.track).epoch() != place.epoch {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     fn check(&self, place: GatePlace, now: crate::part::StationTime) -> WindowCheck {
         let track = crate::track::belt::lock(&self.track);
         let Some(view) = track.view(now) else {
@@ -828,15 +848,33 @@ async fn actuate(
         {
             Ok(()) => {
                 let at = ctx.clock.now();
-                let past_diverter = encoder
-                    .as_ref()
-                    .is_some_and(|(gate, place)| gate.remaining(*place, at).is_some_and(|r| r < 0));
-                if at > closes || past_diverter {
-                    break failed(
-                        ctx,
-                        verdict,
-                        "PLC acknowledged after the gate window".into(),
-                    );
+                // Under encoder tracking, where the part is by the first fresh reading from
+                // the acknowledgement: the stall that slowed the answer often stopped the
+                // encoder's reads too. Still before the diverter then, the command (which
+                // landed before it was acknowledged) was in time. None by the window's end, or
+                // a count that started again, and the command may have landed after the part's
+                // diverter count: it counts as late, as an undelivered PASS does, so the part
+                // is recorded as diverted, never as shipped.
+                let counts_left = match &encoder {
+                    Some((gate, place)) => {
+                        Some(gate.remaining_when_read(*place, &ctx.clock, closes).await)
+                    }
+                    None => None,
+                };
+                let late = match counts_left {
+                    _ if at > closes => Some("PLC acknowledged after the gate window"),
+                    Some(Some(remaining)) if remaining < 0 => {
+                        Some("PLC acknowledged after the part passed the diverter")
+                    }
+                    Some(None) => Some(
+                        "PLC acknowledged when the encoder could no longer tell where the part \
+                         was, and no fresh reading came before the window closed: it may have \
+                         passed the diverter",
+                    ),
+                    _ => None,
+                };
+                if let Some(why) = late {
+                    break failed(ctx, verdict, why.into());
                 }
                 ctx.metrics.gate_commands_ok.inc();
                 if held_by_policy {
@@ -1203,6 +1241,133 @@ mod tests {
         at(100, 3);
         assert!(matches!(gate.check(place, ms(100)), WindowCheck::Missed(_)));
         assert_eq!(gate.remaining(place, ms(100)), None);
+    }
+
+    /// Under encoder tracking, a PASS acknowledged once the encoder's reading has gone stale
+    /// (the PLC slow to answer, no reading meanwhile) is judged by the next fresh reading:
+    /// the part still before the diverter, it was delivered in time; no reading until the
+    /// window's end, and it may have reached the PLC after the part passed the diverter, which
+    /// then diverted it: it is recorded as not delivered and the part as rejected, never as
+    /// shipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_acknowledged_once_the_encoder_cannot_tell_is_judged_by_the_next_reading() {
+        use crate::part::PartId;
+        use crate::simulate::PlcSimulator;
+
+        let map = RegisterMap::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-io/register-map.toml"),
+        )
+        .expect("register map");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (plc, _server) = PlcSimulator::serve(listener, map).expect("PLC simulator");
+        let mut link = GateLink::new(plc.address(), 1, Duration::from_secs(3), map);
+        link.start().await.expect("link check");
+        let clock = StationClock::start();
+        let track = EncoderTrack::shared(Duration::from_millis(100));
+        let (commands_tx, commands) = mpsc::channel(4);
+        let (outcomes, mut outcomes_rx) = mpsc::channel(4);
+        let command_window = link.command_window();
+        let gate = tokio::spawn(run_gate(GateContext {
+            link,
+            commands,
+            outcomes,
+            clock: clock.clone(),
+            metrics: Metrics::new(),
+            plc_lost: Arc::new(AtomicBool::new(false)),
+            command_window,
+            lead: Duration::from_millis(20),
+            encoder: Some(EncoderGate {
+                track: track.clone(),
+                window_counts: 450,
+                wait_at_most: Duration::from_secs(4),
+            }),
+        }));
+        // The PLC takes a fifth of a second to answer each request.
+        plc.set_response_delay(Duration::from_millis(200));
+        // A part 300 counts before the diverter by a fresh reading: inside its window.
+        let part = |id: u64, count: u32| {
+            let now = clock.now();
+            let epoch = {
+                let mut track = crate::track::belt::lock(&track);
+                track.record(now, count);
+                track.epoch()
+            };
+            GateCommand {
+                outcome: PartOutcome {
+                    part_id: PartId(id),
+                    captured_at: now,
+                    gate_at: now,
+                    decided_at: now,
+                    disposition: Disposition::Pass,
+                    inspection: Some(passed(id, now)),
+                    inspection_late: false,
+                    actuation: Actuation::NotRequired,
+                },
+                place: Some(GatePlace {
+                    position: i64::from(count) + 300,
+                    epoch,
+                }),
+            }
+        };
+        let next_outcome = async |outcomes_rx: &mut mpsc::Receiver<PartOutcome>| {
+            tokio::time::timeout(Duration::from_secs(30), outcomes_rx.recv())
+                .await
+                .expect("the gate answers within 30 s")
+                .expect("an outcome")
+        };
+        // The belt stopped, its encoder read every 150 ms (the reading stale two thirds of
+        // the time, but never gone long enough for the count to be doubted): a PASS
+        // acknowledged on a stale reading is judged by the next, the part still 300 counts
+        // before the diverter, so delivered in time.
+        commands_tx
+            .send(part(1, 9_700))
+            .await
+            .expect("the gate runs");
+        let reader = tokio::spawn({
+            let (track, clock) = (track.clone(), clock.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    crate::track::belt::lock(&track).record(clock.now(), 9_700);
+                }
+            }
+        });
+        let shipped = next_outcome(&mut outcomes_rx).await;
+        reader.abort();
+        let _ = reader.await;
+        assert!(
+            matches!(shipped.actuation, Actuation::NotRequired),
+            "{shipped:?}"
+        );
+        assert_eq!(shipped.disposition, Disposition::Pass);
+
+        // The next part the same, but no reading comes again before its window closes.
+        commands_tx
+            .send(part(2, 9_900))
+            .await
+            .expect("the gate runs");
+        let settled = next_outcome(&mut outcomes_rx).await;
+        match &settled.actuation {
+            Actuation::Failed { error, .. } => {
+                assert!(error.contains("could no longer tell"), "{error}")
+            }
+            other => panic!("a PASS acknowledged blind counts as delivered: {other:?}"),
+        }
+        assert_eq!(
+            settled.disposition,
+            Disposition::RejectNoVerdict,
+            "{settled:?}"
+        );
+        // It was sent and taken: the failure is when it was acknowledged, not a lost send.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while plc.commands().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the PLC took one");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The gate would wait for the part to pass a belt no one reads.
+        gate.abort();
     }
 
     /// What the model said of a part: PASS.
