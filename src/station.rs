@@ -454,6 +454,13 @@ impl Station {
         // Actions on alarms: the webhooks' cursor is set before the alarm manager opens, so
         // transitions it makes while opening are sent too.
         let actions = ActionsDb::open(&config.data_dir)?;
+        // A latch stored while `[halt_line]` was configured is refused, not dropped, before
+        // anything else is opened or changed.
+        if config.halt_line.is_none()
+            && let Some(reason) = halt_line::latched_in(&actions)?
+        {
+            return Err(HaltLineError::LatchedWithoutSection(reason).into());
+        }
         let outbox = Outbox::open(&actions)?;
         if config.webhooks.is_empty() {
             outbox.forget_cursor()?;
@@ -473,11 +480,7 @@ impl Station {
         }
         let alarms = AlarmManager::open(store.clone(), &definitions).await?;
         let halt_line = match &config.halt_line {
-            None => match halt_line::latched_in(&actions)? {
-                // A latch stored while the section was configured: refused, not dropped.
-                Some(reason) => return Err(HaltLineError::LatchedWithoutSection(reason).into()),
-                None => None,
-            },
+            None => None,
             Some(section) => {
                 let coil = map
                     .halt_line

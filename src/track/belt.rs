@@ -65,6 +65,11 @@ pub struct BeltView {
 }
 
 impl BeltView {
+    /// When the reading was taken.
+    pub fn read_at(&self) -> StationTime {
+        self.at
+    }
+
     /// The position predicted at `t` (at or after the reading) at the current speed.
     pub fn position_at(&self, t: StationTime) -> i64 {
         let ahead = t.0.saturating_sub(self.at.0).as_micros() as f64;

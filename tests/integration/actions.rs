@@ -569,7 +569,7 @@ async fn a_burst_latches_the_coil_across_a_restart_until_an_operator_resets_it()
         .await
         .expect_err("a latched halt line cannot be dropped");
     assert!(
-        refused.contains("3 crack defects") && refused.contains("Put the [halt_line] section back"),
+        refused.contains("3 crack defects") && refused.contains("the [halt_line] section back"),
         "{refused}"
     );
 
@@ -639,7 +639,7 @@ async fn a_burst_latches_the_coil_across_a_restart_until_an_operator_resets_it()
         .expect("a station without [halt_line] starts once the halt is reset");
 }
 
-/// Prepares a station on `data_dir` whose PLC is at `plc`, with no `[halt_line]`, and stops it;
+/// Prepares a station on `data_dir` whose PLC is at `plc`, with no `[halt_line]`, and drops it;
 /// the error's text if it cannot be prepared.
 async fn prepare_without_halt_line(data_dir: &Path, plc: SocketAddr) -> Result<(), String> {
     let plc_line = format!("type = \"tcp\"\naddress = \"{plc}\"");

@@ -71,8 +71,9 @@ pub enum HaltLineError {
     NoCoil(std::path::PathBuf),
     #[error(
         "the halt line is latched ({0}) but [halt_line] is no longer configured: nothing would \
-         release the halt the PLC holds or show why the line stopped. Put the [halt_line] \
-         section back, reset the halt (POST /api/v1/halt-line/reset), then remove it"
+         hold the halt, release it through an audited reset or show why the line stopped. Put \
+         the [halt_line] section back (a station in client mode), reset the halt (POST \
+         /api/v1/halt-line/reset), then remove it"
     )]
     LatchedWithoutSection(String),
     #[error(transparent)]
@@ -108,7 +109,8 @@ struct Latch {
 /// Why the halt line stored in `db` is latched, if it is. A station started without
 /// `[halt_line]` checks it: a latch left from when the section was configured keeps the PLC's
 /// halt ON (the coil is left ON at a stop, on purpose), and without the section no task would
-/// release it, no alarm would show it and the reset would not exist.
+/// hold it (a stop-line policy would write it OFF unaudited), no alarm would show it and the
+/// reset would not exist.
 pub fn latched_in(db: &ActionsDb) -> Result<Option<String>, HaltLineError> {
     let tree = db.tree(TREE)?;
     let latch: Latch = read(&tree, LATCH_KEY)?.unwrap_or_default();
