@@ -397,6 +397,14 @@ impl Station {
                 });
             }
         }
+        // A latch stored while `[halt_line]` was configured is refused, not dropped, before the
+        // records or anything else in the data folder is opened.
+        let actions = ActionsDb::open(&config.data_dir)?;
+        if config.halt_line.is_none()
+            && let Some(reason) = halt_line::latched_in(&actions)?
+        {
+            return Err(HaltLineError::LatchedWithoutSection(reason).into());
+        }
         let store = Store::open(&config.data_dir, &config.name)?;
         store
             .images()
@@ -453,14 +461,6 @@ impl Station {
         };
         // Actions on alarms: the webhooks' cursor is set before the alarm manager opens, so
         // transitions it makes while opening are sent too.
-        let actions = ActionsDb::open(&config.data_dir)?;
-        // A latch stored while `[halt_line]` was configured is refused, not dropped, before
-        // anything else is opened or changed.
-        if config.halt_line.is_none()
-            && let Some(reason) = halt_line::latched_in(&actions)?
-        {
-            return Err(HaltLineError::LatchedWithoutSection(reason).into());
-        }
         let outbox = Outbox::open(&actions)?;
         if config.webhooks.is_empty() {
             outbox.forget_cursor()?;

@@ -608,7 +608,7 @@ impl EncoderGate {
                     return Some(place.position - position);
                 }
                 // A reading after `at` that still cannot place it: the gap is too wide.
-                if track.view(now).is_some_and(|view| view.read_at() > at) {
+                if track.newest_at().is_some_and(|newest| newest > at) {
                     return None;
                 }
             }
@@ -1325,40 +1325,28 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pass_acknowledged_when_the_encoder_cannot_tell_is_recorded_as_rejected() {
         use crate::part::PartId;
-        use crate::simulate::PlcSimulator;
 
-        let map = RegisterMap::load(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-io/register-map.toml"),
-        )
-        .expect("register map");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let (plc, _server) = PlcSimulator::serve(listener, map).expect("PLC simulator");
-        let mut link = GateLink::new(plc.address(), 1, Duration::from_secs(3), map);
-        link.start().await.expect("link check");
-        let clock = StationClock::start();
-        let track = EncoderTrack::shared(Duration::from_millis(100));
-        let (commands_tx, commands) = mpsc::channel(4);
-        let (outcomes, mut outcomes_rx) = mpsc::channel(4);
-        let command_window = link.command_window();
-        let gate = tokio::spawn(run_gate(GateContext {
-            link,
-            commands,
-            outcomes,
-            clock: clock.clone(),
-            metrics: Metrics::new(),
-            plc_lost: Arc::new(AtomicBool::new(false)),
-            command_window,
-            lead: Duration::from_millis(20),
-            encoder: Some(EncoderGate {
+        // Margins wide enough for a busy machine: the window is checked on a reading under
+        // 400 ms old; the answer comes 1.2 s after it.
+        let track = EncoderTrack::shared(Duration::from_millis(400));
+        let SimulatedGate {
+            plc,
+            clock,
+            commands: commands_tx,
+            mut outcomes,
+            task: gate,
+        } = SimulatedGate::start(
+            Duration::from_secs(3),
+            Arc::new(AtomicBool::new(false)),
+            Some(EncoderGate {
                 track: track.clone(),
                 window_counts: 450,
-                wait_at_most: Duration::from_secs(2),
+                wait_at_most: Duration::from_secs(3),
             }),
-        }));
-        // The PLC takes 300 ms to answer, and the encoder is not read meanwhile.
-        plc.set_response_delay(Duration::from_millis(300));
+        )
+        .await;
+        // The PLC takes 1.2 s to answer, and the encoder is not read meanwhile.
+        plc.set_response_delay(Duration::from_millis(1200));
         // A part 300 counts before the diverter by a fresh reading: inside its window.
         let now = clock.now();
         crate::track::belt::lock(&track).record(now, 9_700);
@@ -1382,7 +1370,7 @@ mod tests {
         }))
         .await
         .expect("the gate runs");
-        let settled = tokio::time::timeout(Duration::from_secs(30), outcomes_rx.recv())
+        let settled = tokio::time::timeout(Duration::from_secs(30), outcomes.recv())
             .await
             .expect("the gate answers within 30 s")
             .expect("an outcome");
@@ -1407,6 +1395,61 @@ mod tests {
         gate.abort();
     }
 
+    /// A gate task on a simulated PLC, as a station runs it: the PLC (serving until the test
+    /// ends), the station clock, the gate's command sender and outcome receiver, and the task.
+    struct SimulatedGate {
+        plc: crate::simulate::PlcSimulator,
+        clock: Arc<StationClock>,
+        commands: mpsc::Sender<GateCommand>,
+        outcomes: mpsc::Receiver<PartOutcome>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl SimulatedGate {
+        /// Starts the PLC and the gate: requests under `request_timeout`, the heartbeat's
+        /// verdict in `plc_lost`, encoder tracking by `encoder` (time tracking without).
+        async fn start(
+            request_timeout: Duration,
+            plc_lost: Arc<AtomicBool>,
+            encoder: Option<EncoderGate>,
+        ) -> SimulatedGate {
+            let map = RegisterMap::load(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("firmware-io/register-map.toml"),
+            )
+            .expect("register map");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let (plc, _server) =
+                crate::simulate::PlcSimulator::serve(listener, map).expect("PLC simulator");
+            let mut link = GateLink::new(plc.address(), 1, request_timeout, map);
+            link.start().await.expect("link check");
+            let clock = StationClock::start();
+            let (commands, commands_rx) = mpsc::channel(4);
+            let (outcomes_tx, outcomes) = mpsc::channel(4);
+            let command_window = link.command_window();
+            let task = tokio::spawn(run_gate(GateContext {
+                link,
+                commands: commands_rx,
+                outcomes: outcomes_tx,
+                clock: clock.clone(),
+                metrics: Metrics::new(),
+                plc_lost,
+                command_window,
+                lead: Duration::from_millis(20),
+                encoder,
+            }));
+            SimulatedGate {
+                plc,
+                clock,
+                commands,
+                outcomes,
+                task,
+            }
+        }
+    }
+
     /// What the model said of a part: PASS.
     fn passed(part_id: u64, at: StationTime) -> crate::part::Inspection {
         crate::part::Inspection::judged(part_id, at, crate::part::Verdict::Pass, 0.1)
@@ -1420,34 +1463,15 @@ mod tests {
     async fn a_pass_held_while_the_plc_is_lost_is_recorded_as_rejected_by_policy() {
         use crate::part::{PartId, Verdict};
         use crate::record::{ActuationStatus, SavedImages, build_record};
-        use crate::simulate::PlcSimulator;
 
-        let map = RegisterMap::load(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-io/register-map.toml"),
-        )
-        .expect("register map");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let (plc, _server) = PlcSimulator::serve(listener, map).expect("PLC simulator");
-        let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
-        link.start().await.expect("link check");
-        let clock = StationClock::start();
-        let (commands_tx, commands) = mpsc::channel(4);
-        let (outcomes, mut outcomes_rx) = mpsc::channel(4);
         let plc_lost = Arc::new(AtomicBool::new(false));
-        let command_window = link.command_window();
-        let gate = tokio::spawn(run_gate(GateContext {
-            link,
-            commands,
-            outcomes,
-            clock: clock.clone(),
-            metrics: Metrics::new(),
-            plc_lost: plc_lost.clone(),
-            command_window,
-            lead: Duration::from_millis(20),
-            encoder: None,
-        }));
+        let SimulatedGate {
+            plc,
+            clock,
+            commands: commands_tx,
+            outcomes: mut outcomes_rx,
+            task: gate,
+        } = SimulatedGate::start(Duration::from_millis(500), plc_lost.clone(), None).await;
         // A part the model passed, at the diverter 200 ms from now.
         let part = |id: u64| {
             let now = clock.now();

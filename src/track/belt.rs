@@ -65,11 +65,6 @@ pub struct BeltView {
 }
 
 impl BeltView {
-    /// When the reading was taken.
-    pub fn read_at(&self) -> StationTime {
-        self.at
-    }
-
     /// The position predicted at `t` (at or after the reading) at the current speed.
     pub fn position_at(&self, t: StationTime) -> i64 {
         let ahead = t.0.saturating_sub(self.at.0).as_micros() as f64;
@@ -191,6 +186,11 @@ impl EncoderTrack {
     /// Which axis positions are on now; see [`EncoderTrack::record`].
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// When the newest reading was taken, fresh or not.
+    pub fn newest_at(&self) -> Option<StationTime> {
+        self.readings.back().map(|r| r.at)
     }
 
     /// The belt now, from the newest reading, unless it is older than the stale limit.

@@ -17,6 +17,7 @@ use linesight::analyse::actions::{
     run_webhooks,
 };
 use linesight::analyse::alarms::{AlarmDefinition, AlarmManager, DiscreteOn, builtin_definitions};
+use linesight::config::StationConfig;
 use linesight::metrics::Metrics;
 use linesight::part::{Disposition, Verdict};
 use linesight::record::{
@@ -24,7 +25,7 @@ use linesight::record::{
 };
 use linesight::serve::{Role, Tokens, router};
 use linesight::simulate::SimulatedLine;
-use linesight::station::{Attachments, Station};
+use linesight::station::{Attachments, Station, StationError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -435,16 +436,8 @@ impl Running {
                 ),
             ],
         );
-        let line = SimulatedLine::start(&config)
-            .await
-            .expect("the simulated camera starts");
-        let attachments = Attachments {
-            plc_address: None,
-            ..line.attachments()
-        };
-        let station = Station::prepare(config, attachments)
-            .await
-            .expect("station prepares against pymodbus");
+        let (line, station) = prepare_on_simulated_line(config).await;
+        let station = station.expect("station prepares against pymodbus");
         let api = station.api();
         let halt_line = api.halt_line.clone().expect("[halt_line] is configured");
         let stop = CancellationToken::new();
@@ -644,6 +637,15 @@ async fn a_burst_latches_the_coil_across_a_restart_until_an_operator_resets_it()
 async fn prepare_without_halt_line(data_dir: &Path, plc: SocketAddr) -> Result<(), String> {
     let plc_line = format!("type = \"tcp\"\naddress = \"{plc}\"");
     let config = station_config(data_dir, &[("type = \"simulated\"", plc_line.as_str())]);
+    let (_line, station) = prepare_on_simulated_line(config).await;
+    station.map(drop).map_err(|e| format!("{e:#}"))
+}
+
+/// The simulated line's camera for `config` (kept running while the station lives), and the
+/// station prepared on it against the PLC the config names.
+async fn prepare_on_simulated_line(
+    config: StationConfig,
+) -> (SimulatedLine, Result<Station, StationError>) {
     let line = SimulatedLine::start(&config)
         .await
         .expect("the simulated camera starts");
@@ -651,10 +653,8 @@ async fn prepare_without_halt_line(data_dir: &Path, plc: SocketAddr) -> Result<(
         plc_address: None,
         ..line.attachments()
     };
-    Station::prepare(config, attachments)
-        .await
-        .map(drop)
-        .map_err(|e| format!("{e:#}"))
+    let station = Station::prepare(config, attachments).await;
+    (line, station)
 }
 
 fn store_of(running: &Running) -> Store {

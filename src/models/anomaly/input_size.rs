@@ -134,8 +134,8 @@ pub fn choose(
     seed: u64,
     progress: &Progress,
 ) -> Result<InputSizeChoice, AnomalyError> {
-    let (fit, fit_sides) = readable(fit);
-    let (validation, validation_sides) = readable(validation);
+    let (fit, fit_sides) = readable(fit, WHY);
+    let (validation, validation_sides) = readable(validation, WHY);
     let mut sides: Vec<usize> = fit_sides.into_iter().chain(validation_sides).collect();
     sides.sort_unstable();
     let median_shorter_side = sides.get(sides.len() / 2).copied().unwrap_or(0);
@@ -199,8 +199,8 @@ pub fn choose(
 /// One candidate's trial (step 2), shared with the choice of feature maps
 /// ([`super::patch_stages`]): a [`TrialBank`] of the images at `fit` through `extractor`, and
 /// the image AUROC of the images at `validation`, each with a defect painted on it `copies`
-/// times, against the same images unpainted. The painter restarts from `seed` at every call, so every candidate sees
-/// the same painted defects. `None` where no fit image could be read; 0.5 where no
+/// times, against the same images unpainted. The painter restarts from `seed` at every call,
+/// so every candidate sees the same painted defects. `None` where no fit image could be read; 0.5 where no
 /// validation image could (nothing to tell apart). `bar` counts the images; `why` is what a
 /// warning about an unreadable one says goes on without it.
 pub(super) fn painted_trial(
@@ -234,8 +234,10 @@ pub(super) fn painted_trial(
     Ok(Some(eval::auroc(&scores, &labels).unwrap_or(0.5)))
 }
 
-/// The images at `paths` whose size can be read, and each one's shorter side.
-pub(super) fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
+/// The images at `paths` whose size can be read, and each one's shorter side; a warning for
+/// each that cannot, saying that `why` goes on without it. Shared by the trials of this module,
+/// of the turns and of the feature maps.
+pub(super) fn readable(paths: &[PathBuf], why: &str) -> (Vec<PathBuf>, Vec<usize>) {
     let mut kept = (Vec::new(), Vec::new());
     for path in paths {
         match dataset::image_dimensions(path) {
@@ -245,7 +247,7 @@ pub(super) fn readable(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
             }
             Err(error) => tracing::warn!(
                 image = %path.display(), %error,
-                "choosing the input size without an unreadable image"
+                "{why} without an unreadable image"
             ),
         }
     }

@@ -35,9 +35,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::input_size::{TrialBank, load};
+use super::input_size::{TrialBank, load, readable};
 use super::train::AnomalyError;
-use crate::learn::dataset;
 use crate::learn::eval;
 use crate::learn::progress::Progress;
 use crate::models::backbone::PatchFeatures;
@@ -217,19 +216,7 @@ pub fn choose(
     seed: u64,
     progress: &Progress,
 ) -> Result<OrientationChoice, AnomalyError> {
-    let readable = |paths: &[PathBuf]| -> Vec<PathBuf> {
-        (paths.iter())
-            .filter(|path| match dataset::image_dimensions(path) {
-                Ok(_) => true,
-                Err(error) => {
-                    tracing::warn!(image = %path.display(), %error, "{WHY} without an unreadable image");
-                    false
-                }
-            })
-            .cloned()
-            .collect()
-    };
-    let (fit, validation) = (readable(fit), readable(validation));
+    let (fit, validation) = (readable(fit, WHY).0, readable(validation, WHY).0);
     let (n_fit, n_validation) = (fit.len(), validation.len());
     if n_fit < 2 || n_validation < 2 {
         return Ok(OrientationChoice {

@@ -118,8 +118,8 @@ pub fn choose(
     seed: u64,
     progress: &Progress,
 ) -> Result<PatchStagesChoice, AnomalyError> {
-    let (fit, _) = readable(fit);
-    let (validation, _) = readable(validation);
+    let (fit, _) = readable(fit, WHY);
+    let (validation, _) = readable(validation, WHY);
     let (fit, validation) = (&fit[..], &validation[..]);
     if fit.len() < 2 || validation.len() < 2 {
         return Ok(PatchStagesChoice {

@@ -234,7 +234,7 @@ impl PatchFeatures {
         }
     }
 
-    /// The same extractor keeping `stages` in its patch features (the descriptor always
+    /// The same extractor keeping `patch_stages` in its patch features (the descriptor always
     /// reads both maps).
     pub fn with_patch_stages(self, patch_stages: PatchStages) -> PatchFeatures {
         PatchFeatures {
