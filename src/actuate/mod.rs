@@ -1101,10 +1101,11 @@ pub async fn run_heartbeat(
         // until an operator resets it at the line, whatever the coil does next, but releases it
         // only while the coil is OFF: once the PLC is back the coil is written OFF again, or
         // nothing would ever let the line restart. The halt-line action, when latched, holds
-        // the coil for its own reason and writes it OFF after its own reset; it reasserts ON
-        // every `reassert_ms`, which closes the moment should it latch between the look and
-        // the write. The PLC is mostly lost with its link, so a write often fails: it is tried
-        // again every beat until one lands or the state owed changes.
+        // the coil for its own reason and writes it OFF after its own reset; should it latch
+        // between the look and the write, a second look after the write puts the coil back
+        // ON (below; its own reassertion every `reassert_ms` backs that up). The PLC is mostly
+        // lost with its link, so a write often fails: it is tried again every beat until one
+        // lands or the state owed changes.
         if !lost && halt_written && (watch.halt_held_elsewhere)() {
             halt_written = false;
         }
@@ -1142,10 +1143,40 @@ pub async fn run_heartbeat(
                     }
                 }
             }
+            // The halt-line action may have latched between the look above and this OFF
+            // landing (or failing, which may land too), its ON written before ours: our OFF
+            // would then stand until its next reassertion (`reassert_ms`), and an operator's
+            // reset at the line meanwhile would release a halt the station still holds. It
+            // sets its latch before it writes, so a second look now sees it, and the coil is
+            // written back ON at once. That ON is this task's own, owed an OFF like any other:
+            // the next beat's look hands the coil to the action if it still holds the latch,
+            // or writes it OFF if the action was reset while the ON was on its way. Such an ON,
+            // landing after the action's own OFF, is a rising edge the PLC latches again until
+            // that OFF and a reset at the line: safe, for one write's round trip.
+            if !on && (watch.halt_held_elsewhere)() {
+                halt_written = true;
+                restore_held_halt(&mut link, halt.coil).await;
+            }
         }
     }
     if let Err(error) = link.set_running(false).await {
         tracing::warn!(%error, "could not write the stopped state; the PLC watchdog will trip instead");
+    }
+}
+
+/// Writes the halt coil back ON after the heartbeat's OFF crossed a latch of the halt-line
+/// action. A write that fails is left to the halt-line action's own reassertion.
+async fn restore_held_halt(link: &mut GateLink, coil: u16) {
+    match link.write_coil(coil, true).await {
+        Ok(()) => tracing::warn!(
+            coil,
+            "the halt-line action latched while the coil was being released: ON again"
+        ),
+        Err(error) => tracing::error!(
+            %error, coil,
+            "the halt-line action latched while the coil was being released, and it could not be \
+             written ON again; the action rewrites it within its reassert_ms"
+        ),
     }
 }
 

@@ -389,6 +389,134 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
     );
 }
 
+/// How the halt-line action's latch looks to the heartbeat in the two tests below: not
+/// latched while the coil the heartbeat is about to release is still ON; latched from the
+/// moment the coil is found OFF, i.e. exactly between the heartbeat's look and its OFF
+/// landing; and, when `reset_at_once`, reset again right after that second look.
+struct LatchInTheGap {
+    latched: AtomicBool,
+    reset: AtomicBool,
+    reset_at_once: bool,
+    /// Whether a look found the coil ON again after the latch (the heartbeat's restore).
+    restored: AtomicBool,
+}
+
+impl LatchInTheGap {
+    fn look(&self, coil_on: bool) -> bool {
+        if self.latched.load(Ordering::Relaxed) && coil_on {
+            self.restored.store(true, Ordering::Relaxed);
+        }
+        if self.reset.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !coil_on && !self.latched.swap(true, Ordering::Relaxed) {
+            self.reset.store(self.reset_at_once, Ordering::Relaxed);
+            return true;
+        }
+        self.latched.load(Ordering::Relaxed)
+    }
+}
+
+/// A heartbeat under the stop-line policy owing an OFF to a coil a stopped station left ON
+/// (latched by the PLC), its halt-line action latching as [`LatchInTheGap`] says (reset at
+/// once after when `reset_at_once`), and no halt-line task
+/// to reassert the coil: only the heartbeat can put it back.
+async fn release_with_a_latch_in_the_gap(
+    reset_at_once: bool,
+) -> (
+    PlcSimulator,
+    u16,
+    Arc<LatchInTheGap>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let plc = simulator().await;
+    let map = register_map();
+    let mut link = GateLink::new(plc.address(), 1, Duration::from_millis(500), map);
+    link.start().await.expect("link check");
+    let coil = map.halt_line.expect("halt coil").coil;
+    let gap = Arc::new(LatchInTheGap {
+        latched: AtomicBool::new(false),
+        reset: AtomicBool::new(false),
+        reset_at_once,
+        restored: AtomicBool::new(false),
+    });
+    let watch = PlcWatch {
+        timeout: Duration::from_millis(600),
+        policy: PlcLostPolicy::StopLine,
+        lost: Arc::new(AtomicBool::new(false)),
+        halt_held_elsewhere: {
+            let (plc, gap) = (plc.clone(), gap.clone());
+            Arc::new(move || gap.look(plc.coil(coil)))
+        },
+        report: Box::new(|_, _| {}),
+    };
+    link.write_coil(coil, true).await.expect("coil ON");
+    eventually("the halt latched", || async { plc.halted() }).await;
+    let stop = CancellationToken::new();
+    let beating = tokio::spawn(run_heartbeat(
+        link.sibling(),
+        Duration::from_millis(100),
+        Metrics::new(),
+        watch,
+        Arc::new(|| false),
+        stop.clone(),
+    ));
+    eventually("the action latched as the coil went OFF", || async {
+        gap.latched.load(Ordering::Relaxed)
+    })
+    .await;
+    (plc, coil, gap, stop, beating)
+}
+
+/// The heartbeat writes the stop-line policy's coil OFF once the PLC is back; should the
+/// halt-line action latch between the heartbeat's look at it and that OFF landing, the OFF
+/// would undo the action's ON until the action reasserts it, and an operator's reset at the
+/// line meanwhile would release a halt the station holds. The heartbeat looks again once its
+/// OFF has landed and writes the coil back ON at once, then leaves it to the action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_latched_while_the_coil_is_released_puts_it_back_on() {
+    let (plc, coil, _gap, stop, beating) = release_with_a_latch_in_the_gap(false).await;
+    eventually("the coil back ON", || async { plc.coil(coil) }).await;
+    // It stays ON beat after beat (the next look hands it to the action), and the operator's
+    // reset does not release the line while it is.
+    let map = register_map();
+    let beat = plc.register(map.heartbeat.address);
+    eventually("three more beats", || async {
+        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 3
+    })
+    .await;
+    assert!(plc.coil(coil), "held for the halt-line action");
+    plc.press_operator_reset();
+    let beat = plc.register(map.heartbeat.address);
+    eventually("two more beats", || async {
+        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 2
+    })
+    .await;
+    assert!(plc.halted(), "no reset while the coil is ON");
+    stop.cancel();
+    beating.await.expect("heartbeat task");
+}
+
+/// The ON the heartbeat writes back is its own and owed an OFF: should the action be reset
+/// while that ON is on its way (the action then writes OFF, and the late ON lands after it),
+/// the next beat finds no latch and writes the coil OFF, so the line can be restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coil_put_back_on_for_a_latch_reset_meanwhile_is_released() {
+    let (plc, coil, gap, stop, beating) = release_with_a_latch_in_the_gap(true).await;
+    eventually("the coil put back ON, then released", || async {
+        gap.restored.load(Ordering::Relaxed) && !plc.coil(coil)
+    })
+    .await;
+    plc.press_operator_reset();
+    eventually("the line released by the operator", || async {
+        !plc.halted()
+    })
+    .await;
+    stop.cancel();
+    beating.await.expect("heartbeat task");
+}
+
 /// The gate task sends each part's verdict inside its window; while the PLC is lost a PASS
 /// goes out as a reject by policy and is recorded as not actuated as asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

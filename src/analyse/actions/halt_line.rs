@@ -146,8 +146,9 @@ pub struct HaltLineView {
     /// The coil's address (register map `[halt_line]`).
     pub coil: u16,
     /// The coil's value as the PLC last acknowledged this action's write; absent when unknown
-    /// (not written since start, or the last write failed). The stop-line policy writes the
-    /// same coil while the PLC is lost, which this does not show.
+    /// (not written since start, or the last write failed). The heartbeat writes the same coil
+    /// under the stop-line policy (ON while the PLC is lost, OFF once it is back, and ON again
+    /// should this action latch while that OFF was on its way), which this does not show.
     pub coil_on: Option<bool>,
     /// Counted defects among the latest parts now.
     pub defects_in_window: u32,
