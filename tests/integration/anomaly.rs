@@ -52,6 +52,93 @@ fn small_model(
     }
 }
 
+/// The feature maps' trial runs every image through the backbone once for its three
+/// candidates, each searching both maps' features cut to its own channels. Each candidate's
+/// scores are what an extractor keeping only its maps (the other channels zeroed) gives,
+/// searched by brute force here: the farthest patch's distance to its nearest bank patch, for
+/// each validation image and then its painted copies (the trial's painter, restarted from the
+/// seed).
+#[test]
+fn one_pass_over_the_images_scores_each_set_of_maps_as_its_own_extractor_would() {
+    use rand::SeedableRng;
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    write_mvtec_parts(&root, &mut PartGenerator::new(9, 96, 96, 0.0), 12, 0);
+    let mut images: Vec<PathBuf> = std::fs::read_dir(root.join("train/good"))
+        .expect("good images")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    images.sort();
+    let (fit, validation) = images.split_at(8);
+    // A 64 input: 64 patches an image, few enough for a brute-force search unoptimised.
+    let features = linesight::models::backbone::PatchFeatures::load(
+        &backbone_weights(),
+        &candle_core::Device::Cpu,
+    )
+    .expect("backbone")
+    .with_input_size(64);
+    let (copies, seed) = (3, 7);
+    let maps = PatchStages::ALL;
+    let phase = linesight::learn::progress::Phase::hidden();
+    let together = input_size::painted_trials(
+        &features, fit, validation, copies, seed, &phase, "a test", &maps,
+    )
+    .expect("trials")
+    .expect("fit images read");
+    assert_eq!(together.len(), maps.len());
+    let load = |path: &PathBuf| linesight::learn::dataset::load_gray(path).expect("image");
+    let rows = |extractor: &linesight::models::backbone::PatchFeatures,
+                image: &linesight::part::GrayImage| {
+        let patches = extractor.extract(image).expect("features").patches;
+        patches.to_vec2::<f32>().expect("rows")
+    };
+    for (stages, trial) in maps.into_iter().zip(&together) {
+        let own = features.clone().with_patch_stages(stages);
+        let bank: Vec<Vec<f32>> = fit
+            .iter()
+            .flat_map(|path| rows(&own, &load(path)))
+            .collect();
+        let farthest = |image: &linesight::part::GrayImage| {
+            let nearest = |patch: &Vec<f32>| {
+                (bank.iter())
+                    .map(|entry| {
+                        (patch.iter().zip(entry))
+                            .map(|(a, b)| f64::from(a - b).powi(2))
+                            .sum::<f64>()
+                    })
+                    .fold(f64::INFINITY, f64::min)
+                    .sqrt()
+            };
+            rows(&own, image).iter().map(nearest).fold(0.0, f64::max)
+        };
+        let mut painter = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut expected = Vec::new();
+        for path in validation {
+            let image = load(path);
+            expected.push(farthest(&image));
+            for _ in 0..copies {
+                let painted = linesight::learn::synthetic_defect::paint(&image, &mut painter);
+                expected.push(farthest(&painted.image));
+            }
+        }
+        assert_eq!(trial.scores.len(), expected.len(), "{stages:?}");
+        for (got, want) in trial.scores.iter().zip(&expected) {
+            assert!(
+                (f64::from(*got) - want).abs() <= 1e-3 * want.max(1.0),
+                "{stages:?}: {:?} against {expected:?}",
+                trial.scores
+            );
+        }
+        assert!(trial.seconds > 0.0, "{trial:?}");
+    }
+    // Zeroing a map changes every score: the candidates are measured apart.
+    for pair in together.windows(2) {
+        let same = (pair[0].scores.iter().zip(&pair[1].scores)).filter(|(a, b)| a == b);
+        assert_eq!(same.count(), 0, "{together:?}");
+    }
+}
+
 /// `--input-size auto` (the default): the run tries each size up to the images' own
 /// resolution on defects painted on its good validation images, keeps every trial on the
 /// card, and trains at the size the rule picks; images too small for a larger size get the

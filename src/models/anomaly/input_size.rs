@@ -39,7 +39,7 @@ use crate::learn::dataset;
 use crate::learn::eval;
 use crate::learn::progress::{Phase, Progress};
 use crate::learn::synthetic_defect;
-use crate::models::backbone::PatchFeatures;
+use crate::models::backbone::{PatchFeatures, PatchStages};
 use crate::part::GrayImage;
 use candle_core::Tensor;
 
@@ -169,13 +169,12 @@ pub fn choose(
     for &size in &sizes {
         let started = Instant::now();
         let extractor = features.clone().with_input_size(size);
-        let Some(painted_auroc) = painted_trial(&extractor, &fit, &validation, 1, seed, &bar, WHY)?
-        else {
+        let Some(trial) = painted_trial(&extractor, &fit, &validation, 1, seed, &bar, WHY)? else {
             continue; // no fit image readable at this size: no trial
         };
         trials.push(InputSizeTrial {
             input_size: size,
-            painted_auroc,
+            painted_auroc: trial.painted_auroc,
             seconds: started.elapsed().as_secs_f64(),
         });
     }
@@ -196,14 +195,14 @@ pub fn choose(
     })
 }
 
-/// One candidate's trial (step 2), shared with the choice of feature maps
-/// ([`super::patch_stages`]): a [`TrialBank`] of the images at `fit` through `extractor`, and
-/// the image AUROC of the images at `validation`, each with a defect painted on it `copies`
-/// times, against the same images unpainted. The painter restarts from `seed` at every call,
-/// so every candidate sees the same painted defects. `None` where no fit image could be read; 0.5 where no
-/// validation image could (nothing to tell apart). `bar` counts the images; `why` is what a
-/// warning about an unreadable one says goes on without it.
-pub(super) fn painted_trial(
+/// One candidate's trial (step 2): a plain bank of the images at `fit` through `extractor` (as
+/// the orientation trial's), and the image AUROC of the images at `validation`, each with a
+/// defect painted on it `copies` times, against the same images unpainted. The painter
+/// restarts from `seed` at every call, so every candidate sees the same painted defects.
+/// `None` where no fit image could be read; 0.5 where no validation image could (nothing to
+/// tell apart). `bar` counts the images; `why` is what a warning about an unreadable one says
+/// goes on without it.
+pub fn painted_trial(
     extractor: &PatchFeatures,
     fit: &[PathBuf],
     validation: &[PathBuf],
@@ -211,11 +210,64 @@ pub(super) fn painted_trial(
     seed: u64,
     bar: &Phase,
     why: &str,
-) -> Result<Option<f64>, AnomalyError> {
-    let Some(bank) = TrialBank::of(extractor, fit, seed, bar, why)? else {
+) -> Result<Option<MapsTrial>, AnomalyError> {
+    let maps = [extractor.patch_stages()];
+    let trials = painted_trials(extractor, fit, validation, copies, seed, bar, why, &maps)?;
+    Ok(trials.and_then(|trials| trials.into_iter().next()))
+}
+
+/// One set of feature maps' part of [`painted_trials`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapsTrial {
+    pub painted_auroc: f64,
+    /// Each readable validation image's score (its farthest patch's distance to the bank),
+    /// then its painted copies', image by image.
+    pub scores: Vec<f32>,
+    /// Its own searches, and an equal share of the reading, painting and backbone runs
+    /// every set shares.
+    pub seconds: f64,
+}
+
+/// [`painted_trial`] for several sets of feature maps at once, for the choice of maps
+/// ([`super::patch_stages`]): every image is read, painted and run through the backbone once,
+/// and each set's bank and queries are those features cut to the channels of the maps it
+/// keeps. An extractor keeping that set gives the same features with the other channels
+/// zeroed, and a zero channel adds nothing to a distance, so the distances are the same (to
+/// the rounding of a shorter sum), and each set's search is as wide as its maps: stride 8 alone
+/// is 40 channels of 152, stride 16 alone 112. The nearest-neighbour search is most of a
+/// trial's time (DeepPCB at 256: a bank of 32,768 patches, searched for 160 images' 1,024
+/// each), so three sets cost about two searches of both maps, where three trials cost three
+/// searches and three backbone runs. `extractor` keeps every set of `maps` (a set it zeroes
+/// would score every image 0); one result per set, in their order.
+#[allow(clippy::too_many_arguments)]
+pub fn painted_trials(
+    extractor: &PatchFeatures,
+    fit: &[PathBuf],
+    validation: &[PathBuf],
+    copies: usize,
+    seed: u64,
+    bar: &Phase,
+    why: &str,
+    maps: &[PatchStages],
+) -> Result<Option<Vec<MapsTrial>>, AnomalyError> {
+    let extracted = extractor.patch_stages().channels();
+    debug_assert!(
+        (maps.iter())
+            .all(|m| extracted.start <= m.channels().start && m.channels().end <= extracted.end),
+        "an extractor keeping {extracted:?} cannot try {maps:?}"
+    );
+    let started = Instant::now();
+    let Some(bank) = sampled_bank(extractor, fit, seed, bar, why)? else {
         return Ok(None);
     };
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    let banks = (maps.iter())
+        .map(|&stages| search_layout(&kept(&bank, stages)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    // The layouts hold their own copies (152 + 40 + 112 channels: 160 MB at 512).
+    drop(bank);
+    let mut searching = vec![0.0f64; maps.len()];
+    let mut scores = vec![Vec::new(); maps.len()];
+    let mut labels = Vec::new();
     let mut painter = ChaCha8Rng::seed_from_u64(seed);
     for path in validation {
         bar.check()?;
@@ -223,15 +275,43 @@ pub(super) fn painted_trial(
         let Some(image) = load(path, why) else {
             continue;
         };
-        scores.push(bank.farthest(&image)?);
-        labels.push(false);
-        for _ in 0..copies {
-            let painted = synthetic_defect::paint(&image, &mut painter).image;
-            scores.push(bank.farthest(&painted)?);
-            labels.push(true);
+        for copy in 0..=copies {
+            let patches = if copy == 0 {
+                extractor.extract(&image)?.patches
+            } else {
+                let painted = synthetic_defect::paint(&image, &mut painter).image;
+                extractor.extract(&painted)?.patches
+            };
+            labels.push(copy > 0);
+            for (k, ((bank_t, bank_sq), &stages)) in banks.iter().zip(maps).enumerate() {
+                let search = Instant::now();
+                let distances = nearest_distances(&kept(&patches, stages)?, bank_t, bank_sq)?;
+                scores[k].push(distances.into_iter().fold(0.0, f32::max));
+                searching[k] += search.elapsed().as_secs_f64();
+            }
         }
     }
-    Ok(Some(eval::auroc(&scores, &labels).unwrap_or(0.5)))
+    let shared = (started.elapsed().as_secs_f64() - searching.iter().sum::<f64>()).max(0.0);
+    Ok(Some(
+        (scores.into_iter().zip(&searching))
+            .map(|(scores, searching)| MapsTrial {
+                painted_auroc: eval::auroc(&scores, &labels).unwrap_or(0.5),
+                scores,
+                seconds: searching + shared / maps.len().max(1) as f64,
+            })
+            .collect(),
+    ))
+}
+
+/// The channels of `patches` (`[n, FEATURE_DIM]`) that `stages` keeps, contiguous.
+fn kept(patches: &Tensor, stages: PatchStages) -> candle_core::Result<Tensor> {
+    let channels = stages.channels();
+    if channels.len() == patches.dim(1)? {
+        return Ok(patches.clone());
+    }
+    patches
+        .narrow(1, channels.start, channels.len())?
+        .contiguous()
 }
 
 /// The images at `paths` whose size can be read, and each one's shorter side; a warning for
@@ -264,9 +344,10 @@ pub(super) fn load(path: &Path, why: &str) -> Option<GrayImage> {
         .ok()
 }
 
-/// A trial's plain memory bank, shared by the input-size and the orientation trials: every
-/// patch of the good fit images, up to [`TRIAL_BANK_PATCHES`] drawn at random, with no coreset,
-/// image score or head, so that a trial takes seconds (about a minute at 512).
+/// A trial's plain memory bank, the orientation trial's (the input-size and feature-map trials
+/// build the same bank, [`painted_trials`]): every patch of the good fit images, up to
+/// [`TRIAL_BANK_PATCHES`] drawn at random, with no coreset, image score or head, so that a
+/// trial takes seconds (about a minute at 512).
 pub(super) struct TrialBank<'a> {
     extractor: &'a PatchFeatures,
     bank_t: Tensor,
@@ -285,24 +366,9 @@ impl<'a> TrialBank<'a> {
         bar: &Phase,
         why: &str,
     ) -> Result<Option<TrialBank<'a>>, AnomalyError> {
-        let mut patches = Vec::with_capacity(fit.len());
-        for path in fit {
-            bar.check()?;
-            bar.inc(1);
-            if let Some(image) = load(path, why) {
-                patches.push(extractor.extract(&image)?.patches);
-            }
-        }
-        let Some(first) = patches.first() else {
+        let Some(bank) = sampled_bank(extractor, fit, seed, bar, why)? else {
             return Ok(None);
         };
-        let bank = sample_rows(
-            patches.len(),
-            first.dim(0)?,
-            TRIAL_BANK_PATCHES,
-            seed,
-            |i| Ok(patches[i].clone()),
-        )?;
         let (bank_t, bank_sq) = search_layout(&bank)?;
         Ok(Some(TrialBank {
             extractor,
@@ -317,6 +383,36 @@ impl<'a> TrialBank<'a> {
         let distances = nearest_distances(&patches, &self.bank_t, &self.bank_sq)?;
         Ok(distances.into_iter().fold(0.0, f32::max))
     }
+}
+
+/// A trial bank's patches before the search layout: every patch of the images at `fit`
+/// through `extractor`, up to [`TRIAL_BANK_PATCHES`] drawn with `seed`; `None` where no image
+/// could be read. Each image is read when its turn comes and let go after.
+fn sampled_bank(
+    extractor: &PatchFeatures,
+    fit: &[PathBuf],
+    seed: u64,
+    bar: &Phase,
+    why: &str,
+) -> Result<Option<Tensor>, AnomalyError> {
+    let mut patches = Vec::with_capacity(fit.len());
+    for path in fit {
+        bar.check()?;
+        bar.inc(1);
+        if let Some(image) = load(path, why) {
+            patches.push(extractor.extract(&image)?.patches);
+        }
+    }
+    let Some(first) = patches.first() else {
+        return Ok(None);
+    };
+    Ok(Some(sample_rows(
+        patches.len(),
+        first.dim(0)?,
+        TRIAL_BANK_PATCHES,
+        seed,
+        |i| Ok(patches[i].clone()),
+    )?))
 }
 
 /// The rule of step 3: from the smallest up, a larger size replaces the chosen one only when

@@ -19,15 +19,16 @@
 //!    stride 16 for the image descriptor either way), so the margin only keeps the choice
 //!    from following the painted draw: both maps are what every model kept before.
 //!
-//! Three trials: about 3 s on magnetic-tile at 128 and 23 s on DeepPCB at 256 here. The card
-//! keeps every trial ([`PatchStagesChoice`]).
+//! The three are tried in one pass ([`super::input_size::painted_trials`]): about 1.2 s on
+//! magnetic-tile at 128 and 18 s on DeepPCB at 256 here (2–2.6 s and 24–29 s as three
+//! separate trials; `scripts/time-map-trial.sh`). The card keeps every trial
+//! ([`PatchStagesChoice`]).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::input_size::{painted_trial, readable};
+use super::input_size::{painted_trials, readable};
 use super::train::AnomalyError;
 use crate::learn::progress::Progress;
 use crate::models::backbone::{PatchFeatures, PatchStages};
@@ -40,7 +41,7 @@ pub const MIN_AUROC_GAIN: f64 = 0.01;
 /// copy DeepPCB's trial put both maps and stride 8 alone level (0.599 and 0.606), with four
 /// stride 8 ahead by 0.011–0.031 over three seeds, as the score choice's trial (four copies
 /// too) and the held-out part found. Four copies make a trial about two and a half times as
-/// long as one (8 s per map on DeepPCB at 256 here).
+/// long as one.
 pub const PAINTED_COPIES: usize = 4;
 
 /// Which maps a training run's patch features keep.
@@ -104,6 +105,8 @@ pub struct PatchStagesTrial {
     pub stages: PatchStages,
     /// Image AUROC of the painted validation images against the same images unpainted.
     pub painted_auroc: f64,
+    /// Its own nearest-neighbour searches and an equal share of the reading, painting and
+    /// backbone runs the candidates share (one pass serves all three).
     pub seconds: f64,
 }
 
@@ -130,25 +133,30 @@ pub fn choose(
             n_validation: validation.len(),
         });
     }
-    let mut trials = Vec::with_capacity(PatchStages::ALL.len());
-    let bar = progress.phase(
-        PatchStages::ALL.len() * (fit.len() + validation.len()),
-        "choosing the feature maps",
-    );
-    for stages in PatchStages::ALL {
-        let started = Instant::now();
-        let extractor = features.clone().with_patch_stages(stages);
-        let Some(painted_auroc) =
-            painted_trial(&extractor, fit, validation, PAINTED_COPIES, seed, &bar, WHY)?
-        else {
-            continue; // no fit image readable: no trial
-        };
-        trials.push(PatchStagesTrial {
-            stages,
-            painted_auroc,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-    }
+    let bar = progress.phase(fit.len() + validation.len(), "choosing the feature maps");
+    // One pass for the three: every image goes through the backbone once, and each
+    // candidate's bank and queries are both maps' features cut to its own channels.
+    let both = features.clone().with_patch_stages(PatchStages::Both);
+    let maps = PatchStages::ALL;
+    let trials = painted_trials(
+        &both,
+        fit,
+        validation,
+        PAINTED_COPIES,
+        seed,
+        &bar,
+        WHY,
+        &maps,
+    )?
+    .unwrap_or_default() // no fit image readable: no trial
+    .into_iter()
+    .zip(maps)
+    .map(|(trial, stages)| PatchStagesTrial {
+        stages,
+        painted_auroc: trial.painted_auroc,
+        seconds: trial.seconds,
+    })
+    .collect::<Vec<_>>();
     bar.finish_and_clear();
     Ok(PatchStagesChoice {
         chosen: chosen_stages(&trials),

@@ -123,11 +123,29 @@ impl PatchStages {
 
     /// Whether patch features keep channel `channel` (of [`FEATURE_DIM`]).
     pub fn keeps(self, channel: usize) -> bool {
+        self.channels().contains(&channel)
+    }
+
+    /// The channels (of [`FEATURE_DIM`]) patch features keep: the stride-8 map's come first.
+    pub fn channels(self) -> std::ops::Range<usize> {
         match self {
-            PatchStages::Both => true,
-            PatchStages::Stride8 => channel < FEATURE_CHANNELS.0,
-            PatchStages::Stride16 => channel >= FEATURE_CHANNELS.0,
+            PatchStages::Both => 0..FEATURE_DIM,
+            PatchStages::Stride8 => 0..FEATURE_CHANNELS.0,
+            PatchStages::Stride16 => FEATURE_CHANNELS.0..FEATURE_DIM,
         }
+    }
+
+    /// A `[1, FEATURE_DIM]` row of ones for the channels kept and zeros for the rest, to zero
+    /// the maps left out of patch features by multiplication; `None` for both maps (nothing to
+    /// zero).
+    pub fn channel_mask(self, device: &Device) -> candle_core::Result<Option<Tensor>> {
+        if self.is_both() {
+            return Ok(None);
+        }
+        let keep: Vec<f32> = (0..FEATURE_DIM)
+            .map(|c| if self.keeps(c) { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::from_vec(keep, (1, FEATURE_DIM), device).map(Some)
     }
 }
 
@@ -322,15 +340,9 @@ impl PatchFeatures {
                 .zip(means.chunks_exact(FEATURE_DIM))
                 .map(|(planes, means)| image_descriptor(planes, n, means))
                 .collect();
-            let patches = match self.patch_stages {
-                PatchStages::Both => centred,
-                stages => {
-                    let keep: Vec<f32> = (0..FEATURE_DIM)
-                        .map(|c| if stages.keeps(c) { 1.0 } else { 0.0 })
-                        .collect();
-                    let keep = Tensor::from_vec(keep, (1, 1, FEATURE_DIM), &self.device)?;
-                    centred.broadcast_mul(&keep)?
-                }
+            let patches = match self.patch_stages.channel_mask(&self.device)? {
+                Some(keep) => centred.broadcast_mul(&keep)?,
+                None => centred,
             };
             return Ok(BatchFeatures {
                 patches: patches.reshape((b * n, FEATURE_DIM))?,
