@@ -23,6 +23,8 @@ if not os.path.isdir(data):
 dev_real = os.path.realpath(dev)
 if dev_real == source or source.startswith(dev_real + os.sep) or dev_real.startswith(source + os.sep):
     sys.exit(f"deeppcb-dev: {dev} must lie outside the dataset, and the dataset outside it")
+if os.path.isdir(dev) and set(os.listdir(dev)) - {"PCBData"}:
+    sys.exit(f"deeppcb-dev: {dev} holds more than an earlier development part; give an empty or new folder")
 shutil.rmtree(dev, ignore_errors=True)
 index = {"temp": 0, "test": 0}
 linked = 0
@@ -39,6 +41,7 @@ for group in sorted(os.listdir(data)):
             board, _, kind = stem.rpartition("_")
             if kind not in index:
                 continue
+            # HOLDOUT_EVERY (4) in src/models/anomaly/train.rs, through dataset::split_every.
             held_out = index[kind] % 4 == 3
             index[kind] += 1
             if held_out:

@@ -57,6 +57,8 @@ wall = (at["feature maps chosen"] - at["input size chosen"]).total_seconds()
 trials = re.findall(
     r"PatchStagesTrial \{ stages: (\w+), painted_auroc: ([0-9.]+), seconds: ([0-9.]+)", text
 )
+if not trials:
+    print(f"{binary}: no PatchStagesTrial in its log (has the log line changed?)", file=sys.stderr)
 each = ", ".join(f"{s} {float(a):.4f} ({float(t):.1f} s)" for s, a, t in trials)
 print(f"round {round_}  {binary}: {wall:.1f} s  [{each}]")
 PY

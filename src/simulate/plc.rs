@@ -244,6 +244,11 @@ impl PlcSimulator {
         self.state.operator_reset.store(true, Ordering::Relaxed);
     }
 
+    /// Whether a press of the reset button waits for the program's next scan to take it.
+    pub fn operator_reset_pending(&self) -> bool {
+        self.state.operator_reset.load(Ordering::Relaxed)
+    }
+
     /// Every write received so far, in order.
     pub fn writes(&self) -> Vec<PlcWrite> {
         lock(&self.state.logs).writes.clone()

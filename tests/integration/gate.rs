@@ -367,19 +367,7 @@ async fn a_plc_whose_heartbeat_stops_is_lost_until_it_beats_again() {
     })
     .await;
     eventually("the halt latched again", || async { plc.halted() }).await;
-    let beat = plc.register(map.heartbeat.address);
-    eventually("three more beats", || async {
-        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 3
-    })
-    .await;
-    assert!(plc.coil(coil), "held by the halt-line action");
-    plc.press_operator_reset();
-    let beat = plc.register(map.heartbeat.address);
-    eventually("two more beats", || async {
-        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 2
-    })
-    .await;
-    assert!(plc.halted(), "no reset while the coil is ON");
+    held_through_a_reset(&plc, &map, coil).await;
     stop.cancel();
     beating.await.expect("heartbeat task");
     assert_eq!(
@@ -480,20 +468,7 @@ async fn a_halt_latched_while_the_coil_is_released_puts_it_back_on() {
     eventually("the coil back ON", || async { plc.coil(coil) }).await;
     // It stays ON beat after beat (the next look hands it to the action), and the operator's
     // reset does not release the line while it is.
-    let map = register_map();
-    let beat = plc.register(map.heartbeat.address);
-    eventually("three more beats", || async {
-        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 3
-    })
-    .await;
-    assert!(plc.coil(coil), "held for the halt-line action");
-    plc.press_operator_reset();
-    let beat = plc.register(map.heartbeat.address);
-    eventually("two more beats", || async {
-        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 2
-    })
-    .await;
-    assert!(plc.halted(), "no reset while the coil is ON");
+    held_through_a_reset(&plc, &register_map(), coil).await;
     stop.cancel();
     beating.await.expect("heartbeat task");
 }
@@ -515,6 +490,30 @@ async fn a_coil_put_back_on_for_a_latch_reset_meanwhile_is_released() {
     .await;
     stop.cancel();
     beating.await.expect("heartbeat task");
+}
+
+/// The halt coil, held ON for the halt-line action, stays ON three beats on, and the operator's
+/// reset at the line, once the PLC's scan has taken it, leaves the line halted.
+async fn held_through_a_reset(plc: &PlcSimulator, map: &RegisterMap, coil: u16) {
+    let beat = plc.register(map.heartbeat.address);
+    eventually("three more beats", || async {
+        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 3
+    })
+    .await;
+    assert!(plc.coil(coil), "held for the halt-line action");
+    plc.press_operator_reset();
+    eventually("the PLC's scan took the reset", || async {
+        !plc.operator_reset_pending()
+    })
+    .await;
+    // The scan that took the press may still be applying it; two beats on (at least one
+    // whole beat period, 100 ms, against a 1 ms scan) it has long been applied.
+    let beat = plc.register(map.heartbeat.address);
+    eventually("two beats later", || async {
+        plc.register(map.heartbeat.address).wrapping_sub(beat) >= 2
+    })
+    .await;
+    assert!(plc.halted(), "no reset while the coil is ON");
 }
 
 /// The gate task sends each part's verdict inside its window; while the PLC is lost a PASS

@@ -202,7 +202,7 @@ pub fn choose(
 /// `None` where no fit image could be read; 0.5 where no validation image could (nothing to
 /// tell apart). `bar` counts the images; `why` is what a warning about an unreadable one says
 /// goes on without it.
-pub fn painted_trial(
+pub(super) fn painted_trial(
     extractor: &PatchFeatures,
     fit: &[PathBuf],
     validation: &[PathBuf],
@@ -210,21 +210,22 @@ pub fn painted_trial(
     seed: u64,
     bar: &Phase,
     why: &str,
-) -> Result<Option<MapsTrial>, AnomalyError> {
+) -> Result<Option<PaintedTrial>, AnomalyError> {
     let maps = [extractor.patch_stages()];
     let trials = painted_trials(extractor, fit, validation, copies, seed, bar, why, &maps)?;
     Ok(trials.and_then(|trials| trials.into_iter().next()))
 }
 
-/// One set of feature maps' part of [`painted_trials`].
+/// One set of feature maps' trial, in [`painted_trials`] (and the input size's, which tries
+/// one set).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MapsTrial {
+pub struct PaintedTrial {
     pub painted_auroc: f64,
     /// Each readable validation image's score (its farthest patch's distance to the bank),
     /// then its painted copies', image by image.
     pub scores: Vec<f32>,
-    /// Its own searches, and an equal share of the reading, painting and backbone runs
-    /// every set shares.
+    /// Its own searches, and an equal share of the rest (reading, painting, backbone runs and
+    /// the banks' layouts).
     pub seconds: f64,
 }
 
@@ -249,9 +250,9 @@ pub fn painted_trials(
     bar: &Phase,
     why: &str,
     maps: &[PatchStages],
-) -> Result<Option<Vec<MapsTrial>>, AnomalyError> {
+) -> Result<Option<Vec<PaintedTrial>>, AnomalyError> {
     let extracted = extractor.patch_stages().channels();
-    debug_assert!(
+    assert!(
         (maps.iter())
             .all(|m| extracted.start <= m.channels().start && m.channels().end <= extracted.end),
         "an extractor keeping {extracted:?} cannot try {maps:?}"
@@ -261,7 +262,7 @@ pub fn painted_trials(
         return Ok(None);
     };
     let banks = (maps.iter())
-        .map(|&stages| search_layout(&kept(&bank, stages)?))
+        .map(|&stages| CutBank::of(&bank, stages))
         .collect::<candle_core::Result<Vec<_>>>()?;
     // The layouts hold their own copies (152 + 40 + 112 channels: 160 MB at 512).
     drop(bank);
@@ -283,10 +284,9 @@ pub fn painted_trials(
                 extractor.extract(&painted)?.patches
             };
             labels.push(copy > 0);
-            for (k, ((bank_t, bank_sq), &stages)) in banks.iter().zip(maps).enumerate() {
+            for (k, bank) in banks.iter().enumerate() {
                 let search = Instant::now();
-                let distances = nearest_distances(&kept(&patches, stages)?, bank_t, bank_sq)?;
-                scores[k].push(distances.into_iter().fold(0.0, f32::max));
+                scores[k].push(bank.farthest(&patches)?);
                 searching[k] += search.elapsed().as_secs_f64();
             }
         }
@@ -294,7 +294,7 @@ pub fn painted_trials(
     let shared = (started.elapsed().as_secs_f64() - searching.iter().sum::<f64>()).max(0.0);
     Ok(Some(
         (scores.into_iter().zip(&searching))
-            .map(|(scores, searching)| MapsTrial {
+            .map(|(scores, searching)| PaintedTrial {
                 painted_auroc: eval::auroc(&scores, &labels).unwrap_or(0.5),
                 scores,
                 seconds: searching + shared / maps.len().max(1) as f64,
@@ -303,8 +303,37 @@ pub fn painted_trials(
     ))
 }
 
+/// A trial's bank laid out for the search, cut to the channels of the maps one set keeps: a
+/// channel an extractor zeroes adds nothing to a distance, so the search need not read it
+/// (stride 8 alone is 40 of the 152 channels).
+struct CutBank {
+    stages: PatchStages,
+    bank_t: Tensor,
+    bank_sq: Tensor,
+}
+
+impl CutBank {
+    /// `bank` (`[m, FEATURE_DIM]`) cut to the channels `stages` keeps.
+    fn of(bank: &Tensor, stages: PatchStages) -> candle_core::Result<CutBank> {
+        let (bank_t, bank_sq) = search_layout(&cut_to_channels(bank, stages)?)?;
+        Ok(CutBank {
+            stages,
+            bank_t,
+            bank_sq,
+        })
+    }
+
+    /// The distance of the farthest of `patches` (`[n, FEATURE_DIM]`) to the bank: a
+    /// trial's image score.
+    fn farthest(&self, patches: &Tensor) -> candle_core::Result<f32> {
+        let patches = cut_to_channels(patches, self.stages)?;
+        let distances = nearest_distances(&patches, &self.bank_t, &self.bank_sq)?;
+        Ok(distances.into_iter().fold(0.0, f32::max))
+    }
+}
+
 /// The channels of `patches` (`[n, FEATURE_DIM]`) that `stages` keeps, contiguous.
-fn kept(patches: &Tensor, stages: PatchStages) -> candle_core::Result<Tensor> {
+fn cut_to_channels(patches: &Tensor, stages: PatchStages) -> candle_core::Result<Tensor> {
     let channels = stages.channels();
     if channels.len() == patches.dim(1)? {
         return Ok(patches.clone());
@@ -350,8 +379,7 @@ pub(super) fn load(path: &Path, why: &str) -> Option<GrayImage> {
 /// trial takes seconds (about a minute at 512).
 pub(super) struct TrialBank<'a> {
     extractor: &'a PatchFeatures,
-    bank_t: Tensor,
-    bank_sq: Tensor,
+    bank: CutBank,
 }
 
 impl<'a> TrialBank<'a> {
@@ -369,19 +397,16 @@ impl<'a> TrialBank<'a> {
         let Some(bank) = sampled_bank(extractor, fit, seed, bar, why)? else {
             return Ok(None);
         };
-        let (bank_t, bank_sq) = search_layout(&bank)?;
         Ok(Some(TrialBank {
             extractor,
-            bank_t,
-            bank_sq,
+            // The extractor's own maps: a map it zeroes is not searched.
+            bank: CutBank::of(&bank, extractor.patch_stages())?,
         }))
     }
 
     /// The distance of `image`'s farthest patch to the bank: the trial's image score.
     pub(super) fn farthest(&self, image: &GrayImage) -> candle_core::Result<f32> {
-        let patches = self.extractor.extract(image)?.patches;
-        let distances = nearest_distances(&patches, &self.bank_t, &self.bank_sq)?;
-        Ok(distances.into_iter().fold(0.0, f32::max))
+        self.bank.farthest(&self.extractor.extract(image)?.patches)
     }
 }
 

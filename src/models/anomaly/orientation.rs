@@ -18,9 +18,10 @@
 //! 1. **Candidates**: the seven turns of [`Orientation::ALL`] (the square's symmetries other
 //!    than the identity: two flips, three rotations, two transposes).
 //! 2. **Trial**: the same plain memory bank as the input size's
-//!    ([`super::input_size::TrialBank`]: every patch, up to 131,072) of up to [`TRIAL_FIT_IMAGES`] good fit images as they are; up to
-//!    [`TRIAL_VALIDATION_IMAGES`] good validation images are scored (their farthest patch's
-//!    distance to the bank) as they are and turned by each candidate.
+//!    ([`super::input_size::TrialBank`]: every patch, up to 131,072) of up to
+//!    [`TRIAL_FIT_IMAGES`] good fit images as they are; up to [`TRIAL_VALIDATION_IMAGES`] good
+//!    validation images are scored (their farthest patch's distance to the bank) as they are
+//!    and turned by each candidate.
 //! 3. **Choice**: a turn is taken when its turned images cannot be told from the same images
 //!    as they are: their image AUROC against them is at most [`MAX_TURNED_AUROC`]. Every
 //!    image the bank learns from is then added once turned by each turn taken, up to a budget

@@ -20,7 +20,7 @@
 //!    from following the painted draw: both maps are what every model kept before.
 //!
 //! The three are tried in one pass ([`super::input_size::painted_trials`]): about 1.2 s on
-//! magnetic-tile at 128 and 18 s on DeepPCB at 256 here (2–2.6 s and 24–29 s as three
+//! magnetic-tile at 128 and 18 s on DeepPCB at 256 here (1.9–2.6 s and 24–29 s as three
 //! separate trials; `scripts/time-map-trial.sh`). The card keeps every trial
 //! ([`PatchStagesChoice`]).
 

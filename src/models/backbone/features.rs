@@ -138,7 +138,7 @@ impl PatchStages {
     /// A `[1, FEATURE_DIM]` row of ones for the channels kept and zeros for the rest, to zero
     /// the maps left out of patch features by multiplication; `None` for both maps (nothing to
     /// zero).
-    pub fn channel_mask(self, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    fn channel_mask(self, device: &Device) -> candle_core::Result<Option<Tensor>> {
         if self.is_both() {
             return Ok(None);
         }
