@@ -12,7 +12,7 @@ use linesight::models::anomaly::{
     CoarseImage, ImageGaussian, PatchCore, PatchHead, nearest_distances, search_layout,
 };
 use linesight::models::backbone::bf16::Precision;
-use linesight::models::backbone::{FEATURE_DIM, PatchFeatures};
+use linesight::models::backbone::{FEATURE_DIM, PatchFeatures, PatchStages};
 use linesight::models::boxes::cell_boxes;
 use linesight::models::defect_net::DefectModel;
 use linesight::models::supervised::{BoxShape, SupervisedModel, boxes_from_heat_map};
@@ -258,6 +258,29 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             }
         }
     }
+    // One map alone, at 256 (DeepPCB's boards chose the stride-8 map there): the search reads
+    // its 40 channels where both maps' reads 152, so set it beside
+    // `anomaly/score_256_input256_bank4096` of the same run (what a one-map model cost before
+    // its search was cut). The same search cost buys a one-map model a larger bank
+    // (`bank_size::default_largest`): stride 8 alone at 256 may take 8,192 entries, as
+    // DeepPCB's boards did.
+    let bank_8192 = Tensor::randn(0f32, 1f32, (8192, FEATURE_DIM), device).expect("bank");
+    for (stages, name, bank) in [
+        (PatchStages::Stride8, "bank4096_stride8", &bank),
+        (PatchStages::Stride16, "bank4096_stride16", &bank),
+        (PatchStages::Stride8, "bank8192_stride8", &bank_8192),
+    ] {
+        let model = model_at_defaults(
+            &features.clone().with_patch_stages(stages),
+            256,
+            bank,
+            &gaussian,
+            &head,
+        );
+        c.bench_function(&format!("{prefix}anomaly/score_256_input256_{name}"), |b| {
+            b.iter(|| model.score(image).expect("score"))
+        });
+    }
     // The larger banks `--bank-size auto` may choose at a 128 input, up to the one whose
     // search costs what 256's against 4,096 entries does (`models::anomaly::bank_size`).
     for entries in [8192, 16_384] {
@@ -361,9 +384,8 @@ fn batches(
             .extract_many(&images)
             .expect("features")
             .patches;
-        let (bank_t, bank_sq) = model.search_bank();
         group.bench_function("nearest", |b| {
-            b.iter(|| nearest_distances(&patches, bank_t, bank_sq).expect("distances"))
+            b.iter(|| model.nearest(&patches).expect("distances"))
         });
         group.finish();
     }

@@ -81,11 +81,13 @@ fn one_pass_over_the_images_scores_each_set_of_maps_as_its_own_extractor_would()
     let (copies, seed) = (3, 7);
     let maps = PatchStages::ALL;
     let phase = linesight::learn::progress::Phase::hidden();
+    let started = std::time::Instant::now();
     let together = input_size::painted_trials(
         &features, fit, validation, copies, seed, &phase, "a test", &maps,
     )
     .expect("trials")
     .expect("fit images read");
+    let took = started.elapsed().as_secs_f64();
     assert_eq!(together.len(), maps.len());
     let load = |path: &PathBuf| linesight::learn::dataset::load_gray(path).expect("image");
     let rows = |extractor: &linesight::models::backbone::PatchFeatures,
@@ -132,10 +134,117 @@ fn one_pass_over_the_images_scores_each_set_of_maps_as_its_own_extractor_would()
         }
         assert!(trial.seconds > 0.0, "{trial:?}");
     }
+    // Each trial's time is its own searches and a share of the pass they shared, so together
+    // they are the pass: no part counted twice.
+    let counted: f64 = together.iter().map(|trial| trial.seconds).sum();
+    assert!(counted <= took, "{counted} s counted in a {took} s pass");
     // Zeroing a map changes every score: the candidates are measured apart.
     for pair in together.windows(2) {
         let same = (pair[0].scores.iter().zip(&pair[1].scores)).filter(|(a, b)| a == b);
         assert_eq!(same.count(), 0, "{together:?}");
+    }
+}
+
+/// A model keeping one of the two maps searches its bank in that map's channels alone
+/// (stride 8: 40 of 152), and finds the distances a search over every channel finds: the
+/// channels cut are zero in the extractor's patches and in the bank made of them.
+#[test]
+fn a_model_keeping_one_map_searches_its_channels_alone_with_the_same_distances() {
+    use linesight::models::anomaly::{PatchCore, nearest_distances, search_layout};
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("tiles");
+    write_mvtec_parts(&root, &mut PartGenerator::new(11, 96, 96, 0.0), 6, 2);
+    let load = |path: PathBuf| linesight::learn::dataset::load_gray(&path).expect("image");
+    let images = |folder: &str| -> Vec<linesight::part::GrayImage> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(root.join(folder))
+            .expect("images")
+            .map(|entry| entry.expect("entry").path())
+            .collect();
+        paths.sort();
+        paths.into_iter().map(load).collect()
+    };
+    let (good, defective) = (images("train/good"), images("test/defect"));
+    let features = linesight::models::backbone::PatchFeatures::load(
+        &backbone_weights(),
+        &candle_core::Device::Cpu,
+    )
+    .expect("backbone")
+    .with_input_size(64);
+    let mut searched = Vec::new();
+    for stages in PatchStages::ALL {
+        let extractor = features.clone().with_patch_stages(stages);
+        let patches = |image: &linesight::part::GrayImage| {
+            extractor.extract(image).expect("features").patches
+        };
+        let bank = candle_core::Tensor::cat(&good[..4].iter().map(patches).collect::<Vec<_>>(), 0)
+            .expect("bank");
+        let (bank_t, bank_sq) = search_layout(&bank).expect("layout");
+        let model = PatchCore::from_bank(extractor.clone(), bank).expect("model");
+        for image in good[4..].iter().chain(&defective) {
+            let queries = patches(image);
+            let narrow = model.nearest(&queries).expect("narrow search");
+            let wide = nearest_distances(&queries, &bank_t, &bank_sq).expect("wide search");
+            assert_eq!(narrow.len(), wide.len());
+            for (got, want) in narrow.iter().zip(&wide) {
+                assert!(
+                    (got - want).abs() <= 1e-3 * want.max(1.0),
+                    "{stages:?}: {got} against {want}"
+                );
+            }
+            // The model's own patch score is read from the same search.
+            let (raw, heat_map) = model.raw_scores(image).expect("scores");
+            assert_eq!(heat_map.values, narrow, "{stages:?}");
+            assert!(raw.patch > 0.0, "{stages:?}");
+            searched.push(narrow);
+        }
+    }
+    // The three sets of maps are three different searches.
+    let per_set = searched.len() / PatchStages::ALL.len();
+    assert_ne!(searched[0], searched[per_set]);
+    assert_ne!(searched[per_set], searched[2 * per_set]);
+}
+
+/// `--bank-size auto` (the default) tries no bank whose search costs more per part than a
+/// 256 input's against 4,096 entries of both maps' 152 channels. A model keeping the stride-8
+/// map alone searches 40 channels, so the same cost buys it 8,192 entries; stride 16 alone
+/// (112 channels) stays at 4,096.
+#[test]
+fn a_model_keeping_one_map_may_choose_a_larger_bank_for_the_same_search_cost() {
+    let _one = crate::CPU_HEAVY.blocking_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("parts");
+    write_mvtec_parts(&root, &mut PartGenerator::new(13, 256, 256, 0.0), 15, 2);
+    let candidates_tried = |stages: PatchStages| {
+        let card = anomaly_train::train(&AnomalySettings {
+            input_size: InputSize::Fixed(256),
+            patch_stages: StagesSetting::Given(stages),
+            bank_size: BankSize::AUTO,
+            synthetic_defects_per_good: 0,
+            coarse_input_size: None,
+            ..small_model(
+                "bank",
+                &root,
+                dir.path().join(format!("{stages:?}")),
+                4096,
+                1,
+            )
+        })
+        .expect("trains");
+        let choice = card
+            .family
+            .bank_size_choice
+            .expect("the run chose the bank");
+        assert_eq!(choice.n_validation, 3, "{choice:?}");
+        choice.rule
+    };
+    for (stages, candidates) in [
+        (PatchStages::Both, "[1024, 2048, 4096] entries"),
+        (PatchStages::Stride8, "[1024, 2048, 4096, 8192] entries"),
+        (PatchStages::Stride16, "[1024, 2048, 4096] entries"),
+    ] {
+        let rule = candidates_tried(stages);
+        assert!(rule.contains(candidates), "{stages:?}: {rule}");
     }
 }
 

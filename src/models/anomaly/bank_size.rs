@@ -14,9 +14,10 @@
 //!    model scores).
 //! 2. **Candidates**: [`CANDIDATES`], smallest first, none above the run's largest: by
 //!    default the largest bank whose search costs no more per part than the 256-pixel input's
-//!    at 4,096 entries ([`SEARCH_BUDGET`], within the 20 ms a part the model is held to), and
-//!    never below 4,096, the size every model had before the choice; `--bank-size auto:N`
-//!    raises it. The coreset grows from one candidate to the next (a greedy coreset's first
+//!    at 4,096 entries of both maps' 152 channels ([`SEARCH_BUDGET`], within the 20 ms a part
+//!    the model is held to; a model keeping one map searches its channels alone, so stride 8's
+//!    40 buy 3.8 times the entries), and never below 4,096, the size every model had before
+//!    the choice; `--bank-size auto:N` raises it. The coreset grows from one candidate to the next (a greedy coreset's first
 //!    `k` entries are its coreset of size `k`), so trying them costs no more than choosing
 //!    the largest tried.
 //! 3. **Choice**: the smallest candidate whose bank raises the validation images' scores by no
@@ -34,15 +35,17 @@ use super::input_size::evenly;
 use super::train::{AnomalyError, SizeSetting, parse_size_setting};
 use super::{GreedyCoreset, TOP_PATCHES, nearest_distances, rows, search_layout, top_mean};
 use crate::learn::progress::Phase;
+use crate::models::backbone::FEATURE_DIM;
 
 /// The bank sizes a training run may choose from, smallest first.
 pub const CANDIDATES: [usize; 7] = [1024, 2048, 4096, 8192, 16_384, 32_768, 65_536];
 
-/// The most patch-to-entry distances a part's search may cost at the defaults: a 256-pixel
-/// input's 1,024 patches against 4,096 entries, the anomaly model's 13 ms per 256×256 part
-/// on the 2-core development machine (`cargo bench --bench inspect -- anomaly/`). At 128
-/// pixels (256 patches) a bank of 16,384 entries costs the same.
-pub const SEARCH_BUDGET: usize = 1024 * 4096;
+/// The most multiply-adds a part's search may cost at the defaults: a 256-pixel input's 1,024
+/// patches against 4,096 entries in both maps' [`FEATURE_DIM`] channels, the anomaly model's
+/// 13 ms per 256×256 part on the 2-core development machine (`cargo bench --bench inspect --
+/// anomaly/`). At 128 pixels (256 patches) a bank of 16,384 entries costs the same, and at 256
+/// a bank of 15,564 searched in the stride-8 map's 40 channels alone.
+pub const SEARCH_BUDGET: usize = 1024 * 4096 * FEATURE_DIM;
 
 /// The size every model had before the run chose it: the default largest never goes below it.
 pub const FORMER_BANK_SIZE: usize = 4096;
@@ -99,10 +102,11 @@ impl std::str::FromStr for BankSize {
     }
 }
 
-/// The largest bank `auto` may choose for a model of `patches_per_image` patches an image:
-/// the most entries within [`SEARCH_BUDGET`], and never fewer than [`FORMER_BANK_SIZE`].
-pub fn default_largest(patches_per_image: usize) -> usize {
-    (SEARCH_BUDGET / patches_per_image.max(1)).max(FORMER_BANK_SIZE)
+/// The largest bank `auto` may choose for a model of `patches_per_image` patches an image,
+/// searched in `channels` channels (those its extractor keeps): the most entries within
+/// [`SEARCH_BUDGET`], and never fewer than [`FORMER_BANK_SIZE`].
+pub fn default_largest(patches_per_image: usize, channels: usize) -> usize {
+    (SEARCH_BUDGET / (patches_per_image.max(1) * channels.max(1))).max(FORMER_BANK_SIZE)
 }
 
 /// The candidates up to `largest`; the smallest at least.
@@ -320,9 +324,15 @@ mod tests {
     #[test]
     fn the_default_largest_keeps_the_search_within_its_budget() {
         // 128 pixels: 256 patches; 256 pixels: 1,024; 512: 4,096 (never below 4,096 entries).
-        assert_eq!(default_largest(256), 16_384);
-        assert_eq!(default_largest(1024), 4096);
-        assert_eq!(default_largest(4096), 4096);
+        assert_eq!(default_largest(256, FEATURE_DIM), 16_384);
+        assert_eq!(default_largest(1024, FEATURE_DIM), 4096);
+        assert_eq!(default_largest(4096, FEATURE_DIM), 4096);
+        // One map alone: its search is as many times cheaper per entry as it has fewer
+        // channels (stride 8's 40, stride 16's 112).
+        assert_eq!(default_largest(1024, 40), 15_564);
+        assert_eq!(candidates(default_largest(1024, 40)).last(), Some(&8192));
+        assert_eq!(default_largest(1024, 112), 5_558);
+        assert_eq!(default_largest(256, 40), 62_259);
         assert_eq!(candidates(16_384), [1024, 2048, 4096, 8192, 16_384]);
         assert_eq!(candidates(100), [1024]);
     }

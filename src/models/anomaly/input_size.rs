@@ -34,7 +34,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::train::AnomalyError;
-use super::{nearest_distances, sample_rows, search_layout};
+use super::{cut_to_channels, nearest_distances, sample_rows, search_layout};
 use crate::learn::dataset;
 use crate::learn::eval;
 use crate::learn::progress::{Phase, Progress};
@@ -330,17 +330,6 @@ impl CutBank {
         let distances = nearest_distances(&patches, &self.bank_t, &self.bank_sq)?;
         Ok(distances.into_iter().fold(0.0, f32::max))
     }
-}
-
-/// The channels of `patches` (`[n, FEATURE_DIM]`) that `stages` keeps, contiguous.
-fn cut_to_channels(patches: &Tensor, stages: PatchStages) -> candle_core::Result<Tensor> {
-    let channels = stages.channels();
-    if channels.len() == patches.dim(1)? {
-        return Ok(patches.clone());
-    }
-    patches
-        .narrow(1, channels.start, channels.len())?
-        .contiguous()
 }
 
 /// The images at `paths` whose size can be read, and each one's shorter side; a warning for

@@ -15,9 +15,11 @@
 //!    defect painted on each, [`PAINTED_COPIES`] times, the same painted images for every
 //!    candidate.
 //! 2. **Choice**: both maps, unless one map alone scores more than [`MIN_AUROC_GAIN`]
-//!    higher; if both do, the higher. Leaving a map out saves no time (the backbone runs to
-//!    stride 16 for the image descriptor either way), so the margin only keeps the choice
-//!    from following the painted draw: both maps are what every model kept before.
+//!    higher; if both do, the higher. Leaving a map out saves no backbone time (it runs to
+//!    stride 16 for the image descriptor either way); the search is cut to the map's channels
+//!    (stride 8: 40 of 152), which the bank's size spends ([`super::bank_size`]), so the margin
+//!    only keeps the choice from following the painted draw: both maps are what every model
+//!    kept before.
 //!
 //! The three are tried in one pass ([`super::input_size::painted_trials`]): about 1.2 s on
 //! magnetic-tile at 128 and 18 s on DeepPCB at 256 here (1.9–2.6 s and 24–29 s as three

@@ -26,7 +26,8 @@ use crate::models::anomaly::patch_stages::{self, StagesSetting};
 use crate::models::anomaly::score_choice;
 use crate::models::anomaly::{
     AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
-    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, greedy_coreset,
+    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, cut_to_channels,
+    greedy_coreset,
 };
 use crate::models::backbone::{
     BackboneError, BackboneInput, ImageFeatures, PatchFeatures, PatchStages, check_input_size,
@@ -444,9 +445,23 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         let (chosen, choice) = match bank {
             BankSize::Fixed(size) => (greedy_coreset(&all, size, settings.seed, &bar)?, None),
             BankSize::Auto { largest } => {
-                let largest = largest.unwrap_or(bank_size::default_largest(grid * grid));
-                let (choice, coreset) =
-                    bank_size::choose(&all, validation, largest, settings.seed, &bar)?;
+                // The search reads the channels the extractor keeps, and so does the choice:
+                // a map left out is zero in every patch and moves no distance.
+                let stages = features.patch_stages();
+                let largest = largest.unwrap_or(bank_size::default_largest(
+                    grid * grid,
+                    stages.channels().len(),
+                ));
+                let validation = (validation.iter())
+                    .map(|patches| cut_to_channels(patches, stages))
+                    .collect::<candle_core::Result<Vec<Tensor>>>()?;
+                let (choice, coreset) = bank_size::choose(
+                    &cut_to_channels(&all, stages)?,
+                    &validation.iter().collect::<Vec<_>>(),
+                    largest,
+                    settings.seed,
+                    &bar,
+                )?;
                 tracing::info!(
                     chosen = choice.chosen,
                     trials = ?choice.trials,
