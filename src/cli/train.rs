@@ -182,7 +182,9 @@ pub struct Anomaly {
     /// Memory-bank entries kept from the good patches: a number, or `auto` to let the run
     /// choose the smallest of 1024, 2048, 4096, … that covers good validation images nearly
     /// as well as every good patch, within the search time of a 256-pixel input's 4096
-    /// entries; `auto:N` lets it choose up to N. The card keeps each one's figure.
+    /// entries of both feature maps (a model keeping one map searches its channels alone, so
+    /// the same time allows it more); `auto:N` lets it choose up to N. The card keeps each
+    /// one's figure.
     #[arg(long, default_value = "auto")]
     bank_size: BankSize,
     /// Side of the square the backbone sees: a multiple of 16, or `auto` to let the run

@@ -180,7 +180,16 @@ fn a_model_keeping_one_map_searches_its_channels_alone_with_the_same_distances()
         let bank = candle_core::Tensor::cat(&good[..4].iter().map(patches).collect::<Vec<_>>(), 0)
             .expect("bank");
         let (bank_t, bank_sq) = search_layout(&bank).expect("layout");
+        // A bank cut already (or of another model) is refused, not searched as it comes.
+        let cut = bank.narrow(1, 0, 40).expect("narrow");
+        let refused = PatchCore::from_bank(extractor.clone(), cut).expect_err("a narrow bank");
+        assert!(refused.to_string().contains("152 values"), "{refused}");
         let model = PatchCore::from_bank(extractor.clone(), bank).expect("model");
+        assert_eq!(
+            model.searched_channels(),
+            stages.channels().len(),
+            "{stages:?}"
+        );
         for image in good[4..].iter().chain(&defective) {
             let queries = patches(image);
             let narrow = model.nearest(&queries).expect("narrow search");
@@ -194,7 +203,10 @@ fn a_model_keeping_one_map_searches_its_channels_alone_with_the_same_distances()
             }
             // The model's own patch score is read from the same search.
             let (raw, heat_map) = model.raw_scores(image).expect("scores");
-            assert_eq!(heat_map.values, narrow, "{stages:?}");
+            assert_eq!(heat_map.values.len(), narrow.len());
+            for (got, want) in heat_map.values.iter().zip(&narrow) {
+                assert!((got - want).abs() <= 1e-4 * want.max(1.0), "{stages:?}");
+            }
             assert!(raw.patch > 0.0, "{stages:?}");
             searched.push(narrow);
         }

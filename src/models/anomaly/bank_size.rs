@@ -16,8 +16,9 @@
 //!    default the largest bank whose search costs no more per part than the 256-pixel input's
 //!    at 4,096 entries of both maps' 152 channels ([`SEARCH_BUDGET`], within the 20 ms a part
 //!    the model is held to; a model keeping one map searches its channels alone, so stride 8's
-//!    40 buy 3.8 times the entries), and never below 4,096, the size every model had before
-//!    the choice; `--bank-size auto:N` raises it. The coreset grows from one candidate to the next (a greedy coreset's first
+//!    40 buy up to 3.8 times the entries: 8,192 at 256, the candidates being powers of two),
+//!    and never below 4,096, the size every model had before the choice; `--bank-size auto:N`
+//!    raises it. The coreset grows from one candidate to the next (a greedy coreset's first
 //!    `k` entries are its coreset of size `k`), so trying them costs no more than choosing
 //!    the largest tried.
 //! 3. **Choice**: the smallest candidate whose bank raises the validation images' scores by no

@@ -901,6 +901,13 @@ impl PatchCore {
     /// A model from a stored memory bank (patch scores only until
     /// [`PatchCore::with_image_gaussian`] and [`PatchCore::with_scale`]).
     pub fn from_bank(features: PatchFeatures, bank: Tensor) -> candle_core::Result<PatchCore> {
+        // Cut to a map's channels, a bank of another width would be searched without a word.
+        if bank.rank() != 2 || bank.dim(1)? != FEATURE_DIM {
+            candle_core::bail!(
+                "a memory bank of {:?}: the model's patches have {FEATURE_DIM} values",
+                bank.dims()
+            );
+        }
         let bank = bank.to_dtype(DType::F32)?;
         let (bank_t, bank_sq) = search_layout(&cut_to_channels(&bank, features.patch_stages())?)?;
         Ok(PatchCore {
@@ -964,6 +971,12 @@ impl PatchCore {
     pub fn nearest(&self, patches: &Tensor) -> candle_core::Result<Vec<f32>> {
         let patches = cut_to_channels(patches, self.features.patch_stages())?;
         nearest_distances(&patches, &self.bank_t, &self.bank_sq)
+    }
+
+    /// The channels [`PatchCore::nearest`] searches: 152 for both maps, 40 for stride 8 alone,
+    /// 112 for stride 16 alone.
+    pub fn searched_channels(&self) -> usize {
+        self.bank_t.dims()[0]
     }
 
     /// How the scores combine, for saving.

@@ -442,12 +442,15 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             None => None,
         };
         let bar = settings.progress.phase(0, which);
+        // The coreset is chosen, and the bank's size measured, in the channels the model's
+        // search reads: a map left out is zero in every patch and moves no distance. Both
+        // sizes' paths draw from the same cut patches, so a size given draws the coreset the
+        // run would have drawn choosing it. Its rows index `all` as they index the cut.
+        let stages = features.patch_stages();
+        let searched = cut_to_channels(&all, stages)?;
         let (chosen, choice) = match bank {
-            BankSize::Fixed(size) => (greedy_coreset(&all, size, settings.seed, &bar)?, None),
+            BankSize::Fixed(size) => (greedy_coreset(&searched, size, settings.seed, &bar)?, None),
             BankSize::Auto { largest } => {
-                // The search reads the channels the extractor keeps, and so does the choice:
-                // a map left out is zero in every patch and moves no distance.
-                let stages = features.patch_stages();
                 let largest = largest.unwrap_or(bank_size::default_largest(
                     grid * grid,
                     stages.channels().len(),
@@ -456,7 +459,7 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
                     .map(|patches| cut_to_channels(patches, stages))
                     .collect::<candle_core::Result<Vec<Tensor>>>()?;
                 let (choice, coreset) = bank_size::choose(
-                    &cut_to_channels(&all, stages)?,
+                    &searched,
                     &validation.iter().collect::<Vec<_>>(),
                     largest,
                     settings.seed,
