@@ -34,7 +34,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::train::AnomalyError;
-use super::{cut_to_channels, nearest_distances, sample_rows, search_layout};
+use super::{ChannelSearch, sample_rows};
 use crate::learn::dataset;
 use crate::learn::eval;
 use crate::learn::progress::{Phase, Progress};
@@ -262,7 +262,7 @@ pub fn painted_trials(
         return Ok(None);
     };
     let banks = (maps.iter())
-        .map(|&stages| CutBank::of(&bank, stages))
+        .map(|&stages| ChannelSearch::of(&bank, stages))
         .collect::<candle_core::Result<Vec<_>>>()?;
     // The layouts hold their own copies (152 + 40 + 112 channels: 160 MB at 512).
     drop(bank);
@@ -303,35 +303,6 @@ pub fn painted_trials(
     ))
 }
 
-/// A trial's bank laid out for the search, cut to the channels of the maps one set keeps: a
-/// channel an extractor zeroes adds nothing to a distance, so the search need not read it
-/// (stride 8 alone is 40 of the 152 channels).
-struct CutBank {
-    stages: PatchStages,
-    bank_t: Tensor,
-    bank_sq: Tensor,
-}
-
-impl CutBank {
-    /// `bank` (`[m, FEATURE_DIM]`) cut to the channels `stages` keeps.
-    fn of(bank: &Tensor, stages: PatchStages) -> candle_core::Result<CutBank> {
-        let (bank_t, bank_sq) = search_layout(&cut_to_channels(bank, stages)?)?;
-        Ok(CutBank {
-            stages,
-            bank_t,
-            bank_sq,
-        })
-    }
-
-    /// The distance of the farthest of `patches` (`[n, FEATURE_DIM]`) to the bank: a
-    /// trial's image score.
-    fn farthest(&self, patches: &Tensor) -> candle_core::Result<f32> {
-        let patches = cut_to_channels(patches, self.stages)?;
-        let distances = nearest_distances(&patches, &self.bank_t, &self.bank_sq)?;
-        Ok(distances.into_iter().fold(0.0, f32::max))
-    }
-}
-
 /// The images at `paths` whose size can be read, and each one's shorter side; a warning for
 /// each that cannot, saying that `why` goes on without it. Shared by the trials of this module,
 /// of the turns and of the feature maps.
@@ -368,7 +339,7 @@ pub(super) fn load(path: &Path, why: &str) -> Option<GrayImage> {
 /// trial takes seconds (about a minute at 512).
 pub(super) struct TrialBank<'a> {
     extractor: &'a PatchFeatures,
-    bank: CutBank,
+    bank: ChannelSearch,
 }
 
 impl<'a> TrialBank<'a> {
@@ -389,7 +360,7 @@ impl<'a> TrialBank<'a> {
         Ok(Some(TrialBank {
             extractor,
             // The extractor's own maps: a map it zeroes is not searched.
-            bank: CutBank::of(&bank, extractor.patch_stages())?,
+            bank: ChannelSearch::of(&bank, extractor.patch_stages())?,
         }))
     }
 

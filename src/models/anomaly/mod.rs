@@ -237,6 +237,46 @@ pub(crate) fn cut_to_channels(
         .contiguous()
 }
 
+/// A bank laid out for [`nearest_distances`] in the channels one set of feature maps keeps
+/// ([`cut_to_channels`]): what [`PatchCore`] searches, and each trial's bank
+/// ([`input_size::painted_trials`], the orientation trial).
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelSearch {
+    stages: PatchStages,
+    /// The bank cut and transposed, `[kept, m]`, contiguous.
+    bank_t: Tensor,
+    /// Its squared norms, `[1, m]`.
+    bank_sq: Tensor,
+}
+
+impl ChannelSearch {
+    /// `bank` (`[m, FEATURE_DIM]`) cut to the channels `stages` keeps.
+    pub(crate) fn of(bank: &Tensor, stages: PatchStages) -> candle_core::Result<ChannelSearch> {
+        let (bank_t, bank_sq) = search_layout(&cut_to_channels(bank, stages)?)?;
+        Ok(ChannelSearch {
+            stages,
+            bank_t,
+            bank_sq,
+        })
+    }
+
+    /// The distance of each of `patches` (`[n, FEATURE_DIM]`) to its nearest bank entry.
+    pub(crate) fn nearest(&self, patches: &Tensor) -> candle_core::Result<Vec<f32>> {
+        let patches = cut_to_channels(patches, self.stages)?;
+        nearest_distances(&patches, &self.bank_t, &self.bank_sq)
+    }
+
+    /// The distance of the farthest of `patches` to the bank: a trial's image score.
+    pub(crate) fn farthest(&self, patches: &Tensor) -> candle_core::Result<f32> {
+        Ok(self.nearest(patches)?.into_iter().fold(0.0, f32::max))
+    }
+
+    /// The channels searched.
+    pub(crate) fn channels(&self) -> usize {
+        self.bank_t.dims()[0]
+    }
+}
+
 /// Nearest-neighbour distances of each row of `queries` (`[q, d]`) to a bank given transposed,
 /// `bank_t` (`[d, m]`, contiguous: gemm then reads it as it lies, where the `[m, d]` bank was
 /// repacked on every call), and the bank's squared norms `[1, m]`:
@@ -870,12 +910,9 @@ pub struct PatchCore {
     /// `[m, FEATURE_DIM]`, as saved: the extractor's patches, zero in the channels of a map
     /// it leaves out.
     bank: Tensor,
-    /// The same cut to the channels the extractor keeps ([`cut_to_channels`]) and transposed,
-    /// `[kept, m]`, contiguous: what the search reads. A stride-8 model's search reads 40
-    /// channels where the saved bank has 152.
-    bank_t: Tensor,
-    /// `[1, m]`
-    bank_sq: Tensor,
+    /// The same cut to the channels the extractor keeps: what the search reads. A stride-8
+    /// model's search reads 40 channels where the saved bank has 152.
+    search: ChannelSearch,
     image_gaussian: Option<ImageGaussian>,
     head: Option<PatchHead>,
     coarse_image: Option<CoarseImage>,
@@ -909,12 +946,11 @@ impl PatchCore {
             );
         }
         let bank = bank.to_dtype(DType::F32)?;
-        let (bank_t, bank_sq) = search_layout(&cut_to_channels(&bank, features.patch_stages())?)?;
+        let search = ChannelSearch::of(&bank, features.patch_stages())?;
         Ok(PatchCore {
             features,
-            bank_t,
+            search,
             bank,
-            bank_sq,
             image_gaussian: None,
             head: None,
             coarse_image: None,
@@ -969,14 +1005,13 @@ impl PatchCore {
     /// The distance of each of `patches` (`[n, FEATURE_DIM]`, from this model's extractor) to
     /// its nearest bank entry, searched in the channels the extractor keeps.
     pub fn nearest(&self, patches: &Tensor) -> candle_core::Result<Vec<f32>> {
-        let patches = cut_to_channels(patches, self.features.patch_stages())?;
-        nearest_distances(&patches, &self.bank_t, &self.bank_sq)
+        self.search.nearest(patches)
     }
 
     /// The channels [`PatchCore::nearest`] searches: 152 for both maps, 40 for stride 8 alone,
     /// 112 for stride 16 alone.
     pub fn searched_channels(&self) -> usize {
-        self.bank_t.dims()[0]
+        self.search.channels()
     }
 
     /// How the scores combine, for saving.
