@@ -9,7 +9,8 @@ use linesight::calibrate::{Calibration, Undistorter};
 use linesight::models::Detector;
 use linesight::models::anomaly::train::COARSE_INPUT_SIZE;
 use linesight::models::anomaly::{
-    CoarseImage, ImageGaussian, PatchCore, PatchHead, nearest_distances, search_layout,
+    CoarseImage, ImageGaussian, NoiseDiscriminator, PatchCore, PatchHead, discriminator,
+    nearest_distances, search_layout,
 };
 use linesight::models::backbone::bf16::Precision;
 use linesight::models::backbone::{FEATURE_DIM, PatchFeatures, PatchStages};
@@ -243,6 +244,20 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
     c.bench_function(&format!("{prefix}anomaly/nearest_1024x4096"), |b| {
         b.iter(|| nearest_distances(&queries, &bank_t, &bank_sq).expect("distances"))
     });
+    // The discriminator's share of a part at a 256 input: its adaptor and MLP over the same
+    // 1,024 patches, both maps' channels.
+    let judge = random_discriminator(PatchStages::Both, device);
+    c.bench_function(&format!("{prefix}anomaly/discriminator_1024"), |b| {
+        b.iter(|| judge.patch_scores(&queries).expect("scores"))
+    });
+    // The model at 256 with it (`--discriminator-steps N`): set it beside
+    // `anomaly/score_256_input256_bank4096` of the same run.
+    let judged = model_at_defaults(&features, 256, &bank, &gaussian, &head)
+        .with_discriminator(Some(judge.clone()));
+    c.bench_function(
+        &format!("{prefix}anomaly/score_256_input256_bank4096_discriminator"),
+        |b| b.iter(|| judged.score(image).expect("score")),
+    );
     // The anomaly model at 512 (`--input-size auto:512` may choose it), at 256 and at its
     // default input size, 128.
     for size in [512, 256, 128] {
@@ -315,6 +330,23 @@ fn anomaly(c: &mut Criterion, image: &linesight::part::GrayImage, device: &Devic
             |b| b.iter(|| supervised.predict(image).expect("prediction")),
         );
     }
+}
+
+/// A discriminator of the shape training gives, reading `stages`' channels: its cost does not
+/// depend on its weights.
+fn random_discriminator(stages: PatchStages, device: &Device) -> NoiseDiscriminator {
+    let c = stages.channels().len();
+    let random = |shape: &[usize]| Tensor::randn(0f32, 0.1f32, shape, device).expect("weights");
+    let hidden = discriminator::HIDDEN;
+    let tensors = [
+        random(&[c, c]),
+        random(&[c]),
+        random(&[c, hidden]),
+        random(&[hidden]),
+        random(&[hidden]),
+    ];
+    let [a, b, w, x, o] = &tensors;
+    NoiseDiscriminator::from_tensors([a, b, w, x, o], stages, device).expect("discriminator")
 }
 
 /// The anomaly model as training builds it by default (bank, image Gaussian, patch head,

@@ -175,7 +175,7 @@ for name in ["magnetic-tile-anomaly", "deeppcb-anomaly", "deeppcb-anomaly-512", 
     print(f"{name + ' AUROC alone':<42} " + ", ".join(
         f"{label} " + ("n/a" if alone.get(key) is None else f"{alone[key]:.4f}")
         for key, label in [("patch", "patch"), ("image", "image"), ("head", "head"),
-                           ("coarse_image", "coarse")]))
+                           ("coarse_image", "coarse"), ("discriminator", "discriminator")]))
 # The anomaly threshold's promise (issue 21): chosen by cross-conformal on the good training
 # images (each scored by a model fitted without its fold), its false-reject rate on the held-out
 # good images must not exceed the target by more than 2 points (the promise is an upper bound).

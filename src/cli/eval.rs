@@ -85,7 +85,8 @@ pub struct AnomalyEval {
     held_out: HeldOut,
     /// Where to write each scored image's scores as CSV: its path, class, the model's score,
     /// whether the threshold rejects it, and the scores the model sums (patch distance, image
-    /// Gaussian, patch head, coarse image Gaussian; empty where the model has none).
+    /// Gaussian, patch head, coarse image Gaussian, discriminator; empty where the model has
+    /// none).
     #[arg(long)]
     scores: Option<PathBuf>,
 }
@@ -225,6 +226,7 @@ fn write_scores(
         "image_gaussian",
         "head",
         "coarse_image",
+        "discriminator",
     ])?;
     let optional = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
     for scored in each {
@@ -237,6 +239,7 @@ fn write_scores(
             optional(scored.raw.image),
             optional(scored.raw.head),
             optional(scored.raw.coarse_image),
+            optional(scored.raw.discriminator),
         ])?;
     }
     csv.flush()?;

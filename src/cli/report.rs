@@ -71,6 +71,7 @@ pub fn anomaly_metrics(metrics: &AnomalyMetrics) {
         ("image", alone.image),
         ("head", alone.head),
         ("coarse", alone.coarse_image),
+        ("discriminator", alone.discriminator),
     ] {
         if auroc.is_some() {
             row(&format!("AUROC of {score} alone"), auroc);

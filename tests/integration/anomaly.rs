@@ -8,6 +8,7 @@ use linesight::inspect::registry::Registry;
 use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::anomaly::bank_size::BankSize;
+use linesight::models::anomaly::discriminator;
 use linesight::models::anomaly::input_size;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::patch_stages::{self, StagesSetting};
@@ -45,6 +46,8 @@ fn small_model(
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),
+        discriminator_steps: 40,
+        discriminator_noise_std: discriminator::DEFAULT_NOISE_STD,
         orientations: Orientations::None,
         seed,
         out_dir,
@@ -362,6 +365,13 @@ fn a_model_keeps_the_feature_maps_it_learnt_on_when_loaded() {
         loaded.model.extractor().patch_stages(),
         PatchStages::Stride8
     );
+    // Its discriminator was trained, saved and loaded on those 40 channels.
+    assert_eq!(
+        (loaded.model.discriminator())
+            .expect("a discriminator")
+            .channels(),
+        40
+    );
     let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (_, held_out) =
         linesight::learn::dataset::split_every(&samples, anomaly_train::HOLDOUT_EVERY);
@@ -405,10 +415,13 @@ fn a_model_keeps_the_feature_maps_it_learnt_on_when_loaded() {
         serde_json::from_str(&std::fs::read_to_string(model_dir.join(CARD_FILE)).expect("card"))
             .expect("card json");
     assert_eq!(card_json["patch_stages"], "stride8");
-    card_json
-        .as_object_mut()
-        .expect("card object")
-        .remove("patch_stages");
+    // A card from before the maps were chosen, which had no discriminator either.
+    let object = card_json.as_object_mut().expect("card object");
+    object.remove("patch_stages");
+    object.remove("discriminator");
+    (object["score_scale"].as_object_mut())
+        .expect("a score scale")
+        .remove("discriminator");
     std::fs::write(model_dir.join(CARD_FILE), card_json.to_string()).expect("card");
     let old = load();
     assert_eq!(old.model.extractor().patch_stages(), PatchStages::Both);
@@ -469,6 +482,9 @@ fn the_scores_summed_are_chosen_on_defects_painted_on_the_validation_images() {
         ScoreKind::CoarseImage => (scale.coarse_image)
             .map(|s| (s.mean, s.std))
             .expect("coarse spread"),
+        ScoreKind::Discriminator => (scale.discriminator)
+            .map(|s| (s.mean, s.std))
+            .expect("discriminator spread"),
     };
     let by_hand: f32 = (choice.counted.iter())
         .map(|&kind| {
@@ -611,13 +627,19 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(drift.good_scores.len(), 24);
     assert!(!drift.scores_of_shipped_model);
     assert!(drift.input.limit.is_finite() && drift.input.limit > 0.0);
-    // The image score, the patch head and the coarse image score are on, scaled on the
-    // out-of-fold scores.
+    // The image score, the patch head, the coarse image score and the discriminator are on,
+    // scaled on the out-of-fold scores; the card says how the discriminator was trained.
     let scale = card.score_scale.expect("a score scale");
     assert!(scale.head.is_some(), "{card:?}");
     assert!(scale.coarse_image.is_some(), "{card:?}");
+    assert!(scale.discriminator.is_some(), "{card:?}");
+    let judge = card.discriminator.expect("the discriminator's settings");
+    assert_eq!(
+        (judge.steps, judge.noise_std, judge.hidden),
+        (40, discriminator::DEFAULT_NOISE_STD, discriminator::HIDDEN)
+    );
     // Which of them the model sums was tried on the 4 validation images, each also with 2
-    // painted defects, scored by the first fit: too few to leave a score out, so all four
+    // painted defects, scored by the first fit: too few to leave a score out, so all five
     // count, and the trial is on the card.
     let choice = card.score_choice.as_ref().expect("the score choice");
     assert_eq!((choice.n_good, choice.n_painted), (4, 8));
@@ -713,6 +735,11 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(loaded_card.family.bank_size, card.bank_size);
     let coarse = model.coarse_image().expect("the coarse image score");
     assert_eq!(coarse.extractor().input_size(), 64);
+    assert_eq!(
+        model.discriminator().expect("the discriminator").channels(),
+        152
+    );
+    assert!(metrics.score_auroc.discriminator.is_some(), "{metrics:?}");
     assert_eq!(coarse.extractor().resampling(), Resampling::Antialiased);
     let samples = linesight::learn::dataset::read(Layout::Mvtec, &root).expect("dataset");
     let (training, held_out) =
@@ -777,6 +804,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         ("image", alone.image),
         ("head", alone.head),
         ("coarse image", alone.coarse_image),
+        ("discriminator", alone.discriminator),
     ] {
         let auroc = auroc.unwrap_or_else(|| panic!("no AUROC of the {score} score alone"));
         assert!((0.5..=1.0).contains(&auroc), "{score} alone: {auroc}");
@@ -933,11 +961,26 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert!(refused.contains("without the `score_scale`"), "{refused}");
     let refused = load_refused(&without(&["score_scale", "resampling", "score_choice"]));
     assert!(refused.contains("coarse_image_mean"), "{refused}");
+    // Likewise the discriminator: its spread without its settings, or settings whose tensors
+    // the bank file lacks.
+    let refused = load_refused(&without(&["discriminator"]));
+    assert!(refused.contains("must come together"), "{refused}");
+    let refused = load_refused(&without(&[
+        "score_scale",
+        "resampling",
+        "score_choice",
+        "coarse_input_size",
+    ]));
+    assert!(
+        refused.contains("discriminator.adaptor_weight"),
+        "{refused}"
+    );
     let old_card = without(&[
         "score_scale",
         "resampling",
         "coarse_input_size",
         "score_choice",
+        "discriminator",
     ]);
     std::fs::write(old.join(CARD_FILE), old_card.to_string()).expect("old card");
     let AnomalyModel {
@@ -1053,7 +1096,8 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
             "patch",
             "image_gaussian",
             "head",
-            "coarse_image"
+            "coarse_image",
+            "discriminator"
         ]
     );
     let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.expect("a row")).collect();

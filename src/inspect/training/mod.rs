@@ -49,6 +49,7 @@ use crate::learn::dataset::{self, Layout, class_folder, load_gray};
 use crate::learn::progress::{PhaseProgress, Progress, ProgressWatch};
 use crate::models::anomaly::SYNTHETIC_DEFECTS_PER_GOOD;
 use crate::models::anomaly::bank_size::BankSize;
+use crate::models::anomaly::discriminator;
 use crate::models::anomaly::orientation::Orientations;
 use crate::models::anomaly::patch_stages::StagesSetting;
 use crate::models::anomaly::train::{
@@ -663,6 +664,8 @@ fn run(
                 target_false_reject_rate: anomaly_train::DEFAULT_TARGET_FALSE_REJECT_RATE,
                 synthetic_defects_per_good: SYNTHETIC_DEFECTS_PER_GOOD,
                 coarse_input_size: Some(COARSE_INPUT_SIZE),
+                discriminator_steps: discriminator::DEFAULT_STEPS,
+                discriminator_noise_std: discriminator::DEFAULT_NOISE_STD,
                 orientations: request.orientations.clone(),
                 seed: 0,
                 out_dir: out.clone(),

@@ -11,10 +11,12 @@
 //! an [`ImageGaussian`] scores the image as a whole, and a [`PatchHead`], trained to tell good
 //! patches from defects painted on the good images ([`crate::learn::synthetic_defect`]),
 //! scores what a plain distance misses, and a [`CoarseImage`] scores the whole image again
-//! through the backbone at a smaller input; [`ScoreScale`] sums the four, or those the
-//! training run chose for the product ([`score_choice`]).
+//! through the backbone at a smaller input, and a [`NoiseDiscriminator`] scores each patch in
+//! a space adapted to the product's good patches (SimpleNet-style); [`ScoreScale`] sums the
+//! five, or those the training run chose for the product ([`score_choice`]).
 
 pub mod bank_size;
+pub mod discriminator;
 pub mod input_size;
 pub mod orientation;
 pub mod patch_stages;
@@ -22,8 +24,10 @@ mod saved;
 pub mod score_choice;
 pub mod train;
 
+pub use self::discriminator::{DiscriminatorSettings, NoiseDiscriminator};
 pub use self::saved::{
-    AnomalyCard, AnomalyMetrics, AnomalyModel, BANK_FILE, ClassAnomalyMetrics, ScoreAuroc,
+    AnomalyCard, AnomalyMetrics, AnomalyModel, BANK_FILE, ClassAnomalyMetrics, DiscriminatorCard,
+    ScoreAuroc,
 };
 
 /// The card's `kind` of this family.
@@ -665,6 +669,9 @@ pub struct ScoreScale {
     /// The [`CoarseImage`] score on good images; absent in models without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coarse_image: Option<GoodSpread>,
+    /// The [`NoiseDiscriminator`]'s score on good images; absent in models without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discriminator: Option<GoodSpread>,
     /// Scores the model computes but does not sum: those the training run found blind to
     /// this product's painted defects ([`score_choice`]); empty in models trained before the
     /// choice, which sum every score.
@@ -694,7 +701,8 @@ impl GoodSpread {
 
 impl ScoreScale {
     /// From good images' raw scores; `None` with fewer than two or without image scores. The
-    /// head's and the coarse image score's spreads are kept when every image has that score.
+    /// head's, the coarse image score's and the discriminator's spreads are kept when every
+    /// image has that score.
     pub fn from_good_scores(scores: &[RawScores]) -> Option<ScoreScale> {
         let images: Vec<f32> = scores.iter().filter_map(|s| s.image).collect();
         if scores.len() < 2 || images.len() != scores.len() {
@@ -703,6 +711,7 @@ impl ScoreScale {
         let patches: Vec<f32> = scores.iter().map(|s| s.patch).collect();
         let heads: Vec<f32> = scores.iter().filter_map(|s| s.head).collect();
         let coarse: Vec<f32> = scores.iter().filter_map(|s| s.coarse_image).collect();
+        let discriminator: Vec<f32> = scores.iter().filter_map(|s| s.discriminator).collect();
         let (patch, image) = (GoodSpread::of(&patches), GoodSpread::of(&images));
         Some(ScoreScale {
             patch_mean: patch.mean,
@@ -711,6 +720,8 @@ impl ScoreScale {
             image_std: image.std,
             head: (heads.len() == scores.len()).then(|| GoodSpread::of(&heads)),
             coarse_image: (coarse.len() == scores.len()).then(|| GoodSpread::of(&coarse)),
+            discriminator: (discriminator.len() == scores.len())
+                .then(|| GoodSpread::of(&discriminator)),
             left_out: ScoreSet::default(),
         })
     }
@@ -721,6 +732,7 @@ impl ScoreScale {
             ScoreKind::Patch | ScoreKind::Image => true,
             ScoreKind::Head => self.head.is_some(),
             ScoreKind::CoarseImage => self.coarse_image.is_some(),
+            ScoreKind::Discriminator => self.discriminator.is_some(),
         }
     }
 
@@ -736,7 +748,7 @@ impl ScoreScale {
     }
 
     /// The combined score: the sum of each score present and not left out, standardised. A
-    /// head or coarse image score counts only when this scale knows its spread.
+    /// head, coarse image or discriminator score counts only when this scale knows its spread.
     pub fn combine(&self, raw: RawScores) -> f32 {
         let patch = GoodSpread {
             mean: self.patch_mean,
@@ -756,6 +768,9 @@ impl ScoreScale {
                 ScoreKind::Head => self.head.zip(raw.head).map(|(s, v)| s.standardise(v)),
                 ScoreKind::CoarseImage => {
                     (self.coarse_image.zip(raw.coarse_image)).map(|(s, v)| s.standardise(v))
+                }
+                ScoreKind::Discriminator => {
+                    (self.discriminator.zip(raw.discriminator)).map(|(s, v)| s.standardise(v))
                 }
             }
         };
@@ -780,15 +795,17 @@ pub enum ScoreKind {
     Image,
     Head,
     CoarseImage,
+    Discriminator,
 }
 
 impl ScoreKind {
     /// Every score, in the order the card lists them.
-    pub const ALL: [ScoreKind; 4] = [
+    pub const ALL: [ScoreKind; 5] = [
         ScoreKind::Patch,
         ScoreKind::Image,
         ScoreKind::Head,
         ScoreKind::CoarseImage,
+        ScoreKind::Discriminator,
     ];
 
     /// As the card writes it.
@@ -798,6 +815,7 @@ impl ScoreKind {
             ScoreKind::Image => "image",
             ScoreKind::Head => "head",
             ScoreKind::CoarseImage => "coarse_image",
+            ScoreKind::Discriminator => "discriminator",
         }
     }
 
@@ -808,6 +826,7 @@ impl ScoreKind {
             ScoreKind::Image => raw.image,
             ScoreKind::Head => raw.head,
             ScoreKind::CoarseImage => raw.coarse_image,
+            ScoreKind::Discriminator => raw.discriminator,
         }
     }
 }
@@ -860,6 +879,8 @@ pub struct RawScores {
     /// Mahalanobis distance of the image descriptor at the [`CoarseImage`] input size; `None`
     /// for a model without one.
     pub coarse_image: Option<f32>,
+    /// Mean of the highest [`NoiseDiscriminator`] patch scores; `None` for a model without one.
+    pub discriminator: Option<f32>,
 }
 
 /// A second look at the whole image, through the backbone at a smaller input: an
@@ -916,6 +937,7 @@ pub struct PatchCore {
     image_gaussian: Option<ImageGaussian>,
     head: Option<PatchHead>,
     coarse_image: Option<CoarseImage>,
+    discriminator: Option<NoiseDiscriminator>,
     scale: Option<ScoreScale>,
 }
 
@@ -954,6 +976,7 @@ impl PatchCore {
             image_gaussian: None,
             head: None,
             coarse_image: None,
+            discriminator: None,
             scale: None,
         })
     }
@@ -975,6 +998,14 @@ impl PatchCore {
     pub fn with_coarse_image(self, coarse_image: Option<CoarseImage>) -> PatchCore {
         PatchCore {
             coarse_image,
+            ..self
+        }
+    }
+
+    /// Sets the discriminator score (`None`: none).
+    pub fn with_discriminator(self, discriminator: Option<NoiseDiscriminator>) -> PatchCore {
+        PatchCore {
+            discriminator,
             ..self
         }
     }
@@ -1032,6 +1063,11 @@ impl PatchCore {
     /// The coarse image score, for saving.
     pub fn coarse_image(&self) -> Option<&CoarseImage> {
         self.coarse_image.as_ref()
+    }
+
+    /// The discriminator, for saving.
+    pub fn discriminator(&self) -> Option<&NoiseDiscriminator> {
+        self.discriminator.as_ref()
     }
 
     /// Every score of an image, and the patch-distance heat map.
@@ -1107,6 +1143,9 @@ impl PatchCore {
         let logits = (self.head.as_ref())
             .map(|head| head.logits(patches))
             .transpose()?;
+        let judged = (self.discriminator.as_ref())
+            .map(|discriminator| discriminator.patch_scores(patches))
+            .transpose()?;
         let side = (per_image as f64).sqrt() as u32;
         // Each image's Gaussian distances are two 608 × 608 products: side by side for a batch.
         Ok((values.par_chunks_exact(per_image).enumerate())
@@ -1119,6 +1158,8 @@ impl PatchCore {
                     coarse_image: (self.coarse_image.as_ref())
                         .zip(coarse_descriptors)
                         .map(|(coarse, all)| coarse.gaussian.distance(all[i])),
+                    discriminator: (judged.as_ref())
+                        .map(|all| top_mean(&all[i * per_image..][..per_image], TOP_PATCHES)),
                 };
                 let heat_map = HeatMap {
                     width: side,
@@ -1251,6 +1292,7 @@ mod tests {
             image: Some(image),
             head,
             coarse_image: None,
+            discriminator: None,
         };
         let good = [raw(1.0, 10.0, Some(-3.0)), raw(3.0, 30.0, Some(-1.0))];
         let scale = ScoreScale::from_good_scores(&good).expect("scale");
@@ -1309,6 +1351,7 @@ mod tests {
             image: Some(image),
             head: None,
             coarse_image: Some(coarse),
+            discriminator: None,
         };
         let good = [raw(1.0, 10.0, 5.0), raw(3.0, 30.0, 7.0)];
         let scale = ScoreScale::from_good_scores(&good).expect("scale");
@@ -1333,6 +1376,48 @@ mod tests {
         // A score the card names that this build does not know is an error, not ignored.
         let unknown = json.replace("coarse_image\"]", "texture\"]");
         assert!(serde_json::from_str::<ScoreScale>(&unknown).is_err());
+    }
+
+    #[test]
+    fn the_discriminator_score_counts_in_good_standard_deviations_unless_left_out() {
+        let raw = |patch, judged| RawScores {
+            patch,
+            image: Some(20.0),
+            head: None,
+            coarse_image: None,
+            discriminator: Some(judged),
+        };
+        let scale = ScoreScale::from_good_scores(&[raw(1.0, -2.0), raw(3.0, 0.0)]).expect("scale");
+        assert_eq!(
+            scale.discriminator,
+            Some(GoodSpread {
+                mean: -1.0,
+                std: 1.0
+            })
+        );
+        assert!(scale.knows(ScoreKind::Discriminator));
+        assert_eq!(scale.combine(raw(2.0, 2.0)), 3.0);
+        let without = scale.counting_only(&[ScoreKind::Patch, ScoreKind::Image]);
+        assert_eq!(without.combine(raw(2.0, 2.0)), 0.0);
+        let json = serde_json::to_string(&without).expect("json");
+        assert!(json.contains(r#""left_out":["discriminator"]"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ScoreScale>(&json).expect("scale"),
+            without
+        );
+        // A model without one: its scale has no spread, and a score given anyway is not summed.
+        let mut plain = raw(1.0, 0.0);
+        plain.discriminator = None;
+        let older = ScoreScale::from_good_scores(&[
+            plain,
+            RawScores {
+                patch: 3.0,
+                ..plain
+            },
+        ])
+        .expect("scale");
+        assert!(!older.knows(ScoreKind::Discriminator));
+        assert_eq!(older.combine(raw(2.0, 100.0)), 0.0);
     }
 
     /// Patch features where "defective" patches are pushed along one direction, on top of a

@@ -1,5 +1,5 @@
 //! The anomaly model as saved: its section of the card, the bank file beside it (memory bank,
-//! image Gaussians, patch head), loading and saving, and how the station runs it.
+//! image Gaussians, patch head, discriminator), loading and saving, and how the station runs it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,13 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::learn::dataset::Layout;
 use crate::learn::eval::{self, DetectionMetrics, ThresholdMetrics};
 use crate::models::anomaly::bank_size::BankSizeChoice;
+use crate::models::anomaly::discriminator::TENSOR_NAMES as DISCRIMINATOR_TENSORS;
 use crate::models::anomaly::input_size::InputSizeChoice;
 use crate::models::anomaly::orientation::OrientationChoice;
 use crate::models::anomaly::patch_stages::PatchStagesChoice;
 use crate::models::anomaly::score_choice::ScoreChoice;
 use crate::models::anomaly::train::AnomalyError;
 use crate::models::anomaly::{
-    CoarseImage, ImageGaussian, KIND, PatchCore, PatchHead, RawScores, ScoreKind, ScoreScale,
+    CoarseImage, ImageGaussian, KIND, NoiseDiscriminator, PatchCore, PatchHead, RawScores,
+    ScoreKind, ScoreScale,
 };
 use crate::models::backbone::{BackboneInput, WeightsSearch, check_input_size};
 use crate::models::card::{CARD_FILE, CardHead, Family, ModelCard};
@@ -65,6 +67,9 @@ pub struct ScoreAuroc {
     pub head: Option<f64>,
     /// The image descriptor's Gaussian at the coarse input.
     pub coarse_image: Option<f64>,
+    /// The discriminator in the adapted feature space (absent in cards written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discriminator: Option<f64>,
 }
 
 impl ScoreAuroc {
@@ -80,6 +85,7 @@ impl ScoreAuroc {
             image: alone(ScoreKind::Image),
             head: alone(ScoreKind::Head),
             coarse_image: alone(ScoreKind::CoarseImage),
+            discriminator: alone(ScoreKind::Discriminator),
         }
     }
 
@@ -90,6 +96,7 @@ impl ScoreAuroc {
             ScoreKind::Image => self.image,
             ScoreKind::Head => self.head,
             ScoreKind::CoarseImage => self.coarse_image,
+            ScoreKind::Discriminator => self.discriminator,
         }
     }
 
@@ -97,6 +104,16 @@ impl ScoreAuroc {
     pub fn is_empty(&self) -> bool {
         *self == ScoreAuroc::default()
     }
+}
+
+/// The discriminator's training, as the card records it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DiscriminatorCard {
+    pub steps: usize,
+    /// The noise's standard deviation, in standardised channel units.
+    pub noise_std: f32,
+    /// Width of the hidden layer.
+    pub hidden: usize,
 }
 
 /// One class's share of the evaluation.
@@ -137,6 +154,10 @@ pub struct AnomalyCard {
     /// Input size of the coarse image score (absent in models without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coarse_input_size: Option<usize>,
+    /// How the discriminator was trained ([`super::discriminator`]); absent in models without
+    /// one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discriminator: Option<DiscriminatorCard>,
     /// How the training run chose the input size (absent where it was given, and in models
     /// trained before the choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,7 +171,7 @@ pub struct AnomalyCard {
     /// every candidate's trial ([`super::orientation`]); absent in models trained before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orientation_choice: Option<OrientationChoice>,
-    /// How the patch, image, head and coarse image scores combine (absent in models trained
+    /// How the patch, image, head, coarse image and discriminator scores combine (absent in models trained
     /// before the image score: their score is the patch score).
     #[serde(default)]
     pub score_scale: Option<ScoreScale>,
@@ -225,6 +246,14 @@ impl AnomalyModel {
                     .into(),
             ));
         }
+        // Likewise the discriminator's score and its spread.
+        let judged = card.score_scale.is_some_and(|s| s.discriminator.is_some());
+        if card.discriminator.is_some() != judged && card.score_scale.is_some() {
+            return Err(card_error(
+                "the discriminator's settings and its spread in `score_scale` must come together"
+                    .into(),
+            ));
+        }
         let bank_path = dir.join(BANK_FILE);
         let tensors = candle_core::safetensors::load(&bank_path, device)?;
         let bank = tensors
@@ -267,6 +296,31 @@ impl AnomalyModel {
             );
             model = model.with_coarse_image(Some(coarse));
         }
+        if card.discriminator.is_some() {
+            let found: Option<Vec<&candle_core::Tensor>> = DISCRIMINATOR_TENSORS
+                .iter()
+                .map(|&name| tensors.get(name))
+                .collect();
+            let Some([a, b, c, d, e]) = found.as_deref() else {
+                return Err(AnomalyError::File {
+                    path: bank_path,
+                    message: format!(
+                        "the card names a discriminator, but one of {} is missing",
+                        DISCRIMINATOR_TENSORS.join(", ")
+                    ),
+                });
+            };
+            let discriminator = NoiseDiscriminator::from_tensors(
+                [*a, *b, *c, *d, *e],
+                model.extractor().patch_stages(),
+                device,
+            )
+            .map_err(|e| AnomalyError::File {
+                path: bank_path.clone(),
+                message: e.to_string(),
+            })?;
+            model = model.with_discriminator(Some(discriminator));
+        }
         Ok(AnomalyModel {
             model,
             card: full_card,
@@ -297,6 +351,14 @@ impl AnomalyModel {
             let (mean, precision) = coarse.gaussian().to_tensors(model.bank().device())?;
             tensors.insert(COARSE_MEAN_TENSOR.to_owned(), mean);
             tensors.insert(COARSE_PRECISION_TENSOR.to_owned(), precision);
+        }
+        if let Some(discriminator) = model.discriminator() {
+            for (name, tensor) in DISCRIMINATOR_TENSORS
+                .iter()
+                .zip(discriminator.to_tensors()?)
+            {
+                tensors.insert((*name).to_owned(), tensor);
+            }
         }
         candle_core::safetensors::save(&tensors, &bank_path)?;
         Ok(self.card.write(dir)?)

@@ -1,9 +1,10 @@
 //! Choosing which of the model's scores count, per product, from its good images and defects
 //! painted on them.
 //!
-//! The model sums four scores, each in good standard deviations ([`super::ScoreScale`]): the
-//! patch distances to the bank, the image descriptor's Gaussian, the patch head and the coarse
-//! image Gaussian. Which of them see a product's defects depends on the product: on a tile, a
+//! The model sums up to five scores, each in good standard deviations ([`super::ScoreScale`]):
+//! the patch distances to the bank, the image descriptor's Gaussian, the patch head, the coarse
+//! image Gaussian and the discriminator in the adapted feature space
+//! ([`super::discriminator`], which, unlike the head, never saw the painter). Which of them see a product's defects depends on the product: on a tile, a
 //! defect changes the surface's make-up and the image scores find it best; on a circuit board
 //! whose every image shows a different layout, a short between two tracks is a few patches,
 //! and the image scores rank it no better than chance (DeepPCB held out: image 0.53, coarse
@@ -29,7 +30,7 @@
 //! subset on painted defects would crown it, the weakest score on magnetic-tile's real ones.
 //! What it leaves out is a score that does not tell painted copies from good images better
 //! than chance plus the bar; where every score does (magnetic-tile's development part), all
-//! four count, as before. The bar is an approximation: the painted copies are of the trial's
+//! of them count, as before. The bar is an approximation: the painted copies are of the trial's
 //! own images, several of each, so they are less independent than its counts say; a blind
 //! score's copies score about as their images do, which puts its AUROC nearer 0.5 than the
 //! spread assumed. The card keeps each score's AUROC, the bar and the rule ([`ScoreChoice`]).
@@ -151,6 +152,7 @@ mod tests {
             image: Some(image),
             head: Some(head),
             coarse_image: None,
+            discriminator: None,
         }
     }
 

@@ -25,9 +25,9 @@ use crate::models::anomaly::orientation::{self, OrientationChoice, Orientations}
 use crate::models::anomaly::patch_stages::{self, StagesSetting};
 use crate::models::anomaly::score_choice;
 use crate::models::anomaly::{
-    AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, ImageGaussian,
-    PatchCore, PatchHead, RawScores, SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, cut_to_channels,
-    greedy_coreset,
+    AnomalyCard, AnomalyMetrics, AnomalyModel, ClassAnomalyMetrics, CoarseImage, DiscriminatorCard,
+    DiscriminatorSettings, ImageGaussian, NoiseDiscriminator, PatchCore, PatchHead, RawScores,
+    SYNTHETIC_MIN_SHARE, ScoreAuroc, ScoreScale, cut_to_channels, discriminator, greedy_coreset,
 };
 use crate::models::backbone::{
     BackboneError, BackboneInput, ImageFeatures, PatchFeatures, PatchStages, check_input_size,
@@ -169,6 +169,10 @@ pub struct AnomalySettings {
     pub synthetic_defects_per_good: usize,
     /// Input size of the second, coarser image score ([`CoarseImage`]); `None` for none.
     pub coarse_input_size: Option<usize>,
+    /// Optimiser steps of the discriminator ([`NoiseDiscriminator`]); 0 trains none.
+    pub discriminator_steps: usize,
+    /// The discriminator's noise, in standardised channel units.
+    pub discriminator_noise_std: f32,
     /// Turned copies of the good images the bank learns from ([`orientation`]).
     pub orientations: Orientations,
     pub seed: u64,
@@ -474,8 +478,30 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
             }
         };
         bar.finish_and_clear();
+        // Each fit trains its own discriminator on the patches its bank learnt from, so that
+        // a fold's scores come from a discriminator that never saw the fold.
+        let judge = if settings.discriminator_steps > 0 {
+            let bar = settings.progress.phase(0, "discriminator steps");
+            let fitted = NoiseDiscriminator::fit(
+                &all,
+                stages,
+                DiscriminatorSettings {
+                    steps: settings.discriminator_steps,
+                    noise_std: settings.discriminator_noise_std,
+                    seed: settings.seed,
+                },
+                &bar,
+            )?;
+            bar.finish_and_clear();
+            Some(fitted)
+        } else {
+            None
+        };
         let model = PatchCore::fit(features.clone(), &all, &chosen, &descriptors)?;
-        Ok((model.with_coarse_image(coarse), choice))
+        Ok((
+            model.with_coarse_image(coarse).with_discriminator(judge),
+            choice,
+        ))
     };
     // The head learns good patches (every patch of a good image) against the painted ones.
     // It is fitted once, on the folds before the validation part; the painted images'
@@ -663,6 +689,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         Some("patchcore + image gaussian"),
         model.head().map(|_| "patch head (synthetic defects)"),
         model.coarse_image().map(|_| "coarse image gaussian"),
+        model
+            .discriminator()
+            .map(|_| "noise discriminator (adapted features)"),
     ]
     .into_iter()
     .flatten()
@@ -686,6 +715,11 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         bank_size_choice,
         synthetic_defects_per_good: settings.synthetic_defects_per_good,
         coarse_input_size: model.coarse_image().map(|c| c.extractor().input_size()),
+        discriminator: model.discriminator().map(|_| DiscriminatorCard {
+            steps: settings.discriminator_steps,
+            noise_std: settings.discriminator_noise_std,
+            hidden: discriminator::HIDDEN,
+        }),
         input_size_choice,
         patch_stages_choice,
         orientation_choice,
@@ -917,6 +951,7 @@ mod tests {
             image: Some(image),
             head,
             coarse_image: None,
+            discriminator: None,
         };
         // The patch score ranks every defect above every good part; the image score the
         // other way round; one image has no head score.
