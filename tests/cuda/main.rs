@@ -22,6 +22,7 @@ use linesight::learn::dataset::Layout;
 use linesight::learn::progress::Progress;
 use linesight::models::Detector;
 use linesight::models::anomaly::bank_size::BankSize;
+use linesight::models::anomaly::discriminator;
 use linesight::models::anomaly::orientation::Orientations;
 use linesight::models::anomaly::patch_stages::StagesSetting;
 use linesight::models::anomaly::train::{self as anomaly_train, AnomalySettings, InputSize};
@@ -259,6 +260,9 @@ fn a_trained_anomaly_model_scores_alike_on_the_gpu() {
         target_false_reject_rate: 0.05,
         synthetic_defects_per_good: 2,
         coarse_input_size: Some(64),
+        // Its adaptor and MLP run on the device too.
+        discriminator_steps: 20,
+        discriminator_noise_std: discriminator::DEFAULT_NOISE_STD,
         orientations: Orientations::None,
         seed: 3,
         out_dir: model_dir.clone(),

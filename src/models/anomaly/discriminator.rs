@@ -22,7 +22,10 @@
 //!
 //! Training is [`DiscriminatorSettings::steps`] steps of [`BATCH`] good patches and as many
 //! noisy copies, drawn from at most [`MAX_PATCHES`] good patches, every draw from the run's
-//! seed: the same images and seed give the same weights.
+//! seed: the same patches and seed give the same weights.
+//!
+//! Off by default ([`DEFAULT_STEPS`]): on magnetic-tile's development part it lowered the
+//! image AUROC at every setting tried (README.md has the table and its cost).
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
@@ -35,7 +38,8 @@ use crate::learn::progress::Phase;
 use crate::models::backbone::PatchStages;
 
 /// Width of the discriminator's hidden layer (SimpleNet's is 1024 over 1536 channels; the
-/// search costs the most, so this one stays small: 40 k multiply-adds a patch over 152).
+/// search costs the most, so this one stays small: over 152 channels a patch costs 23 k
+/// multiply-adds in the adaptor and 39 k in the hidden layer).
 pub const HIDDEN: usize = 256;
 
 /// Good patches a step (and as many noisy copies).
@@ -106,6 +110,30 @@ fn leaky_relu(xs: &Tensor) -> candle_core::Result<Tensor> {
     xs.relu()? - (xs.neg()?.relu()? * LEAK)?
 }
 
+/// Each channel's spread, floored at a thousandth of the median spread (1 where every channel
+/// is constant).
+fn floored_spreads(spreads: Vec<f32>) -> Vec<f32> {
+    let mut sorted = spreads.clone();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let floor = if median > 0.0 { 1e-3 * median } else { 1.0 };
+    spreads.into_iter().map(|s| s.max(floor)).collect()
+}
+
+/// The per-channel standardisation (`mean`, `std`: `[1, c]`) folded into the adaptor
+/// (`weight` `[c, c]`, `bias` `[1, c]`), so that the raw patch goes in:
+/// ((x − μ) / σ)·A + a = x·(A / σᵀ) + (a − (μ / σ)·A), row i of A divided by σᵢ.
+fn fold_standardisation(
+    mean: &Tensor,
+    std: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let folded_weight = weight.broadcast_div(&std.t()?)?;
+    let folded_bias = (bias - mean.broadcast_div(std)?.matmul(weight)?)?;
+    Ok((folded_weight.contiguous()?, folded_bias.contiguous()?))
+}
+
 /// `n` values drawn uniformly from `(-bound, bound)`.
 fn uniform(rng: &mut ChaCha8Rng, n: usize, bound: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
@@ -138,16 +166,17 @@ impl NoiseDiscriminator {
         };
         let cut = cut_to_channels(&sampled.to_dtype(DType::F32)?, stages)?;
         let (n, c) = cut.dims2()?;
-        // Standardised per channel; a channel constant on every good patch keeps unit scale.
+        // Standardised per channel. A channel (nearly) constant on every good patch is divided
+        // by no less than a thousandth of the typical channel's spread: divided by its own, a
+        // patch that barely stirs it would stand out by orders of magnitude.
         let mean = cut.mean_keepdim(0)?;
         let centred = cut.broadcast_sub(&mean)?;
         let std = centred.sqr()?.mean_keepdim(0)?.sqrt()?;
-        let std_values: Vec<f32> = std.flatten_all()?.to_vec1()?;
-        let std = Tensor::from_iter(
-            std_values.iter().map(|&s| if s > 1e-6 { s } else { 1.0 }),
+        let std = Tensor::from_vec(
+            floored_spreads(std.flatten_all()?.to_vec1()?),
+            (1, c),
             &device,
-        )?
-        .unsqueeze(0)?;
+        )?;
         let standardised = centred.broadcast_div(&std)?;
 
         let identity = Tensor::eye(c, DType::F32, &device)?;
@@ -217,14 +246,16 @@ impl NoiseDiscriminator {
             adaptor_optimiser.step(&grads)?;
             optimiser.step(&grads)?;
         }
-        // The standardisation folded into the adaptor: ((x − μ) / σ)·A + a = x·(A / σᵀ) + (a − (μ / σ)·A).
-        let weight = adaptor_weight.as_tensor();
-        let folded_weight = weight.broadcast_div(&std.t()?)?;
-        let folded_bias = (adaptor_bias.as_tensor() - mean.broadcast_div(&std)?.matmul(weight)?)?;
+        let (folded_weight, folded_bias) = fold_standardisation(
+            &mean,
+            &std,
+            adaptor_weight.as_tensor(),
+            adaptor_bias.as_tensor(),
+        )?;
         Ok(NoiseDiscriminator {
             stages,
-            adaptor_weight: folded_weight.contiguous()?,
-            adaptor_bias: folded_bias.contiguous()?,
+            adaptor_weight: folded_weight,
+            adaptor_bias: folded_bias,
             hidden_weight: hidden_weight.as_tensor().contiguous()?,
             hidden_bias: hidden_bias.as_tensor().contiguous()?,
             out_weight: out_weight.as_tensor().contiguous()?,
@@ -255,6 +286,11 @@ impl NoiseDiscriminator {
     /// The channels it reads: 152 for both maps, 40 for stride 8 alone, 112 for stride 16.
     pub fn channels(&self) -> usize {
         self.stages.channels().len()
+    }
+
+    /// The width of its hidden layer.
+    pub fn hidden(&self) -> usize {
+        self.hidden_bias.dims().last().copied().unwrap_or(0)
     }
 
     /// As tensors, for saving beside the bank, in [`TENSOR_NAMES`]' order: `[c, c]`, `[c]`,
@@ -347,6 +383,54 @@ mod tests {
         let labels: Vec<bool> = (0..400).map(|i| i >= 200).collect();
         let separation = auroc(&scores, &labels).unwrap();
         assert!(separation > 0.95, "AUROC {separation}");
+    }
+
+    #[test]
+    fn the_folded_adaptor_reads_raw_patches_as_the_trained_one_reads_standardised_ones() {
+        let (c, n) = (6, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let tensor = |rows: usize, cols: usize, rng: &mut ChaCha8Rng, spread: f32| {
+            let values = (0..rows * cols)
+                .map(|_| spread * rng.sample::<f32, _>(StandardNormal))
+                .collect();
+            Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap()
+        };
+        // An adaptor far from the identity and spreads far from one another: a transposed
+        // fold, or a bias folded the wrong way, gives other values.
+        let weight = tensor(c, c, &mut rng, 1.0);
+        let bias = tensor(1, c, &mut rng, 1.0);
+        let mean = tensor(1, c, &mut rng, 5.0);
+        let std = Tensor::new(&[[0.5f32, 2.0, 7.0, 0.1, 1.0, 3.0]], &Device::Cpu).unwrap();
+        let raw = tensor(n, c, &mut rng, 4.0);
+        let by_hand: Vec<Vec<f32>> = ((raw.broadcast_sub(&mean).unwrap())
+            .broadcast_div(&std)
+            .unwrap()
+            .matmul(&weight)
+            .unwrap()
+            .broadcast_add(&bias))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+        let (folded_weight, folded_bias) =
+            fold_standardisation(&mean, &std, &weight, &bias).unwrap();
+        let folded: Vec<Vec<f32>> = (raw.matmul(&folded_weight).unwrap())
+            .broadcast_add(&folded_bias)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (a, b) in by_hand.iter().flatten().zip(folded.iter().flatten()) {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{by_hand:?} against {folded:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_nearly_constant_channel_is_not_divided_by_its_own_spread() {
+        let spreads = floored_spreads(vec![1.0, 2.0, 1e-7, 0.0, 3.0]);
+        assert_eq!(spreads, vec![1.0, 2.0, 1e-3, 1e-3, 3.0]);
+        assert_eq!(floored_spreads(vec![0.0, 0.0]), vec![1.0, 1.0]);
     }
 
     #[test]

@@ -296,7 +296,7 @@ impl AnomalyModel {
             );
             model = model.with_coarse_image(Some(coarse));
         }
-        if card.discriminator.is_some() {
+        if let Some(settings) = card.discriminator {
             let found: Option<Vec<&candle_core::Tensor>> = DISCRIMINATOR_TENSORS
                 .iter()
                 .map(|&name| tensors.get(name))
@@ -319,6 +319,13 @@ impl AnomalyModel {
                 path: bank_path.clone(),
                 message: e.to_string(),
             })?;
+            if discriminator.hidden() != settings.hidden {
+                return Err(card_error(format!(
+                    "the card's discriminator has {} hidden units, its tensors {}",
+                    settings.hidden,
+                    discriminator.hidden()
+                )));
+            }
             model = model.with_discriminator(Some(discriminator));
         }
         Ok(AnomalyModel {
@@ -327,7 +334,7 @@ impl AnomalyModel {
         })
     }
 
-    /// Writes the bank file (bank, image Gaussians, head) and the card to `dir`.
+    /// Writes the bank file (bank, image Gaussians, head, discriminator) and the card to `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), AnomalyError> {
         let model = &self.model;
         let file_error = |path: &Path, e: &dyn std::fmt::Display| AnomalyError::File {

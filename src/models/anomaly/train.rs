@@ -191,6 +191,14 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         message,
     };
     // The sizes are checked before anything is read: a wrong one fails at once.
+    // Without noise the discriminator would learn nothing (its loss has no slope until a good
+    // and a noisy patch differ) and ship a random network.
+    let noise = settings.discriminator_noise_std;
+    if settings.discriminator_steps > 0 && !(noise.is_finite() && noise > 0.0) {
+        return Err(invalid(format!(
+            "discriminator noise {noise}: a standard deviation above 0"
+        )));
+    }
     let smallest = match settings.input_size {
         InputSize::Fixed(size) => {
             check_input_size(size).map_err(invalid)?;
