@@ -653,10 +653,10 @@ impl PatchHead {
 
 /// Puts the patch score, the image score, the head score, the coarse image score and the
 /// discriminator's on one scale, each as standard deviations above its mean on good images the
-/// model did not learn from (the training run's out-of-fold scores, [`super::train`]); the
-/// model's score is their sum (magnetic-tile image AUROC 0.913 at input 128 for patch + image, against
-/// 0.891 and 0.896 for either alone; see [`PatchHead`] and [`CoarseImage`] for what adding
-/// theirs does).
+/// model did not learn from (the training run's out-of-fold scores, [`train`]); the
+/// model's score is their sum (magnetic-tile image AUROC 0.913 at input 128 for patch +
+/// image, against 0.891 and 0.896 for either alone; see [`PatchHead`] and [`CoarseImage`] for
+/// what adding theirs does, and [`discriminator`] for the discriminator's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreScale {
     pub patch_mean: f32,

@@ -171,8 +171,8 @@ pub struct AnomalyCard {
     /// every candidate's trial ([`super::orientation`]); absent in models trained before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orientation_choice: Option<OrientationChoice>,
-    /// How the patch, image, head, coarse image and discriminator scores combine (absent in models trained
-    /// before the image score: their score is the patch score).
+    /// How the patch, image, head, coarse image and discriminator scores combine (absent in
+    /// models trained before the image score: their score is the patch score).
     #[serde(default)]
     pub score_scale: Option<ScoreScale>,
     /// Which scores the training run chose to sum, and each one's trial

@@ -4,8 +4,9 @@
 //! The model sums up to five scores, each in good standard deviations ([`super::ScoreScale`]):
 //! the patch distances to the bank, the image descriptor's Gaussian, the patch head, the coarse
 //! image Gaussian and the discriminator in the adapted feature space
-//! ([`super::discriminator`], which, unlike the head, never saw the painter). Which of them see a product's defects depends on the product: on a tile, a
-//! defect changes the surface's make-up and the image scores find it best; on a circuit board
+//! ([`super::discriminator`], which, unlike the head, never saw the painter). Which of them
+//! see a product's defects depends on the product: on a tile, a defect changes the surface's
+//! make-up and the image scores find it best; on a circuit board
 //! whose every image shows a different layout, a short between two tracks is a few patches,
 //! and the image scores rank it no better than chance (DeepPCB held out: image 0.53, coarse
 //! image 0.48, patch 0.82, the four summed 0.77). A score at chance adds nothing but its own

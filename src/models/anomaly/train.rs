@@ -190,9 +190,9 @@ pub fn train(settings: &AnomalySettings) -> Result<ModelCard<AnomalyCard>, Anoma
         path: settings.data.clone(),
         message,
     };
-    // The sizes are checked before anything is read: a wrong one fails at once.
-    // Without noise the discriminator would learn nothing (its loss has no slope until a good
-    // and a noisy patch differ) and ship a random network.
+    // The settings are checked before anything is read: a wrong one fails at once. Without
+    // noise the discriminator would learn nothing (its loss has no slope until a good and a
+    // noisy patch differ) and ship a random network.
     let noise = settings.discriminator_noise_std;
     if settings.discriminator_steps > 0 && !(noise.is_finite() && noise > 0.0) {
         return Err(invalid(format!(
